@@ -1,0 +1,131 @@
+"""``trio-mesh run | validate | version``."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+
+import trio
+
+from . import __version__
+from .config import ConfigError, MeshConfig, read_config
+from .config.values import log_level_number
+
+log = logging.getLogger("trio_mesh")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trio-mesh", description="A service-mesh proxy on Trio.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the proxy on a configuration file")
+    run.add_argument("config", help="YAML (.yaml/.yml) or JSON (.json, MOSN v2) configuration")
+    run.add_argument(
+        "--log-level", help="DEBUG, INFO, WARN, ERROR (default: the config's, or INFO)"
+    )
+    validate = sub.add_parser("validate", help="check a configuration file and print its errors")
+    validate.add_argument("config")
+    sub.add_parser("version", help="print the version")
+    args = parser.parse_args(argv)
+
+    if args.command == "version":
+        print(f"trio-mesh {__version__}")
+        return 0
+    if args.command == "validate":
+        return _validate(args.config)
+    return _run(args.config, args.log_level)
+
+
+def _validate(path: str) -> int:
+    try:
+        loaded = read_config(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        print(f"{path}: {len(exc.errors)} error(s)", file=sys.stderr)
+        return 1
+    for w in loaded.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    cfg = loaded.config
+    print(
+        f"{path}: valid: {len(cfg.listeners)} listener(s), "
+        f"{len(cfg.cluster_manager.clusters)} cluster(s), {len(loaded.warnings)} warning(s)"
+    )
+    return 0
+
+
+def _run(path: str, log_level: str | None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        if log_level is not None:
+            logging.getLogger().setLevel(log_level_number(log_level))
+    except KeyError:
+        print(f"--log-level: unknown level {log_level!r}", file=sys.stderr)
+        return 2
+    try:
+        loaded = read_config(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    if log_level is None:
+        levels = [s.default_log_level for s in loaded.config.servers if s.default_log_level]
+        logging.getLogger().setLevel(log_level_number(levels[0]) if levels else logging.INFO)
+    for w in loaded.warnings:
+        log.warning("config: %s", w)
+    from .network.listener import BindError
+
+    try:
+        trio.run(_serve, loaded.config)
+    except BaseExceptionGroup as group:
+        # A port in use: say which and exit 1, with nothing left bound. Anything else is a bug.
+        binds, rest = group.split(BindError)
+        if rest is not None or binds is None:
+            raise
+        for exc in binds.exceptions:
+            log.error("%s", exc)
+        return 1
+    except BindError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+async def _serve(config: MeshConfig) -> None:
+    from .server import Server
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(Server(config).run)
+            # Everything built so far lives as long as the process: keep it out of the
+            # cyclic GC's generations so collections stay short.
+            gc.freeze()
+            _sd_notify(b"READY=1")
+            log.info("trio-mesh %s ready", __version__)
+            async for signum in signals:
+                log.info("%s received, stopping", signal.Signals(signum).name)
+                _sd_notify(b"STOPPING=1")
+                break
+            nursery.cancel_scope.cancel()
+
+
+def _sd_notify(message: bytes) -> None:
+    """Tell systemd (``Type=notify``) about readiness; a no-op outside systemd."""
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target:
+        return
+    if target.startswith("@"):
+        target = "\0" + target[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.sendto(message, target)
+        except OSError as exc:
+            log.warning("sd_notify failed: %s", exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

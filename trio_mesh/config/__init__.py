@@ -1,0 +1,39 @@
+"""Configuration: frozen attrs classes in MOSN's v2 shape, loaded from YAML or JSON."""
+
+from .errors import ConfigError
+from .filters import TcpProxyConfig, register_filter_config
+from .load import Loaded, load_config, parse_config, read_config
+from .model import (
+    Address,
+    Cluster,
+    ClusterManagerConfig,
+    ClusterType,
+    Host,
+    LbType,
+    Listener,
+    MeshConfig,
+    NetworkFilterConfig,
+    ServerConfig,
+    StreamFilterConfig,
+)
+
+__all__ = [
+    "Address",
+    "Cluster",
+    "ClusterManagerConfig",
+    "ClusterType",
+    "ConfigError",
+    "Host",
+    "LbType",
+    "Listener",
+    "Loaded",
+    "MeshConfig",
+    "NetworkFilterConfig",
+    "ServerConfig",
+    "StreamFilterConfig",
+    "TcpProxyConfig",
+    "load_config",
+    "parse_config",
+    "read_config",
+    "register_filter_config",
+]

@@ -1,0 +1,66 @@
+"""Configuration classes of the filters, by type name.
+
+The config layer must know each filter type's shape to validate a file before anything runs,
+so filter packages register their config class here (pure data); their runtime factories are
+registered in ``trio_mesh.filters``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from attrs import frozen
+
+from .model import Duration, PositiveInt, cluster_ref
+
+FilterKind = Literal["network", "stream"]
+
+_CONFIG_CLASSES: dict[FilterKind, dict[str, type | None]] = {"network": {}, "stream": {}}
+_TERMINAL: set[str] = set()
+
+
+def register_filter_config(
+    kind: FilterKind, name: str, config_cls: type | None, *, terminal: bool = False
+) -> None:
+    """Declare filter ``name`` of ``kind`` with its attrs config class (``None``: no config).
+
+    A ``terminal`` network filter owns the connection to its end (``tcp_proxy``, ``proxy``):
+    it must be the last of its chain.
+    """
+    table = _CONFIG_CLASSES[kind]
+    if name in table and table[name] is not config_cls:
+        raise ValueError(f"{kind} filter {name!r} is already registered")
+    table[name] = config_cls
+    if terminal:
+        _TERMINAL.add(name)
+
+
+def filter_config_class(kind: FilterKind, name: str) -> type | None:
+    """The config class of a registered filter; ``KeyError`` if the type is unknown."""
+    return _CONFIG_CLASSES[kind][name]
+
+
+def is_terminal(name: str) -> bool:
+    return name in _TERMINAL
+
+
+def known_filters(kind: FilterKind) -> list[str]:
+    return sorted(_CONFIG_CLASSES[kind])
+
+
+@frozen(kw_only=True)
+class TcpProxyConfig:
+    """L4 proxy of a connection to one host of ``cluster``."""
+
+    cluster: str = cluster_ref()
+    #: Close both sides after this long with no bytes either way; ``None``: never.
+    idle_timeout: Duration | None = None
+    #: Hosts tried in turn when a connect fails (MOSN's name).
+    max_connect_attempts: PositiveInt = PositiveInt(1)
+    stat_prefix: str | None = None
+
+
+# Built-in filters' shapes are known to the config layer itself, so a file validates without
+# importing the runtime; their factories register in ``trio_mesh.filters``.
+register_filter_config("network", "tcp_proxy", TcpProxyConfig, terminal=True)
+register_filter_config("network", "echo", None, terminal=True)

@@ -1,0 +1,79 @@
+"""Reading a configuration document (YAML or JSON) into a validated ``MeshConfig``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from .convert import converter, structure_errors
+from .errors import ConfigError
+from .model import MeshConfig
+from .normalize import Report, normalize
+from .validate import check
+
+log = logging.getLogger("trio_mesh.config")
+
+
+@attrs.frozen
+class Loaded:
+    config: MeshConfig
+    warnings: tuple[str, ...]
+
+
+def parse_config(data: Any) -> Loaded:
+    """Validate an already-parsed document; raise ``ConfigError`` listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"expected a mapping at the top level, got {type(data).__name__}"])
+    report = Report()
+    normalized = normalize(data, MeshConfig, "", report)
+    errors = list(report.errors)
+    try:
+        config = converter.structure(normalized, MeshConfig)
+    except Exception as exc:
+        errors += structure_errors(exc)
+    else:
+        errors += check(config)
+    if errors:
+        raise ConfigError(errors)
+    if config.admin is not None:
+        report.warnings.append("admin: the admin API is not served yet: ignored")
+    return Loaded(config=config, warnings=tuple(report.warnings))
+
+
+def read_config(path: str | os.PathLike[str]) -> Loaded:
+    """Read and validate a ``.yaml``/``.yml`` or ``.json`` file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{p}: not UTF-8 text: {exc.reason}"]) from None
+    suffix = p.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"{p}: invalid YAML: {exc}"]) from None
+    elif suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError([f"{p}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"]) from None
+    else:
+        raise ConfigError([f"{p}: unknown config format {suffix!r} (use .yaml, .yml or .json)"])
+    return parse_config(data)
+
+
+def load_config(path: str | os.PathLike[str]) -> MeshConfig:
+    """Read, validate and return the configuration; each warning is logged once."""
+    loaded = read_config(path)
+    for w in loaded.warnings:
+        log.warning("%s", w)
+    return loaded.config

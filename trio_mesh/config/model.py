@@ -1,0 +1,256 @@
+"""The configuration as frozen attrs classes, shaped like MOSN's v2 configuration.
+
+Field names are MOSN's JSON keys. ``MOSN_PENDING`` on a class names the MOSN keys that are
+known but not implemented yet: they load with a warning instead of failing.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, ClassVar, NewType
+
+import attrs
+from attrs import frozen
+
+#: Seconds, written in configuration files as ``"3s"``, ``"250ms"``, ``"1m"``.
+Duration = NewType("Duration", float)
+#: A host weight, 1-128 as in MOSN.
+Weight = NewType("Weight", int)
+#: An integer of at least 1.
+PositiveInt = NewType("PositiveInt", int)
+#: A log level name as MOSN writes it (``WARN``, ``TRACE``...) or as Python does.
+LogLevel = NewType("LogLevel", str)
+
+
+def cluster_ref() -> Any:
+    """A field naming a cluster; load fails if no cluster has that name."""
+    return attrs.field(metadata={"refers_to": "cluster"})
+
+
+@frozen
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@frozen(kw_only=True)
+class FilterConfig:
+    """A network or stream filter: ``{type, config}``; ``config`` is the type's own class."""
+
+    type: str
+    config: Any = None
+
+    KIND: ClassVar[str] = ""
+    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset({"go_plugin_config"})
+
+
+@frozen(kw_only=True)
+class NetworkFilterConfig(FilterConfig):
+    KIND: ClassVar[str] = "network"
+
+
+@frozen(kw_only=True)
+class StreamFilterConfig(FilterConfig):
+    KIND: ClassVar[str] = "stream"
+
+
+@frozen(kw_only=True)
+class FilterChain:
+    filters: tuple[NetworkFilterConfig, ...] = ()
+
+    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset({"match", "tls_context", "tls_context_set"})
+
+
+@frozen(kw_only=True)
+class Listener:
+    name: str
+    address: Address
+    bind_port: bool = True
+    filter_chains: tuple[FilterChain, ...] = ()
+    stream_filters: tuple[StreamFilterConfig, ...] = ()
+    connection_idle_timeout: Duration | None = None
+    #: Connections over this number are accepted and closed at once (Envoy's behaviour).
+    max_connections: PositiveInt | None = None
+
+    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
+        {
+            "type",
+            "network",
+            "use_original_dst",
+            "access_logs",
+            "listener_filters",
+            "inspector",
+            "default_read_buffer_size",
+        }
+    )
+
+
+@frozen(kw_only=True)
+class RouterConfig:
+    """A named route table; its virtual hosts are compiled from the HTTP issue on."""
+
+    router_config_name: str
+    virtual_hosts: tuple[dict[str, Any], ...] = ()
+
+    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
+        {
+            "request_headers_to_add",
+            "response_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_remove",
+        }
+    )
+
+
+@frozen(kw_only=True)
+class ServerConfig:
+    listeners: tuple[Listener, ...] = ()
+    routers: tuple[RouterConfig, ...] = ()
+    default_log_level: LogLevel | None = None
+
+    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
+        {
+            "default_log_path",
+            "global_log_roller",
+            "use_netpoll_mode",
+            "graceful_timeout",
+            "processor",
+            "mosn_server_name",
+            "optimize_local_write",
+        }
+    )
+
+
+class ClusterType(enum.Enum):
+    SIMPLE = "SIMPLE"
+    STATIC = "STATIC"
+
+
+class LbType(enum.Enum):
+    LB_RANDOM = "LB_RANDOM"
+    LB_ROUNDROBIN = "LB_ROUNDROBIN"
+    LB_WEIGHTED_ROUNDROBIN = "LB_WEIGHTED_ROUNDROBIN"
+    LB_LEAST_REQUEST = "LB_LEAST_REQUEST"
+
+
+MIN_HOST_WEIGHT = 1
+MAX_HOST_WEIGHT = 128
+
+
+@frozen(kw_only=True)
+class Host:
+    address: Address
+    hostname: str | None = None
+    weight: Weight = Weight(1)
+    metadata: dict[str, Any] = attrs.field(factory=dict)
+
+    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset({"tls_disable"})
+
+
+@frozen(kw_only=True)
+class Thresholds:
+    """One circuit-breaker priority's limits; ``None`` means unlimited."""
+
+    priority: str = "DEFAULT"
+    max_connections: PositiveInt | None = None
+    max_pending_requests: PositiveInt | None = None
+    max_requests: PositiveInt | None = None
+    max_retries: int | None = None
+
+
+@frozen(kw_only=True)
+class Cluster:
+    name: str
+    type: ClusterType = ClusterType.SIMPLE
+    lb_type: LbType = LbType.LB_ROUNDROBIN
+    hosts: tuple[Host, ...] = ()
+    connect_timeout: Duration = Duration(3.0)
+    #: Idle upstream connections are closed after this long (pooled protocols).
+    idle_timeout: Duration | None = None
+    #: Requests carried by one upstream connection before it is retired; 0: no limit.
+    max_request_per_conn: int = 0
+    circuit_breakers: tuple[Thresholds, ...] = ()
+
+    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
+        {
+            "sub_type",
+            "conn_buffer_limit_bytes",
+            "health_check",
+            "spec",
+            "lb_subset_config",
+            "original_dst_lb_config",
+            "cluster_manager_tls",
+            "tls_context",
+            "lbconfig",
+            "dns_refresh_rate",
+            "respect_dns_ttl",
+            "dns_lookup_family",
+            "dns_resolvers",
+            "dns_resolver_file",
+            "dns_resolver_port",
+            "cluster_pool_enable",
+        }
+    )
+
+    def thresholds(self, priority: str = "DEFAULT") -> Thresholds:
+        for t in self.circuit_breakers:
+            if t.priority.upper() == priority:
+                return t
+        return Thresholds(priority=priority)
+
+
+@frozen(kw_only=True)
+class ClusterManagerConfig:
+    clusters: tuple[Cluster, ...] = ()
+
+    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
+        {"auto_discovery", "registry_use_health_check", "clusters_configs", "tls_context"}
+    )
+
+
+@frozen(kw_only=True)
+class AdminConfig:
+    """MOSN and Envoy write ``{"address": {"socket_address": {"address", "port_value"}}}``;
+    a plain ``"host:port"`` string is accepted too."""
+
+    address: Address
+
+
+@frozen(kw_only=True)
+class MeshConfig:
+    """The whole configuration of one proxy."""
+
+    servers: tuple[ServerConfig, ...] = ()
+    cluster_manager: ClusterManagerConfig = ClusterManagerConfig()
+    admin: AdminConfig | None = None
+
+    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
+        {
+            "tracing",
+            "metrics",
+            "dynamic_resources",
+            "static_resources",
+            "pprof",
+            "pid",
+            "plugin",
+            "third_part_codec",
+            "extends",
+            "close_graceful",
+            "inherit_old_mosnconfig",
+            "wasm_global_plugins",
+            "debug",
+        }
+    )
+
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        return tuple(lst for server in self.servers for lst in server.listeners)
+
+    def cluster(self, name: str) -> Cluster | None:
+        for c in self.cluster_manager.clusters:
+            if c.name == name:
+                return c
+        return None

@@ -1,0 +1,88 @@
+"""Key matching before structuring: MOSN's Go loader matches JSON keys case-insensitively.
+
+Walks the raw document along the attrs classes, renames each key to its field, reports unknown
+keys as errors and known-but-pending MOSN keys as warnings, both with their paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+import typing
+from typing import Any
+
+import attrs
+
+from .errors import at, join_path
+from .filters import filter_config_class
+from .model import Address, FilterConfig
+
+# attrs classes written as one scalar in files ("host:port"): their hooks parse them whole.
+_LEAVES = (Address,)
+
+
+@functools.cache
+def _fields(cls: type) -> dict[str, tuple[str, Any]]:
+    attrs.resolve_types(cls)
+    return {f.name.lower(): (f.name, f.type) for f in attrs.fields(cls)}
+
+
+class Report:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+
+
+def normalize(data: Any, tp: Any, path: str, report: Report) -> Any:
+    """Return ``data`` with every mapping's keys renamed to the fields of ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return data if data is None or len(inner) != 1 else normalize(data, inner[0], path, report)
+    if origin in (tuple, list) and isinstance(data, list):
+        (item_tp, *_) = typing.get_args(tp)
+        return [normalize(x, item_tp, join_path(path, i), report) for i, x in enumerate(data)]
+    if origin is dict and isinstance(data, dict):
+        _, value_tp = typing.get_args(tp)
+        if attrs.has(value_tp):
+            return {k: normalize(v, value_tp, f"{path}[{k!r}]", report) for k, v in data.items()}
+        return data
+    if isinstance(tp, type) and attrs.has(tp) and tp not in _LEAVES and isinstance(data, dict):
+        out = _normalize_class(data, tp, path, report)
+        if issubclass(tp, FilterConfig):
+            _normalize_filter_config(out, tp, path, report)
+        return out
+    return data
+
+
+def _normalize_class(data: dict, cls: type, path: str, report: Report) -> dict:
+    fields = _fields(cls)
+    pending: frozenset[str] = getattr(cls, "MOSN_PENDING", frozenset())
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        lowered = str(key).lower()
+        key_path = join_path(path, lowered if lowered in fields or lowered in pending else str(key))
+        if lowered in fields:
+            name, field_tp = fields[lowered]
+            if name in out:
+                report.errors.append(at(key_path, f"duplicate key (also given as {name!r})"))
+                continue
+            out[name] = normalize(value, field_tp, key_path, report)
+        elif lowered in pending:
+            report.warnings.append(at(key_path, "known MOSN key, not implemented yet: ignored"))
+        else:
+            known = ", ".join(sorted(fields))
+            report.errors.append(at(key_path, f"unknown key (known keys: {known})"))
+    return out
+
+
+def _normalize_filter_config(out: dict, cls: type[FilterConfig], path: str, report: Report) -> None:
+    ftype = out.get("type")
+    if not isinstance(ftype, str) or not isinstance(out.get("config"), dict):
+        return
+    try:
+        config_cls = filter_config_class(cls.KIND, ftype)  # type: ignore[arg-type]
+    except KeyError:
+        return  # the converter reports the unknown type with the known ones
+    if config_cls is not None:
+        out["config"] = normalize(out["config"], config_cls, join_path(path, "config"), report)

@@ -1,0 +1,48 @@
+"""Network filters by type name: a factory, built once per configuration, per filter config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+
+from ..config import register_filter_config
+from ..network.connection import Connection
+from ..upstream import ClusterManager
+
+
+@attrs.frozen
+class BuildContext:
+    """What a filter factory may use while building: the clusters of this configuration."""
+
+    clusters: ClusterManager
+
+
+class NetworkFilter(Protocol):
+    """A terminal network filter owns the connection until it returns."""
+
+    async def on_connection(self, conn: Connection) -> None: ...
+
+
+NetworkFilterFactory = Callable[[Any, BuildContext], NetworkFilter]
+
+_NETWORK: dict[str, NetworkFilterFactory] = {}
+
+
+def register_network_filter(
+    name: str,
+    factory: NetworkFilterFactory,
+    config_cls: type | None,
+    *,
+    terminal: bool = False,
+) -> None:
+    """Register a network filter; its config class is validated at load time."""
+    if name in _NETWORK and _NETWORK[name] is not factory:
+        raise ValueError(f"network filter {name!r} is already registered")
+    register_filter_config("network", name, config_cls, terminal=terminal)
+    _NETWORK[name] = factory
+
+
+def build_network_filter(name: str, config: Any, ctx: BuildContext) -> NetworkFilter:
+    return _NETWORK[name](config, ctx)

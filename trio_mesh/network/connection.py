@@ -1,0 +1,46 @@
+"""A downstream connection as network filters see it."""
+
+from __future__ import annotations
+
+import trio
+
+
+class IdleTimer:
+    """A cancel scope whose deadline moves forward on every ``touch``; ``None``: no timeout."""
+
+    __slots__ = ("scope", "timeout")
+
+    def __init__(self, timeout: float | None) -> None:
+        self.scope = trio.CancelScope()
+        self.timeout = timeout
+        self.touch()
+
+    def touch(self) -> None:
+        if self.timeout is not None:
+            self.scope.deadline = trio.current_time() + self.timeout
+
+    def shorten(self, timeout: float | None) -> None:
+        """Use ``timeout`` if it is shorter than the current one (listener vs filter limits)."""
+        if timeout is not None and (self.timeout is None or timeout < self.timeout):
+            self.timeout = timeout
+            self.touch()
+
+    @property
+    def expired(self) -> bool:
+        return self.scope.cancelled_caught
+
+
+class Connection:
+    """The accepted stream, its addresses, and its idle timer (the listener applies it)."""
+
+    __slots__ = ("stream", "remote", "local", "listener_name", "idle")
+
+    def __init__(self, stream: trio.SocketStream, listener_name: str, idle_timeout: float | None):
+        self.stream = stream
+        self.listener_name = listener_name
+        try:
+            self.remote = stream.socket.getpeername()
+            self.local = stream.socket.getsockname()
+        except OSError:  # the peer may already be gone: keep going, the first read will say so
+            self.remote = self.local = None
+        self.idle = IdleTimer(idle_timeout)

@@ -1,0 +1,74 @@
+"""The server: builds the runtime from a configuration and owns the root nursery."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .config import Listener, MeshConfig
+from .filters import BuildContext, build_network_filter
+from .network.connection import Connection
+from .network.listener import ListenerRuntime, bind
+from .upstream import ClusterManager
+
+log = logging.getLogger("trio_mesh.server")
+
+
+class Server:
+    """A running proxy, embeddable in any Trio nursery::
+
+        server = await nursery.start(Server(config).run)
+        host, port = server.addresses["ingress"]
+
+    Cancelling the nursery closes every socket and task of the server.
+    """
+
+    def __init__(self, config: MeshConfig) -> None:
+        self.config = config
+        self.clusters = ClusterManager(config.cluster_manager.clusters)
+        self.listeners: dict[str, ListenerRuntime] = {}
+
+    @property
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        """The real bound ``(host, port)`` of each bound listener, by name."""
+        return {name: lst.address for name, lst in self.listeners.items()}
+
+    async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        ctx = BuildContext(clusters=self.clusters)
+        handlers = {lst.name: _handler(lst, ctx) for lst in self.config.listeners}
+        try:
+            # Bind everything before serving anything: a port in use stops start-up as a whole.
+            for lst in self.config.listeners:
+                if not lst.bind_port:
+                    log.info("listener %r: bind_port is false, not listening", lst.name)
+                    continue
+                sock = await bind(lst.name, lst.address)
+                self.listeners[lst.name] = ListenerRuntime(
+                    lst.name,
+                    sock,
+                    handlers[lst.name],
+                    idle_timeout=lst.connection_idle_timeout,
+                    max_connections=lst.max_connections,
+                )
+            async with trio.open_nursery() as nursery:
+                for runtime in self.listeners.values():
+                    await nursery.start(runtime.serve)
+                    log.info("listener %r listening on %s", runtime.name, _fmt(*runtime.address))
+                task_status.started(self)
+        finally:
+            for runtime in self.listeners.values():
+                runtime.sock.close()
+
+
+def _handler(listener: Listener, ctx: BuildContext) -> Callable[[Connection], Awaitable[None]]:
+    """The listener's connection handler. Validation left one chain whose only filter is
+    terminal; non-terminal read/write filters join in front of it with the filters issue."""
+    (chain,) = listener.filter_chains
+    terminal = build_network_filter(chain.filters[-1].type, chain.filters[-1].config, ctx)
+    return terminal.on_connection
+
+
+def _fmt(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,38 @@
+"""Counters and gauges: plain integer attributes, cheap to bump on the hot path."""
+
+from __future__ import annotations
+
+
+class Stats:
+    """A group of named integers; subclasses list them in ``__slots__``."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class ListenerStats(Stats):
+    __slots__ = (
+        "downstream_cx_total",
+        "downstream_cx_active",
+        "downstream_cx_overflow",
+        "downstream_cx_idle_timeout",
+        "downstream_accept_error",
+    )
+
+
+class ClusterStats(Stats):
+    __slots__ = (
+        "upstream_cx_total",
+        "upstream_cx_active",
+        "upstream_cx_connect_fail",
+        "upstream_cx_connect_timeout",
+        "upstream_cx_overflow",
+        "upstream_cx_none_healthy",
+        "upstream_cx_idle_timeout",
+    )

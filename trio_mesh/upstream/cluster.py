@@ -1,0 +1,71 @@
+"""A cluster: its hosts, its balancer, its limits, its counters."""
+
+from __future__ import annotations
+
+import trio
+
+from ..config import Cluster as ClusterConfig
+from ..network.connect import ConnectError, connect_tcp
+from ..stats import ClusterStats
+from .host import Host
+from .lb import LoadBalancer, make_balancer
+
+
+class NoHostError(Exception):
+    """The cluster has no host to offer (empty, or all over their limits)."""
+
+
+class CircuitOpenError(Exception):
+    """A circuit breaker is open: the cluster is at its connection limit."""
+
+
+class Cluster:
+    def __init__(self, config: ClusterConfig) -> None:
+        self.name = config.name
+        self.config = config
+        self.connect_timeout = config.connect_timeout
+        self.max_connections = config.thresholds().max_connections
+        self.stats = ClusterStats()
+        self.hosts: tuple[Host, ...] = ()
+        self.lb: LoadBalancer
+        self.set_hosts([Host.from_config(h) for h in config.hosts])
+
+    def set_hosts(self, hosts: list[Host]) -> None:
+        """Replace the host set at once; the balancer is rebuilt for the new set."""
+        self.hosts = tuple(hosts)
+        self.lb = make_balancer(self.config.lb_type, self.hosts)
+
+    def choose_host(self) -> Host:
+        host = self.lb.choose()
+        if host is None:
+            self.stats.upstream_cx_none_healthy += 1
+            raise NoHostError(f"cluster {self.name!r} has no host")
+        return host
+
+    async def connect(self, host: Host) -> trio.SocketStream:
+        """A new connection to ``host``, within the connect timeout and the connection limit.
+
+        The caller owns the stream and must call ``release_connection`` when it closes it.
+        """
+        stats = self.stats
+        if self.max_connections is not None and stats.upstream_cx_active >= self.max_connections:
+            stats.upstream_cx_overflow += 1
+            raise CircuitOpenError(
+                f"cluster {self.name!r} is at max_connections {self.max_connections}"
+            )
+        stats.upstream_cx_total += 1
+        stats.upstream_cx_active += 1
+        try:
+            return await connect_tcp(host.host, host.port, self.connect_timeout)
+        except ConnectError as exc:
+            stats.upstream_cx_active -= 1
+            if exc.timeout:
+                stats.upstream_cx_connect_timeout += 1
+            stats.upstream_cx_connect_fail += 1
+            raise
+        except BaseException:
+            stats.upstream_cx_active -= 1
+            raise
+
+    def release_connection(self) -> None:
+        self.stats.upstream_cx_active -= 1
