@@ -60,6 +60,7 @@ class Server:
         finally:
             for runtime in self.listeners.values():
                 runtime.sock.close()
+            self.listeners.clear()
 
 
 def _handler(listener: Listener, ctx: BuildContext) -> Callable[[Connection], Awaitable[None]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import socket
 import struct
 
@@ -17,15 +19,34 @@ class ConnectError(Exception):
 
 
 async def connect_tcp(host: str, port: int, timeout: float) -> trio.SocketStream:
+    """Connect to one address (a name resolves to its first address; no happy eyeballs:
+    upstream hosts are addresses in a mesh, and one syscall path keeps errors exact)."""
     try:
         with trio.fail_after(timeout):
-            return await trio.open_tcp_stream(host, port)
+            family, sockaddr = await _resolve(host, port)
+            sock = trio.socket.socket(family, socket.SOCK_STREAM)
+            try:
+                await sock.connect(sockaddr)
+            except BaseException:
+                sock.close()
+                raise
     except trio.TooSlowError:
         raise ConnectError(
             f"connect to {host}:{port} timed out after {timeout}s", timeout=True
         ) from None
     except OSError as exc:
-        raise ConnectError(f"connect to {host}:{port} failed: {exc.strerror or exc}") from None
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConnectError(f"connect to {host}:{port} failed: {reason}") from None
+    return trio.SocketStream(sock)
+
+
+async def _resolve(host: str, port: int) -> tuple[int, tuple]:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return infos[0][0], infos[0][4]
+    return (socket.AF_INET6, (host, port)) if ip.version == 6 else (socket.AF_INET, (host, port))
 
 
 def abort(stream: trio.SocketStream) -> None:
