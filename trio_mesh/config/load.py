@@ -15,7 +15,7 @@ from .convert import converter, structure_errors
 from .errors import ConfigError
 from .model import MeshConfig
 from .normalize import Report, normalize
-from .validate import check
+from .validate import check, check_refs
 
 log = logging.getLogger("trio_mesh.config")
 
@@ -32,7 +32,7 @@ def parse_config(data: Any) -> Loaded:
         raise ConfigError([f"expected a mapping at the top level, got {type(data).__name__}"])
     report = Report()
     normalized = normalize(data, MeshConfig, "", report)
-    errors = list(report.errors)
+    errors = report.errors + check_refs(normalized, report.cluster_refs)
     try:
         config = converter.structure(normalized, MeshConfig)
     except Exception as exc:

@@ -22,15 +22,20 @@ _LEAVES = (Address,)
 
 
 @functools.cache
-def _fields(cls: type) -> dict[str, tuple[str, Any]]:
+def _fields(cls: type) -> dict[str, tuple[str, Any, str | None]]:
     attrs.resolve_types(cls)
-    return {f.name.lower(): (f.name, f.type) for f in attrs.fields(cls)}
+    return {
+        f.name.lower(): (f.name, f.type, f.metadata.get("refers_to")) for f in attrs.fields(cls)
+    }
 
 
 class Report:
     def __init__(self) -> None:
         self.errors: list[str] = []
         self.warnings: list[str] = []
+        #: ``(path, name)`` of every field marked ``cluster_ref()``, checked after the walk
+        #: so that a wrong reference is reported even when other values fail to structure.
+        self.cluster_refs: list[tuple[str, str]] = []
 
 
 def normalize(data: Any, tp: Any, path: str, report: Report) -> Any:
@@ -63,10 +68,12 @@ def _normalize_class(data: dict, cls: type, path: str, report: Report) -> dict:
         lowered = str(key).lower()
         key_path = join_path(path, lowered if lowered in fields or lowered in pending else str(key))
         if lowered in fields:
-            name, field_tp = fields[lowered]
+            name, field_tp, refers_to = fields[lowered]
             if name in out:
                 report.errors.append(at(key_path, f"duplicate key (also given as {name!r})"))
                 continue
+            if refers_to == "cluster" and isinstance(value, str):
+                report.cluster_refs.append((key_path, value))
             out[name] = normalize(value, field_tp, key_path, report)
         elif lowered in pending:
             report.warnings.append(at(key_path, "known MOSN key, not implemented yet: ignored"))

@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import attrs
-
-from .errors import at, join_path
+from .errors import at
 from .filters import is_terminal
 from .model import MeshConfig
 
 
+def check_refs(normalized: dict, refs: list[tuple[str, str]]) -> list[str]:
+    """References to clusters, on the key-matched document: they are reported even when
+    other values fail to structure."""
+    manager = normalized.get("cluster_manager")
+    clusters = manager.get("clusters") if isinstance(manager, dict) else None
+    names = {
+        c["name"]
+        for c in (clusters if isinstance(clusters, list) else [])
+        if isinstance(c, dict) and isinstance(c.get("name"), str)
+    }
+    defined = ", ".join(sorted(names)) or "none"
+    return [
+        at(path, f"unknown cluster {name!r} (defined: {defined})")
+        for path, name in refs
+        if name not in names
+    ]
+
+
 def check(config: MeshConfig) -> list[str]:
+    """Checks that need the structured configuration."""
     errors: list[str] = []
-    clusters = {c.name for c in config.cluster_manager.clusters}
     _unique(
         errors,
         [
@@ -36,11 +51,6 @@ def check(config: MeshConfig) -> list[str]:
             _check_chains(errors, lp, listener)
     _unique(errors, listeners, "listener")
     _unique(errors, routers, "router config")
-
-    defined = ", ".join(sorted(clusters)) or "none"
-    for path, name in _cluster_refs(config, ""):
-        if name not in clusters:
-            errors.append(at(path, f"unknown cluster {name!r} (defined: {defined})"))
     return errors
 
 
@@ -74,18 +84,3 @@ def _unique(errors: list[str], named: list[tuple[str, str]], what: str) -> None:
         if name in seen:
             errors.append(at(path, f"duplicate {what} name {name!r}"))
         seen.add(name)
-
-
-def _cluster_refs(value: Any, path: str) -> Iterator[tuple[str, str]]:
-    """Every field marked with ``cluster_ref()``, anywhere, with its path."""
-    if attrs.has(type(value)):
-        for f in attrs.fields(type(value)):
-            v = getattr(value, f.name)
-            fp = join_path(path, f.name)
-            if f.metadata.get("refers_to") == "cluster" and isinstance(v, str):
-                yield fp, v
-            else:
-                yield from _cluster_refs(v, fp)
-    elif isinstance(value, tuple):
-        for i, v in enumerate(value):
-            yield from _cluster_refs(v, join_path(path, i))
