@@ -32,13 +32,13 @@ def parse_config(data: Any) -> Loaded:
         raise ConfigError([f"expected a mapping at the top level, got {type(data).__name__}"])
     report = Report()
     normalized = normalize(data, MeshConfig, "", report)
-    errors = report.errors + check_refs(normalized, report.cluster_refs)
+    errors = list(report.errors)
     try:
         config = converter.structure(normalized, MeshConfig)
-    except Exception as exc:
-        errors += structure_errors(exc)
+    except Exception as exc:  # every structuring error becomes a path line
+        errors += structure_errors(exc) + check_refs(normalized, report.cluster_refs)
     else:
-        errors += check(config)
+        errors += check_refs(normalized, report.cluster_refs) + check(config)
     if errors:
         raise ConfigError(errors)
     if config.admin is not None:
