@@ -7,14 +7,31 @@ converter only checks values; its errors go through ``cattrs.transform_error``.
 from __future__ import annotations
 
 import enum
+import typing
+from collections.abc import Callable
 from typing import Any
 
+import attrs
 import cattrs
-from cattrs.errors import AttributeValidationNote, ClassValidationError
+from cattrs.errors import (
+    AttributeValidationNote,
+    ClassValidationError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+from cattrs.gen import make_dict_structure_fn
 
 from . import values
 from .filters import filter_config_class, known_filters
-from .model import Address, Duration, FilterConfig, LogLevel, PositiveInt, Weight
+from .model import (
+    Address,
+    AdminConfig,
+    Duration,
+    FilterConfig,
+    LogLevel,
+    PositiveInt,
+    Weight,
+)
 
 converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
 
@@ -46,6 +63,57 @@ converter.register_structure_hook_func(
 )
 
 
+def _structure_sequence(value: Any, tp: Any) -> tuple:
+    """``tuple[X, ...]`` from a list only: cattrs alone would take a string or a mapping
+    as an iterable and report nonsense about its characters or keys."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"expected a list, got {value!r}")
+    (item_tp, *_) = typing.get_args(tp)
+    out, errors = [], []
+    for i, item in enumerate(value):
+        try:
+            out.append(converter.structure(item, item_tp))
+        except Exception as exc:
+            exc.__notes__ = [
+                *getattr(exc, "__notes__", []),
+                IterableValidationNote(f"Structuring {tp} @ index {i}", i, item_tp),
+            ]
+            errors.append(exc)
+    if errors:
+        raise IterableValidationError(f"While structuring {tp}", errors, tp)
+    return tuple(out)
+
+
+converter.register_structure_hook_func(lambda t: typing.get_origin(t) is tuple, _structure_sequence)
+
+
+def _mapping_only(cls: type) -> Callable[[Any, type], Any]:
+    """attrs classes from a mapping only (cattrs would read attributes of any object)."""
+    inner = make_dict_structure_fn(cls, converter, _cattrs_detailed_validation=True)
+
+    def structure(value: Any, _: type) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping, got {value!r}")
+        return inner(value, cls)
+
+    return structure
+
+
+converter.register_structure_hook_factory(
+    lambda t: attrs.has(t) and not issubclass(t, FilterConfig) and t is not Address,
+    _mapping_only,
+)
+
+
+def _structure_admin(value: Any, _: type) -> AdminConfig:
+    if isinstance(value, str):  # the short form: "127.0.0.1:34901"
+        return AdminConfig(address=values.parse_address(value))
+    return _mapping_only(AdminConfig)(value, AdminConfig)
+
+
+converter.register_structure_hook(AdminConfig, _structure_admin)
+
+
 def _fail_at(cls: type, name: str, exc: Exception) -> ClassValidationError:
     exc.__notes__ = [
         *getattr(exc, "__notes__", []),
@@ -72,6 +140,8 @@ def _structure_filter(data: Any, cls: type[FilterConfig]) -> FilterConfig:
             cls, "type", ValueError(f"unknown {kind} filter type {ftype!r} (known: {known})")
         ) from None
     raw = data.get("config")
+    if raw is not None and not isinstance(raw, dict):
+        raise _fail_at(cls, "config", ValueError(f"expected a mapping, got {raw!r}"))
     if config_cls is None:
         if raw not in (None, {}):
             raise _fail_at(cls, "config", ValueError(f"filter {ftype!r} takes no config"))

@@ -7,7 +7,7 @@ registered in ``trio_mesh.filters``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from attrs import frozen
 
@@ -58,6 +58,8 @@ class TcpProxyConfig:
     #: Hosts tried in turn when a connect fails (MOSN's name).
     max_connect_attempts: PositiveInt = PositiveInt(1)
     stat_prefix: str | None = None
+
+    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset({"routes"})
 
 
 # Built-in filters' shapes are known to the config layer itself, so a file validates without

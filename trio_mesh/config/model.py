@@ -84,6 +84,8 @@ class Listener:
             "listener_filters",
             "inspector",
             "default_read_buffer_size",
+            "log_path",
+            "log_level",
         }
     )
 
@@ -197,7 +199,7 @@ class Cluster:
 
     def thresholds(self, priority: str = "DEFAULT") -> Thresholds:
         for t in self.circuit_breakers:
-            if t.priority.upper() == priority:
+            if t.priority.upper() == priority.upper():
                 return t
         return Thresholds(priority=priority)
 

@@ -50,6 +50,18 @@ def check(config: MeshConfig) -> list[str]:
             listeners.append((f"{lp}.name", listener.name))
             _check_chains(errors, lp, listener)
     _unique(errors, listeners, "listener")
+    # Two listeners on one fixed address would only fail at bind time; port 0 never clashes.
+    _unique(
+        errors,
+        [
+            (f"servers[{si}].listeners[{li}].address", str(lst.address))
+            for si, server in enumerate(config.servers)
+            for li, lst in enumerate(server.listeners)
+            if lst.bind_port and lst.address.port != 0
+        ],
+        "listener",
+        "address",
+    )
     _unique(errors, routers, "router config")
     return errors
 
@@ -78,9 +90,11 @@ def _check_chains(errors: list[str], lp: str, listener: Any) -> None:
                 )
 
 
-def _unique(errors: list[str], named: list[tuple[str, str]], what: str) -> None:
+def _unique(
+    errors: list[str], named: list[tuple[str, str]], what: str, attribute: str = "name"
+) -> None:
     seen: set[str] = set()
     for path, name in named:
         if name in seen:
-            errors.append(at(path, f"duplicate {what} name {name!r}"))
+            errors.append(at(path, f"duplicate {what} {attribute} {name!r}"))
         seen.add(name)

@@ -88,11 +88,13 @@ def parse_address(value: Any) -> Address:
         raise ValueError(f"expected host:port, got {value!r}")
     if value.startswith("["):
         host, sep, port_text = value[1:].partition("]:")
+        if sep and ":" not in host:
+            raise ValueError(f"brackets are for IPv6 hosts only, got {value!r}")
     else:
         host, sep, port_text = value.rpartition(":")
         if ":" in host:
             raise ValueError(f"expected host:port with an IPv6 host in brackets, got {value!r}")
-    if not sep or not host or not port_text.isdigit():
+    if not sep or not host or not (port_text.isascii() and port_text.isdigit()):
         raise ValueError(f"expected host:port, got {value!r}")
     return _checked(host, int(port_text), value)
 
