@@ -65,6 +65,16 @@ class FilterChain:
 
 
 @frozen(kw_only=True)
+class AccessLogConfig:
+    """One access log of a listener. ``log_path``: a file, or ``stdout``/``stderr``.
+    ``log_format``: MOSN-style ``%variable%`` text, or ``json`` for JSON lines; ``None``: the
+    default text format."""
+
+    log_path: str
+    log_format: str | None = None
+
+
+@frozen(kw_only=True)
 class Listener:
     name: str
     address: Address
@@ -74,13 +84,13 @@ class Listener:
     connection_idle_timeout: Duration | None = None
     #: Connections over this number are accepted and closed at once (Envoy's behaviour).
     max_connections: PositiveInt | None = None
+    access_logs: tuple[AccessLogConfig, ...] = ()
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
         {
             "type",
             "network",
             "use_original_dst",
-            "access_logs",
             "listener_filters",
             "inspector",
             "default_read_buffer_size",
@@ -90,21 +100,7 @@ class Listener:
     )
 
 
-@frozen(kw_only=True)
-class RouterConfig:
-    """A named route table; its virtual hosts are compiled from the HTTP issue on."""
-
-    router_config_name: str
-    virtual_hosts: tuple[dict[str, Any], ...] = ()
-
-    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
-        {
-            "request_headers_to_add",
-            "response_headers_to_add",
-            "request_headers_to_remove",
-            "response_headers_to_remove",
-        }
-    )
+from .routes import RouterConfig  # noqa: E402 - routes build on the scalar types above
 
 
 @frozen(kw_only=True)
