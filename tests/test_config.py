@@ -408,7 +408,7 @@ L0 = "servers[0].listeners[0]"
 F0 = f"{L0}.filter_chains[0].filters"
 C0 = "cluster_manager.clusters[0]"
 LISTENER_KEYS = (
-    "address, bind_port, connection_idle_timeout, filter_chains, max_connections, name, "
+    "access_logs, address, bind_port, connection_idle_timeout, filter_chains, max_connections, name, "
     "stream_filters"
 )
 DURATION = "expected a duration such as '3s' or '250ms', got"
