@@ -7,17 +7,13 @@ import logging
 import trio
 
 from ..config import TcpProxyConfig
-from ..network.connect import ConnectError, abort
-from ..network.connection import Connection, IdleTimer
+from ..network.connect import ConnectError
+from ..network.connection import Connection
+from ..network.relay import relay
 from ..upstream import CircuitOpenError, NoHostError
 from .registry import BuildContext, register_network_filter
 
 log = logging.getLogger("trio_mesh.tcp_proxy")
-
-# One read in flight per direction: the buffer bound, and the backpressure (a slow reader
-# stops our reads from the fast writer, so the kernel's windows push back).
-CHUNK = 64 * 1024
-
 
 class TcpProxy:
     def __init__(self, config: TcpProxyConfig, ctx: BuildContext) -> None:
@@ -31,9 +27,7 @@ class TcpProxy:
             return
         conn.idle.shorten(self.idle_timeout)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pipe, conn.stream, upstream, conn.idle, nursery.cancel_scope)
-                nursery.start_soon(_pipe, upstream, conn.stream, conn.idle, nursery.cancel_scope)
+            await relay(conn.stream, upstream, conn.idle)
         finally:
             upstream.socket.close()
             self.cluster.release_connection()
@@ -54,25 +48,6 @@ class TcpProxy:
                     "tcp_proxy %s: attempt %d/%d: %s", conn.remote, attempt, self.attempts, exc
                 )
         return None
-
-
-async def _pipe(
-    src: trio.SocketStream, dst: trio.SocketStream, idle: IdleTimer, scope: trio.CancelScope
-) -> None:
-    """Copy ``src`` to ``dst``; EOF half-closes ``dst``; a reset resets both and stops all."""
-    try:
-        while True:
-            data = await src.receive_some(CHUNK)
-            if not data:
-                break
-            idle.touch()
-            await dst.send_all(data)
-        await dst.send_eof()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        # A reset on either side ends the whole relay, and the other side learns by an RST.
-        abort(dst)
-        abort(src)
-        scope.cancel()
 
 
 register_network_filter("tcp_proxy", TcpProxy, TcpProxyConfig, terminal=True)
