@@ -453,7 +453,7 @@ BAD_DOCUMENTS = [
     ),
     pytest.param(
         lambda d: filters(d)[0].update(type="tcpproxy"),
-        [f"{F0}[0].type: unknown network filter type 'tcpproxy' (known: echo, tcp_proxy)"],
+        [f"{F0}[0].type: unknown network filter type 'tcpproxy' (known: echo, proxy, tcp_proxy)"],
         id="unknown-filter-type",
     ),
     pytest.param(
@@ -792,7 +792,7 @@ def test_registered_filter_is_listed_among_known_ones(registry: None) -> None:
     doc = minimal_doc()
     filters(doc)[0]["type"] = "nope"
     assert errors_of(doc) == [
-        f"{F0}[0].type: unknown network filter type 'nope' (known: echo, tap, tcp_proxy)"
+        f"{F0}[0].type: unknown network filter type 'nope' (known: echo, proxy, tap, tcp_proxy)"
     ]
 
 

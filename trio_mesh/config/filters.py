@@ -7,11 +7,12 @@ registered in ``trio_mesh.filters``.
 
 from __future__ import annotations
 
+import enum
 from typing import ClassVar, Literal
 
 from attrs import frozen
 
-from .model import Duration, PositiveInt, cluster_ref
+from .model import Duration, PositiveInt, cluster_ref, router_ref
 
 FilterKind = Literal["network", "stream"]
 
@@ -62,7 +63,43 @@ class TcpProxyConfig:
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset({"routes"})
 
 
+class Protocol(enum.Enum):
+    """Protocols of ``proxy`` (MOSN's names); more arrive with HTTP/2 and the RPC codecs."""
+
+    HTTP1 = "Http1"
+
+
+@frozen(kw_only=True)
+class ProxyConfig:
+    """``proxy``: the L7 proxy. Protocol and route table are MOSN's keys; the limits and
+    forwarding switches are Envoy's HTTP connection manager settings under trio-mesh names."""
+
+    downstream_protocol: Protocol = Protocol.HTTP1
+    upstream_protocol: Protocol = Protocol.HTTP1
+    router_config_name: str = router_ref()
+    #: Request line plus headers (431 above it).
+    max_request_header_bytes: PositiveInt = PositiveInt(60 * 1024)
+    #: Request target (414 above it).
+    max_url_bytes: PositiveInt = PositiveInt(8 * 1024)
+    #: Header count (431 above it).
+    max_request_headers: PositiveInt = PositiveInt(100)
+    #: Request body (413 above it); ``None``: no limit.
+    max_request_body_bytes: PositiveInt | None = None
+    #: From a request's first byte to its complete head (408 and close: slowloris).
+    request_header_timeout: Duration = Duration(10.0)
+    add_x_forwarded_for: bool = True
+    add_x_forwarded_proto: bool = True
+    generate_request_id: bool = True
+    #: Request body kept for a retry; a larger body is streamed once and not retried.
+    retry_buffer_bytes: int = 64 * 1024
+
+    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
+        {"name", "extend_config", "fallback_for_unknown_protocol", "router_handler_name"}
+    )
+
+
 # Built-in filters' shapes are known to the config layer itself, so a file validates without
 # importing the runtime; their factories register in ``trio_mesh.filters``.
 register_filter_config("network", "tcp_proxy", TcpProxyConfig, terminal=True)
 register_filter_config("network", "echo", None, terminal=True)
+register_filter_config("network", "proxy", ProxyConfig, terminal=True)

@@ -36,9 +36,9 @@ def parse_config(data: Any) -> Loaded:
     try:
         config = converter.structure(normalized, MeshConfig)
     except Exception as exc:  # every structuring error becomes a path line
-        errors += structure_errors(exc) + check_refs(normalized, report.cluster_refs)
+        errors += structure_errors(exc) + check_refs(normalized, report.refs)
     else:
-        errors += check_refs(normalized, report.cluster_refs) + check(config)
+        errors += check_refs(normalized, report.refs) + check(config)
     if errors:
         raise ConfigError(errors)
     if config.admin is not None:

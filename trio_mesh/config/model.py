@@ -27,6 +27,11 @@ def cluster_ref() -> Any:
     return attrs.field(metadata={"refers_to": "cluster"})
 
 
+def router_ref() -> Any:
+    """A field naming a router config (``servers[].routers[].router_config_name``)."""
+    return attrs.field(metadata={"refers_to": "router"})
+
+
 @frozen
 class Address:
     host: str

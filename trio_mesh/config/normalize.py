@@ -33,9 +33,10 @@ class Report:
     def __init__(self) -> None:
         self.errors: list[str] = []
         self.warnings: list[str] = []
-        #: ``(path, name)`` of every field marked ``cluster_ref()``, checked after the walk
-        #: so that a wrong reference is reported even when other values fail to structure.
-        self.cluster_refs: list[tuple[str, str]] = []
+        #: ``(kind, path, name)`` of every field marked ``cluster_ref()`` or ``router_ref()``,
+        #: checked after the walk so that a wrong reference is reported even when other
+        #: values fail to structure.
+        self.refs: list[tuple[str, str, str]] = []
 
 
 def normalize(data: Any, tp: Any, path: str, report: Report) -> Any:
@@ -72,8 +73,8 @@ def _normalize_class(data: dict, cls: type, path: str, report: Report) -> dict:
             if name in out:
                 report.errors.append(at(key_path, f"duplicate key (also given as {name!r})"))
                 continue
-            if refers_to == "cluster" and isinstance(value, str):
-                report.cluster_refs.append((key_path, value))
+            if refers_to is not None and isinstance(value, str):
+                report.refs.append((refers_to, key_path, value))
             out[name] = normalize(value, field_tp, key_path, report)
         elif lowered in pending:
             report.warnings.append(at(key_path, "known MOSN key, not implemented yet: ignored"))

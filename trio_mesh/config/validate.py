@@ -9,22 +9,33 @@ from .filters import is_terminal
 from .model import MeshConfig
 
 
-def check_refs(normalized: dict, refs: list[tuple[str, str]]) -> list[str]:
-    """References to clusters, on the key-matched document: they are reported even when
-    other values fail to structure."""
-    manager = normalized.get("cluster_manager")
-    clusters = manager.get("clusters") if isinstance(manager, dict) else None
-    names = {
-        c["name"]
-        for c in (clusters if isinstance(clusters, list) else [])
-        if isinstance(c, dict) and isinstance(c.get("name"), str)
+def check_refs(normalized: dict, refs: list[tuple[str, str, str]]) -> list[str]:
+    """References to clusters and router configs, on the key-matched document: they are
+    reported even when other values fail to structure."""
+    defined = {
+        "cluster": _names(normalized.get("cluster_manager"), "clusters", "name"),
+        "router": {
+            name
+            for server in _items(normalized, "servers")
+            for name in _names(server, "routers", "router_config_name")
+        },
     }
-    defined = ", ".join(sorted(names)) or "none"
-    return [
-        at(path, f"unknown cluster {name!r} (defined: {defined})")
-        for path, name in refs
-        if name not in names
-    ]
+    what = {"cluster": "cluster", "router": "router config"}
+    errors = []
+    for kind, path, name in refs:
+        if name not in defined[kind]:
+            known = ", ".join(sorted(defined[kind])) or "none"
+            errors.append(at(path, f"unknown {what[kind]} {name!r} (defined: {known})"))
+    return errors
+
+
+def _items(section: Any, key: str) -> list:
+    items = section.get(key) if isinstance(section, dict) else None
+    return [x for x in items if isinstance(x, dict)] if isinstance(items, list) else []
+
+
+def _names(section: Any, key: str, name_key: str) -> set[str]:
+    return {x[name_key] for x in _items(section, key) if isinstance(x.get(name_key), str)}
 
 
 def check(config: MeshConfig) -> list[str]:
