@@ -1,0 +1,1 @@
+"""The life of one downstream stream: decode, filters, route, balance, pool, forward, access log."""

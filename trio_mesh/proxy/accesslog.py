@@ -1,0 +1,512 @@
+"""Access logs, MOSN-style: ``%variable%`` templates (or JSON lines) compiled once per log.
+
+The proxy fills one :class:`RequestInfo` per request and calls :meth:`AccessLog.log` at the end
+of it. ``log`` formats the line on the spot and hands it to a bounded memory channel without
+waiting: a full channel drops the line and counts it, so a slow disk never slows requests. The
+writer task, :meth:`AccessLog.run`, runs in the server's nursery, takes whatever is queued,
+writes it in one call from a worker thread and flushes; when cancelled it writes what is still
+queued and closes the file.
+
+Text format: ``%name%`` is a variable, anything else is literal text (``%%`` is a literal
+``%``; a ``%`` that does not start a ``%name%`` without spaces stays as it is). A ``%name%``
+that names no variable is a configuration error, found by :func:`validate_log_format` and by
+:class:`AccessLog` itself. Missing values render as ``-``; durations render as Go's
+``time.Duration`` does (``1.234ms``, ``2m3.5s``), start times as MOSN's
+``2006/01/02 15:04:05.000`` in local time. Control characters in request-supplied text
+(method, path, authority, user agent, request id) are escaped (``\\x0a``), so one request is
+always one line.
+
+``log_format: json``: one JSON object per line, every variable a key in a fixed order,
+durations as float seconds, counts as numbers, missing values as ``null``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from operator import attrgetter
+from typing import Any, TextIO
+
+import trio
+
+from ..config.model import AccessLogConfig
+
+log = logging.getLogger("trio_mesh.accesslog")
+
+#: MOSN's ``types.DefaultAccessLogFormat``.
+DEFAULT_FORMAT = (
+    "%start_time% %request_received_duration% %response_received_duration% %bytes_sent%"
+    " %bytes_received% %protocol% %response_code% %duration% %response_flag% %response_code%"
+    " %upstream_local_address% %downstream_local_address% %downstream_remote_address%"
+    " %upstream_host%"
+)
+JSON_FORMAT = "json"
+#: Lines queued between ``log`` and the writer before ``log`` starts dropping.
+DEFAULT_MAX_QUEUED = 4096
+#: How long the writer may take, once cancelled, to write what is queued and close the file.
+CLOSE_TIMEOUT = 5.0
+STDOUT = "stdout"
+STDERR = "stderr"
+
+
+class RequestInfo:
+    """What the access log knows about one request. Plain data: no references to the
+    connection, the stream or the runtime, so it never takes part in a reference cycle."""
+
+    __slots__ = (
+        "start_time",
+        "start",
+        "request_received_duration",
+        "response_received_duration",
+        "duration",
+        "bytes_received",
+        "bytes_sent",
+        "protocol",
+        "method",
+        "path",
+        "authority",
+        "response_code",
+        "response_flag",
+        "upstream_host",
+        "upstream_cluster",
+        "downstream_remote_address",
+        "downstream_local_address",
+        "request_id",
+        "user_agent",
+    )
+
+    def __init__(
+        self,
+        *,
+        start_time: float = 0.0,
+        start: float = 0.0,
+        request_received_duration: float | None = None,
+        response_received_duration: float | None = None,
+        duration: float | None = None,
+        bytes_received: int = 0,
+        bytes_sent: int = 0,
+        protocol: str = "",
+        method: str = "",
+        path: str = "",
+        authority: str = "",
+        response_code: int = 0,
+        response_flag: str = "",
+        upstream_host: str | None = None,
+        upstream_cluster: str | None = None,
+        downstream_remote_address: str | None = None,
+        downstream_local_address: str | None = None,
+        request_id: str | None = None,
+        user_agent: str | None = None,
+    ) -> None:
+        #: ``time.time()`` when the request head arrived (0: unknown).
+        self.start_time = start_time
+        #: ``trio.current_time()`` at the same moment; durations are measured on this clock.
+        self.start = start
+        #: Seconds from ``start`` to the whole request received.
+        self.request_received_duration = request_received_duration
+        #: Seconds from ``start`` to the upstream response head received.
+        self.response_received_duration = response_received_duration
+        #: Seconds from ``start`` to the response fully sent.
+        self.duration = duration
+        self.bytes_received = bytes_received
+        self.bytes_sent = bytes_sent
+        self.protocol = protocol
+        self.method = method
+        #: With the query string.
+        self.path = path
+        self.authority = authority
+        #: 0 if no response was sent.
+        self.response_code = response_code
+        #: Envoy short codes (``UH``, ``UF``, ``UT``...), comma-joined; ``""`` if none.
+        self.response_flag = response_flag
+        self.upstream_host = upstream_host
+        self.upstream_cluster = upstream_cluster
+        self.downstream_remote_address = downstream_remote_address
+        self.downstream_local_address = downstream_local_address
+        self.request_id = request_id
+        self.user_agent = user_agent
+
+    def add_flag(self, flag: str) -> None:
+        """Add an Envoy response flag (``UH``...) to ``response_flag``, once."""
+        flags = self.response_flag
+        if not flags:
+            self.response_flag = flag
+        elif flag not in flags.split(","):
+            self.response_flag = f"{flags},{flag}"
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"RequestInfo({fields})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering values
+
+
+def go_duration(seconds: float) -> str:
+    """``seconds`` as Go's ``time.Duration.String()`` writes it: ``0s``, ``850ns``,
+    ``1.5µs``, ``1.234ms``, ``2.5s``, ``1m30s``, ``1h0m0s``."""
+    ns = round(seconds * 1e9)
+    sign = "-" if ns < 0 else ""
+    ns = abs(ns)
+    if ns < 1_000_000_000:
+        if ns == 0:
+            return "0s"
+        if ns < 1_000:
+            return f"{sign}{ns}ns"
+        if ns < 1_000_000:
+            return f"{sign}{_decimal(*divmod(ns, 1_000), 3)}µs"
+        return f"{sign}{_decimal(*divmod(ns, 1_000_000), 6)}ms"
+    whole_seconds, fraction = divmod(ns, 1_000_000_000)
+    text = f"{_decimal(whole_seconds % 60, fraction, 9)}s"
+    minutes = whole_seconds // 60
+    if minutes:
+        text = f"{minutes % 60}m{text}"
+        if minutes >= 60:
+            text = f"{minutes // 60}h{text}"
+    return sign + text
+
+
+def _decimal(integer: int, fraction: int, digits: int) -> str:
+    """``integer.fraction`` (``fraction`` of ``digits`` digits) without trailing zeros."""
+    decimals = f"{fraction:0{digits}d}".rstrip("0")
+    return f"{integer}.{decimals}" if decimals else str(integer)
+
+
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
+
+
+def _clean(text: str) -> str:
+    """``text`` safe for a one-line log: control characters and lone surrogates escaped."""
+    if text.isprintable():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").translate(_CONTROL)
+
+
+def _start_time_renderer() -> Callable[[float], str]:
+    """MOSN's ``2006/01/02 15:04:05.000`` in local time, milliseconds truncated as Go does.
+    The date and time up to the second is cached: consecutive requests share it."""
+    cached_second = -1
+    cached_prefix = ""
+
+    def render(timestamp: float) -> str:
+        nonlocal cached_second, cached_prefix
+        second, millis = divmod(int(timestamp * 1000), 1000)
+        if second != cached_second:
+            cached_prefix = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(second))
+            cached_second = second
+        return f"{cached_prefix}.{millis:03d}"
+
+    return render
+
+
+Getter = Callable[[RequestInfo], Any]
+
+
+def _text_getters() -> dict[str, tuple[Getter, Getter]]:
+    """Variable name -> (text getter, JSON getter), in the order JSON lines list them."""
+    render_start = _start_time_renderer()
+
+    def start_time(info: RequestInfo) -> str:
+        return render_start(info.start_time) if info.start_time else "-"
+
+    def start_time_json(info: RequestInfo) -> str | None:
+        return render_start(info.start_time) if info.start_time else None
+
+    def duration(name: str) -> tuple[Getter, Getter]:
+        get = attrgetter(name)
+
+        def text(info: RequestInfo) -> str:
+            value = get(info)
+            return "-" if value is None else go_duration(value)
+
+        return text, get
+
+    def number(name: str) -> tuple[Getter, Getter]:
+        get = attrgetter(name)
+
+        def text(info: RequestInfo) -> str:
+            value = get(info)
+            return "-" if value is None else str(value)
+
+        return text, get
+
+    def string(name: str) -> tuple[Getter, Getter]:
+        get = attrgetter(name)
+
+        def text(info: RequestInfo) -> str:
+            value = get(info)
+            return _clean(value) if value else "-"
+
+        def json_value(info: RequestInfo) -> str | None:
+            return get(info) or None
+
+        return text, json_value
+
+    return {
+        "start_time": (start_time, start_time_json),
+        "request_received_duration": duration("request_received_duration"),
+        "response_received_duration": duration("response_received_duration"),
+        "duration": duration("duration"),
+        "bytes_sent": number("bytes_sent"),
+        "bytes_received": number("bytes_received"),
+        "protocol": string("protocol"),
+        "response_code": number("response_code"),
+        "response_flag": string("response_flag"),
+        "upstream_host": string("upstream_host"),
+        "upstream_cluster": string("upstream_cluster"),
+        "downstream_local_address": string("downstream_local_address"),
+        "downstream_remote_address": string("downstream_remote_address"),
+        "request_id": string("request_id"),
+        "method": string("method"),
+        "path": string("path"),
+        "authority": string("authority"),
+        "user_agent": string("user_agent"),
+    }
+
+
+#: Variables MOSN defines that trio-mesh does not record (yet): accepted, rendered as ``-``.
+PLACEHOLDERS = (
+    "upstream_local_address",
+    "request_finished_duration",
+    "process_time_duration",
+    "upstream_transport_failure_reason",
+    "requested_server_name",
+    "route_name",
+    "protocol_config",
+)
+#: Other MOSN names for the same variable.
+ALIASES = {"response_flags": "response_flag"}
+#: The variables JSON lines carry, in their order.
+VARIABLES = tuple(_text_getters())
+KNOWN = (*VARIABLES, *ALIASES, *PLACEHOLDERS)
+_HEADER_PREFIXES = ("request_header_", "response_header_")
+
+# ``%name%`` with no whitespace in the name; ``%%`` (an empty name) is a literal ``%``.
+_VARIABLE = re.compile(r"%([^%\s]*)%")
+
+
+def _dash(info: RequestInfo) -> str:
+    return "-"
+
+
+def _parse(fmt: str) -> tuple[list[str], list[str]]:
+    """The literal texts around the variables, and the variable names (one fewer)."""
+    literals: list[str] = []
+    names: list[str] = []
+    text: list[str] = []
+    position = 0
+    for match in _VARIABLE.finditer(fmt):
+        text.append(fmt[position : match.start()])
+        position = match.end()
+        name = match.group(1)
+        if not name:
+            text.append("%")
+            continue
+        if name not in KNOWN:
+            hint = ""
+            if name.startswith(_HEADER_PREFIXES):
+                hint = "; header variables are not supported"
+            raise ValueError(
+                f"unknown access log variable %{name}% (known: {', '.join(KNOWN)}){hint}"
+            )
+        literals.append("".join(text))
+        text = []
+        names.append(ALIASES.get(name, name))
+    text.append(fmt[position:])
+    literals.append("".join(text))
+    return literals, names
+
+
+def validate_log_format(fmt: str | None) -> None:
+    """Raise ``ValueError`` naming the first unknown ``%variable%`` in ``fmt``."""
+    if fmt and fmt != JSON_FORMAT:
+        _parse(fmt)
+
+
+def compile_format(fmt: str | None) -> Callable[[RequestInfo], str]:
+    """A function from a :class:`RequestInfo` to one log line (no newline). ``None`` or ``""``:
+    MOSN's default format; ``"json"``: JSON lines. Raises ``ValueError`` for an unknown
+    variable."""
+    getters = _text_getters()
+    if fmt == JSON_FORMAT:
+        pairs = tuple((name, getter[1]) for name, getter in getters.items())
+        encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+        def format_json(info: RequestInfo) -> str:
+            return encode({name: get(info) for name, get in pairs})
+
+        return format_json
+
+    literals, names = _parse(fmt or DEFAULT_FORMAT)
+    # The literals become one str.format template, the variables its positional arguments.
+    template = "{}".join(text.replace("{", "{{").replace("}", "}}") for text in literals).format
+    text_getters = tuple(getters[name][0] if name in getters else _dash for name in names)
+
+    def format_text(info: RequestInfo) -> str:
+        return template(*[get(info) for get in text_getters])
+
+    return format_text
+
+
+# ---------------------------------------------------------------------------------------------
+# The log and its writer
+
+
+class AccessLog:
+    """One access log: a compiled format, a bounded queue, and the writer task :meth:`run`.
+
+    Counters: ``written`` lines written; ``dropped`` lines ``log`` refused (queue full, writer
+    gone, or a value it could not format); ``failed`` lines lost to write errors.
+    """
+
+    def __init__(
+        self,
+        config: AccessLogConfig,
+        *,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        close_timeout: float = CLOSE_TIMEOUT,
+    ) -> None:
+        self.config = config
+        self.path = config.log_path
+        #: ``format(info) -> str``: the compiled format, one line without its newline.
+        self.format: Callable[[RequestInfo], str] = compile_format(config.log_format)
+        self.close_timeout = close_timeout
+        self.written = 0
+        self.dropped = 0
+        self.failed = 0
+        self._format_errors = 0
+        self._write_failing = False
+        self._started = False
+        self._send, self._receive = trio.open_memory_channel[str](max_queued)
+
+    def __repr__(self) -> str:
+        return f"<AccessLog {self.path!r} written={self.written} dropped={self.dropped}>"
+
+    def log(self, info: RequestInfo) -> None:
+        """Queue the line for ``info``. Never blocks, never raises: drops and counts instead."""
+        try:
+            line = self.format(info)
+        except Exception:
+            self.dropped += 1
+            self._format_errors += 1
+            if self._format_errors == 1:  # a proxy bug: say it once, not once per request
+                log.exception("access log %s: cannot format %r", self.path, info)
+            return
+        try:
+            self._send.send_nowait(line)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.dropped += 1
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The writer. Opens the log (an ``OSError`` naming the path if it cannot, before
+        ``started``), then writes queued lines in batches until cancelled; then writes what is
+        left and closes the file. Runs once per :class:`AccessLog`."""
+        if self._started:
+            raise RuntimeError(f"access log {self.path}: run() can only run once")
+        self._started = True
+        # Shielded so that an opened file always reaches the finally below that closes it.
+        with trio.CancelScope(shield=True):
+            stream, owned = await trio.to_thread.run_sync(self._open)
+        receive = self._receive
+        try:
+            task_status.started()
+            while True:
+                batch = [await receive.receive()]
+                _drain(receive, batch)
+                # Shielded only against delivering Cancelled while the thread writes (it could
+                # not be interrupted anyway): the batch is always counted, and cancellation
+                # arrives at the next receive().
+                with trio.CancelScope(shield=True):
+                    result = await trio.to_thread.run_sync(_write, stream, batch)
+                self._count(batch, result)
+        finally:
+            # No checkpoint between draining and closing: every line is either taken here or
+            # refused (and counted) by log().
+            batch = []
+            _drain(receive, batch)
+            receive.close()
+            deadline = trio.current_time() + self.close_timeout
+            with trio.CancelScope(deadline=deadline, shield=True) as scope:
+                result = await trio.to_thread.run_sync(
+                    _write_and_close, stream, owned, batch, abandon_on_cancel=True
+                )
+                self._count(batch, result)
+            if scope.cancelled_caught:  # the thread goes on and closes the file when it can
+                log.warning(
+                    "access log %s: last %d lines not written within %ss of stopping",
+                    self.path,
+                    len(batch),
+                    self.close_timeout,
+                )
+
+    def _open(self) -> tuple[TextIO, bool]:
+        """The stream to write to, and whether this log owns (and closes) it."""
+        path = self.path
+        if path in (STDOUT, STDERR):
+            stream = sys.stdout if path == STDOUT else sys.stderr
+            if stream is None:
+                raise OSError(errno.EBADF, f"cannot open access log: no {path}", path)
+            return stream, False
+        try:
+            directory = os.path.dirname(path)
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+            return open(path, "a", encoding="utf-8", errors="backslashreplace"), True
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"cannot open access log: {exc.strerror or exc}", path
+            ) from exc
+
+    def _count(self, batch: list[str], error: Exception | None) -> None:
+        if error is None:
+            self.written += len(batch)
+            if self._write_failing:
+                self._write_failing = False
+                log.warning("access log %s: writing again", self.path)
+            return
+        self.failed += len(batch)
+        if not self._write_failing:  # once per failing stretch, not once per batch
+            self._write_failing = True
+            log.error("access log %s: lines lost: %s", self.path, error)
+
+
+def _drain(receive: trio.MemoryReceiveChannel[str], batch: list[str]) -> None:
+    while True:
+        try:
+            batch.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return
+
+
+def _write(stream: TextIO, batch: list[str]) -> Exception | None:
+    """Write and flush ``batch`` (in a worker thread); the error instead of raising it."""
+    if not batch:
+        return None
+    text = "\n".join(batch) + "\n"
+    try:
+        try:
+            stream.write(text)
+        except UnicodeEncodeError:  # a process stream with a narrow encoding
+            encoding = stream.encoding or "ascii"
+            stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
+        stream.flush()
+    except (OSError, ValueError) as exc:
+        return exc
+    return None
+
+
+def _write_and_close(stream: TextIO, owned: bool, batch: list[str]) -> Exception | None:
+    error = _write(stream, batch)
+    if owned:
+        try:
+            stream.close()
+        except (OSError, ValueError) as exc:  # the lines were flushed already: only say it
+            log.warning("access log %s: close: %s", getattr(stream, "name", "?"), exc)
+    return error
