@@ -7,10 +7,15 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from .proxy import filter as _proxy_filter  # noqa: F401 - registers the proxy filter
 from .config import Listener, MeshConfig
 from .filters import BuildContext, build_network_filter
 from .network.connection import Connection
 from .network.listener import ListenerRuntime, bind
+from .pool import Pools
+from .proxy.accesslog import AccessLog
+from .router import RouteTable
+from .stats import ListenerStats
 from .upstream import ClusterManager
 
 log = logging.getLogger("trio_mesh.server")
@@ -28,6 +33,16 @@ class Server:
     def __init__(self, config: MeshConfig) -> None:
         self.config = config
         self.clusters = ClusterManager(config.cluster_manager.clusters)
+        self.pools = Pools()
+        # Route tables are compiled once per configuration, never per request.
+        self.routes = {
+            r.router_config_name: RouteTable.compile(r)
+            for server in config.servers
+            for r in server.routers
+        }
+        self.access_logs = {
+            lst.name: tuple(AccessLog(c) for c in lst.access_logs) for lst in config.listeners
+        }
         self.listeners: dict[str, ListenerRuntime] = {}
 
     @property
@@ -36,8 +51,20 @@ class Server:
         return {name: lst.address for name, lst in self.listeners.items()}
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
-        ctx = BuildContext(clusters=self.clusters)
-        handlers = {lst.name: _handler(lst, ctx) for lst in self.config.listeners}
+        stats = {lst.name: ListenerStats() for lst in self.config.listeners}
+        handlers = {
+            lst.name: _handler(
+                lst,
+                BuildContext(
+                    clusters=self.clusters,
+                    pools=self.pools,
+                    routes=self.routes,
+                    access_logs=self.access_logs[lst.name],
+                    listener_stats=stats[lst.name],
+                ),
+            )
+            for lst in self.config.listeners
+        }
         try:
             # Bind everything before serving anything: a port in use stops start-up as a whole.
             for lst in self.config.listeners:
@@ -51,8 +78,13 @@ class Server:
                     handlers[lst.name],
                     idle_timeout=lst.connection_idle_timeout,
                     max_connections=lst.max_connections,
+                    stats=stats[lst.name],
                 )
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.pools.run)
+                for logs in self.access_logs.values():
+                    for access_log in logs:
+                        await nursery.start(access_log.run)
                 for runtime in self.listeners.values():
                     await nursery.start(runtime.serve)
                     log.info("listener %r listening on %s", runtime.name, _fmt(*runtime.address))

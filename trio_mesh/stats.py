@@ -23,6 +23,12 @@ class ListenerStats(Stats):
         "downstream_cx_overflow",
         "downstream_cx_idle_timeout",
         "downstream_accept_error",
+        "downstream_rq_total",
+        "downstream_rq_1xx",
+        "downstream_rq_2xx",
+        "downstream_rq_3xx",
+        "downstream_rq_4xx",
+        "downstream_rq_5xx",
     )
 
 
@@ -35,4 +41,9 @@ class ClusterStats(Stats):
         "upstream_cx_overflow",
         "upstream_cx_none_healthy",
         "upstream_cx_idle_timeout",
+        "upstream_rq_total",
+        "upstream_rq_retry",
+        "upstream_rq_timeout",
+        "upstream_rq_pending_active",
+        "upstream_rq_pending_overflow",
     )

@@ -9,14 +9,23 @@ import attrs
 
 from ..config import register_filter_config
 from ..network.connection import Connection
+from ..pool import Pools
+from ..router import RouteTable
+from ..stats import ListenerStats
 from ..upstream import ClusterManager
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class BuildContext:
-    """What a filter factory may use while building: the clusters of this configuration."""
+    """What a filter factory may use while building, for one listener of one configuration."""
 
     clusters: ClusterManager
+    pools: Pools = attrs.field(factory=Pools)
+    #: Compiled route tables by ``router_config_name``.
+    routes: dict[str, RouteTable] = attrs.field(factory=dict)
+    #: The listener's access logs (objects with ``log(info)``).
+    access_logs: tuple[Any, ...] = ()
+    listener_stats: ListenerStats = attrs.field(factory=ListenerStats)
 
 
 class NetworkFilter(Protocol):

@@ -15,6 +15,7 @@ from .registry import BuildContext, register_network_filter
 
 log = logging.getLogger("trio_mesh.tcp_proxy")
 
+
 class TcpProxy:
     def __init__(self, config: TcpProxyConfig, ctx: BuildContext) -> None:
         self.cluster = ctx.clusters.get(config.cluster)

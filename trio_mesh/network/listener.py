@@ -62,13 +62,14 @@ class ListenerRuntime:
         *,
         idle_timeout: float | None = None,
         max_connections: int | None = None,
+        stats: ListenerStats | None = None,
     ) -> None:
         self.name = name
         self.sock = sock
         self.handler = handler
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
-        self.stats = ListenerStats()
+        self.stats = stats if stats is not None else ListenerStats()
         host, port = sock.getsockname()[:2]
         self.address = (host, port)
 

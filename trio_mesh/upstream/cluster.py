@@ -24,7 +24,9 @@ class Cluster:
         self.name = config.name
         self.config = config
         self.connect_timeout = config.connect_timeout
-        self.max_connections = config.thresholds().max_connections
+        limits = config.thresholds()
+        self.max_connections = limits.max_connections
+        self.max_pending_requests = limits.max_pending_requests
         self.stats = ClusterStats()
         self.hosts: tuple[Host, ...] = ()
         self.lb: LoadBalancer

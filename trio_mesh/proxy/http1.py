@@ -1,0 +1,710 @@
+"""The HTTP/1.1 proxy: one downstream connection's requests, in order, in its own task.
+
+No task or nursery per request (DESIGN.md): the connection task reads a request head,
+routes it, forwards it over a pooled upstream connection with a cancel scope per try and one
+for the route timeout, streams both bodies chunk by chunk, and loops for the next request.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+
+import trio
+
+from ..config.filters import ProxyConfig
+from ..filters import BuildContext
+from ..network.connect import ConnectError, abort
+from ..network.connection import Connection
+from ..network.relay import relay
+from ..pool import H1Connection, H1Pool, PoolOverflow
+from ..protocols.http1 import (
+    Body,
+    EndOfMessage,
+    H1Error,
+    Limits,
+    RequestHead,
+    RequestParser,
+    ResponseHead,
+    ResponseParser,
+    encode_chunk,
+    encode_last_chunk,
+    encode_request_head,
+    encode_response_head,
+    strip_hop_by_hop,
+)
+from ..router import Route, apply_header_mutations
+from ..router.table import RetryPolicy
+from ..upstream import CircuitOpenError, Cluster, NoHostError
+from .accesslog import RequestInfo
+
+log = logging.getLogger("trio_mesh.proxy")
+
+CHUNK = 64 * 1024
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+# Replies the proxy makes itself: (status, response flag, body), Envoy's wording.
+NO_ROUTE = (404, "NR", b"route not found\n")
+NO_CLUSTER = (503, "NC", b"cluster not found\n")
+NO_HEALTHY_UPSTREAM = (503, "UH", b"no healthy upstream\n")
+OVERFLOW = (503, "UO", b"upstream connection overflow\n")
+_RESET_BEFORE_HEADERS = b"upstream connect error or disconnect/reset before headers. reset reason: "
+CONNECT_FAILURE = (503, "UF", _RESET_BEFORE_HEADERS + b"connection failure\n")
+UPSTREAM_RESET = (502, "UC", _RESET_BEFORE_HEADERS + b"connection termination\n")
+BAD_RESPONSE = (502, "UPE", b"upstream sent an invalid response\n")
+TIMEOUT = (504, "UT", b"upstream request timeout\n")
+HEADER_TIMEOUT = (408, "DPE", b"request header timeout\n")
+
+
+class _Retry(Exception):
+    """This try failed before any response byte went downstream; another may be made."""
+
+    def __init__(self, reply: tuple[int, str, bytes], *, race: bool = False) -> None:
+        self.reply = reply
+        self.race = race  # a reused idle connection the upstream had closed
+
+
+class _Fail(Exception):
+    """Answer with this local reply (nothing of the response was sent yet)."""
+
+    def __init__(self, reply: tuple[int, str, bytes]) -> None:
+        self.reply = reply
+
+
+class _DownstreamGone(Exception):
+    """The client closed or reset mid-request: nothing more can be said to it."""
+
+
+class Http1Proxy:
+    """The ``proxy`` network filter for ``downstream_protocol: Http1``."""
+
+    def __init__(self, config: ProxyConfig, ctx: BuildContext) -> None:
+        self.config = config
+        self.table = ctx.routes[config.router_config_name]
+        self.clusters = ctx.clusters
+        self.pools = ctx.pools
+        self.access_logs = ctx.access_logs
+        self.stats = ctx.listener_stats
+        self.limits = Limits(
+            max_head_bytes=config.max_request_header_bytes,
+            max_url_bytes=config.max_url_bytes,
+            max_headers=config.max_request_headers,
+            max_body_bytes=config.max_request_body_bytes,
+        )
+
+    async def on_connection(self, conn: Connection) -> None:
+        await _Session(self, conn).run()
+
+
+def _lookup(headers: list[tuple[bytes, bytes]]) -> Callable[[str], str | None]:
+    def get(name: str) -> str | None:
+        key = name.encode("latin-1")
+        for n, v in headers:
+            if n == key:
+                return v.decode("latin-1")
+        return None
+
+    return get
+
+
+class _Session:
+    __slots__ = (
+        "_can_retry_status",
+        "_replay_left",
+        "_upstream_keep_alive",
+        "conn",
+        "eof",
+        "events",
+        "local",
+        "parser",
+        "proxy",
+        "remote",
+        "remote_ip",
+        "request_done",
+        "response_started",
+        "sent_continue",
+        "stream",
+    )
+
+    def __init__(self, proxy: Http1Proxy, conn: Connection) -> None:
+        self.proxy = proxy
+        self.conn = conn
+        self.stream = conn.stream
+        self.parser = RequestParser(proxy.limits)
+        self.events: collections.deque = collections.deque()
+        self.eof = False
+        self.remote_ip = conn.remote[0] if conn.remote else None
+        self.remote = _fmt_addr(conn.remote)
+        self.local = _fmt_addr(conn.local)
+        self.request_done = True
+        self.response_started = False
+        self.sent_continue = False
+        self._replay_left: list[bytes] | None = None
+        self._can_retry_status = False
+        self._upstream_keep_alive = False
+
+    # ------------------------------------------------------------------ downstream reads
+
+    async def _fill(self) -> None:
+        """One read from the client into parsed events."""
+        try:
+            data = await self.stream.receive_some(CHUNK)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise _DownstreamGone() from None
+        self.conn.idle.touch()
+        if data:
+            self.events.extend(self.parser.feed(data))
+        else:
+            self.eof = True
+            self.events.extend(self.parser.feed_eof())
+
+    async def _next_head(self) -> RequestHead | None:
+        """The next request head, or ``None`` when the client closed between requests.
+
+        Waiting for a request is bounded by the connection idle timeout; once its first
+        bytes arrived, the whole head must follow within ``request_header_timeout``.
+        """
+        events = self.events
+        deadline = math.inf
+        while not events:
+            if self.eof:
+                return None
+            with trio.move_on_at(deadline) as scope:
+                await self._fill()
+            if scope.cancelled_caught:
+                raise H1Error(408, "request header timeout")
+            if not events and deadline == math.inf:
+                deadline = trio.current_time() + self.proxy.config.request_header_timeout
+        return events.popleft()
+
+    async def _next_body_event(self) -> Body | EndOfMessage:
+        events = self.events
+        while not events:
+            if self.eof:
+                raise _DownstreamGone()
+            await self._fill()
+        return events.popleft()
+
+    # ------------------------------------------------------------------ the connection loop
+
+    async def run(self) -> None:
+        stats = self.proxy.stats
+        while True:
+            info = None
+            try:
+                head = await self._next_head()
+                if head is None:
+                    return
+                info = self._start_info(head)
+                keep = await self._handle(head, info)
+            except H1Error as exc:
+                # Bad request bytes: a defined status, and the connection is done.
+                if info is None:
+                    info = RequestInfo()
+                    info.start_time, info.start = time.time(), trio.current_time()
+                log.info("downstream %s: bad request: %s", self.remote, exc.reason)
+                if not self.response_started:
+                    reply = (exc.status, "DPE", exc.reason.encode("latin-1", "replace") + b"\n")
+                    await self._try_local_reply(None, info, reply)
+                keep = False
+            except _DownstreamGone:
+                if info is not None:
+                    _flag(info, "DC")
+                keep = False
+            if info is not None:
+                self._finish(info)
+                code = info.response_code
+                if code:
+                    stats.downstream_rq_total += 1
+                    _count_class(stats, code)
+            if not keep:
+                return
+
+    def _start_info(self, head: RequestHead) -> RequestInfo:
+        info = RequestInfo()
+        info.start_time = time.time()
+        info.start = trio.current_time()
+        info.protocol = "HTTP/1.1" if head.version == b"1.1" else "HTTP/1.0"
+        info.method = head.method.decode("latin-1")
+        info.path = head.target.decode("latin-1")
+        info.authority = head.host.decode("latin-1") if head.host else None
+        info.downstream_remote_address = self.remote
+        info.downstream_local_address = self.local
+        self.request_done = False
+        self.response_started = False
+        self.sent_continue = False
+        return info
+
+    def _finish(self, info: RequestInfo) -> None:
+        info.duration = trio.current_time() - info.start
+        for access_log in self.proxy.access_logs:
+            access_log.log(info)
+
+    # ------------------------------------------------------------------ one request
+
+    async def _handle(self, head: RequestHead, info: RequestInfo) -> bool:
+        """Answer one request; return whether the connection goes on to the next."""
+        if not (head.chunked or head.content_length):
+            await self._consume_end()  # no body: its EndOfMessage is already parsed
+        if head.method == b"CONNECT":
+            return await self._local_reply(head, info, (405, "", b"CONNECT is not supported\n"))
+        host = head.host.decode("latin-1") if head.host else ""
+        path = head.path.decode("latin-1")
+        query = head.query.decode("latin-1")
+        header = _lookup(head.headers)
+        route = self.proxy.table.match(host, path, query, header)
+        if route is None:
+            return await self._local_reply(head, info, NO_ROUTE)
+        if route.direct_response is not None:
+            status, body = route.direct_response
+            return await self._local_reply(head, info, (status, "", body))
+        if route.redirect is not None:
+            status, location = route.redirect.location("http", host, path, query)
+            return await self._local_reply(
+                head, info, (status, "", b""), headers=[(b"location", location.encode("latin-1"))]
+            )
+        cluster_name = route.pick_cluster(header)
+        cluster = self.proxy.clusters.clusters.get(cluster_name) if cluster_name else None
+        if cluster is None:
+            return await self._local_reply(head, info, NO_CLUSTER)
+        info.upstream_cluster = cluster.name
+        return await self._forward(head, info, route, cluster, path, query)
+
+    async def _consume_end(self) -> None:
+        event = await self._next_body_event()
+        if not isinstance(event, EndOfMessage):  # the parser's framing says otherwise: a bug
+            raise H1Error(400, "unexpected body")
+        self.request_done = True
+
+    def _upstream_headers(
+        self, head: RequestHead, route: Route, info: RequestInfo
+    ) -> list[tuple[bytes, bytes]]:
+        config = self.proxy.config
+        headers = strip_hop_by_hop(head.headers, keep_upgrade=head.upgrade is not None)
+        out: list[tuple[bytes, bytes]] = []
+        xff = None
+        request_id = None
+        has_host = False
+        for name, value in headers:
+            if name == b"x-forwarded-for" and config.add_x_forwarded_for:
+                xff = value if xff is None else xff + b", " + value
+                continue
+            if name == b"x-forwarded-proto" and config.add_x_forwarded_proto:
+                continue
+            if name == b"expect":
+                continue  # the proxy answers 100-continue itself
+            if name == b"x-request-id":
+                request_id = value
+            elif name == b"host":
+                has_host = True
+                if route.host_rewrite is not None:
+                    value = route.host_rewrite.encode("latin-1")
+            out.append((name, value))
+        if not has_host and route.host_rewrite is not None:
+            out.append((b"host", route.host_rewrite.encode("latin-1")))
+        if config.add_x_forwarded_for and self.remote_ip:
+            ip = self.remote_ip.encode("latin-1")
+            out.append((b"x-forwarded-for", ip if xff is None else xff + b", " + ip))
+        if config.add_x_forwarded_proto:
+            out.append((b"x-forwarded-proto", b"http"))
+        if request_id is None and config.generate_request_id:
+            request_id = uuid.uuid4().hex.encode("latin-1")
+            out.append((b"x-request-id", request_id))
+        info.request_id = request_id.decode("latin-1") if request_id else None
+        if head.chunked:
+            out.append((b"transfer-encoding", b"chunked"))
+        if head.upgrade is not None:
+            out.append((b"connection", b"upgrade"))
+        if route.request_headers_to_add or route.request_headers_to_remove:
+            out = apply_header_mutations(
+                out, route.request_headers_to_add, route.request_headers_to_remove
+            )
+        return out
+
+    async def _forward(
+        self,
+        head: RequestHead,
+        info: RequestInfo,
+        route: Route,
+        cluster: Cluster,
+        path: str,
+        query: str,
+    ) -> bool:
+        headers = self._upstream_headers(head, route, info)
+        new_path = route.rewrite_path(path)
+        target = (new_path + "?" + query if query else new_path).encode("latin-1")
+        if head.query and not query:
+            target += b"?"
+        retry = route.retry
+        tries_left = retry.num_retries if retry is not None else 0
+        raced = False
+        # The request body as sent upstream, kept while small so that a retry can resend it.
+        replay: list[bytes] | None = []
+        timeout = route.timeout if route.timeout else math.inf
+        with trio.move_on_after(timeout) as route_scope:
+            while True:
+                cluster.stats.upstream_rq_total += 1
+                self._can_retry_status = tries_left > 0 and replay is not None
+                try:
+                    return await self._try(
+                        head, info, route, cluster, target, headers, replay, fresh=raced
+                    )
+                except _Retry as exc:
+                    if self.response_started:  # defensive: nothing can be retried now
+                        return False
+                    if exc.race and not raced and replay is not None:
+                        raced = True  # the keep-alive race: once, on a new connection
+                        continue
+                    retryable = (
+                        retry is not None
+                        and tries_left > 0
+                        and replay is not None
+                        and _retry_on(retry, exc.reply)
+                    )
+                    if not retryable:
+                        return await self._local_reply(head, info, exc.reply)
+                    tries_left -= 1
+                    cluster.stats.upstream_rq_retry += 1
+                except _Fail as exc:
+                    return await self._local_reply(head, info, exc.reply)
+                finally:
+                    replay = self._replay_left
+        # The route timeout fired.
+        cluster.stats.upstream_rq_timeout += 1
+        if route_scope.cancelled_caught and not self.response_started:
+            return await self._local_reply(head, info, TIMEOUT)
+        _flag(info, "UT")
+        abort(self.stream)
+        return False
+
+    async def _try(
+        self,
+        head: RequestHead,
+        info: RequestInfo,
+        route: Route,
+        cluster: Cluster,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        replay: list[bytes] | None,
+        *,
+        fresh: bool,
+    ) -> bool:
+        """One try against one host. Returns the keep-alive decision for downstream, or
+        raises ``_Retry`` / ``_Fail`` while nothing of the response has gone downstream."""
+        self._replay_left = replay
+        try:
+            host = cluster.choose_host()
+        except NoHostError:
+            raise _Fail(NO_HEALTHY_UPSTREAM) from None
+        pool = self.proxy.pools.http1(cluster, host)
+        try:
+            conn, reused = await pool.acquire(fresh=fresh)
+        except ConnectError:
+            raise _Retry(CONNECT_FAILURE) from None
+        except (CircuitOpenError, PoolOverflow):
+            raise _Fail(OVERFLOW) from None
+        info.upstream_host = str(host.address)
+        if route.auto_host_rewrite:
+            headers = [(n, v) for n, v in headers if n != b"host"]
+            headers.append((b"host", str(host.address).encode("latin-1")))
+        reusable = False
+        per_try = route.retry.per_try_timeout if route.retry is not None else None
+        try:
+            with trio.move_on_after(per_try or math.inf) as try_scope:
+                keep, reusable = await self._exchange(
+                    head, info, route, pool, conn, reused, target, headers
+                )
+                return keep
+            # The per-try timeout fired.
+            if self.response_started:
+                abort(self.stream)
+                return False
+            raise _Retry(TIMEOUT)
+        finally:
+            if try_scope.cancelled_caught or not reusable:
+                pool.close(conn)
+            else:
+                pool.release(conn, True)
+
+    async def _exchange(
+        self,
+        head: RequestHead,
+        info: RequestInfo,
+        route: Route,
+        pool: H1Pool,
+        conn: H1Connection,
+        reused: bool,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> tuple[bool, bool]:
+        """Send the request, relay the response. Returns (downstream keep-alive, upstream
+        connection reusable)."""
+        upstream = conn.stream
+        replay = self._replay_left
+        wire = encode_request_head(head.method, target, headers)
+        if replay:
+            wire += b"".join(replay)
+        try:
+            await upstream.send_all(wire)
+            if not self.request_done:
+                await self._send_body(head, info, upstream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The upstream went away while we were sending. It may still have answered
+            # (an early 413, say): read what it said before giving up on it.
+            pass
+        return await self._relay_response(head, info, route, conn, reused)
+
+    async def _send_body(
+        self, head: RequestHead, info: RequestInfo, upstream: trio.SocketStream
+    ) -> None:
+        if head.expect_continue and not self.sent_continue:
+            self.sent_continue = True
+            await self._send_down(CONTINUE)
+        limit = self.proxy.config.retry_buffer_bytes
+        kept = sum(map(len, self._replay_left)) if self._replay_left else 0
+        chunked = head.chunked
+        while True:
+            event = await self._next_body_event()
+            if type(event) is Body:
+                data = event.data
+                info.bytes_received += len(data)
+                wire = encode_chunk(data) if chunked else data
+            else:
+                wire = encode_last_chunk(event.trailers) if chunked else b""
+                self.request_done = True
+            if self._replay_left is not None:
+                kept += len(wire)
+                if kept <= limit:
+                    self._replay_left.append(wire)
+                else:
+                    self._replay_left = None
+            if wire:
+                await upstream.send_all(wire)
+            if self.request_done:
+                info.request_received_duration = trio.current_time() - info.start
+                return
+
+    async def _relay_response(
+        self,
+        head: RequestHead,
+        info: RequestInfo,
+        route: Route,
+        conn: H1Connection,
+        reused: bool,
+    ) -> tuple[bool, bool]:
+        upstream = conn.stream
+        parser = ResponseParser(head_request=head.method == b"HEAD")
+        got_bytes = False
+        chunked_down = False
+        close_after = False
+        while True:
+            try:
+                data = await upstream.receive_some(CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = None  # reset
+            events = None
+            if data:
+                got_bytes = True
+                try:
+                    events = parser.feed(data)
+                except H1Error:
+                    if not self.response_started:
+                        raise _Fail(BAD_RESPONSE) from None
+                    _flag(info, "UPE")
+            elif data is not None and got_bytes:
+                try:
+                    events = parser.feed_eof()  # a close-delimited body ends here
+                except H1Error:
+                    pass  # cut short: the same as a reset
+            if events is None:
+                if not self.response_started:
+                    # Closed or reset before any response byte: on a reused idle
+                    # connection that is the keep-alive race, safe to send again.
+                    raise _Retry(UPSTREAM_RESET, race=reused and not got_bytes)
+                # Mid-body: the status line is gone; the client must see a failure.
+                _flag(info, "UC")
+                abort(self.stream)
+                return False, False
+            out: list[bytes] = []
+            done = False
+            for event in events:
+                kind = type(event)
+                if kind is Body:
+                    info.bytes_sent += len(event.data)
+                    out.append(encode_chunk(event.data) if chunked_down else event.data)
+                elif kind is EndOfMessage:
+                    if chunked_down:
+                        out.append(encode_last_chunk(event.trailers))
+                    done = True
+                elif event.status < 200:
+                    if event.status == 101 and head.upgrade is not None:
+                        return await self._upgrade(event, info, route, conn, parser, out)
+                    if event.status != 100:  # our own 100 went already, or none was asked
+                        out.append(_informational(event))
+                else:
+                    retry = route.retry
+                    if (
+                        self._can_retry_status
+                        and retry is not None
+                        and retry.should_retry_status(event.status)
+                    ):
+                        raise _Retry((event.status, "", b""))
+                    chunked_down, close_after, head_bytes = self._response_head(
+                        head, info, route, event
+                    )
+                    out.append(head_bytes)
+            if out:
+                await self._send_down(b"".join(out) if len(out) > 1 else out[0])
+            if done:
+                keep = head.keep_alive and not close_after and self.request_done
+                reusable = (
+                    self.request_done
+                    and parser.complete
+                    and not parser.trailing
+                    and info.response_code != 0
+                    and self._upstream_keep_alive
+                )
+                return keep, reusable
+
+    def _response_head(
+        self, head: RequestHead, info: RequestInfo, route: Route, resp: ResponseHead
+    ) -> tuple[bool, bool, bytes]:
+        """Downstream head for the upstream's final response: (chunked, close, bytes)."""
+        info.response_code = resp.status
+        info.response_received_duration = trio.current_time() - info.start
+        self._upstream_keep_alive = resp.keep_alive
+        headers = strip_hop_by_hop(resp.headers)
+        bodyless = head.method == b"HEAD" or resp.status in _NO_BODY_STATUSES
+        chunked = close = False
+        if not bodyless and resp.content_length is None:
+            # Chunked or close-delimited upstream: re-chunk for an HTTP/1.1 client; an
+            # HTTP/1.0 client gets a close-delimited body.
+            if head.version == b"1.1":
+                chunked = True
+                headers.append((b"transfer-encoding", b"chunked"))
+            else:
+                close = True
+        if not head.keep_alive or not self.request_done:
+            close = True
+        if close:
+            headers.append((b"connection", b"close"))
+        if route.response_headers_to_add or route.response_headers_to_remove:
+            headers = apply_header_mutations(
+                headers, route.response_headers_to_add, route.response_headers_to_remove
+            )
+        self.response_started = True
+        return chunked, close, encode_response_head(resp.status, resp.reason, headers)
+
+    async def _upgrade(
+        self,
+        resp: ResponseHead,
+        info: RequestInfo,
+        route: Route,
+        conn: H1Connection,
+        parser: ResponseParser,
+        out: list[bytes],
+    ) -> tuple[bool, bool]:
+        """101 Switching Protocols: send the head on, then relay bytes both ways."""
+        info.response_code = 101
+        headers = strip_hop_by_hop(resp.headers, keep_upgrade=True)
+        headers.append((b"connection", b"upgrade"))
+        out.append(encode_response_head(101, resp.reason, headers))
+        if parser.upgraded_tail:
+            out.append(parser.upgraded_tail)
+        self.response_started = True
+        await self._send_down(b"".join(out))
+        client_tail = self.parser.upgraded_tail
+        try:
+            if client_tail:
+                await conn.stream.send_all(client_tail)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False, False
+        await relay(self.stream, conn.stream, self.conn.idle)
+        return False, False
+
+    # ------------------------------------------------------------------ downstream writes
+
+    async def _send_down(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise _DownstreamGone() from None
+
+    async def _local_reply(
+        self,
+        head: RequestHead | None,
+        info: RequestInfo,
+        reply: tuple[int, str, bytes],
+        *,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        close: bool = False,
+    ) -> bool:
+        """A response made by the proxy. An unread request body means the connection
+        cannot be reused (its remaining bytes would be taken for a new request)."""
+        status, flag, body = reply
+        close = close or head is None or not head.keep_alive or not self.request_done
+        out = [(b"content-length", str(len(body)).encode()), (b"content-type", b"text/plain")]
+        if headers:
+            out.extend(headers)
+        if close:
+            out.append((b"connection", b"close"))
+        data = encode_response_head(status, None, out)
+        if head is None or head.method != b"HEAD":
+            data += body
+        info.response_code = status
+        if flag:
+            _flag(info, flag)
+        self.response_started = True
+        await self._send_down(data)
+        return not close
+
+    async def _try_local_reply(
+        self, head: RequestHead | None, info: RequestInfo, reply: tuple[int, str, bytes]
+    ) -> None:
+        try:
+            await self._local_reply(head, info, reply, close=True)
+        except _DownstreamGone:
+            _flag(info, "DC")
+
+
+def _flag(info: RequestInfo, flag: str) -> None:
+    info.response_flag = f"{info.response_flag},{flag}" if info.response_flag else flag
+
+
+def _informational(resp: ResponseHead) -> bytes:
+    return encode_response_head(resp.status, resp.reason, strip_hop_by_hop(resp.headers))
+
+
+def _retry_on(retry: RetryPolicy, reply: tuple[int, str, bytes]) -> bool:
+    status, flag, _ = reply
+    if flag == "UF":
+        return retry.retry_on_connect_failure
+    if flag in ("UC", "UPE", "UT"):  # reset, bad response, per-try timeout: as Envoy's "reset"
+        return retry.retry_on_reset
+    return retry.should_retry_status(status)
+
+
+def _count_class(stats, code: int) -> None:
+    klass = code // 100
+    if klass == 2:
+        stats.downstream_rq_2xx += 1
+    elif klass == 4:
+        stats.downstream_rq_4xx += 1
+    elif klass == 5:
+        stats.downstream_rq_5xx += 1
+    elif klass == 3:
+        stats.downstream_rq_3xx += 1
+    elif klass == 1:
+        stats.downstream_rq_1xx += 1
+
+
+def _fmt_addr(addr) -> str | None:
+    if not addr:
+        return None
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
