@@ -7,12 +7,12 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from .proxy import filter as _proxy_filter  # noqa: F401 - registers the proxy filter
 from .config import Listener, MeshConfig
 from .filters import BuildContext, build_network_filter
 from .network.connection import Connection
 from .network.listener import ListenerRuntime, bind
 from .pool import Pools
+from .proxy import filter as _proxy_filter  # noqa: F401 - registers the proxy filter
 from .proxy.accesslog import AccessLog
 from .router import RouteTable
 from .stats import ListenerStats
