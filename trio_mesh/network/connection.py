@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import trio
 
 
@@ -18,6 +20,10 @@ class IdleTimer:
     def touch(self) -> None:
         if self.timeout is not None:
             self.scope.deadline = trio.current_time() + self.timeout
+
+    def pause(self) -> None:
+        """No deadline until the next ``touch`` (something else bounds the wait)."""
+        self.scope.deadline = math.inf
 
     def shorten(self, timeout: float | None) -> None:
         """Use ``timeout`` if it is shorter than the current one (listener vs filter limits)."""

@@ -114,6 +114,7 @@ def _lookup(headers: list[tuple[bytes, bytes]]) -> Callable[[str], str | None]:
 
 class _Session:
     __slots__ = (
+        "_armed",
         "_can_retry_status",
         "_replay_left",
         "_upstream_keep_alive",
@@ -146,6 +147,9 @@ class _Session:
         self.sent_continue = False
         self._replay_left: list[bytes] | None = None
         self._can_retry_status = False
+        # Route and per-try timeouts start once the whole request is in (Envoy's rule: a
+        # slow upload is bounded by the idle timeout, not by the response timeout).
+        self._armed: list[tuple[trio.CancelScope, float]] = []
         self._upstream_keep_alive = False
 
     # ------------------------------------------------------------------ downstream reads
@@ -224,6 +228,7 @@ class _Session:
                     _count_class(stats, code)
             if not keep:
                 return
+            self.conn.idle.touch()
 
     def _start_info(self, head: RequestHead) -> RequestInfo:
         info = RequestInfo()
@@ -238,6 +243,7 @@ class _Session:
         self.request_done = False
         self.response_started = False
         self.sent_continue = False
+        self._armed.clear()
         return info
 
     def _finish(self, info: RequestInfo) -> None:
@@ -280,6 +286,22 @@ class _Session:
         if not isinstance(event, EndOfMessage):  # the parser's framing says otherwise: a bug
             raise H1Error(400, "unexpected body")
         self.request_done = True
+
+    def _arm(self, scope: trio.CancelScope, timeout: float | None) -> None:
+        """Give ``scope`` its ``timeout``, counted from the end of the request."""
+        if not timeout:
+            return
+        if self.request_done:
+            scope.deadline = trio.current_time() + timeout
+        else:
+            self._armed.append((scope, timeout))
+
+    def _request_complete(self) -> None:
+        self.request_done = True
+        now = trio.current_time()
+        for scope, timeout in self._armed:
+            scope.deadline = min(scope.deadline, now + timeout)
+        self._armed.clear()
 
     def _upstream_headers(
         self, head: RequestHead, route: Route, info: RequestInfo
@@ -345,8 +367,8 @@ class _Session:
         raced = False
         # The request body as sent upstream, kept while small so that a retry can resend it.
         replay: list[bytes] | None = []
-        timeout = route.timeout if route.timeout else math.inf
-        with trio.move_on_after(timeout) as route_scope:
+        with trio.CancelScope() as route_scope:
+            self._arm(route_scope, route.timeout)
             while True:
                 cluster.stats.upstream_rq_total += 1
                 self._can_retry_status = tries_left > 0 and replay is not None
@@ -415,7 +437,8 @@ class _Session:
         reusable = False
         per_try = route.retry.per_try_timeout if route.retry is not None else None
         try:
-            with trio.move_on_after(per_try or math.inf) as try_scope:
+            with trio.CancelScope() as try_scope:
+                self._arm(try_scope, per_try)
                 keep, reusable = await self._exchange(
                     head, info, route, pool, conn, reused, target, headers
                 )
@@ -476,7 +499,7 @@ class _Session:
                 wire = encode_chunk(data) if chunked else data
             else:
                 wire = encode_last_chunk(event.trailers) if chunked else b""
-                self.request_done = True
+                self._request_complete()
             if self._replay_left is not None:
                 kept += len(wire)
                 if kept <= limit:
@@ -499,6 +522,8 @@ class _Session:
     ) -> tuple[bool, bool]:
         upstream = conn.stream
         parser = ResponseParser(head_request=head.method == b"HEAD")
+        # Waiting on the upstream is the route timeout's business, not the idle timeout's.
+        self.conn.idle.pause()
         got_bytes = False
         chunked_down = False
         close_after = False
