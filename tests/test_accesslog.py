@@ -11,6 +11,7 @@ import time
 import pytest
 import trio
 
+from trio_mesh.config.logformat import validate_log_format
 from trio_mesh.config.model import AccessLogConfig
 from trio_mesh.proxy.accesslog import (
     DEFAULT_FORMAT,
@@ -18,7 +19,6 @@ from trio_mesh.proxy.accesslog import (
     AccessLog,
     RequestInfo,
     go_duration,
-    validate_log_format,
 )
 
 # 2024-03-05 06:07:08.9876 UTC

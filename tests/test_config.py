@@ -995,3 +995,15 @@ def test_parse_address_of_garbage_returns_or_raises_value_error(text: str) -> No
         assert isinstance(address, Address)
         assert 0 <= address.port <= 65535
         assert address.host
+
+
+def test_access_log_format_is_checked_at_load_time() -> None:
+    doc = minimal_doc()
+    listener(doc)["access_logs"] = [
+        {"log_path": "stdout", "log_format": "%start_time% %response_code%"},
+        {"log_path": "stdout", "log_format": "%start_time% %respone_code%"},
+    ]
+    (line,) = errors_of(doc)
+    assert line.startswith(
+        f"{L0}.access_logs[1].log_format: unknown access log variable %respone_code% (known: "
+    )

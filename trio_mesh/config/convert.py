@@ -28,6 +28,7 @@ from .model import (
     AdminConfig,
     Duration,
     FilterConfig,
+    LogFormat,
     LogLevel,
     PositiveInt,
     Weight,
@@ -45,6 +46,7 @@ for _tp, _parse in (
     (PositiveInt, values.parse_positive_int),
     (LogLevel, values.parse_log_level),
     (Address, values.parse_address),
+    (LogFormat, values.parse_log_format),
 ):
     converter.register_structure_hook(_tp, lambda v, _t, _p=_parse: _p(v))
 

@@ -20,6 +20,8 @@ Weight = NewType("Weight", int)
 PositiveInt = NewType("PositiveInt", int)
 #: A log level name as MOSN writes it (``WARN``, ``TRACE``...) or as Python does.
 LogLevel = NewType("LogLevel", str)
+#: An access log format: ``%variable%`` text or ``json`` (see ``config.logformat``).
+LogFormat = NewType("LogFormat", str)
 
 
 def cluster_ref() -> Any:
@@ -76,7 +78,7 @@ class AccessLogConfig:
     default text format."""
 
     log_path: str
-    log_format: str | None = None
+    log_format: LogFormat | None = None
 
 
 @frozen(kw_only=True)

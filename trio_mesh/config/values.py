@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from .duration import parse_duration
+from .logformat import validate_log_format
 from .model import MAX_HOST_WEIGHT, MIN_HOST_WEIGHT, Address
 
 _LOG_LEVELS = {
@@ -112,3 +113,9 @@ def _checked(host: str, port: int, original: Any) -> Address:
 
 def parse_duration_value(value: Any) -> float:
     return parse_duration(value)
+
+
+def parse_log_format(value: Any) -> str:
+    text = parse_str(value)
+    validate_log_format(text)
+    return text

@@ -26,7 +26,6 @@ import errno
 import json
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +34,11 @@ from typing import Any, TextIO
 
 import trio
 
+from ..config.logformat import (
+    JSON_FORMAT,
+    RECORDED,
+    parse_log_format,
+)
 from ..config.model import AccessLogConfig
 
 log = logging.getLogger("trio_mesh.accesslog")
@@ -46,7 +50,6 @@ DEFAULT_FORMAT = (
     " %upstream_local_address% %downstream_local_address% %downstream_remote_address%"
     " %upstream_host%"
 )
-JSON_FORMAT = "json"
 #: Lines queued between ``log`` and the writer before ``log`` starts dropping.
 DEFAULT_MAX_QUEUED = 4096
 #: How long the writer may take, once cancelled, to write what is queued and close the file.
@@ -271,63 +274,13 @@ def _text_getters() -> dict[str, tuple[Getter, Getter]]:
     }
 
 
-#: Variables MOSN defines that trio-mesh does not record (yet): accepted, rendered as ``-``.
-PLACEHOLDERS = (
-    "upstream_local_address",
-    "request_finished_duration",
-    "process_time_duration",
-    "upstream_transport_failure_reason",
-    "requested_server_name",
-    "route_name",
-    "protocol_config",
-)
-#: Other MOSN names for the same variable.
-ALIASES = {"response_flags": "response_flag"}
-#: The variables JSON lines carry, in their order.
+#: The variables JSON lines carry, in their order (the config layer knows the same names).
 VARIABLES = tuple(_text_getters())
-KNOWN = (*VARIABLES, *ALIASES, *PLACEHOLDERS)
-_HEADER_PREFIXES = ("request_header_", "response_header_")
-
-# ``%name%`` with no whitespace in the name; ``%%`` (an empty name) is a literal ``%``.
-_VARIABLE = re.compile(r"%([^%\s]*)%")
+assert VARIABLES == RECORDED, "trio_mesh.config.logformat.RECORDED is out of date"
 
 
 def _dash(info: RequestInfo) -> str:
     return "-"
-
-
-def _parse(fmt: str) -> tuple[list[str], list[str]]:
-    """The literal texts around the variables, and the variable names (one fewer)."""
-    literals: list[str] = []
-    names: list[str] = []
-    text: list[str] = []
-    position = 0
-    for match in _VARIABLE.finditer(fmt):
-        text.append(fmt[position : match.start()])
-        position = match.end()
-        name = match.group(1)
-        if not name:
-            text.append("%")
-            continue
-        if name not in KNOWN:
-            hint = ""
-            if name.startswith(_HEADER_PREFIXES):
-                hint = "; header variables are not supported"
-            raise ValueError(
-                f"unknown access log variable %{name}% (known: {', '.join(KNOWN)}){hint}"
-            )
-        literals.append("".join(text))
-        text = []
-        names.append(ALIASES.get(name, name))
-    text.append(fmt[position:])
-    literals.append("".join(text))
-    return literals, names
-
-
-def validate_log_format(fmt: str | None) -> None:
-    """Raise ``ValueError`` naming the first unknown ``%variable%`` in ``fmt``."""
-    if fmt and fmt != JSON_FORMAT:
-        _parse(fmt)
 
 
 def compile_format(fmt: str | None) -> Callable[[RequestInfo], str]:
@@ -344,7 +297,7 @@ def compile_format(fmt: str | None) -> Callable[[RequestInfo], str]:
 
         return format_json
 
-    literals, names = _parse(fmt or DEFAULT_FORMAT)
+    literals, names = parse_log_format(fmt or DEFAULT_FORMAT)
     # The literals become one str.format template, the variables its positional arguments.
     template = "{}".join(text.replace("{", "{{").replace("}", "}}") for text in literals).format
     text_getters = tuple(getters[name][0] if name in getters else _dash for name in names)
