@@ -377,6 +377,7 @@ class _Session:
                         head, info, route, cluster, target, headers, replay, fresh=raced
                     )
                 except _Retry as exc:
+                    replay = self._replay_left  # what the failed try left resendable
                     if self.response_started:  # defensive: nothing can be retried now
                         return False
                     if exc.race and not raced and replay is not None:
@@ -394,8 +395,6 @@ class _Session:
                     cluster.stats.upstream_rq_retry += 1
                 except _Fail as exc:
                     return await self._local_reply(head, info, exc.reply)
-                finally:
-                    replay = self._replay_left
         # The route timeout fired.
         cluster.stats.upstream_rq_timeout += 1
         if route_scope.cancelled_caught and not self.response_started:
@@ -575,6 +574,7 @@ class _Session:
                     retry = route.retry
                     if (
                         self._can_retry_status
+                        and self._replay_left is not None
                         and retry is not None
                         and retry.should_retry_status(event.status)
                     ):
@@ -586,7 +586,14 @@ class _Session:
             if out:
                 await self._send_down(b"".join(out) if len(out) > 1 else out[0])
             if done:
-                keep = head.keep_alive and not close_after and self.request_done
+                # After an Upgrade request that was refused, the request parser has stopped:
+                # the connection cannot carry another request.
+                keep = (
+                    head.keep_alive
+                    and not close_after
+                    and self.request_done
+                    and head.upgrade is None
+                )
                 reusable = (
                     self.request_done
                     and parser.complete
@@ -614,7 +621,7 @@ class _Session:
                 headers.append((b"transfer-encoding", b"chunked"))
             else:
                 close = True
-        if not head.keep_alive or not self.request_done:
+        if not head.keep_alive or not self.request_done or head.upgrade is not None:
             close = True
         if close:
             headers.append((b"connection", b"close"))
@@ -672,7 +679,13 @@ class _Session:
         """A response made by the proxy. An unread request body means the connection
         cannot be reused (its remaining bytes would be taken for a new request)."""
         status, flag, body = reply
-        close = close or head is None or not head.keep_alive or not self.request_done
+        close = (
+            close
+            or head is None
+            or not head.keep_alive
+            or not self.request_done
+            or head.upgrade is not None
+        )
         out = [(b"content-length", str(len(body)).encode()), (b"content-type", b"text/plain")]
         if headers:
             out.extend(headers)
