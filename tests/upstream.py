@@ -30,7 +30,12 @@ import trio
 class Upstream:
     def __init__(self) -> None:
         self.connections = 0
+        self.closed = 0
+        #: Set (and replaced) whenever a connection closes.
+        self.closed_event = trio.Event()
         self.requests: list[dict] = []
+        #: The client port of each request's connection: which upstream connection served it.
+        self.request_peers: list[int] = []
         self.flaky: Counter[str] = Counter()
         self.port = 0
 
@@ -43,6 +48,7 @@ class Upstream:
 
     async def _serve(self, stream: trio.SocketStream) -> None:
         self.connections += 1
+        peer = stream.socket.getpeername()[1]
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
@@ -68,6 +74,7 @@ class Upstream:
                     "body_sha256": body.hexdigest(),
                 }
                 self.requests.append(info)
+                self.request_peers.append(peer)
                 if not await self._respond(conn, stream, request, info):
                     return
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
@@ -77,6 +84,9 @@ class Upstream:
             pass
         finally:
             stream.socket.close()
+            self.closed += 1
+            self.closed_event.set()
+            self.closed_event = trio.Event()
 
     async def _next(self, conn: h11.Connection, stream: trio.SocketStream):
         while True:
