@@ -199,6 +199,7 @@ class EndOfMessage(_Record):
 
 
 Event = RequestHead | ResponseHead | Body | EndOfMessage
+_NO_EVENTS: list[Event] = []  # never appended to: callbacks fire only inside feed()
 
 
 class _Sink:
@@ -217,7 +218,7 @@ class _Sink:
         self.headers: list[Header] = []
         self.head_done = False
         self.msg_done = False
-        self.events: list[Event] = []
+        self.events: list[Event] = _NO_EVENTS
 
     def on_message_begin(self) -> None:
         self.begun = True
@@ -244,7 +245,8 @@ class _Sink:
 
 def _llhttp(cls: type, sink: _Sink):  # -> HttpRequestParser | HttpResponseParser
     p = cls(sink)
-    # llhttp starts strict; say so explicitly so a changed default cannot loosen us
+    # llhttp starts strict; say so explicitly so a changed default cannot loosen us (this API
+    # and llhttp 9.2.1, the CVE-2024-27982 fix, arrived in httptools 0.6.3)
     p.set_dangerous_leniencies(
         lenient_headers=False,
         lenient_chunked_length=False,
@@ -357,6 +359,8 @@ class _Parser:
         except H1Error as e:
             self._error = e
             raise
+        finally:
+            sink.events = _NO_EVENTS  # hold no body bytes between feeds
         return events
 
     def _run(self, data: bytes, events: list[Event]) -> None:
