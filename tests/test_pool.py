@@ -81,7 +81,8 @@ async def test_idle_connections_are_reused_last_in_first_out(nursery):
             n.start_soon(get, port, "/slow/0.3")  # released last: on top of the idle stack
             n.start_soon(get, port, "/slow/0.05")
         assert upstream.connections == 2
-        slow_peer = upstream.request_peers[1]  # /slow/0.3 finished second
+        targets = [r["target"] for r in upstream.requests]
+        slow_peer = upstream.request_peers[targets.index("/slow/0.3")]  # released second
         assert await get(port, "/echo") == b"HTTP/1.1 200 "
     assert upstream.connections == 2
     assert upstream.request_peers[2] == slow_peer
