@@ -369,23 +369,12 @@ def test_json_access_log_to_file(json_log_run):
     assert entries[5]["request_received_duration"] is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: %user_agent% is never recorded: _Session._start_info (proxy/http1.py) does "
-    "not set RequestInfo.user_agent, so it is always null/'-' although README lists it",
-)
 def test_json_access_log_records_user_agent(json_log_run):
     *_, entries = json_log_run
     for entry in entries:
         assert entry["user_agent"] is not None and entry["user_agent"].startswith("curl/"), entry
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: request_received_duration is only set in _send_body, so a proxied request "
-    "without a body (GET) logs null/'-'; MOSN sets it once the request is sent upstream "
-    "(downStream.onUpstreamRequestSent), headers-only requests included",
-)
 def test_json_access_log_request_received_duration_of_bodyless_proxied_request(json_log_run):
     *_, entries = json_log_run
     proxied = [e for e, (*_, p) in zip(entries, REQUESTS, strict=True) if p]
@@ -394,12 +383,6 @@ def test_json_access_log_request_received_duration_of_bodyless_proxied_request(j
         assert entry["request_received_duration"] <= entry["duration"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: bytes_sent is 0 for the proxy's own replies (direct_response body): "
-    "_local_reply never adds the body to RequestInfo.bytes_sent; MOSN (downStream.appendData) "
-    "and Envoy (%BYTES_SENT%) count a direct response's body like any other",
-)
 def test_json_access_log_counts_direct_response_body(json_log_run):
     *_, responses, entries = json_log_run
     assert responses[0].body == b"trio-mesh is running\n"

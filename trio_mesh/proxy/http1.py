@@ -115,6 +115,7 @@ def _lookup(headers: list[tuple[bytes, bytes]]) -> Callable[[str], str | None]:
 class _Session:
     __slots__ = (
         "_armed",
+        "_info",
         "_can_retry_status",
         "_replay_left",
         "_upstream_keep_alive",
@@ -150,6 +151,7 @@ class _Session:
         # Route and per-try timeouts start once the whole request is in (Envoy's rule: a
         # slow upload is bounded by the idle timeout, not by the response timeout).
         self._armed: list[tuple[trio.CancelScope, float]] = []
+        self._info = RequestInfo()
         self._upstream_keep_alive = False
 
     # ------------------------------------------------------------------ downstream reads
@@ -240,6 +242,12 @@ class _Session:
         info.authority = head.host.decode("latin-1") if head.host else None
         info.downstream_remote_address = self.remote
         info.downstream_local_address = self.local
+        if self.proxy.access_logs:
+            for name, value in head.headers:
+                if name == b"user-agent":
+                    info.user_agent = value.decode("latin-1")
+                    break
+        self._info = info
         self.request_done = False
         self.response_started = False
         self.sent_continue = False
@@ -268,11 +276,12 @@ class _Session:
             return await self._local_reply(head, info, NO_ROUTE)
         if route.direct_response is not None:
             status, body = route.direct_response
-            return await self._local_reply(head, info, (status, "", body))
+            return await self._local_reply(head, info, (status, "", body), route=route)
         if route.redirect is not None:
             status, location = route.redirect.location("http", host, path, query)
+            location_header = [(b"location", location.encode("latin-1"))]
             return await self._local_reply(
-                head, info, (status, "", b""), headers=[(b"location", location.encode("latin-1"))]
+                head, info, (status, "", b""), headers=location_header, route=route
             )
         cluster_name = route.pick_cluster(header)
         cluster = self.proxy.clusters.clusters.get(cluster_name) if cluster_name else None
@@ -285,7 +294,7 @@ class _Session:
         event = await self._next_body_event()
         if not isinstance(event, EndOfMessage):  # the parser's framing says otherwise: a bug
             raise H1Error(400, "unexpected body")
-        self.request_done = True
+        self._request_complete()
 
     def _arm(self, scope: trio.CancelScope, timeout: float | None) -> None:
         """Give ``scope`` its ``timeout``, counted from the end of the request."""
@@ -299,6 +308,7 @@ class _Session:
     def _request_complete(self) -> None:
         self.request_done = True
         now = trio.current_time()
+        self._info.request_received_duration = now - self._info.start
         for scope, timeout in self._armed:
             scope.deadline = min(scope.deadline, now + timeout)
         self._armed.clear()
@@ -508,7 +518,6 @@ class _Session:
             if wire:
                 await upstream.send_all(wire)
             if self.request_done:
-                info.request_received_duration = trio.current_time() - info.start
                 return
 
     async def _relay_response(
@@ -675,9 +684,11 @@ class _Session:
         *,
         headers: list[tuple[bytes, bytes]] | None = None,
         close: bool = False,
+        route: Route | None = None,
     ) -> bool:
         """A response made by the proxy. An unread request body means the connection
-        cannot be reused (its remaining bytes would be taken for a new request)."""
+        cannot be reused (its remaining bytes would be taken for a new request). A matched
+        route's response header mutations apply to its direct responses and redirects too."""
         status, flag, body = reply
         close = (
             close
@@ -691,9 +702,16 @@ class _Session:
             out.extend(headers)
         if close:
             out.append((b"connection", b"close"))
+        if route is not None and (
+            route.response_headers_to_add or route.response_headers_to_remove
+        ):
+            out = apply_header_mutations(
+                out, route.response_headers_to_add, route.response_headers_to_remove
+            )
         data = encode_response_head(status, None, out)
         if head is None or head.method != b"HEAD":
             data += body
+            info.bytes_sent += len(body)
         info.response_code = status
         if flag:
             _flag(info, flag)
