@@ -494,3 +494,32 @@ async def test_route_timeout_mid_body_cuts_the_client_off(nursery, tmp_path):
     (entry,) = read_access_log(path)
     assert entry["response_code"] == 200
     assert "UT" in entry["response_flag"].split(",")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: an upstream 101 to a request that asked for no upgrade is sent on to the "
+    "client as an informational 'HTTP/1.1 101 Switching Protocols' (headers stripped), then "
+    "the proxy waits for a final response until the route timeout and answers 504 on the same "
+    "connection; it must be refused as an invalid response (502 UPE) with no 101 forwarded",
+)
+async def test_upstream_101_to_a_plain_request_is_502_upe(nursery):
+    async def switches(stream):
+        buf = bytearray()
+        if await read_request(stream, buf) is not None:
+            await stream.send_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n"
+                b"raw bytes"
+            )
+            await trio.sleep_forever()
+
+    up = await start_raw_server(nursery, switches)
+    _, port = await start_proxy(nursery, http_config([to("up", timeout="5s")], {"up": up}))
+    with trio.fail_after(10):
+        start = trio.current_time()
+        async with await Client.connect(port) as client:
+            await client.send(get("/"))
+            r = await client.response(interim=True)
+        elapsed = trio.current_time() - start
+    assert (r.status, r.body) == (502, b"upstream sent an invalid response\n")
+    assert elapsed < 2
