@@ -17,8 +17,10 @@ from .http_helpers import (
     http_config,
     parse_head,
     raw_exchange,
+    read_request,
     request,
     start_proxy,
+    start_raw_server,
     start_upstream,
     to,
 )
@@ -401,3 +403,77 @@ async def test_header_timeout_starts_at_the_first_byte(nursery, upstream):
             await trio.sleep(0.5)  # idle between requests too
             await client.send(get("/echo/later"))
             assert echoed(await client.response())["target"] == "/echo/later"
+
+
+# --------------------------------------------------------------------------- upstream side
+
+
+async def _scripted(nursery, responses: dict[bytes, bytes]) -> tuple[int, list[int]]:
+    """A raw upstream answering each request line's target with fixed bytes; also the
+    number of requests each of its connections received."""
+    per_connection: list[int] = []
+
+    async def handler(stream):
+        index = len(per_connection)
+        per_connection.append(0)
+        buf = bytearray()
+        while (req := await read_request(stream, buf)) is not None:
+            per_connection[index] += 1
+            method, target = req[0].split(b" ")[:2]
+            await stream.send_all(responses[method + b" " + target])
+
+    return await start_raw_server(nursery, handler), per_connection
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        # more bytes than Content-Length: a second response hidden in the first
+        b"GET /split",
+        # a body on a response to HEAD
+        b"HEAD /head",
+    ],
+)
+async def test_bytes_after_a_complete_response_are_never_a_response(nursery, first):
+    evil = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil!"
+    up, per_connection = await _scripted(
+        nursery,
+        {
+            b"GET /split": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + evil,
+            b"HEAD /head": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + evil,
+            b"GET /next": b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext",
+        },
+    )
+    _, port = await start_proxy(nursery, http_config([to("up")], {"up": up}))
+    method = first.split(b" ")[0]
+    with trio.fail_after(5):
+        async with await Client.connect(port) as client:
+            await client.send(first + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            r = await client.response(head=method == b"HEAD")
+            await client.send(get("/next"))
+            after = await client.response()
+    assert r.status == 200
+    assert (after.status, after.body) == (200, b"next")
+    assert per_connection == [1, 1]  # the polluted connection was not used again
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-Nul: a\x00b\r\nContent-Length: 2\r\n\r\nok",
+    ],
+    ids=["duplicate-cl", "cl-te", "te-gzip-chunked", "bad-chunk-size", "obs-fold", "nul"],
+)
+async def test_ambiguous_upstream_response_is_502(nursery, response):
+    up, _ = await _scripted(nursery, {b"GET /": response})
+    _, port = await start_proxy(nursery, http_config([to("up")], {"up": up}))
+    with trio.fail_after(5):
+        got = await raw_exchange(port, get("/", headers="Connection: close\r\n"))
+    assert got.startswith(b"HTTP/1.1 502 "), got
+    assert got.endswith(b"\r\n\r\nupstream sent an invalid response\n"), got
