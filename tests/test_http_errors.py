@@ -496,13 +496,6 @@ async def test_route_timeout_mid_body_cuts_the_client_off(nursery, tmp_path):
     assert "UT" in entry["response_flag"].split(",")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an upstream 101 to a request that asked for no upgrade is sent on to the "
-    "client as an informational 'HTTP/1.1 101 Switching Protocols' (headers stripped), then "
-    "the proxy waits for a final response until the route timeout and answers 504 on the same "
-    "connection; it must be refused as an invalid response (502 UPE) with no 101 forwarded",
-)
 async def test_upstream_101_to_a_plain_request_is_502_upe(nursery):
     async def switches(stream):
         buf = bytearray()

@@ -338,12 +338,6 @@ async def test_weighted_clusters_follow_the_weights(nursery):
     assert len(b.requests) == 200 - len(a.requests)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: LB_LEAST_REQUEST balances on Host.active_requests, which nothing in trio_mesh "
-    "ever increments or decrements (neither the HTTP proxy nor tcp_proxy), so every host "
-    "always looks idle and the choice is plain random",
-)
 async def test_least_request_sends_new_requests_to_the_less_busy_host(nursery):
     """Requests are held at two upstreams; with least request over two hosts, each new one
     goes to the host holding fewer, so the counts never differ by more than one."""
@@ -1333,12 +1327,6 @@ async def test_absolute_form_target_routes_by_its_authority(nursery, upstream):
     assert seen["headers"].get("x-vhost") == "target"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an absolute-form request is routed by the target's authority but forwarded "
-    "with the client's Host header unchanged; RFC 9112 3.2.2: a proxy MUST send a Host "
-    "generated from the request-target, not the received Host",
-)
 async def test_absolute_form_target_sets_the_upstream_host(nursery, upstream):
     _, port = await start_proxy(nursery, _absolute_form_config(upstream))
     with trio.fail_after(5):

@@ -137,13 +137,6 @@ SECOND_REQUESTS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a bad request that follows a good one on a kept-alive connection gets no "
-    "response at all, the connection is just closed: _Session.run answers an H1Error only "
-    "`if not self.response_started`, and response_started still holds True from the previous "
-    "request (it is reset in _start_info, which a head that fails to parse never reaches)",
-)
 @pytest.mark.parametrize("raw, status", SECOND_REQUESTS.values(), ids=SECOND_REQUESTS.keys())
 async def test_bad_request_on_a_kept_alive_connection_gets_its_status(
     nursery, upstream, raw, status
@@ -159,13 +152,6 @@ async def test_bad_request_on_a_kept_alive_connection_gets_its_status(
     assert_refused(got, status)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a valid request followed in the same read by a malformed one is answered "
-    "400 itself: RequestParser.feed raises on the bad bytes and drops the events it had "
-    "already parsed from the same data (the first request's head and end), so the proxy "
-    "never sees the valid request",
-)
 async def test_valid_request_pipelined_before_a_bad_one_is_still_answered(nursery, upstream):
     _, port = await proxy(nursery, upstream)
     with trio.fail_after(5):
@@ -217,12 +203,6 @@ async def test_body_of_a_locally_answered_request_is_never_parsed_as_a_request(n
     assert upstream.requests == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an HTTP/1.1 request without Host is forwarded upstream (here h11 refuses it "
-    "and the client gets 502 UC); RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 "
-    "request that lacks Host",
-)
 async def test_http11_request_without_host_is_400(nursery, upstream):
     _, port = await proxy(nursery, upstream)
     with trio.fail_after(5):
@@ -235,13 +215,6 @@ async def test_http11_request_without_host_is_400(nursery, upstream):
     assert upstream.connections == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an HTTP/1.0 request without Host (valid in 1.0) is forwarded as an HTTP/1.1 "
-    "request without Host, which is invalid: the upstream (h11) refuses it and the client "
-    "gets 502 UC. The proxy must give the upstream request a Host (Envoy: "
-    "default_host_for_http_10, or the route's/host's authority) or answer itself",
-)
 async def test_http10_request_without_host_is_served(nursery, upstream):
     _, port = await proxy(nursery, upstream)
     with trio.fail_after(5):

@@ -10,7 +10,7 @@ from ..config import TcpProxyConfig
 from ..network.connect import ConnectError
 from ..network.connection import Connection
 from ..network.relay import relay
-from ..upstream import CircuitOpenError, NoHostError
+from ..upstream import CircuitOpenError, Host, NoHostError
 from .registry import BuildContext, register_network_filter
 
 log = logging.getLogger("trio_mesh.tcp_proxy")
@@ -23,24 +23,27 @@ class TcpProxy:
         self.attempts = config.max_connect_attempts
 
     async def on_connection(self, conn: Connection) -> None:
-        upstream = await self._connect(conn)
-        if upstream is None:
+        connected = await self._connect(conn)
+        if connected is None:
             return
+        host, upstream = connected
         conn.idle.shorten(self.idle_timeout)
+        host.active_requests += 1  # a connection is tcp_proxy's request: least-request counts it
         try:
             await relay(conn.stream, upstream, conn.idle)
         finally:
+            host.active_requests -= 1
             upstream.socket.close()
             self.cluster.release_connection()
             if conn.idle.scope.cancel_called and conn.idle.expired:
                 self.cluster.stats.upstream_cx_idle_timeout += 1
 
-    async def _connect(self, conn: Connection) -> trio.SocketStream | None:
+    async def _connect(self, conn: Connection) -> tuple[Host, trio.SocketStream] | None:
         cluster = self.cluster
         for attempt in range(1, self.attempts + 1):
             try:
                 host = cluster.choose_host()
-                return await cluster.connect(host)
+                return host, await cluster.connect(host)
             except (NoHostError, CircuitOpenError) as exc:
                 log.warning("tcp_proxy %s: %s", conn.remote, exc)
                 return None

@@ -285,6 +285,7 @@ _RESP_SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection
 
 
 class _Parser:
+    _defer_errors = False
     """The feed loop shared by both directions; subclasses build heads and end messages."""
 
     __slots__ = (
@@ -340,10 +341,21 @@ class _Parser:
     def _after_end(self, data: bytes) -> None:
         raise NotImplementedError
 
+    @property
+    def error(self) -> H1Error | None:
+        """The error that stopped parsing, if any (raised again by every later call)."""
+        return self._error
+
     # -- feeding ---------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> list[Event]:
-        """All events that `data` completes, in order; raises H1Error (and stays failed)."""
+        """All events that `data` completes, in order; raises H1Error (and stays failed).
+
+        Requests only: when `data` completes some events before its bad part (a good
+        request pipelined before a bad one), those events are returned and the error is
+        raised by the next call, or found earlier in `error`: the good request still gets
+        its answer. A response fails whole, so no part of a bad one is relayed.
+        """
         if self._error is not None:
             raise self._error
         if self._phase >= _DONE:
@@ -358,7 +370,8 @@ class _Parser:
             self._run(data, events)
         except H1Error as e:
             self._error = e
-            raise
+            if not events or not self._defer_errors:
+                raise
         finally:
             sink.events = _NO_EVENTS  # hold no body bytes between feeds
         return events
@@ -539,6 +552,7 @@ class RequestParser(_Parser):
     """
 
     __slots__ = ("_keep_alive",)
+    _defer_errors = True
 
     def __init__(self, limits: Limits | None = None) -> None:
         super().__init__(limits, 400, 431)
@@ -621,6 +635,9 @@ class RequestParser(_Parser):
             query = b""
         else:
             host, path, query = _absolute_form(target)
+
+        if host is None and version == b"1.1":
+            raise H1Error(400, "HTTP/1.1 request without Host")  # RFC 9112 3.2
 
         if p.should_upgrade():
             if chunked or content_length:

@@ -158,6 +158,8 @@ class _Session:
 
     async def _fill(self) -> None:
         """One read from the client into parsed events."""
+        if self.parser.error is not None:
+            raise self.parser.error  # found after good pipelined requests, answered first
         try:
             data = await self.stream.receive_some(CHUNK)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -202,6 +204,7 @@ class _Session:
         stats = self.proxy.stats
         while True:
             info = None
+            self.response_started = False
             try:
                 head = await self._next_head()
                 if head is None:
@@ -336,9 +339,16 @@ class _Session:
                 has_host = True
                 if route.host_rewrite is not None:
                     value = route.host_rewrite.encode("latin-1")
+                elif head.host is not None:
+                    value = head.host  # an absolute-form target's authority wins (RFC 9112)
             out.append((name, value))
-        if not has_host and route.host_rewrite is not None:
-            out.append((b"host", route.host_rewrite.encode("latin-1")))
+        if not has_host:
+            # HTTP/1.0 without Host (1.1 without one is refused by the parser): upstream
+            # requests are HTTP/1.1 and need one; the chosen host's address is the default.
+            if route.host_rewrite is not None:
+                out.append((b"host", route.host_rewrite.encode("latin-1")))
+            elif head.host is not None:
+                out.append((b"host", head.host))
         if config.add_x_forwarded_for and self.remote_ip:
             ip = self.remote_ip.encode("latin-1")
             out.append((b"x-forwarded-for", ip if xff is None else xff + b", " + ip))
@@ -440,11 +450,12 @@ class _Session:
         except (CircuitOpenError, PoolOverflow):
             raise _Fail(OVERFLOW) from None
         info.upstream_host = str(host.address)
-        if route.auto_host_rewrite:
+        if route.auto_host_rewrite or not any(n == b"host" for n, _ in headers):
             headers = [(n, v) for n, v in headers if n != b"host"]
             headers.append((b"host", str(host.address).encode("latin-1")))
         reusable = False
         per_try = route.retry.per_try_timeout if route.retry is not None else None
+        host.active_requests += 1  # what LB_LEAST_REQUEST compares
         try:
             with trio.CancelScope() as try_scope:
                 self._arm(try_scope, per_try)
@@ -458,6 +469,7 @@ class _Session:
                 return False
             raise _Retry(TIMEOUT)
         finally:
+            host.active_requests -= 1
             if try_scope.cancelled_caught or not reusable:
                 pool.close(conn)
             else:
@@ -575,8 +587,14 @@ class _Session:
                         out.append(encode_last_chunk(event.trailers))
                     done = True
                 elif event.status < 200:
-                    if event.status == 101 and head.upgrade is not None:
-                        return await self._upgrade(event, info, route, conn, parser, out)
+                    if event.status == 101:
+                        if head.upgrade is not None:
+                            return await self._upgrade(event, info, route, conn, parser, out)
+                        if not self.response_started:  # a switch nobody asked for
+                            raise _Fail(BAD_RESPONSE)
+                        _flag(info, "UPE")
+                        abort(self.stream)
+                        return False, False
                     if event.status != 100:  # our own 100 went already, or none was asked
                         out.append(_informational(event))
                 else:
