@@ -285,8 +285,9 @@ _RESP_SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection
 
 
 class _Parser:
-    _defer_errors = False
     """The feed loop shared by both directions; subclasses build heads and end messages."""
+
+    _defer_errors = False
 
     __slots__ = (
         "_limits",
