@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--log-level", help="DEBUG, INFO, WARN, ERROR (default: the config's, or INFO)"
     )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing every listener through SO_REUSEPORT (default 1)",
+    )
     validate = sub.add_parser("validate", help="check a configuration file and print its errors")
     validate.add_argument("config")
     sub.add_parser("version", help="print the version")
@@ -37,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "validate":
         return _validate(args.config)
-    return _run(args.config, args.log_level)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    return _run(args.config, args.log_level, args.workers)
 
 
 def _validate(path: str) -> int:
@@ -58,7 +66,7 @@ def _validate(path: str) -> int:
     return 0
 
 
-def _run(path: str, log_level: str | None) -> int:
+def _run(path: str, log_level: str | None, workers: int = 1) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         if log_level is not None:
@@ -77,10 +85,19 @@ def _run(path: str, log_level: str | None) -> int:
         logging.getLogger().setLevel(log_level_number(levels[0]) if levels else logging.INFO)
     for w in loaded.warnings:
         log.warning("config: %s", w)
+    if workers == 1:
+        return _serve_process(loaded.config, None)
+    from .workers import Supervisor
+
+    return Supervisor(loaded.config, workers, _serve_process, _sd_notify).run()
+
+
+def _serve_process(config: MeshConfig, ready_fd: int | None) -> int:
+    """Run one proxy process until a stop signal; its exit code."""
     from .network.listener import BindError
 
     try:
-        trio.run(_serve, loaded.config)
+        trio.run(_serve, config, ready_fd)
     except BaseExceptionGroup as group:
         # A port in use: say which and exit 1, with nothing left bound. Anything else is a bug.
         binds, rest = group.split(BindError)
@@ -95,20 +112,29 @@ def _run(path: str, log_level: str | None) -> int:
     return 0
 
 
-async def _serve(config: MeshConfig) -> None:
+async def _serve(config: MeshConfig, ready_fd: int | None) -> None:
+    """``ready_fd``: a worker tells its supervisor on this pipe (which tells systemd)."""
     from .server import Server
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    signals_wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    with trio.open_signal_receiver(*signals_wanted) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(Server(config).run)
+            await nursery.start(Server(config, reuse_port=ready_fd is not None).run)
             # Everything built so far lives as long as the process: keep it out of the
             # cyclic GC's generations so collections stay short.
             gc.freeze()
-            _sd_notify(b"READY=1")
-            log.info("trio-mesh %s ready", __version__)
+            if ready_fd is None:
+                _sd_notify(b"READY=1")
+            else:
+                os.write(ready_fd, b"R")
+            log.info("trio-mesh %s ready (pid %d)", __version__, os.getpid())
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.warning("SIGHUP received: configuration reload is not implemented yet")
+                    continue
                 log.info("%s received, stopping", signal.Signals(signum).name)
-                _sd_notify(b"STOPPING=1")
+                if ready_fd is None:
+                    _sd_notify(b"STOPPING=1")
                 break
             nursery.cancel_scope.cancel()
 

@@ -30,8 +30,9 @@ class Server:
     Cancelling the nursery closes every socket and task of the server.
     """
 
-    def __init__(self, config: MeshConfig) -> None:
+    def __init__(self, config: MeshConfig, *, reuse_port: bool = False) -> None:
         self.config = config
+        self.reuse_port = reuse_port
         self.clusters = ClusterManager(config.cluster_manager.clusters)
         self.pools = Pools()
         # Route tables are compiled once per configuration, never per request.
@@ -71,7 +72,7 @@ class Server:
                 if not lst.bind_port:
                     log.info("listener %r: bind_port is false, not listening", lst.name)
                     continue
-                sock = await bind(lst.name, lst.address)
+                sock = await bind(lst.name, lst.address, reuse_port=self.reuse_port)
                 self.listeners[lst.name] = ListenerRuntime(
                     lst.name,
                     sock,

@@ -29,8 +29,9 @@ class BindError(Exception):
     pass
 
 
-async def bind(name: str, address: Address) -> trio.socket.SocketType:
-    """A listening socket on ``address`` (port 0: the kernel picks one)."""
+async def bind(name: str, address: Address, *, reuse_port: bool = False) -> trio.socket.SocketType:
+    """A listening socket on ``address`` (port 0: the kernel picks one). ``reuse_port``:
+    several worker processes listen on the same port and the kernel spreads connections."""
     try:
         infos = await trio.socket.getaddrinfo(
             address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -39,6 +40,8 @@ async def bind(name: str, address: Address) -> trio.socket.SocketType:
         sock = trio.socket.socket(family, type_, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             await sock.bind(sockaddr)
             sock.listen(BACKLOG)
         except BaseException:

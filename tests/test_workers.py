@@ -1,0 +1,117 @@
+"""``trio-mesh run --workers N``: forked workers sharing listeners through SO_REUSEPORT."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+CONFIG = (
+    "servers: [{listeners: [{name: e, address: '127.0.0.1:0',"
+    " filter_chains: [{filters: [{type: echo}]}]}]}]\n"
+)
+
+
+class Proxy:
+    """The CLI in a subprocess; its stderr lines are read on a thread into a queue."""
+
+    def __init__(self, tmp_path, *args: str) -> None:
+        config = tmp_path / "c.yaml"
+        config.write_text(CONFIG)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trio_mesh.cli", "run", str(config), *args],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.put(line)
+
+    def wait_for(self, pattern: str) -> re.Match:
+        while True:
+            line = self.lines.get(timeout=20)
+            if m := re.search(pattern, line):
+                return m
+
+    def children(self) -> set[int]:
+        path = f"/proc/{self.proc.pid}/task/{self.proc.pid}/children"
+        with open(path) as f:
+            return {int(pid) for pid in f.read().split()}
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def echo(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"ping")
+        return s.recv(10)
+
+
+@pytest.fixture
+def two_workers(tmp_path):
+    proxy = Proxy(tmp_path, "--workers", "2")
+    yield proxy
+    proxy.close()
+
+
+def test_workers_share_the_port_and_serve(two_workers):
+    ports = {two_workers.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1) for _ in range(2)}
+    assert len(ports) == 1  # port 0 became one port, shared by both workers
+    two_workers.wait_for(r"all 2 workers ready")
+    port = int(ports.pop())
+    assert all(echo(port) == b"ping" for _ in range(20))
+    assert len(two_workers.children()) == 2
+    two_workers.proc.send_signal(signal.SIGTERM)
+    assert two_workers.proc.wait(timeout=20) == 0
+
+
+def test_a_crashed_worker_is_restarted(two_workers):
+    port = int(two_workers.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+    two_workers.wait_for(r"all 2 workers ready")
+    victim = min(two_workers.children())
+    os.kill(victim, signal.SIGKILL)
+    two_workers.wait_for(rf"\(pid {victim}\) was killed by SIGKILL; restarting")
+    new_pid = int(two_workers.wait_for(r"worker \d started \(pid (\d+)\)").group(1))
+    two_workers.wait_for(rf"ready \(pid {new_pid}\)")
+    children = two_workers.children()
+    assert new_pid in children and victim not in children and len(children) == 2
+    assert all(echo(port) == b"ping" for _ in range(20))
+    two_workers.proc.send_signal(signal.SIGTERM)
+    assert two_workers.proc.wait(timeout=20) == 0
+
+
+def test_sighup_is_forwarded_and_sigint_stops_all(two_workers):
+    two_workers.wait_for(r"all 2 workers ready")
+    before = two_workers.children()
+    two_workers.proc.send_signal(signal.SIGHUP)
+    for _ in range(2):  # each worker says so; none dies of it
+        two_workers.wait_for(r"SIGHUP received")
+    assert two_workers.children() == before
+    two_workers.proc.send_signal(signal.SIGINT)
+    two_workers.wait_for(r"all workers stopped")
+    assert two_workers.proc.wait(timeout=20) == 0
+    for pid in before:
+        assert (
+            not os.path.exists(f"/proc/{pid}/status") or "Z" in open(f"/proc/{pid}/status").read()
+        )
+
+
+def test_workers_must_be_positive(tmp_path):
+    proxy = Proxy(tmp_path, "--workers", "0")
+    try:
+        assert proxy.proc.wait(timeout=20) == 2
+        assert proxy.wait_for(r"--workers must be at least 1")
+    finally:
+        proxy.close()

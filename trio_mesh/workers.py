@@ -1,0 +1,148 @@
+"""``--workers N``: N forked processes serving every listener through SO_REUSEPORT.
+
+The parent runs no Trio loop: it binds nothing it serves, forks the workers, restarts one that
+dies unasked, forwards SIGTERM/SIGINT/SIGHUP, tells systemd READY=1 once every worker is
+listening, and exits when all workers are gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import time
+import traceback
+from collections.abc import Callable
+
+import attrs
+
+from .config import Address, MeshConfig
+
+log = logging.getLogger("trio_mesh.workers")
+
+RESTART_BACKOFF_MIN = 0.5
+RESTART_BACKOFF_MAX = 10.0
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+#: ``serve(config, ready_fd) -> exit code``: one worker's whole life.
+Serve = Callable[[MeshConfig, int], int]
+
+
+def reserve_ports(config: MeshConfig) -> tuple[MeshConfig, list[socket.socket]]:
+    """Turn every port 0 into one real port that all workers then share.
+
+    The parent binds (without listening) a SO_REUSEPORT socket per such listener and holds it,
+    so the port stays ours while workers come and go.
+    """
+    held: list[socket.socket] = []
+    servers = []
+    for server in config.servers:
+        listeners = []
+        for lst in server.listeners:
+            if lst.bind_port and lst.address.port == 0:
+                family = socket.AF_INET6 if ":" in lst.address.host else socket.AF_INET
+                s = socket.socket(family, socket.SOCK_STREAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                s.bind((lst.address.host, 0))
+                held.append(s)
+                port = s.getsockname()[1]
+                lst = attrs.evolve(lst, address=Address(host=lst.address.host, port=port))
+            listeners.append(lst)
+        servers.append(attrs.evolve(server, listeners=tuple(listeners)))
+    return attrs.evolve(config, servers=tuple(servers)), held
+
+
+class Supervisor:
+    def __init__(self, config: MeshConfig, workers: int, serve: Serve, notify: Callable) -> None:
+        self.config, self.held = reserve_ports(config)
+        self.workers = workers
+        self.serve = serve
+        self.notify = notify
+        self.children: dict[int, int] = {}  # pid -> slot
+        self.stopping = False
+        self.ready = 0
+        self.backoff = [RESTART_BACKOFF_MIN] * workers
+        self.ready_r, self.ready_w = os.pipe()
+
+    def run(self) -> int:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _FORWARDED}
+        try:
+            for slot in range(self.workers):
+                self._spawn(slot)
+            while self.children:
+                self._poll()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            for s in self.held:
+                s.close()
+            os.close(self.ready_r)
+            os.close(self.ready_w)
+        log.info("all workers stopped")
+        return 0
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if signum != signal.SIGHUP:
+            if not self.stopping:
+                log.info("%s received, stopping %d worker(s)", name, len(self.children))
+                self.notify(b"STOPPING=1")
+            self.stopping = True
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def _spawn(self, slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                for sig in _FORWARDED:
+                    signal.signal(sig, signal.SIG_DFL)
+                for s in self.held:
+                    s.close()
+                os.close(self.ready_r)
+                code = self.serve(self.config, self.ready_w)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        self.children[pid] = slot
+        log.info("worker %d started (pid %d)", slot, pid)
+
+    def _poll(self) -> None:
+        readable, _, _ = select.select([self.ready_r], [], [], 0.2)
+        if readable:
+            self.ready += len(os.read(self.ready_r, 64))
+            if self.ready == self.workers:
+                log.info("all %d workers ready", self.workers)
+                self.notify(b"READY=1")
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            slot = self.children.pop(pid)
+            if self.stopping:
+                continue
+            how = _describe(status)
+            wait = self.backoff[slot]
+            log.error("worker %d (pid %d) %s; restarting in %.1fs", slot, pid, how, wait)
+            time.sleep(wait)
+            self.backoff[slot] = min(wait * 2, RESTART_BACKOFF_MAX)
+            if not self.stopping:
+                self._spawn(slot)
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"
