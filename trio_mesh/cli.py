@@ -125,9 +125,10 @@ async def _serve(config: MeshConfig, ready_fd: int | None) -> None:
             gc.freeze()
             if ready_fd is None:
                 _sd_notify(b"READY=1")
+                log.info("trio-mesh %s ready", __version__)
             else:
                 os.write(ready_fd, b"R")
-            log.info("trio-mesh %s ready (pid %d)", __version__, os.getpid())
+                log.info("trio-mesh %s ready (pid %d)", __version__, os.getpid())
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     log.warning("SIGHUP received: configuration reload is not implemented yet")
