@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 
-import trio
-
 from ..config import TcpProxyConfig
 from ..network.connect import ConnectError
 from ..network.connection import Connection
 from ..network.relay import relay
+from ..network.stream import Stream
 from ..upstream import CircuitOpenError, Host, NoHostError
 from .registry import BuildContext, register_network_filter
 
@@ -38,7 +37,7 @@ class TcpProxy:
             if conn.idle.scope.cancel_called and conn.idle.expired:
                 self.cluster.stats.upstream_cx_idle_timeout += 1
 
-    async def _connect(self, conn: Connection) -> tuple[Host, trio.SocketStream] | None:
+    async def _connect(self, conn: Connection) -> tuple[Host, Stream] | None:
         cluster = self.cluster
         for attempt in range(1, self.attempts + 1):
             try:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
-import struct
 
 import trio
+
+from .stream import Stream
 
 
 class ConnectError(Exception):
@@ -18,15 +20,21 @@ class ConnectError(Exception):
         self.timeout = timeout
 
 
-async def connect_tcp(host: str, port: int, timeout: float) -> trio.SocketStream:
+async def connect_tcp(host: str, port: int, timeout: float) -> Stream:
     """Connect to one address (a name resolves to its first address; no happy eyeballs:
     upstream hosts are addresses in a mesh, and one syscall path keeps errors exact)."""
     try:
         with trio.fail_after(timeout):
             family, sockaddr = await _resolve(host, port)
-            sock = trio.socket.socket(family, socket.SOCK_STREAM)
+            sock = socket.socket(family, socket.SOCK_STREAM)
             try:
-                await sock.connect(sockaddr)
+                sock.setblocking(False)
+                err = sock.connect_ex(sockaddr)
+                if err == errno.EINPROGRESS:
+                    await trio.lowlevel.wait_writable(sock)
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, os.strerror(err))
             except BaseException:
                 sock.close()
                 raise
@@ -37,7 +45,7 @@ async def connect_tcp(host: str, port: int, timeout: float) -> trio.SocketStream
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ConnectError(f"connect to {host}:{port} failed: {reason}") from None
-    return trio.SocketStream(sock)
+    return Stream(sock)
 
 
 async def _resolve(host: str, port: int) -> tuple[int, tuple]:
@@ -49,10 +57,6 @@ async def _resolve(host: str, port: int) -> tuple[int, tuple]:
     return (socket.AF_INET6, (host, port)) if ip.version == 6 else (socket.AF_INET, (host, port))
 
 
-def abort(stream: trio.SocketStream) -> None:
+def abort(stream: Stream) -> None:
     """Close with RST instead of FIN, so the peer learns the other side was reset."""
-    try:
-        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass  # already closed or never connected: a plain close is all there is
-    stream.socket.close()
+    stream.abort()

@@ -6,6 +6,8 @@ import math
 
 import trio
 
+from .stream import Stream
+
 
 class IdleTimer:
     """A cancel scope whose deadline moves forward on every ``touch``; ``None``: no timeout."""
@@ -41,7 +43,7 @@ class Connection:
 
     __slots__ = ("stream", "remote", "local", "listener_name", "idle")
 
-    def __init__(self, stream: trio.SocketStream, listener_name: str, idle_timeout: float | None):
+    def __init__(self, stream: Stream, listener_name: str, idle_timeout: float | None):
         self.stream = stream
         self.listener_name = listener_name
         try:

@@ -11,14 +11,16 @@ import trio
 
 from ..config import Address
 from ..stats import ListenerStats
-from .connect import abort
 from .connection import Connection
+from .stream import Stream
 
 log = logging.getLogger("trio_mesh.listener")
 
 # Resource exhaustion is overload, not a bug: back off and keep accepting (as trio's
 # serve_listeners does) instead of letting one burst kill the listener.
 _OVERLOAD_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# The connection died between the handshake and accept(): nothing to do about it.
+_TRANSIENT_ERRNOS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
 ACCEPT_BACKOFF = 0.1
 BACKLOG = 4096
 
@@ -29,7 +31,7 @@ class BindError(Exception):
     pass
 
 
-async def bind(name: str, address: Address, *, reuse_port: bool = False) -> trio.socket.SocketType:
+async def bind(name: str, address: Address, *, reuse_port: bool = False) -> socket.socket:
     """A listening socket on ``address`` (port 0: the kernel picks one). ``reuse_port``:
     several worker processes listen on the same port and the kernel spreads connections."""
     try:
@@ -37,13 +39,14 @@ async def bind(name: str, address: Address, *, reuse_port: bool = False) -> trio
             address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
         family, type_, proto, _, sockaddr = infos[0]
-        sock = trio.socket.socket(family, type_, proto)
+        sock = socket.socket(family, type_, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            await sock.bind(sockaddr)
+            sock.bind(sockaddr)
             sock.listen(BACKLOG)
+            sock.setblocking(False)
         except BaseException:
             sock.close()
             raise
@@ -60,7 +63,7 @@ class ListenerRuntime:
     def __init__(
         self,
         name: str,
-        sock: trio.socket.SocketType,
+        sock: socket.socket,
         handler: Handler,
         *,
         idle_timeout: float | None = None,
@@ -77,33 +80,46 @@ class ListenerRuntime:
         self.address = (host, port)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listener = trio.SocketListener(self.sock)
+        sock = self.sock
         stats = self.stats
-        async with listener, trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in _OVERLOAD_ERRNOS:
-                        raise
-                    stats.downstream_accept_error += 1
-                    log.warning(
-                        "listener %r: accept failed (%s), backing off", self.name, exc.strerror
-                    )
-                    await trio.sleep(ACCEPT_BACKOFF)
-                    continue
-                stats.downstream_cx_total += 1
-                if (
-                    self.max_connections is not None
-                    and stats.downstream_cx_active >= self.max_connections
-                ):
-                    stats.downstream_cx_overflow += 1
-                    abort(stream)
-                    continue
-                nursery.start_soon(self._run_connection, stream)
+        accepted = 0
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                while True:
+                    try:
+                        client, _ = sock.accept()
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_readable(sock)
+                        continue
+                    except OSError as exc:
+                        if exc.errno in _TRANSIENT_ERRNOS:
+                            continue  # that one client is gone; the listener is fine
+                        if exc.errno not in _OVERLOAD_ERRNOS:
+                            raise
+                        stats.downstream_accept_error += 1
+                        log.warning(
+                            "listener %r: accept failed (%s), backing off", self.name, exc.strerror
+                        )
+                        await trio.sleep(ACCEPT_BACKOFF)
+                        continue
+                    stream = Stream(client)
+                    stats.downstream_cx_total += 1
+                    if (
+                        self.max_connections is not None
+                        and stats.downstream_cx_active >= self.max_connections
+                    ):
+                        stats.downstream_cx_overflow += 1
+                        stream.abort()
+                        continue
+                    nursery.start_soon(self._run_connection, stream)
+                    accepted += 1
+                    if accepted % 16 == 0:  # a flood of connections must not starve their tasks
+                        await trio.lowlevel.checkpoint()
+        finally:
+            sock.close()
 
-    async def _run_connection(self, stream: trio.SocketStream) -> None:
+    async def _run_connection(self, stream: Stream) -> None:
         stats = self.stats
         stats.downstream_cx_active += 1
         try:
@@ -117,4 +133,4 @@ class ListenerRuntime:
             log.exception("listener %r: connection handler failed", self.name)
         finally:
             stats.downstream_cx_active -= 1
-            stream.socket.close()
+            stream.close()

@@ -12,6 +12,7 @@ import select
 
 import trio
 
+from ..network.stream import Stream
 from ..upstream.cluster import Cluster
 from ..upstream.host import Host
 
@@ -32,7 +33,7 @@ class State(enum.Enum):
 class H1Connection:
     __slots__ = ("host", "idle_since", "requests", "state", "stream")
 
-    def __init__(self, stream: trio.SocketStream, host: Host) -> None:
+    def __init__(self, stream: Stream, host: Host) -> None:
         self.stream = stream
         self.host = host
         self.state = State.NEW

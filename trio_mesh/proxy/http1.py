@@ -21,6 +21,7 @@ from ..filters import BuildContext
 from ..network.connect import ConnectError, abort
 from ..network.connection import Connection
 from ..network.relay import relay
+from ..network.stream import Stream
 from ..pool import H1Connection, H1Pool, PoolOverflow
 from ..protocols.http1 import (
     Body,
@@ -503,9 +504,7 @@ class _Session:
             pass
         return await self._relay_response(head, info, route, conn, reused)
 
-    async def _send_body(
-        self, head: RequestHead, info: RequestInfo, upstream: trio.SocketStream
-    ) -> None:
+    async def _send_body(self, head: RequestHead, info: RequestInfo, upstream: Stream) -> None:
         if head.expect_continue and not self.sent_continue:
             self.sent_continue = True
             await self._send_down(CONTINUE)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import trio
-
 from ..config import Cluster as ClusterConfig
 from ..network.connect import ConnectError, connect_tcp
+from ..network.stream import Stream
 from ..stats import ClusterStats
 from .host import Host
 from .lb import LoadBalancer, make_balancer
@@ -44,7 +43,7 @@ class Cluster:
             raise NoHostError(f"cluster {self.name!r} has no host")
         return host
 
-    async def connect(self, host: Host) -> trio.SocketStream:
+    async def connect(self, host: Host) -> Stream:
         """A new connection to ``host``, within the connect timeout and the connection limit.
 
         The caller owns the stream and must call ``release_connection`` when it closes it.
