@@ -17,6 +17,7 @@ from ..upstream.cluster import Cluster
 from ..upstream.host import Host
 
 DEFAULT_IDLE_TIMEOUT = 60.0
+PEEK_AFTER = 1.0
 
 
 class PoolOverflow(Exception):
@@ -67,8 +68,7 @@ class H1Pool:
         """
         conn = None if fresh else self._pop_idle()
         if conn is not None:
-            await trio.lowlevel.checkpoint()
-            return conn, True
+            return conn, True  # no checkpoint: the session yields when it must wait anyway
         cluster = self.cluster
         limit = cluster.max_connections
         if limit is not None and cluster.stats.upstream_cx_active >= limit:
@@ -122,9 +122,13 @@ class H1Pool:
 
     def _pop_idle(self) -> H1Connection | None:
         idle = self.idle
+        now = trio.current_time()
         while idle:
             conn = idle.pop()
-            if conn.peer_closed_while_idle():
+            # Upstreams close idle connections after seconds, not milliseconds: a connection
+            # back from its last request a moment ago is not polled (and should its upstream
+            # have closed it anyway, the keep-alive race retry covers it).
+            if now - conn.idle_since > PEEK_AFTER and conn.peer_closed_while_idle():
                 self.close(conn)
                 continue
             conn.state = State.ACTIVE
