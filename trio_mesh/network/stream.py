@@ -43,6 +43,19 @@ class Stream:
             except OSError as exc:
                 raise _mapped(exc) from exc
 
+    async def receive_after_wait(self, max_bytes: int = 65536) -> bytes:
+        """For a read that cannot be ready yet (an answer to what was just sent): wait
+        first, and spare the failing syscall and its exception."""
+        sock = self.socket
+        await _wait_readable(sock)
+        while True:
+            try:
+                return sock.recv(max_bytes)
+            except BlockingIOError:
+                await _wait_readable(sock)
+            except OSError as exc:
+                raise _mapped(exc) from exc
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         sock = self.socket
         try:

@@ -559,11 +559,13 @@ class _Session:
         got_bytes = False
         chunked_down = False
         close_after = False
+        receive = upstream.receive_after_wait  # the answer cannot be there yet
         while True:
             try:
-                data = await upstream.receive_some(CHUNK)
+                data = await receive(CHUNK)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = None  # reset
+            receive = upstream.receive_some
             events = None
             if data:
                 got_bytes = True
