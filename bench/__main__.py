@@ -1,0 +1,217 @@
+"""``python -m bench http1 [options]``: trio-mesh against direct, nginx, proxy.py, mitmproxy.
+
+Starts everything on 127.0.0.1 (an nginx upstream and each contender, in their own process
+groups), runs the scenarios, stops everything (also on Ctrl-C, SIGTERM or an error), prints the
+tables, and writes ``results.json`` and ``plot.png`` under ``bench/results/<timestamp>/``.
+
+Exit code: 0 when the harness ran (whatever the numbers), 1 when it broke (a contender never
+became ready, a load tool failed), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import load, report
+from .contenders import CONTENDERS, REPO_ROOT, Workdir, start_upstream
+from .procs import NotReady, Processes, free_port, raise_nofile_limit
+from .scenarios import SCENARIOS, Bench, Settings
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="protocol", required=True)
+    h1 = sub.add_parser("http1", help="HTTP/1.1 proxying")
+    h1.add_argument("--duration", type=int, default=4, help="whole seconds per load run (4)")
+    h1.add_argument("--rounds", type=int, default=3, help="rounds per load scenario (3)")
+    h1.add_argument(
+        "--contenders",
+        type=_csv,
+        default=list(CONTENDERS),
+        help=f"comma-separated, from {','.join(CONTENDERS)} (all)",
+    )
+    h1.add_argument(
+        "--scenarios",
+        type=_csv,
+        default=list(SCENARIOS),
+        help=f"comma-separated, from {','.join(SCENARIOS)} (all)",
+    )
+    h1.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI check: trio-mesh-1, small-get, 2 s, 1 round (overrides the options above)",
+    )
+    h1.add_argument("--out", type=Path, help="results directory (bench/results/<timestamp>)")
+    h1.add_argument(
+        "--idle-connections", type=int, default=10_000, help="connections for idle-10k (10000)"
+    )
+    h1.add_argument("--startup-runs", type=int, default=5, help="timed starts per contender (5)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.contenders, args.scenarios = ["trio-mesh-1"], ["small-get"]
+        args.duration, args.rounds = 2, 1
+    for name in args.contenders:
+        if name not in CONTENDERS:
+            parser.error(f"unknown contender {name!r} (known: {', '.join(CONTENDERS)})")
+    for name in args.scenarios:
+        if name not in SCENARIOS:
+            parser.error(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
+    if args.duration < 1 or args.rounds < 1:
+        parser.error("--duration must be >= 1 and --rounds >= 1")
+    return args
+
+
+def _tool_versions() -> dict[str, str]:
+    def first_line(argv: list[str]) -> str:
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"unavailable: {exc}"
+        text = (out.stdout or out.stderr).strip()
+        return text.splitlines()[0] if text else ""
+
+    return {
+        "wrk": first_line([load.WRK, "-v"]),
+        "h2load": first_line([load.H2LOAD, "--version"]),
+        "nginx": first_line(["nginx", "-v"]),
+        "python": sys.version.split()[0],
+    }
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+        )
+        return out.stdout.strip()
+    except OSError:
+        return ""
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    # SIGTERM like Ctrl-C: unwinds through every finally (children stopped), partial results.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in (load.WRK, load.H2LOAD):
+        if not shutil.which(tool):
+            print(f"bench: {tool} not found (apt-get install wrk nghttp2-client)", file=sys.stderr)
+            return 1
+    signal.signal(signal.SIGTERM, _interrupt)
+    # Also when started in the background by a shell, which would have SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    nofile = raise_nofile_limit()
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir: Path = args.out or RESULTS_DIR / stamp
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    contenders, unavailable = [], {}
+    for name in args.contenders:
+        why = CONTENDERS[name].unavailable()
+        if why:
+            unavailable[name] = why
+            print(f"bench: {name} unavailable: {why}", file=sys.stderr)
+        else:
+            contenders.append(CONTENDERS[name])
+    settings = Settings(
+        duration=args.duration,
+        rounds=args.rounds,
+        warmup=0.0 if args.smoke else 1.0,
+        idle_connections=args.idle_connections,
+        startup_runs=args.startup_runs,
+    )
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="trio-mesh-bench-"))
+    tmp.chmod(0o755)  # nginx workers (user nobody when run as root) read the 64 KiB file
+    procs = Processes(log_dir=tmp)
+    work = Workdir(tmp, free_port(), nofile)
+    bench = Bench(procs, work, contenders, settings)
+    interrupted = False
+    try:
+        from . import nginx
+
+        nginx.write_body_files(tmp)
+        start_upstream(procs, work)
+        for name in args.scenarios:
+            bench.run(SCENARIOS[name])
+    except NotReady as exc:
+        bench.failures.append(f"upstream: {exc}")
+        print(f"bench: the upstream never became ready: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("bench: interrupted, stopping everything", file=sys.stderr)
+    finally:
+        procs.close()
+    elapsed = time.monotonic() - started
+
+    report.add_ratios(bench.results)
+    document = {
+        "meta": {
+            "timestamp": stamp,
+            "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "git_commit": _git_commit(),
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "nofile_limit": nofile,
+            "tools": _tool_versions(),
+            "settings": vars(settings),
+            "elapsed_s": round(elapsed, 1),
+            "interrupted": interrupted,
+        },
+        "contenders": {
+            name: {
+                "description": CONTENDERS[name].description,
+                "available": name not in unavailable,
+                **({"unavailable": unavailable[name]} if name in unavailable else {}),
+            }
+            for name in args.contenders
+        },
+        "scenarios": {name: SCENARIOS[name].description for name in args.scenarios},
+        "notes": bench.notes,
+        "failures": bench.failures,
+        "results": bench.results,
+    }
+    report.write_json(out_dir / "results.json", document)
+    table = report.format_tables(
+        bench.results, args.scenarios, args.contenders, unavailable, bench.notes
+    )
+    (out_dir / "table.txt").write_text(table + "\n")
+    try:
+        report.write_plot(out_dir / "plot.png", bench.results, args.scenarios, args.contenders)
+    except ImportError:
+        print("bench: matplotlib missing (pip install -e '.[bench]'): no plot", file=sys.stderr)
+    except Exception as exc:  # a plot problem must not lose the measurements
+        bench.failures.append(f"plot: {type(exc).__name__}: {exc}")
+    print(table)
+    print(f"\nresults: {out_dir}  ({elapsed:.0f} s; generated files and logs were in {tmp})")
+    if bench.failures:
+        print("harness failures:", *bench.failures, sep="\n  ", file=sys.stderr)
+    if interrupted:
+        return 130
+    if bench.failures:
+        return 1
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""The contenders: what each one runs, with which configuration, and whether it can run here.
+
+Each contender is started fresh by the scenario that needs it, in its own process group, on a
+free port of 127.0.0.1, and proxies to the shared nginx upstream (``direct`` is a private copy
+of that upstream, so the client talks to the server itself: the ceiling).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import nginx
+from .procs import Child, Processes, free_port, wait_ready
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BIN_DIR = Path(sys.executable).parent
+
+
+@dataclass
+class Workdir:
+    """Where this run keeps its generated files, and facts every contender needs."""
+
+    dir: Path
+    upstream_port: int
+    nofile: int  # RLIMIT_NOFILE soft limit the children inherit
+
+    @property
+    def upstream(self) -> str:
+        return f"127.0.0.1:{self.upstream_port}"
+
+    @property
+    def connections(self) -> int:
+        """nginx worker_connections: all the descriptors a worker may have, less a margin."""
+        return max(1024, self.nofile - 64)
+
+
+@dataclass
+class Launch:
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Contender:
+    name: str
+    description: str
+    build: Callable[[Workdir, int, str], Launch]  # (workdir, port, instance tag) -> command
+    check: Callable[[], str | None] = lambda: None  # why it cannot run here, or None
+
+    def unavailable(self) -> str | None:
+        return self.check()
+
+
+@dataclass
+class Running:
+    contender: Contender
+    child: Child
+    port: int
+    startup_s: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.contender.name
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+def start(
+    contender: Contender, procs: Processes, work: Workdir, tag: str, ready_timeout: float = 30.0
+) -> Running:
+    """Start a fresh instance and wait until it answers ``GET /small`` with 200."""
+    port = free_port()
+    launch = contender.build(work, port, tag)
+    child = procs.start(f"{contender.name}-{tag}", launch.argv, env=launch.env, cwd=REPO_ROOT)
+    startup = wait_ready(child, port, timeout=ready_timeout)
+    return Running(contender, child, port, startup)
+
+
+# --- the upstream --------------------------------------------------------------------------
+
+
+def upstream_launch(work: Workdir, port: int, name: str) -> Launch:
+    conf = nginx.write_upstream_conf(work.dir, name, port, work.nofile, work.connections)
+    return Launch(nginx.nginx_argv(conf, work.dir))
+
+
+def start_upstream(procs: Processes, work: Workdir) -> Child:
+    child = procs.start("upstream", upstream_launch(work, work.upstream_port, "upstream").argv)
+    wait_ready(child, work.upstream_port)
+    return child
+
+
+# --- builders ------------------------------------------------------------------------------
+
+
+def _direct(work: Workdir, port: int, tag: str) -> Launch:
+    return upstream_launch(work, port, f"direct-{tag}")
+
+
+def _nginx(work: Workdir, port: int, tag: str) -> Launch:
+    name = f"nginx-{tag}"
+    conf = nginx.write_proxy_conf(
+        work.dir, name, port, work.upstream_port, work.nofile, work.connections
+    )
+    return Launch(nginx.nginx_argv(conf, work.dir))
+
+
+_TRIO_MESH_CONF = """\
+# trio-mesh benchmark configuration (written by bench/): one listener, the proxy filter,
+# every path to the upstream cluster. Everything else is trio-mesh's defaults.
+servers:
+  - default_log_level: WARN
+    listeners:
+      - name: bench
+        address: "127.0.0.1:{port}"
+        filter_chains:
+          - filters:
+              - type: proxy
+                config:
+                  downstream_protocol: Http1
+                  upstream_protocol: Http1
+                  router_config_name: bench_routes
+    routers:
+      - router_config_name: bench_routes
+        virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routers:
+              - match: {{prefix: /}}
+                route: {{cluster_name: upstream}}
+cluster_manager:
+  clusters:
+    - name: upstream
+      hosts:
+        - address: "{upstream}"
+"""
+
+
+def _trio_mesh(workers: int) -> Callable[[Workdir, int, str], Launch]:
+    def build(work: Workdir, port: int, tag: str) -> Launch:
+        conf = work.dir / f"trio-mesh-{workers}-{tag}.yaml"
+        conf.write_text(_TRIO_MESH_CONF.format(port=port, upstream=work.upstream))
+        argv = [sys.executable, "-m", "trio_mesh.cli", "run", str(conf), "--log-level", "WARN"]
+        if workers > 1:
+            argv += ["--workers", str(workers)]
+        return Launch(argv)
+
+    return build
+
+
+def _proxy_py(work: Workdir, port: int, tag: str) -> Launch:
+    # --threaded (a thread per client connection), not proxy.py's default threadless mode: in
+    # threadless mode (2.4.10) the reverse proxy's event loop dies with FileNotFoundError from
+    # selector.modify() on the second request of a keep-alive connection (proxy.py issue
+    # #1483), and the proxy stops serving. One acceptor process.
+    # --timeout 300: its default (10 s) would drop the idle-10k connections while they open.
+    argv = [
+        sys.executable,
+        "-m",
+        "proxy",
+        "--hostname",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--enable-reverse-proxy",
+        "--plugins",
+        "bench.proxypy_reverse.BenchReverseProxy",
+        "--threaded",
+        "--num-acceptors",
+        "1",
+        "--log-level",
+        "ERROR",
+        "--timeout",
+        "300",
+        "--open-file-limit",
+        str(work.nofile),
+        "--backlog",
+        "4096",
+    ]
+    env = {"BENCH_UPSTREAM": work.upstream, "PYTHONPATH": str(REPO_ROOT)}
+    return Launch(argv, env)
+
+
+def _mitmproxy(work: Workdir, port: int, tag: str) -> Launch:
+    # connection_strategy=lazy: connect upstream on the first request, not on accept.
+    # confdir in the run's temp dir: its CA is made on the first start, not in ~/.mitmproxy.
+    argv = [
+        str(BIN_DIR / "mitmdump"),
+        "--mode",
+        f"reverse:http://{work.upstream}",
+        "--listen-host",
+        "127.0.0.1",
+        "--listen-port",
+        str(port),
+        "-q",
+        "--set",
+        "connection_strategy=lazy",
+        "--set",
+        f"confdir={work.dir / 'mitmproxy'}",
+        "--set",
+        "termlog_verbosity=error",
+        "--set",
+        "flow_detail=0",
+    ]
+    return Launch(argv)
+
+
+# --- availability --------------------------------------------------------------------------
+
+
+def _need_binary(path: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        if shutil.which(path) or os.access(path, os.X_OK):
+            return None
+        return f"{path} not found"
+
+    return check
+
+
+@functools.cache
+def _trio_mesh_workers_flag() -> str | None:
+    out = subprocess.run(
+        [sys.executable, "-m", "trio_mesh.cli", "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO_ROOT,
+    )
+    if "--workers" in out.stdout:
+        return None
+    return "`trio-mesh run --help` does not list --workers yet"
+
+
+def _need_module(module: str, extra: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        if importlib.util.find_spec(module) is None:
+            return f"python module {module!r} not installed (pip install -e '.[{extra}]')"
+        return None
+
+    return check
+
+
+def _need_mitmdump() -> str | None:
+    path = BIN_DIR / "mitmdump"
+    if not path.exists():
+        return f"{path} not found (pip install -e '.[bench]')"
+    return None
+
+
+CONTENDERS: dict[str, Contender] = {
+    c.name: c
+    for c in (
+        Contender(
+            "direct",
+            "client straight to the nginx upstream (the ceiling); CPU/RSS are the upstream's",
+            _direct,
+            _need_binary(nginx.NGINX),
+        ),
+        Contender(
+            "nginx",
+            "nginx, 1 worker, reverse proxy with upstream keepalive 64",
+            _nginx,
+            _need_binary(nginx.NGINX),
+        ),
+        Contender("trio-mesh-1", "trio-mesh run, 1 process", _trio_mesh(1)),
+        Contender(
+            "trio-mesh-2",
+            "trio-mesh run --workers 2 (SO_REUSEPORT)",
+            _trio_mesh(2),
+            _trio_mesh_workers_flag,
+        ),
+        Contender(
+            "proxy.py",
+            "proxy.py --enable-reverse-proxy --threaded, 1 acceptor, static routes (bench plugin)",
+            _proxy_py,
+            _need_module("proxy", "bench"),
+        ),
+        Contender(
+            "mitmproxy",
+            "mitmdump --mode reverse, connection_strategy=lazy",
+            _mitmproxy,
+            _need_mitmdump,
+        ),
+    )
+}
