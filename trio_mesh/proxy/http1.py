@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from random import getrandbits as _getrandbits
+from typing import Any
 
 import trio
 
@@ -97,8 +98,10 @@ class Http1Proxy:
             max_body_bytes=config.max_request_body_bytes,
         )
 
-    async def on_connection(self, conn: Connection) -> None:
-        await _Session(self, conn).run()
+    def on_connection(self, conn: Connection) -> Coroutine[Any, Any, None]:
+        # The session's coroutine itself, not one awaiting it: a frame less on every idle
+        # connection (10,000 idle connections are a target).
+        return _Session(self, conn).run()
 
 
 def _lookup(headers: list[tuple[bytes, bytes]]) -> Callable[[str], str | None]:
@@ -232,6 +235,7 @@ class _Session:
                 keep = False
             if info is not None:
                 self._finish(info)
+                self._info = None  # nothing of a finished request stays on an idle connection
                 code = info.response_code
                 if code:
                     stats.downstream_rq_total += 1
