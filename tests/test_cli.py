@@ -518,3 +518,27 @@ def test_run_missing_config_file_exits_1(tmp_path):
         assert p.finish() == 1
         assert len(p.lines) == 1, p.text
         assert p.lines[0].startswith(f"{missing}: cannot read: ")
+
+
+def test_run_with_an_access_log_it_cannot_open_exits_1_before_binding(tmp_path):
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    (tmp_path / "not-a-dir").write_text("a file where a directory should be")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"servers: [{{listeners: [{{name: e, address: '127.0.0.1:{port}',"
+        f" access_logs: [{{log_path: '{tmp_path}/not-a-dir/access.log'}}],"
+        " filter_chains: [{filters: [{type: echo}]}]}]}]\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "trio_mesh.cli", "run", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    assert "listener 'e': cannot open access log" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "listening on" not in proc.stderr

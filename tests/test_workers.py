@@ -115,3 +115,27 @@ def test_workers_must_be_positive(tmp_path):
         assert proxy.wait_for(r"--workers must be at least 1")
     finally:
         proxy.close()
+
+
+def test_a_worker_failing_at_start_up_stops_them_all_with_exit_1(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.replace("127.0.0.1:0", f"127.0.0.1:{port}"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trio_mesh.cli", "run", str(config), "--workers", "2"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 1
+        assert "Address already in use" in err
+        assert "during start-up; stopping" in err
+        assert "restarting" not in err
+    finally:
+        taken.close()
+        proc.kill()
+        proc.wait()

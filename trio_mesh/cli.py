@@ -94,19 +94,20 @@ def _run(path: str, log_level: str | None, workers: int = 1) -> int:
 
 def _serve_process(config: MeshConfig, ready_fd: int | None) -> int:
     """Run one proxy process until a stop signal; its exit code."""
-    from .network.listener import BindError
+    from .errors import StartupError
 
     try:
         trio.run(_serve, config, ready_fd)
     except BaseExceptionGroup as group:
-        # A port in use: say which and exit 1, with nothing left bound. Anything else is a bug.
-        binds, rest = group.split(BindError)
-        if rest is not None or binds is None:
+        # A port in use, an access log that cannot be opened: say which and exit 1, with
+        # nothing left bound. Anything else is a bug.
+        failures, rest = group.split(StartupError)
+        if rest is not None or failures is None:
             raise
-        for exc in binds.exceptions:
+        for exc in failures.exceptions:
             log.error("%s", exc)
         return 1
-    except BindError as exc:
+    except StartupError as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from .config import Listener, MeshConfig
+from .errors import StartupError
 from .filters import BuildContext, build_network_filter
 from .network.connection import Connection
 from .network.listener import ListenerRuntime, bind
@@ -66,6 +67,13 @@ class Server:
             )
             for lst in self.config.listeners
         }
+        for name, logs in self.access_logs.items():
+            for access_log in logs:
+                try:
+                    await trio.to_thread.run_sync(access_log.check)
+                except OSError as exc:
+                    reason = f"{exc.strerror} ({exc.filename})"
+                    raise StartupError(f"listener {name!r}: {reason}") from None
         try:
             # Bind everything before serving anything: a port in use stops start-up as a whole.
             for lst in self.config.listeners:

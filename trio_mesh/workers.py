@@ -63,6 +63,7 @@ class Supervisor:
         self.notify = notify
         self.children: dict[int, int] = {}  # pid -> slot
         self.stopping = False
+        self.exit_code = 0
         self.ready = 0
         self.backoff = [RESTART_BACKOFF_MIN] * workers
         self.ready_r, self.ready_w = os.pipe()
@@ -82,7 +83,7 @@ class Supervisor:
             os.close(self.ready_r)
             os.close(self.ready_w)
         log.info("all workers stopped")
-        return 0
+        return self.exit_code
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
@@ -91,6 +92,9 @@ class Supervisor:
                 log.info("%s received, stopping %d worker(s)", name, len(self.children))
                 self.notify(b"STOPPING=1")
             self.stopping = True
+        self._forward(signum)
+
+    def _forward(self, signum: int) -> None:
         for pid in list(self.children):
             try:
                 os.kill(pid, signum)
@@ -134,6 +138,14 @@ class Supervisor:
             if self.stopping:
                 continue
             how = _describe(status)
+            if self.ready < self.workers:
+                # Dying before every worker ever listened is a start-up failure (a port in
+                # use, say): restarting would only repeat it. Stop, and fail as one process.
+                log.error("worker %d (pid %d) %s during start-up; stopping", slot, pid, how)
+                self.exit_code = 1
+                self.stopping = True
+                self._forward(signal.SIGTERM)
+                continue
             wait = self.backoff[slot]
             log.error("worker %d (pid %d) %s; restarting in %.1fs", slot, pid, how, wait)
             time.sleep(wait)

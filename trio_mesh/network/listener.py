@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ..config import Address
+from ..errors import StartupError
 from ..stats import ListenerStats
 from .connection import Connection
 from .stream import Stream
@@ -27,7 +28,7 @@ BACKLOG = 4096
 Handler = Callable[[Connection], Awaitable[None]]
 
 
-class BindError(Exception):
+class BindError(StartupError):
     pass
 
 

@@ -399,6 +399,13 @@ class AccessLog:
                     self.close_timeout,
                 )
 
+    def check(self) -> None:
+        """Open and close the log once: start-up fails on an unwritable path before any port
+        is bound, not after."""
+        stream, owned = self._open()
+        if owned:
+            stream.close()
+
     def _open(self) -> tuple[TextIO, bool]:
         """The stream to write to, and whether this log owns (and closes) it."""
         path = self.path
