@@ -102,21 +102,31 @@ class Supervisor:
                 pass
 
     def _spawn(self, slot: int) -> None:
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 1
-            try:
-                for sig in _FORWARDED:
-                    signal.signal(sig, signal.SIG_DFL)
-                for s in self.held:
-                    s.close()
-                os.close(self.ready_r)
-                code = self.serve(self.config, self.ready_w)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        self.children[pid] = slot
+        # Signals wait until the child is recorded (a SIGTERM in between would miss it) and,
+        # in the child, until it no longer runs the parent's handler.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the worker
+                code = 1
+                try:
+                    for sig in (signal.SIGTERM, signal.SIGINT):
+                        signal.signal(sig, signal.SIG_DFL)
+                    # Until the worker's own signal receiver is open, a SIGHUP (a reload,
+                    # logrotate) must not kill it.
+                    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+                    for s in self.held:
+                        s.close()
+                    os.close(self.ready_r)
+                    code = self.serve(self.config, self.ready_w)
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    os._exit(code)
+            self.children[pid] = slot
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
         log.info("worker %d started (pid %d)", slot, pid)
 
     def _poll(self) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import trio
+
 from ..config import TcpProxyConfig
 from ..network.connect import ConnectError
 from ..network.connection import Connection
@@ -34,7 +36,8 @@ class TcpProxy:
             host.active_requests -= 1
             upstream.socket.close()
             self.cluster.release_connection()
-            if conn.idle.scope.cancel_called and conn.idle.expired:
+            # The listener's scope has not exited yet, so ask whether its deadline passed.
+            if conn.idle.scope.cancel_called and trio.current_time() >= conn.idle.deadline:
                 self.cluster.stats.upstream_cx_idle_timeout += 1
 
     async def _connect(self, conn: Connection) -> tuple[Host, Stream] | None:

@@ -8,7 +8,7 @@ closed by the cluster manager's reaper once idle longer than the cluster's idle 
 from __future__ import annotations
 
 import enum
-import select
+import socket
 
 import trio
 
@@ -43,22 +43,33 @@ class H1Connection:
 
     def peer_closed_while_idle(self) -> bool:
         """An idle HTTP/1 connection has nothing to read: readable means the upstream closed
-        it (or broke the protocol). One zero-timeout poll, cheaper than a failed request."""
+        it (or broke the protocol). One non-blocking peek (no select(): fds past 1024)."""
         try:
-            readable, _, _ = select.select([self.stream.socket.fileno()], [], [], 0)
-        except (OSError, ValueError):
+            self.stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False  # nothing to read: alive, as an idle connection should be
+        except OSError:
             return True
-        return bool(readable)
+        return True  # EOF, or bytes nobody asked for: either way not reusable
 
 
 class H1Pool:
-    def __init__(self, cluster: Cluster, host: Host) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        host: Host,
+        siblings: list[H1Pool] | None = None,
+        released: trio.lowlevel.ParkingLot | None = None,
+    ) -> None:
         self.cluster = cluster
         self.host = host
         self.idle: list[H1Connection] = []
         self.idle_timeout = cluster.config.idle_timeout or DEFAULT_IDLE_TIMEOUT
         self.max_requests = cluster.config.max_request_per_conn
-        self._released = trio.lowlevel.ParkingLot()
+        # The pools of the cluster's other hosts, and one wake-up for them all: the
+        # connection limit is the cluster's, so a slot freed on one host serves any.
+        self.siblings = siblings if siblings is not None else [self]
+        self._released = released if released is not None else trio.lowlevel.ParkingLot()
 
     async def acquire(self, *, fresh: bool = False) -> tuple[H1Connection, bool]:
         """A connection for one request, and whether it was reused from the idle stack;
@@ -72,9 +83,10 @@ class H1Pool:
         cluster = self.cluster
         limit = cluster.max_connections
         if limit is not None and cluster.stats.upstream_cx_active >= limit:
-            conn = await self._wait_for_idle()
-            if conn is not None:
-                return conn, True
+            if not self._close_a_sibling_idle():
+                conn = await self._wait_for_idle()
+                if conn is not None:
+                    return conn, True
         stream = await cluster.connect(self.host)
         conn = H1Connection(stream, self.host)
         conn.state = State.ACTIVE
@@ -120,6 +132,14 @@ class H1Pool:
             self.close(conn)
         self.idle.clear()
 
+    def _close_a_sibling_idle(self) -> bool:
+        """At the limit, an idle connection to another host is a slot this host can use."""
+        for pool in self.siblings:
+            if pool is not self and pool.idle:
+                pool.close(pool.idle.pop(0))  # the oldest
+                return True
+        return False
+
     def _pop_idle(self) -> H1Connection | None:
         idle = self.idle
         now = trio.current_time()
@@ -151,6 +171,8 @@ class H1Pool:
                 if conn is not None:
                     return conn
                 if cluster.stats.upstream_cx_active < (cluster.max_connections or 0):
+                    return None
+                if self._close_a_sibling_idle():
                     return None
         finally:
             cluster.stats.upstream_rq_pending_active -= 1

@@ -14,11 +14,16 @@ REAP_INTERVAL = 1.0
 class Pools:
     def __init__(self) -> None:
         self._h1: dict[Host, H1Pool] = {}
+        self._clusters: dict[str, tuple[list[H1Pool], trio.lowlevel.ParkingLot]] = {}
 
     def http1(self, cluster: Cluster, host: Host) -> H1Pool:
         pool = self._h1.get(host)
         if pool is None:
-            pool = self._h1[host] = H1Pool(cluster, host)
+            siblings, released = self._clusters.setdefault(
+                cluster.name, ([], trio.lowlevel.ParkingLot())
+            )
+            pool = self._h1[host] = H1Pool(cluster, host, siblings, released)
+            siblings.append(pool)
         return pool
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -48,6 +48,9 @@ log = logging.getLogger("trio_mesh.proxy")
 CHUNK = 64 * 1024
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY_STATUSES = frozenset({204, 304})
+# Resent on their own after the keep-alive race: the upstream may have acted on a POST it
+# read before closing, so only methods that may safely run twice are (as Go's net/http does).
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 # Replies the proxy makes itself: (status, response flag, body), Envoy's wording.
 NO_ROUTE = (404, "NR", b"route not found\n")
@@ -210,6 +213,7 @@ class _Session:
 
     async def run(self) -> None:
         stats = self.proxy.stats
+        served = 0
         while True:
             info = None
             self.response_started = False
@@ -243,6 +247,11 @@ class _Session:
             if not keep:
                 return
             self.conn.idle.touch()
+            served += 1
+            if served % 8 == 0:
+                # The stream yields only when it must wait: a client pipelining a flood, or
+                # answered from direct responses, must still share the loop.
+                await trio.lowlevel.checkpoint()
 
     def _start_info(self, head: RequestHead) -> RequestInfo:
         info = RequestInfo()
@@ -311,13 +320,13 @@ class _Session:
         self._request_complete()
 
     def _arm(self, scope: trio.CancelScope, timeout: float | None) -> None:
-        """Give ``scope`` its ``timeout``, counted from the end of the request."""
+        """Give ``scope`` its ``timeout``, counted from the end of the request. The scopes of
+        the request stay listed in ``_armed`` so that an upgrade can lift them all."""
         if not timeout:
             return
+        self._armed.append((scope, timeout))
         if self.request_done:
             scope.deadline = trio.current_time() + timeout
-        else:
-            self._armed.append((scope, timeout))
 
     def _request_complete(self) -> None:
         self.request_done = True
@@ -325,7 +334,6 @@ class _Session:
         self._info.request_received_duration = now - self._info.start
         for scope, timeout in self._armed:
             scope.deadline = min(scope.deadline, now + timeout)
-        self._armed.clear()
 
     def _upstream_headers(
         self, head: RequestHead, route: Route, info: RequestInfo
@@ -529,8 +537,12 @@ class _Session:
         limit = self.proxy.config.retry_buffer_bytes
         kept = sum(map(len, self._replay_left)) if self._replay_left else 0
         chunked = head.chunked
+        chunks = 0
         while True:
             event = await self._next_body_event()
+            chunks += 1
+            if chunks % 16 == 0:  # a fast client must not keep the loop to itself
+                await trio.lowlevel.checkpoint()
             if type(event) is Body:
                 data = event.data
                 info.bytes_received += len(data)
@@ -565,7 +577,11 @@ class _Session:
         chunked_down = False
         close_after = False
         receive = upstream.receive_after_wait  # the answer cannot be there yet
+        reads = 0
         while True:
+            reads += 1
+            if reads % 16 == 0:  # a fast upstream must not keep the loop to itself
+                await trio.lowlevel.checkpoint()
             try:
                 data = await receive(CHUNK)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -589,7 +605,8 @@ class _Session:
                 if not self.response_started:
                     # Closed or reset before any response byte: on a reused idle
                     # connection that is the keep-alive race, safe to send again.
-                    raise _Retry(UPSTREAM_RESET, race=reused and not got_bytes)
+                    race = reused and not got_bytes and head.method in _IDEMPOTENT
+                    raise _Retry(UPSTREAM_RESET, race=race)
                 # Mid-body: the status line is gone; the client must see a failure.
                 _flag(info, "UC")
                 abort(self.stream)
@@ -671,6 +688,8 @@ class _Session:
             close = True
         if close:
             headers.append((b"connection", b"close"))
+        elif head.version == b"1.0":  # an HTTP/1.0 client closes unless told otherwise
+            headers.append((b"connection", b"keep-alive"))
         if route.response_headers_to_add or route.response_headers_to_remove:
             headers = apply_header_mutations(
                 headers, route.response_headers_to_add, route.response_headers_to_remove
@@ -696,6 +715,10 @@ class _Session:
             out.append(parser.upgraded_tail)
         self.response_started = True
         await self._send_down(b"".join(out))
+        # A tunnel lasts as long as its two ends want: only the idle timeout bounds it now,
+        # not the route or per-try timeouts that bounded the upgrade request.
+        for scope, _ in self._armed:
+            scope.deadline = math.inf
         client_tail = self.parser.upgraded_tail
         try:
             if client_tail:
@@ -739,6 +762,8 @@ class _Session:
             out.extend(headers)
         if close:
             out.append((b"connection", b"close"))
+        elif head is not None and head.version == b"1.0":
+            out.append((b"connection", b"keep-alive"))
         if route is not None and (
             route.response_headers_to_add or route.response_headers_to_remove
         ):
