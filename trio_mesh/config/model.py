@@ -245,6 +245,7 @@ class MeshConfig:
             "extends",
             "close_graceful",
             "inherit_old_mosnconfig",
+            "disable_upgrade",
             "wasm_global_plugins",
             "debug",
         }
