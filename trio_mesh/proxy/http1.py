@@ -531,7 +531,7 @@ class _Session:
         return await self._relay_response(head, info, route, conn, reused)
 
     async def _send_body(self, head: RequestHead, info: RequestInfo, upstream: Stream) -> None:
-        if head.expect_continue and not self.sent_continue:
+        if head.expect_continue and not self.sent_continue and head.version == b"1.1":
             self.sent_continue = True
             await self._send_down(CONTINUE)
         limit = self.proxy.config.retry_buffer_bytes
@@ -631,7 +631,8 @@ class _Session:
                         _flag(info, "UPE")
                         abort(self.stream)
                         return False, False
-                    if event.status != 100:  # our own 100 went already, or none was asked
+                    # Our own 100 went already, or none was asked; HTTP/1.0 has no 1xx at all.
+                    if event.status != 100 and head.version == b"1.1":
                         out.append(_informational(event))
                 else:
                     retry = route.retry
