@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import socket
+from time import monotonic as _monotonic
 
 import trio
 
@@ -101,7 +102,7 @@ class H1Pool:
             and (not self.max_requests or conn.requests < self.max_requests)
         ):
             conn.state = State.IDLE
-            conn.idle_since = trio.current_time()
+            conn.idle_since = _monotonic()
             self.idle.append(conn)
             self._released.unpark()
         else:
@@ -142,7 +143,7 @@ class H1Pool:
 
     def _pop_idle(self) -> H1Connection | None:
         idle = self.idle
-        now = trio.current_time()
+        now = _monotonic()
         while idle:
             conn = idle.pop()
             # Upstreams close idle connections after seconds, not milliseconds: a connection

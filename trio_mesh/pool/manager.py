@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import trio
 
 from ..upstream.cluster import Cluster
@@ -32,7 +34,7 @@ class Pools:
         try:
             while True:
                 await trio.sleep(REAP_INTERVAL)
-                now = trio.current_time()
+                now = time.monotonic()  # the clock idle_since is on
                 for pool in self._h1.values():
                     pool.reap(now)
         finally:

@@ -109,7 +109,7 @@ class RequestInfo:
     ) -> None:
         #: ``time.time()`` when the request head arrived (0: unknown).
         self.start_time = start_time
-        #: ``trio.current_time()`` at the same moment; durations are measured on this clock.
+        #: ``time.monotonic()`` at the same moment; durations are measured on this clock.
         self.start = start
         #: Seconds from ``start`` to the whole request received.
         self.request_received_duration = request_received_duration

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Coroutine
 from random import getrandbits as _getrandbits
+from time import monotonic as _monotonic
 from typing import Any
 
 import trio
@@ -227,7 +228,7 @@ class _Session:
                 # Bad request bytes: a defined status, and the connection is done.
                 if info is None:
                     info = RequestInfo()
-                    info.start_time, info.start = time.time(), trio.current_time()
+                    info.start_time, info.start = time.time(), _monotonic()
                 log.info("downstream %s: bad request: %s", self.remote, exc.reason)
                 if not self.response_started:
                     reply = (exc.status, "DPE", exc.reason.encode("latin-1", "replace") + b"\n")
@@ -255,7 +256,7 @@ class _Session:
 
     def _start_info(self, head: RequestHead) -> RequestInfo:
         info = RequestInfo()
-        info.start = trio.current_time()
+        info.start = _monotonic()
         if self.proxy.access_logs:  # what only a log line reads is not worked out for nothing
             info.start_time = time.time()
             info.protocol = "HTTP/1.1" if head.version == b"1.1" else "HTTP/1.0"
@@ -278,7 +279,7 @@ class _Session:
     def _finish(self, info: RequestInfo) -> None:
         access_logs = self.proxy.access_logs
         if access_logs:
-            info.duration = trio.current_time() - info.start
+            info.duration = _monotonic() - info.start
             for access_log in access_logs:
                 access_log.log(info)
 
@@ -330,10 +331,11 @@ class _Session:
 
     def _request_complete(self) -> None:
         self.request_done = True
-        now = trio.current_time()
-        self._info.request_received_duration = now - self._info.start
-        for scope, timeout in self._armed:
-            scope.deadline = min(scope.deadline, now + timeout)
+        self._info.request_received_duration = _monotonic() - self._info.start
+        if self._armed:
+            now = trio.current_time()
+            for scope, timeout in self._armed:
+                scope.deadline = min(scope.deadline, now + timeout)
 
     def _upstream_headers(
         self, head: RequestHead, route: Route, info: RequestInfo
@@ -672,7 +674,7 @@ class _Session:
     ) -> tuple[bool, bool, bytes]:
         """Downstream head for the upstream's final response: (chunked, close, bytes)."""
         info.response_code = resp.status
-        info.response_received_duration = trio.current_time() - info.start
+        info.response_received_duration = _monotonic() - info.start
         self._upstream_keep_alive = resp.keep_alive
         headers = strip_hop_by_hop(resp.headers)
         bodyless = head.method == b"HEAD" or resp.status in _NO_BODY_STATUSES
