@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from .config import Listener, MeshConfig
+from .config.model import format_hostport
 from .errors import StartupError
 from .filters import BuildContext, build_network_filter
 from .network.connection import Connection
@@ -96,7 +97,11 @@ class Server:
                         await nursery.start(access_log.run)
                 for runtime in self.listeners.values():
                     await nursery.start(runtime.serve)
-                    log.info("listener %r listening on %s", runtime.name, _fmt(*runtime.address))
+                    log.info(
+                        "listener %r listening on %s",
+                        runtime.name,
+                        format_hostport(*runtime.address),
+                    )
                 task_status.started(self)
         finally:
             for runtime in self.listeners.values():
@@ -110,7 +115,3 @@ def _handler(listener: Listener, ctx: BuildContext) -> Callable[[Connection], Aw
     (chain,) = listener.filter_chains
     terminal = build_network_filter(chain.filters[-1].type, chain.filters[-1].config, ctx)
     return terminal.on_connection
-
-
-def _fmt(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

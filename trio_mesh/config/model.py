@@ -34,13 +34,18 @@ def router_ref() -> Any:
     return attrs.field(metadata={"refers_to": "router"})
 
 
+def format_hostport(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @frozen
 class Address:
     host: str
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_hostport(self.host, self.port)
 
 
 @frozen(kw_only=True)

@@ -55,8 +55,3 @@ async def _resolve(host: str, port: int) -> tuple[int, tuple]:
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         return infos[0][0], infos[0][4]
     return (socket.AF_INET6, (host, port)) if ip.version == 6 else (socket.AF_INET, (host, port))
-
-
-def abort(stream: Stream) -> None:
-    """Close with RST instead of FIN, so the peer learns the other side was reset."""
-    stream.abort()

@@ -18,8 +18,9 @@ from typing import Any
 import trio
 
 from ..config.filters import ProxyConfig
+from ..config.model import format_hostport
 from ..filters import BuildContext
-from ..network.connect import ConnectError, abort
+from ..network.connect import ConnectError
 from ..network.connection import Connection
 from ..network.relay import relay
 from ..network.stream import Stream
@@ -129,10 +130,8 @@ class _Session:
         "conn",
         "eof",
         "events",
-        "local",
         "parser",
         "proxy",
-        "remote",
         "remote_ip",
         "request_done",
         "response_started",
@@ -150,8 +149,6 @@ class _Session:
         self.events: list = []
         self.eof = False
         self.remote_ip = conn.remote[0] if conn.remote else None
-        self.remote = _fmt_addr(conn.remote)
-        self.local = _fmt_addr(conn.local)
         self.request_done = True
         self.response_started = False
         self.sent_continue = False
@@ -229,7 +226,7 @@ class _Session:
                 if info is None:
                     info = RequestInfo()
                     info.start_time, info.start = time.time(), _monotonic()
-                log.info("downstream %s: bad request: %s", self.remote, exc.reason)
+                log.info("downstream %s: bad request: %s", self.conn.remote, exc.reason)
                 if not self.response_started:
                     reply = (exc.status, "DPE", exc.reason.encode("latin-1", "replace") + b"\n")
                     await self._try_local_reply(None, info, reply)
@@ -263,8 +260,9 @@ class _Session:
             info.method = head.method.decode("latin-1")
             info.path = head.target.decode("latin-1")
             info.authority = head.host.decode("latin-1") if head.host else None
-            info.downstream_remote_address = self.remote
-            info.downstream_local_address = self.local
+            remote, local = self.conn.remote, self.conn.local
+            info.downstream_remote_address = format_hostport(*remote[:2]) if remote else None
+            info.downstream_local_address = format_hostport(*local[:2]) if local else None
             for name, value in head.headers:
                 if name == b"user-agent":
                     info.user_agent = value.decode("latin-1")
@@ -339,7 +337,9 @@ class _Session:
 
     def _upstream_headers(
         self, head: RequestHead, route: Route, info: RequestInfo
-    ) -> list[tuple[bytes, bytes]]:
+    ) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """The upstream request's headers, and whether they carry a Host (when not, each try
+        adds its chosen host's address)."""
         config = self.proxy.config
         headers = strip_hop_by_hop(head.headers, keep_upgrade=head.upgrade is not None)
         out: list[tuple[bytes, bytes]] = []
@@ -368,8 +368,10 @@ class _Session:
             # requests are HTTP/1.1 and need one; the chosen host's address is the default.
             if route.host_rewrite is not None:
                 out.append((b"host", route.host_rewrite.encode("latin-1")))
+                has_host = True
             elif head.host is not None:
                 out.append((b"host", head.host))
+                has_host = True
         if config.add_x_forwarded_for and self.remote_ip:
             ip = self.remote_ip.encode("latin-1")
             out.append((b"x-forwarded-for", ip if xff is None else xff + b", " + ip))
@@ -388,7 +390,7 @@ class _Session:
             out = apply_header_mutations(
                 out, route.request_headers_to_add, route.request_headers_to_remove
             )
-        return out
+        return out, has_host
 
     async def _forward(
         self,
@@ -399,7 +401,7 @@ class _Session:
         path: str,
         query: str,
     ) -> bool:
-        headers = self._upstream_headers(head, route, info)
+        headers, has_host = self._upstream_headers(head, route, info)
         new_path = route.rewrite_path(path)
         target = (new_path + "?" + query if query else new_path).encode("latin-1")
         if head.query and not query:
@@ -416,7 +418,7 @@ class _Session:
                 self._can_retry_status = tries_left > 0 and replay is not None
                 try:
                     return await self._try(
-                        head, info, route, cluster, target, headers, replay, fresh=raced
+                        head, info, route, cluster, target, headers, has_host, replay, fresh=raced
                     )
                 except _Retry as exc:
                     replay = self._replay_left  # what the failed try left resendable
@@ -442,7 +444,7 @@ class _Session:
         if route_scope.cancelled_caught and not self.response_started:
             return await self._local_reply(head, info, TIMEOUT)
         _flag(info, "UT")
-        abort(self.stream)
+        self.stream.abort()
         return False
 
     async def _try(
@@ -453,6 +455,7 @@ class _Session:
         cluster: Cluster,
         target: bytes,
         headers: list[tuple[bytes, bytes]],
+        has_host: bool,
         replay: list[bytes] | None,
         *,
         fresh: bool,
@@ -471,10 +474,10 @@ class _Session:
             raise _Retry(CONNECT_FAILURE) from None
         except (CircuitOpenError, PoolOverflow):
             raise _Fail(OVERFLOW) from None
-        info.upstream_host = str(host.address)
-        if route.auto_host_rewrite or not any(n == b"host" for n, _ in headers):
+        info.upstream_host = host.label
+        if route.auto_host_rewrite or not has_host:
             headers = [(n, v) for n, v in headers if n != b"host"]
-            headers.append((b"host", str(host.address).encode("latin-1")))
+            headers.append((b"host", host.label_bytes))
         reusable = False
         per_try = route.retry.per_try_timeout if route.retry is not None else None
         host.active_requests += 1  # what LB_LEAST_REQUEST compares
@@ -494,7 +497,7 @@ class _Session:
             # The per-try timeout fired.
             timed_out = True
             if self.response_started:
-                abort(self.stream)
+                self.stream.abort()
                 return False
             raise _Retry(TIMEOUT)
         finally:
@@ -611,7 +614,7 @@ class _Session:
                     raise _Retry(UPSTREAM_RESET, race=race)
                 # Mid-body: the status line is gone; the client must see a failure.
                 _flag(info, "UC")
-                abort(self.stream)
+                self.stream.abort()
                 return False, False
             out: list[bytes] = []
             done = False
@@ -631,7 +634,7 @@ class _Session:
                         if not self.response_started:  # a switch nobody asked for
                             raise _Fail(BAD_RESPONSE)
                         _flag(info, "UPE")
-                        abort(self.stream)
+                        self.stream.abort()
                         return False, False
                     # Our own 100 went already, or none was asked; HTTP/1.0 has no 1xx at all.
                     if event.status != 100 and head.version == b"1.1":
@@ -822,10 +825,3 @@ def _count_class(stats, code: int) -> None:
         stats.downstream_rq_3xx += 1
     elif klass == 1:
         stats.downstream_rq_1xx += 1
-
-
-def _fmt_addr(addr) -> str | None:
-    if not addr:
-        return None
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
