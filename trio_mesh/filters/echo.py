@@ -5,6 +5,7 @@ from __future__ import annotations
 import trio
 
 from ..network.connection import Connection
+from ..network.relay import CHUNK
 from .registry import BuildContext, register_network_filter
 
 
@@ -15,7 +16,7 @@ class Echo:
     async def on_connection(self, conn: Connection) -> None:
         stream = conn.stream
         try:
-            while data := await stream.receive_some(64 * 1024):
+            while data := await stream.receive_some(CHUNK):
                 conn.idle.touch()
                 await stream.send_all(data)
             await stream.send_eof()

@@ -22,7 +22,7 @@ from ..config.model import format_hostport
 from ..filters import BuildContext
 from ..network.connect import ConnectError
 from ..network.connection import Connection
-from ..network.relay import relay
+from ..network.relay import CHUNK, relay
 from ..network.stream import Stream
 from ..pool import H1Connection, H1Pool, PoolOverflow
 from ..protocols.http1 import (
@@ -47,7 +47,6 @@ from .accesslog import RequestInfo
 
 log = logging.getLogger("trio_mesh.proxy")
 
-CHUNK = 64 * 1024
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY_STATUSES = frozenset({204, 304})
 # Resent on their own after the keep-alive race: the upstream may have acted on a POST it
