@@ -11,6 +11,7 @@ import trio
 
 from .http_helpers import (
     Client,
+    Closed,
     access_log,
     closed_port,
     get,
@@ -163,6 +164,71 @@ async def test_route_timeout_is_504_ut(tmp_path, upstream):
     assert (entry["response_code"], entry["response_flag"]) == (504, "UT")
     assert 0.2 <= elapsed < 3
     assert server.clusters.get("up").stats.upstream_rq_timeout == 1
+
+
+async def test_route_timeout_keeps_the_connection_for_the_next_request(nursery, upstream):
+    """The 504 is sent from the connection's own (expired) scope; the session then goes on
+    under a fresh timer: the next request on the same connection is served, and idle
+    timeouts still apply afterwards."""
+    config = http_config(
+        [to("up", prefix="/slow", timeout="200ms"), to("up")],
+        {"up": upstream.port},
+        listener={"connection_idle_timeout": "600ms"},
+    )
+    server, port = await start_proxy(nursery, config)
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(get("/slow/5"))
+            first = await client.response()
+            await client.send(get("/echo"))
+            second = await client.response()
+            assert (first.status, second.status) == (504, 200)
+            assert first.headers.get("connection") is None  # kept alive
+            start = trio.current_time()
+            with pytest.raises(Closed):
+                await client.response()  # nothing asked: the idle timeout closes it
+            assert 0.5 <= trio.current_time() - start < 3
+    stats = server.listeners["ingress"].stats
+    assert stats.downstream_cx_idle_timeout == 1  # the route timeout is not counted as idle
+    assert server.clusters.get("up").stats.upstream_rq_timeout == 1
+
+
+async def test_route_timeout_mid_body_resets_downstream(nursery, tmp_path):
+    """Once the status line went downstream, a route timeout can only cut the response."""
+
+    async def stalls_mid_body(stream):
+        await read_request(stream, bytearray())
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\npartial")
+        await trio.sleep_forever()
+
+    up = await start_raw_server(nursery, stalls_mid_body)
+    listener, path = access_log(tmp_path)
+    config = http_config([to("up", timeout="200ms")], {"up": up}, listener=listener)
+    with trio.fail_after(10):
+        async with running_proxy(config) as (server, port):
+            async with await Client.connect(port) as client:
+                await client.send(get("/"))
+                got = await client.read_to_eof()
+            assert server.clusters.get("up").stats.upstream_rq_timeout == 1
+    assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"partial")
+    (entry,) = read_access_log(path)
+    assert (entry["response_code"], entry["response_flag"]) == (200, "UT")
+
+
+async def test_route_timeout_counts_from_the_end_of_the_upload(nursery, upstream):
+    """A request body trickling in for longer than the route timeout is not a 504: the
+    route timeout starts once the request is complete (as Envoy's does)."""
+    config = http_config([to("up", timeout="300ms")], {"up": upstream.port})
+    _, port = await start_proxy(nursery, config)
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(
+                b"POST /echo HTTP/1.1\r\nhost: example.com\r\ncontent-length: 4\r\n\r\nab"
+            )
+            await trio.sleep(0.5)  # the slow client itself is what this test is about
+            await client.send(b"cd")
+            r = await client.response()
+    assert r.status == 200
 
 
 async def test_circuit_breaker_overflow_is_503_uo(nursery, tmp_path):

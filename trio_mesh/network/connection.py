@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -15,19 +16,26 @@ SLACK = 1.125
 
 
 class IdleTimer:
-    """A cancel scope whose deadline moves forward on every ``touch``; ``None``: no timeout."""
+    """A cancel scope whose deadline moves forward on every ``touch``; ``None``: no timeout.
 
-    __slots__ = ("deadline", "scope", "timeout")
+    While a request waits on its upstream, the connection is not idle: the HTTP session
+    lends the same scope its route deadline (``arm_route``) instead of entering a cancel
+    scope of its own per request, which costs more than the rest of the request's
+    bookkeeping together. ``route_expired`` tells that expiry apart from an idle one.
+    """
+
+    __slots__ = ("deadline", "route_deadline", "scope", "timeout")
 
     def __init__(self, timeout: float | None) -> None:
         self.scope = trio.CancelScope()
         self.timeout = timeout
         self.deadline = math.inf
+        self.route_deadline = math.inf
         self.touch()
 
     def touch(self) -> None:
         timeout = self.timeout
-        if timeout is not None:
+        if timeout is not None and self.route_deadline == math.inf:
             now = trio.current_time()
             remaining = self.deadline - now
             if remaining < timeout or remaining == math.inf:  # near its end, or paused
@@ -35,8 +43,22 @@ class IdleTimer:
 
     def pause(self) -> None:
         """No deadline until the next ``touch`` (something else bounds the wait)."""
-        if self.deadline != math.inf:
+        if self.deadline != math.inf and self.route_deadline == math.inf:
             self.deadline = self.scope.deadline = math.inf
+
+    def arm_route(self, deadline: float) -> None:
+        """Until ``end_route``, expire at ``deadline`` instead of when idle."""
+        self.route_deadline = self.deadline = self.scope.deadline = deadline
+
+    def end_route(self) -> None:
+        """Back to the idle clock, counted from now."""
+        # Once fired, the route deadline stays, for ``route_expired`` to tell.
+        if self.route_deadline != math.inf and not self.scope.cancel_called:
+            self.route_deadline = self.deadline = math.inf
+            if self.timeout is None:
+                self.scope.deadline = math.inf
+            else:
+                self.touch()
 
     def shorten(self, timeout: float | None) -> None:
         """Use ``timeout`` if it is shorter than the current one (listener vs filter limits)."""
@@ -46,14 +68,24 @@ class IdleTimer:
             self.touch()
 
     @property
+    def route_expired(self) -> bool:
+        """The scope fired on a route deadline (the request's timeout, not idleness)."""
+        return self.scope.cancel_called and self.route_deadline != math.inf
+
+    @property
     def expired(self) -> bool:
-        return self.scope.cancelled_caught
+        return self.scope.cancelled_caught and self.route_deadline == math.inf
 
 
 class Connection:
-    """The accepted stream, its addresses, and its idle timer (the listener applies it)."""
+    """The accepted stream, its addresses, and its idle timer (the listener applies it).
 
-    __slots__ = ("stream", "remote", "local", "listener_name", "idle")
+    ``resume``: set by a filter whose connection outlived its timer's expiry (an HTTP
+    session that answered a route timeout with a 504 and keeps the connection): the
+    listener runs it next under a fresh timer.
+    """
+
+    __slots__ = ("stream", "remote", "local", "listener_name", "idle", "resume")
 
     def __init__(self, stream: Stream, listener_name: str, idle_timeout: float | None):
         self.stream = stream
@@ -64,3 +96,4 @@ class Connection:
         except OSError:  # the peer may already be gone: keep going, the first read will say so
             self.remote = self.local = None
         self.idle = IdleTimer(idle_timeout)
+        self.resume: Callable[[], Awaitable[None]] | None = None

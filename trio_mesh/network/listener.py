@@ -12,7 +12,7 @@ import trio
 from ..config import Address
 from ..errors import StartupError
 from ..stats import ListenerStats
-from .connection import Connection
+from .connection import Connection, IdleTimer
 from .stream import Stream
 
 log = logging.getLogger("trio_mesh.listener")
@@ -125,10 +125,16 @@ class ListenerRuntime:
         stats.downstream_cx_active += 1
         try:
             conn = Connection(stream, self.name, self.idle_timeout)
-            with conn.idle.scope:
-                await self.handler(conn)
-            if conn.idle.expired:
-                stats.downstream_cx_idle_timeout += 1
+            work = self.handler(conn)
+            while True:
+                with conn.idle.scope:
+                    await work
+                if conn.idle.expired:
+                    stats.downstream_cx_idle_timeout += 1
+                if conn.resume is None:
+                    break
+                work, conn.resume = conn.resume(), None
+                conn.idle = IdleTimer(conn.idle.timeout)
         except Exception:
             # One connection's failure must never take the listener down with it.
             log.exception("listener %r: connection handler failed", self.name)

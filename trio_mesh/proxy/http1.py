@@ -209,10 +209,9 @@ class _Session:
     # ------------------------------------------------------------------ the connection loop
 
     async def run(self) -> None:
-        stats = self.proxy.stats
         served = 0
         while True:
-            info = None
+            info = head = None
             self.response_started = False
             try:
                 head = await self._next_head()
@@ -234,13 +233,12 @@ class _Session:
                 if info is not None:
                     _flag(info, "DC")
                 keep = False
+            except trio.Cancelled:
+                if info is not None and self.conn.idle.route_expired:
+                    self._route_timed_out(head, info)
+                raise
             if info is not None:
-                self._finish(info)
-                self._info = None  # nothing of a finished request stays on an idle connection
-                code = info.response_code
-                if code:
-                    stats.downstream_rq_total += 1
-                    _count_class(stats, code)
+                self._done(info)
             if not keep:
                 return
             self.conn.idle.touch()
@@ -249,6 +247,40 @@ class _Session:
                 # The stream yields only when it must wait: a client pipelining a flood, or
                 # answered from direct responses, must still share the loop.
                 await trio.lowlevel.checkpoint()
+
+    def _done(self, info: RequestInfo) -> None:
+        self._finish(info)
+        self._info = None  # nothing of a finished request stays on an idle connection
+        code = info.response_code
+        if code:
+            stats = self.proxy.stats
+            stats.downstream_rq_total += 1
+            _count_class(stats, code)
+
+    def _route_timed_out(self, head: RequestHead, info: RequestInfo) -> None:
+        """The route deadline fired on the connection's scope (see ``IdleTimer.arm_route``):
+        the request is over, and nothing can be awaited in a cancelled scope. So answer 504
+        with one non-blocking send; if all of it went, the listener resumes this session on a
+        fresh timer for the next request, else the connection is reset."""
+        cluster = self.proxy.clusters.clusters.get(info.upstream_cluster or "")
+        if cluster is not None:
+            cluster.stats.upstream_rq_timeout += 1
+        keep = False
+        if not self.response_started:
+            data, keep = self._reply_bytes(head, info, TIMEOUT)
+            try:
+                sent = self.stream.socket.send(data)
+            except OSError:
+                sent = -1
+            if sent != len(data):
+                keep = False
+                self.stream.abort()
+        else:
+            _flag(info, "UT")
+            self.stream.abort()
+        self._done(info)
+        if keep:
+            self.conn.resume = self.run
 
     def _start_info(self, head: RequestHead) -> RequestInfo:
         info = RequestInfo()
@@ -317,14 +349,21 @@ class _Session:
             raise H1Error(400, "unexpected body")
         self._request_complete()
 
-    def _arm(self, scope: trio.CancelScope, timeout: float | None) -> None:
-        """Give ``scope`` its ``timeout``, counted from the end of the request. The scopes of
-        the request stay listed in ``_armed`` so that an upgrade can lift them all."""
+    def _arm(self, scope: trio.CancelScope | None, timeout: float | None) -> None:
+        """Give ``scope`` its ``timeout``, counted from the end of the request; ``None``:
+        the route timeout, carried by the connection's own scope. The timeouts of the
+        request stay listed in ``_armed`` so that an upgrade can lift them all."""
         if not timeout:
             return
         self._armed.append((scope, timeout))
         if self.request_done:
-            scope.deadline = trio.current_time() + timeout
+            self._set_deadline(scope, trio.current_time() + timeout)
+
+    def _set_deadline(self, scope: trio.CancelScope | None, deadline: float) -> None:
+        if scope is None:
+            self.conn.idle.arm_route(deadline)
+        else:
+            scope.deadline = min(scope.deadline, deadline)
 
     def _request_complete(self) -> None:
         self.request_done = True
@@ -332,7 +371,7 @@ class _Session:
         if self._armed:
             now = trio.current_time()
             for scope, timeout in self._armed:
-                scope.deadline = min(scope.deadline, now + timeout)
+                self._set_deadline(scope, now + timeout)
 
     def _upstream_headers(
         self, head: RequestHead, route: Route, info: RequestInfo
@@ -410,8 +449,10 @@ class _Session:
         raced = False
         # The request body as sent upstream, kept while small so that a retry can resend it.
         replay: list[bytes] | None = []
-        with trio.CancelScope() as route_scope:
-            self._arm(route_scope, route.timeout)
+        # The route timeout is the connection scope's deadline meanwhile: a timeout ends
+        # in run()'s Cancelled handler (a cancel scope per request costs too much).
+        self._arm(None, route.timeout)
+        try:
             while True:
                 cluster.stats.upstream_rq_total += 1
                 self._can_retry_status = tries_left > 0 and replay is not None
@@ -438,13 +479,9 @@ class _Session:
                     cluster.stats.upstream_rq_retry += 1
                 except _Fail as exc:
                     return await self._local_reply(head, info, exc.reply)
-        # The route timeout fired.
-        cluster.stats.upstream_rq_timeout += 1
-        if route_scope.cancelled_caught and not self.response_started:
-            return await self._local_reply(head, info, TIMEOUT)
-        _flag(info, "UT")
-        self.stream.abort()
-        return False
+        finally:
+            self._armed.clear()
+            self.conn.idle.end_route()
 
     async def _try(
         self,
@@ -723,7 +760,9 @@ class _Session:
         # A tunnel lasts as long as its two ends want: only the idle timeout bounds it now,
         # not the route or per-try timeouts that bounded the upgrade request.
         for scope, _ in self._armed:
-            scope.deadline = math.inf
+            if scope is not None:
+                scope.deadline = math.inf
+        self.conn.idle.end_route()
         client_tail = self.parser.upgraded_tail
         try:
             if client_tail:
@@ -751,9 +790,25 @@ class _Session:
         close: bool = False,
         route: Route | None = None,
     ) -> bool:
-        """A response made by the proxy. An unread request body means the connection
-        cannot be reused (its remaining bytes would be taken for a new request). A matched
-        route's response header mutations apply to its direct responses and redirects too."""
+        """A response made by the proxy; returns whether the connection goes on."""
+        data, keep = self._reply_bytes(head, info, reply, headers=headers, close=close, route=route)
+        await self._send_down(data)
+        return keep
+
+    def _reply_bytes(
+        self,
+        head: RequestHead | None,
+        info: RequestInfo,
+        reply: tuple[int, str, bytes],
+        *,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        close: bool = False,
+        route: Route | None = None,
+    ) -> tuple[bytes, bool]:
+        """A local reply's bytes, and whether the connection may go on after it. An unread
+        request body means it cannot (its remaining bytes would be taken for a new request).
+        A matched route's response header mutations apply to its direct responses and
+        redirects too."""
         status, flag, body = reply
         close = (
             close
@@ -783,8 +838,7 @@ class _Session:
         if flag:
             _flag(info, flag)
         self.response_started = True
-        await self._send_down(data)
-        return not close
+        return data, not close
 
     async def _try_local_reply(
         self, head: RequestHead | None, info: RequestInfo, reply: tuple[int, str, bytes]
