@@ -93,6 +93,10 @@ class H1Pool:
         conn.state = State.ACTIVE
         return conn, False
 
+    def take_idle(self) -> H1Connection | None:
+        """An idle connection for one request, or ``None`` (then ``acquire``)."""
+        return self._pop_idle() if self.idle else None
+
     def release(self, conn: H1Connection, reusable: bool) -> None:
         """Hand back after a request; ``reusable`` only if the exchange completed cleanly."""
         conn.requests += 1

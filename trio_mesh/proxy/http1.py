@@ -7,6 +7,7 @@ for the route timeout, streams both bodies chunk by chunk, and loops for the nex
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -24,7 +25,7 @@ from ..network.connect import ConnectError
 from ..network.connection import Connection
 from ..network.relay import CHUNK, relay
 from ..network.stream import Stream
-from ..pool import H1Connection, H1Pool, PoolOverflow
+from ..pool import H1Connection, PoolOverflow
 from ..protocols.http1 import (
     Body,
     EndOfMessage,
@@ -49,6 +50,7 @@ log = logging.getLogger("trio_mesh.proxy")
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY_STATUSES = frozenset({204, 304})
+_NO_SCOPE = contextlib.nullcontext()  # stands in for a per-try scope when there is none
 # Resent on their own after the keep-alive race: the upstream may have acted on a POST it
 # read before closing, so only methods that may safely run twice are (as Go's net/http does).
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -161,12 +163,17 @@ class _Session:
 
     # ------------------------------------------------------------------ downstream reads
 
-    async def _fill(self) -> None:
-        """One read from the client into parsed events."""
+    async def _fill(self, wait_first: bool = False) -> None:
+        """One read from the client into parsed events; ``wait_first``: the bytes cannot be
+        there yet (spares a failing syscall and its exception)."""
         if self.parser.error is not None:
             raise self.parser.error  # found after good pipelined requests, answered first
+        stream = self.stream
         try:
-            data = await self.stream.receive_some(CHUNK)
+            if wait_first:
+                data = await stream.receive_after_wait(CHUNK)
+            else:
+                data = await stream.receive_some(CHUNK)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise _DownstreamGone() from None
         self.conn.idle.touch()
@@ -176,11 +183,13 @@ class _Session:
             self.eof = True
             self.events.extend(self.parser.feed_eof())
 
-    async def _next_head(self) -> RequestHead | None:
+    async def _next_head(self, answered: bool) -> RequestHead | None:
         """The next request head, or ``None`` when the client closed between requests.
 
         Waiting for a request is bounded by the connection idle timeout; once its first
         bytes arrived, the whole head must follow within ``request_header_timeout``.
+        ``answered``: a response just went, and a client that does not pipeline sends its
+        next request only once it has read it.
         """
         events = self.events
         deadline = math.inf
@@ -188,7 +197,8 @@ class _Session:
             if self.eof:
                 return None
             if deadline == math.inf:  # between requests: the idle timeout alone applies
-                await self._fill()
+                await self._fill(answered)
+                answered = False
             else:
                 with trio.move_on_at(deadline) as scope:
                     await self._fill()
@@ -214,7 +224,7 @@ class _Session:
             info = head = None
             self.response_started = False
             try:
-                head = await self._next_head()
+                head = await self._next_head(served > 0)
                 if head is None:
                     return
                 info = self._start_info(head)
@@ -504,12 +514,15 @@ class _Session:
         except NoHostError:
             raise _Fail(NO_HEALTHY_UPSTREAM) from None
         pool = self.proxy.pools.http1(cluster, host)
-        try:
-            conn, reused = await pool.acquire(fresh=fresh)
-        except ConnectError:
-            raise _Retry(CONNECT_FAILURE) from None
-        except (CircuitOpenError, PoolOverflow):
-            raise _Fail(OVERFLOW) from None
+        conn = None if fresh else pool.take_idle()  # the common case, without a coroutine
+        reused = conn is not None
+        if conn is None:
+            try:
+                conn, reused = await pool.acquire(fresh=fresh)
+            except ConnectError:
+                raise _Retry(CONNECT_FAILURE) from None
+            except (CircuitOpenError, PoolOverflow):
+                raise _Fail(OVERFLOW) from None
         info.upstream_host = host.label
         if route.auto_host_rewrite or not has_host:
             headers = [(n, v) for n, v in headers if n != b"host"]
@@ -518,17 +531,25 @@ class _Session:
         per_try = route.retry.per_try_timeout if route.retry is not None else None
         host.active_requests += 1  # what LB_LEAST_REQUEST compares
         timed_out = False
+        # One frame for the whole exchange (each coroutine layer is paid on every resume).
+        scope = trio.CancelScope() if per_try else _NO_SCOPE
         try:
-            if not per_try:  # no scope of its own: a cancel scope costs microseconds
-                keep, reusable = await self._exchange(
-                    head, info, route, pool, conn, reused, target, headers
-                )
-                return keep
-            with trio.CancelScope() as try_scope:
-                self._arm(try_scope, per_try)
-                keep, reusable = await self._exchange(
-                    head, info, route, pool, conn, reused, target, headers
-                )
+            with scope:
+                if per_try:
+                    self._arm(scope, per_try)
+                replay = self._replay_left
+                wire = encode_request_head(head.method, target, headers)
+                if replay:
+                    wire += b"".join(replay)
+                try:
+                    await conn.stream.send_all(wire)
+                    if not self.request_done:
+                        await self._send_body(head, info, conn.stream)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    # The upstream went away while we were sending. It may still have
+                    # answered (an early 413, say): read what it said before giving up.
+                    pass
+                keep, reusable = await self._relay_response(head, info, route, conn, reused)
                 return keep
             # The per-try timeout fired.
             timed_out = True
@@ -542,34 +563,6 @@ class _Session:
                 pool.close(conn)
             else:
                 pool.release(conn, True)
-
-    async def _exchange(
-        self,
-        head: RequestHead,
-        info: RequestInfo,
-        route: Route,
-        pool: H1Pool,
-        conn: H1Connection,
-        reused: bool,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-    ) -> tuple[bool, bool]:
-        """Send the request, relay the response. Returns (downstream keep-alive, upstream
-        connection reusable)."""
-        upstream = conn.stream
-        replay = self._replay_left
-        wire = encode_request_head(head.method, target, headers)
-        if replay:
-            wire += b"".join(replay)
-        try:
-            await upstream.send_all(wire)
-            if not self.request_done:
-                await self._send_body(head, info, upstream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            # The upstream went away while we were sending. It may still have answered
-            # (an early 413, say): read what it said before giving up on it.
-            pass
-        return await self._relay_response(head, info, route, conn, reused)
 
     async def _send_body(self, head: RequestHead, info: RequestInfo, upstream: Stream) -> None:
         if head.expect_continue and not self.sent_continue and head.version == b"1.1":
