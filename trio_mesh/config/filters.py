@@ -64,9 +64,35 @@ class TcpProxyConfig:
 
 
 class Protocol(enum.Enum):
-    """Protocols of ``proxy`` (MOSN's names); more arrive with HTTP/2 and the RPC codecs."""
+    """Protocols of ``proxy`` (MOSN's names); the RPC codecs join later.
+
+    ``Auto`` downstream: the first bytes of each connection decide (the HTTP/2 preface, or an
+    HTTP/1 method); ``Auto`` upstream: the same protocol as the request came in on.
+    """
 
     HTTP1 = "Http1"
+    HTTP2 = "Http2"
+    AUTO = "Auto"
+
+
+@frozen(kw_only=True)
+class Http2Options:
+    """HTTP/2 settings of ``proxy`` (Envoy's ``http2_protocol_options``), both directions:
+    what trio-mesh advertises downstream and upstream, and its abuse limits."""
+
+    #: Streams a peer may have open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    max_concurrent_streams: PositiveInt = PositiveInt(100)
+    #: Receive window per stream: bytes a peer may send on a stream before trio-mesh has
+    #: passed them on (SETTINGS_INITIAL_WINDOW_SIZE): the per-stream buffer bound.
+    initial_stream_window_size: PositiveInt = PositiveInt(256 * 1024)
+    #: Receive window of the whole connection.
+    initial_connection_window_size: PositiveInt = PositiveInt(1024 * 1024)
+    #: Decoded header list (SETTINGS_MAX_HEADER_LIST_SIZE); a larger one is refused.
+    max_header_list_size: PositiveInt = PositiveInt(64 * 1024)
+    #: Rapid reset (CVE-2023-44487): after this many streams reset by the peer before their
+    #: response began, making up at least half of its streams, the connection gets GOAWAY
+    #: ENHANCE_YOUR_CALM.
+    max_premature_resets: PositiveInt = PositiveInt(100)
 
 
 @frozen(kw_only=True)
@@ -75,7 +101,8 @@ class ProxyConfig:
     forwarding switches are Envoy's HTTP connection manager settings under trio-mesh names."""
 
     downstream_protocol: Protocol = Protocol.HTTP1
-    upstream_protocol: Protocol = Protocol.HTTP1
+    upstream_protocol: Protocol = Protocol.AUTO
+    http2: Http2Options = Http2Options()
     router_config_name: str = router_ref()
     #: Request line plus headers (431 above it).
     max_request_header_bytes: PositiveInt = PositiveInt(60 * 1024)
