@@ -24,6 +24,11 @@ the behaviour (a request body is read, and acknowledged, before any response unl
                       above it are refused, the connection closes once the streams below finish
   anything else       404
 
+Settings (``start_h2_upstream(nursery, max_concurrent_streams=..., ...)``) go out in the first
+SETTINGS frame, except an ``initial_window_size`` below 65535, which follows in a second one
+and applies once acknowledged. Streams over ``max_concurrent_streams`` are refused with
+RST_STREAM(REFUSED_STREAM) (recorded in ``refused``), not a connection error.
+
 A GOAWAY from the peer is recorded and the connection closes once its streams are done (h2
 itself would refuse to finish them, so GOAWAY frames are taken out before h2 sees them).
 A protocol error found by h2 closes the connection with h2's GOAWAY and is recorded.
@@ -66,6 +71,7 @@ __all__ = [
     "h2_request",
     "open_h2_client",
     "pattern_bytes",
+    "raw_frame",
     "start_h2_upstream",
 ]
 
@@ -108,6 +114,13 @@ def _text(value: str | bytes) -> str:
 
 def _headers(raw: Iterable[tuple[str | bytes, str | bytes]]) -> Headers:
     return Headers((_text(n), _text(v)) for n, v in raw)
+
+
+def raw_frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    """A frame's bytes built by hand (for frames hyperframe refuses to build, e.g. DATA on
+    stream 0); send with ``H2Client.send_raw``."""
+    header = len(payload).to_bytes(3, "big") + bytes((kind, flags))
+    return header + stream_id.to_bytes(4, "big") + payload
 
 
 def parse_frame(raw: bytes) -> Frame:
@@ -425,14 +438,30 @@ class _ServerConnection(_Peer):
         self.up._notify()
 
     async def run(self) -> None:
-        conn = self.conn
+        conn, up = self.conn, self.up
+        # One SETTINGS frame with our values, except a stream window below the default: that
+        # follows in a second frame, which h2 applies once acknowledged (RFC 9113 6.5.3), so a
+        # client that sends before reading our SETTINGS is not punished.
+        first = {
+            SettingCodes.MAX_CONCURRENT_STREAMS: up.max_concurrent_streams,
+            SettingCodes.MAX_FRAME_SIZE: up.max_frame_size,
+            SettingCodes.MAX_HEADER_LIST_SIZE: up.max_header_list_size,
+        }
+        later = {}
+        if up.initial_window_size >= 65535:
+            first[SettingCodes.INITIAL_WINDOW_SIZE] = up.initial_window_size
+        else:
+            later[SettingCodes.INITIAL_WINDOW_SIZE] = up.initial_window_size
+        conn.local_settings = Settings(client=False, initial_values=first)
         conn.initiate_connection()
-        # Our values in a second SETTINGS frame: h2 applies them once acknowledged (RFC 9113
-        # 6.5.3), so a client that sends before reading our SETTINGS is not punished.
-        wanted = self.up.settings()
-        changed = {k: v for k, v in wanted.items() if conn.local_settings.get(k) != v}
-        if changed:
-            conn.update_settings(changed)
+        # h2 would make a stream over the limit a connection error; we refuse it instead
+        # (REFUSED_STREAM, as nghttp2 does), counting streams ourselves: see _event.
+        conn.local_settings = Settings(
+            client=False, initial_values={**first, SettingCodes.MAX_CONCURRENT_STREAMS: 2**31 - 1}
+        )
+        conn.decoder.max_header_list_size = up.max_header_list_size
+        if later:
+            conn.update_settings(later)
         if self.up.connection_window > 65535:
             conn.increment_flow_control_window(self.up.connection_window - 65535)
         self.flush()
@@ -455,6 +484,10 @@ class _ServerConnection(_Peer):
             up.requests.append((st.path, st.headers))
             up.request_connections.append(self.index)
             if self.last_stream_id is not None and st.id > self.last_stream_id:
+                self._refuse(st)
+                return
+            if len(self.active) >= up.max_concurrent_streams:
+                up.refused.append((self.index, st.id, st.path))
                 self._refuse(st)
                 return
             self.active.add(st.id)
@@ -600,6 +633,8 @@ class H2Upstream:
     ``resets_received``: stream ids the client reset; ``resets``: ``(connection, stream_id,
     error_code, path)`` for each; ``connections`` (accepted), ``connections_closed``;
     ``max_concurrent_seen``: most streams handled at once on one connection;
+    ``refused``: ``(connection, stream_id, path)`` of streams refused (REFUSED_STREAM) for
+    going over ``max_concurrent_streams`` (they are in ``requests`` too);
     ``goaways_received``: ``(connection, error_code, last_stream_id)``;
     ``settings_received``: the SETTINGS values of each SETTINGS frame the clients sent;
     ``protocol_errors``: what h2 rejected (the connection was closed with a GOAWAY);
@@ -628,6 +663,7 @@ class H2Upstream:
         self.request_connections: list[int] = []
         self.resets_received: list[int] = []
         self.resets: list[tuple[int, int, int, str | None]] = []
+        self.refused: list[tuple[int, int, str]] = []
         self.connections = 0
         self.connections_closed = 0
         self.max_concurrent_seen = 0
@@ -639,14 +675,6 @@ class H2Upstream:
         #: /slow-read acknowledges nothing until this is set (replace it to close it again).
         self.read_gate = trio.Event()
         self._changed = trio.Event()
-
-    def settings(self) -> dict[int, int]:
-        return {
-            SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams,
-            SettingCodes.INITIAL_WINDOW_SIZE: self.initial_window_size,
-            SettingCodes.MAX_FRAME_SIZE: self.max_frame_size,
-            SettingCodes.MAX_HEADER_LIST_SIZE: self.max_header_list_size,
-        }
 
     async def start(self, nursery: trio.Nursery) -> int:
         listeners = await nursery.start(
