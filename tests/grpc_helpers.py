@@ -19,8 +19,9 @@ The client is grpcio's blocking one: from trio, ``await in_thread(stub.Unary, b"
 timeout=5)``. A call counts as cancelled when it ends (client cancel, deadline, connection
 loss) before its handler finished.
 
-Use the fixture by importing it into the test module:
-``from .grpc_helpers import grpc_upstream  # noqa: F401`` and name it as a test argument.
+Use the fixture by importing it into the test module and naming it in ``__all__`` (a
+``# noqa: F401`` import draws ruff's F811 at every test taking it as an argument):
+``from .grpc_helpers import grpc_upstream`` and ``__all__ = ["grpc_upstream"]``.
 """
 
 from __future__ import annotations

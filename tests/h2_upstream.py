@@ -23,6 +23,7 @@ the behaviour (a request body is read, and acknowledged, before any response unl
   /goaway             200 ``goaway\\n``, then GOAWAY(NO_ERROR, last_stream_id=this stream); streams
                       above it are refused, the connection closes once the streams below finish
   anything else       404
+A HEAD request gets the head a GET would get, without body or trailers.
 
 Settings (``start_h2_upstream(nursery, max_concurrent_streams=..., ...)``) go out in the first
 SETTINGS frame, except an ``initial_window_size`` below 65535, which follows in a second one
@@ -601,6 +602,8 @@ class _ServerConnection(_Peer):
         trailers: HeaderList | None = None,
     ) -> None:
         head = [(":status", str(status)), *headers]
+        if st.headers.get(":method") == "HEAD":  # the same head, no body (nor trailers)
+            body, trailers = b"", None
         self.conn.send_headers(st.id, head, end_stream=not body and not trailers)
         if body:
             await self.send_body(st.id, body, end_stream=not trailers)
@@ -634,7 +637,8 @@ class H2Upstream:
     error_code, path)`` for each; ``connections`` (accepted), ``connections_closed``;
     ``max_concurrent_seen``: most streams handled at once on one connection;
     ``refused``: ``(connection, stream_id, path)`` of streams refused (REFUSED_STREAM) for
-    going over ``max_concurrent_streams`` (they are in ``requests`` too);
+    going over ``max_concurrent_streams`` (they are in ``requests`` too, as are streams
+    refused for coming after our GOAWAY);
     ``goaways_received``: ``(connection, error_code, last_stream_id)``;
     ``settings_received``: the SETTINGS values of each SETTINGS frame the clients sent;
     ``protocol_errors``: what h2 rejected (the connection was closed with a GOAWAY);
@@ -760,6 +764,8 @@ class H2Upstream:
         elif name == "bytes":
             n = int(parts[1])
             head = [("content-type", "application/octet-stream"), ("content-length", str(n))]
+            if st.headers.get(":method") == "HEAD":
+                n = 0
             c.conn.send_headers(st.id, [(":status", "200"), *head], end_stream=n == 0)
             sent = 0
             while sent < n:

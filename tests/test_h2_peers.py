@@ -194,6 +194,9 @@ async def test_h2_request_endpoints(nursery: trio.Nursery) -> None:
     r = await h2_request(up.port, "PUT", "/upload", body=body)
     assert r.json() == {"len": len(body), "sha256": hashlib.sha256(body).hexdigest()}
 
+    r = await h2_request(up.port, "HEAD", "/bytes/1000")
+    assert (r.status, r.headers.get("content-length"), r.body) == (200, "1000", b"")
+
     r = await h2_request(up.port, "GET", "/status/503")
     assert (r.status, r.body) == (503, b"status 503\n")
     assert (await h2_request(up.port, "GET", "/nowhere")).status == 404
