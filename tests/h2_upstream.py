@@ -304,6 +304,19 @@ class _Peer:
             self.conn.end_stream(stream_id)
         await self.drain()
 
+    async def linger_close(self, timeout: float) -> None:
+        """Write everything, send FIN and read on (discarding) until the peer closes too, for
+        at most ``timeout`` seconds: closing with unread bytes would reset the connection,
+        and the peer could lose what we sent last. Needs the reader task running."""
+        with trio.move_on_after(timeout):
+            await self.drain(0)
+            if not (self.eof or self.broken):
+                with contextlib.suppress(
+                    trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError
+                ):
+                    await self.sock.send_eof()
+                await self.wait_until(lambda: self.eof or self.broken)
+
     # ---- reading
 
     async def _reader(self) -> None:
@@ -317,11 +330,9 @@ class _Peer:
                 self.notify()
                 self._on_eof()
                 return
-            self._receive(data)
+            self._receive(data)  # after an h2 error: frames still cut (and recorded), not fed
             self.flush()
             self.notify()
-            if self.h2_error is not None and not self._keep_reading_after_error():
-                return
 
     def _receive(self, data: bytes) -> None:
         pending: list[bytes] = []
@@ -391,9 +402,6 @@ class _Peer:
 
     def _on_h2_error(self, exc: Exception) -> None:
         pass
-
-    def _keep_reading_after_error(self) -> bool:
-        return False
 
     def _on_eof(self) -> None:
         pass
@@ -471,8 +479,7 @@ class _ServerConnection(_Peer):
             nursery.start_soon(self._writer)
             nursery.start_soon(self._reader)
             await self.finished.wait()
-            with trio.move_on_after(2):
-                await self.drain(0)
+            await self.linger_close(2)
             nursery.cancel_scope.cancel()
 
     # ---- events
@@ -956,9 +963,6 @@ class H2Client(_Peer):
             if st.id > frame.last_stream_id and not st.ended and st.reset_code is None:
                 st.refused = True
 
-    def _keep_reading_after_error(self) -> bool:
-        return True  # keep recording frames (h2 is out of the game)
-
     def _event(self, event: h2.events.Event) -> None:
         self.events.append(event)
         st = self.streams.get(getattr(event, "stream_id", 0) or 0)
@@ -1195,14 +1199,14 @@ class H2Client(_Peer):
         return await self.response(stream_id)
 
     async def aclose(self, goaway: bool = True) -> None:
-        """GOAWAY(NO_ERROR) unless the connection is already gone, then close the socket."""
+        """GOAWAY(NO_ERROR) unless the connection is already gone, FIN, up to a second for the
+        peer to close too (``linger_close``), then close the socket."""
         with trio.CancelScope(shield=True):
             if goaway and self.alive:
                 frame = GoAwayFrame(0)
                 frame.last_stream_id = 0
                 self.send_raw_nowait(frame.serialize())
-                with trio.move_on_after(1):
-                    await self.drain(0)
+            await self.linger_close(1)
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 await self.sock.aclose()
 

@@ -309,7 +309,7 @@ async def test_goaway_endpoint(nursery: trio.Nursery) -> None:
         assert (client.goaway.error_code, client.goaway.last_stream_id) == (0, first)
         with pytest.raises(H2ConnectionClosed):
             await client.response(second)  # above last_stream_id: refused
-    assert up.connections_closed == 1
+    await up.wait_until(lambda: up.connections_closed == 1)
 
 
 async def test_client_goaway_lets_streams_finish(nursery: trio.Nursery) -> None:
