@@ -276,7 +276,7 @@ def test_quick_start_http1_example_with_curl():
         assert fields[1]["response_received_duration"] != "-"
 
         assert mesh.stop() == 0, mesh.text
-        assert any(line.endswith("SIGTERM received, stopping") for line in mesh.stderr), mesh.text
+        assert any("SIGTERM received, draining" in line for line in mesh.stderr), mesh.text
         assert "Traceback" not in mesh.text
         assert len(mesh.stdout) == 4, mesh.stdout
     assert not port_in_use(8080) and not port_in_use(8081)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import logging
 import os
@@ -17,6 +18,10 @@ from .config import ConfigError, MeshConfig, read_config
 from .config.values import log_level_number
 
 log = logging.getLogger("trio_mesh")
+
+# What SIGTERM gives requests in flight before the rest is closed (Envoy drains for longer;
+# a sidecar is usually stopped with its application, which has already stopped sending).
+DRAIN_TIMEOUT = 5.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="worker processes sharing every listener through SO_REUSEPORT (default 1)",
     )
+    run.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DRAIN_TIMEOUT,
+        help="on SIGTERM/SIGINT, seconds to let requests in flight finish (default 5)",
+    )
     validate = sub.add_parser("validate", help="check a configuration file and print its errors")
     validate.add_argument("config")
     sub.add_parser("version", help="print the version")
@@ -45,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args.config)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
-    return _run(args.config, args.log_level, args.workers)
+    if args.drain_timeout < 0:
+        parser.error("--drain-timeout must not be negative")
+    return _run(args.config, args.log_level, args.workers, args.drain_timeout)
 
 
 def _validate(path: str) -> int:
@@ -66,7 +79,7 @@ def _validate(path: str) -> int:
     return 0
 
 
-def _run(path: str, log_level: str | None, workers: int = 1) -> int:
+def _run(path: str, log_level: str | None, workers: int = 1, drain_timeout: float = 5.0) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         if log_level is not None:
@@ -85,19 +98,22 @@ def _run(path: str, log_level: str | None, workers: int = 1) -> int:
         logging.getLogger().setLevel(log_level_number(levels[0]) if levels else logging.INFO)
     for w in loaded.warnings:
         log.warning("config: %s", w)
+    serve = functools.partial(_serve_process, drain_timeout=drain_timeout)
     if workers == 1:
-        return _serve_process(loaded.config, None)
+        return serve(loaded.config, None)
     from .workers import Supervisor
 
-    return Supervisor(loaded.config, workers, _serve_process, _sd_notify).run()
+    return Supervisor(loaded.config, workers, serve, _sd_notify).run()
 
 
-def _serve_process(config: MeshConfig, ready_fd: int | None) -> int:
+def _serve_process(
+    config: MeshConfig, ready_fd: int | None, drain_timeout: float = DRAIN_TIMEOUT
+) -> int:
     """Run one proxy process until a stop signal; its exit code."""
     from .errors import StartupError
 
     try:
-        trio.run(_serve, config, ready_fd)
+        trio.run(_serve, config, ready_fd, drain_timeout)
     except BaseExceptionGroup as group:
         # A port in use, an access log that cannot be opened: say which and exit 1, with
         # nothing left bound. Anything else is a bug.
@@ -113,14 +129,14 @@ def _serve_process(config: MeshConfig, ready_fd: int | None) -> int:
     return 0
 
 
-async def _serve(config: MeshConfig, ready_fd: int | None) -> None:
+async def _serve(config: MeshConfig, ready_fd: int | None, drain_timeout: float) -> None:
     """``ready_fd``: a worker tells its supervisor on this pipe (which tells systemd)."""
     from .server import Server
 
     signals_wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     with trio.open_signal_receiver(*signals_wanted) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(Server(config, reuse_port=ready_fd is not None).run)
+            server = await nursery.start(Server(config, reuse_port=ready_fd is not None).run)
             # Everything built so far lives as long as the process: keep it out of the
             # cyclic GC's generations so collections stay short.
             gc.freeze()
@@ -134,10 +150,25 @@ async def _serve(config: MeshConfig, ready_fd: int | None) -> None:
                 if signum == signal.SIGHUP:
                     log.warning("SIGHUP received: configuration reload is not implemented yet")
                     continue
-                log.info("%s received, stopping", signal.Signals(signum).name)
+                log.info(
+                    "%s received, draining (at most %gs; again to stop now)",
+                    signal.Signals(signum).name,
+                    drain_timeout,
+                )
                 if ready_fd is None:
                     _sd_notify(b"STOPPING=1")
                 break
+            async with trio.open_nursery() as draining:
+
+                async def stop_now_on_second_signal() -> None:
+                    async for signum in signals:
+                        if signum != signal.SIGHUP:
+                            draining.cancel_scope.cancel()
+
+                draining.start_soon(stop_now_on_second_signal)
+                finished = await server.drain(drain_timeout)
+                log.info("drained" if finished else "drain timeout: closing what is left")
+                draining.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
 
 

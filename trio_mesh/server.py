@@ -48,6 +48,19 @@ class Server:
         }
         self.listeners: dict[str, ListenerRuntime] = {}
 
+    async def drain(self, timeout: float) -> bool:
+        """Stop gracefully: stop accepting, let requests in flight finish (HTTP/2 streams
+        after a GOAWAY, HTTP/1 with ``Connection: close``), close idle connections; within
+        ``timeout`` seconds. True if everything finished in time. Cancel the server's
+        nursery afterwards to close the rest."""
+        for runtime in self.listeners.values():
+            runtime.drain()
+        with trio.move_on_after(timeout):
+            for runtime in list(self.listeners.values()):
+                await runtime.wait_closed()
+            return True
+        return False
+
     @property
     def addresses(self) -> dict[str, tuple[str, int]]:
         """The real bound ``(host, port)`` of each bound listener, by name."""

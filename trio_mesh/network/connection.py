@@ -85,11 +85,10 @@ class Connection:
     listener runs it next under a fresh timer.
     """
 
-    __slots__ = ("stream", "remote", "local", "listener_name", "idle", "resume")
+    __slots__ = ("stream", "remote", "local", "idle", "resume", "on_drain", "busy", "draining")
 
-    def __init__(self, stream: Stream, listener_name: str, idle_timeout: float | None):
+    def __init__(self, stream: Stream, idle_timeout: float | None):
         self.stream = stream
-        self.listener_name = listener_name
         try:
             self.remote = stream.socket.getpeername()
             self.local = stream.socket.getsockname()
@@ -97,3 +96,17 @@ class Connection:
             self.remote = self.local = None
         self.idle = IdleTimer(idle_timeout)
         self.resume: Callable[[], Awaitable[None]] | None = None
+        #: Set by a filter that finishes gracefully on drain (HTTP/2: GOAWAY, then close
+        #: once its streams are done); without one, draining is the default below.
+        self.on_drain: Callable[[Connection], None] | None = None
+        #: A request is in flight (HTTP/1): draining lets it finish, then closes.
+        self.busy = False
+        self.draining = False
+
+    def drain(self) -> None:
+        """The server is stopping: finish what is in flight, take nothing new."""
+        self.draining = True
+        if self.on_drain is not None:
+            self.on_drain(self)
+        elif not self.busy:
+            self.idle.scope.cancel()  # between requests: nothing to finish

@@ -79,57 +79,84 @@ class ListenerRuntime:
         self.stats = stats if stats is not None else ListenerStats()
         host, port = sock.getsockname()[:2]
         self.address = (host, port)
+        self.connections: set[Connection] = set()  # for drain
+        self.draining = False
+        self._accept_scope = trio.CancelScope()
+        self._changed = trio.lowlevel.ParkingLot()  # a connection ended
+
+    def drain(self) -> None:
+        """Stop accepting and ask every connection to finish: each closes once its requests
+        in flight are answered (HTTP/2 sends GOAWAY first; idle ones close now)."""
+        if self.draining:
+            return
+        self.draining = True
+        self._accept_scope.cancel()
+        # Refuse new connections from now on (the accept loop no longer waits on it).
+        trio.lowlevel.notify_closing(self.sock)
+        self.sock.close()
+        for conn in list(self.connections):
+            conn.drain()
+
+    async def wait_closed(self) -> None:
+        """Until every connection of a draining listener has ended."""
+        while self.connections:
+            await self._changed.park()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock = self.sock
-        stats = self.stats
-        accepted = 0
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
-                while True:
-                    try:
-                        client, _ = sock.accept()
-                    except BlockingIOError:
-                        await trio.lowlevel.wait_readable(sock)
-                        continue
-                    except OSError as exc:
-                        if exc.errno in _TRANSIENT_ERRNOS:
-                            continue  # that one client is gone; the listener is fine
-                        if exc.errno not in _OVERLOAD_ERRNOS:
-                            raise
-                        stats.downstream_accept_error += 1
-                        log.warning(
-                            "listener %r: accept failed (%s), backing off", self.name, exc.strerror
-                        )
-                        await trio.sleep(ACCEPT_BACKOFF)
-                        continue
-                    stream = Stream(client)
-                    stats.downstream_cx_total += 1
-                    if (
-                        self.max_connections is not None
-                        and stats.downstream_cx_active >= self.max_connections
-                    ):
-                        stats.downstream_cx_overflow += 1
-                        stream.abort()
-                        continue
-                    nursery.start_soon(self._run_connection, stream)
-                    accepted += 1
-                    if accepted % 16 == 0:  # a flood of connections must not starve their tasks
-                        await trio.lowlevel.checkpoint()
+                with self._accept_scope:
+                    await self._accept(nursery)
         finally:
             sock.close()
+
+    async def _accept(self, nursery: trio.Nursery) -> None:
+        sock = self.sock
+        stats = self.stats
+        accepted = 0
+        while True:
+            try:
+                client, _ = sock.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as exc:
+                if exc.errno in _TRANSIENT_ERRNOS:
+                    continue  # that one client is gone; the listener is fine
+                if exc.errno not in _OVERLOAD_ERRNOS:
+                    raise
+                stats.downstream_accept_error += 1
+                log.warning("listener %r: accept failed (%s), backing off", self.name, exc.strerror)
+                await trio.sleep(ACCEPT_BACKOFF)
+                continue
+            stream = Stream(client)
+            stats.downstream_cx_total += 1
+            if (
+                self.max_connections is not None
+                and stats.downstream_cx_active >= self.max_connections
+            ):
+                stats.downstream_cx_overflow += 1
+                stream.abort()
+                continue
+            nursery.start_soon(self._run_connection, stream)
+            accepted += 1
+            if accepted % 16 == 0:  # a flood of connections must not starve their tasks
+                await trio.lowlevel.checkpoint()
 
     async def _run_connection(self, stream: Stream) -> None:
         stats = self.stats
         stats.downstream_cx_active += 1
+        conn = None
         try:
-            conn = Connection(stream, self.name, self.idle_timeout)
+            conn = Connection(stream, self.idle_timeout)
+            self.connections.add(conn)
             work = self.handler(conn)
             while True:
                 with conn.idle.scope:
                     await work
-                if conn.idle.expired:
+                if conn.idle.expired and not conn.draining:
                     stats.downstream_cx_idle_timeout += 1
                 if conn.resume is None:
                     break
@@ -141,3 +168,7 @@ class ListenerRuntime:
         finally:
             stats.downstream_cx_active -= 1
             stream.close()
+            if conn is not None:
+                self.connections.discard(conn)
+                conn.on_drain = None  # the filter's hook may hold the session: no cycle left
+            self._changed.unpark_all()

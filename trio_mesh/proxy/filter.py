@@ -2,13 +2,63 @@
 
 from __future__ import annotations
 
-from ..config.filters import ProxyConfig
+import logging
+
+from ..config.filters import Protocol, ProxyConfig
 from ..filters import BuildContext, register_network_filter
+from ..network.connection import Connection
+from ..network.relay import CHUNK
 from .http1 import Http1Proxy
+from .http2 import Http2Proxy
+
+log = logging.getLogger("trio_mesh.proxy")
+
+_HTTP = ("Http1", "Http2")
 
 
-def make_proxy(config: ProxyConfig, ctx: BuildContext) -> Http1Proxy:
-    # Http1 is the only protocol so far; HTTP/2 and the RPC codecs join here.
+class AutoProxy:
+    """``downstream_protocol: Auto``: the first bytes of a connection pick its protocol (the
+    HTTP/2 preface, or an HTTP/1 method); ``upstream_protocol: Auto`` then means the same."""
+
+    def __init__(self, config: ProxyConfig, ctx: BuildContext) -> None:
+        self.http1 = Http1Proxy(config, ctx)
+        self.http2 = Http2Proxy(config, ctx)
+
+    def on_connection(self, conn: Connection):
+        return self._serve(conn)
+
+    async def _serve(self, conn: Connection) -> None:
+        from ..protocols.detect import UnknownProtocol, detect  # TEMP until detect lands
+
+        buf = b""
+        while True:
+            # The listener's idle timeout bounds a client that never says enough.
+            try:
+                data = await conn.stream.receive_some(CHUNK)
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            conn.idle.touch()
+            try:
+                protocol = detect(buf, _HTTP)
+            except UnknownProtocol:
+                log.info("downstream %s: unknown protocol, closing", conn.remote)
+                return
+            if protocol is not None:
+                break
+        if protocol == "Http2":
+            await self.http2.serve(conn, buf)
+        else:
+            await self.http1.serve(conn, buf)
+
+
+def make_proxy(config: ProxyConfig, ctx: BuildContext):
+    if config.downstream_protocol == Protocol.HTTP2:
+        return Http2Proxy(config, ctx)
+    if config.downstream_protocol == Protocol.AUTO:
+        return AutoProxy(config, ctx)
     return Http1Proxy(config, ctx)
 
 

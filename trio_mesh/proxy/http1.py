@@ -18,11 +18,12 @@ from typing import Any
 
 import trio
 
-from ..config.filters import ProxyConfig
+from ..config.filters import Protocol, ProxyConfig
 from ..config.model import format_hostport
 from ..filters import BuildContext
 from ..network.connect import ConnectError
 from ..network.connection import Connection
+from ..network.h2 import StreamGone
 from ..network.relay import CHUNK, relay
 from ..network.stream import Stream
 from ..pool import H1Connection, PoolOverflow
@@ -41,10 +42,20 @@ from ..protocols.http1 import (
     encode_response_head,
     strip_hop_by_hop,
 )
+from ..protocols.http2 import Data as H2Data
+from ..protocols.http2 import (
+    H2HeaderError,
+    InformationalHeaders,
+    request_to_h2,
+    response_from_h2,
+)
+from ..protocols.http2 import ResponseHeaders as H2ResponseHeaders
+from ..protocols.http2 import Trailers as H2Trailers
 from ..router import Route, apply_header_mutations
 from ..router.table import RetryPolicy
-from ..upstream import CircuitOpenError, Cluster, NoHostError
+from ..upstream import CircuitOpenError, Cluster, Host, NoHostError
 from .accesslog import RequestInfo
+from .settings import h2_settings
 
 log = logging.getLogger("trio_mesh.proxy")
 
@@ -97,6 +108,9 @@ class Http1Proxy:
         self.pools = ctx.pools
         self.access_logs = ctx.access_logs
         self.stats = ctx.listener_stats
+        # Upstream HTTP/2 only when asked: "Auto" means the protocol the request came in on.
+        self.upstream_h2 = config.upstream_protocol == Protocol.HTTP2
+        self.h2_settings = h2_settings(config)
         self.limits = Limits(
             max_head_bytes=config.max_request_header_bytes,
             max_url_bytes=config.max_url_bytes,
@@ -108,6 +122,12 @@ class Http1Proxy:
         # The session's coroutine itself, not one awaiting it: a frame less on every idle
         # connection (10,000 idle connections are a target).
         return _Session(self, conn).run()
+
+    async def serve(self, conn: Connection, prefix: bytes = b"") -> None:
+        """Serve a connection whose first bytes were already read (protocol detection)."""
+        session = _Session(self, conn)
+        session.feed_prefix(prefix)
+        await session.run()
 
 
 def _lookup(headers: list[tuple[bytes, bytes]]) -> Callable[[str], str | None]:
@@ -160,6 +180,13 @@ class _Session:
         self._armed: list[tuple[trio.CancelScope, float]] = []
         self._info: RequestInfo | None = None
         self._upstream_keep_alive = False
+
+    def feed_prefix(self, data: bytes) -> None:
+        if data:
+            try:
+                self.events.extend(self.parser.feed(data))
+            except H1Error:
+                pass  # kept in parser.error: the first read answers it
 
     # ------------------------------------------------------------------ downstream reads
 
@@ -249,7 +276,9 @@ class _Session:
                 raise
             if info is not None:
                 self._done(info)
-            if not keep:
+            conn = self.conn
+            conn.busy = False
+            if not keep or conn.draining:
                 return
             self.conn.idle.touch()
             served += 1
@@ -309,6 +338,7 @@ class _Session:
                     info.user_agent = value.decode("latin-1")
                     break
         self._info = info
+        self.conn.busy = True
         self.request_done = False
         self.response_started = False
         self.sent_continue = False
@@ -513,6 +543,8 @@ class _Session:
             host = cluster.choose_host()
         except NoHostError:
             raise _Fail(NO_HEALTHY_UPSTREAM) from None
+        if self.proxy.upstream_h2:
+            return await self._try_h2(head, info, route, cluster, host, target, headers, has_host)
         pool = self.proxy.pools.http1(cluster, host)
         conn = None if fresh else pool.take_idle()  # the common case, without a coroutine
         reused = conn is not None
@@ -563,6 +595,106 @@ class _Session:
                 pool.close(conn)
             else:
                 pool.release(conn, True)
+
+    async def _try_h2(
+        self,
+        head: RequestHead,
+        info: RequestInfo,
+        route: Route,
+        cluster: Cluster,
+        host: Host,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        has_host: bool,
+    ) -> bool:
+        """One try over an upstream HTTP/2 stream: HTTP/1 framing in, HTTP/2 frames out."""
+        pool = self.proxy.pools.http2(cluster, host, self.proxy.h2_settings)
+        try:
+            up, usid, uinbox = await pool.open_stream()
+        except ConnectError:
+            raise _Retry(CONNECT_FAILURE) from None
+        except (CircuitOpenError, PoolOverflow):
+            raise _Fail(OVERFLOW) from None
+        info.upstream_host = host.label
+        authority = head.host if has_host and head.host else None
+        if route.host_rewrite is not None:
+            authority = route.host_rewrite.encode("latin-1")
+        elif route.auto_host_rewrite or not authority:
+            authority = host.label_bytes
+        h2_headers = request_to_h2(head.method, target, authority, headers)
+        if not self.request_done:
+            self._replay_left = None  # a body streamed as DATA is not kept for a retry
+        host.active_requests += 1
+        try:
+            up.send_headers(usid, h2_headers, end_stream=self.request_done)
+            if not self.request_done:
+                while True:
+                    event = await self._next_body_event()
+                    if type(event) is Body:
+                        info.bytes_received += len(event.data)
+                        await up.send_data(usid, event.data)
+                    else:
+                        self._request_complete()
+                        if event.trailers:
+                            up.send_trailers(usid, event.trailers)
+                        else:
+                            up.end_stream(usid)
+                        break
+            return await self._relay_h2_response(head, info, route, up, usid, uinbox)
+        except StreamGone as exc:
+            if not self.response_started:
+                raise _Retry(UPSTREAM_RESET, race=exc.refused) from None
+            _flag(info, "UR")
+            self.stream.abort()
+            return False
+        finally:
+            host.active_requests -= 1
+            up.close_stream(usid)
+
+    async def _relay_h2_response(
+        self, head: RequestHead, info: RequestInfo, route: Route, up, usid: int, uinbox
+    ) -> bool:
+        chunked = close = False
+        self.conn.idle.pause()
+        while True:
+            event = await uinbox.get()
+            kind = type(event)
+            if kind is H2Data:
+                data = event.data
+                info.bytes_sent += len(data)
+                if data:
+                    await self._send_down(encode_chunk(data) if chunked else data)
+                up.consumed(usid, event.flow_length)
+                if event.end_stream:
+                    if chunked:
+                        await self._send_down(encode_last_chunk(None))
+                    break
+            elif kind is H2ResponseHeaders:
+                try:
+                    status, headers = response_from_h2(event.headers)
+                except H2HeaderError:
+                    raise _Fail(BAD_RESPONSE) from None
+                length = None
+                for name, value in headers:
+                    if name == b"content-length" and value.isdigit():
+                        length = int(value)
+                if event.end_stream and length is None:
+                    length = 0
+                    headers.append((b"content-length", b"0"))
+                resp = ResponseHead(status, b"", b"2", headers, True, length, False)
+                chunked, close, wire = self._response_head(head, info, route, resp)
+                await self._send_down(wire)
+                if event.end_stream:
+                    break
+            elif kind is H2Trailers:
+                if chunked:  # a content-length body has no room for trailers: dropped
+                    await self._send_down(encode_last_chunk(event.headers))
+                break
+            elif kind is InformationalHeaders and head.version == b"1.1":
+                status, headers = response_from_h2(event.headers)
+                if status != 100:
+                    await self._send_down(encode_response_head(status, None, headers))
+        return head.keep_alive and not close and self.request_done
 
     async def _send_body(self, head: RequestHead, info: RequestInfo, upstream: Stream) -> None:
         if head.expect_continue and not self.sent_continue and head.version == b"1.1":
@@ -719,7 +851,12 @@ class _Session:
                 headers.append((b"transfer-encoding", b"chunked"))
             else:
                 close = True
-        if not head.keep_alive or not self.request_done or head.upgrade is not None:
+        if (
+            not head.keep_alive
+            or not self.request_done
+            or head.upgrade is not None
+            or self.conn.draining
+        ):
             close = True
         if close:
             headers.append((b"connection", b"close"))
@@ -805,6 +942,7 @@ class _Session:
         status, flag, body = reply
         close = (
             close
+            or self.conn.draining
             or head is None
             or not head.keep_alive
             or not self.request_done

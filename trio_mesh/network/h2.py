@@ -1,0 +1,380 @@
+"""One HTTP/2 connection at run time: the sans-IO codec, a reader and a writer, and an inbox
+per stream. Used downstream (server side) and upstream (client side) alike.
+
+- The reader is the only task that feeds the codec; it dispatches each event into its
+  stream's ``Inbox``. An inbox needs no count bound: DATA in it is bounded by the receive
+  window we advertised (the codec fails a peer that sends beyond it) and credit goes back
+  only when the stream's task says it passed the bytes on (``consumed``), so a slow reader
+  on the far side slows this peer down, stream by stream, without blocking the others.
+- The writer is the only task that writes to the socket. Stream tasks queue frames in the
+  codec (synchronous calls) and wake it; a cancelled stream task can therefore never leave
+  half a frame on the wire. Outbound DATA waits while more than ``HIGH_WATER`` bytes are
+  queued for the socket, so a peer that reads slowly bounds what we buffer for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+
+import trio
+
+from ..protocols.http2 import (
+    Data,
+    ErrorCode,
+    GoAway,
+    H2Connection,
+    H2ConnectionError,
+    Header,
+    RemoteSettings,
+    RequestHeaders,
+    StreamReset,
+    WindowOpened,
+)
+from .stream import Stream
+
+log = logging.getLogger("trio_mesh.h2")
+
+READ_SIZE = 65536
+HIGH_WATER = 256 * 1024  # outbound bytes queued for the socket before senders wait
+
+
+class StreamGone(Exception):
+    """The stream cannot go on: reset by the peer (``code``), or its connection is gone.
+    ``refused``: the peer never processed it (REFUSED_STREAM, or above a GOAWAY's last
+    stream id), so it is safe to send again elsewhere."""
+
+    def __init__(self, reason: str, code: ErrorCode = ErrorCode.CANCEL, *, refused: bool = False):
+        super().__init__(reason)
+        self.code = code
+        self.refused = refused
+
+
+class Inbox:
+    """The events of one stream, in order, for the one task that handles it."""
+
+    __slots__ = ("error", "events", "scope", "task")
+
+    def __init__(self) -> None:
+        self.events: deque = deque()
+        self.error: StreamGone | None = None
+        self.task: trio.lowlevel.Task | None = None
+        #: Cancelled when the stream is reset, so that a task blocked elsewhere (on the
+        #: other side of the proxy) stops too.
+        self.scope: trio.CancelScope | None = None
+
+    def put(self, event: object) -> None:
+        self.events.append(event)
+        self._wake()
+
+    def fail(self, error: StreamGone) -> None:
+        if self.error is None:
+            self.error = error
+            if self.scope is not None:
+                self.scope.cancel()
+            self._wake()
+
+    def _wake(self) -> None:
+        task = self.task
+        if task is not None:
+            self.task = None
+            trio.lowlevel.reschedule(task)
+
+    async def get(self) -> object:
+        """The next event; ``StreamGone`` once the stream is reset and nothing is left."""
+        events = self.events
+        while not events:
+            if self.error is not None:
+                raise self.error
+            self.task = trio.lowlevel.current_task()
+
+            def abort(_: object) -> trio.lowlevel.Abort:
+                self.task = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        return events.popleft()
+
+
+class H2Endpoint:
+    """Run with ``await endpoint.run(task_status=...)`` in a nursery that outlives the streams'
+    use of it; ``on_request(stream_id, event)`` (server side) starts a stream's task."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        codec: H2Connection,
+        *,
+        on_request: Callable[[int, RequestHeaders], None] | None = None,
+        on_settings: Callable[[], None] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.codec = codec
+        self.on_request = on_request
+        self.on_settings = on_settings  # upstream: the pool learns of capacity changes
+        self.inboxes: dict[int, Inbox] = {}
+        self.dead: StreamGone | None = None  # set once the connection is over
+        self.goaway: GoAway | None = None  # received from the peer
+        self.draining = False  # we sent GOAWAY: no new streams
+        self.streams_changed = trio.lowlevel.ParkingLot()  # a stream ended (drain waits)
+        self._queued = 0  # DATA bytes queued in the codec since the writer last took them
+        self._in_flight = 0  # bytes the writer is sending now
+        self._send_lot = trio.lowlevel.ParkingLot()  # senders waiting for window or buffer
+        self._writer: trio.lowlevel.Task | None = None
+        self._writer_idle = False
+        self._stop_writer = False
+        self._read_scope = trio.CancelScope()
+        self._write_scope = trio.CancelScope()
+
+    # ------------------------------------------------------------------ running
+
+    async def run(
+        self, prefix: bytes = b"", *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Read until the connection ends; ``prefix``: bytes already read from it (detection).
+        Returns once the writer flushed what was queued (a GOAWAY, say); closes the socket."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop)
+                task_status.started()
+                with self._read_scope:
+                    if prefix:
+                        self._receive(prefix)
+                    while self.dead is None:
+                        try:
+                            data = await self.stream.receive_some(READ_SIZE)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            data = b""
+                        if not data:
+                            self._die(StreamGone("connection closed by peer"))
+                            break
+                        self._receive(data)
+                # Reading is over: the writer flushes what is queued (a GOAWAY), then stops.
+                self._stop_writer = True
+                self._wake_writer()
+        finally:
+            self._die(StreamGone("connection closed"))
+            self.stream.close()
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            events = self.codec.receive(data)
+        except H2ConnectionError as exc:
+            log.info("http2 connection error: %s (%s)", exc.reason, exc.code.name)
+            self._die(StreamGone(f"connection error: {exc.reason}", exc.code))
+            return
+        inboxes = self.inboxes
+        for event in events:
+            kind = type(event)
+            if kind is WindowOpened:
+                self._send_lot.unpark_all()
+                continue
+            sid = getattr(event, "stream_id", 0)
+            if kind is RequestHeaders:
+                if self.draining or self.on_request is None:
+                    self.codec.reset(sid, ErrorCode.REFUSED_STREAM)
+                    continue
+                inboxes[sid] = Inbox()
+                self.on_request(sid, event)
+                continue
+            if kind is StreamReset:
+                inbox = inboxes.pop(sid, None)
+                if inbox is not None:
+                    refused = event.code == ErrorCode.REFUSED_STREAM
+                    inbox.fail(StreamGone("stream reset by peer", event.code, refused=refused))
+                self._send_lot.unpark_all()
+                self.streams_changed.unpark_all()
+                continue
+            if kind is GoAway:
+                self._on_goaway(event)
+                continue
+            if kind is RemoteSettings:
+                self._send_lot.unpark_all()
+                if self.on_settings is not None:
+                    self.on_settings()
+                continue
+            inbox = inboxes.get(sid)
+            if inbox is not None:
+                inbox.put(event)
+            elif kind is Data:
+                # Nobody reads this stream any more: give the connection its credit back.
+                self.codec.consumed(sid, event.flow_length)
+        self._wake_writer()
+
+    def _on_goaway(self, event: GoAway) -> None:
+        self.goaway = event
+        if self.on_request is not None:
+            return  # a client's GOAWAY refuses server pushes only: nothing of ours to fail
+        for sid, inbox in list(self.inboxes.items()):
+            if sid > event.last_stream_id:
+                del self.inboxes[sid]
+                inbox.fail(
+                    StreamGone("not processed (GOAWAY)", ErrorCode.REFUSED_STREAM, refused=True)
+                )
+        if event.code != ErrorCode.NO_ERROR:
+            log.info("http2 peer sent GOAWAY %s", event.code.name)
+        if self.on_settings is not None:
+            self.on_settings()  # the pool stops choosing this connection
+
+    def _die(self, error: StreamGone) -> None:
+        if self.dead is None:
+            self.dead = error
+        inboxes, self.inboxes = self.inboxes, {}
+        for inbox in inboxes.values():
+            inbox.fail(error)
+        self._send_lot.unpark_all()
+        self.streams_changed.unpark_all()
+        if self.on_settings is not None:
+            self.on_settings()
+
+    # ------------------------------------------------------------------ the writer
+
+    def _wake_writer(self) -> None:
+        task = self._writer
+        if task is not None and self._writer_idle:
+            self._writer_idle = False
+            trio.lowlevel.reschedule(task)
+
+    async def _write_loop(self) -> None:
+        with self._write_scope:
+            await self._write()
+        # Nothing more will be written: reading on has no use (the peer is told or gone).
+        self._read_scope.cancel()
+
+    async def _write(self) -> None:
+        self._writer = trio.lowlevel.current_task()
+        codec = self.codec
+        try:
+            while True:
+                data = codec.data_to_send()
+                if not data:
+                    if self._stop_writer or self.dead is not None:
+                        return
+                    self._writer_idle = True
+
+                    def abort(_: object) -> trio.lowlevel.Abort:
+                        self._writer_idle = False
+                        return trio.lowlevel.Abort.SUCCEEDED
+
+                    await trio.lowlevel.wait_task_rescheduled(abort)
+                    continue
+                self._in_flight, self._queued = self._queued, 0
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._die(StreamGone("connection lost while writing"))
+                    self.stream.close()  # the reader sees it and ends too
+                    return
+                self._in_flight = 0
+                self._send_lot.unpark_all()
+        finally:
+            self._writer = None
+
+    # ------------------------------------------------------------------ streams
+
+    def open_stream(self) -> tuple[int, Inbox]:
+        """Client side: a new stream's id and inbox (send its headers next, synchronously)."""
+        if self.dead is not None:
+            raise self.dead
+        sid = self.codec.new_stream_id()
+        inbox = self.inboxes[sid] = Inbox()
+        return sid, inbox
+
+    def _check(self, sid: int) -> None:
+        if self.dead is not None:
+            raise self.dead
+        inbox = self.inboxes.get(sid)
+        if inbox is None:
+            raise StreamGone("stream closed")
+        if inbox.error is not None:
+            raise inbox.error
+
+    def send_headers(self, sid: int, headers: list[Header], end_stream: bool = False) -> None:
+        self._check(sid)
+        self.codec.send_headers(sid, headers, end_stream)
+        self._wake_writer()
+
+    def send_trailers(self, sid: int, headers: list[Header]) -> None:
+        self._check(sid)
+        self.codec.send_trailers(sid, headers)
+        self._wake_writer()
+
+    def end_stream(self, sid: int) -> None:
+        self._check(sid)
+        self.codec.end_stream(sid)
+        self._wake_writer()
+
+    async def send_data(self, sid: int, data: bytes, end_stream: bool = False) -> None:
+        """Send ``data`` as flow control allows: waits for window and for the socket."""
+        codec = self.codec
+        view = memoryview(data)
+        while True:
+            self._check(sid)
+            room = codec.sendable(sid) if view else 0
+            if view and (room <= 0 or self._queued + self._in_flight >= HIGH_WATER):
+                await self._send_lot.park()
+                continue
+            if not view:
+                if end_stream:
+                    codec.end_stream(sid)
+                    self._wake_writer()
+                return
+            piece = view[:room]
+            view = view[room:]
+            codec.send_data(sid, bytes(piece), end_stream and not view)
+            self._queued += len(piece)
+            self._wake_writer()
+            if not view:
+                return
+
+    def consumed(self, sid: int, n: int) -> None:
+        """``n`` received bytes of ``sid`` were passed on: the peer may send that many more."""
+        if n and self.dead is None:
+            self.codec.consumed(sid, n)
+            self._wake_writer()
+
+    def reset(self, sid: int, code: ErrorCode = ErrorCode.CANCEL) -> None:
+        if self.dead is None:
+            self.codec.reset(sid, code)
+            self._wake_writer()
+        self.close_stream(sid)
+
+    def close_stream(self, sid: int) -> None:
+        """The stream's task is done with it. A stream still open (the task failed or was
+        cancelled halfway) is reset, so that neither side waits for it."""
+        inbox = self.inboxes.pop(sid, None)
+        if inbox is not None:
+            inbox.scope = None
+        if self.dead is None and self.codec.stream_open(sid):
+            self.codec.reset(sid, ErrorCode.CANCEL)
+            self._wake_writer()
+        self._send_lot.unpark_all()
+        self.streams_changed.unpark_all()
+        if self.on_settings is not None:
+            self.on_settings()  # a slot on this connection is free again
+
+    # ------------------------------------------------------------------ connection
+
+    @property
+    def active_streams(self) -> int:
+        return len(self.inboxes)
+
+    def start_drain(self) -> None:
+        """Send GOAWAY (NO_ERROR, the last stream we accepted): streams in flight finish,
+        the peer opens new ones elsewhere."""
+        if not self.draining and self.dead is None:
+            self.draining = True
+            self.codec.goaway(ErrorCode.NO_ERROR)
+            self._wake_writer()
+
+    def close(self, code: ErrorCode = ErrorCode.NO_ERROR) -> None:
+        """End the connection now: GOAWAY flushed if the socket takes it within a second,
+        then closed (``run`` returns)."""
+        if self.dead is None:
+            if not self.draining or code != ErrorCode.NO_ERROR:
+                self.codec.goaway(code)
+            self._die(StreamGone("connection closed"))
+        self._stop_writer = True
+        self._write_scope.deadline = min(self._write_scope.deadline, trio.current_time() + 1.0)
+        self._wake_writer()

@@ -1,0 +1,566 @@
+"""The HTTP/2 proxy: every downstream stream is a task in its connection's nursery.
+
+A stream's task routes the request, opens the upstream side (a stream on a pooled HTTP/2
+connection, or an HTTP/1 connection from the HTTP/1 pool), and relays both directions at
+once (gRPC streams are bidirectional), each chunk passed on before its flow-control credit
+goes back to the sender: a slow reader anywhere slows the writer on the other side. Its
+route timeout (capped by ``grpc-timeout``) is a cancel scope; a downstream RST_STREAM
+cancels the task, whose exit resets the upstream stream, and an upstream reset is passed
+downstream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from random import getrandbits as _getrandbits
+from time import monotonic as _monotonic
+
+import trio
+
+from ..config.filters import Protocol, ProxyConfig
+from ..config.model import format_hostport
+from ..filters import BuildContext
+from ..network.connect import ConnectError
+from ..network.connection import Connection
+from ..network.h2 import H2Endpoint, Inbox, StreamGone
+from ..pool import PoolOverflow
+from ..protocols.http1 import (
+    Body,
+    EndOfMessage,
+    H1Error,
+    ResponseHead,
+    ResponseParser,
+    encode_chunk,
+    encode_last_chunk,
+    encode_request_head,
+    strip_hop_by_hop,
+)
+from ..protocols.http2 import (
+    Data,
+    ErrorCode,
+    H2Connection,
+    H2HeaderError,
+    H2Request,
+    InformationalHeaders,
+    RequestHeaders,
+    ResponseHeaders,
+    Trailers,
+    request_from_h2,
+    response_from_h2,
+    response_to_h2,
+)
+from ..router import Route, apply_header_mutations
+from ..upstream import CircuitOpenError, Cluster, NoHostError
+from .accesslog import RequestInfo
+from .grpc import grpc_status_of, grpc_timeout, is_grpc, trailers_only
+from .http1 import (
+    BAD_RESPONSE,
+    CONNECT_FAILURE,
+    NO_CLUSTER,
+    NO_HEALTHY_UPSTREAM,
+    NO_ROUTE,
+    OVERFLOW,
+    TIMEOUT,
+    UPSTREAM_RESET,
+    _count_class,
+    _flag,
+    _lookup,
+)
+from .settings import h2_settings
+
+log = logging.getLogger("trio_mesh.proxy.http2")
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+_READ = 65536
+
+
+class _Reply(Exception):
+    """Answer the stream with this local reply (nothing of the response went yet)."""
+
+    def __init__(self, reply: tuple[int, str, bytes]) -> None:
+        self.reply = reply
+
+
+class Http2Proxy:
+    """The ``proxy`` network filter for ``downstream_protocol: Http2`` (h2c, prior knowledge)."""
+
+    def __init__(self, config: ProxyConfig, ctx: BuildContext) -> None:
+        self.config = config
+        self.table = ctx.routes[config.router_config_name]
+        self.clusters = ctx.clusters
+        self.pools = ctx.pools
+        self.access_logs = ctx.access_logs
+        self.stats = ctx.listener_stats
+        self.settings = h2_settings(config)
+        self.upstream_h1 = config.upstream_protocol == Protocol.HTTP1
+
+    def on_connection(self, conn: Connection):
+        return self.serve(conn)
+
+    async def serve(self, conn: Connection, prefix: bytes = b"") -> None:
+        """Serve one connection; ``prefix``: its first bytes, already read (detection)."""
+        codec = H2Connection(client_side=False, settings=self.settings)
+        codec.initiate()
+        async with trio.open_nursery() as nursery:
+
+            def on_request(sid: int, event: RequestHeaders) -> None:
+                if ep.active_streams == 1:
+                    conn.idle.pause()  # a connection with streams in flight is not idle
+                nursery.start_soon(self._stream, ep, conn, sid, event)
+
+            def on_drain(_: Connection) -> None:
+                ep.start_drain()  # GOAWAY: streams in flight finish, no new ones
+                if ep.active_streams == 0:
+                    ep.close()
+
+            ep = H2Endpoint(conn.stream, codec, on_request=on_request)
+            conn.on_drain = on_drain
+            await ep.run(prefix)
+            # The connection is over: streams still waiting on their upstream are cut.
+            nursery.cancel_scope.cancel()
+
+    # ------------------------------------------------------------------ one stream
+
+    async def _stream(self, ep: H2Endpoint, conn: Connection, sid: int, event: RequestHeaders):
+        inbox = ep.inboxes.get(sid)
+        if inbox is None:
+            return  # reset before its task ran
+        info = RequestInfo()
+        info.start = _monotonic()
+        info.protocol = "HTTP/2"
+        stream = _Stream(self, ep, conn, sid, inbox, info)
+        try:
+            with trio.CancelScope() as scope:
+                inbox.scope = scope  # a downstream reset cancels the whole stream
+                await stream.handle(event)
+            if scope.cancelled_caught:
+                _flag(info, "DR")  # the client reset the stream (or the connection went)
+        except StreamGone:
+            _flag(info, "DR")
+        except Exception:
+            log.exception("http2 stream %d failed", sid)
+            ep.reset(sid, ErrorCode.INTERNAL_ERROR)
+        finally:
+            ep.close_stream(sid)
+            if ep.active_streams == 0:
+                if ep.draining:
+                    ep.close()
+                else:
+                    conn.idle.touch()
+            self._finish(info)
+
+    def _finish(self, info: RequestInfo) -> None:
+        if self.access_logs:
+            info.duration = _monotonic() - info.start
+            for access_log in self.access_logs:
+                access_log.log(info)
+        code = info.response_code
+        if code:
+            self.stats.downstream_rq_total += 1
+            _count_class(self.stats, code)
+
+
+class _Stream:
+    """The work of one downstream stream (its task holds the only reference)."""
+
+    __slots__ = (
+        "_keep_alive",
+        "conn",
+        "ep",
+        "grpc",
+        "inbox",
+        "info",
+        "proxy",
+        "request",
+        "sid",
+        "started",
+    )
+
+    def __init__(
+        self,
+        proxy: Http2Proxy,
+        ep: H2Endpoint,
+        conn: Connection,
+        sid: int,
+        inbox: Inbox,
+        info: RequestInfo,
+    ) -> None:
+        self.proxy = proxy
+        self.ep = ep
+        self.conn = conn
+        self.sid = sid
+        self.inbox = inbox
+        self.info = info
+        self.started = False  # response headers went downstream
+        self.grpc = False
+        self.request: H2Request | None = None
+        self._keep_alive = False
+
+    async def handle(self, event: RequestHeaders) -> None:
+        proxy = self.proxy
+        info = self.info
+        try:
+            req = self.request = request_from_h2(event.headers)
+        except H2HeaderError as exc:
+            log.info("http2 stream %d: bad request: %s", self.sid, exc)
+            await self._local((400, "DPE", str(exc).encode() + b"\n"))
+            return
+        self.grpc = is_grpc(req.headers)
+        path, _, query = req.path.decode("latin-1").partition("?")
+        host = req.authority.decode("latin-1") if req.authority else ""
+        if proxy.access_logs:
+            info.start_time = time.time()
+            info.method = req.method.decode("latin-1")
+            info.path = req.path.decode("latin-1")
+            info.authority = host or None
+            remote = self.conn.remote
+            info.downstream_remote_address = format_hostport(*remote[:2]) if remote else None
+            for name, value in req.headers:
+                if name == b"user-agent":
+                    info.user_agent = value.decode("latin-1")
+        if event.end_stream:
+            info.request_received_duration = _monotonic() - info.start
+        header = _lookup(req.headers)
+        route = proxy.table.match(host, path, query, header)
+        if route is None:
+            await self._local(NO_ROUTE)
+            return
+        if route.direct_response is not None:
+            status, body = route.direct_response
+            await self._local((status, "", body), route=route)
+            return
+        if route.redirect is not None:
+            status, location = route.redirect.location("http", host, path, query)
+            await self._local(
+                (status, "", b""), headers=[(b"location", location.encode("latin-1"))], route=route
+            )
+            return
+        cluster_name = route.pick_cluster(header)
+        cluster = proxy.clusters.clusters.get(cluster_name) if cluster_name else None
+        if cluster is None:
+            await self._local(NO_CLUSTER)
+            return
+        info.upstream_cluster = cluster.name
+        timeout = route.timeout or None
+        if self.grpc:
+            deadline = grpc_timeout(req.headers)
+            if deadline is not None and (timeout is None or deadline < timeout):
+                timeout = deadline
+        new_path = route.rewrite_path(path)
+        target = (new_path + "?" + query if query else new_path).encode("latin-1")
+        cluster.stats.upstream_rq_total += 1
+        try:
+            with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
+                if proxy.upstream_h1:
+                    await self._to_h1(route, cluster, target, event.end_stream)
+                else:
+                    await self._to_h2(route, cluster, target, event.end_stream)
+        except _Reply as exc:
+            await self._local(exc.reply)
+            return
+        if scope.cancelled_caught:
+            cluster.stats.upstream_rq_timeout += 1
+            if not self.started:
+                await self._local(TIMEOUT)
+            else:
+                _flag(info, "UT")
+                self.ep.reset(self.sid, ErrorCode.CANCEL)
+
+    # ------------------------------------------------------------------ upstream headers
+
+    def _request_headers(self, route: Route) -> list[tuple[bytes, bytes]]:
+        """Regular headers for the upstream, forwarding headers added, mutations applied."""
+        config = self.proxy.config
+        req = self.request
+        out: list[tuple[bytes, bytes]] = []
+        xff = None
+        request_id = None
+        for name, value in req.headers:
+            if name == b"x-forwarded-for" and config.add_x_forwarded_for:
+                xff = value if xff is None else xff + b", " + value
+                continue
+            if name == b"x-forwarded-proto" and config.add_x_forwarded_proto:
+                continue
+            if name == b"x-request-id":
+                request_id = value
+            out.append((name, value))
+        remote = self.conn.remote
+        if config.add_x_forwarded_for and remote:
+            ip = remote[0].encode("latin-1")
+            out.append((b"x-forwarded-for", ip if xff is None else xff + b", " + ip))
+        if config.add_x_forwarded_proto:
+            out.append((b"x-forwarded-proto", b"http"))
+        if request_id is None and config.generate_request_id:
+            request_id = b"%032x" % _getrandbits(128)
+            out.append((b"x-request-id", request_id))
+        self.info.request_id = request_id.decode("latin-1") if request_id else None
+        if route.request_headers_to_add or route.request_headers_to_remove:
+            out = apply_header_mutations(
+                out, route.request_headers_to_add, route.request_headers_to_remove
+            )
+        return out
+
+    def _authority(self, route: Route, host_label: bytes) -> bytes:
+        if route.host_rewrite is not None:
+            return route.host_rewrite.encode("latin-1")
+        if route.auto_host_rewrite or not self.request.authority:
+            return host_label
+        return self.request.authority
+
+    def _choose(self, cluster: Cluster):
+        try:
+            return cluster.choose_host()
+        except NoHostError:
+            raise _Reply(NO_HEALTHY_UPSTREAM) from None
+
+    # ------------------------------------------------------------------ HTTP/2 upstream
+
+    async def _to_h2(self, route: Route, cluster: Cluster, target: bytes, ended: bool) -> None:
+        host = self._choose(cluster)
+        self.info.upstream_host = host.label
+        pool = self.proxy.pools.http2(cluster, host, self.proxy.settings)
+        try:
+            up, usid, uinbox = await pool.open_stream()
+        except ConnectError:
+            raise _Reply(CONNECT_FAILURE) from None
+        except (CircuitOpenError, PoolOverflow):
+            raise _Reply(OVERFLOW) from None
+        req = self.request
+        headers = [
+            (b":method", req.method),
+            (b":scheme", req.scheme or b"http"),
+            (b":authority", self._authority(route, host.label_bytes)),
+            (b":path", target),
+            *self._request_headers(route),
+        ]
+        host.active_requests += 1
+        try:
+            up.send_headers(usid, headers, end_stream=ended)
+            if ended:
+                await self._h2_response(route, up, usid, uinbox)
+            else:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._h2_request_body, up, usid)
+                    await self._h2_response(route, up, usid, uinbox)
+                    # The response is complete: what the client still sends has no reader.
+                    nursery.cancel_scope.cancel()
+        finally:
+            host.active_requests -= 1
+            up.close_stream(usid)
+
+    async def _h2_request_body(self, up: H2Endpoint, usid: int) -> None:
+        ep, sid, inbox, info = self.ep, self.sid, self.inbox, self.info
+        try:
+            while True:
+                event = await inbox.get()
+                if type(event) is Data:
+                    info.bytes_received += len(event.data)
+                    await up.send_data(usid, event.data, event.end_stream)
+                    ep.consumed(sid, event.flow_length)  # passed on: the client may send more
+                    if event.end_stream:
+                        break
+                elif type(event) is Trailers:
+                    up.send_trailers(usid, event.headers)
+                    break
+            info.request_received_duration = _monotonic() - info.start
+        except StreamGone as exc:
+            if inbox.error is exc:
+                raise  # the client reset: the stream's scope is cancelled already
+            # The upstream stream ended first (it answered early or was reset): the response
+            # side says what happens next.
+
+    async def _h2_response(self, route: Route, up: H2Endpoint, usid: int, uinbox: Inbox) -> None:
+        ep, sid, info = self.ep, self.sid, self.info
+        while True:
+            try:
+                event = await uinbox.get()
+            except StreamGone as exc:
+                if uinbox.error is not exc and self.inbox.error is not None:
+                    raise
+                if not self.started:
+                    raise _Reply(UPSTREAM_RESET) from None
+                _flag(info, "UR")  # upstream reset mid-response: pass the reset on
+                ep.reset(sid, exc.code if exc.code != ErrorCode.NO_ERROR else ErrorCode.CANCEL)
+                return
+            kind = type(event)
+            if kind is Data:
+                info.bytes_sent += len(event.data)
+                await ep.send_data(sid, event.data, event.end_stream)
+                up.consumed(usid, event.flow_length)
+                if event.end_stream:
+                    return
+            elif kind is ResponseHeaders:
+                try:
+                    status, headers = response_from_h2(event.headers)
+                except H2HeaderError:
+                    raise _Reply(BAD_RESPONSE) from None
+                self._response_started(status)
+                if route.response_headers_to_add or route.response_headers_to_remove:
+                    headers = apply_header_mutations(
+                        headers, route.response_headers_to_add, route.response_headers_to_remove
+                    )
+                ep.send_headers(sid, response_to_h2(status, headers), event.end_stream)
+                if event.end_stream:
+                    return
+            elif kind is Trailers:
+                ep.send_trailers(sid, event.headers)
+                return
+            elif kind is InformationalHeaders:
+                ep.send_headers(sid, event.headers)
+
+    def _response_started(self, status: int) -> None:
+        self.started = True
+        self.info.response_code = status
+        self.info.response_received_duration = _monotonic() - self.info.start
+
+    # ------------------------------------------------------------------ HTTP/1 upstream
+
+    async def _to_h1(self, route: Route, cluster: Cluster, target: bytes, ended: bool) -> None:
+        host = self._choose(cluster)
+        self.info.upstream_host = host.label
+        pool = self.proxy.pools.http1(cluster, host)
+        conn = pool.take_idle()
+        if conn is None:
+            try:
+                conn, _ = await pool.acquire()
+            except ConnectError:
+                raise _Reply(CONNECT_FAILURE) from None
+            except (CircuitOpenError, PoolOverflow):
+                raise _Reply(OVERFLOW) from None
+        req = self.request
+        headers = [(b"host", self._authority(route, host.label_bytes))]
+        has_length = False
+        for name, value in self._request_headers(route):
+            if name == b"content-length":
+                has_length = True
+            elif name == b"te":
+                continue  # "te: trailers" is HTTP/2's business
+            headers.append((name, value))
+        chunked = not ended and not has_length
+        if chunked:
+            headers.append((b"transfer-encoding", b"chunked"))
+        reusable = False
+        host.active_requests += 1
+        try:
+            await conn.stream.send_all(encode_request_head(req.method, target, headers))
+            if not ended:
+                await self._h1_request_body(conn.stream, chunked)
+            reusable = await self._h1_response(route, conn.stream, req.method == b"HEAD")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if not self.started:
+                raise _Reply(UPSTREAM_RESET) from None
+            _flag(self.info, "UC")
+            self.ep.reset(self.sid, ErrorCode.INTERNAL_ERROR)
+        finally:
+            host.active_requests -= 1
+            if reusable:
+                pool.release(conn, True)
+            else:
+                pool.close(conn)
+
+    async def _h1_request_body(self, upstream, chunked: bool) -> None:
+        ep, sid, inbox, info = self.ep, self.sid, self.inbox, self.info
+        while True:
+            event = await inbox.get()
+            if type(event) is Data:
+                data = event.data
+                info.bytes_received += len(data)
+                if data:
+                    await upstream.send_all(encode_chunk(data) if chunked else data)
+                ep.consumed(sid, event.flow_length)
+                if event.end_stream:
+                    if chunked:
+                        await upstream.send_all(encode_last_chunk(None))
+                    break
+            elif type(event) is Trailers:
+                if chunked:
+                    await upstream.send_all(encode_last_chunk(event.headers))
+                break
+        info.request_received_duration = _monotonic() - info.start
+
+    async def _h1_response(self, route: Route, upstream, head_request: bool) -> bool:
+        """Relay the HTTP/1 response as HTTP/2; returns whether the connection is reusable."""
+        ep, sid, info = self.ep, self.sid, self.info
+        parser = ResponseParser(head_request=head_request)
+        got = False
+        while True:
+            data = await upstream.receive_some(_READ)
+            try:
+                events = parser.feed(data) if data else parser.feed_eof() if got else None
+            except H1Error:
+                if not self.started:
+                    raise _Reply(BAD_RESPONSE) from None
+                _flag(info, "UPE")
+                ep.reset(sid, ErrorCode.INTERNAL_ERROR)
+                return False
+            if events is None:
+                raise trio.BrokenResourceError("upstream closed before a response")
+            got = True
+            for event in events:
+                kind = type(event)
+                if kind is Body:
+                    info.bytes_sent += len(event.data)
+                    await ep.send_data(sid, event.data)
+                elif kind is EndOfMessage:
+                    if event.trailers:
+                        ep.send_trailers(sid, event.trailers)
+                    else:
+                        ep.end_stream(sid)
+                    return parser.complete and not parser.trailing and self._keep_alive
+                elif event.status >= 200:
+                    self._send_h1_head(route, event)
+                elif event.status != 101:
+                    ep.send_headers(sid, response_to_h2(event.status, event.headers))
+
+    def _send_h1_head(self, route: Route, resp: ResponseHead) -> None:
+        self._response_started(resp.status)
+        self._keep_alive = resp.keep_alive
+        headers = strip_hop_by_hop(resp.headers)
+        if route.response_headers_to_add or route.response_headers_to_remove:
+            headers = apply_header_mutations(
+                headers, route.response_headers_to_add, route.response_headers_to_remove
+            )
+        self.ep.send_headers(self.sid, response_to_h2(resp.status, headers))
+
+    # ------------------------------------------------------------------ local replies
+
+    async def _local(
+        self,
+        reply: tuple[int, str, bytes],
+        *,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        route: Route | None = None,
+    ) -> None:
+        status, flag, body = reply
+        info = self.info
+        if flag:
+            _flag(info, flag)
+        if self.started:  # too late for a reply: the stream can only be cut
+            self.ep.reset(self.sid, ErrorCode.INTERNAL_ERROR)
+            return
+        info.response_code = status
+        self.started = True
+        if self.grpc:
+            # gRPC clients read the status from grpc-status, not from :status (Envoy's way).
+            info.response_code = 200
+            code = grpc_status_of(status, flag)
+            message = body.decode("latin-1").strip() or f"HTTP {status}"
+            self.ep.send_headers(self.sid, trailers_only(code, message), end_stream=True)
+            return
+        out = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+        if headers:
+            out.extend(headers)
+        if route is not None and (
+            route.response_headers_to_add or route.response_headers_to_remove
+        ):
+            out = apply_header_mutations(
+                out, route.response_headers_to_add, route.response_headers_to_remove
+            )
+        head_only = self.request is not None and self.request.method == b"HEAD"
+        if not body or head_only or status in _NO_BODY_STATUSES:
+            self.ep.send_headers(self.sid, response_to_h2(status, out), end_stream=True)
+            return
+        self.ep.send_headers(self.sid, response_to_h2(status, out))
+        info.bytes_sent += len(body)
+        await self.ep.send_data(self.sid, body, end_stream=True)
