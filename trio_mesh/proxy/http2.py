@@ -82,6 +82,10 @@ class _Reply(Exception):
         self.reply = reply
 
 
+class _Refused(Exception):
+    """The upstream did not process the stream: it may be sent again."""
+
+
 class Http2Proxy:
     """The ``proxy`` network filter for ``downstream_protocol: Http2`` (h2c, prior knowledge)."""
 
@@ -317,6 +321,26 @@ class _Stream:
     # ------------------------------------------------------------------ HTTP/2 upstream
 
     async def _to_h2(self, route: Route, cluster: Cluster, target: bytes, ended: bool) -> None:
+        regular = self._request_headers(route)
+        for attempt in range(2):
+            try:
+                await self._h2_try(route, cluster, target, ended, regular)
+                return
+            except _Refused:
+                # The upstream never processed the stream (REFUSED_STREAM, or beyond its
+                # GOAWAY): safe to send again, once, if no body was consumed for it.
+                if not ended or attempt:
+                    raise _Reply(UPSTREAM_RESET) from None
+                cluster.stats.upstream_rq_retry += 1
+
+    async def _h2_try(
+        self,
+        route: Route,
+        cluster: Cluster,
+        target: bytes,
+        ended: bool,
+        regular: list[tuple[bytes, bytes]],
+    ) -> None:
         host = self._choose(cluster)
         self.info.upstream_host = host.label
         pool = self.proxy.pools.http2(cluster, host, self.proxy.settings)
@@ -332,7 +356,7 @@ class _Stream:
             (b":scheme", req.scheme or b"http"),
             (b":authority", self._authority(route, host.label_bytes)),
             (b":path", target),
-            *self._request_headers(route),
+            *regular,
         ]
         host.active_requests += 1
         try:
@@ -379,6 +403,8 @@ class _Stream:
                 if uinbox.error is not exc and self.inbox.error is not None:
                     raise
                 if not self.started:
+                    if exc.refused:
+                        raise _Refused() from None
                     raise _Reply(UPSTREAM_RESET) from None
                 _flag(info, "UR")  # upstream reset mid-response: pass the reset on
                 ep.reset(sid, exc.code if exc.code != ErrorCode.NO_ERROR else ErrorCode.CANCEL)
