@@ -523,10 +523,16 @@ class _Stream:
             if events is None:
                 raise trio.BrokenResourceError("upstream closed before a response")
             got = True
-            for event in events:
+            last = len(events) - 1
+            for i, event in enumerate(events):
                 kind = type(event)
                 if kind is Body:
                     info.bytes_sent += len(event.data)
+                    # The last chunk carries END_STREAM itself: one frame less.
+                    ends = i < last and (nxt := events[i + 1]).__class__ is EndOfMessage
+                    if ends and not nxt.trailers:
+                        await ep.send_data(sid, event.data, end_stream=True)
+                        return parser.complete and not parser.trailing and self._keep_alive
                     await ep.send_data(sid, event.data)
                 elif kind is EndOfMessage:
                     if event.trailers:
