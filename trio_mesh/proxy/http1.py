@@ -681,7 +681,8 @@ class _Session:
                 if event.end_stream and length is None:
                     length = 0
                     headers.append((b"content-length", b"0"))
-                resp = ResponseHead(status, b"", b"2", headers, True, length, False)
+                # reason None: the encoder writes the standard phrase (HTTP/2 has none)
+                resp = ResponseHead(status, None, b"2", headers, True, length, False)  # type: ignore[arg-type]
                 chunked, close, wire = self._response_head(head, info, route, resp)
                 await self._send_down(wire)
                 if event.end_stream:
