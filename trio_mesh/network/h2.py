@@ -162,8 +162,16 @@ class H2Endpoint:
             events = self.codec.receive(data)
         except H2ConnectionError as exc:
             log.info("http2 connection error: %s (%s)", exc.reason, exc.code.name)
+            # What the same read completed before the error still counts (a response that
+            # ended just before a bad frame).
+            self._dispatch(exc.events)
             self._die(StreamGone(f"connection error: {exc.reason}", exc.code))
+            self._wake_writer()
             return
+        self._dispatch(events)
+        self._wake_writer()
+
+    def _dispatch(self, events: list) -> None:
         inboxes = self.inboxes
         for event in events:
             kind = type(event)
@@ -200,7 +208,6 @@ class H2Endpoint:
             elif kind is Data:
                 # Nobody reads this stream any more: give the connection its credit back.
                 self.codec.consumed(sid, event.flow_length)
-        self._wake_writer()
 
     def _on_goaway(self, event: GoAway) -> None:
         self.goaway = event

@@ -8,6 +8,7 @@ from ..config.filters import Protocol, ProxyConfig
 from ..filters import BuildContext, register_network_filter
 from ..network.connection import Connection
 from ..network.relay import CHUNK
+from ..protocols.detect import UnknownProtocol, detect
 from .http1 import Http1Proxy
 from .http2 import Http2Proxy
 
@@ -28,8 +29,6 @@ class AutoProxy:
         return self._serve(conn)
 
     async def _serve(self, conn: Connection) -> None:
-        from ..protocols.detect import UnknownProtocol, detect  # TEMP until detect lands
-
         buf = b""
         while True:
             # The listener's idle timeout bounds a client that never says enough.
