@@ -1,11 +1,15 @@
-"""``python -m bench http1 [options]``: trio-mesh against direct, nginx, proxy.py, mitmproxy.
+"""``python -m bench http1|http2 [options]``: trio-mesh against direct, nginx and others.
 
-Starts everything on 127.0.0.1 (an nginx upstream and each contender, in their own process
+``http1``: HTTP/1.1 proxying, against direct, nginx, proxy.py, mitmproxy. ``http2``: h2c and
+gRPC unary proxying, against direct and nginx.
+
+Starts everything on 127.0.0.1 (nginx upstreams and each contender, in their own process
 groups), runs the scenarios, stops everything (also on Ctrl-C, SIGTERM or an error), prints the
 tables, and writes ``results.json`` and ``plot.png`` under ``bench/results/<timestamp>/``.
 
 Exit code: 0 when the harness ran (whatever the numbers), 1 when it broke (a contender never
-became ready, a load tool failed), 2 for bad arguments.
+became ready or failed its check, a load tool failed, the ``--deadline`` passed), 2 for bad
+arguments, 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -24,11 +28,31 @@ from pathlib import Path
 from typing import Any
 
 from . import load, report
-from .contenders import CONTENDERS, REPO_ROOT, Workdir, start_upstream
+from .contenders import (
+    CONTENDERS,
+    H2_CONTENDERS,
+    REPO_ROOT,
+    Contender,
+    Workdir,
+    start_h2_upstream,
+    start_upstream,
+)
 from .procs import NotReady, Processes, free_port, raise_nofile_limit
-from .scenarios import SCENARIOS, Bench, Settings
+from .scenarios import H2_SCENARIOS, SCENARIOS, Bench, Scenario, Settings
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+H2_SMOKE_CONTENDER = "trio-mesh-h2h2"
+H2_SMOKE_DEADLINE = 120  # seconds: the http2 --smoke run is stopped (exit 1) after this
+
+
+class DeadlinePassed(BaseException):
+    """``--deadline`` passed: unwinds like Ctrl-C (everything stopped), reported as a failure."""
+
+
+def tables(protocol: str) -> tuple[dict[str, Contender], dict[str, Scenario]]:
+    if protocol == "http2":
+        return H2_CONTENDERS, H2_SCENARIOS
+    return CONTENDERS, SCENARIOS
 
 
 def _csv(value: str) -> list[str]:
@@ -63,18 +87,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--idle-connections", type=int, default=10_000, help="connections for idle-10k (10000)"
     )
     h1.add_argument("--startup-runs", type=int, default=5, help="timed starts per contender (5)")
+    h1.add_argument(
+        "--deadline", type=int, help="stop everything after SECS (exit 1); default: none"
+    )
+    h2 = sub.add_parser("http2", help="HTTP/2 (h2c) and gRPC unary proxying")
+    h2.add_argument("--duration", type=int, default=4, help="whole seconds per load run (4)")
+    h2.add_argument("--rounds", type=int, default=3, help="rounds per load scenario (3)")
+    h2.add_argument(
+        "--contenders",
+        type=_csv,
+        default=list(H2_CONTENDERS),
+        help=f"comma-separated, from {','.join(H2_CONTENDERS)} (all)",
+    )
+    h2.add_argument(
+        "--scenarios",
+        type=_csv,
+        default=list(H2_SCENARIOS),
+        help=f"comma-separated, from {','.join(H2_SCENARIOS)} (all)",
+    )
+    h2.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"CI check: {H2_SMOKE_CONTENDER}, every scenario, 2 s, 1 round, no warm-up, "
+        f"--deadline {H2_SMOKE_DEADLINE} (overrides the options above)",
+    )
+    h2.add_argument("--out", type=Path, help="results directory (bench/results/<timestamp>)")
+    h2.add_argument("--clients", type=int, default=10, help="h2load connections, -c (10)")
+    h2.add_argument("--streams", type=int, default=10, help="h2load streams per connection (10)")
+    h2.add_argument(
+        "--deadline",
+        type=int,
+        help=f"stop everything after SECS (exit 1); default none, {H2_SMOKE_DEADLINE} with --smoke",
+    )
     args = parser.parse_args(argv)
-    if args.smoke:
+    contenders, scenarios = tables(args.protocol)
+    if args.smoke and args.protocol == "http1":
         args.contenders, args.scenarios = ["trio-mesh-1"], ["small-get"]
         args.duration, args.rounds = 2, 1
+    elif args.smoke:
+        args.contenders, args.scenarios = [H2_SMOKE_CONTENDER], list(H2_SCENARIOS)
+        args.duration, args.rounds = 2, 1
+        if args.deadline is None:
+            args.deadline = H2_SMOKE_DEADLINE
     for name in args.contenders:
-        if name not in CONTENDERS:
-            parser.error(f"unknown contender {name!r} (known: {', '.join(CONTENDERS)})")
+        if name not in contenders:
+            parser.error(f"unknown contender {name!r} (known: {', '.join(contenders)})")
     for name in args.scenarios:
-        if name not in SCENARIOS:
-            parser.error(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
+        if name not in scenarios:
+            parser.error(f"unknown scenario {name!r} (known: {', '.join(scenarios)})")
     if args.duration < 1 or args.rounds < 1:
         parser.error("--duration must be >= 1 and --rounds >= 1")
+    if args.protocol == "http2" and (args.clients < 1 or args.streams < 1):
+        parser.error("--clients and --streams must be >= 1")
+    if args.deadline is not None and args.deadline < 1:
+        parser.error("--deadline must be >= 1")
     return args
 
 
@@ -110,15 +176,24 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _deadline(signum: int, frame: Any) -> None:
+    raise DeadlinePassed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for tool in (load.WRK, load.H2LOAD):
+    contender_table, scenario_table = tables(args.protocol)
+    tools = (load.WRK, load.H2LOAD) if args.protocol == "http1" else (load.H2LOAD,)
+    for tool in tools:
         if not shutil.which(tool):
             print(f"bench: {tool} not found (apt-get install wrk nghttp2-client)", file=sys.stderr)
             return 1
     signal.signal(signal.SIGTERM, _interrupt)
     # Also when started in the background by a shell, which would have SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if args.deadline:
+        signal.signal(signal.SIGALRM, _deadline)
+        signal.alarm(args.deadline)
     nofile = raise_nofile_limit()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir: Path = args.out or RESULTS_DIR / stamp
@@ -126,24 +201,28 @@ def main(argv: list[str] | None = None) -> int:
 
     contenders, unavailable = [], {}
     for name in args.contenders:
-        why = CONTENDERS[name].unavailable()
+        why = contender_table[name].unavailable()
         if why:
             unavailable[name] = why
             print(f"bench: {name} unavailable: {why}", file=sys.stderr)
         else:
-            contenders.append(CONTENDERS[name])
+            contenders.append(contender_table[name])
     settings = Settings(
         duration=args.duration,
         rounds=args.rounds,
         warmup=0.0 if args.smoke else 1.0,
-        idle_connections=args.idle_connections,
-        startup_runs=args.startup_runs,
+        idle_connections=getattr(args, "idle_connections", 10_000),
+        startup_runs=getattr(args, "startup_runs", 5),
+        h2_clients=getattr(args, "clients", 10),
+        h2_streams=getattr(args, "streams", 10),
     )
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="trio-mesh-bench-"))
     tmp.chmod(0o755)  # nginx workers (user nobody when run as root) read the 64 KiB file
     procs = Processes(log_dir=tmp)
     work = Workdir(tmp, free_port(), nofile)
+    if args.protocol == "http2":
+        work.h2_upstream_port = free_port()
     bench = Bench(procs, work, contenders, settings)
     interrupted = False
     try:
@@ -151,15 +230,21 @@ def main(argv: list[str] | None = None) -> int:
 
         nginx.write_body_files(tmp)
         start_upstream(procs, work)
+        if args.protocol == "http2":
+            start_h2_upstream(procs, work)
         for name in args.scenarios:
-            bench.run(SCENARIOS[name])
+            bench.run(scenario_table[name])
     except NotReady as exc:
         bench.failures.append(f"upstream: {exc}")
         print(f"bench: the upstream never became ready: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         interrupted = True
         print("bench: interrupted, stopping everything", file=sys.stderr)
+    except DeadlinePassed:
+        bench.failures.append(f"deadline: {args.deadline} s passed, stopped")
+        print(f"bench: --deadline {args.deadline} s passed, stopping everything", file=sys.stderr)
     finally:
+        signal.alarm(0)
         procs.close()
     elapsed = time.monotonic() - started
 
@@ -179,13 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         },
         "contenders": {
             name: {
-                "description": CONTENDERS[name].description,
+                "description": contender_table[name].description,
                 "available": name not in unavailable,
                 **({"unavailable": unavailable[name]} if name in unavailable else {}),
             }
             for name in args.contenders
         },
-        "scenarios": {name: SCENARIOS[name].description for name in args.scenarios},
+        "scenarios": {name: scenario_table[name].description for name in args.scenarios},
         "notes": bench.notes,
         "failures": bench.failures,
         "results": bench.results,
@@ -196,7 +281,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     (out_dir / "table.txt").write_text(table + "\n")
     try:
-        report.write_plot(out_dir / "plot.png", bench.results, args.scenarios, args.contenders)
+        if args.protocol == "http1":
+            report.write_plot(out_dir / "plot.png", bench.results, args.scenarios, args.contenders)
+        else:
+            report.write_load_plot(
+                out_dir / "plot.png",
+                bench.results,
+                args.scenarios,
+                args.contenders,
+                "trio-mesh HTTP/2 and gRPC benchmark (h2load over h2c, 127.0.0.1, one run, "
+                "contenders alternating)",
+            )
     except ImportError:
         print("bench: matplotlib missing (pip install -e '.[bench]'): no plot", file=sys.stderr)
     except Exception as exc:  # a plot problem must not lose the measurements

@@ -3,6 +3,10 @@
 Each contender is started fresh by the scenario that needs it, in its own process group, on a
 free port of 127.0.0.1, and proxies to the shared nginx upstream (``direct`` is a private copy
 of that upstream, so the client talks to the server itself: the ceiling).
+
+``CONTENDERS`` are those of ``python -m bench http1``; ``H2_CONTENDERS`` those of ``python -m
+bench http2``, which listen for h2c (HTTP/2 with prior knowledge) and proxy to the HTTP/1.1
+upstream or to a second, h2c nginx upstream.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import nginx
-from .procs import Child, Processes, free_port, wait_ready
+from .h2 import h2_status
+from .procs import Child, Processes, free_port, http_status, wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN_DIR = Path(sys.executable).parent
@@ -31,10 +36,15 @@ class Workdir:
     dir: Path
     upstream_port: int
     nofile: int  # RLIMIT_NOFILE soft limit the children inherit
+    h2_upstream_port: int = 0  # the h2c upstream (http2 only)
 
     @property
     def upstream(self) -> str:
         return f"127.0.0.1:{self.upstream_port}"
+
+    @property
+    def h2_upstream(self) -> str:
+        return f"127.0.0.1:{self.h2_upstream_port}"
 
     @property
     def connections(self) -> int:
@@ -54,6 +64,8 @@ class Contender:
     description: str
     build: Callable[[Workdir, int, str], Launch]  # (workdir, port, instance tag) -> command
     check: Callable[[], str | None] = lambda: None  # why it cannot run here, or None
+    # The readiness request: (port, path) -> HTTP status or None. HTTP/1.1 unless h2c only.
+    status: Callable[[int, str], int | None] = http_status
 
     def unavailable(self) -> str | None:
         return self.check()
@@ -85,7 +97,7 @@ def start(
     port = free_port()
     launch = contender.build(work, port, tag)
     child = procs.start(f"{contender.name}-{tag}", launch.argv, env=launch.env, cwd=REPO_ROOT)
-    startup = wait_ready(child, port, timeout=ready_timeout)
+    startup = wait_ready(child, port, timeout=ready_timeout, status=contender.status)
     return Running(contender, child, port, startup)
 
 
@@ -100,6 +112,19 @@ def upstream_launch(work: Workdir, port: int, name: str) -> Launch:
 def start_upstream(procs: Processes, work: Workdir) -> Child:
     child = procs.start("upstream", upstream_launch(work, work.upstream_port, "upstream").argv)
     wait_ready(child, work.upstream_port)
+    return child
+
+
+def h2_upstream_launch(work: Workdir, port: int, name: str) -> Launch:
+    conf = nginx.write_h2_upstream_conf(work.dir, name, port, work.nofile, work.connections)
+    return Launch(nginx.nginx_argv(conf, work.dir))
+
+
+def start_h2_upstream(procs: Processes, work: Workdir) -> Child:
+    """The h2c upstream (http2 only), next to the HTTP/1.1 one."""
+    launch = h2_upstream_launch(work, work.h2_upstream_port, "h2-upstream")
+    child = procs.start("h2-upstream", launch.argv)
+    wait_ready(child, work.h2_upstream_port, status=h2_status)
     return child
 
 
@@ -130,8 +155,8 @@ servers:
           - filters:
               - type: proxy
                 config:
-                  downstream_protocol: Http1
-                  upstream_protocol: Http1
+                  downstream_protocol: {downstream}
+                  upstream_protocol: {upstream_protocol}
                   router_config_name: bench_routes
     routers:
       - router_config_name: bench_routes
@@ -152,10 +177,57 @@ cluster_manager:
 def _trio_mesh(workers: int) -> Callable[[Workdir, int, str], Launch]:
     def build(work: Workdir, port: int, tag: str) -> Launch:
         conf = work.dir / f"trio-mesh-{workers}-{tag}.yaml"
-        conf.write_text(_TRIO_MESH_CONF.format(port=port, upstream=work.upstream))
+        conf.write_text(
+            _TRIO_MESH_CONF.format(
+                port=port, upstream=work.upstream, downstream="Http1", upstream_protocol="Http1"
+            )
+        )
         argv = [sys.executable, "-m", "trio_mesh.cli", "run", str(conf), "--log-level", "WARN"]
         if workers > 1:
             argv += ["--workers", str(workers)]
+        return Launch(argv)
+
+    return build
+
+
+def _direct_h2(work: Workdir, port: int, tag: str) -> Launch:
+    return h2_upstream_launch(work, port, f"direct-h2-{tag}")
+
+
+def _nginx_h2(plain_over_h2: bool) -> Callable[[Workdir, int, str], Launch]:
+    def build(work: Workdir, port: int, tag: str) -> Launch:
+        name = f"nginx-h2{'-grpc-pass' if plain_over_h2 else ''}-{tag}"
+        conf = nginx.write_h2_proxy_conf(
+            work.dir,
+            name,
+            port,
+            work.upstream_port,
+            work.h2_upstream_port,
+            work.nofile,
+            work.connections,
+            plain_over_h2=plain_over_h2,
+        )
+        return Launch(nginx.nginx_argv(conf, work.dir))
+
+    return build
+
+
+def _trio_mesh_h2(upstream_protocol: str) -> Callable[[Workdir, int, str], Launch]:
+    """One process, ``downstream_protocol: Http2``; upstream ``Http1`` to the HTTP/1.1
+    upstream or ``Http2`` to the h2c upstream. http2 options: trio-mesh's defaults."""
+
+    def build(work: Workdir, port: int, tag: str) -> Launch:
+        conf = work.dir / f"trio-mesh-h2{upstream_protocol[-1]}-{tag}.yaml"
+        upstream = work.h2_upstream if upstream_protocol == "Http2" else work.upstream
+        conf.write_text(
+            _TRIO_MESH_CONF.format(
+                port=port,
+                upstream=upstream,
+                downstream="Http2",
+                upstream_protocol=upstream_protocol,
+            )
+        )
+        argv = [sys.executable, "-m", "trio_mesh.cli", "run", str(conf), "--log-level", "WARN"]
         return Launch(argv)
 
     return build
@@ -293,6 +365,47 @@ CONTENDERS: dict[str, Contender] = {
             "mitmdump --mode reverse, connection_strategy=lazy",
             _mitmproxy,
             _need_mitmdump,
+        ),
+    )
+}
+
+H2_CONTENDERS: dict[str, Contender] = {
+    c.name: c
+    for c in (
+        Contender(
+            "direct",
+            "h2c straight to the nginx h2c upstream (the ceiling); CPU/RSS are the upstream's",
+            _direct_h2,
+            _need_binary(nginx.NGINX),
+            h2_status,
+        ),
+        Contender(
+            "nginx",
+            "nginx, 1 worker, h2c listener; proxy_pass (HTTP/1.1, keepalive 64) to the HTTP/1.1"
+            " upstream, gRPC by grpc_pass (keepalive 64) to the h2c upstream",
+            _nginx_h2(plain_over_h2=False),
+            _need_binary(nginx.NGINX),
+            h2_status,
+        ),
+        Contender(
+            "nginx-grpc-pass",
+            "nginx, 1 worker, h2c listener, everything by grpc_pass (HTTP/2, keepalive 64) to"
+            " the h2c upstream: the h2 -> h2 path",
+            _nginx_h2(plain_over_h2=True),
+            _need_binary(nginx.NGINX),
+            h2_status,
+        ),
+        Contender(
+            "trio-mesh-h2h1",
+            "trio-mesh run, 1 process, Http2 downstream, Http1 upstream (the HTTP/1.1 upstream)",
+            _trio_mesh_h2("Http1"),
+            status=h2_status,
+        ),
+        Contender(
+            "trio-mesh-h2h2",
+            "trio-mesh run, 1 process, Http2 downstream, Http2 upstream (the h2c upstream)",
+            _trio_mesh_h2("Http2"),
+            status=h2_status,
         ),
     )
 }

@@ -1,4 +1,5 @@
-"""Load generators: wrk (throughput), h2load (fixed rate), and an idle-connection client.
+"""Load generators: wrk (throughput), h2load (fixed rate; HTTP/2 throughput), and an
+idle-connection client.
 
 Every load is bounded: wrk and h2load run for a fixed duration under a subprocess timeout,
 the idle client opens a fixed number of connections under an overall deadline. All traffic
@@ -163,23 +164,10 @@ def run_fixed_rate(
         raise LoadError(f"h2load did not finish: {' '.join(argv)}") from exc
     if out.returncode != 0 or not log_path.exists():
         raise LoadError(f"h2load exited {out.returncode}: {out.stderr.strip()[-500:]}")
-    durations_us: list[int] = []
-    non2xx = failed = 0
-    for line in log_path.read_text().splitlines():
-        parts = line.split("\t")
-        if len(parts) < 3:
-            continue
-        status = int(parts[1])
-        if status == -1:
-            failed += 1
-            continue
-        if not 200 <= status < 300:
-            non2xx += 1
-        durations_us.append(int(parts[2]))
+    durations_us, non2xx, failed = read_h2load_log(log_path)
     summary = re.search(r"(\d+) failed, (\d+) errored, (\d+) timeout", out.stdout)
     if summary:
         failed = max(failed, sum(int(x) for x in summary.groups()))
-    durations_us.sort()
     target = per_client * clients
     achieved = len(durations_us) / duration
     if not durations_us:
@@ -196,6 +184,116 @@ def run_fixed_rate(
         errors=failed,
         non_2xx=non2xx,
         extra={"target_rps": target, "achieved_rps": round(achieved, 1)},
+    )
+
+
+def read_h2load_log(log_path: Path) -> tuple[list[int], int, int]:
+    """h2load's ``--log-file`` (start time, status, microseconds until the response ended, a
+    line per request): the durations of the answered requests, ascending; how many of those
+    were not 2xx; how many failed (status -1)."""
+    durations_us: list[int] = []
+    non2xx = failed = 0
+    for line in log_path.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3:
+            continue
+        status = int(parts[1])
+        if status == -1:
+            failed += 1
+            continue
+        if not 200 <= status < 300:
+            non2xx += 1
+        durations_us.append(int(parts[2]))
+    durations_us.sort()
+    return durations_us, non2xx, failed
+
+
+# --- h2load, HTTP/2 throughput -------------------------------------------------------------
+
+
+def run_h2load(
+    url: str,
+    duration: float,
+    log_path: Path,
+    *,
+    clients: int = 10,
+    streams: int = 10,
+    data: Path | None = None,
+    headers: Sequence[str] = (),
+) -> LoadResult:
+    """``h2load -t1 -c<clients> -m<streams> -D <duration>`` over h2c (prior knowledge: h2load's
+    default for an http:// URL); ``-d data`` makes it a POST of that file's bytes.
+
+    Requests per second and the counts come from h2load's summary (its req/s counts every
+    completed request, whatever the status; non-2xx are reported apart); p50, p99 and max from
+    the per-request ``--log-file``, since the summary has min/max/mean/sd but no percentiles.
+    The latency of a request is from its HEADERS being sent until its stream ended, so it
+    includes queueing behind the other streams of the connection (``-m`` at once).
+    """
+    argv = [
+        H2LOAD,
+        "-t1",
+        "-c",
+        str(clients),
+        "-m",
+        str(streams),
+        "-D",
+        f"{round(duration * 1000)}ms",
+        "--log-file",
+        str(log_path),
+    ]
+    if data is not None:
+        argv += ["-d", str(data)]
+    for h in headers:
+        argv += ["-H", h]
+    argv.append(url)
+    log_path.unlink(missing_ok=True)
+    try:
+        out = subprocess.run(
+            argv, capture_output=True, text=True, timeout=duration + 30, start_new_session=True
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise LoadError(f"h2load did not finish: {' '.join(argv)}") from exc
+    if out.returncode != 0 or not log_path.exists():
+        raise LoadError(
+            f"h2load exited {out.returncode}: {(out.stderr or out.stdout).strip()[-500:]}"
+        )
+    return parse_h2load(out.stdout, *read_h2load_log(log_path))
+
+
+def parse_h2load(
+    text: str, durations_us: Sequence[int], non2xx_logged: int, failed_logged: int
+) -> LoadResult:
+    """h2load's summary plus its request log (``read_h2load_log``) as a LoadResult."""
+    finished = re.search(r"finished in ([\d.]+)(us|ms|s|m|h), ([\d.]+) req/s", text)
+    counts = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout",
+        text,
+    )
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if finished is None or counts is None:
+        raise LoadError(f"cannot parse h2load output:\n{text[-2000:]}")
+    succeeded = int(counts.group(4))
+    failed, errored, timeouts = (int(counts.group(i)) for i in (5, 6, 7))
+    non2xx = sum(int(codes.group(i)) for i in (2, 3, 4)) if codes else non2xx_logged
+    extra: dict[str, float | int | str] = {
+        "failed": failed,
+        "errored": errored,
+        "timeout": timeouts,
+        "logged": len(durations_us) + failed_logged,
+    }
+    has = bool(durations_us)
+    return LoadResult(
+        requests=succeeded,
+        seconds=_ms(finished.group(1), finished.group(2)) / 1e3,
+        rps=float(finished.group(3)),
+        p50_ms=percentile(durations_us, 50) / 1e3 if has else None,
+        p99_ms=percentile(durations_us, 99) / 1e3 if has else None,
+        max_ms=durations_us[-1] / 1e3 if has else None,
+        errors=max(failed, failed_logged),
+        non_2xx=non2xx,
+        extra=extra,
     )
 
 

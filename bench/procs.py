@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,17 +183,24 @@ def wait_accepting(child: Child, port: int, deadline: float, poll: float = 0.001
         time.sleep(poll)
 
 
-def wait_ready(child: Child, port: int, timeout: float = 30.0, path: str = "/small") -> float:
+def wait_ready(
+    child: Child,
+    port: int,
+    timeout: float = 30.0,
+    path: str = "/small",
+    status: Callable[[int, str], int | None] = http_status,
+) -> float:
     """Wait until the port accepts a connection AND answers ``GET path`` with 200.
 
-    Bounded: short sleeps between tries, one overall deadline. Returns the seconds from process
-    start until the port first accepted a connection.
+    ``status`` makes the request (HTTP/1.1 by default; ``bench.h2.h2_status`` for h2c-only
+    listeners). Bounded: short sleeps between tries, one overall deadline. Returns the seconds
+    from process start until the port first accepted a connection.
     """
     deadline = time.perf_counter() + timeout
     accepting = wait_accepting(child, port, deadline)
     last: int | None = None
     while True:
-        last = http_status(port, path)
+        last = status(port, path)
         if last == 200:
             return accepting
         code = child.exited()

@@ -116,6 +116,9 @@ def format_tables(
             e = entries.get(name)
             if e is None:
                 continue
+            if "skipped" in e:
+                load_rows.append([label, name, "n/a: " + e["skipped"]])
+                continue
             if "rps" not in e:
                 load_rows.append([label, name, "error: " + e.get("error", "?").splitlines()[0]])
                 continue
@@ -279,6 +282,49 @@ def write_plot(
     )
     axes[0][0].legend(loc="best", fontsize="small")
     fig.suptitle("trio-mesh HTTP/1.1 benchmark (127.0.0.1, one run, contenders alternating)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_load_plot(
+    path: Path, results: Results, scenarios: Sequence[str], contenders: Sequence[str], title: str
+) -> None:
+    """Three panels over the load scenarios: req/s, p99 latency, CPU us per request."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    panels = (
+        ("rps", "throughput, req/s (median of rounds)", False),
+        ("p99_ms", "p99 latency, ms (log)", True),
+        ("cpu_us_per_req", "CPU us per request (proxy's processes)", False),
+    )
+    width = 0.8 / max(1, len(contenders))
+    for ax, (key, panel_title, log) in zip(axes, panels, strict=True):
+        plotted = []
+        for i, name in enumerate(contenders):
+            xs, ys = [], []
+            for g, scenario in enumerate(scenarios):
+                value = results.get(scenario, {}).get(name, {}).get(key)
+                if value:
+                    xs.append(g + i * width - 0.4 + width / 2)
+                    ys.append(value)
+            ax.bar(xs, ys, width, label=name, color=colors[i % len(colors)])
+            plotted.extend(ys)
+        ax.set_xticks(range(len(scenarios)))
+        ax.set_xticklabels(scenarios)
+        ax.set_title(panel_title)
+        if not plotted:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        elif log:
+            ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(loc="best", fontsize="small")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

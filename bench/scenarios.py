@@ -4,6 +4,10 @@ Load scenarios start every contender fresh, then run a few rounds; in each round
 contender gets one load run, in an order rotated each round, so whatever drifts on the
 machine (thermal, caches, other processes) hits all of them alike. The figure reported is the
 median over the rounds. ``idle-10k`` and ``startup`` measure memory and start-up time instead.
+
+``SCENARIOS`` are those of ``python -m bench http1``, ``H2_SCENARIOS`` those of ``python -m
+bench http2`` (h2load over h2c; each contender is checked with one request of the scenario's
+kind before its load runs, since h2load counts a response without its gRPC trailer as success).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import load
+from . import h2, load, nginx
 from .contenders import Contender, Running, Workdir, start
 from .procs import NotReady, Processes, tree_cpu_seconds, tree_hwm_kib, tree_rss_kib
 
@@ -24,12 +28,15 @@ Entry = dict[str, Any]
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    kind: str  # "wrk", "rate", "idle", "startup"
+    kind: str  # "wrk", "rate", "idle", "startup", "h2load"
     description: str
     path: str = "/small"
     post: bool = False
     headers: tuple[str, ...] = ()
     rate: float | None = None  # requests/s for kind "rate"; None: half of trio-mesh-1's max
+    grpc: bool = False  # h2load: POST one gRPC message (the grpc-request file)
+    # Contenders that do not take part, with the reason shown in the table.
+    skip: tuple[tuple[str, str], ...] = ()
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -64,6 +71,34 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
+H2_SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "h2-small-get",
+            "h2load",
+            "GET /small (5 B) over h2c, 10 connections x 10 concurrent streams",
+        ),
+        Scenario(
+            "grpc-unary",
+            "h2load",
+            f"gRPC unary POST {h2.GRPC_PATH} (12-byte message each way, grpc-status trailer), "
+            "h2c, 10 connections x 10 concurrent streams",
+            path=h2.GRPC_PATH,
+            grpc=True,
+            headers=tuple(f"{k}: {v}" for k, v in h2.GRPC_HEADERS),
+            skip=(
+                ("nginx-grpc-pass", "the same configuration as nginx for gRPC"),
+                (
+                    "trio-mesh-h2h1",
+                    "gRPC needs HTTP/2 upstream (trailers); the upstream here is HTTP/1.1",
+                ),
+            ),
+        ),
+    )
+}
+
+
 @dataclass
 class Settings:
     duration: float = 4.0
@@ -74,6 +109,8 @@ class Settings:
     idle_connections: int = 10_000
     startup_runs: int = 5
     ready_timeout: float = 30.0
+    h2_clients: int = 10  # h2load -c
+    h2_streams: int = 10  # h2load -m
 
 
 def _log(message: str) -> None:
@@ -95,14 +132,31 @@ class Bench:
 
     def _start_all(self, scenario: Scenario) -> list[Running]:
         running = []
+        skip = dict(scenario.skip)
         for c in self.contenders:
+            if c.name in skip:
+                self.results.setdefault(scenario.name, {})[c.name] = {"skipped": skip[c.name]}
+                continue
             try:
                 r = start(c, self.procs, self.work, scenario.name, self.settings.ready_timeout)
             except NotReady as exc:
                 self._fail(scenario, c.name, f"never became ready: {exc}")
                 continue
+            problem = self._check(scenario, r)
+            if problem:
+                self._fail(scenario, c.name, problem)
+                self.procs.stop(r.child)
+                continue
             running.append(r)
         return running
+
+    def _check(self, scenario: Scenario, r: Running) -> str | None:
+        """One request of the scenario's kind, checked in full (h2load scenarios only)."""
+        if scenario.kind != "h2load":
+            return None
+        if scenario.grpc:
+            return h2.check_grpc_unary(r.port)
+        return h2.check_small_get(r.port, nginx.SMALL_BODY)
 
     def _fail(self, scenario: Scenario, contender: str, error: str) -> None:
         self.log(f"{scenario.name} {contender}: {error}")
@@ -117,6 +171,16 @@ class Bench:
         self, scenario: Scenario, r: Running, seconds: float, rate: float | None
     ) -> load.LoadResult:
         url = r.url(scenario.path)
+        if scenario.kind == "h2load":
+            return load.run_h2load(
+                url,
+                seconds,
+                self.work.dir / f"h2load-{scenario.name}-{r.name}.tsv",
+                clients=self.settings.h2_clients,
+                streams=self.settings.h2_streams,
+                data=self.work.dir / "grpc-request" if scenario.grpc else None,
+                headers=scenario.headers,
+            )
         if scenario.kind == "rate":
             assert rate is not None
             log_path = self.work.dir / f"h2load-{scenario.name}-{r.name}.tsv"
@@ -132,6 +196,7 @@ class Bench:
     def run_load(self, scenario: Scenario) -> None:
         s = self.settings
         (self.work.dir / "post.lua").write_text(load.POST_LUA)
+        (self.work.dir / "grpc-request").write_bytes(h2.grpc_frame(h2.GRPC_MESSAGE))
         running = self._start_all(scenario)
         try:
             rate = scenario.rate
@@ -285,7 +350,7 @@ class Bench:
 
     def run(self, scenario: Scenario) -> None:
         self.log(f"scenario {scenario.name}: {scenario.description}")
-        if scenario.kind in ("wrk", "rate"):
+        if scenario.kind in ("wrk", "rate", "h2load"):
             self.run_load(scenario)
         elif scenario.kind == "idle":
             self.run_idle(scenario)
