@@ -118,6 +118,9 @@ class H2Endpoint:
         self.goaway: GoAway | None = None  # received from the peer
         self.draining = False  # we sent GOAWAY: no new streams
         self.streams_changed = trio.lowlevel.ParkingLot()  # a stream ended (drain waits)
+        #: The peer's first SETTINGS arrived (or the connection ended): until then its
+        #: stream limit is unknown, so a pool does not put streams on it.
+        self.settings_seen = trio.Event()
         self._queued = 0  # DATA bytes queued in the codec since the writer last took them
         self._in_flight = 0  # bytes the writer is sending now
         self._send_lot = trio.lowlevel.ParkingLot()  # senders waiting for window or buffer
@@ -198,6 +201,7 @@ class H2Endpoint:
                 self._on_goaway(event)
                 continue
             if kind is RemoteSettings:
+                self.settings_seen.set()
                 self._send_lot.unpark_all()
                 if self.on_settings is not None:
                     self.on_settings()
@@ -227,6 +231,7 @@ class H2Endpoint:
     def _die(self, error: StreamGone) -> None:
         if self.dead is None:
             self.dead = error
+        self.settings_seen.set()
         inboxes, self.inboxes = self.inboxes, {}
         for inbox in inboxes.values():
             inbox.fail(error)

@@ -15,11 +15,14 @@ import time
 
 import trio
 
+from ..network.connect import ConnectError
 from ..network.h2 import H2Endpoint, Inbox
 from ..protocols.http2 import H2Connection, H2Settings
 from ..upstream.cluster import Cluster
 from ..upstream.host import Host
 from .http1 import DEFAULT_IDLE_TIMEOUT, PoolOverflow
+
+DEFAULT_SETTINGS_WAIT = 10.0  # when the cluster has no connect timeout
 
 
 class H2Pool:
@@ -76,17 +79,25 @@ class H2Pool:
                 cluster.stats.upstream_rq_pending_active -= 1
 
     async def _connect(self) -> None:
+        """A new connection, in use once the upstream's SETTINGS say how many streams it
+        takes (streams sent before that could exceed its limit and be refused). Other
+        requests wait for it meanwhile."""
         self._connecting = True
         try:
             stream = await self.cluster.connect(self.host)
+            codec = H2Connection(client_side=True, settings=self.settings)
+            codec.initiate()
+            ep = H2Endpoint(stream, codec, on_settings=lambda: self._on_change(ep))
+            await self.nursery.start(self._run, ep)
+            with trio.move_on_after(self.cluster.connect_timeout or DEFAULT_SETTINGS_WAIT):
+                await ep.settings_seen.wait()
+            if ep.dead is not None or not ep.settings_seen.is_set():
+                ep.close()
+                raise ConnectError(f"{self.host.label}: no HTTP/2 SETTINGS from the upstream")
+            self.conns.append(ep)
         finally:
             self._connecting = False
             self._changed.unpark_all()
-        codec = H2Connection(client_side=True, settings=self.settings)
-        codec.initiate()
-        ep = H2Endpoint(stream, codec, on_settings=lambda: self._on_change(ep))
-        self.conns.append(ep)
-        await self.nursery.start(self._run, ep)
 
     async def _run(self, ep: H2Endpoint, *, task_status: trio.TaskStatus[None]) -> None:
         try:

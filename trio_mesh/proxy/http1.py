@@ -628,6 +628,9 @@ class _Session:
         try:
             up.send_headers(usid, h2_headers, end_stream=self.request_done)
             if not self.request_done:
+                if head.expect_continue and not self.sent_continue and head.version == b"1.1":
+                    self.sent_continue = True
+                    await self._send_down(CONTINUE)
                 while True:
                     event = await self._next_body_event()
                     if type(event) is Body:

@@ -169,7 +169,10 @@ class _Stream:
     """The work of one downstream stream (its task holds the only reference)."""
 
     __slots__ = (
+        "_body_done",
         "_keep_alive",
+        "_owed",
+        "_replay",
         "conn",
         "ep",
         "grpc",
@@ -200,6 +203,9 @@ class _Stream:
         self.grpc = False
         self.request: H2Request | None = None
         self._keep_alive = False
+        self._replay: list | None = None
+        self._body_done = False
+        self._owed = 0
 
     async def handle(self, event: RequestHeaders) -> None:
         proxy = self.proxy
@@ -322,14 +328,18 @@ class _Stream:
 
     async def _to_h2(self, route: Route, cluster: Cluster, target: bytes, ended: bool) -> None:
         regular = self._request_headers(route)
+        # The request body as sent upstream, kept (up to retry_buffer_bytes) so that a stream
+        # the upstream refused can be sent again; None once it outgrew that.
+        self._replay = [] if not ended else None
+        self._body_done = ended
         for attempt in range(2):
             try:
-                await self._h2_try(route, cluster, target, ended, regular)
+                await self._h2_try(route, cluster, target, regular)
                 return
             except _Refused:
                 # The upstream never processed the stream (REFUSED_STREAM, or beyond its
-                # GOAWAY): safe to send again, once, if no body was consumed for it.
-                if not ended or attempt:
+                # GOAWAY): safe to send again, once, with the body so far replayed.
+                if attempt or (not ended and self._replay is None):
                     raise _Reply(UPSTREAM_RESET) from None
                 cluster.stats.upstream_rq_retry += 1
 
@@ -338,7 +348,6 @@ class _Stream:
         route: Route,
         cluster: Cluster,
         target: bytes,
-        ended: bool,
         regular: list[tuple[bytes, bytes]],
     ) -> None:
         host = self._choose(cluster)
@@ -358,41 +367,80 @@ class _Stream:
             (b":path", target),
             *regular,
         ]
+        replay = self._replay
         host.active_requests += 1
+        failure: Exception | None = None
         try:
-            up.send_headers(usid, headers, end_stream=ended)
-            if ended:
+            up.send_headers(usid, headers, end_stream=replay is None)
+            if replay is None:
                 await self._h2_response(route, up, usid, uinbox)
-            else:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._h2_request_body, up, usid)
+                return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._h2_request_body, up, usid, list(replay))
+                try:
                     await self._h2_response(route, up, usid, uinbox)
-                    # The response is complete: what the client still sends has no reader.
-                    nursery.cancel_scope.cancel()
+                except (_Reply, _Refused) as exc:
+                    failure = exc  # raised below, not wrapped in the nursery's group
+                # The response is complete (or failed): what the client still sends has no
+                # reader on this stream.
+                nursery.cancel_scope.cancel()
         finally:
             host.active_requests -= 1
             up.close_stream(usid)
+        if failure is not None:
+            raise failure
 
-    async def _h2_request_body(self, up: H2Endpoint, usid: int) -> None:
+    async def _h2_request_body(self, up: H2Endpoint, usid: int, resend: list) -> None:
+        """Pump the request body upstream: first what an earlier, refused try sent (``resend``),
+        then the rest as it arrives, each piece recorded for a retry before it is sent."""
         ep, sid, inbox, info = self.ep, self.sid, self.inbox, self.info
+        limit = self.proxy.config.retry_buffer_bytes
         try:
+            for piece in resend:
+                if type(piece) is bytes:
+                    await up.send_data(usid, piece)
+                else:
+                    up.send_trailers(usid, piece)
+            if self._owed:  # credit of a piece the failed try never finished sending
+                ep.consumed(sid, self._owed)
+                self._owed = 0
+            if self._body_done:
+                if not resend or type(resend[-1]) is bytes:
+                    up.end_stream(usid)
+                return
+            kept = sum(len(p) for p in resend if type(p) is bytes)
             while True:
                 event = await inbox.get()
+                replay = self._replay
                 if type(event) is Data:
-                    info.bytes_received += len(event.data)
-                    await up.send_data(usid, event.data, event.end_stream)
-                    ep.consumed(sid, event.flow_length)  # passed on: the client may send more
+                    data = event.data
+                    info.bytes_received += len(data)
+                    if replay is not None:
+                        kept += len(data)
+                        if kept <= limit:
+                            replay.append(data)
+                        else:
+                            self._replay = None
+                    if event.end_stream:
+                        self._body_done = True
+                    self._owed += event.flow_length
+                    await up.send_data(usid, data, event.end_stream)
+                    ep.consumed(sid, self._owed)  # passed on: the client may send more
+                    self._owed = 0
                     if event.end_stream:
                         break
                 elif type(event) is Trailers:
+                    if replay is not None:
+                        replay.append(event.headers)
+                    self._body_done = True
                     up.send_trailers(usid, event.headers)
                     break
             info.request_received_duration = _monotonic() - info.start
-        except StreamGone as exc:
-            if inbox.error is exc:
-                raise  # the client reset: the stream's scope is cancelled already
-            # The upstream stream ended first (it answered early or was reset): the response
-            # side says what happens next.
+        except StreamGone:
+            # The client reset (the stream's scope is cancelled already), or the upstream
+            # stream ended first (it answered early or was reset): the response side says
+            # what happens next.
+            pass
 
     async def _h2_response(self, route: Route, up: H2Endpoint, usid: int, uinbox: Inbox) -> None:
         ep, sid, info = self.ep, self.sid, self.info
@@ -443,18 +491,9 @@ class _Stream:
     # ------------------------------------------------------------------ HTTP/1 upstream
 
     async def _to_h1(self, route: Route, cluster: Cluster, target: bytes, ended: bool) -> None:
+        req = self.request
         host = self._choose(cluster)
         self.info.upstream_host = host.label
-        pool = self.proxy.pools.http1(cluster, host)
-        conn = pool.take_idle()
-        if conn is None:
-            try:
-                conn, _ = await pool.acquire()
-            except ConnectError:
-                raise _Reply(CONNECT_FAILURE) from None
-            except (CircuitOpenError, PoolOverflow):
-                raise _Reply(OVERFLOW) from None
-        req = self.request
         headers = [(b"host", self._authority(route, host.label_bytes))]
         has_length = False
         for name, value in self._request_headers(route):
@@ -466,24 +505,44 @@ class _Stream:
         chunked = not ended and not has_length
         if chunked:
             headers.append((b"transfer-encoding", b"chunked"))
-        reusable = False
-        host.active_requests += 1
-        try:
-            await conn.stream.send_all(encode_request_head(req.method, target, headers))
-            if not ended:
-                await self._h1_request_body(conn.stream, chunked)
-            reusable = await self._h1_response(route, conn.stream, req.method == b"HEAD")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            if not self.started:
-                raise _Reply(UPSTREAM_RESET) from None
-            _flag(self.info, "UC")
-            self.ep.reset(self.sid, ErrorCode.INTERNAL_ERROR)
-        finally:
-            host.active_requests -= 1
-            if reusable:
-                pool.release(conn, True)
-            else:
-                pool.close(conn)
+        wire = encode_request_head(req.method, target, headers)
+        pool = self.proxy.pools.http1(cluster, host)
+        fresh = False
+        while True:
+            conn = None if fresh else pool.take_idle()
+            reused = conn is not None
+            if conn is None:
+                try:
+                    conn, reused = await pool.acquire(fresh=fresh)
+                except ConnectError:
+                    raise _Reply(CONNECT_FAILURE) from None
+                except (CircuitOpenError, PoolOverflow):
+                    raise _Reply(OVERFLOW) from None
+            reusable = False
+            host.active_requests += 1
+            try:
+                await conn.stream.send_all(wire)
+                if not ended:
+                    await self._h1_request_body(conn.stream, chunked)
+                reusable = await self._h1_response(route, conn.stream, req.method == b"HEAD")
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if not self.started:
+                    if reused and ended and not fresh:
+                        # The keep-alive race: the upstream closed the idle connection as we
+                        # reused it. Nothing was consumed: once more on a new connection.
+                        fresh = True
+                        continue
+                    raise _Reply(UPSTREAM_RESET) from None
+                _flag(self.info, "UC")
+                self.ep.reset(self.sid, ErrorCode.INTERNAL_ERROR)
+                return
+            finally:
+                host.active_requests -= 1
+                if reusable:
+                    pool.release(conn, True)
+                else:
+                    pool.close(conn)
 
     async def _h1_request_body(self, upstream, chunked: bool) -> None:
         ep, sid, inbox, info = self.ep, self.sid, self.inbox, self.info
