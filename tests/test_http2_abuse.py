@@ -527,28 +527,14 @@ async def test_crlf_smuggling_to_h1_upstream_is_reset(
     [
         pytest.param(
             [(":method", "GET /admin"), *request_head("/public")[1:]],
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: a :method that is not a token (here 'GET /admin') is forwarded "
-                "into the HTTP/1 request line: 'GET /admin /public HTTP/1.1'",
-            ),
             id="method-space",
         ),
         pytest.param(
             request_head("/public\t/admin"),
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: a :path with a TAB is forwarded into the HTTP/1 request line",
-            ),
             id="path-tab",
         ),
         pytest.param(
             request_head("/public /admin"),
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: a :path with a space fails in encode_request_head (ValueError): "
-                "reset INTERNAL_ERROR and a logged traceback per request, not PROTOCOL_ERROR",
-            ),
             id="path-space",
         ),
         pytest.param(request_head("http://evil/admin"), id="path-absolute-form"),
@@ -585,13 +571,6 @@ async def test_malformed_request_line_parts_never_reach_h1(
         pytest.param(
             (str(len(SMUGGLED)), "0"),
             SMUGGLED.encode(),
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: request smuggling h2->h1: two Content-Length fields (35, then 0) "
-                "pass (h2 checks the body against the first), the proxy forwards both, and "
-                "an upstream honouring the last runs the body as a second request (GET "
-                "/smuggled), one the proxy never routed",
-            ),
             id="cl35-then-cl0",
         ),
     ],
@@ -615,9 +594,11 @@ async def test_body_not_matching_content_length_never_desyncs_h1(
             sid, frame = headers_frame(attacker, head, end_stream=False)
             data = DataFrame(sid, data=body)
             data.flags.add("END_STREAM")
+            differing = len(set(lengths)) > 1
             if paced:
                 await attacker.send_raw(frame)
-                await up.wait_for(b"POST /attack HTTP/1.1\r\n")
+                if not differing:  # differing lengths are refused before anything goes up
+                    await up.wait_for(b"POST /attack HTTP/1.1\r\n")
                 await attacker.send_raw(data)
             else:
                 await attacker.send_raw(frame + data.serialize())
@@ -628,7 +609,7 @@ async def test_body_not_matching_content_length_never_desyncs_h1(
     assert b"/smuggled" not in up.targets
     # The attack's head may have been framed upstream (paced, or one read too late) but it
     # went on a connection of its own, never reused: each good request got its own answer.
-    assert up.targets.count(b"/attack") <= 1
+    assert up.targets.count(b"/attack") <= (0 if differing else 1)
     good = [b"/good-before", b"/good-1", b"/good-2", b"/good-3"]
     assert [t for t in up.targets if t != b"/attack"] == good
 
@@ -659,11 +640,6 @@ async def test_invalid_preface_closes_connection(nursery: trio.Nursery, data: by
     assert len(up.requests) == 2  # the bystander's two
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a client preface whose first frame is not SETTINGS is accepted (the PING is "
-    "answered) instead of a PROTOCOL_ERROR connection error (RFC 9113 3.4)",
-)
 async def test_preface_without_settings_frame_closes_connection(nursery: trio.Nursery) -> None:
     """RFC 9113 3.4: the client preface is the magic AND a SETTINGS frame; anything else
     first is a connection error (PROTOCOL_ERROR). Here a PING comes first: answering it
@@ -687,11 +663,6 @@ async def test_preface_without_settings_frame_closes_connection(nursery: trio.Nu
 # --------------------------------------------------------------------------- control flood
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: PING flood (CVE-2019-9512): the proxy keeps reading PINGs from a client that "
-    "reads nothing and queues every ACK in memory, without bound",
-)
 async def test_ping_flood_from_a_client_that_reads_nothing_is_cut(nursery: trio.Nursery) -> None:
     """A client sends PINGs and never reads the ACKs. Once what the kernel holds is full
     (a few MB on loopback), every further ACK waits in the proxy's memory: it must stop

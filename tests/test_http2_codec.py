@@ -987,8 +987,11 @@ _header_lists = st.lists(st.tuples(_names, _values), max_size=8)
 
 @given(
     method=st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"PATCH"]),
-    path=st.binary(max_size=30).map(lambda p: b"/" + p.replace(b"\r", b"").replace(b"\n", b"")),
-    authority=st.none() | st.binary(min_size=1, max_size=20),
+    # request_from_h2 refuses whitespace and control bytes in :path and :authority (they
+    # would break the HTTP/1 request line): the round trip is over what it accepts.
+    path=st.binary(max_size=30).map(lambda p: b"/" + bytes(b for b in p if 0x20 < b != 0x7F)),
+    authority=st.none()
+    | st.binary(min_size=1, max_size=20).filter(lambda a: all(0x20 < b != 0x7F for b in a)),
     headers=_header_lists,
     scheme=st.sampled_from([b"http", b"https"]),
 )
@@ -1026,3 +1029,29 @@ def test_hop_by_hop_never_crosses(hop, headers):
     for out in (request_to_h2(b"GET", b"/", b"a", mixed), response_to_h2(200, mixed)):
         assert not {n for n, _ in out} & HOP_BY_HOP
         assert all(n == n.lower() for n, _ in out)
+
+
+@pytest.mark.parametrize(
+    ("pseudo", "value"),
+    [
+        (b":method", b"GET /admin"),
+        (b":path", b"/a b"),
+        (b":path", b"/a\tb"),
+        (b":path", b"/a\x7f"),
+        (b":authority", b"a b"),
+    ],
+)
+def test_request_from_h2_refuses_what_would_break_an_http1_request_line(pseudo, value):
+    headers = {b":method": b"GET", b":scheme": b"http", b":authority": b"h", b":path": b"/"}
+    headers[pseudo] = value
+    with pytest.raises(H2HeaderError):
+        request_from_h2(list(headers.items()))
+
+
+def test_request_from_h2_content_length_must_be_one_number():
+    base = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/")]
+    same = request_from_h2([*base, (b"content-length", b"5"), (b"content-length", b"5")])
+    assert same.headers == [(b"content-length", b"5")]
+    for bad in ([b"5", b"6"], [b"+5"], [b"5, 5"]):
+        with pytest.raises(H2HeaderError):
+            request_from_h2([*base, *[(b"content-length", v) for v in bad]])

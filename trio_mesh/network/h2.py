@@ -38,6 +38,10 @@ log = logging.getLogger("trio_mesh.h2")
 
 READ_SIZE = 65536
 HIGH_WATER = 256 * 1024  # outbound bytes queued for the socket before senders wait
+# Reading pauses while more than this waits to be written: DATA never gets there (senders
+# stop at HIGH_WATER), so only a peer that makes us answer without reading does (a PING or
+# SETTINGS flood, CVE-2019-9512/9515): it stops being read instead of growing our memory.
+READ_PAUSE = 1024 * 1024
 
 
 class StreamGone(Exception):
@@ -122,7 +126,8 @@ class H2Endpoint:
         #: stream limit is unknown, so a pool does not put streams on it.
         self.settings_seen = trio.Event()
         self._queued = 0  # DATA bytes queued in the codec since the writer last took them
-        self._in_flight = 0  # bytes the writer is sending now
+        self._in_flight = 0  # DATA bytes the writer is sending now
+        self._writing = 0  # all bytes the writer is sending now
         self._send_lot = trio.lowlevel.ParkingLot()  # senders waiting for window or buffer
         self._writer: trio.lowlevel.Task | None = None
         self._writer_idle = False
@@ -145,6 +150,8 @@ class H2Endpoint:
                     if prefix:
                         self._receive(prefix)
                     while self.dead is None:
+                        while self.codec.pending_output + self._writing > READ_PAUSE:
+                            await self._send_lot.park()
                         try:
                             data = await self.stream.receive_some(READ_SIZE)
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -272,13 +279,14 @@ class H2Endpoint:
                     await trio.lowlevel.wait_task_rescheduled(abort)
                     continue
                 self._in_flight, self._queued = self._queued, 0
+                self._writing = len(data)
                 try:
                     await self.stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self._die(StreamGone("connection lost while writing"))
                     self.stream.close()  # the reader sees it and ends too
                     return
-                self._in_flight = 0
+                self._in_flight = self._writing = 0
                 self._send_lot.unpark_all()
         finally:
             self._writer = None

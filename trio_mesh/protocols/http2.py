@@ -259,6 +259,8 @@ Event = (
 # -- the connection --------------------------------------------------------------------------
 
 _HEADERS = 0x1
+_SETTINGS = 0x4
+_ACK = 0x1
 _PUSH_PROMISE = 0x5
 _GOAWAY = 0x7
 _CONTINUATION = 0x9
@@ -322,6 +324,8 @@ class H2Connection:
         self._in = bytearray()
         self._out = bytearray()
         self._preface = b"" if client_side else PREFACE
+        # RFC 9113 3.4: the peer's first frame is a SETTINGS frame (not an ACK).
+        self._first_frame = True
         self._initiated = False
         self._error: H2ConnectionError | None = None
         # header block in progress (HEADERS without END_HEADERS): its stream, frames and bytes
@@ -371,6 +375,11 @@ class H2Connection:
             exc.events = self._finish(events)
             raise
         return self._finish(events)
+
+    @property
+    def pending_output(self) -> int:
+        """Bytes queued for the peer and not yet taken by ``data_to_send``."""
+        return len(self._out) + len(self._h2._data_to_send)
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer (b"" if nothing)."""
@@ -561,6 +570,10 @@ class H2Connection:
     def _frame(self, frame: bytes, events: list[Event]) -> None:
         ftype = frame[3]
         flags = frame[4]
+        if self._first_frame:
+            if ftype != _SETTINGS or flags & _ACK:
+                self._fail(ErrorCode.PROTOCOL_ERROR, "the first frame is not SETTINGS")
+            self._first_frame = False
         sid = int.from_bytes(frame[5:9], "big") & 0x7FFF_FFFF
         if self._block_sid:
             if ftype != _CONTINUATION or sid != self._block_sid:
@@ -891,6 +904,8 @@ def request_to_h2(
 
 
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_NOT_VISIBLE = re.compile(rb"[\x00-\x20\x7f]")
 
 
 def request_from_h2(headers: list[Header]) -> H2Request:
@@ -935,7 +950,34 @@ def request_from_h2(headers: list[Header]) -> H2Request:
         raise H2HeaderError("missing :path")
     if not (path.startswith(b"/") or (path == b"*" and method == b"OPTIONS")):
         raise H2HeaderError(f"bad :path {path[:64]!r}")
+    # What becomes an HTTP/1 request line must read back as the same request there: a token
+    # method, and a path and authority without whitespace or control bytes (no smuggling).
+    if not _TOKEN.fullmatch(method):
+        raise H2HeaderError(f"bad :method {method[:64]!r}")
+    if _NOT_VISIBLE.search(path):
+        raise H2HeaderError(f"bad :path {path[:64]!r}")
+    if authority is not None and _NOT_VISIBLE.search(authority):
+        raise H2HeaderError(f"bad :authority {authority[:64]!r}")
+    regular = _one_content_length(regular)
     return H2Request(method, scheme, authority, path, regular)
+
+
+def _one_content_length(headers: list[Header]) -> list[Header]:
+    """At most one ``content-length``, all digits: several equal ones collapse into one,
+    differing ones are refused (an HTTP/1 upstream could read the body otherwise)."""
+    seen = None
+    out: list[Header] = []
+    for name, value in headers:
+        if name == b"content-length":
+            if not value.isdigit():
+                raise H2HeaderError(f"bad content-length {value[:32]!r}")
+            if seen is not None:
+                if int(value) != int(seen):
+                    raise H2HeaderError("differing content-length values")
+                continue
+            seen = value
+        out.append((name, value))
+    return out if seen is not None else headers
 
 
 def response_to_h2(status: int, headers: list[Header]) -> list[Header]:
