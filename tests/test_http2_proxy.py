@@ -102,22 +102,44 @@ async def proxy_to(
 
 
 class ExtraUpstream(H2Upstream):
-    """The h2 upstream (which survives its GOAWAY refusing a stream mid-handler) plus three
+    """The h2 upstream (which survives its GOAWAY refusing a stream mid-handler) plus four
     endpoints:
     /counted/N      like /bytes/N; ``body_sent`` counts the body bytes handed to h2, which h2
                     sends only within the flow-control window the proxy granted
     /nolength/N     N bytes of ``pattern_bytes`` without content-length
     /reset-code/N   RST_STREAM with error code N before any response (the body is not read)
+    /refuse-once/KEY[?after=N]
+                    the first stream with KEY: its body read (and acknowledged) to its end, or
+                    to N bytes, then RST_STREAM(REFUSED_STREAM); later ones: /echo's JSON of
+                    what arrived (body_len, body_sha256, trailers)
     """
 
     def __init__(self, **settings: int) -> None:
         super().__init__(**settings)
         self.body_sent = 0
+        self.refused_keys: set[str] = set()
 
     async def _handle(self, c, st) -> None:
-        parts = st.path.split("?", 1)[0].strip("/").split("/")
+        path, _, query = st.path.partition("?")
+        parts = path.strip("/").split("/")
         if parts[0] == "reset-code":
             c.reset(st, int(parts[1]))
+            return
+        if parts[0] == "refuse-once":
+            if parts[1] not in self.refused_keys:
+                self.refused_keys.add(parts[1])
+                after = int(query.removeprefix("after=")) if query else None
+                got = 0
+                while (after is None or got < after) and (chunk := await c.read(st)):
+                    got += len(chunk[0])
+                    c.consume(st, chunk[1])
+                c.reset(st, ErrorCodes.REFUSED_STREAM)
+                self._notify()
+                return
+            length, digest = await self._body(c, st)
+            trailers = [[n, v] for n, v in st.trailers] if st.trailers else None
+            info = {"body_len": length, "body_sha256": digest, "trailers": trailers}
+            await self._json(c, st, info)
             return
         if parts[0] not in ("counted", "nolength"):
             try:
@@ -1098,6 +1120,58 @@ async def test_upstream_reset_before_headers_with_request_body_gives_502(
         assert paths in (["/reset-code/7"], ["/reset-code/7"] * 2), paths
     else:  # may have been processed: never sent again
         assert paths == [f"/reset-code/{int(code)}"]
+
+
+async def test_refused_stream_body_is_replayed(nursery: trio.Nursery) -> None:
+    """A stream refused after its whole body (and trailers) went upstream is sent again,
+    body and trailers replayed from the retry buffer."""
+    up = await start_extra_upstream(nursery)
+    _, port = await proxy_to(nursery, up.port)
+    body = os.urandom(50_000)  # under retry_buffer_bytes (64 KiB)
+    with trio.fail_after(10):
+        r = await h2_request(port, "POST", "/refuse-once/a", body=body, trailers=[("x-t", "1")])
+    assert r.status == 200, r
+    assert r.json() == {
+        "body_len": len(body),
+        "body_sha256": hashlib.sha256(body).hexdigest(),
+        "trailers": [["x-t", "1"]],
+    }
+    assert [p for p, _ in up.requests] == ["/refuse-once/a"] * 2
+
+
+async def test_refused_stream_mid_body_is_replayed_then_streamed_on(
+    nursery: trio.Nursery,
+) -> None:
+    """Refused while the client is still sending: what went is replayed on the new stream,
+    the rest follows as it arrives."""
+    up = await start_extra_upstream(nursery)
+    _, port = await proxy_to(nursery, up.port)
+    body = os.urandom(60_000)
+    with trio.fail_after(10):
+        async with open_h2_client(port) as client:
+            sid = await client.send_headers("POST", "/refuse-once/b?after=30000")
+            await client.send_data(sid, body[:40_000])
+            await up.wait_until(lambda: len(up.requests) == 2)  # the second try is on
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            await client.send_data(sid, body[40_000:], end_stream=True)
+            r = await client.response(sid)
+    assert r.status == 200, r
+    assert r.json()["body_len"] == len(body)
+    assert r.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+async def test_refused_stream_with_a_body_over_the_retry_buffer_is_502(
+    nursery: trio.Nursery,
+) -> None:
+    up = await start_extra_upstream(nursery)
+    _, port = await proxy_to(nursery, up.port)
+    with trio.fail_after(10):
+        r = await h2_request(port, "POST", "/refuse-once/c", body=os.urandom(200_000))
+        assert r.status == 502, r
+        # The connection and the upstream are fine for the next one.
+        r = await h2_request(port, "POST", "/refuse-once/c", body=b"again")
+        assert r.json()["body_len"] == 5
+    assert [p for p, _ in up.requests] == ["/refuse-once/c"] * 2
 
 
 # --------------------------------------------------------------------------- 8. GOAWAY, limits
