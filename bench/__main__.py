@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         h2_streams=getattr(args, "streams", 10),
     )
     started = time.monotonic()
+    load_start = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="trio-mesh-bench-"))
     tmp.chmod(0o755)  # nginx workers (user nobody when run as root) read the 64 KiB file
     procs = Processes(log_dir=tmp)
@@ -260,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
             "tools": _tool_versions(),
             "settings": vars(settings),
             "elapsed_s": round(elapsed, 1),
+            # Others' processes compete for the same cores: the 1/5/15-minute load averages.
+            "loadavg_start": [round(x, 2) for x in load_start],
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
             "interrupted": interrupted,
         },
         "contenders": {

@@ -381,15 +381,15 @@ H2_CONTENDERS: dict[str, Contender] = {
         ),
         Contender(
             "nginx",
-            "nginx, 1 worker, h2c listener; proxy_pass (HTTP/1.1, keepalive 64) to the HTTP/1.1"
-            " upstream, gRPC by grpc_pass (keepalive 64) to the h2c upstream",
+            "nginx, 1 worker, h2c listener; proxy_pass (HTTP/1.1, keepalive 1024) to the HTTP/1.1"
+            " upstream, gRPC by grpc_pass (keepalive 1024) to the h2c upstream",
             _nginx_h2(plain_over_h2=False),
             _need_binary(nginx.NGINX),
             h2_status,
         ),
         Contender(
             "nginx-grpc-pass",
-            "nginx, 1 worker, h2c listener, everything by grpc_pass (HTTP/2, keepalive 64) to"
+            "nginx, 1 worker, h2c listener, everything by grpc_pass (HTTP/2, keepalive 1024) to"
             " the h2c upstream: the h2 -> h2 path",
             _nginx_h2(plain_over_h2=True),
             _need_binary(nginx.NGINX),
