@@ -15,6 +15,8 @@ import logging
 import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -102,12 +104,13 @@ async def proxy_to(
 
 
 class ExtraUpstream(H2Upstream):
-    """The h2 upstream (which survives its GOAWAY refusing a stream mid-handler) plus four
+    """The h2 upstream (which survives its GOAWAY refusing a stream mid-handler) plus five
     endpoints:
     /counted/N      like /bytes/N; ``body_sent`` counts the body bytes handed to h2, which h2
                     sends only within the flow-control window the proxy granted
     /nolength/N     N bytes of ``pattern_bytes`` without content-length
     /reset-code/N   RST_STREAM with error code N before any response (the body is not read)
+    /die            a 200 head, then the connection is reset (no GOAWAY)
     /refuse-once/KEY[?after=N]
                     the first stream with KEY: its body read (and acknowledged) to its end, or
                     to N bytes, then RST_STREAM(REFUSED_STREAM); later ones: /echo's JSON of
@@ -124,6 +127,13 @@ class ExtraUpstream(H2Upstream):
         parts = path.strip("/").split("/")
         if parts[0] == "reset-code":
             c.reset(st, int(parts[1]))
+            return
+        if parts[0] == "die":
+            c.conn.send_headers(st.id, [(":status", "200")])
+            await c.drain(0)
+            # Gone without a goodbye (a crash): RST on the connection, no GOAWAY.
+            c.sock.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await c.sock.aclose()
             return
         if parts[0] == "refuse-once":
             if parts[1] not in self.refused_keys:
@@ -1174,6 +1184,27 @@ async def test_refused_stream_with_a_body_over_the_retry_buffer_is_502(
     assert [p for p, _ in up.requests] == ["/refuse-once/c"] * 2
 
 
+async def test_upstream_connection_dies(nursery: trio.Nursery) -> None:
+    """The upstream connection is reset: a stream whose response started is reset, one
+    still waiting for its head gets 502, and the next request gets a new connection."""
+    up = await start_extra_upstream(nursery)
+    _, port = await proxy_to(nursery, up.port)
+    with trio.fail_after(10):
+        async with open_h2_client(port) as client:
+            waiting = await client.send_headers("GET", "/slow/5", end_stream=True)
+            await up.wait_until(lambda: len(up.requests) == 1)
+            started = await client.send_headers("GET", "/die", end_stream=True)
+            assert (await client.read_head(started))[0] == 200
+            with pytest.raises(H2StreamReset):
+                await client.read_chunk(started)
+            r = await client.response(waiting)
+            assert r.status == 502, r
+            r = await client.request("GET", "/status/200")
+            assert r.status == 200
+    assert up.connections == 2
+    assert up.request_connections[-1] == 2
+
+
 # --------------------------------------------------------------------------- 8. GOAWAY, limits
 
 
@@ -1442,3 +1473,25 @@ async def test_route_timeout_on_h2_gives_504_and_resets_upstream(nursery: trio.N
         # The upstream stream is not left running.
         await up.wait_until(lambda: up.resets)
     assert up.resets[0][3] == "/slow/5"
+
+
+async def test_route_timeout_mid_response_resets_the_stream(nursery: trio.Nursery) -> None:
+    """The head went, the body is still coming (the client reads nothing) when the route
+    timeout fires: the stream is reset both ways, no 504 can be sent any more."""
+    up = await start_extra_upstream(nursery)
+    _, port = await proxy_to(nursery, up.port, to("up", timeout="300ms"))
+    with trio.fail_after(5):
+        async with open_h2_client(port) as client:
+            sid = await client.send_headers("GET", "/counted/20000000", end_stream=True)
+            assert (await client.read_head(sid))[0] == 200
+            st = client.streams[sid]
+            await client.wait_until(lambda: st.reset_code is not None)
+            assert st.reset_code == ErrorCodes.CANCEL
+            await up.wait_until(lambda: up.resets)
+            # What arrived before the reset is read (and acknowledged: the connection window
+            # is shared), then the reset: the body never ends.
+            with pytest.raises(H2StreamReset):
+                await read_body(client, sid)
+            assert (await client.request("GET", "/status/200")).status == 200
+    assert up.resets[0][3] == "/counted/20000000"
+    assert up.body_sent < 1_000_000
