@@ -135,11 +135,16 @@ class Http2Proxy:
         info.protocol = "HTTP/2"
         stream = _Stream(self, ep, conn, sid, inbox, info)
         try:
+            # One scope for the stream: a downstream reset cancels it, and its deadline is the
+            # route timeout (set once the route is known).
             with trio.CancelScope() as scope:
-                inbox.scope = scope  # a downstream reset cancels the whole stream
+                inbox.scope = scope
                 await stream.handle(event)
             if scope.cancelled_caught:
-                _flag(info, "DR")  # the client reset the stream (or the connection went)
+                if inbox.error is None:
+                    await stream.timed_out()
+                else:
+                    _flag(info, "DR")  # the client reset the stream (or the connection went)
         except StreamGone:
             _flag(info, "DR")
         except Exception:
@@ -173,6 +178,7 @@ class _Stream:
         "_keep_alive",
         "_owed",
         "_replay",
+        "cluster",
         "conn",
         "ep",
         "grpc",
@@ -203,6 +209,7 @@ class _Stream:
         self.grpc = False
         self.request: H2Request | None = None
         self._keep_alive = False
+        self.cluster: Cluster | None = None
         self._replay: list | None = None
         self._body_done = False
         self._owed = 0
@@ -260,22 +267,26 @@ class _Stream:
         new_path = route.rewrite_path(path)
         target = (new_path + "?" + query if query else new_path).encode("latin-1")
         cluster.stats.upstream_rq_total += 1
+        self.cluster = cluster
+        if timeout is not None:
+            self.inbox.scope.deadline = trio.current_time() + timeout
         try:
-            with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
-                if proxy.upstream_h1:
-                    await self._to_h1(route, cluster, target, event.end_stream)
-                else:
-                    await self._to_h2(route, cluster, target, event.end_stream)
+            if proxy.upstream_h1:
+                await self._to_h1(route, cluster, target, event.end_stream)
+            else:
+                await self._to_h2(route, cluster, target, event.end_stream)
         except _Reply as exc:
             await self._local(exc.reply)
-            return
-        if scope.cancelled_caught:
-            cluster.stats.upstream_rq_timeout += 1
-            if not self.started:
-                await self._local(TIMEOUT)
-            else:
-                _flag(info, "UT")
-                self.ep.reset(self.sid, ErrorCode.CANCEL)
+
+    async def timed_out(self) -> None:
+        """The route timeout (the stream scope's deadline) fired."""
+        if self.cluster is not None:
+            self.cluster.stats.upstream_rq_timeout += 1
+        if not self.started:
+            await self._local(TIMEOUT)
+        else:
+            _flag(self.info, "UT")
+            self.ep.reset(self.sid, ErrorCode.CANCEL)
 
     # ------------------------------------------------------------------ upstream headers
 
