@@ -1000,6 +1000,82 @@ async def test_backpressure_slow_downstream_reader(nursery: trio.Nursery) -> Non
     assert up.body_sent == n
 
 
+async def test_backpressure_slow_http1_reader_of_an_h2_upstream(nursery: trio.Nursery) -> None:
+    """h1 -> h2: an HTTP/1 client that reads nothing; the upstream may send no more than the
+    proxy's stream window plus what the kernel buffers on the way (the proxy's send buffer
+    grows up to tcp_wmem's maximum)."""
+    up = await start_extra_upstream(nursery)
+    _, port = await proxy_to(nursery, up.port, down="Http1")
+    wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    n = 30_000_000
+    with trio.fail_after(20):
+        async with await Client.connect(port) as client:
+            client.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            await client.send(get(f"/counted/{n}"))
+            await up.wait_until(lambda: up.body_sent > 0)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+            bound = PROXY_STREAM_WINDOW + wmem_max + (1 << 20)
+            assert up.body_sent <= bound, (up.body_sent, bound)
+            assert bound < n  # else this test proves nothing
+            r = await client.response()
+    assert r.headers.get("content-length") == str(n)
+    assert hashlib.sha256(r.body).hexdigest() == pattern_sha(n)
+
+
+async def test_backpressure_h2_upload_to_a_slow_http1_upstream(nursery: trio.Nursery) -> None:
+    """h2 -> h1: an HTTP/1 upstream that reads nothing for a while; the client may send no
+    more than the proxy's stream window plus the kernel's buffers on the way."""
+    gate = trio.Event()
+    n = 30_000_000
+
+    async def serve(stream: trio.SocketStream) -> None:
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        buf = bytearray()
+        while b"\r\n\r\n" not in buf:
+            buf += await stream.receive_some(65536)
+        await gate.wait()
+        head, _, body = bytes(buf).partition(b"\r\n\r\n")
+        assert b"content-length: %d" % n in head.lower(), head
+        digest = hashlib.sha256(body)
+        got = len(body)
+        while got < n:
+            data = await stream.receive_some(1 << 20)
+            assert data
+            digest.update(data)
+            got += len(data)
+        answer = digest.hexdigest().encode()
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 64\r\n\r\n" + answer)
+
+    up_port = await start_raw_server(nursery, serve)
+    _, port = await proxy_to(nursery, up_port, up="Http1")
+    wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    piece = os.urandom(1 << 20)
+    body_digest = hashlib.sha256()
+    sent = 0
+    with trio.fail_after(20):
+        async with open_h2_client(port, connection_window=1 << 24) as client:
+            sid = await client.send_headers("POST", "/", [("content-length", str(n))])
+
+            async def upload() -> None:
+                nonlocal sent
+                while sent < n:
+                    data = piece[: min(CHUNK, n - sent)]
+                    await client.send_data(sid, data, end_stream=sent + len(data) == n)
+                    body_digest.update(data)
+                    sent += len(data)
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(upload)
+                await client.wait_until(lambda: sent > PROXY_STREAM_WINDOW)
+                await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+                bound = PROXY_STREAM_WINDOW + wmem_max + (1 << 20)
+                assert sent <= bound, (sent, bound)
+                assert bound < n  # else this test proves nothing
+                gate.set()
+            r = await client.response(sid)
+    assert (r.status, r.body) == (200, body_digest.hexdigest().encode())
+
+
 # --------------------------------------------------------------------------- 7. resets
 
 
