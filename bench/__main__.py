@@ -171,6 +171,19 @@ def _git_commit() -> str:
         return ""
 
 
+def _git_dirty(path: str = "trio_mesh") -> bool | None:
+    """Whether ``path`` has uncommitted changes (the code measured is not the commit's)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", path],
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     # SIGTERM like Ctrl-C: unwinds through every finally (children stopped), partial results.
     raise KeyboardInterrupt
@@ -218,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.monotonic()
     load_start = os.getloadavg()
+    # Each contender starts from the working tree when its scenario begins: note the commit
+    # at the start and at the end (others may commit to a shared tree during the run).
+    commit_start, dirty_start = _git_commit(), _git_dirty()
     tmp = Path(tempfile.mkdtemp(prefix="trio-mesh-bench-"))
     tmp.chmod(0o755)  # nginx workers (user nobody when run as root) read the 64 KiB file
     procs = Processes(log_dir=tmp)
@@ -254,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         "meta": {
             "timestamp": stamp,
             "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "git_commit": _git_commit(),
+            "git_commit": commit_start,
+            "git_commit_end": _git_commit(),
+            "trio_mesh_uncommitted_changes": dirty_start,
             "host": platform.node(),
             "cpus": os.cpu_count(),
             "nofile_limit": nofile,
