@@ -13,21 +13,10 @@ pieces that end exactly on message boundaries:
 
 The llhttp callbacks only collect; heads are built and checked between pieces, never inside
 llhttp, so a rejected head is never emitted and callbacks never raise.
-
-The fast path. Most heads are in a narrow, unambiguous shape: a known method, an origin-form
-target of RFC 3986 characters, HTTP/1.0 or 1.1, and field lines `token ":" OWS value OWS CRLF`
-with no Transfer-Encoding, Upgrade, or repeated Content-Length. A whole head in that shape, in one
-feed, at a message boundary, is matched by two compiled regexes and built by the same checks as
-llhttp's heads (about 3x cheaper than llhttp's per-field callbacks into Python); its
-Content-Length body is sliced without llhttp. Anything else, or anything the regexes decline,
-goes to llhttp from its first byte, so llhttp sees whole messages or nothing of them. The regexes
-accept a strict subset of what llhttp accepts: tests/test_http1_fastpath.py checks that both paths
-give the same events, or that the fast path declines.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from http import HTTPStatus
 
@@ -294,41 +283,6 @@ _REQ_SPECIAL = frozenset(
 )
 _RESP_SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 
-# The fast path's grammar (see the module docstring): a strict subset of llhttp's.
-_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_VCHARS = rb"[\x21-\x7e\x80-\xff]+"
-# words of visible characters separated by OWS: no backtracking blow-up, trailing OWS outside
-_VALUE = rb"(?:" + _VCHARS + rb"(?:[\t ]+" + _VCHARS + rb")*)?"
-_FIELD = re.compile(rb"(" + _TOKEN + rb"):[\t ]*(" + _VALUE + rb")[\t ]*\r\n")
-_FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[\t ]*" + _VALUE + rb"[\t ]*\r\n)*")
-_REQUEST_LINE = re.compile(
-    rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|TRACE) (/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*)"
-    rb" HTTP/1\.([01])\r\n"
-)
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([2-9][0-9][0-9]) ((?:[\t \x21-\x7e\x80-\xff]*))\r\n")
-_MINOR = {b"1": b"1.1", b"0": b"1.0"}
-# a field that sends the whole message to llhttp
-_FAST_DECLINE = frozenset((b"transfer-encoding", b"upgrade"))
-
-
-def _fast_fields(data: bytes, start: int, end: int) -> list[Header] | None:
-    """The field lines in data[start:end] (each with its CRLF), or None if any is outside the
-    fast grammar, or if one would make the framing llhttp's business."""
-    if not _FIELDS.fullmatch(data, start, end):
-        return None
-    headers = [(n.lower(), v) for n, v in _FIELD.findall(data, start, end)]
-    lengths = 0
-    for name, value in headers:
-        if name in _FAST_DECLINE:
-            return None
-        if name == b"content-length":
-            lengths += 1
-            if len(value) > 18:
-                return None  # llhttp's overflow rule (beyond 2**64) applies
-    if lengths > 1:
-        return None  # llhttp's rules for repeated lengths apply
-    return headers
-
 
 class _Parser:
     """The feed loop shared by both directions; subclasses build heads and end messages."""
@@ -353,7 +307,6 @@ class _Parser:
         "_tline",
         "_tbytes",
         "_error",
-        "_fast",
         "upgraded",
         "upgraded_tail",
     )
@@ -375,8 +328,6 @@ class _Parser:
         self._tline = 0
         self._tbytes = 0
         self._error: H1Error | None = None
-        self._p = None  # llhttp, made when a message first needs it
-        self._fast = False  # the message in progress came by the fast path (llhttp unseen)
         self.upgraded = False
         self.upgraded_tail = b""
 
@@ -389,13 +340,6 @@ class _Parser:
         raise NotImplementedError
 
     def _after_end(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    def _fast_head(self, data: bytes, pos: int, end: int, events: list[Event]) -> bool:
-        """Build the head data[pos:end] (ending in CRLFCRLF) by the fast path, or decline."""
-        return False
-
-    def _llhttp(self):  # -> HttpRequestParser | HttpResponseParser
         raise NotImplementedError
 
     @property
@@ -441,14 +385,6 @@ class _Parser:
             phase = self._phase
             if phase == _HEAD:
                 end = self._head_end(data, pos, n)
-                if (
-                    not self._head_bytes
-                    and end - pos <= self._limits.max_head_bytes
-                    and data[end - 4 : end] == b"\r\n\r\n"
-                    and self._fast_head(data, pos, end, events)
-                ):
-                    pos = end
-                    continue
                 room = self._limits.max_head_bytes - self._head_bytes
                 if end - pos > room:
                     # feed what fits (never more) so that a too-long URL still reads as 414
@@ -466,10 +402,7 @@ class _Parser:
                 end = pos + self._remaining
                 if end > n:
                     end = n
-                if self._fast:
-                    events.append(Body(data if pos == 0 and end == n else data[pos:end]))
-                else:
-                    self._feed(data, pos, end)
+                self._feed(data, pos, end)
                 self._remaining -= end - pos
                 pos = end
                 if not self._remaining:
@@ -497,11 +430,8 @@ class _Parser:
 
     def _feed(self, data: bytes, start: int, end: int) -> None:
         piece = data if start == 0 and end == len(data) else memoryview(data)[start:end]
-        p = self._p
-        if p is None:
-            p = self._p = self._llhttp()
         try:
-            p.feed_data(piece)
+            self._p.feed_data(piece)
         except HttpParserUpgrade:
             pass  # an upgrade head ends its piece; _on_head sees should_upgrade()
         except HttpParserError as e:
@@ -597,11 +527,6 @@ class _Parser:
         return -1
 
     def _end_message(self, events: list[Event]) -> None:
-        if self._fast:
-            self._fast = False
-            events.append(EndOfMessage(None))
-            self._message_done()
-            return
         sink = self._sink
         if not sink.msg_done:  # our framing and llhttp's disagree: refuse rather than guess
             raise H1Error(self._bad, "message framing mismatch")
@@ -634,9 +559,7 @@ class RequestParser(_Parser):
         super().__init__(limits, 400, 431)
         self._keep_alive = True
         self._max_body = self._limits.max_body_bytes
-
-    def _llhttp(self):  # -> HttpRequestParser
-        return _llhttp(HttpRequestParser, self._sink)
+        self._p = _llhttp(HttpRequestParser, self._sink)
 
     def feed_eof(self) -> list[Event]:
         """The client closed: [] between requests, H1Error(400) inside one."""
@@ -646,24 +569,6 @@ class RequestParser(_Parser):
             return []
         self._error = H1Error(400, "connection closed inside a request")
         raise self._error
-
-    def _fast_head(self, data: bytes, pos: int, end: int, events: list[Event]) -> bool:
-        m = _REQUEST_LINE.match(data, pos, end)
-        if m is None:
-            return False
-        method, target, minor = m.groups()
-        if len(target) > self._limits.max_url_bytes:
-            return False
-        headers = _fast_fields(data, m.end(), end - 2)
-        if headers is None or len(headers) > self._limits.max_headers:
-            return False
-        self._fast = True
-        try:
-            self._build_head(events, method, target, _MINOR[minor], headers, False)
-        except H1Error:
-            self._fast = False
-            raise
-        return True
 
     def _on_head(self, events: list[Event]) -> None:
         sink = self._sink
@@ -678,21 +583,7 @@ class RequestParser(_Parser):
         version = _VERSIONS.get(p.get_http_version())
         if version is None:
             raise H1Error(400, "unsupported HTTP version")
-        sink.url = b""
-        sink.headers = []
-        sink.head_done = False
-        self._build_head(events, p.get_method(), target, version, headers, p.should_upgrade())
-
-    def _build_head(
-        self,
-        events: list[Event],
-        method: bytes,
-        target: bytes,
-        version: bytes,
-        headers: list[Header],
-        upgrading: bool,
-    ) -> None:
-        """The checks and the RequestHead both paths share."""
+        method = p.get_method()
         host = None
         content_length = None
         chunked = False
@@ -749,7 +640,7 @@ class RequestParser(_Parser):
         if host is None and version == b"1.1":
             raise H1Error(400, "HTTP/1.1 request without Host")  # RFC 9112 3.2
 
-        if upgrading:
+        if p.should_upgrade():
             if chunked or content_length:
                 # llhttp would hand the body bytes to the tunnel; refuse the ambiguity
                 raise H1Error(400, "request body with Upgrade or CONNECT")
@@ -777,6 +668,9 @@ class RequestParser(_Parser):
                 upgrade,
             )
         )
+        sink.url = b""
+        sink.headers = []
+        sink.head_done = False
         if upgrade is not None:
             self._end_message(events)
             self._phase = _UPGRADED
@@ -851,6 +745,7 @@ class ResponseParser(_Parser):
 
     def __init__(self, *, head_request: bool = False, limits: Limits | None = None) -> None:
         super().__init__(limits, 502, 502)
+        self._p = _llhttp(HttpResponseParser, self._sink)
         self._head_request = head_request
         self.complete = False
         self.trailing = b""
@@ -869,36 +764,9 @@ class ResponseParser(_Parser):
         self._error = H1Error(502, "upstream closed before the response was complete")
         raise self._error
 
-    def _llhttp(self):  # -> HttpResponseParser
-        return _llhttp(HttpResponseParser, self._sink)
-
     def _upgrade_pause(self) -> bool:
         # llhttp stops after any 101 head; without Upgrade headers it calls that an error
         return self._sink.head_done and self._p.get_status_code() == 101
-
-    def _fast_head(self, data: bytes, pos: int, end: int, events: list[Event]) -> bool:
-        m = _STATUS_LINE.match(data, pos, end)
-        if m is None:
-            return False
-        headers = _fast_fields(data, m.end(), end - 2)
-        if headers is None or len(headers) > self._limits.max_headers:
-            return False
-        minor, status, reason = m.groups()
-        status = int(status)
-        if not (
-            self._head_request
-            or status == 204
-            or status == 304
-            or any(name == b"content-length" for name, _ in headers)
-        ):
-            return False  # a close-delimited body: llhttp's
-        self._fast = True
-        try:
-            self._build_head(events, status, reason, _MINOR[minor], headers)
-        except H1Error:
-            self._fast = False
-            raise
-        return True
 
     def _on_head(self, events: list[Event]) -> None:
         sink = self._sink
@@ -909,21 +777,7 @@ class ResponseParser(_Parser):
         version = _VERSIONS.get(p.get_http_version())
         if version is None:
             raise H1Error(502, "unsupported HTTP version")
-        reason = sink.status
-        sink.status = b""
-        sink.headers = []
-        sink.head_done = False
-        self._build_head(events, p.get_status_code(), reason, version, headers)
-
-    def _build_head(
-        self,
-        events: list[Event],
-        status: int,
-        reason: bytes,
-        version: bytes,
-        headers: list[Header],
-    ) -> None:
-        """The checks and the ResponseHead both paths share."""
+        status = p.get_status_code()
         content_length = None
         chunked = False
         connection = None
@@ -941,6 +795,10 @@ class ResponseParser(_Parser):
                     chunked = True
         if chunked and (content_length is not None or version == b"1.0"):
             raise H1Error(502, "Transfer-Encoding with Content-Length or in HTTP/1.0")
+        reason = sink.status
+        sink.status = b""
+        sink.headers = []
+        sink.head_done = False
 
         if 100 <= status < 200:
             events.append(
@@ -951,9 +809,8 @@ class ResponseParser(_Parser):
                 self.upgraded = True
                 return
             # 1xx has no body, but llhttp would read one if it named a length: start afresh
-            sink = self._sink
             sink.begun = sink.msg_done = False
-            self._p = self._llhttp()
+            self._p = _llhttp(HttpResponseParser, sink)
             self._head_bytes = 0
             return
 
