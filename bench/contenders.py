@@ -174,6 +174,33 @@ cluster_manager:
 """
 
 
+_TRIO_MESH_TCP_CONF = """\
+# trio-mesh benchmark configuration (written by bench/): the L4 tcp_proxy filter, no HTTP
+# work at all: what trio-mesh's runtime (Trio, the socket stream, the relay) costs by itself.
+servers:
+  - default_log_level: WARN
+    listeners:
+      - name: bench
+        address: "127.0.0.1:{port}"
+        filter_chains:
+          - filters:
+              - type: tcp_proxy
+                config:
+                  cluster: upstream
+cluster_manager:
+  clusters:
+    - name: upstream
+      hosts:
+        - address: "{upstream}"
+"""
+
+
+def _trio_mesh_tcp(work: Workdir, port: int, tag: str) -> Launch:
+    conf = work.dir / f"trio-mesh-tcp-{tag}.yaml"
+    conf.write_text(_TRIO_MESH_TCP_CONF.format(port=port, upstream=work.upstream))
+    return Launch([sys.executable, "-m", "trio_mesh.cli", "run", str(conf), "--log-level", "WARN"])
+
+
 def _trio_mesh(workers: int) -> Callable[[Workdir, int, str], Launch]:
     def build(work: Workdir, port: int, tag: str) -> Launch:
         conf = work.dir / f"trio-mesh-{workers}-{tag}.yaml"
@@ -348,6 +375,11 @@ CONTENDERS: dict[str, Contender] = {
             _need_binary(nginx.NGINX),
         ),
         Contender("trio-mesh-1", "trio-mesh run, 1 process", _trio_mesh(1)),
+        Contender(
+            "trio-mesh-tcp",
+            "trio-mesh run, 1 process, tcp_proxy (L4 relay, no HTTP parsing): the stack's floor",
+            _trio_mesh_tcp,
+        ),
         Contender(
             "trio-mesh-2",
             "trio-mesh run --workers 2 (SO_REUSEPORT)",
