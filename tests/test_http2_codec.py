@@ -370,6 +370,165 @@ def test_consumed_rejects_unknown_streams_and_settings_are_validated():
             H2Settings(**bad)
 
 
+# -- content-length (RFC 9113 8.1.1: a mismatch is a stream error) ------------------------
+
+CL10 = [*POST, (b"content-length", b"10")]
+
+
+def _one_reset(data: bytes, sid: int) -> None:
+    """Exactly one RST_STREAM(PROTOCOL_ERROR), on ``sid``, and no GOAWAY in ``data``."""
+    assert not of(GoAwayFrame, data)
+    rsts = of(RstStreamFrame, data)
+    assert [(f.stream_id, f.error_code) for f in rsts] == [(sid, ErrorCode.PROTOCOL_ERROR)]
+
+
+@pytest.mark.parametrize(
+    ("body", "ends"),
+    [
+        pytest.param([b"x" * 5, b"y" * 10], b"", id="longer"),
+        pytest.param([b"x" * 11], b"", id="longer-in-one-frame"),
+        pytest.param([b"x" * 5, b""], b"", id="shorter-end-stream-on-data"),
+        pytest.param([b"x" * 5], b"trailers", id="shorter-then-trailers"),
+        pytest.param([], b"headers", id="no-body-end-stream-on-headers"),
+    ],
+)
+def test_server_request_body_not_matching_content_length_resets_only_its_stream(
+    body: list[bytes], ends: bytes
+):
+    s, raw = raw_server()
+    # a bystander stream, open before and after
+    assert s.receive(raw.headers(1, POST)) == [RequestHeaders(1, POST, False)]
+    wire = raw.headers(3, CL10, end_stream=ends == b"headers")
+    for i, piece in enumerate(body):
+        wire += raw.data(3, piece, end_stream=not ends and i == len(body) - 1)
+    if ends == b"trailers":
+        wire += raw.headers(3, [(b"x-t", b"1")], end_stream=True)
+    events = s.receive(wire)
+    assert not s.closed
+    assert events[-1] == StreamReset(3, ErrorCode.PROTOCOL_ERROR)
+    # what arrived within the length was delivered; the offending frame's data was not
+    delivered = b"".join(e.data for e in events if isinstance(e, Data))
+    assert delivered == (b"x" * 5 if body and body[0] == b"x" * 5 else b"")
+    assert not any(isinstance(e, Trailers) for e in events)
+    if ends == b"headers":
+        assert events == [StreamReset(3, ErrorCode.PROTOCOL_ERROR)]  # the app never saw it
+    _one_reset(s.data_to_send(), 3)
+    assert not s.stream_open(3)
+    # frames the client still had in flight on the reset stream are harmless
+    s.receive(raw.data(3, b"late", end_stream=True))
+    s.data_to_send()
+    # the bystander finishes, and a new stream is served
+    assert s.receive(raw.data(1, b"ok", end_stream=True)) == [Data(1, b"ok", 2, True)]
+    s.send_headers(1, RESP, end_stream=True)
+    assert s.receive(raw.headers(5, REQ, end_stream=True)) == [RequestHeaders(5, REQ, True)]
+
+
+def test_content_length_kept_exactly_passes_both_ways():
+    s, raw = raw_server()
+    wire = raw.headers(1, CL10) + raw.data(1, b"x" * 4) + raw.data(1, b"y" * 6)
+    wire += raw.headers(1, [(b"x-t", b"1")], end_stream=True)
+    wire += raw.headers(3, [*POST, (b"content-length", b"0")], end_stream=True)
+    wire += raw.headers(5, CL10) + raw.data(5, b"z" * 10) + raw.data(5, b"", end_stream=True)
+    events = s.receive(wire)
+    assert not any(isinstance(e, StreamReset) for e in events)
+    assert Trailers(1, [(b"x-t", b"1")]) in events
+    assert RequestHeaders(3, [*POST, (b"content-length", b"0")], True) in events
+    assert Data(5, b"", 0, True) in events
+    assert not of(RstStreamFrame, s.data_to_send())
+
+
+def test_bad_body_length_gives_the_connection_its_credit_back():
+    """Each offending DATA frame was counted against the connection window by h2; its bytes
+    are never consumed by anyone, so the codec returns them: 20 x 16000 bytes through a
+    64 KiB connection window (h2 sends the WINDOW_UPDATE once half a window is owed)."""
+    s, raw = raw_server(connection_window_size=65535)
+    for sid in range(1, 41, 2):
+        s.receive(raw.headers(sid, [*POST, (b"content-length", b"1")]))
+        events = s.receive(raw.data(sid, b"q" * 16000))
+        assert events == [StreamReset(sid, ErrorCode.PROTOCOL_ERROR)]
+        _one_reset(s.data_to_send(), sid)
+    # less than half a window is still owed: another half window goes through
+    s.receive(raw.headers(41, POST))
+    events = s.receive(b"".join(raw.data(41, b"w" * 16000) for _ in range(2)))
+    assert sum(e.flow_length for e in events if isinstance(e, Data)) == 32000
+    assert not s.closed
+
+
+def _response_stream(c: H2Connection, s: H2Connection, sid: int, method: bytes = b"GET") -> None:
+    c.send_headers(sid, [(b":method", method), *REQ[1:]], end_stream=True)
+    pump(c, s)
+
+
+@pytest.mark.parametrize(
+    ("body", "ends"),
+    [
+        pytest.param([b"x" * 5, b"y" * 10], b"", id="longer"),
+        pytest.param([b"x" * 5, b""], b"", id="shorter-end-stream-on-data"),
+        pytest.param([b"x" * 5], b"trailers", id="shorter-then-trailers"),
+        pytest.param([], b"headers", id="no-body-end-stream-on-headers"),
+    ],
+)
+def test_client_response_body_not_matching_content_length_resets_only_its_stream(
+    body: list[bytes], ends: bytes
+):
+    c, s = pair()
+    _response_stream(c, s, 1)
+    _response_stream(c, s, 3)  # the bystander
+    # our server checks no lengths it sends (nor does h2): it plays the broken upstream
+    s.send_headers(1, [*RESP, (b"content-length", b"10")], end_stream=ends == b"headers")
+    for i, piece in enumerate(body):
+        s.send_data(1, piece, end_stream=not ends and i == len(body) - 1)
+    if ends == b"trailers":
+        s.send_trailers(1, [(b"grpc-status", b"0")])
+    s.send_headers(3, RESP)
+    cev = c.receive(s.data_to_send())
+    assert not c.closed
+    assert StreamReset(1, ErrorCode.PROTOCOL_ERROR) in cev
+    assert not any(isinstance(e, Trailers) for e in cev)
+    delivered = b"".join(e.data for e in cev if isinstance(e, Data) and e.stream_id == 1)
+    assert delivered == (b"x" * 5 if body else b"")
+    out = c.data_to_send()
+    assert not of(GoAwayFrame, out)
+    if ends:
+        # HEADERS with END_STREAM closed the stream (ours had ended): no RST_STREAM to send
+        assert not of(RstStreamFrame, out)
+    else:
+        _one_reset(out, 1)
+    s.receive(out)
+    s.send_data(3, b"fine", end_stream=True)
+    cev, _ = pump(c, s)
+    assert cev == [Data(3, b"fine", 4, True)]
+    _response_stream(c, s, 5)  # the connection goes on
+    s.send_headers(5, RESP, end_stream=True)
+    assert pump(c, s)[0] == [ResponseHeaders(5, RESP, True)]
+
+
+def test_client_response_without_content_is_not_a_length_mismatch():
+    """204, 304 and the response to HEAD have no content whatever their content-length says,
+    with END_STREAM on the head or on an empty DATA frame."""
+    c, s = pair()
+    sid = 1
+    for status in (b"204", b"304", b"200"):
+        for empty_data in (False, True):
+            method = b"HEAD" if status == b"200" else b"GET"
+            _response_stream(c, s, sid, method)
+            head = [(b":status", status), (b"content-length", b"1000")]
+            s.send_headers(sid, head, end_stream=not empty_data)
+            if empty_data:
+                s.end_stream(sid)
+            cev, _ = pump(c, s)
+            assert cev[0] == ResponseHeaders(sid, head, not empty_data), (status, empty_data)
+            assert not any(isinstance(e, StreamReset) for e in cev), (status, cev)
+            sid += 2
+    # a 304 with content after all is malformed
+    _response_stream(c, s, sid)
+    s.send_headers(sid, [(b":status", b"304"), (b"content-length", b"3")])
+    s.send_data(sid, b"abc", end_stream=True)
+    cev, _ = pump(c, s)
+    assert cev[-1] == StreamReset(sid, ErrorCode.PROTOCOL_ERROR)
+    assert not c.closed
+
+
 # -- resets, GOAWAY, settings, ping ------------------------------------------------------
 
 

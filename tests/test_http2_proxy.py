@@ -508,26 +508,26 @@ async def send_with_wrong_length(client, sent: int) -> int:
     return sid
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a content-length mismatch on one stream is a connection error (h2's "
-    "InvalidBodyLengthError -> GOAWAY PROTOCOL_ERROR from protocols/http2.py _feed): RFC 9113 "
-    "8.1.1 makes it a stream error; every other stream of the connection is lost",
-)
-async def test_content_length_mismatch_is_a_stream_error(nursery: trio.Nursery) -> None:
+@pytest.mark.parametrize("sent", [5, 15], ids=["short", "long"])
+async def test_content_length_mismatch_is_a_stream_error(nursery: trio.Nursery, sent: int) -> None:
+    """RFC 9113 8.1.1: RST_STREAM(PROTOCOL_ERROR) on that stream only; a stream in flight on
+    the same connection meanwhile completes, and the connection takes new streams."""
     up = await start_h2_upstream(nursery)
     _, port = await proxy_to(nursery, up.port)
     with trio.fail_after(10):
         async with open_h2_client(port) as client:
             other = await client.send_headers("POST", "/echo")  # in flight meanwhile
             await up.wait_until(lambda: len(up.requests) == 1)
-            bad = await send_with_wrong_length(client, 5)
+            bad = await send_with_wrong_length(client, sent)
             with pytest.raises(H2StreamReset) as exc:
                 await client.response(bad)
             assert exc.value.error_code == ErrorCodes.PROTOCOL_ERROR
             await client.send_data(other, b"still here", end_stream=True)
             r = await client.response(other)
-    assert r.json()["body_len"] == len(b"still here")
+            assert r.json()["body_len"] == len(b"still here")
+            r = await client.request("POST", "/echo", [("content-length", "3")], b"abc")
+            assert r.json()["body_len"] == 3
+            assert client.goaway is None
 
 
 # --------------------------------------------------------------------------- 2. h2 -> h1

@@ -32,6 +32,11 @@ What this wrapper fixes or bounds in h2 4.1 (each one is tested in tests/test_ht
 - h2 4.1 requires :scheme and :path on every request, so a standard CONNECT (RFC 9113 §8.5) is
   refused both ways: inbound as a connection PROTOCOL_ERROR, outbound as ValueError.
 - DATA on closed streams: h2 already returns the connection-window credit itself (tested).
+- h2 makes a body that does not match its content-length a connection error
+  (InvalidBodyLengthError), and checks nothing when HEADERS (trailers, or a head with
+  END_STREAM) end the stream. RFC 9113 8.1.1 makes both a stream error: that stream is reset
+  with PROTOCOL_ERROR, the offending frame's connection credit given back. 204 and 304
+  responses have no content whatever their content-length says.
 """
 
 from __future__ import annotations
@@ -275,6 +280,7 @@ _MAX_ENCODER_TABLE = 4096
 _FIELD_NAME = re.compile(rb":?[!#$%&'*+\-.^_`|~0-9a-z]+")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]")
 _RESET_BY = (StreamClosedBy.SEND_RST_STREAM, StreamClosedBy.RECV_RST_STREAM)
+_NO_CONTENT_STATUSES = frozenset({b"204", b"304"})
 _SENDING_STATES = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 
 
@@ -282,6 +288,21 @@ class _H2(h2.connection.H2Connection):
     # h2 keeps how each closed stream ended to tell late frames from protocol errors; its 65536
     # entries are several MB per long-lived connection, and a few thousand cover frames in flight
     MAX_CLOSED_STREAMS = 4096
+
+    #: (stream id, flow-controlled length) of the DATA frame that broke its stream's
+    #: content-length, for the codec to reset that stream; None otherwise.
+    bad_body_length: tuple[int, int] | None = None
+
+    def _receive_data_frame(self, frame):  # type: ignore[no-untyped-def]
+        # h2 raises InvalidBodyLengthError (a ProtocolError) out of receive_data, which makes
+        # it a connection error (GOAWAY). RFC 9113 8.1.1 makes it a stream error: caught here,
+        # before receive_data sees it. By then h2 has counted the frame against the connection
+        # and stream windows and left the stream open; its data is not delivered.
+        try:
+            return super()._receive_data_frame(frame)
+        except h2.exceptions.InvalidBodyLengthError:
+            self.bad_body_length = (frame.stream_id, frame.flow_controlled_length)
+            return [], []  # the connection state machine's RECV_DATA yields no events
 
 
 class H2Connection:
@@ -622,6 +643,17 @@ class H2Connection:
         except (HyperframeError, ValueError, LookupError, TypeError, AssertionError) as exc:
             # not expected from h2, but a peer must not be able to crash the connection task
             self._fail(ErrorCode.INTERNAL_ERROR, f"h2: {type(exc).__name__}: {exc}")
+        bad = self._h2.bad_body_length
+        if bad is not None:
+            # a DATA frame beyond the stream's content-length, or ending it short (RFC 9113
+            # 8.1.1: malformed, a stream error): only that stream is reset, and the frame's
+            # flow-controlled bytes, which nobody will consume, go back to the connection
+            self._h2.bad_body_length = None
+            sid, flow_length = bad
+            self._codec_reset(sid, ErrorCode.PROTOCOL_ERROR, events)
+            if flow_length:
+                self._h2.acknowledge_received_data(flow_length, sid)
+            return
         self._translate(h2_events, events)
 
     def _translate(self, h2_events: list[h2.events.Event], out: list[Event]) -> None:
@@ -643,14 +675,20 @@ class H2Connection:
                     folded.add(id(ev.stream_ended))
                 self._on_request(ev, out)
             elif kind is h2.events.ResponseReceived or kind is h2.events.TrailersReceived:
-                if ev.stream_ended is not None:
+                ended = ev.stream_ended is not None
+                if ended:
                     folded.add(id(ev.stream_ended))
-                if self._check_head(ev.stream_id, ev.headers, out):
+                sid = ev.stream_id
+                if self._check_head(sid, ev.headers, out):
                     if kind is h2.events.TrailersReceived:
-                        out.append(Trailers(ev.stream_id, ev.headers))
+                        if self._length_kept(sid, out):
+                            out.append(Trailers(sid, ev.headers))
                     else:
-                        ended = ev.stream_ended is not None
-                        out.append(ResponseHeaders(ev.stream_id, ev.headers, ended))
+                        # h2 checked that :status is there, first (the only response pseudo)
+                        if ev.headers[0][1] in _NO_CONTENT_STATUSES:
+                            self._no_content(sid)
+                        if not ended or self._length_kept(sid, out):
+                            out.append(ResponseHeaders(sid, ev.headers, ended))
             elif kind is h2.events.InformationalResponseReceived:
                 if self._check_head(ev.stream_id, ev.headers, out):
                     out.append(InformationalHeaders(ev.stream_id, ev.headers))
@@ -674,6 +712,8 @@ class H2Connection:
             return
         if not self._check_head(sid, ev.headers, out):
             return
+        if ev.stream_ended is not None and not self._length_kept(sid, out):
+            return
         self._peer_streams += 1
         self._unanswered.add(sid)
         self._batch_opened.add(sid)
@@ -693,6 +733,25 @@ class H2Connection:
             self._codec_reset(sid, ErrorCode.PROTOCOL_ERROR, out)
             return False
         return True
+
+    def _length_kept(self, sid: int, out: list[Event]) -> bool:
+        """A HEADERS frame (a head or trailers) ended the stream: its DATA add up to its
+        content-length (h2 checks only when DATA ends a stream). A stream error otherwise."""
+        stream = self._h2.streams.get(sid)
+        if stream is None:
+            return True
+        expected = stream._expected_content_length
+        if expected is None or expected == stream._actual_content_length:
+            return True
+        self._codec_reset(sid, ErrorCode.PROTOCOL_ERROR, out)
+        return False
+
+    def _no_content(self, sid: int) -> None:
+        """A 204 or 304 response has no content whatever its content-length says (RFC 9110
+        6.4.1), as h2 already assumes for the response to a HEAD request."""
+        stream = self._h2.streams.get(sid)
+        if stream is not None:
+            stream._expected_content_length = 0
 
     def _codec_reset(self, sid: int, code: ErrorCode, out: list[Event]) -> None:
         stream = self._h2.streams.get(sid)
