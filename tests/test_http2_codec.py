@@ -43,6 +43,7 @@ from trio_mesh.protocols.http2 import (
     request_to_h2,
     response_from_h2,
     response_to_h2,
+    trailers_to_h2,
 )
 
 REQ = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a.test"), (b":path", b"/")]
@@ -452,6 +453,16 @@ def test_bad_body_length_gives_the_connection_its_credit_back():
     events = s.receive(b"".join(raw.data(41, b"w" * 16000) for _ in range(2)))
     assert sum(e.flow_length for e in events if isinstance(e, Data)) == 32000
     assert not s.closed
+
+
+def test_a_content_length_among_trailers_is_not_taken_for_the_body_length():
+    # h2 reads the trailers' content-length as the expected length: the body is not checked
+    # against that (a framing field has no business in trailers, but is no mismatch either)
+    s, raw = raw_server()
+    wire = raw.headers(1, CL10) + raw.data(1, b"x" * 10)
+    wire += raw.headers(1, [(b"content-length", b"99")], end_stream=True)
+    events = s.receive(wire)
+    assert events[-1] == Trailers(1, [(b"content-length", b"99")])
 
 
 def _response_stream(c: H2Connection, s: H2Connection, sid: int, method: bytes = b"GET") -> None:
@@ -1110,6 +1121,22 @@ def test_request_to_h2_orders_pseudo_headers_and_drops_hop_by_hop():
 def test_request_from_h2_rejects_bad_pseudo_headers(headers, reason):
     with pytest.raises(H2HeaderError, match=reason):
         request_from_h2(headers)
+
+
+def test_trailers_to_h2_drops_what_http2_forbids():
+    h1 = [
+        (b"X-Checksum", b"abc"),
+        (b"connection", b"x-named"),
+        (b"x-named", b"1"),
+        (b"keep-alive", b"5"),
+        (b"transfer-encoding", b"chunked"),
+        (b"te", b"trailers"),
+        (b"upgrade", b"h2c"),
+        (b"proxy-connection", b"close"),
+        (b"grpc-status", b"0"),
+    ]
+    assert trailers_to_h2(h1) == [(b"x-checksum", b"abc"), (b"grpc-status", b"0")]
+    assert trailers_to_h2([(b"keep-alive", b"5")]) == []
 
 
 def test_request_from_h2_connect_and_options_star():

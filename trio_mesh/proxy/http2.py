@@ -49,6 +49,7 @@ from ..protocols.http2 import (
     request_from_h2,
     response_from_h2,
     response_to_h2,
+    trailers_to_h2,
 )
 from ..router import Route, apply_header_mutations
 from ..upstream import CircuitOpenError, Cluster, NoHostError
@@ -605,8 +606,10 @@ class _Stream:
                         return parser.complete and not parser.trailing and self._keep_alive
                     await ep.send_data(sid, event.data)
                 elif kind is EndOfMessage:
-                    if event.trailers:
-                        ep.send_trailers(sid, event.trailers)
+                    # fields HTTP/2 forbids (connection, keep-alive, ...) are dropped
+                    trailers = trailers_to_h2(event.trailers) if event.trailers else None
+                    if trailers:
+                        ep.send_trailers(sid, trailers)
                     else:
                         ep.end_stream(sid)
                     return parser.complete and not parser.trailing and self._keep_alive
