@@ -1,0 +1,238 @@
+"""The interface every RPC codec implements (MOSN's XProtocol), sans-IO.
+
+A codec turns bytes into frames and frames into bytes; it never touches a socket (nothing under
+``trio_mesh/protocols/`` imports trio). The proxy layer owns the connection, the buffer and the
+timeouts, and asks the codec:
+
+* ``match(data)``: could a connection starting with ``data`` speak this protocol?
+  (``Match.YES`` / ``Match.NO`` / ``Match.NEED_MORE``)
+* ``decode(data, max_frame_size)``: the first frame in ``data`` and how many bytes it used, or
+  ``None`` when ``data`` does not yet hold a whole frame. A frame whose declared size exceeds
+  ``max_frame_size`` raises ``FrameTooLarge`` as soon as its fixed header is readable, before its
+  body is buffered. Malformed bytes raise ``XProtocolError`` and nothing else.
+* ``encode(frame)``: the frame's bytes on the wire.
+* ``set_request_id(frame, request_id)``: replaces the id in the frame's own bytes (a slice
+  assignment, the body is not re-encoded) and returns those bytes; the proxy does this on every
+  forwarded frame.
+* ``heartbeat_reply(frame)`` / ``heartbeat_request(request_id)``: keepalive frames.
+* ``error_reply(frame, kind)``: the protocol's own answer to a request the proxy cannot serve.
+
+A `Frame` is one message: its wire bytes (a ``bytearray``), its request id, its kind (request,
+oneway request, response), whether it is a heartbeat, its status (responses), its timeout in
+seconds (when the protocol carries one) and a read-only view of its routing headers, which always
+uses the keys ``service`` and ``method`` when the protocol knows them.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "EMPTY_HEADERS",
+    "NEED_MORE",
+    "Codec",
+    "ErrorKind",
+    "Frame",
+    "FrameKind",
+    "FrameTooLarge",
+    "Match",
+    "XProtocolError",
+]
+
+#: The frame-size limit `Codec.decode` applies when it is given none (16 MiB).
+DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
+
+#: An empty read-only header view.
+EMPTY_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class Match(enum.Enum):
+    """What a codec says about the first bytes of a connection."""
+
+    YES = "yes"
+    NO = "no"
+    NEED_MORE = "need_more"
+
+
+#: Returned by `registry.detect` while no codec can decide yet.
+NEED_MORE = Match.NEED_MORE
+
+
+class XProtocolError(Exception):
+    """Bytes that are not a valid frame of the protocol (the connection cannot go on: the proxy
+    closes it). ``protocol`` names the codec that raised it."""
+
+    def __init__(self, message: str, *, protocol: str = "") -> None:
+        super().__init__(message)
+        self.protocol = protocol
+
+
+class FrameTooLarge(XProtocolError):
+    """A frame declares more bytes than the decoder's ``max_frame_size``."""
+
+    def __init__(self, size: int, limit: int, *, protocol: str = "") -> None:
+        super().__init__(f"frame of {size} bytes exceeds the limit of {limit}", protocol=protocol)
+        self.size = size
+        self.limit = limit
+
+
+class ErrorKind(enum.Enum):
+    """Why the proxy answers a request itself. Each codec maps these to its own status codes."""
+
+    NO_ROUTE = "no_route"  # no route matched the request
+    NO_HEALTHY_HOST = "no_healthy_host"  # the cluster has no host to send it to
+    TIMEOUT = "timeout"  # the route/try timeout elapsed
+    UPSTREAM_FAILURE = "upstream_failure"  # connect failed, or the upstream failed the request
+    UPSTREAM_RESET = "upstream_reset"  # the upstream connection closed/reset mid-request
+    OVERFLOW = "overflow"  # circuit breaker / pool limits
+    CODEC_ERROR = "codec_error"  # a request the proxy could not decode or encode
+    INTERNAL = "internal"  # anything else
+
+
+class FrameKind(enum.Enum):
+    REQUEST = "request"  # a request that expects a response
+    ONEWAY = "oneway"  # a request without a response
+    RESPONSE = "response"
+
+
+class Frame:
+    """One decoded message. Codecs subclass it to add their own fields and to decode the
+    routing headers lazily (override `_decode_headers`).
+
+    ``data`` is the whole frame as sent on the wire; codecs update it in place (request id
+    rewriting), so treat it as read-only elsewhere.
+    """
+
+    __slots__ = ("_headers", "data", "heartbeat", "kind", "request_id", "status", "timeout")
+
+    def __init__(
+        self,
+        data: bytearray,
+        request_id: int,
+        kind: FrameKind,
+        *,
+        heartbeat: bool = False,
+        status: int | None = None,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.data = data
+        self.request_id = request_id
+        self.kind = kind
+        self.heartbeat = heartbeat
+        self.status = status  # the protocol's own response status (None for requests)
+        self.timeout = timeout  # seconds, None when the frame carries none
+        self._headers = headers
+
+    @property
+    def is_request(self) -> bool:
+        """A request, two-way or oneway."""
+        return self.kind is not FrameKind.RESPONSE
+
+    @property
+    def is_oneway(self) -> bool:
+        return self.kind is FrameKind.ONEWAY
+
+    @property
+    def is_response(self) -> bool:
+        return self.kind is FrameKind.RESPONSE
+
+    @property
+    def is_heartbeat(self) -> bool:
+        return self.heartbeat
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Read-only routing headers: the protocol's own header map plus ``service`` and
+        ``method`` when known. Decoded on first access; may raise XProtocolError then if the
+        codec decodes lazily (bolt decodes request headers eagerly)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = MappingProxyType(self._decode_headers())
+        return headers
+
+    @property
+    def service(self) -> str:
+        return self.headers.get("service", "")
+
+    @property
+    def method(self) -> str:
+        return self.headers.get("method", "")
+
+    def _decode_headers(self) -> dict[str, str]:
+        return {}
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.kind.value} id={self.request_id}"
+            f"{' heartbeat' if self.heartbeat else ''} status={self.status} {len(self.data)}B>"
+        )
+
+
+class Codec(ABC):
+    """An RPC protocol. Codecs are stateless: one instance serves every connection.
+
+    Subclasses set ``name`` and ``request_id_bits`` and implement the abstract methods.
+    """
+
+    #: the protocol's name in configuration (``downstream_protocol: bolt``) and in the registry
+    name: ClassVar[str]
+    #: the width of the protocol's request id; ids a pool hands out must fit in it
+    request_id_bits: ClassVar[int]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {getattr(self, 'name', '?')}>"
+
+    @abstractmethod
+    def match(self, data: bytes | bytearray | memoryview) -> Match:
+        """Magic-byte check on the first bytes of a connection."""
+
+    @abstractmethod
+    def decode(
+        self, data: bytes | bytearray | memoryview, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    ) -> tuple[Frame, int] | None:
+        """The frame at the start of ``data`` and the number of bytes it took, or None if
+        ``data`` holds no whole frame yet. Raises XProtocolError (FrameTooLarge for a frame
+        over ``max_frame_size``) and nothing else for bad input."""
+
+    def encode(self, frame: Frame) -> bytearray:
+        """The frame's bytes on the wire (its own buffer: do not mutate it)."""
+        return frame.data
+
+    def get_request_id(self, frame: Frame) -> int:
+        return frame.request_id
+
+    @abstractmethod
+    def set_request_id(self, frame: Frame, request_id: int) -> bytearray:
+        """Put ``request_id`` into the frame (its ``data`` and ``request_id``) and return its
+        bytes. ValueError if the id does not fit ``request_id_bits``."""
+
+    @abstractmethod
+    def heartbeat_reply(self, frame: Frame) -> Frame:
+        """The reply to a heartbeat request ``frame``."""
+
+    @abstractmethod
+    def heartbeat_request(self, request_id: int) -> Frame:
+        """A heartbeat request (keepalive of an idle upstream connection)."""
+
+    @abstractmethod
+    def error_reply(self, frame: Frame, kind: ErrorKind, message: str = "") -> Frame:
+        """A response to the request ``frame`` saying the proxy could not serve it, with the
+        protocol's own status code for ``kind``. ``message`` goes into the reply where the
+        protocol has a place for it. ValueError if ``frame`` is a response."""
+
+    @abstractmethod
+    def status_for(self, kind: ErrorKind) -> int:
+        """The protocol's status code for an error kind."""
+
+    @abstractmethod
+    def is_success(self, frame: Frame) -> bool:
+        """Whether a response frame reports success."""

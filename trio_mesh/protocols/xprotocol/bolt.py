@@ -1,0 +1,425 @@
+"""SOFA bolt (v1 and v2), sans-IO.
+
+v1 request header (22 bytes): proto=1 | type | cmdcode u16 | ver2 | request id u32 | codec |
+timeout i32 (ms) | class length u16 | header length u16 | content length u32.
+v1 response header (20 bytes): the same up to codec, then status u16 | class length u16 |
+header length u16 | content length u32.
+v2 (proto=2) inserts ver1 after proto and a switch byte after codec (request 24 bytes, response
+22); when ver1 is 2 and switch bit 0 (CRC) is on, a CRC32 of the whole frame follows the content.
+Then: class name, header map ([u32 length][key][u32 length][value]..., 0xFFFFFFFF = absent),
+content. type: 0 response, 1 request, 2 oneway; cmdcode: 0 heartbeat, 1 request, 2 response.
+
+Error replies follow MOSN's choice of status per error kind (its ``Mapping``), and carry no class
+name and no content, as MOSN's hijack replies do; heartbeat replies are what SOFA bolt's and
+anthunder's servers send (cmdcode 0, type response, status SUCCESS, no class).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Mapping
+
+from .base import (
+    DEFAULT_MAX_FRAME_SIZE,
+    Codec,
+    ErrorKind,
+    Frame,
+    FrameKind,
+    FrameTooLarge,
+    Match,
+    XProtocolError,
+)
+
+__all__ = [
+    "BOLT",
+    "BoltCodec",
+    "BoltFrame",
+    "ResponseStatus",
+    "encode_header_map",
+]
+
+NAME = "bolt"
+
+PROTOCOL_V1 = 1
+PROTOCOL_V2 = 2
+
+TYPE_RESPONSE = 0
+TYPE_REQUEST = 1
+TYPE_ONEWAY = 2
+
+CMD_HEARTBEAT = 0
+CMD_REQUEST = 1
+CMD_RESPONSE = 2
+
+CODEC_HESSIAN2 = 1
+CODEC_PROTOBUF = 11
+
+SOFA_REQUEST_CLASS = "com.alipay.sofa.rpc.core.request.SofaRequest"
+SOFA_RESPONSE_CLASS = "com.alipay.sofa.rpc.core.response.SofaResponse"
+
+_CRC_SWITCH = 0x01
+
+
+class ResponseStatus:
+    """SOFA bolt's ResponseStatus codes."""
+
+    SUCCESS = 0x0000
+    ERROR = 0x0001
+    SERVER_EXCEPTION = 0x0002
+    UNKNOWN = 0x0003
+    SERVER_THREADPOOL_BUSY = 0x0004
+    ERROR_COMM = 0x0005
+    NO_PROCESSOR = 0x0006
+    TIMEOUT = 0x0007
+    CLIENT_SEND_ERROR = 0x0008
+    CODEC_EXCEPTION = 0x0009
+    CONNECTION_CLOSED = 0x0010
+    SERVER_SERIAL_EXCEPTION = 0x0011
+    SERVER_DESERIAL_EXCEPTION = 0x0012
+
+
+# MOSN (pkg/protocol/xprotocol/bolt/protocol.go Mapping, with pkg/types reason2code):
+# no route and no healthy upstream -> NO_PROCESSOR; upstream reset / connect failure are
+# "no healthy upstream" there too; overflow -> SERVER_THREADPOOL_BUSY; timeout -> TIMEOUT;
+# codec -> CODEC_EXCEPTION; anything else -> UNKNOWN.
+_STATUS_FOR = {
+    ErrorKind.NO_ROUTE: ResponseStatus.NO_PROCESSOR,
+    ErrorKind.NO_HEALTHY_HOST: ResponseStatus.NO_PROCESSOR,
+    ErrorKind.UPSTREAM_FAILURE: ResponseStatus.NO_PROCESSOR,
+    ErrorKind.UPSTREAM_RESET: ResponseStatus.NO_PROCESSOR,
+    ErrorKind.TIMEOUT: ResponseStatus.TIMEOUT,
+    ErrorKind.OVERFLOW: ResponseStatus.SERVER_THREADPOOL_BUSY,
+    ErrorKind.CODEC_ERROR: ResponseStatus.CODEC_EXCEPTION,
+    ErrorKind.INTERNAL: ResponseStatus.UNKNOWN,
+}
+
+# proto, type, cmdcode, ver2, request id, codec, timeout, class len, header len, content len
+_REQ_V1 = struct.Struct(">BBHBIBiHHI")
+# proto, type, cmdcode, ver2, request id, codec, status, class len, header len, content len
+_RESP_V1 = struct.Struct(">BBHBIBHHHI")
+# proto, ver1, type, cmdcode, ver2, request id, codec, switch, timeout, class/header/content len
+_REQ_V2 = struct.Struct(">BBBHBIBBiHHI")
+_RESP_V2 = struct.Struct(">BBBHBIBBHHHI")
+_U32 = struct.Struct(">I")
+_ABSENT = 0xFFFFFFFF
+
+_KINDS = {TYPE_REQUEST: FrameKind.REQUEST, TYPE_ONEWAY: FrameKind.ONEWAY}
+
+
+def _err(message: str) -> XProtocolError:
+    return XProtocolError(message, protocol=NAME)
+
+
+def _parse_header_map(buf: bytearray, start: int, end: int) -> dict[str, str]:
+    """Bolt's header map in ``buf[start:end]``; entries whose key or value is absent are left
+    out. Each step consumes at least 8 bytes, so the work is bounded by the header length."""
+    out: dict[str, str] = {}
+    i = start
+    unpack = _U32.unpack_from
+    try:
+        while i < end:
+            if end - i < 4:
+                raise _err("bolt header map: truncated key length")
+            klen = unpack(buf, i)[0]
+            i += 4
+            key = None
+            if klen != _ABSENT:
+                if klen > end - i:
+                    raise _err("bolt header map: key longer than the header")
+                key = str(buf[i : i + klen], "utf-8")
+                i += klen
+            if end - i < 4:
+                raise _err("bolt header map: key without a value")
+            vlen = unpack(buf, i)[0]
+            i += 4
+            value = None
+            if vlen != _ABSENT:
+                if vlen > end - i:
+                    raise _err("bolt header map: value longer than the header")
+                value = str(buf[i : i + vlen], "utf-8")
+                i += vlen
+            if key is not None and value is not None:
+                out[key] = value
+    except UnicodeDecodeError as exc:
+        raise _err(f"bolt header map: not UTF-8 ({exc.reason})") from None
+    return out
+
+
+def encode_header_map(headers: Mapping[str, str]) -> bytes:
+    """Bolt's header map encoding of ``headers``."""
+    parts = []
+    pack = _U32.pack
+    for key, value in headers.items():
+        kb = key.encode("utf-8")
+        vb = value.encode("utf-8")
+        parts += (pack(len(kb)), kb, pack(len(vb)), vb)
+    return b"".join(parts)
+
+
+class BoltFrame(Frame):
+    """A bolt command. Beyond `Frame`: ``version`` (1 or 2, the proto byte), ``ver1`` (v2 only,
+    else 0), ``cmdcode``, ``codec`` (serialization: 1 hessian2, 11 protobuf), ``switch`` (v2),
+    ``timeout_ms`` (the raw request field; responses 0), ``class_name`` and ``content``."""
+
+    __slots__ = (
+        "class_len",
+        "cmdcode",
+        "codec",
+        "content_len",
+        "crc",
+        "header_len",
+        "header_size",
+        "switch",
+        "timeout_ms",
+        "ver1",
+        "version",
+    )
+
+    @property
+    def class_name(self) -> str:
+        start = self.header_size
+        return self.data[start : start + self.class_len].decode("utf-8", "replace")
+
+    @property
+    def content(self) -> memoryview:
+        start = self.header_size + self.class_len + self.header_len
+        return memoryview(self.data)[start : start + self.content_len]
+
+    @property
+    def raw_headers(self) -> Mapping[str, str]:
+        """The bolt header map alone, without the ``service``/``method`` view keys."""
+        start = self.header_size + self.class_len
+        return _parse_header_map(self.data, start, start + self.header_len)
+
+    def _decode_headers(self) -> dict[str, str]:
+        start = self.header_size + self.class_len
+        headers = _parse_header_map(self.data, start, start + self.header_len)
+        service = headers.get("service") or headers.get("sofa_head_target_service")
+        if service:
+            headers["service"] = service
+        method = headers.get("sofa_head_method_name")
+        if method:
+            headers["method"] = method
+        return headers
+
+
+class BoltCodec(Codec):
+    """SOFA bolt v1 and v2 (one codec: the first byte tells the version)."""
+
+    name = NAME
+    request_id_bits = 32
+
+    # -- detection -------------------------------------------------------------------------
+
+    def match(self, data: bytes | bytearray | memoryview) -> Match:
+        n = len(data)
+        if n == 0:
+            return Match.NEED_MORE
+        proto = data[0]
+        if proto == PROTOCOL_V1:
+            if n < 2:
+                return Match.NEED_MORE
+            return Match.YES if data[1] <= TYPE_ONEWAY else Match.NO
+        if proto == PROTOCOL_V2:
+            if n < 2:
+                return Match.NEED_MORE
+            if data[1] not in (1, 2):  # ver1
+                return Match.NO
+            if n < 3:
+                return Match.NEED_MORE
+            return Match.YES if data[2] <= TYPE_ONEWAY else Match.NO
+        return Match.NO
+
+    # -- decoding --------------------------------------------------------------------------
+
+    def decode(
+        self, data: bytes | bytearray | memoryview, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    ) -> tuple[BoltFrame, int] | None:
+        n = len(data)
+        if n < 3:
+            if n and data[0] not in (PROTOCOL_V1, PROTOCOL_V2):
+                raise _err(f"not a bolt frame: protocol code {data[0]:#04x}")
+            return None
+        proto = data[0]
+        if proto == PROTOCOL_V1:
+            ptype = data[1]
+            if ptype == TYPE_RESPONSE:
+                st = _RESP_V1
+            elif ptype in _KINDS:
+                st = _REQ_V1
+            else:
+                raise _err(f"bolt: unknown command type {ptype}")
+            size = st.size
+            if n < size:
+                return None
+            _, _, cmd, _, rid, codec, field, clen, hlen, blen = st.unpack_from(data, 0)
+            ver1 = switch = 0
+        elif proto == PROTOCOL_V2:
+            ver1 = data[1]
+            ptype = data[2]
+            if ptype == TYPE_RESPONSE:
+                st = _RESP_V2
+            elif ptype in _KINDS:
+                st = _REQ_V2
+            else:
+                raise _err(f"bolt v2: unknown command type {ptype}")
+            size = st.size
+            if n < size:
+                return None
+            _, _, _, cmd, _, rid, codec, switch, field, clen, hlen, blen = st.unpack_from(
+                data, 0
+            )
+        else:
+            raise _err(f"not a bolt frame: protocol code {proto:#04x}")
+
+        if ptype == TYPE_RESPONSE:
+            if cmd != CMD_RESPONSE and cmd != CMD_HEARTBEAT:
+                raise _err(f"bolt: response with command code {cmd}")
+        elif cmd != CMD_REQUEST and cmd != CMD_HEARTBEAT:
+            raise _err(f"bolt: request with command code {cmd}")
+
+        header_size = size
+        crc = proto == PROTOCOL_V2 and ver1 == 2 and bool(switch & _CRC_SWITCH)
+        total = header_size + clen + hlen + blen + (4 if crc else 0)
+        if total > max_frame_size:
+            raise FrameTooLarge(total, max_frame_size, protocol=NAME)
+        if n < total:
+            return None
+
+        buf = bytearray(data[:total])
+        if crc:
+            (expected,) = _U32.unpack_from(buf, total - 4)
+            if zlib.crc32(memoryview(buf)[: total - 4]) != expected:
+                raise _err("bolt v2: CRC32 mismatch")
+
+        if ptype == TYPE_RESPONSE:
+            frame = BoltFrame(buf, rid, FrameKind.RESPONSE, heartbeat=cmd == CMD_HEARTBEAT,
+                              status=field)
+            frame.timeout_ms = 0
+        else:
+            frame = BoltFrame(buf, rid, _KINDS[ptype], heartbeat=cmd == CMD_HEARTBEAT,
+                              timeout=field / 1000 if field > 0 else None)
+            frame.timeout_ms = field
+        frame.version = proto
+        frame.ver1 = ver1
+        frame.switch = switch
+        frame.cmdcode = cmd
+        frame.codec = codec
+        frame.header_size = header_size
+        frame.class_len = clen
+        frame.header_len = hlen
+        frame.content_len = blen
+        frame.crc = crc
+        if ptype != TYPE_RESPONSE:
+            frame.headers  # noqa: B018  (requests are routed: decode and check headers now)
+        return frame, total
+
+    # -- request ids ---------------------------------------------------------------------
+
+    def set_request_id(self, frame: Frame, request_id: int) -> bytearray:
+        if not 0 <= request_id <= 0xFFFFFFFF:
+            raise ValueError(f"bolt request id out of range: {request_id}")
+        assert isinstance(frame, BoltFrame)
+        data = frame.data
+        offset = 5 if frame.version == PROTOCOL_V1 else 6
+        data[offset : offset + 4] = request_id.to_bytes(4, "big")
+        frame.request_id = request_id
+        if frame.crc:
+            end = len(data) - 4
+            data[end:] = _U32.pack(zlib.crc32(memoryview(data)[:end]))
+        return data
+
+    # -- building frames -----------------------------------------------------------------
+
+    def build_request(
+        self,
+        request_id: int,
+        headers: Mapping[str, str] | None = None,
+        content: bytes = b"",
+        *,
+        class_name: str = SOFA_REQUEST_CLASS,
+        codec: int = CODEC_HESSIAN2,
+        timeout_ms: int = -1,
+        oneway: bool = False,
+        cmdcode: int = CMD_REQUEST,
+        version: int = PROTOCOL_V1,
+        ver1: int = 1,
+        switch: int = 0,
+    ) -> BoltFrame:
+        """A request frame (``cmdcode=0``: a heartbeat)."""
+        ptype = TYPE_ONEWAY if oneway else TYPE_REQUEST
+        return self._build(ptype, cmdcode, request_id, codec, timeout_ms, class_name, headers,
+                           content, version, ver1, switch)
+
+    def build_response(
+        self,
+        request_id: int,
+        status: int = ResponseStatus.SUCCESS,
+        headers: Mapping[str, str] | None = None,
+        content: bytes = b"",
+        *,
+        class_name: str = SOFA_RESPONSE_CLASS,
+        codec: int = CODEC_HESSIAN2,
+        cmdcode: int = CMD_RESPONSE,
+        version: int = PROTOCOL_V1,
+        ver1: int = 1,
+        switch: int = 0,
+    ) -> BoltFrame:
+        """A response frame (``cmdcode=0``: a heartbeat reply)."""
+        return self._build(TYPE_RESPONSE, cmdcode, request_id, codec, status, class_name,
+                           headers, content, version, ver1, switch)
+
+    def _build(self, ptype: int, cmd: int, rid: int, codec: int, field: int, class_name: str,
+               headers: Mapping[str, str] | None, content: bytes, version: int, ver1: int,
+               switch: int) -> BoltFrame:
+        cls = class_name.encode("utf-8")
+        hdr = encode_header_map(headers) if headers else b""
+        if len(cls) > 0xFFFF or len(hdr) > 0xFFFF:
+            raise ValueError("bolt class name and header map are limited to 65535 bytes each")
+        lens = (len(cls), len(hdr), len(content))
+        if version == PROTOCOL_V1:
+            st = _RESP_V1 if ptype == TYPE_RESPONSE else _REQ_V1
+            head = st.pack(PROTOCOL_V1, ptype, cmd, 1, rid, codec, field, *lens)
+        elif version == PROTOCOL_V2:
+            st = _RESP_V2 if ptype == TYPE_RESPONSE else _REQ_V2
+            head = st.pack(PROTOCOL_V2, ver1, ptype, cmd, 1, rid, codec, switch, field, *lens)
+        else:
+            raise ValueError(f"bolt version must be 1 or 2, not {version}")
+        raw = b"".join((head, cls, hdr, content))
+        if version == PROTOCOL_V2 and ver1 == 2 and switch & _CRC_SWITCH:
+            raw += _U32.pack(zlib.crc32(raw))
+        result = self.decode(raw, max_frame_size=len(raw))
+        assert result is not None
+        return result[0]
+
+    def heartbeat_request(self, request_id: int) -> BoltFrame:
+        # as MOSN and SOFA bolt's HeartbeatCommand: hessian2, timeout -1, no class
+        return self.build_request(request_id, class_name="", cmdcode=CMD_HEARTBEAT)
+
+    def heartbeat_reply(self, frame: Frame) -> BoltFrame:
+        assert isinstance(frame, BoltFrame)
+        if not (frame.is_request and frame.heartbeat):
+            raise ValueError("heartbeat_reply needs a heartbeat request")
+        return self.build_response(frame.request_id, ResponseStatus.SUCCESS, class_name="",
+                                   codec=frame.codec, cmdcode=CMD_HEARTBEAT,
+                                   version=frame.version, ver1=frame.ver1, switch=frame.switch)
+
+    def error_reply(self, frame: Frame, kind: ErrorKind, message: str = "") -> BoltFrame:
+        # bolt carries an error message only inside a serialized SofaResponse; none is sent
+        assert isinstance(frame, BoltFrame)
+        if frame.is_response:
+            raise ValueError("error_reply needs a request")
+        return self.build_response(frame.request_id, _STATUS_FOR[kind], class_name="",
+                                   codec=frame.codec, version=frame.version, ver1=frame.ver1,
+                                   switch=frame.switch)
+
+    def status_for(self, kind: ErrorKind) -> int:
+        return _STATUS_FOR[kind]
+
+    def is_success(self, frame: Frame) -> bool:
+        return frame.status == ResponseStatus.SUCCESS
+
+
+#: The shared codec instance (codecs are stateless).
+BOLT = BoltCodec()
