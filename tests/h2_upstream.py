@@ -30,6 +30,9 @@ SETTINGS frame, except an ``initial_window_size`` below 65535, which follows in 
 and applies once acknowledged. Streams over ``max_concurrent_streams`` are refused with
 RST_STREAM(REFUSED_STREAM) (recorded in ``refused``), not a connection error.
 
+``await upstream.kill_connection(N)`` resets connection N (1, 2, ...) as a crash would: RST, no
+GOAWAY, its streams cut wherever they are.
+
 A GOAWAY from the peer is recorded and the connection closes once its streams are done (h2
 itself would refuse to finish them, so GOAWAY frames are taken out before h2 sees them).
 A protocol error found by h2 closes the connection with h2's GOAWAY and is recorded.
@@ -44,6 +47,8 @@ import contextlib
 import functools
 import hashlib
 import json
+import socket
+import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -686,6 +691,7 @@ class H2Upstream:
         #: /slow-read acknowledges nothing until this is set (replace it to close it again).
         self.read_gate = trio.Event()
         self._changed = trio.Event()
+        self._live: dict[int, _ServerConnection] = {}  # by connection number, while open
 
     async def start(self, nursery: trio.Nursery) -> int:
         listeners = await nursery.start(
@@ -705,13 +711,23 @@ class H2Upstream:
     async def _serve(self, sock: trio.SocketStream) -> None:
         self.connections += 1
         connection = _ServerConnection(self, sock, self.connections)
+        self._live[connection.index] = connection
         self._notify()
         try:
             await connection.run()
         finally:
+            del self._live[connection.index]
             sock.socket.close()
             self.connections_closed += 1
             self._notify()
+
+    async def kill_connection(self, index: int) -> None:
+        """Connection ``index`` (1, 2, ...) gone without a goodbye, as a crash would: reset
+        (SO_LINGER 0, so the peer gets an RST), no GOAWAY; its streams are cut wherever they
+        are. KeyError if it is closed already."""
+        sock = self._live[index].sock
+        sock.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await sock.aclose()
 
     # ---- endpoints
 

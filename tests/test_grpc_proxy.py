@@ -20,7 +20,13 @@ import pytest
 import trio
 
 from .grpc_helpers import FAIL_DETAILS, EchoStub, GrpcEchoServer, grpc_upstream, in_thread
-from .h2_upstream import ErrorCodes, H2StreamReset, open_h2_client, start_h2_upstream
+from .h2_upstream import (
+    ErrorCodes,
+    H2StreamReset,
+    open_h2_client,
+    pattern_bytes,
+    start_h2_upstream,
+)
 from .http_helpers import closed_port, http_config, start_proxy, to
 
 __all__ = ["grpc_upstream"]  # the fixture, imported for the tests below
@@ -387,6 +393,56 @@ async def test_upstream_reset_is_unavailable_or_passed_on(nursery: trio.Nursery)
             # the connection goes on
             response = await client.request("POST", "/echo", _grpc_request())
             assert response.status == 200
+
+
+async def test_a_broken_upstream_connection_fails_only_its_calls(nursery: trio.Nursery) -> None:
+    """gRPC calls on two upstream connections (the upstream takes 2 streams each), one
+    answering and one waiting on each. Connection 1 is reset: its waiting call gets the
+    proxy's trailers-only UNAVAILABLE (14), its answering one is reset (too late for a
+    reply); the calls on connection 2 complete."""
+    up = await start_h2_upstream(nursery, max_concurrent_streams=2)
+    _, port = await grpc_proxy(nursery, up.port)
+    async with open_h2_client(port, connection_window=1 << 24) as client:
+        with trio.fail_after(10):
+            sids = {}
+            for name, path in [
+                ("answering-1", "/bytes/5000000"),
+                ("waiting-1", "/slow/10"),
+                ("answering-2", "/bytes/300000"),
+                ("waiting-2", "/echo"),  # its request message is sent after the kill
+            ]:
+                sids[name] = await client.send_headers(
+                    "POST", path, _grpc_request(), end_stream=name != "waiting-2"
+                )
+                await up.wait_until(lambda: len(up.requests) == len(sids))
+            assert up.request_connections == [1, 1, 2, 2]
+            first = {}
+            for name in ("answering-1", "answering-2"):
+                assert (await client.read_head(sids[name]))[0] == 200
+                first[name] = await client.read_chunk(sids[name])
+
+            await up.kill_connection(1)
+
+            with pytest.raises(H2StreamReset):
+                while await client.read_chunk(sids["answering-1"]):
+                    pass
+            response = await client.response(sids["waiting-1"])
+            assert response.status == 200
+            assert response.headers.get("content-type") == "application/grpc"
+            assert response.headers.get("grpc-status") == "14"  # UNAVAILABLE
+            assert "connection termination" in (response.headers.get("grpc-message") or "")
+            assert response.body == b"" and response.trailers is None  # trailers-only
+            message = b"\x00" + (5).to_bytes(4, "big") + b"hello"
+            await client.send_data(sids["waiting-2"], message, end_stream=True)
+            response = await client.response(sids["waiting-2"])
+            assert response.status == 200 and response.headers.get("grpc-status") is None
+            info = response.json()
+            assert (info["body_len"], info["connection"]) == (len(message), 2)
+            body = bytearray(first["answering-2"])
+            while chunk := await client.read_chunk(sids["answering-2"]):
+                body += chunk
+            assert body == pattern_bytes(300_000)
+    assert [p for p, _ in up.requests].count("/slow/10") == 1  # not sent again
 
 
 async def test_concurrent_channels_isolated_from_a_failing_call(

@@ -1290,6 +1290,55 @@ async def test_upstream_connection_dies(nursery: trio.Nursery) -> None:
     assert up.request_connections[-1] == 2
 
 
+async def test_a_broken_upstream_connection_fails_only_its_own_streams(
+    nursery: trio.Nursery,
+) -> None:
+    """Two upstream connections in the pool (the upstream takes 2 streams each), two streams
+    on each, one response started and one waiting on each. Connection 1 is reset: its
+    started stream is reset, its waiting one gets 502 (not sent again: it may have been
+    processed); the streams on connection 2 complete, and later requests use it."""
+    up = await start_h2_upstream(nursery, max_concurrent_streams=2)
+    _, port = await proxy_to(nursery, up.port)
+    with trio.fail_after(10):
+        # a connection window for all: an unread stream (per-stream window) blocks no other
+        async with open_h2_client(port, connection_window=1 << 24) as client:
+            sids = {}
+            for name, method, path in [
+                ("started-1", "GET", "/bytes/5000000"),
+                ("waiting-1", "GET", "/slow/10"),
+                ("started-2", "GET", "/bytes/300000"),
+                ("waiting-2", "POST", "/echo"),  # its body is sent after the kill
+            ]:
+                sids[name] = await client.send_headers(method, path, end_stream=method == "GET")
+                await up.wait_until(lambda: len(up.requests) == len(sids))
+            assert up.request_connections == [1, 1, 2, 2]
+            first = {}
+            for name in ("started-1", "started-2"):  # mid-response on both connections
+                assert (await client.read_head(sids[name]))[0] == 200
+                first[name] = await client.read_chunk(sids[name])
+
+            await up.kill_connection(1)
+
+            with pytest.raises(H2StreamReset):
+                await read_body(client, sids["started-1"])
+            r = await client.response(sids["waiting-1"])
+            assert r.status == 502, r
+            assert r.body.endswith(b"connection termination\n"), r.body
+            # connection 2's streams go on: one mid-response, one still sending its body
+            await client.send_data(sids["waiting-2"], b"still here", end_stream=True)
+            r = await client.response(sids["waiting-2"])
+            assert (r.status, r.json()["body_len"], r.json()["connection"]) == (200, 10, 2)
+            body = bytearray(first["started-2"])
+            while chunk := await client.read_chunk(sids["started-2"]):
+                body += chunk
+            assert body == pattern_bytes(300_000)
+            r = await client.request("POST", "/echo", body=b"after")
+            assert (r.status, r.json()["connection"]) == (200, 2)
+            assert client.goaway is None
+    assert [p for p, _ in up.requests].count("/slow/10") == 1
+    assert up.connections == 2
+
+
 # --------------------------------------------------------------------------- 8. GOAWAY, limits
 
 
