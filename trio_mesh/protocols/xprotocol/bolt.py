@@ -287,7 +287,7 @@ class BoltCodec(Codec):
         if n < total:
             return None
 
-        buf = bytearray(data[:total])
+        buf = bytearray(memoryview(data)[:total])  # one copy, whatever the buffer type
         if crc:
             (expected,) = _U32.unpack_from(buf, total - 4)
             if zlib.crc32(memoryview(buf)[: total - 4]) != expected:
