@@ -1783,15 +1783,6 @@ async def test_h1_upstream_trailer_fields_http2_forbids_are_dropped(nursery: tri
             assert (r.status, r.body, r.trailers) == (200, b"ok", None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in trio_mesh/proxy/http1.py _Session._try_h2: the HTTP/1 request's "
-    "trailers go to up.send_trailers(usid, event.trailers) unfiltered; a connection-specific "
-    "field (keep-alive here) makes the codec raise ValueError, which escapes and kills the "
-    "downstream connection (logged 'connection handler failed', no response). Fix: send "
-    "trailers_to_h2(event.trailers) from trio_mesh.protocols.http2 (and end_stream(usid) "
-    "if that leaves none)",
-)
 async def test_h1_client_trailer_fields_http2_forbids_are_dropped(nursery: trio.Nursery) -> None:
     up = await start_h2_upstream(nursery)
     _, port = await proxy_to(nursery, up.port, down="Http1")

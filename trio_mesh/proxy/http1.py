@@ -48,6 +48,7 @@ from ..protocols.http2 import (
     InformationalHeaders,
     request_to_h2,
     response_from_h2,
+    trailers_to_h2,
 )
 from ..protocols.http2 import ResponseHeaders as H2ResponseHeaders
 from ..protocols.http2 import Trailers as H2Trailers
@@ -638,8 +639,10 @@ class _Session:
                         await up.send_data(usid, event.data)
                     else:
                         self._request_complete()
-                        if event.trailers:
-                            up.send_trailers(usid, event.trailers)
+                        # connection-specific fields are refused by HTTP/2: dropped here
+                        trailers = trailers_to_h2(event.trailers) if event.trailers else None
+                        if trailers:
+                            up.send_trailers(usid, trailers)
                         else:
                             up.end_stream(usid)
                         break
