@@ -13,6 +13,7 @@ from typing import ClassVar, Literal
 from attrs import frozen
 
 from .model import Duration, PositiveInt, cluster_ref, router_ref
+from .routes import _raise
 
 FilterKind = Literal["network", "stream"]
 
@@ -64,15 +65,48 @@ class TcpProxyConfig:
 
 
 class Protocol(enum.Enum):
-    """Protocols of ``proxy`` (MOSN's names); the RPC codecs join later.
+    """Protocols of ``proxy`` (MOSN's names).
 
-    ``Auto`` downstream: the first bytes of each connection decide (the HTTP/2 preface, or an
-    HTTP/1 method); ``Auto`` upstream: the same protocol as the request came in on.
+    ``Auto`` downstream: the first bytes of each connection decide (the HTTP/2 preface, an
+    HTTP/1 method, or the magic of a registered RPC codec); ``Auto`` upstream: the same
+    protocol as the request came in on. ``bolt`` and ``dubbo`` are the built-in RPC codecs;
+    ``X`` (MOSN's older form) means the RPC codecs named in ``extend_config.sub_protocol``,
+    detected per connection (any registered codec name, third-party ones included).
     """
 
     HTTP1 = "Http1"
     HTTP2 = "Http2"
     AUTO = "Auto"
+    X = "X"
+    BOLT = "bolt"
+    DUBBO = "dubbo"
+
+
+@frozen(kw_only=True)
+class XProtocolExtend:
+    """MOSN's ``extend_config`` of an ``X`` proxy."""
+
+    #: Comma-separated RPC codec names, e.g. ``"bolt,dubbo"``.
+    sub_protocol: str = ""
+
+    def codecs(self) -> list[str]:
+        return [name.strip() for name in self.sub_protocol.split(",") if name.strip()]
+
+
+@frozen(kw_only=True)
+class XProtocolOptions:
+    """RPC proxying (bolt, Dubbo, other registered codecs): limits and upstream keepalive."""
+
+    #: A frame declaring more bytes is refused before its body is read (the connection closes).
+    max_frame_bytes: PositiveInt = PositiveInt(16 * 1024 * 1024)
+    #: Requests of one downstream connection in flight at once; past it, reading pauses.
+    max_requests_per_connection: PositiveInt = PositiveInt(1024)
+    #: Multiplexed connections per upstream host.
+    connections_per_host: PositiveInt = PositiveInt(1)
+    #: An upstream connection idle this long gets a protocol heartbeat...
+    heartbeat_interval: Duration = Duration(30.0)
+    #: ...which, unanswered within this, closes the connection (the next request opens another).
+    heartbeat_timeout: Duration = Duration(10.0)
 
 
 @frozen(kw_only=True)
@@ -103,6 +137,9 @@ class ProxyConfig:
     downstream_protocol: Protocol = Protocol.HTTP1
     upstream_protocol: Protocol = Protocol.AUTO
     http2: Http2Options = Http2Options()
+    #: ``X``: which RPC codecs (MOSN's shape).
+    extend_config: XProtocolExtend | None = None
+    xprotocol: XProtocolOptions = XProtocolOptions()
     router_config_name: str = router_ref()
     #: Request line plus headers (431 above it).
     max_request_header_bytes: PositiveInt = PositiveInt(60 * 1024)
@@ -121,8 +158,30 @@ class ProxyConfig:
     retry_buffer_bytes: int = 64 * 1024
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
-        {"name", "extend_config", "fallback_for_unknown_protocol", "router_handler_name"}
+        {"name", "fallback_for_unknown_protocol", "router_handler_name"}
     )
+
+    def __attrs_post_init__(self) -> None:
+        problems = []
+        rpc = (Protocol.X, Protocol.BOLT, Protocol.DUBBO)
+        if self.downstream_protocol == Protocol.X and (
+            self.extend_config is None or not self.extend_config.codecs()
+        ):
+            problems.append(
+                (("extend_config",), 'downstream_protocol X needs sub_protocol, e.g. "bolt,dubbo"')
+            )
+        if self.downstream_protocol in rpc and self.upstream_protocol not in (
+            Protocol.AUTO,
+            self.downstream_protocol,
+        ):
+            problems.append(
+                (
+                    ("upstream_protocol",),
+                    f"{self.upstream_protocol.value}: an RPC request goes upstream in its own"
+                    " protocol (leave it Auto)",
+                )
+            )
+        _raise(problems)
 
 
 # Built-in filters' shapes are known to the config layer itself, so a file validates without

@@ -6,11 +6,14 @@ import time
 
 import trio
 
+from ..config.filters import XProtocolOptions
 from ..protocols.http2 import H2Settings
+from ..protocols.xprotocol import Codec
 from ..upstream.cluster import Cluster
 from ..upstream.host import Host
 from .http1 import H1Pool
 from .http2 import H2Pool
+from .xprotocol import XPool
 
 REAP_INTERVAL = 1.0
 
@@ -20,6 +23,7 @@ class Pools:
         self._h1: dict[Host, H1Pool] = {}
         self._clusters: dict[str, tuple[list[H1Pool], trio.lowlevel.ParkingLot]] = {}
         self._h2: dict[Host, H2Pool] = {}
+        self._x: dict[tuple[Host, str], XPool] = {}
         self._nursery: trio.Nursery | None = None  # where upstream HTTP/2 connections run
 
     def http1(self, cluster: Cluster, host: Host) -> H1Pool:
@@ -41,6 +45,18 @@ class Pools:
             pool = self._h2[host] = H2Pool(cluster, host, settings, self._nursery)
         return pool
 
+    def xprotocol(
+        self, cluster: Cluster, host: Host, codec: Codec, options: XProtocolOptions
+    ) -> XPool:
+        """The RPC pool of ``host`` for ``codec`` (the first caller's options are the pool's)."""
+        key = (host, codec.name)
+        pool = self._x.get(key)
+        if pool is None:
+            if self._nursery is None:
+                raise RuntimeError("the pools are not running")
+            pool = self._x[key] = XPool(cluster, host, codec, options, self._nursery)
+        return pool
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The idle reaper, and the owner of upstream HTTP/2 connections; on cancellation
         every idle connection is closed."""
@@ -59,3 +75,5 @@ class Pools:
             self._nursery = None
             for pool in self._h1.values():
                 pool.close_all()
+            for xpool in self._x.values():
+                xpool.close_all()

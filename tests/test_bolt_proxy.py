@@ -1,0 +1,351 @@
+"""SOFA bolt through the proxy: anthunder's real client and listener on either side, and raw
+peers for what anthunder cannot show (id rewriting under load, out-of-order answers, heartbeats,
+timeouts, a lost upstream)."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import socket
+import threading
+import time
+
+import pytest
+import trio
+
+from tests import bolt_frames as frames
+from tests.http_helpers import closed_port, http_config, start_proxy, start_raw_server
+from trio_mesh.protocols.xprotocol import ErrorKind
+from trio_mesh.protocols.xprotocol.bolt import BOLT, BoltFrame, ResponseStatus
+
+needs_anthunder = pytest.mark.skipif(
+    importlib.util.find_spec("anthunder") is None, reason="anthunder (test extra) not installed"
+)
+
+ANY_SERVICE = [{"match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
+                "route": {"cluster_name": "up"}}]
+
+
+def bolt_config(port: int, *, routes=None, proxy=None):
+    return http_config(
+        routes=ANY_SERVICE if routes is None else routes,
+        clusters={"up": port},
+        proxy={"downstream_protocol": "bolt", **(proxy or {})},
+    )
+
+
+class BoltClient:
+    """A raw bolt client on a trio stream: send frames, read decoded frames."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buf = bytearray()
+
+    @classmethod
+    async def connect(cls, port: int) -> BoltClient:
+        return cls(await trio.open_tcp_stream("127.0.0.1", port))
+
+    async def send(self, frame: BoltFrame) -> None:
+        await self.stream.send_all(bytes(frame.data))
+
+    async def read(self) -> BoltFrame:
+        while True:
+            decoded = BOLT.decode(self.buf)
+            if decoded is not None:
+                frame, used = decoded
+                del self.buf[:used]
+                return frame
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise EOFError("peer closed")
+            self.buf += data
+
+
+def request(rid: int, body: bytes, service: str = frames.SERVICE, **kw) -> BoltFrame:
+    return BOLT.build_request(
+        rid, {"service": service, "sofa_head_method_name": "echo"}, body, codec=11, **kw
+    )
+
+
+async def echo_upstream(
+    nursery, *, shuffle: bool = False, delay: float = 0.0, seen=None, oneway_seen=None
+):
+    """A raw bolt server answering each request with its own content (``shuffle``: answers
+    held back and sent in a random order, to show ids, not order, match them up; held ones
+    go whenever no request is left unread, so every request is answered)."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        peer = BoltClient(stream)
+        held: list[BoltFrame] = []
+        try:
+            while True:
+                frame = await peer.read()
+                if seen is not None:
+                    seen.append(frame)
+                if frame.is_heartbeat:
+                    await stream.send_all(bytes(BOLT.heartbeat_reply(frame).data))
+                    continue
+                if frame.is_oneway:
+                    if oneway_seen is not None:
+                        oneway_seen.set()
+                    continue
+                if delay:
+                    await trio.sleep(delay)
+                content = b"echo:" + bytes(frame.content)
+                resp = BOLT.build_response(frame.request_id, 0, content=content)
+                if not shuffle:
+                    await stream.send_all(bytes(resp.data))
+                    continue
+                held.append(resp)
+                if len(held) >= 7 or BOLT.decode(peer.buf) is None:
+                    random.shuffle(held)
+                    await stream.send_all(b"".join(bytes(r.data) for r in held))
+                    held.clear()
+        except (EOFError, trio.BrokenResourceError):
+            pass
+
+    return await start_raw_server(nursery, handler)
+
+
+# -- anthunder on both sides ----------------------------------------------------------------
+
+
+@pytest.fixture
+def anthunder_upstream():
+    from anthunder import AioListener, BaseService
+
+    class Hello(BaseService):
+        def sayHello(self, body):
+            return b"\n\x05world:" + body
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    listener = AioListener(("127.0.0.1", port), "trio-mesh-test")
+    listener.handler.register_interface(frames.SERVICE, Hello)
+    listener.run_threading()
+    deadline = time.monotonic() + 10
+    while True:  # the listener has no readiness signal of its own: connect until it accepts
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+    yield port
+    listener.shutdown()
+
+
+def _anthunder_calls(proxy_port: int, service: str, n_threads: int, calls: int) -> list:
+    from anthunder import SERVICE_MAP, Client
+    from mytracer import SpanContext
+
+    SERVICE_MAP[service] = ("127.0.0.1", proxy_port)
+    results: list = []
+    errors: list = []
+
+    def worker(i: int) -> None:
+        client = Client("trio-mesh-test")
+        for j in range(calls):
+            body = b"\n\x05" + b"%02d:%02d" % (i, j)
+            try:
+                results.append((body, client.invoke_sync(
+                    service, "sayHello", body, spanctx=SpanContext(), timeout_ms=5000)))
+            except Exception as exc:  # reported below, with the call that failed
+                errors.append((body, repr(exc)))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    return results
+
+
+@needs_anthunder
+async def test_anthunder_client_through_proxy_to_anthunder_listener(
+    nursery, anthunder_upstream
+):
+    server, port = await start_proxy(nursery, bolt_config(anthunder_upstream))
+    results = await trio.to_thread.run_sync(
+        _anthunder_calls, port, frames.SERVICE, 8, 25, abandon_on_cancel=True
+    )
+    assert len(results) == 200
+    for body, answer in results:
+        assert answer == b"\n\x05world:" + body  # every answer is its own request's
+    stats = server.clusters.clusters["up"].stats
+    assert stats.upstream_rq_total == 200
+    assert stats.upstream_cx_total == 1  # multiplexed: one upstream connection for all
+
+
+@needs_anthunder
+async def test_anthunder_client_gets_no_processor_for_no_route(nursery):
+    from anthunder.exceptions import ServerError
+
+    routes = [{"match": {"headers": [{"name": "service", "value": "other.Service"}]},
+               "route": {"cluster_name": "up"}}]
+    _, port = await start_proxy(nursery, bolt_config(closed_port(), routes=routes))
+    with pytest.raises(ServerError, match="NO_PROCESSOR"):
+        await trio.to_thread.run_sync(
+            _anthunder_calls_raising, port, "com.alipay.test.NoRoute:1.0"
+        )
+
+
+def _anthunder_calls_raising(port: int, service: str):
+    from anthunder import SERVICE_MAP, Client
+    from mytracer import SpanContext
+
+    SERVICE_MAP[service] = ("127.0.0.1", port)
+    return Client("trio-mesh-test").invoke_sync(
+        service, "sayHello", b"\n\x01x", spanctx=SpanContext(), timeout_ms=5000
+    )
+
+
+# -- raw peers ------------------------------------------------------------------------------
+
+
+async def test_ten_thousand_calls_hundred_in_flight_out_of_order_answers(nursery):
+    up = await echo_upstream(nursery, shuffle=True)
+    server, port = await start_proxy(nursery, bolt_config(up))
+    total, in_flight = 10_000, 100
+    answered = [0, 0, 0, 0]
+
+    async def client(k: int) -> None:
+        c = await BoltClient.connect(port)
+        per = total // 4
+        ids = [random.randrange(1, 2**31) for _ in range(per)]  # ids collide across clients
+        sent = 0
+        outstanding: dict[int, bytes] = {}
+        while sent < per or outstanding:
+            while sent < per and len(outstanding) < in_flight // 4:
+                rid = ids[sent]
+                while rid in outstanding:
+                    rid += 1
+                body = b"%d-%d" % (k, sent)
+                outstanding[rid] = body
+                await c.send(request(rid, body))
+                sent += 1
+            resp = await c.read()
+            assert resp.is_response and resp.status == 0
+            body = outstanding.pop(resp.request_id)  # the downstream id came back
+            assert bytes(resp.content) == b"echo:" + body  # and with its own payload
+            answered[k] += 1
+        await c.stream.aclose()
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as clients:
+            for k in range(4):
+                clients.start_soon(client, k)
+    assert answered == [total // 4] * 4
+    assert server.clusters.clusters["up"].stats.upstream_rq_total == total
+
+
+async def test_heartbeat_is_answered_by_the_proxy_itself(nursery):
+    seen: list = []
+    up = await echo_upstream(nursery, seen=seen)
+    _, port = await start_proxy(nursery, bolt_config(up))
+    c = await BoltClient.connect(port)
+    await c.send(BOLT.heartbeat_request(42))
+    hb = await c.read()
+    assert hb.is_heartbeat and hb.is_response and hb.request_id == 42
+    await c.send(request(43, b"x"))
+    assert (await c.read()).request_id == 43
+    assert not any(f.is_heartbeat for f in seen)  # never forwarded
+
+
+async def test_oneway_is_forwarded_without_an_answer(nursery):
+    seen: list = []
+    arrived = trio.Event()
+    up = await echo_upstream(nursery, seen=seen, oneway_seen=arrived)
+    _, port = await start_proxy(nursery, bolt_config(up))
+    c = await BoltClient.connect(port)
+    await c.send(request(5, b"fire", oneway=True))
+    await c.send(request(6, b"after"))
+    resp = await c.read()  # the only answer: none comes for the oneway
+    assert resp.request_id == 6 and bytes(resp.content) == b"echo:after"
+    with trio.fail_after(5):
+        await arrived.wait()
+    assert sorted((bytes(f.content), f.is_oneway) for f in seen) == [
+        (b"after", False), (b"fire", True)
+    ]
+
+
+async def test_route_timeout_and_frame_timeout_answer_timeout(nursery):
+    up = await echo_upstream(nursery, delay=5)
+    routes = [{"match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
+               "route": {"cluster_name": "up", "timeout": "200ms"}}]
+    _, port = await start_proxy(nursery, bolt_config(up, routes=routes))
+    c = await BoltClient.connect(port)
+    with trio.fail_after(3):
+        await c.send(request(1, b"slow"))
+        resp = await c.read()
+    assert resp.request_id == 1 and resp.status == ResponseStatus.TIMEOUT
+    # the frame's own timeout (100 ms) is shorter than the route's default 15 s
+    _, port2 = await start_proxy(nursery, bolt_config(up))
+    c2 = await BoltClient.connect(port2)
+    with trio.fail_after(3):
+        await c2.send(request(2, b"slow", timeout_ms=100))
+        resp = await c2.read()
+    assert resp.request_id == 2 and resp.status == ResponseStatus.TIMEOUT
+
+
+async def test_no_upstream_and_lost_upstream_get_error_replies(nursery):
+    _, port = await start_proxy(nursery, bolt_config(closed_port()))
+    c = await BoltClient.connect(port)
+    await c.send(request(9, b"x"))
+    resp = await c.read()
+    assert resp.request_id == 9 and resp.status == BOLT.status_for(ErrorKind.UPSTREAM_FAILURE)
+
+    async def dies_after_reading(stream: trio.SocketStream) -> None:
+        peer = BoltClient(stream)
+        await peer.read()
+        await peer.read()
+        await stream.aclose()  # two requests in flight, then gone
+
+    up = await start_raw_server(nursery, dies_after_reading)
+    _, port = await start_proxy(nursery, bolt_config(up))
+    c = await BoltClient.connect(port)
+    await c.send(request(1, b"a"))
+    await c.send(request(2, b"b"))
+    got = {(await c.read()).request_id, (await c.read()).request_id}
+    assert got == {1, 2}
+
+
+async def test_a_malformed_frame_closes_only_its_connection(nursery):
+    up = await echo_upstream(nursery)
+    _, port = await start_proxy(nursery, bolt_config(up))
+    bystander = await BoltClient.connect(port)
+    bad = await trio.open_tcp_stream("127.0.0.1", port)
+    await bad.send_all(b"\x01\x01\x00\x07" + b"\x00" * 30)  # cmdcode 7 is no bolt command
+    with trio.fail_after(3):
+        assert await bad.receive_some(100) == b""  # closed
+    await bystander.send(request(3, b"still"))
+    assert bytes((await bystander.read()).content) == b"echo:still"
+
+
+async def test_a_frame_over_the_limit_is_refused_before_its_body(nursery):
+    up = await echo_upstream(nursery)
+    config = bolt_config(up, proxy={"xprotocol": {"max_frame_bytes": 1024}})
+    _, port = await start_proxy(nursery, config)
+    c = await BoltClient.connect(port)
+    big = request(1, b"x" * 4096)
+    await c.stream.send_all(bytes(big.data)[:100])  # only the header of a 4 KiB frame
+    with trio.fail_after(3):
+        assert await c.stream.receive_some(100) == b""
+
+
+async def test_x_with_sub_protocols_and_auto_detect_bolt(nursery):
+    up = await echo_upstream(nursery)
+    for proxy in (
+        {"downstream_protocol": "X", "extend_config": {"sub_protocol": "bolt"}},
+        {"downstream_protocol": "Auto"},
+    ):
+        config = http_config(routes=ANY_SERVICE, clusters={"up": up}, proxy=proxy)
+        _, port = await start_proxy(nursery, config)
+        c = await BoltClient.connect(port)
+        await c.send(request(77, b"hi"))
+        resp = await c.read()
+        assert resp.request_id == 77 and bytes(resp.content) == b"echo:hi"

@@ -1,0 +1,236 @@
+"""Multiplexed RPC upstream pool (bolt, Dubbo, any registered codec): few connections per
+(cluster, host, codec), many requests in flight on each, matched to responses by request id.
+
+Each upstream connection has its own request-id space: a request's id is rewritten to a free id
+of that connection on the way out (the caller restores the downstream id on the response), so
+ids from many downstream connections never collide. One reader task per connection, in the
+pools' nursery, decodes responses and hands each to the waiting request's slot (one frame: the
+bound). A lost connection fails only the requests in flight on it. An idle connection is kept
+alive with protocol heartbeats and closed when one goes unanswered.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+import trio
+
+from ..config.filters import XProtocolOptions
+from ..network.connect import ConnectError
+from ..network.relay import CHUNK
+from ..network.stream import Stream
+from ..protocols.xprotocol import Codec, Frame, XProtocolError
+from ..upstream.cluster import Cluster
+from ..upstream.host import Host
+
+log = logging.getLogger("trio_mesh.pool")
+
+
+class UpstreamLost(Exception):
+    """The upstream connection closed or broke before the response came."""
+
+
+class _Slot:
+    """Where the reader puts one request's response."""
+
+    __slots__ = ("event", "frame")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.frame: Frame | None = None
+
+
+class XConnection:
+    """One multiplexed upstream connection."""
+
+    def __init__(self, stream: Stream, codec: Codec, options: XProtocolOptions) -> None:
+        self.stream = stream
+        self.codec = codec
+        self.options = options
+        self.pending: dict[int, _Slot] = {}
+        self._id_space = 1 << codec.request_id_bits
+        self._next_id = random.randrange(1, self._id_space)
+        self._write_lock = trio.StrictFIFOLock()  # frames go out whole, one at a time
+        self.dead: str | None = None
+        self.last_read = time.monotonic()
+        self._closed = trio.Event()
+
+    def allocate_id(self) -> int:
+        """A request id free on this connection (never 0: some peers treat it specially)."""
+        space = self._id_space
+        rid = self._next_id
+        while rid in self.pending or rid == 0:
+            rid = (rid + 1) % space
+        self._next_id = (rid + 1) % space
+        return rid
+
+    async def send(self, data: bytes | bytearray) -> None:
+        if self.dead is not None:
+            raise UpstreamLost(self.dead)
+        try:
+            async with self._write_lock:
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.close(f"send failed: {exc}")
+            raise UpstreamLost(self.dead) from None
+
+    async def call(self, frame: Frame, codec: Codec) -> Frame:
+        """Send ``frame`` under a fresh id and wait for its response (the caller bounds the
+        wait with its timeout scope; a late response is then dropped)."""
+        rid = self.allocate_id()
+        data = codec.set_request_id(frame, rid)
+        slot = self.pending[rid] = _Slot()
+        try:
+            await self.send(data)
+            await slot.event.wait()
+        finally:
+            self.pending.pop(rid, None)
+        if slot.frame is None:
+            raise UpstreamLost(self.dead or "closed")
+        return slot.frame
+
+    def close(self, reason: str) -> None:
+        if self.dead is None:
+            self.dead = reason
+            self.stream.abort()
+            for slot in self.pending.values():
+                slot.event.set()  # frame None: lost
+            self._closed.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The reader, and the keepalive beside it; returns when the connection is gone."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keepalive)
+            task_status.started()
+            try:
+                await self._read()
+            finally:
+                self.close(self.dead or "upstream closed the connection")
+                nursery.cancel_scope.cancel()
+
+    async def _read(self) -> None:
+        codec = self.codec
+        limit = self.options.max_frame_bytes
+        buf = bytearray()
+        stream = self.stream
+        while True:
+            try:
+                data = await stream.receive_some(CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            self.last_read = time.monotonic()
+            buf += data
+            while buf:
+                try:
+                    decoded = codec.decode(buf, limit)
+                except XProtocolError as exc:
+                    log.warning("upstream %s: bad %s frame: %s", codec.name, codec.name, exc)
+                    self.dead = f"bad frame: {exc}"
+                    return
+                if decoded is None:
+                    break
+                frame, used = decoded
+                del buf[:used]
+                if frame.is_request:
+                    if frame.is_heartbeat:  # the upstream checks on us: answer it
+                        await self.send(codec.encode(codec.heartbeat_reply(frame)))
+                    continue  # requests from the upstream side are not proxied
+                slot = self.pending.get(frame.request_id)
+                if slot is not None and slot.frame is None:
+                    slot.frame = frame
+                    slot.event.set()
+                # else: a response to a request given up on (timed out): dropped
+
+    async def _keepalive(self) -> None:
+        interval = self.options.heartbeat_interval
+        while True:
+            await trio.sleep_until(trio.current_time() + interval)
+            if time.monotonic() - self.last_read < interval or self.pending:
+                continue  # traffic says it is alive
+            rid = self.allocate_id()
+            slot = self.pending[rid] = _Slot()
+            try:
+                await self.send(self.codec.encode(self.codec.heartbeat_request(rid)))
+                with trio.move_on_after(self.options.heartbeat_timeout):
+                    await slot.event.wait()
+            except UpstreamLost:
+                return
+            finally:
+                self.pending.pop(rid, None)
+            if slot.frame is None:
+                self.close("heartbeat unanswered")
+                return
+
+
+class XPool:
+    """The RPC connections of one (cluster, host, codec)."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        host: Host,
+        codec: Codec,
+        options: XProtocolOptions,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.cluster = cluster
+        self.host = host
+        self.codec = codec
+        self.options = options
+        self.nursery = nursery
+        self.conns: list[XConnection] = []
+        self._connecting: trio.Event | None = None
+
+    async def connection(self) -> XConnection:
+        """A live connection with the fewest requests in flight, opening one while fewer than
+        ``connections_per_host`` are open. Raises ``ConnectError`` or ``CircuitOpenError``."""
+        while True:
+            live = [c for c in self.conns if c.dead is None]
+            if len(live) >= self.options.connections_per_host:
+                return min(live, key=lambda c: len(c.pending))
+            if self._connecting is not None:
+                if live:
+                    return min(live, key=lambda c: len(c.pending))
+                await self._connecting.wait()
+                continue
+            return await self._connect()
+
+    async def _connect(self) -> XConnection:
+        self._connecting = done = trio.Event()
+        try:
+            stream = await self.cluster.connect(self.host)
+            conn = XConnection(stream, self.codec, self.options)
+            await self.nursery.start(self._run, conn)
+            self.conns.append(conn)
+            return conn
+        finally:
+            self._connecting = None
+            done.set()
+
+    async def _run(self, conn: XConnection, *, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            await conn.run(task_status=task_status)
+        finally:
+            if conn in self.conns:
+                self.conns.remove(conn)
+            self.cluster.release_connection()
+
+    async def call(self, frame: Frame) -> Frame:
+        """Forward a two-way request; its response (with the upstream's id in it)."""
+        conn = await self.connection()
+        return await conn.call(frame, self.codec)
+
+    async def send_oneway(self, frame: Frame) -> None:
+        conn = await self.connection()
+        await conn.send(self.codec.set_request_id(frame, conn.allocate_id()))
+
+    def close_all(self) -> None:
+        for conn in list(self.conns):
+            conn.close("pool closed")
+
+
+__all__ = ["ConnectError", "UpstreamLost", "XConnection", "XPool"]
