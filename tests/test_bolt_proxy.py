@@ -349,3 +349,78 @@ async def test_x_with_sub_protocols_and_auto_detect_bolt(nursery):
         await c.send(request(77, b"hi"))
         resp = await c.read()
         assert resp.request_id == 77 and bytes(resp.content) == b"echo:hi"
+
+
+async def test_idle_upstream_connections_get_heartbeats_and_are_replaced_when_unanswered(
+    nursery,
+):
+    answered = trio.Event()
+
+    async def answers(stream: trio.SocketStream) -> None:
+        peer = BoltClient(stream)
+        try:
+            while True:
+                frame = await peer.read()
+                if frame.is_heartbeat:
+                    await stream.send_all(bytes(BOLT.heartbeat_reply(frame).data))
+                    answered.set()
+                else:
+                    resp = BOLT.build_response(frame.request_id, 0, content=b"ok")
+                    await stream.send_all(bytes(resp.data))
+        except (EOFError, trio.BrokenResourceError):
+            pass
+
+    keepalive = {"xprotocol": {"heartbeat_interval": "100ms", "heartbeat_timeout": "100ms"}}
+    up = await start_raw_server(nursery, answers)
+    server, port = await start_proxy(nursery, bolt_config(up, proxy=keepalive))
+    c = await BoltClient.connect(port)
+    await c.send(request(1, b"x"))
+    await c.read()
+    with trio.fail_after(5):
+        await answered.wait()  # the idle connection was checked, and it answered
+    await c.send(request(2, b"y"))
+    assert (await c.read()).status == 0
+    assert server.clusters.clusters["up"].stats.upstream_cx_total == 1  # still the same one
+
+    silent_closed = trio.Event()
+
+    async def ignores_heartbeats(stream: trio.SocketStream) -> None:
+        peer = BoltClient(stream)
+        try:
+            while True:
+                frame = await peer.read()
+                if not frame.is_heartbeat:
+                    resp = BOLT.build_response(frame.request_id, 0, content=b"ok")
+                    await stream.send_all(bytes(resp.data))
+        except (EOFError, trio.BrokenResourceError):
+            silent_closed.set()  # the proxy gave up on this connection
+
+    up2 = await start_raw_server(nursery, ignores_heartbeats)
+    server2, port2 = await start_proxy(nursery, bolt_config(up2, proxy=keepalive))
+    c2 = await BoltClient.connect(port2)
+    await c2.send(request(1, b"x"))
+    await c2.read()
+    with trio.fail_after(5):
+        await silent_closed.wait()
+    await c2.send(request(2, b"y"))
+    assert (await c2.read()).status == 0  # on a new connection
+    assert server2.clusters.clusters["up"].stats.upstream_cx_total == 2
+
+
+async def test_drain_finishes_requests_in_flight_and_takes_no_new_ones(nursery):
+    up = await echo_upstream(nursery, delay=0.3)
+    server, port = await start_proxy(nursery, bolt_config(up))
+    c = await BoltClient.connect(port)
+    await c.send(request(1, b"in-flight"))
+    with trio.fail_after(5):
+        while not server.listeners["ingress"].connections or not any(
+            conn.busy for conn in server.listeners["ingress"].connections
+        ):
+            await trio.sleep(0)  # until the proxy has the request (a scheduler turn, no wait)
+        done = await server.drain(5)
+    assert done
+    resp = await c.read()
+    assert resp.request_id == 1 and bytes(resp.content) == b"echo:in-flight"
+    with pytest.raises((EOFError, trio.BrokenResourceError)):
+        await c.send(request(2, b"late"))
+        await c.read()

@@ -94,6 +94,8 @@ class XConnection:
     def close(self, reason: str) -> None:
         if self.dead is None:
             self.dead = reason
+            # Wake our reader off this fd before its number can be reused by a new socket.
+            trio.lowlevel.notify_closing(self.stream.socket)
             self.stream.abort()
             for slot in self.pending.values():
                 slot.event.set()  # frame None: lost
