@@ -9,14 +9,18 @@ import random
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import trio
+import yaml
 
 from tests import bolt_frames as frames
 from tests.http_helpers import closed_port, http_config, start_proxy, start_raw_server
+from trio_mesh.config import parse_config, read_config
 from trio_mesh.protocols.xprotocol import ErrorKind
 from trio_mesh.protocols.xprotocol.bolt import BOLT, BoltFrame, ResponseStatus
+from trio_mesh.server import Server
 
 needs_anthunder = pytest.mark.skipif(
     importlib.util.find_spec("anthunder") is None, reason="anthunder (test extra) not installed"
@@ -424,3 +428,26 @@ async def test_drain_finishes_requests_in_flight_and_takes_no_new_ones(nursery):
     with pytest.raises((EOFError, trio.BrokenResourceError)):
         await c.send(request(2, b"late"))
         await c.read()
+
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONF.glob("*.yaml")))
+def test_every_example_config_validates(name):
+    loaded = read_config(CONF / name)
+    assert loaded.config.listeners and not loaded.warnings
+
+
+async def test_conf_bolt_yaml_serves_a_call(nursery):
+    doc = yaml.safe_load((CONF / "bolt.yaml").read_text())
+    up = await echo_upstream(nursery)
+    doc["servers"][0]["listeners"][0]["address"] = "127.0.0.1:0"
+    doc["cluster_manager"]["clusters"][0]["hosts"][0]["address"] = f"127.0.0.1:{up}"
+    server = await nursery.start(Server(parse_config(doc).config).run)
+    c = await BoltClient.connect(server.addresses["bolt_ingress"][1])
+    await c.send(request(8, b"conf"))  # frames.SERVICE is com.alipay.*: the route's regex
+    resp = await c.read()
+    assert resp.request_id == 8 and bytes(resp.content) == b"echo:conf"
+    await c.send(request(9, b"x", service="org.other.Service"))
+    assert (await c.read()).status == BOLT.status_for(ErrorKind.NO_ROUTE)
