@@ -147,7 +147,7 @@ def test_broken_entry_points_are_skipped(monkeypatch, caplog):
         ("cafe", "tests.test_xprotocol_registry:CafeCodec"),
     )
     with caplog.at_level(logging.WARNING, logger="trio_mesh.protocols.xprotocol.registry"):
-        assert set(registry.names()) == {"bolt", "cafe"}
+        assert set(registry.names()) == {"bolt", "dubbo", "cafe"}
     assert "missing" in caplog.text and "misnamed" in caplog.text
     assert registry.detect(b"\xca\xfe\x00") is registry.get("cafe")
     with pytest.raises(UnknownCodec) as info:
