@@ -21,6 +21,7 @@ from ..config.filters import XProtocolOptions
 from ..network.connect import ConnectError
 from ..network.relay import CHUNK
 from ..network.stream import Stream
+from ..network.writer import FrameWriter
 from ..protocols.xprotocol import Codec, Frame, XProtocolError
 from ..upstream.cluster import Cluster
 from ..upstream.host import Host
@@ -52,7 +53,7 @@ class XConnection:
         self.pending: dict[int, _Slot] = {}
         self._id_space = 1 << codec.request_id_bits
         self._next_id = random.randrange(1, self._id_space)
-        self._write_lock = trio.StrictFIFOLock()  # frames go out whole, one at a time
+        self._writer = FrameWriter(stream)  # frames go out whole, one at a time
         self.dead: str | None = None
         self.last_read = time.monotonic()
         self._closed = trio.Event()
@@ -70,8 +71,7 @@ class XConnection:
         if self.dead is not None:
             raise UpstreamLost(self.dead)
         try:
-            async with self._write_lock:
-                await self.stream.send_all(data)
+            await self._writer.send(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.close(f"send failed: {exc}")
             raise UpstreamLost(self.dead) from None
@@ -190,6 +190,9 @@ class XPool:
     async def connection(self) -> XConnection:
         """A live connection with the fewest requests in flight, opening one while fewer than
         ``connections_per_host`` are open. Raises ``ConnectError`` or ``CircuitOpenError``."""
+        conns = self.conns
+        if len(conns) == 1 == self.options.connections_per_host and conns[0].dead is None:
+            return conns[0]  # the common case, without a list or a min() per request
         while True:
             live = [c for c in self.conns if c.dead is None]
             if len(live) >= self.options.connections_per_host:

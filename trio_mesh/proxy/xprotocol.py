@@ -22,6 +22,7 @@ from ..filters import BuildContext
 from ..network.connect import ConnectError
 from ..network.connection import Connection
 from ..network.relay import CHUNK
+from ..network.writer import FrameWriter
 from ..pool.xprotocol import UpstreamLost
 from ..protocols import xprotocol
 from ..protocols.xprotocol import Codec, ErrorKind, Frame, XProtocolError
@@ -102,7 +103,7 @@ class _XSession:
         self.stream = conn.stream
         self.in_flight = 0
         self._room = trio.Event()  # set when in_flight drops below the limit
-        self._write_lock = trio.StrictFIFOLock()
+        self._writer = FrameWriter(conn.stream)
         self._reading = trio.CancelScope()
         self.gone = False
 
@@ -174,8 +175,7 @@ class _XSession:
         if self.gone:
             return
         try:
-            async with self._write_lock:
-                await self.stream.send_all(data)
+            await self._writer.send(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.gone = True
             self._reading.cancel()
