@@ -1,9 +1,9 @@
-"""``python -m bench http1|http2 [options]``: trio-mesh against direct, nginx and others.
+"""``python -m bench http1|http2|rpc [options]``: trio-mesh against direct, nginx and others.
 
 ``http1``: HTTP/1.1 proxying, against direct, nginx, proxy.py, mitmproxy. ``http2``: h2c and
-gRPC unary proxying, against direct and nginx.
+gRPC unary proxying, against direct and nginx. ``rpc``: SOFA bolt proxying, against direct.
 
-Starts everything on 127.0.0.1 (nginx upstreams and each contender, in their own process
+Starts everything on 127.0.0.1 (the upstreams and each contender, in their own process
 groups), runs the scenarios, stops everything (also on Ctrl-C, SIGTERM or an error), prints the
 tables, and writes ``results.json`` and ``plot.png`` under ``bench/results/<timestamp>/``.
 
@@ -27,14 +27,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import load, report
+from . import load, report, rpc
 from .contenders import (
     CONTENDERS,
     H2_CONTENDERS,
     REPO_ROOT,
+    RPC_CONTENDERS,
     Contender,
     Workdir,
     start_h2_upstream,
+    start_rpc_upstream,
     start_upstream,
 )
 from .procs import NotReady, Processes, free_port, raise_nofile_limit
@@ -43,6 +45,8 @@ from .scenarios import H2_SCENARIOS, SCENARIOS, Bench, Scenario, Settings
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 H2_SMOKE_CONTENDER = "trio-mesh-h2h2"
 H2_SMOKE_DEADLINE = 120  # seconds: the http2 --smoke run is stopped (exit 1) after this
+RPC_SMOKE_CONTENDER = "trio-mesh"
+RPC_SMOKE_DEADLINE = 60  # seconds: the rpc --smoke run is stopped (exit 1) after this
 
 
 class DeadlinePassed(BaseException):
@@ -52,6 +56,8 @@ class DeadlinePassed(BaseException):
 def tables(protocol: str) -> tuple[dict[str, Contender], dict[str, Scenario]]:
     if protocol == "http2":
         return H2_CONTENDERS, H2_SCENARIOS
+    if protocol == "rpc":
+        return RPC_CONTENDERS, rpc.RPC_SCENARIOS
     return CONTENDERS, SCENARIOS
 
 
@@ -119,11 +125,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help=f"stop everything after SECS (exit 1); default none, {H2_SMOKE_DEADLINE} with --smoke",
     )
+    rp = sub.add_parser("rpc", help="SOFA bolt proxying")
+    rp.add_argument("--duration", type=int, default=4, help="whole seconds per load run (4)")
+    rp.add_argument("--rounds", type=int, default=3, help="rounds per load scenario (3)")
+    rp.add_argument(
+        "--contenders",
+        type=_csv,
+        default=list(RPC_CONTENDERS),
+        help=f"comma-separated, from {','.join(RPC_CONTENDERS)} (all)",
+    )
+    rp.add_argument(
+        "--scenarios",
+        type=_csv,
+        default=list(rpc.RPC_SCENARIOS),
+        help=f"comma-separated, from {','.join(rpc.RPC_SCENARIOS)} (all)",
+    )
+    rp.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"CI check: {RPC_SMOKE_CONTENDER}, every scenario, 2 s, 1 round, no warm-up, "
+        f"--deadline {RPC_SMOKE_DEADLINE} (overrides the options above)",
+    )
+    rp.add_argument("--out", type=Path, help="results directory (bench/results/<timestamp>)")
+    rp.add_argument("--clients", type=int, default=10, help="bolt connections, -c (10)")
+    rp.add_argument(
+        "--streams",
+        type=int,
+        default=10,
+        help="requests in flight per connection, -m (10)",
+    )
+    rp.add_argument(
+        "--deadline",
+        type=int,
+        help=f"stop everything after SECS (exit 1); default none, {RPC_SMOKE_DEADLINE} with "
+        "--smoke",
+    )
     args = parser.parse_args(argv)
     contenders, scenarios = tables(args.protocol)
     if args.smoke and args.protocol == "http1":
         args.contenders, args.scenarios = ["trio-mesh-1"], ["small-get"]
         args.duration, args.rounds = 2, 1
+    elif args.smoke and args.protocol == "rpc":
+        args.contenders, args.scenarios = [RPC_SMOKE_CONTENDER], list(rpc.RPC_SCENARIOS)
+        args.duration, args.rounds = 2, 1
+        if args.deadline is None:
+            args.deadline = RPC_SMOKE_DEADLINE
     elif args.smoke:
         args.contenders, args.scenarios = [H2_SMOKE_CONTENDER], list(H2_SCENARIOS)
         args.duration, args.rounds = 2, 1
@@ -137,7 +183,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"unknown scenario {name!r} (known: {', '.join(scenarios)})")
     if args.duration < 1 or args.rounds < 1:
         parser.error("--duration must be >= 1 and --rounds >= 1")
-    if args.protocol == "http2" and (args.clients < 1 or args.streams < 1):
+    if args.protocol in ("http2", "rpc") and (args.clients < 1 or args.streams < 1):
         parser.error("--clients and --streams must be >= 1")
     if args.deadline is not None and args.deadline < 1:
         parser.error("--deadline must be >= 1")
@@ -196,7 +242,7 @@ def _deadline(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     contender_table, scenario_table = tables(args.protocol)
-    tools = (load.WRK, load.H2LOAD) if args.protocol == "http1" else (load.H2LOAD,)
+    tools = {"http1": (load.WRK, load.H2LOAD), "http2": (load.H2LOAD,)}.get(args.protocol, ())
     for tool in tools:
         if not shutil.which(tool):
             print(f"bench: {tool} not found (apt-get install wrk nghttp2-client)", file=sys.stderr)
@@ -240,13 +286,19 @@ def main(argv: list[str] | None = None) -> int:
     work = Workdir(tmp, free_port(), nofile)
     if args.protocol == "http2":
         work.h2_upstream_port = free_port()
-    bench = Bench(procs, work, contenders, settings)
+    if args.protocol == "rpc":
+        bench: Bench = rpc.RpcBench(procs, work, contenders, settings)
+    else:
+        bench = Bench(procs, work, contenders, settings)
     interrupted = False
     try:
         from . import nginx
 
-        nginx.write_body_files(tmp)
-        start_upstream(procs, work)
+        if args.protocol == "rpc":
+            start_rpc_upstream(procs, work)
+        else:
+            nginx.write_body_files(tmp)
+            start_upstream(procs, work)
         if args.protocol == "http2":
             start_h2_upstream(procs, work)
         for name in args.scenarios:
@@ -265,7 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         procs.close()
     elapsed = time.monotonic() - started
 
-    report.add_ratios(bench.results)
+    if args.protocol == "rpc":
+        rpc.add_ratios(bench.results)
+    else:
+        report.add_ratios(bench.results)
     document = {
         "meta": {
             "timestamp": stamp,
@@ -298,13 +353,25 @@ def main(argv: list[str] | None = None) -> int:
         "results": bench.results,
     }
     report.write_json(out_dir / "results.json", document)
-    table = report.format_tables(
-        bench.results, args.scenarios, args.contenders, unavailable, bench.notes
-    )
+    if args.protocol == "rpc":
+        table = rpc.format_table(bench.results, args.scenarios, args.contenders, unavailable)
+    else:
+        table = report.format_tables(
+            bench.results, args.scenarios, args.contenders, unavailable, bench.notes
+        )
     (out_dir / "table.txt").write_text(table + "\n")
     try:
         if args.protocol == "http1":
             report.write_plot(out_dir / "plot.png", bench.results, args.scenarios, args.contenders)
+        elif args.protocol == "rpc":
+            report.write_load_plot(
+                out_dir / "plot.png",
+                bench.results,
+                args.scenarios,
+                args.contenders,
+                "trio-mesh SOFA bolt benchmark (bench.bolt_load -c10 -m10, 127.0.0.1, one run, "
+                "contenders alternating)",
+            )
         else:
             report.write_load_plot(
                 out_dir / "plot.png",

@@ -6,7 +6,8 @@ of that upstream, so the client talks to the server itself: the ceiling).
 
 ``CONTENDERS`` are those of ``python -m bench http1``; ``H2_CONTENDERS`` those of ``python -m
 bench http2``, which listen for h2c (HTTP/2 with prior knowledge) and proxy to the HTTP/1.1
-upstream or to a second, h2c nginx upstream.
+upstream or to a second, h2c nginx upstream. ``RPC_CONTENDERS`` are those of ``python -m bench
+rpc``: SOFA bolt, with a bolt echo server (``bench/bolt_server.py``) as the upstream.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import nginx
+from .bolt_load import rpc_status
 from .h2 import h2_status
 from .procs import Child, Processes, free_port, http_status, wait_ready
 
@@ -125,6 +127,18 @@ def start_h2_upstream(procs: Processes, work: Workdir) -> Child:
     launch = h2_upstream_launch(work, work.h2_upstream_port, "h2-upstream")
     child = procs.start("h2-upstream", launch.argv)
     wait_ready(child, work.h2_upstream_port, status=h2_status)
+    return child
+
+
+def bolt_server_launch(work: Workdir, port: int, name: str) -> Launch:
+    return Launch([sys.executable, "-m", "bench.bolt_server", "--port", str(port)])
+
+
+def start_rpc_upstream(procs: Processes, work: Workdir) -> Child:
+    """The bolt echo server (rpc only): one asyncio process."""
+    launch = bolt_server_launch(work, work.upstream_port, "rpc-upstream")
+    child = procs.start("rpc-upstream", launch.argv, cwd=REPO_ROOT)
+    wait_ready(child, work.upstream_port, status=rpc_status)
     return child
 
 
@@ -258,6 +272,46 @@ def _trio_mesh_h2(upstream_protocol: str) -> Callable[[Workdir, int, str], Launc
         return Launch(argv)
 
     return build
+
+
+_TRIO_MESH_BOLT_CONF = """\
+# trio-mesh benchmark configuration (written by bench/): SOFA bolt, the proxy filter, every
+# service (the request's `service` header) to the upstream cluster. Otherwise the defaults.
+servers:
+  - default_log_level: WARN
+    listeners:
+      - name: bench
+        address: "127.0.0.1:{port}"
+        filter_chains:
+          - filters:
+              - type: proxy
+                config:
+                  downstream_protocol: bolt
+                  router_config_name: bench_routes
+    routers:
+      - router_config_name: bench_routes
+        virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routers:
+              - match: {{headers: [{{name: service, value: ".*", regex: true}}]}}
+                route: {{cluster_name: upstream}}
+cluster_manager:
+  clusters:
+    - name: upstream
+      hosts:
+        - address: "{upstream}"
+"""
+
+
+def _direct_bolt(work: Workdir, port: int, tag: str) -> Launch:
+    return bolt_server_launch(work, port, f"direct-bolt-{tag}")
+
+
+def _trio_mesh_bolt(work: Workdir, port: int, tag: str) -> Launch:
+    conf = work.dir / f"trio-mesh-bolt-{tag}.yaml"
+    conf.write_text(_TRIO_MESH_BOLT_CONF.format(port=port, upstream=work.upstream))
+    return Launch([sys.executable, "-m", "trio_mesh.cli", "run", str(conf), "--log-level", "WARN"])
 
 
 def _proxy_py(work: Workdir, port: int, tag: str) -> Launch:
@@ -438,6 +492,26 @@ H2_CONTENDERS: dict[str, Contender] = {
             "trio-mesh run, 1 process, Http2 downstream, Http2 upstream (the h2c upstream)",
             _trio_mesh_h2("Http2"),
             status=h2_status,
+        ),
+    )
+}
+
+RPC_CONTENDERS: dict[str, Contender] = {
+    c.name: c
+    for c in (
+        Contender(
+            "direct",
+            "bolt straight to a private copy of the bolt echo server (the ceiling); CPU/RSS are"
+            " the server's",
+            _direct_bolt,
+            status=rpc_status,
+        ),
+        Contender(
+            "trio-mesh",
+            "trio-mesh run, 1 process, downstream_protocol: bolt, routed on the service header"
+            " to the bolt echo server",
+            _trio_mesh_bolt,
+            status=rpc_status,
         ),
     )
 }

@@ -1,0 +1,108 @@
+"""A SOFA bolt echo server for the benchmark: ``python -m bench.bolt_server --port PORT``.
+
+Plain asyncio (one process, one thread, ``asyncio.Protocol``): every request frame is answered
+with a response (status SUCCESS) carrying the same request id, codec and content; heartbeats get
+bolt's heartbeat reply; oneway requests get nothing. Framing is the project's codec
+(``BOLT.decode``); responses come from a template per (codec, content), built once with
+``BOLT.build_response`` and copied with the request id patched in (bytes 5..8 of a v1 response),
+so the server spends its time on the wire, not on building frames. v2 requests are answered
+with ``BOLT.build_response`` each time (the load generator sends v1).
+
+Listens on 127.0.0.1 only. Stops on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+
+from trio_mesh.protocols.xprotocol.base import XProtocolError
+from trio_mesh.protocols.xprotocol.bolt import BOLT, BoltFrame
+
+MAX_FRAME = 16 * 1024 * 1024
+_TEMPLATES: dict[tuple[int, bytes], bytes] = {}
+_MAX_TEMPLATES = 256
+
+
+def _response(frame: BoltFrame) -> bytes:
+    rid = frame.request_id
+    if frame.version != 1:
+        return bytes(
+            BOLT.build_response(
+                rid,
+                content=bytes(frame.content),
+                codec=frame.codec,
+                version=frame.version,
+                ver1=frame.ver1,
+                switch=frame.switch,
+            ).data
+        )
+    key = (frame.codec, bytes(frame.content))
+    template = _TEMPLATES.get(key)
+    if template is None:
+        template = bytes(BOLT.build_response(0, content=key[1], codec=key[0]).data)
+        if len(_TEMPLATES) < _MAX_TEMPLATES:
+            _TEMPLATES[key] = template
+    return b"".join((template[:5], rid.to_bytes(4, "big"), template[9:]))
+
+
+class EchoProtocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        out = []
+        pos = 0
+        try:
+            while True:
+                decoded = BOLT.decode(memoryview(buf)[pos:], MAX_FRAME)
+                if decoded is None:
+                    break
+                frame, used = decoded
+                pos += used
+                if frame.heartbeat:
+                    out.append(bytes(BOLT.heartbeat_reply(frame).data))
+                elif frame.is_request:
+                    out.append(_response(frame))
+                # oneway requests: no answer; responses from a client: ignored
+        except XProtocolError:
+            assert self.transport is not None
+            self.transport.close()
+            return
+        if pos:
+            del buf[:pos]
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
+
+
+async def serve(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(EchoProtocol, "127.0.0.1", port, backlog=4096)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.bolt_server", description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    asyncio.run(serve(args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""``python -m bench rpc``: SOFA bolt through trio-mesh against direct.
+
+The same scheme as the HTTP benchmarks (``scenarios.Bench``): every contender started fresh per
+scenario and checked with one full echo before its load runs, a 1 s untimed warm-up, rounds in
+an order rotated each round, the median over the rounds, CPU and peak RSS of the contender's
+process tree. The load generator is ``bench/bolt_load.py`` (its own process, like h2load), the
+upstream ``bench/bolt_server.py``. Ratios are to ``direct`` (there is no nginx for bolt).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import load
+from .bolt_load import probe
+from .contenders import REPO_ROOT, Running
+from .report import Results, _fmt, _mib, _ratio, _table
+from .scenarios import Bench, Scenario
+
+BASELINE = "direct"
+
+
+@dataclass(frozen=True)
+class RpcLoad:
+    protocol: str  # the load generator's module: bench.<protocol>_load
+    payload: int = 64  # request content bytes
+
+
+RPC_SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "bolt-echo",
+            "rpc",
+            "SOFA bolt v1 request (64-byte content) echoed, 10 connections x 10 in flight",
+        ),
+    )
+}
+RPC_LOADS: dict[str, RpcLoad] = {"bolt-echo": RpcLoad("bolt")}
+
+
+def run_rpc_load(
+    protocol: str, port: int, duration: float, clients: int, inflight: int, payload: int
+) -> load.LoadResult:
+    """``python -m bench.<protocol>_load`` against 127.0.0.1:port; its JSON as a LoadResult."""
+    argv = [
+        sys.executable,
+        "-m",
+        f"bench.{protocol}_load",
+        "--port",
+        str(port),
+        "-c",
+        str(clients),
+        "-m",
+        str(inflight),
+        "-d",
+        str(duration),
+        "--payload",
+        str(payload),
+    ]
+    try:
+        out = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=duration + 30,
+            start_new_session=True,
+            cwd=REPO_ROOT,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise load.LoadError(f"{protocol}_load did not finish: {' '.join(argv)}") from exc
+    if out.returncode != 0:
+        raise load.LoadError(
+            f"{protocol}_load exited {out.returncode}: {(out.stderr or out.stdout).strip()[-500:]}"
+        )
+    try:
+        doc = json.loads(out.stdout)
+        return load.LoadResult(
+            requests=int(doc["requests"]),
+            seconds=float(doc["seconds"]),
+            rps=float(doc["rps"]),
+            p50_ms=doc["p50_ms"],
+            p99_ms=doc["p99_ms"],
+            max_ms=doc["max_ms"],
+            errors=int(doc["errors"]),
+            extra=doc.get("extra", {}),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise load.LoadError(f"cannot parse {protocol}_load output: {out.stdout[-500:]}") from exc
+
+
+class RpcBench(Bench):
+    """``Bench`` with the bolt load generator and the bolt echo check."""
+
+    def _check(self, scenario: Scenario, r: Running) -> str | None:
+        problem = probe(r.port, b"check " + bytes(range(256)))
+        return f"echo check failed: {problem}" if problem else None
+
+    def _load(
+        self, scenario: Scenario, r: Running, seconds: float, rate: float | None
+    ) -> load.LoadResult:
+        spec = RPC_LOADS[scenario.name]
+        s = self.settings
+        return run_rpc_load(
+            spec.protocol, r.port, seconds, s.h2_clients, s.h2_streams, spec.payload
+        )
+
+    def run(self, scenario: Scenario) -> None:
+        self.log(f"scenario {scenario.name}: {scenario.description}")
+        self.run_load(scenario)
+
+
+def add_ratios(results: Results) -> None:
+    """req/s and p99 of each entry divided by ``direct``'s from the same scenario."""
+    for entries in results.values():
+        base = entries.get(BASELINE, {})
+        for entry in entries.values():
+            if "rps" in entry:
+                entry["rps_vs_direct"] = _ratio(entry.get("rps"), base.get("rps"))
+                entry["p99_vs_direct"] = _ratio(entry.get("p99_ms"), base.get("p99_ms"))
+
+
+def format_table(
+    results: Results,
+    scenarios: Sequence[str],
+    contenders: Sequence[str],
+    unavailable: dict[str, str],
+) -> str:
+    header = [
+        "scenario",
+        "contender",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "CPU s",
+        "CPU us/req",
+        "peak RSS MiB",
+        "req/s /direct",
+        "p99 /direct",
+        "errors",
+    ]
+    rows: list[list[str]] = []
+    for scenario in scenarios:
+        entries = results.get(scenario, {})
+        for name in contenders:
+            if name in unavailable:
+                rows.append([scenario, name, "unavailable: " + unavailable[name]])
+                continue
+            e = entries.get(name)
+            if e is None:
+                continue
+            if "rps" not in e:
+                rows.append([scenario, name, "error: " + e.get("error", "?").splitlines()[0]])
+                continue
+            rows.append(
+                [
+                    scenario,
+                    name,
+                    _fmt(e.get("rps"), 0),
+                    _fmt(e.get("p50_ms")),
+                    _fmt(e.get("p99_ms")),
+                    _fmt(e.get("max_ms")),
+                    _fmt(e.get("cpu_s")),
+                    _fmt(e.get("cpu_us_per_req"), 0),
+                    _mib(e.get("peak_rss_kib")),
+                    _fmt(e.get("rps_vs_direct")),
+                    _fmt(e.get("p99_vs_direct")),
+                    str(e.get("errors", 0)),
+                ]
+            )
+    return _table(header, rows) if rows else "(no results)"
