@@ -8,7 +8,6 @@ import importlib.util
 import socket
 import struct
 import threading
-import time
 import zlib
 
 import pytest
@@ -16,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import bolt_frames as frames
+from tests.anthunder_peers import anthunder_listener as start_anthunder_listener
 from trio_mesh.protocols.xprotocol import (
     ErrorKind,
     FrameKind,
@@ -514,31 +514,10 @@ def _read_frame(sock: socket.socket) -> BoltFrame:
 
 @pytest.fixture(scope="module")
 def anthunder_listener():
-    from anthunder import AioListener, BaseService
-
-    class Hello(BaseService):
-        def sayHello(self, body):
-            return b"\n\x05world:" + body
-
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    listener = AioListener(("127.0.0.1", port), "trio-mesh-test")
-    listener.handler.register_interface(frames.SERVICE, Hello)
-    listener.run_threading()
-    deadline = time.monotonic() + 10
-    while True:  # the listener has no readiness signal of its own: connect until it accepts
-        try:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-    yield sock
-    sock.close()
-    listener.shutdown()
+    with start_anthunder_listener() as port:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        yield sock
+        sock.close()
 
 
 @needs_anthunder

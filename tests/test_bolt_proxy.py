@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
-import socket
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import trio
 import yaml
 
 from tests import bolt_frames as frames
+from tests.anthunder_peers import anthunder_listener
 from tests.http_helpers import closed_port, http_config, start_proxy, start_raw_server
 from trio_mesh.config import parse_config, read_config
 from trio_mesh.protocols.xprotocol import ErrorKind
@@ -116,30 +115,8 @@ async def echo_upstream(
 
 @pytest.fixture
 def anthunder_upstream():
-    from anthunder import AioListener, BaseService
-
-    class Hello(BaseService):
-        def sayHello(self, body):
-            return b"\n\x05world:" + body
-
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    listener = AioListener(("127.0.0.1", port), "trio-mesh-test")
-    listener.handler.register_interface(frames.SERVICE, Hello)
-    listener.run_threading()
-    deadline = time.monotonic() + 10
-    while True:  # the listener has no readiness signal of its own: connect until it accepts
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=5).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-    yield port
-    listener.shutdown()
+    with anthunder_listener() as port:
+        yield port
 
 
 def _anthunder_calls(proxy_port: int, service: str, n_threads: int, calls: int) -> list:
