@@ -428,3 +428,13 @@ async def test_conf_bolt_yaml_serves_a_call(nursery):
     assert resp.request_id == 8 and bytes(resp.content) == b"echo:conf"
     await c.send(request(9, b"x", service="org.other.Service"))
     assert (await c.read()).status == BOLT.status_for(ErrorKind.NO_ROUTE)
+
+
+async def test_mosn_style_any_service_route_without_regex_flag(nursery):
+    up = await echo_upstream(nursery)
+    routes = [{"match": {"headers": [{"name": "service", "value": ".*"}]},
+               "route": {"cluster_name": "up"}}]
+    _, port = await start_proxy(nursery, bolt_config(up, routes=routes))
+    c = await BoltClient.connect(port)
+    await c.send(request(4, b"any", service="whatever.Service"))
+    assert bytes((await c.read()).content) == b"echo:any"

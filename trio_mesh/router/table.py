@@ -335,6 +335,10 @@ _Entry = tuple[int, Any, tuple, tuple, Route]
 def _value_matcher(m: cfg.HeaderMatcher | cfg.QueryParameterMatcher) -> tuple[int, Any]:
     if m.present:
         return _PRESENT, None
+    if not m.regex and m.value == ".*":
+        # MOSN's RPC examples route every service with {name: service, value: ".*"} and no
+        # regex flag; an existing MOSN config means "any value" by it, not the literal ".*".
+        return _PRESENT, None
     if m.regex:
         return _MATCHES, re.compile(m.value or "")
     return _EXACT, m.value
