@@ -4,6 +4,7 @@ timeouts, a lost upstream)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import random
 import threading
@@ -438,3 +439,118 @@ async def test_mosn_style_any_service_route_without_regex_flag(nursery):
     c = await BoltClient.connect(port)
     await c.send(request(4, b"any", service="whatever.Service"))
     assert bytes((await c.read()).content) == b"echo:any"
+
+
+# -- found in review: each failed before its fix --------------------------------------------
+
+
+async def test_an_upstream_flooding_heartbeats_then_closing_does_not_stop_the_server(nursery):
+    done = trio.Event()
+
+    async def floods(stream: trio.SocketStream) -> None:
+        first = await BoltClient(stream).read()
+        resp = BOLT.build_response(first.request_id, 0, content=b"ok")
+        heartbeats = b"".join(bytes(BOLT.heartbeat_request(i).data) for i in range(1, 2000))
+        await stream.send_all(bytes(resp.data) + heartbeats)
+        await stream.aclose()  # gone with the proxy's replies unread: they meet a RST
+        done.set()
+
+    up = await start_raw_server(nursery, floods)
+    _, port = await start_proxy(nursery, bolt_config(up))
+    c = await BoltClient.connect(port)
+    await c.send(request(1, b"x"))
+    assert (await c.read()).status == 0
+    await done.wait()
+    c2 = await BoltClient.connect(port)
+    await c2.send(request(2, b"y"))
+    with trio.fail_after(5):
+        resp = await c2.read()  # answered (by a new connection or an error): the server lives
+    assert resp.request_id == 2
+
+
+async def test_a_malformed_upstream_frame_fails_its_requests_at_once(nursery):
+    closed = trio.Event()
+
+    async def garbage(stream: trio.SocketStream) -> None:
+        await BoltClient(stream).read()
+        await stream.send_all(b"\x07" * 64)
+        with contextlib.suppress(trio.BrokenResourceError):
+            while await stream.receive_some(65536):
+                pass
+        closed.set()
+
+    up = await start_raw_server(nursery, garbage)
+    routes = [{"match": {"headers": [{"name": "service", "value": ".*"}]},
+               "route": {"cluster_name": "up", "timeout": "0s"}}]  # no timeout to save it
+    _, port = await start_proxy(nursery, bolt_config(up, routes=routes))
+    c = await BoltClient.connect(port)
+    await c.send(request(1, b"x"))
+    with trio.fail_after(5):
+        resp = await c.read()
+    assert resp.status == BOLT.status_for(ErrorKind.UPSTREAM_RESET)
+    with trio.fail_after(5):
+        await closed.wait()  # and the proxy closed that connection
+
+
+async def test_a_timeout_mid_send_does_not_corrupt_the_next_frame(nursery):
+    reading = trio.Event()
+    decoded: list = []
+
+    async def slow_reader(stream: trio.SocketStream) -> None:
+        await reading.wait()  # not reading yet: the proxy's send of the big frame blocks
+        peer = BoltClient(stream)
+        try:
+            while True:
+                frame = await peer.read()
+                decoded.append(bytes(frame.content[:6]))
+                resp = BOLT.build_response(frame.request_id, 0, content=b"ok")
+                await stream.send_all(bytes(resp.data))
+        except (EOFError, trio.BrokenResourceError):
+            pass  # the connection the torn frame was on: reset by the proxy
+
+    up = await start_raw_server(nursery, slow_reader)
+    routes = [{"match": {"headers": [{"name": "service", "value": ".*"}]},
+               "route": {"cluster_name": "up", "timeout": "300ms"}}]
+    _, port = await start_proxy(nursery, bolt_config(up, routes=routes))
+    c = await BoltClient.connect(port)
+    await c.send(request(1, b"A" * 12_000_000))
+    assert (await c.read()).status == ResponseStatus.TIMEOUT
+    reading.set()
+    with trio.fail_after(10):
+        await c.send(request(2, b"second"))
+        resp = await c.read()
+    assert resp.request_id == 2 and resp.status == 0
+    assert decoded[-1] == b"second"  # the upstream read a whole frame, not a torn one
+
+
+@pytest.mark.parametrize(
+    ("proxy", "error"),
+    [
+        ({"downstream_protocol": "X"}, "extend_config: downstream_protocol X needs sub_protocol"),
+        ({"downstream_protocol": "bolt", "upstream_protocol": "Http2"},
+         "upstream_protocol: Http2: an RPC request goes upstream in its own protocol"),
+        ({"downstream_protocol": "Http1", "upstream_protocol": "dubbo"},
+         "upstream_protocol: dubbo: an HTTP request cannot go upstream as RPC"),
+        ({"downstream_protocol": "bolt", "extend_config": {"sub_protocol": "dubbo"}},
+         "extend_config: only downstream_protocol X reads extend_config"),
+    ],
+)
+def test_rpc_protocol_config_errors_name_their_path(proxy, error):
+    from trio_mesh.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        bolt_config(1, proxy=proxy)
+    (line,) = info.value.errors
+    assert line.startswith("servers[0].listeners[0].filter_chains[0].filters[0].config.")
+    assert error in line, line
+
+
+async def test_an_unknown_sub_protocol_stops_start_up_before_binding(nursery):
+    from trio_mesh.errors import StartupError
+
+    config = bolt_config(
+        closed_port(),
+        proxy={"downstream_protocol": "X", "extend_config": {"sub_protocol": "bolt,nosuch"}},
+    )
+    with pytest.raises(StartupError, match="no RPC codec 'nosuch'"):
+        await nursery.start(Server(config).run)

@@ -409,8 +409,11 @@ def _expected(v):
     return v
 
 
+_SLOW_AND_BIG = [HealthCheck.too_slow, HealthCheck.data_too_large]
+
+
 @given(st.lists(_dubbo_ssl_values(), min_size=1, max_size=4))
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=_SLOW_AND_BIG)
 def test_dubbo_ssl_encoder_roundtrip(values):
     pytest.importorskip("dubbo_ssl")
     from dubbo_ssl.codec.encoder import Request
@@ -709,7 +712,7 @@ def _share(v, draw):
 
 
 @given(st.data())
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=_SLOW_AND_BIG)
 def test_reference_encoder_roundtrip(data):
     vs = [_share(data.draw(values), data.draw) for _ in range(data.draw(st.integers(1, 3)))]
     enc = RefEncoder(data.draw)

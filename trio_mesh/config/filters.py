@@ -181,6 +181,17 @@ class ProxyConfig:
                     " protocol (leave it Auto)",
                 )
             )
+        if self.downstream_protocol not in rpc and self.upstream_protocol in rpc:
+            problems.append(
+                (
+                    ("upstream_protocol",),
+                    f"{self.upstream_protocol.value}: an HTTP request cannot go upstream as RPC",
+                )
+            )
+        if self.extend_config is not None and self.downstream_protocol != Protocol.X:
+            problems.append(
+                (("extend_config",), "only downstream_protocol X reads extend_config")
+            )
         _raise(problems)
 
 

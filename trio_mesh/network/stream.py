@@ -84,10 +84,11 @@ class Stream:
             raise _mapped(exc) from exc
 
     def close(self) -> None:
+        _notify_closing(self.socket)
         self.socket.close()
 
     async def aclose(self) -> None:
-        self.socket.close()
+        self.close()
         await trio.lowlevel.checkpoint()
 
     def abort(self) -> None:
@@ -96,7 +97,17 @@ class Stream:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
         except OSError:
             pass  # already closed or never connected: a plain close is all there is
-        self.socket.close()
+        self.close()
+
+
+def _notify_closing(sock: socket.socket) -> None:
+    """Wake any task waiting on this socket (with ClosedResourceError) before its fd number
+    can be reused by a new socket, which the waiter would otherwise be left watching."""
+    if sock.fileno() != -1:
+        try:
+            trio.lowlevel.notify_closing(sock)
+        except RuntimeError:
+            pass  # outside a Trio run (a test closing its own socket): nobody can wait on it
 
 
 def _mapped(exc: OSError) -> Exception:

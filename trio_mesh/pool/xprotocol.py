@@ -57,6 +57,7 @@ class XConnection:
         self.dead: str | None = None
         self.last_read = time.monotonic()
         self._closed = trio.Event()
+        self.running = False  # its reader task has begun (the pool's cleanup is its own)
 
     def allocate_id(self) -> int:
         """A request id free on this connection (never 0: some peers treat it specially)."""
@@ -75,6 +76,10 @@ class XConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.close(f"send failed: {exc}")
             raise UpstreamLost(self.dead) from None
+        except BaseException:
+            if self._writer.broken:  # cancelled part-way: the writer reset the stream
+                self.close("a frame was cut short")
+            raise
 
     async def call(self, frame: Frame, codec: Codec) -> Frame:
         """Send ``frame`` under a fresh id and wait for its response (the caller bounds the
@@ -94,9 +99,7 @@ class XConnection:
     def close(self, reason: str) -> None:
         if self.dead is None:
             self.dead = reason
-            # Wake our reader off this fd before its number can be reused by a new socket.
-            trio.lowlevel.notify_closing(self.stream.socket)
-            self.stream.abort()
+            self.stream.abort()  # wakes our reader off the fd first (Stream.close)
             for slot in self.pending.values():
                 slot.event.set()  # frame None: lost
             self._closed.set()
@@ -130,8 +133,8 @@ class XConnection:
                 try:
                     decoded = codec.decode(buf, limit)
                 except XProtocolError as exc:
-                    log.warning("upstream %s: bad %s frame: %s", codec.name, codec.name, exc)
-                    self.dead = f"bad frame: {exc}"
+                    log.warning("upstream %s: bad frame: %s", codec.name, exc)
+                    self.close(f"bad frame: {exc}")  # wakes every request waiting here
                     return
                 if decoded is None:
                     break
@@ -139,7 +142,10 @@ class XConnection:
                 del buf[:used]
                 if frame.is_request:
                     if frame.is_heartbeat:  # the upstream checks on us: answer it
-                        await self.send(codec.encode(codec.heartbeat_reply(frame)))
+                        try:
+                            await self.send(codec.encode(codec.heartbeat_reply(frame)))
+                        except UpstreamLost:
+                            return
                     continue  # requests from the upstream side are not proxied
                 slot = self.pending.get(frame.request_id)
                 if slot is not None and slot.frame is None:
@@ -155,6 +161,7 @@ class XConnection:
                 continue  # traffic says it is alive
             rid = self.allocate_id()
             slot = self.pending[rid] = _Slot()
+            read_before = self.last_read
             try:
                 await self.send(self.codec.encode(self.codec.heartbeat_request(rid)))
                 with trio.move_on_after(self.options.heartbeat_timeout):
@@ -163,8 +170,8 @@ class XConnection:
                 return
             finally:
                 self.pending.pop(rid, None)
-            if slot.frame is None:
-                self.close("heartbeat unanswered")
+            if slot.frame is None and self.last_read == read_before:
+                self.close("heartbeat unanswered")  # and nothing else came meanwhile
                 return
 
 
@@ -209,7 +216,13 @@ class XPool:
         try:
             stream = await self.cluster.connect(self.host)
             conn = XConnection(stream, self.codec, self.options)
-            await self.nursery.start(self._run, conn)
+            try:
+                await self.nursery.start(self._run, conn)
+            except BaseException:
+                if not conn.running:  # _run never began: its cleanup is ours
+                    stream.abort()
+                    self.cluster.release_connection()
+                raise
             self.conns.append(conn)
             return conn
         finally:
@@ -217,8 +230,13 @@ class XPool:
             done.set()
 
     async def _run(self, conn: XConnection, *, task_status: trio.TaskStatus[None]) -> None:
+        conn.running = True
         try:
             await conn.run(task_status=task_status)
+        except Exception:
+            # One connection's failure must never reach the pools' nursery (every pool's).
+            log.exception("upstream %s connection to %s failed", self.codec.name, self.host.label)
+            conn.close("internal error")
         finally:
             if conn in self.conns:
                 self.conns.remove(conn)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import trio
+
 from ..config.filters import Protocol, ProxyConfig
 from ..filters import BuildContext, register_network_filter
 from ..network.connection import Connection
@@ -38,8 +40,8 @@ class AutoProxy:
             # The listener's idle timeout bounds a client that never says enough.
             try:
                 data = await conn.stream.receive_some(CHUNK)
-            except OSError:
-                return
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # reset before saying what it speaks
             if not data:
                 return
             buf += data

@@ -105,11 +105,13 @@ class _XSession:
         self._room = trio.Event()  # set when in_flight drops below the limit
         self._writer = FrameWriter(conn.stream)
         self._reading = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
         self.gone = False
 
     async def run(self, prefix: bytes) -> None:
         self.conn.on_drain = self._on_drain
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             with self._reading:
                 await self._read(nursery, bytearray(prefix))
             # Reading is over (EOF, drain, a bad frame): requests in flight finish first,
@@ -177,8 +179,11 @@ class _XSession:
         try:
             await self._writer.send(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The client is gone: nothing in flight can be answered any more.
             self.gone = True
             self._reading.cancel()
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
 
     async def _handle(self, frame: Frame) -> None:
         stats = self.proxy.stats
@@ -224,15 +229,18 @@ class _XSession:
         cluster.stats.upstream_rq_total += 1
         host.active_requests += 1
         try:
+            response = None
             with trio.move_on_after(timeout):
                 if frame.is_oneway:
                     await pool.send_oneway(frame)
                     return None
                 response = await pool.call(frame)
-                await self._write(self.codec.set_request_id(response, downstream_id))
-                return None
-            cluster.stats.upstream_rq_timeout += 1
-            return ErrorKind.TIMEOUT
+            if response is None:
+                cluster.stats.upstream_rq_timeout += 1
+                return ErrorKind.TIMEOUT
+            # Written outside the timeout: a frame is never cut short by it (FrameWriter).
+            await self._write(self.codec.set_request_id(response, downstream_id))
+            return None
         except ConnectError:
             return ErrorKind.UPSTREAM_FAILURE
         except CircuitOpenError:
