@@ -1,7 +1,8 @@
 """``python -m bench http1|http2|rpc [options]``: trio-mesh against direct, nginx and others.
 
 ``http1``: HTTP/1.1 proxying, against direct, nginx, proxy.py, mitmproxy. ``http2``: h2c and
-gRPC unary proxying, against direct and nginx. ``rpc``: SOFA bolt proxying, against direct.
+gRPC unary proxying, against direct and nginx. ``rpc``: SOFA bolt and Dubbo proxying, against
+direct.
 
 Starts everything on 127.0.0.1 (the upstreams and each contender, in their own process
 groups), runs the scenarios, stops everything (also on Ctrl-C, SIGTERM or an error), prints the
@@ -125,7 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help=f"stop everything after SECS (exit 1); default none, {H2_SMOKE_DEADLINE} with --smoke",
     )
-    rp = sub.add_parser("rpc", help="SOFA bolt proxying")
+    rp = sub.add_parser("rpc", help="SOFA bolt and Dubbo proxying")
     rp.add_argument("--duration", type=int, default=4, help="whole seconds per load run (4)")
     rp.add_argument("--rounds", type=int, default=3, help="rounds per load scenario (3)")
     rp.add_argument(
@@ -147,7 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"--deadline {RPC_SMOKE_DEADLINE} (overrides the options above)",
     )
     rp.add_argument("--out", type=Path, help="results directory (bench/results/<timestamp>)")
-    rp.add_argument("--clients", type=int, default=10, help="bolt connections, -c (10)")
+    rp.add_argument("--clients", type=int, default=10, help="connections, -c (10)")
     rp.add_argument(
         "--streams",
         type=int,
@@ -286,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Workdir(tmp, free_port(), nofile)
     if args.protocol == "http2":
         work.h2_upstream_port = free_port()
+    rpc_protocols = [
+        p for p in rpc.PROTOCOLS if any(rpc.RPC_LOADS[s].protocol == p for s in args.scenarios)
+    ]
+    if args.protocol == "rpc" and "dubbo" in rpc_protocols:
+        work.dubbo_upstream_port = free_port()
     if args.protocol == "rpc":
         bench: Bench = rpc.RpcBench(procs, work, contenders, settings)
     else:
@@ -295,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         from . import nginx
 
         if args.protocol == "rpc":
-            start_rpc_upstream(procs, work)
+            for p in rpc_protocols:  # a shared echo server per protocol the scenarios use
+                start_rpc_upstream(procs, work, p)
         else:
             nginx.write_body_files(tmp)
             start_upstream(procs, work)
@@ -369,8 +376,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.results,
                 args.scenarios,
                 args.contenders,
-                "trio-mesh SOFA bolt benchmark (bench.bolt_load -c10 -m10, 127.0.0.1, one run, "
-                "contenders alternating)",
+                "trio-mesh SOFA bolt and Dubbo benchmark (bench.bolt_load -c10 -m10, 127.0.0.1, "
+                "one run, contenders alternating)",
             )
         else:
             report.write_load_plot(

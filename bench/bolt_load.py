@@ -1,4 +1,5 @@
-"""A SOFA bolt load generator: ``python -m bench.bolt_load --port PORT [-c 10] [-m 10] [-d 4]``.
+"""An RPC load generator: ``python -m bench.bolt_load --port PORT [--protocol bolt|dubbo] [-c 10]
+[-m 10] [-d 4]``.
 
 Like ``h2load -c C -m M -D D``: C connections to 127.0.0.1:PORT, each keeping M requests in
 flight (a new one is sent as each response arrives), for D seconds; then prints one JSON object
@@ -7,14 +8,21 @@ on stdout: ``requests`` (responses received within D), ``seconds``, ``rps``, ``p
 so it includes waiting behind the other M-1 requests of the connection), ``errors`` and
 ``extra`` (the kinds of error, requests left unanswered at the end).
 
-Every response must carry the request id of a request outstanding on that connection, status
-SUCCESS and exactly the request's content; anything else is counted as an error (a response
-whose id matches nothing outstanding is a ``mismatch``). Requests are v1 bolt (hessian2 codec
-field 11 here is irrelevant: the echo server does not deserialize), built once with
-``BOLT.build_request`` and copied with the request id patched in at bytes 5..8.
+Every response must carry the request id of a request outstanding on that connection, the
+protocol's success status and exactly the expected body; anything else is counted as an error
+(a response whose id matches nothing outstanding is a ``mismatch``). Requests are built once
+and copied with the request id patched in:
 
-Also :func:`probe` (one request, synchronous, with a socket timeout) and :func:`rpc_status`,
-the readiness check the harness uses for bolt contenders.
+- ``bolt`` (the default): v1 bolt requests (hessian2 codec field 11 here is irrelevant: the
+  echo server does not deserialize), built with ``BOLT.build_request``, the id at bytes 5..8;
+  a response must be status SUCCESS (0) with exactly the request's content.
+- ``dubbo``: Dubbo requests (flag 0xC2: request, two-way, hessian2) calling
+  ``org.apache.dubbo.demo.EchoService:1.0.0`` ``echo(String)`` with the content as the string
+  argument, the 8-byte id at bytes 4..11; a response must be status OK (20) with a body that is
+  the value response of that same string (int 1, the hessian2 string).
+
+Also :func:`probe` (one request, synchronous, with a socket timeout) and :func:`rpc_status` /
+:func:`dubbo_status`, the readiness checks the harness uses for bolt and dubbo contenders.
 """
 
 from __future__ import annotations
@@ -26,12 +34,23 @@ import math
 import socket
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
 
-from trio_mesh.protocols.xprotocol.base import XProtocolError
+from trio_mesh.protocols.xprotocol import dubbo_frames
+from trio_mesh.protocols.xprotocol.base import Codec, Frame, XProtocolError
 from trio_mesh.protocols.xprotocol.bolt import BOLT
+from trio_mesh.protocols.xprotocol.dubbo import DUBBO
+from trio_mesh.protocols.xprotocol.hessian2 import encode_string, encode_string_map
 
 SERVICE = "com.alipay.bench.EchoService:1.0"
 HEADERS = {"service": SERVICE, "sofa_head_method_name": "echo"}
+DUBBO_SERVICE = "org.apache.dubbo.demo.EchoService"
+DUBBO_VERSION = "2.4.10"
+DUBBO_SERVICE_VERSION = "1.0.0"
+DUBBO_REQUEST_FLAG = 0xC2  # request | two-way | hessian2
 MAX_FRAME = 16 * 1024 * 1024
 PROBE_ID = 7
 
@@ -40,8 +59,72 @@ def payload(size: int) -> bytes:
     return (b"trio-mesh bolt echo " * (size // 20 + 1))[:size]
 
 
-def request_template(content: bytes) -> bytes:
-    return bytes(BOLT.build_request(0, HEADERS, content, codec=11).data)
+def bolt_request(request_id: int, content: bytes) -> bytes:
+    return bytes(BOLT.build_request(request_id, HEADERS, content, codec=11).data)
+
+
+def dubbo_request(request_id: int, content: bytes) -> bytes:
+    """A Dubbo ``echo(String)`` call whose argument is ``content`` (UTF-8) as a string."""
+    body = b"".join(
+        (
+            encode_string(DUBBO_VERSION),
+            encode_string(DUBBO_SERVICE),
+            encode_string(DUBBO_SERVICE_VERSION),
+            encode_string("echo"),
+            encode_string("Ljava/lang/String;"),
+            encode_string(content.decode("utf-8")),
+            encode_string_map(
+                {
+                    "path": DUBBO_SERVICE,
+                    "interface": DUBBO_SERVICE,
+                    "version": DUBBO_SERVICE_VERSION,
+                }
+            ),
+        )
+    )
+    return dubbo_frames.encode_frame(DUBBO_REQUEST_FLAG, 0, request_id, body)
+
+
+def dubbo_response_body(content: bytes) -> bytes:
+    """The body (after the 16-byte header) of the echo server's answer to ``content``."""
+    return dubbo_frames.value_response(0, encode_string(content.decode("utf-8")))[
+        dubbo_frames.HEADER_LENGTH :
+    ]
+
+
+@dataclass(frozen=True)
+class Wire:
+    """What the load generator and the probe need to know of a protocol."""
+
+    codec: Codec
+    request: Callable[[int, bytes], bytes]  # (request id, content) -> a request frame
+    id_start: int  # where the request id sits in a request frame
+    id_size: int
+    ok_status: int
+    body: Callable[[Frame], Any]  # the part of a response compared with ``expected`` (bytes-like)
+    expected: Callable[[bytes], bytes]  # content -> what ``body`` must be
+
+
+WIRES: dict[str, Wire] = {
+    "bolt": Wire(
+        BOLT,
+        bolt_request,
+        5,
+        4,
+        0,
+        attrgetter("content"),
+        lambda content: content,
+    ),
+    "dubbo": Wire(
+        DUBBO,
+        dubbo_request,
+        4,
+        8,
+        int(dubbo_frames.Status.OK),
+        lambda frame: frame.data[dubbo_frames.HEADER_LENGTH :],
+        dubbo_response_body,
+    ),
+}
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -51,17 +134,20 @@ def _percentile(ordered: list[float], q: float) -> float:
 # --- the probe (readiness and the check before load) -----------------------------------------
 
 
-def probe(port: int, content: bytes = b"probe", timeout: float = 2.0) -> str | None:
-    """Send one bolt request to 127.0.0.1:port and check the reply in full; None when it is an
-    echo (same id, status SUCCESS, same content), else what was wrong."""
-    request = bytes(BOLT.build_request(PROBE_ID, HEADERS, content, codec=11).data)
+def probe(
+    port: int, content: bytes = b"probe", timeout: float = 2.0, protocol: str = "bolt"
+) -> str | None:
+    """Send one request of ``protocol`` to 127.0.0.1:port and check the reply in full; None when
+    it is an echo (same id, the success status, the expected body), else what was wrong."""
+    wire = WIRES[protocol]
+    request = wire.request(PROBE_ID, content)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.sendall(request)
             buf = b""
             while True:
                 try:
-                    decoded = BOLT.decode(buf, MAX_FRAME)
+                    decoded = wire.codec.decode(buf, MAX_FRAME)
                 except XProtocolError as exc:
                     return f"bad reply: {exc}"
                 if decoded is not None:
@@ -77,10 +163,11 @@ def probe(port: int, content: bytes = b"probe", timeout: float = 2.0) -> str | N
         return "reply is not a response"
     if frame.request_id != PROBE_ID:
         return f"reply id {frame.request_id}, not {PROBE_ID}"
-    if frame.status != 0:
-        return f"reply status {frame.status:#06x}, not SUCCESS"
-    if bytes(frame.content) != content:
-        return f"reply content {bytes(frame.content)[:40]!r}, not {content!r}"
+    if frame.status != wire.ok_status:
+        return f"reply status {frame.status:#06x}, not {wire.ok_status:#06x}"
+    body, expected = wire.body(frame), wire.expected(content)
+    if body != expected:
+        return f"reply body {bytes(body)[:40]!r}, not {bytes(expected)[:40]!r}"
     return None
 
 
@@ -88,6 +175,11 @@ def rpc_status(port: int, path: str = "") -> int | None:
     """Readiness in the harness's terms (its ``wait_ready`` wants 200): 200 when the port
     answers one bolt request with its echo, else None."""
     return 200 if probe(port) is None else None
+
+
+def dubbo_status(port: int, path: str = "") -> int | None:
+    """:func:`rpc_status` for dubbo: 200 when the port answers one Dubbo echo call."""
+    return 200 if probe(port, protocol="dubbo") is None else None
 
 
 # --- the load ----------------------------------------------------------------------------------
@@ -108,11 +200,21 @@ class Stats:
 
 class LoadConnection(asyncio.Protocol):
     def __init__(
-        self, template: bytes, content: bytes, inflight: int, stats: Stats, offset: int
+        self,
+        wire: Wire,
+        template: bytes,
+        expected: bytes,
+        inflight: int,
+        stats: Stats,
+        offset: int,
     ) -> None:
-        self.head = template[:5]
-        self.tail = template[9:]
-        self.content = content
+        self.decode = wire.codec.decode
+        self.body = wire.body
+        self.ok_status = wire.ok_status
+        self.id_size = wire.id_size
+        self.head = template[: wire.id_start]
+        self.tail = template[wire.id_start + wire.id_size :]
+        self.expected = expected
         self.inflight = inflight
         self.stats = stats
         self.next_id = offset
@@ -131,12 +233,12 @@ class LoadConnection(asyncio.Protocol):
 
     def _requests(self, n: int, now: float) -> bytes:
         parts = []
-        head, tail, outstanding = self.head, self.tail, self.outstanding
+        head, tail, outstanding, size = self.head, self.tail, self.outstanding, self.id_size
         for _ in range(n):
             rid = self.next_id
             self.next_id = (rid + 1) & 0xFFFFFFFF
             outstanding[rid] = now
-            parts += (head, rid.to_bytes(4, "big"), tail)
+            parts += (head, rid.to_bytes(size, "big"), tail)
         return b"".join(parts)
 
     def start(self) -> None:
@@ -153,12 +255,12 @@ class LoadConnection(asyncio.Protocol):
         buf += data
         stats = self.stats
         outstanding = self.outstanding
-        content = self.content
+        decode, body, expected, ok_status = self.decode, self.body, self.expected, self.ok_status
         answered = 0
         pos = 0
         try:
             while True:
-                decoded = BOLT.decode(memoryview(buf)[pos:], MAX_FRAME)
+                decoded = decode(memoryview(buf)[pos:], MAX_FRAME)
                 if decoded is None:
                     break
                 frame, used = decoded
@@ -170,10 +272,10 @@ class LoadConnection(asyncio.Protocol):
                 answered += 1
                 if not stats.counting:
                     continue
-                if frame.status != 0:
+                if frame.status != ok_status:
                     stats.error("status", f"{frame.status:#06x}")
-                elif frame.content != content:
-                    stats.error("content", f"{bytes(frame.content)[:40]!r}")
+                elif body(frame) != expected:
+                    stats.error("content", f"{bytes(body(frame))[:40]!r}")
                 else:
                     stats.latencies.append(now - sent)
         except XProtocolError as exc:
@@ -194,18 +296,26 @@ class LoadConnection(asyncio.Protocol):
 
 
 async def run(
-    port: int, connections: int, inflight: int, duration: float, size: int, grace: float = 2.0
+    port: int,
+    connections: int,
+    inflight: int,
+    duration: float,
+    size: int,
+    grace: float = 2.0,
+    protocol: str = "bolt",
 ) -> dict[str, object]:
     loop = asyncio.get_running_loop()
+    wire = WIRES[protocol]
     content = payload(size)
-    template = request_template(content)
+    template = wire.request(0, content)
+    expected = wire.expected(content)
     stats = Stats()
     conns: list[LoadConnection] = []
     for i in range(connections):
         try:
             _, proto = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda i=i: LoadConnection(template, content, inflight, stats, i << 24),
+                    lambda i=i: LoadConnection(wire, template, expected, inflight, stats, i << 24),
                     "127.0.0.1",
                     port,
                 ),
@@ -249,6 +359,7 @@ async def run(
             "connections": len(conns),
             "inflight_per_connection": inflight,
             "payload_bytes": size,
+            "protocol": protocol,
             **({"first_error": stats.first_error} if stats.first_error else {}),
         },
     }
@@ -261,11 +372,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-m", "--inflight", type=int, default=10, help="per connection")
     parser.add_argument("-d", "--duration", type=float, default=4.0, help="seconds")
     parser.add_argument("--payload", type=int, default=64, help="request content bytes (64)")
+    parser.add_argument("--protocol", choices=sorted(WIRES), default="bolt", help="(bolt)")
     args = parser.parse_args(argv)
     if min(args.connections, args.inflight) < 1 or args.duration <= 0 or args.payload < 0:
         parser.error("-c and -m must be >= 1, -d > 0, --payload >= 0")
     result = asyncio.run(
-        run(args.port, args.connections, args.inflight, args.duration, args.payload)
+        run(
+            args.port,
+            args.connections,
+            args.inflight,
+            args.duration,
+            args.payload,
+            protocol=args.protocol,
+        )
     )
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

@@ -7,7 +7,9 @@ of that upstream, so the client talks to the server itself: the ceiling).
 ``CONTENDERS`` are those of ``python -m bench http1``; ``H2_CONTENDERS`` those of ``python -m
 bench http2``, which listen for h2c (HTTP/2 with prior knowledge) and proxy to the HTTP/1.1
 upstream or to a second, h2c nginx upstream. ``RPC_CONTENDERS`` are those of ``python -m bench
-rpc``: SOFA bolt, with a bolt echo server (``bench/bolt_server.py``) as the upstream.
+rpc``: SOFA bolt, with a bolt echo server (``bench/bolt_server.py``) as the upstream; for the
+Dubbo scenarios the same contenders are built by ``rpc_contenders("dubbo")`` (a Dubbo echo
+server, ``bolt_server.py --protocol dubbo``, and ``downstream_protocol: dubbo``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import nginx
-from .bolt_load import rpc_status
+from .bolt_load import dubbo_status, rpc_status
 from .h2 import h2_status
 from .procs import Child, Processes, free_port, http_status, wait_ready
 
@@ -39,10 +41,15 @@ class Workdir:
     upstream_port: int
     nofile: int  # RLIMIT_NOFILE soft limit the children inherit
     h2_upstream_port: int = 0  # the h2c upstream (http2 only)
+    dubbo_upstream_port: int = 0  # the Dubbo echo server (rpc only; upstream_port is bolt's)
 
     @property
     def upstream(self) -> str:
         return f"127.0.0.1:{self.upstream_port}"
+
+    def rpc_upstream(self, protocol: str) -> str:
+        port = self.dubbo_upstream_port if protocol == "dubbo" else self.upstream_port
+        return f"127.0.0.1:{port}"
 
     @property
     def h2_upstream(self) -> str:
@@ -130,15 +137,24 @@ def start_h2_upstream(procs: Processes, work: Workdir) -> Child:
     return child
 
 
-def bolt_server_launch(work: Workdir, port: int, name: str) -> Launch:
-    return Launch([sys.executable, "-m", "bench.bolt_server", "--port", str(port)])
+RPC_STATUS = {"bolt": rpc_status, "dubbo": dubbo_status}
 
 
-def start_rpc_upstream(procs: Processes, work: Workdir) -> Child:
-    """The bolt echo server (rpc only): one asyncio process."""
-    launch = bolt_server_launch(work, work.upstream_port, "rpc-upstream")
-    child = procs.start("rpc-upstream", launch.argv, cwd=REPO_ROOT)
-    wait_ready(child, work.upstream_port, status=rpc_status)
+def bolt_server_launch(work: Workdir, port: int, name: str, protocol: str = "bolt") -> Launch:
+    argv = [sys.executable, "-m", "bench.bolt_server", "--port", str(port)]
+    if protocol != "bolt":
+        argv += ["--protocol", protocol]
+    return Launch(argv)
+
+
+def start_rpc_upstream(procs: Processes, work: Workdir, protocol: str = "bolt") -> Child:
+    """The bolt (or Dubbo) echo server (rpc only): one asyncio process. The Dubbo one listens on
+    ``work.dubbo_upstream_port`` (set it first)."""
+    port = work.dubbo_upstream_port if protocol == "dubbo" else work.upstream_port
+    name = "rpc-upstream" if protocol == "bolt" else f"rpc-upstream-{protocol}"
+    launch = bolt_server_launch(work, port, name, protocol)
+    child = procs.start(name, launch.argv, cwd=REPO_ROOT)
+    wait_ready(child, port, status=RPC_STATUS[protocol])
     return child
 
 
@@ -275,7 +291,7 @@ def _trio_mesh_h2(upstream_protocol: str) -> Callable[[Workdir, int, str], Launc
 
 
 _TRIO_MESH_BOLT_CONF = """\
-# trio-mesh benchmark configuration (written by bench/): SOFA bolt, the proxy filter, every
+# trio-mesh benchmark configuration (written by bench/): {title}, the proxy filter, every
 # service (the request's `service` header) to the upstream cluster. Otherwise the defaults.
 servers:
   - default_log_level: WARN
@@ -286,7 +302,7 @@ servers:
           - filters:
               - type: proxy
                 config:
-                  downstream_protocol: bolt
+                  downstream_protocol: {protocol}
                   router_config_name: bench_routes
     routers:
       - router_config_name: bench_routes
@@ -304,14 +320,31 @@ cluster_manager:
 """
 
 
-def _direct_bolt(work: Workdir, port: int, tag: str) -> Launch:
-    return bolt_server_launch(work, port, f"direct-bolt-{tag}")
+_RPC_TITLES = {"bolt": "SOFA bolt", "dubbo": "Apache Dubbo"}
 
 
-def _trio_mesh_bolt(work: Workdir, port: int, tag: str) -> Launch:
-    conf = work.dir / f"trio-mesh-bolt-{tag}.yaml"
-    conf.write_text(_TRIO_MESH_BOLT_CONF.format(port=port, upstream=work.upstream))
-    return Launch([sys.executable, "-m", "trio_mesh.cli", "run", str(conf), "--log-level", "WARN"])
+def _direct_rpc(protocol: str) -> Callable[[Workdir, int, str], Launch]:
+    def build(work: Workdir, port: int, tag: str) -> Launch:
+        return bolt_server_launch(work, port, f"direct-{protocol}-{tag}", protocol)
+
+    return build
+
+
+def _trio_mesh_rpc(protocol: str) -> Callable[[Workdir, int, str], Launch]:
+    def build(work: Workdir, port: int, tag: str) -> Launch:
+        conf = work.dir / f"trio-mesh-{protocol}-{tag}.yaml"
+        conf.write_text(
+            _TRIO_MESH_BOLT_CONF.format(
+                title=_RPC_TITLES[protocol],
+                protocol=protocol,
+                port=port,
+                upstream=work.rpc_upstream(protocol),
+            )
+        )
+        argv = [sys.executable, "-m", "trio_mesh.cli", "run", str(conf), "--log-level", "WARN"]
+        return Launch(argv)
+
+    return build
 
 
 def _proxy_py(work: Workdir, port: int, tag: str) -> Launch:
@@ -496,22 +529,30 @@ H2_CONTENDERS: dict[str, Contender] = {
     )
 }
 
-RPC_CONTENDERS: dict[str, Contender] = {
-    c.name: c
-    for c in (
-        Contender(
-            "direct",
-            "bolt straight to a private copy of the bolt echo server (the ceiling); CPU/RSS are"
-            " the server's",
-            _direct_bolt,
-            status=rpc_status,
-        ),
-        Contender(
-            "trio-mesh",
-            "trio-mesh run, 1 process, downstream_protocol: bolt, routed on the service header"
-            " to the bolt echo server",
-            _trio_mesh_bolt,
-            status=rpc_status,
-        ),
-    )
-}
+
+def rpc_contenders(protocol: str) -> dict[str, Contender]:
+    """``direct`` and ``trio-mesh`` for ``protocol`` (bolt or dubbo): the same two contenders,
+    built with that protocol's echo server, trio-mesh configuration and readiness request."""
+    status = RPC_STATUS[protocol]
+    return {
+        c.name: c
+        for c in (
+            Contender(
+                "direct",
+                "straight to a private copy of the scenario's echo server (bolt or Dubbo; the"
+                " ceiling); CPU/RSS are the server's",
+                _direct_rpc(protocol),
+                status=status,
+            ),
+            Contender(
+                "trio-mesh",
+                "trio-mesh run, 1 process, downstream_protocol: bolt (or dubbo), routed on the"
+                " service header to the shared echo server of that protocol",
+                _trio_mesh_rpc(protocol),
+                status=status,
+            ),
+        )
+    }
+
+
+RPC_CONTENDERS: dict[str, Contender] = rpc_contenders("bolt")

@@ -1,10 +1,12 @@
-"""``python -m bench rpc``: SOFA bolt through trio-mesh against direct.
+"""``python -m bench rpc``: SOFA bolt and Apache Dubbo through trio-mesh against direct.
 
 The same scheme as the HTTP benchmarks (``scenarios.Bench``): every contender started fresh per
 scenario and checked with one full echo before its load runs, a 1 s untimed warm-up, rounds in
 an order rotated each round, the median over the rounds, CPU and peak RSS of the contender's
 process tree. The load generator is ``bench/bolt_load.py`` (its own process, like h2load), the
-upstream ``bench/bolt_server.py``. Ratios are to ``direct`` (there is no nginx for bolt).
+upstream ``bench/bolt_server.py``, both with ``--protocol bolt|dubbo`` per scenario. The
+contenders ``direct`` and ``trio-mesh`` are the same in every scenario, built for its protocol
+(``contenders.rpc_contenders``). Ratios are to ``direct`` (there is no nginx for bolt or Dubbo).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 
 from . import load
 from .bolt_load import probe
-from .contenders import REPO_ROOT, Running
+from .contenders import REPO_ROOT, Running, rpc_contenders
 from .report import Results, _fmt, _mib, _ratio, _table
 from .scenarios import Bench, Scenario
 
@@ -26,8 +28,16 @@ BASELINE = "direct"
 
 @dataclass(frozen=True)
 class RpcLoad:
-    protocol: str  # the load generator's module: bench.<protocol>_load
+    protocol: str  # bolt or dubbo: bench.bolt_load/bolt_server --protocol, the contenders' build
     payload: int = 64  # request content bytes
+
+
+# The content of the check before load: every byte value for bolt; for Dubbo (a string
+# argument) ASCII, 2- and 3-byte UTF-8 and a supplementary character (a surrogate pair).
+CHECK_CONTENT = {
+    "bolt": b"check " + bytes(range(256)),
+    "dubbo": ("check " + "".join(map(chr, range(32, 127))) + " é€ 😀").encode(),
+}
 
 
 RPC_SCENARIOS: dict[str, Scenario] = {
@@ -38,19 +48,27 @@ RPC_SCENARIOS: dict[str, Scenario] = {
             "rpc",
             "SOFA bolt v1 request (64-byte content) echoed, 10 connections x 10 in flight",
         ),
+        Scenario(
+            "dubbo-echo",
+            "rpc",
+            "Dubbo echo(String) call (64-character argument, hessian2) answered with the string,"
+            " 10 connections x 10 in flight",
+        ),
     )
 }
-RPC_LOADS: dict[str, RpcLoad] = {"bolt-echo": RpcLoad("bolt")}
+RPC_LOADS: dict[str, RpcLoad] = {"bolt-echo": RpcLoad("bolt"), "dubbo-echo": RpcLoad("dubbo")}
+PROTOCOLS = tuple(dict.fromkeys(spec.protocol for spec in RPC_LOADS.values()))
 
 
 def run_rpc_load(
     protocol: str, port: int, duration: float, clients: int, inflight: int, payload: int
 ) -> load.LoadResult:
-    """``python -m bench.<protocol>_load`` against 127.0.0.1:port; its JSON as a LoadResult."""
+    """``python -m bench.bolt_load --protocol P`` against 127.0.0.1:port; its JSON as a
+    LoadResult."""
     argv = [
         sys.executable,
         "-m",
-        f"bench.{protocol}_load",
+        "bench.bolt_load",
         "--port",
         str(port),
         "-c",
@@ -62,6 +80,8 @@ def run_rpc_load(
         "--payload",
         str(payload),
     ]
+    if protocol != "bolt":  # bolt without the flag, as before
+        argv += ["--protocol", protocol]
     try:
         out = subprocess.run(
             argv,
@@ -94,10 +114,21 @@ def run_rpc_load(
 
 
 class RpcBench(Bench):
-    """``Bench`` with the bolt load generator and the bolt echo check."""
+    """``Bench`` with the RPC load generator and the echo check, for the scenario's protocol."""
+
+    def _start_all(self, scenario: Scenario) -> list[Running]:
+        # The same contenders by name, built for the scenario's protocol.
+        table = rpc_contenders(RPC_LOADS[scenario.name].protocol)
+        chosen = self.contenders
+        self.contenders = [table[c.name] for c in chosen]
+        try:
+            return super()._start_all(scenario)
+        finally:
+            self.contenders = chosen
 
     def _check(self, scenario: Scenario, r: Running) -> str | None:
-        problem = probe(r.port, b"check " + bytes(range(256)))
+        protocol = RPC_LOADS[scenario.name].protocol
+        problem = probe(r.port, CHECK_CONTENT[protocol], protocol=protocol)
         return f"echo check failed: {problem}" if problem else None
 
     def _load(
