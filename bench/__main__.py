@@ -287,12 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Workdir(tmp, free_port(), nofile)
     if args.protocol == "http2":
         work.h2_upstream_port = free_port()
-    rpc_protocols = [
-        p for p in rpc.PROTOCOLS if any(rpc.RPC_LOADS[s].protocol == p for s in args.scenarios)
-    ]
-    if args.protocol == "rpc" and "dubbo" in rpc_protocols:
-        work.dubbo_upstream_port = free_port()
     if args.protocol == "rpc":
+        rpc_protocols = [
+            p for p in rpc.PROTOCOLS if any(rpc.RPC_LOADS[s].protocol == p for s in args.scenarios)
+        ]
+        if "dubbo" in rpc_protocols:
+            work.dubbo_upstream_port = free_port()
         bench: Bench = rpc.RpcBench(procs, work, contenders, settings)
     else:
         bench = Bench(procs, work, contenders, settings)
