@@ -18,7 +18,7 @@ from tests import bolt_frames as frames
 from tests.anthunder_peers import anthunder_listener
 from tests.http_helpers import closed_port, http_config, start_proxy, start_raw_server
 from trio_mesh.config import parse_config, read_config
-from trio_mesh.protocols.xprotocol import ErrorKind
+from trio_mesh.protocols.xprotocol import Codec, ErrorKind, Frame
 from trio_mesh.protocols.xprotocol.bolt import BOLT, BoltFrame, ResponseStatus
 from trio_mesh.server import Server
 
@@ -39,7 +39,10 @@ def bolt_config(port: int, *, routes=None, proxy=None):
 
 
 class BoltClient:
-    """A raw bolt client on a trio stream: send frames, read decoded frames."""
+    """A raw RPC client on a trio stream (bolt unless ``codec`` says otherwise): send frames,
+    read decoded frames."""
+
+    codec: Codec = BOLT
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
@@ -49,12 +52,12 @@ class BoltClient:
     async def connect(cls, port: int) -> BoltClient:
         return cls(await trio.open_tcp_stream("127.0.0.1", port))
 
-    async def send(self, frame: BoltFrame) -> None:
+    async def send(self, frame: Frame) -> None:
         await self.stream.send_all(bytes(frame.data))
 
-    async def read(self) -> BoltFrame:
+    async def read(self):
         while True:
-            decoded = BOLT.decode(self.buf)
+            decoded = self.codec.decode(self.buf)
             if decoded is not None:
                 frame, used = decoded
                 del self.buf[:used]

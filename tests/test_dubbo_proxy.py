@@ -12,6 +12,7 @@ import trio
 
 from tests import dubbo_frames_data as captured
 from tests.http_helpers import closed_port, http_config, start_proxy, start_raw_server
+from tests.test_bolt_proxy import BoltClient
 from trio_mesh.protocols.xprotocol import ErrorKind
 from trio_mesh.protocols.xprotocol import dubbo_frames as df
 from trio_mesh.protocols.xprotocol.dubbo import DUBBO, DubboFrame
@@ -184,26 +185,8 @@ async def test_consumer_gets_an_error_for_no_route_and_for_a_timeout(nursery):
 # -- raw peers ------------------------------------------------------------------------------
 
 
-class DubboPeer:
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buf = bytearray()
-
-    @classmethod
-    async def connect(cls, port: int) -> DubboPeer:
-        return cls(await trio.open_tcp_stream("127.0.0.1", port))
-
-    async def read(self) -> DubboFrame:
-        while True:
-            decoded = DUBBO.decode(self.buf)
-            if decoded is not None:
-                frame, used = decoded
-                del self.buf[:used]
-                return frame
-            data = await self.stream.receive_some(65536)
-            if not data:
-                raise EOFError
-            self.buf += data
+class DubboPeer(BoltClient):
+    codec = DUBBO
 
 
 def with_id(raw: bytes, rid: int) -> bytes:

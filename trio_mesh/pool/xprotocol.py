@@ -18,7 +18,6 @@ import time
 import trio
 
 from ..config.filters import XProtocolOptions
-from ..network.connect import ConnectError
 from ..network.relay import CHUNK
 from ..network.stream import Stream
 from ..network.writer import FrameWriter
@@ -56,7 +55,6 @@ class XConnection:
         self._writer = FrameWriter(stream)  # frames go out whole, one at a time
         self.dead: str | None = None
         self.last_read = time.monotonic()
-        self._closed = trio.Event()
         self.running = False  # its reader task has begun (the pool's cleanup is its own)
 
     def allocate_id(self) -> int:
@@ -102,7 +100,6 @@ class XConnection:
             self.stream.abort()  # wakes our reader off the fd first (Stream.close)
             for slot in self.pending.values():
                 slot.event.set()  # frame None: lost
-            self._closed.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The reader, and the keepalive beside it; returns when the connection is gone."""
@@ -256,4 +253,4 @@ class XPool:
             conn.close("pool closed")
 
 
-__all__ = ["ConnectError", "UpstreamLost", "XConnection", "XPool"]
+__all__ = ["UpstreamLost", "XConnection", "XPool"]

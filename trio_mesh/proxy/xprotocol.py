@@ -113,7 +113,7 @@ class _XSession:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             with self._reading:
-                await self._read(nursery, bytearray(prefix))
+                await self._read(bytearray(prefix))
             # Reading is over (EOF, drain, a bad frame): requests in flight finish first,
             # unless the connection itself is gone.
             if self.gone:
@@ -122,7 +122,7 @@ class _XSession:
     def _on_drain(self, conn: Connection) -> None:
         self._reading.cancel()  # take nothing new; what is in flight finishes
 
-    async def _read(self, nursery: trio.Nursery, buf: bytearray) -> None:
+    async def _read(self, buf: bytearray) -> None:
         codec = self.codec
         limit = self.proxy.options.max_frame_bytes
         max_in_flight = self.proxy.options.max_requests_per_connection
@@ -148,7 +148,7 @@ class _XSession:
                     self._room = trio.Event()
                     await self._room.wait()
                 self._started()
-                nursery.start_soon(self._handle, frame)
+                self._nursery.start_soon(self._handle, frame)
             try:
                 data = await stream.receive_some(CHUNK)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
