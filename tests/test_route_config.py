@@ -257,7 +257,7 @@ def test_pending_mosn_keys_warn_with_their_paths() -> None:
     doc = minimal_doc()
     vhost(doc).update(require_tls="ALL", Per_Filter_Config={"x": {}})
     entry(doc).update(
-        metadata={"filter_metadata": {}}, per_filter_config={}, request_mirror_policies={}
+        metadata={"filter_metadata": {}}, request_mirror_policies={}
     )
     match(doc).update(variables=[{"name": "x", "value": "1"}], dsl_expressions=[])
     action(doc).update(
@@ -281,7 +281,6 @@ def test_pending_mosn_keys_warn_with_their_paths() -> None:
             f"{V0}.require_tls",
             f"{V0}.per_filter_config",
             f"{E0}.metadata",
-            f"{E0}.per_filter_config",
             f"{E0}.request_mirror_policies",
             f"{E0}.match.variables",
             f"{E0}.match.dsl_expressions",
@@ -325,7 +324,7 @@ def errors_of(doc: Any) -> list[str]:
 
 UNKNOWN_UP = "(defined: alt, up)"
 RETRY_VALID = "(valid: 5xx, connect-failure, gateway-error, reset, retriable-status-codes)"
-ROUTE_KEYS = "direct_response, match, name, redirect, route"
+ROUTE_KEYS = "direct_response, match, name, per_filter_config, redirect, route"
 BAD_REGEX = "invalid regex: missing ), unterminated subpattern at position 1"
 
 

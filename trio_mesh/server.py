@@ -5,12 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+import attrs
 import trio
 
 from .config import Listener, MeshConfig
+from .config.filters import is_terminal
 from .config.model import format_hostport
 from .errors import StartupError
 from .filters import BuildContext, build_network_filter
+from .filters.background import Background
+from .filters.network import compose
+from .filters.stream import FilterChainFactory
 from .network.connection import Connection
 from .network.listener import ListenerRuntime, bind
 from .pool import Pools
@@ -47,6 +52,7 @@ class Server:
             lst.name: tuple(AccessLog(c) for c in lst.access_logs) for lst in config.listeners
         }
         self.listeners: dict[str, ListenerRuntime] = {}
+        self.background = Background()
 
     async def drain(self, timeout: float) -> bool:
         """Stop gracefully: stop accepting, let requests in flight finish (HTTP/2 streams
@@ -68,19 +74,24 @@ class Server:
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         stats = {lst.name: ListenerStats() for lst in self.config.listeners}
-        handlers = {
-            lst.name: _handler(
-                lst,
-                BuildContext(
-                    clusters=self.clusters,
-                    pools=self.pools,
-                    routes=self.routes,
-                    access_logs=self.access_logs[lst.name],
-                    listener_stats=stats[lst.name],
-                ),
+        handlers = {}
+        for lst in self.config.listeners:
+            ctx = BuildContext(
+                clusters=self.clusters,
+                pools=self.pools,
+                routes=self.routes,
+                access_logs=self.access_logs[lst.name],
+                listener_stats=stats[lst.name],
+                listener=lst.name,
+                background=self.background,
             )
-            for lst in self.config.listeners
-        }
+            try:
+                chain = FilterChainFactory(lst.stream_filters, ctx)
+            except StartupError:
+                raise
+            except Exception as exc:  # a filter's factory refused its config
+                raise StartupError(f"listener {lst.name!r} stream_filters: {exc}") from exc
+            handlers[lst.name] = _handler(lst, attrs.evolve(ctx, stream_filters=chain or None))
         for name, logs in self.access_logs.items():
             for access_log in logs:
                 try:
@@ -105,6 +116,7 @@ class Server:
                 )
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pools.run)
+                await nursery.start(self.background.run)
                 for logs in self.access_logs.values():
                     for access_log in logs:
                         await nursery.start(access_log.run)
@@ -123,8 +135,14 @@ class Server:
 
 
 def _handler(listener: Listener, ctx: BuildContext) -> Callable[[Connection], Awaitable[None]]:
-    """The listener's connection handler. Validation left one chain whose only filter is
-    terminal; non-terminal read/write filters join in front of it with the filters issue."""
+    """The listener's connection handler: validation left one chain ending in a terminal
+    filter; the non-terminal ones before it see each connection first (``filters.network``)."""
     (chain,) = listener.filter_chains
-    terminal = build_network_filter(chain.filters[-1].type, chain.filters[-1].config, ctx)
-    return terminal.on_connection
+    *front, last = chain.filters
+    terminal = build_network_filter(last.type, last.config, ctx)
+    built = []
+    for f in front:
+        if is_terminal(f.type):  # validation refuses this; a guard for configs built in code
+            raise StartupError(f"listener {listener.name!r}: {f.type!r} must be the last filter")
+        built.append((f.type, build_network_filter(f.type, f.config, ctx)))
+    return compose(built, terminal.on_connection)

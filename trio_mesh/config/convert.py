@@ -24,12 +24,14 @@ from cattrs.gen import make_dict_structure_fn
 from . import values
 from .filters import filter_config_class, known_filters
 from .model import (
+    FILTER_DISABLED,
     Address,
     AdminConfig,
     Duration,
     FilterConfig,
     LogFormat,
     LogLevel,
+    PerFilterConfig,
     PositiveInt,
     Weight,
 )
@@ -102,7 +104,10 @@ def _mapping_only(cls: type) -> Callable[[Any, type], Any]:
 
 
 converter.register_structure_hook_factory(
-    lambda t: attrs.has(t) and not issubclass(t, FilterConfig) and t is not Address,
+    lambda t: attrs.has(t)
+    and not issubclass(t, FilterConfig)
+    and t is not Address
+    and t is not PerFilterConfig,
     _mapping_only,
 )
 
@@ -158,6 +163,46 @@ def _structure_filter(data: Any, cls: type[FilterConfig]) -> FilterConfig:
 converter.register_structure_hook_func(
     lambda t: isinstance(t, type) and issubclass(t, FilterConfig), _structure_filter
 )
+
+
+def _structure_per_filter(data: Any, _: type) -> PerFilterConfig:
+    """``{filter type: config}``; ``{disabled: true}`` turns that filter off on the route."""
+    if isinstance(data, PerFilterConfig):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a mapping of stream filter type to config, got {data!r}")
+    out: dict[str, Any] = {}
+    for name, raw in data.items():
+        try:
+            config_cls = filter_config_class("stream", name)
+        except KeyError:
+            known = ", ".join(known_filters("stream")) or "none"
+            raise _fail_at(
+                PerFilterConfig,
+                str(name),
+                ValueError(f"unknown stream filter type {name!r} (known: {known})"),
+            ) from None
+        if raw is not None and not isinstance(raw, dict):
+            problem = ValueError(f"expected a mapping, got {raw!r}")
+            raise _fail_at(PerFilterConfig, str(name), problem)
+        if raw == {"disabled": True}:
+            out[name] = FILTER_DISABLED
+            continue
+        if config_cls is None:
+            if raw not in (None, {}):
+                raise _fail_at(
+                    PerFilterConfig, str(name), ValueError(f"filter {name!r} takes no config")
+                )
+            out[name] = None
+            continue
+        try:
+            out[name] = converter.structure({} if raw is None else raw, config_cls)
+        except Exception as exc:
+            raise _fail_at(PerFilterConfig, str(name), exc) from None
+    return PerFilterConfig(out)
+
+
+converter.register_structure_hook(PerFilterConfig, _structure_per_filter)
 
 
 def format_exception(exc: BaseException, _type: Any) -> str:

@@ -8,7 +8,9 @@ registered in ``trio_mesh.filters``.
 from __future__ import annotations
 
 import enum
-from typing import ClassVar, Literal
+import logging
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Literal
 
 from attrs import frozen
 
@@ -19,6 +21,13 @@ FilterKind = Literal["network", "stream"]
 
 _CONFIG_CLASSES: dict[FilterKind, dict[str, type | None]] = {"network": {}, "stream": {}}
 _TERMINAL: set[str] = set()
+#: Third-party filters: Python entry points of these groups, ``name = "pkg.module:Object"``.
+ENTRY_POINT_GROUPS: dict[FilterKind, str] = {
+    "network": "trio_mesh.network_filters",
+    "stream": "trio_mesh.stream_filters",
+}
+_PLUGINS: dict[FilterKind, dict[str, Any]] = {"network": {}, "stream": {}}
+log = logging.getLogger("trio_mesh.config")
 
 
 def register_filter_config(
@@ -37,9 +46,46 @@ def register_filter_config(
         _TERMINAL.add(name)
 
 
+def _entry_point(kind: FilterKind, name: str) -> Any:
+    """Load the entry point ``name`` of ``kind``'s group: the object a package registered
+    (a class or callable with a ``config_class`` attribute, ``None`` or absent: no config, and
+    for network filters an optional ``terminal`` flag). ``KeyError`` when there is none."""
+    loaded = _PLUGINS[kind]
+    if name in loaded:
+        return loaded[name]
+    for ep in entry_points(group=ENTRY_POINT_GROUPS[kind]):
+        if ep.name != name:
+            continue
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            raise ValueError(f"{kind} filter {name!r}: its entry point {ep.value!r} fails to"
+                             f" load: {exc}") from None
+        config_cls = getattr(obj, "config_class", None)
+        terminal = bool(getattr(obj, "terminal", False))
+        table = _CONFIG_CLASSES[kind]
+        if name not in table:
+            table[name] = config_cls
+            if terminal:
+                _TERMINAL.add(name)
+        loaded[name] = obj
+        log.info("%s filter %r from entry point %s", kind, name, ep.value)
+        return obj
+    raise KeyError(name)
+
+
 def filter_config_class(kind: FilterKind, name: str) -> type | None:
-    """The config class of a registered filter; ``KeyError`` if the type is unknown."""
-    return _CONFIG_CLASSES[kind][name]
+    """The config class of a registered filter, or of one an installed package provides
+    through an entry point; ``KeyError`` if the type is unknown."""
+    table = _CONFIG_CLASSES[kind]
+    if name not in table:
+        _entry_point(kind, name)
+    return table[name]
+
+
+def plugin_object(kind: FilterKind, name: str) -> Any:
+    """The object an entry point provides for filter ``name`` (``KeyError``: none does)."""
+    return _entry_point(kind, name)
 
 
 def is_terminal(name: str) -> bool:
@@ -47,7 +93,10 @@ def is_terminal(name: str) -> bool:
 
 
 def known_filters(kind: FilterKind) -> list[str]:
-    return sorted(_CONFIG_CLASSES[kind])
+    """Built-in and registered names, and those of installed entry points."""
+    names = set(_CONFIG_CLASSES[kind])
+    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUPS[kind]))
+    return sorted(names)
 
 
 @frozen(kw_only=True)

@@ -15,7 +15,7 @@ import attrs
 
 from .errors import at, join_path
 from .filters import filter_config_class
-from .model import Address, FilterConfig
+from .model import Address, FilterConfig, PerFilterConfig
 
 # attrs classes written as one scalar in files ("host:port"): their hooks parse them whole.
 _LEAVES = (Address,)
@@ -53,6 +53,8 @@ def normalize(data: Any, tp: Any, path: str, report: Report) -> Any:
         if attrs.has(value_tp):
             return {k: normalize(v, value_tp, f"{path}[{k!r}]", report) for k, v in data.items()}
         return data
+    if tp is PerFilterConfig and isinstance(data, dict):
+        return _normalize_per_filter(data, path, report)
     if isinstance(tp, type) and attrs.has(tp) and tp not in _LEAVES and isinstance(data, dict):
         out = _normalize_class(data, tp, path, report)
         if issubclass(tp, FilterConfig):
@@ -94,3 +96,17 @@ def _normalize_filter_config(out: dict, cls: type[FilterConfig], path: str, repo
         return  # the converter reports the unknown type with the known ones
     if config_cls is not None:
         out["config"] = normalize(out["config"], config_cls, join_path(path, "config"), report)
+
+
+def _normalize_per_filter(data: dict, path: str, report: Report) -> dict:
+    """Each value is normalized as its filter type's config (unknown types: the converter)."""
+    out = {}
+    for name, value in data.items():
+        try:
+            config_cls = filter_config_class("stream", str(name))
+        except KeyError:
+            config_cls = None
+        if config_cls is not None and isinstance(value, dict) and value != {"disabled": True}:
+            value = normalize(value, config_cls, join_path(path, str(name)), report)
+        out[name] = value
+    return out

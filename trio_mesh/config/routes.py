@@ -27,7 +27,7 @@ from cattrs.errors import (
     IterableValidationNote,
 )
 
-from .model import Duration, PositiveInt
+from .model import Duration, PerFilterConfig, PositiveInt
 
 # --------------------------------------------------------------------------- located errors
 
@@ -480,10 +480,11 @@ class Route:
     route: RouteAction | None = None
     redirect: RedirectAction | None = None
     direct_response: DirectResponseAction | None = None
+    #: Stream filter type -> its config for requests on this route (``{disabled: true}``:
+    #: the listener's filter of that type does not run for them).
+    per_filter_config: PerFilterConfig = PerFilterConfig()
 
-    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
-        {"metadata", "per_filter_config", "request_mirror_policies"}
-    )
+    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset({"metadata", "request_mirror_policies"})
 
     def __attrs_post_init__(self) -> None:
         _raise(

@@ -26,6 +26,12 @@ class BuildContext:
     #: The listener's access logs (objects with ``log(info)``).
     access_logs: tuple[Any, ...] = ()
     listener_stats: ListenerStats = attrs.field(factory=ListenerStats)
+    #: The listener's name.
+    listener: str = ""
+    #: The listener's stream filters (``None``: none), made by the server.
+    stream_filters: Any = None
+    #: Runs work no request waits for (a mirror's shadow request) in a server-owned nursery.
+    background: Any = None
 
 
 class NetworkFilter(Protocol):
@@ -53,5 +59,12 @@ def register_network_filter(
     _NETWORK[name] = factory
 
 
-def build_network_filter(name: str, config: Any, ctx: BuildContext) -> NetworkFilter:
-    return _NETWORK[name](config, ctx)
+def build_network_filter(name: str, config: Any, ctx: BuildContext) -> Any:
+    """Build filter ``name``: a terminal one has ``on_connection(conn)``, a non-terminal one
+    ``accept(conn)`` (see ``filters.network``). Types from entry points load on first use."""
+    factory = _NETWORK.get(name)
+    if factory is None:
+        from ..config.filters import plugin_object
+
+        factory = _NETWORK[name] = plugin_object("network", name)
+    return factory(config, ctx)

@@ -21,6 +21,17 @@ import trio
 from ..config.filters import Protocol, ProxyConfig
 from ..config.model import format_hostport
 from ..filters import BuildContext
+from ..filters.stream import (
+    REQUEST_DATA,
+    REQUEST_TRAILERS,
+    RESPONSE_DATA,
+    RESPONSE_HEADERS,
+    RESPONSE_TRAILERS,
+    Headers,
+    LocalReply,
+    RequestContext,
+    StreamFilterChain,
+)
 from ..network.connect import ConnectError
 from ..network.connection import Connection
 from ..network.h2 import StreamGone
@@ -91,8 +102,15 @@ class _Retry(Exception):
 class _Fail(Exception):
     """Answer with this local reply (nothing of the response was sent yet)."""
 
-    def __init__(self, reply: tuple[int, str, bytes]) -> None:
+    def __init__(
+        self, reply: tuple[int, str, bytes], headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         self.reply = reply
+        self.headers = headers
+
+
+def _filter_fail(reply: LocalReply) -> _Fail:
+    return _Fail((reply.status, reply.flag, reply.body), reply.http_headers())
 
 
 class _DownstreamGone(Exception):
@@ -109,6 +127,8 @@ class Http1Proxy:
         self.pools = ctx.pools
         self.access_logs = ctx.access_logs
         self.stats = ctx.listener_stats
+        self.filters = ctx.stream_filters
+        self.listener = ctx.listener
         # Upstream HTTP/2 only when asked: "Auto" means the protocol the request came in on.
         self.upstream_h2 = config.upstream_protocol == Protocol.HTTP2
         self.h2_settings = h2_settings(config)
@@ -145,6 +165,8 @@ def _lookup(headers: list[tuple[bytes, bytes]]) -> Callable[[str], str | None]:
 class _Session:
     __slots__ = (
         "_armed",
+        "_chain",
+        "_up_chunked",
         "_info",
         "_can_retry_status",
         "_replay_left",
@@ -181,6 +203,10 @@ class _Session:
         self._armed: list[tuple[trio.CancelScope, float]] = []
         self._info: RequestInfo | None = None
         self._upstream_keep_alive = False
+        #: The request's stream filters (``None``: none configured, or none for it).
+        self._chain: StreamFilterChain | None = None
+        #: The body goes upstream chunked (it came chunked, or a filter took its length off).
+        self._up_chunked = False
 
     def feed_prefix(self, data: bytes) -> None:
         if data:
@@ -291,6 +317,7 @@ class _Session:
     def _done(self, info: RequestInfo) -> None:
         self._finish(info)
         self._info = None  # nothing of a finished request stays on an idle connection
+        self._chain = None
         code = info.response_code
         if code:
             stats = self.proxy.stats
@@ -366,8 +393,20 @@ class _Session:
         query = head.query.decode("latin-1")
         header = _lookup(head.headers)
         route = self.proxy.table.match(host, path, query, header)
-        if route is None:
-            return await self._local_reply(head, info, NO_ROUTE)
+        self._up_chunked = head.chunked
+        if self.proxy.filters is not None:
+            cluster_name = None
+            if route is not None and route.direct_response is None and route.redirect is None:
+                cluster_name = route.pick_cluster(header)
+            reply = await self._request_filters(head, route, cluster_name)
+            if reply is not None:
+                return await self._filter_reply(head, info, reply)
+            if route is None:
+                return await self._local_reply(head, info, NO_ROUTE)
+        else:
+            if route is None:
+                return await self._local_reply(head, info, NO_ROUTE)
+            cluster_name = None
         if route.direct_response is not None:
             status, body = route.direct_response
             return await self._local_reply(head, info, (status, "", body), route=route)
@@ -377,12 +416,114 @@ class _Session:
             return await self._local_reply(
                 head, info, (status, "", b""), headers=location_header, route=route
             )
-        cluster_name = route.pick_cluster(header)
+        if self.proxy.filters is None:
+            cluster_name = route.pick_cluster(header)
         cluster = self.proxy.clusters.clusters.get(cluster_name) if cluster_name else None
         if cluster is None:
             return await self._local_reply(head, info, NO_CLUSTER)
         info.upstream_cluster = cluster.name
         return await self._forward(head, info, route, cluster, path, query)
+
+    # ------------------------------------------------------------------ stream filters
+
+    async def _request_filters(
+        self, head: RequestHead, route: Route | None, cluster_name: str | None
+    ) -> LocalReply | None:
+        """Make the request's filter chain and run its request-headers hooks (on the head's
+        own header list: what they change goes upstream)."""
+        conn = self.conn
+        context = RequestContext(
+            "HTTP/1.1" if head.version == b"1.1" else "HTTP/1.0",
+            method=head.method.decode("latin-1"),
+            path=head.target.decode("latin-1"),
+            authority=head.host.decode("latin-1") if head.host else "",
+            route=route,
+            cluster=cluster_name,
+            downstream_remote=conn.remote,
+            downstream_local=conn.local,
+            listener=self.proxy.listener,
+        )
+        chain = self.proxy.filters.create(context)
+        if chain is None:
+            return None
+        self._chain = chain
+        has_body = bool(head.chunked or head.content_length)
+        reply = await chain.request_headers(Headers(head.headers), not has_body)
+        if reply is None and has_body and not head.chunked:
+            # A filter that changes the body's length takes Content-Length off: chunk it.
+            if not any(name == b"content-length" for name, _ in head.headers):
+                self._up_chunked = True
+        return reply
+
+    async def _filter_reply(self, head: RequestHead, info: RequestInfo, reply: LocalReply) -> bool:
+        keep = await self._local_reply(
+            head,
+            info,
+            (reply.status, reply.flag, reply.body),
+            headers=reply.http_headers(),
+            close=reply.close,
+        )
+        return keep
+
+    async def _filter_body(self, data: bytes, last: bool) -> bytes:
+        out = await self._chain.request_data(data, last)
+        if isinstance(out, LocalReply):
+            raise _filter_fail(out)
+        return out
+
+    async def _filter_request_trailers(self, trailers: list | None) -> None:
+        if trailers and self._chain.mask & REQUEST_TRAILERS:
+            reply = await self._chain.request_trailers(Headers(trailers))
+            if reply is not None:
+                raise _filter_fail(reply)
+
+    async def _filtered_head(
+        self, head: RequestHead, info: RequestInfo, route: Route, resp: ResponseHead, end: bool
+    ) -> tuple[bool, bool, bytes] | LocalReply:
+        """``_response_head`` after the response-headers hooks, which may change the status
+        and the headers (taking Content-Length off makes the body chunked downstream)."""
+        chain = self._chain
+        if not chain.mask & (RESPONSE_HEADERS | RESPONSE_DATA):
+            return self._response_head(head, info, route, resp)
+        headers = Headers(strip_hop_by_hop(resp.headers), resp.status)
+        chain.context.upstream_host = info.upstream_host
+        reply = await chain.response_headers(headers, end)
+        if reply is not None:
+            return reply
+        length = None
+        for name, value in headers.raw:
+            if name == b"content-length" and value.isdigit():
+                length = int(value)
+        status = headers.status or resp.status
+        changed = ResponseHead(
+            status, None if status != resp.status else resp.reason, resp.version,  # type: ignore[arg-type]
+            headers.raw, resp.keep_alive, length, resp.chunked,
+        )
+        return self._response_head(head, info, route, changed)
+
+    async def _filtered_tail(self, chunked: bool, trailers: list | None) -> bytes | None:
+        """What ends a filtered response body: the data hooks' last piece, then the trailers
+        (after their hooks) or the last chunk. ``None``: a filter failed the response after
+        it began, so it can only be cut."""
+        chain = self._chain
+        out = b""
+        if chain.mask & RESPONSE_DATA:
+            tail = await chain.response_data(b"", True)
+            if isinstance(tail, LocalReply):
+                return None
+            out = encode_chunk(tail) if chunked else tail
+        if trailers and chain.mask & RESPONSE_TRAILERS:
+            if await chain.response_trailers(Headers(trailers)) is not None:
+                return None
+        if chunked:
+            out += encode_last_chunk(trailers)
+        return out
+
+    def _cut(self, info: RequestInfo) -> tuple[bool, bool]:
+        """A response filter failed mid-response: the client must see it cut short."""
+        _flag(info, "FF")
+        self.stream.abort()
+        return False, False
 
     async def _consume_end(self) -> None:
         event = await self._next_body_event()
@@ -461,7 +602,7 @@ class _Session:
             request_id = b"%032x" % _getrandbits(128)
             out.append((b"x-request-id", request_id))
         info.request_id = request_id.decode("latin-1") if request_id else None
-        if head.chunked:
+        if self._up_chunked:
             out.append((b"transfer-encoding", b"chunked"))
         if head.upgrade is not None:
             out.append((b"connection", b"upgrade"))
@@ -632,12 +773,23 @@ class _Session:
                 if head.expect_continue and not self.sent_continue and head.version == b"1.1":
                     self.sent_continue = True
                     await self._send_down(CONTINUE)
+                chain = self._chain
+                chunk_filter = chain is not None and chain.mask & REQUEST_DATA
                 while True:
                     event = await self._next_body_event()
                     if type(event) is Body:
                         info.bytes_received += len(event.data)
-                        await up.send_data(usid, event.data)
+                        data = event.data
+                        if chunk_filter:
+                            data = await self._filter_body(data, False)
+                        await up.send_data(usid, data)
                     else:
+                        if chunk_filter:
+                            tail = await self._filter_body(b"", True)
+                            if tail:
+                                await up.send_data(usid, tail)
+                        if chain is not None:
+                            await self._filter_request_trailers(event.trailers)
                         self._request_complete()
                         # connection-specific fields are refused by HTTP/2: dropped here
                         trailers = trailers_to_h2(event.trailers) if event.trailers else None
@@ -662,17 +814,28 @@ class _Session:
     ) -> bool:
         chunked = close = False
         self.conn.idle.pause()
+        chain = self._chain
         while True:
             event = await uinbox.get()
             kind = type(event)
             if kind is H2Data:
                 data = event.data
                 info.bytes_sent += len(data)
+                if chain is not None and chain.mask & RESPONSE_DATA:
+                    data = await chain.response_data(data, False)
+                    if isinstance(data, LocalReply):
+                        return self._cut(info)[0]
                 if data:
                     await self._send_down(encode_chunk(data) if chunked else data)
                 up.consumed(usid, event.flow_length)
                 if event.end_stream:
-                    if chunked:
+                    if chain is not None:
+                        tail = await self._filtered_tail(chunked, None)
+                        if tail is None:
+                            return self._cut(info)[0]
+                        if tail:
+                            await self._send_down(tail)
+                    elif chunked:
                         await self._send_down(encode_last_chunk(None))
                     break
             elif kind is H2ResponseHeaders:
@@ -689,12 +852,27 @@ class _Session:
                     headers.append((b"content-length", b"0"))
                 # reason None: the encoder writes the standard phrase (HTTP/2 has none)
                 resp = ResponseHead(status, None, b"2", headers, True, length, False)  # type: ignore[arg-type]
-                chunked, close, wire = self._response_head(head, info, route, resp)
+                if chain is None:
+                    framing = self._response_head(head, info, route, resp)
+                else:
+                    framing = await self._filtered_head(head, info, route, resp, event.end_stream)
+                    if isinstance(framing, LocalReply):
+                        return await self._filter_reply(head, info, framing)
+                chunked, close, wire = framing
                 await self._send_down(wire)
                 if event.end_stream:
+                    if chain is not None and chunked:
+                        await self._send_down(encode_last_chunk(None))
                     break
             elif kind is H2Trailers:
-                if chunked:  # a content-length body has no room for trailers: dropped
+                if chain is not None:
+                    # a content-length body has no room for trailers: dropped
+                    tail = await self._filtered_tail(chunked, event.headers if chunked else None)
+                    if tail is None:
+                        return self._cut(info)[0]
+                    if tail:
+                        await self._send_down(tail)
+                elif chunked:  # a content-length body has no room for trailers: dropped
                     await self._send_down(encode_last_chunk(event.headers))
                 break
             elif kind is InformationalHeaders and head.version == b"1.1":
@@ -709,7 +887,8 @@ class _Session:
             await self._send_down(CONTINUE)
         limit = self.proxy.config.retry_buffer_bytes
         kept = sum(map(len, self._replay_left)) if self._replay_left else 0
-        chunked = head.chunked
+        chunked = self._up_chunked
+        chunk_filter = self._chain is not None and self._chain.mask & REQUEST_DATA
         chunks = 0
         while True:
             event = await self._next_body_event()
@@ -719,9 +898,19 @@ class _Session:
             if type(event) is Body:
                 data = event.data
                 info.bytes_received += len(data)
+                if chunk_filter:
+                    data = await self._filter_body(data, False)
                 wire = encode_chunk(data) if chunked else data
             else:
-                wire = encode_last_chunk(event.trailers) if chunked else b""
+                wire = b""
+                if chunk_filter:
+                    wire = await self._filter_body(b"", True)
+                    if chunked:
+                        wire = encode_chunk(wire)
+                if self._chain is not None:
+                    await self._filter_request_trailers(event.trailers)
+                if chunked:
+                    wire += encode_last_chunk(event.trailers)
                 self._request_complete()
             if self._replay_left is not None:
                 kept += len(wire)
@@ -786,13 +975,24 @@ class _Session:
                 return False, False
             out: list[bytes] = []
             done = False
+            chain = self._chain
             for event in events:
                 kind = type(event)
                 if kind is Body:
                     info.bytes_sent += len(event.data)
-                    out.append(encode_chunk(event.data) if chunked_down else event.data)
+                    data = event.data
+                    if chain is not None and chain.mask & RESPONSE_DATA:
+                        data = await chain.response_data(data, False)
+                        if isinstance(data, LocalReply):
+                            return self._cut(info)
+                    out.append(encode_chunk(data) if chunked_down else data)
                 elif kind is EndOfMessage:
-                    if chunked_down:
+                    if chain is not None:
+                        tail = await self._filtered_tail(chunked_down, event.trailers)
+                        if tail is None:
+                            return self._cut(info)
+                        out.append(tail)
+                    elif chunked_down:
                         out.append(encode_last_chunk(event.trailers))
                     done = True
                 elif event.status < 200:
@@ -816,9 +1016,17 @@ class _Session:
                         and retry.should_retry_status(event.status)
                     ):
                         raise _Retry((event.status, "", b""))
-                    chunked_down, close_after, head_bytes = self._response_head(
-                        head, info, route, event
-                    )
+                    if chain is None:
+                        framing = self._response_head(head, info, route, event)
+                    else:
+                        framing = await self._filtered_head(
+                            head, info, route, event, event.content_length == 0
+                        )
+                        if isinstance(framing, LocalReply):
+                            # The filter's reply stands in for the upstream's response, whose
+                            # unread rest makes the upstream connection unusable.
+                            return await self._filter_reply(head, info, framing), False
+                    chunked_down, close_after, head_bytes = framing
                     out.append(head_bytes)
             if out:
                 await self._send_down(b"".join(out) if len(out) > 1 else out[0])

@@ -179,6 +179,7 @@ class Route(_Frozen):
         "response_headers_to_remove",
         "timeout",
         "retry",
+        "per_filter_config",
         "_cluster",
         "_cluster_header",
         "_clusters",
@@ -200,6 +201,8 @@ class Route(_Frozen):
     response_headers_to_remove: tuple[bytes, ...]
     timeout: float | None
     retry: RetryPolicy | None
+    #: Stream filter type -> its config on this route (``cfg.FILTER_DISABLED``: off).
+    per_filter_config: dict[str, Any]
 
     def __init__(
         self,
@@ -236,6 +239,7 @@ class Route(_Frozen):
                 if retry is not None and retry.retry_on and retry.num_retries
                 else None
             ),
+            per_filter_config=dict(config.per_filter_config.configs),
             _cluster=action.cluster_name if action else None,
             _cluster_header=(
                 action.cluster_header.lower() if action and action.cluster_header else None

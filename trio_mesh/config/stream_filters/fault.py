@@ -1,0 +1,1 @@
+"""Config of the `fault` stream filter (being written)."""

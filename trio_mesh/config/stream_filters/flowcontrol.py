@@ -1,0 +1,1 @@
+"""Config of the `flowcontrol` stream filter (being written)."""

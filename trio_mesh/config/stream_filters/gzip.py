@@ -1,0 +1,1 @@
+"""Config of the `gzip` stream filter (being written)."""

@@ -1,0 +1,1 @@
+"""Config of the `header_mutation` stream filter (being written)."""

@@ -1,0 +1,1 @@
+"""Config of the `ip_access` stream filter (being written)."""

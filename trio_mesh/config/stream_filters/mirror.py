@@ -1,0 +1,1 @@
+"""Config of the `mirror` stream filter (being written)."""

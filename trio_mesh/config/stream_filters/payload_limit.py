@@ -1,0 +1,1 @@
+"""Config of the `payload_limit` stream filter (being written)."""

@@ -1,0 +1,1 @@
+"""The `fault` stream filter (being written)."""

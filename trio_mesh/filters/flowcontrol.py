@@ -1,0 +1,1 @@
+"""The `flowcontrol` stream filter (being written)."""

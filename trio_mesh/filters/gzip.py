@@ -1,0 +1,1 @@
+"""The `gzip` stream filter (being written)."""

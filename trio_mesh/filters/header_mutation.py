@@ -1,0 +1,1 @@
+"""The `header_mutation` stream filter (being written)."""

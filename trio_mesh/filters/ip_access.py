@@ -1,0 +1,1 @@
+"""The `ip_access` stream filter (being written)."""

@@ -1,0 +1,1 @@
+"""The `mirror` stream filter (being written)."""

@@ -1,0 +1,1 @@
+"""The `payload_limit` stream filter (being written)."""
