@@ -83,6 +83,13 @@ def _check_chains(errors: list[str], lp: str, listener: Any) -> None:
     elif len(listener.filter_chains) > 1:
         # Without chain matching (MOSN's `match`, pending) only one chain can ever be chosen.
         errors.append(at(f"{lp}.filter_chains", "only one filter chain per listener is supported"))
+    if listener.stream_filters and not any(
+        f.type == "proxy" for chain in listener.filter_chains for f in chain.filters
+    ):
+        errors.append(
+            at(f"{lp}.stream_filters", "stream filters run in the proxy network filter, which"
+               " this listener does not have")
+        )
     for ci, chain in enumerate(listener.filter_chains):
         cp = f"{lp}.filter_chains[{ci}].filters"
         if not chain.filters:
