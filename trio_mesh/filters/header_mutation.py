@@ -62,27 +62,23 @@ def start_time(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
-def _context_getter(get: Callable[[RequestContext], bytes]) -> Render:
-    return lambda f, headers: get(f.context)
-
-
 _HOSTNAME = _b(socket.gethostname())
 _VARIABLES: dict[str, Render] = {
-    "DOWNSTREAM_REMOTE_ADDRESS": _context_getter(lambda c: _hostport(c.downstream_remote)),
-    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": _context_getter(lambda c: _host(c.downstream_remote)),
-    "DOWNSTREAM_REMOTE_PORT": _context_getter(lambda c: _port(c.downstream_remote)),
-    "DOWNSTREAM_LOCAL_ADDRESS": _context_getter(lambda c: _hostport(c.downstream_local)),
-    "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": _context_getter(lambda c: _host(c.downstream_local)),
-    "DOWNSTREAM_LOCAL_PORT": _context_getter(lambda c: _port(c.downstream_local)),
-    "PROTOCOL": _context_getter(lambda c: _b(c.protocol)),
-    "METHOD": _context_getter(lambda c: _b(c.method)),
-    "PATH": _context_getter(lambda c: _b(c.path)),
-    "AUTHORITY": _context_getter(lambda c: _b(c.authority)),
-    "ROUTE_NAME": _context_getter(lambda c: _b(c.route.name) if c.route is not None else b""),
-    "UPSTREAM_CLUSTER": _context_getter(lambda c: _b(c.cluster)),
-    "LISTENER_NAME": _context_getter(lambda c: _b(c.listener)),
-    "UPSTREAM_HOST": _context_getter(lambda c: _b(c.upstream_host)),
-    "START_TIME": lambda f, headers: _b(start_time(f.start)),
+    "DOWNSTREAM_REMOTE_ADDRESS": lambda f, h: _hostport(f.context.downstream_remote),
+    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": lambda f, h: _host(f.context.downstream_remote),
+    "DOWNSTREAM_REMOTE_PORT": lambda f, h: _port(f.context.downstream_remote),
+    "DOWNSTREAM_LOCAL_ADDRESS": lambda f, h: _hostport(f.context.downstream_local),
+    "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": lambda f, h: _host(f.context.downstream_local),
+    "DOWNSTREAM_LOCAL_PORT": lambda f, h: _port(f.context.downstream_local),
+    "PROTOCOL": lambda f, h: _b(f.context.protocol),
+    "METHOD": lambda f, h: _b(f.context.method),
+    "PATH": lambda f, h: _b(f.context.path),
+    "AUTHORITY": lambda f, h: _b(f.context.authority),
+    "ROUTE_NAME": lambda f, h: _b(f.context.route.name) if f.context.route is not None else b"",
+    "UPSTREAM_CLUSTER": lambda f, h: _b(f.context.cluster),
+    "LISTENER_NAME": lambda f, h: _b(f.context.listener),
+    "UPSTREAM_HOST": lambda f, h: _b(f.context.upstream_host),
+    "START_TIME": lambda f, h: _b(start_time(f.start)),
 }
 # Pseudo-headers read through REQ(): HTTP/1 has none, so they come from the context.
 _PSEUDO: dict[bytes, Callable[[RequestContext], str | None]] = {
@@ -116,7 +112,7 @@ class _Side:
     None, keep_empty)``, sets before adds; ``captures``: the ``REQ()`` names a response
     value reads, taken from the request."""
 
-    __slots__ = ("dynamic", "ops", "removes", "statics")
+    __slots__ = ("apply", "dynamic", "ops", "removes", "statics")
 
     def __init__(
         self, mutations: HeaderMutations, response: bool, captures: list[tuple[bytes, ...]]
@@ -133,11 +129,42 @@ class _Side:
         self.removes = frozenset(n.lower().encode("latin-1") for n in mutations.remove)
         self.dynamic = any(op[3] is not None for op in ops)
         self.statics = tuple(op[2] for op in ops)
+        #: ``apply(filter, headers)``: the general case, or a shortcut for a common one.
+        self.apply: Callable[[Any, Headers], None] = self._fast() or self._apply
 
     def __bool__(self) -> bool:
         return bool(self.ops or self.removes)
 
-    def apply(self, f: Any, headers: Headers) -> None:
+    def _fast(self) -> Callable[[Any, Headers], None] | None:
+        """A shorter ``apply`` for a side with no removals and only added static values, or
+        a single operation (no rendering ahead needed: nothing else changes the block)."""
+        if self.removes:
+            return None
+        ops = self.ops
+        if not self.dynamic and all(op[0] for op in ops):
+            pairs = tuple((op[1], op[2]) for op in ops)
+
+            def add_statics(f: Any, headers: Headers) -> None:
+                headers.raw.extend(pairs)
+                headers.changed = True
+
+            return add_statics
+        if len(ops) != 1:
+            return None
+        append, name, static, render, keep = ops[0]
+
+        def one(f: Any, headers: Headers) -> None:
+            value = static if render is None else render(f, headers)
+            if value or keep:
+                if append:
+                    headers.raw.append((name, value))
+                else:
+                    _set(headers.raw, name, value)
+                headers.changed = True
+
+        return one
+
+    def _apply(self, f: Any, headers: Headers) -> None:
         raw = headers.raw
         ops = self.ops
         # Every value is rendered first: variables see the headers as they reached us.
@@ -237,12 +264,15 @@ class HeaderMutation(StreamFilter):
     time). The factory picks a narrower class when only one side has work."""
 
     config_class = HeaderMutationConfig
+    #: Set by the request hook when the plan needs them (class defaults otherwise).
+    start: float = 0.0
+    captured: tuple[bytes, ...] = ()
 
     def __init__(self, plan: _Plan, context: RequestContext | None) -> None:
-        super().__init__(plan.config, context)
+        # (no super().__init__: one call fewer per request; these are all its attributes)
+        self.config = plan.config
+        self.context = context  # type: ignore[assignment]
         self.plan = plan
-        self.start = 0.0
-        self.captured: tuple[bytes, ...] = ()
 
     @classmethod
     def factory(
