@@ -51,13 +51,16 @@ def grpc_timeout(headers: list[tuple[bytes, bytes]]) -> float | None:
 
 def grpc_status_of(http_status: int, flag: str) -> int:
     """The grpc-status of a local reply: a timeout is DEADLINE_EXCEEDED, no route is
-    UNIMPLEMENTED, an unusable upstream UNAVAILABLE; otherwise Envoy's HTTP mapping."""
+    UNIMPLEMENTED, an unusable upstream UNAVAILABLE, a stream filter that failed INTERNAL;
+    otherwise Envoy's HTTP mapping."""
     if flag == "UT":
         return DEADLINE_EXCEEDED
     if flag == "NR":
         return UNIMPLEMENTED
     if flag in ("UH", "UF", "UO", "UC", "NC", "UPE"):
         return UNAVAILABLE
+    if flag == "FF":
+        return INTERNAL
     return _FROM_HTTP.get(http_status, UNKNOWN)
 
 

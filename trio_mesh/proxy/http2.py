@@ -7,6 +7,12 @@ goes back to the sender: a slow reader anywhere slows the writer on the other si
 route timeout (capped by ``grpc-timeout``) is a cancel scope; a downstream RST_STREAM
 cancels the task, whose exit resets the upstream stream, and an upstream reset is passed
 downstream.
+
+Stream filters (the listener's ``stream_filters``) run on both directions as in the HTTP/1
+proxy: request headers before the router answers, request DATA and trailers on their way up
+(filtered once: a retry replays the filtered bytes), response headers, DATA and trailers in
+reverse order on their way down. A filter's `LocalReply` answers the stream (gRPC: a
+trailers-only reply) while nothing of the response went; after that, the stream is reset.
 """
 
 from __future__ import annotations
@@ -21,6 +27,19 @@ import trio
 from ..config.filters import Protocol, ProxyConfig
 from ..config.model import format_hostport
 from ..filters import BuildContext
+from ..filters.stream import (
+    FILTER_FAILED,
+    REQUEST_DATA,
+    REQUEST_HEADERS,
+    REQUEST_TRAILERS,
+    RESPONSE_DATA,
+    RESPONSE_HEADERS,
+    RESPONSE_TRAILERS,
+    Headers,
+    LocalReply,
+    RequestContext,
+    StreamFilterChain,
+)
 from ..network.connect import ConnectError
 from ..network.connection import Connection
 from ..network.h2 import H2Endpoint, Inbox, StreamGone
@@ -73,6 +92,8 @@ from .settings import h2_settings
 log = logging.getLogger("trio_mesh.proxy.http2")
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+# What a gRPC trailers-only reply sets itself (a filter reply's headers do not repeat them).
+_TRAILERS_ONLY_NAMES = frozenset({b":status", b"content-type", b"grpc-status", b"grpc-message"})
 _READ = 65536
 
 
@@ -80,6 +101,13 @@ class _Reply(Exception):
     """Answer the stream with this local reply (nothing of the response went yet)."""
 
     def __init__(self, reply: tuple[int, str, bytes]) -> None:
+        self.reply = reply
+
+
+class _FilterReply(Exception):
+    """A stream filter answered (or failed): ``reply`` stands in for the upstream's response."""
+
+    def __init__(self, reply: LocalReply) -> None:
         self.reply = reply
 
 
@@ -99,6 +127,8 @@ class Http2Proxy:
         self.stats = ctx.listener_stats
         self.settings = h2_settings(config)
         self.upstream_h1 = config.upstream_protocol == Protocol.HTTP1
+        self.filters = ctx.stream_filters  # a FilterChainFactory, or None
+        self.listener = ctx.listener
 
     def on_connection(self, conn: Connection):
         return self.serve(conn)
@@ -176,9 +206,11 @@ class _Stream:
 
     __slots__ = (
         "_body_done",
+        "_body_reply",
         "_keep_alive",
         "_owed",
         "_replay",
+        "chain",
         "cluster",
         "conn",
         "ep",
@@ -214,6 +246,10 @@ class _Stream:
         self._replay: list | None = None
         self._body_done = False
         self._owed = 0
+        #: The request's stream filters (``None``: none configured, or none for it).
+        self.chain: StreamFilterChain | None = None
+        #: A request data or trailers hook answered while the body went up.
+        self._body_reply: LocalReply | None = None
 
     async def handle(self, event: RequestHeaders) -> None:
         proxy = self.proxy
@@ -241,6 +277,17 @@ class _Stream:
             info.request_received_duration = _monotonic() - info.start
         header = _lookup(req.headers)
         route = proxy.table.match(host, path, query, header)
+        if proxy.filters is not None:
+            # Envoy's order: the filters run first, then the router answers (404, ...).
+            cluster_name = None
+            if route is not None and route.direct_response is None and route.redirect is None:
+                cluster_name = route.pick_cluster(header)
+            reply = await self._request_filters(route, cluster_name, event.end_stream)
+            if reply is not None:
+                await self._filter_reply(reply)
+                return
+        else:
+            cluster_name = None
         if route is None:
             await self._local(NO_ROUTE)
             return
@@ -254,7 +301,8 @@ class _Stream:
                 (status, "", b""), headers=[(b"location", location.encode("latin-1"))], route=route
             )
             return
-        cluster_name = route.pick_cluster(header)
+        if proxy.filters is None:
+            cluster_name = route.pick_cluster(header)
         cluster = proxy.clusters.clusters.get(cluster_name) if cluster_name else None
         if cluster is None:
             await self._local(NO_CLUSTER)
@@ -278,6 +326,8 @@ class _Stream:
                 await self._to_h2(route, cluster, target, event.end_stream)
         except _Reply as exc:
             await self._local(exc.reply)
+        except _FilterReply as exc:
+            await self._filter_reply(exc.reply)
 
     async def timed_out(self) -> None:
         """The route timeout (the stream scope's deadline) fired."""
@@ -288,6 +338,107 @@ class _Stream:
         else:
             _flag(self.info, "UT")
             self.ep.reset(self.sid, ErrorCode.CANCEL)
+
+    # ------------------------------------------------------------------ stream filters
+
+    async def _request_filters(
+        self, route: Route | None, cluster_name: str | None, end_stream: bool
+    ) -> LocalReply | None:
+        """Make the stream's filter chain and run its request-headers hooks on the request's
+        own regular header list (what they change goes upstream)."""
+        req = self.request
+        conn = self.conn
+        context = RequestContext(
+            "HTTP/2",
+            method=req.method.decode("latin-1"),
+            path=req.path.decode("latin-1"),
+            authority=req.authority.decode("latin-1") if req.authority else "",
+            route=route,
+            cluster=cluster_name,
+            downstream_remote=conn.remote,
+            downstream_local=conn.local,
+            listener=self.proxy.listener,
+            grpc=self.grpc,
+        )
+        chain = self.proxy.filters.create(context)
+        if chain is None:
+            return None
+        self.chain = chain
+        if not chain.mask & REQUEST_HEADERS:
+            return None
+        return await chain.request_headers(Headers(req.headers), end_stream)
+
+    async def _filter_reply(self, reply: LocalReply) -> None:
+        """Answer with a filter's reply; once the response began, the stream can only be cut.
+        ``reply.close``: GOAWAY now (no new streams), the connection closes once the streams
+        in flight are done."""
+        if self.started:
+            self._cut()
+        else:
+            await self._local(
+                (reply.status, reply.flag, reply.body),
+                headers=reply.http_headers(),
+                grpc_code=reply.grpc_status,
+                grpc_message=reply.grpc_message,
+                grpc_headers=True,
+            )
+        if reply.close:
+            self.ep.start_drain()
+
+    def _cut(self) -> None:
+        """A filter failed (or answered) after the response began: the client must see the
+        stream fail, not end."""
+        _flag(self.info, "FF")
+        self.ep.reset(self.sid, ErrorCode.INTERNAL_ERROR)
+
+    async def _filter_body(self, data: bytes, last: bool) -> bytes:
+        out = await self.chain.request_data(data, last)
+        if isinstance(out, LocalReply):
+            raise _FilterReply(out)
+        return out
+
+    async def _filter_request_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        reply = await self.chain.request_trailers(Headers(trailers))
+        if reply is not None:
+            raise _FilterReply(reply)
+
+    async def _filter_response_head(
+        self, status: int, headers: list[tuple[bytes, bytes]], end_stream: bool
+    ) -> tuple[int, list[tuple[bytes, bytes]], bool]:
+        """The response-headers hooks (before anything goes downstream, so that a reply can
+        replace the response): the status and headers to send, and whether the data hooks
+        are to see the body (not when the head ends the stream)."""
+        chain = self.chain
+        data_hooks = not end_stream and bool(chain.mask & RESPONSE_DATA)
+        if not chain.mask & RESPONSE_HEADERS:
+            return status, headers, data_hooks
+        view = Headers(headers, status)
+        reply = await chain.response_headers(view, end_stream)
+        if reply is not None:
+            raise _FilterReply(reply)
+        new = view.status or status
+        if new != status and (type(new) is not int or not 200 <= new <= 999):
+            log.error("http2 stream %d: a response filter set status %r", self.sid, new)
+            raise _FilterReply(LocalReply(500, FILTER_FAILED, flag="FF"))
+        return new, view.raw, data_hooks
+
+    async def _filter_response_end(
+        self, trailers: list[tuple[bytes, bytes]] | None, data_hooks: bool
+    ) -> bool:
+        """Before the response ends (with ``trailers``, or none): the data hooks' last piece,
+        sent, then the trailers hooks. False: a filter failed, the stream is to be cut."""
+        chain = self.chain
+        if data_hooks:
+            tail = await chain.response_data(b"", True)
+            if isinstance(tail, LocalReply):
+                return False
+            if tail:
+                self.info.bytes_sent += len(tail)
+                await self.ep.send_data(self.sid, tail)
+        if trailers and chain.mask & RESPONSE_TRAILERS:
+            if await chain.response_trailers(Headers(trailers)) is not None:
+                return False
+        return True
 
     # ------------------------------------------------------------------ upstream headers
 
@@ -364,6 +515,8 @@ class _Stream:
     ) -> None:
         host = self._choose(cluster)
         self.info.upstream_host = host.label
+        if self.chain is not None:
+            self._chosen(host.label)
         pool = self.proxy.pools.http2(cluster, host, self.proxy.settings)
         try:
             up, usid, uinbox = await pool.open_stream()
@@ -388,25 +541,36 @@ class _Stream:
                 await self._h2_response(route, up, usid, uinbox)
                 return
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._h2_request_body, up, usid, list(replay))
+                nursery.start_soon(
+                    self._h2_request_body, up, usid, list(replay), nursery.cancel_scope
+                )
                 try:
                     await self._h2_response(route, up, usid, uinbox)
-                except (_Reply, _Refused) as exc:
+                except (_Reply, _Refused, _FilterReply) as exc:
                     failure = exc  # raised below, not wrapped in the nursery's group
                 # The response is complete (or failed): what the client still sends has no
                 # reader on this stream.
                 nursery.cancel_scope.cancel()
         finally:
             host.active_requests -= 1
-            up.close_stream(usid)
+            up.close_stream(usid)  # resets the upstream stream if it is still open
+        if self._body_reply is not None:
+            # A request filter answered mid-upload (the response side was cancelled).
+            raise _FilterReply(self._body_reply)
         if failure is not None:
             raise failure
 
-    async def _h2_request_body(self, up: H2Endpoint, usid: int, resend: list) -> None:
+    async def _h2_request_body(
+        self, up: H2Endpoint, usid: int, resend: list, scope: trio.CancelScope
+    ) -> None:
         """Pump the request body upstream: first what an earlier, refused try sent (``resend``),
-        then the rest as it arrives, each piece recorded for a retry before it is sent."""
+        then the rest as it arrives, each piece recorded for a retry before it is sent (after
+        the request filters: a retry does not filter again). A filter's reply cancels
+        ``scope`` (the try) and is left in ``_body_reply``."""
         ep, sid, inbox, info = self.ep, self.sid, self.inbox, self.info
         limit = self.proxy.config.retry_buffer_bytes
+        chain = self.chain
+        data_hooks = chain is not None and chain.mask & REQUEST_DATA
         try:
             for piece in resend:
                 if type(piece) is bytes:
@@ -427,6 +591,8 @@ class _Stream:
                 if type(event) is Data:
                     data = event.data
                     info.bytes_received += len(data)
+                    if data_hooks:
+                        data = await self._filter_body(data, event.end_stream)
                     if replay is not None:
                         kept += len(data)
                         if kept <= limit:
@@ -442,6 +608,9 @@ class _Stream:
                     if event.end_stream:
                         break
                 elif type(event) is Trailers:
+                    if chain is not None:
+                        await self._filter_h2_trailers(up, usid, event.headers, data_hooks)
+                        replay = self._replay
                     if replay is not None:
                         replay.append(event.headers)
                     self._body_done = True
@@ -453,9 +622,33 @@ class _Stream:
             # stream ended first (it answered early or was reset): the response side says
             # what happens next.
             pass
+        except _FilterReply as exc:
+            self._body_reply = exc.reply
+            scope.cancel()
+
+    async def _filter_h2_trailers(
+        self, up: H2Endpoint, usid: int, trailers: list, data_hooks: bool
+    ) -> None:
+        """Before request trailers go up: the data hooks' last piece (sent and kept for a
+        retry), then the trailers hooks."""
+        if data_hooks:
+            tail = await self._filter_body(b"", True)
+            if tail:
+                replay = self._replay
+                if replay is not None:
+                    kept = sum(len(p) for p in replay if type(p) is bytes) + len(tail)
+                    if kept <= self.proxy.config.retry_buffer_bytes:
+                        replay.append(tail)
+                    else:
+                        self._replay = None
+                await up.send_data(usid, tail)
+        if self.chain.mask & REQUEST_TRAILERS:
+            await self._filter_request_trailers(trailers)
 
     async def _h2_response(self, route: Route, up: H2Endpoint, usid: int, uinbox: Inbox) -> None:
         ep, sid, info = self.ep, self.sid, self.info
+        chain = self.chain
+        data_hooks = False  # the response data hooks see this body (known from the head)
         while True:
             try:
                 event = await uinbox.get()
@@ -471,8 +664,14 @@ class _Stream:
                 return
             kind = type(event)
             if kind is Data:
-                info.bytes_sent += len(event.data)
-                await ep.send_data(sid, event.data, event.end_stream)
+                data = event.data
+                if data_hooks:
+                    data = await chain.response_data(data, event.end_stream)
+                    if isinstance(data, LocalReply):
+                        self._cut()
+                        return
+                info.bytes_sent += len(data)
+                await ep.send_data(sid, data, event.end_stream)
                 up.consumed(usid, event.flow_length)
                 if event.end_stream:
                     return
@@ -481,6 +680,10 @@ class _Stream:
                     status, headers = response_from_h2(event.headers)
                 except H2HeaderError:
                     raise _Reply(BAD_RESPONSE) from None
+                if chain is not None:
+                    status, headers, data_hooks = await self._filter_response_head(
+                        status, headers, event.end_stream
+                    )
                 self._response_started(status)
                 if route.response_headers_to_add or route.response_headers_to_remove:
                     headers = apply_header_mutations(
@@ -490,10 +693,21 @@ class _Stream:
                 if event.end_stream:
                     return
             elif kind is Trailers:
+                if chain is not None and not await self._filter_response_end(
+                    event.headers, data_hooks
+                ):
+                    self._cut()
+                    return
                 ep.send_trailers(sid, event.headers)
                 return
             elif kind is InformationalHeaders:
                 ep.send_headers(sid, event.headers)
+
+    def _chosen(self, label: str) -> None:
+        """The filters learn the upstream host (and the request id) before the response."""
+        context = self.chain.context
+        context.upstream_host = label
+        context.request_id = self.info.request_id
 
     def _response_started(self, status: int) -> None:
         self.started = True
@@ -508,7 +722,12 @@ class _Stream:
         self.info.upstream_host = host.label
         headers = [(b"host", self._authority(route, host.label_bytes))]
         has_length = False
-        for name, value in self._request_headers(route):
+        regular = self._request_headers(route)
+        if self.chain is not None:
+            self._chosen(host.label)
+        # A request filter that took content-length off (it changes the body's length)
+        # makes the body chunked, as a body of unknown length is.
+        for name, value in regular:
             if name == b"content-length":
                 has_length = True
             elif name == b"te":
@@ -558,11 +777,15 @@ class _Stream:
 
     async def _h1_request_body(self, upstream, chunked: bool) -> None:
         ep, sid, inbox, info = self.ep, self.sid, self.inbox, self.info
+        chain = self.chain
+        data_hooks = chain is not None and chain.mask & REQUEST_DATA
         while True:
             event = await inbox.get()
             if type(event) is Data:
                 data = event.data
                 info.bytes_received += len(data)
+                if data_hooks:
+                    data = await self._filter_body(data, event.end_stream)
                 if data:
                     await upstream.send_all(encode_chunk(data) if chunked else data)
                 ep.consumed(sid, event.flow_length)
@@ -571,6 +794,13 @@ class _Stream:
                         await upstream.send_all(encode_last_chunk(None))
                     break
             elif type(event) is Trailers:
+                if chain is not None:
+                    if data_hooks:
+                        tail = await self._filter_body(b"", True)
+                        if tail:
+                            await upstream.send_all(encode_chunk(tail) if chunked else tail)
+                    if chain.mask & REQUEST_TRAILERS:
+                        await self._filter_request_trailers(event.headers)
                 if chunked:
                     await upstream.send_all(encode_last_chunk(event.headers))
                 break
@@ -581,6 +811,8 @@ class _Stream:
         ep, sid, info = self.ep, self.sid, self.info
         parser = ResponseParser(head_request=head_request)
         got = False
+        chain = self.chain
+        data_hooks = False  # the response data hooks see this body (known from the head)
         while True:
             data = await upstream.receive_some(_READ)
             try:
@@ -598,23 +830,43 @@ class _Stream:
             for i, event in enumerate(events):
                 kind = type(event)
                 if kind is Body:
-                    info.bytes_sent += len(event.data)
+                    data = event.data
                     # The last chunk carries END_STREAM itself: one frame less.
                     ends = i < last and (nxt := events[i + 1]).__class__ is EndOfMessage
                     if ends and not nxt.trailers:
-                        await ep.send_data(sid, event.data, end_stream=True)
+                        if data_hooks:
+                            data = await chain.response_data(data, True)
+                            if isinstance(data, LocalReply):
+                                self._cut()
+                                return False
+                        info.bytes_sent += len(data)
+                        await ep.send_data(sid, data, end_stream=True)
                         return parser.complete and not parser.trailing and self._keep_alive
-                    await ep.send_data(sid, event.data)
+                    if data_hooks:
+                        data = await chain.response_data(data, False)
+                        if isinstance(data, LocalReply):
+                            self._cut()
+                            return False
+                    info.bytes_sent += len(data)
+                    await ep.send_data(sid, data)
                 elif kind is EndOfMessage:
                     # fields HTTP/2 forbids (connection, keep-alive, ...) are dropped
                     trailers = trailers_to_h2(event.trailers) if event.trailers else None
+                    if chain is not None and not await self._filter_response_end(
+                        trailers, data_hooks
+                    ):
+                        self._cut()
+                        return False
                     if trailers:
                         ep.send_trailers(sid, trailers)
                     else:
                         ep.end_stream(sid)
                     return parser.complete and not parser.trailing and self._keep_alive
                 elif event.status >= 200:
-                    self._send_h1_head(route, event)
+                    if chain is None:
+                        self._send_h1_head(route, event)
+                    else:
+                        data_hooks = await self._filtered_h1_head(route, event, head_request)
                 elif event.status != 101:
                     ep.send_headers(sid, response_to_h2(event.status, event.headers))
 
@@ -628,6 +880,22 @@ class _Stream:
             )
         self.ep.send_headers(self.sid, response_to_h2(resp.status, headers))
 
+    async def _filtered_h1_head(self, route: Route, resp: ResponseHead, head_request: bool) -> bool:
+        """``_send_h1_head`` after the response-headers hooks (which may change the status and
+        the headers, or replace the response); whether the data hooks see the body."""
+        empty = head_request or resp.status in _NO_BODY_STATUSES or resp.content_length == 0
+        status, headers, data_hooks = await self._filter_response_head(
+            resp.status, strip_hop_by_hop(resp.headers), empty
+        )
+        self._response_started(status)
+        self._keep_alive = resp.keep_alive
+        if route.response_headers_to_add or route.response_headers_to_remove:
+            headers = apply_header_mutations(
+                headers, route.response_headers_to_add, route.response_headers_to_remove
+            )
+        self.ep.send_headers(self.sid, response_to_h2(status, headers))
+        return data_hooks
+
     # ------------------------------------------------------------------ local replies
 
     async def _local(
@@ -636,7 +904,13 @@ class _Stream:
         *,
         headers: list[tuple[bytes, bytes]] | None = None,
         route: Route | None = None,
+        grpc_code: int | None = None,
+        grpc_message: str | None = None,
+        grpc_headers: bool = False,
     ) -> None:
+        """A reply made by the proxy, or by a filter: for gRPC, its own ``grpc_code`` and
+        ``grpc_message`` in place of those worked out from the status, and (``grpc_headers``)
+        its ``headers`` in the trailers-only response."""
         status, flag, body = reply
         info = self.info
         if flag:
@@ -649,13 +923,20 @@ class _Stream:
         if self.grpc:
             # gRPC clients read the status from grpc-status, not from :status (Envoy's way).
             info.response_code = 200
-            code = grpc_status_of(status, flag)
-            message = body.decode("latin-1").strip() or f"HTTP {status}"
-            self.ep.send_headers(self.sid, trailers_only(code, message), end_stream=True)
+            code = grpc_status_of(status, flag) if grpc_code is None else grpc_code
+            if not grpc_message:
+                grpc_message = body.decode("utf-8", "replace").strip() or f"HTTP {status}"
+            out = trailers_only(code, grpc_message)
+            if grpc_headers and headers:
+                out.extend(h for h in headers if h[0] not in _TRAILERS_ONLY_NAMES)
+            self.ep.send_headers(self.sid, out, end_stream=True)
             return
-        out = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
-        if headers:
-            out.extend(headers)
+        if headers and any(name == b"content-type" for name, _ in headers):
+            out = [(b"content-length", b"%d" % len(body)), *headers]  # a filter's own type
+        else:
+            out = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+            if headers:
+                out.extend(headers)
         if route is not None and (
             route.response_headers_to_add or route.response_headers_to_remove
         ):
