@@ -6,12 +6,27 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import pytest
+import trio
 
 from trio_mesh.config import ConfigError, parse_config
 from trio_mesh.filters.flowcontrol import TokenBucket
 
-from .http_helpers import Client, get, http_config, request, running_proxy, start_upstream, to
+from .grpc_helpers import EchoStub, GrpcEchoServer, grpc_upstream, in_thread
+from .h2_upstream import open_h2_client, start_h2_upstream
+from .http_helpers import (
+    Client,
+    curl,
+    get,
+    http_config,
+    request,
+    running_proxy,
+    start_upstream,
+    to,
+)
+
+__all__ = ["grpc_upstream"]  # the fixture, imported for the tests below
 
 HOUR = "1h"
 
@@ -250,3 +265,62 @@ async def test_global_switch_off_limits_nothing(nursery):
     async with running_proxy(config) as (_, port):
         statuses = [(await request(port, get("/echo"))).status for _ in range(3)]
     assert statuses == [200] * 3
+
+
+# --------------------------------------------------------------------------- HTTP/2, gRPC
+
+
+def h2_config(up_port: int, filters: list[dict[str, Any]], up: str = "Http2") -> Any:
+    return http_config([to()], {"up": up_port},
+                       proxy={"downstream_protocol": "Http2", "upstream_protocol": up},
+                       listener={"stream_filters": filters})
+
+
+@pytest.mark.parametrize("up", ["Http2", "Http1"])
+async def test_http2_streams_share_the_bucket_and_get_429(nursery, up):
+    upstream = await (start_h2_upstream(nursery) if up == "Http2" else start_upstream(nursery))
+    async with running_proxy(h2_config(upstream.port, bucket_filter(2), up)) as (_, port):
+        with trio.fail_after(10):
+            async with open_h2_client(port) as client:
+                statuses = [(await client.request("GET", "/echo")).status for _ in range(2)]
+                refused = await client.request("GET", "/echo")
+                # a refused stream leaves the connection to the others
+                again = await client.request("GET", "/echo")
+    assert statuses == [200, 200]
+    assert (refused.status, refused.body) == (429, b"current request is limited")
+    assert refused.headers.get("x-ratelimit-remaining") == "0"
+    assert again.status == 429
+    assert len(upstream.requests) == 2
+
+
+async def test_curl_http2_prior_knowledge_is_limited(nursery):
+    upstream = await start_h2_upstream(nursery)
+    async with running_proxy(h2_config(upstream.port, bucket_filter(1))) as (_, port):
+        url = f"http://127.0.0.1:{port}/echo"
+        codes = []
+        for _ in range(2):
+            code, out, err = await curl("--http2-prior-knowledge", "-o", "/dev/null",
+                                        "-w", "%{http_code} %{http_version}", url)
+            assert code == 0, err
+            codes.append(out)
+    assert codes == [b"200 2", b"429 2"]
+
+
+def _rpc_error(fn: Any, *args: Any, **kwargs: Any) -> grpc.RpcError:
+    try:
+        fn(*args, **kwargs)
+    except grpc.RpcError as exc:
+        return exc
+    raise AssertionError(f"{fn} succeeded")
+
+
+async def test_grpc_call_over_the_limit_gets_resource_exhausted(nursery,
+                                                                grpc_upstream: GrpcEchoServer):
+    config = h2_config(grpc_upstream.port, bucket_filter(2, action={"body": "slow down"}))
+    async with running_proxy(config) as (_, port):
+        with EchoStub.connect(port) as stub:
+            answers = [await in_thread(stub.Unary, b"x%d" % i, timeout=5) for i in range(2)]
+            error = await in_thread(_rpc_error, stub.Unary, b"y", timeout=5)
+    assert answers == [b"x0", b"x1"]
+    assert (error.code(), error.details()) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down")
+    assert [c.method for c in grpc_upstream.calls] == ["Unary", "Unary"]

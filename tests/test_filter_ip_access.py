@@ -9,6 +9,7 @@ import socket
 from typing import Any
 
 import attrs
+import grpc
 import pytest
 import trio
 
@@ -19,7 +20,11 @@ from trio_mesh.config.stream_filters.ip_access import IpAccessConfig
 from trio_mesh.filters.ip_access import IpMatcher, host_of
 
 from .conftest import start_tcp_server
+from .grpc_helpers import EchoStub, GrpcEchoServer, grpc_upstream, in_thread
+from .h2_upstream import open_h2_client, start_h2_upstream
 from .http_helpers import Client, get, http_config, request, running_proxy, start_upstream, to
+
+__all__ = ["grpc_upstream"]  # the fixture, imported for the tests below
 
 
 def matcher(config: dict[str, Any]) -> IpMatcher:
@@ -235,6 +240,65 @@ async def test_ipv6_client_on_an_ipv6_listener(nursery, action, expected):
             await client.send(get("/echo"))
             response = await client.response()
     assert response.status == expected
+
+
+# --------------------------------------------------------------------------- HTTP/2, gRPC
+
+
+def h2_config(up_port: int, **config: Any) -> Any:
+    return http_config([to()], {"up": up_port},
+                       proxy={"downstream_protocol": "Http2", "upstream_protocol": "Http2"},
+                       listener=ip_filter(**config))
+
+
+@pytest.mark.parametrize(("action", "expected"), [("allow", 200), ("deny", 403)])
+async def test_http2_allowed_and_denied(nursery, action, expected):
+    upstream = await start_h2_upstream(nursery)
+    async with running_proxy(h2_config(upstream.port, action=action, ips=["127.0.0.1"])) as (
+        _, port,
+    ):
+        with trio.fail_after(10):
+            async with open_h2_client(port) as client:
+                first = await client.request("GET", "/echo")
+                second = await client.request("GET", "/echo")  # the connection goes on
+    assert first.status == second.status == expected
+    if expected == 403:
+        assert first.body == b"access denied\n"
+    assert len(upstream.requests) == (2 if expected == 200 else 0)
+
+
+async def test_http2_close_sends_goaway(nursery):
+    upstream = await start_h2_upstream(nursery)
+    config = h2_config(upstream.port, action="deny", ips=["127.0.0.1"], close=True)
+    async with running_proxy(config) as (_, port):
+        with trio.fail_after(10):
+            async with open_h2_client(port) as client:
+                denied = await client.request("GET", "/echo")
+                await client.wait_until(lambda: client.goaway is not None)
+                await client.wait_closed()
+    assert denied.status == 403
+
+
+async def test_grpc_denied_gets_permission_denied(nursery, grpc_upstream: GrpcEchoServer):
+    config = h2_config(grpc_upstream.port, action="deny", ips=["127.0.0.0/8"])
+    async with running_proxy(config) as (_, port):
+        with EchoStub.connect(port) as stub:
+            try:
+                await in_thread(stub.Unary, b"x", timeout=5)
+            except grpc.RpcError as exc:
+                error = exc
+            else:
+                raise AssertionError("a denied call succeeded")
+    assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED,
+                                               "access denied")
+    assert grpc_upstream.calls == []
+
+
+async def test_grpc_allowed_passes(nursery, grpc_upstream: GrpcEchoServer):
+    config = h2_config(grpc_upstream.port, action="allow", ips=["127.0.0.1", "::1"])
+    async with running_proxy(config) as (_, port):
+        with EchoStub.connect(port) as stub:
+            assert await in_thread(stub.Unary, b"hi", timeout=5) == b"hi"
 
 
 # --------------------------------------------------------------------------- network filter

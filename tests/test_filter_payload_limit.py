@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import pytest
 import trio
 
 from trio_mesh.config import ConfigError, parse_config
 
+from .grpc_helpers import EchoStub, GrpcEchoServer, grpc_upstream, in_thread
+from .h2_upstream import ErrorCodes, open_h2_client, start_h2_upstream
 from .http_helpers import (
     Client,
     curl,
@@ -23,6 +26,8 @@ from .http_helpers import (
     start_upstream,
     to,
 )
+
+__all__ = ["grpc_upstream"]  # the fixture, imported for the tests below
 
 LIMIT = 1000
 
@@ -205,3 +210,74 @@ async def test_curl_chunked_upload_over_the_limit(nursery, tmp_path):
         )
     assert out == b"413", (code, err)
     assert up.requests == []
+
+
+# --------------------------------------------------------------------------- HTTP/2, gRPC
+
+
+def h2_config(up_port: int, up: str = "Http2", size: int = LIMIT) -> Any:
+    return http_config([to()], {"up": up_port},
+                       proxy={"downstream_protocol": "Http2", "upstream_protocol": up},
+                       listener=limit_filter(size))
+
+
+async def start_any(nursery: trio.Nursery, up: str) -> Any:
+    return await (start_h2_upstream(nursery) if up == "Http2" else start_upstream(nursery))
+
+
+@pytest.mark.parametrize("up", ["Http2", "Http1"])
+async def test_http2_content_length_over_the_limit_never_contacts_the_upstream(nursery, up):
+    upstream = await start_any(nursery, up)
+    async with running_proxy(h2_config(upstream.port, up)) as (_, port):
+        with trio.fail_after(10):
+            async with open_h2_client(port) as client:
+                refused = await client.request(
+                    "POST", "/echo", [("content-length", str(LIMIT + 1))], b"x" * (LIMIT + 1))
+                # the connection goes on: the next stream, at the limit, passes
+                ok = await client.request(
+                    "POST", "/echo", [("content-length", str(LIMIT))], b"y" * LIMIT)
+    assert (refused.status, refused.body) == (413, b"request entity too large\n")
+    assert ok.status == 200
+    assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize("up", ["Http2", "Http1"])
+async def test_http2_body_without_length_is_cut_at_the_limit(nursery, up):
+    """No content-length: the body is counted; once over the limit the HTTP/2 upstream's
+    stream is reset (CANCEL) or the HTTP/1 upstream's connection closed, so the upstream
+    never has the whole request."""
+    upstream = await start_any(nursery, up)
+    async with running_proxy(h2_config(upstream.port, up)) as (_, port):
+        with trio.fail_after(10):
+            async with open_h2_client(port) as client:
+                sid = await client.send_headers("POST", "/upload" if up == "Http2" else "/echo")
+                await client.send_data(sid, b"a" * 600)
+                await client.send_data(sid, b"b" * 600, end_stream=True)
+                refused = await client.response(sid)
+                if up == "Http2":
+                    await upstream.wait_until(lambda: upstream.resets)
+                    ((_, _, code, path),) = upstream.resets
+                    assert (code, path) == (ErrorCodes.CANCEL, "/upload")
+                else:
+                    while upstream.closed < upstream.connections:
+                        await upstream.closed_event.wait()
+                    assert upstream.requests == []
+    assert refused.status == 413
+
+
+async def test_grpc_stream_over_the_limit_gets_resource_exhausted(
+    nursery, grpc_upstream: GrpcEchoServer
+):
+    async with running_proxy(h2_config(grpc_upstream.port)) as (_, port):
+        with EchoStub.connect(port) as stub:
+            small = await in_thread(stub.ClientStream, iter([b"a" * 100] * 3), timeout=5)
+            try:
+                await in_thread(stub.ClientStream, iter([b"b" * 400] * 5), timeout=5)
+            except grpc.RpcError as exc:
+                error = exc
+            else:
+                raise AssertionError("a call over the limit succeeded")
+    assert small == b"count=3;bytes=300"
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.details() == "request entity too large"
+    assert grpc_upstream.completed == ["ClientStream"]  # only the call under the limit
