@@ -82,3 +82,92 @@ register_stream_filter("t_tag", Tag, TagConfig)
 register_stream_filter("t_boom", Boom, BoomConfig)
 register_stream_filter("t_deny", Deny, DenyConfig)
 register_stream_filter("t_upper", Upper, None)
+
+
+# -- added for the RPC filter tests (tests/test_filters_rpc.py) ----------------------------
+
+
+class RequestTag(StreamFilter):
+    """`Tag` on the request only (its response hooks are not overridden)."""
+
+    async def on_request_headers(self, headers, end_stream):
+        old = headers.get(self.config.name)
+        headers.set(self.config.name, f"{old},{self.config.value}" if old else self.config.value)
+
+
+@attrs.frozen(kw_only=True)
+class RpcReplyConfig:
+    status: int = 500
+    body: str = ""
+    rpc_error: str | None = None
+    close: bool = False
+    #: which hook answers: "request_headers", "request_data", "response_headers",
+    #: "response_data"
+    where: str = "request_headers"
+    #: answer only requests carrying this header (``None``: every request)
+    header: str | None = None
+
+
+class RpcReply(StreamFilter):
+    """Answers with the LocalReply its config describes, from the hook ``where`` names."""
+
+    def _reply(self, where: str):
+        if where != self.config.where:
+            return None
+        if self.config.header is not None and not self.context.metadata.get("t_rpc_reply"):
+            return None
+        c = self.config
+        return LocalReply(c.status, c.body, rpc_error=c.rpc_error, close=c.close)
+
+    async def on_request_headers(self, headers, end_stream):
+        if self.config.header is not None and headers.get(self.config.header) is not None:
+            self.context.metadata["t_rpc_reply"] = True
+        return self._reply("request_headers")
+
+    async def on_request_data(self, data, last):
+        return self._reply("request_data")
+
+    async def on_response_headers(self, headers, end_stream):
+        return self._reply("response_headers")
+
+    async def on_response_data(self, data, last):
+        return self._reply("response_data")
+
+
+#: What `RpcRecord` filters saw, by their config's ``key``.
+RPC_RECORDED: dict[str, list] = {}
+
+
+@attrs.frozen(kw_only=True)
+class RpcRecordConfig:
+    key: str = "default"
+
+
+class RpcRecord(StreamFilter):
+    """Appends what each hook saw to ``RPC_RECORDED[key]``: (hook, details) tuples."""
+
+    def _add(self, *item) -> None:
+        RPC_RECORDED.setdefault(self.config.key, []).append(item)
+
+    async def on_request_headers(self, headers, end_stream):
+        c = self.context
+        self._add("request_headers", dict(headers), end_stream, {
+            "protocol": c.protocol, "method": c.method, "path": c.path, "cluster": c.cluster,
+            "route": c.route is not None, "listener": c.listener, "is_rpc": c.is_rpc,
+            "remote": c.downstream_remote, "local": c.downstream_local,
+        })
+
+    async def on_request_data(self, data, last):
+        self._add("request_data", bytes(data), last)
+
+    async def on_response_headers(self, headers, end_stream):
+        self._add("response_headers", dict(headers), headers.status, end_stream,
+                  self.context.upstream_host)
+
+    async def on_response_data(self, data, last):
+        self._add("response_data", bytes(data), last)
+
+
+register_stream_filter("t_req_tag", RequestTag, TagConfig)
+register_stream_filter("t_rpc_reply", RpcReply, RpcReplyConfig)
+register_stream_filter("t_rpc_record", RpcRecord, RpcRecordConfig)

@@ -7,18 +7,35 @@ under an id of that upstream connection, and answered, with its downstream id re
 as the upstream answers: responses go back in the order the upstream sends them. Heartbeats are
 answered here; oneway requests are forwarded without waiting. Whatever the proxy cannot serve
 gets the protocol's own error reply (no route, no healthy host, timeout, upstream failure).
+
+The listener's stream filters run on each request (the frame's header view and payload; before
+the no-route reply, as Envoy orders it) and on its response; what they answer becomes the
+protocol's error reply, and headers they change are written into the frame sent on by the
+codec's ``with_headers`` (docs/xprotocol.md). With no filters configured none of it runs.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 
 import trio
 
 from ..config.filters import Protocol, ProxyConfig
 from ..errors import StartupError
 from ..filters import BuildContext
+from ..filters.stream import (
+    REQUEST_DATA,
+    REQUEST_HEADERS,
+    RESPONSE_DATA,
+    RESPONSE_HEADERS,
+    Headers,
+    LocalReply,
+    RequestContext,
+    StreamFilterChain,
+    http_status_to_rpc_error,
+)
 from ..network.connect import ConnectError
 from ..network.connection import Connection
 from ..network.relay import CHUNK
@@ -61,6 +78,9 @@ class XProxy:
         self.pools = ctx.pools
         self.stats = ctx.listener_stats
         self.codecs = codecs
+        #: The listener's stream filters (a FilterChainFactory; ``None``: none configured).
+        self.filters = ctx.stream_filters
+        self.listener = ctx.listener
 
     def on_connection(self, conn: Connection):
         if len(self.codecs) == 1:
@@ -187,34 +207,69 @@ class _XSession:
 
     async def _handle(self, frame: Frame) -> None:
         stats = self.proxy.stats
+        codec = self.codec
         try:
-            kind = await self._forward(frame)
+            result = await self._forward(frame)
             stats.downstream_rq_total += 1
-            if kind is not None:
-                stats.downstream_rq_5xx += 1
-                if not frame.is_oneway:
-                    await self._write(self.codec.encode(self.codec.error_reply(frame, kind)))
-            else:
+            if result is None:
                 stats.downstream_rq_2xx += 1
+                return
+            stats.downstream_rq_5xx += 1
+            if isinstance(result, LocalReply):
+                kind = _reply_kind(result)
+                if frame.is_oneway:
+                    log.info("downstream %s: %s oneway request refused by a stream filter "
+                             "(%s), dropped", self.conn.remote, codec.name, kind.name)
+                    return
+                message = result.body.decode("utf-8", "replace").strip()
+                await self._write(codec.encode(codec.error_reply(frame, kind, message)))
+                if result.close:
+                    self._reading.cancel()  # take nothing new: what is in flight finishes
+            elif not frame.is_oneway:
+                await self._write(codec.encode(codec.error_reply(frame, result)))
         except Exception:
             # One request's failure (a codec bug, say) must not take the connection down.
-            log.exception("downstream %s: %s request failed", self.conn.remote, self.codec.name)
+            log.exception("downstream %s: %s request failed", self.conn.remote, codec.name)
             if not frame.is_oneway:
-                await self._write(
-                    self.codec.encode(self.codec.error_reply(frame, ErrorKind.INTERNAL))
-                )
+                await self._write(codec.encode(codec.error_reply(frame, ErrorKind.INTERNAL)))
         finally:
             self._finished()
 
-    async def _forward(self, frame: Frame) -> ErrorKind | None:
-        """Send ``frame`` upstream and its response down; an error kind when the proxy must
-        answer itself instead."""
+    async def _forward(self, frame: Frame) -> ErrorKind | LocalReply | None:
+        """Send ``frame`` upstream and its response down; an error kind (or a filter's
+        reply) when the proxy must answer itself instead."""
         proxy = self.proxy
         headers = frame.headers
         route = proxy.table.match("", "/", "", headers.get)
-        if route is None or route.direct_response is not None or route.redirect is not None:
-            return ErrorKind.NO_ROUTE
-        cluster_name = route.pick_cluster(headers.get)
+        routable = route is not None and route.direct_response is None and route.redirect is None
+        chain = None
+        if proxy.filters is not None:
+            # Envoy's order: the filters see the request before the proxy refuses it.
+            cluster_name = route.pick_cluster(headers.get) if routable else None
+            chain = proxy.filters.create(RequestContext(
+                self.codec.name,
+                method=headers.get("method") or "",
+                path=headers.get("service") or "",
+                route=route,
+                cluster=cluster_name,
+                downstream_remote=self.conn.remote,
+                downstream_local=self.conn.local,
+                listener=proxy.listener,
+            ))
+            if chain is not None:
+                filtered = await self._request_filters(chain, frame)
+                if not isinstance(filtered, Frame):
+                    return filtered
+                frame_up = filtered
+            else:
+                frame_up = frame
+            if not routable:
+                return ErrorKind.NO_ROUTE
+        else:
+            if not routable:
+                return ErrorKind.NO_ROUTE
+            cluster_name = route.pick_cluster(headers.get)
+            frame_up = frame
         cluster = proxy.clusters.clusters.get(cluster_name) if cluster_name else None
         if cluster is None:
             return ErrorKind.NO_ROUTE
@@ -222,6 +277,8 @@ class _XSession:
             host = cluster.choose_host()
         except NoHostError:
             return ErrorKind.NO_HEALTHY_HOST
+        if chain is not None:
+            chain.context.upstream_host = host.label
         pool = proxy.pools.xprotocol(cluster, host, self.codec, proxy.options)
         # The route's timeout, capped by the frame's own (bolt carries one).
         timeout = min(route.timeout or math.inf, frame.timeout or math.inf)
@@ -232,15 +289,12 @@ class _XSession:
             response = None
             with trio.move_on_after(timeout):
                 if frame.is_oneway:
-                    await pool.send_oneway(frame)
+                    await pool.send_oneway(frame_up)
                     return None
-                response = await pool.call(frame)
+                response = await pool.call(frame_up)
             if response is None:
                 cluster.stats.upstream_rq_timeout += 1
                 return ErrorKind.TIMEOUT
-            # Written outside the timeout: a frame is never cut short by it (FrameWriter).
-            await self._write(self.codec.set_request_id(response, downstream_id))
-            return None
         except ConnectError:
             return ErrorKind.UPSTREAM_FAILURE
         except CircuitOpenError:
@@ -250,3 +304,115 @@ class _XSession:
         finally:
             host.active_requests -= 1
             frame.request_id = downstream_id  # the error reply answers the downstream id
+        if chain is not None and chain.mask & (RESPONSE_HEADERS | RESPONSE_DATA):
+            filtered = await self._response_filters(chain, response)
+            if not isinstance(filtered, Frame):
+                return filtered
+            response = filtered
+        # Written outside the timeout: a frame is never cut short by it (FrameWriter).
+        await self._write(self.codec.set_request_id(response, downstream_id))
+        return None
+
+    # ------------------------------------------------------------------ stream filters
+
+    async def _request_filters(
+        self, chain: StreamFilterChain, frame: Frame
+    ) -> Frame | LocalReply | ErrorKind:
+        """Run the request hooks: the frame to send upstream (``frame``, or a copy carrying
+        the headers the filters changed), or what answers the request instead."""
+        if chain.mask & REQUEST_HEADERS:
+            headers, original = _header_view(frame.headers)
+            reply = await chain.request_headers(headers, False)
+            if reply is not None:
+                return reply
+        else:
+            headers = None
+        if chain.mask & REQUEST_DATA:
+            payload = self.codec.payload(frame)
+            out = await chain.request_data(payload, True)
+            if isinstance(out, LocalReply):
+                return out
+            if out is not payload and out != payload:
+                log.error("downstream %s: a stream filter replaced the body of a %s request, "
+                          "which an RPC frame cannot carry", self.conn.remote, self.codec.name)
+                return ErrorKind.INTERNAL
+        if headers is not None and headers.changed:
+            return self._rewritten(frame, _desired(frame.headers, original, headers))
+        return frame
+
+    async def _response_filters(
+        self, chain: StreamFilterChain, response: Frame
+    ) -> Frame | LocalReply | ErrorKind:
+        """Run the response hooks (reverse order): the response to send down (``response``,
+        or a copy with the changed headers), or what replaces it."""
+        headers = None
+        if chain.mask & RESPONSE_HEADERS:
+            view = response.headers
+            headers, original = _header_view(view, response.status)
+            reply = await chain.response_headers(headers, False)
+            if reply is not None:
+                return reply
+        if chain.mask & RESPONSE_DATA:
+            payload = self.codec.payload(response)
+            out = await chain.response_data(payload, True)
+            if isinstance(out, LocalReply):
+                return out
+            if out is not payload and out != payload:
+                log.error("downstream %s: a stream filter replaced the body of a %s response, "
+                          "which an RPC frame cannot carry", self.conn.remote, self.codec.name)
+                return ErrorKind.INTERNAL
+        if headers is not None and headers.changed:
+            return self._rewritten(response, _desired(response.headers, original, headers))
+        return response
+
+    def _rewritten(self, frame: Frame, mapping: dict[str, str]) -> Frame | ErrorKind:
+        """``frame`` carrying the header view ``mapping``, or INTERNAL (logged) when the
+        codec cannot put it there."""
+        codec = self.codec
+        try:
+            return codec.with_headers(frame, mapping)
+        except NotImplementedError as exc:
+            log.error("downstream %s: stream filters changed the headers of a %s %s, and the "
+                      "%s codec cannot rewrite them (%s)", self.conn.remote, codec.name,
+                      "response" if frame.is_response else "request", codec.name, exc)
+        except (ValueError, XProtocolError) as exc:
+            log.error("downstream %s: stream filters changed the headers of a %s %s in a way "
+                      "the codec cannot carry: %s", self.conn.remote, codec.name,
+                      "response" if frame.is_response else "request", exc)
+        return ErrorKind.INTERNAL
+
+
+def _reply_kind(reply: LocalReply) -> ErrorKind:
+    name = http_status_to_rpc_error(reply)
+    try:
+        return ErrorKind[name]
+    except KeyError:
+        log.error("stream filter reply: no RPC error kind %r, answering INTERNAL", name)
+        return ErrorKind.INTERNAL
+
+
+def _header_view(view: Mapping[str, str], status: int | None = None) -> tuple[Headers, Mapping]:
+    """A frame's header view as filters' `Headers`, and what it held before the hooks.
+    `Headers` are latin-1; an RPC value outside it (bolt and Dubbo carry UTF-8) is given as
+    its UTF-8 bytes, so what the filters leave alone is still told apart from what they set."""
+    try:
+        return Headers.from_mapping(view, status), view
+    except UnicodeEncodeError:
+        headers = Headers(
+            [(k.encode("utf-8"), v.encode("utf-8")) for k, v in view.items()], status
+        )
+        return headers, headers.to_dict()
+
+
+def _desired(view: Mapping[str, str], original: Mapping[str, str], headers: Headers) -> dict:
+    """The header view the filters want: their changes (from ``original``, what they were
+    given) applied to the frame's own ``view``."""
+    final = headers.to_dict()
+    if original is view:
+        return final
+    sets, removed = xprotocol.header_changes(original, final)
+    wanted = dict(view)
+    for name in removed:
+        wanted.pop(name, None)
+    wanted.update(sets)
+    return wanted

@@ -13,6 +13,7 @@ from .base import (
     FrameTooLarge,
     Match,
     XProtocolError,
+    header_changes,
 )
 from .registry import (
     ENTRY_POINT_GROUP,
@@ -39,6 +40,7 @@ __all__ = [
     "XProtocolError",
     "detect",
     "get",
+    "header_changes",
     "names",
     "register_protocol",
     "unregister_protocol",

@@ -16,6 +16,10 @@ timeouts, and asks the codec:
   forwarded frame.
 * ``heartbeat_reply(frame)`` / ``heartbeat_request(request_id)``: keepalive frames.
 * ``error_reply(frame, kind)``: the protocol's own answer to a request the proxy cannot serve.
+* ``payload(frame)``: the frame's body (what stream filters see as the request/response data).
+* ``with_headers(frame, mapping)``: a copy of the frame whose header view is ``mapping`` (what
+  the proxy sends when a stream filter changed the headers); optional, the default raises
+  NotImplementedError.
 
 A `Frame` is one message: its wire bytes (a ``bytearray``), its request id, its kind (request,
 oneway request, response), whether it is a heartbeat, its status (responses), its timeout in
@@ -42,6 +46,7 @@ __all__ = [
     "FrameTooLarge",
     "Match",
     "XProtocolError",
+    "header_changes",
 ]
 
 #: The frame-size limit `Codec.decode` applies when it is given none (16 MiB).
@@ -177,6 +182,30 @@ class Frame:
         )
 
 
+def header_changes(
+    view: Mapping[str, str], new: Mapping[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """What turned header view ``view`` into ``new``: the names set (to their new values) and
+    the names removed. A name of ``new`` that differs from one of ``view`` only in case (stream
+    filters' `Headers` lower-case the names they set) keeps the view's spelling, since RPC
+    header maps are case-sensitive."""
+    sets: dict[str, str] = {}
+    for name, value in new.items():
+        if view.get(name) != value:
+            sets[name] = value
+    removed = [name for name in view if name not in new]
+    if sets and removed:
+        by_lower = {name.lower(): name for name in removed}
+        for name in list(sets):
+            if name in view:
+                continue
+            original = by_lower.pop(name.lower(), None)
+            if original is not None:
+                sets[original] = sets.pop(name)
+                removed.remove(original)
+    return sets, removed
+
+
 class Codec(ABC):
     """An RPC protocol. Codecs are stateless: one instance serves every connection.
 
@@ -236,3 +265,15 @@ class Codec(ABC):
     @abstractmethod
     def is_success(self, frame: Frame) -> bool:
         """Whether a response frame reports success."""
+
+    def payload(self, frame: Frame) -> bytes:
+        """The frame's body: the data stream filters see (default: the whole frame)."""
+        return bytes(frame.data)
+
+    def with_headers(self, frame: Frame, headers: Mapping[str, str]) -> Frame:
+        """A new frame like ``frame`` (same kind, id and body) whose header view is
+        ``headers``: what the proxy forwards when a stream filter changed the view. Names
+        that are views of other fields (``service``, ``method``) go where they came from, or
+        raise ValueError when the protocol cannot carry the change. The default raises
+        NotImplementedError: such a request fails with an INTERNAL error reply."""
+        raise NotImplementedError(f"{self.name}: header rewriting is not implemented")

@@ -29,6 +29,7 @@ from .base import (
     FrameTooLarge,
     Match,
     XProtocolError,
+    header_changes,
 )
 
 __all__ = [
@@ -419,6 +420,48 @@ class BoltCodec(Codec):
 
     def is_success(self, frame: Frame) -> bool:
         return frame.status == ResponseStatus.SUCCESS
+
+    # -- stream filters --------------------------------------------------------------------
+
+    def payload(self, frame: Frame) -> bytes:
+        assert isinstance(frame, BoltFrame)
+        return bytes(frame.content)
+
+    def with_headers(self, frame: Frame, headers: Mapping[str, str]) -> BoltFrame:
+        """The frame with its header map re-encoded so that its view is ``headers``; the
+        class name and content are copied, the lengths (and the CRC) fixed. The view's
+        ``method`` is written to ``sofa_head_method_name`` when it came from there, and its
+        ``service`` to ``sofa_head_target_service`` when the map has no ``service``."""
+        assert isinstance(frame, BoltFrame)
+        raw = dict(frame.raw_headers)
+        sets, removed = header_changes(frame.headers, headers)
+        if not sets and not removed:
+            return frame
+        source = {}
+        if raw.get("sofa_head_method_name"):
+            source["method"] = "sofa_head_method_name"
+        if not raw.get("service") and raw.get("sofa_head_target_service"):
+            source["service"] = "sofa_head_target_service"
+        for name in removed:
+            raw.pop(source.get(name, name), None)
+        for name, value in sets.items():
+            raw[source.get(name, name)] = value
+        encoded = encode_header_map(raw)
+        if len(encoded) > 0xFFFF:
+            raise ValueError("bolt header map is limited to 65535 bytes")
+        data = frame.data
+        start = frame.header_size + frame.class_len
+        end = start + frame.header_len + frame.content_len
+        out = bytearray(data[:start])
+        # The header length is the u16 before the content length, in every command layout.
+        out[frame.header_size - 6 : frame.header_size - 4] = len(encoded).to_bytes(2, "big")
+        out += encoded
+        out += data[start + frame.header_len : end]
+        if frame.crc:
+            out += _U32.pack(zlib.crc32(out))
+        result = self.decode(out, max_frame_size=len(out))
+        assert result is not None
+        return result[0]
 
 
 #: The shared codec instance (codecs are stateless).

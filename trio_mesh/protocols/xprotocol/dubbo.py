@@ -14,7 +14,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from . import dubbo_frames as df
-from .base import DEFAULT_MAX_FRAME_SIZE, Codec, ErrorKind, Frame, FrameKind, FrameTooLarge, Match
+from .base import (
+    DEFAULT_MAX_FRAME_SIZE,
+    Codec,
+    ErrorKind,
+    Frame,
+    FrameKind,
+    FrameTooLarge,
+    Match,
+    header_changes,
+)
 from .base import XProtocolError as _XError
 
 __all__ = ["DUBBO", "DubboCodec", "DubboFrame"]
@@ -168,6 +177,40 @@ class DubboCodec(Codec):
 
     def is_success(self, frame: Frame) -> bool:
         return frame.status == df.Status.OK
+
+    def payload(self, frame: Frame) -> bytes:
+        return bytes(frame.data[df.HEADER_LENGTH :])
+
+    def with_headers(self, frame: Frame, headers: Mapping[str, str]) -> DubboFrame:
+        """The invocation with its attachments edited so that its view is ``headers`` (the
+        other attachments are copied as they are). ``service`` and ``method`` are the
+        invocation's own fields, and ``interface``/``version`` taken from them (no such
+        attachment) cannot be removed: changing those raises ValueError. Responses carry
+        their attachments only in some result kinds: NotImplementedError."""
+        assert isinstance(frame, DubboFrame)
+        req = frame.request
+        if req is None:
+            if frame.is_response:
+                raise NotImplementedError("dubbo: header rewriting of responses")
+            raise ValueError("dubbo: an event has no attachments")
+        sets, removed = header_changes(frame.headers, headers)
+        if not sets and not removed:
+            return frame
+        for name in (*sets, *removed):
+            if name in ("service", "method"):
+                raise ValueError(f"dubbo: {name!r} is the invocation's own, not an attachment")
+        for name in removed:
+            if not isinstance(req.attachments.get(name), str):
+                raise ValueError(f"dubbo: {name!r} is not an attachment, it cannot be removed")
+        header = df.parse_header(frame.data, max_body_length=1 << 32)
+        assert header is not None
+        try:
+            wire = df.replace_attachments(frame.data, header, sets, removed)
+        except df.DubboFrameError as exc:
+            raise ValueError(str(exc)) from None
+        decoded = self.decode(wire, max_frame_size=len(wire))
+        assert decoded is not None
+        return decoded[0]
 
     def _frame(self, wire: bytes) -> DubboFrame:
         decoded = self.decode(wire)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .hessian2 import (
     DEFAULT_MAX_DEPTH,
+    SKIPPED_VALUE,
     Hessian2Error,
     Hessian2Reader,
     encode_int,
@@ -49,6 +51,7 @@ __all__ = [
     "heartbeat_response",
     "is_heartbeat",
     "parse_header",
+    "replace_attachments",
     "set_request_id",
     "value_response",
 ]
@@ -277,6 +280,68 @@ def _decode_body(data, start: int, end: int, serialization_id: int, max_depth: i
         attachments,
         attachments_offset,
     )
+
+
+def replace_attachments(
+    frame: bytes | bytearray | memoryview,
+    header: DubboHeader,
+    sets: Mapping[str, str],
+    removed: Iterable[str] = (),
+    *,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> bytes:
+    """A copy of the invocation request ``frame`` (header included) whose attachments have
+    ``sets`` (string values) put in and the names in ``removed`` taken out; everything else,
+    the other attachments included, is copied byte for byte (their values need no writer, and
+    the hessian2 reference and class numbering stays as it was). Replacing or removing an
+    attachment whose value is a list, map or object raises DubboFrameError (later values may
+    refer to it)."""
+    if header.serialization_id != SERIALIZATION_HESSIAN2:
+        raise DubboFrameError(f"unsupported dubbo serialization id {header.serialization_id}")
+    end = header.frame_length
+    if len(frame) < end:
+        raise DubboFrameError("truncated dubbo frame")
+    data = bytes(frame[:end])
+    drop = set(removed)
+    todo = dict(sets)
+    try:
+        r = Hessian2Reader(data, HEADER_LENGTH, end, max_depth=max_depth,
+                           max_bytes=end - HEADER_LENGTH)
+        r.read_string_or_none()  # dubbo version
+        r.read_string()  # service path
+        r.read_string_or_none()  # service version
+        r.read_string()  # method name
+        for _ in range(count_parameters(r.read_string_or_none() or "")):
+            r.skip()
+        at = r.pos
+        out = bytearray(data[:at])
+        if r.at_end or r.peek_tag() == 0x4E:  # no attachments (or null): a new map
+            r.pos = end
+            out += b"H"
+        else:
+            first, entries = r.map_entries()
+            out += data[at:first]  # the map's tag (and type)
+            written: set[str] = set()
+            for key, value, start, stop in entries:
+                if isinstance(key, str) and (key in drop or key in todo):
+                    if value is SKIPPED_VALUE:
+                        raise DubboFrameError(f"dubbo attachment {key!r} is not a scalar")
+                    if key in todo and key not in written:
+                        out += encode_string(key) + encode_string(todo[key])
+                        written.add(key)
+                    continue
+                out += data[start:stop]
+            for key in written:
+                del todo[key]
+        for key, value in todo.items():
+            out += encode_string(key) + encode_string(value)
+        out += b"Z"
+        if not r.at_end:
+            raise DubboFrameError(f"{r.remaining} bytes after the dubbo attachments")
+    except Hessian2Error as e:
+        raise DubboFrameError(f"bad dubbo request body: {e}") from e
+    body = memoryview(out)[HEADER_LENGTH:]
+    return encode_frame(header.flag, header.status, header.request_id, body)
 
 
 def decode_event_body(

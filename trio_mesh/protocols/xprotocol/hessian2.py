@@ -36,6 +36,7 @@ from collections.abc import Mapping
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_DEPTH",
+    "SKIPPED_VALUE",
     "Hessian2Error",
     "Hessian2Reader",
     "HessianObject",
@@ -97,6 +98,8 @@ class UnresolvedRef:
         return f"UnresolvedRef({self.index})"
 
 
+#: What `Hessian2Reader.map_entries` gives for a value it skipped (not a scalar).
+SKIPPED_VALUE = type("SkippedValue", (), {"__repr__": lambda self: "SKIPPED_VALUE"})()
 _SKIPPED = object()  # placeholder in the reference table for a skipped map/list/object
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
@@ -109,6 +112,11 @@ _F64 = struct.Struct(">d")
 # tag sets
 _STRING_TAGS = frozenset([*range(0x00, 0x20), *range(0x30, 0x34), 0x52, 0x53])
 _INT_TAGS = frozenset([*range(0x80, 0xD8), 0x49])
+# values that are never entries of the reference table (and define no class)
+_SCALAR_TAGS = frozenset([
+    *_STRING_TAGS, *range(0x80, 0x100), *range(0x20, 0x30), *range(0x34, 0x40),
+    0x41, 0x42, 0x44, 0x46, 0x49, 0x4A, 0x4B, 0x4C, 0x4E, 0x54, 0x59, *range(0x5B, 0x60),
+])
 
 
 class Hessian2Reader:
@@ -186,6 +194,38 @@ class Hessian2Reader:
     def read_int(self) -> int:
         """The next value, which must be a 32-bit int (any of its forms)."""
         return self._int(self._tag())
+
+    def map_entries(self) -> tuple[int, list[tuple[object, object, int, int]]]:
+        """Walks the map that is next (untyped 'H' or typed 'M') without building its
+        values: where its first entry starts (after the tag and type), and per entry its key
+        (decoded), its value (decoded when a scalar: str, int, float, bool, None, bytes,
+        datetime; else `SKIPPED_VALUE`: a list, map, object or reference), where the entry
+        starts and where it ends; the reader is left after the 'Z'. The reference and class
+        tables advance as a read would, so the entries' bytes can be copied into an edited
+        map."""
+        self._depth = 0
+        tag = self._tag()
+        if tag != 0x48 and tag != 0x4D:
+            raise Hessian2Error(f"expected a map, got tag 0x{tag:02x}")
+        self._enter()
+        self._refs.append(_SKIPPED)
+        if tag == 0x4D:
+            self._type()
+        first = self.pos
+        entries: list[tuple[object, object, int, int]] = []
+        while not self._at_z():
+            start = self.pos
+            key = self._value()
+            value_at = self.pos
+            vtag = self._data[value_at] if value_at < self._end else None
+            if vtag is not None and vtag in _SCALAR_TAGS:
+                value = self._value()
+            else:
+                self._skip()
+                value = SKIPPED_VALUE
+            entries.append((key, value, start, self.pos))
+        self._depth -= 1
+        return first, entries
 
     # -- primitives -------------------------------------------------------------------------
 
