@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import shutil
 import zlib
 from typing import Any
@@ -14,8 +15,11 @@ import pytest
 import trio
 
 from trio_mesh.config import ConfigError, parse_config
-from trio_mesh.filters.gzip import accepts_gzip
+from trio_mesh.config.stream_filters.gzip import GzipConfig
+from trio_mesh.filters.gzip import GzipFilter, accepts_gzip
+from trio_mesh.filters.stream import RequestContext
 
+from .h2_upstream import h2_request, start_h2_upstream
 from .http_helpers import (
     Client,
     curl,
@@ -92,7 +96,8 @@ async def test_compressed_when_accepted_identity_otherwise(nursery):
     for identity in (plain, refused, other):
         assert identity.status == 200
         assert "content-encoding" not in identity.headers
-        assert "vary" not in identity.headers
+        # compressible, so caches are told it depends on Accept-Encoding (nginx's gzip_vary)
+        assert identity.headers.get("vary") == "accept-encoding"
         assert identity.headers.get("content-length") == "100000"
         assert identity.body == pattern_bytes(100000)
     # the upstream saw the client's Accept-Encoding unchanged
@@ -119,6 +124,7 @@ async def test_small_body_under_the_minimum_is_not_compressed(nursery):
         exact = await request(port, get("/bytes/1000", headers=GZ))
         unknown = await request(port, get("/chunked/10", headers=GZ))  # no length: compressed
     assert "content-encoding" not in small.headers
+    assert "vary" not in small.headers  # never compressed, whoever asks
     assert small.body == pattern_bytes(999)
     assert exact.headers.get("content-encoding") == "gzip"
     assert gzip.decompress(exact.body) == pattern_bytes(1000)
@@ -141,7 +147,7 @@ async def test_head_204_304_and_errors_without_body_are_untouched(nursery):
             after = await client.response()
     assert head.status == 200
     assert head.headers.get("content-length") == "5000"
-    assert "content-encoding" not in head.headers
+    assert "content-encoding" not in head.headers and "vary" not in head.headers
     for response in (no_content, not_modified):
         assert "content-encoding" not in response.headers
         assert response.body == b""
@@ -374,3 +380,87 @@ def test_config_errors_name_their_path():
     text = str(info.value)
     assert "stream_filters[0].config.gzip_level: expected 0 to 9, got 10" in text
     assert "stream_filters[1].config.content_types[1]: expected a media type" in text
+
+
+# --------------------------------------------------------------------------- HTTP/2
+
+
+def h2_gzip_config(port: int, upstream: str, config: dict[str, Any] | None = None):
+    listener = {"stream_filters": [{"type": "gzip", "config": config or {}}]}
+    proxy = {"downstream_protocol": "Http2", "upstream_protocol": upstream}
+    return http_config([to()], {"up": port}, proxy=proxy, listener=listener)
+
+
+H2_GZ = [("accept-encoding", "gzip, deflate")]
+
+
+async def test_h2_to_h1_compressed_and_identity(nursery):
+    n = 3 * MIB + 7
+    up = await start_upstream(nursery)
+    async with running_proxy(h2_gzip_config(up.port, "Http1")) as (_, port):
+        zipped = await h2_request(port, "GET", f"/chunked/{n}", H2_GZ, timeout=30)
+        plain = await h2_request(port, "GET", "/bytes/100000")
+        refused = await h2_request(port, "GET", "/bytes/100000", [("accept-encoding", "*;q=0")])
+        small = await h2_request(port, "GET", "/bytes/20", H2_GZ)
+    assert zipped.status == 200
+    assert zipped.headers.get("content-encoding") == "gzip"
+    assert zipped.headers.get("vary") == "accept-encoding"
+    assert "content-length" not in zipped.headers
+    assert gzip.decompress(zipped.body) == pattern_bytes(n)
+    assert "vary" not in small.headers
+    for identity, length in ((plain, 100000), (refused, 100000), (small, 20)):
+        assert "content-encoding" not in identity.headers
+        assert identity.headers.get("content-length") == str(length)
+        assert identity.body == pattern_bytes(length)
+
+
+async def test_h2_to_h2_compressed_head_untouched(nursery):
+    up = await start_h2_upstream(nursery)
+    config = {"content_types": ["application/octet-stream", "application/json"]}
+    async with running_proxy(h2_gzip_config(up.port, "Auto", config)) as (_, port):
+        zipped = await h2_request(port, "GET", "/bytes/500000", H2_GZ)
+        head = await h2_request(port, "HEAD", "/bytes/500000", H2_GZ)
+        echo = await h2_request(port, "POST", "/echo", H2_GZ, body=b"x" * 1000)
+    assert zipped.headers.get("content-encoding") == "gzip"
+    assert gzip.decompress(zipped.body) == pattern_bytes(500000)
+    assert "content-encoding" not in head.headers
+    assert head.headers.get("content-length") == "500000" and head.body == b""
+    assert echo.headers.get("content-encoding") == "gzip"
+    assert json.loads(gzip.decompress(echo.body))["body_len"] == 1000
+
+
+async def test_grpc_is_never_compressed(nursery):
+    up = await start_h2_upstream(nursery)
+    config = {"content_types": ["application/octet-stream"]}
+    grpc = [("content-type", "application/grpc"), ("te", "trailers"), *H2_GZ]
+    async with running_proxy(h2_gzip_config(up.port, "Auto", config)) as (_, port):
+        response = await h2_request(port, "POST", "/bytes/5000", grpc, body=b"\0\0\0\0\0")
+        plain = await h2_request(port, "POST", "/bytes/5000", H2_GZ, body=b"\0\0\0\0\0")
+    assert "content-encoding" not in response.headers
+    assert response.body == pattern_bytes(5000)
+    assert plain.headers.get("content-encoding") == "gzip"  # the same, not gRPC
+
+
+@needs_curl
+async def test_curl_http2_compressed(nursery, tmp_path):
+    up = await start_upstream(nursery)
+    async with running_proxy(h2_gzip_config(up.port, "Http1")) as (_, port):
+        out = tmp_path / "body"
+        code, _, err = await curl(
+            "--http2-prior-knowledge", "--compressed", "-D", str(tmp_path / "head"),
+            "-o", str(out), f"http://127.0.0.1:{port}/chunked/{2 * MIB}",
+        )
+    assert code == 0, err
+    head = (tmp_path / "head").read_bytes().lower()
+    assert head.startswith(b"http/2 200")
+    assert b"content-encoding: gzip" in head
+    assert out.read_bytes() == pattern_bytes(2 * MIB)
+
+
+def test_rpc_grpc_and_head_get_no_filter() -> None:
+    make = GzipFilter.factory(GzipConfig(), None)
+    assert make(RequestContext("bolt", method="")) is None
+    assert make(RequestContext("HTTP/2", method="POST", grpc=True)) is None
+    assert make(RequestContext("HTTP/1.1", method="HEAD")) is None
+    assert isinstance(make(RequestContext("HTTP/1.1", method="GET")), GzipFilter)
+    assert isinstance(GzipFilter.factory(None, None)(RequestContext("HTTP/2")), GzipFilter)

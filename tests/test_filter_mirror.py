@@ -13,10 +13,14 @@ import pytest
 import trio
 
 from trio_mesh.config import ConfigError, parse_config
+from trio_mesh.config.stream_filters.mirror import MirrorConfig
+from trio_mesh.filters import BuildContext
 from trio_mesh.filters import mirror as mirror_module
-from trio_mesh.filters.mirror import MirrorStats, mirror_stats, shadow_authority
+from trio_mesh.filters.mirror import MirrorFilter, MirrorStats, mirror_stats, shadow_authority
+from trio_mesh.filters.stream import RequestContext
+from trio_mesh.upstream import ClusterManager
 
-from .h2_upstream import start_h2_upstream
+from .h2_upstream import h2_request, open_h2_client, start_h2_upstream
 from .http_helpers import (
     Client,
     closed_port,
@@ -463,3 +467,98 @@ def test_config_errors(config, error):
     with pytest.raises(ConfigError) as info:
         parse_config(doc)
     assert f"servers[0].listeners[0].stream_filters[0].{error}" in str(info.value)
+
+
+# --------------------------------------------------------------------------- HTTP/2 downstream
+
+
+def h2_mirror_config(main: int, shadow: int, upstream: str, config: dict | None = None):
+    listener = {
+        "stream_filters": [{"type": "mirror", "config": {"cluster": "shadow", **(config or {})}}]
+    }
+    proxy = {"downstream_protocol": "Http2", "upstream_protocol": upstream}
+    return http_config([to()], {"up": main, "shadow": shadow}, proxy=proxy, listener=listener)
+
+
+async def test_h2_request_is_mirrored_as_http1(nursery, runs):
+    main, shadow = await watched(nursery), await watched(nursery)
+    body = pattern_bytes(40000)
+    headers = [("x-custom", "h2"), ("cookie", "a=1"), ("cookie", "b=2")]
+    config = h2_mirror_config(main.port, shadow.port, "Http1")
+    async with running_proxy(config) as (server, port):
+        async with open_h2_client(port, authority="api.example:8443") as client:
+            posted = await client.request("POST", "/echo/h2?q=1", headers, body)
+            got = await client.request("GET", "/echo/get")
+        await runs.wait_until(lambda: runs.finished == 2)
+        stats = stats_of(server)
+    assert (posted.status, got.status) == (200, 200)
+    by_target = {r["target"]: r for r in shadow.requests}
+    copy = by_target["/echo/h2?q=1"]
+    assert copy["method"] == "POST"
+    assert (copy["body_length"], copy["body_sha256"]) == (40000, sha(body))
+    copied = upstream_headers(copy)
+    assert copied.get("host") == "api.example-shadow:8443"
+    assert copied.get("x-custom") == "h2"
+    assert copied.getall("cookie") == ["a=1; b=2"]  # one field again for HTTP/1
+    assert upstream_headers(by_target["/echo/get"]).get("content-length") is None
+    assert (stats.mirrored, stats.completed) == (2, 2)
+
+
+async def test_grpc_is_mirrored_over_http2(nursery, runs):
+    main, shadow = await start_h2_upstream(nursery), await start_h2_upstream(nursery)
+    message = b"\x00\x00\x00\x00\x05hello"
+    grpc = [("content-type", "application/grpc"), ("te", "trailers"), ("x-custom", "g")]
+    config = h2_mirror_config(main.port, shadow.port, "Auto")
+    async with running_proxy(config) as (server, port):
+        response = await h2_request(
+            port, "POST", "/echo", grpc, body=message, authority="svc.local"
+        )
+        await runs.wait_until(lambda: runs.finished == 1)
+        stats = stats_of(server)
+    assert response.status == 200
+    (path, headers), = shadow.requests
+    assert path == "/echo"
+    assert headers.get(":authority") == "svc.local-shadow"
+    assert headers.get(":method") == "POST"
+    assert headers.get("content-type") == "application/grpc"
+    assert headers.get("te") == "trailers"
+    assert headers.get("x-custom") == "g"
+    assert shadow.bytes_received == len(message)
+    assert stats.completed == 1
+
+
+async def test_h2_stuck_shadow_does_not_slow_concurrent_streams(nursery):
+    main, shadow = await watched(nursery), await watched(nursery, stuck=True)
+    config = h2_mirror_config(main.port, shadow.port, "Http1", {"timeout": "60s"})
+    async with running_proxy(config) as (server, port):
+        with trio.fail_after(10):
+            async with open_h2_client(port) as client:
+                responses: list = []
+
+                async def one(i: int) -> None:
+                    responses.append(await client.request("POST", f"/echo/{i}", body=b"%d" % i))
+
+                async with trio.open_nursery() as streams:
+                    for i in range(10):
+                        streams.start_soon(one, i)
+        assert sorted(r.json()["target"] for r in responses) == sorted(
+            f"/echo/{i}" for i in range(10)
+        )
+        await shadow.wait_until(lambda: shadow.holding == 10)
+        assert shadow.abandoned == 0
+        assert stats_of(server).completed == 0
+
+
+# --------------------------------------------------------------------------- what gets a filter
+
+
+def test_rpc_and_unrouted_requests_get_no_mirror() -> None:
+    config = http_config([to()], {"up": 1})
+    build = BuildContext(clusters=ClusterManager(config.cluster_manager.clusters), listener="l")
+    make = MirrorFilter.factory(MirrorConfig(cluster="up"), build)
+    assert make(RequestContext("bolt", cluster="up")) is None  # RPC: not mirrored (docs)
+    assert make(RequestContext("dubbo", cluster="up")) is None
+    assert make(RequestContext("HTTP/1.1", cluster=None)) is None  # no route, or the router's
+    assert isinstance(make(RequestContext("HTTP/2", cluster="up", grpc=True)), MirrorFilter)
+    assert isinstance(make(RequestContext("HTTP/1.1", cluster="up")), MirrorFilter)
+    assert mirror_stats(build.clusters)[("l", "up")].mirrored == 0

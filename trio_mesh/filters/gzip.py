@@ -6,7 +6,8 @@ encoded already, its status carries a body, its media type is configured, it say
 least ``content_length`` bytes long (or does not say), and nothing forbids it (``Cache-Control:
 no-transform``, a ``Content-Range``). Then Content-Length goes (the proxy frames the body
 chunked for HTTP/1.1, close-delimited for HTTP/1.0, by DATA frames for HTTP/2), Content-Encoding
-becomes ``gzip``, Vary gains Accept-Encoding and a strong ETag turns weak (the bytes changed).
+becomes ``gzip`` and a strong ETag turns weak (the bytes changed). Vary gains Accept-Encoding
+on every response that could be compressed, compressed for this client or not.
 
 The body is compressed as it streams, one zlib stream per response. Every piece is flushed
 (Z_SYNC_FLUSH) before it goes on, as Envoy's compressor does: nothing the upstream sent waits
@@ -111,18 +112,22 @@ class GzipFilter(StreamFilter):
         self.accepted = bool(values) and accepts_gzip(values)
 
     async def on_response_headers(self, headers: Headers, end_stream: bool) -> None:
-        if not self.accepted or end_stream or not self._compressible(headers):
+        if end_stream or not self._compressible(headers):
             return
-        factory = self._shared
-        # wbits 31: a gzip header and trailer around the deflate stream
-        self._z = zlib.compressobj(factory.level, zlib.DEFLATED, 31)
-        headers.remove("content-length")
-        headers.set("content-encoding", "gzip")
+        # A response that is compressed for some clients says so to caches even when this
+        # client gets it as it is (RFC 9110 12.5.5; nginx's gzip_vary), so that a cache never
+        # serves one form to a client that asked for the other.
         vary = headers.get_all("vary")
         if not vary:
             headers.set("vary", "accept-encoding")
         elif not _has_token(vary, "accept-encoding") and not _has_token(vary, "*"):
             headers.set("vary", ", ".join([*vary, "accept-encoding"]))
+        if not self.accepted:
+            return
+        # wbits 31: a gzip header and trailer around the deflate stream
+        self._z = zlib.compressobj(self._shared.level, zlib.DEFLATED, 31)
+        headers.remove("content-length")
+        headers.set("content-encoding", "gzip")
         etag = headers.get("etag")
         if etag is not None and not etag.startswith("W/"):
             headers.set("etag", "W/" + etag)  # no longer byte-for-byte the upstream's
