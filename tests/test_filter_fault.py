@@ -4,32 +4,45 @@ client and the h11 upstream; HTTP/2 with curl; gRPC with grpcio; bolt with anthu
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import random
+import uuid
 from typing import Any
 
+import grpc
 import pytest
 import trio
 
+from tests import bolt_frames as frames
+from tests.test_bolt_proxy import BoltClient, echo_upstream
+from tests.test_bolt_proxy import request as bolt_request
 from trio_mesh.config import ConfigError, parse_config
 from trio_mesh.config.stream_filters.fault import RPC_ERRORS, FaultConfig
 from trio_mesh.filters.fault import Fault, chosen
 from trio_mesh.filters.stream import Headers, RequestContext
 from trio_mesh.protocols.xprotocol import ErrorKind
+from trio_mesh.protocols.xprotocol.bolt import BOLT, ResponseStatus
 
+from .grpc_helpers import EchoStub, grpc_upstream, in_thread
+from .h2_upstream import open_h2_client, start_h2_upstream
 from .http_helpers import (
     Client,
     access_log,
+    curl,
     echoed,
     get,
     http_config,
     read_access_log,
     request,
     running_proxy,
+    start_proxy,
     start_upstream,
     to,
 )
 
 ABORTED = b"fault filter abort\n"
+__all__ = ["grpc_upstream"]  # the fixture, imported for the tests below
 
 
 def faulty(config: dict[str, Any]) -> dict[str, Any]:
@@ -434,3 +447,201 @@ async def test_http1_delay_at_0_percent_and_delay_then_abort(nursery) -> None:
     assert plain.status == 200
     assert (both.status, both.body) == (503, ABORTED)
     assert len(up.requests) == 1
+
+
+# --------------------------------------------------------------------------- HTTP/2, gRPC
+
+
+def h2_faulty(up_port: int, routes: list, config: dict) -> Any:
+    return http_config(routes, {"up": up_port}, listener=faulty(config),
+                       proxy={"downstream_protocol": "Http2", "upstream_protocol": "Http2"})
+
+
+async def h2_get(port: int, path: str, *headers: str) -> tuple[int, bytes]:
+    args = ["--noproxy", "*", "--http2-prior-knowledge", "-o", "-", "-w", "\n%{http_code}"]
+    for header in headers:
+        args += ["-H", header]
+    rc, out, err = await curl(*args, f"http://127.0.0.1:{port}{path}")
+    assert rc == 0, err
+    body, _, status = out.rpartition(b"\n")
+    return int(status), body
+
+
+async def test_http2_abort_matching_headers_and_per_route(nursery) -> None:
+    up = await start_h2_upstream(nursery)
+    # (the h2 upstream serves /echo only: the route prefixes are rewritten away)
+    routes = [
+        {**to(prefix="/off/", prefix_rewrite="/"),
+         "per_filter_config": {"fault": {"disabled": True}}},
+        {**to(prefix="/zero/", prefix_rewrite="/"),
+         "per_filter_config": {"fault": {"abort_percent": 0, "abort_status": 500}}},
+        to(prefix="/"),
+    ]
+    config = h2_faulty(up.port, routes, {**abort_all(503),
+                                         "headers": [{"name": "x-chaos", "present": True}]})
+    async with running_proxy(config) as (_, port):
+        aborted = await h2_get(port, "/echo", "x-chaos: 1")
+        passed = await h2_get(port, "/echo")
+        off = await h2_get(port, "/off/echo", "x-chaos: 1")
+        zero = await h2_get(port, "/zero/echo", "x-chaos: 1")
+    assert aborted == (503, ABORTED)
+    assert (passed[0], off[0], zero[0]) == (200, 200, 200)
+    assert json.loads(off[1])["path"] == "/echo"
+    assert len(up.requests) == 3
+
+
+async def test_http2_delay_holds_only_its_stream(nursery) -> None:
+    """Two streams on one connection: the delayed one has not reached the upstream when the
+    other (fault disabled on its route) is answered."""
+    up = await start_h2_upstream(nursery)
+    routes = [
+        {**to(prefix="/fast/", prefix_rewrite="/"),
+         "per_filter_config": {"fault": {"disabled": True}}},
+        to(prefix="/"),
+    ]
+    config = h2_faulty(up.port, routes, {"delay": {"fixed_delay": "30s", "percentage": 100}})
+    async with running_proxy(config) as (_, port), open_h2_client(port) as client:
+        slow = await client.send_headers("GET", "/echo", end_stream=True)
+        fast = await client.send_headers("GET", "/fast/echo", end_stream=True)
+        with trio.fail_after(5):
+            response = await client.response(fast)
+        assert response.status == 200
+        assert [path for path, _ in up.requests] == ["/echo"]  # the fast one only
+        assert client.streams[slow].status is None
+
+
+async def test_grpc_abort_gets_grpc_status(nursery, grpc_upstream) -> None:
+    routes = [
+        {**to(prefix="/test.Echo/Unary"),
+         "per_filter_config": {"fault": {"abort": {"grpc_status": 8, "percentage": 100}}}},
+        to(prefix="/"),
+    ]
+    config = h2_faulty(grpc_upstream.port, routes, abort_all(503))
+    async with running_proxy(config) as (_, port):
+        with EchoStub.connect(port) as stub:
+            exhausted, _ = await in_thread(_rpc_error, stub.Unary, b"x", timeout=5)
+            unavailable, _ = await in_thread(_rpc_error, stub.ServerStream, b"3", timeout=5)
+    assert exhausted.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert exhausted.details() == "fault filter abort"
+    assert unavailable.code() == grpc.StatusCode.UNAVAILABLE  # Envoy's code for HTTP 503
+    assert grpc_upstream.calls == []
+
+
+async def to_thread(fn, *args: Any, **kwargs: Any) -> Any:
+    return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), abandon_on_cancel=True)
+
+
+def _rpc_error(fn, *args: Any, **kwargs: Any) -> tuple[grpc.RpcError, None]:
+    try:
+        result = fn(*args, **kwargs)
+        if not isinstance(result, bytes):
+            list(result)  # a stream: the error comes on reading it
+    except grpc.RpcError as exc:
+        return exc, None
+    raise AssertionError(f"{fn} succeeded")
+
+
+# --------------------------------------------------------------------------- RPC (bolt)
+
+needs_anthunder = pytest.mark.skipif(
+    importlib.util.find_spec("anthunder") is None, reason="anthunder (test extra) not installed"
+)
+
+
+def bolt_faulty(up_port: int, config: dict, routes: list | None = None) -> Any:
+    any_service = {"match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
+                   "route": {"cluster_name": "up"}}
+    return http_config(routes or [any_service], {"up": up_port}, listener=faulty(config),
+                       proxy={"downstream_protocol": "bolt"})
+
+
+def anthunder_error(port: int, service: str, **headers: str) -> str:
+    """One anthunder call through the proxy that must fail: its ServerError as text."""
+    from anthunder import SERVICE_MAP, Client
+    from anthunder.exceptions import ServerError
+    from mytracer import SpanContext
+
+    SERVICE_MAP.setdefault(service, ("127.0.0.1", port))
+    try:
+        Client("trio-mesh-test").invoke_sync(
+            service, "sayHello", b"\n\x01x", spanctx=SpanContext(), timeout_ms=5000, **headers)
+    except ServerError as exc:
+        return str(exc)
+    raise AssertionError("the call succeeded")
+
+
+def anthunder_ok(port: int, service: str, **headers: str) -> bytes:
+    from anthunder import SERVICE_MAP, Client
+    from mytracer import SpanContext
+
+    SERVICE_MAP.setdefault(service, ("127.0.0.1", port))
+    return Client("trio-mesh-test").invoke_sync(
+        service, "sayHello", b"\n\x01x", spanctx=SpanContext(), timeout_ms=5000, **headers)
+
+
+@pytest.fixture
+def svc() -> str:
+    """A service name of this test's own (anthunder's SERVICE_MAP keeps the first address)."""
+    return f"com.alipay.test.Fault{uuid.uuid4().hex}:1.0"
+
+
+@needs_anthunder
+async def test_bolt_abort_is_the_codecs_error_status(nursery, svc) -> None:
+    seen: list = []
+    up = await echo_upstream(nursery, seen=seen)
+    routes = [
+        {"match": {"headers": [{"name": "service", "value": svc},
+                               {"name": "x-timeout", "present": True}]},
+         "route": {"cluster_name": "up"},
+         "per_filter_config": {"fault": abort_all(500, rpc_error="TIMEOUT")}},
+        {"match": {"headers": [{"name": "service", "value": svc},
+                               {"name": "x-off", "present": True}]},
+         "route": {"cluster_name": "up"},
+         "per_filter_config": {"fault": {"disabled": True}}},
+        {"match": {"headers": [{"name": "service", "value": svc}]},
+         "route": {"cluster_name": "up"}},
+    ]
+    _, port = await start_proxy(nursery, bolt_faulty(up, abort_all(503), routes))
+    # 503 is OVERFLOW: bolt's SERVER_THREADPOOL_BUSY, as anthunder reports it
+    assert "SERVER_THREADPOOL_BUSY" in await to_thread(anthunder_error, port, svc)
+    timed_out = await to_thread(anthunder_error, port, svc, **{"x-timeout": "1"})
+    assert "TIMEOUT" in timed_out and "BUSY" not in timed_out
+    assert seen == []
+    assert await to_thread(anthunder_ok, port, svc, **{"x-off": "1"}) == b"echo:\n\x01x"
+    assert len(seen) == 1
+
+
+async def test_bolt_header_matched_delay_holds_only_its_request(nursery) -> None:
+    """Two requests on one connection: the one the fault's header matcher picks waits; the
+    other is answered meanwhile. A matched abort answers with the codec's error status."""
+    seen: list = []
+    up = await echo_upstream(nursery, seen=seen)
+    config = {"delay": {"fixed_delay": "30s", "percentage": 100},
+              "headers": [{"name": "x-slow", "present": True}]}
+    _, port = await start_proxy(nursery, bolt_faulty(up, config))
+    client = await BoltClient.connect(port)
+    slow = BOLT.build_request(1, {"service": frames.SERVICE, "sofa_head_method_name": "echo",
+                                  "x-slow": "1"}, b"slow", codec=11)
+    await client.send(slow)
+    await client.send(bolt_request(2, b"fast"))
+    with trio.fail_after(5):
+        answer = await client.read()
+    assert (answer.request_id, bytes(answer.content)) == (2, b"echo:fast")
+    assert [bytes(f.content) for f in seen] == [b"fast"]
+
+
+async def test_bolt_abort_at_0_percent_and_grpc_only_status(nursery) -> None:
+    up = await echo_upstream(nursery)
+    config = {"abort": {"grpc_status": 14, "percentage": 100},
+              "headers": [{"name": "x-abort", "value": "yes"}]}
+    _, port = await start_proxy(nursery, bolt_faulty(up, config))
+    client = await BoltClient.connect(port)
+    await client.send(BOLT.build_request(
+        3, {"service": frames.SERVICE, "sofa_head_method_name": "echo", "x-abort": "yes"},
+        b"x", codec=11))
+    await client.send(bolt_request(4, b"y"))
+    with trio.fail_after(5):
+        answers = {f.request_id: f for f in [await client.read(), await client.read()]}
+    # UNAVAILABLE is HTTP 503, OVERFLOW for RPC: SERVER_THREADPOOL_BUSY
+    assert answers[3].status == ResponseStatus.SERVER_THREADPOOL_BUSY
+    assert (answers[4].status, bytes(answers[4].content)) == (ResponseStatus.SUCCESS, b"echo:y")

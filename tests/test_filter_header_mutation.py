@@ -4,13 +4,19 @@ proxy (HTTP/1 with a raw client and the h11 upstream; HTTP/2 with curl; bolt wit
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import socket
 import time
+import uuid
 from datetime import datetime
 from typing import Any
 
 import pytest
+import trio
 
+from tests import bolt_frames as frames
+from tests.test_bolt_proxy import BoltClient, echo_upstream
 from trio_mesh.config import ConfigError, parse_config
 from trio_mesh.filters.header_mutation import HeaderMutation, start_time
 from trio_mesh.filters.stream import (
@@ -20,17 +26,25 @@ from trio_mesh.filters.stream import (
     RequestContext,
     hook_mask,
 )
+from trio_mesh.protocols.xprotocol.bolt import BOLT
 
+from .grpc_helpers import EchoStub, grpc_upstream, in_thread
+from .h2_upstream import start_h2_upstream
 from .http_helpers import (
     Client,
+    curl,
     echoed,
     get,
     http_config,
     request,
     running_proxy,
+    split_curl_output,
+    start_proxy,
     start_upstream,
     to,
 )
+
+__all__ = ["grpc_upstream"]  # the fixture, imported for the tests below
 
 
 def mutating(config: dict[str, Any]) -> dict[str, Any]:
@@ -359,3 +373,123 @@ async def test_http1_local_replies_get_no_response_mutation(nursery) -> None:
         response = await request(port, get("/elsewhere"))
     assert response.status == 404
     assert "x-seen" not in response.headers, response
+
+
+# --------------------------------------------------------------------------- HTTP/2, gRPC
+
+H2 = {"downstream_protocol": "Http2", "upstream_protocol": "Http2"}
+
+
+async def test_http2_both_sides_with_variables(nursery) -> None:
+    up = await start_h2_upstream(nursery)
+    config = {
+        "request": {
+            "add": [entry("x-proto", "%PROTOCOL% %METHOD% %PATH%"),
+                    entry("x-authority", "%AUTHORITY%|%REQ(:authority)%|%REQ(host)%")],
+            "set": [entry("x-one", "only")],
+            "remove": ["x-secret"],
+        },
+        "response": {
+            "set": [entry("x-upstream", "%UPSTREAM_HOST%"),
+                    entry("x-type", "%RESP(content-type)%")],
+            "remove": ["content-type"],
+        },
+    }
+    mesh = http_config([to()], {"up": up.port}, listener=mutating(config), proxy=H2)
+    async with running_proxy(mesh) as (_, port):
+        rc, out, err = await curl(
+            "--noproxy", "*", "--http2-prior-knowledge", "-i", "-H", "x-one: a",
+            "-H", "x-secret: s", f"http://127.0.0.1:{port}/echo?q=1")
+    assert rc == 0, err
+    status, headers, body = split_curl_output(out)[-1]
+    assert status == 200
+    got = dict(json.loads(body)["headers"])
+    assert got["x-proto"] == "HTTP/2 GET /echo?q=1"
+    assert got["x-authority"] == f"127.0.0.1:{port}|127.0.0.1:{port}|127.0.0.1:{port}"
+    assert got["x-one"] == "only" and "x-secret" not in got
+    assert headers.get("x-upstream") == f"127.0.0.1:{up.port}"
+    assert headers.get("x-type") == "application/json"
+    assert "content-type" not in headers
+
+
+async def test_grpc_metadata_both_ways(nursery, grpc_upstream) -> None:
+    config = {
+        "request": {"add": [entry("x-caller", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+                            entry("x-grpc-path", "%PATH%")]},
+        "response": {"add": [entry("x-served-by", "%UPSTREAM_CLUSTER%")]},
+    }
+    mesh = http_config([to()], {"up": grpc_upstream.port}, listener=mutating(config), proxy=H2)
+    async with running_proxy(mesh) as (_, port):
+        with EchoStub.connect(port) as stub:
+            response, call = await in_thread(stub.Unary.with_call, b"hi", timeout=5)
+    assert response == b"hi"
+    assert ("x-served-by", "up") in call.initial_metadata()
+    (seen,) = grpc_upstream.calls_of("Unary")
+    assert ("x-caller", "127.0.0.1") in seen.metadata
+    assert ("x-grpc-path", "/test.Echo/Unary") in seen.metadata
+
+
+# --------------------------------------------------------------------------- RPC (bolt)
+
+needs_anthunder = pytest.mark.skipif(
+    importlib.util.find_spec("anthunder") is None, reason="anthunder (test extra) not installed"
+)
+
+
+def bolt_mutating(up_port: int, config: dict, routes: list | None = None) -> Any:
+    any_service = {"match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
+                   "route": {"cluster_name": "up"}, "name": "rpc"}
+    return http_config(routes or [any_service], {"up": up_port}, listener=mutating(config),
+                       proxy={"downstream_protocol": "bolt"})
+
+
+def anthunder_call(port: int, service: str, **headers: str) -> bytes:
+    from anthunder import SERVICE_MAP, Client
+    from mytracer import SpanContext
+
+    SERVICE_MAP.setdefault(service, ("127.0.0.1", port))
+    return Client("trio-mesh-test").invoke_sync(
+        service, "sayHello", b"\n\x01x", spanctx=SpanContext(), timeout_ms=5000, **headers)
+
+
+@needs_anthunder
+async def test_bolt_request_header_map_changed_with_variables(nursery) -> None:
+    seen: list = []
+    up = await echo_upstream(nursery, seen=seen)
+    service = f"com.alipay.test.Mutation{uuid.uuid4().hex}:1.0"
+    config = {"request": {
+        "add": [entry("x-caller", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+                entry("x-call", "%PROTOCOL% %PATH% %METHOD% via %ROUTE_NAME%"),
+                entry("x-from-header", "[%REQ(x-in)%]")],
+        "set": [entry("x-in", "replaced")],
+        "remove": ["x-secret"],
+    }}
+    _, port = await start_proxy(nursery, bolt_mutating(up, config))
+    answer = await trio.to_thread.run_sync(
+        lambda: anthunder_call(port, service, **{"x-in": "original", "x-secret": "s"}),
+        abandon_on_cancel=True)
+    assert answer == b"echo:\n\x01x"
+    (got,) = seen
+    headers = got.raw_headers
+    assert headers["x-caller"] == "127.0.0.1"
+    assert headers["x-call"] == f"bolt {service} sayHello via rpc"
+    assert headers["x-from-header"] == "[original]"
+    assert headers["x-in"] == "replaced"
+    assert "x-secret" not in headers
+    assert headers["sofa_head_target_service"] == service  # the rest of the map is intact
+
+
+async def test_bolt_response_header_map_changed(nursery) -> None:
+    up = await echo_upstream(nursery)
+    config = {"response": {"add": [entry("x-upstream", "%UPSTREAM_HOST%"),
+                                   entry("x-asked", "%REQ(x-ask)%")]}}
+    _, port = await start_proxy(nursery, bolt_mutating(up, config))
+    client = await BoltClient.connect(port)
+    await client.send(BOLT.build_request(
+        9, {"service": frames.SERVICE, "sofa_head_method_name": "echo", "x-ask": "why"},
+        b"q", codec=11))
+    with trio.fail_after(5):
+        answer = await client.read()
+    assert (answer.request_id, bytes(answer.content)) == (9, b"echo:q")
+    assert answer.raw_headers["x-upstream"] == f"127.0.0.1:{up}"
+    assert answer.raw_headers["x-asked"] == "why"
