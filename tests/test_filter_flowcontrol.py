@@ -4,6 +4,8 @@ is an hour, so no refill can happen while a test runs: nothing depends on wall-c
 
 from __future__ import annotations
 
+import importlib.util
+import uuid
 from typing import Any
 
 import grpc
@@ -12,6 +14,7 @@ import trio
 
 from trio_mesh.config import ConfigError, parse_config
 from trio_mesh.filters.flowcontrol import TokenBucket
+from trio_mesh.protocols.xprotocol.bolt import BOLT, ResponseStatus
 
 from .grpc_helpers import EchoStub, GrpcEchoServer, grpc_upstream, in_thread
 from .h2_upstream import open_h2_client, start_h2_upstream
@@ -25,6 +28,7 @@ from .http_helpers import (
     start_upstream,
     to,
 )
+from .test_bolt_proxy import BoltClient, echo_upstream
 
 __all__ = ["grpc_upstream"]  # the fixture, imported for the tests below
 
@@ -324,3 +328,74 @@ async def test_grpc_call_over_the_limit_gets_resource_exhausted(nursery,
     assert answers == [b"x0", b"x1"]
     assert (error.code(), error.details()) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down")
     assert [c.method for c in grpc_upstream.calls] == ["Unary", "Unary"]
+
+
+# --------------------------------------------------------------------------- RPC (bolt)
+
+needs_anthunder = pytest.mark.skipif(
+    importlib.util.find_spec("anthunder") is None, reason="anthunder (test extra) not installed"
+)
+ANY_SERVICE = [{"match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
+                "route": {"cluster_name": "up"}}]
+
+
+def bolt_config(up_port: int, filters: list[dict[str, Any]]) -> Any:
+    return http_config(ANY_SERVICE, {"up": up_port}, proxy={"downstream_protocol": "bolt"},
+                       listener={"stream_filters": filters})
+
+
+def bolt_request(rid: int, service: str, body: bytes = b"x") -> Any:
+    return BOLT.build_request(rid, {"service": service, "sofa_head_method_name": "echo"}, body,
+                              codec=11)
+
+
+def anthunder_calls(port: int, service: str, n: int) -> list[bytes | str]:
+    """``n`` anthunder calls through the proxy: each answer, or its ServerError's text."""
+    from anthunder import SERVICE_MAP, Client
+    from anthunder.exceptions import ServerError
+    from mytracer import SpanContext
+
+    SERVICE_MAP.setdefault(service, ("127.0.0.1", port))
+    client = Client("trio-mesh-test")
+    out: list[bytes | str] = []
+    for _ in range(n):
+        try:
+            out.append(client.invoke_sync(service, "sayHello", b"\n\x01x",
+                                          spanctx=SpanContext(), timeout_ms=5000))
+        except ServerError as exc:
+            out.append(str(exc))
+    return out
+
+
+@needs_anthunder
+async def test_bolt_over_the_limit_gets_the_overflow_error(nursery):
+    seen: list = []
+    up = await echo_upstream(nursery, seen=seen)
+    service = f"com.alipay.test.Limited{uuid.uuid4().hex}:1.0"
+    async with running_proxy(bolt_config(up, bucket_filter(2))) as (_, port):
+        answers = await trio.to_thread.run_sync(anthunder_calls, port, service, 3)
+    assert answers[:2] == [b"echo:\n\x01x"] * 2
+    assert isinstance(answers[2], str) and "SERVER_THREADPOOL_BUSY" in answers[2]
+    assert len(seen) == 2
+
+
+async def test_bolt_rules_count_each_service_on_its_own(nursery):
+    """MOSN's rules over RPC: the resource is the request's service (its PATH)."""
+    seen: list = []
+    up = await echo_upstream(nursery, seen=seen)
+    rules = {"rules": [{"resource": "svc.Limited", "threshold": 1,
+                        "statIntervalInMs": 3_600_000}]}
+    config = bolt_config(up, [{"type": "flowcontrol", "config": rules}])
+    async with running_proxy(config) as (_, port):
+        client = await BoltClient.connect(port)
+        answers = {}
+        with trio.fail_after(5):
+            for rid, service in enumerate(["svc.Limited", "svc.Limited", "svc.Other",
+                                           "svc.Other"], 1):
+                await client.send(bolt_request(rid, service))
+                answer = await client.read()
+                answers[rid] = answer.status
+        await client.stream.aclose()
+    assert answers == {1: ResponseStatus.SUCCESS, 2: ResponseStatus.SERVER_THREADPOOL_BUSY,
+                       3: ResponseStatus.SUCCESS, 4: ResponseStatus.SUCCESS}
+    assert len(seen) == 3

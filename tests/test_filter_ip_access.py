@@ -5,7 +5,9 @@ connection is closed before the terminal filter, and so the upstream, sees anyth
 
 from __future__ import annotations
 
+import importlib.util
 import socket
+import uuid
 from typing import Any
 
 import attrs
@@ -18,11 +20,13 @@ from trio_mesh.config import ConfigError, parse_config
 from trio_mesh.config.convert import converter
 from trio_mesh.config.stream_filters.ip_access import IpAccessConfig
 from trio_mesh.filters.ip_access import IpMatcher, host_of
+from trio_mesh.protocols.xprotocol.bolt import BOLT, ResponseStatus
 
 from .conftest import start_tcp_server
 from .grpc_helpers import EchoStub, GrpcEchoServer, grpc_upstream, in_thread
 from .h2_upstream import open_h2_client, start_h2_upstream
 from .http_helpers import Client, get, http_config, request, running_proxy, start_upstream, to
+from .test_bolt_proxy import BoltClient, echo_upstream
 
 __all__ = ["grpc_upstream"]  # the fixture, imported for the tests below
 
@@ -299,6 +303,106 @@ async def test_grpc_allowed_passes(nursery, grpc_upstream: GrpcEchoServer):
     async with running_proxy(config) as (_, port):
         with EchoStub.connect(port) as stub:
             assert await in_thread(stub.Unary, b"hi", timeout=5) == b"hi"
+
+
+# --------------------------------------------------------------------------- RPC (bolt)
+
+needs_anthunder = pytest.mark.skipif(
+    importlib.util.find_spec("anthunder") is None, reason="anthunder (test extra) not installed"
+)
+ANY_SERVICE = [{"match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
+                "route": {"cluster_name": "up"}}]
+
+
+def bolt_config(up_port: int, **config: Any) -> Any:
+    return http_config(ANY_SERVICE, {"up": up_port}, proxy={"downstream_protocol": "bolt"},
+                       listener=ip_filter(**config))
+
+
+def bolt_request(rid: int, body: bytes = b"x") -> Any:
+    return BOLT.build_request(rid, {"service": "svc.Any", "sofa_head_method_name": "echo"},
+                              body, codec=11)
+
+
+@pytest.mark.parametrize(("action", "expected"), [
+    ("allow", ResponseStatus.SUCCESS), ("deny", ResponseStatus.UNKNOWN)])
+async def test_bolt_allowed_and_denied(nursery, action, expected):
+    seen: list = []
+    up = await echo_upstream(nursery, seen=seen)
+    async with running_proxy(bolt_config(up, action=action, ips=["127.0.0.1"])) as (_, port):
+        client = await BoltClient.connect(port)
+        with trio.fail_after(5):
+            await client.send(bolt_request(1))
+            first = await client.read()
+            await client.send(bolt_request(2))  # the connection goes on
+            second = await client.read()
+        await client.stream.aclose()
+    assert (first.request_id, first.status) == (1, expected)
+    assert (second.request_id, second.status) == (2, expected)
+    assert len(seen) == (2 if action == "allow" else 0)
+
+
+async def test_bolt_close_ends_the_connection_after_the_error_reply(nursery):
+    up = await echo_upstream(nursery)
+    config = bolt_config(up, action="deny", ips=["127.0.0.1"], close=True)
+    async with running_proxy(config) as (_, port):
+        client = await BoltClient.connect(port)
+        with trio.fail_after(5):
+            await client.send(bolt_request(7))
+            denied = await client.read()
+            with pytest.raises((EOFError, trio.BrokenResourceError)):
+                await client.read()
+        await client.stream.aclose()
+    assert (denied.request_id, denied.status) == (7, ResponseStatus.UNKNOWN)
+
+
+@needs_anthunder
+async def test_anthunder_call_from_a_denied_address_fails(nursery):
+    from anthunder import SERVICE_MAP, Client
+    from anthunder.exceptions import ServerError
+    from mytracer import SpanContext
+
+    seen: list = []
+    up = await echo_upstream(nursery, seen=seen)
+    service = f"com.alipay.test.Denied{uuid.uuid4().hex}:1.0"
+
+    def call(port: int) -> str:
+        SERVICE_MAP.setdefault(service, ("127.0.0.1", port))
+        try:
+            Client("trio-mesh-test").invoke_sync(service, "sayHello", b"\n\x01x",
+                                                 spanctx=SpanContext(), timeout_ms=5000)
+        except ServerError as exc:
+            return str(exc)
+        raise AssertionError("a denied call succeeded")
+
+    async with running_proxy(bolt_config(up, action="deny", ips=["127.0.0.0/8"])) as (_, port):
+        error = await trio.to_thread.run_sync(call, port)
+    assert "UNKNOWN" in error
+    assert seen == []
+
+
+async def test_network_filter_in_front_of_a_bolt_listener(nursery):
+    seen: list = []
+    up = await echo_upstream(nursery, seen=seen)
+    config = http_config(ANY_SERVICE, {"up": up}, proxy={"downstream_protocol": "bolt"})
+    doc = _doc({"action": "deny", "ips": ["127.0.0.1"]}, network=True)
+    ip_access = parse_config(doc).config.listeners[0].filter_chains[0].filters[0]
+    (listener,) = config.servers[0].listeners
+    chain = attrs.evolve(listener.filter_chains[0],
+                         filters=(ip_access, *listener.filter_chains[0].filters))
+    listener = attrs.evolve(listener, filter_chains=(chain,))
+    config = attrs.evolve(config, servers=(attrs.evolve(config.servers[0], listeners=(listener,)),))
+    async with running_proxy(config) as (_, port):
+        client = await BoltClient.connect(port)
+        with trio.fail_after(5):
+            try:
+                await client.send(bolt_request(1))
+            except trio.BrokenResourceError:
+                pass
+            with pytest.raises((EOFError, trio.BrokenResourceError)):
+                await client.read()
+        await client.stream.aclose()
+    assert seen == []
 
 
 # --------------------------------------------------------------------------- network filter
