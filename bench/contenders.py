@@ -204,6 +204,25 @@ cluster_manager:
 """
 
 
+# The three typical stream filters of the filters benchmark (issue 7): header mutation, a
+# rate limit far above any load here, and fault injection at 0%: what the mechanism costs.
+_BENCH_STREAM_FILTERS = """\
+        stream_filters:
+          - type: header_mutation
+            config:
+              request: {add: [{key: x-bench, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}]}
+              response: {set: [{key: x-proxy, value: trio-mesh}]}
+          - type: flowcontrol
+            config: {max_tokens: 100000000, tokens_per_fill: 100000000, fill_interval: 1s}
+          - type: fault
+            config:
+              delay_percent: 0
+              delay_duration: 1s
+              abort_percent: 0
+              abort_status: 503
+"""
+
+
 _TRIO_MESH_TCP_CONF = """\
 # trio-mesh benchmark configuration (written by bench/): the L4 tcp_proxy filter, no HTTP
 # work at all: what trio-mesh's runtime (Trio, the socket stream, the relay) costs by itself.
@@ -231,14 +250,16 @@ def _trio_mesh_tcp(work: Workdir, port: int, tag: str) -> Launch:
     return Launch([sys.executable, "-m", "trio_mesh.cli", "run", str(conf), "--log-level", "WARN"])
 
 
-def _trio_mesh(workers: int) -> Callable[[Workdir, int, str], Launch]:
+def _trio_mesh(workers: int, filters: bool = False) -> Callable[[Workdir, int, str], Launch]:
     def build(work: Workdir, port: int, tag: str) -> Launch:
-        conf = work.dir / f"trio-mesh-{workers}-{tag}.yaml"
-        conf.write_text(
-            _TRIO_MESH_CONF.format(
-                port=port, upstream=work.upstream, downstream="Http1", upstream_protocol="Http1"
-            )
+        conf = work.dir / f"trio-mesh-{workers}{'-filters' if filters else ''}-{tag}.yaml"
+        text = _TRIO_MESH_CONF.format(
+            port=port, upstream=work.upstream, downstream="Http1", upstream_protocol="Http1"
         )
+        if filters:
+            chains = "        filter_chains:"
+            text = text.replace(chains, _BENCH_STREAM_FILTERS + chains)
+        conf.write_text(text)
         argv = [sys.executable, "-m", "trio_mesh.cli", "run", str(conf), "--log-level", "WARN"]
         if workers > 1:
             argv += ["--workers", str(workers)]
@@ -462,6 +483,12 @@ CONTENDERS: dict[str, Contender] = {
             _need_binary(nginx.NGINX),
         ),
         Contender("trio-mesh-1", "trio-mesh run, 1 process", _trio_mesh(1)),
+        Contender(
+            "trio-mesh-filters",
+            "trio-mesh-1 plus three stream filters: header_mutation, flowcontrol (limit far"
+            " above the load), fault at 0%",
+            _trio_mesh(1, filters=True),
+        ),
         Contender(
             "trio-mesh-tcp",
             "trio-mesh run, 1 process, tcp_proxy (L4 relay, no HTTP parsing): the stack's floor",

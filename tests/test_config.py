@@ -33,6 +33,7 @@ from trio_mesh.config import (
 )
 from trio_mesh.config import filters as filter_registry
 from trio_mesh.config.duration import format_duration, parse_duration
+from trio_mesh.config.filters import known_filters
 from trio_mesh.config.model import PositiveInt, cluster_ref
 from trio_mesh.config.values import parse_address
 
@@ -453,7 +454,10 @@ BAD_DOCUMENTS = [
     ),
     pytest.param(
         lambda d: filters(d)[0].update(type="tcpproxy"),
-        [f"{F0}[0].type: unknown network filter type 'tcpproxy' (known: echo, proxy, tcp_proxy)"],
+        [
+            f"{F0}[0].type: unknown network filter type 'tcpproxy'"
+            f" (known: {', '.join(known_filters('network'))})"
+        ],
         id="unknown-filter-type",
     ),
     pytest.param(
@@ -770,7 +774,15 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(filter_registry, "_CONFIG_CLASSES", tables)
     monkeypatch.setattr(filter_registry, "_TERMINAL", set(filter_registry._TERMINAL))
     register_filter_config("network", "tap", None)
-    register_filter_config("stream", "mirror", MirrorConfig)
+    register_filter_config("stream", "t_mirror", MirrorConfig)
+
+
+def proxy_doc() -> dict[str, Any]:
+    """``minimal_doc`` with the ``proxy`` filter (stream filters run in it)."""
+    doc = minimal_doc()
+    filters(doc)[:] = [{"type": "proxy", "config": {"router_config_name": "r"}}]
+    doc["servers"][0]["routers"] = [{"router_config_name": "r"}]
+    return doc
 
 
 def test_non_terminal_filter_before_a_terminal_one_loads(registry: None) -> None:
@@ -792,8 +804,10 @@ def test_registered_filter_is_listed_among_known_ones(registry: None) -> None:
     doc = minimal_doc()
     filters(doc)[0]["type"] = "nope"
     assert errors_of(doc) == [
-        f"{F0}[0].type: unknown network filter type 'nope' (known: echo, proxy, tap, tcp_proxy)"
+        f"{F0}[0].type: unknown network filter type 'nope'"
+        f" (known: {', '.join(known_filters('network'))})"
     ]
+    assert "tap" in known_filters("network")
 
 
 def test_registering_another_class_under_a_taken_name_fails(registry: None) -> None:
@@ -803,26 +817,27 @@ def test_registering_another_class_under_a_taken_name_fails(registry: None) -> N
 
 
 def test_stream_filter_config_is_key_matched_and_structured(registry: None) -> None:
-    doc = minimal_doc()
+    doc = proxy_doc()
     listener(doc)["Stream_Filters"] = [
-        {"type": "mirror", "config": {"Cluster": "up", "PERCENT": 5}}
+        {"type": "t_mirror", "config": {"Cluster": "up", "PERCENT": 5}}
     ]
     (mirror,) = parse_config(doc).config.listeners[0].stream_filters
-    assert (mirror.type, mirror.config) == ("mirror", MirrorConfig(cluster="up", percent=5))
+    assert (mirror.type, mirror.config) == ("t_mirror", MirrorConfig(cluster="up", percent=5))
 
 
 def test_stream_filter_config_errors_have_paths(registry: None) -> None:
-    doc = minimal_doc()
+    doc = proxy_doc()
     listener(doc)["stream_filters"] = [
-        {"type": "mirror", "config": {"cluster": "shadow", "percent": 0}},
-        {"type": "gzip"},
+        {"type": "t_mirror", "config": {"cluster": "shadow", "percent": 0}},
+        {"type": "gzipp"},
     ]
     assert_errors(
         doc,
         [
             f"{L0}.stream_filters[0].config.percent: expected an integer of at least 1, got 0",
             f"{L0}.stream_filters[0].config.cluster: unknown cluster 'shadow' (defined: up)",
-            f"{L0}.stream_filters[1].type: unknown stream filter type 'gzip' (known: mirror)",
+            f"{L0}.stream_filters[1].type: unknown stream filter type 'gzipp'"
+            f" (known: {', '.join(known_filters('stream'))})",
         ],
     )
 

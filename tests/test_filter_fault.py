@@ -20,7 +20,7 @@ from tests.test_bolt_proxy import request as bolt_request
 from trio_mesh.config import ConfigError, parse_config
 from trio_mesh.config.stream_filters.fault import RPC_ERRORS, FaultConfig
 from trio_mesh.filters.fault import Fault, chosen
-from trio_mesh.filters.stream import Headers, RequestContext
+from trio_mesh.filters.stream import Headers, RequestContext, as_maker
 from trio_mesh.protocols.xprotocol import ErrorKind
 from trio_mesh.protocols.xprotocol.bolt import BOLT, ResponseStatus
 
@@ -248,7 +248,7 @@ def ctx(cluster: str | None = "up") -> RequestContext:
 
 
 def make(config: dict, rand) -> Any:
-    return Fault.factory(parse_fault(config), None, rand=rand)
+    return as_maker(Fault.factory(parse_fault(config), None, rand=rand))
 
 
 def parse_fault(config: dict) -> FaultConfig:

@@ -24,6 +24,7 @@ from trio_mesh.filters.stream import (
     RESPONSE_HEADERS,
     Headers,
     RequestContext,
+    as_maker,
     hook_mask,
 )
 from trio_mesh.protocols.xprotocol.bolt import BOLT
@@ -188,7 +189,7 @@ def test_percent_signs_that_are_not_variables_stay() -> None:
 
 def plan(config: dict) -> Any:
     cfg = parse_config(_doc(config)).config.listeners[0].stream_filters[0].config
-    return HeaderMutation.factory(cfg, None)
+    return as_maker(HeaderMutation.factory(cfg, None))
 
 
 def ctx() -> RequestContext:

@@ -19,6 +19,7 @@ from trio_mesh import Server
 from trio_mesh.config import ConfigError, parse_config
 from trio_mesh.config.convert import converter
 from trio_mesh.config.stream_filters.ip_access import IpAccessConfig
+from trio_mesh.errors import StartupError
 from trio_mesh.filters.ip_access import IpMatcher, host_of
 from trio_mesh.protocols.xprotocol.bolt import BOLT, ResponseStatus
 
@@ -507,4 +508,8 @@ async def test_network_filter_refuses_header_at_start_up():
     with pytest.raises(ExceptionGroup) as exc:
         async with trio.open_nursery() as nursery:
             await nursery.start(Server(config).run)
-    assert exc.group_contains(ValueError, match="reads no headers", depth=None)
+    # a start-up error naming the listener and the filter, before any port is bound
+    assert exc.group_contains(
+        StartupError, match="listener 'l' network filter 'ip_access': .*reads no headers",
+        depth=None,
+    )

@@ -140,6 +140,10 @@ async def _serve(config: MeshConfig, ready_fd: int | None, drain_timeout: float)
             # Everything built so far lives as long as the process: keep it out of the
             # cyclic GC's generations so collections stay short.
             gc.freeze()
+            # Requests make no reference cycles (reference counting frees them), yet every
+            # 700 allocations cost a young-generation collection under Python's defaults:
+            # 4-7% of a small GET's CPU here (more with stream filters). Collect less often.
+            gc.set_threshold(20000, 20, 20)
             if ready_fd is None:
                 _sd_notify(b"READY=1")
                 log.info("trio-mesh %s ready", __version__)

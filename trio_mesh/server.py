@@ -139,10 +139,24 @@ def _handler(listener: Listener, ctx: BuildContext) -> Callable[[Connection], Aw
     filter; the non-terminal ones before it see each connection first (``filters.network``)."""
     (chain,) = listener.filter_chains
     *front, last = chain.filters
-    terminal = build_network_filter(last.type, last.config, ctx)
+    try:
+        terminal = build_network_filter(last.type, last.config, ctx)
+    except StartupError:
+        raise
+    except Exception as exc:
+        raise StartupError(
+            f"listener {listener.name!r} network filter {last.type!r}: {exc}"
+        ) from exc
     built = []
     for f in front:
         if is_terminal(f.type):  # validation refuses this; a guard for configs built in code
             raise StartupError(f"listener {listener.name!r}: {f.type!r} must be the last filter")
-        built.append((f.type, build_network_filter(f.type, f.config, ctx)))
+        try:
+            built.append((f.type, build_network_filter(f.type, f.config, ctx)))
+        except StartupError:
+            raise
+        except Exception as exc:  # a filter's factory refused its config
+            raise StartupError(
+                f"listener {listener.name!r} network filter {f.type!r}: {exc}"
+            ) from exc
     return compose(built, terminal.on_connection)

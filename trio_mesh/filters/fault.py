@@ -16,7 +16,14 @@ import trio
 
 from ..config.stream_filters.fault import FaultAbort, FaultConfig
 from ..router.table import _headers_match, _value_matcher
-from .stream import Headers, LocalReply, RequestContext, StreamFilter, register_stream_filter
+from .stream import (
+    FactoryResult,
+    Headers,
+    LocalReply,
+    RequestContext,
+    StreamFilter,
+    register_stream_filter,
+)
 
 __all__ = ["Fault", "chosen"]
 
@@ -143,12 +150,12 @@ class Fault(StreamFilter):
         build: object,
         *,
         rand: Callable[[], float] = random.random,
-    ) -> Callable[[RequestContext], StreamFilter | None]:
+    ) -> FactoryResult:
         """``rand``: the source of draws in [0, 1) (tests pass a seeded one)."""
         plan = _Plan(config, rand)
         cluster = plan.cluster
         if plan.idle:
-            return lambda context: None
+            return None
         if plan.matchers:
             def by_headers(context: RequestContext) -> StreamFilter | None:
                 if cluster is not None and context.cluster != cluster:

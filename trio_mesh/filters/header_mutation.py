@@ -21,7 +21,14 @@ from ..config.stream_filters.header_mutation import (
     Part,
     parse_value,
 )
-from .stream import Headers, LocalReply, RequestContext, StreamFilter, register_stream_filter
+from .stream import (
+    FactoryResult,
+    Headers,
+    LocalReply,
+    RequestContext,
+    StreamFilter,
+    register_stream_filter,
+)
 
 __all__ = ["HeaderMutation"]
 
@@ -277,12 +284,12 @@ class HeaderMutation(StreamFilter):
     @classmethod
     def factory(
         cls, config: HeaderMutationConfig, build: object
-    ) -> Callable[[RequestContext], StreamFilter | None]:
+    ) -> FactoryResult:
         plan = _Plan(config)
         request, response = plan.request, plan.response
         needs_request = bool(request) or bool(plan.captures) or (plan.start and bool(response))
         if not needs_request and not response:
-            return lambda context: None
+            return None
         if not needs_request:
             kind: type[HeaderMutation] = _ResponseOnly
         elif not response:
@@ -292,7 +299,7 @@ class HeaderMutation(StreamFilter):
         if not (request.dynamic or response.dynamic):
             # Nothing per request to remember or render: one object serves them all.
             shared = kind(plan, None)
-            return lambda context: shared
+            return shared
         return lambda context: kind(plan, context)
 
     async def on_request_headers(self, headers: Headers, end_stream: bool) -> LocalReply | None:

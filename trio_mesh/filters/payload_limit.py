@@ -9,11 +9,17 @@ goes over the limit: the proxy then answers downstream itself and closes (HTTP/1
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from ..config.stream_filters.payload_limit import PayloadLimitConfig
-from .stream import Headers, LocalReply, RequestContext, StreamFilter, register_stream_filter
+from .stream import (
+    FactoryResult,
+    Headers,
+    LocalReply,
+    RequestContext,
+    StreamFilter,
+    register_stream_filter,
+)
 
 #: gRPC's RESOURCE_EXHAUSTED, what gRPC itself answers for a message over its limit.
 GRPC_RESOURCE_EXHAUSTED = 8
@@ -31,9 +37,9 @@ class PayloadLimit(StreamFilter):
     @classmethod
     def factory(
         cls, config: PayloadLimitConfig, build: Any
-    ) -> Callable[[RequestContext], StreamFilter | None]:
+    ) -> FactoryResult:
         if config.max_entity_size == 0:  # MOSN's "no limit"
-            return lambda context: None
+            return None
         return lambda context: cls(config, context)
 
     async def on_request_headers(self, headers: Headers, end_stream: bool) -> LocalReply | None:

@@ -86,10 +86,11 @@ class Headers:
     wrap a copy of the frame's headers, which the proxy writes back into the frame when a filter
     changed it. ``status`` is the response status (``None`` on requests)."""
 
-    __slots__ = ("_items", "changed", "status")
+    __slots__ = ("changed", "raw", "status")
 
     def __init__(self, items: list[tuple[bytes, bytes]], status: int | None = None) -> None:
-        self._items = items
+        #: The underlying ``(name, value)`` byte pairs (HTTP names are lower-case).
+        self.raw = items
         self.status = status
         self.changed = False
 
@@ -102,44 +103,39 @@ class Headers:
 
     def to_dict(self) -> dict[str, str]:
         """Header names as written, last value wins (RPC header maps hold one value a name)."""
-        return {n.decode("latin-1"): v.decode("latin-1") for n, v in self._items}
-
-    @property
-    def raw(self) -> list[tuple[bytes, bytes]]:
-        """The underlying ``(name, value)`` byte pairs (HTTP names are lower-case)."""
-        return self._items
+        return {n.decode("latin-1"): v.decode("latin-1") for n, v in self.raw}
 
     def get(self, name: str, default: str | None = None) -> str | None:
         key = name.lower().encode("latin-1")
-        for n, v in self._items:
+        for n, v in self.raw:
             if n.lower() == key:
                 return v.decode("latin-1")
         return default
 
     def get_all(self, name: str) -> list[str]:
         key = name.lower().encode("latin-1")
-        return [v.decode("latin-1") for n, v in self._items if n.lower() == key]
+        return [v.decode("latin-1") for n, v in self.raw if n.lower() == key]
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        for n, v in self._items:
+        for n, v in self.raw:
             yield n.decode("latin-1"), v.decode("latin-1")
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.raw)
 
     def add(self, name: str, value: str) -> None:
         """Add a value, keeping those already there."""
-        self._items.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+        self.raw.append((name.lower().encode("latin-1"), value.encode("latin-1")))
         self.changed = True
 
     def set(self, name: str, value: str) -> None:
         """Replace every value of ``name`` with ``value`` (in the first one's place)."""
         key = name.lower().encode("latin-1")
         encoded = value.encode("latin-1")
-        items = self._items
+        items = self.raw
         found = False
         i = 0
         while i < len(items):
@@ -157,7 +153,7 @@ class Headers:
     def remove(self, name: str) -> int:
         """Remove every value of ``name``; how many there were."""
         key = name.lower().encode("latin-1")
-        items = self._items
+        items = self.raw
         before = len(items)
         items[:] = [h for h in items if h[0].lower() != key]
         removed = before - len(items)
@@ -174,15 +170,15 @@ class RequestContext:
     a host is chosen (so the response hooks see it)."""
 
     __slots__ = (
-        "authority",
         "cluster",
         "downstream_local",
         "downstream_remote",
         "grpc",
         "listener",
-        "metadata",
-        "method",
-        "path",
+        "_metadata",
+        "_method",
+        "_path",
+        "_authority",
         "protocol",
         "request_id",
         "route",
@@ -192,10 +188,9 @@ class RequestContext:
     def __init__(
         self,
         protocol: str,
-        *,
-        method: str = "",
-        path: str = "",
-        authority: str = "",
+        method: str | bytes = "",
+        path: str | bytes = "",
+        authority: str | bytes = "",
         route: Route | None = None,
         cluster: str | None = None,
         downstream_remote: tuple | None = None,
@@ -203,10 +198,11 @@ class RequestContext:
         listener: str = "",
         grpc: bool = False,
     ) -> None:
+        # Bytes (as HTTP/1 parses them) are decoded on first use: most filters never ask.
         self.protocol = protocol
-        self.method = method
-        self.path = path
-        self.authority = authority
+        self._method = method
+        self._path = path
+        self._authority = authority
         self.route = route
         self.cluster = cluster
         self.downstream_remote = downstream_remote
@@ -215,11 +211,44 @@ class RequestContext:
         self.grpc = grpc
         self.upstream_host: str | None = None
         self.request_id: str | None = None
-        self.metadata: dict[str, Any] = {}
+        self._metadata: dict[str, Any] | None = None
+
+    @property
+    def method(self) -> str:
+        value = self._method
+        if type(value) is not str:
+            value = self._method = value.decode("latin-1")
+        return value
+
+    @property
+    def path(self) -> str:
+        value = self._path
+        if type(value) is not str:
+            value = self._path = value.decode("latin-1")
+        return value
+
+    @property
+    def authority(self) -> str:
+        value = self._authority
+        if type(value) is not str:
+            value = self._authority = value.decode("latin-1")
+        return value
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Shared by the request's filters (made on first use)."""
+        data = self._metadata
+        if data is None:
+            data = self._metadata = {}
+        return data
 
     @property
     def is_rpc(self) -> bool:
         return not self.protocol.startswith("HTTP")
+
+
+#: What a filter type's ``factory`` returns (see `StreamFilter.factory`).
+FactoryResult = Any
 
 
 class StreamFilter:
@@ -243,9 +272,11 @@ class StreamFilter:
         self.context = context
 
     @classmethod
-    def factory(cls, config: Any, build: Any) -> Callable[[RequestContext], StreamFilter | None]:
-        """Built once per configuration (``build``: the listener's `BuildContext`); returns
-        what makes the filter of one request (``None`` from it: no filter for that request)."""
+    def factory(cls, config: Any, build: Any) -> FactoryResult:
+        """Built once per configuration (``build``: the listener's `BuildContext`). Returns
+        what makes the filter of one request (``context -> filter``, ``None`` from it: no
+        filter for that request), or one filter object that serves every request (it must
+        keep nothing of a request), or ``None``: this config never filters anything."""
         return lambda context: cls(config, context)
 
     async def on_request_headers(self, headers: Headers, end_stream: bool) -> LocalReply | None:
@@ -334,11 +365,31 @@ def stream_filter_builder(name: str) -> StreamFactoryBuilder:
 
 
 class _Entry:
-    __slots__ = ("make", "name")
+    """One listener filter as built: ``shared`` when one object serves every request (the
+    factory returned a filter, not a maker), else ``make`` per request."""
 
-    def __init__(self, name: str, make: Callable[[RequestContext], StreamFilter | None]) -> None:
+    __slots__ = ("bits", "make", "name", "shared")
+
+    def __init__(self, name: str, made: Any) -> None:
         self.name = name
-        self.make = make
+        self.shared = made if isinstance(made, StreamFilter) else None
+        self.make = None if self.shared is not None else made
+        self.bits = hook_mask(type(self.shared)) if self.shared is not None else 0
+
+
+def as_maker(made: FactoryResult) -> Callable[[RequestContext], StreamFilter | None]:
+    """A factory's result as a per-request maker, whichever of its three forms it took."""
+    if made is None:
+        return lambda context: None
+    if isinstance(made, StreamFilter):
+        return lambda context: made
+    return made
+
+
+def _entries(pairs: Any) -> tuple[_Entry, ...]:
+    """Entries of ``(name, factory result)``; a factory that returned ``None`` (never a
+    filter, e.g. a fault at 0%) leaves no entry: it costs its requests nothing."""
+    return tuple(_Entry(name, made) for name, made in pairs if made is not None)
 
 
 class FilterChainFactory:
@@ -349,43 +400,49 @@ class FilterChainFactory:
     def __init__(self, configs: tuple, build: Any) -> None:
         self.configs = tuple(configs)
         self.build = build
-        self.entries = tuple(
-            _Entry(c.type, stream_filter_builder(c.type)(c.config, build)) for c in self.configs
-        )
+        # (config entry, what its factory returned), in config order
+        self._built = [(c, stream_filter_builder(c.type)(c.config, build)) for c in self.configs]
+        self.entries = _entries((c.type, made) for c, made in self._built)
         self._by_route: dict[int, tuple[_Entry, ...]] = {}
         # Routes whose chains are cached, kept alive so that their ids are not reused.
         self._kept: list[Route] = []
 
     def __bool__(self) -> bool:
-        return bool(self.entries)
+        return bool(self.configs)  # route overrides may filter even when the listener's own do not
 
     def _entries_for(self, route: Route | None) -> tuple[_Entry, ...]:
-        overrides = getattr(route, "per_filter_config", None) if route is not None else None
+        overrides = route.per_filter_config if route is not None else None
         if not overrides:
             return self.entries
         key = id(route)
         entries = self._by_route.get(key)
         if entries is None:
-            out = []
-            for c, entry in zip(self.configs, self.entries, strict=True):
-                if c.type not in overrides:
-                    out.append(entry)
-                    continue
-                override = overrides[c.type]
-                if override is FILTER_DISABLED:
-                    continue
-                make = stream_filter_builder(c.type)(override, self.build)
-                out.append(_Entry(c.type, make))
-            entries = self._by_route[key] = tuple(out)
+            pairs = []
+            for c, made in self._built:
+                if c.type in overrides:
+                    override = overrides[c.type]
+                    if override is FILTER_DISABLED:
+                        continue
+                    made = stream_filter_builder(c.type)(override, self.build)
+                pairs.append((c.type, made))
+            entries = self._by_route[key] = _entries(pairs)
             self._kept.append(route)
         return entries
 
     def create(self, context: RequestContext) -> StreamFilterChain | None:
         """The filters of one request; ``None`` when there are none for it."""
-        filters: list[StreamFilter] = []
-        names: list[str] = []
+        made: list[tuple[StreamFilter, int, str]] = []
         mask = 0
-        for entry in self._entries_for(context.route):
+        route = context.route
+        entries = self.entries if route is None or not route.per_filter_config else (
+            self._entries_for(route)
+        )
+        for entry in entries:
+            f = entry.shared
+            if f is not None:
+                made.append((f, entry.bits, entry.name))
+                mask |= entry.bits
+                continue
             try:
                 f = entry.make(context)
             except Exception:
@@ -393,58 +450,70 @@ class FilterChainFactory:
                 return _FailedChain(context, entry.name)
             if f is None:
                 continue
-            filters.append(f)
-            names.append(entry.name)
-            mask |= hook_mask(type(f))
-        if not filters:
+            cls = type(f)
+            bits = _MASKS.get(cls)
+            if bits is None:
+                bits = hook_mask(cls)
+            made.append((f, bits, entry.name))
+            mask |= bits
+        if not made:
             return None
-        return StreamFilterChain(context, filters, names, mask)
+        return StreamFilterChain(context, made, mask)
 
 
-def _failed(name: str, where: str) -> LocalReply:
+def filter_failed(name: str, where: str) -> LocalReply:
+    """Log a filter's exception (call it in the ``except``); the 500 its request gets."""
     log.exception("stream filter %r failed in %s", name, where)
     return LocalReply(500, FILTER_FAILED, flag="FF", rpc_error="INTERNAL")
 
 
 class StreamFilterChain:
-    """One request's filters. Each ``run_*`` method calls the hook on every filter that has
-    it (requests in config order, responses in reverse) and returns the first `LocalReply`;
-    a filter that raises yields a 500 reply for its request, logged with its name."""
+    """One request's filters. Each method calls the hook on every filter that has it
+    (requests in config order, responses in reverse) and returns the first `LocalReply`;
+    a filter that raises yields a 500 reply for its request, logged with its name.
+    ``made``: ``(filter, hook bits, type name)`` in config order."""
 
-    __slots__ = ("context", "filters", "mask", "names", "replied")
+    __slots__ = ("context", "made", "mask", "replied")
 
     def __init__(
-        self, context: RequestContext, filters: list[StreamFilter], names: list[str], mask: int
+        self, context: RequestContext, made: list[tuple[StreamFilter, int, str]], mask: int
     ) -> None:
         self.context = context
-        self.filters = filters
-        self.names = names
+        self.made = made
         self.mask = mask
         #: Set once a filter answered (a reply's own response does not run the filters).
         self.replied = False
+
+    @property
+    def filters(self) -> list[StreamFilter]:
+        return [f for f, _, _ in self.made]
+
+    @property
+    def names(self) -> list[str]:
+        return [name for _, _, name in self.made]
 
     def wants(self, bit: int) -> bool:
         return bool(self.mask & bit)
 
     async def request_headers(self, headers: Headers, end_stream: bool) -> LocalReply | None:
-        for i, f in enumerate(self.filters):
-            if hook_mask(type(f)) & REQUEST_HEADERS:
+        for f, bits, name in self.made:
+            if bits & REQUEST_HEADERS:
                 try:
                     reply = await f.on_request_headers(headers, end_stream)
                 except Exception:
-                    reply = _failed(self.names[i], "on_request_headers")
+                    reply = filter_failed(name, "on_request_headers")
                 if reply is not None:
                     self.replied = True
                     return reply
         return None
 
     async def request_data(self, data: bytes, last: bool) -> bytes | LocalReply:
-        for i, f in enumerate(self.filters):
-            if hook_mask(type(f)) & REQUEST_DATA:
+        for f, bits, name in self.made:
+            if bits & REQUEST_DATA:
                 try:
                     out = await f.on_request_data(data, last)
                 except Exception:
-                    out = _failed(self.names[i], "on_request_data")
+                    out = filter_failed(name, "on_request_data")
                 if out is None:
                     continue
                 if isinstance(out, LocalReply):
@@ -454,12 +523,12 @@ class StreamFilterChain:
         return data
 
     async def request_trailers(self, trailers: Headers) -> LocalReply | None:
-        for i, f in enumerate(self.filters):
-            if hook_mask(type(f)) & REQUEST_TRAILERS:
+        for f, bits, name in self.made:
+            if bits & REQUEST_TRAILERS:
                 try:
                     reply = await f.on_request_trailers(trailers)
                 except Exception:
-                    reply = _failed(self.names[i], "on_request_trailers")
+                    reply = filter_failed(name, "on_request_trailers")
                 if reply is not None:
                     self.replied = True
                     return reply
@@ -468,13 +537,12 @@ class StreamFilterChain:
     async def response_headers(self, headers: Headers, end_stream: bool) -> LocalReply | None:
         if self.replied:
             return None
-        for i in range(len(self.filters) - 1, -1, -1):
-            f = self.filters[i]
-            if hook_mask(type(f)) & RESPONSE_HEADERS:
+        for f, bits, name in reversed(self.made):
+            if bits & RESPONSE_HEADERS:
                 try:
                     reply = await f.on_response_headers(headers, end_stream)
                 except Exception:
-                    reply = _failed(self.names[i], "on_response_headers")
+                    reply = filter_failed(name, "on_response_headers")
                 if reply is not None:
                     self.replied = True
                     return reply
@@ -483,13 +551,12 @@ class StreamFilterChain:
     async def response_data(self, data: bytes, last: bool) -> bytes | LocalReply:
         if self.replied:
             return data
-        for i in range(len(self.filters) - 1, -1, -1):
-            f = self.filters[i]
-            if hook_mask(type(f)) & RESPONSE_DATA:
+        for f, bits, name in reversed(self.made):
+            if bits & RESPONSE_DATA:
                 try:
                     out = await f.on_response_data(data, last)
                 except Exception:
-                    out = _failed(self.names[i], "on_response_data")
+                    out = filter_failed(name, "on_response_data")
                 if out is None:
                     continue
                 if isinstance(out, LocalReply):
@@ -501,13 +568,12 @@ class StreamFilterChain:
     async def response_trailers(self, trailers: Headers) -> LocalReply | None:
         if self.replied:
             return None
-        for i in range(len(self.filters) - 1, -1, -1):
-            f = self.filters[i]
-            if hook_mask(type(f)) & RESPONSE_TRAILERS:
+        for f, bits, name in reversed(self.made):
+            if bits & RESPONSE_TRAILERS:
                 try:
                     reply = await f.on_response_trailers(trailers)
                 except Exception:
-                    reply = _failed(self.names[i], "on_response_trailers")
+                    reply = filter_failed(name, "on_response_trailers")
                 if reply is not None:
                     self.replied = True
                     return reply
@@ -517,8 +583,11 @@ class StreamFilterChain:
 class _FailedChain(StreamFilterChain):
     """A filter could not even be made for this request: the request gets a 500."""
 
+    __slots__ = ("name",)
+
     def __init__(self, context: RequestContext, name: str) -> None:
-        super().__init__(context, [], [name], REQUEST_HEADERS)
+        super().__init__(context, [], REQUEST_HEADERS)
+        self.name = name
 
     async def request_headers(self, headers: Headers, end_stream: bool) -> LocalReply | None:
         self.replied = True

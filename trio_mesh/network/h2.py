@@ -367,7 +367,10 @@ class H2Endpoint:
         if inbox is not None:
             inbox.scope = None
         if self.dead is None and self.codec.stream_open(sid):
-            self.codec.reset(sid, ErrorCode.CANCEL)
+            # Our side complete (a full response to a request still uploading): NO_ERROR
+            # tells the peer to stop sending and keep the response (RFC 9113 section 8.1).
+            done = self.codec.stream_ended_locally(sid)
+            self.codec.reset(sid, ErrorCode.NO_ERROR if done else ErrorCode.CANCEL)
             self._wake_writer()
         self._send_lot.unpark_all()
         self.streams_changed.unpark_all()

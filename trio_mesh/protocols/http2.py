@@ -86,6 +86,9 @@ Header = tuple[bytes, bytes]
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
+_HALF_CLOSED_LOCAL = StreamState.HALF_CLOSED_LOCAL
+
+
 class ErrorCode(enum.IntEnum):
     NO_ERROR = 0
     PROTOCOL_ERROR = 1
@@ -528,6 +531,14 @@ class H2Connection:
         """Whether the stream is open or half-closed."""
         stream = self._h2.streams.get(stream_id)
         return self._error is None and stream is not None and stream.open
+
+    def stream_ended_locally(self, stream_id: int) -> bool:
+        """Server side: whether we sent END_STREAM on a stream the peer has not ended
+        (half-closed local): the response is complete, the request is not."""
+        if self._client:
+            return False  # a client leaving early abandons the response: that is CANCEL
+        stream = self._h2.streams.get(stream_id)
+        return stream is not None and stream.state_machine.state == _HALF_CLOSED_LOCAL
 
     @property
     def open_inbound_streams(self) -> int:

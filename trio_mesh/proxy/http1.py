@@ -23,6 +23,7 @@ from ..config.model import format_hostport
 from ..filters import BuildContext
 from ..filters.stream import (
     REQUEST_DATA,
+    REQUEST_HEADERS,
     REQUEST_TRAILERS,
     RESPONSE_DATA,
     RESPONSE_HEADERS,
@@ -31,6 +32,7 @@ from ..filters.stream import (
     LocalReply,
     RequestContext,
     StreamFilterChain,
+    filter_failed,
 )
 from ..network.connect import ConnectError
 from ..network.connection import Connection
@@ -434,21 +436,32 @@ class _Session:
         conn = self.conn
         context = RequestContext(
             "HTTP/1.1" if head.version == b"1.1" else "HTTP/1.0",
-            method=head.method.decode("latin-1"),
-            path=head.target.decode("latin-1"),
-            authority=head.host.decode("latin-1") if head.host else "",
-            route=route,
-            cluster=cluster_name,
-            downstream_remote=conn.remote,
-            downstream_local=conn.local,
-            listener=self.proxy.listener,
+            head.method,
+            head.target,
+            head.host or "",
+            route,
+            cluster_name,
+            conn.remote,
+            conn.local,
+            self.proxy.listener,
         )
         chain = self.proxy.filters.create(context)
         if chain is None:
             return None
         self._chain = chain
         has_body = bool(head.chunked or head.content_length)
-        reply = await chain.request_headers(Headers(head.headers), not has_body)
+        # chain.request_headers, inlined: a coroutine less on every request
+        headers = Headers(head.headers)
+        reply = None
+        for f, bits, name in chain.made:
+            if bits & REQUEST_HEADERS:
+                try:
+                    reply = await f.on_request_headers(headers, not has_body)
+                except Exception:
+                    reply = filter_failed(name, "on_request_headers")
+                if reply is not None:
+                    chain.replied = True
+                    break
         if reply is None and has_body and not head.chunked:
             # A filter that changes the body's length takes Content-Length off: chunk it.
             if not any(name == b"content-length" for name, _ in head.headers):
@@ -487,19 +500,29 @@ class _Session:
             return self._response_head(head, info, route, resp)
         headers = Headers(strip_hop_by_hop(resp.headers), resp.status)
         chain.context.upstream_host = info.upstream_host
-        reply = await chain.response_headers(headers, end)
-        if reply is not None:
-            return reply
-        length = None
-        for name, value in headers.raw:
-            if name == b"content-length" and value.isdigit():
-                length = int(value)
+        if not chain.replied:  # chain.response_headers, inlined
+            for f, bits, name in reversed(chain.made):
+                if bits & RESPONSE_HEADERS:
+                    try:
+                        reply = await f.on_response_headers(headers, end)
+                    except Exception:
+                        reply = filter_failed(name, "on_response_headers")
+                    if reply is not None:
+                        chain.replied = True
+                        return reply
         status = headers.status or resp.status
-        changed = ResponseHead(
-            status, None if status != resp.status else resp.reason, resp.version,  # type: ignore[arg-type]
-            headers.raw, resp.keep_alive, length, resp.chunked,
-        )
-        return self._response_head(head, info, route, changed)
+        length = resp.content_length
+        if headers.changed or status != resp.status:
+            length = None
+            for name, value in headers.raw:
+                if name == b"content-length" and value.isdigit():
+                    length = int(value)
+            if status != resp.status or length != resp.content_length:
+                resp = ResponseHead(
+                    status, None if status != resp.status else resp.reason, resp.version,  # type: ignore[arg-type]
+                    headers.raw, resp.keep_alive, length, resp.chunked,
+                )
+        return self._response_head(head, info, route, resp, headers.raw)
 
     async def _filtered_tail(self, chunked: bool, trailers: list | None) -> bytes | None:
         """What ends a filtered response body: the data hooks' last piece, then the trailers
@@ -987,7 +1010,7 @@ class _Session:
                             return self._cut(info)
                     out.append(encode_chunk(data) if chunked_down else data)
                 elif kind is EndOfMessage:
-                    if chain is not None:
+                    if chain is not None and chain.mask & (RESPONSE_DATA | RESPONSE_TRAILERS):
                         tail = await self._filtered_tail(chunked_down, event.trailers)
                         if tail is None:
                             return self._cut(info)
@@ -1049,13 +1072,19 @@ class _Session:
                 return keep, reusable
 
     def _response_head(
-        self, head: RequestHead, info: RequestInfo, route: Route, resp: ResponseHead
+        self,
+        head: RequestHead,
+        info: RequestInfo,
+        route: Route,
+        resp: ResponseHead,
+        stripped: list[tuple[bytes, bytes]] | None = None,
     ) -> tuple[bool, bool, bytes]:
-        """Downstream head for the upstream's final response: (chunked, close, bytes)."""
+        """Downstream head for the upstream's final response: (chunked, close, bytes).
+        ``stripped``: its headers, hop-by-hop ones already taken off (response filters)."""
         info.response_code = resp.status
         info.response_received_duration = _monotonic() - info.start
         self._upstream_keep_alive = resp.keep_alive
-        headers = strip_hop_by_hop(resp.headers)
+        headers = strip_hop_by_hop(resp.headers) if stripped is None else stripped
         bodyless = head.method == b"HEAD" or resp.status in _NO_BODY_STATUSES
         chunked = close = False
         if not bodyless and resp.content_length is None:
