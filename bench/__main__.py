@@ -87,7 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     h1.add_argument(
         "--smoke",
         action="store_true",
-        help="CI check: trio-mesh-1, small-get, 2 s, 1 round (overrides the options above)",
+        help="CI check: trio-mesh-1 and trio-mesh-filters, small-get, 2 s, 1 round"
+        " (overrides the options above)",
     )
     h1.add_argument("--out", type=Path, help="results directory (bench/results/<timestamp>)")
     h1.add_argument(
@@ -164,7 +165,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     contenders, scenarios = tables(args.protocol)
     if args.smoke and args.protocol == "http1":
-        args.contenders, args.scenarios = ["trio-mesh-1"], ["small-get"]
+        args.contenders, args.scenarios = ["trio-mesh-1", "trio-mesh-filters"], ["small-get"]
         args.duration, args.rounds = 2, 1
     elif args.smoke and args.protocol == "rpc":
         args.contenders, args.scenarios = [RPC_SMOKE_CONTENDER], list(rpc.RPC_SCENARIOS)
