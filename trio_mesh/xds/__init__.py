@@ -1,0 +1,1 @@
+"""xDS (Envoy v3 discovery) support: proto types, conversion to trio-mesh configuration."""

@@ -1,0 +1,115 @@
+"""Every envoy-data-plane type trio-mesh's xDS code uses, imported in one place.
+
+Importing a generated module registers its messages in betterproto2's message pool, which is
+what ``Any.unpack()`` looks types up in, so every type that can arrive inside an ``Any`` is
+imported here. The import is slow (about 1 s) and needs the ``xds`` extra: other modules import
+this one lazily.
+"""
+
+# ruff: noqa: F401 - this module re-exports the envoy types
+from __future__ import annotations
+
+import warnings
+
+with warnings.catch_warnings():
+    # pydantic >= 2.12 warns ~100 times while the generated modules load (harmless).
+    warnings.filterwarnings(
+        "ignore",
+        message=r"Using `@model_validator` with mode='after' on a classmethod is deprecated",
+        category=DeprecationWarning,
+    )
+    import betterproto2
+    from envoy_data_plane.envoy.config.cluster.v3 import (
+        CircuitBreakers,
+        CircuitBreakersThresholds,
+        Cluster,
+        ClusterDiscoveryType,
+        ClusterEdsClusterConfig,
+        ClusterLbPolicy,
+    )
+    from envoy_data_plane.envoy.config.core.v3 import (
+        Address,
+        AggregatedConfigSource,
+        ApiVersion,
+        ConfigSource,
+        DataSource,
+        HeaderValue,
+        HeaderValueOption,
+        HeaderValueOptionHeaderAppendAction,
+        HealthStatus,
+        Http2ProtocolOptions,
+        HttpProtocolOptions,
+        Node,
+        RoutingPriority,
+        SocketAddress,
+        SocketAddressProtocol,
+    )
+    from envoy_data_plane.envoy.config.endpoint.v3 import (
+        ClusterLoadAssignment,
+        Endpoint,
+        LbEndpoint,
+        LocalityLbEndpoints,
+    )
+    from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+    from envoy_data_plane.envoy.config.route.v3 import (
+        DirectResponseAction,
+        HeaderMatcher,
+        QueryParameterMatcher,
+        RedirectAction,
+        RedirectActionRedirectResponseCode,
+        RetryPolicy,
+        Route,
+        RouteAction,
+        RouteConfiguration,
+        RouteMatch,
+        VirtualHost,
+        WeightedCluster,
+        WeightedClusterClusterWeight,
+    )
+    from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+    from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+        HttpConnectionManager,
+        HttpConnectionManagerCodecType,
+        HttpFilter,
+        Rds,
+    )
+    from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3 import TcpProxy
+    from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+        HttpProtocolOptions as UpstreamHttpProtocolOptions,
+    )
+    from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+        HttpProtocolOptionsExplicitHttpConfig,
+    )
+    from envoy_data_plane.envoy.service.discovery.v3 import (
+        AggregatedDiscoveryServiceAsyncStub,
+        AggregatedDiscoveryServiceBase,
+        DiscoveryRequest,
+        DiscoveryResponse,
+    )
+    from envoy_data_plane.envoy.type.matcher.v3 import (
+        RegexMatchAndSubstitute,
+        RegexMatcher,
+        StringMatcher,
+    )
+    from envoy_data_plane.google.protobuf import Any, Duration, UInt32Value
+    from envoy_data_plane.google.rpc import Status
+    from envoy_data_plane.message_pool import default_message_pool
+
+
+def type_url(cls: type) -> str:
+    """``type.googleapis.com/<full proto name>`` of a registered message class."""
+    return default_message_pool.type_to_url[cls]
+
+
+LDS = type_url(Listener)
+RDS = type_url(RouteConfiguration)
+CDS = type_url(Cluster)
+EDS = type_url(ClusterLoadAssignment)
+HCM_TYPE = type_url(HttpConnectionManager)
+TCP_PROXY_TYPE = type_url(TcpProxy)
+ROUTER_TYPE = type_url(Router)
+UPSTREAM_HTTP_OPTIONS_TYPE = type_url(UpstreamHttpProtocolOptions)
+#: The key of ``Cluster.typed_extension_protocol_options`` for the upstream HTTP options.
+UPSTREAM_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+__all__ = [name for name in dir() if not name.startswith("_") and name != "annotations"]
