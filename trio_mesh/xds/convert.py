@@ -626,9 +626,10 @@ _HCM_FIELDS = frozenset(
 
 def _hcm(hcm: Any, at: _At, listener: dict[str, Any], parts: ListenerParts) -> dict[str, Any]:
     _only(hcm, at, _HCM_FIELDS)
+    if hcm.codec_type.name not in _CODECS:
+        raise (at / "codec_type").error(f"{hcm.codec_type.name}: {UNSUPPORTED}")
     config: dict[str, Any] = {
-        "downstream_protocol": _CODECS[hcm.codec_type.name] if hcm.codec_type.name in _CODECS
-        else _fail(at / "codec_type", f"{hcm.codec_type.name}: {UNSUPPORTED}"),
+        "downstream_protocol": _CODECS[hcm.codec_type.name],
         # Envoy's upstream protocol is the cluster's: HTTP/1.1 unless it says otherwise
         "upstream_protocol": "Http1",
     }
@@ -678,10 +679,6 @@ def _hcm(hcm: Any, at: _At, listener: dict[str, Any], parts: ListenerParts) -> d
     if hcm.generate_request_id is not None:
         config["generate_request_id"] = hcm.generate_request_id
     return {"type": "proxy", "config": config}
-
-
-def _fail(at: _At, reason: str) -> Any:
-    raise at.error(reason)
 
 
 def _tcp_proxy(tp: Any, at: _At) -> dict[str, Any]:

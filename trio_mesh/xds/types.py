@@ -19,6 +19,7 @@ with warnings.catch_warnings():
         category=DeprecationWarning,
     )
     import betterproto2
+    from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
     from envoy_data_plane.envoy.config.cluster.v3 import (
         CircuitBreakers,
         CircuitBreakersThresholds,
@@ -37,12 +38,14 @@ with warnings.catch_warnings():
         HeaderValueOption,
         HeaderValueOptionHeaderAppendAction,
         HealthStatus,
+        Http1ProtocolOptions,
         Http2ProtocolOptions,
         HttpProtocolOptions,
         Node,
         RoutingPriority,
         SocketAddress,
         SocketAddressProtocol,
+        TransportSocket,
     )
     from envoy_data_plane.envoy.config.endpoint.v3 import (
         ClusterLoadAssignment,
@@ -50,7 +53,13 @@ with warnings.catch_warnings():
         LbEndpoint,
         LocalityLbEndpoints,
     )
-    from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+    from envoy_data_plane.envoy.config.listener.v3 import (
+        Filter,
+        FilterChain,
+        FilterChainMatch,
+        Listener,
+        ListenerFilter,
+    )
     from envoy_data_plane.envoy.config.route.v3 import (
         DirectResponseAction,
         HeaderMatcher,
@@ -60,8 +69,10 @@ with warnings.catch_warnings():
         RetryPolicy,
         Route,
         RouteAction,
+        RouteActionRequestMirrorPolicy,
         RouteConfiguration,
         RouteMatch,
+        RouteMatchGrpcRouteMatchOptions,
         VirtualHost,
         WeightedCluster,
         WeightedClusterClusterWeight,
@@ -72,6 +83,7 @@ with warnings.catch_warnings():
         HttpConnectionManagerCodecType,
         HttpFilter,
         Rds,
+        ScopedRoutes,
     )
     from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3 import TcpProxy
     from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
@@ -91,6 +103,7 @@ with warnings.catch_warnings():
         RegexMatcher,
         StringMatcher,
     )
+    from envoy_data_plane.envoy.type.v3 import Int64Range
     from envoy_data_plane.google.protobuf import Any, Duration, UInt32Value
     from envoy_data_plane.google.rpc import Status
     from envoy_data_plane.message_pool import default_message_pool

@@ -1,0 +1,431 @@
+"""Envoy v3 resources built in Python -> trio-mesh documents -> parse_config's classes."""
+
+from __future__ import annotations
+
+import datetime
+import re
+
+import pytest
+
+from trio_mesh.config.filters import Protocol, ProxyConfig, TcpProxyConfig
+from trio_mesh.config.load import parse_config
+from trio_mesh.config.model import Address, LbType
+from trio_mesh.xds import types as t
+from trio_mesh.xds.convert import (
+    ConvertError,
+    ListenerParts,
+    cluster_doc,
+    cluster_is_http2,
+    endpoint_hosts,
+    listener_doc,
+    route_config_doc,
+)
+
+ADS = t.ConfigSource(ads=t.AggregatedConfigSource(), resource_api_version=t.ApiVersion.V3)
+secs = lambda s: datetime.timedelta(seconds=s)  # noqa: E731
+
+
+def sock(host: str, port: int) -> t.Address:
+    return t.Address(socket_address=t.SocketAddress(address=host, port_value=port))
+
+
+def lb_endpoint(host: str, port: int, **kw: object) -> t.LbEndpoint:
+    return t.LbEndpoint(endpoint=t.Endpoint(address=sock(host, port)), **kw)
+
+
+def router_filter() -> t.HttpFilter:
+    return t.HttpFilter(name="envoy.filters.http.router", typed_config=t.Any.pack(t.Router()))
+
+
+def hcm(**kw: object) -> t.HttpConnectionManager:
+    kw.setdefault("rds", t.Rds(config_source=ADS, route_config_name="main_routes"))
+    return t.HttpConnectionManager(
+        stat_prefix="ingress_http",
+        codec_type=kw.pop("codec_type", t.HttpConnectionManagerCodecType.AUTO),
+        http_filters=kw.pop("http_filters", [router_filter()]),
+        **kw,
+    )
+
+
+def listener(name: str, port: int, *configs: object, **kw: object) -> t.Listener:
+    return t.Listener(
+        name=name,
+        address=sock("127.0.0.1", port),
+        filter_chains=kw.pop(
+            "filter_chains",
+            [t.FilterChain(filters=[t.Filter(name=f"f{i}", typed_config=t.Any.pack(c))
+                                    for i, c in enumerate(configs)])],
+        ),
+        **kw,
+    )
+
+
+def vhost(*routes: t.Route, **kw: object) -> t.VirtualHost:
+    return t.VirtualHost(name=kw.pop("name", "all"), domains=kw.pop("domains", ["*"]),
+                         routes=list(routes), **kw)
+
+
+def to_cluster(name: str = "backend") -> t.RouteAction:
+    return t.RouteAction(cluster=name)
+
+
+def compose(listeners: list[ListenerParts], routers: list[dict], clusters: list[dict]) -> object:
+    doc = {
+        "servers": [
+            {
+                "listeners": [p.listener for p in listeners],
+                "routers": routers + [r for p in listeners for r in p.inline_routers],
+            }
+        ],
+        "cluster_manager": {"clusters": clusters},
+    }
+    loaded = parse_config(doc)
+    assert loaded.warnings == ()
+    return loaded.config
+
+
+# --------------------------------------------------------------------------- the happy path
+
+
+def test_full_snapshot_through_parse_config() -> None:
+    static = t.Cluster(
+        name="static_be",
+        type=t.ClusterDiscoveryType.STATIC,
+        connect_timeout=secs(1.5),
+        lb_policy=t.ClusterLbPolicy.LEAST_REQUEST,
+        circuit_breakers=t.CircuitBreakers(thresholds=[t.CircuitBreakersThresholds(
+            priority=t.RoutingPriority.DEFAULT, max_connections=10, max_pending_requests=5,
+            max_retries=0)]),
+        typed_extension_protocol_options={
+            t.UPSTREAM_HTTP_OPTIONS_KEY: t.Any.pack(t.UpstreamHttpProtocolOptions(
+                common_http_protocol_options=t.HttpProtocolOptions(
+                    idle_timeout=secs(60), max_requests_per_connection=100),
+                explicit_http_config=t.HttpProtocolOptionsExplicitHttpConfig(
+                    http_protocol_options=t.Http1ProtocolOptions())))},
+        load_assignment=t.ClusterLoadAssignment(
+            cluster_name="static_be",
+            endpoints=[t.LocalityLbEndpoints(lb_endpoints=[
+                lb_endpoint("10.0.0.1", 8001, load_balancing_weight=3),
+                lb_endpoint("::1", 8002),
+            ])],
+        ),
+    )
+    eds = t.Cluster(
+        name="backend",
+        type=t.ClusterDiscoveryType.EDS,
+        eds_cluster_config=t.ClusterEdsClusterConfig(eds_config=ADS, service_name="backend_svc"),
+        lb_policy=t.ClusterLbPolicy.RANDOM,
+    )
+    cla = t.ClusterLoadAssignment(
+        cluster_name="backend_svc",
+        endpoints=[
+            t.LocalityLbEndpoints(lb_endpoints=[
+                lb_endpoint("10.0.1.1", 9000, load_balancing_weight=128),
+                lb_endpoint("10.0.1.2", 9000, health_status=t.HealthStatus.UNHEALTHY),
+                lb_endpoint("10.0.1.3", 9000, health_status=t.HealthStatus.DRAINING),
+            ]),
+            t.LocalityLbEndpoints(lb_endpoints=[
+                lb_endpoint("10.0.2.1", 9001, health_status=t.HealthStatus.HEALTHY),
+            ]),
+        ],
+    )
+    rc = t.RouteConfiguration(
+        name="main_routes",
+        response_headers_to_add=[t.HeaderValueOption(
+            header=t.HeaderValue(key="x-served-by", value="trio-mesh"))],
+        virtual_hosts=[
+            vhost(
+                t.Route(
+                    match=t.RouteMatch(prefix="/api/", headers=[
+                        t.HeaderMatcher(name="x-env", string_match=t.StringMatcher(exact="prod")),
+                        t.HeaderMatcher(name="x-canary", present_match=True, invert_match=True),
+                        t.HeaderMatcher(name="x-user", string_match=t.StringMatcher(prefix="a.")),
+                    ]),
+                    route=t.RouteAction(
+                        cluster="backend", prefix_rewrite="/v1/", timeout=secs(2.5),
+                        retry_policy=t.RetryPolicy(retry_on="5xx,connect-failure",
+                                                   num_retries=3, per_try_timeout=secs(1)),
+                    ),
+                    request_headers_to_add=[t.HeaderValueOption(
+                        header=t.HeaderValue(key="x-route", value="api"),
+                        append_action=t.HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+                    )],
+                ),
+                t.Route(
+                    match=t.RouteMatch(safe_regex=t.RegexMatcher(regex="/items/[0-9]+")),
+                    route=t.RouteAction(weighted_clusters=t.WeightedCluster(clusters=[
+                        t.WeightedClusterClusterWeight(name="backend", weight=90),
+                        t.WeightedClusterClusterWeight(name="static_be", weight=10),
+                    ])),
+                ),
+                t.Route(match=t.RouteMatch(path="/old"),
+                        redirect=t.RedirectAction(path_redirect="/new", https_redirect=True,
+                            response_code=t.RedirectActionRedirectResponseCode.FOUND)),
+                t.Route(match=t.RouteMatch(prefix="/"),
+                        direct_response=t.DirectResponseAction(
+                            status=404, body=t.DataSource(inline_string="nothing\n"))),
+                domains=["example.com", "*.example.com"],
+                name="example",
+            ),
+            vhost(t.Route(match=t.RouteMatch(prefix="/"), route=to_cluster("static_be"))),
+        ],
+    )
+    http = listener_doc(listener(
+        "ingress", 8080,
+        hcm(codec_type=t.HttpConnectionManagerCodecType.HTTP1, use_remote_address=True,
+            common_http_protocol_options=t.HttpProtocolOptions(idle_timeout=secs(300)),
+            request_headers_timeout=secs(5), max_request_headers_kb=32),
+    ))
+    assert http.rds == ["main_routes"] and http.inline_routers == []
+    inline = listener_doc(listener(
+        "admin", 8081,
+        hcm(rds=None, route_config=t.RouteConfiguration(
+            name="local", virtual_hosts=[vhost(t.Route(match=t.RouteMatch(prefix="/"),
+                                                       route=to_cluster()))])),
+    ))
+    assert inline.rds == []
+    tcp = listener_doc(listener(
+        "tcp", 9090, t.TcpProxy(stat_prefix="tcp", cluster="static_be", max_connect_attempts=2)
+    ))
+
+    static_doc, static_eds = cluster_doc(static)
+    eds_doc, service = cluster_doc(eds)
+    assert static_eds is None and service == "backend_svc" and eds_doc["hosts"] == []
+    eds_doc["hosts"] = endpoint_hosts(cla)
+    config = compose([http, inline, tcp], [route_config_doc(rc)], [static_doc, eds_doc])
+
+    ingress, admin, tcp_l = config.listeners
+    assert ingress.address == Address("127.0.0.1", 8080)
+    assert ingress.connection_idle_timeout == 300.0
+    proxy = ingress.filter_chains[0].filters[0]
+    assert proxy.type == "proxy" and isinstance(proxy.config, ProxyConfig)
+    assert proxy.config.downstream_protocol == Protocol.HTTP1
+    assert proxy.config.upstream_protocol == Protocol.HTTP1
+    assert proxy.config.router_config_name == "main_routes"
+    assert proxy.config.add_x_forwarded_for is True
+    assert proxy.config.request_header_timeout == 5.0
+    assert proxy.config.max_request_header_bytes == 32 * 1024
+    admin_proxy = admin.filter_chains[0].filters[0].config
+    assert admin_proxy.downstream_protocol == Protocol.AUTO
+    assert admin_proxy.router_config_name == "admin/local"
+    assert admin_proxy.add_x_forwarded_for is False  # Envoy's default use_remote_address
+    tp = tcp_l.filter_chains[0].filters[0]
+    assert tp.type == "tcp_proxy" and isinstance(tp.config, TcpProxyConfig)
+    assert tp.config.cluster == "static_be" and tp.config.max_connect_attempts == 2
+    assert tp.config.idle_timeout == 3600.0  # Envoy's default when unset
+
+    routers = {r.router_config_name: r for r in config.servers[0].routers}
+    assert set(routers) == {"main_routes", "admin/local"}
+    main = routers["main_routes"]
+    assert main.response_headers_to_add[0].header.key == "x-served-by"
+    example, default = main.virtual_hosts
+    assert example.domains == ("example.com", "*.example.com") and default.domains == ("*",)
+    api, items, old, fallback = example.routers
+    assert api.match.prefix == "/api/"
+    env, canary, user = api.match.headers
+    assert (env.name, env.value, env.regex, env.invert) == ("x-env", "prod", False, False)
+    assert canary.present and canary.invert
+    assert user.regex and re.fullmatch(user.value, "a.b") and not re.fullmatch(user.value, "ab")
+    assert api.route.cluster_name == "backend" and api.route.prefix_rewrite == "/v1/"
+    assert api.route.timeout == 2.5
+    assert api.route.retry_policy.retry_on == frozenset({"5xx", "connect-failure"})
+    assert api.route.retry_policy.num_retries == 3
+    assert api.route.retry_policy.per_try_timeout == 1.0
+    added = api.route.request_headers_to_add[0]
+    assert (added.header.key, added.header.value, added.append) == ("x-route", "api", False)
+    assert items.match.regex == "/items/[0-9]+"
+    assert [(w.cluster.name, w.cluster.weight) for w in items.route.weighted_clusters] == [
+        ("backend", 90), ("static_be", 10)]
+    assert items.route.timeout == 15.0
+    assert old.redirect.path_redirect == "/new" and old.redirect.scheme_redirect == "https"
+    assert old.redirect.response_code == 302
+    assert fallback.direct_response.status == 404
+    assert fallback.direct_response.body == "nothing\n"
+    assert default.routers[0].route.cluster_name == "static_be"
+
+    sb = config.cluster("static_be")
+    assert sb.lb_type == LbType.LB_LEAST_REQUEST and sb.connect_timeout == 1.5
+    assert sb.max_request_per_conn == 100 and sb.idle_timeout == 60.0
+    assert [(str(h.address), h.weight) for h in sb.hosts] == [("10.0.0.1:8001", 3),
+                                                              ("[::1]:8002", 1)]
+    limits = sb.thresholds()
+    assert (limits.max_connections, limits.max_pending_requests, limits.max_requests,
+            limits.max_retries) == (10, 5, None, 0)
+    be = config.cluster("backend")
+    assert be.lb_type == LbType.LB_RANDOM and be.connect_timeout == 5.0  # Envoy's default
+    assert [(str(h.address), h.weight) for h in be.hosts] == [("10.0.1.1:9000", 128),
+                                                              ("10.0.2.1:9001", 1)]
+
+
+def test_eds_service_name_defaults_to_cluster_name() -> None:
+    c = t.Cluster(name="be", type=t.ClusterDiscoveryType.EDS,
+                  eds_cluster_config=t.ClusterEdsClusterConfig(eds_config=ADS))
+    assert cluster_doc(c)[1] == "be"
+
+
+def test_deprecated_fields_still_convert() -> None:
+    """Control planes still send the fields Envoy deprecated; they map like their successors."""
+    with pytest.warns(DeprecationWarning):
+        c = t.Cluster(name="old", max_requests_per_connection=7,
+                      common_http_protocol_options=t.HttpProtocolOptions(idle_timeout=secs(9)))
+    doc, _ = cluster_doc(c)
+    assert (doc["max_request_per_conn"], doc["idle_timeout"]) == (7, "9s")
+    with pytest.warns(DeprecationWarning):
+        m = t.HeaderMatcher(name="x-env", exact_match="prod", invert_match=True)
+    rc = t.RouteConfiguration(name="r", virtual_hosts=[vhost(t.Route(
+        match=t.RouteMatch(prefix="/", headers=[m]), route=to_cluster()))])
+    header = route_config_doc(rc)["virtual_hosts"][0]["routers"][0]["match"]["headers"][0]
+    assert header == {"name": "x-env", "value": "prod", "invert": True}
+
+
+def test_cluster_is_http2() -> None:
+    plain = t.Cluster(name="a", connect_timeout=secs(1))
+    with pytest.warns(DeprecationWarning):
+        old_style = t.Cluster(name="b", http2_protocol_options=t.Http2ProtocolOptions())
+    ext = t.Cluster(name="c", typed_extension_protocol_options={
+        t.UPSTREAM_HTTP_OPTIONS_KEY: t.Any.pack(t.UpstreamHttpProtocolOptions(
+            explicit_http_config=t.HttpProtocolOptionsExplicitHttpConfig(
+                http2_protocol_options=t.Http2ProtocolOptions())))})
+    ext_h1 = t.Cluster(name="d", typed_extension_protocol_options={
+        t.UPSTREAM_HTTP_OPTIONS_KEY: t.Any.pack(t.UpstreamHttpProtocolOptions(
+            explicit_http_config=t.HttpProtocolOptionsExplicitHttpConfig(
+                http_protocol_options=t.Http1ProtocolOptions())))})
+    assert [cluster_is_http2(c) for c in (plain, old_style, ext, ext_h1)] == [
+        False, True, True, False]
+    assert cluster_doc(ext)[0]["name"] == "c"  # the extension converts too
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def expect(fn: object, arg: object, message: str) -> ConvertError:
+    with pytest.raises(ConvertError) as info:
+        fn(arg)  # type: ignore[operator]
+    assert str(info.value) == message
+    return info.value
+
+
+def test_unsupported_route_field_named_with_full_path() -> None:
+    rc = t.RouteConfiguration(virtual_hosts=[vhost(
+        t.Route(match=t.RouteMatch(prefix="/a"), route=to_cluster()),
+        t.Route(match=t.RouteMatch(prefix="/b", grpc=t.RouteMatchGrpcRouteMatchOptions()),
+                route=to_cluster()),
+    )])
+    err = expect(listener_doc, listener("ingress", 1, hcm(rds=None, route_config=rc)),
+                 "Listener 'ingress': filter_chains[0].filters[0].typed_config.route_config"
+                 ".virtual_hosts[0].routes[1].match.grpc: not supported by trio-mesh")
+    assert err.kind == "Listener" and err.name == "ingress"
+
+
+def test_route_config_refusals() -> None:
+    def rc(route: t.Route, **kw: object) -> t.RouteConfiguration:
+        return t.RouteConfiguration(name="r", virtual_hosts=[vhost(route)], **kw)
+
+    prefix = t.RouteMatch(prefix="/")
+    expect(route_config_doc, rc(t.Route(match=prefix, route=t.RouteAction(
+        cluster="a", request_mirror_policies=[t.RouteActionRequestMirrorPolicy(cluster="m")]))),
+        "RouteConfiguration 'r': virtual_hosts[0].routes[0].route.request_mirror_policies:"
+        " not supported by trio-mesh")
+    expect(route_config_doc, rc(t.Route(match=t.RouteMatch(prefix="/", headers=[
+        t.HeaderMatcher(name="x", range_match=t.Int64Range(start=1, end=3))]),
+        route=to_cluster())),
+        "RouteConfiguration 'r': virtual_hosts[0].routes[0].match.headers[0].range_match:"
+        " not supported by trio-mesh")
+    expect(route_config_doc, rc(t.Route(match=prefix, route=t.RouteAction(
+        cluster="a", retry_policy=t.RetryPolicy(retry_on="retriable-4xx")))),
+        "RouteConfiguration 'r': virtual_hosts[0].routes[0].route.retry_policy.retry_on:"
+        " retry condition 'retriable-4xx': not supported by trio-mesh")
+    expect(route_config_doc,
+           rc(t.Route(match=prefix, redirect=t.RedirectAction(port_redirect=8443))),
+           "RouteConfiguration 'r': virtual_hosts[0].routes[0].redirect.port_redirect:"
+           " not supported by trio-mesh")
+    expect(route_config_doc, rc(t.Route(match=prefix, route=to_cluster()),
+                                internal_only_headers=["x-internal"]),
+           "RouteConfiguration 'r': internal_only_headers: not supported by trio-mesh")
+    expect(route_config_doc, rc(t.Route(match=prefix, direct_response=t.DirectResponseAction(
+        status=200), response_headers_to_remove=["server"])),
+        "RouteConfiguration 'r': virtual_hosts[0].routes[0].response_headers_to_remove:"
+        " header mutations are supported on forwarding routes only")
+
+
+def test_cluster_refusals() -> None:
+    expect(cluster_doc, t.Cluster(name="dns", type=t.ClusterDiscoveryType.STRICT_DNS),
+           "Cluster 'dns': type: STRICT_DNS: not supported by trio-mesh (use STATIC or EDS)")
+    expect(cluster_doc, t.Cluster(name="ring", lb_policy=t.ClusterLbPolicy.RING_HASH),
+           "Cluster 'ring': lb_policy: RING_HASH: not supported by trio-mesh")
+    expect(cluster_doc, t.Cluster(name="zero", connect_timeout=secs(0)),
+           "Cluster 'zero': connect_timeout: expected a positive duration, got 0.0s")
+    expect(cluster_doc, t.Cluster(name="tls", transport_socket=t.TransportSocket(name="tls")),
+           "Cluster 'tls': transport_socket: not supported by trio-mesh")
+    expect(cluster_doc, t.Cluster(name="ext", typed_extension_protocol_options={
+        "envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions": t.Any.pack(t.Router())}),
+        "Cluster 'ext': typed_extension_protocol_options"
+        ".envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions: not supported by trio-mesh")
+
+
+def test_endpoint_refusals() -> None:
+    def cla(*eps: t.LbEndpoint) -> t.ClusterLoadAssignment:
+        return t.ClusterLoadAssignment(cluster_name="be",
+                                       endpoints=[t.LocalityLbEndpoints(lb_endpoints=list(eps))])
+
+    expect(endpoint_hosts, cla(lb_endpoint("10.0.0.1", 1), lb_endpoint("10.0.0.2", 2,
+                                                                       load_balancing_weight=129)),
+           "ClusterLoadAssignment 'be': endpoints[0].lb_endpoints[1].load_balancing_weight:"
+           " weight 129: trio-mesh takes 1 to 128")
+    named = t.LbEndpoint(endpoint=t.Endpoint(address=t.Address(
+        socket_address=t.SocketAddress(address="10.0.0.1", named_port="http"))))
+    expect(endpoint_hosts, cla(named),
+           "ClusterLoadAssignment 'be': endpoints[0].lb_endpoints[0].endpoint.address"
+           ".socket_address.named_port: not supported by trio-mesh")
+
+
+def test_listener_refusals() -> None:
+    two = listener("two", 1, filter_chains=[t.FilterChain(), t.FilterChain()])
+    expect(listener_doc, two,
+           "Listener 'two': filter_chains: exactly one filter chain is supported, got 2")
+    matched = listener("m", 1, filter_chains=[t.FilterChain(
+        filter_chain_match=t.FilterChainMatch(server_names=["a.com"]))])
+    expect(listener_doc, matched,
+           "Listener 'm': filter_chains[0].filter_chain_match: not supported by trio-mesh")
+    tls = listener("tls", 1, filter_chains=[t.FilterChain(
+        transport_socket=t.TransportSocket(name="envoy.transport_sockets.tls"))])
+    expect(listener_doc, tls,
+           "Listener 'tls': filter_chains[0].transport_socket: TLS is not supported by trio-mesh")
+    # an Any of a type nothing registered: refused by its URL, before unpacking
+    unknown = t.Any(type_url="type.googleapis.com/envoy.extensions.filters.network.redis_proxy"
+                    ".v3.RedisProxy", value=b"")
+    odd = listener("odd", 1, filter_chains=[t.FilterChain(filters=[
+        t.Filter(name="redis", typed_config=unknown)])])
+    expect(listener_doc, odd,
+           "Listener 'odd': filter_chains[0].filters[0].typed_config.type_url:"
+           " 'type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy':"
+           " not supported by trio-mesh")
+    expect(listener_doc, listener("lf", 1, hcm(), listener_filters=[t.ListenerFilter(name="x")]),
+           "Listener 'lf': listener_filters: not supported by trio-mesh")
+
+
+def test_http_filter_refusals() -> None:
+    cors = t.HttpFilter(name="envoy.filters.http.cors", typed_config=t.Any(
+        type_url="type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors", value=b""))
+    expect(listener_doc, listener("h", 1, hcm(http_filters=[cors, router_filter()])),
+           "Listener 'h': filter_chains[0].filters[0].typed_config.http_filters[0]: HTTP filter"
+           " 'envoy.filters.http.cors' (type.googleapis.com/envoy.extensions.filters.http.cors"
+           ".v3.Cors): not supported by trio-mesh")
+    expect(listener_doc, listener("h", 1, hcm(http_filters=[router_filter(), router_filter()])),
+           "Listener 'h': filter_chains[0].filters[0].typed_config.http_filters[0]:"
+           " the router filter must be the last HTTP filter")
+    expect(listener_doc, listener("h", 1, hcm(stream_idle_timeout=secs(300))),
+           "Listener 'h': filter_chains[0].filters[0].typed_config.stream_idle_timeout:"
+           " not supported by trio-mesh")
+    expect(listener_doc, listener("h", 1, hcm(rds=None, scoped_routes=t.ScopedRoutes(name="s"))),
+           "Listener 'h': filter_chains[0].filters[0].typed_config.scoped_routes:"
+           " not supported by trio-mesh")
+
+
+def test_tcp_proxy_refusals_and_idle_timeout() -> None:
+    expect(listener_doc, listener("t", 1, t.TcpProxy(cluster="a", access_log=[
+        t.AccessLog(name="x")])),
+        "Listener 't': filter_chains[0].filters[0].typed_config.access_log:"
+        " not supported by trio-mesh")
+    off = listener_doc(listener("t", 1, t.TcpProxy(cluster="a", idle_timeout=secs(0))))
+    assert "idle_timeout" not in off.listener["filter_chains"][0]["filters"][0]["config"]
