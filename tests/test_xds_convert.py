@@ -429,3 +429,24 @@ def test_tcp_proxy_refusals_and_idle_timeout() -> None:
         " not supported by trio-mesh")
     off = listener_doc(listener("t", 1, t.TcpProxy(cluster="a", idle_timeout=secs(0))))
     assert "idle_timeout" not in off.listener["filter_chains"][0]["filters"][0]["config"]
+
+
+def test_resources_received_over_the_wire_convert_the_same() -> None:
+    """What a client gets: Any-packed resources in a serialized DiscoveryResponse."""
+    rc = t.RouteConfiguration(name="r", virtual_hosts=[vhost(t.Route(
+        match=t.RouteMatch(prefix="/"), route=t.RouteAction(cluster="c", timeout=secs(0))))])
+    lst = listener("l", 10000, hcm(rds=None, route_config=rc))
+    cluster = t.Cluster(name="c", type=t.ClusterDiscoveryType.STATIC,
+                        load_assignment=t.ClusterLoadAssignment(
+                            cluster_name="c", endpoints=[t.LocalityLbEndpoints(
+                                lb_endpoints=[lb_endpoint("10.1.2.3", 5)])]))
+    resp = t.DiscoveryResponse(type_url=t.LDS,
+                               resources=[t.Any.pack(lst), t.Any.pack(cluster)])
+    lst2, cluster2 = (a.unpack() for a in t.DiscoveryResponse.parse(bytes(resp)).resources)
+    assert listener_doc(lst2) == listener_doc(lst)
+    assert cluster_doc(cluster2) == cluster_doc(cluster)
+    parts = listener_doc(lst2)
+    config = compose([parts], [], [cluster_doc(cluster2)[0]])
+    route = config.servers[0].routers[0].virtual_hosts[0].routers[0]
+    assert route.route.timeout == 0.0  # "0s": no timeout, as in Envoy
+    assert [str(h.address) for h in config.cluster("c").hosts] == ["10.1.2.3:5"]
