@@ -357,6 +357,15 @@ def test_cluster_refusals() -> None:
            "Cluster 'zero': connect_timeout: expected a positive duration, got 0.0s")
     expect(cluster_doc, t.Cluster(name="tls", transport_socket=t.TransportSocket(name="tls")),
            "Cluster 'tls': transport_socket: not supported by trio-mesh")
+    expect(cluster_doc, t.Cluster(name="zone", common_lb_config=t.ClusterCommonLbConfig(
+        locality_weighted_lb_config=t.ClusterCommonLbConfigLocalityWeightedLbConfig())),
+        "Cluster 'zone': common_lb_config.locality_weighted_lb_config: not supported by trio-mesh")
+    expect(cluster_doc, t.Cluster(name="slow", round_robin_lb_config=t.ClusterRoundRobinLbConfig(
+        slow_start_config=t.ClusterSlowStartConfig(slow_start_window=secs(30)))),
+        "Cluster 'slow': round_robin_lb_config.slow_start_config: not supported by trio-mesh")
+    assert cluster_doc(t.Cluster(name="rr", round_robin_lb_config=t.ClusterRoundRobinLbConfig(),
+                                 common_lb_config=t.ClusterCommonLbConfig(
+                                     update_merge_window=secs(1))))[0]["lb_type"] == "LB_ROUNDROBIN"
     expect(cluster_doc, t.Cluster(name="ext", typed_extension_protocol_options={
         "envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions": t.Any.pack(t.Router())}),
         "Cluster 'ext': typed_extension_protocol_options"

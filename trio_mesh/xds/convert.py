@@ -123,7 +123,7 @@ _CLUSTER_FIELDS = frozenset(
         # non-DNS clusters, per-policy tuning of the policies we map
         "alt_stat_name", "metadata", "per_connection_buffer_limit_bytes", "dns_lookup_family",
         "wait_for_warm_on_init", "track_cluster_stats", "common_lb_config",
-        "round_robin_lb_config", "least_request_lb_config", "cleanup_interval",
+        "least_request_lb_config", "round_robin_lb_config", "cleanup_interval",
     }
 )
 
@@ -192,6 +192,17 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
     if c.lb_policy not in _LB:
         raise (at / "lb_policy").error(f"{c.lb_policy.name}: {UNSUPPORTED}")
     doc: dict[str, Any] = {"name": c.name, "type": "SIMPLE", "lb_type": _LB[c.lb_policy]}
+    if c.common_lb_config is not None:
+        # the panic threshold needs health checks, the merge window batches updates: neither
+        # changes where requests go here; locality and zone awareness would
+        _only(c.common_lb_config, at / "common_lb_config",
+              {"healthy_panic_threshold", "update_merge_window"})
+    if c.least_request_lb_config is not None:
+        # choice_count / active_request_bias tune the choice; slow start would change it
+        _only(c.least_request_lb_config, at / "least_request_lb_config",
+              {"choice_count", "active_request_bias"})
+    if c.round_robin_lb_config is not None:
+        _only(c.round_robin_lb_config, at / "round_robin_lb_config", set())
     # Envoy's default connect timeout is 5s
     timeout = c.connect_timeout if c.connect_timeout is not None else datetime.timedelta(seconds=5)
     doc["connect_timeout"] = _duration(timeout, at / "connect_timeout", positive=True)

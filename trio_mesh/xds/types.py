@@ -24,9 +24,13 @@ with warnings.catch_warnings():
         CircuitBreakers,
         CircuitBreakersThresholds,
         Cluster,
+        ClusterCommonLbConfig,
+        ClusterCommonLbConfigLocalityWeightedLbConfig,
         ClusterDiscoveryType,
         ClusterEdsClusterConfig,
         ClusterLbPolicy,
+        ClusterRoundRobinLbConfig,
+        ClusterSlowStartConfig,
     )
     from envoy_data_plane.envoy.config.core.v3 import (
         Address,
