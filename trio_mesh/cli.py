@@ -10,12 +10,17 @@ import os
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
+import attrs
 import trio
 
 from . import __version__
 from .config import ConfigError, MeshConfig, read_config
 from .config.values import log_level_number
+
+if TYPE_CHECKING:
+    from .server import Server
 
 log = logging.getLogger("trio_mesh")
 
@@ -98,7 +103,7 @@ def _run(path: str, log_level: str | None, workers: int = 1, drain_timeout: floa
         logging.getLogger().setLevel(log_level_number(levels[0]) if levels else logging.INFO)
     for w in loaded.warnings:
         log.warning("config: %s", w)
-    serve = functools.partial(_serve_process, drain_timeout=drain_timeout)
+    serve = functools.partial(_serve_process, drain_timeout=drain_timeout, path=path)
     if workers == 1:
         return serve(loaded.config, None)
     from .workers import Supervisor
@@ -107,13 +112,17 @@ def _run(path: str, log_level: str | None, workers: int = 1, drain_timeout: floa
 
 
 def _serve_process(
-    config: MeshConfig, ready_fd: int | None, drain_timeout: float = DRAIN_TIMEOUT
+    config: MeshConfig,
+    ready_fd: int | None,
+    drain_timeout: float = DRAIN_TIMEOUT,
+    path: str | None = None,
 ) -> int:
-    """Run one proxy process until a stop signal; its exit code."""
+    """Run one proxy process until a stop signal; its exit code. ``path``: the file that
+    SIGHUP reloads."""
     from .errors import StartupError
 
     try:
-        trio.run(_serve, config, ready_fd, drain_timeout)
+        trio.run(_serve, config, ready_fd, drain_timeout, path)
     except BaseExceptionGroup as group:
         # A port in use, an access log that cannot be opened: say which and exit 1, with
         # nothing left bound. Anything else is a bug.
@@ -129,7 +138,50 @@ def _serve_process(
     return 0
 
 
-async def _serve(config: MeshConfig, ready_fd: int | None, drain_timeout: float) -> None:
+async def _reload(server: Server, path: str, drain_timeout: float) -> None:
+    """SIGHUP: read ``path`` again and apply it; a file that does not validate, or a port
+    that cannot be bound, leaves the running configuration as it was."""
+    from .errors import StartupError
+
+    try:
+        loaded = await trio.to_thread.run_sync(read_config, path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            log.error("reload refused, configuration kept: %s", line)
+        return
+    for w in loaded.warnings:
+        log.warning("config: %s", w)
+    if server.xds is not None:
+        log.warning("reload refused: the configuration comes from xDS (restart to change its file)")
+        return
+    config = _keep_reserved_ports(loaded.config, server.config)
+    try:
+        await server.apply(config, drain_timeout=drain_timeout)
+    except StartupError as exc:
+        log.error("reload refused, configuration kept: %s", exc)
+        return
+    log.info("configuration reloaded from %s", path)
+
+
+def _keep_reserved_ports(config: MeshConfig, running: MeshConfig) -> MeshConfig:
+    """A listener on port 0 that is running already keeps the port it has (with workers,
+    the port the supervisor reserved for all of them), instead of moving to a new one."""
+    ports = {lst.name: lst.address for lst in running.listeners}
+    servers = []
+    for srv in config.servers:
+        listeners = []
+        for lst in srv.listeners:
+            was = ports.get(lst.name)
+            if lst.address.port == 0 and was is not None and was.host == lst.address.host:
+                lst = attrs.evolve(lst, address=was)
+            listeners.append(lst)
+        servers.append(attrs.evolve(srv, listeners=tuple(listeners)))
+    return attrs.evolve(config, servers=tuple(servers))
+
+
+async def _serve(
+    config: MeshConfig, ready_fd: int | None, drain_timeout: float, path: str | None = None
+) -> None:
     """``ready_fd``: a worker tells its supervisor on this pipe (which tells systemd)."""
     from .server import Server
 
@@ -152,7 +204,11 @@ async def _serve(config: MeshConfig, ready_fd: int | None, drain_timeout: float)
                 log.info("trio-mesh %s ready (pid %d)", __version__, os.getpid())
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    log.warning("SIGHUP received: configuration reload is not implemented yet")
+                    if path is None:
+                        log.warning("SIGHUP received: no configuration file to reload")
+                    else:
+                        log.info("SIGHUP received: reloading %s", path)
+                        await _reload(server, path, drain_timeout)
                     continue
                 log.info(
                     "%s received, draining (at most %gs; again to stop now)",

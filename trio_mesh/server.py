@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import attrs
 import trio
@@ -17,7 +19,7 @@ from .filters.background import Background
 from .filters.network import compose
 from .filters.stream import FilterChainFactory
 from .network.connection import Connection
-from .network.listener import ListenerRuntime, bind
+from .network.listener import Handler, ListenerRuntime, bind
 from .pool import Pools
 from .proxy import filter as _proxy_filter  # noqa: F401 - registers the proxy filter
 from .proxy.accesslog import AccessLog
@@ -53,6 +55,12 @@ class Server:
         }
         self.listeners: dict[str, ListenerRuntime] = {}
         self.background = Background()
+        self._stats: dict[str, ListenerStats] = {}
+        self._chains: dict[str, FilterChainFactory] = {}
+        self._nursery: trio.Nursery | None = None  # set while running: where apply starts things
+        self._applying = trio.Lock()  # one configuration swap at a time
+        #: The xDS runtime (``trio_mesh.xds.runtime.XdsRuntime``) when a control plane is set.
+        self.xds: Any = None
 
     async def drain(self, timeout: float) -> bool:
         """Stop gracefully: stop accepting, let requests in flight finish (HTTP/2 streams
@@ -72,33 +80,53 @@ class Server:
         """The real bound ``(host, port)`` of each bound listener, by name."""
         return {name: lst.address for name, lst in self.listeners.items()}
 
-    async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
-        stats = {lst.name: ListenerStats() for lst in self.config.listeners}
-        handlers = {}
-        for lst in self.config.listeners:
-            ctx = BuildContext(
-                clusters=self.clusters,
-                pools=self.pools,
-                routes=self.routes,
-                access_logs=self.access_logs[lst.name],
-                listener_stats=stats[lst.name],
-                listener=lst.name,
-                background=self.background,
-            )
-            try:
-                chain = FilterChainFactory(lst.stream_filters, ctx)
-            except StartupError:
-                raise
-            except Exception as exc:  # a filter's factory refused its config
-                raise StartupError(f"listener {lst.name!r} stream_filters: {exc}") from exc
-            handlers[lst.name] = _handler(lst, attrs.evolve(ctx, stream_filters=chain or None))
-        for name, logs in self.access_logs.items():
-            for access_log in logs:
+    def _build_handler(
+        self, lst: Listener, routes: dict[str, RouteTable], stats: ListenerStats
+    ) -> tuple[Callable[[Connection], Awaitable[None]], FilterChainFactory]:
+        ctx = BuildContext(
+            clusters=self.clusters,
+            pools=self.pools,
+            routes=routes,
+            access_logs=self.access_logs[lst.name],
+            listener_stats=stats,
+            listener=lst.name,
+            background=self.background,
+        )
+        try:
+            chain = FilterChainFactory(lst.stream_filters, ctx)
+        except StartupError:
+            raise
+        except Exception as exc:  # a filter's factory refused its config
+            raise StartupError(f"listener {lst.name!r} stream_filters: {exc}") from exc
+        return _handler(lst, attrs.evolve(ctx, stream_filters=chain or None)), chain
+
+    async def _check_access_logs(self, names: Iterable[str]) -> None:
+        for name in names:
+            for access_log in self.access_logs[name]:
                 try:
                     await trio.to_thread.run_sync(access_log.check)
                 except OSError as exc:
                     reason = f"{exc.strerror} ({exc.filename})"
                     raise StartupError(f"listener {name!r}: {reason}") from None
+
+    def _runtime(self, lst: Listener, sock: socket.socket, handler: Handler) -> ListenerRuntime:
+        return ListenerRuntime(
+            lst.name,
+            sock,
+            handler,
+            idle_timeout=lst.connection_idle_timeout,
+            max_connections=lst.max_connections,
+            stats=self._stats[lst.name],
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        self._stats = {lst.name: ListenerStats() for lst in self.config.listeners}
+        handlers = {}
+        for lst in self.config.listeners:
+            handlers[lst.name], self._chains[lst.name] = self._build_handler(
+                lst, self.routes, self._stats[lst.name]
+            )
+        await self._check_access_logs(self.access_logs)
         try:
             # Bind everything before serving anything: a port in use stops start-up as a whole.
             for lst in self.config.listeners:
@@ -106,14 +134,7 @@ class Server:
                     log.info("listener %r: bind_port is false, not listening", lst.name)
                     continue
                 sock = await bind(lst.name, lst.address, reuse_port=self.reuse_port)
-                self.listeners[lst.name] = ListenerRuntime(
-                    lst.name,
-                    sock,
-                    handlers[lst.name],
-                    idle_timeout=lst.connection_idle_timeout,
-                    max_connections=lst.max_connections,
-                    stats=stats[lst.name],
-                )
+                self.listeners[lst.name] = self._runtime(lst, sock, handlers[lst.name])
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pools.run)
                 await nursery.start(self.background.run)
@@ -127,11 +148,137 @@ class Server:
                         runtime.name,
                         format_hostport(*runtime.address),
                     )
+                self._nursery = nursery
+                settings = self.config.xds_settings()
+                if settings is not None:
+                    # Imported only now: the Envoy types cost most of a second to load.
+                    from .xds.runtime import XdsRuntime
+
+                    self.xds = XdsRuntime(self, settings, self.config)
+                    await nursery.start(self.xds.run)
                 task_status.started(self)
         finally:
+            self._nursery = None
             for runtime in self.listeners.values():
                 runtime.sock.close()
             self.listeners.clear()
+
+    async def apply(self, config: MeshConfig, *, drain_timeout: float = 30.0) -> None:
+        """Switch the running server to ``config`` (a validated configuration: a file reload
+        or an xDS snapshot) without dropping requests in flight.
+
+        Clusters are updated in place: a host that stays keeps its pooled connections;
+        those of hosts that left close once idle. Route tables are replaced in place: every
+        connection's next request uses the new routes. A listener whose configuration is
+        unchanged keeps its socket and connections; a changed one keeps its socket (same
+        address) and its old connections drain; a removed one stops accepting and drains
+        for at most ``drain_timeout`` seconds. Raises ``StartupError`` (a port that cannot be
+        bound, a filter refusing its config) before anything changed but new clusters.
+        """
+        nursery = self._nursery
+        if nursery is None:
+            raise RuntimeError("the server is not running")
+        async with self._applying:
+            await self._apply(config, nursery, drain_timeout)
+
+    async def _apply(self, config: MeshConfig, nursery: trio.Nursery, drain_timeout: float) -> None:
+        old = {lst.name: lst for lst in self.config.listeners}
+        new = {lst.name: lst for lst in config.listeners}
+        # Clusters first: the listeners built below may name new ones.
+        stale_clusters, left_hosts = self.clusters.update(config.cluster_manager.clusters)
+        tables = {
+            r.router_config_name: RouteTable.compile(r)
+            for server in config.servers
+            for r in server.routers
+        }
+        # Proxies hold their table object: the ones kept will take the new routes in place.
+        staged = {name: self.routes.get(name, table) for name, table in tables.items()}
+        changed = [lst for name, lst in new.items() if old.get(name) != lst]
+        built = {}
+        fresh_sockets: dict[str, socket.socket] = {}
+        saved_logs = dict(self.access_logs)
+        try:
+            for lst in changed:
+                self._stats.setdefault(lst.name, ListenerStats())
+                if old.get(lst.name) is None or old[lst.name].access_logs != lst.access_logs:
+                    self.access_logs[lst.name] = tuple(AccessLog(c) for c in lst.access_logs)
+                built[lst.name] = self._build_handler(lst, staged, self._stats[lst.name])
+            await self._check_access_logs(lst.name for lst in changed)
+            for lst in changed:
+                before = old.get(lst.name)
+                rebind = before is None or before.address != lst.address or not before.bind_port
+                if lst.bind_port and (rebind or lst.name not in self.listeners):
+                    fresh_sockets[lst.name] = await bind(
+                        lst.name, lst.address, reuse_port=self.reuse_port
+                    )
+        except BaseException:
+            for sock in fresh_sockets.values():
+                sock.close()
+            self.access_logs = saved_logs
+            raise
+        # From here on nothing awaits until every swap is made: no request sees half of it.
+        for name, table in tables.items():
+            if name in self.routes:
+                self.routes[name].become(table)
+            else:
+                self.routes[name] = table
+        for name in [n for n in self.routes if n not in tables]:
+            del self.routes[name]
+        for chain in self._chains.values():
+            chain.forget_routes()
+        retiring: list[ListenerRuntime] = []
+        starting: list[ListenerRuntime] = []
+        for lst in changed:
+            handler, self._chains[lst.name] = built[lst.name]
+            runtime = self.listeners.get(lst.name)
+            if lst.name in fresh_sockets:
+                if runtime is not None:
+                    retiring.append(self.listeners.pop(lst.name))
+                runtime = self._runtime(lst, fresh_sockets[lst.name], handler)
+                self.listeners[lst.name] = runtime
+                starting.append(runtime)
+            elif runtime is not None and not lst.bind_port:
+                retiring.append(self.listeners.pop(lst.name))
+            elif runtime is not None:
+                # Same socket, new chain: the connections of the old chain finish and close.
+                runtime.handler = handler
+                runtime.idle_timeout = lst.connection_idle_timeout
+                runtime.max_connections = lst.max_connections
+                for conn in list(runtime.connections):
+                    conn.drain()
+        for name in [n for n in old if n not in new]:
+            runtime = self.listeners.pop(name, None)
+            if runtime is not None:
+                retiring.append(runtime)
+            self._chains.pop(name, None)
+        self.config = config
+        # Nothing routes to a removed cluster any more: retire it and the hosts that left.
+        self.pools.retire(left_hosts + self.clusters.remove(c.name for c in stale_clusters))
+        for runtime in retiring:
+            log.info("listener %r removed: draining", runtime.name)
+            runtime.drain()
+            nursery.start_soon(_drain_then_close, runtime, drain_timeout)
+        for lst in changed:
+            if lst.name in built and self.access_logs[lst.name] is not saved_logs.get(lst.name):
+                for access_log in self.access_logs[lst.name]:
+                    await nursery.start(access_log.run)
+        for runtime in starting:
+            await nursery.start(runtime.serve)
+            log.info("listener %r listening on %s", runtime.name, format_hostport(*runtime.address))
+        log.info(
+            "configuration applied: %d listeners, %d clusters, %d route tables",
+            len(new),
+            len(self.clusters.clusters),
+            len(self.routes),
+        )
+
+
+async def _drain_then_close(runtime: ListenerRuntime, timeout: float) -> None:
+    with trio.move_on_after(timeout):
+        await runtime.wait_closed()
+        return
+    log.info("listener %r: drain timeout, closing what is left", runtime.name)
+    runtime.close_now()
 
 
 def _handler(listener: Listener, ctx: BuildContext) -> Callable[[Connection], Awaitable[None]]:

@@ -16,6 +16,7 @@ from .errors import ConfigError
 from .model import MeshConfig
 from .normalize import Report, normalize
 from .validate import check, check_refs
+from .xds import resolve as resolve_xds
 
 log = logging.getLogger("trio_mesh.config")
 
@@ -26,19 +27,27 @@ class Loaded:
     warnings: tuple[str, ...]
 
 
-def parse_config(data: Any) -> Loaded:
-    """Validate an already-parsed document; raise ``ConfigError`` listing every problem."""
+def parse_config(data: Any, *, dynamic: bool = False) -> Loaded:
+    """Validate an already-parsed document; raise ``ConfigError`` listing every problem.
+
+    ``dynamic``: a part of an xDS snapshot, whose routes may name clusters the control plane
+    has not sent (they answer 503, as in Envoy) or that the static part defines."""
     if not isinstance(data, dict):
         raise ConfigError([f"expected a mapping at the top level, got {type(data).__name__}"])
     report = Report()
     normalized = normalize(data, MeshConfig, "", report)
     errors = list(report.errors)
+    if dynamic:
+        report.refs[:] = [r for r in report.refs if r[0] != "cluster"]
     try:
         config = converter.structure(normalized, MeshConfig)
     except Exception as exc:  # every structuring error becomes a path line
         errors += structure_errors(exc) + check_refs(normalized, report.refs)
     else:
         errors += check_refs(normalized, report.refs) + check(config)
+        errors += resolve_xds(
+            config.xds, config.node, config.dynamic_resources, config.static_resources
+        )[1]
     if errors:
         raise ConfigError(errors)
     if config.admin is not None:

@@ -140,6 +140,8 @@ class PerFilterConfig:
 
 
 from .routes import RouterConfig  # noqa: E402 - routes build on the scalar types above
+from .xds import Node, XdsSettings, XdsShort  # noqa: E402
+from .xds import resolve as resolve_xds  # noqa: E402
 
 
 @frozen(kw_only=True)
@@ -263,13 +265,16 @@ class MeshConfig:
     servers: tuple[ServerConfig, ...] = ()
     cluster_manager: ClusterManagerConfig = ClusterManagerConfig()
     admin: AdminConfig | None = None
+    #: The control plane (see ``config.xds``): Envoy's bootstrap keys, or the short ``xds``.
+    node: Node | None = None
+    dynamic_resources: dict[str, Any] | None = None
+    static_resources: dict[str, Any] | None = None
+    xds: XdsShort | None = None
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
         {
             "tracing",
             "metrics",
-            "dynamic_resources",
-            "static_resources",
             "pprof",
             "pid",
             "plugin",
@@ -282,6 +287,10 @@ class MeshConfig:
             "debug",
         }
     )
+
+    def xds_settings(self) -> XdsSettings | None:
+        """Where the control plane is, or ``None`` (load has checked it)."""
+        return resolve_xds(self.xds, self.node, self.dynamic_resources, self.static_resources)[0]
 
     @property
     def listeners(self) -> tuple[Listener, ...]:

@@ -407,6 +407,11 @@ class FilterChainFactory:
         # Routes whose chains are cached, kept alive so that their ids are not reused.
         self._kept: list[Route] = []
 
+    def forget_routes(self) -> None:
+        """The route tables were replaced: drop the chains cached for the old routes."""
+        self._by_route = {}
+        self._kept = []
+
     def __bool__(self) -> bool:
         return bool(self.configs)  # route overrides may filter even when the listener's own do not
 

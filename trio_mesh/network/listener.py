@@ -82,6 +82,7 @@ class ListenerRuntime:
         self.connections: set[Connection] = set()  # for drain
         self.draining = False
         self._accept_scope = trio.CancelScope()
+        self._scope = trio.CancelScope()  # close_now: every connection
         self._changed = trio.lowlevel.ParkingLot()  # a connection ended
 
     def drain(self) -> None:
@@ -105,12 +106,18 @@ class ListenerRuntime:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock = self.sock
         try:
-            async with trio.open_nursery() as nursery:
-                task_status.started()
-                with self._accept_scope:
-                    await self._accept(nursery)
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    task_status.started()
+                    with self._accept_scope:
+                        await self._accept(nursery)
         finally:
             sock.close()
+
+    def close_now(self) -> None:
+        """Close every connection now (a drain that ran out of time)."""
+        self.drain()
+        self._scope.cancel()
 
     async def _accept(self, nursery: trio.Nursery) -> None:
         sock = self.sock

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 import trio
 
@@ -25,6 +26,40 @@ class Pools:
         self._h2: dict[Host, H2Pool] = {}
         self._x: dict[tuple[Host, str], XPool] = {}
         self._nursery: trio.Nursery | None = None  # where upstream HTTP/2 connections run
+        # Pools of hosts that left their cluster (a reload, EDS): requests in flight finish on
+        # them; the reaper closes each connection once it is idle, then forgets the pool.
+        self._retiring: list[H1Pool | H2Pool | XPool] = []
+
+    def retire(self, hosts: Iterable[Host]) -> None:
+        """New requests no longer reach these hosts: close their idle connections now and
+        the others when their requests in flight are done."""
+        for host in hosts:
+            h1 = self._h1.pop(host, None)
+            if h1 is not None:
+                siblings, _ = self._clusters.get(h1.cluster.name, ([], None))
+                if h1 in siblings:
+                    siblings.remove(h1)
+                h1.max_requests = 1  # a connection handed back is closed, not kept idle
+                h1.close_all()
+            h2 = self._h2.pop(host, None)
+            if h2 is not None:
+                h2.reap(float("inf"))
+                self._retiring.append(h2)
+            for key in [k for k in self._x if k[0] is host]:
+                xpool = self._x.pop(key)
+                xpool.close_idle()
+                self._retiring.append(xpool)
+
+    def _reap_retiring(self) -> None:
+        keep: list[H1Pool | H2Pool | XPool] = []
+        for pool in self._retiring:
+            if isinstance(pool, H2Pool):
+                pool.reap(float("inf"))
+            elif isinstance(pool, XPool):
+                pool.close_idle()
+            if pool.conns:
+                keep.append(pool)
+        self._retiring = keep
 
     def http1(self, cluster: Cluster, host: Host) -> H1Pool:
         pool = self._h1.get(host)
@@ -71,9 +106,14 @@ class Pools:
                         pool.reap(now)
                     for h2pool in self._h2.values():
                         h2pool.reap(now)
+                    if self._retiring:
+                        self._reap_retiring()
         finally:
             self._nursery = None
             for pool in self._h1.values():
                 pool.close_all()
             for xpool in self._x.values():
                 xpool.close_all()
+            for retired in self._retiring:
+                retired.close_all()
+            self._retiring.clear()

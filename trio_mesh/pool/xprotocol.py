@@ -252,5 +252,11 @@ class XPool:
         for conn in list(self.conns):
             conn.close("pool closed")
 
+    def close_idle(self) -> None:
+        """Close the connections with no request waiting on them (a retired host's)."""
+        for conn in list(self.conns):
+            if not conn.pending:
+                conn.close("host removed")
+
 
 __all__ = ["UpstreamLost", "XConnection", "XPool"]

@@ -494,6 +494,13 @@ class RouteTable(_Frozen):
             _default=default,
         )
 
+    def become(self, other: RouteTable) -> None:
+        """Take ``other``'s routes in place (a reload, RDS): proxies hold this object, so
+        their next request matches the new routes; a request already routed keeps its
+        ``Route``. One step, no checkpoint: no request sees half of each."""
+        for name in RouteTable.__slots__:
+            object.__setattr__(self, name, getattr(other, name))
+
     def virtual_host(self, host: str) -> str | None:
         """The name of the virtual host chosen for ``host`` (for logs and tests)."""
         vhost = self._find(host)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ..config import Cluster as ClusterConfig
+from ..config import Host as HostConfig
 from ..network.connect import ConnectError, connect_tcp
 from ..network.stream import Stream
 from ..stats import ClusterStats
@@ -21,15 +24,43 @@ class CircuitOpenError(Exception):
 class Cluster:
     def __init__(self, config: ClusterConfig) -> None:
         self.name = config.name
+        self.stats = ClusterStats()
+        self.hosts: tuple[Host, ...] = ()
+        self.lb: LoadBalancer
+        self._configure(config)
+        self.set_hosts([Host.from_config(h) for h in config.hosts])
+
+    def _configure(self, config: ClusterConfig) -> None:
         self.config = config
         self.connect_timeout = config.connect_timeout
         limits = config.thresholds()
         self.max_connections = limits.max_connections
         self.max_pending_requests = limits.max_pending_requests
-        self.stats = ClusterStats()
-        self.hosts: tuple[Host, ...] = ()
-        self.lb: LoadBalancer
-        self.set_hosts([Host.from_config(h) for h in config.hosts])
+
+    def update(self, config: ClusterConfig) -> list[Host]:
+        """Take a new configuration of this cluster in place; returns the hosts that left.
+
+        A host whose address stays keeps its ``Host`` object (pools are keyed by it, so its
+        pooled connections survive) with the new weight and metadata; the balancer is rebuilt.
+        """
+        self._configure(config)
+        return self.replace_hosts(config.hosts)
+
+    def replace_hosts(self, configs: Iterable[HostConfig]) -> list[Host]:
+        """A new host set (a file reload or an EDS update), keeping the ``Host`` objects of
+        addresses that stay; returns the hosts that left."""
+        old = {h.address: h for h in self.hosts}
+        hosts = []
+        for cfg in configs:
+            host = old.pop(cfg.address, None)
+            if host is None:
+                host = Host.from_config(cfg)
+            else:
+                host.weight = cfg.weight
+                host.metadata = cfg.metadata or {}
+            hosts.append(host)
+        self.set_hosts(hosts)
+        return list(old.values())
 
     def set_hosts(self, hosts: list[Host]) -> None:
         """Replace the host set at once; the balancer is rebuilt for the new set."""

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from ..config import Cluster as ClusterConfig
 from .cluster import Cluster
+from .host import Host
 
 
 class ClusterManager:
@@ -17,3 +18,28 @@ class ClusterManager:
 
     def __contains__(self, name: str) -> bool:
         return name in self.clusters
+
+    def update(self, configs: Iterable[ClusterConfig]) -> tuple[list[Cluster], list[Host]]:
+        """Add new clusters and update the others in place (their objects, counters and
+        pools stay); clusters absent from ``configs`` are NOT removed here (``remove``, once
+        nothing routes to them). Returns the clusters left out, and the hosts that left."""
+        left: list[Host] = []
+        names = set()
+        for config in configs:
+            names.add(config.name)
+            cluster = self.clusters.get(config.name)
+            if cluster is None:
+                self.clusters[config.name] = Cluster(config)
+            elif cluster.config != config:
+                left += cluster.update(config)
+        stale = [c for name, c in self.clusters.items() if name not in names]
+        return stale, left
+
+    def remove(self, names: Iterable[str]) -> list[Host]:
+        """Forget these clusters; returns their hosts (whose pools are to be retired)."""
+        hosts: list[Host] = []
+        for name in names:
+            cluster = self.clusters.pop(name, None)
+            if cluster is not None:
+                hosts += cluster.hosts
+        return hosts
