@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -42,9 +44,9 @@ class ServerProcess:
         self._buf = b""
 
     @classmethod
-    async def start(cls, port: int = 0) -> ServerProcess:
+    async def start(cls, port: int = 0, *extra: str) -> ServerProcess:
         proc = await trio.lowlevel.open_process(
-            [sys.executable, str(SERVER), "--port", str(port)],
+            [sys.executable, str(SERVER), "--port", str(port), *extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         server = cls(proc)
         server.port = int((await server.expect("READY")).split()[1])
@@ -67,8 +69,10 @@ class ServerProcess:
                 pass
         return line
 
-    async def set(self, type_: str, version: str, resources: list[dict[str, Any]]) -> None:
-        cmd = {"op": "set", "type": type_, "version": version, "resources": resources}
+    async def set(self, type_: str, version: str, resources: list[dict[str, Any]],
+                  garbage: bool = False) -> None:
+        cmd = {"op": "set", "type": type_, "version": version, "resources": resources,
+               "garbage": garbage}
         await self.proc.stdin.send_all(json.dumps(cmd).encode() + b"\n")
 
     async def kill(self) -> None:
@@ -120,9 +124,10 @@ async def server():
         await srv.proc.wait()
 
 
-def make_client(port: int, handler: Recorder) -> AdsClient:
+def make_client(port: int, handler: Recorder, **kwargs: Any) -> AdsClient:
     node = {"id": "test-node", "cluster": "trio-mesh", "metadata": {"zone": "a", "n": 1}}
-    return AdsClient("127.0.0.1", port, node, handler, backoff_base=0.05, backoff_cap=0.5)
+    return AdsClient("127.0.0.1", port, node, handler, backoff_base=0.05, backoff_cap=0.5,
+                     **kwargs)
 
 
 async def test_cds_lds_then_eds_subscription(server: ServerProcess) -> None:
@@ -164,6 +169,9 @@ async def test_cds_lds_then_eds_subscription(server: ServerProcess) -> None:
         assert status["types"]["EDS"]["names"] == ["backend"]
         assert status["types"]["CDS"]["version"] == "c1"
         assert status["types"]["EDS"]["nonce"] != ""
+        # the node went out once, on the stream's first request
+        nodes = [line for line in server.lines if line.startswith("NODE")]
+        assert nodes == ['NODE test-node trio-mesh {"n": 1.0, "zone": "a"}']
         nursery.cancel_scope.cancel()
 
 
@@ -190,6 +198,54 @@ async def test_handler_error_is_a_nack_keeping_the_version(server: ServerProcess
         assert await server.expect("ACK CDS") == "ACK CDS c3"
         assert client.status()["types"]["CDS"]["last_error"] is None
         nursery.cancel_scope.cancel()
+
+
+async def test_undecodable_resource_is_a_nack_without_calling_handler(
+    server: ServerProcess,
+) -> None:
+    handler = Recorder()
+    client = make_client(server.port, handler)
+    await server.set("CDS", "c1", [CLUSTER])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        await handler.wait_for(CDS, "c1")
+        assert await server.expect("ACK CDS") == "ACK CDS c1"
+        await server.set("CDS", "c2", [CLUSTER], garbage=True)
+        line = await server.expect("NACK")
+        assert line.startswith("NACK CDS c1 cannot decode resource:"), line
+        assert [v for t, v, _ in handler.calls if t == CDS] == ["c1"]
+        assert client.status()["types"]["CDS"]["version"] == "c1"
+        # the stream survives: the next good version is ACKed
+        await server.set("CDS", "c3", [CLUSTER])
+        await handler.wait_for(CDS, "c3")
+        assert await server.expect("ACK CDS") == "ACK CDS c3"
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_tls(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    await trio.run_process(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        capture_stdout=True, capture_stderr=True)
+    srv = await ServerProcess.start(0, "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.set_alpn_protocols(["h2"])  # gRPC needs h2 negotiated
+        handler = Recorder()
+        client = make_client(srv.port, handler, ssl_context=ctx)
+        await srv.set("CDS", "t1", [CLUSTER])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            (cluster,) = await handler.wait_for(CDS, "t1")
+            assert cluster.name == "backend"
+            assert await srv.expect("ACK CDS") == "ACK CDS t1"
+            nursery.cancel_scope.cancel()
+    finally:
+        srv.proc.kill()
+        await srv.proc.wait()
 
 
 async def test_reconnects_and_resubscribes_after_server_restart(server: ServerProcess) -> None:

@@ -7,6 +7,9 @@ Commands come as JSON lines on stdin:
     {"op": "quit"}
 "set" replaces that type's resources and pushes them to every stream
 subscribed to the type (only the subscribed names for non-wildcard requests).
+With "garbage": true it also sends one Any of the right type_url whose bytes
+do not decode (a string field holding invalid UTF-8), to provoke a NACK.
+--tls-cert/--tls-key serve TLS (ALPN h2).
 A type that was never set gets no response.
 
 Events go to stdout, one per line, flushed:
@@ -14,6 +17,7 @@ Events go to stdout, one per line, flushed:
     SUBSCRIBE <TYPE> <names comma-joined>      (initial request or changed names)
     ACK <TYPE> <version>
     NACK <TYPE> <kept version_info or -> <error message>
+    NODE <id> <cluster> <metadata JSON>        (a request carried a Node)
     CLOSED                                     (a stream ended)
 Requests with a stale nonce are ignored, as the protocol asks.
 """
@@ -24,6 +28,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import ssl
 import sys
 import warnings
 from typing import Any
@@ -70,14 +75,18 @@ class Store:
 
     def __init__(self) -> None:
         self.snapshot: dict[str, tuple[str, dict[str, AnyMsg]]] = {}
-        self.streams: set[StreamState] = set()
+        self.streams: set[StreamState] = set()  # open streams
 
-    def set(self, short: str, version: str, resources: list[dict[str, Any]]) -> None:
+    def set(self, short: str, version: str, resources: list[dict[str, Any]],
+            garbage: bool = False) -> None:
         type_url, cls = TYPES[short]
         packed = {}
         for doc in resources:
             msg = cls.from_dict(doc)
             packed[resource_name(msg)] = AnyMsg.pack(msg)
+        if garbage:
+            # field 1 (name / cluster_name) as 2 bytes of invalid UTF-8; served to everyone
+            packed[""] = AnyMsg(type_url=type_url, value=b"\x0a\x02\xff\xfe")
         self.snapshot[type_url] = (version, packed)
         for stream in self.streams:
             if type_url in stream.subs:
@@ -98,23 +107,35 @@ class StreamState:
             return  # nothing published yet for this type
         version, resources = self.store.snapshot[type_url]
         names = self.subs[type_url]
+        # "" is the garbage resource: sent whatever names were asked for
         nonce = str(next(self.nonces))
         self.last_nonce[type_url] = nonce
         self.outbox.put_nowait(DiscoveryResponse(
             version_info=version, type_url=type_url, nonce=nonce,
-            resources=[a for n, a in resources.items() if not names or n in names]))
+            resources=[a for n, a in resources.items() if not names or n in names or not n]))
 
     async def read(self, messages: Any) -> None:
         try:
             async for req in messages:
                 self.on_request(req)
         finally:
+            # The request side ends on half-close, reset or connection loss, even
+            # when grpclib drops the response generator without closing it.
+            self.closed()
             self.outbox.put_nowait(None)
+
+    def closed(self) -> None:
+        if self in self.store.streams:
+            self.store.streams.discard(self)
+            emit("CLOSED")
 
     def on_request(self, req: Any) -> None:
         t = req.type_url
         short = SHORT.get(t, t)
         names = sorted(req.resource_names)
+        if req.node is not None:
+            meta = req.node.metadata.to_dict() if req.node.metadata is not None else {}
+            emit("NODE", req.node.id, req.node.cluster, json.dumps(meta, sort_keys=True))
         if req.response_nonce and req.response_nonce != self.last_nonce.get(t):
             return  # stale: a newer response is on its way to the client
         if req.error_detail is not None:
@@ -142,10 +163,9 @@ class ADSServer(AggregatedDiscoveryServiceBase):
             while (resp := await state.outbox.get()) is not None:
                 yield resp
         finally:
-            self.store.streams.discard(state)
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-            emit("CLOSED")
+            state.closed()
 
 
 async def commands(store: Store) -> None:
@@ -159,18 +179,26 @@ async def commands(store: Store) -> None:
         if cmd["op"] == "quit":
             return
         if cmd["op"] == "set":
-            store.set(cmd["type"], str(cmd["version"]), cmd.get("resources", []))
+            store.set(cmd["type"], str(cmd["version"]), cmd.get("resources", []),
+                      bool(cmd.get("garbage")))
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
     args = ap.parse_args()
+    ctx = None
+    if args.tls_cert:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        ctx.set_alpn_protocols(["h2"])
     store = Store()
     server = Server([ADSServer(store)])
     # reuse_address so a restarted server can take the port of a killed one
-    await server.start(args.host, args.port, reuse_address=True)
+    await server.start(args.host, args.port, ssl=ctx, reuse_address=True)
     port = server._server.sockets[0].getsockname()[1]  # grpclib has no public accessor
     emit("READY", str(port))
     await commands(store)  # until "quit" or EOF on stdin

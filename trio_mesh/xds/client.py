@@ -174,7 +174,7 @@ class AdsClient:
                 # Full jitter: spreads reconnects of many proxies after a
                 # control plane restart.
                 delay = random.uniform(
-                    0, min(self.backoff_cap, self.backoff_base * 2 ** (failures - 1))
+                    0, min(self.backoff_cap, self.backoff_base * 2 ** min(failures - 1, 30))
                 )
                 log.warning(
                     "xDS stream to %s:%d failed (%s); retrying in %.2fs",
