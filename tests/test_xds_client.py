@@ -18,7 +18,7 @@ pytest.importorskip("envoy_data_plane")
 pytest.importorskip("grpclib")
 pytest.importorskip("trio_asyncio")
 
-from trio_mesh.xds.client import CDS, EDS, LDS, AdsClient
+from trio_mesh.xds.client import CDS, EDS, LDS, RDS, AdsClient
 
 SERVER = Path(__file__).with_name("xds_server.py")
 TIMEOUT = 15  # the first envoy-data-plane round costs ~1 s per side
@@ -348,4 +348,49 @@ async def test_unreachable_server_retries_with_backoff() -> None:
         assert status["connected"] is False
         assert "ConnectionRefusedError" in status["last_error"] or "Errno" in status["last_error"]
         assert handler.calls == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_subscription_changes_coalesce(server: ServerProcess) -> None:
+    handler = Recorder()
+    client = make_client(server.port, handler)
+    await server.set("CDS", "c1", [CLUSTER])
+    route = {"name": "r1", "virtualHosts": [{"name": "all", "domains": ["*"]}]}
+    await server.set("RDS", "rt1", [route])
+    await server.set("EDS", "e1", [cla("a", 1), cla("b", 2), cla("c", 3)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        await handler.wait_for(CDS, "c1")
+        await server.expect("ACK CDS")
+        # three changes without a checkpoint in between: one request, the last state
+        client.subscribe(EDS, ["a"])
+        client.subscribe(EDS, ["c", "a"])
+        client.subscribe(EDS, ["a", "c", "a"])
+        assert await server.expect("SUBSCRIBE EDS") == "SUBSCRIBE EDS a,c"
+        resources = await handler.wait_for(EDS, "e1")
+        assert sorted(r.cluster_name for r in resources) == ["a", "c"]
+        await server.expect("ACK EDS")
+        # unchanged names send nothing: the next request the server sees is RDS
+        client.subscribe(EDS, ["c", "a"])
+        client.subscribe(RDS, ["r1"])
+        start = len(server.lines)
+        assert await server.expect("SUBSCRIBE RDS") == "SUBSCRIBE RDS r1"
+        assert [x for x in server.lines[start:] if "EDS" in x] == []
+        (config,) = await handler.wait_for(RDS, "rt1")
+        assert config.virtual_hosts[0].domains == ["*"]
+        assert client.status()["types"]["EDS"]["names"] == ["a", "c"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_nack_of_the_first_response_keeps_no_version(server: ServerProcess) -> None:
+    handler = Recorder()
+    handler.reject[LDS] = "listener: unsupported"
+    client = make_client(server.port, handler)
+    await server.set("LDS", "l1", [LISTENER])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        assert await server.expect("NACK") == "NACK LDS - listener: unsupported"
+        status = client.status()["types"]["LDS"]
+        assert status["version"] == ""
+        assert status["last_error"] == "listener: unsupported"
         nursery.cancel_scope.cancel()

@@ -63,6 +63,7 @@ async def open_ads_stream(
     Must run inside ``trio_asyncio.open_loop()``: grpclib's Channel picks up
     the running loop in its constructor.  Connection errors (for example
     ConnectionRefusedError) surface from the ``async with`` itself.
+    An ``ssl_context`` must offer ALPN "h2" (``set_alpn_protocols(["h2"])``).
     """
     from grpclib.client import Channel
     from grpclib.const import Cardinality
