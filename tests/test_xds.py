@@ -3,6 +3,7 @@ own process): listeners, routes, clusters and endpoints over one stream, applied
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -181,3 +182,76 @@ async def test_removed_listener_drains_then_stops_accepting(nursery, ads):
             assert response.status == 200  # the request in flight finished
         await runtime.wait_closed()
         assert await fetch(server.addresses["other"][1], "/x") == 200
+
+
+def bootstrap(ads_port: int) -> dict[str, Any]:
+    """conf/xds.yaml's Envoy bootstrap form, with the management server's port."""
+    import yaml
+
+    doc = yaml.safe_load((Path(__file__).parents[1] / "conf" / "xds.yaml").read_text())
+    (cluster,) = doc["static_resources"]["clusters"]
+    (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    endpoint["endpoint"]["address"]["socket_address"]["port_value"] = ads_port
+    doc["servers"][0]["listeners"][0]["address"] = "127.0.0.1:0"
+    return doc
+
+
+async def test_envoy_bootstrap_form_serves_static_and_dynamic_listeners(nursery, ads):
+    a = await start_upstream(nursery)
+    await initial(ads, a.port)
+    config = parse_config(bootstrap(ads.port)).config
+    assert config.xds_settings().node.id == "sidecar-1"
+    server = await nursery.start(Server(config).run)
+    with trio.fail_after(TIMEOUT):
+        assert await fetch(server.addresses["healthz"][1]) == 200  # static, at once
+        await server.xds.wait_for(lambda: "ingress" in server.addresses)
+        assert await fetch(server.addresses["ingress"][1]) == 200
+        assert await fetch(server.addresses["healthz"][1]) == 200
+    assert len(a.requests) == 1
+    assert set(server.addresses) == {"healthz", "ingress"}
+
+
+@pytest.mark.parametrize(
+    ("doc", "error"),
+    [
+        (
+            {"dynamic_resources": {"ads_config": {"grpc_services": [
+                {"envoy_grpc": {"cluster_name": "cp"}}]}}},
+            "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name: "
+            "no cluster 'cp' in static_resources.clusters",
+        ),
+        (
+            {"dynamic_resources": {"lds_config": {"ads": {}}}},
+            "dynamic_resources.ads_config: required (trio-mesh speaks ADS only)",
+        ),
+        (
+            {"dynamic_resources": {"ads_config": {"api_type": "REST", "grpc_services": [
+                {"envoy_grpc": {"cluster_name": "cp"}}]}},
+             "static_resources": {"clusters": [{"name": "cp", "load_assignment": {
+                 "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                     "address": "127.0.0.1", "port_value": 1}}}}]}]}}]}},
+            "dynamic_resources.ads_config.api_type: 'REST' is not supported (GRPC)",
+        ),
+        ({"xds": {"address": "nowhere"}}, "xds.address: "),
+    ],
+)
+def test_control_plane_config_errors_name_their_path(doc, error):
+    from trio_mesh.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc)
+    assert any(line.startswith(error) for line in info.value.errors), info.value.errors
+
+
+def test_envoy_types_are_imported_only_when_xds_is_configured():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, trio_mesh.server, trio_mesh.cli, trio_mesh.config;"
+        "trio_mesh.config.parse_config({'xds': {'address': '127.0.0.1:1'}});"
+        "print(any(m.startswith(('envoy_data_plane', 'grpclib', 'trio_asyncio'))"
+        " for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
