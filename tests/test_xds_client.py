@@ -394,3 +394,26 @@ async def test_nack_of_the_first_response_keeps_no_version(server: ServerProcess
         assert status["version"] == ""
         assert status["last_error"] == "listener: unsupported"
         nursery.cancel_scope.cancel()
+
+
+async def test_handler_exception_is_a_nack_and_the_stream_survives(
+    server: ServerProcess,
+) -> None:
+    calls = []
+
+    async def handler(type_url: str, version: str, resources: list[Any]) -> str | None:
+        calls.append(version)
+        if version == "c1":
+            raise KeyError("boom")
+        return None
+
+    client = AdsClient("127.0.0.1", server.port, {"id": "n"}, handler)
+    await server.set("CDS", "c1", [CLUSTER])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        assert await server.expect("NACK") == "NACK CDS - handler error: KeyError: 'boom'"
+        await server.set("CDS", "c2", [CLUSTER])
+        assert await server.expect("ACK CDS") == "ACK CDS c2"
+        assert calls == ["c1", "c2"]
+        assert client.status()["connect_attempts"] == 1
+        nursery.cancel_scope.cancel()
