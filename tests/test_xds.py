@@ -151,11 +151,11 @@ async def test_management_server_restart_reconnects_and_traffic_continues(nurser
             await again.expect("ACK EDS 1")
             await server.xds.wait_for(lambda: server.clusters.get("a").hosts[0].port == b.port)
             assert await fetch(port) == 200
+            assert server.xds.status()["connected"]
         finally:
             again.proc.kill()
             await again.proc.wait()
     assert (len(a.requests), len(b.requests)) == (2, 1)
-    assert server.xds.status()["connected"]
 
 
 async def test_removed_listener_drains_then_stops_accepting(nursery, ads):

@@ -108,11 +108,11 @@ class Recorder:
                 await self._changed.wait()
 
 
-async def wait_until(pred: Any, *, what: str) -> None:
-    # status() has no event of its own; poll it at a checkpoint-sized interval
+async def wait_until(client: AdsClient, pred: Any) -> None:
+    """Until ``pred()``; the client wakes waiters on every change of its state."""
     with trio.fail_after(TIMEOUT):
         while not pred():
-            await trio.sleep(0.01)
+            await client.changed.park()
 
 
 @pytest.fixture
@@ -265,7 +265,7 @@ async def test_reconnects_and_resubscribes_after_server_restart(server: ServerPr
 
         port = server.port
         await server.kill()
-        await wait_until(lambda: client.status()["connect_attempts"] >= 3, what="retries")
+        await wait_until(client, lambda: client.status()["connect_attempts"] >= 3)
         assert client.status()["connected"] is False
         assert client.status()["last_error"]
 
@@ -275,7 +275,7 @@ async def test_reconnects_and_resubscribes_after_server_restart(server: ServerPr
             for _ in range(3):
                 subs.add(await restarted.expect("SUBSCRIBE"))
             assert subs == {"SUBSCRIBE CDS ", "SUBSCRIBE LDS ", "SUBSCRIBE EDS backend"}
-            await wait_until(lambda: client.status()["connected"], what="connected")
+            await wait_until(client, lambda: client.status()["connected"])
             # the new server publishes its own versions; they reach the handler
             await restarted.set("EDS", "r1", [cla("backend", 7001)])
             (assignment,) = await handler.wait_for(EDS, "r1")
@@ -343,7 +343,7 @@ async def test_unreachable_server_retries_with_backoff() -> None:
     client = make_client(port, handler)
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run)
-        await wait_until(lambda: client.status()["connect_attempts"] >= 3, what="retries")
+        await wait_until(client, lambda: client.status()["connect_attempts"] >= 3)
         status = client.status()
         assert status["connected"] is False
         assert "ConnectionRefusedError" in status["last_error"] or "Errno" in status["last_error"]

@@ -109,6 +109,8 @@ class AdsClient:
         self._dirty: dict[str, str | None] = {}
         self._wake = trio.Event()
         self._connected = False
+        #: Unparked whenever the connection state or a type's state changes (for waiters).
+        self.changed = trio.lowlevel.ParkingLot()
         self._attempts = 0
         self._last_error: str | None = None
         self._loop: Any = None  # the trio-asyncio loop, for leak checks in tests
@@ -152,7 +154,8 @@ class AdsClient:
         import trio_asyncio
 
         errors = _transport_errors()
-        envoy = _envoy()
+        # The Envoy types take most of a second to import: not on the event loop's time.
+        envoy = await trio.to_thread.run_sync(_envoy)
         async with trio_asyncio.open_loop():
             self._loop = asyncio.get_event_loop()
             task_status.started()
@@ -167,6 +170,7 @@ class AdsClient:
                     failure = _first_leaf(group)
                 finally:
                     self._connected = False
+                    self.changed.unpark_all()
                 failures = 0 if delivered[0] else failures
                 failures += 1
                 self._last_error = (f"{type(failure).__name__}: {failure}" if failure
@@ -213,6 +217,7 @@ class AdsClient:
     async def _session(self, envoy: dict[str, Any], delivered: list[bool]) -> None:
         async with open_ads_stream(self.host, self.port, self.ssl_context) as stream:
             self._connected = True
+            self.changed.unpark_all()
             # Nonces belong to a stream; versions survive it.
             self._nonce.clear()
             self._dirty = dict.fromkeys(self._names)
@@ -246,6 +251,7 @@ class AdsClient:
                             SHORT_NAMES.get(type_url, type_url), response.version_info, error)
             self._type_error[type_url] = error
             self._mark_dirty(type_url, error)
+            self.changed.unpark_all()
         raise _StreamEnded("server closed the stream")
 
     async def _handle(self, response: Any) -> str | None:

@@ -66,6 +66,7 @@ class XdsRuntime:
         self.last_error: str | None = None
         self.applied = 0  # snapshots applied
         self._changed = trio.lowlevel.ParkingLot()
+        self._subscribed: set[str] = set()
         node = settings.node
         self.client = AdsClient(
             settings.address.host,
@@ -145,10 +146,8 @@ class XdsRuntime:
         self.applied += 1
         self.last_error = None
         # What to ask for next: endpoints of EDS clusters, route configurations of listeners.
-        self.client.subscribe(
-            EDS, [eds for _, eds in state.clusters.values() if eds is not None]
-        )
-        self.client.subscribe(RDS, [n for p in state.listeners.values() for n in p.rds])
+        self._subscribe(EDS, [eds for _, eds in state.clusters.values() if eds is not None])
+        self._subscribe(RDS, [n for p in state.listeners.values() for n in p.rds])
         log.info(
             "xDS: %s version %s applied (%d listeners, %d clusters)",
             SHORT_NAMES.get(type_url, type_url),
@@ -157,6 +156,13 @@ class XdsRuntime:
             len(config.cluster_manager.clusters),
         )
         return None
+
+    def _subscribe(self, type_url: str, names: list[str]) -> None:
+        # An empty list would be a wildcard subscription in state of the world: before the
+        # first name, ask for nothing; after the last one, the extra resources are ignored.
+        if names or type_url in self._subscribed:
+            self._subscribed.add(type_url)
+            self.client.subscribe(type_url, names)
 
     # ---------------------------------------------------------------- snapshot
 
