@@ -6,14 +6,49 @@ import datetime
 import re
 
 import pytest
+from envoy_data_plane.envoy.config.core.v3 import (
+    RuntimeFeatureFlag,
+    RuntimeFractionalPercent,
+    TypedExtensionConfig,
+)
+from envoy_data_plane.envoy.extensions.common.ratelimit.v3 import (
+    XRateLimitHeadersRfcVersion,
+)
+from envoy_data_plane.envoy.extensions.filters.common.fault.v3 import (
+    FaultDelay,
+    FaultDelayHeaderDelay,
+)
+from envoy_data_plane.envoy.extensions.filters.http.compressor.v3 import (
+    CompressorCommonDirectionConfig,
+    CompressorRequestDirectionConfig,
+    CompressorResponseDirectionConfig,
+)
+from envoy_data_plane.envoy.extensions.filters.http.fault.v3 import FaultAbort
+from envoy_data_plane.envoy.extensions.filters.http.rbac.v3 import Rbac
+from envoy_data_plane.envoy.type.v3 import (
+    FractionalPercent,
+    FractionalPercentDenominatorType,
+    HttpStatus,
+    StatusCode,
+    TokenBucket,
+)
 
 from trio_mesh.config.filters import Protocol, ProxyConfig, TcpProxyConfig
 from trio_mesh.config.load import parse_config
-from trio_mesh.config.model import Address, LbType
+from trio_mesh.config.model import FILTER_DISABLED, Address, LbType
+from trio_mesh.config.stream_filters.fault import FaultConfig
+from trio_mesh.config.stream_filters.flowcontrol import FlowControlConfig
+from trio_mesh.config.stream_filters.gzip import GzipConfig
 from trio_mesh.xds import types as t
 from trio_mesh.xds.convert import (
+    Compressor,
+    CompressorPerRoute,
     ConvertError,
+    FilterConfig,
+    Gzip,
+    HttpFault,
     ListenerParts,
+    LocalRateLimit,
     cluster_doc,
     cluster_is_http2,
     endpoint_hosts,
@@ -459,3 +494,188 @@ def test_resources_received_over_the_wire_convert_the_same() -> None:
     route = config.servers[0].routers[0].virtual_hosts[0].routers[0]
     assert route.route.timeout == 0.0  # "0s": no timeout, as in Envoy
     assert [str(h.address) for h in config.cluster("c").hosts] == ["10.1.2.3:5"]
+
+
+# --------------------------------------------------------------------------- HTTP filters
+
+D = FractionalPercentDenominatorType
+HFP = "Listener 'h': filter_chains[0].filters[0].typed_config.http_filters"
+
+
+def http_filter(name: str, config: object) -> t.HttpFilter:
+    return t.HttpFilter(name=name, typed_config=t.Any.pack(config))
+
+
+def fault_filter(**kw: object) -> t.HttpFilter:
+    return http_filter("envoy.filters.http.fault", HttpFault(**kw))
+
+
+def gzip_filter(gz: Gzip | None = None, **kw: object) -> t.HttpFilter:
+    lib = TypedExtensionConfig(name="gzip", typed_config=t.Any.pack(gz or Gzip()))
+    return http_filter("envoy.filters.http.compressor", Compressor(compressor_library=lib, **kw))
+
+
+def always() -> RuntimeFractionalPercent:
+    return RuntimeFractionalPercent(default_value=FractionalPercent(numerator=100),
+                                    runtime_key="rl")
+
+
+def ratelimit(**kw: object) -> LocalRateLimit:
+    kw.setdefault("token_bucket", TokenBucket(max_tokens=10, tokens_per_fill=5,
+                                              fill_interval=secs(1)))
+    kw.setdefault("filter_enabled", always())
+    kw.setdefault("filter_enforced", always())
+    return LocalRateLimit(stat_prefix="rl", **kw)
+
+
+def with_filters(*filters: t.HttpFilter) -> t.Listener:
+    return listener("h", 1, hcm(http_filters=[*filters, router_filter()]))
+
+
+def test_http_filters_become_stream_filters_in_order() -> None:
+    fault = fault_filter(
+        delay=FaultDelay(fixed_delay=secs(2),
+                         percentage=FractionalPercent(numerator=2500, denominator=D.TEN_THOUSAND)),
+        abort=FaultAbort(grpc_status=14,
+                         percentage=FractionalPercent(numerator=5000, denominator=D.MILLION)),
+        upstream_cluster="backend",
+        headers=[t.HeaderMatcher(name="x-chaos", string_match=t.StringMatcher(exact="on"))],
+        delay_percent_runtime="fault.delay",  # a runtime name only: read as its default
+    )
+    gz = gzip_filter(Gzip(compression_level=9, window_bits=12),
+                     response_direction_config=CompressorResponseDirectionConfig(
+                         common_config=CompressorCommonDirectionConfig(
+                             min_content_length=1024,
+                             content_type=["text/html", "application/json"])))
+    rl = http_filter("envoy.filters.http.local_ratelimit", ratelimit(
+        status=HttpStatus(code=StatusCode.ServiceUnavailable),
+        enable_x_ratelimit_headers=XRateLimitHeadersRfcVersion.DRAFT_VERSION_03))
+    parts = listener_doc(with_filters(fault, gz, rl))
+    assert [f["type"] for f in parts.listener["stream_filters"]] == ["fault", "gzip",
+                                                                     "flowcontrol"]
+    cfg = compose([parts], [{"router_config_name": "main_routes", "virtual_hosts": [
+        {"name": "all", "domains": ["*"], "routers": [{"route": {"cluster_name": "backend"}}]}]}],
+        [{"name": "backend", "type": "SIMPLE", "hosts": []}])
+    sf = cfg.servers[0].listeners[0].stream_filters
+    assert [f.type for f in sf] == ["fault", "gzip", "flowcontrol"]
+    f, g, r = (s.config for s in sf)
+    assert isinstance(f, FaultConfig) and f.delay_of() == (2.0, 25.0)
+    abort = f.abort_of()
+    assert abort is not None and abort.grpc_status == 14 and abort.percentage == 0.5
+    assert f.upstream_cluster == "backend" and f.headers[0].name == "x-chaos"
+    assert isinstance(g, GzipConfig)
+    assert (g.level, g.content_length, g.content_types) == (9, 1024, ("text/html",
+                                                                       "application/json"))
+    assert isinstance(r, FlowControlConfig)
+    assert (r.max_tokens, r.tokens_per_fill, r.fill_interval) == (10, 5, 1.0)
+    assert r.action.status == 503 and r.action.body == "local_rate_limited"
+    assert r.ratelimit_headers and r.global_switch
+
+
+def test_http_filter_defaults_follow_envoy() -> None:
+    # an abort's HTTP status, a percentage over its denominator (100%), Envoy's gzip defaults,
+    # and a rate limit Envoy neither enables nor enforces (kept off, for routes to turn on)
+    fault = fault_filter(abort=FaultAbort(http_status=503,
+                                          percentage=FractionalPercent(numerator=150)))
+    rl = http_filter("rl", LocalRateLimit(stat_prefix="rl", token_bucket=TokenBucket(
+        max_tokens=1, fill_interval=secs(1))))
+    parts = listener_doc(with_filters(fault, gzip_filter(), rl))
+    cfg = compose([parts], [{"router_config_name": "main_routes", "virtual_hosts": [
+        {"name": "all", "domains": ["*"], "routers": [{"route": {"cluster_name": "backend"}}]}]}],
+        [{"name": "backend", "type": "SIMPLE", "hosts": []}])
+    f, g, r = (s.config for s in cfg.servers[0].listeners[0].stream_filters)
+    abort = f.abort_of()
+    assert abort is not None and abort.http == 503 and abort.percentage == 100.0
+    assert f.delay_of() == (0.0, 0.0)
+    assert g == GzipConfig()
+    assert not r.global_switch and r.tokens_per_fill == 1 and not r.ratelimit_headers
+    # a compressor switched off compresses nothing: no stream filter at all
+    off = gzip_filter(response_direction_config=CompressorResponseDirectionConfig(
+        common_config=CompressorCommonDirectionConfig(
+            enabled=RuntimeFeatureFlag(default_value=False, runtime_key="k"))))
+    assert "stream_filters" not in listener_doc(with_filters(off)).listener
+
+
+def test_typed_per_filter_config_becomes_per_filter_config() -> None:
+    quick = t.Any.pack(HttpFault(delay=FaultDelay(fixed_delay=secs(1),
+                                                  percentage=FractionalPercent(numerator=100))))
+    rc = t.RouteConfiguration(name="r", virtual_hosts=[vhost(t.Route(
+        match=t.RouteMatch(prefix="/a"), route=to_cluster(), typed_per_filter_config={
+            "envoy.filters.http.fault": quick,
+            "my-ratelimit": t.Any.pack(FilterConfig(config=t.Any.pack(ratelimit()))),
+            "envoy.filters.http.compressor": t.Any.pack(CompressorPerRoute(disabled=True)),
+        }), t.Route(match=t.RouteMatch(prefix="/"), route=to_cluster(), typed_per_filter_config={
+            "envoy.filters.http.fault": t.Any.pack(FilterConfig(disabled=True))}))])
+    doc = route_config_doc(rc)
+    parts = listener_doc(with_filters(fault_filter(), gzip_filter(), http_filter(
+        "my-ratelimit", LocalRateLimit(stat_prefix="rl"))))
+    doc["router_config_name"] = "main_routes"
+    cfg = compose([parts], [doc], [{"name": "backend", "type": "SIMPLE", "hosts": []}])
+    a, b = cfg.servers[0].routers[0].virtual_hosts[0].routers
+    assert isinstance(a.per_filter_config["fault"], FaultConfig)
+    assert a.per_filter_config["fault"].delay_of() == (1.0, 100.0)
+    assert isinstance(a.per_filter_config["flowcontrol"], FlowControlConfig)
+    assert a.per_filter_config["flowcontrol"].max_tokens == 10
+    assert a.per_filter_config["gzip"] is FILTER_DISABLED
+    assert b.per_filter_config["fault"] is FILTER_DISABLED
+
+
+def test_http_filter_field_refusals() -> None:
+    expect(listener_doc, with_filters(fault_filter(max_active_faults=3)),
+           f"{HFP}[0].typed_config.max_active_faults: not supported by trio-mesh")
+    expect(listener_doc, with_filters(fault_filter(delay=FaultDelay(
+        header_delay=FaultDelayHeaderDelay()))),
+        f"{HFP}[0].typed_config.delay.header_delay: not supported by trio-mesh")
+    expect(listener_doc, with_filters(fault_filter(abort=FaultAbort())),
+           f"{HFP}[0].typed_config.abort: an http_status or grpc_status is required")
+    expect(listener_doc, with_filters(gzip_filter(
+        request_direction_config=CompressorRequestDirectionConfig())),
+           f"{HFP}[0].typed_config.request_direction_config: not supported by trio-mesh")
+    expect(listener_doc, with_filters(gzip_filter(Gzip(), response_direction_config=(
+        CompressorResponseDirectionConfig(uncompressible_response_codes=[206])))),
+        f"{HFP}[0].typed_config.response_direction_config.uncompressible_response_codes:"
+        " not supported by trio-mesh")
+    brotli = TypedExtensionConfig(name="br", typed_config=t.Any(
+        type_url="type.googleapis.com/envoy.extensions.compression.brotli.compressor.v3.Brotli"))
+    expect(listener_doc, with_filters(http_filter("c", Compressor(compressor_library=brotli))),
+           f"{HFP}[0].typed_config.compressor_library.typed_config.type_url: 'type.googleapis"
+           ".com/envoy.extensions.compression.brotli.compressor.v3.Brotli': not supported by"
+           " trio-mesh")
+    expect(listener_doc, with_filters(http_filter("rl", ratelimit(
+        local_rate_limit_per_downstream_connection=True))),
+        f"{HFP}[0].typed_config.local_rate_limit_per_downstream_connection:"
+        " not supported by trio-mesh")
+    half = RuntimeFractionalPercent(default_value=FractionalPercent(numerator=50))
+    expect(listener_doc, with_filters(http_filter("rl", ratelimit(filter_enforced=half))),
+           f"{HFP}[0].typed_config.filter_enforced: 50%: only 0% or 100% is supported")
+    expect(listener_doc, with_filters(http_filter("rl", ratelimit(token_bucket=None))),
+           f"{HFP}[0].typed_config.token_bucket: a token_bucket is required")
+    expect(listener_doc, with_filters(http_filter("envoy.filters.http.rbac", Rbac())),
+           f"{HFP}[0]: HTTP filter 'envoy.filters.http.rbac' (type.googleapis.com/envoy"
+           ".extensions.filters.http.rbac.v3.RBAC): RBAC is not supported by trio-mesh"
+           " (the ip_access filter allows or denies client addresses)")
+    expect(listener_doc, with_filters(fault_filter(), fault_filter()),
+           f"{HFP}[1]: a second fault filter: not supported by trio-mesh")
+
+
+def test_typed_per_filter_config_refusals() -> None:
+    def rc(where: str, configs: dict[str, t.Any]) -> t.RouteConfiguration:
+        route = t.Route(match=t.RouteMatch(prefix="/"), route=to_cluster(),
+                        **({"typed_per_filter_config": configs} if where == "route" else {}))
+        return t.RouteConfiguration(name="r", virtual_hosts=[vhost(
+            route, **({"typed_per_filter_config": configs} if where == "vhost" else {}))])
+
+    pfc = "RouteConfiguration 'r': virtual_hosts[0].routes[0].typed_per_filter_config"
+    expect(route_config_doc, rc("route", {"envoy.filters.http.fault": t.Any.pack(
+        HttpFault(max_active_faults=1))}),
+        f"{pfc}.envoy.filters.http.fault.max_active_faults: not supported by trio-mesh")
+    expect(route_config_doc, rc("route", {"custom": t.Any.pack(FilterConfig(disabled=True))}),
+           f"{pfc}.custom: cannot tell which filter 'custom' is: use its config's type or one"
+           " of envoy.filters.http.compressor, envoy.filters.http.fault,"
+           " envoy.filters.http.local_ratelimit")
+    expect(route_config_doc, rc("route", {"envoy.filters.http.rbac": t.Any.pack(Rbac())}),
+           f"{pfc}.envoy.filters.http.rbac.type_url: 'type.googleapis.com/envoy.extensions"
+           ".filters.http.rbac.v3.RBAC': not supported by trio-mesh")
+    expect(route_config_doc, rc("vhost", {"envoy.filters.http.fault": t.Any.pack(HttpFault())}),
+           "RouteConfiguration 'r': virtual_hosts[0].typed_per_filter_config:"
+           " not supported by trio-mesh")

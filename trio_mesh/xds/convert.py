@@ -18,6 +18,7 @@ import dataclasses
 import datetime
 import functools
 import re
+import warnings
 from typing import Any
 
 import attrs
@@ -26,6 +27,26 @@ from ..config.duration import format_duration
 from ..config.model import MAX_HOST_WEIGHT, MIN_HOST_WEIGHT, format_hostport
 from ..config.routes import RETRY_CONDITIONS
 from . import types as t
+
+with warnings.catch_warnings():
+    # the generated modules' pydantic warning (see types.py); importing them also registers
+    # the filter configs in the message pool that Any.unpack() reads
+    warnings.filterwarnings(
+        "ignore",
+        message=r"Using `@model_validator` with mode='after' on a classmethod is deprecated",
+        category=DeprecationWarning,
+    )
+    from envoy_data_plane.envoy.config.route.v3 import FilterConfig
+    from envoy_data_plane.envoy.extensions.compression.gzip.compressor.v3 import Gzip
+    from envoy_data_plane.envoy.extensions.filters.http.compressor.v3 import (
+        Compressor,
+        CompressorPerRoute,
+    )
+    from envoy_data_plane.envoy.extensions.filters.http.fault.v3 import HttpFault
+    from envoy_data_plane.envoy.extensions.filters.http.local_ratelimit.v3 import (
+        LocalRateLimit,
+    )
+    from envoy_data_plane.envoy.extensions.filters.http.rbac.v3 import Rbac, RbacPerRoute
 
 UNSUPPORTED = "not supported by trio-mesh"
 
@@ -554,10 +575,14 @@ def _direct_response(dr: Any, at: _At) -> dict[str, Any]:
 def _route(r: Any, at: _At) -> dict[str, Any]:
     # decorator, tracing and stat_prefix only name things in traces and stats
     _only(r, at, {"name", "match", "route", "redirect", "direct_response", "metadata",
-                  "decorator", "tracing", "stat_prefix", *_HEADER_MUTATIONS})
+                  "decorator", "tracing", "stat_prefix", "typed_per_filter_config",
+                  *_HEADER_MUTATIONS})
     out: dict[str, Any] = {}
     if r.name:
         out["name"] = r.name
+    if r.typed_per_filter_config:
+        out["per_filter_config"] = _per_filter_configs(r.typed_per_filter_config,
+                                                       at / "typed_per_filter_config")
     out["match"] = _route_match(r.match, at / "match") if r.match is not None else {}
     if r.route is not None:
         action = _route_action(r.route, at / "route")
@@ -609,6 +634,226 @@ def route_config_doc(rc: t.RouteConfiguration) -> dict[str, Any]:
     return _route_config(rc, _At("RouteConfiguration", rc.name), rc.name)
 
 
+# --------------------------------------------------------------------------- HTTP filters
+
+FAULT_TYPE = t.type_url(HttpFault)
+COMPRESSOR_TYPE = t.type_url(Compressor)
+COMPRESSOR_PER_ROUTE_TYPE = t.type_url(CompressorPerRoute)
+GZIP_TYPE = t.type_url(Gzip)
+LOCAL_RATELIMIT_TYPE = t.type_url(LocalRateLimit)
+RBAC_TYPES = (t.type_url(Rbac), t.type_url(RbacPerRoute))
+FILTER_CONFIG_TYPE = t.type_url(FilterConfig)
+
+#: Envoy's usual filter names -> our stream filter types, for a per-route
+#: ``FilterConfig{disabled: true}`` that carries no config to tell the filter by.
+_WELL_KNOWN = {
+    "envoy.filters.http.fault": "fault",
+    "envoy.filters.http.compressor": "gzip",
+    "envoy.filters.http.local_ratelimit": "flowcontrol",
+}
+
+_DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}  # HUNDRED, TEN_THOUSAND, MILLION
+
+
+def _percent(fp: Any, at: _At) -> float:
+    """A FractionalPercent as 0-100; unset is 0 and over the denominator is 100, as in Envoy."""
+    if fp is None:
+        return 0.0
+    _only(fp, at, {"numerator", "denominator"})
+    return min(100.0, fp.numerator * 100 / _DENOMINATORS[int(fp.denominator)])
+
+
+def _runtime_percent(rfp: Any, at: _At) -> float:
+    # trio-mesh has no runtime layer: a runtime key always reads its default, as in an Envoy
+    # without that key
+    _only(rfp, at, {"default_value", "runtime_key"})
+    return _percent(rfp.default_value, at / "default_value")
+
+
+def _fault(f: Any, at: _At) -> dict[str, Any]:
+    # the *_runtime keys only rename runtime overrides (none here); stats and metadata
+    _only(f, at, {"delay", "abort", "upstream_cluster", "headers", "delay_percent_runtime",
+                  "abort_percent_runtime", "delay_duration_runtime", "abort_http_status_runtime",
+                  "abort_grpc_status_runtime", "disable_downstream_cluster_stats",
+                  "filter_metadata"})
+    out: dict[str, Any] = {}
+    if f.delay is not None:
+        dat = at / "delay"
+        _only(f.delay, dat, {"fixed_delay", "percentage"})
+        if f.delay.fixed_delay is None:
+            raise (dat / "fixed_delay").error("a fixed_delay is required")
+        out["delay"] = {"fixed_delay": _duration(f.delay.fixed_delay, dat / "fixed_delay"),
+                        "percentage": _percent(f.delay.percentage, dat / "percentage")}
+    if f.abort is not None:
+        aat = at / "abort"
+        _only(f.abort, aat, {"http_status", "grpc_status", "percentage"})
+        abort: dict[str, Any] = {"percentage": _percent(f.abort.percentage, aat / "percentage")}
+        if f.abort.http_status is not None:
+            abort["http_status"] = f.abort.http_status
+        elif f.abort.grpc_status is not None:
+            abort["grpc_status"] = f.abort.grpc_status
+        else:
+            raise aat.error("an http_status or grpc_status is required")
+        out["abort"] = abort
+    if f.upstream_cluster:
+        out["upstream_cluster"] = f.upstream_cluster
+    if f.headers:
+        out["headers"] = [_header_matcher(h, at / "headers" / i) for i, h in enumerate(f.headers)]
+    return out
+
+
+def _content_filter(common: Any, at: _At, out: dict[str, Any]) -> bool:
+    """The response direction's common config into ``out``; False when it is switched off."""
+    _only(common, at, {"enabled", "min_content_length", "content_type"})
+    if common.enabled is not None:
+        _only(common.enabled, at / "enabled", {"default_value", "runtime_key"})
+        if common.enabled.default_value is False:
+            return False
+    if common.min_content_length is not None:
+        out["content_length"] = common.min_content_length
+    if common.content_type:
+        out["content_types"] = list(common.content_type)
+    return True
+
+
+def _gzip(c: Any, at: _At) -> dict[str, Any] | None:
+    """Our ``gzip`` config, or None for a compressor switched off (it compresses nothing)."""
+    # choose_first only ranks several compressor filters, which would be refused as duplicates
+    _only(c, at, {"content_length", "content_type", "runtime_enabled", "compressor_library",
+                  "response_direction_config", "choose_first"})
+    out: dict[str, Any] = {}
+    lib_at = at / "compressor_library"
+    if c.compressor_library is None:
+        raise lib_at.error("a compressor_library is required")
+    _only(c.compressor_library, lib_at, {"name", "typed_config"})
+    gz = _unpack(c.compressor_library.typed_config, lib_at / "typed_config", (GZIP_TYPE,))
+    # memory_level, window_bits, strategy and chunk_size tune zlib: same content, other bytes
+    _only(gz, lib_at / "typed_config",
+          {"compression_level", "memory_level", "window_bits", "compression_strategy",
+           "chunk_size"})
+    # DEFAULT_COMPRESSION (0, unset) is zlib's 6, as ours; BEST_SPEED is 1, BEST_COMPRESSION 9
+    if int(gz.compression_level):
+        out["gzip_level"] = int(gz.compression_level)
+    enabled = True
+    if c.runtime_enabled is not None:
+        _only(c.runtime_enabled, at / "runtime_enabled", {"default_value", "runtime_key"})
+        enabled = c.runtime_enabled.default_value is not False
+    if c.content_length is not None:  # deprecated, but still read when set
+        out["content_length"] = c.content_length
+    if c.content_type:
+        out["content_types"] = list(c.content_type)
+    rd = c.response_direction_config
+    if rd is not None:
+        rat = at / "response_direction_config"
+        # a strong ETag is weakened (weaken_etag_on_compress); Envoy's default drops it:
+        # either way no cache takes the compressed bytes as the upstream's
+        _only(rd, rat, {"common_config", "weaken_etag_on_compress"})
+        if rd.common_config is not None:
+            enabled = _content_filter(rd.common_config, rat / "common_config", out) and enabled
+    return out if enabled else None
+
+
+def _local_ratelimit(rl: Any, at: _At) -> dict[str, Any]:
+    # gRPC refusals are always RESOURCE_EXHAUSTED (rate_limited_as_resource_exhausted);
+    # stage and always_consume_default_token_bucket only matter with descriptors (refused)
+    _only(rl, at, {"stat_prefix", "status", "token_bucket", "filter_enabled", "filter_enforced",
+                   "enable_x_ratelimit_headers", "rate_limited_as_resource_exhausted",
+                   "always_consume_default_token_bucket"})
+    out: dict[str, Any] = {}
+    # Envoy enables and enforces the limit on 0% of the requests unless told otherwise
+    shares = []
+    for key in ("filter_enabled", "filter_enforced"):
+        value = getattr(rl, key)
+        share = _runtime_percent(value, at / key) if value is not None else 0.0
+        if share not in (0.0, 100.0):
+            raise (at / key).error(f"{share:g}%: only 0% or 100% is supported")
+        shares.append(share)
+    if shares != [100.0, 100.0]:
+        # limits nothing; kept (switched off) so that routes can still turn it on
+        out["global_switch"] = False
+    if rl.token_bucket is not None:
+        bat = at / "token_bucket"
+        tb = rl.token_bucket
+        _only(tb, bat, {"max_tokens", "tokens_per_fill", "fill_interval"})
+        if tb.max_tokens < 1:
+            raise (bat / "max_tokens").error("a max_tokens of 1 or more is required")
+        if tb.fill_interval is None:
+            raise (bat / "fill_interval").error("a fill_interval is required")
+        out["max_tokens"] = tb.max_tokens
+        out["tokens_per_fill"] = tb.tokens_per_fill if tb.tokens_per_fill is not None else 1
+        out["fill_interval"] = _duration(tb.fill_interval, bat / "fill_interval", positive=True)
+    elif out.get("global_switch", True):
+        raise (at / "token_bucket").error("a token_bucket is required")
+    # Envoy's refusal: 429 (or the status given) with the body "local_rate_limited"
+    status = int(rl.status.code) if rl.status is not None else 0
+    out["action"] = {"status": status or 429, "body": "local_rate_limited"}
+    # Envoy sends the x-ratelimit-* headers only when asked to (ours by default)
+    out["ratelimit_headers"] = int(rl.enable_x_ratelimit_headers) != 0
+    return out
+
+
+def _http_filter(hf: Any, at: _At) -> dict[str, Any] | None:
+    """An HTTP filter other than the router as a ``stream_filters`` entry (None: it does
+    nothing, e.g. a compressor switched off)."""
+    url = hf.typed_config.type_url if hf.typed_config is not None else "no typed_config"
+    cat = at / "typed_config"
+    if url == FAULT_TYPE:
+        return {"type": "fault", "config": _fault(_unpack(hf.typed_config, cat, (url,)), cat)}
+    if url == COMPRESSOR_TYPE:
+        config = _gzip(_unpack(hf.typed_config, cat, (url,)), cat)
+        return {"type": "gzip", "config": config} if config is not None else None
+    if url == LOCAL_RATELIMIT_TYPE:
+        config = _local_ratelimit(_unpack(hf.typed_config, cat, (url,)), cat)
+        return {"type": "flowcontrol", "config": config}
+    if url in RBAC_TYPES:
+        raise at.error(f"HTTP filter {hf.name!r} ({url}): RBAC is {UNSUPPORTED}"
+                       " (the ip_access filter allows or denies client addresses)")
+    raise at.error(f"HTTP filter {hf.name!r} ({url}): {UNSUPPORTED}")
+
+
+def _per_filter(name: str, any_: Any, at: _At) -> tuple[str, Any]:
+    """One ``typed_per_filter_config`` entry as ``(our filter type, its per_filter_config)``.
+    The filter is told by the config's type (RDS arrives without the listener), or by
+    Envoy's usual name for a bare ``FilterConfig{disabled: true}``."""
+    if any_ is not None and any_.type_url == FILTER_CONFIG_TYPE:
+        fc = _unpack(any_, at, (FILTER_CONFIG_TYPE,))
+        # is_optional only lets Envoy skip a filter it does not know: refusing is stricter
+        _only(fc, at, {"config", "disabled", "is_optional"})
+        if fc.disabled:
+            if fc.config is not None:
+                raise (at / "config").error("give disabled or a config, not both")
+            kind = _WELL_KNOWN.get(name)
+            if kind is None:
+                raise at.error(f"cannot tell which filter {name!r} is: use its config's type"
+                               f" or one of {', '.join(sorted(_WELL_KNOWN))}")
+            return kind, {"disabled": True}
+        if fc.config is None:
+            raise (at / "config").error("a config is required")
+        return _per_filter(name, fc.config, at / "config")
+    url = any_.type_url if any_ is not None else "no typed_config"
+    if url == FAULT_TYPE:
+        return "fault", _fault(_unpack(any_, at, (url,)), at)
+    if url == LOCAL_RATELIMIT_TYPE:
+        return "flowcontrol", _local_ratelimit(_unpack(any_, at, (url,)), at)
+    if url == COMPRESSOR_PER_ROUTE_TYPE:
+        pr = _unpack(any_, at, (url,))
+        _only(pr, at, {"disabled"})
+        if not pr.disabled:
+            raise (at / "disabled").error("only disabled: true is supported")
+        return "gzip", {"disabled": True}
+    raise (at / "type_url").error(f"{url!r}: {UNSUPPORTED}")
+
+
+def _per_filter_configs(configs: dict[str, Any], at: _At) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, any_ in configs.items():
+        kind, config = _per_filter(name, any_, at / name)
+        if kind in out:
+            raise (at / name).error(f"a second config for the {kind} filter")
+        out[kind] = config
+    return out
+
+
 # --------------------------------------------------------------------------- listeners
 
 
@@ -658,16 +903,28 @@ def _hcm(hcm: Any, at: _At, listener: dict[str, Any], parts: ListenerParts) -> d
     else:
         raise at.error("rds or route_config is required")
 
+    stream_filters: list[dict[str, Any]] = []
     for i, hf in enumerate(hcm.http_filters):
         fat = at / "http_filters" / i
         _only(hf, fat, {"name", "typed_config", "is_optional"})
         if hf.typed_config is None or hf.typed_config.type_url != t.ROUTER_TYPE:
-            url = hf.typed_config.type_url if hf.typed_config is not None else "no typed_config"
-            raise fat.error(f"HTTP filter {hf.name!r} ({url}): {UNSUPPORTED}")
+            # the filters before the router run in order: our stream filters, in order
+            entry = _http_filter(hf, fat)
+            if entry is None:
+                continue
+            if any(e["type"] == entry["type"] for e in stream_filters):
+                # a route's per_filter_config is keyed by type: it could not tell them apart
+                raise fat.error(f"a second {entry['type']} filter: {UNSUPPORTED}")
+            stream_filters.append(entry)
+            continue
         if i != len(hcm.http_filters) - 1:
             raise fat.error("the router filter must be the last HTTP filter")
         # the Router's own settings (stats, tracing, header strictness) are not mapped
         _unpack(hf.typed_config, fat / "typed_config", (t.ROUTER_TYPE,))
+    if stream_filters:
+        if "stream_filters" in listener:
+            raise at.error("a second HTTP connection manager with HTTP filters")
+        listener["stream_filters"] = stream_filters
 
     if hcm.common_http_protocol_options is not None:
         cat = at / "common_http_protocol_options"
