@@ -671,7 +671,8 @@ def test_several_errors_are_reported_together() -> None:
     assert_errors(
         doc,
         [
-            "bogus: unknown key (known keys: admin, cluster_manager, servers)",
+            "bogus: unknown key (known keys: admin, cluster_manager, dynamic_resources, node, "
+            "servers, static_resources, xds)",
             f"{L0}.address: expected host:port, got '80'",
             f"{F0}[0].config.idle_timeout: {DURATION} 5",
             f"{F0}[0].config.cluster: unknown cluster 'gone' (defined: up)",

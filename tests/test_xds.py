@@ -3,13 +3,12 @@ own process): listeners, routes, clusters and endpoints over one stream, applied
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-
-pytest.importorskip("envoy_data_plane")
 
 from trio_mesh import Server
 from trio_mesh.config import parse_config
@@ -17,6 +16,10 @@ from trio_mesh.config import parse_config
 from .http_helpers import Client, get, start_upstream
 from .test_drain import gated_upstream
 from .test_xds_client import TIMEOUT, ServerProcess
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("envoy_data_plane") is None, reason="the xds extra is not installed"
+)
 
 HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
