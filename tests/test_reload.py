@@ -221,3 +221,27 @@ def test_sighup_reloads_the_file_and_a_bad_file_is_refused(tmp_path):
         assert fetch(port) == "two"
         p.proc.send_signal(signal.SIGTERM)
         assert p.finish() == 0
+
+
+async def test_a_swap_that_cannot_bind_leaves_the_clusters_as_they_were(nursery):
+    a, b = await start_upstream(nursery), await start_upstream(nursery)
+    server, port = await start_proxy(nursery, http_config([to("up")], {"up": a.port}))
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    try:
+        # New hosts for "up" and a new cluster, with a listener that cannot bind.
+        bad = two_listeners(
+            [to("up")], {"up": b.port, "extra": b.port}, second_port=held.getsockname()[1]
+        )
+        with pytest.raises(StartupError, match="second"):
+            await server.apply(bad)
+    finally:
+        held.close()
+    assert [h.port for h in server.clusters.get("up").hosts] == [a.port]
+    assert "extra" not in server.clusters
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(get("/echo"))
+            assert (await client.response()).status == 200
+    assert (len(a.requests), len(b.requests)) == (1, 0)

@@ -143,6 +143,9 @@ async def _reload(server: Server, path: str, drain_timeout: float) -> None:
     that cannot be bound, leaves the running configuration as it was."""
     from .errors import StartupError
 
+    if server.xds is not None:
+        log.warning("reload refused: the configuration comes from xDS (restart to change its file)")
+        return
     try:
         loaded = await trio.to_thread.run_sync(read_config, path)
     except ConfigError as exc:
@@ -151,9 +154,6 @@ async def _reload(server: Server, path: str, drain_timeout: float) -> None:
         return
     for w in loaded.warnings:
         log.warning("config: %s", w)
-    if server.xds is not None:
-        log.warning("reload refused: the configuration comes from xDS (restart to change its file)")
-        return
     config = _keep_reserved_ports(loaded.config, server.config)
     try:
         await server.apply(config, drain_timeout=drain_timeout)

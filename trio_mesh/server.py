@@ -173,7 +173,7 @@ class Server:
         unchanged keeps its socket and connections; a changed one keeps its socket (same
         address) and its old connections drain; a removed one stops accepting and drains
         for at most ``drain_timeout`` seconds. Raises ``StartupError`` (a port that cannot be
-        bound, a filter refusing its config) before anything changed but new clusters.
+        bound, a filter refusing its config) before anything changed.
         """
         nursery = self._nursery
         if nursery is None:
@@ -184,8 +184,9 @@ class Server:
     async def _apply(self, config: MeshConfig, nursery: trio.Nursery, drain_timeout: float) -> None:
         old = {lst.name: lst for lst in self.config.listeners}
         new = {lst.name: lst for lst in config.listeners}
-        # Clusters first: the listeners built below may name new ones.
-        stale_clusters, left_hosts = self.clusters.update(config.cluster_manager.clusters)
+        # New clusters first: the listeners built below may name them. Existing ones change
+        # only once nothing below can fail.
+        added_clusters = self.clusters.add_missing(config.cluster_manager.clusters)
         tables = {
             r.router_config_name: RouteTable.compile(r)
             for server in config.servers
@@ -215,8 +216,10 @@ class Server:
             for sock in fresh_sockets.values():
                 sock.close()
             self.access_logs = saved_logs
+            self.clusters.remove(added_clusters)
             raise
         # From here on nothing awaits until every swap is made: no request sees half of it.
+        stale_clusters, left_hosts = self.clusters.update(config.cluster_manager.clusters)
         for name, table in tables.items():
             if name in self.routes:
                 self.routes[name].become(table)
@@ -259,7 +262,7 @@ class Server:
             runtime.drain()
             nursery.start_soon(_drain_then_close, runtime, drain_timeout)
         for lst in changed:
-            if lst.name in built and self.access_logs[lst.name] is not saved_logs.get(lst.name):
+            if self.access_logs[lst.name] is not saved_logs.get(lst.name):
                 for access_log in self.access_logs[lst.name]:
                     await nursery.start(access_log.run)
         for runtime in starting:

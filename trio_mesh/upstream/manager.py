@@ -19,19 +19,28 @@ class ClusterManager:
     def __contains__(self, name: str) -> bool:
         return name in self.clusters
 
+    def add_missing(self, configs: Iterable[ClusterConfig]) -> list[str]:
+        """Add the clusters not known yet (nothing routes to them before the swap that
+        names them); returns their names, to ``remove`` should that swap fail."""
+        added = []
+        for config in configs:
+            if config.name not in self.clusters:
+                self.clusters[config.name] = Cluster(config)
+                added.append(config.name)
+        return added
+
     def update(self, configs: Iterable[ClusterConfig]) -> tuple[list[Cluster], list[Host]]:
         """Add new clusters and update the others in place (their objects, counters and
         pools stay); clusters absent from ``configs`` are NOT removed here (``remove``, once
         nothing routes to them). Returns the clusters left out, and the hosts that left."""
+        configs = list(configs)
+        self.add_missing(configs)
         left: list[Host] = []
-        names = set()
         for config in configs:
-            names.add(config.name)
-            cluster = self.clusters.get(config.name)
-            if cluster is None:
-                self.clusters[config.name] = Cluster(config)
-            elif cluster.config != config:
+            cluster = self.clusters[config.name]
+            if cluster.config != config:
                 left += cluster.update(config)
+        names = {c.name for c in configs}
         stale = [c for name, c in self.clusters.items() if name not in names]
         return stale, left
 

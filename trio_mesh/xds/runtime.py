@@ -82,13 +82,14 @@ class XdsRuntime:
 
     def status(self) -> dict[str, Any]:
         """What a config dump shows: the stream, versions, the last error, what is warming."""
+        ready = self._ready_clusters(self.state)
         return {
             **self.client.status(),
             "applied_snapshots": self.applied,
             "last_apply_error": self.last_error,
             "listeners": sorted(self.state.listeners),
             "warming_listeners": sorted(
-                n for n, p in self.state.listeners.items() if not self._warm(p, self.state)
+                n for n, p in self.state.listeners.items() if not self._warm(p, self.state, ready)
             ),
             "clusters": sorted(self.state.clusters),
         }
@@ -110,13 +111,9 @@ class XdsRuntime:
         return error
 
     async def _handle(self, type_url: str, version: str, resources: list[Any]) -> str | None:
-        state = attrs.evolve(
-            self.state,
-            clusters=dict(self.state.clusters),
-            endpoints=dict(self.state.endpoints),
-            listeners=dict(self.state.listeners),
-            routes=dict(self.state.routes),
-        )
+        # Each branch below replaces whole dicts, never edits one: a shallow copy is the
+        # candidate, and the accepted state stays as it was until the swap succeeded.
+        state = attrs.evolve(self.state)
         try:
             if type_url == CDS:
                 state.clusters = {c.name: cluster_doc(c) for c in resources}
@@ -176,10 +173,9 @@ class XdsRuntime:
                 ready[name] = {**doc, "hosts": state.endpoints[eds]}
         return ready
 
-    def _warm(self, parts: ListenerParts, state: _State) -> bool:
+    def _warm(self, parts: ListenerParts, state: _State, ready: dict[str, Any]) -> bool:
         if any(name not in state.routes for name in parts.rds):
             return False
-        ready = self._ready_clusters(state)
         static = {c.name for c in self.static.cluster_manager.clusters}
         for chain in parts.listener.get("filter_chains", []):
             for f in chain.get("filters", []):
@@ -193,7 +189,7 @@ class XdsRuntime:
     def compose(self, state: _State) -> MeshConfig:
         """The static configuration plus every ready dynamic resource; ``ConfigError``."""
         ready = self._ready_clusters(state)
-        listeners = [p for p in state.listeners.values() if self._warm(p, state)]
+        listeners = [p for p in state.listeners.values() if self._warm(p, state, ready)]
         # Listeners may share a route configuration: it is one router config.
         names = dict.fromkeys(n for p in listeners for n in p.rds)
         routers = [state.routes[n] for n in names]
