@@ -297,6 +297,7 @@ def test_encoders_write_framing_from_their_arguments_only():
         b"POST / HTTP/1.1\r\nx: y\r\ntransfer-encoding: chunked\r\n\r\n"
     )
     assert encode_response_head(200, None, smuggled) == b"HTTP/1.1 200 OK\r\nx: y\r\n\r\n"
+    assert encode_last_chunk(smuggled) == b"0\r\nx: y\r\n\r\n"
 
 
 def test_response_naming_its_framing_in_connection_is_not_kept_alive():

@@ -997,11 +997,14 @@ def encode_chunk(data: bytes) -> bytes:
 
 
 def encode_last_chunk(trailers: Iterable[Header] | None = None) -> bytes:
-    """The last chunk, with optional trailer fields."""
+    """The last chunk, with optional trailer fields (framing fields dropped: RFC 9110 6.5.1
+    forbids them there, and a lenient upstream could take them for the message's own)."""
     if not trailers:
         return b"0\r\n\r\n"
     parts = [b"0\r\n"]
     for name, value in trailers:
+        if _is_framing(name):
+            continue
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return _check_lines(b"".join(parts), (len(parts) - 2) // 4 + 2)
