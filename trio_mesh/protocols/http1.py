@@ -924,11 +924,6 @@ def _framing(length: int | None, chunked: bool) -> bytes:
     return b""
 
 
-def _is_framing(name: bytes) -> bool:
-    # the length test first: most names are neither, and lower() allocates
-    return (len(name) == 14 or len(name) == 17) and name.lower() in _FRAMING
-
-
 def encode_request_head(
     method: bytes,
     target: bytes,
@@ -945,7 +940,8 @@ def encode_request_head(
     """
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     for name, value in headers:
-        if _is_framing(name):
+        # inline, no call per field: the length test first, lower() allocates
+        if (len(name) == 14 or len(name) == 17) and name.lower() in _FRAMING:
             continue
         parts += (name, b": ", value, b"\r\n")
     lines = (len(parts) - 4) // 4 + 2
@@ -977,7 +973,8 @@ def encode_response_head(
         line = b"HTTP/1.1 %d %b\r\n" % (status, reason)
     parts = [line]
     for name, value in headers:
-        if _is_framing(name):
+        # inline, no call per field: the length test first, lower() allocates
+        if (len(name) == 14 or len(name) == 17) and name.lower() in _FRAMING:
             continue
         parts += (name, b": ", value, b"\r\n")
     lines = (len(parts) - 1) // 4 + 2
@@ -1003,7 +1000,8 @@ def encode_last_chunk(trailers: Iterable[Header] | None = None) -> bytes:
         return b"0\r\n\r\n"
     parts = [b"0\r\n"]
     for name, value in trailers:
-        if _is_framing(name):
+        # inline, no call per field: the length test first, lower() allocates
+        if (len(name) == 14 or len(name) == 17) and name.lower() in _FRAMING:
             continue
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
