@@ -235,11 +235,77 @@ def test_websocket_upgrade_with_tail_bytes():
 
 
 def test_upgrade_split_byte_by_byte():
-    raw = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\ntunnel"
+    raw = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\ntunnel"
     p = RequestParser()
     events = feed_in(p, raw, 1)
-    assert heads(events)[0].upgrade == b"h2c"
+    assert heads(events)[0].upgrade == b"foo"
     assert p.upgraded_tail == b"tunnel"
+
+
+H2C = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n"
+
+
+@pytest.mark.parametrize("size", [1, 7, 1000])
+def test_h2c_upgrade_is_a_plain_request_and_parsing_goes_on(size):
+    """As Envoy: the h2c token goes, the request is a plain one (with its body), and the
+    pipelined request after it is parsed as a request, not kept as a tunnel's bytes."""
+    raw = (
+        b"POST /a HTTP/1.1\r\nHost: h\r\n" + H2C + b"Content-Length: 5\r\n\r\nhello"
+        b"GET /b HTTP/1.1\r\nHost: h\r\n" + H2C + b"\r\n"
+        b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n"
+    )
+    p = RequestParser()
+    events = merged(feed_in(p, raw, size))
+    got = heads(events)
+    assert [h.target for h in got] == [b"/a", b"/b", b"/c"]
+    assert all(h.upgrade is None for h in got)
+    assert all(b"upgrade" not in dict(h.headers) for h in got)
+    assert Body(b"hello") in events
+    assert not p.upgraded and p.upgraded_tail == b""
+    assert strip_hop_by_hop(got[0].headers) == [(b"host", b"h"), (b"content-length", b"5")]
+
+
+def test_h2c_among_other_upgrades_is_taken_out():
+    head, _ = parse_request(
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: h2c, websocket\r\n\r\n"
+    )
+    assert head.upgrade == b"websocket"
+    assert dict(head.headers)[b"upgrade"] == b"websocket"
+
+
+def test_connection_cannot_take_off_framing_or_host():
+    headers = [
+        (b"host", b"h"),
+        (b"connection", b"content-length, Transfer-Encoding, host, x-hop"),
+        (b"content-length", b"5"),
+        (b"x-hop", b"1"),
+        (b"x-keep", b"2"),
+    ]
+    assert strip_hop_by_hop(headers) == [
+        (b"host", b"h"),
+        (b"content-length", b"5"),
+        (b"x-keep", b"2"),
+    ]
+
+
+def test_encoders_write_framing_from_their_arguments_only():
+    smuggled = [(b"Content-Length", b"99"), (b"transfer-encoding", b"chunked"), (b"x", b"y")]
+    assert encode_request_head(b"POST", b"/", smuggled, length=3) == (
+        b"POST / HTTP/1.1\r\nx: y\r\ncontent-length: 3\r\n\r\n"
+    )
+    assert encode_request_head(b"POST", b"/", smuggled, chunked=True) == (
+        b"POST / HTTP/1.1\r\nx: y\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    assert encode_response_head(200, None, smuggled) == b"HTTP/1.1 200 OK\r\nx: y\r\n\r\n"
+    assert encode_last_chunk(smuggled) == b"0\r\nx: y\r\n\r\n"
+
+
+def test_response_naming_its_framing_in_connection_is_not_kept_alive():
+    p, events = parse_response(
+        b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\nok"
+    )
+    assert events[0].content_length == 2 and not events[0].keep_alive
+    assert p.complete and body_of(events) == b"ok"
 
 
 def test_upgrade_header_without_connection_upgrade_is_plain_request():
@@ -788,14 +854,14 @@ def test_response_eof_when_incomplete_is_502(partial):
 
 
 def test_encode_request_head_round_trip():
-    headers = [(b"host", b"h.example"), (b"x-a", b"1"), (b"x-a", b"2"), (b"content-length", b"3")]
-    raw = encode_request_head(b"POST", b"/p?q=1", headers)
+    headers = [(b"host", b"h.example"), (b"x-a", b"1"), (b"x-a", b"2")]
+    raw = encode_request_head(b"POST", b"/p?q=1", headers, length=3)
     assert raw == (
         b"POST /p?q=1 HTTP/1.1\r\nhost: h.example\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 3\r\n\r\n"
     )
     events = parse_request(raw + b"abc")
     assert events[0].method == b"POST" and events[0].target == b"/p?q=1"
-    assert events[0].headers == headers
+    assert events[0].headers == [*headers, (b"content-length", b"3")]
     assert events[1:] == [Body(b"abc"), EndOfMessage(None)]
 
 
@@ -805,15 +871,15 @@ def test_encode_response_head():
     assert (
         encode_response_head(404, b"Nope", [(b"a", b"b")]) == b"HTTP/1.1 404 Nope\r\na: b\r\n\r\n"
     )
-    raw = encode_response_head(201, None, [(b"content-length", b"2"), (b"x", b"y")])
+    raw = encode_response_head(201, None, [(b"x", b"y")], length=2)
     p, events = parse_response(raw + b"ok")
     assert (events[0].status, events[0].reason, events[0].headers) == (
         201,
         b"Created",
-        [(b"content-length", b"2"), (b"x", b"y")],
+        [(b"x", b"y"), (b"content-length", b"2")],
     )
     assert p.complete and body_of(events) == b"ok"
-    p, events = parse_response(encode_response_head(599, None, [(b"content-length", b"0")]))
+    p, events = parse_response(encode_response_head(599, None, [], length=0))
     assert events[0].status == 599 and events[0].reason == b""
 
 
@@ -823,7 +889,7 @@ def test_encode_chunks_round_trip():
     assert encode_chunk(memoryview(b"abc")) == b"3\r\nabc\r\n"
     assert encode_last_chunk() == b"0\r\n\r\n"
     assert encode_last_chunk([(b"t", b"1")]) == b"0\r\nt: 1\r\n\r\n"
-    head = encode_response_head(200, None, [(b"transfer-encoding", b"chunked")])
+    head = encode_response_head(200, None, [], chunked=True)
     raw = head + encode_chunk(b"hello ") + encode_chunk(b"") + encode_chunk(b"world")
     raw += encode_last_chunk([(b"x-sum", b"42")])
     p, events = parse_response(raw)
@@ -1025,8 +1091,13 @@ def valid_requests(draw):
 def test_random_valid_requests_round_trip(requests, data):
     raw = b""
     for method, target, headers, body, chunks in requests:
-        raw += encode_request_head(method, target, headers)
-        if chunks or (b"transfer-encoding", b"chunked") in headers:
+        is_chunked = bool(chunks) or (b"transfer-encoding", b"chunked") in headers
+        length = None
+        for name, value in headers:
+            if name == b"content-length":
+                length = int(value)
+        raw += encode_request_head(method, target, headers, length=length, chunked=is_chunked)
+        if is_chunked:
             raw += b"".join(encode_chunk(c) for c in chunks) + encode_last_chunk()
         else:
             raw += body

@@ -83,8 +83,15 @@ class MirrorStats(Stats):
     ``too_large``: requests not mirrored because of their body; ``unsupported``: requests
     of a kind not mirrored (tunnels)."""
 
-    __slots__ = ("mirrored", "dropped", "completed", "failed", "timeout", "too_large",
-                 "unsupported")
+    __slots__ = (
+        "mirrored",
+        "dropped",
+        "completed",
+        "failed",
+        "timeout",
+        "too_large",
+        "unsupported",
+    )
 
 
 # Per server (its cluster manager): the counters of each (listener, shadow cluster), shared
@@ -224,9 +231,9 @@ class _Factory:
     async def _h1(self, cluster: Cluster, host: Host, shadow: _Shadow) -> None:
         headers = [(b"host", shadow.authority), *shadow.headers]
         body = shadow.body
-        if body is not None:
-            headers.append((b"content-length", b"%d" % len(body)))
-        wire = encode_request_head(shadow.method, shadow.target, headers)
+        # the copy is buffered whole: its own length frames it (written by the encoder)
+        length = None if body is None else len(body)
+        wire = encode_request_head(shadow.method, shadow.target, headers, length=length)
         if body:
             wire += body
         pool = self.build.pools.http1(cluster, host)
@@ -242,9 +249,7 @@ class _Factory:
                     await conn.stream.send_all(wire)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # it may have answered before closing: read what it said
-                reusable, raced = await _discard_h1_response(
-                    conn.stream, shadow.method == b"HEAD"
-                )
+                reusable, raced = await _discard_h1_response(conn.stream, shadow.method == b"HEAD")
             finally:
                 if reusable:
                     pool.release(conn, True)

@@ -552,12 +552,13 @@ class RequestParser(_Parser):
     dropped (llhttp calls them an error; the connection closes after that exchange anyway).
     """
 
-    __slots__ = ("_keep_alive",)
+    __slots__ = ("_keep_alive", "_reparse")
     _defer_errors = True
 
     def __init__(self, limits: Limits | None = None) -> None:
         super().__init__(limits, 400, 431)
         self._keep_alive = True
+        self._reparse = False  # an h2c upgrade made plain: a fresh llhttp after its message
         self._max_body = self._limits.max_body_bytes
         self._p = _llhttp(HttpRequestParser, self._sink)
 
@@ -641,10 +642,15 @@ class RequestParser(_Parser):
             raise H1Error(400, "HTTP/1.1 request without Host")  # RFC 9112 3.2
 
         if p.should_upgrade():
-            if chunked or content_length:
+            if method == b"CONNECT":
+                upgrade: bytes | None = b"connect"
+            else:
+                upgrade = (upgrade_value or b"").lower()
+                if b"h2c" in upgrade:
+                    upgrade = self._drop_h2c(headers, upgrade)
+            if upgrade is not None and (chunked or content_length):
                 # llhttp would hand the body bytes to the tunnel; refuse the ambiguity
                 raise H1Error(400, "request body with Upgrade or CONNECT")
-            upgrade = b"connect" if method == b"CONNECT" else (upgrade_value or b"").lower()
         else:
             upgrade = None
         max_body = self._max_body
@@ -671,6 +677,8 @@ class RequestParser(_Parser):
         sink.url = b""
         sink.headers = []
         sink.head_done = False
+        if self._reparse and (chunked or content_length):
+            self._body_after_h2c(chunked, content_length)
         if upgrade is not None:
             self._end_message(events)
             self._phase = _UPGRADED
@@ -683,7 +691,41 @@ class RequestParser(_Parser):
         else:
             self._end_message(events)
 
+    def _drop_h2c(self, headers: list[Header], upgrade: bytes) -> bytes | None:
+        """Take the `h2c` token out of an Upgrade (as Envoy does): the proxy speaks HTTP/2
+        itself, and a switch relayed blindly would let HTTP/2 bytes bypass routing. The
+        protocols left, or None: then it is a plain request (HTTP2-Settings is always
+        stripped as connection-specific), and llhttp, which took it for an upgrade, is
+        replaced once the message ends."""
+        rest = [t for t in (t.strip(b" \t") for t in upgrade.split(b",")) if t and t != b"h2c"]
+        headers[:] = [h for h in headers if h[0] != b"upgrade"]
+        if not rest:
+            self._reparse = True
+            return None
+        value = b", ".join(rest)
+        headers.append((b"upgrade", value))
+        return value
+
+    def _body_after_h2c(self, chunked: bool, content_length: int | None) -> None:
+        """llhttp ended the message at the head it took for an upgrade; the body is the
+        request's own: a fresh llhttp, put past an equivalent head, parses it."""
+        self._reparse = False
+        sink = self._sink
+        self._p = p = _llhttp(HttpRequestParser, sink)
+        framing = (
+            b"transfer-encoding: chunked"
+            if chunked
+            else b"content-length: %d" % (content_length or 0)
+        )
+        p.feed_data(b"PUT / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
+        sink.url = b""
+        sink.headers = []
+        sink.head_done = sink.msg_done = False
+
     def _message_done(self) -> None:
+        if self._reparse:
+            self._reparse = False
+            self._p = _llhttp(HttpRequestParser, self._sink)
         # after a non-keep-alive request llhttp refuses further data; the connection is done
         self._phase = _HEAD if self._keep_alive else _DONE
         self._head_bytes = 0
@@ -731,6 +773,13 @@ def _keep_alive(version: bytes, connection: bytes | None) -> bool:
     if b"close" in tokens:
         return False
     return version == b"1.1" or b"keep-alive" in tokens
+
+
+_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
+
+
+def _names_framing(connection: bytes) -> bool:
+    return any(t.strip(b" \t").lower() in _FRAMING for t in connection.split(b","))
 
 
 class ResponseParser(_Parser):
@@ -815,6 +864,10 @@ class ResponseParser(_Parser):
             return
 
         keep_alive = _keep_alive(version, connection)
+        if keep_alive and connection is not None and _names_framing(connection):
+            # framing is ours (the nomination is ignored), but an upstream that tries to hide
+            # its framing is not trusted with another request on this connection
+            keep_alive = False
         if self._head_request or status == 204 or status == 304:
             events.append(
                 ResponseHead(status, reason, version, headers, keep_alive, content_length, chunked)
@@ -861,19 +914,57 @@ def _check_lines(out: bytes, lines: int) -> bytes:
     return out
 
 
-def encode_request_head(method: bytes, target: bytes, headers: Iterable[Header]) -> bytes:
-    """An HTTP/1.1 request head; ValueError if an element holds CR, LF (or the target a space)."""
+def _framing(length: int | None, chunked: bool) -> bytes:
+    if chunked:
+        return b"transfer-encoding: chunked\r\n"
+    if length is not None:
+        if length < 0:
+            raise ValueError("negative Content-Length")
+        return b"content-length: %d\r\n" % length
+    return b""
+
+
+def encode_request_head(
+    method: bytes,
+    target: bytes,
+    headers: Iterable[Header],
+    *,
+    length: int | None = None,
+    chunked: bool = False,
+) -> bytes:
+    """An HTTP/1.1 request head; ValueError if an element holds CR, LF (or the target a space).
+
+    The framing is the caller's own parse, written here: `chunked`, else `length` as
+    Content-Length, else none (no body). Content-Length and Transfer-Encoding fields among
+    `headers` are never written: what survived stripping cannot frame what we send.
+    """
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     for name, value in headers:
+        # inline, no call per field: the length test first, lower() allocates
+        if (len(name) == 14 or len(name) == 17) and name.lower() in _FRAMING:
+            continue
         parts += (name, b": ", value, b"\r\n")
+    lines = (len(parts) - 4) // 4 + 2
+    framing = _framing(length, chunked)
+    if framing:
+        parts.append(framing)
+        lines += 1
     parts.append(b"\r\n")
     if b" " in target:
         raise ValueError("space inside request-target")
-    return _check_lines(b"".join(parts), (len(parts) - 5) // 4 + 2)
+    return _check_lines(b"".join(parts), lines)
 
 
-def encode_response_head(status: int, reason: bytes | None, headers: Iterable[Header]) -> bytes:
-    """An HTTP/1.1 response head; reason None means the standard phrase (b"" if unknown)."""
+def encode_response_head(
+    status: int,
+    reason: bytes | None,
+    headers: Iterable[Header],
+    *,
+    length: int | None = None,
+    chunked: bool = False,
+) -> bytes:
+    """An HTTP/1.1 response head; reason None means the standard phrase (b"" if unknown).
+    Framing as in `encode_request_head`: from `length` / `chunked`, never from `headers`."""
     if not 100 <= status <= 999:
         raise ValueError(f"invalid status {status}")
     if reason is None:
@@ -882,9 +973,17 @@ def encode_response_head(status: int, reason: bytes | None, headers: Iterable[He
         line = b"HTTP/1.1 %d %b\r\n" % (status, reason)
     parts = [line]
     for name, value in headers:
+        # inline, no call per field: the length test first, lower() allocates
+        if (len(name) == 14 or len(name) == 17) and name.lower() in _FRAMING:
+            continue
         parts += (name, b": ", value, b"\r\n")
+    lines = (len(parts) - 1) // 4 + 2
+    framing = _framing(length, chunked)
+    if framing:
+        parts.append(framing)
+        lines += 1
     parts.append(b"\r\n")
-    return _check_lines(b"".join(parts), (len(parts) - 2) // 4 + 2)
+    return _check_lines(b"".join(parts), lines)
 
 
 def encode_chunk(data: bytes) -> bytes:
@@ -895,26 +994,36 @@ def encode_chunk(data: bytes) -> bytes:
 
 
 def encode_last_chunk(trailers: Iterable[Header] | None = None) -> bytes:
-    """The last chunk, with optional trailer fields."""
+    """The last chunk, with optional trailer fields (framing fields dropped: RFC 9110 6.5.1
+    forbids them there, and a lenient upstream could take them for the message's own)."""
     if not trailers:
         return b"0\r\n\r\n"
     parts = [b"0\r\n"]
     for name, value in trailers:
+        # inline, no call per field: the length test first, lower() allocates
+        if (len(name) == 14 or len(name) == 17) and name.lower() in _FRAMING:
+            continue
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return _check_lines(b"".join(parts), (len(parts) - 2) // 4 + 2)
 
 
-_HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"te", b"transfer-encoding", b"upgrade"))
+_HOP_BY_HOP = frozenset(
+    (b"connection", b"keep-alive", b"te", b"transfer-encoding", b"upgrade", b"http2-settings")
+)
 _HOP_BY_HOP_KEEP_UPGRADE = _HOP_BY_HOP - {b"upgrade"}
+# What Connection can never take off (as Envoy, the nomination is ignored): the framing, which
+# the encoder writes from our parse anyway, and the Host that routing and the upstream read.
+_NOT_NOMINABLE = frozenset((b"content-length", b"transfer-encoding", b"host"))
 
 
 def strip_hop_by_hop(headers: Iterable[Header], *, keep_upgrade: bool = False) -> list[Header]:
     """Headers minus hop-by-hop ones (names lower-case, as the parsers give them).
 
-    Removes Connection and every header it names, Keep-Alive, TE, Transfer-Encoding, Upgrade and
-    every proxy-* header; keeps Trailer. keep_upgrade=True keeps Upgrade (even when Connection
-    names it); the caller then sends its own "Connection: upgrade".
+    Removes Connection and every header it names (except Content-Length, Transfer-Encoding and
+    Host), Keep-Alive, TE, Transfer-Encoding, Upgrade, HTTP2-Settings and every proxy-* header;
+    keeps Trailer. keep_upgrade=True keeps Upgrade (even when Connection names it); the caller
+    then sends its own "Connection: upgrade".
     """
     headers = headers if isinstance(headers, list) else list(headers)
     drop = _HOP_BY_HOP_KEEP_UPGRADE if keep_upgrade else _HOP_BY_HOP
@@ -925,6 +1034,7 @@ def strip_hop_by_hop(headers: Iterable[Header], *, keep_upgrade: bool = False) -
                 named = set()
             named.update(t.strip().lower() for t in value.split(b","))
     if named:
+        named -= _NOT_NOMINABLE
         if keep_upgrade:
             named.discard(b"upgrade")
         drop = drop | named

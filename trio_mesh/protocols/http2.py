@@ -923,12 +923,19 @@ class H2Request:
     headers: list[Header]
 
 
+#: What Connection can never take off (the nomination is ignored, as Envoy does): framing, and
+#: the Host that becomes :authority.
+_NOT_NOMINABLE = frozenset((b"content-length", b"transfer-encoding", b"host"))
+
+
 def _regular(headers: list[Header], *, keep_te: bool) -> list[Header]:
-    """Lowercased names, minus hop-by-hop fields, those Connection names, and pseudo-headers."""
+    """Lowercased names, minus hop-by-hop fields, those Connection names (but never framing or
+    Host), and pseudo-headers."""
     named: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
             named.update(t.strip().lower() for t in value.split(b","))
+    named -= _NOT_NOMINABLE
     out: list[Header] = []
     for name, value in headers:
         lname = name.lower()
@@ -1096,4 +1103,7 @@ def response_from_h2(headers: list[Header]) -> tuple[int, list[Header]]:
     for name, _ in regular:
         if name.startswith(b":"):
             raise H2HeaderError(f"unexpected pseudo-header {name!r}")
-    return int(raw), list(regular)
+    if raw[0] == 0x31:  # 1xx: no body, and the HTTP/1 encoder writes no framing for it
+        return int(raw), list(regular)
+    # an HTTP/1 client would frame the body by it: one value, or the response is refused
+    return int(raw), _one_content_length(list(regular))

@@ -463,8 +463,10 @@ class _Session:
                     chain.replied = True
                     break
         if reply is None and has_body and not head.chunked:
-            # A filter that changes the body's length takes Content-Length off: chunk it.
-            if not any(name == b"content-length" for name, _ in head.headers):
+            # A filter that changes the body's length takes Content-Length off (or changes
+            # it): the body goes chunked, never framed by a value we did not parse.
+            length = b"%d" % head.content_length
+            if not any(n == b"content-length" and v == length for n, v in head.headers):
                 self._up_chunked = True
         return reply
 
@@ -519,8 +521,13 @@ class _Session:
                     length = int(value)
             if status != resp.status or length != resp.content_length:
                 resp = ResponseHead(
-                    status, None if status != resp.status else resp.reason, resp.version,  # type: ignore[arg-type]
-                    headers.raw, resp.keep_alive, length, resp.chunked,
+                    status,
+                    None if status != resp.status else resp.reason,
+                    resp.version,  # type: ignore[arg-type]
+                    headers.raw,
+                    resp.keep_alive,
+                    length,
+                    resp.chunked,
                 )
         return self._response_head(head, info, route, resp, headers.raw)
 
@@ -625,8 +632,6 @@ class _Session:
             request_id = b"%032x" % _getrandbits(128)
             out.append((b"x-request-id", request_id))
         info.request_id = request_id.decode("latin-1") if request_id else None
-        if self._up_chunked:
-            out.append((b"transfer-encoding", b"chunked"))
         if head.upgrade is not None:
             out.append((b"connection", b"upgrade"))
         if route.request_headers_to_add or route.request_headers_to_remove:
@@ -735,7 +740,16 @@ class _Session:
                 if per_try:
                     self._arm(scope, per_try)
                 replay = self._replay_left
-                wire = encode_request_head(head.method, target, headers)
+                # framing from our parse: a Content-Length or chunked the client sent, or
+                # chunked when a filter changed the body
+                chunked = self._up_chunked
+                wire = encode_request_head(
+                    head.method,
+                    target,
+                    headers,
+                    length=None if chunked else head.content_length,
+                    chunked=chunked,
+                )
                 if replay:
                     wire += b"".join(replay)
                 try:
@@ -787,6 +801,9 @@ class _Session:
         elif route.auto_host_rewrite or not authority:
             authority = host.label_bytes
         h2_headers = request_to_h2(head.method, target, authority, headers)
+        h2_headers = [h for h in h2_headers if h[0] != b"content-length"]
+        if not self._up_chunked and head.content_length is not None:
+            h2_headers.append((b"content-length", b"%d" % head.content_length))
         if not self.request_done:
             self._replay_left = None  # a body streamed as DATA is not kept for a retry
         host.active_requests += 1
@@ -1085,14 +1102,17 @@ class _Session:
         info.response_received_duration = _monotonic() - info.start
         self._upstream_keep_alive = resp.keep_alive
         headers = strip_hop_by_hop(resp.headers) if stripped is None else stripped
-        bodyless = head.method == b"HEAD" or resp.status in _NO_BODY_STATUSES
         chunked = close = False
-        if not bodyless and resp.content_length is None:
+        # The framing is our parse's, written by the encoder; a HEAD or 304 response still
+        # says the length a GET would get (parsed, so one valid number), a 204 none.
+        length = resp.content_length if resp.status != 204 else None
+        if resp.content_length is None and not (
+            head.method == b"HEAD" or resp.status in _NO_BODY_STATUSES
+        ):
             # Chunked or close-delimited upstream: re-chunk for an HTTP/1.1 client; an
             # HTTP/1.0 client gets a close-delimited body.
             if head.version == b"1.1":
                 chunked = True
-                headers.append((b"transfer-encoding", b"chunked"))
             else:
                 close = True
         if (
@@ -1111,7 +1131,10 @@ class _Session:
                 headers, route.response_headers_to_add, route.response_headers_to_remove
             )
         self.response_started = True
-        return chunked, close, encode_response_head(resp.status, resp.reason, headers)
+        wire = encode_response_head(
+            resp.status, resp.reason, headers, length=length, chunked=chunked
+        )
+        return chunked, close, wire
 
     async def _upgrade(
         self,
@@ -1192,7 +1215,7 @@ class _Session:
             or not self.request_done
             or head.upgrade is not None
         )
-        out = [(b"content-length", str(len(body)).encode()), (b"content-type", b"text/plain")]
+        out = [(b"content-type", b"text/plain")]
         if headers:
             out.extend(headers)
         if close:
@@ -1205,7 +1228,7 @@ class _Session:
             out = apply_header_mutations(
                 out, route.response_headers_to_add, route.response_headers_to_remove
             )
-        data = encode_response_head(status, None, out)
+        data = encode_response_head(status, None, out, length=len(body))
         if head is None or head.method != b"HEAD":
             data += body
             info.bytes_sent += len(body)

@@ -721,22 +721,31 @@ class _Stream:
         host = self._choose(cluster)
         self.info.upstream_host = host.label
         headers = [(b"host", self._authority(route, host.label_bytes))]
-        has_length = False
+        length: int | None = None
+        lengths = 0
         regular = self._request_headers(route)
         if self.chain is not None:
             self._chosen(host.label)
-        # A request filter that took content-length off (it changes the body's length)
-        # makes the body chunked, as a body of unknown length is.
+        # The framing is the encoder's, from what the codec checked: request_from_h2 left at
+        # most one content-length, all digits, and h2 holds the DATA to it (a stream error
+        # otherwise); no body when the headers ended the stream. A request filter that took
+        # it off (it changes the body's length), or anything that left it doubtful, makes
+        # the body chunked, as a body of unknown length is.
         for name, value in regular:
             if name == b"content-length":
-                has_length = True
+                lengths += 1
+                if value.isdigit():
+                    length = int(value)
             elif name == b"te":
                 continue  # "te: trailers" is HTTP/2's business
-            headers.append((name, value))
-        chunked = not ended and not has_length
-        if chunked:
-            headers.append((b"transfer-encoding", b"chunked"))
-        wire = encode_request_head(req.method, target, headers)
+            else:
+                headers.append((name, value))
+        if ended:
+            length = 0 if lengths else None
+        elif lengths != 1:
+            length = None
+        chunked = not ended and length is None
+        wire = encode_request_head(req.method, target, headers, length=length, chunked=chunked)
         pool = self.proxy.pools.http1(cluster, host)
         fresh = False
         while True:
