@@ -147,14 +147,17 @@ class ListenerRuntime:
                 stats.downstream_cx_overflow += 1
                 stream.abort()
                 continue
+            # Counted here, not when its task starts: a burst accepted in one pass would
+            # otherwise all see the count from before it.
+            stats.downstream_cx_active += 1
             nursery.start_soon(self._run_connection, stream)
             accepted += 1
             if accepted % 16 == 0:  # a flood of connections must not starve their tasks
                 await trio.lowlevel.checkpoint()
 
     async def _run_connection(self, stream: Stream) -> None:
+        """Serve one accepted connection (``_accept`` counted it in ``downstream_cx_active``)."""
         stats = self.stats
-        stats.downstream_cx_active += 1
         conn = None
         try:
             conn = Connection(stream, self.idle_timeout)
