@@ -124,7 +124,7 @@ def assert_sample(config: MeshConfig) -> None:
     assert plain.name == "plain"
     assert plain.address == Address(host="127.0.0.1", port=8080)
     assert plain.bind_port is False
-    assert plain.connection_idle_timeout is None
+    assert plain.connection_idle_timeout == 90.0  # MOSN's default
     assert plain.max_connections is None
     assert [(f.type, f.config) for f in plain.filter_chains[0].filters] == [("echo", None)]
 
@@ -180,7 +180,7 @@ def test_defaults_of_a_minimal_document() -> None:
     config = parse_config(minimal_doc()).config
     (listener,) = config.listeners
     assert listener.bind_port is True
-    assert listener.connection_idle_timeout is None
+    assert listener.connection_idle_timeout == 90.0  # MOSN's default
     (cluster,) = config.cluster_manager.clusters
     assert cluster.type is ClusterType.SIMPLE
     assert cluster.lb_type is LbType.LB_ROUNDROBIN

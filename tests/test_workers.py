@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import re
@@ -12,6 +13,9 @@ import sys
 import threading
 
 import pytest
+
+from trio_mesh.config import parse_config
+from trio_mesh.workers import Supervisor
 
 CONFIG = (
     "servers: [{listeners: [{name: e, address: '127.0.0.1:0',"
@@ -139,3 +143,83 @@ def test_a_worker_failing_at_start_up_stops_them_all_with_exit_1(tmp_path):
         taken.close()
         proc.kill()
         proc.wait()
+
+
+def test_a_slot_in_back_off_does_not_hold_up_reaping_and_restarting_another(tmp_path):
+    """Slot 0 waits 5 s before its restart (a crash loop's back-off); slot 1 dies
+    meanwhile and, with its own 0.1 s back-off, is restarted first: the supervisor waits
+    for restarts in its poll, it never sleeps through them."""
+    config = parse_config(
+        {
+            "servers": [
+                {
+                    "listeners": [
+                        {
+                            "name": "e",
+                            "address": "127.0.0.1:0",
+                            "filter_chains": [{"filters": [{"type": "echo"}]}],
+                        }
+                    ]
+                }
+            ]
+        }
+    ).config
+    starts_r, starts_w = os.pipe()  # each worker writes its slot here as it starts
+    die = [os.pipe(), os.pipe()]  # a byte here ends that slot's first worker (exit 1)
+    spawned = [0, 0]
+    current = [0]
+
+    def serve(_config, ready_fd: int) -> int:
+        slot = current[0]
+        os.write(starts_w, b"%d" % slot)
+        os.write(ready_fd, b"R")
+        if spawned[slot] == 1:
+            os.read(die[slot][0], 1)
+            return 1
+        signal.pause()  # a restarted worker lives until the supervisor's SIGTERM
+        return 0
+
+    sup = Supervisor(config, 2, serve, lambda _: None)
+    spawn = sup._spawn
+
+    def counting_spawn(slot: int) -> None:
+        current[0] = slot
+        spawned[slot] += 1
+        spawn(slot)
+
+    sup._spawn = counting_spawn
+    sup.backoff = [5.0, 0.1]
+    reaped_0 = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("worker 0 ") and "restarting" in record.getMessage():
+                reaped_0.set()
+
+    watch = Watch()
+    logging.getLogger("trio_mesh.workers").addHandler(watch)
+    starts = bytearray()
+
+    def control() -> None:
+        try:
+            while len(starts) < 2:
+                starts.extend(os.read(starts_r, 2))
+            os.write(die[0][1], b"x")
+            assert reaped_0.wait(10)
+            os.write(die[1][1], b"x")
+            while len(starts) < 3:
+                starts.extend(os.read(starts_r, 1))
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # the supervisor stops every worker
+
+    thread = threading.Thread(target=control, daemon=True)
+    thread.start()
+    try:
+        assert sup.run() == 0
+    finally:
+        logging.getLogger("trio_mesh.workers").removeHandler(watch)
+        thread.join(10)
+        for fd in (starts_r, starts_w, *die[0], *die[1]):
+            os.close(fd)
+    # Both first workers, then slot 1's restart: before slot 0's, which is 5 s away.
+    assert sorted(starts[:2]) == list(b"01") and starts[2:] == b"1"

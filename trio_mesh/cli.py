@@ -233,17 +233,22 @@ async def _serve(
 
 
 def _sd_notify(message: bytes) -> None:
-    """Tell systemd (``Type=notify``) about readiness; a no-op outside systemd."""
+    """Tell systemd (``Type=notify``) about readiness; a no-op outside systemd.
+
+    Non-blocking: it runs inside the event loop (and in the workers' supervisor), and a
+    notify socket whose reader has stopped (its queue full) must never stall the proxy. A
+    message that cannot go now is dropped with a warning."""
     target = os.environ.get("NOTIFY_SOCKET")
     if not target:
         return
     if target.startswith("@"):
         target = "\0" + target[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)
         try:
             s.sendto(message, target)
-        except OSError as exc:
-            log.warning("sd_notify failed: %s", exc)
+        except OSError as exc:  # BlockingIOError: the receiver's queue is full
+            log.warning("sd_notify %r failed: %s", message, exc)
 
 
 if __name__ == "__main__":

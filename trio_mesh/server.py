@@ -114,7 +114,7 @@ class Server:
             lst.name,
             sock,
             handler,
-            idle_timeout=lst.connection_idle_timeout,
+            idle_timeout=lst.connection_idle_timeout or None,  # 0: no idle timeout
             max_connections=lst.max_connections,
             stats=self._stats[lst.name],
         )
@@ -245,7 +245,7 @@ class Server:
             elif runtime is not None:
                 # Same socket, new chain: the connections of the old chain finish and close.
                 runtime.handler = handler
-                runtime.idle_timeout = lst.connection_idle_timeout
+                runtime.idle_timeout = lst.connection_idle_timeout or None
                 runtime.max_connections = lst.max_connections
                 for conn in list(runtime.connections):
                     conn.drain()

@@ -66,6 +66,9 @@ class Supervisor:
         self.exit_code = 0
         self.ready = 0
         self.backoff = [RESTART_BACKOFF_MIN] * workers
+        #: slot -> monotonic time of its restart: waited for in ``_poll``, never slept
+        #: through, so a slot's back-off does not stop the others being reaped and restarted.
+        self.restarts: dict[int, float] = {}
         self.ready_r, self.ready_w = os.pipe()
 
     def run(self) -> int:
@@ -73,7 +76,7 @@ class Supervisor:
         try:
             for slot in range(self.workers):
                 self._spawn(slot)
-            while self.children:
+            while self.children or (self.restarts and not self.stopping):
                 self._poll()
         finally:
             for sig, handler in previous.items():
@@ -130,12 +133,26 @@ class Supervisor:
         log.info("worker %d started (pid %d)", slot, pid)
 
     def _poll(self) -> None:
-        readable, _, _ = select.select([self.ready_r], [], [], 0.2)
+        wait = 0.2
+        if self.restarts:
+            wait = max(0.0, min(wait, min(self.restarts.values()) - time.monotonic()))
+        readable, _, _ = select.select([self.ready_r], [], [], wait)
         if readable:
             self.ready += len(os.read(self.ready_r, 64))
             if self.ready == self.workers:
                 log.info("all %d workers ready", self.workers)
                 self.notify(b"READY=1")
+        self._reap()
+        if self.stopping:
+            self.restarts.clear()
+            return
+        now = time.monotonic()
+        for slot, at in list(self.restarts.items()):
+            if at <= now:
+                del self.restarts[slot]
+                self._spawn(slot)
+
+    def _reap(self) -> None:
         while self.children:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -158,10 +175,8 @@ class Supervisor:
                 continue
             wait = self.backoff[slot]
             log.error("worker %d (pid %d) %s; restarting in %.1fs", slot, pid, how, wait)
-            time.sleep(wait)
+            self.restarts[slot] = time.monotonic() + wait
             self.backoff[slot] = min(wait * 2, RESTART_BACKOFF_MAX)
-            if not self.stopping:
-                self._spawn(slot)
 
 
 def _describe(status: int) -> str:

@@ -86,6 +86,10 @@ class AccessLogConfig:
     log_format: LogFormat | None = None
 
 
+#: A listener's ``connection_idle_timeout`` when none is given (MOSN's ``DefaultIdleTimeout``).
+DEFAULT_IDLE_TIMEOUT = Duration(90.0)
+
+
 @frozen(kw_only=True)
 class Listener:
     name: str
@@ -93,7 +97,9 @@ class Listener:
     bind_port: bool = True
     filter_chains: tuple[FilterChain, ...] = ()
     stream_filters: tuple[StreamFilterConfig, ...] = ()
-    connection_idle_timeout: Duration | None = None
+    #: Close a downstream connection that sends nothing for this long (MOSN's default,
+    #: 90 s: a silent client must not hold a descriptor forever); ``"0s"``: never.
+    connection_idle_timeout: Duration | None = DEFAULT_IDLE_TIMEOUT
     #: Connections over this number are accepted and closed at once (Envoy's behaviour).
     max_connections: PositiveInt | None = None
     access_logs: tuple[AccessLogConfig, ...] = ()

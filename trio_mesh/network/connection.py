@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import socket
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -13,6 +14,10 @@ from .stream import Stream
 # only once less than the timeout remains, to timeout x SLACK: the timeout then fires between
 # 1x and 1.125x its value after the last activity.
 SLACK = 1.125
+#: On drain, how long an idle HTTP/1 connection stays open for a request already on its way.
+#: Closing it at once races the client's next request: written before our FIN arrives, it
+#: is then lost (a reset, no response). Its client sends within microseconds when busy.
+DRAIN_IDLE_GRACE = 1.0
 
 
 class IdleTimer:
@@ -85,7 +90,17 @@ class Connection:
     listener runs it next under a fresh timer.
     """
 
-    __slots__ = ("stream", "remote", "local", "idle", "resume", "on_drain", "busy", "draining")
+    __slots__ = (
+        "stream",
+        "remote",
+        "local",
+        "idle",
+        "resume",
+        "on_drain",
+        "busy",
+        "draining",
+        "drain_grace",
+    )
 
     def __init__(self, stream: Stream, idle_timeout: float | None):
         self.stream = stream
@@ -102,11 +117,25 @@ class Connection:
         #: A request is in flight (HTTP/1): draining lets it finish, then closes.
         self.busy = False
         self.draining = False
+        #: Set by a filter whose connection, idle on drain, may still get a request (an
+        #: HTTP/1 keep-alive connection): it closes once idle this long, not at once.
+        self.drain_grace: float | None = None
 
     def drain(self) -> None:
         """The server is stopping: finish what is in flight, take nothing new."""
         self.draining = True
         if self.on_drain is not None:
             self.on_drain(self)
-        elif not self.busy:
+        elif self.busy:
+            pass  # the request in flight finishes; the filter closes after it
+        elif self.drain_grace is not None:
+            self.idle.shorten(self.drain_grace)
+        else:
             self.idle.scope.cancel()  # between requests: nothing to finish
+
+    def input_waiting(self) -> bool:
+        """Bytes not read yet wait on the socket: the client has begun a request."""
+        try:
+            return bool(self.stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # nothing yet (would block), or the socket is gone
+            return False

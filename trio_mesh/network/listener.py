@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -23,6 +24,9 @@ _OVERLOAD_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # The connection died between the handshake and accept(): nothing to do about it.
 _TRANSIENT_ERRNOS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
 ACCEPT_BACKOFF = 0.1
+# Exhaustion lasts as long as the flood that causes it: one line a second says so, with the
+# count of the failures in between, instead of ten lines a second filling the disk.
+ACCEPT_LOG_INTERVAL = 1.0
 BACKLOG = 4096
 
 Handler = Callable[[Connection], Awaitable[None]]
@@ -123,6 +127,8 @@ class ListenerRuntime:
         sock = self.sock
         stats = self.stats
         accepted = 0
+        logged_at = -math.inf
+        unlogged = 0
         while True:
             try:
                 client, _ = sock.accept()
@@ -135,7 +141,18 @@ class ListenerRuntime:
                 if exc.errno not in _OVERLOAD_ERRNOS:
                     raise
                 stats.downstream_accept_error += 1
-                log.warning("listener %r: accept failed (%s), backing off", self.name, exc.strerror)
+                now = trio.current_time()
+                if now - logged_at >= ACCEPT_LOG_INTERVAL:
+                    more = f"; {unlogged} more since the last line" if unlogged else ""
+                    log.warning(
+                        "listener %r: accept failed (%s), backing off%s",
+                        self.name,
+                        exc.strerror,
+                        more,
+                    )
+                    logged_at, unlogged = now, 0
+                else:
+                    unlogged += 1
                 await trio.sleep(ACCEPT_BACKOFF)
                 continue
             stream = Stream(client)
@@ -147,14 +164,17 @@ class ListenerRuntime:
                 stats.downstream_cx_overflow += 1
                 stream.abort()
                 continue
+            # Counted here, not when its task starts: a burst accepted in one pass would
+            # otherwise all see the count from before it.
+            stats.downstream_cx_active += 1
             nursery.start_soon(self._run_connection, stream)
             accepted += 1
             if accepted % 16 == 0:  # a flood of connections must not starve their tasks
                 await trio.lowlevel.checkpoint()
 
     async def _run_connection(self, stream: Stream) -> None:
+        """Serve one accepted connection (``_accept`` counted it in ``downstream_cx_active``)."""
         stats = self.stats
-        stats.downstream_cx_active += 1
         conn = None
         try:
             conn = Connection(stream, self.idle_timeout)

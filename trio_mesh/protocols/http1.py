@@ -562,6 +562,11 @@ class RequestParser(_Parser):
         self._max_body = self._limits.max_body_bytes
         self._p = _llhttp(HttpRequestParser, self._sink)
 
+    @property
+    def between_requests(self) -> bool:
+        """No byte of a next request has been fed (a drain may close the connection)."""
+        return self._phase == _HEAD and not self._head_bytes and self._error is None
+
     def feed_eof(self) -> list[Event]:
         """The client closed: [] between requests, H1Error(400) inside one."""
         if self._error is not None:

@@ -35,7 +35,7 @@ from ..filters.stream import (
     filter_failed,
 )
 from ..network.connect import ConnectError
-from ..network.connection import Connection
+from ..network.connection import DRAIN_IDLE_GRACE, Connection
 from ..network.h2 import StreamGone
 from ..network.relay import CHUNK, relay
 from ..network.stream import Stream
@@ -119,6 +119,10 @@ class _DownstreamGone(Exception):
     """The client closed or reset mid-request: nothing more can be said to it."""
 
 
+class _Rescope(Exception):
+    """The connection's scope was cancelled (drain, idle timeout) as a request arrived."""
+
+
 class Http1Proxy:
     """The ``proxy`` network filter for ``downstream_protocol: Http1``."""
 
@@ -189,6 +193,7 @@ class _Session:
         self.proxy = proxy
         self.conn = conn
         self.stream = conn.stream
+        conn.drain_grace = DRAIN_IDLE_GRACE
         self.parser = RequestParser(proxy.limits)
         # A list, not a deque: it holds a handful of events at most, and an empty deque
         # costs half a KiB on every idle connection.
@@ -239,15 +244,20 @@ class _Session:
             self.eof = True
             self.events.extend(self.parser.feed_eof())
 
-    async def _next_head(self, answered: bool) -> RequestHead | None:
+    async def _next_head(self, served: int) -> RequestHead | None:
         """The next request head, or ``None`` when the client closed between requests.
 
         Waiting for a request is bounded by the connection idle timeout; once its first
         bytes arrived, the whole head must follow within ``request_header_timeout``.
-        ``answered``: a response just went, and a client that does not pipeline sends its
-        next request only once it has read it.
+        ``served``: requests answered so far; after one, a client that does not pipeline
+        sends its next request only once it has read the response.
         """
         events = self.events
+        if served % 8 == 0 and served:
+            # The stream yields only when it must wait: a client pipelining a flood, or
+            # answered from direct responses, must still share the loop.
+            await trio.lowlevel.checkpoint()
+        answered = served > 0
         deadline = math.inf
         while not events:
             if self.eof:
@@ -262,7 +272,15 @@ class _Session:
                     raise H1Error(408, "request header timeout")
             if not events and deadline == math.inf:
                 deadline = trio.current_time() + self.proxy.config.request_header_timeout
+        if self.conn.idle.scope.cancel_called:
+            # The drain or the idle timeout fired while this request came in: served under
+            # a fresh scope, it can neither be cut nor be taken for a route timeout.
+            raise _Rescope()
         return events.pop(0)
+
+    def _request_begun(self) -> bool:
+        """A byte of the next request has come (parsed, or waiting on the socket)."""
+        return bool(self.events) or not self.parser.between_requests or self.conn.input_waiting()
 
     async def _next_body_event(self) -> Body | EndOfMessage:
         events = self.events
@@ -280,7 +298,7 @@ class _Session:
             info = head = None
             self.response_started = False
             try:
-                head = await self._next_head(served > 0)
+                head = await self._next_head(served)
                 if head is None:
                     return
                 info = self._start_info(head)
@@ -299,9 +317,18 @@ class _Session:
                 if info is not None:
                     _flag(info, "DC")
                 keep = False
+            except _Rescope:
+                self.conn.resume = self.run  # the listener runs it under a fresh scope
+                return
             except trio.Cancelled:
-                if info is not None and self.conn.idle.route_expired:
-                    self._route_timed_out(head, info)
+                if info is not None:
+                    if self.conn.idle.route_expired:
+                        self._route_timed_out(head, info)
+                elif self.conn.idle.scope.cancel_called and self._request_begun():
+                    # Our scope fired (drain, idle timeout) as a request began: answer it
+                    # under a fresh scope. An outer cancellation is raised again there.
+                    self.conn.resume = self.run
+                    return
                 raise
             if info is not None:
                 self._done(info)
@@ -311,10 +338,6 @@ class _Session:
                 return
             self.conn.idle.touch()
             served += 1
-            if served % 8 == 0:
-                # The stream yields only when it must wait: a client pipelining a flood, or
-                # answered from direct responses, must still share the loop.
-                await trio.lowlevel.checkpoint()
 
     def _done(self, info: RequestInfo) -> None:
         self._finish(info)
