@@ -224,3 +224,16 @@ def test_unenforced_values_warn_with_their_paths() -> None:
     config["downstream_protocol"] = "Http1"
     del _cluster(doc)["circuit_breakers"][1]
     assert parse_config(doc).warnings == ()
+
+
+def test_route_retries_warn_on_http2_listeners_only() -> None:
+    doc = http_doc()
+    route = _vhost(doc)["routers"][0]["route"]
+    route["retry_policy"] = {"retry_on": True, "num_retries": 2}
+    assert parse_config(doc).warnings == ()  # HTTP/1: enforced
+    config = doc["servers"][0]["listeners"][0]["filter_chains"][0]["filters"][0]["config"]
+    config["downstream_protocol"] = "Auto"
+    assert parse_config(doc).warnings == (
+        f"{VHOST}.routers[0].route.retry_policy: enforced on HTTP/1 requests only: HTTP/2"
+        " requests are not retried yet",
+    )

@@ -135,13 +135,35 @@ def unenforced(config: MeshConfig) -> list[str]:
                     )
                 )
     for si, server in enumerate(config.servers):
+        warned_retries: set[str] = set()
         for li, listener in enumerate(server.listeners):
             for ci, chain in enumerate(listener.filter_chains):
                 for fi, f in enumerate(chain.filters):
                     p = f"servers[{si}].listeners[{li}].filter_chains[{ci}].filters[{fi}].config"
                     if isinstance(f.config, ProxyConfig):
                         warnings += _proxy_unenforced(p, f.config)
+                        if f.config.downstream_protocol in (Protocol.HTTP2, Protocol.AUTO):
+                            warned_retries |= {f.config.router_config_name}
+        for ri, router in enumerate(server.routers):
+            if router.router_config_name in warned_retries:
+                warnings += _h2_retries_unenforced(f"servers[{si}].routers[{ri}]", router)
     return warnings
+
+
+def _h2_retries_unenforced(path: str, router: Any) -> list[str]:
+    """Route retries are made for HTTP/1 requests only (HTTP/2 streams are sent once)."""
+    return [
+        at(
+            f"{path}.virtual_hosts[{vi}].routers[{ei}].route.retry_policy",
+            "enforced on HTTP/1 requests only: HTTP/2 requests are not retried yet",
+        )
+        for vi, vhost in enumerate(router.virtual_hosts)
+        for ei, entry in enumerate(vhost.routers)
+        if entry.route is not None
+        and (rp := entry.route.retry_policy) is not None
+        and rp.retry_on
+        and rp.num_retries
+    ]
 
 
 def _proxy_unenforced(path: str, proxy: ProxyConfig) -> list[str]:
