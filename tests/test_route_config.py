@@ -255,11 +255,10 @@ PENDING = "known MOSN key, not implemented yet: ignored"
 
 def test_pending_mosn_keys_warn_with_their_paths() -> None:
     doc = minimal_doc()
-    vhost(doc).update(require_tls="ALL", Per_Filter_Config={"x": {}})
-    entry(doc).update(
-        metadata={"filter_metadata": {}}, request_mirror_policies={}
-    )
-    match(doc).update(variables=[{"name": "x", "value": "1"}], dsl_expressions=[])
+    # Refused keys (access, TLS) load silently while their values leave them off.
+    vhost(doc).update(require_tls="NONE", Per_Filter_Config={})
+    entry(doc).update(metadata={"filter_metadata": {}}, request_mirror_policies={})
+    match(doc).update(variables=[], dsl_expressions=[])
     action(doc).update(
         metadata_match={},
         hash_policy=[{"header": {"key": "x"}}],
@@ -278,12 +277,8 @@ def test_pending_mosn_keys_warn_with_their_paths() -> None:
     assert sorted(loaded.warnings) == sorted(
         f"{path}: {PENDING}"
         for path in [
-            f"{V0}.require_tls",
-            f"{V0}.per_filter_config",
             f"{E0}.metadata",
             f"{E0}.request_mirror_policies",
-            f"{E0}.match.variables",
-            f"{E0}.match.dsl_expressions",
             f"{E0}.route.metadata_match",
             f"{E0}.route.hash_policy",
             f"{E0}.route.auto_host_rewrite_header",
@@ -295,6 +290,26 @@ def test_pending_mosn_keys_warn_with_their_paths() -> None:
     )
     (r,) = loaded.config.servers[0].routers[0].virtual_hosts[0].routers
     assert r.route.weighted_clusters[0].cluster.name == "up"
+
+
+def test_access_changing_mosn_keys_are_refused_with_their_paths() -> None:
+    doc = minimal_doc()
+    vhost(doc).update(require_tls="ALL", Per_Filter_Config={"ip_access": {}})
+    match(doc).update(variables=[{"name": "x", "value": "1"}], dsl_expressions=[{"x": 1}])
+    with pytest.raises(ConfigError) as exc:
+        parse_config(doc)
+    assert sorted(exc.value.errors) == sorted(
+        [
+            f"{V0}.require_tls: TLS is not supported yet: requests over cleartext would be"
+            " served (remove the key, or set it to NONE)",
+            f"{V0}.per_filter_config: per-virtual-host filter configs are not supported yet:"
+            " give per_filter_config on each route instead",
+            f"{E0}.match.variables: variables match conditions are not supported yet: the"
+            " route would match requests they exclude",
+            f"{E0}.match.dsl_expressions: dsl_expressions match conditions are not supported"
+            " yet: the route would match requests they exclude",
+        ]
+    )
 
 
 def test_router_level_header_lists_are_implemented_not_pending() -> None:

@@ -136,6 +136,25 @@ async def test_bad_resource_is_nacked_and_traffic_stays_on_the_old_config(nurser
     assert "lb_policy" in server.xds.status()["types"]["CDS"]["last_error"]
 
 
+async def test_tls_transport_socket_is_nacked_never_served_as_cleartext(nursery, ads):
+    a = await start_upstream(nursery)
+    await initial(ads, a.port)
+    server = await start_mesh(nursery, ads)
+    tls = {"name": "envoy.transport_sockets.tls"}
+    with trio.fail_after(TIMEOUT):
+        await server.xds.wait_for(lambda: "ingress" in server.addresses)
+        await ads.set("CDS", "2", [{**eds_cluster("a"), "transportSocket": tls}])
+        nack = await ads.expect("NACK CDS")
+        assert nack.startswith("NACK CDS 1 ") and "transport_socket: TLS is not supported" in nack
+        secure = listener("secure", "r")
+        secure["filterChains"][0]["transportSocket"] = tls
+        await ads.set("LDS", "2", [listener("ingress", "r"), secure])
+        nack = await ads.expect("NACK LDS")
+        assert "filter_chains[0].transport_socket: TLS is not supported" in nack
+        assert "secure" not in server.addresses
+        assert await fetch(server.addresses["ingress"][1]) == 200
+
+
 async def test_management_server_restart_reconnects_and_traffic_continues(nursery, ads):
     a, b = await start_upstream(nursery), await start_upstream(nursery)
     await initial(ads, a.port)

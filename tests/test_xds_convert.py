@@ -391,7 +391,8 @@ def test_cluster_refusals() -> None:
     expect(cluster_doc, t.Cluster(name="zero", connect_timeout=secs(0)),
            "Cluster 'zero': connect_timeout: expected a positive duration, got 0.0s")
     expect(cluster_doc, t.Cluster(name="tls", transport_socket=t.TransportSocket(name="tls")),
-           "Cluster 'tls': transport_socket: not supported by trio-mesh")
+           "Cluster 'tls': transport_socket: TLS is not supported yet: connections to this"
+           " cluster would use cleartext instead ('tls' refused)")
     expect(cluster_doc, t.Cluster(name="zone", common_lb_config=t.ClusterCommonLbConfig(
         locality_weighted_lb_config=t.ClusterCommonLbConfigLocalityWeightedLbConfig())),
         "Cluster 'zone': common_lb_config.locality_weighted_lb_config: not supported by trio-mesh")
@@ -434,7 +435,8 @@ def test_listener_refusals() -> None:
     tls = listener("tls", 1, filter_chains=[t.FilterChain(
         transport_socket=t.TransportSocket(name="envoy.transport_sockets.tls"))])
     expect(listener_doc, tls,
-           "Listener 'tls': filter_chains[0].transport_socket: TLS is not supported by trio-mesh")
+           "Listener 'tls': filter_chains[0].transport_socket: TLS is not supported yet: this"
+           " listener would use cleartext instead ('envoy.transport_sockets.tls' refused)")
     # an Any of a type nothing registered: refused by its URL, before unpacking
     unknown = t.Any(type_url="type.googleapis.com/envoy.extensions.filters.network.redis_proxy"
                     ".v3.RedisProxy", value=b"")
@@ -446,6 +448,29 @@ def test_listener_refusals() -> None:
            " not supported by trio-mesh")
     expect(listener_doc, listener("lf", 1, hcm(), listener_filters=[t.ListenerFilter(name="x")]),
            "Listener 'lf': listener_filters: not supported by trio-mesh")
+
+
+def test_tls_transport_socket_is_refused_and_raw_buffer_accepted() -> None:
+    """Listener and cluster alike: TLS is refused (a NACK), never served as cleartext;
+    Envoy's cleartext socket, raw_buffer, loads."""
+    tls_any = t.Any(type_url="type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
+                    ".DownstreamTlsContext", value=b"")
+    chain = t.FilterChain(filters=[t.Filter(name="f", typed_config=t.Any.pack(hcm()))],
+                          transport_socket=t.TransportSocket(typed_config=tls_any))
+    expect(listener_doc, listener("tls", 1, filter_chains=[chain]),
+           "Listener 'tls': filter_chains[0].transport_socket: TLS is not supported yet: this"
+           " listener would use cleartext instead ('type.googleapis.com/envoy.extensions"
+           ".transport_sockets.tls.v3.DownstreamTlsContext' refused)")
+    expect(cluster_doc, t.Cluster(name="up", transport_socket=t.TransportSocket(
+        name="envoy.transport_sockets.tls", typed_config=tls_any)),
+        "Cluster 'up': transport_socket: TLS is not supported yet: connections to this cluster"
+        " would use cleartext instead ('envoy.transport_sockets.tls' refused)")
+    raw = t.TransportSocket(name="envoy.transport_sockets.raw_buffer", typed_config=t.Any(
+        type_url="type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3"
+        ".RawBuffer", value=b""))
+    chain.transport_socket = raw
+    assert listener_doc(listener("raw", 1, filter_chains=[chain])).listener["name"] == "raw"
+    assert cluster_doc(t.Cluster(name="up", transport_socket=raw))[0]["name"] == "up"
 
 
 def test_http_filter_refusals() -> None:

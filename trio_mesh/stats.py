@@ -42,7 +42,14 @@ class ClusterStats(Stats):
         "upstream_cx_none_healthy",
         "upstream_cx_idle_timeout",
         "upstream_rq_total",
+        # Requests (each try) outstanding to the cluster, all hosts and protocols: what
+        # ``circuit_breakers.max_requests`` bounds; its overflow counts as pending overflow,
+        # as Envoy's does.
+        "upstream_rq_active",
         "upstream_rq_retry",
+        # Retries outstanding (``circuit_breakers.max_retries``) and those refused by it.
+        "upstream_rq_retry_active",
+        "upstream_rq_retry_overflow",
         "upstream_rq_timeout",
         "upstream_rq_pending_active",
         "upstream_rq_pending_overflow",

@@ -15,7 +15,7 @@ from .convert import converter, structure_errors
 from .errors import ConfigError
 from .model import MeshConfig
 from .normalize import Report, normalize
-from .validate import check, check_refs
+from .validate import check, check_refs, unenforced
 from .xds import resolve as resolve_xds
 
 log = logging.getLogger("trio_mesh.config")
@@ -52,6 +52,7 @@ def parse_config(data: Any, *, dynamic: bool = False) -> Loaded:
         raise ConfigError(errors)
     if config.admin is not None:
         report.warnings.append("admin: the admin API is not served yet: ignored")
+    report.warnings += unenforced(config)
     return Loaded(config=config, warnings=tuple(report.warnings))
 
 

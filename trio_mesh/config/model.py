@@ -1,7 +1,9 @@
 """The configuration as frozen attrs classes, shaped like MOSN's v2 configuration.
 
 Field names are MOSN's JSON keys. ``MOSN_PENDING`` on a class names the MOSN keys that are
-known but not implemented yet: they load with a warning instead of failing.
+known but not implemented yet and change neither security nor access: they load with a
+warning. ``MOSN_REFUSED`` names those that would (TLS, access conditions): a configuration
+error while their value turns them on (see ``config.refused``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from typing import Any, ClassVar, NewType
 
 import attrs
 from attrs import frozen
+
+from . import refused
+from .refused import Refusal
 
 #: Seconds, written in configuration files as ``"3s"``, ``"250ms"``, ``"1m"``.
 Duration = NewType("Duration", float)
@@ -73,7 +78,15 @@ class StreamFilterConfig(FilterConfig):
 class FilterChain:
     filters: tuple[NetworkFilterConfig, ...] = ()
 
-    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset({"match", "tls_context", "tls_context_set"})
+    MOSN_REFUSED: ClassVar[dict[str, Refusal]] = {
+        "tls_context": refused.tls("this filter chain"),
+        "tls_context_set": refused.tls_set("this filter chain"),
+        # Without matching, the one chain would take connections its match excludes.
+        "match": (
+            refused.given,
+            "filter chain matching is not supported yet: the chain would accept every connection",
+        ),
+    }
 
 
 @frozen(kw_only=True)
@@ -227,8 +240,6 @@ class Cluster:
             "spec",
             "lb_subset_config",
             "original_dst_lb_config",
-            "cluster_manager_tls",
-            "tls_context",
             "lbconfig",
             "dns_refresh_rate",
             "respect_dns_ttl",
@@ -239,6 +250,15 @@ class Cluster:
             "cluster_pool_enable",
         }
     )
+
+    MOSN_REFUSED: ClassVar[dict[str, Refusal]] = {
+        "tls_context": refused.tls("connections to this cluster"),
+        "cluster_manager_tls": (
+            refused.given,
+            "TLS is not supported yet: connections to this cluster would use cleartext"
+            " instead (remove the key, or set it to false)",
+        ),
+    }
 
     def thresholds(self, priority: str = "DEFAULT") -> Thresholds:
         for t in self.circuit_breakers:
@@ -252,8 +272,11 @@ class ClusterManagerConfig:
     clusters: tuple[Cluster, ...] = ()
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
-        {"auto_discovery", "registry_use_health_check", "clusters_configs", "tls_context"}
+        {"auto_discovery", "registry_use_health_check", "clusters_configs"}
     )
+    MOSN_REFUSED: ClassVar[dict[str, Refusal]] = {
+        "tls_context": refused.tls("upstream connections"),
+    }
 
 
 @frozen(kw_only=True)

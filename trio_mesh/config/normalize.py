@@ -1,7 +1,8 @@
 """Key matching before structuring: MOSN's Go loader matches JSON keys case-insensitively.
 
 Walks the raw document along the attrs classes, renames each key to its field, reports unknown
-keys as errors and known-but-pending MOSN keys as warnings, both with their paths.
+keys as errors, known-but-pending MOSN keys as warnings, and refused MOSN keys (security or
+access, ``config.refused``) as errors while their value turns them on, all with their paths.
 """
 
 from __future__ import annotations
@@ -66,10 +67,12 @@ def normalize(data: Any, tp: Any, path: str, report: Report) -> Any:
 def _normalize_class(data: dict, cls: type, path: str, report: Report) -> dict:
     fields = _fields(cls)
     pending: frozenset[str] = getattr(cls, "MOSN_PENDING", frozenset())
+    refusals: dict[str, Any] = getattr(cls, "MOSN_REFUSED", {})
     out: dict[str, Any] = {}
     for key, value in data.items():
         lowered = str(key).lower()
-        key_path = join_path(path, lowered if lowered in fields or lowered in pending else str(key))
+        known = lowered in fields or lowered in pending or lowered in refusals
+        key_path = join_path(path, lowered if known else str(key))
         if lowered in fields:
             name, field_tp, refers_to = fields[lowered]
             if name in out:
@@ -78,11 +81,15 @@ def _normalize_class(data: dict, cls: type, path: str, report: Report) -> dict:
             if refers_to is not None and isinstance(value, str):
                 report.refs.append((refers_to, key_path, value))
             out[name] = normalize(value, field_tp, key_path, report)
+        elif lowered in refusals:
+            turns_on, reason = refusals[lowered]
+            if turns_on(value):
+                report.errors.append(at(key_path, reason))
         elif lowered in pending:
             report.warnings.append(at(key_path, "known MOSN key, not implemented yet: ignored"))
         else:
-            known = ", ".join(sorted(fields))
-            report.errors.append(at(key_path, f"unknown key (known keys: {known})"))
+            names = ", ".join(sorted(fields))
+            report.errors.append(at(key_path, f"unknown key (known keys: {names})"))
     return out
 
 

@@ -27,7 +27,9 @@ from cattrs.errors import (
     IterableValidationNote,
 )
 
+from . import refused
 from .model import Duration, PerFilterConfig, PositiveInt
+from .refused import Refusal
 
 # --------------------------------------------------------------------------- located errors
 
@@ -238,7 +240,15 @@ class RouteMatch:
     headers: tuple[HeaderMatcher, ...] = ()
     query_parameters: tuple[QueryParameterMatcher, ...] = ()
 
-    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset({"variables", "dsl_expressions"})
+    # Ignored conditions would let the route match requests they exclude.
+    MOSN_REFUSED: ClassVar[dict[str, Refusal]] = {
+        key: (
+            refused.given,
+            f"{key} match conditions are not supported yet: the route would"
+            " match requests they exclude",
+        )
+        for key in ("variables", "dsl_expressions")
+    }
 
     def __attrs_post_init__(self) -> None:
         problems = _exactly_one(
@@ -528,7 +538,19 @@ class VirtualHost:
     response_headers_to_add: tuple[HeaderValueOption, ...] = ()
     response_headers_to_remove: tuple[str, ...] = ()
 
-    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset({"require_tls", "per_filter_config"})
+    MOSN_REFUSED: ClassVar[dict[str, Refusal]] = {
+        "require_tls": (
+            refused.require_tls_on,
+            "TLS is not supported yet: requests over cleartext would be served (remove the"
+            " key, or set it to NONE)",
+        ),
+        # A filter's config here (ip_access, say) would tighten access on this host.
+        "per_filter_config": (
+            refused.given,
+            "per-virtual-host filter configs are not supported yet: give per_filter_config"
+            " on each route instead",
+        ),
+    }
 
     def __attrs_post_init__(self) -> None:
         problems: list[Problem] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import at
-from .filters import is_terminal
+from .filters import Protocol, ProxyConfig, is_terminal
 from .model import MeshConfig
 
 
@@ -87,8 +87,10 @@ def _check_chains(errors: list[str], lp: str, listener: Any) -> None:
         f.type == "proxy" for chain in listener.filter_chains for f in chain.filters
     ):
         errors.append(
-            at(f"{lp}.stream_filters", "stream filters run in the proxy network filter, which"
-               " this listener does not have")
+            at(
+                f"{lp}.stream_filters",
+                "stream filters run in the proxy network filter, which this listener does not have",
+            )
         )
     for ci, chain in enumerate(listener.filter_chains):
         cp = f"{lp}.filter_chains[{ci}].filters"
@@ -116,3 +118,63 @@ def _unique(
         if name in seen:
             errors.append(at(path, f"duplicate {what} {attribute} {name!r}"))
         seen.add(name)
+
+
+def unenforced(config: MeshConfig) -> list[str]:
+    """Warnings for values that load but are not enforced (yet) where they are set: each
+    changes neither security nor access, and none stays silent."""
+    warnings: list[str] = []
+    for ci, cluster in enumerate(config.cluster_manager.clusters):
+        for ti, th in enumerate(cluster.circuit_breakers):
+            if th.priority.upper() != "DEFAULT":
+                warnings.append(
+                    at(
+                        f"cluster_manager.clusters[{ci}].circuit_breakers[{ti}].priority",
+                        f"{th.priority}: routes carry no priority, only DEFAULT thresholds"
+                        " apply: ignored",
+                    )
+                )
+    for si, server in enumerate(config.servers):
+        warned_retries: set[str] = set()
+        for li, listener in enumerate(server.listeners):
+            for ci, chain in enumerate(listener.filter_chains):
+                for fi, f in enumerate(chain.filters):
+                    p = f"servers[{si}].listeners[{li}].filter_chains[{ci}].filters[{fi}].config"
+                    if isinstance(f.config, ProxyConfig):
+                        warnings += _proxy_unenforced(p, f.config)
+                        if f.config.downstream_protocol in (Protocol.HTTP2, Protocol.AUTO):
+                            warned_retries |= {f.config.router_config_name}
+        for ri, router in enumerate(server.routers):
+            if router.router_config_name in warned_retries:
+                warnings += _h2_retries_unenforced(f"servers[{si}].routers[{ri}]", router)
+    return warnings
+
+
+def _h2_retries_unenforced(path: str, router: Any) -> list[str]:
+    """Route retries are made for HTTP/1 requests only (HTTP/2 streams are sent once)."""
+    return [
+        at(
+            f"{path}.virtual_hosts[{vi}].routers[{ei}].route.retry_policy",
+            "enforced on HTTP/1 requests only: HTTP/2 requests are not retried yet",
+        )
+        for vi, vhost in enumerate(router.virtual_hosts)
+        for ei, entry in enumerate(vhost.routers)
+        if entry.route is not None
+        and (rp := entry.route.retry_policy) is not None
+        and rp.retry_on
+        and rp.num_retries
+    ]
+
+
+def _proxy_unenforced(path: str, proxy: ProxyConfig) -> list[str]:
+    if proxy.max_request_body_bytes is not None and proxy.downstream_protocol in (
+        Protocol.HTTP2,
+        Protocol.AUTO,
+    ):
+        return [
+            at(
+                f"{path}.max_request_body_bytes",
+                "enforced on HTTP/1 requests only: HTTP/2 request bodies are not limited yet",
+            )
+        ]
+    return []

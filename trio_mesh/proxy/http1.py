@@ -685,15 +685,28 @@ class _Session:
         # The route timeout is the connection scope's deadline meanwhile: a timeout ends
         # in run()'s Cancelled handler (a cancel scope per request costs too much).
         self._arm(None, route.timeout)
+        stats = cluster.stats
+        retrying = False  # this try holds a slot under circuit_breakers.max_retries
         try:
             while True:
-                cluster.stats.upstream_rq_total += 1
+                stats.upstream_rq_total += 1
                 self._can_retry_status = tries_left > 0 and replay is not None
+                # circuit_breakers.max_requests: tries outstanding to the cluster (inline,
+                # not a context manager: this is the per-request path).
+                if cluster.max_requests is not None and cluster.request_overflows():
+                    return await self._local_reply(head, info, OVERFLOW)
+                stats.upstream_rq_active += 1
                 try:
-                    return await self._try(
-                        head, info, route, cluster, target, headers, has_host, replay, fresh=raced
-                    )
+                    try:
+                        return await self._try(
+                            head, info, route, cluster, target, headers, has_host, replay, raced
+                        )
+                    finally:
+                        stats.upstream_rq_active -= 1
                 except _Retry as exc:
+                    if retrying:
+                        retrying = False
+                        stats.upstream_rq_retry_active -= 1
                     replay = self._replay_left  # what the failed try left resendable
                     if self.response_started:  # defensive: nothing can be retried now
                         return False
@@ -706,13 +719,17 @@ class _Session:
                         and replay is not None
                         and _retry_on(retry, exc.reply)
                     )
-                    if not retryable:
+                    if not retryable or cluster.retry_overflows():
                         return await self._local_reply(head, info, exc.reply)
                     tries_left -= 1
-                    cluster.stats.upstream_rq_retry += 1
+                    stats.upstream_rq_retry += 1
+                    stats.upstream_rq_retry_active += 1
+                    retrying = True
                 except _Fail as exc:
                     return await self._local_reply(head, info, exc.reply)
         finally:
+            if retrying:
+                stats.upstream_rq_retry_active -= 1
             self._armed.clear()
             self.conn.idle.end_route()
 
@@ -726,7 +743,6 @@ class _Session:
         headers: list[tuple[bytes, bytes]],
         has_host: bool,
         replay: list[bytes] | None,
-        *,
         fresh: bool,
     ) -> bool:
         """One try against one host. Returns the keep-alive decision for downstream, or

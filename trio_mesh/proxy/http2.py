@@ -315,15 +315,24 @@ class _Stream:
                 timeout = deadline
         new_path = route.rewrite_path(path)
         target = (new_path + "?" + query if query else new_path).encode("latin-1")
-        cluster.stats.upstream_rq_total += 1
+        stats = cluster.stats
+        stats.upstream_rq_total += 1
         self.cluster = cluster
+        # circuit_breakers.max_requests: requests outstanding to the cluster, every protocol.
+        if cluster.max_requests is not None and cluster.request_overflows():
+            await self._local(OVERFLOW)
+            return
         if timeout is not None:
             self.inbox.scope.deadline = trio.current_time() + timeout
+        stats.upstream_rq_active += 1
         try:
-            if proxy.upstream_h1:
-                await self._to_h1(route, cluster, target, event.end_stream)
-            else:
-                await self._to_h2(route, cluster, target, event.end_stream)
+            try:
+                if proxy.upstream_h1:
+                    await self._to_h1(route, cluster, target, event.end_stream)
+                else:
+                    await self._to_h2(route, cluster, target, event.end_stream)
+            finally:
+                stats.upstream_rq_active -= 1
         except _Reply as exc:
             await self._local(exc.reply)
         except _FilterReply as exc:

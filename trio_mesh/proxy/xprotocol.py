@@ -283,7 +283,12 @@ class _XSession:
         # The route's timeout, capped by the frame's own (bolt carries one).
         timeout = min(route.timeout or math.inf, frame.timeout or math.inf)
         downstream_id = frame.request_id
-        cluster.stats.upstream_rq_total += 1
+        stats = cluster.stats
+        stats.upstream_rq_total += 1
+        # circuit_breakers.max_requests: requests outstanding to the cluster, every protocol.
+        if cluster.max_requests is not None and cluster.request_overflows():
+            return ErrorKind.OVERFLOW
+        stats.upstream_rq_active += 1
         host.active_requests += 1
         try:
             response = None
@@ -302,6 +307,7 @@ class _XSession:
         except UpstreamLost:
             return ErrorKind.UPSTREAM_RESET
         finally:
+            stats.upstream_rq_active -= 1
             host.active_requests -= 1
             frame.request_id = downstream_id  # the error reply answers the downstream id
         if chain is not None and chain.mask & (RESPONSE_HEADERS | RESPONSE_DATA):

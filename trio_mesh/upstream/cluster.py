@@ -36,6 +36,8 @@ class Cluster:
         limits = config.thresholds()
         self.max_connections = limits.max_connections
         self.max_pending_requests = limits.max_pending_requests
+        self.max_requests = limits.max_requests
+        self.max_retries = limits.max_retries
 
     def update(self, config: ClusterConfig) -> list[Host]:
         """Take a new configuration of this cluster in place; returns the hosts that left.
@@ -66,6 +68,22 @@ class Cluster:
         """Replace the host set at once; the balancer is rebuilt for the new set."""
         self.hosts = tuple(hosts)
         self.lb = make_balancer(self.config.lb_type, self.hosts)
+
+    def request_overflows(self) -> bool:
+        """Whether a new request would pass ``max_requests`` (the overflow is counted);
+        callers check ``max_requests is not None`` first, so the common case costs nothing."""
+        if self.stats.upstream_rq_active >= self.max_requests:  # type: ignore[operator]
+            self.stats.upstream_rq_pending_overflow += 1
+            return True
+        return False
+
+    def retry_overflows(self) -> bool:
+        """Whether one more retry would pass ``max_retries`` (the overflow is counted)."""
+        limit = self.max_retries
+        if limit is not None and self.stats.upstream_rq_retry_active >= limit:
+            self.stats.upstream_rq_retry_overflow += 1
+            return True
+        return False
 
     def choose_host(self) -> Host:
         host = self.lb.choose()

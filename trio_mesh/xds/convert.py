@@ -112,6 +112,24 @@ def _unpack(any_: Any, at: _At, expected: tuple[str, ...]) -> Any:
         raise at.error(f"cannot decode {any_.type_url}: {exc}") from None
 
 
+RAW_BUFFER = "envoy.transport_sockets.raw_buffer"
+RAW_BUFFER_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+
+
+def _transport_socket(ts: Any, at: _At, what: str) -> None:
+    """Only cleartext (``raw_buffer``, Envoy's default): any other transport socket (TLS)
+    is refused, never served as cleartext."""
+    if ts is None:
+        return
+    url = ts.typed_config.type_url if ts.typed_config is not None else None
+    if url == RAW_BUFFER_TYPE or (url is None and ts.name == RAW_BUFFER):
+        return
+    raise (at / "transport_socket").error(
+        f"TLS is not supported yet: {what} would use cleartext instead"
+        f" ({ts.name or url!r} refused)"
+    )
+
+
 def _socket_address(addr: Any, at: _At) -> str:
     if addr is None or addr.socket_address is None:
         raise at.error("a socket_address is required")
@@ -145,6 +163,7 @@ _CLUSTER_FIELDS = frozenset(
         "alt_stat_name", "metadata", "per_connection_buffer_limit_bytes", "dns_lookup_family",
         "wait_for_warm_on_init", "track_cluster_stats", "common_lb_config",
         "least_request_lb_config", "round_robin_lb_config", "cleanup_interval",
+        "transport_socket",  # cleartext only: see _transport_socket
     }
 )
 
@@ -208,6 +227,7 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
     the entry)."""
     at = _At("Cluster", c.name)
     _only(c, at, _CLUSTER_FIELDS)
+    _transport_socket(c.transport_socket, at, "connections to this cluster")
     if c.cluster_type is not None:
         raise (at / "cluster_type").error()
     if c.lb_policy not in _LB:
@@ -996,9 +1016,8 @@ def listener_doc(lst: t.Listener) -> ListenerParts:
     cat = at / "filter_chains" / 0
     if chain.filter_chain_match is not None:
         raise (cat / "filter_chain_match").error()
-    if chain.transport_socket is not None:
-        raise (cat / "transport_socket").error(f"TLS is {UNSUPPORTED}")
-    _only(chain, cat, {"filters", "name", "metadata"})
+    _transport_socket(chain.transport_socket, cat, "this listener")
+    _only(chain, cat, {"filters", "name", "metadata", "transport_socket"})
     filters = []
     for i, f in enumerate(chain.filters):
         fat = cat / "filters" / i
