@@ -36,6 +36,7 @@ from ..filters.stream import (
     StreamFilterChain,
     http_status_to_rpc_error,
 )
+from ..network.budget import ConnectionBudget
 from ..network.connect import ConnectError
 from ..network.connection import Connection
 from ..network.relay import CHUNK
@@ -77,6 +78,7 @@ class XProxy:
         self.clusters = ctx.clusters
         self.pools = ctx.pools
         self.stats = ctx.listener_stats
+        self.budget = ctx.buffer_budget
         self.codecs = codecs
         #: The listener's stream filters (a FilterChainFactory; ``None``: none configured).
         self.filters = ctx.stream_filters
@@ -124,6 +126,8 @@ class _XSession:
         self.in_flight = 0
         self._room = trio.Event()  # set when in_flight drops below the limit
         self._writer = FrameWriter(conn.stream)
+        self.budget = proxy.budget.connection()
+        self._held = 0  # budget taken for the frame being read
         self._reading = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self.gone = False
@@ -143,6 +147,16 @@ class _XSession:
         self._reading.cancel()  # take nothing new; what is in flight finishes
 
     async def _read(self, buf: bytearray) -> None:
+        try:
+            await self._read_frames(buf, self.budget)
+        finally:
+            self.budget.give(self._held)  # a frame never completed
+            self._held = 0
+
+    async def _read_frames(self, buf: bytearray, budget: ConnectionBudget) -> None:
+        """Decode and dispatch frames; before a frame's body is read, its whole declared size
+        is taken from the budgets (waiting, not reading, until it fits), and it stays taken
+        until the frame's answer is written (``_handle``)."""
         codec = self.codec
         limit = self.proxy.options.max_frame_bytes
         max_in_flight = self.proxy.options.max_requests_per_connection
@@ -150,7 +164,7 @@ class _XSession:
         while True:
             while buf:
                 try:
-                    decoded = codec.decode(buf, limit)
+                    decoded = codec.take_frame(buf, limit)
                 except XProtocolError as exc:
                     log.info("downstream %s: bad %s frame: %s", self.conn.remote, codec.name, exc)
                     self.gone = True
@@ -158,19 +172,51 @@ class _XSession:
                 if decoded is None:
                     break
                 frame, used = decoded
-                del buf[:used]
+                if used == len(buf):
+                    buf = bytearray()  # the frame may have taken it as its own bytes
+                else:
+                    del buf[:used]
+                # What was reserved for this frame becomes its charge (the rest goes back).
+                held = self._held
+                if held > used:
+                    budget.give(held - used)
+                else:
+                    budget.take(used - held)
+                self._held = 0
                 if not frame.is_request:
+                    budget.give(used)
                     continue  # a client does not answer us: nothing to route
                 if frame.is_heartbeat:
+                    budget.give(used)
                     await self._write(codec.encode(codec.heartbeat_reply(frame)))
                     continue
                 while self.in_flight >= max_in_flight:  # backpressure: stop reading
                     self._room = trio.Event()
                     await self._room.wait()
                 self._started()
-                self._nursery.start_soon(self._handle, frame)
+                self._nursery.start_soon(self._handle, frame, used)
             try:
-                data = await stream.receive_some(CHUNK)
+                size = codec.frame_length(buf, limit) if buf else None
+            except XProtocolError as exc:
+                log.info("downstream %s: bad %s frame: %s", self.conn.remote, codec.name, exc)
+                self.gone = True
+                return
+            if size is not None:
+                if size > self._held:
+                    await self._reserve(budget, size - self._held)
+                # Read no further than this frame: it then takes the buffer whole (no copy).
+                want = min(CHUNK, size - len(buf))
+            else:
+                # A header not yet whole (or a codec that cannot tell a frame's size): count
+                # what is here, and stop while over budget.
+                if len(buf) > self._held:
+                    budget.take(len(buf) - self._held)
+                    self._held = len(buf)
+                    if len(buf) > CHUNK:  # longer than any header: the codec cannot tell
+                        await self._reserve(budget, 0)
+                want = CHUNK
+            try:
+                data = await stream.receive_some(want)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.gone = True
                 return
@@ -179,6 +225,22 @@ class _XSession:
             if not self.in_flight:
                 self.conn.idle.touch()
             buf += data
+
+    async def _reserve(self, budget: ConnectionBudget, n: int) -> None:
+        """Take ``n`` bytes for the frame being read (``n`` 0: wait while over budget)."""
+        if n and budget.fits(n):
+            budget.take(n)
+            self._held += n
+            return
+        # Waiting on other connections' answers, not on the client: not idle.
+        self.conn.idle.pause()
+        if n:
+            await budget.acquire(n)
+            self._held += n
+        else:
+            await budget.wait_room()
+        if not self.in_flight:
+            self.conn.idle.touch()
 
     def _started(self) -> None:
         if not self.in_flight:
@@ -205,7 +267,8 @@ class _XSession:
             if self._nursery is not None:
                 self._nursery.cancel_scope.cancel()
 
-    async def _handle(self, frame: Frame) -> None:
+    async def _handle(self, frame: Frame, size: int) -> None:
+        """Serve one request; its ``size`` bytes leave the budget once it is answered."""
         stats = self.proxy.stats
         codec = self.codec
         try:
@@ -218,8 +281,12 @@ class _XSession:
             if isinstance(result, LocalReply):
                 kind = _reply_kind(result)
                 if frame.is_oneway:
-                    log.info("downstream %s: %s oneway request refused by a stream filter "
-                             "(%s), dropped", self.conn.remote, codec.name, kind.name)
+                    log.info(
+                        "downstream %s: %s oneway request refused by a stream filter (%s), dropped",
+                        self.conn.remote,
+                        codec.name,
+                        kind.name,
+                    )
                     return
                 message = result.body.decode("utf-8", "replace").strip()
                 await self._write(codec.encode(codec.error_reply(frame, kind, message)))
@@ -233,6 +300,7 @@ class _XSession:
             if not frame.is_oneway:
                 await self._write(codec.encode(codec.error_reply(frame, ErrorKind.INTERNAL)))
         finally:
+            self.budget.give(size)
             self._finished()
 
     async def _forward(self, frame: Frame) -> ErrorKind | LocalReply | None:
@@ -246,16 +314,18 @@ class _XSession:
         if proxy.filters is not None:
             # Envoy's order: the filters see the request before the proxy refuses it.
             cluster_name = route.pick_cluster(headers.get) if routable else None
-            chain = proxy.filters.create(RequestContext(
-                self.codec.name,
-                method=headers.get("method") or "",
-                path=headers.get("service") or "",
-                route=route,
-                cluster=cluster_name,
-                downstream_remote=self.conn.remote,
-                downstream_local=self.conn.local,
-                listener=proxy.listener,
-            ))
+            chain = proxy.filters.create(
+                RequestContext(
+                    self.codec.name,
+                    method=headers.get("method") or "",
+                    path=headers.get("service") or "",
+                    route=route,
+                    cluster=cluster_name,
+                    downstream_remote=self.conn.remote,
+                    downstream_local=self.conn.local,
+                    listener=proxy.listener,
+                )
+            )
             if chain is not None:
                 filtered = await self._request_filters(chain, frame)
                 if not isinstance(filtered, Frame):
@@ -333,8 +403,12 @@ class _XSession:
             if isinstance(out, LocalReply):
                 return out
             if out is not payload and out != payload:
-                log.error("downstream %s: a stream filter replaced the body of a %s request, "
-                          "which an RPC frame cannot carry", self.conn.remote, self.codec.name)
+                log.error(
+                    "downstream %s: a stream filter replaced the body of a %s request, "
+                    "which an RPC frame cannot carry",
+                    self.conn.remote,
+                    self.codec.name,
+                )
                 return ErrorKind.INTERNAL
         if headers is not None and headers.changed:
             return self._rewritten(frame, _desired(frame.headers, original, headers))
@@ -358,8 +432,12 @@ class _XSession:
             if isinstance(out, LocalReply):
                 return out
             if out is not payload and out != payload:
-                log.error("downstream %s: a stream filter replaced the body of a %s response, "
-                          "which an RPC frame cannot carry", self.conn.remote, self.codec.name)
+                log.error(
+                    "downstream %s: a stream filter replaced the body of a %s response, "
+                    "which an RPC frame cannot carry",
+                    self.conn.remote,
+                    self.codec.name,
+                )
                 return ErrorKind.INTERNAL
         if headers is not None and headers.changed:
             return self._rewritten(response, _desired(response.headers, original, headers))
@@ -372,13 +450,24 @@ class _XSession:
         try:
             return codec.with_headers(frame, mapping)
         except NotImplementedError as exc:
-            log.error("downstream %s: stream filters changed the headers of a %s %s, and the "
-                      "%s codec cannot rewrite them (%s)", self.conn.remote, codec.name,
-                      "response" if frame.is_response else "request", codec.name, exc)
+            log.error(
+                "downstream %s: stream filters changed the headers of a %s %s, and the "
+                "%s codec cannot rewrite them (%s)",
+                self.conn.remote,
+                codec.name,
+                "response" if frame.is_response else "request",
+                codec.name,
+                exc,
+            )
         except (ValueError, XProtocolError) as exc:
-            log.error("downstream %s: stream filters changed the headers of a %s %s in a way "
-                      "the codec cannot carry: %s", self.conn.remote, codec.name,
-                      "response" if frame.is_response else "request", exc)
+            log.error(
+                "downstream %s: stream filters changed the headers of a %s %s in a way "
+                "the codec cannot carry: %s",
+                self.conn.remote,
+                codec.name,
+                "response" if frame.is_response else "request",
+                exc,
+            )
         return ErrorKind.INTERNAL
 
 
@@ -398,9 +487,7 @@ def _header_view(view: Mapping[str, str], status: int | None = None) -> tuple[He
     try:
         return Headers.from_mapping(view, status), view
     except UnicodeEncodeError:
-        headers = Headers(
-            [(k.encode("utf-8"), v.encode("utf-8")) for k, v in view.items()], status
-        )
+        headers = Headers([(k.encode("utf-8"), v.encode("utf-8")) for k, v in view.items()], status)
         return headers, headers.to_dict()
 
 
