@@ -1,12 +1,14 @@
 """Budgets of received bytes the proxy holds: per connection and per listener.
 
-A reader takes from its connection's budget before it buffers (an RPC frame reserves its whole
-declared size once its header is read, so an admitted frame can always be read to its end and
-no two half-read frames wait on each other) and gives back once the bytes are gone (the frame's
-response written). While a budget is spent the reader does not read: the peer's sends block in
-TCP (or, on HTTP/2, its flow-control window stays closed). One frame is always let in when the
-connection, or the listener, holds nothing, so a frame up to the protocol's size limit passes
-even where it exceeds a budget.
+Two counts per budget. ``used`` is every received byte buffered (the gauge). ``admitted`` is
+what readers reserved for whole frames: an RPC frame reserves its declared size once its
+header is read, before its body is, and keeps it until its answer is written. A reader waits
+(does not read) while a frame does not fit, or, between frames, while a budget is spent: the
+peer's sends then block in TCP. An admitted frame never waits again, so admitted frames always
+complete and no two half-read frames wait on each other. One frame is let in when the
+connection (or the listener) has nothing admitted, so a frame up to the protocol's size limit
+passes even where it exceeds a budget. Beyond the budget, ``used`` can only hold the bytes of
+one read per waiting connection (the read that brought a frame's header).
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from ..stats import ListenerStats
 class ListenerBudget:
     """The buffered bytes of all connections of one listener; `connection` makes each one's."""
 
-    __slots__ = ("_lot", "limit", "per_connection", "stats", "used")
+    __slots__ = ("_lot", "admitted", "limit", "per_connection", "stats", "used")
 
     def __init__(self, limit: int, per_connection: int, stats: ListenerStats | None = None) -> None:
         self.limit = limit
         self.per_connection = per_connection
         self.stats = stats if stats is not None else ListenerStats()
         self.used = 0
+        self.admitted = 0
         self._lot = trio.lowlevel.ParkingLot()  # readers waiting for room
 
     def connection(self) -> ConnectionBudget:
@@ -33,55 +36,71 @@ class ListenerBudget:
 
 
 class ConnectionBudget:
-    """One connection's share; every byte taken counts against the listener's too."""
+    """One connection's share; every byte counts against the listener's too."""
 
-    __slots__ = ("limit", "listener", "used")
+    __slots__ = ("admitted", "limit", "listener", "used")
 
     def __init__(self, listener: ListenerBudget) -> None:
         self.listener = listener
         self.limit = listener.per_connection
         self.used = 0
-
-    def fits(self, n: int) -> bool:
-        """``n`` more bytes stay within both budgets (or the one holding nothing)."""
-        lst = self.listener
-        used = self.used
-        return (not used or used + n <= self.limit) and (not lst.used or lst.used + n <= lst.limit)
-
-    @property
-    def over(self) -> bool:
-        """A budget is spent: the reader waits before it reads more."""
-        lst = self.listener
-        return self.used > self.limit or lst.used > lst.limit
+        self.admitted = 0
 
     def take(self, n: int) -> None:
-        """Count ``n`` bytes (already buffered, or reserved after `fits`)."""
+        """Count ``n`` received bytes now buffered."""
         self.used += n
         lst = self.listener
         lst.used += n
         lst.stats.downstream_cx_rx_bytes_buffered = lst.used
 
     def give(self, n: int) -> None:
-        """``n`` bytes are gone: wake the readers waiting for room."""
-        if n:
-            self.used -= n
+        """``n`` counted bytes are gone."""
+        self.used -= n
+        lst = self.listener
+        lst.used -= n
+        lst.stats.downstream_cx_rx_bytes_buffered = lst.used
+
+    def fits(self, n: int) -> bool:
+        """A frame of ``n`` bytes may be admitted now."""
+        lst = self.listener
+        admitted = self.admitted
+        return (not admitted or admitted + n <= self.limit) and (
+            not lst.admitted or lst.admitted + n <= lst.limit
+        )
+
+    @property
+    def full(self) -> bool:
+        """A budget is spent: read no new frame."""
+        lst = self.listener
+        return self.admitted >= self.limit or lst.admitted >= lst.limit
+
+    async def reserve(self, n: int) -> None:
+        """Wait until a frame of ``n`` bytes fits, then admit it."""
+        if not self.fits(n):
             lst = self.listener
-            lst.used -= n
-            lst.stats.downstream_cx_rx_bytes_buffered = lst.used
+            lst.stats.downstream_flow_control_paused_reading_total += 1
+            while not self.fits(n):
+                await lst._lot.park()
+        self.admit(n)
+
+    def admit(self, n: int) -> None:
+        """Admit ``n`` bytes without waiting (a frame already read whole)."""
+        self.admitted += n
+        self.listener.admitted += n
+
+    def unreserve(self, n: int) -> None:
+        """An admitted frame's ``n`` bytes are gone: wake the readers waiting for room."""
+        if n:
+            self.admitted -= n
+            lst = self.listener
+            lst.admitted -= n
             if lst._lot:
                 lst._lot.unpark_all()
 
-    async def acquire(self, n: int) -> None:
-        """Wait until ``n`` bytes fit, then take them."""
-        if not self.fits(n):
-            self.listener.stats.downstream_flow_control_paused_reading_total += 1
-            while not self.fits(n):
-                await self.listener._lot.park()
-        self.take(n)
-
     async def wait_room(self) -> None:
         """Wait while a budget is spent."""
-        if self.over:
-            self.listener.stats.downstream_flow_control_paused_reading_total += 1
-            while self.over:
-                await self.listener._lot.park()
+        if self.full:
+            lst = self.listener
+            lst.stats.downstream_flow_control_paused_reading_total += 1
+            while self.full:
+                await lst._lot.park()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
 import trio
 
@@ -127,7 +127,8 @@ class _XSession:
         self._room = trio.Event()  # set when in_flight drops below the limit
         self._writer = FrameWriter(conn.stream)
         self.budget = proxy.budget.connection()
-        self._held = 0  # budget taken for the frame being read
+        self._held = 0  # bytes of the read buffer counted in the budget
+        self._admitted = 0  # the frame being read, admitted by its header (its size)
         self._reading = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self.gone = False
@@ -147,16 +148,21 @@ class _XSession:
         self._reading.cancel()  # take nothing new; what is in flight finishes
 
     async def _read(self, buf: bytearray) -> None:
+        budget = self.budget
+        budget.take(len(buf))
+        self._held = len(buf)
         try:
-            await self._read_frames(buf, self.budget)
+            await self._read_frames(buf, budget)
         finally:
-            self.budget.give(self._held)  # a frame never completed
-            self._held = 0
+            budget.give(self._held)  # what never became a frame
+            budget.unreserve(self._admitted)
+            self._held = self._admitted = 0
 
     async def _read_frames(self, buf: bytearray, budget: ConnectionBudget) -> None:
-        """Decode and dispatch frames; before a frame's body is read, its whole declared size
-        is taken from the budgets (waiting, not reading, until it fits), and it stays taken
-        until the frame's answer is written (``_handle``)."""
+        """Decode and dispatch frames. Every byte of ``buf`` is counted in the budget
+        (``_held``); a frame whose header is read is admitted whole (``_admitted``: waiting,
+        not reading, until it fits) before its body is read, and its bytes stay counted until
+        its answer is written (``_handle``)."""
         codec = self.codec
         limit = self.proxy.options.max_frame_bytes
         max_in_flight = self.proxy.options.max_requests_per_connection
@@ -176,18 +182,17 @@ class _XSession:
                     buf = bytearray()  # the frame may have taken it as its own bytes
                 else:
                     del buf[:used]
-                # What was reserved for this frame becomes its charge (the rest goes back).
-                held = self._held
-                if held > used:
-                    budget.give(held - used)
+                # The frame's bytes pass from the buffer's count to the frame's.
+                self._held -= used
+                if self._admitted:
+                    self._admitted = 0  # admitted by its header: exactly ``used``
                 else:
-                    budget.take(used - held)
-                self._held = 0
+                    budget.admit(used)  # read whole in one go
                 if not frame.is_request:
-                    budget.give(used)
+                    self._done(used)
                     continue  # a client does not answer us: nothing to route
                 if frame.is_heartbeat:
-                    budget.give(used)
+                    self._done(used)
                     await self._write(codec.encode(codec.heartbeat_reply(frame)))
                     continue
                 while self.in_flight >= max_in_flight:  # backpressure: stop reading
@@ -201,20 +206,18 @@ class _XSession:
                 log.info("downstream %s: bad %s frame: %s", self.conn.remote, codec.name, exc)
                 self.gone = True
                 return
-            if size is not None:
-                if size > self._held:
-                    await self._reserve(budget, size - self._held)
+            if size is None:
+                want = CHUNK
+                if budget.full:  # no new frame while a budget is spent
+                    await self._wait(budget.wait_room())
+            else:
+                if not self._admitted:
+                    await self._wait(budget.reserve(size))
+                    self._admitted = size
+                    budget.take(size - self._held)  # counted from now on, all of it
+                    self._held = size
                 # Read no further than this frame: it then takes the buffer whole (no copy).
                 want = min(CHUNK, size - len(buf))
-            else:
-                # A header not yet whole (or a codec that cannot tell a frame's size): count
-                # what is here, and stop while over budget.
-                if len(buf) > self._held:
-                    budget.take(len(buf) - self._held)
-                    self._held = len(buf)
-                    if len(buf) > CHUNK:  # longer than any header: the codec cannot tell
-                        await self._reserve(budget, 0)
-                want = CHUNK
             try:
                 data = await stream.receive_some(want)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -225,22 +228,23 @@ class _XSession:
             if not self.in_flight:
                 self.conn.idle.touch()
             buf += data
+            if len(buf) > self._held:
+                budget.take(len(buf) - self._held)
+                self._held = len(buf)
 
-    async def _reserve(self, budget: ConnectionBudget, n: int) -> None:
-        """Take ``n`` bytes for the frame being read (``n`` 0: wait while over budget)."""
-        if n and budget.fits(n):
-            budget.take(n)
-            self._held += n
-            return
-        # Waiting on other connections' answers, not on the client: not idle.
+    async def _wait(self, room: Awaitable[None]) -> None:
+        """Wait for budget room: on other requests' answers, not on the client, so the
+        connection is not idle meanwhile."""
         self.conn.idle.pause()
-        if n:
-            await budget.acquire(n)
-            self._held += n
-        else:
-            await budget.wait_room()
+        await room
         if not self.in_flight:
             self.conn.idle.touch()
+
+    def _done(self, size: int) -> None:
+        """A frame's ``size`` bytes are no longer held."""
+        budget = self.budget
+        budget.give(size)
+        budget.unreserve(size)
 
     def _started(self) -> None:
         if not self.in_flight:
@@ -300,7 +304,7 @@ class _XSession:
             if not frame.is_oneway:
                 await self._write(codec.encode(codec.error_reply(frame, ErrorKind.INTERNAL)))
         finally:
-            self.budget.give(size)
+            self._done(size)
             self._finished()
 
     async def _forward(self, frame: Frame) -> ErrorKind | LocalReply | None:
