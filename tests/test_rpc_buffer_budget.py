@@ -143,7 +143,7 @@ async def test_half_sent_big_frames_stop_the_readers_within_the_listener_budget(
 
 
 async def test_forty_connections_holding_8_mib_frames_stay_within_the_default_budget(nursery):
-    # The probe, with the default budgets (32 MiB for the listener).
+    # The probe, with the default budgets (16 MiB for the listener).
     provider = HoldingProvider()
     provider.release.set()
     up = await provider.start(nursery)
@@ -158,9 +158,9 @@ async def test_forty_connections_holding_8_mib_frames_stay_within_the_default_bu
             for i in range(n):
                 senders.start_soon(send_counting, clients[i], wire[:-1], sent, i)
             await trio.testing.wait_all_tasks_blocked(cushion=0.2)
-            # Three frames fit 32 MiB, a fourth does not: the 37 other clients are blocked.
-            assert sum(s == len(wire) - 1 for s in sent) == 3
-            assert stats.downstream_cx_rx_bytes_buffered <= 32 * MiB + n * CHUNK
+            # One frame fits 16 MiB, a second does not: the 39 other clients are blocked.
+            assert sum(s == len(wire) - 1 for s in sent) == 1
+            assert stats.downstream_cx_rx_bytes_buffered <= 16 * MiB + n * CHUNK
             senders.cancel_scope.cancel()
 
 

@@ -103,7 +103,7 @@ class Listener:
     #: when the connection holds nothing else.
     per_connection_buffer_limit_bytes: PositiveInt = PositiveInt(1024 * 1024)
     #: The same bound for all connections of the listener together.
-    listener_buffer_limit_bytes: PositiveInt = PositiveInt(32 * 1024 * 1024)
+    listener_buffer_limit_bytes: PositiveInt = PositiveInt(16 * 1024 * 1024)
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
         {
