@@ -7,14 +7,11 @@ from __future__ import annotations
 import hashlib
 import os
 
-import pytest
 import trio
 import trio.testing
 
 from tests.h2_upstream import open_h2_client, start_h2_upstream
 from tests.http_helpers import http_config, start_proxy, to
-from trio_mesh.errors import StartupError
-from trio_mesh.server import Server
 
 MiB = 1024 * 1024
 
@@ -60,9 +57,3 @@ async def test_h2_uploads_to_a_slow_upstream_stay_within_the_budget(nursery):
                 assert r.json() == {"len": size, "sha256": hashlib.sha256(bodies[i]).hexdigest()}
     await trio.testing.wait_all_tasks_blocked(cushion=0.1)
     assert stats.downstream_cx_rx_bytes_buffered == 0  # every byte given back
-
-
-async def test_h2_window_larger_than_the_connection_budget_is_refused(nursery):
-    config = h2_config(1, http2={"initial_connection_window_size": 4 * MiB})
-    with pytest.raises(StartupError, match="per_connection_buffer_limit_bytes"):
-        await nursery.start(Server(config).run)

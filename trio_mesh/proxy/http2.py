@@ -26,7 +26,6 @@ import trio
 
 from ..config.filters import Protocol, ProxyConfig
 from ..config.model import format_hostport
-from ..errors import StartupError
 from ..filters import BuildContext
 from ..filters.stream import (
     FILTER_FAILED,
@@ -130,15 +129,9 @@ class Http2Proxy:
         self.upstream_h1 = config.upstream_protocol == Protocol.HTTP1
         self.filters = ctx.stream_filters  # a FilterChainFactory, or None
         self.listener = ctx.listener
+        # Unforwarded DATA is bounded by the receive windows (flow control); the budget
+        # counts it, and bounds what is held beyond them (retry copies).
         self.budget = ctx.buffer_budget
-        window = config.http2.initial_connection_window_size
-        if window > self.budget.per_connection:
-            # The window is what a client may make us hold: it must fit the budget.
-            raise StartupError(
-                f"listener {ctx.listener!r}: proxy http2.initial_connection_window_size"
-                f" ({window}) exceeds the listener's per_connection_buffer_limit_bytes"
-                f" ({self.budget.per_connection})"
-            )
 
     def on_connection(self, conn: Connection):
         return self.serve(conn)
