@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import trio
 import trio.testing
 
 from tests import bolt_frames as frames
+from tests import dubbo_frames_data as dubbo_data
 from tests.http_helpers import http_config, start_proxy, start_raw_server
 from tests.test_bolt_proxy import ANY_SERVICE, BoltClient
+from trio_mesh.config import ConfigError, parse_config
 from trio_mesh.network.relay import CHUNK
+from trio_mesh.protocols.xprotocol import FrameTooLarge
 from trio_mesh.protocols.xprotocol.bolt import BOLT
+from trio_mesh.protocols.xprotocol.dubbo import DUBBO
 
 MiB = 1024 * 1024
 HEADERS = {"service": frames.SERVICE, "sofa_head_method_name": "echo"}
@@ -219,3 +224,48 @@ async def test_frame_over_the_size_limit_closes_before_its_body_is_buffered(nurs
     assert provider.received == 0
     await trio.testing.wait_all_tasks_blocked(cushion=0.1)
     assert stats.downstream_cx_rx_bytes_buffered == 0
+
+
+# -- the codec side: sizes known from the header, frames taken without a copy ---------------
+
+
+@pytest.mark.parametrize(
+    ("codec", "wire"),
+    [(BOLT, frames.CLIENT_REQUEST), (DUBBO, dubbo_data.SAY_HELLO)],
+    ids=["bolt", "dubbo"],
+)
+def test_frame_length_from_the_header_and_take_frame_without_a_copy(codec, wire):
+    assert codec.frame_length(wire[:10]) is None  # the header is not whole yet
+    assert codec.frame_length(wire[:30]) == len(wire)  # known before the body is there
+    with pytest.raises(FrameTooLarge):
+        codec.frame_length(wire[:30], max_frame_size=len(wire) - 1)
+    buf = bytearray(wire)
+    frame, used = codec.take_frame(buf)
+    assert used == len(wire) and frame.data is buf  # the buffer became the frame's bytes
+    copied, _ = codec.decode(buf)
+    assert copied.data is not buf and copied.data == buf  # decode still copies
+    longer = bytearray(wire + wire[:5])
+    frame, used = codec.take_frame(longer)
+    assert frame.data is not longer and bytes(frame.data) == wire  # more than one frame: a copy
+
+
+def test_budget_keys_must_be_positive():
+    doc = {
+        "servers": [
+            {
+                "listeners": [
+                    {
+                        "name": "l",
+                        "address": "127.0.0.1:0",
+                        "per_connection_buffer_limit_bytes": 0,
+                        "listener_buffer_limit_bytes": "lots",
+                    }
+                ]
+            }
+        ]
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc)
+    text = str(info.value)
+    assert "servers[0].listeners[0].per_connection_buffer_limit_bytes" in text
+    assert "servers[0].listeners[0].listener_buffer_limit_bytes" in text
