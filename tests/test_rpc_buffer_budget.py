@@ -269,3 +269,29 @@ def test_budget_keys_must_be_positive():
     text = str(info.value)
     assert "servers[0].listeners[0].per_connection_buffer_limit_bytes" in text
     assert "servers[0].listeners[0].listener_buffer_limit_bytes" in text
+
+
+async def test_a_frame_sent_slowly_loses_its_budget_and_the_others_go_on(nursery):
+    provider = HoldingProvider()
+    provider.release.set()
+    up = await provider.start(nursery)
+    config = bolt_config(
+        up,
+        proxy={"request_header_timeout": "500ms"},
+        listener={"listener_buffer_limit_bytes": MiB},
+    )
+    server, port = await start_proxy(nursery, config)
+    stats = server.listeners["ingress"].stats
+    wire = request_bytes(1, MiB)
+    with trio.fail_after(10):
+        slow = await connect(port)
+        await slow.stream.send_all(wire[:4096])  # its header claims the listener's budget
+        await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+        assert stats.downstream_cx_rx_bytes_buffered == len(wire)
+        victim = await connect(port)
+        await victim.stream.send_all(request_bytes(2, 100))  # waits for room...
+        # ...which comes when the slow frame's time is up: that connection is closed.
+        assert await slow.stream.receive_some(100) == b""
+        resp = await victim.read()
+        assert resp.request_id == 2 and resp.status == 0
+        assert bytes(resp.content) == b"len:100"

@@ -198,7 +198,9 @@ class ProxyConfig:
     max_request_headers: PositiveInt = PositiveInt(100)
     #: Request body (413 above it); ``None``: no limit.
     max_request_body_bytes: PositiveInt | None = None
-    #: From a request's first byte to its complete head (408 and close: slowloris).
+    #: From a request's first byte to its complete head (408 and close: slowloris). RPC:
+    #: from a frame's first byte (or from its admission to the buffer budget) to its last
+    #: byte; past it the connection closes, so a slow sender cannot keep the budget.
     request_header_timeout: Duration = Duration(10.0)
     add_x_forwarded_for: bool = True
     add_x_forwarded_proto: bool = True

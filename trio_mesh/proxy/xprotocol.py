@@ -166,7 +166,9 @@ class _XSession:
         codec = self.codec
         limit = self.proxy.options.max_frame_bytes
         max_in_flight = self.proxy.options.max_requests_per_connection
+        frame_timeout = self.proxy.config.request_header_timeout
         stream = self.stream
+        deadline = math.inf  # a frame begun must be whole by then (it holds the budget)
         while True:
             while buf:
                 try:
@@ -178,6 +180,7 @@ class _XSession:
                 if decoded is None:
                     break
                 frame, used = decoded
+                deadline = math.inf
                 if used == len(buf):
                     buf = bytearray()  # the frame may have taken it as its own bytes
                 else:
@@ -210,16 +213,38 @@ class _XSession:
                 want = CHUNK
                 if budget.full:  # no new frame while a budget is spent
                     await self._wait(budget.wait_room())
+                    deadline = math.inf
             else:
                 if not self._admitted:
-                    await self._wait(budget.reserve(size))
+                    if not budget.fits(size):
+                        await self._wait(budget.reserve(size))
+                        deadline = math.inf  # the wait was ours, not the client's
+                    else:
+                        budget.admit(size)
                     self._admitted = size
                     budget.take(size - self._held)  # counted from now on, all of it
                     self._held = size
                 # Read no further than this frame: it then takes the buffer whole (no copy).
                 want = min(CHUNK, size - len(buf))
             try:
-                data = await stream.receive_some(want)
+                if not buf:
+                    deadline = math.inf  # between frames: the idle timeout alone applies
+                    data = await stream.receive_some(want)
+                else:
+                    if deadline == math.inf:
+                        deadline = trio.current_time() + frame_timeout
+                    with trio.move_on_at(deadline):
+                        data = await stream.receive_some(want)
+                    if trio.current_time() >= deadline:
+                        # A slow sender must not keep a frame's budget (slowloris).
+                        log.info(
+                            "downstream %s: %s frame not complete within %ss, closing",
+                            self.conn.remote,
+                            codec.name,
+                            frame_timeout,
+                        )
+                        self.gone = True
+                        return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.gone = True
                 return
