@@ -59,8 +59,9 @@ def _entry_point(kind: FilterKind, name: str) -> Any:
         try:
             obj = ep.load()
         except Exception as exc:
-            raise ValueError(f"{kind} filter {name!r}: its entry point {ep.value!r} fails to"
-                             f" load: {exc}") from None
+            raise ValueError(
+                f"{kind} filter {name!r}: its entry point {ep.value!r} fails to load: {exc}"
+            ) from None
         config_cls = getattr(obj, "config_class", None)
         terminal = bool(getattr(obj, "terminal", False))
         table = _CONFIG_CLASSES[kind]
@@ -240,9 +241,7 @@ class ProxyConfig:
                 )
             )
         if self.extend_config is not None and self.downstream_protocol != Protocol.X:
-            problems.append(
-                (("extend_config",), "only downstream_protocol X reads extend_config")
-            )
+            problems.append((("extend_config",), "only downstream_protocol X reads extend_config"))
         _raise(problems)
 
 
