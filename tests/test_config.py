@@ -407,8 +407,9 @@ L0 = "servers[0].listeners[0]"
 F0 = f"{L0}.filter_chains[0].filters"
 C0 = "cluster_manager.clusters[0]"
 LISTENER_KEYS = (
-    "access_logs, address, bind_port, connection_idle_timeout, filter_chains, max_connections, "
-    "name, stream_filters"
+    "access_logs, address, bind_port, connection_idle_timeout, filter_chains, "
+    "listener_buffer_limit_bytes, max_connections, name, per_connection_buffer_limit_bytes, "
+    "stream_filters"
 )
 DURATION = "expected a duration such as '3s' or '250ms', got"
 LB_CHOICES = "LB_RANDOM, LB_ROUNDROBIN, LB_WEIGHTED_ROUNDROBIN, LB_LEAST_REQUEST"

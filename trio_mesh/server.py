@@ -18,6 +18,7 @@ from .filters import BuildContext, build_network_filter
 from .filters.background import Background
 from .filters.network import compose
 from .filters.stream import FilterChainFactory
+from .network.budget import ListenerBudget
 from .network.connection import Connection
 from .network.listener import Handler, ListenerRuntime, bind
 from .pool import Pools
@@ -56,6 +57,7 @@ class Server:
         self.listeners: dict[str, ListenerRuntime] = {}
         self.background = Background()
         self._stats: dict[str, ListenerStats] = {}
+        self._budgets: dict[str, ListenerBudget] = {}
         self._chains: dict[str, FilterChainFactory] = {}
         self._nursery: trio.Nursery | None = None  # set while running: where apply starts things
         self._applying = trio.Lock()  # one configuration swap at a time
@@ -83,12 +85,18 @@ class Server:
     def _build_handler(
         self, lst: Listener, routes: dict[str, RouteTable], stats: ListenerStats
     ) -> tuple[Callable[[Connection], Awaitable[None]], FilterChainFactory]:
+        # A reloaded listener's old and new connections share its budget, unless it changed.
+        budget = self._budgets.get(lst.name)
+        limits = (lst.listener_buffer_limit_bytes, lst.per_connection_buffer_limit_bytes)
+        if budget is None or (budget.limit, budget.per_connection) != limits:
+            budget = self._budgets[lst.name] = ListenerBudget(*limits, stats)
         ctx = BuildContext(
             clusters=self.clusters,
             pools=self.pools,
             routes=routes,
             access_logs=self.access_logs[lst.name],
             listener_stats=stats,
+            buffer_budget=budget,
             listener=lst.name,
             background=self.background,
         )

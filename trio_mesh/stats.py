@@ -29,6 +29,10 @@ class ListenerStats(Stats):
         "downstream_rq_3xx",
         "downstream_rq_4xx",
         "downstream_rq_5xx",
+        # gauge: received bytes buffered now (the listener's buffer budget in use)
+        "downstream_cx_rx_bytes_buffered",
+        # times a connection stopped reading because a buffer budget was spent
+        "downstream_flow_control_paused_reading_total",
     )
 
 

@@ -59,8 +59,9 @@ def _entry_point(kind: FilterKind, name: str) -> Any:
         try:
             obj = ep.load()
         except Exception as exc:
-            raise ValueError(f"{kind} filter {name!r}: its entry point {ep.value!r} fails to"
-                             f" load: {exc}") from None
+            raise ValueError(
+                f"{kind} filter {name!r}: its entry point {ep.value!r} fails to load: {exc}"
+            ) from None
         config_cls = getattr(obj, "config_class", None)
         terminal = bool(getattr(obj, "terminal", False))
         table = _CONFIG_CLASSES[kind]
@@ -198,7 +199,9 @@ class ProxyConfig:
     max_request_headers: PositiveInt = PositiveInt(100)
     #: Request body (413 above it); ``None``: no limit.
     max_request_body_bytes: PositiveInt | None = None
-    #: From a request's first byte to its complete head (408 and close: slowloris).
+    #: From a request's first byte to its complete head (408 and close: slowloris). RPC:
+    #: from a frame's first byte (or from its admission to the buffer budget) to its last
+    #: byte; past it the connection closes, so a slow sender cannot keep the budget.
     request_header_timeout: Duration = Duration(10.0)
     add_x_forwarded_for: bool = True
     add_x_forwarded_proto: bool = True
@@ -238,9 +241,7 @@ class ProxyConfig:
                 )
             )
         if self.extend_config is not None and self.downstream_protocol != Protocol.X:
-            problems.append(
-                (("extend_config",), "only downstream_protocol X reads extend_config")
-            )
+            problems.append((("extend_config",), "only downstream_protocol X reads extend_config"))
         _raise(problems)
 
 

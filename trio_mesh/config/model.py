@@ -116,6 +116,13 @@ class Listener:
     #: Connections over this number are accepted and closed at once (Envoy's behaviour).
     max_connections: PositiveInt | None = None
     access_logs: tuple[AccessLogConfig, ...] = ()
+    #: Received bytes one connection may hold buffered (RPC frames until answered, HTTP/2
+    #: request bodies kept for a retry) before the proxy stops reading it (the key Envoy and
+    #: MOSN use; Envoy's default). A single RPC frame (up to ``max_frame_bytes``) is always let in
+    #: when the connection holds nothing else.
+    per_connection_buffer_limit_bytes: PositiveInt = PositiveInt(1024 * 1024)
+    #: The same bound for all connections of the listener together.
+    listener_buffer_limit_bytes: PositiveInt = PositiveInt(16 * 1024 * 1024)
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
         {

@@ -7,7 +7,8 @@ from typing import Any, Protocol
 
 import attrs
 
-from ..config import register_filter_config
+from ..config import Listener, register_filter_config
+from ..network.budget import ListenerBudget
 from ..network.connection import Connection
 from ..pool import Pools
 from ..router import RouteTable
@@ -26,12 +27,22 @@ class BuildContext:
     #: The listener's access logs (objects with ``log(info)``).
     access_logs: tuple[Any, ...] = ()
     listener_stats: ListenerStats = attrs.field(factory=ListenerStats)
+    #: The listener's budget of buffered received bytes (per connection and in all).
+    buffer_budget: ListenerBudget = attrs.field(factory=lambda: _default_budget())
     #: The listener's name.
     listener: str = ""
     #: The listener's stream filters (``None``: none), made by the server.
     stream_filters: Any = None
     #: Runs work no request waits for (a mirror's shadow request) in a server-owned nursery.
     background: Any = None
+
+
+def _default_budget() -> ListenerBudget:
+    defaults = attrs.fields(Listener)
+    return ListenerBudget(
+        defaults.listener_buffer_limit_bytes.default,
+        defaults.per_connection_buffer_limit_bytes.default,
+    )
 
 
 class NetworkFilter(Protocol):

@@ -32,6 +32,7 @@ from ..protocols.http2 import (
     StreamReset,
     WindowOpened,
 )
+from .budget import ConnectionBudget
 from .stream import Stream
 
 log = logging.getLogger("trio_mesh.h2")
@@ -112,8 +113,12 @@ class H2Endpoint:
         *,
         on_request: Callable[[int, RequestHeaders], None] | None = None,
         on_settings: Callable[[], None] | None = None,
+        budget: ConnectionBudget | None = None,
     ) -> None:
         self.stream = stream
+        #: Downstream: received DATA not yet passed on counts here (the listener's gauge).
+        self.budget = budget
+        self._held = 0  # DATA bytes counted in ``budget``
         self.codec = codec
         self.on_request = on_request
         self.on_settings = on_settings  # upstream: the pool learns of capacity changes
@@ -166,6 +171,10 @@ class H2Endpoint:
         finally:
             self._die(StreamGone("connection closed"))
             self.stream.close()
+            if self.budget is not None and self._held:
+                self.budget.give(self._held)
+                self.budget.unreserve(self._held)
+                self._held = 0
 
     def _receive(self, data: bytes) -> None:
         try:
@@ -215,6 +224,11 @@ class H2Endpoint:
                 continue
             inbox = inboxes.get(sid)
             if inbox is not None:
+                if kind is Data and self.budget is not None:
+                    n = event.flow_length
+                    self._held += n
+                    self.budget.take(n)  # within the window we granted: already here
+                    self.budget.admit(n)
                 inbox.put(event)
             elif kind is Data:
                 # Nobody reads this stream any more: give the connection its credit back.
@@ -350,9 +364,29 @@ class H2Endpoint:
 
     def consumed(self, sid: int, n: int) -> None:
         """``n`` received bytes of ``sid`` were passed on: the peer may send that many more."""
+        if n and self.budget is not None:
+            self._release(n)
         if n and self.dead is None:
             self.codec.consumed(sid, n)
             self._wake_writer()
+
+    def _release(self, n: int) -> None:
+        n = min(n, self._held)  # credit of a dropped inbox may come back twice
+        self._held -= n
+        self.budget.give(n)
+        self.budget.unreserve(n)
+
+    def _drop(self, sid: int, inbox: Inbox) -> None:
+        """The inbox of a stream whose task is done: its unread DATA leaves the budget and
+        its credit goes back (received DATA counts against the connection window)."""
+        n = sum(e.flow_length for e in inbox.events if type(e) is Data)
+        inbox.events.clear()
+        if n:
+            if self.budget is not None:
+                self._release(n)
+            if self.dead is None:
+                self.codec.consumed(sid, n)
+                self._wake_writer()
 
     def reset(self, sid: int, code: ErrorCode = ErrorCode.CANCEL) -> None:
         if self.dead is None:
@@ -366,6 +400,8 @@ class H2Endpoint:
         inbox = self.inboxes.pop(sid, None)
         if inbox is not None:
             inbox.scope = None
+            if inbox.events:
+                self._drop(sid, inbox)
         if self.dead is None and self.codec.stream_open(sid):
             # Our side complete (a full response to a request still uploading): NO_ERROR
             # tells the peer to stop sending and keep the response (RFC 9113 section 8.1).

@@ -117,26 +117,35 @@ class XConnection:
         limit = self.options.max_frame_bytes
         buf = bytearray()
         stream = self.stream
+        want = CHUNK
         while True:
             try:
-                data = await stream.receive_some(CHUNK)
+                data = await stream.receive_some(want)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if not data:
                 return
             self.last_read = time.monotonic()
             buf += data
+            want = CHUNK
             while buf:
                 try:
-                    decoded = codec.decode(buf, limit)
+                    decoded = codec.take_frame(buf, limit)
+                    if decoded is None:
+                        # Read no further than this frame: it then takes the buffer whole.
+                        size = codec.frame_length(buf, limit)
+                        if size is not None:
+                            want = min(CHUNK, size - len(buf))
+                        break
                 except XProtocolError as exc:
                     log.warning("upstream %s: bad frame: %s", codec.name, exc)
                     self.close(f"bad frame: {exc}")  # wakes every request waiting here
                     return
-                if decoded is None:
-                    break
                 frame, used = decoded
-                del buf[:used]
+                if used == len(buf):
+                    buf = bytearray()  # the frame may have taken it as its own bytes
+                else:
+                    del buf[:used]
                 if frame.is_request:
                     if frame.is_heartbeat:  # the upstream checks on us: answer it
                         try:

@@ -129,6 +129,9 @@ class Http2Proxy:
         self.upstream_h1 = config.upstream_protocol == Protocol.HTTP1
         self.filters = ctx.stream_filters  # a FilterChainFactory, or None
         self.listener = ctx.listener
+        # Unforwarded DATA is bounded by the receive windows (flow control); the budget
+        # counts it, and bounds what is held beyond them (retry copies).
+        self.budget = ctx.buffer_budget
 
     def on_connection(self, conn: Connection):
         return self.serve(conn)
@@ -149,7 +152,9 @@ class Http2Proxy:
                 if ep.active_streams == 0:
                     ep.close()
 
-            ep = H2Endpoint(conn.stream, codec, on_request=on_request)
+            ep = H2Endpoint(
+                conn.stream, codec, on_request=on_request, budget=self.budget.connection()
+            )
             conn.on_drain = on_drain
             await ep.run(prefix)
             # The connection is over: streams still waiting on their upstream are cut.
@@ -182,6 +187,7 @@ class Http2Proxy:
             log.exception("http2 stream %d failed", sid)
             ep.reset(sid, ErrorCode.INTERNAL_ERROR)
         finally:
+            stream.forget_replay()
             ep.close_stream(sid)
             if ep.active_streams == 0:
                 if ep.draining:
@@ -208,6 +214,7 @@ class _Stream:
         "_body_done",
         "_body_reply",
         "_keep_alive",
+        "_kept",
         "_owed",
         "_replay",
         "chain",
@@ -244,6 +251,7 @@ class _Stream:
         self._keep_alive = False
         self.cluster: Cluster | None = None
         self._replay: list | None = None
+        self._kept = 0  # bytes of ``_replay`` counted in the connection's budget
         self._body_done = False
         self._owed = 0
         #: The request's stream filters (``None``: none configured, or none for it).
@@ -604,10 +612,10 @@ class _Stream:
                         data = await self._filter_body(data, event.end_stream)
                     if replay is not None:
                         kept += len(data)
-                        if kept <= limit:
+                        if kept <= limit and self._keep(len(data)):
                             replay.append(data)
                         else:
-                            self._replay = None
+                            self.forget_replay()
                     if event.end_stream:
                         self._body_done = True
                     self._owed += event.flow_length
@@ -635,6 +643,29 @@ class _Stream:
             self._body_reply = exc.reply
             scope.cancel()
 
+    def _keep(self, n: int) -> bool:
+        """Count ``n`` more bytes kept for a retry, if they fit the budgets: bytes whose
+        credit went back to the client are held beyond its window only within them."""
+        budget = self.ep.budget
+        if budget is None:
+            return True
+        if not budget.fits(n):
+            return False
+        budget.take(n)
+        budget.admit(n)
+        self._kept += n
+        return True
+
+    def forget_replay(self) -> None:
+        """No retry will replay the body: what was kept leaves the budget."""
+        self._replay = None
+        kept = self._kept
+        if kept:
+            self._kept = 0
+            budget = self.ep.budget
+            budget.give(kept)
+            budget.unreserve(kept)
+
     async def _filter_h2_trailers(
         self, up: H2Endpoint, usid: int, trailers: list, data_hooks: bool
     ) -> None:
@@ -646,10 +677,10 @@ class _Stream:
                 replay = self._replay
                 if replay is not None:
                     kept = sum(len(p) for p in replay if type(p) is bytes) + len(tail)
-                    if kept <= self.proxy.config.retry_buffer_bytes:
+                    if kept <= self.proxy.config.retry_buffer_bytes and self._keep(len(tail)):
                         replay.append(tail)
                     else:
-                        self._replay = None
+                        self.forget_replay()
                 await up.send_data(usid, tail)
         if self.chain.mask & REQUEST_TRAILERS:
             await self._filter_request_trailers(trailers)
@@ -719,6 +750,7 @@ class _Stream:
         context.request_id = self.info.request_id
 
     def _response_started(self, status: int) -> None:
+        self.forget_replay()  # the upstream took the stream: no retry replays the body
         self.started = True
         self.info.response_code = status
         self.info.response_received_duration = _monotonic() - self.info.start

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
 import trio
 
@@ -36,6 +36,7 @@ from ..filters.stream import (
     StreamFilterChain,
     http_status_to_rpc_error,
 )
+from ..network.budget import ConnectionBudget
 from ..network.connect import ConnectError
 from ..network.connection import Connection
 from ..network.relay import CHUNK
@@ -77,6 +78,7 @@ class XProxy:
         self.clusters = ctx.clusters
         self.pools = ctx.pools
         self.stats = ctx.listener_stats
+        self.budget = ctx.buffer_budget
         self.codecs = codecs
         #: The listener's stream filters (a FilterChainFactory; ``None``: none configured).
         self.filters = ctx.stream_filters
@@ -124,6 +126,9 @@ class _XSession:
         self.in_flight = 0
         self._room = trio.Event()  # set when in_flight drops below the limit
         self._writer = FrameWriter(conn.stream)
+        self.budget = proxy.budget.connection()
+        self._held = 0  # bytes of the read buffer counted in the budget
+        self._admitted = 0  # the frame being read, admitted by its header (its size)
         self._reading = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self.gone = False
@@ -143,14 +148,31 @@ class _XSession:
         self._reading.cancel()  # take nothing new; what is in flight finishes
 
     async def _read(self, buf: bytearray) -> None:
+        budget = self.budget
+        budget.take(len(buf))
+        self._held = len(buf)
+        try:
+            await self._read_frames(buf, budget)
+        finally:
+            budget.give(self._held)  # what never became a frame
+            budget.unreserve(self._admitted)
+            self._held = self._admitted = 0
+
+    async def _read_frames(self, buf: bytearray, budget: ConnectionBudget) -> None:
+        """Decode and dispatch frames. Every byte of ``buf`` is counted in the budget
+        (``_held``); a frame whose header is read is admitted whole (``_admitted``: waiting,
+        not reading, until it fits) before its body is read, and its bytes stay counted until
+        its answer is written (``_handle``)."""
         codec = self.codec
         limit = self.proxy.options.max_frame_bytes
         max_in_flight = self.proxy.options.max_requests_per_connection
+        frame_timeout = self.proxy.config.request_header_timeout
         stream = self.stream
+        deadline = math.inf  # a frame begun must be whole by then (it holds the budget)
         while True:
             while buf:
                 try:
-                    decoded = codec.decode(buf, limit)
+                    decoded = codec.take_frame(buf, limit)
                 except XProtocolError as exc:
                     log.info("downstream %s: bad %s frame: %s", self.conn.remote, codec.name, exc)
                     self.gone = True
@@ -158,19 +180,71 @@ class _XSession:
                 if decoded is None:
                     break
                 frame, used = decoded
-                del buf[:used]
+                deadline = math.inf
+                if used == len(buf):
+                    buf = bytearray()  # the frame may have taken it as its own bytes
+                else:
+                    del buf[:used]
+                # The frame's bytes pass from the buffer's count to the frame's.
+                self._held -= used
+                if self._admitted:
+                    self._admitted = 0  # admitted by its header: exactly ``used``
+                else:
+                    budget.admit(used)  # read whole in one go
                 if not frame.is_request:
+                    self._done(used)
                     continue  # a client does not answer us: nothing to route
                 if frame.is_heartbeat:
+                    self._done(used)
                     await self._write(codec.encode(codec.heartbeat_reply(frame)))
                     continue
                 while self.in_flight >= max_in_flight:  # backpressure: stop reading
                     self._room = trio.Event()
                     await self._room.wait()
                 self._started()
-                self._nursery.start_soon(self._handle, frame)
+                self._nursery.start_soon(self._handle, frame, used)
             try:
-                data = await stream.receive_some(CHUNK)
+                size = codec.frame_length(buf, limit) if buf else None
+            except XProtocolError as exc:
+                log.info("downstream %s: bad %s frame: %s", self.conn.remote, codec.name, exc)
+                self.gone = True
+                return
+            if size is None:
+                want = CHUNK
+                if budget.full:  # no new frame while a budget is spent
+                    await self._wait(budget.wait_room())
+                    deadline = math.inf
+            else:
+                if not self._admitted:
+                    if not budget.fits(size):
+                        await self._wait(budget.reserve(size))
+                        deadline = math.inf  # the wait was ours, not the client's
+                    else:
+                        budget.admit(size)
+                    self._admitted = size
+                    budget.take(size - self._held)  # counted from now on, all of it
+                    self._held = size
+                # Read no further than this frame: it then takes the buffer whole (no copy).
+                want = min(CHUNK, size - len(buf))
+            try:
+                if not buf:
+                    deadline = math.inf  # between frames: the idle timeout alone applies
+                    data = await stream.receive_some(want)
+                else:
+                    if deadline == math.inf:
+                        deadline = trio.current_time() + frame_timeout
+                    with trio.move_on_at(deadline):
+                        data = await stream.receive_some(want)
+                    if trio.current_time() >= deadline:
+                        # A slow sender must not keep a frame's budget (slowloris).
+                        log.info(
+                            "downstream %s: %s frame not complete within %ss, closing",
+                            self.conn.remote,
+                            codec.name,
+                            frame_timeout,
+                        )
+                        self.gone = True
+                        return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.gone = True
                 return
@@ -179,6 +253,23 @@ class _XSession:
             if not self.in_flight:
                 self.conn.idle.touch()
             buf += data
+            if len(buf) > self._held:
+                budget.take(len(buf) - self._held)
+                self._held = len(buf)
+
+    async def _wait(self, room: Awaitable[None]) -> None:
+        """Wait for budget room: on other requests' answers, not on the client, so the
+        connection is not idle meanwhile."""
+        self.conn.idle.pause()
+        await room
+        if not self.in_flight:
+            self.conn.idle.touch()
+
+    def _done(self, size: int) -> None:
+        """A frame's ``size`` bytes are no longer held."""
+        budget = self.budget
+        budget.give(size)
+        budget.unreserve(size)
 
     def _started(self) -> None:
         if not self.in_flight:
@@ -205,7 +296,8 @@ class _XSession:
             if self._nursery is not None:
                 self._nursery.cancel_scope.cancel()
 
-    async def _handle(self, frame: Frame) -> None:
+    async def _handle(self, frame: Frame, size: int) -> None:
+        """Serve one request; its ``size`` bytes leave the budget once it is answered."""
         stats = self.proxy.stats
         codec = self.codec
         try:
@@ -218,8 +310,12 @@ class _XSession:
             if isinstance(result, LocalReply):
                 kind = _reply_kind(result)
                 if frame.is_oneway:
-                    log.info("downstream %s: %s oneway request refused by a stream filter "
-                             "(%s), dropped", self.conn.remote, codec.name, kind.name)
+                    log.info(
+                        "downstream %s: %s oneway request refused by a stream filter (%s), dropped",
+                        self.conn.remote,
+                        codec.name,
+                        kind.name,
+                    )
                     return
                 message = result.body.decode("utf-8", "replace").strip()
                 await self._write(codec.encode(codec.error_reply(frame, kind, message)))
@@ -233,6 +329,7 @@ class _XSession:
             if not frame.is_oneway:
                 await self._write(codec.encode(codec.error_reply(frame, ErrorKind.INTERNAL)))
         finally:
+            self._done(size)
             self._finished()
 
     async def _forward(self, frame: Frame) -> ErrorKind | LocalReply | None:
@@ -246,16 +343,18 @@ class _XSession:
         if proxy.filters is not None:
             # Envoy's order: the filters see the request before the proxy refuses it.
             cluster_name = route.pick_cluster(headers.get) if routable else None
-            chain = proxy.filters.create(RequestContext(
-                self.codec.name,
-                method=headers.get("method") or "",
-                path=headers.get("service") or "",
-                route=route,
-                cluster=cluster_name,
-                downstream_remote=self.conn.remote,
-                downstream_local=self.conn.local,
-                listener=proxy.listener,
-            ))
+            chain = proxy.filters.create(
+                RequestContext(
+                    self.codec.name,
+                    method=headers.get("method") or "",
+                    path=headers.get("service") or "",
+                    route=route,
+                    cluster=cluster_name,
+                    downstream_remote=self.conn.remote,
+                    downstream_local=self.conn.local,
+                    listener=proxy.listener,
+                )
+            )
             if chain is not None:
                 filtered = await self._request_filters(chain, frame)
                 if not isinstance(filtered, Frame):
@@ -339,8 +438,12 @@ class _XSession:
             if isinstance(out, LocalReply):
                 return out
             if out is not payload and out != payload:
-                log.error("downstream %s: a stream filter replaced the body of a %s request, "
-                          "which an RPC frame cannot carry", self.conn.remote, self.codec.name)
+                log.error(
+                    "downstream %s: a stream filter replaced the body of a %s request, "
+                    "which an RPC frame cannot carry",
+                    self.conn.remote,
+                    self.codec.name,
+                )
                 return ErrorKind.INTERNAL
         if headers is not None and headers.changed:
             return self._rewritten(frame, _desired(frame.headers, original, headers))
@@ -364,8 +467,12 @@ class _XSession:
             if isinstance(out, LocalReply):
                 return out
             if out is not payload and out != payload:
-                log.error("downstream %s: a stream filter replaced the body of a %s response, "
-                          "which an RPC frame cannot carry", self.conn.remote, self.codec.name)
+                log.error(
+                    "downstream %s: a stream filter replaced the body of a %s response, "
+                    "which an RPC frame cannot carry",
+                    self.conn.remote,
+                    self.codec.name,
+                )
                 return ErrorKind.INTERNAL
         if headers is not None and headers.changed:
             return self._rewritten(response, _desired(response.headers, original, headers))
@@ -378,13 +485,24 @@ class _XSession:
         try:
             return codec.with_headers(frame, mapping)
         except NotImplementedError as exc:
-            log.error("downstream %s: stream filters changed the headers of a %s %s, and the "
-                      "%s codec cannot rewrite them (%s)", self.conn.remote, codec.name,
-                      "response" if frame.is_response else "request", codec.name, exc)
+            log.error(
+                "downstream %s: stream filters changed the headers of a %s %s, and the "
+                "%s codec cannot rewrite them (%s)",
+                self.conn.remote,
+                codec.name,
+                "response" if frame.is_response else "request",
+                codec.name,
+                exc,
+            )
         except (ValueError, XProtocolError) as exc:
-            log.error("downstream %s: stream filters changed the headers of a %s %s in a way "
-                      "the codec cannot carry: %s", self.conn.remote, codec.name,
-                      "response" if frame.is_response else "request", exc)
+            log.error(
+                "downstream %s: stream filters changed the headers of a %s %s in a way "
+                "the codec cannot carry: %s",
+                self.conn.remote,
+                codec.name,
+                "response" if frame.is_response else "request",
+                exc,
+            )
         return ErrorKind.INTERNAL
 
 
@@ -404,9 +522,7 @@ def _header_view(view: Mapping[str, str], status: int | None = None) -> tuple[He
     try:
         return Headers.from_mapping(view, status), view
     except UnicodeEncodeError:
-        headers = Headers(
-            [(k.encode("utf-8"), v.encode("utf-8")) for k, v in view.items()], status
-        )
+        headers = Headers([(k.encode("utf-8"), v.encode("utf-8")) for k, v in view.items()], status)
         return headers, headers.to_dict()
 
 

@@ -9,7 +9,14 @@ timeouts, and asks the codec:
 * ``decode(data, max_frame_size)``: the first frame in ``data`` and how many bytes it used, or
   ``None`` when ``data`` does not yet hold a whole frame. A frame whose declared size exceeds
   ``max_frame_size`` raises ``FrameTooLarge`` as soon as its fixed header is readable, before its
-  body is buffered. Malformed bytes raise ``XProtocolError`` and nothing else.
+  body is buffered. Malformed bytes raise ``XProtocolError`` and nothing else. The frame's
+  bytes are its own (a copy).
+* ``take_frame(buf, max_frame_size)``: `decode`, except that a ``bytearray`` holding exactly one
+  frame becomes that frame's ``data`` (no copy of a large frame): the caller gives the buffer
+  up and reads on into a new one. Optional: the default is `decode`.
+* ``frame_length(data, max_frame_size)``: the size the frame at the start of ``data`` declares,
+  once its fixed header is readable (None before); the proxy reserves that much of its buffer
+  budget before it reads the body. Optional: the default says None (unknown until decoded).
 * ``encode(frame)``: the frame's bytes on the wire.
 * ``set_request_id(frame, request_id)``: replaces the id in the frame's own bytes (a slice
   assignment, the body is not re-encoded) and returns those bytes; the proxy does this on every
@@ -231,6 +238,22 @@ class Codec(ABC):
         """The frame at the start of ``data`` and the number of bytes it took, or None if
         ``data`` holds no whole frame yet. Raises XProtocolError (FrameTooLarge for a frame
         over ``max_frame_size``) and nothing else for bad input."""
+
+    def take_frame(
+        self, buf: bytearray, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    ) -> tuple[Frame, int] | None:
+        """`decode`; a codec may also make ``buf`` itself the frame's ``data`` when it holds
+        exactly that frame, so the caller must not use ``buf`` after a frame of
+        ``len(buf)`` bytes is returned."""
+        return self.decode(buf, max_frame_size)
+
+    def frame_length(
+        self, data: bytes | bytearray | memoryview, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    ) -> int | None:
+        """The whole size of the frame at the start of ``data`` as its header declares it, or
+        None while the header is incomplete (or the codec cannot tell before the frame is
+        whole). Raises as `decode` does for a bad header or a frame over ``max_frame_size``."""
+        return None
 
     def encode(self, frame: Frame) -> bytearray:
         """The frame's bytes on the wire (its own buffer: do not mutate it)."""

@@ -147,6 +147,60 @@ def _parse_header_map(buf: bytearray, start: int, end: int) -> dict[str, str]:
     return out
 
 
+_Head = tuple[int, int, int, int, int, int, int, int, int, int, int, int, bool, int]
+
+
+def _parse_head(data: bytes | bytearray | memoryview, max_frame_size: int) -> _Head | None:
+    """The fixed header at the start of ``data`` (None while incomplete), checked, with the
+    frame's whole size last; FrameTooLarge as soon as that size is known to be over."""
+    n = len(data)
+    if n < 3:
+        if n and data[0] not in (PROTOCOL_V1, PROTOCOL_V2):
+            raise _err(f"not a bolt frame: protocol code {data[0]:#04x}")
+        return None
+    proto = data[0]
+    if proto == PROTOCOL_V1:
+        ptype = data[1]
+        if ptype == TYPE_RESPONSE:
+            st = _RESP_V1
+        elif ptype in _KINDS:
+            st = _REQ_V1
+        else:
+            raise _err(f"bolt: unknown command type {ptype}")
+        size = st.size
+        if n < size:
+            return None
+        _, _, cmd, _, rid, codec, field, clen, hlen, blen = st.unpack_from(data, 0)
+        ver1 = switch = 0
+    elif proto == PROTOCOL_V2:
+        ver1 = data[1]
+        ptype = data[2]
+        if ptype == TYPE_RESPONSE:
+            st = _RESP_V2
+        elif ptype in _KINDS:
+            st = _REQ_V2
+        else:
+            raise _err(f"bolt v2: unknown command type {ptype}")
+        size = st.size
+        if n < size:
+            return None
+        _, _, _, cmd, _, rid, codec, switch, field, clen, hlen, blen = st.unpack_from(data, 0)
+    else:
+        raise _err(f"not a bolt frame: protocol code {proto:#04x}")
+
+    if ptype == TYPE_RESPONSE:
+        if cmd != CMD_RESPONSE and cmd != CMD_HEARTBEAT:
+            raise _err(f"bolt: response with command code {cmd}")
+    elif cmd != CMD_REQUEST and cmd != CMD_HEARTBEAT:
+        raise _err(f"bolt: request with command code {cmd}")
+
+    crc = proto == PROTOCOL_V2 and ver1 == 2 and bool(switch & _CRC_SWITCH)
+    total = size + clen + hlen + blen + (4 if crc else 0)
+    if total > max_frame_size:
+        raise FrameTooLarge(total, max_frame_size, protocol=NAME)
+    return proto, ptype, cmd, rid, codec, field, clen, hlen, blen, ver1, switch, size, crc, total
+
+
 def encode_header_map(headers: Mapping[str, str]) -> bytes:
     """Bolt's header map encoding of ``headers``."""
     parts = []
@@ -237,70 +291,60 @@ class BoltCodec(Codec):
     def decode(
         self, data: bytes | bytearray | memoryview, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     ) -> tuple[BoltFrame, int] | None:
-        n = len(data)
-        if n < 3:
-            if n and data[0] not in (PROTOCOL_V1, PROTOCOL_V2):
-                raise _err(f"not a bolt frame: protocol code {data[0]:#04x}")
+        return self._decode(data, max_frame_size, False)
+
+    def take_frame(
+        self, buf: bytearray, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    ) -> tuple[BoltFrame, int] | None:
+        return self._decode(buf, max_frame_size, True)
+
+    def _decode(
+        self, data: bytes | bytearray | memoryview, max_frame_size: int, take: bool
+    ) -> tuple[BoltFrame, int] | None:
+        head = _parse_head(data, max_frame_size)
+        if head is None:
             return None
-        proto = data[0]
-        if proto == PROTOCOL_V1:
-            ptype = data[1]
-            if ptype == TYPE_RESPONSE:
-                st = _RESP_V1
-            elif ptype in _KINDS:
-                st = _REQ_V1
-            else:
-                raise _err(f"bolt: unknown command type {ptype}")
-            size = st.size
-            if n < size:
-                return None
-            _, _, cmd, _, rid, codec, field, clen, hlen, blen = st.unpack_from(data, 0)
-            ver1 = switch = 0
-        elif proto == PROTOCOL_V2:
-            ver1 = data[1]
-            ptype = data[2]
-            if ptype == TYPE_RESPONSE:
-                st = _RESP_V2
-            elif ptype in _KINDS:
-                st = _REQ_V2
-            else:
-                raise _err(f"bolt v2: unknown command type {ptype}")
-            size = st.size
-            if n < size:
-                return None
-            _, _, _, cmd, _, rid, codec, switch, field, clen, hlen, blen = st.unpack_from(
-                data, 0
-            )
+        (
+            proto,
+            ptype,
+            cmd,
+            rid,
+            codec,
+            field,
+            clen,
+            hlen,
+            blen,
+            ver1,
+            switch,
+            header_size,
+            crc,
+            total,
+        ) = head
+        if len(data) < total:
+            return None
+
+        if take and type(data) is bytearray and len(data) == total:
+            buf = data  # the caller's buffer holds just this frame: taken, not copied
         else:
-            raise _err(f"not a bolt frame: protocol code {proto:#04x}")
-
-        if ptype == TYPE_RESPONSE:
-            if cmd != CMD_RESPONSE and cmd != CMD_HEARTBEAT:
-                raise _err(f"bolt: response with command code {cmd}")
-        elif cmd != CMD_REQUEST and cmd != CMD_HEARTBEAT:
-            raise _err(f"bolt: request with command code {cmd}")
-
-        header_size = size
-        crc = proto == PROTOCOL_V2 and ver1 == 2 and bool(switch & _CRC_SWITCH)
-        total = header_size + clen + hlen + blen + (4 if crc else 0)
-        if total > max_frame_size:
-            raise FrameTooLarge(total, max_frame_size, protocol=NAME)
-        if n < total:
-            return None
-
-        buf = bytearray(memoryview(data)[:total])  # one copy, whatever the buffer type
+            buf = bytearray(memoryview(data)[:total])
         if crc:
             (expected,) = _U32.unpack_from(buf, total - 4)
             if zlib.crc32(memoryview(buf)[: total - 4]) != expected:
                 raise _err("bolt v2: CRC32 mismatch")
 
         if ptype == TYPE_RESPONSE:
-            frame = BoltFrame(buf, rid, FrameKind.RESPONSE, heartbeat=cmd == CMD_HEARTBEAT,
-                              status=field)
+            frame = BoltFrame(
+                buf, rid, FrameKind.RESPONSE, heartbeat=cmd == CMD_HEARTBEAT, status=field
+            )
             frame.timeout_ms = 0
         else:
-            frame = BoltFrame(buf, rid, _KINDS[ptype], heartbeat=cmd == CMD_HEARTBEAT,
-                              timeout=field / 1000 if field > 0 else None)
+            frame = BoltFrame(
+                buf,
+                rid,
+                _KINDS[ptype],
+                heartbeat=cmd == CMD_HEARTBEAT,
+                timeout=field / 1000 if field > 0 else None,
+            )
             frame.timeout_ms = field
         frame.version = proto
         frame.ver1 = ver1
@@ -315,6 +359,12 @@ class BoltCodec(Codec):
         if ptype != TYPE_RESPONSE:
             frame.headers  # noqa: B018  (requests are routed: decode and check headers now)
         return frame, total
+
+    def frame_length(
+        self, data: bytes | bytearray | memoryview, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    ) -> int | None:
+        head = _parse_head(data, max_frame_size)
+        return None if head is None else head[-1]
 
     # -- request ids ---------------------------------------------------------------------
 
@@ -350,8 +400,19 @@ class BoltCodec(Codec):
     ) -> BoltFrame:
         """A request frame (``cmdcode=0``: a heartbeat)."""
         ptype = TYPE_ONEWAY if oneway else TYPE_REQUEST
-        return self._build(ptype, cmdcode, request_id, codec, timeout_ms, class_name, headers,
-                           content, version, ver1, switch)
+        return self._build(
+            ptype,
+            cmdcode,
+            request_id,
+            codec,
+            timeout_ms,
+            class_name,
+            headers,
+            content,
+            version,
+            ver1,
+            switch,
+        )
 
     def build_response(
         self,
@@ -368,12 +429,34 @@ class BoltCodec(Codec):
         switch: int = 0,
     ) -> BoltFrame:
         """A response frame (``cmdcode=0``: a heartbeat reply)."""
-        return self._build(TYPE_RESPONSE, cmdcode, request_id, codec, status, class_name,
-                           headers, content, version, ver1, switch)
+        return self._build(
+            TYPE_RESPONSE,
+            cmdcode,
+            request_id,
+            codec,
+            status,
+            class_name,
+            headers,
+            content,
+            version,
+            ver1,
+            switch,
+        )
 
-    def _build(self, ptype: int, cmd: int, rid: int, codec: int, field: int, class_name: str,
-               headers: Mapping[str, str] | None, content: bytes, version: int, ver1: int,
-               switch: int) -> BoltFrame:
+    def _build(
+        self,
+        ptype: int,
+        cmd: int,
+        rid: int,
+        codec: int,
+        field: int,
+        class_name: str,
+        headers: Mapping[str, str] | None,
+        content: bytes,
+        version: int,
+        ver1: int,
+        switch: int,
+    ) -> BoltFrame:
         cls = class_name.encode("utf-8")
         hdr = encode_header_map(headers) if headers else b""
         if len(cls) > 0xFFFF or len(hdr) > 0xFFFF:
@@ -402,18 +485,31 @@ class BoltCodec(Codec):
         assert isinstance(frame, BoltFrame)
         if not (frame.is_request and frame.heartbeat):
             raise ValueError("heartbeat_reply needs a heartbeat request")
-        return self.build_response(frame.request_id, ResponseStatus.SUCCESS, class_name="",
-                                   codec=frame.codec, cmdcode=CMD_HEARTBEAT,
-                                   version=frame.version, ver1=frame.ver1, switch=frame.switch)
+        return self.build_response(
+            frame.request_id,
+            ResponseStatus.SUCCESS,
+            class_name="",
+            codec=frame.codec,
+            cmdcode=CMD_HEARTBEAT,
+            version=frame.version,
+            ver1=frame.ver1,
+            switch=frame.switch,
+        )
 
     def error_reply(self, frame: Frame, kind: ErrorKind, message: str = "") -> BoltFrame:
         # bolt carries an error message only inside a serialized SofaResponse; none is sent
         assert isinstance(frame, BoltFrame)
         if frame.is_response:
             raise ValueError("error_reply needs a request")
-        return self.build_response(frame.request_id, _STATUS_FOR[kind], class_name="",
-                                   codec=frame.codec, version=frame.version, ver1=frame.ver1,
-                                   switch=frame.switch)
+        return self.build_response(
+            frame.request_id,
+            _STATUS_FOR[kind],
+            class_name="",
+            codec=frame.codec,
+            version=frame.version,
+            ver1=frame.ver1,
+            switch=frame.switch,
+        )
 
     def status_for(self, kind: ErrorKind) -> int:
         return _STATUS_FOR[kind]
@@ -459,7 +555,7 @@ class BoltCodec(Codec):
         out += data[start + frame.header_len : end]
         if frame.crc:
             out += _U32.pack(zlib.crc32(out))
-        result = self.decode(out, max_frame_size=len(out))
+        result = self._decode(out, len(out), True)
         assert result is not None
         return result[0]
 

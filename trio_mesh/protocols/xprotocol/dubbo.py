@@ -93,6 +93,17 @@ class DubboFrame(Frame):
         return headers
 
 
+def _header(data: bytes | bytearray | memoryview, max_frame_size: int) -> df.DubboHeader | None:
+    """The frame header at the start of ``data`` (None while incomplete), its size checked."""
+    try:
+        header = df.parse_header(data, max_body_length=1 << 32)
+    except df.DubboFrameError as exc:
+        raise _err(str(exc)) from None
+    if header is not None and header.frame_length > max_frame_size:
+        raise FrameTooLarge(header.frame_length, max_frame_size, protocol="dubbo")
+    return header
+
+
 def _timeout(attachments: Mapping[str, object]) -> float | None:
     value = attachments.get("timeout")
     if isinstance(value, int) and not isinstance(value, bool):
@@ -121,18 +132,26 @@ class DubboCodec(Codec):
     def decode(
         self, data: bytes | bytearray | memoryview, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     ) -> tuple[DubboFrame, int] | None:
-        try:
-            header = df.parse_header(data, max_body_length=1 << 32)
-        except df.DubboFrameError as exc:
-            raise _err(str(exc)) from None
+        return self._decode(data, max_frame_size, False)
+
+    def take_frame(
+        self, buf: bytearray, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    ) -> tuple[DubboFrame, int] | None:
+        return self._decode(buf, max_frame_size, True)
+
+    def _decode(
+        self, data: bytes | bytearray | memoryview, max_frame_size: int, take: bool
+    ) -> tuple[DubboFrame, int] | None:
+        header = _header(data, max_frame_size)
         if header is None:
             return None
         size = header.frame_length
-        if size > max_frame_size:
-            raise FrameTooLarge(size, max_frame_size, protocol="dubbo")
         if len(data) < size:
             return None
-        frame_bytes = bytearray(data[:size])
+        if take and type(data) is bytearray and len(data) == size:
+            frame_bytes = data  # the caller's buffer holds just this frame: taken, not copied
+        else:
+            frame_bytes = bytearray(memoryview(data)[:size])
         body = memoryview(frame_bytes)[df.HEADER_LENGTH :]
         try:
             heartbeat = df.is_heartbeat(header, body)
@@ -153,6 +172,12 @@ class DubboCodec(Codec):
             frame_bytes, header, kind, heartbeat=heartbeat, request=request, timeout=timeout
         )
         return frame, size
+
+    def frame_length(
+        self, data: bytes | bytearray | memoryview, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    ) -> int | None:
+        header = _header(data, max_frame_size)
+        return None if header is None else header.frame_length
 
     def set_request_id(self, frame: Frame, request_id: int) -> bytearray:
         df.set_request_id(frame.data, request_id)

@@ -1,0 +1,106 @@
+"""Budgets of received bytes the proxy holds: per connection and per listener.
+
+Two counts per budget. ``used`` is every received byte buffered (the gauge). ``admitted`` is
+what readers reserved for whole frames: an RPC frame reserves its declared size once its
+header is read, before its body is, and keeps it until its answer is written. A reader waits
+(does not read) while a frame does not fit, or, between frames, while a budget is spent: the
+peer's sends then block in TCP. An admitted frame never waits again, so admitted frames always
+complete and no two half-read frames wait on each other. One frame is let in when the
+connection (or the listener) has nothing admitted, so a frame up to the protocol's size limit
+passes even where it exceeds a budget. Beyond the budget, ``used`` can only hold the bytes of
+one read per waiting connection (the read that brought a frame's header).
+"""
+
+from __future__ import annotations
+
+import trio
+
+from ..stats import ListenerStats
+
+
+class ListenerBudget:
+    """The buffered bytes of all connections of one listener; `connection` makes each one's."""
+
+    __slots__ = ("_lot", "admitted", "limit", "per_connection", "stats", "used")
+
+    def __init__(self, limit: int, per_connection: int, stats: ListenerStats | None = None) -> None:
+        self.limit = limit
+        self.per_connection = per_connection
+        self.stats = stats if stats is not None else ListenerStats()
+        self.used = 0
+        self.admitted = 0
+        self._lot = trio.lowlevel.ParkingLot()  # readers waiting for room
+
+    def connection(self) -> ConnectionBudget:
+        return ConnectionBudget(self)
+
+
+class ConnectionBudget:
+    """One connection's share; every byte counts against the listener's too."""
+
+    __slots__ = ("admitted", "limit", "listener", "used")
+
+    def __init__(self, listener: ListenerBudget) -> None:
+        self.listener = listener
+        self.limit = listener.per_connection
+        self.used = 0
+        self.admitted = 0
+
+    def take(self, n: int) -> None:
+        """Count ``n`` received bytes now buffered."""
+        self.used += n
+        lst = self.listener
+        lst.used += n
+        lst.stats.downstream_cx_rx_bytes_buffered = lst.used
+
+    def give(self, n: int) -> None:
+        """``n`` counted bytes are gone."""
+        self.used -= n
+        lst = self.listener
+        lst.used -= n
+        lst.stats.downstream_cx_rx_bytes_buffered = lst.used
+
+    def fits(self, n: int) -> bool:
+        """A frame of ``n`` bytes may be admitted now."""
+        lst = self.listener
+        admitted = self.admitted
+        return (not admitted or admitted + n <= self.limit) and (
+            not lst.admitted or lst.admitted + n <= lst.limit
+        )
+
+    @property
+    def full(self) -> bool:
+        """A budget is spent: read no new frame."""
+        lst = self.listener
+        return self.admitted >= self.limit or lst.admitted >= lst.limit
+
+    async def reserve(self, n: int) -> None:
+        """Wait until a frame of ``n`` bytes fits, then admit it."""
+        if not self.fits(n):
+            lst = self.listener
+            lst.stats.downstream_flow_control_paused_reading_total += 1
+            while not self.fits(n):
+                await lst._lot.park()
+        self.admit(n)
+
+    def admit(self, n: int) -> None:
+        """Admit ``n`` bytes without waiting (a frame already read whole)."""
+        self.admitted += n
+        self.listener.admitted += n
+
+    def unreserve(self, n: int) -> None:
+        """An admitted frame's ``n`` bytes are gone: wake the readers waiting for room."""
+        if n:
+            self.admitted -= n
+            lst = self.listener
+            lst.admitted -= n
+            if lst._lot:
+                lst._lot.unpark_all()
+
+    async def wait_room(self) -> None:
+        """Wait while a budget is spent."""
+        if self.full:
+            lst = self.listener
+            lst.stats.downstream_flow_control_paused_reading_total += 1
+            while self.full:
+                await lst._lot.park()
