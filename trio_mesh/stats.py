@@ -29,6 +29,11 @@ class ListenerStats(Stats):
         "downstream_rq_3xx",
         "downstream_rq_4xx",
         "downstream_rq_5xx",
+        # HTTP/2 connections closed for a frame flood (Envoy's http2.* counters)
+        "http2_outbound_control_flood",
+        "http2_inbound_empty_frames_flood",
+        "http2_inbound_priority_frames_flood",
+        "http2_inbound_window_update_frames_flood",
     )
 
 
@@ -46,4 +51,8 @@ class ClusterStats(Stats):
         "upstream_rq_timeout",
         "upstream_rq_pending_active",
         "upstream_rq_pending_overflow",
+        "http2_outbound_control_flood",
+        "http2_inbound_empty_frames_flood",
+        "http2_inbound_priority_frames_flood",
+        "http2_inbound_window_update_frames_flood",
     )

@@ -32,9 +32,16 @@ from ..protocols.http2 import (
     StreamReset,
     WindowOpened,
 )
+from ..stats import Stats
 from .stream import Stream
+from .throttled_log import ThrottledLog
 
 log = logging.getLogger("trio_mesh.h2")
+# a peer decides how often these happen: one line a second at most, for all connections
+_error_log = ThrottledLog(log)
+_checkpoint = trio.lowlevel.checkpoint
+# once reading is over, what is queued (a GOAWAY) gets this long to reach the socket
+FLUSH_TIMEOUT = 1.0
 
 READ_SIZE = 65536
 HIGH_WATER = 256 * 1024  # outbound bytes queued for the socket before senders wait
@@ -112,9 +119,11 @@ class H2Endpoint:
         *,
         on_request: Callable[[int, RequestHeaders], None] | None = None,
         on_settings: Callable[[], None] | None = None,
+        stats: Stats | None = None,
     ) -> None:
         self.stream = stream
         self.codec = codec
+        self.stats = stats  # counts frame floods (``http2_<flood>``), if given
         self.on_request = on_request
         self.on_settings = on_settings  # upstream: the pool learns of capacity changes
         self.inboxes: dict[int, Inbox] = {}
@@ -160,8 +169,16 @@ class H2Endpoint:
                             self._die(StreamGone("connection closed by peer"))
                             break
                         self._receive(data)
-                # Reading is over: the writer flushes what is queued (a GOAWAY), then stops.
+                        # receive_some does not yield while data is waiting, and frames that
+                        # make no output never stop us: without this, a peer that keeps us
+                        # busy (a PRIORITY flood) would starve every other connection
+                        await _checkpoint()
+                # Reading is over: the writer flushes what is queued (a GOAWAY), then stops,
+                # within FLUSH_TIMEOUT (a peer that reads nothing cannot keep us).
                 self._stop_writer = True
+                self._write_scope.deadline = min(
+                    self._write_scope.deadline, trio.current_time() + FLUSH_TIMEOUT
+                )
                 self._wake_writer()
         finally:
             self._die(StreamGone("connection closed"))
@@ -171,7 +188,13 @@ class H2Endpoint:
         try:
             events = self.codec.receive(data)
         except H2ConnectionError as exc:
-            log.info("http2 connection error: %s (%s)", exc.reason, exc.code.name)
+            flood = exc.flood
+            if flood is not None and self.stats is not None:
+                name = "http2_" + flood
+                setattr(self.stats, name, getattr(self.stats, name) + 1)
+            _error_log.log(
+                logging.INFO, "http2 connection error: %s (%s)", exc.reason, exc.code.name
+            )
             # What the same read completed before the error still counts (a response that
             # ended just before a bad frame).
             self._dispatch(exc.events)
@@ -286,6 +309,7 @@ class H2Endpoint:
                     self._die(StreamGone("connection lost while writing"))
                     self.stream.close()  # the reader sees it and ends too
                     return
+                codec.output_written()
                 self._in_flight = self._writing = 0
                 self._send_lot.unpark_all()
         finally:

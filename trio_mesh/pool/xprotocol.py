@@ -117,6 +117,7 @@ class XConnection:
         limit = self.options.max_frame_bytes
         buf = bytearray()
         stream = self.stream
+        reads = 0
         while True:
             try:
                 data = await stream.receive_some(CHUNK)
@@ -124,6 +125,9 @@ class XConnection:
                 return
             if not data:
                 return
+            reads += 1
+            if reads % 16 == 0:  # receive_some does not yield while data waits: share the loop
+                await trio.lowlevel.checkpoint()
             self.last_read = time.monotonic()
             buf += data
             while buf:

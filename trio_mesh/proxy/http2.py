@@ -149,7 +149,7 @@ class Http2Proxy:
                 if ep.active_streams == 0:
                     ep.close()
 
-            ep = H2Endpoint(conn.stream, codec, on_request=on_request)
+            ep = H2Endpoint(conn.stream, codec, on_request=on_request, stats=self.stats)
             conn.on_drain = on_drain
             await ep.run(prefix)
             # The connection is over: streams still waiting on their upstream are cut.

@@ -147,6 +147,7 @@ class _XSession:
         limit = self.proxy.options.max_frame_bytes
         max_in_flight = self.proxy.options.max_requests_per_connection
         stream = self.stream
+        reads = 0
         while True:
             while buf:
                 try:
@@ -179,6 +180,11 @@ class _XSession:
             if not self.in_flight:
                 self.conn.idle.touch()
             buf += data
+            reads += 1
+            if reads % 16 == 0:
+                # receive_some does not yield while data is waiting, nor does starting a
+                # request's task: a client that floods us must still share the loop
+                await trio.lowlevel.checkpoint()
 
     def _started(self) -> None:
         if not self.in_flight:
