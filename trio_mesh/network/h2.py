@@ -44,6 +44,8 @@ _checkpoint = trio.lowlevel.checkpoint
 FLUSH_TIMEOUT = 1.0
 
 READ_SIZE = 65536
+# the most bytes decoded between two yields to the scheduler (about 1000 tiny frames)
+SLICE = 16384
 HIGH_WATER = 256 * 1024  # outbound bytes queued for the socket before senders wait
 # Reading pauses while more than this waits to be written: DATA never gets there (senders
 # stop at HIGH_WATER), so only a peer that makes us answer without reading does (a PING or
@@ -168,11 +170,19 @@ class H2Endpoint:
                         if not data:
                             self._die(StreamGone("connection closed by peer"))
                             break
-                        self._receive(data)
                         # receive_some does not yield while data is waiting, and frames that
-                        # make no output never stop us: without this, a peer that keeps us
-                        # busy (a PRIORITY flood) would starve every other connection
-                        await _checkpoint()
+                        # make no output never stop us: without a checkpoint per slice, a peer
+                        # that keeps us busy (small frames, ~10 us each) would starve every
+                        # other connection
+                        if len(data) <= SLICE:
+                            self._receive(data)
+                            await _checkpoint()
+                            continue
+                        view = memoryview(data)
+                        while view and self.dead is None:
+                            self._receive(view[:SLICE])
+                            view = view[SLICE:]
+                            await _checkpoint()
                 # Reading is over: the writer flushes what is queued (a GOAWAY), then stops,
                 # within FLUSH_TIMEOUT (a peer that reads nothing cannot keep us).
                 self._stop_writer = True

@@ -414,6 +414,7 @@ class H2Connection:
         self._priority_frames = 0
         self._window_updates = 0
         self._data_frames_sent = 0
+        self._own_streams = 0  # client side: streams we opened
         self._control_queued = 0  # control frames not yet taken by data_to_send()
         self._control_in_flight = 0  # taken, not yet reported written (output_written())
 
@@ -498,9 +499,12 @@ class H2Connection:
         """Request head (client, opens the stream) or response head (server, 1xx allowed)."""
         if self._gone(stream_id):
             return
-        if self._client and stream_id not in self._h2.streams and self._goaway_received:
+        opens = self._client and stream_id not in self._h2.streams
+        if opens and self._goaway_received:
             raise ValueError("the peer sent GOAWAY: no new streams")
         self._send_head(stream_id, headers, end_stream)
+        if opens:
+            self._own_streams += 1
         self._unanswered.discard(stream_id)
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
@@ -742,11 +746,9 @@ class H2Connection:
             self._flood(OUTBOUND_CONTROL_FLOOD, "too many control frames queued")
 
     def _opened_streams(self) -> int:
-        """Streams opened on the connection, by either side (ids count up in steps of two)."""
-        h2conn = self._h2
-        return (h2conn.highest_inbound_stream_id + 1) // 2 + (
-            h2conn.highest_outbound_stream_id + 1
-        ) // 2
+        """Streams opened on the connection, by either side (counted, not taken from the
+        highest id: a peer picks its ids)."""
+        return self._peer_streams + self._own_streams
 
     def _flood(self, flood: str, reason: str) -> None:
         self.goaway(ErrorCode.ENHANCE_YOUR_CALM)
