@@ -1,0 +1,90 @@
+"""Fairness (issue 14, finding 2): a connection that floods the proxy with work that makes
+no output must not starve the others. The flood comes from another process (in this one it
+would stop whenever the proxy does not yield, and prove nothing); a normal client on another
+listener of the same event loop must complete 100 requests while the flood provably goes on.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import trio
+
+from .http_helpers import http_config, request, start_proxy
+
+FLOODER = r"""
+import socket, sys
+port = int(sys.argv[1])
+preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
+# PRIORITY on stream 1 (depends on 0, weight 16): decoded, answered by nothing
+chunk = bytes.fromhex("0000050200000000010000000010") * 2000
+sock = socket.create_connection(("127.0.0.1", port))
+sock.sendall(preface)
+sent = 0
+while True:
+    sock.sendall(chunk)
+    sent += 1
+    print(sent, flush=True)
+"""
+
+HTTP_GET = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+class _Progress:
+    """The flooder's write count, read off its stdout as it goes."""
+
+    def __init__(self, proc: trio.Process) -> None:
+        self.proc = proc
+        self.writes = 0
+        self.changed = trio.Condition()
+
+    async def follow(self) -> None:
+        assert self.proc.stdout is not None
+        buf = b""
+        while data := await self.proc.stdout.receive_some(4096):
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            if lines:
+                async with self.changed:
+                    self.writes = int(lines[-1])
+                    self.changed.notify_all()
+        raise AssertionError("the flooder stopped: the proxy cut or reset its connection")
+
+    async def beyond(self, writes: int) -> None:
+        async with self.changed:
+            while self.writes <= writes:
+                await self.changed.wait()
+
+
+async def test_http2_priority_flood_does_not_starve_another_listener(
+    nursery: trio.Nursery,
+) -> None:
+    direct = [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": "ok"}}]
+    # the PRIORITY limit would cut this flood at once: raised, to see the scheduling alone
+    h2: dict[str, Any] = {"downstream_protocol": "Http2", "upstream_protocol": "Http2"}
+    h2["http2"] = {"max_inbound_priority_frames_per_stream": 10**9}
+    _, flood_port = await start_proxy(nursery, http_config(direct, {}, h2))
+    _, port = await start_proxy(nursery, http_config(direct, {}))
+    with trio.fail_after(120):  # a safety net only: a starved client never gets there
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-c", FLOODER, str(flood_port)], stdout=subprocess.PIPE
+        )
+        try:
+            async with trio.open_nursery() as watch:
+                progress = _Progress(proc)
+                watch.start_soon(progress.follow)
+                await progress.beyond(0)  # the flood is under way
+                for _ in range(100):
+                    response = await request(port, HTTP_GET)
+                    assert (response.status, response.body) == (200, b"ok")
+                # ... and still going: the flooder is alive, its connection open, and the
+                # proxy keeps taking its writes
+                done_at = progress.writes
+                await progress.beyond(done_at + 10)
+                assert proc.poll() is None
+                watch.cancel_scope.cancel()
+        finally:
+            proc.kill()
+            await proc.wait()
