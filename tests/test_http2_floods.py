@@ -12,10 +12,14 @@ import contextlib
 import socket
 from typing import Any
 
+import pytest
 import trio
 from hyperframe.frame import DataFrame, PingFrame, PriorityFrame, SettingsFrame, WindowUpdateFrame
 
+from trio_mesh.config.errors import ConfigError
+
 from .h2_upstream import ErrorCodes, H2Client, open_h2_client, raw_frame
+from .http_helpers import http_config, to
 from .test_http2_abuse import (
     PREFACE,
     TIMEOUT,
@@ -283,3 +287,16 @@ async def test_settings_flood_without_reading_is_cut(nursery: trio.Nursery) -> N
             await _flood_without_reading(port, SettingsFrame(0).serialize())
             await still_served(good)
     assert flood_count(server, "outbound_control_flood") == 1
+
+
+def test_flood_limits_out_of_range_are_config_errors() -> None:
+    for key, value in [
+        ("max_outbound_control_frames", 0),
+        ("max_consecutive_inbound_frames_with_empty_payload", -1),
+        ("max_inbound_priority_frames_per_stream", -1),
+        ("max_inbound_window_update_frames_per_data_frame_sent", 0),
+    ]:
+        proxy = {"downstream_protocol": "Http2", "http2": {key: value}}
+        with pytest.raises(ConfigError) as err:
+            http_config([to("up")], {"up": 1}, proxy)
+        assert f"config.http2.{key}: expected an integer of at least" in str(err.value)
