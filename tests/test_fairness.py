@@ -10,16 +10,15 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
 import trio
 
-from .http_helpers import http_config, request, start_proxy
+from . import bolt_frames
+from .http_helpers import closed_port, http_config, request, start_proxy
 
 FLOODER = r"""
 import socket, sys, time
-port = int(sys.argv[1])
-preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
-# PRIORITY on stream 1 (depends on 0, weight 16): decoded, answered by nothing
-chunk = bytes.fromhex("0000050200000000010000000010") * 2000
+port, preface, chunk = int(sys.argv[1]), bytes.fromhex(sys.argv[2]), bytes.fromhex(sys.argv[3])
 sock = socket.create_connection(("127.0.0.1", port))
 sock.sendall(preface)
 sent = 0
@@ -30,6 +29,37 @@ while time.monotonic() < stop:
     sent += 1
     print(sent, flush=True)
 """
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
+# PRIORITY on stream 1 (depends on 0, weight 16): decoded, answered by nothing
+H2_PRIORITY = bytes.fromhex("0000050200000000010000000010")
+DIRECT = [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": "ok"}}]
+ANY_SERVICE = [
+    {
+        "match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
+        "route": {"cluster_name": "up"},
+    }
+]
+FLOODS: dict[str, tuple[list[dict[str, Any]], dict[str, Any], bytes, bytes]] = {
+    # the PRIORITY limit would cut this flood at once: raised, to see the scheduling alone
+    "http2-priority": (
+        DIRECT,
+        {
+            "downstream_protocol": "Http2",
+            "upstream_protocol": "Http2",
+            "http2": {"max_inbound_priority_frames_per_stream": 10**9},
+        },
+        H2_PREFACE,
+        H2_PRIORITY * 2000,
+    ),
+    # bolt responses sent to the proxy: decoded, and dropped (a client does not answer us)
+    "bolt-responses": (
+        ANY_SERVICE,
+        {"downstream_protocol": "bolt"},
+        b"",
+        bolt_frames.SERVER_RESPONSE * 400,
+    ),
+}
 
 HTTP_GET = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
 
@@ -60,19 +90,15 @@ class _Progress:
                 await self.changed.wait()
 
 
-async def test_http2_priority_flood_does_not_starve_another_listener(
-    nursery: trio.Nursery,
-) -> None:
-    direct = [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": "ok"}}]
-    # the PRIORITY limit would cut this flood at once: raised, to see the scheduling alone
-    h2: dict[str, Any] = {"downstream_protocol": "Http2", "upstream_protocol": "Http2"}
-    h2["http2"] = {"max_inbound_priority_frames_per_stream": 10**9}
-    _, flood_port = await start_proxy(nursery, http_config(direct, {}, h2))
-    _, port = await start_proxy(nursery, http_config(direct, {}))
+@pytest.mark.parametrize("flood", list(FLOODS))
+async def test_a_flood_does_not_starve_another_listener(nursery: trio.Nursery, flood: str) -> None:
+    routes, proxy, preface, chunk = FLOODS[flood]
+    clusters = {"up": closed_port()}  # nothing of the flood goes upstream
+    _, flood_port = await start_proxy(nursery, http_config(routes, clusters, proxy))
+    _, port = await start_proxy(nursery, http_config(DIRECT, {}))
     with trio.fail_after(90):  # a safety net only: a starved client never gets there
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-c", FLOODER, str(flood_port)], stdout=subprocess.PIPE
-        )
+        argv = [sys.executable, "-c", FLOODER, str(flood_port), preface.hex(), chunk.hex()]
+        proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE)
         try:
             async with trio.open_nursery() as watch:
                 progress = _Progress(proc)
