@@ -6,8 +6,10 @@ listener of the same event loop must complete 100 requests while the flood prova
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,10 +18,18 @@ import trio
 from . import bolt_frames
 from .http_helpers import closed_port, http_config, request, start_proxy
 
+# argv: the proxy's port (a client flooding it), or "serve" (an upstream that floods the
+# proxy's pooled connection once the proxy sends it something); the preface; the chunk
 FLOODER = r"""
 import socket, sys, time
-port, preface, chunk = int(sys.argv[1]), bytes.fromhex(sys.argv[2]), bytes.fromhex(sys.argv[3])
-sock = socket.create_connection(("127.0.0.1", port))
+where, preface, chunk = sys.argv[1], bytes.fromhex(sys.argv[2]), bytes.fromhex(sys.argv[3])
+if where == "serve":
+    listener = socket.create_server(("127.0.0.1", 0))
+    print("port", listener.getsockname()[1], flush=True)
+    sock, _ = listener.accept()
+    sock.recv(65536)
+else:
+    sock = socket.create_connection(("127.0.0.1", int(where)))
 sock.sendall(preface)
 sent = 0
 # a proxy that never yields cannot even fire the test's fail_after: the flood ends by itself
@@ -70,6 +80,7 @@ class _Progress:
     def __init__(self, proc: trio.Process) -> None:
         self.proc = proc
         self.writes = 0
+        self.port = 0  # the upstream flooder's listening port
         self.changed = trio.Condition()
 
     async def follow(self) -> None:
@@ -78,11 +89,20 @@ class _Progress:
         while data := await self.proc.stdout.receive_some(4096):
             buf += data
             *lines, buf = buf.split(b"\n")
-            if lines:
-                async with self.changed:
-                    self.writes = int(lines[-1])
-                    self.changed.notify_all()
+            async with self.changed:
+                for line in lines:
+                    if line.startswith(b"port "):
+                        self.port = int(line[5:])
+                    else:
+                        self.writes = int(line)
+                self.changed.notify_all()
         raise AssertionError("the flooder stopped (cut by the proxy, or its 60 s were up)")
+
+    async def listening(self) -> int:
+        async with self.changed:
+            while not self.port:
+                await self.changed.wait()
+        return self.port
 
     async def beyond(self, writes: int) -> None:
         async with self.changed:
@@ -90,29 +110,56 @@ class _Progress:
                 await self.changed.wait()
 
 
+async def _served_meanwhile(progress: _Progress, port: int) -> None:
+    """100 requests on ``port`` while the flood goes on, and it still goes on after them."""
+    await progress.beyond(0)  # the flood is under way
+    for _ in range(100):
+        response = await request(port, HTTP_GET)
+        assert (response.status, response.body) == (200, b"ok")
+    # ... and still going: the flooder is alive, its connection open, and the proxy keeps
+    # taking its writes
+    await progress.beyond(progress.writes + 10)
+    assert progress.proc.poll() is None
+
+
+@contextlib.asynccontextmanager
+async def _flooder(where: str, preface: bytes, chunk: bytes) -> AsyncIterator[_Progress]:
+    argv = [sys.executable, "-c", FLOODER, where, preface.hex(), chunk.hex()]
+    proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE)
+    try:
+        async with trio.open_nursery() as watch:
+            progress = _Progress(proc)
+            watch.start_soon(progress.follow)
+            yield progress
+            watch.cancel_scope.cancel()
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
 @pytest.mark.parametrize("flood", list(FLOODS))
-async def test_a_flood_does_not_starve_another_listener(nursery: trio.Nursery, flood: str) -> None:
+async def test_a_client_flood_does_not_starve_another_listener(
+    nursery: trio.Nursery, flood: str
+) -> None:
     routes, proxy, preface, chunk = FLOODS[flood]
     clusters = {"up": closed_port()}  # nothing of the flood goes upstream
     _, flood_port = await start_proxy(nursery, http_config(routes, clusters, proxy))
     _, port = await start_proxy(nursery, http_config(DIRECT, {}))
     with trio.fail_after(90):  # a safety net only: a starved client never gets there
-        argv = [sys.executable, "-c", FLOODER, str(flood_port), preface.hex(), chunk.hex()]
-        proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE)
-        try:
-            async with trio.open_nursery() as watch:
-                progress = _Progress(proc)
-                watch.start_soon(progress.follow)
-                await progress.beyond(0)  # the flood is under way
-                for _ in range(100):
-                    response = await request(port, HTTP_GET)
-                    assert (response.status, response.body) == (200, b"ok")
-                # ... and still going: the flooder is alive, its connection open, and the
-                # proxy keeps taking its writes
-                done_at = progress.writes
-                await progress.beyond(done_at + 10)
-                assert proc.poll() is None
-                watch.cancel_scope.cancel()
-        finally:
-            proc.kill()
-            await proc.wait()
+        async with _flooder(str(flood_port), preface, chunk) as progress:
+            await _served_meanwhile(progress, port)
+
+
+async def test_an_upstream_flood_does_not_starve_another_listener(nursery: trio.Nursery) -> None:
+    """A bolt upstream that answers one request with endless responses nobody asked for: the
+    pool's reader decodes and drops them."""
+    _, port = await start_proxy(nursery, http_config(DIRECT, {}))
+    with trio.fail_after(90):
+        async with _flooder("serve", b"", bolt_frames.SERVER_RESPONSE * 400) as progress:
+            up = await progress.listening()
+            bolt = {"downstream_protocol": "bolt"}
+            _, bolt_port = await start_proxy(nursery, http_config(ANY_SERVICE, {"up": up}, bolt))
+            client = await trio.open_tcp_stream("127.0.0.1", bolt_port)
+            async with client:
+                await client.send_all(bolt_frames.CLIENT_REQUEST)  # opens the pooled conn
+                await _served_meanwhile(progress, port)

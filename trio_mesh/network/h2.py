@@ -44,8 +44,8 @@ _checkpoint = trio.lowlevel.checkpoint
 FLUSH_TIMEOUT = 1.0
 
 READ_SIZE = 65536
-# the most bytes decoded between two yields to the scheduler (about 1000 tiny frames)
-SLICE = 16384
+# the most bytes decoded between two yields to the scheduler (about 300 tiny frames, 3 ms)
+SLICE = 4096
 HIGH_WATER = 256 * 1024  # outbound bytes queued for the socket before senders wait
 # Reading pauses while more than this waits to be written: DATA never gets there (senders
 # stop at HIGH_WATER), so only a peer that makes us answer without reading does (a PING or

@@ -117,7 +117,7 @@ class XConnection:
         limit = self.options.max_frame_bytes
         buf = bytearray()
         stream = self.stream
-        reads = 0
+        work = 0  # frames decoded and reads made: a yield every so many of either
         while True:
             try:
                 data = await stream.receive_some(CHUNK)
@@ -125,8 +125,8 @@ class XConnection:
                 return
             if not data:
                 return
-            reads += 1
-            if reads % 16 == 0:  # receive_some does not yield while data waits: share the loop
+            work += 1
+            if work % 64 == 0:  # receive_some does not yield while data waits: share the loop
                 await trio.lowlevel.checkpoint()
             self.last_read = time.monotonic()
             buf += data
@@ -141,6 +141,9 @@ class XConnection:
                     break
                 frame, used = decoded
                 del buf[:used]
+                work += 1
+                if work % 64 == 0:
+                    await trio.lowlevel.checkpoint()
                 if frame.is_request:
                     if frame.is_heartbeat:  # the upstream checks on us: answer it
                         try:

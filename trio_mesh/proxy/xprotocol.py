@@ -147,7 +147,7 @@ class _XSession:
         limit = self.proxy.options.max_frame_bytes
         max_in_flight = self.proxy.options.max_requests_per_connection
         stream = self.stream
-        reads = 0
+        work = 0  # frames decoded and reads made: a yield every so many of either
         while True:
             while buf:
                 try:
@@ -160,6 +160,11 @@ class _XSession:
                     break
                 frame, used = decoded
                 del buf[:used]
+                work += 1
+                if work % 64 == 0:
+                    # receive_some does not yield while data is waiting, nor does starting a
+                    # request's task: a client that floods us must still share the loop
+                    await trio.lowlevel.checkpoint()
                 if not frame.is_request:
                     continue  # a client does not answer us: nothing to route
                 if frame.is_heartbeat:
@@ -180,10 +185,8 @@ class _XSession:
             if not self.in_flight:
                 self.conn.idle.touch()
             buf += data
-            reads += 1
-            if reads % 16 == 0:
-                # receive_some does not yield while data is waiting, nor does starting a
-                # request's task: a client that floods us must still share the loop
+            work += 1
+            if work % 64 == 0:
                 await trio.lowlevel.checkpoint()
 
     def _started(self) -> None:
