@@ -331,7 +331,12 @@ def test_data_on_a_reset_stream_gives_its_connection_credit_back():
 
 
 def test_padding_counts_in_flow_length_and_bare_padding_is_given_back():
-    s, raw = raw_server(initial_window_size=1000, connection_window_size=65535)
+    # (20 padding-only frames in a row are an empty-frame flood by default: allowed here)
+    s, raw = raw_server(
+        initial_window_size=1000,
+        connection_window_size=65535,
+        max_consecutive_inbound_frames_with_empty_payload=100,
+    )
     s.receive(raw.headers(1, POST))
     padded = DataFrame(1)
     padded.data = b"abc"
@@ -973,7 +978,8 @@ def test_peer_cannot_grow_our_hpack_encoder_table():
 
 
 def test_memory_for_closed_streams_is_bounded():
-    s, raw = raw_server(max_premature_resets=10**6)
+    # (4900 refused streams queue as many RST_STREAMs: over the control-frame limit otherwise)
+    s, raw = raw_server(max_premature_resets=10**6, max_outbound_control_frames=10**6)
     wire = b"".join(raw.headers(sid, REQ, end_stream=True) for sid in range(1, 10_001, 2))
     wire += b"".join(raw.rst(sid) for sid in range(1, 10_001, 2))
     s.receive(wire)

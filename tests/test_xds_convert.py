@@ -704,3 +704,45 @@ def test_typed_per_filter_config_refusals() -> None:
     expect(route_config_doc, rc("vhost", {"envoy.filters.http.fault": t.Any.pack(HttpFault())}),
            "RouteConfiguration 'r': virtual_hosts[0].typed_per_filter_config:"
            " not supported by trio-mesh")
+
+
+def test_http2_flood_limits_map_from_envoy() -> None:
+    """Envoy's frame-flood limits keep their names: set on the HTTP connection manager they
+    become the listener's ``http2`` options and are enforced."""
+    opts = t.Http2ProtocolOptions(
+        max_concurrent_streams=50,
+        max_outbound_control_frames=500,
+        max_consecutive_inbound_frames_with_empty_payload=0,
+        max_inbound_priority_frames_per_stream=7,
+        max_inbound_window_update_frames_per_data_frame_sent=3,
+    )
+    parts = listener_doc(listener("ingress", 8080, hcm(http2_protocol_options=opts)))
+    proxy = parts.listener["filter_chains"][0]["filters"][0]["config"]
+    assert proxy["http2"] == {
+        "max_concurrent_streams": 50,
+        "max_outbound_control_frames": 500,
+        "max_consecutive_inbound_frames_with_empty_payload": 0,
+        "max_inbound_priority_frames_per_stream": 7,
+        "max_inbound_window_update_frames_per_data_frame_sent": 3,
+    }
+    rc = t.RouteConfiguration(name="main_routes", virtual_hosts=[vhost(t.Route(
+        match=t.RouteMatch(prefix="/"), direct_response=t.DirectResponseAction(status=200)))])
+    config = compose([parts], [route_config_doc(rc)], [])
+    http2 = config.listeners[0].filter_chains[0].filters[0].config.http2
+    assert (http2.max_outbound_control_frames, http2.max_inbound_priority_frames_per_stream) == (
+        500,
+        7,
+    )
+
+
+def test_http2_flood_limits_on_a_cluster_warn(caplog: pytest.LogCaptureFixture) -> None:
+    """On a cluster the listener's limits apply (both sides of the proxy): loaded, and said."""
+    with pytest.warns(DeprecationWarning):
+        c = t.Cluster(
+            name="b",
+            connect_timeout=secs(1),
+            http2_protocol_options=t.Http2ProtocolOptions(max_outbound_control_frames=10),
+        )
+    with caplog.at_level("WARNING", logger="trio_mesh.xds"):
+        cluster_doc(c)
+    assert "http2_protocol_options.max_outbound_control_frames: not enforced" in caplog.text

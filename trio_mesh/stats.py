@@ -33,6 +33,11 @@ class ListenerStats(Stats):
         "downstream_cx_rx_bytes_buffered",
         # times a connection stopped reading because a buffer budget was spent
         "downstream_flow_control_paused_reading_total",
+        # HTTP/2 connections closed for a frame flood (Envoy's http2.* counters)
+        "http2_outbound_control_flood",
+        "http2_inbound_empty_frames_flood",
+        "http2_inbound_priority_frames_flood",
+        "http2_inbound_window_update_frames_flood",
     )
 
 
@@ -57,4 +62,8 @@ class ClusterStats(Stats):
         "upstream_rq_timeout",
         "upstream_rq_pending_active",
         "upstream_rq_pending_overflow",
+        "http2_outbound_control_flood",
+        "http2_inbound_empty_frames_flood",
+        "http2_inbound_priority_frames_flood",
+        "http2_inbound_window_update_frames_flood",
     )

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from attrs import frozen
 
-from .model import Duration, PositiveInt, cluster_ref, router_ref
+from .model import Duration, NonNegativeInt, PositiveInt, cluster_ref, router_ref
 from .routes import _raise
 
 FilterKind = Literal["network", "stream"]
@@ -177,6 +177,17 @@ class Http2Options:
     #: response began, making up at least half of its streams, the connection gets GOAWAY
     #: ENHANCE_YOUR_CALM.
     max_premature_resets: PositiveInt = PositiveInt(100)
+    # Envoy's frame-flood limits, with its names and defaults: over one, GOAWAY
+    # ENHANCE_YOUR_CALM and the connection closes (counted in the listener's ``http2_*_flood``).
+    #: PING/SETTINGS ACKs and RST_STREAMs queued for a peer that does not read them.
+    max_outbound_control_frames: PositiveInt = PositiveInt(1000)
+    #: Consecutive DATA/HEADERS/CONTINUATION frames with no payload and no END_STREAM, and
+    #: frames of unknown types.
+    max_consecutive_inbound_frames_with_empty_payload: NonNegativeInt = NonNegativeInt(1)
+    #: PRIORITY frames per stream opened on the connection (plus one stream's worth).
+    max_inbound_priority_frames_per_stream: NonNegativeInt = NonNegativeInt(100)
+    #: WINDOW_UPDATE frames per DATA frame sent (allowed: 5 + 2 * (streams + this * DATA)).
+    max_inbound_window_update_frames_per_data_frame_sent: PositiveInt = PositiveInt(10)
 
 
 @frozen(kw_only=True)

@@ -23,6 +23,8 @@ Duration = NewType("Duration", float)
 Weight = NewType("Weight", int)
 #: An integer of at least 1.
 PositiveInt = NewType("PositiveInt", int)
+#: An integer of at least 0.
+NonNegativeInt = NewType("NonNegativeInt", int)
 #: A log level name as MOSN writes it (``WARN``, ``TRACE``...) or as Python does.
 LogLevel = NewType("LogLevel", str)
 #: An access log format: ``%variable%`` text or ``json`` (see ``config.logformat``).

@@ -36,6 +36,13 @@ def parse_positive_int(value: Any) -> int:
     return n
 
 
+def parse_non_negative_int(value: Any) -> int:
+    n = parse_int(value)
+    if n < 0:
+        raise ValueError(f"expected an integer of at least 0, got {n}")
+    return n
+
+
 def parse_weight(value: Any) -> int:
     n = parse_int(value)
     if not MIN_HOST_WEIGHT <= n <= MAX_HOST_WEIGHT:

@@ -32,12 +32,21 @@ from ..protocols.http2 import (
     StreamReset,
     WindowOpened,
 )
+from ..stats import Stats
 from .budget import ConnectionBudget
 from .stream import Stream
+from .throttled_log import ThrottledLog
 
 log = logging.getLogger("trio_mesh.h2")
+# a peer decides how often these happen: one line a second at most, for all connections
+_error_log = ThrottledLog(log)
+_checkpoint = trio.lowlevel.checkpoint
+# once reading is over, what is queued (a GOAWAY) gets this long to reach the socket
+FLUSH_TIMEOUT = 1.0
 
 READ_SIZE = 65536
+# the most bytes decoded between two yields to the scheduler (about 300 tiny frames, 3 ms)
+SLICE = 4096
 HIGH_WATER = 256 * 1024  # outbound bytes queued for the socket before senders wait
 # Reading pauses while more than this waits to be written: DATA never gets there (senders
 # stop at HIGH_WATER), so only a peer that makes us answer without reading does (a PING or
@@ -114,12 +123,14 @@ class H2Endpoint:
         on_request: Callable[[int, RequestHeaders], None] | None = None,
         on_settings: Callable[[], None] | None = None,
         budget: ConnectionBudget | None = None,
+        stats: Stats | None = None,
     ) -> None:
         self.stream = stream
         #: Downstream: received DATA not yet passed on counts here (the listener's gauge).
         self.budget = budget
         self._held = 0  # DATA bytes counted in ``budget``
         self.codec = codec
+        self.stats = stats  # counts frame floods (``http2_<flood>``), if given
         self.on_request = on_request
         self.on_settings = on_settings  # upstream: the pool learns of capacity changes
         self.inboxes: dict[int, Inbox] = {}
@@ -164,9 +175,25 @@ class H2Endpoint:
                         if not data:
                             self._die(StreamGone("connection closed by peer"))
                             break
-                        self._receive(data)
-                # Reading is over: the writer flushes what is queued (a GOAWAY), then stops.
+                        # receive_some does not yield while data is waiting, and frames that
+                        # make no output never stop us: without a checkpoint per slice, a peer
+                        # that keeps us busy (small frames, ~10 us each) would starve every
+                        # other connection
+                        if len(data) <= SLICE:
+                            self._receive(data)
+                            await _checkpoint()
+                            continue
+                        view = memoryview(data)
+                        while view and self.dead is None:
+                            self._receive(view[:SLICE])
+                            view = view[SLICE:]
+                            await _checkpoint()
+                # Reading is over: the writer flushes what is queued (a GOAWAY), then stops,
+                # within FLUSH_TIMEOUT (a peer that reads nothing cannot keep us).
                 self._stop_writer = True
+                self._write_scope.deadline = min(
+                    self._write_scope.deadline, trio.current_time() + FLUSH_TIMEOUT
+                )
                 self._wake_writer()
         finally:
             self._die(StreamGone("connection closed"))
@@ -180,7 +207,13 @@ class H2Endpoint:
         try:
             events = self.codec.receive(data)
         except H2ConnectionError as exc:
-            log.info("http2 connection error: %s (%s)", exc.reason, exc.code.name)
+            flood = exc.flood
+            if flood is not None and self.stats is not None:
+                name = "http2_" + flood
+                setattr(self.stats, name, getattr(self.stats, name) + 1)
+            _error_log.log(
+                logging.INFO, "http2 connection error: %s (%s)", exc.reason, exc.code.name
+            )
             # What the same read completed before the error still counts (a response that
             # ended just before a bad frame).
             self._dispatch(exc.events)
@@ -300,6 +333,7 @@ class H2Endpoint:
                     self._die(StreamGone("connection lost while writing"))
                     self.stream.close()  # the reader sees it and ends too
                     return
+                codec.output_written()
                 self._in_flight = self._writing = 0
                 self._send_lot.unpark_all()
         finally:

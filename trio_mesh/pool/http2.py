@@ -87,7 +87,9 @@ class H2Pool:
             stream = await self.cluster.connect(self.host)
             codec = H2Connection(client_side=True, settings=self.settings)
             codec.initiate()
-            ep = H2Endpoint(stream, codec, on_settings=lambda: self._on_change(ep))
+            ep = H2Endpoint(
+                stream, codec, on_settings=lambda: self._on_change(ep), stats=self.cluster.stats
+            )
             await self.nursery.start(self._run, ep)
             with trio.move_on_after(self.cluster.connect_timeout or DEFAULT_SETTINGS_WAIT):
                 await ep.settings_seen.wait()

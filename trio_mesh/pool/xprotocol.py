@@ -118,6 +118,7 @@ class XConnection:
         buf = bytearray()
         stream = self.stream
         want = CHUNK
+        work = 0  # frames decoded and reads made: a yield every so many of either
         while True:
             try:
                 data = await stream.receive_some(want)
@@ -125,6 +126,9 @@ class XConnection:
                 return
             if not data:
                 return
+            work += 1
+            if work % 64 == 0:  # receive_some does not yield while data waits: share the loop
+                await trio.lowlevel.checkpoint()
             self.last_read = time.monotonic()
             buf += data
             want = CHUNK
@@ -146,6 +150,9 @@ class XConnection:
                     buf = bytearray()  # the frame may have taken it as its own bytes
                 else:
                     del buf[:used]
+                work += 1
+                if work % 64 == 0:
+                    await trio.lowlevel.checkpoint()
                 if frame.is_request:
                     if frame.is_heartbeat:  # the upstream checks on us: answer it
                         try:

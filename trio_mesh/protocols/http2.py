@@ -60,6 +60,7 @@ __all__ = [
     "Data",
     "ErrorCode",
     "Event",
+    "FLOODS",
     "GoAway",
     "H2Connection",
     "H2ConnectionError",
@@ -133,6 +134,17 @@ class H2Settings:
     max_header_list_size: int = 64 * 1024
     #: Rapid reset (CVE-2023-44487): peer resets of streams not yet answered before GOAWAY.
     max_premature_resets: int = 100
+    # Envoy's frame-flood limits (its ``http2_protocol_options`` names and defaults); over one,
+    # GOAWAY ENHANCE_YOUR_CALM. CVE-2019-9512/9513/9515/9518 and kin.
+    #: PING and SETTINGS ACKs and RST_STREAMs queued and not yet taken by the socket.
+    max_outbound_control_frames: int = 1000
+    #: Consecutive DATA, HEADERS or CONTINUATION frames with an empty payload and no
+    #: END_STREAM (and unknown frame types, which carry nothing we act on either).
+    max_consecutive_inbound_frames_with_empty_payload: int = 1
+    #: PRIORITY frames, times (1 + streams opened on the connection).
+    max_inbound_priority_frames_per_stream: int = 100
+    #: WINDOW_UPDATE frames per DATA frame sent (Envoy's formula, see ``_check_flood``).
+    max_inbound_window_update_frames_per_data_frame_sent: int = 10
 
     def __post_init__(self) -> None:
         if self.max_concurrent_streams < 0:
@@ -147,19 +159,28 @@ class H2Settings:
             raise ValueError("max_header_list_size must be >= 1")
         if self.max_premature_resets < 0:
             raise ValueError("max_premature_resets must be >= 0")
+        if self.max_outbound_control_frames < 1:
+            raise ValueError("max_outbound_control_frames must be >= 1")
+        if self.max_consecutive_inbound_frames_with_empty_payload < 0:
+            raise ValueError("max_consecutive_inbound_frames_with_empty_payload must be >= 0")
+        if self.max_inbound_priority_frames_per_stream < 0:
+            raise ValueError("max_inbound_priority_frames_per_stream must be >= 0")
+        if self.max_inbound_window_update_frames_per_data_frame_sent < 1:
+            raise ValueError("max_inbound_window_update_frames_per_data_frame_sent must be >= 1")
 
 
 class H2ConnectionError(Exception):
     """The connection is over; a GOAWAY with `code` is already queued in `data_to_send()`.
 
     `events`: what the input decoded into before the error (streams that completed in the same
-    read are in there).
+    read are in there). `flood`: which frame-flood limit was hit (one of `FLOODS`), if any.
     """
 
-    def __init__(self, code: ErrorCode, reason: str) -> None:
+    def __init__(self, code: ErrorCode, reason: str, flood: str | None = None) -> None:
         super().__init__(code, reason)
         self.code = code
         self.reason = reason
+        self.flood = flood
         self.events: list[Event] = []
 
     def __str__(self) -> str:
@@ -266,13 +287,32 @@ Event = (
 
 # -- the connection --------------------------------------------------------------------------
 
+_DATA = 0x0
 _HEADERS = 0x1
+_PRIORITY = 0x2
 _SETTINGS = 0x4
 _ACK = 0x1
 _PUSH_PROMISE = 0x5
 _GOAWAY = 0x7
+_WINDOW_UPDATE = 0x8
 _CONTINUATION = 0x9
+_END_STREAM = 0x1
 _END_HEADERS = 0x4
+_PADDED = 0x8
+_PRIORITY_FLAG = 0x20
+
+#: The frame-flood limits, by the name of the counter (Envoy's ``http2.*`` stats) that
+#: `H2ConnectionError.flood` carries.
+OUTBOUND_CONTROL_FLOOD = "outbound_control_flood"
+INBOUND_EMPTY_FRAMES_FLOOD = "inbound_empty_frames_flood"
+INBOUND_PRIORITY_FRAMES_FLOOD = "inbound_priority_frames_flood"
+INBOUND_WINDOW_UPDATE_FRAMES_FLOOD = "inbound_window_update_frames_flood"
+FLOODS = (
+    OUTBOUND_CONTROL_FLOOD,
+    INBOUND_EMPTY_FRAMES_FLOOD,
+    INBOUND_PRIORITY_FRAMES_FLOOD,
+    INBOUND_WINDOW_UPDATE_FRAMES_FLOOD,
+)
 
 # CONTINUATION frames allowed after one HEADERS: real encoders need one or two, the byte bound
 # does the rest; this one stops floods of empty frames (CVE-2024-27316)
@@ -369,6 +409,14 @@ class H2Connection:
         # streams opened in the current receive() call (to drop open-and-reset pairs whole)
         self._batch_opened: set[int] = set()
         self._batch_dropped: set[int] = set()
+        # frame-flood accounting (Envoy's ProtocolConstraints)
+        self._empty_frames = 0  # consecutive, see H2Settings
+        self._priority_frames = 0
+        self._window_updates = 0
+        self._data_frames_sent = 0
+        self._own_streams = 0  # client side: streams we opened
+        self._control_queued = 0  # control frames not yet taken by data_to_send()
+        self._control_in_flight = 0  # taken, not yet reported written (output_written())
 
     # -- connection ------------------------------------------------------------------------
 
@@ -409,13 +457,20 @@ class H2Connection:
         return len(self._out) + len(self._h2._data_to_send)
 
     def data_to_send(self) -> bytes:
-        """Everything queued for the peer (b"" if nothing)."""
+        """Everything queued for the peer (b"" if nothing). Call `output_written()` once the
+        socket took it: until then its control frames count against the flood limit."""
+        self._control_in_flight += self._control_queued
+        self._control_queued = 0
         if not self._out:
             return self._h2.data_to_send()
         self._flush_h2()
         out = bytes(self._out)
         self._out.clear()
         return out
+
+    def output_written(self) -> None:
+        """Everything `data_to_send()` returned so far is in the socket's hands."""
+        self._control_in_flight = 0
 
     def goaway(
         self, code: ErrorCode = ErrorCode.NO_ERROR, last_stream_id: int | None = None
@@ -444,9 +499,12 @@ class H2Connection:
         """Request head (client, opens the stream) or response head (server, 1xx allowed)."""
         if self._gone(stream_id):
             return
-        if self._client and stream_id not in self._h2.streams and self._goaway_received:
+        opens = self._client and stream_id not in self._h2.streams
+        if opens and self._goaway_received:
             raise ValueError("the peer sent GOAWAY: no new streams")
         self._send_head(stream_id, headers, end_stream)
+        if opens:
+            self._own_streams += 1
         self._unanswered.discard(stream_id)
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
@@ -464,12 +522,14 @@ class H2Connection:
             if size == 0:
                 if end_stream:
                     send(stream_id, b"", end_stream=True)
+                    self._data_frames_sent += 1
                 return
             step = self._h2.max_outbound_frame_size
             view = memoryview(data)
             for start in range(0, size, step):
                 last = start + step >= size
                 send(stream_id, view[start : start + step], end_stream=end_stream and last)
+                self._data_frames_sent += 1
         except h2.exceptions.ProtocolError as exc:
             raise ValueError(f"stream {stream_id}: {exc}") from exc
 
@@ -498,6 +558,7 @@ class H2Connection:
             self._h2.end_stream(stream_id)
         except h2.exceptions.ProtocolError as exc:
             raise ValueError(f"stream {stream_id}: {exc}") from exc
+        self._data_frames_sent += 1
 
     def reset(self, stream_id: int, code: ErrorCode = ErrorCode.CANCEL) -> None:
         """RST_STREAM; a no-op if the stream is already closed."""
@@ -507,6 +568,7 @@ class H2Connection:
         if stream is None or stream.closed:
             return
         self._h2.reset_stream(stream_id, int(code))
+        self._control_queued += 1  # checked against the limit on the next frame read
         self._unanswered.discard(stream_id)
 
     def consumed(self, stream_id: int, n: int) -> None:
@@ -610,6 +672,31 @@ class H2Connection:
                 self._fail(ErrorCode.PROTOCOL_ERROR, "the first frame is not SETTINGS")
             self._first_frame = False
         sid = int.from_bytes(frame[5:9], "big") & 0x7FFF_FFFF
+        if ftype == _DATA or ftype == _HEADERS or ftype == _CONTINUATION:
+            if (flags & _END_STREAM and ftype != _CONTINUATION) or _has_payload(
+                frame, ftype, flags
+            ):
+                self._empty_frames = 0
+            else:
+                self._empty_frames += 1
+                self._check_empty()
+        elif ftype == _PRIORITY:
+            self._priority_frames += 1
+            limit = self._settings.max_inbound_priority_frames_per_stream
+            if self._priority_frames > limit * (1 + self._opened_streams()):
+                self._flood(INBOUND_PRIORITY_FRAMES_FLOOD, "too many PRIORITY frames")
+        elif ftype == _WINDOW_UPDATE:
+            self._window_updates += 1
+            per_data = self._settings.max_inbound_window_update_frames_per_data_frame_sent
+            # Envoy's allowance: a few, two per stream, and `per_data` per DATA frame sent
+            if self._window_updates > 5 + 2 * (
+                self._opened_streams() + per_data * self._data_frames_sent
+            ):
+                self._flood(INBOUND_WINDOW_UPDATE_FRAMES_FLOOD, "too many WINDOW_UPDATE frames")
+        elif ftype > _CONTINUATION:
+            # an unknown (extension) type: ignored, so it costs us work and tells us nothing
+            self._empty_frames += 1
+            self._check_empty()
         if self._block_sid:
             if ftype != _CONTINUATION or sid != self._block_sid:
                 self._fail(ErrorCode.PROTOCOL_ERROR, "frame interleaved in a header block")
@@ -646,7 +733,32 @@ class H2Connection:
         elif h2conn.open_inbound_streams >= self._settings.max_concurrent_streams:
             self._refuse_sid = sid
 
+    def _check_empty(self) -> None:
+        if self._empty_frames > self._settings.max_consecutive_inbound_frames_with_empty_payload:
+            self._flood(INBOUND_EMPTY_FRAMES_FLOOD, "too many frames with an empty payload")
+
+    def _count_control(self) -> None:
+        self._control_queued += 1
+        if (
+            self._control_queued + self._control_in_flight
+            > self._settings.max_outbound_control_frames
+        ):
+            self._flood(OUTBOUND_CONTROL_FLOOD, "too many control frames queued")
+
+    def _opened_streams(self) -> int:
+        """Streams opened on the connection, by either side (counted, not taken from the
+        highest id: a peer picks its ids)."""
+        return self._peer_streams + self._own_streams
+
+    def _flood(self, flood: str, reason: str) -> None:
+        self.goaway(ErrorCode.ENHANCE_YOUR_CALM)
+        error = self._died(ErrorCode.ENHANCE_YOUR_CALM, reason)
+        error.flood = flood
+        raise error
+
     def _feed(self, frame: bytes, events: list[Event]) -> None:
+        pending = self._h2._data_to_send
+        before = len(pending)
         try:
             h2_events = self._h2.receive_data(frame)
         except h2.exceptions.ProtocolError as exc:
@@ -655,6 +767,10 @@ class H2Connection:
         except (HyperframeError, ValueError, LookupError, TypeError, AssertionError) as exc:
             # not expected from h2, but a peer must not be able to crash the connection task
             self._fail(ErrorCode.INTERNAL_ERROR, f"h2: {type(exc).__name__}: {exc}")
+        if len(pending) != before:
+            # h2 answered the frame itself (a PING or SETTINGS ACK, RST_STREAM on a closed
+            # stream): a peer that sends these without reading grows our output
+            self._count_control()
         bad = self._h2.bad_body_length
         if bad is not None:
             # a DATA frame beyond the stream's content-length, or ending it short (RFC 9113
@@ -772,6 +888,7 @@ class H2Connection:
         stream = self._h2.streams.get(sid)
         if stream is not None and not stream.closed:
             self._h2.reset_stream(sid, int(code))
+            self._count_control()
         self._unanswered.discard(sid)
         out.append(StreamReset(sid, code))
 
@@ -894,6 +1011,17 @@ class H2Connection:
     def _again(self) -> H2ConnectionError:
         assert self._error is not None
         return H2ConnectionError(self._error.code, self._error.reason)
+
+
+def _has_payload(frame: bytes, ftype: int, flags: int) -> bool:
+    """Whether a DATA, HEADERS or CONTINUATION frame carries anything beyond padding and
+    priority fields."""
+    n = len(frame) - 9
+    if n and flags & _PADDED and ftype != _CONTINUATION:
+        n -= frame[9] + 1
+    if ftype == _HEADERS and flags & _PRIORITY_FLAG:
+        n -= 5
+    return n > 0
 
 
 # -- header translation ----------------------------------------------------------------------

@@ -153,7 +153,11 @@ class Http2Proxy:
                     ep.close()
 
             ep = H2Endpoint(
-                conn.stream, codec, on_request=on_request, budget=self.budget.connection()
+                conn.stream,
+                codec,
+                on_request=on_request,
+                budget=self.budget.connection(),
+                stats=self.stats,
             )
             conn.on_drain = on_drain
             await ep.run(prefix)

@@ -15,4 +15,12 @@ def h2_settings(config: ProxyConfig) -> H2Settings:
         connection_window_size=o.initial_connection_window_size,
         max_header_list_size=o.max_header_list_size,
         max_premature_resets=o.max_premature_resets,
+        max_outbound_control_frames=o.max_outbound_control_frames,
+        max_consecutive_inbound_frames_with_empty_payload=(
+            o.max_consecutive_inbound_frames_with_empty_payload
+        ),
+        max_inbound_priority_frames_per_stream=o.max_inbound_priority_frames_per_stream,
+        max_inbound_window_update_frames_per_data_frame_sent=(
+            o.max_inbound_window_update_frames_per_data_frame_sent
+        ),
     )

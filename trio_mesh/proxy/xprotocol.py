@@ -169,6 +169,7 @@ class _XSession:
         frame_timeout = self.proxy.config.request_header_timeout
         stream = self.stream
         deadline = math.inf  # a frame begun must be whole by then (it holds the budget)
+        work = 0  # frames decoded and reads made: a yield every so many of either
         while True:
             while buf:
                 try:
@@ -191,6 +192,11 @@ class _XSession:
                     self._admitted = 0  # admitted by its header: exactly ``used``
                 else:
                     budget.admit(used)  # read whole in one go
+                work += 1
+                if work % 64 == 0:
+                    # receive_some does not yield while data is waiting, nor does starting a
+                    # request's task: a client that floods us must still share the loop
+                    await trio.lowlevel.checkpoint()
                 if not frame.is_request:
                     self._done(used)
                     continue  # a client does not answer us: nothing to route
@@ -256,6 +262,9 @@ class _XSession:
             if len(buf) > self._held:
                 budget.take(len(buf) - self._held)
                 self._held = len(buf)
+            work += 1
+            if work % 64 == 0:
+                await trio.lowlevel.checkpoint()
 
     async def _wait(self, room: Awaitable[None]) -> None:
         """Wait for budget room: on other requests' answers, not on the client, so the

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
+import logging
 import re
 import warnings
 from typing import Any
@@ -27,6 +28,8 @@ from ..config.duration import format_duration
 from ..config.model import MAX_HOST_WEIGHT, MIN_HOST_WEIGHT, format_hostport
 from ..config.routes import RETRY_CONDITIONS
 from . import types as t
+
+log = logging.getLogger("trio_mesh.xds")
 
 with warnings.catch_warnings():
     # the generated modules' pydantic warning (see types.py); importing them also registers
@@ -263,7 +266,7 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
         # HTTP/1 codec tuning (header case, absolute URLs...): nothing of it is mapped
         _only(c.http_protocol_options, at / "http_protocol_options", set())
     if c.http2_protocol_options is not None:
-        _http2_options(c.http2_protocol_options, at / "http2_protocol_options")
+        _http2_options(c.http2_protocol_options, at / "http2_protocol_options", cluster=True)
     opts = _upstream_http_options(c, at)
     if opts is not None:
         oat = at / "typed_extension_protocol_options" / t.UPSTREAM_HTTP_OPTIONS_KEY
@@ -280,7 +283,8 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
                       oat / "explicit_http_config" / "http_protocol_options", set())
             if ex.http2_protocol_options is not None:
                 _http2_options(ex.http2_protocol_options,
-                               oat / "explicit_http_config" / "http2_protocol_options")
+                               oat / "explicit_http_config" / "http2_protocol_options",
+                               cluster=True)
 
     kind = c.type if c.type is not None else t.ClusterDiscoveryType.STATIC
     if kind == t.ClusterDiscoveryType.STATIC:
@@ -300,14 +304,28 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
     raise (at / "type").error(f"{kind.name}: {UNSUPPORTED} (use STATIC or EDS)")
 
 
-def _http2_options(opts: Any, at: _At) -> dict[str, Any]:
-    """The HTTP/2 settings trio-mesh has (``Http2Options``); any other one set is refused."""
-    _only(opts, at, {"max_concurrent_streams", "initial_stream_window_size",
-                     "initial_connection_window_size"})
+_HTTP2_KEYS = ("max_concurrent_streams", "initial_stream_window_size",
+               "initial_connection_window_size")
+# Envoy's frame-flood limits: same names and meaning as ``Http2Options``
+_HTTP2_FLOOD_KEYS = ("max_outbound_control_frames",
+                     "max_consecutive_inbound_frames_with_empty_payload",
+                     "max_inbound_priority_frames_per_stream",
+                     "max_inbound_window_update_frames_per_data_frame_sent")
+
+
+def _http2_options(opts: Any, at: _At, *, cluster: bool = False) -> dict[str, Any]:
+    """The HTTP/2 settings trio-mesh has (``Http2Options``); any other one set is refused.
+    On a cluster, the flood limits are the listener's (its ``proxy`` applies them to both
+    sides): set there, they are not enforced, and a warning says so."""
+    _only(opts, at, {*_HTTP2_KEYS, *_HTTP2_FLOOD_KEYS})
+    if cluster:
+        for key in _HTTP2_FLOOD_KEYS:
+            if getattr(opts, key) is not None:
+                log.warning("%s %r: %s: not enforced on a cluster (the listener's limit"
+                            " applies)", at.kind, at.name, (at / key).path)
     return {
         key: getattr(opts, key)
-        for key in ("max_concurrent_streams", "initial_stream_window_size",
-                    "initial_connection_window_size")
+        for key in (*_HTTP2_KEYS, *_HTTP2_FLOOD_KEYS)
         if getattr(opts, key) is not None
     }
 
