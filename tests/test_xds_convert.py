@@ -746,3 +746,23 @@ def test_http2_flood_limits_on_a_cluster_warn(caplog: pytest.LogCaptureFixture) 
     with caplog.at_level("WARNING", logger="trio_mesh.xds"):
         cluster_doc(c)
     assert "http2_protocol_options.max_outbound_control_frames: not enforced" in caplog.text
+
+
+def test_listener_buffer_limit_maps_to_the_listener_budget() -> None:
+    """Envoy's listener ``per_connection_buffer_limit_bytes`` is the listener key of the same
+    name, enforced (never dropped silently)."""
+    parts = listener_doc(
+        listener("ingress", 8080, hcm(), per_connection_buffer_limit_bytes=32768)
+    )
+    assert parts.listener["per_connection_buffer_limit_bytes"] == 32768
+    rc = t.RouteConfiguration(name="main_routes", virtual_hosts=[vhost(t.Route(
+        match=t.RouteMatch(prefix="/"), direct_response=t.DirectResponseAction(status=200)))])
+    config = compose([parts], [route_config_doc(rc)], [])
+    assert config.listeners[0].per_connection_buffer_limit_bytes == 32768
+
+
+def test_cluster_buffer_limit_warns(caplog: pytest.LogCaptureFixture) -> None:
+    c = t.Cluster(name="b", connect_timeout=secs(1), per_connection_buffer_limit_bytes=32768)
+    with caplog.at_level("WARNING", logger="trio_mesh.xds"):
+        cluster_doc(c)
+    assert "per_connection_buffer_limit_bytes: not enforced on a cluster" in caplog.text

@@ -161,9 +161,10 @@ _CLUSTER_FIELDS = frozenset(
         "name", "type", "eds_cluster_config", "connect_timeout", "lb_policy", "load_assignment",
         "max_requests_per_connection", "circuit_breakers", "common_http_protocol_options",
         "http2_protocol_options", "http_protocol_options", "typed_extension_protocol_options",
-        # no effect on forwarding: stats, metadata, buffer and warm-up hints, DNS knobs of
+        "per_connection_buffer_limit_bytes",  # not enforced upstream: a warning says so
+        # no effect on forwarding: stats, metadata, warm-up hints, DNS knobs of
         # non-DNS clusters, per-policy tuning of the policies we map
-        "alt_stat_name", "metadata", "per_connection_buffer_limit_bytes", "dns_lookup_family",
+        "alt_stat_name", "metadata", "dns_lookup_family",
         "wait_for_warm_on_init", "track_cluster_stats", "common_lb_config",
         "least_request_lb_config", "round_robin_lb_config", "cleanup_interval",
         "transport_socket",  # cleartext only: see _transport_socket
@@ -236,6 +237,11 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
     if c.lb_policy not in _LB:
         raise (at / "lb_policy").error(f"{c.lb_policy.name}: {UNSUPPORTED}")
     doc: dict[str, Any] = {"name": c.name, "type": "SIMPLE", "lb_type": _LB[c.lb_policy]}
+    if c.per_connection_buffer_limit_bytes is not None:
+        # upstream reads are bounded by the frame size and the streams' windows, not by this
+        log.warning("%s %r: %s: not enforced on a cluster (upstream buffers are not"
+                    " budgeted yet)", at.kind, at.name,
+                    (at / "per_connection_buffer_limit_bytes").path)
     if c.common_lb_config is not None:
         # the panic threshold needs health checks, the merge window batches updates: neither
         # changes where requests go here; locality and zone awareness would
@@ -1006,9 +1012,10 @@ def _tcp_proxy(tp: Any, at: _At) -> dict[str, Any]:
 _LISTENER_FIELDS = frozenset(
     {
         "name", "address", "filter_chains", "bind_to_port",
+        "per_connection_buffer_limit_bytes",  # the listener key of the same name
         # stats, metadata, drain and socket-event tuning: no effect on what is forwarded
         "stat_prefix", "metadata", "traffic_direction", "drain_type",
-        "per_connection_buffer_limit_bytes", "tcp_backlog_size", "ignore_global_conn_limit",
+        "tcp_backlog_size", "ignore_global_conn_limit",
         "max_connections_to_accept_per_socket_event", "bypass_overload_manager",
         "enable_reuse_port", "reuse_port", "listener_filters_timeout",
         "continue_on_listener_filters_timeout",
@@ -1025,6 +1032,8 @@ def listener_doc(lst: t.Listener) -> ListenerParts:
     doc: dict[str, Any] = {"name": lst.name, "address": address}
     if lst.bind_to_port is not None:
         doc["bind_port"] = lst.bind_to_port
+    if lst.per_connection_buffer_limit_bytes is not None:
+        doc["per_connection_buffer_limit_bytes"] = lst.per_connection_buffer_limit_bytes
     parts = ListenerParts(listener=doc)
     if len(lst.filter_chains) != 1:
         raise (at / "filter_chains").error(
