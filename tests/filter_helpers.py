@@ -151,18 +151,34 @@ class RpcRecord(StreamFilter):
 
     async def on_request_headers(self, headers, end_stream):
         c = self.context
-        self._add("request_headers", dict(headers), end_stream, {
-            "protocol": c.protocol, "method": c.method, "path": c.path, "cluster": c.cluster,
-            "route": c.route is not None, "listener": c.listener, "is_rpc": c.is_rpc,
-            "remote": c.downstream_remote, "local": c.downstream_local,
-        })
+        self._add(
+            "request_headers",
+            dict(headers),
+            end_stream,
+            {
+                "protocol": c.protocol,
+                "method": c.method,
+                "path": c.path,
+                "cluster": c.cluster,
+                "route": c.route is not None,
+                "listener": c.listener,
+                "is_rpc": c.is_rpc,
+                "remote": c.downstream_remote,
+                "local": c.downstream_local,
+            },
+        )
 
     async def on_request_data(self, data, last):
         self._add("request_data", bytes(data), last)
 
     async def on_response_headers(self, headers, end_stream):
-        self._add("response_headers", dict(headers), headers.status, end_stream,
-                  self.context.upstream_host)
+        self._add(
+            "response_headers",
+            dict(headers),
+            headers.status,
+            end_stream,
+            self.context.upstream_host,
+        )
 
     async def on_response_data(self, data, last):
         self._add("response_data", bytes(data), last)

@@ -252,19 +252,28 @@ def test_error_reply_matches_anthunders_fail_response_header():
 
 def test_build_request_matches_anthunder_bytes():
     f = decode_one(frames.CLIENT_REQUEST)
-    rebuilt = BOLT.build_request(f.request_id, f.raw_headers, bytes(f.content),
-                                 codec=f.codec, timeout_ms=f.timeout_ms)
+    rebuilt = BOLT.build_request(
+        f.request_id, f.raw_headers, bytes(f.content), codec=f.codec, timeout_ms=f.timeout_ms
+    )
     assert bytes(rebuilt.data) == frames.CLIENT_REQUEST
     oneway = decode_one(frames.CLIENT_ONEWAY)
-    rebuilt = BOLT.build_request(oneway.request_id, oneway.raw_headers, bytes(oneway.content),
-                                 codec=oneway.codec, oneway=True)
+    rebuilt = BOLT.build_request(
+        oneway.request_id,
+        oneway.raw_headers,
+        bytes(oneway.content),
+        codec=oneway.codec,
+        oneway=True,
+    )
     assert bytes(rebuilt.data) == frames.CLIENT_ONEWAY
 
 
 def test_absent_header_entries_are_left_out():
     absent = b"\xff\xff\xff\xff"
-    hmap = encode_header_map({"a": "1"}) + absent + b"\x00\x00\x00\x01x" + (
-        b"\x00\x00\x00\x01y" + absent
+    hmap = (
+        encode_header_map({"a": "1"})
+        + absent
+        + b"\x00\x00\x00\x01x"
+        + (b"\x00\x00\x00\x01y" + absent)
     )
     head = struct.pack(">BBHBIBiHHI", 1, 1, 1, 1, 9, 1, 0, 0, len(hmap), 0)
     f = decode_one(head + hmap)
@@ -275,8 +284,9 @@ def test_absent_header_entries_are_left_out():
 def test_bolt_v2(crc):
     src = decode_one(frames.CLIENT_REQUEST)
     ver1, switch = (2, 1) if crc else (1, 0)
-    req = BOLT.build_request(5, src.raw_headers, b"body", version=2, ver1=ver1, switch=switch,
-                             timeout_ms=1500)
+    req = BOLT.build_request(
+        5, src.raw_headers, b"body", version=2, ver1=ver1, switch=switch, timeout_ms=1500
+    )
     raw = bytes(req.data)
     assert raw[0] == 2 and raw[1] == ver1 and raw[11] == switch
     assert len(raw) == 24 + 44 + len(encode_header_map(src.raw_headers)) + 4 + (4 if crc else 0)
@@ -421,9 +431,7 @@ def test_fuzz_random_after_magic(tail):
 @FUZZ
 @given(
     st.sampled_from(ALL_FRAMES),
-    st.lists(
-        st.tuples(st.integers(0, 3), st.integers(0, 10_000), st.integers(0, 255)), max_size=6
-    ),
+    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 10_000), st.integers(0, 255)), max_size=6),
     st.integers(min_value=0, max_value=1024),
 )
 def test_fuzz_mutated_real_frames(raw, edits, limit):
@@ -433,9 +441,7 @@ def test_fuzz_mutated_real_frames(raw, edits, limit):
 @FUZZ
 @given(
     st.lists(st.sampled_from(ALL_FRAMES), min_size=1, max_size=5),
-    st.lists(
-        st.tuples(st.integers(0, 3), st.integers(0, 10_000), st.integers(0, 255)), max_size=3
-    ),
+    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 10_000), st.integers(0, 255)), max_size=3),
 )
 def test_fuzz_mutated_streams(parts, edits):
     _exercise(_mutate(b"".join(parts), edits), 1 << 20)
@@ -464,14 +470,14 @@ def _anthunder_response(raw: bytes):
     from anthunder.protocol import BoltResponse
 
     head = BoltResponse.bolt_header_from_stream(raw)
-    return BoltResponse.bolt_content_from_stream(raw[BoltResponse.bolt_header_size():], head)
+    return BoltResponse.bolt_content_from_stream(raw[BoltResponse.bolt_header_size() :], head)
 
 
 def _anthunder_request(raw: bytes):
     from anthunder.protocol import BoltRequest
 
     head = BoltRequest.bolt_header_from_stream(raw)
-    return BoltRequest.bolt_content_from_stream(raw[BoltRequest.bolt_header_size():], head)
+    return BoltRequest.bolt_content_from_stream(raw[BoltRequest.bolt_header_size() :], head)
 
 
 @needs_anthunder
@@ -564,8 +570,9 @@ def test_live_anthunder_client_gets_our_error_reply():
     SERVICE_MAP[service] = ("127.0.0.1", srv.getsockname()[1])
     try:
         with pytest.raises(ServerError, match="TIMEOUT"):
-            Client("trio-mesh-test").invoke_sync(service, "call", b"x", spanctx=SpanContext(),
-                                                 timeout_ms=3000)
+            Client("trio-mesh-test").invoke_sync(
+                service, "call", b"x", spanctx=SpanContext(), timeout_ms=3000
+            )
     finally:
         thread.join(5)
         srv.close()

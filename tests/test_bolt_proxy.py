@@ -26,8 +26,12 @@ needs_anthunder = pytest.mark.skipif(
     importlib.util.find_spec("anthunder") is None, reason="anthunder (test extra) not installed"
 )
 
-ANY_SERVICE = [{"match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
-                "route": {"cluster_name": "up"}}]
+ANY_SERVICE = [
+    {
+        "match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
+        "route": {"cluster_name": "up"},
+    }
+]
 
 
 def bolt_config(port: int, *, routes=None, proxy=None):
@@ -136,8 +140,14 @@ def _anthunder_calls(proxy_port: int, service: str, n_threads: int, calls: int) 
         for j in range(calls):
             body = b"\n\x05" + b"%02d:%02d" % (i, j)
             try:
-                results.append((body, client.invoke_sync(
-                    service, "sayHello", body, spanctx=SpanContext(), timeout_ms=5000)))
+                results.append(
+                    (
+                        body,
+                        client.invoke_sync(
+                            service, "sayHello", body, spanctx=SpanContext(), timeout_ms=5000
+                        ),
+                    )
+                )
             except Exception as exc:  # reported below, with the call that failed
                 errors.append((body, repr(exc)))
 
@@ -151,9 +161,7 @@ def _anthunder_calls(proxy_port: int, service: str, n_threads: int, calls: int) 
 
 
 @needs_anthunder
-async def test_anthunder_client_through_proxy_to_anthunder_listener(
-    nursery, anthunder_upstream
-):
+async def test_anthunder_client_through_proxy_to_anthunder_listener(nursery, anthunder_upstream):
     server, port = await start_proxy(nursery, bolt_config(anthunder_upstream))
     results = await trio.to_thread.run_sync(
         _anthunder_calls, port, frames.SERVICE, 8, 25, abandon_on_cancel=True
@@ -170,13 +178,15 @@ async def test_anthunder_client_through_proxy_to_anthunder_listener(
 async def test_anthunder_client_gets_no_processor_for_no_route(nursery):
     from anthunder.exceptions import ServerError
 
-    routes = [{"match": {"headers": [{"name": "service", "value": "other.Service"}]},
-               "route": {"cluster_name": "up"}}]
+    routes = [
+        {
+            "match": {"headers": [{"name": "service", "value": "other.Service"}]},
+            "route": {"cluster_name": "up"},
+        }
+    ]
     _, port = await start_proxy(nursery, bolt_config(closed_port(), routes=routes))
     with pytest.raises(ServerError, match="NO_PROCESSOR"):
-        await trio.to_thread.run_sync(
-            _anthunder_calls_raising, port, "com.alipay.test.NoRoute:1.0"
-        )
+        await trio.to_thread.run_sync(_anthunder_calls_raising, port, "com.alipay.test.NoRoute:1.0")
 
 
 def _anthunder_calls_raising(port: int, service: str):
@@ -254,14 +264,19 @@ async def test_oneway_is_forwarded_without_an_answer(nursery):
     with trio.fail_after(5):
         await arrived.wait()
     assert sorted((bytes(f.content), f.is_oneway) for f in seen) == [
-        (b"after", False), (b"fire", True)
+        (b"after", False),
+        (b"fire", True),
     ]
 
 
 async def test_route_timeout_and_frame_timeout_answer_timeout(nursery):
     up = await echo_upstream(nursery, delay=5)
-    routes = [{"match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
-               "route": {"cluster_name": "up", "timeout": "200ms"}}]
+    routes = [
+        {
+            "match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
+            "route": {"cluster_name": "up", "timeout": "200ms"},
+        }
+    ]
     _, port = await start_proxy(nursery, bolt_config(up, routes=routes))
     c = await BoltClient.connect(port)
     with trio.fail_after(3):
@@ -436,8 +451,12 @@ async def test_conf_bolt_yaml_serves_a_call(nursery):
 
 async def test_mosn_style_any_service_route_without_regex_flag(nursery):
     up = await echo_upstream(nursery)
-    routes = [{"match": {"headers": [{"name": "service", "value": ".*"}]},
-               "route": {"cluster_name": "up"}}]
+    routes = [
+        {
+            "match": {"headers": [{"name": "service", "value": ".*"}]},
+            "route": {"cluster_name": "up"},
+        }
+    ]
     _, port = await start_proxy(nursery, bolt_config(up, routes=routes))
     c = await BoltClient.connect(port)
     await c.send(request(4, b"any", service="whatever.Service"))
@@ -483,8 +502,12 @@ async def test_a_malformed_upstream_frame_fails_its_requests_at_once(nursery):
         closed.set()
 
     up = await start_raw_server(nursery, garbage)
-    routes = [{"match": {"headers": [{"name": "service", "value": ".*"}]},
-               "route": {"cluster_name": "up", "timeout": "0s"}}]  # no timeout to save it
+    routes = [
+        {
+            "match": {"headers": [{"name": "service", "value": ".*"}]},
+            "route": {"cluster_name": "up", "timeout": "0s"},
+        }
+    ]  # no timeout to save it
     _, port = await start_proxy(nursery, bolt_config(up, routes=routes))
     c = await BoltClient.connect(port)
     await c.send(request(1, b"x"))
@@ -512,8 +535,12 @@ async def test_a_timeout_mid_send_does_not_corrupt_the_next_frame(nursery):
             pass  # the connection the torn frame was on: reset by the proxy
 
     up = await start_raw_server(nursery, slow_reader)
-    routes = [{"match": {"headers": [{"name": "service", "value": ".*"}]},
-               "route": {"cluster_name": "up", "timeout": "300ms"}}]
+    routes = [
+        {
+            "match": {"headers": [{"name": "service", "value": ".*"}]},
+            "route": {"cluster_name": "up", "timeout": "300ms"},
+        }
+    ]
     _, port = await start_proxy(nursery, bolt_config(up, routes=routes))
     c = await BoltClient.connect(port)
     await c.send(request(1, b"A" * 12_000_000))
@@ -530,12 +557,18 @@ async def test_a_timeout_mid_send_does_not_corrupt_the_next_frame(nursery):
     ("proxy", "error"),
     [
         ({"downstream_protocol": "X"}, "extend_config: downstream_protocol X needs sub_protocol"),
-        ({"downstream_protocol": "bolt", "upstream_protocol": "Http2"},
-         "upstream_protocol: Http2: an RPC request goes upstream in its own protocol"),
-        ({"downstream_protocol": "Http1", "upstream_protocol": "dubbo"},
-         "upstream_protocol: dubbo: an HTTP request cannot go upstream as RPC"),
-        ({"downstream_protocol": "bolt", "extend_config": {"sub_protocol": "dubbo"}},
-         "extend_config: only downstream_protocol X reads extend_config"),
+        (
+            {"downstream_protocol": "bolt", "upstream_protocol": "Http2"},
+            "upstream_protocol: Http2: an RPC request goes upstream in its own protocol",
+        ),
+        (
+            {"downstream_protocol": "Http1", "upstream_protocol": "dubbo"},
+            "upstream_protocol: dubbo: an HTTP request cannot go upstream as RPC",
+        ),
+        (
+            {"downstream_protocol": "bolt", "extend_config": {"sub_protocol": "dubbo"}},
+            "extend_config: only downstream_protocol X reads extend_config",
+        ),
     ],
 )
 def test_rpc_protocol_config_errors_name_their_path(proxy, error):

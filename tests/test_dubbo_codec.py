@@ -28,7 +28,10 @@ def test_request_headers_from_a_real_consumer():
     assert frame.request_id == 1
     h = frame.headers
     assert (h["service"], h["method"], h["interface"]) == (
-        "com.example.DemoService", "add", "com.example.DemoService")
+        "com.example.DemoService",
+        "add",
+        "com.example.DemoService",
+    )
     assert (h["group"], h["version"], h["traceid"]) == ("blue", "1.0.0", "abc-123")
     assert frame.request.argument_count == 4
 
@@ -77,8 +80,10 @@ def test_fuzz_random_bytes_after_the_magic(tail):
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.sampled_from(captured.ALL_FRAMES), st.lists(
-    st.tuples(st.integers(0, 400), st.integers(0, 255)), min_size=1, max_size=6))
+@given(
+    st.sampled_from(captured.ALL_FRAMES),
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), min_size=1, max_size=6),
+)
 def test_fuzz_mutated_real_frames(raw, edits):
     data = bytearray(raw)
     for pos, byte in edits:

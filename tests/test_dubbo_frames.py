@@ -104,8 +104,13 @@ def test_request_id_rewrite_in_place():
     ("frame", "method", "types", "argc", "extra"),
     [
         (data.SAY_HELLO, "sayHello", "Ljava/lang/String;", 1, {}),
-        (data.ADD_WITH_CONTEXT, "add", "IIIJ", 4,
-         {"traceid": "abc-123", "x-user": "\u00fcn\u00ef"}),
+        (
+            data.ADD_WITH_CONTEXT,
+            "add",
+            "IIIJ",
+            4,
+            {"traceid": "abc-123", "x-user": "\u00fcn\u00ef"},
+        ),
         (data.MIXED_TYPES, "mixed", "DZLjava/lang/String;[Ljava/lang/String;[I", 5, {}),
         (data.SAVE_OBJECTS, "save", "Lcom/example/User;Lcom/example/User;", 2, {"tenant": "t1"}),
         (data.NO_ARGS, "noArgs", "", 0, {}),
@@ -170,8 +175,12 @@ def test_null_version_and_missing_attachments():
 @pytest.mark.parametrize(
     ("descriptor", "n"),
     [
-        ("", 0), ("I", 1), ("Ljava/lang/String;I[J", 3), ("[[Ljava/lang/Object;", 1),
-        ("ZBCSIJFD", 8), ("[I[[D[Lcom/Foo;Lx;", 4),
+        ("", 0),
+        ("I", 1),
+        ("Ljava/lang/String;I[J", 3),
+        ("[[Ljava/lang/Object;", 1),
+        ("ZBCSIJFD", 8),
+        ("[I[[D[Lcom/Foo;Lx;", 4),
     ],
 )
 def test_count_parameters(descriptor, n):
@@ -420,7 +429,9 @@ def test_live_consumer_wedges_on_status_100():
     try:
         out = subprocess.run(
             [sys.executable, "-c", _STATUS_100_CLIENT, SERVICE, p.host],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     finally:
         p.close()

@@ -31,8 +31,10 @@ SERVICE = "org.apache.dubbo.demo.DemoService"
 
 def routes(extra=None):
     return (extra or []) + [
-        {"match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
-         "route": {"cluster_name": "up"}}
+        {
+            "match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
+            "route": {"cluster_name": "up"},
+        }
     ]
 
 
@@ -139,13 +141,15 @@ async def test_dubbo_consumer_through_proxy_to_provider(nursery):
 async def test_routes_on_group_and_version(nursery):
     blue = await provider(nursery, "blue")
     green = await provider(nursery, "green")
-    table = routes([
-        {"match": {"headers": [{"name": "group", "value": "green"}]},
-         "route": {"cluster_name": "green"}},
-    ])
-    _, port = await start_proxy(
-        nursery, dubbo_config({"up": blue, "green": green}, routes_=table)
+    table = routes(
+        [
+            {
+                "match": {"headers": [{"name": "group", "value": "green"}]},
+                "route": {"cluster_name": "green"},
+            },
+        ]
     )
+    _, port = await start_proxy(nursery, dubbo_config({"up": blue, "green": green}, routes_=table))
 
     def both():
         from dubbo_ssl.client import DubboClient
@@ -164,10 +168,16 @@ async def test_consumer_gets_an_error_for_no_route_and_for_a_timeout(nursery):
     from dubbo_ssl.common.exceptions import DubboException
 
     slow = await provider(nursery, delay=3)
-    table = [{"match": {"headers": [{"name": "service", "value": "other.Service"}]},
-              "route": {"cluster_name": "up"}},
-             {"match": {"headers": [{"name": "method", "value": "sayHello"}]},
-              "route": {"cluster_name": "up", "timeout": "200ms"}}]
+    table = [
+        {
+            "match": {"headers": [{"name": "service", "value": "other.Service"}]},
+            "route": {"cluster_name": "up"},
+        },
+        {
+            "match": {"headers": [{"name": "method", "value": "sayHello"}]},
+            "route": {"cluster_name": "up", "timeout": "200ms"},
+        },
+    ]
     _, port = await start_proxy(nursery, dubbo_config({"up": slow}, routes_=table))
 
     def call(method):
@@ -229,10 +239,14 @@ async def test_bolt_and_dubbo_on_one_listener(nursery):
     dub = await provider(nursery, "d")
     bolt = await echo_upstream(nursery)
     table = [
-        {"match": {"headers": [{"name": "service", "value": "com.example.DemoService"}]},
-         "route": {"cluster_name": "dubbo"}},
-        {"match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
-         "route": {"cluster_name": "bolt"}},
+        {
+            "match": {"headers": [{"name": "service", "value": "com.example.DemoService"}]},
+            "route": {"cluster_name": "dubbo"},
+        },
+        {
+            "match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
+            "route": {"cluster_name": "bolt"},
+        },
     ]
     config = http_config(
         routes=table,

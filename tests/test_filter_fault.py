@@ -59,19 +59,38 @@ def abort_all(status: int = 503, **extra: Any) -> dict[str, Any]:
 
 def _doc(config: Any, routes: list | None = None) -> dict:
     return {
-        "servers": [{
-            "listeners": [{
-                "name": "l", "address": "127.0.0.1:0",
-                "filter_chains": [{"filters": [
-                    {"type": "proxy", "config": {"router_config_name": "r"}}]}],
-                "stream_filters": [{"type": "fault", "config": config}],
-            }],
-            "routers": [{"router_config_name": "r", "virtual_hosts": [
-                {"name": "v", "domains": ["*"], "routers": routes or [
-                    {"match": {"prefix": "/"}, "route": {"cluster_name": "up"}}]}]}],
-        }],
-        "cluster_manager": {"clusters": [
-            {"name": "up", "connect_timeout": "1s", "hosts": [{"address": "127.0.0.1:1"}]}]},
+        "servers": [
+            {
+                "listeners": [
+                    {
+                        "name": "l",
+                        "address": "127.0.0.1:0",
+                        "filter_chains": [
+                            {"filters": [{"type": "proxy", "config": {"router_config_name": "r"}}]}
+                        ],
+                        "stream_filters": [{"type": "fault", "config": config}],
+                    }
+                ],
+                "routers": [
+                    {
+                        "router_config_name": "r",
+                        "virtual_hosts": [
+                            {
+                                "name": "v",
+                                "domains": ["*"],
+                                "routers": routes
+                                or [{"match": {"prefix": "/"}, "route": {"cluster_name": "up"}}],
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+        "cluster_manager": {
+            "clusters": [
+                {"name": "up", "connect_timeout": "1s", "hosts": [{"address": "127.0.0.1:1"}]}
+            ]
+        },
     }
 
 
@@ -181,8 +200,13 @@ def test_config_errors_name_their_path(config: dict, expected: str) -> None:
 
 
 def test_per_route_config_errors_name_their_path() -> None:
-    routes = [{"match": {"prefix": "/"}, "route": {"cluster_name": "up"},
-               "per_filter_config": {"fault": {"abort": {"status": 503, "percentage": 300}}}}]
+    routes = [
+        {
+            "match": {"prefix": "/"},
+            "route": {"cluster_name": "up"},
+            "per_filter_config": {"fault": {"abort": {"status": 503, "percentage": 300}}},
+        }
+    ]
     assert errors({}, routes) == [
         "servers[0].routers[0].virtual_hosts[0].routers[0].per_filter_config.fault.abort"
         ".percentage: expected a percentage from 0 to 100, got 300"
@@ -192,18 +216,37 @@ def test_per_route_config_errors_name_their_path() -> None:
 def test_mosn_shapes_load() -> None:
     """MOSN's stream filter JSON (its unmarshal test's) and its flat keys, key case as MOSN's
     Go loader takes it."""
-    nested = parse_config(_doc({
-        "delay": {"fixed_delay": "1s", "percentage": 100},
-        "abort": {"status": 500, "percentage": 100},
-        "upstream_cluster": "up",
-        "headers": [{"name": "service", "value": "test", "regex": False},
-                    {"name": "user", "value": "bob", "regex": False}],
-    })).config.listeners[0].stream_filters[0].config
+    nested = (
+        parse_config(
+            _doc(
+                {
+                    "delay": {"fixed_delay": "1s", "percentage": 100},
+                    "abort": {"status": 500, "percentage": 100},
+                    "upstream_cluster": "up",
+                    "headers": [
+                        {"name": "service", "value": "test", "regex": False},
+                        {"name": "user", "value": "bob", "regex": False},
+                    ],
+                }
+            )
+        )
+        .config.listeners[0]
+        .stream_filters[0]
+        .config
+    )
     assert nested.delay_of() == (1.0, 100.0)
     assert nested.abort_of().http == 500 and nested.abort_of().percentage == 100
     assert [h.name for h in nested.headers] == ["service", "user"]
-    flat = parse_config(_doc({"Delay_Percent": 50, "delay_duration": "250ms",
-                              "abort_percent": 2.5, "abort_status": 503}))
+    flat = parse_config(
+        _doc(
+            {
+                "Delay_Percent": 50,
+                "delay_duration": "250ms",
+                "abort_percent": 2.5,
+                "abort_status": 503,
+            }
+        )
+    )
     config = flat.config.listeners[0].stream_filters[0].config
     assert config.delay_of() == (0.25, 50.0)
     assert (config.abort_of().http, config.abort_of().percentage) == (503, 2.5)
@@ -288,8 +331,13 @@ def test_hundred_percent_takes_no_draw_and_always_faults() -> None:
 
 
 def test_delay_and_abort_are_drawn_separately() -> None:
-    maker = make({"delay": {"fixed_delay": "1s", "percentage": 50},
-                  "abort": {"status": 503, "percentage": 50}}, Draws(0.1, 0.9, 0.9, 0.1, 0.9, 0.9))
+    maker = make(
+        {
+            "delay": {"fixed_delay": "1s", "percentage": 50},
+            "abort": {"status": 503, "percentage": 50},
+        },
+        Draws(0.1, 0.9, 0.9, 0.1, 0.9, 0.9),
+    )
     first, second, third = maker(ctx()), maker(ctx()), maker(ctx())
     assert (first.delay, first.abort) == (1.0, None)
     assert (second.delay, second.abort.status) == (0.0, 503)
@@ -305,9 +353,13 @@ def test_upstream_cluster_limits_the_faults_to_its_requests() -> None:
 
 async def test_header_matchers_decide_in_the_hook() -> None:
     draws = Draws(0.1)
-    maker = make({"abort": {"status": 503, "percentage": 50},
-                  "headers": [{"name": "x-fault", "value": "yes"},
-                              {"name": ":method", "value": "GET"}]}, draws)
+    maker = make(
+        {
+            "abort": {"status": 503, "percentage": 50},
+            "headers": [{"name": "x-fault", "value": "yes"}, {"name": ":method", "value": "GET"}],
+        },
+        draws,
+    )
     unmatched = maker(ctx())
     assert await unmatched.on_request_headers(Headers([(b"x-fault", b"no")]), True) is None
     assert draws.count == 0  # no match: no draw
@@ -353,8 +405,9 @@ async def test_http1_abort_at_100_percent_never_reaches_the_upstream(nursery, tm
 
 async def test_http1_abort_at_0_percent_never_happens(nursery) -> None:
     up = await start_upstream(nursery)
-    config = http_config([to()], {"up": up.port},
-                         listener=faulty({"abort": {"status": 503, "percentage": 0}}))
+    config = http_config(
+        [to()], {"up": up.port}, listener=faulty({"abort": {"status": 503, "percentage": 0}})
+    )
     async with running_proxy(config) as (_, port):
         for _ in range(5):
             assert (await request(port, get("/echo"))).status == 200
@@ -364,10 +417,14 @@ async def test_http1_abort_at_0_percent_never_happens(nursery) -> None:
 async def test_http1_flat_mosn_keys_and_grpc_only_abort(nursery) -> None:
     up = await start_upstream(nursery)
     routes = [
-        {**to(prefix="/flat"),
-         "per_filter_config": {"fault": {"abort_percent": 100, "abort_status": 429}}},
-        {**to(prefix="/grpc-only"),
-         "per_filter_config": {"fault": {"abort": {"grpc_status": 16, "percentage": 100}}}},
+        {
+            **to(prefix="/flat"),
+            "per_filter_config": {"fault": {"abort_percent": 100, "abort_status": 429}},
+        },
+        {
+            **to(prefix="/grpc-only"),
+            "per_filter_config": {"fault": {"abort": {"grpc_status": 16, "percentage": 100}}},
+        },
     ]
     config = http_config(routes, {"up": up.port}, listener=faulty({}))
     async with running_proxy(config) as (_, port):
@@ -380,8 +437,11 @@ async def test_http1_flat_mosn_keys_and_grpc_only_abort(nursery) -> None:
 
 async def test_http1_abort_only_for_matching_headers(nursery) -> None:
     up = await start_upstream(nursery)
-    config = http_config([to()], {"up": up.port}, listener=faulty(
-        {**abort_all(502), "headers": [{"name": "x-chaos", "value": "on"}]}))
+    config = http_config(
+        [to()],
+        {"up": up.port},
+        listener=faulty({**abort_all(502), "headers": [{"name": "x-chaos", "value": "on"}]}),
+    )
     async with running_proxy(config) as (_, port):
         hit = await request(port, get("/echo", headers="X-Chaos: on\r\n"))
         missed = await request(port, get("/echo", headers="X-Chaos: off\r\n"))
@@ -417,8 +477,11 @@ async def test_http1_delay_holds_the_request_back(nursery) -> None:
         {**to(prefix="/fast"), "per_filter_config": {"fault": {"disabled": True}}},
         to(prefix="/"),
     ]
-    config = http_config(routes, {"up": up.port}, listener=faulty(
-        {"delay": {"fixed_delay": "30s", "percentage": 100}}))
+    config = http_config(
+        routes,
+        {"up": up.port},
+        listener=faulty({"delay": {"fixed_delay": "30s", "percentage": 100}}),
+    )
     async with running_proxy(config) as (_, port):
         async with await Client.connect(port) as client:
             await client.send(get("/echo"))
@@ -434,12 +497,17 @@ async def test_http1_delay_holds_the_request_back(nursery) -> None:
 async def test_http1_delay_at_0_percent_and_delay_then_abort(nursery) -> None:
     up = await start_upstream(nursery)
     routes = [
-        {**to(prefix="/both"), "per_filter_config": {"fault": {
-            "delay": {"fixed_delay": "1ms", "percentage": 100}, **abort_all(503)}}},
+        {
+            **to(prefix="/both"),
+            "per_filter_config": {
+                "fault": {"delay": {"fixed_delay": "1ms", "percentage": 100}, **abort_all(503)}
+            },
+        },
         to(prefix="/"),
     ]
-    config = http_config(routes, {"up": up.port}, listener=faulty(
-        {"delay": {"fixed_delay": "30s", "percentage": 0}}))
+    config = http_config(
+        routes, {"up": up.port}, listener=faulty({"delay": {"fixed_delay": "30s", "percentage": 0}})
+    )
     async with running_proxy(config) as (_, port):
         with trio.fail_after(5):  # a delay at 0% would hold this for 30 s
             plain = await request(port, get("/echo"))
@@ -453,8 +521,12 @@ async def test_http1_delay_at_0_percent_and_delay_then_abort(nursery) -> None:
 
 
 def h2_faulty(up_port: int, routes: list, config: dict) -> Any:
-    return http_config(routes, {"up": up_port}, listener=faulty(config),
-                       proxy={"downstream_protocol": "Http2", "upstream_protocol": "Http2"})
+    return http_config(
+        routes,
+        {"up": up_port},
+        listener=faulty(config),
+        proxy={"downstream_protocol": "Http2", "upstream_protocol": "Http2"},
+    )
 
 
 async def h2_get(port: int, path: str, *headers: str) -> tuple[int, bytes]:
@@ -471,14 +543,19 @@ async def test_http2_abort_matching_headers_and_per_route(nursery) -> None:
     up = await start_h2_upstream(nursery)
     # (the h2 upstream serves /echo only: the route prefixes are rewritten away)
     routes = [
-        {**to(prefix="/off/", prefix_rewrite="/"),
-         "per_filter_config": {"fault": {"disabled": True}}},
-        {**to(prefix="/zero/", prefix_rewrite="/"),
-         "per_filter_config": {"fault": {"abort_percent": 0, "abort_status": 500}}},
+        {
+            **to(prefix="/off/", prefix_rewrite="/"),
+            "per_filter_config": {"fault": {"disabled": True}},
+        },
+        {
+            **to(prefix="/zero/", prefix_rewrite="/"),
+            "per_filter_config": {"fault": {"abort_percent": 0, "abort_status": 500}},
+        },
         to(prefix="/"),
     ]
-    config = h2_faulty(up.port, routes, {**abort_all(503),
-                                         "headers": [{"name": "x-chaos", "present": True}]})
+    config = h2_faulty(
+        up.port, routes, {**abort_all(503), "headers": [{"name": "x-chaos", "present": True}]}
+    )
     async with running_proxy(config) as (_, port):
         aborted = await h2_get(port, "/echo", "x-chaos: 1")
         passed = await h2_get(port, "/echo")
@@ -495,8 +572,10 @@ async def test_http2_delay_holds_only_its_stream(nursery) -> None:
     other (fault disabled on its route) is answered."""
     up = await start_h2_upstream(nursery)
     routes = [
-        {**to(prefix="/fast/", prefix_rewrite="/"),
-         "per_filter_config": {"fault": {"disabled": True}}},
+        {
+            **to(prefix="/fast/", prefix_rewrite="/"),
+            "per_filter_config": {"fault": {"disabled": True}},
+        },
         to(prefix="/"),
     ]
     config = h2_faulty(up.port, routes, {"delay": {"fixed_delay": "30s", "percentage": 100}})
@@ -512,8 +591,10 @@ async def test_http2_delay_holds_only_its_stream(nursery) -> None:
 
 async def test_grpc_abort_gets_grpc_status(nursery, grpc_upstream) -> None:
     routes = [
-        {**to(prefix="/test.Echo/Unary"),
-         "per_filter_config": {"fault": {"abort": {"grpc_status": 8, "percentage": 100}}}},
+        {
+            **to(prefix="/test.Echo/Unary"),
+            "per_filter_config": {"fault": {"abort": {"grpc_status": 8, "percentage": 100}}},
+        },
         to(prefix="/"),
     ]
     config = h2_faulty(grpc_upstream.port, routes, abort_all(503))
@@ -549,10 +630,16 @@ needs_anthunder = pytest.mark.skipif(
 
 
 def bolt_faulty(up_port: int, config: dict, routes: list | None = None) -> Any:
-    any_service = {"match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
-                   "route": {"cluster_name": "up"}}
-    return http_config(routes or [any_service], {"up": up_port}, listener=faulty(config),
-                       proxy={"downstream_protocol": "bolt"})
+    any_service = {
+        "match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
+        "route": {"cluster_name": "up"},
+    }
+    return http_config(
+        routes or [any_service],
+        {"up": up_port},
+        listener=faulty(config),
+        proxy={"downstream_protocol": "bolt"},
+    )
 
 
 def anthunder_error(port: int, service: str, **headers: str) -> str:
@@ -564,7 +651,8 @@ def anthunder_error(port: int, service: str, **headers: str) -> str:
     SERVICE_MAP.setdefault(service, ("127.0.0.1", port))
     try:
         Client("trio-mesh-test").invoke_sync(
-            service, "sayHello", b"\n\x01x", spanctx=SpanContext(), timeout_ms=5000, **headers)
+            service, "sayHello", b"\n\x01x", spanctx=SpanContext(), timeout_ms=5000, **headers
+        )
     except ServerError as exc:
         return str(exc)
     raise AssertionError("the call succeeded")
@@ -576,7 +664,8 @@ def anthunder_ok(port: int, service: str, **headers: str) -> bytes:
 
     SERVICE_MAP.setdefault(service, ("127.0.0.1", port))
     return Client("trio-mesh-test").invoke_sync(
-        service, "sayHello", b"\n\x01x", spanctx=SpanContext(), timeout_ms=5000, **headers)
+        service, "sayHello", b"\n\x01x", spanctx=SpanContext(), timeout_ms=5000, **headers
+    )
 
 
 @pytest.fixture
@@ -590,16 +679,27 @@ async def test_bolt_abort_is_the_codecs_error_status(nursery, svc) -> None:
     seen: list = []
     up = await echo_upstream(nursery, seen=seen)
     routes = [
-        {"match": {"headers": [{"name": "service", "value": svc},
-                               {"name": "x-timeout", "present": True}]},
-         "route": {"cluster_name": "up"},
-         "per_filter_config": {"fault": abort_all(500, rpc_error="TIMEOUT")}},
-        {"match": {"headers": [{"name": "service", "value": svc},
-                               {"name": "x-off", "present": True}]},
-         "route": {"cluster_name": "up"},
-         "per_filter_config": {"fault": {"disabled": True}}},
-        {"match": {"headers": [{"name": "service", "value": svc}]},
-         "route": {"cluster_name": "up"}},
+        {
+            "match": {
+                "headers": [
+                    {"name": "service", "value": svc},
+                    {"name": "x-timeout", "present": True},
+                ]
+            },
+            "route": {"cluster_name": "up"},
+            "per_filter_config": {"fault": abort_all(500, rpc_error="TIMEOUT")},
+        },
+        {
+            "match": {
+                "headers": [{"name": "service", "value": svc}, {"name": "x-off", "present": True}]
+            },
+            "route": {"cluster_name": "up"},
+            "per_filter_config": {"fault": {"disabled": True}},
+        },
+        {
+            "match": {"headers": [{"name": "service", "value": svc}]},
+            "route": {"cluster_name": "up"},
+        },
     ]
     _, port = await start_proxy(nursery, bolt_faulty(up, abort_all(503), routes))
     # 503 is OVERFLOW: bolt's SERVER_THREADPOOL_BUSY, as anthunder reports it
@@ -616,12 +716,18 @@ async def test_bolt_header_matched_delay_holds_only_its_request(nursery) -> None
     other is answered meanwhile. A matched abort answers with the codec's error status."""
     seen: list = []
     up = await echo_upstream(nursery, seen=seen)
-    config = {"delay": {"fixed_delay": "30s", "percentage": 100},
-              "headers": [{"name": "x-slow", "present": True}]}
+    config = {
+        "delay": {"fixed_delay": "30s", "percentage": 100},
+        "headers": [{"name": "x-slow", "present": True}],
+    }
     _, port = await start_proxy(nursery, bolt_faulty(up, config))
     client = await BoltClient.connect(port)
-    slow = BOLT.build_request(1, {"service": frames.SERVICE, "sofa_head_method_name": "echo",
-                                  "x-slow": "1"}, b"slow", codec=11)
+    slow = BOLT.build_request(
+        1,
+        {"service": frames.SERVICE, "sofa_head_method_name": "echo", "x-slow": "1"},
+        b"slow",
+        codec=11,
+    )
     await client.send(slow)
     await client.send(bolt_request(2, b"fast"))
     with trio.fail_after(5):
@@ -632,13 +738,20 @@ async def test_bolt_header_matched_delay_holds_only_its_request(nursery) -> None
 
 async def test_bolt_abort_at_0_percent_and_grpc_only_status(nursery) -> None:
     up = await echo_upstream(nursery)
-    config = {"abort": {"grpc_status": 14, "percentage": 100},
-              "headers": [{"name": "x-abort", "value": "yes"}]}
+    config = {
+        "abort": {"grpc_status": 14, "percentage": 100},
+        "headers": [{"name": "x-abort", "value": "yes"}],
+    }
     _, port = await start_proxy(nursery, bolt_faulty(up, config))
     client = await BoltClient.connect(port)
-    await client.send(BOLT.build_request(
-        3, {"service": frames.SERVICE, "sofa_head_method_name": "echo", "x-abort": "yes"},
-        b"x", codec=11))
+    await client.send(
+        BOLT.build_request(
+            3,
+            {"service": frames.SERVICE, "sofa_head_method_name": "echo", "x-abort": "yes"},
+            b"x",
+            codec=11,
+        )
+    )
     await client.send(bolt_request(4, b"y"))
     with trio.fail_after(5):
         answers = {f.request_id: f for f in [await client.read(), await client.read()]}

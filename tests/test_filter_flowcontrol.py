@@ -44,8 +44,17 @@ class FakeClock:
 
 
 def bucket_filter(max_tokens: int, **extra: Any) -> list[dict[str, Any]]:
-    return [{"type": "flowcontrol", "config": {
-        "max_tokens": max_tokens, "tokens_per_fill": max_tokens, "fill_interval": HOUR, **extra}}]
+    return [
+        {
+            "type": "flowcontrol",
+            "config": {
+                "max_tokens": max_tokens,
+                "tokens_per_fill": max_tokens,
+                "fill_interval": HOUR,
+                **extra,
+            },
+        }
+    ]
 
 
 # --------------------------------------------------------------------------- the bucket
@@ -81,16 +90,28 @@ def _doc(config: Any, per_route: Any = None) -> dict[str, Any]:
     route: dict[str, Any] = {"match": {"prefix": "/"}, "direct_response": {"status": 200}}
     if per_route is not None:
         route["per_filter_config"] = {"flowcontrol": per_route}
-    return {"servers": [{
-        "listeners": [{
-            "name": "l", "address": "127.0.0.1:0",
-            "filter_chains": [{"filters": [{"type": "proxy",
-                                            "config": {"router_config_name": "r"}}]}],
-            "stream_filters": [{"type": "flowcontrol", "config": config}],
-        }],
-        "routers": [{"router_config_name": "r", "virtual_hosts": [
-            {"name": "v", "domains": ["*"], "routers": [route]}]}],
-    }]}
+    return {
+        "servers": [
+            {
+                "listeners": [
+                    {
+                        "name": "l",
+                        "address": "127.0.0.1:0",
+                        "filter_chains": [
+                            {"filters": [{"type": "proxy", "config": {"router_config_name": "r"}}]}
+                        ],
+                        "stream_filters": [{"type": "flowcontrol", "config": config}],
+                    }
+                ],
+                "routers": [
+                    {
+                        "router_config_name": "r",
+                        "virtual_hosts": [{"name": "v", "domains": ["*"], "routers": [route]}],
+                    }
+                ],
+            }
+        ]
+    }
 
 
 def errors(config: Any, per_route: Any = None) -> str:
@@ -155,10 +176,13 @@ def test_per_route_config_errors_name_their_path():
 def test_mosn_sentinel_config_loads_with_warnings_for_what_is_not_implemented():
     """The shape of MOSN's examples/codes/flowcontrol-sample/server_config.json."""
     mosn = {
-        "app_name": "sample", "log_path": "/tmp/sentinel", "global_switch": True,
-        "monitor": False, "limit_key_type": "PATH", "action": {"status": 500, "body": "blocked"},
-        "rules": [{"resource": "/test", "limitApp": "", "grade": 1, "threshold": 1,
-                   "strategy": 0}],
+        "app_name": "sample",
+        "log_path": "/tmp/sentinel",
+        "global_switch": True,
+        "monitor": False,
+        "limit_key_type": "PATH",
+        "action": {"status": 500, "body": "blocked"},
+        "rules": [{"resource": "/test", "limitApp": "", "grade": 1, "threshold": 1, "strategy": 0}],
     }
     loaded = parse_config(_doc(mosn))
     config = loaded.config.listeners[0].stream_filters[0].config
@@ -177,8 +201,7 @@ def test_switched_off_needs_no_limit():
 
 async def test_listener_bucket_is_shared_by_all_requests_and_refuses_with_429(nursery):
     up = await start_upstream(nursery)
-    config = http_config([to()], {"up": up.port},
-                         listener={"stream_filters": bucket_filter(3)})
+    config = http_config([to()], {"up": up.port}, listener={"stream_filters": bucket_filter(3)})
     async with running_proxy(config) as (_, port):
         first = await request(port, get("/echo"))
         async with await Client.connect(port) as client:  # one connection, then another
@@ -203,8 +226,11 @@ async def test_listener_bucket_is_shared_by_all_requests_and_refuses_with_429(nu
 
 async def test_action_sets_status_and_body_and_headers_can_be_off(nursery):
     up = await start_upstream(nursery)
-    listener = {"stream_filters": bucket_filter(
-        1, action={"status": 503, "body": "later"}, ratelimit_headers=False)}
+    listener = {
+        "stream_filters": bucket_filter(
+            1, action={"status": 503, "body": "later"}, ratelimit_headers=False
+        )
+    }
     config = http_config([to()], {"up": up.port}, listener=listener)
     async with running_proxy(config) as (_, port):
         assert (await request(port, get("/echo"))).status == 200
@@ -240,21 +266,30 @@ async def test_route_override_has_its_own_bucket_per_route(nursery):
             "b3": await status("/b/echo"),
             "free": [await status("/free/echo") for _ in range(5)],
         }
-    assert got == {"a1": 200, "c1": 200, "a2": 429, "c2": 429, "b1": 200, "b2": 200,
-                   "b3": 429, "free": [200] * 5}
+    assert got == {
+        "a1": 200,
+        "c1": 200,
+        "a2": 429,
+        "c2": 429,
+        "b1": 200,
+        "b2": 200,
+        "b3": 429,
+        "free": [200] * 5,
+    }
     assert len(up.requests) == 2 + 2 + 5
 
 
 async def test_mosn_rules_limit_their_resource_only(nursery):
     up = await start_upstream(nursery)
-    rules = {"limit_key_type": "PATH", "action": {"status": 509, "body": "blocked"},
-             "rules": [{"resource": "/echo/limited", "threshold": 2,
-                        "statIntervalInMs": 3_600_000}]}
+    rules = {
+        "limit_key_type": "PATH",
+        "action": {"status": 509, "body": "blocked"},
+        "rules": [{"resource": "/echo/limited", "threshold": 2, "statIntervalInMs": 3_600_000}],
+    }
     listener = {"stream_filters": [{"type": "flowcontrol", "config": rules}]}
     config = http_config([to()], {"up": up.port}, listener=listener)
     async with running_proxy(config) as (_, port):
-        limited = [(await request(port, get("/echo/limited?n=" + str(i)))).status
-                   for i in range(3)]
+        limited = [(await request(port, get("/echo/limited?n=" + str(i)))).status for i in range(3)]
         refused = await request(port, get("/echo/limited"))
         others = [(await request(port, get("/echo/other"))).status for _ in range(4)]
     assert limited == [200, 200, 509]
@@ -275,9 +310,12 @@ async def test_global_switch_off_limits_nothing(nursery):
 
 
 def h2_config(up_port: int, filters: list[dict[str, Any]], up: str = "Http2") -> Any:
-    return http_config([to()], {"up": up_port},
-                       proxy={"downstream_protocol": "Http2", "upstream_protocol": up},
-                       listener={"stream_filters": filters})
+    return http_config(
+        [to()],
+        {"up": up_port},
+        proxy={"downstream_protocol": "Http2", "upstream_protocol": up},
+        listener={"stream_filters": filters},
+    )
 
 
 @pytest.mark.parametrize("up", ["Http2", "Http1"])
@@ -303,8 +341,14 @@ async def test_curl_http2_prior_knowledge_is_limited(nursery):
         url = f"http://127.0.0.1:{port}/echo"
         codes = []
         for _ in range(2):
-            code, out, err = await curl("--http2-prior-knowledge", "-o", "/dev/null",
-                                        "-w", "%{http_code} %{http_version}", url)
+            code, out, err = await curl(
+                "--http2-prior-knowledge",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+                url,
+            )
             assert code == 0, err
             codes.append(out)
     assert codes == [b"200 2", b"429 2"]
@@ -318,8 +362,9 @@ def _rpc_error(fn: Any, *args: Any, **kwargs: Any) -> grpc.RpcError:
     raise AssertionError(f"{fn} succeeded")
 
 
-async def test_grpc_call_over_the_limit_gets_resource_exhausted(nursery,
-                                                                grpc_upstream: GrpcEchoServer):
+async def test_grpc_call_over_the_limit_gets_resource_exhausted(
+    nursery, grpc_upstream: GrpcEchoServer
+):
     config = h2_config(grpc_upstream.port, bucket_filter(2, action={"body": "slow down"}))
     async with running_proxy(config) as (_, port):
         with EchoStub.connect(port) as stub:
@@ -335,18 +380,27 @@ async def test_grpc_call_over_the_limit_gets_resource_exhausted(nursery,
 needs_anthunder = pytest.mark.skipif(
     importlib.util.find_spec("anthunder") is None, reason="anthunder (test extra) not installed"
 )
-ANY_SERVICE = [{"match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
-                "route": {"cluster_name": "up"}}]
+ANY_SERVICE = [
+    {
+        "match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
+        "route": {"cluster_name": "up"},
+    }
+]
 
 
 def bolt_config(up_port: int, filters: list[dict[str, Any]]) -> Any:
-    return http_config(ANY_SERVICE, {"up": up_port}, proxy={"downstream_protocol": "bolt"},
-                       listener={"stream_filters": filters})
+    return http_config(
+        ANY_SERVICE,
+        {"up": up_port},
+        proxy={"downstream_protocol": "bolt"},
+        listener={"stream_filters": filters},
+    )
 
 
 def bolt_request(rid: int, service: str, body: bytes = b"x") -> Any:
-    return BOLT.build_request(rid, {"service": service, "sofa_head_method_name": "echo"}, body,
-                              codec=11)
+    return BOLT.build_request(
+        rid, {"service": service, "sofa_head_method_name": "echo"}, body, codec=11
+    )
 
 
 def anthunder_calls(port: int, service: str, n: int) -> list[bytes | str]:
@@ -360,8 +414,11 @@ def anthunder_calls(port: int, service: str, n: int) -> list[bytes | str]:
     out: list[bytes | str] = []
     for _ in range(n):
         try:
-            out.append(client.invoke_sync(service, "sayHello", b"\n\x01x",
-                                          spanctx=SpanContext(), timeout_ms=5000))
+            out.append(
+                client.invoke_sync(
+                    service, "sayHello", b"\n\x01x", spanctx=SpanContext(), timeout_ms=5000
+                )
+            )
         except ServerError as exc:
             out.append(str(exc))
     return out
@@ -383,19 +440,23 @@ async def test_bolt_rules_count_each_service_on_its_own(nursery):
     """MOSN's rules over RPC: the resource is the request's service (its PATH)."""
     seen: list = []
     up = await echo_upstream(nursery, seen=seen)
-    rules = {"rules": [{"resource": "svc.Limited", "threshold": 1,
-                        "statIntervalInMs": 3_600_000}]}
+    rules = {"rules": [{"resource": "svc.Limited", "threshold": 1, "statIntervalInMs": 3_600_000}]}
     config = bolt_config(up, [{"type": "flowcontrol", "config": rules}])
     async with running_proxy(config) as (_, port):
         client = await BoltClient.connect(port)
         answers = {}
         with trio.fail_after(5):
-            for rid, service in enumerate(["svc.Limited", "svc.Limited", "svc.Other",
-                                           "svc.Other"], 1):
+            for rid, service in enumerate(
+                ["svc.Limited", "svc.Limited", "svc.Other", "svc.Other"], 1
+            ):
                 await client.send(bolt_request(rid, service))
                 answer = await client.read()
                 answers[rid] = answer.status
         await client.stream.aclose()
-    assert answers == {1: ResponseStatus.SUCCESS, 2: ResponseStatus.SERVER_THREADPOOL_BUSY,
-                       3: ResponseStatus.SUCCESS, 4: ResponseStatus.SUCCESS}
+    assert answers == {
+        1: ResponseStatus.SUCCESS,
+        2: ResponseStatus.SERVER_THREADPOOL_BUSY,
+        3: ResponseStatus.SUCCESS,
+        4: ResponseStatus.SUCCESS,
+    }
     assert len(seen) == 3

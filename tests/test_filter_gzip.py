@@ -252,8 +252,7 @@ async def raw_upstream(nursery: trio.Nursery, gate: trio.Event | None = None) ->
                 first, second = b"first piece " * 50, b"second piece " * 50
                 await stream.send_all(
                     b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"
-                    b"transfer-encoding: chunked\r\n\r\n"
-                    + b"%x\r\n%b\r\n" % (len(first), first)
+                    b"transfer-encoding: chunked\r\n\r\n" + b"%x\r\n%b\r\n" % (len(first), first)
                 )
                 assert gate is not None
                 await gate.wait()
@@ -287,9 +286,9 @@ async def test_response_header_rules(nursery):
         )
         image = await request(port, get("/", headers=respond("content-type: image/png")))
         grpc = await request(port, get("/", headers=respond("content-type: application/grpc")))
-        vary = await request(port, get("/", headers=respond("vary: Origin", "etag: \"abc\"")))
+        vary = await request(port, get("/", headers=respond("vary: Origin", 'etag: "abc"')))
         vary_had = await request(port, get("/", headers=respond("vary: Accept-Encoding")))
-        weak = await request(port, get("/", headers=respond("etag: W/\"abc\"")))
+        weak = await request(port, get("/", headers=respond('etag: W/"abc"')))
     for untouched in (encoded, no_transform, ranged, image, grpc):
         assert untouched.headers.get("content-length") == "1998", untouched
         assert untouched.headers.get("content-encoding") in (None, "br")
@@ -340,7 +339,11 @@ async def test_curl_compressed(nursery, tmp_path):
     async with running_proxy(gzip_config(up.port)) as (_, port):
         out = tmp_path / "body"
         code, _, err = await curl(
-            "--compressed", "-D", str(tmp_path / "head"), "-o", str(out),
+            "--compressed",
+            "-D",
+            str(tmp_path / "head"),
+            "-o",
+            str(out),
             f"http://127.0.0.1:{port}/chunked/{2 * MIB}",
         )
     assert code == 0, err
@@ -447,8 +450,13 @@ async def test_curl_http2_compressed(nursery, tmp_path):
     async with running_proxy(h2_gzip_config(up.port, "Http1")) as (_, port):
         out = tmp_path / "body"
         code, _, err = await curl(
-            "--http2-prior-knowledge", "--compressed", "-D", str(tmp_path / "head"),
-            "-o", str(out), f"http://127.0.0.1:{port}/chunked/{2 * MIB}",
+            "--http2-prior-knowledge",
+            "--compressed",
+            "-D",
+            str(tmp_path / "head"),
+            "-o",
+            str(out),
+            f"http://127.0.0.1:{port}/chunked/{2 * MIB}",
         )
     assert code == 0, err
     head = (tmp_path / "head").read_bytes().lower()

@@ -62,17 +62,33 @@ def entry(key: str, value: str, **extra: Any) -> dict[str, Any]:
 
 def _doc(config: Any, routes: list | None = None) -> dict:
     return {
-        "servers": [{
-            "listeners": [{
-                "name": "l", "address": "127.0.0.1:0",
-                "filter_chains": [{"filters": [
-                    {"type": "proxy", "config": {"router_config_name": "r"}}]}],
-                "stream_filters": [{"type": "header_mutation", "config": config}],
-            }],
-            "routers": [{"router_config_name": "r", "virtual_hosts": [
-                {"name": "v", "domains": ["*"], "routers": routes or [
-                    {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]}],
-        }],
+        "servers": [
+            {
+                "listeners": [
+                    {
+                        "name": "l",
+                        "address": "127.0.0.1:0",
+                        "filter_chains": [
+                            {"filters": [{"type": "proxy", "config": {"router_config_name": "r"}}]}
+                        ],
+                        "stream_filters": [{"type": "header_mutation", "config": config}],
+                    }
+                ],
+                "routers": [
+                    {
+                        "router_config_name": "r",
+                        "virtual_hosts": [
+                            {
+                                "name": "v",
+                                "domains": ["*"],
+                                "routers": routes
+                                or [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}],
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
     }
 
 
@@ -169,9 +185,15 @@ def test_config_errors_name_their_path(config: dict, expected: str) -> None:
 
 
 def test_per_route_config_errors_name_their_path() -> None:
-    routes = [{"match": {"prefix": "/"}, "direct_response": {"status": 200},
-               "per_filter_config": {"header_mutation": {
-                   "response": {"add": [entry("x", "%UPSTREAM_HOSTS%")]}}}}]
+    routes = [
+        {
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 200},
+            "per_filter_config": {
+                "header_mutation": {"response": {"add": [entry("x", "%UPSTREAM_HOSTS%")]}}
+            },
+        }
+    ]
     (line,) = errors({}, routes)
     assert line.startswith(
         "servers[0].routers[0].virtual_hosts[0].routers[0].per_filter_config.header_mutation"
@@ -193,9 +215,16 @@ def plan(config: dict) -> Any:
 
 
 def ctx() -> RequestContext:
-    return RequestContext("HTTP/1.1", method="GET", path="/p?q=1", authority="a.test",
-                          cluster="up", downstream_remote=("10.0.0.7", 5555),
-                          downstream_local=("127.0.0.1", 80), listener="l")
+    return RequestContext(
+        "HTTP/1.1",
+        method="GET",
+        path="/p?q=1",
+        authority="a.test",
+        cluster="up",
+        downstream_remote=("10.0.0.7", 5555),
+        downstream_local=("127.0.0.1", 80),
+        listener="l",
+    )
 
 
 def test_static_values_share_one_filter_and_hook_only_their_side() -> None:
@@ -214,21 +243,40 @@ def test_static_values_share_one_filter_and_hook_only_their_side() -> None:
 
 
 async def test_operations_order_and_empty_values() -> None:
-    make = plan({"request": {
-        "remove": ["x-gone", "X-Also"],
-        "set": [entry("x-set", "new"), entry("x-empty", "%REQ(x-none)%"),
-                entry("x-kept-empty", "%REQ(x-none)%", keep_empty_value=True)],
-        "add": [entry("x-add", "%METHOD% %PATH% %AUTHORITY% %DOWNSTREAM_REMOTE_ADDRESS%"),
-                entry("X-Set", "second")],
-    }})
-    raw = [(b"x-gone", b"1"), (b"x-set", b"old1"), (b"x-keep", b"k"), (b"x-set", b"old2"),
-           (b"x-also", b"2"), (b"x-gone", b"3"), (b"x-empty", b"was here")]
+    make = plan(
+        {
+            "request": {
+                "remove": ["x-gone", "X-Also"],
+                "set": [
+                    entry("x-set", "new"),
+                    entry("x-empty", "%REQ(x-none)%"),
+                    entry("x-kept-empty", "%REQ(x-none)%", keep_empty_value=True),
+                ],
+                "add": [
+                    entry("x-add", "%METHOD% %PATH% %AUTHORITY% %DOWNSTREAM_REMOTE_ADDRESS%"),
+                    entry("X-Set", "second"),
+                ],
+            }
+        }
+    )
+    raw = [
+        (b"x-gone", b"1"),
+        (b"x-set", b"old1"),
+        (b"x-keep", b"k"),
+        (b"x-set", b"old2"),
+        (b"x-also", b"2"),
+        (b"x-gone", b"3"),
+        (b"x-empty", b"was here"),
+    ]
     headers = Headers(raw)
     assert await make(ctx()).on_request_headers(headers, True) is None
     assert raw == [
-        (b"x-set", b"new"), (b"x-keep", b"k"), (b"x-empty", b"was here"),
+        (b"x-set", b"new"),
+        (b"x-keep", b"k"),
+        (b"x-empty", b"was here"),
         (b"x-kept-empty", b""),
-        (b"x-add", b"GET /p?q=1 a.test 10.0.0.7:5555"), (b"x-set", b"second"),
+        (b"x-add", b"GET /p?q=1 a.test 10.0.0.7:5555"),
+        (b"x-set", b"second"),
     ]
     assert headers.changed
 
@@ -249,18 +297,34 @@ def test_start_time_is_envoys_format() -> None:
 
 async def test_http1_request_variables_reach_the_upstream(nursery) -> None:
     up = await start_upstream(nursery)
-    names = ("DOWNSTREAM_REMOTE_ADDRESS", "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT",
-             "DOWNSTREAM_REMOTE_PORT", "DOWNSTREAM_LOCAL_ADDRESS",
-             "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT", "DOWNSTREAM_LOCAL_PORT", "PROTOCOL",
-             "METHOD", "PATH", "AUTHORITY", "ROUTE_NAME", "UPSTREAM_CLUSTER", "LISTENER_NAME",
-             "START_TIME", "HOSTNAME")
-    config = {"request": {"add": [
-        *(entry(f"x-v-{n.lower()}", f"%{n}%") for n in names),
-        entry("x-v-req", "<%REQ(x-in)%>"),
-        entry("x-v-fallback", "%REQ(x-missing?x-in)%"),
-        entry("x-v-host", "%REQ(host)%"),
-        entry("x-v-literal", "100% %%METHOD%% %METHOD%"),
-    ]}}
+    names = (
+        "DOWNSTREAM_REMOTE_ADDRESS",
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT",
+        "DOWNSTREAM_REMOTE_PORT",
+        "DOWNSTREAM_LOCAL_ADDRESS",
+        "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT",
+        "DOWNSTREAM_LOCAL_PORT",
+        "PROTOCOL",
+        "METHOD",
+        "PATH",
+        "AUTHORITY",
+        "ROUTE_NAME",
+        "UPSTREAM_CLUSTER",
+        "LISTENER_NAME",
+        "START_TIME",
+        "HOSTNAME",
+    )
+    config = {
+        "request": {
+            "add": [
+                *(entry(f"x-v-{n.lower()}", f"%{n}%") for n in names),
+                entry("x-v-req", "<%REQ(x-in)%>"),
+                entry("x-v-fallback", "%REQ(x-missing?x-in)%"),
+                entry("x-v-host", "%REQ(host)%"),
+                entry("x-v-literal", "100% %%METHOD%% %METHOD%"),
+            ]
+        }
+    }
     routes = [{**to(), "name": "main"}]
     mesh = http_config(routes, {"up": up.port}, listener=mutating(config))
     async with running_proxy(mesh) as (_, port):
@@ -280,8 +344,7 @@ async def test_http1_request_variables_reach_the_upstream(nursery) -> None:
     assert v["DOWNSTREAM_LOCAL_PORT"] == str(port)
     assert v["PROTOCOL"] == "HTTP/1.1"
     assert (v["METHOD"], v["PATH"], v["AUTHORITY"]) == ("GET", "/echo?x=1", "svc.test")
-    assert (v["ROUTE_NAME"], v["UPSTREAM_CLUSTER"], v["LISTENER_NAME"]) == ("main", "up",
-                                                                           "ingress")
+    assert (v["ROUTE_NAME"], v["UPSTREAM_CLUSTER"], v["LISTENER_NAME"]) == ("main", "up", "ingress")
     assert v["HOSTNAME"] == socket.gethostname()
     started = datetime.strptime(v["START_TIME"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
     assert before - 0.001 <= started <= after
@@ -300,16 +363,17 @@ async def test_http1_add_set_remove_on_both_sides(nursery) -> None:
             "remove": ["x-secret", "x-drop"],
         },
         "response": {
-            "add": [entry("x-upstream", "%UPSTREAM_HOST%"),
-                    entry("x-type", "was %RESP(content-type)%"),
-                    entry("x-secret-seen", "%REQ(x-secret)%")],
+            "add": [
+                entry("x-upstream", "%UPSTREAM_HOST%"),
+                entry("x-type", "was %RESP(content-type)%"),
+                entry("x-secret-seen", "%REQ(x-secret)%"),
+            ],
             "set": [entry("content-type", "text/plain")],
             "remove": ["x-unused", "content-type-2"],
         },
     }
     mesh = http_config([to()], {"up": up.port}, listener=mutating(config))
-    raw = ("X-Multi: kept\r\nX-One: a\r\nX-One: b\r\nX-Secret: s3\r\nX-Drop: 1\r\n"
-           "X-Drop: 2\r\n")
+    raw = "X-Multi: kept\r\nX-One: a\r\nX-One: b\r\nX-Secret: s3\r\nX-Drop: 1\r\nX-Drop: 2\r\n"
     async with running_proxy(mesh) as (_, port):
         response = await request(port, get("/echo", headers=raw))
     got = echoed(response)["headers"]
@@ -350,12 +414,18 @@ async def test_http1_per_route_override_and_disable(nursery) -> None:
     override = {"request": {"set": [entry("x-tag", "route %ROUTE_NAME%")]}}
     routes = [
         {**to(prefix="/off"), "per_filter_config": {"header_mutation": {"disabled": True}}},
-        {**to(prefix="/special"), "name": "special",
-         "per_filter_config": {"header_mutation": override}},
+        {
+            **to(prefix="/special"),
+            "name": "special",
+            "per_filter_config": {"header_mutation": override},
+        },
         to(prefix="/"),
     ]
-    mesh = http_config(routes, {"up": up.port}, listener=mutating(
-        {"request": {"set": [entry("x-tag", "listener")]}}))
+    mesh = http_config(
+        routes,
+        {"up": up.port},
+        listener=mutating({"request": {"set": [entry("x-tag", "listener")]}}),
+    )
     async with running_proxy(mesh) as (_, port):
         off = echoed(await request(port, get("/off/echo")))
         special = echoed(await request(port, get("/special/echo")))
@@ -368,8 +438,11 @@ async def test_http1_per_route_override_and_disable(nursery) -> None:
 async def test_http1_local_replies_get_no_response_mutation(nursery) -> None:
     """The filter's response side runs on upstream responses; the proxy's own 404 (no route)
     is not an upstream response."""
-    mesh = http_config([to(prefix="/only")], {"up": 1}, listener=mutating(
-        {"response": {"set": [entry("x-seen", "yes")]}}))
+    mesh = http_config(
+        [to(prefix="/only")],
+        {"up": 1},
+        listener=mutating({"response": {"set": [entry("x-seen", "yes")]}}),
+    )
     async with running_proxy(mesh) as (_, port):
         response = await request(port, get("/elsewhere"))
     assert response.status == 404
@@ -385,22 +458,34 @@ async def test_http2_both_sides_with_variables(nursery) -> None:
     up = await start_h2_upstream(nursery)
     config = {
         "request": {
-            "add": [entry("x-proto", "%PROTOCOL% %METHOD% %PATH%"),
-                    entry("x-authority", "%AUTHORITY%|%REQ(:authority)%|%REQ(host)%")],
+            "add": [
+                entry("x-proto", "%PROTOCOL% %METHOD% %PATH%"),
+                entry("x-authority", "%AUTHORITY%|%REQ(:authority)%|%REQ(host)%"),
+            ],
             "set": [entry("x-one", "only")],
             "remove": ["x-secret"],
         },
         "response": {
-            "set": [entry("x-upstream", "%UPSTREAM_HOST%"),
-                    entry("x-type", "%RESP(content-type)%")],
+            "set": [
+                entry("x-upstream", "%UPSTREAM_HOST%"),
+                entry("x-type", "%RESP(content-type)%"),
+            ],
             "remove": ["content-type"],
         },
     }
     mesh = http_config([to()], {"up": up.port}, listener=mutating(config), proxy=H2)
     async with running_proxy(mesh) as (_, port):
         rc, out, err = await curl(
-            "--noproxy", "*", "--http2-prior-knowledge", "-i", "-H", "x-one: a",
-            "-H", "x-secret: s", f"http://127.0.0.1:{port}/echo?q=1")
+            "--noproxy",
+            "*",
+            "--http2-prior-knowledge",
+            "-i",
+            "-H",
+            "x-one: a",
+            "-H",
+            "x-secret: s",
+            f"http://127.0.0.1:{port}/echo?q=1",
+        )
     assert rc == 0, err
     status, headers, body = split_curl_output(out)[-1]
     assert status == 200
@@ -415,8 +500,12 @@ async def test_http2_both_sides_with_variables(nursery) -> None:
 
 async def test_grpc_metadata_both_ways(nursery, grpc_upstream) -> None:
     config = {
-        "request": {"add": [entry("x-caller", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
-                            entry("x-grpc-path", "%PATH%")]},
+        "request": {
+            "add": [
+                entry("x-caller", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+                entry("x-grpc-path", "%PATH%"),
+            ]
+        },
         "response": {"add": [entry("x-served-by", "%UPSTREAM_CLUSTER%")]},
     }
     mesh = http_config([to()], {"up": grpc_upstream.port}, listener=mutating(config), proxy=H2)
@@ -438,10 +527,17 @@ needs_anthunder = pytest.mark.skipif(
 
 
 def bolt_mutating(up_port: int, config: dict, routes: list | None = None) -> Any:
-    any_service = {"match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
-                   "route": {"cluster_name": "up"}, "name": "rpc"}
-    return http_config(routes or [any_service], {"up": up_port}, listener=mutating(config),
-                       proxy={"downstream_protocol": "bolt"})
+    any_service = {
+        "match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
+        "route": {"cluster_name": "up"},
+        "name": "rpc",
+    }
+    return http_config(
+        routes or [any_service],
+        {"up": up_port},
+        listener=mutating(config),
+        proxy={"downstream_protocol": "bolt"},
+    )
 
 
 def anthunder_call(port: int, service: str, **headers: str) -> bytes:
@@ -450,7 +546,8 @@ def anthunder_call(port: int, service: str, **headers: str) -> bytes:
 
     SERVICE_MAP.setdefault(service, ("127.0.0.1", port))
     return Client("trio-mesh-test").invoke_sync(
-        service, "sayHello", b"\n\x01x", spanctx=SpanContext(), timeout_ms=5000, **headers)
+        service, "sayHello", b"\n\x01x", spanctx=SpanContext(), timeout_ms=5000, **headers
+    )
 
 
 @needs_anthunder
@@ -458,17 +555,22 @@ async def test_bolt_request_header_map_changed_with_variables(nursery) -> None:
     seen: list = []
     up = await echo_upstream(nursery, seen=seen)
     service = f"com.alipay.test.Mutation{uuid.uuid4().hex}:1.0"
-    config = {"request": {
-        "add": [entry("x-caller", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+    config = {
+        "request": {
+            "add": [
+                entry("x-caller", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
                 entry("x-call", "%PROTOCOL% %PATH% %METHOD% via %ROUTE_NAME%"),
-                entry("x-from-header", "[%REQ(x-in)%]")],
-        "set": [entry("x-in", "replaced")],
-        "remove": ["x-secret"],
-    }}
+                entry("x-from-header", "[%REQ(x-in)%]"),
+            ],
+            "set": [entry("x-in", "replaced")],
+            "remove": ["x-secret"],
+        }
+    }
     _, port = await start_proxy(nursery, bolt_mutating(up, config))
     answer = await trio.to_thread.run_sync(
         lambda: anthunder_call(port, service, **{"x-in": "original", "x-secret": "s"}),
-        abandon_on_cancel=True)
+        abandon_on_cancel=True,
+    )
     assert answer == b"echo:\n\x01x"
     (got,) = seen
     headers = got.raw_headers
@@ -482,13 +584,21 @@ async def test_bolt_request_header_map_changed_with_variables(nursery) -> None:
 
 async def test_bolt_response_header_map_changed(nursery) -> None:
     up = await echo_upstream(nursery)
-    config = {"response": {"add": [entry("x-upstream", "%UPSTREAM_HOST%"),
-                                   entry("x-asked", "%REQ(x-ask)%")]}}
+    config = {
+        "response": {
+            "add": [entry("x-upstream", "%UPSTREAM_HOST%"), entry("x-asked", "%REQ(x-ask)%")]
+        }
+    }
     _, port = await start_proxy(nursery, bolt_mutating(up, config))
     client = await BoltClient.connect(port)
-    await client.send(BOLT.build_request(
-        9, {"service": frames.SERVICE, "sofa_head_method_name": "echo", "x-ask": "why"},
-        b"q", codec=11))
+    await client.send(
+        BOLT.build_request(
+            9,
+            {"service": frames.SERVICE, "sofa_head_method_name": "echo", "x-ask": "why"},
+            b"q",
+            codec=11,
+        )
+    )
     with trio.fail_after(5):
         answer = await client.read()
     assert (answer.request_id, bytes(answer.content)) == (9, b"echo:q")

@@ -65,10 +65,15 @@ def test_short_form_deny_refuses_only_its_addresses():
 
 
 def test_mosn_lists_in_order_the_first_holding_the_address_decides():
-    m = matcher({"default_action": "deny", "ips": [
-        {"action": "deny", "addrs": ["10.1.0.0/16"]},
-        {"action": "allow", "addrs": ["10.0.0.0/8"]},
-    ]})
+    m = matcher(
+        {
+            "default_action": "deny",
+            "ips": [
+                {"action": "deny", "addrs": ["10.1.0.0/16"]},
+                {"action": "allow", "addrs": ["10.0.0.0/8"]},
+            ],
+        }
+    )
     assert not m.allows("10.1.2.3")  # the deny list comes first
     assert m.allows("10.2.3.4")
     assert not m.allows("11.0.0.1")  # default
@@ -102,8 +107,13 @@ def test_the_answer_per_address_is_cached():
 
 @pytest.mark.parametrize(
     ("value", "host"),
-    [("1.2.3.4", "1.2.3.4"), ("1.2.3.4:80", "1.2.3.4"), ("[::1]:80", "::1"), ("::1", "::1"),
-     ("9.9.9.9, 10.0.0.7", "10.0.0.7")],
+    [
+        ("1.2.3.4", "1.2.3.4"),
+        ("1.2.3.4:80", "1.2.3.4"),
+        ("[::1]:80", "::1"),
+        ("::1", "::1"),
+        ("9.9.9.9, 10.0.0.7", "10.0.0.7"),
+    ],
 )
 def test_host_of_header_values(value, host):
     assert host_of(value) == host
@@ -120,12 +130,27 @@ def _doc(config: Any, network: bool = False) -> dict[str, Any]:
     else:
         listener["stream_filters"] = [{"type": "ip_access", "config": config}]
     listener["filter_chains"] = [{"filters": filters}]
-    return {"servers": [{
-        "listeners": [listener],
-        "routers": [{"router_config_name": "r", "virtual_hosts": [
-            {"name": "v", "domains": ["*"], "routers": [
-                {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]}],
-    }]}
+    return {
+        "servers": [
+            {
+                "listeners": [listener],
+                "routers": [
+                    {
+                        "router_config_name": "r",
+                        "virtual_hosts": [
+                            {
+                                "name": "v",
+                                "domains": ["*"],
+                                "routers": [
+                                    {"match": {"prefix": "/"}, "direct_response": {"status": 200}}
+                                ],
+                            }
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
 
 
 P = "servers[0].listeners[0].stream_filters[0].config"
@@ -136,14 +161,18 @@ N = "servers[0].listeners[0].filter_chains[0].filters[0].config"
     ("config", "expected"),
     [
         ({}, f"{P}.ips: expected at least one address or list"),
-        ({"action": "allow", "ips": ["127.0.0.1", "300.1.1.1"]},
-         f"{P}.ips[1]: expected an IP address or CIDR, got '300.1.1.1'"),
+        (
+            {"action": "allow", "ips": ["127.0.0.1", "300.1.1.1"]},
+            f"{P}.ips[1]: expected an IP address or CIDR, got '300.1.1.1'",
+        ),
         ({"action": "allow", "ips": ["10.0.0.0/33"]}, f"{P}.ips[0]: expected an IP address"),
         ({"ips": ["127.0.0.1"]}, f"{P}.ips[0]: a bare address takes its action from 'action'"),
         ({"action": "maybe", "ips": ["127.0.0.1"]}, f"{P}.action: expected one of allow, deny"),
         ({"ips": [{"action": "deny", "addrs": []}]}, f"{P}.ips[0].addrs: expected at least one"),
-        ({"ips": [{"action": "deny", "addrs": ["::1", "::zz"]}]},
-         f"{P}.ips[0].addrs[1]: expected an IP address or CIDR, got '::zz'"),
+        (
+            {"ips": [{"action": "deny", "addrs": ["::1", "::zz"]}]},
+            f"{P}.ips[0].addrs[1]: expected an IP address or CIDR, got '::zz'",
+        ),
         ({"ips": [{"action": "deny", "adrs": ["::1"]}]}, f"{P}.ips[0].adrs: unknown key"),
         ({"ips": [42]}, f"{P}.ips[0]: expected an address or {{action, addrs}}, got 42"),
         ({"action": "allow", "ips": ["::1"], "header": " "}, f"{P}.header: expected a header"),
@@ -181,14 +210,19 @@ def test_ip_access_cannot_end_a_chain():
 async def test_http1_allowed_and_denied_lists(nursery):
     up = await start_upstream(nursery)
     routes = [
-        {**to(prefix="/denied"), "per_filter_config": {
-            "ip_access": {"action": "deny", "ips": ["127.0.0.0/8"]}}},
-        {**to(prefix="/elsewhere"), "per_filter_config": {
-            "ip_access": {"action": "allow", "ips": ["10.0.0.0/8", "::1"]}}},
+        {
+            **to(prefix="/denied"),
+            "per_filter_config": {"ip_access": {"action": "deny", "ips": ["127.0.0.0/8"]}},
+        },
+        {
+            **to(prefix="/elsewhere"),
+            "per_filter_config": {"ip_access": {"action": "allow", "ips": ["10.0.0.0/8", "::1"]}},
+        },
         to(prefix="/"),
     ]
-    config = http_config(routes, {"up": up.port},
-                         listener=ip_filter(action="allow", ips=["127.0.0.1/32"]))
+    config = http_config(
+        routes, {"up": up.port}, listener=ip_filter(action="allow", ips=["127.0.0.1/32"])
+    )
     async with running_proxy(config) as (_, port):
         async with await Client.connect(port) as client:
             await client.send(get("/echo"))
@@ -207,8 +241,9 @@ async def test_http1_allowed_and_denied_lists(nursery):
 
 async def test_close_true_closes_the_connection_after_the_refusal(nursery):
     up = await start_upstream(nursery)
-    config = http_config([to()], {"up": up.port},
-                         listener=ip_filter(action="deny", ips=["127.0.0.1"], close=True))
+    config = http_config(
+        [to()], {"up": up.port}, listener=ip_filter(action="deny", ips=["127.0.0.1"], close=True)
+    )
     async with running_proxy(config) as (_, port):
         async with await Client.connect(port) as client:
             await client.send(get("/echo"))
@@ -220,9 +255,15 @@ async def test_close_true_closes_the_connection_after_the_refusal(nursery):
 
 async def test_header_names_the_client_address(nursery):
     up = await start_upstream(nursery)
-    config = http_config([to()], {"up": up.port}, listener=ip_filter(
-        header="x-real-ip", default_action="deny",
-        ips=[{"action": "allow", "addrs": ["127.0.0.1", "10.0.0.0/8"]}]))
+    config = http_config(
+        [to()],
+        {"up": up.port},
+        listener=ip_filter(
+            header="x-real-ip",
+            default_action="deny",
+            ips=[{"action": "allow", "addrs": ["127.0.0.1", "10.0.0.0/8"]}],
+        ),
+    )
     async with running_proxy(config) as (_, port):
         no_header = await request(port, get("/echo"))
         allowed = await request(port, get("/echo", headers="X-Real-IP: 10.1.1.1:5000\r\n"))
@@ -251,16 +292,20 @@ async def test_ipv6_client_on_an_ipv6_listener(nursery, action, expected):
 
 
 def h2_config(up_port: int, **config: Any) -> Any:
-    return http_config([to()], {"up": up_port},
-                       proxy={"downstream_protocol": "Http2", "upstream_protocol": "Http2"},
-                       listener=ip_filter(**config))
+    return http_config(
+        [to()],
+        {"up": up_port},
+        proxy={"downstream_protocol": "Http2", "upstream_protocol": "Http2"},
+        listener=ip_filter(**config),
+    )
 
 
 @pytest.mark.parametrize(("action", "expected"), [("allow", 200), ("deny", 403)])
 async def test_http2_allowed_and_denied(nursery, action, expected):
     upstream = await start_h2_upstream(nursery)
     async with running_proxy(h2_config(upstream.port, action=action, ips=["127.0.0.1"])) as (
-        _, port,
+        _,
+        port,
     ):
         with trio.fail_after(10):
             async with open_h2_client(port) as client:
@@ -294,8 +339,7 @@ async def test_grpc_denied_gets_permission_denied(nursery, grpc_upstream: GrpcEc
                 error = exc
             else:
                 raise AssertionError("a denied call succeeded")
-    assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED,
-                                               "access denied")
+    assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED, "access denied")
     assert grpc_upstream.calls == []
 
 
@@ -311,22 +355,32 @@ async def test_grpc_allowed_passes(nursery, grpc_upstream: GrpcEchoServer):
 needs_anthunder = pytest.mark.skipif(
     importlib.util.find_spec("anthunder") is None, reason="anthunder (test extra) not installed"
 )
-ANY_SERVICE = [{"match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
-                "route": {"cluster_name": "up"}}]
+ANY_SERVICE = [
+    {
+        "match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
+        "route": {"cluster_name": "up"},
+    }
+]
 
 
 def bolt_config(up_port: int, **config: Any) -> Any:
-    return http_config(ANY_SERVICE, {"up": up_port}, proxy={"downstream_protocol": "bolt"},
-                       listener=ip_filter(**config))
+    return http_config(
+        ANY_SERVICE,
+        {"up": up_port},
+        proxy={"downstream_protocol": "bolt"},
+        listener=ip_filter(**config),
+    )
 
 
 def bolt_request(rid: int, body: bytes = b"x") -> Any:
-    return BOLT.build_request(rid, {"service": "svc.Any", "sofa_head_method_name": "echo"},
-                              body, codec=11)
+    return BOLT.build_request(
+        rid, {"service": "svc.Any", "sofa_head_method_name": "echo"}, body, codec=11
+    )
 
 
-@pytest.mark.parametrize(("action", "expected"), [
-    ("allow", ResponseStatus.SUCCESS), ("deny", ResponseStatus.UNKNOWN)])
+@pytest.mark.parametrize(
+    ("action", "expected"), [("allow", ResponseStatus.SUCCESS), ("deny", ResponseStatus.UNKNOWN)]
+)
 async def test_bolt_allowed_and_denied(nursery, action, expected):
     seen: list = []
     up = await echo_upstream(nursery, seen=seen)
@@ -370,8 +424,9 @@ async def test_anthunder_call_from_a_denied_address_fails(nursery):
     def call(port: int) -> str:
         SERVICE_MAP.setdefault(service, ("127.0.0.1", port))
         try:
-            Client("trio-mesh-test").invoke_sync(service, "sayHello", b"\n\x01x",
-                                                 spanctx=SpanContext(), timeout_ms=5000)
+            Client("trio-mesh-test").invoke_sync(
+                service, "sayHello", b"\n\x01x", spanctx=SpanContext(), timeout_ms=5000
+            )
         except ServerError as exc:
             return str(exc)
         raise AssertionError("a denied call succeeded")
@@ -389,8 +444,9 @@ async def test_network_filter_in_front_of_a_bolt_listener(nursery):
     doc = _doc({"action": "deny", "ips": ["127.0.0.1"]}, network=True)
     ip_access = parse_config(doc).config.listeners[0].filter_chains[0].filters[0]
     (listener,) = config.servers[0].listeners
-    chain = attrs.evolve(listener.filter_chains[0],
-                         filters=(ip_access, *listener.filter_chains[0].filters))
+    chain = attrs.evolve(
+        listener.filter_chains[0], filters=(ip_access, *listener.filter_chains[0].filters)
+    )
     listener = attrs.evolve(listener, filter_chains=(chain,))
     config = attrs.evolve(config, servers=(attrs.evolve(config.servers[0], listeners=(listener,)),))
     async with running_proxy(config) as (_, port):
@@ -411,17 +467,33 @@ async def test_network_filter_in_front_of_a_bolt_listener(nursery):
 
 def tcp_doc(ip_access: dict[str, Any], upstream_port: int) -> dict[str, Any]:
     return {
-        "servers": [{"listeners": [{
-            "name": "ingress", "address": "127.0.0.1:0",
-            "filter_chains": [{"filters": [
-                {"type": "ip_access", "config": ip_access},
-                {"type": "tcp_proxy", "config": {"cluster": "up"}},
-            ]}],
-        }]}],
-        "cluster_manager": {"clusters": [{
-            "name": "up", "connect_timeout": "2s",
-            "hosts": [{"address": f"127.0.0.1:{upstream_port}"}],
-        }]},
+        "servers": [
+            {
+                "listeners": [
+                    {
+                        "name": "ingress",
+                        "address": "127.0.0.1:0",
+                        "filter_chains": [
+                            {
+                                "filters": [
+                                    {"type": "ip_access", "config": ip_access},
+                                    {"type": "tcp_proxy", "config": {"cluster": "up"}},
+                                ]
+                            }
+                        ],
+                    }
+                ]
+            }
+        ],
+        "cluster_manager": {
+            "clusters": [
+                {
+                    "name": "up",
+                    "connect_timeout": "2s",
+                    "hosts": [{"address": f"127.0.0.1:{upstream_port}"}],
+                }
+            ]
+        },
     }
 
 
@@ -491,8 +563,9 @@ async def test_network_filter_in_front_of_the_http_proxy(nursery):
     doc = _doc({"action": "deny", "ips": ["127.0.0.1"]}, network=True)
     ip_access = parse_config(doc).config.listeners[0].filter_chains[0].filters[0]
     (listener,) = config.servers[0].listeners
-    chain = attrs.evolve(listener.filter_chains[0],
-                         filters=(ip_access, *listener.filter_chains[0].filters))
+    chain = attrs.evolve(
+        listener.filter_chains[0], filters=(ip_access, *listener.filter_chains[0].filters)
+    )
     listener = attrs.evolve(listener, filter_chains=(chain,))
     config = attrs.evolve(config, servers=(attrs.evolve(config.servers[0], listeners=(listener,)),))
     async with running_proxy(config) as (_, port):
@@ -510,6 +583,7 @@ async def test_network_filter_refuses_header_at_start_up():
             await nursery.start(Server(config).run)
     # a start-up error naming the listener and the filter, before any port is bound
     assert exc.group_contains(
-        StartupError, match="listener 'l' network filter 'ip_access': .*reads no headers",
+        StartupError,
+        match="listener 'l' network filter 'ip_access': .*reads no headers",
         depth=None,
     )

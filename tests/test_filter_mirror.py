@@ -129,8 +129,7 @@ def stats_of(server) -> MirrorStats:
 
 def post(path: str, body: bytes, headers: str = "") -> bytes:
     return (
-        f"POST {path} HTTP/1.1\r\nHost: example.com\r\nContent-Length: {len(body)}\r\n"
-        f"{headers}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: example.com\r\nContent-Length: {len(body)}\r\n{headers}\r\n"
     ).encode() + body
 
 
@@ -516,7 +515,7 @@ async def test_grpc_is_mirrored_over_http2(nursery, runs):
         await runs.wait_until(lambda: runs.finished == 1)
         stats = stats_of(server)
     assert response.status == 200
-    (path, headers), = shadow.requests
+    ((path, headers),) = shadow.requests
     assert path == "/echo"
     assert headers.get(":authority") == "svc.local-shadow"
     assert headers.get(":method") == "POST"

@@ -37,13 +37,16 @@ LIMIT = 1000
 
 
 def limit_filter(size: int = LIMIT, **extra: Any) -> dict[str, Any]:
-    return {"stream_filters": [
-        {"type": "payload_limit", "config": {"max_entity_size": size, **extra}}]}
+    return {
+        "stream_filters": [{"type": "payload_limit", "config": {"max_entity_size": size, **extra}}]
+    }
 
 
 def post(path: str, body: bytes, headers: str = "") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{headers}\r\n"
-            .encode() + body)
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{headers}\r\n".encode()
+        + body
+    )
 
 
 def chunked(path: str, chunks: list[bytes]) -> bytes:
@@ -57,17 +60,36 @@ def chunked(path: str, chunks: list[bytes]) -> bytes:
 
 
 def _doc(config: Any) -> dict[str, Any]:
-    return {"servers": [{
-        "listeners": [{
-            "name": "l", "address": "127.0.0.1:0",
-            "filter_chains": [{"filters": [{"type": "proxy",
-                                            "config": {"router_config_name": "r"}}]}],
-            "stream_filters": [{"type": "payload_limit", "config": config}],
-        }],
-        "routers": [{"router_config_name": "r", "virtual_hosts": [
-            {"name": "v", "domains": ["*"], "routers": [
-                {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]}],
-    }]}
+    return {
+        "servers": [
+            {
+                "listeners": [
+                    {
+                        "name": "l",
+                        "address": "127.0.0.1:0",
+                        "filter_chains": [
+                            {"filters": [{"type": "proxy", "config": {"router_config_name": "r"}}]}
+                        ],
+                        "stream_filters": [{"type": "payload_limit", "config": config}],
+                    }
+                ],
+                "routers": [
+                    {
+                        "router_config_name": "r",
+                        "virtual_hosts": [
+                            {
+                                "name": "v",
+                                "domains": ["*"],
+                                "routers": [
+                                    {"match": {"prefix": "/"}, "direct_response": {"status": 200}}
+                                ],
+                            }
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
 
 
 P = "servers[0].listeners[0].stream_filters[0].config"
@@ -119,8 +141,10 @@ async def test_expect_continue_gets_the_refusal_instead_of_100(nursery):
     config = http_config([to()], {"up": up.port}, listener=limit_filter())
     async with running_proxy(config) as (_, port):
         async with await Client.connect(port) as client:
-            await client.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n"
-                              b"Expect: 100-continue\r\n\r\n")
+            await client.send(
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
             with trio.fail_after(5):
                 refused = await client.response(interim=True)
     assert refused.status == 413
@@ -187,8 +211,10 @@ async def test_chunked_over_the_limit_never_completes_at_a_real_upstream(nursery
 async def test_per_route_limit_and_status(nursery):
     up = await start_upstream(nursery)
     routes = [
-        {**to(prefix="/big"), "per_filter_config": {
-            "payload_limit": {"max_entity_size": 5000, "http_status": 400}}},
+        {
+            **to(prefix="/big"),
+            "per_filter_config": {"payload_limit": {"max_entity_size": 5000, "http_status": 400}},
+        },
         {**to(prefix="/any"), "per_filter_config": {"payload_limit": {"max_entity_size": 0}}},
         to(prefix="/"),
     ]
@@ -209,8 +235,15 @@ async def test_curl_chunked_upload_over_the_limit(nursery, tmp_path):
     data.write_bytes(b"c" * 5000)
     async with running_proxy(config) as (_, port):
         code, out, err = await curl(
-            "-o", "/dev/null", "-w", "%{http_code}", "-H", "Transfer-Encoding: chunked",
-            "--data-binary", f"@{data}", f"http://127.0.0.1:{port}/echo",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            f"@{data}",
+            f"http://127.0.0.1:{port}/echo",
         )
     assert out == b"413", (code, err)
     assert up.requests == []
@@ -220,9 +253,12 @@ async def test_curl_chunked_upload_over_the_limit(nursery, tmp_path):
 
 
 def h2_config(up_port: int, up: str = "Http2", size: int = LIMIT) -> Any:
-    return http_config([to()], {"up": up_port},
-                       proxy={"downstream_protocol": "Http2", "upstream_protocol": up},
-                       listener=limit_filter(size))
+    return http_config(
+        [to()],
+        {"up": up_port},
+        proxy={"downstream_protocol": "Http2", "upstream_protocol": up},
+        listener=limit_filter(size),
+    )
 
 
 async def start_any(nursery: trio.Nursery, up: str) -> Any:
@@ -236,10 +272,12 @@ async def test_http2_content_length_over_the_limit_never_contacts_the_upstream(n
         with trio.fail_after(10):
             async with open_h2_client(port) as client:
                 refused = await client.request(
-                    "POST", "/echo", [("content-length", str(LIMIT + 1))], b"x" * (LIMIT + 1))
+                    "POST", "/echo", [("content-length", str(LIMIT + 1))], b"x" * (LIMIT + 1)
+                )
                 # the connection goes on: the next stream, at the limit, passes
                 ok = await client.request(
-                    "POST", "/echo", [("content-length", str(LIMIT))], b"y" * LIMIT)
+                    "POST", "/echo", [("content-length", str(LIMIT))], b"y" * LIMIT
+                )
     assert (refused.status, refused.body) == (413, b"request entity too large\n")
     assert ok.status == 200
     assert len(upstream.requests) == 1
@@ -278,8 +316,11 @@ async def test_grpc_over_the_limit_is_answered_resource_exhausted(nursery, grpc_
     async with running_proxy(h2_config(grpc_upstream.port)) as (_, port):
         with trio.fail_after(10):
             async with open_h2_client(port) as client:
-                sid = await client.send_headers("POST", "/test.Echo/ClientStream", [
-                    ("content-type", "application/grpc"), ("te", "trailers")])
+                sid = await client.send_headers(
+                    "POST",
+                    "/test.Echo/ClientStream",
+                    [("content-type", "application/grpc"), ("te", "trailers")],
+                )
                 for _ in range(5):
                     await client.send_data(sid, grpc_message(b"m" * 400))
                 await client.send_data(sid, b"", end_stream=True)
@@ -311,16 +352,24 @@ async def test_grpcio_call_over_the_limit_fails_and_never_completes(
 
 # --------------------------------------------------------------------------- RPC (bolt)
 
-ANY_SERVICE = [{"match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
-                "route": {"cluster_name": "up"}}]
+ANY_SERVICE = [
+    {
+        "match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
+        "route": {"cluster_name": "up"},
+    }
+]
 needs_anthunder = pytest.mark.skipif(
     importlib.util.find_spec("anthunder") is None, reason="anthunder (test extra) not installed"
 )
 
 
 def bolt_config(up_port: int, size: int = LIMIT) -> Any:
-    return http_config(ANY_SERVICE, {"up": up_port}, proxy={"downstream_protocol": "bolt"},
-                       listener=limit_filter(size))
+    return http_config(
+        ANY_SERVICE,
+        {"up": up_port},
+        proxy={"downstream_protocol": "bolt"},
+        listener=limit_filter(size),
+    )
 
 
 async def test_bolt_payload_over_the_limit_gets_the_codec_error(nursery):
@@ -332,14 +381,22 @@ async def test_bolt_payload_over_the_limit_gets_the_codec_error(nursery):
         with trio.fail_after(5):
             answers = {}
             for rid, size in ((1, LIMIT), (2, LIMIT + 1), (3, 10)):
-                await client.send(BOLT.build_request(
-                    rid, {"service": "svc.Any", "sofa_head_method_name": "echo"},
-                    b"p" * size, codec=11))
+                await client.send(
+                    BOLT.build_request(
+                        rid,
+                        {"service": "svc.Any", "sofa_head_method_name": "echo"},
+                        b"p" * size,
+                        codec=11,
+                    )
+                )
                 answer = await client.read()
                 answers[answer.request_id] = answer.status
         await client.stream.aclose()
-    assert answers == {1: ResponseStatus.SUCCESS, 2: ResponseStatus.CODEC_EXCEPTION,
-                       3: ResponseStatus.SUCCESS}
+    assert answers == {
+        1: ResponseStatus.SUCCESS,
+        2: ResponseStatus.CODEC_EXCEPTION,
+        3: ResponseStatus.SUCCESS,
+    }
     assert [len(f.content) for f in seen] == [LIMIT, 10]  # the refused one never went up
 
 
@@ -356,11 +413,13 @@ async def test_anthunder_call_over_the_limit_fails(nursery):
     def calls(port: int) -> tuple[bytes, str]:
         SERVICE_MAP.setdefault(service, ("127.0.0.1", port))
         client = Client("trio-mesh-test")
-        small = client.invoke_sync(service, "sayHello", b"\n\x01x", spanctx=SpanContext(),
-                                   timeout_ms=5000)
+        small = client.invoke_sync(
+            service, "sayHello", b"\n\x01x", spanctx=SpanContext(), timeout_ms=5000
+        )
         try:
-            client.invoke_sync(service, "sayHello", b"\n\x01" + b"x" * 2000,
-                               spanctx=SpanContext(), timeout_ms=5000)
+            client.invoke_sync(
+                service, "sayHello", b"\n\x01" + b"x" * 2000, spanctx=SpanContext(), timeout_ms=5000
+            )
         except ServerError as exc:
             return small, str(exc)
         raise AssertionError("the call over the limit succeeded")

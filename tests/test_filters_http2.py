@@ -315,10 +315,14 @@ async def test_hooks_see_the_context_and_end_of_stream(nursery: trio.Nursery, up
         assert not hooks("r", "request_data")
         assert context["protocol"] == "HTTP/2" and context["grpc"] is False
         assert (context["method"], context["path"], context["authority"]) == (
-            "GET", "/echo?a=1", "svc.example"
+            "GET",
+            "/echo?a=1",
+            "svc.example",
         )
         assert (context["cluster"], context["route"], context["listener"]) == (
-            "up", True, "ingress"
+            "up",
+            True,
+            "ingress",
         )
         assert context["remote"][0] == "127.0.0.1" and context["local"][1] == port
         ((_, status, end, host, request_id),) = hooks("r", "response_headers")
@@ -376,11 +380,19 @@ async def test_filters_run_before_the_router_answers(nursery: trio.Nursery) -> N
 @pytest.mark.parametrize(
     ("filter_", "code", "details"),
     [
-        ({"type": "t_deny", "config": {"status": 403}}, grpc.StatusCode.PERMISSION_DENIED,
-         "denied by t_deny"),
-        ({"type": "t_h2_reply", "config": {"status": 429, "grpc_status": 8,
-                                           "grpc_message": "slow down"}},
-         grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down"),
+        (
+            {"type": "t_deny", "config": {"status": 403}},
+            grpc.StatusCode.PERMISSION_DENIED,
+            "denied by t_deny",
+        ),
+        (
+            {
+                "type": "t_h2_reply",
+                "config": {"status": 429, "grpc_status": 8, "grpc_message": "slow down"},
+            },
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "slow down",
+        ),
         ({"type": "t_boom"}, grpc.StatusCode.INTERNAL, FILTER_FAILED.strip()),
     ],
     ids=["mapped", "own-status", "raising"],
@@ -483,10 +495,14 @@ async def test_a_raising_filter_fails_only_its_stream(
 async def test_per_route_config_replaces_the_listeners(nursery: trio.Nursery, up: str) -> None:
     upstream = await start_any_upstream(nursery, up)
     routes = [
-        {**to(prefix="/special", prefix_rewrite="/echo"),
-         "per_filter_config": {"t_tag": {"value": "route"}}},
-        {**to(prefix="/off", prefix_rewrite="/echo"),
-         "per_filter_config": {"t_tag": {"disabled": True}}},
+        {
+            **to(prefix="/special", prefix_rewrite="/echo"),
+            "per_filter_config": {"t_tag": {"value": "route"}},
+        },
+        {
+            **to(prefix="/off", prefix_rewrite="/echo"),
+            "per_filter_config": {"t_tag": {"disabled": True}},
+        },
         to(),
     ]
     port = await filtered_proxy(nursery, upstream.port, tags("listener"), up=up, routes=routes)
@@ -557,8 +573,12 @@ async def test_a_reply_to_the_response_head_replaces_the_response(
     """The upstream's response is dropped: its HTTP/2 stream reset, its HTTP/1 connection
     closed (never reused with the rest of a body unread)."""
     upstream = await start_any_upstream(nursery, up)
-    filters = [{"type": "t_h2_reply",
-                "config": {"where": "response_headers", "status": 503, "body": "replaced\n"}}]
+    filters = [
+        {
+            "type": "t_h2_reply",
+            "config": {"where": "response_headers", "status": 503, "body": "replaced\n"},
+        }
+    ]
     port = await filtered_proxy(nursery, upstream.port, filters, up=up)
     with trio.fail_after(10):
         async with open_h2_client(port) as client:
@@ -581,8 +601,17 @@ async def test_a_reply_mid_upload_resets_the_upstream_request(
     nursery: trio.Nursery, up: str
 ) -> None:
     upstream = await start_any_upstream(nursery, up)
-    filters = [{"type": "t_h2_reply", "config": {
-        "where": "request_data", "after": 20_000, "status": 413, "body": "too large\n"}}]
+    filters = [
+        {
+            "type": "t_h2_reply",
+            "config": {
+                "where": "request_data",
+                "after": 20_000,
+                "status": 413,
+                "body": "too large\n",
+            },
+        }
+    ]
     routes = [to(prefix="/echo"), {**to(), "per_filter_config": {"t_h2_reply": {"disabled": True}}}]
     port = await filtered_proxy(nursery, upstream.port, filters, up=up, routes=routes)
     with trio.fail_after(10):
@@ -697,8 +726,14 @@ async def test_request_and_response_trailers_through_the_hooks(
         assert r.trailers == [("x-sum", "abc"), ("x-filtered", "yes")]
     kinds = [e[0] for e in RECORDS["r"]]
     assert kinds == [
-        "request_headers", "request_data", "request_data", "request_trailers",
-        "response_headers", "response_data", "response_data", "response_trailers",
+        "request_headers",
+        "request_data",
+        "request_data",
+        "request_trailers",
+        "response_headers",
+        "response_data",
+        "response_data",
+        "response_trailers",
     ]
     assert [e[1:] for e in hooks("r", "request_data")] == [(message, False), (b"", True)]
     assert hooks("r", "request_trailers")[0][1] == [("x-sum", "abc")]

@@ -33,15 +33,25 @@ DEMO = "org.apache.dubbo.demo.DemoService"
 
 
 def any_service(**route) -> dict:
-    return {"match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
-            "route": {"cluster_name": "up"}, **route}
+    return {
+        "match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
+        "route": {"cluster_name": "up"},
+        **route,
+    }
 
 
 def when_header(name: str, **route) -> dict:
     """A route for requests carrying header ``name`` (RPC routes match on headers)."""
-    return {"match": {"headers": [{"name": "service", "value": ".*", "regex": True},
-                                  {"name": name, "value": ".*", "regex": True}]},
-            "route": {"cluster_name": "up"}, **route}
+    return {
+        "match": {
+            "headers": [
+                {"name": "service", "value": ".*", "regex": True},
+                {"name": name, "value": ".*", "regex": True},
+            ]
+        },
+        "route": {"cluster_name": "up"},
+        **route,
+    }
 
 
 def rpc_config(protocol: str, up: int, filters: list, routes=None, **proxy):
@@ -79,7 +89,8 @@ def anthunder_call(port: int, service: str, body: bytes = b"\n\x01x", **headers:
     if service not in SERVICE_MAP:
         SERVICE_MAP[service] = ("127.0.0.1", port)
     return Client("trio-mesh-test").invoke_sync(
-        service, "sayHello", body, spanctx=SpanContext(), timeout_ms=5000, **headers)
+        service, "sayHello", body, spanctx=SpanContext(), timeout_ms=5000, **headers
+    )
 
 
 async def in_thread(fn, *args, **kw):
@@ -99,9 +110,7 @@ async def server_error(fn, *args, **kw) -> str:
 
 
 @needs_anthunder
-async def test_bolt_filters_run_in_order_and_the_tag_reaches_the_upstream_header_map(
-    nursery, svc
-):
+async def test_bolt_filters_run_in_order_and_the_tag_reaches_the_upstream_header_map(nursery, svc):
     seen: list = []
     up = await echo_upstream(nursery, seen=seen)
     filters = [*tags("a", "b"), {"type": "t_rpc_record"}]
@@ -160,10 +169,13 @@ async def test_bolt_v2_crc_request_rewritten_and_values_outside_latin1_kept(nurs
 async def test_bolt_deny_is_the_error_status_the_client_sees_before_no_route(nursery, svc):
     seen: list = []
     up = await echo_upstream(nursery, seen=seen)
-    filters = [{"type": "t_deny", "config": {"status": 429, "header": "x-deny"}},
-               {"type": "t_rpc_record"}]
-    routes = [{"match": {"headers": [{"name": "service", "value": svc}]},
-               "route": {"cluster_name": "up"}}]
+    filters = [
+        {"type": "t_deny", "config": {"status": 429, "header": "x-deny"}},
+        {"type": "t_rpc_record"},
+    ]
+    routes = [
+        {"match": {"headers": [{"name": "service", "value": svc}]}, "route": {"cluster_name": "up"}}
+    ]
     _, port = await start_proxy(nursery, rpc_config("bolt", up, filters, routes))
     # 429 is OVERFLOW: bolt's SERVER_THREADPOOL_BUSY, as anthunder reports it
     deny = {"x-deny": "1"}
@@ -176,8 +188,11 @@ async def test_bolt_deny_is_the_error_status_the_client_sees_before_no_route(nur
     assert "NO_PROCESSOR" in await server_error(anthunder_call, port, other)
     assert len(seen) == 1  # only the allowed call reached the upstream
     # the recorder (second) saw only what the deny let through: route and cluster or None
-    seen_ctx = [(e[3]["path"], e[3]["route"], e[3]["cluster"])
-                for e in filter_helpers.RPC_RECORDED["default"] if e[0] == "request_headers"]
+    seen_ctx = [
+        (e[3]["path"], e[3]["route"], e[3]["cluster"])
+        for e in filter_helpers.RPC_RECORDED["default"]
+        if e[0] == "request_headers"
+    ]
     assert seen_ctx == [(svc, True, "up"), (other, False, None)]
 
 
@@ -185,17 +200,18 @@ async def test_bolt_deny_is_the_error_status_the_client_sees_before_no_route(nur
 async def test_bolt_a_raising_filter_fails_only_its_own_request(nursery, svc, caplog):
     up = await echo_upstream(nursery)
     filters = [{"type": "t_boom", "config": {"where": "request_headers"}}]
-    routes = [when_header("x-boom-request"),
-              when_header("x-boom-response",
-                          per_filter_config={"t_boom": {"where": "response_headers"}}),
-              any_service(per_filter_config={"t_boom": {"disabled": True}})]
+    routes = [
+        when_header("x-boom-request"),
+        when_header("x-boom-response", per_filter_config={"t_boom": {"where": "response_headers"}}),
+        any_service(per_filter_config={"t_boom": {"disabled": True}}),
+    ]
     _, port = await start_proxy(nursery, rpc_config("bolt", up, filters, routes))
     with caplog.at_level(logging.ERROR, logger="trio_mesh.filters"):
         # anthunder sees bolt's status for INTERNAL, UNKNOWN
+        assert "UNKNOWN" in await server_error(anthunder_call, port, svc, **{"x-boom-request": "1"})
         assert "UNKNOWN" in await server_error(
-            anthunder_call, port, svc, **{"x-boom-request": "1"})
-        assert "UNKNOWN" in await server_error(
-            anthunder_call, port, svc, **{"x-boom-response": "1"})
+            anthunder_call, port, svc, **{"x-boom-response": "1"}
+        )
         assert await in_thread(anthunder_call, port, svc) == b"echo:\n\x01x"
         # anthunder's client does not keep one connection; a raw one shows the connection
         # goes on: failed, served, failed after the upstream answered, served
@@ -218,9 +234,11 @@ async def test_bolt_a_raising_filter_fails_only_its_own_request(nursery, svc, ca
 async def test_bolt_per_filter_config_override_and_disable_on_header_routes(nursery, svc):
     seen: list = []
     up = await echo_upstream(nursery, seen=seen)
-    routes = [when_header("x-special", per_filter_config={"t_tag": {"value": "route"}}),
-              when_header("x-off", per_filter_config={"t_tag": {"disabled": True}}),
-              any_service()]
+    routes = [
+        when_header("x-special", per_filter_config={"t_tag": {"value": "route"}}),
+        when_header("x-off", per_filter_config={"t_tag": {"disabled": True}}),
+        any_service(),
+    ]
     _, port = await start_proxy(nursery, rpc_config("bolt", up, tags("listener"), routes))
     for headers in ({"x-special": "1"}, {"x-off": "1"}, {}, {"x-special": "2"}):
         assert await in_thread(anthunder_call, port, svc, **headers) == b"echo:\n\x01x"
@@ -228,9 +246,7 @@ async def test_bolt_per_filter_config_override_and_disable_on_header_routes(nurs
 
 
 @needs_anthunder
-async def test_bolt_oneway_refused_by_a_filter_is_dropped_without_an_answer(
-    nursery, svc, caplog
-):
+async def test_bolt_oneway_refused_by_a_filter_is_dropped_without_an_answer(nursery, svc, caplog):
     seen: list = []
     arrived = trio.Event()
     up = await echo_upstream(nursery, seen=seen, oneway_seen=arrived)
@@ -244,11 +260,11 @@ async def test_bolt_oneway_refused_by_a_filter_is_dropped_without_an_answer(
         if svc not in SERVICE_MAP:
             SERVICE_MAP[svc] = ("127.0.0.1", port)
         client = Client("trio-mesh-test")
-        client.invoke_oneway(svc, "sayHello", b"\n\x01o", spanctx=SpanContext(),
-                             **headers)
+        client.invoke_oneway(svc, "sayHello", b"\n\x01o", spanctx=SpanContext(), **headers)
         # a stray answer to the oneway on this connection would fail anthunder's id check
-        return client.invoke_sync(svc, "sayHello", b"\n\x01s",
-                                  spanctx=SpanContext(), timeout_ms=5000)
+        return client.invoke_sync(
+            svc, "sayHello", b"\n\x01s", spanctx=SpanContext(), timeout_ms=5000
+        )
 
     with caplog.at_level(logging.INFO, logger="trio_mesh.proxy"):
         assert await in_thread(oneway_then_call, **{"x-deny": "1"}) == b"echo:\n\x01s"
@@ -268,8 +284,12 @@ async def test_bolt_oneway_refused_by_a_filter_is_dropped_without_an_answer(
 
 async def test_bolt_reply_rpc_error_and_close(nursery):
     up = await echo_upstream(nursery)
-    filters = [{"type": "t_rpc_reply", "config": {"status": 403, "rpc_error": "TIMEOUT",
-                                              "close": True, "header": "x-bye"}}]
+    filters = [
+        {
+            "type": "t_rpc_reply",
+            "config": {"status": 403, "rpc_error": "TIMEOUT", "close": True, "header": "x-bye"},
+        }
+    ]
     _, port = await start_proxy(nursery, rpc_config("bolt", up, filters))
     c = await BoltClient.connect(port)
     await c.send(request(1, b"ok"))
@@ -285,10 +305,14 @@ async def test_bolt_reply_rpc_error_and_close(nursery):
 
 async def test_bolt_response_local_reply_and_body_replacement_fail_the_request(nursery, caplog):
     up = await echo_upstream(nursery)
-    routes = [when_header("x-upper", per_filter_config={"t_rpc_reply": {"disabled": True}}),
-              any_service(per_filter_config={"t_upper": {"disabled": True}})]
-    filters = [{"type": "t_upper"},
-               {"type": "t_rpc_reply", "config": {"status": 503, "where": "response_data"}}]
+    routes = [
+        when_header("x-upper", per_filter_config={"t_rpc_reply": {"disabled": True}}),
+        any_service(per_filter_config={"t_upper": {"disabled": True}}),
+    ]
+    filters = [
+        {"type": "t_upper"},
+        {"type": "t_rpc_reply", "config": {"status": 503, "where": "response_data"}},
+    ]
     _, port = await start_proxy(nursery, rpc_config("bolt", up, filters, routes))
     c = await BoltClient.connect(port)
     await c.send(request(1, b"x"))  # the upstream answered; the response filter replaces it
@@ -314,10 +338,17 @@ async def test_a_codec_without_header_rewriting_fails_changed_requests_only(nurs
     try:
         seen: list = []
         up = await echo_upstream(nursery, seen=seen)
-        routes = [when_header("x-tagged"),
-                  any_service(per_filter_config={"t_req_tag": {"disabled": True}})]
-        config = rpc_config("X", up, tags("a", kind="t_req_tag"), routes,
-                            extend_config={"sub_protocol": "plainbolt"})
+        routes = [
+            when_header("x-tagged"),
+            any_service(per_filter_config={"t_req_tag": {"disabled": True}}),
+        ]
+        config = rpc_config(
+            "X",
+            up,
+            tags("a", kind="t_req_tag"),
+            routes,
+            extend_config={"sub_protocol": "plainbolt"},
+        )
         _, port = await start_proxy(nursery, config)
         c = await BoltClient.connect(port)
         with caplog.at_level(logging.ERROR, logger="trio_mesh.proxy"):
@@ -365,7 +396,9 @@ async def test_dubbo_request_tags_reach_the_provider_attachments_in_order(nurser
     assert ctx["protocol"] == "dubbo" and ctx["path"] == DEMO and ctx["method"] == "add"
     # the payload as the consumer sent it (the tag went into the copy sent upstream)
     at = calls[0].request.attachments_offset
-    assert events[1][0] == "request_data" and events[1][1][:at] == bytes(calls[0].data[16:16 + at])
+    assert events[1][0] == "request_data" and events[1][1][:at] == bytes(
+        calls[0].data[16 : 16 + at]
+    )
     assert b"x-tag" not in events[1][1]
     response = next(e for e in events if e[0] == "response_headers")
     assert response[2] == df.Status.OK and response[4] == f"127.0.0.1:{up}"
@@ -375,15 +408,21 @@ async def test_dubbo_request_tags_reach_the_provider_attachments_in_order(nurser
 async def test_dubbo_deny_and_raise_fail_only_their_call(nursery):
     calls: list = []
     up = await provider(nursery, "p", calls=calls)
-    filters = [{"type": "t_deny", "config": {"status": 403}},
-               {"type": "t_boom", "config": {"where": "request_headers"}}]
+    filters = [
+        {"type": "t_deny", "config": {"status": 403}},
+        {"type": "t_boom", "config": {"where": "request_headers"}},
+    ]
     routes = [
-        {"match": {"headers": [{"name": "method", "value": "add"}]},
-         "route": {"cluster_name": "up"},
-         "per_filter_config": {"t_deny": {"disabled": True}}},  # add: only t_boom
-        {"match": {"headers": [{"name": "group", "value": "open"}]},
-         "route": {"cluster_name": "up"},
-         "per_filter_config": {"t_deny": {"disabled": True}, "t_boom": {"disabled": True}}},
+        {
+            "match": {"headers": [{"name": "method", "value": "add"}]},
+            "route": {"cluster_name": "up"},
+            "per_filter_config": {"t_deny": {"disabled": True}},
+        },  # add: only t_boom
+        {
+            "match": {"headers": [{"name": "group", "value": "open"}]},
+            "route": {"cluster_name": "up"},
+            "per_filter_config": {"t_deny": {"disabled": True}, "t_boom": {"disabled": True}},
+        },
         any_service(),
     ]
     server, port = await start_proxy(nursery, rpc_config("dubbo", up, filters, routes))
@@ -396,14 +435,13 @@ async def test_dubbo_deny_and_raise_fail_only_their_call(nursery):
     assert server.listeners["ingress"].stats.downstream_cx_total == 1
 
 
-async def test_dubbo_error_statuses_and_a_response_header_change_it_cannot_carry(
-    nursery, caplog
-):
+async def test_dubbo_error_statuses_and_a_response_header_change_it_cannot_carry(nursery, caplog):
     up = await provider(nursery, "p")
-    routes = [when_header("x-respond", per_filter_config={"t_deny": {"disabled": True}}),
-              any_service(per_filter_config={"t_tag": {"disabled": True}})]
-    filters = [{"type": "t_deny", "config": {"status": 429, "header": "x-deny"}},
-               {"type": "t_tag"}]
+    routes = [
+        when_header("x-respond", per_filter_config={"t_deny": {"disabled": True}}),
+        any_service(per_filter_config={"t_tag": {"disabled": True}}),
+    ]
+    filters = [{"type": "t_deny", "config": {"status": 429, "header": "x-deny"}}, {"type": "t_tag"}]
     _, port = await start_proxy(nursery, rpc_config("dubbo", up, filters, routes))
     peer = await DubboPeer.connect(port)
 

@@ -48,34 +48,67 @@ def skip_len(data: bytes) -> int:
 
 SPEC_EXAMPLES = [
     # ints
-    ("90", 0), ("80", -16), ("bf", 47),
-    ("c8 00", 0), ("c0 00", -2048), ("c7 00", -256), ("cf ff", 2047),
-    ("d4 00 00", 0), ("d0 00 00", -262144), ("d7 ff ff", 262143),
-    ("49 00 00 00 00", 0), ("49 00 00 01 2c", 300), ("49 80 00 00 00", -(2**31)),
+    ("90", 0),
+    ("80", -16),
+    ("bf", 47),
+    ("c8 00", 0),
+    ("c0 00", -2048),
+    ("c7 00", -256),
+    ("cf ff", 2047),
+    ("d4 00 00", 0),
+    ("d0 00 00", -262144),
+    ("d7 ff ff", 262143),
+    ("49 00 00 00 00", 0),
+    ("49 00 00 01 2c", 300),
+    ("49 80 00 00 00", -(2**31)),
     # longs
-    ("e0", 0), ("d8", -8), ("ef", 15),
-    ("f8 00", 0), ("f0 00", -2048), ("f7 00", -256), ("ff ff", 2047),
-    ("3c 00 00", 0), ("38 00 00", -262144), ("3f ff ff", 262143),
-    ("59 00 00 00 00", 0), ("59 00 00 01 2c", 300),
-    ("4c 00 00 00 00 00 00 01 2c", 300), ("4c 80 00 00 00 00 00 00 00", -(2**63)),
+    ("e0", 0),
+    ("d8", -8),
+    ("ef", 15),
+    ("f8 00", 0),
+    ("f0 00", -2048),
+    ("f7 00", -256),
+    ("ff ff", 2047),
+    ("3c 00 00", 0),
+    ("38 00 00", -262144),
+    ("3f ff ff", 262143),
+    ("59 00 00 00 00", 0),
+    ("59 00 00 01 2c", 300),
+    ("4c 00 00 00 00 00 00 01 2c", 300),
+    ("4c 80 00 00 00 00 00 00 00", -(2**63)),
     # doubles
-    ("5b", 0.0), ("5c", 1.0), ("5d 00", 0.0), ("5d 80", -128.0), ("5d 7f", 127.0),
-    ("5e 00 00", 0.0), ("5e 80 00", -32768.0), ("5e 7f ff", 32767.0),
+    ("5b", 0.0),
+    ("5c", 1.0),
+    ("5d 00", 0.0),
+    ("5d 80", -128.0),
+    ("5d 7f", 127.0),
+    ("5e 00 00", 0.0),
+    ("5e 80 00", -32768.0),
+    ("5e 7f ff", 32767.0),
     ("5f 00 00 0c b2", 3.25),  # int milli-units, as the Java/Go/JS peers write it
     ("44 40 28 80 00 00 00 00 00", 12.25),
     # null, booleans
-    ("4e", None), ("54", True), ("46", False),
+    ("4e", None),
+    ("54", True),
+    ("46", False),
     # dates
     ("4a 00 00 00 d0 4b 92 84 b8", dt.datetime(1998, 5, 8, 9, 51, 31, tzinfo=UTC)),
     ("4b 00 e3 83 8f", dt.datetime(1998, 5, 8, 9, 51, tzinfo=UTC)),
     # strings
-    ("00", ""), ("05 68 65 6c 6c 6f", "hello"), ("01 c3 83", "\u00c3"),
-    ("53 00 05 68 65 6c 6c 6f", "hello"), ("30 00", ""), ("30 03 61 62 63", "abc"),
+    ("00", ""),
+    ("05 68 65 6c 6c 6f", "hello"),
+    ("01 c3 83", "\u00c3"),
+    ("53 00 05 68 65 6c 6c 6f", "hello"),
+    ("30 00", ""),
+    ("30 03 61 62 63", "abc"),
     ("52 00 02 68 65 03 6c 6c 6f", "hello"),  # a non-final chunk then a compact final one
     ("52 00 01 61 52 00 01 62 53 00 01 63", "abc"),
     # binary
-    ("20", b""), ("23 01 02 03", b"\x01\x02\x03"), ("34 03 01 02 03", b"\x01\x02\x03"),
-    ("42 00 02 01 02", b"\x01\x02"), ("41 00 01 09 21 0a", b"\x09\x0a"),
+    ("20", b""),
+    ("23 01 02 03", b"\x01\x02\x03"),
+    ("34 03 01 02 03", b"\x01\x02\x03"),
+    ("42 00 02 01 02", b"\x01\x02"),
+    ("41 00 01 09 21 0a", b"\x09\x0a"),
     # lists
     ("72 04 5b 69 6e 74 90 91", [0, 1]),  # compact typed fixed
     ("7a 90 91", [0, 1]),  # compact untyped fixed
@@ -83,17 +116,41 @@ SPEC_EXAMPLES = [
     ("58 92 90 91", [0, 1]),
     ("55 04 5b 69 6e 74 90 91 5a", [0, 1]),
     ("57 90 91 5a", [0, 1]),
-    ("78", []), ("57 5a", []),
+    ("78", []),
+    ("57 5a", []),
     # maps
     ("48 91 03 66 65 65 a0 03 66 69 65 c9 00 03 66 6f 65 5a", {1: "fee", 16: "fie", 256: "foe"}),
-    ("4d 13" + b"com.caucho.test.Car".hex() + "05" + b"color".hex() + "0a" + b"aquamarine".hex()
-     + "05" + b"model".hex() + "06" + b"Beetle".hex() + "07" + b"mileage".hex()
-     + "49 00 01 00 00 5a", {"color": "aquamarine", "model": "Beetle", "mileage": 65536}),
+    (
+        "4d 13"
+        + b"com.caucho.test.Car".hex()
+        + "05"
+        + b"color".hex()
+        + "0a"
+        + b"aquamarine".hex()
+        + "05"
+        + b"model".hex()
+        + "06"
+        + b"Beetle".hex()
+        + "07"
+        + b"mileage".hex()
+        + "49 00 01 00 00 5a",
+        {"color": "aquamarine", "model": "Beetle", "mileage": 65536},
+    ),
     ("48 5a", {}),
     # objects
-    ("43 0b" + b"example.Car".hex() + "92 05" + b"color".hex() + "05" + b"model".hex()
-     + "4f 90 03" + b"red".hex() + "08" + b"corvette".hex(),
-     HessianObject("example.Car", {"color": "red", "model": "corvette"})),
+    (
+        "43 0b"
+        + b"example.Car".hex()
+        + "92 05"
+        + b"color".hex()
+        + "05"
+        + b"model".hex()
+        + "4f 90 03"
+        + b"red".hex()
+        + "08"
+        + b"corvette".hex(),
+        HessianObject("example.Car", {"color": "red", "model": "corvette"}),
+    ),
     ("43 01 45 90 60", HessianObject("E")),
 ]
 
@@ -110,9 +167,20 @@ def test_spec_examples(hexstr, expected):
 def test_values_share_tables_across_reads():
     # two objects of one class definition, the second by compact reference; then a type ref
     data = h(
-        "43 0b" + b"example.Car".hex() + "92 05" + b"color".hex() + "05" + b"model".hex()
-        + "60 03" + b"red".hex() + "08" + b"corvette".hex()
-        + "60 05" + b"green".hex() + "05" + b"civic".hex()
+        "43 0b"
+        + b"example.Car".hex()
+        + "92 05"
+        + b"color".hex()
+        + "05"
+        + b"model".hex()
+        + "60 03"
+        + b"red".hex()
+        + "08"
+        + b"corvette".hex()
+        + "60 05"
+        + b"green".hex()
+        + "05"
+        + b"civic".hex()
         + "72 04 5b 69 6e 74 90 91"  # typed list "[int", type table entry 0
         + "71 90 92"  # typed list, type reference 0
     )
@@ -126,8 +194,15 @@ def test_values_share_tables_across_reads():
 
 def test_circular_reference():
     # the spec's LinkedList: head=1, tail=itself
-    data = h("43 0a" + b"LinkedList".hex() + "92 04" + b"head".hex() + "04" + b"tail".hex()
-             + "60 91 51 90")
+    data = h(
+        "43 0a"
+        + b"LinkedList".hex()
+        + "92 04"
+        + b"head".hex()
+        + "04"
+        + b"tail".hex()
+        + "60 91 51 90"
+    )
     obj = decode(data)
     assert obj.type == "LinkedList"
     assert obj.fields["head"] == 1
@@ -189,17 +264,53 @@ def test_miscounted_cesu_pair_leaves_trailing_bytes():
 @pytest.mark.parametrize(
     "hexstr",
     [
-        "", "40", "45", "47", "50", "5a",  # empty, reserved, stray terminator
-        "49 00 00", "4c 00", "44 00", "4a 00", "4b 00", "59 00", "c8", "d4 00", "f8", "38 00",
-        "5d", "5e 00", "5f 00 00",
-        "05 61", "30", "53 00", "52 00 01 61", "52 00 01 61 90",  # chunk then a non-string
-        "25 00", "34", "42 00 05 00", "41 00 01 00", "41 00 01 00 90",
-        "58 93 90", "58 8f", "56 90 91 90",  # short list, negative length, type ref missing
-        "78 90", "55 00 90", "57 90", "57",  # extra / unterminated
-        "48 90", "48 90 90", "4d 90 5a",  # unterminated map, bad type ref
+        "",
+        "40",
+        "45",
+        "47",
+        "50",
+        "5a",  # empty, reserved, stray terminator
+        "49 00 00",
+        "4c 00",
+        "44 00",
+        "4a 00",
+        "4b 00",
+        "59 00",
+        "c8",
+        "d4 00",
+        "f8",
+        "38 00",
+        "5d",
+        "5e 00",
+        "5f 00 00",
+        "05 61",
+        "30",
+        "53 00",
+        "52 00 01 61",
+        "52 00 01 61 90",  # chunk then a non-string
+        "25 00",
+        "34",
+        "42 00 05 00",
+        "41 00 01 00",
+        "41 00 01 00 90",
+        "58 93 90",
+        "58 8f",
+        "56 90 91 90",  # short list, negative length, type ref missing
+        "78 90",
+        "55 00 90",
+        "57 90",
+        "57",  # extra / unterminated
+        "48 90",
+        "48 90 90",
+        "4d 90 5a",  # unterminated map, bad type ref
         "48 57 5a 90 5a",  # unhashable key
-        "60", "4f 90", "43 01 45 91", "43 01 45 8f", "43 90",  # bad class refs and defs
-        "51 90", "57 51 91 5a",  # reference out of range
+        "60",
+        "4f 90",
+        "43 01 45 91",
+        "43 01 45 8f",
+        "43 90",  # bad class refs and defs
+        "51 90",
+        "57 51 91 5a",  # reference out of range
         "4a 7f ff ff ff ff ff ff ff",  # date out of Python's range
     ],
 )
@@ -254,8 +365,23 @@ def test_huge_declared_counts_fail_fast():
 
 @pytest.mark.parametrize(
     "value",
-    [0, -16, 47, 48, -17, -2048, 2047, 2048, -2049, -262144, 262143, 262144, -262145,
-     2**31 - 1, -(2**31)],
+    [
+        0,
+        -16,
+        47,
+        48,
+        -17,
+        -2048,
+        2047,
+        2048,
+        -2049,
+        -262144,
+        262143,
+        262144,
+        -262145,
+        2**31 - 1,
+        -(2**31),
+    ],
 )
 def test_encode_int_boundaries(value):
     assert decode(encode_int(value)) == value
@@ -371,16 +497,22 @@ def _dubbo_ssl_values():
         def lists_of(elem):
             return st.lists(elem, min_size=1, max_size=9)
 
-        obj = st.sampled_from(sorted(_PATHS)).flatmap(
-            lambda p: st.tuples(st.just(p), st.lists(children, min_size=len(_PATHS[p]),
-                                                      max_size=len(_PATHS[p])))
-        ).map(lambda t: ("object", t[0], t[1]))
+        obj = (
+            st.sampled_from(sorted(_PATHS))
+            .flatmap(
+                lambda p: st.tuples(
+                    st.just(p), st.lists(children, min_size=len(_PATHS[p]), max_size=len(_PATHS[p]))
+                )
+            )
+            .map(lambda t: ("object", t[0], t[1]))
+        )
         homogeneous = st.one_of(
             lists_of(st.booleans()),
             lists_of(st.integers(-(2**63), 2**63 - 1)),
             lists_of(st.floats(-1e300, 1e300)),
-            lists_of(st.text(st.characters(max_codepoint=0xFFFF, exclude_categories=["Cs"]),
-                             max_size=20)),
+            lists_of(
+                st.text(st.characters(max_codepoint=0xFFFF, exclude_categories=["Cs"]), max_size=20)
+            ),
             lists_of(obj),
         )
         return st.one_of(obj, homogeneous)
@@ -530,8 +662,9 @@ class RefEncoder:
 
     def string(self, s: str) -> bytes:
         raw16 = s.encode("utf-16-le", "surrogatepass")
-        units = [raw16[i : i + 2].decode("utf-16-le", "surrogatepass")
-                 for i in range(0, len(raw16), 2)]
+        units = [
+            raw16[i : i + 2].decode("utf-16-le", "surrogatepass") for i in range(0, len(raw16), 2)
+        ]
         lengths = self.chunks(len(units), self.choice([0xFFFF, 7, 40]))
         out = bytearray()
         i = 0
@@ -697,8 +830,11 @@ def _share(v, draw):
     def walk(x):
         if isinstance(x, list | dict | HessianObject):
             pool.append(x)
-            children = x if isinstance(x, list) else (x.fields if isinstance(x, HessianObject)
-                                                       else x).values()
+            children = (
+                x
+                if isinstance(x, list)
+                else (x.fields if isinstance(x, HessianObject) else x).values()
+            )
             for c in list(children):
                 walk(c)
 
@@ -750,11 +886,36 @@ def test_random_bytes_only_hessian2error(blob):
     _only_hessian_errors(blob)
 
 
-@given(st.lists(st.sampled_from(
-    [b"N", b"\x90", b"\x79", b"\x57", b"Z", b"H", b"M\x00", b"C\x01E\x91\x01a", b"\x60", b"O\x90",
-     b"Q\x90", b"Q\x91", b"\x72\x90", b"\x52\x00\x01", b"\xed\xa0\xbd", b"\xf0\x9f",
-     b"\x41\x00\x01",
-     b"x", b"\x02", b"I", b"\x43"]), max_size=60).map(b"".join))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"N",
+                b"\x90",
+                b"\x79",
+                b"\x57",
+                b"Z",
+                b"H",
+                b"M\x00",
+                b"C\x01E\x91\x01a",
+                b"\x60",
+                b"O\x90",
+                b"Q\x90",
+                b"Q\x91",
+                b"\x72\x90",
+                b"\x52\x00\x01",
+                b"\xed\xa0\xbd",
+                b"\xf0\x9f",
+                b"\x41\x00\x01",
+                b"x",
+                b"\x02",
+                b"I",
+                b"\x43",
+            ]
+        ),
+        max_size=60,
+    ).map(b"".join)
+)
 @settings(max_examples=1500, deadline=None)
 def test_token_soup_only_hessian2error(blob):
     _only_hessian_errors(blob)

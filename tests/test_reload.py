@@ -178,11 +178,7 @@ def direct_doc(body: str) -> dict:
                         "name": "web",
                         "address": "127.0.0.1:0",
                         "filter_chains": [
-                            {
-                                "filters": [
-                                    {"type": "proxy", "config": {"router_config_name": "r"}}
-                                ]
-                            }
+                            {"filters": [{"type": "proxy", "config": {"router_config_name": "r"}}]}
                         ],
                     }
                 ],

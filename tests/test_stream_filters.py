@@ -130,8 +130,10 @@ async def test_bodies_rewritten_both_ways(nursery, body):
     if body == "length":
         raw = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
     else:
-        raw = (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-               b"3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n")
+        raw = (
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n"
+        )
     async with running_proxy(config) as (_, port):
         response = await request(port, raw)
     assert response.status == 200
@@ -149,8 +151,18 @@ async def test_filters_see_route_cluster_and_addresses(nursery):
     class Spy(StreamFilter):
         async def on_request_headers(self, headers, end_stream):
             c = self.context
-            seen.append((c.protocol, c.method, c.path, c.cluster, c.route.name,
-                         c.downstream_remote[0], c.listener, end_stream))
+            seen.append(
+                (
+                    c.protocol,
+                    c.method,
+                    c.path,
+                    c.cluster,
+                    c.route.name,
+                    c.downstream_remote[0],
+                    c.listener,
+                    end_stream,
+                )
+            )
 
         async def on_response_headers(self, headers, end_stream):
             seen.append((headers.status, self.context.upstream_host))
@@ -159,8 +171,9 @@ async def test_filters_see_route_cluster_and_addresses(nursery):
 
     register_stream_filter("t_spy", Spy, None)
     up = await start_upstream(nursery)
-    config = http_config([{**to(), "name": "r0"}], {"up": up.port},
-                         listener={"stream_filters": [{"type": "t_spy"}]})
+    config = http_config(
+        [{**to(), "name": "r0"}], {"up": up.port}, listener={"stream_filters": [{"type": "t_spy"}]}
+    )
     async with running_proxy(config) as (_, port):
         await request(port, get("/echo?q=1"))
     assert seen[0] == ("HTTP/1.1", "GET", "/echo?q=1", "up", "r0", "127.0.0.1", "ingress", True)
@@ -172,17 +185,33 @@ async def test_filters_see_route_cluster_and_addresses(nursery):
 
 def _doc_with(stream_filters, routes=None):
     return {
-        "servers": [{
-            "listeners": [{
-                "name": "l", "address": "127.0.0.1:0",
-                "filter_chains": [{"filters": [
-                    {"type": "proxy", "config": {"router_config_name": "r"}}]}],
-                "stream_filters": stream_filters,
-            }],
-            "routers": [{"router_config_name": "r", "virtual_hosts": [
-                {"name": "v", "domains": ["*"], "routers": routes or [
-                    {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]}],
-        }],
+        "servers": [
+            {
+                "listeners": [
+                    {
+                        "name": "l",
+                        "address": "127.0.0.1:0",
+                        "filter_chains": [
+                            {"filters": [{"type": "proxy", "config": {"router_config_name": "r"}}]}
+                        ],
+                        "stream_filters": stream_filters,
+                    }
+                ],
+                "routers": [
+                    {
+                        "router_config_name": "r",
+                        "virtual_hosts": [
+                            {
+                                "name": "v",
+                                "domains": ["*"],
+                                "routers": routes
+                                or [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}],
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
     }
 
 
@@ -197,27 +226,46 @@ def test_unknown_stream_filter_type_names_path_and_known_ones():
 
 
 def test_unknown_per_filter_config_type_names_its_path():
-    routes = [{"match": {"prefix": "/"}, "direct_response": {"status": 200},
-               "per_filter_config": {"nope": {}}}]
+    routes = [
+        {
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 200},
+            "per_filter_config": {"nope": {}},
+        }
+    ]
     with pytest.raises(ConfigError) as exc:
         parse_config(_doc_with([], routes))
     assert "routers[0].virtual_hosts[0].routers[0].per_filter_config.nope" in str(exc.value)
 
 
 def test_bad_per_filter_config_value_names_its_path():
-    routes = [{"match": {"prefix": "/"}, "direct_response": {"status": 200},
-               "per_filter_config": {"t_tag": {"value": 3, "bogus": 1}}}]
+    routes = [
+        {
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 200},
+            "per_filter_config": {"t_tag": {"value": 3, "bogus": 1}},
+        }
+    ]
     with pytest.raises(ConfigError) as exc:
         parse_config(_doc_with(tags("a"), routes))
     assert "per_filter_config.t_tag.bogus: unknown key" in str(exc.value)
 
 
 def test_stream_filters_need_the_proxy_filter():
-    doc = {"servers": [{"listeners": [{
-        "name": "l", "address": "127.0.0.1:0",
-        "filter_chains": [{"filters": [{"type": "echo"}]}],
-        "stream_filters": tags("a"),
-    }]}]}
+    doc = {
+        "servers": [
+            {
+                "listeners": [
+                    {
+                        "name": "l",
+                        "address": "127.0.0.1:0",
+                        "filter_chains": [{"filters": [{"type": "echo"}]}],
+                        "stream_filters": tags("a"),
+                    }
+                ]
+            }
+        ]
+    }
     with pytest.raises(ConfigError) as exc:
         parse_config(doc)
     assert "servers[0].listeners[0].stream_filters: stream filters run in the proxy" in str(
@@ -287,9 +335,7 @@ async def test_third_party_network_filter_sees_every_byte(nursery):
         doc_chain, filters=(NetworkFilterConfig(type="demo_byte_count"), *doc_chain.filters)
     )
     listener = attrs.evolve(config.servers[0].listeners[0], filter_chains=(chain,))
-    config = attrs.evolve(
-        config, servers=(attrs.evolve(config.servers[0], listeners=(listener,)),)
-    )
+    config = attrs.evolve(config, servers=(attrs.evolve(config.servers[0], listeners=(listener,)),))
     ByteCount.instances.clear()
     raw = get("/bytes/1000")
     async with running_proxy(config) as (_, port):

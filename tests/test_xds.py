@@ -40,27 +40,56 @@ def listener(name: str, route_config: str) -> dict[str, Any]:
         "name": name,
         "address": {"socketAddress": {"address": "127.0.0.1", "portValue": 0}},
         "filterChains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                          "typedConfig": hcm}]}
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typedConfig": hcm}
+                ]
+            }
         ],
     }
 
 
 def eds_cluster(name: str) -> dict[str, Any]:
-    return {"name": name, "type": "EDS", "connectTimeout": "1s",
-            "edsClusterConfig": {"serviceName": name, "edsConfig": {"ads": {}}}}
+    return {
+        "name": name,
+        "type": "EDS",
+        "connectTimeout": "1s",
+        "edsClusterConfig": {"serviceName": name, "edsConfig": {"ads": {}}},
+    }
 
 
 def endpoints(name: str, *ports: int) -> dict[str, Any]:
-    return {"clusterName": name, "endpoints": [{"lbEndpoints": [
-        {"endpoint": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": p}}}}
-        for p in ports]}]}
+    return {
+        "clusterName": name,
+        "endpoints": [
+            {
+                "lbEndpoints": [
+                    {
+                        "endpoint": {
+                            "address": {"socketAddress": {"address": "127.0.0.1", "portValue": p}}
+                        }
+                    }
+                    for p in ports
+                ]
+            }
+        ],
+    }
 
 
 def routes(name: str, *pairs: tuple[str, str]) -> dict[str, Any]:
-    return {"name": name, "virtualHosts": [{"name": "all", "domains": ["*"], "routes": [
-        {"match": {"prefix": prefix}, "route": {"cluster": cluster}} for prefix, cluster in pairs
-    ]}]}
+    return {
+        "name": name,
+        "virtualHosts": [
+            {
+                "name": "all",
+                "domains": ["*"],
+                "routes": [
+                    {"match": {"prefix": prefix}, "route": {"cluster": cluster}}
+                    for prefix, cluster in pairs
+                ],
+            }
+        ],
+    }
 
 
 async def fetch(port: int, path: str = "/echo") -> int:
@@ -237,8 +266,11 @@ async def test_envoy_bootstrap_form_serves_static_and_dynamic_listeners(nursery,
     ("doc", "error"),
     [
         (
-            {"dynamic_resources": {"ads_config": {"grpc_services": [
-                {"envoy_grpc": {"cluster_name": "cp"}}]}}},
+            {
+                "dynamic_resources": {
+                    "ads_config": {"grpc_services": [{"envoy_grpc": {"cluster_name": "cp"}}]}
+                }
+            },
             "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name: "
             "no cluster 'cp' in static_resources.clusters",
         ),
@@ -247,11 +279,39 @@ async def test_envoy_bootstrap_form_serves_static_and_dynamic_listeners(nursery,
             "dynamic_resources.ads_config: required (trio-mesh speaks ADS only)",
         ),
         (
-            {"dynamic_resources": {"ads_config": {"api_type": "REST", "grpc_services": [
-                {"envoy_grpc": {"cluster_name": "cp"}}]}},
-             "static_resources": {"clusters": [{"name": "cp", "load_assignment": {
-                 "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                     "address": "127.0.0.1", "port_value": 1}}}}]}]}}]}},
+            {
+                "dynamic_resources": {
+                    "ads_config": {
+                        "api_type": "REST",
+                        "grpc_services": [{"envoy_grpc": {"cluster_name": "cp"}}],
+                    }
+                },
+                "static_resources": {
+                    "clusters": [
+                        {
+                            "name": "cp",
+                            "load_assignment": {
+                                "endpoints": [
+                                    {
+                                        "lb_endpoints": [
+                                            {
+                                                "endpoint": {
+                                                    "address": {
+                                                        "socket_address": {
+                                                            "address": "127.0.0.1",
+                                                            "port_value": 1,
+                                                        }
+                                                    }
+                                                }
+                                            }
+                                        ]
+                                    }
+                                ]
+                            },
+                        }
+                    ]
+                },
+            },
             "dynamic_resources.ads_config.api_type: 'REST' is not supported (GRPC)",
         ),
         ({"xds": {"address": "nowhere"}}, "xds.address: "),

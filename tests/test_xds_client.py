@@ -29,15 +29,33 @@ pytestmark = pytest.mark.skipif(
 SERVER = Path(__file__).with_name("xds_server.py")
 TIMEOUT = 15  # the first envoy-data-plane round costs ~1 s per side
 
-CLUSTER = {"name": "backend", "type": "EDS", "connectTimeout": "1.5s",
-           "edsClusterConfig": {"serviceName": "backend", "edsConfig": {"ads": {}}}}
-LISTENER = {"name": "ingress", "address": {"socketAddress": {"address": "127.0.0.1",
-                                                              "portValue": 10000}}}
+CLUSTER = {
+    "name": "backend",
+    "type": "EDS",
+    "connectTimeout": "1.5s",
+    "edsClusterConfig": {"serviceName": "backend", "edsConfig": {"ads": {}}},
+}
+LISTENER = {
+    "name": "ingress",
+    "address": {"socketAddress": {"address": "127.0.0.1", "portValue": 10000}},
+}
 
 
 def cla(name: str, port: int) -> dict[str, Any]:
-    return {"clusterName": name, "endpoints": [{"lbEndpoints": [{"endpoint": {"address": {
-        "socketAddress": {"address": "10.0.0.1", "portValue": port}}}}]}]}
+    return {
+        "clusterName": name,
+        "endpoints": [
+            {
+                "lbEndpoints": [
+                    {
+                        "endpoint": {
+                            "address": {"socketAddress": {"address": "10.0.0.1", "portValue": port}}
+                        }
+                    }
+                ]
+            }
+        ],
+    }
 
 
 class ServerProcess:
@@ -53,7 +71,9 @@ class ServerProcess:
     async def start(cls, port: int = 0, *extra: str) -> ServerProcess:
         proc = await trio.lowlevel.open_process(
             [sys.executable, str(SERVER), "--port", str(port), *extra],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
         server = cls(proc)
         server.port = int((await server.expect("READY")).split()[1])
         return server
@@ -75,10 +95,16 @@ class ServerProcess:
                 pass
         return line
 
-    async def set(self, type_: str, version: str, resources: list[dict[str, Any]],
-                  garbage: bool = False) -> None:
-        cmd = {"op": "set", "type": type_, "version": version, "resources": resources,
-               "garbage": garbage}
+    async def set(
+        self, type_: str, version: str, resources: list[dict[str, Any]], garbage: bool = False
+    ) -> None:
+        cmd = {
+            "op": "set",
+            "type": type_,
+            "version": version,
+            "resources": resources,
+            "garbage": garbage,
+        }
         await self.proc.stdin.send_all(json.dumps(cmd).encode() + b"\n")
 
     async def kill(self) -> None:
@@ -132,8 +158,7 @@ async def server():
 
 def make_client(port: int, handler: Recorder, **kwargs: Any) -> AdsClient:
     node = {"id": "test-node", "cluster": "trio-mesh", "metadata": {"zone": "a", "n": 1}}
-    return AdsClient("127.0.0.1", port, node, handler, backoff_base=0.05, backoff_cap=0.5,
-                     **kwargs)
+    return AdsClient("127.0.0.1", port, node, handler, backoff_base=0.05, backoff_cap=0.5, **kwargs)
 
 
 async def test_cds_lds_then_eds_subscription(server: ServerProcess) -> None:
@@ -232,10 +257,27 @@ async def test_undecodable_resource_is_a_nack_without_calling_handler(
 async def test_tls(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     await trio.run_process(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        capture_stdout=True, capture_stderr=True)
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        capture_stdout=True,
+        capture_stderr=True,
+    )
     srv = await ServerProcess.start(0, "--tls-cert", str(cert), "--tls-key", str(key))
     try:
         ctx = ssl.create_default_context(cafile=str(cert))

@@ -58,8 +58,13 @@ def test_header_changes_keeps_the_view_spelling_of_a_name_set_in_lower_case():
 
 
 def bolt_request(**kw) -> BoltFrame:
-    return BOLT.decode(frames.CLIENT_REQUEST)[0] if not kw else BOLT.build_request(
-        kw.pop("rid", 3), kw.pop("headers"), kw.pop("content", b"payload"), **kw)
+    return (
+        BOLT.decode(frames.CLIENT_REQUEST)[0]
+        if not kw
+        else BOLT.build_request(
+            kw.pop("rid", 3), kw.pop("headers"), kw.pop("content", b"payload"), **kw
+        )
+    )
 
 
 def test_bolt_adds_changes_and_removes_header_map_entries_and_keeps_the_rest():
@@ -71,9 +76,18 @@ def test_bolt_adds_changes_and_removes_header_map_entries_and_keeps_the_rest():
     assert raw["sofa_head_method_name"] == "m2" and "method" not in raw  # where it came from
     assert dict(g.headers) == {**want, "sofa_head_method_name": "m2"}  # the view follows
     assert (g.class_name, bytes(g.content), g.request_id, g.timeout, g.kind, g.codec) == (
-        f.class_name, bytes(f.content), f.request_id, f.timeout, f.kind, f.codec)
-    assert struct.unpack(">H", g.data[16:18])[0] == g.header_len == len(g.data) - 22 - 44 - len(
-        g.content)  # the header length field and the frame agree
+        f.class_name,
+        bytes(f.content),
+        f.request_id,
+        f.timeout,
+        f.kind,
+        f.codec,
+    )
+    assert (
+        struct.unpack(">H", g.data[16:18])[0]
+        == g.header_len
+        == len(g.data) - 22 - 44 - len(g.content)
+    )  # the header length field and the frame agree
 
 
 def test_bolt_service_goes_to_the_target_service_when_the_map_has_no_service():
@@ -96,11 +110,22 @@ def test_bolt_unchanged_view_is_the_same_frame_and_oversized_maps_are_refused():
 @pytest.mark.parametrize("version,ver1,switch", [(1, 1, 0), (2, 1, 0), (2, 2, 1)])
 @pytest.mark.parametrize("oneway", [False, True])
 def test_bolt_v1_v2_and_crc_frames_rewrite_then_take_a_new_id(version, ver1, switch, oneway):
-    f = bolt_request(headers={"service": frames.SERVICE, "a": "1"}, version=version, ver1=ver1,
-                     switch=switch, oneway=oneway, timeout_ms=2500)
+    f = bolt_request(
+        headers={"service": frames.SERVICE, "a": "1"},
+        version=version,
+        ver1=ver1,
+        switch=switch,
+        oneway=oneway,
+        timeout_ms=2500,
+    )
     g = BOLT.with_headers(f, {**f.headers, "x-tag": "t"})
     assert (g.version, g.ver1, g.switch, g.crc, g.is_oneway) == (
-        version, ver1 if version == 2 else 0, switch, version == 2 and ver1 == 2, oneway)
+        version,
+        ver1 if version == 2 else 0,
+        switch,
+        version == 2 and ver1 == 2,
+        oneway,
+    )
     assert g.timeout == 2.5 and bytes(g.content) == b"payload"
     wire = bytes(BOLT.set_request_id(g, 0xFEEDBEEF))
     again = BOLT.decode(wire)[0]  # a CRC frame decodes only if its CRC was recomputed
@@ -122,17 +147,17 @@ def test_anthunder_reads_a_rewritten_request():
     g = BOLT.with_headers(f, {**f.headers, "x-tag": "a,b"})
     raw = bytes(BOLT.set_request_id(g, 99))
     head = BoltRequest.bolt_header_from_stream(raw)
-    req = BoltRequest.bolt_content_from_stream(raw[BoltRequest.bolt_header_size():], head)
+    req = BoltRequest.bolt_content_from_stream(raw[BoltRequest.bolt_header_size() :], head)
     assert req.request_id == 99 and req.header["x-tag"] == "a,b"
     assert req.header["sofa_head_method_name"] == "sayHello"
     assert bytes(req.content) == bytes(f.content)
 
 
-_names = st.text(st.characters(codec="latin-1"), min_size=1,
-                 max_size=8).filter(lambda n: n.lower() not in DERIVED)
+_names = st.text(st.characters(codec="latin-1"), min_size=1, max_size=8).filter(
+    lambda n: n.lower() not in DERIVED
+)
 _values = st.text(st.characters(codec="latin-1"), max_size=12)
-_ops = st.lists(st.tuples(st.sampled_from(["set", "add", "remove"]), _names, _values),
-                max_size=8)
+_ops = st.lists(st.tuples(st.sampled_from(["set", "add", "remove"]), _names, _values), max_size=8)
 
 
 def _apply(headers: Headers, ops) -> None:
@@ -148,7 +173,8 @@ def _apply(headers: Headers, ops) -> None:
 @PROPS
 @given(
     st.dictionaries(_names, _values, max_size=6).filter(
-        lambda d: len({k.lower() for k in d}) == len(d)),
+        lambda d: len({k.lower() for k in d}) == len(d)
+    ),
     _ops,
     st.sampled_from([(1, 1, 0), (2, 2, 1)]),
     st.booleans(),
@@ -178,28 +204,36 @@ def consumer_view(frame: DubboFrame) -> list:
     attachments map."""
     from dubbo_ssl.codec.decoder import Response
 
-    r = Response(bytes(frame.data[df.HEADER_LENGTH:]))
+    r = Response(bytes(frame.data[df.HEADER_LENGTH :]))
     values = [r.read_next() for _ in range(5 + frame.request.argument_count + 1)]
     return values[5:]
 
 
 def our_arguments(frame: DubboFrame) -> list:
-    r = Hessian2Reader(bytes(frame.data[df.HEADER_LENGTH:]))
+    r = Hessian2Reader(bytes(frame.data[df.HEADER_LENGTH :]))
     for _ in range(5):
         r.read()
     return [r.read() for _ in range(frame.request.argument_count)]
 
 
 needs_dubbo_client = pytest.mark.skipif(
-    importlib.util.find_spec("dubbo_ssl") is None, reason="needs dubbo-ssl-python")
+    importlib.util.find_spec("dubbo_ssl") is None, reason="needs dubbo-ssl-python"
+)
 
 
 @needs_dubbo_client
 @pytest.mark.parametrize("raw", captured.ALL_REQUESTS)
 def test_dubbo_edits_attachments_and_copies_the_arguments(raw):
     f = DUBBO.decode(raw)[0]
-    _, want = edited(f, lambda h: (h.set("x-tag", "a,b"), h.set("group", "green"),
-                                   h.remove("traceid"), h.set("version", "2.0.0")))
+    _, want = edited(
+        f,
+        lambda h: (
+            h.set("x-tag", "a,b"),
+            h.set("group", "green"),
+            h.remove("traceid"),
+            h.set("version", "2.0.0"),
+        ),
+    )
     g = DUBBO.with_headers(f, want)
     assert dict(g.headers) == want
     before, after = consumer_view(f), consumer_view(g)
@@ -216,15 +250,22 @@ def test_dubbo_edits_attachments_and_copies_the_arguments(raw):
 def read_all(frame: DubboFrame) -> list:
     """The arguments and the attachments, read (not skipped) in one hessian2 stream, so that
     references resolve."""
-    r = Hessian2Reader(bytes(frame.data[df.HEADER_LENGTH:]))
+    r = Hessian2Reader(bytes(frame.data[df.HEADER_LENGTH :]))
     for _ in range(5):
         r.read()
     return [r.read() for _ in range(frame.request.argument_count + 1)]
 
 
 def _invocation(attachments: bytes | None, args: bytes = b"", types: str = "") -> DubboFrame:
-    body = (encode_string("2.0.2") + encode_string("a.Svc") + encode_string("1.0")
-            + encode_string("m") + encode_string(types) + args + (attachments or b""))
+    body = (
+        encode_string("2.0.2")
+        + encode_string("a.Svc")
+        + encode_string("1.0")
+        + encode_string("m")
+        + encode_string(types)
+        + args
+        + (attachments or b"")
+    )
     wire = df.encode_frame(0xC2, 0, 7, body)
     return DUBBO.decode(wire)[0]
 
@@ -233,16 +274,31 @@ def test_dubbo_non_string_attachments_and_references_survive():
     # args: one list [1, 2] (reference 0); attachments (reference 1): a string, an int, a long,
     # a nested map (reference 2) and a reference back to the argument list
     args = b"\x7a" + encode_int(1) + encode_int(2)  # fixed-length untyped list of two
-    attachments = (b"H" + encode_string("s") + encode_string("v")
-                   + encode_string("n") + encode_int(5)
-                   + encode_string("big") + encode_long(1 << 40)
-                   + encode_string("m") + b"H" + encode_string("k") + encode_string("v") + b"Z"
-                   + encode_string("r") + b"Q" + encode_int(0) + b"Z")
+    attachments = (
+        b"H"
+        + encode_string("s")
+        + encode_string("v")
+        + encode_string("n")
+        + encode_int(5)
+        + encode_string("big")
+        + encode_long(1 << 40)
+        + encode_string("m")
+        + b"H"
+        + encode_string("k")
+        + encode_string("v")
+        + b"Z"
+        + encode_string("r")
+        + b"Q"
+        + encode_int(0)
+        + b"Z"
+    )
     f = _invocation(attachments, args, "[I")
     assert read_all(f)[-1]["r"] == [1, 2]
     g = DUBBO.with_headers(f, {**f.headers, "s": "w", "x-tag": "t", "n": "five"})
-    assert read_all(g) == [[1, 2], {"s": "w", "n": "five", "big": 1 << 40, "m": {"k": "v"},
-                                    "r": [1, 2], "x-tag": "t"}]
+    assert read_all(g) == [
+        [1, 2],
+        {"s": "w", "n": "five", "big": 1 << 40, "m": {"k": "v"}, "r": [1, 2], "x-tag": "t"},
+    ]
 
 
 @pytest.mark.parametrize("attachments", [None, b"N", b"H\x5a"])
@@ -254,8 +310,11 @@ def test_dubbo_request_without_attachments_gets_a_map(attachments):
 
 def test_dubbo_refuses_what_an_attachment_cannot_carry():
     f = DUBBO.decode(captured.SAY_HELLO)[0]
-    for edit in (lambda h: h.set("service", "x.Y"), lambda h: h.set("method", "other"),
-                 lambda h: h.remove("method")):
+    for edit in (
+        lambda h: h.set("service", "x.Y"),
+        lambda h: h.set("method", "other"),
+        lambda h: h.remove("method"),
+    ):
         with pytest.raises(ValueError, match="invocation"):
             DUBBO.with_headers(f, edited(f, edit)[1])
     bare = _invocation(None)  # interface and version come from the invocation itself
@@ -270,15 +329,16 @@ def test_dubbo_refuses_what_an_attachment_cannot_carry():
     assert DUBBO.with_headers(f, dict(f.headers)) is f
 
 
-_att_names = st.text(st.characters(codec="latin-1"), min_size=1,
-                     max_size=8).filter(
-    lambda n: n.lower() not in {"service", "method", "interface", "version", "path"})
+_att_names = st.text(st.characters(codec="latin-1"), min_size=1, max_size=8).filter(
+    lambda n: n.lower() not in {"service", "method", "interface", "version", "path"}
+)
 
 
 @PROPS
-@given(st.sampled_from(captured.ALL_REQUESTS),
-       st.lists(st.tuples(st.sampled_from(["set", "add", "remove"]), _att_names, _values),
-                max_size=8))
+@given(
+    st.sampled_from(captured.ALL_REQUESTS),
+    st.lists(st.tuples(st.sampled_from(["set", "add", "remove"]), _att_names, _values), max_size=8),
+)
 def test_dubbo_any_attachment_edit_through_headers_is_what_the_new_frame_carries(raw, ops):
     f = DUBBO.decode(raw)[0]
     headers = Headers.from_mapping(f.headers)

@@ -77,8 +77,9 @@ class Store:
         self.snapshot: dict[str, tuple[str, dict[str, AnyMsg]]] = {}
         self.streams: set[StreamState] = set()  # open streams
 
-    def set(self, short: str, version: str, resources: list[dict[str, Any]],
-            garbage: bool = False) -> None:
+    def set(
+        self, short: str, version: str, resources: list[dict[str, Any]], garbage: bool = False
+    ) -> None:
         type_url, cls = TYPES[short]
         packed = {}
         for doc in resources:
@@ -110,9 +111,14 @@ class StreamState:
         # "" is the garbage resource: sent whatever names were asked for
         nonce = str(next(self.nonces))
         self.last_nonce[type_url] = nonce
-        self.outbox.put_nowait(DiscoveryResponse(
-            version_info=version, type_url=type_url, nonce=nonce,
-            resources=[a for n, a in resources.items() if not names or n in names or not n]))
+        self.outbox.put_nowait(
+            DiscoveryResponse(
+                version_info=version,
+                type_url=type_url,
+                nonce=nonce,
+                resources=[a for n, a in resources.items() if not names or n in names or not n],
+            )
+        )
 
     async def read(self, messages: Any) -> None:
         try:
@@ -179,8 +185,9 @@ async def commands(store: Store) -> None:
         if cmd["op"] == "quit":
             return
         if cmd["op"] == "set":
-            store.set(cmd["type"], str(cmd["version"]), cmd.get("resources", []),
-                      bool(cmd.get("garbage")))
+            store.set(
+                cmd["type"], str(cmd["version"]), cmd.get("resources", []), bool(cmd.get("garbage"))
+            )
 
 
 async def main() -> None:

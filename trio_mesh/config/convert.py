@@ -106,10 +106,12 @@ def _mapping_only(cls: type) -> Callable[[Any, type], Any]:
 
 
 converter.register_structure_hook_factory(
-    lambda t: attrs.has(t)
-    and not issubclass(t, FilterConfig)
-    and t is not Address
-    and t is not PerFilterConfig,
+    lambda t: (
+        attrs.has(t)
+        and not issubclass(t, FilterConfig)
+        and t is not Address
+        and t is not PerFilterConfig
+    ),
     _mapping_only,
 )
 

@@ -96,9 +96,11 @@ def resolve(
     if api not in (None, "GRPC"):
         errors.append(f"dynamic_resources.ads_config.api_type: {api!r} is not supported (GRPC)")
     services = _get(ads, "grpc_services")
-    name = _get(services[0], "envoy_grpc", "cluster_name") if isinstance(services, list) and (
-        services
-    ) else None
+    name = (
+        _get(services[0], "envoy_grpc", "cluster_name")
+        if isinstance(services, list) and (services)
+        else None
+    )
     if not isinstance(name, str):
         errors.append(
             "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name: required"

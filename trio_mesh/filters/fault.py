@@ -75,8 +75,16 @@ def chosen(percentage: float, rand: Callable[[], float]) -> bool:
 class _Plan:
     """One configuration, compiled: the delay, the abort's reply fields, the matchers."""
 
-    __slots__ = ("abort", "abort_percent", "cluster", "config", "delay", "delay_percent",
-                 "matchers", "rand")
+    __slots__ = (
+        "abort",
+        "abort_percent",
+        "cluster",
+        "config",
+        "delay",
+        "delay_percent",
+        "matchers",
+        "rand",
+    )
 
     def __init__(self, config: FaultConfig, rand: Callable[[], float]) -> None:
         self.config = config
@@ -157,6 +165,7 @@ class Fault(StreamFilter):
         if plan.idle:
             return None
         if plan.matchers:
+
             def by_headers(context: RequestContext) -> StreamFilter | None:
                 if cluster is not None and context.cluster != cluster:
                     return None

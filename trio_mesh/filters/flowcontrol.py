@@ -89,22 +89,20 @@ class FlowControl(StreamFilter):
         self.take = bucket.take
 
     @classmethod
-    def factory(
-        cls, config: FlowControlConfig, build: Any
-    ) -> FactoryResult:
+    def factory(cls, config: FlowControlConfig, build: Any) -> FactoryResult:
         if not config.global_switch:
             return None
         if config.max_tokens is not None:
             assert config.fill_interval is not None  # the config class checks both
-            shared = cls(config, TokenBucket(
-                config.max_tokens, config.tokens_per_fill, config.fill_interval
-            ))
+            shared = cls(
+                config, TokenBucket(config.max_tokens, config.tokens_per_fill, config.fill_interval)
+            )
             return shared
         # MOSN's rules: a bucket per resource, a fixed window of `threshold` a window.
         by_resource = {
-            rule.resource: cls(config, TokenBucket(
-                rule.threshold, rule.threshold, rule.statIntervalInMs / 1000.0
-            ))
+            rule.resource: cls(
+                config, TokenBucket(rule.threshold, rule.threshold, rule.statIntervalInMs / 1000.0)
+            )
             for rule in config.rules
         }
         key = _KEYS[config.limit_key_type]

@@ -282,9 +282,7 @@ class HeaderMutation(StreamFilter):
         self.plan = plan
 
     @classmethod
-    def factory(
-        cls, config: HeaderMutationConfig, build: object
-    ) -> FactoryResult:
+    def factory(cls, config: HeaderMutationConfig, build: object) -> FactoryResult:
         plan = _Plan(config)
         request, response = plan.request, plan.response
         needs_request = bool(request) or bool(plan.captures) or (plan.start and bool(response))

@@ -99,8 +99,9 @@ class IpAccess(StreamFilter):
 
     __slots__ = ("matcher",)
 
-    def __init__(self, config: IpAccessConfig, context: RequestContext | None,
-                 matcher: IpMatcher) -> None:
+    def __init__(
+        self, config: IpAccessConfig, context: RequestContext | None, matcher: IpMatcher
+    ) -> None:
         super().__init__(config, context)  # type: ignore[arg-type]
         self.matcher = matcher
 

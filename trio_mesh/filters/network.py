@@ -41,8 +41,9 @@ class FilteredStream:
     """The connection's stream as the terminal filter sees it through the read/write hooks.
     Everything else (``socket``, ``close``, ``abort``...) is the stream's own."""
 
-    def __init__(self, stream: Any, readers: Sequence[ConnectionFilter],
-                 writers: Sequence[ConnectionFilter]) -> None:
+    def __init__(
+        self, stream: Any, readers: Sequence[ConnectionFilter], writers: Sequence[ConnectionFilter]
+    ) -> None:
         self._stream = stream
         self._readers = tuple(readers)
         self._writers = tuple(reversed(writers))

@@ -35,9 +35,7 @@ class PayloadLimit(StreamFilter):
         self.seen = 0
 
     @classmethod
-    def factory(
-        cls, config: PayloadLimitConfig, build: Any
-    ) -> FactoryResult:
+    def factory(cls, config: PayloadLimitConfig, build: Any) -> FactoryResult:
         if config.max_entity_size == 0:  # MOSN's "no limit"
             return None
         return lambda context: cls(config, context)

@@ -45,8 +45,16 @@ class LocalReply:
     the downstream connection after the reply (HTTP/1) or the connection itself (HTTP/2, RPC).
     """
 
-    __slots__ = ("body", "close", "flag", "grpc_message", "grpc_status", "headers", "rpc_error",
-                 "status")
+    __slots__ = (
+        "body",
+        "close",
+        "flag",
+        "grpc_message",
+        "grpc_status",
+        "headers",
+        "rpc_error",
+        "status",
+    )
 
     def __init__(
         self,
@@ -439,8 +447,10 @@ class FilterChainFactory:
         made: list[tuple[StreamFilter, int, str]] = []
         mask = 0
         route = context.route
-        entries = self.entries if route is None or not route.per_filter_config else (
-            self._entries_for(route)
+        entries = (
+            self.entries
+            if route is None or not route.per_filter_config
+            else (self._entries_for(route))
         )
         for entry in entries:
             f = entry.shared

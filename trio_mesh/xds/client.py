@@ -53,8 +53,7 @@ def _envoy() -> dict[str, Any]:
         from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest
         from envoy_data_plane.google.protobuf import Struct
         from envoy_data_plane.google.rpc import Status
-    return {"Node": Node, "DiscoveryRequest": DiscoveryRequest, "Struct": Struct,
-            "Status": Status}
+    return {"Node": Node, "DiscoveryRequest": DiscoveryRequest, "Struct": Struct, "Status": Status}
 
 
 class _StreamEnded(Exception):
@@ -173,8 +172,9 @@ class AdsClient:
                     self.changed.unpark_all()
                 failures = 0 if delivered[0] else failures
                 failures += 1
-                self._last_error = (f"{type(failure).__name__}: {failure}" if failure
-                                    else "stream ended")
+                self._last_error = (
+                    f"{type(failure).__name__}: {failure}" if failure else "stream ended"
+                )
                 # Full jitter: spreads reconnects of many proxies after a
                 # control plane restart.
                 delay = random.uniform(
@@ -182,7 +182,10 @@ class AdsClient:
                 )
                 log.warning(
                     "xDS stream to %s:%d failed (%s); retrying in %.2fs",
-                    self.host, self.port, self._last_error, delay,
+                    self.host,
+                    self.port,
+                    self._last_error,
+                    delay,
                 )
                 await trio.sleep(delay)
 
@@ -192,8 +195,10 @@ class AdsClient:
         self._wake.set()
 
     def _node(self, envoy: dict[str, Any]) -> Any:
-        kwargs: dict[str, Any] = {"id": str(self.node.get("id", "")),
-                                  "cluster": str(self.node.get("cluster", ""))}
+        kwargs: dict[str, Any] = {
+            "id": str(self.node.get("id", "")),
+            "cluster": str(self.node.get("cluster", "")),
+        }
         metadata = self.node.get("metadata")
         if metadata:
             try:
@@ -202,16 +207,16 @@ class AdsClient:
                 log.warning("xDS node metadata not sent: %s", exc)
         return envoy["Node"](**kwargs)
 
-    def _request(self, envoy: dict[str, Any], type_url: str, error: str | None,
-                 node: Any) -> Any:
+    def _request(self, envoy: dict[str, Any], type_url: str, error: str | None, node: Any) -> Any:
         return envoy["DiscoveryRequest"](
             node=node,
             type_url=type_url,
             resource_names=list(self._names.get(type_url, [])),
             version_info=self._version.get(type_url, ""),
             response_nonce=self._nonce.get(type_url, ""),
-            error_detail=(envoy["Status"](code=INVALID_ARGUMENT, message=error)
-                          if error is not None else None),
+            error_detail=(
+                envoy["Status"](code=INVALID_ARGUMENT, message=error) if error is not None else None
+            ),
         )
 
     async def _session(self, envoy: dict[str, Any], delivered: list[bool]) -> None:
@@ -247,8 +252,12 @@ class AdsClient:
             if error is None:
                 self._version[type_url] = response.version_info
             else:
-                log.warning("xDS NACK %s version %s: %s",
-                            SHORT_NAMES.get(type_url, type_url), response.version_info, error)
+                log.warning(
+                    "xDS NACK %s version %s: %s",
+                    SHORT_NAMES.get(type_url, type_url),
+                    response.version_info,
+                    error,
+                )
             self._type_error[type_url] = error
             self._mark_dirty(type_url, error)
             self.changed.unpark_all()

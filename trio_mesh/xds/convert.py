@@ -97,8 +97,9 @@ def _only(msg: Any, at: _At, handled: frozenset[str] | set[str]) -> None:
 def _duration(td: datetime.timedelta, at: _At, *, positive: bool = False) -> str:
     seconds = td.total_seconds()
     if seconds < 0 or (positive and seconds == 0):
-        raise at.error(f"expected a {'positive' if positive else 'non-negative'} duration,"
-                       f" got {seconds}s")
+        raise at.error(
+            f"expected a {'positive' if positive else 'non-negative'} duration, got {seconds}s"
+        )
     return format_duration(seconds)
 
 
@@ -128,8 +129,7 @@ def _transport_socket(ts: Any, at: _At, what: str) -> None:
     if url == RAW_BUFFER_TYPE or (url is None and ts.name == RAW_BUFFER):
         return
     raise (at / "transport_socket").error(
-        f"TLS is not supported yet: {what} would use cleartext instead"
-        f" ({ts.name or url!r} refused)"
+        f"TLS is not supported yet: {what} would use cleartext instead ({ts.name or url!r} refused)"
     )
 
 
@@ -158,15 +158,30 @@ _LB = {
 
 _CLUSTER_FIELDS = frozenset(
     {
-        "name", "type", "eds_cluster_config", "connect_timeout", "lb_policy", "load_assignment",
-        "max_requests_per_connection", "circuit_breakers", "common_http_protocol_options",
-        "http2_protocol_options", "http_protocol_options", "typed_extension_protocol_options",
+        "name",
+        "type",
+        "eds_cluster_config",
+        "connect_timeout",
+        "lb_policy",
+        "load_assignment",
+        "max_requests_per_connection",
+        "circuit_breakers",
+        "common_http_protocol_options",
+        "http2_protocol_options",
+        "http_protocol_options",
+        "typed_extension_protocol_options",
         "per_connection_buffer_limit_bytes",  # not enforced upstream: a warning says so
         # no effect on forwarding: stats, metadata, warm-up hints, DNS knobs of
         # non-DNS clusters, per-policy tuning of the policies we map
-        "alt_stat_name", "metadata", "dns_lookup_family",
-        "wait_for_warm_on_init", "track_cluster_stats", "common_lb_config",
-        "least_request_lb_config", "round_robin_lb_config", "cleanup_interval",
+        "alt_stat_name",
+        "metadata",
+        "dns_lookup_family",
+        "wait_for_warm_on_init",
+        "track_cluster_stats",
+        "common_lb_config",
+        "least_request_lb_config",
+        "round_robin_lb_config",
+        "cleanup_interval",
         "transport_socket",  # cleartext only: see _transport_socket
     }
 )
@@ -201,8 +216,18 @@ def cluster_is_http2(c: t.Cluster) -> bool:
 
 
 def _thresholds(th: Any, at: _At) -> dict[str, Any]:
-    _only(th, at, {"priority", "max_connections", "max_pending_requests", "max_requests",
-                   "max_retries", "track_remaining"})
+    _only(
+        th,
+        at,
+        {
+            "priority",
+            "max_connections",
+            "max_pending_requests",
+            "max_requests",
+            "max_retries",
+            "track_remaining",
+        },
+    )
     out: dict[str, Any] = {"priority": th.priority.name}
     for key in ("max_connections", "max_pending_requests", "max_requests"):
         value = getattr(th, key)
@@ -239,18 +264,27 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
     doc: dict[str, Any] = {"name": c.name, "type": "SIMPLE", "lb_type": _LB[c.lb_policy]}
     if c.per_connection_buffer_limit_bytes is not None:
         # upstream reads are bounded by the frame size and the streams' windows, not by this
-        log.warning("%s %r: %s: not enforced on a cluster (upstream buffers are not"
-                    " budgeted yet)", at.kind, at.name,
-                    (at / "per_connection_buffer_limit_bytes").path)
+        log.warning(
+            "%s %r: %s: not enforced on a cluster (upstream buffers are not budgeted yet)",
+            at.kind,
+            at.name,
+            (at / "per_connection_buffer_limit_bytes").path,
+        )
     if c.common_lb_config is not None:
         # the panic threshold needs health checks, the merge window batches updates: neither
         # changes where requests go here; locality and zone awareness would
-        _only(c.common_lb_config, at / "common_lb_config",
-              {"healthy_panic_threshold", "update_merge_window"})
+        _only(
+            c.common_lb_config,
+            at / "common_lb_config",
+            {"healthy_panic_threshold", "update_merge_window"},
+        )
     if c.least_request_lb_config is not None:
         # choice_count / active_request_bias tune the choice; slow start would change it
-        _only(c.least_request_lb_config, at / "least_request_lb_config",
-              {"choice_count", "active_request_bias"})
+        _only(
+            c.least_request_lb_config,
+            at / "least_request_lb_config",
+            {"choice_count", "active_request_bias"},
+        )
     if c.round_robin_lb_config is not None:
         _only(c.round_robin_lb_config, at / "round_robin_lb_config", set())
     # Envoy's default connect timeout is 5s
@@ -266,8 +300,9 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
     if c.max_requests_per_connection is not None:
         doc["max_request_per_conn"] = c.max_requests_per_connection
     if c.common_http_protocol_options is not None:
-        _common_http(c.common_http_protocol_options, at / "common_http_protocol_options", doc,
-                     "idle_timeout")
+        _common_http(
+            c.common_http_protocol_options, at / "common_http_protocol_options", doc, "idle_timeout"
+        )
     if c.http_protocol_options is not None:
         # HTTP/1 codec tuning (header case, absolute URLs...): nothing of it is mapped
         _only(c.http_protocol_options, at / "http_protocol_options", set())
@@ -278,27 +313,37 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
         oat = at / "typed_extension_protocol_options" / t.UPSTREAM_HTTP_OPTIONS_KEY
         _only(opts, oat, {"common_http_protocol_options", "explicit_http_config"})
         if opts.common_http_protocol_options is not None:
-            _common_http(opts.common_http_protocol_options, oat / "common_http_protocol_options",
-                         doc, "idle_timeout")
+            _common_http(
+                opts.common_http_protocol_options,
+                oat / "common_http_protocol_options",
+                doc,
+                "idle_timeout",
+            )
         if opts.explicit_http_config is not None:
             ex = opts.explicit_http_config
-            _only(ex, oat / "explicit_http_config",
-                  {"http_protocol_options", "http2_protocol_options"})
+            _only(
+                ex,
+                oat / "explicit_http_config",
+                {"http_protocol_options", "http2_protocol_options"},
+            )
             if ex.http_protocol_options is not None:
-                _only(ex.http_protocol_options,
-                      oat / "explicit_http_config" / "http_protocol_options", set())
+                _only(
+                    ex.http_protocol_options,
+                    oat / "explicit_http_config" / "http_protocol_options",
+                    set(),
+                )
             if ex.http2_protocol_options is not None:
-                _http2_options(ex.http2_protocol_options,
-                               oat / "explicit_http_config" / "http2_protocol_options",
-                               cluster=True)
+                _http2_options(
+                    ex.http2_protocol_options,
+                    oat / "explicit_http_config" / "http2_protocol_options",
+                    cluster=True,
+                )
 
     kind = c.type if c.type is not None else t.ClusterDiscoveryType.STATIC
     if kind == t.ClusterDiscoveryType.STATIC:
         if c.eds_cluster_config is not None:
             raise (at / "eds_cluster_config").error("only an EDS cluster reads it")
-        hosts = (
-            _hosts(c.load_assignment, at / "load_assignment") if c.load_assignment else []
-        )
+        hosts = _hosts(c.load_assignment, at / "load_assignment") if c.load_assignment else []
         doc["hosts"] = hosts
         return doc, None
     if kind == t.ClusterDiscoveryType.EDS:
@@ -310,13 +355,18 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
     raise (at / "type").error(f"{kind.name}: {UNSUPPORTED} (use STATIC or EDS)")
 
 
-_HTTP2_KEYS = ("max_concurrent_streams", "initial_stream_window_size",
-               "initial_connection_window_size")
+_HTTP2_KEYS = (
+    "max_concurrent_streams",
+    "initial_stream_window_size",
+    "initial_connection_window_size",
+)
 # Envoy's frame-flood limits: same names and meaning as ``Http2Options``
-_HTTP2_FLOOD_KEYS = ("max_outbound_control_frames",
-                     "max_consecutive_inbound_frames_with_empty_payload",
-                     "max_inbound_priority_frames_per_stream",
-                     "max_inbound_window_update_frames_per_data_frame_sent")
+_HTTP2_FLOOD_KEYS = (
+    "max_outbound_control_frames",
+    "max_consecutive_inbound_frames_with_empty_payload",
+    "max_inbound_priority_frames_per_stream",
+    "max_inbound_window_update_frames_per_data_frame_sent",
+)
 
 
 def _http2_options(opts: Any, at: _At, *, cluster: bool = False) -> dict[str, Any]:
@@ -327,8 +377,12 @@ def _http2_options(opts: Any, at: _At, *, cluster: bool = False) -> dict[str, An
     if cluster:
         for key in _HTTP2_FLOOD_KEYS:
             if getattr(opts, key) is not None:
-                log.warning("%s %r: %s: not enforced on a cluster (the listener's limit"
-                            " applies)", at.kind, at.name, (at / key).path)
+                log.warning(
+                    "%s %r: %s: not enforced on a cluster (the listener's limit applies)",
+                    at.kind,
+                    at.name,
+                    (at / key).path,
+                )
     return {
         key: getattr(opts, key)
         for key in (*_HTTP2_KEYS, *_HTTP2_FLOOD_KEYS)
@@ -338,8 +392,9 @@ def _http2_options(opts: Any, at: _At, *, cluster: bool = False) -> dict[str, An
 
 # --------------------------------------------------------------------------- endpoints
 
-_SKIPPED_HEALTH = frozenset({t.HealthStatus.UNHEALTHY, t.HealthStatus.DRAINING,
-                             t.HealthStatus.TIMEOUT})
+_SKIPPED_HEALTH = frozenset(
+    {t.HealthStatus.UNHEALTHY, t.HealthStatus.DRAINING, t.HealthStatus.TIMEOUT}
+)
 
 
 def _hosts(cla: Any, at: _At) -> list[dict[str, Any]]:
@@ -351,8 +406,9 @@ def _hosts(cla: Any, at: _At) -> list[dict[str, Any]]:
     for li, loc in enumerate(cla.endpoints):
         lat = at / "endpoints" / li
         # locality and its weight only matter to locality-weighted balancing (not enabled)
-        _only(loc, lat, {"locality", "lb_endpoints", "load_balancing_weight", "metadata",
-                         "priority"})
+        _only(
+            loc, lat, {"locality", "lb_endpoints", "load_balancing_weight", "metadata", "priority"}
+        )
         if loc.priority:
             raise (lat / "priority").error(f"priority {loc.priority}: failover {UNSUPPORTED}")
         for ei, lb in enumerate(loc.lb_endpoints):
@@ -407,13 +463,16 @@ def _headers_to_add(options: list[Any], at: _At) -> list[dict[str, Any]]:
             append = _APPEND[opt.append_action]
         else:
             raise (oat / "append_action").error(f"{opt.append_action.name}: {UNSUPPORTED}")
-        out.append({"header": {"key": opt.header.key, "value": opt.header.value},
-                    "append": append})
+        out.append({"header": {"key": opt.header.key, "value": opt.header.value}, "append": append})
     return out
 
 
-_HEADER_MUTATIONS = ("request_headers_to_add", "request_headers_to_remove",
-                     "response_headers_to_add", "response_headers_to_remove")
+_HEADER_MUTATIONS = (
+    "request_headers_to_add",
+    "request_headers_to_remove",
+    "response_headers_to_add",
+    "response_headers_to_remove",
+)
 
 
 def _mutations(msg: Any, at: _At, doc: dict[str, Any]) -> None:
@@ -449,8 +508,21 @@ def _string_match(sm: Any, at: _At) -> tuple[str, bool]:
 
 
 def _header_matcher(h: Any, at: _At) -> dict[str, Any]:
-    _only(h, at, {"name", "exact_match", "safe_regex_match", "present_match", "prefix_match",
-                  "suffix_match", "contains_match", "string_match", "invert_match"})
+    _only(
+        h,
+        at,
+        {
+            "name",
+            "exact_match",
+            "safe_regex_match",
+            "present_match",
+            "prefix_match",
+            "suffix_match",
+            "contains_match",
+            "string_match",
+            "invert_match",
+        },
+    )
     out: dict[str, Any] = {"name": h.name}
     invert = h.invert_match
     if h.present_match is not None:
@@ -489,8 +561,7 @@ def _query_matcher(q: Any, at: _At) -> dict[str, Any]:
 
 
 def _route_match(m: Any, at: _At) -> dict[str, Any]:
-    _only(m, at, {"prefix", "path", "safe_regex", "case_sensitive", "headers",
-                  "query_parameters"})
+    _only(m, at, {"prefix", "path", "safe_regex", "case_sensitive", "headers", "query_parameters"})
     out: dict[str, Any] = {}
     if m.prefix is not None:
         out["prefix"] = m.prefix
@@ -504,8 +575,7 @@ def _route_match(m: Any, at: _At) -> dict[str, Any]:
         out["headers"] = [_header_matcher(h, at / "headers" / i) for i, h in enumerate(m.headers)]
     if m.query_parameters:
         out["query_parameters"] = [
-            _query_matcher(q, at / "query_parameters" / i)
-            for i, q in enumerate(m.query_parameters)
+            _query_matcher(q, at / "query_parameters" / i) for i, q in enumerate(m.query_parameters)
         ]
     return out
 
@@ -529,9 +599,21 @@ def _retry_policy(rp: Any, at: _At) -> dict[str, Any]:
 
 
 def _route_action(ra: Any, at: _At) -> dict[str, Any]:
-    _only(ra, at, {"cluster", "cluster_header", "weighted_clusters", "prefix_rewrite",
-                   "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "timeout",
-                   "retry_policy"})
+    _only(
+        ra,
+        at,
+        {
+            "cluster",
+            "cluster_header",
+            "weighted_clusters",
+            "prefix_rewrite",
+            "regex_rewrite",
+            "host_rewrite_literal",
+            "auto_host_rewrite",
+            "timeout",
+            "retry_policy",
+        },
+    )
     out: dict[str, Any] = {}
     if ra.cluster is not None:
         out["cluster_name"] = ra.cluster
@@ -582,8 +664,19 @@ _REDIRECT_CODES = {
 
 
 def _redirect(rd: Any, at: _At) -> dict[str, Any]:
-    _only(rd, at, {"https_redirect", "scheme_redirect", "host_redirect", "path_redirect",
-                   "prefix_rewrite", "response_code", "strip_query"})
+    _only(
+        rd,
+        at,
+        {
+            "https_redirect",
+            "scheme_redirect",
+            "host_redirect",
+            "path_redirect",
+            "prefix_rewrite",
+            "response_code",
+            "strip_query",
+        },
+    )
     out: dict[str, Any] = {"response_code": _REDIRECT_CODES[rd.response_code]}
     if rd.https_redirect:
         out["scheme_redirect"] = "https"
@@ -618,15 +711,30 @@ def _direct_response(dr: Any, at: _At) -> dict[str, Any]:
 
 def _route(r: Any, at: _At) -> dict[str, Any]:
     # decorator, tracing and stat_prefix only name things in traces and stats
-    _only(r, at, {"name", "match", "route", "redirect", "direct_response", "metadata",
-                  "decorator", "tracing", "stat_prefix", "typed_per_filter_config",
-                  *_HEADER_MUTATIONS})
+    _only(
+        r,
+        at,
+        {
+            "name",
+            "match",
+            "route",
+            "redirect",
+            "direct_response",
+            "metadata",
+            "decorator",
+            "tracing",
+            "stat_prefix",
+            "typed_per_filter_config",
+            *_HEADER_MUTATIONS,
+        },
+    )
     out: dict[str, Any] = {}
     if r.name:
         out["name"] = r.name
     if r.typed_per_filter_config:
-        out["per_filter_config"] = _per_filter_configs(r.typed_per_filter_config,
-                                                       at / "typed_per_filter_config")
+        out["per_filter_config"] = _per_filter_configs(
+            r.typed_per_filter_config, at / "typed_per_filter_config"
+        )
     out["match"] = _route_match(r.match, at / "match") if r.match is not None else {}
     if r.route is not None:
         action = _route_action(r.route, at / "route")
@@ -660,9 +768,19 @@ def _virtual_host(vh: Any, at: _At) -> dict[str, Any]:
 def _route_config(rc: Any, at: _At, name: str) -> dict[str, Any]:
     # validate_clusters is a load-time check we always do; the size cap has no equivalent
     # to enforce, and our domains are always matched without the port
-    _only(rc, at, {"name", "virtual_hosts", "validate_clusters", "metadata",
-                   "max_direct_response_body_size_bytes", "ignore_port_in_host_matching",
-                   *_HEADER_MUTATIONS})
+    _only(
+        rc,
+        at,
+        {
+            "name",
+            "virtual_hosts",
+            "validate_clusters",
+            "metadata",
+            "max_direct_response_body_size_bytes",
+            "ignore_port_in_host_matching",
+            *_HEADER_MUTATIONS,
+        },
+    )
     out: dict[str, Any] = {
         "router_config_name": name,
         "virtual_hosts": [
@@ -716,18 +834,33 @@ def _runtime_percent(rfp: Any, at: _At) -> float:
 
 def _fault(f: Any, at: _At) -> dict[str, Any]:
     # the *_runtime keys only rename runtime overrides (none here); stats and metadata
-    _only(f, at, {"delay", "abort", "upstream_cluster", "headers", "delay_percent_runtime",
-                  "abort_percent_runtime", "delay_duration_runtime", "abort_http_status_runtime",
-                  "abort_grpc_status_runtime", "disable_downstream_cluster_stats",
-                  "filter_metadata"})
+    _only(
+        f,
+        at,
+        {
+            "delay",
+            "abort",
+            "upstream_cluster",
+            "headers",
+            "delay_percent_runtime",
+            "abort_percent_runtime",
+            "delay_duration_runtime",
+            "abort_http_status_runtime",
+            "abort_grpc_status_runtime",
+            "disable_downstream_cluster_stats",
+            "filter_metadata",
+        },
+    )
     out: dict[str, Any] = {}
     if f.delay is not None:
         dat = at / "delay"
         _only(f.delay, dat, {"fixed_delay", "percentage"})
         if f.delay.fixed_delay is None:
             raise (dat / "fixed_delay").error("a fixed_delay is required")
-        out["delay"] = {"fixed_delay": _duration(f.delay.fixed_delay, dat / "fixed_delay"),
-                        "percentage": _percent(f.delay.percentage, dat / "percentage")}
+        out["delay"] = {
+            "fixed_delay": _duration(f.delay.fixed_delay, dat / "fixed_delay"),
+            "percentage": _percent(f.delay.percentage, dat / "percentage"),
+        }
     if f.abort is not None:
         aat = at / "abort"
         _only(f.abort, aat, {"http_status", "grpc_status", "percentage"})
@@ -763,8 +896,18 @@ def _content_filter(common: Any, at: _At, out: dict[str, Any]) -> bool:
 def _gzip(c: Any, at: _At) -> dict[str, Any] | None:
     """Our ``gzip`` config, or None for a compressor switched off (it compresses nothing)."""
     # choose_first only ranks several compressor filters, which would be refused as duplicates
-    _only(c, at, {"content_length", "content_type", "runtime_enabled", "compressor_library",
-                  "response_direction_config", "choose_first"})
+    _only(
+        c,
+        at,
+        {
+            "content_length",
+            "content_type",
+            "runtime_enabled",
+            "compressor_library",
+            "response_direction_config",
+            "choose_first",
+        },
+    )
     out: dict[str, Any] = {}
     lib_at = at / "compressor_library"
     if c.compressor_library is None:
@@ -772,9 +915,11 @@ def _gzip(c: Any, at: _At) -> dict[str, Any] | None:
     _only(c.compressor_library, lib_at, {"name", "typed_config"})
     gz = _unpack(c.compressor_library.typed_config, lib_at / "typed_config", (GZIP_TYPE,))
     # memory_level, window_bits, strategy and chunk_size tune zlib: same content, other bytes
-    _only(gz, lib_at / "typed_config",
-          {"compression_level", "memory_level", "window_bits", "compression_strategy",
-           "chunk_size"})
+    _only(
+        gz,
+        lib_at / "typed_config",
+        {"compression_level", "memory_level", "window_bits", "compression_strategy", "chunk_size"},
+    )
     # DEFAULT_COMPRESSION (0, unset) is zlib's 6, as ours; BEST_SPEED is 1, BEST_COMPRESSION 9
     if int(gz.compression_level):
         out["gzip_level"] = int(gz.compression_level)
@@ -800,9 +945,20 @@ def _gzip(c: Any, at: _At) -> dict[str, Any] | None:
 def _local_ratelimit(rl: Any, at: _At) -> dict[str, Any]:
     # gRPC refusals are always RESOURCE_EXHAUSTED (rate_limited_as_resource_exhausted);
     # stage and always_consume_default_token_bucket only matter with descriptors (refused)
-    _only(rl, at, {"stat_prefix", "status", "token_bucket", "filter_enabled", "filter_enforced",
-                   "enable_x_ratelimit_headers", "rate_limited_as_resource_exhausted",
-                   "always_consume_default_token_bucket"})
+    _only(
+        rl,
+        at,
+        {
+            "stat_prefix",
+            "status",
+            "token_bucket",
+            "filter_enabled",
+            "filter_enforced",
+            "enable_x_ratelimit_headers",
+            "rate_limited_as_resource_exhausted",
+            "always_consume_default_token_bucket",
+        },
+    )
     out: dict[str, Any] = {}
     # Envoy enables and enforces the limit on 0% of the requests unless told otherwise
     shares = []
@@ -850,8 +1006,10 @@ def _http_filter(hf: Any, at: _At) -> dict[str, Any] | None:
         config = _local_ratelimit(_unpack(hf.typed_config, cat, (url,)), cat)
         return {"type": "flowcontrol", "config": config}
     if url in RBAC_TYPES:
-        raise at.error(f"HTTP filter {hf.name!r} ({url}): RBAC is {UNSUPPORTED}"
-                       " (the ip_access filter allows or denies client addresses)")
+        raise at.error(
+            f"HTTP filter {hf.name!r} ({url}): RBAC is {UNSUPPORTED}"
+            " (the ip_access filter allows or denies client addresses)"
+        )
     raise at.error(f"HTTP filter {hf.name!r} ({url}): {UNSUPPORTED}")
 
 
@@ -868,8 +1026,10 @@ def _per_filter(name: str, any_: Any, at: _At) -> tuple[str, Any]:
                 raise (at / "config").error("give disabled or a config, not both")
             kind = _WELL_KNOWN.get(name)
             if kind is None:
-                raise at.error(f"cannot tell which filter {name!r} is: use its config's type"
-                               f" or one of {', '.join(sorted(_WELL_KNOWN))}")
+                raise at.error(
+                    f"cannot tell which filter {name!r} is: use its config's type"
+                    f" or one of {', '.join(sorted(_WELL_KNOWN))}"
+                )
             return kind, {"disabled": True}
         if fc.config is None:
             raise (at / "config").error("a config is required")
@@ -916,9 +1076,17 @@ _CODECS = {"AUTO": "Auto", "HTTP1": "Http1", "HTTP2": "Http2"}
 
 _HCM_FIELDS = frozenset(
     {
-        "codec_type", "stat_prefix", "rds", "route_config", "http_filters",
-        "common_http_protocol_options", "http2_protocol_options", "max_request_headers_kb",
-        "request_headers_timeout", "use_remote_address", "skip_xff_append",
+        "codec_type",
+        "stat_prefix",
+        "rds",
+        "route_config",
+        "http_filters",
+        "common_http_protocol_options",
+        "http2_protocol_options",
+        "max_request_headers_kb",
+        "request_headers_timeout",
+        "use_remote_address",
+        "skip_xff_append",
         "generate_request_id",
     }
 )
@@ -975,8 +1143,7 @@ def _hcm(hcm: Any, at: _At, listener: dict[str, Any], parts: ListenerParts) -> d
         _only(hcm.common_http_protocol_options, cat, {"idle_timeout", "max_headers_count"})
         opts = hcm.common_http_protocol_options
         if opts.idle_timeout is not None and opts.idle_timeout.total_seconds() > 0:
-            listener["connection_idle_timeout"] = _duration(opts.idle_timeout,
-                                                            cat / "idle_timeout")
+            listener["connection_idle_timeout"] = _duration(opts.idle_timeout, cat / "idle_timeout")
         if opts.max_headers_count is not None:
             config["max_request_headers"] = opts.max_headers_count
     if hcm.http2_protocol_options is not None:
@@ -984,8 +1151,9 @@ def _hcm(hcm: Any, at: _At, listener: dict[str, Any], parts: ListenerParts) -> d
     if hcm.max_request_headers_kb is not None:
         config["max_request_header_bytes"] = hcm.max_request_headers_kb * 1024
     if hcm.request_headers_timeout is not None and hcm.request_headers_timeout.total_seconds():
-        config["request_header_timeout"] = _duration(hcm.request_headers_timeout,
-                                                     at / "request_headers_timeout")
+        config["request_header_timeout"] = _duration(
+            hcm.request_headers_timeout, at / "request_headers_timeout"
+        )
     # Envoy appends the client to x-forwarded-for only with use_remote_address
     config["add_x_forwarded_for"] = bool(hcm.use_remote_address) and not hcm.skip_xff_append
     if hcm.generate_request_id is not None:
@@ -1011,13 +1179,23 @@ def _tcp_proxy(tp: Any, at: _At) -> dict[str, Any]:
 
 _LISTENER_FIELDS = frozenset(
     {
-        "name", "address", "filter_chains", "bind_to_port",
+        "name",
+        "address",
+        "filter_chains",
+        "bind_to_port",
         "per_connection_buffer_limit_bytes",  # the listener key of the same name
         # stats, metadata, drain and socket-event tuning: no effect on what is forwarded
-        "stat_prefix", "metadata", "traffic_direction", "drain_type",
-        "tcp_backlog_size", "ignore_global_conn_limit",
-        "max_connections_to_accept_per_socket_event", "bypass_overload_manager",
-        "enable_reuse_port", "reuse_port", "listener_filters_timeout",
+        "stat_prefix",
+        "metadata",
+        "traffic_direction",
+        "drain_type",
+        "tcp_backlog_size",
+        "ignore_global_conn_limit",
+        "max_connections_to_accept_per_socket_event",
+        "bypass_overload_manager",
+        "enable_reuse_port",
+        "reuse_port",
+        "listener_filters_timeout",
         "continue_on_listener_filters_timeout",
     }
 )

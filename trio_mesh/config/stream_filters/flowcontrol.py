@@ -101,8 +101,7 @@ class FlowControlConfig:
     ratelimit_headers: bool = True
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
-        {"app_name", "log_path", "monitor", "callback_name", "dynamic_data_resources",
-         "direction"}
+        {"app_name", "log_path", "monitor", "callback_name", "dynamic_data_resources", "direction"}
     )
 
     def __attrs_post_init__(self) -> None:
@@ -110,8 +109,10 @@ class FlowControlConfig:
         bucket = self.max_tokens is not None or self.fill_interval is not None
         if bucket and self.rules:
             problems.append(
-                (("rules",), "give either a token bucket (max_tokens, fill_interval) or rules,"
-                 " not both")
+                (
+                    ("rules",),
+                    "give either a token bucket (max_tokens, fill_interval) or rules, not both",
+                )
             )
         if self.max_tokens is not None and self.fill_interval is None:
             problems.append((("fill_interval",), "required with max_tokens"))

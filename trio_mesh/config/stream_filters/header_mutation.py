@@ -207,8 +207,7 @@ class HeaderMutationConfig:
         removals: tuple[str, ...] = getattr(self, f"{name}_headers_to_remove")
         if not options and not removals:
             return mutations
-        entries = [(HeaderEntry(key=o.header.key, value=o.header.value), o.append)
-                   for o in options]
+        entries = [(HeaderEntry(key=o.header.key, value=o.header.value), o.append) for o in options]
         return HeaderMutations(
             add=mutations.add + tuple(e for e, append in entries if append),
             set=mutations.set + tuple(e for e, append in entries if not append),

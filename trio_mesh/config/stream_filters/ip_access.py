@@ -93,8 +93,11 @@ class IpAccessConfig:
         for i, item in enumerate(self.ips):
             if item.action is None and self.action is None:
                 problems.append(
-                    (("ips", i), "a bare address takes its action from 'action' beside 'ips'"
-                     " (allow or deny), or write {action, addrs}")
+                    (
+                        ("ips", i),
+                        "a bare address takes its action from 'action' beside 'ips'"
+                        " (allow or deny), or write {action, addrs}",
+                    )
                 )
         if self.header is not None and not self.header.strip():
             problems.append((("header",), "expected a header name"))

@@ -305,8 +305,9 @@ def replace_attachments(
     drop = set(removed)
     todo = dict(sets)
     try:
-        r = Hessian2Reader(data, HEADER_LENGTH, end, max_depth=max_depth,
-                           max_bytes=end - HEADER_LENGTH)
+        r = Hessian2Reader(
+            data, HEADER_LENGTH, end, max_depth=max_depth, max_bytes=end - HEADER_LENGTH
+        )
         r.read_string_or_none()  # dubbo version
         r.read_string()  # service path
         r.read_string_or_none()  # service version

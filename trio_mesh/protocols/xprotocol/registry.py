@@ -108,8 +108,9 @@ def _load_entry_points(only: str | None = None) -> None:
         try:
             codec = _as_codec(ep.load(), ep.name)
         except Exception as exc:
-            log.warning("RPC protocol entry point %s = %s failed to load: %s", ep.name, ep.value,
-                        exc)
+            log.warning(
+                "RPC protocol entry point %s = %s failed to load: %s", ep.name, ep.value, exc
+            )
             _failed[ep.name] = exc
             continue
         register_protocol(ep.name, codec)
