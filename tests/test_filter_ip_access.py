@@ -17,7 +17,7 @@ import trio
 
 from trio_mesh import Server
 from trio_mesh.config import ConfigError, parse_config
-from trio_mesh.config.convert import converter
+from trio_mesh.config.converter import converter
 from trio_mesh.config.stream_filters.ip_access import IpAccessConfig
 from trio_mesh.errors import StartupError
 from trio_mesh.filters.ip_access import IpMatcher, host_of

@@ -40,7 +40,7 @@ from trio_mesh.config.stream_filters.fault import FaultConfig
 from trio_mesh.config.stream_filters.flowcontrol import FlowControlConfig
 from trio_mesh.config.stream_filters.gzip import GzipConfig
 from trio_mesh.xds import types as t
-from trio_mesh.xds.convert import (
+from trio_mesh.xds.translate import (
     Compressor,
     CompressorPerRoute,
     ConvertError,

@@ -17,7 +17,7 @@ from typing import Any
 
 from attrs import frozen
 
-from ..convert import converter
+from ..converter import converter
 from ..filters import register_filter_config
 from ..routes import Problem, _raise
 
