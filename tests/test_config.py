@@ -31,9 +31,9 @@ from trio_mesh.config import (
     read_config,
     register_filter_config,
 )
-from trio_mesh.config import filters as filter_registry
+from trio_mesh.config import filter_configs as filter_registry
 from trio_mesh.config.duration import format_duration, parse_duration
-from trio_mesh.config.filters import known_filters
+from trio_mesh.config.filter_configs import known_filters
 from trio_mesh.config.model import PositiveInt, cluster_ref
 from trio_mesh.config.values import parse_address
 

@@ -33,7 +33,7 @@ from envoy_data_plane.envoy.type.v3 import (
     TokenBucket,
 )
 
-from trio_mesh.config.filters import Protocol, ProxyConfig, TcpProxyConfig
+from trio_mesh.config.filter_configs import Protocol, ProxyConfig, TcpProxyConfig
 from trio_mesh.config.load import parse_config
 from trio_mesh.config.model import FILTER_DISABLED, Address, LbType
 from trio_mesh.config.stream_filters.fault import FaultConfig

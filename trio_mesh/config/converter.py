@@ -22,7 +22,7 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn
 
 from . import values
-from .filters import filter_config_class, known_filters
+from .filter_configs import filter_config_class, known_filters
 from .model import (
     FILTER_DISABLED,
     Address,

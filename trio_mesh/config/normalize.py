@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from .errors import at, join_path
-from .filters import filter_config_class
+from .filter_configs import filter_config_class
 from .model import Address, FilterConfig, PerFilterConfig
 
 # attrs classes written as one scalar in files ("host:port"): their hooks parse them whole.

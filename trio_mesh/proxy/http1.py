@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from ..config.filters import Protocol, ProxyConfig
+from ..config.filter_configs import Protocol, ProxyConfig
 from ..config.model import format_hostport
 from ..filters import BuildContext
 from ..filters.stream import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import attrs
 from attrs import frozen
 
-from ..filters import register_filter_config
+from ..filter_configs import register_filter_config
 from ..model import Duration
 from ..routes import HeaderMatcher, Problem, _raise
 

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 from attrs import frozen
 
-from ..filters import register_filter_config
+from ..filter_configs import register_filter_config
 from ..model import Duration, PositiveInt
 from ..routes import Problem, _raise
 

@@ -18,7 +18,7 @@ from typing import Any
 from attrs import frozen
 
 from ..converter import converter
-from ..filters import register_filter_config
+from ..filter_configs import register_filter_config
 from ..routes import Problem, _raise
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -13,7 +13,7 @@ import math
 
 from attrs import frozen
 
-from ..filters import register_filter_config
+from ..filter_configs import register_filter_config
 from ..model import Duration, PositiveInt, cluster_ref
 from ..routes import Problem, _raise
 

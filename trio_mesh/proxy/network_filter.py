@@ -6,7 +6,7 @@ import logging
 
 import trio
 
-from ..config.filters import Protocol, ProxyConfig
+from ..config.filter_configs import Protocol, ProxyConfig
 from ..filters import BuildContext, register_network_filter
 from ..network.connection import Connection
 from ..network.relay import CHUNK
