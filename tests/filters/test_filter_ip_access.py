@@ -15,11 +15,11 @@ import grpc
 import pytest
 import trio
 
-from tests.conftest import start_tcp_server
 from tests.grpc_helpers import EchoStub, GrpcEchoServer, grpc_upstream, in_thread
 from tests.h2_upstream import open_h2_client, start_h2_upstream
 from tests.http_helpers import Client, get, http_config, request, running_proxy, start_upstream, to
 from tests.proxy.test_bolt_proxy import BoltClient, echo_upstream
+from tests.tcp_helpers import start_tcp_server
 from trio_mesh import Server
 from trio_mesh.config import ConfigError, parse_config
 from trio_mesh.config.converter import converter

@@ -9,7 +9,7 @@ import socket
 import pytest
 import trio
 
-from tests.conftest import echo_handler, start_tcp_server, tcp_proxy_config
+from tests.tcp_helpers import echo_handler, start_tcp_server, tcp_proxy_config
 from trio_mesh import Server
 
 
@@ -276,3 +276,14 @@ async def test_connect_attempts_move_on_to_the_next_host(nursery, echo_port):
         server.clusters.get("up").stats.upstream_cx_total
         == 4 + server.clusters.get("up").stats.upstream_cx_connect_fail
     )
+
+
+async def test_tcp_proxy_counts_its_idle_timeouts_on_the_cluster(nursery):
+    up = await start_tcp_server(nursery, echo_handler)
+    server = await nursery.start(Server(tcp_proxy_config([up], tcp={"idle_timeout": "200ms"})).run)
+    port = server.addresses["ingress"][1]
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            assert await stream.receive_some(10) == b""
+    assert server.clusters.get("up").stats.upstream_cx_idle_timeout == 1

@@ -15,8 +15,8 @@ import threading
 import pytest
 import trio
 
-from tests.conftest import tcp_proxy_config
 from tests.http_helpers import Client, get, http_config, start_proxy
+from tests.tcp_helpers import tcp_proxy_config
 from trio_mesh.config import parse_config
 
 
