@@ -12,7 +12,7 @@ import trio
 
 from .config import Listener, MeshConfig
 from .config.filter_configs import is_terminal
-from .config.model import format_hostport
+from .config.scalars import format_hostport
 from .errors import StartupError
 from .filters import BuildContext, build_network_filter
 from .filters.background import Background

@@ -34,7 +34,7 @@ from trio_mesh.config import (
 from trio_mesh.config import filter_configs as filter_registry
 from trio_mesh.config.duration import format_duration, parse_duration
 from trio_mesh.config.filter_configs import known_filters
-from trio_mesh.config.model import PositiveInt, cluster_ref
+from trio_mesh.config.scalars import PositiveInt, cluster_ref
 from trio_mesh.config.values import parse_address
 
 # --------------------------------------------------------------------------- files

@@ -35,7 +35,9 @@ from envoy_data_plane.envoy.type.v3 import (
 
 from trio_mesh.config.filter_configs import Protocol, ProxyConfig, TcpProxyConfig
 from trio_mesh.config.load import parse_config
-from trio_mesh.config.model import FILTER_DISABLED, Address, LbType
+from trio_mesh.config.model import LbType
+from trio_mesh.config.routes import FILTER_DISABLED
+from trio_mesh.config.scalars import Address
 from trio_mesh.config.stream_filters.fault import FaultConfig
 from trio_mesh.config.stream_filters.flowcontrol import FlowControlConfig
 from trio_mesh.config.stream_filters.gzip import GzipConfig

@@ -23,16 +23,14 @@ from cattrs.gen import make_dict_structure_fn
 
 from . import values
 from .filter_configs import filter_config_class, known_filters
-from .model import (
-    FILTER_DISABLED,
+from .model import AdminConfig, FilterConfig
+from .routes import FILTER_DISABLED, PerFilterConfig
+from .scalars import (
     Address,
-    AdminConfig,
     Duration,
-    FilterConfig,
     LogFormat,
     LogLevel,
     NonNegativeInt,
-    PerFilterConfig,
     PositiveInt,
     Weight,
 )

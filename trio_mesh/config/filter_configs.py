@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Literal
 
 from attrs import frozen
 
-from .model import Duration, NonNegativeInt, PositiveInt, cluster_ref, router_ref
 from .routes import _raise
+from .scalars import Duration, NonNegativeInt, PositiveInt, cluster_ref, router_ref
 
 FilterKind = Literal["network", "stream"]
 

@@ -16,7 +16,9 @@ import attrs
 
 from .errors import at, join_path
 from .filter_configs import filter_config_class
-from .model import Address, FilterConfig, PerFilterConfig
+from .model import FilterConfig
+from .routes import PerFilterConfig
+from .scalars import Address
 
 # attrs classes written as one scalar in files ("host:port"): their hooks parse them whole.
 _LEAVES = (Address,)

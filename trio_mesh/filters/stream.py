@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 from ..config.filter_configs import register_filter_config
-from ..config.model import FILTER_DISABLED
+from ..config.routes import FILTER_DISABLED
 from ..router import Route
 
 log = logging.getLogger("trio_mesh.filters")

@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from ..config.filter_configs import Protocol, ProxyConfig
-from ..config.model import format_hostport
+from ..config.scalars import format_hostport
 from ..filters import BuildContext
 from ..filters.stream import (
     REQUEST_DATA,

@@ -25,7 +25,7 @@ from time import monotonic as _monotonic
 import trio
 
 from ..config.filter_configs import Protocol, ProxyConfig
-from ..config.model import format_hostport
+from ..config.scalars import format_hostport
 from ..filters import BuildContext
 from ..filters.stream import (
     FILTER_FAILED,

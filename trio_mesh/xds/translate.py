@@ -25,8 +25,8 @@ from typing import Any
 import attrs
 
 from ..config.duration import format_duration
-from ..config.model import MAX_HOST_WEIGHT, MIN_HOST_WEIGHT, format_hostport
 from ..config.routes import RETRY_CONDITIONS
+from ..config.scalars import MAX_HOST_WEIGHT, MIN_HOST_WEIGHT, format_hostport
 from . import types as t
 
 log = logging.getLogger("trio_mesh.xds")

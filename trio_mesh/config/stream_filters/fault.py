@@ -7,8 +7,8 @@ import attrs
 from attrs import frozen
 
 from ..filter_configs import register_filter_config
-from ..model import Duration
 from ..routes import HeaderMatcher, Problem, _raise
+from ..scalars import Duration
 
 #: The RPC error kinds a fault may answer with (``trio_mesh.protocols.xprotocol.ErrorKind``
 #: names; the config layer does not import the protocols).

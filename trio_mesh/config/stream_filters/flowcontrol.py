@@ -20,8 +20,8 @@ from typing import ClassVar
 from attrs import frozen
 
 from ..filter_configs import register_filter_config
-from ..model import Duration, PositiveInt
 from ..routes import Problem, _raise
+from ..scalars import Duration, PositiveInt
 
 #: MOSN's default refusal text.
 DEFAULT_BODY = "current request is limited"

@@ -14,8 +14,8 @@ import math
 from attrs import frozen
 
 from ..filter_configs import register_filter_config
-from ..model import Duration, PositiveInt, cluster_ref
 from ..routes import Problem, _raise
+from ..scalars import Duration, PositiveInt, cluster_ref
 
 
 class MirrorProtocol(enum.Enum):
