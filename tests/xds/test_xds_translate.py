@@ -6,32 +6,6 @@ import datetime
 import re
 
 import pytest
-from envoy_data_plane.envoy.config.core.v3 import (
-    RuntimeFeatureFlag,
-    RuntimeFractionalPercent,
-    TypedExtensionConfig,
-)
-from envoy_data_plane.envoy.extensions.common.ratelimit.v3 import (
-    XRateLimitHeadersRfcVersion,
-)
-from envoy_data_plane.envoy.extensions.filters.common.fault.v3 import (
-    FaultDelay,
-    FaultDelayHeaderDelay,
-)
-from envoy_data_plane.envoy.extensions.filters.http.compressor.v3 import (
-    CompressorCommonDirectionConfig,
-    CompressorRequestDirectionConfig,
-    CompressorResponseDirectionConfig,
-)
-from envoy_data_plane.envoy.extensions.filters.http.fault.v3 import FaultAbort
-from envoy_data_plane.envoy.extensions.filters.http.rbac.v3 import Rbac
-from envoy_data_plane.envoy.type.v3 import (
-    FractionalPercent,
-    FractionalPercentDenominatorType,
-    HttpStatus,
-    StatusCode,
-    TokenBucket,
-)
 
 from trio_mesh.config.filter_configs import Protocol, ProxyConfig, TcpProxyConfig
 from trio_mesh.config.load import parse_config
@@ -42,6 +16,7 @@ from trio_mesh.config.stream_filters.fault import FaultConfig
 from trio_mesh.config.stream_filters.flowcontrol import FlowControlConfig
 from trio_mesh.config.stream_filters.gzip import GzipConfig
 from trio_mesh.xds import types as t
+from trio_mesh.xds.envoy_import import envoy_import
 from trio_mesh.xds.translate import (
     Compressor,
     CompressorPerRoute,
@@ -57,6 +32,34 @@ from trio_mesh.xds.translate import (
     listener_doc,
     route_config_doc,
 )
+
+with envoy_import():
+    from envoy_data_plane.envoy.config.core.v3 import (
+        RuntimeFeatureFlag,
+        RuntimeFractionalPercent,
+        TypedExtensionConfig,
+    )
+    from envoy_data_plane.envoy.extensions.common.ratelimit.v3 import (
+        XRateLimitHeadersRfcVersion,
+    )
+    from envoy_data_plane.envoy.extensions.filters.common.fault.v3 import (
+        FaultDelay,
+        FaultDelayHeaderDelay,
+    )
+    from envoy_data_plane.envoy.extensions.filters.http.compressor.v3 import (
+        CompressorCommonDirectionConfig,
+        CompressorRequestDirectionConfig,
+        CompressorResponseDirectionConfig,
+    )
+    from envoy_data_plane.envoy.extensions.filters.http.fault.v3 import FaultAbort
+    from envoy_data_plane.envoy.extensions.filters.http.rbac.v3 import Rbac
+    from envoy_data_plane.envoy.type.v3 import (
+        FractionalPercent,
+        FractionalPercentDenominatorType,
+        HttpStatus,
+        StatusCode,
+        TokenBucket,
+    )
 
 ADS = t.ConfigSource(ads=t.AggregatedConfigSource(), resource_api_version=t.ApiVersion.V3)
 secs = lambda s: datetime.timedelta(seconds=s)  # noqa: E731

@@ -19,7 +19,6 @@ import datetime
 import functools
 import logging
 import re
-import warnings
 from typing import Any
 
 import attrs
@@ -28,17 +27,12 @@ from ..config.duration import format_duration
 from ..config.routes import RETRY_CONDITIONS
 from ..config.scalars import MAX_HOST_WEIGHT, MIN_HOST_WEIGHT, format_hostport
 from . import types as t
+from .envoy_import import envoy_import
 
 log = logging.getLogger("trio_mesh.xds")
 
-with warnings.catch_warnings():
-    # the generated modules' pydantic warning (see types.py); importing them also registers
-    # the filter configs in the message pool that Any.unpack() reads
-    warnings.filterwarnings(
-        "ignore",
-        message=r"Using `@model_validator` with mode='after' on a classmethod is deprecated",
-        category=DeprecationWarning,
-    )
+# Importing these also registers the filter configs in the message pool Any.unpack() reads.
+with envoy_import():
     from envoy_data_plane.envoy.config.route.v3 import FilterConfig
     from envoy_data_plane.envoy.extensions.compression.gzip.compressor.v3 import Gzip
     from envoy_data_plane.envoy.extensions.filters.http.compressor.v3 import (
