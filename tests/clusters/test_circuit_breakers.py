@@ -22,7 +22,7 @@ from tests.http_helpers import (
     start_raw_server,
     to,
 )
-from tests.proxy.test_bolt_proxy import ANY_SERVICE, BoltClient, request
+from tests.rpc_helpers import ANY_SERVICE, BoltClient, request
 from trio_mesh.protocols.xprotocol import ErrorKind
 from trio_mesh.protocols.xprotocol.bolt import BOLT
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cli.test_cli import CLI, is_free
+from tests.cli_helpers import CLI, is_free
 from trio_mesh.config import ConfigError, parse_config, read_config
 
 TLS_ON = {"status": True, "server_name": "a.example", "cert_chain": "c.pem"}

@@ -31,8 +31,8 @@ from tests.http_helpers import (
     start_upstream,
     to,
 )
-from tests.proxy.test_bolt_proxy import BoltClient, echo_upstream
-from tests.proxy.test_bolt_proxy import request as bolt_request
+from tests.rpc_helpers import BoltClient, echo_upstream
+from tests.rpc_helpers import request as bolt_request
 from trio_mesh.config import ConfigError, parse_config
 from trio_mesh.config.stream_filters.fault import RPC_ERRORS, FaultConfig
 from trio_mesh.filters.fault import Fault, chosen

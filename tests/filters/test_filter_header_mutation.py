@@ -31,7 +31,7 @@ from tests.http_helpers import (
     start_upstream,
     to,
 )
-from tests.proxy.test_bolt_proxy import BoltClient, echo_upstream
+from tests.rpc_helpers import BoltClient, echo_upstream
 from trio_mesh.config import ConfigError, parse_config
 from trio_mesh.filters.header_mutation import HeaderMutation, start_time
 from trio_mesh.filters.stream import (

@@ -18,7 +18,7 @@ import trio
 from tests.grpc_helpers import EchoStub, GrpcEchoServer, grpc_upstream, in_thread
 from tests.h2_upstream import open_h2_client, start_h2_upstream
 from tests.http_helpers import Client, get, http_config, request, running_proxy, start_upstream, to
-from tests.proxy.test_bolt_proxy import BoltClient, echo_upstream
+from tests.rpc_helpers import BoltClient, echo_upstream
 from tests.tcp_helpers import start_tcp_server
 from trio_mesh import Server
 from trio_mesh.config import ConfigError, parse_config

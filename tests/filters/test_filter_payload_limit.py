@@ -26,7 +26,7 @@ from tests.http_helpers import (
     start_upstream,
     to,
 )
-from tests.proxy.test_bolt_proxy import BoltClient, echo_upstream
+from tests.rpc_helpers import BoltClient, echo_upstream
 from trio_mesh.config import ConfigError, parse_config
 from trio_mesh.protocols.xprotocol.bolt import BOLT, ResponseStatus
 

@@ -28,6 +28,7 @@ from tests.h2_upstream import (
     h2_request,
     open_h2_client,
     pattern_bytes,
+    start_extra_upstream,
     start_h2_upstream,
 )
 from tests.http_helpers import (
@@ -37,9 +38,9 @@ from tests.http_helpers import (
     start_proxy,
     start_upstream,
     to,
+    trailers_h1_upstream,
     upstream_headers,
 )
-from tests.proxy.test_http2_proxy import start_extra_upstream, trailers_h1_upstream
 from trio_mesh.filters.stream import (
     FILTER_FAILED,
     LocalReply,

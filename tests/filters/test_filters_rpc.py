@@ -15,8 +15,7 @@ from tests import bolt_frames as frames
 from tests import dubbo_frames_data as captured
 from tests import filter_helpers
 from tests.http_helpers import http_config, start_proxy
-from tests.proxy.test_bolt_proxy import BoltClient, echo_upstream, request
-from tests.proxy.test_dubbo_proxy import DubboPeer, provider
+from tests.rpc_helpers import BoltClient, DubboPeer, echo_upstream, provider, request
 from trio_mesh.protocols.xprotocol import ErrorKind, register_protocol, unregister_protocol
 from trio_mesh.protocols.xprotocol import dubbo_frames as df
 from trio_mesh.protocols.xprotocol.bolt import BOLT, BoltCodec, ResponseStatus

@@ -17,21 +17,15 @@ import yaml
 from tests import bolt_frames as frames
 from tests.anthunder_peers import anthunder_listener
 from tests.http_helpers import closed_port, http_config, start_proxy, start_raw_server
+from tests.rpc_helpers import ANY_SERVICE, BoltClient, echo_upstream, request
 from trio_mesh.config import parse_config, read_config
-from trio_mesh.protocols.xprotocol import Codec, ErrorKind, Frame
-from trio_mesh.protocols.xprotocol.bolt import BOLT, BoltFrame, ResponseStatus
+from trio_mesh.protocols.xprotocol import ErrorKind
+from trio_mesh.protocols.xprotocol.bolt import BOLT, ResponseStatus
 from trio_mesh.server import Server
 
 needs_anthunder = pytest.mark.skipif(
     importlib.util.find_spec("anthunder") is None, reason="anthunder (test extra) not installed"
 )
-
-ANY_SERVICE = [
-    {
-        "match": {"headers": [{"name": "service", "value": ".*", "regex": True}]},
-        "route": {"cluster_name": "up"},
-    }
-]
 
 
 def bolt_config(port: int, *, routes=None, proxy=None):
@@ -40,82 +34,6 @@ def bolt_config(port: int, *, routes=None, proxy=None):
         clusters={"up": port},
         proxy={"downstream_protocol": "bolt", **(proxy or {})},
     )
-
-
-class BoltClient:
-    """A raw RPC client on a trio stream (bolt unless ``codec`` says otherwise): send frames,
-    read decoded frames."""
-
-    codec: Codec = BOLT
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buf = bytearray()
-
-    @classmethod
-    async def connect(cls, port: int) -> BoltClient:
-        return cls(await trio.open_tcp_stream("127.0.0.1", port))
-
-    async def send(self, frame: Frame) -> None:
-        await self.stream.send_all(bytes(frame.data))
-
-    async def read(self):
-        while True:
-            decoded = self.codec.decode(self.buf)
-            if decoded is not None:
-                frame, used = decoded
-                del self.buf[:used]
-                return frame
-            data = await self.stream.receive_some(65536)
-            if not data:
-                raise EOFError("peer closed")
-            self.buf += data
-
-
-def request(rid: int, body: bytes, service: str = frames.SERVICE, **kw) -> BoltFrame:
-    return BOLT.build_request(
-        rid, {"service": service, "sofa_head_method_name": "echo"}, body, codec=11, **kw
-    )
-
-
-async def echo_upstream(
-    nursery, *, shuffle: bool = False, delay: float = 0.0, seen=None, oneway_seen=None
-):
-    """A raw bolt server answering each request with its own content (``shuffle``: answers
-    held back and sent in a random order, to show ids, not order, match them up; held ones
-    go whenever no request is left unread, so every request is answered)."""
-
-    async def handler(stream: trio.SocketStream) -> None:
-        peer = BoltClient(stream)
-        held: list[BoltFrame] = []
-        try:
-            while True:
-                frame = await peer.read()
-                if seen is not None:
-                    seen.append(frame)
-                if frame.is_heartbeat:
-                    await stream.send_all(bytes(BOLT.heartbeat_reply(frame).data))
-                    continue
-                if frame.is_oneway:
-                    if oneway_seen is not None:
-                        oneway_seen.set()
-                    continue
-                if delay:
-                    await trio.sleep(delay)
-                content = b"echo:" + bytes(frame.content)
-                resp = BOLT.build_response(frame.request_id, 0, content=content)
-                if not shuffle:
-                    await stream.send_all(bytes(resp.data))
-                    continue
-                held.append(resp)
-                if len(held) >= 7 or BOLT.decode(peer.buf) is None:
-                    random.shuffle(held)
-                    await stream.send_all(b"".join(bytes(r.data) for r in held))
-                    held.clear()
-        except (EOFError, trio.BrokenResourceError):
-            pass
-
-    return await start_raw_server(nursery, handler)
 
 
 # -- anthunder on both sides ----------------------------------------------------------------

@@ -11,15 +11,13 @@ import pytest
 import trio
 
 from tests import dubbo_frames_data as captured
-from tests.http_helpers import closed_port, http_config, start_proxy, start_raw_server
-from tests.proxy.test_bolt_proxy import BoltClient
+from tests.http_helpers import closed_port, http_config, start_proxy
+from tests.rpc_helpers import BoltClient, DubboPeer, echo_upstream, provider, request
 from trio_mesh.protocols.xprotocol import ErrorKind
 from trio_mesh.protocols.xprotocol import dubbo_frames as df
-from trio_mesh.protocols.xprotocol.dubbo import DUBBO, DubboFrame
+from trio_mesh.protocols.xprotocol.dubbo import DUBBO
 from trio_mesh.protocols.xprotocol.hessian2 import (
     Hessian2Reader,
-    encode_long,
-    encode_string,
 )
 
 needs_client = pytest.mark.skipif(
@@ -44,56 +42,6 @@ def dubbo_config(clusters, *, routes_=None, proxy=None):
         clusters=clusters,
         proxy={"downstream_protocol": "dubbo", **(proxy or {})},
     )
-
-
-def arguments(frame: DubboFrame) -> list:
-    """The call's arguments, decoded by the hessian2 reader (the provider's view)."""
-    body = bytes(frame.data[df.HEADER_LENGTH :])
-    r = Hessian2Reader(body)
-    for _ in range(5):  # dubbo version, path, version, method, parameter types
-        r.read()
-    return [r.read() for _ in range(frame.request.argument_count)]
-
-
-async def provider(nursery, name: str = "p", *, delay: float = 0.0, calls=None) -> int:
-    """A Dubbo provider: sayHello(s) -> "hello s from NAME", add(a, b, ...) -> the sum."""
-
-    async def serve(stream: trio.SocketStream) -> None:
-        buf = bytearray()
-        try:
-            while True:
-                decoded = DUBBO.decode(buf)
-                if decoded is None:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    buf += data
-                    continue
-                frame, used = decoded
-                del buf[:used]
-                if frame.is_heartbeat:
-                    await stream.send_all(df.heartbeat_response(frame.request_id))
-                    continue
-                if calls is not None:
-                    calls.append(frame)
-                args = arguments(frame)
-                if delay:
-                    await trio.sleep(delay)
-                method = frame.request.method_name
-                if method == "sayHello":
-                    value = encode_string(f"hello {args[0]} from {name}")
-                elif method == "add":
-                    value = encode_long(sum(args))
-                else:
-                    await stream.send_all(
-                        df.error_response(frame.request_id, df.Status.SERVICE_ERROR, "no method")
-                    )
-                    continue
-                await stream.send_all(df.value_response(frame.request_id, value))
-        except trio.BrokenResourceError:
-            pass
-
-    return await start_raw_server(nursery, serve)
 
 
 def consumer_calls(port: int, threads: int, calls: int, *, version="1.0.0", group="blue"):
@@ -195,10 +143,6 @@ async def test_consumer_gets_an_error_for_no_route_and_for_a_timeout(nursery):
 # -- raw peers ------------------------------------------------------------------------------
 
 
-class DubboPeer(BoltClient):
-    codec = DUBBO
-
-
 def with_id(raw: bytes, rid: int) -> bytes:
     frame = DUBBO.decode(raw)[0]
     return bytes(DUBBO.set_request_id(frame, rid))
@@ -234,8 +178,6 @@ async def test_heartbeat_answered_by_proxy_and_errors_for_no_host(nursery):
 
 
 async def test_bolt_and_dubbo_on_one_listener(nursery):
-    from tests.proxy.test_bolt_proxy import BoltClient, echo_upstream, request
-
     dub = await provider(nursery, "d")
     bolt = await echo_upstream(nursery)
     table = [

@@ -16,15 +16,12 @@ import os
 import re
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import h2.exceptions
-import h11
 import pytest
 import trio
 import trio.testing
@@ -38,6 +35,7 @@ from tests.h2_upstream import (
     h2_request,
     open_h2_client,
     pattern_bytes,
+    start_extra_upstream,
     start_h2_upstream,
 )
 from tests.http_helpers import (
@@ -53,6 +51,7 @@ from tests.http_helpers import (
     start_raw_server,
     start_upstream,
     to,
+    trailers_h1_upstream,
     upstream_headers,
 )
 from trio_mesh import Server
@@ -101,91 +100,6 @@ async def proxy_to(
 ) -> tuple[Server, int]:
     """A proxy with one route (``/`` to cluster ``up`` on ``up_port``); its port."""
     return await start_proxy(nursery, h2_config([route or to("up")], {"up": up_port}, **kw))
-
-
-class ExtraUpstream(H2Upstream):
-    """The h2 upstream (which survives its GOAWAY refusing a stream mid-handler) plus five
-    endpoints:
-    /counted/N      like /bytes/N; ``body_sent`` counts the body bytes handed to h2, which h2
-                    sends only within the flow-control window the proxy granted
-    /nolength/N[?trailers]
-                    N bytes of ``pattern_bytes`` without content-length (``?trailers``: then
-                    trailers ``x-trailer: yes``, ``grpc-status: 0``)
-    /reset-code/N   RST_STREAM with error code N before any response (the body is not read)
-    /die            a 200 head, then the connection is reset (no GOAWAY)
-    /refuse-once/KEY[?after=N]
-                    the first stream with KEY: its body read (and acknowledged) to its end, or
-                    to N bytes, then RST_STREAM(REFUSED_STREAM); later ones: /echo's JSON of
-                    what arrived (body_len, body_sha256, trailers)
-    """
-
-    def __init__(self, **settings: int) -> None:
-        super().__init__(**settings)
-        self.body_sent = 0
-        self.refused_keys: set[str] = set()
-
-    async def _handle(self, c, st) -> None:
-        path, _, query = st.path.partition("?")
-        parts = path.strip("/").split("/")
-        if parts[0] == "reset-code":
-            c.reset(st, int(parts[1]))
-            return
-        if parts[0] == "die":
-            c.conn.send_headers(st.id, [(":status", "200")])
-            await c.drain(0)
-            # Gone without a goodbye (a crash): RST on the connection, no GOAWAY.
-            c.sock.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            await c.sock.aclose()
-            return
-        if parts[0] == "refuse-once":
-            if parts[1] not in self.refused_keys:
-                self.refused_keys.add(parts[1])
-                after = int(query.removeprefix("after=")) if query else None
-                got = 0
-                while (after is None or got < after) and (chunk := await c.read(st)):
-                    got += len(chunk[0])
-                    c.consume(st, chunk[1])
-                c.reset(st, ErrorCodes.REFUSED_STREAM)
-                self._notify()
-                return
-            length, digest = await self._body(c, st)
-            trailers = [[n, v] for n, v in st.trailers] if st.trailers else None
-            info = {"body_len": length, "body_sha256": digest, "trailers": trailers}
-            await self._json(c, st, info)
-            return
-        if parts[0] not in ("counted", "nolength"):
-            try:
-                await super()._handle(c, st)
-            except h2.exceptions.ProtocolError:
-                # Our GOAWAY refused this stream while its handler was already past its last
-                # checkpoint (h2_upstream's _run_stream lets that error out): nothing to answer.
-                if not st.reset_sent:
-                    raise
-            return
-        n = int(parts[1])
-        head = [(":status", "200"), ("content-type", "application/octet-stream")]
-        if parts[0] == "counted":
-            head.append(("content-length", str(n)))
-        trailers = query == "trailers"
-        c.conn.send_headers(st.id, head, end_stream=n == 0 and not trailers)
-        sent = 0
-        while sent < n:
-            piece = pattern_bytes(min(CHUNK, n - sent))
-            sent += len(piece)
-            await c.send_body(st.id, piece, end_stream=sent == n and not trailers)
-            self.body_sent += len(piece)
-            self._notify()
-        if trailers:
-            c.conn.send_headers(
-                st.id, [("x-trailer", "yes"), ("grpc-status", "0")], end_stream=True
-            )
-            await c.drain()
-
-
-async def start_extra_upstream(nursery: trio.Nursery, **settings: int) -> ExtraUpstream:
-    up = ExtraUpstream(**settings)
-    await up.start(nursery)
-    return up
 
 
 def pattern_sha(n: int) -> str:
@@ -1631,48 +1545,6 @@ async def test_route_timeout_mid_response_resets_the_stream(nursery: trio.Nurser
 
 
 # ------------------------------------------------------------- 12. trailers across protocols
-
-
-async def trailers_h1_upstream(nursery: trio.Nursery) -> tuple[int, list[dict[str, Any]]]:
-    """An HTTP/1.1 upstream on h11 that records each request (method, target, headers, body,
-    trailers: name/value lists) and answers with that record as JSON, chunked, then trailers
-    ``x-up-trailer: done`` and ``grpc-status: 0``. Its port and the records."""
-    seen: list[dict[str, Any]] = []
-
-    async def serve(stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-
-        async def next_event() -> Any:
-            while (event := conn.next_event()) is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-            return event
-
-        while isinstance(request := await next_event(), h11.Request):
-            body = bytearray()
-            while isinstance(event := await next_event(), h11.Data):
-                body += event.data
-            assert isinstance(event, h11.EndOfMessage), event
-            record = {
-                "method": request.method.decode(),
-                "target": request.target.decode(),
-                "headers": [[n.decode(), v.decode()] for n, v in request.headers],
-                "body": body.decode("latin-1"),
-                "trailers": [[n.decode(), v.decode()] for n, v in event.headers],
-            }
-            seen.append(record)
-            head = [("transfer-encoding", "chunked"), ("trailer", "x-up-trailer, grpc-status")]
-            out = conn.send(h11.Response(status_code=200, headers=head))
-            out += conn.send(h11.Data(data=json.dumps(record).encode()))
-            out += conn.send(
-                h11.EndOfMessage(headers=[("x-up-trailer", "done"), ("grpc-status", "0")])
-            )
-            await stream.send_all(out)
-            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                break
-            conn.start_next_cycle()
-        await stream.aclose()
-
-    return await start_raw_server(nursery, serve), seen
 
 
 async def test_h1_chunked_request_trailers_reach_an_h2_upstream(nursery: trio.Nursery) -> None:

@@ -18,7 +18,7 @@ import trio.testing
 from tests import bolt_frames as frames
 from tests import dubbo_frames_data as dubbo_data
 from tests.http_helpers import http_config, start_proxy, start_raw_server
-from tests.proxy.test_bolt_proxy import ANY_SERVICE, BoltClient
+from tests.rpc_helpers import ANY_SERVICE, BoltClient
 from trio_mesh.config import ConfigError, parse_config
 from trio_mesh.network.relay import CHUNK
 from trio_mesh.protocols.xprotocol import FrameTooLarge

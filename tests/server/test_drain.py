@@ -14,29 +14,12 @@ import trio.testing
 from tests.http_helpers import (
     Client,
     Closed,
+    gated_upstream,
     get,
     http_config,
-    read_request,
     start_proxy,
-    start_raw_server,
     to,
 )
-
-
-async def gated_upstream(nursery):
-    """An upstream that holds ``/wait`` until ``release`` is set; ``arrived`` when it came."""
-    arrived, release = trio.Event(), trio.Event()
-
-    async def serve(stream):
-        buf = bytearray()
-        while (request := await read_request(stream, buf)) is not None:
-            if b" /wait " in request[0].split(b"\r\n", 1)[0] + b" ":
-                arrived.set()
-                await release.wait()
-            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-
-    port = await start_raw_server(nursery, serve)
-    return port, arrived, release
 
 
 async def test_drain_finishes_in_flight_http1_and_closes_idle(nursery):

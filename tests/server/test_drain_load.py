@@ -14,7 +14,7 @@ import attrs
 import pytest
 import trio
 
-from tests.cli.test_cli import TIMEOUT, proxy, write_config
+from tests.cli_helpers import TIMEOUT, proxy, write_config
 from tests.http_helpers import read_request, start_raw_server
 
 CLIENTS = 50

@@ -14,9 +14,16 @@ import attrs
 import pytest
 import trio
 
-from tests.cli.test_cli import proxy, write_config
-from tests.http_helpers import Client, get, http_config, start_proxy, start_upstream, to
-from tests.server.test_drain import gated_upstream
+from tests.cli_helpers import proxy, write_config
+from tests.http_helpers import (
+    Client,
+    gated_upstream,
+    get,
+    http_config,
+    start_proxy,
+    start_upstream,
+    to,
+)
 from trio_mesh.errors import StartupError
 
 

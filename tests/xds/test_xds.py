@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.http_helpers import Client, get, start_upstream
-from tests.server.test_drain import gated_upstream
+from tests.http_helpers import Client, gated_upstream, get, start_upstream
 from tests.xds.test_xds_client import TIMEOUT, ServerProcess
 from trio_mesh import Server
 from trio_mesh.config import parse_config
