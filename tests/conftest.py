@@ -1,85 +1,17 @@
-"""Shared helpers: real upstream servers on 127.0.0.1 and configs built from dicts."""
+"""Fixtures every test folder shares; helpers live in tests/*_helpers.py and the peers."""
 
 from __future__ import annotations
-
-import functools
-from typing import Any
 
 import pytest
 import trio
 
-from trio_mesh.config import MeshConfig, parse_config
+from tests.tcp_helpers import echo_handler, start_tcp_server
 
-
-def tcp_proxy_config(
-    upstream_ports: list[int],
-    *,
-    tcp: dict[str, Any] | None = None,
-    listener: dict[str, Any] | None = None,
-    cluster: dict[str, Any] | None = None,
-) -> MeshConfig:
-    """Listener ``ingress`` on 127.0.0.1:0 relaying to cluster ``up`` over ``upstream_ports``."""
-    doc = {
-        "servers": [
-            {
-                "listeners": [
-                    {
-                        "name": "ingress",
-                        "address": "127.0.0.1:0",
-                        "filter_chains": [
-                            {
-                                "filters": [
-                                    {
-                                        "type": "tcp_proxy",
-                                        "config": {"cluster": "up", **(tcp or {})},
-                                    }
-                                ]
-                            }
-                        ],
-                        **(listener or {}),
-                    }
-                ]
-            }
-        ],
-        "cluster_manager": {
-            "clusters": [
-                {
-                    "name": "up",
-                    "connect_timeout": "2s",
-                    "hosts": [{"address": f"127.0.0.1:{p}"} for p in upstream_ports],
-                    **(cluster or {}),
-                }
-            ]
-        },
-    }
-    return parse_config(doc).config
-
-
-async def echo_handler(stream: trio.SocketStream, trailer: bytes = b"") -> None:
-    """Write back everything; after the client's EOF send ``trailer`` and close."""
-    async with stream:
-        try:
-            while data := await stream.receive_some(65536):
-                await stream.send_all(data)
-            if trailer:
-                await stream.send_all(trailer)
-        except trio.BrokenResourceError:
-            pass
-
-
-async def start_tcp_server(nursery: trio.Nursery, handler) -> int:
-    """Serve ``handler`` on 127.0.0.1:0 in ``nursery``; return the bound port once listening."""
-    listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), handler, 0)
-    return listeners[0].socket.getsockname()[1]
+# isolation: the xDS tests' own process (trio-asyncio patches asyncio process-wide);
+# pytester: tests/test_isolation.py runs small projects through it.
+pytest_plugins = ["tests.isolation", "pytester"]
 
 
 @pytest.fixture
 async def echo_port(nursery: trio.Nursery) -> int:
     return await start_tcp_server(nursery, echo_handler)
-
-
-def pytest_collection_modifyitems(session, config, items) -> None:
-    """The xDS tests run last: the trio-asyncio bridge they load patches asyncio for the
-    whole process (new loops become its loops), which the asyncio peers of the RPC tests
-    (anthunder, the Dubbo consumer) cannot run on."""
-    items.sort(key=lambda item: "xds" in item.nodeid.split("::")[0])

@@ -84,7 +84,7 @@ register_stream_filter("t_deny", Deny, DenyConfig)
 register_stream_filter("t_upper", Upper, None)
 
 
-# -- added for the RPC filter tests (tests/test_filters_rpc.py) ----------------------------
+# -- added for the RPC filter tests (tests/filters/test_filters_rpc.py) ----------------------------
 
 
 class RequestTag(StreamFilter):

@@ -1294,3 +1294,88 @@ async def h2_request(
             return await client.request(
                 method, path, headers, body, trailers, authority=authority, scheme=scheme
             )
+
+
+class ExtraUpstream(H2Upstream):
+    """The h2 upstream (which survives its GOAWAY refusing a stream mid-handler) plus five
+    endpoints:
+    /counted/N      like /bytes/N; ``body_sent`` counts the body bytes handed to h2, which h2
+                    sends only within the flow-control window the proxy granted
+    /nolength/N[?trailers]
+                    N bytes of ``pattern_bytes`` without content-length (``?trailers``: then
+                    trailers ``x-trailer: yes``, ``grpc-status: 0``)
+    /reset-code/N   RST_STREAM with error code N before any response (the body is not read)
+    /die            a 200 head, then the connection is reset (no GOAWAY)
+    /refuse-once/KEY[?after=N]
+                    the first stream with KEY: its body read (and acknowledged) to its end, or
+                    to N bytes, then RST_STREAM(REFUSED_STREAM); later ones: /echo's JSON of
+                    what arrived (body_len, body_sha256, trailers)
+    """
+
+    def __init__(self, **settings: int) -> None:
+        super().__init__(**settings)
+        self.body_sent = 0
+        self.refused_keys: set[str] = set()
+
+    async def _handle(self, c, st) -> None:
+        path, _, query = st.path.partition("?")
+        parts = path.strip("/").split("/")
+        if parts[0] == "reset-code":
+            c.reset(st, int(parts[1]))
+            return
+        if parts[0] == "die":
+            c.conn.send_headers(st.id, [(":status", "200")])
+            await c.drain(0)
+            # Gone without a goodbye (a crash): RST on the connection, no GOAWAY.
+            c.sock.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await c.sock.aclose()
+            return
+        if parts[0] == "refuse-once":
+            if parts[1] not in self.refused_keys:
+                self.refused_keys.add(parts[1])
+                after = int(query.removeprefix("after=")) if query else None
+                got = 0
+                while (after is None or got < after) and (chunk := await c.read(st)):
+                    got += len(chunk[0])
+                    c.consume(st, chunk[1])
+                c.reset(st, ErrorCodes.REFUSED_STREAM)
+                self._notify()
+                return
+            length, digest = await self._body(c, st)
+            trailers = [[n, v] for n, v in st.trailers] if st.trailers else None
+            info = {"body_len": length, "body_sha256": digest, "trailers": trailers}
+            await self._json(c, st, info)
+            return
+        if parts[0] not in ("counted", "nolength"):
+            try:
+                await super()._handle(c, st)
+            except h2.exceptions.ProtocolError:
+                # Our GOAWAY refused this stream while its handler was already past its last
+                # checkpoint (h2_upstream's _run_stream lets that error out): nothing to answer.
+                if not st.reset_sent:
+                    raise
+            return
+        n = int(parts[1])
+        head = [(":status", "200"), ("content-type", "application/octet-stream")]
+        if parts[0] == "counted":
+            head.append(("content-length", str(n)))
+        trailers = query == "trailers"
+        c.conn.send_headers(st.id, head, end_stream=n == 0 and not trailers)
+        sent = 0
+        while sent < n:
+            piece = pattern_bytes(min(_CHUNK, n - sent))
+            sent += len(piece)
+            await c.send_body(st.id, piece, end_stream=sent == n and not trailers)
+            self.body_sent += len(piece)
+            self._notify()
+        if trailers:
+            c.conn.send_headers(
+                st.id, [("x-trailer", "yes"), ("grpc-status", "0")], end_stream=True
+            )
+            await c.drain()
+
+
+async def start_extra_upstream(nursery: trio.Nursery, **settings: int) -> ExtraUpstream:
+    up = ExtraUpstream(**settings)
+    await up.start(nursery)
+    return up

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import h11
 import trio
 
 from trio_mesh import Server
@@ -432,3 +433,61 @@ def split_curl_output(out: bytes) -> list[tuple[int, Headers, bytes]]:
         status, headers, _ = blocks[-1]
         blocks[-1] = (status, headers, rest)
     return blocks
+
+
+async def trailers_h1_upstream(nursery: trio.Nursery) -> tuple[int, list[dict[str, Any]]]:
+    """An HTTP/1.1 upstream on h11 that records each request (method, target, headers, body,
+    trailers: name/value lists) and answers with that record as JSON, chunked, then trailers
+    ``x-up-trailer: done`` and ``grpc-status: 0``. Its port and the records."""
+    seen: list[dict[str, Any]] = []
+
+    async def serve(stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+
+        async def next_event() -> Any:
+            while (event := conn.next_event()) is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            return event
+
+        while isinstance(request := await next_event(), h11.Request):
+            body = bytearray()
+            while isinstance(event := await next_event(), h11.Data):
+                body += event.data
+            assert isinstance(event, h11.EndOfMessage), event
+            record = {
+                "method": request.method.decode(),
+                "target": request.target.decode(),
+                "headers": [[n.decode(), v.decode()] for n, v in request.headers],
+                "body": body.decode("latin-1"),
+                "trailers": [[n.decode(), v.decode()] for n, v in event.headers],
+            }
+            seen.append(record)
+            head = [("transfer-encoding", "chunked"), ("trailer", "x-up-trailer, grpc-status")]
+            out = conn.send(h11.Response(status_code=200, headers=head))
+            out += conn.send(h11.Data(data=json.dumps(record).encode()))
+            out += conn.send(
+                h11.EndOfMessage(headers=[("x-up-trailer", "done"), ("grpc-status", "0")])
+            )
+            await stream.send_all(out)
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                break
+            conn.start_next_cycle()
+        await stream.aclose()
+
+    return await start_raw_server(nursery, serve), seen
+
+
+async def gated_upstream(nursery):
+    """An upstream that holds ``/wait`` until ``release`` is set; ``arrived`` when it came."""
+    arrived, release = trio.Event(), trio.Event()
+
+    async def serve(stream):
+        buf = bytearray()
+        while (request := await read_request(stream, buf)) is not None:
+            if b" /wait " in request[0].split(b"\r\n", 1)[0] + b" ":
+                arrived.set()
+                await release.wait()
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    port = await start_raw_server(nursery, serve)
+    return port, arrived, release

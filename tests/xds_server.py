@@ -30,15 +30,11 @@ import itertools
 import json
 import ssl
 import sys
-import warnings
 from typing import Any
 
-with warnings.catch_warnings():
-    warnings.filterwarnings(
-        "ignore",
-        message=r"Using `@model_validator` with mode='after' on a classmethod is deprecated",
-        category=DeprecationWarning,
-    )
+from trio_mesh.xds.envoy_import import envoy_import
+
+with envoy_import():
     import envoy_data_plane.envoy.extensions.filters.http.router.v3
     import envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3  # noqa: F401
     from envoy_data_plane.envoy.config.cluster.v3 import Cluster

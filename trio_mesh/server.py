@@ -11,8 +11,8 @@ import attrs
 import trio
 
 from .config import Listener, MeshConfig
-from .config.filters import is_terminal
-from .config.model import format_hostport
+from .config.filter_configs import is_terminal
+from .config.scalars import format_hostport
 from .errors import StartupError
 from .filters import BuildContext, build_network_filter
 from .filters.background import Background
@@ -22,7 +22,7 @@ from .network.budget import ListenerBudget
 from .network.connection import Connection
 from .network.listener import Handler, ListenerRuntime, bind
 from .pool import Pools
-from .proxy import filter as _proxy_filter  # noqa: F401 - registers the proxy filter
+from .proxy import network_filter as _proxy_filter  # noqa: F401 - registers the proxy filter
 from .proxy.accesslog import AccessLog
 from .router import RouteTable
 from .stats import ListenerStats

@@ -2,10 +2,9 @@
 
 from . import stream_filters as _stream_filters  # noqa: F401 - registers built-in shapes
 from .errors import ConfigError
-from .filters import TcpProxyConfig, register_filter_config
+from .filter_configs import TcpProxyConfig, register_filter_config
 from .load import Loaded, load_config, parse_config, read_config
 from .model import (
-    Address,
     Cluster,
     ClusterManagerConfig,
     ClusterType,
@@ -17,6 +16,7 @@ from .model import (
     ServerConfig,
     StreamFilterConfig,
 )
+from .scalars import Address
 
 __all__ = [
     "Address",

@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 import yaml
 
-from .convert import converter, structure_errors
+from .converter import converter, structure_errors
 from .errors import ConfigError
 from .model import MeshConfig
 from .normalize import Report, normalize

@@ -9,50 +9,24 @@ error while their value turns them on (see ``config.refused``).
 from __future__ import annotations
 
 import enum
-from typing import Any, ClassVar, NewType
+from typing import Any, ClassVar
 
 import attrs
 from attrs import frozen
 
 from . import refused
 from .refused import Refusal
-
-#: Seconds, written in configuration files as ``"3s"``, ``"250ms"``, ``"1m"``.
-Duration = NewType("Duration", float)
-#: A host weight, 1-128 as in MOSN.
-Weight = NewType("Weight", int)
-#: An integer of at least 1.
-PositiveInt = NewType("PositiveInt", int)
-#: An integer of at least 0.
-NonNegativeInt = NewType("NonNegativeInt", int)
-#: A log level name as MOSN writes it (``WARN``, ``TRACE``...) or as Python does.
-LogLevel = NewType("LogLevel", str)
-#: An access log format: ``%variable%`` text or ``json`` (see ``config.logformat``).
-LogFormat = NewType("LogFormat", str)
-
-
-def cluster_ref() -> Any:
-    """A field naming a cluster; load fails if no cluster has that name."""
-    return attrs.field(metadata={"refers_to": "cluster"})
-
-
-def router_ref() -> Any:
-    """A field naming a router config (``servers[].routers[].router_config_name``)."""
-    return attrs.field(metadata={"refers_to": "router"})
-
-
-def format_hostport(host: str, port: int) -> str:
-    """``host:port``, with an IPv6 host in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-@frozen
-class Address:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return format_hostport(self.host, self.port)
+from .routes import RouterConfig
+from .scalars import (
+    Address,
+    Duration,
+    LogFormat,
+    LogLevel,
+    PositiveInt,
+    Weight,
+)
+from .xds import Node, XdsSettings, XdsShort
+from .xds import resolve as resolve_xds
 
 
 @frozen(kw_only=True)
@@ -140,38 +114,6 @@ class Listener:
     )
 
 
-class _FilterDisabled:
-    def __repr__(self) -> str:
-        return "FILTER_DISABLED"
-
-
-#: A route's ``per_filter_config`` entry ``{disabled: true}``: that filter is off on the route.
-FILTER_DISABLED: Any = _FilterDisabled()
-
-
-@frozen
-class PerFilterConfig:
-    """A route's ``per_filter_config`` (MOSN's key; Envoy's ``typed_per_filter_config``):
-    stream filter type -> its config on this route, in place of the listener's, or
-    `FILTER_DISABLED`. Each value is checked against the filter type's config class."""
-
-    configs: dict[str, Any] = attrs.field(factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.configs)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.configs
-
-    def __getitem__(self, name: str) -> Any:
-        return self.configs[name]
-
-
-from .routes import RouterConfig  # noqa: E402 - routes build on the scalar types above
-from .xds import Node, XdsSettings, XdsShort  # noqa: E402
-from .xds import resolve as resolve_xds  # noqa: E402
-
-
 @frozen(kw_only=True)
 class ServerConfig:
     listeners: tuple[Listener, ...] = ()
@@ -201,10 +143,6 @@ class LbType(enum.Enum):
     LB_ROUNDROBIN = "LB_ROUNDROBIN"
     LB_WEIGHTED_ROUNDROBIN = "LB_WEIGHTED_ROUNDROBIN"
     LB_LEAST_REQUEST = "LB_LEAST_REQUEST"
-
-
-MIN_HOST_WEIGHT = 1
-MAX_HOST_WEIGHT = 128
 
 
 @frozen(kw_only=True)

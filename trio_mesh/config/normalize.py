@@ -15,8 +15,10 @@ from typing import Any
 import attrs
 
 from .errors import at, join_path
-from .filters import filter_config_class
-from .model import Address, FilterConfig, PerFilterConfig
+from .filter_configs import filter_config_class
+from .model import FilterConfig
+from .routes import PerFilterConfig
+from .scalars import Address
 
 # attrs classes written as one scalar in files ("host:port"): their hooks parse them whole.
 _LEAVES = (Address,)

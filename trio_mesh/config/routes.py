@@ -28,8 +28,38 @@ from cattrs.errors import (
 )
 
 from . import refused
-from .model import Duration, PerFilterConfig, PositiveInt
 from .refused import Refusal
+from .scalars import Duration, PositiveInt
+
+# --------------------------------------------------------------------------- per-filter config
+
+
+class _FilterDisabled:
+    def __repr__(self) -> str:
+        return "FILTER_DISABLED"
+
+
+#: A route's ``per_filter_config`` entry ``{disabled: true}``: that filter is off on the route.
+FILTER_DISABLED: Any = _FilterDisabled()
+
+
+@frozen
+class PerFilterConfig:
+    """A route's ``per_filter_config`` (MOSN's key; Envoy's ``typed_per_filter_config``):
+    stream filter type -> its config on this route, in place of the listener's, or
+    `FILTER_DISABLED`. Each value is checked against the filter type's config class."""
+
+    configs: dict[str, Any] = attrs.field(factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.configs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.configs
+
+    def __getitem__(self, name: str) -> Any:
+        return self.configs[name]
+
 
 # --------------------------------------------------------------------------- located errors
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import at
-from .filters import Protocol, ProxyConfig, is_terminal
+from .filter_configs import Protocol, ProxyConfig, is_terminal
 from .model import MeshConfig
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from .duration import parse_duration
 from .logformat import validate_log_format
-from .model import MAX_HOST_WEIGHT, MIN_HOST_WEIGHT, Address
+from .scalars import MAX_HOST_WEIGHT, MIN_HOST_WEIGHT, Address
 
 _LOG_LEVELS = {
     "TRACE": logging.DEBUG,

@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 from attrs import frozen
 
-from .model import Address
+from .scalars import Address
 
 
 @frozen(kw_only=True)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..config.model import format_hostport
+from ..config.scalars import format_hostport
 from ..config.stream_filters.header_mutation import (
     HeaderMutationConfig,
     HeaderMutations,

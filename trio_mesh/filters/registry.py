@@ -75,7 +75,7 @@ def build_network_filter(name: str, config: Any, ctx: BuildContext) -> Any:
     ``accept(conn)`` (see ``filters.network``). Types from entry points load on first use."""
     factory = _NETWORK.get(name)
     if factory is None:
-        from ..config.filters import plugin_object
+        from ..config.filter_configs import plugin_object
 
         factory = _NETWORK[name] = plugin_object("network", name)
     return factory(config, ctx)

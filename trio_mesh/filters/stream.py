@@ -18,8 +18,8 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
-from ..config.filters import register_filter_config
-from ..config.model import FILTER_DISABLED
+from ..config.filter_configs import register_filter_config
+from ..config.routes import FILTER_DISABLED
 from ..router import Route
 
 log = logging.getLogger("trio_mesh.filters")
@@ -358,7 +358,7 @@ def stream_filter_builder(name: str) -> StreamFactoryBuilder:
     """The builder registered under ``name``, loading an entry point of that name if need be."""
     builder = _STREAM.get(name)
     if builder is None:
-        from ..config.filters import plugin_object
+        from ..config.filter_configs import plugin_object
 
         obj = plugin_object("stream", name)  # KeyError when nobody provides it
         if isinstance(obj, type) and issubclass(obj, StreamFilter):

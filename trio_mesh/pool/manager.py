@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import trio
 
-from ..config.filters import XProtocolOptions
+from ..config.filter_configs import XProtocolOptions
 from ..protocols.http2 import H2Settings
 from ..protocols.xprotocol import Codec
 from ..upstream.cluster import Cluster

@@ -17,7 +17,7 @@ import time
 
 import trio
 
-from ..config.filters import XProtocolOptions
+from ..config.filter_configs import XProtocolOptions
 from ..network.relay import CHUNK
 from ..network.stream import Stream
 from ..network.writer import FrameWriter

@@ -4,7 +4,8 @@ knowledge).
 The Trio runtime feeds `receive()` with socket bytes, acts on the events, and writes
 `data_to_send()` back. Everything below is plain Python: no trio, no sockets.
 
-What this wrapper fixes or bounds in h2 4.1 (each one is tested in tests/test_http2_codec.py):
+What this wrapper fixes or bounds in h2 4.1 (each one is tested in
+tests/protocols/test_http2_codec.py):
 
 - h2 drops every event of a `receive_data` call that raises. We split the input into frames
   ourselves and hand h2 one frame per call, so an error costs only its own frame's events (the

@@ -18,8 +18,8 @@ from typing import Any
 
 import trio
 
-from ..config.filters import Protocol, ProxyConfig
-from ..config.model import format_hostport
+from ..config.filter_configs import Protocol, ProxyConfig
+from ..config.scalars import format_hostport
 from ..filters import BuildContext
 from ..filters.stream import (
     REQUEST_DATA,

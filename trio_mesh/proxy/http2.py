@@ -24,8 +24,8 @@ from time import monotonic as _monotonic
 
 import trio
 
-from ..config.filters import Protocol, ProxyConfig
-from ..config.model import format_hostport
+from ..config.filter_configs import Protocol, ProxyConfig
+from ..config.scalars import format_hostport
 from ..filters import BuildContext
 from ..filters.stream import (
     FILTER_FAILED,

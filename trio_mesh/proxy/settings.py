@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config.filters import ProxyConfig
+from ..config.filter_configs import ProxyConfig
 from ..protocols.http2 import H2Settings
 
 

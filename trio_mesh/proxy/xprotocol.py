@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Mapping
 
 import trio
 
-from ..config.filters import Protocol, ProxyConfig
+from ..config.filter_configs import Protocol, ProxyConfig
 from ..errors import StartupError
 from ..filters import BuildContext
 from ..filters.stream import (

@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import random
 import ssl
-import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
+from trio_mesh.xds.envoy_import import envoy_import
 from trio_mesh.xds.stream import open_ads_stream
 
 log = logging.getLogger("trio_mesh.xds")
@@ -37,12 +37,7 @@ def _envoy() -> dict[str, Any]:
     """Import what the client needs; importing the resource modules registers
     their classes so Any.unpack() can find them (also the HCM and router
     filter configs nested inside Listeners)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore",
-            message=r"Using `@model_validator` with mode='after' on a classmethod is deprecated",
-            category=DeprecationWarning,
-        )
+    with envoy_import():
         import envoy_data_plane.envoy.config.cluster.v3
         import envoy_data_plane.envoy.config.endpoint.v3
         import envoy_data_plane.envoy.config.listener.v3

@@ -24,7 +24,7 @@ from ..config.validate import check
 from ..config.xds import XdsSettings
 from ..errors import StartupError
 from .client import CDS, EDS, LDS, RDS, SHORT_NAMES, AdsClient
-from .convert import (
+from .translate import (
     ConvertError,
     ListenerParts,
     cluster_doc,

@@ -9,12 +9,13 @@ crosses into asyncio (through trio-asyncio).  It must be used inside
 from __future__ import annotations
 
 import ssl
-import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
+
+from .envoy_import import envoy_import
 
 ADS_PATH = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 
@@ -22,12 +23,7 @@ ADS_PATH = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggrega
 def _discovery_types() -> tuple[type, type]:
     # Imported lazily: envoy-data-plane costs ~0.5 s and is only needed when a
     # control plane is configured.
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore",
-            message=r"Using `@model_validator` with mode='after' on a classmethod is deprecated",
-            category=DeprecationWarning,
-        )
+    with envoy_import():
         from envoy_data_plane.envoy.service.discovery.v3 import (
             DiscoveryRequest,
             DiscoveryResponse,

@@ -9,15 +9,9 @@ this one lazily.
 # ruff: noqa: F401 - this module re-exports the envoy types
 from __future__ import annotations
 
-import warnings
+from .envoy_import import envoy_import
 
-with warnings.catch_warnings():
-    # pydantic >= 2.12 warns ~100 times while the generated modules load (harmless).
-    warnings.filterwarnings(
-        "ignore",
-        message=r"Using `@model_validator` with mode='after' on a classmethod is deprecated",
-        category=DeprecationWarning,
-    )
+with envoy_import():
     import betterproto2
     from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
     from envoy_data_plane.envoy.config.cluster.v3 import (

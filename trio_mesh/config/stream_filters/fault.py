@@ -6,9 +6,9 @@ from __future__ import annotations
 import attrs
 from attrs import frozen
 
-from ..filters import register_filter_config
-from ..model import Duration
+from ..filter_configs import register_filter_config
 from ..routes import HeaderMatcher, Problem, _raise
+from ..scalars import Duration
 
 #: The RPC error kinds a fault may answer with (``trio_mesh.protocols.xprotocol.ErrorKind``
 #: names; the config layer does not import the protocols).

@@ -19,9 +19,9 @@ from typing import ClassVar
 
 from attrs import frozen
 
-from ..filters import register_filter_config
-from ..model import Duration, PositiveInt
+from ..filter_configs import register_filter_config
 from ..routes import Problem, _raise
+from ..scalars import Duration, PositiveInt
 
 #: MOSN's default refusal text.
 DEFAULT_BODY = "current request is limited"

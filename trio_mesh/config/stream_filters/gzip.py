@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from attrs import field, frozen
 
-from ..filters import register_filter_config
+from ..filter_configs import register_filter_config
 from ..routes import Problem, _raise
 
 #: Envoy's compressor filter's default list (media types, without parameters).

@@ -8,7 +8,7 @@ import re
 
 from attrs import frozen
 
-from ..filters import register_filter_config
+from ..filter_configs import register_filter_config
 from ..routes import (
     HeaderValueOption,
     Problem,

@@ -17,8 +17,8 @@ from typing import Any
 
 from attrs import frozen
 
-from ..convert import converter
-from ..filters import register_filter_config
+from ..converter import converter
+from ..filter_configs import register_filter_config
 from ..routes import Problem, _raise
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

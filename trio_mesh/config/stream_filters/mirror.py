@@ -13,9 +13,9 @@ import math
 
 from attrs import frozen
 
-from ..filters import register_filter_config
-from ..model import Duration, PositiveInt, cluster_ref
+from ..filter_configs import register_filter_config
 from ..routes import Problem, _raise
+from ..scalars import Duration, PositiveInt, cluster_ref
 
 
 class MirrorProtocol(enum.Enum):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from attrs import frozen
 
-from ..filters import register_filter_config
+from ..filter_configs import register_filter_config
 from ..routes import Problem, _raise
 
 

@@ -1,0 +1,78 @@
+"""Registers the ``proxy`` network filter: the L7 proxy, by downstream protocol."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from ..config.filter_configs import Protocol, ProxyConfig
+from ..filters import BuildContext, register_network_filter
+from ..network.connection import Connection
+from ..network.relay import CHUNK
+from ..protocols import xprotocol
+from ..protocols.detect import UnknownProtocol, detect
+from .http1 import Http1Proxy
+from .http2 import Http2Proxy
+from .xprotocol import XProxy, configured_codecs
+
+log = logging.getLogger("trio_mesh.proxy")
+
+_HTTP = ("Http1", "Http2")
+
+
+class AutoProxy:
+    """``downstream_protocol: Auto``: the first bytes of a connection pick its protocol (the
+    HTTP/2 preface, an HTTP/1 method, or the magic of a registered RPC codec);
+    ``upstream_protocol: Auto`` then means the same."""
+
+    def __init__(self, config: ProxyConfig, ctx: BuildContext) -> None:
+        self.http1 = Http1Proxy(config, ctx)
+        self.http2 = Http2Proxy(config, ctx)
+        self.rpc = XProxy(config, ctx, [])
+
+    def on_connection(self, conn: Connection):
+        return self._serve(conn)
+
+    async def _serve(self, conn: Connection) -> None:
+        buf = b""
+        while True:
+            # The listener's idle timeout bounds a client that never says enough.
+            try:
+                data = await conn.stream.receive_some(CHUNK)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # reset before saying what it speaks
+            if not data:
+                return
+            buf += data
+            conn.idle.touch()
+            try:
+                protocol = detect(buf, _HTTP)
+            except UnknownProtocol:
+                codec = xprotocol.detect(buf)
+                if codec is None:
+                    log.info("downstream %s: unknown protocol, closing", conn.remote)
+                    return
+                if codec is xprotocol.NEED_MORE:
+                    continue
+                await self.rpc.serve(conn, buf, codec)
+                return
+            if protocol is not None:
+                break
+        if protocol == "Http2":
+            await self.http2.serve(conn, buf)
+        else:
+            await self.http1.serve(conn, buf)
+
+
+def make_proxy(config: ProxyConfig, ctx: BuildContext):
+    if config.downstream_protocol in (Protocol.X, Protocol.BOLT, Protocol.DUBBO):
+        return XProxy(config, ctx, configured_codecs(config))
+    if config.downstream_protocol == Protocol.HTTP2:
+        return Http2Proxy(config, ctx)
+    if config.downstream_protocol == Protocol.AUTO:
+        return AutoProxy(config, ctx)
+    return Http1Proxy(config, ctx)
+
+
+register_network_filter("proxy", make_proxy, ProxyConfig, terminal=True)

@@ -1,0 +1,1230 @@
+"""Envoy v3 xDS resources -> trio-mesh's MOSN-shaped configuration documents.
+
+Each function turns one resource into the plain dicts a YAML file would hold, so the result
+goes through ``trio_mesh.config.load.parse_config`` and is validated like a file. Conversion is
+strict: a field that is set but that trio-mesh does not implement raises `ConvertError` naming
+its Envoy path, instead of being dropped (a dropped auth or match field would change what the
+proxy does). Only fields with no effect on forwarding (stats names, metadata, tuning hints) are
+ignored.
+
+Upstream protocol: MOSN puts it on the ``proxy`` filter, Envoy on the cluster. The listener's
+``proxy`` is given ``upstream_protocol: Http1`` (Envoy's default); `cluster_is_http2` tells a
+caller which clusters want HTTP/2, e.g. for the xDS server's own cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import logging
+import re
+from typing import Any
+
+import attrs
+
+from ..config.duration import format_duration
+from ..config.routes import RETRY_CONDITIONS
+from ..config.scalars import MAX_HOST_WEIGHT, MIN_HOST_WEIGHT, format_hostport
+from . import types as t
+from .envoy_import import envoy_import
+
+log = logging.getLogger("trio_mesh.xds")
+
+# Importing these also registers the filter configs in the message pool Any.unpack() reads.
+with envoy_import():
+    from envoy_data_plane.envoy.config.route.v3 import FilterConfig
+    from envoy_data_plane.envoy.extensions.compression.gzip.compressor.v3 import Gzip
+    from envoy_data_plane.envoy.extensions.filters.http.compressor.v3 import (
+        Compressor,
+        CompressorPerRoute,
+    )
+    from envoy_data_plane.envoy.extensions.filters.http.fault.v3 import HttpFault
+    from envoy_data_plane.envoy.extensions.filters.http.local_ratelimit.v3 import (
+        LocalRateLimit,
+    )
+    from envoy_data_plane.envoy.extensions.filters.http.rbac.v3 import Rbac, RbacPerRoute
+
+UNSUPPORTED = "not supported by trio-mesh"
+
+
+class ConvertError(ValueError):
+    """A resource trio-mesh cannot honour: ``"<Kind> '<name>': <envoy.field.path>: <why>"``."""
+
+    def __init__(self, kind: str, name: str, path: str, reason: str) -> None:
+        self.kind, self.name, self.path, self.reason = kind, name, path, reason
+        where = f"{path}: " if path else ""
+        super().__init__(f"{kind} {name!r}: {where}{reason}")
+
+
+@attrs.frozen
+class _At:
+    """Where we are inside one resource, for error messages."""
+
+    kind: str
+    name: str
+    path: str = ""
+
+    def __truediv__(self, seg: str | int) -> _At:
+        if isinstance(seg, int):
+            return attrs.evolve(self, path=f"{self.path}[{seg}]")
+        return attrs.evolve(self, path=f"{self.path}.{seg}" if self.path else seg)
+
+    def error(self, reason: str = UNSUPPORTED) -> ConvertError:
+        return ConvertError(self.kind, self.name, self.path, reason)
+
+
+@functools.cache
+def _empty(cls: type) -> Any:
+    return cls()
+
+
+def _only(msg: Any, at: _At, handled: frozenset[str] | set[str]) -> None:
+    """Raise for the first field of ``msg`` that differs from its default and is not handled
+    (or deliberately ignored) by the caller: nothing set is silently dropped."""
+    empty = _empty(type(msg))
+    for f in dataclasses.fields(msg):
+        if f.name not in handled and getattr(msg, f.name) != getattr(empty, f.name):
+            raise (at / f.name).error()
+
+
+def _duration(td: datetime.timedelta, at: _At, *, positive: bool = False) -> str:
+    seconds = td.total_seconds()
+    if seconds < 0 or (positive and seconds == 0):
+        raise at.error(
+            f"expected a {'positive' if positive else 'non-negative'} duration, got {seconds}s"
+        )
+    return format_duration(seconds)
+
+
+def _unpack(any_: Any, at: _At, expected: tuple[str, ...]) -> Any:
+    """Unpack a typed_config after checking its type URL, so an unknown extension is reported
+    by name instead of as betterproto's TypeError."""
+    if any_ is None:
+        raise at.error("typed_config is required")
+    if any_.type_url not in expected:
+        raise (at / "type_url").error(f"{any_.type_url!r}: {UNSUPPORTED}")
+    try:
+        return any_.unpack()
+    except Exception as exc:  # a malformed payload
+        raise at.error(f"cannot decode {any_.type_url}: {exc}") from None
+
+
+RAW_BUFFER = "envoy.transport_sockets.raw_buffer"
+RAW_BUFFER_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+
+
+def _transport_socket(ts: Any, at: _At, what: str) -> None:
+    """Only cleartext (``raw_buffer``, Envoy's default): any other transport socket (TLS)
+    is refused, never served as cleartext."""
+    if ts is None:
+        return
+    url = ts.typed_config.type_url if ts.typed_config is not None else None
+    if url == RAW_BUFFER_TYPE or (url is None and ts.name == RAW_BUFFER):
+        return
+    raise (at / "transport_socket").error(
+        f"TLS is not supported yet: {what} would use cleartext instead ({ts.name or url!r} refused)"
+    )
+
+
+def _socket_address(addr: Any, at: _At) -> str:
+    if addr is None or addr.socket_address is None:
+        raise at.error("a socket_address is required")
+    sa = addr.socket_address
+    sat = at / "socket_address"
+    _only(addr, at, {"socket_address"})
+    # protocol TCP is the default; resolver_name etc. change resolution
+    _only(sa, sat, {"protocol", "address", "port_value"})
+    if sa.protocol != t.SocketAddressProtocol.TCP:
+        raise (sat / "protocol").error(f"{sa.protocol.name}: only TCP is supported")
+    if sa.port_value is None:
+        raise (sat / "port_value").error("a port_value is required")
+    return format_hostport(sa.address, sa.port_value)
+
+
+# --------------------------------------------------------------------------- clusters
+
+_LB = {
+    t.ClusterLbPolicy.ROUND_ROBIN: "LB_ROUNDROBIN",
+    t.ClusterLbPolicy.RANDOM: "LB_RANDOM",
+    t.ClusterLbPolicy.LEAST_REQUEST: "LB_LEAST_REQUEST",
+}
+
+_CLUSTER_FIELDS = frozenset(
+    {
+        "name",
+        "type",
+        "eds_cluster_config",
+        "connect_timeout",
+        "lb_policy",
+        "load_assignment",
+        "max_requests_per_connection",
+        "circuit_breakers",
+        "common_http_protocol_options",
+        "http2_protocol_options",
+        "http_protocol_options",
+        "typed_extension_protocol_options",
+        "per_connection_buffer_limit_bytes",  # not enforced upstream: a warning says so
+        # no effect on forwarding: stats, metadata, warm-up hints, DNS knobs of
+        # non-DNS clusters, per-policy tuning of the policies we map
+        "alt_stat_name",
+        "metadata",
+        "dns_lookup_family",
+        "wait_for_warm_on_init",
+        "track_cluster_stats",
+        "common_lb_config",
+        "least_request_lb_config",
+        "round_robin_lb_config",
+        "cleanup_interval",
+        "transport_socket",  # cleartext only: see _transport_socket
+    }
+)
+
+
+def _upstream_http_options(c: Any, at: _At) -> Any | None:
+    """The cluster's ``envoy.extensions.upstreams.http.v3.HttpProtocolOptions``, if any."""
+    opts = c.typed_extension_protocol_options or {}
+    for key in opts:
+        if key != t.UPSTREAM_HTTP_OPTIONS_KEY:
+            raise (at / "typed_extension_protocol_options" / key).error()
+    if t.UPSTREAM_HTTP_OPTIONS_KEY not in opts:
+        return None
+    return _unpack(
+        opts[t.UPSTREAM_HTTP_OPTIONS_KEY],
+        at / "typed_extension_protocol_options" / t.UPSTREAM_HTTP_OPTIONS_KEY,
+        (t.UPSTREAM_HTTP_OPTIONS_TYPE,),
+    )
+
+
+def cluster_is_http2(c: t.Cluster) -> bool:
+    """Whether the cluster asks for HTTP/2 upstream (``http2_protocol_options`` or the
+    upstream HttpProtocolOptions extension's ``explicit_http_config.http2_protocol_options``)."""
+    if c.http2_protocol_options is not None:
+        return True
+    try:
+        opts = _upstream_http_options(c, _At("Cluster", c.name))
+    except ConvertError:
+        return False
+    explicit = opts.explicit_http_config if opts is not None else None
+    return explicit is not None and explicit.http2_protocol_options is not None
+
+
+def _thresholds(th: Any, at: _At) -> dict[str, Any]:
+    _only(
+        th,
+        at,
+        {
+            "priority",
+            "max_connections",
+            "max_pending_requests",
+            "max_requests",
+            "max_retries",
+            "track_remaining",
+        },
+    )
+    out: dict[str, Any] = {"priority": th.priority.name}
+    for key in ("max_connections", "max_pending_requests", "max_requests"):
+        value = getattr(th, key)
+        if value is not None:
+            if value < 1:
+                raise (at / key).error(f"expected 1 or more, got {value}")
+            out[key] = value
+    if th.max_retries is not None:
+        out["max_retries"] = th.max_retries
+    return out
+
+
+def _common_http(opts: Any, at: _At, doc: dict[str, Any], idle_key: str) -> None:
+    """``idle_timeout`` and ``max_requests_per_connection`` of core HttpProtocolOptions."""
+    _only(opts, at, {"idle_timeout", "max_requests_per_connection"})
+    if opts.idle_timeout is not None and opts.idle_timeout.total_seconds() > 0:
+        # Envoy: 0 disables the timeout, which is our None
+        doc[idle_key] = _duration(opts.idle_timeout, at / "idle_timeout")
+    if opts.max_requests_per_connection is not None:
+        doc["max_request_per_conn"] = opts.max_requests_per_connection
+
+
+def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
+    """A ``cluster_manager.clusters[]`` entry, and the EDS service name whose
+    ClusterLoadAssignment gives its hosts (``None`` for a STATIC cluster, whose hosts are in
+    the entry)."""
+    at = _At("Cluster", c.name)
+    _only(c, at, _CLUSTER_FIELDS)
+    _transport_socket(c.transport_socket, at, "connections to this cluster")
+    if c.cluster_type is not None:
+        raise (at / "cluster_type").error()
+    if c.lb_policy not in _LB:
+        raise (at / "lb_policy").error(f"{c.lb_policy.name}: {UNSUPPORTED}")
+    doc: dict[str, Any] = {"name": c.name, "type": "SIMPLE", "lb_type": _LB[c.lb_policy]}
+    if c.per_connection_buffer_limit_bytes is not None:
+        # upstream reads are bounded by the frame size and the streams' windows, not by this
+        log.warning(
+            "%s %r: %s: not enforced on a cluster (upstream buffers are not budgeted yet)",
+            at.kind,
+            at.name,
+            (at / "per_connection_buffer_limit_bytes").path,
+        )
+    if c.common_lb_config is not None:
+        # the panic threshold needs health checks, the merge window batches updates: neither
+        # changes where requests go here; locality and zone awareness would
+        _only(
+            c.common_lb_config,
+            at / "common_lb_config",
+            {"healthy_panic_threshold", "update_merge_window"},
+        )
+    if c.least_request_lb_config is not None:
+        # choice_count / active_request_bias tune the choice; slow start would change it
+        _only(
+            c.least_request_lb_config,
+            at / "least_request_lb_config",
+            {"choice_count", "active_request_bias"},
+        )
+    if c.round_robin_lb_config is not None:
+        _only(c.round_robin_lb_config, at / "round_robin_lb_config", set())
+    # Envoy's default connect timeout is 5s
+    timeout = c.connect_timeout if c.connect_timeout is not None else datetime.timedelta(seconds=5)
+    doc["connect_timeout"] = _duration(timeout, at / "connect_timeout", positive=True)
+    if c.circuit_breakers is not None:
+        cb = at / "circuit_breakers"
+        _only(c.circuit_breakers, cb, {"thresholds"})
+        doc["circuit_breakers"] = [
+            _thresholds(th, cb / "thresholds" / i)
+            for i, th in enumerate(c.circuit_breakers.thresholds)
+        ]
+    if c.max_requests_per_connection is not None:
+        doc["max_request_per_conn"] = c.max_requests_per_connection
+    if c.common_http_protocol_options is not None:
+        _common_http(
+            c.common_http_protocol_options, at / "common_http_protocol_options", doc, "idle_timeout"
+        )
+    if c.http_protocol_options is not None:
+        # HTTP/1 codec tuning (header case, absolute URLs...): nothing of it is mapped
+        _only(c.http_protocol_options, at / "http_protocol_options", set())
+    if c.http2_protocol_options is not None:
+        _http2_options(c.http2_protocol_options, at / "http2_protocol_options", cluster=True)
+    opts = _upstream_http_options(c, at)
+    if opts is not None:
+        oat = at / "typed_extension_protocol_options" / t.UPSTREAM_HTTP_OPTIONS_KEY
+        _only(opts, oat, {"common_http_protocol_options", "explicit_http_config"})
+        if opts.common_http_protocol_options is not None:
+            _common_http(
+                opts.common_http_protocol_options,
+                oat / "common_http_protocol_options",
+                doc,
+                "idle_timeout",
+            )
+        if opts.explicit_http_config is not None:
+            ex = opts.explicit_http_config
+            _only(
+                ex,
+                oat / "explicit_http_config",
+                {"http_protocol_options", "http2_protocol_options"},
+            )
+            if ex.http_protocol_options is not None:
+                _only(
+                    ex.http_protocol_options,
+                    oat / "explicit_http_config" / "http_protocol_options",
+                    set(),
+                )
+            if ex.http2_protocol_options is not None:
+                _http2_options(
+                    ex.http2_protocol_options,
+                    oat / "explicit_http_config" / "http2_protocol_options",
+                    cluster=True,
+                )
+
+    kind = c.type if c.type is not None else t.ClusterDiscoveryType.STATIC
+    if kind == t.ClusterDiscoveryType.STATIC:
+        if c.eds_cluster_config is not None:
+            raise (at / "eds_cluster_config").error("only an EDS cluster reads it")
+        hosts = _hosts(c.load_assignment, at / "load_assignment") if c.load_assignment else []
+        doc["hosts"] = hosts
+        return doc, None
+    if kind == t.ClusterDiscoveryType.EDS:
+        if c.load_assignment is not None:
+            raise (at / "load_assignment").error("an EDS cluster takes its hosts from EDS")
+        doc["hosts"] = []
+        service = c.eds_cluster_config.service_name if c.eds_cluster_config else ""
+        return doc, service or c.name
+    raise (at / "type").error(f"{kind.name}: {UNSUPPORTED} (use STATIC or EDS)")
+
+
+_HTTP2_KEYS = (
+    "max_concurrent_streams",
+    "initial_stream_window_size",
+    "initial_connection_window_size",
+)
+# Envoy's frame-flood limits: same names and meaning as ``Http2Options``
+_HTTP2_FLOOD_KEYS = (
+    "max_outbound_control_frames",
+    "max_consecutive_inbound_frames_with_empty_payload",
+    "max_inbound_priority_frames_per_stream",
+    "max_inbound_window_update_frames_per_data_frame_sent",
+)
+
+
+def _http2_options(opts: Any, at: _At, *, cluster: bool = False) -> dict[str, Any]:
+    """The HTTP/2 settings trio-mesh has (``Http2Options``); any other one set is refused.
+    On a cluster, the flood limits are the listener's (its ``proxy`` applies them to both
+    sides): set there, they are not enforced, and a warning says so."""
+    _only(opts, at, {*_HTTP2_KEYS, *_HTTP2_FLOOD_KEYS})
+    if cluster:
+        for key in _HTTP2_FLOOD_KEYS:
+            if getattr(opts, key) is not None:
+                log.warning(
+                    "%s %r: %s: not enforced on a cluster (the listener's limit applies)",
+                    at.kind,
+                    at.name,
+                    (at / key).path,
+                )
+    return {
+        key: getattr(opts, key)
+        for key in (*_HTTP2_KEYS, *_HTTP2_FLOOD_KEYS)
+        if getattr(opts, key) is not None
+    }
+
+
+# --------------------------------------------------------------------------- endpoints
+
+_SKIPPED_HEALTH = frozenset(
+    {t.HealthStatus.UNHEALTHY, t.HealthStatus.DRAINING, t.HealthStatus.TIMEOUT}
+)
+
+
+def _hosts(cla: Any, at: _At) -> list[dict[str, Any]]:
+    _only(cla, at, {"cluster_name", "endpoints", "policy"})
+    if cla.policy is not None:
+        # overprovisioning_factor only matters across priorities, which are refused below
+        _only(cla.policy, at / "policy", {"overprovisioning_factor"})
+    hosts: list[dict[str, Any]] = []
+    for li, loc in enumerate(cla.endpoints):
+        lat = at / "endpoints" / li
+        # locality and its weight only matter to locality-weighted balancing (not enabled)
+        _only(
+            loc, lat, {"locality", "lb_endpoints", "load_balancing_weight", "metadata", "priority"}
+        )
+        if loc.priority:
+            raise (lat / "priority").error(f"priority {loc.priority}: failover {UNSUPPORTED}")
+        for ei, lb in enumerate(loc.lb_endpoints):
+            eat = lat / "lb_endpoints" / ei
+            _only(lb, eat, {"endpoint", "health_status", "load_balancing_weight", "metadata"})
+            if lb.health_status in _SKIPPED_HEALTH:
+                continue  # the control plane says: send nothing there
+            if lb.endpoint is None:
+                raise (eat / "endpoint").error("an endpoint is required")
+            _only(lb.endpoint, eat / "endpoint", {"address", "hostname", "health_check_config"})
+            host: dict[str, Any] = {
+                "address": _socket_address(lb.endpoint.address, eat / "endpoint" / "address")
+            }
+            if lb.endpoint.hostname:
+                host["hostname"] = lb.endpoint.hostname
+            if lb.load_balancing_weight is not None:
+                w = lb.load_balancing_weight
+                if not MIN_HOST_WEIGHT <= w <= MAX_HOST_WEIGHT:
+                    raise (eat / "load_balancing_weight").error(
+                        f"weight {w}: trio-mesh takes {MIN_HOST_WEIGHT} to {MAX_HOST_WEIGHT}"
+                    )
+                host["weight"] = w
+            hosts.append(host)
+    return hosts
+
+
+def endpoint_hosts(cla: t.ClusterLoadAssignment) -> list[dict[str, Any]]:
+    """The ``hosts`` of the cluster a ClusterLoadAssignment is for, from every locality;
+    endpoints reported UNHEALTHY, DRAINING or TIMEOUT are left out."""
+    return _hosts(cla, _At("ClusterLoadAssignment", cla.cluster_name))
+
+
+# --------------------------------------------------------------------------- routes
+
+_APPEND = {
+    t.HeaderValueOptionHeaderAppendAction.APPEND_IF_EXISTS_OR_ADD: True,
+    t.HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD: False,
+}
+
+
+def _headers_to_add(options: list[Any], at: _At) -> list[dict[str, Any]]:
+    out = []
+    for i, opt in enumerate(options):
+        oat = at / i
+        _only(opt, oat, {"header", "append", "append_action"})
+        if opt.header is None:
+            raise (oat / "header").error("a header is required")
+        _only(opt.header, oat / "header", {"key", "value"})
+        if opt.append is not None:  # the deprecated BoolValue wins when set, as in Envoy
+            append = opt.append
+        elif opt.append_action in _APPEND:
+            append = _APPEND[opt.append_action]
+        else:
+            raise (oat / "append_action").error(f"{opt.append_action.name}: {UNSUPPORTED}")
+        out.append({"header": {"key": opt.header.key, "value": opt.header.value}, "append": append})
+    return out
+
+
+_HEADER_MUTATIONS = (
+    "request_headers_to_add",
+    "request_headers_to_remove",
+    "response_headers_to_add",
+    "response_headers_to_remove",
+)
+
+
+def _mutations(msg: Any, at: _At, doc: dict[str, Any]) -> None:
+    for key in _HEADER_MUTATIONS:
+        value = getattr(msg, key)
+        if not value:
+            continue
+        doc[key] = _headers_to_add(value, at / key) if key.endswith("_add") else list(value)
+
+
+def _regex(m: Any, at: _At) -> str:
+    # RE2 and Python's re agree on the common syntax; routes.py rejects what re cannot compile
+    _only(m, at, {"regex", "google_re2"})
+    return m.regex
+
+
+def _string_match(sm: Any, at: _At) -> tuple[str, bool]:
+    """A StringMatcher as our ``(value, regex)`` pair: prefix, suffix and contains become
+    anchored regexes, ``ignore_case`` an inline flag."""
+    _only(sm, at, {"exact", "prefix", "suffix", "contains", "safe_regex", "ignore_case"})
+    flag = "(?i)" if sm.ignore_case else ""
+    if sm.exact is not None:
+        return (f"{flag}{re.escape(sm.exact)}", True) if flag else (sm.exact, False)
+    if sm.prefix is not None:
+        return f"{flag}{re.escape(sm.prefix)}.*", True
+    if sm.suffix is not None:
+        return f"{flag}.*{re.escape(sm.suffix)}", True
+    if sm.contains is not None:
+        return f"{flag}.*{re.escape(sm.contains)}.*", True
+    if sm.safe_regex is not None:
+        return f"{flag}{_regex(sm.safe_regex, at / 'safe_regex')}", True
+    raise at.error("a match pattern is required")
+
+
+def _header_matcher(h: Any, at: _At) -> dict[str, Any]:
+    _only(
+        h,
+        at,
+        {
+            "name",
+            "exact_match",
+            "safe_regex_match",
+            "present_match",
+            "prefix_match",
+            "suffix_match",
+            "contains_match",
+            "string_match",
+            "invert_match",
+        },
+    )
+    out: dict[str, Any] = {"name": h.name}
+    invert = h.invert_match
+    if h.present_match is not None:
+        out["present"] = True
+        invert = invert != (not h.present_match)  # present_match false: matches when absent
+    elif h.exact_match is not None:
+        out["value"] = h.exact_match
+    elif h.safe_regex_match is not None:
+        out["value"], out["regex"] = _regex(h.safe_regex_match, at / "safe_regex_match"), True
+    elif h.prefix_match is not None:
+        out["value"], out["regex"] = f"{re.escape(h.prefix_match)}.*", True
+    elif h.suffix_match is not None:
+        out["value"], out["regex"] = f".*{re.escape(h.suffix_match)}", True
+    elif h.contains_match is not None:
+        out["value"], out["regex"] = f".*{re.escape(h.contains_match)}.*", True
+    elif h.string_match is not None:
+        value, regex = _string_match(h.string_match, at / "string_match")
+        out["value"] = value
+        if regex:
+            out["regex"] = True
+    else:
+        out["present"] = True  # Envoy: no specifier means "the header is present"
+    if invert:
+        out["invert"] = True
+    return out
+
+
+def _query_matcher(q: Any, at: _At) -> dict[str, Any]:
+    _only(q, at, {"name", "string_match", "present_match"})
+    if q.string_match is not None:
+        value, regex = _string_match(q.string_match, at / "string_match")
+        return {"name": q.name, "value": value, "regex": regex}
+    if q.present_match:
+        return {"name": q.name, "present": True}
+    raise at.error("give string_match or present_match: true")
+
+
+def _route_match(m: Any, at: _At) -> dict[str, Any]:
+    _only(m, at, {"prefix", "path", "safe_regex", "case_sensitive", "headers", "query_parameters"})
+    out: dict[str, Any] = {}
+    if m.prefix is not None:
+        out["prefix"] = m.prefix
+    elif m.path is not None:
+        out["path"] = m.path
+    elif m.safe_regex is not None:
+        out["regex"] = _regex(m.safe_regex, at / "safe_regex")
+    if m.case_sensitive is not None:
+        out["case_sensitive"] = m.case_sensitive
+    if m.headers:
+        out["headers"] = [_header_matcher(h, at / "headers" / i) for i, h in enumerate(m.headers)]
+    if m.query_parameters:
+        out["query_parameters"] = [
+            _query_matcher(q, at / "query_parameters" / i) for i, q in enumerate(m.query_parameters)
+        ]
+    return out
+
+
+def _retry_policy(rp: Any, at: _At) -> dict[str, Any]:
+    _only(rp, at, {"retry_on", "num_retries", "per_try_timeout", "retriable_status_codes"})
+    conditions = [c.strip() for c in rp.retry_on.split(",") if c.strip()]
+    for c in conditions:
+        if c not in RETRY_CONDITIONS:
+            raise (at / "retry_on").error(f"retry condition {c!r}: {UNSUPPORTED}")
+    out: dict[str, Any] = {
+        "retry_on": ",".join(conditions),
+        # Envoy's default is one retry
+        "num_retries": rp.num_retries if rp.num_retries is not None else 1,
+    }
+    if rp.per_try_timeout is not None:
+        out["per_try_timeout"] = _duration(rp.per_try_timeout, at / "per_try_timeout")
+    if rp.retriable_status_codes:
+        out["retriable_status_codes"] = list(rp.retriable_status_codes)
+    return out
+
+
+def _route_action(ra: Any, at: _At) -> dict[str, Any]:
+    _only(
+        ra,
+        at,
+        {
+            "cluster",
+            "cluster_header",
+            "weighted_clusters",
+            "prefix_rewrite",
+            "regex_rewrite",
+            "host_rewrite_literal",
+            "auto_host_rewrite",
+            "timeout",
+            "retry_policy",
+        },
+    )
+    out: dict[str, Any] = {}
+    if ra.cluster is not None:
+        out["cluster_name"] = ra.cluster
+    elif ra.cluster_header is not None:
+        out["cluster_header"] = ra.cluster_header
+    elif ra.weighted_clusters is not None:
+        wat = at / "weighted_clusters"
+        _only(ra.weighted_clusters, wat, {"clusters", "total_weight"})
+        entries = []
+        for i, cw in enumerate(ra.weighted_clusters.clusters):
+            cat = wat / "clusters" / i
+            _only(cw, cat, {"name", "weight"})
+            if not cw.weight:
+                raise (cat / "weight").error("a weight of 1 or more is required")
+            entries.append({"cluster": {"name": cw.name, "weight": cw.weight}})
+        out["weighted_clusters"] = entries
+    else:
+        raise at.error("a cluster, cluster_header or weighted_clusters is required")
+    if ra.prefix_rewrite:  # "" means no rewrite in both
+        out["prefix_rewrite"] = ra.prefix_rewrite
+    if ra.regex_rewrite is not None:
+        rr = ra.regex_rewrite
+        _only(rr, at / "regex_rewrite", {"pattern", "substitution"})
+        if rr.pattern is None:
+            raise (at / "regex_rewrite" / "pattern").error("a pattern is required")
+        out["regex_rewrite"] = {
+            "pattern": {"regex": _regex(rr.pattern, at / "regex_rewrite" / "pattern")},
+            "substitution": rr.substitution,
+        }
+    if ra.host_rewrite_literal is not None:
+        out["host_rewrite"] = ra.host_rewrite_literal
+    if ra.auto_host_rewrite:
+        out["auto_host_rewrite"] = True
+    if ra.timeout is not None:  # unset: Envoy's 15s, which is our default too
+        out["timeout"] = _duration(ra.timeout, at / "timeout")
+    if ra.retry_policy is not None:
+        out["retry_policy"] = _retry_policy(ra.retry_policy, at / "retry_policy")
+    return out
+
+
+_REDIRECT_CODES = {
+    t.RedirectActionRedirectResponseCode.MOVED_PERMANENTLY: 301,
+    t.RedirectActionRedirectResponseCode.FOUND: 302,
+    t.RedirectActionRedirectResponseCode.SEE_OTHER: 303,
+    t.RedirectActionRedirectResponseCode.TEMPORARY_REDIRECT: 307,
+    t.RedirectActionRedirectResponseCode.PERMANENT_REDIRECT: 308,
+}
+
+
+def _redirect(rd: Any, at: _At) -> dict[str, Any]:
+    _only(
+        rd,
+        at,
+        {
+            "https_redirect",
+            "scheme_redirect",
+            "host_redirect",
+            "path_redirect",
+            "prefix_rewrite",
+            "response_code",
+            "strip_query",
+        },
+    )
+    out: dict[str, Any] = {"response_code": _REDIRECT_CODES[rd.response_code]}
+    if rd.https_redirect:
+        out["scheme_redirect"] = "https"
+    elif rd.scheme_redirect is not None:
+        out["scheme_redirect"] = rd.scheme_redirect
+    if rd.host_redirect:
+        out["host_redirect"] = rd.host_redirect
+    if rd.path_redirect is not None:
+        out["path_redirect"] = rd.path_redirect
+    elif rd.prefix_rewrite is not None:
+        out["prefix_rewrite"] = rd.prefix_rewrite
+    if rd.strip_query:
+        out["strip_query"] = True
+    return out
+
+
+def _direct_response(dr: Any, at: _At) -> dict[str, Any]:
+    _only(dr, at, {"status", "body"})
+    out: dict[str, Any] = {"status": dr.status}
+    if dr.body is not None:
+        bat = at / "body"
+        _only(dr.body, bat, {"inline_string", "inline_bytes"})
+        if dr.body.inline_string is not None:
+            out["body"] = dr.body.inline_string
+        elif dr.body.inline_bytes is not None:
+            try:
+                out["body"] = dr.body.inline_bytes.decode("utf-8")
+            except UnicodeDecodeError:
+                raise (bat / "inline_bytes").error("only UTF-8 text bodies are supported") from None
+    return out
+
+
+def _route(r: Any, at: _At) -> dict[str, Any]:
+    # decorator, tracing and stat_prefix only name things in traces and stats
+    _only(
+        r,
+        at,
+        {
+            "name",
+            "match",
+            "route",
+            "redirect",
+            "direct_response",
+            "metadata",
+            "decorator",
+            "tracing",
+            "stat_prefix",
+            "typed_per_filter_config",
+            *_HEADER_MUTATIONS,
+        },
+    )
+    out: dict[str, Any] = {}
+    if r.name:
+        out["name"] = r.name
+    if r.typed_per_filter_config:
+        out["per_filter_config"] = _per_filter_configs(
+            r.typed_per_filter_config, at / "typed_per_filter_config"
+        )
+    out["match"] = _route_match(r.match, at / "match") if r.match is not None else {}
+    if r.route is not None:
+        action = _route_action(r.route, at / "route")
+        # our header mutations live on the action: a Route's own ones join it
+        _mutations(r, at, action)
+        out["route"] = action
+        return out
+    for key in _HEADER_MUTATIONS:
+        if getattr(r, key):
+            raise (at / key).error("header mutations are supported on forwarding routes only")
+    if r.redirect is not None:
+        out["redirect"] = _redirect(r.redirect, at / "redirect")
+    elif r.direct_response is not None:
+        out["direct_response"] = _direct_response(r.direct_response, at / "direct_response")
+    else:
+        raise at.error("a route, redirect or direct_response is required")
+    return out
+
+
+def _virtual_host(vh: Any, at: _At) -> dict[str, Any]:
+    _only(vh, at, {"name", "domains", "routes", "metadata", *_HEADER_MUTATIONS})
+    out: dict[str, Any] = {
+        "name": vh.name,
+        "domains": list(vh.domains),
+        "routers": [_route(r, at / "routes" / i) for i, r in enumerate(vh.routes)],
+    }
+    _mutations(vh, at, out)
+    return out
+
+
+def _route_config(rc: Any, at: _At, name: str) -> dict[str, Any]:
+    # validate_clusters is a load-time check we always do; the size cap has no equivalent
+    # to enforce, and our domains are always matched without the port
+    _only(
+        rc,
+        at,
+        {
+            "name",
+            "virtual_hosts",
+            "validate_clusters",
+            "metadata",
+            "max_direct_response_body_size_bytes",
+            "ignore_port_in_host_matching",
+            *_HEADER_MUTATIONS,
+        },
+    )
+    out: dict[str, Any] = {
+        "router_config_name": name,
+        "virtual_hosts": [
+            _virtual_host(vh, at / "virtual_hosts" / i) for i, vh in enumerate(rc.virtual_hosts)
+        ],
+    }
+    _mutations(rc, at, out)
+    return out
+
+
+def route_config_doc(rc: t.RouteConfiguration) -> dict[str, Any]:
+    """A ``servers[].routers[]`` entry named as the RouteConfiguration."""
+    return _route_config(rc, _At("RouteConfiguration", rc.name), rc.name)
+
+
+# --------------------------------------------------------------------------- HTTP filters
+
+FAULT_TYPE = t.type_url(HttpFault)
+COMPRESSOR_TYPE = t.type_url(Compressor)
+COMPRESSOR_PER_ROUTE_TYPE = t.type_url(CompressorPerRoute)
+GZIP_TYPE = t.type_url(Gzip)
+LOCAL_RATELIMIT_TYPE = t.type_url(LocalRateLimit)
+RBAC_TYPES = (t.type_url(Rbac), t.type_url(RbacPerRoute))
+FILTER_CONFIG_TYPE = t.type_url(FilterConfig)
+
+#: Envoy's usual filter names -> our stream filter types, for a per-route
+#: ``FilterConfig{disabled: true}`` that carries no config to tell the filter by.
+_WELL_KNOWN = {
+    "envoy.filters.http.fault": "fault",
+    "envoy.filters.http.compressor": "gzip",
+    "envoy.filters.http.local_ratelimit": "flowcontrol",
+}
+
+_DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}  # HUNDRED, TEN_THOUSAND, MILLION
+
+
+def _percent(fp: Any, at: _At) -> float:
+    """A FractionalPercent as 0-100; unset is 0 and over the denominator is 100, as in Envoy."""
+    if fp is None:
+        return 0.0
+    _only(fp, at, {"numerator", "denominator"})
+    return min(100.0, fp.numerator * 100 / _DENOMINATORS[int(fp.denominator)])
+
+
+def _runtime_percent(rfp: Any, at: _At) -> float:
+    # trio-mesh has no runtime layer: a runtime key always reads its default, as in an Envoy
+    # without that key
+    _only(rfp, at, {"default_value", "runtime_key"})
+    return _percent(rfp.default_value, at / "default_value")
+
+
+def _fault(f: Any, at: _At) -> dict[str, Any]:
+    # the *_runtime keys only rename runtime overrides (none here); stats and metadata
+    _only(
+        f,
+        at,
+        {
+            "delay",
+            "abort",
+            "upstream_cluster",
+            "headers",
+            "delay_percent_runtime",
+            "abort_percent_runtime",
+            "delay_duration_runtime",
+            "abort_http_status_runtime",
+            "abort_grpc_status_runtime",
+            "disable_downstream_cluster_stats",
+            "filter_metadata",
+        },
+    )
+    out: dict[str, Any] = {}
+    if f.delay is not None:
+        dat = at / "delay"
+        _only(f.delay, dat, {"fixed_delay", "percentage"})
+        if f.delay.fixed_delay is None:
+            raise (dat / "fixed_delay").error("a fixed_delay is required")
+        out["delay"] = {
+            "fixed_delay": _duration(f.delay.fixed_delay, dat / "fixed_delay"),
+            "percentage": _percent(f.delay.percentage, dat / "percentage"),
+        }
+    if f.abort is not None:
+        aat = at / "abort"
+        _only(f.abort, aat, {"http_status", "grpc_status", "percentage"})
+        abort: dict[str, Any] = {"percentage": _percent(f.abort.percentage, aat / "percentage")}
+        if f.abort.http_status is not None:
+            abort["http_status"] = f.abort.http_status
+        elif f.abort.grpc_status is not None:
+            abort["grpc_status"] = f.abort.grpc_status
+        else:
+            raise aat.error("an http_status or grpc_status is required")
+        out["abort"] = abort
+    if f.upstream_cluster:
+        out["upstream_cluster"] = f.upstream_cluster
+    if f.headers:
+        out["headers"] = [_header_matcher(h, at / "headers" / i) for i, h in enumerate(f.headers)]
+    return out
+
+
+def _content_filter(common: Any, at: _At, out: dict[str, Any]) -> bool:
+    """The response direction's common config into ``out``; False when it is switched off."""
+    _only(common, at, {"enabled", "min_content_length", "content_type"})
+    if common.enabled is not None:
+        _only(common.enabled, at / "enabled", {"default_value", "runtime_key"})
+        if common.enabled.default_value is False:
+            return False
+    if common.min_content_length is not None:
+        out["content_length"] = common.min_content_length
+    if common.content_type:
+        out["content_types"] = list(common.content_type)
+    return True
+
+
+def _gzip(c: Any, at: _At) -> dict[str, Any] | None:
+    """Our ``gzip`` config, or None for a compressor switched off (it compresses nothing)."""
+    # choose_first only ranks several compressor filters, which would be refused as duplicates
+    _only(
+        c,
+        at,
+        {
+            "content_length",
+            "content_type",
+            "runtime_enabled",
+            "compressor_library",
+            "response_direction_config",
+            "choose_first",
+        },
+    )
+    out: dict[str, Any] = {}
+    lib_at = at / "compressor_library"
+    if c.compressor_library is None:
+        raise lib_at.error("a compressor_library is required")
+    _only(c.compressor_library, lib_at, {"name", "typed_config"})
+    gz = _unpack(c.compressor_library.typed_config, lib_at / "typed_config", (GZIP_TYPE,))
+    # memory_level, window_bits, strategy and chunk_size tune zlib: same content, other bytes
+    _only(
+        gz,
+        lib_at / "typed_config",
+        {"compression_level", "memory_level", "window_bits", "compression_strategy", "chunk_size"},
+    )
+    # DEFAULT_COMPRESSION (0, unset) is zlib's 6, as ours; BEST_SPEED is 1, BEST_COMPRESSION 9
+    if int(gz.compression_level):
+        out["gzip_level"] = int(gz.compression_level)
+    enabled = True
+    if c.runtime_enabled is not None:
+        _only(c.runtime_enabled, at / "runtime_enabled", {"default_value", "runtime_key"})
+        enabled = c.runtime_enabled.default_value is not False
+    if c.content_length is not None:  # deprecated, but still read when set
+        out["content_length"] = c.content_length
+    if c.content_type:
+        out["content_types"] = list(c.content_type)
+    rd = c.response_direction_config
+    if rd is not None:
+        rat = at / "response_direction_config"
+        # a strong ETag is weakened (weaken_etag_on_compress); Envoy's default drops it:
+        # either way no cache takes the compressed bytes as the upstream's
+        _only(rd, rat, {"common_config", "weaken_etag_on_compress"})
+        if rd.common_config is not None:
+            enabled = _content_filter(rd.common_config, rat / "common_config", out) and enabled
+    return out if enabled else None
+
+
+def _local_ratelimit(rl: Any, at: _At) -> dict[str, Any]:
+    # gRPC refusals are always RESOURCE_EXHAUSTED (rate_limited_as_resource_exhausted);
+    # stage and always_consume_default_token_bucket only matter with descriptors (refused)
+    _only(
+        rl,
+        at,
+        {
+            "stat_prefix",
+            "status",
+            "token_bucket",
+            "filter_enabled",
+            "filter_enforced",
+            "enable_x_ratelimit_headers",
+            "rate_limited_as_resource_exhausted",
+            "always_consume_default_token_bucket",
+        },
+    )
+    out: dict[str, Any] = {}
+    # Envoy enables and enforces the limit on 0% of the requests unless told otherwise
+    shares = []
+    for key in ("filter_enabled", "filter_enforced"):
+        value = getattr(rl, key)
+        share = _runtime_percent(value, at / key) if value is not None else 0.0
+        if share not in (0.0, 100.0):
+            raise (at / key).error(f"{share:g}%: only 0% or 100% is supported")
+        shares.append(share)
+    if shares != [100.0, 100.0]:
+        # limits nothing; kept (switched off) so that routes can still turn it on
+        out["global_switch"] = False
+    if rl.token_bucket is not None:
+        bat = at / "token_bucket"
+        tb = rl.token_bucket
+        _only(tb, bat, {"max_tokens", "tokens_per_fill", "fill_interval"})
+        if tb.max_tokens < 1:
+            raise (bat / "max_tokens").error("a max_tokens of 1 or more is required")
+        if tb.fill_interval is None:
+            raise (bat / "fill_interval").error("a fill_interval is required")
+        out["max_tokens"] = tb.max_tokens
+        out["tokens_per_fill"] = tb.tokens_per_fill if tb.tokens_per_fill is not None else 1
+        out["fill_interval"] = _duration(tb.fill_interval, bat / "fill_interval", positive=True)
+    elif out.get("global_switch", True):
+        raise (at / "token_bucket").error("a token_bucket is required")
+    # Envoy's refusal: 429 (or the status given) with the body "local_rate_limited"
+    status = int(rl.status.code) if rl.status is not None else 0
+    out["action"] = {"status": status or 429, "body": "local_rate_limited"}
+    # Envoy sends the x-ratelimit-* headers only when asked to (ours by default)
+    out["ratelimit_headers"] = int(rl.enable_x_ratelimit_headers) != 0
+    return out
+
+
+def _http_filter(hf: Any, at: _At) -> dict[str, Any] | None:
+    """An HTTP filter other than the router as a ``stream_filters`` entry (None: it does
+    nothing, e.g. a compressor switched off)."""
+    url = hf.typed_config.type_url if hf.typed_config is not None else "no typed_config"
+    cat = at / "typed_config"
+    if url == FAULT_TYPE:
+        return {"type": "fault", "config": _fault(_unpack(hf.typed_config, cat, (url,)), cat)}
+    if url == COMPRESSOR_TYPE:
+        config = _gzip(_unpack(hf.typed_config, cat, (url,)), cat)
+        return {"type": "gzip", "config": config} if config is not None else None
+    if url == LOCAL_RATELIMIT_TYPE:
+        config = _local_ratelimit(_unpack(hf.typed_config, cat, (url,)), cat)
+        return {"type": "flowcontrol", "config": config}
+    if url in RBAC_TYPES:
+        raise at.error(
+            f"HTTP filter {hf.name!r} ({url}): RBAC is {UNSUPPORTED}"
+            " (the ip_access filter allows or denies client addresses)"
+        )
+    raise at.error(f"HTTP filter {hf.name!r} ({url}): {UNSUPPORTED}")
+
+
+def _per_filter(name: str, any_: Any, at: _At) -> tuple[str, Any]:
+    """One ``typed_per_filter_config`` entry as ``(our filter type, its per_filter_config)``.
+    The filter is told by the config's type (RDS arrives without the listener), or by
+    Envoy's usual name for a bare ``FilterConfig{disabled: true}``."""
+    if any_ is not None and any_.type_url == FILTER_CONFIG_TYPE:
+        fc = _unpack(any_, at, (FILTER_CONFIG_TYPE,))
+        # is_optional only lets Envoy skip a filter it does not know: refusing is stricter
+        _only(fc, at, {"config", "disabled", "is_optional"})
+        if fc.disabled:
+            if fc.config is not None:
+                raise (at / "config").error("give disabled or a config, not both")
+            kind = _WELL_KNOWN.get(name)
+            if kind is None:
+                raise at.error(
+                    f"cannot tell which filter {name!r} is: use its config's type"
+                    f" or one of {', '.join(sorted(_WELL_KNOWN))}"
+                )
+            return kind, {"disabled": True}
+        if fc.config is None:
+            raise (at / "config").error("a config is required")
+        return _per_filter(name, fc.config, at / "config")
+    url = any_.type_url if any_ is not None else "no typed_config"
+    if url == FAULT_TYPE:
+        return "fault", _fault(_unpack(any_, at, (url,)), at)
+    if url == LOCAL_RATELIMIT_TYPE:
+        return "flowcontrol", _local_ratelimit(_unpack(any_, at, (url,)), at)
+    if url == COMPRESSOR_PER_ROUTE_TYPE:
+        pr = _unpack(any_, at, (url,))
+        _only(pr, at, {"disabled"})
+        if not pr.disabled:
+            raise (at / "disabled").error("only disabled: true is supported")
+        return "gzip", {"disabled": True}
+    raise (at / "type_url").error(f"{url!r}: {UNSUPPORTED}")
+
+
+def _per_filter_configs(configs: dict[str, Any], at: _At) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, any_ in configs.items():
+        kind, config = _per_filter(name, any_, at / name)
+        if kind in out:
+            raise (at / name).error(f"a second config for the {kind} filter")
+        out[kind] = config
+    return out
+
+
+# --------------------------------------------------------------------------- listeners
+
+
+@attrs.frozen
+class ListenerParts:
+    """A converted Listener: its ``servers[].listeners[]`` entry, the RDS route
+    configurations it names (to subscribe to), and the router configs of its inline
+    ``route_config``\\ s (``servers[].routers[]`` entries, named ``<listener>/<name>``)."""
+
+    listener: dict[str, Any]
+    rds: list[str] = attrs.field(factory=list)
+    inline_routers: list[dict[str, Any]] = attrs.field(factory=list)
+
+
+_CODECS = {"AUTO": "Auto", "HTTP1": "Http1", "HTTP2": "Http2"}
+
+_HCM_FIELDS = frozenset(
+    {
+        "codec_type",
+        "stat_prefix",
+        "rds",
+        "route_config",
+        "http_filters",
+        "common_http_protocol_options",
+        "http2_protocol_options",
+        "max_request_headers_kb",
+        "request_headers_timeout",
+        "use_remote_address",
+        "skip_xff_append",
+        "generate_request_id",
+    }
+)
+
+
+def _hcm(hcm: Any, at: _At, listener: dict[str, Any], parts: ListenerParts) -> dict[str, Any]:
+    _only(hcm, at, _HCM_FIELDS)
+    if hcm.codec_type.name not in _CODECS:
+        raise (at / "codec_type").error(f"{hcm.codec_type.name}: {UNSUPPORTED}")
+    config: dict[str, Any] = {
+        "downstream_protocol": _CODECS[hcm.codec_type.name],
+        # Envoy's upstream protocol is the cluster's: HTTP/1.1 unless it says otherwise
+        "upstream_protocol": "Http1",
+    }
+    if hcm.rds is not None:
+        rat = at / "rds"
+        _only(hcm.rds, rat, {"route_config_name", "config_source"})
+        if not hcm.rds.route_config_name:
+            raise (rat / "route_config_name").error("a route_config_name is required")
+        config["router_config_name"] = hcm.rds.route_config_name
+        parts.rds.append(hcm.rds.route_config_name)
+    elif hcm.route_config is not None:
+        name = f"{listener['name']}/{hcm.route_config.name or 'inline'}"
+        parts.inline_routers.append(_route_config(hcm.route_config, at / "route_config", name))
+        config["router_config_name"] = name
+    else:
+        raise at.error("rds or route_config is required")
+
+    stream_filters: list[dict[str, Any]] = []
+    for i, hf in enumerate(hcm.http_filters):
+        fat = at / "http_filters" / i
+        _only(hf, fat, {"name", "typed_config", "is_optional"})
+        if hf.typed_config is None or hf.typed_config.type_url != t.ROUTER_TYPE:
+            # the filters before the router run in order: our stream filters, in order
+            entry = _http_filter(hf, fat)
+            if entry is None:
+                continue
+            if any(e["type"] == entry["type"] for e in stream_filters):
+                # a route's per_filter_config is keyed by type: it could not tell them apart
+                raise fat.error(f"a second {entry['type']} filter: {UNSUPPORTED}")
+            stream_filters.append(entry)
+            continue
+        if i != len(hcm.http_filters) - 1:
+            raise fat.error("the router filter must be the last HTTP filter")
+        # the Router's own settings (stats, tracing, header strictness) are not mapped
+        _unpack(hf.typed_config, fat / "typed_config", (t.ROUTER_TYPE,))
+    if stream_filters:
+        if "stream_filters" in listener:
+            raise at.error("a second HTTP connection manager with HTTP filters")
+        listener["stream_filters"] = stream_filters
+
+    if hcm.common_http_protocol_options is not None:
+        cat = at / "common_http_protocol_options"
+        _only(hcm.common_http_protocol_options, cat, {"idle_timeout", "max_headers_count"})
+        opts = hcm.common_http_protocol_options
+        if opts.idle_timeout is not None and opts.idle_timeout.total_seconds() > 0:
+            listener["connection_idle_timeout"] = _duration(opts.idle_timeout, cat / "idle_timeout")
+        if opts.max_headers_count is not None:
+            config["max_request_headers"] = opts.max_headers_count
+    if hcm.http2_protocol_options is not None:
+        config["http2"] = _http2_options(hcm.http2_protocol_options, at / "http2_protocol_options")
+    if hcm.max_request_headers_kb is not None:
+        config["max_request_header_bytes"] = hcm.max_request_headers_kb * 1024
+    if hcm.request_headers_timeout is not None and hcm.request_headers_timeout.total_seconds():
+        config["request_header_timeout"] = _duration(
+            hcm.request_headers_timeout, at / "request_headers_timeout"
+        )
+    # Envoy appends the client to x-forwarded-for only with use_remote_address
+    config["add_x_forwarded_for"] = bool(hcm.use_remote_address) and not hcm.skip_xff_append
+    if hcm.generate_request_id is not None:
+        config["generate_request_id"] = hcm.generate_request_id
+    return {"type": "proxy", "config": config}
+
+
+def _tcp_proxy(tp: Any, at: _At) -> dict[str, Any]:
+    _only(tp, at, {"stat_prefix", "cluster", "idle_timeout", "max_connect_attempts"})
+    if not tp.cluster:
+        raise (at / "cluster").error("a cluster is required")
+    config: dict[str, Any] = {"cluster": tp.cluster}
+    if tp.stat_prefix:
+        config["stat_prefix"] = tp.stat_prefix
+    # Envoy: unset is one hour, 0s disables it (our None)
+    idle = tp.idle_timeout if tp.idle_timeout is not None else datetime.timedelta(hours=1)
+    if idle.total_seconds() != 0:
+        config["idle_timeout"] = _duration(idle, at / "idle_timeout")
+    if tp.max_connect_attempts is not None:
+        config["max_connect_attempts"] = tp.max_connect_attempts
+    return {"type": "tcp_proxy", "config": config}
+
+
+_LISTENER_FIELDS = frozenset(
+    {
+        "name",
+        "address",
+        "filter_chains",
+        "bind_to_port",
+        "per_connection_buffer_limit_bytes",  # the listener key of the same name
+        # stats, metadata, drain and socket-event tuning: no effect on what is forwarded
+        "stat_prefix",
+        "metadata",
+        "traffic_direction",
+        "drain_type",
+        "tcp_backlog_size",
+        "ignore_global_conn_limit",
+        "max_connections_to_accept_per_socket_event",
+        "bypass_overload_manager",
+        "enable_reuse_port",
+        "reuse_port",
+        "listener_filters_timeout",
+        "continue_on_listener_filters_timeout",
+    }
+)
+
+
+def listener_doc(lst: t.Listener) -> ListenerParts:
+    """A ``servers[].listeners[]`` entry with the route configs it needs (see
+    `ListenerParts`). One filter chain, no filter_chain_match and no TLS."""
+    at = _At("Listener", lst.name)
+    _only(lst, at, _LISTENER_FIELDS)
+    address = _socket_address(lst.address, at / "address")
+    doc: dict[str, Any] = {"name": lst.name, "address": address}
+    if lst.bind_to_port is not None:
+        doc["bind_port"] = lst.bind_to_port
+    if lst.per_connection_buffer_limit_bytes is not None:
+        doc["per_connection_buffer_limit_bytes"] = lst.per_connection_buffer_limit_bytes
+    parts = ListenerParts(listener=doc)
+    if len(lst.filter_chains) != 1:
+        raise (at / "filter_chains").error(
+            f"exactly one filter chain is supported, got {len(lst.filter_chains)}"
+        )
+    chain = lst.filter_chains[0]
+    cat = at / "filter_chains" / 0
+    if chain.filter_chain_match is not None:
+        raise (cat / "filter_chain_match").error()
+    _transport_socket(chain.transport_socket, cat, "this listener")
+    _only(chain, cat, {"filters", "name", "metadata", "transport_socket"})
+    filters = []
+    for i, f in enumerate(chain.filters):
+        fat = cat / "filters" / i
+        _only(f, fat, {"name", "typed_config"})
+        config = _unpack(f.typed_config, fat / "typed_config", (t.HCM_TYPE, t.TCP_PROXY_TYPE))
+        if isinstance(config, t.HttpConnectionManager):
+            filters.append(_hcm(config, fat / "typed_config", doc, parts))
+        else:
+            filters.append(_tcp_proxy(config, fat / "typed_config"))
+    doc["filter_chains"] = [{"filters": filters}]
+    return parts
