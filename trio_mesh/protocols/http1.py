@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from http import HTTPStatus
+from typing import TypeVar
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
 
@@ -88,7 +89,7 @@ _DEFAULT_LIMITS = Limits()
 class _Record:
     """Slot-based value objects: equality and repr over the slots (tests compare events)."""
 
-    __slots__ = ()
+    __slots__: tuple[str, ...] = ()
     __hash__ = None  # type: ignore[assignment]
 
     def __eq__(self, other: object) -> bool:
@@ -243,7 +244,10 @@ class _Sink:
         self.msg_done = True
 
 
-def _llhttp(cls: type, sink: _Sink):  # -> HttpRequestParser | HttpResponseParser
+_LLHTTP = TypeVar("_LLHTTP", HttpRequestParser, HttpResponseParser)
+
+
+def _llhttp(cls: type[_LLHTTP], sink: _Sink) -> _LLHTTP:
     p = cls(sink)
     # llhttp starts strict; say so explicitly so a changed default cannot loosen us (this API
     # and llhttp 9.2.1, the CVE-2024-27982 fix, arrived in httptools 0.6.3)
@@ -310,6 +314,7 @@ class _Parser:
         "upgraded",
         "upgraded_tail",
     )
+    _p: HttpRequestParser | HttpResponseParser  # the subclass's, set by its __init__
 
     def __init__(self, limits: Limits | None, bad: int, too_large: int) -> None:
         self._limits = limits or _DEFAULT_LIMITS
@@ -554,6 +559,7 @@ class RequestParser(_Parser):
 
     __slots__ = ("_keep_alive", "_reparse")
     _defer_errors = True
+    _p: HttpRequestParser
 
     def __init__(self, limits: Limits | None = None) -> None:
         super().__init__(limits, 400, 431)
@@ -796,6 +802,7 @@ class ResponseParser(_Parser):
     """
 
     __slots__ = ("_head_request", "complete", "trailing")
+    _p: HttpResponseParser
 
     def __init__(self, *, head_request: bool = False, limits: Limits | None = None) -> None:
         super().__init__(limits, 502, 502)

@@ -44,6 +44,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import h2.config
 import h2.connection
@@ -328,7 +329,7 @@ _NO_CONTENT_STATUSES = frozenset({b"204", b"304"})
 _SENDING_STATES = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 
 
-class _H2(h2.connection.H2Connection):
+class _H2(h2.connection.H2Connection):  # type: ignore[misc]  # h2 4.1 ships no types
     # h2 keeps how each closed stream ended to tell late frames from protocol errors; its 65536
     # entries are several MB per long-lived connection, and a few thousand cover frames in flight
     MAX_CLOSED_STREAMS = 4096
@@ -462,7 +463,8 @@ class H2Connection:
         self._control_in_flight += self._control_queued
         self._control_queued = 0
         if not self._out:
-            return self._h2.data_to_send()
+            data: bytes = self._h2.data_to_send()
+            return data
         self._flush_h2()
         out = bytes(self._out)
         self._out.clear()
@@ -493,7 +495,8 @@ class H2Connection:
         """Client side: the id for the next `send_headers` that opens a stream."""
         if not self._client:
             raise ValueError("only the client side opens streams")
-        return self._h2.get_next_available_stream_id()
+        sid: int = self._h2.get_next_available_stream_id()
+        return sid
 
     def send_headers(self, stream_id: int, headers: list[Header], end_stream: bool = False) -> None:
         """Request head (client, opens the stream) or response head (server, 1xx allowed)."""
@@ -541,7 +544,9 @@ class H2Connection:
         stream = self._h2.streams.get(stream_id)
         if stream is None or stream.state_machine.state not in _SENDING_STATES:
             return 0
-        window = min(self._h2.outbound_flow_control_window, stream.outbound_flow_control_window)
+        window: int = min(
+            self._h2.outbound_flow_control_window, stream.outbound_flow_control_window
+        )
         return max(0, window)  # a lowered INITIAL_WINDOW_SIZE can make it negative
 
     def send_trailers(self, stream_id: int, headers: list[Header]) -> None:
@@ -604,21 +609,25 @@ class H2Connection:
 
     @property
     def open_inbound_streams(self) -> int:
-        return self._h2.open_inbound_streams
+        n: int = self._h2.open_inbound_streams
+        return n
 
     @property
     def open_outbound_streams(self) -> int:
-        return self._h2.open_outbound_streams
+        n: int = self._h2.open_outbound_streams
+        return n
 
     @property
     def remote_max_concurrent_streams(self) -> int:
         """The peer's limit on streams we open (2**32 + 1 while it has set none)."""
-        return self._h2.remote_settings.max_concurrent_streams
+        n: int = self._h2.remote_settings.max_concurrent_streams
+        return n
 
     @property
     def last_peer_stream_id(self) -> int:
         """The highest stream id the peer opened (for GOAWAY)."""
-        return self._h2.highest_inbound_stream_id
+        n: int = self._h2.highest_inbound_stream_id
+        return n
 
     @property
     def goaway_received(self) -> bool:
@@ -935,6 +944,7 @@ class H2Connection:
             self._fail(ErrorCode.FRAME_SIZE_ERROR, "malformed GOAWAY")
         except HyperframeError:
             self._fail(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
+        assert isinstance(parsed, GoAwayFrame)  # the caller dispatched on the frame type
         last = parsed.last_stream_id
         self._goaway_received = True
         # ours above `last` were never processed and the peer ignores frames on them: close
@@ -986,7 +996,10 @@ class H2Connection:
 
     def _highest_id(self, sid: int) -> int:
         ours = (sid & 1) == self._client
-        return self._h2.highest_outbound_stream_id if ours else self._h2.highest_inbound_stream_id
+        highest: int = (
+            self._h2.highest_outbound_stream_id if ours else self._h2.highest_inbound_stream_id
+        )
+        return highest
 
     def _gone(self, sid: int) -> bool:
         """Reset (by either side) or the connection failed: sends become no-ops."""
@@ -998,7 +1011,7 @@ class H2Connection:
         # keep frame order when we queue frames h2 does not know about
         self._out += self._h2.data_to_send()
 
-    def _fail(self, code: ErrorCode, reason: str) -> None:
+    def _fail(self, code: ErrorCode, reason: str) -> NoReturn:
         """A connection error found here (not by h2): queue GOAWAY and raise."""
         self.goaway(code)
         raise self._died(code, reason)
