@@ -39,8 +39,6 @@ class ListenerStats(Stats):
     http2_inbound_window_update_frames_flood: int = 0
 
 
-
-
 @attrs.define(eq=False)
 class ClusterStats(Stats):
     upstream_cx_total: int = 0
