@@ -434,7 +434,7 @@ class H2Connection:
         if extra > 0:
             self._h2.increment_flow_control_window(extra)
 
-    def receive(self, data: bytes) -> list[Event]:
+    def receive(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Feed bytes read from the peer; the events they complete.
 
         Raises H2ConnectionError for a connection error (GOAWAY queued), again on later calls.
