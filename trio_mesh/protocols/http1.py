@@ -165,7 +165,7 @@ class ResponseHead(_Record):
     def __init__(
         self,
         status: int,
-        reason: bytes,
+        reason: bytes | None,  # None: the standard phrase (a head whose status a filter set)
         version: bytes,
         headers: list[Header],
         keep_alive: bool,
