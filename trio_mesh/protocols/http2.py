@@ -44,7 +44,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import h2.config
 import h2.connection
@@ -53,7 +53,7 @@ import h2.exceptions
 from h2.settings import SettingCodes, Settings
 from h2.stream import StreamClosedBy, StreamState
 from hyperframe.exceptions import HyperframeError, InvalidFrameError
-from hyperframe.frame import Frame, GoAwayFrame
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame
 
 __all__ = [
     "HOP_BY_HOP",
@@ -330,6 +330,17 @@ _SENDING_STATES = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 
 
 class _H2(h2.connection.H2Connection):  # type: ignore[misc]  # h2 4.1 ships no types
+    if TYPE_CHECKING:
+        # What this module reads of h2's API, typed as h2 4.1 defines it.
+        open_inbound_streams: int
+        open_outbound_streams: int
+        highest_inbound_stream_id: int
+        highest_outbound_stream_id: int
+        outbound_flow_control_window: int
+
+        def data_to_send(self, amount: int | None = None) -> bytes: ...
+        def get_next_available_stream_id(self) -> int: ...
+
     # h2 keeps how each closed stream ended to tell late frames from protocol errors; its 65536
     # entries are several MB per long-lived connection, and a few thousand cover frames in flight
     MAX_CLOSED_STREAMS = 4096
@@ -338,13 +349,14 @@ class _H2(h2.connection.H2Connection):  # type: ignore[misc]  # h2 4.1 ships no 
     #: content-length, for the codec to reset that stream; None otherwise.
     bad_body_length: tuple[int, int] | None = None
 
-    def _receive_data_frame(self, frame):  # type: ignore[no-untyped-def]
+    def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Frame], list[Any]]:
         # h2 raises InvalidBodyLengthError (a ProtocolError) out of receive_data, which makes
         # it a connection error (GOAWAY). RFC 9113 8.1.1 makes it a stream error: caught here,
         # before receive_data sees it. By then h2 has counted the frame against the connection
         # and stream windows and left the stream open; its data is not delivered.
         try:
-            return super()._receive_data_frame(frame)
+            result: tuple[list[Frame], list[Any]] = super()._receive_data_frame(frame)
+            return result  # (frames to send, events)
         except h2.exceptions.InvalidBodyLengthError:
             self.bad_body_length = (frame.stream_id, frame.flow_controlled_length)
             return [], []  # the connection state machine's RECV_DATA yields no events
@@ -463,8 +475,7 @@ class H2Connection:
         self._control_in_flight += self._control_queued
         self._control_queued = 0
         if not self._out:
-            data: bytes = self._h2.data_to_send()
-            return data
+            return self._h2.data_to_send()
         self._flush_h2()
         out = bytes(self._out)
         self._out.clear()
@@ -495,8 +506,7 @@ class H2Connection:
         """Client side: the id for the next `send_headers` that opens a stream."""
         if not self._client:
             raise ValueError("only the client side opens streams")
-        sid: int = self._h2.get_next_available_stream_id()
-        return sid
+        return self._h2.get_next_available_stream_id()
 
     def send_headers(self, stream_id: int, headers: list[Header], end_stream: bool = False) -> None:
         """Request head (client, opens the stream) or response head (server, 1xx allowed)."""
@@ -609,13 +619,11 @@ class H2Connection:
 
     @property
     def open_inbound_streams(self) -> int:
-        n: int = self._h2.open_inbound_streams
-        return n
+        return self._h2.open_inbound_streams
 
     @property
     def open_outbound_streams(self) -> int:
-        n: int = self._h2.open_outbound_streams
-        return n
+        return self._h2.open_outbound_streams
 
     @property
     def remote_max_concurrent_streams(self) -> int:
@@ -626,8 +634,7 @@ class H2Connection:
     @property
     def last_peer_stream_id(self) -> int:
         """The highest stream id the peer opened (for GOAWAY)."""
-        n: int = self._h2.highest_inbound_stream_id
-        return n
+        return self._h2.highest_inbound_stream_id
 
     @property
     def goaway_received(self) -> bool:
@@ -996,10 +1003,7 @@ class H2Connection:
 
     def _highest_id(self, sid: int) -> int:
         ours = (sid & 1) == self._client
-        highest: int = (
-            self._h2.highest_outbound_stream_id if ours else self._h2.highest_inbound_stream_id
-        )
-        return highest
+        return self._h2.highest_outbound_stream_id if ours else self._h2.highest_inbound_stream_id
 
     def _gone(self, sid: int) -> bool:
         """Reset (by either side) or the connection failed: sends become no-ops."""
