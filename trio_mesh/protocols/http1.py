@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
 
@@ -28,8 +28,10 @@ __all__ = [
     "EndOfMessage",
     "H1Error",
     "Limits",
+    "RequestEvent",
     "RequestHead",
     "RequestParser",
+    "ResponseEvent",
     "ResponseHead",
     "ResponseParser",
     "encode_chunk",
@@ -200,7 +202,11 @@ class EndOfMessage(_Record):
 
 
 Event = RequestHead | ResponseHead | Body | EndOfMessage
-_NO_EVENTS: list[Event] = []  # never appended to: callbacks fire only inside feed()
+RequestEvent = RequestHead | Body | EndOfMessage
+ResponseEvent = ResponseHead | Body | EndOfMessage
+# A parser's head type: RequestParser emits RequestEvents, ResponseParser ResponseEvents.
+_Head = TypeVar("_Head", RequestHead, ResponseHead)
+_NO_EVENTS: list[Body] = []  # never appended to: callbacks fire only inside feed()
 
 
 class _Sink:
@@ -211,6 +217,8 @@ class _Sink:
     """
 
     __slots__ = ("begun", "url", "status", "headers", "head_done", "msg_done", "events")
+    # The list of the feed in progress (of its parser's events); only ever appended a Body.
+    events: list[Body] | list[RequestEvent] | list[ResponseEvent]
 
     def __init__(self) -> None:
         self.begun = False
@@ -219,7 +227,7 @@ class _Sink:
         self.headers: list[Header] = []
         self.head_done = False
         self.msg_done = False
-        self.events: list[Event] = _NO_EVENTS
+        self.events = _NO_EVENTS
 
     def on_message_begin(self) -> None:
         self.begun = True
@@ -288,7 +296,7 @@ _REQ_SPECIAL = frozenset(
 _RESP_SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 
 
-class _Parser:
+class _Parser(Generic[_Head]):
     """The feed loop shared by both directions; subclasses build heads and end messages."""
 
     _defer_errors = False
@@ -338,7 +346,7 @@ class _Parser:
 
     # -- subclass hooks --------------------------------------------------------------------
 
-    def _on_head(self, events: list[Event]) -> None:
+    def _on_head(self, events: list[_Head | Body | EndOfMessage]) -> None:
         raise NotImplementedError
 
     def _message_done(self) -> None:
@@ -354,7 +362,7 @@ class _Parser:
 
     # -- feeding ---------------------------------------------------------------------------
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes) -> list[_Head | Body | EndOfMessage]:
         """All events that `data` completes, in order; raises H1Error (and stays failed).
 
         Requests only: when `data` completes some events before its bad part (a good
@@ -370,7 +378,7 @@ class _Parser:
         if type(data) is not bytes:
             data = bytes(data)
         sink = self._sink
-        events: list[Event] = []
+        events: list[_Head | Body | EndOfMessage] = []
         sink.events = events
         try:
             self._run(data, events)
@@ -382,7 +390,7 @@ class _Parser:
             sink.events = _NO_EVENTS  # hold no body bytes between feeds
         return events
 
-    def _run(self, data: bytes, events: list[Event]) -> None:
+    def _run(self, data: bytes, events: list[_Head | Body | EndOfMessage]) -> None:
         sink = self._sink
         n = len(data)
         pos = 0
@@ -531,7 +539,7 @@ class _Parser:
         self._cstate = st
         return -1
 
-    def _end_message(self, events: list[Event]) -> None:
+    def _end_message(self, events: list[_Head | Body | EndOfMessage]) -> None:
         sink = self._sink
         if not sink.msg_done:  # our framing and llhttp's disagree: refuse rather than guess
             raise H1Error(self._bad, "message framing mismatch")
@@ -548,7 +556,7 @@ class _Parser:
         self._message_done()
 
 
-class RequestParser(_Parser):
+class RequestParser(_Parser[RequestHead]):
     """Parses the requests of one downstream connection, pipelined ones included.
 
     Events per request: RequestHead, Body*, EndOfMessage. A request with `upgrade` set (Upgrade
@@ -573,7 +581,7 @@ class RequestParser(_Parser):
         """No byte of a next request has been fed (a drain may close the connection)."""
         return self._phase == _HEAD and not self._head_bytes and self._error is None
 
-    def feed_eof(self) -> list[Event]:
+    def feed_eof(self) -> list[RequestEvent]:
         """The client closed: [] between requests, H1Error(400) inside one."""
         if self._error is not None:
             raise self._error
@@ -582,7 +590,7 @@ class RequestParser(_Parser):
         self._error = H1Error(400, "connection closed inside a request")
         raise self._error
 
-    def _on_head(self, events: list[Event]) -> None:
+    def _on_head(self, events: list[RequestEvent]) -> None:
         sink = self._sink
         p = self._p
         limits = self._limits
@@ -793,7 +801,7 @@ def _names_framing(connection: bytes) -> bool:
     return any(t.strip(b" \t").lower() in _FRAMING for t in connection.split(b","))
 
 
-class ResponseParser(_Parser):
+class ResponseParser(_Parser[ResponseHead]):
     """Parses ONE exchange's response on an upstream connection (a new parser per request).
 
     Events: informational ResponseHeads (1xx other than 101, alone), then the final
@@ -811,7 +819,7 @@ class ResponseParser(_Parser):
         self.complete = False
         self.trailing = b""
 
-    def feed_eof(self) -> list[Event]:
+    def feed_eof(self) -> list[ResponseEvent]:
         """The upstream closed: ends a close-delimited body; H1Error(502) if anything is cut."""
         if self._error is not None:
             raise self._error
@@ -829,7 +837,7 @@ class ResponseParser(_Parser):
         # llhttp stops after any 101 head; without Upgrade headers it calls that an error
         return self._sink.head_done and self._p.get_status_code() == 101
 
-    def _on_head(self, events: list[Event]) -> None:
+    def _on_head(self, events: list[ResponseEvent]) -> None:
         sink = self._sink
         p = self._p
         headers = sink.headers
