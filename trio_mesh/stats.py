@@ -2,68 +2,65 @@
 
 from __future__ import annotations
 
+import attrs
 
+
+@attrs.define(eq=False)
 class Stats:
-    """A group of named integers; subclasses list them in ``__slots__``."""
-
-    __slots__ = ()
-
-    def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
+    """A group of named integers, all starting at 0. Subclasses are slotted attrs classes too
+    (``@attrs.define(eq=False)``: compared by identity), one ``int = 0`` field per counter, so
+    the type checker knows every counter's name."""
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return attrs.asdict(self, recurse=False)
 
 
+@attrs.define(eq=False)
 class ListenerStats(Stats):
-    __slots__ = (
-        "downstream_cx_total",
-        "downstream_cx_active",
-        "downstream_cx_overflow",
-        "downstream_cx_idle_timeout",
-        "downstream_accept_error",
-        "downstream_rq_total",
-        "downstream_rq_1xx",
-        "downstream_rq_2xx",
-        "downstream_rq_3xx",
-        "downstream_rq_4xx",
-        "downstream_rq_5xx",
-        # gauge: received bytes buffered now (the listener's buffer budget in use)
-        "downstream_cx_rx_bytes_buffered",
-        # times a connection stopped reading because a buffer budget was spent
-        "downstream_flow_control_paused_reading_total",
-        # HTTP/2 connections closed for a frame flood (Envoy's http2.* counters)
-        "http2_outbound_control_flood",
-        "http2_inbound_empty_frames_flood",
-        "http2_inbound_priority_frames_flood",
-        "http2_inbound_window_update_frames_flood",
-    )
+    downstream_cx_total: int = 0
+    downstream_cx_active: int = 0
+    downstream_cx_overflow: int = 0
+    downstream_cx_idle_timeout: int = 0
+    downstream_accept_error: int = 0
+    downstream_rq_total: int = 0
+    downstream_rq_1xx: int = 0
+    downstream_rq_2xx: int = 0
+    downstream_rq_3xx: int = 0
+    downstream_rq_4xx: int = 0
+    downstream_rq_5xx: int = 0
+    # gauge: received bytes buffered now (the listener's buffer budget in use)
+    downstream_cx_rx_bytes_buffered: int = 0
+    # times a connection stopped reading because a buffer budget was spent
+    downstream_flow_control_paused_reading_total: int = 0
+    # HTTP/2 connections closed for a frame flood (Envoy's http2.* counters)
+    http2_outbound_control_flood: int = 0
+    http2_inbound_empty_frames_flood: int = 0
+    http2_inbound_priority_frames_flood: int = 0
+    http2_inbound_window_update_frames_flood: int = 0
 
 
+@attrs.define(eq=False)
 class ClusterStats(Stats):
-    __slots__ = (
-        "upstream_cx_total",
-        "upstream_cx_active",
-        "upstream_cx_connect_fail",
-        "upstream_cx_connect_timeout",
-        "upstream_cx_overflow",
-        "upstream_cx_none_healthy",
-        "upstream_cx_idle_timeout",
-        "upstream_rq_total",
-        # Requests (each try) outstanding to the cluster, all hosts and protocols: what
-        # ``circuit_breakers.max_requests`` bounds; its overflow counts as pending overflow,
-        # as Envoy's does.
-        "upstream_rq_active",
-        "upstream_rq_retry",
-        # Retries outstanding (``circuit_breakers.max_retries``) and those refused by it.
-        "upstream_rq_retry_active",
-        "upstream_rq_retry_overflow",
-        "upstream_rq_timeout",
-        "upstream_rq_pending_active",
-        "upstream_rq_pending_overflow",
-        "http2_outbound_control_flood",
-        "http2_inbound_empty_frames_flood",
-        "http2_inbound_priority_frames_flood",
-        "http2_inbound_window_update_frames_flood",
-    )
+    upstream_cx_total: int = 0
+    upstream_cx_active: int = 0
+    upstream_cx_connect_fail: int = 0
+    upstream_cx_connect_timeout: int = 0
+    upstream_cx_overflow: int = 0
+    upstream_cx_none_healthy: int = 0
+    upstream_cx_idle_timeout: int = 0
+    upstream_rq_total: int = 0
+    # Requests (each try) outstanding to the cluster, all hosts and protocols: what
+    # ``circuit_breakers.max_requests`` bounds; its overflow counts as pending overflow,
+    # as Envoy's does.
+    upstream_rq_active: int = 0
+    upstream_rq_retry: int = 0
+    # Retries outstanding (``circuit_breakers.max_retries``) and those refused by it.
+    upstream_rq_retry_active: int = 0
+    upstream_rq_retry_overflow: int = 0
+    upstream_rq_timeout: int = 0
+    upstream_rq_pending_active: int = 0
+    upstream_rq_pending_overflow: int = 0
+    http2_outbound_control_flood: int = 0
+    http2_inbound_empty_frames_flood: int = 0
+    http2_inbound_priority_frames_flood: int = 0
+    http2_inbound_window_update_frames_flood: int = 0

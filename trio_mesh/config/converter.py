@@ -91,7 +91,7 @@ def _structure_sequence(value: Any, tp: Any) -> tuple:
 converter.register_structure_hook_func(lambda t: typing.get_origin(t) is tuple, _structure_sequence)
 
 
-def _mapping_only(cls: type) -> Callable[[Any, type], Any]:
+def _mapping_only(cls: type[Any]) -> Callable[[Any, type], Any]:
     """attrs classes from a mapping only (cattrs would read attributes of any object)."""
     inner = make_dict_structure_fn(cls, converter, _cattrs_detailed_validation=True)
 

@@ -14,12 +14,12 @@ from typing import Any, ClassVar, Literal
 
 from attrs import frozen
 
-from .routes import _raise
+from .routes import Problem, _raise
 from .scalars import Duration, NonNegativeInt, PositiveInt, cluster_ref, router_ref
 
 FilterKind = Literal["network", "stream"]
 
-_CONFIG_CLASSES: dict[FilterKind, dict[str, type | None]] = {"network": {}, "stream": {}}
+_CONFIG_CLASSES: dict[FilterKind, dict[str, type[Any] | None]] = {"network": {}, "stream": {}}
 _TERMINAL: set[str] = set()
 #: Third-party filters: Python entry points of these groups, ``name = "pkg.module:Object"``.
 ENTRY_POINT_GROUPS: dict[FilterKind, str] = {
@@ -75,7 +75,7 @@ def _entry_point(kind: FilterKind, name: str) -> Any:
     raise KeyError(name)
 
 
-def filter_config_class(kind: FilterKind, name: str) -> type | None:
+def filter_config_class(kind: FilterKind, name: str) -> type[Any] | None:
     """The config class of a registered filter, or of one an installed package provides
     through an entry point; ``KeyError`` if the type is unknown."""
     table = _CONFIG_CLASSES[kind]
@@ -225,7 +225,7 @@ class ProxyConfig:
     )
 
     def __attrs_post_init__(self) -> None:
-        problems = []
+        problems: list[Problem] = []
         rpc = (Protocol.X, Protocol.BOLT, Protocol.DUBBO)
         if self.downstream_protocol == Protocol.X and (
             self.extend_config is None or not self.extend_config.codecs()

@@ -12,7 +12,13 @@ from . import (  # noqa: F401 - registration
 )
 from . import flowcontrol as _flowcontrol  # noqa: F401 - registration
 from .network import ConnectionFilter, RejectConnection
-from .registry import BuildContext, NetworkFilter, build_network_filter, register_network_filter
+from .registry import (
+    BuildContext,
+    ConnectionAcceptor,
+    NetworkFilter,
+    build_network_filter,
+    register_network_filter,
+)
 from .stream import (
     Headers,
     LocalReply,
@@ -23,6 +29,7 @@ from .stream import (
 
 __all__ = [
     "BuildContext",
+    "ConnectionAcceptor",
     "ConnectionFilter",
     "Headers",
     "LocalReply",

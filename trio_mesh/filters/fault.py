@@ -92,8 +92,13 @@ class _Plan:
         self.delay = delay if delay > 0 and delay_percent > 0 else 0.0
         self.delay_percent = delay_percent if self.delay else 0.0
         abort = config.abort_of()
-        self.abort = _reply_fields(abort) if abort is not None and abort.percentage > 0 else None
-        self.abort_percent = abort.percentage if self.abort is not None else 0.0
+        self.abort: tuple[int, int | None, str | None] | None  # see _reply_fields
+        if abort is not None and abort.percentage > 0:
+            self.abort = _reply_fields(abort)
+            self.abort_percent = abort.percentage
+        else:
+            self.abort = None
+            self.abort_percent = 0.0
         self.cluster = config.upstream_cluster
         self.matchers = tuple(
             (h.name.lower(), *_value_matcher(h), h.invert) for h in config.headers

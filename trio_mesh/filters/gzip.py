@@ -63,10 +63,10 @@ def accepts_gzip(values: list[str]) -> bool:
                 star_q = q if star_q is None else max(star_q, q)
             elif coding == "identity":
                 identity_q = q if identity_q is None else max(identity_q, q)
-    q = gzip_q if gzip_q is not None else star_q
-    if q is None or q <= 0:
+    best = gzip_q if gzip_q is not None else star_q
+    if best is None or best <= 0:
         return False
-    return identity_q is None or q >= identity_q
+    return identity_q is None or best >= identity_q
 
 
 def _media_type(value: str) -> str:

@@ -95,6 +95,15 @@ _PSEUDO: dict[bytes, Callable[[RequestContext], str | None]] = {
 }
 
 
+def _from_headers(names: tuple[bytes, ...]) -> Render:
+    return lambda f, headers: _header_value(f.context, headers, names)
+
+
+def _from_capture(index: int) -> Render:
+    """The value the request had (kept by the request hook), for a response."""
+    return lambda f, headers: f.captured[index]
+
+
 def _header_value(context: RequestContext, headers: Headers, names: tuple[bytes, ...]) -> bytes:
     """The first value of the first of ``names`` present (``host``: the authority when the
     request has no Host header, as over HTTP/2)."""
@@ -231,17 +240,18 @@ def _compile(
             pieces.append(_HOSTNAME if args[0] == "HOSTNAME" else _VARIABLES[args[0]])
         elif kind == "RESP" or not response:
             names = tuple(n.encode("latin-1") for n in args)
-            pieces.append(lambda f, headers, names=names: _header_value(f.context, headers, names))
+            pieces.append(_from_headers(names))
         else:  # REQ() on a response: the value the request had, kept by the request hook
             names = tuple(n.encode("latin-1") for n in args)
             if names not in captures:
                 captures.append(names)
             index = captures.index(names)
-            pieces.append(lambda f, headers, index=index: f.captured[index])
-    if all(isinstance(p, bytes) for p in pieces):
-        return b"".join(pieces), None  # type: ignore[arg-type]
-    if len(pieces) == 1:
-        return b"", pieces[0]  # type: ignore[return-value]
+            pieces.append(_from_capture(index))
+    constants = [p for p in pieces if isinstance(p, bytes)]
+    if len(constants) == len(pieces):
+        return b"".join(constants), None
+    if len(pieces) == 1 and not isinstance(pieces[0], bytes):
+        return b"", pieces[0]
     frozen = tuple(pieces)
 
     def render(f: Any, headers: Headers) -> bytes:

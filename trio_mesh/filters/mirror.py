@@ -29,6 +29,7 @@ from collections.abc import Callable
 from random import random
 from typing import Any
 
+import attrs
 import trio
 
 from ..config.stream_filters.mirror import MirrorConfig, MirrorProtocol
@@ -77,21 +78,20 @@ _FAILURES = (
 )
 
 
+@attrs.define(eq=False)
 class MirrorStats(Stats):
     """``mirrored``: shadow requests handed to the background set; ``dropped``: refused by
     it (full); ``completed`` / ``failed`` / ``timeout``: how those that ran ended;
     ``too_large``: requests not mirrored because of their body; ``unsupported``: requests
     of a kind not mirrored (tunnels)."""
 
-    __slots__ = (
-        "mirrored",
-        "dropped",
-        "completed",
-        "failed",
-        "timeout",
-        "too_large",
-        "unsupported",
-    )
+    mirrored: int = 0
+    dropped: int = 0
+    completed: int = 0
+    failed: int = 0
+    timeout: int = 0
+    too_large: int = 0
+    unsupported: int = 0
 
 
 # Per server (its cluster manager): the counters of each (listener, shadow cluster), shared

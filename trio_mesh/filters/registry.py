@@ -39,10 +39,10 @@ class BuildContext:
 
 def _default_budget() -> ListenerBudget:
     defaults = attrs.fields(Listener)
-    return ListenerBudget(
-        defaults.listener_buffer_limit_bytes.default,
-        defaults.per_connection_buffer_limit_bytes.default,
-    )
+    limit = defaults.listener_buffer_limit_bytes.default
+    per_connection = defaults.per_connection_buffer_limit_bytes.default
+    assert limit is not None and per_connection is not None  # both fields have a default
+    return ListenerBudget(limit, per_connection)
 
 
 class NetworkFilter(Protocol):
@@ -51,7 +51,15 @@ class NetworkFilter(Protocol):
     async def on_connection(self, conn: Connection) -> None: ...
 
 
-NetworkFilterFactory = Callable[[Any, BuildContext], NetworkFilter]
+class ConnectionAcceptor(Protocol):
+    """A non-terminal network filter: asked about each new connection (``filters.network``:
+    it returns a ``ConnectionFilter``, ``None``, or an awaitable of one; or it raises
+    ``RejectConnection``)."""
+
+    def accept(self, conn: Connection) -> Any: ...
+
+
+NetworkFilterFactory = Callable[[Any, BuildContext], NetworkFilter | ConnectionAcceptor]
 
 _NETWORK: dict[str, NetworkFilterFactory] = {}
 

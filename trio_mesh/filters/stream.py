@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from ..config.filter_configs import register_filter_config
 from ..config.routes import FILTER_DISABLED
@@ -224,21 +224,21 @@ class RequestContext:
     @property
     def method(self) -> str:
         value = self._method
-        if type(value) is not str:
+        if isinstance(value, bytes):
             value = self._method = value.decode("latin-1")
         return value
 
     @property
     def path(self) -> str:
         value = self._path
-        if type(value) is not str:
+        if isinstance(value, bytes):
             value = self._path = value.decode("latin-1")
         return value
 
     @property
     def authority(self) -> str:
         value = self._authority
-        if type(value) is not str:
+        if isinstance(value, bytes):
             value = self._authority = value.decode("latin-1")
         return value
 
@@ -344,10 +344,13 @@ def register_stream_filter(
     """Register stream filter type ``name``: a `StreamFilter` subclass (built by its
     ``factory``), or a callable ``(config, build) -> (context -> filter)``. ``config_cls``
     (an attrs class, or ``None``) validates its ``config`` when a file loads."""
+    builder: StreamFactoryBuilder
     if isinstance(filter_or_builder, type) and issubclass(filter_or_builder, StreamFilter):
         builder = filter_or_builder.factory
     else:
-        builder = filter_or_builder
+        # the checker cannot narrow the union through issubclass; any other callable (a
+        # class too) is a builder
+        builder = cast(StreamFactoryBuilder, filter_or_builder)
     if name in _STREAM and _STREAM[name] != builder:
         raise ValueError(f"stream filter {name!r} is already registered")
     register_filter_config("stream", name, config_cls)
@@ -380,8 +383,9 @@ class _Entry:
 
     def __init__(self, name: str, made: Any) -> None:
         self.name = name
-        self.shared = made if isinstance(made, StreamFilter) else None
-        self.make = None if self.shared is not None else made
+        self.shared: StreamFilter | None = made if isinstance(made, StreamFilter) else None
+        # create() takes ``shared`` when there is one and then never calls ``make``
+        self.make: Callable[[RequestContext], StreamFilter | None] = as_maker(made)
         self.bits = hook_mask(type(self.shared)) if self.shared is not None else 0
 
 
@@ -423,8 +427,8 @@ class FilterChainFactory:
     def __bool__(self) -> bool:
         return bool(self.configs)  # route overrides may filter even when the listener's own do not
 
-    def _entries_for(self, route: Route | None) -> tuple[_Entry, ...]:
-        overrides = route.per_filter_config if route is not None else None
+    def _entries_for(self, route: Route) -> tuple[_Entry, ...]:
+        overrides = route.per_filter_config
         if not overrides:
             return self.entries
         key = id(route)

@@ -6,6 +6,7 @@ import errno
 import ipaddress
 import os
 import socket
+from typing import Any
 
 import trio
 
@@ -48,7 +49,7 @@ async def connect_tcp(host: str, port: int, timeout: float) -> Stream:
     return Stream(sock)
 
 
-async def _resolve(host: str, port: int) -> tuple[int, tuple]:
+async def _resolve(host: str, port: int) -> tuple[int, tuple[Any, ...]]:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:

@@ -28,7 +28,8 @@ class Pools:
         self._nursery: trio.Nursery | None = None  # where upstream HTTP/2 connections run
         # Pools of hosts that left their cluster (a reload, EDS): requests in flight finish on
         # them; the reaper closes each connection once it is idle, then forgets the pool.
-        self._retiring: list[H1Pool | H2Pool | XPool] = []
+        # (HTTP/1 pools need no reaper: retire() closes their connections as they come back.)
+        self._retiring: list[H2Pool | XPool] = []
 
     def retire(self, hosts: Iterable[Host]) -> None:
         """New requests no longer reach these hosts: close their idle connections now and
@@ -51,11 +52,11 @@ class Pools:
                 self._retiring.append(xpool)
 
     def _reap_retiring(self) -> None:
-        keep: list[H1Pool | H2Pool | XPool] = []
+        keep: list[H2Pool | XPool] = []
         for pool in self._retiring:
             if isinstance(pool, H2Pool):
                 pool.reap(float("inf"))
-            elif isinstance(pool, XPool):
+            else:
                 pool.close_idle()
             if pool.conns:
                 keep.append(pool)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from http import HTTPStatus
+from typing import Generic, TypeVar
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
 
@@ -27,8 +28,10 @@ __all__ = [
     "EndOfMessage",
     "H1Error",
     "Limits",
+    "RequestEvent",
     "RequestHead",
     "RequestParser",
+    "ResponseEvent",
     "ResponseHead",
     "ResponseParser",
     "encode_chunk",
@@ -88,7 +91,7 @@ _DEFAULT_LIMITS = Limits()
 class _Record:
     """Slot-based value objects: equality and repr over the slots (tests compare events)."""
 
-    __slots__ = ()
+    __slots__: tuple[str, ...] = ()
     __hash__ = None  # type: ignore[assignment]
 
     def __eq__(self, other: object) -> bool:
@@ -164,7 +167,7 @@ class ResponseHead(_Record):
     def __init__(
         self,
         status: int,
-        reason: bytes,
+        reason: bytes | None,  # None: the standard phrase (a head whose status a filter set)
         version: bytes,
         headers: list[Header],
         keep_alive: bool,
@@ -199,7 +202,11 @@ class EndOfMessage(_Record):
 
 
 Event = RequestHead | ResponseHead | Body | EndOfMessage
-_NO_EVENTS: list[Event] = []  # never appended to: callbacks fire only inside feed()
+RequestEvent = RequestHead | Body | EndOfMessage
+ResponseEvent = ResponseHead | Body | EndOfMessage
+# A parser's head type: RequestParser emits RequestEvents, ResponseParser ResponseEvents.
+_Head = TypeVar("_Head", RequestHead, ResponseHead)
+_NO_EVENTS: list[Body] = []  # never appended to: callbacks fire only inside feed()
 
 
 class _Sink:
@@ -210,6 +217,8 @@ class _Sink:
     """
 
     __slots__ = ("begun", "url", "status", "headers", "head_done", "msg_done", "events")
+    # The list of the feed in progress (of its parser's events); only ever appended a Body.
+    events: list[Body] | list[RequestEvent] | list[ResponseEvent]
 
     def __init__(self) -> None:
         self.begun = False
@@ -218,7 +227,7 @@ class _Sink:
         self.headers: list[Header] = []
         self.head_done = False
         self.msg_done = False
-        self.events: list[Event] = _NO_EVENTS
+        self.events = _NO_EVENTS
 
     def on_message_begin(self) -> None:
         self.begun = True
@@ -243,7 +252,10 @@ class _Sink:
         self.msg_done = True
 
 
-def _llhttp(cls: type, sink: _Sink):  # -> HttpRequestParser | HttpResponseParser
+_LLHTTP = TypeVar("_LLHTTP", HttpRequestParser, HttpResponseParser)
+
+
+def _llhttp(cls: type[_LLHTTP], sink: _Sink) -> _LLHTTP:
     p = cls(sink)
     # llhttp starts strict; say so explicitly so a changed default cannot loosen us (this API
     # and llhttp 9.2.1, the CVE-2024-27982 fix, arrived in httptools 0.6.3)
@@ -284,7 +296,7 @@ _REQ_SPECIAL = frozenset(
 _RESP_SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 
 
-class _Parser:
+class _Parser(Generic[_Head]):
     """The feed loop shared by both directions; subclasses build heads and end messages."""
 
     _defer_errors = False
@@ -310,6 +322,7 @@ class _Parser:
         "upgraded",
         "upgraded_tail",
     )
+    _p: HttpRequestParser | HttpResponseParser  # the subclass's, set by its __init__
 
     def __init__(self, limits: Limits | None, bad: int, too_large: int) -> None:
         self._limits = limits or _DEFAULT_LIMITS
@@ -333,7 +346,7 @@ class _Parser:
 
     # -- subclass hooks --------------------------------------------------------------------
 
-    def _on_head(self, events: list[Event]) -> None:
+    def _on_head(self, events: list[_Head | Body | EndOfMessage]) -> None:
         raise NotImplementedError
 
     def _message_done(self) -> None:
@@ -349,7 +362,7 @@ class _Parser:
 
     # -- feeding ---------------------------------------------------------------------------
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes) -> list[_Head | Body | EndOfMessage]:
         """All events that `data` completes, in order; raises H1Error (and stays failed).
 
         Requests only: when `data` completes some events before its bad part (a good
@@ -365,7 +378,7 @@ class _Parser:
         if type(data) is not bytes:
             data = bytes(data)
         sink = self._sink
-        events: list[Event] = []
+        events: list[_Head | Body | EndOfMessage] = []
         sink.events = events
         try:
             self._run(data, events)
@@ -377,7 +390,7 @@ class _Parser:
             sink.events = _NO_EVENTS  # hold no body bytes between feeds
         return events
 
-    def _run(self, data: bytes, events: list[Event]) -> None:
+    def _run(self, data: bytes, events: list[_Head | Body | EndOfMessage]) -> None:
         sink = self._sink
         n = len(data)
         pos = 0
@@ -526,7 +539,7 @@ class _Parser:
         self._cstate = st
         return -1
 
-    def _end_message(self, events: list[Event]) -> None:
+    def _end_message(self, events: list[_Head | Body | EndOfMessage]) -> None:
         sink = self._sink
         if not sink.msg_done:  # our framing and llhttp's disagree: refuse rather than guess
             raise H1Error(self._bad, "message framing mismatch")
@@ -543,7 +556,7 @@ class _Parser:
         self._message_done()
 
 
-class RequestParser(_Parser):
+class RequestParser(_Parser[RequestHead]):
     """Parses the requests of one downstream connection, pipelined ones included.
 
     Events per request: RequestHead, Body*, EndOfMessage. A request with `upgrade` set (Upgrade
@@ -554,6 +567,7 @@ class RequestParser(_Parser):
 
     __slots__ = ("_keep_alive", "_reparse")
     _defer_errors = True
+    _p: HttpRequestParser
 
     def __init__(self, limits: Limits | None = None) -> None:
         super().__init__(limits, 400, 431)
@@ -567,7 +581,7 @@ class RequestParser(_Parser):
         """No byte of a next request has been fed (a drain may close the connection)."""
         return self._phase == _HEAD and not self._head_bytes and self._error is None
 
-    def feed_eof(self) -> list[Event]:
+    def feed_eof(self) -> list[RequestEvent]:
         """The client closed: [] between requests, H1Error(400) inside one."""
         if self._error is not None:
             raise self._error
@@ -576,7 +590,7 @@ class RequestParser(_Parser):
         self._error = H1Error(400, "connection closed inside a request")
         raise self._error
 
-    def _on_head(self, events: list[Event]) -> None:
+    def _on_head(self, events: list[RequestEvent]) -> None:
         sink = self._sink
         p = self._p
         limits = self._limits
@@ -787,7 +801,7 @@ def _names_framing(connection: bytes) -> bool:
     return any(t.strip(b" \t").lower() in _FRAMING for t in connection.split(b","))
 
 
-class ResponseParser(_Parser):
+class ResponseParser(_Parser[ResponseHead]):
     """Parses ONE exchange's response on an upstream connection (a new parser per request).
 
     Events: informational ResponseHeads (1xx other than 101, alone), then the final
@@ -796,6 +810,7 @@ class ResponseParser(_Parser):
     """
 
     __slots__ = ("_head_request", "complete", "trailing")
+    _p: HttpResponseParser
 
     def __init__(self, *, head_request: bool = False, limits: Limits | None = None) -> None:
         super().__init__(limits, 502, 502)
@@ -804,7 +819,7 @@ class ResponseParser(_Parser):
         self.complete = False
         self.trailing = b""
 
-    def feed_eof(self) -> list[Event]:
+    def feed_eof(self) -> list[ResponseEvent]:
         """The upstream closed: ends a close-delimited body; H1Error(502) if anything is cut."""
         if self._error is not None:
             raise self._error
@@ -822,7 +837,7 @@ class ResponseParser(_Parser):
         # llhttp stops after any 101 head; without Upgrade headers it calls that an error
         return self._sink.head_done and self._p.get_status_code() == 101
 
-    def _on_head(self, events: list[Event]) -> None:
+    def _on_head(self, events: list[ResponseEvent]) -> None:
         sink = self._sink
         p = self._p
         headers = sink.headers

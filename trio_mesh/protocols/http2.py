@@ -45,6 +45,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import h2.config
 import h2.connection
@@ -53,7 +54,7 @@ import h2.exceptions
 from h2.settings import SettingCodes, Settings
 from h2.stream import StreamClosedBy, StreamState
 from hyperframe.exceptions import HyperframeError, InvalidFrameError
-from hyperframe.frame import Frame, GoAwayFrame
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame
 
 __all__ = [
     "HOP_BY_HOP",
@@ -329,7 +330,18 @@ _NO_CONTENT_STATUSES = frozenset({b"204", b"304"})
 _SENDING_STATES = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 
 
-class _H2(h2.connection.H2Connection):
+class _H2(h2.connection.H2Connection):  # type: ignore[misc]  # h2 4.1 ships no types
+    if TYPE_CHECKING:
+        # What this module reads of h2's API, typed as h2 4.1 defines it.
+        open_inbound_streams: int
+        open_outbound_streams: int
+        highest_inbound_stream_id: int
+        highest_outbound_stream_id: int
+        outbound_flow_control_window: int
+
+        def data_to_send(self, amount: int | None = None) -> bytes: ...
+        def get_next_available_stream_id(self) -> int: ...
+
     # h2 keeps how each closed stream ended to tell late frames from protocol errors; its 65536
     # entries are several MB per long-lived connection, and a few thousand cover frames in flight
     MAX_CLOSED_STREAMS = 4096
@@ -338,13 +350,14 @@ class _H2(h2.connection.H2Connection):
     #: content-length, for the codec to reset that stream; None otherwise.
     bad_body_length: tuple[int, int] | None = None
 
-    def _receive_data_frame(self, frame):  # type: ignore[no-untyped-def]
+    def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Frame], list[Any]]:
         # h2 raises InvalidBodyLengthError (a ProtocolError) out of receive_data, which makes
         # it a connection error (GOAWAY). RFC 9113 8.1.1 makes it a stream error: caught here,
         # before receive_data sees it. By then h2 has counted the frame against the connection
         # and stream windows and left the stream open; its data is not delivered.
         try:
-            return super()._receive_data_frame(frame)
+            result: tuple[list[Frame], list[Any]] = super()._receive_data_frame(frame)
+            return result  # (frames to send, events)
         except h2.exceptions.InvalidBodyLengthError:
             self.bad_body_length = (frame.stream_id, frame.flow_controlled_length)
             return [], []  # the connection state machine's RECV_DATA yields no events
@@ -434,7 +447,7 @@ class H2Connection:
         if extra > 0:
             self._h2.increment_flow_control_window(extra)
 
-    def receive(self, data: bytes) -> list[Event]:
+    def receive(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Feed bytes read from the peer; the events they complete.
 
         Raises H2ConnectionError for a connection error (GOAWAY queued), again on later calls.
@@ -542,7 +555,9 @@ class H2Connection:
         stream = self._h2.streams.get(stream_id)
         if stream is None or stream.state_machine.state not in _SENDING_STATES:
             return 0
-        window = min(self._h2.outbound_flow_control_window, stream.outbound_flow_control_window)
+        window: int = min(
+            self._h2.outbound_flow_control_window, stream.outbound_flow_control_window
+        )
         return max(0, window)  # a lowered INITIAL_WINDOW_SIZE can make it negative
 
     def send_trailers(self, stream_id: int, headers: list[Header]) -> None:
@@ -614,7 +629,8 @@ class H2Connection:
     @property
     def remote_max_concurrent_streams(self) -> int:
         """The peer's limit on streams we open (2**32 + 1 while it has set none)."""
-        return self._h2.remote_settings.max_concurrent_streams
+        n: int = self._h2.remote_settings.max_concurrent_streams
+        return n
 
     @property
     def last_peer_stream_id(self) -> int:
@@ -936,6 +952,7 @@ class H2Connection:
             self._fail(ErrorCode.FRAME_SIZE_ERROR, "malformed GOAWAY")
         except HyperframeError:
             self._fail(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
+        assert isinstance(parsed, GoAwayFrame)  # the caller dispatched on the frame type
         last = parsed.last_stream_id
         self._goaway_received = True
         # ours above `last` were never processed and the peer ignores frames on them: close
@@ -999,7 +1016,7 @@ class H2Connection:
         # keep frame order when we queue frames h2 does not know about
         self._out += self._h2.data_to_send()
 
-    def _fail(self, code: ErrorCode, reason: str) -> None:
+    def _fail(self, code: ErrorCode, reason: str) -> NoReturn:
         """A connection error found here (not by h2): queue GOAWAY and raise."""
         self.goaway(code)
         raise self._died(code, reason)

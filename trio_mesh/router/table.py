@@ -66,6 +66,9 @@ class RetryPolicy(_Frozen):
     retriable_status_codes: frozenset[int]
     retry_on_connect_failure: bool
     retry_on_reset: bool
+    _any_5xx: bool
+    _gateway: bool
+    _codes: frozenset[int]
 
     def __init__(self, config: cfg.RetryPolicy) -> None:
         on = frozenset(config.retry_on)
@@ -117,6 +120,13 @@ class Redirect(_Frozen):
         "_strip_query",
     )
     status: int
+    _scheme: str | None
+    _host: str | None
+    _path: str | None
+    _path_query: str | None
+    _prefix_rewrite: str | None
+    _prefix_len: int | None
+    _strip_query: bool
 
     def __init__(self, config: cfg.RedirectAction, prefix_len: int | None) -> None:
         path, path_query = config.path_redirect, None
@@ -203,6 +213,15 @@ class Route(_Frozen):
     retry: RetryPolicy | None
     #: Stream filter type -> its config on this route (``cfg.FILTER_DISABLED``: off).
     per_filter_config: dict[str, Any]
+    _cluster: str | None
+    _cluster_header: str | None
+    _clusters: tuple[str, ...]
+    _cumulative: tuple[int, ...]
+    _total: int
+    _prefix_rewrite: str | None
+    _prefix_len: int | None
+    _regex_rewrite: re.Pattern[str] | None
+    _substitution: str
 
     def __init__(
         self,
@@ -461,6 +480,11 @@ class RouteTable(_Frozen):
 
     __slots__ = ("name", "_exact", "_suffixes", "_prefixes", "_default")
     name: str
+    _exact: dict[str, _VirtualHost]
+    # (length, {suffix or prefix: virtual host}), longest first
+    _suffixes: tuple[tuple[int, dict[str, _VirtualHost]], ...]
+    _prefixes: tuple[tuple[int, dict[str, _VirtualHost]], ...]
+    _default: _VirtualHost | None
 
     @classmethod
     def compile(cls, config: cfg.RouterConfig) -> RouteTable:

@@ -11,16 +11,19 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .envoy_import import envoy_import
 
+if TYPE_CHECKING:
+    from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
+
 ADS_PATH = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 
 
-def _discovery_types() -> tuple[type, type]:
+def _discovery_types() -> tuple[type[DiscoveryRequest], type[DiscoveryResponse]]:
     # Imported lazily: envoy-data-plane costs ~0.5 s and is only needed when a
     # control plane is configured.
     with envoy_import():

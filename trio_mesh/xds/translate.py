@@ -82,7 +82,8 @@ def _empty(cls: type) -> Any:
 def _only(msg: Any, at: _At, handled: frozenset[str] | set[str]) -> None:
     """Raise for the first field of ``msg`` that differs from its default and is not handled
     (or deliberately ignored) by the caller: nothing set is silently dropped."""
-    empty = _empty(type(msg))
+    cls: type = type(msg)  # type[Any] would not count as Hashable for the cache
+    empty = _empty(cls)
     for f in dataclasses.fields(msg):
         if f.name not in handled and getattr(msg, f.name) != getattr(empty, f.name):
             raise (at / f.name).error()

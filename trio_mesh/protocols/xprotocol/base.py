@@ -40,7 +40,7 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import ClassVar
+from typing import ClassVar, Final, Literal
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -72,7 +72,8 @@ class Match(enum.Enum):
 
 
 #: Returned by `registry.detect` while no codec can decide yet.
-NEED_MORE = Match.NEED_MORE
+NEED_MORE: Final = Match.NEED_MORE
+NeedMore = Literal[Match.NEED_MORE]
 
 
 class XProtocolError(Exception):

@@ -203,7 +203,7 @@ def _parse_head(data: bytes | bytearray | memoryview, max_frame_size: int) -> _H
 
 def encode_header_map(headers: Mapping[str, str]) -> bytes:
     """Bolt's header map encoding of ``headers``."""
-    parts = []
+    parts: list[bytes] = []
     pack = _U32.pack
     for key, value in headers.items():
         kb = key.encode("utf-8")
@@ -230,6 +230,18 @@ class BoltFrame(Frame):
         "ver1",
         "version",
     )
+    # Set by the codec right after construction (BoltCodec._decode), never read before.
+    class_len: int
+    cmdcode: int
+    codec: int
+    content_len: int
+    crc: bool
+    header_len: int
+    header_size: int
+    switch: int
+    timeout_ms: int
+    ver1: int
+    version: int
 
     @property
     def class_name(self) -> str:

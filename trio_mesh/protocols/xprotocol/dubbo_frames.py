@@ -176,7 +176,8 @@ def parse_header(
 
 
 def get_request_id(frame: bytes | bytearray | memoryview, offset: int = 0) -> int:
-    return _U64.unpack_from(frame, offset + 4)[0]
+    request_id: int = _U64.unpack_from(frame, offset + 4)[0]
+    return request_id
 
 
 def set_request_id(frame: bytearray | memoryview, request_id: int, offset: int = 0) -> None:
@@ -245,7 +246,13 @@ def decode_request_body(
     return _decode_body(body, 0, len(body), serialization_id, max_depth)
 
 
-def _decode_body(data, start: int, end: int, serialization_id: int, max_depth: int) -> DubboRequest:
+def _decode_body(
+    data: bytes | bytearray | memoryview,
+    start: int,
+    end: int,
+    serialization_id: int,
+    max_depth: int,
+) -> DubboRequest:
     if serialization_id != SERIALIZATION_HESSIAN2:
         raise DubboFrameError(f"unsupported dubbo serialization id {serialization_id}")
     try:
@@ -374,7 +381,9 @@ def is_heartbeat(header: DubboHeader, body: bytes | bytearray | memoryview) -> b
     return (len(body) == 1 and body[0] == 0x4E) or decode_event_body(body) is None
 
 
-def encode_frame(flag: int, status: int, request_id: int, body: bytes | bytearray) -> bytes:
+def encode_frame(
+    flag: int, status: int, request_id: int, body: bytes | bytearray | memoryview
+) -> bytes:
     if not 0 <= flag <= 0xFF or not 0 <= status <= 0xFF:
         raise ValueError("flag and status are one byte each")
     return _HEADER.pack(MAGIC, flag, status, request_id & _ID_MASK, len(body)) + bytes(body)

@@ -32,6 +32,7 @@ import datetime as _dt
 import re
 import struct
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -264,13 +265,16 @@ class Hessian2Reader:
         return self._data[self._take(1)]
 
     def _u16(self) -> int:
-        return _U16.unpack_from(self._data, self._take(2))[0]
+        value: int = _U16.unpack_from(self._data, self._take(2))[0]
+        return value
 
     def _i32(self) -> int:
-        return _I32.unpack_from(self._data, self._take(4))[0]
+        value: int = _I32.unpack_from(self._data, self._take(4))[0]
+        return value
 
     def _i64(self) -> int:
-        return _I64.unpack_from(self._data, self._take(8))[0]
+        value: int = _I64.unpack_from(self._data, self._take(8))[0]
+        return value
 
     def _int(self, tag: int) -> int:
         if 0x80 <= tag <= 0xBF:
@@ -315,7 +319,8 @@ class Hessian2Reader:
             return float(_I16.unpack_from(self._data, self._take(2))[0])
         if tag == 0x5F:
             return 0.001 * self._i32()
-        return _F64.unpack_from(self._data, self._take(8))[0]  # 'D'
+        value: float = _F64.unpack_from(self._data, self._take(8))[0]  # 'D'
+        return value
 
     def _date(self, tag: int) -> _dt.datetime:
         ms = self._i64() if tag == 0x4A else self._i32() * 60000
@@ -536,9 +541,9 @@ class Hessian2Reader:
             raise Hessian2Error(f"list length {n} exceeds the {self._end - self.pos} bytes left")
         return n
 
-    def _list(self, tag: int) -> list:
+    def _list(self, tag: int) -> list[Any]:
         self._enter()
-        out: list = []
+        out: list[Any] = []
         self._refs.append(out)
         n = self._list_count(tag)
         if n is None:
@@ -550,9 +555,9 @@ class Hessian2Reader:
         self._depth -= 1
         return out
 
-    def _map(self, tag: int) -> dict:
+    def _map(self, tag: int) -> dict[Any, Any]:
         self._enter()
-        out: dict = {}
+        out: dict[Any, Any] = {}
         self._refs.append(out)
         if tag == 0x4D:
             self._type()

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Iterable
 from importlib.metadata import entry_points
 
-from .base import NEED_MORE, Codec, Match
+from .base import NEED_MORE, Codec, Match, NeedMore
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -151,7 +151,7 @@ def names() -> list[str]:
 
 def detect(
     data: bytes | bytearray | memoryview, among: Iterable[str] | None = None
-) -> Codec | Match | None:
+) -> Codec | NeedMore | None:
     """The codec whose magic bytes start ``data``: asks each codec (``among`` names limit them,
     in that order; by default every registered codec in registration order) and the first answer
     that is not `Match.NO` decides: YES gives the codec, NEED_MORE gives `NEED_MORE` (wait for
