@@ -69,6 +69,20 @@ from ..router import Route, apply_header_mutations
 from ..router.table import RetryPolicy
 from ..upstream import CircuitOpenError, Cluster, Host, NoHostError
 from .accesslog import RequestInfo
+from .replies import (
+    BAD_RESPONSE,
+    CONNECT_FAILURE,
+    CONNECT_REFUSED,
+    NO_CLUSTER,
+    NO_HEALTHY_UPSTREAM,
+    NO_ROUTE,
+    OVERFLOW,
+    TIMEOUT,
+    UPSTREAM_RESET,
+    Cause,
+    Flag,
+    Reply,
+)
 from .settings import h2_settings
 
 log = logging.getLogger("trio_mesh.proxy")
@@ -80,23 +94,11 @@ _NO_SCOPE = contextlib.nullcontext()  # stands in for a per-try scope when there
 # read before closing, so only methods that may safely run twice are (as Go's net/http does).
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
-# Replies the proxy makes itself: (status, response flag, body), Envoy's wording.
-NO_ROUTE = (404, "NR", b"route not found\n")
-NO_CLUSTER = (503, "NC", b"cluster not found\n")
-NO_HEALTHY_UPSTREAM = (503, "UH", b"no healthy upstream\n")
-OVERFLOW = (503, "UO", b"upstream connection overflow\n")
-_RESET_BEFORE_HEADERS = b"upstream connect error or disconnect/reset before headers. reset reason: "
-CONNECT_FAILURE = (503, "UF", _RESET_BEFORE_HEADERS + b"connection failure\n")
-UPSTREAM_RESET = (502, "UC", _RESET_BEFORE_HEADERS + b"connection termination\n")
-BAD_RESPONSE = (502, "UPE", b"upstream sent an invalid response\n")
-TIMEOUT = (504, "UT", b"upstream request timeout\n")
-HEADER_TIMEOUT = (408, "DPE", b"request header timeout\n")
-
 
 class _Retry(Exception):
     """This try failed before any response byte went downstream; another may be made."""
 
-    def __init__(self, reply: tuple[int, str, bytes], *, race: bool = False) -> None:
+    def __init__(self, reply: Reply, *, race: bool = False) -> None:
         self.reply = reply
         self.race = race  # a reused idle connection the upstream had closed
 
@@ -104,15 +106,12 @@ class _Retry(Exception):
 class _Fail(Exception):
     """Answer with this local reply (nothing of the response was sent yet)."""
 
-    def __init__(
-        self, reply: tuple[int, str, bytes], headers: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
+    def __init__(self, reply: Reply) -> None:
         self.reply = reply
-        self.headers = headers
 
 
 def _filter_fail(reply: LocalReply) -> _Fail:
-    return _Fail((reply.status, reply.flag, reply.body), reply.http_headers())
+    return _Fail(Reply.from_filter(reply))
 
 
 class _DownstreamGone(Exception):
@@ -310,12 +309,16 @@ class _Session:
                     info.start_time, info.start = time.time(), _monotonic()
                 log.info("downstream %s: bad request: %s", self.conn.remote, exc.reason)
                 if not self.response_started:
-                    reply = (exc.status, "DPE", exc.reason.encode("latin-1", "replace") + b"\n")
+                    reply = Reply(
+                        exc.status,
+                        Flag.DOWNSTREAM_PROTOCOL_ERROR,
+                        exc.reason.encode("latin-1", "replace") + b"\n",
+                    )
                     await self._try_local_reply(None, info, reply)
                 keep = False
             except _DownstreamGone:
                 if info is not None:
-                    _flag(info, "DC")
+                    _flag(info, Flag.DOWNSTREAM_TERMINATION)
                 keep = False
             except _Rescope:
                 self.conn.resume = self.run  # the listener runs it under a fresh scope
@@ -368,7 +371,7 @@ class _Session:
                 keep = False
                 self.stream.abort()
         else:
-            _flag(info, "UT")
+            _flag(info, Flag.UPSTREAM_TIMEOUT)
             self.stream.abort()
         self._done(info)
         if keep:
@@ -412,7 +415,7 @@ class _Session:
         if not (head.chunked or head.content_length):
             await self._consume_end()  # no body: its EndOfMessage is already parsed
         if head.method == b"CONNECT":
-            return await self._local_reply(head, info, (405, "", b"CONNECT is not supported\n"))
+            return await self._local_reply(head, info, CONNECT_REFUSED)
         host = head.host.decode("latin-1") if head.host else ""
         path = head.path.decode("latin-1")
         query = head.query.decode("latin-1")
@@ -434,12 +437,12 @@ class _Session:
             cluster_name = None
         if route.direct_response is not None:
             status, body = route.direct_response
-            return await self._local_reply(head, info, (status, "", body), route=route)
+            return await self._local_reply(head, info, Reply(status, Flag.NONE, body), route=route)
         if route.redirect is not None:
             status, location = route.redirect.location("http", host, path, query)
             location_header = [(b"location", location.encode("latin-1"))]
             return await self._local_reply(
-                head, info, (status, "", b""), headers=location_header, route=route
+                head, info, Reply(status, Flag.NONE, b""), headers=location_header, route=route
             )
         if self.proxy.filters is None:
             cluster_name = route.pick_cluster(header)
@@ -494,14 +497,7 @@ class _Session:
         return reply
 
     async def _filter_reply(self, head: RequestHead, info: RequestInfo, reply: LocalReply) -> bool:
-        keep = await self._local_reply(
-            head,
-            info,
-            (reply.status, reply.flag, reply.body),
-            headers=reply.http_headers(),
-            close=reply.close,
-        )
-        return keep
+        return await self._local_reply(head, info, Reply.from_filter(reply))
 
     async def _filter_body(self, data: bytes, last: bool) -> bytes:
         out = await self._chain.request_data(data, last)
@@ -574,7 +570,7 @@ class _Session:
 
     def _cut(self, info: RequestInfo) -> tuple[bool, bool]:
         """A response filter failed mid-response: the client must see it cut short."""
-        _flag(info, "FF")
+        _flag(info, Flag.FILTER_FAILED)
         self.stream.abort()
         return False, False
 
@@ -881,7 +877,7 @@ class _Session:
         except StreamGone as exc:
             if not self.response_started:
                 raise _Retry(UPSTREAM_RESET, race=exc.refused) from None
-            _flag(info, "UR")
+            _flag(info, Flag.UPSTREAM_RESET)
             self.stream.abort()
             return False
         finally:
@@ -1036,7 +1032,7 @@ class _Session:
                 except H1Error:
                     if not self.response_started:
                         raise _Fail(BAD_RESPONSE) from None
-                    _flag(info, "UPE")
+                    _flag(info, Flag.UPSTREAM_PROTOCOL_ERROR)
             elif data is not None and got_bytes:
                 try:
                     events = parser.feed_eof()  # a close-delimited body ends here
@@ -1049,7 +1045,7 @@ class _Session:
                     race = reused and not got_bytes and head.method in _IDEMPOTENT
                     raise _Retry(UPSTREAM_RESET, race=race)
                 # Mid-body: the status line is gone; the client must see a failure.
-                _flag(info, "UC")
+                _flag(info, Flag.UPSTREAM_TERMINATION)
                 self.stream.abort()
                 return False, False
             out: list[bytes] = []
@@ -1080,7 +1076,7 @@ class _Session:
                             return await self._upgrade(event, info, route, conn, parser, out)
                         if not self.response_started:  # a switch nobody asked for
                             raise _Fail(BAD_RESPONSE)
-                        _flag(info, "UPE")
+                        _flag(info, Flag.UPSTREAM_PROTOCOL_ERROR)
                         self.stream.abort()
                         return False, False
                     # Our own 100 went already, or none was asked; HTTP/1.0 has no 1xx at all.
@@ -1094,7 +1090,7 @@ class _Session:
                         and retry is not None
                         and retry.should_retry_status(event.status)
                     ):
-                        raise _Retry((event.status, "", b""))
+                        raise _Retry(Reply(event.status, Flag.NONE, b""))
                     if chain is None:
                         framing = self._response_head(head, info, route, event)
                     else:
@@ -1220,7 +1216,7 @@ class _Session:
         self,
         head: RequestHead | None,
         info: RequestInfo,
-        reply: tuple[int, str, bytes],
+        reply: Reply,
         *,
         headers: list[tuple[bytes, bytes]] | None = None,
         close: bool = False,
@@ -1235,7 +1231,7 @@ class _Session:
         self,
         head: RequestHead | None,
         info: RequestInfo,
-        reply: tuple[int, str, bytes],
+        reply: Reply,
         *,
         headers: list[tuple[bytes, bytes]] | None = None,
         close: bool = False,
@@ -1245,16 +1241,35 @@ class _Session:
         request body means it cannot (its remaining bytes would be taken for a new request).
         A matched route's response header mutations apply to its direct responses and
         redirects too."""
-        status, flag, body = reply
+        status, flag, body = reply.status, reply.flag, reply.body
         close = (
             close
+            or reply.close
             or self.conn.draining
             or head is None
             or not head.keep_alive
             or not self.request_done
             or head.upgrade is not None
         )
+        if (
+            reply.h1_keep is not None
+            and head is not None
+            and head.version == b"1.1"
+            and head.method != b"HEAD"
+            and not headers
+            and route is None
+        ):
+            # A constant reply on the usual request: its bytes were encoded at import.
+            data = reply.h1_close if close else reply.h1_keep
+            info.bytes_sent += len(body)
+            info.response_code = status
+            if flag:
+                _flag(info, flag)
+            self.response_started = True
+            return data, not close
         out = [(b"content-type", b"text/plain")]
+        if reply.headers:
+            out.extend(reply.headers)
         if headers:
             out.extend(headers)
         if close:
@@ -1278,12 +1293,12 @@ class _Session:
         return data, not close
 
     async def _try_local_reply(
-        self, head: RequestHead | None, info: RequestInfo, reply: tuple[int, str, bytes]
+        self, head: RequestHead | None, info: RequestInfo, reply: Reply
     ) -> None:
         try:
             await self._local_reply(head, info, reply, close=True)
         except _DownstreamGone:
-            _flag(info, "DC")
+            _flag(info, Flag.DOWNSTREAM_TERMINATION)
 
 
 def _flag(info: RequestInfo, flag: str) -> None:
@@ -1294,13 +1309,13 @@ def _informational(resp: ResponseHead) -> bytes:
     return encode_response_head(resp.status, resp.reason, strip_hop_by_hop(resp.headers))
 
 
-def _retry_on(retry: RetryPolicy, reply: tuple[int, str, bytes]) -> bool:
-    status, flag, _ = reply
-    if flag == "UF":
+def _retry_on(retry: RetryPolicy, reply: Reply) -> bool:
+    cause = reply.cause
+    if cause is Cause.CONNECT:
         return retry.retry_on_connect_failure
-    if flag in ("UC", "UPE", "UT"):  # reset, bad response, per-try timeout: as Envoy's "reset"
+    if cause is Cause.RESET:  # reset, bad response, per-try timeout: as Envoy's "reset"
         return retry.retry_on_reset
-    return retry.should_retry_status(status)
+    return retry.should_retry_status(reply.status)
 
 
 def _count_class(stats, code: int) -> None:

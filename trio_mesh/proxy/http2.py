@@ -73,8 +73,9 @@ from ..protocols.http2 import (
 from ..router import Route, apply_header_mutations
 from ..upstream import CircuitOpenError, Cluster, NoHostError
 from .accesslog import RequestInfo
-from .grpc import grpc_status_of, grpc_timeout, is_grpc, trailers_only
-from .http1 import (
+from .grpc import grpc_timeout, is_grpc
+from .http1 import _count_class, _flag, _lookup
+from .replies import (
     BAD_RESPONSE,
     CONNECT_FAILURE,
     NO_CLUSTER,
@@ -83,24 +84,21 @@ from .http1 import (
     OVERFLOW,
     TIMEOUT,
     UPSTREAM_RESET,
-    _count_class,
-    _flag,
-    _lookup,
+    Flag,
+    Reply,
 )
 from .settings import h2_settings
 
 log = logging.getLogger("trio_mesh.proxy.http2")
 
 _NO_BODY_STATUSES = frozenset({204, 304})
-# What a gRPC trailers-only reply sets itself (a filter reply's headers do not repeat them).
-_TRAILERS_ONLY_NAMES = frozenset({b":status", b"content-type", b"grpc-status", b"grpc-message"})
 _READ = 65536
 
 
 class _Reply(Exception):
     """Answer the stream with this local reply (nothing of the response went yet)."""
 
-    def __init__(self, reply: tuple[int, str, bytes]) -> None:
+    def __init__(self, reply: Reply) -> None:
         self.reply = reply
 
 
@@ -184,9 +182,10 @@ class Http2Proxy:
                 if inbox.error is None:
                     await stream.timed_out()
                 else:
-                    _flag(info, "DR")  # the client reset the stream (or the connection went)
+                    # the client reset the stream (or the connection went)
+                    _flag(info, Flag.DOWNSTREAM_RESET)
         except StreamGone:
-            _flag(info, "DR")
+            _flag(info, Flag.DOWNSTREAM_RESET)
         except Exception:
             log.exception("http2 stream %d failed", sid)
             ep.reset(sid, ErrorCode.INTERNAL_ERROR)
@@ -270,7 +269,7 @@ class _Stream:
             req = self.request = request_from_h2(event.headers)
         except H2HeaderError as exc:
             log.info("http2 stream %d: bad request: %s", self.sid, exc)
-            await self._local((400, "DPE", str(exc).encode() + b"\n"))
+            await self._local(Reply(400, Flag.DOWNSTREAM_PROTOCOL_ERROR, str(exc).encode() + b"\n"))
             return
         self.grpc = is_grpc(req.headers)
         path, _, query = req.path.decode("latin-1").partition("?")
@@ -305,12 +304,14 @@ class _Stream:
             return
         if route.direct_response is not None:
             status, body = route.direct_response
-            await self._local((status, "", body), route=route)
+            await self._local(Reply(status, Flag.NONE, body), route=route)
             return
         if route.redirect is not None:
             status, location = route.redirect.location("http", host, path, query)
             await self._local(
-                (status, "", b""), headers=[(b"location", location.encode("latin-1"))], route=route
+                Reply(status, Flag.NONE, b""),
+                headers=[(b"location", location.encode("latin-1"))],
+                route=route,
             )
             return
         if proxy.filters is None:
@@ -357,7 +358,7 @@ class _Stream:
         if not self.started:
             await self._local(TIMEOUT)
         else:
-            _flag(self.info, "UT")
+            _flag(self.info, Flag.UPSTREAM_TIMEOUT)
             self.ep.reset(self.sid, ErrorCode.CANCEL)
 
     # ------------------------------------------------------------------ stream filters
@@ -396,20 +397,14 @@ class _Stream:
         if self.started:
             self._cut()
         else:
-            await self._local(
-                (reply.status, reply.flag, reply.body),
-                headers=reply.http_headers(),
-                grpc_code=reply.grpc_status,
-                grpc_message=reply.grpc_message,
-                grpc_headers=True,
-            )
+            await self._local(Reply.from_filter(reply))
         if reply.close:
             self.ep.start_drain()
 
     def _cut(self) -> None:
         """A filter failed (or answered) after the response began: the client must see the
         stream fail, not end."""
-        _flag(self.info, "FF")
+        _flag(self.info, Flag.FILTER_FAILED)
         self.ep.reset(self.sid, ErrorCode.INTERNAL_ERROR)
 
     async def _filter_body(self, data: bytes, last: bool) -> bytes:
@@ -440,7 +435,7 @@ class _Stream:
         new = view.status or status
         if new != status and (type(new) is not int or not 200 <= new <= 999):
             log.error("http2 stream %d: a response filter set status %r", self.sid, new)
-            raise _FilterReply(LocalReply(500, FILTER_FAILED, flag="FF"))
+            raise _FilterReply(LocalReply(500, FILTER_FAILED, flag=Flag.FILTER_FAILED))
         return new, view.raw, data_hooks
 
     async def _filter_response_end(
@@ -703,7 +698,7 @@ class _Stream:
                     if exc.refused:
                         raise _Refused() from None
                     raise _Reply(UPSTREAM_RESET) from None
-                _flag(info, "UR")  # upstream reset mid-response: pass the reset on
+                _flag(info, Flag.UPSTREAM_RESET)  # upstream reset mid-response: pass the reset on
                 ep.reset(sid, exc.code if exc.code != ErrorCode.NO_ERROR else ErrorCode.CANCEL)
                 return
             kind = type(event)
@@ -819,7 +814,7 @@ class _Stream:
                         fresh = True
                         continue
                     raise _Reply(UPSTREAM_RESET) from None
-                _flag(self.info, "UC")
+                _flag(self.info, Flag.UPSTREAM_TERMINATION)
                 self.ep.reset(self.sid, ErrorCode.INTERNAL_ERROR)
                 return
             finally:
@@ -874,7 +869,7 @@ class _Stream:
             except H1Error:
                 if not self.started:
                     raise _Reply(BAD_RESPONSE) from None
-                _flag(info, "UPE")
+                _flag(info, Flag.UPSTREAM_PROTOCOL_ERROR)
                 ep.reset(sid, ErrorCode.INTERNAL_ERROR)
                 return False
             if events is None:
@@ -954,18 +949,14 @@ class _Stream:
 
     async def _local(
         self,
-        reply: tuple[int, str, bytes],
+        reply: Reply,
         *,
         headers: list[tuple[bytes, bytes]] | None = None,
         route: Route | None = None,
-        grpc_code: int | None = None,
-        grpc_message: str | None = None,
-        grpc_headers: bool = False,
     ) -> None:
-        """A reply made by the proxy, or by a filter: for gRPC, its own ``grpc_code`` and
-        ``grpc_message`` in place of those worked out from the status, and (``grpc_headers``)
-        its ``headers`` in the trailers-only response."""
-        status, flag, body = reply
+        """A reply made by the proxy, or by a filter (whose own headers, ``reply.headers``, go
+        in a gRPC trailers-only response too; ``headers``, a redirect's, do not)."""
+        status, flag, body = reply.status, reply.flag, reply.body
         info = self.info
         if flag:
             _flag(info, flag)
@@ -977,14 +968,10 @@ class _Stream:
         if self.grpc:
             # gRPC clients read the status from grpc-status, not from :status (Envoy's way).
             info.response_code = 200
-            code = grpc_status_of(status, flag) if grpc_code is None else grpc_code
-            if not grpc_message:
-                grpc_message = body.decode("utf-8", "replace").strip() or f"HTTP {status}"
-            out = trailers_only(code, grpc_message)
-            if grpc_headers and headers:
-                out.extend(h for h in headers if h[0] not in _TRAILERS_ONLY_NAMES)
-            self.ep.send_headers(self.sid, out, end_stream=True)
+            self.ep.send_headers(self.sid, reply.grpc_trailers_only(reply.headers), end_stream=True)
             return
+        if reply.headers:
+            headers = [*reply.headers, *headers] if headers else reply.headers
         if headers and any(name == b"content-type" for name, _ in headers):
             out = [(b"content-length", b"%d" % len(body)), *headers]  # a filter's own type
         else:

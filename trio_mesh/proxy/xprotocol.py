@@ -34,7 +34,6 @@ from ..filters.stream import (
     LocalReply,
     RequestContext,
     StreamFilterChain,
-    http_status_to_rpc_error,
 )
 from ..network.budget import ConnectionBudget
 from ..network.connect import ConnectError
@@ -43,8 +42,19 @@ from ..network.relay import CHUNK
 from ..network.writer import FrameWriter
 from ..pool.xprotocol import UpstreamLost
 from ..protocols import xprotocol
-from ..protocols.xprotocol import Codec, ErrorKind, Frame, XProtocolError
+from ..protocols.xprotocol import Codec, Frame, XProtocolError
 from ..upstream import CircuitOpenError, NoHostError
+from .replies import (
+    CONNECT_FAILURE,
+    INTERNAL,
+    NO_CLUSTER,
+    NO_HEALTHY_UPSTREAM,
+    NO_ROUTE,
+    OVERFLOW,
+    TIMEOUT,
+    UPSTREAM_RESET,
+    Reply,
+)
 
 log = logging.getLogger("trio_mesh.proxy")
 
@@ -316,8 +326,8 @@ class _XSession:
                 stats.downstream_rq_2xx += 1
                 return
             stats.downstream_rq_5xx += 1
-            if isinstance(result, LocalReply):
-                kind = _reply_kind(result)
+            kind = result.rpc_error
+            if result.by_filter:
                 if frame.is_oneway:
                     log.info(
                         "downstream %s: %s oneway request refused by a stream filter (%s), dropped",
@@ -331,19 +341,19 @@ class _XSession:
                 if result.close:
                     self._reading.cancel()  # take nothing new: what is in flight finishes
             elif not frame.is_oneway:
-                await self._write(codec.encode(codec.error_reply(frame, result)))
+                await self._write(codec.encode(codec.error_reply(frame, kind)))
         except Exception:
             # One request's failure (a codec bug, say) must not take the connection down.
             log.exception("downstream %s: %s request failed", self.conn.remote, codec.name)
             if not frame.is_oneway:
-                await self._write(codec.encode(codec.error_reply(frame, ErrorKind.INTERNAL)))
+                await self._write(codec.encode(codec.error_reply(frame, INTERNAL.rpc_error)))
         finally:
             self._done(size)
             self._finished()
 
-    async def _forward(self, frame: Frame) -> ErrorKind | LocalReply | None:
-        """Send ``frame`` upstream and its response down; an error kind (or a filter's
-        reply) when the proxy must answer itself instead."""
+    async def _forward(self, frame: Frame) -> Reply | None:
+        """Send ``frame`` upstream and its response down; the local reply (the proxy's own
+        or a filter's) when the proxy must answer itself instead."""
         proxy = self.proxy
         headers = frame.headers
         route = proxy.table.match("", "/", "", headers.get)
@@ -372,19 +382,19 @@ class _XSession:
             else:
                 frame_up = frame
             if not routable:
-                return ErrorKind.NO_ROUTE
+                return NO_ROUTE
         else:
             if not routable:
-                return ErrorKind.NO_ROUTE
+                return NO_ROUTE
             cluster_name = route.pick_cluster(headers.get)
             frame_up = frame
         cluster = proxy.clusters.clusters.get(cluster_name) if cluster_name else None
         if cluster is None:
-            return ErrorKind.NO_ROUTE
+            return NO_CLUSTER
         try:
             host = cluster.choose_host()
         except NoHostError:
-            return ErrorKind.NO_HEALTHY_HOST
+            return NO_HEALTHY_UPSTREAM
         if chain is not None:
             chain.context.upstream_host = host.label
         pool = proxy.pools.xprotocol(cluster, host, self.codec, proxy.options)
@@ -395,7 +405,7 @@ class _XSession:
         stats.upstream_rq_total += 1
         # circuit_breakers.max_requests: requests outstanding to the cluster, every protocol.
         if cluster.max_requests is not None and cluster.request_overflows():
-            return ErrorKind.OVERFLOW
+            return OVERFLOW
         stats.upstream_rq_active += 1
         host.active_requests += 1
         try:
@@ -407,13 +417,13 @@ class _XSession:
                 response = await pool.call(frame_up)
             if response is None:
                 cluster.stats.upstream_rq_timeout += 1
-                return ErrorKind.TIMEOUT
+                return TIMEOUT
         except ConnectError:
-            return ErrorKind.UPSTREAM_FAILURE
+            return CONNECT_FAILURE
         except CircuitOpenError:
-            return ErrorKind.OVERFLOW
+            return OVERFLOW
         except UpstreamLost:
-            return ErrorKind.UPSTREAM_RESET
+            return UPSTREAM_RESET
         finally:
             stats.upstream_rq_active -= 1
             host.active_requests -= 1
@@ -429,23 +439,21 @@ class _XSession:
 
     # ------------------------------------------------------------------ stream filters
 
-    async def _request_filters(
-        self, chain: StreamFilterChain, frame: Frame
-    ) -> Frame | LocalReply | ErrorKind:
+    async def _request_filters(self, chain: StreamFilterChain, frame: Frame) -> Frame | Reply:
         """Run the request hooks: the frame to send upstream (``frame``, or a copy carrying
         the headers the filters changed), or what answers the request instead."""
         if chain.mask & REQUEST_HEADERS:
             headers, original = _header_view(frame.headers)
             reply = await chain.request_headers(headers, False)
             if reply is not None:
-                return reply
+                return Reply.from_filter(reply)
         else:
             headers = None
         if chain.mask & REQUEST_DATA:
             payload = self.codec.payload(frame)
             out = await chain.request_data(payload, True)
             if isinstance(out, LocalReply):
-                return out
+                return Reply.from_filter(out)
             if out is not payload and out != payload:
                 log.error(
                     "downstream %s: a stream filter replaced the body of a %s request, "
@@ -453,14 +461,12 @@ class _XSession:
                     self.conn.remote,
                     self.codec.name,
                 )
-                return ErrorKind.INTERNAL
+                return INTERNAL
         if headers is not None and headers.changed:
             return self._rewritten(frame, _desired(frame.headers, original, headers))
         return frame
 
-    async def _response_filters(
-        self, chain: StreamFilterChain, response: Frame
-    ) -> Frame | LocalReply | ErrorKind:
+    async def _response_filters(self, chain: StreamFilterChain, response: Frame) -> Frame | Reply:
         """Run the response hooks (reverse order): the response to send down (``response``,
         or a copy with the changed headers), or what replaces it."""
         headers = None
@@ -469,12 +475,12 @@ class _XSession:
             headers, original = _header_view(view, response.status)
             reply = await chain.response_headers(headers, False)
             if reply is not None:
-                return reply
+                return Reply.from_filter(reply)
         if chain.mask & RESPONSE_DATA:
             payload = self.codec.payload(response)
             out = await chain.response_data(payload, True)
             if isinstance(out, LocalReply):
-                return out
+                return Reply.from_filter(out)
             if out is not payload and out != payload:
                 log.error(
                     "downstream %s: a stream filter replaced the body of a %s response, "
@@ -482,12 +488,12 @@ class _XSession:
                     self.conn.remote,
                     self.codec.name,
                 )
-                return ErrorKind.INTERNAL
+                return INTERNAL
         if headers is not None and headers.changed:
             return self._rewritten(response, _desired(response.headers, original, headers))
         return response
 
-    def _rewritten(self, frame: Frame, mapping: dict[str, str]) -> Frame | ErrorKind:
+    def _rewritten(self, frame: Frame, mapping: dict[str, str]) -> Frame | Reply:
         """``frame`` carrying the header view ``mapping``, or INTERNAL (logged) when the
         codec cannot put it there."""
         codec = self.codec
@@ -512,16 +518,7 @@ class _XSession:
                 "response" if frame.is_response else "request",
                 exc,
             )
-        return ErrorKind.INTERNAL
-
-
-def _reply_kind(reply: LocalReply) -> ErrorKind:
-    name = http_status_to_rpc_error(reply)
-    try:
-        return ErrorKind[name]
-    except KeyError:
-        log.error("stream filter reply: no RPC error kind %r, answering INTERNAL", name)
-        return ErrorKind.INTERNAL
+        return INTERNAL
 
 
 def _header_view(view: Mapping[str, str], status: int | None = None) -> tuple[Headers, Mapping]:
