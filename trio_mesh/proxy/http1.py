@@ -68,7 +68,8 @@ from ..protocols.http2 import Trailers as H2Trailers
 from ..router import Route, apply_header_mutations
 from ..router.table import RetryPolicy
 from ..upstream import CircuitOpenError, Cluster, Host, NoHostError
-from .accesslog import RequestInfo
+from .observers import listener_observers
+from .record import RequestRecord
 from .replies import (
     BAD_RESPONSE,
     CONNECT_FAILURE,
@@ -130,8 +131,10 @@ class Http1Proxy:
         self.table = ctx.routes[config.router_config_name]
         self.clusters = ctx.clusters
         self.pools = ctx.pools
-        self.access_logs = ctx.access_logs
         self.stats = ctx.listener_stats
+        #: Where requests end (stats, access logs); ``detailed``: fill what only logs read.
+        self.observers = listener_observers(ctx.listener_stats, ctx.access_logs)
+        self.detailed = self.observers.detailed
         self.filters = ctx.stream_filters
         self.listener = ctx.listener
         # Upstream HTTP/2 only when asked: "Auto" means the protocol the request came in on.
@@ -207,7 +210,7 @@ class _Session:
         # Route and per-try timeouts start once the whole request is in (Envoy's rule: a
         # slow upload is bounded by the idle timeout, not by the response timeout).
         self._armed: list[tuple[trio.CancelScope, float]] = []
-        self._info: RequestInfo | None = None
+        self._info: RequestRecord | None = None
         self._upstream_keep_alive = False
         #: The request's stream filters (``None``: none configured, or none for it).
         self._chain: StreamFilterChain | None = None
@@ -305,7 +308,7 @@ class _Session:
             except H1Error as exc:
                 # Bad request bytes: a defined status, and the connection is done.
                 if info is None:
-                    info = RequestInfo()
+                    info = RequestRecord()
                     info.start_time, info.start = time.time(), _monotonic()
                 log.info("downstream %s: bad request: %s", self.conn.remote, exc.reason)
                 if not self.response_started:
@@ -318,7 +321,7 @@ class _Session:
                 keep = False
             except _DownstreamGone:
                 if info is not None:
-                    _flag(info, Flag.DOWNSTREAM_TERMINATION)
+                    info.add_flag(Flag.DOWNSTREAM_TERMINATION)
                 keep = False
             except _Rescope:
                 self.conn.resume = self.run  # the listener runs it under a fresh scope
@@ -342,17 +345,12 @@ class _Session:
             self.conn.idle.touch()
             served += 1
 
-    def _done(self, info: RequestInfo) -> None:
-        self._finish(info)
+    def _done(self, info: RequestRecord) -> None:
         self._info = None  # nothing of a finished request stays on an idle connection
         self._chain = None
-        code = info.response_code
-        if code:
-            stats = self.proxy.stats
-            stats.downstream_rq_total += 1
-            _count_class(stats, code)
+        self.proxy.observers.end(info)
 
-    def _route_timed_out(self, head: RequestHead, info: RequestInfo) -> None:
+    def _route_timed_out(self, head: RequestHead, info: RequestRecord) -> None:
         """The route deadline fired on the connection's scope (see ``IdleTimer.arm_route``):
         the request is over, and nothing can be awaited in a cancelled scope. So answer 504
         with one non-blocking send; if all of it went, the listener resumes this session on a
@@ -371,16 +369,16 @@ class _Session:
                 keep = False
                 self.stream.abort()
         else:
-            _flag(info, Flag.UPSTREAM_TIMEOUT)
+            info.add_flag(Flag.UPSTREAM_TIMEOUT)
             self.stream.abort()
         self._done(info)
         if keep:
             self.conn.resume = self.run
 
-    def _start_info(self, head: RequestHead) -> RequestInfo:
-        info = RequestInfo()
+    def _start_info(self, head: RequestHead) -> RequestRecord:
+        info = RequestRecord()
         info.start = _monotonic()
-        if self.proxy.access_logs:  # what only a log line reads is not worked out for nothing
+        if self.proxy.detailed:  # what only a log line reads is not worked out for nothing
             info.start_time = time.time()
             info.protocol = "HTTP/1.1" if head.version == b"1.1" else "HTTP/1.0"
             info.method = head.method.decode("latin-1")
@@ -401,16 +399,9 @@ class _Session:
         self._armed.clear()
         return info
 
-    def _finish(self, info: RequestInfo) -> None:
-        access_logs = self.proxy.access_logs
-        if access_logs:
-            info.duration = _monotonic() - info.start
-            for access_log in access_logs:
-                access_log.log(info)
-
     # ------------------------------------------------------------------ one request
 
-    async def _handle(self, head: RequestHead, info: RequestInfo) -> bool:
+    async def _handle(self, head: RequestHead, info: RequestRecord) -> bool:
         """Answer one request; return whether the connection goes on to the next."""
         if not (head.chunked or head.content_length):
             await self._consume_end()  # no body: its EndOfMessage is already parsed
@@ -421,6 +412,8 @@ class _Session:
         query = head.query.decode("latin-1")
         header = _lookup(head.headers)
         route = self.proxy.table.match(host, path, query, header)
+        if route is not None and self.proxy.detailed:
+            info.route_name = route.name
         self._up_chunked = head.chunked
         if self.proxy.filters is not None:
             cluster_name = None
@@ -496,7 +489,9 @@ class _Session:
                 self._up_chunked = True
         return reply
 
-    async def _filter_reply(self, head: RequestHead, info: RequestInfo, reply: LocalReply) -> bool:
+    async def _filter_reply(
+        self, head: RequestHead, info: RequestRecord, reply: LocalReply
+    ) -> bool:
         return await self._local_reply(head, info, Reply.from_filter(reply))
 
     async def _filter_body(self, data: bytes, last: bool) -> bytes:
@@ -512,7 +507,7 @@ class _Session:
                 raise _filter_fail(reply)
 
     async def _filtered_head(
-        self, head: RequestHead, info: RequestInfo, route: Route, resp: ResponseHead, end: bool
+        self, head: RequestHead, info: RequestRecord, route: Route, resp: ResponseHead, end: bool
     ) -> tuple[bool, bool, bytes] | LocalReply:
         """``_response_head`` after the response-headers hooks, which may change the status
         and the headers (taking Content-Length off makes the body chunked downstream)."""
@@ -568,9 +563,9 @@ class _Session:
             out += encode_last_chunk(trailers)
         return out
 
-    def _cut(self, info: RequestInfo) -> tuple[bool, bool]:
+    def _cut(self, info: RequestRecord) -> tuple[bool, bool]:
         """A response filter failed mid-response: the client must see it cut short."""
-        _flag(info, Flag.FILTER_FAILED)
+        info.add_flag(Flag.FILTER_FAILED)
         self.stream.abort()
         return False, False
 
@@ -605,7 +600,7 @@ class _Session:
                 self._set_deadline(scope, now + timeout)
 
     def _upstream_headers(
-        self, head: RequestHead, route: Route, info: RequestInfo
+        self, head: RequestHead, route: Route, info: RequestRecord
     ) -> tuple[list[tuple[bytes, bytes]], bool]:
         """The upstream request's headers, and whether they carry a Host (when not, each try
         adds its chosen host's address)."""
@@ -662,7 +657,7 @@ class _Session:
     async def _forward(
         self,
         head: RequestHead,
-        info: RequestInfo,
+        info: RequestRecord,
         route: Route,
         cluster: Cluster,
         path: str,
@@ -732,7 +727,7 @@ class _Session:
     async def _try(
         self,
         head: RequestHead,
-        info: RequestInfo,
+        info: RequestRecord,
         route: Route,
         cluster: Cluster,
         target: bytes,
@@ -761,6 +756,8 @@ class _Session:
             except (CircuitOpenError, PoolOverflow):
                 raise _Fail(OVERFLOW) from None
         info.upstream_host = host.label
+        if self.proxy.detailed:
+            info.upstream_connect_duration = _monotonic() - info.start
         if route.auto_host_rewrite or not has_host:
             headers = [(n, v) for n, v in headers if n != b"host"]
             headers.append((b"host", host.label_bytes))
@@ -813,7 +810,7 @@ class _Session:
     async def _try_h2(
         self,
         head: RequestHead,
-        info: RequestInfo,
+        info: RequestRecord,
         route: Route,
         cluster: Cluster,
         host: Host,
@@ -830,6 +827,8 @@ class _Session:
         except (CircuitOpenError, PoolOverflow):
             raise _Fail(OVERFLOW) from None
         info.upstream_host = host.label
+        if self.proxy.detailed:
+            info.upstream_connect_duration = _monotonic() - info.start
         authority = head.host if has_host and head.host else None
         if route.host_rewrite is not None:
             authority = route.host_rewrite.encode("latin-1")
@@ -877,7 +876,7 @@ class _Session:
         except StreamGone as exc:
             if not self.response_started:
                 raise _Retry(UPSTREAM_RESET, race=exc.refused) from None
-            _flag(info, Flag.UPSTREAM_RESET)
+            info.add_flag(Flag.UPSTREAM_RESET)
             self.stream.abort()
             return False
         finally:
@@ -885,7 +884,7 @@ class _Session:
             up.close_stream(usid)
 
     async def _relay_h2_response(
-        self, head: RequestHead, info: RequestInfo, route: Route, up, usid: int, uinbox
+        self, head: RequestHead, info: RequestRecord, route: Route, up, usid: int, uinbox
     ) -> bool:
         chunked = close = False
         self.conn.idle.pause()
@@ -956,7 +955,7 @@ class _Session:
                     await self._send_down(encode_response_head(status, None, headers))
         return head.keep_alive and not close and self.request_done
 
-    async def _send_body(self, head: RequestHead, info: RequestInfo, upstream: Stream) -> None:
+    async def _send_body(self, head: RequestHead, info: RequestRecord, upstream: Stream) -> None:
         if head.expect_continue and not self.sent_continue and head.version == b"1.1":
             self.sent_continue = True
             await self._send_down(CONTINUE)
@@ -1001,7 +1000,7 @@ class _Session:
     async def _relay_response(
         self,
         head: RequestHead,
-        info: RequestInfo,
+        info: RequestRecord,
         route: Route,
         conn: H1Connection,
         reused: bool,
@@ -1032,7 +1031,7 @@ class _Session:
                 except H1Error:
                     if not self.response_started:
                         raise _Fail(BAD_RESPONSE) from None
-                    _flag(info, Flag.UPSTREAM_PROTOCOL_ERROR)
+                    info.add_flag(Flag.UPSTREAM_PROTOCOL_ERROR)
             elif data is not None and got_bytes:
                 try:
                     events = parser.feed_eof()  # a close-delimited body ends here
@@ -1045,7 +1044,7 @@ class _Session:
                     race = reused and not got_bytes and head.method in _IDEMPOTENT
                     raise _Retry(UPSTREAM_RESET, race=race)
                 # Mid-body: the status line is gone; the client must see a failure.
-                _flag(info, Flag.UPSTREAM_TERMINATION)
+                info.add_flag(Flag.UPSTREAM_TERMINATION)
                 self.stream.abort()
                 return False, False
             out: list[bytes] = []
@@ -1076,7 +1075,7 @@ class _Session:
                             return await self._upgrade(event, info, route, conn, parser, out)
                         if not self.response_started:  # a switch nobody asked for
                             raise _Fail(BAD_RESPONSE)
-                        _flag(info, Flag.UPSTREAM_PROTOCOL_ERROR)
+                        info.add_flag(Flag.UPSTREAM_PROTOCOL_ERROR)
                         self.stream.abort()
                         return False, False
                     # Our own 100 went already, or none was asked; HTTP/1.0 has no 1xx at all.
@@ -1126,7 +1125,7 @@ class _Session:
     def _response_head(
         self,
         head: RequestHead,
-        info: RequestInfo,
+        info: RequestRecord,
         route: Route,
         resp: ResponseHead,
         stripped: list[tuple[bytes, bytes]] | None = None,
@@ -1174,7 +1173,7 @@ class _Session:
     async def _upgrade(
         self,
         resp: ResponseHead,
-        info: RequestInfo,
+        info: RequestRecord,
         route: Route,
         conn: H1Connection,
         parser: ResponseParser,
@@ -1215,7 +1214,7 @@ class _Session:
     async def _local_reply(
         self,
         head: RequestHead | None,
-        info: RequestInfo,
+        info: RequestRecord,
         reply: Reply,
         *,
         headers: list[tuple[bytes, bytes]] | None = None,
@@ -1230,7 +1229,7 @@ class _Session:
     def _reply_bytes(
         self,
         head: RequestHead | None,
-        info: RequestInfo,
+        info: RequestRecord,
         reply: Reply,
         *,
         headers: list[tuple[bytes, bytes]] | None = None,
@@ -1264,7 +1263,7 @@ class _Session:
             info.bytes_sent += len(body)
             info.response_code = status
             if flag:
-                _flag(info, flag)
+                info.add_flag(flag)
             self.response_started = True
             return data, not close
         out = [(b"content-type", b"text/plain")]
@@ -1288,21 +1287,17 @@ class _Session:
             info.bytes_sent += len(body)
         info.response_code = status
         if flag:
-            _flag(info, flag)
+            info.add_flag(flag)
         self.response_started = True
         return data, not close
 
     async def _try_local_reply(
-        self, head: RequestHead | None, info: RequestInfo, reply: Reply
+        self, head: RequestHead | None, info: RequestRecord, reply: Reply
     ) -> None:
         try:
             await self._local_reply(head, info, reply, close=True)
         except _DownstreamGone:
-            _flag(info, Flag.DOWNSTREAM_TERMINATION)
-
-
-def _flag(info: RequestInfo, flag: str) -> None:
-    info.response_flag = f"{info.response_flag},{flag}" if info.response_flag else flag
+            info.add_flag(Flag.DOWNSTREAM_TERMINATION)
 
 
 def _informational(resp: ResponseHead) -> bytes:
@@ -1316,17 +1311,3 @@ def _retry_on(retry: RetryPolicy, reply: Reply) -> bool:
     if cause is Cause.RESET:  # reset, bad response, per-try timeout: as Envoy's "reset"
         return retry.retry_on_reset
     return retry.should_retry_status(reply.status)
-
-
-def _count_class(stats, code: int) -> None:
-    klass = code // 100
-    if klass == 2:
-        stats.downstream_rq_2xx += 1
-    elif klass == 4:
-        stats.downstream_rq_4xx += 1
-    elif klass == 5:
-        stats.downstream_rq_5xx += 1
-    elif klass == 3:
-        stats.downstream_rq_3xx += 1
-    elif klass == 1:
-        stats.downstream_rq_1xx += 1

@@ -72,9 +72,10 @@ from ..protocols.http2 import (
 )
 from ..router import Route, apply_header_mutations
 from ..upstream import CircuitOpenError, Cluster, NoHostError
-from .accesslog import RequestInfo
 from .grpc import grpc_timeout, is_grpc
-from .http1 import _count_class, _flag, _lookup
+from .http1 import _lookup
+from .observers import listener_observers
+from .record import RequestRecord
 from .replies import (
     BAD_RESPONSE,
     CONNECT_FAILURE,
@@ -121,8 +122,10 @@ class Http2Proxy:
         self.table = ctx.routes[config.router_config_name]
         self.clusters = ctx.clusters
         self.pools = ctx.pools
-        self.access_logs = ctx.access_logs
         self.stats = ctx.listener_stats
+        #: Where requests end (stats, access logs); ``detailed``: fill what only logs read.
+        self.observers = listener_observers(ctx.listener_stats, ctx.access_logs)
+        self.detailed = self.observers.detailed
         self.settings = h2_settings(config)
         self.upstream_h1 = config.upstream_protocol == Protocol.HTTP1
         self.filters = ctx.stream_filters  # a FilterChainFactory, or None
@@ -168,7 +171,7 @@ class Http2Proxy:
         inbox = ep.inboxes.get(sid)
         if inbox is None:
             return  # reset before its task ran
-        info = RequestInfo()
+        info = RequestRecord()
         info.start = _monotonic()
         info.protocol = "HTTP/2"
         stream = _Stream(self, ep, conn, sid, inbox, info)
@@ -183,9 +186,9 @@ class Http2Proxy:
                     await stream.timed_out()
                 else:
                     # the client reset the stream (or the connection went)
-                    _flag(info, Flag.DOWNSTREAM_RESET)
+                    info.add_flag(Flag.DOWNSTREAM_RESET)
         except StreamGone:
-            _flag(info, Flag.DOWNSTREAM_RESET)
+            info.add_flag(Flag.DOWNSTREAM_RESET)
         except Exception:
             log.exception("http2 stream %d failed", sid)
             ep.reset(sid, ErrorCode.INTERNAL_ERROR)
@@ -197,17 +200,7 @@ class Http2Proxy:
                     ep.close()
                 else:
                     conn.idle.touch()
-            self._finish(info)
-
-    def _finish(self, info: RequestInfo) -> None:
-        if self.access_logs:
-            info.duration = _monotonic() - info.start
-            for access_log in self.access_logs:
-                access_log.log(info)
-        code = info.response_code
-        if code:
-            self.stats.downstream_rq_total += 1
-            _count_class(self.stats, code)
+            self.observers.end(info)
 
 
 class _Stream:
@@ -240,7 +233,7 @@ class _Stream:
         conn: Connection,
         sid: int,
         inbox: Inbox,
-        info: RequestInfo,
+        info: RequestRecord,
     ) -> None:
         self.proxy = proxy
         self.ep = ep
@@ -274,7 +267,7 @@ class _Stream:
         self.grpc = is_grpc(req.headers)
         path, _, query = req.path.decode("latin-1").partition("?")
         host = req.authority.decode("latin-1") if req.authority else ""
-        if proxy.access_logs:
+        if proxy.detailed:
             info.start_time = time.time()
             info.method = req.method.decode("latin-1")
             info.path = req.path.decode("latin-1")
@@ -288,6 +281,8 @@ class _Stream:
             info.request_received_duration = _monotonic() - info.start
         header = _lookup(req.headers)
         route = proxy.table.match(host, path, query, header)
+        if route is not None and proxy.detailed:
+            info.route_name = route.name
         if proxy.filters is not None:
             # Envoy's order: the filters run first, then the router answers (404, ...).
             cluster_name = None
@@ -358,7 +353,7 @@ class _Stream:
         if not self.started:
             await self._local(TIMEOUT)
         else:
-            _flag(self.info, Flag.UPSTREAM_TIMEOUT)
+            self.info.add_flag(Flag.UPSTREAM_TIMEOUT)
             self.ep.reset(self.sid, ErrorCode.CANCEL)
 
     # ------------------------------------------------------------------ stream filters
@@ -404,7 +399,7 @@ class _Stream:
     def _cut(self) -> None:
         """A filter failed (or answered) after the response began: the client must see the
         stream fail, not end."""
-        _flag(self.info, Flag.FILTER_FAILED)
+        self.info.add_flag(Flag.FILTER_FAILED)
         self.ep.reset(self.sid, ErrorCode.INTERNAL_ERROR)
 
     async def _filter_body(self, data: bytes, last: bool) -> bytes:
@@ -540,6 +535,8 @@ class _Stream:
             raise _Reply(CONNECT_FAILURE) from None
         except (CircuitOpenError, PoolOverflow):
             raise _Reply(OVERFLOW) from None
+        if self.proxy.detailed:
+            self.info.upstream_connect_duration = _monotonic() - self.info.start
         req = self.request
         headers = [
             (b":method", req.method),
@@ -698,7 +695,7 @@ class _Stream:
                     if exc.refused:
                         raise _Refused() from None
                     raise _Reply(UPSTREAM_RESET) from None
-                _flag(info, Flag.UPSTREAM_RESET)  # upstream reset mid-response: pass the reset on
+                info.add_flag(Flag.UPSTREAM_RESET)  # upstream reset mid-response: pass the reset on
                 ep.reset(sid, exc.code if exc.code != ErrorCode.NO_ERROR else ErrorCode.CANCEL)
                 return
             kind = type(event)
@@ -798,6 +795,8 @@ class _Stream:
                     raise _Reply(CONNECT_FAILURE) from None
                 except (CircuitOpenError, PoolOverflow):
                     raise _Reply(OVERFLOW) from None
+            if self.proxy.detailed:
+                self.info.upstream_connect_duration = _monotonic() - self.info.start
             reusable = False
             host.active_requests += 1
             try:
@@ -814,7 +813,7 @@ class _Stream:
                         fresh = True
                         continue
                     raise _Reply(UPSTREAM_RESET) from None
-                _flag(self.info, Flag.UPSTREAM_TERMINATION)
+                self.info.add_flag(Flag.UPSTREAM_TERMINATION)
                 self.ep.reset(self.sid, ErrorCode.INTERNAL_ERROR)
                 return
             finally:
@@ -869,7 +868,7 @@ class _Stream:
             except H1Error:
                 if not self.started:
                     raise _Reply(BAD_RESPONSE) from None
-                _flag(info, Flag.UPSTREAM_PROTOCOL_ERROR)
+                info.add_flag(Flag.UPSTREAM_PROTOCOL_ERROR)
                 ep.reset(sid, ErrorCode.INTERNAL_ERROR)
                 return False
             if events is None:
@@ -959,7 +958,7 @@ class _Stream:
         status, flag, body = reply.status, reply.flag, reply.body
         info = self.info
         if flag:
-            _flag(info, flag)
+            info.add_flag(flag)
         if self.started:  # too late for a reply: the stream can only be cut
             self.ep.reset(self.sid, ErrorCode.INTERNAL_ERROR)
             return

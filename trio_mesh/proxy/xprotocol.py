@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Awaitable, Mapping
+from time import monotonic as _monotonic
 
 import trio
 
 from ..config.filters import Protocol, ProxyConfig
+from ..config.model import format_hostport
 from ..errors import StartupError
 from ..filters import BuildContext
 from ..filters.stream import (
@@ -44,6 +47,8 @@ from ..pool.xprotocol import UpstreamLost
 from ..protocols import xprotocol
 from ..protocols.xprotocol import Codec, Frame, XProtocolError
 from ..upstream import CircuitOpenError, NoHostError
+from .observers import listener_observers
+from .record import RequestRecord
 from .replies import (
     CONNECT_FAILURE,
     INTERNAL,
@@ -88,6 +93,8 @@ class XProxy:
         self.clusters = ctx.clusters
         self.pools = ctx.pools
         self.stats = ctx.listener_stats
+        #: Where requests end (stats, access logs).
+        self.observers = listener_observers(ctx.listener_stats, ctx.access_logs)
         self.budget = ctx.buffer_budget
         self.codecs = codecs
         #: The listener's stream filters (a FilterChainFactory; ``None``: none configured).
@@ -142,6 +149,12 @@ class _XSession:
         self._reading = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self.gone = False
+        remote, local = conn.remote, conn.local
+        #: (remote, local) as the access log writes them, worked out once per connection.
+        self._addresses = (
+            format_hostport(*remote[:2]) if remote else None,
+            format_hostport(*local[:2]) if local else None,
+        )
 
     async def run(self, prefix: bytes) -> None:
         self.conn.on_drain = self._on_drain
@@ -317,15 +330,27 @@ class _XSession:
 
     async def _handle(self, frame: Frame, size: int) -> None:
         """Serve one request; its ``size`` bytes leave the budget once it is answered."""
-        stats = self.proxy.stats
         codec = self.codec
+        observers = self.proxy.observers
+        record = RequestRecord()
+        record.start = _monotonic()
+        record.bytes_received = size
+        if observers.detailed:
+            record.start_time = time.time()
+            record.protocol = codec.name
+            headers = frame.headers
+            record.rpc_service = headers.get("service") or None
+            record.rpc_method = headers.get("method") or None
+            record.downstream_remote_address, record.downstream_local_address = self._addresses
         try:
-            result = await self._forward(frame)
-            stats.downstream_rq_total += 1
+            result = await self._forward(frame, record)
             if result is None:
-                stats.downstream_rq_2xx += 1
+                if not record.response_code:
+                    record.response_code = 200  # a oneway request sent on
                 return
-            stats.downstream_rq_5xx += 1
+            record.response_code = result.status
+            if result.flag:
+                record.add_flag(result.flag)
             kind = result.rpc_error
             if result.by_filter:
                 if frame.is_oneway:
@@ -337,26 +362,34 @@ class _XSession:
                     )
                     return
                 message = result.body.decode("utf-8", "replace").strip()
-                await self._write(codec.encode(codec.error_reply(frame, kind, message)))
+                await self._reply(codec.encode(codec.error_reply(frame, kind, message)), record)
                 if result.close:
                     self._reading.cancel()  # take nothing new: what is in flight finishes
             elif not frame.is_oneway:
-                await self._write(codec.encode(codec.error_reply(frame, kind)))
+                await self._reply(codec.encode(codec.error_reply(frame, kind)), record)
         except Exception:
             # One request's failure (a codec bug, say) must not take the connection down.
             log.exception("downstream %s: %s request failed", self.conn.remote, codec.name)
+            record.response_code = INTERNAL.status
             if not frame.is_oneway:
                 await self._write(codec.encode(codec.error_reply(frame, INTERNAL.rpc_error)))
         finally:
             self._done(size)
             self._finished()
+            observers.end(record)
 
-    async def _forward(self, frame: Frame) -> Reply | None:
+    async def _reply(self, data: bytes | bytearray, record: RequestRecord) -> None:
+        record.bytes_sent += len(data)
+        await self._write(data)
+
+    async def _forward(self, frame: Frame, record: RequestRecord) -> Reply | None:
         """Send ``frame`` upstream and its response down; the local reply (the proxy's own
         or a filter's) when the proxy must answer itself instead."""
         proxy = self.proxy
         headers = frame.headers
         route = proxy.table.match("", "/", "", headers.get)
+        if route is not None and proxy.observers.detailed:
+            record.route_name = route.name
         routable = route is not None and route.direct_response is None and route.redirect is None
         chain = None
         if proxy.filters is not None:
@@ -391,10 +424,12 @@ class _XSession:
         cluster = proxy.clusters.clusters.get(cluster_name) if cluster_name else None
         if cluster is None:
             return NO_CLUSTER
+        record.upstream_cluster = cluster.name
         try:
             host = cluster.choose_host()
         except NoHostError:
             return NO_HEALTHY_UPSTREAM
+        record.upstream_host = host.label
         if chain is not None:
             chain.context.upstream_host = host.label
         pool = proxy.pools.xprotocol(cluster, host, self.codec, proxy.options)
@@ -415,6 +450,7 @@ class _XSession:
                     await pool.send_oneway(frame_up)
                     return None
                 response = await pool.call(frame_up)
+                record.response_received_duration = _monotonic() - record.start
             if response is None:
                 cluster.stats.upstream_rq_timeout += 1
                 return TIMEOUT
@@ -433,8 +469,10 @@ class _XSession:
             if not isinstance(filtered, Frame):
                 return filtered
             response = filtered
+        # MOSN's mapping of an RPC response to an HTTP status (its access log and stats).
+        record.response_code = 200 if self.codec.is_success(response) else 500
         # Written outside the timeout: a frame is never cut short by it (FrameWriter).
-        await self._write(self.codec.set_request_id(response, downstream_id))
+        await self._reply(self.codec.set_request_id(response, downstream_id), record)
         return None
 
     # ------------------------------------------------------------------ stream filters
