@@ -66,7 +66,6 @@ from ..protocols.http2 import (
 from ..protocols.http2 import ResponseHeaders as H2ResponseHeaders
 from ..protocols.http2 import Trailers as H2Trailers
 from ..router import Route, apply_header_mutations
-from ..router.table import RetryPolicy
 from ..upstream import CircuitOpenError, Cluster, Host, NoHostError
 from .observers import listener_observers
 from .record import RequestRecord
@@ -80,10 +79,10 @@ from .replies import (
     OVERFLOW,
     TIMEOUT,
     UPSTREAM_RESET,
-    Cause,
     Flag,
     Reply,
 )
+from .retry import RetryState
 from .settings import h2_settings
 
 log = logging.getLogger("trio_mesh.proxy")
@@ -176,7 +175,7 @@ class _Session:
         "_chain",
         "_up_chunked",
         "_info",
-        "_can_retry_status",
+        "_retry",
         "_replay_left",
         "_upstream_keep_alive",
         "conn",
@@ -206,7 +205,8 @@ class _Session:
         self.response_started = False
         self.sent_continue = False
         self._replay_left: list[bytes] | None = None
-        self._can_retry_status = False
+        #: The request's ``RetryState`` (``None``: its route retries nothing).
+        self._retry: RetryState | None = None
         # Route and per-try timeouts start once the whole request is in (Envoy's rule: a
         # slow upload is bounded by the idle timeout, not by the response timeout).
         self._armed: list[tuple[trio.CancelScope, float]] = []
@@ -668,8 +668,8 @@ class _Session:
         target = (new_path + "?" + query if query else new_path).encode("latin-1")
         if head.query and not query:
             target += b"?"
-        retry = route.retry
-        tries_left = retry.num_retries if retry is not None else 0
+        # Made only for a route with a retry policy (nothing allocated otherwise).
+        retry = self._retry = RetryState(route.retry, cluster) if route.retry is not None else None
         raced = False
         # The request body as sent upstream, kept while small so that a retry can resend it.
         replay: list[bytes] | None = []
@@ -677,11 +677,9 @@ class _Session:
         # in run()'s Cancelled handler (a cancel scope per request costs too much).
         self._arm(None, route.timeout)
         stats = cluster.stats
-        retrying = False  # this try holds a slot under circuit_breakers.max_retries
         try:
             while True:
                 stats.upstream_rq_total += 1
-                self._can_retry_status = tries_left > 0 and replay is not None
                 # circuit_breakers.max_requests: tries outstanding to the cluster (inline,
                 # not a context manager: this is the per-request path).
                 if cluster.max_requests is not None and cluster.request_overflows():
@@ -695,32 +693,22 @@ class _Session:
                     finally:
                         stats.upstream_rq_active -= 1
                 except _Retry as exc:
-                    if retrying:
-                        retrying = False
-                        stats.upstream_rq_retry_active -= 1
                     replay = self._replay_left  # what the failed try left resendable
                     if self.response_started:  # defensive: nothing can be retried now
                         return False
                     if exc.race and not raced and replay is not None:
+                        if retry is not None:
+                            retry.release()  # not a route retry: no max_retries slot
                         raced = True  # the keep-alive race: once, on a new connection
                         continue
-                    retryable = (
-                        retry is not None
-                        and tries_left > 0
-                        and replay is not None
-                        and _retry_on(retry, exc.reply)
-                    )
-                    if not retryable or cluster.retry_overflows():
+                    if retry is None or replay is None or not retry.should_retry(exc.reply):
                         return await self._local_reply(head, info, exc.reply)
-                    tries_left -= 1
-                    stats.upstream_rq_retry += 1
-                    stats.upstream_rq_retry_active += 1
-                    retrying = True
                 except _Fail as exc:
                     return await self._local_reply(head, info, exc.reply)
         finally:
-            if retrying:
-                stats.upstream_rq_retry_active -= 1
+            if retry is not None:
+                retry.release()
+                self._retry = None
             self._armed.clear()
             self.conn.idle.end_route()
 
@@ -739,8 +727,9 @@ class _Session:
         """One try against one host. Returns the keep-alive decision for downstream, or
         raises ``_Retry`` / ``_Fail`` while nothing of the response has gone downstream."""
         self._replay_left = replay
+        retry = self._retry
         try:
-            host = cluster.choose_host()
+            host = cluster.choose_host() if retry is None else retry.choose_host()
         except NoHostError:
             raise _Fail(NO_HEALTHY_UPSTREAM) from None
         if self.proxy.upstream_h2:
@@ -762,7 +751,7 @@ class _Session:
             headers = [(n, v) for n, v in headers if n != b"host"]
             headers.append((b"host", host.label_bytes))
         reusable = False
-        per_try = route.retry.per_try_timeout if route.retry is not None else None
+        per_try = retry.per_try_timeout if retry is not None else None
         host.active_requests += 1  # what LB_LEAST_REQUEST compares
         timed_out = False
         # One frame for the whole exchange (each coroutine layer is paid on every resume).
@@ -1082,12 +1071,11 @@ class _Session:
                     if event.status != 100 and head.version == b"1.1":
                         out.append(_informational(event))
                 else:
-                    retry = route.retry
+                    retry = self._retry
                     if (
-                        self._can_retry_status
+                        retry is not None
                         and self._replay_left is not None
-                        and retry is not None
-                        and retry.should_retry_status(event.status)
+                        and retry.retries_status(event.status)
                     ):
                         raise _Retry(Reply(event.status, Flag.NONE, b""))
                     if chain is None:
@@ -1302,12 +1290,3 @@ class _Session:
 
 def _informational(resp: ResponseHead) -> bytes:
     return encode_response_head(resp.status, resp.reason, strip_hop_by_hop(resp.headers))
-
-
-def _retry_on(retry: RetryPolicy, reply: Reply) -> bool:
-    cause = reply.cause
-    if cause is Cause.CONNECT:
-        return retry.retry_on_connect_failure
-    if cause is Cause.RESET:  # reset, bad response, per-try timeout: as Envoy's "reset"
-        return retry.retry_on_reset
-    return retry.should_retry_status(reply.status)

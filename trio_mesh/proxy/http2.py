@@ -71,7 +71,7 @@ from ..protocols.http2 import (
     trailers_to_h2,
 )
 from ..router import Route, apply_header_mutations
-from ..upstream import CircuitOpenError, Cluster, NoHostError
+from ..upstream import CircuitOpenError, Cluster, Host, NoHostError
 from .grpc import grpc_timeout, is_grpc
 from .http1 import _lookup
 from .observers import listener_observers
@@ -88,6 +88,7 @@ from .replies import (
     Flag,
     Reply,
 )
+from .retry import RetryState
 from .settings import h2_settings
 
 log = logging.getLogger("trio_mesh.proxy.http2")
@@ -216,12 +217,14 @@ class _Stream:
         "chain",
         "cluster",
         "conn",
+        "ended",
         "ep",
         "grpc",
         "inbox",
         "info",
         "proxy",
         "request",
+        "retry",
         "sid",
         "started",
     )
@@ -247,6 +250,9 @@ class _Stream:
         self._keep_alive = False
         self.cluster: Cluster | None = None
         self._replay: list | None = None
+        self.ended = False  # the request has no body (its headers ended the stream)
+        #: The request's ``RetryState`` (``None``: its route retries nothing).
+        self.retry: RetryState | None = None
         self._kept = 0  # bytes of ``_replay`` counted in the connection's budget
         self._body_done = False
         self._owed = 0
@@ -324,27 +330,75 @@ class _Stream:
         new_path = route.rewrite_path(path)
         target = (new_path + "?" + query if query else new_path).encode("latin-1")
         stats = cluster.stats
-        stats.upstream_rq_total += 1
         self.cluster = cluster
-        # circuit_breakers.max_requests: requests outstanding to the cluster, every protocol.
-        if cluster.max_requests is not None and cluster.request_overflows():
-            await self._local(OVERFLOW)
-            return
         if timeout is not None:
             self.inbox.scope.deadline = trio.current_time() + timeout
-        stats.upstream_rq_active += 1
+        # The request body as sent upstream, kept (up to retry_buffer_bytes) so that a retry,
+        # or a stream the upstream refused, can send it again; None once it outgrew that.
+        ended = self.ended = event.end_stream
+        self._replay = [] if not ended else None
+        self._body_done = ended
+        regular = self._request_headers(route)  # once: a retry sends the same request id
+        # Made only for a route with a retry policy (nothing allocated otherwise).
+        retry = self.retry = RetryState(route.retry, cluster) if route.retry is not None else None
+        per_try = retry.per_try_timeout if retry is not None else None
         try:
-            try:
-                if proxy.upstream_h1:
-                    await self._to_h1(route, cluster, target, event.end_stream)
-                else:
-                    await self._to_h2(route, cluster, target, event.end_stream)
-            finally:
-                stats.upstream_rq_active -= 1
-        except _Reply as exc:
-            await self._local(exc.reply)
+            while True:
+                stats.upstream_rq_total += 1
+                # circuit_breakers.max_requests: requests outstanding to the cluster.
+                if cluster.max_requests is not None and cluster.request_overflows():
+                    await self._local(OVERFLOW)
+                    return
+                stats.upstream_rq_active += 1
+                try:
+                    try:
+                        if per_try is None:
+                            await self._try(route, cluster, target, regular)
+                        else:
+                            with trio.move_on_after(per_try) as scope:
+                                await self._try(route, cluster, target, regular)
+                            if scope.cancelled_caught:
+                                if self.started:  # too late to retry: the stream is cut
+                                    self.info.add_flag(Flag.UPSTREAM_TIMEOUT)
+                                    self.ep.reset(self.sid, ErrorCode.CANCEL)
+                                    return
+                                raise _Reply(TIMEOUT)
+                        return
+                    finally:
+                        stats.upstream_rq_active -= 1
+                except _Reply as exc:
+                    if (
+                        retry is None
+                        or self.started
+                        or not (ended or self._replay is not None)
+                        or not retry.should_retry(exc.reply)
+                    ):
+                        await self._local(exc.reply)
+                        return
         except _FilterReply as exc:
             await self._filter_reply(exc.reply)
+        finally:
+            if retry is not None:
+                retry.release()
+
+    async def _try(
+        self, route: Route, cluster: Cluster, target: bytes, regular: list[tuple[bytes, bytes]]
+    ) -> None:
+        """One try, over the configured upstream protocol."""
+        if self.proxy.upstream_h1:
+            await self._to_h1(route, cluster, target, regular)
+        else:
+            await self._to_h2(route, cluster, target, regular)
+
+    def _hold_back(self, status: int) -> None:
+        """A response the route retries is not sent down: the try fails with its status."""
+        retry = self.retry
+        if (
+            retry is not None
+            and (self.ended or self._replay is not None)
+            and retry.retries_status(status)
+        ):
+            raise _Reply(Reply(status, Flag.NONE, b""))
 
     async def timed_out(self) -> None:
         """The route timeout (the stream scope's deadline) fired."""
@@ -492,20 +546,19 @@ class _Stream:
             return host_label
         return self.request.authority
 
-    def _choose(self, cluster: Cluster):
+    def _choose(self, cluster: Cluster) -> Host:
+        retry = self.retry
         try:
-            return cluster.choose_host()
+            return cluster.choose_host() if retry is None else retry.choose_host()
         except NoHostError:
             raise _Reply(NO_HEALTHY_UPSTREAM) from None
 
     # ------------------------------------------------------------------ HTTP/2 upstream
 
-    async def _to_h2(self, route: Route, cluster: Cluster, target: bytes, ended: bool) -> None:
-        regular = self._request_headers(route)
-        # The request body as sent upstream, kept (up to retry_buffer_bytes) so that a stream
-        # the upstream refused can be sent again; None once it outgrew that.
-        self._replay = [] if not ended else None
-        self._body_done = ended
+    async def _to_h2(
+        self, route: Route, cluster: Cluster, target: bytes, regular: list[tuple[bytes, bytes]]
+    ) -> None:
+        ended = self.ended
         for attempt in range(2):
             try:
                 await self._h2_try(route, cluster, target, regular)
@@ -716,6 +769,8 @@ class _Stream:
                     status, headers = response_from_h2(event.headers)
                 except H2HeaderError:
                     raise _Reply(BAD_RESPONSE) from None
+                if self.retry is not None:
+                    self._hold_back(status)
                 if chain is not None:
                     status, headers, data_hooks = await self._filter_response_head(
                         status, headers, event.end_stream
@@ -753,14 +808,16 @@ class _Stream:
 
     # ------------------------------------------------------------------ HTTP/1 upstream
 
-    async def _to_h1(self, route: Route, cluster: Cluster, target: bytes, ended: bool) -> None:
+    async def _to_h1(
+        self, route: Route, cluster: Cluster, target: bytes, regular: list[tuple[bytes, bytes]]
+    ) -> None:
         req = self.request
+        ended = self.ended
         host = self._choose(cluster)
         self.info.upstream_host = host.label
         headers = [(b"host", self._authority(route, host.label_bytes))]
         length: int | None = None
         lengths = 0
-        regular = self._request_headers(route)
         if self.chain is not None:
             self._chosen(host.label)
         # The framing is the encoder's, from what the codec checked: request_from_h2 left at
@@ -802,6 +859,7 @@ class _Stream:
             try:
                 await conn.stream.send_all(wire)
                 if not ended:
+                    self.forget_replay()  # streamed, not kept: no retry can resend it
                     await self._h1_request_body(conn.stream, chunked)
                 reusable = await self._h1_response(route, conn.stream, req.method == b"HEAD")
                 return
@@ -911,6 +969,8 @@ class _Stream:
                         ep.end_stream(sid)
                     return parser.complete and not parser.trailing and self._keep_alive
                 elif event.status >= 200:
+                    if self.retry is not None:
+                        self._hold_back(event.status)
                     if chain is None:
                         self._send_h1_head(route, event)
                     else:
