@@ -11,17 +11,17 @@ from trio_mesh.proxy import grpc, replies
 from trio_mesh.proxy.replies import Cause, Flag, Reply
 
 CONSTANTS = [
-    (replies.NO_ROUTE, 404, "NR", grpc.UNIMPLEMENTED, ErrorKind.NO_ROUTE, Cause.STATUS),
-    (replies.NO_CLUSTER, 503, "NC", grpc.UNAVAILABLE, ErrorKind.NO_ROUTE, Cause.STATUS),
+    (replies.NO_ROUTE, 404, "NR", grpc.UNIMPLEMENTED, ErrorKind.NO_ROUTE, Cause.REFUSED),
+    (replies.NO_CLUSTER, 503, "NC", grpc.UNAVAILABLE, ErrorKind.NO_ROUTE, Cause.REFUSED),
     (
         replies.NO_HEALTHY_UPSTREAM,
         503,
         "UH",
         grpc.UNAVAILABLE,
         ErrorKind.NO_HEALTHY_HOST,
-        Cause.STATUS,
+        Cause.REFUSED,
     ),
-    (replies.OVERFLOW, 503, "UO", grpc.UNAVAILABLE, ErrorKind.OVERFLOW, Cause.STATUS),
+    (replies.OVERFLOW, 503, "UO", grpc.UNAVAILABLE, ErrorKind.OVERFLOW, Cause.REFUSED),
     (
         replies.CONNECT_FAILURE,
         503,

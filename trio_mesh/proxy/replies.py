@@ -45,9 +45,10 @@ class Flag:
 class Cause:
     """What failed, as a retry policy's ``retry_on`` sees it (decided once per reply kind)."""
 
-    STATUS = 0  # a status the upstream (or a filter) answered with: ``retriable_status_codes``
+    STATUS = 0  # a status the upstream answered with: ``5xx``, ``retriable_status_codes``...
     CONNECT = 1  # ``connect-failure``
     RESET = 2  # ``reset``: closed, reset, a bad response or a per-try timeout (as Envoy)
+    REFUSED = 3  # the proxy's own refusal (no route, no host, overflow...): never retried
 
 
 # The gRPC status of a proxy failure, by its flag (Envoy's way: the call fails with a gRPC
@@ -123,7 +124,7 @@ class Reply:
         self.close = close
         #: A stream filter's answer (an RPC reply then carries its message).
         self.by_filter = by_filter
-        self.cause = _CAUSE_OF_FLAG.get(flag, Cause.STATUS)
+        self.cause = _CAUSE_OF_FLAG.get(flag, Cause.STATUS if not flag else Cause.REFUSED)
         self.h1_keep: bytes | None = None
         self.h1_close: bytes | None = None
         self.grpc_headers: tuple[Header, ...] | None = None

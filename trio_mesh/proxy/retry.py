@@ -26,7 +26,9 @@ def retry_on(policy: RetryPolicy, reply: Reply) -> bool:
         return policy.retry_on_connect_failure
     if cause is Cause.RESET:  # reset, bad response, per-try timeout: as Envoy's "reset"
         return policy.retry_on_reset
-    return policy.should_retry_status(reply.status)
+    if cause is Cause.STATUS:
+        return policy.should_retry_status(reply.status)
+    return False  # the proxy refused the request itself (no host, overflow...)
 
 
 class RetryState:
