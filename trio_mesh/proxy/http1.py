@@ -11,7 +11,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from random import getrandbits as _getrandbits
 from time import monotonic as _monotonic
 from typing import Any
@@ -34,12 +34,11 @@ from ..filters.stream import (
     StreamFilterChain,
     filter_failed,
 )
-from ..network.connect import ConnectError
 from ..network.connection import DRAIN_IDLE_GRACE, Connection
 from ..network.h2 import StreamGone
 from ..network.relay import CHUNK, relay
 from ..network.stream import Stream
-from ..pool import H1Connection, PoolOverflow
+from ..pool import H1Connection
 from ..protocols.http1 import (
     Body,
     EndOfMessage,
@@ -66,12 +65,15 @@ from ..protocols.http2 import (
 from ..protocols.http2 import ResponseHeaders as H2ResponseHeaders
 from ..protocols.http2 import Trailers as H2Trailers
 from ..router import Route, apply_header_mutations
-from ..upstream import CircuitOpenError, Cluster, Host, NoHostError
+from ..upstream import Cluster, Host, NoHostError
+from .exchange import UpstreamFailed
+from .exchange import http1 as h1_exchange
+from .exchange import http2 as h2_exchange
+from .headers import header_getter
 from .observers import listener_observers
 from .record import RequestRecord
 from .replies import (
     BAD_RESPONSE,
-    CONNECT_FAILURE,
     CONNECT_REFUSED,
     NO_CLUSTER,
     NO_HEALTHY_UPSTREAM,
@@ -79,6 +81,7 @@ from .replies import (
     OVERFLOW,
     TIMEOUT,
     UPSTREAM_RESET,
+    Cause,
     Flag,
     Reply,
 )
@@ -108,6 +111,11 @@ class _Fail(Exception):
 
     def __init__(self, reply: Reply) -> None:
         self.reply = reply
+
+
+def _failed(reply: Reply) -> _Retry | _Fail:
+    """A try's failure: one the retry policy may retry, or the proxy's own refusal."""
+    return _Fail(reply) if reply.cause is Cause.REFUSED else _Retry(reply)
 
 
 def _filter_fail(reply: LocalReply) -> _Fail:
@@ -156,17 +164,6 @@ class Http1Proxy:
         session = _Session(self, conn)
         session.feed_prefix(prefix)
         await session.run()
-
-
-def _lookup(headers: list[tuple[bytes, bytes]]) -> Callable[[str], str | None]:
-    def get(name: str) -> str | None:
-        key = name.encode("latin-1")
-        for n, v in headers:
-            if n == key:
-                return v.decode("latin-1")
-        return None
-
-    return get
 
 
 class _Session:
@@ -410,7 +407,7 @@ class _Session:
         host = head.host.decode("latin-1") if head.host else ""
         path = head.path.decode("latin-1")
         query = head.query.decode("latin-1")
-        header = _lookup(head.headers)
+        header = header_getter(head.headers)
         route = self.proxy.table.match(host, path, query, header)
         if route is not None and self.proxy.detailed:
             info.route_name = route.name
@@ -739,11 +736,9 @@ class _Session:
         reused = conn is not None
         if conn is None:
             try:
-                conn, reused = await pool.acquire(fresh=fresh)
-            except ConnectError:
-                raise _Retry(CONNECT_FAILURE) from None
-            except (CircuitOpenError, PoolOverflow):
-                raise _Fail(OVERFLOW) from None
+                conn, reused = await h1_exchange.acquire(pool, fresh)
+            except UpstreamFailed as exc:
+                raise _failed(exc.reply) from None
         info.upstream_host = host.label
         if self.proxy.detailed:
             info.upstream_connect_duration = _monotonic() - info.start
@@ -810,11 +805,9 @@ class _Session:
         """One try over an upstream HTTP/2 stream: HTTP/1 framing in, HTTP/2 frames out."""
         pool = self.proxy.pools.http2(cluster, host, self.proxy.h2_settings)
         try:
-            up, usid, uinbox = await pool.open_stream()
-        except ConnectError:
-            raise _Retry(CONNECT_FAILURE) from None
-        except (CircuitOpenError, PoolOverflow):
-            raise _Fail(OVERFLOW) from None
+            up, usid, uinbox = await h2_exchange.open_stream(pool)
+        except UpstreamFailed as exc:
+            raise _failed(exc.reply) from None
         info.upstream_host = host.label
         if self.proxy.detailed:
             info.upstream_connect_duration = _monotonic() - info.start

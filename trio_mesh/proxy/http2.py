@@ -40,10 +40,8 @@ from ..filters.stream import (
     RequestContext,
     StreamFilterChain,
 )
-from ..network.connect import ConnectError
 from ..network.connection import Connection
 from ..network.h2 import H2Endpoint, Inbox, StreamGone
-from ..pool import PoolOverflow
 from ..protocols.http1 import (
     Body,
     EndOfMessage,
@@ -71,14 +69,16 @@ from ..protocols.http2 import (
     trailers_to_h2,
 )
 from ..router import Route, apply_header_mutations
-from ..upstream import CircuitOpenError, Cluster, Host, NoHostError
+from ..upstream import Cluster, Host, NoHostError
+from .exchange import UpstreamFailed
+from .exchange import http1 as h1_exchange
+from .exchange import http2 as h2_exchange
 from .grpc import grpc_timeout, is_grpc
-from .http1 import _lookup
+from .headers import header_getter
 from .observers import listener_observers
 from .record import RequestRecord
 from .replies import (
     BAD_RESPONSE,
-    CONNECT_FAILURE,
     NO_CLUSTER,
     NO_HEALTHY_UPSTREAM,
     NO_ROUTE,
@@ -285,7 +285,7 @@ class _Stream:
                     info.user_agent = value.decode("latin-1")
         if event.end_stream:
             info.request_received_duration = _monotonic() - info.start
-        header = _lookup(req.headers)
+        header = header_getter(req.headers)
         route = proxy.table.match(host, path, query, header)
         if route is not None and proxy.detailed:
             info.route_name = route.name
@@ -583,11 +583,9 @@ class _Stream:
             self._chosen(host.label)
         pool = self.proxy.pools.http2(cluster, host, self.proxy.settings)
         try:
-            up, usid, uinbox = await pool.open_stream()
-        except ConnectError:
-            raise _Reply(CONNECT_FAILURE) from None
-        except (CircuitOpenError, PoolOverflow):
-            raise _Reply(OVERFLOW) from None
+            up, usid, uinbox = await h2_exchange.open_stream(pool)
+        except UpstreamFailed as exc:
+            raise _Reply(exc.reply) from None
         if self.proxy.detailed:
             self.info.upstream_connect_duration = _monotonic() - self.info.start
         req = self.request
@@ -847,11 +845,9 @@ class _Stream:
             reused = conn is not None
             if conn is None:
                 try:
-                    conn, reused = await pool.acquire(fresh=fresh)
-                except ConnectError:
-                    raise _Reply(CONNECT_FAILURE) from None
-                except (CircuitOpenError, PoolOverflow):
-                    raise _Reply(OVERFLOW) from None
+                    conn, reused = await h1_exchange.acquire(pool, fresh)
+                except UpstreamFailed as exc:
+                    raise _Reply(exc.reply) from None
             if self.proxy.detailed:
                 self.info.upstream_connect_duration = _monotonic() - self.info.start
             reusable = False

@@ -39,25 +39,23 @@ from ..filters.stream import (
     StreamFilterChain,
 )
 from ..network.budget import ConnectionBudget
-from ..network.connect import ConnectError
 from ..network.connection import Connection
 from ..network.relay import CHUNK
 from ..network.writer import FrameWriter
-from ..pool.xprotocol import UpstreamLost
 from ..protocols import xprotocol
 from ..protocols.xprotocol import Codec, Frame, XProtocolError
-from ..upstream import CircuitOpenError, NoHostError
+from ..upstream import NoHostError
+from .exchange import UpstreamFailed
+from .exchange import rpc as rpc_exchange
 from .observers import listener_observers
 from .record import RequestRecord
 from .replies import (
-    CONNECT_FAILURE,
     INTERNAL,
     NO_CLUSTER,
     NO_HEALTHY_UPSTREAM,
     NO_ROUTE,
     OVERFLOW,
     TIMEOUT,
-    UPSTREAM_RESET,
     Reply,
 )
 
@@ -444,26 +442,18 @@ class _XSession:
         stats.upstream_rq_active += 1
         host.active_requests += 1
         try:
-            response = None
-            with trio.move_on_after(timeout):
-                if frame.is_oneway:
-                    await pool.send_oneway(frame_up)
-                    return None
-                response = await pool.call(frame_up)
-                record.response_received_duration = _monotonic() - record.start
-            if response is None:
-                cluster.stats.upstream_rq_timeout += 1
-                return TIMEOUT
-        except ConnectError:
-            return CONNECT_FAILURE
-        except CircuitOpenError:
-            return OVERFLOW
-        except UpstreamLost:
-            return UPSTREAM_RESET
+            response = await rpc_exchange.call(pool, frame_up, timeout)
+        except UpstreamFailed as exc:
+            if exc.reply is TIMEOUT:
+                stats.upstream_rq_timeout += 1
+            return exc.reply
         finally:
             stats.upstream_rq_active -= 1
             host.active_requests -= 1
             frame.request_id = downstream_id  # the error reply answers the downstream id
+        if response is None:
+            return None  # a oneway request, sent on
+        record.response_received_duration = _monotonic() - record.start
         if chain is not None and chain.mask & (RESPONSE_HEADERS | RESPONSE_DATA):
             filtered = await self._response_filters(chain, response)
             if not isinstance(filtered, Frame):
