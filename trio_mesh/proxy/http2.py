@@ -278,8 +278,9 @@ class _Stream:
             info.method = req.method.decode("latin-1")
             info.path = req.path.decode("latin-1")
             info.authority = host or None
-            remote = self.conn.remote
+            remote, local = self.conn.remote, self.conn.local
             info.downstream_remote_address = format_hostport(*remote[:2]) if remote else None
+            info.downstream_local_address = format_hostport(*local[:2]) if local else None
             for name, value in req.headers:
                 if name == b"user-agent":
                     info.user_agent = value.decode("latin-1")
