@@ -2,8 +2,9 @@
 
 A `Reply` carries the HTTP status, Envoy's response flag, the gRPC status, the RPC error kind
 and the body. The table at the end is the one place where a reply kind gets its value in each
-protocol: HTTP/1 (``h1_wire``), HTTP/2 and gRPC (``h2_headers``, ``grpc_headers``) and the RPC
-codecs (``rpc_error``, which each codec maps to its own status). The replies that never change
+protocol: HTTP/1 and HTTP/2 (the status and body; ``h1_keep``/``h1_close``, the encoded HTTP/1
+bytes), gRPC (``grpc_status``; ``grpc_headers``, the trailers-only block) and the RPC codecs
+(``rpc_error``, which each codec maps to its own status). The replies that never change
 are built once, at import, with their usual HTTP/1 bytes and gRPC trailers-only headers already
 encoded: answering one costs no encoding.
 """
