@@ -225,14 +225,17 @@ def test_unenforced_values_warn_with_their_paths() -> None:
     assert parse_config(doc).warnings == ()
 
 
-def test_route_retries_warn_on_http2_listeners_only() -> None:
+def test_route_retries_warn_on_listeners_that_may_take_rpc_only() -> None:
     doc = http_doc()
     route = _vhost(doc)["routers"][0]["route"]
     route["retry_policy"] = {"retry_on": True, "num_retries": 2}
     assert parse_config(doc).warnings == ()  # HTTP/1: enforced
     config = doc["servers"][0]["listeners"][0]["filter_chains"][0]["filters"][0]["config"]
-    config["downstream_protocol"] = "Auto"
-    assert parse_config(doc).warnings == (
-        f"{VHOST}.routers[0].route.retry_policy: enforced on HTTP/1 requests only: HTTP/2"
-        " requests are not retried yet",
-    )
+    config["downstream_protocol"] = "Http2"
+    assert parse_config(doc).warnings == ()  # HTTP/2 and gRPC: enforced
+    for protocol in ("Auto", "bolt"):  # RPC requests (Auto detects RPC codecs too) are not
+        config["downstream_protocol"] = protocol
+        assert parse_config(doc).warnings == (
+            f"{VHOST}.routers[0].route.retry_policy: enforced on HTTP requests only: RPC"
+            " requests are not retried yet",
+        )

@@ -17,9 +17,9 @@ from trio_mesh.proxy.accesslog import (
     DEFAULT_FORMAT,
     VARIABLES,
     AccessLog,
-    RequestInfo,
     go_duration,
 )
+from trio_mesh.proxy.record import RequestRecord
 
 # 2024-03-05 06:07:08.9876 UTC
 STAMP = 1709618828.9876
@@ -34,8 +34,8 @@ def utc(monkeypatch):
     time.tzset()
 
 
-def full_info(**changes) -> RequestInfo:
-    info = RequestInfo(
+def full_info(**changes) -> RequestRecord:
+    info = RequestRecord(
         start_time=STAMP,
         start=100.0,
         request_received_duration=0.000250,
@@ -55,6 +55,9 @@ def full_info(**changes) -> RequestInfo:
         downstream_local_address="127.0.0.1:2045",
         request_id="req-1",
         user_agent="curl/8.0",
+        route_name="api",
+        rpc_service="com.example.Echo:1.0",
+        rpc_method="echo",
     )
     for name, value in changes.items():
         setattr(info, name, value)
@@ -144,10 +147,10 @@ def test_custom_template_with_literals_aliases_and_placeholders():
 
 
 def test_missing_values_render_as_dash():
-    assert access_log("stdout").format(RequestInfo()) == "- - - 0 0 - 0 - - 0 - - - -"
+    assert access_log("stdout").format(RequestRecord()) == "- - - 0 0 - 0 - - 0 - - - -"
     everything = " ".join(f"%{name}%" for name in VARIABLES)
-    line = access_log("stdout", log_format=everything).format(RequestInfo())
-    assert line.split(" ") == ["-", "-", "-", "-", "0", "0", "-", "0", *["-"] * 10]
+    line = access_log("stdout", log_format=everything).format(RequestRecord())
+    assert line.split(" ") == ["-", "-", "-", "-", "0", "0", "-", "0", *["-"] * 13]
 
 
 def test_request_text_cannot_break_the_line():
@@ -182,8 +185,11 @@ def test_json_lines_carry_every_variable(utc):
         "path": "/a\nb",
         "authority": "example.com",
         "user_agent": "curl/8.0",
+        "route_name": "api",
+        "x-mosn-rpc-service": "com.example.Echo:1.0",
+        "x-mosn-rpc-method": "echo",
     }
-    empty = json.loads(log.format(RequestInfo()))
+    empty = json.loads(log.format(RequestRecord()))
     assert list(empty) == list(VARIABLES)
     assert {name: value for name, value in empty.items() if value is not None} == {
         "bytes_sent": 0,
@@ -203,8 +209,8 @@ def test_unknown_variable_is_a_config_error_naming_it():
         validate_log_format(fmt)
 
 
-def test_request_info_is_slotted_and_flags_join_once():
-    info = RequestInfo()
+def test_request_record_is_slotted_and_flags_join_once():
+    info = RequestRecord()
     assert not hasattr(info, "__dict__")
     assert (info.response_code, info.response_flag, info.upstream_host) == (0, "", None)
     info.add_flag("UF")

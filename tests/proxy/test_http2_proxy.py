@@ -420,6 +420,8 @@ async def test_h2_access_log(nursery: trio.Nursery, tmp_path: Path) -> None:
     assert (entry["bytes_received"], entry["bytes_sent"]) == (len(body), len(r.body))
     assert entry["upstream_cluster"] == "up"
     assert entry["upstream_host"] == f"127.0.0.1:{up.port}"
+    assert entry["downstream_local_address"] == f"127.0.0.1:{port}"
+    assert entry["duration"] >= entry["response_received_duration"] > 0
 
 
 async def send_with_wrong_length(client, sent: int) -> int:

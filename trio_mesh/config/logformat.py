@@ -27,6 +27,10 @@ RECORDED = (
     "path",
     "authority",
     "user_agent",
+    "route_name",
+    # MOSN's RPC variables (types.VarHeaderRPCService, types.VarHeaderRPCMethod)
+    "x-mosn-rpc-service",
+    "x-mosn-rpc-method",
 )
 #: Variables MOSN defines that trio-mesh does not record (yet): accepted, rendered as ``-``.
 PLACEHOLDERS = (
@@ -35,7 +39,6 @@ PLACEHOLDERS = (
     "process_time_duration",
     "upstream_transport_failure_reason",
     "requested_server_name",
-    "route_name",
     "protocol_config",
 )
 #: Other MOSN names for the same variable.

@@ -142,20 +142,21 @@ def unenforced(config: MeshConfig) -> list[str]:
                     p = f"servers[{si}].listeners[{li}].filter_chains[{ci}].filters[{fi}].config"
                     if isinstance(f.config, ProxyConfig):
                         warnings += _proxy_unenforced(p, f.config)
-                        if f.config.downstream_protocol in (Protocol.HTTP2, Protocol.AUTO):
+                        if f.config.downstream_protocol not in (Protocol.HTTP1, Protocol.HTTP2):
                             warned_retries |= {f.config.router_config_name}
         for ri, router in enumerate(server.routers):
             if router.router_config_name in warned_retries:
-                warnings += _h2_retries_unenforced(f"servers[{si}].routers[{ri}]", router)
+                warnings += _rpc_retries_unenforced(f"servers[{si}].routers[{ri}]", router)
     return warnings
 
 
-def _h2_retries_unenforced(path: str, router: Any) -> list[str]:
-    """Route retries are made for HTTP/1 requests only (HTTP/2 streams are sent once)."""
+def _rpc_retries_unenforced(path: str, router: Any) -> list[str]:
+    """Route retries are made for HTTP/1 and HTTP/2 requests (gRPC included), not for RPC ones
+    (an ``Auto`` listener may get RPC connections too)."""
     return [
         at(
             f"{path}.virtual_hosts[{vi}].routers[{ei}].route.retry_policy",
-            "enforced on HTTP/1 requests only: HTTP/2 requests are not retried yet",
+            "enforced on HTTP requests only: RPC requests are not retried yet",
         )
         for vi, vhost in enumerate(router.virtual_hosts)
         for ei, entry in enumerate(vhost.routers)

@@ -1,7 +1,8 @@
 """Access logs, MOSN-style: ``%variable%`` templates (or JSON lines) compiled once per log.
 
-The proxy fills one :class:`RequestInfo` per request and calls :meth:`AccessLog.log` at the end
-of it. ``log`` formats the line on the spot and hands it to a bounded memory channel without
+The access log is an observer of the end of requests (``proxy/observers.py``): it gets each
+request's :class:`~trio_mesh.proxy.record.RequestRecord` in :meth:`AccessLog.log`, which
+formats the line on the spot and hands it to a bounded memory channel without
 waiting: a full channel drops the line and counts it, so a slow disk never slows requests. The
 writer task, :meth:`AccessLog.run`, runs in the server's nursery, takes whatever is queued,
 writes it in one call from a worker thread and flushes; when cancelled it writes what is still
@@ -40,6 +41,7 @@ from ..config.logformat import (
     parse_log_format,
 )
 from ..config.model import AccessLogConfig
+from .record import RequestRecord
 
 log = logging.getLogger("trio_mesh.accesslog")
 
@@ -56,96 +58,6 @@ DEFAULT_MAX_QUEUED = 4096
 CLOSE_TIMEOUT = 5.0
 STDOUT = "stdout"
 STDERR = "stderr"
-
-
-class RequestInfo:
-    """What the access log knows about one request. Plain data: no references to the
-    connection, the stream or the runtime, so it never takes part in a reference cycle."""
-
-    __slots__ = (
-        "start_time",
-        "start",
-        "request_received_duration",
-        "response_received_duration",
-        "duration",
-        "bytes_received",
-        "bytes_sent",
-        "protocol",
-        "method",
-        "path",
-        "authority",
-        "response_code",
-        "response_flag",
-        "upstream_host",
-        "upstream_cluster",
-        "downstream_remote_address",
-        "downstream_local_address",
-        "request_id",
-        "user_agent",
-    )
-
-    def __init__(
-        self,
-        *,
-        start_time: float = 0.0,
-        start: float = 0.0,
-        request_received_duration: float | None = None,
-        response_received_duration: float | None = None,
-        duration: float | None = None,
-        bytes_received: int = 0,
-        bytes_sent: int = 0,
-        protocol: str = "",
-        method: str = "",
-        path: str = "",
-        authority: str = "",
-        response_code: int = 0,
-        response_flag: str = "",
-        upstream_host: str | None = None,
-        upstream_cluster: str | None = None,
-        downstream_remote_address: str | None = None,
-        downstream_local_address: str | None = None,
-        request_id: str | None = None,
-        user_agent: str | None = None,
-    ) -> None:
-        #: ``time.time()`` when the request head arrived (0: unknown).
-        self.start_time = start_time
-        #: ``time.monotonic()`` at the same moment; durations are measured on this clock.
-        self.start = start
-        #: Seconds from ``start`` to the whole request received.
-        self.request_received_duration = request_received_duration
-        #: Seconds from ``start`` to the upstream response head received.
-        self.response_received_duration = response_received_duration
-        #: Seconds from ``start`` to the response fully sent.
-        self.duration = duration
-        self.bytes_received = bytes_received
-        self.bytes_sent = bytes_sent
-        self.protocol = protocol
-        self.method = method
-        #: With the query string.
-        self.path = path
-        self.authority = authority
-        #: 0 if no response was sent.
-        self.response_code = response_code
-        #: Envoy short codes (``UH``, ``UF``, ``UT``...), comma-joined; ``""`` if none.
-        self.response_flag = response_flag
-        self.upstream_host = upstream_host
-        self.upstream_cluster = upstream_cluster
-        self.downstream_remote_address = downstream_remote_address
-        self.downstream_local_address = downstream_local_address
-        self.request_id = request_id
-        self.user_agent = user_agent
-
-    def add_flag(self, flag: str) -> None:
-        """Add an Envoy response flag (``UH``...) to ``response_flag``, once."""
-        flags = self.response_flag
-        if not flags:
-            self.response_flag = flag
-        elif flag not in flags.split(","):
-            self.response_flag = f"{flags},{flag}"
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"RequestInfo({fields})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,23 +121,23 @@ def _start_time_renderer() -> Callable[[float], str]:
     return render
 
 
-Getter = Callable[[RequestInfo], Any]
+Getter = Callable[[RequestRecord], Any]
 
 
 def _text_getters() -> dict[str, tuple[Getter, Getter]]:
     """Variable name -> (text getter, JSON getter), in the order JSON lines list them."""
     render_start = _start_time_renderer()
 
-    def start_time(info: RequestInfo) -> str:
+    def start_time(info: RequestRecord) -> str:
         return render_start(info.start_time) if info.start_time else "-"
 
-    def start_time_json(info: RequestInfo) -> str | None:
+    def start_time_json(info: RequestRecord) -> str | None:
         return render_start(info.start_time) if info.start_time else None
 
     def duration(name: str) -> tuple[Getter, Getter]:
         get = attrgetter(name)
 
-        def text(info: RequestInfo) -> str:
+        def text(info: RequestRecord) -> str:
             value = get(info)
             return "-" if value is None else go_duration(value)
 
@@ -234,20 +146,20 @@ def _text_getters() -> dict[str, tuple[Getter, Getter]]:
     def number(name: str) -> tuple[Getter, Getter]:
         get = attrgetter(name)
 
-        def text(info: RequestInfo) -> str:
+        def text(info: RequestRecord) -> str:
             value = get(info)
             return "-" if value is None else str(value)
 
         return text, get
 
     def string(name: str) -> tuple[Getter, Getter]:
-        get = attrgetter(name)
+        get = attrgetter(name)  # the record's attribute
 
-        def text(info: RequestInfo) -> str:
+        def text(info: RequestRecord) -> str:
             value = get(info)
             return _clean(value) if value else "-"
 
-        def json_value(info: RequestInfo) -> str | None:
+        def json_value(info: RequestRecord) -> str | None:
             return get(info) or None
 
         return text, json_value
@@ -271,6 +183,10 @@ def _text_getters() -> dict[str, tuple[Getter, Getter]]:
         "path": string("path"),
         "authority": string("authority"),
         "user_agent": string("user_agent"),
+        "route_name": string("route_name"),
+        # MOSN's variables of an RPC (xprotocol) request: types.VarHeaderRPCService/Method
+        "x-mosn-rpc-service": string("rpc_service"),
+        "x-mosn-rpc-method": string("rpc_method"),
     }
 
 
@@ -279,12 +195,12 @@ VARIABLES = tuple(_text_getters())
 assert VARIABLES == RECORDED, "trio_mesh.config.logformat.RECORDED is out of date"
 
 
-def _dash(info: RequestInfo) -> str:
+def _dash(info: RequestRecord) -> str:
     return "-"
 
 
-def compile_format(fmt: str | None) -> Callable[[RequestInfo], str]:
-    """A function from a :class:`RequestInfo` to one log line (no newline). ``None`` or ``""``:
+def compile_format(fmt: str | None) -> Callable[[RequestRecord], str]:
+    """A function from a :class:`RequestRecord` to one log line (no newline). ``None`` or ``""``:
     MOSN's default format; ``"json"``: JSON lines. Raises ``ValueError`` for an unknown
     variable."""
     getters = _text_getters()
@@ -292,7 +208,7 @@ def compile_format(fmt: str | None) -> Callable[[RequestInfo], str]:
         pairs = tuple((name, getter[1]) for name, getter in getters.items())
         encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
-        def format_json(info: RequestInfo) -> str:
+        def format_json(info: RequestRecord) -> str:
             return encode({name: get(info) for name, get in pairs})
 
         return format_json
@@ -302,7 +218,7 @@ def compile_format(fmt: str | None) -> Callable[[RequestInfo], str]:
     template = "{}".join(text.replace("{", "{{").replace("}", "}}") for text in literals).format
     text_getters = tuple(getters[name][0] if name in getters else _dash for name in names)
 
-    def format_text(info: RequestInfo) -> str:
+    def format_text(info: RequestRecord) -> str:
         return template(*[get(info) for get in text_getters])
 
     return format_text
@@ -329,7 +245,7 @@ class AccessLog:
         self.config = config
         self.path = config.log_path
         #: ``format(info) -> str``: the compiled format, one line without its newline.
-        self.format: Callable[[RequestInfo], str] = compile_format(config.log_format)
+        self.format: Callable[[RequestRecord], str] = compile_format(config.log_format)
         self.close_timeout = close_timeout
         self.written = 0
         self.dropped = 0
@@ -342,7 +258,7 @@ class AccessLog:
     def __repr__(self) -> str:
         return f"<AccessLog {self.path!r} written={self.written} dropped={self.dropped}>"
 
-    def log(self, info: RequestInfo) -> None:
+    def log(self, info: RequestRecord) -> None:
         """Queue the line for ``info``. Never blocks, never raises: drops and counts instead."""
         try:
             line = self.format(info)

@@ -49,18 +49,9 @@ def grpc_timeout(headers: list[tuple[bytes, bytes]]) -> float | None:
     return None
 
 
-def grpc_status_of(http_status: int, flag: str) -> int:
-    """The grpc-status of a local reply: a timeout is DEADLINE_EXCEEDED, no route is
-    UNIMPLEMENTED, an unusable upstream UNAVAILABLE, a stream filter that failed INTERNAL;
-    otherwise Envoy's HTTP mapping."""
-    if flag == "UT":
-        return DEADLINE_EXCEEDED
-    if flag == "NR":
-        return UNIMPLEMENTED
-    if flag in ("UH", "UF", "UO", "UC", "NC", "UPE"):
-        return UNAVAILABLE
-    if flag == "FF":
-        return INTERNAL
+def of_http_status(http_status: int) -> int:
+    """The grpc-status for an HTTP status (Envoy's mapping; the proxy's own failures have
+    theirs in ``proxy/replies.py``)."""
     return _FROM_HTTP.get(http_status, UNKNOWN)
 
 

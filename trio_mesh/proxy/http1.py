@@ -11,7 +11,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from random import getrandbits as _getrandbits
 from time import monotonic as _monotonic
 from typing import Any
@@ -34,12 +34,11 @@ from ..filters.stream import (
     StreamFilterChain,
     filter_failed,
 )
-from ..network.connect import ConnectError
 from ..network.connection import DRAIN_IDLE_GRACE, Connection
 from ..network.h2 import StreamGone
 from ..network.relay import CHUNK, relay
 from ..network.stream import Stream
-from ..pool import H1Connection, PoolOverflow
+from ..pool import H1Connection
 from ..protocols.http1 import (
     Body,
     EndOfMessage,
@@ -66,9 +65,27 @@ from ..protocols.http2 import (
 from ..protocols.http2 import ResponseHeaders as H2ResponseHeaders
 from ..protocols.http2 import Trailers as H2Trailers
 from ..router import Route, apply_header_mutations
-from ..router.table import RetryPolicy
-from ..upstream import CircuitOpenError, Cluster, Host, NoHostError
-from .accesslog import RequestInfo
+from ..upstream import Cluster, Host, NoHostError
+from .exchange import UpstreamFailed
+from .exchange import http1 as h1_exchange
+from .exchange import http2 as h2_exchange
+from .headers import header_getter
+from .observers import listener_observers
+from .record import RequestRecord
+from .replies import (
+    BAD_RESPONSE,
+    CONNECT_REFUSED,
+    NO_CLUSTER,
+    NO_HEALTHY_UPSTREAM,
+    NO_ROUTE,
+    OVERFLOW,
+    TIMEOUT,
+    UPSTREAM_RESET,
+    Cause,
+    Flag,
+    Reply,
+)
+from .retry import RetryState
 from .settings import h2_settings
 
 log = logging.getLogger("trio_mesh.proxy")
@@ -80,23 +97,11 @@ _NO_SCOPE = contextlib.nullcontext()  # stands in for a per-try scope when there
 # read before closing, so only methods that may safely run twice are (as Go's net/http does).
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
-# Replies the proxy makes itself: (status, response flag, body), Envoy's wording.
-NO_ROUTE = (404, "NR", b"route not found\n")
-NO_CLUSTER = (503, "NC", b"cluster not found\n")
-NO_HEALTHY_UPSTREAM = (503, "UH", b"no healthy upstream\n")
-OVERFLOW = (503, "UO", b"upstream connection overflow\n")
-_RESET_BEFORE_HEADERS = b"upstream connect error or disconnect/reset before headers. reset reason: "
-CONNECT_FAILURE = (503, "UF", _RESET_BEFORE_HEADERS + b"connection failure\n")
-UPSTREAM_RESET = (502, "UC", _RESET_BEFORE_HEADERS + b"connection termination\n")
-BAD_RESPONSE = (502, "UPE", b"upstream sent an invalid response\n")
-TIMEOUT = (504, "UT", b"upstream request timeout\n")
-HEADER_TIMEOUT = (408, "DPE", b"request header timeout\n")
-
 
 class _Retry(Exception):
     """This try failed before any response byte went downstream; another may be made."""
 
-    def __init__(self, reply: tuple[int, str, bytes], *, race: bool = False) -> None:
+    def __init__(self, reply: Reply, *, race: bool = False) -> None:
         self.reply = reply
         self.race = race  # a reused idle connection the upstream had closed
 
@@ -104,15 +109,17 @@ class _Retry(Exception):
 class _Fail(Exception):
     """Answer with this local reply (nothing of the response was sent yet)."""
 
-    def __init__(
-        self, reply: tuple[int, str, bytes], headers: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
+    def __init__(self, reply: Reply) -> None:
         self.reply = reply
-        self.headers = headers
+
+
+def _failed(reply: Reply) -> _Retry | _Fail:
+    """A try's failure: one the retry policy may retry, or the proxy's own refusal."""
+    return _Fail(reply) if reply.cause is Cause.REFUSED else _Retry(reply)
 
 
 def _filter_fail(reply: LocalReply) -> _Fail:
-    return _Fail((reply.status, reply.flag, reply.body), reply.http_headers())
+    return _Fail(Reply.from_filter(reply))
 
 
 class _DownstreamGone(Exception):
@@ -131,8 +138,10 @@ class Http1Proxy:
         self.table = ctx.routes[config.router_config_name]
         self.clusters = ctx.clusters
         self.pools = ctx.pools
-        self.access_logs = ctx.access_logs
         self.stats = ctx.listener_stats
+        #: Where requests end (stats, access logs); ``detailed``: fill what only logs read.
+        self.observers = listener_observers(ctx.listener_stats, ctx.access_logs)
+        self.detailed = self.observers.detailed
         self.filters = ctx.stream_filters
         self.listener = ctx.listener
         # Upstream HTTP/2 only when asked: "Auto" means the protocol the request came in on.
@@ -157,24 +166,13 @@ class Http1Proxy:
         await session.run()
 
 
-def _lookup(headers: list[tuple[bytes, bytes]]) -> Callable[[str], str | None]:
-    def get(name: str) -> str | None:
-        key = name.encode("latin-1")
-        for n, v in headers:
-            if n == key:
-                return v.decode("latin-1")
-        return None
-
-    return get
-
-
 class _Session:
     __slots__ = (
         "_armed",
         "_chain",
         "_up_chunked",
         "_info",
-        "_can_retry_status",
+        "_retry",
         "_replay_left",
         "_upstream_keep_alive",
         "conn",
@@ -204,11 +202,12 @@ class _Session:
         self.response_started = False
         self.sent_continue = False
         self._replay_left: list[bytes] | None = None
-        self._can_retry_status = False
+        #: The request's ``RetryState`` (``None``: its route retries nothing).
+        self._retry: RetryState | None = None
         # Route and per-try timeouts start once the whole request is in (Envoy's rule: a
         # slow upload is bounded by the idle timeout, not by the response timeout).
         self._armed: list[tuple[trio.CancelScope, float]] = []
-        self._info: RequestInfo | None = None
+        self._info: RequestRecord | None = None
         self._upstream_keep_alive = False
         #: The request's stream filters (``None``: none configured, or none for it).
         self._chain: StreamFilterChain | None = None
@@ -306,16 +305,20 @@ class _Session:
             except H1Error as exc:
                 # Bad request bytes: a defined status, and the connection is done.
                 if info is None:
-                    info = RequestInfo()
+                    info = RequestRecord()
                     info.start_time, info.start = time.time(), _monotonic()
                 log.info("downstream %s: bad request: %s", self.conn.remote, exc.reason)
                 if not self.response_started:
-                    reply = (exc.status, "DPE", exc.reason.encode("latin-1", "replace") + b"\n")
+                    reply = Reply(
+                        exc.status,
+                        Flag.DOWNSTREAM_PROTOCOL_ERROR,
+                        exc.reason.encode("latin-1", "replace") + b"\n",
+                    )
                     await self._try_local_reply(None, info, reply)
                 keep = False
             except _DownstreamGone:
                 if info is not None:
-                    _flag(info, "DC")
+                    info.add_flag(Flag.DOWNSTREAM_TERMINATION)
                 keep = False
             except _Rescope:
                 self.conn.resume = self.run  # the listener runs it under a fresh scope
@@ -339,17 +342,12 @@ class _Session:
             self.conn.idle.touch()
             served += 1
 
-    def _done(self, info: RequestInfo) -> None:
-        self._finish(info)
+    def _done(self, info: RequestRecord) -> None:
         self._info = None  # nothing of a finished request stays on an idle connection
         self._chain = None
-        code = info.response_code
-        if code:
-            stats = self.proxy.stats
-            stats.downstream_rq_total += 1
-            _count_class(stats, code)
+        self.proxy.observers.end(info)
 
-    def _route_timed_out(self, head: RequestHead, info: RequestInfo) -> None:
+    def _route_timed_out(self, head: RequestHead, info: RequestRecord) -> None:
         """The route deadline fired on the connection's scope (see ``IdleTimer.arm_route``):
         the request is over, and nothing can be awaited in a cancelled scope. So answer 504
         with one non-blocking send; if all of it went, the listener resumes this session on a
@@ -368,16 +366,16 @@ class _Session:
                 keep = False
                 self.stream.abort()
         else:
-            _flag(info, "UT")
+            info.add_flag(Flag.UPSTREAM_TIMEOUT)
             self.stream.abort()
         self._done(info)
         if keep:
             self.conn.resume = self.run
 
-    def _start_info(self, head: RequestHead) -> RequestInfo:
-        info = RequestInfo()
+    def _start_info(self, head: RequestHead) -> RequestRecord:
+        info = RequestRecord()
         info.start = _monotonic()
-        if self.proxy.access_logs:  # what only a log line reads is not worked out for nothing
+        if self.proxy.detailed:  # what only a log line reads is not worked out for nothing
             info.start_time = time.time()
             info.protocol = "HTTP/1.1" if head.version == b"1.1" else "HTTP/1.0"
             info.method = head.method.decode("latin-1")
@@ -398,26 +396,21 @@ class _Session:
         self._armed.clear()
         return info
 
-    def _finish(self, info: RequestInfo) -> None:
-        access_logs = self.proxy.access_logs
-        if access_logs:
-            info.duration = _monotonic() - info.start
-            for access_log in access_logs:
-                access_log.log(info)
-
     # ------------------------------------------------------------------ one request
 
-    async def _handle(self, head: RequestHead, info: RequestInfo) -> bool:
+    async def _handle(self, head: RequestHead, info: RequestRecord) -> bool:
         """Answer one request; return whether the connection goes on to the next."""
         if not (head.chunked or head.content_length):
             await self._consume_end()  # no body: its EndOfMessage is already parsed
         if head.method == b"CONNECT":
-            return await self._local_reply(head, info, (405, "", b"CONNECT is not supported\n"))
+            return await self._local_reply(head, info, CONNECT_REFUSED)
         host = head.host.decode("latin-1") if head.host else ""
         path = head.path.decode("latin-1")
         query = head.query.decode("latin-1")
-        header = _lookup(head.headers)
+        header = header_getter(head.headers)
         route = self.proxy.table.match(host, path, query, header)
+        if route is not None and self.proxy.detailed:
+            info.route_name = route.name
         self._up_chunked = head.chunked
         if self.proxy.filters is not None:
             cluster_name = None
@@ -434,12 +427,12 @@ class _Session:
             cluster_name = None
         if route.direct_response is not None:
             status, body = route.direct_response
-            return await self._local_reply(head, info, (status, "", body), route=route)
+            return await self._local_reply(head, info, Reply(status, Flag.NONE, body), route=route)
         if route.redirect is not None:
             status, location = route.redirect.location("http", host, path, query)
             location_header = [(b"location", location.encode("latin-1"))]
             return await self._local_reply(
-                head, info, (status, "", b""), headers=location_header, route=route
+                head, info, Reply(status, Flag.NONE, b""), headers=location_header, route=route
             )
         if self.proxy.filters is None:
             cluster_name = route.pick_cluster(header)
@@ -493,15 +486,10 @@ class _Session:
                 self._up_chunked = True
         return reply
 
-    async def _filter_reply(self, head: RequestHead, info: RequestInfo, reply: LocalReply) -> bool:
-        keep = await self._local_reply(
-            head,
-            info,
-            (reply.status, reply.flag, reply.body),
-            headers=reply.http_headers(),
-            close=reply.close,
-        )
-        return keep
+    async def _filter_reply(
+        self, head: RequestHead, info: RequestRecord, reply: LocalReply
+    ) -> bool:
+        return await self._local_reply(head, info, Reply.from_filter(reply))
 
     async def _filter_body(self, data: bytes, last: bool) -> bytes:
         out = await self._chain.request_data(data, last)
@@ -516,7 +504,7 @@ class _Session:
                 raise _filter_fail(reply)
 
     async def _filtered_head(
-        self, head: RequestHead, info: RequestInfo, route: Route, resp: ResponseHead, end: bool
+        self, head: RequestHead, info: RequestRecord, route: Route, resp: ResponseHead, end: bool
     ) -> tuple[bool, bool, bytes] | LocalReply:
         """``_response_head`` after the response-headers hooks, which may change the status
         and the headers (taking Content-Length off makes the body chunked downstream)."""
@@ -572,9 +560,9 @@ class _Session:
             out += encode_last_chunk(trailers)
         return out
 
-    def _cut(self, info: RequestInfo) -> tuple[bool, bool]:
+    def _cut(self, info: RequestRecord) -> tuple[bool, bool]:
         """A response filter failed mid-response: the client must see it cut short."""
-        _flag(info, "FF")
+        info.add_flag(Flag.FILTER_FAILED)
         self.stream.abort()
         return False, False
 
@@ -609,7 +597,7 @@ class _Session:
                 self._set_deadline(scope, now + timeout)
 
     def _upstream_headers(
-        self, head: RequestHead, route: Route, info: RequestInfo
+        self, head: RequestHead, route: Route, info: RequestRecord
     ) -> tuple[list[tuple[bytes, bytes]], bool]:
         """The upstream request's headers, and whether they carry a Host (when not, each try
         adds its chosen host's address)."""
@@ -666,7 +654,7 @@ class _Session:
     async def _forward(
         self,
         head: RequestHead,
-        info: RequestInfo,
+        info: RequestRecord,
         route: Route,
         cluster: Cluster,
         path: str,
@@ -677,8 +665,8 @@ class _Session:
         target = (new_path + "?" + query if query else new_path).encode("latin-1")
         if head.query and not query:
             target += b"?"
-        retry = route.retry
-        tries_left = retry.num_retries if retry is not None else 0
+        # Made only for a route with a retry policy (nothing allocated otherwise).
+        retry = self._retry = RetryState(route.retry, cluster) if route.retry is not None else None
         raced = False
         # The request body as sent upstream, kept while small so that a retry can resend it.
         replay: list[bytes] | None = []
@@ -686,11 +674,9 @@ class _Session:
         # in run()'s Cancelled handler (a cancel scope per request costs too much).
         self._arm(None, route.timeout)
         stats = cluster.stats
-        retrying = False  # this try holds a slot under circuit_breakers.max_retries
         try:
             while True:
                 stats.upstream_rq_total += 1
-                self._can_retry_status = tries_left > 0 and replay is not None
                 # circuit_breakers.max_requests: tries outstanding to the cluster (inline,
                 # not a context manager: this is the per-request path).
                 if cluster.max_requests is not None and cluster.request_overflows():
@@ -704,39 +690,29 @@ class _Session:
                     finally:
                         stats.upstream_rq_active -= 1
                 except _Retry as exc:
-                    if retrying:
-                        retrying = False
-                        stats.upstream_rq_retry_active -= 1
                     replay = self._replay_left  # what the failed try left resendable
                     if self.response_started:  # defensive: nothing can be retried now
                         return False
                     if exc.race and not raced and replay is not None:
+                        if retry is not None:
+                            retry.release()  # not a route retry: no max_retries slot
                         raced = True  # the keep-alive race: once, on a new connection
                         continue
-                    retryable = (
-                        retry is not None
-                        and tries_left > 0
-                        and replay is not None
-                        and _retry_on(retry, exc.reply)
-                    )
-                    if not retryable or cluster.retry_overflows():
+                    if retry is None or replay is None or not retry.should_retry(exc.reply):
                         return await self._local_reply(head, info, exc.reply)
-                    tries_left -= 1
-                    stats.upstream_rq_retry += 1
-                    stats.upstream_rq_retry_active += 1
-                    retrying = True
                 except _Fail as exc:
                     return await self._local_reply(head, info, exc.reply)
         finally:
-            if retrying:
-                stats.upstream_rq_retry_active -= 1
+            if retry is not None:
+                retry.release()
+                self._retry = None
             self._armed.clear()
             self.conn.idle.end_route()
 
     async def _try(
         self,
         head: RequestHead,
-        info: RequestInfo,
+        info: RequestRecord,
         route: Route,
         cluster: Cluster,
         target: bytes,
@@ -748,8 +724,9 @@ class _Session:
         """One try against one host. Returns the keep-alive decision for downstream, or
         raises ``_Retry`` / ``_Fail`` while nothing of the response has gone downstream."""
         self._replay_left = replay
+        retry = self._retry
         try:
-            host = cluster.choose_host()
+            host = cluster.choose_host() if retry is None else retry.choose_host()
         except NoHostError:
             raise _Fail(NO_HEALTHY_UPSTREAM) from None
         if self.proxy.upstream_h2:
@@ -759,17 +736,17 @@ class _Session:
         reused = conn is not None
         if conn is None:
             try:
-                conn, reused = await pool.acquire(fresh=fresh)
-            except ConnectError:
-                raise _Retry(CONNECT_FAILURE) from None
-            except (CircuitOpenError, PoolOverflow):
-                raise _Fail(OVERFLOW) from None
+                conn, reused = await h1_exchange.acquire(pool, fresh)
+            except UpstreamFailed as exc:
+                raise _failed(exc.reply) from None
         info.upstream_host = host.label
+        if self.proxy.detailed:
+            info.upstream_connect_duration = _monotonic() - info.start
         if route.auto_host_rewrite or not has_host:
             headers = [(n, v) for n, v in headers if n != b"host"]
             headers.append((b"host", host.label_bytes))
         reusable = False
-        per_try = route.retry.per_try_timeout if route.retry is not None else None
+        per_try = retry.per_try_timeout if retry is not None else None
         host.active_requests += 1  # what LB_LEAST_REQUEST compares
         timed_out = False
         # One frame for the whole exchange (each coroutine layer is paid on every resume).
@@ -817,7 +794,7 @@ class _Session:
     async def _try_h2(
         self,
         head: RequestHead,
-        info: RequestInfo,
+        info: RequestRecord,
         route: Route,
         cluster: Cluster,
         host: Host,
@@ -828,12 +805,12 @@ class _Session:
         """One try over an upstream HTTP/2 stream: HTTP/1 framing in, HTTP/2 frames out."""
         pool = self.proxy.pools.http2(cluster, host, self.proxy.h2_settings)
         try:
-            up, usid, uinbox = await pool.open_stream()
-        except ConnectError:
-            raise _Retry(CONNECT_FAILURE) from None
-        except (CircuitOpenError, PoolOverflow):
-            raise _Fail(OVERFLOW) from None
+            up, usid, uinbox = await h2_exchange.open_stream(pool)
+        except UpstreamFailed as exc:
+            raise _failed(exc.reply) from None
         info.upstream_host = host.label
+        if self.proxy.detailed:
+            info.upstream_connect_duration = _monotonic() - info.start
         authority = head.host if has_host and head.host else None
         if route.host_rewrite is not None:
             authority = route.host_rewrite.encode("latin-1")
@@ -881,7 +858,7 @@ class _Session:
         except StreamGone as exc:
             if not self.response_started:
                 raise _Retry(UPSTREAM_RESET, race=exc.refused) from None
-            _flag(info, "UR")
+            info.add_flag(Flag.UPSTREAM_RESET)
             self.stream.abort()
             return False
         finally:
@@ -889,7 +866,7 @@ class _Session:
             up.close_stream(usid)
 
     async def _relay_h2_response(
-        self, head: RequestHead, info: RequestInfo, route: Route, up, usid: int, uinbox
+        self, head: RequestHead, info: RequestRecord, route: Route, up, usid: int, uinbox
     ) -> bool:
         chunked = close = False
         self.conn.idle.pause()
@@ -960,7 +937,7 @@ class _Session:
                     await self._send_down(encode_response_head(status, None, headers))
         return head.keep_alive and not close and self.request_done
 
-    async def _send_body(self, head: RequestHead, info: RequestInfo, upstream: Stream) -> None:
+    async def _send_body(self, head: RequestHead, info: RequestRecord, upstream: Stream) -> None:
         if head.expect_continue and not self.sent_continue and head.version == b"1.1":
             self.sent_continue = True
             await self._send_down(CONTINUE)
@@ -1005,7 +982,7 @@ class _Session:
     async def _relay_response(
         self,
         head: RequestHead,
-        info: RequestInfo,
+        info: RequestRecord,
         route: Route,
         conn: H1Connection,
         reused: bool,
@@ -1036,7 +1013,7 @@ class _Session:
                 except H1Error:
                     if not self.response_started:
                         raise _Fail(BAD_RESPONSE) from None
-                    _flag(info, "UPE")
+                    info.add_flag(Flag.UPSTREAM_PROTOCOL_ERROR)
             elif data is not None and got_bytes:
                 try:
                     events = parser.feed_eof()  # a close-delimited body ends here
@@ -1049,7 +1026,7 @@ class _Session:
                     race = reused and not got_bytes and head.method in _IDEMPOTENT
                     raise _Retry(UPSTREAM_RESET, race=race)
                 # Mid-body: the status line is gone; the client must see a failure.
-                _flag(info, "UC")
+                info.add_flag(Flag.UPSTREAM_TERMINATION)
                 self.stream.abort()
                 return False, False
             out: list[bytes] = []
@@ -1080,21 +1057,20 @@ class _Session:
                             return await self._upgrade(event, info, route, conn, parser, out)
                         if not self.response_started:  # a switch nobody asked for
                             raise _Fail(BAD_RESPONSE)
-                        _flag(info, "UPE")
+                        info.add_flag(Flag.UPSTREAM_PROTOCOL_ERROR)
                         self.stream.abort()
                         return False, False
                     # Our own 100 went already, or none was asked; HTTP/1.0 has no 1xx at all.
                     if event.status != 100 and head.version == b"1.1":
                         out.append(_informational(event))
                 else:
-                    retry = route.retry
+                    retry = self._retry
                     if (
-                        self._can_retry_status
+                        retry is not None
                         and self._replay_left is not None
-                        and retry is not None
-                        and retry.should_retry_status(event.status)
+                        and retry.retries_status(event.status)
                     ):
-                        raise _Retry((event.status, "", b""))
+                        raise _Retry(Reply(event.status, Flag.NONE, b""))
                     if chain is None:
                         framing = self._response_head(head, info, route, event)
                     else:
@@ -1130,7 +1106,7 @@ class _Session:
     def _response_head(
         self,
         head: RequestHead,
-        info: RequestInfo,
+        info: RequestRecord,
         route: Route,
         resp: ResponseHead,
         stripped: list[tuple[bytes, bytes]] | None = None,
@@ -1178,7 +1154,7 @@ class _Session:
     async def _upgrade(
         self,
         resp: ResponseHead,
-        info: RequestInfo,
+        info: RequestRecord,
         route: Route,
         conn: H1Connection,
         parser: ResponseParser,
@@ -1219,8 +1195,8 @@ class _Session:
     async def _local_reply(
         self,
         head: RequestHead | None,
-        info: RequestInfo,
-        reply: tuple[int, str, bytes],
+        info: RequestRecord,
+        reply: Reply,
         *,
         headers: list[tuple[bytes, bytes]] | None = None,
         close: bool = False,
@@ -1234,8 +1210,8 @@ class _Session:
     def _reply_bytes(
         self,
         head: RequestHead | None,
-        info: RequestInfo,
-        reply: tuple[int, str, bytes],
+        info: RequestRecord,
+        reply: Reply,
         *,
         headers: list[tuple[bytes, bytes]] | None = None,
         close: bool = False,
@@ -1245,16 +1221,35 @@ class _Session:
         request body means it cannot (its remaining bytes would be taken for a new request).
         A matched route's response header mutations apply to its direct responses and
         redirects too."""
-        status, flag, body = reply
+        status, flag, body = reply.status, reply.flag, reply.body
         close = (
             close
+            or reply.close
             or self.conn.draining
             or head is None
             or not head.keep_alive
             or not self.request_done
             or head.upgrade is not None
         )
+        if (
+            reply.h1_keep is not None
+            and head is not None
+            and head.version == b"1.1"
+            and head.method != b"HEAD"
+            and not headers
+            and route is None
+        ):
+            # A constant reply on the usual request: its bytes were encoded at import.
+            data = reply.h1_close if close else reply.h1_keep
+            info.bytes_sent += len(body)
+            info.response_code = status
+            if flag:
+                info.add_flag(flag)
+            self.response_started = True
+            return data, not close
         out = [(b"content-type", b"text/plain")]
+        if reply.headers:
+            out.extend(reply.headers)
         if headers:
             out.extend(headers)
         if close:
@@ -1273,45 +1268,18 @@ class _Session:
             info.bytes_sent += len(body)
         info.response_code = status
         if flag:
-            _flag(info, flag)
+            info.add_flag(flag)
         self.response_started = True
         return data, not close
 
     async def _try_local_reply(
-        self, head: RequestHead | None, info: RequestInfo, reply: tuple[int, str, bytes]
+        self, head: RequestHead | None, info: RequestRecord, reply: Reply
     ) -> None:
         try:
             await self._local_reply(head, info, reply, close=True)
         except _DownstreamGone:
-            _flag(info, "DC")
-
-
-def _flag(info: RequestInfo, flag: str) -> None:
-    info.response_flag = f"{info.response_flag},{flag}" if info.response_flag else flag
+            info.add_flag(Flag.DOWNSTREAM_TERMINATION)
 
 
 def _informational(resp: ResponseHead) -> bytes:
     return encode_response_head(resp.status, resp.reason, strip_hop_by_hop(resp.headers))
-
-
-def _retry_on(retry: RetryPolicy, reply: tuple[int, str, bytes]) -> bool:
-    status, flag, _ = reply
-    if flag == "UF":
-        return retry.retry_on_connect_failure
-    if flag in ("UC", "UPE", "UT"):  # reset, bad response, per-try timeout: as Envoy's "reset"
-        return retry.retry_on_reset
-    return retry.should_retry_status(status)
-
-
-def _count_class(stats, code: int) -> None:
-    klass = code // 100
-    if klass == 2:
-        stats.downstream_rq_2xx += 1
-    elif klass == 4:
-        stats.downstream_rq_4xx += 1
-    elif klass == 5:
-        stats.downstream_rq_5xx += 1
-    elif klass == 3:
-        stats.downstream_rq_3xx += 1
-    elif klass == 1:
-        stats.downstream_rq_1xx += 1

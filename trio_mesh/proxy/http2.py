@@ -40,10 +40,8 @@ from ..filters.stream import (
     RequestContext,
     StreamFilterChain,
 )
-from ..network.connect import ConnectError
 from ..network.connection import Connection
 from ..network.h2 import H2Endpoint, Inbox, StreamGone
-from ..pool import PoolOverflow
 from ..protocols.http1 import (
     Body,
     EndOfMessage,
@@ -71,36 +69,38 @@ from ..protocols.http2 import (
     trailers_to_h2,
 )
 from ..router import Route, apply_header_mutations
-from ..upstream import CircuitOpenError, Cluster, NoHostError
-from .accesslog import RequestInfo
-from .grpc import grpc_status_of, grpc_timeout, is_grpc, trailers_only
-from .http1 import (
+from ..upstream import Cluster, Host, NoHostError
+from .exchange import UpstreamFailed
+from .exchange import http1 as h1_exchange
+from .exchange import http2 as h2_exchange
+from .grpc import grpc_timeout, is_grpc
+from .headers import header_getter
+from .observers import listener_observers
+from .record import RequestRecord
+from .replies import (
     BAD_RESPONSE,
-    CONNECT_FAILURE,
     NO_CLUSTER,
     NO_HEALTHY_UPSTREAM,
     NO_ROUTE,
     OVERFLOW,
     TIMEOUT,
     UPSTREAM_RESET,
-    _count_class,
-    _flag,
-    _lookup,
+    Flag,
+    Reply,
 )
+from .retry import RetryState
 from .settings import h2_settings
 
 log = logging.getLogger("trio_mesh.proxy.http2")
 
 _NO_BODY_STATUSES = frozenset({204, 304})
-# What a gRPC trailers-only reply sets itself (a filter reply's headers do not repeat them).
-_TRAILERS_ONLY_NAMES = frozenset({b":status", b"content-type", b"grpc-status", b"grpc-message"})
 _READ = 65536
 
 
 class _Reply(Exception):
     """Answer the stream with this local reply (nothing of the response went yet)."""
 
-    def __init__(self, reply: tuple[int, str, bytes]) -> None:
+    def __init__(self, reply: Reply) -> None:
         self.reply = reply
 
 
@@ -123,8 +123,10 @@ class Http2Proxy:
         self.table = ctx.routes[config.router_config_name]
         self.clusters = ctx.clusters
         self.pools = ctx.pools
-        self.access_logs = ctx.access_logs
         self.stats = ctx.listener_stats
+        #: Where requests end (stats, access logs); ``detailed``: fill what only logs read.
+        self.observers = listener_observers(ctx.listener_stats, ctx.access_logs)
+        self.detailed = self.observers.detailed
         self.settings = h2_settings(config)
         self.upstream_h1 = config.upstream_protocol == Protocol.HTTP1
         self.filters = ctx.stream_filters  # a FilterChainFactory, or None
@@ -170,7 +172,7 @@ class Http2Proxy:
         inbox = ep.inboxes.get(sid)
         if inbox is None:
             return  # reset before its task ran
-        info = RequestInfo()
+        info = RequestRecord()
         info.start = _monotonic()
         info.protocol = "HTTP/2"
         stream = _Stream(self, ep, conn, sid, inbox, info)
@@ -184,9 +186,10 @@ class Http2Proxy:
                 if inbox.error is None:
                     await stream.timed_out()
                 else:
-                    _flag(info, "DR")  # the client reset the stream (or the connection went)
+                    # the client reset the stream (or the connection went)
+                    info.add_flag(Flag.DOWNSTREAM_RESET)
         except StreamGone:
-            _flag(info, "DR")
+            info.add_flag(Flag.DOWNSTREAM_RESET)
         except Exception:
             log.exception("http2 stream %d failed", sid)
             ep.reset(sid, ErrorCode.INTERNAL_ERROR)
@@ -198,17 +201,7 @@ class Http2Proxy:
                     ep.close()
                 else:
                     conn.idle.touch()
-            self._finish(info)
-
-    def _finish(self, info: RequestInfo) -> None:
-        if self.access_logs:
-            info.duration = _monotonic() - info.start
-            for access_log in self.access_logs:
-                access_log.log(info)
-        code = info.response_code
-        if code:
-            self.stats.downstream_rq_total += 1
-            _count_class(self.stats, code)
+            self.observers.end(info)
 
 
 class _Stream:
@@ -224,12 +217,14 @@ class _Stream:
         "chain",
         "cluster",
         "conn",
+        "ended",
         "ep",
         "grpc",
         "inbox",
         "info",
         "proxy",
         "request",
+        "retry",
         "sid",
         "started",
     )
@@ -241,7 +236,7 @@ class _Stream:
         conn: Connection,
         sid: int,
         inbox: Inbox,
-        info: RequestInfo,
+        info: RequestRecord,
     ) -> None:
         self.proxy = proxy
         self.ep = ep
@@ -255,6 +250,9 @@ class _Stream:
         self._keep_alive = False
         self.cluster: Cluster | None = None
         self._replay: list | None = None
+        self.ended = False  # the request has no body (its headers ended the stream)
+        #: The request's ``RetryState`` (``None``: its route retries nothing).
+        self.retry: RetryState | None = None
         self._kept = 0  # bytes of ``_replay`` counted in the connection's budget
         self._body_done = False
         self._owed = 0
@@ -270,25 +268,28 @@ class _Stream:
             req = self.request = request_from_h2(event.headers)
         except H2HeaderError as exc:
             log.info("http2 stream %d: bad request: %s", self.sid, exc)
-            await self._local((400, "DPE", str(exc).encode() + b"\n"))
+            await self._local(Reply(400, Flag.DOWNSTREAM_PROTOCOL_ERROR, str(exc).encode() + b"\n"))
             return
         self.grpc = is_grpc(req.headers)
         path, _, query = req.path.decode("latin-1").partition("?")
         host = req.authority.decode("latin-1") if req.authority else ""
-        if proxy.access_logs:
+        if proxy.detailed:
             info.start_time = time.time()
             info.method = req.method.decode("latin-1")
             info.path = req.path.decode("latin-1")
             info.authority = host or None
-            remote = self.conn.remote
+            remote, local = self.conn.remote, self.conn.local
             info.downstream_remote_address = format_hostport(*remote[:2]) if remote else None
+            info.downstream_local_address = format_hostport(*local[:2]) if local else None
             for name, value in req.headers:
                 if name == b"user-agent":
                     info.user_agent = value.decode("latin-1")
         if event.end_stream:
             info.request_received_duration = _monotonic() - info.start
-        header = _lookup(req.headers)
+        header = header_getter(req.headers)
         route = proxy.table.match(host, path, query, header)
+        if route is not None and proxy.detailed:
+            info.route_name = route.name
         if proxy.filters is not None:
             # Envoy's order: the filters run first, then the router answers (404, ...).
             cluster_name = None
@@ -305,12 +306,14 @@ class _Stream:
             return
         if route.direct_response is not None:
             status, body = route.direct_response
-            await self._local((status, "", body), route=route)
+            await self._local(Reply(status, Flag.NONE, body), route=route)
             return
         if route.redirect is not None:
             status, location = route.redirect.location("http", host, path, query)
             await self._local(
-                (status, "", b""), headers=[(b"location", location.encode("latin-1"))], route=route
+                Reply(status, Flag.NONE, b""),
+                headers=[(b"location", location.encode("latin-1"))],
+                route=route,
             )
             return
         if proxy.filters is None:
@@ -328,27 +331,75 @@ class _Stream:
         new_path = route.rewrite_path(path)
         target = (new_path + "?" + query if query else new_path).encode("latin-1")
         stats = cluster.stats
-        stats.upstream_rq_total += 1
         self.cluster = cluster
-        # circuit_breakers.max_requests: requests outstanding to the cluster, every protocol.
-        if cluster.max_requests is not None and cluster.request_overflows():
-            await self._local(OVERFLOW)
-            return
         if timeout is not None:
             self.inbox.scope.deadline = trio.current_time() + timeout
-        stats.upstream_rq_active += 1
+        # The request body as sent upstream, kept (up to retry_buffer_bytes) so that a retry,
+        # or a stream the upstream refused, can send it again; None once it outgrew that.
+        ended = self.ended = event.end_stream
+        self._replay = [] if not ended else None
+        self._body_done = ended
+        regular = self._request_headers(route)  # once: a retry sends the same request id
+        # Made only for a route with a retry policy (nothing allocated otherwise).
+        retry = self.retry = RetryState(route.retry, cluster) if route.retry is not None else None
+        per_try = retry.per_try_timeout if retry is not None else None
         try:
-            try:
-                if proxy.upstream_h1:
-                    await self._to_h1(route, cluster, target, event.end_stream)
-                else:
-                    await self._to_h2(route, cluster, target, event.end_stream)
-            finally:
-                stats.upstream_rq_active -= 1
-        except _Reply as exc:
-            await self._local(exc.reply)
+            while True:
+                stats.upstream_rq_total += 1
+                # circuit_breakers.max_requests: requests outstanding to the cluster.
+                if cluster.max_requests is not None and cluster.request_overflows():
+                    await self._local(OVERFLOW)
+                    return
+                stats.upstream_rq_active += 1
+                try:
+                    try:
+                        if per_try is None:
+                            await self._try(route, cluster, target, regular)
+                        else:
+                            with trio.move_on_after(per_try) as scope:
+                                await self._try(route, cluster, target, regular)
+                            if scope.cancelled_caught:
+                                if self.started:  # too late to retry: the stream is cut
+                                    self.info.add_flag(Flag.UPSTREAM_TIMEOUT)
+                                    self.ep.reset(self.sid, ErrorCode.CANCEL)
+                                    return
+                                raise _Reply(TIMEOUT)
+                        return
+                    finally:
+                        stats.upstream_rq_active -= 1
+                except _Reply as exc:
+                    if (
+                        retry is None
+                        or self.started
+                        or not (ended or self._replay is not None)
+                        or not retry.should_retry(exc.reply)
+                    ):
+                        await self._local(exc.reply)
+                        return
         except _FilterReply as exc:
             await self._filter_reply(exc.reply)
+        finally:
+            if retry is not None:
+                retry.release()
+
+    async def _try(
+        self, route: Route, cluster: Cluster, target: bytes, regular: list[tuple[bytes, bytes]]
+    ) -> None:
+        """One try, over the configured upstream protocol."""
+        if self.proxy.upstream_h1:
+            await self._to_h1(route, cluster, target, regular)
+        else:
+            await self._to_h2(route, cluster, target, regular)
+
+    def _hold_back(self, status: int) -> None:
+        """A response the route retries is not sent down: the try fails with its status."""
+        retry = self.retry
+        if (
+            retry is not None
+            and (self.ended or self._replay is not None)
+            and retry.retries_status(status)
+        ):
+            raise _Reply(Reply(status, Flag.NONE, b""))
 
     async def timed_out(self) -> None:
         """The route timeout (the stream scope's deadline) fired."""
@@ -357,7 +408,7 @@ class _Stream:
         if not self.started:
             await self._local(TIMEOUT)
         else:
-            _flag(self.info, "UT")
+            self.info.add_flag(Flag.UPSTREAM_TIMEOUT)
             self.ep.reset(self.sid, ErrorCode.CANCEL)
 
     # ------------------------------------------------------------------ stream filters
@@ -396,20 +447,14 @@ class _Stream:
         if self.started:
             self._cut()
         else:
-            await self._local(
-                (reply.status, reply.flag, reply.body),
-                headers=reply.http_headers(),
-                grpc_code=reply.grpc_status,
-                grpc_message=reply.grpc_message,
-                grpc_headers=True,
-            )
+            await self._local(Reply.from_filter(reply))
         if reply.close:
             self.ep.start_drain()
 
     def _cut(self) -> None:
         """A filter failed (or answered) after the response began: the client must see the
         stream fail, not end."""
-        _flag(self.info, "FF")
+        self.info.add_flag(Flag.FILTER_FAILED)
         self.ep.reset(self.sid, ErrorCode.INTERNAL_ERROR)
 
     async def _filter_body(self, data: bytes, last: bool) -> bytes:
@@ -440,7 +485,7 @@ class _Stream:
         new = view.status or status
         if new != status and (type(new) is not int or not 200 <= new <= 999):
             log.error("http2 stream %d: a response filter set status %r", self.sid, new)
-            raise _FilterReply(LocalReply(500, FILTER_FAILED, flag="FF"))
+            raise _FilterReply(LocalReply(500, FILTER_FAILED, flag=Flag.FILTER_FAILED))
         return new, view.raw, data_hooks
 
     async def _filter_response_end(
@@ -502,20 +547,19 @@ class _Stream:
             return host_label
         return self.request.authority
 
-    def _choose(self, cluster: Cluster):
+    def _choose(self, cluster: Cluster) -> Host:
+        retry = self.retry
         try:
-            return cluster.choose_host()
+            return cluster.choose_host() if retry is None else retry.choose_host()
         except NoHostError:
             raise _Reply(NO_HEALTHY_UPSTREAM) from None
 
     # ------------------------------------------------------------------ HTTP/2 upstream
 
-    async def _to_h2(self, route: Route, cluster: Cluster, target: bytes, ended: bool) -> None:
-        regular = self._request_headers(route)
-        # The request body as sent upstream, kept (up to retry_buffer_bytes) so that a stream
-        # the upstream refused can be sent again; None once it outgrew that.
-        self._replay = [] if not ended else None
-        self._body_done = ended
+    async def _to_h2(
+        self, route: Route, cluster: Cluster, target: bytes, regular: list[tuple[bytes, bytes]]
+    ) -> None:
+        ended = self.ended
         for attempt in range(2):
             try:
                 await self._h2_try(route, cluster, target, regular)
@@ -540,11 +584,11 @@ class _Stream:
             self._chosen(host.label)
         pool = self.proxy.pools.http2(cluster, host, self.proxy.settings)
         try:
-            up, usid, uinbox = await pool.open_stream()
-        except ConnectError:
-            raise _Reply(CONNECT_FAILURE) from None
-        except (CircuitOpenError, PoolOverflow):
-            raise _Reply(OVERFLOW) from None
+            up, usid, uinbox = await h2_exchange.open_stream(pool)
+        except UpstreamFailed as exc:
+            raise _Reply(exc.reply) from None
+        if self.proxy.detailed:
+            self.info.upstream_connect_duration = _monotonic() - self.info.start
         req = self.request
         headers = [
             (b":method", req.method),
@@ -703,7 +747,7 @@ class _Stream:
                     if exc.refused:
                         raise _Refused() from None
                     raise _Reply(UPSTREAM_RESET) from None
-                _flag(info, "UR")  # upstream reset mid-response: pass the reset on
+                info.add_flag(Flag.UPSTREAM_RESET)  # upstream reset mid-response: pass the reset on
                 ep.reset(sid, exc.code if exc.code != ErrorCode.NO_ERROR else ErrorCode.CANCEL)
                 return
             kind = type(event)
@@ -724,6 +768,8 @@ class _Stream:
                     status, headers = response_from_h2(event.headers)
                 except H2HeaderError:
                     raise _Reply(BAD_RESPONSE) from None
+                if self.retry is not None:
+                    self._hold_back(status)
                 if chain is not None:
                     status, headers, data_hooks = await self._filter_response_head(
                         status, headers, event.end_stream
@@ -761,14 +807,16 @@ class _Stream:
 
     # ------------------------------------------------------------------ HTTP/1 upstream
 
-    async def _to_h1(self, route: Route, cluster: Cluster, target: bytes, ended: bool) -> None:
+    async def _to_h1(
+        self, route: Route, cluster: Cluster, target: bytes, regular: list[tuple[bytes, bytes]]
+    ) -> None:
         req = self.request
+        ended = self.ended
         host = self._choose(cluster)
         self.info.upstream_host = host.label
         headers = [(b"host", self._authority(route, host.label_bytes))]
         length: int | None = None
         lengths = 0
-        regular = self._request_headers(route)
         if self.chain is not None:
             self._chosen(host.label)
         # The framing is the encoder's, from what the codec checked: request_from_h2 left at
@@ -798,16 +846,17 @@ class _Stream:
             reused = conn is not None
             if conn is None:
                 try:
-                    conn, reused = await pool.acquire(fresh=fresh)
-                except ConnectError:
-                    raise _Reply(CONNECT_FAILURE) from None
-                except (CircuitOpenError, PoolOverflow):
-                    raise _Reply(OVERFLOW) from None
+                    conn, reused = await h1_exchange.acquire(pool, fresh)
+                except UpstreamFailed as exc:
+                    raise _Reply(exc.reply) from None
+            if self.proxy.detailed:
+                self.info.upstream_connect_duration = _monotonic() - self.info.start
             reusable = False
             host.active_requests += 1
             try:
                 await conn.stream.send_all(wire)
                 if not ended:
+                    self.forget_replay()  # streamed, not kept: no retry can resend it
                     await self._h1_request_body(conn.stream, chunked)
                 reusable = await self._h1_response(route, conn.stream, req.method == b"HEAD")
                 return
@@ -819,7 +868,7 @@ class _Stream:
                         fresh = True
                         continue
                     raise _Reply(UPSTREAM_RESET) from None
-                _flag(self.info, "UC")
+                self.info.add_flag(Flag.UPSTREAM_TERMINATION)
                 self.ep.reset(self.sid, ErrorCode.INTERNAL_ERROR)
                 return
             finally:
@@ -874,7 +923,7 @@ class _Stream:
             except H1Error:
                 if not self.started:
                     raise _Reply(BAD_RESPONSE) from None
-                _flag(info, "UPE")
+                info.add_flag(Flag.UPSTREAM_PROTOCOL_ERROR)
                 ep.reset(sid, ErrorCode.INTERNAL_ERROR)
                 return False
             if events is None:
@@ -917,6 +966,8 @@ class _Stream:
                         ep.end_stream(sid)
                     return parser.complete and not parser.trailing and self._keep_alive
                 elif event.status >= 200:
+                    if self.retry is not None:
+                        self._hold_back(event.status)
                     if chain is None:
                         self._send_h1_head(route, event)
                     else:
@@ -954,21 +1005,17 @@ class _Stream:
 
     async def _local(
         self,
-        reply: tuple[int, str, bytes],
+        reply: Reply,
         *,
         headers: list[tuple[bytes, bytes]] | None = None,
         route: Route | None = None,
-        grpc_code: int | None = None,
-        grpc_message: str | None = None,
-        grpc_headers: bool = False,
     ) -> None:
-        """A reply made by the proxy, or by a filter: for gRPC, its own ``grpc_code`` and
-        ``grpc_message`` in place of those worked out from the status, and (``grpc_headers``)
-        its ``headers`` in the trailers-only response."""
-        status, flag, body = reply
+        """A reply made by the proxy, or by a filter (whose own headers, ``reply.headers``, go
+        in a gRPC trailers-only response too; ``headers``, a redirect's, do not)."""
+        status, flag, body = reply.status, reply.flag, reply.body
         info = self.info
         if flag:
-            _flag(info, flag)
+            info.add_flag(flag)
         if self.started:  # too late for a reply: the stream can only be cut
             self.ep.reset(self.sid, ErrorCode.INTERNAL_ERROR)
             return
@@ -977,14 +1024,10 @@ class _Stream:
         if self.grpc:
             # gRPC clients read the status from grpc-status, not from :status (Envoy's way).
             info.response_code = 200
-            code = grpc_status_of(status, flag) if grpc_code is None else grpc_code
-            if not grpc_message:
-                grpc_message = body.decode("utf-8", "replace").strip() or f"HTTP {status}"
-            out = trailers_only(code, grpc_message)
-            if grpc_headers and headers:
-                out.extend(h for h in headers if h[0] not in _TRAILERS_ONLY_NAMES)
-            self.ep.send_headers(self.sid, out, end_stream=True)
+            self.ep.send_headers(self.sid, reply.grpc_trailers_only(reply.headers), end_stream=True)
             return
+        if reply.headers:
+            headers = [*reply.headers, *headers] if headers else reply.headers
         if headers and any(name == b"content-type" for name, _ in headers):
             out = [(b"content-length", b"%d" % len(body)), *headers]  # a filter's own type
         else:

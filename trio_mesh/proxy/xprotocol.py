@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Awaitable, Mapping
+from time import monotonic as _monotonic
 
 import trio
 
 from ..config.filter_configs import Protocol, ProxyConfig
+from ..config.scalars import format_hostport
 from ..errors import StartupError
 from ..filters import BuildContext
 from ..filters.stream import (
@@ -34,17 +37,27 @@ from ..filters.stream import (
     LocalReply,
     RequestContext,
     StreamFilterChain,
-    http_status_to_rpc_error,
 )
 from ..network.budget import ConnectionBudget
-from ..network.connect import ConnectError
 from ..network.connection import Connection
 from ..network.relay import CHUNK
 from ..network.writer import FrameWriter
-from ..pool.xprotocol import UpstreamLost
 from ..protocols import xprotocol
-from ..protocols.xprotocol import Codec, ErrorKind, Frame, XProtocolError
-from ..upstream import CircuitOpenError, NoHostError
+from ..protocols.xprotocol import Codec, Frame, XProtocolError
+from ..upstream import NoHostError
+from .exchange import UpstreamFailed
+from .exchange import rpc as rpc_exchange
+from .observers import listener_observers
+from .record import RequestRecord
+from .replies import (
+    INTERNAL,
+    NO_CLUSTER,
+    NO_HEALTHY_UPSTREAM,
+    NO_ROUTE,
+    OVERFLOW,
+    TIMEOUT,
+    Reply,
+)
 
 log = logging.getLogger("trio_mesh.proxy")
 
@@ -78,6 +91,8 @@ class XProxy:
         self.clusters = ctx.clusters
         self.pools = ctx.pools
         self.stats = ctx.listener_stats
+        #: Where requests end (stats, access logs).
+        self.observers = listener_observers(ctx.listener_stats, ctx.access_logs)
         self.budget = ctx.buffer_budget
         self.codecs = codecs
         #: The listener's stream filters (a FilterChainFactory; ``None``: none configured).
@@ -132,6 +147,12 @@ class _XSession:
         self._reading = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self.gone = False
+        remote, local = conn.remote, conn.local
+        #: (remote, local) as the access log writes them, worked out once per connection.
+        self._addresses = (
+            format_hostport(*remote[:2]) if remote else None,
+            format_hostport(*local[:2]) if local else None,
+        )
 
     async def run(self, prefix: bytes) -> None:
         self.conn.on_drain = self._on_drain
@@ -307,17 +328,29 @@ class _XSession:
 
     async def _handle(self, frame: Frame, size: int) -> None:
         """Serve one request; its ``size`` bytes leave the budget once it is answered."""
-        stats = self.proxy.stats
         codec = self.codec
+        observers = self.proxy.observers
+        record = RequestRecord()
+        record.start = _monotonic()
+        record.bytes_received = size
+        if observers.detailed:
+            record.start_time = time.time()
+            record.protocol = codec.name
+            headers = frame.headers
+            record.rpc_service = headers.get("service") or None
+            record.rpc_method = headers.get("method") or None
+            record.downstream_remote_address, record.downstream_local_address = self._addresses
         try:
-            result = await self._forward(frame)
-            stats.downstream_rq_total += 1
+            result = await self._forward(frame, record)
             if result is None:
-                stats.downstream_rq_2xx += 1
+                if not record.response_code:
+                    record.response_code = 200  # a oneway request sent on
                 return
-            stats.downstream_rq_5xx += 1
-            if isinstance(result, LocalReply):
-                kind = _reply_kind(result)
+            record.response_code = result.status
+            if result.flag:
+                record.add_flag(result.flag)
+            kind = result.rpc_error
+            if result.by_filter:
                 if frame.is_oneway:
                     log.info(
                         "downstream %s: %s oneway request refused by a stream filter (%s), dropped",
@@ -327,26 +360,34 @@ class _XSession:
                     )
                     return
                 message = result.body.decode("utf-8", "replace").strip()
-                await self._write(codec.encode(codec.error_reply(frame, kind, message)))
+                await self._reply(codec.encode(codec.error_reply(frame, kind, message)), record)
                 if result.close:
                     self._reading.cancel()  # take nothing new: what is in flight finishes
             elif not frame.is_oneway:
-                await self._write(codec.encode(codec.error_reply(frame, result)))
+                await self._reply(codec.encode(codec.error_reply(frame, kind)), record)
         except Exception:
             # One request's failure (a codec bug, say) must not take the connection down.
             log.exception("downstream %s: %s request failed", self.conn.remote, codec.name)
+            record.response_code = INTERNAL.status
             if not frame.is_oneway:
-                await self._write(codec.encode(codec.error_reply(frame, ErrorKind.INTERNAL)))
+                await self._write(codec.encode(codec.error_reply(frame, INTERNAL.rpc_error)))
         finally:
             self._done(size)
             self._finished()
+            observers.end(record)
 
-    async def _forward(self, frame: Frame) -> ErrorKind | LocalReply | None:
-        """Send ``frame`` upstream and its response down; an error kind (or a filter's
-        reply) when the proxy must answer itself instead."""
+    async def _reply(self, data: bytes | bytearray, record: RequestRecord) -> None:
+        record.bytes_sent += len(data)
+        await self._write(data)
+
+    async def _forward(self, frame: Frame, record: RequestRecord) -> Reply | None:
+        """Send ``frame`` upstream and its response down; the local reply (the proxy's own
+        or a filter's) when the proxy must answer itself instead."""
         proxy = self.proxy
         headers = frame.headers
         route = proxy.table.match("", "/", "", headers.get)
+        if route is not None and proxy.observers.detailed:
+            record.route_name = route.name
         routable = route is not None and route.direct_response is None and route.redirect is None
         chain = None
         if proxy.filters is not None:
@@ -372,19 +413,21 @@ class _XSession:
             else:
                 frame_up = frame
             if not routable:
-                return ErrorKind.NO_ROUTE
+                return NO_ROUTE
         else:
             if not routable:
-                return ErrorKind.NO_ROUTE
+                return NO_ROUTE
             cluster_name = route.pick_cluster(headers.get)
             frame_up = frame
         cluster = proxy.clusters.clusters.get(cluster_name) if cluster_name else None
         if cluster is None:
-            return ErrorKind.NO_ROUTE
+            return NO_CLUSTER
+        record.upstream_cluster = cluster.name
         try:
             host = cluster.choose_host()
         except NoHostError:
-            return ErrorKind.NO_HEALTHY_HOST
+            return NO_HEALTHY_UPSTREAM
+        record.upstream_host = host.label
         if chain is not None:
             chain.context.upstream_host = host.label
         pool = proxy.pools.xprotocol(cluster, host, self.codec, proxy.options)
@@ -395,57 +438,50 @@ class _XSession:
         stats.upstream_rq_total += 1
         # circuit_breakers.max_requests: requests outstanding to the cluster, every protocol.
         if cluster.max_requests is not None and cluster.request_overflows():
-            return ErrorKind.OVERFLOW
+            return OVERFLOW
         stats.upstream_rq_active += 1
         host.active_requests += 1
         try:
-            response = None
-            with trio.move_on_after(timeout):
-                if frame.is_oneway:
-                    await pool.send_oneway(frame_up)
-                    return None
-                response = await pool.call(frame_up)
-            if response is None:
-                cluster.stats.upstream_rq_timeout += 1
-                return ErrorKind.TIMEOUT
-        except ConnectError:
-            return ErrorKind.UPSTREAM_FAILURE
-        except CircuitOpenError:
-            return ErrorKind.OVERFLOW
-        except UpstreamLost:
-            return ErrorKind.UPSTREAM_RESET
+            response = await rpc_exchange.call(pool, frame_up, timeout)
+        except UpstreamFailed as exc:
+            if exc.reply is TIMEOUT:
+                stats.upstream_rq_timeout += 1
+            return exc.reply
         finally:
             stats.upstream_rq_active -= 1
             host.active_requests -= 1
             frame.request_id = downstream_id  # the error reply answers the downstream id
+        if response is None:
+            return None  # a oneway request, sent on
+        record.response_received_duration = _monotonic() - record.start
         if chain is not None and chain.mask & (RESPONSE_HEADERS | RESPONSE_DATA):
             filtered = await self._response_filters(chain, response)
             if not isinstance(filtered, Frame):
                 return filtered
             response = filtered
+        # MOSN's mapping of an RPC response to an HTTP status (its access log and stats).
+        record.response_code = 200 if self.codec.is_success(response) else 500
         # Written outside the timeout: a frame is never cut short by it (FrameWriter).
-        await self._write(self.codec.set_request_id(response, downstream_id))
+        await self._reply(self.codec.set_request_id(response, downstream_id), record)
         return None
 
     # ------------------------------------------------------------------ stream filters
 
-    async def _request_filters(
-        self, chain: StreamFilterChain, frame: Frame
-    ) -> Frame | LocalReply | ErrorKind:
+    async def _request_filters(self, chain: StreamFilterChain, frame: Frame) -> Frame | Reply:
         """Run the request hooks: the frame to send upstream (``frame``, or a copy carrying
         the headers the filters changed), or what answers the request instead."""
         if chain.mask & REQUEST_HEADERS:
             headers, original = _header_view(frame.headers)
             reply = await chain.request_headers(headers, False)
             if reply is not None:
-                return reply
+                return Reply.from_filter(reply)
         else:
             headers = None
         if chain.mask & REQUEST_DATA:
             payload = self.codec.payload(frame)
             out = await chain.request_data(payload, True)
             if isinstance(out, LocalReply):
-                return out
+                return Reply.from_filter(out)
             if out is not payload and out != payload:
                 log.error(
                     "downstream %s: a stream filter replaced the body of a %s request, "
@@ -453,14 +489,12 @@ class _XSession:
                     self.conn.remote,
                     self.codec.name,
                 )
-                return ErrorKind.INTERNAL
+                return INTERNAL
         if headers is not None and headers.changed:
             return self._rewritten(frame, _desired(frame.headers, original, headers))
         return frame
 
-    async def _response_filters(
-        self, chain: StreamFilterChain, response: Frame
-    ) -> Frame | LocalReply | ErrorKind:
+    async def _response_filters(self, chain: StreamFilterChain, response: Frame) -> Frame | Reply:
         """Run the response hooks (reverse order): the response to send down (``response``,
         or a copy with the changed headers), or what replaces it."""
         headers = None
@@ -469,12 +503,12 @@ class _XSession:
             headers, original = _header_view(view, response.status)
             reply = await chain.response_headers(headers, False)
             if reply is not None:
-                return reply
+                return Reply.from_filter(reply)
         if chain.mask & RESPONSE_DATA:
             payload = self.codec.payload(response)
             out = await chain.response_data(payload, True)
             if isinstance(out, LocalReply):
-                return out
+                return Reply.from_filter(out)
             if out is not payload and out != payload:
                 log.error(
                     "downstream %s: a stream filter replaced the body of a %s response, "
@@ -482,12 +516,12 @@ class _XSession:
                     self.conn.remote,
                     self.codec.name,
                 )
-                return ErrorKind.INTERNAL
+                return INTERNAL
         if headers is not None and headers.changed:
             return self._rewritten(response, _desired(response.headers, original, headers))
         return response
 
-    def _rewritten(self, frame: Frame, mapping: dict[str, str]) -> Frame | ErrorKind:
+    def _rewritten(self, frame: Frame, mapping: dict[str, str]) -> Frame | Reply:
         """``frame`` carrying the header view ``mapping``, or INTERNAL (logged) when the
         codec cannot put it there."""
         codec = self.codec
@@ -512,16 +546,7 @@ class _XSession:
                 "response" if frame.is_response else "request",
                 exc,
             )
-        return ErrorKind.INTERNAL
-
-
-def _reply_kind(reply: LocalReply) -> ErrorKind:
-    name = http_status_to_rpc_error(reply)
-    try:
-        return ErrorKind[name]
-    except KeyError:
-        log.error("stream filter reply: no RPC error kind %r, answering INTERNAL", name)
-        return ErrorKind.INTERNAL
+        return INTERNAL
 
 
 def _header_view(view: Mapping[str, str], status: int | None = None) -> tuple[Headers, Mapping]:

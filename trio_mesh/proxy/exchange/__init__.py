@@ -1,0 +1,20 @@
+"""Upstream exchanges: one module per upstream protocol, behind one small interface.
+
+Each module opens the upstream side of one try (``http1.acquire``: a pooled connection;
+``http2.open_stream``: a stream on a pooled connection; ``rpc.call``: a whole request and its
+response over the multiplexed pool) and maps what can go wrong there to the local reply that
+answers it, raised as :class:`UpstreamFailed`. Whether that try is retried is the
+``RetryState``'s call (``proxy/retry.py``, from ``reply.cause``), not the exchange's.
+"""
+
+from __future__ import annotations
+
+from ..replies import Reply
+
+
+class UpstreamFailed(Exception):
+    """The upstream side of a try failed before anything of a response came; ``reply``
+    answers it (``CONNECT_FAILURE``, ``OVERFLOW``, ``TIMEOUT``, ``UPSTREAM_RESET``)."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply

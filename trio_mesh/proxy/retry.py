@@ -1,0 +1,101 @@
+"""Route retries, one protocol-independent state per request: ``RetryState``.
+
+A failed try (a local reply that nothing of the response has gone before) is tried again when
+the route's ``retry_policy`` asks for that kind of failure (``retry_on``), tries are left
+(``num_retries``), and the cluster's circuit breaker allows one more retry in flight
+(``circuit_breakers.max_retries``). A retry does not go back to the host that just failed when
+the cluster has another one (Envoy's ``previous_hosts`` predicate: the balancer is asked again,
+a bounded number of times, then the next host of the set is taken). Made only for a route with
+a retry policy: a request without one allocates nothing.
+"""
+
+from __future__ import annotations
+
+from ..router.table import RetryPolicy
+from ..upstream import Cluster, Host
+from .replies import Cause, Reply
+
+#: How often the balancer is asked again for a host other than the one that failed.
+RESELECT_ATTEMPTS = 4
+
+
+def retry_on(policy: RetryPolicy, reply: Reply) -> bool:
+    """Whether ``policy`` retries a try that failed with ``reply``."""
+    cause = reply.cause
+    if cause is Cause.CONNECT:
+        return policy.retry_on_connect_failure
+    if cause is Cause.RESET:  # reset, bad response, per-try timeout: as Envoy's "reset"
+        return policy.retry_on_reset
+    if cause is Cause.STATUS:
+        return policy.should_retry_status(reply.status)
+    return False  # the proxy refused the request itself (no host, overflow...)
+
+
+class RetryState:
+    """The retries of one request to one cluster. ``tries_left``: retries still allowed;
+    ``per_try_timeout``: each try's own deadline (``None``: the route timeout alone)."""
+
+    __slots__ = (
+        "_host",
+        "_retrying",
+        "cluster",
+        "failed_host",
+        "per_try_timeout",
+        "policy",
+        "tries_left",
+    )
+
+    def __init__(self, policy: RetryPolicy, cluster: Cluster) -> None:
+        self.policy = policy
+        self.cluster = cluster
+        self.tries_left = policy.num_retries
+        self.per_try_timeout = policy.per_try_timeout
+        #: The host of the try that failed last (the next try avoids it).
+        self.failed_host: Host | None = None
+        self._host: Host | None = None  # the host of the try in flight
+        self._retrying = False  # this try holds a slot under circuit_breakers.max_retries
+
+    def choose_host(self) -> Host:
+        """The host for the next try: not the one that failed last, if another is there.
+        Raises ``NoHostError`` as ``Cluster.choose_host`` does."""
+        cluster = self.cluster
+        host = cluster.choose_host()
+        failed = self.failed_host
+        if failed is not None and host is failed and len(cluster.hosts) > 1:
+            for _ in range(RESELECT_ATTEMPTS):
+                host = cluster.choose_host()
+                if host is not failed:
+                    break
+            else:  # the balancer insists (random with few hosts): the next host in the set
+                hosts = cluster.hosts
+                host = hosts[(hosts.index(failed) + 1) % len(hosts)]
+        self._host = host
+        return host
+
+    def retries_status(self, status: int) -> bool:
+        """Whether an upstream response with ``status`` would be retried (tries are left and
+        the policy names it): the proxy then holds it back instead of sending it down."""
+        return self.tries_left > 0 and self.policy.should_retry_status(status)
+
+    def should_retry(self, reply: Reply) -> bool:
+        """After a failed try: whether to make another. When so, the retry is counted and holds
+        a ``max_retries`` slot until it ends (``next try``'s failure or ``release``)."""
+        self.release()
+        if self.tries_left <= 0 or not retry_on(self.policy, reply):
+            return False
+        cluster = self.cluster
+        if cluster.retry_overflows():
+            return False
+        self.tries_left -= 1
+        self.failed_host = self._host
+        stats = cluster.stats
+        stats.upstream_rq_retry += 1
+        stats.upstream_rq_retry_active += 1
+        self._retrying = True
+        return True
+
+    def release(self) -> None:
+        """The retry in flight is over: its ``max_retries`` slot is free."""
+        if self._retrying:
+            self._retrying = False
+            self.cluster.stats.upstream_rq_retry_active -= 1
