@@ -566,3 +566,75 @@ async def test_ambiguous_upstream_response(
                 await client.send(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
                 assert (await client.response()).body == b"next"
     assert per_connection == [1, 1]  # the upstream connection of /v was never used again
+
+
+# --------------------------------------------------------------------------- issue 14 follow-ups
+
+WS_H2C = b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+
+
+@pytest.mark.parametrize(
+    "upgrade_lines",
+    [
+        b"Upgrade: websocket\r\nUpgrade: h2c\r\n",  # the attacker's bytes
+        b"Upgrade: h2c\r\nUpgrade: websocket\r\n",
+        b"Upgrade: websocket\r\nUpgrade: foo, H2C\r\n",
+    ],
+    ids=["h2c-second", "h2c-first", "h2c-in-a-list"],
+)
+async def test_h2c_in_any_upgrade_line_is_stripped(
+    nursery: trio.Nursery, upgrade_lines: bytes
+) -> None:
+    """Every Upgrade line is read before h2c is taken out. On 0828f59 only the first line
+    was: the upstream got ``upgrade: h2c``, switched, and the client got raw HTTP/2 bytes
+    past routing. The rest of the offer (websocket) still goes up."""
+    rec, port = await recorder_proxy(nursery)
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(WS_H2C + upgrade_lines + b"\r\n")
+            r = await client.response(interim=True)
+            assert (r.status, r.body) == (200, b"for /echo")
+    (seen,) = rec.complete()
+    offered = b",".join(seen.get(b"upgrade")).lower()
+    assert b"h2c" not in offered
+    assert b"websocket" in offered
+
+
+SWITCHED = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n"
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        SWITCHED + b"Upgrade: h2c\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+        SWITCHED + b"Upgrade: websocket, h2c\r\n\r\n",
+        SWITCHED + b"Upgrade: smtp\r\n\r\n",
+        SWITCHED + b"\r\n",
+    ],
+    ids=["h2c", "websocket-and-h2c", "not-offered", "no-upgrade"],
+)
+async def test_a_switch_the_client_did_not_ask_for_is_a_502(
+    nursery: trio.Nursery, response: bytes
+) -> None:
+    """A 101 must switch to what the client offered, never h2c; otherwise the client gets a
+    502 (nothing of the 101 or what followed) and the upstream connection is closed."""
+    up, per_connection = await _scripted(
+        nursery,
+        {
+            b"GET /ws": response,
+            b"GET /next": b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext",
+        },
+    )
+    _, port = await start_proxy(nursery, http_config([to("up")], {"up": up}))
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            )
+            got = await client.read_to_eof()
+            assert got.startswith(b"HTTP/1.1 502 "), got
+            assert b"101" not in got and b"\x00\x00\x04" not in got
+        async with await Client.connect(port) as client:
+            await client.send(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await client.response()).body == b"next"
+    assert per_connection == [1, 1]  # the connection that switched wrongly was closed

@@ -616,8 +616,9 @@ class RequestParser(_Parser):
                     connection = value if connection is None else connection + b"," + value
                 elif name == b"expect":
                     expect = value.lower() == b"100-continue"
-                elif upgrade_value is None:
-                    upgrade_value = value
+                else:
+                    # every Upgrade line counts: one left out would pass h2c by _drop_h2c
+                    upgrade_value = value if upgrade_value is None else upgrade_value + b"," + value
         if chunked and (content_length is not None or version == b"1.0"):
             # llhttp refuses CL+TE itself; RFC 9112 6.1: TE in HTTP/1.0 is faulty framing
             raise H1Error(400, "Transfer-Encoding with Content-Length or in HTTP/1.0")

@@ -1076,9 +1076,9 @@ class _Session:
                     done = True
                 elif event.status < 200:
                     if event.status == 101:
-                        if head.upgrade is not None:
+                        if head.upgrade is not None and _switches_to_asked(head.upgrade, event):
                             return await self._upgrade(event, info, route, conn, parser, out)
-                        if not self.response_started:  # a switch nobody asked for
+                        if not self.response_started:  # a switch nobody asked for, or to h2c
                             raise _Fail(BAD_RESPONSE)
                         _flag(info, "UPE")
                         self.stream.abort()
@@ -1288,6 +1288,15 @@ class _Session:
 
 def _flag(info: RequestInfo, flag: str) -> None:
     info.response_flag = f"{info.response_flag},{flag}" if info.response_flag else flag
+
+
+def _switches_to_asked(asked: bytes, resp: ResponseHead) -> bool:
+    """A 101 may switch only to protocols the client asked for (RFC 9110 7.8), and never to
+    h2c: the proxy strips that offer, so an upstream switching to it is not to be relayed."""
+    got = b",".join([v for n, v in resp.headers if n == b"upgrade"]).lower()
+    tokens = [t for t in (t.strip(b" \t") for t in got.split(b",")) if t]
+    wanted = {t.strip(b" \t") for t in asked.split(b",")}
+    return bool(tokens) and all(t in wanted and t != b"h2c" for t in tokens)
 
 
 def _informational(resp: ResponseHead) -> bytes:
