@@ -23,6 +23,8 @@ import h11
 import pytest
 import trio
 
+from trio_mesh.config import parse_config
+
 from .h2_upstream import H2ConnectionClosed, H2StreamReset, open_h2_client
 from .http_helpers import (
     Client,
@@ -638,3 +640,51 @@ async def test_a_switch_the_client_did_not_ask_for_is_a_502(
             await client.send(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
             assert (await client.response()).body == b"next"
     assert per_connection == [1, 1]  # the connection that switched wrongly was closed
+
+
+async def test_connection_cannot_take_off_a_header_a_filter_adds(nursery: trio.Nursery) -> None:
+    """Hop-by-hop fields go before the filters run: a client naming in Connection the header
+    a header_mutation filter adds (the client address the upstream decides on) cannot remove
+    it. On 0828f59 the strip ran after the filters and the upstream got no x-client-ip."""
+    rec = Recorder()
+    up = await start_raw_server(nursery, rec.handler)
+    route = {"match": {"prefix": "/"}, "route": {"cluster_name": "up"}}
+    add = [{"key": "x-client-ip", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}]
+    doc = {
+        "servers": [
+            {
+                "listeners": [
+                    {
+                        "name": "ingress",
+                        "address": "127.0.0.1:0",
+                        "filter_chains": [
+                            {"filters": [{"type": "proxy", "config": {"router_config_name": "r"}}]}
+                        ],
+                        "stream_filters": [
+                            {"type": "header_mutation", "config": {"request": {"add": add}}}
+                        ],
+                    }
+                ],
+                "routers": [
+                    {
+                        "router_config_name": "r",
+                        "virtual_hosts": [{"name": "v", "domains": ["*"], "routers": [route]}],
+                    }
+                ],
+            }
+        ],
+        "cluster_manager": {
+            "clusters": [{"name": "up", "hosts": [{"address": f"127.0.0.1:{up}"}]}]
+        },
+    }
+    _, port = await start_proxy(nursery, parse_config(doc).config)
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(
+                b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: x-client-ip, x-drop\r\n"
+                b"X-Drop: 1\r\nX-Client-IP: 6.6.6.6\r\n\r\n"
+            )
+            assert (await client.response()).body == b"for /a"
+    (seen,) = rec.complete()
+    assert seen.get(b"x-client-ip") == [b"127.0.0.1"]  # the filter's, not the client's
+    assert seen.get(b"x-drop") == [] and seen.get(b"connection") == []

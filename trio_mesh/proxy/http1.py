@@ -413,6 +413,9 @@ class _Session:
             await self._consume_end()  # no body: its EndOfMessage is already parsed
         if head.method == b"CONNECT":
             return await self._local_reply(head, info, (405, "", b"CONNECT is not supported\n"))
+        # Hop-by-hop fields go as the request is decoded (Envoy's order): what Connection
+        # names cannot take off what routing matched or a filter adds later.
+        head.headers = strip_hop_by_hop(head.headers, keep_upgrade=head.upgrade is not None)
         host = head.host.decode("latin-1") if head.host else ""
         path = head.path.decode("latin-1")
         query = head.query.decode("latin-1")
@@ -614,7 +617,9 @@ class _Session:
         """The upstream request's headers, and whether they carry a Host (when not, each try
         adds its chosen host's address)."""
         config = self.proxy.config
-        headers = strip_hop_by_hop(head.headers, keep_upgrade=head.upgrade is not None)
+        headers = head.headers  # stripped in _handle
+        if self._chain is not None:  # what filters added: hop-by-hop fields still never go
+            headers = strip_hop_by_hop(headers, keep_upgrade=head.upgrade is not None)
         out: list[tuple[bytes, bytes]] = []
         xff = None
         request_id = None
