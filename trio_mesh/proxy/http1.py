@@ -334,8 +334,8 @@ class _Session:
                 self._done(info)
             conn = self.conn
             conn.busy = False
-            if not keep or conn.draining:
-                return
+            if not keep or (conn.draining and not self._request_begun()):
+                return  # draining: what had arrived (pipelined requests) is served first
             self.conn.idle.touch()
             served += 1
 
@@ -1163,7 +1163,7 @@ class _Session:
             not head.keep_alive
             or not self.request_done
             or head.upgrade is not None
-            or self.conn.draining
+            or (self.conn.draining and not self._request_begun())
         ):
             close = True
         if close:
@@ -1253,7 +1253,7 @@ class _Session:
         status, flag, body = reply
         close = (
             close
-            or self.conn.draining
+            or (self.conn.draining and not self._request_begun())
             or head is None
             or not head.keep_alive
             or not self.request_done
