@@ -25,7 +25,7 @@ import trio
 
 from trio_mesh.config import parse_config
 
-from .h2_upstream import H2ConnectionClosed, H2StreamReset, open_h2_client
+from .h2_upstream import H2ConnectionClosed, H2StreamReset, open_h2_client, start_h2_upstream
 from .http_helpers import (
     Client,
     http_config,
@@ -416,7 +416,10 @@ class H2Vector:
     data: list[bytes] = field(default_factory=list)  # DATA frames; the last ends the stream
     method: str = "POST"
     path: str = "/echo"
+    authority: str | None = None  # None: the client's own; "": no :authority at all
 
+
+NO_AUTHORITY = ""
 
 H2_VECTORS: dict[str, tuple[H2Vector, Forward | None]] = {
     "content-length-matches": (
@@ -461,6 +464,28 @@ H2_VECTORS: dict[str, tuple[H2Vector, Forward | None]] = {
         H2Vector([], [b"hello"], path="/echo HTTP/1.1\r\nHost: x\r\n\r\nGET /smuggled"),
         REFUSED,
     ),
+    # host (RFC 9113 8.3.1): never a second Host; without :authority it is the authority
+    "host-without-authority": (
+        H2Vector([("host", "admin.internal")], method="GET", authority=NO_AUTHORITY),
+        Forward(host=b"admin.internal"),
+    ),
+    "host-same-as-authority": (
+        H2Vector([("host", "a.example")], method="GET", authority="a.example"),
+        Forward(host=b"a.example"),
+    ),
+    "host-differs-from-authority": (
+        H2Vector([("host", "admin.internal")], method="GET", authority="a.example"),
+        REFUSED,
+    ),
+    "two-hosts-without-authority": (
+        H2Vector([("host", "a"), ("host", "b")], method="GET", authority=NO_AUTHORITY),
+        REFUSED,
+    ),
+    "authority-userinfo": (H2Vector([], method="GET", authority="u:p@a.example"), REFUSED),
+    "host-userinfo": (
+        H2Vector([("host", "u@a.example")], method="GET", authority=NO_AUTHORITY),
+        REFUSED,
+    ),
 }
 
 
@@ -468,8 +493,16 @@ async def _h2_exchange(port: int, vector: H2Vector) -> int | None:
     """The response status, or None if the stream or connection was reset instead."""
     async with open_h2_client(port, validate=False) as client:
         try:
+            pseudo = None
+            if vector.authority == NO_AUTHORITY:
+                pseudo = [(":method", vector.method), (":scheme", "http"), (":path", vector.path)]
             sid = await client.send_headers(
-                vector.method, vector.path, vector.headers, end_stream=not vector.data
+                vector.method,
+                vector.path,
+                vector.headers,
+                end_stream=not vector.data,
+                authority=vector.authority,
+                pseudo=pseudo,
             )
             for i, data in enumerate(vector.data):
                 await client.send_data(sid, data, end_stream=i == len(vector.data) - 1)
@@ -688,3 +721,35 @@ async def test_connection_cannot_take_off_a_header_a_filter_adds(nursery: trio.N
     (seen,) = rec.complete()
     assert seen.get(b"x-client-ip") == [b"127.0.0.1"]  # the filter's, not the client's
     assert seen.get(b"x-drop") == [] and seen.get(b"connection") == []
+
+
+async def test_h2_to_h2_host_is_the_authority_never_a_field(nursery: trio.Nursery) -> None:
+    """HTTP/2 to HTTP/2: a client's ``host`` becomes the ``:authority`` when there is none,
+    and is never sent on as a field of its own (two authorities upstream on 0828f59)."""
+    up = await start_h2_upstream(nursery)
+    _, port = await start_proxy(
+        nursery,
+        http_config(
+            [to("up")],
+            {"up": up.port},
+            proxy={"downstream_protocol": "Http2", "upstream_protocol": "Http2"},
+        ),
+    )
+    no_authority = [(":method", "GET"), (":scheme", "http"), (":path", "/echo")]
+    with trio.fail_after(10):
+        async with open_h2_client(port, validate=False) as client:
+            for pseudo, authority in ((no_authority, None), (None, "admin.internal")):
+                sid = await client.send_headers(
+                    "GET",
+                    "/echo",
+                    [("host", "admin.internal")],
+                    end_stream=True,
+                    authority=authority,
+                    pseudo=pseudo,
+                )
+                r = await client.response(sid)
+                assert r.status == 200
+                info = r.json()
+                assert info["authority"] == "admin.internal"
+                assert "host" not in dict(info["headers"])
+    assert up.protocol_errors == []

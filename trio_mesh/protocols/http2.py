@@ -1140,6 +1140,7 @@ def request_from_h2(headers: list[Header]) -> H2Request:
     regular: list[Header] = []
     cookies: list[bytes] = []
     cookie_at = -1
+    host: bytes | None = None
     for name, value in headers:
         if name.startswith(b":"):
             if regular or cookies:
@@ -1153,6 +1154,11 @@ def request_from_h2(headers: list[Header]) -> H2Request:
             if cookie_at < 0:
                 cookie_at = len(regular)
             cookies.append(value)
+        elif name == b"host":
+            # never forwarded as a field of its own: it is the authority (RFC 9113 8.3.1)
+            if host is not None:
+                raise H2HeaderError("more than one host")
+            host = value
         else:
             regular.append((name, value))
     if cookies:
@@ -1161,6 +1167,11 @@ def request_from_h2(headers: list[Header]) -> H2Request:
     if not method:
         raise H2HeaderError("missing :method")
     authority = pseudo.get(b":authority")
+    if host is not None:
+        if not authority:
+            authority = host  # routing and the upstream's Host take it, as Envoy does
+        elif host.lower() != authority.lower():
+            raise H2HeaderError("host differs from :authority")
     if method == b"CONNECT":
         if not authority:
             raise H2HeaderError("CONNECT without :authority")
@@ -1181,7 +1192,8 @@ def request_from_h2(headers: list[Header]) -> H2Request:
         raise H2HeaderError(f"bad :method {method[:64]!r}")
     if _NOT_VISIBLE.search(path):
         raise H2HeaderError(f"bad :path {path[:64]!r}")
-    if authority is not None and _NOT_VISIBLE.search(authority):
+    if authority is not None and (_NOT_VISIBLE.search(authority) or b"@" in authority):
+        # RFC 9113 8.3.1: no userinfo (an HTTP/1 upstream refuses it in a Host)
         raise H2HeaderError(f"bad :authority {authority[:64]!r}")
     regular = _one_content_length(regular)
     return H2Request(method, scheme, authority, path, regular)
