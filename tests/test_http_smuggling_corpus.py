@@ -18,6 +18,9 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
+import h2.config
+import h2.connection
+import h2.events
 import h2.exceptions
 import h11
 import pytest
@@ -45,6 +48,7 @@ class Seen:
     target: bytes
     headers: list[tuple[bytes, bytes]]
     body: bytes
+    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     def framing(self) -> list[tuple[bytes, bytes]]:
         return [(n, v) for n, v in self.headers if n in (b"content-length", b"transfer-encoding")]
@@ -110,7 +114,13 @@ class Recorder:
                         current[1] += event.data
                     elif isinstance(event, h11.EndOfMessage):
                         req = current[0]
-                        seen = Seen(req.method, req.target, list(req.headers), bytes(current[1]))
+                        seen = Seen(
+                            req.method,
+                            req.target,
+                            list(req.headers),
+                            bytes(current[1]),
+                            list(event.headers),
+                        )
                         conn.requests.append(seen)
                         conn.partial = False
                         self._notify()
@@ -181,7 +191,7 @@ def assert_one_framing(seen: Seen, want: Forward) -> None:
     if want.host is not None:
         assert seen.get(b"host") == [want.host]
     # nothing connection-specific crossed
-    for name in (b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"te"):
+    for name in (b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"te", b"expect"):
         assert name not in dict(seen.headers), seen.headers
 
 
@@ -417,6 +427,8 @@ class H2Vector:
     method: str = "POST"
     path: str = "/echo"
     authority: str | None = None  # None: the client's own; "": no :authority at all
+    trailers: list[tuple[str, str]] | None = None  # they end the stream, after the data
+    trailers_up: list[tuple[bytes, bytes]] | None = None  # what the upstream must get
 
 
 NO_AUTHORITY = ""
@@ -482,6 +494,36 @@ H2_VECTORS: dict[str, tuple[H2Vector, Forward | None]] = {
         REFUSED,
     ),
     "authority-userinfo": (H2Vector([], method="GET", authority="u:p@a.example"), REFUSED),
+    # control characters llhttp refuses on HTTP/1 (all but HTAB, and DEL)
+    "value-soh": (H2Vector([("x-a", "a\x01b")], [b"hello"]), REFUSED),
+    "value-vertical-tab": (H2Vector([("x-a", "a\x0bb")], [b"hello"]), REFUSED),
+    "value-del": (H2Vector([("x-a", "a\x7fb")], [b"hello"]), REFUSED),
+    "value-escape": (H2Vector([("x-a", "a\x1b[2Jb")], [b"hello"]), REFUSED),
+    "value-inner-htab": (H2Vector([("x-a", "a\tb")], [b"hello"]), Forward(b"hello", chunked=True)),
+    # the proxy answers 100-continue itself, as on HTTP/1: the upstream never waits for one
+    "expect-100-continue": (
+        H2Vector([("expect", "100-continue"), ("content-length", "5")], [b"hello"]),
+        Forward(b"hello"),
+    ),
+    # trailers: what RFC 9110 6.5.1 keeps out of them is dropped on the way through
+    "trailers-framing-host": (
+        H2Vector(
+            [],
+            [b"hello"],
+            trailers=[("content-length", "999"), ("host", "evil"), ("x-t", "1")],
+            trailers_up=[(b"x-t", b"1")],
+        ),
+        Forward(b"hello", chunked=True),
+    ),
+    "trailers-auth-and-type": (
+        H2Vector(
+            [],
+            [b"hello"],
+            trailers=[("authorization", "x"), ("content-type", "a/b"), ("grpc-status", "0")],
+            trailers_up=[(b"grpc-status", b"0")],
+        ),
+        Forward(b"hello", chunked=True),
+    ),
     "host-userinfo": (
         H2Vector([("host", "u@a.example")], method="GET", authority=NO_AUTHORITY),
         REFUSED,
@@ -505,7 +547,10 @@ async def _h2_exchange(port: int, vector: H2Vector) -> int | None:
                 pseudo=pseudo,
             )
             for i, data in enumerate(vector.data):
-                await client.send_data(sid, data, end_stream=i == len(vector.data) - 1)
+                last = i == len(vector.data) - 1 and vector.trailers is None
+                await client.send_data(sid, data, end_stream=last)
+            if vector.trailers is not None:
+                await client.send_trailers(sid, vector.trailers)
             return (await client.response(sid)).status
         except (H2StreamReset, H2ConnectionClosed, h2.exceptions.StreamClosedError):
             return None
@@ -532,6 +577,8 @@ async def test_h2_to_h1_injection(
             assert status == 200
             (seen,) = rec.complete()
             assert_one_framing(seen, want)
+            if vector.trailers_up is not None:
+                assert seen.trailers == vector.trailers_up
         await no_ambiguous_reuse(rec, port, h2=True)
 
 
@@ -753,3 +800,83 @@ async def test_h2_to_h2_host_is_the_authority_never_a_field(nursery: trio.Nurser
                 assert info["authority"] == "admin.internal"
                 assert "host" not in dict(info["headers"])
     assert up.protocol_errors == []
+
+
+async def test_h2_expect_100_continue_is_answered_by_the_proxy(nursery: trio.Nursery) -> None:
+    """HTTP/2 to HTTP/1: the proxy answers ``expect: 100-continue`` itself (as its HTTP/1
+    side does) and strips it; a client that waits for the 100 before its body is served."""
+    rec, port = await recorder_proxy(
+        nursery, downstream_protocol="Http2", upstream_protocol="Http1"
+    )
+    with trio.fail_after(10):
+        async with open_h2_client(port) as client:
+            sid = await client.send_headers(
+                "POST", "/echo", [("expect", "100-continue"), ("content-length", "5")]
+            )
+            st = client.streams[sid]
+            await client.wait_until(lambda: bool(st.informational))
+            assert [code for code, _ in st.informational] == [100]
+            await client.send_data(sid, b"hello", end_stream=True)
+            r = await client.response(sid)
+            assert (r.status, r.body) == (200, b"for /echo")
+    (seen,) = rec.complete()
+    assert seen.body == b"hello" and seen.get(b"expect") == []
+
+
+async def test_http1_trailers_lose_fields_not_allowed_there(nursery: trio.Nursery) -> None:
+    """HTTP/1 chunked trailers: Host, authentication and the other fields RFC 9110 6.5.1
+    keeps out of trailers are not forwarded (Host went up on 0828f59)."""
+    rec, port = await recorder_proxy(nursery)
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(
+                CHUNKED + b"\r\n5\r\nhello\r\n0\r\nHost: evil\r\nAuthorization: x\r\n"
+                b"Connection: close\r\nX-T: 1\r\n\r\n"
+            )
+            assert (await client.response()).body == b"for /echo"
+    (seen,) = rec.complete()
+    assert (seen.body, seen.trailers) == (b"hello", [(b"x-t", b"1")])
+    assert seen.get(b"host") == [b"x"]
+
+
+async def test_control_characters_from_an_h2_upstream_are_a_502(nursery: trio.Nursery) -> None:
+    """An HTTP/2 upstream's response header value with control characters (llhttp refuses
+    them on HTTP/1) never reaches an HTTP/1 client: 502, and the connection goes on. On
+    0828f59 ``x-a: a\\x01\\x0bb`` was relayed."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    async def evil(stream: trio.SocketStream) -> None:
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        conn = h2.connection.H2Connection(config)
+        conn.initiate_connection()
+        await stream.send_all(conn.data_to_send())
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await stream.receive_some(65536):
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        path = dict(ev.headers)[b":path"]
+                        value = b"a\x01\x0bb" if path == b"/ctl" else b"fine"
+                        head = [(b":status", b"200"), (b"x-a", value), (b"content-length", b"2")]
+                        conn.send_headers(ev.stream_id, head)
+                        conn.send_data(ev.stream_id, b"ok", end_stream=True)
+                await stream.send_all(conn.data_to_send())
+
+    up = await start_raw_server(nursery, evil)
+    _, port = await start_proxy(
+        nursery, http_config([to("up")], {"up": up}, proxy={"upstream_protocol": "Http2"})
+    )
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(b"GET /ctl HTTP/1.1\r\nHost: x\r\n\r\n")
+            r = await client.response()
+            assert r.status == 502 and b"\x01" not in r.raw_head
+            await client.send(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+            r = await client.response()
+            assert (r.status, r.body, r.headers.get("x-a")) == (200, b"ok", "fine")

@@ -22,6 +22,8 @@ from http import HTTPStatus
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
 
+from .trailers import trailer_fields
+
 __all__ = [
     "Body",
     "EndOfMessage",
@@ -1000,15 +1002,13 @@ def encode_chunk(data: bytes) -> bytes:
 
 
 def encode_last_chunk(trailers: Iterable[Header] | None = None) -> bytes:
-    """The last chunk, with optional trailer fields (framing fields dropped: RFC 9110 6.5.1
-    forbids them there, and a lenient upstream could take them for the message's own)."""
+    """The last chunk, with optional trailer fields (framing, Host and the other fields RFC
+    9110 6.5.1 forbids there dropped: a lenient upstream could take them for the message's
+    own)."""
     if not trailers:
         return b"0\r\n\r\n"
     parts = [b"0\r\n"]
-    for name, value in trailers:
-        # inline, no call per field: the length test first, lower() allocates
-        if (len(name) == 14 or len(name) == 17) and name.lower() in _FRAMING:
-            continue
+    for name, value in trailer_fields(trailers):
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return _check_lines(b"".join(parts), (len(parts) - 2) // 4 + 2)

@@ -54,6 +54,8 @@ from h2.stream import StreamClosedBy, StreamState
 from hyperframe.exceptions import HyperframeError, InvalidFrameError
 from hyperframe.frame import Frame, GoAwayFrame
 
+from .trailers import trailer_fields
+
 __all__ = [
     "HOP_BY_HOP",
     "PREFACE",
@@ -320,9 +322,9 @@ _MAX_CONTINUATIONS = 32
 # our HPACK encoder's dynamic table, whatever larger size the peer allows
 _MAX_ENCODER_TABLE = 4096
 # RFC 9113 §8.2.1 / §5.1 of RFC 9110: lowercase token names (pseudo-headers: h2 checks the set);
-# values without NUL, CR, LF (h2 checks surrounding whitespace)
+# values without control characters but HTAB (h2 checks surrounding whitespace)
 _FIELD_NAME = re.compile(rb":?[!#$%&'*+\-.^_`|~0-9a-z]+")
-_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB, and DEL: as llhttp
 _RESET_BY = (StreamClosedBy.SEND_RST_STREAM, StreamClosedBy.RECV_RST_STREAM)
 _NO_CONTENT_STATUSES = frozenset({b"204", b"304"})
 _SENDING_STATES = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
@@ -545,10 +547,15 @@ class H2Connection:
         return max(0, window)  # a lowered INITIAL_WINDOW_SIZE can make it negative
 
     def send_trailers(self, stream_id: int, headers: list[Header]) -> None:
-        """Trailers; they end the stream."""
+        """Trailers, minus the fields RFC 9110 6.5.1 keeps out of them; they end the stream
+        (an empty DATA frame does when no field is left)."""
         if self._gone(stream_id):
             return
-        self._send_head(stream_id, headers, True)
+        headers = trailer_fields(headers)
+        if headers:
+            self._send_head(stream_id, headers, True)
+        else:
+            self.end_stream(stream_id)
 
     def end_stream(self, stream_id: int) -> None:
         """End the stream with an empty DATA frame."""
@@ -1110,8 +1117,8 @@ _CONNECTION_SPECIFIC = frozenset(
 
 def _check_outbound(headers: list[Header]) -> None:
     """What RFC 9113 8.2 allows in a header block we send: lowercase token names, pseudo-
-    headers first, no connection-specific fields, ``te`` only as ``trailers``, no NUL, CR or
-    LF in values. ValueError otherwise."""
+    headers first, no connection-specific fields, ``te`` only as ``trailers``, no control
+    characters but HTAB in values. ValueError otherwise."""
     regular = False
     for name, value in headers:
         if not _FIELD_NAME.fullmatch(name):

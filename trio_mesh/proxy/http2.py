@@ -768,6 +768,7 @@ class _Stream:
         headers = [(b"host", self._authority(route, host.label_bytes))]
         length: int | None = None
         lengths = 0
+        expect_continue = False
         regular = self._request_headers(route)
         if self.chain is not None:
             self._chosen(host.label)
@@ -783,6 +784,9 @@ class _Stream:
                     length = int(value)
             elif name == b"te":
                 continue  # "te: trailers" is HTTP/2's business
+            elif name == b"expect":
+                # answered here, as the HTTP/1 side does: the body goes up without waiting
+                expect_continue = value.lower() == b"100-continue"
             else:
                 headers.append((name, value))
         if ended:
@@ -808,6 +812,9 @@ class _Stream:
             try:
                 await conn.stream.send_all(wire)
                 if not ended:
+                    if expect_continue:
+                        expect_continue = False
+                        self.ep.send_headers(self.sid, [(b":status", b"100")])
                     await self._h1_request_body(conn.stream, chunked)
                 reusable = await self._h1_response(route, conn.stream, req.method == b"HEAD")
                 return
