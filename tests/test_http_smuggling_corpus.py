@@ -880,3 +880,30 @@ async def test_control_characters_from_an_h2_upstream_are_a_502(nursery: trio.Nu
             await client.send(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
             r = await client.response()
             assert (r.status, r.body, r.headers.get("x-a")) == (200, b"ok", "fine")
+
+
+async def test_response_trailers_lose_fields_not_allowed_there(nursery: trio.Nursery) -> None:
+    """An HTTP/1 upstream's response trailers, to an HTTP/1 and to an HTTP/2 client: Host,
+    Content-Type, authentication fields are dropped, the rest is relayed."""
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+        b"Host: evil\r\nContent-Type: x/y\r\nWWW-Authenticate: Basic\r\nX-T: 1\r\n\r\n"
+    )
+    up, _ = await _scripted(nursery, {b"GET /t": chunked})
+    _, port = await start_proxy(nursery, http_config([to("up")], {"up": up}))
+    _, h2_port = await start_proxy(
+        nursery,
+        http_config(
+            [to("up")],
+            {"up": up},
+            proxy={"downstream_protocol": "Http2", "upstream_protocol": "Http1"},
+        ),
+    )
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(b"GET /t HTTP/1.1\r\nHost: x\r\n\r\n")
+            r = await client.response()
+            assert (r.body, list(r.trailers)) == (b"ok", [("x-t", "1")])
+        async with open_h2_client(h2_port) as h2_client:
+            r2 = await h2_client.request("GET", "/t")
+            assert (r2.body, list(r2.trailers)) == (b"ok", [("x-t", "1")])
