@@ -62,4 +62,11 @@ NOT_IN_TRAILERS: frozenset[bytes] = frozenset(
 def trailer_fields(fields: Iterable[Header]) -> list[Header]:
     """``fields`` without those of NOT_IN_TRAILERS (names compared lower-cased) and without
     pseudo-header fields."""
-    return [(n, v) for n, v in fields if n.lower() not in NOT_IN_TRAILERS and n[:1] != b":"]
+    out: list[Header] = []
+    for name, value in fields:
+        if name in NOT_IN_TRAILERS or name[:1] == b":":
+            continue
+        if not name.islower() and name.lower() in NOT_IN_TRAILERS:  # lower() allocates
+            continue
+        out.append((name, value))
+    return out
