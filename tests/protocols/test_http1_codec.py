@@ -273,6 +273,18 @@ def test_h2c_among_other_upgrades_is_taken_out():
     assert dict(head.headers)[b"upgrade"] == b"websocket"
 
 
+@pytest.mark.parametrize(
+    "lines",
+    [b"Upgrade: websocket\r\nUpgrade: h2c\r\n", b"Upgrade: h2c\r\nUpgrade: websocket\r\n"],
+)
+def test_h2c_in_any_upgrade_line_is_taken_out(lines):
+    head, _ = parse_request(
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\n" + lines + b"\r\n"
+    )
+    assert head.upgrade == b"websocket"
+    assert [v for n, v in head.headers if n == b"upgrade"] == [b"websocket"]
+
+
 def test_connection_cannot_take_off_framing_or_host():
     headers = [
         (b"host", b"h"),

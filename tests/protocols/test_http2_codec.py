@@ -1180,10 +1180,13 @@ _header_lists = st.lists(st.tuples(_names, _values), max_size=8)
 @given(
     method=st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"PATCH"]),
     # request_from_h2 refuses whitespace and control bytes in :path and :authority (they
-    # would break the HTTP/1 request line): the round trip is over what it accepts.
+    # would break the HTTP/1 request line), and userinfo ("@") in :authority: the round
+    # trip is over what it accepts.
     path=st.binary(max_size=30).map(lambda p: b"/" + bytes(b for b in p if 0x20 < b != 0x7F)),
     authority=st.none()
-    | st.binary(min_size=1, max_size=20).filter(lambda a: all(0x20 < b != 0x7F for b in a)),
+    | st.binary(min_size=1, max_size=20).filter(
+        lambda a: all(0x20 < b != 0x7F and b != 0x40 for b in a)
+    ),
     headers=_header_lists,
     scheme=st.sampled_from([b"http", b"https"]),
 )
@@ -1247,3 +1250,38 @@ def test_request_from_h2_content_length_must_be_one_number():
     for bad in ([b"5", b"6"], [b"+5"], [b"5, 5"]):
         with pytest.raises(H2HeaderError):
             request_from_h2([*base, *[(b"content-length", v) for v in bad]])
+
+
+_GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/")]
+
+
+def test_host_is_the_authority_never_a_field():
+    """RFC 9113 8.3.1: host stands in for a missing :authority, repeats it harmlessly, and
+    makes the request malformed when it names another authority; never a field of its own."""
+    req = request_from_h2([*_GET, (b"host", b"a.example"), (b"x", b"1")])
+    assert (req.authority, req.headers) == (b"a.example", [(b"x", b"1")])
+    req = request_from_h2([*_GET, (b":authority", b"a.example"), (b"host", b"A.example")])
+    assert (req.authority, req.headers) == (b"a.example", [])
+    for bad, reason in (
+        ([(b":authority", b"a.example"), (b"host", b"b.example")], "differs"),
+        ([(b"host", b"a"), (b"host", b"a")], "more than one host"),
+        ([(b":authority", b"u:p@a.example")], "bad :authority"),
+        ([(b"host", b"u@a.example")], "bad :authority"),
+    ):
+        with pytest.raises(H2HeaderError, match=reason):
+            request_from_h2(sorted(_GET + bad, key=lambda h: not h[0].startswith(b":")))
+
+
+def test_forwarded_trailers_lose_fields_not_allowed_there():
+    server = H2Connection(client_side=False)
+    client = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
+    client.initiate_connection()
+    server.receive(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    client.send_headers(1, [*_GET, (b":authority", b"a")], end_stream=True)
+    server.receive(client.data_to_send())
+    server.send_headers(1, [(b":status", b"200")])
+    server.send_trailers(1, [(b"host", b"evil"), (b"Content-Type", b"x"), (b"grpc-status", b"0")])
+    events = client.receive_data(server.data_to_send())
+    (trailers,) = [e for e in events if isinstance(e, h2.events.TrailersReceived)]
+    assert trailers.headers == [(b"grpc-status", b"0")]

@@ -18,12 +18,15 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
+import h2.config
+import h2.connection
+import h2.events
 import h2.exceptions
 import h11
 import pytest
 import trio
 
-from tests.h2_upstream import H2ConnectionClosed, H2StreamReset, open_h2_client
+from tests.h2_upstream import H2ConnectionClosed, H2StreamReset, open_h2_client, start_h2_upstream
 from tests.http_helpers import (
     Client,
     http_config,
@@ -33,6 +36,7 @@ from tests.http_helpers import (
     to,
 )
 from tests.proxy.test_http_smuggling import POST, VECTORS, _scripted, assert_refused
+from trio_mesh.config import parse_config
 
 # --------------------------------------------------------------------------- the upstream
 
@@ -43,6 +47,7 @@ class Seen:
     target: bytes
     headers: list[tuple[bytes, bytes]]
     body: bytes
+    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     def framing(self) -> list[tuple[bytes, bytes]]:
         return [(n, v) for n, v in self.headers if n in (b"content-length", b"transfer-encoding")]
@@ -108,7 +113,13 @@ class Recorder:
                         current[1] += event.data
                     elif isinstance(event, h11.EndOfMessage):
                         req = current[0]
-                        seen = Seen(req.method, req.target, list(req.headers), bytes(current[1]))
+                        seen = Seen(
+                            req.method,
+                            req.target,
+                            list(req.headers),
+                            bytes(current[1]),
+                            list(event.headers),
+                        )
                         conn.requests.append(seen)
                         conn.partial = False
                         self._notify()
@@ -179,7 +190,7 @@ def assert_one_framing(seen: Seen, want: Forward) -> None:
     if want.host is not None:
         assert seen.get(b"host") == [want.host]
     # nothing connection-specific crossed
-    for name in (b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"te"):
+    for name in (b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"te", b"expect"):
         assert name not in dict(seen.headers), seen.headers
 
 
@@ -414,7 +425,12 @@ class H2Vector:
     data: list[bytes] = field(default_factory=list)  # DATA frames; the last ends the stream
     method: str = "POST"
     path: str = "/echo"
+    authority: str | None = None  # None: the client's own; "": no :authority at all
+    trailers: list[tuple[str, str]] | None = None  # they end the stream, after the data
+    trailers_up: list[tuple[bytes, bytes]] | None = None  # what the upstream must get
 
+
+NO_AUTHORITY = ""
 
 H2_VECTORS: dict[str, tuple[H2Vector, Forward | None]] = {
     "content-length-matches": (
@@ -459,6 +475,58 @@ H2_VECTORS: dict[str, tuple[H2Vector, Forward | None]] = {
         H2Vector([], [b"hello"], path="/echo HTTP/1.1\r\nHost: x\r\n\r\nGET /smuggled"),
         REFUSED,
     ),
+    # host (RFC 9113 8.3.1): never a second Host; without :authority it is the authority
+    "host-without-authority": (
+        H2Vector([("host", "admin.internal")], method="GET", authority=NO_AUTHORITY),
+        Forward(host=b"admin.internal"),
+    ),
+    "host-same-as-authority": (
+        H2Vector([("host", "a.example")], method="GET", authority="a.example"),
+        Forward(host=b"a.example"),
+    ),
+    "host-differs-from-authority": (
+        H2Vector([("host", "admin.internal")], method="GET", authority="a.example"),
+        REFUSED,
+    ),
+    "two-hosts-without-authority": (
+        H2Vector([("host", "a"), ("host", "b")], method="GET", authority=NO_AUTHORITY),
+        REFUSED,
+    ),
+    "authority-userinfo": (H2Vector([], method="GET", authority="u:p@a.example"), REFUSED),
+    # control characters llhttp refuses on HTTP/1 (all but HTAB, and DEL)
+    "value-soh": (H2Vector([("x-a", "a\x01b")], [b"hello"]), REFUSED),
+    "value-vertical-tab": (H2Vector([("x-a", "a\x0bb")], [b"hello"]), REFUSED),
+    "value-del": (H2Vector([("x-a", "a\x7fb")], [b"hello"]), REFUSED),
+    "value-escape": (H2Vector([("x-a", "a\x1b[2Jb")], [b"hello"]), REFUSED),
+    "value-inner-htab": (H2Vector([("x-a", "a\tb")], [b"hello"]), Forward(b"hello", chunked=True)),
+    # the proxy answers 100-continue itself, as on HTTP/1: the upstream never waits for one
+    "expect-100-continue": (
+        H2Vector([("expect", "100-continue"), ("content-length", "5")], [b"hello"]),
+        Forward(b"hello"),
+    ),
+    # trailers: what RFC 9110 6.5.1 keeps out of them is dropped on the way through
+    "trailers-framing-host": (
+        H2Vector(
+            [],
+            [b"hello"],
+            trailers=[("content-length", "999"), ("host", "evil"), ("x-t", "1")],
+            trailers_up=[(b"x-t", b"1")],
+        ),
+        Forward(b"hello", chunked=True),
+    ),
+    "trailers-auth-and-type": (
+        H2Vector(
+            [],
+            [b"hello"],
+            trailers=[("authorization", "x"), ("content-type", "a/b"), ("grpc-status", "0")],
+            trailers_up=[(b"grpc-status", b"0")],
+        ),
+        Forward(b"hello", chunked=True),
+    ),
+    "host-userinfo": (
+        H2Vector([("host", "u@a.example")], method="GET", authority=NO_AUTHORITY),
+        REFUSED,
+    ),
 }
 
 
@@ -466,11 +534,22 @@ async def _h2_exchange(port: int, vector: H2Vector) -> int | None:
     """The response status, or None if the stream or connection was reset instead."""
     async with open_h2_client(port, validate=False) as client:
         try:
+            pseudo = None
+            if vector.authority == NO_AUTHORITY:
+                pseudo = [(":method", vector.method), (":scheme", "http"), (":path", vector.path)]
             sid = await client.send_headers(
-                vector.method, vector.path, vector.headers, end_stream=not vector.data
+                vector.method,
+                vector.path,
+                vector.headers,
+                end_stream=not vector.data,
+                authority=vector.authority,
+                pseudo=pseudo,
             )
             for i, data in enumerate(vector.data):
-                await client.send_data(sid, data, end_stream=i == len(vector.data) - 1)
+                last = i == len(vector.data) - 1 and vector.trailers is None
+                await client.send_data(sid, data, end_stream=last)
+            if vector.trailers is not None:
+                await client.send_trailers(sid, vector.trailers)
             return (await client.response(sid)).status
         except (H2StreamReset, H2ConnectionClosed, h2.exceptions.StreamClosedError):
             return None
@@ -497,6 +576,8 @@ async def test_h2_to_h1_injection(
             assert status == 200
             (seen,) = rec.complete()
             assert_one_framing(seen, want)
+            if vector.trailers_up is not None:
+                assert seen.trailers == vector.trailers_up
         await no_ambiguous_reuse(rec, port, h2=True)
 
 
@@ -566,3 +647,262 @@ async def test_ambiguous_upstream_response(
                 await client.send(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
                 assert (await client.response()).body == b"next"
     assert per_connection == [1, 1]  # the upstream connection of /v was never used again
+
+
+# --------------------------------------------------------------------------- issue 14 follow-ups
+
+WS_H2C = b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+
+
+@pytest.mark.parametrize(
+    "upgrade_lines",
+    [
+        b"Upgrade: websocket\r\nUpgrade: h2c\r\n",  # the attacker's bytes
+        b"Upgrade: h2c\r\nUpgrade: websocket\r\n",
+        b"Upgrade: websocket\r\nUpgrade: foo, H2C\r\n",
+    ],
+    ids=["h2c-second", "h2c-first", "h2c-in-a-list"],
+)
+async def test_h2c_in_any_upgrade_line_is_stripped(
+    nursery: trio.Nursery, upgrade_lines: bytes
+) -> None:
+    """Every Upgrade line is read before h2c is taken out. On 0828f59 only the first line
+    was: the upstream got ``upgrade: h2c``, switched, and the client got raw HTTP/2 bytes
+    past routing. The rest of the offer (websocket) still goes up."""
+    rec, port = await recorder_proxy(nursery)
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(WS_H2C + upgrade_lines + b"\r\n")
+            r = await client.response(interim=True)
+            assert (r.status, r.body) == (200, b"for /echo")
+    (seen,) = rec.complete()
+    offered = b",".join(seen.get(b"upgrade")).lower()
+    assert b"h2c" not in offered
+    assert b"websocket" in offered
+
+
+SWITCHED = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n"
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        SWITCHED + b"Upgrade: h2c\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+        SWITCHED + b"Upgrade: websocket, h2c\r\n\r\n",
+        SWITCHED + b"Upgrade: smtp\r\n\r\n",
+        SWITCHED + b"\r\n",
+    ],
+    ids=["h2c", "websocket-and-h2c", "not-offered", "no-upgrade"],
+)
+async def test_a_switch_the_client_did_not_ask_for_is_a_502(
+    nursery: trio.Nursery, response: bytes
+) -> None:
+    """A 101 must switch to what the client offered, never h2c; otherwise the client gets a
+    502 (nothing of the 101 or what followed) and the upstream connection is closed."""
+    up, per_connection = await _scripted(
+        nursery,
+        {
+            b"GET /ws": response,
+            b"GET /next": b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext",
+        },
+    )
+    _, port = await start_proxy(nursery, http_config([to("up")], {"up": up}))
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            )
+            got = await client.read_to_eof()
+            assert got.startswith(b"HTTP/1.1 502 "), got
+            assert b"101" not in got and b"\x00\x00\x04" not in got
+        async with await Client.connect(port) as client:
+            await client.send(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await client.response()).body == b"next"
+    assert per_connection == [1, 1]  # the connection that switched wrongly was closed
+
+
+async def test_connection_cannot_take_off_a_header_a_filter_adds(nursery: trio.Nursery) -> None:
+    """Hop-by-hop fields go before the filters run: a client naming in Connection the header
+    a header_mutation filter adds (the client address the upstream decides on) cannot remove
+    it. On 0828f59 the strip ran after the filters and the upstream got no x-client-ip."""
+    rec = Recorder()
+    up = await start_raw_server(nursery, rec.handler)
+    route = {"match": {"prefix": "/"}, "route": {"cluster_name": "up"}}
+    add = [{"key": "x-client-ip", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}]
+    doc = {
+        "servers": [
+            {
+                "listeners": [
+                    {
+                        "name": "ingress",
+                        "address": "127.0.0.1:0",
+                        "filter_chains": [
+                            {"filters": [{"type": "proxy", "config": {"router_config_name": "r"}}]}
+                        ],
+                        "stream_filters": [
+                            {"type": "header_mutation", "config": {"request": {"add": add}}}
+                        ],
+                    }
+                ],
+                "routers": [
+                    {
+                        "router_config_name": "r",
+                        "virtual_hosts": [{"name": "v", "domains": ["*"], "routers": [route]}],
+                    }
+                ],
+            }
+        ],
+        "cluster_manager": {
+            "clusters": [{"name": "up", "hosts": [{"address": f"127.0.0.1:{up}"}]}]
+        },
+    }
+    _, port = await start_proxy(nursery, parse_config(doc).config)
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(
+                b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: x-client-ip, x-drop\r\n"
+                b"X-Drop: 1\r\nX-Client-IP: 6.6.6.6\r\n\r\n"
+            )
+            assert (await client.response()).body == b"for /a"
+    (seen,) = rec.complete()
+    assert seen.get(b"x-client-ip") == [b"127.0.0.1"]  # the filter's, not the client's
+    assert seen.get(b"x-drop") == [] and seen.get(b"connection") == []
+
+
+async def test_h2_to_h2_host_is_the_authority_never_a_field(nursery: trio.Nursery) -> None:
+    """HTTP/2 to HTTP/2: a client's ``host`` becomes the ``:authority`` when there is none,
+    and is never sent on as a field of its own (two authorities upstream on 0828f59)."""
+    up = await start_h2_upstream(nursery)
+    _, port = await start_proxy(
+        nursery,
+        http_config(
+            [to("up")],
+            {"up": up.port},
+            proxy={"downstream_protocol": "Http2", "upstream_protocol": "Http2"},
+        ),
+    )
+    no_authority = [(":method", "GET"), (":scheme", "http"), (":path", "/echo")]
+    with trio.fail_after(10):
+        async with open_h2_client(port, validate=False) as client:
+            for pseudo, authority in ((no_authority, None), (None, "admin.internal")):
+                sid = await client.send_headers(
+                    "GET",
+                    "/echo",
+                    [("host", "admin.internal")],
+                    end_stream=True,
+                    authority=authority,
+                    pseudo=pseudo,
+                )
+                r = await client.response(sid)
+                assert r.status == 200
+                info = r.json()
+                assert info["authority"] == "admin.internal"
+                assert "host" not in dict(info["headers"])
+    assert up.protocol_errors == []
+
+
+async def test_h2_expect_100_continue_is_answered_by_the_proxy(nursery: trio.Nursery) -> None:
+    """HTTP/2 to HTTP/1: the proxy answers ``expect: 100-continue`` itself (as its HTTP/1
+    side does) and strips it; a client that waits for the 100 before its body is served."""
+    rec, port = await recorder_proxy(
+        nursery, downstream_protocol="Http2", upstream_protocol="Http1"
+    )
+    with trio.fail_after(10):
+        async with open_h2_client(port) as client:
+            sid = await client.send_headers(
+                "POST", "/echo", [("expect", "100-continue"), ("content-length", "5")]
+            )
+            st = client.streams[sid]
+            await client.wait_until(lambda: bool(st.informational))
+            assert [code for code, _ in st.informational] == [100]
+            await client.send_data(sid, b"hello", end_stream=True)
+            r = await client.response(sid)
+            assert (r.status, r.body) == (200, b"for /echo")
+    (seen,) = rec.complete()
+    assert seen.body == b"hello" and seen.get(b"expect") == []
+
+
+async def test_http1_trailers_lose_fields_not_allowed_there(nursery: trio.Nursery) -> None:
+    """HTTP/1 chunked trailers: Host, authentication and the other fields RFC 9110 6.5.1
+    keeps out of trailers are not forwarded (Host went up on 0828f59)."""
+    rec, port = await recorder_proxy(nursery)
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(
+                CHUNKED + b"\r\n5\r\nhello\r\n0\r\nHost: evil\r\nAuthorization: x\r\n"
+                b"Connection: close\r\nX-T: 1\r\n\r\n"
+            )
+            assert (await client.response()).body == b"for /echo"
+    (seen,) = rec.complete()
+    assert (seen.body, seen.trailers) == (b"hello", [(b"x-t", b"1")])
+    assert seen.get(b"host") == [b"x"]
+
+
+async def test_control_characters_from_an_h2_upstream_are_a_502(nursery: trio.Nursery) -> None:
+    """An HTTP/2 upstream's response header value with control characters (llhttp refuses
+    them on HTTP/1) never reaches an HTTP/1 client: 502, and the connection goes on. On
+    0828f59 ``x-a: a\\x01\\x0bb`` was relayed."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    async def evil(stream: trio.SocketStream) -> None:
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        conn = h2.connection.H2Connection(config)
+        conn.initiate_connection()
+        await stream.send_all(conn.data_to_send())
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await stream.receive_some(65536):
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        path = dict(ev.headers)[b":path"]
+                        value = b"a\x01\x0bb" if path == b"/ctl" else b"fine"
+                        head = [(b":status", b"200"), (b"x-a", value), (b"content-length", b"2")]
+                        conn.send_headers(ev.stream_id, head)
+                        conn.send_data(ev.stream_id, b"ok", end_stream=True)
+                await stream.send_all(conn.data_to_send())
+
+    up = await start_raw_server(nursery, evil)
+    _, port = await start_proxy(
+        nursery, http_config([to("up")], {"up": up}, proxy={"upstream_protocol": "Http2"})
+    )
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(b"GET /ctl HTTP/1.1\r\nHost: x\r\n\r\n")
+            r = await client.response()
+            assert r.status == 502 and b"\x01" not in r.raw_head
+            await client.send(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+            r = await client.response()
+            assert (r.status, r.body, r.headers.get("x-a")) == (200, b"ok", "fine")
+
+
+async def test_response_trailers_lose_fields_not_allowed_there(nursery: trio.Nursery) -> None:
+    """An HTTP/1 upstream's response trailers, to an HTTP/1 and to an HTTP/2 client: Host,
+    Content-Type, authentication fields are dropped, the rest is relayed."""
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+        b"Host: evil\r\nContent-Type: x/y\r\nWWW-Authenticate: Basic\r\nX-T: 1\r\n\r\n"
+    )
+    up, _ = await _scripted(nursery, {b"GET /t": chunked})
+    _, port = await start_proxy(nursery, http_config([to("up")], {"up": up}))
+    _, h2_port = await start_proxy(
+        nursery,
+        http_config(
+            [to("up")],
+            {"up": up},
+            proxy={"downstream_protocol": "Http2", "upstream_protocol": "Http1"},
+        ),
+    )
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(b"GET /t HTTP/1.1\r\nHost: x\r\n\r\n")
+            r = await client.response()
+            assert (r.body, list(r.trailers)) == (b"ok", [("x-t", "1")])
+        async with open_h2_client(h2_port) as h2_client:
+            r2 = await h2_client.request("GET", "/t")
+            assert (r2.body, list(r2.trailers)) == (b"ok", [("x-t", "1")])

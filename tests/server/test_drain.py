@@ -140,3 +140,22 @@ async def test_idle_expiry_as_a_request_arrives_serves_it(nursery):
         conn.idle.scope.cancel()
         r = await client.response()
         assert (r.status, r.body) == (200, b"ok")
+
+
+async def test_drain_serves_pipelined_requests_that_had_arrived(nursery):
+    """Requests pipelined in one write, a drain while the first is in flight: every one is
+    answered in order, ``Connection: close`` only on the last (the one after which nothing
+    more had come). On 0828f59 only the first was answered, then EOF."""
+    up, arrived, release = await gated_upstream(nursery)
+    server, port = await start_proxy(nursery, http_config([to("up")], {"up": up}))
+    with trio.fail_after(10):
+        client = await Client.connect(port)
+        await client.send(get("/wait") + get("/2") + get("/3"))
+        await arrived.wait()
+        server.listeners["ingress"].drain()
+        release.set()
+        got = [await client.response() for _ in range(3)]
+        assert [(r.status, r.body) for r in got] == [(200, b"ok")] * 3
+        assert [r.headers.get("connection") for r in got] == [None, None, "close"]
+        assert await client.closed()
+        assert await server.drain(5) is True

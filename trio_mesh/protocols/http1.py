@@ -23,6 +23,8 @@ from typing import Generic, TypeVar
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
 
+from .trailers import trailer_fields
+
 __all__ = [
     "Body",
     "EndOfMessage",
@@ -630,8 +632,9 @@ class RequestParser(_Parser[RequestHead]):
                     connection = value if connection is None else connection + b"," + value
                 elif name == b"expect":
                     expect = value.lower() == b"100-continue"
-                elif upgrade_value is None:
-                    upgrade_value = value
+                else:
+                    # every Upgrade line counts: one left out would pass h2c by _drop_h2c
+                    upgrade_value = value if upgrade_value is None else upgrade_value + b"," + value
         if chunked and (content_length is not None or version == b"1.0"):
             # llhttp refuses CL+TE itself; RFC 9112 6.1: TE in HTTP/1.0 is faulty framing
             raise H1Error(400, "Transfer-Encoding with Content-Length or in HTTP/1.0")
@@ -1014,15 +1017,13 @@ def encode_chunk(data: bytes) -> bytes:
 
 
 def encode_last_chunk(trailers: Iterable[Header] | None = None) -> bytes:
-    """The last chunk, with optional trailer fields (framing fields dropped: RFC 9110 6.5.1
-    forbids them there, and a lenient upstream could take them for the message's own)."""
+    """The last chunk, with optional trailer fields (framing, Host and the other fields RFC
+    9110 6.5.1 forbids there dropped: a lenient upstream could take them for the message's
+    own)."""
     if not trailers:
         return b"0\r\n\r\n"
     parts = [b"0\r\n"]
-    for name, value in trailers:
-        # inline, no call per field: the length test first, lower() allocates
-        if (len(name) == 14 or len(name) == 17) and name.lower() in _FRAMING:
-            continue
+    for name, value in trailer_fields(trailers):
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return _check_lines(b"".join(parts), (len(parts) - 2) // 4 + 2)

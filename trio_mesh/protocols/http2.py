@@ -56,6 +56,8 @@ from h2.stream import StreamClosedBy, StreamState
 from hyperframe.exceptions import HyperframeError, InvalidFrameError
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame
 
+from .trailers import trailer_fields
+
 __all__ = [
     "HOP_BY_HOP",
     "PREFACE",
@@ -322,9 +324,9 @@ _MAX_CONTINUATIONS = 32
 # our HPACK encoder's dynamic table, whatever larger size the peer allows
 _MAX_ENCODER_TABLE = 4096
 # RFC 9113 §8.2.1 / §5.1 of RFC 9110: lowercase token names (pseudo-headers: h2 checks the set);
-# values without NUL, CR, LF (h2 checks surrounding whitespace)
+# values without control characters but HTAB (h2 checks surrounding whitespace)
 _FIELD_NAME = re.compile(rb":?[!#$%&'*+\-.^_`|~0-9a-z]+")
-_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB, and DEL: as llhttp
 _RESET_BY = (StreamClosedBy.SEND_RST_STREAM, StreamClosedBy.RECV_RST_STREAM)
 _NO_CONTENT_STATUSES = frozenset({b"204", b"304"})
 _SENDING_STATES = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
@@ -561,10 +563,15 @@ class H2Connection:
         return max(0, window)  # a lowered INITIAL_WINDOW_SIZE can make it negative
 
     def send_trailers(self, stream_id: int, headers: list[Header]) -> None:
-        """Trailers; they end the stream."""
+        """Trailers, minus the fields RFC 9110 6.5.1 keeps out of them; they end the stream
+        (an empty DATA frame does when no field is left)."""
         if self._gone(stream_id):
             return
-        self._send_head(stream_id, headers, True)
+        headers = trailer_fields(headers)
+        if headers:
+            self._send_head(stream_id, headers, True)
+        else:
+            self.end_stream(stream_id)
 
     def end_stream(self, stream_id: int) -> None:
         """End the stream with an empty DATA frame."""
@@ -1128,8 +1135,8 @@ _CONNECTION_SPECIFIC = frozenset(
 
 def _check_outbound(headers: list[Header]) -> None:
     """What RFC 9113 8.2 allows in a header block we send: lowercase token names, pseudo-
-    headers first, no connection-specific fields, ``te`` only as ``trailers``, no NUL, CR or
-    LF in values. ValueError otherwise."""
+    headers first, no connection-specific fields, ``te`` only as ``trailers``, no control
+    characters but HTAB in values. ValueError otherwise."""
     regular = False
     for name, value in headers:
         if not _FIELD_NAME.fullmatch(name):
@@ -1158,6 +1165,7 @@ def request_from_h2(headers: list[Header]) -> H2Request:
     regular: list[Header] = []
     cookies: list[bytes] = []
     cookie_at = -1
+    host: bytes | None = None
     for name, value in headers:
         if name.startswith(b":"):
             if regular or cookies:
@@ -1171,6 +1179,11 @@ def request_from_h2(headers: list[Header]) -> H2Request:
             if cookie_at < 0:
                 cookie_at = len(regular)
             cookies.append(value)
+        elif name == b"host":
+            # never forwarded as a field of its own: it is the authority (RFC 9113 8.3.1)
+            if host is not None:
+                raise H2HeaderError("more than one host")
+            host = value
         else:
             regular.append((name, value))
     if cookies:
@@ -1179,6 +1192,11 @@ def request_from_h2(headers: list[Header]) -> H2Request:
     if not method:
         raise H2HeaderError("missing :method")
     authority = pseudo.get(b":authority")
+    if host is not None:
+        if not authority:
+            authority = host  # routing and the upstream's Host take it, as Envoy does
+        elif host.lower() != authority.lower():
+            raise H2HeaderError("host differs from :authority")
     if method == b"CONNECT":
         if not authority:
             raise H2HeaderError("CONNECT without :authority")
@@ -1199,7 +1217,8 @@ def request_from_h2(headers: list[Header]) -> H2Request:
         raise H2HeaderError(f"bad :method {method[:64]!r}")
     if _NOT_VISIBLE.search(path):
         raise H2HeaderError(f"bad :path {path[:64]!r}")
-    if authority is not None and _NOT_VISIBLE.search(authority):
+    if authority is not None and (_NOT_VISIBLE.search(authority) or b"@" in authority):
+        # RFC 9113 8.3.1: no userinfo (an HTTP/1 upstream refuses it in a Host)
         raise H2HeaderError(f"bad :authority {authority[:64]!r}")
     regular = _one_content_length(regular)
     return H2Request(method, scheme, authority, path, regular)

@@ -337,8 +337,8 @@ class _Session:
                 self._done(info)
             conn = self.conn
             conn.busy = False
-            if not keep or conn.draining:
-                return
+            if not keep or (conn.draining and not self._request_begun()):
+                return  # draining: what had arrived (pipelined requests) is served first
             self.conn.idle.touch()
             served += 1
 
@@ -404,6 +404,9 @@ class _Session:
             await self._consume_end()  # no body: its EndOfMessage is already parsed
         if head.method == b"CONNECT":
             return await self._local_reply(head, info, CONNECT_REFUSED)
+        # Hop-by-hop fields go as the request is decoded (Envoy's order): what Connection
+        # names cannot take off what routing matched or a filter adds later.
+        head.headers = strip_hop_by_hop(head.headers, keep_upgrade=head.upgrade is not None)
         host = head.host.decode("latin-1") if head.host else ""
         path = head.path.decode("latin-1")
         query = head.query.decode("latin-1")
@@ -602,7 +605,9 @@ class _Session:
         """The upstream request's headers, and whether they carry a Host (when not, each try
         adds its chosen host's address)."""
         config = self.proxy.config
-        headers = strip_hop_by_hop(head.headers, keep_upgrade=head.upgrade is not None)
+        headers = head.headers  # stripped in _handle
+        if self._chain is not None:  # what filters added: hop-by-hop fields still never go
+            headers = strip_hop_by_hop(headers, keep_upgrade=head.upgrade is not None)
         out: list[tuple[bytes, bytes]] = []
         xff = None
         request_id = None
@@ -1053,9 +1058,9 @@ class _Session:
                     done = True
                 elif event.status < 200:
                     if event.status == 101:
-                        if head.upgrade is not None:
+                        if head.upgrade is not None and _switches_to_asked(head.upgrade, event):
                             return await self._upgrade(event, info, route, conn, parser, out)
-                        if not self.response_started:  # a switch nobody asked for
+                        if not self.response_started:  # a switch nobody asked for, or to h2c
                             raise _Fail(BAD_RESPONSE)
                         info.add_flag(Flag.UPSTREAM_PROTOCOL_ERROR)
                         self.stream.abort()
@@ -1134,7 +1139,7 @@ class _Session:
             not head.keep_alive
             or not self.request_done
             or head.upgrade is not None
-            or self.conn.draining
+            or (self.conn.draining and not self._request_begun())
         ):
             close = True
         if close:
@@ -1225,7 +1230,7 @@ class _Session:
         close = (
             close
             or reply.close
-            or self.conn.draining
+            or (self.conn.draining and not self._request_begun())
             or head is None
             or not head.keep_alive
             or not self.request_done
@@ -1279,6 +1284,15 @@ class _Session:
             await self._local_reply(head, info, reply, close=True)
         except _DownstreamGone:
             info.add_flag(Flag.DOWNSTREAM_TERMINATION)
+
+
+def _switches_to_asked(asked: bytes, resp: ResponseHead) -> bool:
+    """A 101 may switch only to protocols the client asked for (RFC 9110 7.8), and never to
+    h2c: the proxy strips that offer, so an upstream switching to it is not to be relayed."""
+    got = b",".join([v for n, v in resp.headers if n == b"upgrade"]).lower()
+    tokens = [t for t in (t.strip(b" \t") for t in got.split(b",")) if t]
+    wanted = {t.strip(b" \t") for t in asked.split(b",")}
+    return bool(tokens) and all(t in wanted and t != b"h2c" for t in tokens)
 
 
 def _informational(resp: ResponseHead) -> bytes:

@@ -817,6 +817,7 @@ class _Stream:
         headers = [(b"host", self._authority(route, host.label_bytes))]
         length: int | None = None
         lengths = 0
+        expect_continue = False
         if self.chain is not None:
             self._chosen(host.label)
         # The framing is the encoder's, from what the codec checked: request_from_h2 left at
@@ -831,6 +832,9 @@ class _Stream:
                     length = int(value)
             elif name == b"te":
                 continue  # "te: trailers" is HTTP/2's business
+            elif name == b"expect":
+                # answered here, as the HTTP/1 side does: the body goes up without waiting
+                expect_continue = value.lower() == b"100-continue"
             else:
                 headers.append((name, value))
         if ended:
@@ -857,6 +861,9 @@ class _Stream:
                 await conn.stream.send_all(wire)
                 if not ended:
                     self.forget_replay()  # streamed, not kept: no retry can resend it
+                    if expect_continue:
+                        expect_continue = False
+                        self.ep.send_headers(self.sid, [(b":status", b"100")])
                     await self._h1_request_body(conn.stream, chunked)
                 reusable = await self._h1_response(route, conn.stream, req.method == b"HEAD")
                 return
