@@ -31,6 +31,11 @@ class ListenerStats(Stats):
         "downstream_rq_5xx",
         # gauge: received bytes buffered now (the listener's buffer budget in use)
         "downstream_cx_rx_bytes_buffered",
+        # gauge: response bytes waiting to be written to clients (counted in the same budgets)
+        "downstream_cx_tx_bytes_buffered",
+        # connections closed because a response owed to a client that was not reading would
+        # have taken a budget past its limit
+        "downstream_cx_tx_buffer_overflow",
         # times a connection stopped reading because a buffer budget was spent
         "downstream_flow_control_paused_reading_total",
         # HTTP/2 connections closed for a frame flood (Envoy's http2.* counters)

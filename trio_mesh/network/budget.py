@@ -9,6 +9,14 @@ complete and no two half-read frames wait on each other. One frame is let in whe
 connection (or the listener) has nothing admitted, so a frame up to the protocol's size limit
 passes even where it exceeds a budget. Beyond the budget, ``used`` can only hold the bytes of
 one read per waiting connection (the read that brought a frame's header).
+
+Responses waiting to be written to a client count too (``queued``, gauge
+``downstream_cx_tx_bytes_buffered``, and in ``admitted``: the connection's reader then stops
+taking requests, as Envoy stops reading a source over a write buffer's high watermark). They
+were read off a shared upstream connection, which must keep being read for everyone else, so a
+response cannot be made to wait: one is always taken when nothing else waits for the client,
+and one that would take a budget past its limit while an earlier one still waits for the
+client (who is not reading) is refused: ``owe`` says so and the caller closes the connection.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from ..stats import ListenerStats
 class ListenerBudget:
     """The buffered bytes of all connections of one listener; `connection` makes each one's."""
 
-    __slots__ = ("_lot", "admitted", "limit", "per_connection", "stats", "used")
+    __slots__ = ("_lot", "admitted", "limit", "per_connection", "queued", "stats", "used")
 
     def __init__(self, limit: int, per_connection: int, stats: ListenerStats | None = None) -> None:
         self.limit = limit
@@ -29,6 +37,7 @@ class ListenerBudget:
         self.stats = stats if stats is not None else ListenerStats()
         self.used = 0
         self.admitted = 0
+        self.queued = 0  # response bytes waiting for their clients
         self._lot = trio.lowlevel.ParkingLot()  # readers waiting for room
 
     def connection(self) -> ConnectionBudget:
@@ -38,13 +47,14 @@ class ListenerBudget:
 class ConnectionBudget:
     """One connection's share; every byte counts against the listener's too."""
 
-    __slots__ = ("admitted", "limit", "listener", "used")
+    __slots__ = ("admitted", "limit", "listener", "queued", "used")
 
     def __init__(self, listener: ListenerBudget) -> None:
         self.listener = listener
         self.limit = listener.per_connection
         self.used = 0
         self.admitted = 0
+        self.queued = 0
 
     def take(self, n: int) -> None:
         """Count ``n`` received bytes now buffered."""
@@ -96,6 +106,27 @@ class ConnectionBudget:
             lst.admitted -= n
             if lst._lot:
                 lst._lot.unpark_all()
+
+    def owe(self, n: int) -> bool:
+        """Count a response of ``n`` bytes to be written to this connection, until ``paid``;
+        False (nothing counted) when earlier ones still wait for the client and this one
+        would take the connection's or the listener's budget past its limit."""
+        lst = self.listener
+        if self.queued and (self.queued + n > self.limit or lst.queued + n > lst.limit):
+            return False
+        self.queued += n
+        lst.queued += n
+        lst.stats.downstream_cx_tx_bytes_buffered = lst.queued
+        self.admit(n)
+        return True
+
+    def paid(self, n: int) -> None:
+        """An owed response's ``n`` bytes are written (or dropped)."""
+        self.queued -= n
+        lst = self.listener
+        lst.queued -= n
+        lst.stats.downstream_cx_tx_bytes_buffered = lst.queued
+        self.unreserve(n)
 
     async def wait_room(self) -> None:
         """Wait while a budget is spent."""

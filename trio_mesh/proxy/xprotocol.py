@@ -40,6 +40,7 @@ from ..network.budget import ConnectionBudget
 from ..network.connect import ConnectError
 from ..network.connection import Connection
 from ..network.relay import CHUNK
+from ..network.throttled_log import ThrottledLog
 from ..network.writer import FrameWriter
 from ..pool.xprotocol import UpstreamLost
 from ..protocols import xprotocol
@@ -47,6 +48,7 @@ from ..protocols.xprotocol import Codec, ErrorKind, Frame, XProtocolError
 from ..upstream import CircuitOpenError, NoHostError
 
 log = logging.getLogger("trio_mesh.proxy")
+_overflow_log = ThrottledLog(log)  # clients decide how often: one line a second at most
 
 
 def configured_codecs(config: ProxyConfig) -> list[Codec]:
@@ -262,6 +264,11 @@ class _XSession:
             if len(buf) > self._held:
                 budget.take(len(buf) - self._held)
                 self._held = len(buf)
+            if not self._admitted and budget.full:
+                # Spent while we were reading (a response came to be owed): what this read
+                # brought is not dispatched until there is room.
+                await self._wait(budget.wait_room())
+                deadline = math.inf
             work += 1
             if work % 64 == 0:
                 await trio.lowlevel.checkpoint()
@@ -423,9 +430,38 @@ class _XSession:
             if not isinstance(filtered, Frame):
                 return filtered
             response = filtered
-        # Written outside the timeout: a frame is never cut short by it (FrameWriter).
-        await self._write(self.codec.set_request_id(response, downstream_id))
+        data = self.codec.set_request_id(response, downstream_id)
+        # Held until the client takes it: counted, and refused over budget (ConnectionBudget.owe).
+        n = len(data)
+        budget = self.budget
+        if not budget.owe(n):
+            self._overflow(n)
+            return None
+        try:
+            # Written outside the timeout: a frame is never cut short by it (FrameWriter).
+            await self._write(data)
+        finally:
+            budget.paid(n)
         return None
+
+    def _overflow(self, n: int) -> None:
+        """A response the client has no room for, while it does not read those before it:
+        close the connection rather than hold them (the shared upstream keeps being read)."""
+        self.proxy.stats.downstream_cx_tx_buffer_overflow += 1
+        _overflow_log.log(
+            logging.INFO,
+            "downstream %s: %s client not reading its responses (%d bytes waiting, %d more), "
+            "closing",
+            self.conn.remote,
+            self.codec.name,
+            self.budget.queued,
+            n,
+        )
+        self.gone = True
+        self._reading.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        self.stream.abort()  # RST: what the kernel holds for it goes too
 
     # ------------------------------------------------------------------ stream filters
 
