@@ -21,6 +21,8 @@ client (who is not reading) is refused: ``owe`` says so and the caller closes th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from ..stats import ListenerStats
@@ -127,6 +129,16 @@ class ConnectionBudget:
         lst.queued -= n
         lst.stats.downstream_cx_tx_bytes_buffered = lst.queued
         self.unreserve(n)
+
+    async def wait_room_holding(self, holding: Callable[[], int]) -> None:
+        """Wait while a budget is spent and this connection still holds something
+        (``holding()``): one that holds nothing may always read, so no connection ever waits
+        on itself, and what it holds leaves as it is passed on."""
+        if self.full and holding():
+            lst = self.listener
+            lst.stats.downstream_flow_control_paused_reading_total += 1
+            while self.full and holding():
+                await lst._lot.park()
 
     async def wait_room(self) -> None:
         """Wait while a budget is spent."""
