@@ -21,7 +21,7 @@ from tests.http_helpers import http_config, start_proxy, start_raw_server
 from tests.test_bolt_proxy import ANY_SERVICE, BoltClient, request
 from trio_mesh.protocols.xprotocol import Codec
 from trio_mesh.protocols.xprotocol import dubbo_frames as df
-from trio_mesh.protocols.xprotocol.bolt import BOLT
+from trio_mesh.protocols.xprotocol.bolt import BOLT, ResponseStatus
 from trio_mesh.protocols.xprotocol.dubbo import DUBBO
 
 MiB = 1024 * 1024
@@ -66,11 +66,11 @@ def request_bytes(codec: Codec, rid: int) -> bytes:
     return bytes(wire)
 
 
-async def setup(nursery: trio.Nursery, codec: Codec, size: int = SIZE):
+async def setup(nursery: trio.Nursery, codec: Codec, size: int = SIZE, listener=None):
     provider = BigAnswers(codec, size)
     up = await start_raw_server(nursery, provider.serve)
     config = http_config(
-        ANY_SERVICE, {"up": up}, proxy={"downstream_protocol": codec.name}
+        ANY_SERVICE, {"up": up}, proxy={"downstream_protocol": codec.name}, listener=listener
     )  # default budgets: 1 MiB per connection, 16 MiB per listener
     server, port = await start_proxy(nursery, config)
     return provider, server.listeners["ingress"].stats, port
@@ -122,7 +122,10 @@ async def test_a_client_that_never_reads_its_big_responses_is_closed_not_buffere
 async def test_a_response_waiting_for_the_client_pauses_reading_until_it_is_taken(nursery):
     # 8 MiB: more than the kernel's buffers on both sides take, so the proxy holds some.
     size = 8 * MiB
-    provider, stats, port = await setup(nursery, BOLT, size)
+    # Room in the listener's budget for the other client's answer too.
+    provider, stats, port = await setup(
+        nursery, BOLT, size, {"listener_buffer_limit_bytes": 32 * MiB}
+    )
     with trio.fail_after(60):
         slow = await client(port, BOLT, rcvbuf=256 * 1024)
         await slow.stream.send_all(request_bytes(BOLT, 1))
@@ -154,3 +157,37 @@ async def test_a_response_waiting_for_the_client_pauses_reading_until_it_is_take
     assert stats.downstream_cx_tx_buffer_overflow == 0
     await trio.testing.wait_all_tasks_blocked(cushion=0.1)
     assert stats.downstream_cx_tx_bytes_buffered == 0
+
+
+async def test_clients_that_never_read_cannot_hold_more_than_the_listener_budget(nursery):
+    # One response each is all a client holding nothing may make the proxy keep; past the
+    # listener's budget, a response is refused (the codec's overflow error) instead of held.
+    size = 8 * MiB
+    listener = {"listener_buffer_limit_bytes": 20 * MiB}
+    provider, stats, port = await setup(nursery, BOLT, size, listener)
+    with trio.fail_after(60):
+        stalled = []
+        for rid in (1, 2):  # 8 + 8 MiB owed: within 20 MiB
+            c = await client(port, BOLT, rcvbuf=256 * 1024)
+            await c.stream.send_all(request_bytes(BOLT, rid))
+            stalled.append(c)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.2)
+        owed = stats.downstream_cx_tx_bytes_buffered
+        assert 2 * size < owed < 2 * size + 200
+
+        # A third 8 MiB would take the listener past 20 MiB: this client gets an error, is
+        # not closed, and nothing more is held.
+        third = await client(port, BOLT)
+        await third.stream.send_all(request_bytes(BOLT, 3))
+        refused = await third.read()
+        assert refused.request_id == 3
+        assert refused.status == ResponseStatus.SERVER_THREADPOOL_BUSY
+        assert stats.downstream_rq_tx_buffer_overflow == 1
+        assert stats.downstream_cx_tx_bytes_buffered == owed
+
+        # Once a stalled client takes its response, there is room again.
+        frame = await stalled[0].read()
+        assert frame.request_id == 1 and len(frame.data) >= size
+        await ask(third, 4, size)
+    assert stats.downstream_cx_tx_buffer_overflow == 0
+    assert provider.connections == 1

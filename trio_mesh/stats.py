@@ -36,6 +36,9 @@ class ListenerStats(Stats):
         # connections closed because a response owed to a client that was not reading would
         # have taken a budget past its limit
         "downstream_cx_tx_buffer_overflow",
+        # responses refused (the RPC codec's overflow error sent instead) because other
+        # clients' responses filled the listener's budget
+        "downstream_rq_tx_buffer_overflow",
         # times a connection stopped reading because a buffer budget was spent
         "downstream_flow_control_paused_reading_total",
         # HTTP/2 connections closed for a frame flood (Envoy's http2.* counters)

@@ -14,9 +14,11 @@ Responses waiting to be written to a client count too (``queued``, gauge
 ``downstream_cx_tx_bytes_buffered``, and in ``admitted``: the connection's reader then stops
 taking requests, as Envoy stops reading a source over a write buffer's high watermark). They
 were read off a shared upstream connection, which must keep being read for everyone else, so a
-response cannot be made to wait: one is always taken when nothing else waits for the client,
-and one that would take a budget past its limit while an earlier one still waits for the
-client (who is not reading) is refused: ``owe`` says so and the caller closes the connection.
+response cannot be made to wait. ``owe`` takes one when nothing else waits for that client
+and the listener has room (or holds no response). One that would take a budget past its limit
+while an earlier one still waits for the client (who is not reading) is ``BEHIND``: the caller
+closes the connection. One that finds the listener's budget spent by other clients' responses
+is ``SPENT``: the caller answers that request with an overflow error instead.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from collections.abc import Callable
 import trio
 
 from ..stats import ListenerStats
+
+# What ``ConnectionBudget.owe`` says of a response.
+OWED = 0  # counted: write it, then ``paid``
+BEHIND = 1  # the client has not taken the earlier ones: close its connection
+SPENT = 2  # other clients' responses fill the listener's budget: refuse this one
 
 
 class ListenerBudget:
@@ -109,18 +116,20 @@ class ConnectionBudget:
             if lst._lot:
                 lst._lot.unpark_all()
 
-    def owe(self, n: int) -> bool:
-        """Count a response of ``n`` bytes to be written to this connection, until ``paid``;
-        False (nothing counted) when earlier ones still wait for the client and this one
-        would take the connection's or the listener's budget past its limit."""
+    def owe(self, n: int) -> int:
+        """Count a response of ``n`` bytes to be written to this connection, until ``paid``
+        (``OWED``), or say why not (``BEHIND``, ``SPENT``; nothing counted)."""
         lst = self.listener
-        if self.queued and (self.queued + n > self.limit or lst.queued + n > lst.limit):
-            return False
+        listener_over = lst.queued and lst.queued + n > lst.limit
+        if self.queued and (listener_over or self.queued + n > self.limit):
+            return BEHIND
+        if listener_over:
+            return SPENT
         self.queued += n
         lst.queued += n
         lst.stats.downstream_cx_tx_bytes_buffered = lst.queued
         self.admit(n)
-        return True
+        return OWED
 
     def paid(self, n: int) -> None:
         """An owed response's ``n`` bytes are written (or dropped)."""

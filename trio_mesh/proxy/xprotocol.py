@@ -36,7 +36,7 @@ from ..filters.stream import (
     StreamFilterChain,
     http_status_to_rpc_error,
 )
-from ..network.budget import ConnectionBudget
+from ..network.budget import BEHIND, OWED, ConnectionBudget
 from ..network.connect import ConnectError
 from ..network.connection import Connection
 from ..network.relay import CHUNK
@@ -434,9 +434,14 @@ class _XSession:
         # Held until the client takes it: counted, and refused over budget (ConnectionBudget.owe).
         n = len(data)
         budget = self.budget
-        if not budget.owe(n):
-            self._overflow(n)
-            return None
+        owed = budget.owe(n)
+        if owed != OWED:
+            if owed == BEHIND:
+                self._overflow(n)
+                return None
+            # SPENT: other clients' responses fill the listener's budget.
+            proxy.stats.downstream_rq_tx_buffer_overflow += 1
+            return ErrorKind.OVERFLOW
         try:
             # Written outside the timeout: a frame is never cut short by it (FrameWriter).
             await self._write(data)
