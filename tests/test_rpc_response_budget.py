@@ -191,3 +191,26 @@ async def test_clients_that_never_read_cannot_hold_more_than_the_listener_budget
         await ask(third, 4, size)
     assert stats.downstream_cx_tx_buffer_overflow == 0
     assert provider.connections == 1
+
+
+async def test_a_client_that_takes_nothing_of_its_response_is_closed_when_idle(nursery):
+    # The one response a client may hold does not stay forever: waiting on the client, its
+    # connection is idle, and the idle timeout (90 s by default, 1 s here) closes it.
+    size = 8 * MiB
+    listener = {"connection_idle_timeout": "1s"}
+    provider, stats, port = await setup(nursery, BOLT, size, listener)
+    with trio.fail_after(20):
+        c = await client(port, BOLT, rcvbuf=256 * 1024)
+        await c.stream.send_all(request_bytes(BOLT, 1))
+        await trio.testing.wait_all_tasks_blocked(cushion=0.2)
+        assert stats.downstream_cx_tx_bytes_buffered > size
+        # Nothing to wait on but the proxy's own timer: look every 50 ms.
+        while stats.downstream_cx_tx_bytes_buffered:
+            await trio.sleep(0.05)
+        assert stats.downstream_cx_idle_timeout == 1
+        got = 0
+        with pytest.raises(trio.BrokenResourceError):  # reset, short of the whole response
+            while data := await c.stream.receive_some(MiB):
+                got += len(data)
+        assert got < size
+    assert provider.received == 1

@@ -274,9 +274,10 @@ class _XSession:
                 await trio.lowlevel.checkpoint()
 
     async def _wait(self, room: Awaitable[None]) -> None:
-        """Wait for budget room: on other requests' answers, not on the client, so the
-        connection is not idle meanwhile."""
-        self.conn.idle.pause()
+        """Wait for budget room: on other requests' answers, so the connection is not idle
+        meanwhile, unless responses wait on the client (then its idle timer runs)."""
+        if not self.budget.queued:
+            self.conn.idle.pause()
         await room
         if not self.in_flight:
             self.conn.idle.touch()
@@ -442,11 +443,17 @@ class _XSession:
             # SPENT: other clients' responses fill the listener's budget.
             proxy.stats.downstream_rq_tx_buffer_overflow += 1
             return ErrorKind.OVERFLOW
+        idle = self.conn.idle
+        if idle.deadline == math.inf:
+            # Waiting on the client now: one that takes nothing for the idle timeout is closed.
+            idle.touch()
         try:
             # Written outside the timeout: a frame is never cut short by it (FrameWriter).
             await self._write(data)
         finally:
             budget.paid(n)
+            if not budget.queued and self.in_flight > 1:
+                idle.pause()  # the others wait on the upstream, bounded by their timeouts
         return None
 
     def _overflow(self, n: int) -> None:
