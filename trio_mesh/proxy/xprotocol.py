@@ -128,6 +128,8 @@ class _XSession:
         self.in_flight = 0
         self._room = trio.Event()  # set when in_flight drops below the limit
         self._writer = FrameWriter(conn.stream)
+        self._writer.on_block = self._blocked
+        self._stalled = False  # the idle timer runs for a write waiting on the client
         self.budget = proxy.budget.connection()
         self._held = 0  # bytes of the read buffer counted in the budget
         self._admitted = 0  # the frame being read, admitted by its header (its size)
@@ -443,18 +445,24 @@ class _XSession:
             # SPENT: other clients' responses fill the listener's budget.
             proxy.stats.downstream_rq_tx_buffer_overflow += 1
             return ErrorKind.OVERFLOW
-        idle = self.conn.idle
-        if idle.deadline == math.inf:
-            # Waiting on the client now: one that takes nothing for the idle timeout is closed.
-            idle.touch()
         try:
             # Written outside the timeout: a frame is never cut short by it (FrameWriter).
             await self._write(data)
         finally:
             budget.paid(n)
-            if not budget.queued and self.in_flight > 1:
-                idle.pause()  # the others wait on the upstream, bounded by their timeouts
+            if self._stalled and not budget.queued:
+                self._stalled = False
+                if self.in_flight > 1:
+                    self.conn.idle.pause()  # the others wait on the upstream, timed apart
         return None
+
+    def _blocked(self) -> None:
+        """A write waits for the client to read: its idle timer runs (paused while requests
+        are in flight), so a client that takes nothing of its responses is closed."""
+        idle = self.conn.idle
+        if idle.deadline == math.inf:
+            idle.touch()
+            self._stalled = True
 
     def _overflow(self, n: int) -> None:
         """A response the client has no room for, while it does not read those before it:
