@@ -450,10 +450,13 @@ class _XSession:
             await self._write(data)
         finally:
             budget.paid(n)
-            if self._stalled and not budget.queued:
-                self._stalled = False
-                if self.in_flight > 1:
-                    self.conn.idle.pause()  # the others wait on the upstream, timed apart
+            if self._stalled:
+                if budget.queued:
+                    self.conn.idle.touch()  # the client took this one: it is reading
+                else:
+                    self._stalled = False
+                    if self.in_flight > 1:
+                        self.conn.idle.pause()  # the others wait on the upstream, timed apart
         return None
 
     def _blocked(self) -> None:
