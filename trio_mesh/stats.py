@@ -30,6 +30,14 @@ class ListenerStats(Stats):
     downstream_rq_5xx: int = 0
     # gauge: received bytes buffered now (the listener's buffer budget in use)
     downstream_cx_rx_bytes_buffered: int = 0
+    # gauge: response bytes waiting to be written to clients (counted in the same budgets)
+    downstream_cx_tx_bytes_buffered: int = 0
+    # connections closed because a response owed to a client that was not reading would
+    # have taken a budget past its limit
+    downstream_cx_tx_buffer_overflow: int = 0
+    # responses refused (the RPC codec's overflow error sent instead) because other
+    # clients' responses filled the listener's budget
+    downstream_rq_tx_buffer_overflow: int = 0
     # times a connection stopped reading because a buffer budget was spent
     downstream_flow_control_paused_reading_total: int = 0
     # HTTP/2 connections closed for a frame flood (Envoy's http2.* counters)

@@ -157,6 +157,10 @@ class XProtocolOptions:
     heartbeat_interval: Duration = Duration(30.0)
     #: ...which, unanswered within this, closes the connection (the next request opens another).
     heartbeat_timeout: Duration = Duration(10.0)
+    #: A response frame begun on an upstream connection must be whole within this, else the
+    #: connection is closed and its requests fail: a provider trickling a frame would otherwise
+    #: hold the shared connection (each byte counts as traffic) and time out every request on it.
+    upstream_frame_timeout: Duration = Duration(10.0)
 
 
 @frozen(kw_only=True)

@@ -167,9 +167,14 @@ class H2Endpoint:
                 with self._read_scope:
                     if prefix:
                         self._receive(prefix)
+                    budget = self.budget
                     while self.dead is None:
                         while self.codec.pending_output + self._writing > READ_PAUSE:
                             await self._send_lot.park()
+                        if budget is not None and self._held and budget.full:
+                            # DATA waits on a slow upstream: the listener's budget bounds it
+                            # (the window bounds one connection only), as the RPC readers do.
+                            await budget.wait_room_holding(self._holding)
                         try:
                             data = await self.stream.receive_some(READ_SIZE)
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -204,6 +209,9 @@ class H2Endpoint:
                 self.budget.give(self._held)
                 self.budget.unreserve(self._held)
                 self._held = 0
+
+    def _holding(self) -> int:
+        return self._held
 
     def _receive(self, data: bytes | memoryview) -> None:
         try:

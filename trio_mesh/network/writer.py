@@ -13,6 +13,8 @@ and every later send fails; the peer sees a reset, not garbage.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from .stream import Stream, _mapped
@@ -21,11 +23,13 @@ _wait_writable = trio.lowlevel.wait_writable
 
 
 class FrameWriter:
-    __slots__ = ("_busy", "_waiting", "broken", "stream")
+    __slots__ = ("_busy", "_waiting", "broken", "on_block", "stream")
 
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
         self.broken = False
+        #: Called when a send must wait for the peer to read (the slow path only).
+        self.on_block: Callable[[], None] | None = None
         self._busy = False
         self._waiting = trio.lowlevel.ParkingLot()
 
@@ -46,6 +50,8 @@ class FrameWriter:
                 try:
                     sent += sock.send(view[sent:] if sent else view)
                 except BlockingIOError:
+                    if self.on_block is not None:
+                        self.on_block()
                     await _wait_writable(sock)
                 except OSError as exc:
                     raise _mapped(exc) from exc

@@ -12,6 +12,7 @@ alive with protocol heartbeats and closed when one goes unanswered.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 
@@ -113,12 +114,28 @@ class XConnection:
                 nursery.cancel_scope.cancel()
 
     async def _read(self) -> None:
+        # A frame begun must be whole within upstream_frame_timeout: one scope for the whole
+        # loop, its deadline set while a frame is partly read (no scope per read).
+        timeout = self.options.upstream_frame_timeout
+        with trio.CancelScope() as frame_scope:
+            await self._read_frames(frame_scope)
+        if frame_scope.cancelled_caught:
+            log.warning(
+                "upstream %s: a response frame not complete within %ss, closing the connection",
+                self.codec.name,
+                timeout,
+            )
+            self.close(f"a frame not complete within {timeout}s")
+
+    async def _read_frames(self, frame_scope: trio.CancelScope) -> None:
         codec = self.codec
         limit = self.options.max_frame_bytes
+        timeout = self.options.upstream_frame_timeout
         buf = bytearray()
         stream = self.stream
         want = CHUNK
         work = 0  # frames decoded and reads made: a yield every so many of either
+        begun = False  # a frame is partly read: frame_scope has its deadline
         while True:
             try:
                 data = await stream.receive_some(want)
@@ -150,6 +167,9 @@ class XConnection:
                     buf = bytearray()  # the frame may have taken it as its own bytes
                 else:
                     del buf[:used]
+                if begun:  # whole in time; what is left is a frame begun now
+                    frame_scope.deadline = math.inf
+                    begun = False
                 work += 1
                 if work % 64 == 0:
                     await trio.lowlevel.checkpoint()
@@ -165,6 +185,9 @@ class XConnection:
                     slot.frame = frame
                     slot.event.set()
                 # else: a response to a request given up on (timed out): dropped
+            if buf and not begun:
+                frame_scope.deadline = trio.current_time() + timeout
+                begun = True
 
     async def _keepalive(self) -> None:
         interval = self.options.heartbeat_interval

@@ -38,9 +38,10 @@ from ..filters.stream import (
     RequestContext,
     StreamFilterChain,
 )
-from ..network.budget import ConnectionBudget
+from ..network.budget import BEHIND, OWED, ConnectionBudget
 from ..network.connection import Connection
 from ..network.relay import CHUNK
+from ..network.throttled_log import ThrottledLog
 from ..network.writer import FrameWriter
 from ..protocols import xprotocol
 from ..protocols.xprotocol import Codec, Frame, XProtocolError
@@ -56,10 +57,12 @@ from .replies import (
     NO_ROUTE,
     OVERFLOW,
     TIMEOUT,
+    Flag,
     Reply,
 )
 
 log = logging.getLogger("trio_mesh.proxy")
+_overflow_log = ThrottledLog(log)  # clients decide how often: one line a second at most
 
 
 def configured_codecs(config: ProxyConfig) -> list[Codec]:
@@ -141,6 +144,8 @@ class _XSession:
         self.in_flight = 0
         self._room = trio.Event()  # set when in_flight drops below the limit
         self._writer = FrameWriter(conn.stream)
+        self._writer.on_block = self._blocked
+        self._stalled = False  # the idle timer runs for a write waiting on the client
         self.budget = proxy.budget.connection()
         self._held = 0  # bytes of the read buffer counted in the budget
         self._admitted = 0  # the frame being read, admitted by its header (its size)
@@ -283,14 +288,20 @@ class _XSession:
             if len(buf) > self._held:
                 budget.take(len(buf) - self._held)
                 self._held = len(buf)
+            if not self._admitted and budget.full:
+                # Spent while we were reading (a response came to be owed): what this read
+                # brought is not dispatched until there is room.
+                await self._wait(budget.wait_room())
+                deadline = math.inf
             work += 1
             if work % 64 == 0:
                 await trio.lowlevel.checkpoint()
 
     async def _wait(self, room: Awaitable[None]) -> None:
-        """Wait for budget room: on other requests' answers, not on the client, so the
-        connection is not idle meanwhile."""
-        self.conn.idle.pause()
+        """Wait for budget room: on other requests' answers, so the connection is not idle
+        meanwhile, unless responses wait on the client (then its idle timer runs)."""
+        if not self.budget.queued:
+            self.conn.idle.pause()
         await room
         if not self.in_flight:
             self.conn.idle.touch()
@@ -461,9 +472,59 @@ class _XSession:
             response = filtered
         # MOSN's mapping of an RPC response to an HTTP status (its access log and stats).
         record.response_code = 200 if self.codec.is_success(response) else 500
-        # Written outside the timeout: a frame is never cut short by it (FrameWriter).
-        await self._reply(self.codec.set_request_id(response, downstream_id), record)
+        data = self.codec.set_request_id(response, downstream_id)
+        # Held until the client takes it: counted, and refused over budget (ConnectionBudget.owe).
+        n = len(data)
+        budget = self.budget
+        owed = budget.owe(n)
+        if owed != OWED:
+            if owed == BEHIND:
+                record.add_flag(Flag.DOWNSTREAM_TERMINATION)
+                self._overflow(n)
+                return None
+            # SPENT: other clients' responses fill the listener's budget.
+            proxy.stats.downstream_rq_tx_buffer_overflow += 1
+            return OVERFLOW
+        try:
+            # Written outside the timeout: a frame is never cut short by it (FrameWriter).
+            await self._reply(data, record)
+        finally:
+            budget.paid(n)
+            if self._stalled:
+                if budget.queued:
+                    self.conn.idle.touch()  # the client took this one: it is reading
+                else:
+                    self._stalled = False
+                    if self.in_flight > 1:
+                        self.conn.idle.pause()  # the others wait on the upstream, timed apart
         return None
+
+    def _blocked(self) -> None:
+        """A write waits for the client to read: its idle timer runs (paused while requests
+        are in flight), so a client that takes nothing of its responses is closed."""
+        idle = self.conn.idle
+        if idle.deadline == math.inf:
+            idle.touch()
+            self._stalled = True
+
+    def _overflow(self, n: int) -> None:
+        """A response the client has no room for, while it does not read those before it:
+        close the connection rather than hold them (the shared upstream keeps being read)."""
+        self.proxy.stats.downstream_cx_tx_buffer_overflow += 1
+        _overflow_log.log(
+            logging.INFO,
+            "downstream %s: %s client not reading its responses (%d bytes waiting, %d more), "
+            "closing",
+            self.conn.remote,
+            self.codec.name,
+            self.budget.queued,
+            n,
+        )
+        self.gone = True
+        self._reading.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        self.stream.abort()  # RST: what the kernel holds for it goes too
 
     # ------------------------------------------------------------------ stream filters
 
