@@ -1,0 +1,173 @@
+"""trio-floor-h2: the least a correct h2c relay does, on trio-mesh's runtime and h2 library.
+
+h2c (prior knowledge) on both sides, one upstream connection per downstream connection, one
+task per stream with a bounded channel fed by the two connection readers, no routing.
+Headers, data and trailers are forwarded as h2 parsed and validated them, data within both
+peers' flow-control windows (received data is acknowledged once forwarded). ``python -m
+bench.floor_h2 --port P --upstream HOST:PORT``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events as ev
+import h2.exceptions
+import trio
+
+from trio_mesh.network.stream import Stream
+
+from .floor_net import Address, connect, main, serve
+
+_YIELD_EVERY = 16  # reads of data always ready between checkpoints: others must get a turn
+_STREAM_EVENTS = 16  # per-stream channel: a full one stops its connection's reader
+_DOWN, _UP = False, True  # which connection an event came from
+
+
+class _Side:
+    """One h2 connection and its socket; whichever task has frames flushes them, in order."""
+
+    def __init__(self, stream: Stream, client: bool) -> None:
+        config = h2.config.H2Configuration(
+            client_side=client,
+            header_encoding=None,
+            validate_outbound_headers=False,  # what goes out was validated coming in
+            normalize_outbound_headers=False,
+        )
+        self.h2 = h2.connection.H2Connection(config)
+        self.stream = stream
+        self.flushing = False
+        self.window = trio.Event()  # set (and replaced) when the peer opens a window
+
+    async def flush(self) -> None:
+        if self.flushing:  # the task sending now sends these frames too, in order
+            return
+        self.flushing = True
+        try:
+            while data := self.h2.data_to_send():
+                await self.stream.send_all(data)
+        finally:
+            self.flushing = False
+
+    def opened(self) -> None:
+        self.window.set()
+        self.window = trio.Event()
+
+    async def send_data(self, sid: int, data: bytes) -> None:
+        while data:
+            n = min(self.h2.local_flow_control_window(sid), self.h2.max_outbound_frame_size)
+            if n <= 0:
+                await self.flush()
+                await self.window.wait()
+                continue
+            self.h2.send_data(sid, data[:n])
+            data = data[n:]
+
+
+async def _stream(down: _Side, up: _Side, did: int, uid: int, up_ended: bool, receive: Any) -> None:
+    """One stream: the request's remaining events up, the response's down, until the
+    response ends or either side resets the stream."""
+    ended = {_UP: up_ended, _DOWN: False}  # whether the stream toward that side has ended
+    async with receive:
+        async for source, event in receive:
+            to, sid, frm, fsid = (up, uid, down, did) if source is _DOWN else (down, did, up, uid)
+            target = not source
+            if isinstance(event, ev.ResponseReceived | ev.TrailersReceived):
+                end = event.stream_ended is not None
+                to.h2.send_headers(sid, event.headers, end_stream=end)
+                ended[target] = end
+            elif isinstance(event, ev.DataReceived):
+                await to.send_data(sid, event.data)
+                frm.h2.acknowledge_received_data(event.flow_controlled_length, fsid)
+                await frm.flush()
+            elif isinstance(event, ev.StreamEnded) and not ended[target]:
+                to.h2.end_stream(sid)
+                ended[target] = True
+            elif isinstance(event, ev.StreamReset):
+                to.h2.reset_stream(sid, event.error_code)
+                await to.flush()
+                return
+            await to.flush()
+            if source is _UP and isinstance(event, ev.StreamEnded):
+                return
+
+
+async def _read(side: _Side, source: bool, routes: dict[int, Any], on_new: Any) -> None:
+    """A connection's reader: events to their stream's channel, new requests to ``on_new``."""
+    reads = 0
+    while data := await side.stream.receive_some():
+        reads += 1
+        if reads % _YIELD_EVERY == 0:
+            await trio.lowlevel.checkpoint()
+        for event in side.h2.receive_data(data):
+            if isinstance(event, ev.RequestReceived):
+                await on_new(event)
+            elif isinstance(event, ev.WindowUpdated | ev.RemoteSettingsChanged):
+                side.opened()
+            elif isinstance(event, ev.ConnectionTerminated):
+                return
+            elif (sid := getattr(event, "stream_id", None)) is not None:
+                channel = routes.get(sid)
+                if channel is not None:
+                    await channel.send((source, event))
+                elif isinstance(event, ev.DataReceived):  # a stream that is gone: free window
+                    side.h2.acknowledge_received_data(event.flow_controlled_length, sid)
+        await side.flush()
+
+
+async def relay(upstream: Address, stream: Stream) -> None:
+    down, up = _Side(stream, client=False), _Side(await connect(upstream), client=True)
+    by_down: dict[int, Any] = {}
+    by_up: dict[int, Any] = {}
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def on_request(event: ev.RequestReceived) -> None:
+                did, uid = event.stream_id, up.h2.get_next_available_stream_id()
+                send, receive = trio.open_memory_channel[tuple[bool, Any]](_STREAM_EVENTS)
+                by_down[did] = by_up[uid] = send
+                end = event.stream_ended is not None
+                up.h2.send_headers(uid, event.headers, end_stream=end)
+                nursery.start_soon(_run_stream, did, uid, end, receive)
+
+            async def _run_stream(did: int, uid: int, end: bool, receive: Any) -> None:
+                try:
+                    await up.flush()
+                    await _stream(down, up, did, uid, end, receive)
+                except h2.exceptions.StreamClosedError:
+                    pass  # reset by a peer meanwhile
+                finally:
+                    by_down.pop(did).close()
+                    del by_up[uid]
+
+            down.h2.initiate_connection()
+            up.h2.initiate_connection()
+            await up.flush()
+            nursery.start_soon(_read_up, up, by_up, nursery.cancel_scope)
+            await _read(down, _DOWN, by_down, on_request)
+            nursery.cancel_scope.cancel()
+    finally:
+        up.stream.close()
+
+
+async def _read_up(up: _Side, by_up: dict[int, Any], scope: trio.CancelScope) -> None:
+    async def refuse(event: ev.RequestReceived) -> None:
+        up.h2.reset_stream(event.stream_id)  # a server push we never enabled
+
+    try:
+        await _read(up, _UP, by_up, refuse)
+    finally:
+        scope.cancel()  # no upstream: the downstream connection ends too
+
+
+async def run(
+    port: int, upstream: Address, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    await serve(port, functools.partial(relay, upstream), task_status=task_status)
+
+
+if __name__ == "__main__":
+    main(__doc__.splitlines()[0], run)
