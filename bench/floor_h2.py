@@ -28,7 +28,8 @@ _DOWN, _UP = False, True  # which connection an event came from
 
 
 class _Side:
-    """One h2 connection and its socket; whichever task has frames flushes them, in order."""
+    """One h2 connection and its socket. Tasks that made frames ``wake`` the side's writer,
+    which runs after them and sends all their frames in one write."""
 
     def __init__(self, stream: Stream, client: bool) -> None:
         config = h2.config.H2Configuration(
@@ -39,18 +40,18 @@ class _Side:
         )
         self.h2 = h2.connection.H2Connection(config)
         self.stream = stream
-        self.flushing = False
+        self.dirty = trio.Event()
         self.window = trio.Event()  # set (and replaced) when the peer opens a window
 
-    async def flush(self) -> None:
-        if self.flushing:  # the task sending now sends these frames too, in order
-            return
-        self.flushing = True
-        try:
+    def wake(self) -> None:
+        self.dirty.set()
+
+    async def writer(self) -> None:
+        while True:
+            await self.dirty.wait()
+            self.dirty = trio.Event()
             while data := self.h2.data_to_send():
                 await self.stream.send_all(data)
-        finally:
-            self.flushing = False
 
     def opened(self) -> None:
         self.window.set()
@@ -60,7 +61,7 @@ class _Side:
         while data:
             n = min(self.h2.local_flow_control_window(sid), self.h2.max_outbound_frame_size)
             if n <= 0:
-                await self.flush()
+                self.wake()
                 await self.window.wait()
                 continue
             self.h2.send_data(sid, data[:n])
@@ -82,15 +83,15 @@ async def _stream(down: _Side, up: _Side, did: int, uid: int, up_ended: bool, re
             elif isinstance(event, ev.DataReceived):
                 await to.send_data(sid, event.data)
                 frm.h2.acknowledge_received_data(event.flow_controlled_length, fsid)
-                await frm.flush()
+                frm.wake()
             elif isinstance(event, ev.StreamEnded) and not ended[target]:
                 to.h2.end_stream(sid)
                 ended[target] = True
             elif isinstance(event, ev.StreamReset):
                 to.h2.reset_stream(sid, event.error_code)
-                await to.flush()
+                to.wake()
                 return
-            await to.flush()
+            to.wake()
             if source is _UP and isinstance(event, ev.StreamEnded):
                 return
 
@@ -102,7 +103,11 @@ async def _read(side: _Side, source: bool, routes: dict[int, Any], on_new: Any) 
         reads += 1
         if reads % _YIELD_EVERY == 0:
             await trio.lowlevel.checkpoint()
-        for event in side.h2.receive_data(data):
+        try:
+            events = side.h2.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            return await side.stream.send_all(side.h2.data_to_send())  # h2's GOAWAY
+        for event in events:
             if isinstance(event, ev.RequestReceived):
                 await on_new(event)
             elif isinstance(event, ev.WindowUpdated | ev.RemoteSettingsChanged):
@@ -115,7 +120,8 @@ async def _read(side: _Side, source: bool, routes: dict[int, Any], on_new: Any) 
                     await channel.send((source, event))
                 elif isinstance(event, ev.DataReceived):  # a stream that is gone: free window
                     side.h2.acknowledge_received_data(event.flow_controlled_length, sid)
-        await side.flush()
+        if side.h2._data_to_send:  # settings ACKs, pings, window updates (private: no peek)
+            side.wake()
 
 
 async def relay(upstream: Address, stream: Stream) -> None:
@@ -131,11 +137,11 @@ async def relay(upstream: Address, stream: Stream) -> None:
                 by_down[did] = by_up[uid] = send
                 end = event.stream_ended is not None
                 up.h2.send_headers(uid, event.headers, end_stream=end)
+                up.wake()
                 nursery.start_soon(_run_stream, did, uid, end, receive)
 
             async def _run_stream(did: int, uid: int, end: bool, receive: Any) -> None:
                 try:
-                    await up.flush()
                     await _stream(down, up, did, uid, end, receive)
                 except h2.exceptions.StreamClosedError:
                     pass  # reset by a peer meanwhile
@@ -145,7 +151,9 @@ async def relay(upstream: Address, stream: Stream) -> None:
 
             down.h2.initiate_connection()
             up.h2.initiate_connection()
-            await up.flush()
+            for side in (down, up):
+                side.wake()
+                nursery.start_soon(side.writer)
             nursery.start_soon(_read_up, up, by_up, nursery.cancel_scope)
             await _read(down, _DOWN, by_down, on_request)
             nursery.cancel_scope.cancel()

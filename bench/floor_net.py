@@ -61,7 +61,7 @@ async def serve(
 async def _connection(down: Stream, handler: Handler) -> None:
     try:
         await handler(down)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectError):
+    except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectError):
         pass  # a peer went away or the upstream is down: close the connection
     finally:
         down.close()

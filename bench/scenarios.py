@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import h2, load, nginx
+from . import h1, h2, load, nginx
 from .contenders import Contender, Running, Workdir, start
 from .procs import NotReady, Processes, tree_cpu_seconds, tree_hwm_kib, tree_rss_kib
 
@@ -151,7 +151,10 @@ class Bench:
         return running
 
     def _check(self, scenario: Scenario, r: Running) -> str | None:
-        """One request of the scenario's kind, checked in full (h2load scenarios only)."""
+        """Requests of the scenario's kind, checked in full (load scenarios only)."""
+        if scenario.kind in ("wrk", "rate"):
+            problem = h1.check(r.port, scenario.path, scenario.post)
+            return f"check failed: {problem}" if problem else None
         if scenario.kind != "h2load":
             return None
         if scenario.grpc:
