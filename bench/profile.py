@@ -1,6 +1,7 @@
 """``python -m bench.profile SCENARIO --contender NAME``: where one contender's time goes under
 one scenario's load, with cProfile (the contender runs under ``python -m cProfile``) or py-spy
-(sampling the running process, native frames off).
+(sampling the running process, native frames off). cProfile charges the thread's CPU time
+by default (``--timer wall`` for wall time).
 
 Starts the scenario's upstream and the contender like ``python -m bench`` does, warms it up
 for a second, loads it for ``--seconds`` (wrk, h2load or bench.bolt_load as in the bench),
@@ -44,6 +45,18 @@ from .procs import Processes, free_port, raise_nofile_limit, tree_cpu_seconds, w
 from .scenarios import H2_SCENARIOS, SCENARIOS, Bench, Settings
 
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
+# ``python -m cProfile`` with a chosen clock: argv is ``-c CODE MODULE ARGS...``.
+_CPROFILE = """\
+import cProfile, runpy, sys, time
+sys.argv = sys.argv[1:]
+profile = cProfile.Profile({timer})
+try:
+    profile.runcall(runpy.run_module, sys.argv[0], run_name="__main__", alter_sys=True)
+except KeyboardInterrupt:
+    pass
+finally:
+    profile.dump_stats({out!r})
+"""
 
 
 def _tables(scenario: str) -> tuple[dict, dict, str]:  # type: ignore[type-arg]
@@ -62,6 +75,19 @@ def cprofile_report(path: Path, top: int) -> str:
     return out.getvalue()
 
 
+def _function(frame: str) -> str:
+    """``name (path/file.py:line)`` -> ``name (file.py)``: shares per function, not line."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.rsplit('/', 1)[-1].rsplit(':', 1)[0]})"
+
+
+def _cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process (its own threads, not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def pyspy_report(path: Path, top: int) -> str:
     """Own and total shares per function from py-spy's collapsed stacks (``--format raw``)."""
     own: collections.Counter[str] = collections.Counter()
@@ -72,7 +98,7 @@ def pyspy_report(path: Path, top: int) -> str:
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        frames = [f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1] for f in stack.split(";")]
+        frames = [_function(f) for f in stack.split(";")]
         samples += n
         own[frames[-1]] += n
         for frame in set(frames):
@@ -90,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contender", required=True)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--tool", choices=("cprofile", "py-spy"), default="cprofile")
+    parser.add_argument(
+        "--timer",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="cProfile's clock: the thread's CPU time (default: on a shared machine a wall"
+        " clock charges a syscall for the time the process waited for a core) or wall time",
+    )
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()))
     args = parser.parse_args(argv)
@@ -123,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.tool == "cprofile":
             if cmd[1] != "-m":
                 parser.error(f"{args.contender} is not a python -m command: {cmd}")
-            cmd = [cmd[0], "-m", "cProfile", "-o", str(raw), *cmd[1:]]
+            timer = "time.thread_time" if args.timer == "cpu" else "time.perf_counter"
+            cmd = [cmd[0], "-c", _CPROFILE.format(timer=timer, out=str(raw)), *cmd[2:]]
         child = procs.start(args.contender, cmd, env=launch.env, cwd=REPO_ROOT)
         wait_ready(child, port, timeout=60, status=contender.status)
         running = Running(contender, child, port)
@@ -133,9 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             spy_argv = [PY_SPY, "record", "--format", "raw", "-o", str(raw), "--pid"]
             spy_argv += [str(child.pid), "-d", str(args.seconds), "-r", "200", "--nonblocking"]
             spy = subprocess.Popen(spy_argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        cpu0 = tree_cpu_seconds(child.pid)
+        cpu0, split0 = tree_cpu_seconds(child.pid), _cpu_split(child.pid)
         result = bench._load(scenario, running, args.seconds, None)
-        cpu = tree_cpu_seconds(child.pid) - cpu0
+        cpu, split = tree_cpu_seconds(child.pid) - cpu0, _cpu_split(child.pid)
         if spy is not None:
             _, err = spy.communicate(timeout=args.seconds + 30)
             if spy.returncode:
@@ -146,10 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         procs.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    per_request = cpu / result.requests * 1e6 if result.requests else 0.0
+    n = result.requests or 1
+    user, system = ((split[i] - split0[i]) / n * 1e6 for i in (0, 1))
     print(
         f"{args.contender} {args.scenario} under {args.tool}: {result.rps:,.0f} req/s, "
-        f"{result.requests} requests, {per_request:.0f} us CPU per request (profiler included)"
+        f"{result.requests} requests, {cpu / n * 1e6:.0f} us CPU per request (user {user:.0f},"
+        f" system {system:.0f}; the profiler's cost included)"
     )
     report = cprofile_report if args.tool == "cprofile" else pyspy_report
     print(report(raw, args.top))
