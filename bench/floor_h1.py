@@ -3,7 +3,8 @@
 One upstream connection per downstream connection, no routing, httptools on both sides, the
 same socket ``Stream``. Requests go up one at a time, in order; heads are rebuilt from the
 parse with the relay's own framing (Content-Length or chunked) and without hop-by-hop fields.
-Out of scope: upgrades and CONNECT (501), timeouts. ``python -m bench.floor_h1 --port P
+Out of scope: upgrades and CONNECT (501), timeouts, answering ``Expect: 100-continue`` (the
+upstream's 100 is relayed once the body is in). ``python -m bench.floor_h1 --port P
 --upstream HOST:PORT``.
 """
 
