@@ -115,11 +115,11 @@ async def _read(side: _Side, source: bool, routes: dict[int, Any], on_new: Any) 
             elif isinstance(event, ev.ConnectionTerminated):
                 return
             elif (sid := getattr(event, "stream_id", None)) is not None:
-                channel = routes.get(sid)
-                if channel is not None:
-                    await channel.send((source, event))
-                elif isinstance(event, ev.DataReceived):  # a stream that is gone: free window
-                    side.h2.acknowledge_received_data(event.flow_controlled_length, sid)
+                try:
+                    await routes[sid].send((source, event))
+                except (KeyError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    if isinstance(event, ev.DataReceived):  # its stream is done: free window
+                        side.h2.acknowledge_received_data(event.flow_controlled_length, sid)
         if side.h2._data_to_send:  # settings ACKs, pings, window updates (private: no peek)
             side.wake()
 
