@@ -1,10 +1,10 @@
 """trio-floor-h2: the least a correct h2c relay does, on trio-mesh's runtime and h2 library.
 
-h2c (prior knowledge) on both sides, one upstream connection per downstream connection, one
-task per stream with a bounded channel fed by the two connection readers, no routing.
-Headers, data and trailers are forwarded as h2 parsed and validated them, data within both
-peers' flow-control windows (received data is acknowledged once forwarded). ``python -m
-bench.floor_h2 --port P --upstream HOST:PORT``.
+h2c (prior knowledge) on both sides, every client's streams on one shared upstream
+connection (as a mesh's pool would), one task per stream with a bounded channel fed by the
+two connection readers, no routing. Headers, data and trailers are forwarded as h2 parsed
+and validated them, data within both peers' flow-control windows (received data is
+acknowledged once forwarded). ``python -m bench.floor_h2 --port P --upstream HOST:PORT``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events as ev
 import h2.exceptions
 import trio
@@ -73,7 +74,11 @@ async def _stream(down: _Side, up: _Side, did: int, uid: int, up_ended: bool, re
     response ends or either side resets the stream."""
     ended = {_UP: up_ended, _DOWN: False}  # whether the stream toward that side has ended
     async with receive:
-        async for source, event in receive:
+        while True:
+            try:  # what is queued without a yield per event (trio's receive() checkpoints)
+                source, event = receive.receive_nowait()
+            except trio.WouldBlock:
+                source, event = await receive.receive()
             to, sid, frm, fsid = (up, uid, down, did) if source is _DOWN else (down, did, up, uid)
             target = not source
             if isinstance(event, ev.ResponseReceived | ev.TrailersReceived):
@@ -115,8 +120,11 @@ async def _read(side: _Side, source: bool, routes: dict[int, Any], on_new: Any) 
             elif isinstance(event, ev.ConnectionTerminated):
                 return
             elif (sid := getattr(event, "stream_id", None)) is not None:
-                try:
-                    await routes[sid].send((source, event))
+                try:  # trio's send() checkpoints: only when the channel is full
+                    try:
+                        routes[sid].send_nowait((source, event))
+                    except trio.WouldBlock:
+                        await routes[sid].send((source, event))
                 except (KeyError, trio.BrokenResourceError, trio.ClosedResourceError):
                     if isinstance(event, ev.DataReceived):  # its stream is done: free window
                         side.h2.acknowledge_received_data(event.flow_controlled_length, sid)
@@ -124,57 +132,66 @@ async def _read(side: _Side, source: bool, routes: dict[int, Any], on_new: Any) 
             side.wake()
 
 
-async def relay(upstream: Address, stream: Stream) -> None:
-    down, up = _Side(stream, client=False), _Side(await connect(upstream), client=True)
+async def relay(up: _Side, by_up: dict[int, Any], stream: Stream) -> None:
+    """One client connection; its streams go over the shared upstream connection ``up``."""
+    down = _Side(stream, client=False)
     by_down: dict[int, Any] = {}
-    by_up: dict[int, Any] = {}
-    try:
-        async with trio.open_nursery() as nursery:
+    async with trio.open_nursery() as nursery:
 
-            async def on_request(event: ev.RequestReceived) -> None:
-                did, uid = event.stream_id, up.h2.get_next_available_stream_id()
-                send, receive = trio.open_memory_channel[tuple[bool, Any]](_STREAM_EVENTS)
-                by_down[did] = by_up[uid] = send
-                end = event.stream_ended is not None
+        async def on_request(event: ev.RequestReceived) -> None:
+            did, end = event.stream_id, event.stream_ended is not None
+            try:
+                uid = up.h2.get_next_available_stream_id()
                 up.h2.send_headers(uid, event.headers, end_stream=end)
-                up.wake()
-                nursery.start_soon(_run_stream, did, uid, end, receive)
+            except h2.exceptions.TooManyStreamsError:  # the upstream's limit: try again later
+                down.h2.reset_stream(did, h2.errors.ErrorCodes.REFUSED_STREAM)
+                return down.wake()
+            up.wake()
+            send, receive = trio.open_memory_channel[tuple[bool, Any]](_STREAM_EVENTS)
+            by_down[did] = by_up[uid] = send
+            nursery.start_soon(_run_stream, did, uid, end, receive)
 
-            async def _run_stream(did: int, uid: int, end: bool, receive: Any) -> None:
-                try:
-                    await _stream(down, up, did, uid, end, receive)
-                except h2.exceptions.StreamClosedError:
-                    pass  # reset by a peer meanwhile
-                finally:
-                    by_down.pop(did).close()
-                    del by_up[uid]
+        async def _run_stream(did: int, uid: int, end: bool, receive: Any) -> None:
+            try:
+                await _stream(down, up, did, uid, end, receive)
+            except (h2.exceptions.StreamClosedError, trio.EndOfChannel):
+                pass  # reset by a peer meanwhile
+            finally:
+                by_down.pop(did).close()
+                del by_up[uid]
+                if up.h2.streams.get(uid) is not None and not up.h2.streams[uid].closed:
+                    up.h2.reset_stream(uid)  # the client went away: free the upstream stream
+                    up.wake()
 
-            down.h2.initiate_connection()
-            up.h2.initiate_connection()
-            for side in (down, up):
-                side.wake()
-                nursery.start_soon(side.writer)
-            nursery.start_soon(_read_up, up, by_up, nursery.cancel_scope)
-            await _read(down, _DOWN, by_down, on_request)
-            nursery.cancel_scope.cancel()
-    finally:
-        up.stream.close()
-
-
-async def _read_up(up: _Side, by_up: dict[int, Any], scope: trio.CancelScope) -> None:
-    async def refuse(event: ev.RequestReceived) -> None:
-        up.h2.reset_stream(event.stream_id)  # a server push we never enabled
-
-    try:
-        await _read(up, _UP, by_up, refuse)
-    finally:
-        scope.cancel()  # no upstream: the downstream connection ends too
+        down.h2.initiate_connection()
+        down.wake()
+        nursery.start_soon(down.writer)
+        await _read(down, _DOWN, by_down, on_request)
+        nursery.cancel_scope.cancel()
 
 
 async def run(
     port: int, upstream: Address, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    await serve(port, functools.partial(relay, upstream), task_status=task_status)
+    """Serve on ``port``, every client's streams multiplexed on one upstream connection (as a
+    mesh's pool would); the upstream closing ends the relay."""
+    up = _Side(await connect(upstream), client=True)
+    by_up: dict[int, Any] = {}
+
+    async def refuse(event: ev.RequestReceived) -> None:
+        up.h2.reset_stream(event.stream_id)  # a server push, never enabled
+
+    try:
+        async with trio.open_nursery() as nursery:
+            up.h2.initiate_connection()
+            up.wake()
+            nursery.start_soon(up.writer)
+            handler = functools.partial(relay, up, by_up)
+            task_status.started(await nursery.start(functools.partial(serve, port, handler)))
+            await _read(up, _UP, by_up, refuse)
+            nursery.cancel_scope.cancel()
+    finally:
+        up.stream.close()
 
 
 if __name__ == "__main__":

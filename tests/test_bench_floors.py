@@ -4,6 +4,7 @@ framing from their own parse, keep-alive, bodies both ways, errors answered."""
 from __future__ import annotations
 
 import functools
+from unittest.mock import ANY
 
 import trio
 
@@ -134,6 +135,16 @@ async def test_h2_floor_relays_streams_with_flow_control_and_trailers(
         echo = results["echo"].json()  # type: ignore[attr-defined]
         assert ["x-a", "1"] in echo["headers"] and echo["trailers"] == [["x-t", "2"]]
         assert (await client.request("GET", "/status/404")).status == 404
+        # A second client shares the upstream connection; a client that goes away with a
+        # stream in flight has it reset upstream, and the others carry on.
+        async with open_h2_client(port) as other:
+            assert (await other.request("GET", "/bytes/10")).body == pattern_bytes(10)
+            await other.send_headers("GET", "/slow/30", end_stream=True)
+            await upstream.wait_until(lambda: ("/slow/30", ANY) in upstream.requests)
+        await upstream.wait_until(lambda: upstream.resets)
+        assert upstream.resets[0][3] == "/slow/30"
+        assert (await client.request("GET", "/bytes/10")).body == pattern_bytes(10)
+    assert upstream.connections == 1
 
 
 async def test_bolt_floor_multiplexes_with_ids_rewritten(nursery: trio.Nursery) -> None:
