@@ -114,8 +114,8 @@ class Relay:
         buf, reads = bytearray(), 0
         while data := await self.up.receive_some():
             buf += data
-            frames = _frames(buf, RESPONSE_HEAD, 12)
-            for frame in frames:
+            out: dict[_Down, bytearray] = {}  # one write per client per read
+            for frame in _frames(buf, RESPONSE_HEAD, 12):
                 call = self.calls.pop(_id.unpack_from(frame, 5)[0], None)
                 if call is None:
                     continue
@@ -124,10 +124,11 @@ class Relay:
                 if down.pending == MAX_PENDING - 1:
                     down.room.set()
                     down.room = trio.Event()
-                if down.closed:
-                    continue
+                if not down.closed:
+                    out.setdefault(down, bytearray()).extend(frame)
+            for down, frames in out.items():
                 try:
-                    await down.writer.write(frame)
+                    await down.writer.write(frames)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # that client is gone; the others are not
             reads += 1
