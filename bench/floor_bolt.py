@@ -3,7 +3,8 @@ runtime.
 
 Every downstream connection's requests share one upstream connection: each request gets a
 fresh id upstream (rewritten in place), and the upstream reader writes each response to the
-connection it belongs to, with the request's own id back. Frames are cut by their header's
+connection it belongs to, with the request's own id back (what one read brought for a client,
+in one write). Frames are cut by their header's
 lengths; nothing else is decoded (no routing). Heartbeats are requests like any other; oneway
 requests get no id of their own. Bounded: at most ``MAX_PENDING`` calls in flight per
 connection and ``WRITE_BUDGET`` bytes queued per socket. The upstream closing ends the relay.
