@@ -44,9 +44,11 @@ from .procs import NotReady, Processes, free_port, raise_nofile_limit
 from .scenarios import H2_SCENARIOS, SCENARIOS, Bench, Scenario, Settings
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-H2_SMOKE_CONTENDER = "trio-mesh-h2h2"
+# --smoke: trio-mesh and the protocol's floor relay (each a few seconds).
+H1_SMOKE_CONTENDERS = ["trio-mesh-1", "trio-mesh-filters", "trio-floor-h1"]
+H2_SMOKE_CONTENDERS = ["trio-mesh-h2h2", "trio-floor-h2"]
 H2_SMOKE_DEADLINE = 120  # seconds: the http2 --smoke run is stopped (exit 1) after this
-RPC_SMOKE_CONTENDER = "trio-mesh"
+RPC_SMOKE_CONTENDERS = ["trio-mesh", "trio-floor-bolt"]
 RPC_SMOKE_DEADLINE = 60  # seconds: the rpc --smoke run is stopped (exit 1) after this
 
 
@@ -87,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     h1.add_argument(
         "--smoke",
         action="store_true",
-        help="CI check: trio-mesh-1 and trio-mesh-filters, small-get, 2 s, 1 round"
+        help=f"CI check: {', '.join(H1_SMOKE_CONTENDERS)}, small-get, 2 s, 1 round"
         " (overrides the options above)",
     )
     h1.add_argument("--out", type=Path, help="results directory (bench/results/<timestamp>)")
@@ -116,7 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     h2.add_argument(
         "--smoke",
         action="store_true",
-        help=f"CI check: {H2_SMOKE_CONTENDER}, every scenario, 2 s, 1 round, no warm-up, "
+        help=f"CI check: {', '.join(H2_SMOKE_CONTENDERS)}, every scenario, 2 s, 1 round, "
+        "no warm-up, "
         f"--deadline {H2_SMOKE_DEADLINE} (overrides the options above)",
     )
     h2.add_argument("--out", type=Path, help="results directory (bench/results/<timestamp>)")
@@ -145,7 +148,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     rp.add_argument(
         "--smoke",
         action="store_true",
-        help=f"CI check: {RPC_SMOKE_CONTENDER}, every scenario, 2 s, 1 round, no warm-up, "
+        help=f"CI check: {', '.join(RPC_SMOKE_CONTENDERS)}, every scenario, 2 s, 1 round, "
+        "no warm-up, "
         f"--deadline {RPC_SMOKE_DEADLINE} (overrides the options above)",
     )
     rp.add_argument("--out", type=Path, help="results directory (bench/results/<timestamp>)")
@@ -165,15 +169,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     contenders, scenarios = tables(args.protocol)
     if args.smoke and args.protocol == "http1":
-        args.contenders, args.scenarios = ["trio-mesh-1", "trio-mesh-filters"], ["small-get"]
+        args.contenders, args.scenarios = list(H1_SMOKE_CONTENDERS), ["small-get"]
         args.duration, args.rounds = 2, 1
     elif args.smoke and args.protocol == "rpc":
-        args.contenders, args.scenarios = [RPC_SMOKE_CONTENDER], list(rpc.RPC_SCENARIOS)
+        args.contenders, args.scenarios = list(RPC_SMOKE_CONTENDERS), list(rpc.RPC_SCENARIOS)
         args.duration, args.rounds = 2, 1
         if args.deadline is None:
             args.deadline = RPC_SMOKE_DEADLINE
     elif args.smoke:
-        args.contenders, args.scenarios = [H2_SMOKE_CONTENDER], list(H2_SCENARIOS)
+        args.contenders, args.scenarios = list(H2_SMOKE_CONTENDERS), list(H2_SCENARIOS)
         args.duration, args.rounds = 2, 1
         if args.deadline is None:
             args.deadline = H2_SMOKE_DEADLINE

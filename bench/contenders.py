@@ -368,6 +368,19 @@ def _trio_mesh_rpc(protocol: str) -> Callable[[Workdir, int, str], Launch]:
     return build
 
 
+def _floor(
+    module: str, upstream: Callable[[Workdir], str]
+) -> Callable[[Workdir, int, str], Launch]:
+    """A floor relay (``bench/floor_*.py``): the least a correct relay does on trio-mesh's
+    runtime, so the distance to it is what trio-mesh's own code costs."""
+
+    def build(work: Workdir, port: int, tag: str) -> Launch:
+        argv = [sys.executable, "-m", f"bench.{module}", "--port", str(port)]
+        return Launch([*argv, "--upstream", upstream(work)])
+
+    return build
+
+
 def _proxy_py(work: Workdir, port: int, tag: str) -> Launch:
     # --threaded (a thread per client connection), not proxy.py's default threadless mode: in
     # threadless mode (2.4.10) the reverse proxy's event loop dies with FileNotFoundError from
@@ -495,6 +508,12 @@ CONTENDERS: dict[str, Contender] = {
             _trio_mesh_tcp,
         ),
         Contender(
+            "trio-floor-h1",
+            "bench/floor_h1.py: Trio + httptools keep-alive relay, one upstream connection per"
+            " client connection, no routing, trio-mesh's socket Stream (the floor for HTTP/1)",
+            _floor("floor_h1", lambda w: w.upstream),
+        ),
+        Contender(
             "trio-mesh-2",
             "trio-mesh run --workers 2 (SO_REUSEPORT)",
             _trio_mesh(2),
@@ -553,6 +572,13 @@ H2_CONTENDERS: dict[str, Contender] = {
             _trio_mesh_h2("Http2"),
             status=h2_status,
         ),
+        Contender(
+            "trio-floor-h2",
+            "bench/floor_h2.py: h2c -> h2c relay on Trio and h2, one task per stream, one"
+            " upstream connection per client connection (the floor for h2 -> h2)",
+            _floor("floor_h2", lambda w: w.h2_upstream),
+            status=h2_status,
+        ),
     )
 }
 
@@ -576,6 +602,13 @@ def rpc_contenders(protocol: str) -> dict[str, Contender]:
                 "trio-mesh run, 1 process, downstream_protocol: bolt (or dubbo), routed on the"
                 " service header to the shared echo server of that protocol",
                 _trio_mesh_rpc(protocol),
+                status=status,
+            ),
+            Contender(
+                "trio-floor-bolt",
+                "bench/floor_bolt.py: bolt v1 relay on Trio, every client multiplexed on one"
+                " upstream connection with ids rewritten (the floor for bolt; bolt only)",
+                _floor("floor_bolt", lambda w: w.rpc_upstream("bolt")),
                 status=status,
             ),
         )

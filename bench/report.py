@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+IMPORT_TRIO = "python -c 'import trio'"  # the start-up scenario's reference row
+
 Results = dict[str, dict[str, dict[str, Any]]]
 
 BASELINE = "nginx"
@@ -35,6 +37,8 @@ def add_ratios(results: Results) -> None:
                 )
             if "startup_ms" in entry:
                 entry["startup_vs_nginx"] = _ratio(entry.get("startup_ms"), base.get("startup_ms"))
+                trio = entries.get(IMPORT_TRIO, {}).get("startup_ms")
+                entry["startup_vs_import_trio"] = _ratio(entry.get("startup_ms"), trio)
 
 
 def _fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
@@ -191,9 +195,17 @@ def format_tables(
         out += ["", _table(header, rows)]
 
     if "startup" in scenarios:
-        header = ["scenario", "contender", "median ms", "min ms", "max ms", "/nginx"]
+        header = [
+            "scenario",
+            "contender",
+            "median ms",
+            "min ms",
+            "max ms",
+            "/nginx",
+            "/import trio",
+        ]
         rows = []
-        for name in contenders:
+        for name in [*contenders, IMPORT_TRIO]:
             e = results.get("startup", {}).get(name)
             if name in unavailable:
                 rows.append(["startup", name, "unavailable: " + unavailable[name]])
@@ -210,6 +222,7 @@ def format_tables(
                         _fmt(e["min_ms"], 1),
                         _fmt(e["max_ms"], 1),
                         _fmt(e.get("startup_vs_nginx")),
+                        _fmt(e.get("startup_vs_import_trio")),
                     ]
                 )
         out += ["", _table(header, rows)]

@@ -12,15 +12,17 @@ kind before its load runs, since h2load counts a response without its gRPC trail
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import h2, load, nginx
+from . import h1, h2, load, nginx
 from .contenders import Contender, Running, Workdir, start
 from .procs import NotReady, Processes, tree_cpu_seconds, tree_hwm_kib, tree_rss_kib
+from .report import IMPORT_TRIO
 
 Entry = dict[str, Any]
 
@@ -151,7 +153,10 @@ class Bench:
         return running
 
     def _check(self, scenario: Scenario, r: Running) -> str | None:
-        """One request of the scenario's kind, checked in full (h2load scenarios only)."""
+        """Requests of the scenario's kind, checked in full (load scenarios only)."""
+        if scenario.kind in ("wrk", "rate"):
+            problem = h1.check(r.port, scenario.path, scenario.post)
+            return f"check failed: {problem}" if problem else None
         if scenario.kind != "h2load":
             return None
         if scenario.grpc:
@@ -338,10 +343,16 @@ class Bench:
                     continue
                 times[c.name].append(r.startup_s)
                 self.procs.stop(r.child)
-        for c in usable:
-            t = times[c.name]
+        # The reference for trio-mesh's start-up: the interpreter importing trio, and exiting.
+        times[IMPORT_TRIO] = []
+        for _ in range(self.settings.startup_runs):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "import trio"], check=True, timeout=60)
+            times[IMPORT_TRIO].append(time.perf_counter() - started)
+        for name in [c.name for c in usable] + [IMPORT_TRIO]:
+            t = times[name]
             if t:
-                self.results.setdefault(scenario.name, {})[c.name] = {
+                self.results.setdefault(scenario.name, {})[name] = {
                     "startup_ms": round(load.median(t) * 1e3, 1),
                     "min_ms": round(min(t) * 1e3, 1),
                     "max_ms": round(max(t) * 1e3, 1),
