@@ -37,6 +37,7 @@ from ..filters.stream import (
     RESPONSE_DATA,
     RESPONSE_HEADERS,
     RESPONSE_TRAILERS,
+    FilterChainFactory,
     Headers,
     LocalReply,
     RequestContext,
@@ -137,7 +138,8 @@ class Http2Proxy:
         self.detailed = self.observers.detailed
         self.settings = h2_settings(config)
         self.upstream_h1 = config.upstream_protocol == Protocol.HTTP1
-        self.filters = ctx.stream_filters  # a FilterChainFactory, or None
+        #: The listener's stream filters (``None``: none configured; the context says Any).
+        self.filters: FilterChainFactory | None = ctx.stream_filters
         self.listener = ctx.listener
         # Unforwarded DATA is bounded by the receive windows (flow control); the budget
         # counts it, and bounds what is held beyond them (retry copies).
@@ -302,12 +304,13 @@ class _Stream:
         route = proxy.table.match(host, path, query, header)
         if route is not None and proxy.detailed:
             info.route_name = route.name
-        if proxy.filters is not None:
+        filters = proxy.filters
+        if filters is not None:
             # Envoy's order: the filters run first, then the router answers (404, ...).
             cluster_name = None
             if route is not None and route.direct_response is None and route.redirect is None:
                 cluster_name = route.pick_cluster(header)
-            reply = await self._request_filters(route, cluster_name, event.end_stream)
+            reply = await self._request_filters(filters, route, cluster_name, event.end_stream)
             if reply is not None:
                 await self._filter_reply(reply)
                 return
@@ -328,7 +331,7 @@ class _Stream:
                 route=route,
             )
             return
-        if proxy.filters is None:
+        if filters is None:
             cluster_name = route.pick_cluster(header)
         cluster = proxy.clusters.clusters.get(cluster_name) if cluster_name else None
         if cluster is None:
@@ -426,7 +429,11 @@ class _Stream:
     # ------------------------------------------------------------------ stream filters
 
     async def _request_filters(
-        self, route: Route | None, cluster_name: str | None, end_stream: bool
+        self,
+        filters: FilterChainFactory,
+        route: Route | None,
+        cluster_name: str | None,
+        end_stream: bool,
     ) -> LocalReply | None:
         """Make the stream's filter chain and run its request-headers hooks on the request's
         own regular header list (what they change goes upstream)."""
@@ -444,7 +451,7 @@ class _Stream:
             listener=self.proxy.listener,
             grpc=self.grpc,
         )
-        chain = self.proxy.filters.create(context)
+        chain = filters.create(context)
         if chain is None:
             return None
         self.chain = chain

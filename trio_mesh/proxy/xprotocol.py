@@ -34,6 +34,7 @@ from ..filters.stream import (
     REQUEST_HEADERS,
     RESPONSE_DATA,
     RESPONSE_HEADERS,
+    FilterChainFactory,
     Headers,
     LocalReply,
     RequestContext,
@@ -99,8 +100,8 @@ class XProxy:
         self.observers = listener_observers(ctx.listener_stats, ctx.access_logs)
         self.budget = ctx.buffer_budget
         self.codecs = codecs
-        #: The listener's stream filters (a FilterChainFactory; ``None``: none configured).
-        self.filters = ctx.stream_filters
+        #: The listener's stream filters (``None``: none configured; the context says Any).
+        self.filters: FilterChainFactory | None = ctx.stream_filters
         self.listener = ctx.listener
 
     def on_connection(self, conn: Connection) -> Coroutine[Any, Any, None]:
@@ -618,7 +619,9 @@ class _XSession:
         return INTERNAL
 
 
-def _header_view(view: Mapping[str, str], status: int | None = None) -> tuple[Headers, Mapping]:
+def _header_view(
+    view: Mapping[str, str], status: int | None = None
+) -> tuple[Headers, Mapping[str, str]]:
     """A frame's header view as filters' `Headers`, and what it held before the hooks.
     `Headers` are latin-1; an RPC value outside it (bolt and Dubbo carry UTF-8) is given as
     its UTF-8 bytes, so what the filters leave alone is still told apart from what they set."""
@@ -629,7 +632,9 @@ def _header_view(view: Mapping[str, str], status: int | None = None) -> tuple[He
         return headers, headers.to_dict()
 
 
-def _desired(view: Mapping[str, str], original: Mapping[str, str], headers: Headers) -> dict:
+def _desired(
+    view: Mapping[str, str], original: Mapping[str, str], headers: Headers
+) -> dict[str, str]:
     """The header view the filters want: their changes (from ``original``, what they were
     given) applied to the frame's own ``view``."""
     final = headers.to_dict()
