@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Coroutine
 from random import getrandbits as _getrandbits
 from time import monotonic as _monotonic
+from typing import Any
 
 import trio
 
@@ -35,6 +37,7 @@ from ..filters.stream import (
     RESPONSE_DATA,
     RESPONSE_HEADERS,
     RESPONSE_TRAILERS,
+    FilterChainFactory,
     Headers,
     LocalReply,
     RequestContext,
@@ -42,6 +45,7 @@ from ..filters.stream import (
 )
 from ..network.connection import Connection
 from ..network.h2 import H2Endpoint, Inbox, StreamGone
+from ..network.stream import Stream
 from ..protocols.http1 import (
     Body,
     EndOfMessage,
@@ -96,6 +100,11 @@ log = logging.getLogger("trio_mesh.proxy.http2")
 _NO_BODY_STATUSES = frozenset({204, 304})
 _READ = 65536
 
+#: A piece of the request body kept for a retry: DATA bytes, or the trailers that end it.
+_Piece = bytes | list[tuple[bytes, bytes]]
+#: `_Stream.request` until the request head parsed (a bad head is answered 400 from it).
+_UNPARSED = H2Request(b"", b"", None, b"", [])
+
 
 class _Reply(Exception):
     """Answer the stream with this local reply (nothing of the response went yet)."""
@@ -129,13 +138,14 @@ class Http2Proxy:
         self.detailed = self.observers.detailed
         self.settings = h2_settings(config)
         self.upstream_h1 = config.upstream_protocol == Protocol.HTTP1
-        self.filters = ctx.stream_filters  # a FilterChainFactory, or None
+        #: The listener's stream filters (``None``: none configured; the context says Any).
+        self.filters: FilterChainFactory | None = ctx.stream_filters
         self.listener = ctx.listener
         # Unforwarded DATA is bounded by the receive windows (flow control); the budget
         # counts it, and bounds what is held beyond them (retry copies).
         self.budget = ctx.buffer_budget
 
-    def on_connection(self, conn: Connection):
+    def on_connection(self, conn: Connection) -> Coroutine[Any, Any, None]:
         return self.serve(conn)
 
     async def serve(self, conn: Connection, prefix: bytes = b"") -> None:
@@ -168,7 +178,9 @@ class Http2Proxy:
 
     # ------------------------------------------------------------------ one stream
 
-    async def _stream(self, ep: H2Endpoint, conn: Connection, sid: int, event: RequestHeaders):
+    async def _stream(
+        self, ep: H2Endpoint, conn: Connection, sid: int, event: RequestHeaders
+    ) -> None:
         inbox = ep.inboxes.get(sid)
         if inbox is None:
             return  # reset before its task ran
@@ -181,7 +193,7 @@ class Http2Proxy:
             # route timeout (set once the route is known).
             with trio.CancelScope() as scope:
                 inbox.scope = scope
-                await stream.handle(event)
+                await stream.handle(event, scope)
             if scope.cancelled_caught:
                 if inbox.error is None:
                     await stream.timed_out()
@@ -246,10 +258,11 @@ class _Stream:
         self.info = info
         self.started = False  # response headers went downstream
         self.grpc = False
-        self.request: H2Request | None = None
+        #: The parsed request head (`_UNPARSED` until `handle` parsed it: only a 400 reads it).
+        self.request = _UNPARSED
         self._keep_alive = False
         self.cluster: Cluster | None = None
-        self._replay: list | None = None
+        self._replay: list[_Piece] | None = None
         self.ended = False  # the request has no body (its headers ended the stream)
         #: The request's ``RetryState`` (``None``: its route retries nothing).
         self.retry: RetryState | None = None
@@ -261,7 +274,8 @@ class _Stream:
         #: A request data or trailers hook answered while the body went up.
         self._body_reply: LocalReply | None = None
 
-    async def handle(self, event: RequestHeaders) -> None:
+    async def handle(self, event: RequestHeaders, scope: trio.CancelScope) -> None:
+        """Answer the request; ``scope``: the stream's, whose deadline is the route timeout."""
         proxy = self.proxy
         info = self.info
         try:
@@ -290,12 +304,13 @@ class _Stream:
         route = proxy.table.match(host, path, query, header)
         if route is not None and proxy.detailed:
             info.route_name = route.name
-        if proxy.filters is not None:
+        filters = proxy.filters
+        if filters is not None:
             # Envoy's order: the filters run first, then the router answers (404, ...).
             cluster_name = None
             if route is not None and route.direct_response is None and route.redirect is None:
                 cluster_name = route.pick_cluster(header)
-            reply = await self._request_filters(route, cluster_name, event.end_stream)
+            reply = await self._request_filters(filters, route, cluster_name, event.end_stream)
             if reply is not None:
                 await self._filter_reply(reply)
                 return
@@ -316,7 +331,7 @@ class _Stream:
                 route=route,
             )
             return
-        if proxy.filters is None:
+        if filters is None:
             cluster_name = route.pick_cluster(header)
         cluster = proxy.clusters.clusters.get(cluster_name) if cluster_name else None
         if cluster is None:
@@ -333,7 +348,7 @@ class _Stream:
         stats = cluster.stats
         self.cluster = cluster
         if timeout is not None:
-            self.inbox.scope.deadline = trio.current_time() + timeout
+            scope.deadline = trio.current_time() + timeout
         # The request body as sent upstream, kept (up to retry_buffer_bytes) so that a retry,
         # or a stream the upstream refused, can send it again; None once it outgrew that.
         ended = self.ended = event.end_stream
@@ -414,7 +429,11 @@ class _Stream:
     # ------------------------------------------------------------------ stream filters
 
     async def _request_filters(
-        self, route: Route | None, cluster_name: str | None, end_stream: bool
+        self,
+        filters: FilterChainFactory,
+        route: Route | None,
+        cluster_name: str | None,
+        end_stream: bool,
     ) -> LocalReply | None:
         """Make the stream's filter chain and run its request-headers hooks on the request's
         own regular header list (what they change goes upstream)."""
@@ -432,7 +451,7 @@ class _Stream:
             listener=self.proxy.listener,
             grpc=self.grpc,
         )
-        chain = self.proxy.filters.create(context)
+        chain = filters.create(context)
         if chain is None:
             return None
         self.chain = chain
@@ -457,24 +476,29 @@ class _Stream:
         self.info.add_flag(Flag.FILTER_FAILED)
         self.ep.reset(self.sid, ErrorCode.INTERNAL_ERROR)
 
-    async def _filter_body(self, data: bytes, last: bool) -> bytes:
-        out = await self.chain.request_data(data, last)
+    async def _filter_body(self, chain: StreamFilterChain, data: bytes, last: bool) -> bytes:
+        out = await chain.request_data(data, last)
         if isinstance(out, LocalReply):
             raise _FilterReply(out)
         return out
 
-    async def _filter_request_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
-        reply = await self.chain.request_trailers(Headers(trailers))
+    async def _filter_request_trailers(
+        self, chain: StreamFilterChain, trailers: list[tuple[bytes, bytes]]
+    ) -> None:
+        reply = await chain.request_trailers(Headers(trailers))
         if reply is not None:
             raise _FilterReply(reply)
 
     async def _filter_response_head(
-        self, status: int, headers: list[tuple[bytes, bytes]], end_stream: bool
+        self,
+        chain: StreamFilterChain,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        end_stream: bool,
     ) -> tuple[int, list[tuple[bytes, bytes]], bool]:
         """The response-headers hooks (before anything goes downstream, so that a reply can
         replace the response): the status and headers to send, and whether the data hooks
         are to see the body (not when the head ends the stream)."""
-        chain = self.chain
         data_hooks = not end_stream and bool(chain.mask & RESPONSE_DATA)
         if not chain.mask & RESPONSE_HEADERS:
             return status, headers, data_hooks
@@ -489,11 +513,13 @@ class _Stream:
         return new, view.raw, data_hooks
 
     async def _filter_response_end(
-        self, trailers: list[tuple[bytes, bytes]] | None, data_hooks: bool
+        self,
+        chain: StreamFilterChain,
+        trailers: list[tuple[bytes, bytes]] | None,
+        data_hooks: bool,
     ) -> bool:
         """Before the response ends (with ``trailers``, or none): the data hooks' last piece,
         sent, then the trailers hooks. False: a filter failed, the stream is to be cut."""
-        chain = self.chain
         if data_hooks:
             tail = await chain.response_data(b"", True)
             if isinstance(tail, LocalReply):
@@ -580,8 +606,9 @@ class _Stream:
     ) -> None:
         host = self._choose(cluster)
         self.info.upstream_host = host.label
-        if self.chain is not None:
-            self._chosen(host.label)
+        chain = self.chain
+        if chain is not None:
+            self._chosen(chain, host.label)
         pool = self.proxy.pools.http2(cluster, host, self.proxy.settings)
         try:
             up, usid, uinbox = await h2_exchange.open_stream(pool)
@@ -626,7 +653,7 @@ class _Stream:
             raise failure
 
     async def _h2_request_body(
-        self, up: H2Endpoint, usid: int, resend: list, scope: trio.CancelScope
+        self, up: H2Endpoint, usid: int, resend: list[_Piece], scope: trio.CancelScope
     ) -> None:
         """Pump the request body upstream: first what an earlier, refused try sent (``resend``),
         then the rest as it arrives, each piece recorded for a retry before it is sent (after
@@ -635,10 +662,10 @@ class _Stream:
         ep, sid, inbox, info = self.ep, self.sid, self.inbox, self.info
         limit = self.proxy.config.retry_buffer_bytes
         chain = self.chain
-        data_hooks = chain is not None and chain.mask & REQUEST_DATA
+        data_hooks = chain is not None and chain.mask & REQUEST_DATA != 0
         try:
             for piece in resend:
-                if type(piece) is bytes:
+                if isinstance(piece, bytes):  # narrows to the trailers below (cold: a retry)
                     await up.send_data(usid, piece)
                 else:
                     up.send_trailers(usid, piece)
@@ -656,8 +683,8 @@ class _Stream:
                 if type(event) is Data:
                     data = event.data
                     info.bytes_received += len(data)
-                    if data_hooks:
-                        data = await self._filter_body(data, event.end_stream)
+                    if data_hooks and chain is not None:
+                        data = await self._filter_body(chain, data, event.end_stream)
                     if replay is not None:
                         kept += len(data)
                         if kept <= limit and self._keep(len(data)):
@@ -674,7 +701,7 @@ class _Stream:
                         break
                 elif type(event) is Trailers:
                     if chain is not None:
-                        await self._filter_h2_trailers(up, usid, event.headers, data_hooks)
+                        await self._filter_h2_trailers(chain, up, usid, event.headers, data_hooks)
                         replay = self._replay
                     if replay is not None:
                         replay.append(event.headers)
@@ -708,19 +735,24 @@ class _Stream:
         """No retry will replay the body: what was kept leaves the budget."""
         self._replay = None
         kept = self._kept
-        if kept:
+        budget = self.ep.budget
+        if kept and budget is not None:  # only counted when there is a budget (`_keep`)
             self._kept = 0
-            budget = self.ep.budget
             budget.give(kept)
             budget.unreserve(kept)
 
     async def _filter_h2_trailers(
-        self, up: H2Endpoint, usid: int, trailers: list, data_hooks: bool
+        self,
+        chain: StreamFilterChain,
+        up: H2Endpoint,
+        usid: int,
+        trailers: list[tuple[bytes, bytes]],
+        data_hooks: bool,
     ) -> None:
         """Before request trailers go up: the data hooks' last piece (sent and kept for a
         retry), then the trailers hooks."""
         if data_hooks:
-            tail = await self._filter_body(b"", True)
+            tail = await self._filter_body(chain, b"", True)
             if tail:
                 replay = self._replay
                 if replay is not None:
@@ -730,8 +762,8 @@ class _Stream:
                     else:
                         self.forget_replay()
                 await up.send_data(usid, tail)
-        if self.chain.mask & REQUEST_TRAILERS:
-            await self._filter_request_trailers(trailers)
+        if chain.mask & REQUEST_TRAILERS:
+            await self._filter_request_trailers(chain, trailers)
 
     async def _h2_response(self, route: Route, up: H2Endpoint, usid: int, uinbox: Inbox) -> None:
         ep, sid, info = self.ep, self.sid, self.info
@@ -750,20 +782,22 @@ class _Stream:
                 info.add_flag(Flag.UPSTREAM_RESET)  # upstream reset mid-response: pass the reset on
                 ep.reset(sid, exc.code if exc.code != ErrorCode.NO_ERROR else ErrorCode.CANCEL)
                 return
-            kind = type(event)
-            if kind is Data:
+            # `type(...) is`, not a local `kind`: the checker narrows only this form (and
+            # it costs the same per event: Data, the common one, is the first test).
+            if type(event) is Data:
                 data = event.data
-                if data_hooks:
-                    data = await chain.response_data(data, event.end_stream)
-                    if isinstance(data, LocalReply):
+                if data_hooks and chain is not None:
+                    out = await chain.response_data(data, event.end_stream)
+                    if isinstance(out, LocalReply):
                         self._cut()
                         return
+                    data = out
                 info.bytes_sent += len(data)
                 await ep.send_data(sid, data, event.end_stream)
                 up.consumed(usid, event.flow_length)
                 if event.end_stream:
                     return
-            elif kind is ResponseHeaders:
+            elif type(event) is ResponseHeaders:
                 try:
                     status, headers = response_from_h2(event.headers)
                 except H2HeaderError:
@@ -772,7 +806,7 @@ class _Stream:
                     self._hold_back(status)
                 if chain is not None:
                     status, headers, data_hooks = await self._filter_response_head(
-                        status, headers, event.end_stream
+                        chain, status, headers, event.end_stream
                     )
                 self._response_started(status)
                 if route.response_headers_to_add or route.response_headers_to_remove:
@@ -782,20 +816,20 @@ class _Stream:
                 ep.send_headers(sid, response_to_h2(status, headers), event.end_stream)
                 if event.end_stream:
                     return
-            elif kind is Trailers:
+            elif type(event) is Trailers:
                 if chain is not None and not await self._filter_response_end(
-                    event.headers, data_hooks
+                    chain, event.headers, data_hooks
                 ):
                     self._cut()
                     return
                 ep.send_trailers(sid, event.headers)
                 return
-            elif kind is InformationalHeaders:
+            elif type(event) is InformationalHeaders:
                 ep.send_headers(sid, event.headers)
 
-    def _chosen(self, label: str) -> None:
+    def _chosen(self, chain: StreamFilterChain, label: str) -> None:
         """The filters learn the upstream host (and the request id) before the response."""
-        context = self.chain.context
+        context = chain.context
         context.upstream_host = label
         context.request_id = self.info.request_id
 
@@ -818,8 +852,9 @@ class _Stream:
         length: int | None = None
         lengths = 0
         expect_continue = False
-        if self.chain is not None:
-            self._chosen(host.label)
+        chain = self.chain
+        if chain is not None:
+            self._chosen(chain, host.label)
         # The framing is the encoder's, from what the codec checked: request_from_h2 left at
         # most one content-length, all digits, and h2 holds the DATA to it (a stream error
         # otherwise); no body when the headers ended the stream. A request filter that took
@@ -885,17 +920,17 @@ class _Stream:
                 else:
                     pool.close(conn)
 
-    async def _h1_request_body(self, upstream, chunked: bool) -> None:
+    async def _h1_request_body(self, upstream: Stream, chunked: bool) -> None:
         ep, sid, inbox, info = self.ep, self.sid, self.inbox, self.info
         chain = self.chain
-        data_hooks = chain is not None and chain.mask & REQUEST_DATA
+        data_hooks = chain is not None and chain.mask & REQUEST_DATA != 0
         while True:
             event = await inbox.get()
             if type(event) is Data:
                 data = event.data
                 info.bytes_received += len(data)
-                if data_hooks:
-                    data = await self._filter_body(data, event.end_stream)
+                if data_hooks and chain is not None:
+                    data = await self._filter_body(chain, data, event.end_stream)
                 if data:
                     await upstream.send_all(encode_chunk(data) if chunked else data)
                 ep.consumed(sid, event.flow_length)
@@ -906,17 +941,17 @@ class _Stream:
             elif type(event) is Trailers:
                 if chain is not None:
                     if data_hooks:
-                        tail = await self._filter_body(b"", True)
+                        tail = await self._filter_body(chain, b"", True)
                         if tail:
                             await upstream.send_all(encode_chunk(tail) if chunked else tail)
                     if chain.mask & REQUEST_TRAILERS:
-                        await self._filter_request_trailers(event.headers)
+                        await self._filter_request_trailers(chain, event.headers)
                 if chunked:
                     await upstream.send_all(encode_last_chunk(event.headers))
                 break
         info.request_received_duration = _monotonic() - info.start
 
-    async def _h1_response(self, route: Route, upstream, head_request: bool) -> bool:
+    async def _h1_response(self, route: Route, upstream: Stream, head_request: bool) -> bool:
         """Relay the HTTP/1 response as HTTP/2; returns whether the connection is reusable."""
         ep, sid, info = self.ep, self.sid, self.info
         parser = ResponseParser(head_request=head_request)
@@ -938,32 +973,33 @@ class _Stream:
             got = True
             last = len(events) - 1
             for i, event in enumerate(events):
-                kind = type(event)
-                if kind is Body:
+                # `type(...) is`, not a local `kind`: the checker narrows only this form.
+                if type(event) is Body:
                     data = event.data
                     # The last chunk carries END_STREAM itself: one frame less.
-                    ends = i < last and (nxt := events[i + 1]).__class__ is EndOfMessage
-                    if ends and not nxt.trailers:
-                        if data_hooks:
-                            data = await chain.response_data(data, True)
-                            if isinstance(data, LocalReply):
+                    if i < last and type(nxt := events[i + 1]) is EndOfMessage and not nxt.trailers:
+                        if data_hooks and chain is not None:
+                            out = await chain.response_data(data, True)
+                            if isinstance(out, LocalReply):
                                 self._cut()
                                 return False
+                            data = out
                         info.bytes_sent += len(data)
                         await ep.send_data(sid, data, end_stream=True)
                         return parser.complete and not parser.trailing and self._keep_alive
-                    if data_hooks:
-                        data = await chain.response_data(data, False)
-                        if isinstance(data, LocalReply):
+                    if data_hooks and chain is not None:
+                        out = await chain.response_data(data, False)
+                        if isinstance(out, LocalReply):
                             self._cut()
                             return False
+                        data = out
                     info.bytes_sent += len(data)
                     await ep.send_data(sid, data)
-                elif kind is EndOfMessage:
+                elif type(event) is EndOfMessage:
                     # fields HTTP/2 forbids (connection, keep-alive, ...) are dropped
                     trailers = trailers_to_h2(event.trailers) if event.trailers else None
                     if chain is not None and not await self._filter_response_end(
-                        trailers, data_hooks
+                        chain, trailers, data_hooks
                     ):
                         self._cut()
                         return False
@@ -972,15 +1008,18 @@ class _Stream:
                     else:
                         ep.end_stream(sid)
                     return parser.complete and not parser.trailing and self._keep_alive
-                elif event.status >= 200:
-                    if self.retry is not None:
-                        self._hold_back(event.status)
-                    if chain is None:
-                        self._send_h1_head(route, event)
-                    else:
-                        data_hooks = await self._filtered_h1_head(route, event, head_request)
-                elif event.status != 101:
-                    ep.send_headers(sid, response_to_h2(event.status, event.headers))
+                elif type(event) is ResponseHead:
+                    if event.status >= 200:
+                        if self.retry is not None:
+                            self._hold_back(event.status)
+                        if chain is None:
+                            self._send_h1_head(route, event)
+                        else:
+                            data_hooks = await self._filtered_h1_head(
+                                chain, route, event, head_request
+                            )
+                    elif event.status != 101:
+                        ep.send_headers(sid, response_to_h2(event.status, event.headers))
 
     def _send_h1_head(self, route: Route, resp: ResponseHead) -> None:
         self._response_started(resp.status)
@@ -992,12 +1031,14 @@ class _Stream:
             )
         self.ep.send_headers(self.sid, response_to_h2(resp.status, headers))
 
-    async def _filtered_h1_head(self, route: Route, resp: ResponseHead, head_request: bool) -> bool:
+    async def _filtered_h1_head(
+        self, chain: StreamFilterChain, route: Route, resp: ResponseHead, head_request: bool
+    ) -> bool:
         """``_send_h1_head`` after the response-headers hooks (which may change the status and
         the headers, or replace the response); whether the data hooks see the body."""
         empty = head_request or resp.status in _NO_BODY_STATUSES or resp.content_length == 0
         status, headers, data_hooks = await self._filter_response_head(
-            resp.status, strip_hop_by_hop(resp.headers), empty
+            chain, resp.status, strip_hop_by_hop(resp.headers), empty
         )
         self._response_started(status)
         self._keep_alive = resp.keep_alive
@@ -1047,7 +1088,7 @@ class _Stream:
             out = apply_header_mutations(
                 out, route.response_headers_to_add, route.response_headers_to_remove
             )
-        head_only = self.request is not None and self.request.method == b"HEAD"
+        head_only = self.request.method == b"HEAD"
         if not body or head_only or status in _NO_BODY_STATUSES:
             self.ep.send_headers(self.sid, response_to_h2(status, out), end_stream=True)
             return

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import trio
 
 from ..config.filter_configs import Protocol, ProxyConfig
-from ..filters import BuildContext, register_network_filter
+from ..filters import BuildContext, NetworkFilter, register_network_filter
 from ..network.connection import Connection
 from ..network.relay import CHUNK
 from ..protocols import xprotocol
@@ -31,7 +33,7 @@ class AutoProxy:
         self.http2 = Http2Proxy(config, ctx)
         self.rpc = XProxy(config, ctx, [])
 
-    def on_connection(self, conn: Connection):
+    def on_connection(self, conn: Connection) -> Coroutine[Any, Any, None]:
         return self._serve(conn)
 
     async def _serve(self, conn: Connection) -> None:
@@ -65,7 +67,7 @@ class AutoProxy:
             await self.http1.serve(conn, buf)
 
 
-def make_proxy(config: ProxyConfig, ctx: BuildContext):
+def make_proxy(config: ProxyConfig, ctx: BuildContext) -> NetworkFilter:
     if config.downstream_protocol in (Protocol.X, Protocol.BOLT, Protocol.DUBBO):
         return XProxy(config, ctx, configured_codecs(config))
     if config.downstream_protocol == Protocol.HTTP2:

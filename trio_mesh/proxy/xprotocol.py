@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from time import monotonic as _monotonic
+from typing import Any
 
 import trio
 
@@ -33,6 +34,7 @@ from ..filters.stream import (
     REQUEST_HEADERS,
     RESPONSE_DATA,
     RESPONSE_HEADERS,
+    FilterChainFactory,
     Headers,
     LocalReply,
     RequestContext,
@@ -98,11 +100,11 @@ class XProxy:
         self.observers = listener_observers(ctx.listener_stats, ctx.access_logs)
         self.budget = ctx.buffer_budget
         self.codecs = codecs
-        #: The listener's stream filters (a FilterChainFactory; ``None``: none configured).
-        self.filters = ctx.stream_filters
+        #: The listener's stream filters (``None``: none configured; the context says Any).
+        self.filters: FilterChainFactory | None = ctx.stream_filters
         self.listener = ctx.listener
 
-    def on_connection(self, conn: Connection):
+    def on_connection(self, conn: Connection) -> Coroutine[Any, Any, None]:
         if len(self.codecs) == 1:
             return _XSession(self, conn, self.codecs[0]).run(b"")
         return self.serve(conn, b"")
@@ -164,7 +166,7 @@ class _XSession:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             with self._reading:
-                await self._read(bytearray(prefix))
+                await self._read(bytearray(prefix), nursery)
             # Reading is over (EOF, drain, a bad frame): requests in flight finish first,
             # unless the connection itself is gone.
             if self.gone:
@@ -173,22 +175,24 @@ class _XSession:
     def _on_drain(self, conn: Connection) -> None:
         self._reading.cancel()  # take nothing new; what is in flight finishes
 
-    async def _read(self, buf: bytearray) -> None:
+    async def _read(self, buf: bytearray, nursery: trio.Nursery) -> None:
         budget = self.budget
         budget.take(len(buf))
         self._held = len(buf)
         try:
-            await self._read_frames(buf, budget)
+            await self._read_frames(buf, budget, nursery)
         finally:
             budget.give(self._held)  # what never became a frame
             budget.unreserve(self._admitted)
             self._held = self._admitted = 0
 
-    async def _read_frames(self, buf: bytearray, budget: ConnectionBudget) -> None:
-        """Decode and dispatch frames. Every byte of ``buf`` is counted in the budget
-        (``_held``); a frame whose header is read is admitted whole (``_admitted``: waiting,
-        not reading, until it fits) before its body is read, and its bytes stay counted until
-        its answer is written (``_handle``)."""
+    async def _read_frames(
+        self, buf: bytearray, budget: ConnectionBudget, nursery: trio.Nursery
+    ) -> None:
+        """Decode and dispatch frames, each request a task in ``nursery`` (the connection's).
+        Every byte of ``buf`` is counted in the budget (``_held``); a frame whose header is
+        read is admitted whole (``_admitted``: waiting, not reading, until it fits) before its
+        body is read, and its bytes stay counted until its answer is written (``_handle``)."""
         codec = self.codec
         limit = self.proxy.options.max_frame_bytes
         max_in_flight = self.proxy.options.max_requests_per_connection
@@ -234,7 +238,7 @@ class _XSession:
                     self._room = trio.Event()
                     await self._room.wait()
                 self._started()
-                self._nursery.start_soon(self._handle, frame, used)
+                nursery.start_soon(self._handle, frame, used)
             try:
                 size = codec.frame_length(buf, limit) if buf else None
             except XProtocolError as exc:
@@ -399,11 +403,16 @@ class _XSession:
         route = proxy.table.match("", "/", "", headers.get)
         if route is not None and proxy.observers.detailed:
             record.route_name = route.name
-        routable = route is not None and route.direct_response is None and route.redirect is None
+        # The route, if it forwards (not a direct response or a redirect).
+        routed = (
+            route
+            if route is not None and route.direct_response is None and route.redirect is None
+            else None
+        )
         chain = None
         if proxy.filters is not None:
             # Envoy's order: the filters see the request before the proxy refuses it.
-            cluster_name = route.pick_cluster(headers.get) if routable else None
+            cluster_name = routed.pick_cluster(headers.get) if routed is not None else None
             chain = proxy.filters.create(
                 RequestContext(
                     self.codec.name,
@@ -423,12 +432,12 @@ class _XSession:
                 frame_up = filtered
             else:
                 frame_up = frame
-            if not routable:
+            if routed is None:
                 return NO_ROUTE
         else:
-            if not routable:
+            if routed is None:
                 return NO_ROUTE
-            cluster_name = route.pick_cluster(headers.get)
+            cluster_name = routed.pick_cluster(headers.get)
             frame_up = frame
         cluster = proxy.clusters.clusters.get(cluster_name) if cluster_name else None
         if cluster is None:
@@ -443,7 +452,7 @@ class _XSession:
             chain.context.upstream_host = host.label
         pool = proxy.pools.xprotocol(cluster, host, self.codec, proxy.options)
         # The route's timeout, capped by the frame's own (bolt carries one).
-        timeout = min(route.timeout or math.inf, frame.timeout or math.inf)
+        timeout = min(routed.timeout or math.inf, frame.timeout or math.inf)
         downstream_id = frame.request_id
         stats = cluster.stats
         stats.upstream_rq_total += 1
@@ -610,7 +619,9 @@ class _XSession:
         return INTERNAL
 
 
-def _header_view(view: Mapping[str, str], status: int | None = None) -> tuple[Headers, Mapping]:
+def _header_view(
+    view: Mapping[str, str], status: int | None = None
+) -> tuple[Headers, Mapping[str, str]]:
     """A frame's header view as filters' `Headers`, and what it held before the hooks.
     `Headers` are latin-1; an RPC value outside it (bolt and Dubbo carry UTF-8) is given as
     its UTF-8 bytes, so what the filters leave alone is still told apart from what they set."""
@@ -621,7 +632,9 @@ def _header_view(view: Mapping[str, str], status: int | None = None) -> tuple[He
         return headers, headers.to_dict()
 
 
-def _desired(view: Mapping[str, str], original: Mapping[str, str], headers: Headers) -> dict:
+def _desired(
+    view: Mapping[str, str], original: Mapping[str, str], headers: Headers
+) -> dict[str, str]:
     """The header view the filters want: their changes (from ``original``, what they were
     given) applied to the frame's own ``view``."""
     final = headers.to_dict()
