@@ -302,8 +302,10 @@ class _Parser(Generic[_Head]):
     """The feed loop shared by both directions; subclasses build heads and end messages."""
 
     _defer_errors = False
+    _keep_raw = False  # keep a head's bytes as received (in `_raw`) for `_on_head`
 
     __slots__ = (
+        "_raw",
         "_limits",
         "_bad",
         "_too_large",
@@ -343,6 +345,7 @@ class _Parser(Generic[_Head]):
         self._tline = 0
         self._tbytes = 0
         self._error: H1Error | None = None
+        self._raw: bytes | None = None
         self.upgraded = False
         self.upgraded_tail = b""
 
@@ -408,11 +411,13 @@ class _Parser(Generic[_Head]):
                     raise H1Error(self._too_large, "head too large")
                 self._head_bytes += end - pos
                 self._feed(data, pos, end)
-                pos = end
                 if sink.head_done:
+                    if self._keep_raw and self._head_bytes == end - pos:
+                        self._raw = data[pos:end]  # the whole head came in this read
                     self._on_head(events)
                 else:
                     self._check_partial_head()
+                pos = end
             elif phase == _LENGTH:
                 end = pos + self._remaining
                 if end > n:
@@ -812,8 +817,9 @@ class ResponseParser(_Parser[ResponseHead]):
     bytes in `upgraded_tail`). Bytes after the complete response land in `trailing`.
     """
 
-    __slots__ = ("_head_request", "complete", "trailing")
+    __slots__ = ("_head_request", "complete", "trailing", "head_raw")
     _p: HttpResponseParser
+    _keep_raw = True
 
     def __init__(self, *, head_request: bool = False, limits: Limits | None = None) -> None:
         super().__init__(limits, 502, 502)
@@ -821,6 +827,11 @@ class ResponseParser(_Parser[ResponseHead]):
         self._head_request = head_request
         self.complete = False
         self.trailing = b""
+        # The final head's bytes as received when a proxy may forward them unchanged: an
+        # HTTP/1.1 head in one read, one field per line, no hop-by-hop field, and framing
+        # exactly as an encoder would write it from this parse (one canonical
+        # Content-Length, or chunked where a body follows); None otherwise.
+        self.head_raw: bytes | None = None
 
     def feed_eof(self) -> list[ResponseEvent]:
         """The upstream closed: ends a close-delimited body; H1Error(502) if anything is cut."""
@@ -853,18 +864,27 @@ class ResponseParser(_Parser[ResponseHead]):
         content_length = None
         chunked = False
         connection = None
+        raw = self._raw
+        self._raw = None
+        lengths = 0
         for name, value in headers:
             if name in _RESP_SPECIAL:
                 if name == b"content-length":
                     if not value.isdigit():
                         raise H1Error(502, "invalid Content-Length")
                     content_length = int(value)
+                    lengths += 1
+                    if value[0] == 48 and len(value) > 1:  # leading zeros: not as we write it
+                        raw = None
                 elif name == b"connection":
                     connection = value if connection is None else connection + b"," + value
+                    raw = None
                 else:
                     if chunked or value.lower() != b"chunked":
                         raise H1Error(502, "unsupported Transfer-Encoding")
                     chunked = True
+            elif name in _HOP_BY_HOP or name.startswith(b"proxy-"):
+                raw = None
         if chunked and (content_length is not None or version == b"1.0"):
             raise H1Error(502, "Transfer-Encoding with Content-Length or in HTTP/1.0")
         reason = sink.status
@@ -886,6 +906,18 @@ class ResponseParser(_Parser[ResponseHead]):
             self._head_bytes = 0
             return
 
+        if raw is not None and not (
+            lengths <= 1
+            and raw.startswith(b"HTTP/1.1 ")
+            and raw.count(b"\n") == len(headers) + 2  # no folded line, no blank line first
+            and (
+                (lengths and status != 204)
+                or (chunked and not self._head_request and status != 304 and status != 204)
+                or (not lengths and not chunked and (status == 204 or status == 304))
+            )
+        ):
+            raw = None
+        self.head_raw = raw
         keep_alive = _keep_alive(version, connection)
         if keep_alive and connection is not None and _names_framing(connection):
             # framing is ours (the nomination is ignored), but an upstream that tries to hide
