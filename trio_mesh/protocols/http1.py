@@ -810,7 +810,8 @@ def _names_framing(connection: bytes) -> bool:
 
 
 class ResponseParser(_Parser[ResponseHead]):
-    """Parses ONE exchange's response on an upstream connection (a new parser per request).
+    """Parses one exchange's response on an upstream connection; `reset` readies it for the
+    next exchange on the same connection (one parser per pooled connection).
 
     Events: informational ResponseHeads (1xx other than 101, alone), then the final
     ResponseHead, Body*, EndOfMessage. A 101 ends parsing after its head (`upgraded`, later
@@ -832,6 +833,28 @@ class ResponseParser(_Parser[ResponseHead]):
         # exactly as an encoder would write it from this parse (one canonical
         # Content-Length, or chunked where a body follows); None otherwise.
         self.head_raw: bytes | None = None
+
+    def reset(self, *, head_request: bool = False) -> None:
+        """Ready for the next exchange. Cheap after a complete, clean response (llhttp
+        continues between keep-alive messages); anything else starts over with a new llhttp."""
+        sink = self._sink
+        if (
+            self._phase != _DONE
+            or self._error is not None
+            or self.trailing
+            or sink.begun
+            or sink.msg_done
+        ):
+            # llhttp is mid-message (a HEAD answer's unread length, a 204 it ended itself)
+            # or failed: a fresh one
+            self.__init__(head_request=head_request, limits=self._limits)  # type: ignore[misc]
+            return
+        self._phase = _HEAD
+        self._head_bytes = 0
+        self._body_bytes = 0
+        self._head_request = head_request
+        self.complete = False
+        self.head_raw = None
 
     def feed_eof(self) -> list[ResponseEvent]:
         """The upstream closed: ends a close-delimited body; H1Error(502) if anything is cut."""

@@ -993,7 +993,11 @@ class _Session:
         reused: bool,
     ) -> tuple[bool, bool]:
         upstream = conn.stream
-        parser = ResponseParser(head_request=head.method == b"HEAD")
+        parser = conn.parser
+        if parser is None:
+            parser = conn.parser = ResponseParser(head_request=head.method == b"HEAD")
+        else:  # a reused connection: its last exchange ended clean, or it was not reused
+            parser.reset(head_request=head.method == b"HEAD")
         # Waiting on the upstream is the route timeout's business, not the idle timeout's.
         self.conn.idle.pause()
         got_bytes = False
