@@ -22,7 +22,17 @@ PLAIN = [
 ]
 
 NOT_PLAIN = {
-    "connection": b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\n",
+    "connection-names": (
+        b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nContent-Length: 5\r\n\r\n"
+    ),
+    "connection-close": b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\n",
+    "two-connection-fields": (
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: keep-alive\r\n"
+        b"Content-Length: 5\r\n\r\n"
+    ),
+    "keep-alive-with-ows": (
+        b"HTTP/1.1 200 OK\r\nConnection:keep-alive\r\nContent-Length: 5\r\n\r\n"
+    ),
     "keep-alive": b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 5\r\n\r\n",
     "proxy-field": b"HTTP/1.1 200 OK\r\nProxy-Authenticate: x\r\nContent-Length: 5\r\n\r\n",
     "te": b"HTTP/1.1 200 OK\r\nTE: trailers\r\nContent-Length: 5\r\n\r\n",
@@ -98,3 +108,14 @@ def test_final_head_after_an_informational_one_is_kept() -> None:
     p = ResponseParser()
     final_head(p, b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + final + b"ok")
     assert p.head_raw == final
+
+
+@pytest.mark.parametrize("spelling", [b"Connection: keep-alive", b"connection: Keep-Alive"])
+def test_connection_keep_alive_line_is_cut_out(spelling: bytes) -> None:
+    # nginx's answer to an HTTP/1.1 client: the field changes nothing there, and goes
+    p = ResponseParser()
+    resp = final_head(
+        p, b"HTTP/1.1 200 OK\r\nServer: up\r\n" + spelling + b"\r\nContent-Length: 5\r\n\r\n"
+    )
+    assert p.head_raw == b"HTTP/1.1 200 OK\r\nServer: up\r\nContent-Length: 5\r\n\r\n"
+    assert resp.keep_alive

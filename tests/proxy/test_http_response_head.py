@@ -41,6 +41,21 @@ async def test_plain_head_is_forwarded_byte_for_byte(nursery: trio.Nursery) -> N
                 assert raw == PLAIN + b"ok"
 
 
+async def test_connection_keep_alive_line_is_cut_from_the_forwarded_head(
+    nursery: trio.Nursery,
+) -> None:
+    head = (
+        b"HTTP/1.1 200 OK\r\nServer: nginx\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n"
+    )
+    up = await scripted(nursery, head, b"ok")
+    _, port = await start_proxy(nursery, http_config([to("up")], {"up": up}))
+    with trio.fail_after(5):
+        async with await Client.connect(port) as client:
+            await client.send(get("/"))
+            raw = await client._until(b"ok")
+    assert raw == b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\n\r\nok"
+
+
 async def test_chunked_plain_head_is_forwarded_with_our_chunks(nursery: trio.Nursery) -> None:
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Mixed-Case: v\r\n\r\n"
     up = await scripted(nursery, head, b"2;ext=1\r\nok\r\n0\r\n\r\n")

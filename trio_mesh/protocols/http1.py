@@ -803,6 +803,19 @@ def _keep_alive(version: bytes, connection: bytes | None) -> bool:
 
 
 _FRAMING = frozenset((b"content-length", b"transfer-encoding"))
+_KEEP_ALIVE_LINE = b"\r\nconnection: keep-alive\r\n"
+
+
+def _without_keep_alive_line(raw: bytes, connection: bytes) -> bytes | None:
+    """``raw`` less its one "Connection: keep-alive" line (what nginx and most servers send
+    to an HTTP/1.1 client, where it changes nothing), or None for any other Connection
+    field: hop-by-hop, and what it names would have to go too."""
+    if connection.lower() != b"keep-alive":
+        return None  # several fields (joined with ","), other tokens, or OWS around the value
+    i = raw.lower().find(_KEEP_ALIVE_LINE)
+    if i < 0:
+        return None  # written with other spacing: the encoder rebuilds it
+    return raw[: i + 2] + raw[i + len(_KEEP_ALIVE_LINE) :]
 
 
 def _names_framing(connection: bytes) -> bool:
@@ -829,9 +842,10 @@ class ResponseParser(_Parser[ResponseHead]):
         self.complete = False
         self.trailing = b""
         # The final head's bytes as received when a proxy may forward them unchanged: an
-        # HTTP/1.1 head in one read, one field per line, no hop-by-hop field, and framing
-        # exactly as an encoder would write it from this parse (one canonical
-        # Content-Length, or chunked where a body follows); None otherwise.
+        # HTTP/1.1 head in one read, one field per line, no hop-by-hop field (but one
+        # "Connection: keep-alive", whose line is cut out), and framing exactly as an
+        # encoder would write it from this parse (one canonical Content-Length, or chunked
+        # where a body follows); None otherwise.
         self.head_raw: bytes | None = None
 
     def reset(self, *, head_request: bool = False) -> None:
@@ -901,7 +915,6 @@ class ResponseParser(_Parser[ResponseHead]):
                         raw = None
                 elif name == b"connection":
                     connection = value if connection is None else connection + b"," + value
-                    raw = None
                 else:
                     if chunked or value.lower() != b"chunked":
                         raise H1Error(502, "unsupported Transfer-Encoding")
@@ -929,17 +942,20 @@ class ResponseParser(_Parser[ResponseHead]):
             self._head_bytes = 0
             return
 
-        if raw is not None and not (
-            lengths <= 1
-            and raw.startswith(b"HTTP/1.1 ")
-            and raw.count(b"\n") == len(headers) + 2  # no folded line, no blank line first
-            and (
-                (lengths and status != 204)
-                or (chunked and not self._head_request and status != 304 and status != 204)
-                or (not lengths and not chunked and (status == 204 or status == 304))
-            )
-        ):
-            raw = None
+        if raw is not None:
+            if not (
+                lengths <= 1
+                and raw.startswith(b"HTTP/1.1 ")
+                and raw.count(b"\n") == len(headers) + 2  # no folded line, no blank line first
+                and (
+                    (lengths and status != 204)
+                    or (chunked and not self._head_request and status != 304 and status != 204)
+                    or (not lengths and not chunked and (status == 204 or status == 304))
+                )
+            ):
+                raw = None
+            elif connection is not None:
+                raw = _without_keep_alive_line(raw, connection)
         self.head_raw = raw
         keep_alive = _keep_alive(version, connection)
         if keep_alive and connection is not None and _names_framing(connection):
