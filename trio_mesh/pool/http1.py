@@ -14,6 +14,7 @@ from time import monotonic as _monotonic
 import trio
 
 from ..network.stream import Stream
+from ..protocols.http1 import ResponseParser
 from ..upstream.cluster import Cluster
 from ..upstream.host import Host
 
@@ -33,11 +34,13 @@ class State(enum.Enum):
 
 
 class H1Connection:
-    __slots__ = ("host", "idle_since", "requests", "state", "stream")
+    __slots__ = ("host", "idle_since", "parser", "requests", "state", "stream")
 
     def __init__(self, stream: Stream, host: Host) -> None:
         self.stream = stream
         self.host = host
+        # The connection's response parser, reset per exchange (made by its first one)
+        self.parser: ResponseParser | None = None
         self.state = State.NEW
         self.requests = 0
         self.idle_since = 0.0

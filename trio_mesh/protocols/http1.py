@@ -302,8 +302,10 @@ class _Parser(Generic[_Head]):
     """The feed loop shared by both directions; subclasses build heads and end messages."""
 
     _defer_errors = False
+    _keep_raw = False  # keep a head's bytes as received (in `_raw`) for `_on_head`
 
     __slots__ = (
+        "_raw",
         "_limits",
         "_bad",
         "_too_large",
@@ -343,6 +345,7 @@ class _Parser(Generic[_Head]):
         self._tline = 0
         self._tbytes = 0
         self._error: H1Error | None = None
+        self._raw: bytes | None = None
         self.upgraded = False
         self.upgraded_tail = b""
 
@@ -408,11 +411,13 @@ class _Parser(Generic[_Head]):
                     raise H1Error(self._too_large, "head too large")
                 self._head_bytes += end - pos
                 self._feed(data, pos, end)
-                pos = end
                 if sink.head_done:
+                    if self._keep_raw and self._head_bytes == end - pos:
+                        self._raw = data[pos:end]  # the whole head came in this read
                     self._on_head(events)
                 else:
                     self._check_partial_head()
+                pos = end
             elif phase == _LENGTH:
                 end = pos + self._remaining
                 if end > n:
@@ -798,6 +803,19 @@ def _keep_alive(version: bytes, connection: bytes | None) -> bool:
 
 
 _FRAMING = frozenset((b"content-length", b"transfer-encoding"))
+_KEEP_ALIVE_LINE = b"\r\nconnection: keep-alive\r\n"
+
+
+def _without_keep_alive_line(raw: bytes, connection: bytes) -> bytes | None:
+    """``raw`` less its one "Connection: keep-alive" line (what nginx and most servers send
+    to an HTTP/1.1 client, where it changes nothing), or None for any other Connection
+    field: hop-by-hop, and what it names would have to go too."""
+    if connection.lower() != b"keep-alive":
+        return None  # several fields (joined with ","), other tokens, or OWS around the value
+    i = raw.lower().find(_KEEP_ALIVE_LINE)
+    if i < 0:
+        return None  # written with other spacing: the encoder rebuilds it
+    return raw[: i + 2] + raw[i + len(_KEEP_ALIVE_LINE) :]
 
 
 def _names_framing(connection: bytes) -> bool:
@@ -805,15 +823,17 @@ def _names_framing(connection: bytes) -> bool:
 
 
 class ResponseParser(_Parser[ResponseHead]):
-    """Parses ONE exchange's response on an upstream connection (a new parser per request).
+    """Parses one exchange's response on an upstream connection; `reset` readies it for the
+    next exchange on the same connection (one parser per pooled connection).
 
     Events: informational ResponseHeads (1xx other than 101, alone), then the final
     ResponseHead, Body*, EndOfMessage. A 101 ends parsing after its head (`upgraded`, later
     bytes in `upgraded_tail`). Bytes after the complete response land in `trailing`.
     """
 
-    __slots__ = ("_head_request", "complete", "trailing")
+    __slots__ = ("_head_request", "complete", "trailing", "head_raw")
     _p: HttpResponseParser
+    _keep_raw = True
 
     def __init__(self, *, head_request: bool = False, limits: Limits | None = None) -> None:
         super().__init__(limits, 502, 502)
@@ -821,6 +841,34 @@ class ResponseParser(_Parser[ResponseHead]):
         self._head_request = head_request
         self.complete = False
         self.trailing = b""
+        # The final head's bytes as received when a proxy may forward them unchanged: an
+        # HTTP/1.1 head in one read, one field per line, no hop-by-hop field (but one
+        # "Connection: keep-alive", whose line is cut out), and framing exactly as an
+        # encoder would write it from this parse (one canonical Content-Length, or chunked
+        # where a body follows); None otherwise.
+        self.head_raw: bytes | None = None
+
+    def reset(self, *, head_request: bool = False) -> None:
+        """Ready for the next exchange. Cheap after a complete, clean response (llhttp
+        continues between keep-alive messages); anything else starts over with a new llhttp."""
+        sink = self._sink
+        if (
+            self._phase != _DONE
+            or self._error is not None
+            or self.trailing
+            or sink.begun
+            or sink.msg_done
+        ):
+            # llhttp is mid-message (a HEAD answer's unread length, a 204 it ended itself)
+            # or failed: a fresh one
+            self.__init__(head_request=head_request, limits=self._limits)  # type: ignore[misc]
+            return
+        self._phase = _HEAD
+        self._head_bytes = 0
+        self._body_bytes = 0
+        self._head_request = head_request
+        self.complete = False
+        self.head_raw = None
 
     def feed_eof(self) -> list[ResponseEvent]:
         """The upstream closed: ends a close-delimited body; H1Error(502) if anything is cut."""
@@ -853,18 +901,26 @@ class ResponseParser(_Parser[ResponseHead]):
         content_length = None
         chunked = False
         connection = None
+        raw = self._raw
+        self._raw = None
+        lengths = 0
         for name, value in headers:
             if name in _RESP_SPECIAL:
                 if name == b"content-length":
                     if not value.isdigit():
                         raise H1Error(502, "invalid Content-Length")
                     content_length = int(value)
+                    lengths += 1
+                    if value[0] == 48 and len(value) > 1:  # leading zeros: not as we write it
+                        raw = None
                 elif name == b"connection":
                     connection = value if connection is None else connection + b"," + value
                 else:
                     if chunked or value.lower() != b"chunked":
                         raise H1Error(502, "unsupported Transfer-Encoding")
                     chunked = True
+            elif name in _HOP_BY_HOP or name.startswith(b"proxy-"):
+                raw = None
         if chunked and (content_length is not None or version == b"1.0"):
             raise H1Error(502, "Transfer-Encoding with Content-Length or in HTTP/1.0")
         reason = sink.status
@@ -886,6 +942,21 @@ class ResponseParser(_Parser[ResponseHead]):
             self._head_bytes = 0
             return
 
+        if raw is not None:
+            if not (
+                lengths <= 1
+                and raw.startswith(b"HTTP/1.1 ")
+                and raw.count(b"\n") == len(headers) + 2  # no folded line, no blank line first
+                and (
+                    (lengths and status != 204)
+                    or (chunked and not self._head_request and status != 304 and status != 204)
+                    or (not lengths and not chunked and (status == 204 or status == 304))
+                )
+            ):
+                raw = None
+            elif connection is not None:
+                raw = _without_keep_alive_line(raw, connection)
+        self.head_raw = raw
         keep_alive = _keep_alive(version, connection)
         if keep_alive and connection is not None and _names_framing(connection):
             # framing is ours (the nomination is ignored), but an upstream that tries to hide

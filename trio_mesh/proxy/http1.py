@@ -993,7 +993,11 @@ class _Session:
         reused: bool,
     ) -> tuple[bool, bool]:
         upstream = conn.stream
-        parser = ResponseParser(head_request=head.method == b"HEAD")
+        parser = conn.parser
+        if parser is None:
+            parser = conn.parser = ResponseParser(head_request=head.method == b"HEAD")
+        else:  # a reused connection: its last exchange ended clean, or it was not reused
+            parser.reset(head_request=head.method == b"HEAD")
         # Waiting on the upstream is the route timeout's business, not the idle timeout's.
         self.conn.idle.pause()
         got_bytes = False
@@ -1077,7 +1081,9 @@ class _Session:
                     ):
                         raise _Retry(Reply(event.status, Flag.NONE, b""))
                     if chain is None:
-                        framing = self._response_head(head, info, route, event)
+                        framing = self._response_head(
+                            head, info, route, event, None, parser.head_raw
+                        )
                     else:
                         framing = await self._filtered_head(
                             head, info, route, event, event.content_length == 0
@@ -1115,13 +1121,15 @@ class _Session:
         route: Route,
         resp: ResponseHead,
         stripped: list[tuple[bytes, bytes]] | None = None,
+        raw: bytes | None = None,
     ) -> tuple[bool, bool, bytes]:
         """Downstream head for the upstream's final response: (chunked, close, bytes).
-        ``stripped``: its headers, hop-by-hop ones already taken off (response filters)."""
+        ``stripped``: its headers, hop-by-hop ones already taken off (response filters).
+        ``raw``: the upstream's head as received, which the parser vouches is exactly what we
+        would write (``ResponseParser.head_raw``): sent as it is when nothing here changes it."""
         info.response_code = resp.status
         info.response_received_duration = _monotonic() - info.start
         self._upstream_keep_alive = resp.keep_alive
-        headers = strip_hop_by_hop(resp.headers) if stripped is None else stripped
         chunked = close = False
         # The framing is our parse's, written by the encoder; a HEAD or 304 response still
         # says the length a GET would get (parsed, so one valid number), a 204 none.
@@ -1142,6 +1150,15 @@ class _Session:
             or (self.conn.draining and not self._request_begun())
         ):
             close = True
+        if (
+            raw is not None
+            and not close
+            and head.version == b"1.1"
+            and not (route.response_headers_to_add or route.response_headers_to_remove)
+        ):
+            self.response_started = True
+            return chunked, False, raw
+        headers = strip_hop_by_hop(resp.headers) if stripped is None else stripped
         if close:
             headers.append((b"connection", b"close"))
         elif head.version == b"1.0":  # an HTTP/1.0 client closes unless told otherwise
