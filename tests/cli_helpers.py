@@ -9,6 +9,8 @@ import errno
 import os
 import queue
 import re
+import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -140,3 +142,64 @@ def proxy(config: Path, *extra: str) -> Iterator[Proxy]:
         yield p
     finally:
         p.kill()
+
+
+class LowFdEcho:
+    """``trio-mesh run`` of one ``echo`` listener (127.0.0.1:0) in a child allowed
+    ``max_fds`` descriptors, its stderr lines read by a thread: for real descriptor
+    exhaustion. ``wait_for`` returns the first line matching a pattern (and keeps every line
+    read in ``seen``); ``stop`` ends the child (SIGTERM) and returns its exit code."""
+
+    def __init__(self, tmp_path: Path, max_fds: int = 48) -> None:
+        config = tmp_path / "echo.yaml"
+        config.write_text(
+            "servers:\n"
+            "  - listeners:\n"
+            "      - name: echo\n"
+            "        address: 127.0.0.1:0\n"
+            "        filter_chains: [{filters: [{type: echo}]}]\n"
+        )
+
+        def low_fd_limit() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trio_mesh.cli", "run", str(config)],
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=low_fd_limit,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        stderr = self.proc.stderr
+        assert stderr is not None
+        self.reader = threading.Thread(target=lambda: [self.lines.put(x) for x in stderr])
+        self.reader.daemon = True
+        self.reader.start()
+        self.seen: list[str] = []
+
+    def wait_for(self, pattern: re.Pattern[str] | str, timeout: float = 20) -> re.Match[str]:
+        while True:
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(
+                    f"no line matching {pattern!r}:\n" + "\n".join(self.seen)
+                ) from None
+            self.seen.append(line)
+            if m := re.search(pattern, line):
+                return m
+
+    def port(self) -> int:
+        return int(self.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=20)
+
+    def kill(self) -> None:
+        """Gone for sure; then every line it wrote is in ``seen``."""
+        self.proc.kill()
+        self.proc.wait()
+        self.reader.join(10)  # the process is gone: its stderr ends
+        while not self.lines.empty():
+            self.seen.append(self.lines.get_nowait())

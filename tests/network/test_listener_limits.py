@@ -3,18 +3,12 @@ the default downstream idle timeout, and the rate-limited accept back-off log.""
 
 from __future__ import annotations
 
-import queue
 import re
-import resource
-import signal
 import socket
-import subprocess
-import sys
-import threading
 
-import pytest
 import trio
 
+from tests.cli_helpers import LowFdEcho
 from tests.http_helpers import Client, get, http_config, start_proxy
 from tests.tcp_helpers import tcp_proxy_config
 from trio_mesh.config import parse_config
@@ -98,62 +92,25 @@ def test_accept_backoff_is_logged_at_most_once_a_second(tmp_path):
     """Real descriptor exhaustion (48 descriptors, 80 clients) held until the second
     back-off line: the back-off runs every 0.1 s, the log says it once a second, with the
     count of the attempts in between."""
-    config = tmp_path / "echo.yaml"
-    config.write_text(
-        "servers:\n"
-        "  - listeners:\n"
-        "      - name: echo\n"
-        "        address: 127.0.0.1:0\n"
-        "        filter_chains: [{filters: [{type: echo}]}]\n"
-    )
-
-    def low_fd_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trio_mesh.cli", "run", str(config)],
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=low_fd_limit,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True)
-    reader.start()
-    seen: list[str] = []
-
-    def wait_for(pattern: re.Pattern[str]) -> re.Match[str]:
-        while True:
-            try:
-                line = lines.get(timeout=10)
-            except queue.Empty:
-                pytest.fail(f"no line matching {pattern.pattern!r}:\n" + "\n".join(seen))
-            seen.append(line)
-            if m := pattern.search(line):
-                return m
-
+    child = LowFdEcho(tmp_path)
     clients = []
     try:
-        port = int(wait_for(re.compile(r"listening on 127\.0\.0\.1:(\d+)")).group(1))
+        port = child.port()
         for _ in range(80):
             clients.append(socket.create_connection(("127.0.0.1", port), timeout=10))
-        first = wait_for(BACKOFF_LINE)
+        first = child.wait_for(BACKOFF_LINE, timeout=10)
         assert first.group(2) is None
-        second = wait_for(BACKOFF_LINE)
+        second = child.wait_for(BACKOFF_LINE, timeout=10)
         # Ten back-offs a second, one line: the attempts in between are counted, not logged.
         assert second.group(2) is not None and int(second.group(2)) >= 3
         for c in clients:
             c.close()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        assert child.stop() == 0
     finally:
         for c in clients:
             c.close()
-        proc.kill()
-        proc.wait()
-    reader.join(10)  # the process is gone: its stderr ends
-    while not lines.empty():
-        seen.append(lines.get_nowait())
-    backoffs = [m for line in seen if (m := BACKOFF_LINE.search(line))]
+        child.kill()
+    backoffs = [m for line in child.seen if (m := BACKOFF_LINE.search(line))]
     # Every line after the first stands for several attempts: never one line per attempt.
     assert len(backoffs) >= 2
     assert all(m.group(2) is not None and int(m.group(2)) >= 3 for m in backoffs[1:])

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import queue
-import re
-import resource
-import signal
 import socket
-import subprocess
-import sys
-import threading
 
 import attrs
 import pytest
 import trio
 
+from tests.cli_helpers import LowFdEcho
 from trio_mesh import Server
 from trio_mesh.config import Address, parse_config
 from trio_mesh.network.listener import BindError
@@ -133,49 +127,21 @@ async def test_a_failing_connection_handler_does_not_harm_the_listener(nursery, 
 
 
 def test_accept_loop_survives_running_out_of_file_descriptors(tmp_path):
-    config = tmp_path / "echo.yaml"
-    config.write_text(
-        "servers:\n"
-        "  - listeners:\n"
-        "      - name: echo\n"
-        "        address: 127.0.0.1:0\n"
-        "        filter_chains: [{filters: [{type: echo}]}]\n"
-    )
-
-    def low_fd_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trio_mesh.cli", "run", str(config)],
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=low_fd_limit,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True).start()
-
-    def wait_for(pattern: str) -> re.Match:
-        while True:
-            line = lines.get(timeout=20)
-            if m := re.search(pattern, line):
-                return m
-
+    child = LowFdEcho(tmp_path)
     clients = []
     try:
-        port = int(wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        port = child.port()
         # Each served client holds one of the proxy's 48 descriptors; 80 must exhaust them.
         for _ in range(80):
             clients.append(socket.create_connection(("127.0.0.1", port), timeout=10))
-        wait_for(r"accept failed \(Too many open files\), backing off")
+        child.wait_for(r"accept failed \(Too many open files\), backing off")
         for c in clients[:-5]:
             c.close()
         last = clients[-1]  # it waited in the backlog through the exhaustion
         last.sendall(b"still here")
         assert last.recv(100) == b"still here"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        assert child.stop() == 0
     finally:
         for c in clients:
             c.close()
-        proc.kill()
-        proc.wait()
+        child.kill()
