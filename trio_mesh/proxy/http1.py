@@ -880,6 +880,8 @@ class _Session:
                         else:
                             up.end_stream(usid)
                         break
+                    else:  # a head inside a body: the parser's framing says otherwise (a bug)
+                        raise H1Error(400, "unexpected request head")
             return await self._relay_h2_response(head, info, route, up, usid, uinbox)
         except StreamGone as exc:
             if not self.response_started:
