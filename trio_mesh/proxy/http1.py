@@ -28,6 +28,7 @@ from ..filters.stream import (
     RESPONSE_DATA,
     RESPONSE_HEADERS,
     RESPONSE_TRAILERS,
+    FilterChainFactory,
     Headers,
     LocalReply,
     RequestContext,
@@ -35,7 +36,7 @@ from ..filters.stream import (
     filter_failed,
 )
 from ..network.connection import DRAIN_IDLE_GRACE, Connection
-from ..network.h2 import StreamGone
+from ..network.h2 import H2Endpoint, Inbox, StreamGone
 from ..network.relay import CHUNK, relay
 from ..network.stream import Stream
 from ..pool import H1Connection
@@ -44,6 +45,7 @@ from ..protocols.http1 import (
     EndOfMessage,
     H1Error,
     Limits,
+    RequestEvent,
     RequestHead,
     RequestParser,
     ResponseHead,
@@ -142,7 +144,8 @@ class Http1Proxy:
         #: Where requests end (stats, access logs); ``detailed``: fill what only logs read.
         self.observers = listener_observers(ctx.listener_stats, ctx.access_logs)
         self.detailed = self.observers.detailed
-        self.filters = ctx.stream_filters
+        #: The listener's stream filters (``None``: none configured; the context says Any).
+        self.filters: FilterChainFactory | None = ctx.stream_filters
         self.listener = ctx.listener
         # Upstream HTTP/2 only when asked: "Auto" means the protocol the request came in on.
         self.upstream_h2 = config.upstream_protocol == Protocol.HTTP2
@@ -171,7 +174,6 @@ class _Session:
         "_armed",
         "_chain",
         "_up_chunked",
-        "_info",
         "_retry",
         "_replay_left",
         "_upstream_keep_alive",
@@ -195,7 +197,7 @@ class _Session:
         self.parser = RequestParser(proxy.limits)
         # A list, not a deque: it holds a handful of events at most, and an empty deque
         # costs half a KiB on every idle connection.
-        self.events: list = []
+        self.events: list[RequestEvent] = []
         self.eof = False
         self.remote_ip = conn.remote[0] if conn.remote else None
         self.request_done = True
@@ -206,8 +208,7 @@ class _Session:
         self._retry: RetryState | None = None
         # Route and per-try timeouts start once the whole request is in (Envoy's rule: a
         # slow upload is bounded by the idle timeout, not by the response timeout).
-        self._armed: list[tuple[trio.CancelScope, float]] = []
-        self._info: RequestRecord | None = None
+        self._armed: list[tuple[trio.CancelScope | None, float]] = []
         self._upstream_keep_alive = False
         #: The request's stream filters (``None``: none configured, or none for it).
         self._chain: StreamFilterChain | None = None
@@ -275,13 +276,19 @@ class _Session:
             # The drain or the idle timeout fired while this request came in: served under
             # a fresh scope, it can neither be cut nor be taken for a route timeout.
             raise _Rescope()
-        return events.pop(0)
+        head = events.pop(0)
+        if type(head) is RequestHead:
+            return head
+        # A body event before the head: the parser's framing says otherwise (a bug).
+        raise H1Error(400, "unexpected body")
 
     def _request_begun(self) -> bool:
         """A byte of the next request has come (parsed, or waiting on the socket)."""
         return bool(self.events) or not self.parser.between_requests or self.conn.input_waiting()
 
-    async def _next_body_event(self) -> Body | EndOfMessage:
+    async def _next_body_event(self) -> RequestEvent:
+        """The next event of the request body: a ``Body`` or its ``EndOfMessage`` (the
+        parser gives no head before that; callers dispatch on the type)."""
         events = self.events
         while not events:
             if self.eof:
@@ -343,11 +350,10 @@ class _Session:
             served += 1
 
     def _done(self, info: RequestRecord) -> None:
-        self._info = None  # nothing of a finished request stays on an idle connection
-        self._chain = None
+        self._chain = None  # nothing of a finished request stays on an idle connection
         self.proxy.observers.end(info)
 
-    def _route_timed_out(self, head: RequestHead, info: RequestRecord) -> None:
+    def _route_timed_out(self, head: RequestHead | None, info: RequestRecord) -> None:
         """The route deadline fired on the connection's scope (see ``IdleTimer.arm_route``):
         the request is over, and nothing can be awaited in a cancelled scope. So answer 504
         with one non-blocking send; if all of it went, the listener resumes this session on a
@@ -388,7 +394,6 @@ class _Session:
                 if name == b"user-agent":
                     info.user_agent = value.decode("latin-1")
                     break
-        self._info = info
         self.conn.busy = True
         self.request_done = False
         self.response_started = False
@@ -401,7 +406,7 @@ class _Session:
     async def _handle(self, head: RequestHead, info: RequestRecord) -> bool:
         """Answer one request; return whether the connection goes on to the next."""
         if not (head.chunked or head.content_length):
-            await self._consume_end()  # no body: its EndOfMessage is already parsed
+            await self._consume_end(info)  # no body: its EndOfMessage is already parsed
         if head.method == b"CONNECT":
             return await self._local_reply(head, info, CONNECT_REFUSED)
         # Hop-by-hop fields go as the request is decoded (Envoy's order): what Connection
@@ -415,11 +420,12 @@ class _Session:
         if route is not None and self.proxy.detailed:
             info.route_name = route.name
         self._up_chunked = head.chunked
-        if self.proxy.filters is not None:
+        filters = self.proxy.filters
+        if filters is not None:
             cluster_name = None
             if route is not None and route.direct_response is None and route.redirect is None:
                 cluster_name = route.pick_cluster(header)
-            reply = await self._request_filters(head, route, cluster_name)
+            reply = await self._request_filters(filters, head, route, cluster_name)
             if reply is not None:
                 return await self._filter_reply(head, info, reply)
             if route is None:
@@ -437,7 +443,7 @@ class _Session:
             return await self._local_reply(
                 head, info, Reply(status, Flag.NONE, b""), headers=location_header, route=route
             )
-        if self.proxy.filters is None:
+        if filters is None:
             cluster_name = route.pick_cluster(header)
         cluster = self.proxy.clusters.clusters.get(cluster_name) if cluster_name else None
         if cluster is None:
@@ -448,7 +454,11 @@ class _Session:
     # ------------------------------------------------------------------ stream filters
 
     async def _request_filters(
-        self, head: RequestHead, route: Route | None, cluster_name: str | None
+        self,
+        filters: FilterChainFactory,
+        head: RequestHead,
+        route: Route | None,
+        cluster_name: str | None,
     ) -> LocalReply | None:
         """Make the request's filter chain and run its request-headers hooks (on the head's
         own header list: what they change goes upstream)."""
@@ -464,7 +474,7 @@ class _Session:
             conn.local,
             self.proxy.listener,
         )
-        chain = self.proxy.filters.create(context)
+        chain = filters.create(context)
         if chain is None:
             return None
         self._chain = chain
@@ -481,7 +491,7 @@ class _Session:
                 if reply is not None:
                     chain.replied = True
                     break
-        if reply is None and has_body and not head.chunked:
+        if reply is None and head.content_length and not head.chunked:
             # A filter that changes the body's length takes Content-Length off (or changes
             # it): the body goes chunked, never framed by a value we did not parse.
             length = b"%d" % head.content_length
@@ -494,35 +504,42 @@ class _Session:
     ) -> bool:
         return await self._local_reply(head, info, Reply.from_filter(reply))
 
-    async def _filter_body(self, data: bytes, last: bool) -> bytes:
-        out = await self._chain.request_data(data, last)
+    async def _filter_body(self, chain: StreamFilterChain, data: bytes, last: bool) -> bytes:
+        out = await chain.request_data(data, last)
         if isinstance(out, LocalReply):
             raise _filter_fail(out)
         return out
 
-    async def _filter_request_trailers(self, trailers: list | None) -> None:
-        if trailers and self._chain.mask & REQUEST_TRAILERS:
-            reply = await self._chain.request_trailers(Headers(trailers))
+    async def _filter_request_trailers(
+        self, chain: StreamFilterChain, trailers: list[tuple[bytes, bytes]] | None
+    ) -> None:
+        if trailers and chain.mask & REQUEST_TRAILERS:
+            reply = await chain.request_trailers(Headers(trailers))
             if reply is not None:
                 raise _filter_fail(reply)
 
     async def _filtered_head(
-        self, head: RequestHead, info: RequestRecord, route: Route, resp: ResponseHead, end: bool
+        self,
+        chain: StreamFilterChain,
+        head: RequestHead,
+        info: RequestRecord,
+        route: Route,
+        resp: ResponseHead,
+        end: bool,
     ) -> tuple[bool, bool, bytes] | LocalReply:
         """``_response_head`` after the response-headers hooks, which may change the status
         and the headers (taking Content-Length off makes the body chunked downstream)."""
-        chain = self._chain
         if not chain.mask & (RESPONSE_HEADERS | RESPONSE_DATA):
             return self._response_head(head, info, route, resp)
         headers = Headers(strip_hop_by_hop(resp.headers), resp.status)
         chain.context.upstream_host = info.upstream_host
         if not chain.replied:  # chain.response_headers, inlined
-            for f, bits, name in reversed(chain.made):
+            for f, bits, filter_name in reversed(chain.made):
                 if bits & RESPONSE_HEADERS:
                     try:
                         reply = await f.on_response_headers(headers, end)
                     except Exception:
-                        reply = filter_failed(name, "on_response_headers")
+                        reply = filter_failed(filter_name, "on_response_headers")
                     if reply is not None:
                         chain.replied = True
                         return reply
@@ -537,7 +554,7 @@ class _Session:
                 resp = ResponseHead(
                     status,
                     None if status != resp.status else resp.reason,
-                    resp.version,  # type: ignore[arg-type]
+                    resp.version,
                     headers.raw,
                     resp.keep_alive,
                     length,
@@ -545,11 +562,12 @@ class _Session:
                 )
         return self._response_head(head, info, route, resp, headers.raw)
 
-    async def _filtered_tail(self, chunked: bool, trailers: list | None) -> bytes | None:
+    async def _filtered_tail(
+        self, chain: StreamFilterChain, chunked: bool, trailers: list[tuple[bytes, bytes]] | None
+    ) -> bytes | None:
         """What ends a filtered response body: the data hooks' last piece, then the trailers
         (after their hooks) or the last chunk. ``None``: a filter failed the response after
         it began, so it can only be cut."""
-        chain = self._chain
         out = b""
         if chain.mask & RESPONSE_DATA:
             tail = await chain.response_data(b"", True)
@@ -569,11 +587,11 @@ class _Session:
         self.stream.abort()
         return False, False
 
-    async def _consume_end(self) -> None:
+    async def _consume_end(self, info: RequestRecord) -> None:
         event = await self._next_body_event()
         if not isinstance(event, EndOfMessage):  # the parser's framing says otherwise: a bug
             raise H1Error(400, "unexpected body")
-        self._request_complete()
+        self._request_complete(info)
 
     def _arm(self, scope: trio.CancelScope | None, timeout: float | None) -> None:
         """Give ``scope`` its ``timeout``, counted from the end of the request; ``None``:
@@ -591,9 +609,9 @@ class _Session:
         else:
             scope.deadline = min(scope.deadline, deadline)
 
-    def _request_complete(self) -> None:
+    def _request_complete(self, info: RequestRecord) -> None:
         self.request_done = True
-        self._info.request_received_duration = _monotonic() - self._info.start
+        info.request_received_duration = _monotonic() - info.start
         if self._armed:
             now = trio.current_time()
             for scope, timeout in self._armed:
@@ -755,11 +773,13 @@ class _Session:
         host.active_requests += 1  # what LB_LEAST_REQUEST compares
         timed_out = False
         # One frame for the whole exchange (each coroutine layer is paid on every resume).
-        scope = trio.CancelScope() if per_try else _NO_SCOPE
+        scope: trio.CancelScope | contextlib.nullcontext[None] = _NO_SCOPE
         try:
+            if per_try:
+                # Armed before it is entered: a deadline already past cancels on entry.
+                scope = trio.CancelScope()
+                self._arm(scope, per_try)
             with scope:
-                if per_try:
-                    self._arm(scope, per_try)
                 replay = self._replay_left
                 # framing from our parse: a Content-Length or chunked the client sent, or
                 # chunked when a filter changed the body
@@ -835,23 +855,24 @@ class _Session:
                     self.sent_continue = True
                     await self._send_down(CONTINUE)
                 chain = self._chain
-                chunk_filter = chain is not None and chain.mask & REQUEST_DATA
+                # the chain when its data hooks run (narrowed once, not per chunk)
+                data_chain = chain if chain is not None and chain.mask & REQUEST_DATA else None
                 while True:
                     event = await self._next_body_event()
                     if type(event) is Body:
                         info.bytes_received += len(event.data)
                         data = event.data
-                        if chunk_filter:
-                            data = await self._filter_body(data, False)
+                        if data_chain is not None:
+                            data = await self._filter_body(data_chain, data, False)
                         await up.send_data(usid, data)
-                    else:
-                        if chunk_filter:
-                            tail = await self._filter_body(b"", True)
+                    elif type(event) is EndOfMessage:
+                        if data_chain is not None:
+                            tail = await self._filter_body(data_chain, b"", True)
                             if tail:
                                 await up.send_data(usid, tail)
                         if chain is not None:
-                            await self._filter_request_trailers(event.trailers)
-                        self._request_complete()
+                            await self._filter_request_trailers(chain, event.trailers)
+                        self._request_complete(info)
                         # connection-specific fields are refused by HTTP/2: dropped here
                         trailers = trailers_to_h2(event.trailers) if event.trailers else None
                         if trailers:
@@ -859,6 +880,8 @@ class _Session:
                         else:
                             up.end_stream(usid)
                         break
+                    else:  # a head inside a body: the parser's framing says otherwise (a bug)
+                        raise H1Error(400, "unexpected request head")
             return await self._relay_h2_response(head, info, route, up, usid, uinbox)
         except StreamGone as exc:
             if not self.response_started:
@@ -871,27 +894,34 @@ class _Session:
             up.close_stream(usid)
 
     async def _relay_h2_response(
-        self, head: RequestHead, info: RequestRecord, route: Route, up, usid: int, uinbox
+        self,
+        head: RequestHead,
+        info: RequestRecord,
+        route: Route,
+        up: H2Endpoint,
+        usid: int,
+        uinbox: Inbox,
     ) -> bool:
         chunked = close = False
         self.conn.idle.pause()
         chain = self._chain
         while True:
             event = await uinbox.get()
-            kind = type(event)
-            if kind is H2Data:
+            # `type(...) is`, not a local `kind`: the checker narrows only this form.
+            if type(event) is H2Data:
                 data = event.data
                 info.bytes_sent += len(data)
                 if chain is not None and chain.mask & RESPONSE_DATA:
-                    data = await chain.response_data(data, False)
-                    if isinstance(data, LocalReply):
+                    out = await chain.response_data(data, False)
+                    if isinstance(out, LocalReply):
                         return self._cut(info)[0]
+                    data = out
                 if data:
                     await self._send_down(encode_chunk(data) if chunked else data)
                 up.consumed(usid, event.flow_length)
                 if event.end_stream:
                     if chain is not None:
-                        tail = await self._filtered_tail(chunked, None)
+                        tail = await self._filtered_tail(chain, chunked, None)
                         if tail is None:
                             return self._cut(info)[0]
                         if tail:
@@ -899,7 +929,7 @@ class _Session:
                     elif chunked:
                         await self._send_down(encode_last_chunk(None))
                     break
-            elif kind is H2ResponseHeaders:
+            elif type(event) is H2ResponseHeaders:
                 try:
                     status, headers = response_from_h2(event.headers)
                 except H2HeaderError:
@@ -912,11 +942,14 @@ class _Session:
                     length = 0
                     headers.append((b"content-length", b"0"))
                 # reason None: the encoder writes the standard phrase (HTTP/2 has none)
-                resp = ResponseHead(status, None, b"2", headers, True, length, False)  # type: ignore[arg-type]
+                resp = ResponseHead(status, None, b"2", headers, True, length, False)
+                framing: tuple[bool, bool, bytes] | LocalReply
                 if chain is None:
                     framing = self._response_head(head, info, route, resp)
                 else:
-                    framing = await self._filtered_head(head, info, route, resp, event.end_stream)
+                    framing = await self._filtered_head(
+                        chain, head, info, route, resp, event.end_stream
+                    )
                     if isinstance(framing, LocalReply):
                         return await self._filter_reply(head, info, framing)
                 chunked, close, wire = framing
@@ -925,10 +958,11 @@ class _Session:
                     if chain is not None and chunked:
                         await self._send_down(encode_last_chunk(None))
                     break
-            elif kind is H2Trailers:
+            elif type(event) is H2Trailers:
                 if chain is not None:
                     # a content-length body has no room for trailers: dropped
-                    tail = await self._filtered_tail(chunked, event.headers if chunked else None)
+                    trailers = event.headers if chunked else None
+                    tail = await self._filtered_tail(chain, chunked, trailers)
                     if tail is None:
                         return self._cut(info)[0]
                     if tail:
@@ -936,7 +970,7 @@ class _Session:
                 elif chunked:  # a content-length body has no room for trailers: dropped
                     await self._send_down(encode_last_chunk(event.headers))
                 break
-            elif kind is InformationalHeaders and head.version == b"1.1":
+            elif type(event) is InformationalHeaders and head.version == b"1.1":
                 status, headers = response_from_h2(event.headers)
                 if status != 100:
                     await self._send_down(encode_response_head(status, None, headers))
@@ -949,7 +983,9 @@ class _Session:
         limit = self.proxy.config.retry_buffer_bytes
         kept = sum(map(len, self._replay_left)) if self._replay_left else 0
         chunked = self._up_chunked
-        chunk_filter = self._chain is not None and self._chain.mask & REQUEST_DATA
+        chain = self._chain
+        # the chain when its data hooks run (narrowed once, not per chunk)
+        data_chain = chain if chain is not None and chain.mask & REQUEST_DATA else None
         chunks = 0
         while True:
             event = await self._next_body_event()
@@ -959,20 +995,22 @@ class _Session:
             if type(event) is Body:
                 data = event.data
                 info.bytes_received += len(data)
-                if chunk_filter:
-                    data = await self._filter_body(data, False)
+                if data_chain is not None:
+                    data = await self._filter_body(data_chain, data, False)
                 wire = encode_chunk(data) if chunked else data
-            else:
+            elif type(event) is EndOfMessage:
                 wire = b""
-                if chunk_filter:
-                    wire = await self._filter_body(b"", True)
+                if data_chain is not None:
+                    wire = await self._filter_body(data_chain, b"", True)
                     if chunked:
                         wire = encode_chunk(wire)
-                if self._chain is not None:
-                    await self._filter_request_trailers(event.trailers)
+                if chain is not None:
+                    await self._filter_request_trailers(chain, event.trailers)
                 if chunked:
                     wire += encode_last_chunk(event.trailers)
-                self._request_complete()
+                self._request_complete(info)
+            else:  # a head inside a body: the parser's framing says otherwise (a bug)
+                raise H1Error(400, "unexpected request head")
             if self._replay_left is not None:
                 kept += len(wire)
                 if kept <= limit:
@@ -1042,58 +1080,61 @@ class _Session:
             done = False
             chain = self._chain
             for event in events:
-                kind = type(event)
-                if kind is Body:
-                    info.bytes_sent += len(event.data)
-                    data = event.data
+                # `type(...) is`, not a local `kind`: the checker narrows only this form.
+                if type(event) is Body:
+                    piece = event.data
+                    info.bytes_sent += len(piece)
                     if chain is not None and chain.mask & RESPONSE_DATA:
-                        data = await chain.response_data(data, False)
-                        if isinstance(data, LocalReply):
+                        filtered = await chain.response_data(piece, False)
+                        if isinstance(filtered, LocalReply):
                             return self._cut(info)
-                    out.append(encode_chunk(data) if chunked_down else data)
-                elif kind is EndOfMessage:
+                        piece = filtered
+                    out.append(encode_chunk(piece) if chunked_down else piece)
+                elif type(event) is EndOfMessage:
                     if chain is not None and chain.mask & (RESPONSE_DATA | RESPONSE_TRAILERS):
-                        tail = await self._filtered_tail(chunked_down, event.trailers)
+                        tail = await self._filtered_tail(chain, chunked_down, event.trailers)
                         if tail is None:
                             return self._cut(info)
                         out.append(tail)
                     elif chunked_down:
                         out.append(encode_last_chunk(event.trailers))
                     done = True
-                elif event.status < 200:
-                    if event.status == 101:
-                        if head.upgrade is not None and _switches_to_asked(head.upgrade, event):
-                            return await self._upgrade(event, info, route, conn, parser, out)
-                        if not self.response_started:  # a switch nobody asked for, or to h2c
-                            raise _Fail(BAD_RESPONSE)
-                        info.add_flag(Flag.UPSTREAM_PROTOCOL_ERROR)
-                        self.stream.abort()
-                        return False, False
-                    # Our own 100 went already, or none was asked; HTTP/1.0 has no 1xx at all.
-                    if event.status != 100 and head.version == b"1.1":
-                        out.append(_informational(event))
-                else:
-                    retry = self._retry
-                    if (
-                        retry is not None
-                        and self._replay_left is not None
-                        and retry.retries_status(event.status)
-                    ):
-                        raise _Retry(Reply(event.status, Flag.NONE, b""))
-                    if chain is None:
-                        framing = self._response_head(
-                            head, info, route, event, None, parser.head_raw
-                        )
+                elif type(event) is ResponseHead:
+                    if event.status < 200:
+                        if event.status == 101:
+                            if head.upgrade is not None and _switches_to_asked(head.upgrade, event):
+                                return await self._upgrade(event, info, route, conn, parser, out)
+                            if not self.response_started:  # a switch nobody asked for, or to h2c
+                                raise _Fail(BAD_RESPONSE)
+                            info.add_flag(Flag.UPSTREAM_PROTOCOL_ERROR)
+                            self.stream.abort()
+                            return False, False
+                        # Our own 100 went already, or none was asked; HTTP/1.0 has no 1xx at all.
+                        if event.status != 100 and head.version == b"1.1":
+                            out.append(_informational(event))
                     else:
-                        framing = await self._filtered_head(
-                            head, info, route, event, event.content_length == 0
-                        )
-                        if isinstance(framing, LocalReply):
-                            # The filter's reply stands in for the upstream's response, whose
-                            # unread rest makes the upstream connection unusable.
-                            return await self._filter_reply(head, info, framing), False
-                    chunked_down, close_after, head_bytes = framing
-                    out.append(head_bytes)
+                        retry = self._retry
+                        if (
+                            retry is not None
+                            and self._replay_left is not None
+                            and retry.retries_status(event.status)
+                        ):
+                            raise _Retry(Reply(event.status, Flag.NONE, b""))
+                        framing: tuple[bool, bool, bytes] | LocalReply
+                        if chain is None:
+                            framing = self._response_head(
+                                head, info, route, event, None, parser.head_raw
+                            )
+                        else:
+                            framing = await self._filtered_head(
+                                chain, head, info, route, event, event.content_length == 0
+                            )
+                            if isinstance(framing, LocalReply):
+                                # The filter's reply stands in for the upstream's response, whose
+                                # unread rest makes the upstream connection unusable.
+                                return await self._filter_reply(head, info, framing), False
+                        chunked_down, close_after, head_bytes = framing
+                        out.append(head_bytes)
             if out:
                 await self._send_down(b"".join(out) if len(out) > 1 else out[0])
             if done:
@@ -1254,7 +1295,7 @@ class _Session:
             or head.upgrade is not None
         )
         if (
-            reply.h1_keep is not None
+            (data := reply.h1_close if close else reply.h1_keep) is not None
             and head is not None
             and head.version == b"1.1"
             and head.method != b"HEAD"
@@ -1262,7 +1303,6 @@ class _Session:
             and route is None
         ):
             # A constant reply on the usual request: its bytes were encoded at import.
-            data = reply.h1_close if close else reply.h1_keep
             info.bytes_sent += len(body)
             info.response_code = status
             if flag:
