@@ -72,6 +72,10 @@ class GrpcEchoServer:
         self.calls: list[Call] = []
         self.completed: list[str] = []
         self.cancelled: list[str] = []
+        #: Bytes each ClientStream handler read before its request stream ended. grpcio's
+        #: sync server may end the iteration quietly (no RpcError) when the call is reset
+        #: mid-stream, so "completed" alone cannot tell a reset from a whole request.
+        self.client_stream_bytes: list[int] = []
         #: Set at the first cancellation of any method.
         self.cancelled_event = threading.Event()
         self._cancel_events = {m: threading.Event() for m in METHODS}
@@ -174,6 +178,8 @@ class GrpcEchoServer:
                 size += len(message)
         except grpc.RpcError:  # the call ended under us
             return b""
+        with self._lock:
+            self.client_stream_bytes.append(size)
         self._finish("ClientStream", state)
         return b"count=%d;bytes=%d" % (count, size)
 
