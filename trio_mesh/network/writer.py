@@ -1,14 +1,21 @@
-"""Whole frames onto one stream from many tasks (multiplexed protocols).
+"""Whole frames onto one stream from many tasks (multiplexed protocols), batched.
 
-A ``trio.StrictFIFOLock`` checkpoints twice per acquisition, even uncontended, and a task
-switch costs more than the send it guards. Sends are tried first and wait only when the
-kernel's buffer is full, so most frames go out without any other task getting a turn: then a
-flag is all the mutual exclusion needed. A task finding the flag set parks until the writer
-is done.
+One ``send`` per frame was the largest cost of the RPC path (docs/performance.md, "SOFA
+bolt"): the frames one upstream read answers, or one client read asks, each took a syscall
+and woke the peer once. So frames are queued, and the task that finds no flush under way
+becomes the flusher: it lets the tasks already runnable in this scheduler turn queue theirs
+(one shielded checkpoint), then sends the whole queue in one ``send`` (more while frames keep
+coming). A task joining a flush returns at once; the queue has a byte cap (``limit``; one
+frame of any size passes an empty queue), over which a joiner waits: backpressure.
 
-A frame goes out whole or the stream is reset: a send cancelled part-way (a request's timeout,
-say) would leave half a frame that every later frame follows, so then the stream is aborted
-and every later send fails; the peer sees a reset, not garbage.
+A frame goes out whole or the stream is reset: a flush cancelled or failed part-way (a
+request's timeout, say) would leave half a frame that every later frame follows, so then the
+stream is aborted and every later send fails; the peer sees a reset, not garbage. Frames a
+failed flush did not send are dropped; their senders learn of it through the stream (the
+connection's owner closes it and fails what waits on it).
+
+Bytes a sender owes to a budget (``owed``: a response counted by ``ConnectionBudget.owe``)
+are handed to ``on_paid`` once written or dropped, whatever happens, exactly once.
 """
 
 from __future__ import annotations
@@ -20,27 +27,105 @@ import trio
 from .stream import Stream, _mapped
 
 _wait_writable = trio.lowlevel.wait_writable
+_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
+
+#: Bytes queued behind a flush before joiners wait (a frame of any size passes alone).
+QUEUE_LIMIT = 256 * 1024
 
 
 class FrameWriter:
-    __slots__ = ("_busy", "_waiting", "broken", "on_block", "stream")
+    __slots__ = (
+        "_busy",
+        "_frames",
+        "_owed",
+        "_queued",
+        "_room",
+        "broken",
+        "limit",
+        "on_block",
+        "on_paid",
+        "stream",
+    )
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, limit: int = QUEUE_LIMIT) -> None:
         self.stream = stream
+        self.limit = limit
         self.broken = False
         #: Called when a send must wait for the peer to read (the slow path only).
         self.on_block: Callable[[], None] | None = None
-        self._busy = False
-        self._waiting = trio.lowlevel.ParkingLot()
+        #: Given the owed bytes of frames written (or dropped).
+        self.on_paid: Callable[[int], None] | None = None
+        self._busy = False  # a flush is under way (its task sends what is queued)
+        self._frames: list[bytes | bytearray | memoryview] = []
+        self._queued = 0  # bytes in _frames
+        self._owed = 0  # owed bytes in _frames
+        self._room = trio.lowlevel.ParkingLot()  # joiners waiting for the queue to drain
 
-    async def send(self, data: bytes | bytearray | memoryview) -> None:
-        """Send ``data`` whole; trio's Broken/ClosedResourceError when the stream cannot take
-        it (or was reset because an earlier frame was cut short)."""
-        while self._busy:
-            await self._waiting.park()
+    async def send(self, data: bytes | bytearray | memoryview, owed: int = 0) -> None:
+        """Queue ``data`` to go out whole; trio's Broken/ClosedResourceError when the stream
+        cannot take it (or was reset because an earlier frame was cut short). Returns once
+        it is sent or, when another task is flushing, queued for that task to send."""
+        try:
+            if self._busy:
+                while self._frames and self._queued + len(data) > self.limit:
+                    await self._room.park()  # cancelled here: nothing of ours queued
+                    if not self._busy:
+                        break  # the flush ended: we flush ourselves
+                else:
+                    self._check()
+                    self._queue(data, owed)
+                    owed = 0
+                    return
+            self._check()
+            self._queue(data, owed)
+            owed = 0
+        finally:
+            if owed and self.on_paid is not None:
+                self.on_paid(owed)  # never queued: dropped
+        await self._flush()
+
+    def _check(self) -> None:
         if self.broken:
             raise trio.BrokenResourceError("an earlier frame was cut short: the stream is reset")
+
+    def _queue(self, data: bytes | bytearray | memoryview, owed: int) -> None:
+        self._frames.append(data)
+        self._queued += len(data)
+        self._owed += owed
+
+    async def _flush(self) -> None:
         self._busy = True
+        owed = 0
+        try:
+            # Frames other tasks write in this turn join ours (no Cancelled here: a frame
+            # queued is sent or the stream reset, never silently left).
+            await _shielded_checkpoint()
+            while self._frames:
+                frames = self._frames
+                owed = self._owed
+                self._frames = []
+                self._queued = self._owed = 0
+                if self._room:
+                    self._room.unpark_all()
+                await self._send_all(frames[0] if len(frames) == 1 else b"".join(frames))
+                if owed:
+                    owed, paid = 0, owed
+                    if self.on_paid is not None:
+                        self.on_paid(paid)
+        except BaseException:
+            self.broken = True
+            owed += self._owed
+            self._frames = []
+            self._queued = self._owed = 0
+            if owed and self.on_paid is not None:
+                self.on_paid(owed)  # dropped
+            raise
+        finally:
+            self._busy = False
+            if self._room:
+                self._room.unpark_all()
+
+    async def _send_all(self, data: bytes | bytearray | memoryview) -> None:
         sock = self.stream.socket
         view = memoryview(data)
         total = len(view)
@@ -56,12 +141,8 @@ class FrameWriter:
                 except OSError as exc:
                     raise _mapped(exc) from exc
         except BaseException:
-            self.broken = True
             if 0 < sent < total:
                 self.stream.abort()
             raise
         finally:
             view.release()
-            self._busy = False
-            if self._waiting:
-                self._waiting.unpark()

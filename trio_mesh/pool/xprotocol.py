@@ -33,14 +33,41 @@ class UpstreamLost(Exception):
     """The upstream connection closed or broke before the response came."""
 
 
-class _Slot:
-    """Where the reader puts one request's response."""
+_reschedule = trio.lowlevel.reschedule
+_current_task = trio.lowlevel.current_task
+_wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
+_ABORTED = trio.lowlevel.Abort.SUCCEEDED
 
-    __slots__ = ("event", "frame")
+
+class _Slot:
+    """Where the reader puts one request's response, waking the task waiting for it: the
+    task itself is parked, not an Event (its ParkingLot) made per call."""
+
+    __slots__ = ("done", "frame", "task")
 
     def __init__(self) -> None:
-        self.event = trio.Event()
         self.frame: Frame | None = None
+        self.done = False  # answered, or its connection lost (frame None)
+        self.task: trio.lowlevel.Task | None = None  # parked in ``wait`` (until woken)
+
+    def set(self) -> None:
+        self.done = True
+        task = self.task
+        if task is not None:
+            self.task = None
+            _reschedule(task)
+
+    async def wait(self) -> None:
+        """Until ``set`` (cancellable: a timeout's scope)."""
+        if self.done:
+            await trio.lowlevel.checkpoint()  # a checkpoint, as Event.wait is
+            return
+        self.task = _current_task()
+        await _wait_task_rescheduled(self._abort)
+
+    def _abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self.task = None
+        return _ABORTED
 
 
 class XConnection:
@@ -88,7 +115,7 @@ class XConnection:
         slot = self.pending[rid] = _Slot()
         try:
             await self.send(data)
-            await slot.event.wait()
+            await slot.wait()
         finally:
             self.pending.pop(rid, None)
         if slot.frame is None:
@@ -100,7 +127,7 @@ class XConnection:
             self.dead = reason
             self.stream.abort()  # wakes our reader off the fd first (Stream.close)
             for slot in self.pending.values():
-                slot.event.set()  # frame None: lost
+                slot.set()  # frame None: lost
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The reader, and the keepalive beside it; returns when the connection is gone."""
@@ -181,9 +208,9 @@ class XConnection:
                             return
                     continue  # requests from the upstream side are not proxied
                 slot = self.pending.get(frame.request_id)
-                if slot is not None and slot.frame is None:
+                if slot is not None and not slot.done:
                     slot.frame = frame
-                    slot.event.set()
+                    slot.set()
                 # else: a response to a request given up on (timed out): dropped
             if buf and not begun:
                 frame_scope.deadline = trio.current_time() + timeout
@@ -201,7 +228,7 @@ class XConnection:
             try:
                 await self.send(self.codec.encode(self.codec.heartbeat_request(rid)))
                 with trio.move_on_after(self.options.heartbeat_timeout):
-                    await slot.event.wait()
+                    await slot.wait()
             except UpstreamLost:
                 return
             finally:

@@ -147,6 +147,7 @@ class _XSession:
         self._room = trio.Event()  # set when in_flight drops below the limit
         self._writer = FrameWriter(conn.stream)
         self._writer.on_block = self._blocked
+        self._writer.on_paid = self._paid
         self._stalled = False  # the idle timer runs for a write waiting on the client
         self.budget = proxy.budget.connection()
         self._held = 0  # bytes of the read buffer counted in the budget
@@ -329,11 +330,15 @@ class _XSession:
             self.conn.busy = False
             self.conn.idle.touch()
 
-    async def _write(self, data: bytes | bytearray) -> None:
+    async def _write(self, data: bytes | bytearray, owed: int = 0) -> None:
+        """Write ``data`` (queued behind a flush under way: FrameWriter); ``owed`` bytes of
+        it are ``paid`` once written or dropped."""
         if self.gone:
+            if owed:
+                self._paid(owed)
             return
         try:
-            await self._writer.send(data)
+            await self._writer.send(data, owed)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # The client is gone: nothing in flight can be answered any more.
             self.gone = True
@@ -494,19 +499,23 @@ class _XSession:
             # SPENT: other clients' responses fill the listener's budget.
             proxy.stats.downstream_rq_tx_buffer_overflow += 1
             return OVERFLOW
-        try:
-            # Written outside the timeout: a frame is never cut short by it (FrameWriter).
-            await self._reply(data, record)
-        finally:
-            budget.paid(n)
-            if self._stalled:
-                if budget.queued:
-                    self.conn.idle.touch()  # the client took this one: it is reading
-                else:
-                    self._stalled = False
-                    if self.in_flight > 1:
-                        self.conn.idle.pause()  # the others wait on the upstream, timed apart
+        # Written outside the timeout: a frame is never cut short by it (FrameWriter), and
+        # paid (``_paid``) once written or dropped, maybe after this returns (a joined flush).
+        record.bytes_sent += n
+        await self._write(data, n)
         return None
+
+    def _paid(self, n: int) -> None:
+        """Owed responses' ``n`` bytes are written (or dropped)."""
+        budget = self.budget
+        budget.paid(n)
+        if self._stalled:
+            if budget.queued:
+                self.conn.idle.touch()  # the client took this one: it is reading
+            else:
+                self._stalled = False
+                if self.in_flight:  # (this one's too, if not yet finished: it touches then)
+                    self.conn.idle.pause()  # the others wait on the upstream, timed apart
 
     def _blocked(self) -> None:
         """A write waits for the client to read: its idle timer runs (paused while requests
