@@ -14,7 +14,10 @@ from ..replies import Reply
 
 class UpstreamFailed(Exception):
     """The upstream side of a try failed before anything of a response came; ``reply``
-    answers it (``CONNECT_FAILURE``, ``OVERFLOW``, ``TIMEOUT``, ``UPSTREAM_RESET``)."""
+    answers it (``CONNECT_FAILURE``, ``OVERFLOW``, ``TIMEOUT``, ``UPSTREAM_RESET``).
+    ``race``: the upstream never processed the request (a reused connection it had closed,
+    a stream it refused): it may be sent once more on a fresh connection."""
 
-    def __init__(self, reply: Reply) -> None:
+    def __init__(self, reply: Reply, *, race: bool = False) -> None:
         self.reply = reply
+        self.race = race
