@@ -202,6 +202,10 @@ async def _relay_response(
                 else:
                     await sink.data(event.data, False)
             elif type(event) is EndOfMessage:
+                if event.trailers:
+                    # llhttp keeps what a trailer section's Connection said across a reset:
+                    # the next exchange on this connection gets a parser of its own.
+                    conn.parser = None
                 if not ended:
                     if event.trailers:
                         await sink.trailers(event.trailers)
