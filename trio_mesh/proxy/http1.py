@@ -709,7 +709,10 @@ class _Session:
         if pending:
             data = b"".join(pending) if len(pending) > 1 else pending[0]
             pending.clear()
-            await self._send_down(data)
+            try:  # _send_down, inlined: a coroutine less on every response
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise _DownstreamGone() from None
 
     def cut(self, flag: str, code: ErrorCode = ErrorCode.INTERNAL_ERROR) -> None:
         """The response cannot go on: the client must see it cut short, not end."""

@@ -491,7 +491,7 @@ async def handle(
     remote: tuple[str, int] | None,
     local: tuple[str, int] | None,
 ) -> None:
-    """Answer one request: filters, route, local answers, then ``forward``."""
+    """Answer one request: filters, route, local answers, then the tries to its cluster."""
     header = header_getter(view.headers)
     route = core.table.match(view.host, view.path, view.query, header)
     if route is not None and core.detailed:
@@ -515,8 +515,8 @@ async def handle(
         await ad.reply(NO_ROUTE)
         return
     if route.direct_response is not None:
-        status, body = route.direct_response
-        await ad.reply(Reply(status, Flag.NONE, body), route=route)
+        status, payload = route.direct_response
+        await ad.reply(Reply(status, Flag.NONE, payload), route=route)
         return
     if route.redirect is not None:
         status, location = route.redirect.location("http", view.host, view.path, view.query)
@@ -533,13 +533,9 @@ async def handle(
         await ad.reply(NO_CLUSTER)
         return
     info.upstream_cluster = cluster.name
-    await forward(core, ad, route, cluster, info)
 
-
-async def forward(
-    core: ProxyCore, ad: Downstream, route: Route, cluster: Cluster, info: RequestRecord
-) -> None:
-    """The tries of one request to ``cluster``, until one answers or none is left."""
+    # The tries, until one answers or none is left (here, not in a function of their own:
+    # a coroutine layer is paid on every resume of the request).
     req = ad.upstream_request(route, info)  # once: a retry sends the same request id
     chain = ad.chain
     sink = ad.sink
@@ -598,14 +594,14 @@ async def forward(
                         stats.upstream_rq_retry += 1
                     body.rewind()
                     continue
-                reply = exc.reply
+                failed = exc.reply
                 if (
                     retry is None
-                    or reply.cause is Cause.REFUSED
+                    or failed.cause is Cause.REFUSED
                     or not body.replayable
-                    or not retry.should_retry(reply)
+                    or not retry.should_retry(failed)
                 ):
-                    await ad.reply(reply)
+                    await ad.reply(failed)
                     return
                 body.rewind()
             finally:
