@@ -369,6 +369,7 @@ class _Session:
         self.keep_conn = False
         self.finished = False
         self.request_trailers = None
+        self._pending.clear()
         return info
 
     # ------------------------------------------------------------------ one request
@@ -437,6 +438,7 @@ class _Session:
         if self.started:  # too late for a reply: the response can only be cut
             self.cut(reply.flag or Flag.FILTER_FAILED)
             return
+        self._pending.clear()  # an informational response waiting for its send: replaced
         self.keep_conn = await self._local_reply(
             self.req_head, self.info, reply, headers=headers, route=route
         )
