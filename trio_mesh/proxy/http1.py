@@ -482,7 +482,8 @@ class _Session:
 
     def _request_complete(self, info: RequestRecord) -> None:
         self.request_done = True
-        info.request_received_duration = _monotonic() - info.start
+        if self.proxy.detailed:  # a clock read only a log line needs
+            info.request_received_duration = _monotonic() - info.start
         if self._armed:
             now = trio.current_time()
             for scope, timeout in self._armed:
@@ -635,7 +636,8 @@ class _Session:
         assert head is not None and route is not None
         info = self.info
         info.response_code = resp.status
-        info.response_received_duration = _monotonic() - info.start
+        if self.proxy.detailed:
+            info.response_received_duration = _monotonic() - info.start
         chunked = close = False
         # The framing is our parse's, written by the encoder; a HEAD or 304 response still
         # says the length a GET would get (parsed, so one valid number), a 204 none.
