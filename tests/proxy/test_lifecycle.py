@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
-import pytest
+import gc
 
+import pytest
+import trio
+
+from tests.h2_upstream import open_h2_client, start_h2_upstream
+from tests.http_helpers import Client, get, http_config, start_proxy, start_upstream, to
 from trio_mesh.filters.stream import (
     LocalReply,
     RequestContext,
@@ -14,6 +19,7 @@ from trio_mesh.filters.stream import (
 )
 from trio_mesh.protocols.http1 import ResponseHead
 from trio_mesh.protocols.http2 import ErrorCode
+from trio_mesh.proxy import http1, http2
 from trio_mesh.proxy.lifecycle import FilteredSink, FilterReplied, RequestBody, ResponseCut
 from trio_mesh.proxy.record import RequestRecord
 
@@ -196,3 +202,39 @@ async def test_a_status_no_protocol_can_send_is_a_filter_failure():
     with pytest.raises(FilterReplied) as raised:
         await sink.head(head(), False, None)
     assert raised.value.reply.status == 500 and inner.heads == []
+
+
+# --------------------------------------------------------------------------- no cycles
+
+
+def _alive(cls: type) -> int:
+    return sum(1 for o in gc.get_objects() if type(o) is cls)
+
+
+async def test_a_finished_request_leaves_no_reference_cycle(nursery):
+    """Sessions, streams and request bodies are freed when their request or connection ends,
+    not left to the cycle collector (the body refers to its adapter, never the other way)."""
+    h2_up = await start_h2_upstream(nursery)
+    h2 = {"downstream_protocol": "Http2", "upstream_protocol": "Http2"}
+    _, h2_port = await start_proxy(nursery, http_config([to("up")], {"up": h2_up.port}, proxy=h2))
+    h1_up = await start_upstream(nursery)
+    _, h1_port = await start_proxy(nursery, http_config([to("up")], {"up": h1_up.port}))
+    gc.collect()
+    gc.disable()
+    try:
+        with trio.fail_after(10):
+            async with open_h2_client(h2_port) as client:
+                for _ in range(5):
+                    assert (await client.request("GET", "/echo")).status == 200
+                    r = await client.request("POST", "/echo", body=b"x" * 1000)
+                    assert r.status == 200
+            for _ in range(5):
+                async with await Client.connect(h1_port) as c:
+                    await c.send(get("/"))
+                    assert (await c.response()).status == 200
+            # the connections' tasks end once the proxy saw the closes
+            while _alive(http1._Session) or _alive(http2._Stream):
+                await trio.sleep(0.01)
+        assert _alive(RequestBody) == 0
+    finally:
+        gc.enable()

@@ -119,7 +119,6 @@ class _Session:
         "_close",
         "_pending",
         "_route",
-        "body",
         "chain",
         "conn",
         "eof",
@@ -167,7 +166,6 @@ class _Session:
         # Per-request state in objects made once per connection, not per request.
         self.view = RequestView()
         self.ureq = UpstreamRequest()
-        self.body = RequestBody(self)
         self.req_head: RequestHead | None = None
         self.info = RequestRecord()
         self._route: Route | None = None
@@ -265,6 +263,9 @@ class _Session:
 
     async def run(self) -> None:
         served = 0
+        # The requests' body, reset per request; held by this frame, not by the session (it
+        # refers to the session: a cycle would leave every session to the cycle collector).
+        body = RequestBody(self)
         while True:
             info = head = None
             self.started = False
@@ -273,7 +274,7 @@ class _Session:
                 if head is None:
                     return
                 info = self._start_info(head)
-                keep = await self._handle(head, info)
+                keep = await self._handle(head, info, body)
             except H1Error as exc:
                 # Bad request bytes: a defined status, and the connection is done.
                 if info is None:
@@ -374,7 +375,7 @@ class _Session:
 
     # ------------------------------------------------------------------ one request
 
-    async def _handle(self, head: RequestHead, info: RequestRecord) -> bool:
+    async def _handle(self, head: RequestHead, info: RequestRecord, body: RequestBody) -> bool:
         """Answer one request; return whether the connection goes on to the next."""
         has_body = bool(head.chunked or head.content_length)
         if not has_body:
@@ -395,9 +396,11 @@ class _Session:
         view.headers = head.headers
         view.end = not has_body
         proxy = self.proxy
-        self.body.reset(not has_body, None, proxy.retry_buffer_bytes)
+        body.reset(not has_body, None, proxy.retry_buffer_bytes)
         conn = self.conn
-        await lifecycle.handle(proxy, self, view, info, proxy.listener, conn.remote, conn.local)
+        await lifecycle.handle(
+            proxy, self, view, info, body, proxy.listener, conn.remote, conn.local
+        )
         return self.keep_conn
 
     async def _consume_end(self, info: RequestRecord) -> None:

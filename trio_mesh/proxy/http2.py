@@ -130,12 +130,13 @@ class Http2Proxy(ProxyCore):
         info.start = _monotonic()
         info.protocol = "HTTP/2"
         stream = _Stream(self, ep, conn, sid, inbox, info)
+        body = RequestBody(stream)
         try:
             # One scope for the stream: a downstream reset cancels it, and its deadline is the
             # route timeout (set once the route is known).
             with trio.CancelScope() as scope:
                 inbox.scope = scope
-                await stream.handle(event, scope)
+                await stream.handle(event, scope, body)
             if scope.cancelled_caught:
                 if inbox.error is None:
                     await stream.timed_out()
@@ -148,7 +149,7 @@ class Http2Proxy(ProxyCore):
             log.exception("http2 stream %d failed", sid)
             ep.reset(sid, ErrorCode.INTERNAL_ERROR)
         finally:
-            stream.body.forget()
+            body.forget()
             ep.close_stream(sid)
             if ep.active_streams == 0:
                 if ep.draining:
@@ -167,9 +168,9 @@ class _Stream:
         "_kept",
         "_owed",
         "_route",
-        "body",
         "chain",
         "conn",
+        "ended",
         "ep",
         "finished",
         "grpc",
@@ -211,7 +212,8 @@ class _Stream:
         self.scope: trio.CancelScope | None = None
         #: The request's stream filters (``None``: none configured, or none for it).
         self.chain: StreamFilterChain | None = None
-        self.body = RequestBody(self)
+        #: The request ended with its headers (no body).
+        self.ended = False
         self._route: Route | None = None
         # BodySource: the last chunk read (``request_trailers``: the request's trailers)
         self.finished = False
@@ -224,8 +226,11 @@ class _Stream:
     def sink(self) -> _Stream:
         return self
 
-    async def handle(self, event: RequestHeaders, scope: trio.CancelScope) -> None:
-        """Answer the request; ``scope``: the stream's, whose deadline is the route timeout."""
+    async def handle(
+        self, event: RequestHeaders, scope: trio.CancelScope, body: RequestBody
+    ) -> None:
+        """Answer the request; ``scope``: the stream's, whose deadline is the route timeout;
+        ``body``: the request's, over this stream (which keeps no reference to it: no cycle)."""
         proxy = self.proxy
         info = self.info
         self.scope = scope
@@ -260,9 +265,12 @@ class _Stream:
         if event.end_stream:
             self.finished = True
             info.request_received_duration = _monotonic() - info.start
-        self.body.reset(event.end_stream, None, proxy.retry_buffer_bytes)
+        self.ended = event.end_stream
+        body.reset(event.end_stream, None, proxy.retry_buffer_bytes)
         conn = self.conn
-        await lifecycle.handle(proxy, self, view, info, proxy.listener, conn.remote, conn.local)
+        await lifecycle.handle(
+            proxy, self, view, info, body, proxy.listener, conn.remote, conn.local
+        )
 
     async def timed_out(self) -> None:
         """The route timeout (the stream scope's deadline) fired."""
@@ -385,7 +393,7 @@ class _Stream:
             elif name == b"expect":
                 # answered here, as the HTTP/1 side does: the body goes up without waiting
                 self._continue = value.lower() == b"100-continue"
-        ended = self.body.empty
+        ended = self.ended
         if ended:
             length = 0 if lengths else None
             self._continue = False

@@ -34,8 +34,8 @@ went down; after that it cuts the response through the sink. The adapter ends th
 (``Observers.end(record)``): the route timeout and a downstream reset are its scopes' business.
 
 An RPC exchange fits the same shape: a request without a body stream (``RequestBody`` empty),
-its response one ``head`` + ``data(frame, True)``, and no ``RetryState`` (routes of RPC
-listeners carry no retry policy).
+routed by its header map (``RequestView.lookup``), its response one frame handed to the
+adapter's sink, and no ``RetryState`` (routes of RPC listeners carry no retry policy).
 """
 
 from __future__ import annotations
@@ -104,7 +104,8 @@ class ResponseCut(Exception):
 
 class RequestView:
     """One request as every protocol sees it. ``headers``: its regular header list (the
-    request-headers hooks change it in place); ``end``: it has no body."""
+    request-headers hooks change it in place); ``end``: it has no body; ``lookup``: how the
+    router reads a header when not from ``headers`` (an RPC frame's header map)."""
 
     __slots__ = (
         "authority",
@@ -112,6 +113,7 @@ class RequestView:
         "grpc",
         "headers",
         "host",
+        "lookup",
         "method",
         "path",
         "protocol",
@@ -130,6 +132,7 @@ class RequestView:
         self.headers: list[Header] = []
         self.end = True
         self.grpc = False
+        self.lookup: Callable[[str], str | None] | None = None
 
 
 class UpstreamRequest:
@@ -226,9 +229,6 @@ class Downstream(Protocol):
     """What a downstream adapter gives the lifecycle (see the module docstring)."""
 
     chain: StreamFilterChain | None
-
-    @property
-    def body(self) -> RequestBody: ...
 
     @property
     def sink(self) -> ResponseSink: ...
@@ -487,12 +487,15 @@ async def handle(
     ad: Downstream,
     view: RequestView,
     info: RequestRecord,
+    body: RequestBody,
     listener: str,
     remote: tuple[str, int] | None,
     local: tuple[str, int] | None,
 ) -> None:
-    """Answer one request: filters, route, local answers, then the tries to its cluster."""
-    header = header_getter(view.headers)
+    """Answer one request: filters, route, local answers, then the tries to its cluster.
+    ``body``: the request's, over the adapter as its source (the adapter holds no reference
+    to it: no cycle, so a finished request is freed at once, not by the cycle collector)."""
+    header = view.lookup or header_getter(view.headers)
     route = core.table.match(view.host, view.path, view.query, header)
     if route is not None and core.detailed:
         info.route_name = route.name
@@ -505,7 +508,7 @@ async def handle(
         chain = filters.create(ad.filter_context(route, cluster_name))
         if chain is not None:
             ad.chain = chain
-            ad.body.use_chain(chain)
+            body.use_chain(chain)
             if chain.mask & REQUEST_HEADERS:
                 reply = await chain.request_headers(Headers(view.headers), view.end)
                 if reply is not None:
@@ -543,7 +546,6 @@ async def handle(
         chain.context.request_id = info.request_id
         if chain.mask & _RESPONSE_HOOKS:
             sink = FilteredSink(sink, chain, info)
-    body = ad.body
     # Made only for a route with a retry policy (nothing allocated otherwise).
     retry = RetryState(route.retry, cluster) if route.retry is not None else None
     exchange = core.exchange
