@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import yaml
 
 from .converter import converter, structure_errors
 from .errors import ConfigError
@@ -67,6 +66,8 @@ def read_config(path: str | os.PathLike[str]) -> Loaded:
         raise ConfigError([f"{p}: not UTF-8 text: {exc.reason}"]) from None
     suffix = p.suffix.lower()
     if suffix in (".yaml", ".yml"):
+        import yaml  # only for YAML files: a JSON configuration starts without it
+
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
