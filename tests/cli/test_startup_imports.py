@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.cli_helpers import TIMEOUT
+from trio_mesh.config import ConfigError, read_config
 
 _START = """
 import json, sys
@@ -216,3 +218,25 @@ print("trio_mesh.config.stream_filters.mirror" in sys.modules)
         "flowcontrol,mirror",
         "False",
     ]
+
+
+def test_libyaml_reads_the_examples_as_the_python_parser_does() -> None:
+    """``read_config`` parses YAML with libyaml when PyYAML has it: the same values."""
+    if not getattr(yaml, "__with_libyaml__", False):
+        return  # nothing to compare: read_config uses the pure-Python parser alone
+    examples = sorted((Path(__file__).resolve().parents[2] / "conf").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        text = path.read_text(encoding="utf-8")
+        assert yaml.load(text, Loader=yaml.CSafeLoader) == yaml.safe_load(text), path
+
+
+def test_invalid_yaml_is_reported_with_the_python_parsers_message(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("servers:\n  - listeners: [\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        read_config(path)
+    with pytest.raises(yaml.YAMLError) as python_parser:
+        yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert caught.value.errors == [f"{path}: invalid YAML: {python_parser.value}"]
+    assert "but found" in caught.value.errors[0]  # libyaml words it differently
