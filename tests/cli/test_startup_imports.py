@@ -20,7 +20,9 @@ import pytest
 import yaml
 
 from tests.cli_helpers import TIMEOUT
-from trio_mesh.config import ConfigError, read_config
+from trio_mesh.config import ConfigError, filter_configs, read_config
+from trio_mesh.config.stream_filters.gzip import GzipConfig
+from trio_mesh.config.stream_filters.ip_access import IpAccessConfig
 
 _START = """
 import json, sys
@@ -240,3 +242,21 @@ def test_invalid_yaml_is_reported_with_the_python_parsers_message(tmp_path: Path
         yaml.safe_load(path.read_text(encoding="utf-8"))
     assert caught.value.errors == [f"{path}: invalid YAML: {python_parser.value}"]
     assert "but found" in caught.value.errors[0]  # libyaml words it differently
+
+
+def test_a_built_in_resolves_after_its_module_was_imported_into_another_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A built-in's class comes from its table entry, not from a side effect of importing
+    its module once: a test that swaps the registry's tables cannot lose it for later ones."""
+    built_in = ("gzip", "ip_access")
+    not_yet = {
+        kind: {name: cls for name, cls in table.items() if name not in built_in}
+        for kind, table in filter_configs._CONFIG_CLASSES.items()
+    }
+    monkeypatch.setattr(filter_configs, "_CONFIG_CLASSES", not_yet)  # as if never named yet
+    with monkeypatch.context() as patched:
+        patched.setattr(filter_configs, "_CONFIG_CLASSES", {"network": {}, "stream": {}})
+        assert filter_configs.filter_config_class("stream", "gzip") is GzipConfig
+    assert filter_configs.filter_config_class("stream", "gzip") is GzipConfig
+    assert filter_configs.filter_config_class("network", "ip_access") is IpAccessConfig

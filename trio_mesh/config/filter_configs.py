@@ -30,22 +30,19 @@ ENTRY_POINT_GROUPS: dict[FilterKind, str] = {
     "stream": "trio_mesh.stream_filters",
 }
 _PLUGINS: dict[FilterKind, dict[str, Any]] = {"network": {}, "stream": {}}
-#: Built-in filters whose config class lives in its own module, imported (and so registered)
+#: The built-in filters' config classes (``module:class``), one module per filter, imported
 #: the first time a configuration names the filter: start-up pays only for the filters used.
-_BUILTIN_MODULES: dict[FilterKind, dict[str, str]] = {
+_BUILTIN_CLASSES: dict[FilterKind, dict[str, str]] = {
     "stream": {
-        name: f"{__package__}.stream_filters.{name}"
-        for name in (
-            "fault",
-            "flowcontrol",
-            "gzip",
-            "header_mutation",
-            "ip_access",
-            "mirror",
-            "payload_limit",
-        )
+        "fault": "fault:FaultConfig",
+        "flowcontrol": "flowcontrol:FlowControlConfig",
+        "gzip": "gzip:GzipConfig",
+        "header_mutation": "header_mutation:HeaderMutationConfig",
+        "ip_access": "ip_access:IpAccessConfig",
+        "mirror": "mirror:MirrorConfig",
+        "payload_limit": "payload_limit:PayloadLimitConfig",
     },
-    "network": {"ip_access": f"{__package__}.stream_filters.ip_access"},
+    "network": {"ip_access": "ip_access:IpAccessConfig"},
 }
 log = logging.getLogger("trio_mesh.config")
 
@@ -59,12 +56,14 @@ def entry_points(*, group: str) -> EntryPoints:
 
 
 def _load_builtin(kind: FilterKind, name: str) -> bool:
-    """Import the module of built-in filter ``name`` (it registers its config class);
-    False when ``name`` is not built in."""
-    module = _BUILTIN_MODULES[kind].get(name)
-    if module is None:
+    """Register built-in filter ``name``'s config class, importing its module; False when
+    ``name`` is not built in."""
+    where = _BUILTIN_CLASSES[kind].get(name)
+    if where is None:
         return False
-    importlib.import_module(module)
+    module, attr = where.split(":")
+    config_cls = getattr(importlib.import_module(f"{__package__}.stream_filters.{module}"), attr)
+    _CONFIG_CLASSES[kind].setdefault(name, config_cls)
     return True
 
 
@@ -78,9 +77,7 @@ def register_filter_config(
     """
     table = _CONFIG_CLASSES[kind]
     if name not in table:
-        # a built-in name is taken even before its module is imported (while it is being
-        # imported, this returns the module in progress)
-        _load_builtin(kind, name)
+        _load_builtin(kind, name)  # a built-in name is taken before its module is imported
     if name in table and table[name] is not config_cls:
         raise ValueError(f"{kind} filter {name!r} is already registered")
     table[name] = config_cls
@@ -137,7 +134,7 @@ def is_terminal(name: str) -> bool:
 
 def known_filters(kind: FilterKind) -> list[str]:
     """Built-in and registered names, and those of installed entry points."""
-    names = set(_CONFIG_CLASSES[kind]) | set(_BUILTIN_MODULES[kind])
+    names = set(_CONFIG_CLASSES[kind]) | set(_BUILTIN_CLASSES[kind])
     names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUPS[kind]))
     return sorted(names)
 
