@@ -3,10 +3,10 @@
 
 Each upstream connection has its own request-id space: a request's id is rewritten to a free id
 of that connection on the way out (the caller restores the downstream id on the response), so
-ids from many downstream connections never collide. One reader task per connection, in the
-pools' nursery, decodes responses and hands each to the waiting request's slot (one frame: the
-bound). A lost connection fails only the requests in flight on it. An idle connection is kept
-alive with protocol heartbeats and closed when one goes unanswered.
+ids from many downstream connections never collide. One reader task per connection, in its
+cluster's nursery (pool/cluster.py), decodes responses and hands each to the waiting request's
+slot (one frame: the bound). A lost connection fails only the requests in flight on it. An
+idle connection is kept alive with protocol heartbeats and closed when one goes unanswered.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ..network.writer import FrameWriter, WriteTimeout
 from ..protocols.xprotocol import Codec, Frame, XProtocolError
 from ..upstream.cluster import Cluster
 from ..upstream.host import Host
+from .base import ConnectionPool, NurseryOwner
 
 log = logging.getLogger("trio_mesh.pool")
 
@@ -354,7 +355,7 @@ class XConnection:
                 return
 
 
-class XPool:
+class XPool(ConnectionPool[XConnection]):
     """The RPC connections of one (cluster, host, codec)."""
 
     def __init__(
@@ -363,13 +364,13 @@ class XPool:
         host: Host,
         codec: Codec,
         options: XProtocolOptions,
-        nursery: trio.Nursery,
+        owner: NurseryOwner,
     ) -> None:
         self.cluster = cluster
         self.host = host
         self.codec = codec
         self.options = options
-        self.nursery = nursery
+        self.owner = owner  # its cluster's pools: their nursery runs the connections
         self.conns: list[XConnection] = []
         self._connecting: trio.Event | None = None
 
@@ -377,10 +378,10 @@ class XPool:
         """A live connection with the fewest requests in flight, opening one while fewer than
         ``connections_per_host`` are open. Raises ``ConnectError`` or ``CircuitOpenError``."""
         conns = self.conns
-        if len(conns) == 1 == self.options.connections_per_host and conns[0].dead is None:
+        if len(conns) == 1 == self.options.connections_per_host and conns[0].is_available():
             return conns[0]  # the common case, without a list or a min() per request
         while True:
-            live = [c for c in self.conns if c.dead is None]
+            live = [c for c in self.conns if c.is_available()]
             if len(live) >= self.options.connections_per_host:
                 return min(live, key=lambda c: len(c.pending))
             if self._connecting is not None:
@@ -393,10 +394,11 @@ class XPool:
     async def _connect(self) -> XConnection:
         self._connecting = done = trio.Event()
         try:
+            nursery = await self.owner.nursery()
             stream = await self.cluster.connect(self.host)
             conn = XConnection(stream, self.codec, self.options)
             try:
-                await self.nursery.start(self._run, conn)
+                await nursery.start(self._run, conn)
             except BaseException:
                 if not conn.running:  # _run never began: its cleanup is ours
                     stream.abort()
@@ -413,7 +415,7 @@ class XPool:
         try:
             await conn.run(task_status=task_status)
         except Exception:
-            # One connection's failure must never reach the pools' nursery (every pool's).
+            # One connection's failure must never reach its cluster's nursery.
             log.exception("upstream %s connection to %s failed", self.codec.name, self.host.label)
             conn.close("internal error")
         finally:
@@ -426,7 +428,7 @@ class XPool:
         ``None`` if ``timeout`` seconds passed first (the connect, the send and the wait
         together)."""
         conns = self.conns
-        if len(conns) == 1 == self.options.connections_per_host and conns[0].dead is None:
+        if len(conns) == 1 == self.options.connections_per_host and conns[0].is_available():
             return await conns[0].call(frame, self.codec, timeout)  # the common case
         deadline = trio.current_time() + timeout
         with trio.move_on_at(deadline):  # a connection to wait for: rare, a scope is fine
@@ -444,15 +446,11 @@ class XPool:
             return False
         return await conn.send(self.codec.set_request_id(frame, conn.allocate_id()), deadline)
 
-    def close_all(self) -> None:
-        for conn in list(self.conns):
-            conn.close("pool closed")
+    def connections(self) -> list[XConnection]:
+        return self.conns
 
-    def close_idle(self) -> None:
-        """Close the connections with no request waiting on them (a retired host's)."""
-        for conn in list(self.conns):
-            if not conn.pending:
-                conn.close("host removed")
+    def discard(self, conn: XConnection, idle_timeout: bool = False) -> None:
+        conn.close("closed by its pool")  # its task ends, and takes it out of ``conns``
 
 
 __all__ = ["UpstreamLost", "XConnection", "XPool"]
