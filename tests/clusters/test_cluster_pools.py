@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import trio
 
-from tests.http_helpers import http_config, start_raw_server
+from tests.h2_upstream import start_h2_upstream
+from tests.http_helpers import Client, get, http_config, start_proxy, start_raw_server, to
 from tests.rpc_helpers import BoltClient, request
 from trio_mesh.protocols.xprotocol.bolt import BOLT
 from trio_mesh.server import Server
@@ -118,3 +119,69 @@ async def test_removing_a_cluster_closes_exactly_its_connections(nursery):
         assert server.pools.running == []
         while a.closed == 0:
             await a.changed.wait()
+
+
+def h2_clusters(a: int, b: int | None, cluster: dict | None = None):
+    clusters = {"a": {"hosts": [{"address": f"127.0.0.1:{a}"}], **(cluster or {})}}
+    routes = [to("a")]
+    if b is not None:
+        clusters["b"] = {"hosts": [{"address": f"127.0.0.1:{b}"}]}
+        to_b = {"prefix": "/", "headers": [{"name": "x-to", "value": "b"}]}
+        routes.insert(0, {"match": to_b, "route": {"cluster_name": "b"}})
+    proxy = {"downstream_protocol": "Http1", "upstream_protocol": "Http2"}
+    return http_config(routes, clusters, proxy=proxy)
+
+
+async def test_removing_an_http2_cluster_closes_its_connection_only(nursery):
+    a, b = await start_h2_upstream(nursery), await start_h2_upstream(nursery)
+    server, port = await start_proxy(nursery, h2_clusters(a.port, b.port))
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            for headers in ("", "x-to: b\r\n"):
+                await client.send(get("/echo", headers=headers))
+                assert (await client.response()).status == 200
+            cluster_b = server.clusters.get("b")
+            (owner_b,) = [p for p in server.pools.running if p.cluster is cluster_b]
+            await server.apply(h2_clusters(a.port, None))
+            await b.wait_until(lambda: b.connections_closed == 1)
+            await owner_b.done.wait()  # b's nursery ended with its connection
+            await client.send(get("/echo"))
+            assert (await client.response()).status == 200
+    assert (a.connections, a.connections_closed, b.connections) == (1, 0, 1)
+    assert [p.cluster.name for p in server.pools.running] == ["a"]
+
+
+async def test_an_idle_http2_upstream_connection_is_reaped(nursery):
+    up = await start_h2_upstream(nursery)
+    server, port = await start_proxy(nursery, h2_clusters(up.port, None, {"idle_timeout": "300ms"}))
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(get("/echo"))
+            assert (await client.response()).status == 200
+        await up.wait_until(lambda: up.connections_closed == 1)  # the cluster's reaper
+    stats = server.clusters.get("a").stats
+    assert (stats.upstream_cx_idle_timeout, stats.upstream_cx_active) == (1, 0)
+
+
+async def test_a_clusters_failure_stays_in_its_nursery(nursery):
+    a = await Upstream().start(nursery)
+    b = await Upstream().start(nursery)
+    server = await nursery.start(Server(two_clusters(a.port, b.port)).run)
+    client = await BoltClient.connect(server.addresses["ingress"][1])
+    with trio.fail_after(10):
+        assert await call(client, 1, "svc.a", b"x") == b"echo:x"
+        assert await call(client, 2, "svc.b", b"y") == b"echo:y"
+        cluster_b = server.clusters.get("b")
+        (owner_b,) = [p for p in server.pools.running if p.cluster is cluster_b]
+
+        async def fails() -> None:
+            raise RuntimeError("a bug in one cluster's pools")
+
+        (await owner_b.nursery()).start_soon(fails)
+        await owner_b.done.wait()
+        while b.closed == 0:
+            await b.changed.wait()  # b's connection went with its nursery
+        # a was not touched; b's next call builds its pools afresh.
+        assert await call(client, 3, "svc.a", b"z") == b"echo:z"
+        assert await call(client, 4, "svc.b", b"w") == b"echo:w"
+    assert (a.opened, a.closed, b.opened, b.closed) == (1, 0, 2, 1)
