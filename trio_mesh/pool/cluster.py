@@ -128,5 +128,9 @@ class ClusterPools:
                 self.retiring = keep
 
     def close_all(self) -> None:
+        """Every connection closes now; HTTP/1 ones still with a request, when handed back
+        (no new request reaches these pools: the next one builds new pools)."""
         for pool in self.pools + self.retiring:
+            if isinstance(pool, H1Pool):
+                pool.max_requests = 1
             pool.close_all()

@@ -133,6 +133,9 @@ class H2Pool(ConnectionPool[H2Endpoint]):
     def connections(self) -> list[H2Endpoint]:
         return self.conns
 
+    def has_connections(self) -> bool:
+        return bool(self.conns) or bool(self._connecting)  # one connecting counts
+
     def discard(self, conn: H2Endpoint, idle_timeout: bool = False) -> None:
         if idle_timeout and conn.dead is None and conn.goaway is None:
             self.cluster.stats.upstream_cx_idle_timeout += 1

@@ -449,6 +449,9 @@ class XPool(ConnectionPool[XConnection]):
     def connections(self) -> list[XConnection]:
         return self.conns
 
+    def has_connections(self) -> bool:
+        return bool(self.conns) or bool(self._connecting)  # one connecting counts
+
     def discard(self, conn: XConnection, idle_timeout: bool = False) -> None:
         conn.close("closed by its pool")  # its task ends, and takes it out of ``conns``
 
