@@ -2,7 +2,8 @@
 
 One pool per (cluster, host). Idle connections are reused last-in first-out (the warmest
 socket, and the others age out), never after an error or an incomplete exchange, and are
-closed by the cluster manager's reaper once idle longer than the cluster's idle timeout.
+closed by their cluster's reaper (pool/cluster.py) once idle longer than the cluster's idle
+timeout.
 """
 
 from __future__ import annotations
