@@ -263,8 +263,11 @@ class Server:
                 retiring.append(runtime)
             self._chains.pop(name, None)
         self.config = config
-        # Nothing routes to a removed cluster any more: retire it and the hosts that left.
-        self.pools.retire(left_hosts + self.clusters.remove(c.name for c in stale_clusters))
+        # Nothing routes to a removed cluster any more: retire it and the hosts that left
+        # (a removed cluster's nursery ends once its requests in flight are done).
+        self.clusters.remove(c.name for c in stale_clusters)
+        self.pools.retire(left_hosts)
+        self.pools.remove_clusters(stale_clusters)
         for runtime in retiring:
             log.info("listener %r removed: draining", runtime.name)
             runtime.drain()
