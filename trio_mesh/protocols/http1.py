@@ -363,6 +363,9 @@ class _Parser(Generic[_Head]):
     def _after_end(self, data: bytes) -> None:
         raise NotImplementedError
 
+    def _new_llhttp(self) -> None:
+        raise NotImplementedError
+
     @property
     def error(self) -> H1Error | None:
         """The error that stopped parsing, if any (raised again by every later call)."""
@@ -437,7 +440,7 @@ class _Parser(Generic[_Head]):
             )
         sink.events = events
         if not ok:
-            self._p = _llhttp(type(self._p), sink)
+            self._new_llhttp()
             sink.url = sink.status = b""
             sink.headers = []
             sink.begun = sink.head_done = sink.msg_done = False
@@ -813,6 +816,9 @@ class RequestParser(_Parser[RequestHead]):
         sink.headers = []
         sink.head_done = sink.msg_done = False
 
+    def _new_llhttp(self) -> None:
+        self._p = _llhttp(HttpRequestParser, self._sink)
+
     def _message_done(self) -> None:
         if self._reparse:
             self._reparse = False
@@ -1059,6 +1065,9 @@ class ResponseParser(_Parser[ResponseHead]):
                 self._end_message(events)
         else:
             self._phase = _EOF
+
+    def _new_llhttp(self) -> None:
+        self._p = _llhttp(HttpResponseParser, self._sink)
 
     def _message_done(self) -> None:
         self._phase = _DONE
