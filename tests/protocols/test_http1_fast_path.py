@@ -203,3 +203,19 @@ def test_the_fast_path_is_taken_for_a_small_get_and_nginx_answer() -> None:
     assert taken == []
     assert len(Spy(Limits(max_head_bytes=len(GET) - 1)).feed(GET[:10])) == 0
     assert taken == ["walk"]
+
+
+def test_chunked_framing_goes_to_the_walk_without_a_wasted_parse() -> None:
+    """Chunked framing as usually spelt is seen before llhttp is fed: no parse thrown away
+    (and no llhttp replaced); the walk parses it as before."""
+    fresh: list[str] = []
+
+    class Spy(ResponseParser):
+        def _new_llhttp(self) -> None:
+            fresh.append("llhttp")
+            super()._new_llhttp()
+
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    p = Spy()
+    assert [type(e).__name__ for e in p.feed(chunked)] == ["ResponseHead", "Body", "EndOfMessage"]
+    assert p.complete and fresh == []

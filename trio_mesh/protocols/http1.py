@@ -424,6 +424,10 @@ class _Parser(Generic[_Head]):
         # leading blank lines: llhttp skips them, so the first CRLFCRLF would not end the head
         if end < 4 or data[0] == 13 or data[0] == 10:
             return False
+        if data.find(b"ransfer-", 0, end) >= 0:
+            # Transfer-Encoding as usually spelt: chunked, which the walk must see first, so
+            # the check below would send it there after a wasted parse (other spellings do)
+            return False
         sink = self._sink
         bodies: list[Body] = []
         sink.events = bodies
