@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from .config import ConfigError, MeshConfig, load_config
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .config import ConfigError, MeshConfig, load_config
     from .server import Server
 
 __version__ = "0.1.0"
 
 __all__ = ["ConfigError", "MeshConfig", "Server", "__version__", "load_config"]
 
+# Imported on first use: importing any submodule runs this file first, and the config layer
+# (attrs, cattrs) or the server (trio) is not what every submodule needs.
+_LAZY = {
+    "ConfigError": ".config",
+    "MeshConfig": ".config",
+    "load_config": ".config",
+    "Server": ".server",
+}
 
-# Server pulls in trio; config-only users need not pay for it
-def __getattr__(name: str) -> type[Server]:
-    if name == "Server":
-        from .server import Server
 
-        return Server
-    raise AttributeError(name)
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(name)
+    import importlib
+
+    return getattr(importlib.import_module(module, __name__), name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -23,10 +23,12 @@ from .network.connection import Connection
 from .network.listener import Handler, ListenerRuntime, bind
 from .pool import Pools
 from .proxy import network_filter as _proxy_filter  # noqa: F401 - registers the proxy filter
-from .proxy.accesslog import AccessLog
 from .router import RouteTable
 from .stats import ListenerStats
 from .upstream import ClusterManager
+
+if TYPE_CHECKING:
+    from .proxy.accesslog import AccessLog
 
 log = logging.getLogger("trio_mesh.server")
 
@@ -51,9 +53,7 @@ class Server:
             for server in config.servers
             for r in server.routers
         }
-        self.access_logs = {
-            lst.name: tuple(AccessLog(c) for c in lst.access_logs) for lst in config.listeners
-        }
+        self.access_logs = {lst.name: _access_logs(lst) for lst in config.listeners}
         self.listeners: dict[str, ListenerRuntime] = {}
         self.background = Background()
         self._stats: dict[str, ListenerStats] = {}
@@ -210,7 +210,7 @@ class Server:
             for lst in changed:
                 self._stats.setdefault(lst.name, ListenerStats())
                 if old.get(lst.name) is None or old[lst.name].access_logs != lst.access_logs:
-                    self.access_logs[lst.name] = tuple(AccessLog(c) for c in lst.access_logs)
+                    self.access_logs[lst.name] = _access_logs(lst)
                 built[lst.name] = self._build_handler(lst, staged, self._stats[lst.name])
             await self._check_access_logs(lst.name for lst in changed)
             for lst in changed:
@@ -263,8 +263,11 @@ class Server:
                 retiring.append(runtime)
             self._chains.pop(name, None)
         self.config = config
-        # Nothing routes to a removed cluster any more: retire it and the hosts that left.
-        self.pools.retire(left_hosts + self.clusters.remove(c.name for c in stale_clusters))
+        # Nothing routes to a removed cluster any more: retire it and the hosts that left
+        # (a removed cluster's nursery ends once its requests in flight are done).
+        self.clusters.remove(c.name for c in stale_clusters)
+        self.pools.retire(left_hosts)
+        self.pools.remove_clusters(stale_clusters)
         for runtime in retiring:
             log.info("listener %r removed: draining", runtime.name)
             runtime.drain()
@@ -290,6 +293,15 @@ async def _drain_then_close(runtime: ListenerRuntime, timeout: float) -> None:
         return
     log.info("listener %r: drain timeout, closing what is left", runtime.name)
     runtime.close_now()
+
+
+def _access_logs(listener: Listener) -> tuple[AccessLog, ...]:
+    """The listener's access logs; their module is imported only when one is configured."""
+    if not listener.access_logs:
+        return ()
+    from .proxy.accesslog import AccessLog
+
+    return tuple(AccessLog(c) for c in listener.access_logs)
 
 
 def _handler(listener: Listener, ctx: BuildContext) -> Callable[[Connection], Awaitable[None]]:

@@ -577,3 +577,70 @@ def test_live_anthunder_client_gets_our_error_reply():
         thread.join(5)
         srv.close()
     assert seen[0].service == service and seen[0].method == "call"
+
+
+# -- the request header view: checked at decode, decoded when read ------------------------
+
+_KEYS = ["service", "sofa_head_target_service", "sofa_head_method_name", "method", "x", "ü"]
+_entry_part = st.one_of(st.none(), st.sampled_from(_KEYS), st.sampled_from(["", "S", "T", "é"]))
+
+
+def _raw_map(entries: list[tuple[str | None, str | None]]) -> bytes:
+    """A header map as written, absent (None) keys and values and repeated keys included."""
+    out = b""
+    for key, value in entries:
+        for part in (key, value):
+            if part is None:
+                out += b"\xff\xff\xff\xff"
+            else:
+                data = part.encode()
+                out += struct.pack(">I", len(data)) + data
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_entry_part, _entry_part), max_size=6))
+def test_request_header_view_reads_service_as_the_whole_map_says(entries):
+    hmap = _raw_map(entries)
+    raw = struct.pack(">BBHBIBiHHI", 1, 1, 1, 1, 9, 1, 0, 0, len(hmap), 0) + hmap
+    whole = decode_one(raw)._decode_headers()  # the view as decoded whole
+    assert decode_one(raw).headers.get("service") == whole.get("service")
+    assert decode_one(raw).headers.get("service", "-") == whole.get("service", "-")
+    assert decode_one(raw).service == whole.get("service", "")
+    f = decode_one(raw)
+    assert list(f.headers.items()) == list(whole.items())  # order and values
+    assert f.headers == whole and len(f.headers) == len(whole)
+    assert f.headers.get("service") == whole.get("service")
+    assert f.method == whole.get("method", "")
+    assert ("service" in f.headers) == ("service" in whole)
+
+
+def test_routing_reads_service_without_decoding_the_map(monkeypatch):
+    """What routing reads (``service``) costs no decode of the whole map; anything else
+    decodes it once."""
+    from trio_mesh.protocols.xprotocol import bolt
+
+    calls = []
+    parse = bolt._parse_header_map
+    monkeypatch.setattr(bolt, "_parse_header_map", lambda *a: calls.append(1) or parse(*a))
+    f = decode_one(frames.CLIENT_REQUEST)
+    assert f.headers.get("service") == frames.SERVICE and f.service == frames.SERVICE
+    assert calls == []
+    assert f.headers["method"] == "sayHello" and f.method == "sayHello"
+    assert dict(f.headers)["sofa_head_target_app"] == ""
+    assert calls == [1]
+    with pytest.raises(TypeError):
+        f.headers["service"] = "other"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "hmap",
+    [
+        b"\x00\x00\x00\x07service\x00\x00\x00\x02\xc3(",  # an invalid UTF-8 value
+        b"\x00\x00\x00\x02\xff\xfe\x00\x00\x00\x01a",  # an invalid UTF-8 key
+        b"\x00\x00\x00\x07service\x00\x00\x00\x09abc",  # value longer than the map
+    ],
+)
+def test_a_bad_header_map_still_fails_the_decode(hmap):
+    with pytest.raises(XProtocolError):
+        BOLT.decode(_request(hmap=hmap))

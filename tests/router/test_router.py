@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -230,6 +232,37 @@ def test_header_regex_match_is_full() -> None:
     assert name_of(t, "/", header=headers(x_version="v12")) == "h"
     assert name_of(t, "/", header=headers(x_version="v12-beta")) is None
     assert name_of(t, "/", header=headers(x_version="xv1")) is None
+
+
+ONE_LINE_VALUES = ["", "a", "com.alipay.EchoService:1.0", "a\rb", "ü", "a\nb", "\n", "a\n"]
+
+
+def test_header_regex_any_is_the_regex_without_the_engine() -> None:
+    """``.*`` (MOSN's "any service") is matched without a regex, exactly as the regex
+    would: every value without a line feed (``.`` takes none), inverted too; absent: no."""
+    for invert in (False, True):
+        t = header_table({"name": "service", "value": ".*", "regex": True, "invert": invert})
+        for value in ONE_LINE_VALUES:
+            expected = (re.fullmatch(".*", value) is not None) != invert
+            assert (name_of(t, "/", header=headers(service=value)) == "h") == expected, value
+        assert name_of(t, "/", header=no_headers) is None
+    q = query_table({"name": "id", "value": ".*", "regex": True})
+    for value in ONE_LINE_VALUES:
+        expected = re.fullmatch(".*", value) is not None
+        assert (name_of(q, "/", query="id=" + quote(value)) == "q") == expected, value
+    assert name_of(q, "/", query="other=1") is None
+
+
+def test_empty_host_takes_the_exact_empty_domain_else_the_default() -> None:
+    """RPC requests route with an empty host: the default virtual host, never a wildcard."""
+    t = compile_router(
+        vhost(["*.a", "b*"], route(name="wild"), name="wild"),
+        vhost(["*"], route(name="default"), name="default"),
+    )
+    assert name_of(t, "/", host="") == "default"
+    assert t.virtual_host("") == "default"
+    only_wild = compile_router(vhost(["*.a"], route(name="wild"), name="wild"))
+    assert name_of(only_wild, "/", host="") is None
 
 
 def test_header_present_match() -> None:

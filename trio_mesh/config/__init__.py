@@ -1,6 +1,5 @@
 """Configuration: frozen attrs classes in MOSN's v2 shape, loaded from YAML or JSON."""
 
-from . import stream_filters as _stream_filters  # noqa: F401 - registers built-in shapes
 from .errors import ConfigError
 from .filter_configs import TcpProxyConfig, register_filter_config
 from .load import Loaded, load_config, parse_config, read_config

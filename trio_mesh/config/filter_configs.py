@@ -8,14 +8,17 @@ registered in ``trio_mesh.filters``.
 from __future__ import annotations
 
 import enum
+import importlib
 import logging
-from importlib.metadata import entry_points
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from attrs import frozen
 
 from .routes import Problem, _raise
 from .scalars import Duration, NonNegativeInt, PositiveInt, cluster_ref, router_ref
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoints
 
 FilterKind = Literal["network", "stream"]
 
@@ -27,7 +30,41 @@ ENTRY_POINT_GROUPS: dict[FilterKind, str] = {
     "stream": "trio_mesh.stream_filters",
 }
 _PLUGINS: dict[FilterKind, dict[str, Any]] = {"network": {}, "stream": {}}
+#: The built-in filters' config classes (``module:class``), one module per filter, imported
+#: the first time a configuration names the filter: start-up pays only for the filters used.
+_BUILTIN_CLASSES: dict[FilterKind, dict[str, str]] = {
+    "stream": {
+        "fault": "fault:FaultConfig",
+        "flowcontrol": "flowcontrol:FlowControlConfig",
+        "gzip": "gzip:GzipConfig",
+        "header_mutation": "header_mutation:HeaderMutationConfig",
+        "ip_access": "ip_access:IpAccessConfig",
+        "mirror": "mirror:MirrorConfig",
+        "payload_limit": "payload_limit:PayloadLimitConfig",
+    },
+    "network": {"ip_access": "ip_access:IpAccessConfig"},
+}
 log = logging.getLogger("trio_mesh.config")
+
+
+def entry_points(*, group: str) -> EntryPoints:
+    """``importlib.metadata.entry_points``, imported on first use: scanning the installed
+    distributions costs start-up time that only a filter no one built in needs."""
+    from importlib.metadata import entry_points as scan
+
+    return scan(group=group)
+
+
+def _load_builtin(kind: FilterKind, name: str) -> bool:
+    """Register built-in filter ``name``'s config class, importing its module; False when
+    ``name`` is not built in."""
+    where = _BUILTIN_CLASSES[kind].get(name)
+    if where is None:
+        return False
+    module, attr = where.split(":")
+    config_cls = getattr(importlib.import_module(f"{__package__}.stream_filters.{module}"), attr)
+    _CONFIG_CLASSES[kind].setdefault(name, config_cls)
+    return True
 
 
 def register_filter_config(
@@ -39,6 +76,8 @@ def register_filter_config(
     it must be the last of its chain.
     """
     table = _CONFIG_CLASSES[kind]
+    if name not in table:
+        _load_builtin(kind, name)  # a built-in name is taken before its module is imported
     if name in table and table[name] is not config_cls:
         raise ValueError(f"{kind} filter {name!r} is already registered")
     table[name] = config_cls
@@ -79,7 +118,7 @@ def filter_config_class(kind: FilterKind, name: str) -> type[Any] | None:
     """The config class of a registered filter, or of one an installed package provides
     through an entry point; ``KeyError`` if the type is unknown."""
     table = _CONFIG_CLASSES[kind]
-    if name not in table:
+    if name not in table and not _load_builtin(kind, name):
         _entry_point(kind, name)
     return table[name]
 
@@ -95,7 +134,7 @@ def is_terminal(name: str) -> bool:
 
 def known_filters(kind: FilterKind) -> list[str]:
     """Built-in and registered names, and those of installed entry points."""
-    names = set(_CONFIG_CLASSES[kind])
+    names = set(_CONFIG_CLASSES[kind]) | set(_BUILTIN_CLASSES[kind])
     names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUPS[kind]))
     return sorted(names)
 

@@ -1,16 +1,6 @@
-"""Filters: the registries, the network filter chain and the built-in filters."""
+"""Filters: the registries, the network filter chain and the built-in filters (each imported
+when a configuration first builds it: ``_BUILTIN`` in ``registry`` and ``stream``)."""
 
-from . import (  # noqa: F401 - registration
-    echo,
-    fault,
-    gzip,
-    header_mutation,
-    ip_access,
-    mirror,
-    payload_limit,
-    tcp_proxy,
-)
-from . import flowcontrol as _flowcontrol  # noqa: F401 - registration
 from .network import ConnectionFilter, RejectConnection
 from .registry import (
     BuildContext,

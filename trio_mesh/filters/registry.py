@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -62,6 +63,11 @@ class ConnectionAcceptor(Protocol):
 NetworkFilterFactory = Callable[[Any, BuildContext], NetworkFilter | ConnectionAcceptor]
 
 _NETWORK: dict[str, NetworkFilterFactory] = {}
+#: Built-in network filters registered by their own module, imported on first use (``proxy``
+#: registers when the server imports ``trio_mesh.proxy``).
+_BUILTIN: dict[str, str] = {
+    name: f"{__package__}.{name}" for name in ("echo", "ip_access", "tcp_proxy")
+}
 
 
 def register_network_filter(
@@ -72,6 +78,8 @@ def register_network_filter(
     terminal: bool = False,
 ) -> None:
     """Register a network filter; its config class is validated at load time."""
+    if name not in _NETWORK and name in _BUILTIN:
+        importlib.import_module(_BUILTIN[name])  # a built-in name is taken (a no-op inside it)
     if name in _NETWORK and _NETWORK[name] is not factory:
         raise ValueError(f"network filter {name!r} is already registered")
     register_filter_config("network", name, config_cls, terminal=terminal)
@@ -82,6 +90,9 @@ def build_network_filter(name: str, config: Any, ctx: BuildContext) -> Any:
     """Build filter ``name``: a terminal one has ``on_connection(conn)``, a non-terminal one
     ``accept(conn)`` (see ``filters.network``). Types from entry points load on first use."""
     factory = _NETWORK.get(name)
+    if factory is None and name in _BUILTIN:
+        importlib.import_module(_BUILTIN[name])
+        factory = _NETWORK.get(name)
     if factory is None:
         from ..config.filter_configs import plugin_object
 

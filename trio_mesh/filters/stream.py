@@ -14,6 +14,7 @@ cluster, the addresses and a ``metadata`` dict shared by the request's filters.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, cast
@@ -336,6 +337,20 @@ def hook_mask(cls: type) -> int:
 #: name -> (config, BuildContext) -> per-request maker
 StreamFactoryBuilder = Callable[[Any, Any], Callable[[RequestContext], "StreamFilter | None"]]
 _STREAM: dict[str, StreamFactoryBuilder] = {}
+#: Built-in stream filters, each registered by its own module, imported the first time a
+#: configuration builds the filter: start-up pays only for the filters a configuration names.
+_BUILTIN: dict[str, str] = {
+    name: f"{__package__}.{name}"
+    for name in (
+        "fault",
+        "flowcontrol",
+        "gzip",
+        "header_mutation",
+        "ip_access",
+        "mirror",
+        "payload_limit",
+    )
+}
 
 
 def register_stream_filter(
@@ -351,6 +366,8 @@ def register_stream_filter(
         # the checker cannot narrow the union through issubclass; any other callable (a
         # class too) is a builder
         builder = cast(StreamFactoryBuilder, filter_or_builder)
+    if name not in _STREAM and name in _BUILTIN:
+        importlib.import_module(_BUILTIN[name])  # a built-in name is taken (a no-op inside it)
     if name in _STREAM and _STREAM[name] != builder:
         raise ValueError(f"stream filter {name!r} is already registered")
     register_filter_config("stream", name, config_cls)
@@ -360,6 +377,9 @@ def register_stream_filter(
 def stream_filter_builder(name: str) -> StreamFactoryBuilder:
     """The builder registered under ``name``, loading an entry point of that name if need be."""
     builder = _STREAM.get(name)
+    if builder is None and name in _BUILTIN:
+        importlib.import_module(_BUILTIN[name])
+        builder = _STREAM.get(name)
     if builder is None:
         from ..config.filter_configs import plugin_object
 

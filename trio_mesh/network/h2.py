@@ -15,6 +15,7 @@ per stream. Used downstream (server side) and upstream (client side) alike.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -152,6 +153,10 @@ class H2Endpoint:
         self._stop_writer = False
         self._read_scope = trio.CancelScope()
         self._write_scope = trio.CancelScope()
+        #: Upstream: since when no stream is open (0.0: in use, or not yet told by its pool)
+        #: and how long it may stay so (its cluster's idle timeout).
+        self.idle_since = 0.0
+        self.idle_timeout = math.inf
 
     # ------------------------------------------------------------------ running
 
@@ -464,6 +469,31 @@ class H2Endpoint:
     @property
     def active_streams(self) -> int:
         return len(self.inboxes)
+
+    # -- an upstream pool's view (pool/base.py PooledConnection)
+
+    def is_available(self) -> bool:
+        """Can take one more stream now: alive, not going away, under the peer's limit."""
+        return (
+            self.dead is None
+            and self.goaway is None
+            and not self.draining
+            and self.codec.open_outbound_streams < self.codec.remote_max_concurrent_streams
+        )
+
+    def has_expired(self, now: float) -> bool:
+        """To be dropped: over, or without streams and told to go away or idle too long."""
+        if self.dead is not None:
+            return True
+        if self.inboxes:
+            return False
+        if self.goaway is not None:
+            return True
+        since = self.idle_since
+        return since != 0.0 and now - since >= self.idle_timeout
+
+    def is_idle(self) -> bool:
+        return not self.inboxes
 
     def start_drain(self) -> None:
         """Send GOAWAY (NO_ERROR, the last stream we accepted): streams in flight finish,

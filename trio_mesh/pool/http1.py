@@ -2,7 +2,8 @@
 
 One pool per (cluster, host). Idle connections are reused last-in first-out (the warmest
 socket, and the others age out), never after an error or an incomplete exchange, and are
-closed by the cluster manager's reaper once idle longer than the cluster's idle timeout.
+closed by their cluster's reaper (pool/cluster.py) once idle longer than the cluster's idle
+timeout.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..network.stream import Stream
 from ..protocols.http1 import ResponseParser
 from ..upstream.cluster import Cluster
 from ..upstream.host import Host
+from .base import ConnectionPool
 
 DEFAULT_IDLE_TIMEOUT = 60.0
 PEEK_AFTER = 1.0
@@ -34,16 +36,33 @@ class State(enum.Enum):
 
 
 class H1Connection:
-    __slots__ = ("host", "idle_since", "parser", "requests", "state", "stream")
+    __slots__ = ("host", "idle_since", "idle_timeout", "parser", "requests", "state", "stream")
 
-    def __init__(self, stream: Stream, host: Host) -> None:
+    def __init__(
+        self, stream: Stream, host: Host, idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    ) -> None:
         self.stream = stream
         self.host = host
+        self.idle_timeout = idle_timeout
         # The connection's response parser, reset per exchange (made by its first one)
         self.parser: ResponseParser | None = None
         self.state = State.NEW
         self.requests = 0
         self.idle_since = 0.0
+
+    # -- the pool's view (pool/base.py PooledConnection)
+
+    def is_available(self) -> bool:
+        return self.state is State.IDLE
+
+    def has_expired(self, now: float) -> bool:
+        state = self.state
+        return state is State.CLOSED or (
+            state is State.IDLE and now - self.idle_since >= self.idle_timeout
+        )
+
+    def is_idle(self) -> bool:
+        return self.state is not State.ACTIVE
 
     def peer_closed_while_idle(self) -> bool:
         """An idle HTTP/1 connection has nothing to read: readable means the upstream closed
@@ -57,7 +76,7 @@ class H1Connection:
         return True  # EOF, or bytes nobody asked for: either way not reusable
 
 
-class H1Pool:
+class H1Pool(ConnectionPool[H1Connection]):
     def __init__(
         self,
         cluster: Cluster,
@@ -92,7 +111,7 @@ class H1Pool:
                 if conn is not None:
                     return conn, True
         stream = await cluster.connect(self.host)
-        conn = H1Connection(stream, self.host)
+        conn = H1Connection(stream, self.host, self.idle_timeout)
         conn.state = State.ACTIVE
         return conn, False
 
@@ -122,23 +141,15 @@ class H1Pool:
             self.cluster.release_connection()
             self._released.unpark()  # a slot under max_connections opened
 
-    def reap(self, now: float) -> None:
-        """Close connections idle for longer than the idle timeout (oldest are at the bottom)."""
-        deadline = now - self.idle_timeout
-        expired = 0
-        for conn in self.idle:
-            if conn.idle_since > deadline:
-                break
-            expired += 1
-        for conn in self.idle[:expired]:
-            self.cluster.stats.upstream_cx_idle_timeout += 1
-            self.close(conn)
-        del self.idle[:expired]
+    def connections(self) -> list[H1Connection]:
+        return self.idle  # the others are with their requests
 
-    def close_all(self) -> None:
-        for conn in self.idle:
-            self.close(conn)
-        self.idle.clear()
+    def discard(self, conn: H1Connection, idle_timeout: bool = False) -> None:
+        if conn.state is State.IDLE:
+            self.idle.remove(conn)
+        if idle_timeout:
+            self.cluster.stats.upstream_cx_idle_timeout += 1
+        self.close(conn)
 
     def _close_a_sibling_idle(self) -> bool:
         """At the limit, an idle connection to another host is a slot this host can use."""

@@ -3,7 +3,8 @@
 A new stream goes on the newest connection that has room under the peer's
 MAX_CONCURRENT_STREAMS and has not been told to go away; when none has, a new connection is
 opened (within the cluster's ``max_connections``; past it, requests queue, bounded by
-``max_pending_requests``). Each connection runs in the pools' nursery: one reader task that
+``max_pending_requests``). Each connection runs in its cluster's nursery (pool/cluster.py):
+one reader task that
 dispatches responses by stream id into per-stream inboxes, and one writer. A connection the
 peer sends GOAWAY on drains: its streams finish, new ones go to a new connection. A broken
 connection fails only its own streams.
@@ -11,6 +12,7 @@ connection fails only its own streams.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import trio
@@ -20,30 +22,24 @@ from ..network.h2 import H2Endpoint, Inbox
 from ..protocols.http2 import H2Connection, H2Settings
 from ..upstream.cluster import Cluster
 from ..upstream.host import Host
+from .base import ConnectionPool, NurseryOwner
 from .http1 import DEFAULT_IDLE_TIMEOUT, PoolOverflow
+
+log = logging.getLogger("trio_mesh.pool")
 
 DEFAULT_SETTINGS_WAIT = 10.0  # when the cluster has no connect timeout
 
 
-class H2Pool:
-    def __init__(self, cluster: Cluster, host: Host, settings: H2Settings, nursery: trio.Nursery):
+class H2Pool(ConnectionPool[H2Endpoint]):
+    def __init__(self, cluster: Cluster, host: Host, settings: H2Settings, owner: NurseryOwner):
         self.cluster = cluster
         self.host = host
         self.settings = settings
-        self.nursery = nursery
+        self.owner = owner  # its cluster's pools: their nursery runs the connections
         self.conns: list[H2Endpoint] = []
-        self.idle_since: dict[H2Endpoint, float] = {}
         self.idle_timeout = cluster.config.idle_timeout or DEFAULT_IDLE_TIMEOUT
         self._changed = trio.lowlevel.ParkingLot()
         self._connecting = False
-
-    def _usable(self, ep: H2Endpoint) -> bool:
-        return (
-            ep.dead is None
-            and ep.goaway is None
-            and not ep.draining
-            and ep.codec.open_outbound_streams < ep.codec.remote_max_concurrent_streams
-        )
 
     async def open_stream(self) -> tuple[H2Endpoint, int, Inbox]:
         """A new stream: its connection, id and inbox. Send its headers at once (stream ids
@@ -54,8 +50,8 @@ class H2Pool:
         try:
             while True:
                 for ep in reversed(self.conns):
-                    if self._usable(ep):
-                        self.idle_since.pop(ep, None)
+                    if ep.is_available():
+                        ep.idle_since = 0.0
                         sid, inbox = ep.open_stream()
                         return ep, sid, inbox
                 limit = cluster.max_connections
@@ -84,13 +80,22 @@ class H2Pool:
         requests wait for it meanwhile."""
         self._connecting = True
         try:
+            nursery = await self.owner.nursery()
             stream = await self.cluster.connect(self.host)
             codec = H2Connection(client_side=True, settings=self.settings)
             codec.initiate()
             ep = H2Endpoint(
                 stream, codec, on_settings=lambda: self._on_change(ep), stats=self.cluster.stats
             )
-            await self.nursery.start(self._run, ep)
+            ep.idle_timeout = self.idle_timeout
+            began: list[bool] = []
+            try:
+                await nursery.start(self._run, ep, began)
+            except BaseException:
+                if not began:  # _run never began: its cleanup is ours
+                    stream.close()
+                    self.cluster.release_connection()
+                raise
             with trio.move_on_after(self.cluster.connect_timeout or DEFAULT_SETTINGS_WAIT):
                 await ep.settings_seen.wait()
             if ep.dead is not None or not ep.settings_seen.is_set():
@@ -101,13 +106,18 @@ class H2Pool:
             self._connecting = False
             self._changed.unpark_all()
 
-    async def _run(self, ep: H2Endpoint, *, task_status: trio.TaskStatus[None]) -> None:
+    async def _run(
+        self, ep: H2Endpoint, began: list[bool], *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        began.append(True)
         try:
             await ep.run(task_status=task_status)
+        except Exception:
+            # One connection's failure must never reach its cluster's nursery.
+            log.exception("upstream HTTP/2 connection to %s failed", self.host.label)
         finally:
             if ep in self.conns:
                 self.conns.remove(ep)
-            self.idle_since.pop(ep, None)
             self.cluster.release_connection()
             self._changed.unpark_all()
 
@@ -116,19 +126,17 @@ class H2Pool:
         if ep.active_streams == 0 and ep.dead is None:
             if ep.goaway is not None:
                 ep.close()  # drained: the peer asked us to go
-            else:
-                self.idle_since.setdefault(ep, time.monotonic())
+            elif not ep.idle_since:
+                ep.idle_since = time.monotonic()
         self._changed.unpark_all()
 
-    def reap(self, now: float) -> None:
-        """Close connections without streams for longer than the idle timeout."""
-        deadline = now - self.idle_timeout
-        for ep, since in list(self.idle_since.items()):
-            if since <= deadline and ep.active_streams == 0:
-                self.cluster.stats.upstream_cx_idle_timeout += 1
-                del self.idle_since[ep]
-                ep.close()
+    def connections(self) -> list[H2Endpoint]:
+        return self.conns
 
-    def close_all(self) -> None:
-        for ep in list(self.conns):
-            ep.close()
+    def has_connections(self) -> bool:
+        return bool(self.conns) or bool(self._connecting)  # one connecting counts
+
+    def discard(self, conn: H2Endpoint, idle_timeout: bool = False) -> None:
+        if idle_timeout and conn.dead is None and conn.goaway is None:
+            self.cluster.stats.upstream_cx_idle_timeout += 1
+        conn.close()  # its task ends, and takes it out of ``conns``

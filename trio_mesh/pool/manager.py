@@ -1,9 +1,15 @@
-"""All upstream pools of a server, and the reaper that closes idle connections."""
+"""All upstream pools of a server: found by host on the request path, owned by cluster.
+
+``Pools.run`` is the root of the upstream side of the nursery tree: one child task per
+cluster (``ClusterPools.run``, pool/cluster.py), whose nursery runs that cluster's
+multiplexed connections and whose loop reaps its idle ones.
+"""
 
 from __future__ import annotations
 
-import time
+import weakref
 from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import trio
 
@@ -12,64 +18,96 @@ from ..protocols.http2 import H2Settings
 from ..protocols.xprotocol import Codec
 from ..upstream.cluster import Cluster
 from ..upstream.host import Host
+from .base import ConnectionPool
+from .cluster import REAP_INTERVAL, ClusterPools
 from .http1 import H1Pool
 from .http2 import H2Pool
 from .xprotocol import XPool
 
-REAP_INTERVAL = 1.0
+__all__ = ["REAP_INTERVAL", "Pools"]
+
+K = TypeVar("K")
+P = TypeVar("P", bound=ConnectionPool[Any])
+
+
+def _forget(table: dict[K, P], cluster: Cluster) -> None:
+    for key in [k for k, pool in table.items() if pool.cluster is cluster]:
+        del table[key]
 
 
 class Pools:
     def __init__(self) -> None:
+        # Looked up by host on every request (a host belongs to one cluster).
         self._h1: dict[Host, H1Pool] = {}
-        self._clusters: dict[str, tuple[list[H1Pool], trio.lowlevel.ParkingLot]] = {}
         self._h2: dict[Host, H2Pool] = {}
         self._x: dict[tuple[Host, str], XPool] = {}
-        self._nursery: trio.Nursery | None = None  # where upstream HTTP/2 connections run
-        # Pools of hosts that left their cluster (a reload, EDS): requests in flight finish on
-        # them; the reaper closes each connection once it is idle, then forgets the pool.
-        # (HTTP/1 pools need no reaper: retire() closes their connections as they come back.)
-        self._retiring: list[H2Pool | XPool] = []
+        self._clusters: dict[Cluster, ClusterPools] = {}
+        # Removed clusters a late request may still name: their pools are born retiring.
+        self._removed: weakref.WeakSet[Cluster] = weakref.WeakSet()
+        self._nursery: trio.Nursery | None = None  # Pools.run's: one task per cluster
+
+    @property
+    def running(self) -> list[ClusterPools]:
+        """The clusters' pools now known (a removed cluster's until its nursery ended)."""
+        return list(self._clusters.values())
+
+    def cluster_pools(self, cluster: Cluster) -> ClusterPools:
+        """The pools of ``cluster`` (made, and run once the pools run, on first use)."""
+        owner = self._clusters.get(cluster)
+        if owner is None:
+            owner = self._clusters[cluster] = ClusterPools(cluster, self._exited)
+            if cluster in self._removed:
+                owner.remove()
+            if self._nursery is not None:
+                owner.start_in(self._nursery)
+        return owner
+
+    def _exited(self, owner: ClusterPools) -> None:
+        """A cluster's run ended (removed and drained, failed, or shutdown): forget it and
+        its pools, so that a later request starts afresh."""
+        if self._clusters.get(owner.cluster) is owner:
+            del self._clusters[owner.cluster]
+        _forget(self._h1, owner.cluster)
+        _forget(self._h2, owner.cluster)
+        _forget(self._x, owner.cluster)
 
     def retire(self, hosts: Iterable[Host]) -> None:
         """New requests no longer reach these hosts: close their idle connections now and
         the others when their requests in flight are done."""
         for host in hosts:
+            pools: list[ConnectionPool[Any]] = []
             h1 = self._h1.pop(host, None)
             if h1 is not None:
-                siblings, _ = self._clusters.get(h1.cluster.name, ([], None))
-                if h1 in siblings:
-                    siblings.remove(h1)
-                h1.max_requests = 1  # a connection handed back is closed, not kept idle
-                h1.close_all()
+                pools.append(h1)
             h2 = self._h2.pop(host, None)
             if h2 is not None:
-                h2.reap(float("inf"))
-                self._retiring.append(h2)
+                pools.append(h2)
             for key in [k for k in self._x if k[0] is host]:
-                xpool = self._x.pop(key)
-                xpool.close_idle()
-                self._retiring.append(xpool)
+                pools.append(self._x.pop(key))
+            for pool in pools:
+                owner = self._clusters.get(pool.cluster)
+                if owner is not None:
+                    owner.retire(pool)
+                else:
+                    pool.close_all()
 
-    def _reap_retiring(self) -> None:
-        keep: list[H2Pool | XPool] = []
-        for pool in self._retiring:
-            if isinstance(pool, H2Pool):
-                pool.reap(float("inf"))
-            else:
-                pool.close_idle()
-            if pool.conns:
-                keep.append(pool)
-        self._retiring = keep
+    def remove_clusters(self, clusters: Iterable[Cluster]) -> None:
+        """These clusters are gone (nothing routes to them): their pools close their idle
+        connections now and the others once their requests are done; then each cluster's
+        nursery ends, and with it exactly its connections."""
+        for cluster in clusters:
+            self._removed.add(cluster)
+            self.retire(cluster.hosts)
+            owner = self._clusters.get(cluster)
+            if owner is not None:
+                owner.remove()
 
     def http1(self, cluster: Cluster, host: Host) -> H1Pool:
         pool = self._h1.get(host)
         if pool is None:
-            siblings, released = self._clusters.setdefault(
-                cluster.name, ([], trio.lowlevel.ParkingLot())
-            )
-            pool = self._h1[host] = H1Pool(cluster, host, siblings, released)
-            siblings.append(pool)
+            owner = self.cluster_pools(cluster)
+            pool = self._h1[host] = H1Pool(cluster, host, owner.h1_siblings, owner.h1_released)
+            owner.add(pool)
         return pool
 
     def http2(self, cluster: Cluster, host: Host, settings: H2Settings) -> H2Pool:
@@ -78,7 +116,9 @@ class Pools:
         if pool is None:
             if self._nursery is None:
                 raise RuntimeError("the pools are not running")
-            pool = self._h2[host] = H2Pool(cluster, host, settings, self._nursery)
+            owner = self.cluster_pools(cluster)
+            pool = self._h2[host] = H2Pool(cluster, host, settings, owner)
+            owner.add(pool)
         return pool
 
     def xprotocol(
@@ -90,31 +130,22 @@ class Pools:
         if pool is None:
             if self._nursery is None:
                 raise RuntimeError("the pools are not running")
-            pool = self._x[key] = XPool(cluster, host, codec, options, self._nursery)
+            owner = self.cluster_pools(cluster)
+            pool = self._x[key] = XPool(cluster, host, codec, options, owner)
+            owner.add(pool)
         return pool
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The idle reaper, and the owner of upstream HTTP/2 connections; on cancellation
-        every idle connection is closed."""
+        """The parent of every cluster's pools; on cancellation every connection is closed."""
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                for owner in list(self._clusters.values()):
+                    if not owner.started:  # made before the pools ran (HTTP/1 only)
+                        owner.start_in(nursery)
                 task_status.started()
-                while True:
-                    await trio.sleep(REAP_INTERVAL)
-                    now = time.monotonic()  # the clock idle_since is on
-                    for pool in self._h1.values():
-                        pool.reap(now)
-                    for h2pool in self._h2.values():
-                        h2pool.reap(now)
-                    if self._retiring:
-                        self._reap_retiring()
+                await trio.sleep_forever()
         finally:
             self._nursery = None
-            for pool in self._h1.values():
-                pool.close_all()
-            for xpool in self._x.values():
-                xpool.close_all()
-            for retired in self._retiring:
-                retired.close_all()
-            self._retiring.clear()
+            for owner in list(self._clusters.values()):
+                owner.close_all()

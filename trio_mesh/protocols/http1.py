@@ -303,8 +303,10 @@ class _Parser(Generic[_Head]):
 
     _defer_errors = False
     _keep_raw = False  # keep a head's bytes as received (in `_raw`) for `_on_head`
+    _fast_path = True  # `_whole` may take a read in one llhttp call (off: the differential test)
 
     __slots__ = (
+        "_fast",
         "_raw",
         "_limits",
         "_bad",
@@ -346,6 +348,7 @@ class _Parser(Generic[_Head]):
         self._tbytes = 0
         self._error: H1Error | None = None
         self._raw: bytes | None = None
+        self._fast = self._fast_path
         self.upgraded = False
         self.upgraded_tail = b""
 
@@ -358,6 +361,9 @@ class _Parser(Generic[_Head]):
         raise NotImplementedError
 
     def _after_end(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _new_llhttp(self) -> None:
         raise NotImplementedError
 
     @property
@@ -386,7 +392,14 @@ class _Parser(Generic[_Head]):
         events: list[_Head | Body | EndOfMessage] = []
         sink.events = events
         try:
-            self._run(data, events)
+            if not (
+                self._fast
+                and self._phase == _HEAD
+                and not self._head_bytes
+                and len(data) <= self._limits.max_head_bytes
+                and self._whole(data, events)
+            ):
+                self._run(data, events)
         except H1Error as e:
             self._error = e
             if not events or not self._defer_errors:
@@ -394,6 +407,64 @@ class _Parser(Generic[_Head]):
         finally:
             sink.events = _NO_EVENTS  # hold no body bytes between feeds
         return events
+
+    def _whole(self, data: bytes, events: list[_Head | Body | EndOfMessage]) -> bool:
+        """The fast path: a read that starts between messages, is no longer than the head
+        budget (so no head in it can exceed it) and holds one message's head and nothing but
+        its body after it goes to llhttp in one call; the head is built after the call.
+
+        Anything else (no complete head, pipelined messages, bytes after a message's end,
+        chunked framing, an upgrade, any llhttp error) is found after the call, before any
+        of our state changed: llhttp, which cannot rewind, is replaced by a fresh one (it
+        keeps nothing between messages) and False sends the read down the per-phase walk,
+        which then sees exactly what it sees without this path.
+        """
+        n = len(data)
+        end = data.find(b"\r\n\r\n") + 4
+        # leading blank lines: llhttp skips them, so the first CRLFCRLF would not end the head
+        if end < 4 or data[0] == 13 or data[0] == 10:
+            return False
+        if data.find(b"ransfer-", 0, end) >= 0:
+            # Transfer-Encoding as usually spelt: chunked, which the walk must see first, so
+            # the check below would send it there after a wasted parse (other spellings do)
+            return False
+        sink = self._sink
+        bodies: list[Body] = []
+        sink.events = bodies
+        try:
+            self._p.feed_data(data)
+        except (HttpParserError, HttpParserUpgrade):
+            ok = False
+        else:
+            # Every byte after the head was body (a chunk-size line, a second head or
+            # skipped blank lines would make the sum fall short): one message, nothing after.
+            # The head ends at the first CRLFCRLF: llhttp refuses bare CR and LF in one.
+            ok = sink.head_done and (
+                end + sum([len(b.data) for b in bodies]) == n if bodies else end == n
+            )
+        sink.events = events
+        if not ok:
+            self._new_llhttp()
+            sink.url = sink.status = b""
+            sink.headers = []
+            sink.begun = sink.head_done = sink.msg_done = False
+            return False
+        self._head_bytes = end
+        if self._keep_raw:
+            self._raw = data if end == n else data[:end]
+        self._on_head(events)
+        if bodies:
+            phase = self._phase
+            if phase == _LENGTH:
+                events += bodies
+                self._remaining -= n - end
+                if not self._remaining:
+                    self._end_message(events)
+            elif phase == _EOF:
+                events += bodies
+            else:  # llhttp read a body our parse does not frame: never relay a guess
+                raise H1Error(self._bad, "message framing mismatch")
+        return True
 
     def _run(self, data: bytes, events: list[_Head | Body | EndOfMessage]) -> None:
         sink = self._sink
@@ -749,6 +820,9 @@ class RequestParser(_Parser[RequestHead]):
         sink.headers = []
         sink.head_done = sink.msg_done = False
 
+    def _new_llhttp(self) -> None:
+        self._p = _llhttp(HttpRequestParser, self._sink)
+
     def _message_done(self) -> None:
         if self._reparse:
             self._reparse = False
@@ -812,7 +886,10 @@ def _without_keep_alive_line(raw: bytes, connection: bytes) -> bytes | None:
     field: hop-by-hop, and what it names would have to go too."""
     if connection.lower() != b"keep-alive":
         return None  # several fields (joined with ","), other tokens, or OWS around the value
-    i = raw.lower().find(_KEEP_ALIVE_LINE)
+    # nginx's spelling first: no lower-cased copy of the head (the head has one such line)
+    i = raw.find(b"\r\nConnection: keep-alive\r\n")
+    if i < 0:
+        i = raw.lower().find(_KEEP_ALIVE_LINE)
     if i < 0:
         return None  # written with other spacing: the encoder rebuilds it
     return raw[: i + 2] + raw[i + len(_KEEP_ALIVE_LINE) :]
@@ -839,6 +916,8 @@ class ResponseParser(_Parser[ResponseHead]):
         super().__init__(limits, 502, 502)
         self._p = _llhttp(HttpResponseParser, self._sink)
         self._head_request = head_request
+        # a HEAD answer's body-less head: llhttp would read the bytes after it as a body
+        self._fast = self._fast_path and not head_request
         self.complete = False
         self.trailing = b""
         # The final head's bytes as received when a proxy may forward them unchanged: an
@@ -867,6 +946,7 @@ class ResponseParser(_Parser[ResponseHead]):
         self._head_bytes = 0
         self._body_bytes = 0
         self._head_request = head_request
+        self._fast = self._fast_path and not head_request
         self.complete = False
         self.head_raw = None
 
@@ -958,7 +1038,12 @@ class ResponseParser(_Parser[ResponseHead]):
                 raw = _without_keep_alive_line(raw, connection)
         self.head_raw = raw
         keep_alive = _keep_alive(version, connection)
-        if keep_alive and connection is not None and _names_framing(connection):
+        if (
+            keep_alive
+            and connection is not None
+            and connection != b"keep-alive"
+            and _names_framing(connection)
+        ):
             # framing is ours (the nomination is ignored), but an upstream that tries to hide
             # its framing is not trusted with another request on this connection
             keep_alive = False
@@ -984,6 +1069,9 @@ class ResponseParser(_Parser[ResponseHead]):
                 self._end_message(events)
         else:
             self._phase = _EOF
+
+    def _new_llhttp(self) -> None:
+        self._p = _llhttp(HttpResponseParser, self._sink)
 
     def _message_done(self) -> None:
         self._phase = _DONE

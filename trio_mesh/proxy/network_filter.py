@@ -1,10 +1,13 @@
-"""Registers the ``proxy`` network filter: the L7 proxy, by downstream protocol."""
+"""Registers the ``proxy`` network filter: the L7 proxy, by downstream protocol.
+
+The HTTP/2 and RPC proxies are imported when a listener is built with them (at configuration
+time), so an HTTP/1 configuration starts without their modules."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -15,8 +18,10 @@ from ..network.relay import CHUNK
 from ..protocols import xprotocol
 from ..protocols.detect import UnknownProtocol, detect
 from .http1 import Http1Proxy
-from .http2 import Http2Proxy
-from .xprotocol import XProxy, configured_codecs
+
+if TYPE_CHECKING:
+    from .http2 import Http2Proxy
+    from .xprotocol import XProxy
 
 log = logging.getLogger("trio_mesh.proxy")
 
@@ -29,9 +34,12 @@ class AutoProxy:
     ``upstream_protocol: Auto`` then means the same."""
 
     def __init__(self, config: ProxyConfig, ctx: BuildContext) -> None:
+        from .http2 import Http2Proxy
+        from .xprotocol import XProxy
+
         self.http1 = Http1Proxy(config, ctx)
-        self.http2 = Http2Proxy(config, ctx)
-        self.rpc = XProxy(config, ctx, [])
+        self.http2: Http2Proxy = Http2Proxy(config, ctx)
+        self.rpc: XProxy = XProxy(config, ctx, [])
 
     def on_connection(self, conn: Connection) -> Coroutine[Any, Any, None]:
         return self._serve(conn)
@@ -69,8 +77,12 @@ class AutoProxy:
 
 def make_proxy(config: ProxyConfig, ctx: BuildContext) -> NetworkFilter:
     if config.downstream_protocol in (Protocol.X, Protocol.BOLT, Protocol.DUBBO):
+        from .xprotocol import XProxy, configured_codecs
+
         return XProxy(config, ctx, configured_codecs(config))
     if config.downstream_protocol == Protocol.HTTP2:
+        from .http2 import Http2Proxy
+
         return Http2Proxy(config, ctx)
     if config.downstream_protocol == Protocol.AUTO:
         return AutoProxy(config, ctx)

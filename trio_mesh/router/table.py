@@ -349,8 +349,9 @@ def apply_header_mutations(
 
 # path matcher kinds
 _PREFIX, _PATH, _REGEX, _PREFIX_NOCASE, _PATH_NOCASE = range(5)
-# header and query parameter matcher kinds
-_EXACT, _MATCHES, _PRESENT = range(3)
+# header and query parameter matcher kinds (_ONE_LINE: the regex ".*", which fullmatches
+# exactly the values without a line feed: MOSN's RPC routes, matched without the regex engine)
+_EXACT, _MATCHES, _PRESENT, _ONE_LINE = range(4)
 
 _Entry = tuple[int, Any, tuple, tuple, Route]
 
@@ -363,6 +364,8 @@ def _value_matcher(m: cfg.HeaderMatcher | cfg.QueryParameterMatcher) -> tuple[in
         # regex flag; an existing MOSN config means "any value" by it, not the literal ".*".
         return _PRESENT, None
     if m.regex:
+        if m.value == ".*":
+            return _ONE_LINE, None
         return _MATCHES, re.compile(m.value or "")
     return _EXACT, m.value
 
@@ -395,6 +398,8 @@ def _headers_match(matchers: tuple, header: HeaderLookup) -> bool:
             ok = value == expected
         elif kind == _MATCHES:
             ok = expected.fullmatch(value) is not None
+        elif kind == _ONE_LINE:
+            ok = "\n" not in value
         else:
             ok = True
         if ok == invert:
@@ -417,7 +422,10 @@ def _queries_match(matchers: tuple, params: dict[str, str]) -> bool:
         if kind == _EXACT:
             if value != expected:
                 return False
-        elif kind == _MATCHES and expected.fullmatch(value) is None:
+        elif kind == _MATCHES:
+            if expected.fullmatch(value) is None:
+                return False
+        elif kind == _ONE_LINE and "\n" in value:
             return False
     return True
 
@@ -531,6 +539,9 @@ class RouteTable(_Frozen):
         return None if vhost is None else vhost.name
 
     def _find(self, host: str) -> _VirtualHost | None:
+        if not host:  # RPC requests: no wildcard matches an empty name
+            vhost = self._exact.get("")
+            return self._default if vhost is None else vhost
         host = _strip_port(host.lower())
         vhost = self._exact.get(host)
         if vhost is not None:

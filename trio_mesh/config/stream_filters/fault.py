@@ -6,7 +6,6 @@ from __future__ import annotations
 import attrs
 from attrs import frozen
 
-from ..filter_configs import register_filter_config
 from ..routes import HeaderMatcher, Problem, _raise
 from ..scalars import Duration
 
@@ -159,6 +158,3 @@ class FaultConfig:
         if self.abort_status is None:
             return None
         return FaultAbort(status=self.abort_status, percentage=self.abort_percent or 0.0)
-
-
-register_filter_config("stream", "fault", FaultConfig)

@@ -19,7 +19,6 @@ from typing import ClassVar
 
 from attrs import frozen
 
-from ..filter_configs import register_filter_config
 from ..routes import Problem, _raise
 from ..scalars import Duration, PositiveInt
 
@@ -133,6 +132,3 @@ class FlowControlConfig:
                 problems.append((("rules", i, "resource"), f"duplicate resource {rule.resource!r}"))
             seen.add(rule.resource)
         _raise(problems)
-
-
-register_filter_config("stream", "flowcontrol", FlowControlConfig)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from attrs import field, frozen
 
-from ..filter_configs import register_filter_config
 from ..routes import Problem, _raise
 
 #: Envoy's compressor filter's default list (media types, without parameters).
@@ -64,6 +63,3 @@ class GzipConfig:
     def level(self) -> int:
         """The zlib level to use (0 in a file means the default)."""
         return self.gzip_level or DEFAULT_LEVEL
-
-
-register_filter_config("stream", "gzip", GzipConfig)

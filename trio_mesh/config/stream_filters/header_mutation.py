@@ -8,7 +8,6 @@ import re
 
 from attrs import frozen
 
-from ..filter_configs import register_filter_config
 from ..routes import (
     HeaderValueOption,
     Problem,
@@ -213,6 +212,3 @@ class HeaderMutationConfig:
             set=mutations.set + tuple(e for e, append in entries if not append),
             remove=mutations.remove + removals,
         )
-
-
-register_filter_config("stream", "header_mutation", HeaderMutationConfig)

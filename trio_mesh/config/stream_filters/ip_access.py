@@ -18,7 +18,6 @@ from typing import Any
 from attrs import frozen
 
 from ..converter import converter
-from ..filter_configs import register_filter_config
 from ..routes import Problem, _raise
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -123,7 +122,3 @@ class IpAccessConfig:
             else:
                 out.append((allow, nets))
         return [(allow, tuple(nets)) for allow, nets in out]
-
-
-register_filter_config("stream", "ip_access", IpAccessConfig)
-register_filter_config("network", "ip_access", IpAccessConfig)

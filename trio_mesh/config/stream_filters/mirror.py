@@ -13,7 +13,6 @@ import math
 
 from attrs import frozen
 
-from ..filter_configs import register_filter_config
 from ..routes import Problem, _raise
 from ..scalars import Duration, PositiveInt, cluster_ref
 
@@ -55,6 +54,3 @@ class MirrorConfig:
         if self.timeout <= 0:
             problems.append((("timeout",), "a shadow request needs a timeout above 0"))
         _raise(problems)
-
-
-register_filter_config("stream", "mirror", MirrorConfig)

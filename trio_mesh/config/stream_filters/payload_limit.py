@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from attrs import frozen
 
-from ..filter_configs import register_filter_config
 from ..routes import Problem, _raise
 
 
@@ -27,6 +26,3 @@ class PayloadLimitConfig:
                 (("http_status",), f"expected an HTTP status 200-599, got {self.http_status}")
             )
         _raise(problems)
-
-
-register_filter_config("stream", "payload_limit", PayloadLimitConfig)

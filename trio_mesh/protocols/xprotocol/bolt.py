@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 
 from .base import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -147,6 +148,116 @@ def _parse_header_map(buf: bytearray, start: int, end: int) -> dict[str, str]:
     return out
 
 
+def _view(raw: dict[str, str]) -> dict[str, str]:
+    """A request's header view from its header map: the map plus ``service`` and ``method``."""
+    service = raw.get("service") or raw.get("sofa_head_target_service")
+    if service:
+        raw["service"] = service
+    method = raw.get("sofa_head_method_name")
+    if method:
+        raw["method"] = method
+    return raw
+
+
+class _RequestHeaders(Mapping[str, str]):
+    """A bolt request's header view, read-only, decoded when first read as a whole.
+
+    Routing reads ``service`` alone: the decoder's validating walk over the map noted where
+    the values ``service`` is made of lie, so ``get("service")`` decodes one or two strings
+    instead of the whole map. Everything else decodes the whole map once (as `BoltFrame`'s
+    own `_decode_headers`). Holds the frame's buffer, not the frame (no reference cycle).
+    """
+
+    __slots__ = ("_buf", "_start", "_end", "_service", "_target", "_full")
+
+    def __init__(
+        self,
+        buf: bytearray,
+        start: int,
+        end: int,
+        service: tuple[int, int] | None,
+        target: tuple[int, int] | None,
+    ) -> None:
+        self._buf = buf
+        self._start = start
+        self._end = end
+        self._service = service  # (offset, length) of the last "service" value, if any
+        self._target = target  # the same for "sofa_head_target_service"
+        self._full: dict[str, str] | None = None
+
+    def _load(self) -> dict[str, str]:
+        full = self._full
+        if full is None:
+            full = self._full = _view(_parse_header_map(self._buf, self._start, self._end))
+        return full
+
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        if key == "service" and self._full is None:
+            buf = self._buf
+            svc = self._service
+            value = str(buf[svc[0] : svc[0] + svc[1]], "utf-8") if svc is not None else None
+            if not value and self._target is not None:
+                at, n = self._target
+                value = str(buf[at : at + n], "utf-8") or value
+            return default if value is None else value
+        return self._load().get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        return self._load()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._load()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def __repr__(self) -> str:
+        return f"mappingproxy({self._load()!r})"
+
+
+_SERVICE = b"service"
+_TARGET_SERVICE = b"sofa_head_target_service"
+
+
+def _request_headers(buf: bytearray, start: int, end: int) -> Mapping[str, str]:
+    """Check the request's header map in ``buf[start:end]`` as `_parse_header_map` does (the
+    same errors, raised now) and return its lazy view. An all-ASCII map (every SOFA one in
+    practice) is checked by the walk over its lengths alone; any other byte gets the whole
+    map decoded now, the only way to find invalid UTF-8."""
+    if not buf[start:end].isascii():
+        return MappingProxyType(_view(_parse_header_map(buf, start, end)))
+    service = target = None
+    i = start
+    unpack = _U32.unpack_from
+    while i < end:
+        if end - i < 4:
+            raise _err("bolt header map: truncated key length")
+        klen = unpack(buf, i)[0]
+        i += 4
+        key = i
+        if klen != _ABSENT:
+            if klen > end - i:
+                raise _err("bolt header map: key longer than the header")
+            i += klen
+        if end - i < 4:
+            raise _err("bolt header map: key without a value")
+        vlen = unpack(buf, i)[0]
+        i += 4
+        if vlen != _ABSENT:
+            if vlen > end - i:
+                raise _err("bolt header map: value longer than the header")
+            if klen == 7:
+                if buf.startswith(_SERVICE, key):
+                    service = (i, vlen)
+            elif klen == 24 and buf.startswith(_TARGET_SERVICE, key):
+                target = (i, vlen)
+            i += vlen
+    return _RequestHeaders(buf, start, end, service, target)
+
+
 _Head = tuple[int, int, int, int, int, int, int, int, int, int, int, int, bool, int]
 
 
@@ -261,14 +372,7 @@ class BoltFrame(Frame):
 
     def _decode_headers(self) -> dict[str, str]:
         start = self.header_size + self.class_len
-        headers = _parse_header_map(self.data, start, start + self.header_len)
-        service = headers.get("service") or headers.get("sofa_head_target_service")
-        if service:
-            headers["service"] = service
-        method = headers.get("sofa_head_method_name")
-        if method:
-            headers["method"] = method
-        return headers
+        return _view(_parse_header_map(self.data, start, start + self.header_len))
 
 
 class BoltCodec(Codec):
@@ -369,7 +473,9 @@ class BoltCodec(Codec):
         frame.content_len = blen
         frame.crc = crc
         if ptype != TYPE_RESPONSE:
-            frame.headers  # noqa: B018  (requests are routed: decode and check headers now)
+            # requests are routed: their header map is checked now, decoded when read
+            start = header_size + clen
+            frame._headers = _request_headers(buf, start, start + hlen)
         return frame, total
 
     def frame_length(

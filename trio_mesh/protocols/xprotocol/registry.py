@@ -18,9 +18,12 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Iterable
-from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from .base import NEED_MORE, Codec, Match, NeedMore
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoints
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -45,6 +48,14 @@ _BUILTINS = {
 _codecs: dict[str, Codec] = {}  # in registration order: the order `detect` asks them
 _failed: dict[str, BaseException] = {}
 _all_loaded = False
+
+
+def entry_points(*, group: str) -> EntryPoints:
+    """``importlib.metadata.entry_points``, imported on first use: the scan of installed
+    distributions is start-up time only an RPC listener or cluster needs."""
+    from importlib.metadata import entry_points as scan
+
+    return scan(group=group)
 
 
 class UnknownCodec(KeyError):

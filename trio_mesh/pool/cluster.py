@@ -1,0 +1,136 @@
+"""The pools of one cluster, and the nursery their connections run in.
+
+Each cluster's multiplexed upstream connections (HTTP/2, RPC) are tasks in the cluster's own
+nursery, a child of ``Pools.run`` (pool/manager.py): removing the cluster (a configuration
+swap, an xDS CDS removal) ends exactly its connections, and one cluster's failure never
+touches another's. The run loop is also the cluster's reaper: once a second it drops expired
+idle connections and closes the idle ones of pools whose host left.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ..network.connect import ConnectError
+from ..upstream.cluster import Cluster
+from .base import ConnectionPool
+from .http1 import H1Pool
+
+log = logging.getLogger("trio_mesh.pool")
+
+REAP_INTERVAL = 1.0
+
+
+class ClusterPools:
+    def __init__(self, cluster: Cluster, on_exit: Callable[[ClusterPools], None]) -> None:
+        self.cluster = cluster
+        self.pools: list[ConnectionPool[Any]] = []  # of the hosts it has now
+        # Pools of hosts that left (or of the whole cluster once removed): requests in flight
+        # finish on them; their connections close once idle, then they are forgotten.
+        self.retiring: list[ConnectionPool[Any]] = []
+        # The HTTP/1 pools of its hosts, and one wake-up for them all: the connection limit
+        # is the cluster's, so a slot freed on one host serves any (pool/http1.py).
+        self.h1_siblings: list[H1Pool] = []
+        self.h1_released = trio.lowlevel.ParkingLot()
+        self.removed = False
+        self.started = False
+        self.done = trio.Event()  # ``run`` is over: every connection of it is closed
+        self._nursery: trio.Nursery | None = None
+        self._ready = trio.Event()
+        self._on_exit = on_exit
+        self._wake = trio.lowlevel.ParkingLot()  # the run loop, told of a removal
+
+    async def nursery(self) -> trio.Nursery:
+        """Where a new connection of this cluster runs (``ConnectError`` once it is over)."""
+        if self._nursery is None:
+            if not self.started:
+                raise RuntimeError("the pools are not running")
+            if not self.done.is_set():
+                await self._ready.wait()
+            if self._nursery is None:
+                raise ConnectError(f"cluster {self.cluster.name!r}: its pools are closed")
+        return self._nursery
+
+    def add(self, pool: ConnectionPool[Any]) -> None:
+        self.pools.append(pool)
+        if isinstance(pool, H1Pool):
+            self.h1_siblings.append(pool)
+        if self.removed:
+            self.retire(pool)  # a request that chose the cluster before it left
+
+    def retire(self, pool: ConnectionPool[Any]) -> None:
+        """New requests no longer reach this pool's host: close its idle connections now and
+        the others when their requests in flight are done."""
+        if pool in self.pools:
+            self.pools.remove(pool)
+        if isinstance(pool, H1Pool):
+            if pool in self.h1_siblings:
+                self.h1_siblings.remove(pool)
+            pool.max_requests = 1  # a connection handed back is closed, not kept idle
+            pool.close_all()
+            return  # its connections in use are not tasks: nothing to wait for
+        pool.close_idle()
+        if pool.has_connections():
+            self.retiring.append(pool)
+
+    def remove(self) -> None:
+        """The cluster is gone: every pool retires; the run ends once none has a connection."""
+        self.removed = True
+        for pool in list(self.pools):
+            self.retire(pool)
+        self._wake.unpark_all()
+
+    def start_in(self, nursery: trio.Nursery) -> None:
+        """Run in ``nursery`` (from the next scheduler turn: ``nursery()`` waits for it)."""
+        self.started = True
+        nursery.start_soon(self.run)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.started = True
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._ready.set()
+                task_status.started()
+                await self._reap()
+                nursery.cancel_scope.cancel()  # removed and drained: nothing of it may stay
+        except Exception:
+            # A failure of this cluster's pools stays here; the next request builds new ones.
+            log.exception("cluster %r: its upstream pools failed", self.cluster.name)
+        finally:
+            self._nursery = None
+            self.close_all()
+            self.done.set()
+            self._ready.set()
+            self._on_exit(self)
+
+    async def _reap(self) -> None:
+        """The reaper; returns once the cluster is removed and its connections are closed."""
+        while True:
+            if self.removed and not self.retiring:
+                return
+            with trio.move_on_after(REAP_INTERVAL):
+                await self._wake.park()
+            now = time.monotonic()  # the clock idle_since is on
+            for pool in self.pools:
+                pool.reap(now)
+            if self.retiring:
+                keep = []
+                for pool in self.retiring:
+                    pool.close_idle()
+                    if pool.has_connections():
+                        keep.append(pool)
+                self.retiring = keep
+
+    def close_all(self) -> None:
+        """Every connection closes now; HTTP/1 ones still with a request, when handed back
+        (no new request reaches these pools: the next one builds new pools)."""
+        for pool in self.pools + self.retiring:
+            if isinstance(pool, H1Pool):
+                pool.max_requests = 1
+            pool.close_all()
