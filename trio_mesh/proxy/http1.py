@@ -166,6 +166,7 @@ class _Session:
         # Per-request state in objects made once per connection, not per request.
         self.view = RequestView()
         self.ureq = UpstreamRequest()
+        self.ureq.host_in_headers = self.ureq.from_h1 = True  # the same for every request
         self.req_head: RequestHead | None = None
         self.info = RequestRecord()
         self._route: Route | None = None
@@ -516,7 +517,6 @@ class _Session:
         req.method = head.method
         req.target = target
         req.headers = headers
-        req.host_in_headers = True
         if route.auto_host_rewrite or not has_host:
             req.authority = None  # the chosen host's address
         elif route.host_rewrite is not None:
@@ -525,7 +525,6 @@ class _Session:
             req.authority = head.host
         req.length = None if chunked else head.content_length
         req.chunked = chunked
-        req.from_h1 = True
         req.head_request = head.method == b"HEAD"
         req.upgrade = head.upgrade
         return req

@@ -58,21 +58,6 @@ async def acquire(pool: H1Pool, fresh: bool = False) -> tuple[H1Connection, bool
         raise UpstreamFailed(OVERFLOW) from None
 
 
-def _head_bytes(req: UpstreamRequest, host: Host) -> bytes:
-    headers = req.headers
-    authority = req.authority
-    if req.host_in_headers:
-        if authority is None:  # auto_host_rewrite, or no Host: the chosen host's address
-            headers = [(n, v) for n, v in headers if n != b"host"]
-            headers.append((b"host", host.label_bytes))
-    else:
-        headers = [(n, v) for n, v in headers if n not in _NOT_FROM_H2]
-        headers.insert(0, (b"host", authority if authority is not None else host.label_bytes))
-    return encode_request_head(
-        req.method, req.target, headers, length=req.length, chunked=req.chunked
-    )
-
-
 async def exchange(
     core: ProxyCore,
     cluster: Cluster,
@@ -84,7 +69,8 @@ async def exchange(
     retry: RetryState | None,
     fresh: bool,
 ) -> None:
-    """One try over HTTP/1 (see the module docstring)."""
+    """One try over HTTP/1 (see the module docstring): the request sent, then the response
+    relayed into ``sink`` (in this one frame: a coroutine layer is paid on every resume)."""
     pool = core.pools.http1(cluster, host)
     conn = None if fresh else pool.take_idle()  # the common case, without a coroutine
     reused = conn is not None
@@ -92,22 +78,132 @@ async def exchange(
         conn, reused = await acquire(pool, fresh)
     if core.detailed:
         info.upstream_connect_duration = _monotonic() - info.start
-    wire = _head_bytes(req, host)
+    headers = req.headers
+    authority = req.authority
+    if req.host_in_headers:
+        if authority is None:  # auto_host_rewrite, or no Host: the chosen host's address
+            headers = [(n, v) for n, v in headers if n != b"host"]
+            headers.append((b"host", host.label_bytes))
+    else:
+        headers = [(n, v) for n, v in headers if n not in _NOT_FROM_H2]
+        headers.insert(0, (b"host", authority if authority is not None else host.label_bytes))
+    wire = encode_request_head(
+        req.method, req.target, headers, length=req.length, chunked=req.chunked
+    )
     reusable = False
     host.active_requests += 1  # what LB_LEAST_REQUEST compares
     try:
         upstream = conn.stream
         try:
-            if body.empty:
-                await upstream.send_all(wire)
-            else:
-                await upstream.send_all(wire)
+            await upstream.send_all(wire)
+            if not body.empty:
                 await _send_body(upstream, body, req.chunked)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # The upstream went away while we were sending. It may still have answered
             # (an early 413, say): read what it said before giving up.
             pass
-        reusable = await _relay_response(conn, req, body, sink, retry, reused)
+
+        # The response.
+        parser = conn.parser
+        if parser is None:
+            parser = conn.parser = ResponseParser(head_request=req.head_request)
+        else:  # a reused connection: its last exchange ended clean, or it was not reused
+            parser.reset(head_request=req.head_request)
+        sink.waiting()
+        buffers = sink.buffers
+        got_bytes = False
+        ended = False  # the response's end went to the sink (with its head or last piece)
+        keep_alive = False
+        receive = upstream.receive_after_wait  # the answer cannot be there yet
+        reads = 0
+        while True:
+            reads += 1
+            if reads % 16 == 0:  # a fast upstream must not keep the loop to itself
+                await trio.lowlevel.checkpoint()
+            try:
+                data = await receive(CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = None  # reset
+            receive = upstream.receive_some
+            events = None
+            if data:
+                got_bytes = True
+                try:
+                    events = parser.feed(data)
+                except H1Error:
+                    if not sink.started:
+                        raise UpstreamFailed(BAD_RESPONSE) from None
+                    sink.cut(Flag.UPSTREAM_PROTOCOL_ERROR)
+                    return
+            elif data is not None and got_bytes:
+                try:
+                    events = parser.feed_eof()  # a close-delimited body ends here
+                except H1Error:
+                    pass  # cut short: the same as a reset
+            if events is None:
+                if not sink.started:
+                    # Closed or reset before any response byte: on a reused idle connection
+                    # that is the keep-alive race, safe to send again.
+                    race = reused and not got_bytes and req.method in _IDEMPOTENT
+                    raise UpstreamFailed(UPSTREAM_RESET, race=race)
+                # Mid-body: the status line is gone; the client must see a failure.
+                sink.cut(Flag.UPSTREAM_TERMINATION)
+                return
+            done = False
+            last = len(events) - 1
+            for i, event in enumerate(events):
+                # `type(...) is`, not a local `kind`: the checker narrows only this form.
+                if type(event) is Body:
+                    # The last piece carries the end itself: one call less.
+                    if i < last and type(nxt := events[i + 1]) is EndOfMessage and not nxt.trailers:
+                        await sink.data(event.data, True)
+                        ended = True
+                    else:
+                        await sink.data(event.data, False)
+                elif type(event) is EndOfMessage:
+                    if event.trailers:
+                        # llhttp keeps what a trailer section's Connection said across a
+                        # reset: the next exchange on this connection gets its own parser.
+                        conn.parser = None
+                        if not ended:
+                            await sink.trailers(event.trailers)
+                    elif not ended:
+                        await sink.data(b"", True)
+                    done = True
+                elif type(event) is ResponseHead:
+                    status = event.status
+                    if status >= 200:
+                        if retry is not None and body.replayable and retry.retries_status(status):
+                            raise UpstreamFailed(Reply(status, Flag.NONE, b""))
+                        body.forget()  # the upstream took the request: no retry resends it
+                        keep_alive = event.keep_alive
+                        ended = (
+                            req.head_request
+                            or status in _NO_BODY_STATUSES
+                            or event.content_length == 0
+                        )
+                        await sink.head(event, ended, parser.head_raw)
+                    elif status == 101:
+                        if req.upgrade is not None and _switches_to_asked(req.upgrade, event):
+                            await sink.upgrade(event, upstream, parser.upgraded_tail or b"")
+                            return
+                        if not sink.started:  # a switch nobody asked for, or to h2c
+                            raise UpstreamFailed(BAD_RESPONSE)
+                        sink.cut(Flag.UPSTREAM_PROTOCOL_ERROR)
+                        return
+                    else:
+                        await sink.informational(status, event.reason, event.headers)
+            if buffers:
+                await sink.flush()
+            if done:
+                reusable = (
+                    body.done
+                    and parser.complete
+                    and not parser.trailing
+                    and sink.started
+                    and keep_alive
+                )
+                return
     finally:
         host.active_requests -= 1
         if reusable:
@@ -134,115 +230,6 @@ async def _send_body(upstream: Stream, body: RequestBody, chunked: bool) -> None
         if data:
             await upstream.send_all(encode_chunk(data) if chunked else data)
         body.sent()
-
-
-async def _relay_response(
-    conn: H1Connection,
-    req: UpstreamRequest,
-    body: RequestBody,
-    sink: ResponseSink,
-    retry: RetryState | None,
-    reused: bool,
-) -> bool:
-    """Relay the response into ``sink``; whether the connection may carry another request."""
-    upstream = conn.stream
-    parser = conn.parser
-    if parser is None:
-        parser = conn.parser = ResponseParser(head_request=req.head_request)
-    else:  # a reused connection: its last exchange ended clean, or it was not reused
-        parser.reset(head_request=req.head_request)
-    sink.waiting()
-    got_bytes = False
-    ended = False  # the response's end went to the sink with its head
-    keep_alive = False
-    receive = upstream.receive_after_wait  # the answer cannot be there yet
-    reads = 0
-    while True:
-        reads += 1
-        if reads % 16 == 0:  # a fast upstream must not keep the loop to itself
-            await trio.lowlevel.checkpoint()
-        try:
-            data = await receive(CHUNK)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = None  # reset
-        receive = upstream.receive_some
-        events = None
-        if data:
-            got_bytes = True
-            try:
-                events = parser.feed(data)
-            except H1Error:
-                if not sink.started:
-                    raise UpstreamFailed(BAD_RESPONSE) from None
-                sink.cut(Flag.UPSTREAM_PROTOCOL_ERROR)
-                return False
-        elif data is not None and got_bytes:
-            try:
-                events = parser.feed_eof()  # a close-delimited body ends here
-            except H1Error:
-                pass  # cut short: the same as a reset
-        if events is None:
-            if not sink.started:
-                # Closed or reset before any response byte: on a reused idle connection
-                # that is the keep-alive race, safe to send again.
-                race = reused and not got_bytes and req.method in _IDEMPOTENT
-                raise UpstreamFailed(UPSTREAM_RESET, race=race)
-            # Mid-body: the status line is gone; the client must see a failure.
-            sink.cut(Flag.UPSTREAM_TERMINATION)
-            return False
-        done = False
-        last = len(events) - 1
-        for i, event in enumerate(events):
-            # `type(...) is`, not a local `kind`: the checker narrows only this form.
-            if type(event) is Body:
-                # The last piece carries the end itself: one call less.
-                if i < last and type(nxt := events[i + 1]) is EndOfMessage and not nxt.trailers:
-                    await sink.data(event.data, True)
-                    ended = True
-                else:
-                    await sink.data(event.data, False)
-            elif type(event) is EndOfMessage:
-                if event.trailers:
-                    # llhttp keeps what a trailer section's Connection said across a reset:
-                    # the next exchange on this connection gets a parser of its own.
-                    conn.parser = None
-                if not ended:
-                    if event.trailers:
-                        await sink.trailers(event.trailers)
-                    else:
-                        await sink.data(b"", True)
-                done = True
-            elif type(event) is ResponseHead:
-                status = event.status
-                if status >= 200:
-                    if retry is not None and body.replayable and retry.retries_status(status):
-                        raise UpstreamFailed(Reply(status, Flag.NONE, b""))
-                    body.forget()  # the upstream took the request: no retry resends it
-                    keep_alive = event.keep_alive
-                    ended = (
-                        req.head_request or status in _NO_BODY_STATUSES or event.content_length == 0
-                    )
-                    await sink.head(event, ended, parser.head_raw)
-                elif status == 101:
-                    if req.upgrade is not None and _switches_to_asked(req.upgrade, event):
-                        await sink.upgrade(event, upstream, parser.upgraded_tail or b"")
-                        return False
-                    if not sink.started:  # a switch nobody asked for, or to h2c
-                        raise UpstreamFailed(BAD_RESPONSE)
-                    sink.cut(Flag.UPSTREAM_PROTOCOL_ERROR)
-                    return False
-                else:
-                    await sink.informational(status, event.reason, event.headers)
-        if sink.buffers:
-            await sink.flush()
-        if done:
-            return (
-                body.done
-                and parser.complete
-                and not parser.trailing
-                and sink.started
-                and keep_alive
-            )
 
 
 def _switches_to_asked(asked: bytes, resp: ResponseHead) -> bool:
