@@ -371,7 +371,8 @@ class _Session:
         self.keep_conn = False
         self.finished = False
         self.request_trailers = None
-        self._pending.clear()
+        if self._pending:
+            self._pending.clear()
         return info
 
     # ------------------------------------------------------------------ one request
@@ -399,8 +400,9 @@ class _Session:
         proxy = self.proxy
         body.reset(not has_body, None, proxy.retry_buffer_bytes)
         conn = self.conn
+        # the session is its requests' response sink too (no object per request)
         await lifecycle.handle(
-            proxy, self, view, info, body, proxy.listener, conn.remote, conn.local
+            proxy, self, view, info, body, self, proxy.listener, conn.remote, conn.local
         )
         return self.keep_conn
 
@@ -411,10 +413,6 @@ class _Session:
         self._request_complete(info)
 
     # ------------------------------------------------------------------ Downstream
-
-    @property
-    def sink(self) -> _Session:
-        return self  # the session is its requests' response sink (no object per request)
 
     def filter_context(self, route: Route | None, cluster: str | None) -> RequestContext:
         head = self.req_head
@@ -455,8 +453,12 @@ class _Session:
 
     def arm_route(self, timeout: float | None) -> None:
         # The route timeout is the connection scope's deadline meanwhile: a timeout ends in
-        # run()'s Cancelled handler (a cancel scope per request costs too much).
-        self._arm(None, timeout)
+        # run()'s Cancelled handler (a cancel scope per request costs too much). `_arm`,
+        # inlined: this is every request's path.
+        if timeout:
+            self._armed.append((None, timeout))
+            if self.request_done:
+                self.conn.idle.arm_route(trio.current_time() + timeout)
 
     def try_scope(self, timeout: float) -> trio.CancelScope:
         # Armed before it is entered: a deadline already past cancels on entry.
@@ -684,7 +686,7 @@ class _Session:
         if end:
             if chunked:
                 self._pending.append(encode_last_chunk(None))
-            self._ended()
+            self.keep_conn = not self._close  # close covers the request side too
 
     async def data(self, data: bytes, end: bool) -> None:
         if data:
@@ -693,22 +695,12 @@ class _Session:
         if end:
             if self._chunked:
                 self._pending.append(encode_last_chunk(None))
-            self._ended()
+            self.keep_conn = not self._close  # close covers the request side too
 
     async def trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
         if self._chunked:  # a content-length body has no room for trailers: dropped
             self._pending.append(encode_last_chunk(trailers))
-        self._ended()
-
-    def _ended(self) -> None:
-        """The whole response is written (or waits for the flush)."""
-        head = self.req_head
-        assert head is not None
-        # After an Upgrade request that was refused, the request parser has stopped: the
-        # connection cannot carry another request.
-        self.keep_conn = (
-            head.keep_alive and not self._close and self.request_done and head.upgrade is None
-        )
+        self.keep_conn = not self._close  # close covers the request side too
 
     async def flush(self) -> None:
         pending = self._pending

@@ -222,10 +222,6 @@ class _Stream:
         self._kept = 0  # bytes kept for a retry, counted in the connection's budget
         self._continue = False  # answer "100 Continue" when the body is first read
 
-    @property
-    def sink(self) -> _Stream:
-        return self
-
     async def handle(
         self, event: RequestHeaders, scope: trio.CancelScope, body: RequestBody
     ) -> None:
@@ -269,7 +265,7 @@ class _Stream:
         body.reset(event.end_stream, None, proxy.retry_buffer_bytes)
         conn = self.conn
         await lifecycle.handle(
-            proxy, self, view, info, body, proxy.listener, conn.remote, conn.local
+            proxy, self, view, info, body, self, proxy.listener, conn.remote, conn.local
         )
 
     async def timed_out(self) -> None:

@@ -230,9 +230,6 @@ class Downstream(Protocol):
 
     chain: StreamFilterChain | None
 
-    @property
-    def sink(self) -> ResponseSink: ...
-
     def filter_context(self, route: Route | None, cluster: str | None) -> RequestContext: ...
 
     def upstream_request(self, route: Route, info: RequestRecord) -> UpstreamRequest: ...
@@ -488,13 +485,15 @@ async def handle(
     view: RequestView,
     info: RequestRecord,
     body: RequestBody,
+    sink: ResponseSink,
     listener: str,
     remote: tuple[str, int] | None,
     local: tuple[str, int] | None,
 ) -> None:
     """Answer one request: filters, route, local answers, then the tries to its cluster.
     ``body``: the request's, over the adapter as its source (the adapter holds no reference
-    to it: no cycle, so a finished request is freed at once, not by the cycle collector)."""
+    to it: no cycle, so a finished request is freed at once, not by the cycle collector);
+    ``sink``: where its response goes (usually the adapter itself)."""
     header = view.lookup or header_getter(view.headers)
     route = core.table.match(view.host, view.path, view.query, header)
     if route is not None and core.detailed:
@@ -541,7 +540,6 @@ async def handle(
     # a coroutine layer is paid on every resume of the request).
     req = ad.upstream_request(route, info)  # once: a retry sends the same request id
     chain = ad.chain
-    sink = ad.sink
     if chain is not None:
         chain.context.request_id = info.request_id
         if chain.mask & _RESPONSE_HOOKS:

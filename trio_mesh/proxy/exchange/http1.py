@@ -175,7 +175,8 @@ async def exchange(
                     if status >= 200:
                         if retry is not None and body.replayable and retry.retries_status(status):
                             raise UpstreamFailed(Reply(status, Flag.NONE, b""))
-                        body.forget()  # the upstream took the request: no retry resends it
+                        if not body.empty:  # the upstream took it: no retry resends the body
+                            body.forget()
                         keep_alive = event.keep_alive
                         ended = (
                             req.head_request

@@ -203,7 +203,8 @@ async def _response(
                 return
             if retry is not None and body.replayable and retry.retries_status(status):
                 raise UpstreamFailed(Reply(status, Flag.NONE, b""))
-            body.forget()  # the upstream took the stream: no retry replays the body
+            if not body.empty:  # the upstream took the stream: no retry replays the body
+                body.forget()
             length = None
             for name, value in headers:
                 if name == b"content-length" and value.isdigit():
