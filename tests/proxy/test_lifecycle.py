@@ -89,7 +89,7 @@ async def test_a_retry_resends_the_filtered_body_without_filtering_it_again():
     SEEN.clear()
     source = Source([b"ab", b"cd", b""], trailers=[(b"x-t", b"1")])
     body = RequestBody(source)
-    body.reset(False, None, 1024)
+    body.reset(False, 1024)
     body.use_chain(chain_of(Upper))
     first = await read_all(body)
     assert first == [b"AB", b"CD", b""] and body.trailers == [(b"x-t", b"1")]
@@ -103,7 +103,7 @@ async def test_a_retry_resends_the_filtered_body_without_filtering_it_again():
 async def test_a_body_beyond_the_retry_buffer_is_not_kept():
     source = Source([b"abc", b"def"])
     body = RequestBody(source)
-    body.reset(False, None, 4)
+    body.reset(False, 4)
     assert await read_all(body) == [b"abc", b"def"]
     assert not body.replayable and body.pieces == []
     assert source.forgotten == 3  # what was kept leaves the source's budget
@@ -112,11 +112,11 @@ async def test_a_body_beyond_the_retry_buffer_is_not_kept():
 async def test_a_streamed_body_keeps_nothing_and_an_empty_one_stays_replayable():
     source = Source([b""])  # -1: not even an empty piece is kept
     body = RequestBody(source)
-    body.reset(False, None, -1)
+    body.reset(False, -1)
     await read_all(body)
     assert not body.replayable
     empty = RequestBody(Source([]))
-    empty.reset(True, None, -1)
+    empty.reset(True, -1)
     empty.forget()
     assert empty.replayable and empty.done  # no body: a retry resends the head alone
 

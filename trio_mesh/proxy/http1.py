@@ -398,7 +398,7 @@ class _Session:
         view.headers = head.headers
         view.end = not has_body
         proxy = self.proxy
-        body.reset(not has_body, None, proxy.retry_buffer_bytes)
+        body.reset(not has_body, proxy.retry_buffer_bytes)
         conn = self.conn
         # the session is its requests' response sink too (no object per request)
         await lifecycle.handle(
@@ -687,20 +687,32 @@ class _Session:
             if chunked:
                 self._pending.append(encode_last_chunk(None))
             self.keep_conn = not self._close  # close covers the request side too
+            await self.flush()  # the response's end: what is held goes now
 
     async def data(self, data: bytes, end: bool) -> None:
+        pending = self._pending
         if data:
             self.info.bytes_sent += len(data)
-            self._pending.append(encode_chunk(data) if self._chunked else data)
+            pending.append(encode_chunk(data) if self._chunked else data)
         if end:
             if self._chunked:
-                self._pending.append(encode_last_chunk(None))
+                pending.append(encode_last_chunk(None))
             self.keep_conn = not self._close  # close covers the request side too
+            # the response's end: what is held goes now (flush, inlined: a coroutine less
+            # on every response)
+            if pending:
+                out = b"".join(pending) if len(pending) > 1 else pending[0]
+                pending.clear()
+                try:
+                    await self.stream.send_all(out)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    raise _DownstreamGone() from None
 
     async def trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
         if self._chunked:  # a content-length body has no room for trailers: dropped
             self._pending.append(encode_last_chunk(trailers))
         self.keep_conn = not self._close  # close covers the request side too
+        await self.flush()  # the response's end
 
     async def flush(self) -> None:
         pending = self._pending

@@ -262,7 +262,7 @@ class _Stream:
             self.finished = True
             info.request_received_duration = _monotonic() - info.start
         self.ended = event.end_stream
-        body.reset(event.end_stream, None, proxy.retry_buffer_bytes)
+        body.reset(event.end_stream, proxy.retry_buffer_bytes)
         conn = self.conn
         await lifecycle.handle(
             proxy, self, view, info, body, self, proxy.listener, conn.remote, conn.local

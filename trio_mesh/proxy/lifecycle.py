@@ -15,7 +15,8 @@ What an adapter provides (:class:`Downstream`):
 - a **response sink** (:class:`ResponseSink`): ``informational``, ``head(resp, end, raw)``
   (``raw``: the upstream's HTTP/1 head bytes when they may go down verbatim), ``data(bytes,
   end)``, ``trailers(headers)`` (ends the response), ``flush()`` when ``buffers`` (HTTP/1
-  writes what a read brought in one send), ``cut(flag, code)`` once the response began,
+  writes what a read brought in one send; a buffering sink sends what it holds itself when
+  the response ends), ``cut(flag, code)`` once the response began,
   ``upgrade`` (HTTP/1 only: a 101 tunnel), ``waiting()`` (the request is upstream) and the
   ``started`` flag.
 - **local replies** in its protocol (``reply``), from the one ``Reply`` table
@@ -285,6 +286,7 @@ class RequestBody:
 
     __slots__ = (
         "_at",
+        "_dirty",
         "_hooks",
         "_kept",
         "_limit",
@@ -309,24 +311,28 @@ class RequestBody:
         self._kept = 0
         self._limit = 0
         self._hooks = 0
+        self._dirty = False  # something of a request is in the fields ``reset`` clears
 
-    def reset(self, empty: bool, chain: StreamFilterChain | None, limit: int) -> None:
-        """A new request (an HTTP/1 connection reuses its body object)."""
+    def reset(self, empty: bool, limit: int) -> None:
+        """A new request (an HTTP/1 connection reuses its body object): the rest is cleared
+        only when the last request used it (the common bodyless request writes three fields)."""
         self.empty = self.done = empty
-        self.chain = chain
-        self._hooks = chain.mask & _REQUEST_BODY_HOOKS if chain is not None else 0
-        self.replayable = True
-        self.trailers = None
-        self._at = 0
         self._limit = limit
-        if self.pieces:
+        if self._dirty:
+            self._dirty = False
+            self.chain = None
+            self._hooks = 0
+            self.replayable = True
+            self.trailers = None
+            self._at = 0
             self.pieces = []
-        self._kept = 0
+            self._kept = 0
 
     def use_chain(self, chain: StreamFilterChain) -> None:
         """The request's filters (known once the route is): their body hooks run here."""
         self.chain = chain
         self._hooks = chain.mask & _REQUEST_BODY_HOOKS
+        self._dirty = True
 
     def rewind(self) -> None:
         """Another try: what was kept goes again (only called when ``replayable``)."""
@@ -345,6 +351,7 @@ class RequestBody:
             self.done = self.source.finished and at + 1 == len(pieces)
             return pieces[at]
         source = self.source
+        self._dirty = True
         data = await source.read()
         last = source.finished
         hooks = self._hooks
@@ -381,6 +388,7 @@ class RequestBody:
         """No retry will replay the body (the response began, or it outgrew the buffer)."""
         if self.replayable and not self.empty:
             self.replayable = False
+            self._dirty = True
             self.pieces = []
             if self._kept:
                 self.source.forget(self._kept)

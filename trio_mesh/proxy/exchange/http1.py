@@ -169,7 +169,7 @@ async def exchange(
                             await sink.trailers(event.trailers)
                     elif not ended:
                         await sink.data(b"", True)
-                    done = True
+                    ended = done = True
                 elif type(event) is ResponseHead:
                     status = event.status
                     if status >= 200:
@@ -194,7 +194,7 @@ async def exchange(
                         return
                     else:
                         await sink.informational(status, event.reason, event.headers)
-            if buffers:
+            if buffers and not ended:  # a sink sends what it holds at the end itself
                 await sink.flush()
             if done:
                 reusable = (

@@ -188,7 +188,7 @@ async def _response(
         # costs the same per event: Data, the common one, is the first test).
         if type(event) is Data:
             await sink.data(event.data, event.end_stream)
-            if buffers:
+            if buffers and not event.end_stream:  # at the end, the sink sent it itself
                 await sink.flush()
             up.consumed(usid, event.flow_length)
             if event.end_stream:
@@ -216,14 +216,12 @@ async def _response(
             await sink.head(
                 ResponseHead(status, None, b"2", headers, True, length, False), end, None
             )
-            if buffers:
+            if buffers and not end:
                 await sink.flush()
             if end:
                 return
         elif type(event) is Trailers:
             await sink.trailers(event.headers)
-            if buffers:
-                await sink.flush()
             return
         elif type(event) is InformationalHeaders:
             status, headers = response_from_h2(event.headers)
