@@ -1,0 +1,624 @@
+"""The life of one request, whatever its protocols: one driver, ``handle``.
+
+MOSN's split: a downstream *adapter* per protocol (``http1._Session``, ``http2._Stream``)
+decodes its codec's events into a :class:`RequestView` and provides three things; this module
+runs the protocol-independent part between them; an upstream *exchange* per protocol
+(``exchange/http1.py``, ``exchange/http2.py``) talks to the chosen host.
+
+What an adapter provides (:class:`Downstream`):
+
+- a **request-body source** (:class:`BodySource`): ``await read()`` gives the next chunk
+  (``finished`` set on the last one, ``trailers`` then the request's trailers or ``None``);
+  ``sent()`` after a chunk was passed on (HTTP/2 returns its flow-control credit then);
+  ``keep(n)`` / ``forget(n)`` count the bytes kept for a retry in its budgets. The source
+  itself answers ``Expect: 100-continue`` when the body is first asked for.
+- a **response sink** (:class:`ResponseSink`): ``informational``, ``head(resp, end, raw)``
+  (``raw``: the upstream's HTTP/1 head bytes when they may go down verbatim), ``data(bytes,
+  end)``, ``trailers(headers)`` (ends the response), ``flush()`` when ``buffers`` (HTTP/1
+  writes what a read brought in one send; a buffering sink sends what it holds itself when
+  the response ends), ``cut(flag, code)`` once the response began,
+  ``upgrade`` (HTTP/1 only: a 101 tunnel), ``waiting()`` (the request is upstream) and the
+  ``started`` flag.
+- **local replies** in its protocol (``reply``), from the one ``Reply`` table
+  (``replies.py``), and its timeouts: ``arm_route`` (the route timeout), ``try_scope`` (a
+  per-try cancel scope), ``end_route``.
+
+``handle`` runs: the request-headers hooks of the stream filters, the route, a direct response
+or redirect, the cluster, its circuit breaker, the tries (a ``RetryState`` for a route with a
+retry policy: the host, the per-try timeout, ``retry_on`` by the failure's cause, never the
+host that just failed when another exists; the keep-alive race, or a stream the upstream
+refused, tried once more on a fresh connection), each try one ``exchange`` call. The request
+body goes through :class:`RequestBody` (request data and trailers hooks run once, the result
+kept for a retry while small) and the response through :class:`FilteredSink` when the chain
+has response hooks. An exchange raises ``UpstreamFailed(reply)`` while nothing of the response
+went down; after that it cuts the response through the sink. The adapter ends the request
+(``Observers.end(record)``): the route timeout and a downstream reset are its scopes' business.
+
+An RPC exchange fits the same shape: a request without a body stream (``RequestBody`` empty),
+routed by its header map (``RequestView.lookup``), its response one frame handed to the
+adapter's sink, and no ``RetryState`` (routes of RPC listeners carry no retry policy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, NoReturn, Protocol
+
+import trio
+
+from ..filters.stream import (
+    FILTER_FAILED,
+    REQUEST_DATA,
+    REQUEST_HEADERS,
+    REQUEST_TRAILERS,
+    RESPONSE_DATA,
+    RESPONSE_HEADERS,
+    RESPONSE_TRAILERS,
+    FilterChainFactory,
+    Headers,
+    LocalReply,
+    RequestContext,
+    StreamFilterChain,
+)
+from ..network.stream import Stream
+from ..protocols.http1 import ResponseHead, strip_hop_by_hop
+from ..protocols.http2 import ErrorCode
+from ..router import Route
+from ..upstream import Cluster, Host, NoHostError
+from .exchange import UpstreamFailed
+from .headers import header_getter
+from .record import RequestRecord
+from .replies import (
+    NO_CLUSTER,
+    NO_HEALTHY_UPSTREAM,
+    NO_ROUTE,
+    OVERFLOW,
+    TIMEOUT,
+    Cause,
+    Flag,
+    Reply,
+)
+from .retry import RetryState
+
+if TYPE_CHECKING:
+    from ..pool import Pools
+    from ..protocols.http2 import H2Settings
+    from ..router.table import RouteTable
+    from ..upstream import ClusterManager
+
+Header = tuple[bytes, bytes]
+
+_RESPONSE_HOOKS = RESPONSE_HEADERS | RESPONSE_DATA | RESPONSE_TRAILERS
+_REQUEST_BODY_HOOKS = REQUEST_DATA | REQUEST_TRAILERS
+
+
+class FilterReplied(Exception):
+    """A stream filter answered (or failed) mid-request: ``reply`` stands in for the response."""
+
+    def __init__(self, reply: LocalReply) -> None:
+        self.reply = reply
+
+
+class ResponseCut(Exception):
+    """The response was cut (a response filter failed after it began): the request is over."""
+
+
+class RequestView:
+    """One request as every protocol sees it. ``headers``: its regular header list (the
+    request-headers hooks change it in place); ``end``: it has no body; ``lookup``: how the
+    router reads a header when not from ``headers`` (an RPC frame's header map)."""
+
+    __slots__ = (
+        "authority",
+        "end",
+        "grpc",
+        "headers",
+        "host",
+        "lookup",
+        "method",
+        "path",
+        "protocol",
+        "query",
+        "target",
+    )
+
+    def __init__(self) -> None:
+        self.protocol = ""
+        self.method = b""
+        self.target = b""  # path and query, as received
+        self.authority: bytes | None = None
+        self.host = ""
+        self.path = ""
+        self.query = ""
+        self.headers: list[Header] = []
+        self.end = True
+        self.grpc = False
+        self.lookup: Callable[[str], str | None] | None = None
+
+
+class UpstreamRequest:
+    """The request as an exchange sends it, prepared once per request (a retry sends the same).
+
+    ``authority``: the Host / ``:authority`` (``None``: the chosen host's address);
+    ``host_in_headers``: ``headers`` carry the Host field in place (HTTP/1 downstream);
+    ``length`` / ``chunked``: the body's framing from our own parse; ``from_h1``: the headers
+    are HTTP/1's (the HTTP/2 exchange converts them); ``upgrade``: the Upgrade asked for."""
+
+    __slots__ = (
+        "authority",
+        "chunked",
+        "from_h1",
+        "head_request",
+        "headers",
+        "host_in_headers",
+        "length",
+        "method",
+        "scheme",
+        "target",
+        "upgrade",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.scheme = b"http"
+        self.authority: bytes | None = None
+        self.headers: list[Header] = []
+        self.host_in_headers = False
+        self.length: int | None = None
+        self.chunked = False
+        self.from_h1 = False
+        self.head_request = False
+        self.upgrade: bytes | None = None
+
+
+class BodySource(Protocol):
+    """The downstream side of a request body (see the module docstring)."""
+
+    @property
+    def finished(self) -> bool:
+        """The last chunk was read."""
+
+    @property
+    def request_trailers(self) -> list[Header] | None:
+        """The request's trailers, once ``finished``."""
+
+    @property
+    def duplex(self) -> bool:
+        """The body goes up while the response comes down (HTTP/2: gRPC streams both ways)."""
+
+    async def read(self) -> bytes: ...
+
+    def sent(self) -> None: ...
+
+    def keep(self, n: int) -> bool: ...
+
+    def forget(self, n: int) -> None: ...
+
+
+class ResponseSink(Protocol):
+    """The downstream side of a response (see the module docstring)."""
+
+    @property
+    def started(self) -> bool:
+        """Something of the response went downstream: it can no longer be replaced."""
+
+    @property
+    def buffers(self) -> bool:
+        """Writes wait for ``flush`` (HTTP/1: one send per read of the upstream)."""
+
+    def waiting(self) -> None: ...
+
+    async def informational(
+        self, status: int, reason: bytes | None, headers: list[Header]
+    ) -> None: ...
+
+    async def head(self, resp: ResponseHead, end: bool, raw: bytes | None) -> None: ...
+
+    async def data(self, data: bytes, end: bool) -> None: ...
+
+    async def trailers(self, trailers: list[Header]) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    def cut(self, flag: str, code: ErrorCode = ErrorCode.INTERNAL_ERROR) -> None: ...
+
+    async def upgrade(self, resp: ResponseHead, upstream: Stream, tail: bytes) -> None: ...
+
+
+class Downstream(Protocol):
+    """What a downstream adapter gives the lifecycle (see the module docstring)."""
+
+    chain: StreamFilterChain | None
+
+    def filter_context(self, route: Route | None, cluster: str | None) -> RequestContext: ...
+
+    def upstream_request(self, route: Route, info: RequestRecord) -> UpstreamRequest: ...
+
+    async def reply(
+        self, reply: Reply, *, headers: list[Header] | None = None, route: Route | None = None
+    ) -> None: ...
+
+    async def filter_reply(self, reply: LocalReply) -> None: ...
+
+    def arm_route(self, timeout: float | None) -> None: ...
+
+    def try_scope(self, timeout: float) -> trio.CancelScope: ...
+
+    def end_route(self) -> None: ...
+
+
+#: An upstream exchange: one try of ``req`` against ``host`` (see ``exchange/``).
+Exchange = Callable[
+    ["ProxyCore", Cluster, Host, UpstreamRequest, "RequestBody", ResponseSink, RequestRecord,
+     RetryState | None, bool],
+    Awaitable[None],
+]  # fmt: skip
+
+
+class ProxyCore:
+    """What one listener's HTTP proxy knows, built once per configuration (the adapters' proxy
+    objects are this, plus their codec's settings)."""
+
+    table: RouteTable
+    clusters: ClusterManager
+    pools: Pools
+    detailed: bool
+    filters: FilterChainFactory | None
+    #: What a request body may keep for a retry (-1: nothing, the body is streamed).
+    retry_buffer_bytes: int
+    #: The configured upstream protocol's exchange.
+    exchange: Exchange
+    #: Settings of upstream HTTP/2 connections (``settings.h2_settings``).
+    h2_settings: H2Settings
+    #: A stream the upstream refused, sent again, counts as a retry (HTTP/2 both sides).
+    counts_refused: bool
+
+
+class RequestBody:
+    """The request body as exchanges read it: pulled from the adapter's source once, through
+    the request data and trailers hooks, each piece kept (while the whole stays within
+    ``retry_buffer_bytes`` and the source's budgets) so that a retry sends it again.
+
+    ``next()`` gives the next chunk; ``done`` is set with the last one (``trailers``: the
+    request's, or ``None``). ``empty``: the request has no body at all. ``replayable``: all
+    of it read so far is kept (a retry may resend it)."""
+
+    __slots__ = (
+        "_at",
+        "_dirty",
+        "_hooks",
+        "_kept",
+        "_limit",
+        "chain",
+        "done",
+        "empty",
+        "pieces",
+        "replayable",
+        "source",
+        "trailers",
+    )
+
+    def __init__(self, source: BodySource) -> None:
+        self.source = source
+        self.chain: StreamFilterChain | None = None
+        self.pieces: list[bytes] = []
+        self.empty = True
+        self.done = True
+        self.replayable = True
+        self.trailers: list[Header] | None = None
+        self._at = 0  # the next piece to replay
+        self._kept = 0
+        self._limit = 0
+        self._hooks = 0
+        self._dirty = False  # something of a request is in the fields ``reset`` clears
+
+    def reset(self, empty: bool, limit: int) -> None:
+        """A new request (an HTTP/1 connection reuses its body object): the rest is cleared
+        only when the last request used it (the common bodyless request writes three fields)."""
+        self.empty = self.done = empty
+        self._limit = limit
+        if self._dirty:
+            self._dirty = False
+            self.chain = None
+            self._hooks = 0
+            self.replayable = True
+            self.trailers = None
+            self._at = 0
+            self.pieces = []
+            self._kept = 0
+
+    def use_chain(self, chain: StreamFilterChain) -> None:
+        """The request's filters (known once the route is): their body hooks run here."""
+        self.chain = chain
+        self._hooks = chain.mask & _REQUEST_BODY_HOOKS
+        self._dirty = True
+
+    def rewind(self) -> None:
+        """Another try: what was kept goes again (only called when ``replayable``)."""
+        self._at = 0
+        self.done = self.empty
+
+    @property
+    def duplex(self) -> bool:
+        return self.source.duplex
+
+    async def next(self) -> bytes:
+        pieces = self.pieces
+        at = self._at
+        if at < len(pieces):  # a retry: what the earlier try sent first
+            self._at = at + 1
+            self.done = self.source.finished and at + 1 == len(pieces)
+            return pieces[at]
+        source = self.source
+        self._dirty = True
+        data = await source.read()
+        last = source.finished
+        hooks = self._hooks
+        if hooks:
+            chain = self.chain
+            assert chain is not None
+            if hooks & REQUEST_DATA:
+                out = await chain.request_data(data, last)
+                if isinstance(out, LocalReply):
+                    raise FilterReplied(out)
+                data = out
+            if last and source.request_trailers and hooks & REQUEST_TRAILERS:
+                reply = await chain.request_trailers(Headers(source.request_trailers))
+                if reply is not None:
+                    raise FilterReplied(reply)
+        if last:
+            self.trailers = source.request_trailers
+            self.done = True
+        if self.replayable:
+            kept = self._kept + len(data)
+            if kept <= self._limit and source.keep(len(data)):
+                self._kept = kept
+                pieces.append(data)
+                self._at += 1
+            else:
+                self.forget()
+        return data
+
+    def sent(self) -> None:
+        """The last chunk went upstream (its flow-control credit may go back)."""
+        self.source.sent()
+
+    def forget(self) -> None:
+        """No retry will replay the body (the response began, or it outgrew the buffer)."""
+        if self.replayable and not self.empty:
+            self.replayable = False
+            self._dirty = True
+            self.pieces = []
+            if self._kept:
+                self.source.forget(self._kept)
+                self._kept = 0
+
+
+class FilteredSink:
+    """A response sink behind the chain's response hooks (made only when it has some)."""
+
+    __slots__ = ("_data_hooks", "buffers", "chain", "inner", "info")
+
+    def __init__(self, inner: ResponseSink, chain: StreamFilterChain, info: RequestRecord) -> None:
+        self.inner = inner
+        self.chain = chain
+        self.info = info
+        self.buffers = inner.buffers
+        self._data_hooks = False
+
+    @property
+    def started(self) -> bool:
+        return self.inner.started
+
+    def waiting(self) -> None:
+        self.inner.waiting()
+
+    async def informational(self, status: int, reason: bytes | None, headers: list[Header]) -> None:
+        await self.inner.informational(status, reason, headers)
+
+    async def head(self, resp: ResponseHead, end: bool, raw: bytes | None) -> None:
+        """The response-headers hooks (which may change the status and the headers, or answer
+        instead of the upstream), then the head; taking Content-Length off makes the body
+        chunked downstream (HTTP/1)."""
+        chain = self.chain
+        self._data_hooks = not end and bool(chain.mask & RESPONSE_DATA)
+        if not chain.mask & RESPONSE_HEADERS:
+            await self.inner.head(resp, end, None)
+            return
+        headers = Headers(strip_hop_by_hop(resp.headers), resp.status)
+        reply = await chain.response_headers(headers, end)
+        if reply is not None:
+            raise FilterReplied(reply)
+        status = headers.status or resp.status
+        if status != resp.status and (type(status) is not int or not 200 <= status <= 999):
+            raise FilterReplied(LocalReply(500, FILTER_FAILED, flag=Flag.FILTER_FAILED))
+        length = resp.content_length
+        if headers.changed or status != resp.status:
+            length = None
+            for name, value in headers.raw:
+                if name == b"content-length" and value.isdigit():
+                    length = int(value)
+            if end and length is None and resp.version == b"2":
+                length = 0
+        resp = ResponseHead(
+            status,
+            None if status != resp.status else resp.reason,
+            resp.version,
+            headers.raw,
+            resp.keep_alive,
+            length,
+            resp.chunked,
+        )
+        await self.inner.head(resp, end, None)
+
+    async def data(self, data: bytes, end: bool) -> None:
+        if self._data_hooks:
+            out = await self.chain.response_data(data, end)
+            if isinstance(out, LocalReply):
+                self._cut()
+            data = out
+        await self.inner.data(data, end)
+
+    async def trailers(self, trailers: list[Header]) -> None:
+        chain = self.chain
+        if self._data_hooks:
+            tail = await chain.response_data(b"", True)
+            if isinstance(tail, LocalReply):
+                self._cut()
+            if tail:
+                await self.inner.data(tail, False)
+        if trailers and chain.mask & RESPONSE_TRAILERS:
+            if await chain.response_trailers(Headers(trailers)) is not None:
+                self._cut()
+        await self.inner.trailers(trailers)
+
+    def _cut(self) -> NoReturn:
+        self.inner.cut(Flag.FILTER_FAILED)
+        raise ResponseCut()
+
+    async def flush(self) -> None:
+        await self.inner.flush()
+
+    def cut(self, flag: str, code: ErrorCode = ErrorCode.INTERNAL_ERROR) -> None:
+        self.inner.cut(flag, code)
+
+    async def upgrade(self, resp: ResponseHead, upstream: Stream, tail: bytes) -> None:
+        await self.inner.upgrade(resp, upstream, tail)
+
+
+async def handle(
+    core: ProxyCore,
+    ad: Downstream,
+    view: RequestView,
+    info: RequestRecord,
+    body: RequestBody,
+    sink: ResponseSink,
+    listener: str,
+    remote: tuple[str, int] | None,
+    local: tuple[str, int] | None,
+) -> None:
+    """Answer one request: filters, route, local answers, then the tries to its cluster.
+    ``body``: the request's, over the adapter as its source (the adapter holds no reference
+    to it: no cycle, so a finished request is freed at once, not by the cycle collector);
+    ``sink``: where its response goes (usually the adapter itself)."""
+    header = view.lookup or header_getter(view.headers)
+    route = core.table.match(view.host, view.path, view.query, header)
+    if route is not None and core.detailed:
+        info.route_name = route.name
+    filters = core.filters
+    cluster_name = None
+    if filters is not None:
+        # Envoy's order: the filters run first, then the router answers (404, ...).
+        if route is not None and route.direct_response is None and route.redirect is None:
+            cluster_name = route.pick_cluster(header)
+        chain = filters.create(ad.filter_context(route, cluster_name))
+        if chain is not None:
+            ad.chain = chain
+            body.use_chain(chain)
+            if chain.mask & REQUEST_HEADERS:
+                reply = await chain.request_headers(Headers(view.headers), view.end)
+                if reply is not None:
+                    await ad.filter_reply(reply)
+                    return
+    if route is None:
+        await ad.reply(NO_ROUTE)
+        return
+    if route.direct_response is not None:
+        status, payload = route.direct_response
+        await ad.reply(Reply(status, Flag.NONE, payload), route=route)
+        return
+    if route.redirect is not None:
+        status, location = route.redirect.location("http", view.host, view.path, view.query)
+        await ad.reply(
+            Reply(status, Flag.NONE, b""),
+            headers=[(b"location", location.encode("latin-1"))],
+            route=route,
+        )
+        return
+    if filters is None:
+        cluster_name = route.pick_cluster(header)
+    cluster = core.clusters.clusters.get(cluster_name) if cluster_name else None
+    if cluster is None:
+        await ad.reply(NO_CLUSTER)
+        return
+    info.upstream_cluster = cluster.name
+
+    # The tries, until one answers or none is left (here, not in a function of their own:
+    # a coroutine layer is paid on every resume of the request).
+    req = ad.upstream_request(route, info)  # once: a retry sends the same request id
+    chain = ad.chain
+    if chain is not None:
+        chain.context.request_id = info.request_id
+        if chain.mask & _RESPONSE_HOOKS:
+            sink = FilteredSink(sink, chain, info)
+    # Made only for a route with a retry policy (nothing allocated otherwise).
+    retry = RetryState(route.retry, cluster) if route.retry is not None else None
+    exchange = core.exchange
+    ad.arm_route(route.timeout)
+    stats = cluster.stats
+    raced = False
+    try:
+        while True:
+            stats.upstream_rq_total += 1
+            # circuit_breakers.max_requests: tries outstanding to the cluster (inline, not
+            # a context manager: this is the per-request path).
+            if cluster.max_requests is not None and cluster.request_overflows():
+                await ad.reply(OVERFLOW)
+                return
+            stats.upstream_rq_active += 1
+            try:
+                try:
+                    host = cluster.choose_host() if retry is None else retry.choose_host()
+                except NoHostError:
+                    await ad.reply(NO_HEALTHY_UPSTREAM)
+                    return
+                info.upstream_host = host.label
+                if chain is not None:
+                    chain.context.upstream_host = host.label
+                per_try = retry.per_try_timeout if retry is not None else None
+                if not per_try:
+                    await exchange(core, cluster, host, req, body, sink, info, retry, raced)
+                    return
+                scope = ad.try_scope(per_try)
+                with scope:
+                    await exchange(core, cluster, host, req, body, sink, info, retry, raced)
+                if not scope.cancelled_caught:
+                    return
+                if sink.started:  # too late to retry: the response is cut
+                    sink.cut(Flag.UPSTREAM_TIMEOUT, ErrorCode.CANCEL)
+                    return
+                raise UpstreamFailed(TIMEOUT)
+            except UpstreamFailed as exc:
+                if sink.started:  # defensive: nothing can be retried now
+                    return
+                if exc.race and not raced and body.replayable:
+                    # The keep-alive race (or a stream the upstream refused): once more, on
+                    # a new connection; not a route retry (no max_retries slot).
+                    if retry is not None:
+                        retry.release()
+                    raced = True
+                    if core.counts_refused:
+                        stats.upstream_rq_retry += 1
+                    body.rewind()
+                    continue
+                failed = exc.reply
+                if (
+                    retry is None
+                    or failed.cause is Cause.REFUSED
+                    or not body.replayable
+                    or not retry.should_retry(failed)
+                ):
+                    await ad.reply(failed)
+                    return
+                body.rewind()
+            finally:
+                stats.upstream_rq_active -= 1
+    except FilterReplied as exc:
+        await ad.filter_reply(exc.reply)
+    except ResponseCut:
+        pass
+    finally:
+        if retry is not None:
+            retry.release()
+        ad.end_route()
