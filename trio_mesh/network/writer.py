@@ -14,12 +14,18 @@ stream is aborted and every later send fails; the peer sees a reset, not garbage
 failed flush did not send are dropped; their senders learn of it through the stream (the
 connection's owner closes it and fails what waits on it).
 
+A sender may give a ``deadline`` (trio's clock): the calls of a multiplexed upstream connection
+have no cancel scope of their own (their timeouts are one timer per connection), so the two
+places a send can wait, for room in the queue or for the socket, take a scope then, only then,
+and raise :class:`WriteTimeout` at the deadline (a flush cut short by it resets the stream).
+
 Bytes a sender owes to a budget (``owed``: a response counted by ``ConnectionBudget.owe``)
 are handed to ``on_paid`` once written or dropped, whatever happens, exactly once.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import trio
@@ -31,6 +37,11 @@ _shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
 
 #: Bytes queued behind a flush before joiners wait (a frame of any size passes alone).
 QUEUE_LIMIT = 256 * 1024
+
+
+class WriteTimeout(Exception):
+    """A send's ``deadline`` passed while it waited (for room in the queue, or for the socket
+    as the flusher: then the stream is reset, as any flush cut short)."""
 
 
 class FrameWriter:
@@ -61,14 +72,24 @@ class FrameWriter:
         self._owed = 0  # owed bytes in _frames
         self._room = trio.lowlevel.ParkingLot()  # joiners waiting for the queue to drain
 
-    async def send(self, data: bytes | bytearray | memoryview, owed: int = 0) -> None:
+    async def send(
+        self, data: bytes | bytearray | memoryview, owed: int = 0, deadline: float = math.inf
+    ) -> None:
         """Queue ``data`` to go out whole; trio's Broken/ClosedResourceError when the stream
-        cannot take it (or was reset because an earlier frame was cut short). Returns once
-        it is sent or, when another task is flushing, queued for that task to send."""
+        cannot take it (or was reset because an earlier frame was cut short), `WriteTimeout`
+        past ``deadline``. Returns once it is sent or, when another task is flushing, queued
+        for that task to send."""
         try:
             if self._busy:
                 while self._frames and self._queued + len(data) > self.limit:
-                    await self._room.park()  # cancelled here: nothing of ours queued
+                    # cancelled (or timed out) here: nothing of ours queued
+                    if deadline == math.inf:
+                        await self._room.park()
+                    else:
+                        with trio.move_on_at(deadline) as scope:
+                            await self._room.park()
+                        if scope.cancelled_caught:
+                            raise WriteTimeout("no room in the queue before the deadline")
                     if not self._busy:
                         break  # the flush ended: we flush ourselves
                 else:
@@ -82,7 +103,7 @@ class FrameWriter:
         finally:
             if owed and self.on_paid is not None:
                 self.on_paid(owed)  # never queued: dropped
-        await self._flush()
+        await self._flush(deadline)
 
     def _check(self) -> None:
         if self.broken:
@@ -93,7 +114,7 @@ class FrameWriter:
         self._queued += len(data)
         self._owed += owed
 
-    async def _flush(self) -> None:
+    async def _flush(self, deadline: float) -> None:
         self._busy = True
         owed = 0
         try:
@@ -107,7 +128,7 @@ class FrameWriter:
                 self._queued = self._owed = 0
                 if self._room:
                     self._room.unpark_all()
-                await self._send_all(frames[0] if len(frames) == 1 else b"".join(frames))
+                await self._send_all(frames[0] if len(frames) == 1 else b"".join(frames), deadline)
                 if owed:
                     owed, paid = 0, owed
                     if self.on_paid is not None:
@@ -125,7 +146,7 @@ class FrameWriter:
             if self._room:
                 self._room.unpark_all()
 
-    async def _send_all(self, data: bytes | bytearray | memoryview) -> None:
+    async def _send_all(self, data: bytes | bytearray | memoryview, deadline: float) -> None:
         sock = self.stream.socket
         view = memoryview(data)
         total = len(view)
@@ -137,7 +158,15 @@ class FrameWriter:
                 except BlockingIOError:
                     if self.on_block is not None:
                         self.on_block()
-                    await _wait_writable(sock)
+                    if deadline == math.inf:
+                        await _wait_writable(sock)
+                    else:
+                        with trio.move_on_at(deadline) as scope:
+                            await _wait_writable(sock)
+                        if scope.cancelled_caught:
+                            raise WriteTimeout(
+                                "the socket took no more before the deadline"
+                            ) from None
                 except OSError as exc:
                     raise _mapped(exc) from exc
         except BaseException:

@@ -15,13 +15,14 @@ import logging
 import math
 import random
 import time
+from collections import deque
 
 import trio
 
 from ..config.filter_configs import XProtocolOptions
 from ..network.relay import CHUNK
 from ..network.stream import Stream
-from ..network.writer import FrameWriter
+from ..network.writer import FrameWriter, WriteTimeout
 from ..protocols.xprotocol import Codec, Frame, XProtocolError
 from ..upstream.cluster import Cluster
 from ..upstream.host import Host
@@ -41,13 +42,16 @@ _ABORTED = trio.lowlevel.Abort.SUCCEEDED
 
 class _Slot:
     """Where the reader puts one request's response, waking the task waiting for it: the
-    task itself is parked, not an Event (its ParkingLot) made per call."""
+    task itself is parked, not an Event (its ParkingLot) made per call. A call with a
+    timeout also sits in its connection's timer queue (``_Timer``) until its deadline."""
 
-    __slots__ = ("done", "frame", "task")
+    __slots__ = ("deadline", "done", "expired", "frame", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float = math.inf) -> None:
         self.frame: Frame | None = None
-        self.done = False  # answered, or its connection lost (frame None)
+        self.done = False  # answered, timed out, or its connection lost (frame None)
+        self.expired = False  # its deadline passed first
+        self.deadline = deadline
         self.task: trio.lowlevel.Task | None = None  # parked in ``wait`` (until woken)
 
     def set(self) -> None:
@@ -58,7 +62,7 @@ class _Slot:
             _reschedule(task)
 
     async def wait(self) -> None:
-        """Until ``set`` (cancellable: a timeout's scope)."""
+        """Until ``set`` (cancellable: the caller's scope, if any)."""
         if self.done:
             await trio.lowlevel.checkpoint()  # a checkpoint, as Event.wait is
             return
@@ -70,6 +74,80 @@ class _Slot:
         return _ABORTED
 
 
+class _Timer:
+    """The timeouts of one connection's calls, without a cancel scope per call: the calls of a
+    route share its timeout, so their deadlines arrive in the order they were made. One
+    deque per timeout value, in deadline order; one task sleeps until the earliest head and
+    wakes what expired (``_Slot.expired``). Answered calls leave their deque's head as they
+    finish (answers mostly come in order); a deque that still grows past twice the calls in
+    flight is compacted, so its length stays bounded by them."""
+
+    __slots__ = ("_pending", "_queues", "_scope", "_wake_at")
+
+    def __init__(self, pending: dict[int, _Slot]) -> None:
+        self._pending = pending  # the connection's calls in flight (the compaction bound)
+        self._queues: dict[float, deque[_Slot]] = {}
+        self._wake_at = math.inf
+        self._scope = trio.CancelScope()  # the sleep now under way (or about to be)
+
+    def add(self, slot: _Slot, timeout: float) -> deque[_Slot]:
+        """Track ``slot`` (its deadline set) under its call's ``timeout``; its deque."""
+        queue = self._queues.get(timeout)
+        if queue is None:
+            queue = self._queues[timeout] = deque()
+        deadline = slot.deadline
+        if queue and deadline < queue[-1].deadline:
+            self._insert(queue, slot)  # a call that waited for a connection: rare
+        else:
+            queue.append(slot)
+            if len(queue) > 64 and len(queue) > 2 * len(self._pending):
+                live = [s for s in queue if not s.done]
+                queue.clear()
+                queue.extend(live)
+        if deadline < self._wake_at:
+            self._wake_at = deadline
+            self._scope.deadline = deadline
+        return queue
+
+    @staticmethod
+    def _insert(queue: deque[_Slot], slot: _Slot) -> None:
+        i = len(queue)
+        while i and queue[i - 1].deadline > slot.deadline:
+            i -= 1
+        queue.insert(i, slot)
+
+    async def run(self) -> None:
+        while True:
+            with self._scope:
+                await trio.sleep_forever()
+            # The deadline passed: a new scope for the next sleep (one per wake-up, which
+            # comes about once per timeout period while calls are answered in time).
+            self._scope = trio.CancelScope()
+            self._wake_at = math.inf
+            self._expire(trio.current_time())
+
+    def _expire(self, now: float) -> None:
+        nearest = math.inf
+        for timeout, queue in list(self._queues.items()):
+            while queue:
+                slot = queue[0]
+                if slot.done:
+                    queue.popleft()
+                elif slot.deadline <= now:
+                    queue.popleft()
+                    slot.expired = True
+                    slot.set()
+                else:
+                    break
+            if queue:
+                nearest = min(nearest, queue[0].deadline)
+            else:
+                del self._queues[timeout]
+        if nearest < self._wake_at:
+            self._wake_at = nearest
+            self._scope.deadline = nearest
+
+
 class XConnection:
     """One multiplexed upstream connection."""
 
@@ -78,6 +156,7 @@ class XConnection:
         self.codec = codec
         self.options = options
         self.pending: dict[int, _Slot] = {}
+        self._timer = _Timer(self.pending)
         self._id_space = 1 << codec.request_id_bits
         self._next_id = random.randrange(1, self._id_space)
         self._writer = FrameWriter(stream)  # frames go out whole, one at a time
@@ -94,31 +173,67 @@ class XConnection:
         self._next_id = (rid + 1) % space
         return rid
 
-    async def send(self, data: bytes | bytearray) -> None:
+    # -- the pool's view (pool/base.py PooledConnection)
+
+    def is_available(self) -> bool:
+        return self.dead is None and len(self.pending) < self._id_space - 1
+
+    def has_expired(self, now: float) -> bool:
+        return self.dead is not None  # kept alive by heartbeats: no idle timeout
+
+    def is_idle(self) -> bool:
+        return not self.pending
+
+    async def send(self, data: bytes | bytearray, deadline: float = math.inf) -> bool:
+        """Write one frame; False if ``deadline`` passed first (the frame then went out whole
+        or the connection is closed)."""
         if self.dead is not None:
             raise UpstreamLost(self.dead)
         try:
-            await self._writer.send(data)
+            await self._writer.send(data, 0, deadline)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.close(f"send failed: {exc}")
             raise UpstreamLost(self.dead) from None
+        except WriteTimeout:
+            if self._writer.broken:  # timed out part-way: the writer reset the stream
+                self.close("a frame was cut short")
+            return False
         except BaseException:
             if self._writer.broken:  # cancelled part-way: the writer reset the stream
                 self.close("a frame was cut short")
             raise
+        return True
 
-    async def call(self, frame: Frame, codec: Codec) -> Frame:
-        """Send ``frame`` under a fresh id and wait for its response (the caller bounds the
-        wait with its timeout scope; a late response is then dropped)."""
+    async def call(
+        self, frame: Frame, codec: Codec, timeout: float = math.inf, deadline: float | None = None
+    ) -> Frame | None:
+        """Send ``frame`` under a fresh id and wait for its response; ``None`` if
+        ``timeout`` seconds passed first (from now, or until ``deadline`` when given: a call
+        that waited for the connection). A late response is then dropped. No cancel scope:
+        the connection's timer wakes a call whose deadline passed."""
         rid = self.allocate_id()
         data = codec.set_request_id(frame, rid)
-        slot = self.pending[rid] = _Slot()
+        if timeout == math.inf:
+            slot = self.pending[rid] = _Slot()
+            queue = None
+        else:
+            slot = self.pending[rid] = _Slot(
+                trio.current_time() + timeout if deadline is None else deadline
+            )
+            queue = self._timer.add(slot, timeout)
         try:
-            await self.send(data)
+            if not await self.send(data, slot.deadline):
+                return None
             await slot.wait()
         finally:
             self.pending.pop(rid, None)
+            slot.done = True
+            if queue is not None:
+                while queue and queue[0].done:  # answered in order: the head leaves now
+                    queue.popleft()
         if slot.frame is None:
+            if slot.expired:
+                return None
             raise UpstreamLost(self.dead or "closed")
         return slot.frame
 
@@ -133,6 +248,7 @@ class XConnection:
         """The reader, and the keepalive beside it; returns when the connection is gone."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keepalive)
+            nursery.start_soon(self._timer.run)
             task_status.started()
             try:
                 await self._read()
@@ -305,14 +421,28 @@ class XPool:
                 self.conns.remove(conn)
             self.cluster.release_connection()
 
-    async def call(self, frame: Frame) -> Frame:
-        """Forward a two-way request; its response (with the upstream's id in it)."""
-        conn = await self.connection()
-        return await conn.call(frame, self.codec)
+    async def call(self, frame: Frame, timeout: float = math.inf) -> Frame | None:
+        """Forward a two-way request; its response (with the upstream's id in it), or
+        ``None`` if ``timeout`` seconds passed first (the connect, the send and the wait
+        together)."""
+        conns = self.conns
+        if len(conns) == 1 == self.options.connections_per_host and conns[0].dead is None:
+            return await conns[0].call(frame, self.codec, timeout)  # the common case
+        deadline = trio.current_time() + timeout
+        with trio.move_on_at(deadline):  # a connection to wait for: rare, a scope is fine
+            conn = await self.connection()
+            return await conn.call(frame, self.codec, timeout, deadline)
+        return None
 
-    async def send_oneway(self, frame: Frame) -> None:
-        conn = await self.connection()
-        await conn.send(self.codec.set_request_id(frame, conn.allocate_id()))
+    async def send_oneway(self, frame: Frame, timeout: float = math.inf) -> bool:
+        """Forward a oneway request; False if ``timeout`` seconds passed first."""
+        deadline = trio.current_time() + timeout
+        conn = None
+        with trio.move_on_at(deadline):
+            conn = await self.connection()
+        if conn is None:
+            return False
+        return await conn.send(self.codec.set_request_id(frame, conn.allocate_id()), deadline)
 
     def close_all(self) -> None:
         for conn in list(self.conns):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import math
 
-import trio
-
 from ...network.connect import ConnectError
 from ...pool.xprotocol import UpstreamLost, XPool
 from ...protocols.xprotocol import Frame
@@ -17,14 +15,16 @@ from . import UpstreamFailed
 
 async def call(pool: XPool, frame: Frame, timeout: float = math.inf) -> Frame | None:
     """Send ``frame`` and return its response (``None`` for a oneway request, which is only
-    sent), all within ``timeout`` seconds. Raises `UpstreamFailed` (``TIMEOUT`` when the
-    timeout elapsed first)."""
+    sent), all within ``timeout`` seconds (the pool's connection times it: no cancel scope
+    per call). Raises `UpstreamFailed` (``TIMEOUT`` when the timeout elapsed first)."""
     try:
-        with trio.move_on_after(timeout):
-            if frame.is_oneway:
-                await pool.send_oneway(frame)
+        if frame.is_oneway:
+            if await pool.send_oneway(frame, timeout):
                 return None
-            return await pool.call(frame)
+        else:
+            response = await pool.call(frame, timeout)
+            if response is not None:
+                return response
     except ConnectError:
         raise UpstreamFailed(CONNECT_FAILURE) from None
     except CircuitOpenError:
