@@ -47,21 +47,21 @@ from ..network.throttled_log import ThrottledLog
 from ..network.writer import FrameWriter
 from ..protocols import xprotocol
 from ..protocols.xprotocol import Codec, Frame, XProtocolError
-from ..upstream import NoHostError
+from ..router import Route
 from .exchange import UpstreamFailed
 from .exchange import rpc as rpc_exchange
+from .exchange.rpc import RpcRequest
+from .lifecycle import (
+    Header,
+    ProxyCore,
+    RequestBody,
+    WholeMessage,
+    handle_message,
+    message_body,
+)
 from .observers import listener_observers
 from .record import RequestRecord
-from .replies import (
-    INTERNAL,
-    NO_CLUSTER,
-    NO_HEALTHY_UPSTREAM,
-    NO_ROUTE,
-    OVERFLOW,
-    TIMEOUT,
-    Flag,
-    Reply,
-)
+from .replies import INTERNAL, OVERFLOW, Flag, Reply
 
 log = logging.getLogger("trio_mesh.proxy")
 _overflow_log = ThrottledLog(log)  # clients decide how often: one line a second at most
@@ -86,7 +86,7 @@ def configured_codecs(config: ProxyConfig) -> list[Codec]:
     return codecs
 
 
-class XProxy:
+class XProxy(ProxyCore):
     """The ``proxy`` network filter for RPC downstream protocols."""
 
     def __init__(self, config: ProxyConfig, ctx: BuildContext, codecs: list[Codec]) -> None:
@@ -103,6 +103,13 @@ class XProxy:
         #: The listener's stream filters (``None``: none configured; the context says Any).
         self.filters: FilterChainFactory | None = ctx.stream_filters
         self.listener = ctx.listener
+        # What the lifecycle reads (``ProxyCore``): RPC requests are one message each, sent by
+        # the RPC exchange, never retried.
+        self.detailed = self.observers.detailed
+        self.exchange = rpc_exchange.exchange
+        self.retry_buffer_bytes = -1
+        self.counts_refused = False
+        self.body = message_body()  # one for all requests: there is no body stream
 
     def on_connection(self, conn: Connection) -> Coroutine[Any, Any, None]:
         if len(self.codecs) == 1:
@@ -347,9 +354,11 @@ class _XSession:
                 self._nursery.cancel_scope.cancel()
 
     async def _handle(self, frame: Frame, size: int) -> None:
-        """Serve one request; its ``size`` bytes leave the budget once it is answered."""
+        """Serve one request (the lifecycle, ``lifecycle.handle_message``); its ``size``
+        bytes leave the budget once it is answered."""
         codec = self.codec
-        observers = self.proxy.observers
+        proxy = self.proxy
+        observers = proxy.observers
         record = RequestRecord()
         record.start = _monotonic()
         record.bytes_received = size
@@ -361,30 +370,9 @@ class _XSession:
             record.rpc_method = headers.get("method") or None
             record.downstream_remote_address, record.downstream_local_address = self._addresses
         try:
-            result = await self._forward(frame, record)
-            if result is None:
-                if not record.response_code:
-                    record.response_code = 200  # a oneway request sent on
-                return
-            record.response_code = result.status
-            if result.flag:
-                record.add_flag(result.flag)
-            kind = result.rpc_error
-            if result.by_filter:
-                if frame.is_oneway:
-                    log.info(
-                        "downstream %s: %s oneway request refused by a stream filter (%s), dropped",
-                        self.conn.remote,
-                        codec.name,
-                        kind.name,
-                    )
-                    return
-                message = result.body.decode("utf-8", "replace").strip()
-                await self._reply(codec.encode(codec.error_reply(frame, kind, message)), record)
-                if result.close:
-                    self._reading.cancel()  # take nothing new: what is in flight finishes
-            elif not frame.is_oneway:
-                await self._reply(codec.encode(codec.error_reply(frame, kind)), record)
+            await handle_message(proxy, _Call(self, frame, record), frame.headers.get, record)
+            if not record.response_code:
+                record.response_code = 200  # a oneway request sent on
         except Exception:
             # One request's failure (a codec bug, say) must not take the connection down.
             log.exception("downstream %s: %s request failed", self.conn.remote, codec.name)
@@ -396,114 +384,55 @@ class _XSession:
             self._finished()
             observers.end(record)
 
-    async def _reply(self, data: bytes | bytearray, record: RequestRecord) -> None:
-        record.bytes_sent += len(data)
-        await self._write(data)
-
-    async def _forward(self, frame: Frame, record: RequestRecord) -> Reply | None:
-        """Send ``frame`` upstream and its response down; the local reply (the proxy's own
-        or a filter's) when the proxy must answer itself instead."""
-        proxy = self.proxy
-        headers = frame.headers
-        route = proxy.table.match("", "/", "", headers.get)
-        if route is not None and proxy.observers.detailed:
-            record.route_name = route.name
-        # The route, if it forwards (not a direct response or a redirect).
-        routed = (
-            route
-            if route is not None and route.direct_response is None and route.redirect is None
-            else None
-        )
-        chain = None
-        if proxy.filters is not None:
-            # Envoy's order: the filters see the request before the proxy refuses it.
-            cluster_name = routed.pick_cluster(headers.get) if routed is not None else None
-            chain = proxy.filters.create(
-                RequestContext(
-                    self.codec.name,
-                    method=headers.get("method") or "",
-                    path=headers.get("service") or "",
-                    route=route,
-                    cluster=cluster_name,
-                    downstream_remote=self.conn.remote,
-                    downstream_local=self.conn.local,
-                    listener=proxy.listener,
+    async def _reply(self, frame: Frame, result: Reply, record: RequestRecord) -> None:
+        """Answer ``frame`` with the local reply ``result`` (the proxy's own or a filter's)
+        as the codec's error response; a oneway request gets none."""
+        codec = self.codec
+        record.response_code = result.status
+        if result.flag:
+            record.add_flag(result.flag)
+        kind = result.rpc_error
+        if result.by_filter:
+            if frame.is_oneway:
+                log.info(
+                    "downstream %s: %s oneway request refused by a stream filter (%s), dropped",
+                    self.conn.remote,
+                    codec.name,
+                    kind.name,
                 )
-            )
-            if chain is not None:
-                filtered = await self._request_filters(chain, frame)
-                if not isinstance(filtered, Frame):
-                    return filtered
-                frame_up = filtered
-            else:
-                frame_up = frame
-            if routed is None:
-                return NO_ROUTE
-        else:
-            if routed is None:
-                return NO_ROUTE
-            cluster_name = routed.pick_cluster(headers.get)
-            frame_up = frame
-        cluster = proxy.clusters.clusters.get(cluster_name) if cluster_name else None
-        if cluster is None:
-            return NO_CLUSTER
-        record.upstream_cluster = cluster.name
-        try:
-            host = cluster.choose_host()
-        except NoHostError:
-            return NO_HEALTHY_UPSTREAM
-        record.upstream_host = host.label
-        if chain is not None:
-            chain.context.upstream_host = host.label
-        pool = proxy.pools.xprotocol(cluster, host, self.codec, proxy.options)
-        # The route's timeout, capped by the frame's own (bolt carries one).
-        timeout = min(routed.timeout or math.inf, frame.timeout or math.inf)
-        downstream_id = frame.request_id
-        stats = cluster.stats
-        stats.upstream_rq_total += 1
-        # circuit_breakers.max_requests: requests outstanding to the cluster, every protocol.
-        if cluster.max_requests is not None and cluster.request_overflows():
-            return OVERFLOW
-        stats.upstream_rq_active += 1
-        host.active_requests += 1
-        try:
-            response = await rpc_exchange.call(pool, frame_up, timeout)
-        except UpstreamFailed as exc:
-            if exc.reply is TIMEOUT:
-                stats.upstream_rq_timeout += 1
-            return exc.reply
-        finally:
-            stats.upstream_rq_active -= 1
-            host.active_requests -= 1
-            frame.request_id = downstream_id  # the error reply answers the downstream id
-        if response is None:
-            return None  # a oneway request, sent on
-        record.response_received_duration = _monotonic() - record.start
-        if chain is not None and chain.mask & (RESPONSE_HEADERS | RESPONSE_DATA):
-            filtered = await self._response_filters(chain, response)
-            if not isinstance(filtered, Frame):
-                return filtered
-            response = filtered
+                return
+            message = result.body.decode("utf-8", "replace").strip()
+            data = codec.encode(codec.error_reply(frame, kind, message))
+            record.bytes_sent += len(data)
+            await self._write(data)
+            if result.close:
+                self._reading.cancel()  # take nothing new: what is in flight finishes
+        elif not frame.is_oneway:
+            data = codec.encode(codec.error_reply(frame, kind))
+            record.bytes_sent += len(data)
+            await self._write(data)
+
+    async def _respond(self, response: Frame, downstream_id: int, record: RequestRecord) -> None:
+        """Write the upstream's ``response`` down under ``downstream_id``. Raises
+        ``UpstreamFailed(OVERFLOW)`` when the listener's budget has no room for it."""
         # MOSN's mapping of an RPC response to an HTTP status (its access log and stats).
         record.response_code = 200 if self.codec.is_success(response) else 500
         data = self.codec.set_request_id(response, downstream_id)
         # Held until the client takes it: counted, and refused over budget (ConnectionBudget.owe).
         n = len(data)
-        budget = self.budget
-        owed = budget.owe(n)
+        owed = self.budget.owe(n)
         if owed != OWED:
             if owed == BEHIND:
                 record.add_flag(Flag.DOWNSTREAM_TERMINATION)
                 self._overflow(n)
-                return None
+                return
             # SPENT: other clients' responses fill the listener's budget.
-            proxy.stats.downstream_rq_tx_buffer_overflow += 1
-            return OVERFLOW
+            self.proxy.stats.downstream_rq_tx_buffer_overflow += 1
+            raise UpstreamFailed(OVERFLOW)
         # Written outside the timeout: a frame is never cut short by it (FrameWriter), and
         # paid (``_paid``) once written or dropped, maybe after this returns (a joined flush).
         record.bytes_sent += n
         await self._write(data, n)
-        return None
 
     def _paid(self, n: int) -> None:
         """Owed responses' ``n`` bytes are written (or dropped)."""
@@ -626,6 +555,78 @@ class _XSession:
                 exc,
             )
         return INTERNAL
+
+
+class _Call(WholeMessage):
+    """One RPC request as the lifecycle sees it: the downstream adapter (``Downstream``) and
+    the response sink (``MessageSink``) of ``frame``, on its connection's ``session``."""
+
+    __slots__ = ("chain", "downstream_id", "frame", "record", "session", "up")
+    started = False  # a response is one message: nothing of it goes down before it is whole
+
+    def __init__(self, session: _XSession, frame: Frame, record: RequestRecord) -> None:
+        self.session = session
+        self.frame = frame
+        self.up = frame  # what goes upstream (a copy when filters changed its headers)
+        self.record = record
+        self.downstream_id = frame.request_id
+        self.chain: StreamFilterChain | None = None
+
+    @property
+    def body(self) -> RequestBody:
+        return self.session.proxy.body
+
+    @property
+    def sink(self) -> _Call:
+        return self
+
+    def filter_context(self, route: Route | None, cluster: str | None) -> RequestContext:
+        session = self.session
+        headers = self.frame.headers
+        return RequestContext(
+            session.codec.name,
+            method=headers.get("method") or "",
+            path=headers.get("service") or "",
+            route=route,
+            cluster=cluster,
+            downstream_remote=session.conn.remote,
+            downstream_local=session.conn.local,
+            listener=session.proxy.listener,
+        )
+
+    def upstream_request(self, route: Route, info: RequestRecord) -> RpcRequest:
+        session = self.session
+        # The route's timeout, capped by the frame's own (bolt carries one).
+        timeout = min(route.timeout or math.inf, self.frame.timeout or math.inf)
+        return RpcRequest(self.up, session.codec, session.proxy.options, timeout)
+
+    async def request_filters(self, chain: StreamFilterChain) -> Reply | None:
+        out = await self.session._request_filters(chain, self.frame)
+        if isinstance(out, Frame):
+            self.up = out
+            return None
+        return out
+
+    async def reply(
+        self, reply: Reply, *, headers: list[Header] | None = None, route: Route | None = None
+    ) -> None:
+        await self.session._reply(self.frame, reply, self.record)
+
+    async def filter_reply(self, reply: LocalReply) -> None:
+        await self.session._reply(self.frame, Reply.from_filter(reply), self.record)
+
+    async def message(self, msg: Any) -> None:
+        response: Frame = msg
+        session = self.session
+        chain = self.chain
+        if chain is not None and chain.mask & (RESPONSE_HEADERS | RESPONSE_DATA):
+            out = await session._response_filters(chain, response)
+            if not isinstance(out, Frame):
+                # Answered instead (a filter's reply, or INTERNAL): nothing went down yet,
+                # so the lifecycle answers it as a failed try (RPC routes are not retried).
+                raise UpstreamFailed(out)
+            response = out
+        await session._respond(response, self.downstream_id, self.record)
 
 
 def _header_view(
