@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from time import monotonic as _monotonic
 from typing import Any
 
@@ -41,13 +41,16 @@ from ..filters.stream import (
     StreamFilterChain,
 )
 from ..network.budget import BEHIND, OWED, ConnectionBudget
+from ..network.connect import ConnectError
 from ..network.connection import Connection
 from ..network.relay import CHUNK
 from ..network.throttled_log import ThrottledLog
 from ..network.writer import FrameWriter
+from ..pool.xprotocol import UpstreamLost, XConnection, XPool
 from ..protocols import xprotocol
 from ..protocols.xprotocol import Codec, Frame, XProtocolError
 from ..router import Route
+from ..upstream import CircuitOpenError, Cluster, Host
 from .exchange import UpstreamFailed
 from .exchange import rpc as rpc_exchange
 from .exchange.rpc import RpcRequest
@@ -56,14 +59,32 @@ from .lifecycle import (
     ProxyCore,
     RequestBody,
     WholeMessage,
+    close_try,
     handle_message,
     message_body,
+    message_cluster,
+    open_try,
+    route_message,
 )
 from .observers import listener_observers
 from .record import RequestRecord
-from .replies import INTERNAL, OVERFLOW, Flag, Reply
+from .replies import (
+    CONNECT_FAILURE,
+    INTERNAL,
+    NO_CLUSTER,
+    NO_ROUTE,
+    OVERFLOW,
+    TIMEOUT,
+    UPSTREAM_RESET,
+    Flag,
+    Reply,
+)
 
 log = logging.getLogger("trio_mesh.proxy")
+
+#: Serve calls without a task when the listener has no stream filter (``_XSession._serve``);
+#: the tests turn it off to run the same calls through the task path and compare.
+FAST_PATH = True
 _overflow_log = ThrottledLog(log)  # clients decide how often: one line a second at most
 
 
@@ -110,6 +131,8 @@ class XProxy(ProxyCore):
         self.retry_buffer_bytes = -1
         self.counts_refused = False
         self.body = message_body()  # one for all requests: there is no body stream
+        #: Calls need nothing of their own (no stream filter): the reader serves them.
+        self.fast = FAST_PATH and self.filters is None
 
     def on_connection(self, conn: Connection) -> Coroutine[Any, Any, None]:
         if len(self.codecs) == 1:
@@ -162,6 +185,9 @@ class _XSession:
         self._reading = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self.gone = False
+        #: Calls served without a task (``_serve``), not yet answered.
+        self._calls: set[_FastCall] = set()
+        self.fast = proxy.fast
         remote, local = conn.remote, conn.local
         #: (remote, local) as the access log writes them, worked out once per connection.
         self._addresses = (
@@ -171,14 +197,40 @@ class _XSession:
 
     async def run(self, prefix: bytes) -> None:
         self.conn.on_drain = self._on_drain
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            with self._reading:
-                await self._read(bytearray(prefix), nursery)
-            # Reading is over (EOF, drain, a bad frame): requests in flight finish first,
-            # unless the connection itself is gone.
-            if self.gone:
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self.fast:
+                    nursery.start_soon(self._flush_posted)
+                with self._reading:
+                    await self._read(bytearray(prefix), nursery)
+                # Reading is over (EOF, drain, a bad frame): requests in flight finish first,
+                # unless the connection itself is gone.
+                if self.gone:
+                    nursery.cancel_scope.cancel()
+                elif self.fast:
+                    while self.in_flight:  # calls without a task of their own too
+                        self._room = trio.Event()
+                        await self._room.wait()
+                    self._writer.stop_flusher()
+        finally:
+            # Calls still waiting upstream end as a cancelled request task would.
+            for call in list(self._calls):
+                call.abandon()
+
+    async def _flush_posted(self) -> None:
+        """The writer's flusher (the fast path's responses and replies are posted)."""
+        try:
+            await self._writer.run_flusher()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._lost()
+
+    def _lost(self) -> None:
+        """The client is gone: nothing in flight can be answered any more."""
+        self.gone = True
+        self._reading.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     def _on_drain(self, conn: Connection) -> None:
         self._reading.cancel()  # take nothing new; what is in flight finishes
@@ -246,7 +298,10 @@ class _XSession:
                     self._room = trio.Event()
                     await self._room.wait()
                 self._started()
-                nursery.start_soon(self._handle, frame, used)
+                if self.fast:
+                    self._serve(frame, used, nursery)
+                else:
+                    nursery.start_soon(self._handle, frame, used)
             try:
                 size = codec.frame_length(buf, limit) if buf else None
             except XProtocolError as exc:
@@ -347,74 +402,149 @@ class _XSession:
         try:
             await self._writer.send(data, owed)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            # The client is gone: nothing in flight can be answered any more.
-            self.gone = True
-            self._reading.cancel()
-            if self._nursery is not None:
-                self._nursery.cancel_scope.cancel()
+            self._lost()
 
-    async def _handle(self, frame: Frame, size: int) -> None:
-        """Serve one request (the lifecycle, ``lifecycle.handle_message``); its ``size``
-        bytes leave the budget once it is answered."""
-        codec = self.codec
-        proxy = self.proxy
-        observers = proxy.observers
+    def _post(self, data: bytes | bytearray, owed: int = 0) -> None:
+        """``_write`` without waiting (the fast path: the connection's flusher sends it)."""
+        if self.gone:
+            if owed:
+                self._paid(owed)
+            return
+        if not self._writer.post(data, owed):
+            self._lost()
+
+    def _record(self, frame: Frame, size: int) -> RequestRecord:
         record = RequestRecord()
         record.start = _monotonic()
         record.bytes_received = size
-        if observers.detailed:
+        if self.proxy.observers.detailed:
             record.start_time = time.time()
-            record.protocol = codec.name
+            record.protocol = self.codec.name
             headers = frame.headers
             record.rpc_service = headers.get("service") or None
             record.rpc_method = headers.get("method") or None
             record.downstream_remote_address, record.downstream_local_address = self._addresses
+        return record
+
+    async def _handle(self, frame: Frame, size: int) -> None:
+        """Serve one request on its own task (the lifecycle, ``lifecycle.handle_message``);
+        its ``size`` bytes leave the budget once it is answered."""
+        record = self._record(frame, size)
         try:
-            await handle_message(proxy, _Call(self, frame, record), frame.headers.get, record)
+            await handle_message(self.proxy, _Call(self, frame, record), frame.headers.get, record)
             if not record.response_code:
                 record.response_code = 200  # a oneway request sent on
         except Exception:
             # One request's failure (a codec bug, say) must not take the connection down.
-            log.exception("downstream %s: %s request failed", self.conn.remote, codec.name)
+            log.exception("downstream %s: %s request failed", self.conn.remote, self.codec.name)
             record.response_code = INTERNAL.status
             if not frame.is_oneway:
-                await self._write(codec.encode(codec.error_reply(frame, INTERNAL.rpc_error)))
+                await self._write(self._reply_bytes(frame, INTERNAL, None))
         finally:
-            self._done(size)
-            self._finished()
-            observers.end(record)
+            self._end(size, record)
+
+    def _end(self, size: int, record: RequestRecord) -> None:
+        """The request is over: its bytes leave the budget, its record goes to the observers."""
+        self._done(size)
+        self._finished()
+        self.proxy.observers.end(record)
+
+    def _serve(self, frame: Frame, size: int, nursery: trio.Nursery) -> None:
+        """Serve one request without a task of its own (the fast path, with no stream filter
+        on the listener): the lifecycle's steps, synchronous (``lifecycle.route_message``,
+        ``message_cluster``, ``open_try``); the call is written upstream with its completion
+        in the upstream connection's pending table (``_FastCall.done``). Only a call that must
+        wait for an upstream connection gets a task (``_FastCall.connect``)."""
+        proxy = self.proxy
+        record = self._record(frame, size)
+        call = None
+        try:
+            header = frame.headers.get
+            routed = route_message(proxy, header, record)[1]
+            if routed is None:
+                self._answer(frame, size, record, NO_ROUTE)
+                return
+            cluster = message_cluster(proxy, routed.pick_cluster(header), record)
+            if cluster is None:
+                self._answer(frame, size, record, NO_CLUSTER)
+                return
+            host = open_try(cluster, record)
+            if isinstance(host, Reply):
+                self._answer(frame, size, record, host)
+                return
+            call = _FastCall(self, frame, size, record, cluster, host)
+            # The route's timeout, capped by the frame's own (bolt carries one).
+            timeout = min(routed.timeout or math.inf, frame.timeout or math.inf)
+            pool = proxy.pools.xprotocol(cluster, host, self.codec, proxy.options)
+            conn = pool.ready()
+            if conn is None:
+                nursery.start_soon(call.connect, pool, timeout)
+            else:
+                call.start(conn, timeout, None)
+        except Exception:
+            log.exception("downstream %s: %s request failed", self.conn.remote, self.codec.name)
+            if call is not None:  # its try is open: closed with the reply
+                call._complete(None, INTERNAL)
+                return
+            record.response_code = INTERNAL.status
+            if not frame.is_oneway:
+                self._post(self._reply_bytes(frame, INTERNAL, None))
+            self._end(size, record)
+
+    def _answer(self, frame: Frame, size: int, record: RequestRecord, reply: Reply) -> None:
+        """End a request the fast path answers itself (``reply``)."""
+        if self._replying(frame, reply, record):
+            self._post(self._reply_bytes(frame, reply, record))
+        self._end(size, record)
+
+    def _reply_bytes(
+        self, frame: Frame, result: Reply, record: RequestRecord | None
+    ) -> bytes | bytearray:
+        """The codec's error response answering ``frame`` with ``result``; with ``record``,
+        counted in it (the status, the flag, the bytes)."""
+        codec = self.codec
+        kind = result.rpc_error
+        if result.by_filter:
+            message = result.body.decode("utf-8", "replace").strip()
+            data = codec.encode(codec.error_reply(frame, kind, message))
+        else:
+            data = codec.encode(codec.error_reply(frame, kind))
+        if record is not None:
+            record.bytes_sent += len(data)
+        return data
+
+    def _replying(self, frame: Frame, result: Reply, record: RequestRecord) -> bool:
+        """Count the local reply ``result`` in ``record``; whether it is written (a oneway
+        request gets none)."""
+        record.response_code = result.status
+        if result.flag:
+            record.add_flag(result.flag)
+        if frame.is_oneway:
+            if result.by_filter:
+                log.info(
+                    "downstream %s: %s oneway request refused by a stream filter (%s), dropped",
+                    self.conn.remote,
+                    self.codec.name,
+                    result.rpc_error.name,
+                )
+            return False
+        if result.close:
+            self._reading.cancel()  # take nothing new: what is in flight finishes
+        return True
 
     async def _reply(self, frame: Frame, result: Reply, record: RequestRecord) -> None:
         """Answer ``frame`` with the local reply ``result`` (the proxy's own or a filter's)
         as the codec's error response; a oneway request gets none."""
-        codec = self.codec
-        record.response_code = result.status
-        if result.flag:
-            record.add_flag(result.flag)
-        kind = result.rpc_error
-        if result.by_filter:
-            if frame.is_oneway:
-                log.info(
-                    "downstream %s: %s oneway request refused by a stream filter (%s), dropped",
-                    self.conn.remote,
-                    codec.name,
-                    kind.name,
-                )
-                return
-            message = result.body.decode("utf-8", "replace").strip()
-            data = codec.encode(codec.error_reply(frame, kind, message))
-            record.bytes_sent += len(data)
-            await self._write(data)
-            if result.close:
-                self._reading.cancel()  # take nothing new: what is in flight finishes
-        elif not frame.is_oneway:
-            data = codec.encode(codec.error_reply(frame, kind))
-            record.bytes_sent += len(data)
-            await self._write(data)
+        if self._replying(frame, result, record):
+            await self._write(self._reply_bytes(frame, result, record))
 
-    async def _respond(self, response: Frame, downstream_id: int, record: RequestRecord) -> None:
-        """Write the upstream's ``response`` down under ``downstream_id``. Raises
-        ``UpstreamFailed(OVERFLOW)`` when the listener's budget has no room for it."""
+    def _response(
+        self, response: Frame, downstream_id: int, record: RequestRecord
+    ) -> tuple[bytes | bytearray, int] | Reply | None:
+        """The upstream's ``response`` under ``downstream_id``, counted in the budget until
+        written (its bytes and their count), or the reply that answers instead (``OVERFLOW``:
+        the listener's budget has no room), or None (the client is not reading its
+        responses: it is closed)."""
         # MOSN's mapping of an RPC response to an HTTP status (its access log and stats).
         record.response_code = 200 if self.codec.is_success(response) else 500
         data = self.codec.set_request_id(response, downstream_id)
@@ -425,14 +555,23 @@ class _XSession:
             if owed == BEHIND:
                 record.add_flag(Flag.DOWNSTREAM_TERMINATION)
                 self._overflow(n)
-                return
+                return None
             # SPENT: other clients' responses fill the listener's budget.
             self.proxy.stats.downstream_rq_tx_buffer_overflow += 1
-            raise UpstreamFailed(OVERFLOW)
+            return OVERFLOW
         # Written outside the timeout: a frame is never cut short by it (FrameWriter), and
-        # paid (``_paid``) once written or dropped, maybe after this returns (a joined flush).
+        # paid (``_paid``) once written or dropped, maybe after the request ends.
         record.bytes_sent += n
-        await self._write(data, n)
+        return data, n
+
+    async def _respond(self, response: Frame, downstream_id: int, record: RequestRecord) -> None:
+        """Write the upstream's ``response`` down under ``downstream_id``. Raises
+        ``UpstreamFailed(OVERFLOW)`` when the listener's budget has no room for it."""
+        out = self._response(response, downstream_id, record)
+        if isinstance(out, Reply):
+            raise UpstreamFailed(out)
+        if out is not None:
+            await self._write(*out)
 
     def _paid(self, n: int) -> None:
         """Owed responses' ``n`` bytes are written (or dropped)."""
@@ -555,6 +694,125 @@ class _XSession:
                 exc,
             )
         return INTERNAL
+
+
+class _FastCall:
+    """A call served without a task (``_XSession._serve``): what its completion needs."""
+
+    __slots__ = ("cluster", "downstream_id", "forget", "frame", "host", "record", "session", "size")
+
+    def __init__(
+        self,
+        session: _XSession,
+        frame: Frame,
+        size: int,
+        record: RequestRecord,
+        cluster: Cluster,
+        host: Host,
+    ) -> None:
+        self.session = session
+        self.frame = frame
+        self.size = size
+        self.record = record
+        self.cluster = cluster
+        self.host = host
+        self.downstream_id = frame.request_id
+        self.forget: Callable[[], None] | None = None
+        host.active_requests += 1
+        session._calls.add(self)
+
+    def start(self, conn: XConnection, timeout: float, deadline: float | None) -> None:
+        """Write the call upstream, its completion (``done``) in ``conn``'s pending table."""
+        frame = self.frame
+        try:
+            if frame.is_oneway:
+                conn.send_nowait(frame)
+            else:
+                self.forget = conn.start_call(frame, timeout, deadline, self.done)
+            lost = False
+        except UpstreamLost:
+            lost = True
+        frame.request_id = self.downstream_id  # an error reply answers the downstream id
+        if lost:
+            self._complete(None, UPSTREAM_RESET)
+        elif frame.is_oneway:
+            self._complete(None, None)
+
+    async def connect(self, pool: XPool, timeout: float) -> None:
+        """Wait for an upstream connection (the call's only wait), then ``start``."""
+        deadline = trio.current_time() + timeout
+        conn = None
+        try:
+            with trio.move_on_at(deadline):
+                conn = await pool.connection()
+        except ConnectError:
+            self._complete(None, CONNECT_FAILURE)
+            return
+        except CircuitOpenError:
+            self._complete(None, OVERFLOW)
+            return
+        except Exception:
+            log.exception("upstream %s: connecting failed", pool.codec.name)
+            self._complete(None, INTERNAL)
+            return
+        if conn is None:
+            self._complete(None, TIMEOUT)
+        else:
+            self.start(conn, timeout, deadline)
+
+    def done(self, response: Frame | None, expired: bool) -> None:
+        """The upstream answered (``response``), or the call's time passed (``expired``),
+        or its connection was lost: called by the upstream reader or its timer."""
+        if response is None:
+            self._complete(None, TIMEOUT if expired else UPSTREAM_RESET)
+        else:
+            record = self.record
+            record.response_received_duration = _monotonic() - record.start
+            self._complete(response, None)
+
+    def _complete(self, response: Frame | None, failed: Reply | None) -> None:
+        """Answer the call: with the upstream's ``response``, or the reply ``failed``, or
+        (both None) nothing: a oneway request sent on. Never raises (the upstream reader or
+        the timer calls it: one request's failure is its own)."""
+        session = self.session
+        record = self.record
+        frame = self.frame
+        try:
+            if response is not None:
+                out = session._response(response, self.downstream_id, record)
+                if isinstance(out, Reply):
+                    failed = out
+                elif out is not None:
+                    session._post(*out)
+            if failed is not None:
+                if failed is TIMEOUT:
+                    self.cluster.stats.upstream_rq_timeout += 1
+                if session._replying(frame, failed, record):
+                    session._post(session._reply_bytes(frame, failed, record))
+            elif not record.response_code:
+                record.response_code = 200  # a oneway request sent on
+        except Exception:
+            log.exception(
+                "downstream %s: %s request failed", session.conn.remote, session.codec.name
+            )
+            record.response_code = INTERNAL.status
+            if not frame.is_oneway:
+                session._post(session._reply_bytes(frame, INTERNAL, None))
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        self.host.active_requests -= 1
+        close_try(self.cluster)
+        session = self.session
+        session._calls.discard(self)
+        session._end(self.size, self.record)
+
+    def abandon(self) -> None:
+        """Its connection is gone: given up (as its task would be cancelled)."""
+        if self.forget is not None:
+            self.forget()
+        self._close()
 
 
 class _Call(WholeMessage):
