@@ -36,6 +36,12 @@ went down; after that it cuts the response through the sink. The adapter ends th
 An RPC exchange fits the same shape: a request without a body stream (``RequestBody`` empty),
 its response one ``head`` + ``data(frame, True)``, and no ``RetryState`` (routes of RPC
 listeners carry no retry policy).
+
+RPC as built (the section "a request that is one message" at the end): ``handle_message`` is
+the head of ``handle`` for a request that is one message, then the same ``forward``; the
+response goes down whole through ``MessageSink.message``. With no stream filter on the
+listener, the RPC adapter runs the same steps synchronously on its reader, without a task per
+call (``route_message``, ``message_cluster``, ``open_try`` / ``close_try``): the fast path.
 """
 
 from __future__ import annotations
