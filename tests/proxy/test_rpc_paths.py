@@ -7,6 +7,7 @@ oneway request. ``xprotocol.FAST_PATH`` off puts every call on the task path."""
 from __future__ import annotations
 
 import trio
+import trio.testing
 
 from tests.http_helpers import (
     access_log,
@@ -234,3 +235,36 @@ async def test_the_fast_path_starts_no_task_per_call(nursery, monkeypatch):
             spawned[fast] = spawns.count
     assert spawned[True] == 0
     assert spawned[False] >= 20
+
+
+async def test_a_connection_closed_mid_call(nursery, monkeypatch, tmp_path):
+    """Calls still upstream when their connection is closed (here: the client sent a bad
+    frame) end as a cancelled task's would: one record each, nothing answered, nothing left
+    counted as active or pending upstream."""
+    up = await silent_upstream(nursery)
+    seen = {}
+    for fast in (True, False):
+        monkeypatch.setattr(xprotocol, "FAST_PATH", fast)
+        logdir = tmp_path / ("fast" if fast else "task")
+        logdir.mkdir()
+        keys, path = access_log(logdir)
+        async with running_proxy(config(up, keys)) as (server, port):
+            cluster = server.clusters.clusters["up"]
+            client = await BoltClient.connect(port)
+            with trio.fail_after(10):
+                for rid in (1, 2):
+                    await client.send(request(rid, b"x", service=SERVICE))
+                while cluster.stats.upstream_rq_active < 2:
+                    await trio.testing.wait_all_tasks_blocked()
+                await client.stream.send_all(b"\xff" * 32)  # not bolt: the proxy closes
+                while cluster.stats.upstream_rq_active:
+                    await trio.testing.wait_all_tasks_blocked()
+            (pool,) = server.pools._x.values()
+            pending = sum(len(c.pending) for c in pool.conns)
+            active = [h.active_requests for h in cluster.hosts]
+        lines = [{k: line[k] for k in LOGGED} for line in read_access_log(path)]
+        seen[fast] = (lines, pending, active)
+    assert seen[True] == seen[False]
+    lines, pending, active = seen[True]
+    assert [(e["response_code"], e["bytes_sent"]) for e in lines] == [(0, 0), (0, 0)]
+    assert (pending, active) == (0, [0])

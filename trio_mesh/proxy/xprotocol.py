@@ -1,12 +1,19 @@
 """RPC proxying (MOSN's XProtocol): bolt, Dubbo and any registered codec.
 
-A downstream connection is read by its own task, which decodes frames and starts one task per
-request in the connection's nursery; each request is routed on its header view (``service``,
-``method`` and the protocol's own headers), sent over the multiplexed pool of the chosen host
-under an id of that upstream connection, and answered, with its downstream id restored, as soon
-as the upstream answers: responses go back in the order the upstream sends them. Heartbeats are
-answered here; oneway requests are forwarded without waiting. Whatever the proxy cannot serve
-gets the protocol's own error reply (no route, no healthy host, timeout, upstream failure).
+A downstream connection is read by its own task, which decodes frames; each request is routed
+on its header view (``service``, ``method`` and the protocol's own headers), sent over the
+multiplexed pool of the chosen host under an id of that upstream connection, and answered,
+with its downstream id restored, as soon as the upstream answers: responses go back in the
+order the upstream sends them. Heartbeats are answered here; oneway requests are forwarded
+without waiting. Whatever the proxy cannot serve gets the protocol's own error reply (no
+route, no healthy host, timeout, upstream failure), from the one ``Reply`` table.
+
+Each request goes through the request lifecycle (``lifecycle.py``, "a request that is one
+message"), on one of two paths chosen at configuration time that behave the same: with stream
+filters, a task per request in the connection's nursery runs ``handle_message`` (``_Call`` is
+its adapter and response sink; ``exchange/rpc.py`` its exchange); without, the reader runs the
+same steps itself and leaves the call's completion in the upstream connection's pending table
+(``_serve``, ``_FastCall``): no task per call. Both end in ``Observers.end(record)``.
 
 The listener's stream filters run on each request (the frame's header view and payload; before
 the no-route reply, as Envoy orders it) and on its response; what they answer becomes the
@@ -757,8 +764,12 @@ class _FastCall:
             return
         if conn is None:
             self._complete(None, TIMEOUT)
-        else:
+            return
+        try:
             self.start(conn, timeout, deadline)
+        except Exception:
+            log.exception("upstream %s: sending failed", pool.codec.name)
+            self._complete(None, INTERNAL)
 
     def done(self, response: Frame | None, expired: bool) -> None:
         """The upstream answered (``response``), or the call's time passed (``expired``),
@@ -797,7 +808,10 @@ class _FastCall:
             )
             record.response_code = INTERNAL.status
             if not frame.is_oneway:
-                session._post(session._reply_bytes(frame, INTERNAL, None))
+                try:
+                    session._post(session._reply_bytes(frame, INTERNAL, None))
+                except Exception:
+                    log.exception("downstream %s: no error reply", session.conn.remote)
         finally:
             self._close()
 

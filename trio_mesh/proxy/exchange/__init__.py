@@ -1,8 +1,8 @@
 """Upstream exchanges: one module per upstream protocol, behind one small interface.
 
 Each module opens the upstream side of one try (``http1.acquire``: a pooled connection;
-``http2.open_stream``: a stream on a pooled connection; ``rpc.call``: a whole request and its
-response over the multiplexed pool) and maps what can go wrong there to the local reply that
+``http2.open_stream``: a stream on a pooled connection; ``rpc.exchange``: a whole request and
+its response over the multiplexed pool) and maps what can go wrong there to the local reply that
 answers it, raised as :class:`UpstreamFailed`. Whether that try is retried is the
 ``RetryState``'s call (``proxy/retry.py``, from ``reply.cause``), not the exchange's.
 """
