@@ -652,9 +652,10 @@ class MessageSink(ResponseSink, Protocol):
     """A response sink for a response that is one message (RPC)."""
 
     async def message(self, msg: Any) -> None:
-        """Write the response message down (after the response hooks, when a chain has some:
-        they raise ``FilterReplied``; a response the sink cannot send raises
-        ``UpstreamFailed`` with the reply that answers instead)."""
+        """Write the response message down, after the response hooks when the request's
+        chain has some. Whatever answers instead (a filter's reply, ``INTERNAL``, the
+        budget's ``OVERFLOW``) is raised as ``UpstreamFailed(reply)``: nothing went down yet,
+        and ``forward`` answers it (RPC routes are not retried)."""
 
 
 class MessageDownstream(Downstream, Protocol):
@@ -666,8 +667,9 @@ class MessageDownstream(Downstream, Protocol):
 
 
 class WholeMessage:
-    """The stream-shaped half of a ``ResponseSink`` for a response that is one message: an
-    exchange of a message protocol never calls it."""
+    """For an adapter of a one-message protocol that is its own sink: the stream-shaped half
+    of a ``ResponseSink`` (an exchange of a message protocol never calls it) and the route
+    timeout hooks of a ``Downstream`` (the upstream connection times the call instead)."""
 
     __slots__ = ()
     buffers = False
