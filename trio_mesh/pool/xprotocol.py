@@ -48,7 +48,7 @@ class _Slot:
     started without a task (``XConnection.start_call``) has a ``callback`` instead, called
     once, by whichever completes it (the reader, the timer, the connection's close)."""
 
-    __slots__ = ("callback", "deadline", "done", "expired", "frame", "task")
+    __slots__ = ("callback", "deadline", "done", "expired", "frame", "queue", "rid", "task", "then")
 
     def __init__(self, deadline: float = math.inf) -> None:
         self.frame: Frame | None = None
@@ -57,6 +57,10 @@ class _Slot:
         self.deadline = deadline
         self.task: trio.lowlevel.Task | None = None  # parked in ``wait`` (until woken)
         self.callback: Callable[[_Slot], None] | None = None
+        # A call started without a task: its id, its timer queue, what completes it.
+        self.rid = 0
+        self.queue: deque[_Slot] | None = None
+        self.then: Callable[[Frame | None, bool], None] | None = None
 
     def set(self) -> None:
         self.done = True
@@ -250,45 +254,50 @@ class XConnection:
         timeout: float,
         deadline: float | None,
         done: Callable[[Frame | None, bool], None],
-    ) -> Callable[[], None]:
+    ) -> _Slot:
         """``call`` without a task (the RPC fast path): send ``frame`` under a fresh id (the
         connection's flusher writes it) and return at once; ``done(response, expired)`` is
         called once, by the reader with the response, by the timer (``None, True``) or by
-        the connection's close (``None, False``: lost). Returns ``forget``: gives the call up
-        (its owner is gone), ``done`` then never called. Raises `UpstreamLost`."""
+        the connection's close (``None, False``: lost). Returns the call's slot, for
+        ``forget`` (its owner is gone: ``done`` is then never called). Raises `UpstreamLost`."""
         if self.dead is not None:
             raise UpstreamLost(self.dead)
         rid = self.allocate_id()
         data = self.codec.set_request_id(frame, rid)
-        pending = self.pending
-        queue: deque[_Slot] | None = None
         if timeout == math.inf:
             slot = _Slot()
         else:
             slot = _Slot(trio.current_time() + timeout if deadline is None else deadline)
-
-        def complete(slot: _Slot) -> None:
-            if pending.get(rid) is slot:
-                del pending[rid]
-            if queue is not None:
-                while queue and queue[0].done:  # answered in order: the head leaves now
-                    queue.popleft()
-            done(slot.frame, slot.expired)
-
-        def forget() -> None:
-            slot.callback = None
-            slot.done = True
-            if pending.get(rid) is slot:
-                del pending[rid]
-
-        slot.callback = complete
-        pending[rid] = slot
-        if timeout != math.inf:
-            queue = self._timer.add(slot, timeout)
+            slot.queue = self._timer.add(slot, timeout)
+        slot.rid = rid
+        slot.then = done
+        slot.callback = self._completed
+        self.pending[rid] = slot
         if not self._writer.post(data):
-            forget()
+            self.forget(slot)
             raise UpstreamLost(self.dead or "send failed")
-        return forget
+        return slot
+
+    def _completed(self, slot: _Slot) -> None:
+        """A call started by ``start_call`` is over: out of the tables, then its ``done``."""
+        pending = self.pending
+        if pending.get(slot.rid) is slot:
+            del pending[slot.rid]
+        queue = slot.queue
+        if queue is not None:
+            while queue and queue[0].done:  # answered in order: the head leaves now
+                queue.popleft()
+        then = slot.then
+        if then is not None:
+            slot.then = None
+            then(slot.frame, slot.expired)
+
+    def forget(self, slot: _Slot) -> None:
+        """Give a call started by ``start_call`` up: its ``done`` is never called."""
+        slot.callback = slot.then = None
+        slot.done = True
+        if self.pending.get(slot.rid) is slot:
+            del self.pending[slot.rid]
 
     def send_nowait(self, frame: Frame) -> None:
         """Send a oneway ``frame`` under a fresh id without waiting (the flusher writes
@@ -536,4 +545,7 @@ class XPool:
                 conn.close("host removed")
 
 
-__all__ = ["UpstreamLost", "XConnection", "XPool"]
+#: A call's slot, as ``start_call`` returns it (for ``forget``).
+CallSlot = _Slot
+
+__all__ = ["CallSlot", "UpstreamLost", "XConnection", "XPool"]

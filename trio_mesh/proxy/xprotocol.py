@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from time import monotonic as _monotonic
 from typing import Any
 
@@ -53,7 +53,7 @@ from ..network.connection import Connection
 from ..network.relay import CHUNK
 from ..network.throttled_log import ThrottledLog
 from ..network.writer import FrameWriter
-from ..pool.xprotocol import UpstreamLost, XConnection, XPool
+from ..pool.xprotocol import CallSlot, UpstreamLost, XConnection, XPool
 from ..protocols import xprotocol
 from ..protocols.xprotocol import Codec, Frame, XProtocolError
 from ..router import Route
@@ -706,7 +706,17 @@ class _XSession:
 class _FastCall:
     """A call served without a task (``_XSession._serve``): what its completion needs."""
 
-    __slots__ = ("cluster", "downstream_id", "forget", "frame", "host", "record", "session", "size")
+    __slots__ = (
+        "cluster",
+        "conn",
+        "downstream_id",
+        "frame",
+        "host",
+        "record",
+        "session",
+        "size",
+        "slot",
+    )
 
     def __init__(
         self,
@@ -724,7 +734,8 @@ class _FastCall:
         self.cluster = cluster
         self.host = host
         self.downstream_id = frame.request_id
-        self.forget: Callable[[], None] | None = None
+        self.conn: XConnection | None = None  # with ``slot``: where it waits upstream
+        self.slot: CallSlot | None = None
         host.active_requests += 1
         session._calls.add(self)
 
@@ -735,7 +746,8 @@ class _FastCall:
             if frame.is_oneway:
                 conn.send_nowait(frame)
             else:
-                self.forget = conn.start_call(frame, timeout, deadline, self.done)
+                self.slot = conn.start_call(frame, timeout, deadline, self.done)
+                self.conn = conn
             lost = False
         except UpstreamLost:
             lost = True
@@ -824,8 +836,8 @@ class _FastCall:
 
     def abandon(self) -> None:
         """Its connection is gone: given up (as its task would be cancelled)."""
-        if self.forget is not None:
-            self.forget()
+        if self.conn is not None and self.slot is not None:
+            self.conn.forget(self.slot)
         self._close()
 
 
