@@ -19,6 +19,13 @@ have no cancel scope of their own (their timeouts are one timer per connection),
 places a send can wait, for room in the queue or for the socket, take a scope then, only then,
 and raise :class:`WriteTimeout` at the deadline (a flush cut short by it resets the stream).
 
+A sender that must not wait (a call completed by another connection's reader, or by its timer:
+the RPC fast path) ``post``s its frame instead: queued at once, sent by the flush under way or
+by the stream's flusher task (``run_flusher``, one per connection, parked while nothing is
+posted). Posted bytes bypass the queue's cap: their owner bounds them (a downstream
+connection's responses are owed to its budget; an upstream connection's requests are held in
+their downstream connections' budgets until answered).
+
 Bytes a sender owes to a budget (``owed``: a response counted by ``ConnectionBudget.owe``)
 are handed to ``on_paid`` once written or dropped, whatever happens, exactly once.
 """
@@ -49,8 +56,10 @@ class FrameWriter:
         "_busy",
         "_frames",
         "_owed",
+        "_posted",
         "_queued",
         "_room",
+        "_stopping",
         "broken",
         "limit",
         "on_block",
@@ -71,6 +80,8 @@ class FrameWriter:
         self._queued = 0  # bytes in _frames
         self._owed = 0  # owed bytes in _frames
         self._room = trio.lowlevel.ParkingLot()  # joiners waiting for the queue to drain
+        self._posted = trio.lowlevel.ParkingLot()  # the flusher, while nothing is posted
+        self._stopping = False
 
     async def send(
         self, data: bytes | bytearray | memoryview, owed: int = 0, deadline: float = math.inf
@@ -104,6 +115,36 @@ class FrameWriter:
             if owed and self.on_paid is not None:
                 self.on_paid(owed)  # never queued: dropped
         await self._flush(deadline)
+
+    def post(self, data: bytes | bytearray | memoryview, owed: int = 0) -> bool:
+        """Queue ``data`` without waiting: the flush under way sends it, or the flusher task
+        (``run_flusher``) does. False when the stream is reset (``owed`` is paid back)."""
+        if self.broken:
+            if owed and self.on_paid is not None:
+                self.on_paid(owed)
+            return False
+        self._queue(data, owed)
+        if not self._busy and self._posted:
+            self._posted.unpark()
+        return True
+
+    async def run_flusher(self) -> None:
+        """Send what is ``post``ed, whenever no flush is under way, until ``stop_flusher``
+        and nothing is left to send; raises trio's Broken/ClosedResourceError when the stream
+        fails (the owner closes the connection)."""
+        while True:
+            if self._frames and not self._busy:
+                await self._flush(math.inf)
+            elif self._stopping and not self._busy:
+                return
+            else:
+                await self._posted.park()
+
+    def stop_flusher(self) -> None:
+        """The flusher returns once what is queued is sent (nothing more will be posted)."""
+        self._stopping = True
+        if self._posted:
+            self._posted.unpark()
 
     def _check(self) -> None:
         if self.broken:
@@ -145,6 +186,8 @@ class FrameWriter:
             self._busy = False
             if self._room:
                 self._room.unpark_all()
+            if self._posted and (self._frames or self._stopping):
+                self._posted.unpark()
 
     async def _send_all(self, data: bytes | bytearray | memoryview, deadline: float) -> None:
         sock = self.stream.socket

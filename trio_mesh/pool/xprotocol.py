@@ -16,6 +16,7 @@ import math
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 
 import trio
 
@@ -44,9 +45,11 @@ _ABORTED = trio.lowlevel.Abort.SUCCEEDED
 class _Slot:
     """Where the reader puts one request's response, waking the task waiting for it: the
     task itself is parked, not an Event (its ParkingLot) made per call. A call with a
-    timeout also sits in its connection's timer queue (``_Timer``) until its deadline."""
+    timeout also sits in its connection's timer queue (``_Timer``) until its deadline. A call
+    started without a task (``XConnection.start_call``) has a ``callback`` instead, called
+    once, by whichever completes it (the reader, the timer, the connection's close)."""
 
-    __slots__ = ("deadline", "done", "expired", "frame", "task")
+    __slots__ = ("callback", "deadline", "done", "expired", "frame", "queue", "rid", "task", "then")
 
     def __init__(self, deadline: float = math.inf) -> None:
         self.frame: Frame | None = None
@@ -54,6 +57,11 @@ class _Slot:
         self.expired = False  # its deadline passed first
         self.deadline = deadline
         self.task: trio.lowlevel.Task | None = None  # parked in ``wait`` (until woken)
+        self.callback: Callable[[_Slot], None] | None = None
+        # A call started without a task: its id, its timer queue, what completes it.
+        self.rid = 0
+        self.queue: deque[_Slot] | None = None
+        self.then: Callable[[Frame | None, bool], None] | None = None
 
     def set(self) -> None:
         self.done = True
@@ -61,6 +69,9 @@ class _Slot:
         if task is not None:
             self.task = None
             _reschedule(task)
+        elif self.callback is not None:
+            callback, self.callback = self.callback, None
+            callback(self)
 
     async def wait(self) -> None:
         """Until ``set`` (cancellable: the caller's scope, if any)."""
@@ -238,11 +249,70 @@ class XConnection:
             raise UpstreamLost(self.dead or "closed")
         return slot.frame
 
+    def start_call(
+        self,
+        frame: Frame,
+        timeout: float,
+        deadline: float | None,
+        done: Callable[[Frame | None, bool], None],
+    ) -> _Slot:
+        """``call`` without a task (the RPC fast path): send ``frame`` under a fresh id (the
+        connection's flusher writes it) and return at once; ``done(response, expired)`` is
+        called once, by the reader with the response, by the timer (``None, True``) or by
+        the connection's close (``None, False``: lost). Returns the call's slot, for
+        ``forget`` (its owner is gone: ``done`` is then never called). Raises `UpstreamLost`."""
+        if self.dead is not None:
+            raise UpstreamLost(self.dead)
+        rid = self.allocate_id()
+        data = self.codec.set_request_id(frame, rid)
+        if timeout == math.inf:
+            slot = _Slot()
+        else:
+            slot = _Slot(trio.current_time() + timeout if deadline is None else deadline)
+            slot.queue = self._timer.add(slot, timeout)
+        slot.rid = rid
+        slot.then = done
+        slot.callback = self._completed
+        self.pending[rid] = slot
+        if not self._writer.post(data):
+            self.forget(slot)
+            raise UpstreamLost(self.dead or "send failed")
+        return slot
+
+    def _completed(self, slot: _Slot) -> None:
+        """A call started by ``start_call`` is over: out of the tables, then its ``done``."""
+        pending = self.pending
+        if pending.get(slot.rid) is slot:
+            del pending[slot.rid]
+        queue = slot.queue
+        if queue is not None:
+            while queue and queue[0].done:  # answered in order: the head leaves now
+                queue.popleft()
+        then = slot.then
+        if then is not None:
+            slot.then = None
+            then(slot.frame, slot.expired)
+
+    def forget(self, slot: _Slot) -> None:
+        """Give a call started by ``start_call`` up: its ``done`` is never called."""
+        slot.callback = slot.then = None
+        slot.done = True
+        if self.pending.get(slot.rid) is slot:
+            del self.pending[slot.rid]
+
+    def send_nowait(self, frame: Frame) -> None:
+        """Send a oneway ``frame`` under a fresh id without waiting (the flusher writes
+        it). Raises `UpstreamLost`."""
+        if self.dead is not None or not self._writer.post(
+            self.codec.set_request_id(frame, self.allocate_id())
+        ):
+            raise UpstreamLost(self.dead or "send failed")
+
     def close(self, reason: str) -> None:
         if self.dead is None:
             self.dead = reason
             self.stream.abort()  # wakes our reader off the fd first (Stream.close)
-            for slot in self.pending.values():
+            for slot in list(self.pending.values()):  # a callback leaves ``pending``
                 slot.set()  # frame None: lost
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -250,12 +320,20 @@ class XConnection:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keepalive)
             nursery.start_soon(self._timer.run)
+            nursery.start_soon(self._flush_posted)
             task_status.started()
             try:
                 await self._read()
             finally:
                 self.close(self.dead or "upstream closed the connection")
                 nursery.cancel_scope.cancel()
+
+    async def _flush_posted(self) -> None:
+        """The writer's flusher: what calls started without a task posted."""
+        try:
+            await self._writer.run_flusher()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.close(f"send failed: {exc}")
 
     async def _read(self) -> None:
         # A frame begun must be whole within upstream_frame_timeout: one scope for the whole
@@ -423,6 +501,18 @@ class XPool(ConnectionPool[XConnection]):
                 self.conns.remove(conn)
             self.cluster.release_connection()
 
+    def ready(self) -> XConnection | None:
+        """A live connection to send on now, without waiting (``None``: one must be opened
+        or waited for: ``connection``)."""
+        conns = self.conns
+        if len(conns) == 1 == self.options.connections_per_host:
+            conn = conns[0]
+            return conn if conn.dead is None else None
+        live = [c for c in conns if c.dead is None]
+        if len(live) >= self.options.connections_per_host or (live and self._connecting):
+            return min(live, key=lambda c: len(c.pending))
+        return None
+
     async def call(self, frame: Frame, timeout: float = math.inf) -> Frame | None:
         """Forward a two-way request; its response (with the upstream's id in it), or
         ``None`` if ``timeout`` seconds passed first (the connect, the send and the wait
@@ -456,4 +546,7 @@ class XPool(ConnectionPool[XConnection]):
         conn.close("closed by its pool")  # its task ends, and takes it out of ``conns``
 
 
-__all__ = ["UpstreamLost", "XConnection", "XPool"]
+#: A call's slot, as ``start_call`` returns it (for ``forget``).
+CallSlot = _Slot
+
+__all__ = ["CallSlot", "UpstreamLost", "XConnection", "XPool"]

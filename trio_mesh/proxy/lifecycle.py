@@ -37,12 +37,18 @@ went down; after that it cuts the response through the sink. The adapter ends th
 An RPC exchange fits the same shape: a request without a body stream (``RequestBody`` empty),
 routed by its header map (``RequestView.lookup``), its response one frame handed to the
 adapter's sink, and no ``RetryState`` (routes of RPC listeners carry no retry policy).
+
+RPC as built (the section "a request that is one message" at the end): ``handle_message`` is
+the head of ``handle`` for a request that is one message, then the same ``forward`` (the
+tries); the response goes down whole through ``MessageSink.message``. With no stream filter on
+the listener, the RPC adapter runs the same steps synchronously on its reader, without a task
+per call (``route_message``, ``message_cluster``, ``open_try`` / ``close_try``): the fast path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, cast
 
 import trio
 
@@ -486,6 +492,10 @@ class FilteredSink:
     async def upgrade(self, resp: ResponseHead, upstream: Stream, tail: bytes) -> None:
         await self.inner.upgrade(resp, upstream, tail)
 
+    async def message(self, msg: Any) -> None:
+        """A response that is one message (RPC): its sink runs the chain's hooks on it."""
+        await cast("MessageSink", self.inner).message(msg)
+
 
 async def handle(
     core: ProxyCore,
@@ -543,9 +553,20 @@ async def handle(
         await ad.reply(NO_CLUSTER)
         return
     info.upstream_cluster = cluster.name
+    await forward(core, ad, route, cluster, info, body, sink)
 
-    # The tries, until one answers or none is left (here, not in a function of their own:
-    # a coroutine layer is paid on every resume of the request).
+
+async def forward(
+    core: ProxyCore,
+    ad: Downstream,
+    route: Route,
+    cluster: Cluster,
+    info: RequestRecord,
+    body: RequestBody,
+    sink: ResponseSink,
+) -> None:
+    """The tries of one routed request to ``cluster``, until one answers or none is left: the
+    one copy every protocol uses (``handle``, ``handle_message``)."""
     req = ad.upstream_request(route, info)  # once: a retry sends the same request id
     chain = ad.chain
     if chain is not None:
@@ -622,3 +643,188 @@ async def handle(
         if retry is not None:
             retry.release()
         ad.end_route()
+
+
+# ---------------------------------------------------------------- a request that is one message
+#
+# RPC (bolt, Dubbo, any registered codec): the request is one message and so is its response;
+# there is no body stream, no redirect or direct response (a route that gives one does not
+# forward: no route), and no retry policy. ``handle_message`` is ``handle``'s head for it (the
+# router reads the message's own header view, the adapter runs the request hooks on the
+# message), then the same ``forward``: breaker, host, the exchange (``exchange/rpc.py``), the
+# replies. The response goes down through ``MessageSink.message`` (the adapter runs the
+# response hooks on it: only it knows the message's shape).
+#
+# The same steps, synchronous, make the RPC fast path (``proxy/xprotocol.py``): with no stream
+# filter on the listener (decided at config time) a call needs nothing of its own, so the
+# connection's reader routes it (``route_message``, ``message_cluster``), opens the try
+# (``open_try``: the breaker, the host), writes it upstream and leaves a completion in the
+# upstream connection's pending table; the upstream reader (or its timer) completes it: the
+# response (or the reply from the one table) written down, ``close_try``, ``Observers.end``.
+
+
+class MessageSink(ResponseSink, Protocol):
+    """A response sink for a response that is one message (RPC)."""
+
+    async def message(self, msg: Any) -> None:
+        """Write the response message down, after the response hooks when the request's
+        chain has some. Whatever answers instead (a filter's reply, ``INTERNAL``, the
+        budget's ``OVERFLOW``) is raised as ``UpstreamFailed(reply)``: nothing went down yet,
+        and ``forward`` answers it (RPC routes are not retried)."""
+
+
+class MessageDownstream(Downstream, Protocol):
+    """A downstream adapter whose requests are one message each (RPC): it hands ``forward``
+    the proxy's empty body (``message_body``) and itself as the sink."""
+
+    @property
+    def body(self) -> RequestBody: ...
+
+    @property
+    def sink(self) -> MessageSink: ...
+
+    async def request_filters(self, chain: StreamFilterChain) -> Reply | None:
+        """Run ``chain``'s request hooks on the message; the reply that answers instead, if
+        any (a filter's, or ``INTERNAL`` when the message cannot carry what they changed)."""
+
+
+class WholeMessage:
+    """For an adapter of a one-message protocol that is its own sink: the stream-shaped half
+    of a ``ResponseSink`` (an exchange of a message protocol never calls it) and the route
+    timeout hooks of a ``Downstream`` (the upstream connection times the call instead)."""
+
+    __slots__ = ()
+    buffers = False
+
+    def waiting(self) -> None:
+        pass
+
+    async def informational(self, status: int, reason: bytes | None, headers: list[Header]) -> None:
+        raise NotImplementedError("a one-message response has no informational head")
+
+    async def head(self, resp: ResponseHead, end: bool, raw: bytes | None) -> None:
+        raise NotImplementedError("a one-message response has no head: message()")
+
+    async def data(self, data: bytes, end: bool) -> None:
+        raise NotImplementedError("a one-message response has no body stream: message()")
+
+    async def trailers(self, trailers: list[Header]) -> None:
+        raise NotImplementedError("a one-message response has no trailers: message()")
+
+    async def flush(self) -> None:
+        pass
+
+    def cut(self, flag: str, code: ErrorCode = ErrorCode.INTERNAL_ERROR) -> None:
+        pass  # a message goes out whole or not at all: nothing is begun to cut
+
+    async def upgrade(self, resp: ResponseHead, upstream: Stream, tail: bytes) -> None:
+        raise NotImplementedError("a one-message protocol has no upgrade")
+
+    def arm_route(self, timeout: float | None) -> None:
+        pass  # the exchange's upstream connection times the call (one timer per connection)
+
+    def try_scope(self, timeout: float) -> trio.CancelScope:
+        raise NotImplementedError("message routes carry no retry policy")
+
+    def end_route(self) -> None:
+        pass
+
+
+def route_message(
+    core: ProxyCore, header: Callable[[str], str | None], info: RequestRecord
+) -> tuple[Route | None, Route | None]:
+    """The route of a request that is one message (its header view: ``header``), and that
+    route again if it forwards (``None``: no route matched, or it answers itself)."""
+    route = core.table.match("", "/", "", header)
+    if route is None:
+        return None, None
+    if core.detailed:
+        info.route_name = route.name
+    if route.direct_response is not None or route.redirect is not None:
+        return route, None
+    return route, route
+
+
+def message_cluster(core: ProxyCore, name: str | None, info: RequestRecord) -> Cluster | None:
+    """The cluster a routed request goes to (``None``: it does not exist: ``NO_CLUSTER``)."""
+    cluster = core.clusters.clusters.get(name) if name else None
+    if cluster is not None:
+        info.upstream_cluster = cluster.name
+    return cluster
+
+
+def open_try(cluster: Cluster, info: RequestRecord) -> Host | Reply:
+    """``forward``'s try opening, synchronous (the RPC fast path): counted, the cluster's
+    breaker, a host; the reply if the try cannot open. A host returned: ``close_try`` ends it."""
+    stats = cluster.stats
+    stats.upstream_rq_total += 1
+    if cluster.max_requests is not None and cluster.request_overflows():
+        return OVERFLOW
+    try:
+        host = cluster.choose_host()
+    except NoHostError:
+        return NO_HEALTHY_UPSTREAM
+    stats.upstream_rq_active += 1
+    info.upstream_host = host.label
+    return host
+
+
+def close_try(cluster: Cluster) -> None:
+    cluster.stats.upstream_rq_active -= 1
+
+
+async def handle_message(
+    core: ProxyCore, ad: MessageDownstream, header: Callable[[str], str | None], info: RequestRecord
+) -> None:
+    """Answer one request that is one message: filters, route, then ``forward``."""
+    route, routed = route_message(core, header, info)
+    filters = core.filters
+    cluster_name = None
+    if filters is not None:
+        # Envoy's order: the filters see the request before the proxy refuses it.
+        if routed is not None:
+            cluster_name = routed.pick_cluster(header)
+        chain = filters.create(ad.filter_context(route, cluster_name))
+        if chain is not None:
+            ad.chain = chain
+            reply = await ad.request_filters(chain)
+            if reply is not None:
+                await ad.reply(reply)
+                return
+    if routed is None:
+        await ad.reply(NO_ROUTE)
+        return
+    if filters is None:
+        cluster_name = routed.pick_cluster(header)
+    cluster = message_cluster(core, cluster_name, info)
+    if cluster is None:
+        await ad.reply(NO_CLUSTER)
+        return
+    await forward(core, ad, routed, cluster, info, ad.body, ad.sink)
+
+
+class _NoBodySource:
+    """The body source of a request that is one message: there is no body stream."""
+
+    __slots__ = ()
+    finished = True
+    request_trailers = None
+    duplex = False
+
+    async def read(self) -> bytes:
+        return b""
+
+    def sent(self) -> None:
+        pass
+
+    def keep(self, n: int) -> bool:
+        return False
+
+    def forget(self, n: int) -> None:
+        pass
+
+
+def message_body() -> RequestBody:
+    """The ``RequestBody`` of requests that are one message: empty, never read, so one per
+    proxy serves all its requests (``forward`` only rewinds a body for a retry)."""
+    return RequestBody(_NoBodySource())

@@ -1,12 +1,19 @@
 """RPC proxying (MOSN's XProtocol): bolt, Dubbo and any registered codec.
 
-A downstream connection is read by its own task, which decodes frames and starts one task per
-request in the connection's nursery; each request is routed on its header view (``service``,
-``method`` and the protocol's own headers), sent over the multiplexed pool of the chosen host
-under an id of that upstream connection, and answered, with its downstream id restored, as soon
-as the upstream answers: responses go back in the order the upstream sends them. Heartbeats are
-answered here; oneway requests are forwarded without waiting. Whatever the proxy cannot serve
-gets the protocol's own error reply (no route, no healthy host, timeout, upstream failure).
+A downstream connection is read by its own task, which decodes frames; each request is routed
+on its header view (``service``, ``method`` and the protocol's own headers), sent over the
+multiplexed pool of the chosen host under an id of that upstream connection, and answered,
+with its downstream id restored, as soon as the upstream answers: responses go back in the
+order the upstream sends them. Heartbeats are answered here; oneway requests are forwarded
+without waiting. Whatever the proxy cannot serve gets the protocol's own error reply (no
+route, no healthy host, timeout, upstream failure), from the one ``Reply`` table.
+
+Each request goes through the request lifecycle (``lifecycle.py``, "a request that is one
+message"), on one of two paths chosen at configuration time that behave the same: with stream
+filters, a task per request in the connection's nursery runs ``handle_message`` (``_Call`` is
+its adapter and response sink; ``exchange/rpc.py`` its exchange); without, the reader runs the
+same steps itself and leaves the call's completion in the upstream connection's pending table
+(``_serve``, ``_FastCall``): no task per call. Both end in ``Observers.end(record)``.
 
 The listener's stream filters run on each request (the frame's header view and payload; before
 the no-route reply, as Envoy orders it) and on its response; what they answer becomes the
@@ -41,29 +48,50 @@ from ..filters.stream import (
     StreamFilterChain,
 )
 from ..network.budget import BEHIND, OWED, ConnectionBudget
+from ..network.connect import ConnectError
 from ..network.connection import Connection
 from ..network.relay import CHUNK
 from ..network.throttled_log import ThrottledLog
 from ..network.writer import FrameWriter
+from ..pool.xprotocol import CallSlot, UpstreamLost, XConnection, XPool
 from ..protocols import xprotocol
 from ..protocols.xprotocol import Codec, Frame, XProtocolError
-from ..upstream import NoHostError
+from ..router import Route
+from ..upstream import CircuitOpenError, Cluster, Host
 from .exchange import UpstreamFailed
 from .exchange import rpc as rpc_exchange
+from .exchange.rpc import RpcRequest
+from .lifecycle import (
+    Header,
+    ProxyCore,
+    RequestBody,
+    WholeMessage,
+    close_try,
+    handle_message,
+    message_body,
+    message_cluster,
+    open_try,
+    route_message,
+)
 from .observers import listener_observers
 from .record import RequestRecord
 from .replies import (
+    CONNECT_FAILURE,
     INTERNAL,
     NO_CLUSTER,
-    NO_HEALTHY_UPSTREAM,
     NO_ROUTE,
     OVERFLOW,
     TIMEOUT,
+    UPSTREAM_RESET,
     Flag,
     Reply,
 )
 
 log = logging.getLogger("trio_mesh.proxy")
+
+#: Serve calls without a task when the listener has no stream filter (``_XSession._serve``);
+#: the tests turn it off to run the same calls through the task path and compare.
+FAST_PATH = True
 _overflow_log = ThrottledLog(log)  # clients decide how often: one line a second at most
 
 
@@ -86,7 +114,7 @@ def configured_codecs(config: ProxyConfig) -> list[Codec]:
     return codecs
 
 
-class XProxy:
+class XProxy(ProxyCore):
     """The ``proxy`` network filter for RPC downstream protocols."""
 
     def __init__(self, config: ProxyConfig, ctx: BuildContext, codecs: list[Codec]) -> None:
@@ -103,6 +131,15 @@ class XProxy:
         #: The listener's stream filters (``None``: none configured; the context says Any).
         self.filters: FilterChainFactory | None = ctx.stream_filters
         self.listener = ctx.listener
+        # What the lifecycle reads (``ProxyCore``): RPC requests are one message each, sent by
+        # the RPC exchange, never retried.
+        self.detailed = self.observers.detailed
+        self.exchange = rpc_exchange.exchange
+        self.retry_buffer_bytes = -1
+        self.counts_refused = False
+        self.body = message_body()  # one for all requests: there is no body stream
+        #: Calls need nothing of their own (no stream filter): the reader serves them.
+        self.fast = FAST_PATH and self.filters is None
 
     def on_connection(self, conn: Connection) -> Coroutine[Any, Any, None]:
         if len(self.codecs) == 1:
@@ -155,6 +192,9 @@ class _XSession:
         self._reading = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self.gone = False
+        #: Calls served without a task (``_serve``), not yet answered.
+        self._calls: set[_FastCall] = set()
+        self.fast = proxy.fast
         remote, local = conn.remote, conn.local
         #: (remote, local) as the access log writes them, worked out once per connection.
         self._addresses = (
@@ -164,14 +204,40 @@ class _XSession:
 
     async def run(self, prefix: bytes) -> None:
         self.conn.on_drain = self._on_drain
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            with self._reading:
-                await self._read(bytearray(prefix), nursery)
-            # Reading is over (EOF, drain, a bad frame): requests in flight finish first,
-            # unless the connection itself is gone.
-            if self.gone:
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self.fast:
+                    nursery.start_soon(self._flush_posted)
+                with self._reading:
+                    await self._read(bytearray(prefix), nursery)
+                # Reading is over (EOF, drain, a bad frame): requests in flight finish first,
+                # unless the connection itself is gone.
+                if self.gone:
+                    nursery.cancel_scope.cancel()
+                elif self.fast:
+                    while self.in_flight:  # calls without a task of their own too
+                        self._room = trio.Event()
+                        await self._room.wait()
+                    self._writer.stop_flusher()
+        finally:
+            # Calls still waiting upstream end as a cancelled request task would.
+            for call in list(self._calls):
+                call.abandon()
+
+    async def _flush_posted(self) -> None:
+        """The writer's flusher (the fast path's responses and replies are posted)."""
+        try:
+            await self._writer.run_flusher()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._lost()
+
+    def _lost(self) -> None:
+        """The client is gone: nothing in flight can be answered any more."""
+        self.gone = True
+        self._reading.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     def _on_drain(self, conn: Connection) -> None:
         self._reading.cancel()  # take nothing new; what is in flight finishes
@@ -239,7 +305,10 @@ class _XSession:
                     self._room = trio.Event()
                     await self._room.wait()
                 self._started()
-                nursery.start_soon(self._handle, frame, used)
+                if self.fast:
+                    self._serve(frame, used, nursery)
+                else:
+                    nursery.start_soon(self._handle, frame, used)
             try:
                 size = codec.frame_length(buf, limit) if buf else None
             except XProtocolError as exc:
@@ -340,170 +409,176 @@ class _XSession:
         try:
             await self._writer.send(data, owed)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            # The client is gone: nothing in flight can be answered any more.
-            self.gone = True
-            self._reading.cancel()
-            if self._nursery is not None:
-                self._nursery.cancel_scope.cancel()
+            self._lost()
 
-    async def _handle(self, frame: Frame, size: int) -> None:
-        """Serve one request; its ``size`` bytes leave the budget once it is answered."""
-        codec = self.codec
-        observers = self.proxy.observers
+    def _post(self, data: bytes | bytearray, owed: int = 0) -> None:
+        """``_write`` without waiting (the fast path: the connection's flusher sends it)."""
+        if self.gone:
+            if owed:
+                self._paid(owed)
+            return
+        if not self._writer.post(data, owed):
+            self._lost()
+
+    def _record(self, frame: Frame, size: int) -> RequestRecord:
         record = RequestRecord()
         record.start = _monotonic()
         record.bytes_received = size
-        if observers.detailed:
+        if self.proxy.observers.detailed:
             record.start_time = time.time()
-            record.protocol = codec.name
+            record.protocol = self.codec.name
             headers = frame.headers
             record.rpc_service = headers.get("service") or None
             record.rpc_method = headers.get("method") or None
             record.downstream_remote_address, record.downstream_local_address = self._addresses
+        return record
+
+    async def _handle(self, frame: Frame, size: int) -> None:
+        """Serve one request on its own task (the lifecycle, ``lifecycle.handle_message``);
+        its ``size`` bytes leave the budget once it is answered."""
+        record = self._record(frame, size)
         try:
-            result = await self._forward(frame, record)
-            if result is None:
-                if not record.response_code:
-                    record.response_code = 200  # a oneway request sent on
-                return
-            record.response_code = result.status
-            if result.flag:
-                record.add_flag(result.flag)
-            kind = result.rpc_error
-            if result.by_filter:
-                if frame.is_oneway:
-                    log.info(
-                        "downstream %s: %s oneway request refused by a stream filter (%s), dropped",
-                        self.conn.remote,
-                        codec.name,
-                        kind.name,
-                    )
-                    return
-                message = result.body.decode("utf-8", "replace").strip()
-                await self._reply(codec.encode(codec.error_reply(frame, kind, message)), record)
-                if result.close:
-                    self._reading.cancel()  # take nothing new: what is in flight finishes
-            elif not frame.is_oneway:
-                await self._reply(codec.encode(codec.error_reply(frame, kind)), record)
+            await handle_message(self.proxy, _Call(self, frame, record), frame.headers.get, record)
+            if not record.response_code:
+                record.response_code = 200  # a oneway request sent on
         except Exception:
             # One request's failure (a codec bug, say) must not take the connection down.
-            log.exception("downstream %s: %s request failed", self.conn.remote, codec.name)
+            log.exception("downstream %s: %s request failed", self.conn.remote, self.codec.name)
             record.response_code = INTERNAL.status
             if not frame.is_oneway:
-                await self._write(codec.encode(codec.error_reply(frame, INTERNAL.rpc_error)))
+                await self._write(self._reply_bytes(frame, INTERNAL, None))
         finally:
-            self._done(size)
-            self._finished()
-            observers.end(record)
+            self._end(size, record)
 
-    async def _reply(self, data: bytes | bytearray, record: RequestRecord) -> None:
-        record.bytes_sent += len(data)
-        await self._write(data)
+    def _end(self, size: int, record: RequestRecord) -> None:
+        """The request is over: its bytes leave the budget, its record goes to the observers."""
+        self._done(size)
+        self._finished()
+        self.proxy.observers.end(record)
 
-    async def _forward(self, frame: Frame, record: RequestRecord) -> Reply | None:
-        """Send ``frame`` upstream and its response down; the local reply (the proxy's own
-        or a filter's) when the proxy must answer itself instead."""
+    def _serve(self, frame: Frame, size: int, nursery: trio.Nursery) -> None:
+        """Serve one request without a task of its own (the fast path, with no stream filter
+        on the listener): the lifecycle's steps, synchronous (``lifecycle.route_message``,
+        ``message_cluster``, ``open_try``); the call is written upstream with its completion
+        in the upstream connection's pending table (``_FastCall.done``). Only a call that must
+        wait for an upstream connection gets a task (``_FastCall.connect``)."""
         proxy = self.proxy
-        headers = frame.headers
-        route = proxy.table.match("", "/", "", headers.get)
-        if route is not None and proxy.observers.detailed:
-            record.route_name = route.name
-        # The route, if it forwards (not a direct response or a redirect).
-        routed = (
-            route
-            if route is not None and route.direct_response is None and route.redirect is None
-            else None
-        )
-        chain = None
-        if proxy.filters is not None:
-            # Envoy's order: the filters see the request before the proxy refuses it.
-            cluster_name = routed.pick_cluster(headers.get) if routed is not None else None
-            chain = proxy.filters.create(
-                RequestContext(
-                    self.codec.name,
-                    method=headers.get("method") or "",
-                    path=headers.get("service") or "",
-                    route=route,
-                    cluster=cluster_name,
-                    downstream_remote=self.conn.remote,
-                    downstream_local=self.conn.local,
-                    listener=proxy.listener,
-                )
-            )
-            if chain is not None:
-                filtered = await self._request_filters(chain, frame)
-                if not isinstance(filtered, Frame):
-                    return filtered
-                frame_up = filtered
+        record = self._record(frame, size)
+        call = None
+        try:
+            header = frame.headers.get
+            routed = route_message(proxy, header, record)[1]
+            if routed is None:
+                self._answer(frame, size, record, NO_ROUTE)
+                return
+            cluster = message_cluster(proxy, routed.pick_cluster(header), record)
+            if cluster is None:
+                self._answer(frame, size, record, NO_CLUSTER)
+                return
+            host = open_try(cluster, record)
+            if isinstance(host, Reply):
+                self._answer(frame, size, record, host)
+                return
+            call = _FastCall(self, frame, size, record, cluster, host)
+            # The route's timeout, capped by the frame's own (bolt carries one).
+            timeout = min(routed.timeout or math.inf, frame.timeout or math.inf)
+            pool = proxy.pools.xprotocol(cluster, host, self.codec, proxy.options)
+            conn = pool.ready()
+            if conn is None:
+                nursery.start_soon(call.connect, pool, timeout)
             else:
-                frame_up = frame
-            if routed is None:
-                return NO_ROUTE
+                call.start(conn, timeout, None)
+        except Exception:
+            log.exception("downstream %s: %s request failed", self.conn.remote, self.codec.name)
+            if call is not None:  # its try is open: closed with the reply
+                call._complete(None, INTERNAL)
+                return
+            record.response_code = INTERNAL.status
+            if not frame.is_oneway:
+                self._post(self._reply_bytes(frame, INTERNAL, None))
+            self._end(size, record)
+
+    def _answer(self, frame: Frame, size: int, record: RequestRecord, reply: Reply) -> None:
+        """End a request the fast path answers itself (``reply``)."""
+        if self._replying(frame, reply, record):
+            self._post(self._reply_bytes(frame, reply, record))
+        self._end(size, record)
+
+    def _reply_bytes(
+        self, frame: Frame, result: Reply, record: RequestRecord | None
+    ) -> bytes | bytearray:
+        """The codec's error response answering ``frame`` with ``result``; with ``record``,
+        counted in it (the status, the flag, the bytes)."""
+        codec = self.codec
+        kind = result.rpc_error
+        if result.by_filter:
+            message = result.body.decode("utf-8", "replace").strip()
+            data = codec.encode(codec.error_reply(frame, kind, message))
         else:
-            if routed is None:
-                return NO_ROUTE
-            cluster_name = routed.pick_cluster(headers.get)
-            frame_up = frame
-        cluster = proxy.clusters.clusters.get(cluster_name) if cluster_name else None
-        if cluster is None:
-            return NO_CLUSTER
-        record.upstream_cluster = cluster.name
-        try:
-            host = cluster.choose_host()
-        except NoHostError:
-            return NO_HEALTHY_UPSTREAM
-        record.upstream_host = host.label
-        if chain is not None:
-            chain.context.upstream_host = host.label
-        pool = proxy.pools.xprotocol(cluster, host, self.codec, proxy.options)
-        # The route's timeout, capped by the frame's own (bolt carries one).
-        timeout = min(routed.timeout or math.inf, frame.timeout or math.inf)
-        downstream_id = frame.request_id
-        stats = cluster.stats
-        stats.upstream_rq_total += 1
-        # circuit_breakers.max_requests: requests outstanding to the cluster, every protocol.
-        if cluster.max_requests is not None and cluster.request_overflows():
-            return OVERFLOW
-        stats.upstream_rq_active += 1
-        host.active_requests += 1
-        try:
-            response = await rpc_exchange.call(pool, frame_up, timeout)
-        except UpstreamFailed as exc:
-            if exc.reply is TIMEOUT:
-                stats.upstream_rq_timeout += 1
-            return exc.reply
-        finally:
-            stats.upstream_rq_active -= 1
-            host.active_requests -= 1
-            frame.request_id = downstream_id  # the error reply answers the downstream id
-        if response is None:
-            return None  # a oneway request, sent on
-        record.response_received_duration = _monotonic() - record.start
-        if chain is not None and chain.mask & (RESPONSE_HEADERS | RESPONSE_DATA):
-            filtered = await self._response_filters(chain, response)
-            if not isinstance(filtered, Frame):
-                return filtered
-            response = filtered
+            data = codec.encode(codec.error_reply(frame, kind))
+        if record is not None:
+            record.bytes_sent += len(data)
+        return data
+
+    def _replying(self, frame: Frame, result: Reply, record: RequestRecord) -> bool:
+        """Count the local reply ``result`` in ``record``; whether it is written (a oneway
+        request gets none)."""
+        record.response_code = result.status
+        if result.flag:
+            record.add_flag(result.flag)
+        if frame.is_oneway:
+            if result.by_filter:
+                log.info(
+                    "downstream %s: %s oneway request refused by a stream filter (%s), dropped",
+                    self.conn.remote,
+                    self.codec.name,
+                    result.rpc_error.name,
+                )
+            return False
+        if result.close:
+            self._reading.cancel()  # take nothing new: what is in flight finishes
+        return True
+
+    async def _reply(self, frame: Frame, result: Reply, record: RequestRecord) -> None:
+        """Answer ``frame`` with the local reply ``result`` (the proxy's own or a filter's)
+        as the codec's error response; a oneway request gets none."""
+        if self._replying(frame, result, record):
+            await self._write(self._reply_bytes(frame, result, record))
+
+    def _response(
+        self, response: Frame, downstream_id: int, record: RequestRecord
+    ) -> tuple[bytes | bytearray, int] | Reply | None:
+        """The upstream's ``response`` under ``downstream_id``, counted in the budget until
+        written (its bytes and their count), or the reply that answers instead (``OVERFLOW``:
+        the listener's budget has no room), or None (the client is not reading its
+        responses: it is closed)."""
         # MOSN's mapping of an RPC response to an HTTP status (its access log and stats).
         record.response_code = 200 if self.codec.is_success(response) else 500
         data = self.codec.set_request_id(response, downstream_id)
         # Held until the client takes it: counted, and refused over budget (ConnectionBudget.owe).
         n = len(data)
-        budget = self.budget
-        owed = budget.owe(n)
+        owed = self.budget.owe(n)
         if owed != OWED:
             if owed == BEHIND:
                 record.add_flag(Flag.DOWNSTREAM_TERMINATION)
                 self._overflow(n)
                 return None
             # SPENT: other clients' responses fill the listener's budget.
-            proxy.stats.downstream_rq_tx_buffer_overflow += 1
+            self.proxy.stats.downstream_rq_tx_buffer_overflow += 1
             return OVERFLOW
         # Written outside the timeout: a frame is never cut short by it (FrameWriter), and
-        # paid (``_paid``) once written or dropped, maybe after this returns (a joined flush).
+        # paid (``_paid``) once written or dropped, maybe after the request ends.
         record.bytes_sent += n
-        await self._write(data, n)
-        return None
+        return data, n
+
+    async def _respond(self, response: Frame, downstream_id: int, record: RequestRecord) -> None:
+        """Write the upstream's ``response`` down under ``downstream_id``. Raises
+        ``UpstreamFailed(OVERFLOW)`` when the listener's budget has no room for it."""
+        out = self._response(response, downstream_id, record)
+        if isinstance(out, Reply):
+            raise UpstreamFailed(out)
+        if out is not None:
+            await self._write(*out)
 
     def _paid(self, n: int) -> None:
         """Owed responses' ``n`` bytes are written (or dropped)."""
@@ -626,6 +701,216 @@ class _XSession:
                 exc,
             )
         return INTERNAL
+
+
+class _FastCall:
+    """A call served without a task (``_XSession._serve``): what its completion needs."""
+
+    __slots__ = (
+        "cluster",
+        "conn",
+        "downstream_id",
+        "frame",
+        "host",
+        "record",
+        "session",
+        "size",
+        "slot",
+    )
+
+    def __init__(
+        self,
+        session: _XSession,
+        frame: Frame,
+        size: int,
+        record: RequestRecord,
+        cluster: Cluster,
+        host: Host,
+    ) -> None:
+        self.session = session
+        self.frame = frame
+        self.size = size
+        self.record = record
+        self.cluster = cluster
+        self.host = host
+        self.downstream_id = frame.request_id
+        self.conn: XConnection | None = None  # with ``slot``: where it waits upstream
+        self.slot: CallSlot | None = None
+        host.active_requests += 1
+        session._calls.add(self)
+
+    def start(self, conn: XConnection, timeout: float, deadline: float | None) -> None:
+        """Write the call upstream, its completion (``done``) in ``conn``'s pending table."""
+        frame = self.frame
+        try:
+            if frame.is_oneway:
+                conn.send_nowait(frame)
+            else:
+                self.slot = conn.start_call(frame, timeout, deadline, self.done)
+                self.conn = conn
+            lost = False
+        except UpstreamLost:
+            lost = True
+        frame.request_id = self.downstream_id  # an error reply answers the downstream id
+        if lost:
+            self._complete(None, UPSTREAM_RESET)
+        elif frame.is_oneway:
+            self._complete(None, None)
+
+    async def connect(self, pool: XPool, timeout: float) -> None:
+        """Wait for an upstream connection (the call's only wait), then ``start``."""
+        deadline = trio.current_time() + timeout
+        conn = None
+        try:
+            with trio.move_on_at(deadline):
+                conn = await pool.connection()
+        except ConnectError:
+            self._complete(None, CONNECT_FAILURE)
+            return
+        except CircuitOpenError:
+            self._complete(None, OVERFLOW)
+            return
+        except Exception:
+            log.exception("upstream %s: connecting failed", pool.codec.name)
+            self._complete(None, INTERNAL)
+            return
+        if conn is None:
+            self._complete(None, TIMEOUT)
+            return
+        try:
+            self.start(conn, timeout, deadline)
+        except Exception:
+            log.exception("upstream %s: sending failed", pool.codec.name)
+            self._complete(None, INTERNAL)
+
+    def done(self, response: Frame | None, expired: bool) -> None:
+        """The upstream answered (``response``), or the call's time passed (``expired``),
+        or its connection was lost: called by the upstream reader or its timer."""
+        if response is None:
+            self._complete(None, TIMEOUT if expired else UPSTREAM_RESET)
+        else:
+            record = self.record
+            record.response_received_duration = _monotonic() - record.start
+            self._complete(response, None)
+
+    def _complete(self, response: Frame | None, failed: Reply | None) -> None:
+        """Answer the call: with the upstream's ``response``, or the reply ``failed``, or
+        (both None) nothing: a oneway request sent on. Never raises (the upstream reader or
+        the timer calls it: one request's failure is its own)."""
+        session = self.session
+        record = self.record
+        frame = self.frame
+        try:
+            if response is not None:
+                out = session._response(response, self.downstream_id, record)
+                if isinstance(out, Reply):
+                    failed = out
+                elif out is not None:
+                    session._post(*out)
+            if failed is not None:
+                if failed is TIMEOUT:
+                    self.cluster.stats.upstream_rq_timeout += 1
+                if session._replying(frame, failed, record):
+                    session._post(session._reply_bytes(frame, failed, record))
+            elif not record.response_code:
+                record.response_code = 200  # a oneway request sent on
+        except Exception:
+            log.exception(
+                "downstream %s: %s request failed", session.conn.remote, session.codec.name
+            )
+            record.response_code = INTERNAL.status
+            if not frame.is_oneway:
+                try:
+                    session._post(session._reply_bytes(frame, INTERNAL, None))
+                except Exception:
+                    log.exception("downstream %s: no error reply", session.conn.remote)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        self.host.active_requests -= 1
+        close_try(self.cluster)
+        session = self.session
+        session._calls.discard(self)
+        session._end(self.size, self.record)
+
+    def abandon(self) -> None:
+        """Its connection is gone: given up (as its task would be cancelled)."""
+        if self.conn is not None and self.slot is not None:
+            self.conn.forget(self.slot)
+        self._close()
+
+
+class _Call(WholeMessage):
+    """One RPC request as the lifecycle sees it: the downstream adapter (``Downstream``) and
+    the response sink (``MessageSink``) of ``frame``, on its connection's ``session``."""
+
+    __slots__ = ("chain", "downstream_id", "frame", "record", "session", "up")
+    started = False  # a response is one message: nothing of it goes down before it is whole
+
+    def __init__(self, session: _XSession, frame: Frame, record: RequestRecord) -> None:
+        self.session = session
+        self.frame = frame
+        self.up = frame  # what goes upstream (a copy when filters changed its headers)
+        self.record = record
+        self.downstream_id = frame.request_id
+        self.chain: StreamFilterChain | None = None
+
+    @property
+    def body(self) -> RequestBody:
+        return self.session.proxy.body
+
+    @property
+    def sink(self) -> _Call:
+        return self
+
+    def filter_context(self, route: Route | None, cluster: str | None) -> RequestContext:
+        session = self.session
+        headers = self.frame.headers
+        return RequestContext(
+            session.codec.name,
+            method=headers.get("method") or "",
+            path=headers.get("service") or "",
+            route=route,
+            cluster=cluster,
+            downstream_remote=session.conn.remote,
+            downstream_local=session.conn.local,
+            listener=session.proxy.listener,
+        )
+
+    def upstream_request(self, route: Route, info: RequestRecord) -> RpcRequest:
+        session = self.session
+        # The route's timeout, capped by the frame's own (bolt carries one).
+        timeout = min(route.timeout or math.inf, self.frame.timeout or math.inf)
+        return RpcRequest(self.up, session.codec, session.proxy.options, timeout)
+
+    async def request_filters(self, chain: StreamFilterChain) -> Reply | None:
+        out = await self.session._request_filters(chain, self.frame)
+        if isinstance(out, Frame):
+            self.up = out
+            return None
+        return out
+
+    async def reply(
+        self, reply: Reply, *, headers: list[Header] | None = None, route: Route | None = None
+    ) -> None:
+        await self.session._reply(self.frame, reply, self.record)
+
+    async def filter_reply(self, reply: LocalReply) -> None:
+        await self.session._reply(self.frame, Reply.from_filter(reply), self.record)
+
+    async def message(self, msg: Any) -> None:
+        response: Frame = msg
+        session = self.session
+        chain = self.chain
+        if chain is not None and chain.mask & (RESPONSE_HEADERS | RESPONSE_DATA):
+            out = await session._response_filters(chain, response)
+            if not isinstance(out, Frame):
+                # Answered instead (a filter's reply, or INTERNAL): nothing went down yet,
+                # so the lifecycle answers it as a failed try (RPC routes are not retried).
+                raise UpstreamFailed(out)
+            response = out
+        await session._respond(response, self.downstream_id, self.record)
 
 
 def _header_view(

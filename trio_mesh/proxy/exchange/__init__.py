@@ -1,12 +1,12 @@
 """Upstream exchanges: one module per upstream protocol, behind one small interface.
 
-``http1.exchange`` and ``http2.exchange`` are one try each (``lifecycle.Exchange``): given
-the prepared upstream request, the request body and the downstream's response sink, they
-send the request over a pooled connection (HTTP/1) or a stream on one (HTTP/2) and relay the
-response into the sink. ``rpc.call`` sends a whole RPC request and returns its response
-frame. What can go wrong before a response began is mapped to the local reply that answers
-it, raised as :class:`UpstreamFailed`; whether that try is retried is the lifecycle's call
-(``RetryState``, ``proxy/retry.py``, from ``reply.cause``), not the exchange's.
+``http1.exchange``, ``http2.exchange`` and ``rpc.exchange`` are one try each
+(``lifecycle.Exchange``): given the prepared upstream request, the request body and the
+downstream's response sink, they send the request over a pooled connection (HTTP/1), a stream
+on one (HTTP/2) or a multiplexed RPC connection, and relay the response into the sink (RPC: one
+whole frame). What can go wrong before a response began is mapped to the local reply that
+answers it, raised as :class:`UpstreamFailed`; whether that try is retried is the lifecycle's
+call (``RetryState``, ``proxy/retry.py``, from ``reply.cause``), not the exchange's.
 """
 
 from __future__ import annotations
