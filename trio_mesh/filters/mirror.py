@@ -265,7 +265,7 @@ class _Factory:
 
     async def _h2(self, cluster: Cluster, host: Host, shadow: _Shadow) -> None:
         pool = self.build.pools.http2(cluster, host, _H2_SETTINGS)
-        up, usid, inbox = await pool.open_stream()
+        up, usid, channel = await pool.open_stream()
         try:
             headers = [
                 (b":method", shadow.method),
@@ -281,7 +281,7 @@ class _Factory:
             if body is not None:
                 await up.send_data(usid, body, end_stream=True)
             while True:
-                event = await inbox.get()
+                event = await channel.get()
                 kind = type(event)
                 if kind is H2Data:
                     up.consumed(usid, event.flow_length)

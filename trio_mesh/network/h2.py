@@ -1,8 +1,8 @@
-"""One HTTP/2 connection at run time: the sans-IO codec, a reader and a writer, and an inbox
+"""One HTTP/2 connection at run time: the sans-IO codec, a reader and a writer, and an channel
 per stream. Used downstream (server side) and upstream (client side) alike.
 
 - The reader is the only task that feeds the codec; it dispatches each event into its
-  stream's ``Inbox``. An inbox needs no count bound: DATA in it is bounded by the receive
+  stream's ``StreamChannel``. An channel needs no count bound: DATA in it is bounded by the receive
   window we advertised (the codec fails a peer that sends beyond it) and credit goes back
   only when the stream's task says it passed the bytes on (``consumed``), so a slow reader
   on the far side slows this peer down, stream by stream, without blocking the others.
@@ -68,15 +68,31 @@ class StreamGone(Exception):
         self.refused = refused
 
 
-class Inbox:
-    """The events of one stream, in order, for the one task that handles it."""
+#: A stream's channel holding this many events makes the connection's reader wait until its
+#: task took them down to half (backpressure). DATA bytes are bounded by the window we grant,
+#: but not the number of frames carrying them: a peer sending 1-byte DATA frames to a stream
+#: whose task waits on the other side of the proxy would otherwise queue one event per byte
+#: of the window. A real response needs a handful (headers, ~16 KiB DATA frames, trailers).
+CHANNEL_EVENTS = 1024
 
-    __slots__ = ("error", "events", "scope", "task")
+
+class StreamChannel:
+    """The channel of one stream: its events, in order, for the one task that handles it
+    (the design's "stream ids map to channels"). Hand-written rather than
+    ``trio.open_memory_channel``: one producer (the connection's reader, which must never
+    block on one stream) and one consumer, about 25% cheaper per event
+    (``python -m bench.stream_channel``, docs/performance.md). Bounded: ``put`` never blocks,
+    so the reader checks ``full`` after a read and waits in ``wait_room`` (see
+    ``CHANNEL_EVENTS``); the bound is that plus what one read can carry."""
+
+    __slots__ = ("error", "events", "reader", "scope", "task")
 
     def __init__(self) -> None:
         self.events: deque[Event] = deque()
         self.error: StreamGone | None = None
         self.task: trio.lowlevel.Task | None = None
+        #: The connection's reader, waiting for this channel to drain (``wait_room``).
+        self.reader: trio.lowlevel.Task | None = None
         #: Cancelled when the stream is reset, so that a task blocked elsewhere (on the
         #: other side of the proxy) stops too.
         self.scope: trio.CancelScope | None = None
@@ -85,12 +101,34 @@ class Inbox:
         self.events.append(event)
         self._wake()
 
+    @property
+    def full(self) -> bool:
+        return len(self.events) >= CHANNEL_EVENTS
+
     def fail(self, error: StreamGone) -> None:
         if self.error is None:
             self.error = error
             if self.scope is not None:
                 self.scope.cancel()
             self._wake()
+        self.release()
+
+    def release(self) -> None:
+        """Nobody will take more from this channel (closed, failed): the reader goes on."""
+        reader = self.reader
+        if reader is not None:
+            self.reader = None
+            trio.lowlevel.reschedule(reader)
+
+    async def wait_room(self) -> None:
+        """The reader's wait until the stream's task took the channel down to half."""
+        self.reader = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self.reader = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     def _wake(self) -> None:
         task = self.task
@@ -111,6 +149,8 @@ class Inbox:
                 return trio.lowlevel.Abort.SUCCEEDED
 
             await trio.lowlevel.wait_task_rescheduled(abort)
+        if self.reader is not None and len(events) <= CHANNEL_EVENTS // 2:
+            self.release()
         return events.popleft()
 
 
@@ -136,7 +176,10 @@ class H2Endpoint:
         self.stats = stats  # counts frame floods (``http2_<flood>``), if given
         self.on_request = on_request
         self.on_settings = on_settings  # upstream: the pool learns of capacity changes
-        self.inboxes: dict[int, Inbox] = {}
+        self.channels: dict[int, StreamChannel] = {}
+        #: The stream whose channel reached ``CHANNEL_EVENTS`` in the last read (0: none):
+        #: the reader waits for it before reading on.
+        self._full = 0
         self.dead: StreamGone | None = None  # set once the connection is over
         self.goaway: GoAway | None = None  # received from the peer
         self.draining = False  # we sent GOAWAY: no new streams
@@ -176,6 +219,11 @@ class H2Endpoint:
                     while self.dead is None:
                         while self.codec.pending_output + self._writing > READ_PAUSE:
                             await self._send_lot.park()
+                        if self._full:
+                            full = self.channels.get(self._full)
+                            self._full = 0
+                            if full is not None and full.full and full.error is None:
+                                await full.wait_room()
                         if budget is not None and self._held and budget.full:
                             # DATA waits on a slow upstream: the listener's budget bounds it
                             # (the window bounds one connection only), as the RPC readers do.
@@ -241,7 +289,7 @@ class H2Endpoint:
     def _dispatch(self, events: list[Any]) -> None:
         # list[Event], typed Any: each event is dispatched on ``type(event)`` held in a local
         # (cheaper than isinstance chains), which the checker cannot narrow through
-        inboxes = self.inboxes
+        channels = self.channels
         for event in events:
             kind = type(event)
             if kind is WindowOpened:
@@ -252,14 +300,14 @@ class H2Endpoint:
                 if self.draining or self.on_request is None:
                     self.codec.reset(sid, ErrorCode.REFUSED_STREAM)
                     continue
-                inboxes[sid] = Inbox()
+                channels[sid] = StreamChannel()
                 self.on_request(sid, event)
                 continue
             if kind is StreamReset:
-                inbox = inboxes.pop(sid, None)
-                if inbox is not None:
+                channel = channels.pop(sid, None)
+                if channel is not None:
                     refused = event.code == ErrorCode.REFUSED_STREAM
-                    inbox.fail(StreamGone("stream reset by peer", event.code, refused=refused))
+                    channel.fail(StreamGone("stream reset by peer", event.code, refused=refused))
                 self._send_lot.unpark_all()
                 self.streams_changed.unpark_all()
                 continue
@@ -272,14 +320,16 @@ class H2Endpoint:
                 if self.on_settings is not None:
                     self.on_settings()
                 continue
-            inbox = inboxes.get(sid)
-            if inbox is not None:
+            channel = channels.get(sid)
+            if channel is not None:
                 if kind is Data and self.budget is not None:
                     n = event.flow_length
                     self._held += n
                     self.budget.take(n)  # within the window we granted: already here
                     self.budget.admit(n)
-                inbox.put(event)
+                channel.put(event)
+                if channel.full:
+                    self._full = sid
             elif kind is Data:
                 # Nobody reads this stream any more: give the connection its credit back.
                 self.codec.consumed(sid, event.flow_length)
@@ -288,10 +338,10 @@ class H2Endpoint:
         self.goaway = event
         if self.on_request is not None:
             return  # a client's GOAWAY refuses server pushes only: nothing of ours to fail
-        for sid, inbox in list(self.inboxes.items()):
+        for sid, channel in list(self.channels.items()):
             if sid > event.last_stream_id:
-                del self.inboxes[sid]
-                inbox.fail(
+                del self.channels[sid]
+                channel.fail(
                     StreamGone("not processed (GOAWAY)", ErrorCode.REFUSED_STREAM, refused=True)
                 )
         if event.code != ErrorCode.NO_ERROR:
@@ -303,9 +353,9 @@ class H2Endpoint:
         if self.dead is None:
             self.dead = error
         self.settings_seen.set()
-        inboxes, self.inboxes = self.inboxes, {}
-        for inbox in inboxes.values():
-            inbox.fail(error)
+        channels, self.channels = self.channels, {}
+        for channel in channels.values():
+            channel.fail(error)
         self._send_lot.unpark_all()
         self.streams_changed.unpark_all()
         if self.on_settings is not None:
@@ -358,22 +408,22 @@ class H2Endpoint:
 
     # ------------------------------------------------------------------ streams
 
-    def open_stream(self) -> tuple[int, Inbox]:
-        """Client side: a new stream's id and inbox (send its headers next, synchronously)."""
+    def open_stream(self) -> tuple[int, StreamChannel]:
+        """Client side: a new stream's id and channel (send its headers next, synchronously)."""
         if self.dead is not None:
             raise self.dead
         sid = self.codec.new_stream_id()
-        inbox = self.inboxes[sid] = Inbox()
-        return sid, inbox
+        channel = self.channels[sid] = StreamChannel()
+        return sid, channel
 
     def _check(self, sid: int) -> None:
         if self.dead is not None:
             raise self.dead
-        inbox = self.inboxes.get(sid)
-        if inbox is None:
+        channel = self.channels.get(sid)
+        if channel is None:
             raise StreamGone("stream closed")
-        if inbox.error is not None:
-            raise inbox.error
+        if channel.error is not None:
+            raise channel.error
 
     def send_headers(self, sid: int, headers: list[Header], end_stream: bool = False) -> None:
         self._check(sid)
@@ -422,16 +472,16 @@ class H2Endpoint:
             self._wake_writer()
 
     def _release(self, budget: ConnectionBudget, n: int) -> None:
-        n = min(n, self._held)  # credit of a dropped inbox may come back twice
+        n = min(n, self._held)  # credit of a dropped channel may come back twice
         self._held -= n
         budget.give(n)
         budget.unreserve(n)
 
-    def _drop(self, sid: int, inbox: Inbox) -> None:
-        """The inbox of a stream whose task is done: its unread DATA leaves the budget and
+    def _drop(self, sid: int, channel: StreamChannel) -> None:
+        """The channel of a stream whose task is done: its unread DATA leaves the budget and
         its credit goes back (received DATA counts against the connection window)."""
-        n = sum(e.flow_length for e in inbox.events if type(e) is Data)
-        inbox.events.clear()
+        n = sum(e.flow_length for e in channel.events if type(e) is Data)
+        channel.events.clear()
         if n:
             if self.budget is not None:
                 self._release(self.budget, n)
@@ -448,11 +498,12 @@ class H2Endpoint:
     def close_stream(self, sid: int) -> None:
         """The stream's task is done with it. A stream still open (the task failed or was
         cancelled halfway) is reset, so that neither side waits for it."""
-        inbox = self.inboxes.pop(sid, None)
-        if inbox is not None:
-            inbox.scope = None
-            if inbox.events:
-                self._drop(sid, inbox)
+        channel = self.channels.pop(sid, None)
+        if channel is not None:
+            channel.scope = None
+            channel.release()
+            if channel.events:
+                self._drop(sid, channel)
         if self.dead is None and self.codec.stream_open(sid):
             # Our side complete (a full response to a request still uploading): NO_ERROR
             # tells the peer to stop sending and keep the response (RFC 9113 section 8.1).
@@ -468,7 +519,7 @@ class H2Endpoint:
 
     @property
     def active_streams(self) -> int:
-        return len(self.inboxes)
+        return len(self.channels)
 
     # -- an upstream pool's view (pool/base.py PooledConnection)
 
@@ -485,7 +536,7 @@ class H2Endpoint:
         """To be dropped: over, or without streams and told to go away or idle too long."""
         if self.dead is not None:
             return True
-        if self.inboxes:
+        if self.channels:
             return False
         if self.goaway is not None:
             return True
@@ -493,7 +544,7 @@ class H2Endpoint:
         return since != 0.0 and now - since >= self.idle_timeout
 
     def is_idle(self) -> bool:
-        return not self.inboxes
+        return not self.channels
 
     def start_drain(self) -> None:
         """Send GOAWAY (NO_ERROR, the last stream we accepted): streams in flight finish,

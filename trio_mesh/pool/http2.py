@@ -5,7 +5,7 @@ MAX_CONCURRENT_STREAMS and has not been told to go away; when none has, a new co
 opened (within the cluster's ``max_connections``; past it, requests queue, bounded by
 ``max_pending_requests``). Each connection runs in its cluster's nursery (pool/cluster.py):
 one reader task that
-dispatches responses by stream id into per-stream inboxes, and one writer. A connection the
+dispatches responses by stream id into per-stream channels, and one writer. A connection the
 peer sends GOAWAY on drains: its streams finish, new ones go to a new connection. A broken
 connection fails only its own streams.
 """
@@ -18,7 +18,7 @@ import time
 import trio
 
 from ..network.connect import ConnectError
-from ..network.h2 import H2Endpoint, Inbox
+from ..network.h2 import H2Endpoint, StreamChannel
 from ..protocols.http2 import H2Connection, H2Settings
 from ..upstream.cluster import Cluster
 from ..upstream.host import Host
@@ -41,8 +41,8 @@ class H2Pool(ConnectionPool[H2Endpoint]):
         self._changed = trio.lowlevel.ParkingLot()
         self._connecting = False
 
-    async def open_stream(self) -> tuple[H2Endpoint, int, Inbox]:
-        """A new stream: its connection, id and inbox. Send its headers at once (stream ids
+    async def open_stream(self) -> tuple[H2Endpoint, int, StreamChannel]:
+        """A new stream: its connection, id and channel. Send its headers at once (stream ids
         must go out in order). Raises ``ConnectError``, ``CircuitOpenError`` or
         ``PoolOverflow``."""
         cluster = self.cluster
@@ -52,8 +52,8 @@ class H2Pool(ConnectionPool[H2Endpoint]):
                 for ep in reversed(self.conns):
                     if ep.is_available():
                         ep.idle_since = 0.0
-                        sid, inbox = ep.open_stream()
-                        return ep, sid, inbox
+                        sid, channel = ep.open_stream()
+                        return ep, sid, channel
                 limit = cluster.max_connections
                 at_limit = limit is not None and cluster.stats.upstream_cx_active >= limit
                 if self._connecting or at_limit:

@@ -2,7 +2,7 @@
 
 A stream's task parses the request head into the lifecycle's request view and runs the one
 request lifecycle (``lifecycle.handle``: filters, route, retries, the upstream exchange).
-The stream is its request's body source (DATA and trailers from its inbox, each chunk's
+The stream is its request's body source (DATA and trailers from its channel, each chunk's
 flow-control credit given back once it was passed on, so a slow reader anywhere slows the
 writer on the other side; retry copies counted in the connection's budget) and its response
 sink (HEADERS, DATA, trailers; a reset once the response began), and answers local replies
@@ -27,7 +27,7 @@ from ..config.scalars import format_hostport
 from ..filters import BuildContext
 from ..filters.stream import FilterChainFactory, LocalReply, RequestContext, StreamFilterChain
 from ..network.connection import Connection
-from ..network.h2 import H2Endpoint, Inbox, StreamGone
+from ..network.h2 import H2Endpoint, StreamChannel, StreamGone
 from ..network.stream import Stream
 from ..protocols.http1 import ResponseHead, strip_hop_by_hop
 from ..protocols.http2 import (
@@ -123,22 +123,22 @@ class Http2Proxy(ProxyCore):
     async def _stream(
         self, ep: H2Endpoint, conn: Connection, sid: int, event: RequestHeaders
     ) -> None:
-        inbox = ep.inboxes.get(sid)
-        if inbox is None:
+        channel = ep.channels.get(sid)
+        if channel is None:
             return  # reset before its task ran
         info = RequestRecord()
         info.start = _monotonic()
         info.protocol = "HTTP/2"
-        stream = _Stream(self, ep, conn, sid, inbox, info)
+        stream = _Stream(self, ep, conn, sid, channel, info)
         body = RequestBody(stream)
         try:
             # One scope for the stream: a downstream reset cancels it, and its deadline is the
             # route timeout (set once the route is known).
             with trio.CancelScope() as scope:
-                inbox.scope = scope
+                channel.scope = scope
                 await stream.handle(event, scope, body)
             if scope.cancelled_caught:
-                if inbox.error is None:
+                if channel.error is None:
                     await stream.timed_out()
                 else:
                     # the client reset the stream (or the connection went)
@@ -174,7 +174,7 @@ class _Stream:
         "ep",
         "finished",
         "grpc",
-        "inbox",
+        "channel",
         "info",
         "proxy",
         "request",
@@ -195,14 +195,14 @@ class _Stream:
         ep: H2Endpoint,
         conn: Connection,
         sid: int,
-        inbox: Inbox,
+        channel: StreamChannel,
         info: RequestRecord,
     ) -> None:
         self.proxy = proxy
         self.ep = ep
         self.conn = conn
         self.sid = sid
-        self.inbox = inbox
+        self.channel = channel
         self.info = info
         self.started = False  # response headers went downstream
         self.grpc = False
@@ -415,7 +415,7 @@ class _Stream:
             self.ep.send_headers(self.sid, [(b":status", b"100")])
         info = self.info
         while True:
-            event = await self.inbox.get()
+            event = await self.channel.get()
             if type(event) is Data:
                 data = event.data
                 info.bytes_received += len(data)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ...network.connect import ConnectError
-from ...network.h2 import H2Endpoint, Inbox, StreamGone
+from ...network.h2 import H2Endpoint, StreamChannel, StreamGone
 from ...pool import PoolOverflow
 from ...pool.http2 import H2Pool
 from ...protocols.http1 import ResponseHead
@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     from ..lifecycle import ProxyCore, RequestBody, ResponseSink, UpstreamRequest
 
 
-async def open_stream(pool: H2Pool) -> tuple[H2Endpoint, int, Inbox]:
-    """A new upstream stream: its connection, id and inbox (send its headers at once: stream
+async def open_stream(pool: H2Pool) -> tuple[H2Endpoint, int, StreamChannel]:
+    """A new upstream stream: its connection, id and channel (send its headers at once: stream
     ids go out in order). Raises `UpstreamFailed`."""
     try:
         return await pool.open_stream()
@@ -81,7 +81,7 @@ async def exchange(
 ) -> None:
     """One try over HTTP/2 (see the module docstring)."""
     pool = core.pools.http2(cluster, host, core.h2_settings)
-    up, usid, uinbox = await open_stream(pool)
+    up, usid, uchannel = await open_stream(pool)
     if core.detailed:
         info.upstream_connect_duration = _monotonic() - info.start
     headers = _headers(req, host)
@@ -92,12 +92,12 @@ async def exchange(
         except StreamGone as exc:
             raise UpstreamFailed(UPSTREAM_RESET, race=exc.refused) from None
         if body.empty:
-            await _response(up, usid, uinbox, body, sink, retry)
+            await _response(up, usid, uchannel, body, sink, retry)
         elif not body.duplex:
             await _send_body(up, usid, body, req.from_h1)
-            await _response(up, usid, uinbox, body, sink, retry)
+            await _response(up, usid, uchannel, body, sink, retry)
         else:
-            await _duplex(up, usid, uinbox, body, sink, retry)
+            await _duplex(up, usid, uchannel, body, sink, retry)
     finally:
         host.active_requests -= 1
         up.close_stream(usid)  # resets the upstream stream if it is still open
@@ -106,7 +106,7 @@ async def exchange(
 async def _duplex(
     up: H2Endpoint,
     usid: int,
-    uinbox: Inbox,
+    uchannel: StreamChannel,
     body: RequestBody,
     sink: ResponseSink,
     retry: RetryState | None,
@@ -125,7 +125,7 @@ async def _duplex(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump)
         try:
-            await _response(up, usid, uinbox, body, sink, retry)
+            await _response(up, usid, uchannel, body, sink, retry)
         except Exception as exc:
             failure = exc  # raised below, not wrapped in the nursery's group
         # The response is complete (or failed): what the client still sends has no reader
@@ -165,7 +165,7 @@ async def _send_body(up: H2Endpoint, usid: int, body: RequestBody, from_h1: bool
 async def _response(
     up: H2Endpoint,
     usid: int,
-    uinbox: Inbox,
+    uchannel: StreamChannel,
     body: RequestBody,
     sink: ResponseSink,
     retry: RetryState | None,
@@ -174,7 +174,7 @@ async def _response(
     buffers = sink.buffers
     while True:
         try:
-            event = await uinbox.get()
+            event = await uchannel.get()
         except StreamGone as exc:
             if not sink.started:
                 raise UpstreamFailed(UPSTREAM_RESET, race=exc.refused) from None
