@@ -150,6 +150,9 @@ class Http2Proxy(ProxyCore):
             ep.reset(sid, ErrorCode.INTERNAL_ERROR)
         finally:
             body.forget()
+            # A chunk read but never passed on (the try failed or timed out in its send):
+            # its bytes leave the budget and its credit goes back, as unread DATA's does.
+            stream.sent()
             ep.close_stream(sid)
             if ep.active_streams == 0:
                 if ep.draining:

@@ -1,0 +1,51 @@
+"""The request lifecycle as a broken peer sees it (issue 15 review): what a failed or timed-out
+try leaves behind on a connection that goes on."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import trio
+import trio.testing
+
+from tests.h2_upstream import open_h2_client, start_h2_upstream
+from tests.http_helpers import http_config, start_proxy, to
+
+
+async def test_a_route_timeout_mid_upload_gives_back_the_chunk_in_flight(nursery):
+    # The upstream takes one window of the body, then reads nothing: the proxy's try waits in
+    # send_data with a chunk read from the client. The route timeout ends the request (504);
+    # that chunk's bytes must leave the listener's budget (and its credit go back) while the
+    # client's connection stays open, not only when it closes.
+    up = await start_h2_upstream(nursery)
+    config = http_config(
+        [to("up", timeout="0.3s")],
+        {"up": up.port},
+        proxy={"downstream_protocol": "Http2", "upstream_protocol": "Http2"},
+    )
+    server, port = await start_proxy(nursery, config)
+    stats = server.listeners["ingress"].stats
+    body = os.urandom(300_000)
+    with trio.fail_after(10):
+        async with open_h2_client(port, connection_window=1 << 24) as client:
+            sid = await client.send_headers("POST", "/slow-read")
+
+            async def upload() -> None:
+                with contextlib.suppress(Exception):  # the proxy ends the stream first
+                    await client.send_data(sid, body, end_stream=True)
+
+            async with trio.open_nursery() as uploads:
+                uploads.start_soon(upload)
+                r = await client.response(sid)
+                assert r.status == 504
+                uploads.cancel_scope.cancel()
+            await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+            assert stats.downstream_cx_rx_bytes_buffered == 0
+            # and the connection goes on: the next upload goes through
+            up.read_gate.set()
+            sid = await client.send_headers("POST", "/upload")
+            await client.send_data(sid, body, end_stream=True)
+            r = await client.response(sid)
+            assert r.status == 200
+            assert r.json()["len"] == len(body)
