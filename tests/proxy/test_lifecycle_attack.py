@@ -8,6 +8,7 @@ import os
 
 import trio
 import trio.testing
+from h2.settings import SettingCodes
 
 from tests.h2_upstream import open_h2_client, start_h2_upstream
 from tests.http_helpers import http_config, start_proxy, to
@@ -49,3 +50,31 @@ async def test_a_route_timeout_mid_upload_gives_back_the_chunk_in_flight(nursery
             r = await client.response(sid)
             assert r.status == 200
             assert r.json()["len"] == len(body)
+
+
+async def test_clients_resetting_mid_response_leave_the_upstream_connection_window_whole(nursery):
+    # Each client stream takes 1,000 bytes of a large response (its window), then reads
+    # nothing: the proxy's stream waits to send the rest of an upstream DATA frame down. The client resets it. That
+    # frame's credit must still go back to the upstream connection, which every client shares:
+    # a few such resets must not leave it unable to carry a response.
+    up = await start_h2_upstream(nursery)
+    small = {"initial_connection_window_size": 65535, "initial_stream_window_size": 65535}
+    config = http_config(
+        [to("up")],
+        {"up": up.port},
+        proxy={"downstream_protocol": "Http2", "upstream_protocol": "Http2", "http2": small},
+    )
+    server, port = await start_proxy(nursery, config)
+    with trio.fail_after(10):
+        async with open_h2_client(
+            port, connection_window=1 << 24, settings={SettingCodes.INITIAL_WINDOW_SIZE: 1000}
+        ) as client:
+            for _ in range(6):
+                sid = await client.send_headers("GET", "/bytes/400000", end_stream=True)
+                status, _ = await client.read_head(sid)
+                assert status == 200
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+                await client.reset(sid)
+            r = await client.request("GET", "/bytes/200000")
+            assert r.status == 200
+            assert len(r.body) == 200_000
