@@ -11,7 +11,7 @@ import trio.testing
 from h2.settings import SettingCodes
 
 from tests.h2_upstream import open_h2_client, start_h2_upstream
-from tests.http_helpers import http_config, start_proxy, to
+from tests.http_helpers import get, http_config, request, start_proxy, start_upstream, to
 
 
 async def test_a_route_timeout_mid_upload_gives_back_the_chunk_in_flight(nursery):
@@ -78,3 +78,23 @@ async def test_clients_resetting_mid_response_leave_the_upstream_connection_wind
             r = await client.request("GET", "/bytes/200000")
             assert r.status == 200
             assert len(r.body) == 200_000
+
+
+async def test_a_retriable_status_the_breaker_will_not_retry_goes_down_as_the_upstream_said(
+    nursery,
+):
+    # The route would retry a 503, but the cluster's circuit breaker allows no retry: the
+    # upstream's own response is the answer (its body), not an empty one made up in its
+    # place, and the refused retry is counted once.
+    upstream = await start_upstream(nursery)
+    breaker = {"circuit_breakers": [{"max_retries": 0}]}
+    config = http_config(
+        [to("up", retry_policy={"retry_on": "5xx", "num_retries": 1})],
+        {"up": {"hosts": [{"address": f"127.0.0.1:{upstream.port}"}], **breaker}},
+    )
+    server, port = await start_proxy(nursery, config)
+    with trio.fail_after(5):
+        r = await request(port, get("/flaky/b/1"))
+    assert (r.status, r.body) == (503, b"try 1\n")
+    stats = server.clusters.get("up").stats
+    assert (stats.upstream_rq_retry, stats.upstream_rq_retry_overflow) == (0, 1)
