@@ -54,9 +54,10 @@ async def test_a_route_timeout_mid_upload_gives_back_the_chunk_in_flight(nursery
 
 async def test_clients_resetting_mid_response_leave_the_upstream_connection_window_whole(nursery):
     # Each client stream takes 1,000 bytes of a large response (its window), then reads
-    # nothing: the proxy's stream waits to send the rest of an upstream DATA frame down. The client resets it. That
-    # frame's credit must still go back to the upstream connection, which every client shares:
-    # a few such resets must not leave it unable to carry a response.
+    # nothing: the proxy's stream waits to send the rest of an upstream DATA frame down. The
+    # client resets it. That frame's credit must still go back to the upstream connection,
+    # which every client shares: a few such resets must not leave it unable to carry a
+    # response.
     up = await start_h2_upstream(nursery)
     small = {"initial_connection_window_size": 65535, "initial_stream_window_size": 65535}
     config = http_config(
@@ -64,7 +65,7 @@ async def test_clients_resetting_mid_response_leave_the_upstream_connection_wind
         {"up": up.port},
         proxy={"downstream_protocol": "Http2", "upstream_protocol": "Http2", "http2": small},
     )
-    server, port = await start_proxy(nursery, config)
+    _, port = await start_proxy(nursery, config)
     with trio.fail_after(10):
         async with open_h2_client(
             port, connection_window=1 << 24, settings={SettingCodes.INITIAL_WINDOW_SIZE: 1000}
