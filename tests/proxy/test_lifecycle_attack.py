@@ -6,12 +6,23 @@ from __future__ import annotations
 import contextlib
 import os
 
+import h2.config
+import h2.connection
+import h2.events
 import trio
 import trio.testing
 from h2.settings import SettingCodes
 
 from tests.h2_upstream import open_h2_client, start_h2_upstream
-from tests.http_helpers import get, http_config, request, start_proxy, start_upstream, to
+from tests.http_helpers import (
+    get,
+    http_config,
+    request,
+    start_proxy,
+    start_raw_server,
+    start_upstream,
+    to,
+)
 
 
 async def test_a_route_timeout_mid_upload_gives_back_the_chunk_in_flight(nursery):
@@ -99,3 +110,42 @@ async def test_a_retriable_status_the_breaker_will_not_retry_goes_down_as_the_up
     assert (r.status, r.body) == (503, b"try 1\n")
     stats = server.clusters.get("up").stats
     assert (stats.upstream_rq_retry, stats.upstream_rq_retry_overflow) == (0, 1)
+
+
+async def _continue_then_503_then_200(stream: trio.SocketStream) -> None:
+    """A raw h2 upstream: every request gets "100 Continue" at once, then the first one a
+    503 and the others a 200 (once its body is in)."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    conn.initiate_connection()
+    await stream.send_all(conn.data_to_send())
+    answered = 0
+    while data := await stream.receive_some(65536):
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                conn.send_headers(event.stream_id, [(":status", "100")])
+            elif isinstance(event, h2.events.DataReceived):
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            if isinstance(event, h2.events.StreamEnded):
+                answered += 1
+                status = "503" if answered == 1 else "200"
+                conn.send_headers(event.stream_id, [(":status", status)], end_stream=True)
+        await stream.send_all(conn.data_to_send())
+
+
+async def test_a_retried_request_gets_one_100_continue(nursery):
+    # Each try's upstream answers "Expect: 100-continue"; the client asked once, and is told
+    # to go on once, whatever the number of tries.
+    up_port = await start_raw_server(nursery, _continue_then_503_then_200)
+    config = http_config(
+        [to("up", retry_policy={"retry_on": "5xx", "num_retries": 1})],
+        {"up": up_port},
+        proxy={"downstream_protocol": "Http2", "upstream_protocol": "Http2"},
+    )
+    _, port = await start_proxy(nursery, config)
+    with trio.fail_after(5):
+        async with open_h2_client(port) as client:
+            r = await client.request(
+                "POST", "/", headers=[("expect", "100-continue")], body=b"x" * 100
+            )
+    assert r.status == 200
+    assert [status for status, _ in r.informational] == [100]
