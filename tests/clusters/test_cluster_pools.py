@@ -5,10 +5,12 @@ cluster's connections stay open and keep serving; nothing of the pools outlives 
 from __future__ import annotations
 
 import trio
+import trio.testing
 
 from tests.h2_upstream import start_h2_upstream
 from tests.http_helpers import Client, get, http_config, start_proxy, start_raw_server, to
 from tests.rpc_helpers import BoltClient, request
+from trio_mesh.protocols.http2 import H2Settings, ResponseHeaders
 from trio_mesh.protocols.xprotocol.bolt import BOLT
 from trio_mesh.server import Server
 
@@ -185,3 +187,27 @@ async def test_a_clusters_failure_stays_in_its_nursery(nursery):
         assert await call(client, 3, "svc.a", b"z") == b"echo:z"
         assert await call(client, 4, "svc.b", b"w") == b"echo:w"
     assert (a.opened, a.closed, b.opened, b.closed) == (1, 0, 2, 1)
+
+
+async def test_a_late_try_on_a_removed_cluster_gets_its_connection(nursery):
+    # A try that reaches a cluster's pools after the cluster left (a retry across a
+    # configuration swap) must not meet the closed nursery of its pools (a RuntimeError: an
+    # internal error to its client): the cluster's run waits for that connection, then ends
+    # once it is idle again.
+    up = await start_h2_upstream(nursery)
+    server, _ = await start_proxy(nursery, h2_clusters(up.port, None))
+    cluster = server.clusters.get("a")
+    (host,) = cluster.hosts
+    server.pools.remove_clusters([cluster])
+    await trio.testing.wait_all_tasks_blocked()
+    with trio.fail_after(10):
+        pool = server.pools.http2(cluster, host, H2Settings())
+        (owner,) = [p for p in server.pools.running if p.cluster is cluster]
+        ep, sid, inbox = await pool.open_stream()
+        path = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/echo")]
+        ep.send_headers(sid, [*path, (b":authority", b"a")], end_stream=True)
+        assert type(await inbox.get()) is ResponseHeaders
+        ep.close_stream(sid)
+        await owner.done.wait()  # idle again: closed with the cluster's nursery
+        await up.wait_until(lambda: up.connections_closed == 1)
+    assert server.pools.running == []

@@ -62,6 +62,10 @@ class ClusterPools:
             self.h1_siblings.append(pool)
         if self.removed:
             self.retire(pool)  # a request that chose the cluster before it left
+            if not isinstance(pool, H1Pool) and pool not in self.retiring:
+                # It is about to connect: the run (its connections' nursery) waits for the
+                # pool to be idle again, rather than closing under the connection's start.
+                self.retiring.append(pool)
 
     def retire(self, pool: ConnectionPool[Any]) -> None:
         """New requests no longer reach this pool's host: close its idle connections now and

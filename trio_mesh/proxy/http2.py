@@ -150,6 +150,9 @@ class Http2Proxy(ProxyCore):
             ep.reset(sid, ErrorCode.INTERNAL_ERROR)
         finally:
             body.forget()
+            # A chunk read but never passed on (the try failed or timed out in its send):
+            # its bytes leave the budget and its credit goes back, as unread DATA's does.
+            stream.sent()
             ep.close_stream(sid)
             if ep.active_streams == 0:
                 if ep.draining:
@@ -165,6 +168,7 @@ class _Stream:
 
     __slots__ = (
         "_continue",
+        "_continued",
         "_kept",
         "_owed",
         "_route",
@@ -221,6 +225,7 @@ class _Stream:
         self._owed = 0  # credit of DATA read but not yet passed on
         self._kept = 0  # bytes kept for a retry, counted in the connection's budget
         self._continue = False  # answer "100 Continue" when the body is first read
+        self._continued = False  # a "100 Continue" went down (once, whatever the tries)
 
     async def handle(
         self, event: RequestHeaders, scope: trio.CancelScope, body: RequestBody
@@ -412,6 +417,7 @@ class _Stream:
     async def read(self) -> bytes:
         if self._continue:
             self._continue = False
+            self._continued = True
             self.ep.send_headers(self.sid, [(b":status", b"100")])
         info = self.info
         while True:
@@ -465,6 +471,10 @@ class _Stream:
     async def informational(
         self, status: int, reason: bytes | None, headers: list[tuple[bytes, bytes]]
     ) -> None:
+        if status == 100:
+            if self._continued:  # each try's upstream says it: the client hears it once
+                return
+            self._continued = True
         if status != 101:
             self.ep.send_headers(self.sid, response_to_h2(status, headers))
 

@@ -74,8 +74,12 @@ class RetryState:
 
     def retries_status(self, status: int) -> bool:
         """Whether an upstream response with ``status`` would be retried (tries are left and
-        the policy names it): the proxy then holds it back instead of sending it down."""
-        return self.tries_left > 0 and self.policy.should_retry_status(status)
+        the policy names it, and the circuit breaker allows one more retry): the proxy then
+        holds it back instead of sending it down. A retry the breaker refuses is counted here,
+        and the upstream's response goes down as it is (not an empty reply in its place)."""
+        if self.tries_left <= 0 or not self.policy.should_retry_status(status):
+            return False
+        return not self.cluster.retry_overflows()
 
     def should_retry(self, reply: Reply) -> bool:
         """After a failed try: whether to make another. When so, the retry is counted and holds

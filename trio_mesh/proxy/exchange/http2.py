@@ -187,10 +187,14 @@ async def _response(
         # `type(...) is`, not a local `kind`: the checker narrows only this form (and it
         # costs the same per event: Data, the common one, is the first test).
         if type(event) is Data:
-            await sink.data(event.data, event.end_stream)
-            if buffers and not event.end_stream:  # at the end, the sink sent it itself
-                await sink.flush()
-            up.consumed(usid, event.flow_length)
+            try:
+                await sink.data(event.data, event.end_stream)
+                if buffers and not event.end_stream:  # at the end, the sink sent it itself
+                    await sink.flush()
+            finally:
+                # Also when the sink failed (client gone, reset, timed out): the credit is the
+                # upstream connection's, which other requests share.
+                up.consumed(usid, event.flow_length)
             if event.end_stream:
                 return
         elif type(event) is ResponseHeaders:
