@@ -642,6 +642,9 @@ async def forward(
     finally:
         if retry is not None:
             retry.release()
+        # No try follows: what was kept for one goes now, not when an idle keep-alive
+        # connection starts its next request (a no-op when nothing is kept).
+        body.forget()
         ad.end_route()
 
 
