@@ -491,8 +491,7 @@ class BoltCodec(Codec):
             raise ValueError(f"bolt request id out of range: {request_id}")
         assert isinstance(frame, BoltFrame)
         data = frame.data
-        offset = 5 if frame.version == PROTOCOL_V1 else 6
-        data[offset : offset + 4] = request_id.to_bytes(4, "big")
+        _U32.pack_into(data, 5 if frame.version == PROTOCOL_V1 else 6, request_id)
         frame.request_id = request_id
         if frame.crc:
             end = len(data) - 4
