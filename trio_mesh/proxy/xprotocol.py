@@ -195,6 +195,7 @@ class _XSession:
         #: Calls served without a task (``_serve``), not yet answered.
         self._calls: set[_FastCall] = set()
         self.fast = proxy.fast
+        self.detailed = proxy.observers.detailed
         remote, local = conn.remote, conn.local
         #: (remote, local) as the access log writes them, worked out once per connection.
         self._addresses = (
@@ -422,9 +423,10 @@ class _XSession:
 
     def _record(self, frame: Frame, size: int) -> RequestRecord:
         record = RequestRecord()
-        record.start = _monotonic()
         record.bytes_received = size
-        if self.proxy.observers.detailed:
+        if self.detailed:
+            # Only a detailed observer reads the times (the durations, the time of day).
+            record.start = _monotonic()
             record.start_time = time.time()
             record.protocol = self.codec.name
             headers = frame.headers
@@ -789,8 +791,9 @@ class _FastCall:
         if response is None:
             self._complete(None, TIMEOUT if expired else UPSTREAM_RESET)
         else:
-            record = self.record
-            record.response_received_duration = _monotonic() - record.start
+            if self.session.detailed:
+                record = self.record
+                record.response_received_duration = _monotonic() - record.start
             self._complete(response, None)
 
     def _complete(self, response: Frame | None, failed: Reply | None) -> None:

@@ -109,6 +109,9 @@ _ABSENT = 0xFFFFFFFF
 _KINDS = {TYPE_REQUEST: FrameKind.REQUEST, TYPE_ONEWAY: FrameKind.ONEWAY}
 
 
+_new_frame = object.__new__
+
+
 def _err(message: str) -> XProtocolError:
     return XProtocolError(message, protocol=NAME)
 
@@ -448,19 +451,21 @@ class BoltCodec(Codec):
             if zlib.crc32(memoryview(buf)[: total - 4]) != expected:
                 raise _err("bolt v2: CRC32 mismatch")
 
+        # Every slot set here, without Frame.__init__'s keyword call: two frames per call.
+        frame = _new_frame(BoltFrame)
+        frame.data = buf
+        frame.request_id = rid
+        frame.heartbeat = cmd == CMD_HEARTBEAT
+        frame._headers = None
         if ptype == TYPE_RESPONSE:
-            frame = BoltFrame(
-                buf, rid, FrameKind.RESPONSE, heartbeat=cmd == CMD_HEARTBEAT, status=field
-            )
+            frame.kind = FrameKind.RESPONSE
+            frame.status = field
+            frame.timeout = None
             frame.timeout_ms = 0
         else:
-            frame = BoltFrame(
-                buf,
-                rid,
-                _KINDS[ptype],
-                heartbeat=cmd == CMD_HEARTBEAT,
-                timeout=field / 1000 if field > 0 else None,
-            )
+            frame.kind = _KINDS[ptype]
+            frame.status = None
+            frame.timeout = field / 1000 if field > 0 else None
             frame.timeout_ms = field
         frame.version = proto
         frame.ver1 = ver1
@@ -491,8 +496,7 @@ class BoltCodec(Codec):
             raise ValueError(f"bolt request id out of range: {request_id}")
         assert isinstance(frame, BoltFrame)
         data = frame.data
-        offset = 5 if frame.version == PROTOCOL_V1 else 6
-        data[offset : offset + 4] = request_id.to_bytes(4, "big")
+        _U32.pack_into(data, 5 if frame.version == PROTOCOL_V1 else 6, request_id)
         frame.request_id = request_id
         if frame.crc:
             end = len(data) - 4

@@ -71,7 +71,8 @@ async def exchange(
         host.active_requests -= 1
         frame.request_id = downstream_id  # an error reply answers the downstream id
     if response is not None:
-        info.response_received_duration = _monotonic() - info.start
+        if core.detailed:  # only a detailed observer reads it (``start`` is set then)
+            info.response_received_duration = _monotonic() - info.start
         await cast(MessageSink, sink).message(response)
 
 
