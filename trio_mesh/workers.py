@@ -128,6 +128,11 @@ class Supervisor:
                 finally:
                     os._exit(code)
             self.children[pid] = slot
+            if self.stopping:
+                # The mask holds signals back for this thread only: one delivered to another
+                # thread of the process (an embedding program's, a test's) still runs our
+                # handler here, between the fork and the line above. Stop the child too.
+                os.kill(pid, signal.SIGTERM)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
         log.info("worker %d started (pid %d)", slot, pid)

@@ -223,3 +223,54 @@ def test_a_slot_in_back_off_does_not_hold_up_reaping_and_restarting_another(tmp_
             os.close(fd)
     # Both first workers, then slot 1's restart: before slot 0's, which is 5 s away.
     assert sorted(starts[:2]) == list(b"01") and starts[2:] == b"1"
+
+
+def test_a_stop_that_lands_between_fork_and_record_still_stops_the_new_worker(monkeypatch):
+    """The signal mask holds a SIGTERM back in the supervisor's thread only: delivered to another
+    thread of the process, its handler can run between a fork and the child being recorded, and
+    the new worker would never be told to stop (the supervisor then waits for it forever)."""
+    config = parse_config(
+        {
+            "servers": [
+                {
+                    "listeners": [
+                        {
+                            "name": "x",
+                            "address": "127.0.0.1:0",
+                            "filter_chains": [{"filters": [{"type": "echo"}]}],
+                        }
+                    ]
+                }
+            ]
+        }
+    ).config
+
+    def serve(_config, ready_fd: int) -> int:
+        os.write(ready_fd, b"R")
+        signal.pause()  # until told to stop
+        return 0
+
+    sup = Supervisor(config, 1, serve, lambda _: None)
+    fork = os.fork
+
+    def fork_then_stop() -> int:
+        pid = fork()
+        if pid:
+            sup._on_signal(signal.SIGTERM, None)  # the handler, run right after the fork
+        return pid
+
+    rescued = []
+
+    def rescue() -> None:  # never told to stop: end it, so that the test fails, not hangs
+        for pid in list(sup.children):
+            rescued.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    monkeypatch.setattr(os, "fork", fork_then_stop)
+    timer = threading.Timer(10, rescue)
+    timer.start()
+    try:
+        assert sup.run() == 0
+    finally:
+        timer.cancel()
+    assert rescued == []
