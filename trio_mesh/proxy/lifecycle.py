@@ -515,7 +515,12 @@ class HeadFilteredSink(FilteredSink):
     flush: Callable[[], Coroutine[Any, Any, None]]
 
     def __init__(self, inner: ResponseSink, chain: StreamFilterChain, info: RequestRecord) -> None:
-        super().__init__(inner, chain, info)
+        # (FilteredSink's fields set here: no super() call on every request)
+        self.inner = inner
+        self.chain = chain
+        self.info = info
+        self.buffers = inner.buffers
+        self._data_hooks = False
         self.data = inner.data
         self.flush = inner.flush
 
