@@ -104,6 +104,19 @@ async def test_a_filter_failing_mid_response_cuts_it(nursery):
         assert (await request(port, get("/status/204"))).status == 204
 
 
+async def test_hop_by_hop_fields_a_request_headers_hook_adds_never_go_upstream(nursery):
+    up = await start_upstream(nursery)
+    added = [{"key": k, "value": "1"} for k in ("proxy-x", "keep-alive", "x-kept")]
+    listener = {
+        "stream_filters": [{"type": "header_mutation", "config": {"request": {"add": added}}}]
+    }
+    config = http_config([to()], {"up": up.port}, listener=listener)
+    async with running_proxy(config) as (_, port):
+        headers = echoed(await request(port, get("/echo")))["headers"]
+    assert headers.get("x-kept") == "1"
+    assert headers.get("proxy-x") is None and headers.get("keep-alive") is None
+
+
 async def test_per_route_config_replaces_the_listeners(nursery):
     up = await start_upstream(nursery)
     routes = [

@@ -20,7 +20,13 @@ from trio_mesh.filters.stream import (
 from trio_mesh.protocols.http1 import ResponseHead
 from trio_mesh.protocols.http2 import ErrorCode
 from trio_mesh.proxy import http1, http2
-from trio_mesh.proxy.lifecycle import FilteredSink, FilterReplied, RequestBody, ResponseCut
+from trio_mesh.proxy.lifecycle import (
+    FilteredSink,
+    FilterReplied,
+    HeadFilteredSink,
+    RequestBody,
+    ResponseCut,
+)
 from trio_mesh.proxy.record import RequestRecord
 
 
@@ -194,6 +200,24 @@ async def test_a_response_data_hook_failing_mid_body_cuts_the_response():
     with pytest.raises(ResponseCut):
         await sink.data(b"boom", False)
     assert inner.cuts == ["FF"] and inner.datas == []
+
+
+class Stamp(StreamFilter):
+    async def on_response_headers(self, headers, end_stream):
+        headers.set("x-proxy", "trio-mesh")
+
+
+async def test_a_chain_with_only_response_headers_hooks_passes_the_body_straight_down():
+    inner = Sink()
+    sink = HeadFilteredSink(inner, chain_of(Stamp), RequestRecord())
+    await sink.head(head(), False, b"raw head bytes")
+    ((resp, end),) = inner.heads
+    assert resp.headers == [(b"content-length", b"5"), (b"x-proxy", b"trio-mesh")]
+    assert resp.content_length == 5 and not end
+    await sink.data(b"hello", False)
+    await sink.data(b"", True)
+    assert inner.datas == [(b"hello", False), (b"", True)]
+    assert sink.started
 
 
 async def test_a_status_no_protocol_can_send_is_a_filter_failure():

@@ -25,7 +25,13 @@ import trio
 from ..config.filter_configs import Protocol, ProxyConfig
 from ..config.scalars import format_hostport
 from ..filters import BuildContext
-from ..filters.stream import FilterChainFactory, LocalReply, RequestContext, StreamFilterChain
+from ..filters.stream import (
+    REQUEST_HEADERS,
+    FilterChainFactory,
+    LocalReply,
+    RequestContext,
+    StreamFilterChain,
+)
 from ..network.connection import DRAIN_IDLE_GRACE, Connection
 from ..network.relay import CHUNK, relay
 from ..network.stream import Stream
@@ -538,7 +544,9 @@ class _Session:
         adds its chosen host's address)."""
         config = self.proxy.config
         headers = head.headers  # stripped in _handle
-        if self.chain is not None:  # what filters added: hop-by-hop fields still never go
+        chain = self.chain
+        if chain is not None and chain.mask & REQUEST_HEADERS:
+            # what the headers hooks added: hop-by-hop fields still never go
             headers = strip_hop_by_hop(headers, keep_upgrade=head.upgrade is not None)
         out: list[tuple[bytes, bytes]] = []
         xff = None
