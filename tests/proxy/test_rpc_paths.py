@@ -38,10 +38,12 @@ LOGGED = (
 )
 
 
-def config(up, listener, timeout: str | None = None):
+def config(up, listener, timeout: str | None = None, retry_policy: dict | None = None):
     route: dict = {"cluster_name": "up"}
     if timeout is not None:
         route["timeout"] = timeout
+    if retry_policy is not None:
+        route["retry_policy"] = retry_policy
     routes = [
         {
             "name": "echo",
@@ -57,7 +59,9 @@ def config(up, listener, timeout: str | None = None):
     )
 
 
-async def both_paths(monkeypatch, tmp_path, up, calls, timeout: str | None = None):
+async def both_paths(
+    monkeypatch, tmp_path, up, calls, timeout: str | None = None, retry_policy: dict | None = None
+):
     """Run ``calls(client)`` through a proxy in each mode: per mode, what the client got,
     the access log records and the counters."""
     seen = {}
@@ -66,7 +70,7 @@ async def both_paths(monkeypatch, tmp_path, up, calls, timeout: str | None = Non
         logdir = tmp_path / ("fast" if fast else "task")
         logdir.mkdir()
         keys, path = access_log(logdir)
-        async with running_proxy(config(up, keys, timeout)) as (server, port):
+        async with running_proxy(config(up, keys, timeout, retry_policy)) as (server, port):
             client = await BoltClient.connect(port)
             with trio.fail_after(10):
                 got = await calls(client)
@@ -80,6 +84,7 @@ async def both_paths(monkeypatch, tmp_path, up, calls, timeout: str | None = Non
                 cluster.upstream_rq_total,
                 cluster.upstream_rq_timeout,
                 cluster.upstream_rq_active,
+                cluster.upstream_rq_retry,
             )
         lines = [{k: line[k] for k in LOGGED} for line in read_access_log(path)]
         seen[fast] = (got, lines, counters)
@@ -103,7 +108,7 @@ async def test_success(nursery, monkeypatch, tmp_path):
     assert got == [(r, ResponseStatus.SUCCESS, b"echo:ping%d" % r) for r in (1, 2, 3)]
     assert [(e["response_code"], e["response_flag"]) for e in lines] == [(200, None)] * 3
     assert lines[0]["upstream_host"] == f"127.0.0.1:{up}"
-    assert counters == (3, 3, 0, 0, 3, 0, 0)
+    assert counters == (3, 3, 0, 0, 3, 0, 0, 0)
 
 
 async def silent_upstream(nursery) -> int:
@@ -129,7 +134,7 @@ async def test_timeout(nursery, monkeypatch, tmp_path):
     got, lines, counters = await both_paths(monkeypatch, tmp_path, up, calls, timeout="0.2s")
     assert got == [(7, BOLT.status_for(ErrorKind.TIMEOUT), b"")]
     assert [(e["response_code"], e["response_flag"]) for e in lines] == [(504, "UT")]
-    assert counters == (1, 0, 0, 1, 1, 1, 0)
+    assert counters == (1, 0, 0, 1, 1, 1, 0, 0)
 
 
 async def test_no_route(nursery, monkeypatch, tmp_path):
@@ -144,7 +149,7 @@ async def test_no_route(nursery, monkeypatch, tmp_path):
     assert [(e["response_code"], e["response_flag"], e["route_name"]) for e in lines] == [
         (404, "NR", None)
     ]
-    assert counters == (1, 0, 1, 0, 0, 0, 0)
+    assert counters == (1, 0, 1, 0, 0, 0, 0, 0)
 
 
 async def test_no_healthy_host(monkeypatch, tmp_path):
@@ -155,7 +160,7 @@ async def test_no_healthy_host(monkeypatch, tmp_path):
     got, lines, counters = await both_paths(monkeypatch, tmp_path, [], calls)
     assert got == [(4, BOLT.status_for(ErrorKind.NO_HEALTHY_HOST), b"")]
     assert [(e["response_code"], e["response_flag"]) for e in lines] == [(503, "UH")]
-    assert counters == (1, 0, 0, 1, 1, 0, 0)
+    assert counters == (1, 0, 0, 1, 1, 0, 0, 0)
 
 
 async def test_upstream_refuses_the_connection(monkeypatch, tmp_path):
@@ -166,7 +171,24 @@ async def test_upstream_refuses_the_connection(monkeypatch, tmp_path):
     got, lines, counters = await both_paths(monkeypatch, tmp_path, closed_port(), calls)
     assert got == [(5, BOLT.status_for(ErrorKind.UPSTREAM_FAILURE), b"")]
     assert [(e["response_code"], e["response_flag"]) for e in lines] == [(503, "UF")]
-    assert counters == (1, 0, 0, 1, 1, 0, 0)
+    assert counters == (1, 0, 0, 1, 1, 0, 0, 0)
+
+
+async def test_a_retry_policy_on_an_rpc_route_is_not_applied_on_either_path(monkeypatch, tmp_path):
+    """RPC calls are not retried (config warns so for an RPC route's retry_policy): the task
+    path must not retry either, nor fail on a per-try timeout it cannot arm."""
+    policy = {"retry_on": ["connect-failure"], "num_retries": 2, "per_try_timeout": "1s"}
+
+    async def calls(client):
+        await client.send(request(5, b"x", service=SERVICE))
+        return [answer(await client.read())]
+
+    got, lines, counters = await both_paths(
+        monkeypatch, tmp_path, closed_port(), calls, retry_policy=policy
+    )
+    assert got == [(5, BOLT.status_for(ErrorKind.UPSTREAM_FAILURE), b"")]
+    assert [(e["response_code"], e["response_flag"]) for e in lines] == [(503, "UF")]
+    assert counters == (1, 0, 0, 1, 1, 0, 0, 0)
 
 
 async def test_upstream_drops_the_connection_mid_call(nursery, monkeypatch, tmp_path):
@@ -183,7 +205,7 @@ async def test_upstream_drops_the_connection_mid_call(nursery, monkeypatch, tmp_
     got, lines, counters = await both_paths(monkeypatch, tmp_path, up, calls)
     assert got == [(6, BOLT.status_for(ErrorKind.UPSTREAM_RESET), b"")]
     assert [(e["response_code"], e["response_flag"]) for e in lines] == [(502, "UC")]
-    assert counters == (1, 0, 0, 1, 1, 0, 0)
+    assert counters == (1, 0, 0, 1, 1, 0, 0, 0)
 
 
 async def test_oneway(nursery, monkeypatch, tmp_path):
@@ -198,7 +220,7 @@ async def test_oneway(nursery, monkeypatch, tmp_path):
     got, lines, counters = await both_paths(monkeypatch, tmp_path, up, calls)
     assert got == [(9, ResponseStatus.SUCCESS, b"echo:ping")]
     assert [(e["response_code"], e["response_flag"]) for e in lines] == [(200, None)] * 2
-    assert counters == (2, 2, 0, 0, 2, 0, 0)
+    assert counters == (2, 2, 0, 0, 2, 0, 0, 0)
     fired = [bytes(f.content) for f in seen if f.is_oneway]
     assert fired == [b"fire", b"fire"]  # one per mode
 

@@ -1,11 +1,12 @@
-"""One HTTP/2 connection at run time: the sans-IO codec, a reader and a writer, and an channel
+"""One HTTP/2 connection at run time: the sans-IO codec, a reader and a writer, and a channel
 per stream. Used downstream (server side) and upstream (client side) alike.
 
 - The reader is the only task that feeds the codec; it dispatches each event into its
-  stream's ``StreamChannel``. An channel needs no count bound: DATA in it is bounded by the receive
-  window we advertised (the codec fails a peer that sends beyond it) and credit goes back
-  only when the stream's task says it passed the bytes on (``consumed``), so a slow reader
-  on the far side slows this peer down, stream by stream, without blocking the others.
+  stream's ``StreamChannel``. DATA in a channel is bounded by the receive window we advertised
+  (the codec fails a peer that sends beyond it) and credit goes back only when the stream's
+  task says it passed the bytes on (``consumed``), so a slow reader on the far side slows this
+  peer down, stream by stream, without blocking the others; the number of events is bounded
+  by ``CHANNEL_EVENTS`` (tiny DATA frames), past which the reader waits.
 - The writer is the only task that writes to the socket. Stream tasks queue frames in the
   codec (synchronous calls) and wake it; a cancelled stream task can therefore never leave
   half a frame on the wire. Outbound DATA waits while more than ``HIGH_WATER`` bytes are

@@ -1,17 +1,20 @@
 """The life of one request, whatever its protocols: one driver, ``handle``.
 
-MOSN's split: a downstream *adapter* per protocol (``http1._Session``, ``http2._Stream``)
-decodes its codec's events into a :class:`RequestView` and provides three things; this module
-runs the protocol-independent part between them; an upstream *exchange* per protocol
-(``exchange/http1.py``, ``exchange/http2.py``) talks to the chosen host.
+MOSN's split: a downstream *adapter* per protocol (``http1._Session``, ``http2._Stream``,
+``xprotocol._Call``) decodes its codec's events into a :class:`RequestView` and provides three
+things; this module runs the protocol-independent part between them; an upstream *exchange* per
+protocol (``exchange/http1.py``, ``exchange/http2.py``, ``exchange/rpc.py``) talks to the chosen
+host.
 
 What an adapter provides (:class:`Downstream`):
 
 - a **request-body source** (:class:`BodySource`): ``await read()`` gives the next chunk
-  (``finished`` set on the last one, ``trailers`` then the request's trailers or ``None``);
-  ``sent()`` after a chunk was passed on (HTTP/2 returns its flow-control credit then);
-  ``keep(n)`` / ``forget(n)`` count the bytes kept for a retry in its budgets. The source
-  itself answers ``Expect: 100-continue`` when the body is first asked for.
+  (``finished`` set on the last one, ``request_trailers`` then the request's trailers or
+  ``None``; ``duplex``: the body goes up while the response comes down); ``sent()`` after a
+  chunk was passed on (HTTP/2 returns its flow-control credit then); ``keep(n)`` /
+  ``forget(n)`` count the bytes kept for a retry in its budgets (HTTP/2; HTTP/1 has none:
+  ``retry_buffer_bytes`` alone bounds them). The source itself answers ``Expect:
+  100-continue`` when the body is first asked for.
 - a **response sink** (:class:`ResponseSink`): ``informational``, ``head(resp, end, raw)``
   (``raw``: the upstream's HTTP/1 head bytes when they may go down verbatim), ``data(bytes,
   end)``, ``trailers(headers)`` (ends the response), ``flush()`` when ``buffers`` (HTTP/1
@@ -23,20 +26,25 @@ What an adapter provides (:class:`Downstream`):
   (``replies.py``), and its timeouts: ``arm_route`` (the route timeout), ``try_scope`` (a
   per-try cancel scope), ``end_route``.
 
-``handle`` runs: the request-headers hooks of the stream filters, the route, a direct response
-or redirect, the cluster, its circuit breaker, the tries (a ``RetryState`` for a route with a
+``handle`` runs: the route match, the stream filters' chain (made with the route) and its
+request-headers hooks (so a filter's header changes do not re-route), then the router's own
+answers (no route, a direct response or redirect), the cluster, its circuit breaker, the tries
+(``forward``; a ``RetryState`` for a route with a
 retry policy: the host, the per-try timeout, ``retry_on`` by the failure's cause, never the
 host that just failed when another exists; the keep-alive race, or a stream the upstream
-refused, tried once more on a fresh connection), each try one ``exchange`` call. The request
-body goes through :class:`RequestBody` (request data and trailers hooks run once, the result
-kept for a retry while small) and the response through :class:`FilteredSink` when the chain
-has response hooks. An exchange raises ``UpstreamFailed(reply)`` while nothing of the response
+refused, tried once more on a fresh connection while the body is replayable; HTTP/1 only for
+idempotent methods), each try one ``exchange`` call. The request body goes through
+:class:`RequestBody` (request data and trailers hooks run once, the result kept for a retry
+while small) and the response through :class:`FilteredSink` when the chain has response hooks
+(:class:`HeadFilteredSink` when it hooks the response headers only: the body goes straight
+down). An exchange raises ``UpstreamFailed(reply)`` while nothing of the response
 went down; after that it cuts the response through the sink. The adapter ends the request
 (``Observers.end(record)``): the route timeout and a downstream reset are its scopes' business.
 
 An RPC exchange fits the same shape: a request without a body stream (``RequestBody`` empty),
-routed by its header map (``RequestView.lookup``), its response one frame handed to the
-adapter's sink, and no ``RetryState`` (routes of RPC listeners carry no retry policy).
+routed by its header map (``handle_message`` takes the frame's header lookup), its response one
+frame handed to the adapter's sink, and no ``RetryState`` (an RPC route's retry policy is not
+applied: config warns of one).
 
 RPC as built (the section "a request that is one message" at the end): ``handle_message`` is
 the head of ``handle`` for a request that is one message, then the same ``forward`` (the
@@ -112,8 +120,7 @@ class ResponseCut(Exception):
 
 class RequestView:
     """One request as every protocol sees it. ``headers``: its regular header list (the
-    request-headers hooks change it in place); ``end``: it has no body; ``lookup``: how the
-    router reads a header when not from ``headers`` (an RPC frame's header map)."""
+    request-headers hooks change it in place); ``end``: it has no body."""
 
     __slots__ = (
         "authority",
@@ -121,7 +128,6 @@ class RequestView:
         "grpc",
         "headers",
         "host",
-        "lookup",
         "method",
         "path",
         "protocol",
@@ -140,7 +146,6 @@ class RequestView:
         self.headers: list[Header] = []
         self.end = True
         self.grpc = False
-        self.lookup: Callable[[str], str | None] | None = None
 
 
 class UpstreamRequest:
@@ -540,7 +545,7 @@ async def handle(
     ``body``: the request's, over the adapter as its source (the adapter holds no reference
     to it: no cycle, so a finished request is freed at once, not by the cycle collector);
     ``sink``: where its response goes (usually the adapter itself)."""
-    header = view.lookup or header_getter(view.headers)
+    header = header_getter(view.headers)
     route = core.table.match(view.host, view.path, view.query, header)
     if route is not None and core.detailed:
         info.route_name = route.name
@@ -601,9 +606,11 @@ async def forward(
     info: RequestRecord,
     body: RequestBody,
     sink: ResponseSink,
+    retries: bool = True,
 ) -> None:
     """The tries of one routed request to ``cluster``, until one answers or none is left: the
-    one copy every protocol uses (``handle``, ``handle_message``)."""
+    one copy every protocol uses (``handle``, ``handle_message``). ``retries``: the route's
+    retry policy applies (RPC calls are not retried: config warns of such a policy)."""
     req = ad.upstream_request(route, info)  # once: a retry sends the same request id
     chain = ad.chain
     if chain is not None:
@@ -614,7 +621,7 @@ async def forward(
             else:
                 sink = FilteredSink(sink, chain, info)
     # Made only for a route with a retry policy (nothing allocated otherwise).
-    retry = RetryState(route.retry, cluster) if route.retry is not None else None
+    retry = RetryState(route.retry, cluster) if retries and route.retry is not None else None
     exchange = core.exchange
     ad.arm_route(route.timeout)
     stats = cluster.stats
@@ -843,7 +850,7 @@ async def handle_message(
     if cluster is None:
         await ad.reply(NO_CLUSTER)
         return
-    await forward(core, ad, routed, cluster, info, ad.body, ad.sink)
+    await forward(core, ad, routed, cluster, info, ad.body, ad.sink, retries=False)
 
 
 class _NoBodySource:
