@@ -405,11 +405,8 @@ class _Session:
         view.end = not has_body
         proxy = self.proxy
         body.reset(not has_body, proxy.retry_buffer_bytes)
-        conn = self.conn
         # the session is its requests' response sink too (no object per request)
-        await lifecycle.handle(
-            proxy, self, view, info, body, self, proxy.listener, conn.remote, conn.local
-        )
+        await lifecycle.handle(proxy, self, view, info, body, self)
         return self.keep_conn
 
     async def _consume_end(self, info: RequestRecord) -> None:

@@ -268,10 +268,7 @@ class _Stream:
             info.request_received_duration = _monotonic() - info.start
         self.ended = event.end_stream
         body.reset(event.end_stream, proxy.retry_buffer_bytes)
-        conn = self.conn
-        await lifecycle.handle(
-            proxy, self, view, info, body, self, proxy.listener, conn.remote, conn.local
-        )
+        await lifecycle.handle(proxy, self, view, info, body, self)
 
     async def timed_out(self) -> None:
         """The route timeout (the stream scope's deadline) fired."""

@@ -537,9 +537,6 @@ async def handle(
     info: RequestRecord,
     body: RequestBody,
     sink: ResponseSink,
-    listener: str,
-    remote: tuple[str, int] | None,
-    local: tuple[str, int] | None,
 ) -> None:
     """Answer one request: filters, route, local answers, then the tries to its cluster.
     ``body``: the request's, over the adapter as its source (the adapter holds no reference
