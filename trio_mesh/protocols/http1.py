@@ -1207,6 +1207,13 @@ def strip_hop_by_hop(headers: Iterable[Header], *, keep_upgrade: bool = False) -
     """
     headers = headers if isinstance(headers, list) else list(headers)
     drop = _HOP_BY_HOP_KEEP_UPGRADE if keep_upgrade else _HOP_BY_HOP
+    # The usual block has none (Connection is in ``drop``, so nothing is named either): one
+    # pass and a copy, not the filtering pass (this runs once or twice per request).
+    for name, _ in headers:
+        if name in drop or name.startswith(b"proxy-"):
+            break
+    else:
+        return headers[:]
     named: set[bytes] | None = None
     for name, value in headers:
         if name == b"connection":

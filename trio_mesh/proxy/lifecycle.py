@@ -460,15 +460,20 @@ class FilteredSink:
                     length = int(value)
             if end and length is None and resp.version == b"2":
                 length = 0
-        resp = ResponseHead(
-            status,
-            None if status != resp.status else resp.reason,
-            resp.version,
-            headers.raw,
-            resp.keep_alive,
-            length,
-            resp.chunked,
-        )
+        if status == resp.status and length == resp.content_length:
+            # The usual case: the upstream's head, its headers the filtered list (the
+            # exchange reads nothing more of the event): no new head per request.
+            resp.headers = headers.raw
+        else:
+            resp = ResponseHead(
+                status,
+                None if status != resp.status else resp.reason,
+                resp.version,
+                headers.raw,
+                resp.keep_alive,
+                length,
+                resp.chunked,
+            )
         await self.inner.head(resp, end, None)
 
     async def data(self, data: bytes, end: bool) -> None:
