@@ -908,7 +908,7 @@ class ResponseParser(_Parser[ResponseHead]):
     bytes in `upgraded_tail`). Bytes after the complete response land in `trailing`.
     """
 
-    __slots__ = ("_head_request", "complete", "trailing", "head_raw")
+    __slots__ = ("_closing", "_head_request", "complete", "trailing", "head_raw")
     _p: HttpResponseParser
     _keep_raw = True
 
@@ -918,6 +918,9 @@ class ResponseParser(_Parser[ResponseHead]):
         self._head_request = head_request
         # a HEAD answer's body-less head: llhttp would read the bytes after it as a body
         self._fast = self._fast_path and not head_request
+        # The last response said the connection closes: llhttp refuses what follows, which a
+        # fresh llhttp (the fast path's fallback) would not remember, so the walk parses it.
+        self._closing = False
         self.complete = False
         self.trailing = b""
         # The final head's bytes as received when a proxy may forward them unchanged: an
@@ -946,7 +949,7 @@ class ResponseParser(_Parser[ResponseHead]):
         self._head_bytes = 0
         self._body_bytes = 0
         self._head_request = head_request
-        self._fast = self._fast_path and not head_request
+        self._fast = self._fast_path and not head_request and not self._closing
         self.complete = False
         self.head_raw = None
 
@@ -1047,6 +1050,7 @@ class ResponseParser(_Parser[ResponseHead]):
             # framing is ours (the nomination is ignored), but an upstream that tries to hide
             # its framing is not trusted with another request on this connection
             keep_alive = False
+        self._closing = not keep_alive
         if self._head_request or status == 204 or status == 304:
             events.append(
                 ResponseHead(status, reason, version, headers, keep_alive, content_length, chunked)
