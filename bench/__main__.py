@@ -291,11 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     tools = {
         "http1": (load.WRK, load.H2LOAD),
         "http2": (load.H2LOAD,),
-        "tls": (load.WRK, load.H2LOAD),
+        "tls": (load.WRK, "openssl"),
     }.get(args.protocol, ())
     for tool in tools:
         if not shutil.which(tool):
-            print(f"bench: {tool} not found (apt-get install wrk nghttp2-client)", file=sys.stderr)
+            print(
+                f"bench: {tool} not found (apt-get install wrk nghttp2-client openssl)",
+                file=sys.stderr,
+            )
             return 1
     signal.signal(signal.SIGTERM, _interrupt)
     # Also when started in the background by a shell, which would have SIGINT ignored.

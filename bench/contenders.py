@@ -519,10 +519,16 @@ def _need_module(module: str, extra: str) -> Callable[[], str | None]:
 
 
 def _trio_mesh_tls_available() -> str | None:
-    # TLS termination (trio_mesh/network/tls.py) lands with issue 16; before it, a listener
-    # with a tls_context cannot serve HTTPS.
+    # TLS termination lands with issue 16 (trio_mesh/network/tls.py, a filter chain's
+    # tls_context); before both are in the tree, a listener cannot serve HTTPS.
     if importlib.util.find_spec("trio_mesh.network.tls") is None:
         return "trio_mesh.network.tls not in this tree (TLS termination not merged yet)"
+    import attrs
+
+    from trio_mesh.config.model import FilterChain
+
+    if "tls_context" not in attrs.fields_dict(FilterChain):
+        return "filter_chains[].tls_context not in this tree's configuration model yet"
     return None
 
 

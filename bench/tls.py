@@ -87,7 +87,7 @@ class TlsBench(Bench):
         problem = tls_client.check(r.port, self.work.tls_ca, scenario.path)
         if problem:
             return f"TLS check failed: {problem}"
-        found = tls_client.negotiated(r.url(scenario.path), self.client_conf)
+        found = tls_client.negotiated(r.port, self.client_conf)
         if isinstance(found, str):
             return f"negotiation probe failed: {found}"
         wanted = (tls_client.TLS_VERSION, tls_client.TLS_CIPHER)

@@ -1,12 +1,13 @@
 """TLS for the harness (``python -m bench tls``): the load tools' OpenSSL configuration, the
 readiness request, the check before load, the negotiated parameters, a connection counter.
 
-The cipher is pinned on the client side: the load tools (wrk, h2load) run with
-``OPENSSL_CONF`` pointing at ``CLIENT_OPENSSL_CONF``, which makes OpenSSL offer TLS 1.3 with
-TLS_AES_128_GCM_SHA256 only, so every server negotiates that one. Pinning it on the servers
-instead is not possible for both: Python's ``ssl`` has no call for the TLS 1.3 suites
-(``set_ciphers`` is TLS 1.2 and below), so trio-mesh offers OpenSSL's three and, preferring its
-own order, would pick TLS_AES_256_GCM_SHA384.
+The cipher is pinned on the client side: the load tool (wrk) and the probe that reports what it
+negotiates (``openssl s_client``) run with ``OPENSSL_CONF`` pointing at
+``CLIENT_OPENSSL_CONF``, which makes OpenSSL offer TLS 1.3 with TLS_AES_128_GCM_SHA256 only, so
+every server negotiates that one (h2load would not do: it sets its own TLS 1.3 list). Pinning
+it on the servers instead is not possible for both: Python's ``ssl`` has no call for the TLS
+1.3 suites (``set_ciphers`` is TLS 1.2 and below), so trio-mesh offers OpenSSL's three and,
+preferring its own order, picks TLS_AES_256_GCM_SHA384 for a client that offers all three.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import subprocess
 from pathlib import Path
 
 from . import nginx
-from .load import H2LOAD
 
 TLS_VERSION = "TLSv1.3"
 TLS_CIPHER = "TLS_AES_128_GCM_SHA256"
 
 # libssl loads the file named by OPENSSL_CONF when it initialises (the default since OpenSSL
-# 1.1.1), and applies ``system_default`` to every SSL_CTX the process makes: wrk's, h2load's.
+# 1.1.1), and applies ``system_default`` to every SSL_CTX the process makes (wrk's, s_client's),
+# unless the program sets its own list afterwards, as h2load does.
 CLIENT_OPENSSL_CONF = f"""\
 # written by bench/ (python -m bench tls): what the load tools offer
 openssl_conf = openssl_init
@@ -124,11 +125,13 @@ def check(port: int, ca: Path, path: str = "/small", timeout: float = 5.0) -> st
     return None
 
 
-def negotiated(url: str, conf: Path, timeout: float = 20.0) -> dict[str, str] | str:
-    """What the load tools' OpenSSL configuration negotiates with the server at ``url``: one
-    request by ``h2load --h1`` (wrk prints nothing of it) under the same ``OPENSSL_CONF``.
-    ``{"protocol", "cipher", "temp_key"}``, or why not."""
-    argv = [H2LOAD, "--h1", "-n1", "-c1", url]
+def negotiated(port: int, conf: Path, timeout: float = 20.0) -> dict[str, str] | str:
+    """What the load tools' OpenSSL configuration negotiates with the server on ``port``:
+    ``openssl s_client -brief`` under the same ``OPENSSL_CONF`` (wrk prints nothing of it, and
+    like wrk, s_client sets no TLS 1.3 suites of its own, so the configuration's apply; h2load
+    sets its ``--tls13-ciphers`` list, which overrides them). ``{"protocol", "cipher",
+    "temp_key"}``, or why not."""
+    argv = ["openssl", "s_client", "-brief", "-connect", f"127.0.0.1:{port}"]
     try:
         out = subprocess.run(
             argv,
@@ -136,21 +139,23 @@ def negotiated(url: str, conf: Path, timeout: float = 20.0) -> dict[str, str] | 
             text=True,
             timeout=timeout,
             env={**os.environ, **client_env(conf)},
+            stdin=subprocess.DEVNULL,  # EOF at once: connect, print, close
             start_new_session=True,
         )
     except subprocess.TimeoutExpired:
-        return f"h2load did not finish: {' '.join(argv)}"
+        return f"openssl s_client did not finish: {' '.join(argv)}"
+    text = out.stderr + out.stdout
     found = {
         key: m.group(1).strip()
         for key, label in (
-            ("protocol", "TLS Protocol"),
-            ("cipher", "Cipher"),
+            ("protocol", "Protocol version"),
+            ("cipher", "Ciphersuite"),
             ("temp_key", "Server Temp Key"),
         )
-        if (m := re.search(rf"^{label}: (.+)$", out.stdout, re.M))
+        if (m := re.search(rf"^{label}: (.+)$", text, re.M))
     }
-    if "1 succeeded" not in out.stdout or "protocol" not in found:
-        return f"h2load exited {out.returncode}: {(out.stdout + out.stderr).strip()[-300:]}"
+    if "protocol" not in found or "cipher" not in found:
+        return f"openssl s_client exited {out.returncode}: {text.strip()[-300:]}"
     return found
 
 
