@@ -13,6 +13,7 @@ about 2x), so read shares, not absolute times.
     python -m bench.profile small-get --contender trio-mesh-1 --tool py-spy
     python -m bench.profile h2-small-get --contender trio-mesh-h2h2
     python -m bench.profile bolt-echo --contender trio-floor-bolt
+    python -m bench.profile tls-small-get --contender trio-mesh-tls --tool py-spy [--native]
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import h2, nginx, rpc
+from . import h2, nginx, rpc, tls
 from .contenders import (
     CONTENDERS,
     H2_CONTENDERS,
     REPO_ROOT,
+    TLS_CONTENDERS,
     Running,
     Workdir,
     rpc_contenders,
@@ -64,6 +66,8 @@ def _tables(scenario: str) -> tuple[dict, dict, str]:  # type: ignore[type-arg]
         return CONTENDERS, SCENARIOS, "http1"
     if scenario in H2_SCENARIOS:
         return H2_CONTENDERS, H2_SCENARIOS, "http2"
+    if scenario in tls.TLS_SCENARIOS:
+        return TLS_CONTENDERS, tls.TLS_SCENARIOS, "tls"
     return rpc_contenders(rpc.RPC_LOADS[scenario].protocol), rpc.RPC_SCENARIOS, "rpc"
 
 
@@ -112,7 +116,9 @@ def pyspy_report(path: Path, top: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("scenario", choices=[*SCENARIOS, *H2_SCENARIOS, *rpc.RPC_SCENARIOS])
+    parser.add_argument(
+        "scenario", choices=[*SCENARIOS, *H2_SCENARIOS, *rpc.RPC_SCENARIOS, *tls.TLS_SCENARIOS]
+    )
     parser.add_argument("--contender", required=True)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--tool", choices=("cprofile", "py-spy"), default="cprofile")
@@ -122,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         default="cpu",
         help="cProfile's clock: the thread's CPU time (default: on a shared machine a wall"
         " clock charges a syscall for the time the process waited for a core) or wall time",
+    )
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="py-spy: native frames too (C functions such as OpenSSL's under the Python ones)",
     )
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()))
@@ -142,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         if protocol == "rpc":
             bench: Bench = rpc.RpcBench(procs, work, [contender], settings)
             start_rpc_upstream(procs, work, rpc.RPC_LOADS[args.scenario].protocol)
+        elif protocol == "tls":
+            bench = tls.TlsBench(procs, work, [contender], settings)
+            nginx.write_body_files(tmp)
+            start_upstream(procs, work)
+            tls.prepare(work)
         else:
             bench = Bench(procs, work, [contender], settings)
             nginx.write_body_files(tmp)
@@ -166,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.tool == "py-spy":
             spy_argv = [PY_SPY, "record", "--format", "raw", "-o", str(raw), "--pid"]
             spy_argv += [str(child.pid), "-d", str(args.seconds), "-r", "200", "--nonblocking"]
+            if args.native:
+                spy_argv.append("--native")
             spy = subprocess.Popen(spy_argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         cpu0, split0 = tree_cpu_seconds(child.pid), _cpu_split(child.pid)
         result = bench._load(scenario, running, args.seconds, None)
