@@ -21,6 +21,7 @@ from .filters.stream import FilterChainFactory
 from .network.budget import ListenerBudget
 from .network.connection import Connection
 from .network.listener import Handler, ListenerRuntime, bind
+from .network.tls_context import check_or_raise as check_tls
 from .pool import Pools
 from .proxy import network_filter as _proxy_filter  # noqa: F401 - registers the proxy filter
 from .router import RouteTable
@@ -128,6 +129,8 @@ class Server:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        # Every TLS context builds (files read, keys matched) before any port is bound.
+        await trio.to_thread.run_sync(check_tls, self.config)
         self._stats = {lst.name: ListenerStats() for lst in self.config.listeners}
         handlers = {}
         for lst in self.config.listeners:
@@ -190,6 +193,9 @@ class Server:
             await self._apply(config, nursery, drain_timeout)
 
     async def _apply(self, config: MeshConfig, nursery: trio.Nursery, drain_timeout: float) -> None:
+        # A TLS key that cannot be honoured refuses the whole configuration, nothing changed;
+        # certificate files are read again (rotation).
+        await trio.to_thread.run_sync(check_tls, config)
         old = {lst.name: lst for lst in self.config.listeners}
         new = {lst.name: lst for lst in config.listeners}
         # New clusters first: the listeners built below may name them. Existing ones change
