@@ -248,3 +248,9 @@ def test_insecure_skip_on_a_listener_is_refused() -> None:
     chains(doc)[0]["tls_context"] = tls(insecure_skip=True)
     (line,) = errors_of(doc)
     assert line.startswith(f"{C0}.tls_context.insecure_skip: only for upstream connections")
+
+
+def test_handshake_timeout_must_be_positive() -> None:
+    doc = http_doc()
+    doc["servers"][0]["listeners"][0]["tls_handshake_timeout"] = "0s"
+    assert errors_of(doc) == [f"{L0}.tls_handshake_timeout: expected a positive duration"]

@@ -451,3 +451,20 @@ def test_mosn_names_map(pki: Pki) -> None:
     assert {c["name"] for c in ctx.get_ciphers() if c["protocol"] != "TLSv1.3"} == {
         "ECDHE-ECDSA-AES128-GCM-SHA256"
     }
+
+
+def test_a_self_signed_peer_certificate_is_a_usable_ca_cert(pki: Pki, tmp_path: Path) -> None:
+    import subprocess
+
+    key, cert = tmp_path / "self.key", tmp_path / "self.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=self",
+         "-addext", "subjectAltName=DNS:self.test", "-addext", "basicConstraints=CA:FALSE"],
+        check=True, capture_output=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    server = build_server(TlsConfig(status=True, cert_chain=str(cert), private_key=str(key)))
+    client = build_client(pki, ca_cert=str(cert), server_name="self.test")
+    handshake(server.default, client.context, "self.test")
+    with pytest.raises(TlsConfigError, match=re.escape(f"{UP}.ca_cert: not a usable PEM")):
+        build_client(pki, ca_cert="-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")

@@ -85,6 +85,8 @@ def check(config: MeshConfig) -> list[str]:
 def _check_chains(errors: list[str], lp: str, listener: Any) -> None:
     if not listener.filter_chains:
         errors.append(at(f"{lp}.filter_chains", "a listener needs one filter chain"))
+    if listener.tls_handshake_timeout <= 0:
+        errors.append(at(f"{lp}.tls_handshake_timeout", "expected a positive duration"))
     # Several chains: each connection must have one answer (Envoy refuses such listeners too).
     default_at: str | None = None
     seen: dict[tuple, str] = {}

@@ -181,20 +181,23 @@ def _cert_names(cert_file: str) -> tuple[str, ...]:
 
 
 def _load_ca(ctx: ssl.SSLContext, config: TlsConfig, path: str) -> None:
+    # Counted as loaded certificates, CA or not: a self-signed peer certificate trusted as
+    # itself is a valid ca_cert too.
+    before = ctx.cert_store_stats()["x509"]
     if tlsconf.is_inline(config.ca_cert):
         try:
             ctx.load_verify_locations(cadata=config.ca_cert)
         except (ssl.SSLError, ValueError) as exc:
-            raise _fail(path, "ca_cert", f"not a usable PEM CA certificate ({exc})") from None
-        return
-    with _pem_file(config.ca_cert, path, "ca_cert") as ca:
-        try:
-            ctx.load_verify_locations(cafile=ca)
-        except ssl.SSLError as exc:
-            reason = f"{ca}: not a usable PEM CA certificate ({exc.reason or exc})"
-            raise _fail(path, "ca_cert", reason) from None
-    if not ctx.get_ca_certs():
-        raise _fail(path, "ca_cert", "no CA certificate in it")
+            raise _fail(path, "ca_cert", f"not a usable PEM certificate ({exc})") from None
+    else:
+        with _pem_file(config.ca_cert, path, "ca_cert") as ca:
+            try:
+                ctx.load_verify_locations(cafile=ca)
+            except ssl.SSLError as exc:
+                reason = f"{ca}: not a usable PEM certificate ({exc.reason or exc})"
+                raise _fail(path, "ca_cert", reason) from None
+    if ctx.cert_store_stats()["x509"] == before:
+        raise _fail(path, "ca_cert", "no certificate in it")
 
 
 # ------------------------------------------------------------------ common settings
