@@ -520,7 +520,7 @@ def _need_module(module: str, extra: str) -> Callable[[], str | None]:
 
 def _trio_mesh_tls_available() -> str | None:
     # TLS termination lands with issue 16 (trio_mesh/network/tls.py, a filter chain's
-    # tls_context); before both are in the tree, a listener cannot serve HTTPS.
+    # tls_context, the listener's side); before all are in the tree, no HTTPS listener.
     if importlib.util.find_spec("trio_mesh.network.tls") is None:
         return "trio_mesh.network.tls not in this tree (TLS termination not merged yet)"
     import attrs
@@ -529,6 +529,9 @@ def _trio_mesh_tls_available() -> str | None:
 
     if "tls_context" not in attrs.fields_dict(FilterChain):
         return "filter_chains[].tls_context not in this tree's configuration model yet"
+    # The listener side (ClientHello inspection, the handshake on accept) comes with it.
+    if importlib.util.find_spec("trio_mesh.protocols.tls_hello") is None:
+        return "the listener's TLS side (trio_mesh.protocols.tls_hello) not in this tree yet"
     return None
 
 
