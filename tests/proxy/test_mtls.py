@@ -1,0 +1,291 @@
+"""Mutual TLS end to end: what a verified client certificate gives the rest of the proxy.
+
+curl with a client certificate (``tests/tls_pki.py``) -> the proxy's TLS listener (HTTP/1.1 and
+HTTP/2) -> a real upstream that echoes what it received: ``x-forwarded-client-cert`` in each
+mode, a route matching the SPIFFE id in it, the access log's ``DOWNSTREAM_*`` variables, and a
+stream filter that authorizes by the peer's URI SAN. The attacker's side of each: a forged
+header, another workload's certificate, a plaintext connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import ssl
+
+import pytest
+import trio
+
+from tests import filter_helpers  # noqa: F401 - registers t_spiffe_only
+from tests.http_helpers import (
+    access_log,
+    echoed,
+    get,
+    read_access_log,
+    request,
+    running_proxy,
+    start_upstream,
+)
+from tests.mtls_helpers import curl_result, curl_tls, echoed_headers, mtls_config
+from tests.tls_pki import CLIENT_SPIFFE, SERVER_SPIFFE
+
+OTHER_SPIFFE = "spiffe://cluster.local/ns/default/sa/other"
+FORGED = f"By=spiffe://evil;URI={CLIENT_SPIFFE}"
+ROUTES = [{"match": {"prefix": "/"}, "route": {"cluster_name": "up"}}]
+
+
+@pytest.fixture
+async def upstream(nursery):
+    return await start_upstream(nursery)
+
+
+@pytest.fixture(scope="module")
+def other_client(pki):
+    """A certificate ``pki.ca`` signed for another workload."""
+    return pki.ca.issue("other-client", cn="other", uris=(OTHER_SPIFFE,), client=True)
+
+
+def der(pair) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(pair.cert_pem)
+
+
+def element(pki, *, uri: bool = False, subject: bool = False) -> str:
+    """This proxy's XFCC element for ``pki.client``."""
+    text = f"By={SERVER_SPIFFE};Hash={hashlib.sha256(der(pki.client)).hexdigest()}"
+    if subject:
+        text += ';Subject="CN=client,O=trio-mesh tests"'
+    if uri:
+        text += f";URI={CLIENT_SPIFFE}"
+    return text
+
+
+async def through(pki, config, *, client=None, headers=(), http2=False, path="/echo"):
+    """One curl request through a proxy running ``config``: (status, HTTP version, body)."""
+    async with running_proxy(config) as (server, _):
+        port = server.addresses["ingress"][1]
+        code, out, err = await curl_tls(
+            port, pki, path, client=client, headers=headers, http2=http2
+        )
+    assert code == 0, err
+    return curl_result(out)
+
+
+# --------------------------------------------------------------------------- XFCC
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+async def test_sanitize_set_replaces_a_forged_header_with_the_verified_identity(
+    pki, upstream, http2
+):
+    config = mtls_config(
+        pki,
+        ROUTES,
+        {"up": upstream.port},
+        proxy={
+            "forward_client_cert_details": "SANITIZE_SET",
+            "set_current_client_cert_details": {"uri": True, "subject": True},
+        },
+    )
+    with trio.fail_after(20):
+        status, version, body = await through(
+            pki,
+            config,
+            client=pki.client,
+            headers=(f"X-Forwarded-Client-Cert: {FORGED}",),
+            http2=http2,
+        )
+    assert (status, version) == (200, "2" if http2 else "1.1")
+    seen = echoed_headers(body)
+    assert seen.getall("x-forwarded-client-cert") == [element(pki, uri=True, subject=True)]
+    assert seen.get("x-forwarded-proto") == "https"
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+async def test_default_sanitize_removes_the_header_even_under_mutual_tls(pki, upstream, http2):
+    config = mtls_config(pki, ROUTES, {"up": upstream.port}, plaintext_listener=True)
+    with trio.fail_after(20):
+        async with running_proxy(config) as (server, _):
+            port = server.addresses["ingress"][1]
+            code, out, err = await curl_tls(
+                port,
+                pki,
+                client=pki.client,
+                headers=(f"x-forwarded-client-cert: {FORGED}",),
+                http2=http2,
+            )
+            assert code == 0, err
+            # the same on plaintext: a client can never forge it
+            plain = server.addresses["plain"][1]
+            forged = get(headers=f"X-Forwarded-Client-Cert: {FORGED}\r\n")
+            plain_seen = echoed(await request(plain, forged))["headers"]
+    status, _, body = curl_result(out)
+    assert status == 200
+    assert "x-forwarded-client-cert" not in echoed_headers(body)
+    assert "x-forwarded-client-cert" not in plain_seen
+    assert plain_seen.get("x-forwarded-proto") == "http"
+
+
+async def test_append_forward_appends_and_forward_only_keeps(pki, upstream):
+    proxy = {"forward_client_cert_details": "APPEND_FORWARD"}
+    config = mtls_config(pki, ROUTES, {"up": upstream.port}, proxy=proxy)
+    previous = "By=spiffe://edge;Hash=00"
+    with trio.fail_after(20):
+        _, _, body = await through(
+            pki, config, client=pki.client, headers=(f"x-forwarded-client-cert: {previous}",)
+        )
+        seen = echoed_headers(body).getall("x-forwarded-client-cert")
+        assert seen == [f"{previous},{element(pki)}"]
+        _, _, body = await through(pki, config, client=pki.client)
+        assert echoed_headers(body).getall("x-forwarded-client-cert") == [element(pki)]
+        config = mtls_config(
+            pki,
+            ROUTES,
+            {"up": upstream.port},
+            proxy={"forward_client_cert_details": "FORWARD_ONLY"},
+        )
+        _, _, body = await through(
+            pki, config, client=pki.client, headers=(f"x-forwarded-client-cert: {previous}",)
+        )
+        assert echoed_headers(body).getall("x-forwarded-client-cert") == [previous]
+
+
+@pytest.mark.parametrize("mode", ["FORWARD_ONLY", "APPEND_FORWARD", "SANITIZE_SET"])
+async def test_tls_without_a_client_certificate_is_not_trusted(pki, upstream, mode):
+    """Envoy: only a connection whose client presented a certificate keeps or gets XFCC."""
+    proxy = {"forward_client_cert_details": mode}
+    config = mtls_config(pki, ROUTES, {"up": upstream.port}, proxy=proxy, verify_client=False)
+    with trio.fail_after(20):
+        status, _, body = await through(
+            pki, config, headers=(f"x-forwarded-client-cert: {FORGED}",)
+        )
+    assert status == 200
+    seen = echoed_headers(body)
+    assert "x-forwarded-client-cert" not in seen
+    assert seen.get("x-forwarded-proto") == "https"
+
+
+async def test_always_forward_only_trusts_whoever_connects(pki, upstream):
+    proxy = {"forward_client_cert_details": "ALWAYS_FORWARD_ONLY"}
+    config = mtls_config(pki, ROUTES, {"up": upstream.port}, proxy=proxy, verify_client=False)
+    with trio.fail_after(20):
+        _, _, body = await through(pki, config, headers=(f"x-forwarded-client-cert: {FORGED}",))
+    assert echoed_headers(body).getall("x-forwarded-client-cert") == [FORGED]
+
+
+# --------------------------------------------------------------------------- routing on XFCC
+
+ADMIN_ROUTES = [
+    {
+        "match": {
+            "prefix": "/admin",
+            "headers": [
+                {
+                    "name": "x-forwarded-client-cert",
+                    "value": ".*;URI=" + re.escape(CLIENT_SPIFFE) + "(;.*)?",
+                    "regex": True,
+                }
+            ],
+        },
+        "route": {"cluster_name": "up"},
+    },
+    {"match": {"prefix": "/admin"}, "direct_response": {"status": 403, "body": "no\n"}},
+    {"match": {"prefix": "/"}, "route": {"cluster_name": "up"}},
+]
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+async def test_a_route_matches_the_spiffe_id_and_a_forged_one_does_not(
+    pki, upstream, other_client, http2
+):
+    proxy = {
+        "forward_client_cert_details": "SANITIZE_SET",
+        "set_current_client_cert_details": {"uri": True},
+    }
+    config = mtls_config(pki, ADMIN_ROUTES, {"up": upstream.port}, proxy=proxy)
+    with trio.fail_after(30):
+        async with running_proxy(config) as (server, _):
+            port = server.addresses["ingress"][1]
+
+            async def admin(client, *headers):
+                code, out, err = await curl_tls(
+                    port, pki, "/admin", client=client, headers=headers, http2=http2
+                )
+                assert code == 0, err
+                return curl_result(out)[0]
+
+            assert await admin(pki.client) == 200
+            # another workload, even one sending the admin's identity itself: refused
+            assert await admin(other_client) == 403
+            forged = f"x-forwarded-client-cert: {element(pki, uri=True)}"
+            assert await admin(other_client, forged) == 403
+    assert [r["target"] for r in upstream.requests] == ["/admin"]
+
+
+# --------------------------------------------------------------------------- access log
+
+LOG_FORMAT = (
+    "%REQUESTED_SERVER_NAME%|%DOWNSTREAM_TLS_VERSION%|%DOWNSTREAM_PEER_SUBJECT%"
+    "|%DOWNSTREAM_PEER_ISSUER%|%DOWNSTREAM_PEER_URI_SAN%|%DOWNSTREAM_PEER_FINGERPRINT_256%"
+    "|%DOWNSTREAM_LOCAL_URI_SAN%|%DOWNSTREAM_TLS_CIPHER%|%DOWNSTREAM_PEER_SERIAL%|%path%"
+)
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+async def test_access_log_variables(pki, upstream, tmp_path, http2):
+    text_log = tmp_path / "text.log"
+    keys, json_log = access_log(tmp_path)
+    keys["access_logs"].append({"log_path": str(text_log), "log_format": LOG_FORMAT})
+    config = mtls_config(pki, ROUTES, {"up": upstream.port}, listener=keys, plaintext_listener=True)
+    with trio.fail_after(20):
+        async with running_proxy(config) as (server, _):
+            port = server.addresses["ingress"][1]
+            code, _, err = await curl_tls(port, pki, "/mtls", client=pki.client, http2=http2)
+            assert code == 0, err
+            await request(server.addresses["plain"][1], get("/plain"))
+    lines = sorted(text_log.read_text().splitlines(), key=lambda line: line.endswith("/plain"))
+    fields = lines[0].split("|")
+    assert fields[:5] == [
+        "localhost",
+        fields[1],
+        "CN=client,O=trio-mesh tests",
+        "CN=ca,O=trio-mesh tests",
+        CLIENT_SPIFFE,
+    ]
+    assert fields[1] in ("TLSv1.2", "TLSv1.3")
+    assert fields[5] == hashlib.sha256(der(pki.client)).hexdigest()
+    assert fields[6] == SERVER_SPIFFE
+    assert fields[7] != "-" and fields[8] not in ("-", "") and fields[8] == fields[8].lower()
+    assert fields[9] == "/mtls"
+    assert lines[1] == "-|-|-|-|-|-|-|-|-|/plain"
+    records = {r["path"]: r for r in read_access_log(json_log)}
+    assert records["/mtls"]["DOWNSTREAM_PEER_URI_SAN"] == CLIENT_SPIFFE
+    assert records["/mtls"]["requested_server_name"] == "localhost"
+    assert records["/plain"]["DOWNSTREAM_PEER_URI_SAN"] is None
+    assert records["/plain"]["DOWNSTREAM_TLS_VERSION"] is None
+
+
+# --------------------------------------------------------------------------- stream filters
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+async def test_a_filter_authorizes_by_the_peers_spiffe_id(pki, upstream, other_client, http2):
+    filters = [{"type": "t_spiffe_only", "config": {"spiffe_id": CLIENT_SPIFFE}}]
+    config = mtls_config(
+        pki, ROUTES, {"up": upstream.port}, stream_filters=filters, plaintext_listener=True
+    )
+    with trio.fail_after(30):
+        async with running_proxy(config) as (server, _):
+            port = server.addresses["ingress"][1]
+            code, out, err = await curl_tls(port, pki, client=pki.client, http2=http2)
+            assert code == 0, err
+            status, _, body = curl_result(out)
+            assert status == 200
+            assert echoed_headers(body).get("x-peer-subject") == "CN=client,O=trio-mesh tests"
+            code, out, err = await curl_tls(port, pki, client=other_client, http2=http2)
+            assert code == 0, err
+            assert curl_result(out)[:1] == (403,)
+            # plaintext, with every header a client could forge: still refused
+            plain = server.addresses["plain"][1]
+            forged = get(headers=f"x-forwarded-client-cert: {element(pki, uri=True)}\r\n")
+            assert (await request(plain, forged)).status == 403
+    assert len(upstream.requests) == 1
