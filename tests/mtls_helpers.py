@@ -5,32 +5,39 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from trio_mesh.network.tls import TlsInfo
+import attrs
 
 from tests.http_helpers import Headers, curl
 from tests.tls_pki import CLIENT_SPIFFE, SERVER_SPIFFE, Pair, Pki
 from trio_mesh.config import MeshConfig, parse_config
 
 
-def mtls_info(**changes: object) -> TlsInfo:
-    """A TlsInfo as a mutual-TLS handshake with ``pki.client`` leaves it (``changes`` on top)."""
-    info = TlsInfo(
-        version="TLSv1.3",
-        cipher="TLS_AES_128_GCM_SHA256",
-        alpn=None,
-        sni="localhost",
-        peer_subject="CN=client,O=trio-mesh tests",
-        peer_issuer="CN=ca,O=trio-mesh tests",
-        peer_uri_sans=(CLIENT_SPIFFE,),
-        peer_dns_sans=(),
-        peer_serial="03E9",
-        peer_cert_der=b"der",
-        local_subject="CN=localhost,O=trio-mesh tests",
-        local_uri_sans=(SERVER_SPIFFE,),
-    )
-    for name, value in changes.items():
-        setattr(info, name, value)
-    return info
+@attrs.define
+class FakeTlsInfo:
+    """A finished handshake's facts, as :class:`~trio_mesh.network.tls.TlsInfo` gives them,
+    without a handshake (the pure tests of what consumes them)."""
+
+    version: str = "TLSv1.3"
+    cipher: str = "TLS_AES_128_GCM_SHA256"
+    alpn: str | None = None
+    sni: str | None = "localhost"
+    peer_subject: str | None = "CN=client,O=trio-mesh tests"
+    peer_issuer: str | None = "CN=ca,O=trio-mesh tests"
+    peer_uri_sans: tuple[str, ...] = (CLIENT_SPIFFE,)
+    peer_dns_sans: tuple[str, ...] = ()
+    peer_serial: str | None = "03e9"
+    peer_cert_der: bytes | None = b"der"
+    local_subject: str | None = "CN=localhost,O=trio-mesh tests"
+    local_uri_sans: tuple[str, ...] = (SERVER_SPIFFE,)
+
+    @property
+    def peer_verified(self) -> bool:
+        return self.peer_cert_der is not None
+
+
+def mtls_info(**changes: Any) -> Any:
+    """What a mutual-TLS handshake with ``pki.client`` tells (``changes`` on top)."""
+    return FakeTlsInfo(**changes)
 
 
 def tls_context(pki: Pki, *, verify_client: bool = True, alpn: str = "h2,http/1.1") -> dict:

@@ -81,7 +81,7 @@ class XfccPolicy:
         mode = self.mode
         if mode is ForwardClientCert.ALWAYS_FORWARD_ONLY:
             return KEEP
-        if mode is ForwardClientCert.SANITIZE or tls is None or tls.peer_cert_der is None:
+        if mode is ForwardClientCert.SANITIZE or tls is None or not tls.peer_verified:
             return DROP  # not mutual TLS: whatever the client sent is not vouched for
         if mode is ForwardClientCert.FORWARD_ONLY:
             return KEEP
