@@ -26,12 +26,28 @@ from tests.http_helpers import (
     running_proxy,
     start_upstream,
 )
-from tests.mtls_helpers import curl_result, curl_tls, echoed_headers, mtls_config
+from tests.mtls_helpers import (
+    curl_result,
+    curl_tls,
+    echoed_headers,
+    listener_has_tls,
+    mtls_config,
+    tls_shim,
+)
 from tests.tls_pki import CLIENT_SPIFFE, SERVER_SPIFFE
 
 OTHER_SPIFFE = "spiffe://cluster.local/ns/default/sa/other"
 FORGED = f"By=spiffe://evil;URI={CLIENT_SPIFFE}"
 ROUTES = [{"match": {"prefix": "/"}, "route": {"cluster_name": "up"}}]
+
+
+@pytest.fixture(autouse=True)
+def _tls_until_the_listener_has_it():
+    if listener_has_tls():
+        yield
+    else:
+        with tls_shim():
+            yield
 
 
 @pytest.fixture
