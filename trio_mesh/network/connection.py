@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -134,8 +133,5 @@ class Connection:
             self.idle.scope.cancel()  # between requests: nothing to finish
 
     def input_waiting(self) -> bool:
-        """Bytes not read yet wait on the socket: the client has begun a request."""
-        try:
-            return bool(self.stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except OSError:  # nothing yet (would block), or the socket is gone
-            return False
+        """Bytes not read yet wait on the stream: the client has begun a request."""
+        return self.stream.readable_now()
