@@ -171,6 +171,7 @@ def echoed_headers(body: bytes) -> Headers:
 
 #: Listener name -> the server context the stand-in handshake uses (see ``listener_has_tls``).
 _SHIM_CONTEXTS: dict[str, ssl.SSLContext] = {}
+_SHIM_SNI: dict[int, str | None] = {}
 
 
 def listener_has_tls() -> bool:
@@ -188,6 +189,11 @@ def _shim_context(pki: Pki, verify_client: bool) -> ssl.SSLContext:
     if verify_client:
         ctx.load_verify_locations(pki.ca.cert)
         ctx.verify_mode = ssl.CERT_REQUIRED
+
+    def sni(obj: Any, name: str | None, _ctx: ssl.SSLContext) -> None:
+        _SHIM_SNI[id(obj)] = name  # the listener reads it from the ClientHello
+
+    ctx.sni_callback = sni
     return ctx
 
 
@@ -196,10 +202,9 @@ def tls_shim() -> Iterator[None]:
     """Until the listener's TLS lands: listeners named in ``_SHIM_CONTEXTS`` handshake (the
     real ``TlsStream.accept``) before their handler runs, and their ``Connection.tls`` is the
     handshake's ``TlsInfo``, as the listener will set them."""
-    from trio_mesh.network.tls import TlsError, TlsStream
-
     from trio_mesh.network import listener as listener_module
     from trio_mesh.network.connection import Connection
+    from trio_mesh.network.tls import TlsError, TlsStream
 
     run = listener_module.ListenerRuntime._run_connection
     init = Connection.__init__
@@ -219,6 +224,7 @@ def tls_shim() -> Iterator[None]:
                 self.stats.downstream_cx_active -= 1
                 stream.close()
                 return
+            stream.info.sni = _SHIM_SNI.pop(id(stream._ssl), None)
         await run(self, stream)
 
     def init_tls(self: Any, stream: Any, idle_timeout: Any) -> None:

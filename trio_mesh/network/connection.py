@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
 from .stream import Stream
+
+if TYPE_CHECKING:
+    from .tls import TlsInfo
 
 # Moving a cancel scope's deadline costs more than the read it follows; so a touch moves it
 # only once less than the timeout remains, to timeout x SLACK: the timeout then fires between
@@ -99,6 +103,7 @@ class Connection:
         "busy",
         "draining",
         "drain_grace",
+        "tls",
     )
 
     def __init__(self, stream: Stream, idle_timeout: float | None):
@@ -119,6 +124,9 @@ class Connection:
         #: Set by a filter whose connection, idle on drain, may still get a request (an
         #: HTTP/1 keep-alive connection): it closes once idle this long, not at once.
         self.drain_grace: float | None = None
+        #: The TLS handshake's facts (the listener sets it, and ``stream`` to the TlsStream,
+        #: once a handshake succeeded); ``None``: plaintext.
+        self.tls: TlsInfo | None = None
 
     def drain(self) -> None:
         """The server is stopping: finish what is in flight, take nothing new."""
