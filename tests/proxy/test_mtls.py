@@ -237,6 +237,34 @@ async def test_a_route_matches_the_spiffe_id_and_a_forged_one_does_not(
     assert [r["target"] for r in upstream.requests] == ["/admin"]
 
 
+async def test_append_forward_trusts_the_clients_elements_in_routing_too(
+    pki, upstream, other_client
+):
+    """Why the README says to match on XFCC only with SANITIZE_SET: APPEND_FORWARD keeps what
+    a (verified) client wrote, as Envoy does, and the route's regex matches that too."""
+    proxy = {
+        "forward_client_cert_details": "APPEND_FORWARD",
+        "set_current_client_cert_details": {"uri": True},
+    }
+    # a "contains" regex: the id anywhere in the header
+    contains = ".*URI=" + re.escape(CLIENT_SPIFFE) + "[;,].*"
+    routes = [
+        {**ADMIN_ROUTES[0], "match": {**ADMIN_ROUTES[0]["match"], "headers": [
+            {"name": "x-forwarded-client-cert", "value": contains, "regex": True}
+        ]}},
+        *ADMIN_ROUTES[1:],
+    ]  # fmt: skip
+    config = mtls_config(pki, routes, {"up": upstream.port}, proxy=proxy)
+    forged = f"x-forwarded-client-cert: {element(pki, uri=True)}"
+    with trio.fail_after(20):
+        status, _, body = await through(
+            pki, config, client=other_client, headers=(forged,), path="/admin"
+        )
+    assert status == 200
+    (seen,) = echoed_headers(body).getall("x-forwarded-client-cert")
+    assert seen.startswith(element(pki, uri=True) + ",") and seen.endswith(f"URI={OTHER_SPIFFE}")
+
+
 # --------------------------------------------------------------------------- access log
 
 LOG_FORMAT = (
