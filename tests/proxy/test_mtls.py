@@ -13,10 +13,12 @@ import hashlib
 import re
 import ssl
 
+import grpc
 import pytest
 import trio
 
 from tests import filter_helpers  # noqa: F401 - registers t_spiffe_only
+from tests.grpc_helpers import EchoStub, grpc_upstream, in_thread
 from tests.http_helpers import (
     access_log,
     echoed,
@@ -36,6 +38,7 @@ from tests.mtls_helpers import (
 )
 from tests.tls_pki import CLIENT_SPIFFE, SERVER_SPIFFE
 
+__all__ = ["grpc_upstream"]  # the fixture, imported for the test below
 OTHER_SPIFFE = "spiffe://cluster.local/ns/default/sa/other"
 FORGED = f"By=spiffe://evil;URI={CLIENT_SPIFFE}"
 ROUTES = [{"match": {"prefix": "/"}, "route": {"cluster_name": "up"}}]
@@ -333,3 +336,39 @@ async def test_a_filter_authorizes_by_the_peers_spiffe_id(pki, upstream, other_c
             forged = get(headers=f"x-forwarded-client-cert: {element(pki, uri=True)}\r\n")
             assert (await request(plain, forged)).status == 403
     assert len(upstream.requests) == 1
+
+
+# --------------------------------------------------------------------------- gRPC
+
+
+async def test_grpc_over_mutual_tls_gets_the_verified_identity(pki, grpc_upstream):
+    """A grpcio secure channel with a client certificate: the upstream sees the proxy's XFCC,
+    never the metadata the client sent under that name."""
+    proxy = {
+        "upstream_protocol": "Http2",
+        "forward_client_cert_details": "SANITIZE_SET",
+        "set_current_client_cert_details": {"uri": True},
+    }
+    config = mtls_config(pki, ROUTES, {"up": grpc_upstream.port}, proxy=proxy)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=pki.ca.cert.read_bytes(),
+        private_key=pki.client.key.read_bytes(),
+        certificate_chain=pki.client.cert.read_bytes(),
+    )
+    with trio.fail_after(30):
+        async with running_proxy(config) as (server, _):
+            port = server.addresses["ingress"][1]
+            channel = grpc.secure_channel(
+                f"localhost:{port}", credentials, options=[("grpc.enable_http_proxy", 0)]
+            )
+            with EchoStub(channel) as stub:
+                response = await in_thread(
+                    stub.Unary,
+                    b"ping",
+                    timeout=10,
+                    metadata=(("x-forwarded-client-cert", FORGED),),
+                )
+    assert response == b"ping"
+    (call,) = grpc_upstream.calls_of("Unary")
+    xfcc = [v for k, v in call.metadata if k == "x-forwarded-client-cert"]
+    assert xfcc == [element(pki, uri=True)]
