@@ -124,8 +124,7 @@ class Connection:
         #: Set by a filter whose connection, idle on drain, may still get a request (an
         #: HTTP/1 keep-alive connection): it closes once idle this long, not at once.
         self.drain_grace: float | None = None
-        #: The TLS handshake's facts (the listener sets it, and ``stream`` to the TlsStream,
-        #: once a handshake succeeded); ``None``: plaintext.
+        #: The handshake's outcome on a TLS connection (``stream`` is then a TlsStream).
         self.tls: TlsInfo | None = None
 
     def drain(self) -> None:
