@@ -36,11 +36,15 @@ from tests.mtls_helpers import (
     mtls_config,
     tls_shim,
 )
+from tests.rpc_helpers import BoltClient, echo_upstream
+from tests.rpc_helpers import request as bolt_request
 from tests.tls_pki import CLIENT_SPIFFE, SERVER_SPIFFE
+from trio_mesh.protocols.xprotocol.bolt import ResponseStatus
 
 __all__ = ["grpc_upstream"]  # the fixture, imported for the test below
 OTHER_SPIFFE = "spiffe://cluster.local/ns/default/sa/other"
 FORGED = f"By=spiffe://evil;URI={CLIENT_SPIFFE}"
+BOLT_SERVICE = "com.example.Echo:1.0"
 ROUTES = [{"match": {"prefix": "/"}, "route": {"cluster_name": "up"}}]
 
 
@@ -251,12 +255,9 @@ async def test_append_forward_trusts_the_clients_elements_in_routing_too(
     }
     # a "contains" regex: the id anywhere in the header
     contains = ".*URI=" + re.escape(CLIENT_SPIFFE) + "[;,].*"
-    routes = [
-        {**ADMIN_ROUTES[0], "match": {**ADMIN_ROUTES[0]["match"], "headers": [
-            {"name": "x-forwarded-client-cert", "value": contains, "regex": True}
-        ]}},
-        *ADMIN_ROUTES[1:],
-    ]  # fmt: skip
+    header = {"name": "x-forwarded-client-cert", "value": contains, "regex": True}
+    admin = {**ADMIN_ROUTES[0], "match": {"prefix": "/admin", "headers": [header]}}
+    routes = [admin, *ADMIN_ROUTES[1:]]
     config = mtls_config(pki, routes, {"up": upstream.port}, proxy=proxy)
     forged = f"x-forwarded-client-cert: {element(pki, uri=True)}"
     with trio.fail_after(20):
@@ -372,3 +373,50 @@ async def test_grpc_over_mutual_tls_gets_the_verified_identity(pki, grpc_upstrea
     (call,) = grpc_upstream.calls_of("Unary")
     xfcc = [v for k, v in call.metadata if k == "x-forwarded-client-cert"]
     assert xfcc == [element(pki, uri=True)]
+
+
+# --------------------------------------------------------------------------- RPC
+
+
+async def bolt_over_tls(port: int, pki, client) -> BoltClient:
+    ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
+    ctx.load_cert_chain(client.cert, client.key)
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = trio.SSLStream(tcp, ctx, server_hostname="localhost")
+    await stream.do_handshake()
+    return BoltClient(stream)
+
+
+async def test_bolt_over_mutual_tls_filters_and_access_log(pki, nursery, tmp_path, other_client):
+    """RPC requests carry the connection's TLS too: a filter authorizes bolt calls by the
+    peer's SPIFFE id, and their access log lines have the DOWNSTREAM_* variables."""
+    up = await echo_upstream(nursery)
+    keys, path = access_log(tmp_path)
+    service = {"headers": [{"name": "service", "value": BOLT_SERVICE}]}
+    routes = [{"match": service, "route": {"cluster_name": "up"}}]
+    filters = [{"type": "t_spiffe_only", "config": {"spiffe_id": CLIENT_SPIFFE}}]
+    config = mtls_config(
+        pki,
+        routes,
+        {"up": up},
+        proxy={"downstream_protocol": "bolt", "upstream_protocol": "Auto"},
+        listener=keys,
+        stream_filters=filters,
+    )
+    with trio.fail_after(20):
+        async with running_proxy(config) as (server, _):
+            port = server.addresses["ingress"][1]
+            allowed = await bolt_over_tls(port, pki, pki.client)
+            await allowed.send(bolt_request(1, b"ping", service=BOLT_SERVICE))
+            answered = await allowed.read()
+            refused_client = await bolt_over_tls(port, pki, other_client)
+            await refused_client.send(bolt_request(2, b"ping", service=BOLT_SERVICE))
+            refused = await refused_client.read()
+    assert (answered.request_id, answered.status) == (1, ResponseStatus.SUCCESS)
+    assert refused.request_id == 2 and refused.status != ResponseStatus.SUCCESS
+    ok, no = sorted(read_access_log(path), key=lambda line: line["response_code"])
+    assert (ok["protocol"], ok["response_code"]) == ("bolt", 200)
+    assert ok["DOWNSTREAM_PEER_URI_SAN"] == CLIENT_SPIFFE
+    assert ok["DOWNSTREAM_PEER_SUBJECT"] == "CN=client,O=trio-mesh tests"
+    assert ok["requested_server_name"] == "localhost"
+    assert (no["response_code"], no["DOWNSTREAM_PEER_URI_SAN"]) == (403, OTHER_SPIFFE)
