@@ -109,8 +109,10 @@ class RequestRecord:
         #: RPC: the request's ``service`` and ``method`` routing headers.
         self.rpc_service = rpc_service
         self.rpc_method = rpc_method
-        #: The downstream connection's handshake (``None``: plaintext): plain data, no
-        #: reference to the connection. Set only for a detailed observer, which reads it.
+        #: The downstream connection's handshake (``None``: plaintext), a reference taken
+        #: only for a detailed observer and read only when it writes a line. It holds the
+        #: handshake's SSLObject (its peer certificate is decoded on first use), never the
+        #: connection: no cycle.
         self.tls = tls
 
     def add_flag(self, flag: str) -> None:
