@@ -21,6 +21,7 @@ from .filters.stream import FilterChainFactory
 from .network.budget import ListenerBudget
 from .network.connection import Connection
 from .network.listener import Handler, ListenerRuntime, bind
+from .network.tls_context import check_or_raise as check_tls
 from .pool import Pools
 from .proxy import network_filter as _proxy_filter  # noqa: F401 - registers the proxy filter
 from .router import RouteTable
@@ -128,6 +129,9 @@ class Server:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        # Every TLS context builds (files read, keys matched) before any port is bound.
+        await trio.to_thread.run_sync(check_tls, self.config)
+        _refuse_tls_not_served(self.config)
         self._stats = {lst.name: ListenerStats() for lst in self.config.listeners}
         handlers = {}
         for lst in self.config.listeners:
@@ -190,6 +194,10 @@ class Server:
             await self._apply(config, nursery, drain_timeout)
 
     async def _apply(self, config: MeshConfig, nursery: trio.Nursery, drain_timeout: float) -> None:
+        # A TLS key that cannot be honoured refuses the whole configuration, nothing changed;
+        # certificate files are read again (rotation).
+        await trio.to_thread.run_sync(check_tls, config)
+        _refuse_tls_not_served(config)
         old = {lst.name: lst for lst in self.config.listeners}
         new = {lst.name: lst for lst in config.listeners}
         # New clusters first: the listeners built below may name them. Existing ones change
@@ -302,6 +310,27 @@ def _access_logs(listener: Listener) -> tuple[AccessLog, ...]:
     from .proxy.accesslog import AccessLog
 
     return tuple(AccessLog(c) for c in listener.access_logs)
+
+
+def _refuse_tls_not_served(config: MeshConfig) -> None:
+    """Until the listener and the pools serve TLS (issue 16, in progress), a configuration
+    that asks for it must not run in cleartext: refused. The integration removes this."""
+    for lst in config.listeners:
+        chains = lst.filter_chains
+        if (
+            len(chains) != 1
+            or lst.inspector
+            or any(c.tls_configs() or c.match_key() is not None for c in chains)
+        ):
+            raise StartupError(
+                f"listener {lst.name!r}: TLS, inspector and filter chain matching are not"
+                " served by this build yet"
+            )
+    for cluster in config.cluster_manager.clusters:
+        if cluster.tls_context is not None and cluster.tls_context.status:
+            raise StartupError(
+                f"cluster {cluster.name!r}: upstream TLS is not served by this build yet"
+            )
 
 
 def _handler(listener: Listener, ctx: BuildContext) -> Callable[[Connection], Awaitable[None]]:
