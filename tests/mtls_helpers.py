@@ -44,9 +44,12 @@ def mtls_info(**changes: Any) -> Any:
     return FakeTlsInfo(**changes)
 
 
-def tls_context(pki: Pki, *, verify_client: bool = True, alpn: str = "h2,http/1.1") -> dict:
+def tls_context(
+    pki: Pki, *, verify_client: bool = True, optional: bool = False, alpn: str = "h2,http/1.1"
+) -> dict:
     """A listener chain's ``tls_context`` with ``pki.server``; ``verify_client``: mutual TLS
-    (the client must present a certificate ``pki.ca`` signed)."""
+    (the client must present a certificate ``pki.ca`` signed; ``optional``: may present
+    none, one it presents is verified)."""
     ctx: dict[str, Any] = {
         "status": True,
         "cert_chain": str(pki.server.cert),
@@ -54,7 +57,7 @@ def tls_context(pki: Pki, *, verify_client: bool = True, alpn: str = "h2,http/1.
         "alpn": alpn,
     }
     if verify_client:
-        ctx.update(ca_cert=str(pki.ca.cert), verify_client=True, require_client_cert=True)
+        ctx.update(ca_cert=str(pki.ca.cert), verify_client=True, require_client_cert=not optional)
     return ctx
 
 
@@ -67,6 +70,7 @@ def mtls_config(
     listener: dict[str, Any] | None = None,
     stream_filters: list[dict[str, Any]] | None = None,
     verify_client: bool = True,
+    optional: bool = False,
     plaintext_listener: bool = False,
 ) -> MeshConfig:
     """Listener ``ingress`` (TLS with ``pki.server``; mutual unless ``verify_client=False``)
@@ -98,9 +102,10 @@ def mtls_config(
         }
 
     if listener_has_tls():
-        listeners = [one("ingress", tls_context(pki, verify_client=verify_client))]
+        tls = tls_context(pki, verify_client=verify_client, optional=optional)
+        listeners = [one("ingress", tls)]
     else:
-        _SHIM_CONTEXTS["ingress"] = _shim_context(pki, verify_client)
+        _SHIM_CONTEXTS["ingress"] = _shim_context(pki, verify_client, optional)
         listeners = [one("ingress", None)]
     if plaintext_listener:
         listeners.append(one("plain", None))
@@ -183,13 +188,13 @@ def listener_has_tls() -> bool:
     return LISTENER_TLS
 
 
-def _shim_context(pki: Pki, verify_client: bool) -> ssl.SSLContext:
+def _shim_context(pki: Pki, verify_client: bool, optional: bool) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(pki.server.cert, pki.server.key)
     ctx.set_alpn_protocols(["h2", "http/1.1"])
     if verify_client:
         ctx.load_verify_locations(pki.ca.cert)
-        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.verify_mode = ssl.CERT_OPTIONAL if optional else ssl.CERT_REQUIRED
 
     def sni(obj: Any, name: str | None, _ctx: ssl.SSLContext) -> None:
         _SHIM_SNI[id(obj)] = name  # the listener reads it from the ClientHello

@@ -187,6 +187,28 @@ async def test_tls_without_a_client_certificate_is_not_trusted(pki, upstream, mo
     assert seen.get("x-forwarded-proto") == "https"
 
 
+async def test_an_optional_client_certificate_decides_per_connection(pki, upstream):
+    """A listener that verifies a certificate when the client presents one: with one the
+    request gets this hop's element, without one the forged header is just removed."""
+    proxy = {
+        "forward_client_cert_details": "APPEND_FORWARD",
+        "set_current_client_cert_details": {"uri": True},
+    }
+    config = mtls_config(pki, ROUTES, {"up": upstream.port}, proxy=proxy, optional=True)
+    forged = (f"x-forwarded-client-cert: {FORGED}",)
+    with trio.fail_after(20):
+        async with running_proxy(config) as (server, _):
+            port = server.addresses["ingress"][1]
+            code, out, err = await curl_tls(port, pki, headers=forged)
+            assert code == 0, err
+            without = echoed_headers(curl_result(out)[2])
+            code, out, err = await curl_tls(port, pki, client=pki.client, headers=forged)
+            assert code == 0, err
+            with_cert = echoed_headers(curl_result(out)[2])
+    assert "x-forwarded-client-cert" not in without
+    assert with_cert.getall("x-forwarded-client-cert") == [f"{FORGED},{element(pki, uri=True)}"]
+
+
 async def test_always_forward_only_trusts_whoever_connects(pki, upstream):
     proxy = {"forward_client_cert_details": "ALWAYS_FORWARD_ONLY"}
     config = mtls_config(pki, ROUTES, {"up": upstream.port}, proxy=proxy, verify_client=False)
