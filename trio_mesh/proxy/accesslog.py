@@ -30,7 +30,6 @@ client presented no certificate. Several SANs are ``,``-joined, as Envoy does.
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
 import json
 import logging
@@ -137,12 +136,6 @@ Getter = Callable[[RequestRecord], Any]
 TlsGetter = Callable[["TlsInfo"], "str | None"]
 
 
-@functools.lru_cache(maxsize=1024)
-def _fingerprint(der: bytes) -> str:
-    # keyed by the connection's one bytes object (its hash is cached): a hash per connection
-    return hashlib.sha256(der).hexdigest()
-
-
 def _joined(names: tuple[str, ...]) -> str | None:
     return ",".join(names) if names else None
 
@@ -159,7 +152,7 @@ _TLS_FIELDS: dict[str, TlsGetter] = {
     "DOWNSTREAM_PEER_DNS_SAN": lambda tls: _joined(tls.peer_dns_sans),
     "DOWNSTREAM_PEER_SERIAL": lambda tls: tls.peer_serial.lower() if tls.peer_serial else None,
     "DOWNSTREAM_PEER_FINGERPRINT_256": lambda tls: (
-        _fingerprint(tls.peer_cert_der) if tls.peer_cert_der else None
+        hashlib.sha256(tls.peer_cert_der).hexdigest() if tls.peer_cert_der else None
     ),
     "DOWNSTREAM_LOCAL_SUBJECT": lambda tls: tls.local_subject,
     "DOWNSTREAM_LOCAL_URI_SAN": lambda tls: _joined(tls.local_uri_sans),
