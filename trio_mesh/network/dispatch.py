@@ -241,7 +241,9 @@ class ChainDispatcher:
         lowered = reason.lower()
         if "peer did not return a certificate" in lowered or "no certificate" in lowered:
             stats.ssl_fail_verify_no_cert += 1
-        elif "certificate verify failed" in lowered or "certificate" in lowered and "fail" in lowered:
+        elif (
+            "certificate verify failed" in lowered or "certificate" in lowered and "fail" in lowered
+        ):
             stats.ssl_fail_verify_error += 1
 
     def _no_chain(self, conn: Connection, sni: str | None) -> None:
