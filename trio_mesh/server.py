@@ -20,8 +20,8 @@ from .filters.background import Background
 from .filters.network import compose
 from .filters.stream import FilterChainFactory
 from .network.budget import ListenerBudget
-from .network.connection import Connection
 from .network.chains import Chain
+from .network.connection import Connection
 from .network.dispatch import ChainDispatcher
 from .network.listener import Handler, ListenerRuntime, bind
 from .network.tls_context import ServerTls, server_tls
