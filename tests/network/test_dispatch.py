@@ -180,3 +180,115 @@ async def test_stalled_hellos_time_out_and_the_oldest_is_evicted(nursery) -> Non
         await s.send_all(b"GET / HTTP/1.1\r\n")
         assert await s.receive_some(10) == b"ok"
     assert len(dispatcher.slots) == 0
+
+
+# ----------------------------------------------------------------------------- with TLS
+
+
+class OneContext:
+    """A ``ServerTls`` stand-in: one context for every name."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self.ctx = ctx
+
+    def select(self, sni: str | None) -> ssl.SSLContext:
+        return self.ctx
+
+
+def server_context(pki: Any, *, mutual: bool = False) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(pki.server.cert), str(pki.server.key))
+    if mutual:
+        ctx.load_verify_locations(str(pki.ca.cert))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+async def _tls_echo(conn: Connection) -> None:
+    while data := await conn.stream.receive_some(1000):
+        tls = conn.tls
+        assert tls is not None
+        await conn.stream.send_all(f"{tls.sni}:".encode() + data)
+
+
+def _tls_dispatcher(pki: Any, stats: ListenerStats, **kw: Any) -> ChainDispatcher:
+    chains = [
+        Chain(0, None, OneContext(server_context(pki, mutual=kw.pop("mutual", False))), _tls_echo)
+    ]
+    return ChainDispatcher(
+        "t",
+        chains,
+        inspector=kw.pop("inspector", False),
+        handshake_timeout=kw.pop("timeout", 5),
+        max_handshakes=kw.pop("max_handshakes", 8),
+        stats=stats,
+    )
+
+
+async def _client(port: int, pki: Any, cert: Any = None) -> trio.SSLStream[trio.SocketStream]:
+    ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
+    if cert is not None:
+        ctx.load_cert_chain(str(cert.cert), str(cert.key))
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = trio.SSLStream(tcp, ctx, server_hostname="localhost")
+    await stream.do_handshake()
+    return stream
+
+
+async def test_tls_handshake_and_the_stream_swapped(nursery, pki) -> None:
+    stats = ListenerStats()
+    port = await _listener(nursery, _tls_dispatcher(pki, stats))
+    with trio.fail_after(10):
+        stream = await _client(port, pki)
+        await stream.send_all(b"hi")
+        assert await stream.receive_some(100) == b"localhost:hi"
+        await stream.aclose()
+    assert stats.ssl_handshake == 1
+
+
+@pytest.mark.parametrize("who", ["none", "stranger", "expired"])
+async def test_client_certificate_failures_counted(nursery, pki, who) -> None:
+    stats = ListenerStats()
+    port = await _listener(nursery, _tls_dispatcher(pki, stats, mutual=True))
+    cert = {"none": None, "stranger": pki.stranger, "expired": pki.expired_client}[who]
+    with trio.fail_after(10):
+        # TLS 1.3: the client finishes first; the server's refusal comes with the next read.
+        with pytest.raises((trio.BrokenResourceError, ssl.SSLError)):
+            stream = await _client(port, pki, cert)
+            await stream.send_all(b"hi")
+            await stream.receive_some(100)
+        while stats.ssl_connection_error == 0:
+            await trio.testing.wait_all_tasks_blocked()
+    assert stats.ssl_handshake == 0
+    if who == "none":
+        assert stats.ssl_fail_verify_no_cert == 1
+    else:
+        assert stats.ssl_fail_verify_error == 1
+    good = await _client(port, pki, pki.client)
+    await good.send_all(b"hi")
+    assert await good.receive_some(100) == b"localhost:hi"
+
+
+async def test_stalled_hello_flood_with_tls(nursery, pki) -> None:
+    stats = ListenerStats()
+    dispatcher = _tls_dispatcher(pki, stats, max_handshakes=64, timeout=30)
+    port = await _listener(nursery, dispatcher)
+    hello = client_hello("localhost")
+    stalled = []
+    try:
+        with trio.fail_after(60):
+            for _ in range(1000):
+                s = await trio.open_tcp_stream("127.0.0.1", port)
+                await s.send_all(hello)
+                stalled.append(s)
+            await trio.testing.wait_all_tasks_blocked()
+            assert stats.ssl_handshake_evicted == 1000 - 64
+            assert len(dispatcher.slots) == 64
+        with trio.fail_after(2):
+            stream = await _client(port, pki)
+            await stream.send_all(b"hi")
+            assert await stream.receive_some(100) == b"localhost:hi"
+    finally:
+        for s in stalled:
+            s.socket.close()
+    assert stats.ssl_handshake == 1
