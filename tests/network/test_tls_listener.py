@@ -481,3 +481,31 @@ async def test_rotation_to_a_bad_file_is_refused_and_keeps_serving(nursery, pki,
         await server.apply(cfg)
     with trio.fail_after(10):
         assert (await tls_get(port, client_context(pki))).status == 200
+
+
+async def test_a_plain_listener_takes_the_direct_path(nursery):
+    """One plaintext chain, nothing to match, no inspector: the chain's handler itself, so a
+    connection costs no read before it."""
+    from trio_mesh.network.dispatch import ChainDispatcher
+
+    up = await start_upstream(nursery)
+    server, _ = await start_proxy(nursery, config(up.port, [proxy_chain()]))
+    assert not isinstance(server.listeners["ingress"].handler, ChainDispatcher)
+    server, _ = await start_proxy(nursery, config(up.port, [proxy_chain()], inspector=True))
+    assert isinstance(server.listeners["ingress"].handler, ChainDispatcher)
+
+
+async def test_failures_logged_once_a_second_with_the_count(nursery, pki, caplog):
+    up = await start_upstream(nursery)
+    server, port = await start_proxy(
+        nursery, config(up.port, [proxy_chain(tls_context(pki.server))])
+    )
+    caplog.set_level("INFO", logger="trio_mesh.listener")
+    with trio.fail_after(10):
+        for _ in range(5):
+            async with await Client.connect(port) as client:
+                await client.send(get("/echo"))
+                assert await client.read_to_eof() == b""
+    lines = [r.getMessage() for r in caplog.records if "plaintext on a TLS chain" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert server.listeners["ingress"].stats.ssl_connection_error == 5
