@@ -124,9 +124,9 @@ class Server:
             if runtime is None or not isinstance(runtime.handler, ChainDispatcher):
                 continue
             path = _listener_path(config, lst)
-            for chain, config in zip(runtime.handler.chains, lst.filter_chains, strict=True):
+            for chain, chain_config in zip(runtime.handler.chains, lst.filter_chains, strict=True):
                 if chain.tls is not None:
-                    tls = _server_tls(config, f"{path}.filter_chains[{chain.index}]")
+                    tls = _server_tls(chain_config, f"{path}.filter_chains[{chain.index}]")
                     staged.append((chain, tls))
         return staged
 

@@ -30,6 +30,7 @@ import trio
 from ..protocols.tls_hello import NEED_MORE, NOT_TLS, ClientHello, HelloError, parse_client_hello
 from ..stats import ListenerStats
 from .chains import Chain, ChainSelector
+from .stream import Stream
 from .throttled_log import ThrottledLog
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class ReplayStream:
 
     __slots__ = ("_prefix", "_stream", "socket")
 
-    def __init__(self, stream: Any, prefix: bytes) -> None:
+    def __init__(self, stream: Stream, prefix: bytes) -> None:
         self._stream = stream
         self._prefix = prefix
         self.socket = stream.socket
@@ -201,7 +202,8 @@ class ChainDispatcher:
         if hello is NOT_TLS:
             chain = self.selector.select(None, False)
             if chain is None:
-                return self._no_chain(conn, None)
+                self._no_chain(conn, None)
+                return None
             if chain.tls is not None and not self.inspector:
                 # A plaintext client on a TLS-only chain: TLS is not optional here.
                 self.stats.ssl_connection_error += 1
@@ -212,7 +214,8 @@ class ChainDispatcher:
         assert isinstance(hello, ClientHello)
         chain = self.selector.select(hello.sni, True, hello.alpn)
         if chain is None:
-            return self._no_chain(conn, hello.sni)
+            self._no_chain(conn, hello.sni)
+            return None
         server_tls = chain.tls
         if server_tls is None:  # pass-through, or a plaintext chain that gets TLS bytes
             conn.stream = ReplayStream(stream, buf)  # type: ignore[assignment]
@@ -248,7 +251,6 @@ class ChainDispatcher:
     def _no_chain(self, conn: Connection, sni: str | None) -> None:
         self.stats.no_filter_chain_match += 1
         self._fail(conn, f"no filter chain matches (server name {sni!r})")
-        return None
 
     def _fail(self, conn: Connection, what: str) -> None:
         self._log.log(logging.INFO, "listener %r: downstream %s: %s", self.name, conn.remote, what)

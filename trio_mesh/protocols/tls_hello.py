@@ -102,7 +102,7 @@ def parse_client_hello(data: bytes, *, limit: int = MAX_HELLO_BYTES) -> ClientHe
     if len(body) != need:
         # RFC 8446 5.1: a record that ends the ClientHello must not carry the next message.
         raise HelloError("bytes after the ClientHello in its last record")
-    return _parse_body(memoryview(bytes(body))[4:], pos)
+    return _parse_body(bytes(body[4:]), pos)
 
 
 def _message_length(body: bytes | bytearray, limit: int) -> int | None:
@@ -123,82 +123,82 @@ def _more(data: bytes, raw_limit: int) -> HelloStatus:
     return NEED_MORE
 
 
-class _Reader:
-    __slots__ = ("buf", "pos")
-
-    def __init__(self, buf: memoryview) -> None:
-        self.buf = buf
-        self.pos = 0
-
-    def take(self, n: int) -> memoryview:
-        end = self.pos + n
-        if end > len(self.buf):
-            raise HelloError("ClientHello truncated")
-        out = self.buf[self.pos : end]
-        self.pos = end
-        return out
-
-    def take_all(self) -> memoryview:
-        return self.take(self.left)
-
-    def uint(self, n: int) -> int:
-        return int.from_bytes(self.take(n), "big")
-
-    def vector(self, length_bytes: int) -> _Reader:
-        return _Reader(self.take(self.uint(length_bytes)))
-
-    @property
-    def left(self) -> int:
-        return len(self.buf) - self.pos
-
-
-def _parse_body(buf: memoryview, length: int) -> ClientHello:
-    r = _Reader(buf)
-    legacy_version = r.uint(2)
-    r.take(32)  # random
-    if r.vector(1).left > 32:
+def _parse_body(b: bytes, length: int) -> ClientHello:
+    # Plain indexing, not a reader object per field: this runs once per TLS connection.
+    n = len(b)
+    if n < 35:
+        raise HelloError("ClientHello truncated")
+    legacy_version = b[0] << 8 | b[1]
+    p = 34  # after the version and the 32-byte random
+    if b[p] > 32:
         raise HelloError("session id over 32 bytes")
-    suites = r.vector(2)
-    if suites.left == 0 or suites.left % 2:
+    p += 1 + b[p]
+    if p + 2 > n:
+        raise HelloError("ClientHello truncated")
+    suites = b[p] << 8 | b[p + 1]
+    if suites == 0 or suites % 2:
         raise HelloError("bad cipher suite list")
-    if r.vector(1).left == 0:
+    p += 2 + suites
+    if p + 1 > n:
+        raise HelloError("ClientHello truncated")
+    if b[p] == 0:
         raise HelloError("no compression method")
+    p += 1 + b[p]
+    if p > n:
+        raise HelloError("ClientHello truncated")
     sni: str | None = None
     alpn: tuple[str, ...] = ()
     versions: tuple[int, ...] = ()
-    if r.left:  # extensions may be absent altogether (pre-TLS 1.2 clients)
-        exts = r.vector(2)
-        if r.left:
+    if p < n:  # extensions may be absent altogether (pre-TLS 1.2 clients)
+        if p + 2 > n:
+            raise HelloError("ClientHello truncated")
+        end = p + 2 + (b[p] << 8 | b[p + 1])
+        if end > n:
+            raise HelloError("ClientHello truncated")
+        if end < n:
             raise HelloError("bytes after the extensions")
+        p += 2
         seen: set[int] = set()
-        while exts.left:
-            kind = exts.uint(2)
-            data = exts.vector(2)
+        while p < end:
+            if p + 4 > end:
+                raise HelloError("ClientHello truncated")
+            kind = b[p] << 8 | b[p + 1]
+            size = b[p + 2] << 8 | b[p + 3]
+            p += 4
+            if p + size > end:
+                raise HelloError("ClientHello truncated")
             if kind in seen:
                 raise HelloError(f"extension {kind} twice")  # RFC 8446 4.2
             seen.add(kind)
             if kind == _EXT_SERVER_NAME:
-                sni = _server_name(data)
+                sni = _server_name(b[p : p + size])
             elif kind == _EXT_ALPN:
-                alpn = _alpn(data)
+                alpn = _alpn(b[p : p + size])
             elif kind == _EXT_SUPPORTED_VERSIONS:
-                versions = _versions(data)
+                versions = _versions(b[p : p + size])
+            p += size
     return ClientHello(sni, alpn, versions, legacy_version, length)
 
 
-def _server_name(data: _Reader) -> str | None:
-    names = data.vector(2)
-    if data.left:
-        raise HelloError("bytes after the server name list")
+def _server_name(d: bytes) -> str:
+    if len(d) < 2 or (d[0] << 8 | d[1]) != len(d) - 2:
+        raise HelloError("bad server_name extension")
     host: str | None = None
-    while names.left:
-        kind = names.uint(1)
-        name = bytes(names.vector(2).take_all())
+    p, n = 2, len(d)
+    while p < n:
+        if p + 3 > n:
+            raise HelloError("bad server_name extension")
+        kind, size = d[p], d[p + 1] << 8 | d[p + 2]
+        p += 3
+        if p + size > n:
+            raise HelloError("bad server_name extension")
+        name = d[p : p + size]
+        p += size
         if kind != 0:
             continue  # only host_name (0) is defined; others are skipped, as OpenSSL does
         if host is not None:
             raise HelloError("two host names in server_name")  # RFC 6066 3
-        if not name or not name.isascii() or any(b <= 0x20 or b == 0x7F for b in name):
+        if not name or not name.isascii() or any(c <= 0x20 or c == 0x7F for c in name):
             raise HelloError("server name is not an ASCII host name")
         host = name.decode("ascii").lower()
     if host is None:
@@ -206,21 +206,22 @@ def _server_name(data: _Reader) -> str | None:
     return host
 
 
-def _alpn(data: _Reader) -> tuple[str, ...]:
-    protos = data.vector(2)
-    if data.left or protos.left == 0:
+def _alpn(d: bytes) -> tuple[str, ...]:
+    if len(d) < 3 or (d[0] << 8 | d[1]) != len(d) - 2:
         raise HelloError("bad ALPN extension")
     out = []
-    while protos.left:
-        proto = protos.vector(1).take_all()
-        if not proto:
-            raise HelloError("empty ALPN protocol name")
-        out.append(bytes(proto).decode("latin-1"))
+    p, n = 2, len(d)
+    while p < n:
+        size = d[p]
+        p += 1
+        if size == 0 or p + size > n:
+            raise HelloError("bad ALPN protocol name")
+        out.append(d[p : p + size].decode("latin-1"))
+        p += size
     return tuple(out)
 
 
-def _versions(data: _Reader) -> tuple[int, ...]:
-    vs = data.vector(1)
-    if data.left or vs.left == 0 or vs.left % 2:
+def _versions(d: bytes) -> tuple[int, ...]:
+    if len(d) < 3 or d[0] != len(d) - 1 or d[0] % 2:
         raise HelloError("bad supported_versions extension")
-    return tuple(vs.uint(2) for _ in range(vs.left // 2))
+    return tuple(d[i] << 8 | d[i + 1] for i in range(1, len(d), 2))
