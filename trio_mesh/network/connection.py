@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
-import socket
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
 from .stream import Stream
+
+if TYPE_CHECKING:
+    from .tls import TlsInfo
 
 # Moving a cancel scope's deadline costs more than the read it follows; so a touch moves it
 # only once less than the timeout remains, to timeout x SLACK: the timeout then fires between
@@ -100,6 +103,7 @@ class Connection:
         "busy",
         "draining",
         "drain_grace",
+        "tls",
     )
 
     def __init__(self, stream: Stream, idle_timeout: float | None):
@@ -120,6 +124,8 @@ class Connection:
         #: Set by a filter whose connection, idle on drain, may still get a request (an
         #: HTTP/1 keep-alive connection): it closes once idle this long, not at once.
         self.drain_grace: float | None = None
+        #: The handshake's outcome on a TLS connection (``stream`` is then a TlsStream).
+        self.tls: TlsInfo | None = None
 
     def drain(self) -> None:
         """The server is stopping: finish what is in flight, take nothing new."""
@@ -134,8 +140,5 @@ class Connection:
             self.idle.scope.cancel()  # between requests: nothing to finish
 
     def input_waiting(self) -> bool:
-        """Bytes not read yet wait on the socket: the client has begun a request."""
-        try:
-            return bool(self.stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except OSError:  # nothing yet (would block), or the socket is gone
-            return False
+        """Bytes not read yet wait on the stream: the client has begun a request."""
+        return self.stream.readable_now()

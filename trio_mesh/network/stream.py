@@ -14,8 +14,10 @@ for use after close, so code written against ``trio.SocketStream`` works unchang
 from __future__ import annotations
 
 import errno
+import math
 import socket
 import struct
+from collections.abc import Callable
 
 import trio
 
@@ -76,6 +78,61 @@ class Stream:
             except OSError as exc:
                 raise _mapped(exc) from exc
             view = view[sent:]
+
+    async def send_all_until(
+        self,
+        data: bytes | bytearray | memoryview,
+        deadline: float,
+        on_block: Callable[[], None] | None = None,
+    ) -> None:
+        """``send_all`` that raises ``trio.TooSlowError`` once ``deadline`` passes while the
+        socket takes nothing (``on_block`` is told each time it would block). Cut short after
+        part of ``data`` went, the stream is reset: the peer must not read half a frame."""
+        sock = self.socket
+        view = memoryview(data)
+        total = len(view)
+        sent = 0
+        try:
+            while sent < total:
+                try:
+                    sent += sock.send(view[sent:] if sent else view)
+                except BlockingIOError:
+                    if on_block is not None:
+                        on_block()
+                    if deadline == math.inf:
+                        await _wait_writable(sock)
+                    else:
+                        with trio.move_on_at(deadline) as scope:
+                            await _wait_writable(sock)
+                        if scope.cancelled_caught:
+                            raise trio.TooSlowError from None
+                except OSError as exc:
+                    raise _mapped(exc) from exc
+        except BaseException:
+            if 0 < sent < total:
+                self.abort()
+            raise
+        finally:
+            view.release()
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        """All of ``data`` went to the socket without waiting (else the caller aborts)."""
+        try:
+            return self.socket.send(data) == len(data)
+        except OSError:
+            return False
+
+    def readable_now(self) -> bool:
+        """Bytes or EOF wait to be read (or the socket failed): for an idle connection, the
+        peer closed it or broke its protocol. One non-blocking peek (no select(): fds past
+        1024)."""
+        try:
+            self.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return True
 
     async def send_eof(self) -> None:
         try:

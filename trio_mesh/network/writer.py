@@ -37,9 +37,8 @@ from collections.abc import Callable
 
 import trio
 
-from .stream import Stream, _mapped
+from .stream import Stream
 
-_wait_writable = trio.lowlevel.wait_writable
 _shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
 
 #: Bytes queued behind a flush before joiners wait (a frame of any size passes alone).
@@ -190,31 +189,7 @@ class FrameWriter:
                 self._posted.unpark()
 
     async def _send_all(self, data: bytes | bytearray | memoryview, deadline: float) -> None:
-        sock = self.stream.socket
-        view = memoryview(data)
-        total = len(view)
-        sent = 0
         try:
-            while sent < total:
-                try:
-                    sent += sock.send(view[sent:] if sent else view)
-                except BlockingIOError:
-                    if self.on_block is not None:
-                        self.on_block()
-                    if deadline == math.inf:
-                        await _wait_writable(sock)
-                    else:
-                        with trio.move_on_at(deadline) as scope:
-                            await _wait_writable(sock)
-                        if scope.cancelled_caught:
-                            raise WriteTimeout(
-                                "the socket took no more before the deadline"
-                            ) from None
-                except OSError as exc:
-                    raise _mapped(exc) from exc
-        except BaseException:
-            if 0 < sent < total:
-                self.stream.abort()
-            raise
-        finally:
-            view.release()
+            await self.stream.send_all_until(data, deadline, self.on_block)
+        except trio.TooSlowError:
+            raise WriteTimeout("the socket took no more before the deadline") from None

@@ -9,7 +9,6 @@ timeout.
 from __future__ import annotations
 
 import enum
-import socket
 from time import monotonic as _monotonic
 
 import trio
@@ -66,14 +65,8 @@ class H1Connection:
 
     def peer_closed_while_idle(self) -> bool:
         """An idle HTTP/1 connection has nothing to read: readable means the upstream closed
-        it (or broke the protocol). One non-blocking peek (no select(): fds past 1024)."""
-        try:
-            self.stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return False  # nothing to read: alive, as an idle connection should be
-        except OSError:
-            return True
-        return True  # EOF, or bytes nobody asked for: either way not reusable
+        it (or broke the protocol)."""
+        return self.stream.readable_now()
 
 
 class H1Pool(ConnectionPool[H1Connection]):

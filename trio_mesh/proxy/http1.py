@@ -337,11 +337,7 @@ class _Session:
         keep = False
         if not self.started:
             data, keep = self._reply_bytes(head, info, TIMEOUT)
-            try:
-                sent = self.stream.socket.send(data)
-            except OSError:
-                sent = -1
-            if sent != len(data):
+            if not self.stream.send_nowait(data):
                 keep = False
                 self.stream.abort()
         else:
