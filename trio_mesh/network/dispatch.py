@@ -32,6 +32,7 @@ from ..stats import ListenerStats
 from .chains import Chain, ChainSelector
 from .stream import Stream
 from .throttled_log import ThrottledLog
+from .tls import TlsError, TlsStream
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -79,6 +80,17 @@ class ReplayStream:
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)
+
+    async def send_all_until(
+        self,
+        data: bytes | bytearray | memoryview,
+        deadline: float,
+        on_block: Callable[[], None] | None = None,
+    ) -> None:
+        await self._stream.send_all_until(data, deadline, on_block)
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        return self._stream.send_nowait(data)
 
     async def send_eof(self) -> None:
         await self._stream.send_eof()
@@ -220,14 +232,12 @@ class ChainDispatcher:
         if server_tls is None:  # pass-through, or a plaintext chain that gets TLS bytes
             conn.stream = ReplayStream(stream, buf)  # type: ignore[assignment]
             return chain.handler
-        from .tls import TlsError, TlsStream
-
         try:
             tls = await TlsStream.accept(
                 stream, server_tls.select(hello.sni), initial=buf, sni=hello.sni
             )
         except TlsError as exc:
-            self._count_failure(str(exc))
+            self._count_failure(exc.kind)
             self._fail(conn, f"TLS handshake failed: {exc}")
             return None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -238,14 +248,12 @@ class ChainDispatcher:
         conn.tls = tls.info
         return chain.handler
 
-    def _count_failure(self, reason: str) -> None:
+    def _count_failure(self, kind: str) -> None:
         stats = self.stats
         stats.ssl_connection_error += 1
-        lowered = reason.lower()
-        # OpenSSL's reasons (PEER_DID_NOT_RETURN_A_CERTIFICATE, CERTIFICATE_VERIFY_FAILED)
-        if "peer did not return a certificate" in lowered:
+        if kind == "no_cert":
             stats.ssl_fail_verify_no_cert += 1
-        elif "certificate verify failed" in lowered:
+        elif kind == "verify":
             stats.ssl_fail_verify_error += 1
 
     def _no_chain(self, conn: Connection, sni: str | None) -> None:
