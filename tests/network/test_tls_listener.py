@@ -509,3 +509,41 @@ async def test_failures_logged_once_a_second_with_the_count(nursery, pki, caplog
     lines = [r.getMessage() for r in caplog.records if "plaintext on a TLS chain" in r.getMessage()]
     assert len(lines) == 1, lines
     assert server.listeners["ingress"].stats.ssl_connection_error == 5
+
+
+async def test_alpn_picks_the_auto_proxys_protocol(nursery, pki):
+    """``Auto`` behind TLS: ALPN h2 is HTTP/2 at once (the proxy's SETTINGS arrive before the
+    client says a byte); http/1.1 is HTTP/1 (no preface detection needed)."""
+    up = await start_upstream(nursery)
+    _, port = await start_proxy(nursery, config(up.port, [proxy_chain(tls_context(pki.server))]))
+    with trio.fail_after(10):
+        stream = await tls_connect(port, client_context(pki, alpn=["h2"]))
+        assert stream.selected_alpn_protocol() == "h2"
+        frame = await stream.receive_some(9)
+        assert frame[3] == 0x04  # a SETTINGS frame, unprompted
+        await stream.aclose()
+        stream = await tls_connect(port, client_context(pki, alpn=["http/1.1"]))
+        assert stream.selected_alpn_protocol() == "http/1.1"
+        async with Client(stream) as client:  # type: ignore[arg-type]
+            await client.send(get("/echo"))
+            response = await client.response()
+            assert response.status == 200 and response.version == "HTTP/1.1"
+
+
+async def test_alpn_offer_follows_the_proxys_protocol(nursery, pki):
+    up = await start_upstream(nursery)
+    chains = [
+        proxy_chain(
+            tls_context(pki.server), protocol="Http1", match={"server_names": ["localhost"]}
+        ),
+        proxy_chain(tls_context(pki.server), protocol="Http2"),
+    ]
+    _, port = await start_proxy(nursery, config(up.port, chains))
+    ctx = client_context(pki, alpn=["h2", "http/1.1"])
+    with trio.fail_after(10):
+        one = await tls_connect(port, ctx, "localhost")
+        assert one.selected_alpn_protocol() == "http/1.1"
+        await one.aclose()
+        two = await tls_connect(port, ctx, "api.example.test")
+        assert two.selected_alpn_protocol() == "h2"
+        await two.aclose()
