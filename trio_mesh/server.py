@@ -25,6 +25,7 @@ from .network.connection import Connection
 from .network.dispatch import ChainDispatcher
 from .network.listener import Handler, ListenerRuntime, bind
 from .network.tls_context import ServerTls, server_tls
+from .network.tls_context import check_or_raise as check_tls
 from .pool import Pools
 from .proxy import network_filter as _proxy_filter  # noqa: F401 - registers the proxy filter
 from .router import RouteTable
@@ -150,6 +151,9 @@ class Server:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        # Every TLS context builds (files read, keys matched) before any port is bound.
+        await trio.to_thread.run_sync(check_tls, self.config)
+        _refuse_tls_not_served(self.config)
         self._stats = {lst.name: ListenerStats() for lst in self.config.listeners}
         handlers = {}
         for lst in self.config.listeners:
@@ -212,6 +216,10 @@ class Server:
             await self._apply(config, nursery, drain_timeout)
 
     async def _apply(self, config: MeshConfig, nursery: trio.Nursery, drain_timeout: float) -> None:
+        # A TLS key that cannot be honoured refuses the whole configuration, nothing changed;
+        # certificate files are read again (rotation).
+        await trio.to_thread.run_sync(check_tls, config)
+        _refuse_tls_not_served(config)
         old = {lst.name: lst for lst in self.config.listeners}
         new = {lst.name: lst for lst in config.listeners}
         # New clusters first: the listeners built below may name them. Existing ones change
@@ -343,6 +351,16 @@ def _access_logs(listener: Listener) -> tuple[AccessLog, ...]:
     return tuple(AccessLog(c) for c in listener.access_logs)
 
 
+def _refuse_tls_not_served(config: MeshConfig) -> None:
+    """Until the pools serve TLS (issue 16, in progress), a configuration that asks for
+    upstream TLS must not run in cleartext: refused. The integration removes this."""
+    for cluster in config.cluster_manager.clusters:
+        if cluster.tls_context is not None and cluster.tls_context.status:
+            raise StartupError(
+                f"cluster {cluster.name!r}: upstream TLS is not served by this build yet"
+            )
+
+
 def _handler(
     listener: Listener, ctx: BuildContext, path: str
 ) -> Callable[[Connection], Awaitable[None]]:
@@ -355,7 +373,8 @@ def _handler(
     built = [
         Chain(
             index,
-            chain.filter_chain_match,
+            # An empty match matches everything: the default chain, as no match at all.
+            chain.filter_chain_match if chain.match_key() is not None else None,
             _server_tls(chain, f"{path}.filter_chains[{index}]"),
             _chain_handler(listener, chain, ctx),
         )
@@ -373,13 +392,7 @@ def _handler(
 
 def _needs_dispatch(listener: Listener) -> bool:
     return listener.inspector or any(
-        c.filter_chain_match is not None or _has_tls(c) for c in listener.filter_chains
-    )
-
-
-def _has_tls(chain: FilterChain) -> bool:
-    return (chain.tls_context is not None and chain.tls_context.status) or any(
-        t.status for t in chain.tls_context_set
+        c.match_key() is not None or c.tls_configs() for c in listener.filter_chains
     )
 
 

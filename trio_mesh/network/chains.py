@@ -71,7 +71,7 @@ class ChainSelector:
             if not names:
                 self._no_names.append(chain)
             for name in names:
-                name = name.lower()
+                name = name.lower().rstrip(".")
                 if name.startswith("*."):
                     self._suffix.setdefault(name[1:], []).append(chain)
                 else:
@@ -88,6 +88,7 @@ class ChainSelector:
 
     def _by_name(self, sni: str | None) -> list[Chain]:
         if sni:
+            sni = sni.rstrip(".")  # the absolute form names the same host
             exact = self._exact.get(sni)
             if exact:
                 return exact
@@ -107,7 +108,11 @@ class ChainSelector:
         named = [c for c in chains if c.match is not None and c.match.transport_protocol]
         if not named:
             return chains
-        hit = [c for c in named if c.match is not None and c.match.transport_protocol == transport]
+        hit = [
+            c
+            for c in named
+            if c.match is not None and c.match.transport_protocol.lower() == transport
+        ]
         if hit:
             return hit
         return [c for c in chains if c.match is None or not c.match.transport_protocol]
