@@ -20,9 +20,9 @@ from .filters.background import Background
 from .filters.network import compose
 from .filters.stream import FilterChainFactory
 from .network.budget import ListenerBudget
-from .network.chains import Chain
+from .network.chains import Chain, Identities
 from .network.connection import Connection
-from .network.dispatch import ChainDispatcher
+from .network.dispatch import ChainDispatcher, identities
 from .network.listener import Handler, ListenerRuntime, bind
 from .network.tls_context import ServerTls, server_tls
 from .network.tls_context import check_or_raise as check_tls
@@ -116,7 +116,7 @@ class Server:
 
     def _rotate(
         self, config: MeshConfig, listeners: Iterable[Listener]
-    ) -> list[tuple[Chain, ServerTls | None]]:
+    ) -> list[tuple[Chain, ServerTls | None, Identities]]:
         """Every TLS chain of these running listeners with its context built anew from the
         files (certificate rotation); raises ``TlsConfigError`` before anything changed."""
         staged = []
@@ -127,8 +127,9 @@ class Server:
             path = _listener_path(config, lst)
             for chain, chain_config in zip(runtime.handler.chains, lst.filter_chains, strict=True):
                 if chain.tls is not None:
-                    tls = _server_tls(chain_config, f"{path}.filter_chains[{chain.index}]")
-                    staged.append((chain, tls))
+                    chain_path = f"{path}.filter_chains[{chain.index}]"
+                    tls = _server_tls(chain_config, chain_path)
+                    staged.append((chain, tls, identities(chain_config, tls, chain_path)))
         return staged
 
     async def _check_access_logs(self, names: Iterable[str]) -> None:
@@ -273,8 +274,9 @@ class Server:
             del self.routes[name]
         for chain in self._chains.values():
             chain.forget_routes()
-        for tls_chain, tls in rotated:
-            tls_chain.tls = tls  # open connections keep the context they were accepted with
+        for tls_chain, tls, ids in rotated:
+            # Open connections keep the context they were accepted with.
+            tls_chain.tls, tls_chain.identities = tls, ids
         retiring: list[ListenerRuntime] = []
         starting: list[ListenerRuntime] = []
         for lst in changed:
@@ -370,16 +372,20 @@ def _handler(
     chains = listener.filter_chains
     if len(chains) == 1 and not _needs_dispatch(listener):
         return _chain_handler(listener, chains[0], ctx)
-    built = [
-        Chain(
-            index,
-            # An empty match matches everything: the default chain, as no match at all.
-            chain.filter_chain_match if chain.match_key() is not None else None,
-            _server_tls(chain, f"{path}.filter_chains[{index}]"),
-            _chain_handler(listener, chain, ctx),
+    built = []
+    for index, chain in enumerate(chains):
+        chain_path = f"{path}.filter_chains[{index}]"
+        tls = _server_tls(chain, chain_path)
+        built.append(
+            Chain(
+                index,
+                # An empty match matches everything: the default chain, as no match at all.
+                chain.filter_chain_match if chain.match_key() is not None else None,
+                tls,
+                _chain_handler(listener, chain, ctx),
+                identities(chain, tls, chain_path),
+            )
         )
-        for index, chain in enumerate(chains)
-    ]
     return ChainDispatcher(
         listener.name,
         built,

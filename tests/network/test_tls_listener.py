@@ -28,7 +28,7 @@ from tests.http_helpers import (
     start_upstream,
     to,
 )
-from tests.tls_pki import Pair, Pki
+from tests.tls_pki import CLIENT_SPIFFE, SERVER_SPIFFE, Pair, Pki
 from trio_mesh.config import MeshConfig
 
 # ----------------------------------------------------------------------------- helpers
@@ -265,6 +265,10 @@ async def test_mutual_tls_peer_identity_reaches_the_connection(nursery, pki):
     assert info is not None
     assert info.peer_subject is not None and "CN=client" in info.peer_subject
     assert info.sni == "localhost"
+    assert info.peer_uri_sans == (CLIENT_SPIFFE,)
+    # The proxy's own certificate, for XFCC's By=.
+    assert info.local_subject == "CN=localhost,O=trio-mesh tests"
+    assert info.local_uri_sans == (SERVER_SPIFFE,)
 
 
 # ----------------------------------------------------------------------------- chains

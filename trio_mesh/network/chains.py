@@ -17,8 +17,15 @@ indexed when the listener is built: a selection is a few dict lookups.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .tls_context import ServerTls
+
+#: ``{context: (subject, URI SANs)}`` of a chain's own certificates.
+Identities = dict[ssl.SSLContext, tuple[str | None, tuple[str, ...]]]
 
 
 class MatchLike(Protocol):
@@ -35,25 +42,26 @@ class MatchLike(Protocol):
 class Chain:
     """One built filter chain. ``tls``: its ``ServerTls`` (``None``: plaintext), replaced in
     place on a reload (rotation: new handshakes take the new one, open connections keep
-    theirs). ``passthrough``: it forwards TLS bytes untouched (``tcp_proxy`` chosen by
-    ``server_names``, no ``tls_context``)."""
+    theirs). A chain without TLS whose terminal filter is ``tcp_proxy`` forwards TLS bytes
+    untouched (pass-through: the dispatcher replays what it read)."""
 
-    __slots__ = ("handler", "index", "match", "passthrough", "tls")
+    __slots__ = ("handler", "identities", "index", "match", "tls")
 
     def __init__(
         self,
         index: int,
         match: MatchLike | None,
-        tls: Any,
+        tls: ServerTls | None,
         handler: Callable[[Any], Awaitable[None]],
-        *,
-        passthrough: bool = False,
+        identities: Identities | None = None,
     ) -> None:
         self.index = index
         self.match = match
         self.tls = tls
         self.handler = handler
-        self.passthrough = passthrough
+        #: Each context's own certificate: its subject and URI SANs (``TlsInfo.local_*``,
+        #: XFCC's ``By=``), read at configuration time.
+        self.identities: Identities = identities or {}
 
     def __repr__(self) -> str:
         return f"<Chain {self.index}{' tls' if self.tls is not None else ''}>"

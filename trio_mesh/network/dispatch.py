@@ -22,17 +22,20 @@ Failures are counted in the listener's stats and logged at most once a second.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ..config.model import FilterChain
 from ..protocols.tls_hello import NEED_MORE, NOT_TLS, ClientHello, HelloError, parse_client_hello
 from ..stats import ListenerStats
-from .chains import Chain, ChainSelector
+from .chains import Chain, ChainSelector, Identities
 from .stream import Stream
 from .throttled_log import ThrottledLog
-from .tls import TlsError, TlsStream
+from .tls import TlsError, TlsStream, format_name
+from .tls_context import ServerTls, _pem_file
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -40,6 +43,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("trio_mesh.listener")
 
 _READ = 16384
+
+
+def identities(chain: FilterChain, server_tls: ServerTls | None, path: str) -> Identities:
+    """Each context's own certificate, its subject and URI SANs, from the chain's config (the
+    contexts are those whose ``status`` is on, in order; read at configuration time)."""
+    if server_tls is None:
+        return {}
+    out: Identities = {}
+    for config, (_, ctx) in zip(chain.tls_configs(), server_tls.contexts, strict=False):
+        try:
+            with _pem_file(config.cert_chain, path, "cert_chain") as name:
+                decoded = ssl._ssl._test_decode_cert(name)  # type: ignore[attr-defined]
+        except Exception:  # only for logs and XFCC By=: a certificate that loaded has them
+            continue
+        uris = tuple(v for k, v in decoded.get("subjectAltName", ()) if k == "URI")
+        out[ctx] = (format_name(decoded.get("subject")), uris)
+    return out
 
 
 class ReplayStream:
@@ -232,9 +252,16 @@ class ChainDispatcher:
         if server_tls is None:  # pass-through, or a plaintext chain that gets TLS bytes
             conn.stream = ReplayStream(stream, buf)  # type: ignore[assignment]
             return chain.handler
+        ctx = server_tls.select(hello.sni)
+        subject, uri_sans = chain.identities.get(ctx, (None, ()))
         try:
             tls = await TlsStream.accept(
-                stream, server_tls.select(hello.sni), initial=buf, sni=hello.sni
+                stream,
+                ctx,
+                initial=buf,
+                sni=hello.sni,
+                local_subject=subject,
+                local_uri_sans=uri_sans,
             )
         except TlsError as exc:
             self._count_failure(exc.kind)
