@@ -551,3 +551,83 @@ async def test_alpn_offer_follows_the_proxys_protocol(nursery, pki):
         two = await tls_connect(port, ctx, "api.example.test")
         assert two.selected_alpn_protocol() == "h2"
         await two.aclose()
+
+
+async def test_tls_context_set_by_sni_with_inline_pem(nursery, pki):
+    """Several certificates on one chain (MOSN's tls_context_set), chosen by SNI, the first
+    as the default; inline PEM works as files do, the local identity included."""
+    up = await start_upstream(nursery)
+    tls_set = [
+        {"status": True, "cert_chain": pki.server.cert_pem, "private_key": pki.server.key_pem},
+        tls_context(pki.other_server),
+    ]
+    chain = proxy_chain()
+    chain["tls_context_set"] = tls_set
+    server, port = await start_proxy(nursery, config(up.port, [chain]))
+    ctx = client_context(pki, check_hostname=False)
+    with trio.fail_after(10):
+        for name, cn in (
+            ("other.example.test", "other.example.test"),
+            ("api.example.test", "localhost"),
+            ("unknown.test", "localhost"),
+        ):
+            stream = await tls_connect(port, ctx, name)
+            assert peer_cn(stream) == cn
+            async with Client(stream) as client:  # type: ignore[arg-type]
+                await client.send(get("/echo"))
+                assert (await client.response()).status == 200
+                (conn,) = server.listeners["ingress"].connections
+                assert conn.tls is not None
+                assert conn.tls.local_subject == f"CN={cn},O=trio-mesh tests"
+
+
+async def test_rotation_under_load_drops_nothing(nursery, pki, tmp_path: Path):
+    """New TLS connections keep coming while reloads swap the certificate: every request is
+    answered, and both certificates were served."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copy(pki.server.cert, cert)
+    shutil.copy(pki.server.key, key)
+    rotated = pki.ca.issue("rotated-load", cn="rotated", dns=("localhost",))
+    up = await start_upstream(nursery)
+    cfg = config(
+        up.port, [proxy_chain({"status": True, "cert_chain": str(cert), "private_key": str(key)})]
+    )
+    server, port = await start_proxy(nursery, cfg)
+    ctx = client_context(pki)
+    seen: list[str] = []
+    failures: list[BaseException] = []
+    done = trio.Event()
+    progress = [trio.Event()]  # set (and replaced) on every new connection
+
+    async def client_loop() -> None:
+        while not done.is_set():
+            try:
+                stream = await tls_connect(port, ctx)
+                seen.append(peer_cn(stream))
+                progress[0].set()
+                async with Client(stream) as client:  # type: ignore[arg-type]
+                    for _ in range(3):  # keep-alive requests too
+                        await client.send(get("/echo"))
+                        assert (await client.response()).status == 200
+            except Exception as exc:
+                failures.append(exc)
+
+    async def connections(n: int) -> None:
+        target = len(seen) + n
+        while len(seen) < target:
+            progress[0] = trio.Event()
+            await progress[0].wait()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as clients:
+            for _ in range(4):
+                clients.start_soon(client_loop)
+            for pair in ((rotated.cert, rotated.key), (pki.server.cert, pki.server.key)) * 2:
+                await connections(10)
+                shutil.copy(pair[0], cert)
+                shutil.copy(pair[1], key)
+                await server.apply(cfg)
+            await connections(10)
+            done.set()
+    assert failures == []
+    assert {"localhost", "rotated"} <= set(seen)
