@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import ssl
-from collections.abc import Iterator
 from typing import Any
 
 import attrs
-import trio
 
 from tests.http_helpers import Headers, curl
 from tests.tls_pki import CLIENT_SPIFFE, SERVER_SPIFFE, Pair, Pki
@@ -101,12 +97,8 @@ def mtls_config(
             **(listener or {}),
         }
 
-    if listener_has_tls():
-        tls = tls_context(pki, verify_client=verify_client, optional=optional)
-        listeners = [one("ingress", tls)]
-    else:
-        _SHIM_CONTEXTS["ingress"] = _shim_context(pki, verify_client, optional)
-        listeners = [one("ingress", None)]
+    tls = tls_context(pki, verify_client=verify_client, optional=optional)
+    listeners = [one("ingress", tls)]
     if plaintext_listener:
         listeners.append(one("plain", None))
     doc = {
@@ -170,78 +162,3 @@ def curl_result(out: bytes) -> tuple[int, str, bytes]:
 def echoed_headers(body: bytes) -> Headers:
     """The upstream's /echo JSON body: the headers it received."""
     return Headers((n.lower(), v) for n, v in json.loads(body)["headers"])
-
-
-# --------------------------------------------------------------------------- until the listener
-
-#: Listener name -> the server context the stand-in handshake uses (see ``listener_has_tls``).
-_SHIM_CONTEXTS: dict[str, ssl.SSLContext] = {}
-_SHIM_SNI: dict[int, str | None] = {}
-
-
-#: The listener terminates TLS from a chain's ``tls_context`` (another branch of issue 16):
-#: then these tests configure it; until then ``tls_shim`` handshakes in front of the handler.
-LISTENER_TLS = False
-
-
-def listener_has_tls() -> bool:
-    return LISTENER_TLS
-
-
-def _shim_context(pki: Pki, verify_client: bool, optional: bool) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(pki.server.cert, pki.server.key)
-    ctx.set_alpn_protocols(["h2", "http/1.1"])
-    if verify_client:
-        ctx.load_verify_locations(pki.ca.cert)
-        ctx.verify_mode = ssl.CERT_OPTIONAL if optional else ssl.CERT_REQUIRED
-
-    def sni(obj: Any, name: str | None, _ctx: ssl.SSLContext) -> None:
-        _SHIM_SNI[id(obj)] = name  # the listener reads it from the ClientHello
-
-    ctx.sni_callback = sni
-    return ctx
-
-
-@contextlib.contextmanager
-def tls_shim() -> Iterator[None]:
-    """Until the listener's TLS lands: listeners named in ``_SHIM_CONTEXTS`` handshake (the
-    real ``TlsStream.accept``) before their handler runs, and their ``Connection.tls`` is the
-    handshake's ``TlsInfo``, as the listener will set them."""
-    from trio_mesh.network import listener as listener_module
-    from trio_mesh.network.connection import Connection
-    from trio_mesh.network.tls import TlsError, TlsStream
-
-    run = listener_module.ListenerRuntime._run_connection
-    init = Connection.__init__
-
-    async def run_tls(self: Any, stream: Any) -> None:
-        ctx = _SHIM_CONTEXTS.get(self.name)
-        if ctx is not None:
-            try:
-                with trio.fail_after(10):
-                    stream = await TlsStream.accept(
-                        stream,
-                        ctx,
-                        local_subject="CN=localhost,O=trio-mesh tests",
-                        local_uri_sans=(SERVER_SPIFFE,),
-                    )
-            except (TlsError, trio.TooSlowError):
-                self.stats.downstream_cx_active -= 1
-                stream.close()
-                return
-            stream.info.sni = _SHIM_SNI.pop(id(stream._ssl), None)
-        await run(self, stream)
-
-    def init_tls(self: Any, stream: Any, idle_timeout: Any) -> None:
-        init(self, stream, idle_timeout)
-        self.tls = getattr(stream, "info", None)
-
-    listener_module.ListenerRuntime._run_connection = run_tls  # type: ignore[method-assign]
-    Connection.__init__ = init_tls  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        listener_module.ListenerRuntime._run_connection = run  # type: ignore[method-assign]
-        Connection.__init__ = init  # type: ignore[method-assign]
-        _SHIM_CONTEXTS.clear()

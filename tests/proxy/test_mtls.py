@@ -32,9 +32,7 @@ from tests.mtls_helpers import (
     curl_result,
     curl_tls,
     echoed_headers,
-    listener_has_tls,
     mtls_config,
-    tls_shim,
 )
 from tests.rpc_helpers import BoltClient, echo_upstream
 from tests.rpc_helpers import request as bolt_request
@@ -46,15 +44,6 @@ OTHER_SPIFFE = "spiffe://cluster.local/ns/default/sa/other"
 FORGED = f"By=spiffe://evil;URI={CLIENT_SPIFFE}"
 BOLT_SERVICE = "com.example.Echo:1.0"
 ROUTES = [{"match": {"prefix": "/"}, "route": {"cluster_name": "up"}}]
-
-
-@pytest.fixture(autouse=True)
-def _tls_until_the_listener_has_it():
-    if listener_has_tls():
-        yield
-    else:
-        with tls_shim():
-            yield
 
 
 @pytest.fixture
