@@ -433,6 +433,7 @@ class _XSession:
             record.rpc_service = headers.get("service") or None
             record.rpc_method = headers.get("method") or None
             record.downstream_remote_address, record.downstream_local_address = self._addresses
+            record.tls = self.conn.tls
         return record
 
     async def _handle(self, frame: Frame, size: int) -> None:
@@ -879,6 +880,7 @@ class _Call(WholeMessage):
             downstream_remote=session.conn.remote,
             downstream_local=session.conn.local,
             listener=session.proxy.listener,
+            tls=session.conn.tls,
         )
 
     def upstream_request(self, route: Route, info: RequestRecord) -> RpcRequest:
