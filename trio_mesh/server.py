@@ -26,6 +26,7 @@ from .proxy import network_filter as _proxy_filter  # noqa: F401 - registers the
 from .router import RouteTable
 from .stats import ListenerStats
 from .upstream import ClusterManager
+from .upstream.manager import prepare_tls
 
 if TYPE_CHECKING:
     from .proxy.accesslog import AccessLog
@@ -190,11 +191,14 @@ class Server:
             await self._apply(config, nursery, drain_timeout)
 
     async def _apply(self, config: MeshConfig, nursery: trio.Nursery, drain_timeout: float) -> None:
+        # The clusters' TLS contexts, from the files as they are now (rotation), built before
+        # anything changes: a certificate that cannot be loaded refuses the whole apply.
+        cluster_tls = await trio.to_thread.run_sync(prepare_tls, config.cluster_manager.clusters)
         old = {lst.name: lst for lst in self.config.listeners}
         new = {lst.name: lst for lst in config.listeners}
         # New clusters first: the listeners built below may name them. Existing ones change
         # only once nothing below can fail.
-        added_clusters = self.clusters.add_missing(config.cluster_manager.clusters)
+        added_clusters = self.clusters.add_missing(config.cluster_manager.clusters, cluster_tls)
         tables = {
             r.router_config_name: RouteTable.compile(r)
             for server in config.servers
@@ -227,7 +231,9 @@ class Server:
             self.clusters.remove(added_clusters)
             raise
         # From here on nothing awaits until every swap is made: no request sees half of it.
-        stale_clusters, left_hosts = self.clusters.update(config.cluster_manager.clusters)
+        stale_clusters, left_hosts = self.clusters.update(
+            config.cluster_manager.clusters, cluster_tls
+        )
         for name, table in tables.items():
             if name in self.routes:
                 self.routes[name].become(table)

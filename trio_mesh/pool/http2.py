@@ -20,7 +20,7 @@ import trio
 from ..network.connect import ConnectError
 from ..network.h2 import H2Endpoint, StreamChannel
 from ..protocols.http2 import H2Connection, H2Settings
-from ..upstream.cluster import Cluster
+from ..upstream.cluster import ALPN_H2, Cluster
 from ..upstream.host import Host
 from .base import ConnectionPool, NurseryOwner
 from .http1 import DEFAULT_IDLE_TIMEOUT, PoolOverflow
@@ -81,7 +81,7 @@ class H2Pool(ConnectionPool[H2Endpoint]):
         self._connecting = True
         try:
             nursery = await self.owner.nursery()
-            stream = await self.cluster.connect(self.host)
+            stream = await self.cluster.connect(self.host, ALPN_H2)
             codec = H2Connection(client_side=True, settings=self.settings)
             codec.initiate()
             ep = H2Endpoint(
