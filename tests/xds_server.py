@@ -36,7 +36,8 @@ from trio_mesh.xds.envoy_import import envoy_import
 
 with envoy_import():
     import envoy_data_plane.envoy.extensions.filters.http.router.v3
-    import envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3  # noqa: F401
+    import envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3
+    import envoy_data_plane.envoy.extensions.transport_sockets.tls.v3  # noqa: F401
     from envoy_data_plane.envoy.config.cluster.v3 import Cluster
     from envoy_data_plane.envoy.config.endpoint.v3 import ClusterLoadAssignment
     from envoy_data_plane.envoy.config.listener.v3 import Listener

@@ -17,6 +17,7 @@ import trio
 
 from . import __version__
 from .config import ConfigError, MeshConfig, read_config
+from .config.load import Loaded
 from .config.values import log_level_number
 
 if TYPE_CHECKING:
@@ -66,9 +67,21 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args.config, args.log_level, args.workers, args.drain_timeout)
 
 
+def _read(path: str) -> Loaded:
+    """``read_config`` plus the checks that read files: every TLS context is built
+    (certificates readable, keys matching them); ``ConfigError`` lists every problem."""
+    from .network.tls_context import check_config
+
+    loaded = read_config(path)
+    errors = check_config(loaded.config)
+    if errors:
+        raise ConfigError(errors)
+    return loaded
+
+
 def _validate(path: str) -> int:
     try:
-        loaded = read_config(path)
+        loaded = _read(path)
     except ConfigError as exc:
         for line in exc.errors:
             print(line, file=sys.stderr)
@@ -93,7 +106,7 @@ def _run(path: str, log_level: str | None, workers: int = 1, drain_timeout: floa
         print(f"--log-level: unknown level {log_level!r}", file=sys.stderr)
         return 2
     try:
-        loaded = read_config(path)
+        loaded = _read(path)
     except ConfigError as exc:
         for line in exc.errors:
             print(line, file=sys.stderr)
@@ -147,7 +160,7 @@ async def _reload(server: Server, path: str, drain_timeout: float) -> None:
         log.warning("reload refused: the configuration comes from xDS (restart to change its file)")
         return
     try:
-        loaded = await trio.to_thread.run_sync(read_config, path)
+        loaded = await trio.to_thread.run_sync(_read, path)
     except ConfigError as exc:
         for line in exc.errors:
             log.error("reload refused, configuration kept: %s", line)

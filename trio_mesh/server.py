@@ -21,6 +21,7 @@ from .filters.stream import FilterChainFactory
 from .network.budget import ListenerBudget
 from .network.connection import Connection
 from .network.listener import Handler, ListenerRuntime, bind
+from .network.tls_context import check_or_raise as check_tls
 from .pool import Pools
 from .proxy import network_filter as _proxy_filter  # noqa: F401 - registers the proxy filter
 from .router import RouteTable
@@ -46,7 +47,9 @@ class Server:
     def __init__(self, config: MeshConfig, *, reuse_port: bool = False) -> None:
         self.config = config
         self.reuse_port = reuse_port
-        self.clusters = ClusterManager(config.cluster_manager.clusters)
+        # TLS contexts are built by ``run`` (in a thread, before any port is bound); a
+        # cluster with TLS connects to nothing until then.
+        self.clusters = ClusterManager(config.cluster_manager.clusters, tls={})
         self.pools = Pools()
         # Route tables are compiled once per configuration, never per request.
         self.routes = {
@@ -129,6 +132,11 @@ class Server:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        # Every TLS context builds (files read, keys matched) before any port is bound.
+        await trio.to_thread.run_sync(check_tls, self.config)
+        _refuse_tls_not_served(self.config)
+        clusters = self.config.cluster_manager.clusters
+        self.clusters.update(clusters, await trio.to_thread.run_sync(prepare_tls, clusters))
         self._stats = {lst.name: ListenerStats() for lst in self.config.listeners}
         handlers = {}
         for lst in self.config.listeners:
@@ -191,8 +199,12 @@ class Server:
             await self._apply(config, nursery, drain_timeout)
 
     async def _apply(self, config: MeshConfig, nursery: trio.Nursery, drain_timeout: float) -> None:
-        # The clusters' TLS contexts, from the files as they are now (rotation), built before
-        # anything changes: a certificate that cannot be loaded refuses the whole apply.
+        # A TLS key that cannot be honoured refuses the whole configuration, nothing changed;
+        # certificate files are read again (rotation).
+        await trio.to_thread.run_sync(check_tls, config)
+        _refuse_tls_not_served(config)
+        # The clusters' TLS contexts, from the files as they are now, built before anything
+        # changes (new connections use them; open ones keep theirs).
         cluster_tls = await trio.to_thread.run_sync(prepare_tls, config.cluster_manager.clusters)
         old = {lst.name: lst for lst in self.config.listeners}
         new = {lst.name: lst for lst in config.listeners}
@@ -308,6 +320,22 @@ def _access_logs(listener: Listener) -> tuple[AccessLog, ...]:
     from .proxy.accesslog import AccessLog
 
     return tuple(AccessLog(c) for c in listener.access_logs)
+
+
+def _refuse_tls_not_served(config: MeshConfig) -> None:
+    """Until the listener serves TLS (issue 16, in progress), a configuration that asks for
+    it must not run in cleartext: refused. The integration removes this."""
+    for lst in config.listeners:
+        chains = lst.filter_chains
+        if (
+            len(chains) != 1
+            or lst.inspector
+            or any(c.tls_configs() or c.match_key() is not None for c in chains)
+        ):
+            raise StartupError(
+                f"listener {lst.name!r}: TLS, inspector and filter chain matching are not"
+                " served by this build yet"
+            )
 
 
 def _handler(listener: Listener, ctx: BuildContext) -> Callable[[Connection], Awaitable[None]]:

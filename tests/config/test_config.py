@@ -330,13 +330,14 @@ def test_pending_mosn_keys_load_with_one_warning_each(tmp_path: Path) -> None:
 def test_pending_keys_inside_hosts_warn_with_paths_and_a_disabled_tls_context_is_silent() -> None:
     doc = minimal_doc()
     listener(doc)["filter_chains"][0]["tls_context"] = {}  # off: nothing is ignored
-    host(doc)["tls_disable"] = True
+    host(doc)["tls_disable"] = True  # a key of its own now
+    host(doc)["hostname"] = "h"
     doc["cluster_manager"]["auto_discovery"] = True
-    assert parse_config(doc).warnings == (
-        "cluster_manager.clusters[0].hosts[0].tls_disable: "
-        "known MOSN key, not implemented yet: ignored",
+    loaded = parse_config(doc)
+    assert loaded.warnings == (
         "cluster_manager.auto_discovery: known MOSN key, not implemented yet: ignored",
     )
+    assert loaded.config.cluster_manager.clusters[0].hosts[0].tls_disable is True
 
 
 def test_load_config_logs_each_warning_once(
@@ -407,9 +408,9 @@ L0 = "servers[0].listeners[0]"
 F0 = f"{L0}.filter_chains[0].filters"
 C0 = "cluster_manager.clusters[0]"
 LISTENER_KEYS = (
-    "access_logs, address, bind_port, connection_idle_timeout, filter_chains, "
-    "listener_buffer_limit_bytes, max_connections, name, per_connection_buffer_limit_bytes, "
-    "stream_filters"
+    "access_logs, address, bind_port, connection_idle_timeout, filter_chains, inspector, "
+    "listener_buffer_limit_bytes, max_concurrent_handshakes, max_connections, name, "
+    "per_connection_buffer_limit_bytes, stream_filters, tls_handshake_timeout"
 )
 DURATION = "expected a duration such as '3s' or '250ms', got"
 LB_CHOICES = "LB_RANDOM, LB_ROUNDROBIN, LB_WEIGHTED_ROUNDROBIN, LB_LEAST_REQUEST"
@@ -577,7 +578,11 @@ BAD_DOCUMENTS = [
     ),
     pytest.param(
         lambda d: listener(d)["filter_chains"].append({"filters": [{"type": "echo"}]}),
-        [f"{L0}.filter_chains: only one filter chain per listener is supported"],
+        [
+            f"{L0}.filter_chains[1].filter_chain_match: a second chain without a match"
+            f" ({L0}.filter_chains[0] has none): give each chain but one a filter_chain_match"
+            " that tells them apart"
+        ],
         id="two-filter-chains",
     ),
     pytest.param(

@@ -16,7 +16,12 @@ import yaml
 from tests.cli_helpers import CLI, is_free
 from trio_mesh.config import ConfigError, parse_config, read_config
 
-TLS_ON = {"status": True, "server_name": "a.example", "cert_chain": "c.pem"}
+TLS_ON = {
+    "status": True,
+    "server_name": "a.example",
+    "cert_chain": "c.pem",
+    "private_key": "k.pem",
+}
 
 
 def http_doc(port: int = 0) -> dict[str, Any]:
@@ -74,44 +79,44 @@ def _vhost(doc: dict) -> dict:
     return doc["servers"][0]["routers"][0]["virtual_hosts"][0]
 
 
-TLS_CLEARTEXT = "TLS is not supported yet: {} would use cleartext instead"
-
 #: (what is set, path of the error, start of its reason)
 REFUSED: list[tuple[Callable[[dict], None], str, str]] = [
     (
-        lambda d: _chain(d).update(tls_context=TLS_ON),
-        f"{CHAIN}.tls_context",
-        TLS_CLEARTEXT.format("this filter chain"),
-    ),
-    (
-        lambda d: _chain(d).update(tls_context_set=[{"status": False}, TLS_ON]),
-        f"{CHAIN}.tls_context_set",
-        TLS_CLEARTEXT.format("this filter chain"),
-    ),
-    (
         lambda d: _chain(d).update(match='{"server_names": ["a.example"]}'),
         f"{CHAIN}.match",
-        "filter chain matching is not supported yet",
+        "MOSN's match string is not supported: the chain would accept every connection",
     ),
     (
-        lambda d: _cluster(d).update(tls_context=TLS_ON),
-        "cluster_manager.clusters[0].tls_context",
-        TLS_CLEARTEXT.format("connections to this cluster"),
+        lambda d: _chain(d).update(tls_context={**TLS_ON, "extend_verify": {"x": 1}}),
+        f"{CHAIN}.tls_context.extend_verify",
+        "MOSN's TLS extension verification is not supported",
+    ),
+    (
+        lambda d: _chain(d).update(tls_context_set=[{**TLS_ON, "sds_source": {"name": "s"}}]),
+        f"{CHAIN}.tls_context_set[0].sds_source",
+        "SDS (certificates from a secret discovery service) is not supported",
+    ),
+    (
+        lambda d: _cluster(d).update(tls_context={"status": True, "callbacks": ["cb"]}),
+        "cluster_manager.clusters[0].tls_context.callbacks",
+        "MOSN's TLS context callbacks are not supported",
     ),
     (
         lambda d: _cluster(d).update(cluster_manager_tls=True),
         "cluster_manager.clusters[0].cluster_manager_tls",
-        TLS_CLEARTEXT.format("connections to this cluster"),
+        "the cluster manager's shared tls_context is not supported: connections to this"
+        " cluster would use cleartext",
     ),
     (
         lambda d: d["cluster_manager"].update(tls_context=TLS_ON),
         "cluster_manager.tls_context",
-        TLS_CLEARTEXT.format("upstream connections"),
+        "the cluster manager's shared tls_context is not supported: upstream connections"
+        " would use cleartext",
     ),
     (
         lambda d: _vhost(d).update(require_tls="ALL"),
         f"{VHOST}.require_tls",
-        "TLS is not supported yet: requests over cleartext would be served",
+        "require_tls is not enforced yet: requests over cleartext would be served",
     ),
 ]
 IDS = [
@@ -150,6 +155,7 @@ def test_enabled_tls_or_access_key_is_a_config_error_naming_its_path(
         lambda d: _cluster(d).update(tls_context={"status": False}),
         lambda d: _cluster(d).update(cluster_manager_tls=False),
         lambda d: d["cluster_manager"].update(tls_context={}),
+        lambda d: d["cluster_manager"].update(tls_context={"status": False, "ca_cert": "x"}),
         lambda d: _vhost(d).update(require_tls="NONE"),
         lambda d: _chain(d).update(match=""),
     ],
@@ -159,7 +165,10 @@ def test_disabled_tls_context_keeps_loading_silently(turn_off: Callable[[dict], 
     turn_off(doc)
     loaded = parse_config(doc)
     assert loaded.warnings == ()
-    assert loaded.config == parse_config(http_doc()).config
+    (chain,) = loaded.config.listeners[0].filter_chains
+    assert chain.tls_configs() == ()  # cleartext, as the document says
+    cluster = loaded.config.cluster_manager.clusters[0]
+    assert cluster.tls_context is None or not cluster.tls_context.status
 
 
 def test_validate_subprocess_reports_each_refused_key(tmp_path: Path) -> None:
@@ -182,14 +191,27 @@ def test_validate_subprocess_reports_each_refused_key(tmp_path: Path) -> None:
     assert not any("warning" in line for line in reported)
 
 
-def test_run_with_tls_context_stops_before_binding_any_port(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("tls", "error"),
+    [
+        # A file that cannot be read: found only by building the context.
+        (
+            {**TLS_ON, "cert_chain": "/nonexistent/c.pem", "private_key": "/nonexistent/k.pem"},
+            f"{CHAIN}.tls_context.cert_chain: cannot read /nonexistent/c.pem",
+        ),
+        ({**TLS_ON, "min_version": "TLSv1_1"}, f"{CHAIN}.tls_context.min_version: TLS 1.1"),
+    ],
+    ids=["unreadable", "tls-1.1"],
+)
+def test_run_with_a_bad_tls_key_stops_before_binding_any_port(
+    tmp_path: Path, tls: dict, error: str
+) -> None:
     with socket.socket() as s:  # a free fixed port, released before the run
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     doc = http_doc(port)
-    _chain(doc)["tls_context"] = TLS_ON
+    _chain(doc)["tls_context"] = tls
     path = _write(tmp_path, doc, "yaml")
-    # On a proxy that ignores tls_context this serves cleartext until the timeout.
     result = subprocess.run(
         [*CLI, "run", str(path)],
         capture_output=True,
@@ -198,9 +220,17 @@ def test_run_with_tls_context_stops_before_binding_any_port(tmp_path: Path) -> N
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 1
-    assert f"{CHAIN}.tls_context: TLS is not supported yet" in result.stderr
+    assert error in result.stderr
     assert "listening on" not in result.stderr
     assert is_free(port)
+    validate = subprocess.run(
+        [*CLI, "validate", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        stdin=subprocess.DEVNULL,
+    )
+    assert validate.returncode == 1 and error in validate.stderr
 
 
 # --------------------------------------------------------------------------- warnings

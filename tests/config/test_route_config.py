@@ -300,8 +300,8 @@ def test_access_changing_mosn_keys_are_refused_with_their_paths() -> None:
         parse_config(doc)
     assert sorted(exc.value.errors) == sorted(
         [
-            f"{V0}.require_tls: TLS is not supported yet: requests over cleartext would be"
-            " served (remove the key, or set it to NONE)",
+            f"{V0}.require_tls: require_tls is not enforced yet: requests over cleartext would"
+            " be served (remove the key, or set it to NONE)",
             f"{V0}.per_filter_config: per-virtual-host filter configs are not supported yet:"
             " give per_filter_config on each route instead",
             f"{E0}.match.variables: variables match conditions are not supported yet: the"

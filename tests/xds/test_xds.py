@@ -163,23 +163,55 @@ async def test_bad_resource_is_nacked_and_traffic_stays_on_the_old_config(nurser
     assert "lb_policy" in server.xds.status()["types"]["CDS"]["last_error"]
 
 
-async def test_tls_transport_socket_is_nacked_never_served_as_cleartext(nursery, ads):
+TLS_TYPES = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+
+
+async def test_tls_that_cannot_be_set_up_is_nacked_never_served_as_cleartext(
+    nursery, ads, tmp_path: Path
+):
     a = await start_upstream(nursery)
     await initial(ads, a.port)
     server = await start_mesh(nursery, ads)
-    tls = {"name": "envoy.transport_sockets.tls"}
+    missing = str(tmp_path / "missing.pem")
+    upstream = {
+        "name": "envoy.transport_sockets.tls",
+        "typedConfig": {
+            "@type": TLS_TYPES + "UpstreamTlsContext",
+            "sni": "a.test",
+            "commonTlsContext": {"validationContext": {"trustedCa": {"filename": missing}}},
+        },
+    }
+    downstream = {
+        "name": "envoy.transport_sockets.tls",
+        "typedConfig": {
+            "@type": TLS_TYPES + "DownstreamTlsContext",
+            "commonTlsContext": {
+                "tlsCertificates": [
+                    {"certificateChain": {"filename": missing}, "privateKey": {"filename": missing}}
+                ]
+            },
+        },
+    }
     with trio.fail_after(TIMEOUT):
         await server.xds.wait_for(lambda: "ingress" in server.addresses)
-        await ads.set("CDS", "2", [{**eds_cluster("a"), "transportSocket": tls}])
+        await ads.set("CDS", "2", [{**eds_cluster("a"), "transportSocket": upstream}])
         nack = await ads.expect("NACK CDS")
-        assert nack.startswith("NACK CDS 1 ") and "transport_socket: TLS is not supported" in nack
+        assert nack.startswith("NACK CDS 1 ") and f"ca_cert: cannot read {missing}" in nack
         secure = listener("secure", "r")
-        secure["filterChains"][0]["transportSocket"] = tls
+        secure["filterChains"][0]["transportSocket"] = downstream
         await ads.set("LDS", "2", [listener("ingress", "r"), secure])
         nack = await ads.expect("NACK LDS")
-        assert "filter_chains[0].transport_socket: TLS is not supported" in nack
+        assert f"filter_chains[0].tls_context.cert_chain: cannot read {missing}" in nack
+        # SDS is refused with its reason.
+        downstream["typedConfig"]["commonTlsContext"] = {
+            "tlsCertificateSdsSecretConfigs": [{"name": "cert", "sdsConfig": {"ads": {}}}]
+        }
+        await ads.set("LDS", "3", [listener("ingress", "r"), secure])
+        nack = await ads.expect("NACK LDS")
+        assert "tls_certificate_sds_secret_configs: SDS is not supported" in nack
         assert "secure" not in server.addresses
         assert await fetch(server.addresses["ingress"][1]) == 200
+    assert len(a.requests) == 1
 
 
 async def test_management_server_restart_reconnects_and_traffic_continues(nursery, ads):

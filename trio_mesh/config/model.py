@@ -25,6 +25,7 @@ from .scalars import (
     PositiveInt,
     Weight,
 )
+from .tls import FilterChainMatch, TlsConfig
 from .xds import Node, XdsSettings, XdsShort
 from .xds import resolve as resolve_xds
 
@@ -53,16 +54,33 @@ class StreamFilterConfig(FilterConfig):
 @frozen(kw_only=True)
 class FilterChain:
     filters: tuple[NetworkFilterConfig, ...] = ()
+    #: Which connections take this chain (Envoy's; ``None``: any, the listener's default).
+    filter_chain_match: FilterChainMatch | None = None
+    #: TLS termination (``status: true``); ``tls_context_set``: several certificates, chosen
+    #: by SNI (the first is the default). One of the two at most.
+    tls_context: TlsConfig | None = None
+    tls_context_set: tuple[TlsConfig, ...] = ()
 
     MOSN_REFUSED: ClassVar[dict[str, Refusal]] = {
-        "tls_context": refused.tls("this filter chain"),
-        "tls_context_set": refused.tls_set("this filter chain"),
-        # Without matching, the one chain would take connections its match excludes.
+        # MOSN's ``match`` is a free string it never reads; the chain would take every
+        # connection whatever it says: use filter_chain_match.
         "match": (
             refused.given,
-            "filter chain matching is not supported yet: the chain would accept every connection",
+            "MOSN's match string is not supported: the chain would accept every connection"
+            " (use filter_chain_match: server_names, transport_protocol,"
+            " application_protocols)",
         ),
     }
+
+    def tls_configs(self) -> tuple[TlsConfig, ...]:
+        """The TLS configurations that are on, in order (empty: a cleartext chain)."""
+        configs = (self.tls_context,) if self.tls_context is not None else self.tls_context_set
+        return tuple(c for c in configs if c is not None and c.status)
+
+    def match_key(self) -> tuple | None:
+        """``None`` for a chain that matches every connection."""
+        m = self.filter_chain_match
+        return None if m is None or m.is_empty() else m.key()
 
 
 @frozen(kw_only=True)
@@ -99,6 +117,12 @@ class Listener:
     per_connection_buffer_limit_bytes: PositiveInt = PositiveInt(1024 * 1024)
     #: The same bound for all connections of the listener together.
     listener_buffer_limit_bytes: PositiveInt = PositiveInt(16 * 1024 * 1024)
+    #: TLS and plaintext on one port, told apart by the first byte (MOSN's key).
+    inspector: bool = False
+    #: A TLS handshake not done in this time is dropped.
+    tls_handshake_timeout: Duration = Duration(10.0)
+    #: TLS handshakes in progress at once; at the bound the oldest one is aborted.
+    max_concurrent_handshakes: PositiveInt = PositiveInt(256)
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
         {
@@ -106,7 +130,6 @@ class Listener:
             "network",
             "use_original_dst",
             "listener_filters",
-            "inspector",
             "default_read_buffer_size",
             "log_path",
             "log_level",
@@ -151,8 +174,8 @@ class Host:
     hostname: str | None = None
     weight: Weight = Weight(1)
     metadata: dict[str, Any] = attrs.field(factory=dict)
-
-    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset({"tls_disable"})
+    #: Connect to this host in cleartext although its cluster has a ``tls_context`` (MOSN's).
+    tls_disable: bool = False
 
 
 @frozen(kw_only=True)
@@ -178,6 +201,8 @@ class Cluster:
     #: Requests carried by one upstream connection before it is retired; 0: no limit.
     max_request_per_conn: int = 0
     circuit_breakers: tuple[Thresholds, ...] = ()
+    #: TLS to the hosts (``status: true``): ``server_name`` is the SNI and the name verified.
+    tls_context: TlsConfig | None = None
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
         {
@@ -199,11 +224,10 @@ class Cluster:
     )
 
     MOSN_REFUSED: ClassVar[dict[str, Refusal]] = {
-        "tls_context": refused.tls("connections to this cluster"),
         "cluster_manager_tls": (
             refused.given,
-            "TLS is not supported yet: connections to this cluster would use cleartext"
-            " instead (remove the key, or set it to false)",
+            "the cluster manager's shared tls_context is not supported: connections to this"
+            " cluster would use cleartext instead (give the cluster its own tls_context)",
         ),
     }
 
@@ -222,7 +246,11 @@ class ClusterManagerConfig:
         {"auto_discovery", "registry_use_health_check", "clusters_configs"}
     )
     MOSN_REFUSED: ClassVar[dict[str, Refusal]] = {
-        "tls_context": refused.tls("upstream connections"),
+        "tls_context": (
+            refused.tls_on,
+            "the cluster manager's shared tls_context is not supported: upstream connections"
+            " would use cleartext instead (give each cluster its own tls_context)",
+        ),
     }
 
 

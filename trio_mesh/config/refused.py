@@ -1,4 +1,4 @@
-"""Known MOSN keys that change security or access and are not implemented yet.
+"""Known MOSN keys that change security or access and are not implemented (yet).
 
 Ignoring such a key would weaken what the operator asked for (a TLS listener serving
 cleartext, a route matching more than it should), so it is a configuration error while its
@@ -15,11 +15,6 @@ from typing import Any
 #: ``(value turns the feature on, reason)`` for one refused key.
 Refusal = tuple[Callable[[Any], bool], str]
 
-TLS_REASON = (
-    "TLS is not supported yet: {what} would use cleartext instead (remove the key, or set"
-    " status: false)"
-)
-
 
 def tls_on(value: Any) -> bool:
     """MOSN's ``TLSConfig``: on when ``status`` is true; absent, empty or false: off. Any
@@ -32,15 +27,6 @@ def tls_on(value: Any) -> bool:
     return status is not False and status is not None
 
 
-def tls_set_on(value: Any) -> bool:
-    """``tls_context_set``: a list of ``TLSConfig``; on when any entry is."""
-    if value is None or value == []:
-        return False
-    if not isinstance(value, list):
-        return True
-    return any(tls_on(item) for item in value)
-
-
 def require_tls_on(value: Any) -> bool:
     """A virtual host's ``require_tls`` (Envoy's enum NONE / EXTERNAL_ONLY / ALL)."""
     if value is None or value is False:
@@ -51,11 +37,3 @@ def require_tls_on(value: Any) -> bool:
 def given(value: Any) -> bool:
     """On whenever it holds something (a match condition, a filter config)."""
     return value not in (None, False, "", [], {})
-
-
-def tls(what: str) -> Refusal:
-    return tls_on, TLS_REASON.format(what=what)
-
-
-def tls_set(what: str) -> Refusal:
-    return tls_set_on, TLS_REASON.format(what=what)

@@ -571,8 +571,8 @@ class VirtualHost:
     MOSN_REFUSED: ClassVar[dict[str, Refusal]] = {
         "require_tls": (
             refused.require_tls_on,
-            "TLS is not supported yet: requests over cleartext would be served (remove the"
-            " key, or set it to NONE)",
+            "require_tls is not enforced yet: requests over cleartext would be served (remove"
+            " the key, or set it to NONE)",
         ),
         # A filter's config here (ip_access, say) would tighten access on this host.
         "per_filter_config": (

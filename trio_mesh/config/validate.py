@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import tls
 from .errors import at
 from .filter_configs import Protocol, ProxyConfig, is_terminal
-from .model import MeshConfig
+from .model import FilterChain, MeshConfig
 
 
 def check_refs(normalized: dict, refs: list[tuple[str, str, str]]) -> list[str]:
@@ -60,6 +61,10 @@ def check(config: MeshConfig) -> list[str]:
             lp = f"{sp}.listeners[{li}]"
             listeners.append((f"{lp}.name", listener.name))
             _check_chains(errors, lp, listener)
+    for ci, cluster in enumerate(config.cluster_manager.clusters):
+        errors += tls.check(
+            cluster.tls_context, f"cluster_manager.clusters[{ci}].tls_context", server=False
+        )
     _unique(errors, listeners, "listener")
     # Two listeners on one fixed address would only fail at bind time; port 0 never clashes.
     _unique(
@@ -80,9 +85,31 @@ def check(config: MeshConfig) -> list[str]:
 def _check_chains(errors: list[str], lp: str, listener: Any) -> None:
     if not listener.filter_chains:
         errors.append(at(f"{lp}.filter_chains", "a listener needs one filter chain"))
-    elif len(listener.filter_chains) > 1:
-        # Without chain matching (MOSN's `match`, pending) only one chain can ever be chosen.
-        errors.append(at(f"{lp}.filter_chains", "only one filter chain per listener is supported"))
+    if listener.tls_handshake_timeout <= 0:
+        errors.append(at(f"{lp}.tls_handshake_timeout", "expected a positive duration"))
+    # Several chains: each connection must have one answer (Envoy refuses such listeners too).
+    default_at: str | None = None
+    seen: dict[tuple, str] = {}
+    for ci, chain in enumerate(listener.filter_chains):
+        cp = f"{lp}.filter_chains[{ci}]"
+        _check_chain_tls(errors, cp, chain)
+        key = chain.match_key()
+        if key is None:
+            if default_at is not None:
+                errors.append(
+                    at(
+                        f"{cp}.filter_chain_match",
+                        f"a second chain without a match ({default_at} has none): give each"
+                        " chain but one a filter_chain_match that tells them apart",
+                    )
+                )
+            default_at = cp
+        elif key in seen:
+            errors.append(
+                at(f"{cp}.filter_chain_match", f"the same match as {seen[key]}.filter_chain_match")
+            )
+        else:
+            seen[key] = cp
     if listener.stream_filters and not any(
         f.type == "proxy" for chain in listener.filter_chains for f in chain.filters
     ):
@@ -110,6 +137,48 @@ def _check_chains(errors: list[str], lp: str, listener: Any) -> None:
                 )
 
 
+def _check_chain_tls(errors: list[str], cp: str, chain: FilterChain) -> None:
+    if chain.tls_context is not None and chain.tls_context_set:
+        errors.append(at(f"{cp}.tls_context_set", "give tls_context or tls_context_set, not both"))
+    errors += tls.check(chain.tls_context, f"{cp}.tls_context", server=True)
+    for i, config in enumerate(chain.tls_context_set):
+        errors += tls.check(config, f"{cp}.tls_context_set[{i}]", server=True)
+    m = chain.filter_chain_match
+    if m is None:
+        return
+    mp = f"{cp}.filter_chain_match"
+    if m.transport_protocol.lower() not in tls.TRANSPORT_PROTOCOLS:
+        errors.append(
+            at(
+                f"{mp}.transport_protocol",
+                f"expected tls or raw_buffer, got {m.transport_protocol!r}",
+            )
+        )
+    elif m.transport_protocol.lower() == "raw_buffer":
+        if m.server_names or m.application_protocols:
+            errors.append(
+                at(
+                    f"{mp}.transport_protocol",
+                    "raw_buffer (plaintext) connections carry no server name nor ALPN to match",
+                )
+            )
+        if chain.tls_configs():
+            errors.append(
+                at(f"{mp}.transport_protocol", "raw_buffer: plaintext, but this chain has TLS on")
+            )
+    for i, name in enumerate(m.server_names):
+        if not tls.valid_server_name(name):
+            errors.append(
+                at(
+                    f"{mp}.server_names[{i}]",
+                    f"expected a host name or *.domain, got {name!r}",
+                )
+            )
+    for i, proto in enumerate(m.application_protocols):
+        if not proto or len(proto) > 255:
+            errors.append(at(f"{mp}.application_protocols[{i}]", f"not an ALPN name: {proto!r}"))
+
+
 def _unique(
     errors: list[str], named: list[tuple[str, str]], what: str, attribute: str = "name"
 ) -> None:
@@ -125,6 +194,9 @@ def unenforced(config: MeshConfig) -> list[str]:
     changes neither security nor access, and none stays silent."""
     warnings: list[str] = []
     for ci, cluster in enumerate(config.cluster_manager.clusters):
+        warnings += tls.warnings(
+            cluster.tls_context, f"cluster_manager.clusters[{ci}].tls_context", server=False
+        )
         for ti, th in enumerate(cluster.circuit_breakers):
             if th.priority.upper() != "DEFAULT":
                 warnings.append(
@@ -138,6 +210,10 @@ def unenforced(config: MeshConfig) -> list[str]:
         warned_retries: set[str] = set()
         for li, listener in enumerate(server.listeners):
             for ci, chain in enumerate(listener.filter_chains):
+                cp = f"servers[{si}].listeners[{li}].filter_chains[{ci}]"
+                warnings += tls.warnings(chain.tls_context, f"{cp}.tls_context", server=True)
+                for ti, tc in enumerate(chain.tls_context_set):
+                    warnings += tls.warnings(tc, f"{cp}.tls_context_set[{ti}]", server=True)
                 for fi, f in enumerate(chain.filters):
                     p = f"servers[{si}].listeners[{li}].filter_chains[{ci}].filters[{fi}].config"
                     if isinstance(f.config, ProxyConfig):

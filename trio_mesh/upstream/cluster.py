@@ -72,22 +72,23 @@ class CircuitOpenError(Exception):
 
 
 class Cluster:
-    def __init__(
-        self, config: ClusterConfig, tls: ClusterTls | None = None, *, path: str = ""
-    ) -> None:
-        """``tls``: the contexts ``build_tls`` made (built here when not given)."""
+    def __init__(self, config: ClusterConfig, tls: ClusterTls | None = None) -> None:
+        """``tls``: the contexts ``build_tls`` made for ``config`` (``None`` with TLS on:
+        not built yet, and nothing is connected to until they are)."""
         self.name = config.name
         self.stats = ClusterStats()
         self.hosts: tuple[Host, ...] = ()
         self.lb: LoadBalancer
         self.tls: ClusterTls | None = None
-        self._configure(config, tls, path)
+        self._configure(config, tls)
         self.set_hosts([Host.from_config(h) for h in config.hosts])
 
-    def _configure(self, config: ClusterConfig, tls: ClusterTls | None, path: str) -> None:
-        if tls is None and config.tls_context is not None:
-            tls = build_tls(config, path or f"cluster {config.name!r}.tls_context")
+    def _configure(self, config: ClusterConfig, tls: ClusterTls | None) -> None:
         self.tls = tls
+        # TLS asked for but its contexts not built: never cleartext instead.
+        self.tls_missing = (
+            tls is None and config.tls_context is not None and config.tls_context.status
+        )
         self.config = config
         self.connect_timeout = config.connect_timeout
         limits = config.thresholds()
@@ -96,9 +97,7 @@ class Cluster:
         self.max_requests = limits.max_requests
         self.max_retries = limits.max_retries
 
-    def update(
-        self, config: ClusterConfig, tls: ClusterTls | None = None, *, path: str = ""
-    ) -> list[Host]:
+    def update(self, config: ClusterConfig, tls: ClusterTls | None = None) -> list[Host]:
         """Take a new configuration of this cluster in place; returns the hosts that left.
 
         A host whose address stays keeps its ``Host`` object (pools are keyed by it, so its
@@ -109,7 +108,7 @@ class Cluster:
         """
         tls_changed = config.tls_context != self.config.tls_context
         old_hosts = self.hosts
-        self._configure(config, tls, path)
+        self._configure(config, tls)
         if tls_changed:
             self.set_hosts([Host.from_config(h) for h in config.hosts])
             return list(old_hosts)
@@ -179,6 +178,8 @@ class Cluster:
         stats.upstream_cx_active += 1
         tls = self.tls
         try:
+            if tls is None and self.tls_missing and not host.tls_disable:
+                raise ConnectError(f"cluster {self.name!r}: its TLS contexts are not built")
             if tls is None or host.tls_disable:
                 return await connect(host.host, host.port, self.connect_timeout)
             stream = await connect(

@@ -25,6 +25,8 @@ def prepare_tls(configs: Iterable[ClusterConfig]) -> dict[str, ClusterTls | None
 
 class ClusterManager:
     def __init__(self, configs: Iterable[ClusterConfig], tls: TlsByCluster | None = None) -> None:
+        """``tls``: the contexts ``prepare_tls`` built (built here when not given; ``{}``:
+        none yet, clusters with TLS connect to nothing until an ``update`` brings them)."""
         configs = list(configs)
         if tls is None:
             tls = prepare_tls(configs)
@@ -69,6 +71,7 @@ class ClusterManager:
                 left += cluster.update(config, contexts)
             elif contexts is not None:
                 cluster.tls = contexts  # the same keys, the files read again
+                cluster.tls_missing = False
         names = {c.name for c in configs}
         stale = [c for name, c in self.clusters.items() if name not in names]
         return stale, left

@@ -115,17 +115,186 @@ RAW_BUFFER = "envoy.transport_sockets.raw_buffer"
 RAW_BUFFER_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
 
 
-def _transport_socket(ts: Any, at: _At, what: str) -> None:
-    """Only cleartext (``raw_buffer``, Envoy's default): any other transport socket (TLS)
-    is refused, never served as cleartext."""
+TLS_SOCKET = "envoy.transport_sockets.tls"
+SDS_REASON = (
+    "SDS is not supported: give the certificates in the resource (filename, inline_string or"
+    " inline_bytes)"
+)
+
+
+def _transport_socket(ts: Any, at: _At, *, server: bool) -> dict[str, Any] | None:
+    """``raw_buffer`` (Envoy's default, cleartext): ``None``; ``envoy.transport_sockets.tls``
+    with a ``DownstreamTlsContext`` (listener) or ``UpstreamTlsContext`` (cluster): the MOSN
+    ``tls_context`` of it. Any other transport socket is refused, never served as cleartext."""
     if ts is None:
-        return
+        return None
+    tat = at / "transport_socket"
     url = ts.typed_config.type_url if ts.typed_config is not None else None
     if url == RAW_BUFFER_TYPE or (url is None and ts.name == RAW_BUFFER):
-        return
-    raise (at / "transport_socket").error(
-        f"TLS is not supported yet: {what} would use cleartext instead ({ts.name or url!r} refused)"
+        return None
+    expected = t.DOWNSTREAM_TLS_TYPE if server else t.UPSTREAM_TLS_TYPE
+    if url is None and ts.name == TLS_SOCKET:
+        raise (tat / "typed_config").error(f"a {expected.rpartition('.')[2]} is required")
+    if url != expected:
+        raise tat.error(
+            f"{ts.name or url!r}: {UNSUPPORTED} (only raw_buffer, and {TLS_SOCKET} with a"
+            f" {expected.rpartition('.')[2]})"
+        )
+    ctx = _unpack(ts.typed_config, tat / "typed_config", (expected,))
+    cat = tat / "typed_config"
+    return _downstream_tls(ctx, cat) if server else _upstream_tls(ctx, cat)
+
+
+def _data_source(ds: Any, at: _At) -> str:
+    """A file path, or the PEM text itself (MOSN tells them apart by the PEM header)."""
+    _only(ds, at, {"filename", "inline_bytes", "inline_string"})
+    if ds.filename is not None:
+        if not ds.filename or "-----BEGIN" in ds.filename:
+            raise (at / "filename").error("expected a file path")
+        return ds.filename
+    if ds.inline_string is not None:
+        text = ds.inline_string
+    elif ds.inline_bytes is not None:
+        try:
+            text = ds.inline_bytes.decode("ascii")
+        except UnicodeDecodeError:
+            raise (at / "inline_bytes").error("expected PEM text (DER is not supported)") from None
+    else:
+        raise at.error("filename, inline_string or inline_bytes is required")
+    if "-----BEGIN" not in text:
+        raise (at / ("inline_string" if ds.inline_string is not None else "inline_bytes")).error(
+            "expected PEM text"
+        )
+    return text
+
+
+_TLS_VERSIONS = {"TLS_AUTO": "", "TLSv1_0": "TLSv1_0", "TLSv1_1": "TLSv1_1"}
+
+
+def _common_tls(ctx: Any, at: _At, *, server: bool) -> list[dict[str, Any]]:
+    """``CommonTlsContext`` -> one MOSN ``tls_context`` per certificate (a listener with
+    several certificates gets a ``tls_context_set``, chosen by SNI as Envoy does)."""
+    if ctx is None:
+        return [{"status": True}]
+    for name in ("tls_certificate_sds_secret_configs", "validation_context_sds_secret_config"):
+        if getattr(ctx, name):
+            raise (at / name).error(SDS_REASON)
+    _only(ctx, at, {"tls_params", "tls_certificates", "validation_context", "alpn_protocols"})
+    common: dict[str, Any] = {"status": True}
+    if ctx.tls_params is not None:
+        pat = at / "tls_params"
+        params = ctx.tls_params
+        _only(
+            params,
+            pat,
+            {"tls_minimum_protocol_version", "tls_maximum_protocol_version", "cipher_suites",
+             "ecdh_curves"},
+        )  # fmt: skip
+        for field, key in (
+            ("tls_minimum_protocol_version", "min_version"),
+            ("tls_maximum_protocol_version", "max_version"),
+        ):
+            name = getattr(params, field).name
+            version = _TLS_VERSIONS.get(name, name)
+            if version:
+                common[key] = version  # below 1.2: parse_config refuses it with the reason
+        for cipher in params.cipher_suites:
+            if cipher.startswith("["):
+                raise (pat / "cipher_suites").error(
+                    f"{cipher!r}: equal-preference groups are not supported"
+                )
+        if params.cipher_suites:
+            common["cipher_suites"] = ":".join(params.cipher_suites)
+        if params.ecdh_curves:
+            common["ecdh_curves"] = ",".join(params.ecdh_curves)
+    if ctx.validation_context is not None:
+        vat = at / "validation_context"
+        # SAN matching, pinning, CRLs: checks trio-mesh does not make: refused, not dropped.
+        _only(ctx.validation_context, vat, {"trusted_ca"})
+        if ctx.validation_context.trusted_ca is not None:
+            common["ca_cert"] = _data_source(ctx.validation_context.trusted_ca, vat / "trusted_ca")
+    if ctx.alpn_protocols:
+        common["alpn"] = ",".join(ctx.alpn_protocols)
+    if not server and len(ctx.tls_certificates) > 1:
+        raise (at / "tls_certificates").error("an upstream connection has one client certificate")
+    out = []
+    for i, cert in enumerate(ctx.tls_certificates):
+        cat = at / "tls_certificates" / i
+        if cert.password is not None:
+            raise (cat / "password").error("encrypted private keys are not supported")
+        _only(cert, cat, {"certificate_chain", "private_key"})
+        if cert.certificate_chain is None or cert.private_key is None:
+            missing = "certificate_chain" if cert.certificate_chain is None else "private_key"
+            raise (cat / missing).error("required")
+        out.append(
+            {
+                **common,
+                "cert_chain": _data_source(cert.certificate_chain, cat / "certificate_chain"),
+                "private_key": _data_source(cert.private_key, cat / "private_key"),
+            }
+        )
+    return out or [common]
+
+
+def _downstream_tls(ctx: Any, at: _At) -> dict[str, Any]:
+    """A listener chain's ``tls_context`` (one certificate) or ``tls_context_set``."""
+    if ctx.session_ticket_keys_sds_secret_config is not None:
+        raise (at / "session_ticket_keys_sds_secret_config").error(SDS_REASON)
+    if ctx.session_ticket_keys is not None:
+        raise (at / "session_ticket_keys").error(
+            "session ticket keys cannot be set (Python's ssl): tickets stay off"
+        )
+    _only(
+        ctx,
+        at,
+        {
+            "common_tls_context",
+            "require_client_certificate",
+            # Tickets are off unless configured (a safe default Envoy's users can turn on
+            # only with keys, refused above); resumption by session id needs no setting.
+            "disable_stateless_session_resumption",
+            "disable_stateful_session_resumption",
+            "session_timeout",
+        },
     )
+    configs = _common_tls(ctx.common_tls_context, at / "common_tls_context", server=True)
+    for config in configs:
+        if "ca_cert" in config:
+            # Envoy: with a trusted CA, a client certificate is verified when given, and
+            # required with require_client_certificate.
+            config["verify_client"] = True
+            if ctx.require_client_certificate:
+                config["require_client_cert"] = True
+        elif ctx.require_client_certificate:
+            raise (at / "require_client_certificate").error(
+                "needs common_tls_context.validation_context.trusted_ca"
+            )
+    if len(configs) == 1:
+        return {"tls_context": configs[0]}
+    return {"tls_context_set": configs}
+
+
+def _upstream_tls(ctx: Any, at: _At) -> dict[str, Any]:
+    """A cluster's ``tls_context``. Without a ``validation_context`` Envoy verifies nothing;
+    trio-mesh verifies against the system's CAs instead (MOSN's default): never weaker."""
+    _only(ctx, at, {"common_tls_context", "sni", "max_session_keys"})
+    (config,) = _common_tls(ctx.common_tls_context, at / "common_tls_context", server=False)
+    if ctx.sni:
+        config["server_name"] = ctx.sni
+    return config
+
+
+def _filter_chain_match(m: Any, at: _At) -> dict[str, Any]:
+    # Addresses, ports and source matching would narrow what the chain takes: refused.
+    _only(m, at, {"server_names", "transport_protocol", "application_protocols"})
+    out: dict[str, Any] = {}
+    if m.server_names:
+        out["server_names"] = list(m.server_names)
+    if m.transport_protocol:
+        out["transport_protocol"] = m.transport_protocol
+    if m.application_protocols:
+        out["application_protocols"] = list(m.application_protocols)
+    return out
 
 
 def _socket_address(addr: Any, at: _At) -> str:
@@ -177,7 +346,7 @@ _CLUSTER_FIELDS = frozenset(
         "least_request_lb_config",
         "round_robin_lb_config",
         "cleanup_interval",
-        "transport_socket",  # cleartext only: see _transport_socket
+        "transport_socket",  # raw_buffer or TLS: see _transport_socket
     }
 )
 
@@ -251,12 +420,14 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
     the entry)."""
     at = _At("Cluster", c.name)
     _only(c, at, _CLUSTER_FIELDS)
-    _transport_socket(c.transport_socket, at, "connections to this cluster")
+    tls = _transport_socket(c.transport_socket, at, server=False)
     if c.cluster_type is not None:
         raise (at / "cluster_type").error()
     if c.lb_policy not in _LB:
         raise (at / "lb_policy").error(f"{c.lb_policy.name}: {UNSUPPORTED}")
     doc: dict[str, Any] = {"name": c.name, "type": "SIMPLE", "lb_type": _LB[c.lb_policy]}
+    if tls is not None:
+        doc["tls_context"] = tls
     if c.per_connection_buffer_limit_bytes is not None:
         # upstream reads are bounded by the frame size and the streams' windows, not by this
         log.warning(
@@ -1068,6 +1239,8 @@ class ListenerParts:
 
 
 _CODECS = {"AUTO": "Auto", "HTTP1": "Http1", "HTTP2": "Http2"}
+#: Where ``_hcm`` keeps the first HTTP filters of a listener while its chains convert.
+_HCM_FILTERS = "__hcm_filters__"
 
 _HCM_FIELDS = frozenset(
     {
@@ -1128,9 +1301,11 @@ def _hcm(hcm: Any, at: _At, listener: dict[str, Any], parts: ListenerParts) -> d
             raise fat.error("the router filter must be the last HTTP filter")
         # the Router's own settings (stats, tracing, header strictness) are not mapped
         _unpack(hf.typed_config, fat / "typed_config", (t.ROUTER_TYPE,))
+    # Stream filters are the listener's (MOSN): every HTTP connection manager of the
+    # listener's chains must have the same ones (or none).
+    if listener.setdefault(_HCM_FILTERS, stream_filters) != stream_filters:
+        raise at.error("a second HTTP connection manager with other HTTP filters")
     if stream_filters:
-        if "stream_filters" in listener:
-            raise at.error("a second HTTP connection manager with HTTP filters")
         listener["stream_filters"] = stream_filters
 
     if hcm.common_http_protocol_options is not None:
@@ -1192,32 +1367,53 @@ _LISTENER_FIELDS = frozenset(
         "reuse_port",
         "listener_filters_timeout",
         "continue_on_listener_filters_timeout",
+        "listener_filters",  # the TLS inspector only: see _listener_filters
+        "default_filter_chain",
     }
 )
 
 
-def listener_doc(lst: t.Listener) -> ListenerParts:
-    """A ``servers[].listeners[]`` entry with the route configs it needs (see
-    `ListenerParts`). One filter chain, no filter_chain_match and no TLS."""
-    at = _At("Listener", lst.name)
-    _only(lst, at, _LISTENER_FIELDS)
-    address = _socket_address(lst.address, at / "address")
-    doc: dict[str, Any] = {"name": lst.name, "address": address}
-    if lst.bind_to_port is not None:
-        doc["bind_port"] = lst.bind_to_port
-    if lst.per_connection_buffer_limit_bytes is not None:
-        doc["per_connection_buffer_limit_bytes"] = lst.per_connection_buffer_limit_bytes
-    parts = ListenerParts(listener=doc)
-    if len(lst.filter_chains) != 1:
-        raise (at / "filter_chains").error(
-            f"exactly one filter chain is supported, got {len(lst.filter_chains)}"
-        )
-    chain = lst.filter_chains[0]
-    cat = at / "filter_chains" / 0
+def _listener_filters(lst: t.Listener, at: _At, doc: dict[str, Any]) -> None:
+    """Envoy's TLS inspector tells TLS from plaintext by the first bytes: MOSN's
+    ``inspector``. Any other listener filter is refused."""
+    for i, lf in enumerate(lst.listener_filters):
+        fat = at / "listener_filters" / i
+        _only(lf, fat, {"name", "typed_config"})
+        if lf.typed_config is None and lf.name == "envoy.filters.listener.tls_inspector":
+            doc["inspector"] = True
+            continue
+        if lf.typed_config is None:
+            raise fat.error(f"{lf.name!r}: {UNSUPPORTED}")
+        inspector = _unpack(lf.typed_config, fat / "typed_config", (t.TLS_INSPECTOR_TYPE,))
+        # JA3/JA4 fingerprints are not computed; the read buffer size is a tuning hint.
+        _only(inspector, fat / "typed_config", {"initial_read_buffer_size"})
+        doc["inspector"] = True
+
+
+def _filter_chain(chain: Any, cat: _At, doc: dict[str, Any], parts: ListenerParts) -> dict:
+    _only(
+        chain,
+        cat,
+        {"filters", "name", "metadata", "transport_socket", "filter_chain_match",
+         "transport_socket_connect_timeout"},
+    )  # fmt: skip
+    out: dict[str, Any] = {}
     if chain.filter_chain_match is not None:
-        raise (cat / "filter_chain_match").error()
-    _transport_socket(chain.transport_socket, cat, "this listener")
-    _only(chain, cat, {"filters", "name", "metadata", "transport_socket"})
+        match = _filter_chain_match(chain.filter_chain_match, cat / "filter_chain_match")
+        if match:
+            out["filter_chain_match"] = match
+    tls = _transport_socket(chain.transport_socket, cat, server=True)
+    if chain.transport_socket_connect_timeout is not None:
+        # Envoy's bound on the TLS handshake: the listener's tls_handshake_timeout.
+        timeout = _duration(
+            chain.transport_socket_connect_timeout, cat / "transport_socket_connect_timeout"
+        )
+        if doc.setdefault("tls_handshake_timeout", timeout) != timeout:
+            raise (cat / "transport_socket_connect_timeout").error(
+                "differs from another chain's: one handshake timeout per listener"
+            )
+    if tls is not None:
+        out.update(tls)
     filters = []
     for i, f in enumerate(chain.filters):
         fat = cat / "filters" / i
@@ -1227,5 +1423,34 @@ def listener_doc(lst: t.Listener) -> ListenerParts:
             filters.append(_hcm(config, fat / "typed_config", doc, parts))
         else:
             filters.append(_tcp_proxy(config, fat / "typed_config"))
-    doc["filter_chains"] = [{"filters": filters}]
+    out["filters"] = filters
+    return out
+
+
+def listener_doc(lst: t.Listener) -> ListenerParts:
+    """A ``servers[].listeners[]`` entry with the route configs it needs (see
+    `ListenerParts`): filter chains with their matches and TLS contexts."""
+    at = _At("Listener", lst.name)
+    _only(lst, at, _LISTENER_FIELDS)
+    address = _socket_address(lst.address, at / "address")
+    doc: dict[str, Any] = {"name": lst.name, "address": address}
+    if lst.bind_to_port is not None:
+        doc["bind_port"] = lst.bind_to_port
+    if lst.per_connection_buffer_limit_bytes is not None:
+        doc["per_connection_buffer_limit_bytes"] = lst.per_connection_buffer_limit_bytes
+    parts = ListenerParts(listener=doc)
+    _listener_filters(lst, at, doc)
+    chains = [
+        _filter_chain(chain, at / "filter_chains" / i, doc, parts)
+        for i, chain in enumerate(lst.filter_chains)
+    ]
+    if lst.default_filter_chain is not None:
+        # Envoy's chain for connections no other matches: ours is the one without a match.
+        default = _filter_chain(lst.default_filter_chain, at / "default_filter_chain", doc, parts)
+        default.pop("filter_chain_match", None)
+        chains.append(default)
+    doc.pop(_HCM_FILTERS, None)
+    if not chains:
+        raise (at / "filter_chains").error("a listener needs a filter chain")
+    doc["filter_chains"] = chains
     return parts

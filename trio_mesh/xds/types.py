@@ -76,6 +76,7 @@ with envoy_import():
         WeightedClusterClusterWeight,
     )
     from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+    from envoy_data_plane.envoy.extensions.filters.listener.tls_inspector.v3 import TlsInspector
     from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
         HttpConnectionManager,
         HttpConnectionManagerCodecType,
@@ -84,6 +85,17 @@ with envoy_import():
         ScopedRoutes,
     )
     from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3 import TcpProxy
+    from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
+        CertificateValidationContext,
+        CommonTlsContext,
+        DownstreamTlsContext,
+        SdsSecretConfig,
+        TlsCertificate,
+        TlsParameters,
+        TlsParametersTlsProtocol,
+        TlsSessionTicketKeys,
+        UpstreamTlsContext,
+    )
     from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
         HttpProtocolOptions as UpstreamHttpProtocolOptions,
     )
@@ -120,6 +132,9 @@ HCM_TYPE = type_url(HttpConnectionManager)
 TCP_PROXY_TYPE = type_url(TcpProxy)
 ROUTER_TYPE = type_url(Router)
 UPSTREAM_HTTP_OPTIONS_TYPE = type_url(UpstreamHttpProtocolOptions)
+DOWNSTREAM_TLS_TYPE = type_url(DownstreamTlsContext)
+UPSTREAM_TLS_TYPE = type_url(UpstreamTlsContext)
+TLS_INSPECTOR_TYPE = type_url(TlsInspector)
 #: The key of ``Cluster.typed_extension_protocol_options`` for the upstream HTTP options.
 UPSTREAM_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
