@@ -22,6 +22,7 @@ import trio
 from tests.grpc_helpers import EchoStub, GrpcEchoServer, in_thread
 from tests.http_helpers import (
     Client,
+    curl,
     free_port,
     get,
     http_config,
@@ -518,8 +519,12 @@ class TlsGrpcServer(GrpcEchoServer):
         self.tls_port = self.server.add_secure_port("127.0.0.1:0", creds)
 
 
-@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mtls"])
-async def test_grpc_upstream_over_tls_from_a_plaintext_client(nursery, pki, mutual):
+@pytest.mark.parametrize(
+    ("mutual", "protocol"),
+    [(False, "Http2"), (True, "Http2"), (True, "Auto")],
+    ids=["tls", "mtls", "mtls-auto"],
+)
+async def test_grpc_upstream_over_tls_from_a_plaintext_client(nursery, pki, mutual, protocol):
     upstream = TlsGrpcServer(pki, client_ca=mutual).start()
     try:
         keys: dict[str, Any] = {"ca_cert": str(pki.ca.cert), "server_name": "localhost"}
@@ -528,7 +533,7 @@ async def test_grpc_upstream_over_tls_from_a_plaintext_client(nursery, pki, mutu
         config = http_config(
             [to("up")],
             [tls_cluster(upstream.tls_port, **keys)],
-            proxy={"downstream_protocol": "Http2", "upstream_protocol": "Http2"},
+            proxy={"downstream_protocol": protocol, "upstream_protocol": protocol},
         )
         server, port = await start_proxy(nursery, config)
         with EchoStub.connect(port) as stub:
@@ -613,3 +618,84 @@ def test_contexts_offer_alpn_by_pool(pki):
     assert all(c.verify_mode == ssl.CERT_REQUIRED for c in tls.contexts.values())
     off = ClusterConfig(name="up", tls_context=TlsConfig(status=False))
     assert build_tls(off, "x") is None
+
+
+# --------------------------------------------------------------------------- Auto: ALPN decides
+
+
+@needs_nginx
+async def test_auto_upstream_uses_what_alpn_picked(nursery, tmp_path, pki):
+    """``upstream_protocol: Auto`` over TLS offers h2 and http/1.1: nginx's h2 server picks
+    h2 (HTTP/1 requests go up as HTTP/2), its HTTP/1-only server http/1.1; concurrent first
+    requests share one negotiating connection."""
+    async with nginx_tls(tmp_path, pki) as ports:
+        h2 = {**tls_cluster(ports["h2"], ca_cert=str(pki.ca.cert)), "name": "h2"}
+        h1 = {**tls_cluster(ports["h1_only"], ca_cert=str(pki.ca.cert)), "name": "h1"}
+        config = http_config(
+            [to("h2", "/two"), to("h1", "/one")],
+            [h2, h1],
+            proxy={"downstream_protocol": "Auto", "upstream_protocol": "Auto"},
+        )
+        server, port = await start_proxy(nursery, config)
+        bodies: list[bytes] = []
+
+        async def one() -> None:
+            (resp,) = await fetch(port, "/two")
+            bodies.append(resp.body)
+
+        async with trio.open_nursery() as clients:
+            for _ in range(5):
+                clients.start_soon(one)
+        (again,) = await fetch(port, "/two")
+        (plain,) = await fetch(port, "/one")
+        code, out, err = await curl(
+            "--http2-prior-knowledge", "-d", "hello=1", f"http://127.0.0.1:{port}/one"
+        )
+    assert {said(b)["protocol"] for b in bodies} == {"HTTP/2.0"}
+    assert len({said(b)["conn"] for b in [*bodies, again.body]}) == 1
+    assert said(plain.body)["protocol"] == "HTTP/1.1"
+    assert code == 0, err
+    assert said(out)["protocol"] == "HTTP/1.1"  # an HTTP/2 request, framed for HTTP/1
+    h2_stats = server.clusters.get("h2").stats
+    assert (h2_stats.upstream_cx_total, h2_stats.ssl_handshake) == (1, 1)
+    assert server.clusters.get("h2").hosts[0].protocol == "h2"
+    assert server.clusters.get("h1").hosts[0].protocol == "http/1.1"
+
+
+async def test_auto_without_alpn_answer_is_http1_and_failures_are_shared(nursery, pki):
+    """A TLS server that answers no ALPN: HTTP/1. A negotiation that fails fails the
+    requests waiting on it too (each does not wait its own connect timeout in turn)."""
+    up = KeepAliveUpstream()
+    up_port = await serve_tls(nursery, up.handler, server_context(pki))
+    config = http_config(
+        [to("up")], [tls_cluster(up_port, ca_cert=str(pki.ca.cert), server_name="localhost")]
+    )
+    server, port = await start_proxy(nursery, config)
+    (resp,) = await fetch(port, "/")
+    assert resp.body == b"conn=1 alpn=None"
+    assert server.clusters.get("up").hosts[0].protocol == "http/1.1"
+
+    accepted = trio.Event()
+
+    async def silent(stream: trio.SocketStream) -> None:
+        accepted.set()
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), silent, 0)
+    silent_port = listeners[0].socket.getsockname()[1]
+    cluster = {**tls_cluster(silent_port, ca_cert=str(pki.ca.cert)), "connect_timeout": "0.5s"}
+    server2, port2 = await start_proxy(nursery, http_config([to("up")], [cluster]))
+    statuses: list[int] = []
+
+    async def one() -> None:
+        (r,) = await fetch(port2, "/")
+        statuses.append(r.status)
+
+    start = trio.current_time()
+    async with trio.open_nursery() as clients:
+        for _ in range(4):
+            clients.start_soon(one)
+    took = trio.current_time() - start
+    assert statuses == [503] * 4
+    assert took < 2.0  # one connect timeout, shared; not four in a row
+    assert server2.clusters.get("up").stats.upstream_cx_connect_timeout == 1

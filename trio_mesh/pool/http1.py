@@ -108,6 +108,15 @@ class H1Pool(ConnectionPool[H1Connection]):
         conn.state = State.ACTIVE
         return conn, False
 
+    def adopt(self, stream: Stream) -> None:
+        """Keep a connection made elsewhere (``upstream_protocol: Auto`` over TLS: the one
+        whose ALPN answer chose HTTP/1) as idle, for the next request."""
+        conn = H1Connection(stream, self.host, self.idle_timeout)
+        conn.state = State.IDLE
+        conn.idle_since = _monotonic()
+        self.idle.append(conn)
+        self._released.unpark()
+
     def take_idle(self) -> H1Connection | None:
         """An idle connection for one request, or ``None`` (then ``acquire``)."""
         return self._pop_idle() if self.idle else None
