@@ -31,6 +31,7 @@ from tests.http_helpers import (
     to,
 )
 from tests.rpc_helpers import ANY_SERVICE, BoltClient, request
+from tests.tcp_helpers import tcp_proxy_config
 from tests.tls_pki import Pki
 from trio_mesh.pool import http1 as pool_http1
 from trio_mesh.protocols.xprotocol.bolt import BOLT
@@ -342,6 +343,7 @@ class KeepAliveUpstream:
         self.requests: list[bytes] = []
         self.close_idle = False
         self.closed = trio.Event()
+        self.got_request = trio.Event()
 
     async def handler(self, stream: trio.SSLStream) -> None:
         self.connections += 1
@@ -351,6 +353,7 @@ class KeepAliveUpstream:
             await stream.do_handshake()
             while (req := await read_request(stream, buf)) is not None:  # type: ignore[arg-type]
                 self.requests.append(req[0])
+                self.got_request.set()
                 body = b"conn=%d alpn=%s" % (n, str(stream.selected_alpn_protocol()).encode())
                 await stream.send_all(
                     b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
@@ -699,3 +702,54 @@ async def test_auto_without_alpn_answer_is_http1_and_failures_are_shared(nursery
     assert statuses == [503] * 4
     assert took < 2.0  # one connect timeout, shared; not four in a row
     assert server2.clusters.get("up").stats.upstream_cx_connect_timeout == 1
+
+
+# --------------------------------------------------------------------------- tcp_proxy, mirror
+
+
+async def test_tcp_proxy_originates_tls(nursery, pki):
+    """A tcp_proxy chain to a cluster with TLS: cleartext in, TLS out (no ALPN)."""
+    seen: list[Any] = []
+
+    async def echo(stream: trio.SSLStream) -> None:
+        try:
+            await stream.do_handshake()
+            seen.append(stream.selected_alpn_protocol())
+            while data := await stream.receive_some(65536):
+                await stream.send_all(b"tls:" + data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    up_port = await serve_tls(nursery, echo, server_context(pki, ("h2", "http/1.1")))
+    config = tcp_proxy_config(
+        [up_port],
+        cluster={"tls_context": {"status": True, "ca_cert": str(pki.ca.cert)}},
+    )
+    server, port = await start_proxy(nursery, config)
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"hello")
+            assert await stream.receive_some(65536) == b"tls:hello"
+    assert seen == [None]
+    assert server.clusters.get("up").stats.ssl_handshake == 1
+
+
+async def test_mirror_to_a_tls_shadow_cluster(nursery, pki):
+    main = KeepAliveUpstream()
+    shadow = KeepAliveUpstream()
+    main_port = await serve_tls(nursery, main.handler, server_context(pki))
+    shadow_port = await serve_tls(nursery, shadow.handler, server_context(pki))
+    clusters = [
+        tls_cluster(main_port, ca_cert=str(pki.ca.cert)),
+        {**tls_cluster(shadow_port, ca_cert=str(pki.ca.cert)), "name": "shadow"},
+    ]
+    listener = {"stream_filters": [{"type": "mirror", "config": {"cluster": "shadow"}}]}
+    server, port = await start_proxy(nursery, http_config([to()], clusters, listener=listener))
+    (resp,) = await fetch(port, "/copied")
+    with trio.fail_after(10):
+        await shadow.got_request.wait()
+    assert resp.body == b"conn=1 alpn=None"
+    assert len(shadow.requests) == 1
+    assert shadow.requests[0].startswith(b"GET /copied HTTP/1.1\r\n"), shadow.requests
+    assert server.clusters.get("shadow").stats.ssl_handshake == 1
