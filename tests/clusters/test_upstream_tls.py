@@ -753,3 +753,27 @@ async def test_mirror_to_a_tls_shadow_cluster(nursery, pki):
     assert len(shadow.requests) == 1
     assert shadow.requests[0].startswith(b"GET /copied HTTP/1.1\r\n"), shadow.requests
     assert server.clusters.get("shadow").stats.ssl_handshake == 1
+
+
+async def test_python_upstream_requiring_a_client_certificate(nursery, pki):
+    """TLS 1.3: the upstream refuses a missing client certificate after our side of the
+    handshake completed; the request is answered as an upstream reset, never forwarded."""
+    up = KeepAliveUpstream()
+    ctx = server_context(pki)
+    ctx.load_verify_locations(pki.ca.cert)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    up_port = await serve_tls(nursery, up.handler, ctx)
+    with_cert = tls_cluster(
+        up_port,
+        ca_cert=str(pki.ca.cert),
+        cert_chain=str(pki.client.cert),
+        private_key=str(pki.client.key),
+    )
+    without = {**tls_cluster(up_port, ca_cert=str(pki.ca.cert)), "name": "none"}
+    config = http_config([to("none", "/without"), to("up", "/with")], [with_cert, without])
+    _, port = await start_proxy(nursery, config)
+    (ok,) = await fetch(port, "/with")
+    (refused,) = await fetch(port, "/without")
+    assert ok.status == 200, ok
+    assert refused.status == 502 and b"reset reason: connection termination" in refused.body
+    assert len(up.requests) == 1
