@@ -33,9 +33,16 @@ from tests.http_helpers import (
 from tests.rpc_helpers import ANY_SERVICE, BoltClient, request
 from tests.tcp_helpers import tcp_proxy_config
 from tests.tls_pki import Pki
+from trio_mesh.config import Cluster as ClusterConfig
+from trio_mesh.config import Host as HostConfig
+from trio_mesh.config.scalars import Address
+from trio_mesh.config.tls import TlsConfig
+from trio_mesh.network.connect import ConnectError
 from trio_mesh.pool import http1 as pool_http1
 from trio_mesh.protocols.xprotocol.bolt import BOLT
-from trio_mesh.upstream.cluster import ALPN_AUTO, ALPN_H1, ALPN_H2, ALPN_NONE
+from trio_mesh.upstream import ClusterManager
+from trio_mesh.upstream.cluster import ALPN_AUTO, ALPN_H1, ALPN_H2, ALPN_NONE, build_tls
+from trio_mesh.upstream.manager import prepare_tls
 
 NGINX = "/usr/sbin/nginx"
 needs_nginx = pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed")
@@ -610,9 +617,6 @@ async def test_bolt_cluster_over_tls(nursery, pki):
 
 
 def test_contexts_offer_alpn_by_pool(pki):
-    from trio_mesh.config import Cluster as ClusterConfig
-    from trio_mesh.config.tls import TlsConfig
-    from trio_mesh.upstream.cluster import build_tls
 
     config = ClusterConfig(name="up", tls_context=TlsConfig(status=True, ca_cert=str(pki.ca.cert)))
     tls = build_tls(config, "cluster_manager.clusters[0].tls_context")
@@ -777,3 +781,37 @@ async def test_python_upstream_requiring_a_client_certificate(nursery, pki):
     assert ok.status == 200, ok
     assert refused.status == 502 and b"reset reason: connection termination" in refused.body
     assert len(up.requests) == 1
+
+
+def _cluster_config(pki: Pki, **host: Any) -> ClusterConfig:
+
+    return ClusterConfig(
+        name="up",
+        hosts=(HostConfig(address=Address("127.0.0.1", 1), **host),),
+        tls_context=TlsConfig(status=True, ca_cert=str(pki.ca.cert)),
+    )
+
+
+async def test_contexts_not_built_connect_to_nothing(pki):
+    """A cluster with TLS whose contexts were not built yet refuses to connect, rather than
+    connecting in cleartext."""
+
+    manager = ClusterManager([_cluster_config(pki)], tls={})
+    cluster = manager.get("up")
+    with pytest.raises(ConnectError, match="TLS contexts are not built"):
+        await cluster.connect(cluster.hosts[0])
+    assert cluster.stats.upstream_cx_active == 0
+
+
+def test_a_host_whose_tls_disable_changes_is_a_new_host(pki):
+
+    before = _cluster_config(pki)
+    manager = ClusterManager([before])
+    host = manager.get("up").hosts[0]
+    assert manager.get("up").tls is not None and not host.tls_disable
+    same = manager.update([before], prepare_tls([before]))
+    assert same[1] == [] and manager.get("up").hosts[0] is host
+    after = _cluster_config(pki, tls_disable=True)
+    _, left = manager.update([after], prepare_tls([after]))
+    assert left == [host]
+    assert manager.get("up").hosts[0] is not host and manager.get("up").hosts[0].tls_disable

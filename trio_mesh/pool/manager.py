@@ -166,10 +166,20 @@ class Pools:
             stream = await cluster.connect(host, ALPN_AUTO)
             tls = getattr(stream, "info", None)  # a TlsStream's (tls_disable: cleartext)
             protocol = "h2" if tls is not None and tls.alpn == "h2" else "http/1.1"
-            if protocol == "h2":
-                await self.http2(cluster, host, settings).adopt(stream)
+            try:
+                pool: H1Pool | H2Pool = (
+                    self.http2(cluster, host, settings)
+                    if protocol == "h2"
+                    else self.http1(cluster, host)
+                )
+            except BaseException:
+                stream.close()
+                cluster.release_connection()
+                raise
+            if isinstance(pool, H2Pool):
+                await pool.adopt(stream)  # closes it and releases its slot if it fails
             else:
-                self.http1(cluster, host).adopt(stream)
+                pool.adopt(stream)
             host.protocol = protocol
             return protocol
         except (ConnectError, CircuitOpenError) as exc:
