@@ -22,11 +22,14 @@ import trio
 from tests.grpc_helpers import EchoStub, GrpcEchoServer, in_thread
 from tests.http_helpers import (
     Client,
+    access_log,
     curl,
     free_port,
     get,
     http_config,
+    read_access_log,
     read_request,
+    running_proxy,
     start_proxy,
     to,
 )
@@ -425,7 +428,7 @@ async def test_handshake_bounded_by_the_connect_timeout(nursery, pki):
     assert stats.upstream_cx_active == 0
 
 
-async def test_a_plaintext_server_is_a_tls_error_not_a_cleartext_request(nursery, pki):
+async def test_a_plaintext_server_is_a_tls_error_not_a_cleartext_request(nursery, pki, tmp_path):
     """TLS to a server that speaks HTTP in the clear: the handshake fails (503), and the
     request is never sent in the clear."""
     seen: list[bytes] = []
@@ -437,14 +440,18 @@ async def test_a_plaintext_server_is_a_tls_error_not_a_cleartext_request(nursery
 
     listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), plain, 0)
     up_port = listeners[0].socket.getsockname()[1]
-    server, port = await start_proxy(
-        nursery, http_config([to("up")], [tls_cluster(up_port, ca_cert=str(pki.ca.cert))])
+    listener, log_path = access_log(tmp_path)
+    config = http_config(
+        [to("up")], [tls_cluster(up_port, ca_cert=str(pki.ca.cert))], listener=listener
     )
-    (resp,) = await fetch(port, "/secret")
+    async with running_proxy(config) as (server, port):
+        (resp,) = await fetch(port, "/secret")
     assert resp.status == 503 and b"TLS error" in resp.body, resp
     assert seen and seen[0][:1] == b"\x16"  # a ClientHello, not "GET /secret"
     assert b"/secret" not in b"".join(seen)
     assert server.clusters.get("up").stats.ssl_connection_error == 1
+    (line,) = read_access_log(log_path)
+    assert (line["response_code"], line["response_flag"]) == (503, "UF"), line
 
 
 async def test_host_tls_disable_connects_in_cleartext(nursery, pki):
