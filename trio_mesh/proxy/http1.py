@@ -576,7 +576,7 @@ class _Session:
             ip = self.remote_ip.encode("latin-1")
             out.append((b"x-forwarded-for", ip if xff is None else xff + b", " + ip))
         if config.add_x_forwarded_proto:
-            out.append((b"x-forwarded-proto", b"http"))
+            out.append((b"x-forwarded-proto", b"http" if self.conn.tls is None else b"https"))
         if request_id is None and config.generate_request_id:
             # Unique, not secret: a PRNG draw is ten times cheaper than uuid4's urandom.
             request_id = b"%032x" % _getrandbits(128)

@@ -349,7 +349,7 @@ class _Stream:
             ip = remote[0].encode("latin-1")
             out.append((b"x-forwarded-for", ip if xff is None else xff + b", " + ip))
         if config.add_x_forwarded_proto:
-            out.append((b"x-forwarded-proto", b"http"))
+            out.append((b"x-forwarded-proto", b"http" if self.conn.tls is None else b"https"))
         if request_id is None and config.generate_request_id:
             request_id = b"%032x" % _getrandbits(128)
             out.append((b"x-request-id", request_id))
