@@ -822,3 +822,47 @@ def test_a_host_whose_tls_disable_changes_is_a_new_host(pki):
     _, left = manager.update([after], prepare_tls([after]))
     assert left == [host]
     assert manager.get("up").hosts[0] is not host and manager.get("up").hosts[0].tls_disable
+
+
+# --------------------------------------------------------------------------- TLS on both sides
+
+
+@needs_nginx
+async def test_curl_over_tls_through_the_proxy_to_nginx_over_tls(nursery, tmp_path, pki):
+    """curl (HTTPS, HTTP/2 by ALPN, its own client certificate) -> a TLS listener (Auto) ->
+    nginx over TLS (Auto upstream: h2 by ALPN), certificates verified on both hops."""
+    async with nginx_tls(tmp_path, pki) as ports:
+        chain = {
+            "tls_context": {
+                "status": True,
+                "cert_chain": str(pki.server.cert),
+                "private_key": str(pki.server.key),
+                "ca_cert": str(pki.ca.cert),
+                "verify_client": True,
+                "require_client_cert": True,
+            },
+            "filters": [
+                {
+                    "type": "proxy",
+                    "config": {
+                        "router_config_name": "r",
+                        "downstream_protocol": "Auto",
+                        "upstream_protocol": "Auto",
+                    },
+                }
+            ],
+        }
+        config = http_config(
+            [to("up")],
+            [tls_cluster(ports["h2"], ca_cert=str(pki.ca.cert), server_name="localhost")],
+            listener={"filter_chains": [chain]},
+        )
+        server, port = await start_proxy(nursery, config)
+        args = ["--cacert", str(pki.ca.cert), "--cert", str(pki.client.cert)]
+        args += ["--key", str(pki.client.key), "--http2", "-w", "%{http_version}"]
+        code, out, err = await curl(*args, f"https://localhost:{port}/both")
+    assert code == 0, err
+    body, _, version = out.rpartition(b"\n")
+    assert version == b"2"  # curl to the proxy: HTTP/2 by ALPN
+    assert said(body + b"\n")["protocol"] == "HTTP/2.0"  # the proxy to nginx: h2 by ALPN
+    assert server.clusters.get("up").stats.ssl_handshake == 1
