@@ -31,6 +31,7 @@ from .proxy import network_filter as _proxy_filter  # noqa: F401 - registers the
 from .router import RouteTable
 from .stats import ListenerStats
 from .upstream import ClusterManager
+from .upstream.manager import prepare_tls
 
 if TYPE_CHECKING:
     from .proxy.accesslog import AccessLog
@@ -50,7 +51,9 @@ class Server:
     def __init__(self, config: MeshConfig, *, reuse_port: bool = False) -> None:
         self.config = config
         self.reuse_port = reuse_port
-        self.clusters = ClusterManager(config.cluster_manager.clusters)
+        # TLS contexts are built by ``run`` (in a thread, before any port is bound); a
+        # cluster with TLS connects to nothing until then.
+        self.clusters = ClusterManager(config.cluster_manager.clusters, tls={})
         self.pools = Pools()
         # Route tables are compiled once per configuration, never per request.
         self.routes = {
@@ -154,7 +157,8 @@ class Server:
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         # Every TLS context builds (files read, keys matched) before any port is bound.
         await trio.to_thread.run_sync(check_tls, self.config)
-        _refuse_tls_not_served(self.config)
+        clusters = self.config.cluster_manager.clusters
+        self.clusters.update(clusters, await trio.to_thread.run_sync(prepare_tls, clusters))
         self._stats = {lst.name: ListenerStats() for lst in self.config.listeners}
         handlers = {}
         for lst in self.config.listeners:
@@ -220,12 +224,14 @@ class Server:
         # A TLS key that cannot be honoured refuses the whole configuration, nothing changed;
         # certificate files are read again (rotation).
         await trio.to_thread.run_sync(check_tls, config)
-        _refuse_tls_not_served(config)
+        # The clusters' TLS contexts, from the files as they are now, built before anything
+        # changes (new connections use them; open ones keep theirs).
+        cluster_tls = await trio.to_thread.run_sync(prepare_tls, config.cluster_manager.clusters)
         old = {lst.name: lst for lst in self.config.listeners}
         new = {lst.name: lst for lst in config.listeners}
         # New clusters first: the listeners built below may name them. Existing ones change
         # only once nothing below can fail.
-        added_clusters = self.clusters.add_missing(config.cluster_manager.clusters)
+        added_clusters = self.clusters.add_missing(config.cluster_manager.clusters, cluster_tls)
         tables = {
             r.router_config_name: RouteTable.compile(r)
             for server in config.servers
@@ -264,7 +270,9 @@ class Server:
             self.clusters.remove(added_clusters)
             raise
         # From here on nothing awaits until every swap is made: no request sees half of it.
-        stale_clusters, left_hosts = self.clusters.update(config.cluster_manager.clusters)
+        stale_clusters, left_hosts = self.clusters.update(
+            config.cluster_manager.clusters, cluster_tls
+        )
         for name, table in tables.items():
             if name in self.routes:
                 self.routes[name].become(table)
@@ -351,16 +359,6 @@ def _access_logs(listener: Listener) -> tuple[AccessLog, ...]:
     from .proxy.accesslog import AccessLog
 
     return tuple(AccessLog(c) for c in listener.access_logs)
-
-
-def _refuse_tls_not_served(config: MeshConfig) -> None:
-    """Until the pools serve TLS (issue 16, in progress), a configuration that asks for
-    upstream TLS must not run in cleartext: refused. The integration removes this."""
-    for cluster in config.cluster_manager.clusters:
-        if cluster.tls_context is not None and cluster.tls_context.status:
-            raise StartupError(
-                f"cluster {cluster.name!r}: upstream TLS is not served by this build yet"
-            )
 
 
 def _handler(

@@ -69,6 +69,12 @@ class ClusterStats(Stats):
     upstream_cx_overflow: int = 0
     upstream_cx_none_healthy: int = 0
     upstream_cx_idle_timeout: int = 0
+    # Upstream TLS (Envoy's cluster ssl.* counters): handshakes done, those that failed
+    # (each also an upstream_cx_connect_fail), and of those, the upstream's certificate
+    # refused (another CA, a name that does not match, expired)
+    ssl_handshake: int = 0
+    ssl_connection_error: int = 0
+    ssl_fail_verify_error: int = 0
     upstream_rq_total: int = 0
     # Requests (each try) outstanding to the cluster, all hosts and protocols: what
     # ``circuit_breakers.max_requests`` bounds; its overflow counts as pending overflow,

@@ -95,6 +95,7 @@ class Http1Proxy(ProxyCore):
         # A body streamed as HTTP/2 DATA is not kept for a retry (-1: not even an empty one).
         self.retry_buffer_bytes = config.retry_buffer_bytes if not upstream_h2 else -1
         self.exchange = h2_exchange.exchange if upstream_h2 else h1_exchange.exchange
+        self.auto_upstream = config.upstream_protocol == Protocol.AUTO
         self.counts_refused = False
         self.h2_settings = h2_settings(config)
         self.xfcc = XfccPolicy(

@@ -80,6 +80,7 @@ class Http2Proxy(ProxyCore):
         )
         self.upstream_h1 = config.upstream_protocol == Protocol.HTTP1
         self.exchange = h1_exchange.exchange if self.upstream_h1 else h2_exchange.exchange
+        self.auto_upstream = config.upstream_protocol == Protocol.AUTO
         # A stream the upstream refused and that is sent again counts as a retry (h2 to h2).
         self.counts_refused = not self.upstream_h1
         # A body streamed to an HTTP/1 upstream is not kept for a retry (-1: nothing is).
@@ -392,9 +393,14 @@ class _Stream:
         up.head_request = req.method == b"HEAD"
         if self.proxy.upstream_h1:
             self._h1_framing(up)
+        elif self.proxy.auto_upstream:
+            # Auto may go to an HTTP/1 upstream (a TLS host whose ALPN said so): its framing,
+            # made from what the codec checked. (Expect: 100-continue is left to the client's
+            # own timeout there: the HTTP/2 exchange forwards it.)
+            self._h1_framing(up, answer_continue=False)
         return up
 
-    def _h1_framing(self, up: UpstreamRequest) -> None:
+    def _h1_framing(self, up: UpstreamRequest, answer_continue: bool = True) -> None:
         """The framing is the encoder's, from what the codec checked: request_from_h2 left at
         most one content-length, all digits, and h2 holds the DATA to it (a stream error
         otherwise); no body when the headers ended the stream. A request filter that took it
@@ -407,7 +413,7 @@ class _Stream:
                 lengths += 1
                 if value.isdigit():
                     length = int(value)
-            elif name == b"expect":
+            elif name == b"expect" and answer_continue:
                 # answered here, as the HTTP/1 side does: the body goes up without waiting
                 self._continue = value.lower() == b"100-continue"
         ended = self.ended

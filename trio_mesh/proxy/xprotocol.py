@@ -76,7 +76,6 @@ from .lifecycle import (
 from .observers import listener_observers
 from .record import RequestRecord
 from .replies import (
-    CONNECT_FAILURE,
     INTERNAL,
     NO_CLUSTER,
     NO_ROUTE,
@@ -85,6 +84,7 @@ from .replies import (
     UPSTREAM_RESET,
     Flag,
     Reply,
+    connect_failure,
 )
 
 log = logging.getLogger("trio_mesh.proxy")
@@ -767,8 +767,8 @@ class _FastCall:
         try:
             with trio.move_on_at(deadline):
                 conn = await pool.connection()
-        except ConnectError:
-            self._complete(None, CONNECT_FAILURE)
+        except ConnectError as exc:
+            self._complete(None, connect_failure(exc))
             return
         except CircuitOpenError:
             self._complete(None, OVERFLOW)
