@@ -187,3 +187,25 @@ class RpcRecord(StreamFilter):
 register_stream_filter("t_req_tag", RequestTag, TagConfig)
 register_stream_filter("t_rpc_reply", RpcReply, RpcReplyConfig)
 register_stream_filter("t_rpc_record", RpcRecord, RpcRecordConfig)
+
+
+# -- added for the mutual-TLS tests (tests/proxy/test_mtls.py) -------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class SpiffeOnlyConfig:
+    spiffe_id: str
+
+
+class SpiffeOnly(StreamFilter):
+    """RBAC-like: refuses (403) a request unless the client's verified certificate carries
+    ``spiffe_id`` as a URI SAN (``context.tls``; plaintext: refused)."""
+
+    async def on_request_headers(self, headers, end_stream):
+        tls = self.context.tls
+        if tls is None or self.config.spiffe_id not in tls.peer_uri_sans:
+            return LocalReply(403, "forbidden\n")
+        headers.set("x-peer-subject", tls.peer_subject or "")
+
+
+register_stream_filter("t_spiffe_only", SpiffeOnly, SpiffeOnlyConfig)

@@ -11,7 +11,8 @@ import attrs
 import trio
 
 from .config import Listener, MeshConfig
-from .config.filter_configs import is_terminal
+from .config.filter_configs import Protocol, ProxyConfig, is_terminal
+from .config.model import FilterChain
 from .config.scalars import format_hostport
 from .errors import StartupError
 from .filters import BuildContext, build_network_filter
@@ -19,14 +20,18 @@ from .filters.background import Background
 from .filters.network import compose
 from .filters.stream import FilterChainFactory
 from .network.budget import ListenerBudget
+from .network.chains import Chain, Identities
 from .network.connection import Connection
+from .network.dispatch import ChainDispatcher, identities
 from .network.listener import Handler, ListenerRuntime, bind
+from .network.tls_context import ServerTls, server_tls
 from .network.tls_context import check_or_raise as check_tls
 from .pool import Pools
 from .proxy import network_filter as _proxy_filter  # noqa: F401 - registers the proxy filter
 from .router import RouteTable
 from .stats import ListenerStats
 from .upstream import ClusterManager
+from .upstream.manager import prepare_tls
 
 if TYPE_CHECKING:
     from .proxy.accesslog import AccessLog
@@ -46,7 +51,9 @@ class Server:
     def __init__(self, config: MeshConfig, *, reuse_port: bool = False) -> None:
         self.config = config
         self.reuse_port = reuse_port
-        self.clusters = ClusterManager(config.cluster_manager.clusters)
+        # TLS contexts are built by ``run`` (in a thread, before any port is bound); a
+        # cluster with TLS connects to nothing until then.
+        self.clusters = ClusterManager(config.cluster_manager.clusters, tls={})
         self.pools = Pools()
         # Route tables are compiled once per configuration, never per request.
         self.routes = {
@@ -84,7 +91,7 @@ class Server:
         return {name: lst.address for name, lst in self.listeners.items()}
 
     def _build_handler(
-        self, lst: Listener, routes: dict[str, RouteTable], stats: ListenerStats
+        self, lst: Listener, routes: dict[str, RouteTable], stats: ListenerStats, path: str
     ) -> tuple[Callable[[Connection], Awaitable[None]], FilterChainFactory]:
         # A reloaded listener's old and new connections share its budget, unless it changed.
         budget = self._budgets.get(lst.name)
@@ -107,7 +114,26 @@ class Server:
             raise
         except Exception as exc:  # a filter's factory refused its config
             raise StartupError(f"listener {lst.name!r} stream_filters: {exc}") from exc
-        return _handler(lst, attrs.evolve(ctx, stream_filters=chain or None)), chain
+        handler = _handler(lst, attrs.evolve(ctx, stream_filters=chain or None), path)
+        return handler, chain
+
+    def _rotate(
+        self, config: MeshConfig, listeners: Iterable[Listener]
+    ) -> list[tuple[Chain, ServerTls | None, Identities]]:
+        """Every TLS chain of these running listeners with its context built anew from the
+        files (certificate rotation); raises ``TlsConfigError`` before anything changed."""
+        staged = []
+        for lst in listeners:
+            runtime = self.listeners.get(lst.name)
+            if runtime is None or not isinstance(runtime.handler, ChainDispatcher):
+                continue
+            path = _listener_path(config, lst)
+            for chain, chain_config in zip(runtime.handler.chains, lst.filter_chains, strict=True):
+                if chain.tls is not None:
+                    chain_path = f"{path}.filter_chains[{chain.index}]"
+                    tls = _server_tls(chain_config, chain_path)
+                    staged.append((chain, tls, identities(chain_config, tls, chain_path)))
+        return staged
 
     async def _check_access_logs(self, names: Iterable[str]) -> None:
         for name in names:
@@ -131,12 +157,13 @@ class Server:
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         # Every TLS context builds (files read, keys matched) before any port is bound.
         await trio.to_thread.run_sync(check_tls, self.config)
-        _refuse_tls_not_served(self.config)
+        clusters = self.config.cluster_manager.clusters
+        self.clusters.update(clusters, await trio.to_thread.run_sync(prepare_tls, clusters))
         self._stats = {lst.name: ListenerStats() for lst in self.config.listeners}
         handlers = {}
         for lst in self.config.listeners:
             handlers[lst.name], self._chains[lst.name] = self._build_handler(
-                lst, self.routes, self._stats[lst.name]
+                lst, self.routes, self._stats[lst.name], _listener_path(self.config, lst)
             )
         await self._check_access_logs(self.access_logs)
         try:
@@ -197,12 +224,14 @@ class Server:
         # A TLS key that cannot be honoured refuses the whole configuration, nothing changed;
         # certificate files are read again (rotation).
         await trio.to_thread.run_sync(check_tls, config)
-        _refuse_tls_not_served(config)
+        # The clusters' TLS contexts, from the files as they are now, built before anything
+        # changes (new connections use them; open ones keep theirs).
+        cluster_tls = await trio.to_thread.run_sync(prepare_tls, config.cluster_manager.clusters)
         old = {lst.name: lst for lst in self.config.listeners}
         new = {lst.name: lst for lst in config.listeners}
         # New clusters first: the listeners built below may name them. Existing ones change
         # only once nothing below can fail.
-        added_clusters = self.clusters.add_missing(config.cluster_manager.clusters)
+        added_clusters = self.clusters.add_missing(config.cluster_manager.clusters, cluster_tls)
         tables = {
             r.router_config_name: RouteTable.compile(r)
             for server in config.servers
@@ -219,7 +248,13 @@ class Server:
                 self._stats.setdefault(lst.name, ListenerStats())
                 if old.get(lst.name) is None or old[lst.name].access_logs != lst.access_logs:
                     self.access_logs[lst.name] = _access_logs(lst)
-                built[lst.name] = self._build_handler(lst, staged, self._stats[lst.name])
+                built[lst.name] = self._build_handler(
+                    lst, staged, self._stats[lst.name], _listener_path(config, lst)
+                )
+            # Certificate rotation: the listeners kept as they are get their TLS contexts
+            # built anew from the files, swapped in below for new handshakes.
+            kept = [lst for name, lst in new.items() if old.get(name) == lst]
+            rotated = self._rotate(config, kept)
             await self._check_access_logs(lst.name for lst in changed)
             for lst in changed:
                 before = old.get(lst.name)
@@ -235,7 +270,9 @@ class Server:
             self.clusters.remove(added_clusters)
             raise
         # From here on nothing awaits until every swap is made: no request sees half of it.
-        stale_clusters, left_hosts = self.clusters.update(config.cluster_manager.clusters)
+        stale_clusters, left_hosts = self.clusters.update(
+            config.cluster_manager.clusters, cluster_tls
+        )
         for name, table in tables.items():
             if name in self.routes:
                 self.routes[name].become(table)
@@ -245,6 +282,9 @@ class Server:
             del self.routes[name]
         for chain in self._chains.values():
             chain.forget_routes()
+        for tls_chain, tls, ids in rotated:
+            # Open connections keep the context they were accepted with.
+            tls_chain.tls, tls_chain.identities = tls, ids
         retiring: list[ListenerRuntime] = []
         starting: list[ListenerRuntime] = []
         for lst in changed:
@@ -295,6 +335,15 @@ class Server:
         )
 
 
+def _listener_path(config: MeshConfig, lst: Listener) -> str:
+    """Where ``lst`` is in ``config``, for error messages."""
+    for i, server in enumerate(config.servers):
+        for j, candidate in enumerate(server.listeners):
+            if candidate is lst:
+                return f"servers[{i}].listeners[{j}]"
+    return f"listener {lst.name!r}"
+
+
 async def _drain_then_close(runtime: ListenerRuntime, timeout: float) -> None:
     with trio.move_on_after(timeout):
         await runtime.wait_closed()
@@ -312,31 +361,69 @@ def _access_logs(listener: Listener) -> tuple[AccessLog, ...]:
     return tuple(AccessLog(c) for c in listener.access_logs)
 
 
-def _refuse_tls_not_served(config: MeshConfig) -> None:
-    """Until the listener and the pools serve TLS (issue 16, in progress), a configuration
-    that asks for it must not run in cleartext: refused. The integration removes this."""
-    for lst in config.listeners:
-        chains = lst.filter_chains
-        if (
-            len(chains) != 1
-            or lst.inspector
-            or any(c.tls_configs() or c.match_key() is not None for c in chains)
-        ):
-            raise StartupError(
-                f"listener {lst.name!r}: TLS, inspector and filter chain matching are not"
-                " served by this build yet"
+def _handler(
+    listener: Listener, ctx: BuildContext, path: str
+) -> Callable[[Connection], Awaitable[None]]:
+    """The listener's connection handler. One plaintext chain, nothing to match and no
+    inspector: that chain's handler itself (no read before it, no cost). Otherwise a
+    `ChainDispatcher` that reads the ClientHello, selects the chain and terminates TLS."""
+    chains = listener.filter_chains
+    if len(chains) == 1 and not _needs_dispatch(listener):
+        return _chain_handler(listener, chains[0], ctx)
+    built = []
+    for index, chain in enumerate(chains):
+        chain_path = f"{path}.filter_chains[{index}]"
+        tls = _server_tls(chain, chain_path)
+        built.append(
+            Chain(
+                index,
+                # An empty match matches everything: the default chain, as no match at all.
+                chain.filter_chain_match if chain.match_key() is not None else None,
+                tls,
+                _chain_handler(listener, chain, ctx),
+                identities(chain, tls, chain_path),
             )
-    for cluster in config.cluster_manager.clusters:
-        if cluster.tls_context is not None and cluster.tls_context.status:
-            raise StartupError(
-                f"cluster {cluster.name!r}: upstream TLS is not served by this build yet"
-            )
+        )
+    return ChainDispatcher(
+        listener.name,
+        built,
+        inspector=listener.inspector,
+        handshake_timeout=float(listener.tls_handshake_timeout),
+        max_handshakes=int(listener.max_concurrent_handshakes),
+        stats=ctx.listener_stats,
+    )
 
 
-def _handler(listener: Listener, ctx: BuildContext) -> Callable[[Connection], Awaitable[None]]:
-    """The listener's connection handler: validation left one chain ending in a terminal
-    filter; the non-terminal ones before it see each connection first (``filters.network``)."""
-    (chain,) = listener.filter_chains
+def _needs_dispatch(listener: Listener) -> bool:
+    return listener.inspector or any(
+        c.match_key() is not None or c.tls_configs() for c in listener.filter_chains
+    )
+
+
+def _default_alpn(chain: FilterChain) -> tuple[str, ...]:
+    """What a TLS chain offers in ALPN when its ``alpn`` is not set: its proxy's protocols."""
+    last = chain.filters[-1] if chain.filters else None
+    if last is None or last.type != "proxy" or not isinstance(last.config, ProxyConfig):
+        return ()
+    return _ALPN_BY_PROTOCOL.get(last.config.downstream_protocol, ())
+
+
+_ALPN_BY_PROTOCOL = {
+    Protocol.HTTP1: ("http/1.1",),
+    Protocol.HTTP2: ("h2",),
+    Protocol.AUTO: ("h2", "http/1.1"),
+}
+
+
+def _server_tls(chain: FilterChain, path: str) -> ServerTls | None:
+    return server_tls(chain, path, default_alpn=_default_alpn(chain))
+
+
+def _chain_handler(
+    listener: Listener, chain: FilterChain, ctx: BuildContext
+) -> Callable[[Connection], Awaitable[None]]:
+    """One chain's handler: validation left it ending in a terminal filter; the non-terminal
+    ones before it see each connection first (``filters.network``)."""
     *front, last = chain.filters
     try:
         terminal = build_network_filter(last.type, last.config, ctx)

@@ -45,6 +45,19 @@ class ListenerStats(Stats):
     http2_inbound_empty_frames_flood: int = 0
     http2_inbound_priority_frames_flood: int = 0
     http2_inbound_window_update_frames_flood: int = 0
+    # Downstream TLS (Envoy's listener ssl.* counters): handshakes done, and those that
+    # failed (a bad ClientHello, a plaintext client on a TLS-only chain, OpenSSL's refusal)
+    ssl_handshake: int = 0
+    ssl_connection_error: int = 0
+    # of the failures: a required client certificate missing, or not verified
+    ssl_fail_verify_no_cert: int = 0
+    ssl_fail_verify_error: int = 0
+    # handshakes (the ClientHello wait included) over tls_handshake_timeout, and those
+    # aborted to make room under max_concurrent_handshakes
+    ssl_handshake_timeout: int = 0
+    ssl_handshake_evicted: int = 0
+    # connections no filter chain matched (closed; Envoy's no_filter_chain_match)
+    no_filter_chain_match: int = 0
 
 
 @attrs.define(eq=False)
@@ -56,6 +69,12 @@ class ClusterStats(Stats):
     upstream_cx_overflow: int = 0
     upstream_cx_none_healthy: int = 0
     upstream_cx_idle_timeout: int = 0
+    # Upstream TLS (Envoy's cluster ssl.* counters): handshakes done, those that failed
+    # (each also an upstream_cx_connect_fail), and of those, the upstream's certificate
+    # refused (another CA, a name that does not match, expired)
+    ssl_handshake: int = 0
+    ssl_connection_error: int = 0
+    ssl_fail_verify_error: int = 0
     upstream_rq_total: int = 0
     # Requests (each try) outstanding to the cluster, all hosts and protocols: what
     # ``circuit_breakers.max_requests`` bounds; its overflow counts as pending overflow,

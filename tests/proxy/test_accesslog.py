@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -11,7 +12,9 @@ import time
 import pytest
 import trio
 
-from trio_mesh.config.logformat import validate_log_format
+from tests.mtls_helpers import mtls_info
+from tests.tls_pki import CLIENT_SPIFFE, SERVER_SPIFFE
+from trio_mesh.config.logformat import TLS_VARIABLES, validate_log_format
 from trio_mesh.config.model import AccessLogConfig
 from trio_mesh.proxy.accesslog import (
     DEFAULT_FORMAT,
@@ -150,7 +153,7 @@ def test_missing_values_render_as_dash():
     assert access_log("stdout").format(RequestRecord()) == "- - - 0 0 - 0 - - 0 - - - -"
     everything = " ".join(f"%{name}%" for name in VARIABLES)
     line = access_log("stdout", log_format=everything).format(RequestRecord())
-    assert line.split(" ") == ["-", "-", "-", "-", "0", "0", "-", "0", *["-"] * 13]
+    assert line.split(" ") == ["-", "-", "-", "-", "0", "0", "-", "0", *["-"] * 24]
 
 
 def test_request_text_cannot_break_the_line():
@@ -188,6 +191,7 @@ def test_json_lines_carry_every_variable(utc):
         "route_name": "api",
         "x-mosn-rpc-service": "com.example.Echo:1.0",
         "x-mosn-rpc-method": "echo",
+        **dict.fromkeys(TLS_VARIABLES),  # a plaintext request: every TLS key, null
     }
     empty = json.loads(log.format(RequestRecord()))
     assert list(empty) == list(VARIABLES)
@@ -196,6 +200,77 @@ def test_json_lines_carry_every_variable(utc):
         "bytes_received": 0,
         "response_code": 0,
     }
+
+
+TLS_FORMAT = (
+    "%REQUESTED_SERVER_NAME% %DOWNSTREAM_TLS_VERSION% %DOWNSTREAM_TLS_CIPHER%"
+    " [%DOWNSTREAM_PEER_SUBJECT%] [%DOWNSTREAM_PEER_ISSUER%] %DOWNSTREAM_PEER_URI_SAN%"
+    " %DOWNSTREAM_PEER_DNS_SAN% %DOWNSTREAM_PEER_SERIAL% %DOWNSTREAM_PEER_FINGERPRINT_256%"
+    " [%DOWNSTREAM_LOCAL_SUBJECT%] %DOWNSTREAM_LOCAL_URI_SAN%"
+)
+
+
+def test_tls_variables_are_envoys():
+    tls = mtls_info(
+        peer_dns_sans=("a.example", "b.example"),
+        peer_uri_sans=(CLIENT_SPIFFE, "spiffe://x/y"),
+        peer_cert_der=b"der",
+    )
+    line = access_log("stdout", log_format=TLS_FORMAT).format(full_info(tls=tls))
+    assert line == (
+        "localhost TLSv1.3 TLS_AES_128_GCM_SHA256 [CN=client,O=trio-mesh tests]"
+        f" [CN=ca,O=trio-mesh tests] {CLIENT_SPIFFE},spiffe://x/y a.example,b.example 03e9"
+        f" {hashlib.sha256(b'der').hexdigest()} [CN=localhost,O=trio-mesh tests]"
+        f" {SERVER_SPIFFE}"
+    )
+    # mosn's name of the SNI is the same variable
+    assert (
+        access_log("stdout", log_format="%requested_server_name%").format(full_info(tls=tls))
+        == "localhost"
+    )
+
+
+def test_tls_variables_are_dashes_without_tls_or_without_a_client_certificate():
+    log = access_log("stdout", log_format=TLS_FORMAT)
+    assert log.format(full_info()) == "- - - [-] [-] - - - - [-] -"
+    no_peer = mtls_info(
+        sni=None,
+        peer_subject=None,
+        peer_issuer=None,
+        peer_uri_sans=(),
+        peer_serial=None,
+        peer_cert_der=None,
+    )
+    assert log.format(full_info(tls=no_peer)) == (
+        "- TLSv1.3 TLS_AES_128_GCM_SHA256 [-] [-] - - - - [CN=localhost,O=trio-mesh tests]"
+        f" {SERVER_SPIFFE}"
+    )
+
+
+def test_tls_variables_in_json_lines(utc):
+    log = access_log("stdout", log_format="json")
+    record = json.loads(log.format(full_info(tls=mtls_info(peer_cert_der=b"der"))))
+    assert list(record) == list(VARIABLES)
+    assert {name: record[name] for name in TLS_VARIABLES} == {
+        "requested_server_name": "localhost",
+        "DOWNSTREAM_TLS_VERSION": "TLSv1.3",
+        "DOWNSTREAM_TLS_CIPHER": "TLS_AES_128_GCM_SHA256",
+        "DOWNSTREAM_PEER_SUBJECT": "CN=client,O=trio-mesh tests",
+        "DOWNSTREAM_PEER_ISSUER": "CN=ca,O=trio-mesh tests",
+        "DOWNSTREAM_PEER_URI_SAN": CLIENT_SPIFFE,
+        "DOWNSTREAM_PEER_DNS_SAN": None,
+        "DOWNSTREAM_PEER_SERIAL": "03e9",
+        "DOWNSTREAM_PEER_FINGERPRINT_256": hashlib.sha256(b"der").hexdigest(),
+        "DOWNSTREAM_LOCAL_SUBJECT": "CN=localhost,O=trio-mesh tests",
+        "DOWNSTREAM_LOCAL_URI_SAN": SERVER_SPIFFE,
+    }
+
+
+def test_a_certificates_text_cannot_break_the_line():
+    tls = mtls_info(peer_subject="CN=a\nb\r\n", peer_uri_sans=("spiffe://x/\x00",))
+    line = access_log("stdout", log_format=TLS_FORMAT).format(full_info(tls=tls))
+    assert "\n" not in line and "\r" not in line and "\x00" not in line
+    assert "[CN=a\\x0ab\\x0d\\x0a]" in line and "spiffe://x/\\x00" in line
 
 
 def test_unknown_variable_is_a_config_error_naming_it():

@@ -7,7 +7,13 @@ import re
 
 import pytest
 
-from trio_mesh.config.filter_configs import Protocol, ProxyConfig, TcpProxyConfig
+from trio_mesh.config.filter_configs import (
+    ClientCertDetails,
+    ForwardClientCert,
+    Protocol,
+    ProxyConfig,
+    TcpProxyConfig,
+)
 from trio_mesh.config.load import parse_config
 from trio_mesh.config.model import LbType
 from trio_mesh.config.routes import FILTER_DISABLED
@@ -1199,3 +1205,51 @@ def test_cluster_buffer_limit_warns(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING", logger="trio_mesh.xds"):
         cluster_doc(c)
     assert "per_connection_buffer_limit_bytes: not enforced on a cluster" in caplog.text
+
+
+def test_forward_client_cert_details_map_to_the_proxy() -> None:
+    """The HCM's XFCC settings are the proxy's keys of the same names (enforced); a setting
+    trio-mesh cannot honour is a NACK naming its field."""
+    rc = t.RouteConfiguration(
+        name="main_routes",
+        virtual_hosts=[
+            vhost(
+                t.Route(
+                    match=t.RouteMatch(prefix="/"),
+                    direct_response=t.DirectResponseAction(status=200),
+                )
+            )
+        ],
+    )
+    details = t.HttpConnectionManagerSetCurrentClientCertDetails(subject=True, uri=True)
+    parts = listener_doc(
+        listener(
+            "ingress",
+            8080,
+            hcm(
+                forward_client_cert_details=t.HttpConnectionManagerForwardClientCertDetails.SANITIZE_SET,
+                set_current_client_cert_details=details,
+            ),
+        )
+    )
+    config = compose([parts], [route_config_doc(rc)], [])
+    proxy = config.listeners[0].filter_chains[0].filters[0].config
+    assert proxy.forward_client_cert_details is ForwardClientCert.SANITIZE_SET
+    assert proxy.set_current_client_cert_details == ClientCertDetails(subject=True, uri=True)
+    default = listener_doc(listener("d", 8081, hcm())).listener
+    proxy_doc = default["filter_chains"][0]["filters"][0]["config"]
+    assert "forward_client_cert_details" not in proxy_doc  # SANITIZE, the default
+    # chain: Python 3.11's ssl has no peer chain: refused when the config is composed
+    chain = listener_doc(
+        listener(
+            "c",
+            8082,
+            hcm(
+                set_current_client_cert_details=t.HttpConnectionManagerSetCurrentClientCertDetails(
+                    chain=True
+                )
+            ),
+        )
+    )
+    with pytest.raises(Exception, match=r"set_current_client_cert_details\.chain: not supported"):
+        compose([chain], [route_config_doc(rc)], [])

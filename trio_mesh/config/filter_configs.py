@@ -233,6 +233,49 @@ class Http2Options:
     max_inbound_window_update_frames_per_data_frame_sent: PositiveInt = PositiveInt(10)
 
 
+class ForwardClientCert(enum.Enum):
+    """``forward_client_cert_details``: what happens to ``x-forwarded-client-cert`` (XFCC),
+    Envoy's enum and semantics. Only a connection whose client presented a certificate
+    (mutual TLS) can keep or get one; on any other the header is removed, except with
+    ``ALWAYS_FORWARD_ONLY``."""
+
+    #: The client's XFCC is removed, always (the default: a client cannot forge it).
+    SANITIZE = "SANITIZE"
+    #: mTLS: the client's XFCC goes on unchanged; otherwise removed.
+    FORWARD_ONLY = "FORWARD_ONLY"
+    #: mTLS: this hop's element is appended to the client's XFCC (``,``); otherwise removed.
+    APPEND_FORWARD = "APPEND_FORWARD"
+    #: mTLS: the client's XFCC is replaced by this hop's element; otherwise removed.
+    SANITIZE_SET = "SANITIZE_SET"
+    #: The client's XFCC goes on unchanged, TLS or not (trust whoever connects).
+    ALWAYS_FORWARD_ONLY = "ALWAYS_FORWARD_ONLY"
+
+
+@frozen(kw_only=True)
+class ClientCertDetails:
+    """``set_current_client_cert_details``: the fields this hop's XFCC element carries
+    besides ``By`` (its own URI SANs) and ``Hash`` (always), as Envoy's."""
+
+    subject: bool = False
+    uri: bool = False
+    dns: bool = False
+    cert: bool = False
+    #: Refused: Python 3.11's ``ssl`` does not give the peer's chain.
+    chain: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.chain:
+            _raise(
+                [
+                    (
+                        ("chain",),
+                        "not supported: the peer's certificate chain is not available"
+                        " (cert: true forwards the client's own certificate)",
+                    )
+                ]
+            )
+
+
 @frozen(kw_only=True)
 class ProxyConfig:
     """``proxy``: the L7 proxy. Protocol and route table are MOSN's keys; the limits and
@@ -260,6 +303,11 @@ class ProxyConfig:
     add_x_forwarded_for: bool = True
     add_x_forwarded_proto: bool = True
     generate_request_id: bool = True
+    #: ``x-forwarded-client-cert`` (Envoy's ``forward_client_cert_details``; see
+    #: :class:`ForwardClientCert`).
+    forward_client_cert_details: ForwardClientCert = ForwardClientCert.SANITIZE
+    #: What this hop's XFCC element says of the client (``APPEND_FORWARD``, ``SANITIZE_SET``).
+    set_current_client_cert_details: ClientCertDetails = ClientCertDetails()
     #: Request body kept for a retry; a larger body is streamed once and not retried.
     retry_buffer_bytes: int = 64 * 1024
 

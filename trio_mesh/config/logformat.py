@@ -7,6 +7,20 @@ import re
 
 JSON_FORMAT = "json"
 
+#: The downstream TLS handshake's variables (Envoy's command operators), last in JSON lines.
+TLS_VARIABLES = (
+    "requested_server_name",
+    "DOWNSTREAM_TLS_VERSION",
+    "DOWNSTREAM_TLS_CIPHER",
+    "DOWNSTREAM_PEER_SUBJECT",
+    "DOWNSTREAM_PEER_ISSUER",
+    "DOWNSTREAM_PEER_URI_SAN",
+    "DOWNSTREAM_PEER_DNS_SAN",
+    "DOWNSTREAM_PEER_SERIAL",
+    "DOWNSTREAM_PEER_FINGERPRINT_256",
+    "DOWNSTREAM_LOCAL_SUBJECT",
+    "DOWNSTREAM_LOCAL_URI_SAN",
+)
 #: The variables trio-mesh records, in the order JSON lines carry them.
 RECORDED = (
     "start_time",
@@ -31,6 +45,8 @@ RECORDED = (
     # MOSN's RPC variables (types.VarHeaderRPCService, types.VarHeaderRPCMethod)
     "x-mosn-rpc-service",
     "x-mosn-rpc-method",
+    # the downstream connection's TLS (Envoy's names; "-" / null on a plaintext connection)
+    *TLS_VARIABLES,
 )
 #: Variables MOSN defines that trio-mesh does not record (yet): accepted, rendered as ``-``.
 PLACEHOLDERS = (
@@ -38,11 +54,14 @@ PLACEHOLDERS = (
     "request_finished_duration",
     "process_time_duration",
     "upstream_transport_failure_reason",
-    "requested_server_name",
     "protocol_config",
 )
 #: Other MOSN names for the same variable.
-ALIASES = {"response_flags": "response_flag"}
+ALIASES = {
+    "response_flags": "response_flag",
+    # Envoy's name of MOSN's requested_server_name: the SNI the client sent
+    "REQUESTED_SERVER_NAME": "requested_server_name",
+}
 KNOWN = (*RECORDED, *ALIASES, *PLACEHOLDERS)
 _HEADER_PREFIXES = ("request_header_", "response_header_")
 

@@ -9,7 +9,9 @@ a data hook may instead return the bytes to pass on in place of what it was give
 
 The same filter serves HTTP/1, HTTP/2, gRPC and the RPC protocols: it sees `Headers` (for RPC,
 the frame's header view), the body as bytes, and a `RequestContext` with the route, the
-cluster, the addresses and a ``metadata`` dict shared by the request's filters.
+cluster, the addresses, the connection's TLS handshake (``tls``: the verified client
+certificate's subject and SANs under mutual TLS) and a ``metadata`` dict shared by the
+request's filters.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ..config.filter_configs import register_filter_config
 from ..config.routes import FILTER_DISABLED
 from ..router import Route
+
+if TYPE_CHECKING:
+    from ..network.tls import TlsInfo
 
 log = logging.getLogger("trio_mesh.filters")
 
@@ -176,7 +181,10 @@ class RequestContext:
     ``HTTP/1.0``, ``HTTP/2`` or an RPC codec's name (``bolt``, ``dubbo``); ``grpc``: an
     HTTP/2 request with a gRPC content type. ``route`` is ``None`` when no route matched (the
     proxy answers 404 once the filters let the request through). ``upstream_host`` is set once
-    a host is chosen (so the response hooks see it)."""
+    a host is chosen (so the response hooks see it). ``tls``: the downstream connection's
+    handshake (:class:`~trio_mesh.network.tls.TlsInfo`: version, cipher, SNI, and the client
+    certificate's ``peer_subject``, ``peer_uri_sans``... when it presented a verified one);
+    ``None`` on a plaintext connection."""
 
     __slots__ = (
         "cluster",
@@ -191,6 +199,7 @@ class RequestContext:
         "protocol",
         "request_id",
         "route",
+        "tls",
         "upstream_host",
     )
 
@@ -206,6 +215,7 @@ class RequestContext:
         downstream_local: tuple | None = None,
         listener: str = "",
         grpc: bool = False,
+        tls: TlsInfo | None = None,
     ) -> None:
         # Bytes (as HTTP/1 parses them) are decoded on first use: most filters never ask.
         self.protocol = protocol
@@ -218,6 +228,7 @@ class RequestContext:
         self.downstream_local = downstream_local
         self.listener = listener
         self.grpc = grpc
+        self.tls = tls
         self.upstream_host: str | None = None
         self.request_id: str | None = None
         self._metadata: dict[str, Any] | None = None

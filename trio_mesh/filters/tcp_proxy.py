@@ -34,7 +34,7 @@ class TcpProxy:
             await relay(conn.stream, upstream, conn.idle)
         finally:
             host.active_requests -= 1
-            upstream.socket.close()
+            upstream.close()
             self.cluster.release_connection()
             # The listener's scope has not exited yet, so ask whether its deadline passed.
             if conn.idle.scope.cancel_called and trio.current_time() >= conn.idle.deadline:

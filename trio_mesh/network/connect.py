@@ -1,4 +1,9 @@
-"""Outbound TCP connections with a connect timeout, failures mapped to one error type."""
+"""Outbound connections with a connect timeout, failures mapped to one error type.
+
+``connect`` is the one way upstream: TCP, then (when given a context) the TLS handshake,
+both within the same timeout; a handshake that fails is a connect failure
+(``TlsConnectError``, with OpenSSL's reason for the reply and the log).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,13 @@ import errno
 import ipaddress
 import os
 import socket
-from typing import Any
+import ssl
+from typing import Any, cast
 
 import trio
 
 from .stream import Stream
+from .tls import TlsError, TlsStream
 
 
 class ConnectError(Exception):
@@ -19,6 +26,48 @@ class ConnectError(Exception):
     def __init__(self, message: str, *, timeout: bool = False) -> None:
         super().__init__(message)
         self.timeout = timeout
+
+
+class TlsConnectError(ConnectError):
+    """The TCP connection was made but the TLS handshake failed: ``reason`` is OpenSSL's,
+    ``kind`` the ``TlsError`` kind (``"verify"``: the upstream's certificate did not verify)."""
+
+    def __init__(self, message: str, reason: str, kind: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.kind = kind
+
+
+async def connect(
+    host: str,
+    port: int,
+    timeout: float,
+    ctx: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> Stream:
+    """A connection to ``host:port``: TCP, then TLS over it when ``ctx`` is given (SNI and the
+    name verified: ``server_hostname``), both within ``timeout`` seconds. A ``TlsStream``
+    has the interface of ``Stream`` (typed as one: its users need not tell them apart)."""
+    if ctx is None:
+        return await connect_tcp(host, port, timeout)
+    deadline = trio.current_time() + timeout
+    stream = await connect_tcp(host, port, timeout)
+    try:
+        with trio.fail_at(deadline):
+            return cast("Stream", await TlsStream.connect(stream, ctx, server_hostname))
+    except trio.TooSlowError:
+        stream.abort()
+        raise ConnectError(
+            f"TLS handshake with {host}:{port} timed out after {timeout}s", timeout=True
+        ) from None
+    except TlsError as exc:
+        stream.close()  # a plain close: the alert OpenSSL sent goes first
+        raise TlsConnectError(
+            f"TLS handshake with {host}:{port} failed: {exc}", str(exc), exc.kind
+        ) from None
+    except BaseException:
+        stream.abort()
+        raise
 
 
 async def connect_tcp(host: str, port: int, timeout: float) -> Stream:

@@ -194,7 +194,8 @@ class ListenerRuntime:
             log.exception("listener %r: connection handler failed", self.name)
         finally:
             stats.downstream_cx_active -= 1
-            stream.close()
+            # The connection's own stream: a TLS one sends close_notify, then closes the socket.
+            (conn.stream if conn is not None else stream).close()
             if conn is not None:
                 self.connections.discard(conn)
                 conn.on_drain = None  # the filter's hook may hold the session: no cycle left

@@ -15,7 +15,7 @@ import trio
 
 from ..network.stream import Stream
 from ..protocols.http1 import ResponseParser
-from ..upstream.cluster import Cluster
+from ..upstream.cluster import ALPN_H1, Cluster
 from ..upstream.host import Host
 from .base import ConnectionPool
 
@@ -103,10 +103,19 @@ class H1Pool(ConnectionPool[H1Connection]):
                 conn = await self._wait_for_idle()
                 if conn is not None:
                     return conn, True
-        stream = await cluster.connect(self.host)
+        stream = await cluster.connect(self.host, ALPN_H1)
         conn = H1Connection(stream, self.host, self.idle_timeout)
         conn.state = State.ACTIVE
         return conn, False
+
+    def adopt(self, stream: Stream) -> None:
+        """Keep a connection made elsewhere (``upstream_protocol: Auto`` over TLS: the one
+        whose ALPN answer chose HTTP/1) as idle, for the next request."""
+        conn = H1Connection(stream, self.host, self.idle_timeout)
+        conn.state = State.IDLE
+        conn.idle_since = _monotonic()
+        self.idle.append(conn)
+        self._released.unpark()
 
     def take_idle(self) -> H1Connection | None:
         """An idle connection for one request, or ``None`` (then ``acquire``)."""
@@ -130,7 +139,7 @@ class H1Pool(ConnectionPool[H1Connection]):
     def close(self, conn: H1Connection) -> None:
         if conn.state is not State.CLOSED:
             conn.state = State.CLOSED
-            conn.stream.socket.close()
+            conn.stream.close()  # TLS: close_notify first, if the socket takes it now
             self.cluster.release_connection()
             self._released.unpark()  # a slot under max_connections opened
 

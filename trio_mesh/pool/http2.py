@@ -19,8 +19,9 @@ import trio
 
 from ..network.connect import ConnectError
 from ..network.h2 import H2Endpoint, StreamChannel
+from ..network.stream import Stream
 from ..protocols.http2 import H2Connection, H2Settings
-from ..upstream.cluster import Cluster
+from ..upstream.cluster import ALPN_H2, Cluster
 from ..upstream.host import Host
 from .base import ConnectionPool, NurseryOwner
 from .http1 import DEFAULT_IDLE_TIMEOUT, PoolOverflow
@@ -74,14 +75,27 @@ class H2Pool(ConnectionPool[H2Endpoint]):
             if pending:
                 cluster.stats.upstream_rq_pending_active -= 1
 
-    async def _connect(self) -> None:
-        """A new connection, in use once the upstream's SETTINGS say how many streams it
-        takes (streams sent before that could exceed its limit and be refused). Other
-        requests wait for it meanwhile."""
+    async def adopt(self, stream: Stream) -> None:
+        """Run a connection made elsewhere (``upstream_protocol: Auto`` over TLS: the one
+        whose ALPN answer was h2) as one of this pool's. Raises ``ConnectError`` (no
+        SETTINGS)."""
+        await self._connect(stream)
+
+    async def _connect(self, stream: Stream | None = None) -> None:
+        """A new connection (``stream``: one already made), in use once the upstream's
+        SETTINGS say how many streams it takes (streams sent before that could exceed its
+        limit and be refused). Other requests wait for it meanwhile."""
         self._connecting = True
         try:
-            nursery = await self.owner.nursery()
-            stream = await self.cluster.connect(self.host)
+            try:
+                nursery = await self.owner.nursery()
+            except BaseException:
+                if stream is not None:
+                    stream.close()
+                    self.cluster.release_connection()
+                raise
+            if stream is None:
+                stream = await self.cluster.connect(self.host, ALPN_H2)
             codec = H2Connection(client_side=True, settings=self.settings)
             codec.initiate()
             ep = H2Endpoint(

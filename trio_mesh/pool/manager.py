@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 import trio
 
 from ..config.filter_configs import XProtocolOptions
+from ..network.connect import ConnectError
 from ..protocols.http2 import H2Settings
 from ..protocols.xprotocol import Codec
-from ..upstream.cluster import Cluster
+from ..upstream.cluster import ALPN_AUTO, CircuitOpenError, Cluster
 from ..upstream.host import Host
 from .base import ConnectionPool
 from .cluster import REAP_INTERVAL, ClusterPools
@@ -35,6 +36,14 @@ def _forget(table: dict[K, P], cluster: Cluster) -> None:
         del table[key]
 
 
+class _Negotiation:
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: Exception | None = None
+
+
 class Pools:
     def __init__(self) -> None:
         # Looked up by host on every request (a host belongs to one cluster).
@@ -45,6 +54,8 @@ class Pools:
         # Removed clusters a late request may still name: their pools are born retiring.
         self._removed: weakref.WeakSet[Cluster] = weakref.WeakSet()
         self._nursery: trio.Nursery | None = None  # Pools.run's: one task per cluster
+        # Auto over TLS: the hosts whose first connection is being made (others wait on it).
+        self._negotiating: dict[Host, _Negotiation] = {}
 
     @property
     def running(self) -> list[ClusterPools]:
@@ -134,6 +145,52 @@ class Pools:
             pool = self._x[key] = XPool(cluster, host, codec, options, owner)
             owner.add(pool)
         return pool
+
+    async def negotiate(self, cluster: Cluster, host: Host, settings: H2Settings) -> str:
+        """``upstream_protocol: Auto`` to a TLS host: the protocol its ALPN answer picks,
+        ``"h2"`` or ``"http/1.1"`` (no ALPN: HTTP/1), learned once per host. The first caller
+        connects offering both and hands the connection to that protocol's pool; the others
+        wait for it, and fail as it failed. Raises ``ConnectError`` or ``CircuitOpenError``."""
+        protocol = host.protocol
+        if protocol is not None:
+            return protocol
+        current = self._negotiating.get(host)
+        if current is not None:
+            await current.done.wait()
+            if host.protocol is None:
+                assert current.error is not None
+                raise current.error
+            return host.protocol
+        current = self._negotiating[host] = _Negotiation()
+        try:
+            stream = await cluster.connect(host, ALPN_AUTO)
+            tls = getattr(stream, "info", None)  # a TlsStream's (tls_disable: cleartext)
+            protocol = "h2" if tls is not None and tls.alpn == "h2" else "http/1.1"
+            try:
+                pool: H1Pool | H2Pool = (
+                    self.http2(cluster, host, settings)
+                    if protocol == "h2"
+                    else self.http1(cluster, host)
+                )
+            except BaseException:
+                stream.close()
+                cluster.release_connection()
+                raise
+            if isinstance(pool, H2Pool):
+                await pool.adopt(stream)  # closes it and releases its slot if it fails
+            else:
+                pool.adopt(stream)
+            host.protocol = protocol
+            return protocol
+        except (ConnectError, CircuitOpenError) as exc:
+            current.error = exc
+            raise
+        except BaseException:
+            current.error = ConnectError(f"{host.label}: the protocol was not negotiated")
+            raise
+        finally:
+            del self._negotiating[host]
+            current.done.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The parent of every cluster's pools; on cancellation every connection is closed."""

@@ -1196,21 +1196,32 @@ _HOP_BY_HOP = frozenset(
     (b"connection", b"keep-alive", b"te", b"transfer-encoding", b"upgrade", b"http2-settings")
 )
 _HOP_BY_HOP_KEEP_UPGRADE = _HOP_BY_HOP - {b"upgrade"}
+# The same, with x-forwarded-client-cert: a client's is dropped in the pass that strips the
+# hop-by-hop fields (the proxy's XFCC policy says when), at no cost of its own.
+_XFCC = b"x-forwarded-client-cert"
+_HOP_BY_HOP_XFCC = _HOP_BY_HOP | {_XFCC}
+_HOP_BY_HOP_KEEP_UPGRADE_XFCC = _HOP_BY_HOP_KEEP_UPGRADE | {_XFCC}
 # What Connection can never take off (as Envoy, the nomination is ignored): the framing, which
 # the encoder writes from our parse anyway, and the Host that routing and the upstream read.
 _NOT_NOMINABLE = frozenset((b"content-length", b"transfer-encoding", b"host"))
 
 
-def strip_hop_by_hop(headers: Iterable[Header], *, keep_upgrade: bool = False) -> list[Header]:
+def strip_hop_by_hop(
+    headers: Iterable[Header], *, keep_upgrade: bool = False, drop_xfcc: bool = False
+) -> list[Header]:
     """Headers minus hop-by-hop ones (names lower-case, as the parsers give them).
 
     Removes Connection and every header it names (except Content-Length, Transfer-Encoding and
     Host), Keep-Alive, TE, Transfer-Encoding, Upgrade, HTTP2-Settings and every proxy-* header;
     keeps Trailer. keep_upgrade=True keeps Upgrade (even when Connection names it); the caller
-    then sends its own "Connection: upgrade".
+    then sends its own "Connection: upgrade". drop_xfcc=True removes x-forwarded-client-cert
+    too (a request's, which its client may not set).
     """
     headers = headers if isinstance(headers, list) else list(headers)
-    drop = _HOP_BY_HOP_KEEP_UPGRADE if keep_upgrade else _HOP_BY_HOP
+    if drop_xfcc:
+        drop = _HOP_BY_HOP_KEEP_UPGRADE_XFCC if keep_upgrade else _HOP_BY_HOP_XFCC
+    else:
+        drop = _HOP_BY_HOP_KEEP_UPGRADE if keep_upgrade else _HOP_BY_HOP
     # The usual block has none (Connection is in ``drop``, so nothing is named either): one
     # pass and a copy, not the filtering pass (this runs once or twice per request).
     for name, _ in headers:

@@ -1158,9 +1158,13 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _NOT_VISIBLE = re.compile(rb"[\x00-\x20\x7f]")
 
 
-def request_from_h2(headers: list[Header]) -> H2Request:
+_SPLIT_SPECIAL = frozenset((b"cookie", b"host", b"x-forwarded-client-cert"))
+
+
+def request_from_h2(headers: list[Header], *, drop_xfcc: bool = False) -> H2Request:
     """Split an HTTP/2 request header list; `cookie` crumbs are joined with b"; ".
-    Raises H2HeaderError on missing, duplicate, unknown or misplaced pseudo-headers."""
+    Raises H2HeaderError on missing, duplicate, unknown or misplaced pseudo-headers.
+    ``drop_xfcc``: leave out x-forwarded-client-cert (the client may not set it)."""
     pseudo: dict[bytes, bytes] = {}
     regular: list[Header] = []
     cookies: list[bytes] = []
@@ -1175,15 +1179,18 @@ def request_from_h2(headers: list[Header]) -> H2Request:
             if name in pseudo:
                 raise H2HeaderError(f"duplicate {name!r}")
             pseudo[name] = value
-        elif name == b"cookie":
-            if cookie_at < 0:
-                cookie_at = len(regular)
-            cookies.append(value)
-        elif name == b"host":
-            # never forwarded as a field of its own: it is the authority (RFC 9113 8.3.1)
-            if host is not None:
-                raise H2HeaderError("more than one host")
-            host = value
+        elif name in _SPLIT_SPECIAL:  # one set lookup for the usual field, not one per name
+            if name == b"cookie":
+                if cookie_at < 0:
+                    cookie_at = len(regular)
+                cookies.append(value)
+            elif name == b"host":
+                # never forwarded as a field of its own: it is the authority (RFC 9113 8.3.1)
+                if host is not None:
+                    raise H2HeaderError("more than one host")
+                host = value
+            elif not drop_xfcc:
+                regular.append((name, value))
         else:
             regular.append((name, value))
     if cookies:

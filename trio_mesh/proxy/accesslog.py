@@ -19,11 +19,18 @@ always one line.
 
 ``log_format: json``: one JSON object per line, every variable a key in a fixed order,
 durations as float seconds, counts as numbers, missing values as ``null``.
+
+The downstream connection's TLS (Envoy's ``%DOWNSTREAM_PEER_SUBJECT%``,
+``%DOWNSTREAM_TLS_VERSION%``... and ``%REQUESTED_SERVER_NAME%``) is read from the record's
+``tls`` (the connection's :class:`~trio_mesh.network.tls.TlsInfo`, a reference) only when a
+line is written: ``-`` (``null``) on a plaintext connection, and for the peer's fields when the
+client presented no certificate. Several SANs are ``,``-joined, as Envoy does.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -31,17 +38,21 @@ import sys
 import time
 from collections.abc import Callable
 from operator import attrgetter
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
 from ..config.logformat import (
     JSON_FORMAT,
     RECORDED,
+    TLS_VARIABLES,
     parse_log_format,
 )
 from ..config.model import AccessLogConfig
 from .record import RequestRecord
+
+if TYPE_CHECKING:
+    from ..network.tls import TlsInfo
 
 log = logging.getLogger("trio_mesh.accesslog")
 
@@ -122,6 +133,48 @@ def _start_time_renderer() -> Callable[[float], str]:
 
 
 Getter = Callable[[RequestRecord], Any]
+TlsGetter = Callable[["TlsInfo"], "str | None"]
+
+
+def _joined(names: tuple[str, ...]) -> str | None:
+    return ",".join(names) if names else None
+
+
+#: What each TLS variable reads of a TlsInfo (Envoy's renderings: a serial in lower-case hex,
+#: the fingerprint the lower-case hex SHA-256 of the DER certificate).
+_TLS_FIELDS: dict[str, TlsGetter] = {
+    "requested_server_name": lambda tls: tls.sni,
+    "DOWNSTREAM_TLS_VERSION": lambda tls: tls.version,
+    "DOWNSTREAM_TLS_CIPHER": lambda tls: tls.cipher,
+    "DOWNSTREAM_PEER_SUBJECT": lambda tls: tls.peer_subject,
+    "DOWNSTREAM_PEER_ISSUER": lambda tls: tls.peer_issuer,
+    "DOWNSTREAM_PEER_URI_SAN": lambda tls: _joined(tls.peer_uri_sans),
+    "DOWNSTREAM_PEER_DNS_SAN": lambda tls: _joined(tls.peer_dns_sans),
+    "DOWNSTREAM_PEER_SERIAL": lambda tls: tls.peer_serial.lower() if tls.peer_serial else None,
+    "DOWNSTREAM_PEER_FINGERPRINT_256": lambda tls: (
+        hashlib.sha256(tls.peer_cert_der).hexdigest() if tls.peer_cert_der else None
+    ),
+    "DOWNSTREAM_LOCAL_SUBJECT": lambda tls: tls.local_subject,
+    "DOWNSTREAM_LOCAL_URI_SAN": lambda tls: _joined(tls.local_uri_sans),
+}
+assert tuple(_TLS_FIELDS) == TLS_VARIABLES, "trio_mesh.config.logformat.TLS_VARIABLES"
+#: A plaintext request's TLS keys in a JSON line.
+_TLS_NULLS: dict[str, None] = dict.fromkeys(TLS_VARIABLES)
+
+
+def _tls_getters(get_value: TlsGetter) -> tuple[Getter, Getter]:
+    def text(info: RequestRecord) -> str:
+        tls = info.tls
+        if tls is None:
+            return "-"
+        value = get_value(tls)
+        return _clean(value) if value else "-"
+
+    def json_value(info: RequestRecord) -> str | None:
+        tls = info.tls
+        return None if tls is None else get_value(tls) or None
+
+    return text, json_value
 
 
 def _text_getters() -> dict[str, tuple[Getter, Getter]]:
@@ -187,6 +240,7 @@ def _text_getters() -> dict[str, tuple[Getter, Getter]]:
         # MOSN's variables of an RPC (xprotocol) request: types.VarHeaderRPCService/Method
         "x-mosn-rpc-service": string("rpc_service"),
         "x-mosn-rpc-method": string("rpc_method"),
+        **{name: _tls_getters(get) for name, get in _TLS_FIELDS.items()},
     }
 
 
@@ -205,11 +259,21 @@ def compile_format(fmt: str | None) -> Callable[[RequestRecord], str]:
     variable."""
     getters = _text_getters()
     if fmt == JSON_FORMAT:
-        pairs = tuple((name, getter[1]) for name, getter in getters.items())
+        pairs = tuple(
+            (name, getter[1]) for name, getter in getters.items() if name not in _TLS_FIELDS
+        )
+        tls_pairs = tuple(_TLS_FIELDS.items())
         encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
         def format_json(info: RequestRecord) -> str:
-            return encode({name: get(info) for name, get in pairs})
+            line = {name: get(info) for name, get in pairs}
+            tls = info.tls
+            if tls is None:  # plaintext: one update, not a call per TLS key
+                line.update(_TLS_NULLS)
+            else:
+                for name, get in tls_pairs:
+                    line[name] = get(tls) or None
+            return encode(line)
 
         return format_json
 

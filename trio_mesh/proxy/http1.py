@@ -59,6 +59,7 @@ from .observers import listener_observers
 from .record import RequestRecord
 from .replies import CONNECT_REFUSED, TIMEOUT, Flag, Reply
 from .settings import h2_settings
+from .xfcc import XfccPolicy
 
 log = logging.getLogger("trio_mesh.proxy")
 
@@ -94,8 +95,12 @@ class Http1Proxy(ProxyCore):
         # A body streamed as HTTP/2 DATA is not kept for a retry (-1: not even an empty one).
         self.retry_buffer_bytes = config.retry_buffer_bytes if not upstream_h2 else -1
         self.exchange = h2_exchange.exchange if upstream_h2 else h1_exchange.exchange
+        self.auto_upstream = config.upstream_protocol == Protocol.AUTO
         self.counts_refused = False
         self.h2_settings = h2_settings(config)
+        self.xfcc = XfccPolicy(
+            config.forward_client_cert_details, config.set_current_client_cert_details
+        )
         self.limits = Limits(
             max_head_bytes=config.max_request_header_bytes,
             max_url_bytes=config.max_url_bytes,
@@ -136,6 +141,7 @@ class _Session:
         "proxy",
         "remote_ip",
         "req_head",
+        "xfcc",
         "request_done",
         "sent_continue",
         "started",
@@ -161,6 +167,8 @@ class _Session:
         self.events: list[RequestEvent] = []
         self.eof = False
         self.remote_ip = conn.remote[0] if conn.remote else None
+        #: What the connection's requests do with x-forwarded-client-cert (xfcc.py).
+        self.xfcc = proxy.xfcc.for_connection(conn.tls)
         self.request_done = True
         self.started = False  # something of the response went downstream
         self.sent_continue = False
@@ -359,6 +367,7 @@ class _Session:
             remote, local = self.conn.remote, self.conn.local
             info.downstream_remote_address = format_hostport(*remote[:2]) if remote else None
             info.downstream_local_address = format_hostport(*local[:2]) if local else None
+            info.tls = self.conn.tls
             for name, value in head.headers:
                 if name == b"user-agent":
                     info.user_agent = value.decode("latin-1")
@@ -387,8 +396,14 @@ class _Session:
         if head.method == b"CONNECT":
             return await self._local_reply(head, info, CONNECT_REFUSED)
         # Hop-by-hop fields go as the request is decoded (Envoy's order): what Connection
-        # names cannot take off what routing matched or a filter adds later.
-        head.headers = strip_hop_by_hop(head.headers, keep_upgrade=head.upgrade is not None)
+        # names cannot take off what routing matched or a filter adds later. A client's
+        # x-forwarded-client-cert goes in the same pass, before routing sees it (xfcc.py).
+        xfcc = self.xfcc
+        head.headers = strip_hop_by_hop(
+            head.headers, keep_upgrade=head.upgrade is not None, drop_xfcc=xfcc.drop
+        )
+        if xfcc.value is not None:
+            xfcc.apply(head.headers)
         view = self.view
         view.protocol = "HTTP/1.1" if head.version == b"1.1" else "HTTP/1.0"
         view.method = head.method
@@ -427,6 +442,7 @@ class _Session:
             conn.remote,
             conn.local,
             self.proxy.listener,
+            tls=conn.tls,
         )
 
     async def reply(
@@ -575,7 +591,7 @@ class _Session:
             ip = self.remote_ip.encode("latin-1")
             out.append((b"x-forwarded-for", ip if xff is None else xff + b", " + ip))
         if config.add_x_forwarded_proto:
-            out.append((b"x-forwarded-proto", b"http"))
+            out.append((b"x-forwarded-proto", b"http" if self.conn.tls is None else b"https"))
         if request_id is None and config.generate_request_id:
             # Unique, not secret: a PRNG draw is ten times cheaper than uuid4's urandom.
             request_id = b"%032x" % _getrandbits(128)

@@ -52,6 +52,7 @@ from .observers import listener_observers
 from .record import RequestRecord
 from .replies import TIMEOUT, Flag, Reply
 from .settings import h2_settings
+from .xfcc import ConnectionXfcc, XfccPolicy
 
 log = logging.getLogger("trio_mesh.proxy.http2")
 
@@ -74,8 +75,12 @@ class Http2Proxy(ProxyCore):
         self.observers = listener_observers(ctx.listener_stats, ctx.access_logs)
         self.detailed = self.observers.detailed
         self.settings = self.h2_settings = h2_settings(config)
+        self.xfcc = XfccPolicy(
+            config.forward_client_cert_details, config.set_current_client_cert_details
+        )
         self.upstream_h1 = config.upstream_protocol == Protocol.HTTP1
         self.exchange = h1_exchange.exchange if self.upstream_h1 else h2_exchange.exchange
+        self.auto_upstream = config.upstream_protocol == Protocol.AUTO
         # A stream the upstream refused and that is sent again counts as a retry (h2 to h2).
         self.counts_refused = not self.upstream_h1
         # A body streamed to an HTTP/1 upstream is not kept for a retry (-1: nothing is).
@@ -94,12 +99,13 @@ class Http2Proxy(ProxyCore):
         """Serve one connection; ``prefix``: its first bytes, already read (detection)."""
         codec = H2Connection(client_side=False, settings=self.settings)
         codec.initiate()
+        xfcc = self.xfcc.for_connection(conn.tls)  # the same for all its streams
         async with trio.open_nursery() as nursery:
 
             def on_request(sid: int, event: RequestHeaders) -> None:
                 if ep.active_streams == 1:
                     conn.idle.pause()  # a connection with streams in flight is not idle
-                nursery.start_soon(self._stream, ep, conn, sid, event)
+                nursery.start_soon(self._stream, ep, conn, sid, event, xfcc)
 
             def on_drain(_: Connection) -> None:
                 ep.start_drain()  # GOAWAY: streams in flight finish, no new ones
@@ -121,7 +127,12 @@ class Http2Proxy(ProxyCore):
     # ------------------------------------------------------------------ one stream
 
     async def _stream(
-        self, ep: H2Endpoint, conn: Connection, sid: int, event: RequestHeaders
+        self,
+        ep: H2Endpoint,
+        conn: Connection,
+        sid: int,
+        event: RequestHeaders,
+        xfcc: ConnectionXfcc,
     ) -> None:
         channel = ep.channels.get(sid)
         if channel is None:
@@ -136,7 +147,7 @@ class Http2Proxy(ProxyCore):
             # route timeout (set once the route is known).
             with trio.CancelScope() as scope:
                 channel.scope = scope
-                await stream.handle(event, scope, body)
+                await stream.handle(event, scope, body, xfcc)
             if scope.cancelled_caught:
                 if channel.error is None:
                     await stream.timed_out()
@@ -228,19 +239,26 @@ class _Stream:
         self._continued = False  # a "100 Continue" went down (once, whatever the tries)
 
     async def handle(
-        self, event: RequestHeaders, scope: trio.CancelScope, body: RequestBody
+        self,
+        event: RequestHeaders,
+        scope: trio.CancelScope,
+        body: RequestBody,
+        xfcc: ConnectionXfcc,
     ) -> None:
         """Answer the request; ``scope``: the stream's, whose deadline is the route timeout;
-        ``body``: the request's, over this stream (which keeps no reference to it: no cycle)."""
+        ``body``: the request's, over this stream (which keeps no reference to it: no cycle);
+        ``xfcc``: what the connection does with x-forwarded-client-cert (before routing)."""
         proxy = self.proxy
         info = self.info
         self.scope = scope
         try:
-            req = self.request = request_from_h2(event.headers)
+            req = self.request = request_from_h2(event.headers, drop_xfcc=xfcc.drop)
         except H2HeaderError as exc:
             log.info("http2 stream %d: bad request: %s", self.sid, exc)
             await self.reply(Reply(400, Flag.DOWNSTREAM_PROTOCOL_ERROR, str(exc).encode() + b"\n"))
             return
+        if xfcc.value is not None:
+            xfcc.apply(req.headers)
         self.grpc = grpc = is_grpc(req.headers)
         view = RequestView()
         view.protocol = "HTTP/2"
@@ -260,6 +278,7 @@ class _Stream:
             remote, local = self.conn.remote, self.conn.local
             info.downstream_remote_address = format_hostport(*remote[:2]) if remote else None
             info.downstream_local_address = format_hostport(*local[:2]) if local else None
+            info.tls = self.conn.tls
             for name, value in req.headers:
                 if name == b"user-agent":
                     info.user_agent = value.decode("latin-1")
@@ -297,6 +316,7 @@ class _Stream:
             downstream_local=conn.local,
             listener=self.proxy.listener,
             grpc=self.grpc,
+            tls=conn.tls,
         )
 
     async def filter_reply(self, reply: LocalReply) -> None:
@@ -348,7 +368,7 @@ class _Stream:
             ip = remote[0].encode("latin-1")
             out.append((b"x-forwarded-for", ip if xff is None else xff + b", " + ip))
         if config.add_x_forwarded_proto:
-            out.append((b"x-forwarded-proto", b"http"))
+            out.append((b"x-forwarded-proto", b"http" if self.conn.tls is None else b"https"))
         if request_id is None and config.generate_request_id:
             request_id = b"%032x" % _getrandbits(128)
             out.append((b"x-request-id", request_id))
@@ -373,9 +393,14 @@ class _Stream:
         up.head_request = req.method == b"HEAD"
         if self.proxy.upstream_h1:
             self._h1_framing(up)
+        elif self.proxy.auto_upstream:
+            # Auto may go to an HTTP/1 upstream (a TLS host whose ALPN said so): its framing,
+            # made from what the codec checked. (Expect: 100-continue is left to the client's
+            # own timeout there: the HTTP/2 exchange forwards it.)
+            self._h1_framing(up, answer_continue=False)
         return up
 
-    def _h1_framing(self, up: UpstreamRequest) -> None:
+    def _h1_framing(self, up: UpstreamRequest, answer_continue: bool = True) -> None:
         """The framing is the encoder's, from what the codec checked: request_from_h2 left at
         most one content-length, all digits, and h2 holds the DATA to it (a stream error
         otherwise); no body when the headers ended the stream. A request filter that took it
@@ -388,7 +413,7 @@ class _Stream:
                 lengths += 1
                 if value.isdigit():
                     length = int(value)
-            elif name == b"expect":
+            elif name == b"expect" and answer_continue:
                 # answered here, as the HTTP/1 side does: the body goes up without waiting
                 self._continue = value.lower() == b"100-continue"
         ended = self.ended

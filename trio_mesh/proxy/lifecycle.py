@@ -81,6 +81,7 @@ from ..protocols.http2 import ErrorCode
 from ..router import Route
 from ..upstream import Cluster, Host, NoHostError
 from .exchange import UpstreamFailed
+from .exchange.auto import exchange as auto_exchange
 from .headers import header_getter
 from .record import RequestRecord
 from .replies import (
@@ -281,6 +282,9 @@ class ProxyCore:
     retry_buffer_bytes: int
     #: The configured upstream protocol's exchange.
     exchange: Exchange
+    #: ``upstream_protocol: Auto``: to a cluster with TLS, the upstream's ALPN answer picks
+    #: the protocol (``exchange/auto.py``) instead of the request's.
+    auto_upstream: bool = False
     #: Settings of upstream HTTP/2 connections (``settings.h2_settings``).
     h2_settings: H2Settings
     #: A stream the upstream refused, sent again, counts as a retry (HTTP/2 both sides).
@@ -625,6 +629,8 @@ async def forward(
     # Made only for a route with a retry policy (nothing allocated otherwise).
     retry = RetryState(route.retry, cluster) if retries and route.retry is not None else None
     exchange = core.exchange
+    if core.auto_upstream and cluster.tls is not None:
+        exchange = auto_exchange
     ad.arm_route(route.timeout)
     stats = cluster.stats
     raced = False

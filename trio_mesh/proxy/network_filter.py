@@ -29,7 +29,8 @@ _HTTP = ("Http1", "Http2")
 
 
 class AutoProxy:
-    """``downstream_protocol: Auto``: the first bytes of a connection pick its protocol (the
+    """``downstream_protocol: Auto``: on TLS, the protocol ALPN negotiated (``h2``, ``http/1.1``);
+    otherwise the first bytes of a connection pick its protocol (the
     HTTP/2 preface, an HTTP/1 method, or the magic of a registered RPC codec);
     ``upstream_protocol: Auto`` then means the same."""
 
@@ -45,6 +46,15 @@ class AutoProxy:
         return self._serve(conn)
 
     async def _serve(self, conn: Connection) -> None:
+        tls = conn.tls
+        if tls is not None and tls.alpn is not None:
+            # ALPN already said which HTTP the client speaks: no bytes to wait for.
+            if tls.alpn == "h2":
+                await self.http2.serve(conn, b"")
+                return
+            if tls.alpn == "http/1.1":
+                await self.http1.serve(conn, b"")
+                return
         buf = b""
         while True:
             # The listener's idle timeout bounds a client that never says enough.

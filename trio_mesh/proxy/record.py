@@ -8,6 +8,11 @@ the runtime, so it never takes part in a reference cycle and reference counting 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..network.tls import TlsInfo
+
 
 class RequestRecord:
     """One request's facts. Times are ``time.monotonic()`` seconds; the durations count from
@@ -38,6 +43,7 @@ class RequestRecord:
         "user_agent",
         "rpc_service",
         "rpc_method",
+        "tls",
     )
 
     def __init__(
@@ -66,6 +72,7 @@ class RequestRecord:
         user_agent: str | None = None,
         rpc_service: str | None = None,
         rpc_method: str | None = None,
+        tls: TlsInfo | None = None,
     ) -> None:
         #: ``time.time()`` when the request head arrived (0: unknown).
         self.start_time = start_time
@@ -102,6 +109,11 @@ class RequestRecord:
         #: RPC: the request's ``service`` and ``method`` routing headers.
         self.rpc_service = rpc_service
         self.rpc_method = rpc_method
+        #: The downstream connection's handshake (``None``: plaintext), a reference taken
+        #: only for a detailed observer and read only when it writes a line. It holds the
+        #: handshake's SSLObject (its peer certificate is decoded on first use), never the
+        #: connection: no cycle.
+        self.tls = tls
 
     def add_flag(self, flag: str) -> None:
         """Add an Envoy response flag (``UH``...) to ``response_flag``, once."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from ..filters.stream import LocalReply, http_status_to_rpc_error
+from ..network.connect import ConnectError, TlsConnectError
 from ..protocols.http1 import encode_response_head
 from ..protocols.xprotocol import ErrorKind
 from . import grpc
@@ -214,3 +215,25 @@ CONNECT_REFUSED = _constant(405, Flag.NONE, grpc.INTERNAL,
                             ErrorKind.CODEC_ERROR, b"CONNECT is not supported\n")  # fmt: skip
 INTERNAL = _constant(500, Flag.NONE, grpc.INTERNAL, ErrorKind.INTERNAL,
                      b"internal error\n")  # fmt: skip
+
+# A TLS handshake that failed upstream: Envoy's wording with OpenSSL's reason, one reply per
+# reason (made once: upstreams fail the same way many times; a few reasons exist at all).
+_TLS_FAILURES: dict[str, Reply] = {}
+_TLS_FAILURES_MAX = 64
+
+
+def connect_failure(exc: ConnectError) -> Reply:
+    """The reply to a failed connect: ``CONNECT_FAILURE``, with the TLS reason after it when
+    the handshake was what failed."""
+    if not isinstance(exc, TlsConnectError):
+        return CONNECT_FAILURE
+    reply = _TLS_FAILURES.get(exc.reason)
+    if reply is None:
+        reason = exc.reason.encode("ascii", "replace").replace(b"\n", b" ")
+        reply = _constant(503, Flag.CONNECT_FAILURE, grpc.UNAVAILABLE,
+                          ErrorKind.UPSTREAM_FAILURE,
+                          _RESET_BEFORE_HEADERS + b"connection failure, transport failure"
+                          b" reason: TLS error: " + reason + b"\n")  # fmt: skip
+        if len(_TLS_FAILURES) < _TLS_FAILURES_MAX:
+            _TLS_FAILURES[exc.reason] = reply
+    return reply

@@ -76,7 +76,6 @@ from .lifecycle import (
 from .observers import listener_observers
 from .record import RequestRecord
 from .replies import (
-    CONNECT_FAILURE,
     INTERNAL,
     NO_CLUSTER,
     NO_ROUTE,
@@ -85,6 +84,7 @@ from .replies import (
     UPSTREAM_RESET,
     Flag,
     Reply,
+    connect_failure,
 )
 
 log = logging.getLogger("trio_mesh.proxy")
@@ -433,6 +433,7 @@ class _XSession:
             record.rpc_service = headers.get("service") or None
             record.rpc_method = headers.get("method") or None
             record.downstream_remote_address, record.downstream_local_address = self._addresses
+            record.tls = self.conn.tls
         return record
 
     async def _handle(self, frame: Frame, size: int) -> None:
@@ -766,8 +767,8 @@ class _FastCall:
         try:
             with trio.move_on_at(deadline):
                 conn = await pool.connection()
-        except ConnectError:
-            self._complete(None, CONNECT_FAILURE)
+        except ConnectError as exc:
+            self._complete(None, connect_failure(exc))
             return
         except CircuitOpenError:
             self._complete(None, OVERFLOW)
@@ -879,6 +880,7 @@ class _Call(WholeMessage):
             downstream_remote=session.conn.remote,
             downstream_local=session.conn.local,
             listener=session.proxy.listener,
+            tls=session.conn.tls,
         )
 
     def upstream_request(self, route: Route, info: RequestRecord) -> RpcRequest:

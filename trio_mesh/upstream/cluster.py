@@ -1,16 +1,66 @@
-"""A cluster: its hosts, its balancer, its limits, its counters."""
+"""A cluster: its hosts, its balancer, its limits, its counters, its upstream TLS."""
 
 from __future__ import annotations
 
+import logging
+import ssl
 from collections.abc import Iterable
+
+import attrs
 
 from ..config import Cluster as ClusterConfig
 from ..config import Host as HostConfig
-from ..network.connect import ConnectError, connect_tcp
+from ..network.connect import ConnectError, TlsConnectError, connect
 from ..network.stream import Stream
+from ..network.throttled_log import ThrottledLog
+from ..network.tls_context import client_tls
 from ..stats import ClusterStats
 from .host import Host
 from .lb import LoadBalancer, make_balancer
+
+log = logging.getLogger("trio_mesh.upstream")
+_tls_log = ThrottledLog(log)  # an upstream decides how often its handshakes fail
+
+#: What a connection offers in ALPN, by the pool that asks for it.
+ALPN_NONE = ""  # RPC, tcp_proxy: no ALPN
+ALPN_H1 = "http/1.1"
+ALPN_H2 = "h2"
+ALPN_AUTO = "auto"  # upstream_protocol Auto: both, the server's answer decides
+_OFFERS: dict[str, tuple[str, ...]] = {
+    ALPN_NONE: (),
+    ALPN_H1: ("http/1.1",),
+    ALPN_H2: ("h2",),
+    ALPN_AUTO: ("h2", "http/1.1"),
+}
+
+
+@attrs.frozen
+class ClusterTls:
+    """A cluster's upstream TLS, built at configuration time: one context per ALPN offer
+    (``ssl`` sets ALPN on the context, not per connection)."""
+
+    contexts: dict[str, ssl.SSLContext]
+    #: SNI and the name verified; ``None``: the host's ``hostname``, else its address.
+    server_name: str | None
+
+    def context(self, alpn: str) -> ssl.SSLContext:
+        return self.contexts[alpn]
+
+
+def build_tls(config: ClusterConfig, path: str) -> ClusterTls | None:
+    """The cluster's TLS contexts (``path``: its ``tls_context`` key's, for errors), or
+    ``None`` without TLS. Reads the certificate files: a reload calls it again (rotation).
+    Raises ``TlsConfigError``."""
+    first = client_tls(config.tls_context, path, alpn=())
+    if first is None:
+        return None
+    contexts = {ALPN_NONE: first.context}
+    for offer, protocols in _OFFERS.items():
+        if offer != ALPN_NONE:
+            built = client_tls(config.tls_context, path, alpn=protocols)
+            assert built is not None
+            contexts[offer] = built.context
+    return ClusterTls(contexts=contexts, server_name=first.server_name)
 
 
 class NoHostError(Exception):
@@ -22,15 +72,23 @@ class CircuitOpenError(Exception):
 
 
 class Cluster:
-    def __init__(self, config: ClusterConfig) -> None:
+    def __init__(self, config: ClusterConfig, tls: ClusterTls | None = None) -> None:
+        """``tls``: the contexts ``build_tls`` made for ``config`` (``None`` with TLS on:
+        not built yet, and nothing is connected to until they are)."""
         self.name = config.name
         self.stats = ClusterStats()
         self.hosts: tuple[Host, ...] = ()
         self.lb: LoadBalancer
-        self._configure(config)
+        self.tls: ClusterTls | None = None
+        self._configure(config, tls)
         self.set_hosts([Host.from_config(h) for h in config.hosts])
 
-    def _configure(self, config: ClusterConfig) -> None:
+    def _configure(self, config: ClusterConfig, tls: ClusterTls | None) -> None:
+        self.tls = tls
+        # TLS asked for but its contexts not built: never cleartext instead.
+        self.tls_missing = (
+            tls is None and config.tls_context is not None and config.tls_context.status
+        )
         self.config = config
         self.connect_timeout = config.connect_timeout
         limits = config.thresholds()
@@ -39,13 +97,21 @@ class Cluster:
         self.max_requests = limits.max_requests
         self.max_retries = limits.max_retries
 
-    def update(self, config: ClusterConfig) -> list[Host]:
+    def update(self, config: ClusterConfig, tls: ClusterTls | None = None) -> list[Host]:
         """Take a new configuration of this cluster in place; returns the hosts that left.
 
         A host whose address stays keeps its ``Host`` object (pools are keyed by it, so its
         pooled connections survive) with the new weight and metadata; the balancer is rebuilt.
+        A changed ``tls_context`` makes every host new: no connection made under the old
+        one is reused. ``tls``: the new contexts (rotated certificates are used by new
+        connections; open ones keep theirs).
         """
-        self._configure(config)
+        tls_changed = config.tls_context != self.config.tls_context
+        old_hosts = self.hosts
+        self._configure(config, tls)
+        if tls_changed:
+            self.set_hosts([Host.from_config(h) for h in config.hosts])
+            return list(old_hosts)
         return self.replace_hosts(config.hosts)
 
     def replace_hosts(self, configs: Iterable[HostConfig]) -> list[Host]:
@@ -55,6 +121,9 @@ class Cluster:
         hosts = []
         for cfg in configs:
             host = old.pop(cfg.address, None)
+            if host is not None and not host.same_transport(cfg):
+                old[cfg.address] = host  # its connections are not this host's: it leaves
+                host = None
             if host is None:
                 host = Host.from_config(cfg)
             else:
@@ -92,8 +161,10 @@ class Cluster:
             raise NoHostError(f"cluster {self.name!r} has no host")
         return host
 
-    async def connect(self, host: Host) -> Stream:
-        """A new connection to ``host``, within the connect timeout and the connection limit.
+    async def connect(self, host: Host, alpn: str = ALPN_NONE) -> Stream:
+        """A new connection to ``host``, within the connect timeout and the connection limit;
+        TLS (the handshake within the same timeout) when the cluster has it and the host does
+        not opt out. ``alpn``: what the connection offers (``ALPN_*``; ignored in cleartext).
 
         The caller owns the stream and must call ``release_connection`` when it closes it.
         """
@@ -105,13 +176,31 @@ class Cluster:
             )
         stats.upstream_cx_total += 1
         stats.upstream_cx_active += 1
+        tls = self.tls
         try:
-            return await connect_tcp(host.host, host.port, self.connect_timeout)
+            if tls is None and self.tls_missing and not host.tls_disable:
+                raise ConnectError(f"cluster {self.name!r}: its TLS contexts are not built")
+            if tls is None or host.tls_disable:
+                return await connect(host.host, host.port, self.connect_timeout)
+            stream = await connect(
+                host.host,
+                host.port,
+                self.connect_timeout,
+                tls.contexts[alpn],
+                tls.server_name or host.hostname or host.host,
+            )
+            stats.ssl_handshake += 1
+            return stream
         except ConnectError as exc:
             stats.upstream_cx_active -= 1
             if exc.timeout:
                 stats.upstream_cx_connect_timeout += 1
             stats.upstream_cx_connect_fail += 1
+            if isinstance(exc, TlsConnectError):
+                stats.ssl_connection_error += 1
+                if exc.kind == "verify":
+                    stats.ssl_fail_verify_error += 1
+                _tls_log.log(logging.WARNING, "cluster %r: %s", self.name, exc)
             raise
         except BaseException:
             stats.upstream_cx_active -= 1

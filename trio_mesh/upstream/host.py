@@ -15,14 +15,25 @@ class Host:
         "active_requests",
         "address",
         "host",
+        "hostname",
         "label",
         "label_bytes",
         "metadata",
         "port",
+        "protocol",
+        "tls_disable",
         "weight",
     )
 
-    def __init__(self, address: Address, weight: int = 1, metadata: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        address: Address,
+        weight: int = 1,
+        metadata: dict[str, Any] | None = None,
+        *,
+        hostname: str | None = None,
+        tls_disable: bool = False,
+    ):
         self.address = address
         self.host = address.host
         self.port = address.port
@@ -32,10 +43,28 @@ class Host:
         self.weight = weight
         self.metadata = metadata or {}
         self.active_requests = 0
+        #: The name TLS sends as SNI and verifies when the cluster names none.
+        self.hostname = hostname
+        #: Cleartext to this host although its cluster has TLS.
+        self.tls_disable = tls_disable
+        #: ``upstream_protocol: Auto`` over TLS: what this host's ALPN answer was ("h2" or
+        #: "http/1.1"), learned by the first connection; ``None`` until then.
+        self.protocol: str | None = None
 
     @classmethod
     def from_config(cls, cfg: HostConfig) -> Host:
-        return cls(cfg.address, cfg.weight, cfg.metadata)
+        return cls(
+            cfg.address,
+            cfg.weight,
+            cfg.metadata,
+            hostname=cfg.hostname,
+            tls_disable=cfg.tls_disable,
+        )
+
+    def same_transport(self, cfg: HostConfig) -> bool:
+        """Whether ``cfg`` connects as this host does (a host whose TLS use or name changed
+        is a new host: its pooled connections are not reused)."""
+        return self.tls_disable == cfg.tls_disable and self.hostname == cfg.hostname
 
     def __repr__(self) -> str:
         return f"Host({self.address}, weight={self.weight})"

@@ -1256,6 +1256,8 @@ _HCM_FIELDS = frozenset(
         "use_remote_address",
         "skip_xff_append",
         "generate_request_id",
+        "forward_client_cert_details",
+        "set_current_client_cert_details",
     }
 )
 
@@ -1328,6 +1330,20 @@ def _hcm(hcm: Any, at: _At, listener: dict[str, Any], parts: ListenerParts) -> d
     config["add_x_forwarded_for"] = bool(hcm.use_remote_address) and not hcm.skip_xff_append
     if hcm.generate_request_id is not None:
         config["generate_request_id"] = hcm.generate_request_id
+    # x-forwarded-client-cert: the enum's names are ours; SANITIZE (0) is both defaults
+    if hcm.forward_client_cert_details.name != "SANITIZE":
+        config["forward_client_cert_details"] = hcm.forward_client_cert_details.name
+    details = hcm.set_current_client_cert_details
+    if details is not None:
+        dat = at / "set_current_client_cert_details"
+        _only(details, dat, {"subject", "cert", "chain", "dns", "uri"})
+        config["set_current_client_cert_details"] = {
+            "subject": bool(details.subject),
+            "cert": details.cert,
+            "chain": details.chain,  # refused by the config layer, with its path
+            "dns": details.dns,
+            "uri": details.uri,
+        }
     return {"type": "proxy", "config": config}
 
 

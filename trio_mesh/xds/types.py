@@ -80,6 +80,8 @@ with envoy_import():
     from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
         HttpConnectionManager,
         HttpConnectionManagerCodecType,
+        HttpConnectionManagerForwardClientCertDetails,
+        HttpConnectionManagerSetCurrentClientCertDetails,
         HttpFilter,
         Rds,
         ScopedRoutes,

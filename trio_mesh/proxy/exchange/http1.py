@@ -30,7 +30,7 @@ from ...protocols.http1 import (
 )
 from ...upstream import CircuitOpenError, Cluster, Host
 from ..record import RequestRecord
-from ..replies import BAD_RESPONSE, CONNECT_FAILURE, OVERFLOW, UPSTREAM_RESET, Flag, Reply
+from ..replies import BAD_RESPONSE, OVERFLOW, UPSTREAM_RESET, Flag, Reply, connect_failure
 from ..retry import RetryState
 from . import UpstreamFailed
 
@@ -52,8 +52,8 @@ async def acquire(pool: H1Pool, fresh: bool = False) -> tuple[H1Connection, bool
     a coroutine. Raises `UpstreamFailed`."""
     try:
         return await pool.acquire(fresh=fresh)
-    except ConnectError:
-        raise UpstreamFailed(CONNECT_FAILURE) from None
+    except ConnectError as exc:
+        raise UpstreamFailed(connect_failure(exc)) from None
     except (CircuitOpenError, PoolOverflow):
         raise UpstreamFailed(OVERFLOW) from None
 

@@ -32,7 +32,7 @@ from ...protocols.http2 import (
 )
 from ...upstream import CircuitOpenError, Cluster, Host
 from ..record import RequestRecord
-from ..replies import BAD_RESPONSE, CONNECT_FAILURE, OVERFLOW, UPSTREAM_RESET, Flag, Reply
+from ..replies import BAD_RESPONSE, OVERFLOW, UPSTREAM_RESET, Flag, Reply, connect_failure
 from ..retry import RetryState
 from . import UpstreamFailed
 
@@ -45,8 +45,8 @@ async def open_stream(pool: H2Pool) -> tuple[H2Endpoint, int, StreamChannel]:
     ids go out in order). Raises `UpstreamFailed`."""
     try:
         return await pool.open_stream()
-    except ConnectError:
-        raise UpstreamFailed(CONNECT_FAILURE) from None
+    except ConnectError as exc:
+        raise UpstreamFailed(connect_failure(exc)) from None
     except (CircuitOpenError, PoolOverflow):
         raise UpstreamFailed(OVERFLOW) from None
 

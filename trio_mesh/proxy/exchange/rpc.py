@@ -21,7 +21,7 @@ from ...protocols.xprotocol import Codec, Frame
 from ...upstream import CircuitOpenError, Cluster, Host
 from ..lifecycle import MessageSink, ProxyCore, RequestBody, ResponseSink, UpstreamRequest
 from ..record import RequestRecord
-from ..replies import CONNECT_FAILURE, OVERFLOW, TIMEOUT, UPSTREAM_RESET
+from ..replies import OVERFLOW, TIMEOUT, UPSTREAM_RESET, connect_failure
 from ..retry import RetryState
 from . import UpstreamFailed
 
@@ -88,8 +88,8 @@ async def send(pool: XPool, frame: Frame, timeout: float = math.inf) -> Frame | 
             response = await pool.call(frame, timeout)
             if response is not None:
                 return response
-    except ConnectError:
-        raise UpstreamFailed(CONNECT_FAILURE) from None
+    except ConnectError as exc:
+        raise UpstreamFailed(connect_failure(exc)) from None
     except CircuitOpenError:
         raise UpstreamFailed(OVERFLOW) from None
     except UpstreamLost:
