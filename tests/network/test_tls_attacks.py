@@ -6,8 +6,10 @@ does not expose); the server side is built by the proxy's own context builder.""
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
+import struct
 
 import pytest
 import trio
@@ -175,3 +177,174 @@ async def test_a_waiting_sender_is_not_told_its_bytes_went(pki: Pki) -> None:
         first_scope.cancel()
     assert len(outcome) == 1 and isinstance(outcome[0], trio.BrokenResourceError), outcome
     await assert_reset(attacker.sock)
+
+
+def _record(attacker: Attacker, data: bytes) -> bytes:
+    attacker.obj.write(data)
+    return attacker.outgoing.read()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # cleartext after the handshake
+        b"\x17\x03\x03\x50\x00" + b"\x00" * 0x5000,  # a record longer than TLS allows
+        b"\x17\x03\x03\x00\x20" + b"\x01" * 0x20,  # a record that does not decrypt
+        b"\x16\x03\x03\x00\x04\x00\x00\x00\x00",  # a cleartext handshake message
+    ],
+)
+async def test_garbage_after_the_handshake_breaks_the_stream(pki: Pki, garbage: bytes) -> None:
+    attacker, ours = await attacked(pki)
+    await trio.to_thread.run_sync(attacker.sock.sendall, _record(attacker, b"ok") + garbage)
+    assert await ours.receive_some() == b"ok"
+    with pytest.raises(trio.BrokenResourceError):
+        await ours.receive_some()
+    ours.close()
+    attacker.sock.close()
+
+
+async def test_a_record_split_byte_by_byte(pki: Pki) -> None:
+    attacker, ours = await attacked(pki)
+    record = _record(attacker, b"x" * 1000)
+
+    def dribble() -> None:
+        attacker.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(record)):
+            attacker.sock.send(record[i : i + 1])
+
+    got = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, dribble)
+        while len(got) < 1000:
+            chunk = await ours.receive_some()
+            assert chunk
+            got += chunk
+    assert got == b"x" * 1000
+    ours.close()
+    attacker.sock.close()
+
+
+async def test_close_notify_then_more_data(pki: Pki) -> None:
+    attacker, ours = await attacked(pki)
+    try:
+        attacker.obj.unwrap()
+    except ssl.SSLWantReadError:
+        pass
+    after = b"\x17\x03\x03\x00\x20" + b"\x01" * 0x20
+    await trio.to_thread.run_sync(attacker.sock.sendall, attacker.outgoing.read() + after)
+    assert await ours.receive_some() == b""
+    assert await ours.receive_some() == b""  # EOF stays EOF: nothing after it is read
+    ours.close()
+    attacker.sock.close()
+
+
+async def test_a_reset_mid_record(pki: Pki) -> None:
+    attacker, ours = await attacked(pki)
+    record = _record(attacker, b"y" * 5000)
+    attacker.sock.sendall(record[:2000])
+    attacker.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    attacker.sock.close()
+    with pytest.raises(trio.BrokenResourceError):
+        await ours.receive_some()
+    ours.close()
+
+
+async def test_readable_now_with_a_partial_record(pki: Pki) -> None:
+    attacker, ours = await attacked(pki)
+    record = _record(attacker, b"z" * 100)
+    attacker.sock.sendall(record[:50])
+    await trio.lowlevel.wait_readable(ours.socket)
+    assert not ours.readable_now()  # half a record: nothing to read yet
+    attacker.sock.sendall(record[50:])
+    with trio.fail_after(5):
+        assert await ours.receive_after_wait() == b"z" * 100
+    ours.close()
+    attacker.sock.close()
+
+
+async def test_readable_now_on_a_stream_of_unasked_data(pki: Pki) -> None:
+    attacker, ours = await attacked(pki, big_buffers=True)
+    flood = b"".join(_record(attacker, b"u" * 16384) for _ in range(64))  # 1 MiB
+    await trio.to_thread.run_sync(attacker.sock.sendall, flood)
+    assert ours.readable_now()
+    assert ours._in.pending <= 4 * RAW_CHUNK  # read a bounded amount, not all of it
+    ours.close()
+    attacker.sock.close()
+
+
+async def test_a_stalled_handshake_ends_with_the_callers_scope(pki: Pki) -> None:
+    csock, ssock = await socket_pair()
+    hello_start = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"  # a ClientHello, cut short
+    csock.send(hello_start)
+    with trio.move_on_after(0.2) as scope:
+        await TlsStream.accept(Stream(ssock), proxy_ctx(pki))
+    assert scope.cancelled_caught
+    # The socket is the caller's to close; nothing else holds it.
+    assert ssock.fileno() != -1
+    ssock.close()
+    csock.close()
+
+
+async def test_close_while_others_wait_in_receive_and_send(pki: Pki) -> None:
+    attacker, ours = await attacked(pki)
+    ours.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    errors: list[BaseException] = []
+
+    async def reader() -> None:
+        try:
+            await ours.receive_some()
+        except trio.ClosedResourceError as exc:
+            errors.append(exc)
+
+    async def writer() -> None:
+        try:
+            await ours.send_all(b"w" * (4 << 20))
+        except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
+            errors.append(exc)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            nursery.start_soon(writer)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not ours.send_nowait(b"never interleaved")  # a send is in progress
+            ours.close()
+    assert len(errors) == 2
+    attacker.sock.close()
+
+
+async def test_many_senders_while_the_peer_reads_slowly(pki: Pki) -> None:
+    attacker, ours = await attacked(pki)
+    ours.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    messages = [bytes([48 + i]) * (1000 + i) for i in range(50)]  # a byte of its own each
+    expected = b"".join(messages)
+    got = bytearray()
+
+    def slow_reader() -> None:
+        attacker.sock.settimeout(10)
+        while len(got) < len(expected):
+            data = attacker.sock.recv(1024)
+            assert data
+            attacker.incoming.write(data)
+            while True:
+                try:
+                    got.extend(attacker.obj.read(65536))
+                except ssl.SSLWantReadError:
+                    break
+
+    async def send(message: bytes) -> None:
+        await ours.send_all(message)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, slow_reader)
+        for message in messages:
+            nursery.start_soon(send, message)
+            await trio.sleep(0)
+        # Memory: what the callers handed in, and no more.
+        assert len(ours._unsent) <= len(expected) + 50 * 64
+    # Each message arrives whole, never interleaved with another (in whatever order the
+    # scheduler ran the senders).
+    runs = [m.group() for m in re.finditer(rb"(.)\1*", bytes(got), re.S)]
+    assert sorted(runs) == sorted(messages)
+    ours.close()
+    attacker.sock.close()
