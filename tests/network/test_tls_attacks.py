@@ -10,6 +10,7 @@ import re
 import socket
 import ssl
 import struct
+import subprocess
 
 import pytest
 import trio
@@ -348,3 +349,55 @@ async def test_many_senders_while_the_peer_reads_slowly(pki: Pki) -> None:
     assert sorted(runs) == sorted(messages)
     ours.close()
     attacker.sock.close()
+
+
+async def test_openssl_s_client_renegotiation_is_refused(pki: Pki) -> None:
+    """``openssl s_client -legacy_renegotiation`` and its ``R`` command: told no at once."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    command = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2"]
+    command += ["-legacy_renegotiation", "-CAfile", str(pki.ca.cert)]
+    command += ["-servername", "localhost"]
+    read: list[bytes | BaseException] = []
+    got_hello = trio.Event()
+
+    async def serve() -> None:
+        await trio.lowlevel.wait_readable(listener)
+        sock, _ = listener.accept()
+        ours = await TlsStream.accept(Stream(sock), proxy_ctx(pki))
+        try:
+            while data := await ours.receive_some():
+                read.append(data)
+                got_hello.set()
+        except trio.BrokenResourceError as exc:
+            read.append(exc)
+        ours.close()
+
+    with trio.move_on_after(5):  # the bug: the client waited for an answer that never came
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            process = await trio.lowlevel.open_process(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            assert process.stdin is not None and process.stdout is not None
+            output = b""
+            try:
+                while b"Verify return code: 0 (ok)" not in output:
+                    output += await process.stdout.receive_some()
+                # s_client takes "R" as a command only alone in one read of its input.
+                await process.stdin.send_all(b"hello\n")
+                await got_hello.wait()
+                await process.stdin.send_all(b"R\n")
+                while chunk := await process.stdout.receive_some():
+                    output += chunk
+                await process.wait()
+            finally:
+                process.kill()
+                await process.wait()
+    listener.close()
+    assert b"RENEGOTIATING" in output
+    assert b"no renegotiation" in output.lower() or b"NO_RENEGOTIATION" in output
+    assert read[0] == b"hello\n"
