@@ -41,9 +41,11 @@ def proxy_ctx(pki: Pki) -> ssl.SSLContext:
 
 
 async def attacked(
-    pki: Pki, *, tls12: bool = False, big_buffers: bool = False
+    pki: Pki, *, tls12: bool = False, big_buffers: bool = False, unix: bool = False
 ) -> tuple[Attacker, TlsStream]:
-    csock, ssock = await socket_pair()
+    # unix: a socketpair, whose buffers fill and stay full (TCP on loopback frees room as
+    # acknowledgements come back and the receive buffer grows).
+    csock, ssock = socket.socketpair() if unix else await socket_pair()
     if big_buffers:  # a whole flood fits in the kernel: it is all ready at the first read
         ssock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         csock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
@@ -401,3 +403,33 @@ async def test_openssl_s_client_renegotiation_is_refused(pki: Pki) -> None:
     assert b"RENEGOTIATING" in output
     assert b"no renegotiation" in output.lower() or b"NO_RENEGOTIATION" in output
     assert read[0] == b"hello\n"
+
+
+async def test_a_deadline_holds_behind_the_readers_answer(pki: Pki) -> None:
+    """The reader answers a renegotiation (an alert) into a socket the peer stopped reading;
+    a writer queued behind it still times out at its deadline, and the stream is reset."""
+    attacker, ours = await attacked(pki, tls12=True, unix=True)
+    try:  # fill the socket (the peer reads nothing; what the bytes are does not matter)
+        while True:
+            ours.socket.send(b"\0" * 65536)
+    except BlockingIOError:
+        pass
+    await trio.to_thread.run_sync(attacker.sock.sendall, attacker.renegotiation_hellos(1))
+    blocked: list[bool] = []
+
+    async def reader() -> None:
+        with pytest.raises((trio.BrokenResourceError, trio.ClosedResourceError)):
+            await ours.receive_some()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            assert ours._sending  # the reader is sending its alert
+            with pytest.raises(trio.TooSlowError):
+                await ours.send_all_until(
+                    b"response", trio.current_time() + 0.2, lambda: blocked.append(True)
+                )
+    assert blocked
+    assert ours.socket.fileno() == -1  # reset: the queued response never goes out late
+    attacker.sock.close()

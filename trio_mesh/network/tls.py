@@ -287,7 +287,18 @@ class TlsStream:
         ours too (they follow its bytes): wait for it instead."""
         self._take()
         while self._sending:
-            await self._sent.park()
+            if deadline == math.inf:
+                await self._sent.park()
+                continue
+            # Queued behind another task's send (the reader's answer to the peer, say): the
+            # deadline holds here too, or a peer that stops reading makes it wait forever.
+            if on_block is not None:
+                on_block()
+            with trio.move_on_at(deadline) as scope:
+                await self._sent.park()
+            if scope.cancelled_caught:
+                self._raw.abort()  # our records would go after the caller gave up on them
+                raise trio.TooSlowError
         if self.socket.fileno() == -1:
             # The task that was sending our bytes failed, or the stream was closed: they
             # never went, and the caller must not be told they did.
