@@ -17,7 +17,7 @@ import os
 import shutil
 import ssl
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -244,7 +244,7 @@ def _set_ciphers(ctx: ssl.SSLContext, ciphers: tlsconf.Ciphers, path: str) -> No
     ctx.set_ciphers(":".join(ciphers.tls12))
 
 
-def _weak_suite(cipher: dict[str, Any]) -> str | None:
+def _weak_suite(cipher: Mapping[str, object]) -> str | None:
     """Why a suite must never be offered. OpenSSL's defaults leave these out and its security
     level refuses them today, but a suite named alone gets past the first, and a system
     ``openssl.cnf`` at level 0 past the second."""
