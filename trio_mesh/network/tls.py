@@ -397,21 +397,27 @@ class TlsStream:
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the stream was closed")
-        self._encrypt(data)
         unsent = self._unsent
-        if not self._sending:
-            # The common case: nothing queued, the socket takes it all at once.
-            try:
-                sent = self.socket.send(unsent)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                raise _mapped(exc) from exc
-            if sent == len(unsent):
-                unsent.clear()
-                return
-            del unsent[:sent]
-        await self._flush()
+        if self._sending or unsent:
+            self._encrypt(data)
+            await self._flush()
+            return
+        # The common case: nothing queued, and the socket takes the records at once (a
+        # memory BIO takes all of the plaintext in one write: no partial writes).
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:
+            raise trio.BrokenResourceError(f"TLS error: {exc.reason or exc}") from None
+        out = self._out.read()
+        try:
+            sent = self.socket.send(out)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise _mapped(exc) from exc
+        if sent != len(out):
+            unsent += memoryview(out)[sent:]
+            await self._flush()
 
     async def send_all_until(
         self,
