@@ -124,7 +124,7 @@ def wrk_result(proc: subprocess.Popen[str]) -> str:
 
 def test_sighup_rotates_the_certificate_under_wrk(tmp_path: Path, pki: Pki) -> None:
     """Keep-alive wrk and a wrk that makes a new handshake per request (Connection: close)
-    run while SIGHUP swaps the certificate twice: not one failed request; each new handshake
+    run while SIGHUP swaps the certificate three times: not one failed request; each new handshake
     after a reload sees the new certificate."""
     cert, key = tmp_path / "server.pem", tmp_path / "server.key"
     install(pki.server, cert, key)

@@ -336,6 +336,18 @@ REFUSED_SERVER: list[tuple[dict[str, Any], str]] = [
     ({"cipher_suites": "HIGH"}, "cipher_suites: 'HIGH' is not one cipher suite name"),
     ({"cipher_suites": "!aNULL"}, "cipher_suites: '!aNULL' is not a cipher suite name"),
     ({"cipher_suites": "RSA-3DES-EDE-CBC-SHA"}, "cipher_suites: 'RSA-3DES-EDE-CBC-SHA': not a"),
+    # Named one by one, suites OpenSSL leaves out of every default would be offered: no
+    # authentication (anyone in the middle), no encryption, pre-shared keys or SRP (no
+    # certificate: a chain that names one would never use it).
+    (
+        {"cipher_suites": "ECDHE-ECDSA-AES128-GCM-SHA256:AECDH-AES128-SHA"},
+        "cipher_suites: 'AECDH-AES128-SHA': anonymous (no authentication",
+    ),
+    ({"cipher_suites": "ADH-AES128-GCM-SHA256"}, "cipher_suites: 'ADH-AES128-GCM-SHA256': anon"),
+    ({"cipher_suites": "ECDHE-ECDSA-NULL-SHA"}, "cipher_suites: 'ECDHE-ECDSA-NULL-SHA': no encr"),
+    ({"cipher_suites": "NULL-SHA256"}, "cipher_suites: 'NULL-SHA256': no encryption"),
+    ({"cipher_suites": "PSK-AES128-GCM-SHA256"}, "cipher_suites: 'PSK-AES128-GCM-SHA256': pre"),
+    ({"cipher_suites": "SRP-AES-128-CBC-SHA"}, "cipher_suites: 'SRP-AES-128-CBC-SHA': pre-shared"),
     (
         {"cipher_suites": "ECDHE-ECDSA-AES128-GCM-SHA256:TLS_AES_128_GCM_SHA256"},
         "cipher_suites: names some TLS 1.3 suites but not TLS_AES_256_GCM_SHA384",

@@ -25,6 +25,11 @@ _wait_readable = trio.lowlevel.wait_readable
 _wait_writable = trio.lowlevel.wait_writable
 #: Ciphertext read from the socket per syscall: several full TLS records.
 RAW_CHUNK = 64 * 1024
+#: Ciphertext one receive takes without any plaintext before the peer counts as abusive: far
+#: more than the records a polite peer sends without data (session tickets, a KeyUpdate, a
+#: record split in pieces: 16 KiB at most), little next to a flood (BoringSSL's limit is 32
+#: KeyUpdates).
+MAX_IDLE_CIPHERTEXT = 256 * 1024
 
 _RDN_NAMES = {
     "commonName": "CN",
@@ -282,7 +287,24 @@ class TlsStream:
         ours too (they follow its bytes): wait for it instead."""
         self._take()
         while self._sending:
-            await self._sent.park()
+            if deadline == math.inf:
+                await self._sent.park()
+                continue
+            # Queued behind another task's send (the reader's answer to the peer, say): the
+            # deadline holds here too, or a peer that stops reading makes it wait forever.
+            if on_block is not None:
+                on_block()
+            with trio.move_on_at(deadline) as scope:
+                await self._sent.park()
+            if scope.cancelled_caught:
+                self._raw.abort()  # our records would go after the caller gave up on them
+                raise trio.TooSlowError
+        if self.socket.fileno() == -1:
+            # The task that was sending our bytes failed, or the stream was closed: they
+            # never went, and the caller must not be told they did.
+            if self._closed:
+                raise trio.ClosedResourceError("the stream was closed")
+            raise trio.BrokenResourceError("the TLS stream broke while sending")
         if not self._unsent:
             return
         self._sending = True
@@ -323,12 +345,17 @@ class TlsStream:
             return data
         obj = self._ssl
         incoming = self._in
+        # Ciphertext taken in this call without any plaintext: records that carry no data
+        # (KeyUpdate, empty records, refused renegotiations). Bounded, and a yield per round
+        # after the first: a peer streaming them cannot hold the loop (or the CPU) forever.
+        idle = 0
         while True:
             if incoming.pending or obj.pending():
                 try:
                     data = obj.read(max_bytes)
                 except ssl.SSLWantReadError:
-                    pass
+                    if self._out.pending:  # an alert or answer the peer waits for
+                        await self._flush()
                 except ssl.SSLZeroReturnError:  # close_notify
                     self._eof = True
                     return b""
@@ -340,10 +367,16 @@ class TlsStream:
                     return data
             if self._eof:
                 return b""
+            if idle:
+                if idle > MAX_IDLE_CIPHERTEXT:
+                    self.abort()
+                    raise trio.BrokenResourceError("TLS: the peer sends records without data")
+                await trio.lowlevel.checkpoint()
             raw = await self._raw.receive_some(RAW_CHUNK)
             if not raw:
                 self._eof = True
                 return b""
+            idle += len(raw)
             incoming.write(raw)
 
     async def receive_after_wait(self, max_bytes: int = 65536) -> bytes:
@@ -364,21 +397,27 @@ class TlsStream:
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the stream was closed")
-        self._encrypt(data)
         unsent = self._unsent
-        if not self._sending:
-            # The common case: nothing queued, the socket takes it all at once.
-            try:
-                sent = self.socket.send(unsent)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                raise _mapped(exc) from exc
-            if sent == len(unsent):
-                unsent.clear()
-                return
-            del unsent[:sent]
-        await self._flush()
+        if self._sending or unsent:
+            self._encrypt(data)
+            await self._flush()
+            return
+        # The common case: nothing queued, and the socket takes the records at once (a
+        # memory BIO takes all of the plaintext in one write: no partial writes).
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:
+            raise trio.BrokenResourceError(f"TLS error: {exc.reason or exc}") from None
+        out = self._out.read()
+        try:
+            sent = self.socket.send(out)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise _mapped(exc) from exc
+        if sent != len(out):
+            unsent += memoryview(out)[sent:]
+            await self._flush()
 
     async def send_all_until(
         self,
@@ -410,7 +449,7 @@ class TlsStream:
         if self._app or self._eof or self._ssl.pending():
             return True
         sock = self.socket
-        while True:
+        for _ in range(4):
             try:
                 raw = sock.recv(RAW_CHUNK)
             except BlockingIOError:
@@ -421,6 +460,10 @@ class TlsStream:
                 self._eof = True
                 return True
             self._in.write(raw)
+        else:
+            # Bytes keep coming, unasked for: not an idle connection (and reading on would
+            # buffer without bound, in a loop that never yields).
+            return True
         if not self._in.pending:
             return False
         try:

@@ -17,7 +17,7 @@ import os
 import shutil
 import ssl
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -235,10 +235,26 @@ def _set_ciphers(ctx: ssl.SSLContext, ciphers: tlsconf.Ciphers, path: str) -> No
             raise _fail(
                 path, "cipher_suites", f"{written!r}: not a cipher suite this OpenSSL offers"
             ) from None
-        got = [c["name"] for c in probe.get_ciphers() if c["protocol"] != "TLSv1.3"]
-        if got != [name]:
+        got = [c for c in probe.get_ciphers() if c["protocol"] != "TLSv1.3"]
+        if [c["name"] for c in got] != [name]:
             raise _fail(path, "cipher_suites", f"{written!r} is not one cipher suite name")
+        weak = _weak_suite(got[0])
+        if weak:
+            raise _fail(path, "cipher_suites", f"{written!r}: {weak}")
     ctx.set_ciphers(":".join(ciphers.tls12))
+
+
+def _weak_suite(cipher: Mapping[str, object]) -> str | None:
+    """Why a suite must never be offered. OpenSSL's defaults leave these out and its security
+    level refuses them today, but a suite named alone gets past the first, and a system
+    ``openssl.cnf`` at level 0 past the second."""
+    if cipher.get("auth") == "auth-null":
+        return "anonymous (no authentication: anyone in the middle can read it)"
+    if not cipher.get("symmetric"):
+        return "no encryption"
+    if cipher.get("kea") in ("kx-psk", "kx-dhe-psk", "kx-ecdhe-psk", "kx-rsa-psk", "kx-srp"):
+        return "pre-shared key or SRP suite (no certificate is used)"
+    return None
 
 
 # ------------------------------------------------------------------ builders
