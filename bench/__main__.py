@@ -1,8 +1,9 @@
-"""``python -m bench http1|http2|rpc [options]``: trio-mesh against direct, nginx and others.
+"""``python -m bench http1|http2|rpc|tls [options]``: trio-mesh against direct, nginx and others.
 
 ``http1``: HTTP/1.1 proxying, against direct, nginx, proxy.py, mitmproxy. ``http2``: h2c and
 gRPC unary proxying, against direct and nginx. ``rpc``: SOFA bolt and Dubbo proxying, against
-direct.
+direct. ``tls``: TLS termination (handshakes, small GETs), against nginx and trio-mesh's own
+cleartext.
 
 Starts everything on 127.0.0.1 (the upstreams and each contender, in their own process
 groups), runs the scenarios, stops everything (also on Ctrl-C, SIGTERM or an error), prints the
@@ -28,12 +29,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import load, report, rpc
+from . import load, report, rpc, tls
 from .contenders import (
     CONTENDERS,
     H2_CONTENDERS,
     REPO_ROOT,
     RPC_CONTENDERS,
+    TLS_CONTENDERS,
     Contender,
     Workdir,
     start_h2_upstream,
@@ -50,6 +52,8 @@ H2_SMOKE_CONTENDERS = ["trio-mesh-h2h2", "trio-floor-h2"]
 H2_SMOKE_DEADLINE = 120  # seconds: the http2 --smoke run is stopped (exit 1) after this
 RPC_SMOKE_CONTENDERS = ["trio-mesh", "trio-floor-bolt"]
 RPC_SMOKE_DEADLINE = 60  # seconds: the rpc --smoke run is stopped (exit 1) after this
+TLS_SMOKE_CONTENDERS = list(TLS_CONTENDERS)  # nginx-tls, trio-mesh-tls, trio-mesh
+TLS_SMOKE_DEADLINE = 90  # seconds: the tls --smoke run is stopped (exit 1) after this
 
 
 class DeadlinePassed(BaseException):
@@ -61,6 +65,8 @@ def tables(protocol: str) -> tuple[dict[str, Contender], dict[str, Scenario]]:
         return H2_CONTENDERS, H2_SCENARIOS
     if protocol == "rpc":
         return RPC_CONTENDERS, rpc.RPC_SCENARIOS
+    if protocol == "tls":
+        return TLS_CONTENDERS, tls.TLS_SCENARIOS
     return CONTENDERS, SCENARIOS
 
 
@@ -166,6 +172,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"stop everything after SECS (exit 1); default none, {RPC_SMOKE_DEADLINE} with "
         "--smoke",
     )
+    tl = sub.add_parser("tls", help="TLS termination: handshakes and small GETs over TLS")
+    tl.add_argument("--duration", type=int, default=4, help="whole seconds per load run (4)")
+    tl.add_argument("--rounds", type=int, default=3, help="rounds per load scenario (3)")
+    tl.add_argument(
+        "--contenders",
+        type=_csv,
+        default=list(TLS_CONTENDERS),
+        help=f"comma-separated, from {','.join(TLS_CONTENDERS)} (all)",
+    )
+    tl.add_argument(
+        "--scenarios",
+        type=_csv,
+        default=list(tls.TLS_SCENARIOS),
+        help=f"comma-separated, from {','.join(tls.TLS_SCENARIOS)} (all)",
+    )
+    tl.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"CI check: {', '.join(TLS_SMOKE_CONTENDERS)}, every scenario, 1 s, 1 round, "
+        f"no warm-up, --deadline {TLS_SMOKE_DEADLINE} (overrides the options above)",
+    )
+    tl.add_argument("--out", type=Path, help="results directory (bench/results/<timestamp>)")
+    tl.add_argument(
+        "--deadline",
+        type=int,
+        help=f"stop everything after SECS (exit 1); default none, {TLS_SMOKE_DEADLINE} with "
+        "--smoke",
+    )
     args = parser.parse_args(argv)
     contenders, scenarios = tables(args.protocol)
     if args.smoke and args.protocol == "http1":
@@ -176,6 +210,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.duration, args.rounds = 2, 1
         if args.deadline is None:
             args.deadline = RPC_SMOKE_DEADLINE
+    elif args.smoke and args.protocol == "tls":
+        args.contenders, args.scenarios = list(TLS_SMOKE_CONTENDERS), list(tls.TLS_SCENARIOS)
+        args.duration, args.rounds = 1, 1
+        if args.deadline is None:
+            args.deadline = TLS_SMOKE_DEADLINE
     elif args.smoke:
         args.contenders, args.scenarios = list(H2_SMOKE_CONTENDERS), list(H2_SCENARIOS)
         args.duration, args.rounds = 2, 1
@@ -209,6 +248,7 @@ def _tool_versions() -> dict[str, str]:
         "wrk": first_line([load.WRK, "-v"]),
         "h2load": first_line([load.H2LOAD, "--version"]),
         "nginx": first_line(["nginx", "-v"]),
+        "openssl": first_line(["openssl", "version"]),
         "python": sys.version.split()[0],
     }
 
@@ -248,10 +288,17 @@ def _deadline(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     contender_table, scenario_table = tables(args.protocol)
-    tools = {"http1": (load.WRK, load.H2LOAD), "http2": (load.H2LOAD,)}.get(args.protocol, ())
+    tools = {
+        "http1": (load.WRK, load.H2LOAD),
+        "http2": (load.H2LOAD,),
+        "tls": (load.WRK, "openssl"),
+    }.get(args.protocol, ())
     for tool in tools:
         if not shutil.which(tool):
-            print(f"bench: {tool} not found (apt-get install wrk nghttp2-client)", file=sys.stderr)
+            print(
+                f"bench: {tool} not found (apt-get install wrk nghttp2-client openssl)",
+                file=sys.stderr,
+            )
             return 1
     signal.signal(signal.SIGTERM, _interrupt)
     # Also when started in the background by a shell, which would have SIGINT ignored.
@@ -299,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         if "dubbo" in rpc_protocols:
             work.dubbo_upstream_port = free_port()
         bench: Bench = rpc.RpcBench(procs, work, contenders, settings)
+    elif args.protocol == "tls":
+        bench = tls.TlsBench(procs, work, contenders, settings)
     else:
         bench = Bench(procs, work, contenders, settings)
     interrupted = False
@@ -311,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             nginx.write_body_files(tmp)
             start_upstream(procs, work)
+        if args.protocol == "tls":
+            tls.prepare(work)
         if args.protocol == "http2":
             start_h2_upstream(procs, work)
         for name in args.scenarios:
@@ -331,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.protocol == "rpc":
         rpc.add_ratios(bench.results)
+    elif args.protocol == "tls":
+        tls.add_ratios(bench.results)
     else:
         report.add_ratios(bench.results)
     document = {
@@ -367,6 +420,10 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(out_dir / "results.json", document)
     if args.protocol == "rpc":
         table = rpc.format_table(bench.results, args.scenarios, args.contenders, unavailable)
+    elif args.protocol == "tls":
+        table = tls.format_table(
+            bench.results, args.scenarios, args.contenders, unavailable, bench.notes
+        )
     else:
         table = report.format_tables(
             bench.results, args.scenarios, args.contenders, unavailable, bench.notes
@@ -383,6 +440,15 @@ def main(argv: list[str] | None = None) -> int:
                 args.contenders,
                 "trio-mesh SOFA bolt and Dubbo benchmark (bench.bolt_load -c10 -m10, 127.0.0.1, "
                 "one run, contenders alternating)",
+            )
+        elif args.protocol == "tls":
+            report.write_load_plot(
+                out_dir / "plot.png",
+                bench.results,
+                args.scenarios,
+                args.contenders,
+                "trio-mesh TLS termination benchmark (wrk -t1 -c50, TLS 1.3 TLS_AES_128_GCM_SHA256,"
+                " ECDSA P-256, 127.0.0.1, one run, contenders alternating)",
             )
         else:
             report.write_load_plot(

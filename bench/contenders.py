@@ -28,6 +28,7 @@ from . import nginx
 from .bolt_load import dubbo_status, rpc_status
 from .h2 import h2_status
 from .procs import Child, Processes, free_port, http_status, wait_ready
+from .tls_client import https_status
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN_DIR = Path(sys.executable).parent
@@ -42,6 +43,10 @@ class Workdir:
     nofile: int  # RLIMIT_NOFILE soft limit the children inherit
     h2_upstream_port: int = 0  # the h2c upstream (http2 only)
     dubbo_upstream_port: int = 0  # the Dubbo echo server (rpc only; upstream_port is bolt's)
+    # tls only: the CA, the server certificate and its key (ECDSA P-256, made for this run)
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def upstream(self) -> str:
@@ -75,6 +80,7 @@ class Contender:
     check: Callable[[], str | None] = lambda: None  # why it cannot run here, or None
     # The readiness request: (port, path) -> HTTP status or None. HTTP/1.1 unless h2c only.
     status: Callable[[int, str], int | None] = http_status
+    scheme: str = "http"  # "https": the contender terminates TLS (python -m bench tls)
 
     def unavailable(self) -> str | None:
         return self.check()
@@ -96,7 +102,7 @@ class Running:
         return self.child.pid
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.contender.scheme}://127.0.0.1:{self.port}{path}"
 
 
 def start(
@@ -266,6 +272,45 @@ def _trio_mesh(workers: int, filters: bool = False) -> Callable[[Workdir, int, s
         return Launch(argv)
 
     return build
+
+
+# trio-mesh terminating TLS (issue 16): the Http1 proxy above with a tls_context on its one
+# filter chain, as MOSN writes it. Everything else (versions, ciphers, curves, tickets off) is
+# trio-mesh's defaults; the load tool pins the cipher (bench/tls_client.py).
+_TLS_CONTEXT = """\
+          - tls_context:
+              status: true
+              cert_chain: "{cert}"
+              private_key: "{key}"
+            filters:"""
+
+
+def _trio_mesh_tls(work: Workdir, port: int, tag: str) -> Launch:
+    assert work.tls_cert is not None and work.tls_key is not None
+    conf = work.dir / f"trio-mesh-tls-{tag}.yaml"
+    text = _TRIO_MESH_CONF.format(
+        port=port, upstream=work.upstream, downstream="Http1", upstream_protocol="Http1"
+    )
+    chain = "          - filters:"
+    assert text.count(chain) == 1
+    text = text.replace(chain, _TLS_CONTEXT.format(cert=work.tls_cert, key=work.tls_key))
+    conf.write_text(text)
+    return Launch([sys.executable, "-m", "trio_mesh.cli", "run", str(conf), "--log-level", "WARN"])
+
+
+def _nginx_tls(work: Workdir, port: int, tag: str) -> Launch:
+    assert work.tls_cert is not None and work.tls_key is not None
+    conf = nginx.write_tls_proxy_conf(
+        work.dir,
+        f"nginx-tls-{tag}",
+        port,
+        work.upstream_port,
+        work.nofile,
+        work.connections,
+        cert=work.tls_cert,
+        key=work.tls_key,
+    )
+    return Launch(nginx.nginx_argv(conf, work.dir))
 
 
 def _direct_h2(work: Workdir, port: int, tag: str) -> Launch:
@@ -473,6 +518,23 @@ def _need_module(module: str, extra: str) -> Callable[[], str | None]:
     return check
 
 
+def _trio_mesh_tls_available() -> str | None:
+    # TLS termination lands with issue 16 (trio_mesh/network/tls.py, a filter chain's
+    # tls_context, the listener's side); before all are in the tree, no HTTPS listener.
+    if importlib.util.find_spec("trio_mesh.network.tls") is None:
+        return "trio_mesh.network.tls not in this tree (TLS termination not merged yet)"
+    import attrs
+
+    from trio_mesh.config.model import FilterChain
+
+    if "tls_context" not in attrs.fields_dict(FilterChain):
+        return "filter_chains[].tls_context not in this tree's configuration model yet"
+    # The listener side (ClientHello inspection, the handshake on accept) comes with it.
+    if importlib.util.find_spec("trio_mesh.protocols.tls_hello") is None:
+        return "the listener's TLS side (trio_mesh.protocols.tls_hello) not in this tree yet"
+    return None
+
+
 def _need_mitmdump() -> str | None:
     path = BIN_DIR / "mitmdump"
     if not path.exists():
@@ -616,3 +678,33 @@ def rpc_contenders(protocol: str) -> dict[str, Contender]:
 
 
 RPC_CONTENDERS: dict[str, Contender] = rpc_contenders("bolt")
+
+TLS_CONTENDERS: dict[str, Contender] = {
+    c.name: c
+    for c in (
+        Contender(
+            "nginx-tls",
+            "nginx, 1 worker, terminating TLS (same certificate; session cache and tickets off),"
+            " reverse proxy with upstream keepalive 64",
+            _nginx_tls,
+            _need_binary(nginx.NGINX),
+            https_status,
+            "https",
+        ),
+        Contender(
+            "trio-mesh-tls",
+            "trio-mesh run, 1 process, Http1 proxy, filter_chains[0].tls_context (status: true,"
+            " cert_chain, private_key; trio-mesh's TLS defaults)",
+            _trio_mesh_tls,
+            _trio_mesh_tls_available,
+            https_status,
+            "https",
+        ),
+        Contender(
+            "trio-mesh",
+            "trio-mesh run, 1 process, Http1 proxy, cleartext (trio-mesh-1 of http1): the"
+            " reference of the TLS GET target",
+            _trio_mesh(1),
+        ),
+    )
+}

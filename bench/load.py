@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import os
 import re
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -72,8 +73,10 @@ def run_wrk(
     *,
     script: Path | None = None,
     headers: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> LoadResult:
-    """``wrk -t1 -c<connections> -d<duration>s --latency``; parsed Requests/sec and latencies."""
+    """``wrk -t1 -c<connections> -d<duration>s --latency``; parsed Requests/sec and latencies.
+    ``env``: added to the environment (``OPENSSL_CONF`` for https URLs)."""
     # wrk takes whole seconds only.
     seconds = max(1, round(duration))
     argv = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
@@ -84,7 +87,12 @@ def run_wrk(
     argv.append(url)
     try:
         out = subprocess.run(
-            argv, capture_output=True, text=True, timeout=duration + 30, start_new_session=True
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=duration + 30,
+            start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
     except subprocess.TimeoutExpired as exc:
         raise LoadError(f"wrk did not finish: {' '.join(argv)}") from exc

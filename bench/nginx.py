@@ -160,6 +160,37 @@ _H2_UPSTREAM_LOCATION = """\
 
 GRPC_RESPONSE_FILE = "grpc-response"
 
+# --- TLS (python -m bench tls) --------------------------------------------------------------
+
+# The nginx contender of the TLS benchmark: the HTTP/1 reverse proxy above, terminating TLS
+# with the bench's certificate. nginx 1.22's default ssl_protocols lacks TLSv1.3 (added to the
+# default in 1.23.4), so both versions trio-mesh allows are named. No session cache and no
+# tickets, as trio-mesh's defaults (tickets off unless configured): every connection is a full
+# handshake on both. The cipher is pinned by the load tool's OpenSSL configuration (the client
+# offers TLS_AES_128_GCM_SHA256 only), so both servers negotiate the same one.
+_TLS_PROXY_SERVER = """\
+    upstream u {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} ssl backlog=4096;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache off;
+        ssl_session_tickets off;
+        location / {{
+            proxy_pass http://u;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffers 8 16k;
+            proxy_max_temp_file_size 0;
+        }}
+    }}
+"""
+
 
 def write_body_files(directory: Path) -> None:
     """The 64 KiB file the upstream serves at ``/64k``; the h2 upstream's gRPC response."""
@@ -233,3 +264,18 @@ def nginx_argv(conf: Path, prefix: Path) -> list[str]:
         "-c",
         str(conf),
     ]
+
+
+def write_tls_proxy_conf(
+    directory: Path,
+    name: str,
+    port: int,
+    upstream_port: int,
+    nofile: int,
+    connections: int,
+    *,
+    cert: Path,
+    key: Path,
+) -> Path:
+    body = _TLS_PROXY_SERVER.format(port=port, upstream_port=upstream_port, cert=cert, key=key)
+    return _write(directory, name, body, nofile, connections)

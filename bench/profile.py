@@ -13,6 +13,13 @@ about 2x), so read shares, not absolute times.
     python -m bench.profile small-get --contender trio-mesh-1 --tool py-spy
     python -m bench.profile h2-small-get --contender trio-mesh-h2h2
     python -m bench.profile bolt-echo --contender trio-floor-bolt
+    python -m bench.profile tls-small-get --contender trio-mesh-tls --tool py-spy [--native]
+    python -m bench.profile tls-small-get --contender trio-mesh-tls --tool perf
+
+``--tool perf`` (Linux ``perf record -g``, 999 Hz, on the process) splits the CPU by shared
+object: the interpreter (libpython), OpenSSL (libssl, libcrypto), the kernel, llhttp, libc;
+then the top symbols. It answers "how much is OpenSSL" where py-spy, which sees Python frames,
+charges a C call to the Python line that made it.
 """
 
 from __future__ import annotations
@@ -29,11 +36,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import h2, nginx, rpc
+from . import h2, nginx, rpc, tls
 from .contenders import (
     CONTENDERS,
     H2_CONTENDERS,
     REPO_ROOT,
+    TLS_CONTENDERS,
     Running,
     Workdir,
     rpc_contenders,
@@ -45,6 +53,7 @@ from .procs import Processes, free_port, raise_nofile_limit, tree_cpu_seconds, w
 from .scenarios import H2_SCENARIOS, SCENARIOS, Bench, Settings
 
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
+SUFFIX = {"cprofile": "prof", "py-spy": "txt", "perf": "perf"}  # the raw profile's file
 # ``python -m cProfile`` with a chosen clock: argv is ``-c CODE MODULE ARGS...``.
 _CPROFILE = """\
 import cProfile, runpy, sys, time
@@ -64,6 +73,8 @@ def _tables(scenario: str) -> tuple[dict, dict, str]:  # type: ignore[type-arg]
         return CONTENDERS, SCENARIOS, "http1"
     if scenario in H2_SCENARIOS:
         return H2_CONTENDERS, H2_SCENARIOS, "http2"
+    if scenario in tls.TLS_SCENARIOS:
+        return TLS_CONTENDERS, tls.TLS_SCENARIOS, "tls"
     return rpc_contenders(rpc.RPC_LOADS[scenario].protocol), rpc.RPC_SCENARIOS, "rpc"
 
 
@@ -110,12 +121,40 @@ def pyspy_report(path: Path, top: int) -> str:
     return "\n".join(lines)
 
 
+def perf_report(path: Path, top: int) -> str:
+    """CPU shares by shared object, then by symbol, from ``perf record`` (own time)."""
+    out = []
+    for sort in ("dso", "dso,sym"):
+        text = subprocess.run(
+            [
+                "perf",
+                "report",
+                "-i",
+                str(path),
+                "--no-children",
+                "--stdio",
+                "-g",
+                "none",
+                "--sort",
+                sort,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+        lines = [line for line in text.splitlines() if line.strip() and line[0] != "#"]
+        out += [f"\nby {sort}:", *lines[:top]]
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("scenario", choices=[*SCENARIOS, *H2_SCENARIOS, *rpc.RPC_SCENARIOS])
+    parser.add_argument(
+        "scenario", choices=[*SCENARIOS, *H2_SCENARIOS, *rpc.RPC_SCENARIOS, *tls.TLS_SCENARIOS]
+    )
     parser.add_argument("--contender", required=True)
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--tool", choices=("cprofile", "py-spy"), default="cprofile")
+    parser.add_argument("--tool", choices=("cprofile", "py-spy", "perf"), default="cprofile")
     parser.add_argument(
         "--timer",
         choices=("cpu", "wall"),
@@ -123,16 +162,18 @@ def main(argv: list[str] | None = None) -> int:
         help="cProfile's clock: the thread's CPU time (default: on a shared machine a wall"
         " clock charges a syscall for the time the process waited for a core) or wall time",
     )
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="py-spy: native frames too (C functions such as OpenSSL's under the Python ones)",
+    )
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()))
     args = parser.parse_args(argv)
     contenders, scenarios, protocol = _tables(args.scenario)
     contender, scenario = contenders[args.contender], scenarios[args.scenario]
     args.out.mkdir(parents=True, exist_ok=True)
-    raw = (
-        args.out
-        / f"{args.contender}-{args.scenario}.{'prof' if args.tool == 'cprofile' else 'txt'}"
-    )
+    raw = args.out / f"{args.contender}-{args.scenario}.{SUFFIX[args.tool]}"
     tmp = Path(tempfile.mkdtemp(prefix="trio-mesh-profile-"))
     tmp.chmod(0o755)
     procs = Processes(log_dir=tmp)
@@ -142,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         if protocol == "rpc":
             bench: Bench = rpc.RpcBench(procs, work, [contender], settings)
             start_rpc_upstream(procs, work, rpc.RPC_LOADS[args.scenario].protocol)
+        elif protocol == "tls":
+            bench = tls.TlsBench(procs, work, [contender], settings)
+            nginx.write_body_files(tmp)
+            start_upstream(procs, work)
+            tls.prepare(work)
         else:
             bench = Bench(procs, work, [contender], settings)
             nginx.write_body_files(tmp)
@@ -163,9 +209,18 @@ def main(argv: list[str] | None = None) -> int:
         running = Running(contender, child, port)
         bench._load(scenario, running, 1, None)  # warm-up, not measured
         spy = None
+        if args.tool == "perf":
+            perf_argv = ["perf", "record", "-F", "999", "-g", "-o", str(raw), "-p", str(child.pid)]
+            spy = subprocess.Popen(
+                [*perf_argv, "--", "sleep", str(args.seconds)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
         if args.tool == "py-spy":
             spy_argv = [PY_SPY, "record", "--format", "raw", "-o", str(raw), "--pid"]
             spy_argv += [str(child.pid), "-d", str(args.seconds), "-r", "200", "--nonblocking"]
+            if args.native:
+                spy_argv.append("--native")
             spy = subprocess.Popen(spy_argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         cpu0, split0 = tree_cpu_seconds(child.pid), _cpu_split(child.pid)
         result = bench._load(scenario, running, args.seconds, None)
@@ -173,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         if spy is not None:
             _, err = spy.communicate(timeout=args.seconds + 30)
             if spy.returncode:
-                print(f"py-spy failed: {err.decode(errors='replace')}", file=sys.stderr)
+                print(f"{args.tool} failed: {err.decode(errors='replace')}", file=sys.stderr)
                 return 1
         os.kill(child.pid, signal.SIGINT)  # cProfile writes its file on a normal exit
         child.popen.wait(30)
@@ -187,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{result.requests} requests, {cpu / n * 1e6:.0f} us CPU per request (user {user:.0f},"
         f" system {system:.0f}; the profiler's cost included)"
     )
-    report = cprofile_report if args.tool == "cprofile" else pyspy_report
+    report = {"cprofile": cprofile_report, "py-spy": pyspy_report, "perf": perf_report}[args.tool]
     print(report(raw, args.top))
     print(f"raw profile: {raw}")
     return 0
