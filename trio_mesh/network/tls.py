@@ -15,7 +15,8 @@ from __future__ import annotations
 import errno
 import math
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import trio
 
@@ -177,6 +178,7 @@ class TlsStream:
         "_sending",
         "_sent",
         "_ssl",
+        "_c",
         "_unsent",
         "info",
         "socket",
@@ -188,6 +190,9 @@ class TlsStream:
         self._raw = raw
         self.socket = raw.socket
         self._ssl = obj
+        # The C object under the SSLObject: read, write and pending without the Python
+        # wrapper's frame (the same methods; the wrapper only forwards).
+        self._c: Any = getattr(obj, "_sslobj", obj)
         self._in = incoming
         self._out = outgoing
         #: Ciphertext made but not sent yet, in order; ``_sending``: a task is sending it.
@@ -339,12 +344,23 @@ class TlsStream:
             self._sending = False
             self._sent.unpark_all()
 
-    async def receive_some(self, max_bytes: int = 65536) -> bytes:
+    def receive_some(self, max_bytes: int = 65536) -> Coroutine[Any, Any, bytes]:
+        return self._receive(max_bytes, False)
+
+    def receive_after_wait(self, max_bytes: int = 65536) -> Coroutine[Any, Any, bytes]:
+        """For a read that cannot be ready yet: wait for the socket first, unless bytes
+        already read wait in OpenSSL."""
+        return self._receive(max_bytes, True)
+
+    async def _receive(self, max_bytes: int, wait_first: bool) -> bytes:
+        # (One coroutine for both reads, its syscall inline: each layer of awaits costs
+        # about what OpenSSL's decryption of a small request does.)
         if self._app:
-            data, self._app = self._app, b""
-            return data
-        obj = self._ssl
+            app, self._app = self._app, b""
+            return app
+        obj = self._c
         incoming = self._in
+        sock = self.socket
         # Ciphertext taken in this call without any plaintext: records that carry no data
         # (KeyUpdate, empty records, refused renegotiations). Bounded, and a yield per round
         # after the first: a peer streaming them cannot hold the loop (or the CPU) forever.
@@ -352,7 +368,7 @@ class TlsStream:
         while True:
             if incoming.pending or obj.pending():
                 try:
-                    data = obj.read(max_bytes)
+                    data: bytes = obj.read(max_bytes)
                 except ssl.SSLWantReadError:
                     if self._out.pending:  # an alert or answer the peer waits for
                         await self._flush()
@@ -372,20 +388,24 @@ class TlsStream:
                     self.abort()
                     raise trio.BrokenResourceError("TLS: the peer sends records without data")
                 await trio.lowlevel.checkpoint()
-            raw = await self._raw.receive_some(RAW_CHUNK)
+            if wait_first:
+                wait_first = False
+                await _wait_readable(sock)
+            try:
+                raw = sock.recv(RAW_CHUNK)
+            except BlockingIOError:
+                await _wait_readable(sock)
+                continue
+            except OSError as exc:
+                raise _mapped(exc) from exc
             if not raw:
                 self._eof = True
                 return b""
             idle += len(raw)
             incoming.write(raw)
 
-    async def receive_after_wait(self, max_bytes: int = 65536) -> bytes:
-        if not (self._app or self._in.pending or self._ssl.pending() or self._eof):
-            await _wait_readable(self.socket)
-        return await self.receive_some(max_bytes)
-
     def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
-        obj = self._ssl
+        obj = self._c
         try:
             view = memoryview(data)
             while view:
@@ -405,7 +425,7 @@ class TlsStream:
         # The common case: nothing queued, and the socket takes the records at once (a
         # memory BIO takes all of the plaintext in one write: no partial writes).
         try:
-            self._ssl.write(data)
+            self._c.write(data)
         except ssl.SSLError as exc:
             raise trio.BrokenResourceError(f"TLS error: {exc.reason or exc}") from None
         out = self._out.read()
