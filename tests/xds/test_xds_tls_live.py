@@ -19,6 +19,7 @@ from tests.http_helpers import Client, gated_upstream, get, read_request
 from tests.tls_pki import Pair, Pki
 from tests.xds.test_xds import ads, eds_cluster, endpoints, listener, routes, start_mesh
 from tests.xds.test_xds_client import TIMEOUT, ServerProcess
+from trio_mesh.proxy import http1 as proxy_http1
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("envoy_data_plane") is None, reason="the xds extra is not installed"
@@ -98,7 +99,12 @@ async def served_cert(port: int, pki: Pki) -> bytes:
     return cert
 
 
-async def test_lds_tls_listener_rotated_by_update_and_broken_key_nacked(nursery, ads, pki):
+async def test_lds_tls_listener_rotated_by_update_and_broken_key_nacked(
+    nursery, ads, pki, monkeypatch
+):
+    # A drained idle HTTP/1 connection waits this long for a next request (1 s by default):
+    # room for a loaded machine between the ACK and that request.
+    monkeypatch.setattr(proxy_http1, "DRAIN_IDLE_GRACE", 30.0)
     rotated = pki.ca.issue("xds-rotated", cn="localhost", dns=("localhost",), ips=("127.0.0.1",))
     up_port, arrived, release = await gated_upstream(nursery)
     await ads.set("CDS", "1", [eds_cluster("a")])
