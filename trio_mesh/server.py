@@ -24,19 +24,63 @@ from .network.chains import Chain, Identities
 from .network.connection import Connection
 from .network.dispatch import ChainDispatcher, identities
 from .network.listener import Handler, ListenerRuntime, bind
-from .network.tls_context import ServerTls, server_tls
-from .network.tls_context import check_or_raise as check_tls
+from .network.tls_context import ServerTls, TlsConfigError, server_tls
 from .pool import Pools
 from .proxy import network_filter as _proxy_filter  # noqa: F401 - registers the proxy filter
 from .router import RouteTable
 from .stats import ListenerStats
 from .upstream import ClusterManager
-from .upstream.manager import prepare_tls
+from .upstream.cluster import ClusterTls, build_tls
 
 if TYPE_CHECKING:
     from .proxy.accesslog import AccessLog
 
 log = logging.getLogger("trio_mesh.server")
+
+#: One listener's filter chains' TLS, in chain order: the chain's contexts (``None``:
+#: cleartext) and its certificates' identities.
+ChainTls = list[tuple[ServerTls | None, Identities]]
+
+
+@attrs.frozen
+class Contexts:
+    """Every TLS context of a configuration, built once per run or apply (``build_contexts``)."""
+
+    listeners: dict[str, ChainTls]  # by listener name
+    clusters: dict[str, ClusterTls | None]  # by cluster name, those with a tls_context
+
+
+def build_contexts(config: MeshConfig) -> Contexts:
+    """Build every TLS context of ``config`` from the files as they are now (rotation):
+    certificates and keys read, OpenSSL loads, identities decoded. Blocking: the server runs
+    it in a thread, before anything changes. Raises ``TlsConfigError`` listing every key
+    that cannot be honoured, each line starting with its path (``check_config``'s lines)."""
+    errors: list[str] = []
+    listeners: dict[str, ChainTls] = {}
+    for si, server in enumerate(config.servers):
+        for li, lst in enumerate(server.listeners):
+            built: ChainTls = []
+            for ci, chain in enumerate(lst.filter_chains):
+                path = f"servers[{si}].listeners[{li}].filter_chains[{ci}]"
+                try:
+                    tls = _server_tls(chain, path)
+                except TlsConfigError as exc:
+                    errors.append(str(exc))
+                    continue
+                built.append((tls, identities(chain, tls, path)))
+            listeners[lst.name] = built
+    clusters: dict[str, ClusterTls | None] = {}
+    for ci, cluster in enumerate(config.cluster_manager.clusters):
+        if cluster.tls_context is None:
+            continue
+        path = f"cluster_manager.clusters[{ci}].tls_context"
+        try:
+            clusters[cluster.name] = build_tls(cluster, path)
+        except TlsConfigError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise TlsConfigError("\n".join(errors))
+    return Contexts(listeners, clusters)
 
 
 class Server:
@@ -91,7 +135,7 @@ class Server:
         return {name: lst.address for name, lst in self.listeners.items()}
 
     def _build_handler(
-        self, lst: Listener, routes: dict[str, RouteTable], stats: ListenerStats, path: str
+        self, lst: Listener, routes: dict[str, RouteTable], stats: ListenerStats, tls: ChainTls
     ) -> tuple[Callable[[Connection], Awaitable[None]], FilterChainFactory]:
         # A reloaded listener's old and new connections share its budget, unless it changed.
         budget = self._budgets.get(lst.name)
@@ -114,25 +158,23 @@ class Server:
             raise
         except Exception as exc:  # a filter's factory refused its config
             raise StartupError(f"listener {lst.name!r} stream_filters: {exc}") from exc
-        handler = _handler(lst, attrs.evolve(ctx, stream_filters=chain or None), path)
+        handler = _handler(lst, attrs.evolve(ctx, stream_filters=chain or None), tls)
         return handler, chain
 
     def _rotate(
-        self, config: MeshConfig, listeners: Iterable[Listener]
+        self, listeners: Iterable[Listener], contexts: Contexts
     ) -> list[tuple[Chain, ServerTls | None, Identities]]:
-        """Every TLS chain of these running listeners with its context built anew from the
-        files (certificate rotation); raises ``TlsConfigError`` before anything changed."""
+        """Every TLS chain of these running listeners with the context ``build_contexts``
+        made for it from the files now (certificate rotation), to swap in."""
         staged = []
         for lst in listeners:
             runtime = self.listeners.get(lst.name)
             if runtime is None or not isinstance(runtime.handler, ChainDispatcher):
                 continue
-            path = _listener_path(config, lst)
-            for chain, chain_config in zip(runtime.handler.chains, lst.filter_chains, strict=True):
+            built = contexts.listeners[lst.name]
+            for chain, (tls, ids) in zip(runtime.handler.chains, built, strict=True):
                 if chain.tls is not None:
-                    chain_path = f"{path}.filter_chains[{chain.index}]"
-                    tls = _server_tls(chain_config, chain_path)
-                    staged.append((chain, tls, identities(chain_config, tls, chain_path)))
+                    staged.append((chain, tls, ids))
         return staged
 
     async def _check_access_logs(self, names: Iterable[str]) -> None:
@@ -155,15 +197,15 @@ class Server:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
-        # Every TLS context builds (files read, keys matched) before any port is bound.
-        await trio.to_thread.run_sync(check_tls, self.config)
-        clusters = self.config.cluster_manager.clusters
-        self.clusters.update(clusters, await trio.to_thread.run_sync(prepare_tls, clusters))
+        # Every TLS context builds (files read, keys matched) before any port is bound, once,
+        # in a thread: OpenSSL's loads would stall the event loop.
+        contexts = await trio.to_thread.run_sync(build_contexts, self.config)
+        self.clusters.update(self.config.cluster_manager.clusters, contexts.clusters)
         self._stats = {lst.name: ListenerStats() for lst in self.config.listeners}
         handlers = {}
         for lst in self.config.listeners:
             handlers[lst.name], self._chains[lst.name] = self._build_handler(
-                lst, self.routes, self._stats[lst.name], _listener_path(self.config, lst)
+                lst, self.routes, self._stats[lst.name], contexts.listeners[lst.name]
             )
         await self._check_access_logs(self.access_logs)
         try:
@@ -221,12 +263,12 @@ class Server:
             await self._apply(config, nursery, drain_timeout)
 
     async def _apply(self, config: MeshConfig, nursery: trio.Nursery, drain_timeout: float) -> None:
-        # A TLS key that cannot be honoured refuses the whole configuration, nothing changed;
-        # certificate files are read again (rotation).
-        await trio.to_thread.run_sync(check_tls, config)
-        # The clusters' TLS contexts, from the files as they are now, built before anything
-        # changes (new connections use them; open ones keep theirs).
-        cluster_tls = await trio.to_thread.run_sync(prepare_tls, config.cluster_manager.clusters)
+        # Every TLS context, listeners' and clusters', from the files as they are now
+        # (rotation), built once in a thread before anything changes: a key that cannot be
+        # honoured refuses the whole configuration. New handshakes and new upstream
+        # connections use them; open ones keep theirs.
+        contexts = await trio.to_thread.run_sync(build_contexts, config)
+        cluster_tls = contexts.clusters
         old = {lst.name: lst for lst in self.config.listeners}
         new = {lst.name: lst for lst in config.listeners}
         # New clusters first: the listeners built below may name them. Existing ones change
@@ -249,12 +291,12 @@ class Server:
                 if old.get(lst.name) is None or old[lst.name].access_logs != lst.access_logs:
                     self.access_logs[lst.name] = _access_logs(lst)
                 built[lst.name] = self._build_handler(
-                    lst, staged, self._stats[lst.name], _listener_path(config, lst)
+                    lst, staged, self._stats[lst.name], contexts.listeners[lst.name]
                 )
-            # Certificate rotation: the listeners kept as they are get their TLS contexts
-            # built anew from the files, swapped in below for new handshakes.
+            # Certificate rotation: the listeners kept as they are take the TLS contexts
+            # just built from the files, swapped in below for new handshakes.
             kept = [lst for name, lst in new.items() if old.get(name) == lst]
-            rotated = self._rotate(config, kept)
+            rotated = self._rotate(kept, contexts)
             await self._check_access_logs(lst.name for lst in changed)
             for lst in changed:
                 before = old.get(lst.name)
@@ -335,15 +377,6 @@ class Server:
         )
 
 
-def _listener_path(config: MeshConfig, lst: Listener) -> str:
-    """Where ``lst`` is in ``config``, for error messages."""
-    for i, server in enumerate(config.servers):
-        for j, candidate in enumerate(server.listeners):
-            if candidate is lst:
-                return f"servers[{i}].listeners[{j}]"
-    return f"listener {lst.name!r}"
-
-
 async def _drain_then_close(runtime: ListenerRuntime, timeout: float) -> None:
     with trio.move_on_after(timeout):
         await runtime.wait_closed()
@@ -362,18 +395,17 @@ def _access_logs(listener: Listener) -> tuple[AccessLog, ...]:
 
 
 def _handler(
-    listener: Listener, ctx: BuildContext, path: str
+    listener: Listener, ctx: BuildContext, tls_built: ChainTls
 ) -> Callable[[Connection], Awaitable[None]]:
     """The listener's connection handler. One plaintext chain, nothing to match and no
     inspector: that chain's handler itself (no read before it, no cost). Otherwise a
-    `ChainDispatcher` that reads the ClientHello, selects the chain and terminates TLS."""
+    `ChainDispatcher` that reads the ClientHello, selects the chain and terminates TLS.
+    ``tls_built``: each chain's TLS, as ``build_contexts`` made it (no file read here)."""
     chains = listener.filter_chains
     if len(chains) == 1 and not _needs_dispatch(listener):
         return _chain_handler(listener, chains[0], ctx)
     built = []
-    for index, chain in enumerate(chains):
-        chain_path = f"{path}.filter_chains[{index}]"
-        tls = _server_tls(chain, chain_path)
+    for index, (chain, (tls, ids)) in enumerate(zip(chains, tls_built, strict=True)):
         built.append(
             Chain(
                 index,
@@ -381,7 +413,7 @@ def _handler(
                 chain.filter_chain_match if chain.match_key() is not None else None,
                 tls,
                 _chain_handler(listener, chain, ctx),
-                identities(chain, tls, chain_path),
+                ids,
             )
         )
     return ChainDispatcher(

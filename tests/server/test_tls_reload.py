@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import signal
+import ssl
 from pathlib import Path
 
 import attrs
@@ -81,3 +82,53 @@ def test_sighup_with_an_unreadable_certificate_keeps_the_configuration(tmp_path:
         assert fetch(port) == "one"
         p.proc.send_signal(signal.SIGTERM)
         assert p.finish() == 0
+
+
+async def test_tls_contexts_built_once_per_run_and_apply_off_the_event_loop(
+    nursery, monkeypatch, pki
+) -> None:
+    """Each chain's and cluster's contexts are built once per run or apply, in a worker
+    thread (file reads and OpenSSL loads never stall the event loop), and the listener
+    serves what was built there."""
+    import threading
+
+    from trio_mesh import server as server_module
+
+    calls: list[tuple[str, bool]] = []
+
+    def counted(name: str, real):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append((name, threading.current_thread() is threading.main_thread()))
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    for name in ("server_tls", "build_tls", "identities"):
+        monkeypatch.setattr(server_module, name, counted(name, getattr(server_module, name)))
+    up = await start_upstream(nursery)
+    plain = http_config([to("up")], {"up": up.port})
+    listener_tls = TlsConfig(
+        status=True, cert_chain=str(pki.server.cert), private_key=str(pki.server.key)
+    )
+    config = with_cluster_tls(
+        with_listener_tls(plain, listener_tls), TlsConfig(status=True, ca_cert=str(pki.ca.cert))
+    )
+    server, port = await start_proxy(nursery, config)
+    expected = [("server_tls", False), ("identities", False), ("build_tls", False)]
+    assert calls == expected
+    await server.apply(config)  # kept as it is: rotation
+    assert calls == expected * 2
+    changed = with_listener_tls(config, attrs.evolve(listener_tls, alpn="http/1.1"))
+    await server.apply(changed)
+    assert calls == expected * 3
+    # The built context is the one handshakes use.
+    (chain,) = server.listeners["ingress"].handler.chains  # type: ignore[attr-defined]
+    ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    with trio.fail_after(10):
+        tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        stream = trio.SSLStream(tcp, ctx, server_hostname="localhost")
+        await stream.do_handshake()
+        assert stream.selected_alpn_protocol() == "http/1.1"
+        await stream.aclose()
+    assert chain.tls is not None and chain.identities
