@@ -1,0 +1,121 @@
+"""Upstream TLS attacked from the upstream's side: an HTTP/1 upstream over TLS that sends
+bytes after its response in records of their own (the pool must not reuse the connection),
+and ``upstream_protocol: Auto`` negotiation when the request that started it goes away.
+The upstreams are Python ``ssl`` objects on real sockets, so the test decides exactly which
+TLS records go out in which TCP write.
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+from typing import Any
+
+import trio
+
+from tests.http_helpers import Client, get, http_config, read_request, start_proxy, to
+from tests.tls_pki import Pki
+
+
+def tls_cluster(port: int, pki: Pki, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "up",
+        "connect_timeout": "2s",
+        "hosts": [{"address": f"127.0.0.1:{port}"}],
+        "tls_context": {"status": True, "ca_cert": str(pki.ca.cert), "server_name": "localhost"},
+        **extra,
+    }
+
+
+def server_context(pki: Pki) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pki.server.cert, pki.server.key)
+    return ctx
+
+
+class RecordServer:
+    """A TLS server on a raw socket through ``ssl.SSLObject``: ``send_records`` encrypts each
+    piece as its own record and writes them all in ONE ``send`` (they arrive together)."""
+
+    def __init__(self, stream: trio.SocketStream, ctx: ssl.SSLContext) -> None:
+        self.stream = stream
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.buf = bytearray()
+
+    async def handshake(self) -> None:
+        while True:
+            try:
+                self.obj.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._flush()
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    raise trio.BrokenResourceError from None
+                self.incoming.write(data)
+                continue
+            await self._flush()
+            return
+
+    async def _flush(self) -> None:
+        if self.outgoing.pending:
+            await self.stream.send_all(self.outgoing.read())
+
+    async def receive_some(self, max_bytes: int = 65536) -> bytes:
+        while True:
+            try:
+                return self.obj.read(max_bytes)
+            except ssl.SSLWantReadError:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    return b""
+                self.incoming.write(data)
+            except ssl.SSLZeroReturnError:
+                return b""
+
+    async def send_records(self, *pieces: bytes) -> None:
+        for piece in pieces:
+            self.obj.write(piece)  # one record each
+        await self._flush()
+
+
+async def test_bytes_after_a_response_in_their_own_tls_record_are_not_the_next_answer(nursery, pki):
+    """An upstream answers one request with a response and, in the same TCP write but a
+    TLS record of its own, a second response nobody asked for. In cleartext the proxy sees
+    both in one read and does not reuse the connection; over TLS the second record must not
+    stay buffered in the pooled connection to become the answer to the next client's
+    request (a response desync)."""
+    ctx = server_context(pki)
+    connections = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        n = connections
+        tls = RecordServer(stream, ctx)
+        try:
+            await tls.handshake()
+            buf = bytearray()
+            while (await read_request(tls, buf)) is not None:  # type: ignore[arg-type]
+                body = b"conn=%d" % n
+                smuggled = b"smuggled"
+                await tls.send_records(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(smuggled), smuggled),
+                )
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+            pass
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), handler, 0)
+    up_port = listeners[0].socket.getsockname()[1]
+    server, port = await start_proxy(nursery, http_config([to("up")], [tls_cluster(up_port, pki)]))
+    bodies = []
+    with trio.fail_after(10):
+        for _ in range(2):  # two clients, one after the other: the second may get a pooled one
+            async with await Client.connect(port) as client:
+                await client.send(get("/"))
+                bodies.append((await client.response()).body)
+    assert bodies[0] == b"conn=1"
+    assert bodies[1] != b"smuggled"
+    assert bodies[1] == b"conn=2"
+    assert server.clusters.get("up").stats.upstream_cx_total == 2
