@@ -119,3 +119,58 @@ async def test_bytes_after_a_response_in_their_own_tls_record_are_not_the_next_a
     assert bodies[1] != b"smuggled"
     assert bodies[1] == b"conn=2"
     assert server.clusters.get("up").stats.upstream_cx_total == 2
+
+
+async def test_auto_negotiation_cancelled_with_its_request_is_taken_over_by_a_waiter(nursery, pki):
+    """``upstream_protocol: Auto`` over TLS: the first request to a host negotiates and the
+    others wait for it. When that first request goes away (its route timeout here, a client
+    reset alike), a waiter must negotiate in its place: the upstream did not fail, and a
+    request whose own time is not up must not be answered 503 for another's timeout."""
+    ctx = server_context(pki)
+    accepted = trio.Event()
+    release = trio.Event()
+    connections = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        if connections == 1:  # the first connection's handshake stalls
+            accepted.set()
+            await release.wait()
+        tls = RecordServer(stream, ctx)
+        try:
+            await tls.handshake()
+            buf = bytearray()
+            while (await read_request(tls, buf)) is not None:  # type: ignore[arg-type]
+                await tls.send_records(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+            pass
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), handler, 0)
+    up_port = listeners[0].socket.getsockname()[1]
+    config = http_config(
+        [to("up", "/short", timeout="0.3s"), to("up", "/", timeout="10s")],
+        [tls_cluster(up_port, pki, connect_timeout="5s")],
+        proxy={"upstream_protocol": "Auto"},
+    )
+    server, port = await start_proxy(nursery, config)
+    stats = server.clusters.get("up").stats
+    results: dict[str, int] = {}
+
+    async def one(path: str) -> None:
+        async with await Client.connect(port) as client:
+            await client.send(get(path))
+            results[path] = (await client.response()).status
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as clients:
+            clients.start_soon(one, "/short")
+            await accepted.wait()  # negotiating, for /short
+            clients.start_soon(one, "/long")
+            while stats.upstream_rq_active < 2:  # /long waits on the negotiation
+                await trio.lowlevel.checkpoint()
+            while "/short" not in results:  # its route timeout ended its negotiation
+                await trio.lowlevel.checkpoint()
+            release.set()
+    assert results == {"/short": 504, "/long": 200}
+    assert server.clusters.get("up").hosts[0].protocol == "http/1.1"
