@@ -32,6 +32,7 @@ from ..config.model import FilterChain
 from ..protocols.tls_hello import NEED_MORE, NOT_TLS, ClientHello, HelloError, parse_client_hello
 from ..stats import ListenerStats
 from .chains import Chain, ChainSelector, Identities
+from .connection import DRAIN_IDLE_GRACE
 from .stream import Stream
 from .throttled_log import ThrottledLog
 from .tls import TlsError, TlsStream, format_name
@@ -193,10 +194,16 @@ class ChainDispatcher:
     async def _serve(self, conn: Connection) -> None:
         slot = self.slots.admit(self.handshake_timeout)
         handler: Callable[[Connection], Awaitable[None]] | None = None
+        # A drain (a listener changed or removed, a stop) lets a handshake in progress finish,
+        # as it lets a request in flight: its client is sending its first request right
+        # after it (a certificate rotated by an xDS update must not reset it). Its own
+        # timeout bounds it still.
+        conn.busy = True
         try:
             with slot.scope:
                 handler = await self._handshake(conn)
         finally:
+            conn.busy = False
             self.slots.release(slot)
         if slot.scope.cancelled_caught:
             if slot.evicted:
@@ -209,6 +216,10 @@ class ChainDispatcher:
         if handler is None:
             conn.stream.close()
             return
+        if conn.draining:
+            # Drained during the handshake: the first request, on its way, is served (with
+            # "Connection: close"); a client that sends none is not waited for.
+            conn.idle.shorten(DRAIN_IDLE_GRACE)
         await handler(conn)
 
     async def _handshake(self, conn: Connection) -> Callable[[Connection], Awaitable[None]] | None:
