@@ -161,3 +161,22 @@ async def test_handshakes_in_progress_finish_across_an_inline_certificate_rotati
         assert peer_cn(fresh) == "rotated"
         await fresh.aclose()
     assert statuses == [b"200"] * 20
+
+
+async def test_a_hello_in_tiny_records_is_cut_at_once_not_at_the_timeout(nursery, pki):
+    """A ClientHello fragmented into one-byte records (each read parsed again from the
+    start) is refused after 64 records, not read on until the byte budget or the timeout."""
+    from tests.protocols.test_tls_hello_attacks import tiny_records
+
+    up = await start_upstream(nursery)
+    server, port = await start_proxy(
+        nursery,
+        config(up.port, [proxy_chain(tls_context(pki.server))], tls_handshake_timeout="30s"),
+    )
+    stats = server.listeners["ingress"].stats
+    with trio.fail_after(5):
+        async with await Client.connect(port) as client:
+            await client.send(tiny_records(70))
+            with contextlib.suppress(trio.BrokenResourceError):
+                assert await client.read_to_eof() == b""
+    assert (stats.ssl_connection_error, stats.ssl_handshake_timeout) == (1, 0)
