@@ -180,3 +180,21 @@ async def test_a_hello_in_tiny_records_is_cut_at_once_not_at_the_timeout(nursery
             with contextlib.suppress(trio.BrokenResourceError):
                 assert await client.read_to_eof() == b""
     assert (stats.ssl_connection_error, stats.ssl_handshake_timeout) == (1, 0)
+
+
+async def test_a_silent_connection_is_closed_at_once_by_a_drain(nursery, pki):
+    """What the drain lets finish is a handshake begun; a connection that has sent nothing
+    is closed at once, not held until the handshake timeout."""
+    up = await start_upstream(nursery)
+
+    def cfg(pair: Any) -> Any:
+        tls = {"status": True, "cert_chain": pair.cert_pem, "private_key": pair.key_pem}
+        return config(up.port, [proxy_chain(tls)], tls_handshake_timeout="30s")
+
+    server, port = await start_proxy(nursery, cfg(pki.server))
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            while not server.listeners["ingress"].connections:
+                await trio.lowlevel.checkpoint()
+            await server.apply(cfg(pki.other_server))
+            assert await client.read_to_eof() == b""

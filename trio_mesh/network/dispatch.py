@@ -194,11 +194,6 @@ class ChainDispatcher:
     async def _serve(self, conn: Connection) -> None:
         slot = self.slots.admit(self.handshake_timeout)
         handler: Callable[[Connection], Awaitable[None]] | None = None
-        # A drain (a listener changed or removed, a stop) lets a handshake in progress finish,
-        # as it lets a request in flight: its client is sending its first request right
-        # after it (a certificate rotated by an xDS update must not reset it). Its own
-        # timeout bounds it still.
-        conn.busy = True
         try:
             with slot.scope:
                 handler = await self._handshake(conn)
@@ -233,6 +228,11 @@ class ChainDispatcher:
                 return None  # gone before saying anything
             if not data:
                 return None
+            # Begun: a drain (a listener changed or removed, a stop) lets it finish, as it
+            # lets a request in flight: its client sends its first request right after it
+            # (a certificate rotated by an xDS update must not reset it). Its own timeout
+            # bounds it still. A connection that has sent nothing is closed at once.
+            conn.busy = True
             buf += data
             try:
                 hello = parse_client_hello(buf)
