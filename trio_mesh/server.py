@@ -254,7 +254,9 @@ class Server:
             # Certificate rotation: the listeners kept as they are get their TLS contexts
             # built anew from the files, swapped in below for new handshakes.
             kept = [lst for name, lst in new.items() if old.get(name) == lst]
-            rotated = self._rotate(config, kept)
+            # In a thread: a context that loads a CA bundle takes tens of milliseconds, and
+            # the connections of every listener wait on the event loop meanwhile.
+            rotated = await trio.to_thread.run_sync(self._rotate, config, kept)
             await self._check_access_logs(lst.name for lst in changed)
             for lst in changed:
                 before = old.get(lst.name)
