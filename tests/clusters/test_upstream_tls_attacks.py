@@ -174,3 +174,45 @@ async def test_auto_negotiation_cancelled_with_its_request_is_taken_over_by_a_wa
             release.set()
     assert results == {"/short": 504, "/long": 200}
     assert server.clusters.get("up").hosts[0].protocol == "http/1.1"
+
+
+async def test_auto_first_requests_raced_while_the_upstream_dies_after_alpn_h2(nursery, pki):
+    """100 concurrent first requests to a host whose TLS server answers ALPN h2 and closes
+    right after the handshake: one negotiation shared, every request answered (503), the
+    host's protocol not learned from it, nothing left counted as active."""
+    ctx = server_context(pki)
+    ctx.set_alpn_protocols(["h2"])
+    handshakes = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal handshakes
+        tls = RecordServer(stream, ctx)
+        try:
+            await tls.handshake()
+            handshakes += 1
+            await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+            pass
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), handler, 0)
+    up_port = listeners[0].socket.getsockname()[1]
+    config = http_config(
+        [to("up")], [tls_cluster(up_port, pki)], proxy={"upstream_protocol": "Auto"}
+    )
+    server, port = await start_proxy(nursery, config)
+    statuses: list[int] = []
+
+    async def one() -> None:
+        async with await Client.connect(port) as client:
+            await client.send(get("/"))
+            statuses.append((await client.response()).status)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as clients:
+            for _ in range(100):
+                clients.start_soon(one)
+    assert statuses == [503] * 100
+    cluster = server.clusters.get("up")
+    assert cluster.hosts[0].protocol is None  # learned nothing from a connection that died
+    assert cluster.stats.upstream_cx_active == 0
+    assert handshakes <= 5  # shared, not one per request
