@@ -25,8 +25,6 @@ _wait_readable = trio.lowlevel.wait_readable
 _wait_writable = trio.lowlevel.wait_writable
 #: Ciphertext read from the socket per syscall: several full TLS records.
 RAW_CHUNK = 64 * 1024
-#: ``readable_now``'s reads at most (records without data are read to see past them).
-_PEEK_READS = 4
 
 _RDN_NAMES = {
     "commonName": "CN",
@@ -437,9 +435,7 @@ class TlsStream:
         if self._app or self._eof or self._ssl.pending():
             return True
         sock = self.socket
-        # A few reads at most: tickets take a few hundred bytes, and a peer that sends as
-        # fast as it can must not keep this synchronous loop going (nor fill memory).
-        for _ in range(_PEEK_READS):
+        while True:
             try:
                 raw = sock.recv(RAW_CHUNK)
             except BlockingIOError:
