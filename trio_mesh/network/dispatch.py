@@ -32,6 +32,7 @@ from ..config.model import FilterChain
 from ..protocols.tls_hello import NEED_MORE, NOT_TLS, ClientHello, HelloError, parse_client_hello
 from ..stats import ListenerStats
 from .chains import Chain, ChainSelector, Identities
+from .connection import DRAIN_IDLE_GRACE
 from .stream import Stream
 from .throttled_log import ThrottledLog
 from .tls import TlsError, TlsStream, format_name
@@ -197,6 +198,7 @@ class ChainDispatcher:
             with slot.scope:
                 handler = await self._handshake(conn)
         finally:
+            conn.busy = False
             self.slots.release(slot)
         if slot.scope.cancelled_caught:
             if slot.evicted:
@@ -209,6 +211,10 @@ class ChainDispatcher:
         if handler is None:
             conn.stream.close()
             return
+        if conn.draining:
+            # Drained during the handshake: the first request, on its way, is served (with
+            # "Connection: close"); a client that sends none is not waited for.
+            conn.idle.shorten(DRAIN_IDLE_GRACE)
         await handler(conn)
 
     async def _handshake(self, conn: Connection) -> Callable[[Connection], Awaitable[None]] | None:
@@ -222,6 +228,11 @@ class ChainDispatcher:
                 return None  # gone before saying anything
             if not data:
                 return None
+            # Begun: a drain (a listener changed or removed, a stop) lets it finish, as it
+            # lets a request in flight: its client sends its first request right after it
+            # (a certificate rotated by an xDS update must not reset it). Its own timeout
+            # bounds it still. A connection that has sent nothing is closed at once.
+            conn.busy = True
             buf += data
             try:
                 hello = parse_client_hello(buf)

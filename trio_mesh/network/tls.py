@@ -378,6 +378,8 @@ class TlsStream:
                 except ssl.SSLError as exc:
                     raise trio.BrokenResourceError(f"TLS error: {exc.reason or exc}") from None
                 else:
+                    if incoming.pending and len(data) < max_bytes:
+                        data = self._read_more(data, max_bytes)
                     if self._out.pending:  # a post-handshake message asked for an answer
                         await self._flush()
                     return data
@@ -403,6 +405,29 @@ class TlsStream:
                 return b""
             idle += len(raw)
             incoming.write(raw)
+
+    def _read_more(self, data: bytes, max_bytes: int) -> bytes:
+        """``data`` and the plaintext of the other records already received, up to
+        ``max_bytes``: as a socket read returns all it has. ``SSLObject.read`` returns one
+        record; one left in the buffer would be invisible to a reader that judges a
+        connection by what it read (an HTTP/1 upstream's bytes after its response in a record
+        of their own: the pool would reuse the connection and hand them to the next request)."""
+        obj = self._c
+        parts = [data]
+        size = len(data)
+        while size < max_bytes and (self._in.pending or obj.pending()):
+            try:
+                more = obj.read(max_bytes - size)
+            except ssl.SSLZeroReturnError:  # close_notify: the next receive says EOF
+                self._eof = True
+                break
+            except ssl.SSLError:  # a partial record (want read), or a broken one: next time
+                break
+            if not more:
+                break
+            parts.append(more)
+            size += len(more)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
         obj = self._c

@@ -150,17 +150,20 @@ class Pools:
         """``upstream_protocol: Auto`` to a TLS host: the protocol its ALPN answer picks,
         ``"h2"`` or ``"http/1.1"`` (no ALPN: HTTP/1), learned once per host. The first caller
         connects offering both and hands the connection to that protocol's pool; the others
-        wait for it, and fail as it failed. Raises ``ConnectError`` or ``CircuitOpenError``."""
-        protocol = host.protocol
-        if protocol is not None:
-            return protocol
-        current = self._negotiating.get(host)
-        if current is not None:
+        wait for it, and fail as it failed (one cancelled with its request: a waiter takes
+        over). Raises ``ConnectError`` or ``CircuitOpenError``."""
+        while True:
+            protocol = host.protocol
+            if protocol is not None:
+                return protocol
+            current = self._negotiating.get(host)
+            if current is None:
+                break
             await current.done.wait()
-            if host.protocol is None:
-                assert current.error is not None
+            if host.protocol is None and current.error is not None:
                 raise current.error
-            return host.protocol
+            # No error: the request that negotiated went away (cancelled): one waiter
+            # negotiates in its place; another's timeout is not this request's failure.
         current = self._negotiating[host] = _Negotiation()
         try:
             stream = await cluster.connect(host, ALPN_AUTO)
@@ -185,9 +188,10 @@ class Pools:
         except (ConnectError, CircuitOpenError) as exc:
             current.error = exc
             raise
-        except BaseException:
+        except Exception:
             current.error = ConnectError(f"{host.label}: the protocol was not negotiated")
             raise
+        # Cancelled (its request timed out, its client went away): ``error`` stays None.
         finally:
             del self._negotiating[host]
             current.done.set()

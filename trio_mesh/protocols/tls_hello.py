@@ -11,8 +11,9 @@ chain, the certificate. ``parse_client_hello(data)`` answers from the bytes read
 
 The ClientHello may span several records (RFC 8446 5.1: handshake messages may be fragmented
 over records); a peer that keeps sending without finishing it is cut at ``limit`` bytes of
-handshake plus the record headers that carried them. Nothing else is ever raised, whatever the
-bytes (the tests fuzz it).
+handshake plus the record headers that carried them, or at 64 records (the caller parses
+again after each read: thousands of one-byte records would make that quadratic). Nothing
+else is ever raised, whatever the bytes (the tests fuzz it).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def parse_client_hello(data: bytes, *, limit: int = MAX_HELLO_BYTES) -> ClientHe
     body = bytearray()
     pos = 0
     need: int | None = None  # the handshake message's full length, once its header is in
+    records = 0
     while need is None or len(body) < need:
         if len(data) - pos < _RECORD_HEADER:
             return _more(data, raw_limit)
@@ -99,6 +101,11 @@ def parse_client_hello(data: bytes, *, limit: int = MAX_HELLO_BYTES) -> ClientHe
         pos += _RECORD_HEADER + size
         if need is None:
             need = _message_length(body, limit)
+        records += 1
+        if records >= _MAX_RECORDS and (need is None or len(body) < need):
+            # Each read parses again from the start: a hello in thousands of one-byte
+            # records would cost seconds of CPU. Real ones take one record, two at most.
+            raise HelloError(f"no ClientHello in {_MAX_RECORDS} records")
     if len(body) != need:
         # RFC 8446 5.1: a record that ends the ClientHello must not carry the next message.
         raise HelloError("bytes after the ClientHello in its last record")

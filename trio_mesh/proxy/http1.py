@@ -619,7 +619,8 @@ class _Session:
             return event.data
         if type(event) is EndOfMessage:
             self.finished = True
-            self.request_trailers = event.trailers
+            trailers = event.trailers
+            self.request_trailers = self.xfcc.trailers(trailers) if trailers else trailers
             self._request_complete(self.info)
             return b""
         # a head inside a body: the parser's framing says otherwise (a bug)

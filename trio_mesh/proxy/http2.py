@@ -52,7 +52,7 @@ from .observers import listener_observers
 from .record import RequestRecord
 from .replies import TIMEOUT, Flag, Reply
 from .settings import h2_settings
-from .xfcc import ConnectionXfcc, XfccPolicy
+from .xfcc import DROP, ConnectionXfcc, XfccPolicy
 
 log = logging.getLogger("trio_mesh.proxy.http2")
 
@@ -197,6 +197,7 @@ class _Stream:
         "scope",
         "sid",
         "started",
+        "xfcc",
     )
 
     #: ResponseSink: each write goes to the connection's writer at once.
@@ -220,6 +221,7 @@ class _Stream:
         self.channel = channel
         self.info = info
         self.started = False  # response headers went downstream
+        self.xfcc: ConnectionXfcc = DROP  # the connection's, set by ``handle``
         self.grpc = False
         #: The parsed request head (`_UNPARSED` until `handle` parsed it: only a 400 reads it).
         self.request = _UNPARSED
@@ -251,6 +253,7 @@ class _Stream:
         proxy = self.proxy
         info = self.info
         self.scope = scope
+        self.xfcc = xfcc  # for the request's trailers
         try:
             req = self.request = request_from_h2(event.headers, drop_xfcc=xfcc.drop)
         except H2HeaderError as exc:
@@ -454,7 +457,8 @@ class _Stream:
                 return data
             if type(event) is Trailers:
                 self.finished = True
-                self.request_trailers = event.headers
+                trailers = event.headers
+                self.request_trailers = self.xfcc.trailers(trailers) if trailers else trailers
                 info.request_received_duration = _monotonic() - info.start
                 return b""
 

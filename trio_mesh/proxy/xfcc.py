@@ -40,6 +40,15 @@ class ConnectionXfcc:
         self.value = value
         self.append = append
 
+    def trailers(self, trailers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """A request's trailers without the client's XFCC unless its header goes on as it
+        is (``KEEP``): an upstream that folds trailers into the headers (older Tomcat did)
+        must not find there what the header was cleaned of. Trailers are rare: not on the
+        common path."""
+        if (self.drop or self.value is not None) and any(n == XFCC for n, _ in trailers):
+            return [h for h in trailers if h[0] != XFCC]
+        return trailers
+
     def apply(self, headers: list[tuple[bytes, bytes]]) -> None:
         """Add this hop's element to ``headers`` (a request's own list; the client's XFCC
         already dropped when ``drop``), in place: set, or appended to the client's elements
