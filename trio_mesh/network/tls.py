@@ -172,6 +172,7 @@ class TlsStream:
         "_app",
         "_closed",
         "_eof",
+        "_failed",
         "_in",
         "_out",
         "_raw",
@@ -202,6 +203,8 @@ class TlsStream:
         #: Plaintext read by ``readable_now``, returned by the next receive.
         self._app = b""
         self._eof = False
+        #: OpenSSL refused a record read ahead (``_read_more``): the next receive says so.
+        self._failed = ""
         self._closed = False
         self.info: TlsInfo
 
@@ -385,6 +388,8 @@ class TlsStream:
                     return data
             if self._eof:
                 return b""
+            if self._failed:
+                raise trio.BrokenResourceError(self._failed)
             if idle:
                 if idle > MAX_IDLE_CIPHERTEXT:
                     self.abort()
@@ -418,10 +423,13 @@ class TlsStream:
         while size < max_bytes and (self._in.pending or obj.pending()):
             try:
                 more = obj.read(max_bytes - size)
+            except ssl.SSLWantReadError:  # a partial record: the next receive completes it
+                break
             except ssl.SSLZeroReturnError:  # close_notify: the next receive says EOF
                 self._eof = True
                 break
-            except ssl.SSLError:  # a partial record (want read), or a broken one: next time
+            except ssl.SSLError as exc:  # a broken record: the next receive fails
+                self._failed = f"TLS error: {exc.reason or exc}"
                 break
             if not more:
                 break
