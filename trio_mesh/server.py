@@ -22,9 +22,9 @@ from .filters.stream import FilterChainFactory
 from .network.budget import ListenerBudget
 from .network.chains import Chain, Identities
 from .network.connection import Connection
-from .network.dispatch import ChainDispatcher, identities
+from .network.dispatch import ChainDispatcher
 from .network.listener import Handler, ListenerRuntime, bind
-from .network.tls_context import ServerTls, TlsConfigError, server_tls
+from .network.tls_context import ServerTls, TlsConfigError, identities, server_tls
 from .pool import Pools
 from .proxy import network_filter as _proxy_filter  # noqa: F401 - registers the proxy filter
 from .router import RouteTable

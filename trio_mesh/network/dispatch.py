@@ -22,21 +22,18 @@ Failures are counted in the listener's stats and logged at most once a second.
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..config.model import FilterChain
 from ..protocols.tls_hello import NEED_MORE, NOT_TLS, ClientHello, HelloError, parse_client_hello
 from ..stats import ListenerStats
-from .chains import Chain, ChainSelector, Identities
+from .chains import Chain, ChainSelector
 from .connection import DRAIN_IDLE_GRACE
 from .stream import Stream
 from .throttled_log import ThrottledLog
-from .tls import TlsError, TlsStream, format_name
-from .tls_context import ServerTls, _pem_file
+from .tls import TlsError, TlsStream
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -44,23 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("trio_mesh.listener")
 
 _READ = 16384
-
-
-def identities(chain: FilterChain, server_tls: ServerTls | None, path: str) -> Identities:
-    """Each context's own certificate, its subject and URI SANs, from the chain's config (the
-    contexts are those whose ``status`` is on, in order; read at configuration time)."""
-    if server_tls is None:
-        return {}
-    out: Identities = {}
-    for config, (_, ctx) in zip(chain.tls_configs(), server_tls.contexts, strict=False):
-        try:
-            with _pem_file(config.cert_chain, path, "cert_chain") as name:
-                decoded = ssl._ssl._test_decode_cert(name)  # type: ignore[attr-defined]
-        except Exception:  # only for logs and XFCC By=: a certificate that loaded has them
-            continue
-        uris = tuple(v for k, v in decoded.get("subjectAltName", ()) if k == "URI")
-        out[ctx] = (format_name(decoded.get("subject")), uris)
-    return out
 
 
 class ReplayStream:

@@ -27,6 +27,7 @@ from ..config import tls as tlsconf
 from ..config.model import FilterChain, MeshConfig
 from ..config.tls import TlsConfig
 from ..errors import StartupError
+from .tls import format_name
 
 log = logging.getLogger("trio_mesh.tls")
 
@@ -359,3 +360,25 @@ def check_or_raise(config: MeshConfig) -> None:
     errors = check_config(config)
     if errors:
         raise TlsConfigError("\n".join(errors))
+
+
+#: Each context's own certificate: its subject and URI SANs (XFCC ``By=``,
+#: ``%DOWNSTREAM_LOCAL_SUBJECT%``), by context (``network.chains.Identities``).
+Identities = dict[ssl.SSLContext, tuple[str | None, tuple[str, ...]]]
+
+
+def identities(chain: FilterChain, server_tls: ServerTls | None, path: str) -> Identities:
+    """Each context's own certificate, its subject and URI SANs, from the chain's config (the
+    contexts are those whose ``status`` is on, in order; read at configuration time)."""
+    if server_tls is None:
+        return {}
+    out: Identities = {}
+    for config, (_, ctx) in zip(chain.tls_configs(), server_tls.contexts, strict=False):
+        try:
+            with _pem_file(config.cert_chain, path, "cert_chain") as name:
+                decoded = ssl._ssl._test_decode_cert(name)  # type: ignore[attr-defined]
+        except Exception:  # only for logs and XFCC By=: a certificate that loaded has them
+            continue
+        uris = tuple(v for k, v in decoded.get("subjectAltName", ()) if k == "URI")
+        out[ctx] = (format_name(decoded.get("subject")), uris)
+    return out
