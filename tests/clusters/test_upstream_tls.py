@@ -452,6 +452,8 @@ async def test_a_plaintext_server_is_a_tls_error_not_a_cleartext_request(nursery
     assert server.clusters.get("up").stats.ssl_connection_error == 1
     (line,) = read_access_log(log_path)
     assert (line["response_code"], line["response_flag"]) == (503, "UF"), line
+    # MOSN's %upstream_transport_failure_reason%: OpenSSL's reason for the failed handshake
+    assert line["upstream_transport_failure_reason"].startswith("TLS error: "), line
 
 
 async def test_host_tls_disable_connects_in_cleartext(nursery, pki):

@@ -153,7 +153,7 @@ def test_missing_values_render_as_dash():
     assert access_log("stdout").format(RequestRecord()) == "- - - 0 0 - 0 - - 0 - - - -"
     everything = " ".join(f"%{name}%" for name in VARIABLES)
     line = access_log("stdout", log_format=everything).format(RequestRecord())
-    assert line.split(" ") == ["-", "-", "-", "-", "0", "0", "-", "0", *["-"] * 24]
+    assert line.split(" ") == ["-", "-", "-", "-", "0", "0", "-", "0", *["-"] * 25]
 
 
 def test_request_text_cannot_break_the_line():
@@ -189,6 +189,7 @@ def test_json_lines_carry_every_variable(utc):
         "authority": "example.com",
         "user_agent": "curl/8.0",
         "route_name": "api",
+        "upstream_transport_failure_reason": None,
         "x-mosn-rpc-service": "com.example.Echo:1.0",
         "x-mosn-rpc-method": "echo",
         **dict.fromkeys(TLS_VARIABLES),  # a plaintext request: every TLS key, null

@@ -42,6 +42,7 @@ RECORDED = (
     "authority",
     "user_agent",
     "route_name",
+    "upstream_transport_failure_reason",
     # MOSN's RPC variables (types.VarHeaderRPCService, types.VarHeaderRPCMethod)
     "x-mosn-rpc-service",
     "x-mosn-rpc-method",
@@ -53,7 +54,6 @@ PLACEHOLDERS = (
     "upstream_local_address",
     "request_finished_duration",
     "process_time_duration",
-    "upstream_transport_failure_reason",
     "protocol_config",
 )
 #: Other MOSN names for the same variable.

@@ -237,6 +237,7 @@ def _text_getters() -> dict[str, tuple[Getter, Getter]]:
         "authority": string("authority"),
         "user_agent": string("user_agent"),
         "route_name": string("route_name"),
+        "upstream_transport_failure_reason": string("upstream_transport_failure_reason"),
         # MOSN's variables of an RPC (xprotocol) request: types.VarHeaderRPCService/Method
         "x-mosn-rpc-service": string("rpc_service"),
         "x-mosn-rpc-method": string("rpc_method"),

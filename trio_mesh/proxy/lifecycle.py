@@ -679,6 +679,8 @@ async def forward(
                     body.rewind()
                     continue
                 failed = exc.reply
+                if failed.transport_failure is not None:
+                    info.upstream_transport_failure_reason = failed.transport_failure
                 if (
                     retry is None
                     or failed.cause is Cause.REFUSED

@@ -44,6 +44,7 @@ class RequestRecord:
         "rpc_service",
         "rpc_method",
         "tls",
+        "upstream_transport_failure_reason",
     )
 
     def __init__(
@@ -114,6 +115,8 @@ class RequestRecord:
         #: handshake's SSLObject (its peer certificate is decoded on first use), never the
         #: connection: no cycle.
         self.tls = tls
+        #: Why the last try's transport to the upstream failed (a TLS handshake's reason).
+        self.upstream_transport_failure_reason: str | None = None
 
     def add_flag(self, flag: str) -> None:
         """Add an Envoy response flag (``UH``...) to ``response_flag``, once."""

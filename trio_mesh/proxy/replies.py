@@ -97,6 +97,7 @@ class Reply:
         "headers",
         "rpc_error",
         "status",
+        "transport_failure",
     )
 
     def __init__(
@@ -130,6 +131,9 @@ class Reply:
         self.h1_keep: bytes | None = None
         self.h1_close: bytes | None = None
         self.grpc_headers: tuple[Header, ...] | None = None
+        #: Why the transport to the upstream failed (``TLS error: ...``), for the access
+        #: log's ``%upstream_transport_failure_reason%``; ``None``: not a transport failure.
+        self.transport_failure: str | None = None
 
     def __repr__(self) -> str:
         return f"Reply({self.status}, {self.flag!r}, {self.body!r})"
@@ -234,6 +238,7 @@ def connect_failure(exc: ConnectError) -> Reply:
                           ErrorKind.UPSTREAM_FAILURE,
                           _RESET_BEFORE_HEADERS + b"connection failure, transport failure"
                           b" reason: TLS error: " + reason + b"\n")  # fmt: skip
+        reply.transport_failure = "TLS error: " + reason.decode("ascii")
         if len(_TLS_FAILURES) < _TLS_FAILURES_MAX:
             _TLS_FAILURES[exc.reason] = reply
     return reply

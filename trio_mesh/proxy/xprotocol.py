@@ -529,6 +529,8 @@ class _XSession:
         record.response_code = result.status
         if result.flag:
             record.add_flag(result.flag)
+        if result.transport_failure is not None:
+            record.upstream_transport_failure_reason = result.transport_failure
         if frame.is_oneway:
             if result.by_filter:
                 log.info(
