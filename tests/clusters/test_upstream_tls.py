@@ -622,6 +622,35 @@ async def test_bolt_cluster_over_tls(nursery, pki):
     assert server.clusters.get("up").stats.ssl_handshake == 1
 
 
+async def test_bolt_call_to_a_failing_tls_upstream_logs_the_reason(nursery, pki, tmp_path):
+    """An RPC call whose upstream handshake fails: the codec's error response, flag UF, and
+    OpenSSL's reason in %upstream_transport_failure_reason% (the RPC reply path records it)."""
+
+    async def plain(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)  # the ClientHello, answered in the clear
+        await stream.send_all(b"not TLS at all\r\n")
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), plain, 0)
+    up_port = listeners[0].socket.getsockname()[1]
+    listener, log_path = access_log(tmp_path)
+    config = http_config(
+        routes=ANY_SERVICE,
+        clusters=[tls_cluster(up_port, ca_cert=str(pki.ca.cert), server_name="localhost")],
+        proxy={"downstream_protocol": "bolt"},
+        listener=listener,
+    )
+    async with running_proxy(config) as (_, port):
+        with trio.fail_after(10):
+            client = await BoltClient.connect(port)
+            await client.send(request(1, b"ping"))
+            resp = await client.read()
+            await client.stream.aclose()
+    assert resp.request_id == 1 and resp.status != 0  # an error response, not a hang
+    (line,) = read_access_log(log_path)
+    assert line["response_flag"] == "UF", line
+    assert line["upstream_transport_failure_reason"].startswith("TLS error: "), line
+
+
 # --------------------------------------------------------------------------- units
 
 
