@@ -298,3 +298,19 @@ def test_format_name_escapes() -> None:
     name = ((("organizationName", "A, B"),), (("commonName", " lead"),))
     assert format_name(name) == "CN=\\ lead,O=A\\, B"
     assert format_name(()) is None
+
+
+async def test_a_broken_record_read_ahead_makes_the_stream_readable(
+    tls_pair: tuple[trio.SSLStream[trio.SocketStream], TlsStream],
+) -> None:
+    """Data, then a record that does not decrypt, in one read: the data is returned, and the
+    stream then says so at once: to a pool, readable (dead), not idle-alive; the next read
+    fails instead of waiting on the socket."""
+    peer, ours = tls_pair
+    await peer.send_all(b"ok")
+    await peer.transport_stream.send_all(b"\x17\x03\x03\x00\x20" + b"\x01" * 0x20)
+    # loopback: both are in our socket's queue once the sends returned
+    assert await ours.receive_some() == b"ok"
+    assert ours.readable_now()
+    with pytest.raises(trio.BrokenResourceError):
+        await ours.receive_some()

@@ -84,8 +84,6 @@ class ChainSelector:
                     self._suffix.setdefault(name[1:], []).append(chain)
                 else:
                     self._exact.setdefault(name, []).append(chain)
-        self.uses_server_names = bool(self._exact or self._suffix)
-        self.uses_alpn = any(c.match is not None and c.match.application_protocols for c in chains)
 
     def select(self, sni: str | None, tls: bool, alpn: Sequence[str] = ()) -> Chain | None:
         found = self._by_transport(self._by_name(sni), "tls" if tls else "raw_buffer")

@@ -499,7 +499,7 @@ class TlsStream:
     def readable_now(self) -> bool:
         """Data or EOF waits: for an idle pooled connection, it is dead. TLS records that carry
         no data (a TLS 1.3 session ticket) are read and do not count."""
-        if self._app or self._eof or self._ssl.pending():
+        if self._app or self._eof or self._failed or self._ssl.pending():
             return True
         sock = self.socket
         for _ in range(4):

@@ -2,9 +2,10 @@
 
 Every check that can fail runs here and raises ``TlsConfigError`` whose message starts with
 the key's path: a file that cannot be read, a key that does not match its certificate, a cipher
-this OpenSSL does not have, a version below TLS 1.2, several curves. Config validation calls
-the builders before any port is bound, and the server calls them again at each run or apply,
-so a reload re-reads every certificate file (rotation).
+this OpenSSL does not have, a version below TLS 1.2, several curves. A configuration file's
+validation calls the builders before any port is bound (``check_config``), and the server
+builds the contexts it uses at each run or apply (``server.build_contexts``, in a thread), so
+a reload or an xDS update re-reads every certificate file (rotation).
 
 Safe defaults: TLS 1.2 at least, no compression, no renegotiation, no session tickets unless
 ``ticket`` is on, server cipher preference.
@@ -336,7 +337,9 @@ def check_config(
     config: MeshConfig, *, server_alpn: Callable[[FilterChain], tuple[str, ...]] | None = None
 ) -> list[str]:
     """Build every TLS context of ``config``; one ``path: reason`` line per failing one.
-    Config validation (``cli validate``/``run``, reload, xDS) runs it before binding."""
+    The validation of a configuration file (``trio-mesh validate``, ``run``, the SIGHUP
+    re-read) runs it before binding; ``Server.run``/``apply`` (xDS updates too) build the
+    contexts they use in ``server.build_contexts``, refusing on the same errors."""
     errors: list[str] = []
     for si, server in enumerate(config.servers):
         for li, listener in enumerate(server.listeners):
@@ -353,13 +356,6 @@ def check_config(
         except TlsConfigError as exc:
             errors.append(str(exc))
     return errors
-
-
-def check_or_raise(config: MeshConfig) -> None:
-    """``check_config``, raising the first error as a ``TlsConfigError`` (``StartupError``)."""
-    errors = check_config(config)
-    if errors:
-        raise TlsConfigError("\n".join(errors))
 
 
 #: Each context's own certificate: its subject and URI SANs (XFCC ``By=``,

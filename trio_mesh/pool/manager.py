@@ -161,7 +161,9 @@ class Pools:
                 break
             await current.done.wait()
             if host.protocol is None and current.error is not None:
-                raise current.error
+                # One error object for every waiter: its traceback reset each time, so it
+                # does not grow with the number of requests that waited.
+                raise current.error.with_traceback(None)
             # No error: the request that negotiated went away (cancelled): one waiter
             # negotiates in its place; another's timeout is not this request's failure.
         current = self._negotiating[host] = _Negotiation()

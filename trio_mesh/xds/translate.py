@@ -1390,20 +1390,22 @@ _LISTENER_FIELDS = frozenset(
 
 
 def _listener_filters(lst: t.Listener, at: _At, doc: dict[str, Any]) -> None:
-    """Envoy's TLS inspector tells TLS from plaintext by the first bytes: MOSN's
-    ``inspector``. Any other listener filter is refused."""
+    """Envoy's TLS inspector: accepted, and nothing to set. It only reads the ClientHello
+    (server name, ALPN, TLS or not) for the filter chain match, which every listener with a
+    TLS chain or a match does here anyway. It is NOT MOSN's ``inspector`` (a plaintext
+    client served in cleartext by a TLS chain): in Envoy a plaintext client on a chain with a
+    TLS transport socket fails its handshake, and an xDS listener that means plaintext says so
+    with a ``raw_buffer`` chain. Any other listener filter is refused."""
     for i, lf in enumerate(lst.listener_filters):
         fat = at / "listener_filters" / i
         _only(lf, fat, {"name", "typed_config"})
         if lf.typed_config is None and lf.name == "envoy.filters.listener.tls_inspector":
-            doc["inspector"] = True
             continue
         if lf.typed_config is None:
             raise fat.error(f"{lf.name!r}: {UNSUPPORTED}")
         inspector = _unpack(lf.typed_config, fat / "typed_config", (t.TLS_INSPECTOR_TYPE,))
         # JA3/JA4 fingerprints are not computed; the read buffer size is a tuning hint.
         _only(inspector, fat / "typed_config", {"initial_read_buffer_size"})
-        doc["inspector"] = True
 
 
 def _filter_chain(chain: Any, cat: _At, doc: dict[str, Any], parts: ListenerParts) -> dict:
