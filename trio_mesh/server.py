@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -115,12 +116,21 @@ class Server:
         self._applying = trio.Lock()  # one configuration swap at a time
         #: The xDS runtime (``trio_mesh.xds.runtime.XdsRuntime``) when a control plane is set.
         self.xds: Any = None
+        #: Envoy's server states: ``PRE_INITIALIZING`` until every listener is bound and
+        #: serving (and xDS warm), then ``LIVE``; ``DRAINING`` once a drain began.
+        self.state = "PRE_INITIALIZING"
+        #: ``POST /healthcheck/fail`` (admin): readiness and health-check answers fail.
+        self.health_failed = False
+        #: ``time.time()`` / ``time.monotonic()`` when ``run`` began (uptime).
+        self.started_at = 0.0
+        self.started_monotonic = 0.0
 
     async def drain(self, timeout: float) -> bool:
         """Stop gracefully: stop accepting, let requests in flight finish (HTTP/2 streams
         after a GOAWAY, HTTP/1 with ``Connection: close``), close idle connections; within
         ``timeout`` seconds. True if everything finished in time. Cancel the server's
         nursery afterwards to close the rest."""
+        self.state = "DRAINING"
         for runtime in self.listeners.values():
             runtime.drain()
         with trio.move_on_after(timeout):
@@ -197,6 +207,7 @@ class Server:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        self.started_at, self.started_monotonic = time.time(), time.monotonic()
         # Every TLS context builds (files read, keys matched) before any port is bound, once,
         # in a thread: OpenSSL's loads would stall the event loop.
         contexts = await trio.to_thread.run_sync(build_contexts, self.config)
@@ -237,6 +248,8 @@ class Server:
 
                     self.xds = XdsRuntime(self, settings, self.config)
                     await nursery.start(self.xds.run)
+                if self.state == "PRE_INITIALIZING":
+                    self.state = "LIVE"
                 task_status.started(self)
         finally:
             self._nursery = None

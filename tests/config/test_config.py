@@ -310,14 +310,14 @@ def pending_doc() -> dict[str, Any]:
     doc = minimal_doc()
     listener(doc)["listener_filters"] = [{"type": "original_dst"}]
     cluster(doc)["Health_Check"] = {"timeout": "1s"}
-    doc["tracing"] = {"enable": True}
+    doc["pprof"] = {"debug": True}
     return doc
 
 
 PENDING_WARNINGS = (
     "servers[0].listeners[0].listener_filters: known MOSN key, not implemented yet: ignored",
     "cluster_manager.clusters[0].health_check: known MOSN key, not implemented yet: ignored",
-    "tracing: known MOSN key, not implemented yet: ignored",
+    "pprof: known MOSN key, not implemented yet: ignored",
 )
 
 
@@ -675,8 +675,8 @@ def test_several_errors_are_reported_together() -> None:
     assert_errors(
         doc,
         [
-            "bogus: unknown key (known keys: admin, cluster_manager, dynamic_resources, node, "
-            "servers, static_resources, xds)",
+            "bogus: unknown key (known keys: admin, cluster_manager, dynamic_resources, metrics,"
+            " node, servers, static_resources, tracing, xds)",
             f"{L0}.address: expected host:port, got '80'",
             f"{F0}[0].config.idle_timeout: {DURATION} 5",
             f"{F0}[0].config.cluster: unknown cluster 'gone' (defined: up)",

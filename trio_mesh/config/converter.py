@@ -23,7 +23,8 @@ from cattrs.gen import make_dict_structure_fn
 
 from . import values
 from .filter_configs import filter_config_class, known_filters
-from .model import AdminConfig, FilterConfig
+from .model import FilterConfig
+from .observability import AdminConfig
 from .routes import FILTER_DISABLED, PerFilterConfig
 from .scalars import (
     Address,

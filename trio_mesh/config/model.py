@@ -15,6 +15,7 @@ import attrs
 from attrs import frozen
 
 from . import refused
+from .observability import AdminConfig, MetricsConfig, TracingConfig
 from .refused import Refusal
 from .routes import RouterConfig
 from .scalars import (
@@ -255,20 +256,14 @@ class ClusterManagerConfig:
 
 
 @frozen(kw_only=True)
-class AdminConfig:
-    """MOSN and Envoy write ``{"address": {"socket_address": {"address", "port_value"}}}``;
-    a plain ``"host:port"`` string is accepted too."""
-
-    address: Address
-
-
-@frozen(kw_only=True)
 class MeshConfig:
     """The whole configuration of one proxy."""
 
     servers: tuple[ServerConfig, ...] = ()
     cluster_manager: ClusterManagerConfig = ClusterManagerConfig()
     admin: AdminConfig | None = None
+    metrics: MetricsConfig | None = None
+    tracing: TracingConfig | None = None
     #: The control plane (see ``config.xds``): Envoy's bootstrap keys, or the short ``xds``.
     node: Node | None = None
     dynamic_resources: dict[str, Any] | None = None
@@ -277,8 +272,6 @@ class MeshConfig:
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
         {
-            "tracing",
-            "metrics",
             "pprof",
             "pid",
             "plugin",
