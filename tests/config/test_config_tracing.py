@@ -146,6 +146,15 @@ def test_no_tracing_block_is_none_and_an_empty_one_changes_nothing() -> None:
             " got {'x-token': 5}",
         ),
         (
+            {"provider": {**OTEL, "config": {"headers": {"x-a": "1\r\nx-admin: yes"}}}},
+            f"{T}.provider.config.headers.x-a: header value may not contain CR, LF or NUL,"
+            " got '1\\r\\nx-admin: yes'",
+        ),
+        (
+            {"provider": {**OTEL, "config": {"headers": {"bad name": "1"}}}},
+            f"{T}.provider.config.headers.bad name: invalid header name 'bad name'",
+        ),
+        (
             {"sampling": 10},
             f"{T}.sampling: unknown key (known keys: client_sampling, custom_tags,"
             " max_path_tag_length, overall_sampling, provider, random_sampling, verbose)",

@@ -26,7 +26,7 @@ from attrs import frozen
 
 from .errors import at
 from .observability import TracingConfig
-from .routes import Problem, _raise
+from .routes import Problem, _header_value_problem, _raise, header_name_problem
 from .scalars import PositiveInt
 
 if TYPE_CHECKING:
@@ -70,6 +70,10 @@ def _provider_problems(provider: TracingConfig) -> list[Problem]:
         problems.append(
             (("config", "headers"), f"expected a mapping of names to strings, got {headers!r}")
         )
+    elif headers is not None:
+        for k, v in headers.items():
+            if (p := header_name_problem(k) or _header_value_problem(v)) is not None:
+                problems.append((("config", "headers", k), p))
     return problems
 
 
