@@ -110,6 +110,8 @@ def test_opentelemetry_over_http_becomes_the_listener_provider(
                     t.HeaderValueOption(
                         header=t.HeaderValue(key="authorization", raw_value=b"Bearer t")
                     ),
+                    t.HeaderValueOption(header=t.HeaderValue(key="x-empty")),  # not added
+                    t.HeaderValueOption(header=t.HeaderValue(key="x-kept"), keep_empty_value=True),
                 ],
             ),
         ),
@@ -125,7 +127,7 @@ def test_opentelemetry_over_http_becomes_the_listener_provider(
             config={
                 "endpoint": OTLP,
                 "export_timeout": "250ms",
-                "headers": {"x-tenant": "a, b", "authorization": "Bearer t"},
+                "headers": {"x-tenant": "a, b", "authorization": "Bearer t", "x-kept": ""},
                 "service_name": "ingress-gw",
             },
         ),

@@ -5,7 +5,8 @@ goes through ``trio_mesh.config.load.parse_config`` and is validated like a file
 strict: a field that is set but that trio-mesh does not implement raises `ConvertError` naming
 its Envoy path, instead of being dropped (a dropped auth or match field would change what the
 proxy does). Only fields with no effect on forwarding (stats names, metadata, tuning hints) are
-ignored.
+ignored. The HCM's ``tracing`` is the one exception (neither security nor access): a tracer
+trio-mesh cannot export to leaves that listener untraced, with a warning (see `_tracing`).
 
 Upstream protocol: MOSN puts it on the ``proxy`` filter, Envoy on the cluster. The listener's
 ``proxy`` is given ``upstream_protocol: Http1`` (Envoy's default); `cluster_is_http2` tells a
@@ -1272,8 +1273,13 @@ _HCM_FIELDS = frozenset(
 # warnings are not reported anywhere else.
 
 OTEL_TRACER = "envoy.tracers.opentelemetry"
-#: The proxy's ``tracing.provider`` of a listener that is not traced.
-_TRACING_OFF: dict[str, Any] = {"enable": False}
+
+
+def _tracing_off() -> dict[str, Any]:
+    """The proxy's ``tracing.provider`` of a listener that is not traced."""
+    return {"enable": False}
+
+
 _TRACING_FIELDS = frozenset(
     {
         "client_sampling",
@@ -1353,7 +1359,7 @@ def _tracer(provider: Any, at: _At) -> dict[str, Any]:
             f"{provider.name or '-'} ({what}): {UNSUPPORTED} ({only}): tracing is off for"
             " this listener",
         )
-        return _TRACING_OFF
+        return _tracing_off()
     tat = at / "typed_config"
     otel = _unpack(any_, tat, (t.OTEL_TRACER_TYPE,))
     _only(otel, tat, {"grpc_service", "http_service", "service_name", *_OTEL_IGNORED})
@@ -1361,7 +1367,7 @@ def _tracer(provider: Any, at: _At) -> dict[str, Any]:
         key = "grpc_service" if otel.grpc_service is not None else "http_service"
         reason = "OTLP over gRPC" if key == "grpc_service" else "none"
         _warn(tat / key, f"{reason}: {UNSUPPORTED} ({only}): tracing is off for this listener")
-        return _TRACING_OFF
+        return _tracing_off()
     cls: type = type(otel)
     empty = _empty(cls)
     for key, why in _OTEL_IGNORED.items():
@@ -1403,6 +1409,8 @@ def _otlp_http(hs: Any, at: _At) -> dict[str, Any]:
         _only(opt.header, oat / "header", {"key", "value", "raw_value"})
         key = opt.header.key.lower()
         value = opt.header.value or opt.header.raw_value.decode("latin-1")
+        if not value and not opt.keep_empty_value:
+            continue  # Envoy adds no empty header unless told to
         problem = header_name_problem(key) or _header_value_problem(value)
         if problem is not None:
             raise (oat / "header").error(problem)
@@ -1499,7 +1507,7 @@ def _hcm(hcm: Any, at: _At, listener: dict[str, Any], parts: ListenerParts) -> d
     if hcm.tracing is not None:
         config["tracing"] = _tracing(hcm.tracing, at / "tracing")
     else:  # Envoy: an HCM without tracing is not traced, whatever else is configured
-        config["tracing"] = {"provider": _TRACING_OFF}
+        config["tracing"] = {"provider": _tracing_off()}
     return {"type": "proxy", "config": config}
 
 
