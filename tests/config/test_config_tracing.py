@@ -125,7 +125,7 @@ def test_no_tracing_block_is_none_and_an_empty_one_changes_nothing() -> None:
         ),
         (
             {"provider": {"enable": True}},
-            f"{T}.provider.driver: expected opentelemetry, got 'nothing'",
+            f"{T}.provider.driver: expected opentelemetry, got nothing",
         ),
         (
             {"provider": {"enable": True, "tracer": "SOFATracer"}},
@@ -153,6 +153,14 @@ def test_no_tracing_block_is_none_and_an_empty_one_changes_nothing() -> None:
         (
             {"provider": {**OTEL, "config": {"headers": {"bad name": "1"}}}},
             f"{T}.provider.config.headers.bad name: invalid header name 'bad name'",
+        ),
+        (
+            {"provider": {**OTEL, "config": {"random_sampling": 101}}},
+            f"{T}.provider.config.random_sampling: {PCT} 101",
+        ),
+        (
+            {"provider": {**OTEL, "config": {"random_sampling": True}}},
+            f"{T}.provider.config.random_sampling: {PCT} True",
         ),
         (
             {"sampling": 10},

@@ -37,7 +37,8 @@ DRIVERS = ("opentelemetry",)
 
 
 def _percent_problem(value: float) -> str | None:
-    if not (isinstance(value, (int, float)) and 0 <= value <= 100):  # NaN fails too
+    # bool is an int, but true is no percentage; NaN fails the range too
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 <= value <= 100):
         return f"expected a percentage from 0 to 100, got {value!r}"
     return None
 
@@ -51,7 +52,8 @@ def _provider_problems(provider: TracingConfig) -> list[Problem]:
     if driver not in DRIVERS:
         key = "driver" if provider.driver or not provider.tracer else "tracer"
         expected = ", ".join(DRIVERS)
-        problems.append(((key,), f"expected {expected}, got {driver or 'nothing'!r}"))
+        got = repr(driver) if driver else "nothing"
+        problems.append(((key,), f"expected {expected}, got {got}"))
     endpoint = provider.config.get("endpoint")
     if endpoint is not None and not (
         isinstance(endpoint, str) and endpoint.startswith(("http://", "https://"))
@@ -59,6 +61,9 @@ def _provider_problems(provider: TracingConfig) -> list[Problem]:
         problems.append(
             (("config", "endpoint"), f"expected an http:// or https:// URL, got {endpoint!r}")
         )
+    sampling = provider.config.get("random_sampling")
+    if sampling is not None and (p := _percent_problem(sampling)) is not None:
+        problems.append((("config", "random_sampling"), p))
     name = provider.config.get("service_name")
     if name is not None and not (isinstance(name, str) and name):
         problems.append((("config", "service_name"), f"expected a name, got {name!r}"))
