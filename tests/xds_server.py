@@ -35,6 +35,7 @@ from typing import Any
 from trio_mesh.xds.envoy_import import envoy_import
 
 with envoy_import():
+    import envoy_data_plane.envoy.config.trace.v3  # an HCM's tracing provider configs
     import envoy_data_plane.envoy.extensions.filters.http.router.v3
     import envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3
     import envoy_data_plane.envoy.extensions.transport_sockets.tls.v3  # noqa: F401

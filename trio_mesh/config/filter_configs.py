@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from attrs import frozen
 
+from .proxy_tracing import ProxyTracing
 from .routes import Problem, _raise
 from .scalars import Duration, NonNegativeInt, PositiveInt, cluster_ref, router_ref
 
@@ -310,6 +311,9 @@ class ProxyConfig:
     set_current_client_cert_details: ClientCertDetails = ClientCertDetails()
     #: Request body kept for a retry; a larger body is streamed once and not retried.
     retry_buffer_bytes: int = 64 * 1024
+    #: Envoy's HCM ``tracing`` (see :mod:`.proxy_tracing`); ``None``: the top-level
+    #: ``tracing`` block alone decides.
+    tracing: ProxyTracing | None = None
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
         {"name", "fallback_for_unknown_protocol", "router_handler_name"}

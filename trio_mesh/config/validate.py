@@ -8,6 +8,7 @@ from . import tls
 from .errors import at
 from .filter_configs import Protocol, ProxyConfig, is_terminal
 from .model import FilterChain, MeshConfig
+from .proxy_tracing import proxy_tracing_warnings
 
 
 def check_refs(normalized: dict, refs: list[tuple[str, str, str]]) -> list[str]:
@@ -218,6 +219,8 @@ def unenforced(config: MeshConfig) -> list[str]:
                     p = f"servers[{si}].listeners[{li}].filter_chains[{ci}].filters[{fi}].config"
                     if isinstance(f.config, ProxyConfig):
                         warnings += _proxy_unenforced(p, f.config)
+                        if f.config.tracing is not None:
+                            warnings += proxy_tracing_warnings(f"{p}.tracing", f.config.tracing)
                         if f.config.downstream_protocol not in (Protocol.HTTP1, Protocol.HTTP2):
                             warned_retries |= {f.config.router_config_name}
         for ri, router in enumerate(server.routers):

@@ -5,7 +5,8 @@ goes through ``trio_mesh.config.load.parse_config`` and is validated like a file
 strict: a field that is set but that trio-mesh does not implement raises `ConvertError` naming
 its Envoy path, instead of being dropped (a dropped auth or match field would change what the
 proxy does). Only fields with no effect on forwarding (stats names, metadata, tuning hints) are
-ignored.
+ignored. The HCM's ``tracing`` is the one exception (neither security nor access): a tracer
+trio-mesh cannot export to leaves that listener untraced, with a warning (see `_tracing`).
 
 Upstream protocol: MOSN puts it on the ``proxy`` filter, Envoy on the cluster. The listener's
 ``proxy`` is given ``upstream_protocol: Http1`` (Envoy's default); `cluster_is_http2` tells a
@@ -24,7 +25,7 @@ from typing import Any
 import attrs
 
 from ..config.duration import format_duration
-from ..config.routes import RETRY_CONDITIONS
+from ..config.routes import RETRY_CONDITIONS, _header_value_problem, header_name_problem
 from ..config.scalars import MAX_HOST_WEIGHT, MIN_HOST_WEIGHT, format_hostport
 from . import types as t
 from .envoy_import import envoy_import
@@ -1258,8 +1259,167 @@ _HCM_FIELDS = frozenset(
         "generate_request_id",
         "forward_client_cert_details",
         "set_current_client_cert_details",
+        "tracing",
     }
 )
+
+# --------------------------------------------------------------------------- HCM tracing
+#
+# Tracing changes neither security nor access, so the rule here is: a resource Envoy itself
+# would reject (a percentage over 100, a bad header) is refused with its path; a tracer Envoy
+# accepts but trio-mesh cannot export to (another tracer, OTLP over gRPC) turns this listener's
+# tracing off with a warning instead of refusing the listener and its traffic; a field not
+# enforced warns. The warnings go to the ``trio_mesh.xds`` log: an xDS snapshot's config
+# warnings are not reported anywhere else.
+
+OTEL_TRACER = "envoy.tracers.opentelemetry"
+
+
+def _tracing_off() -> dict[str, Any]:
+    """The proxy's ``tracing.provider`` of a listener that is not traced."""
+    return {"enable": False}
+
+
+_TRACING_FIELDS = frozenset(
+    {
+        "client_sampling",
+        "random_sampling",
+        "overall_sampling",
+        "verbose",
+        "max_path_tag_length",
+        "custom_tags",
+        "provider",
+        "spawn_upstream_span",
+        "operation",
+        "upstream_operation",
+    }
+)
+_SPAN_FIELDS = {
+    "verbose": "spans get no stream event logs yet",
+    "max_path_tag_length": "spans carry no path tag to truncate",
+    "custom_tags": "spans get no custom tags yet",
+    "spawn_upstream_span": "one server span per request, no upstream span",
+    "operation": "span names are not configurable yet",
+    "upstream_operation": "no upstream span",
+}
+_OTEL_IGNORED = {
+    "resource_detectors": "the resource has service.name only",
+    "sampler": "random_sampling alone decides which requests start a trace",
+    "max_cache_size": "the exporter's queue is bounded by the top-level config",
+    "set_telemetry_sdk_resource_attributes": "the SDK sets its own",
+}
+
+
+def _warn(at: _At, reason: str) -> None:
+    log.warning("%s %r: %s: %s", at.kind, at.name, at.path, reason)
+
+
+def _tracing_percent(p: Any, at: _At) -> float:
+    """An ``envoy.type.v3.Percent`` (0-100; Envoy refuses anything else)."""
+    _only(p, at, {"value"})
+    if not 0 <= p.value <= 100:  # NaN fails too
+        raise (at / "value").error(f"expected a percentage from 0 to 100, got {p.value:g}")
+    return float(p.value)
+
+
+def _tracing(tr: Any, at: _At) -> dict[str, Any]:
+    """HCM ``tracing`` -> the proxy's ``tracing`` (`trio_mesh.config.proxy_tracing`)."""
+    _only(tr, at, _TRACING_FIELDS)
+    out: dict[str, Any] = {}
+    if tr.random_sampling is not None:
+        out["random_sampling"] = _tracing_percent(tr.random_sampling, at / "random_sampling")
+    for key, why in (
+        ("client_sampling", "x-client-trace-id forces no trace here"),
+        ("overall_sampling", "random_sampling alone decides which requests start a trace"),
+    ):
+        if getattr(tr, key) is not None:
+            value = _tracing_percent(getattr(tr, key), at / key)
+            if value != 100:
+                _warn(at / key, f"{value:g}: not enforced: {why}: ignored")
+    cls: type = type(tr)  # type[Any] would not count as Hashable for the cache
+    empty = _empty(cls)
+    for key, why in _SPAN_FIELDS.items():
+        if getattr(tr, key) != getattr(empty, key):
+            _warn(at / key, f"not enforced: {why}: ignored")
+    # Envoy: no provider here means the bootstrap's; ours is the top-level ``tracing``
+    if tr.provider is not None:
+        out["provider"] = _tracer(tr.provider, at / "provider")
+    return out
+
+
+def _tracer(provider: Any, at: _At) -> dict[str, Any]:
+    """The OpenTelemetry tracer over OTLP/HTTP -> a ``TracingConfig``; any other: off."""
+    _only(provider, at, {"name", "typed_config"})
+    only = f"only {OTEL_TRACER} with an http_service"
+    any_ = provider.typed_config
+    if any_ is None or any_.type_url != t.OTEL_TRACER_TYPE:
+        what = any_.type_url if any_ is not None else "no typed_config"
+        _warn(
+            at / "typed_config",
+            f"{provider.name or '-'} ({what}): {UNSUPPORTED} ({only}): tracing is off for"
+            " this listener",
+        )
+        return _tracing_off()
+    tat = at / "typed_config"
+    otel = _unpack(any_, tat, (t.OTEL_TRACER_TYPE,))
+    _only(otel, tat, {"grpc_service", "http_service", "service_name", *_OTEL_IGNORED})
+    if otel.grpc_service is not None or otel.http_service is None:
+        key = "grpc_service" if otel.grpc_service is not None else "http_service"
+        reason = "OTLP over gRPC" if key == "grpc_service" else "none"
+        _warn(tat / key, f"{reason}: {UNSUPPORTED} ({only}): tracing is off for this listener")
+        return _tracing_off()
+    cls: type = type(otel)
+    empty = _empty(cls)
+    for key, why in _OTEL_IGNORED.items():
+        if getattr(otel, key) != getattr(empty, key):
+            _warn(tat / key, f"not enforced: {why}: ignored")
+    config = _otlp_http(otel.http_service, tat / "http_service")
+    if otel.service_name:
+        config["service_name"] = otel.service_name
+    return {"enable": True, "driver": "opentelemetry", "config": config}
+
+
+def _otlp_http(hs: Any, at: _At) -> dict[str, Any]:
+    """``http_service`` -> the exporter's ``endpoint``, ``export_timeout`` and ``headers``."""
+    _only(hs, at, {"http_uri", "request_headers_to_add", "formatters"})
+    uat = at / "http_uri"
+    if hs.http_uri is None or not hs.http_uri.uri:
+        raise (uat / "uri").error("a uri is required")
+    uri = hs.http_uri
+    _only(uri, uat, {"uri", "cluster", "timeout"})
+    if not uri.uri.startswith(("http://", "https://")):
+        raise (uat / "uri").error(f"expected an http:// or https:// URL, got {uri.uri!r}")
+    config: dict[str, Any] = {"endpoint": uri.uri}
+    if uri.cluster:
+        # the exporter has its own HTTP client: the uri's scheme decides TLS, not the cluster
+        _warn(
+            uat / "cluster",
+            f"{uri.cluster!r}: not enforced: spans go to the uri's host directly (its scheme"
+            " decides TLS), not through the cluster nor its transport socket: ignored",
+        )
+    if uri.timeout is not None:
+        config["export_timeout"] = _duration(uri.timeout, uat / "timeout", positive=True)
+    headers: dict[str, str] = {}
+    for i, opt in enumerate(hs.request_headers_to_add):
+        oat = at / "request_headers_to_add" / i
+        # each header is added once to a request of the exporter's own: append is moot
+        _only(opt, oat, {"header", "append", "append_action", "keep_empty_value"})
+        if opt.header is None:
+            raise (oat / "header").error("a header is required")
+        _only(opt.header, oat / "header", {"key", "value", "raw_value"})
+        key = opt.header.key.lower()
+        value = opt.header.value or opt.header.raw_value.decode("latin-1")
+        if not value and not opt.keep_empty_value:
+            continue  # Envoy adds no empty header unless told to
+        problem = header_name_problem(key) or _header_value_problem(value)
+        if problem is not None:
+            raise (oat / "header").error(problem)
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    if hs.formatters:
+        _warn(at / "formatters", "not enforced: header values are sent as written: ignored")
+    if headers:
+        config["headers"] = headers
+    return config
 
 
 def _hcm(hcm: Any, at: _At, listener: dict[str, Any], parts: ListenerParts) -> dict[str, Any]:
@@ -1344,6 +1504,10 @@ def _hcm(hcm: Any, at: _At, listener: dict[str, Any], parts: ListenerParts) -> d
             "dns": details.dns,
             "uri": details.uri,
         }
+    if hcm.tracing is not None:
+        config["tracing"] = _tracing(hcm.tracing, at / "tracing")
+    else:  # Envoy: an HCM without tracing is not traced, whatever else is configured
+        config["tracing"] = {"provider": _tracing_off()}
     return {"type": "proxy", "config": config}
 
 

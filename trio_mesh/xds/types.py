@@ -39,6 +39,8 @@ with envoy_import():
         Http1ProtocolOptions,
         Http2ProtocolOptions,
         HttpProtocolOptions,
+        HttpService,
+        HttpUri,
         Node,
         RoutingPriority,
         SocketAddress,
@@ -75,6 +77,7 @@ with envoy_import():
         WeightedCluster,
         WeightedClusterClusterWeight,
     )
+    from envoy_data_plane.envoy.config.trace.v3 import OpenTelemetryConfig, TracingHttp
     from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
     from envoy_data_plane.envoy.extensions.filters.listener.tls_inspector.v3 import TlsInspector
     from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -82,6 +85,7 @@ with envoy_import():
         HttpConnectionManagerCodecType,
         HttpConnectionManagerForwardClientCertDetails,
         HttpConnectionManagerSetCurrentClientCertDetails,
+        HttpConnectionManagerTracing,
         HttpFilter,
         Rds,
         ScopedRoutes,
@@ -115,7 +119,7 @@ with envoy_import():
         RegexMatcher,
         StringMatcher,
     )
-    from envoy_data_plane.envoy.type.v3 import Int64Range
+    from envoy_data_plane.envoy.type.v3 import Int64Range, Percent
     from envoy_data_plane.google.protobuf import Any, Duration, UInt32Value
     from envoy_data_plane.google.rpc import Status
     from envoy_data_plane.message_pool import default_message_pool
@@ -137,6 +141,7 @@ UPSTREAM_HTTP_OPTIONS_TYPE = type_url(UpstreamHttpProtocolOptions)
 DOWNSTREAM_TLS_TYPE = type_url(DownstreamTlsContext)
 UPSTREAM_TLS_TYPE = type_url(UpstreamTlsContext)
 TLS_INSPECTOR_TYPE = type_url(TlsInspector)
+OTEL_TRACER_TYPE = type_url(OpenTelemetryConfig)
 #: The key of ``Cluster.typed_extension_protocol_options`` for the upstream HTTP options.
 UPSTREAM_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
