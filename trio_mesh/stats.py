@@ -102,6 +102,18 @@ class ListenerStats(Stats):
         return stats
 
 
+@attrs.define(eq=False)
+class XdsStats(Stats):
+    """One xDS type's updates (Envoy's ``cluster_manager.cds.*``, ``listener_manager.lds.*``):
+    responses handled, those applied and those rejected (NACKed); ``version_info``: the
+    version last applied (``""``: none yet)."""
+
+    update_attempt: int = 0
+    update_success: int = 0
+    update_rejected: int = 0
+    version_info: str = ""
+
+
 class RpcStats:
     """One RPC protocol's requests on one listener: the total, and a count per status code
     of the protocol (bolt's ``ResponseStatus``, Dubbo's status byte), the proxy's own error

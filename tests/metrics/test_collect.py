@@ -1,0 +1,238 @@
+"""``collect(server)``: real traffic through a real proxy, then the stats it reports, by
+Envoy's names and tags (docs/metrics.md)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import trio
+
+from tests import bolt_frames as frames
+from tests.http_helpers import (
+    Client,
+    gated_upstream,
+    get,
+    http_config,
+    read_request,
+    start_proxy,
+    start_raw_server,
+    start_upstream,
+    to,
+)
+from tests.rpc_helpers import BoltClient, echo_upstream, request
+from trio_mesh.metrics.collect import collect, envoy_address, version_number
+from trio_mesh.metrics.model import ENVOY_BUCKETS_MS, HistogramValue, Metric
+from trio_mesh.server import Server
+
+
+def by_name(server: Server) -> dict[str, Metric]:
+    metrics = collect(server)
+    names = [m.name for m in metrics]
+    assert len(names) == len(set(names)), "a stat reported twice"
+    return {m.name: m for m in metrics}
+
+
+def value(metrics: dict[str, Metric], name: str) -> int | float:
+    v = metrics[name].value
+    assert not isinstance(v, HistogramValue)
+    return v
+
+
+def histogram(metrics: dict[str, Metric], name: str) -> HistogramValue:
+    m = metrics[name]
+    assert m.kind == "histogram" and isinstance(m.value, HistogramValue)
+    assert len(m.value.counts) == len(ENVOY_BUCKETS_MS) + 1
+    return m.value
+
+
+async def wait_closed(server: Server, name: str = "ingress") -> None:
+    """Until every downstream connection of the listener has ended (its stats counted)."""
+    with trio.fail_after(5):
+        await server.listeners[name].wait_closed()
+
+
+@pytest.fixture
+async def upstream(nursery):
+    return await start_upstream(nursery)
+
+
+def test_envoy_address_forms():
+    assert envoy_address("127.0.0.1", 8080) == "127.0.0.1_8080"
+    assert envoy_address("::1", 8080) == "[__1]_8080"
+    assert version_number("1.2.3") == 1_002_003
+    assert version_number("0.1.0") == 1000
+
+
+async def test_http_requests_counted_by_class_with_times_and_connections(nursery, upstream):
+    config = http_config([to("up")], {"up": upstream.port})
+    server, port = await start_proxy(nursery, config)
+    paths = ["/echo"] * 5 + ["/status/503"] * 2 + ["/status/404"]
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            for path in paths:
+                await client.send(get(path))
+                await client.response()
+        await wait_closed(server)
+    m = by_name(server)
+    http = "http.ingress."
+    total = m[http + "downstream_rq_total"]
+    assert (total.tag_name, total.tags, total.kind) == (
+        "http.downstream_rq_total",
+        (("envoy_http_conn_manager_prefix", "ingress"),),
+        "counter",
+    )
+    assert total.value == len(paths)
+    assert total.prometheus_name() == "envoy_http_downstream_rq_total"
+    five = m[http + "downstream_rq_5xx"]
+    assert five.tag_name == "http.downstream_rq_xx"
+    assert ("envoy_response_code_class", "5") in five.tags
+    assert five.prometheus_name() == "envoy_http_downstream_rq_xx"
+    counts = [value(m, f"{http}downstream_rq_{k}xx") for k in range(1, 6)]
+    assert counts == [0, 5, 0, 1, 2]
+    assert (m[http + "downstream_rq_active"].kind, value(m, http + "downstream_rq_active")) == (
+        "gauge",
+        0,
+    )
+    rq_time = histogram(m, http + "downstream_rq_time")
+    assert rq_time.count == len(paths) and sum(rq_time.counts) == len(paths)
+    assert 0 < rq_time.sum < 10_000
+
+    lst = f"listener.127.0.0.1_{port}."
+    assert m[lst + "downstream_cx_total"].tags == (("envoy_listener_address", f"127.0.0.1_{port}"),)
+    assert m[lst + "downstream_cx_total"].tag_name == "listener.downstream_cx_total"
+    assert value(m, lst + "downstream_cx_total") == 1
+    assert value(m, lst + "downstream_cx_destroy") == 1
+    assert value(m, lst + "downstream_cx_active") == 0
+    assert m[lst + "downstream_cx_active"].kind == "gauge"
+    assert histogram(m, lst + "downstream_cx_length_ms").count == 1
+    assert m[lst + "ssl.handshake"].tag_name == "listener.ssl.handshake"
+
+    up = "cluster.up."
+    assert m[up + "upstream_rq_total"].tags == (("envoy_cluster_name", "up"),)
+    assert value(m, up + "upstream_rq_total") == len(paths)
+    assert [value(m, f"{up}upstream_rq_{k}xx") for k in range(1, 6)] == [0, 5, 0, 1, 2]
+    assert m[up + "upstream_rq_2xx"].prometheus_name() == "envoy_cluster_upstream_rq_xx"
+    assert histogram(m, up + "upstream_rq_time").count == len(paths)
+    assert value(m, up + "upstream_cx_total") == 1
+    assert value(m, up + "membership_total") == value(m, up + "membership_healthy") == 1
+    for breaker in ("cx_open", "rq_open", "rq_pending_open", "rq_retry_open"):
+        assert value(m, f"{up}circuit_breakers.default.{breaker}") == 0
+
+    assert value(m, "server.state") == 0 and value(m, "server.live") == 1
+    assert value(m, "server.total_connections") == 0
+    assert value(m, "server.memory_allocated") > 1_000_000  # a Python process's RSS
+    assert value(m, "server.version") == version_number()
+    assert value(m, "server.concurrency") == 1
+    assert value(m, "server.uptime") >= 0
+    for metric in m.values():  # every family a legal Prometheus name
+        assert re.fullmatch(r"envoy_[a-zA-Z0-9_]+", metric.prometheus_name()), metric
+
+
+async def test_in_flight_request_is_active_until_answered(nursery):
+    up_port, arrived, release = await gated_upstream(nursery)
+    config = http_config([to("up")], {"up": up_port})
+    server, port = await start_proxy(nursery, config)
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(get("/wait"))
+            await arrived.wait()
+            m = by_name(server)
+            assert value(m, "http.ingress.downstream_rq_active") == 1
+            assert value(m, "cluster.up.upstream_rq_active") == 1
+            assert value(m, "server.total_connections") == 1
+            release.set()
+            assert (await client.response()).status == 200
+            m = by_name(server)
+            assert value(m, "http.ingress.downstream_rq_active") == 0
+            assert value(m, "cluster.up.upstream_rq_active") == 0
+
+
+async def test_client_gone_mid_request_leaves_no_active_request(nursery):
+    """The attacker's view: clients that send a request and vanish, and bytes that are not
+    HTTP, must not leave ``downstream_rq_active`` counting requests that are over."""
+    up_port, arrived, release = await gated_upstream(nursery)
+    config = http_config([to("up")], {"up": up_port})
+    server, port = await start_proxy(nursery, config)
+    with trio.fail_after(10):
+        client = await Client.connect(port)
+        await client.send(get("/wait"))
+        await arrived.wait()
+        await client.aclose()
+        async with await Client.connect(port) as bad:
+            await bad.send(b"\x00\x01 not http\r\n\r\n")
+            assert (await bad.response()).status == 400
+        release.set()
+        await wait_closed(server)
+    m = by_name(server)
+    assert value(m, "http.ingress.downstream_rq_active") == 0
+    assert value(m, "http.ingress.downstream_rq_4xx") == 1
+    assert value(m, f"listener.127.0.0.1_{port}.downstream_cx_destroy") == 2
+
+
+async def test_per_try_timeout_counted(nursery):
+    async def silent(stream):
+        buf = bytearray()
+        if await read_request(stream, buf) is not None:
+            await trio.sleep_forever()
+
+    silent_port = await start_raw_server(nursery, silent)
+    policy = {"retry_on": "5xx", "num_retries": 1, "per_try_timeout": "100ms"}
+    config = http_config([to("up", timeout="5s", retry_policy=policy)], {"up": silent_port})
+    server, port = await start_proxy(nursery, config)
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(get("/"))
+            assert (await client.response()).status == 504
+    m = by_name(server)
+    assert value(m, "cluster.up.upstream_rq_per_try_timeout") == 2
+    assert value(m, "cluster.up.upstream_rq_retry") == 1
+    # no response came from the upstream: no class, no time
+    assert value(m, "cluster.up.upstream_rq_5xx") == 0
+    assert histogram(m, "cluster.up.upstream_rq_time").count == 0
+    assert value(m, "http.ingress.downstream_rq_5xx") == 1
+
+
+def bolt_config(port: int, service: str = frames.SERVICE):
+    routes = [
+        {
+            "match": {"headers": [{"name": "service", "value": service}]},
+            "route": {"cluster_name": "up"},
+        }
+    ]
+    return http_config(routes=routes, clusters={"up": port}, proxy={"downstream_protocol": "bolt"})
+
+
+async def test_bolt_calls_counted_by_protocol_and_status(nursery):
+    up = await echo_upstream(nursery)
+    server, port = await start_proxy(nursery, bolt_config(up))
+    with trio.fail_after(10):
+        client = await BoltClient.connect(port)
+        for rid in range(1, 6):
+            await client.send(request(rid, b"hi"))
+            assert (await client.read()).status == 0
+        await client.send(request(9, b"hi", service="com.example.Nobody:1.0"))
+        assert (await client.read()).status == 0x0006  # NO_PROCESSOR: no route
+        await client.stream.aclose()
+        await wait_closed(server)
+    m = by_name(server)
+    rpc = "rpc.ingress.bolt."
+    tags = (("envoy_rpc_prefix", "ingress"), ("envoy_rpc_protocol", "bolt"))
+    assert (m[rpc + "downstream_rq_total"].tags, value(m, rpc + "downstream_rq_total")) == (
+        tags,
+        6,
+    )
+    ok = m[rpc + "downstream_rq_SUCCESS"]
+    assert (ok.tag_name, ok.tags, ok.value) == (
+        "rpc.downstream_rq",
+        (*tags, ("envoy_rpc_status", "SUCCESS")),
+        5,
+    )
+    assert ok.prometheus_name() == "envoy_rpc_downstream_rq"
+    assert value(m, rpc + "downstream_rq_NO_PROCESSOR") == 1
+    assert value(m, "http.ingress.downstream_rq_total") == 6
+    assert value(m, "http.ingress.downstream_rq_active") == 0
+    assert histogram(m, "http.ingress.downstream_rq_time").count == 6
+    # the fast path's tries: answered by the upstream, timed
+    assert value(m, "cluster.up.upstream_rq_2xx") == 5
+    assert histogram(m, "cluster.up.upstream_rq_time").count == 5
