@@ -4,6 +4,7 @@ Envoy's names and tags (docs/metrics.md)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import trio
@@ -44,6 +45,16 @@ def histogram(metrics: dict[str, Metric], name: str) -> HistogramValue:
     assert m.kind == "histogram" and isinstance(m.value, HistogramValue)
     assert len(m.value.counts) == len(ENVOY_BUCKETS_MS) + 1
     return m.value
+
+
+DOC = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
+
+
+def assert_documented(metrics: dict[str, Metric]) -> None:
+    """docs/metrics.md names every stat reported (by its stat or its Prometheus family)."""
+    for m in metrics.values():
+        stat = m.tag_name.split(".", 1)[1]
+        assert f"`{stat}`" in DOC or m.prometheus_name() in DOC, m.name
 
 
 async def wait_closed(server: Server, name: str = "ingress") -> None:
@@ -125,8 +136,14 @@ async def test_http_requests_counted_by_class_with_times_and_connections(nursery
     assert value(m, "server.version") == version_number()
     assert value(m, "server.concurrency") == 1
     assert value(m, "server.uptime") >= 0
-    for metric in m.values():  # every family a legal Prometheus name
-        assert re.fullmatch(r"envoy_[a-zA-Z0-9_]+", metric.prometheus_name()), metric
+    assert_documented(m)
+    families: dict[str, str] = {}
+    for metric in m.values():  # every family a legal Prometheus name, of one kind
+        name = metric.prometheus_name()
+        assert re.fullmatch(r"envoy_[a-zA-Z0-9_]+", name), metric
+        # prometheus_client names a counter family without its ``_total``
+        base = name.removesuffix("_total") if metric.kind == "counter" else name
+        assert families.setdefault(base, metric.kind) == metric.kind, metric
 
 
 async def test_in_flight_request_is_active_until_answered(nursery):
@@ -222,17 +239,18 @@ async def test_bolt_calls_counted_by_protocol_and_status(nursery):
         tags,
         6,
     )
-    ok = m[rpc + "downstream_rq_SUCCESS"]
+    ok = m[rpc + "downstream_rq_status.SUCCESS"]
     assert (ok.tag_name, ok.tags, ok.value) == (
-        "rpc.downstream_rq",
+        "rpc.downstream_rq_status",
         (*tags, ("envoy_rpc_status", "SUCCESS")),
         5,
     )
-    assert ok.prometheus_name() == "envoy_rpc_downstream_rq"
-    assert value(m, rpc + "downstream_rq_NO_PROCESSOR") == 1
+    assert ok.prometheus_name() == "envoy_rpc_downstream_rq_status"
+    assert value(m, rpc + "downstream_rq_status.NO_PROCESSOR") == 1
     assert value(m, "http.ingress.downstream_rq_total") == 6
     assert value(m, "http.ingress.downstream_rq_active") == 0
     assert histogram(m, "http.ingress.downstream_rq_time").count == 6
     # the fast path's tries: answered by the upstream, timed
     assert value(m, "cluster.up.upstream_rq_2xx") == 5
     assert histogram(m, "cluster.up.upstream_rq_time").count == 5
+    assert_documented(m)

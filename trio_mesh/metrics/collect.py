@@ -178,8 +178,10 @@ def _rpc(out: list[Metric], listener: str, stats: ListenerStats) -> None:
             name = codec.status_name(status) if codec is not None else str(status)
             out.append(
                 Metric(
-                    f"{key}.downstream_rq_{name}",
-                    "rpc.downstream_rq",
+                    f"{key}.downstream_rq_status.{name}",
+                    # not ``rpc.downstream_rq``: a counter family named so would be
+                    # ``..._rq_total`` in Prometheus, the family above
+                    "rpc.downstream_rq_status",
                     (*tags, ("envoy_rpc_status", name)),
                     "counter",
                     count,
