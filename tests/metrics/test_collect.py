@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from tests import bolt_frames as frames
+from tests.h2_upstream import h2_request
 from tests.http_helpers import (
     Client,
     gated_upstream,
@@ -254,3 +255,23 @@ async def test_bolt_calls_counted_by_protocol_and_status(nursery):
     assert value(m, "cluster.up.upstream_rq_2xx") == 5
     assert histogram(m, "cluster.up.upstream_rq_time").count == 5
     assert_documented(m)
+
+
+async def test_http2_streams_counted(nursery, upstream):
+    proxy = {"downstream_protocol": "Http2", "upstream_protocol": "Http1"}
+    server, port = await start_proxy(
+        nursery, http_config([to("up")], {"up": upstream.port}, proxy=proxy)
+    )
+    statuses = [(await h2_request(port, "GET", path)).status for path in PATHS_H2]
+    assert statuses == [200, 200, 503]
+    await wait_closed(server)
+    m = by_name(server)
+    assert [value(m, f"http.ingress.downstream_rq_{k}xx") for k in (2, 5)] == [2, 1]
+    assert value(m, "http.ingress.downstream_rq_total") == 3
+    assert value(m, "http.ingress.downstream_rq_active") == 0
+    assert histogram(m, "http.ingress.downstream_rq_time").count == 3
+    assert [value(m, f"cluster.up.upstream_rq_{k}xx") for k in (2, 5)] == [2, 1]
+    assert value(m, f"listener.127.0.0.1_{port}.downstream_cx_destroy") == 3
+
+
+PATHS_H2 = ["/echo", "/echo", "/status/503"]
