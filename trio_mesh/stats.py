@@ -6,11 +6,16 @@ class names it in ``GAUGES``; a ``Histogram`` field is a histogram (milliseconds
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import ClassVar
 
 import attrs
 
-from .metrics.model import Histogram
+from .metrics.model import ENVOY_BUCKETS_MS, Histogram
+
+#: ``ENVOY_BUCKETS_MS`` as floats: a bisect with a float key compares float to float, twice
+#: as fast as against the ints among them (the request path records with it).
+BOUNDS_MS = tuple(float(b) for b in ENVOY_BUCKETS_MS)
 
 
 @attrs.define(eq=False)
@@ -189,7 +194,10 @@ class ClusterStats(Stats):
     def upstream_response(self, code: int, ms: float) -> None:
         """A try's upstream response (``code``: its status, RPC mapped as MOSN does) after
         ``ms`` milliseconds."""
-        self.upstream_rq_time.record(ms)
+        timed = self.upstream_rq_time  # Histogram.record, inlined: a call less per request
+        timed.counts[bisect_left(BOUNDS_MS, ms)] += 1
+        timed.count += 1
+        timed.sum += ms
         klass = code // 100
         if klass == 2:
             self.upstream_rq_2xx += 1

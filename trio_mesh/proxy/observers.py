@@ -9,11 +9,12 @@ tracing, outlier detection) is one more class with ``request_end(record)``, adde
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from time import monotonic as _monotonic
 from typing import Any, Protocol
 
-from ..stats import ListenerStats
+from ..stats import BOUNDS_MS, ListenerStats
 from .record import RequestRecord
 
 
@@ -48,7 +49,11 @@ class StatsObserver:
         duration = record.duration
         if duration is None:
             duration = _monotonic() - record.start
-        self.rq_time.record(duration * 1000.0)
+        ms = duration * 1000.0
+        timed = self.rq_time  # Histogram.record, inlined: a call less per request
+        timed.counts[bisect_left(BOUNDS_MS, ms)] += 1
+        timed.count += 1
+        timed.sum += ms
         stats.downstream_rq_total += 1
         klass = code // 100
         if klass == 2:
