@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from tests import bolt_frames as frames
+from tests import dubbo_frames_data as captured
 from tests.h2_upstream import h2_request
 from tests.http_helpers import (
     Client,
@@ -22,9 +23,18 @@ from tests.http_helpers import (
     start_upstream,
     to,
 )
-from tests.rpc_helpers import BoltClient, echo_upstream, request
+from tests.rpc_helpers import (
+    ANY_SERVICE,
+    BoltClient,
+    DubboPeer,
+    echo_upstream,
+    provider,
+    request,
+)
 from trio_mesh.metrics.collect import collect, envoy_address, version_number
 from trio_mesh.metrics.model import ENVOY_BUCKETS_MS, HistogramValue, Metric
+from trio_mesh.protocols.xprotocol import dubbo_frames as df
+from trio_mesh.proxy import xprotocol as xprotocol_proxy
 from trio_mesh.server import Server
 
 
@@ -221,7 +231,10 @@ def bolt_config(port: int, service: str = frames.SERVICE):
     return http_config(routes=routes, clusters={"up": port}, proxy={"downstream_protocol": "bolt"})
 
 
-async def test_bolt_calls_counted_by_protocol_and_status(nursery):
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "task-path"])
+async def test_bolt_calls_counted_by_protocol_and_status(nursery, monkeypatch, fast):
+    # the fast path (no stream filter) and the lifecycle's path (``forward``) count alike
+    monkeypatch.setattr(xprotocol_proxy, "FAST_PATH", fast)
     up = await echo_upstream(nursery)
     server, port = await start_proxy(nursery, bolt_config(up))
     with trio.fail_after(10):
@@ -275,3 +288,49 @@ async def test_http2_streams_counted(nursery, upstream):
 
 
 PATHS_H2 = ["/echo", "/echo", "/status/503"]
+
+
+async def test_dubbo_calls_counted_by_status_name(nursery):
+    up = await provider(nursery, "p")  # answers sayHello; SERVICE_ERROR for other methods
+    config = http_config(
+        routes=ANY_SERVICE, clusters={"up": up}, proxy={"downstream_protocol": "dubbo"}
+    )
+    server, port = await start_proxy(nursery, config)
+    with trio.fail_after(10):
+        peer = await DubboPeer.connect(port)
+        await peer.stream.send_all(captured.SAY_HELLO)
+        assert (await peer.read()).status == df.Status.OK
+        await peer.stream.send_all(captured.NO_ARGS)
+        assert (await peer.read()).status == df.Status.SERVICE_ERROR
+        await peer.stream.aclose()
+        await wait_closed(server)
+    m = by_name(server)
+    rpc = "rpc.ingress.dubbo."
+    assert value(m, rpc + "downstream_rq_total") == 2
+    assert value(m, rpc + "downstream_rq_status.OK") == 1
+    assert value(m, rpc + "downstream_rq_status.SERVICE_ERROR") == 1
+    # MOSN's mapping: an error response is a 5xx, from the upstream and to the client
+    assert [value(m, f"cluster.up.upstream_rq_{k}xx") for k in (2, 5)] == [1, 1]
+    assert [value(m, f"http.ingress.downstream_rq_{k}xx") for k in (2, 5)] == [1, 1]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "task-path"])
+async def test_bolt_timeout_counted_as_the_codec_status(nursery, monkeypatch, fast):
+    monkeypatch.setattr(xprotocol_proxy, "FAST_PATH", fast)
+    up = await echo_upstream(nursery, delay=5)
+    route = {"cluster_name": "up", "timeout": "100ms"}
+    routes = [
+        {"match": {"headers": [{"name": "service", "value": frames.SERVICE}]}, "route": route}
+    ]
+    config = http_config(routes=routes, clusters={"up": up}, proxy={"downstream_protocol": "bolt"})
+    server, port = await start_proxy(nursery, config)
+    with trio.fail_after(10):
+        client = await BoltClient.connect(port)
+        await client.send(request(1, b"hi"))
+        assert (await client.read()).status == 0x0007  # TIMEOUT
+    m = by_name(server)
+    assert value(m, "rpc.ingress.bolt.downstream_rq_status.TIMEOUT") == 1
+    assert value(m, "cluster.up.upstream_rq_timeout") == 1
+    assert histogram(m, "cluster.up.upstream_rq_time").count == 0  # no response came
+    assert value(m, "http.ingress.downstream_rq_5xx") == 1
+    assert value(m, "http.ingress.downstream_rq_active") == 0
