@@ -122,9 +122,15 @@ class XdsStats(Stats):
 class RpcStats:
     """One RPC protocol's requests on one listener: the total, and a count per status code
     of the protocol (bolt's ``ResponseStatus``, Dubbo's status byte), the proxy's own error
-    replies included (their codec status). Named at scrape time (``Codec.status_name``)."""
+    replies included (their codec status). Named at scrape time (``Codec.status_name``).
+
+    An upstream picks the status codes: past ``MAX_STATUSES`` distinct ones, the others are
+    counted together under ``OTHER_STATUS`` (one time series each, not one per code)."""
 
     __slots__ = ("by_status", "downstream_rq_total")
+
+    MAX_STATUSES = 32
+    OTHER_STATUS = -1
 
     def __init__(self) -> None:
         self.downstream_rq_total = 0
@@ -134,7 +140,12 @@ class RpcStats:
         self.downstream_rq_total += 1
         if status is not None:
             by_status = self.by_status
-            by_status[status] = by_status.get(status, 0) + 1
+            n = by_status.get(status)
+            if n is None:  # a status not seen before (rare): within the bound?
+                if len(by_status) >= self.MAX_STATUSES:
+                    status = self.OTHER_STATUS
+                n = by_status.get(status, 0)
+            by_status[status] = n + 1
 
 
 @attrs.define(eq=False)

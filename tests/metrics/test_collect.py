@@ -34,8 +34,10 @@ from tests.rpc_helpers import (
 from trio_mesh.metrics.collect import collect, envoy_address, version_number
 from trio_mesh.metrics.model import ENVOY_BUCKETS_MS, HistogramValue, Metric
 from trio_mesh.protocols.xprotocol import dubbo_frames as df
+from trio_mesh.protocols.xprotocol.bolt import BOLT
 from trio_mesh.proxy import xprotocol as xprotocol_proxy
 from trio_mesh.server import Server
+from trio_mesh.stats import RpcStats
 
 
 def by_name(server: Server) -> dict[str, Metric]:
@@ -334,3 +336,34 @@ async def test_bolt_timeout_counted_as_the_codec_status(nursery, monkeypatch, fa
     assert histogram(m, "cluster.up.upstream_rq_time").count == 0  # no response came
     assert value(m, "http.ingress.downstream_rq_5xx") == 1
     assert value(m, "http.ingress.downstream_rq_active") == 0
+
+
+async def test_an_upstream_inventing_statuses_cannot_flood_the_series(nursery):
+    """The attacker's upstream answers each call with another made-up bolt status: the
+    statuses past the bound are counted together, as OTHER, not one series each."""
+
+    async def inventive(stream: trio.SocketStream) -> None:
+        peer = BoltClient(stream)
+        status = 0x1000  # no such ResponseStatus, nor the ones after it
+        try:
+            while True:
+                frame = await peer.read()
+                status += 1
+                await stream.send_all(bytes(BOLT.build_response(frame.request_id, status).data))
+        except (EOFError, trio.BrokenResourceError):
+            pass
+
+    up = await start_raw_server(nursery, inventive)
+    server, port = await start_proxy(nursery, bolt_config(up))
+    calls = RpcStats.MAX_STATUSES + 20
+    with trio.fail_after(10):
+        client = await BoltClient.connect(port)
+        for rid in range(1, calls + 1):
+            await client.send(request(rid, b"x"))
+            assert (await client.read()).status == 0x1000 + rid  # one connection, in order
+    m = by_name(server)
+    statuses = [n for n in m if n.startswith("rpc.ingress.bolt.downstream_rq_status.")]
+    assert len(statuses) == RpcStats.MAX_STATUSES + 1
+    assert value(m, "rpc.ingress.bolt.downstream_rq_status.OTHER") == 20
+    assert value(m, f"rpc.ingress.bolt.downstream_rq_status.{0x1001}") == 1  # unnamed: its number
+    assert value(m, "rpc.ingress.bolt.downstream_rq_total") == calls

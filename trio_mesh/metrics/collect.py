@@ -17,7 +17,7 @@ import attrs
 
 from .. import __version__
 from ..protocols import xprotocol
-from ..stats import ClusterStats, ListenerStats, Stats
+from ..stats import ClusterStats, ListenerStats, RpcStats, Stats
 from .model import Histogram, Kind, Metric, Tags
 
 if TYPE_CHECKING:
@@ -175,7 +175,10 @@ def _rpc(out: list[Metric], listener: str, stats: ListenerStats) -> None:
         except xprotocol.UnknownCodec:
             codec = None
         for status, count in sorted(rpc.by_status.items()):
-            name = codec.status_name(status) if codec is not None else str(status)
+            if status == RpcStats.OTHER_STATUS:
+                name = "OTHER"
+            else:
+                name = codec.status_name(status) if codec is not None else str(status)
             out.append(
                 Metric(
                     f"{key}.downstream_rq_status.{name}",
