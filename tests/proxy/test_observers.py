@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
 from trio_mesh.proxy.observers import (
     AccessLogObserver,
     Observers,
@@ -57,3 +61,21 @@ def test_stats_count_answered_requests_by_class_and_logs_follow():
     only_stats = listener_observers(ListenerStats(), ())
     assert not only_stats.detailed
     assert only_stats.end == only_stats.observers[0].request_end  # no loop on the fast path
+
+
+def test_stats_end_active_requests_and_time_the_answered_ones():
+    stats = ListenerStats()
+    observers = listener_observers(stats, ())
+    stats.downstream_rq_active = 3  # as the proxies count each request's start
+    observers.end(RequestRecord(start=time.monotonic() - 0.02, response_code=200))
+    observers.end(RequestRecord(start=time.monotonic(), response_code=0))  # client gone
+    assert stats.downstream_rq_active == 1
+    timed = stats.downstream_rq_time.snapshot()
+    assert timed.count == 1 and 20 <= timed.sum < 5000
+    # with an access log, the duration ``Observers`` stamped is the one recorded
+    logged = listener_observers(stats, [Seen("log", [])])
+    record = RequestRecord(start=time.monotonic() - 0.05, response_code=503)
+    logged.end(record)
+    assert record.duration is not None
+    assert stats.downstream_rq_time.sum - timed.sum == pytest.approx(record.duration * 1000)
+    assert stats.downstream_rq_active == 0

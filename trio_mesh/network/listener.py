@@ -7,6 +7,7 @@ import logging
 import math
 import socket
 from collections.abc import Awaitable, Callable
+from time import monotonic as _monotonic
 
 import trio
 
@@ -175,6 +176,7 @@ class ListenerRuntime:
     async def _run_connection(self, stream: Stream) -> None:
         """Serve one accepted connection (``_accept`` counted it in ``downstream_cx_active``)."""
         stats = self.stats
+        started = _monotonic()
         conn = None
         try:
             conn = Connection(stream, self.idle_timeout)
@@ -194,6 +196,8 @@ class ListenerRuntime:
             log.exception("listener %r: connection handler failed", self.name)
         finally:
             stats.downstream_cx_active -= 1
+            stats.downstream_cx_destroy += 1
+            stats.downstream_cx_length_ms.record((_monotonic() - started) * 1000.0)
             # The connection's own stream: a TLS one sends close_notify, then closes the socket.
             (conn.stream if conn is not None else stream).close()
             if conn is not None:

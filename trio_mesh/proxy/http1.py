@@ -295,6 +295,7 @@ class _Session:
                 if info is None:
                     info = RequestRecord()
                     info.start_time, info.start = time.time(), _monotonic()
+                    self.proxy.stats.downstream_rq_active += 1  # it ends in _done too
                 log.info("downstream %s: bad request: %s", self.conn.remote, exc.reason)
                 if not self.started:
                     reply = Reply(
@@ -315,6 +316,8 @@ class _Session:
                 if info is not None:
                     if self.conn.idle.route_expired:
                         self._route_timed_out(head, info)
+                    else:  # cut short, never ended: no longer active all the same
+                        self.proxy.stats.downstream_rq_active -= 1
                 elif self.conn.idle.scope.cancel_called and self._request_begun():
                     # Our scope fired (drain, idle timeout) as a request began: answer it
                     # under a fresh scope. An outer cancellation is raised again there.
@@ -358,6 +361,7 @@ class _Session:
     def _start_info(self, head: RequestHead) -> RequestRecord:
         info = RequestRecord()
         info.start = _monotonic()
+        self.proxy.stats.downstream_rq_active += 1  # until ``_done`` (the observers)
         if self.proxy.detailed:  # what only a log line reads is not worked out for nothing
             info.start_time = time.time()
             info.protocol = "HTTP/1.1" if head.version == b"1.1" else "HTTP/1.0"

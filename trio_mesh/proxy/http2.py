@@ -140,6 +140,7 @@ class Http2Proxy(ProxyCore):
         info = RequestRecord()
         info.start = _monotonic()
         info.protocol = "HTTP/2"
+        self.stats.downstream_rq_active += 1  # until ``observers.end`` below
         stream = _Stream(self, ep, conn, sid, channel, info)
         body = RequestBody(stream)
         try:

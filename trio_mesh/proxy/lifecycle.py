@@ -56,6 +56,7 @@ per call (``route_message``, ``message_cluster``, ``open_try`` / ``close_try``):
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, cast
 
 import trio
@@ -653,14 +654,21 @@ async def forward(
                 if chain is not None:
                     chain.context.upstream_host = host.label
                 per_try = retry.per_try_timeout if retry is not None else None
+                # upstream_rq_time: from here to the try's response complete (as Envoy's)
+                tried = _monotonic()
                 if not per_try:
                     await exchange(core, cluster, host, req, body, sink, info, retry, raced)
+                    if info.response_code:
+                        stats.upstream_response(info.response_code, (_monotonic() - tried) * 1000.0)
                     return
                 scope = ad.try_scope(per_try)
                 with scope:
                     await exchange(core, cluster, host, req, body, sink, info, retry, raced)
                 if not scope.cancelled_caught:
+                    if info.response_code:
+                        stats.upstream_response(info.response_code, (_monotonic() - tried) * 1000.0)
                     return
+                stats.upstream_rq_per_try_timeout += 1
                 if sink.started:  # too late to retry: the response is cut
                     sink.cut(Flag.UPSTREAM_TIMEOUT, ErrorCode.CANCEL)
                     return

@@ -45,6 +45,7 @@ class RequestRecord:
         "rpc_method",
         "tls",
         "upstream_transport_failure_reason",
+        "rpc_status",
     )
 
     def __init__(
@@ -117,6 +118,9 @@ class RequestRecord:
         self.tls = tls
         #: Why the last try's transport to the upstream failed (a TLS handshake's reason).
         self.upstream_transport_failure_reason: str | None = None
+        #: RPC: the protocol's own status of the response sent (the upstream's, or the
+        #: codec's status for the proxy's error reply); ``None``: none (a oneway request).
+        self.rpc_status: int | None = None
 
     def add_flag(self, flag: str) -> None:
         """Add an Envoy response flag (``UH``...) to ``response_flag``, once."""

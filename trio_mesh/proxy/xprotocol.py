@@ -196,6 +196,8 @@ class _XSession:
         self._calls: set[_FastCall] = set()
         self.fast = proxy.fast
         self.detailed = proxy.observers.detailed
+        #: This listener's counters of this protocol (by RPC status).
+        self.rpc_stats = proxy.stats.rpc_stats(codec.name)
         remote, local = conn.remote, conn.local
         #: (remote, local) as the access log writes them, worked out once per connection.
         self._addresses = (
@@ -424,9 +426,11 @@ class _XSession:
     def _record(self, frame: Frame, size: int) -> RequestRecord:
         record = RequestRecord()
         record.bytes_received = size
+        # The start: downstream_rq_time (and upstream_rq_time on the fast path) read it.
+        record.start = _monotonic()
+        self.proxy.stats.downstream_rq_active += 1  # until ``_end`` (the observers)
         if self.detailed:
-            # Only a detailed observer reads the times (the durations, the time of day).
-            record.start = _monotonic()
+            # Only a detailed observer reads the rest (the time of day, the names).
             record.start_time = time.time()
             record.protocol = self.codec.name
             headers = frame.headers
@@ -449,6 +453,7 @@ class _XSession:
             log.exception("downstream %s: %s request failed", self.conn.remote, self.codec.name)
             record.response_code = INTERNAL.status
             if not frame.is_oneway:
+                record.rpc_status = self.codec.status_for(INTERNAL.rpc_error)
                 await self._write(self._reply_bytes(frame, INTERNAL, None))
         finally:
             self._end(size, record)
@@ -457,6 +462,7 @@ class _XSession:
         """The request is over: its bytes leave the budget, its record goes to the observers."""
         self._done(size)
         self._finished()
+        self.rpc_stats.count(record.rpc_status)
         self.proxy.observers.end(record)
 
     def _serve(self, frame: Frame, size: int, nursery: trio.Nursery) -> None:
@@ -498,6 +504,7 @@ class _XSession:
                 return
             record.response_code = INTERNAL.status
             if not frame.is_oneway:
+                record.rpc_status = self.codec.status_for(INTERNAL.rpc_error)
                 self._post(self._reply_bytes(frame, INTERNAL, None))
             self._end(size, record)
 
@@ -527,6 +534,7 @@ class _XSession:
         """Count the local reply ``result`` in ``record``; whether it is written (a oneway
         request gets none)."""
         record.response_code = result.status
+        record.rpc_status = self.codec.status_for(result.rpc_error)
         if result.flag:
             record.add_flag(result.flag)
         if result.transport_failure is not None:
@@ -559,6 +567,7 @@ class _XSession:
         responses: it is closed)."""
         # MOSN's mapping of an RPC response to an HTTP status (its access log and stats).
         record.response_code = 200 if self.codec.is_success(response) else 500
+        record.rpc_status = response.status
         data = self.codec.set_request_id(response, downstream_id)
         # Held until the client takes it: counted, and refused over budget (ConnectionBudget.owe).
         n = len(data)
@@ -794,9 +803,13 @@ class _FastCall:
         if response is None:
             self._complete(None, TIMEOUT if expired else UPSTREAM_RESET)
         else:
+            record = self.record
+            # The try began with the request (``_serve`` opens it at once).
+            elapsed = _monotonic() - record.start
             if self.session.detailed:
-                record = self.record
-                record.response_received_duration = _monotonic() - record.start
+                record.response_received_duration = elapsed
+            code = 200 if self.session.codec.is_success(response) else 500
+            self.cluster.stats.upstream_response(code, elapsed * 1000.0)
             self._complete(response, None)
 
     def _complete(self, response: Frame | None, failed: Reply | None) -> None:
@@ -826,6 +839,7 @@ class _FastCall:
             )
             record.response_code = INTERNAL.status
             if not frame.is_oneway:
+                record.rpc_status = session.codec.status_for(INTERNAL.rpc_error)
                 try:
                     session._post(session._reply_bytes(frame, INTERNAL, None))
                 except Exception:

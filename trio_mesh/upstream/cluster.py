@@ -207,4 +207,6 @@ class Cluster:
             raise
 
     def release_connection(self) -> None:
-        self.stats.upstream_cx_active -= 1
+        stats = self.stats
+        stats.upstream_cx_active -= 1
+        stats.upstream_cx_destroy += 1

@@ -123,6 +123,11 @@ class AdsClient:
         # same nonce, and a NACK would stop the server from responding.
         self._mark_dirty(type_url, None)
 
+    @property
+    def connected(self) -> bool:
+        """An ADS stream is up (Envoy's ``control_plane.connected_state``)."""
+        return self._connected
+
     def status(self) -> dict[str, Any]:
         """A snapshot for config dumps."""
         types = {}

@@ -23,6 +23,7 @@ from ..config.model import ClusterManagerConfig
 from ..config.validate import check
 from ..config.xds import XdsSettings
 from ..errors import StartupError
+from ..stats import XdsStats
 from .client import CDS, EDS, LDS, RDS, SHORT_NAMES, AdsClient
 from .translate import (
     ConvertError,
@@ -65,6 +66,8 @@ class XdsRuntime:
         self.state = _State()
         self.last_error: str | None = None
         self.applied = 0  # snapshots applied
+        #: Per type (``LDS``, ``RDS``, ``CDS``, ``EDS``): its updates' counters.
+        self.stats = {name: XdsStats() for name in SHORT_NAMES.values()}
         self._changed = trio.lowlevel.ParkingLot()
         self._subscribed: set[str] = set()
         node = settings.node
@@ -102,10 +105,19 @@ class XdsRuntime:
     # ---------------------------------------------------------------- responses
 
     async def _on_response(self, type_url: str, version: str, resources: list[Any]) -> str | None:
+        stats = self.stats.get(SHORT_NAMES.get(type_url, ""))
+        if stats is not None:
+            stats.update_attempt += 1
         try:
             error = await self._handle(type_url, version, resources)
         finally:
             self._changed.unpark_all()
+        if stats is not None:
+            if error is None:
+                stats.update_success += 1
+                stats.version_info = version
+            else:
+                stats.update_rejected += 1
         if error is not None:
             self.last_error = f"{SHORT_NAMES.get(type_url, type_url)} {version}: {error}"
         return error

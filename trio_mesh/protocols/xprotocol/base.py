@@ -290,6 +290,10 @@ class Codec(ABC):
     def is_success(self, frame: Frame) -> bool:
         """Whether a response frame reports success."""
 
+    def status_name(self, status: int) -> str:
+        """The name of a response status code (stats; default: the number)."""
+        return str(status)
+
     def payload(self, frame: Frame) -> bytes:
         """The frame's body: the data stream filters see (default: the whole frame)."""
         return bytes(frame.data)

@@ -81,6 +81,10 @@ class ResponseStatus:
     SERVER_DESERIAL_EXCEPTION = 0x0012
 
 
+_STATUS_NAMES = {
+    v: k for k, v in vars(ResponseStatus).items() if k.isupper() and isinstance(v, int)
+}
+
 # MOSN (pkg/protocol/xprotocol/bolt/protocol.go Mapping, with pkg/types reason2code):
 # no route and no healthy upstream -> NO_PROCESSOR; upstream reset / connect failure are
 # "no healthy upstream" there too; overflow -> SERVER_THREADPOOL_BUSY; timeout -> TIMEOUT;
@@ -638,6 +642,9 @@ class BoltCodec(Codec):
 
     def is_success(self, frame: Frame) -> bool:
         return frame.status == ResponseStatus.SUCCESS
+
+    def status_name(self, status: int) -> str:
+        return _STATUS_NAMES.get(status) or str(status)
 
     # -- stream filters --------------------------------------------------------------------
 

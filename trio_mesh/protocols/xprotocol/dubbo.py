@@ -203,6 +203,12 @@ class DubboCodec(Codec):
     def is_success(self, frame: Frame) -> bool:
         return frame.status == df.Status.OK
 
+    def status_name(self, status: int) -> str:
+        try:
+            return df.Status(status).name
+        except ValueError:
+            return str(status)
+
     def payload(self, frame: Frame) -> bytes:
         return bytes(frame.data[df.HEADER_LENGTH :])
 
