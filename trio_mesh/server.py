@@ -106,6 +106,7 @@ class Server:
         self.serve_admin = serve_admin
         #: The real bound ``(host, port)`` of each prometheus metrics sink, in config order.
         self.metrics_addresses: list[tuple[str, int]] = []
+        self._sinks: list[Any] = []  # the PrometheusSinkConfig of the sinks running
         # TLS contexts are built by ``run`` (in a thread, before any port is bound); a
         # cluster with TLS connects to nothing until then.
         self.clusters = ClusterManager(config.cluster_manager.clusters, tls={})
@@ -279,6 +280,7 @@ class Server:
         for sink in sinks:
             address = await nursery.start(run_prometheus_sink, sink, self.collect_metrics)
             self.metrics_addresses.append(address)
+            self._sinks.append(sink)
             log.info(
                 "prometheus metrics sink on http://%s%s", format_hostport(*address), sink.endpoint
             )
@@ -307,6 +309,10 @@ class Server:
             raise RuntimeError("the server is not running")
         async with self._applying:
             await self._apply(config, nursery, drain_timeout)
+        if self.serve_admin and prometheus_sinks(config) != self._sinks:
+            log.warning(
+                "metrics.sinks: changed by the reload; the running sinks stay until a restart"
+            )
 
     async def _apply(self, config: MeshConfig, nursery: trio.Nursery, drain_timeout: float) -> None:
         # Every TLS context, listeners' and clusters', from the files as they are now

@@ -153,3 +153,17 @@ async def test_server_starts_its_sinks(
     # Worker processes leave the sinks to the admin process.
     other = await nursery.start(Server(config, serve_admin=False).run)
     assert other.metrics_addresses == []
+
+
+async def test_a_reload_keeps_the_sinks_and_says_so(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(Server, "collect_metrics", lambda self: stand_in())
+    config = sink_config()
+    server = await nursery.start(Server(config).run)
+    ((_, port),) = server.metrics_addresses
+    await server.apply(config)  # the same sinks: nothing to say
+    assert "metrics.sinks" not in caplog.text
+    await server.apply(attrs.evolve(config, metrics=None))
+    assert "metrics.sinks: changed by the reload" in caplog.text
+    assert (await request(port, get("/metrics"))).status == 200
