@@ -87,7 +87,8 @@ async def test_promtool_accepts_the_exposition() -> None:
 
 async def test_prometheus_counts_the_proxys_requests(nursery: trio.Nursery, tmp_path: Path) -> None:
     """The whole path: requests through the proxy, its sink, a real Prometheus."""
-    pytest.importorskip("trio_mesh.metrics.collect")  # issue 17's collect (branch i17/stats)
+    # Until branch i17/stats (metrics/collect.py) is merged; drop this line then.
+    pytest.importorskip("trio_mesh.metrics.collect", reason="metrics.collect not merged yet")
     upstream = await start_upstream(nursery)
     config = http_config(routes=[to("up")], clusters={"up": upstream.port})
     sinks = (MetricsSink(type="prometheus", config={"port": 0}),)
