@@ -86,11 +86,13 @@ async def test_promtool_accepts_the_exposition() -> None:
     assert (await promtool_check(b'envoy_x{a="1" 1\n'))[0] == 1
 
 
+# Until branch i17/stats (metrics/collect.py) is merged; drop the mark then.
+@pytest.mark.skipif(
+    importlib.util.find_spec("trio_mesh.metrics.collect") is None,
+    reason="trio_mesh.metrics.collect (branch i17/stats) is not merged yet",
+)
 async def test_prometheus_counts_the_proxys_requests(nursery: trio.Nursery, tmp_path: Path) -> None:
     """The whole path: requests through the proxy, its sink, a real Prometheus."""
-    # Until branch i17/stats (metrics/collect.py) is merged; drop this line then.
-    if importlib.util.find_spec("trio_mesh.metrics.collect") is None:
-        pytest.skip("trio_mesh.metrics.collect (branch i17/stats) is not merged yet")
     upstream = await start_upstream(nursery)
     config = http_config(routes=[to("up")], clusters={"up": upstream.port})
     sinks = (MetricsSink(type="prometheus", config={"port": 0}),)
