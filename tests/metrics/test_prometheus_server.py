@@ -72,6 +72,10 @@ async def test_prometheus_scrapes_envoy_names(nursery: trio.Nursery, tmp_path: P
     assert await prometheus.query("envoy_cluster_upstream_cx_connect_fail_total") == []
     (inf,) = await prometheus.query('envoy_http_downstream_rq_time_bucket{le="+Inf"}')
     assert inf["value"][1] == "7"
+    # The metadata shows that OpenMetrics was negotiated (text 0.0.4 would say counter).
+    metadata = (await prometheus.api("/api/v1/metadata"))["data"]
+    assert metadata["envoy_cluster_upstream_cx_connect_fail"][0]["type"] == "unknown"
+    assert metadata["envoy_http_downstream_rq"][0]["type"] == "counter"
     (p50,) = await prometheus.query("histogram_quantile(0.5, envoy_http_downstream_rq_time_bucket)")
     assert 1 <= float(p50["value"][1]) <= 5  # 0..6 ms: the median is in the (1, 5] bucket
 
