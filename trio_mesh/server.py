@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import socket
 import time
@@ -13,6 +14,7 @@ import trio
 
 from .config import Listener, MeshConfig
 from .config.filter_configs import Protocol, ProxyConfig, is_terminal
+from .config.metrics_check import prometheus_sinks
 from .config.model import FilterChain
 from .config.scalars import format_hostport
 from .errors import StartupError
@@ -20,6 +22,7 @@ from .filters import BuildContext, build_network_filter
 from .filters.background import Background
 from .filters.network import compose
 from .filters.stream import FilterChainFactory
+from .metrics.model import Metric
 from .network.budget import ListenerBudget
 from .network.chains import Chain, Identities
 from .network.connection import Connection
@@ -93,9 +96,17 @@ class Server:
     Cancelling the nursery closes every socket and task of the server.
     """
 
-    def __init__(self, config: MeshConfig, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self, config: MeshConfig, *, reuse_port: bool = False, serve_admin: bool = True
+    ) -> None:
         self.config = config
         self.reuse_port = reuse_port
+        #: False in ``--workers`` processes: the admin process serves the admin API and the
+        #: metrics sinks for all of them.
+        self.serve_admin = serve_admin
+        #: The real bound ``(host, port)`` of each prometheus metrics sink, in config order.
+        self.metrics_addresses: list[tuple[str, int]] = []
+        self._sinks: list[Any] = []  # the PrometheusSinkConfig of the sinks running
         # TLS contexts are built by ``run`` (in a thread, before any port is bound); a
         # cluster with TLS connects to nothing until then.
         self.clusters = ClusterManager(config.cluster_manager.clusters, tls={})
@@ -248,6 +259,8 @@ class Server:
 
                     self.xds = XdsRuntime(self, settings, self.config)
                     await nursery.start(self.xds.run)
+                if self.serve_admin:
+                    await self._start_metrics_sinks(nursery)
                 if self.state == "PRE_INITIALIZING":
                     self.state = "LIVE"
                 task_status.started(self)
@@ -256,6 +269,28 @@ class Server:
             for runtime in self.listeners.values():
                 runtime.sock.close()
             self.listeners.clear()
+
+    async def _start_metrics_sinks(self, nursery: trio.Nursery) -> None:
+        sinks = prometheus_sinks(self.config)
+        if not sinks:
+            return
+        # Imported only now: prometheus_client and the admin server are not needed without.
+        from .metrics.sink import run_prometheus_sink
+
+        for sink in sinks:
+            address = await nursery.start(run_prometheus_sink, sink, self.collect_metrics)
+            self.metrics_addresses.append(address)
+            self._sinks.append(sink)
+            log.info(
+                "prometheus metrics sink on http://%s%s", format_hostport(*address), sink.endpoint
+            )
+
+    async def collect_metrics(self) -> list[Metric]:
+        """Every stat of this process, read now (``metrics.collect``)."""
+        # metrics/collect.py is H1's (issue 17); imported by name until it is on this branch.
+        collect = importlib.import_module("trio_mesh.metrics.collect").collect
+        metrics: list[Metric] = collect(self)
+        return metrics
 
     async def apply(self, config: MeshConfig, *, drain_timeout: float = 30.0) -> None:
         """Switch the running server to ``config`` (a validated configuration: a file reload
@@ -274,6 +309,10 @@ class Server:
             raise RuntimeError("the server is not running")
         async with self._applying:
             await self._apply(config, nursery, drain_timeout)
+        if self.serve_admin and prometheus_sinks(config) != self._sinks:
+            log.warning(
+                "metrics.sinks: changed by the reload; the running sinks stay until a restart"
+            )
 
     async def _apply(self, config: MeshConfig, nursery: trio.Nursery, drain_timeout: float) -> None:
         # Every TLS context, listeners' and clusters', from the files as they are now

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from . import tls
+from .admin_check import check_admin
 from .errors import at
 from .filter_configs import Protocol, ProxyConfig, is_terminal
+from .metrics_check import check_metrics, metrics_warnings
 from .model import FilterChain, MeshConfig
 from .proxy_tracing import proxy_tracing_warnings
 
@@ -67,6 +69,8 @@ def check(config: MeshConfig) -> list[str]:
             cluster.tls_context, f"cluster_manager.clusters[{ci}].tls_context", server=False
         )
     _unique(errors, listeners, "listener")
+    errors += check_admin(config)
+    errors += check_metrics(config)
     # Two listeners on one fixed address would only fail at bind time; port 0 never clashes.
     _unique(
         errors,
@@ -193,7 +197,7 @@ def _unique(
 def unenforced(config: MeshConfig) -> list[str]:
     """Warnings for values that load but are not enforced (yet) where they are set: each
     changes neither security nor access, and none stays silent."""
-    warnings: list[str] = []
+    warnings: list[str] = metrics_warnings(config)
     for ci, cluster in enumerate(config.cluster_manager.clusters):
         warnings += tls.warnings(
             cluster.tls_context, f"cluster_manager.clusters[{ci}].tls_context", server=False
