@@ -102,6 +102,7 @@ class _HttpServer:
         self.name = name
         self.limits = limits
         self.active = 0
+        self.refusing = 0  # over-limit connections being sent their 503
         self.parser_limits = Limits(
             max_head_bytes=limits.max_head_bytes,
             max_url_bytes=min(8192, limits.max_head_bytes),
@@ -124,6 +125,11 @@ class _HttpServer:
                 continue
             stream = trio.SocketStream(client)
             if self.active >= self.limits.max_connections:
+                if self.refusing >= self.limits.max_connections:
+                    # A flood: no reply at all, so refusals cannot pile up tasks either.
+                    client.close()
+                    continue
+                self.refusing += 1
                 nursery.start_soon(self._refuse, stream)
                 continue
             self.active += 1
@@ -132,9 +138,14 @@ class _HttpServer:
     async def _refuse(self, stream: trio.SocketStream) -> None:
         """Over the connection limit: a 503 if the socket takes it at once, then close."""
         self.bad_input_log.log(logging.WARNING, "%s: too many connections", self.name)
-        with trio.move_on_after(1.0):
-            await self._send(stream, json_error(503, "too many admin connections"), False, True)
-        await trio.aclose_forcefully(stream)
+        try:
+            with trio.move_on_after(1.0):
+                await self._send(stream, json_error(503, "too many admin connections"), False, True)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.refusing -= 1
+            await trio.aclose_forcefully(stream)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         parser = RequestParser(self.parser_limits)
@@ -154,7 +165,7 @@ class _HttpServer:
                     return
                 head, body = got
                 response = await self._call(head, body)
-                keep = head.keep_alive and not parser.error
+                keep = head.keep_alive  # a bad request pipelined after it: its 400 comes next
                 with trio.move_on_after(self.limits.request_timeout) as scope:
                     await self._send(stream, response, keep, head.method != b"HEAD")
                 if scope.cancelled_caught or not keep:
