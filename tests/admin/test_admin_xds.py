@@ -47,5 +47,5 @@ async def test_ready_only_once_xds_is_warm(nursery: trio.Nursery, ads: ServerPro
         assert not server.xds.warm  # the listener waits for its routes
         assert await ready(url) == (503, b"PRE_INITIALIZING\n")
         await ads.set("RDS", "1", [routes("r", ("/", "a"))])
-        await server.xds.wait_for(lambda: server.state == "LIVE")
+        await server.live.wait()
     assert await ready(url) == (200, b"LIVE\n")
