@@ -286,13 +286,21 @@ def test_redaction_rules() -> None:
     pem = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
     doc = {
         "tls": {"private_key": "/etc/key.pem", "cert_chain": "/etc/cert.pem", "ca": pem},
-        "zk": {"password": "pw", "max_tokens": 5},
+        "zk": {"password": "pw", "max_tokens": 5, "token_bucket": {"tokens": 1}},
         "headers": [{"name": "Cookie", "value": "a=b"}, {"name": "x", "value": "y"}],
+        "auth": {"privateKey": {"inline": "x"}, "X-Api-Key": "k", "GITHUB_TOKEN": "t"},
+        "url": "https://user:pw@example.com/x",
     }
     assert redact(doc) == {
         "tls": {"private_key": "[redacted]", "cert_chain": "/etc/cert.pem", "ca": "[redacted]"},
-        "zk": {"password": "[redacted]", "max_tokens": 5},
+        "zk": {"password": "[redacted]", "max_tokens": 5, "token_bucket": {"tokens": 1}},
         "headers": [{"name": "Cookie", "value": "[redacted]"}, {"name": "x", "value": "y"}],
+        "auth": {
+            "privateKey": "[redacted]",
+            "X-Api-Key": "[redacted]",
+            "GITHUB_TOKEN": "[redacted]",
+        },
+        "url": "https://user:[redacted]@example.com/x",
     }
 
 

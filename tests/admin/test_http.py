@@ -15,6 +15,8 @@ from ..http_helpers import curl
 async def echo(req: AdminRequest) -> AdminResponse:
     if req.path == "/boom":
         raise RuntimeError("handler bug")
+    if req.path == "/stuck":
+        await trio.sleep_forever()
     doc = {"method": req.method, "path": req.path, "query": req.query, "body": req.body.decode()}
     return AdminResponse(200, json.dumps(doc).encode())
 
@@ -166,3 +168,10 @@ async def test_a_connection_flood_is_refused_without_piling_up_tasks(
             assert got == b"" or got.startswith(b"HTTP/1.1 503")
     for s in held:
         s.close()
+
+
+async def test_a_stuck_handler_gets_504(nursery: trio.Nursery) -> None:
+    port = await start(nursery, HttpLimits(handler_timeout=0.2))
+    _, out, _ = await curl("-w", "%{http_code}", f"http://127.0.0.1:{port}/stuck")
+    assert out.endswith(b"504")
+    assert json.loads(out[:-3]) == {"error": "the admin handler timed out"}

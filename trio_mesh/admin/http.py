@@ -71,6 +71,8 @@ class HttpLimits:
     #: Seconds a keep-alive connection may wait for its next request.
     idle_timeout: float = 60.0
     max_connections: int = 64
+    #: Seconds a handler may take (a fan-out to a stuck worker): then 504.
+    handler_timeout: float = 30.0
 
 
 def json_error(status: int, message: str) -> AdminResponse:
@@ -224,7 +226,12 @@ class _HttpServer:
                 headers={k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers},
                 body=body,
             )
-            return await self.handler(request)
+            with trio.move_on_after(self.limits.handler_timeout):
+                return await self.handler(request)
+            self.failure_log.log(
+                logging.WARNING, "%s: %s timed out", self.name, head.path.decode("latin-1")
+            )
+            return json_error(504, "the admin handler timed out")
         except Exception:
             # A handler's bug is the admin API's problem, never the proxy's.
             self.failure_log.log(
