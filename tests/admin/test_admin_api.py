@@ -363,9 +363,18 @@ async def test_many_connections_are_bounded_and_slowloris_blocks_no_one(
 
 async def test_drain_listeners_graceful(nursery: trio.Nursery) -> None:
     server, url, port = await start(nursery)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    with trio.fail_after(5):
+        first = await stream.receive_some(65536)
+    assert first.startswith(b"HTTP/1.1 200") and b"connection: close" not in first.lower()
     status, _, _ = await fetch(f"{url}/drain_listeners?graceful", "-X", "POST")
     assert status == 200
     assert server.state == "DRAINING"
+    # The keep-alive connection accepted before is closed (idle between requests).
+    with trio.fail_after(5):
+        assert await stream.receive_some(65536) == b""
+    await stream.aclose()
     status, body, _ = await fetch(f"{url}/ready")
     assert (status, body) == (503, b"DRAINING\n")
     code, _, _ = await curl(f"http://127.0.0.1:{port}/x", timeout=3)
@@ -416,3 +425,23 @@ async def test_reload_keeps_the_admin_port(nursery: trio.Nursery, caplog: Any) -
     assert "admin API keeps its address" in caplog.text
     status, _, _ = await fetch(f"{url}/ready")
     assert status == 200
+
+
+async def test_health_check_filter_on_a_plain_header(nursery: trio.Nursery) -> None:
+    upstream = await start_upstream(nursery)
+    matcher = {"name": "user-agent", "value": "ELB-HealthChecker/2.0"}
+    config = http_config(
+        [to("up")],
+        {"up": upstream.port},
+        listener={"stream_filters": [{"type": "health_check", "config": {"headers": [matcher]}}]},
+    )
+    server, _, port = await start(nursery, config)
+    proxy = f"http://127.0.0.1:{port}/any"
+    status, _, _ = await fetch(proxy, "-A", "ELB-HealthChecker/2.0")
+    assert status == 200 and upstream.requests == []
+    status, _, _ = await fetch(proxy, "-A", "curl")
+    assert status == 200 and len(upstream.requests) == 1
+    # Draining (the state alone here, so that the listener still accepts): checks fail.
+    server.state = "DRAINING"
+    status, _, _ = await fetch(proxy, "-A", "ELB-HealthChecker/2.0")
+    assert status == 503
