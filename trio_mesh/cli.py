@@ -201,7 +201,11 @@ async def _serve(
     signals_wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     with trio.open_signal_receiver(*signals_wanted) as signals:
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(Server(config, reuse_port=ready_fd is not None).run)
+            # A worker (``ready_fd`` set) serves no admin API: workers would all bind its port.
+            worker = ready_fd is not None
+            server = await nursery.start(
+                Server(config, reuse_port=worker, serve_admin=not worker).run
+            )
             # Everything built so far lives as long as the process: keep it out of the
             # cyclic GC's generations so collections stay short.
             gc.freeze()

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import attrs
-import pytest
 import trio
 
 from tests.http_helpers import get, http_config, request, start_upstream, to
@@ -90,11 +88,6 @@ async def test_promtool_accepts_the_exposition() -> None:
     assert (await promtool_check(b'envoy_x{a="1" 1\n'))[0] == 1
 
 
-# Until branch i17/stats (metrics/collect.py) is merged; drop the mark then.
-@pytest.mark.skipif(
-    importlib.util.find_spec("trio_mesh.metrics.collect") is None,
-    reason="trio_mesh.metrics.collect (branch i17/stats) is not merged yet",
-)
 async def test_prometheus_counts_the_proxys_requests(nursery: trio.Nursery, tmp_path: Path) -> None:
     """The whole path: requests through the proxy, its sink, a real Prometheus."""
     upstream = await start_upstream(nursery)
