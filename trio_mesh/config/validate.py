@@ -8,6 +8,7 @@ from . import tls
 from .errors import at
 from .filter_configs import Protocol, ProxyConfig, is_terminal
 from .model import FilterChain, MeshConfig
+from .tracing import check_tracing, tracing_warnings
 
 
 def check_refs(normalized: dict, refs: list[tuple[str, str, str]]) -> list[str]:
@@ -79,6 +80,7 @@ def check(config: MeshConfig) -> list[str]:
         "address",
     )
     _unique(errors, routers, "router config")
+    errors += check_tracing(config)
     return errors
 
 
@@ -223,6 +225,7 @@ def unenforced(config: MeshConfig) -> list[str]:
         for ri, router in enumerate(server.routers):
             if router.router_config_name in warned_retries:
                 warnings += _rpc_retries_unenforced(f"servers[{si}].routers[{ri}]", router)
+    warnings += tracing_warnings(config)
     return warnings
 
 
