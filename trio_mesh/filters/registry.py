@@ -36,6 +36,8 @@ class BuildContext:
     stream_filters: Any = None
     #: Runs work no request waits for (a mirror's shadow request) in a server-owned nursery.
     background: Any = None
+    #: The configuration's tracer (``trio_mesh.tracing.tracer.Tracer``; ``None``: tracing off).
+    tracer: Any = None
 
 
 def _default_budget() -> ListenerBudget:

@@ -100,6 +100,7 @@ if TYPE_CHECKING:
     from ..pool import Pools
     from ..protocols.http2 import H2Settings
     from ..router.table import RouteTable
+    from ..tracing.tracer import Tracer
     from ..upstream import ClusterManager
 
 Header = tuple[bytes, bytes]
@@ -289,6 +290,8 @@ class ProxyCore:
     h2_settings: H2Settings
     #: A stream the upstream refused, sent again, counts as a retry (HTTP/2 both sides).
     counts_refused: bool
+    #: The configuration's tracer (``tracing/tracer.py``); ``None``: tracing off.
+    tracer: Tracer | None = None
 
 
 class RequestBody:
@@ -551,6 +554,9 @@ async def handle(
     ``body``: the request's, over the adapter as its source (the adapter holds no reference
     to it: no cycle, so a finished request is freed at once, not by the cycle collector);
     ``sink``: where its response goes (usually the adapter itself)."""
+    if core.tracer is not None:
+        # Before the filters: they, the upstream and the access log see this hop's context.
+        core.tracer.start_http(view.headers, info)
     header = header_getter(view.headers)
     route = core.table.match(view.host, view.path, view.query, header)
     if route is not None and core.detailed:

@@ -45,6 +45,10 @@ class RequestRecord:
         "rpc_method",
         "tls",
         "upstream_transport_failure_reason",
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "trace_sampled",
     )
 
     def __init__(
@@ -117,6 +121,13 @@ class RequestRecord:
         self.tls = tls
         #: Why the last try's transport to the upstream failed (a TLS handshake's reason).
         self.upstream_transport_failure_reason: str | None = None
+        #: Tracing (``tracing/tracer.py``; ``None`` when off): the trace's id (32 hex), this
+        #: hop's span id and its parent's (16 hex; ``None``: the trace starts here), and
+        #: whether the trace is sampled (its span exported).
+        self.trace_id: str | None = None
+        self.span_id: str | None = None
+        self.parent_span_id: str | None = None
+        self.trace_sampled = False
 
     def add_flag(self, flag: str) -> None:
         """Add an Envoy response flag (``UH``...) to ``response_flag``, once."""

@@ -122,10 +122,11 @@ class XProxy(ProxyCore):
         self.options = config.xprotocol
         self.table = ctx.routes[config.router_config_name]
         self.clusters = ctx.clusters
+        self.tracer = ctx.tracer
         self.pools = ctx.pools
         self.stats = ctx.listener_stats
         #: Where requests end (stats, access logs).
-        self.observers = listener_observers(ctx.listener_stats, ctx.access_logs)
+        self.observers = listener_observers(ctx.listener_stats, ctx.access_logs, ctx.tracer)
         self.budget = ctx.buffer_budget
         self.codecs = codecs
         #: The listener's stream filters (``None``: none configured; the context says Any).
