@@ -174,7 +174,7 @@ def _otlp_exporter(settings: TracingSettings) -> tuple[Any, Any]:
             return exporter.export(spans) is SpanExportResult.SUCCESS
 
         def shutdown(self) -> None:
-            exporter.shutdown()
+            exporter.shutdown()  # type: ignore[no-untyped-call]
 
     return _Exporter(), span_converter(settings)
 

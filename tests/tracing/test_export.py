@@ -1,0 +1,78 @@
+"""The span queue and its exporter: overflow counted and never blocking, reconfiguration."""
+
+from __future__ import annotations
+
+import trio
+
+from tests.http_helpers import echoed, get, http_config, request, running_proxy, start_upstream, to
+from tests.tracing.helpers import traced
+from tests.tracing.otlp_receiver import OtlpReceiver
+from trio_mesh.config.tracing import TracingSettings
+from trio_mesh.proxy.record import RequestRecord
+from trio_mesh.tracing.export import TracingObserver
+from trio_mesh.tracing.tracer import TracingStats
+
+
+def sampled_record(n: int) -> RequestRecord:
+    record = RequestRecord(start_time=1.0, duration=0.5, method="GET", path=f"/{n}")
+    record.trace_id, record.span_id, record.trace_sampled = f"{n + 1:032x}", f"{n + 1:016x}", True
+    return record
+
+
+def test_observer_queue_is_bounded_and_counts_drops() -> None:
+    stats = TracingStats()
+    observer = TracingObserver(TracingSettings(max_queue_size=3, max_export_batch_size=2), stats)
+    unsampled = RequestRecord()
+    observer.request_end(unsampled)  # not sampled: nothing queued
+    assert not observer.queue
+    observer.request_end(sampled_record(0))
+    assert not observer.wake.is_set()
+    observer.request_end(sampled_record(1))
+    assert observer.wake.is_set()  # a batch is ready
+    for n in range(2, 10):
+        observer.request_end(sampled_record(n))
+    assert len(observer.queue) == 3
+    assert stats.spans_dropped == 7
+    assert [span[7] for span in observer.queue] == ["/0", "/1", "/2"]
+
+
+async def test_a_collector_that_never_answers_blocks_no_request(nursery: trio.Nursery) -> None:
+    upstream = await start_upstream(nursery)
+    receiver = await OtlpReceiver(hang=True).start(nursery)
+    config = traced(
+        http_config([to()], {"up": upstream.port}),
+        receiver.endpoint,
+        max_queue_size=4,
+        max_export_batch_size=2,
+        export_timeout="300ms",
+    )
+    with trio.fail_after(10):
+        async with running_proxy(config) as (server, port):
+            for _ in range(30):
+                assert (await request(port, get())).status == 200
+            assert server.tracing_stats.spans_dropped >= 30 - 4 - 2 * 4
+            assert receiver.connections >= 1
+        stats = server.tracing_stats
+    assert stats.spans_sent == 0
+    assert stats.export_failed >= 1
+
+
+async def test_apply_turns_tracing_on_and_off(nursery: trio.Nursery) -> None:
+    upstream = await start_upstream(nursery)
+    receiver = await OtlpReceiver().start(nursery)
+    plain = http_config([to()], {"up": upstream.port})
+    async with running_proxy(plain) as (server, port):
+        assert server.tracer is None
+        headers = echoed(await request(port, get()))["headers"]
+        assert "traceparent" not in headers
+        await server.apply(traced(plain, receiver.endpoint))
+        assert server.tracer is not None
+        headers = echoed(await request(port, get()))["headers"]
+        trace = headers.get("traceparent").split("-")[1]
+        (span,) = await receiver.wait_spans(1)
+        assert span["trace_id"] == trace
+        await server.apply(plain)
+        assert server.tracer is None
+        headers = echoed(await request(port, get(headers="traceparent: kept-as-is\r\n")))["headers"]
+        assert headers.getall("traceparent") == ["kept-as-is"]  # off: untouched
+    assert server.tracing_stats.spans_sent == 1
