@@ -93,6 +93,7 @@ log = logging.getLogger("trio_mesh.proxy")
 #: the tests turn it off to run the same calls through the task path and compare.
 FAST_PATH = True
 _overflow_log = ThrottledLog(log)  # clients decide how often: one line a second at most
+_TRACE_LOG = ThrottledLog(log, 10.0)  # a client can send such maps at will
 
 
 def configured_codecs(config: ProxyConfig) -> list[Codec]:
@@ -197,6 +198,8 @@ class _XSession:
         self._calls: set[_FastCall] = set()
         self.fast = proxy.fast
         self.detailed = proxy.observers.detailed
+        #: Tracing's SOFA context lives in bolt's header map (SOFARPC's keys).
+        self.tracer = proxy.tracer if codec.name == "bolt" else None
         remote, local = conn.remote, conn.local
         #: (remote, local) as the access log writes them, worked out once per connection.
         self._addresses = (
@@ -441,6 +444,8 @@ class _XSession:
         """Serve one request on its own task (the lifecycle, ``lifecycle.handle_message``);
         its ``size`` bytes leave the budget once it is answered."""
         record = self._record(frame, size)
+        if self.tracer is not None:
+            frame = self._traced(frame, record)
         try:
             await handle_message(self.proxy, _Call(self, frame, record), frame.headers.get, record)
             if not record.response_code:
@@ -453,6 +458,20 @@ class _XSession:
                 await self._write(self._reply_bytes(frame, INTERNAL, None))
         finally:
             self._end(size, record)
+
+    def _traced(self, frame: Frame, record: RequestRecord) -> Frame:
+        """``frame`` with this hop's SOFA context in its header map (``tracer.start_rpc``);
+        as it is when the map cannot take it (a map at bolt's size limit, a bad map)."""
+        tracer = self.tracer
+        assert tracer is not None
+        sets: dict[str, str] = {}
+        try:
+            headers = frame.headers
+            tracer.start_rpc(headers.get, sets.__setitem__, record)
+            return self.codec.with_headers(frame, {**headers, **sets})
+        except (ValueError, XProtocolError) as exc:
+            _TRACE_LOG.log(logging.INFO, "bolt: no trace context passed on: %s", exc)
+            return frame
 
     def _end(self, size: int, record: RequestRecord) -> None:
         """The request is over: its bytes leave the budget, its record goes to the observers."""
@@ -468,6 +487,8 @@ class _XSession:
         wait for an upstream connection gets a task (``_FastCall.connect``)."""
         proxy = self.proxy
         record = self._record(frame, size)
+        if self.tracer is not None:
+            frame = self._traced(frame, record)
         call = None
         try:
             header = frame.headers.get
