@@ -76,3 +76,11 @@ async def test_apply_turns_tracing_on_and_off(nursery: trio.Nursery) -> None:
         headers = echoed(await request(port, get(headers="traceparent: kept-as-is\r\n")))["headers"]
         assert headers.getall("traceparent") == ["kept-as-is"]  # off: untouched
     assert server.tracing_stats.spans_sent == 1
+
+
+def test_trace_variables_in_a_text_access_log() -> None:
+    from trio_mesh.proxy.accesslog import compile_format
+
+    line = compile_format("%TRACE_ID% %SPAN_ID% %response_code%")
+    assert line(sampled_record(41)) == f"{42:032x} {42:016x} 0"
+    assert line(RequestRecord()) == "- - 0"  # tracing off
