@@ -429,6 +429,10 @@ class _Session:
 
     # ------------------------------------------------------------------ Downstream
 
+    def peer(self) -> str | None:
+        remote = self.conn.remote
+        return format_hostport(*remote[:2]) if remote else None
+
     def filter_context(self, route: Route | None, cluster: str | None) -> RequestContext:
         head = self.req_head
         assert head is not None

@@ -306,6 +306,10 @@ class _Stream:
 
     # ------------------------------------------------------------------ Downstream
 
+    def peer(self) -> str | None:
+        remote = self.conn.remote
+        return format_hostport(*remote[:2]) if remote else None
+
     def filter_context(self, route: Route | None, cluster: str | None) -> RequestContext:
         req = self.request
         conn = self.conn

@@ -56,6 +56,8 @@ per call (``route_message``, ``message_cluster``, ``open_try`` / ``close_try``):
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
+from time import monotonic as _monotonic
+from time import time as _time
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, cast
 
 import trio
@@ -246,6 +248,9 @@ class Downstream(Protocol):
     chain: StreamFilterChain | None
 
     def filter_context(self, route: Route | None, cluster: str | None) -> RequestContext: ...
+
+    def peer(self) -> str | None:
+        """The client's address as logs write it (asked only for a sampled trace's span)."""
 
     def upstream_request(self, route: Route, info: RequestRecord) -> UpstreamRequest: ...
 
@@ -557,9 +562,11 @@ async def handle(
     if core.tracer is not None:
         # Before the filters: they, the upstream and the access log see this hop's context.
         core.tracer.start_http(view.headers, info)
+        if info.trace_sampled and not core.detailed:
+            _describe(ad, view, info)
     header = header_getter(view.headers)
     route = core.table.match(view.host, view.path, view.query, header)
-    if route is not None and core.detailed:
+    if route is not None and (core.detailed or info.trace_sampled):
         info.route_name = route.name
     filters = core.filters
     cluster_name = None
@@ -608,6 +615,17 @@ async def handle(
         return
     info.upstream_cluster = cluster.name
     await forward(core, ad, route, cluster, info, body, sink)
+
+
+def _describe(ad: Downstream, view: RequestView, info: RequestRecord) -> None:
+    """What a sampled request's span reads that only a detailed observer has the adapters
+    fill (tracing alone is not one: unsampled requests cost no more than that)."""
+    info.start_time = _time() - (_monotonic() - info.start)
+    info.protocol = view.protocol
+    info.method = view.method.decode("latin-1")
+    info.path = view.target.decode("latin-1")
+    info.authority = view.host or None
+    info.downstream_remote_address = ad.peer()
 
 
 async def forward(
@@ -804,7 +822,7 @@ def route_message(
     route = core.table.match("", "/", "", header)
     if route is None:
         return None, None
-    if core.detailed:
+    if core.detailed or info.trace_sampled:
         info.route_name = route.name
     if route.direct_response is not None or route.redirect is not None:
         return route, None

@@ -468,6 +468,14 @@ class _XSession:
         try:
             headers = frame.headers
             tracer.start_rpc(headers.get, sets.__setitem__, record)
+            if record.trace_sampled and not self.detailed:
+                # what the span reads (a detailed proxy's _record filled it already)
+                record.start = _monotonic()
+                record.start_time = time.time()
+                record.protocol = self.codec.name
+                record.rpc_service = headers.get("service") or None
+                record.rpc_method = headers.get("method") or None
+                record.downstream_remote_address = self._addresses[0]
             return self.codec.with_headers(frame, {**headers, **sets})
         except (ValueError, XProtocolError) as exc:
             _TRACE_LOG.log(logging.INFO, "bolt: no trace context passed on: %s", exc)
@@ -891,6 +899,9 @@ class _Call(WholeMessage):
     @property
     def sink(self) -> _Call:
         return self
+
+    def peer(self) -> str | None:
+        return self.session._addresses[0]
 
     def filter_context(self, route: Route | None, cluster: str | None) -> RequestContext:
         session = self.session

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -38,10 +39,12 @@ SpanTuple = tuple[Any, ...]
 
 
 class TracingObserver:
-    """Queues a span for each sampled request (``detailed``: it reads times and addresses)."""
+    """Queues a span for each sampled request. Not ``detailed``: the lifecycle fills what a
+    span reads for sampled requests only (``lifecycle._describe``), so unsampled ones cost
+    what they cost without tracing."""
 
     __slots__ = ("batch", "limit", "queue", "stats", "wake")
-    detailed = True
+    detailed = False
 
     def __init__(self, settings: TracingSettings, stats: TracingStats) -> None:
         self.queue: deque[SpanTuple] = deque()
@@ -63,7 +66,7 @@ class TracingObserver:
                 record.span_id,
                 record.parent_span_id,
                 record.start_time,
-                record.duration,
+                record.duration if record.duration is not None else _monotonic() - record.start,
                 record.protocol,
                 record.method,
                 record.path,
