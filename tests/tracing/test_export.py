@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import trio
+import trio.testing
 
 from tests.http_helpers import echoed, get, http_config, request, running_proxy, start_upstream, to
 from tests.tracing.helpers import traced
@@ -84,3 +85,40 @@ def test_trace_variables_in_a_text_access_log() -> None:
     line = compile_format("%TRACE_ID% %SPAN_ID% %response_code%")
     assert line(sampled_record(41)) == f"{42:032x} {42:016x} 0"
     assert line(RequestRecord()) == "- - 0"  # tracing off
+
+
+async def test_a_closed_exporter_flushes_then_counts_late_spans_as_dropped(
+    nursery: trio.Nursery,
+) -> None:
+    from trio_mesh.tracing.export import SpanExporter
+
+    exported: list[list[object]] = []
+
+    class Recorder:
+        def export(self, spans: list[object]) -> bool:
+            exported.append(spans)
+            return True
+
+        def shutdown(self) -> None:
+            pass
+
+    stats = TracingStats()
+    settings = TracingSettings(schedule_delay=3600.0, max_export_batch_size=100)
+    exporter = SpanExporter(settings, stats, lambda s: (Recorder(), lambda span: span[7]))
+    done = trio.Event()
+
+    async def run() -> None:
+        await exporter.run()
+        done.set()
+
+    nursery.start_soon(run)
+    await trio.testing.wait_all_tasks_blocked()
+    for n in range(3):
+        exporter.observer.request_end(sampled_record(n))
+    exporter.close()
+    with trio.fail_after(5):
+        await done.wait()
+    assert exported == [["/0", "/1", "/2"]]  # flushed at close, not after schedule_delay
+    assert stats.spans_sent == 3
+    exporter.observer.request_end(sampled_record(9))  # a draining connection's request
+    assert stats.spans_dropped == 1 and not exporter.observer.queue

@@ -119,7 +119,10 @@ class SpanExporter:
                 observer.wake = trio.Event()
                 await self._export_queued(exporter)
         finally:
-            # What is queued goes within export_timeout (after an export in flight ended).
+            # What is queued goes within export_timeout (after an export in flight ended);
+            # requests still ending here (connections draining after a new configuration)
+            # find the queue full from now on: their spans are counted as dropped.
+            observer.limit = 0
             await self._export_queued(exporter, trio.current_time() + settings.export_timeout)
             if observer.queue:
                 self.stats.spans_dropped += len(observer.queue)
