@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
-from tests.http_helpers import echoed, get, http_config, request, running_proxy, start_upstream, to
+from tests.http_helpers import (
+    closed_port,
+    echoed,
+    get,
+    http_config,
+    request,
+    running_proxy,
+    start_upstream,
+    to,
+)
 from tests.tracing.helpers import traced
 from tests.tracing.otlp_receiver import OtlpReceiver
 from trio_mesh.config.tracing import TracingSettings
@@ -122,3 +132,24 @@ async def test_a_closed_exporter_flushes_then_counts_late_spans_as_dropped(
     assert stats.spans_sent == 3
     exporter.observer.request_end(sampled_record(9))  # a draining connection's request
     assert stats.spans_dropped == 1 and not exporter.observer.queue
+
+
+async def test_a_collector_that_refuses_connections_counts_failed_exports(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = await start_upstream(nursery)
+    config = traced(
+        http_config([to()], {"up": upstream.port}),
+        f"http://127.0.0.1:{closed_port()}/v1/traces",
+        export_timeout="300ms",
+        max_export_batch_size=1,
+    )
+    with trio.fail_after(10):
+        async with running_proxy(config) as (server, port):
+            for _ in range(3):
+                assert (await request(port, get())).status == 200
+    stats = server.tracing_stats
+    assert stats.spans_sent == 0 and stats.export_failed >= 1
+    ours = [r for r in caplog.records if r.name == "trio_mesh.tracing"]
+    sdk = [r for r in caplog.records if r.name.startswith("opentelemetry")]
+    assert len(ours) == 1 and len(sdk) <= 1  # rate-limited: one line per 10 s each

@@ -164,10 +164,34 @@ class SpanExporter:
         return bool(exporter.export([self._converter(span) for span in batch]))
 
 
+class _OncePer(logging.Filter):
+    """Lets one record through per ``interval`` seconds (the SDK logs every failed export:
+    a collector that is down must not flood the log)."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self.interval = interval
+        self.next = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = _monotonic()
+        if now < self.next:
+            return False
+        self.next = now + self.interval
+        return True
+
+
+_SDK_LOGGER = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
+
+
 def _otlp_exporter(settings: TracingSettings) -> tuple[Any, Any]:
     """The SDK's OTLP/HTTP exporter and a span converter (imported here: tracing is on)."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import SpanExportResult
+
+    sdk_log = logging.getLogger(_SDK_LOGGER)
+    if not any(isinstance(f, _OncePer) for f in sdk_log.filters):
+        sdk_log.addFilter(_OncePer(10.0))
 
     exporter = OTLPSpanExporter(
         endpoint=settings.endpoint,
