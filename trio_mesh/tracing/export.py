@@ -218,7 +218,18 @@ def span_converter(settings: TracingSettings) -> Any:
 
     from .. import __version__
 
-    resource = Resource.create({"service.name": settings.service_name})
+    class _Resource(Resource):
+        """The SDK's encoder groups spans by resource, hashing it per span (a JSON dump of
+        its attributes); ours never changes: hashed once."""
+
+        def __init__(self, base: Resource) -> None:
+            super().__init__(base.attributes, base.schema_url)
+            self._hash = Resource.__hash__(self)
+
+        def __hash__(self) -> int:
+            return self._hash
+
+    resource = _Resource(Resource.create({"service.name": settings.service_name}))
     scope = InstrumentationScope("trio_mesh", __version__)
     sampled = TraceFlags(TraceFlags.SAMPLED)
     error = Status(StatusCode.ERROR)
