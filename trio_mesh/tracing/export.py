@@ -134,6 +134,9 @@ class SpanExporter:
         queue = self.observer.queue
         size = self.observer.batch
         while queue and trio.current_time() < until:
+            if until == math.inf:
+                # Stopping: the rest goes within export_timeout, from run's finally.
+                await trio.lowlevel.checkpoint_if_cancelled()
             batch = [queue.popleft() for _ in range(min(size, len(queue)))]
             ok = False
             # An export begun ends (or times out), even when the server stops meanwhile:
