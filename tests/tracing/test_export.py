@@ -153,3 +153,18 @@ async def test_a_collector_that_refuses_connections_counts_failed_exports(
     ours = [r for r in caplog.records if r.name == "trio_mesh.tracing"]
     sdk = [r for r in caplog.records if r.name.startswith("opentelemetry")]
     assert len(ours) == 1 and len(sdk) <= 1  # rate-limited: one line per 10 s each
+
+
+async def test_spans_queued_at_shutdown_are_exported(nursery: trio.Nursery) -> None:
+    upstream = await start_upstream(nursery)
+    receiver = await OtlpReceiver().start(nursery)
+    config = traced(
+        http_config([to()], {"up": upstream.port}), receiver.endpoint, schedule_delay="1h"
+    )
+    with trio.fail_after(10):
+        async with running_proxy(config) as (server, port):
+            for _ in range(2):
+                assert (await request(port, get())).status == 200
+            assert receiver.spans == []  # nothing due before an hour or 512 spans
+    assert len(receiver.spans) == 2  # flushed as the server stopped
+    assert server.tracing_stats.spans_sent == 2
