@@ -259,15 +259,33 @@ def _trio_mesh_tcp(work: Workdir, port: int, tag: str) -> Launch:
     return Launch([sys.executable, "-m", "trio_mesh.cli", "run", str(conf), "--log-level", "WARN"])
 
 
-def _trio_mesh(workers: int, filters: bool = False) -> Callable[[Workdir, int, str], Launch]:
+# Tracing (issue 17): OpenTelemetry at a sampling rate, spans exported over OTLP/HTTP to the
+# nginx upstream's /post, which reads and discards each body and answers 200 (a collector
+# that accepts everything at once).
+_BENCH_TRACING = """\
+tracing:
+  enable: true
+  driver: opentelemetry
+  config:
+    endpoint: "http://{upstream}/post"
+    random_sampling: {sampling}
+"""
+
+
+def _trio_mesh(
+    workers: int, filters: bool = False, tracing: int | None = None
+) -> Callable[[Workdir, int, str], Launch]:
     def build(work: Workdir, port: int, tag: str) -> Launch:
-        conf = work.dir / f"trio-mesh-{workers}{'-filters' if filters else ''}-{tag}.yaml"
+        variant = "-filters" if filters else f"-trace{tracing}" if tracing is not None else ""
+        conf = work.dir / f"trio-mesh-{workers}{variant}-{tag}.yaml"
         text = _TRIO_MESH_CONF.format(
             port=port, upstream=work.upstream, downstream="Http1", upstream_protocol="Http1"
         )
         if filters:
             chains = "        filter_chains:"
             text = text.replace(chains, _BENCH_STREAM_FILTERS + chains)
+        if tracing is not None:
+            text += _BENCH_TRACING.format(upstream=work.upstream, sampling=tracing)
         conf.write_text(text)
         argv = [sys.executable, "-m", "trio_mesh.cli", "run", str(conf), "--log-level", "WARN"]
         if workers > 1:
@@ -594,6 +612,17 @@ CONTENDERS: dict[str, Contender] = {
             "trio-mesh-1 plus three stream filters: header_mutation, flowcontrol (limit far"
             " above the load), fault at 0%",
             _trio_mesh(1, filters=True),
+        ),
+        Contender(
+            "trio-mesh-trace100",
+            "trio-mesh-1 with tracing (OpenTelemetry, OTLP/HTTP to a sink that discards) at"
+            " 100% sampling: every request a span",
+            _trio_mesh(1, tracing=100),
+        ),
+        Contender(
+            "trio-mesh-trace0",
+            "trio-mesh-1 with tracing at 0% sampling: context propagated, no span",
+            _trio_mesh(1, tracing=0),
         ),
         Contender(
             "trio-mesh-tcp",

@@ -17,6 +17,7 @@ from .config.filter_configs import Protocol, ProxyConfig, is_terminal
 from .config.metrics_check import prometheus_sinks
 from .config.model import FilterChain
 from .config.scalars import format_hostport
+from .config.tracing import tracing_settings
 from .errors import StartupError
 from .filters import BuildContext, build_network_filter
 from .filters.background import Background
@@ -34,11 +35,13 @@ from .pool import Pools
 from .proxy import network_filter as _proxy_filter  # noqa: F401 - registers the proxy filter
 from .router import RouteTable
 from .stats import ListenerStats
+from .tracing.tracer import Tracer, TracingStats
 from .upstream import ClusterManager
 from .upstream.cluster import ClusterTls, build_tls
 
 if TYPE_CHECKING:
     from .proxy.accesslog import AccessLog
+    from .tracing.export import SpanExporter
 
 log = logging.getLogger("trio_mesh.server")
 
@@ -138,6 +141,10 @@ class Server:
         #: ``time.time()`` / ``time.monotonic()`` when ``run`` began (uptime).
         self.started_at = 0.0
         self.started_monotonic = 0.0
+        #: Tracing's counters (``spans_sent``, ``spans_dropped``, ``export_failed``), kept
+        #: across configurations; the tracer and its exporter (``None``: tracing off).
+        self.tracing_stats = TracingStats()
+        self.tracer, self._exporter = _tracing(config, self.tracing_stats)
 
     @property
     def state(self) -> str:
@@ -210,6 +217,7 @@ class Server:
             listener=lst.name,
             background=self.background,
             health=self.health,
+            tracer=self.tracer,
         )
         try:
             chain = FilterChainFactory(lst.stream_filters, ctx)
@@ -296,6 +304,8 @@ class Server:
                 if self.serve_admin:
                     # Before any listener serves: a sink's port in use stops start-up whole.
                     await self._start_metrics_sinks(nursery)
+                if self._exporter is not None:
+                    await nursery.start(self._exporter.run)
                 for logs in self.access_logs.values():
                     for access_log in logs:
                         await nursery.start(access_log.run)
@@ -399,7 +409,12 @@ class Server:
         }
         # Proxies hold their table object: the ones kept will take the new routes in place.
         staged = {name: self.routes.get(name, table) for name, table in tables.items()}
-        changed = [lst for name, lst in new.items() if old.get(name) != lst]
+        # A tracing change rebuilds every listener: their proxies hold the tracer.
+        retracing = config.tracing != self.config.tracing
+        saved_tracing = self.tracer, self._exporter
+        if retracing:
+            self.tracer, self._exporter = _tracing(config, self.tracing_stats)
+        changed = [lst for name, lst in new.items() if retracing or old.get(name) != lst]
         built = {}
         fresh_sockets: dict[str, socket.socket] = {}
         saved_logs = dict(self.access_logs)
@@ -413,7 +428,7 @@ class Server:
                 )
             # Certificate rotation: the listeners kept as they are take the TLS contexts
             # just built from the files, swapped in below for new handshakes.
-            kept = [lst for name, lst in new.items() if old.get(name) == lst]
+            kept = [lst for name, lst in new.items() if old.get(name) == lst and not retracing]
             rotated = self._rotate(kept, contexts)
             await self._check_access_logs(lst.name for lst in changed)
             for lst in changed:
@@ -427,6 +442,7 @@ class Server:
             for sock in fresh_sockets.values():
                 sock.close()
             self.access_logs = saved_logs
+            self.tracer, self._exporter = saved_tracing
             self.clusters.remove(added_clusters)
             raise
         # From here on nothing awaits until every swap is made: no request sees half of it.
@@ -484,6 +500,12 @@ class Server:
             if self.access_logs[lst.name] is not saved_logs.get(lst.name):
                 for access_log in self.access_logs[lst.name]:
                     await nursery.start(access_log.run)
+        if retracing:
+            old_exporter = saved_tracing[1]
+            if old_exporter is not None:
+                old_exporter.close()  # exports what it holds, then ends
+            if self._exporter is not None:
+                await nursery.start(self._exporter.run)
         for runtime in starting:
             await nursery.start(runtime.serve)
             log.info("listener %r listening on %s", runtime.name, format_hostport(*runtime.address))
@@ -501,6 +523,19 @@ async def _drain_then_close(runtime: ListenerRuntime, timeout: float) -> None:
         return
     log.info("listener %r: drain timeout, closing what is left", runtime.name)
     runtime.close_now()
+
+
+def _tracing(config: MeshConfig, stats: TracingStats) -> tuple[Tracer | None, SpanExporter | None]:
+    """The configuration's tracer and its span exporter (imported only when tracing is on)."""
+    settings = tracing_settings(config.tracing)
+    if settings is None:
+        return None, None
+    from .tracing.export import SpanExporter
+
+    tracer = Tracer(settings, stats)
+    exporter = SpanExporter(settings, stats)
+    tracer.observer = exporter.observer
+    return tracer, exporter
 
 
 def _access_logs(listener: Listener) -> tuple[AccessLog, ...]:

@@ -153,7 +153,7 @@ def test_missing_values_render_as_dash():
     assert access_log("stdout").format(RequestRecord()) == "- - - 0 0 - 0 - - 0 - - - -"
     everything = " ".join(f"%{name}%" for name in VARIABLES)
     line = access_log("stdout", log_format=everything).format(RequestRecord())
-    assert line.split(" ") == ["-", "-", "-", "-", "0", "0", "-", "0", *["-"] * 25]
+    assert line.split(" ") == ["-", "-", "-", "-", "0", "0", "-", "0", *["-"] * 27]
 
 
 def test_request_text_cannot_break_the_line():
@@ -192,6 +192,8 @@ def test_json_lines_carry_every_variable(utc):
         "upstream_transport_failure_reason": None,
         "x-mosn-rpc-service": "com.example.Echo:1.0",
         "x-mosn-rpc-method": "echo",
+        "TRACE_ID": None,  # tracing off
+        "SPAN_ID": None,
         **dict.fromkeys(TLS_VARIABLES),  # a plaintext request: every TLS key, null
     }
     empty = json.loads(log.format(RequestRecord()))

@@ -46,6 +46,9 @@ RECORDED = (
     # MOSN's RPC variables (types.VarHeaderRPCService, types.VarHeaderRPCMethod)
     "x-mosn-rpc-service",
     "x-mosn-rpc-method",
+    # tracing (Envoy-style names): the request's trace id (32 hex) and this hop's span id
+    "TRACE_ID",
+    "SPAN_ID",
     # the downstream connection's TLS (Envoy's names; "-" / null on a plaintext connection)
     *TLS_VARIABLES,
 )

@@ -11,6 +11,7 @@ from .filter_configs import Protocol, ProxyConfig, is_terminal
 from .metrics_check import check_metrics, metrics_warnings
 from .model import FilterChain, MeshConfig
 from .proxy_tracing import proxy_tracing_warnings
+from .tracing import check_tracing, tracing_warnings
 
 
 def check_refs(normalized: dict, refs: list[tuple[str, str, str]]) -> list[str]:
@@ -84,6 +85,7 @@ def check(config: MeshConfig) -> list[str]:
         "address",
     )
     _unique(errors, routers, "router config")
+    errors += check_tracing(config)
     return errors
 
 
@@ -230,6 +232,7 @@ def unenforced(config: MeshConfig) -> list[str]:
         for ri, router in enumerate(server.routers):
             if router.router_config_name in warned_retries:
                 warnings += _rpc_retries_unenforced(f"servers[{si}].routers[{ri}]", router)
+    warnings += tracing_warnings(config)
     return warnings
 
 

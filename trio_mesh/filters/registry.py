@@ -38,6 +38,8 @@ class BuildContext:
     background: Any = None
     #: The server's health (``trio_mesh.health.Health``: the ``health_check`` filter's answer).
     health: Any = None
+    #: The configuration's tracer (``trio_mesh.tracing.tracer.Tracer``; ``None``: tracing off).
+    tracer: Any = None
 
 
 def _default_budget() -> ListenerBudget:

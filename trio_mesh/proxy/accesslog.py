@@ -241,6 +241,9 @@ def _text_getters() -> dict[str, tuple[Getter, Getter]]:
         # MOSN's variables of an RPC (xprotocol) request: types.VarHeaderRPCService/Method
         "x-mosn-rpc-service": string("rpc_service"),
         "x-mosn-rpc-method": string("rpc_method"),
+        # tracing (tracing/tracer.py): "-" / null when tracing is off
+        "TRACE_ID": string("trace_id"),
+        "SPAN_ID": string("span_id"),
         **{name: _tls_getters(get) for name, get in _TLS_FIELDS.items()},
     }
 

@@ -82,10 +82,11 @@ class Http1Proxy(ProxyCore):
         self.config = config
         self.table = ctx.routes[config.router_config_name]
         self.clusters = ctx.clusters
+        self.tracer = ctx.tracer
         self.pools = ctx.pools
         self.stats = ctx.listener_stats
         #: Where requests end (stats, access logs); ``detailed``: fill what only logs read.
-        self.observers = listener_observers(ctx.listener_stats, ctx.access_logs)
+        self.observers = listener_observers(ctx.listener_stats, ctx.access_logs, ctx.tracer)
         self.detailed = self.observers.detailed
         #: The listener's stream filters (``None``: none configured; the context says Any).
         self.filters: FilterChainFactory | None = ctx.stream_filters
@@ -431,6 +432,10 @@ class _Session:
         self._request_complete(info)
 
     # ------------------------------------------------------------------ Downstream
+
+    def peer(self) -> str | None:
+        remote = self.conn.remote
+        return format_hostport(*remote[:2]) if remote else None
 
     def filter_context(self, route: Route | None, cluster: str | None) -> RequestContext:
         head = self.req_head

@@ -69,10 +69,11 @@ class Http2Proxy(ProxyCore):
         self.config = config
         self.table = ctx.routes[config.router_config_name]
         self.clusters = ctx.clusters
+        self.tracer = ctx.tracer
         self.pools = ctx.pools
         self.stats = ctx.listener_stats
         #: Where requests end (stats, access logs); ``detailed``: fill what only logs read.
-        self.observers = listener_observers(ctx.listener_stats, ctx.access_logs)
+        self.observers = listener_observers(ctx.listener_stats, ctx.access_logs, ctx.tracer)
         self.detailed = self.observers.detailed
         self.settings = self.h2_settings = h2_settings(config)
         self.xfcc = XfccPolicy(
@@ -305,6 +306,10 @@ class _Stream:
             self.ep.reset(self.sid, ErrorCode.CANCEL)
 
     # ------------------------------------------------------------------ Downstream
+
+    def peer(self) -> str | None:
+        remote = self.conn.remote
+        return format_hostport(*remote[:2]) if remote else None
 
     def filter_context(self, route: Route | None, cluster: str | None) -> RequestContext:
         req = self.request

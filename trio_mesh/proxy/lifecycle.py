@@ -57,6 +57,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
 from time import monotonic as _monotonic
+from time import time as _time
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, cast
 
 import trio
@@ -101,6 +102,7 @@ if TYPE_CHECKING:
     from ..pool import Pools
     from ..protocols.http2 import H2Settings
     from ..router.table import RouteTable
+    from ..tracing.tracer import Tracer
     from ..upstream import ClusterManager
 
 Header = tuple[bytes, bytes]
@@ -247,6 +249,9 @@ class Downstream(Protocol):
 
     def filter_context(self, route: Route | None, cluster: str | None) -> RequestContext: ...
 
+    def peer(self) -> str | None:
+        """The client's address as logs write it (asked only for a sampled trace's span)."""
+
     def upstream_request(self, route: Route, info: RequestRecord) -> UpstreamRequest: ...
 
     async def reply(
@@ -290,6 +295,8 @@ class ProxyCore:
     h2_settings: H2Settings
     #: A stream the upstream refused, sent again, counts as a retry (HTTP/2 both sides).
     counts_refused: bool
+    #: The configuration's tracer (``tracing/tracer.py``); ``None``: tracing off.
+    tracer: Tracer | None = None
 
 
 class RequestBody:
@@ -552,9 +559,14 @@ async def handle(
     ``body``: the request's, over the adapter as its source (the adapter holds no reference
     to it: no cycle, so a finished request is freed at once, not by the cycle collector);
     ``sink``: where its response goes (usually the adapter itself)."""
+    if core.tracer is not None:
+        # Before the filters: they, the upstream and the access log see this hop's context.
+        core.tracer.start_http(view.headers, info)
+        if info.trace_sampled and not core.detailed:
+            _describe(ad, view, info)
     header = header_getter(view.headers)
     route = core.table.match(view.host, view.path, view.query, header)
-    if route is not None and core.detailed:
+    if route is not None and (core.detailed or info.trace_sampled):
         info.route_name = route.name
     filters = core.filters
     cluster_name = None
@@ -603,6 +615,17 @@ async def handle(
         return
     info.upstream_cluster = cluster.name
     await forward(core, ad, route, cluster, info, body, sink)
+
+
+def _describe(ad: Downstream, view: RequestView, info: RequestRecord) -> None:
+    """What a sampled request's span reads that only a detailed observer has the adapters
+    fill (tracing alone is not one: unsampled requests cost no more than that)."""
+    info.start_time = _time() - (_monotonic() - info.start)
+    info.protocol = view.protocol
+    info.method = view.method.decode("latin-1")
+    info.path = view.target.decode("latin-1")
+    info.authority = view.host or None
+    info.downstream_remote_address = ad.peer()
 
 
 async def forward(
@@ -806,7 +829,7 @@ def route_message(
     route = core.table.match("", "/", "", header)
     if route is None:
         return None, None
-    if core.detailed:
+    if core.detailed or info.trace_sampled:
         info.route_name = route.name
     if route.direct_response is not None or route.redirect is not None:
         return route, None

@@ -111,9 +111,14 @@ class Observers:
             call(record)
 
 
-def listener_observers(stats: ListenerStats, access_logs: Sequence[Any]) -> Observers:
-    """A listener's observers: its stats counters, then its access logs (if any)."""
+def listener_observers(
+    stats: ListenerStats, access_logs: Sequence[Any], tracer: Any = None
+) -> Observers:
+    """A listener's observers: its stats counters, then its access logs (if any), then the
+    tracer's span queue (when tracing is on)."""
     observers: list[Observer] = [StatsObserver(stats)]
     if access_logs:
         observers.append(AccessLogObserver(access_logs))
+    if tracer is not None and tracer.observer is not None:
+        observers.append(tracer.observer)
     return Observers(observers)

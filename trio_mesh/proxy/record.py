@@ -46,6 +46,10 @@ class RequestRecord:
         "tls",
         "upstream_transport_failure_reason",
         "rpc_status",
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "trace_sampled",
     )
 
     def __init__(
@@ -121,6 +125,13 @@ class RequestRecord:
         #: RPC: the protocol's own status of the response sent (the upstream's, or the
         #: codec's status for the proxy's error reply); ``None``: none (a oneway request).
         self.rpc_status: int | None = None
+        #: Tracing (``tracing/tracer.py``; ``None`` when off): the trace's id (32 hex), this
+        #: hop's span id and its parent's (16 hex; ``None``: the trace starts here), and
+        #: whether the trace is sampled (its span exported).
+        self.trace_id: str | None = None
+        self.span_id: str | None = None
+        self.parent_span_id: str | None = None
+        self.trace_sampled = False
 
     def add_flag(self, flag: str) -> None:
         """Add an Envoy response flag (``UH``...) to ``response_flag``, once."""

@@ -93,6 +93,7 @@ log = logging.getLogger("trio_mesh.proxy")
 #: the tests turn it off to run the same calls through the task path and compare.
 FAST_PATH = True
 _overflow_log = ThrottledLog(log)  # clients decide how often: one line a second at most
+_TRACE_LOG = ThrottledLog(log, 10.0)  # a client can send such maps at will
 
 
 def configured_codecs(config: ProxyConfig) -> list[Codec]:
@@ -122,10 +123,11 @@ class XProxy(ProxyCore):
         self.options = config.xprotocol
         self.table = ctx.routes[config.router_config_name]
         self.clusters = ctx.clusters
+        self.tracer = ctx.tracer
         self.pools = ctx.pools
         self.stats = ctx.listener_stats
         #: Where requests end (stats, access logs).
-        self.observers = listener_observers(ctx.listener_stats, ctx.access_logs)
+        self.observers = listener_observers(ctx.listener_stats, ctx.access_logs, ctx.tracer)
         self.budget = ctx.buffer_budget
         self.codecs = codecs
         #: The listener's stream filters (``None``: none configured; the context says Any).
@@ -198,6 +200,8 @@ class _XSession:
         self.detailed = proxy.observers.detailed
         #: This listener's counters of this protocol (by RPC status).
         self.rpc_stats = proxy.stats.rpc_stats(codec.name)
+        #: Tracing's SOFA context lives in bolt's header map (SOFARPC's keys).
+        self.tracer = proxy.tracer if codec.name == "bolt" else None
         remote, local = conn.remote, conn.local
         #: (remote, local) as the access log writes them, worked out once per connection.
         self._addresses = (
@@ -444,6 +448,8 @@ class _XSession:
         """Serve one request on its own task (the lifecycle, ``lifecycle.handle_message``);
         its ``size`` bytes leave the budget once it is answered."""
         record = self._record(frame, size)
+        if self.tracer is not None:
+            frame = self._traced(frame, record)
         try:
             await handle_message(self.proxy, _Call(self, frame, record), frame.headers.get, record)
             if not record.response_code:
@@ -457,6 +463,28 @@ class _XSession:
                 await self._write(self._reply_bytes(frame, INTERNAL, None))
         finally:
             self._end(size, record)
+
+    def _traced(self, frame: Frame, record: RequestRecord) -> Frame:
+        """``frame`` with this hop's SOFA context in its header map (``tracer.start_rpc``);
+        as it is when the map cannot take it (a map at bolt's size limit, a bad map)."""
+        tracer = self.tracer
+        assert tracer is not None
+        sets: dict[str, str] = {}
+        try:
+            headers = frame.headers
+            tracer.start_rpc(headers.get, sets.__setitem__, record)
+            if record.trace_sampled and not self.detailed:
+                # what the span reads (a detailed proxy's _record filled it already)
+                record.start = _monotonic()
+                record.start_time = time.time()
+                record.protocol = self.codec.name
+                record.rpc_service = headers.get("service") or None
+                record.rpc_method = headers.get("method") or None
+                record.downstream_remote_address = self._addresses[0]
+            return self.codec.with_headers(frame, {**headers, **sets})
+        except (ValueError, XProtocolError) as exc:
+            _TRACE_LOG.log(logging.INFO, "bolt: no trace context passed on: %s", exc)
+            return frame
 
     def _end(self, size: int, record: RequestRecord) -> None:
         """The request is over: its bytes leave the budget, its record goes to the observers."""
@@ -473,6 +501,8 @@ class _XSession:
         wait for an upstream connection gets a task (``_FastCall.connect``)."""
         proxy = self.proxy
         record = self._record(frame, size)
+        if self.tracer is not None:
+            frame = self._traced(frame, record)
         call = None
         try:
             header = frame.headers.get
@@ -884,6 +914,9 @@ class _Call(WholeMessage):
     @property
     def sink(self) -> _Call:
         return self
+
+    def peer(self) -> str | None:
+        return self.session._addresses[0]
 
     def filter_context(self, route: Route | None, cluster: str | None) -> RequestContext:
         session = self.session
