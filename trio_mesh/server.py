@@ -17,7 +17,6 @@ from .config.filter_configs import Protocol, ProxyConfig, is_terminal
 from .config.metrics_check import prometheus_sinks
 from .config.model import FilterChain
 from .config.scalars import format_hostport
-from .config.tracing import tracing_settings
 from .errors import StartupError
 from .filters import BuildContext, build_network_filter
 from .filters.background import Background
@@ -36,12 +35,12 @@ from .proxy import network_filter as _proxy_filter  # noqa: F401 - registers the
 from .router import RouteTable
 from .stats import ListenerStats
 from .tracing.tracer import Tracer, TracingStats
+from .tracing.tracers import TracerSet
 from .upstream import ClusterManager
 from .upstream.cluster import ClusterTls, build_tls
 
 if TYPE_CHECKING:
     from .proxy.accesslog import AccessLog
-    from .tracing.export import SpanExporter
 
 log = logging.getLogger("trio_mesh.server")
 
@@ -142,9 +141,16 @@ class Server:
         self.started_at = 0.0
         self.started_monotonic = 0.0
         #: Tracing's counters (``spans_sent``, ``spans_dropped``, ``export_failed``), kept
-        #: across configurations; the tracer and its exporter (``None``: tracing off).
+        #: across configurations; the tracers and their exporters, one per distinct
+        #: effective tracing of the listeners (none: tracing off).
         self.tracing_stats = TracingStats()
-        self.tracer, self._exporter = _tracing(config, self.tracing_stats)
+        self.tracers = TracerSet(config, self.tracing_stats)
+
+    @property
+    def tracer(self) -> Tracer | None:
+        """The tracer of the top-level ``tracing`` block (``None``: off, or no listener
+        uses it)."""
+        return self.tracers.default
 
     @property
     def state(self) -> str:
@@ -217,7 +223,7 @@ class Server:
             listener=lst.name,
             background=self.background,
             health=self.health,
-            tracer=self.tracer,
+            tracers=self.tracers,
         )
         try:
             chain = FilterChainFactory(lst.stream_filters, ctx)
@@ -304,8 +310,8 @@ class Server:
                 if self.serve_admin:
                     # Before any listener serves: a sink's port in use stops start-up whole.
                     await self._start_metrics_sinks(nursery)
-                if self._exporter is not None:
-                    await nursery.start(self._exporter.run)
+                for exporter in self.tracers.exporters():
+                    await nursery.start(exporter.run)
                 for logs in self.access_logs.values():
                     for access_log in logs:
                         await nursery.start(access_log.run)
@@ -409,11 +415,10 @@ class Server:
         }
         # Proxies hold their table object: the ones kept will take the new routes in place.
         staged = {name: self.routes.get(name, table) for name, table in tables.items()}
-        # A tracing change rebuilds every listener: their proxies hold the tracer.
+        # A top-level tracing change rebuilds every listener: their proxies hold a tracer.
         retracing = config.tracing != self.config.tracing
-        saved_tracing = self.tracer, self._exporter
-        if retracing:
-            self.tracer, self._exporter = _tracing(config, self.tracing_stats)
+        saved_tracers = self.tracers
+        self.tracers = TracerSet(config, self.tracing_stats, previous=saved_tracers)
         changed = [lst for name, lst in new.items() if retracing or old.get(name) != lst]
         built = {}
         fresh_sockets: dict[str, socket.socket] = {}
@@ -442,7 +447,7 @@ class Server:
             for sock in fresh_sockets.values():
                 sock.close()
             self.access_logs = saved_logs
-            self.tracer, self._exporter = saved_tracing
+            self.tracers = saved_tracers
             self.clusters.remove(added_clusters)
             raise
         # From here on nothing awaits until every swap is made: no request sees half of it.
@@ -500,12 +505,13 @@ class Server:
             if self.access_logs[lst.name] is not saved_logs.get(lst.name):
                 for access_log in self.access_logs[lst.name]:
                     await nursery.start(access_log.run)
-        if retracing:
-            old_exporter = saved_tracing[1]
-            if old_exporter is not None:
-                old_exporter.close()  # exports what it holds, then ends
-            if self._exporter is not None:
-                await nursery.start(self._exporter.run)
+        running = saved_tracers.exporters()
+        for exporter in running:
+            if exporter not in self.tracers.exporters():
+                exporter.close()  # exports what it holds, then ends
+        for exporter in self.tracers.exporters():
+            if exporter not in running:
+                await nursery.start(exporter.run)
         for runtime in starting:
             await nursery.start(runtime.serve)
             log.info("listener %r listening on %s", runtime.name, format_hostport(*runtime.address))
@@ -523,19 +529,6 @@ async def _drain_then_close(runtime: ListenerRuntime, timeout: float) -> None:
         return
     log.info("listener %r: drain timeout, closing what is left", runtime.name)
     runtime.close_now()
-
-
-def _tracing(config: MeshConfig, stats: TracingStats) -> tuple[Tracer | None, SpanExporter | None]:
-    """The configuration's tracer and its span exporter (imported only when tracing is on)."""
-    settings = tracing_settings(config.tracing)
-    if settings is None:
-        return None, None
-    from .tracing.export import SpanExporter
-
-    tracer = Tracer(settings, stats)
-    exporter = SpanExporter(settings, stats)
-    tracer.observer = exporter.observer
-    return tracer, exporter
 
 
 def _access_logs(listener: Listener) -> tuple[AccessLog, ...]:

@@ -38,7 +38,11 @@ class BuildContext:
     background: Any = None
     #: The server's health (``trio_mesh.health.Health``: the ``health_check`` filter's answer).
     health: Any = None
-    #: The configuration's tracer (``trio_mesh.tracing.tracer.Tracer``; ``None``: tracing off).
+    #: The configuration's tracers (``trio_mesh.tracing.tracers.TracerSet``); the proxy
+    #: takes its own (``tracer``) from them when it is built.
+    tracers: Any = None
+    #: The tracer of the proxy being built (``trio_mesh.tracing.tracer.Tracer``; ``None``:
+    #: not traced).
     tracer: Any = None
 
 

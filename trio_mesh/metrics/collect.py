@@ -151,9 +151,23 @@ def collect(server: Server) -> list[Metric]:
         _emit(out, cluster.stats, _CLUSTER, "cluster", cluster.name, "envoy_cluster_name")
         _cluster_now(out, cluster)
     _server(out, server, total_connections)
+    _tracing(out, server.tracing_stats)
     if server.xds is not None:
         _xds(out, server.xds)
     return out
+
+
+_TRACING_HELP = {
+    "spans_sent": "spans the collector accepted",
+    "spans_dropped": "spans dropped because the export queue was full",
+    "export_failed": "export requests that failed (their spans are lost)",
+}
+
+
+def _tracing(out: list[Metric], stats: Any) -> None:
+    for stat, help_ in _TRACING_HELP.items():
+        name = f"tracing.{stat}"
+        out.append(Metric(name, name, (), "counter", getattr(stats, stat), help_))
 
 
 def _rpc(out: list[Metric], listener: str, stats: ListenerStats) -> None:

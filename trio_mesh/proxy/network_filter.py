@@ -9,6 +9,7 @@ import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from ..config.filter_configs import Protocol, ProxyConfig
@@ -86,6 +87,9 @@ class AutoProxy:
 
 
 def make_proxy(config: ProxyConfig, ctx: BuildContext) -> NetworkFilter:
+    if ctx.tracers is not None:
+        # This listener's effective tracing (its own, or the top-level block's).
+        ctx = attrs.evolve(ctx, tracer=ctx.tracers.tracer_for(config))
     if config.downstream_protocol in (Protocol.X, Protocol.BOLT, Protocol.DUBBO):
         from .xprotocol import XProxy, configured_codecs
 
