@@ -1,0 +1,209 @@
+"""``AdminTarget`` for ``--workers N``: every call fanned out to the worker processes.
+
+- Metrics: counters and histograms summed by (name, tags); gauges that belong to one process
+  (connections and requests active, memory) kept per worker with a ``worker`` label (and
+  ``worker_<slot>`` in the dotted name, as Envoy names its per-worker stats); other gauges
+  (memberships, versions, circuit breakers open) are the same in every worker or "any": max.
+  ``server.live`` is the minimum, ``server.state`` the worst, ``server.uptime`` the
+  supervisor's, ``server.concurrency`` the number of workers.
+- A worker's counters live in its process: when it dies, they go with it (as Envoy's do on
+  a hot restart), and the sums drop; Prometheus reads a drop as a counter reset.
+- Commands go to every worker; a worker that (re)connects later gets the sticky ones
+  (health check failed, log levels, drain) replayed, so a restarted worker does not come
+  back ready behind a ``/healthcheck/fail``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from ..metrics.model import HistogramValue, Metric, from_json
+from ..network.throttled_log import ThrottledLog
+from .hub import CALL_TIMEOUT, WorkerConn, WorkerError, WorkerHub
+
+log = logging.getLogger("trio_mesh.admin.fanout")
+
+#: Envoy's ``server.state`` numbers: the larger, the further from serving.
+STATE_NUMBERS = {"LIVE": 0, "DRAINING": 1, "PRE_INITIALIZING": 2, "INITIALIZING": 3}
+#: Per-process gauges besides every ``*_active``.
+PER_WORKER_GAUGES = frozenset({"server.memory_allocated", "server.total_connections"})
+#: Exception kinds that mean "the request was wrong" (a client error), not a failure.
+CLIENT_ERRORS = frozenset({"ValueError", "KeyError", "TypeError"})
+
+
+def is_per_worker(metric: Metric) -> bool:
+    return metric.kind == "gauge" and (
+        metric.tag_name.endswith("_active") or metric.tag_name in PER_WORKER_GAUGES
+    )
+
+
+def per_worker(metric: Metric, slot: int) -> Metric:
+    head, _, stat = metric.name.rpartition(".")
+    name = f"{head}.worker_{slot}.{stat}" if head else f"worker_{slot}.{stat}"
+    return attrs.evolve(metric, name=name, tags=(*metric.tags, ("worker", str(slot))))
+
+
+def merge_metrics(
+    per_slot: Mapping[int, Sequence[Metric]], *, workers: int, uptime: float
+) -> list[Metric]:
+    """One scrape from the workers' snapshots (by slot), in first-seen order."""
+    merged: dict[tuple[str, Any], Metric] = {}
+    for slot in sorted(per_slot):
+        for m in per_slot[slot]:
+            if is_per_worker(m):
+                m = per_worker(m, slot)
+                merged[(m.name, m.tags)] = m
+                continue
+            key = (m.name, m.tags)
+            have = merged.get(key)
+            if have is None or have.kind != m.kind:
+                merged.setdefault(key, m)
+                continue
+            merged[key] = attrs.evolve(have, value=_combine(have, m))
+    for key, m in merged.items():
+        if m.name == "server.uptime":
+            merged[key] = attrs.evolve(m, value=int(uptime))
+        elif m.name == "server.concurrency":
+            merged[key] = attrs.evolve(m, value=workers)
+    return list(merged.values())
+
+
+def _combine(have: Metric, new: Metric) -> int | float | HistogramValue:
+    a, b = have.value, new.value
+    if isinstance(a, HistogramValue) and isinstance(b, HistogramValue):
+        return a + b if len(a.counts) == len(b.counts) else a
+    if isinstance(a, HistogramValue) or isinstance(b, HistogramValue):
+        return a
+    if have.kind == "counter":
+        return a + b
+    if have.name == "server.live":
+        return min(a, b)
+    return max(a, b)  # server.state (the worst), memberships, versions, *_open
+
+
+def merge_state(states: Sequence[str], workers: int) -> str:
+    """The proxy's state: the worst of its workers'; a worker not linked (starting, or
+    restarting after a crash) counts as ``PRE_INITIALIZING``."""
+    if len(states) < workers:
+        states = [*states, "PRE_INITIALIZING"]
+    return max(states, key=lambda s: STATE_NUMBERS.get(s, 3)) if states else "PRE_INITIALIZING"
+
+
+class FanOutTarget:
+    """``AdminTarget`` over the workers linked to ``hub``. ``started``: the supervisor's
+    ``time.monotonic()`` at start (uptime outlives an admin process restart)."""
+
+    def __init__(self, hub: WorkerHub, workers: int, started: float) -> None:
+        self.hub = hub
+        self.workers = workers
+        self.started = started
+        self._bad = ThrottledLog(log, 5.0)
+        # Sticky commands, replayed to a worker that links later.
+        self._health_failed = False
+        self._drain: dict[str, Any] | None = None
+        self._log_levels: dict[str | None, str] = {}
+        hub.on_hello.append(self._replay)
+
+    async def _first(self, op: str) -> Any:
+        for slot, result in (await self.hub.call_all(op)).items():
+            if not isinstance(result, Exception):
+                return result
+            self._bad.log(logging.WARNING, "worker %d: %s failed: %s", slot, op, result)
+        raise RuntimeError(f"no worker answered {op!r}")
+
+    async def _broadcast(self, op: str, args: dict[str, Any]) -> None:
+        """Every linked worker runs it; the errors, if any, raised together (a ``ValueError``
+        when every one is a client error)."""
+        results = await self.hub.call_all(op, args)
+        failed = [r for r in results.values() if isinstance(r, Exception)]
+        if not failed:
+            return
+        message = "; ".join(str(e) for e in failed)
+        if all(isinstance(e, WorkerError) and e.kind in CLIENT_ERRORS for e in failed):
+            raise ValueError(message)
+        raise RuntimeError(message)
+
+    async def metrics(self) -> list[Metric]:
+        per_slot: dict[int, list[Metric]] = {}
+        for slot, result in (await self.hub.call_all("metrics")).items():
+            if isinstance(result, Exception):
+                continue  # logged by the hub (timeout) or below
+            try:
+                per_slot[slot] = from_json(result)
+            except (TypeError, ValueError) as exc:
+                self._bad.log(logging.WARNING, "worker %d sent bad metrics: %s", slot, exc)
+        return merge_metrics(per_slot, workers=self.workers, uptime=time.monotonic() - self.started)
+
+    async def clusters(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._first("clusters")
+        return result
+
+    async def config_dump(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._first("config_dump")
+        return result
+
+    async def server_info(self) -> dict[str, Any]:
+        answers = await self.hub.call_all("server_info")
+        infos = {s: r for s, r in answers.items() if isinstance(r, dict)}
+        info: dict[str, Any] = dict(next(iter(infos.values()), {}))
+        states = [str(i.get("state")) for i in infos.values()]
+        info["state"] = merge_state(states, self.workers)
+        info["health_failed"] = self._health_failed or any(
+            bool(i.get("health_failed")) for i in infos.values()
+        )
+        info["uptime"] = int(time.monotonic() - self.started)
+        info["concurrency"] = self.workers
+        info["workers"] = [
+            {
+                "worker": slot,
+                "pid": self.hub.conns[slot].pid if slot in self.hub.conns else None,
+                "state": infos[slot].get("state") if slot in infos else "NOT_ANSWERING",
+                "health_failed": bool(infos[slot].get("health_failed")) if slot in infos else None,
+            }
+            for slot in range(self.workers)
+        ]
+        return info
+
+    async def set_health_failed(self, failed: bool) -> None:
+        self._health_failed = failed
+        await self._broadcast("set_health_failed", {"failed": failed})
+
+    async def drain_listeners(self, graceful: bool, inbound_only: bool) -> None:
+        args = {"graceful": graceful, "inbound_only": inbound_only}
+        await self._broadcast("drain_listeners", args)
+        self._drain = args
+
+    async def set_log_level(self, logger: str | None, level: str) -> None:
+        await self._broadcast("set_log_level", {"logger": logger, "level": level})
+        self._log_levels[logger] = level  # only once every worker accepted it
+        if logger is None:  # every logger: what was set per logger before is overridden
+            self._log_levels = {None: level}
+
+    async def log_levels(self) -> dict[str, str]:
+        result: dict[str, str] = await self._first("log_levels")
+        return result
+
+    async def _replay(self, conn: WorkerConn) -> None:
+        """Bring a worker that just linked up to the commands the others got."""
+        calls: list[tuple[str, dict[str, Any]]] = [
+            ("set_log_level", {"logger": lg, "level": lv}) for lg, lv in self._log_levels.items()
+        ]
+        if self._health_failed:
+            calls.append(("set_health_failed", {"failed": True}))
+        if self._drain is not None:
+            calls.append(("drain_listeners", self._drain))
+        for op, args in calls:
+            problem: object = f"no answer in {CALL_TIMEOUT}s"
+            with trio.move_on_after(CALL_TIMEOUT):
+                try:
+                    await conn.call(op, args)
+                    continue
+                except Exception as exc:  # gone, or refused: the next link replays again
+                    problem = exc
+            self._bad.log(logging.WARNING, "worker %d: replaying %s: %s", conn.slot, op, problem)
