@@ -213,7 +213,7 @@ else:
     try:
         s.sendall(b'{"hello": 0, "pid": 1}\\n')
         print("connected", s.recv(10))
-    except ConnectionResetError:
+    except (ConnectionResetError, BrokenPipeError):  # closed by the hub, unread
         print("connected b''")
 """
 
