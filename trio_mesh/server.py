@@ -93,9 +93,13 @@ class Server:
     Cancelling the nursery closes every socket and task of the server.
     """
 
-    def __init__(self, config: MeshConfig, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self, config: MeshConfig, *, reuse_port: bool = False, serve_admin: bool = True
+    ) -> None:
         self.config = config
         self.reuse_port = reuse_port
+        #: False in ``--workers N`` workers: the admin process serves the admin port and sinks.
+        self.serve_admin = serve_admin
         # TLS contexts are built by ``run`` (in a thread, before any port is bound); a
         # cluster with TLS connects to nothing until then.
         self.clusters = ClusterManager(config.cluster_manager.clusters, tls={})

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ async def control(nursery: trio.Nursery) -> AsyncIterator[tuple[str, WorkerHub, 
     sock.bind(path)
     sock.listen(16)
     hub = WorkerHub(2)
-    target = FanOutTarget(hub, 2, trio.current_time())
+    target = FanOutTarget(hub, 2, time.monotonic())
     await nursery.start(hub.serve, sock)
     yield path, hub, target
     os.unlink(path)

@@ -1,1 +1,1 @@
-"""The admin API: Envoy's and MOSN's endpoints over a small HTTP/1 server."""
+"""The admin API: Envoy's and MOSN's operator endpoints, served by the proxy itself."""

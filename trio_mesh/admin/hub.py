@@ -100,6 +100,7 @@ class WorkerHub:
         self._slow = ThrottledLog(log, 5.0)
         #: Called with each newly connected worker (replays sticky commands to it).
         self.on_hello: list[Any] = []
+        self._unlinked = trio.Event()  # set (and replaced) each time a link goes
 
     async def serve(
         self, sock: socket.socket, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -149,8 +150,14 @@ class WorkerHub:
                 finally:
                     if self.conns.get(conn.slot) is conn:
                         del self.conns[conn.slot]
+                        self._unlinked.set()
+                        self._unlinked = trio.Event()
         finally:
             self._slots.release()
+
+    async def wait_all_unlinked(self) -> None:
+        while self.conns:
+            await self._unlinked.wait()
 
     async def _hello(self, channel: LineChannel) -> WorkerConn | None:
         with trio.move_on_after(HELLO_TIMEOUT):
