@@ -216,7 +216,10 @@ async def _serve(
     signals_wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     with trio.open_signal_receiver(*signals_wanted) as signals:
         async with trio.open_nursery() as nursery:
-            server = Server(config, reuse_port=ready_fd is not None, serve_admin=link is None)
+            # A worker (``ready_fd`` set) serves no admin API: workers would all bind its port;
+            # with an admin block, one admin process serves them all, linked through ``link``.
+            worker = ready_fd is not None
+            server = Server(config, reuse_port=worker, serve_admin=not worker)
             await nursery.start(server.run)
             if link is not None:
                 from .admin.target import LocalTarget

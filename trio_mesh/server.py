@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import time
@@ -20,6 +21,7 @@ from .filters import BuildContext, build_network_filter
 from .filters.background import Background
 from .filters.network import compose
 from .filters.stream import FilterChainFactory
+from .health import Health
 from .network.budget import ListenerBudget
 from .network.chains import Chain, Identities
 from .network.connection import Connection
@@ -98,8 +100,12 @@ class Server:
     ) -> None:
         self.config = config
         self.reuse_port = reuse_port
-        #: False in ``--workers N`` workers: the admin process serves the admin port and sinks.
+        #: Serve ``config.admin`` here (workers do not: one admin process serves them all).
         self.serve_admin = serve_admin
+        #: The admin API's real bound ``(host, port)`` while it serves, else ``None``.
+        self.admin_address: tuple[str, int] | None = None
+        #: What the health_check filter and ``/ready`` answer from (``failed``, ``draining``).
+        self.health = Health()
         # TLS contexts are built by ``run`` (in a thread, before any port is bound); a
         # cluster with TLS connects to nothing until then.
         self.clusters = ClusterManager(config.cluster_manager.clusters, tls={})
@@ -120,14 +126,42 @@ class Server:
         self._applying = trio.Lock()  # one configuration swap at a time
         #: The xDS runtime (``trio_mesh.xds.runtime.XdsRuntime``) when a control plane is set.
         self.xds: Any = None
-        #: Envoy's server states: ``PRE_INITIALIZING`` until every listener is bound and
-        #: serving (and xDS warm), then ``LIVE``; ``DRAINING`` once a drain began.
-        self.state = "PRE_INITIALIZING"
-        #: ``POST /healthcheck/fail`` (admin): readiness and health-check answers fail.
-        self.health_failed = False
+        self._state = "PRE_INITIALIZING"
         #: ``time.time()`` / ``time.monotonic()`` when ``run`` began (uptime).
         self.started_at = 0.0
         self.started_monotonic = 0.0
+
+    @property
+    def state(self) -> str:
+        """Envoy's server states: ``PRE_INITIALIZING`` until every listener is bound and
+        serving (and xDS warm), then ``LIVE``; ``DRAINING`` once a drain began."""
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._state = value
+        self.health.draining = value == "DRAINING"
+
+    @property
+    def health_failed(self) -> bool:
+        """``POST /healthcheck/fail`` (admin): readiness and health-check answers fail."""
+        return self.health.failed
+
+    @health_failed.setter
+    def health_failed(self, value: bool) -> None:
+        self.health.failed = value
+
+    def drain_listeners(self, *, graceful: bool) -> None:
+        """Envoy's ``/drain_listeners``: graceful, every listener stops accepting and its
+        connections finish (``Connection: close``, GOAWAY) and the server is DRAINING;
+        otherwise every listener stops accepting now (connections go on)."""
+        if graceful:
+            self.state = "DRAINING"
+        for runtime in self.listeners.values():
+            if graceful:
+                runtime.drain()
+            else:
+                runtime.stop_accepting()
 
     async def drain(self, timeout: float) -> bool:
         """Stop gracefully: stop accepting, let requests in flight finish (HTTP/2 streams
@@ -165,6 +199,7 @@ class Server:
             buffer_budget=budget,
             listener=lst.name,
             background=self.background,
+            health=self.health,
         )
         try:
             chain = FilterChainFactory(lst.stream_filters, ctx)
@@ -223,6 +258,8 @@ class Server:
                 lst, self.routes, self._stats[lst.name], contexts.listeners[lst.name]
             )
         await self._check_access_logs(self.access_logs)
+        admin = self.config.admin if self.serve_admin else None
+        admin_sock = None
         try:
             # Bind everything before serving anything: a port in use stops start-up as a whole.
             for lst in self.config.listeners:
@@ -231,9 +268,21 @@ class Server:
                     continue
                 sock = await bind(lst.name, lst.address, reuse_port=self.reuse_port)
                 self.listeners[lst.name] = self._runtime(lst, sock, handlers[lst.name])
+            if admin is not None:
+                from .admin.server import bind_admin
+
+                admin_sock = await bind_admin(admin)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pools.run)
                 await nursery.start(self.background.run)
+                if admin is not None and admin_sock is not None:
+                    from .admin.server import run_admin
+                    from .admin.target import LocalTarget
+
+                    self.admin_address = await nursery.start(
+                        functools.partial(run_admin, admin, LocalTarget(self), sock=admin_sock)
+                    )
+                    admin_sock = None  # run_admin owns it now
                 for logs in self.access_logs.values():
                     for access_log in logs:
                         await nursery.start(access_log.run)
@@ -252,14 +301,25 @@ class Server:
 
                     self.xds = XdsRuntime(self, settings, self.config)
                     await nursery.start(self.xds.run)
-                if self.state == "PRE_INITIALIZING":
+                    # Envoy's readiness: LIVE once the initial xDS fetch is done.
+                    nursery.start_soon(self._live_when_warm, self.xds)
+                elif self.state == "PRE_INITIALIZING":
                     self.state = "LIVE"
                 task_status.started(self)
         finally:
             self._nursery = None
+            self.admin_address = None
+            if admin_sock is not None:
+                admin_sock.close()
             for runtime in self.listeners.values():
                 runtime.sock.close()
             self.listeners.clear()
+
+    async def _live_when_warm(self, xds: Any) -> None:
+        await xds.wait_for(lambda: xds.warm)
+        if self.state == "PRE_INITIALIZING":
+            self.state = "LIVE"
+            log.info("xDS warm: the server is LIVE")
 
     async def apply(self, config: MeshConfig, *, drain_timeout: float = 30.0) -> None:
         """Switch the running server to ``config`` (a validated configuration: a file reload
@@ -286,6 +346,9 @@ class Server:
         # connections use them; open ones keep theirs.
         contexts = await trio.to_thread.run_sync(build_contexts, config)
         cluster_tls = contexts.clusters
+        if config.admin != self.config.admin and self.serve_admin:
+            log.warning("admin: the admin API keeps its address until a restart: change ignored")
+            config = attrs.evolve(config, admin=self.config.admin)
         old = {lst.name: lst for lst in self.config.listeners}
         new = {lst.name: lst for lst in config.listeners}
         # New clusters first: the listeners built below may name them. Existing ones change

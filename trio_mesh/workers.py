@@ -71,11 +71,10 @@ class AdminSockets:
             self.control.listen(64)
             if config.admin is not None:
                 self.admin = _listen(config.admin.address)
-                host, port = self.admin.getsockname()[:2]
+                port = self.admin.getsockname()[1]
                 address = Address(host=config.admin.address.host, port=port)
                 admin = attrs.evolve(config.admin, address=address)
                 self.config = attrs.evolve(config, admin=admin)
-                log.info("admin listening on %s:%d (for every worker)", host, port)
         except BaseException:
             self.close()
             raise
@@ -101,7 +100,8 @@ def _listen(address: Address) -> socket.socket:
             s.close()
             raise
     except OSError as exc:
-        raise StartupError(f"admin cannot listen on {address}: {exc.strerror or exc}") from None
+        reason = exc.strerror or exc
+        raise StartupError(f"admin.address: cannot listen on {address}: {reason}") from None
     return s
 
 

@@ -242,7 +242,8 @@ MOSN_JSON = """\
     ]
   },
   "admin": {
-    "address": {"socket_address": {"address": "0.0.0.0", "port_value": 34901}}
+    "address": {"socket_address": {"address": "0.0.0.0", "port_value": 34901}},
+    "allow_non_loopback": true
   }
 }
 """
@@ -277,13 +278,35 @@ def test_mosn_json_with_mixed_case_keys_loads(tmp_path: Path) -> None:
 
     assert config.admin is not None
     assert config.admin.address == Address(host="0.0.0.0", port=34901)
-    assert loaded.warnings == ("admin: the admin API is not served yet: ignored",)
+    assert config.admin.allow_non_loopback is True
+    assert loaded.warnings == ()
 
 
 def test_admin_address_may_be_a_plain_string() -> None:
     doc = minimal_doc()
-    doc["admin"] = {"address": "[::]:34901"}
-    assert parse_config(doc).config.admin.address == Address(host="::", port=34901)
+    doc["admin"] = {"address": "[::1]:34901"}
+    assert parse_config(doc).config.admin.address == Address(host="::1", port=34901)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::]", "10.1.2.3", "example.com"])
+def test_admin_off_loopback_needs_allow_non_loopback(host: str) -> None:
+    doc = minimal_doc()
+    doc["admin"] = {"address": f"{host}:34901"}
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc)
+    (line,) = info.value.errors
+    assert line.startswith("admin.address: ")
+    assert "not a loopback address" in line and "admin.allow_non_loopback: true" in line
+    doc["admin"]["allow_non_loopback"] = True
+    assert parse_config(doc).config.admin is not None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "[::1]", "localhost"])
+def test_admin_on_loopback_is_fine(host: str) -> None:
+    doc = minimal_doc()
+    doc["admin"] = {"address": f"{host}:0"}
+    loaded = parse_config(doc)
+    assert loaded.config.admin is not None and loaded.warnings == ()
 
 
 def test_enum_values_match_case_insensitively() -> None:

@@ -99,7 +99,7 @@ async def test_a_scrape_sums_the_workers_and_commands_reach_each(nursery, contro
     await target.set_health_failed(True)
     assert all(w.health_failed for w in workers)
     info = await target.server_info()
-    assert info["health_failed"] and [w["state"] for w in info["workers"]] == ["LIVE", "LIVE"]
+    assert info["health_failed"] and [w["state"] for w in info["worker_status"]] == ["LIVE", "LIVE"]
     with pytest.raises(ValueError, match="unknown level 'loud'"):
         await target.set_log_level(None, "loud")
     await target.set_log_level("trio_mesh.proxy", "debug")

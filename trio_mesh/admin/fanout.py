@@ -9,13 +9,14 @@
 - A worker's counters live in its process: when it dies, they go with it (as Envoy's do on
   a hot restart), and the sums drop; Prometheus reads a drop as a counter reset.
 - Commands go to every worker; a worker that (re)connects later gets the sticky ones
-  (health check failed, log levels, drain) replayed, so a restarted worker does not come
-  back ready behind a ``/healthcheck/fail``.
+  (health check failed, log levels, loggers disabled, drain) replayed, so a restarted worker
+  does not come back ready behind a ``/healthcheck/fail``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,6 +27,7 @@ import trio
 from ..metrics.model import HistogramValue, Metric, from_json
 from ..network.throttled_log import ThrottledLog
 from .hub import CALL_TIMEOUT, WorkerConn, WorkerError, WorkerHub
+from .target import UnknownLogger
 
 log = logging.getLogger("trio_mesh.admin.fanout")
 
@@ -99,15 +101,20 @@ class FanOutTarget:
     """``AdminTarget`` over the workers linked to ``hub``. ``started``: the supervisor's
     ``time.monotonic()`` at start (uptime outlives an admin process restart)."""
 
-    def __init__(self, hub: WorkerHub, workers: int, started: float) -> None:
+    def __init__(
+        self, hub: WorkerHub, workers: int, started: float, pid: int | None = None
+    ) -> None:
         self.hub = hub
         self.workers = workers
         self.started = started
+        #: The pid ``server_info`` reports: the supervisor's (the one to signal).
+        self.pid = os.getpid() if pid is None else pid
         self._bad = ThrottledLog(log, 5.0)
         # Sticky commands, replayed to a worker that links later.
         self._health_failed = False
         self._drain: dict[str, Any] | None = None
         self._log_levels: dict[str | None, str] = {}
+        self._enabled: dict[str, bool] = {}
         hub.on_hello.append(self._replay)
 
     async def _first(self, op: str) -> Any:
@@ -125,7 +132,10 @@ class FanOutTarget:
         if not failed:
             return
         message = "; ".join(str(e) for e in failed)
-        if all(isinstance(e, WorkerError) and e.kind in CLIENT_ERRORS for e in failed):
+        kinds = {e.kind if isinstance(e, WorkerError) else "" for e in failed}
+        if kinds == {"UnknownLogger"}:
+            raise UnknownLogger(message)
+        if kinds <= CLIENT_ERRORS:
             raise ValueError(message)
         raise RuntimeError(message)
 
@@ -153,21 +163,28 @@ class FanOutTarget:
         infos = {s: r for s, r in answers.items() if isinstance(r, dict)}
         info: dict[str, Any] = dict(next(iter(infos.values()), {}))
         states = [str(i.get("state")) for i in infos.values()]
-        info["state"] = merge_state(states, self.workers)
-        info["health_failed"] = self._health_failed or any(
-            bool(i.get("health_failed")) for i in infos.values()
+        uptime = f"{int(time.monotonic() - self.started)}s"
+        info.update(
+            state=merge_state(states, self.workers),
+            health_failed=self._health_failed
+            or any(bool(i.get("health_failed")) for i in infos.values()),
+            uptime_current_epoch=uptime,
+            uptime_all_epochs=uptime,
+            pid=self.pid,
+            workers=self.workers,
+            max_rss_kib=sum(int(i.get("max_rss_kib") or 0) for i in infos.values()),
+            worker_status=[
+                {
+                    "worker": slot,
+                    "pid": infos[slot].get("pid") if slot in infos else None,
+                    "state": infos[slot].get("state") if slot in infos else "NOT_ANSWERING",
+                    "health_failed": bool(infos[slot].get("health_failed"))
+                    if slot in infos
+                    else None,
+                }
+                for slot in range(self.workers)
+            ],
         )
-        info["uptime"] = int(time.monotonic() - self.started)
-        info["concurrency"] = self.workers
-        info["workers"] = [
-            {
-                "worker": slot,
-                "pid": self.hub.conns[slot].pid if slot in self.hub.conns else None,
-                "state": infos[slot].get("state") if slot in infos else "NOT_ANSWERING",
-                "health_failed": bool(infos[slot].get("health_failed")) if slot in infos else None,
-            }
-            for slot in range(self.workers)
-        ]
         return info
 
     async def set_health_failed(self, failed: bool) -> None:
@@ -185,6 +202,10 @@ class FanOutTarget:
         if logger is None:  # every logger: what was set per logger before is overridden
             self._log_levels = {None: level}
 
+    async def set_logger_enabled(self, logger: str, enabled: bool) -> None:
+        await self._broadcast("set_logger_enabled", {"logger": logger, "enabled": enabled})
+        self._enabled[logger] = enabled
+
     async def log_levels(self) -> dict[str, str]:
         result: dict[str, str] = await self._first("log_levels")
         return result
@@ -193,6 +214,10 @@ class FanOutTarget:
         """Bring a worker that just linked up to the commands the others got."""
         calls: list[tuple[str, dict[str, Any]]] = [
             ("set_log_level", {"logger": lg, "level": lv}) for lg, lv in self._log_levels.items()
+        ]
+        calls += [
+            ("set_logger_enabled", {"logger": lg, "enabled": on})
+            for lg, on in self._enabled.items()
         ]
         if self._health_failed:
             calls.append(("set_health_failed", {"failed": True}))

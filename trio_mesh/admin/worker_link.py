@@ -31,6 +31,7 @@ OPS = frozenset(
         "drain_listeners",
         "set_log_level",
         "log_levels",
+        "set_logger_enabled",
     }
 )
 #: Requests answered at once; more wait in the socket (the admin process sends few).

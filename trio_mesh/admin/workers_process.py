@@ -9,7 +9,9 @@ On SIGTERM it keeps answering (``/ready`` says DRAINING) until every worker has 
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import signal
 import socket
 from typing import Any
@@ -46,12 +48,14 @@ async def _main(
     drain_timeout: float,
 ) -> None:
     hub = WorkerHub(workers)
-    target = FanOutTarget(hub, workers, started)
+    target = FanOutTarget(hub, workers, started, pid=os.getppid())
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.serve, control)
-            if admin is not None:
-                await nursery.start(_serve_admin, admin, target)
+            if admin is not None and config.admin is not None:
+                from .server import run_admin
+
+                await nursery.start(functools.partial(run_admin, config.admin, target, sock=admin))
             for sink in prometheus_sinks(config):
                 await nursery.start(_serve_sink, sink, target)
             async for _ in signals:
@@ -67,15 +71,6 @@ async def _main(
                     await hub.wait_all_unlinked()  # the workers unlink as they exit
                     waiting.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
-
-
-async def _serve_admin(
-    sock: socket.socket, target: FanOutTarget, *, task_status: trio.TaskStatus[None]
-) -> None:
-    from .app import AdminApp
-    from .http import serve_http
-
-    await serve_http(sock, AdminApp(target).handle, name="admin", task_status=task_status)
 
 
 def prometheus_sinks(config: MeshConfig) -> list[Any]:

@@ -38,6 +38,7 @@ _BUILTIN_CLASSES: dict[FilterKind, dict[str, str]] = {
         "flowcontrol": "flowcontrol:FlowControlConfig",
         "gzip": "gzip:GzipConfig",
         "header_mutation": "header_mutation:HeaderMutationConfig",
+        "health_check": "health_check:HealthCheckConfig",
         "ip_access": "ip_access:IpAccessConfig",
         "mirror": "mirror:MirrorConfig",
         "payload_limit": "payload_limit:PayloadLimitConfig",

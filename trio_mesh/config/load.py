@@ -49,8 +49,6 @@ def parse_config(data: Any, *, dynamic: bool = False) -> Loaded:
         )[1]
     if errors:
         raise ConfigError(errors)
-    if config.admin is not None:
-        report.warnings.append("admin: the admin API is not served yet: ignored")
     report.warnings += unenforced(config)
     return Loaded(config=config, warnings=tuple(report.warnings))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import tls
+from .admin_check import check_admin
 from .errors import at
 from .filter_configs import Protocol, ProxyConfig, is_terminal
 from .model import FilterChain, MeshConfig
@@ -66,6 +67,7 @@ def check(config: MeshConfig) -> list[str]:
             cluster.tls_context, f"cluster_manager.clusters[{ci}].tls_context", server=False
         )
     _unique(errors, listeners, "listener")
+    errors += check_admin(config)
     # Two listeners on one fixed address would only fail at bind time; port 0 never clashes.
     _unique(
         errors,

@@ -36,6 +36,8 @@ class BuildContext:
     stream_filters: Any = None
     #: Runs work no request waits for (a mirror's shadow request) in a server-owned nursery.
     background: Any = None
+    #: The server's health (``trio_mesh.health.Health``: the ``health_check`` filter's answer).
+    health: Any = None
 
 
 def _default_budget() -> ListenerBudget:

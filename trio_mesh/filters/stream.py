@@ -357,6 +357,7 @@ _BUILTIN: dict[str, str] = {
         "flowcontrol",
         "gzip",
         "header_mutation",
+        "health_check",
         "ip_access",
         "mirror",
         "payload_limit",

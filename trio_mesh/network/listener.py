@@ -94,13 +94,18 @@ class ListenerRuntime:
         in flight are answered (HTTP/2 sends GOAWAY first; idle ones close now)."""
         if self.draining:
             return
+        self.stop_accepting()
         self.draining = True
-        self._accept_scope.cancel()
-        # Refuse new connections from now on (the accept loop no longer waits on it).
-        trio.lowlevel.notify_closing(self.sock)
-        self.sock.close()
         for conn in list(self.connections):
             conn.drain()
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket now; the connections already accepted go on."""
+        self._accept_scope.cancel()
+        if self.sock.fileno() != -1:
+            # Refuse new connections from now on (the accept loop no longer waits on it).
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
 
     async def wait_closed(self) -> None:
         """Until every connection of a draining listener has ended."""

@@ -742,6 +742,7 @@ class _FastCall:
         self.conn: XConnection | None = None  # with ``slot``: where it waits upstream
         self.slot: CallSlot | None = None
         host.active_requests += 1
+        host.rq_total += 1
         session._calls.add(self)
 
     def start(self, conn: XConnection, timeout: float, deadline: float | None) -> None:

@@ -176,6 +176,7 @@ class Cluster:
             )
         stats.upstream_cx_total += 1
         stats.upstream_cx_active += 1
+        host.cx_total += 1
         tls = self.tls
         try:
             if tls is None and self.tls_missing and not host.tls_disable:
@@ -196,6 +197,7 @@ class Cluster:
             if exc.timeout:
                 stats.upstream_cx_connect_timeout += 1
             stats.upstream_cx_connect_fail += 1
+            host.cx_connect_fail += 1
             if isinstance(exc, TlsConnectError):
                 stats.ssl_connection_error += 1
                 if exc.kind == "verify":

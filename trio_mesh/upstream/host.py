@@ -14,6 +14,8 @@ class Host:
     __slots__ = (
         "active_requests",
         "address",
+        "cx_connect_fail",
+        "cx_total",
         "host",
         "hostname",
         "label",
@@ -21,6 +23,7 @@ class Host:
         "metadata",
         "port",
         "protocol",
+        "rq_total",
         "tls_disable",
         "weight",
     )
@@ -43,6 +46,10 @@ class Host:
         self.weight = weight
         self.metadata = metadata or {}
         self.active_requests = 0
+        # Envoy's per-host counters (the admin's /clusters): plain increments.
+        self.rq_total = 0
+        self.cx_total = 0
+        self.cx_connect_fail = 0
         #: The name TLS sends as SNI and verifies when the cluster names none.
         self.hostname = hostname
         #: Cleartext to this host although its cluster has TLS.

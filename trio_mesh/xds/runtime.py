@@ -65,6 +65,7 @@ class XdsRuntime:
         self.state = _State()
         self.last_error: str | None = None
         self.applied = 0  # snapshots applied
+        self._accepted: set[str] = set()  # type URLs with a response applied
         self._changed = trio.lowlevel.ParkingLot()
         self._subscribed: set[str] = set()
         node = settings.node
@@ -93,6 +94,19 @@ class XdsRuntime:
             ),
             "clusters": sorted(self.state.clusters),
         }
+
+    @property
+    def warm(self) -> bool:
+        """Envoy's initial fetch is done: a CDS and an LDS response were applied and nothing
+        waits for more (every cluster has its endpoints, every listener its routes and
+        clusters). The server turns LIVE then."""
+        if CDS not in self._accepted or LDS not in self._accepted:
+            return False
+        state = self.state
+        ready = self._ready_clusters(state)
+        if len(ready) != len(state.clusters):
+            return False
+        return all(self._warm(p, state, ready) for p in state.listeners.values())
 
     async def wait_for(self, predicate: Any) -> None:
         """Until ``predicate()`` is true after some response was handled (for tests)."""
@@ -141,6 +155,7 @@ class XdsRuntime:
             return str(exc)
         self.state = state
         self.applied += 1
+        self._accepted.add(type_url)
         self.last_error = None
         # What to ask for next: endpoints of EDS clusters, route configurations of listeners.
         self._subscribe(EDS, [eds for _, eds in state.clusters.values() if eds is not None])

@@ -92,6 +92,7 @@ async def exchange(
     )
     reusable = False
     host.active_requests += 1  # what LB_LEAST_REQUEST compares
+    host.rq_total += 1
     try:
         upstream = conn.stream
         try:

@@ -86,6 +86,7 @@ async def exchange(
         info.upstream_connect_duration = _monotonic() - info.start
     headers = _headers(req, host)
     host.active_requests += 1
+    host.rq_total += 1
     try:
         try:
             up.send_headers(usid, headers, end_stream=body.empty)
