@@ -47,7 +47,7 @@ from .scenarios import H2_SCENARIOS, SCENARIOS, Bench, Scenario, Settings
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # --smoke: trio-mesh and the protocol's floor relay (each a few seconds).
-H1_SMOKE_CONTENDERS = ["trio-mesh-1", "trio-mesh-filters", "trio-floor-h1"]
+H1_SMOKE_CONTENDERS = ["trio-mesh-1", "trio-mesh-metrics", "trio-mesh-filters", "trio-floor-h1"]
 H2_SMOKE_CONTENDERS = ["trio-mesh-h2h2", "trio-floor-h2"]
 H2_SMOKE_DEADLINE = 120  # seconds: the http2 --smoke run is stopped (exit 1) after this
 RPC_SMOKE_CONTENDERS = ["trio-mesh", "trio-floor-bolt"]

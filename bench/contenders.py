@@ -70,6 +70,8 @@ class Workdir:
 class Launch:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    #: A metrics URL the harness scrapes once a second during each run (bench/scraper.py).
+    scrape: str | None = None
 
 
 @dataclass
@@ -92,6 +94,7 @@ class Running:
     child: Child
     port: int
     startup_s: float = 0.0
+    scrape: str | None = None  # Launch.scrape
 
     @property
     def name(self) -> str:
@@ -113,7 +116,7 @@ def start(
     launch = contender.build(work, port, tag)
     child = procs.start(f"{contender.name}-{tag}", launch.argv, env=launch.env, cwd=REPO_ROOT)
     startup = wait_ready(child, port, timeout=ready_timeout, status=contender.status)
-    return Running(contender, child, port, startup)
+    return Running(contender, child, port, startup, launch.scrape)
 
 
 # --- the upstream --------------------------------------------------------------------------
@@ -272,6 +275,29 @@ def _trio_mesh(workers: int, filters: bool = False) -> Callable[[Workdir, int, s
         return Launch(argv)
 
     return build
+
+
+# trio-mesh-1 with its observability on (issue 17): the admin API and MOSN's prometheus sink,
+# which the harness scrapes once a second during each run (bench/scraper.py).
+_METRICS_CONF = """\
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
+metrics:
+  sinks:
+    - type: prometheus
+      config: {{port: {metrics_port}, endpoint: /metrics}}
+"""
+
+
+def _trio_mesh_metrics(work: Workdir, port: int, tag: str) -> Launch:
+    conf = work.dir / f"trio-mesh-metrics-{tag}.yaml"
+    metrics_port = free_port()
+    text = _TRIO_MESH_CONF.format(
+        port=port, upstream=work.upstream, downstream="Http1", upstream_protocol="Http1"
+    )
+    conf.write_text(text + _METRICS_CONF.format(admin_port=free_port(), metrics_port=metrics_port))
+    argv = [sys.executable, "-m", "trio_mesh.cli", "run", str(conf), "--log-level", "WARN"]
+    return Launch(argv, scrape=f"http://127.0.0.1:{metrics_port}/metrics")
 
 
 # trio-mesh terminating TLS (issue 16): the Http1 proxy above with a tls_context on its one
@@ -558,6 +584,11 @@ CONTENDERS: dict[str, Contender] = {
             _need_binary(nginx.NGINX),
         ),
         Contender("trio-mesh-1", "trio-mesh run, 1 process", _trio_mesh(1)),
+        Contender(
+            "trio-mesh-metrics",
+            "trio-mesh-1 plus the admin API and a prometheus sink, scraped once a second",
+            _trio_mesh_metrics,
+        ),
         Contender(
             "trio-mesh-filters",
             "trio-mesh-1 plus three stream filters: header_mutation, flowcontrol (limit far"

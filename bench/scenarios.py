@@ -13,6 +13,7 @@ kind before its load runs, since h2load counts a response without its gRPC trail
 from __future__ import annotations
 
 import compileall
+import contextlib
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import h1, h2, load, nginx
+from . import h1, h2, load, nginx, scraper
 from .contenders import REPO_ROOT, Contender, Running, Workdir, start
 from .procs import NotReady, Processes, tree_cpu_seconds, tree_hwm_kib, tree_rss_kib
 from .report import IMPORT_TRIO
@@ -155,6 +156,10 @@ class Bench:
 
     def _check(self, scenario: Scenario, r: Running) -> str | None:
         """Requests of the scenario's kind, checked in full (load scenarios only)."""
+        if r.scrape is not None:
+            problem = scraper.check(r.scrape)
+            if problem:
+                return f"metrics scrape failed: {problem}"
         if scenario.kind in ("wrk", "rate"):
             problem = h1.check(r.port, scenario.path, scenario.post)
             return f"check failed: {problem}" if problem else None
@@ -235,11 +240,18 @@ class Bench:
         finally:
             self._stop_all(running)
 
+    def _scraped(self, r: Running, seconds: float) -> contextlib.AbstractContextManager[Any]:
+        """Scrapes ``r``'s metrics once a second for the run (stops by itself after it)."""
+        if r.scrape is None:
+            return contextlib.nullcontext()
+        return scraper.Scraper(r.scrape, limit=seconds + 10)
+
     def _safe_load(
         self, scenario: Scenario, r: Running, seconds: float, rate: float | None
     ) -> None:
         try:
-            self._load(scenario, r, seconds, rate)
+            with self._scraped(r, seconds):
+                self._load(scenario, r, seconds, rate)
         except load.LoadError as exc:
             self.log(f"{scenario.name} {r.name}: warm-up failed: {exc}")
 
@@ -248,12 +260,21 @@ class Bench:
     ) -> Entry:
         cpu0 = tree_cpu_seconds(r.pid)
         try:
-            res = self._load(scenario, r, seconds, rate)
+            with self._scraped(r, seconds) as scraping:
+                res = self._load(scenario, r, seconds, rate)
         except load.LoadError as exc:
             self.failures.append(f"{scenario.name} {r.name}: {exc}")
             return {"error": str(exc)}
         cpu = tree_cpu_seconds(r.pid) - cpu0
         entry: Entry = res.to_json()
+        if isinstance(scraping, scraper.Scraper):
+            entry["scrapes"] = scraping.scrapes
+            if scraping.failures or not scraping.scrapes:
+                entry["error"] = (
+                    f"{scraping.failures} of {scraping.scrapes} scrapes failed:"
+                    f" {scraping.last_error}"
+                )
+                self.failures.append(f"{scenario.name} {r.name}: {entry['error']}")
         if not res.requests:
             entry["error"] = "no request completed"
             self.failures.append(f"{scenario.name} {r.name}: no request completed")

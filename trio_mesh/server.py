@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import socket
 import time
@@ -14,6 +15,7 @@ import trio
 
 from .config import Listener, MeshConfig
 from .config.filter_configs import Protocol, ProxyConfig, is_terminal
+from .config.metrics_check import prometheus_sinks
 from .config.model import FilterChain
 from .config.scalars import format_hostport
 from .errors import StartupError
@@ -22,6 +24,7 @@ from .filters.background import Background
 from .filters.network import compose
 from .filters.stream import FilterChainFactory
 from .health import Health
+from .metrics.model import Metric
 from .network.budget import ListenerBudget
 from .network.chains import Chain, Identities
 from .network.connection import Connection
@@ -106,6 +109,8 @@ class Server:
         self.admin_address: tuple[str, int] | None = None
         #: What the health_check filter and ``/ready`` answer from (``failed``, ``draining``).
         self.health = Health()
+        #: The real bound ``(host, port)`` of each prometheus metrics sink, in config order.
+        self.metrics_addresses: list[tuple[str, int]] = []
         # TLS contexts are built by ``run`` (in a thread, before any port is bound); a
         # cluster with TLS connects to nothing until then.
         self.clusters = ClusterManager(config.cluster_manager.clusters, tls={})
@@ -303,7 +308,9 @@ class Server:
                     await nursery.start(self.xds.run)
                     # Envoy's readiness: LIVE once the initial xDS fetch is done.
                     nursery.start_soon(self._live_when_warm, self.xds)
-                elif self.state == "PRE_INITIALIZING":
+                if self.serve_admin:
+                    await self._start_metrics_sinks(nursery)
+                if settings is None and self.state == "PRE_INITIALIZING":
                     self.state = "LIVE"
                 task_status.started(self)
         finally:
@@ -320,6 +327,27 @@ class Server:
         if self.state == "PRE_INITIALIZING":
             self.state = "LIVE"
             log.info("xDS warm: the server is LIVE")
+
+    async def _start_metrics_sinks(self, nursery: trio.Nursery) -> None:
+        sinks = prometheus_sinks(self.config)
+        if not sinks:
+            return
+        # Imported only now: prometheus_client and the admin server are not needed without.
+        from .metrics.sink import run_prometheus_sink
+
+        for sink in sinks:
+            address = await nursery.start(run_prometheus_sink, sink, self.collect_metrics)
+            self.metrics_addresses.append(address)
+            log.info(
+                "prometheus metrics sink on http://%s%s", format_hostport(*address), sink.endpoint
+            )
+
+    async def collect_metrics(self) -> list[Metric]:
+        """Every stat of this process, read now (``metrics.collect``)."""
+        # metrics/collect.py is H1's (issue 17); imported by name until it is on this branch.
+        collect = importlib.import_module("trio_mesh.metrics.collect").collect
+        metrics: list[Metric] = collect(self)
+        return metrics
 
     async def apply(self, config: MeshConfig, *, drain_timeout: float = 30.0) -> None:
         """Switch the running server to ``config`` (a validated configuration: a file reload

@@ -38,7 +38,8 @@ _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 #: ``serve(config, ready_fd) -> exit code``: one worker's whole life; called with a third
 #: argument, its ``AdminLink``, when an admin process serves the admin port.
 Serve = Callable[..., int]
-#: ``admin_serve(config, control, admin, workers, started) -> exit code``: the admin process.
+#: ``admin_serve(config, control, admin, workers, started, ready_fd) -> exit code``: the
+#: admin process (``trio_mesh.admin.workers_process.run_admin_process``).
 AdminServe = Callable[..., int]
 
 
@@ -52,7 +53,8 @@ class AdminLink:
 
 def needs_admin_process(config: MeshConfig) -> bool:
     """An admin port or a metrics sink to serve for every worker."""
-    return config.admin is not None or bool(config.metrics is not None and config.metrics.sinks)
+    sinks = config.metrics.sinks if config.metrics is not None else ()
+    return config.admin is not None or any(s.type == "prometheus" for s in sinks)
 
 
 class AdminSockets:
@@ -155,6 +157,8 @@ class Supervisor:
                     s.close()
                 raise
             self.config = self.admin.config
+        #: Children that say they are ready (the admin process too) before READY=1.
+        self.expected = workers + (self.admin is not None)
         self.children: dict[int, int] = {}  # pid -> slot
         self.stopping = False
         self.exit_code = 0
@@ -243,10 +247,10 @@ class Supervisor:
         if self.admin is None:
             return self.serve(self.config, self.ready_w)
         if slot == self.workers:
-            os.close(self.ready_w)
             serve = self.admin_serve or _default_admin_serve
+            admin = self.admin
             return serve(
-                self.config, self.admin.control, self.admin.admin, self.workers, self.started
+                self.config, admin.control, admin.admin, self.workers, self.started, self.ready_w
             )
         for s in self.admin.sockets():
             s.close()
@@ -259,7 +263,7 @@ class Supervisor:
         readable, _, _ = select.select([self.ready_r], [], [], wait)
         if readable:
             self.ready += len(os.read(self.ready_r, 64))
-            if self.ready == self.workers:
+            if self.ready == self.expected:
                 log.info("all %d workers ready", self.workers)
                 self.notify(b"READY=1")
         self._reap()
@@ -286,7 +290,7 @@ class Supervisor:
                 continue
             how = _describe(status)
             name = self._name(slot)
-            if self.ready < self.workers:
+            if self.ready < self.expected:
                 # Dying before every worker ever listened is a start-up failure (a port in
                 # use, say): restarting would only repeat it. Stop, and fail as one process.
                 log.error("%s (pid %d) %s during start-up; stopping", name, pid, how)

@@ -183,7 +183,7 @@ class AdminApp:
                 return chosen
             selected = chosen
         try:
-            from ..metrics.prometheus import render  # type: ignore[import-not-found]
+            from ..metrics.prometheus import render
         except ImportError:  # until the exposition module is merged
             return json_error(501, "the Prometheus exposition is not available in this build")
         content_type, body = render(selected, req.headers.get("accept"))

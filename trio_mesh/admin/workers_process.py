@@ -14,11 +14,13 @@ import logging
 import os
 import signal
 import socket
-from typing import Any
 
 import trio
 
 from ..config import MeshConfig
+from ..config.metrics_check import prometheus_sinks
+from ..config.observability import PrometheusSinkConfig
+from ..config.scalars import format_hostport
 from .fanout import FanOutTarget
 from .hub import WorkerHub
 
@@ -31,11 +33,26 @@ def run_admin_process(
     admin: socket.socket | None,
     workers: int,
     started: float,
+    ready_fd: int,
     drain_timeout: float = 5.0,
 ) -> int:
     """The process's whole life; its exit code. ``started``: the supervisor's
-    ``time.monotonic()`` (system-wide: the same clock here), the origin of uptime."""
-    trio.run(_main, config, control, admin, workers, started, drain_timeout)
+    ``time.monotonic()`` (system-wide: the same clock here), the origin of uptime;
+    ``ready_fd``: where to say it serves (as the workers do)."""
+    from ..errors import StartupError
+
+    try:
+        trio.run(_main, config, control, admin, workers, started, ready_fd, drain_timeout)
+    except BaseExceptionGroup as group:
+        failures, rest = group.split(StartupError)  # a sink's port in use, say
+        if rest is not None or failures is None:
+            raise
+        for exc in failures.exceptions:
+            log.error("%s", exc)
+        return 1
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
     return 0
 
 
@@ -45,6 +62,7 @@ async def _main(
     admin: socket.socket | None,
     workers: int,
     started: float,
+    ready_fd: int,
     drain_timeout: float,
 ) -> None:
     hub = WorkerHub(workers)
@@ -58,6 +76,7 @@ async def _main(
                 await nursery.start(functools.partial(run_admin, config.admin, target, sock=admin))
             for sink in prometheus_sinks(config):
                 await nursery.start(_serve_sink, sink, target)
+            os.write(ready_fd, b"R")
             async for _ in signals:
                 break
             with trio.move_on_after(drain_timeout + 1.0):
@@ -73,18 +92,16 @@ async def _main(
             nursery.cancel_scope.cancel()
 
 
-def prometheus_sinks(config: MeshConfig) -> list[Any]:
-    """The configured Prometheus sinks, as ``PrometheusSinkConfig``."""
-    from ..metrics.sink import sink_config
-
-    if config.metrics is None:
-        return []
-    return [sink_config(s) for s in config.metrics.sinks if s.type == "prometheus"]
-
-
 async def _serve_sink(
-    sink: Any, target: FanOutTarget, *, task_status: trio.TaskStatus[None]
+    sink: PrometheusSinkConfig, target: FanOutTarget, *, task_status: trio.TaskStatus[None]
 ) -> None:
     from ..metrics.sink import run_prometheus_sink
 
-    await run_prometheus_sink(sink, target.metrics, task_status=task_status)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(run_prometheus_sink, sink, target.metrics)
+        log.info(
+            "prometheus metrics sink on http://%s%s (every worker)",
+            format_hostport(*address),
+            sink.endpoint,
+        )
+        task_status.started()

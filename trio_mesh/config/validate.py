@@ -8,6 +8,7 @@ from . import tls
 from .admin_check import check_admin
 from .errors import at
 from .filter_configs import Protocol, ProxyConfig, is_terminal
+from .metrics_check import check_metrics, metrics_warnings
 from .model import FilterChain, MeshConfig
 
 
@@ -68,6 +69,7 @@ def check(config: MeshConfig) -> list[str]:
         )
     _unique(errors, listeners, "listener")
     errors += check_admin(config)
+    errors += check_metrics(config)
     # Two listeners on one fixed address would only fail at bind time; port 0 never clashes.
     _unique(
         errors,
@@ -194,7 +196,7 @@ def _unique(
 def unenforced(config: MeshConfig) -> list[str]:
     """Warnings for values that load but are not enforced (yet) where they are set: each
     changes neither security nor access, and none stays silent."""
-    warnings: list[str] = []
+    warnings: list[str] = metrics_warnings(config)
     for ci, cluster in enumerate(config.cluster_manager.clusters):
         warnings += tls.warnings(
             cluster.tls_context, f"cluster_manager.clusters[{ci}].tls_context", server=False
