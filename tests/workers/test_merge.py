@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trio_mesh.admin.fanout import merge_metrics, merge_state
+from trio_mesh.admin.fanout import merge_clusters, merge_metrics, merge_state
 from trio_mesh.metrics.model import Histogram, Metric, from_json, to_json
 
 LISTENER = (("envoy_listener_address", "127.0.0.1_8080"),)
@@ -83,3 +83,34 @@ def test_state_counts_a_worker_not_linked_as_not_ready() -> None:
     assert merge_state(["LIVE"], 2) == "PRE_INITIALIZING"
     assert merge_state(["LIVE", "DRAINING"], 2) == "DRAINING"
     assert merge_state([], 2) == "PRE_INITIALIZING"
+
+
+def cluster(name: str, rq: int, host_rq: int, hosts: tuple[int, ...] = (9001,)) -> dict:
+    return {
+        "name": name,
+        "added_via_api": False,
+        "stats": {"upstream_rq_total": rq, "upstream_cx_active": 1},
+        "host_statuses": [
+            {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "weight": 1,
+                "stats": [
+                    {"name": "rq_total", "type": "COUNTER", "value": host_rq},
+                    {"name": "rq_active", "type": "GAUGE", "value": 0},
+                ],
+            }
+            for port in hosts
+        ],
+    }
+
+
+def test_clusters_add_up_the_workers_counts() -> None:
+    merged = merge_clusters(
+        [[cluster("a", 3, 3)], [cluster("a", 4, 2, hosts=(9001, 9002)), cluster("b", 1, 1)]]
+    )
+    a, b = merged
+    assert a["name"] == "a" and a["stats"] == {"upstream_rq_total": 7, "upstream_cx_active": 2}
+    first, second = a["host_statuses"]
+    assert first["stats"][0]["value"] == 5 and first["weight"] == 1  # weights are not counts
+    assert second["address"]["socket_address"]["port_value"] == 9002
+    assert b["stats"]["upstream_rq_total"] == 1

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -89,6 +90,44 @@ def _combine(have: Metric, new: Metric) -> int | float | HistogramValue:
     return max(a, b)  # server.state (the worst), memberships, versions, *_open
 
 
+def merge_clusters(per_worker: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Envoy's ``/clusters`` data: the first worker's, with every worker's cluster and host
+    counts added up (all are counts of requests and connections, or of those active)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for clusters in per_worker:
+        for cluster in clusters:
+            name = cluster.get("name")
+            have = merged.get(name)  # type: ignore[arg-type]
+            if have is None:
+                merged[name] = copy.deepcopy(cluster)  # type: ignore[index]
+                continue
+            _add_numbers(have.get("stats"), cluster.get("stats"))
+            hosts = {_host_key(h): h for h in have.get("host_statuses", ())}
+            for host in cluster.get("host_statuses", ()):
+                mine = hosts.get(_host_key(host))
+                if mine is None:
+                    have.setdefault("host_statuses", []).append(copy.deepcopy(host))
+                    continue
+                values = {s.get("name"): s for s in mine.get("stats", ())}
+                for stat in host.get("stats", ()):
+                    if (into := values.get(stat.get("name"))) is not None:
+                        _add_numbers(into, stat, ("value",))
+    return list(merged.values())
+
+
+def _host_key(host: dict[str, Any]) -> str:
+    return repr(host.get("address"))
+
+
+def _add_numbers(into: Any, other: Any, keys: Sequence[str] | None = None) -> None:
+    if not isinstance(into, dict) or not isinstance(other, dict):
+        return
+    for key in other if keys is None else keys:
+        a, b = into.get(key), other.get(key)
+        if type(a) is int and type(b) is int:
+            into[key] = a + b
+
+
 def merge_state(states: Sequence[str], workers: int) -> str:
     """The proxy's state: the worst of its workers'; a worker not linked (starting, or
     restarting after a crash) counts as ``PRE_INITIALIZING``."""
@@ -151,8 +190,11 @@ class FanOutTarget:
         return merge_metrics(per_slot, workers=self.workers, uptime=time.monotonic() - self.started)
 
     async def clusters(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await self._first("clusters")
-        return result
+        answers = await self.hub.call_all("clusters")
+        lists = [r for r in answers.values() if isinstance(r, list)]
+        if not lists:
+            raise RuntimeError("no worker answered 'clusters'")
+        return merge_clusters(lists)
 
     async def config_dump(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._first("config_dump")
