@@ -19,14 +19,20 @@ from typing import Any
 import pytest
 
 from tests.cli_helpers import TIMEOUT, Proxy, write_config
+from tests.http_helpers import free_port
 
 LISTENING = re.compile(r"listener 'ingress' listening on 127\.0\.0\.1:(\d+)$")
 ADMIN = re.compile(r"admin API listening on 127\.0\.0\.1:(\d+)$")
 ADMIN_PID = re.compile(r"admin process started \(pid (\d+)\)$")
 ALL_READY = re.compile(r"all 2 workers ready$")
+#: promtool's naming lints that Envoy's names draw (what dashboards query: kept).
+ENVOY_NAMING = re.compile(
+    r'^\S+ (counter metrics should have "_total" suffix'
+    r"|metric names should not contain abbreviated units)$"
+)
 
 
-def config(tmp_path: Path) -> Path:
+def config(tmp_path: Path, observability: dict[str, Any] | None = None) -> Path:
     route = {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": "hi\n"}}
     return write_config(
         tmp_path,
@@ -54,25 +60,47 @@ def config(tmp_path: Path) -> Path:
                     ],
                 }
             ],
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+            **(
+                observability
+                or {
+                    "admin": {
+                        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}
+                    }
+                }
+            ),
         },
     )
+
+
+def until_ready(proxy: Proxy, **patterns: re.Pattern[str]) -> dict[str, int]:
+    """Read the start-up lines (several processes write them, in any order) up to the
+    supervisor's "all ready"; each pattern's number, by name."""
+    found: dict[str, int] = {}
+    anything = re.compile("|".join(p.pattern for p in (*patterns.values(), ALL_READY)))
+    while not ALL_READY.search(line := proxy.wait_for(anything).string):
+        for key, pattern in patterns.items():
+            if m := pattern.search(line):
+                found[key] = int(m.group(1))
+    assert set(found) == set(patterns), proxy.text
+    return found
+
+
+def stop(proxy: Proxy) -> None:
+    """SIGTERM (the supervisor stops its children: a SIGKILL alone would orphan them)."""
+    if proxy.proc.poll() is None:
+        proxy.proc.send_signal(signal.SIGTERM)
+        try:
+            proxy.proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            for pid in children(proxy.proc.pid):
+                os.kill(pid, signal.SIGKILL)
+    proxy.kill()
 
 
 class Running:
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
-        found: dict[str, int] = {}
-        while True:
-            m = proxy.wait_for(
-                re.compile("|".join(p.pattern for p in (LISTENING, ADMIN, ADMIN_PID, ALL_READY)))
-            )
-            line = m.string
-            for key, pattern in (("port", LISTENING), ("admin", ADMIN), ("admin_pid", ADMIN_PID)):
-                if k := pattern.search(line):
-                    found[key] = int(k.group(1))
-            if ALL_READY.search(line):
-                break
+        found = until_ready(proxy, port=LISTENING, admin=ADMIN, admin_pid=ADMIN_PID)
         self.port, self.admin, self.admin_pid = found["port"], found["admin"], found["admin_pid"]
 
     def admin_call(self, method: str, path: str) -> tuple[int, str]:
@@ -136,15 +164,7 @@ def running(tmp_path: Path) -> Iterator[Running]:
     try:
         yield Running(proxy)
     finally:
-        # The supervisor stops its children; a SIGKILL alone would orphan them.
-        if proxy.proc.poll() is None:
-            proxy.proc.send_signal(signal.SIGTERM)
-            try:
-                proxy.proc.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                for pid in children(proxy.proc.pid):
-                    os.kill(pid, signal.SIGKILL)
-        proxy.kill()
+        stop(proxy)
 
 
 def curl(url: str) -> str:
@@ -229,7 +249,10 @@ def control_socket(admin_pid: int) -> str:
     with /proc/net/unix by inode)."""
     inodes = set()
     for fd in os.listdir(f"/proc/{admin_pid}/fd"):
-        target = os.readlink(f"/proc/{admin_pid}/fd/{fd}")
+        try:
+            target = os.readlink(f"/proc/{admin_pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue  # a connection closed meanwhile
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     with open("/proc/net/unix") as f:
@@ -256,3 +279,32 @@ def test_the_control_socket_is_private_and_survives_a_flood(running: Running) ->
     assert running.stats()["http.ingress.downstream_rq_total"] == 1
     assert running.ready() == (200, "LIVE\n")
     assert running.proxy.proc.poll() is None
+
+
+def test_a_prometheus_sink_serves_every_worker(tmp_path: Path) -> None:
+    port = free_port()
+    sinks = {"metrics": {"sinks": [{"type": "prometheus", "config": {"port": port}}]}}
+    p = Proxy(config(tmp_path, sinks), "--workers", "2")
+    try:
+        sink = re.compile(rf"prometheus metrics sink on http://127\.0\.0\.1:({port})/metrics")
+        listener = until_ready(p, port=LISTENING, sink=sink)["port"]
+        for _ in range(6):
+            request(listener)
+        url = f"http://127.0.0.1:{port}/metrics"
+        total = 'envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix="ingress"} 6'
+        deadline = time.monotonic() + TIMEOUT
+        while total not in (exposition := curl(url)):  # until both workers have linked
+            assert time.monotonic() < deadline, exposition
+            time.sleep(0.05)
+        assert 'worker="0"' in exposition and 'worker="1"' in exposition
+        check = subprocess.run(
+            ["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True
+        )
+        # 3: it parses, with lint lines; only those Envoy's own names draw are expected.
+        assert check.returncode in (0, 3), check.stdout + check.stderr
+        lint = [line for line in (check.stdout + check.stderr).splitlines() if line.strip()]
+        assert all(ENVOY_NAMING.match(line.strip()) for line in lint), lint
+        p.proc.send_signal(signal.SIGTERM)
+        assert p.finish() == 0
+    finally:
+        stop(p)
