@@ -132,6 +132,8 @@ class Server:
         #: The xDS runtime (``trio_mesh.xds.runtime.XdsRuntime``) when a control plane is set.
         self.xds: Any = None
         self._state = "PRE_INITIALIZING"
+        #: Set when the state first turns LIVE (with xDS: once it is warm).
+        self.live = trio.Event()
         #: ``time.time()`` / ``time.monotonic()`` when ``run`` began (uptime).
         self.started_at = 0.0
         self.started_monotonic = 0.0
@@ -146,6 +148,8 @@ class Server:
     def state(self, value: str) -> None:
         self._state = value
         self.health.draining = value == "DRAINING"
+        if value == "LIVE":
+            self.live.set()
 
     @property
     def health_failed(self) -> bool:

@@ -15,6 +15,8 @@ from ..http_helpers import curl
 async def echo(req: AdminRequest) -> AdminResponse:
     if req.path == "/boom":
         raise RuntimeError("handler bug")
+    if req.path == "/stuck":
+        await trio.sleep_forever()
     doc = {"method": req.method, "path": req.path, "query": req.query, "body": req.body.decode()}
     return AdminResponse(200, json.dumps(doc).encode())
 
@@ -127,3 +129,49 @@ async def test_garbage_is_400(nursery: trio.Nursery) -> None:
     assert got.startswith(b"HTTP/1.1 400")
     assert b'"error"' in got
     s.close()
+
+
+async def test_head_gets_the_head_only_and_pipelining_works(nursery: trio.Nursery) -> None:
+    port = await start(nursery)
+    code, out, _ = await curl("-sI", f"http://127.0.0.1:{port}/h")
+    assert code == 0 and out.startswith(b"HTTP/1.1 200")
+    assert b"content-length: " in out.lower()
+    s = trio.socket.socket()
+    await s.connect(("127.0.0.1", port))
+    # Two pipelined requests, then a bad one: both good ones are answered, then a 400.
+    await s.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\nBAD\r\n\r\n")
+    with trio.fail_after(5):
+        got = b""
+        while chunk := await s.recv(65536):
+            got += chunk
+    assert got.count(b"HTTP/1.1 200") == 2
+    assert b'"path": "/1"' in got and b'"path": "/2"' in got
+    assert got.rindex(b"HTTP/1.1 400") > got.rindex(b"HTTP/1.1 200")
+    s.close()
+
+
+async def test_a_connection_flood_is_refused_without_piling_up_tasks(
+    nursery: trio.Nursery,
+) -> None:
+    port = await start(nursery, HttpLimits(max_connections=4))
+    held = []
+    for _ in range(200):
+        s = trio.socket.socket()
+        await s.connect(("127.0.0.1", port))
+        held.append(s)
+    # Every connection past the limit is answered 503 or just closed; none hangs.
+    with trio.fail_after(10):
+        for s in held[4:]:
+            got = b""
+            while chunk := await s.recv(4096):
+                got += chunk
+            assert got == b"" or got.startswith(b"HTTP/1.1 503")
+    for s in held:
+        s.close()
+
+
+async def test_a_stuck_handler_gets_504(nursery: trio.Nursery) -> None:
+    port = await start(nursery, HttpLimits(handler_timeout=0.2))
+    _, out, _ = await curl("-w", "%{http_code}", f"http://127.0.0.1:{port}/stuck")
+    assert out.endswith(b"504")
+    assert json.loads(out[:-3]) == {"error": "the admin handler timed out"}

@@ -19,7 +19,7 @@ from typing import Any
 from .. import __version__
 from ..metrics.model import ENVOY_BUCKETS_MS, HistogramValue, Metric
 from .http import AdminRequest, AdminResponse, json_error
-from .redact import _SECRET_KEY, REDACTED
+from .redact import REDACTED, is_secret_name
 from .target import LEVELS, AdminTarget, UnknownLogger
 
 log = logging.getLogger("trio_mesh.admin")
@@ -351,7 +351,7 @@ class AdminApp:
                 missing.append(key)
             else:
                 # The environment holds credentials too: secret-looking names stay hidden.
-                found[key] = REDACTED if _SECRET_KEY.search(key) else value
+                found[key] = REDACTED if is_secret_name(key) else value
         doc: dict[str, Any] = {"env": found}
         if missing:
             doc["not_found"] = missing

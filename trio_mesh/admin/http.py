@@ -71,6 +71,8 @@ class HttpLimits:
     #: Seconds a keep-alive connection may wait for its next request.
     idle_timeout: float = 60.0
     max_connections: int = 64
+    #: Seconds a handler may take (a fan-out to a stuck worker): then 504.
+    handler_timeout: float = 30.0
 
 
 def json_error(status: int, message: str) -> AdminResponse:
@@ -102,6 +104,7 @@ class _HttpServer:
         self.name = name
         self.limits = limits
         self.active = 0
+        self.refusing = 0  # over-limit connections being sent their 503
         self.parser_limits = Limits(
             max_head_bytes=limits.max_head_bytes,
             max_url_bytes=min(8192, limits.max_head_bytes),
@@ -124,6 +127,11 @@ class _HttpServer:
                 continue
             stream = trio.SocketStream(client)
             if self.active >= self.limits.max_connections:
+                if self.refusing >= self.limits.max_connections:
+                    # A flood: no reply at all, so refusals cannot pile up tasks either.
+                    client.close()
+                    continue
+                self.refusing += 1
                 nursery.start_soon(self._refuse, stream)
                 continue
             self.active += 1
@@ -132,9 +140,14 @@ class _HttpServer:
     async def _refuse(self, stream: trio.SocketStream) -> None:
         """Over the connection limit: a 503 if the socket takes it at once, then close."""
         self.bad_input_log.log(logging.WARNING, "%s: too many connections", self.name)
-        with trio.move_on_after(1.0):
-            await self._send(stream, json_error(503, "too many admin connections"), False, True)
-        await trio.aclose_forcefully(stream)
+        try:
+            with trio.move_on_after(1.0):
+                await self._send(stream, json_error(503, "too many admin connections"), False, True)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.refusing -= 1
+            await trio.aclose_forcefully(stream)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         parser = RequestParser(self.parser_limits)
@@ -154,7 +167,7 @@ class _HttpServer:
                     return
                 head, body = got
                 response = await self._call(head, body)
-                keep = head.keep_alive and not parser.error
+                keep = head.keep_alive  # a bad request pipelined after it: its 400 comes next
                 with trio.move_on_after(self.limits.request_timeout) as scope:
                     await self._send(stream, response, keep, head.method != b"HEAD")
                 if scope.cancelled_caught or not keep:
@@ -213,7 +226,12 @@ class _HttpServer:
                 headers={k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers},
                 body=body,
             )
-            return await self.handler(request)
+            with trio.move_on_after(self.limits.handler_timeout):
+                return await self.handler(request)
+            self.failure_log.log(
+                logging.WARNING, "%s: %s timed out", self.name, head.path.decode("latin-1")
+            )
+            return json_error(504, "the admin handler timed out")
         except Exception:
             # A handler's bug is the admin API's problem, never the proxy's.
             self.failure_log.log(
