@@ -26,6 +26,13 @@ def snapshot(rq: int, active: int, live: int, state: int, latencies: list[float]
         Metric(
             "http.in.downstream_rq_time", "http.downstream_rq_time", (), "histogram", h.snapshot()
         ),
+        Metric(
+            "listener.127.0.0.1_8080.downstream_cx_rx_bytes_buffered",
+            "listener.downstream_cx_rx_bytes_buffered",
+            LISTENER,
+            "gauge",
+            10 * rq,
+        ),
         Metric("cluster.b.membership_healthy", "cluster.membership_healthy", (), "gauge", 3),
         Metric("server.live", "server.live", (), "gauge", live),
         Metric("server.state", "server.state", (), "gauge", state),
@@ -58,6 +65,7 @@ def test_counters_and_histograms_sum_per_process_gauges_get_a_worker_label() -> 
     assert w0.tags == (*LISTENER, ("worker", "0")) and w1.tags[-1] == ("worker", "1")
     assert w0.prometheus_name() == "envoy_listener_downstream_cx_active"  # one family
     assert m["server.worker_1.memory_allocated"].value == 5000
+    assert m["listener.127.0.0.1_8080.worker_1.downstream_cx_rx_bytes_buffered"].value == 40
     assert m["cluster.b.membership_healthy"].value == 3  # the same everywhere: not summed
     assert m["server.uptime"].value == 42 and m["server.concurrency"].value == 2
 

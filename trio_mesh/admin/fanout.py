@@ -1,8 +1,9 @@
 """``AdminTarget`` for ``--workers N``: every call fanned out to the worker processes.
 
 - Metrics: counters and histograms summed by (name, tags); gauges that belong to one process
-  (connections and requests active, memory) kept per worker with a ``worker`` label (and
-  ``worker_<slot>`` in the dotted name, as Envoy names its per-worker stats); other gauges
+  (connections and requests active, bytes buffered, memory, the ADS stream up) kept per
+  worker with a ``worker`` label (and ``worker_<slot>`` in the dotted name, as Envoy names
+  its per-worker stats); other gauges
   (memberships, versions, circuit breakers open) are the same in every worker or "any": max.
   ``server.live`` is the minimum, ``server.state`` the worst, ``server.uptime`` the
   supervisor's, ``server.concurrency`` the number of workers.
@@ -34,15 +35,17 @@ log = logging.getLogger("trio_mesh.admin.fanout")
 
 #: Envoy's ``server.state`` numbers: the larger, the further from serving.
 STATE_NUMBERS = {"LIVE": 0, "DRAINING": 1, "PRE_INITIALIZING": 2, "INITIALIZING": 3}
-#: Per-process gauges besides every ``*_active``.
-PER_WORKER_GAUGES = frozenset({"server.memory_allocated", "server.total_connections"})
+#: Per-process gauges besides every ``*_active`` and ``*_buffered``.
+PER_WORKER_GAUGES = frozenset(
+    {"server.memory_allocated", "server.total_connections", "control_plane.connected_state"}
+)
 #: Exception kinds that mean "the request was wrong" (a client error), not a failure.
 CLIENT_ERRORS = frozenset({"ValueError", "KeyError", "TypeError"})
 
 
 def is_per_worker(metric: Metric) -> bool:
     return metric.kind == "gauge" and (
-        metric.tag_name.endswith("_active") or metric.tag_name in PER_WORKER_GAUGES
+        metric.tag_name.endswith(("_active", "_buffered")) or metric.tag_name in PER_WORKER_GAUGES
     )
 
 
