@@ -308,3 +308,33 @@ def test_a_prometheus_sink_serves_every_worker(tmp_path: Path) -> None:
         assert p.finish() == 0
     finally:
         stop(p)
+
+
+def test_drain_listeners_reaches_every_worker(running: Running) -> None:
+    running.until("ready", lambda: running.ready() == (200, "LIVE\n"))
+    assert running.admin_call("POST", "/drain_listeners?graceful") == (200, "OK\n")
+    assert running.ready() == (503, "DRAINING\n")
+    assert [w["state"] for w in running.info()["worker_status"]] == ["DRAINING", "DRAINING"]
+    with pytest.raises(ConnectionRefusedError):  # no worker accepts any more
+        request(running.port)
+
+
+@pytest.mark.parametrize("what", ["admin", "sink"])
+def test_a_busy_admin_or_sink_port_stops_start_up(tmp_path: Path, what: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        address = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+        observability = (
+            {"admin": {"address": address}}
+            if what == "admin"
+            else {"metrics": {"sinks": [{"type": "prometheus", "config": {"port": port}}]}}
+        )
+        p = Proxy(config(tmp_path, observability), "--workers", "2")
+        try:
+            assert p.finish() == 1
+        finally:
+            stop(p)
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in p.text
+    assert "Traceback" not in p.text

@@ -47,13 +47,21 @@ def run_admin_process(
         failures, rest = group.split(StartupError)  # a sink's port in use, say
         if rest is not None or failures is None:
             raise
-        for exc in failures.exceptions:
+        for exc in _leaves(failures):
             log.error("%s", exc)
         return 1
     except StartupError as exc:
         log.error("%s", exc)
         return 1
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions in ``group`` and its nested groups (nurseries nest them)."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 async def _main(
