@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from tests.cli_helpers import TIMEOUT, Proxy, write_config
 from tests.http_helpers import free_port
+from tests.prometheus_server import needs_prometheus, start_prometheus
 
 LISTENING = re.compile(r"listener 'ingress' listening on 127\.0\.0\.1:(\d+)$")
 ADMIN = re.compile(r"admin API listening on 127\.0\.0\.1:(\d+)$")
@@ -338,3 +340,29 @@ def test_a_busy_admin_or_sink_port_stops_start_up(tmp_path: Path, what: str) -> 
             stop(p)
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in p.text
     assert "Traceback" not in p.text
+
+
+@needs_prometheus
+async def test_a_real_prometheus_scrapes_the_sum_from_the_admin_port(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    proxy = Proxy(config(tmp_path), "--workers", "2")
+    try:
+        running = await trio.to_thread.run_sync(Running, proxy)
+        await trio.to_thread.run_sync(
+            running.until, "ready", lambda: running.ready() == (200, "LIVE\n")
+        )
+        for _ in range(12):
+            await trio.to_thread.run_sync(request, running.port)
+        prometheus = await start_prometheus(
+            nursery, tmp_path, [f"127.0.0.1:{running.admin}"], metrics_path="/stats/prometheus"
+        )
+        await prometheus.wait_up()
+        await prometheus.wait_value(
+            'envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix="ingress"}', 12
+        )
+        active = await prometheus.query("envoy_listener_downstream_cx_active")
+        assert sorted(s["metric"]["worker"] for s in active) == ["0", "1"]
+        await prometheus.wait_value("envoy_server_live", 1)  # the minimum: every worker LIVE
+    finally:
+        await trio.to_thread.run_sync(stop, proxy)
