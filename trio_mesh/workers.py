@@ -194,7 +194,8 @@ class Supervisor:
         name = signal.Signals(signum).name
         if signum != signal.SIGHUP:
             if not self.stopping:
-                log.info("%s received, stopping %d worker(s)", name, len(self.children))
+                workers = sum(1 for slot in self.children.values() if slot < self.workers)
+                log.info("%s received, stopping %d worker(s)", name, workers)
                 self.notify(b"STOPPING=1")
             self.stopping = True
         self._forward(signum)
