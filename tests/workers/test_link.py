@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,16 @@ class StubTarget:
         self.levels: list[tuple[str | None, str]] = []
         self.stuck = False
         self.state = "LIVE"
+        self.changed = trio.Event()  # set (and replaced) by every command
+
+    def _told(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        with trio.fail_after(5):
+            while not done():
+                await self.changed.wait()
 
     async def metrics(self) -> list[Metric]:
         if self.stuck:
@@ -55,11 +65,13 @@ class StubTarget:
 
     async def set_health_failed(self, failed: bool) -> None:
         self.health_failed = failed
+        self._told()
 
     async def set_log_level(self, logger: str | None, level: str) -> None:
         if level not in ("debug", "info"):
             raise ValueError(f"unknown level {level!r}")
         self.levels.append((logger, level))
+        self._told()
 
     async def log_levels(self) -> dict[str, str]:
         return {"trio_mesh": "info"}
@@ -83,8 +95,7 @@ async def control(nursery: trio.Nursery) -> AsyncIterator[tuple[str, WorkerHub, 
 
 async def wait_linked(hub: WorkerHub, slots: set[int]) -> None:
     with trio.fail_after(5):
-        while set(hub.conns) != slots:
-            await trio.sleep(0.01)
+        await hub.wait_links(lambda conns: set(conns) == slots)
 
 
 async def test_a_scrape_sums_the_workers_and_commands_reach_each(nursery, control) -> None:
@@ -117,9 +128,7 @@ async def test_a_worker_that_links_later_gets_the_sticky_commands(nursery, contr
     late = StubTarget(1)
     await nursery.start(run_worker_link, path, 1, late)
     await wait_linked(hub, {0, 1})
-    with trio.fail_after(5):
-        while not (late.health_failed and late.levels):
-            await trio.sleep(0.01)
+    await late.until(lambda: late.health_failed and bool(late.levels))
     assert late.levels == [(None, "debug")]
     assert (await target.server_info())["state"] == "LIVE"
 
@@ -164,8 +173,7 @@ async def test_a_worker_sending_garbage_is_dropped_and_the_hub_serves_on(
             await bad.send_all(garbage)
         except trio.BrokenResourceError:
             pass  # dropped while still sending (the long line)
-        while 0 in hub.conns:
-            await trio.sleep(0.01)
+        await hub.wait_links(lambda conns: 0 not in conns)
     assert "worker 0 link closed" in caplog.text
     (total,) = await target.metrics()
     assert total.value == 2
@@ -251,3 +259,18 @@ async def test_another_user_cannot_reach_the_control_socket(
         assert other.conns == {}
     finally:
         shutil.rmtree(open_dir)
+
+
+async def test_a_restarted_admin_process_keeps_a_failed_health_check(nursery, control) -> None:
+    """The admin process restarted after ``/healthcheck/fail``: a worker that links saying
+    so makes every worker failed (a worker restarted meanwhile would pass alone)."""
+    path, hub, target = control
+    failed, fresh = StubTarget(1), StubTarget(1)
+    failed.health_failed = True
+    await nursery.start(run_worker_link, path, 1, fresh)
+    await wait_linked(hub, {1})
+    await nursery.start(run_worker_link, path, 0, failed)
+    await fresh.until(lambda: fresh.health_failed)
+    assert (await target.server_info())["health_failed"] is True
+    await target.set_health_failed(False)  # and an explicit ok still clears it
+    assert not failed.health_failed and not fresh.health_failed

@@ -28,7 +28,7 @@ import trio
 
 from ..metrics.model import HistogramValue, Metric, from_json
 from ..network.throttled_log import ThrottledLog
-from .hub import CALL_TIMEOUT, WorkerConn, WorkerError, WorkerHub
+from .hub import CALL_TIMEOUT, WorkerConn, WorkerError, WorkerGone, WorkerHub
 from .target import UnknownLogger
 
 log = logging.getLogger("trio_mesh.admin.fanout")
@@ -157,6 +157,10 @@ class FanOutTarget:
         self._drain: dict[str, Any] | None = None
         self._log_levels: dict[str | None, str] = {}
         self._enabled: dict[str, bool] = {}
+        #: Whether ``/healthcheck/*`` was called on this admin process. Until then, a worker
+        #: that links saying its health check failed (this process was restarted after a
+        #: ``/healthcheck/fail``) makes it failed for every worker: failing closed.
+        self._told_health = False
         hub.on_hello.append(self._replay)
 
     async def _first(self, op: str) -> Any:
@@ -234,6 +238,7 @@ class FanOutTarget:
 
     async def set_health_failed(self, failed: bool) -> None:
         self._health_failed = failed
+        self._told_health = True
         await self._broadcast("set_health_failed", {"failed": failed})
 
     async def drain_listeners(self, graceful: bool, inbound_only: bool) -> None:
@@ -255,8 +260,27 @@ class FanOutTarget:
         result: dict[str, str] = await self._first("log_levels")
         return result
 
+    async def _adopt_health(self, conn: WorkerConn) -> None:
+        with trio.move_on_after(CALL_TIMEOUT):
+            try:
+                info = await conn.call("server_info", {})
+            except (WorkerGone, WorkerError):  # gone, or no answer: nothing to adopt
+                return
+            if isinstance(info, dict) and info.get("health_failed") and not self._told_health:
+                log.warning("worker %d says its health check failed: failing all", conn.slot)
+                self._health_failed = True
+                await self._broadcast_quietly("set_health_failed", {"failed": True})
+
+    async def _broadcast_quietly(self, op: str, args: dict[str, Any]) -> None:
+        try:
+            await self._broadcast(op, args)
+        except (RuntimeError, ValueError) as exc:
+            self._bad.log(logging.WARNING, "%s: %s", op, exc)
+
     async def _replay(self, conn: WorkerConn) -> None:
         """Bring a worker that just linked up to the commands the others got."""
+        if not self._told_health and not self._health_failed:
+            await self._adopt_health(conn)
         calls: list[tuple[str, dict[str, Any]]] = [
             ("set_log_level", {"logger": lg, "level": lv}) for lg, lv in self._log_levels.items()
         ]

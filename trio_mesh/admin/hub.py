@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -100,7 +101,8 @@ class WorkerHub:
         self._slow = ThrottledLog(log, 5.0)
         #: Called with each newly connected worker (replays sticky commands to it).
         self.on_hello: list[Any] = []
-        self._unlinked = trio.Event()  # set (and replaced) each time a link goes
+        #: Set (and replaced) each time a worker links or unlinks.
+        self.changed = trio.Event()
 
     async def serve(
         self, sock: socket.socket, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -134,6 +136,7 @@ class WorkerHub:
                     old.replaced = True
                     await old.channel.aclose()
                 self.conns[conn.slot] = conn
+                self._changed()
                 log.info("worker %d (pid %d) linked", conn.slot, conn.pid)
                 try:
                     async with trio.open_nursery() as nursery:
@@ -150,14 +153,21 @@ class WorkerHub:
                 finally:
                     if self.conns.get(conn.slot) is conn:
                         del self.conns[conn.slot]
-                        self._unlinked.set()
-                        self._unlinked = trio.Event()
+                        self._changed()
         finally:
             self._slots.release()
 
+    def _changed(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_links(self, done: Callable[[dict[int, WorkerConn]], bool]) -> None:
+        """Until ``done(conns)`` holds (checked each time a worker links or unlinks)."""
+        while not done(self.conns):
+            await self.changed.wait()
+
     async def wait_all_unlinked(self) -> None:
-        while self.conns:
-            await self._unlinked.wait()
+        await self.wait_links(lambda conns: not conns)
 
     async def _hello(self, channel: LineChannel) -> WorkerConn | None:
         with trio.move_on_after(HELLO_TIMEOUT):
