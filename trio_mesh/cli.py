@@ -22,6 +22,7 @@ from .config.values import log_level_number
 
 if TYPE_CHECKING:
     from .server import Server
+    from .workers import AdminLink
 
 log = logging.getLogger("trio_mesh")
 
@@ -119,23 +120,32 @@ def _run(path: str, log_level: str | None, workers: int = 1, drain_timeout: floa
     serve = functools.partial(_serve_process, drain_timeout=drain_timeout, path=path)
     if workers == 1:
         return serve(loaded.config, None)
+    from .admin.workers_process import run_admin_process
+    from .errors import StartupError
     from .workers import Supervisor
 
-    return Supervisor(loaded.config, workers, serve, _sd_notify).run()
+    admin_serve = functools.partial(run_admin_process, drain_timeout=drain_timeout)
+    try:
+        supervisor = Supervisor(loaded.config, workers, serve, _sd_notify, admin_serve)
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+    return supervisor.run()
 
 
 def _serve_process(
     config: MeshConfig,
     ready_fd: int | None,
+    link: AdminLink | None = None,
     drain_timeout: float = DRAIN_TIMEOUT,
     path: str | None = None,
 ) -> int:
     """Run one proxy process until a stop signal; its exit code. ``path``: the file that
-    SIGHUP reloads."""
+    SIGHUP reloads; ``link``: a worker's link to the admin process (``--workers N``)."""
     from .errors import StartupError
 
     try:
-        trio.run(_serve, config, ready_fd, drain_timeout, path)
+        trio.run(_serve, config, ready_fd, drain_timeout, path, link)
     except BaseExceptionGroup as group:
         # A port in use, an access log that cannot be opened: say which and exit 1, with
         # nothing left bound. Anything else is a bug.
@@ -193,19 +203,29 @@ def _keep_reserved_ports(config: MeshConfig, running: MeshConfig) -> MeshConfig:
 
 
 async def _serve(
-    config: MeshConfig, ready_fd: int | None, drain_timeout: float, path: str | None = None
+    config: MeshConfig,
+    ready_fd: int | None,
+    drain_timeout: float,
+    path: str | None = None,
+    link: AdminLink | None = None,
 ) -> None:
-    """``ready_fd``: a worker tells its supervisor on this pipe (which tells systemd)."""
+    """``ready_fd``: a worker tells its supervisor on this pipe (which tells systemd).
+    ``link``: the admin process serves the admin port; this worker answers it."""
     from .server import Server
 
     signals_wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     with trio.open_signal_receiver(*signals_wanted) as signals:
         async with trio.open_nursery() as nursery:
-            # A worker (``ready_fd`` set) serves no admin API: workers would all bind its port.
+            # A worker (``ready_fd`` set) serves no admin API: workers would all bind its port;
+            # with an admin block, one admin process serves them all, linked through ``link``.
             worker = ready_fd is not None
-            server = await nursery.start(
-                Server(config, reuse_port=worker, serve_admin=not worker).run
-            )
+            server = Server(config, reuse_port=worker, serve_admin=not worker)
+            await nursery.start(server.run)
+            if link is not None:
+                from .admin.target import LocalTarget
+                from .admin.worker_link import run_worker_link
+
+                await nursery.start(run_worker_link, link.path, link.slot, LocalTarget(server))
             # Everything built so far lives as long as the process: keep it out of the
             # cyclic GC's generations so collections stay short.
             gc.freeze()

@@ -3,6 +3,11 @@
 The parent runs no Trio loop: it binds nothing it serves, forks the workers, restarts one that
 dies unasked, forwards SIGTERM/SIGINT/SIGHUP, tells systemd READY=1 once every worker is
 listening, and exits when all workers are gone.
+
+With an ``admin`` block or a metrics sink (and N > 1) it forks one more child, the admin
+process (``trio_mesh.admin.workers_process``), restarted like a worker. The parent binds its
+sockets and holds them across its restarts: the admin listener, and a unix socket in a private
+(0700) directory that each worker links to (``trio_mesh.admin.worker_link``).
 """
 
 from __future__ import annotations
@@ -10,15 +15,19 @@ from __future__ import annotations
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 
 from .config import Address, MeshConfig
+from .errors import StartupError
 
 log = logging.getLogger("trio_mesh.workers")
 
@@ -26,8 +35,76 @@ RESTART_BACKOFF_MIN = 0.5
 RESTART_BACKOFF_MAX = 10.0
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
-#: ``serve(config, ready_fd) -> exit code``: one worker's whole life.
-Serve = Callable[[MeshConfig, int], int]
+#: ``serve(config, ready_fd) -> exit code``: one worker's whole life; called with a third
+#: argument, its ``AdminLink``, when an admin process serves the admin port.
+Serve = Callable[..., int]
+#: ``admin_serve(config, control, admin, workers, started, ready_fd) -> exit code``: the
+#: admin process (``trio_mesh.admin.workers_process.run_admin_process``).
+AdminServe = Callable[..., int]
+
+
+@attrs.frozen
+class AdminLink:
+    """Where a worker links to the admin process, and the worker's slot (0..N-1)."""
+
+    path: str
+    slot: int
+
+
+def needs_admin_process(config: MeshConfig) -> bool:
+    """An admin port or a metrics sink to serve for every worker."""
+    sinks = config.metrics.sinks if config.metrics is not None else ()
+    return config.admin is not None or any(s.type == "prometheus" for s in sinks)
+
+
+class AdminSockets:
+    """What the admin process serves on, bound by the supervisor (no Trio here): the control
+    socket in a fresh 0700 directory, and the admin listener (a port 0 becomes a real one,
+    kept across restarts of the admin process)."""
+
+    def __init__(self, config: MeshConfig) -> None:
+        self.directory = tempfile.mkdtemp(prefix="trio-mesh-")  # 0700, ours alone
+        self.path = os.path.join(self.directory, "control.sock")
+        self.control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.admin: socket.socket | None = None
+        self.config = config
+        try:
+            self.control.bind(self.path)
+            self.control.listen(64)
+            if config.admin is not None:
+                self.admin = _listen(config.admin.address)
+                port = self.admin.getsockname()[1]
+                address = Address(host=config.admin.address.host, port=port)
+                admin = attrs.evolve(config.admin, address=address)
+                self.config = attrs.evolve(config, admin=admin)
+        except BaseException:
+            self.close()
+            raise
+
+    def sockets(self) -> list[socket.socket]:
+        return [self.control] if self.admin is None else [self.control, self.admin]
+
+    def close(self) -> None:
+        for s in self.sockets():
+            s.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _listen(address: Address) -> socket.socket:
+    try:
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((address.host, address.port))
+            s.listen(128)
+        except BaseException:
+            s.close()
+            raise
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise StartupError(f"admin.address: cannot listen on {address}: {reason}") from None
+    return s
 
 
 def reserve_ports(config: MeshConfig) -> tuple[MeshConfig, list[socket.socket]]:
@@ -56,16 +133,37 @@ def reserve_ports(config: MeshConfig) -> tuple[MeshConfig, list[socket.socket]]:
 
 
 class Supervisor:
-    def __init__(self, config: MeshConfig, workers: int, serve: Serve, notify: Callable) -> None:
+    def __init__(
+        self,
+        config: MeshConfig,
+        workers: int,
+        serve: Serve,
+        notify: Callable,
+        admin_serve: AdminServe | None = None,
+    ) -> None:
+        self.started = time.monotonic()
         self.config, self.held = reserve_ports(config)
         self.workers = workers
         self.serve = serve
         self.notify = notify
+        #: The admin process's slot is ``workers`` (after the workers'), when there is one.
+        self.admin: AdminSockets | None = None
+        self.admin_serve = admin_serve
+        if workers > 1 and needs_admin_process(config):
+            try:
+                self.admin = AdminSockets(self.config)
+            except BaseException:
+                for s in self.held:
+                    s.close()
+                raise
+            self.config = self.admin.config
+        #: Children that say they are ready (the admin process too) before READY=1.
+        self.expected = workers + (self.admin is not None)
         self.children: dict[int, int] = {}  # pid -> slot
         self.stopping = False
         self.exit_code = 0
         self.ready = 0
-        self.backoff = [RESTART_BACKOFF_MIN] * workers
+        self.backoff = [RESTART_BACKOFF_MIN] * (workers + 1)
         #: slot -> monotonic time of its restart: waited for in ``_poll``, never slept
         #: through, so a slot's back-off does not stop the others being reaped and restarted.
         self.restarts: dict[int, float] = {}
@@ -74,6 +172,8 @@ class Supervisor:
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _FORWARDED}
         try:
+            if self.admin is not None:
+                self._spawn(self.workers)  # first: workers link to it as they start
             for slot in range(self.workers):
                 self._spawn(slot)
             while self.children or (self.restarts and not self.stopping):
@@ -83,6 +183,8 @@ class Supervisor:
                 signal.signal(sig, handler)
             for s in self.held:
                 s.close()
+            if self.admin is not None:
+                self.admin.close()
             os.close(self.ready_r)
             os.close(self.ready_w)
         log.info("all workers stopped")
@@ -92,7 +194,8 @@ class Supervisor:
         name = signal.Signals(signum).name
         if signum != signal.SIGHUP:
             if not self.stopping:
-                log.info("%s received, stopping %d worker(s)", name, len(self.children))
+                workers = sum(1 for slot in self.children.values() if slot < self.workers)
+                log.info("%s received, stopping %d worker(s)", name, workers)
                 self.notify(b"STOPPING=1")
             self.stopping = True
         self._forward(signum)
@@ -122,7 +225,7 @@ class Supervisor:
                     for s in self.held:
                         s.close()
                     os.close(self.ready_r)
-                    code = self.serve(self.config, self.ready_w)
+                    code = self._child(slot)
                 except BaseException:
                     traceback.print_exc()
                 finally:
@@ -135,7 +238,24 @@ class Supervisor:
                 os.kill(pid, signal.SIGTERM)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
-        log.info("worker %d started (pid %d)", slot, pid)
+        log.info("%s started (pid %d)", self._name(slot), pid)
+
+    def _name(self, slot: int) -> str:
+        return "admin process" if slot == self.workers else f"worker {slot}"
+
+    def _child(self, slot: int) -> int:
+        """In the forked child: be worker ``slot`` or the admin process."""
+        if self.admin is None:
+            return self.serve(self.config, self.ready_w)
+        if slot == self.workers:
+            serve = self.admin_serve or _default_admin_serve
+            admin = self.admin
+            return serve(
+                self.config, admin.control, admin.admin, self.workers, self.started, self.ready_w
+            )
+        for s in self.admin.sockets():
+            s.close()
+        return self.serve(self.config, self.ready_w, AdminLink(self.admin.path, slot))
 
     def _poll(self) -> None:
         wait = 0.2
@@ -144,7 +264,7 @@ class Supervisor:
         readable, _, _ = select.select([self.ready_r], [], [], wait)
         if readable:
             self.ready += len(os.read(self.ready_r, 64))
-            if self.ready == self.workers:
+            if self.ready == self.expected:
                 log.info("all %d workers ready", self.workers)
                 self.notify(b"READY=1")
         self._reap()
@@ -170,18 +290,25 @@ class Supervisor:
             if self.stopping:
                 continue
             how = _describe(status)
-            if self.ready < self.workers:
+            name = self._name(slot)
+            if self.ready < self.expected:
                 # Dying before every worker ever listened is a start-up failure (a port in
                 # use, say): restarting would only repeat it. Stop, and fail as one process.
-                log.error("worker %d (pid %d) %s during start-up; stopping", slot, pid, how)
+                log.error("%s (pid %d) %s during start-up; stopping", name, pid, how)
                 self.exit_code = 1
                 self.stopping = True
                 self._forward(signal.SIGTERM)
                 continue
             wait = self.backoff[slot]
-            log.error("worker %d (pid %d) %s; restarting in %.1fs", slot, pid, how, wait)
+            log.error("%s (pid %d) %s; restarting in %.1fs", name, pid, how, wait)
             self.restarts[slot] = time.monotonic() + wait
             self.backoff[slot] = min(wait * 2, RESTART_BACKOFF_MAX)
+
+
+def _default_admin_serve(*args: Any) -> int:
+    from .admin.workers_process import run_admin_process
+
+    return run_admin_process(*args)
 
 
 def _describe(status: int) -> str:
