@@ -138,7 +138,7 @@ def test_opentelemetry_over_http_becomes_the_listener_provider(
         " spans go to the uri's host directly (its scheme decides TLS), not through the"
         " cluster nor its transport socket: ignored"
     ]
-    # the tracer H5 builds: the listener's provider, its sampling in the provider's config
+    # the tracer the server builds: the listener's provider, its sampling in the provider's config
     built = effective_tracing(proxy, GLOBAL)
     assert built is not None and built.config["random_sampling"] == 12.5
     assert built.config["endpoint"] == OTLP

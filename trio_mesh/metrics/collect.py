@@ -275,7 +275,7 @@ def rss_bytes() -> int:
 def _server(out: list[Metric], server: Server, total_connections: int) -> None:
     uptime = int(time.monotonic() - server.started_monotonic) if server.started_monotonic else 0
     state = server.state
-    # H4's workers set ``concurrency`` on the server (one process serves here otherwise).
+    # With --workers the admin process reports the worker count (admin/fanout.py).
     concurrency = getattr(server, "concurrency", 1)
     for stat, value, help_ in (
         ("uptime", uptime, "Seconds since the server started"),
