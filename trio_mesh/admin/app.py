@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ from .. import __version__
 from ..metrics.model import ENVOY_BUCKETS_MS, HistogramValue, Metric
 from .http import AdminRequest, AdminResponse, json_error
 from .redact import REDACTED, is_secret_name
+from .stat_filter import FilterError, compile_filter, matching
 from .target import LEVELS, AdminTarget, UnknownLogger
 
 log = logging.getLogger("trio_mesh.admin")
@@ -161,18 +161,15 @@ class AdminApp:
             if len(pattern) > MAX_FILTER:
                 return json_error(400, f"filter: longer than {MAX_FILTER} characters")
             try:
-                matcher = re.compile(pattern)
-            except re.error as exc:
-                return json_error(400, f"filter: not a valid regex: {exc}")
-        used_only = "usedonly" in req.query
-        out = []
-        for m in await self.target.metrics():
-            if matcher is not None and matcher.search(m.name) is None:
-                continue
-            if used_only and not _used(m):
-                continue
-            out.append(m)
-        return out
+                matcher = compile_filter(pattern)
+            except FilterError as exc:
+                return json_error(400, f"filter: {exc}")
+        metrics = await self.target.metrics()
+        if matcher is not None:
+            metrics = await matching(matcher, metrics)
+        if "usedonly" in req.query:
+            metrics = [m for m in metrics if _used(m)]
+        return metrics
 
     async def prometheus(
         self, req: AdminRequest, selected: list[Metric] | None = None
