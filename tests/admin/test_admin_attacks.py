@@ -50,3 +50,43 @@ async def test_stats_filter_redos_does_not_stall_the_proxy(nursery: trio.Nursery
     lines = body.decode().splitlines()
     assert status == 200 and "cluster.up.upstream_rq_total: 1" in lines
     assert all(line.startswith("cluster.") for line in lines)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["SECRET_KEY_BASE", "GITHUB_TOKEN_V2", "MYSQL_PWD", "SSH_KEY", "API_KEY_ID", "SIGNING_KEY"],
+)
+async def test_env_hides_secret_looking_names(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    _, url, _ = await start(nursery)
+    monkeypatch.setenv(name, "hunter2")
+    status, body, _ = await fetch(f"{url}/api/v1/env?key={name}")
+    assert status == 200 and json.loads(body) == {"env": {name: "[redacted]"}}
+
+
+async def test_env_hides_url_passwords_and_inline_keys(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, url, _ = await start(nursery)
+    monkeypatch.setenv("TM_DATABASE_URL", "postgres://app:hunter2@db:5432/app")
+    monkeypatch.setenv("TM_CACHE", "redis://:hunter2@cache:6379/0")
+    monkeypatch.setenv("TM_TLS", "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----")
+    monkeypatch.setenv("TM_KEYBOARD_LAYOUT", "us")  # KEY only as a word
+    status, body, _ = await fetch(
+        f"{url}/api/v1/env?key=TM_DATABASE_URL&key=TM_CACHE&key=TM_TLS&key=TM_KEYBOARD_LAYOUT"
+    )
+    assert status == 200 and b"hunter2" not in body and b"MIIE" not in body
+    assert json.loads(body)["env"] == {
+        "TM_DATABASE_URL": "postgres://app:[redacted]@db:5432/app",
+        "TM_CACHE": "redis://:[redacted]@cache:6379/0",
+        "TM_TLS": "[redacted]",
+        "TM_KEYBOARD_LAYOUT": "us",
+    }
+
+
+def test_config_dump_url_password_with_at_sign() -> None:
+    from trio_mesh.admin.redact import redact
+
+    doc = {"a": "http://user:p@ss@host/x", "b": "see http://h:8080/x and x@y"}
+    assert redact(doc) == {"a": "http://user:[redacted]@host/x", "b": doc["b"]}

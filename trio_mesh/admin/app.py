@@ -18,7 +18,7 @@ from typing import Any
 from .. import __version__
 from ..metrics.model import ENVOY_BUCKETS_MS, HistogramValue, Metric
 from .http import AdminRequest, AdminResponse, json_error
-from .redact import REDACTED, is_secret_name
+from .redact import REDACTED, is_secret_env, redact
 from .stat_filter import FilterError, compile_filter, matching
 from .target import LEVELS, AdminTarget, UnknownLogger
 
@@ -345,8 +345,9 @@ class AdminApp:
             if value is None:
                 missing.append(key)
             else:
-                # The environment holds credentials too: secret-looking names stay hidden.
-                found[key] = REDACTED if is_secret_name(key) else value
+                # The environment holds credentials too: secret-looking names stay hidden,
+                # and so do a URL's password and an inline key under any name.
+                found[key] = REDACTED if is_secret_env(key) else redact(value)
         doc: dict[str, Any] = {"env": found}
         if missing:
             doc["not_found"] = missing

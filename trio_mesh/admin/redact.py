@@ -26,11 +26,27 @@ _SECRET_ENDINGS = (
     "authorization",
     "cookie",
 )
-_URL_PASSWORD = re.compile(r"(://[^/@\s:]+:)[^/@\s]+@")
+# The userinfo ends at the last ``@`` of the authority: a password may hold an ``@``
+# (``u:p@ss@host``), and the user may be empty (``redis://:pw@host``).
+_URL_PASSWORD = re.compile(r"(://[^/@\s:]*:)[^/\s]*@")
+
+# An environment variable is secret when a word of its name is one of these
+# (``SECRET_KEY_BASE``, ``GITHUB_TOKEN_V2``, ``MYSQL_PWD``, ``SSH_KEY``) or it holds one of
+# the longer ones (``PGPASSWORD``): a process's environment has no ``max_tokens`` to spare.
+_ENV_WORDS = frozenset({"key", "pwd", "pass", "auth", "pin", "salt", "cert", "jwt", "dsn"})
+_ENV_PARTS = ("password", "passwd", "secret", "token", "credential", "apikey", "privatekey")
+_ENV_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
 
 
 def is_secret_name(name: str) -> bool:
     return name.lower().replace("_", "").replace("-", "").endswith(_SECRET_ENDINGS)
+
+
+def is_secret_env(name: str) -> bool:
+    lower = name.lower()
+    if any(part in lower.replace("_", "").replace("-", "") for part in _ENV_PARTS):
+        return True
+    return not _ENV_WORDS.isdisjoint(_ENV_WORD_SPLIT.split(lower))
 
 
 def _secret_text(value: str) -> bool:
