@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
+import attrs
 import pytest
 import trio
 
 from trio_mesh.admin.stat_filter import FilterError, compile_filter
+from trio_mesh.config import MeshConfig
 
 from .test_admin_api import fetch, start
 
@@ -90,3 +92,29 @@ def test_config_dump_url_password_with_at_sign() -> None:
 
     doc = {"a": "http://user:p@ss@host/x", "b": "see http://h:8080/x and x@y"}
     assert redact(doc) == {"a": "http://user:[redacted]@host/x", "b": doc["b"]}
+
+
+def _with_second_listener(config: MeshConfig) -> MeshConfig:
+    server = config.servers[0]
+    second = attrs.evolve(server.listeners[0], name="second")
+    servers = (attrs.evolve(server, listeners=(*server.listeners, second)),)
+    return attrs.evolve(config, servers=servers)
+
+
+@pytest.mark.parametrize("query", ["", "?graceful"])
+async def test_reload_after_drain_listeners_starts_no_listener(
+    nursery: trio.Nursery, query: str
+) -> None:
+    """Envoy refuses to add listeners once they were stopped: a reload or an xDS update
+    after ``/drain_listeners`` must not open a port the operator just drained."""
+    server, url, port = await start(nursery)
+    status, _, _ = await fetch(f"{url}/drain_listeners{query}", "-X", "POST")
+    assert status == 200
+    await server.apply(_with_second_listener(server.config))
+    assert "second" not in server.addresses
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port)
+    status, _, _ = await fetch(f"{url}/drain_listeners{query}", "-X", "POST")  # twice
+    assert status == 200
+    status, _, _ = await fetch(f"{url}/ready")
+    assert status == (503 if query else 200)
