@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .. import __version__
-from ..metrics.model import ENVOY_BUCKETS_MS, HistogramValue, Metric
+from ..metrics.model import ENVOY_BUCKETS_MS, HistogramValue, Metric, valid_text
 from .http import AdminRequest, AdminResponse, json_error
 from .redact import REDACTED, is_secret_env, redact
 from .stat_filter import FilterError, compile_filter, matching
@@ -39,7 +39,11 @@ Endpoint = Callable[[AdminRequest], Awaitable[AdminResponse]]
 
 
 def text(status: int, body: str, content_type: str = TEXT) -> AdminResponse:
-    return AdminResponse(status, body.encode(), content_type)
+    try:
+        data = body.encode()
+    except UnicodeEncodeError:  # a lone surrogate in a configured name
+        data = valid_text(body).encode()
+    return AdminResponse(status, data, content_type)
 
 
 def as_json(doc: Any, status: int = 200) -> AdminResponse:
