@@ -118,3 +118,24 @@ async def test_reload_after_drain_listeners_starts_no_listener(
     assert status == 200
     status, _, _ = await fetch(f"{url}/ready")
     assert status == (503 if query else 200)
+
+
+async def test_web_pages_cannot_drive_the_admin_api(nursery: trio.Nursery) -> None:
+    """CSRF: any web page can make a browser POST a form to 127.0.0.1:<admin>."""
+    server, url, _ = await start(nursery)
+    for header in ("Origin: http://evil.example", "Origin: null", "Sec-Fetch-Site: cross-site"):
+        status, body, _ = await fetch(f"{url}/healthcheck/fail", "-X", "POST", "-H", header)
+        assert status == 403 and "web pages" in json.loads(body)["error"]
+        assert server.health_failed is False
+    status, _, _ = await fetch(f"{url}/api/v1/env?key=PATH", "-H", "Sec-Fetch-Site: same-site")
+    assert status == 403
+    # curl, Prometheus, and a page served by the admin address itself are answered.
+    status, _, _ = await fetch(f"{url}/stats", "-H", "Origin: http://evil.example")
+    assert status == 200  # a read: the browser's same-origin policy keeps it from the page
+    host = url.removeprefix("http://")
+    status, _, _ = await fetch(
+        f"{url}/healthcheck/fail", "-X", "POST", "-H", f"Origin: http://{host}"
+    )
+    assert status == 200 and server.health_failed is True
+    status, _, _ = await fetch(f"{url}/healthcheck/ok", "-X", "POST")
+    assert status == 200 and server.health_failed is False

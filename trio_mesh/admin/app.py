@@ -87,6 +87,8 @@ class AdminApp:
         if route is None:
             return json_error(404, f"unknown admin path {req.path!r} (GET / lists them)")
         methods, endpoint = route
+        if _from_another_site(req, methods is POST):
+            return json_error(403, "the admin API does not answer requests from web pages")
         if req.method not in methods:
             allow = "POST" if methods is POST else "GET, HEAD"
             response = json_error(405, f"{req.path} takes {allow}")
@@ -359,6 +361,19 @@ class AdminApp:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _from_another_site(req: AdminRequest, changes: bool) -> bool:
+    """A browser sent it for a page of another site (CSRF: a form posted to 127.0.0.1 fails
+    the health check or drains the listeners). Browsers mark such requests
+    (``Sec-Fetch-Site``, and ``Origin`` on a POST); curl and Prometheus send neither."""
+    if req.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+        return True
+    origin = req.headers.get("origin")
+    if not changes or origin is None:
+        return False
+    host = req.headers.get("host", "")
+    return origin.lower() not in (f"http://{host}".lower(), f"https://{host}".lower())
 
 
 def _limit(value: int | None) -> int:
