@@ -4,6 +4,7 @@ that once got through)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from urllib.parse import quote
 
 import attrs
@@ -139,3 +140,15 @@ async def test_web_pages_cannot_drive_the_admin_api(nursery: trio.Nursery) -> No
     assert status == 200 and server.health_failed is True
     status, _, _ = await fetch(f"{url}/healthcheck/ok", "-X", "POST")
     assert status == 200 and server.health_failed is False
+
+
+async def test_update_loglevel_deeply_nested_json_is_400(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    _, url, _ = await start(nursery)
+    for body in ("[" * 60000, '{"log_level": ' * 4000):  # under the 64 KiB body limit
+        (tmp_path / "body").write_text(body)
+        status, out, _ = await fetch(
+            f"{url}/api/v1/update_loglevel", "--data-binary", f"@{tmp_path / 'body'}"
+        )
+        assert (status, json.loads(out)) == (400, {"error": "update logger failed"})

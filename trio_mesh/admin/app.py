@@ -296,7 +296,7 @@ class AdminApp:
             path, level = data.get("log_path", ""), data.get("log_level", "")
             if not isinstance(path, str) or not isinstance(level, str):
                 raise ValueError
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # RecursionError: [[[[...
             return json_error(400, "update logger failed")
         if level.lower() not in LEVELS:
             return json_error(400, "update logger failed")
