@@ -26,6 +26,9 @@ from .test_admin_api import fetch, start
         "(.)\\1",
         ".*.*.*.*X",  # polynomial, but n**5 per name
         "(.{1,50}){1,50}X",
+        ".{0,32}.{0,32}.{0,32}.{0,32}.{0,32}X",  # bounded, but 32**5 steps per name
+        "(.|.)" * 25 + "X",  # no repetition, but 2**25 paths
+        "a?" * 40 + "X",
     ],
 )
 def test_catastrophic_filter_is_refused(pattern: str) -> None:
@@ -34,7 +37,15 @@ def test_catastrophic_filter_is_refused(pattern: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "pattern", ["upstream_rq", "^cluster\\..*\\.upstream_.*total$", "(rq|cx)_active", "a{2,5}"]
+    "pattern",
+    [
+        "upstream_rq",
+        "^cluster\\..*\\.upstream_.*total$",
+        "(rq|cx)_active",
+        "a{2,5}",
+        "x{3}" * 9,
+        "^(http|rpc|cluster)\\.(a|b)\\..*_(rq|cx)_.*",
+    ],
 )
 def test_usual_filters_pass(pattern: str) -> None:
     assert compile_filter(pattern).pattern == pattern
