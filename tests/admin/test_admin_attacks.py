@@ -13,7 +13,9 @@ import trio
 
 from trio_mesh.admin.stat_filter import FilterError, compile_filter
 from trio_mesh.config import MeshConfig
+from trio_mesh.config.tracing import TracingConfig
 
+from ..http_helpers import http_config, start_upstream, to
 from .test_admin_api import fetch, start
 
 
@@ -163,3 +165,39 @@ async def test_update_loglevel_deeply_nested_json_is_400(
             f"{url}/api/v1/update_loglevel", "--data-binary", f"@{tmp_path / 'body'}"
         )
         assert (status, json.loads(out)) == (400, {"error": "update logger failed"})
+
+
+async def test_config_dump_hides_exporter_headers_and_url_tokens(nursery: trio.Nursery) -> None:
+    upstream = await start_upstream(nursery)
+    provider = {
+        "enable": True,
+        "driver": "opentelemetry",
+        "config": {
+            "endpoint": "http://127.0.0.1:9/v1/traces",
+            "random_sampling": 0,
+            "headers": {"x-honeycomb-team": "SEKRIT1", "uptrace-dsn": "SEKRIT2"},
+        },
+    }
+    config = http_config(
+        [to("up")], {"up": upstream.port}, proxy={"tracing": {"provider": provider}}
+    )
+    config = attrs.evolve(
+        config,
+        tracing=TracingConfig(
+            enable=True,
+            driver="opentelemetry",
+            config={
+                "endpoint": "https://SEKRIT3@collector.example/v1/traces",
+                "random_sampling": 0,
+                "headers": {"x-scope-orgid": "SEKRIT4"},
+            },
+        ),
+    )
+    _, url, _ = await start(nursery, config)
+    status, body, _ = await fetch(f"{url}/api/v1/config_dump")
+    assert status == 200 and b"SEKRIT" not in body, body
+    dump = json.loads(body)
+    assert dump["config"]["tracing"]["config"]["headers"] == {"x-scope-orgid": "[redacted]"}
+    assert dump["config"]["tracing"]["config"]["endpoint"] == (
+        "https://[redacted]@collector.example/v1/traces"
+    )
