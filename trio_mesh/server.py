@@ -132,6 +132,9 @@ class Server:
         self._chains: dict[str, FilterChainFactory] = {}
         self._nursery: trio.Nursery | None = None  # set while running: where apply starts things
         self._applying = trio.Lock()  # one configuration swap at a time
+        #: Set by a drain (``/drain_listeners``, SIGTERM): as in Envoy, no listener starts
+        #: after it, whatever a reload or an xDS update adds.
+        self._listeners_stopped = False
         #: The xDS runtime (``trio_mesh.xds.runtime.XdsRuntime``) when a control plane is set.
         self.xds: Any = None
         self._state = "PRE_INITIALIZING"
@@ -178,6 +181,7 @@ class Server:
         """Envoy's ``/drain_listeners``: graceful, every listener stops accepting and its
         connections finish (``Connection: close``, GOAWAY) and the server is DRAINING;
         otherwise every listener stops accepting now (connections go on)."""
+        self._listeners_stopped = True
         if graceful:
             self.state = "DRAINING"
         for runtime in self.listeners.values():
@@ -191,6 +195,7 @@ class Server:
         after a GOAWAY, HTTP/1 with ``Connection: close``), close idle connections; within
         ``timeout`` seconds. True if everything finished in time. Cancel the server's
         nursery afterwards to close the rest."""
+        self._listeners_stopped = True
         self.state = "DRAINING"
         for runtime in self.listeners.values():
             runtime.drain()
@@ -440,6 +445,9 @@ class Server:
                 before = old.get(lst.name)
                 rebind = before is None or before.address != lst.address or not before.bind_port
                 if lst.bind_port and (rebind or lst.name not in self.listeners):
+                    if self._listeners_stopped:
+                        log.warning("listener %r not started: the listeners were drained", lst.name)
+                        continue
                     fresh_sockets[lst.name] = await bind(
                         lst.name, lst.address, reuse_port=self.reuse_port
                     )

@@ -12,14 +12,14 @@ import json
 import logging
 import math
 import os
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .. import __version__
-from ..metrics.model import ENVOY_BUCKETS_MS, HistogramValue, Metric
+from ..metrics.model import ENVOY_BUCKETS_MS, HistogramValue, Metric, valid_text
 from .http import AdminRequest, AdminResponse, json_error
-from .redact import REDACTED, is_secret_name
+from .redact import REDACTED, is_secret_env, redact
+from .stat_filter import FilterError, compile_filter, matching
 from .target import LEVELS, AdminTarget, UnknownLogger
 
 log = logging.getLogger("trio_mesh.admin")
@@ -39,7 +39,11 @@ Endpoint = Callable[[AdminRequest], Awaitable[AdminResponse]]
 
 
 def text(status: int, body: str, content_type: str = TEXT) -> AdminResponse:
-    return AdminResponse(status, body.encode(), content_type)
+    try:
+        data = body.encode()
+    except UnicodeEncodeError:  # a lone surrogate in a configured name
+        data = valid_text(body).encode()
+    return AdminResponse(status, data, content_type)
 
 
 def as_json(doc: Any, status: int = 200) -> AdminResponse:
@@ -83,6 +87,8 @@ class AdminApp:
         if route is None:
             return json_error(404, f"unknown admin path {req.path!r} (GET / lists them)")
         methods, endpoint = route
+        if _from_another_site(req, methods is POST):
+            return json_error(403, "the admin API does not answer requests from web pages")
         if req.method not in methods:
             allow = "POST" if methods is POST else "GET, HEAD"
             response = json_error(405, f"{req.path} takes {allow}")
@@ -161,18 +167,15 @@ class AdminApp:
             if len(pattern) > MAX_FILTER:
                 return json_error(400, f"filter: longer than {MAX_FILTER} characters")
             try:
-                matcher = re.compile(pattern)
-            except re.error as exc:
-                return json_error(400, f"filter: not a valid regex: {exc}")
-        used_only = "usedonly" in req.query
-        out = []
-        for m in await self.target.metrics():
-            if matcher is not None and matcher.search(m.name) is None:
-                continue
-            if used_only and not _used(m):
-                continue
-            out.append(m)
-        return out
+                matcher = compile_filter(pattern)
+            except FilterError as exc:
+                return json_error(400, f"filter: {exc}")
+        metrics = await self.target.metrics()
+        if matcher is not None:
+            metrics = await matching(matcher, metrics)
+        if "usedonly" in req.query:
+            metrics = [m for m in metrics if _used(m)]
+        return metrics
 
     async def prometheus(
         self, req: AdminRequest, selected: list[Metric] | None = None
@@ -293,7 +296,7 @@ class AdminApp:
             path, level = data.get("log_path", ""), data.get("log_level", "")
             if not isinstance(path, str) or not isinstance(level, str):
                 raise ValueError
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # RecursionError: [[[[...
             return json_error(400, "update logger failed")
         if level.lower() not in LEVELS:
             return json_error(400, "update logger failed")
@@ -348,8 +351,9 @@ class AdminApp:
             if value is None:
                 missing.append(key)
             else:
-                # The environment holds credentials too: secret-looking names stay hidden.
-                found[key] = REDACTED if is_secret_name(key) else value
+                # The environment holds credentials too: secret-looking names stay hidden,
+                # and so do a URL's password and an inline key under any name.
+                found[key] = REDACTED if is_secret_env(key) else redact(value)
         doc: dict[str, Any] = {"env": found}
         if missing:
             doc["not_found"] = missing
@@ -357,6 +361,19 @@ class AdminApp:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _from_another_site(req: AdminRequest, changes: bool) -> bool:
+    """A browser sent it for a page of another site (CSRF: a form posted to 127.0.0.1 fails
+    the health check or drains the listeners). Browsers mark such requests
+    (``Sec-Fetch-Site``, and ``Origin`` on a POST); curl and Prometheus send neither."""
+    if req.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+        return True
+    origin = req.headers.get("origin")
+    if not changes or origin is None:
+        return False
+    host = req.headers.get("host", "")
+    return origin.lower() not in (f"http://{host}".lower(), f"https://{host}".lower())
 
 
 def _limit(value: int | None) -> int:

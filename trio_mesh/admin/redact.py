@@ -26,11 +26,30 @@ _SECRET_ENDINGS = (
     "authorization",
     "cookie",
 )
-_URL_PASSWORD = re.compile(r"(://[^/@\s:]+:)[^/@\s]+@")
+# The userinfo ends at the last ``@`` of the authority: a password may hold an ``@``
+# (``u:p@ss@host``), and the user may be empty (``redis://:pw@host``).
+_URL_PASSWORD = re.compile(r"(://[^/@\s:]*:)[^/\s]*@")
+# A userinfo without a password is a token as often as a user name (a Sentry or Uptrace
+# DSN, ``https://<token>@github.com``): it goes whole.
+_URL_TOKEN = re.compile(r"://[^/@\s:]+@")
+
+# An environment variable is secret when a word of its name is one of these
+# (``SECRET_KEY_BASE``, ``GITHUB_TOKEN_V2``, ``MYSQL_PWD``, ``SSH_KEY``) or it holds one of
+# the longer ones (``PGPASSWORD``): a process's environment has no ``max_tokens`` to spare.
+_ENV_WORDS = frozenset({"key", "pwd", "pass", "auth", "pin", "salt", "cert", "jwt", "dsn"})
+_ENV_PARTS = ("password", "passwd", "secret", "token", "credential", "apikey", "privatekey")
+_ENV_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
 
 
 def is_secret_name(name: str) -> bool:
     return name.lower().replace("_", "").replace("-", "").endswith(_SECRET_ENDINGS)
+
+
+def is_secret_env(name: str) -> bool:
+    lower = name.lower()
+    if any(part in lower.replace("_", "").replace("-", "") for part in _ENV_PARTS):
+        return True
+    return not _ENV_WORDS.isdisjoint(_ENV_WORD_SPLIT.split(lower))
 
 
 def _secret_text(value: str) -> bool:
@@ -52,6 +71,11 @@ def redact(value: Any) -> Any:
         )
         for key, item in value.items():
             key = str(key)
+            if key == "headers" and isinstance(item, dict):
+                # Headers an exporter sends (``tracing...config.headers``) carry collector
+                # credentials under any vendor's name (``x-honeycomb-team``).
+                out[key] = {str(k): REDACTED if v else v for k, v in item.items()}
+                continue
             if (
                 item
                 and isinstance(item, str | dict | list | tuple)
@@ -66,7 +90,10 @@ def redact(value: Any) -> Any:
     if isinstance(value, str):
         if _secret_text(value):
             return REDACTED
-        return _URL_PASSWORD.sub(rf"\g<1>{REDACTED}@", value) if "://" in value else value
+        if "://" not in value:
+            return value
+        value = _URL_PASSWORD.sub(rf"\g<1>{REDACTED}@", value)
+        return _URL_TOKEN.sub(f"://{REDACTED}@", value)
     if value is None or isinstance(value, bool | int | float):
         return value
     return str(value)

@@ -89,6 +89,16 @@ class Metric:
         return "envoy_" + sanitize(self.tag_name)
 
 
+def valid_text(text: str) -> str:
+    """``text`` with any lone surrogate (a JSON config's ``"\\ud800"``, which no UTF-8 can
+    carry) replaced by U+FFFD, so that one odd name cannot fail a whole scrape."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def sanitize(name: str) -> str:
     """Envoy's Prometheus name sanitising: anything but ``[a-zA-Z0-9_]`` becomes ``_``."""
     return "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in name)

@@ -40,7 +40,7 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.utils import floatToGoString
 
-from .model import ENVOY_BUCKETS_MS, HistogramValue, Kind, Metric, sanitize
+from .model import ENVOY_BUCKETS_MS, HistogramValue, Kind, Metric, sanitize, valid_text
 
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 __all__ = ["OPENMETRICS_TYPE", "TEXT_TYPE", "EnvoyCollector", "render", "wants_openmetrics"]
@@ -94,7 +94,7 @@ def group(metrics: Iterable[Metric]) -> list[Family]:
     seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
     for m in metrics:
         name = m.prometheus_name()
-        labels = tuple((_label_name(k), v) for k, v in m.tags)
+        labels = tuple((_label_name(k), v if v.isascii() else valid_text(v)) for k, v in m.tags)
         family = families.get(name)
         if family is None:
             help_ = m.help or f"{_DEFAULT_HELP[m.kind]} {m.tag_name}"
