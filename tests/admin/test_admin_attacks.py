@@ -201,3 +201,17 @@ async def test_config_dump_hides_exporter_headers_and_url_tokens(nursery: trio.N
     assert dump["config"]["tracing"]["config"]["endpoint"] == (
         "https://[redacted]@collector.example/v1/traces"
     )
+
+
+async def test_dns_rebinding_a_foreign_host_name_is_refused(nursery: trio.Nursery) -> None:
+    """A web page whose own name was made to resolve to 127.0.0.1 reads the admin API with its
+    name in ``Host``: a loopback-only admin answers loopback names only."""
+    _, url, _ = await start(nursery)
+    port = url.rsplit(":", 1)[1]
+    for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.nip.io"):
+        status, body, _ = await fetch(f"{url}/api/v1/config_dump", "-H", f"Host: {host}")
+        assert status == 403, host
+        assert b"loopback" in body
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "[::1]", "LOCALHOST", "127.1.2.3"):
+        status, _, _ = await fetch(f"{url}/ready", "-H", f"Host: {host}")
+        assert status == 200, host

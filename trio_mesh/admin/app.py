@@ -56,8 +56,10 @@ def _one(req: AdminRequest, name: str) -> str | None:
 
 
 class AdminApp:
-    def __init__(self, target: AdminTarget) -> None:
+    def __init__(self, target: AdminTarget, *, loopback_names_only: bool = False) -> None:
         self.target = target
+        #: Refuse a ``Host`` that is not a loopback name (``admin`` on loopback).
+        self.loopback_names_only = loopback_names_only
         self.routes: dict[str, tuple[frozenset[str], Endpoint]] = {
             "/": (GET, self.help),
             "/ready": (GET, self.ready),
@@ -89,6 +91,8 @@ class AdminApp:
         methods, endpoint = route
         if _from_another_site(req, methods is POST):
             return json_error(403, "the admin API does not answer requests from web pages")
+        if self.loopback_names_only and not _loopback_host(req.headers.get("host")):
+            return json_error(403, "the admin API answers loopback names only (Host)")
         if req.method not in methods:
             allow = "POST" if methods is POST else "GET, HEAD"
             response = json_error(405, f"{req.path} takes {allow}")
@@ -374,6 +378,26 @@ def _from_another_site(req: AdminRequest, changes: bool) -> bool:
         return False
     host = req.headers.get("host", "")
     return origin.lower() not in (f"http://{host}".lower(), f"https://{host}".lower())
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def _loopback_host(host: str | None) -> bool:
+    """Whether a request's ``Host`` names this machine's loopback (or is absent: HTTP/1.0).
+    Any other name reaching a loopback-only port was made to point here (DNS rebinding)."""
+    if host is None:
+        return True
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[: name.find("]") + 1]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    return (
+        name in _LOOPBACK_NAMES
+        or name.endswith(".localhost")
+        or (name.startswith("127.") and name.replace(".", "").isdigit())
+    )
 
 
 def _limit(value: int | None) -> int:

@@ -42,7 +42,9 @@ async def run_admin(
     if sock is None:
         sock = await bind_admin(config)
     host, port = sock.getsockname()[:2]
-    app = AdminApp(target)
+    # On loopback (the default), only loopback names: a web page that points its own name
+    # at 127.0.0.1 (DNS rebinding) cannot read config_dump or env.
+    app = AdminApp(target, loopback_names_only=not config.allow_non_loopback)
     async with trio.open_nursery() as nursery:
         await nursery.start(
             functools.partial(serve_http, sock, app.handle, name="admin", limits=limits)
