@@ -12,6 +12,7 @@ sockets and holds them across its restarts: the admin listener, and a unix socke
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import select
@@ -212,10 +213,12 @@ class Supervisor:
         # in the child, until it no longer runs the parent's handler.
         signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
         try:
+            supervisor = os.getpid()
             pid = os.fork()
             if pid == 0:  # the worker
                 code = 1
                 try:
+                    _die_with(supervisor)
                     for sig in (signal.SIGTERM, signal.SIGINT):
                         signal.signal(sig, signal.SIG_DFL)
                     # Until the worker's own signal receiver is open, a SIGHUP (a reload,
@@ -309,6 +312,22 @@ def _default_admin_serve(*args: Any) -> int:
     from .admin.workers_process import run_admin_process
 
     return run_admin_process(*args)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(supervisor: int) -> None:
+    """A child gets SIGTERM (and drains) when the supervisor dies, even by SIGKILL: else
+    the workers would go on serving and the admin process would keep the admin port, with
+    nothing left to stop them or restart one that dies (Linux's PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: children outlive a killed supervisor
+        return
+    if os.getppid() != supervisor:  # it died before the line above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _describe(status: int) -> str:

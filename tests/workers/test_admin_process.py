@@ -366,3 +366,37 @@ async def test_a_real_prometheus_scrapes_the_sum_from_the_admin_port(
         await prometheus.wait_value("envoy_server_live", 1)  # the minimum: every worker LIVE
     finally:
         await trio.to_thread.run_sync(stop, proxy)
+
+
+def test_children_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of the supervisor (no chance to forward anything): its workers and the admin
+    process get SIGTERM from the kernel and exit, freeing the admin port."""
+    proxy = Proxy(config(tmp_path), "--workers", "2")
+    pids: list[int] = []
+    try:
+        run = Running(proxy)
+        pids = children(proxy.proc.pid)
+        assert run.admin_pid in pids and len(pids) == 3
+        os.kill(proxy.proc.pid, signal.SIGKILL)
+        proxy.proc.wait(TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            alive = [pid for pid in alive if _alive(pid)]
+            time.sleep(0.05)  # polling other processes' exit: no event to wait on
+        assert alive == []
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", run.admin))  # the admin port is free again
+    finally:
+        for pid in pids:  # orphans, should the test fail (they hold the output pipe)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        stop(proxy)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
