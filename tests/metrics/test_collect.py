@@ -14,6 +14,7 @@ from tests import dubbo_frames_data as captured
 from tests.h2_upstream import h2_request
 from tests.http_helpers import (
     Client,
+    closed_port,
     gated_upstream,
     get,
     http_config,
@@ -217,10 +218,25 @@ async def test_per_try_timeout_counted(nursery):
     m = by_name(server)
     assert value(m, "cluster.up.upstream_rq_per_try_timeout") == 2
     assert value(m, "cluster.up.upstream_rq_retry") == 1
-    # no response came from the upstream: no class, no time
-    assert value(m, "cluster.up.upstream_rq_5xx") == 0
-    assert histogram(m, "cluster.up.upstream_rq_time").count == 0
+    # No response came from the upstream: each try is charged as the 504 it became (Envoy
+    # charges aborts as their local reply's code), with its time.
+    assert value(m, "cluster.up.upstream_rq_5xx") == 2
+    assert histogram(m, "cluster.up.upstream_rq_time").count == 2
+    assert histogram(m, "cluster.up.upstream_rq_time").sum >= 2 * 100
     assert value(m, "http.ingress.downstream_rq_5xx") == 1
+
+
+async def test_a_connect_failure_is_an_upstream_503(nursery):
+    config = http_config([to("up")], {"up": closed_port()})
+    server, port = await start_proxy(nursery, config)
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            await client.send(get("/"))
+            assert (await client.response()).status == 503
+    m = by_name(server)
+    assert value(m, "cluster.up.upstream_cx_connect_fail") == 1
+    assert value(m, "cluster.up.upstream_rq_5xx") == 1
+    assert value(m, "cluster.up.upstream_rq_2xx") == 0
 
 
 def bolt_config(port: int, service: str = frames.SERVICE):
@@ -333,7 +349,9 @@ async def test_bolt_timeout_counted_as_the_codec_status(nursery, monkeypatch, fa
     m = by_name(server)
     assert value(m, "rpc.ingress.bolt.downstream_rq_status.TIMEOUT") == 1
     assert value(m, "cluster.up.upstream_rq_timeout") == 1
-    assert histogram(m, "cluster.up.upstream_rq_time").count == 0  # no response came
+    # No response came: the try is charged as the 504 it became, on both paths.
+    assert histogram(m, "cluster.up.upstream_rq_time").count == 1
+    assert value(m, "cluster.up.upstream_rq_5xx") == 1
     assert value(m, "http.ingress.downstream_rq_5xx") == 1
     assert value(m, "http.ingress.downstream_rq_active") == 0
 

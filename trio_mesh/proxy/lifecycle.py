@@ -710,6 +710,9 @@ async def forward(
                     body.rewind()
                     continue
                 failed = exc.reply
+                # A try that got no response counts as the reply it becomes (503 for a
+                # reset or connect failure, 504 for a timeout), as Envoy charges aborts.
+                stats.upstream_response(failed.status, (_monotonic() - tried) * 1000.0)
                 if failed.transport_failure is not None:
                     info.upstream_transport_failure_reason = failed.transport_failure
                 if (

@@ -832,7 +832,11 @@ class _FastCall:
         """The upstream answered (``response``), or the call's time passed (``expired``),
         or its connection was lost: called by the upstream reader or its timer."""
         if response is None:
-            self._complete(None, TIMEOUT if expired else UPSTREAM_RESET)
+            failed = TIMEOUT if expired else UPSTREAM_RESET
+            # Charged as the reply it becomes, as the task path (``forward``) does.
+            elapsed = _monotonic() - self.record.start
+            self.cluster.stats.upstream_response(failed.status, elapsed * 1000.0)
+            self._complete(None, failed)
         else:
             record = self.record
             # The try began with the request (``_serve`` opens it at once).
