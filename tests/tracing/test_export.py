@@ -105,8 +105,8 @@ async def test_a_closed_exporter_flushes_then_counts_late_spans_as_dropped(
     exported: list[list[object]] = []
 
     class Recorder:
-        def export(self, spans: list[object]) -> bool:
-            exported.append(spans)
+        def export(self, spans: list[tuple[object, ...]]) -> bool:
+            exported.append([span[7] for span in spans])
             return True
 
         def shutdown(self) -> None:
@@ -114,7 +114,7 @@ async def test_a_closed_exporter_flushes_then_counts_late_spans_as_dropped(
 
     stats = TracingStats()
     settings = TracingSettings(schedule_delay=3600.0, max_export_batch_size=100)
-    exporter = SpanExporter(settings, stats, lambda s: (Recorder(), lambda span: span[7]))
+    exporter = SpanExporter(settings, stats, lambda s: Recorder())
     done = trio.Event()
 
     async def run() -> None:
