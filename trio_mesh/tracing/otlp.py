@@ -126,9 +126,9 @@ class SpanEncoder:
     messages (the SDK's encoding of its own objects, made once); the schema URLs likewise.
 
     A span's fields that repeat from request to request are encoded in segments kept in a
-    bounded cache, keyed by the values they are made of: the name and kind; the protocol and
-    method (or RPC service and method); the path; authority, status, route, cluster, host and
-    flags; the peer. Only ids and times are encoded for every span."""
+    bounded cache, keyed by the values they are made of: everything but the ids, times, path
+    and peer (name, kind, method, route, cluster, host, status, flags...); the path; the peer.
+    Only ids and times are encoded for every span."""
 
     __slots__ = ("_cache", "_rs_tail", "_resource", "_scope_head", "_scope_tail")
 
@@ -176,37 +176,34 @@ class SpanEncoder:
             ids = b"\x0a\x10%b\x12\x08%b" % (bytes.fromhex(trace), bytes.fromhex(span_id))
         start_ns = int(start * 1e9)
         end_ns = start_ns + int((duration or 0.0) * 1e9)
-        rpc = service is not None or rpc_method is not None
-        key: tuple[Any, ...] = (0, rpc, protocol, method, route, service, rpc_method)
-        if (head := cache.get(key)) is None:
-            head = self._head(*key[1:], errors=errors)
-            self._store(key, head, len(head[0]) + len(head[1]))
-        # the name and kind (fields 5, 6), the times (7, 8), the first attributes (9)
+        key: tuple[Any, ...] = (
+            protocol, method, route, service, rpc_method, authority, status, cluster, host, flags
+        )  # fmt: skip
+        if (fixed := cache.get(key)) is None:
+            fixed = self._fixed(*key, errors=errors)
+            self._store(key, fixed, sum(map(len, fixed)))
         if start_ns and end_ns:
             times = _TIMES.pack(0x39, start_ns & _U64, 0x41, end_ns & _U64)
         else:  # protobuf leaves a zero out
             times = (b"\x39" + _U64_LE(start_ns & _U64) if start_ns else b"") + (
                 b"\x41" + _U64_LE(end_ns & _U64) if end_ns else b""
             )
-        out = [ids, head[0], times, head[1]]
-        if not rpc:
-            key = (1, path)
+        # the name and kind (fields 5, 6), the times (7, 8), the attributes (9)
+        out = [ids, fixed[0], times, fixed[1]]
+        if service is None and rpc_method is None:
+            key = (path,)
             if (seg := cache.get(key)) is None:
                 seg = _str_attr(_URL_PATH, path.partition("?")[0], errors)
                 self._store(key, seg, len(seg))
             out.append(seg)
-        key = (2, rpc, authority, status, route, cluster, host, flags)
-        if (seg := cache.get(key)) is None:
-            seg = self._middle(*key[1:], errors=errors)
-            self._store(key, seg, len(seg))
-        out.append(seg)
+        out.append(fixed[2])
         if peer:
-            key = (3, peer)
+            key = (peer, None)
             if (seg := cache.get(key)) is None:
                 seg = self._peer(peer, errors)
                 self._store(key, seg, len(seg))
             out.append(seg)
-        out.append(_TAIL[status >= 500 or not status, bool(parent)])
+        out.append(fixed[4] if parent else fixed[3])  # status, flags
         return out
 
     def _store(self, key: tuple[Any, ...], segment: Any, size: int) -> None:
@@ -217,59 +214,58 @@ class SpanEncoder:
             cache[key] = segment
 
     @staticmethod
-    def _head(
-        rpc: bool,
+    def _fixed(
         protocol: str | None,
         method: str | None,
         route: str | None,
         service: str | None,
         rpc_method: str | None,
-        *,
-        errors: str,
-    ) -> tuple[bytes, bytes]:
-        """The span's name (field 5) and kind (6); the attributes before the path."""
-        if rpc:
-            text = f"{service or '-'}/{rpc_method or '-'}"
-        else:
-            text = f"{method} {route}" if route else method or "request"
-        parts = [_str_attr(_PROTOCOL, protocol, errors)]
-        if rpc:
-            parts.append(_str_attr(_RPC_SYSTEM, protocol, errors))
-            if service:
-                parts.append(_str_attr(_RPC_SERVICE, service, errors))
-            if rpc_method:
-                parts.append(_str_attr(_RPC_METHOD, rpc_method, errors))
-        else:
-            parts.append(_str_attr(_HTTP_METHOD, method, errors))
-        return field(0x2A, text.encode("utf-8", errors)) + _KIND_SERVER, b"".join(parts)
-
-    @staticmethod
-    def _middle(
-        rpc: bool,
         authority: str | None,
         status: int,
-        route: str | None,
         cluster: str | None,
         host: str | None,
         flags: str | None,
         *,
         errors: str,
-    ) -> bytes:
-        """The attributes after the path, up to the peer's."""
-        parts = []
+    ) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+        """What a span's route-level values make: its name and kind; the attributes before
+        the path; those after it up to the peer's; the status and flags without a parent,
+        and with one."""
+        rpc = service is not None or rpc_method is not None
+        if rpc:
+            name = f"{service or '-'}/{rpc_method or '-'}"
+        else:
+            name = f"{method} {route}" if route else method or "request"
+        before = [_str_attr(_PROTOCOL, protocol, errors)]
+        if rpc:
+            before.append(_str_attr(_RPC_SYSTEM, protocol, errors))
+            if service:
+                before.append(_str_attr(_RPC_SERVICE, service, errors))
+            if rpc_method:
+                before.append(_str_attr(_RPC_METHOD, rpc_method, errors))
+        else:
+            before.append(_str_attr(_HTTP_METHOD, method, errors))
+        after = []
         if not rpc and authority:
-            parts.append(_str_attr(_SERVER_ADDRESS, authority, errors))
+            after.append(_str_attr(_SERVER_ADDRESS, authority, errors))
         if status:
-            parts.append(_int_attr(_STATUS_CODE, status))
+            after.append(_int_attr(_STATUS_CODE, status))
         if route:
-            parts.append(_str_attr(_ROUTE, route, errors))
+            after.append(_str_attr(_ROUTE, route, errors))
         if cluster:
-            parts.append(_str_attr(_CLUSTER, cluster, errors))
+            after.append(_str_attr(_CLUSTER, cluster, errors))
         if host:
-            parts.append(_str_attr(_HOST, host, errors))
+            after.append(_str_attr(_HOST, host, errors))
         if flags:
-            parts.append(_str_attr(_FLAGS, flags, errors))
-        return b"".join(parts)
+            after.append(_str_attr(_FLAGS, flags, errors))
+        error = status >= 500 or not status
+        return (
+            field(0x2A, name.encode("utf-8", errors)) + _KIND_SERVER,
+            b"".join(before),
+            b"".join(after),
+            _TAIL[error, False],
+            _TAIL[error, True],
+        )
 
     @staticmethod
     def _peer(peer: str, errors: str) -> bytes:
