@@ -146,7 +146,7 @@ class SpanExporter:
         while there are some."""
         queue = self.observer.queue
         size = self.observer.batch
-        left = len(queue) if whole else math.inf
+        left = len(queue) if whole else 1 << 62  # whole: what is queued now
         while queue and left > 0 and trio.current_time() < until:
             if not whole and len(queue) < size:
                 break
