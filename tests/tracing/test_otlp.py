@@ -10,12 +10,14 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from tests.http_helpers import closed_port
 from tests.tracing.otlp_receiver import OtlpReceiver
 from trio_mesh.config.tracing import TracingSettings
 from trio_mesh.tracing import otlp
@@ -248,5 +250,44 @@ async def test_a_batch_over_the_size_limit_is_refused(nursery: trio.Nursery) -> 
         exporter.send = bytes_sender(exporter._sdk)
         assert not await _export(exporter, _batch(5))
         assert receiver.requests == 0
+    finally:
+        exporter.shutdown()
+
+
+_PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+               "ALL_PROXY", "no_proxy", "NO_PROXY")  # fmt: skip
+
+
+async def test_the_proxy_from_the_environment_is_used(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environment is read once (not on every export), with requests' own rules."""
+    receiver = await OtlpReceiver().start(nursery)
+    for name in _PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{receiver.port}")
+    settings = TracingSettings(endpoint="http://collector.invalid:4318/v1/traces")
+    exporter = await trio.to_thread.run_sync(_otlp_exporter, settings)
+    try:
+        assert not await _export(exporter, _batch(1))  # the "proxy" answers 404
+        assert receiver.connections == 1 and receiver.requests == 0
+    finally:
+        exporter.shutdown()
+
+
+async def test_no_proxy_from_the_environment_is_honoured(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver = await OtlpReceiver().start(nursery)
+    for name in _PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    exporter = await trio.to_thread.run_sync(
+        _otlp_exporter, TracingSettings(endpoint=receiver.endpoint)
+    )
+    try:
+        assert await _export(exporter, _batch(2))
+        assert len(await receiver.wait_spans(2)) == 2
     finally:
         exporter.shutdown()

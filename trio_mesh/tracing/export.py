@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 from collections import deque
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
@@ -236,11 +237,18 @@ def _otlp_exporter(settings: TracingSettings) -> OtlpExporter:
     if not any(isinstance(f, _OncePer) for f in sdk_log.filters):
         sdk_log.addFilter(_OncePer(10.0))
 
+    session = _env_session(settings.endpoint)
     exporter = OTLPSpanExporter(
         endpoint=settings.endpoint,
         headers=dict(settings.headers),
         timeout=settings.export_timeout,
+        session=session,
     )
+    if session is not None:
+        # requests lets a CA bundle from the environment win over the exporter's verify
+        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if ca_bundle:
+            session.verify = ca_bundle
     convert = span_converter(settings)
     send = bytes_sender(exporter)
     if send is None:
@@ -249,6 +257,30 @@ def _otlp_exporter(settings: TracingSettings) -> OtlpExporter:
             " spans are encoded by the SDK (slower)"
         )
     return OtlpExporter(exporter, convert, span_encoder(convert), send)
+
+
+_CREDENTIAL_PROVIDERS = (
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER",
+)
+
+
+def _env_session(endpoint: str) -> Any:
+    """A requests session for the exporter with what requests reads from the environment
+    on every request (``trust_env``: proxies and ``NO_PROXY`` for this endpoint, a
+    ``.netrc`` login) read once, here: scanning the environment cost more CPU per export
+    than the rest of the post. ``None`` (the SDK makes its session) when a credential
+    provider supplies one."""
+    if any(os.environ.get(name) for name in _CREDENTIAL_PROVIDERS):
+        return None
+    import requests
+    from requests.utils import get_environ_proxies, get_netrc_auth
+
+    session = requests.Session()
+    session.proxies.update(get_environ_proxies(endpoint))
+    session.auth = get_netrc_auth(endpoint)
+    session.trust_env = False
+    return session
 
 
 def bytes_sender(exporter: Any) -> Any:
