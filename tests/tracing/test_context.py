@@ -19,6 +19,7 @@ from trio_mesh.tracing.context import (
     parse_b3_single,
     parse_sofa,
     parse_traceparent,
+    parse_traceparent_any,
     parse_tracestate,
     sofa_trace_int,
 )
@@ -182,3 +183,20 @@ def test_sofa_garbage(trace: str, rpc: str, attrs: str) -> None:
 def test_ids(make: object, bits: int) -> None:
     ids = {make() for _ in range(200)}  # type: ignore[operator]
     assert len(ids) == 200 and all(0 < i < 2**bits for i in ids)
+
+
+@given(
+    st.one_of(
+        st.binary(min_size=55, max_size=55),
+        st.text(alphabet="0123456789abcdefAF-g_ +", min_size=52, max_size=52).map(
+            lambda t: b"00-" + t.encode()
+        ),
+        st.tuples(
+            st.text(alphabet="0123456789abcdef-", min_size=32, max_size=32),
+            st.text(alphabet="0123456789abcdef-", min_size=16, max_size=16),
+            st.text(alphabet="0123456789abcdefF", min_size=2, max_size=2),
+        ).map(lambda p: f"00-{p[0]}-{p[1]}-{p[2]}".encode()),
+    )
+)
+def test_traceparent_fast_path_is_the_grammar(value: bytes) -> None:
+    assert parse_traceparent(value) == parse_traceparent_any(value)

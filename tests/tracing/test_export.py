@@ -105,8 +105,8 @@ async def test_a_closed_exporter_flushes_then_counts_late_spans_as_dropped(
     exported: list[list[object]] = []
 
     class Recorder:
-        def export(self, spans: list[object]) -> bool:
-            exported.append(spans)
+        def export(self, spans: list[tuple[object, ...]]) -> bool:
+            exported.append([span[7] for span in spans])
             return True
 
         def shutdown(self) -> None:
@@ -114,7 +114,7 @@ async def test_a_closed_exporter_flushes_then_counts_late_spans_as_dropped(
 
     stats = TracingStats()
     settings = TracingSettings(schedule_delay=3600.0, max_export_batch_size=100)
-    exporter = SpanExporter(settings, stats, lambda s: (Recorder(), lambda span: span[7]))
+    exporter = SpanExporter(settings, stats, lambda s: Recorder())
     done = trio.Event()
 
     async def run() -> None:
@@ -168,3 +168,46 @@ async def test_spans_queued_at_shutdown_are_exported(nursery: trio.Nursery) -> N
             assert receiver.spans == []  # nothing due before an hour or 512 spans
     assert len(receiver.spans) == 2  # flushed as the server stopped
     assert server.tracing_stats.spans_sent == 2
+
+
+async def test_full_batches_go_as_they_fill_the_rest_after_schedule_delay(
+    nursery: trio.Nursery,
+) -> None:
+    """A busy proxy posts full batches: the spans that come while one is being exported wait
+    for the next full batch or for schedule_delay, never go as a stream of small posts."""
+    from trio_mesh.tracing.export import SpanExporter
+
+    send, receive = trio.open_memory_channel[int](16)
+
+    class Recorder:
+        def export(self, spans: list[tuple[object, ...]]) -> bool:
+            trio.from_thread.run_sync(send.send_nowait, len(spans))
+            return True
+
+        def shutdown(self) -> None:
+            pass
+
+    stats = TracingStats()
+    settings = TracingSettings(schedule_delay=3600.0, max_export_batch_size=4, max_queue_size=64)
+    exporter = SpanExporter(settings, stats, lambda s: Recorder())
+    await nursery.start(exporter.run)
+    for n in range(10):
+        exporter.observer.request_end(sampled_record(n))
+    with trio.fail_after(5):
+        assert [await receive.receive(), await receive.receive()] == [4, 4]
+    with trio.move_on_after(0.3):  # the other two wait: no third, small, post
+        assert await receive.receive() is None
+    assert len(exporter.observer.queue) == 2
+    exporter.close()
+    with trio.fail_after(5):
+        assert await receive.receive() == 2  # closing: what is queued goes
+
+    # schedule_delay passed: what is less than a batch goes
+    settings = TracingSettings(schedule_delay=0.05, max_export_batch_size=4, max_queue_size=64)
+    exporter = SpanExporter(settings, stats, lambda s: Recorder())
+    await nursery.start(exporter.run)
+    for n in range(3):
+        exporter.observer.request_end(sampled_record(n))
+    with trio.fail_after(5):
+        assert await receive.receive() == 3
+    exporter.close()

@@ -4,9 +4,10 @@
 sampled request's end it appends a compact tuple to a bounded deque (full: the span is dropped
 and counted in ``tracing.spans_dropped``; a request never waits). :class:`SpanExporter.run`,
 a task in the server's nursery, wakes every ``schedule_delay`` or as soon as
-``max_export_batch_size`` spans wait, turns each batch into the OpenTelemetry SDK's
-``ReadableSpan`` objects and hands it to the SDK's OTLP/HTTP exporter in a worker thread, one
-export at a time (``spans_sent``; a failed export counts ``export_failed`` and its spans are
+``max_export_batch_size`` spans wait, encodes each batch into an OTLP export request
+(``otlp.py``: the bytes the SDK's encoder makes, at a fraction of its CPU) and posts it through
+the OpenTelemetry SDK's OTLP/HTTP exporter's own client in a worker thread, one export at a
+time (``spans_sent``; a failed export counts ``export_failed`` and its spans are
 lost, with a rate-limited log line). Cancelled (the server stops) or closed (a new
 configuration), it exports what is queued within ``export_timeout`` and ends.
 
@@ -15,8 +16,10 @@ The OpenTelemetry SDK is imported only here, in the worker thread, when tracing 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
+import os
 from collections import deque
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
@@ -25,6 +28,7 @@ import trio
 
 from ..config.tracing import TracingSettings
 from ..network.throttled_log import ThrottledLog
+from .otlp import SpanEncoder
 from .tracer import TracingStats
 
 if TYPE_CHECKING:
@@ -87,7 +91,8 @@ class TracingObserver:
 
 class SpanExporter:
     """The exporting task of one tracing configuration (see the module docstring).
-    ``make_exporter``: builds the SDK exporter (tests may give another ``export(spans)``)."""
+    ``make_exporter(settings)``: builds the exporter, an object with ``export(batch) -> bool``
+    (a list of span tuples) and ``shutdown()`` (``OtlpExporter`` unless a test gives one)."""
 
     def __init__(
         self, settings: TracingSettings, stats: TracingStats, make_exporter: Any = None
@@ -98,7 +103,6 @@ class SpanExporter:
         self._make = make_exporter or _otlp_exporter
         self._closing = False
         self._failures = ThrottledLog(log, 10.0)
-        self._converter: Any = None
 
     def close(self) -> None:
         """Export what is queued and end (a new configuration took over)."""
@@ -108,16 +112,22 @@ class SpanExporter:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         settings = self.settings
         # The SDK's import and the exporter's session are made off the event loop.
-        exporter, self._converter = await trio.to_thread.run_sync(self._make, settings)
+        exporter = await trio.to_thread.run_sync(self._make, settings)
         task_status.started()
         observer = self.observer
         try:
             while not self._closing:
+                due = False
                 if len(observer.queue) < observer.batch:
-                    with trio.move_on_after(settings.schedule_delay):
+                    with trio.move_on_after(settings.schedule_delay) as timer:
                         await observer.wake.wait()
+                    due = timer.cancelled_caught
                 observer.wake = trio.Event()
-                await self._export_queued(exporter)
+                # Full batches as they fill; what is less than a batch, once schedule_delay
+                # passed. (Draining the queue after each export instead made a busy proxy
+                # post a stream of small batches, each costing the exporter's fixed CPU: a
+                # fifth of the proxy's CPU at 100% sampling.)
+                await self._export_queued(exporter, whole=due or self._closing)
         finally:
             # What is queued goes within export_timeout (after an export in flight ended);
             # requests still ending here (connections draining after a new configuration)
@@ -129,15 +139,23 @@ class SpanExporter:
                 observer.queue.clear()
             exporter.shutdown()
 
-    async def _export_queued(self, exporter: Any, until: float = math.inf) -> None:
-        """Export what is queued, batch by batch, the last one begun before ``until``."""
+    async def _export_queued(
+        self, exporter: Any, until: float = math.inf, *, whole: bool = True
+    ) -> None:
+        """Export batch by batch, the last one begun before ``until``: what is queued now
+        (``whole``; spans queued meanwhile wait for the next round), else full batches
+        while there are some."""
         queue = self.observer.queue
         size = self.observer.batch
-        while queue and trio.current_time() < until:
+        left = len(queue) if whole else 1 << 62  # whole: what is queued now
+        while queue and left > 0 and trio.current_time() < until:
+            if not whole and len(queue) < size:
+                break
             if until == math.inf:
                 # Stopping: the rest goes within export_timeout, from run's finally.
                 await trio.lowlevel.checkpoint_if_cancelled()
-            batch = [queue.popleft() for _ in range(min(size, len(queue)))]
+            batch = [queue.popleft() for _ in range(min(size, len(queue), left))]
+            left -= len(batch)
             ok = False
             # An export begun ends (or times out), even when the server stops meanwhile:
             # its spans are not lost to a cancellation.
@@ -162,9 +180,10 @@ class SpanExporter:
                     self.settings.endpoint,
                 )
 
-    def _export(self, exporter: Any, batch: list[SpanTuple]) -> bool:
-        """In a worker thread: the batch as SDK spans, exported; whether it was accepted."""
-        return bool(exporter.export([self._converter(span) for span in batch]))
+    @staticmethod
+    def _export(exporter: Any, batch: list[SpanTuple]) -> bool:
+        """In a worker thread: the batch encoded and exported; whether it was accepted."""
+        return bool(exporter.export(batch))
 
 
 class _OncePer(logging.Filter):
@@ -187,29 +206,135 @@ class _OncePer(logging.Filter):
 _SDK_LOGGER = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
 
 
-def _otlp_exporter(settings: TracingSettings) -> tuple[Any, Any]:
-    """The SDK's OTLP/HTTP exporter and a span converter (imported here: tracing is on)."""
+class OtlpExporter:
+    """The SDK's OTLP/HTTP exporter fed with our own encoding of a batch (``otlp.py``) when
+    its transport can take serialized bytes (``bytes_sender``), else with the SDK's spans
+    (``span_converter``) through its public ``export``."""
+
+    def __init__(self, sdk_exporter: Any, convert: Any, encoder: Any, send: Any) -> None:
+        self._sdk = sdk_exporter
+        self._convert = convert
+        self.encoder = encoder
+        self.send = send
+
+    def export(self, batch: list[SpanTuple]) -> bool:
+        if self.send is not None:
+            return bool(self.send(self.encoder.encode(batch)))
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        convert = self._convert
+        return self._sdk.export([convert(span) for span in batch]) is SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self._sdk.shutdown()
+
+
+def _otlp_exporter(settings: TracingSettings) -> OtlpExporter:
+    """The SDK's OTLP/HTTP exporter, wrapped (imported here: tracing is on)."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.trace.export import SpanExportResult
 
     sdk_log = logging.getLogger(_SDK_LOGGER)
     if not any(isinstance(f, _OncePer) for f in sdk_log.filters):
         sdk_log.addFilter(_OncePer(10.0))
 
+    session = _env_session(settings.endpoint)
     exporter = OTLPSpanExporter(
         endpoint=settings.endpoint,
         headers=dict(settings.headers),
         timeout=settings.export_timeout,
+        session=session,
     )
+    if session is not None:
+        # requests lets a CA bundle from the environment win over the exporter's verify
+        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if ca_bundle:
+            session.verify = ca_bundle
+    convert = span_converter(settings)
+    send = bytes_sender(exporter)
+    if send is None:
+        log.warning(
+            "tracing: the OTLP exporter cannot take serialized spans (its version changed):"
+            " spans are encoded by the SDK (slower)"
+        )
+    return OtlpExporter(exporter, convert, span_encoder(convert), send)
 
-    class _Exporter:
-        def export(self, spans: list[Any]) -> bool:
-            return exporter.export(spans) is SpanExportResult.SUCCESS
 
-        def shutdown(self) -> None:
-            exporter.shutdown()  # type: ignore[no-untyped-call]
+_CREDENTIAL_PROVIDERS = (
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER",
+)
 
-    return _Exporter(), span_converter(settings)
+
+def _env_session(endpoint: str) -> Any:
+    """A requests session for the exporter with what requests reads from the environment
+    on every request (``trust_env``: proxies and ``NO_PROXY`` for this endpoint, a
+    ``.netrc`` login) read once, here: scanning the environment cost more CPU per export
+    than the rest of the post. ``None`` (the SDK makes its session) when a credential
+    provider supplies one."""
+    if any(os.environ.get(name) for name in _CREDENTIAL_PROVIDERS):
+        return None
+    import requests
+    from requests.utils import get_environ_proxies, get_netrc_auth
+
+    session = requests.Session()
+    session.proxies.update(get_environ_proxies(endpoint))
+    session.auth = get_netrc_auth(endpoint)
+    session.trust_env = False
+    return session
+
+
+def bytes_sender(exporter: Any) -> Any:
+    """A function that POSTs an already serialized ``ExportTraceServiceRequest`` through
+    ``exporter``'s own HTTP client (its session, headers, compression, timeout, retries) and
+    says whether it was accepted; ``None`` if this exporter has no such client.
+
+    It reaches into ``OTLPSpanExporter``'s private parts as opentelemetry-exporter-otlp-proto-
+    http 1.45.2 has them (pinned in pyproject; ``tests/tracing/test_otlp.py`` fails when they
+    change): ``_client.export(data) -> _ExportResult(success, ...)``, ``_max_request_size``
+    and ``_shutdown``, the checks ``export`` makes around the same call."""
+    client = getattr(exporter, "_client", None)
+    post = getattr(client, "export", None)
+    limit = getattr(exporter, "_max_request_size", None)
+    shutdown = getattr(exporter, "_shutdown", None)
+    if not callable(post) or type(limit) is not int or type(shutdown) is not bool:
+        return None
+    try:
+        if list(inspect.signature(post).parameters) != ["data"]:
+            return None
+    except (TypeError, ValueError):
+        return None
+    sdk_log = logging.getLogger(_SDK_LOGGER)
+
+    def send(data: bytes) -> bool:
+        if exporter._shutdown:
+            return False
+        if limit > 0 and len(data) > limit:
+            sdk_log.warning(
+                "Dropping span batch: serialized size %d bytes exceeds max_request_size %d bytes.",
+                len(data),
+                limit,
+            )
+            return False
+        return getattr(post(data), "success", False) is True
+
+    return send
+
+
+def span_encoder(convert: Any) -> SpanEncoder:
+    """Our encoder with the resource and scope of ``convert``'s spans, as the SDK encodes
+    them (one span converted and encoded by the SDK, once)."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    sample = (f"{1:032x}", f"{1:016x}", None, 0.0, 0.0, "", "GET", "/", None, 200, "",
+              None, None, None, None, None, None)  # fmt: skip
+    (resource_spans,) = encode_spans([convert(sample)]).resource_spans
+    (scope_spans,) = resource_spans.scope_spans
+    return SpanEncoder(
+        resource_spans.resource.SerializeToString(),
+        scope_spans.scope.SerializeToString(),
+        resource_spans.schema_url,
+        scope_spans.schema_url,
+    )
 
 
 def span_converter(settings: TracingSettings) -> Any:
@@ -274,7 +399,7 @@ def span_converter(settings: TracingSettings) -> Any:
         if peer:
             address, _, port = peer.rpartition(":")
             attributes["network.peer.address"] = address.strip("[]")
-            if port.isdigit():
+            if port.isascii() and port.isdigit():
                 attributes["network.peer.port"] = int(port)
         return ReadableSpan(
             name,
@@ -292,4 +417,11 @@ def span_converter(settings: TracingSettings) -> Any:
     return convert
 
 
-__all__ = ["SpanExporter", "TracingObserver", "span_converter"]
+__all__ = [
+    "OtlpExporter",
+    "SpanExporter",
+    "TracingObserver",
+    "bytes_sender",
+    "span_converter",
+    "span_encoder",
+]

@@ -16,6 +16,7 @@ a sampled request's span is queued at its end by the tracer's observer (``export
 from __future__ import annotations
 
 from collections.abc import Callable
+from random import randbytes as _randbytes
 from random import random as _random
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
     from ..proxy.record import RequestRecord
 
 Header = tuple[bytes, bytes]
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
 
 
 @attrs.define(eq=False)
@@ -84,6 +87,30 @@ class Tracer:
     def start_http(self, headers: list[Header], record: RequestRecord) -> None:
         """Trace one HTTP request: ``headers`` (the request's, upstream-bound, lower-case
         names) get this hop's context in place; ``record`` its ids."""
+        for name, _ in headers:
+            if name in HTTP_HEADERS:
+                self._start_http(headers, record)
+                return
+        # No context (the usual case at an edge): a new trace, its ids drawn as hex at once.
+        # Not sampled, the context still goes on with flag 00, as W3C says and Envoy does.
+        ids = _randbytes(24).hex()
+        trace_hex = ids[:32]
+        span_hex = ids[32:]
+        if trace_hex == _ZERO_TRACE or span_hex == _ZERO_SPAN:
+            self._start_http(headers, record)  # never zero (once in 2**64 requests)
+            return
+        rate = self._rate
+        sampled = rate >= 100.0 or (rate > 0.0 and _random() * 100.0 < rate)
+        headers.append(
+            (TRACEPARENT, f"00-{ids[:32]}-{span_hex}-{'01' if sampled else '00'}".encode())
+        )
+        record.trace_id = trace_hex
+        record.span_id = span_hex
+        record.parent_span_id = None
+        record.trace_sampled = sampled
+
+    def _start_http(self, headers: list[Header], record: RequestRecord) -> None:
+        """``start_http`` for a request with trace headers (any of ``HTTP_HEADERS``)."""
         traceparent: bytes | None = None
         parents = 0
         states: list[bytes] = []
