@@ -90,7 +90,7 @@ def test_other_drivers_warn_and_tracing_is_off(driver: str) -> None:
         ({"endpoint": "http://h:99999/"}, "tracing.config.endpoint: expected an http(s) URL"),
         ({"endpoint": 5}, "tracing.config.endpoint: expected an http(s) URL"),
         ({"max_queue_size": 0}, "tracing.config.max_queue_size: expected a count"),
-        ({"max_queue_size": 10}, "tracing.config.max_export_batch_size: 512 is over"),
+        ({"max_queue_size": 10}, "tracing.config.max_export_batch_size: 1024 is over"),
         ({"schedule_delay": "0s"}, "tracing.config.schedule_delay: expected a duration"),
         ({"export_timeout": "soon"}, "tracing.config.export_timeout: expected a duration"),
         ({"headers": {"a": "b\r\nc: d"}}, "tracing.config.headers: expected a mapping"),

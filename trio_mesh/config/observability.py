@@ -72,9 +72,10 @@ class TracingConfig:
 
     - ``endpoint``: the OTLP/HTTP traces URL (``http://127.0.0.1:4318/v1/traces``);
     - ``service_name`` (``trio-mesh``), ``random_sampling`` (percent, 0-100, default 100);
-    - ``max_queue_size`` (2048 spans; over it spans are dropped and counted),
-      ``max_export_batch_size`` (512), ``schedule_delay`` (a duration, ``5s``),
-      ``export_timeout`` (``10s``), ``headers`` (extra HTTP headers to the collector).
+    - ``max_queue_size`` (4096 spans; over it spans are dropped and counted),
+      ``max_export_batch_size`` (1024, as Envoy's ``max_cache_size``), ``schedule_delay``
+      (a duration, ``5s``), ``export_timeout`` (``10s``), ``headers`` (extra HTTP headers to
+      the collector).
     """
 
     enable: bool = False

@@ -31,8 +31,8 @@ class TracingSettings:
     service_name: str = "trio-mesh"
     #: Percent of requests without a sampling decision that start a sampled trace.
     random_sampling: float = 100.0
-    max_queue_size: int = 2048
-    max_export_batch_size: int = 512
+    max_queue_size: int = 4096
+    max_export_batch_size: int = 1024
     schedule_delay: float = 5.0
     export_timeout: float = 10.0
     headers: tuple[tuple[str, str], ...] = ()
