@@ -386,11 +386,19 @@ class Server:
         unchanged keeps its socket and connections; a changed one keeps its socket (same
         address) and its old connections drain; a removed one stops accepting and drains
         for at most ``drain_timeout`` seconds. Raises ``StartupError`` (a port that cannot be
-        bound, a filter refusing its config) before anything changed.
+        bound, a filter refusing its config, a changed ``admin`` block) before anything
+        changed.
         """
         nursery = self._nursery
         if nursery is None:
             raise RuntimeError("the server is not running")
+        if self.serve_admin and config.admin != self.config.admin:
+            # Who may reach the admin API (its address, allow_non_loopback, whether it
+            # serves at all) is access control: refused, not warned and left as it was.
+            raise StartupError(
+                "admin: cannot change while the server runs (the admin API keeps its"
+                " address until a restart)"
+            )
         async with self._applying:
             await self._apply(config, nursery, drain_timeout)
         if self.serve_admin and prometheus_sinks(config) != self._sinks:
@@ -405,9 +413,6 @@ class Server:
         # connections use them; open ones keep theirs.
         contexts = await trio.to_thread.run_sync(build_contexts, config)
         cluster_tls = contexts.clusters
-        if config.admin != self.config.admin and self.serve_admin:
-            log.warning("admin: the admin API keeps its address until a restart: change ignored")
-            config = attrs.evolve(config, admin=self.config.admin)
         old = {lst.name: lst for lst in self.config.listeners}
         new = {lst.name: lst for lst in config.listeners}
         # New clusters first: the listeners built below may name them. Existing ones change

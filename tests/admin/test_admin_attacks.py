@@ -70,7 +70,20 @@ async def test_stats_filter_redos_does_not_stall_the_proxy(nursery: trio.Nursery
 
 @pytest.mark.parametrize(
     "name",
-    ["SECRET_KEY_BASE", "GITHUB_TOKEN_V2", "MYSQL_PWD", "SSH_KEY", "API_KEY_ID", "SIGNING_KEY"],
+    [
+        "SECRET_KEY_BASE",
+        "GITHUB_TOKEN_V2",
+        "MYSQL_PWD",
+        "SSH_KEY",
+        "API_KEY_ID",
+        "SIGNING_KEY",
+        # the OTLP exporter's own credentials (``authorization=Bearer ...``), and their kin
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        "UPSTREAM_AUTHORIZATION",
+        "SESSION_COOKIE",
+        "AZURE_STORAGE_CONNECTION_STRING",
+    ],
 )
 async def test_env_hides_secret_looking_names(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, name: str

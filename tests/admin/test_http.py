@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import socket
 
 import trio
 
-from trio_mesh.admin.http import AdminRequest, AdminResponse, HttpLimits, serve_http
+from trio_mesh.admin.http import (
+    AdminRequest,
+    AdminResponse,
+    HttpLimits,
+    _HttpServer,
+    serve_http,
+)
 
 from ..http_helpers import curl
 
@@ -175,3 +183,33 @@ async def test_a_stuck_handler_gets_504(nursery: trio.Nursery) -> None:
     _, out, _ = await curl("-w", "%{http_code}", f"http://127.0.0.1:{port}/stuck")
     assert out.endswith(b"504")
     assert json.loads(out[:-3]) == {"error": "the admin handler timed out"}
+
+
+class _AbortingListener:
+    """A real listening socket whose first accepts fail as Linux's can when a client resets
+    before accept() (ECONNABORTED), or a firewall refuses it (EPERM, EPROTO)."""
+
+    def __init__(self, sock: socket.socket, errnos: list[int]) -> None:
+        self.real = trio.socket.from_stdlib_socket(sock)
+        self.errnos = errnos
+
+    async def accept(self) -> tuple[trio.socket.SocketType, object]:
+        if self.errnos:
+            await trio.lowlevel.checkpoint()
+            code = self.errnos.pop(0)
+            raise OSError(code, os.strerror(code))
+        return await self.real.accept()
+
+
+async def test_a_connection_aborted_before_accept_does_not_end_the_server(
+    nursery: trio.Nursery,
+) -> None:
+    # Unhandled, such an error ended the accept loop and took the proxy's nursery with it.
+    sock, port = listening()
+    server = _HttpServer(echo, "test", HttpLimits())
+    listener = _AbortingListener(sock, [errno.ECONNABORTED, errno.EPROTO, errno.EPERM])
+    nursery.start_soon(server.accept, listener, nursery)
+    code, out, err = await curl(f"http://127.0.0.1:{port}/after")
+    assert code == 0, err
+    assert json.loads(out)["path"] == "/after"
+    assert listener.errnos == []

@@ -32,6 +32,7 @@ from tests.rpc_helpers import (
     provider,
     request,
 )
+from trio_mesh.admin.target import LocalTarget
 from trio_mesh.metrics.collect import collect, envoy_address, version_number
 from trio_mesh.metrics.model import ENVOY_BUCKETS_MS, HistogramValue, Metric
 from trio_mesh.protocols.xprotocol import dubbo_frames as df
@@ -285,6 +286,10 @@ async def test_bolt_calls_counted_by_protocol_and_status(nursery, monkeypatch, f
     # the fast path's tries: answered by the upstream, timed
     assert value(m, "cluster.up.upstream_rq_2xx") == 5
     assert histogram(m, "cluster.up.upstream_rq_time").count == 5
+    # /clusters' per-host counters: the host's five tries, on either path
+    (cluster,) = await LocalTarget(server).clusters()
+    (host,) = cluster["host_statuses"]
+    assert {s["name"]: s["value"] for s in host["stats"]}["rq_total"] == 5
     assert_documented(m)
 
 

@@ -140,7 +140,8 @@ async def test_a_collector_that_refuses_connections_counts_failed_exports(
     upstream = await start_upstream(nursery)
     config = traced(
         http_config([to()], {"up": upstream.port}),
-        f"http://127.0.0.1:{closed_port()}/v1/traces",
+        # a collector's credentials in its URL: never in a log line
+        f"http://tenant:s3cr3t@127.0.0.1:{closed_port()}/v1/traces",
         export_timeout="300ms",
         max_export_batch_size=1,
     )
@@ -153,6 +154,8 @@ async def test_a_collector_that_refuses_connections_counts_failed_exports(
     ours = [r for r in caplog.records if r.name == "trio_mesh.tracing"]
     sdk = [r for r in caplog.records if r.name.startswith("opentelemetry")]
     assert len(ours) == 1 and len(sdk) <= 1  # rate-limited: one line per 10 s each
+    assert "127.0.0.1" in ours[0].getMessage()
+    assert "s3cr3t" not in caplog.text
 
 
 async def test_spans_queued_at_shutdown_are_exported(nursery: trio.Nursery) -> None:

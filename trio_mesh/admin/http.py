@@ -36,6 +36,9 @@ log = logging.getLogger("trio_mesh.admin")
 
 # As trio's serve_listeners: running out of descriptors is overload (back off), not a crash.
 _OVERLOAD_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# The connection died between its handshake and accept() (or a firewall refused it): skip it,
+# as the proxy's own listeners do; raised, it would end the proxy's nursery.
+_TRANSIENT_ERRNOS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
 _ACCEPT_BACKOFF = 0.1
 _READ_SIZE = 16384
 
@@ -118,6 +121,8 @@ class _HttpServer:
             try:
                 client, _ = await listener.accept()
             except OSError as exc:
+                if exc.errno in _TRANSIENT_ERRNOS:
+                    continue
                 if exc.errno not in _OVERLOAD_ERRNOS:
                     raise
                 self.bad_input_log.log(

@@ -34,10 +34,24 @@ _URL_PASSWORD = re.compile(r"(://[^/@\s:]*:)[^/\s]*@")
 _URL_TOKEN = re.compile(r"://[^/@\s:]+@")
 
 # An environment variable is secret when a word of its name is one of these
-# (``SECRET_KEY_BASE``, ``GITHUB_TOKEN_V2``, ``MYSQL_PWD``, ``SSH_KEY``) or it holds one of
-# the longer ones (``PGPASSWORD``): a process's environment has no ``max_tokens`` to spare.
-_ENV_WORDS = frozenset({"key", "pwd", "pass", "auth", "pin", "salt", "cert", "jwt", "dsn"})
-_ENV_PARTS = ("password", "passwd", "secret", "token", "credential", "apikey", "privatekey")
+# (``SECRET_KEY_BASE``, ``GITHUB_TOKEN_V2``, ``MYSQL_PWD``, ``SSH_KEY``; ``HEADERS``: the
+# OTLP exporter's ``OTEL_EXPORTER_OTLP_HEADERS`` carries ``authorization=...``) or it holds
+# one of the longer ones (``PGPASSWORD``, an Azure ``..._CONNECTION_STRING`` with its
+# ``AccountKey``): a process's environment has no ``max_tokens`` to spare.
+_ENV_WORDS = frozenset(
+    {"key", "pwd", "pass", "auth", "pin", "salt", "cert", "jwt", "dsn", "headers", "cookie"}
+)
+_ENV_PARTS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "credential",
+    "apikey",
+    "privatekey",
+    "authorization",
+    "connectionstring",
+)
 _ENV_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
 
 

@@ -23,6 +23,7 @@ import os
 from collections import deque
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import trio
 
@@ -103,6 +104,8 @@ class SpanExporter:
         self._make = make_exporter or _otlp_exporter
         self._closing = False
         self._failures = ThrottledLog(log, 10.0)
+        #: The collector as log lines name it: without a ``user:password@`` (credentials).
+        self._collector = _without_userinfo(settings.endpoint)
 
     def close(self) -> None:
         """Export what is queued and end (a new configuration took over)."""
@@ -177,13 +180,20 @@ class SpanExporter:
                     logging.WARNING,
                     "tracing: %d spans not accepted by %s",
                     len(batch),
-                    self.settings.endpoint,
+                    self._collector,
                 )
 
     @staticmethod
     def _export(exporter: Any, batch: list[SpanTuple]) -> bool:
         """In a worker thread: the batch encoded and exported; whether it was accepted."""
         return bool(exporter.export(batch))
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 class _OncePer(logging.Filter):

@@ -61,6 +61,7 @@ async def exchange(
     pool = core.pools.xprotocol(cluster, host, call.codec, call.options)
     downstream_id = frame.request_id
     host.active_requests += 1
+    host.rq_total += 1  # /clusters' per-host count, as the fast path's _FastCall does
     try:
         response = await send(pool, frame, call.timeout)
     except UpstreamFailed as exc:
