@@ -188,7 +188,8 @@ async def _reload(server: Server, path: str, drain_timeout: float) -> None:
 
 def _keep_reserved_ports(config: MeshConfig, running: MeshConfig) -> MeshConfig:
     """A listener on port 0 that is running already keeps the port it has (with workers,
-    the port the supervisor reserved for all of them), instead of moving to a new one."""
+    the port the supervisor reserved for all of them), instead of moving to a new one; so
+    does an admin block on port 0."""
     ports = {lst.name: lst.address for lst in running.listeners}
     servers = []
     for srv in config.servers:
@@ -199,7 +200,16 @@ def _keep_reserved_ports(config: MeshConfig, running: MeshConfig) -> MeshConfig:
                 lst = attrs.evolve(lst, address=was)
             listeners.append(lst)
         servers.append(attrs.evolve(srv, listeners=tuple(listeners)))
-    return attrs.evolve(config, servers=tuple(servers))
+    admin, was_admin = config.admin, running.admin
+    if (
+        admin is not None
+        and was_admin is not None
+        and admin.address.port == 0
+        and admin.address.host == was_admin.address.host
+    ):
+        # With workers the supervisor chose the admin port once: the same block still.
+        admin = attrs.evolve(admin, address=was_admin.address)
+    return attrs.evolve(config, servers=tuple(servers), admin=admin)
 
 
 async def _serve(

@@ -392,19 +392,22 @@ class Server:
         nursery = self._nursery
         if nursery is None:
             raise RuntimeError("the server is not running")
-        if self.serve_admin and config.admin != self.config.admin:
-            # Who may reach the admin API (its address, allow_non_loopback, whether it
-            # serves at all) is access control: refused, not warned and left as it was.
+        # Who may reach the admin API and the metrics sinks (their addresses,
+        # allow_non_loopback, whether they serve at all) is access control: a change is
+        # refused whole, not warned about and left as it was. Also in --workers processes,
+        # whose admin process serves them: every worker refuses the same reload.
+        if config.admin != self.config.admin:
             raise StartupError(
                 "admin: cannot change while the server runs (the admin API keeps its"
                 " address until a restart)"
             )
+        if prometheus_sinks(config) != prometheus_sinks(self.config):
+            raise StartupError(
+                "metrics.sinks: cannot change while the server runs (the sinks keep their"
+                " addresses until a restart)"
+            )
         async with self._applying:
             await self._apply(config, nursery, drain_timeout)
-        if self.serve_admin and prometheus_sinks(config) != self._sinks:
-            log.warning(
-                "metrics.sinks: changed by the reload; the running sinks stay until a restart"
-            )
 
     async def _apply(self, config: MeshConfig, nursery: trio.Nursery, drain_timeout: float) -> None:
         # Every TLS context, listeners' and clusters', from the files as they are now

@@ -400,3 +400,28 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_reload_keeps_admin_on_port_0_and_refuses_moving_it(tmp_path: Path) -> None:
+    """SIGHUP to a ``--workers`` proxy: the same file (admin on port 0, which the supervisor
+    made a real port) applies; a file that moves the admin API is refused by every worker,
+    and the admin API stays where it was."""
+    path = config(tmp_path)
+    proxy = Proxy(path, "--workers", "2")
+    try:
+        run = Running(proxy)
+        os.kill(proxy.proc.pid, signal.SIGHUP)
+        for _ in range(2):
+            proxy.wait_for(re.compile(r"configuration reloaded from"))
+        moved = {
+            "admin": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}
+            }
+        }
+        config(tmp_path, moved)
+        os.kill(proxy.proc.pid, signal.SIGHUP)
+        for _ in range(2):
+            proxy.wait_for(re.compile(r"reload refused, configuration kept: admin: cannot change"))
+        assert run.ready() == (200, "LIVE\n")
+    finally:
+        stop(proxy)

@@ -243,8 +243,9 @@ class FanOutTarget:
 
     async def drain_listeners(self, graceful: bool, inbound_only: bool) -> None:
         args = {"graceful": graceful, "inbound_only": inbound_only}
-        await self._broadcast("drain_listeners", args)
+        # Recorded first: a drain that some worker failed still reaches one that restarts.
         self._drain = args
+        await self._broadcast("drain_listeners", args)
 
     async def set_log_level(self, logger: str | None, level: str) -> None:
         await self._broadcast("set_log_level", {"logger": logger, "level": level})

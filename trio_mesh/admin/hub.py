@@ -77,7 +77,10 @@ class WorkerConn:
         try:
             while True:
                 answer = await self.channel.receive()
-                send = self._pending.pop(answer.get("id"), None)  # type: ignore[arg-type]
+                rid = answer.get("id")
+                if not isinstance(rid, int):  # a broken or hostile peer: not a call of ours
+                    raise WireError(f"worker {self.slot}: an answer without an integer id")
+                send = self._pending.pop(rid, None)
                 if send is not None:  # else: the call timed out already
                     send.send_nowait(answer)
         finally:
@@ -111,7 +114,12 @@ class WorkerHub:
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
-                stream = await listener.accept()
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:  # EMFILE and friends: overload, not a reason to die
+                    self._bad.log(logging.WARNING, "control socket: accept failed: %s", exc)
+                    await trio.sleep(0.1)
+                    continue
                 if not _same_user(stream.socket):
                     self._bad.log(logging.WARNING, "control link from another user refused")
                     await stream.aclose()

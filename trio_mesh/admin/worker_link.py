@@ -87,8 +87,13 @@ async def _answer_one(
         reply = await answer(target, request)
         try:
             await channel.send(reply)
+        except (TypeError, ValueError) as exc:  # a result JSON cannot carry: a bug, not fatal
+            log.error("admin link: answer to %r not sent: %s", request.get("op"), exc)
+            await channel.send({"id": reply.get("id"), "error": str(exc), "kind": "TypeError"})
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the reader sees the link go and reconnects
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
     finally:
         in_flight.release()
 

@@ -325,6 +325,11 @@ class _Session:
                     self.conn.resume = self.run
                     return
                 raise
+            except BaseException:
+                # A bug (the listener logs it and closes the connection): not active still.
+                if info is not None:
+                    self.proxy.stats.downstream_rq_active -= 1
+                raise
             if info is not None:
                 self._done(info)
             conn = self.conn
