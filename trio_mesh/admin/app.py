@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import __version__
 from ..metrics.model import ENVOY_BUCKETS_MS, HistogramValue, Metric, valid_text
-from .http import AdminRequest, AdminResponse, json_error
+from ..network.http_server import HttpRequest, HttpResponse, json_error
 from .redact import REDACTED, is_secret_env, redact
 from .stat_filter import FilterError, compile_filter, matching
 from .target import LEVELS, AdminTarget, UnknownLogger
@@ -35,22 +35,22 @@ QUANTILES = (0, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 100)
 #: MOSN's stage numbers (``stagemanager.State``) for ``/api/v1/states``.
 MOSN_STATES = {"PRE_INITIALIZING": 4, "LIVE": 6, "DRAINING": 8}
 #: What ``/api/v1/features`` lists: trio-mesh's optional parts, and whether they are on.
-Endpoint = Callable[[AdminRequest], Awaitable[AdminResponse]]
+Endpoint = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
 
-def text(status: int, body: str, content_type: str = TEXT) -> AdminResponse:
+def text(status: int, body: str, content_type: str = TEXT) -> HttpResponse:
     try:
         data = body.encode()
     except UnicodeEncodeError:  # a lone surrogate in a configured name
         data = valid_text(body).encode()
-    return AdminResponse(status, data, content_type)
+    return HttpResponse(status, data, content_type)
 
 
-def as_json(doc: Any, status: int = 200) -> AdminResponse:
-    return AdminResponse(status, json.dumps(doc, indent=1, sort_keys=False).encode() + b"\n", JSON)
+def as_json(doc: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse(status, json.dumps(doc, indent=1, sort_keys=False).encode() + b"\n", JSON)
 
 
-def _one(req: AdminRequest, name: str) -> str | None:
+def _one(req: HttpRequest, name: str) -> str | None:
     values = req.query.get(name)
     return values[-1] if values else None
 
@@ -84,7 +84,7 @@ class AdminApp:
             "/api/v1/env": (GET, self.mosn_env),
         }
 
-    async def handle(self, req: AdminRequest) -> AdminResponse:
+    async def handle(self, req: HttpRequest) -> HttpResponse:
         route = self.routes.get(req.path)
         if route is None:
             return json_error(404, f"unknown admin path {req.path!r} (GET / lists them)")
@@ -96,30 +96,30 @@ class AdminApp:
         if req.method not in methods:
             allow = "POST" if methods is POST else "GET, HEAD"
             response = json_error(405, f"{req.path} takes {allow}")
-            return AdminResponse(405, response.body, JSON, (("allow", allow),))
+            return HttpResponse(405, response.body, JSON, (("allow", allow),))
         if methods is POST:
             log.info("admin: %s %s", req.method, req.path)
         return await endpoint(req)
 
     # ------------------------------------------------------------------ Envoy's
 
-    async def help(self, req: AdminRequest) -> AdminResponse:
+    async def help(self, req: HttpRequest) -> HttpResponse:
         lines = ["admin commands are:"]
         for path, (methods, _) in self.routes.items():
             if path != "/":
                 lines.append(f"  {path} ({'POST' if methods is POST else 'GET'})")
         return text(200, "\n".join(lines) + "\n")
 
-    async def ready(self, req: AdminRequest) -> AdminResponse:
+    async def ready(self, req: HttpRequest) -> HttpResponse:
         info = await self.target.server_info()
         state = info["state"]
         ok = state == "LIVE" and not info.get("health_failed")
         return text(200 if ok else 503, f"{state}\n")
 
-    async def server_info(self, req: AdminRequest) -> AdminResponse:
+    async def server_info(self, req: HttpRequest) -> HttpResponse:
         return as_json(await self.target.server_info())
 
-    async def clusters(self, req: AdminRequest) -> AdminResponse:
+    async def clusters(self, req: HttpRequest) -> HttpResponse:
         clusters = await self.target.clusters()
         fmt = _one(req, "format")
         if fmt == "json":
@@ -145,9 +145,9 @@ class AdminApp:
                 lines.append(f"{name}::{addr}::weight::{h['weight']}")
         return text(200, "\n".join(lines) + ("\n" if lines else ""))
 
-    async def stats(self, req: AdminRequest) -> AdminResponse:
+    async def stats(self, req: HttpRequest) -> HttpResponse:
         selected = await self._selected_metrics(req)
-        if isinstance(selected, AdminResponse):
+        if isinstance(selected, HttpResponse):
             return selected
         fmt = _one(req, "format")
         if fmt == "json":
@@ -164,7 +164,7 @@ class AdminApp:
                 lines.append(f"{m.name}: {_number(m.value)}")
         return text(200, "\n".join(lines) + ("\n" if lines else ""))
 
-    async def _selected_metrics(self, req: AdminRequest) -> list[Metric] | AdminResponse:
+    async def _selected_metrics(self, req: HttpRequest) -> list[Metric] | HttpResponse:
         pattern = _one(req, "filter")
         matcher = None
         if pattern:
@@ -182,19 +182,19 @@ class AdminApp:
         return metrics
 
     async def prometheus(
-        self, req: AdminRequest, selected: list[Metric] | None = None
-    ) -> AdminResponse:
+        self, req: HttpRequest, selected: list[Metric] | None = None
+    ) -> HttpResponse:
         if selected is None:
             chosen = await self._selected_metrics(req)
-            if isinstance(chosen, AdminResponse):
+            if isinstance(chosen, HttpResponse):
                 return chosen
             selected = chosen
         from ..metrics.prometheus import render
 
         content_type, body = render(selected, req.headers.get("accept"))
-        return AdminResponse(200, body, content_type)
+        return HttpResponse(200, body, content_type)
 
-    async def logging(self, req: AdminRequest) -> AdminResponse:
+    async def logging(self, req: HttpRequest) -> HttpResponse:
         changes: list[tuple[str | None, str]] = []
         for name, values in req.query.items():
             level = values[-1]
@@ -212,15 +212,15 @@ class AdminApp:
         body = "active loggers:\n" + "".join(f"  {n}: {lv}\n" for n, lv in levels.items())
         return text(200, body)
 
-    async def healthcheck_fail(self, req: AdminRequest) -> AdminResponse:
+    async def healthcheck_fail(self, req: HttpRequest) -> HttpResponse:
         await self.target.set_health_failed(True)
         return text(200, "OK\n")
 
-    async def healthcheck_ok(self, req: AdminRequest) -> AdminResponse:
+    async def healthcheck_ok(self, req: HttpRequest) -> HttpResponse:
         await self.target.set_health_failed(False)
         return text(200, "OK\n")
 
-    async def drain_listeners(self, req: AdminRequest) -> AdminResponse:
+    async def drain_listeners(self, req: HttpRequest) -> HttpResponse:
         unknown = set(req.query) - {"graceful", "inboundonly", "skip_exit"}
         if unknown:
             return json_error(400, f"unknown parameter(s): {', '.join(sorted(unknown))}")
@@ -229,10 +229,10 @@ class AdminApp:
 
     # ------------------------------------------------------------------ MOSN's
 
-    async def mosn_version(self, req: AdminRequest) -> AdminResponse:
+    async def mosn_version(self, req: HttpRequest) -> HttpResponse:
         return text(200, f"trio-mesh version: {__version__}")
 
-    async def mosn_config_dump(self, req: AdminRequest) -> AdminResponse:
+    async def mosn_config_dump(self, req: HttpRequest) -> HttpResponse:
         dump = await self.target.config_dump()
         if not req.query:
             return as_json(dump)
@@ -261,7 +261,7 @@ class AdminApp:
             return as_json(by_name[key][name])
         return json_error(400, f"unknown parameter {key!r}")
 
-    async def mosn_stats(self, req: AdminRequest) -> AdminResponse:
+    async def mosn_stats(self, req: HttpRequest) -> HttpResponse:
         if len(req.query) > 1:
             return text(400, "only support one parameter")
         metrics = await self.target.metrics()
@@ -282,9 +282,9 @@ class AdminApp:
                 data[stat] = _number(m.value)
         if key is not None and not doc:
             return text(200, f"no metrics key: {key}")
-        return AdminResponse(200, json.dumps(doc, indent="\t").encode(), JSON)
+        return HttpResponse(200, json.dumps(doc, indent="\t").encode(), JSON)
 
-    async def mosn_stats_glob(self, req: AdminRequest) -> AdminResponse:
+    async def mosn_stats_glob(self, req: HttpRequest) -> HttpResponse:
         # MOSN's proxy totals: every downstream counter summed over the listeners.
         totals: dict[str, int | float] = {}
         for m in await self.target.metrics():
@@ -294,7 +294,7 @@ class AdminApp:
             totals[stat] = totals.get(stat, 0) + m.value
         return text(200, "".join(f"{k}:{_number(v)}\n" for k, v in sorted(totals.items())))
 
-    async def mosn_update_loglevel(self, req: AdminRequest) -> AdminResponse:
+    async def mosn_update_loglevel(self, req: HttpRequest) -> HttpResponse:
         try:
             data = json.loads(req.body)
             path, level = data.get("log_path", ""), data.get("log_level", "")
@@ -310,16 +310,16 @@ class AdminApp:
             return json_error(400, "update logger failed")
         return text(200, "update logger success\n")
 
-    async def mosn_get_loglevel(self, req: AdminRequest) -> AdminResponse:
-        return AdminResponse(200, json.dumps(await self.target.log_levels()).encode(), JSON)
+    async def mosn_get_loglevel(self, req: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, json.dumps(await self.target.log_levels()).encode(), JSON)
 
-    async def mosn_enable_log(self, req: AdminRequest) -> AdminResponse:
+    async def mosn_enable_log(self, req: HttpRequest) -> HttpResponse:
         return await self._toggle(req, True)
 
-    async def mosn_disable_log(self, req: AdminRequest) -> AdminResponse:
+    async def mosn_disable_log(self, req: HttpRequest) -> HttpResponse:
         return await self._toggle(req, False)
 
-    async def _toggle(self, req: AdminRequest, enabled: bool) -> AdminResponse:
+    async def _toggle(self, req: HttpRequest, enabled: bool) -> HttpResponse:
         what = "enable" if enabled else "disable"
         try:
             await self.target.set_logger_enabled(req.body.decode("utf-8").strip(), enabled)
@@ -327,12 +327,12 @@ class AdminApp:
             return json_error(400, f"{what} logger failed")
         return text(200, f"{what} logger success\n")
 
-    async def mosn_states(self, req: AdminRequest) -> AdminResponse:
+    async def mosn_states(self, req: HttpRequest) -> HttpResponse:
         info = await self.target.server_info()
         state = MOSN_STATES.get(info["state"], 0)
         return text(200, f"pid={info['pid']}&state={state}\n")
 
-    async def mosn_features(self, req: AdminRequest) -> AdminResponse:
+    async def mosn_features(self, req: HttpRequest) -> HttpResponse:
         info = await self.target.server_info()
         features = {
             "admin_api": True,
@@ -344,7 +344,7 @@ class AdminApp:
             return text(200, "true" if features.get(key, False) else "false")
         return as_json(features)
 
-    async def mosn_env(self, req: AdminRequest) -> AdminResponse:
+    async def mosn_env(self, req: HttpRequest) -> HttpResponse:
         keys = req.query.get("key")
         if not keys:
             return json_error(400, "no env key")
@@ -367,7 +367,7 @@ class AdminApp:
 # ---------------------------------------------------------------------- helpers
 
 
-def _from_another_site(req: AdminRequest, changes: bool) -> bool:
+def _from_another_site(req: HttpRequest, changes: bool) -> bool:
     """A browser sent it for a page of another site (CSRF: a form posted to 127.0.0.1 fails
     the health check or drains the listeners). Browsers mark such requests
     (``Sec-Fetch-Site``, and ``Origin`` on a POST); curl and Prometheus send neither."""

@@ -11,9 +11,9 @@ import trio
 from ..config.observability import AdminConfig
 from ..config.scalars import format_hostport
 from ..errors import StartupError
+from ..network.http_server import HttpLimits, serve_http
 from ..network.listener import BindError, bind
 from .app import AdminApp
-from .http import HttpLimits, serve_http
 from .target import AdminTarget
 
 log = logging.getLogger("trio_mesh.admin")

@@ -2,7 +2,7 @@
 
 ``GET <endpoint>`` (``/metrics``) answers ``render`` of the metrics read at that moment, in
 the format the ``Accept`` header negotiates; any other path is 404, any other method 405.
-The server is the admin API's (``admin.http.serve_http``): bounded heads, bodies, time and
+The server is the admin API's (``network.http_server.serve_http``): bounded heads, bodies, time and
 connections.
 """
 
@@ -13,9 +13,9 @@ from functools import partial
 
 import trio
 
-from ..admin.http import AdminRequest, AdminResponse, json_error, serve_http
 from ..config.observability import PrometheusSinkConfig
 from ..config.scalars import Address
+from ..network.http_server import HttpRequest, HttpResponse, json_error, serve_http
 from ..network.listener import bind
 from .model import Metric
 from .prometheus import render
@@ -25,15 +25,15 @@ MetricsSource = Callable[[], Awaitable[list[Metric]]]
 
 def sink_handler(
     endpoint: str, metrics: MetricsSource
-) -> Callable[[AdminRequest], Awaitable[AdminResponse]]:
-    async def handle(request: AdminRequest) -> AdminResponse:
+) -> Callable[[HttpRequest], Awaitable[HttpResponse]]:
+    async def handle(request: HttpRequest) -> HttpResponse:
         if request.path != endpoint:
             return json_error(404, f"not found; the metrics are at {endpoint}")
         if request.method not in ("GET", "HEAD"):
             response = json_error(405, "method not allowed")
-            return AdminResponse(405, response.body, headers=(("allow", "GET, HEAD"),))
+            return HttpResponse(405, response.body, headers=(("allow", "GET, HEAD"),))
         content_type, body = render(await metrics(), request.headers.get("accept"))
-        return AdminResponse(200, body, content_type)
+        return HttpResponse(200, body, content_type)
 
     return handle
 

@@ -9,10 +9,10 @@ import socket
 
 import trio
 
-from trio_mesh.admin.http import (
-    AdminRequest,
-    AdminResponse,
+from trio_mesh.network.http_server import (
     HttpLimits,
+    HttpRequest,
+    HttpResponse,
     _HttpServer,
     serve_http,
 )
@@ -20,13 +20,13 @@ from trio_mesh.admin.http import (
 from ..http_helpers import curl
 
 
-async def echo(req: AdminRequest) -> AdminResponse:
+async def echo(req: HttpRequest) -> HttpResponse:
     if req.path == "/boom":
         raise RuntimeError("handler bug")
     if req.path == "/stuck":
         await trio.sleep_forever()
     doc = {"method": req.method, "path": req.path, "query": req.query, "body": req.body.decode()}
-    return AdminResponse(200, json.dumps(doc).encode())
+    return HttpResponse(200, json.dumps(doc).encode())
 
 
 def listening() -> tuple[socket.socket, int]:

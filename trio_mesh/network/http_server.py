@@ -20,7 +20,6 @@ from urllib.parse import parse_qs, unquote
 import attrs
 import trio
 
-from ..network.throttled_log import ThrottledLog
 from ..protocols.http1 import (
     Body,
     EndOfMessage,
@@ -31,6 +30,7 @@ from ..protocols.http1 import (
     RequestParser,
     encode_response_head,
 )
+from .throttled_log import ThrottledLog
 
 log = logging.getLogger("trio_mesh.admin")
 
@@ -44,7 +44,7 @@ _READ_SIZE = 16384
 
 
 @attrs.frozen
-class AdminRequest:
+class HttpRequest:
     method: str
     path: str  # percent-decoded, without the query
     query: dict[str, list[str]]  # blank values kept: ``?graceful`` is ``{"graceful": [""]}``
@@ -53,14 +53,14 @@ class AdminRequest:
 
 
 @attrs.frozen
-class AdminResponse:
+class HttpResponse:
     status: int
     body: bytes
     content_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
 
 
-Handler = Callable[[AdminRequest], Awaitable[AdminResponse]]
+Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
 
 @attrs.frozen
@@ -78,8 +78,8 @@ class HttpLimits:
     handler_timeout: float = 30.0
 
 
-def json_error(status: int, message: str) -> AdminResponse:
-    return AdminResponse(status, json.dumps({"error": message}).encode() + b"\n")
+def json_error(status: int, message: str) -> HttpResponse:
+    return HttpResponse(status, json.dumps({"error": message}).encode() + b"\n")
 
 
 async def serve_http(
@@ -220,9 +220,9 @@ class _HttpServer:
             raise H1Error(408, "request timeout")
         return None
 
-    async def _call(self, head: RequestHead, body: bytes) -> AdminResponse:
+    async def _call(self, head: RequestHead, body: bytes) -> HttpResponse:
         try:
-            request = AdminRequest(
+            request = HttpRequest(
                 method=head.method.decode("ascii"),
                 path=unquote(head.path.decode("latin-1"), errors="replace"),
                 query=parse_qs(
@@ -249,7 +249,7 @@ class _HttpServer:
             return json_error(500, "internal error")
 
     async def _send(
-        self, stream: trio.SocketStream, response: AdminResponse, keep: bool, with_body: bool
+        self, stream: trio.SocketStream, response: HttpResponse, keep: bool, with_body: bool
     ) -> None:
         headers = [(b"content-type", response.content_type.encode("latin-1"))]
         headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
