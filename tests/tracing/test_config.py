@@ -107,3 +107,10 @@ def test_enabled_without_a_driver_is_an_error() -> None:
     assert errors_of({"enable": True}) == [
         "tracing.driver: expected a driver (opentelemetry) with enable: true"
     ]
+
+
+def test_a_bad_endpoint_error_does_not_show_its_credentials() -> None:
+    config = {"endpoint": "ftp://user:s3cret@collector/v1/traces"}
+    (line,) = errors_of({"enable": True, "driver": "opentelemetry", "config": config})
+    assert "s3cret" not in line and "user" not in line
+    assert "ftp://[redacted]@collector/v1/traces" in line

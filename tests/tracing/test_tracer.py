@@ -69,3 +69,21 @@ def test_rpc_child_and_new_trace() -> None:
     tracer.start_rpc(empty.get, empty.__setitem__, record)
     assert empty["rpc_trace_context.sofaRpcId"] == "0.1"
     assert empty["rpc_trace_context.sofaTraceId"] == record.trace_id
+
+
+def test_rpc_sampling_is_the_same_decision_for_a_trace_at_every_hop() -> None:
+    """SOFA has no sampled flag: two proxies (each its own random state) sampling at 50%
+    keep or drop the same callers' traces, so no trace is cut in half across the mesh."""
+    hops = [Tracer(TracingSettings(random_sampling=50.0)) for _ in range(2)]
+    decisions = []
+    for n in range(200):
+        trace = f"0a0fe8ec15383774976121{n:08d}"
+        per_hop = []
+        for tracer in hops:
+            headers = {"rpc_trace_context.sofaTraceId": trace}
+            record = RequestRecord()
+            tracer.start_rpc(headers.get, headers.__setitem__, record)
+            per_hop.append(record.trace_sampled)
+        assert per_hop[0] == per_hop[1]
+        decisions.append(per_hop[0])
+    assert 60 < sum(decisions) < 140  # about half

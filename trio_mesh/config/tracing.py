@@ -9,6 +9,7 @@ access. An unknown key in ``config`` or a bad value is an error naming its path.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -124,14 +125,16 @@ def _settings(raw: dict[str, Any], errors: list[str]) -> TracingSettings:
 
 def _endpoint(value: Any) -> str:
     if not isinstance(value, str):
-        raise TypeError(f"expected an http(s) URL, got {value!r}")
+        raise TypeError(f"expected an http(s) URL, got {type(value).__name__}")
+    # The error shows the URL without its user part: it may hold a collector's credentials.
+    shown = repr(re.sub(r"//[^/@]*@", "//[redacted]@", value))
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise ValueError(f"expected an http(s) URL, got {value!r}") from None
+        raise ValueError(f"expected an http(s) URL, got {shown}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http(s) URL, got {value!r}")
+        raise ValueError(f"expected an http(s) URL, got {shown}")
     return value
 
 

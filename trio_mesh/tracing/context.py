@@ -384,7 +384,8 @@ def parse_sofa(
 ) -> SofaContext | None:
     """A SOFA context from the three header values, or ``None``: no trace id, or one that
     is not a plain token; an rpc id that is not dotted numbers (or too deep) counts as the
-    root ``0``; baggage over its bound or not printable is not passed on."""
+    root ``0``; baggage over its bound or not printable is not read (``pen_attrs`` None:
+    the header itself goes on as the client sent it, as every other bolt header does)."""
     if trace_id is None or _SOFA_TRACE_ID.fullmatch(trace_id) is None:
         return None
     if rpc_id is None or len(rpc_id) > SOFA_MAX_RPC_ID or _SOFA_RPC_ID.fullmatch(rpc_id) is None:

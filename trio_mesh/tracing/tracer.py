@@ -15,6 +15,7 @@ a sampled request's span is queued at its end by the tracer's observer (``export
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from random import randbytes as _randbytes
 from random import random as _random
@@ -219,7 +220,15 @@ class Tracer:
             record.trace_id = f"{sofa_trace_int(ctx.trace_id):032x}"
         record.span_id = f"{new_span_id():016x}"
         record.parent_span_id = None
-        record.trace_sampled = self._sample()
+        # SOFA carries no sampled flag: a caller's trace is sampled by its id, so every hop
+        # of the mesh (each with the same rate) keeps or drops the same traces whole.
+        record.trace_sampled = self._sample() if ctx is None else self._sample_id(ctx.trace_id)
+
+    def _sample_id(self, trace_id: str) -> bool:
+        rate = self._rate
+        return rate >= 100.0 or (
+            rate > 0.0 and zlib.crc32(trace_id.encode()) / 2**32 * 100.0 < rate
+        )
 
 
 def build_tracer(settings: TracingSettings | None, stats: TracingStats) -> Tracer | None:
