@@ -11,7 +11,13 @@ import trio
 from tests.http_helpers import get, http_config, request, start_upstream, to
 from tests.prometheus_server import needs_prometheus, promtool_check, start_prometheus
 from trio_mesh import Server
-from trio_mesh.config.observability import MetricsConfig, MetricsSink, PrometheusSinkConfig
+from trio_mesh.config import Address
+from trio_mesh.config.observability import (
+    AdminConfig,
+    MetricsConfig,
+    MetricsSink,
+    PrometheusSinkConfig,
+)
 from trio_mesh.metrics.model import Histogram, Metric
 from trio_mesh.metrics.prometheus import render
 from trio_mesh.metrics.sink import run_prometheus_sink
@@ -109,3 +115,28 @@ async def test_prometheus_counts_the_proxys_requests(nursery: trio.Nursery, tmp_
     code, output = await promtool_check(render(await server.collect_metrics(), None)[1])
     assert code in (0, 3), output
     assert lint_problems(output) == []
+
+
+async def test_prometheus_scrapes_the_admin_port(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """The issue's own setup: a real Prometheus scraping the admin API's /stats/prometheus
+    (OpenMetrics, which it asks for first) counts the requests sent, the target up."""
+    upstream = await start_upstream(nursery)
+    config = http_config(routes=[to("up")], clusters={"up": upstream.port})
+    admin = AdminConfig(address=Address(host="127.0.0.1", port=0))
+    server = await nursery.start(Server(attrs.evolve(config, admin=admin)).run)
+    assert server.admin_address is not None
+    admin_port = server.admin_address[1]
+    proxy_port = server.addresses["ingress"][1]
+    n = 17
+    for _ in range(n):
+        assert (await request(proxy_port, get("/echo"))).status == 200
+    prometheus = await start_prometheus(
+        nursery, tmp_path, [f"127.0.0.1:{admin_port}"], metrics_path="/stats/prometheus"
+    )
+    await prometheus.wait_up()
+    await prometheus.wait_value(
+        'envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix="ingress"}', n
+    )
+    await prometheus.wait_value(
+        'envoy_cluster_upstream_rq_xx{envoy_cluster_name="up",envoy_response_code_class="2"}', n
+    )
