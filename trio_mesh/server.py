@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -606,7 +607,8 @@ def _listener_filters(listener: Listener, handler: Handler, stats: ListenerStats
         handler = ProxyProtocolHandler(
             listener.name,
             handler,
-            timeout=float(listener.listener_filters_timeout),
+            # 0: no timeout of its own (Envoy's): the connection's idle timeout bounds it.
+            timeout=float(listener.listener_filters_timeout) or math.inf,
             allow_without=config.allow_requests_without_proxy_protocol,
             stats=stats,
         )
