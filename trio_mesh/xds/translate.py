@@ -1599,7 +1599,7 @@ def _proxy_protocol(config: Any, at: _At) -> dict[str, Any]:
         config,
         at,
         {"allow_requests_without_proxy_protocol", "rules", "pass_through_tlvs", "stat_prefix",
-         "tlv_location"},
+         "tlv_location", "disallowed_versions"},
     )  # fmt: skip
     if config.disallowed_versions:
         raise (at / "disallowed_versions").error(
