@@ -598,11 +598,15 @@ def _handler(
 def _listener_filters(listener: Listener, handler: Handler, stats: ListenerStats) -> Handler:
     """``handler`` behind the listener's listener filters (none: ``handler`` itself, at no
     cost per connection)."""
+    seen = False
     for index, lf in enumerate(listener.listener_filters):
-        if index > 0:  # the only listener filter: a second would read a second header
+        if lf.type != "proxy_protocol":
+            continue  # MOSN's pending ones: the config warned
+        if seen:  # a second one would read a second header
             raise StartupError(
                 f"listener {listener.name!r} listener_filters[{index}]: {lf.type!r} given twice"
             )
+        seen = True
         config = lf.config if lf.config is not None else ProxyProtocolConfig()
         handler = ProxyProtocolHandler(
             listener.name,

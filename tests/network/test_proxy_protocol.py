@@ -102,7 +102,7 @@ def test_tlv_keys_warn_and_disallowed_versions_is_refused() -> None:
 
 
 def test_unknown_listener_filter_is_an_error() -> None:
-    doc = _doc({"listener_filters": [{"type": "original_dst"}]})
+    doc = _doc({"listener_filters": [{"type": "http_inspector"}]})
     with pytest.raises(ConfigError, match=r"listener_filters\[0\]\.type: unknown listener filter"):
         parse_config(doc)
 
