@@ -5,8 +5,10 @@ read; malformed, oversized, slow and missing headers close the connection and ar
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import re
+import ssl
 import struct
 from pathlib import Path
 from typing import Any
@@ -215,3 +217,35 @@ async def test_without_a_header_served_only_when_allowed(nursery: trio.Nursery, 
     assert echoed(plain)["headers"].getall("x-forwarded-for") == ["127.0.0.1"]
     assert echoed(carried)["headers"].getall("x-forwarded-for") == ["192.0.2.44"]
     assert errors(server) == 0
+
+
+# --------------------------------------------------------------------------- with TLS
+
+
+async def test_header_then_tls_on_a_tls_chain(nursery: trio.Nursery, upstream: Upstream, pki):
+    # The header comes first in cleartext (as a TLS-passing load balancer sends it), then the
+    # ClientHello: the chain dispatcher and the handshake read what follows the header.
+    chain = {
+        "filters": [{"type": "proxy", "config": {"router_config_name": "r"}}],
+        "tls_context": {
+            "status": True,
+            "cert_chain": str(pki.server.cert),
+            "private_key": str(pki.server.key),
+        },
+    }
+    server, port = await proxy(nursery, upstream, listener=pp(filter_chains=[chain]))
+    ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
+    with trio.fail_after(5):
+        tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        await tcp.send_all(v1("198.51.100.20"))
+        stream = trio.SSLStream(tcp, ctx, server_hostname="localhost", https_compatible=True)
+        async with stream:
+            await stream.do_handshake()
+            await stream.send_all(get("/echo", headers="Connection: close\r\n"))
+            raw = b""
+            while data := await stream.receive_some(65536):
+                raw += data
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), raw
+    assert json.loads(body)["headers"].count(["x-forwarded-for", "198.51.100.20"]) == 1
+    assert server.listeners["ingress"].stats.ssl_handshake == 1
