@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from tests.http_helpers import (
     Client,
@@ -249,3 +250,30 @@ async def test_header_then_tls_on_a_tls_chain(nursery: trio.Nursery, upstream: U
     assert head.startswith(b"HTTP/1.1 200"), raw
     assert json.loads(body)["headers"].count(["x-forwarded-for", "198.51.100.20"]) == 1
     assert server.listeners["ingress"].stats.ssl_handshake == 1
+
+
+async def test_drain_closes_a_connection_still_reading_its_header(
+    nursery: trio.Nursery, upstream: Upstream
+) -> None:
+    server, port = await proxy(nursery, upstream, listener=pp())
+    with trio.fail_after(5):
+        async with await Client.connect(port) as client:
+            await client.send(b"PROXY TCP4 ")
+            await trio.testing.wait_all_tasks_blocked()  # accepted, waiting for the rest
+            assert server.listeners["ingress"].stats.downstream_cx_active == 1
+            assert await server.drain(5)  # no request has begun: nothing to wait for
+            assert await client.closed()
+    assert errors(server) == 0  # a drain, not the client's fault
+
+
+async def test_a_zero_timeout_leaves_the_idle_timeout(nursery: trio.Nursery, upstream) -> None:
+    # Envoy's 0: no timeout of the filter's own; the connection's idle timeout still ends it.
+    listener = pp(listener_filters_timeout="0s", connection_idle_timeout="0.3s")
+    server, port = await proxy(nursery, upstream, listener=listener)
+    assert server.config.listeners[0].listener_filters_timeout == 0
+    with trio.fail_after(5):
+        async with await Client.connect(port) as client:
+            await client.send(b"PROXY TCP4 ")
+            assert await client.closed()
+    stats = server.listeners["ingress"].stats
+    assert (stats.downstream_cx_idle_timeout, errors(server)) == (1, 0)
