@@ -8,6 +8,7 @@ import ipaddress
 import json
 import logging
 import re
+import shutil
 import ssl
 import struct
 from pathlib import Path
@@ -277,3 +278,34 @@ async def test_a_zero_timeout_leaves_the_idle_timeout(nursery: trio.Nursery, ups
             assert await client.closed()
     stats = server.listeners["ingress"].stats
     assert (stats.downstream_cx_idle_timeout, errors(server)) == (1, 0)
+
+
+async def test_certificate_rotation_reaches_a_chain_behind_the_filter(
+    nursery: trio.Nursery, upstream: Upstream, pki: Any, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copy(pki.server.cert, cert)
+    shutil.copy(pki.server.key, key)
+    chain = {
+        "filters": [{"type": "proxy", "config": {"router_config_name": "r"}}],
+        "tls_context": {"status": True, "cert_chain": str(cert), "private_key": str(key)},
+    }
+    config = http_config([to("up")], {"up": upstream.port}, listener=pp(filter_chains=[chain]))
+    server, port = await start_proxy(nursery, config)
+    ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
+
+    async def peer_cn() -> str:
+        tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        await tcp.send_all(v1("198.51.100.21"))
+        async with trio.SSLStream(tcp, ctx, server_hostname="localhost") as stream:
+            await stream.do_handshake()
+            subject = dict(x[0] for x in stream.getpeercert()["subject"])  # type: ignore[index]
+            return str(subject["commonName"])
+
+    with trio.fail_after(10):
+        assert await peer_cn() == "localhost"
+        rotated = pki.ca.issue("pp-rotated", cn="rotated", dns=("localhost",))
+        shutil.copy(rotated.cert, cert)
+        shutil.copy(rotated.key, key)
+        await server.apply(config)  # the same configuration: the files are read again
+        assert await peer_cn() == "rotated"
