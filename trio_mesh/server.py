@@ -598,15 +598,9 @@ def _handler(
 def _listener_filters(listener: Listener, handler: Handler, stats: ListenerStats) -> Handler:
     """``handler`` behind the listener's listener filters (none: ``handler`` itself, at no
     cost per connection)."""
-    seen = False
-    for index, lf in enumerate(listener.listener_filters):
+    for lf in listener.listener_filters:
         if lf.type != "proxy_protocol":
-            continue  # MOSN's pending ones: the config warned
-        if seen:  # a second one would read a second header
-            raise StartupError(
-                f"listener {listener.name!r} listener_filters[{index}]: {lf.type!r} given twice"
-            )
-        seen = True
+            continue  # MOSN's pending ones: the config warned (validation allows one of ours)
         config = lf.config if lf.config is not None else ProxyProtocolConfig()
         handler = ProxyProtocolHandler(
             listener.name,

@@ -309,3 +309,9 @@ async def test_certificate_rotation_reaches_a_chain_behind_the_filter(
         shutil.copy(rotated.key, key)
         await server.apply(config)  # the same configuration: the files are read again
         assert await peer_cn() == "rotated"
+
+
+def test_proxy_protocol_twice_is_an_error() -> None:
+    twice = {"listener_filters": [{"type": "proxy_protocol"}, {"type": "proxy_protocol"}]}
+    with pytest.raises(ConfigError, match=re.escape("listener_filters[1].type: proxy_protocol")):
+        parse_config(_doc(twice))
