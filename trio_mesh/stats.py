@@ -82,6 +82,9 @@ class ListenerStats(Stats):
     ssl_handshake_evicted: int = 0
     # connections no filter chain matched (closed; Envoy's no_filter_chain_match)
     no_filter_chain_match: int = 0
+    # connections closed by the proxy_protocol listener filter: a malformed header, none
+    # when one is required, or one not received within listener_filters_timeout (Envoy's)
+    downstream_cx_proxy_proto_error: int = 0
     # Histograms (ms): a connection's life, from accept to close; a request's, from its
     # head to its end (the response sent, or the request abandoned after an answer).
     downstream_cx_length_ms: Histogram = attrs.field(factory=Histogram)

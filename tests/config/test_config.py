@@ -12,6 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import yaml
 from attrs import frozen
@@ -338,7 +339,8 @@ def pending_doc() -> dict[str, Any]:
 
 
 PENDING_WARNINGS = (
-    "servers[0].listeners[0].listener_filters: known MOSN key, not implemented yet: ignored",
+    "servers[0].listeners[0].listener_filters[0].type: original_dst: known MOSN filter,"
+    " not implemented yet: ignored",
     "cluster_manager.clusters[0].health_check: known MOSN key, not implemented yet: ignored",
     "pprof: known MOSN key, not implemented yet: ignored",
 )
@@ -347,7 +349,13 @@ PENDING_WARNINGS = (
 def test_pending_mosn_keys_load_with_one_warning_each(tmp_path: Path) -> None:
     loaded = read_config(write(tmp_path, "pending.json", json.dumps(pending_doc())))
     assert loaded.warnings == PENDING_WARNINGS
-    assert loaded.config == parse_config(minimal_doc()).config
+    (lst,) = loaded.config.listeners
+    assert [f.type for f in lst.listener_filters] == ["original_dst"]  # run as none
+    without = attrs.evolve(lst, listener_filters=())
+    assert attrs.evolve(loaded.config, servers=()) == attrs.evolve(
+        parse_config(minimal_doc()).config, servers=()
+    )
+    assert without == parse_config(minimal_doc()).config.listeners[0]
 
 
 def test_pending_keys_inside_hosts_warn_with_paths_and_a_disabled_tls_context_is_silent() -> None:
@@ -432,7 +440,8 @@ F0 = f"{L0}.filter_chains[0].filters"
 C0 = "cluster_manager.clusters[0]"
 LISTENER_KEYS = (
     "access_logs, address, bind_port, connection_idle_timeout, filter_chains, inspector, "
-    "listener_buffer_limit_bytes, max_concurrent_handshakes, max_connections, name, "
+    "listener_buffer_limit_bytes, listener_filters, listener_filters_timeout, "
+    "max_concurrent_handshakes, max_connections, name, "
     "per_connection_buffer_limit_bytes, stream_filters, tls_handshake_timeout"
 )
 DURATION = "expected a duration such as '3s' or '250ms', got"

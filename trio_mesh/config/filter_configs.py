@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from attrs import frozen
 
+from . import refused
 from .proxy_tracing import ProxyTracing
 from .routes import Problem, _raise
 from .scalars import Duration, NonNegativeInt, PositiveInt, cluster_ref, router_ref
@@ -21,16 +22,21 @@ from .scalars import Duration, NonNegativeInt, PositiveInt, cluster_ref, router_
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoints
 
-FilterKind = Literal["network", "stream"]
+FilterKind = Literal["network", "stream", "listener"]
 
-_CONFIG_CLASSES: dict[FilterKind, dict[str, type[Any] | None]] = {"network": {}, "stream": {}}
+_CONFIG_CLASSES: dict[FilterKind, dict[str, type[Any] | None]] = {
+    "network": {},
+    "stream": {},
+    "listener": {},
+}
 _TERMINAL: set[str] = set()
-#: Third-party filters: Python entry points of these groups, ``name = "pkg.module:Object"``.
+#: Third-party filters: Python entry points of these groups, ``name = "pkg.module:Object"``
+#: (listener filters are built in only: they run before any chain, on every connection).
 ENTRY_POINT_GROUPS: dict[FilterKind, str] = {
     "network": "trio_mesh.network_filters",
     "stream": "trio_mesh.stream_filters",
 }
-_PLUGINS: dict[FilterKind, dict[str, Any]] = {"network": {}, "stream": {}}
+_PLUGINS: dict[FilterKind, dict[str, Any]] = {"network": {}, "stream": {}, "listener": {}}
 #: The built-in filters' config classes (``module:class``), one module per filter, imported
 #: the first time a configuration names the filter: start-up pays only for the filters used.
 _BUILTIN_CLASSES: dict[FilterKind, dict[str, str]] = {
@@ -45,6 +51,7 @@ _BUILTIN_CLASSES: dict[FilterKind, dict[str, str]] = {
         "payload_limit": "payload_limit:PayloadLimitConfig",
     },
     "network": {"ip_access": "ip_access:IpAccessConfig"},
+    "listener": {},
 }
 log = logging.getLogger("trio_mesh.config")
 
@@ -94,6 +101,8 @@ def _entry_point(kind: FilterKind, name: str) -> Any:
     loaded = _PLUGINS[kind]
     if name in loaded:
         return loaded[name]
+    if kind not in ENTRY_POINT_GROUPS:
+        raise KeyError(name)
     for ep in entry_points(group=ENTRY_POINT_GROUPS[kind]):
         if ep.name != name:
             continue
@@ -137,7 +146,8 @@ def is_terminal(name: str) -> bool:
 def known_filters(kind: FilterKind) -> list[str]:
     """Built-in and registered names, and those of installed entry points."""
     names = set(_CONFIG_CLASSES[kind]) | set(_BUILTIN_CLASSES[kind])
-    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUPS[kind]))
+    if kind in ENTRY_POINT_GROUPS:
+        names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUPS[kind]))
     return sorted(names)
 
 
@@ -352,8 +362,29 @@ class ProxyConfig:
         _raise(problems)
 
 
+@frozen(kw_only=True)
+class ProxyProtocolConfig:
+    """Envoy's ``proxy_protocol`` listener filter (v1 and v2 headers)."""
+
+    #: A client that sends no PROXY header is served with its socket's address. This lets any
+    #: client that can reach the port choose its own address for ``ip_access`` and
+    #: ``X-Forwarded-For`` by sending a header, or skip it: off unless set (Envoy's default).
+    allow_requests_without_proxy_protocol: bool = False
+
+    # TLVs are read past, never copied to metadata nor forwarded.
+    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset({"rules", "pass_through_tlvs"})
+    MOSN_REFUSED: ClassVar[dict[str, Any]] = {
+        "disallowed_versions": (
+            refused.given,
+            "not supported: a header of a version it names would be accepted",
+        ),
+    }
+
+
 # Built-in filters' shapes are known to the config layer itself, so a file validates without
 # importing the runtime; their factories register in ``trio_mesh.filters``.
 register_filter_config("network", "tcp_proxy", TcpProxyConfig, terminal=True)
+register_filter_config("listener", "proxy_protocol", ProxyProtocolConfig)
+register_filter_config("listener", "original_dst", None)  # MOSN's: pending, warned
 register_filter_config("network", "echo", None, terminal=True)
 register_filter_config("network", "proxy", ProxyConfig, terminal=True)

@@ -65,6 +65,7 @@ def check(config: MeshConfig) -> list[str]:
             lp = f"{sp}.listeners[{li}]"
             listeners.append((f"{lp}.name", listener.name))
             _check_chains(errors, lp, listener)
+            _check_listener_filters(errors, lp, listener)
     for ci, cluster in enumerate(config.cluster_manager.clusters):
         errors += tls.check(
             cluster.tls_context, f"cluster_manager.clusters[{ci}].tls_context", server=False
@@ -87,6 +88,16 @@ def check(config: MeshConfig) -> list[str]:
     _unique(errors, routers, "router config")
     errors += check_tracing(config)
     return errors
+
+
+def _check_listener_filters(errors: list[str], lp: str, listener: Any) -> None:
+    # A second proxy_protocol would read a second header that the client never sends.
+    seen = False
+    for i, lf in enumerate(listener.listener_filters):
+        if lf.type == "proxy_protocol":
+            if seen:
+                errors.append(f"{lp}.listener_filters[{i}].type: proxy_protocol given twice")
+            seen = True
 
 
 def _check_chains(errors: list[str], lp: str, listener: Any) -> None:

@@ -43,6 +43,7 @@ HELP: dict[str, str] = {
     "downstream_cx_overflow": "Connections refused by max_connections",
     "downstream_cx_idle_timeout": "Connections closed by the idle timeout",
     "downstream_accept_error": "accept() failures (descriptors or memory exhausted)",
+    "downstream_cx_proxy_proto_error": "Connections closed for a bad or missing PROXY header",
     "downstream_cx_length_ms": "Connection length (ms)",
     "downstream_rq_total": "Requests answered",
     "downstream_rq_active": "Requests in flight now",

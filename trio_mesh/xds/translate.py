@@ -1559,17 +1559,60 @@ def _listener_filters(lst: t.Listener, at: _At, doc: dict[str, Any]) -> None:
     TLS chain or a match does here anyway. It is NOT MOSN's ``inspector`` (a plaintext
     client served in cleartext by a TLS chain): in Envoy a plaintext client on a chain with a
     TLS transport socket fails its handshake, and an xDS listener that means plaintext says so
-    with a ``raw_buffer`` chain. Any other listener filter is refused."""
+    with a ``raw_buffer`` chain. Envoy's ``proxy_protocol``: the listener's
+    ``listener_filters``. Any other listener filter is refused."""
+    filters = []
     for i, lf in enumerate(lst.listener_filters):
         fat = at / "listener_filters" / i
         _only(lf, fat, {"name", "typed_config"})
         if lf.typed_config is None and lf.name == "envoy.filters.listener.tls_inspector":
             continue
+        if lf.typed_config is None and lf.name == "envoy.filters.listener.proxy_protocol":
+            filters.append({"type": "proxy_protocol", "config": {}})
+            continue
         if lf.typed_config is None:
             raise fat.error(f"{lf.name!r}: {UNSUPPORTED}")
-        inspector = _unpack(lf.typed_config, fat / "typed_config", (t.TLS_INSPECTOR_TYPE,))
+        tat = fat / "typed_config"
+        config = _unpack(lf.typed_config, tat, (t.TLS_INSPECTOR_TYPE, t.PROXY_PROTOCOL_TYPE))
+        if isinstance(config, t.ProxyProtocol):
+            filters.append({"type": "proxy_protocol", "config": _proxy_protocol(config, tat)})
+            continue
         # JA3/JA4 fingerprints are not computed; the read buffer size is a tuning hint.
-        _only(inspector, fat / "typed_config", {"initial_read_buffer_size"})
+        _only(config, tat, {"initial_read_buffer_size"})
+    if not filters:
+        return
+    if len(filters) > 1:
+        raise (at / "listener_filters").error("proxy_protocol given more than once")
+    if lst.continue_on_listener_filters_timeout:
+        # Served with the socket's address after a timeout: a client would skip the header.
+        raise (at / "continue_on_listener_filters_timeout").error(
+            "not supported with proxy_protocol: a client that sends no header in time is closed"
+        )
+    doc["listener_filters"] = filters
+    if lst.listener_filters_timeout is not None:
+        timeout = _duration(lst.listener_filters_timeout, at / "listener_filters_timeout")
+        doc["listener_filters_timeout"] = timeout
+
+
+def _proxy_protocol(config: Any, at: _At) -> dict[str, Any]:
+    _only(
+        config,
+        at,
+        {"allow_requests_without_proxy_protocol", "rules", "pass_through_tlvs", "stat_prefix",
+         "tlv_location", "disallowed_versions"},
+    )  # fmt: skip
+    if config.disallowed_versions:
+        raise (at / "disallowed_versions").error(
+            f"{UNSUPPORTED}: a header of a version it names would be accepted"
+        )
+    if config.rules:
+        _warn(at / "rules", "not enforced: TLVs are not copied to metadata: ignored")
+    if config.pass_through_tlvs is not None:
+        _warn(at / "pass_through_tlvs", "not enforced: TLVs are not passed on: ignored")
+    out: dict[str, Any] = {}
+    if config.allow_requests_without_proxy_protocol:
+        out["allow_requests_without_proxy_protocol"] = True
+    return out
 
 
 def _filter_chain(chain: Any, cat: _At, doc: dict[str, Any], parts: ListenerParts) -> dict:

@@ -79,6 +79,9 @@ with envoy_import():
     )
     from envoy_data_plane.envoy.config.trace.v3 import OpenTelemetryConfig, TracingHttp
     from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+    from envoy_data_plane.envoy.extensions.filters.listener.proxy_protocol.v3 import (
+        ProxyProtocol,
+    )
     from envoy_data_plane.envoy.extensions.filters.listener.tls_inspector.v3 import TlsInspector
     from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
         HttpConnectionManager,
@@ -141,6 +144,7 @@ UPSTREAM_HTTP_OPTIONS_TYPE = type_url(UpstreamHttpProtocolOptions)
 DOWNSTREAM_TLS_TYPE = type_url(DownstreamTlsContext)
 UPSTREAM_TLS_TYPE = type_url(UpstreamTlsContext)
 TLS_INSPECTOR_TYPE = type_url(TlsInspector)
+PROXY_PROTOCOL_TYPE = type_url(ProxyProtocol)
 OTEL_TRACER_TYPE = type_url(OpenTelemetryConfig)
 #: The key of ``Cluster.typed_extension_protocol_options`` for the upstream HTTP options.
 UPSTREAM_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
