@@ -49,7 +49,7 @@ from ..filters.stream import (
 )
 from ..network.budget import BEHIND, OWED, ConnectionBudget
 from ..network.connect import ConnectError
-from ..network.connection import Connection
+from ..network.connection import DRAIN_IDLE_GRACE, Connection
 from ..network.relay import CHUNK
 from ..network.throttled_log import ThrottledLog
 from ..network.writer import FrameWriter
@@ -210,12 +210,14 @@ class _XSession:
         )
 
     async def run(self, prefix: bytes) -> None:
-        self.conn.on_drain = self._on_drain
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if self.fast:
                     nursery.start_soon(self._flush_posted)
+                self.conn.on_drain = self._on_drain
+                if self.conn.draining:  # drained before this session began
+                    self._on_drain(self.conn)
                 with self._reading:
                     await self._read(bytearray(prefix), nursery)
                 # Reading is over (EOF, drain, a bad frame): requests in flight finish first,
@@ -247,7 +249,21 @@ class _XSession:
             self._nursery.cancel_scope.cancel()
 
     def _on_drain(self, conn: Connection) -> None:
-        self._reading.cancel()  # take nothing new; what is in flight finishes
+        """Take nothing new; what is in flight finishes. A protocol that can say so (Dubbo's
+        READONLY event) tells its client first, then reads on for a moment: a request the
+        client sent before the announcement reached it is served, not lost with the close."""
+        goaway = self.codec.goaway_request() if not self.gone else None
+        if goaway is None:
+            self._reading.cancel()
+            return
+        data = self.codec.encode(goaway)
+        if self.fast:
+            self._post(data)
+        elif self._nursery is not None:
+            self._nursery.start_soon(self._write, data)
+        deadline = trio.current_time() + DRAIN_IDLE_GRACE
+        if deadline < self._reading.deadline:
+            self._reading.deadline = deadline
 
     async def _read(self, buf: bytearray, nursery: trio.Nursery) -> None:
         budget = self.budget
@@ -308,6 +324,9 @@ class _XSession:
                     self._done(used)
                     await self._write(codec.encode(codec.heartbeat_reply(frame)))
                     continue
+                if frame.goaway:
+                    self._done(used)
+                    continue  # a client draining towards us: a control frame, not routed
                 while self.in_flight >= max_in_flight:  # backpressure: stop reading
                     self._room = trio.Event()
                     await self._room.wait()
