@@ -18,6 +18,7 @@ from trio_mesh.protocols.xprotocol import dubbo_frames as df
 from trio_mesh.protocols.xprotocol.bolt import BOLT
 from trio_mesh.protocols.xprotocol.dubbo import DUBBO
 from trio_mesh.protocols.xprotocol.hessian2 import Hessian2Reader, encode_long, encode_string
+from trio_mesh.proxy import xprotocol as xprotocol_proxy
 
 needs_dubbo_client = pytest.mark.skipif(
     importlib.util.find_spec("dubbo_ssl") is None,
@@ -122,8 +123,14 @@ def dubbo_config(up: int):
     )
 
 
+# Both request paths: without stream filters (no task per call) and with (a task per call).
+both_paths = pytest.mark.parametrize("fast", [True, False], ids=["fast", "task"])
+
+
 @needs_dubbo_client
-async def test_a_provider_sending_readonly_mid_traffic_fails_no_call(nursery):
+@both_paths
+async def test_a_provider_sending_readonly_mid_traffic_fails_no_call(nursery, monkeypatch, fast):
+    monkeypatch.setattr(xprotocol_proxy, "FAST_PATH", fast)
     going = Going(after=30)
     up = await readonly_provider(nursery, going)
     server, port = await start_proxy(nursery, dubbo_config(up))
@@ -244,7 +251,11 @@ async def until_in_flight(server) -> None:
             await trio.sleep(0)  # until the proxy has the request (a scheduler turn, no wait)
 
 
-async def test_own_drain_sends_a_dubbo_client_readonly_and_answers_in_flight(nursery):
+@both_paths
+async def test_own_drain_sends_a_dubbo_client_readonly_and_answers_in_flight(
+    nursery, monkeypatch, fast
+):
+    monkeypatch.setattr(xprotocol_proxy, "FAST_PATH", fast)
     up = await provider(nursery, "p", delay=0.3)
     server, port = await start_proxy(nursery, dubbo_config(up))
     peer = await DubboPeer.connect(port)
