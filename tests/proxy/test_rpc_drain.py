@@ -150,8 +150,9 @@ async def test_a_provider_sending_readonly_mid_traffic_fails_no_call(nursery, mo
     assert server.clusters.clusters["up"].stats.upstream_cx_total == 2
 
 
-async def goaway_bolt_upstream(nursery: trio.Nursery, going: Going) -> int:
-    """A bolt echo upstream whose first connection says GoAway after ``going.after`` answers."""
+async def goaway_bolt_upstream(nursery: trio.Nursery, going: Going, repeat: int = 1) -> int:
+    """A bolt echo upstream whose first connection says GoAway (``repeat`` times in a row)
+    after ``going.after`` answers."""
 
     async def handler(stream: trio.SocketStream) -> None:
         index = len(going.calls)
@@ -166,7 +167,7 @@ async def goaway_bolt_upstream(nursery: trio.Nursery, going: Going) -> int:
                 content = b"echo:" + bytes(frame.content)
                 out = bytes(BOLT.build_response(frame.request_id, 0, content=content).data)
                 if going.answered(index):
-                    out += bytes(BOLT.goaway_frame().data)
+                    out += bytes(BOLT.goaway_frame().data) * repeat
                 await stream.send_all(out)
         except (EOFError, trio.BrokenResourceError):
             pass
@@ -224,11 +225,12 @@ async def test_a_bolt_upstream_sending_goaway_mid_traffic_fails_no_call(nursery)
     assert server.clusters.clusters["up"].stats.upstream_cx_total == 2
 
 
+@pytest.mark.parametrize("repeat", [1, 5000], ids=["once", "flood"])
 async def test_goaway_with_nothing_in_flight_closes_the_connection_and_the_next_call_reconnects(
-    nursery,
+    nursery, repeat
 ):
     going = Going(after=1)
-    up = await goaway_bolt_upstream(nursery, going)
+    up = await goaway_bolt_upstream(nursery, going, repeat)
     server, port = await start_proxy(
         nursery,
         http_config(routes=ANY_SERVICE, clusters={"up": up}, proxy={"downstream_protocol": "bolt"}),
@@ -324,3 +326,31 @@ async def test_a_client_sending_readonly_or_goaway_is_not_routed_nor_cut_off(nur
         resp = await peer.read()
     assert resp.request_id == 0 and resp.status == df.Status.OK
     assert len(calls) == 1  # only the call reached the provider
+
+
+async def test_with_two_connections_per_host_new_calls_go_on_the_one_not_draining(nursery):
+    going = Going(after=10)
+    up = await goaway_bolt_upstream(nursery, going)
+    server, port = await start_proxy(
+        nursery,
+        http_config(
+            routes=ANY_SERVICE,
+            clusters={"up": up},
+            proxy={"downstream_protocol": "bolt", "xprotocol": {"connections_per_host": 2}},
+        ),
+    )
+    clients = [await BoltClient.connect(port) for _ in range(4)]
+    rid = 0
+    with trio.fail_after(10):
+        for _ in range(15):  # in rounds: four calls in flight at a time
+            for c in clients:
+                rid += 1
+                await c.send(request(rid, b"%d" % rid))
+            for c in clients:
+                resp = await c.read()
+                assert bytes(resp.content) == b"echo:%d" % resp.request_id
+        await going.first_closed.wait()
+    assert sum(going.calls) == 60 and going.late <= 4
+    # two connections, then a third in place of the drained one (two take calls again)
+    assert len(going.calls) == 3 and going.calls[1] > 0 and going.calls[2] > 0
+    assert server.clusters.clusters["up"].stats.upstream_cx_total == 3

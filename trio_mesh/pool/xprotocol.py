@@ -541,7 +541,9 @@ class XPool(ConnectionPool[XConnection]):
             conn = conns[0]
             return conn if conn.accepting else None
         live = [c for c in conns if c.accepting]
-        if len(live) >= self.options.connections_per_host or (live and self._connecting):
+        if len(live) >= self.options.connections_per_host or (
+            live and self._connecting is not None
+        ):
             return min(live, key=lambda c: len(c.pending))
         return None
 
@@ -572,7 +574,7 @@ class XPool(ConnectionPool[XConnection]):
         return self.conns
 
     def has_connections(self) -> bool:
-        return bool(self.conns) or bool(self._connecting)  # one connecting counts
+        return bool(self.conns) or self._connecting is not None  # one connecting counts
 
     def discard(self, conn: XConnection, idle_timeout: bool = False) -> None:
         conn.close("closed by its pool")  # its task ends, and takes it out of ``conns``
