@@ -26,6 +26,7 @@ import trio
 from ..config.filter_configs import XProtocolOptions
 from ..network.relay import CHUNK
 from ..network.stream import Stream
+from ..network.throttled_log import ThrottledLog
 from ..network.writer import FrameWriter, WriteTimeout
 from ..protocols.xprotocol import Codec, Frame, XProtocolError
 from ..upstream.cluster import Cluster
@@ -33,6 +34,7 @@ from ..upstream.host import Host
 from .base import ConnectionPool, NurseryOwner
 
 log = logging.getLogger("trio_mesh.pool")
+_drain_log = ThrottledLog(log)  # upstreams decide how often they go away
 
 
 class UpstreamLost(Exception):
@@ -327,7 +329,8 @@ class XConnection:
             return
         self.draining = True
         self.accepting = False
-        log.info(
+        _drain_log.log(
+            logging.INFO,
             "upstream %s: the peer announced its shutdown, draining %d calls in flight",
             self.codec.name,
             len(self.pending),
