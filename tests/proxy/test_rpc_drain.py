@@ -13,7 +13,15 @@ import trio
 
 from tests import dubbo_frames_data as captured
 from tests.http_helpers import http_config, start_proxy, start_raw_server
-from tests.rpc_helpers import ANY_SERVICE, BoltClient, DubboPeer, arguments, provider, request
+from tests.rpc_helpers import (
+    ANY_SERVICE,
+    BoltClient,
+    DubboPeer,
+    arguments,
+    echo_upstream,
+    provider,
+    request,
+)
 from trio_mesh.protocols.xprotocol import dubbo_frames as df
 from trio_mesh.protocols.xprotocol.bolt import BOLT
 from trio_mesh.protocols.xprotocol.dubbo import DUBBO
@@ -354,3 +362,29 @@ async def test_with_two_connections_per_host_new_calls_go_on_the_one_not_drainin
     # two connections, then a third in place of the drained one (two take calls again)
     assert len(going.calls) == 3 and going.calls[1] > 0 and going.calls[2] > 0
     assert server.clusters.clusters["up"].stats.upstream_cx_total == 3
+
+
+@pytest.mark.parametrize("bolt_goaway", [False, True], ids=["default", "bolt_goaway"])
+async def test_own_drain_sends_bolt_goaway_only_where_configured(nursery, bolt_goaway):
+    up = await echo_upstream(nursery, delay=0.3)
+    proxy = {"downstream_protocol": "bolt", "xprotocol": {"bolt_goaway": bolt_goaway}}
+    server, port = await start_proxy(
+        nursery, http_config(routes=ANY_SERVICE, clusters={"up": up}, proxy=proxy)
+    )
+    c = await BoltClient.connect(port)
+    await c.send(request(1, b"in-flight"))
+    await until_in_flight(server)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(server.drain, 5)
+            first = await c.read()
+            if bolt_goaway:
+                assert first.goaway and first.request_id == 0
+                await c.send(request(2, b"on-its-way"))  # sent before the GoAway arrived
+                got = {f.request_id: bytes(f.content) for f in [await c.read(), await c.read()]}
+                assert got == {1: b"echo:in-flight", 2: b"echo:on-its-way"}
+            else:  # SOFA bolt's clients know no GoAway: only the answer comes
+                assert not first.goaway and first.request_id == 1
+                assert bytes(first.content) == b"echo:in-flight"
+            with pytest.raises(EOFError):
+                await c.read()

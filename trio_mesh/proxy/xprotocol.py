@@ -115,6 +115,15 @@ def configured_codecs(config: ProxyConfig) -> list[Codec]:
     return codecs
 
 
+def _goaway_bytes(codec: Codec, bolt_goaway: bool) -> bytes | None:
+    """The announcement a drained connection of ``codec`` sends its client, or None."""
+    # bolt's GoAway only where configured (its clients mostly do not know it); looked up by
+    # name, so that this module imports no codec (the registry loads them)
+    goaway_frame = getattr(codec, "goaway_frame", None) if codec.name == "bolt" else None
+    frame = goaway_frame() if bolt_goaway and goaway_frame is not None else codec.goaway_request()
+    return None if frame is None else bytes(codec.encode(frame))
+
+
 class XProxy(ProxyCore):
     """The ``proxy`` network filter for RPC downstream protocols."""
 
@@ -142,6 +151,10 @@ class XProxy(ProxyCore):
         self.body = message_body()  # one for all requests: there is no body stream
         #: Calls need nothing of their own (no stream filter): the reader serves them.
         self.fast = FAST_PATH and self.filters is None
+        #: What each codec's connections are told on drain (worked out once, not per drain).
+        self.goaway: dict[str, bytes | None] = {
+            codec.name: _goaway_bytes(codec, self.options.bolt_goaway) for codec in codecs
+        }
 
     def on_connection(self, conn: Connection) -> Coroutine[Any, Any, None]:
         if len(self.codecs) == 1:
@@ -252,11 +265,10 @@ class _XSession:
         """Take nothing new; what is in flight finishes. A protocol that can say so (Dubbo's
         READONLY event) tells its client first, then reads on for a moment: a request the
         client sent before the announcement reached it is served, not lost with the close."""
-        goaway = self.codec.goaway_request() if not self.gone else None
-        if goaway is None:
+        data = self.proxy.goaway[self.codec.name] if not self.gone else None
+        if data is None:
             self._reading.cancel()
             return
-        data = self.codec.encode(goaway)
         if self.fast:
             self._post(data)
         elif self._nursery is not None:
