@@ -388,3 +388,46 @@ async def test_own_drain_sends_bolt_goaway_only_where_configured(nursery, bolt_g
                 assert bytes(first.content) == b"echo:in-flight"
             with pytest.raises(EOFError):
                 await c.read()
+
+
+async def test_goaway_while_a_heartbeat_is_out_still_closes_the_connection(nursery):
+    conns: list[trio.Event] = []  # one per upstream connection: set when it closes
+
+    async def upstream(stream: trio.SocketStream) -> None:
+        closed = trio.Event()
+        conns.append(closed)
+        peer = BoltClient(stream)
+        try:
+            while True:
+                frame = await peer.read()
+                if frame.is_heartbeat:  # go away while the proxy waits for this answer
+                    reply = BOLT.heartbeat_reply(frame)
+                    await stream.send_all(bytes(BOLT.goaway_frame().data) + bytes(reply.data))
+                else:
+                    resp = BOLT.build_response(frame.request_id, 0, content=b"ok")
+                    await stream.send_all(bytes(resp.data))
+        except (EOFError, trio.BrokenResourceError):
+            pass
+        finally:
+            closed.set()
+
+    up = await start_raw_server(nursery, upstream)
+    keepalive = {"heartbeat_interval": "100ms", "heartbeat_timeout": "1s"}
+    server, port = await start_proxy(
+        nursery,
+        http_config(
+            routes=ANY_SERVICE,
+            clusters={"up": up},
+            proxy={"downstream_protocol": "bolt", "xprotocol": keepalive},
+        ),
+    )
+    c = await BoltClient.connect(port)
+    await c.send(request(1, b"x"))
+    assert (await c.read()).status == 0
+    with trio.fail_after(5):
+        await conns[0].wait()  # drained: closed once its heartbeat was answered
+    await c.send(request(2, b"y"))
+    resp = await c.read()
+    assert resp.request_id == 2 and resp.status == 0
+    assert len(conns) == 2
+    assert server.clusters.clusters["up"].stats.upstream_cx_total == 2

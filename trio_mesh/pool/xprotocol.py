@@ -35,6 +35,7 @@ from .base import ConnectionPool, NurseryOwner
 
 log = logging.getLogger("trio_mesh.pool")
 _drain_log = ThrottledLog(log)  # upstreams decide how often they go away
+_DRAINED = "drained: the upstream announced its shutdown"
 
 
 class UpstreamLost(Exception):
@@ -253,7 +254,7 @@ class XConnection:
                 while queue and queue[0].done:  # answered in order: the head leaves now
                     queue.popleft()
             if self.draining and not self.pending:
-                self.close("drained: the upstream announced its shutdown")
+                self.close(_DRAINED)
         if slot.frame is None:
             if slot.expired:
                 return None
@@ -304,7 +305,7 @@ class XConnection:
             slot.then = None
             then(slot.frame, slot.expired)
         if self.draining and not pending:
-            self.close("drained: the upstream announced its shutdown")
+            self.close(_DRAINED)
 
     def forget(self, slot: _Slot) -> None:
         """Give a call started by ``start_call`` up: its ``done`` is never called."""
@@ -313,7 +314,7 @@ class XConnection:
         if self.pending.get(slot.rid) is slot:
             del self.pending[slot.rid]
         if self.draining and not self.pending:
-            self.close("drained: the upstream announced its shutdown")
+            self.close(_DRAINED)
 
     def send_nowait(self, frame: Frame) -> None:
         """Send a oneway ``frame`` under a fresh id without waiting (the flusher writes
@@ -336,7 +337,7 @@ class XConnection:
             len(self.pending),
         )
         if not self.pending:
-            self.close("drained: the upstream announced its shutdown")
+            self.close(_DRAINED)
 
     def close(self, reason: str) -> None:
         if self.dead is None:
@@ -463,6 +464,10 @@ class XConnection:
                 return
             finally:
                 self.pending.pop(rid, None)
+            if self.draining:  # went away while its heartbeat was out: nothing else pending
+                if not self.pending:
+                    self.close(_DRAINED)
+                return
             if slot.frame is None and self.last_read == read_before:
                 self.close("heartbeat unanswered")  # and nothing else came meanwhile
                 return
