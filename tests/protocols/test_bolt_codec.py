@@ -349,7 +349,7 @@ def _request(cmd=1, ptype=1, hmap=b"", cls=b""):
         b"G",
         b"\x01\x05" + bytes(30),  # unknown type
         _request(cmd=2),  # a request with the response command code
-        _request(cmd=100),  # goaway and other control codes: not supported
+        _request(cmd=101),  # control codes other than GoAway (100): not supported
         struct.pack(">BBHBIBHHHI", 1, 0, 1, 1, 1, 1, 0, 0, 0, 0),  # response with cmdcode 1
         _request(hmap=b"\x00\x00\x00"),  # truncated key length
         _request(hmap=b"\x00\x00\x00\x05ab"),  # key longer than the map

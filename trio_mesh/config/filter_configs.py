@@ -208,6 +208,10 @@ class XProtocolOptions:
     heartbeat_interval: Duration = Duration(30.0)
     #: ...which, unanswered within this, closes the connection (the next request opens another).
     heartbeat_timeout: Duration = Duration(10.0)
+    #: On drain, send bolt clients MOSN's GoAway (command code 100; MOSN's
+    #: ``enable_bolt_goaway``). Off by default: SOFA bolt's and anthunder's clients do not
+    #: know it; turn it on only for clients that do (a MOSN in front, say).
+    bolt_goaway: bool = False
     #: A response frame begun on an upstream connection must be whole within this, else the
     #: connection is closed and its requests fail: a provider trickling a frame would otherwise
     #: hold the shared connection (each byte counts as traffic) and time out every request on it.

@@ -7,6 +7,9 @@ ids from many downstream connections never collide. One reader task per connecti
 cluster's nursery (pool/cluster.py), decodes responses and hands each to the waiting request's
 slot (one frame: the bound). A lost connection fails only the requests in flight on it. An
 idle connection is kept alive with protocol heartbeats and closed when one goes unanswered.
+An upstream that announces its shutdown (Dubbo READONLY event, bolt GoAway) drains its
+connection: nothing new is sent on it (the pool opens or picks another), the calls in flight
+finish, then it is closed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import trio
 from ..config.filter_configs import XProtocolOptions
 from ..network.relay import CHUNK
 from ..network.stream import Stream
+from ..network.throttled_log import ThrottledLog
 from ..network.writer import FrameWriter, WriteTimeout
 from ..protocols.xprotocol import Codec, Frame, XProtocolError
 from ..upstream.cluster import Cluster
@@ -30,6 +34,8 @@ from ..upstream.host import Host
 from .base import ConnectionPool, NurseryOwner
 
 log = logging.getLogger("trio_mesh.pool")
+_drain_log = ThrottledLog(log)  # upstreams decide how often they go away
+_DRAINED = "drained: the upstream announced its shutdown"
 
 
 class UpstreamLost(Exception):
@@ -173,6 +179,9 @@ class XConnection:
         self._next_id = random.randrange(1, self._id_space)
         self._writer = FrameWriter(stream)  # frames go out whole, one at a time
         self.dead: str | None = None
+        #: Takes new calls: neither closed nor draining (what ``XPool.ready`` reads).
+        self.accepting = True
+        self.draining = False  # its upstream announced its shutdown
         self.last_read = time.monotonic()
         self.running = False  # its reader task has begun (the pool's cleanup is its own)
 
@@ -188,10 +197,11 @@ class XConnection:
     # -- the pool's view (pool/base.py PooledConnection)
 
     def is_available(self) -> bool:
-        return self.dead is None and len(self.pending) < self._id_space - 1
+        return self.accepting and len(self.pending) < self._id_space - 1
 
     def has_expired(self, now: float) -> bool:
-        return self.dead is not None  # kept alive by heartbeats: no idle timeout
+        # kept alive by heartbeats: no idle timeout; a drained one is closed by its last call
+        return self.dead is not None or self.draining
 
     def is_idle(self) -> bool:
         return not self.pending
@@ -243,6 +253,8 @@ class XConnection:
             if queue is not None:
                 while queue and queue[0].done:  # answered in order: the head leaves now
                     queue.popleft()
+            if self.draining and not self.pending:
+                self.close(_DRAINED)
         if slot.frame is None:
             if slot.expired:
                 return None
@@ -292,6 +304,8 @@ class XConnection:
         if then is not None:
             slot.then = None
             then(slot.frame, slot.expired)
+        if self.draining and not pending:
+            self.close(_DRAINED)
 
     def forget(self, slot: _Slot) -> None:
         """Give a call started by ``start_call`` up: its ``done`` is never called."""
@@ -299,6 +313,8 @@ class XConnection:
         slot.done = True
         if self.pending.get(slot.rid) is slot:
             del self.pending[slot.rid]
+        if self.draining and not self.pending:
+            self.close(_DRAINED)
 
     def send_nowait(self, frame: Frame) -> None:
         """Send a oneway ``frame`` under a fresh id without waiting (the flusher writes
@@ -308,9 +324,25 @@ class XConnection:
         ):
             raise UpstreamLost(self.dead or "send failed")
 
+    def go_away(self) -> None:
+        """The upstream is shutting down: no new calls here; closed once none is in flight."""
+        if self.draining or self.dead is not None:
+            return
+        self.draining = True
+        self.accepting = False
+        _drain_log.log(
+            logging.INFO,
+            "upstream %s: the peer announced its shutdown, draining %d calls in flight",
+            self.codec.name,
+            len(self.pending),
+        )
+        if not self.pending:
+            self.close(_DRAINED)
+
     def close(self, reason: str) -> None:
         if self.dead is None:
             self.dead = reason
+            self.accepting = False
             self.stream.abort()  # wakes our reader off the fd first (Stream.close)
             for slot in list(self.pending.values()):  # a callback leaves ``pending``
                 slot.set()  # frame None: lost
@@ -396,7 +428,11 @@ class XConnection:
                 if work % 64 == 0:
                     await trio.lowlevel.checkpoint()
                 if frame.is_request:
-                    if frame.is_heartbeat:  # the upstream checks on us: answer it
+                    if frame.goaway:  # the upstream is shutting down: drain this connection
+                        self.go_away()
+                        if self.dead is not None:
+                            return
+                    elif frame.is_heartbeat:  # the upstream checks on us: answer it
                         try:
                             await self.send(codec.encode(codec.heartbeat_reply(frame)))
                         except UpstreamLost:
@@ -415,8 +451,8 @@ class XConnection:
         interval = self.options.heartbeat_interval
         while True:
             await trio.sleep_until(trio.current_time() + interval)
-            if time.monotonic() - self.last_read < interval or self.pending:
-                continue  # traffic says it is alive
+            if time.monotonic() - self.last_read < interval or self.pending or self.draining:
+                continue  # traffic says it is alive (or it closes after its last call)
             rid = self.allocate_id()
             slot = self.pending[rid] = _Slot()
             read_before = self.last_read
@@ -428,6 +464,10 @@ class XConnection:
                 return
             finally:
                 self.pending.pop(rid, None)
+            if self.draining:  # went away while its heartbeat was out: nothing else pending
+                if not self.pending:
+                    self.close(_DRAINED)
+                return
             if slot.frame is None and self.last_read == read_before:
                 self.close("heartbeat unanswered")  # and nothing else came meanwhile
                 return
@@ -507,9 +547,11 @@ class XPool(ConnectionPool[XConnection]):
         conns = self.conns
         if len(conns) == 1 == self.options.connections_per_host:
             conn = conns[0]
-            return conn if conn.dead is None else None
-        live = [c for c in conns if c.dead is None]
-        if len(live) >= self.options.connections_per_host or (live and self._connecting):
+            return conn if conn.accepting else None
+        live = [c for c in conns if c.accepting]
+        if len(live) >= self.options.connections_per_host or (
+            live and self._connecting is not None
+        ):
             return min(live, key=lambda c: len(c.pending))
         return None
 
@@ -540,7 +582,7 @@ class XPool(ConnectionPool[XConnection]):
         return self.conns
 
     def has_connections(self) -> bool:
-        return bool(self.conns) or bool(self._connecting)  # one connecting counts
+        return bool(self.conns) or self._connecting is not None  # one connecting counts
 
     def discard(self, conn: XConnection, idle_timeout: bool = False) -> None:
         conn.close("closed by its pool")  # its task ends, and takes it out of ``conns``

@@ -49,7 +49,7 @@ from ..filters.stream import (
 )
 from ..network.budget import BEHIND, OWED, ConnectionBudget
 from ..network.connect import ConnectError
-from ..network.connection import Connection
+from ..network.connection import DRAIN_IDLE_GRACE, Connection
 from ..network.relay import CHUNK
 from ..network.throttled_log import ThrottledLog
 from ..network.writer import FrameWriter
@@ -115,6 +115,15 @@ def configured_codecs(config: ProxyConfig) -> list[Codec]:
     return codecs
 
 
+def _goaway_bytes(codec: Codec, bolt_goaway: bool) -> bytes | None:
+    """The announcement a drained connection of ``codec`` sends its client, or None."""
+    # bolt's GoAway only where configured (its clients mostly do not know it); looked up by
+    # name, so that this module imports no codec (the registry loads them)
+    goaway_frame = getattr(codec, "goaway_frame", None) if codec.name == "bolt" else None
+    frame = goaway_frame() if bolt_goaway and goaway_frame is not None else codec.goaway_request()
+    return None if frame is None else bytes(codec.encode(frame))
+
+
 class XProxy(ProxyCore):
     """The ``proxy`` network filter for RPC downstream protocols."""
 
@@ -142,6 +151,10 @@ class XProxy(ProxyCore):
         self.body = message_body()  # one for all requests: there is no body stream
         #: Calls need nothing of their own (no stream filter): the reader serves them.
         self.fast = FAST_PATH and self.filters is None
+        #: What each codec's connections are told on drain (worked out once, not per drain).
+        self.goaway: dict[str, bytes | None] = {
+            codec.name: _goaway_bytes(codec, self.options.bolt_goaway) for codec in codecs
+        }
 
     def on_connection(self, conn: Connection) -> Coroutine[Any, Any, None]:
         if len(self.codecs) == 1:
@@ -210,12 +223,14 @@ class _XSession:
         )
 
     async def run(self, prefix: bytes) -> None:
-        self.conn.on_drain = self._on_drain
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if self.fast:
                     nursery.start_soon(self._flush_posted)
+                self.conn.on_drain = self._on_drain
+                if self.conn.draining:  # drained before this session began
+                    self._on_drain(self.conn)
                 with self._reading:
                     await self._read(bytearray(prefix), nursery)
                 # Reading is over (EOF, drain, a bad frame): requests in flight finish first,
@@ -247,7 +262,20 @@ class _XSession:
             self._nursery.cancel_scope.cancel()
 
     def _on_drain(self, conn: Connection) -> None:
-        self._reading.cancel()  # take nothing new; what is in flight finishes
+        """Take nothing new; what is in flight finishes. A protocol that can say so (Dubbo's
+        READONLY event) tells its client first, then reads on for a moment: a request the
+        client sent before the announcement reached it is served, not lost with the close."""
+        data = self.proxy.goaway[self.codec.name] if not self.gone else None
+        if data is None:
+            self._reading.cancel()
+            return
+        if self.fast:
+            self._post(data)
+        elif self._nursery is not None:
+            self._nursery.start_soon(self._write, data)
+        deadline = trio.current_time() + DRAIN_IDLE_GRACE
+        if deadline < self._reading.deadline:
+            self._reading.deadline = deadline
 
     async def _read(self, buf: bytearray, nursery: trio.Nursery) -> None:
         budget = self.budget
@@ -308,6 +336,9 @@ class _XSession:
                     self._done(used)
                     await self._write(codec.encode(codec.heartbeat_reply(frame)))
                     continue
+                if frame.goaway:
+                    self._done(used)
+                    continue  # a client draining towards us: a control frame, not routed
                 while self.in_flight >= max_in_flight:  # backpressure: stop reading
                     self._room = trio.Event()
                     await self._room.wait()

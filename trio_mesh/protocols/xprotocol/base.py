@@ -22,6 +22,9 @@ timeouts, and asks the codec:
   assignment, the body is not re-encoded) and returns those bytes; the proxy does this on every
   forwarded frame.
 * ``heartbeat_reply(frame)`` / ``heartbeat_request(request_id)``: keepalive frames.
+* ``goaway_request()``: the frame that tells a peer this side is draining (Dubbo's READONLY
+  event, bolt's GoAway), or None where the protocol (or its clients) has none. A decoded
+  frame with ``goaway`` set is such an announcement: a control frame, never routed.
 * ``error_reply(frame, kind)``: the protocol's own answer to a request the proxy cannot serve.
 * ``payload(frame)``: the frame's body (what stream filters see as the request/response data).
 * ``with_headers(frame, mapping)``: a copy of the frame whose header view is ``mapping`` (what
@@ -122,6 +125,10 @@ class Frame:
     """
 
     __slots__ = ("_headers", "data", "heartbeat", "kind", "request_id", "status", "timeout")
+
+    #: The peer is draining (Dubbo READONLY, bolt GoAway): a class attribute, True only on
+    #: the codecs' go-away frame classes, so reading it costs no slot on every frame.
+    goaway: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -275,6 +282,11 @@ class Codec(ABC):
     @abstractmethod
     def heartbeat_request(self, request_id: int) -> Frame:
         """A heartbeat request (keepalive of an idle upstream connection)."""
+
+    def goaway_request(self) -> Frame | None:
+        """The announcement that this side is draining (sent to clients on the proxy's own
+        drain), or None: the protocol has none its clients understand (the default)."""
+        return None
 
     @abstractmethod
     def error_reply(self, frame: Frame, kind: ErrorKind, message: str = "") -> Frame:

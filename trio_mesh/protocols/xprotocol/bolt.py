@@ -7,7 +7,9 @@ header length u16 | content length u32.
 v2 (proto=2) inserts ver1 after proto and a switch byte after codec (request 24 bytes, response
 22); when ver1 is 2 and switch bit 0 (CRC) is on, a CRC32 of the whole frame follows the content.
 Then: class name, header map ([u32 length][key][u32 length][value]..., 0xFFFFFFFF = absent),
-content. type: 0 response, 1 request, 2 oneway; cmdcode: 0 heartbeat, 1 request, 2 response.
+content. type: 0 response, 1 request, 2 oneway; cmdcode: 0 heartbeat, 1 request, 2 response,
+100 GoAway (MOSN's control command: a request, id 0, no class, headers or content, sent by a
+side that is draining; SOFA bolt's own clients and anthunder do not know it).
 
 Error replies follow MOSN's choice of status per error kind (its ``Mapping``), and carry no class
 name and no content, as MOSN's hijack replies do; heartbeat replies are what SOFA bolt's and
@@ -37,6 +39,7 @@ __all__ = [
     "BOLT",
     "BoltCodec",
     "BoltFrame",
+    "BoltGoAwayFrame",
     "ResponseStatus",
     "encode_header_map",
 ]
@@ -53,6 +56,7 @@ TYPE_ONEWAY = 2
 CMD_HEARTBEAT = 0
 CMD_REQUEST = 1
 CMD_RESPONSE = 2
+CMD_GOAWAY = 100  # MOSN's control commands count from 100
 
 CODEC_HESSIAN2 = 1
 CODEC_PROTOBUF = 11
@@ -309,7 +313,7 @@ def _parse_head(data: bytes | bytearray | memoryview, max_frame_size: int) -> _H
     if ptype == TYPE_RESPONSE:
         if cmd != CMD_RESPONSE and cmd != CMD_HEARTBEAT:
             raise _err(f"bolt: response with command code {cmd}")
-    elif cmd != CMD_REQUEST and cmd != CMD_HEARTBEAT:
+    elif cmd != CMD_REQUEST and cmd != CMD_HEARTBEAT and cmd != CMD_GOAWAY:
         raise _err(f"bolt: request with command code {cmd}")
 
     crc = proto == PROTOCOL_V2 and ver1 == 2 and bool(switch & _CRC_SWITCH)
@@ -380,6 +384,13 @@ class BoltFrame(Frame):
     def _decode_headers(self) -> dict[str, str]:
         start = self.header_size + self.class_len
         return _view(_parse_header_map(self.data, start, start + self.header_len))
+
+
+class BoltGoAwayFrame(BoltFrame):
+    """A GoAway command: its sender is draining (no new requests on this connection)."""
+
+    __slots__ = ()
+    goaway = True
 
 
 class BoltCodec(Codec):
@@ -456,7 +467,7 @@ class BoltCodec(Codec):
                 raise _err("bolt v2: CRC32 mismatch")
 
         # Every slot set here, without Frame.__init__'s keyword call: two frames per call.
-        frame = _new_frame(BoltFrame)
+        frame = _new_frame(BoltGoAwayFrame if cmd == CMD_GOAWAY else BoltFrame)
         frame.data = buf
         frame.request_id = rid
         frame.heartbeat = cmd == CMD_HEARTBEAT
@@ -606,6 +617,11 @@ class BoltCodec(Codec):
     def heartbeat_request(self, request_id: int) -> BoltFrame:
         # as MOSN and SOFA bolt's HeartbeatCommand: hessian2, timeout -1, no class
         return self.build_request(request_id, class_name="", cmdcode=CMD_HEARTBEAT)
+
+    def goaway_frame(self) -> BoltFrame:
+        """MOSN's GoAway command. Not ``goaway_request``: bolt clients (SOFA bolt, anthunder)
+        do not know it, so the proxy's own drain does not send it to them."""
+        return self.build_request(0, class_name="", cmdcode=CMD_GOAWAY, timeout_ms=0)
 
     def heartbeat_reply(self, frame: Frame) -> BoltFrame:
         assert isinstance(frame, BoltFrame)

@@ -26,7 +26,7 @@ from .base import (
 )
 from .base import XProtocolError as _XError
 
-__all__ = ["DUBBO", "DubboCodec", "DubboFrame"]
+__all__ = ["DUBBO", "DubboCodec", "DubboFrame", "DubboReadonlyFrame"]
 
 _STATUS_FOR = {
     ErrorKind.NO_ROUTE: df.Status.SERVICE_NOT_FOUND,
@@ -93,6 +93,13 @@ class DubboFrame(Frame):
         return headers
 
 
+class DubboReadonlyFrame(DubboFrame):
+    """A READONLY event: its sender is shutting down (no new requests on this connection)."""
+
+    __slots__ = ()
+    goaway = True
+
+
 def _header(data: bytes | bytearray | memoryview, max_frame_size: int) -> df.DubboHeader | None:
     """The frame header at the start of ``data`` (None while incomplete), its size checked."""
     try:
@@ -157,18 +164,21 @@ class DubboCodec(Codec):
             heartbeat = df.is_heartbeat(header, body)
             request = None
             timeout = None
+            cls = DubboFrame
             if header.is_request:
                 kind = FrameKind.REQUEST if header.two_way else FrameKind.ONEWAY
                 if not header.is_event:
                     request = df.decode_request(frame_bytes, header)
                     timeout = _timeout(request.attachments)
+                elif not heartbeat and df.is_readonly_event(header, body):
+                    cls = DubboReadonlyFrame
             else:
                 kind = FrameKind.RESPONSE
         except df.DubboFrameError as exc:
             raise _err(str(exc)) from None
         finally:
             body.release()
-        frame = DubboFrame(
+        frame = cls(
             frame_bytes, header, kind, heartbeat=heartbeat, request=request, timeout=timeout
         )
         return frame, size
@@ -189,6 +199,10 @@ class DubboCodec(Codec):
 
     def heartbeat_reply(self, frame: Frame) -> DubboFrame:
         return self._frame(df.heartbeat_response(frame.request_id))
+
+    def goaway_request(self) -> DubboFrame:
+        # Dubbo's own provider numbers it as a request; consumers read only its data.
+        return self._frame(df.readonly_event(0))
 
     def error_reply(self, frame: Frame, kind: ErrorKind, message: str = "") -> DubboFrame:
         if frame.is_response:

@@ -50,7 +50,9 @@ __all__ = [
     "heartbeat_request",
     "heartbeat_response",
     "is_heartbeat",
+    "is_readonly_event",
     "parse_header",
+    "readonly_event",
     "replace_attachments",
     "set_request_id",
     "value_response",
@@ -65,6 +67,10 @@ FLAG_EVENT = 0x20
 SERIALIZATION_MASK = 0x1F
 SERIALIZATION_HESSIAN2 = 2
 DEFAULT_MAX_BODY_LENGTH = 8 * 1024 * 1024  # Dubbo's default payload limit
+#: The data of the event a Dubbo provider sends each consumer connection when it shuts down
+#: (Dubbo's ``Request.READONLY_EVENT``): the consumer sends nothing new on that connection.
+READONLY_EVENT = "R"
+_READONLY_BODY = encode_string(READONLY_EVENT)
 
 _HEADER = struct.Struct(">HBBQI")
 _U64 = struct.Struct(">Q")
@@ -381,6 +387,17 @@ def is_heartbeat(header: DubboHeader, body: bytes | bytearray | memoryview) -> b
     return (len(body) == 1 and body[0] == 0x4E) or decode_event_body(body) is None
 
 
+def is_readonly_event(header: DubboHeader, body: bytes | bytearray | memoryview) -> bool:
+    """An event request whose data is the string "R" (Dubbo's READONLY event)."""
+    if not (header.is_request and header.is_event):
+        return False
+    if body == _READONLY_BODY:
+        return True  # the usual encoding, without a reader
+    if header.serialization_id != SERIALIZATION_HESSIAN2 or len(body) > 64:
+        return False
+    return decode_event_body(body) == READONLY_EVENT
+
+
 def encode_frame(
     flag: int, status: int, request_id: int, body: bytes | bytearray | memoryview
 ) -> bytes:
@@ -392,6 +409,12 @@ def encode_frame(
 def heartbeat_request(request_id: int, *, two_way: bool = True) -> bytes:
     flag = FLAG_REQUEST | FLAG_EVENT | SERIALIZATION_HESSIAN2 | (FLAG_TWO_WAY if two_way else 0)
     return encode_frame(flag, 0, request_id, b"N")
+
+
+def readonly_event(request_id: int) -> bytes:
+    """The READONLY event, as Dubbo's provider sends it: a oneway event request, data "R"."""
+    flag = FLAG_REQUEST | FLAG_EVENT | SERIALIZATION_HESSIAN2
+    return encode_frame(flag, 0, request_id, _READONLY_BODY)
 
 
 def heartbeat_response(request_id: int) -> bytes:
