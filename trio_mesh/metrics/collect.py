@@ -53,7 +53,8 @@ HELP: dict[str, str] = {
     "upstream_rq_time": "Upstream try time, try start to response complete (ms)",
     "upstream_rq_per_try_timeout": "Tries cut by the per-try timeout",
     "membership_total": "Hosts in the cluster",
-    "membership_healthy": "Healthy hosts in the cluster",
+    "membership_healthy": "Hosts the balancer offers outside panic (not failed, not ejected)",
+    "lb_healthy_panic": "Hosts chosen in panic (under half the hosts usable: all offered)",
 }
 
 
@@ -227,13 +228,12 @@ def _cluster_now(out: list[Metric], cluster: Cluster) -> None:
         hosts,
         HELP["membership_total"],
     )
-    # No active health checking yet: every host counts as healthy.
     _gauge(
         out,
         f"{prefix}.membership_healthy",
         "cluster.membership_healthy",
         tags,
-        hosts,
+        cluster.healthy_hosts,
         HELP["membership_healthy"],
     )
     stats = cluster.stats
