@@ -332,14 +332,15 @@ def test_log_level_names_are_upper_cased(written: str, level: str) -> None:
 def pending_doc() -> dict[str, Any]:
     doc = minimal_doc()
     listener(doc)["listener_filters"] = [{"type": "original_dst"}]
-    cluster(doc)["Health_Check"] = {"timeout": "1s"}
+    cluster(doc)["Conn_Buffer_Limit_Bytes"] = 32768
     doc["pprof"] = {"debug": True}
     return doc
 
 
 PENDING_WARNINGS = (
     "servers[0].listeners[0].listener_filters: known MOSN key, not implemented yet: ignored",
-    "cluster_manager.clusters[0].health_check: known MOSN key, not implemented yet: ignored",
+    "cluster_manager.clusters[0].conn_buffer_limit_bytes: known MOSN key, not implemented yet:"
+    " ignored",
     "pprof: known MOSN key, not implemented yet: ignored",
 )
 
