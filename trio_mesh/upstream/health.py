@@ -1,10 +1,11 @@
 """Active health checking: one task per cluster with a ``health_check`` (run in that
 cluster's nursery, pool/cluster.py), checking every host once per round.
 
-A round checks the hosts concurrently, at most ``MAX_CONCURRENT`` at once (a big cluster does
-not open hundreds of sockets together), each check in its own cancel scope of ``timeout``: a
-host that accepts and never answers fails alone, and each result is applied when it comes.
-Rounds are ``interval`` (plus up to ``interval_jitter``) apart. A host is taken out after
+A round starts a check of every host not still being checked, at most ``MAX_CONCURRENT``
+open at once (a big cluster does not open hundreds of sockets together), each in its own
+cancel scope of ``timeout``: a host that accepts and never answers fails alone, and each
+result is applied when it comes. Rounds start ``interval`` (plus up to ``interval_jitter``)
+apart. A host is taken out after
 ``unhealthy_threshold`` failures in a row and brought back after ``healthy_threshold`` passes;
 the balancer is rebuilt only then (``Cluster.host_health_changed``). No request waits on a
 check. Checks use their own connections (not the pools', not under the circuit breakers);
@@ -61,32 +62,37 @@ class HealthChecker:
         self._passes: dict[Host, int] = {}
         self._failures: dict[Host, int] = {}
         self._limit = trio.Semaphore(MAX_CONCURRENT)
+        self._in_flight: set[Host] = set()
         self._log = ThrottledLog(log, interval=1.0)
         self._config: HealthCheck | None = None
         self._spec: CheckSpec | None = None
 
     async def run(self) -> None:
         """Rounds while the cluster has a checked ``health_check``; on its removal every host
-        it failed is usable again."""
+        it failed is usable again. The checks are this task's children: a round does not
+        wait for the last one's stragglers (a host still being checked is skipped), so a host
+        that never answers delays no other host's checks."""
         cluster = self.cluster
         try:
-            first = True
-            while True:
-                hc = cluster.config.health_check
-                if hc is None:
-                    return
-                if hc is not self._config:
-                    self._config = hc
-                    self._spec = parse_check(hc, "health_check")[0]
-                if self._spec is None:  # a protocol not checked (its load warned)
-                    return
-                if first and hc.initial_delay_seconds > 0:
-                    await trio.sleep(hc.initial_delay_seconds)
+            async with trio.open_nursery() as nursery:
+                first = True
+                while True:
+                    hc = cluster.config.health_check
+                    if hc is None:
+                        break
+                    if hc is not self._config:
+                        self._config = hc
+                        self._spec = parse_check(hc, "health_check")[0]
+                    if self._spec is None:  # a protocol not checked (its load warned)
+                        break
+                    if first and hc.initial_delay_seconds > 0:
+                        first = False
+                        await trio.sleep(hc.initial_delay_seconds)
+                        continue
                     first = False
-                    continue
-                first = False
-                await self._round(hc, self._spec)
-                await trio.sleep(hc.interval + random.uniform(0, hc.interval_jitter))
+                    await self._round(nursery, hc, self._spec)
+                    await trio.sleep(hc.interval + random.uniform(0, hc.interval_jitter))
+                nursery.cancel_scope.cancel()
         finally:
             self._clear()
 
@@ -97,15 +103,18 @@ class HealthChecker:
         if changed:
             self.cluster.host_health_changed()
 
-    async def _round(self, hc: HealthCheck, spec: CheckSpec) -> None:
+    async def _round(self, nursery: trio.Nursery, hc: HealthCheck, spec: CheckSpec) -> None:
         hosts = self.cluster.hosts
         for gone in [h for h in self._passes if h not in hosts]:
             self._passes.pop(gone, None)
             self._failures.pop(gone, None)
-        async with trio.open_nursery() as nursery:
-            for host in hosts:
-                await self._limit.acquire()
-                nursery.start_soon(self._check_one, hc, spec, host)
+        in_flight = self._in_flight
+        for host in hosts:
+            if host in in_flight:
+                continue
+            await self._limit.acquire()  # at most MAX_CONCURRENT checks open at once
+            in_flight.add(host)
+            nursery.start_soon(self._check_one, hc, spec, host)
 
     async def _check_one(self, hc: HealthCheck, spec: CheckSpec, host: Host) -> None:
         try:
@@ -121,6 +130,7 @@ class HealthChecker:
                 reason = f"no answer within {hc.timeout}s"
             self._record(hc, host, reason)
         finally:
+            self._in_flight.discard(host)
             self._limit.release()
 
     def _record(self, hc: HealthCheck, host: Host, reason: str) -> None:
