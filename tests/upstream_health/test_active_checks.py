@@ -117,7 +117,9 @@ async def test_a_killed_host_leaves_rotation_and_returns_when_restarted(nursery)
     await until(lambda: down.usable)
     assert cluster.healthy_hosts == 2
     assert await send(port, 10) == [200] * 10
-    assert b.served() == 5 + 5
+    # Traffic is back on it (a request may meet a pooled connection of its old process
+    # first and be sent on another: not a count to pin here).
+    assert b.served() >= 5 + 4
 
 
 async def test_all_down_is_panic_and_requests_are_still_tried(nursery):
@@ -263,3 +265,30 @@ async def test_reload_without_health_check_clears_failures(nursery):
     )
     await until(lambda: down.usable)
     assert host_of(server, b.port) is down  # the host object stayed
+
+
+async def test_removing_the_cluster_ends_its_checker(nursery):
+    a = KillableUpstream(nursery)
+    await a.start()
+    server, _ = await start_proxy(nursery, config([a.port], HTTP_HC))
+    await until(lambda: a.served("/health") >= 2)
+    assert any(p.cluster.name == "up" for p in server.pools.running)
+    await server.apply(http_config([], []))
+    await until(lambda: not any(p.cluster.name == "up" for p in server.pools.running))
+    seen = a.served("/health")
+    # Its nursery is gone, and with it the checker: no check starts over several intervals.
+    await trio.sleep(0.5)
+    assert a.served("/health") == seen
+
+
+async def test_hosts_added_by_a_reload_are_checked_and_removed_ones_are_not(nursery):
+    a, b = KillableUpstream(nursery), KillableUpstream(nursery)
+    await a.start()
+    await b.start()
+    server, _ = await start_proxy(nursery, config([a.port], HTTP_HC))
+    await until(lambda: a.served("/health") >= 1)
+    await server.apply(config([b.port], HTTP_HC))
+    await until(lambda: b.served("/health") >= 2)
+    seen = a.served("/health")
+    await until(lambda: b.served("/health") >= 6)
+    assert a.served("/health") <= seen + 1  # at most the check in flight at the swap
