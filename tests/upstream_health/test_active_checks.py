@@ -144,6 +144,11 @@ async def test_all_down_is_panic_and_requests_are_still_tried(nursery):
     assert metrics["cluster.up.membership_healthy"] == 0
     assert metrics["cluster.up.membership_total"] == 2
     assert metrics["cluster.up.lb_healthy_panic"] == 2
+    # Every check counted: the failures (refused connections) are network failures.
+    stats = cluster.stats
+    assert stats.health_check_attempt >= stats.health_check_success + stats.health_check_failure
+    assert stats.health_check_failure >= 4 and stats.health_check_network_failure >= 4
+    assert metrics["cluster.up.health_check.failure"] == stats.health_check_failure
     await b.start()
     await until(lambda: host_of(server, b.port).usable)
     assert not cluster.panic  # one of two usable: 50% is not under the threshold
@@ -169,6 +174,7 @@ async def test_a_host_that_never_answers_times_out_without_blocking_others(nurse
     await until(lambda: good.served("/health") >= checks + 3)
     assert not stuck.failed_active_hc and len(accepted) == 1  # one check at a time per host
     await until(lambda: stuck.failed_active_hc)
+    assert server.clusters.get("up").stats.health_check_network_failure >= 1  # the timeout
     assert host_of(server, good.port).usable
     assert await send(port, 6) == [200] * 6
     assert good.served() == 6
@@ -240,6 +246,8 @@ async def test_http_status_outside_expected_fails(nursery):
     }
     server, _ = await start_proxy(nursery, config([up.port], hc))
     await until(lambda: host_of(server, up.port).failed_active_hc)
+    stats = server.clusters.get("up").stats
+    assert stats.health_check_failure >= 2 and stats.health_check_network_failure == 0
     server2, _ = await start_proxy(nursery, config([other.port], ok))
     await until(lambda: other.served("/status/204") >= 3)
     assert host_of(server2, other.port).usable

@@ -32,7 +32,7 @@ from ..config.health_check import (
     TcpCheck,
     parse_check,
 )
-from ..network.connect import connect
+from ..network.connect import ConnectError, connect
 from ..network.stream import Stream
 from ..network.throttled_log import ThrottledLog
 from .cluster import ALPN_H1, ALPN_H2, ALPN_NONE, Cluster
@@ -117,17 +117,27 @@ class HealthChecker:
             nursery.start_soon(self._check_one, hc, spec, host)
 
     async def _check_one(self, hc: HealthCheck, spec: CheckSpec, host: Host) -> None:
+        stats = self.cluster.stats
+        stats.health_check_attempt += 1
         try:
             reason = ""
+            network = False  # no answer at all (Envoy's network_failure)
             with trio.move_on_after(hc.timeout) as scope:
                 try:
                     await self._probe(spec, host)
-                except (CheckFailed, OSError, trio.BrokenResourceError) as exc:
-                    reason = str(exc) or type(exc).__name__
+                except CheckFailed as exc:
+                    reason = str(exc)
+                except (ConnectError, OSError, trio.BrokenResourceError) as exc:
+                    reason, network = str(exc) or type(exc).__name__, True
                 except Exception as exc:  # the check's failure, never the cluster's
                     reason = f"{type(exc).__name__}: {exc}"
             if scope.cancelled_caught:
-                reason = f"no answer within {hc.timeout}s"
+                reason, network = f"no answer within {hc.timeout}s", True
+            if reason:
+                stats.health_check_failure += 1
+                stats.health_check_network_failure += network
+            else:
+                stats.health_check_success += 1
             self._record(hc, host, reason)
         finally:
             self._in_flight.discard(host)
