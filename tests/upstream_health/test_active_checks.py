@@ -300,3 +300,28 @@ async def test_hosts_added_by_a_reload_are_checked_and_removed_ones_are_not(nurs
     seen = a.served("/health")
     await until(lambda: b.served("/health") >= 6)
     assert a.served("/health") <= seen + 1  # at most the check in flight at the swap
+
+
+async def test_attacker_endless_status_line_is_bounded(nursery):
+    sent: list[int] = [0]
+
+    async def flood(stream: trio.SocketStream) -> None:
+        await stream.receive_some(4096)
+        chunk = b"HTTP/1.1 200" + b"0" * 4084  # never a line end
+        try:
+            while sent[0] < 10_000_000:
+                await stream.send_all(chunk)
+                sent[0] += len(chunk)
+        except trio.BrokenResourceError:
+            pass  # the checker gave up and closed
+
+    good = KillableUpstream(nursery)
+    await good.start()
+    bad = await start_raw_server(nursery, flood)
+    hc = {**HTTP_HC, "timeout": "5s", "unhealthy_threshold": 1}
+    server, _ = await start_proxy(nursery, config([good.port, bad], hc))
+    await until(lambda: host_of(server, bad).failed_active_hc)
+    # Failed on its 16 KiB budget, long before the timeout; a wrong answer, not a network one.
+    stats = server.clusters.get("up").stats
+    assert stats.health_check_network_failure == 0
+    assert sent[0] < 10_000_000 and host_of(server, good.port).usable
