@@ -310,6 +310,7 @@ class Server:
                 admin_sock = await bind_admin(admin)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pools.run)
+                self.pools.check_health(self.clusters.clusters.values())
                 await nursery.start(self.background.run)
                 if admin is not None and admin_sock is not None:
                     from .admin.server import run_admin
@@ -520,6 +521,7 @@ class Server:
         self.clusters.remove(c.name for c in stale_clusters)
         self.pools.retire(left_hosts)
         self.pools.remove_clusters(stale_clusters)
+        self.pools.check_health(self.clusters.clusters.values())
         for runtime in retiring:
             log.info("listener %r removed: draining", runtime.name)
             runtime.drain()

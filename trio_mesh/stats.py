@@ -160,6 +160,14 @@ class ClusterStats(Stats):
     upstream_cx_overflow: int = 0
     upstream_cx_none_healthy: int = 0
     upstream_cx_idle_timeout: int = 0
+    # Hosts chosen while fewer than half the hosts were usable (Envoy's panic: all offered)
+    lb_healthy_panic: int = 0
+    # Active health checks (Envoy's health_check.*): started, passed, failed, and of the
+    # failures those with no answer (refused, reset, timed out: Envoy's network_failure)
+    health_check_attempt: int = 0
+    health_check_success: int = 0
+    health_check_failure: int = 0
+    health_check_network_failure: int = 0
     # connections closed (after they were established)
     upstream_cx_destroy: int = 0
     # Upstream TLS (Envoy's cluster ssl.* counters): handshakes done, those that failed

@@ -333,7 +333,7 @@ def test_log_level_names_are_upper_cased(written: str, level: str) -> None:
 def pending_doc() -> dict[str, Any]:
     doc = minimal_doc()
     listener(doc)["listener_filters"] = [{"type": "original_dst"}]
-    cluster(doc)["Health_Check"] = {"timeout": "1s"}
+    cluster(doc)["Conn_Buffer_Limit_Bytes"] = 32768
     doc["pprof"] = {"debug": True}
     return doc
 
@@ -341,7 +341,8 @@ def pending_doc() -> dict[str, Any]:
 PENDING_WARNINGS = (
     "servers[0].listeners[0].listener_filters[0].type: original_dst: known MOSN filter,"
     " not implemented yet: ignored",
-    "cluster_manager.clusters[0].health_check: known MOSN key, not implemented yet: ignored",
+    "cluster_manager.clusters[0].conn_buffer_limit_bytes: known MOSN key, not implemented yet:"
+    " ignored",
     "pprof: known MOSN key, not implemented yet: ignored",
 )
 

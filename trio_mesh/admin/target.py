@@ -90,10 +90,14 @@ class LocalTarget:
                         },
                         "hostname": host.hostname or "",
                         "weight": host.weight,
-                        # No active health checking or outlier detection yet: a host the
-                        # cluster has is healthy.
-                        "health_status": {"eds_health_status": "HEALTHY"},
-                        "health_flags": "healthy",
+                        "health_status": {
+                            # What EDS says (we take no EDS health: it is healthy); the
+                            # checks' and outlier detection's own verdicts follow, as Envoy's.
+                            "eds_health_status": "HEALTHY",
+                            "failed_active_health_check": host.failed_active_hc,
+                            "failed_outlier_check": host.ejected,
+                        },
+                        "health_flags": host.health_flags(),
                         "stats": [
                             {"name": "cx_total", "type": "COUNTER", "value": host.cx_total},
                             {

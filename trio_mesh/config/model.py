@@ -15,6 +15,7 @@ import attrs
 from attrs import frozen
 
 from . import refused
+from .health_check import HealthCheck
 from .observability import AdminConfig, MetricsConfig, TracingConfig
 from .refused import Refusal
 from .routes import RouterConfig
@@ -218,12 +219,13 @@ class Cluster:
     circuit_breakers: tuple[Thresholds, ...] = ()
     #: TLS to the hosts (``status: true``): ``server_name`` is the SNI and the name verified.
     tls_context: TlsConfig | None = None
+    #: Active health checking of the hosts (upstream/health.py).
+    health_check: HealthCheck | None = None
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
         {
             "sub_type",
             "conn_buffer_limit_bytes",
-            "health_check",
             "spec",
             "lb_subset_config",
             "original_dst_lb_config",

@@ -8,6 +8,7 @@ from . import tls
 from .admin_check import check_admin
 from .errors import at
 from .filter_configs import Protocol, ProxyConfig, is_terminal
+from .health_check import health_check_warnings, parse_check
 from .metrics_check import check_metrics, metrics_warnings
 from .model import FilterChain, MeshConfig
 from .proxy_tracing import proxy_tracing_warnings
@@ -70,6 +71,10 @@ def check(config: MeshConfig) -> list[str]:
         errors += tls.check(
             cluster.tls_context, f"cluster_manager.clusters[{ci}].tls_context", server=False
         )
+        if cluster.health_check is not None:
+            errors += parse_check(
+                cluster.health_check, f"cluster_manager.clusters[{ci}].health_check"
+            )[1]
     _unique(errors, listeners, "listener")
     errors += check_admin(config)
     errors += check_metrics(config)
@@ -215,6 +220,10 @@ def unenforced(config: MeshConfig) -> list[str]:
         warnings += tls.warnings(
             cluster.tls_context, f"cluster_manager.clusters[{ci}].tls_context", server=False
         )
+        if cluster.health_check is not None:
+            warnings += health_check_warnings(
+                cluster.health_check, f"cluster_manager.clusters[{ci}].health_check"
+            )
         for ti, th in enumerate(cluster.circuit_breakers):
             if th.priority.upper() != "DEFAULT":
                 warnings.append(

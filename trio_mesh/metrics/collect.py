@@ -54,7 +54,8 @@ HELP: dict[str, str] = {
     "upstream_rq_time": "Upstream try time, try start to response complete (ms)",
     "upstream_rq_per_try_timeout": "Tries cut by the per-try timeout",
     "membership_total": "Hosts in the cluster",
-    "membership_healthy": "Healthy hosts in the cluster",
+    "membership_healthy": "Hosts the balancer offers outside panic (not failed, not ejected)",
+    "lb_healthy_panic": "Hosts chosen in panic (under half the hosts usable: all offered)",
 }
 
 
@@ -99,6 +100,8 @@ def _layout(cls: type[Stats], http: bool) -> tuple[list[_Stat], list[_Stat]]:
             suffix = tag_suffix = "ssl." + name[4:]
         elif name.startswith("http2_"):
             suffix = tag_suffix = "http2." + name[6:]
+        elif name.startswith("health_check_"):
+            suffix = tag_suffix = "health_check." + name[13:]
         elif name.endswith("xx") and name[-3].isdigit():
             # downstream_rq_2xx -> downstream_rq_xx{envoy_response_code_class="2"}
             tag_suffix = name[:-3] + "xx"
@@ -228,13 +231,12 @@ def _cluster_now(out: list[Metric], cluster: Cluster) -> None:
         hosts,
         HELP["membership_total"],
     )
-    # No active health checking yet: every host counts as healthy.
     _gauge(
         out,
         f"{prefix}.membership_healthy",
         "cluster.membership_healthy",
         tags,
-        hosts,
+        cluster.healthy_hosts,
         HELP["membership_healthy"],
     )
     stats = cluster.stats

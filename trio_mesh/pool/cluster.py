@@ -4,7 +4,8 @@ Each cluster's multiplexed upstream connections (HTTP/2, RPC) are tasks in the c
 nursery, a child of ``Pools.run`` (pool/manager.py): removing the cluster (a configuration
 swap, an xDS CDS removal) ends exactly its connections, and one cluster's failure never
 touches another's. The run loop is also the cluster's reaper: once a second it drops expired
-idle connections and closes the idle ones of pools whose host left.
+idle connections and closes the idle ones of pools whose host left. The cluster's health
+checker (upstream/health.py) runs there too: removing the cluster ends it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import trio
 
 from ..network.connect import ConnectError
 from ..upstream.cluster import Cluster
+from ..upstream.health import HealthChecker
 from .base import ConnectionPool
 from .http1 import H1Pool
 
@@ -44,6 +46,7 @@ class ClusterPools:
         self._ready = trio.Event()
         self._on_exit = on_exit
         self._wake = trio.lowlevel.ParkingLot()  # the run loop, told of a removal
+        self._checking = False  # the health checker runs (or is to, once the nursery is)
 
     async def nursery(self) -> trio.Nursery:
         """Where a new connection of this cluster runs (``ConnectError`` once it is over)."""
@@ -89,6 +92,21 @@ class ClusterPools:
             self.retire(pool)
         self._wake.unpark_all()
 
+    def check_health(self) -> None:
+        """Run the cluster's health checker if it has a ``health_check`` and none runs (the
+        checker ends by itself when a reload removes the key)."""
+        if self._checking or self.removed or self.cluster.config.health_check is None:
+            return
+        self._checking = True
+        if self._nursery is not None:
+            self._nursery.start_soon(self._health)
+
+    async def _health(self) -> None:
+        try:
+            await HealthChecker(self.cluster).run()
+        finally:
+            self._checking = False
+
     def start_in(self, nursery: trio.Nursery) -> None:
         """Run in ``nursery`` (from the next scheduler turn: ``nursery()`` waits for it)."""
         self.started = True
@@ -100,6 +118,8 @@ class ClusterPools:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._ready.set()
+                if self._checking:  # asked for before the nursery was there
+                    nursery.start_soon(self._health)
                 task_status.started()
                 await self._reap()
                 nursery.cancel_scope.cancel()  # removed and drained: nothing of it may stay

@@ -73,6 +73,13 @@ class Pools:
                 owner.start_in(self._nursery)
         return owner
 
+    def check_health(self, clusters: Iterable[Cluster]) -> None:
+        """Start the health checkers of these clusters that have a ``health_check`` (after
+        start-up and each configuration swap; a running checker follows its cluster's key)."""
+        for cluster in clusters:
+            if cluster.config.health_check is not None:
+                self.cluster_pools(cluster).check_health()
+
     def _exited(self, owner: ClusterPools) -> None:
         """A cluster's run ended (removed and drained, failed, or shutdown): forget it and
         its pools, so that a later request starts afresh."""

@@ -61,14 +61,18 @@ class RetryState:
         cluster = self.cluster
         host = cluster.choose_host()
         failed = self.failed_host
-        if failed is not None and host is failed and len(cluster.hosts) > 1:
+        # ``lb_hosts``: those the balancer offers (usable ones unless in panic), so the
+        # fallback never picks a host that health checks or outlier detection took out.
+        if failed is not None and host is failed and len(cluster.lb_hosts) > 1:
             for _ in range(RESELECT_ATTEMPTS):
                 host = cluster.choose_host()
                 if host is not failed:
                     break
             else:  # the balancer insists (random with few hosts): the next host in the set
-                hosts = cluster.hosts
-                host = hosts[(hosts.index(failed) + 1) % len(hosts)]
+                hosts = cluster.lb_hosts
+                # The failed host may have left the set since (health changed): then the first.
+                i = hosts.index(failed) + 1 if failed in hosts else 0
+                host = hosts[i % len(hosts)]
         self._host = host
         return host
 

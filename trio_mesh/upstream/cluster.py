@@ -21,6 +21,10 @@ from .lb import LoadBalancer, make_balancer
 log = logging.getLogger("trio_mesh.upstream")
 _tls_log = ThrottledLog(log)  # an upstream decides how often its handshakes fail
 
+#: Below this share of usable hosts the balancer offers all of them (Envoy's default
+#: ``healthy_panic_threshold``, 50%): too few healthy hosts would take the whole load.
+PANIC_THRESHOLD = 0.5
+
 #: What a connection offers in ALPN, by the pool that asks for it.
 ALPN_NONE = ""  # RPC, tcp_proxy: no ALPN
 ALPN_H1 = "http/1.1"
@@ -63,6 +67,20 @@ def build_tls(config: ClusterConfig, path: str) -> ClusterTls | None:
     return ClusterTls(contexts=contexts, server_name=first.server_name)
 
 
+class _PanicLB:
+    """A balancer in panic: counts each choice (only while in panic: no cost otherwise)."""
+
+    __slots__ = ("lb", "stats")
+
+    def __init__(self, lb: LoadBalancer, stats: ClusterStats) -> None:
+        self.lb = lb
+        self.stats = stats
+
+    def choose(self) -> Host | None:
+        self.stats.lb_healthy_panic += 1
+        return self.lb.choose()
+
+
 class NoHostError(Exception):
     """The cluster has no host to offer (empty, or all over their limits)."""
 
@@ -78,6 +96,11 @@ class Cluster:
         self.name = config.name
         self.stats = ClusterStats()
         self.hosts: tuple[Host, ...] = ()
+        #: The hosts the balancer chooses from: the usable ones, or all of them in panic.
+        self.lb_hosts: tuple[Host, ...] = ()
+        #: How many of ``hosts`` are usable (the metrics' ``membership_healthy``).
+        self.healthy_hosts = 0
+        self.panic = False
         self.lb: LoadBalancer
         self.tls: ClusterTls | None = None
         self._configure(config, tls)
@@ -136,7 +159,20 @@ class Cluster:
     def set_hosts(self, hosts: list[Host]) -> None:
         """Replace the host set at once; the balancer is rebuilt for the new set."""
         self.hosts = tuple(hosts)
-        self.lb = make_balancer(self.config.lb_type, self.hosts)
+        self.host_health_changed()
+
+    def host_health_changed(self) -> None:
+        """Rebuild the balancer over the usable hosts, or over all of them when fewer than
+        ``PANIC_THRESHOLD`` are usable (panic: each choice is counted as
+        ``lb_healthy_panic``). Called when a host's ``usable`` changed and when the host set
+        does: health is never checked per request."""
+        hosts = self.hosts
+        usable = tuple(h for h in hosts if h.usable)
+        self.healthy_hosts = len(usable)
+        self.panic = bool(hosts) and len(usable) < PANIC_THRESHOLD * len(hosts)
+        self.lb_hosts = hosts if self.panic else usable
+        lb = make_balancer(self.config.lb_type, self.lb_hosts)
+        self.lb = _PanicLB(lb, self.stats) if self.panic else lb
 
     def request_overflows(self) -> bool:
         """Whether a new request would pass ``max_requests`` (the overflow is counted);

@@ -16,6 +16,8 @@ class Host:
         "address",
         "cx_connect_fail",
         "cx_total",
+        "ejected",
+        "failed_active_hc",
         "host",
         "hostname",
         "label",
@@ -25,6 +27,7 @@ class Host:
         "protocol",
         "rq_total",
         "tls_disable",
+        "usable",
         "weight",
     )
 
@@ -57,6 +60,39 @@ class Host:
         #: ``upstream_protocol: Auto`` over TLS: what this host's ALPN answer was ("h2" or
         #: "http/1.1"), learned by the first connection; ``None`` until then.
         self.protocol: str | None = None
+        #: The active health checker found it down (upstream/health.py).
+        self.failed_active_hc = False
+        #: Outlier detection ejected it.
+        self.ejected = False
+        #: Neither: the balancers offer it (outside panic). Kept by ``set_health`` so that
+        #: rebuilding a balancer reads one attribute.
+        self.usable = True
+
+    def set_health(
+        self, *, failed_active_hc: bool | None = None, ejected: bool | None = None
+    ) -> bool:
+        """Update the health flags given; returns whether ``usable`` changed (the caller then
+        calls its cluster's ``host_health_changed``)."""
+        if failed_active_hc is not None:
+            self.failed_active_hc = failed_active_hc
+        if ejected is not None:
+            self.ejected = ejected
+        usable = not self.failed_active_hc and not self.ejected
+        changed = usable != self.usable
+        self.usable = usable
+        return changed
+
+    def health_flags(self) -> str:
+        """Envoy's ``/clusters`` form: ``healthy``, or the failures joined by ``/``, each
+        with a leading ``/`` (``/failed_active_hc/failed_outlier_check``)."""
+        if self.usable:
+            return "healthy"
+        flags = ""
+        if self.failed_active_hc:
+            flags += "/failed_active_hc"
+        if self.ejected:
+            flags += "/failed_outlier_check"
+        return flags
 
     @classmethod
     def from_config(cls, cfg: HostConfig) -> Host:

@@ -331,6 +331,7 @@ _CLUSTER_FIELDS = frozenset(
         "load_assignment",
         "max_requests_per_connection",
         "circuit_breakers",
+        "health_checks",
         "common_http_protocol_options",
         "http2_protocol_options",
         "http_protocol_options",
@@ -415,6 +416,89 @@ def _common_http(opts: Any, at: _At, doc: dict[str, Any], idle_key: str) -> None
         doc["max_request_per_conn"] = opts.max_requests_per_connection
 
 
+def _payload(p: Any, at: _At) -> str:
+    """A TCP check's ``Payload`` as hex (``text`` is hex already, ``binary`` raw bytes)."""
+    if p.binary:
+        return bytes(p.binary).hex()
+    return p.text or ""
+
+
+def _health_check(hc: Any, at: _At) -> dict[str, Any]:
+    """Envoy's ``HealthCheck`` as our cluster ``health_check`` (MOSN's keys)."""
+    _only(
+        hc,
+        at,
+        {
+            "timeout",
+            "interval",
+            "interval_jitter",
+            "unhealthy_threshold",
+            "healthy_threshold",
+            "http_health_check",
+            "tcp_health_check",
+            "grpc_health_check",
+            # our checks never reuse a connection; logging choices change no verdict
+            "reuse_connection",
+            "event_log_path",
+            "always_log_health_check_failures",
+            "always_log_health_check_success",
+        },
+    )
+    if hc.timeout is None or hc.interval is None:
+        raise at.error("timeout and interval are required")
+    doc: dict[str, Any] = {
+        "timeout": _duration(hc.timeout, at / "timeout", positive=True),
+        "interval": _duration(hc.interval, at / "interval", positive=True),
+    }
+    if hc.interval_jitter is not None:
+        doc["interval_jitter"] = _duration(hc.interval_jitter, at / "interval_jitter")
+    for key in ("unhealthy_threshold", "healthy_threshold"):
+        value = getattr(hc, key)
+        if value is not None:
+            if value < 1:
+                raise (at / key).error(f"expected 1 or more, got {value}")
+            doc[key] = value
+    check: dict[str, Any] = {}
+    if hc.http_health_check is not None:
+        http = hc.http_health_check
+        hat = at / "http_health_check"
+        _only(http, hat, {"host", "path", "expected_statuses"})
+        doc["protocol"] = "http"
+        if http.host:
+            check["host"] = http.host
+        if http.path:
+            check["path"] = http.path
+        if http.expected_statuses:
+            check["expected_statuses"] = [
+                {"start": r.start, "end": r.end} for r in http.expected_statuses
+            ]
+    elif hc.tcp_health_check is not None:
+        tcp = hc.tcp_health_check
+        tat = at / "tcp_health_check"
+        _only(tcp, tat, {"send", "receive"})
+        doc["protocol"] = "tcp"
+        if tcp.send is not None:
+            check["send"] = _payload(tcp.send, tat / "send")
+        if tcp.receive:
+            # Envoy matches the payloads in order: the same as their concatenation.
+            check["expect"] = "".join(
+                _payload(r, tat / "receive" / i) for i, r in enumerate(tcp.receive)
+            )
+    elif hc.grpc_health_check is not None:
+        grpc = hc.grpc_health_check
+        _only(grpc, at / "grpc_health_check", {"service_name", "authority"})
+        doc["protocol"] = "grpc"
+        if grpc.service_name:
+            doc["service_name"] = grpc.service_name
+        if grpc.authority:
+            check["authority"] = grpc.authority
+    else:
+        raise at.error("give http_health_check, tcp_health_check or grpc_health_check")
+    if check:
+        doc["check_config"] = check
+    return doc
+
+
 def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
     """A ``cluster_manager.clusters[]`` entry, and the EDS service name whose
     ClusterLoadAssignment gives its hosts (``None`` for a STATIC cluster, whose hosts are in
@@ -438,13 +522,21 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
             (at / "per_connection_buffer_limit_bytes").path,
         )
     if c.common_lb_config is not None:
-        # the panic threshold needs health checks, the merge window batches updates: neither
-        # changes where requests go here; locality and zone awareness would
+        # the merge window batches updates: it changes no choice; locality and zone
+        # awareness would
         _only(
             c.common_lb_config,
             at / "common_lb_config",
             {"healthy_panic_threshold", "update_merge_window"},
         )
+        panic = c.common_lb_config.healthy_panic_threshold
+        if panic is not None and panic.value != 50:
+            log.warning(
+                "%s %r: %s: not enforced: the panic threshold is Envoy's default, 50%%",
+                at.kind,
+                at.name,
+                (at / "common_lb_config" / "healthy_panic_threshold").path,
+            )
     if c.least_request_lb_config is not None:
         # choice_count / active_request_bias tune the choice; slow start would change it
         _only(
@@ -464,6 +556,10 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
             _thresholds(th, cb / "thresholds" / i)
             for i, th in enumerate(c.circuit_breakers.thresholds)
         ]
+    if c.health_checks:
+        if len(c.health_checks) > 1:
+            raise (at / "health_checks" / 1).error("one health check per cluster is supported")
+        doc["health_check"] = _health_check(c.health_checks[0], at / "health_checks" / 0)
     if c.max_requests_per_connection is not None:
         doc["max_request_per_conn"] = c.max_requests_per_connection
     if c.common_http_protocol_options is not None:
