@@ -16,6 +16,7 @@ from attrs import frozen
 
 from . import refused
 from .observability import AdminConfig, MetricsConfig, TracingConfig
+from .outlier import OutlierDetection
 from .refused import Refusal
 from .routes import RouterConfig
 from .scalars import (
@@ -204,6 +205,8 @@ class Cluster:
     circuit_breakers: tuple[Thresholds, ...] = ()
     #: TLS to the hosts (``status: true``): ``server_name`` is the SNI and the name verified.
     tls_context: TlsConfig | None = None
+    #: Envoy's outlier detection (``upstream/outlier.py``); ``None``: off.
+    outlier_detection: OutlierDetection | None = None
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
         {

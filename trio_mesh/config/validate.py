@@ -69,6 +69,10 @@ def check(config: MeshConfig) -> list[str]:
         errors += tls.check(
             cluster.tls_context, f"cluster_manager.clusters[{ci}].tls_context", server=False
         )
+        if cluster.outlier_detection is not None:
+            errors += cluster.outlier_detection.check(
+                f"cluster_manager.clusters[{ci}].outlier_detection"
+            )
     _unique(errors, listeners, "listener")
     errors += check_admin(config)
     errors += check_metrics(config)

@@ -18,6 +18,7 @@ import trio
 
 from ..network.connect import ConnectError
 from ..upstream.cluster import Cluster
+from ..upstream.outlier import OutlierDetector
 from .base import ConnectionPool
 from .http1 import H1Pool
 
@@ -44,6 +45,7 @@ class ClusterPools:
         self._ready = trio.Event()
         self._on_exit = on_exit
         self._wake = trio.lowlevel.ParkingLot()  # the run loop, told of a removal
+        self._outlier: OutlierDetector | None = None  # the detector whose ``run`` is started
 
     async def nursery(self) -> trio.Nursery:
         """Where a new connection of this cluster runs (``ConnectError`` once it is over)."""
@@ -101,7 +103,8 @@ class ClusterPools:
                 self._nursery = nursery
                 self._ready.set()
                 task_status.started()
-                await self._reap()
+                self._start_outlier(nursery)
+                await self._reap(nursery)
                 nursery.cancel_scope.cancel()  # removed and drained: nothing of it may stay
         except Exception:
             # A failure of this cluster's pools stays here; the next request builds new ones.
@@ -113,13 +116,22 @@ class ClusterPools:
             self._ready.set()
             self._on_exit(self)
 
-    async def _reap(self) -> None:
+    def _start_outlier(self, nursery: trio.Nursery) -> None:
+        """The cluster's outlier detector's interval task, if it has one not started yet (a
+        reload may bring one: the reaper's second checks)."""
+        detector = self.cluster.outlier
+        if detector is not None and detector is not self._outlier:
+            self._outlier = detector
+            nursery.start_soon(detector.run)
+
+    async def _reap(self, nursery: trio.Nursery) -> None:
         """The reaper; returns once the cluster is removed and its connections are closed."""
         while True:
             if self.removed and not self.retiring:
                 return
             with trio.move_on_after(REAP_INTERVAL):
                 await self._wake.park()
+            self._start_outlier(nursery)
             now = time.monotonic()  # the clock idle_since is on
             for pool in self.pools:
                 pool.reap(now)

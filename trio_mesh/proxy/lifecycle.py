@@ -82,6 +82,7 @@ from ..protocols.http1 import ResponseHead, strip_hop_by_hop
 from ..protocols.http2 import ErrorCode
 from ..router import Route
 from ..upstream import Cluster, Host, NoHostError
+from ..upstream.outlier import OutlierDetector
 from .exchange import UpstreamFailed
 from .exchange.auto import exchange as auto_exchange
 from .headers import header_getter
@@ -683,6 +684,8 @@ async def forward(
                     await exchange(core, cluster, host, req, body, sink, info, retry, raced)
                     if info.response_code:
                         stats.upstream_response(info.response_code, (_monotonic() - tried) * 1000.0)
+                        if cluster.outlier is not None:
+                            cluster.outlier.response(host, info.response_code)
                     return
                 scope = ad.try_scope(per_try)
                 with scope:
@@ -690,6 +693,8 @@ async def forward(
                 if not scope.cancelled_caught:
                     if info.response_code:
                         stats.upstream_response(info.response_code, (_monotonic() - tried) * 1000.0)
+                        if cluster.outlier is not None:
+                            cluster.outlier.response(host, info.response_code)
                     return
                 stats.upstream_rq_per_try_timeout += 1
                 if sink.started:  # too late to retry: the response is cut
@@ -713,6 +718,8 @@ async def forward(
                 # A try that got no response counts as the reply it becomes (503 for a
                 # reset or connect failure, 504 for a timeout), as Envoy charges aborts.
                 stats.upstream_response(failed.status, (_monotonic() - tried) * 1000.0)
+                if cluster.outlier is not None:
+                    outlier_failure(cluster.outlier, host, failed)
                 if failed.transport_failure is not None:
                     info.upstream_transport_failure_reason = failed.transport_failure
                 if (
@@ -865,6 +872,17 @@ def open_try(cluster: Cluster, info: RequestRecord) -> Host | Reply:
 
 def close_try(cluster: Cluster) -> None:
     cluster.stats.upstream_rq_active -= 1
+
+
+def outlier_failure(detector: OutlierDetector, host: Host, failed: Reply) -> None:
+    """A failed try, as outlier detection counts it: a status the upstream gave is its
+    response; a connect failure, reset or timeout is a local-origin failure; the proxy's own
+    refusal (overflow...) says nothing of the host."""
+    cause = failed.cause
+    if cause is Cause.STATUS:
+        detector.response(host, failed.status)
+    elif cause is not Cause.REFUSED:
+        detector.local_failure(host, failed.status)
 
 
 async def handle_message(

@@ -16,15 +16,24 @@ class Host:
         "address",
         "cx_connect_fail",
         "cx_total",
+        "ejected",
+        "failed_active_hc",
         "host",
         "hostname",
         "label",
         "label_bytes",
         "metadata",
+        "od_5xx",
+        "od_ejected_at",
+        "od_ejections",
+        "od_gateway",
+        "od_local",
+        "od_unejected_at",
         "port",
         "protocol",
         "rq_total",
         "tls_disable",
+        "usable",
         "weight",
     )
 
@@ -57,6 +66,19 @@ class Host:
         #: ``upstream_protocol: Auto`` over TLS: what this host's ALPN answer was ("h2" or
         #: "http/1.1"), learned by the first connection; ``None`` until then.
         self.protocol: str | None = None
+        # Health (the contract of issue 18): the active health checker sets
+        # ``failed_active_hc``, the outlier detector ``ejected``; balancers use ``usable``.
+        self.failed_active_hc = False
+        self.ejected = False
+        self.usable = True
+        # Outlier detection (upstream/outlier.py): consecutive failures by kind, the
+        # ejection multiplier, when the last ejection began and ended (trio clock).
+        self.od_5xx = 0
+        self.od_gateway = 0
+        self.od_local = 0
+        self.od_ejections = 0
+        self.od_ejected_at = 0.0
+        self.od_unejected_at = 0.0
 
     @classmethod
     def from_config(cls, cfg: HostConfig) -> Host:
@@ -67,6 +89,20 @@ class Host:
             hostname=cfg.hostname,
             tls_disable=cfg.tls_disable,
         )
+
+    def set_health(
+        self, *, failed_active_hc: bool | None = None, ejected: bool | None = None
+    ) -> bool:
+        """Set either health flag; returns whether ``usable`` changed (the caller then calls
+        ``Cluster.host_health_changed``)."""
+        if failed_active_hc is not None:
+            self.failed_active_hc = failed_active_hc
+        if ejected is not None:
+            self.ejected = ejected
+        usable = not self.failed_active_hc and not self.ejected
+        changed = usable != self.usable
+        self.usable = usable
+        return changed
 
     def same_transport(self, cfg: HostConfig) -> bool:
         """Whether ``cfg`` connects as this host does (a host whose TLS use or name changed
