@@ -136,6 +136,7 @@ class OutlierDetector:
                 now - host.od_unejected_at >= config.ejection_time(host.od_ejections)
             ):
                 host.od_ejections -= 1
+                host.od_unejected_at = now  # the next step down takes another stretch
         self.cluster.stats.outlier_detection_ejections_active = active
         if changed:
             self.cluster.host_health_changed()

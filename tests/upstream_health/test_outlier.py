@@ -1,0 +1,268 @@
+"""Outlier detection (issue 18): a host failing tries in a row is ejected from the balancer,
+comes back when its time is up and is ejected for longer the next time; max_ejection_percent
+keeps hosts in; connect failures count as local-origin (or gateway) failures; bolt error
+responses eject an RPC upstream. Real upstreams and the real proxy on 127.0.0.1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from tests.http_helpers import (
+    Client,
+    closed_port,
+    get,
+    http_config,
+    read_request,
+    running_proxy,
+    start_raw_server,
+    to,
+)
+from tests.rpc_helpers import ANY_SERVICE, BoltClient, request
+from trio_mesh.protocols.xprotocol.bolt import BOLT, ResponseStatus
+from trio_mesh.upstream.host import Host
+
+TIMEOUT = 10  # only reached when something is broken
+
+
+class Counted:
+    """An upstream's requests seen."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+async def status_upstream(nursery: trio.Nursery, status: int) -> tuple[int, Counted]:
+    """A raw HTTP/1.1 upstream answering every request with ``status``."""
+    seen = Counted()
+    reason = b"OK" if status == 200 else b"Service Unavailable"
+    answer = b"HTTP/1.1 %d %s\r\ncontent-length: 2\r\n\r\nhi" % (status, reason)
+
+    async def serve(stream: trio.SocketStream) -> None:
+        buf = bytearray()
+        try:
+            while await read_request(stream, buf) is not None:
+                seen.count += 1
+                await stream.send_all(answer)
+        except trio.BrokenResourceError:
+            pass
+
+    return await start_raw_server(nursery, serve), seen
+
+
+def hosts(ports: list[int]) -> list[dict[str, Any]]:
+    return [{"address": f"127.0.0.1:{p}"} for p in ports]
+
+
+def cluster(ports: list[int], **outlier: Any) -> dict[str, Any]:
+    return {
+        "up": {
+            "lb_type": "LB_ROUNDROBIN",
+            "hosts": hosts(ports),
+            "outlier_detection": outlier,
+        }
+    }
+
+
+def host_of(server: Any, port: int) -> Host:
+    return next(h for h in server.clusters.get("up").hosts if h.port == port)
+
+
+async def statuses(port: int, n: int) -> list[int]:
+    out = []
+    async with await Client.connect(port) as c:
+        for _ in range(n):
+            await c.send(get("/"))
+            out.append((await c.response()).status)
+    return out
+
+
+async def until(predicate: Any) -> None:
+    """Poll the proxy's state (the detector's timer changes it) within the test's deadline."""
+    while not predicate():
+        await trio.sleep(0.01)
+
+
+async def test_5xx_host_is_ejected_returns_and_is_ejected_longer(nursery: trio.Nursery) -> None:
+    good, good_seen = await status_upstream(nursery, 200)
+    bad, bad_seen = await status_upstream(nursery, 503)
+    config = http_config([to()], cluster([good, bad], interval="50ms", base_ejection_time="200ms"))
+    async with running_proxy(config) as (server, port):
+        stats = server.clusters.get("up").stats
+        bad_host = host_of(server, bad)
+        with trio.fail_after(TIMEOUT):
+            # round robin: the 5th 503 comes within 10 requests
+            got = await statuses(port, 10)
+            assert got.count(503) == 5 and bad_seen.count == 5
+            assert bad_host.ejected and not bad_host.usable
+            assert stats.outlier_detection_ejections_enforced_consecutive_5xx == 1
+            assert stats.outlier_detection_ejections_enforced_total == 1
+            assert stats.outlier_detection_ejections_active == 1
+            # ejected: every request goes to the good host
+            assert await statuses(port, 20) == [200] * 20
+            assert bad_seen.count == 5
+            await until(lambda: not bad_host.ejected)
+            first = bad_host.od_unejected_at - bad_host.od_ejected_at
+            assert first >= 0.2
+            assert stats.outlier_detection_ejections_active == 0
+            # back in rotation: it gets traffic, fails 5 more and is ejected for longer
+            got = await statuses(port, 10)
+            assert got.count(503) == 5 and bad_seen.count == 10
+            assert bad_host.ejected and bad_host.od_ejections == 2
+            assert stats.outlier_detection_ejections_enforced_total == 2
+            assert await statuses(port, 10) == [200] * 10
+            await until(lambda: not bad_host.ejected)
+            assert bad_host.od_unejected_at - bad_host.od_ejected_at >= 0.4
+    assert good_seen.count == 40
+
+
+async def test_max_ejection_percent_keeps_a_host(nursery: trio.Nursery) -> None:
+    """Both hosts fail: the default 10% still ejects one (at least one host always can be),
+    never the second one: that one keeps the traffic and the refusal is counted."""
+    a, a_seen = await status_upstream(nursery, 503)
+    b, b_seen = await status_upstream(nursery, 503)
+    config = http_config([to()], cluster([a, b], consecutive_5xx=3, base_ejection_time="30s"))
+    async with running_proxy(config) as (server, port):
+        stats = server.clusters.get("up").stats
+        with trio.fail_after(TIMEOUT):
+            assert await statuses(port, 30) == [503] * 30
+        hosts = server.clusters.get("up").hosts
+        assert sorted(h.ejected for h in hosts) == [False, True]
+        assert stats.outlier_detection_ejections_enforced_total == 1
+        assert stats.outlier_detection_ejections_active == 1
+        assert stats.outlier_detection_ejections_overflow >= 1
+        # the one left took every request after the ejection
+        assert max(a_seen.count, b_seen.count) >= 25 and a_seen.count + b_seen.count == 30
+
+
+@pytest.mark.parametrize(
+    ("keys", "counter"),
+    [
+        (
+            {"split_external_local_origin_errors": True, "consecutive_local_origin_failure": 3},
+            "outlier_detection_ejections_enforced_consecutive_local_origin_failure",
+        ),
+        (
+            # without the split a connect failure counts as a 503: a gateway failure
+            {
+                "consecutive_5xx": 0,
+                "consecutive_gateway_failure": 3,
+                "enforcing_consecutive_gateway_failure": 100,
+            },
+            "outlier_detection_ejections_enforced_consecutive_gateway_failure",
+        ),
+    ],
+)
+async def test_connect_failures_eject(
+    nursery: trio.Nursery, keys: dict[str, Any], counter: str
+) -> None:
+    good, good_seen = await status_upstream(nursery, 200)
+    dead = closed_port()
+    config = http_config([to()], cluster([good, dead], base_ejection_time="30s", **keys))
+    async with running_proxy(config) as (server, port):
+        stats = server.clusters.get("up").stats
+        with trio.fail_after(TIMEOUT):
+            got = await statuses(port, 6)
+            assert got.count(503) == 3
+            assert host_of(server, dead).ejected
+            assert getattr(stats, counter) == 1
+            assert stats.outlier_detection_ejections_enforced_total == 1
+            assert await statuses(port, 10) == [200] * 10
+    assert good_seen.count == 13
+
+
+async def test_gateway_failures_do_not_eject_by_default(nursery: trio.Nursery) -> None:
+    """Envoy's enforcing_consecutive_gateway_failure is 0: detected, not enforced."""
+    good, _ = await status_upstream(nursery, 200)
+    dead = closed_port()
+    config = http_config(
+        [to()], cluster([good, dead], consecutive_5xx=0, consecutive_gateway_failure=2)
+    )
+    async with running_proxy(config) as (server, port):
+        with trio.fail_after(TIMEOUT):
+            got = await statuses(port, 12)
+        assert got.count(503) == 6
+        assert not host_of(server, dead).ejected
+        assert server.clusters.get("up").stats.outlier_detection_ejections_enforced_total == 0
+
+
+async def bolt_upstream(nursery: trio.Nursery, status: int) -> tuple[int, Counted]:
+    """A raw bolt server answering every request with ``status``."""
+    seen = Counted()
+
+    async def serve(stream: trio.SocketStream) -> None:
+        peer = BoltClient(stream)
+        try:
+            while True:
+                frame = await peer.read()
+                if frame.is_heartbeat:
+                    await stream.send_all(bytes(BOLT.heartbeat_reply(frame).data))
+                    continue
+                seen.count += 1
+                resp = BOLT.build_response(frame.request_id, status, content=b"r")
+                await stream.send_all(bytes(resp.data))
+        except (EOFError, trio.BrokenResourceError):
+            pass
+
+    return await start_raw_server(nursery, serve), seen
+
+
+async def test_bolt_error_responses_eject_an_rpc_upstream(nursery: trio.Nursery) -> None:
+    good, good_seen = await bolt_upstream(nursery, ResponseStatus.SUCCESS)
+    bad, bad_seen = await bolt_upstream(nursery, ResponseStatus.SERVER_EXCEPTION)
+    config = http_config(
+        ANY_SERVICE,
+        cluster([good, bad], consecutive_5xx=3, base_ejection_time="30s"),
+        proxy={"downstream_protocol": "bolt"},
+    )
+    async with running_proxy(config) as (server, port):
+        with trio.fail_after(TIMEOUT):
+            c = await BoltClient.connect(port)
+            results = []
+            for rid in range(1, 21):
+                await c.send(request(rid, b"x"))
+                results.append((await c.read()).status)
+            await c.stream.aclose()
+        assert host_of(server, bad).ejected
+        assert server.clusters.get("up").stats.outlier_detection_ejections_enforced_total == 1
+        assert bad_seen.count == 3  # none after the third error
+        assert results.count(ResponseStatus.SERVER_EXCEPTION) == 3
+        assert good_seen.count == 17
+
+
+async def test_a_reload_without_outlier_detection_brings_ejected_hosts_back(
+    nursery: trio.Nursery,
+) -> None:
+    good, _ = await status_upstream(nursery, 200)
+    bad, bad_seen = await status_upstream(nursery, 503)
+    config = http_config([to()], cluster([good, bad], consecutive_5xx=2))
+    async with running_proxy(config) as (server, port):
+        with trio.fail_after(TIMEOUT):
+            await statuses(port, 4)
+            bad_host = host_of(server, bad)
+            assert bad_host.ejected
+            cl = server.clusters.get("up")
+            await server.apply(http_config([to()], [{"name": "up", "hosts": hosts([good, bad])}]))
+            assert server.clusters.get("up") is cl  # updated in place: the same hosts
+            assert cl.outlier is None and not bad_host.ejected and bad_host.usable
+            assert (await statuses(port, 4)).count(503) == 2
+            assert bad_seen.count == 4
+
+
+async def test_stats_carry_envoys_outlier_names(nursery: trio.Nursery) -> None:
+    good, _ = await status_upstream(nursery, 200)
+    bad, _ = await status_upstream(nursery, 503)
+    config = http_config([to()], cluster([good, bad], consecutive_5xx=1))
+    async with running_proxy(config) as (server, port):
+        with trio.fail_after(TIMEOUT):
+            await statuses(port, 2)
+            metrics = {m.name: m for m in await server.collect_metrics()}
+    active = metrics["cluster.up.outlier_detection.ejections_active"]
+    assert (active.kind, active.value) == ("gauge", 1)
+    assert active.tag_name == "cluster.outlier_detection.ejections_active"
+    total = metrics["cluster.up.outlier_detection.ejections_enforced_total"]
+    assert (total.kind, total.value) == ("counter", 1)
+    assert metrics["cluster.up.outlier_detection.ejections_enforced_consecutive_5xx"].value == 1
+    assert metrics["cluster.up.outlier_detection.ejections_overflow"].value == 0
