@@ -185,10 +185,6 @@ class ClusterStats(Stats):
     upstream_rq_3xx: int = 0
     upstream_rq_4xx: int = 0
     upstream_rq_5xx: int = 0
-    http2_outbound_control_flood: int = 0
-    http2_inbound_empty_frames_flood: int = 0
-    http2_inbound_priority_frames_flood: int = 0
-    http2_inbound_window_update_frames_flood: int = 0
     # Outlier detection (Envoy's cluster.<name>.outlier_detection.*): hosts ejected now,
     # ejections made (all, and by kind), ejections refused by max_ejection_percent
     outlier_detection_ejections_active: int = 0
@@ -197,6 +193,10 @@ class ClusterStats(Stats):
     outlier_detection_ejections_enforced_consecutive_gateway_failure: int = 0
     outlier_detection_ejections_enforced_consecutive_local_origin_failure: int = 0
     outlier_detection_ejections_overflow: int = 0
+    http2_outbound_control_flood: int = 0
+    http2_inbound_empty_frames_flood: int = 0
+    http2_inbound_priority_frames_flood: int = 0
+    http2_inbound_window_update_frames_flood: int = 0
     # Histogram (ms): from a try's start to its upstream response complete (Envoy records it
     # when the upstream response ends too); tries that got no response are not in it.
     upstream_rq_time: Histogram = attrs.field(factory=Histogram)

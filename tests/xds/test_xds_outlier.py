@@ -93,9 +93,7 @@ def test_success_rate_loads_with_a_warning(caplog: pytest.LogCaptureFixture) -> 
     with caplog.at_level("WARNING", logger="trio_mesh.xds"):
         od = loaded(with_outlier(success_rate_stdev_factor=1900, enforcing_success_rate=100))
     assert od == OutlierDetection()
-    assert (
-        "Cluster 'be': outlier_detection.success_rate_stdev_factor: not enforced" in caplog.text
-    )
+    assert "Cluster 'be': outlier_detection.success_rate_stdev_factor: not enforced" in caplog.text
     assert "outlier_detection.enforcing_success_rate: not enforced" in caplog.text
 
 
