@@ -266,3 +266,22 @@ async def test_stats_carry_envoys_outlier_names(nursery: trio.Nursery) -> None:
     assert (total.kind, total.value) == ("counter", 1)
     assert metrics["cluster.up.outlier_detection.ejections_enforced_consecutive_5xx"].value == 1
     assert metrics["cluster.up.outlier_detection.ejections_overflow"].value == 0
+
+
+async def test_a_reload_turning_it_on_starts_the_interval_task(nursery: trio.Nursery) -> None:
+    good, _ = await status_upstream(nursery, 200)
+    bad, bad_seen = await status_upstream(nursery, 503)
+    plain = [{"name": "up", "lb_type": "LB_ROUNDROBIN", "hosts": hosts([good, bad])}]
+    async with running_proxy(http_config([to()], plain)) as (server, port):
+        with trio.fail_after(TIMEOUT):
+            assert (await statuses(port, 4)).count(503) == 2  # the pools run, no detector
+            cl = server.clusters.get("up")
+            assert cl.outlier is None
+            keys = {"consecutive_5xx": 2, "interval": "50ms", "base_ejection_time": "100ms"}
+            await server.apply(http_config([to()], cluster([good, bad], **keys)))
+            assert server.clusters.get("up") is cl and cl.outlier is not None
+            await statuses(port, 4)
+            bad_host = host_of(server, bad)
+            assert bad_host.ejected
+            await until(lambda: not bad_host.ejected)  # the pools' next second starts its timer
+            assert bad_seen.count == 4

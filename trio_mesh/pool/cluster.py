@@ -103,8 +103,8 @@ class ClusterPools:
                 self._nursery = nursery
                 self._ready.set()
                 task_status.started()
-                self._start_outlier(nursery)
-                await self._reap(nursery)
+                self._start_outlier()
+                await self._reap()
                 nursery.cancel_scope.cancel()  # removed and drained: nothing of it may stay
         except Exception:
             # A failure of this cluster's pools stays here; the next request builds new ones.
@@ -116,22 +116,22 @@ class ClusterPools:
             self._ready.set()
             self._on_exit(self)
 
-    def _start_outlier(self, nursery: trio.Nursery) -> None:
+    def _start_outlier(self) -> None:
         """The cluster's outlier detector's interval task, if it has one not started yet (a
         reload may bring one: the reaper's second checks)."""
         detector = self.cluster.outlier
-        if detector is not None and detector is not self._outlier:
+        if detector is not None and detector is not self._outlier and self._nursery is not None:
             self._outlier = detector
-            nursery.start_soon(detector.run)
+            self._nursery.start_soon(detector.run)
 
-    async def _reap(self, nursery: trio.Nursery) -> None:
+    async def _reap(self) -> None:
         """The reaper; returns once the cluster is removed and its connections are closed."""
         while True:
             if self.removed and not self.retiring:
                 return
             with trio.move_on_after(REAP_INTERVAL):
                 await self._wake.park()
-            self._start_outlier(nursery)
+            self._start_outlier()
             now = time.monotonic()  # the clock idle_since is on
             for pool in self.pools:
                 pool.reap(now)
