@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import trio
 
+from tests.h2_upstream import open_h2_client
 from tests.http_helpers import (
     Client,
     closed_port,
@@ -285,3 +286,38 @@ async def test_a_reload_turning_it_on_starts_the_interval_task(nursery: trio.Nur
             assert bad_host.ejected
             await until(lambda: not bad_host.ejected)  # the pools' next second starts its timer
             assert bad_seen.count == 4
+
+
+async def test_clients_resetting_their_streams_eject_nothing(nursery: trio.Nursery) -> None:
+    """The attacker's way to a host's ejection would be its own aborts: a client that resets
+    its streams while the upstream works is no failure of the upstream."""
+    arrived = Counted()
+
+    async def silent(stream: trio.SocketStream) -> None:
+        buf = bytearray()
+        while await read_request(stream, buf) is not None:
+            arrived.count += 1  # and never answered
+
+    held = await start_raw_server(nursery, silent)
+    keys = {
+        "consecutive_5xx": 1,
+        "consecutive_gateway_failure": 1,
+        "enforcing_consecutive_gateway_failure": 100,
+    }
+    config = http_config(
+        [to()],
+        cluster([held], **keys),
+        proxy={"downstream_protocol": "Http2", "upstream_protocol": "Http1"},
+    )
+    async with running_proxy(config) as (server, port):
+        cl = server.clusters.get("up")
+        with trio.fail_after(TIMEOUT):
+            async with open_h2_client(port) as client:
+                for n in range(1, 4):
+                    sid = await client.send_headers("GET", f"/{n}", end_stream=True)
+                    await until(lambda n=n: arrived.count == n)
+                    await client.reset(sid)
+                    await until(lambda: cl.stats.upstream_rq_active == 0)
+        assert not host_of(server, held).ejected
+        assert cl.stats.outlier_detection_ejections_enforced_total == 0
+        assert cl.stats.upstream_rq_5xx == 0
