@@ -321,3 +321,36 @@ async def test_clients_resetting_their_streams_eject_nothing(nursery: trio.Nurse
         assert not host_of(server, held).ejected
         assert cl.stats.outlier_detection_ejections_enforced_total == 0
         assert cl.stats.upstream_rq_5xx == 0
+
+
+@pytest.mark.parametrize("downstream", ["Http1", "Http2"])
+async def test_route_timeouts_eject_a_hanging_host(nursery: trio.Nursery, downstream: str) -> None:
+    """A host that accepts requests and never answers: each route timeout (504) counts
+    against it, as Envoy counts them, without any retry policy."""
+    good, good_seen = await status_upstream(nursery, 200)
+    arrived = Counted()
+
+    async def silent(stream: trio.SocketStream) -> None:
+        buf = bytearray()
+        while await read_request(stream, buf) is not None:
+            arrived.count += 1
+
+    hung = await start_raw_server(nursery, silent)
+    config = http_config(
+        [to(timeout="100ms")],
+        cluster([good, hung], consecutive_5xx=2, base_ejection_time="30s"),
+        proxy={"downstream_protocol": downstream, "upstream_protocol": "Http1"},
+    )
+    async with running_proxy(config) as (server, port):
+        got = []
+        with trio.fail_after(TIMEOUT):
+            for n in range(8):
+                if downstream == "Http1":
+                    got += await statuses(port, 1)
+                else:
+                    async with open_h2_client(port) as client:
+                        got.append((await client.request("GET", f"/{n}")).status)
+        assert host_of(server, hung).ejected
+        assert got.count(504) == 2 and arrived.count == 2
+        assert server.clusters.get("up").stats.outlier_detection_ejections_enforced_total == 1
+    assert good_seen.count == 6

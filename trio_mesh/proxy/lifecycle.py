@@ -267,6 +267,9 @@ class Downstream(Protocol):
 
     def end_route(self) -> None: ...
 
+    def route_expired(self) -> bool:
+        """Whether the route timeout is what cancelled the request (asked only then)."""
+
 
 #: An upstream exchange: one try of ``req`` against ``host`` (see ``exchange/``).
 Exchange = Callable[
@@ -659,6 +662,7 @@ async def forward(
     ad.arm_route(route.timeout)
     stats = cluster.stats
     raced = False
+    host: Host | None = None
     try:
         while True:
             stats.upstream_rq_total += 1
@@ -718,7 +722,7 @@ async def forward(
                 # A try that got no response counts as the reply it becomes (503 for a
                 # reset or connect failure, 504 for a timeout), as Envoy charges aborts.
                 stats.upstream_response(failed.status, (_monotonic() - tried) * 1000.0)
-                if cluster.outlier is not None:
+                if cluster.outlier is not None and host is not None:
                     outlier_failure(cluster.outlier, host, failed)
                 if failed.transport_failure is not None:
                     info.upstream_transport_failure_reason = failed.transport_failure
@@ -731,6 +735,12 @@ async def forward(
                     await ad.reply(failed)
                     return
                 body.rewind()
+            except trio.Cancelled:
+                # The route timeout (504) is the host's timeout too, as Envoy counts it;
+                # a client going away is not.
+                if host is not None and cluster.outlier is not None and ad.route_expired():
+                    cluster.outlier.local_failure(host, TIMEOUT.status)
+                raise
             finally:
                 stats.upstream_rq_active -= 1
     except FilterReplied as exc:
@@ -829,6 +839,9 @@ class WholeMessage:
 
     def end_route(self) -> None:
         pass
+
+    def route_expired(self) -> bool:
+        return False  # the call's timeout is an upstream failure (TIMEOUT), not a cancel
 
 
 def route_message(
