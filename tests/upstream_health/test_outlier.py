@@ -23,6 +23,7 @@ from tests.http_helpers import (
 )
 from tests.rpc_helpers import ANY_SERVICE, BoltClient, request
 from trio_mesh.protocols.xprotocol.bolt import BOLT, ResponseStatus
+from trio_mesh.proxy import xprotocol as xprotocol_proxy
 from trio_mesh.upstream.host import Host
 
 TIMEOUT = 10  # only reached when something is broken
@@ -210,7 +211,11 @@ async def bolt_upstream(nursery: trio.Nursery, status: int) -> tuple[int, Counte
     return await start_raw_server(nursery, serve), seen
 
 
-async def test_bolt_error_responses_eject_an_rpc_upstream(nursery: trio.Nursery) -> None:
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "task-path"])
+async def test_bolt_error_responses_eject_an_rpc_upstream(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    monkeypatch.setattr(xprotocol_proxy, "FAST_PATH", fast)
     good, good_seen = await bolt_upstream(nursery, ResponseStatus.SUCCESS)
     bad, bad_seen = await bolt_upstream(nursery, ResponseStatus.SERVER_EXCEPTION)
     config = http_config(
@@ -231,6 +236,31 @@ async def test_bolt_error_responses_eject_an_rpc_upstream(nursery: trio.Nursery)
         assert bad_seen.count == 3  # none after the third error
         assert results.count(ResponseStatus.SERVER_EXCEPTION) == 3
         assert good_seen.count == 17
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "task-path"])
+async def test_bolt_connect_failures_eject(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    monkeypatch.setattr(xprotocol_proxy, "FAST_PATH", fast)
+    good, good_seen = await bolt_upstream(nursery, ResponseStatus.SUCCESS)
+    dead = closed_port()
+    config = http_config(
+        ANY_SERVICE,
+        cluster([good, dead], consecutive_5xx=2, base_ejection_time="30s"),
+        proxy={"downstream_protocol": "bolt"},
+    )
+    async with running_proxy(config) as (server, port):
+        with trio.fail_after(TIMEOUT):
+            c = await BoltClient.connect(port)
+            results = []
+            for rid in range(1, 11):
+                await c.send(request(rid, b"x"))
+                results.append((await c.read()).status)
+            await c.stream.aclose()
+        assert host_of(server, dead).ejected
+        assert results.count(ResponseStatus.SUCCESS) == 8
+        assert good_seen.count == 8
 
 
 async def test_a_reload_without_outlier_detection_brings_ejected_hosts_back(
