@@ -196,6 +196,14 @@ class ClusterStats(Stats):
     upstream_rq_3xx: int = 0
     upstream_rq_4xx: int = 0
     upstream_rq_5xx: int = 0
+    # Outlier detection (Envoy's cluster.<name>.outlier_detection.*): hosts ejected now,
+    # ejections made (all, and by kind), ejections refused by max_ejection_percent
+    outlier_detection_ejections_active: int = 0
+    outlier_detection_ejections_enforced_total: int = 0
+    outlier_detection_ejections_enforced_consecutive_5xx: int = 0
+    outlier_detection_ejections_enforced_consecutive_gateway_failure: int = 0
+    outlier_detection_ejections_enforced_consecutive_local_origin_failure: int = 0
+    outlier_detection_ejections_overflow: int = 0
     http2_outbound_control_flood: int = 0
     http2_inbound_empty_frames_flood: int = 0
     http2_inbound_priority_frames_flood: int = 0
@@ -210,6 +218,7 @@ class ClusterStats(Stats):
             "upstream_rq_active",
             "upstream_rq_pending_active",
             "upstream_rq_retry_active",
+            "outlier_detection_ejections_active",
         }
     )
 

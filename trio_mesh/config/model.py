@@ -17,6 +17,7 @@ from attrs import frozen
 from . import refused
 from .health_check import HealthCheck
 from .observability import AdminConfig, MetricsConfig, TracingConfig
+from .outlier import OutlierDetection
 from .refused import Refusal
 from .routes import RouterConfig
 from .scalars import (
@@ -221,6 +222,8 @@ class Cluster:
     tls_context: TlsConfig | None = None
     #: Active health checking of the hosts (upstream/health.py).
     health_check: HealthCheck | None = None
+    #: Envoy's outlier detection (``upstream/outlier.py``); ``None``: off.
+    outlier_detection: OutlierDetection | None = None
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
         {

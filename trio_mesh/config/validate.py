@@ -75,6 +75,10 @@ def check(config: MeshConfig) -> list[str]:
             errors += parse_check(
                 cluster.health_check, f"cluster_manager.clusters[{ci}].health_check"
             )[1]
+        if cluster.outlier_detection is not None:
+            errors += cluster.outlier_detection.check(
+                f"cluster_manager.clusters[{ci}].outlier_detection"
+            )
     _unique(errors, listeners, "listener")
     errors += check_admin(config)
     errors += check_metrics(config)

@@ -102,6 +102,8 @@ def _layout(cls: type[Stats], http: bool) -> tuple[list[_Stat], list[_Stat]]:
             suffix = tag_suffix = "http2." + name[6:]
         elif name.startswith("health_check_"):
             suffix = tag_suffix = "health_check." + name[13:]
+        elif name.startswith("outlier_detection_"):
+            suffix = tag_suffix = "outlier_detection." + name[18:]
         elif name.endswith("xx") and name[-3].isdigit():
             # downstream_rq_2xx -> downstream_rq_xx{envoy_response_code_class="2"}
             tag_suffix = name[:-3] + "xx"

@@ -20,6 +20,7 @@ import trio
 from ..network.connect import ConnectError
 from ..upstream.cluster import Cluster
 from ..upstream.health import HealthChecker
+from ..upstream.outlier import OutlierDetector
 from .base import ConnectionPool
 from .http1 import H1Pool
 
@@ -47,6 +48,7 @@ class ClusterPools:
         self._on_exit = on_exit
         self._wake = trio.lowlevel.ParkingLot()  # the run loop, told of a removal
         self._checking = False  # the health checker runs (or is to, once the nursery is)
+        self._outlier: OutlierDetector | None = None  # the detector whose ``run`` is started
 
     async def nursery(self) -> trio.Nursery:
         """Where a new connection of this cluster runs (``ConnectError`` once it is over)."""
@@ -121,6 +123,7 @@ class ClusterPools:
                 if self._checking:  # asked for before the nursery was there
                     nursery.start_soon(self._health)
                 task_status.started()
+                self._start_outlier()
                 await self._reap()
                 nursery.cancel_scope.cancel()  # removed and drained: nothing of it may stay
         except Exception:
@@ -133,6 +136,14 @@ class ClusterPools:
             self._ready.set()
             self._on_exit(self)
 
+    def _start_outlier(self) -> None:
+        """The cluster's outlier detector's interval task, if it has one not started yet (a
+        reload may bring one: the reaper's second checks)."""
+        detector = self.cluster.outlier
+        if detector is not None and detector is not self._outlier and self._nursery is not None:
+            self._outlier = detector
+            self._nursery.start_soon(detector.run)
+
     async def _reap(self) -> None:
         """The reaper; returns once the cluster is removed and its connections are closed."""
         while True:
@@ -140,6 +151,7 @@ class ClusterPools:
                 return
             with trio.move_on_after(REAP_INTERVAL):
                 await self._wake.park()
+            self._start_outlier()
             now = time.monotonic()  # the clock idle_since is on
             for pool in self.pools:
                 pool.reap(now)

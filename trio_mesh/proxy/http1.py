@@ -499,6 +499,9 @@ class _Session:
         self._armed.clear()
         self.conn.idle.end_route()
 
+    def route_expired(self) -> bool:
+        return self.conn.idle.route_expired
+
     def _arm(self, scope: trio.CancelScope | None, timeout: float | None) -> None:
         """Give ``scope`` its ``timeout``, counted from the end of the request; ``None``:
         the route timeout, carried by the connection's own scope. The timeouts of the

@@ -354,6 +354,10 @@ class _Stream:
     def end_route(self) -> None:
         pass  # the stream's scope ends with the stream
 
+    def route_expired(self) -> bool:
+        scope = self.scope
+        return scope is not None and scope.cancel_called and trio.current_time() >= scope.deadline
+
     def upstream_request(self, route: Route, info: RequestRecord) -> UpstreamRequest:
         """Regular headers for the upstream, forwarding headers added, mutations applied; for
         an HTTP/1 upstream, the body's framing from what the codec checked."""

@@ -82,6 +82,7 @@ from ..protocols.http1 import ResponseHead, strip_hop_by_hop
 from ..protocols.http2 import ErrorCode
 from ..router import Route
 from ..upstream import Cluster, Host, NoHostError
+from ..upstream.outlier import OutlierDetector
 from .exchange import UpstreamFailed
 from .exchange.auto import exchange as auto_exchange
 from .headers import header_getter
@@ -265,6 +266,9 @@ class Downstream(Protocol):
     def try_scope(self, timeout: float) -> trio.CancelScope: ...
 
     def end_route(self) -> None: ...
+
+    def route_expired(self) -> bool:
+        """Whether the route timeout is what cancelled the request (asked only then)."""
 
 
 #: An upstream exchange: one try of ``req`` against ``host`` (see ``exchange/``).
@@ -658,6 +662,7 @@ async def forward(
     ad.arm_route(route.timeout)
     stats = cluster.stats
     raced = False
+    host: Host | None = None
     try:
         while True:
             stats.upstream_rq_total += 1
@@ -683,6 +688,8 @@ async def forward(
                     await exchange(core, cluster, host, req, body, sink, info, retry, raced)
                     if info.response_code:
                         stats.upstream_response(info.response_code, (_monotonic() - tried) * 1000.0)
+                        if cluster.outlier is not None:
+                            cluster.outlier.response(host, info.response_code)
                     return
                 scope = ad.try_scope(per_try)
                 with scope:
@@ -690,6 +697,8 @@ async def forward(
                 if not scope.cancelled_caught:
                     if info.response_code:
                         stats.upstream_response(info.response_code, (_monotonic() - tried) * 1000.0)
+                        if cluster.outlier is not None:
+                            cluster.outlier.response(host, info.response_code)
                     return
                 stats.upstream_rq_per_try_timeout += 1
                 if sink.started:  # too late to retry: the response is cut
@@ -713,6 +722,8 @@ async def forward(
                 # A try that got no response counts as the reply it becomes (503 for a
                 # reset or connect failure, 504 for a timeout), as Envoy charges aborts.
                 stats.upstream_response(failed.status, (_monotonic() - tried) * 1000.0)
+                if cluster.outlier is not None and host is not None:
+                    outlier_failure(cluster.outlier, host, failed)
                 if failed.transport_failure is not None:
                     info.upstream_transport_failure_reason = failed.transport_failure
                 if (
@@ -724,6 +735,12 @@ async def forward(
                     await ad.reply(failed)
                     return
                 body.rewind()
+            except trio.Cancelled:
+                # The route timeout (504) is the host's timeout too, as Envoy counts it;
+                # a client going away is not.
+                if host is not None and cluster.outlier is not None and ad.route_expired():
+                    cluster.outlier.local_failure(host, TIMEOUT.status)
+                raise
             finally:
                 stats.upstream_rq_active -= 1
     except FilterReplied as exc:
@@ -823,6 +840,9 @@ class WholeMessage:
     def end_route(self) -> None:
         pass
 
+    def route_expired(self) -> bool:
+        return False  # the call's timeout is an upstream failure (TIMEOUT), not a cancel
+
 
 def route_message(
     core: ProxyCore, header: Callable[[str], str | None], info: RequestRecord
@@ -865,6 +885,17 @@ def open_try(cluster: Cluster, info: RequestRecord) -> Host | Reply:
 
 def close_try(cluster: Cluster) -> None:
     cluster.stats.upstream_rq_active -= 1
+
+
+def outlier_failure(detector: OutlierDetector, host: Host, failed: Reply) -> None:
+    """A failed try, as outlier detection counts it: a status the upstream gave is its
+    response; a connect failure, reset or timeout is a local-origin failure; the proxy's own
+    refusal (overflow...) says nothing of the host."""
+    cause = failed.cause
+    if cause is Cause.STATUS:
+        detector.response(host, failed.status)
+    elif cause is not Cause.REFUSED:
+        detector.local_failure(host, failed.status)
 
 
 async def handle_message(

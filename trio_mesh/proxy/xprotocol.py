@@ -71,6 +71,7 @@ from .lifecycle import (
     message_body,
     message_cluster,
     open_try,
+    outlier_failure,
     route_message,
 )
 from .observers import listener_observers
@@ -841,7 +842,10 @@ class _FastCall:
             with trio.move_on_at(deadline):
                 conn = await pool.connection()
         except ConnectError as exc:
-            self._complete(None, connect_failure(exc))
+            failed = connect_failure(exc)
+            if self.cluster.outlier is not None:
+                outlier_failure(self.cluster.outlier, self.host, failed)
+            self._complete(None, failed)
             return
         except CircuitOpenError:
             self._complete(None, OVERFLOW)
@@ -866,7 +870,10 @@ class _FastCall:
             failed = TIMEOUT if expired else UPSTREAM_RESET
             # Charged as the reply it becomes, as the task path (``forward``) does.
             elapsed = _monotonic() - self.record.start
-            self.cluster.stats.upstream_response(failed.status, elapsed * 1000.0)
+            cluster = self.cluster
+            cluster.stats.upstream_response(failed.status, elapsed * 1000.0)
+            if cluster.outlier is not None:
+                cluster.outlier.local_failure(self.host, failed.status)
             self._complete(None, failed)
         else:
             record = self.record
@@ -875,7 +882,10 @@ class _FastCall:
             if self.session.detailed:
                 record.response_received_duration = elapsed
             code = 200 if self.session.codec.is_success(response) else 500
-            self.cluster.stats.upstream_response(code, elapsed * 1000.0)
+            cluster = self.cluster
+            cluster.stats.upstream_response(code, elapsed * 1000.0)
+            if cluster.outlier is not None:
+                cluster.outlier.response(self.host, code)
             self._complete(response, None)
 
     def _complete(self, response: Frame | None, failed: Reply | None) -> None:

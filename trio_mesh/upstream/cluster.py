@@ -17,6 +17,7 @@ from ..network.tls_context import client_tls
 from ..stats import ClusterStats
 from .host import Host
 from .lb import LoadBalancer, make_balancer
+from .outlier import OutlierDetector, release_all
 
 log = logging.getLogger("trio_mesh.upstream")
 _tls_log = ThrottledLog(log)  # an upstream decides how often its handshakes fail
@@ -103,6 +104,8 @@ class Cluster:
         self.panic = False
         self.lb: LoadBalancer
         self.tls: ClusterTls | None = None
+        #: ``None``: outlier detection is off (nothing is counted per try).
+        self.outlier: OutlierDetector | None = None
         self._configure(config, tls)
         self.set_hosts([Host.from_config(h) for h in config.hosts])
 
@@ -119,6 +122,15 @@ class Cluster:
         self.max_pending_requests = limits.max_pending_requests
         self.max_requests = limits.max_requests
         self.max_retries = limits.max_retries
+        od = config.outlier_detection
+        if od is None:
+            if self.outlier is not None:
+                self.outlier = None
+                release_all(self)
+        elif self.outlier is None or self.outlier.config != od:
+            # A new detector (its run task ends, the pools start the new one's); the hosts'
+            # counts and ejections stay.
+            self.outlier = OutlierDetector(self, od)
 
     def update(self, config: ClusterConfig, tls: ClusterTls | None = None) -> list[Host]:
         """Take a new configuration of this cluster in place; returns the hosts that left.

@@ -23,6 +23,12 @@ class Host:
         "label",
         "label_bytes",
         "metadata",
+        "od_5xx",
+        "od_ejected_at",
+        "od_ejections",
+        "od_gateway",
+        "od_local",
+        "od_unejected_at",
         "port",
         "protocol",
         "rq_total",
@@ -67,6 +73,14 @@ class Host:
         #: Neither: the balancers offer it (outside panic). Kept by ``set_health`` so that
         #: rebuilding a balancer reads one attribute.
         self.usable = True
+        # Outlier detection (upstream/outlier.py): consecutive failures by kind, the
+        # ejection multiplier, when the last ejection began and ended (trio clock).
+        self.od_5xx = 0
+        self.od_gateway = 0
+        self.od_local = 0
+        self.od_ejections = 0
+        self.od_ejected_at = 0.0
+        self.od_unejected_at = 0.0
 
     def set_health(
         self, *, failed_active_hc: bool | None = None, ejected: bool | None = None

@@ -332,6 +332,7 @@ _CLUSTER_FIELDS = frozenset(
         "max_requests_per_connection",
         "circuit_breakers",
         "health_checks",
+        "outlier_detection",
         "common_http_protocol_options",
         "http2_protocol_options",
         "http_protocol_options",
@@ -499,6 +500,73 @@ def _health_check(hc: Any, at: _At) -> dict[str, Any]:
     return doc
 
 
+_OUTLIER_COUNTS = (
+    "consecutive_5xx",
+    "consecutive_gateway_failure",
+    "consecutive_local_origin_failure",
+)
+_OUTLIER_PERCENTS = (
+    "max_ejection_percent",
+    "enforcing_consecutive_5xx",
+    "enforcing_consecutive_gateway_failure",
+    "enforcing_consecutive_local_origin_failure",
+)
+_OUTLIER_DURATIONS = ("interval", "base_ejection_time", "max_ejection_time")
+# Loaded, not enforced (each set one warns): success-rate and failure-percentage detection,
+# the jitter, what the health checker and degraded hosts would add.
+_OUTLIER_UNENFORCED = (
+    "success_rate_minimum_hosts",
+    "success_rate_request_volume",
+    "success_rate_stdev_factor",
+    "enforcing_success_rate",
+    "enforcing_local_origin_success_rate",
+    "failure_percentage_threshold",
+    "failure_percentage_minimum_hosts",
+    "failure_percentage_request_volume",
+    "enforcing_failure_percentage",
+    "enforcing_failure_percentage_local_origin",
+    "max_ejection_time_jitter",
+    "successful_active_health_check_uneject_host",
+    "detect_degraded_hosts",
+)
+
+
+def _outlier_detection(od: Any, at: _At) -> dict[str, Any]:
+    """``outlier_detection``: the consecutive-failure kinds; Envoy's defaults are ours."""
+    _only(
+        od,
+        at,
+        {
+            *_OUTLIER_COUNTS,
+            *_OUTLIER_PERCENTS,
+            *_OUTLIER_DURATIONS,
+            *_OUTLIER_UNENFORCED,
+            "split_external_local_origin_errors",
+            "always_eject_one_host",  # at least one host can always be ejected here
+        },
+    )
+    out: dict[str, Any] = {}
+    for key in _OUTLIER_COUNTS:
+        if getattr(od, key) is not None:
+            out[key] = getattr(od, key)
+    for key in _OUTLIER_PERCENTS:
+        value = getattr(od, key)
+        if value is not None:
+            if value > 100:
+                raise (at / key).error(f"expected a percentage 0..100, got {value}")
+            out[key] = value
+    for key in _OUTLIER_DURATIONS:
+        value = getattr(od, key)
+        if value is not None:
+            out[key] = _duration(value, at / key, positive=True)
+    if od.split_external_local_origin_errors:
+        out["split_external_local_origin_errors"] = True
+    for key in _OUTLIER_UNENFORCED:
+        if getattr(od, key) not in (None, False):
+            _warn(at / key, "not enforced (consecutive failures only): ignored")
+    return out
+
+
 def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
     """A ``cluster_manager.clusters[]`` entry, and the EDS service name whose
     ClusterLoadAssignment gives its hosts (``None`` for a STATIC cluster, whose hosts are in
@@ -562,6 +630,8 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
         doc["health_check"] = _health_check(c.health_checks[0], at / "health_checks" / 0)
     if c.max_requests_per_connection is not None:
         doc["max_request_per_conn"] = c.max_requests_per_connection
+    if c.outlier_detection is not None:
+        doc["outlier_detection"] = _outlier_detection(c.outlier_detection, at / "outlier_detection")
     if c.common_http_protocol_options is not None:
         _common_http(
             c.common_http_protocol_options, at / "common_http_protocol_options", doc, "idle_timeout"

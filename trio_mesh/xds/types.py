@@ -25,6 +25,7 @@ with envoy_import():
         ClusterLbPolicy,
         ClusterRoundRobinLbConfig,
         ClusterSlowStartConfig,
+        OutlierDetection,
     )
     from envoy_data_plane.envoy.config.core.v3 import (
         Address,
