@@ -9,7 +9,7 @@ from .admin_check import check_admin
 from .errors import at
 from .filter_configs import Protocol, ProxyConfig, is_terminal
 from .metrics_check import check_metrics, metrics_warnings
-from .model import FilterChain, MeshConfig
+from .model import Cluster, ClusterType, FilterChain, MeshConfig
 from .proxy_tracing import proxy_tracing_warnings
 from .tracing import check_tracing, tracing_warnings
 
@@ -70,6 +70,7 @@ def check(config: MeshConfig) -> list[str]:
         errors += tls.check(
             cluster.tls_context, f"cluster_manager.clusters[{ci}].tls_context", server=False
         )
+        errors += _check_dns(f"cluster_manager.clusters[{ci}]", cluster)
     _unique(errors, listeners, "listener")
     errors += check_admin(config)
     errors += check_metrics(config)
@@ -197,6 +198,17 @@ def _check_chain_tls(errors: list[str], cp: str, chain: FilterChain) -> None:
             errors.append(at(f"{mp}.application_protocols[{i}]", f"not an ALPN name: {proto!r}"))
 
 
+def _check_dns(cp: str, cluster: Cluster) -> list[str]:
+    errors = []
+    if cluster.dns_refresh_rate <= 0:
+        errors.append(at(f"{cp}.dns_refresh_rate", "expected a positive duration"))
+    if cluster.type is ClusterType.LOGICAL_DNS and len(cluster.hosts) != 1:
+        errors.append(
+            at(f"{cp}.hosts", f"LOGICAL_DNS takes exactly one host, got {len(cluster.hosts)}")
+        )
+    return errors
+
+
 def _unique(
     errors: list[str], named: list[tuple[str, str]], what: str, attribute: str = "name"
 ) -> None:
@@ -215,6 +227,13 @@ def unenforced(config: MeshConfig) -> list[str]:
         warnings += tls.warnings(
             cluster.tls_context, f"cluster_manager.clusters[{ci}].tls_context", server=False
         )
+        if cluster.respect_dns_ttl:
+            warnings.append(
+                at(
+                    f"cluster_manager.clusters[{ci}].respect_dns_ttl",
+                    "not enforced: names are resolved again every dns_refresh_rate",
+                )
+            )
         for ti, th in enumerate(cluster.circuit_breakers):
             if th.priority.upper() != "DEFAULT":
                 warnings.append(

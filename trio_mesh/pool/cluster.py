@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
 
 from ..network.connect import ConnectError
 from ..upstream.cluster import Cluster
+from ..upstream.dns import run_resolver
+from ..upstream.host import Host
 from .base import ConnectionPool
 from .http1 import H1Pool
 
@@ -44,6 +46,9 @@ class ClusterPools:
         self._ready = trio.Event()
         self._on_exit = on_exit
         self._wake = trio.lowlevel.ParkingLot()  # the run loop, told of a removal
+        #: What retires the pools of hosts that left (``Pools.retire``): the DNS resolver's.
+        self.retire_hosts: Callable[[Iterable[Host]], None] = lambda hosts: None
+        self._resolver = trio.CancelScope()
 
     async def nursery(self) -> trio.Nursery:
         """Where a new connection of this cluster runs (``ConnectError`` once it is over)."""
@@ -85,9 +90,25 @@ class ClusterPools:
     def remove(self) -> None:
         """The cluster is gone: every pool retires; the run ends once none has a connection."""
         self.removed = True
+        self._resolver.cancel()
         for pool in list(self.pools):
             self.retire(pool)
         self._wake.unpark_all()
+
+    def start_resolver(self) -> None:
+        """A DNS cluster's resolver (upstream/dns.py) runs in this nursery, until the
+        cluster is removed or is no DNS cluster any more."""
+        state = self.cluster.dns
+        if state is None or state.running or self._nursery is None or self.removed:
+            return
+        state.running = True  # now: a second call in this turn starts no second task
+        self._resolver = trio.CancelScope()
+
+        async def resolve() -> None:
+            with self._resolver:
+                await run_resolver(self.cluster, self.retire_hosts)
+
+        self._nursery.start_soon(resolve)
 
     def start_in(self, nursery: trio.Nursery) -> None:
         """Run in ``nursery`` (from the next scheduler turn: ``nursery()`` waits for it)."""
@@ -100,6 +121,7 @@ class ClusterPools:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._ready.set()
+                self.start_resolver()
                 task_status.started()
                 await self._reap()
                 nursery.cancel_scope.cancel()  # removed and drained: nothing of it may stay
