@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from .host import Host
 
 log = logging.getLogger("trio_mesh.upstream.dns")
-_fail_log = ThrottledLog(log, interval=10.0)
 
 #: The first retry after a failed resolution; doubles up to the refresh rate.
 FAILURE_RETRY = 1.0
@@ -95,6 +94,10 @@ class DnsState:
         self.wake = trio.Event()
         self.resolutions = 0
         self.failures = 0
+        # A name that keeps failing logs once per 10 s per cluster, not at every retry.
+        self.fail_log = ThrottledLog(log, interval=10.0)
+        #: Set (and replaced) each time a round of answers was applied to the hosts.
+        self.applied = trio.Event()
 
 
 def _host_configs(config: ClusterConfig, answers: dict[str, list[str]]) -> list[HostConfig]:
@@ -182,7 +185,7 @@ async def resolve_all(cluster: Cluster, state: DnsState) -> bool:
             ok = False
             state.failures += 1
             kept = state.answers.get(name)
-            _fail_log.log(
+            state.fail_log.log(
                 logging.WARNING,
                 "cluster %r: resolving %r failed (%s); %s",
                 cluster.name,
@@ -217,6 +220,8 @@ async def run_resolver(cluster: Cluster, retire: Callable[[Iterable[Host]], None
             if left:
                 retire(left)
             state.warmed.set()
+            state.applied.set()
+            state.applied = trio.Event()
             rate = cluster.config.dns_refresh_rate
             if ok:
                 backoff = FAILURE_RETRY
