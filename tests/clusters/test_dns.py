@@ -260,6 +260,7 @@ async def test_logical_dns_moves_new_connections_keeps_open_ones(nursery: trio.N
     assert state is not None
     [host] = cl.hosts
     assert host.label == f"svc.test:{up1.port}" and host.host == "127.0.0.1"  # the first
+    assert host.hostname == "svc.test"  # the TLS name: not the address of the moment
     async with await Client.connect(port) as client:
         assert await fetch(client) == 200
         resolver.answers["svc.test"] = ["127.0.0.2"]

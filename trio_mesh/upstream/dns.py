@@ -122,6 +122,8 @@ def apply(cluster: Cluster, *, fresh: bool = False) -> list[Host]:
     config = cluster.config
     if config.type is ClusterType.LOGICAL_DNS:
         entry = config.hosts[0]
+        # Its address changes under it: TLS names the name, never the address of the moment.
+        entry = attrs.evolve(entry, hostname=entry.hostname or entry.address.host)
         answer = state.answers.get(entry.address.host)
         if not answer:
             return []  # nothing known yet: no host (or the one it has, kept)
