@@ -278,6 +278,30 @@ async def test_logical_dns_moves_new_connections_keeps_open_ones(nursery: trio.N
         cl.release_connection()
 
 
+async def test_reload_to_a_new_name_keeps_the_hosts_until_it_answers(
+    nursery: trio.Nursery,
+) -> None:
+    up1 = await start_upstream(nursery)
+    up2 = await start_second(nursery, up1.port)
+    resolver = FakeResolver({"old": ["127.0.0.1"], "new": ["127.0.0.2"]})
+    server, port = await start(nursery, dns_cluster("STRICT_DNS", [f"old:{up1.port}"]), resolver)
+    cl = server.clusters.get("up")
+    state = cl.dns
+    assert state is not None
+    applied = state.applied
+    await server.apply(
+        http_config(routes=[to()], clusters=[dns_cluster("STRICT_DNS", [f"new:{up1.port}"])])
+    )
+    assert [h.host for h in cl.hosts] == ["127.0.0.1"]  # not emptied by the swap
+    with trio.fail_after(5):
+        await applied.wait()
+    assert [h.host for h in cl.hosts] == ["127.0.0.2"]
+    assert list(state.answers) == ["new"]
+    async with await Client.connect(port) as client:
+        assert await fetch(client) == 200
+    assert len(up2.requests) == 1 and len(up1.requests) == 0
+
+
 async def test_reload_to_a_static_cluster_ends_the_resolver(nursery: trio.Nursery) -> None:
     up = await start_upstream(nursery)
     resolver = FakeResolver({"svc": ["127.0.0.1"]})

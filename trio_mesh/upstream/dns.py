@@ -160,9 +160,10 @@ def update(cluster: Cluster, config: ClusterConfig, fresh: bool) -> list[Host]:
         return cluster.replace_hosts(config.hosts)
     if cluster.dns is None:
         cluster.dns = DnsState()
-    names = {h.address.host for h in config.hosts}
-    cluster.dns.answers = {n: a for n, a in cluster.dns.answers.items() if n in names}
     cluster.dns.wake.set()
+    if not fresh and any(h.address.host not in cluster.dns.answers for h in config.hosts):
+        # A new name: the hosts stay as they are until the resolver has tried it (warming).
+        return []
     return apply(cluster, fresh=fresh)
 
 
@@ -202,6 +203,7 @@ async def resolve_all(cluster: Cluster, state: DnsState) -> bool:
         for name in names:
             nursery.start_soon(one, name)
     state.resolutions += 1
+    state.answers = {n: state.answers[n] for n in names if n in state.answers}  # names gone
     return ok
 
 
