@@ -18,6 +18,7 @@ from tests.http_helpers import Client, get, http_config, start_upstream, to
 from tests.upstream import Upstream
 from trio_mesh.config import ConfigError, parse_config
 from trio_mesh.server import Server
+from trio_mesh.upstream import dns
 from trio_mesh.upstream.dns import DnsState, pick, system_resolve
 from trio_mesh.upstream.host import Host
 
@@ -247,6 +248,28 @@ async def test_failures_retry_sooner_than_the_refresh_rate(
     # Rate-limited: one line per name for both failures.
     lines = [r for r in caplog.records if "resolving 'svc' failed" in r.getMessage()]
     assert len(lines) == 1
+
+
+async def test_a_resolver_that_hangs_is_a_failure(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dns, "RESOLVE_TIMEOUT", 0.2)
+    up = await start_upstream(nursery)
+    resolver = FakeResolver({"svc": ["127.0.0.1"]})
+    server, port = await start(nursery, dns_cluster("STRICT_DNS", [f"svc:{up.port}"]), resolver)
+    state = server.clusters.get("up").dns
+    assert state is not None
+
+    async def hang(name: str, family: int) -> list[str]:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    state.resolve = hang
+    await refresh(state)
+    assert state.failures == 1
+    assert [h.host for h in server.clusters.get("up").hosts] == ["127.0.0.1"]
+    async with await Client.connect(port) as client:
+        assert await fetch(client) == 200
 
 
 async def test_logical_dns_moves_new_connections_keeps_open_ones(nursery: trio.Nursery) -> None:

@@ -43,6 +43,8 @@ FAILURE_RETRY = 1.0
 JITTER = 0.1
 #: How long start-up waits for the DNS clusters' first answers.
 WARM_TIMEOUT = 5.0
+#: One name's resolution; longer is a failure (c-ares' default per try, as Envoy's).
+RESOLVE_TIMEOUT = 5.0
 
 #: ``(name, family) -> addresses`` (``AF_UNSPEC``, ``AF_INET`` or ``AF_INET6``), in the
 #: resolver's order; raises ``OSError`` on failure. Injectable: tests swap answers.
@@ -126,6 +128,10 @@ def apply(cluster: Cluster, *, fresh: bool = False) -> list[Host]:
         entry = attrs.evolve(entry, hostname=entry.hostname or entry.address.host)
         answer = state.answers.get(entry.address.host)
         if not answer:
+            if fresh:  # a TLS change: the host made under the old one goes
+                old = list(cluster.hosts)
+                cluster.set_hosts([])
+                return old
             return []  # nothing known yet: no host (or the one it has, kept)
         if fresh:
             old = list(cluster.hosts)
@@ -179,9 +185,12 @@ async def resolve_all(cluster: Cluster, state: DnsState) -> bool:
     async def one(name: str) -> None:
         nonlocal ok
         try:
-            addresses = pick(family, await state.resolve(name, query))
+            with trio.fail_after(RESOLVE_TIMEOUT):
+                addresses = pick(family, await state.resolve(name, query))
         except OSError as exc:
             addresses, reason = [], str(exc)
+        except trio.TooSlowError:
+            addresses, reason = [], f"no answer within {RESOLVE_TIMEOUT}s"
         else:
             reason = "no address in the lookup family"
         if not addresses:
