@@ -40,6 +40,7 @@ from .tracing.tracer import Tracer, TracingStats
 from .tracing.tracers import TracerSet
 from .upstream import ClusterManager
 from .upstream.cluster import ClusterTls, build_tls
+from .upstream.dns import wait_warm
 
 if TYPE_CHECKING:
     from .proxy.accesslog import AccessLog
@@ -310,6 +311,9 @@ class Server:
                 admin_sock = await bind_admin(admin)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pools.run)
+                # DNS clusters resolve before any listener serves (Envoy's warming, bounded).
+                self.pools.start_resolvers(self.clusters.clusters.values())
+                await wait_warm(self.clusters.clusters.values())
                 self.pools.check_health(self.clusters.clusters.values())
                 await nursery.start(self.background.run)
                 if admin is not None and admin_sock is not None:
@@ -521,6 +525,7 @@ class Server:
         self.clusters.remove(c.name for c in stale_clusters)
         self.pools.retire(left_hosts)
         self.pools.remove_clusters(stale_clusters)
+        self.pools.start_resolvers(self.clusters.clusters.values())
         self.pools.check_health(self.clusters.clusters.values())
         for runtime in retiring:
             log.info("listener %r removed: draining", runtime.name)

@@ -568,7 +568,7 @@ BAD_DOCUMENTS = [
     ),
     pytest.param(
         lambda d: cluster(d).update(type="EDS"),
-        [f"{C0}.type: expected one of SIMPLE, STATIC, got 'EDS'"],
+        [f"{C0}.type: expected one of SIMPLE, STATIC, STRICT_DNS, LOGICAL_DNS, got 'EDS'"],
         id="unknown-cluster-type",
     ),
     pytest.param(

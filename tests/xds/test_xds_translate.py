@@ -554,11 +554,63 @@ def test_route_config_refusals() -> None:
     )
 
 
+def test_dns_clusters(caplog: pytest.LogCaptureFixture) -> None:
+    family = type(t.Cluster().dns_lookup_family)
+    strict = t.Cluster(
+        name="strict",
+        type=t.ClusterDiscoveryType.STRICT_DNS,
+        dns_refresh_rate=secs(2),
+        dns_lookup_family=family.V4_ONLY,
+        respect_dns_ttl=True,
+        load_assignment=t.ClusterLoadAssignment(
+            cluster_name="strict",
+            endpoints=[
+                t.LocalityLbEndpoints(
+                    lb_endpoints=[lb_endpoint("backend.internal", 8080), lb_endpoint("b", 81)]
+                )
+            ],
+        ),
+    )
+    doc, eds = cluster_doc(strict)
+    assert eds is None
+    assert doc["type"] == "STRICT_DNS"
+    assert doc["dns_lookup_family"] == "V4_ONLY" and doc["dns_refresh_rate"] == "2s"
+    assert [h["address"] for h in doc["hosts"]] == ["backend.internal:8080", "b:81"]
+    assert "strict': respect_dns_ttl: not enforced" in caplog.text
+    logical = t.Cluster(
+        name="logical",
+        type=t.ClusterDiscoveryType.LOGICAL_DNS,
+        load_assignment=t.ClusterLoadAssignment(
+            cluster_name="logical",
+            endpoints=[t.LocalityLbEndpoints(lb_endpoints=[lb_endpoint("api.example", 443)])],
+        ),
+    )
+    doc, _ = cluster_doc(logical)
+    assert doc["type"] == "LOGICAL_DNS" and doc["dns_lookup_family"] == "AUTO"
+    assert "dns_refresh_rate" not in doc  # the default: Envoy's 5 s
+    loaded = parse_config({"cluster_manager": {"clusters": [doc]}})
+    cluster = loaded.config.cluster_manager.clusters[0]
+    assert cluster.type.name == "LOGICAL_DNS" and cluster.dns_refresh_rate == 5.0
+    assert cluster.hosts[0].address == Address(host="api.example", port=443)
+
+
 def test_cluster_refusals() -> None:
     expect(
         cluster_doc,
-        t.Cluster(name="dns", type=t.ClusterDiscoveryType.STRICT_DNS),
-        "Cluster 'dns': type: STRICT_DNS: not supported by trio-mesh (use STATIC or EDS)",
+        t.Cluster(name="odst", type=t.ClusterDiscoveryType.ORIGINAL_DST),
+        "Cluster 'odst': type: ORIGINAL_DST: not supported by trio-mesh"
+        " (use STATIC, STRICT_DNS, LOGICAL_DNS or EDS)",
+    )
+    family = type(t.Cluster().dns_lookup_family)
+    expect(
+        cluster_doc,
+        t.Cluster(name="all", type=t.ClusterDiscoveryType.STRICT_DNS, dns_lookup_family=family.ALL),
+        "Cluster 'all': dns_lookup_family: ALL: not supported by trio-mesh",
+    )
+    expect(
+        cluster_doc,
+        t.Cluster(name="jitter", type=t.ClusterDiscoveryType.STRICT_DNS, dns_jitter=secs(1)),
+        "Cluster 'jitter': dns_jitter: not supported by trio-mesh",
     )
     expect(
         cluster_doc,

@@ -176,6 +176,23 @@ class ServerConfig:
 class ClusterType(enum.Enum):
     SIMPLE = "SIMPLE"
     STATIC = "STATIC"
+    #: Every address the hosts' names resolve to is a host (MOSN's and Envoy's name).
+    STRICT_DNS = "STRICT_DNS"
+    #: One host, at the first address its name resolves to (Envoy's).
+    LOGICAL_DNS = "LOGICAL_DNS"
+
+    @property
+    def is_dns(self) -> bool:
+        return self in (ClusterType.STRICT_DNS, ClusterType.LOGICAL_DNS)
+
+
+class DnsLookupFamily(enum.Enum):
+    """Envoy's names: AUTO prefers IPv6 and falls back to IPv4, V4_PREFERRED the reverse."""
+
+    AUTO = "AUTO"
+    V4_ONLY = "V4_ONLY"
+    V6_ONLY = "V6_ONLY"
+    V4_PREFERRED = "V4_PREFERRED"
 
 
 class LbType(enum.Enum):
@@ -224,6 +241,11 @@ class Cluster:
     health_check: HealthCheck | None = None
     #: Envoy's outlier detection (``upstream/outlier.py``); ``None``: off.
     outlier_detection: OutlierDetection | None = None
+    #: STRICT_DNS / LOGICAL_DNS: how often the hosts' names are resolved (Envoy's 5 s).
+    dns_refresh_rate: Duration = Duration(5.0)
+    dns_lookup_family: DnsLookupFamily = DnsLookupFamily.AUTO
+    #: Loaded, not enforced (a warning says so): the refresh rate is used, not the TTLs.
+    respect_dns_ttl: bool = False
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
         {
@@ -233,9 +255,6 @@ class Cluster:
             "lb_subset_config",
             "original_dst_lb_config",
             "lbconfig",
-            "dns_refresh_rate",
-            "respect_dns_ttl",
-            "dns_lookup_family",
             "dns_resolvers",
             "dns_resolver_file",
             "dns_resolver_port",

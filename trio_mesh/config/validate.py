@@ -10,7 +10,7 @@ from .errors import at
 from .filter_configs import Protocol, ProxyConfig, is_terminal
 from .health_check import health_check_warnings, parse_check
 from .metrics_check import check_metrics, metrics_warnings
-from .model import FilterChain, MeshConfig
+from .model import Cluster, ClusterType, FilterChain, MeshConfig
 from .proxy_tracing import proxy_tracing_warnings
 from .tracing import check_tracing, tracing_warnings
 
@@ -79,6 +79,7 @@ def check(config: MeshConfig) -> list[str]:
             errors += cluster.outlier_detection.check(
                 f"cluster_manager.clusters[{ci}].outlier_detection"
             )
+        errors += _check_dns(f"cluster_manager.clusters[{ci}]", cluster)
     _unique(errors, listeners, "listener")
     errors += check_admin(config)
     errors += check_metrics(config)
@@ -206,6 +207,17 @@ def _check_chain_tls(errors: list[str], cp: str, chain: FilterChain) -> None:
             errors.append(at(f"{mp}.application_protocols[{i}]", f"not an ALPN name: {proto!r}"))
 
 
+def _check_dns(cp: str, cluster: Cluster) -> list[str]:
+    errors = []
+    if cluster.dns_refresh_rate <= 0:
+        errors.append(at(f"{cp}.dns_refresh_rate", "expected a positive duration"))
+    if cluster.type is ClusterType.LOGICAL_DNS and len(cluster.hosts) != 1:
+        errors.append(
+            at(f"{cp}.hosts", f"LOGICAL_DNS takes exactly one host, got {len(cluster.hosts)}")
+        )
+    return errors
+
+
 def _unique(
     errors: list[str], named: list[tuple[str, str]], what: str, attribute: str = "name"
 ) -> None:
@@ -227,6 +239,13 @@ def unenforced(config: MeshConfig) -> list[str]:
         if cluster.health_check is not None:
             warnings += health_check_warnings(
                 cluster.health_check, f"cluster_manager.clusters[{ci}].health_check"
+            )
+        if cluster.respect_dns_ttl:
+            warnings.append(
+                at(
+                    f"cluster_manager.clusters[{ci}].respect_dns_ttl",
+                    "not enforced: names are resolved again every dns_refresh_rate",
+                )
             )
         for ti, th in enumerate(cluster.circuit_breakers):
             if th.priority.upper() != "DEFAULT":

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
 
 from ..network.connect import ConnectError
 from ..upstream.cluster import Cluster
+from ..upstream.dns import run_resolver
 from ..upstream.health import HealthChecker
+from ..upstream.host import Host
 from ..upstream.outlier import OutlierDetector
 from .base import ConnectionPool
 from .http1 import H1Pool
@@ -49,6 +51,9 @@ class ClusterPools:
         self._wake = trio.lowlevel.ParkingLot()  # the run loop, told of a removal
         self._checking = False  # the health checker runs (or is to, once the nursery is)
         self._outlier: OutlierDetector | None = None  # the detector whose ``run`` is started
+        #: What retires the pools of hosts that left (``Pools.retire``): the DNS resolver's.
+        self.retire_hosts: Callable[[Iterable[Host]], None] = lambda hosts: None
+        self._resolver = trio.CancelScope()
 
     async def nursery(self) -> trio.Nursery:
         """Where a new connection of this cluster runs (``ConnectError`` once it is over)."""
@@ -90,6 +95,7 @@ class ClusterPools:
     def remove(self) -> None:
         """The cluster is gone: every pool retires; the run ends once none has a connection."""
         self.removed = True
+        self._resolver.cancel()
         for pool in list(self.pools):
             self.retire(pool)
         self._wake.unpark_all()
@@ -109,6 +115,21 @@ class ClusterPools:
         finally:
             self._checking = False
 
+    def start_resolver(self) -> None:
+        """A DNS cluster's resolver (upstream/dns.py) runs in this nursery, until the
+        cluster is removed or is no DNS cluster any more."""
+        state = self.cluster.dns
+        if state is None or state.running or self._nursery is None or self.removed:
+            return
+        state.running = True  # now: a second call in this turn starts no second task
+        self._resolver = trio.CancelScope()
+
+        async def resolve() -> None:
+            with self._resolver:
+                await run_resolver(self.cluster, self.retire_hosts)
+
+        self._nursery.start_soon(resolve)
+
     def start_in(self, nursery: trio.Nursery) -> None:
         """Run in ``nursery`` (from the next scheduler turn: ``nursery()`` waits for it)."""
         self.started = True
@@ -122,6 +143,7 @@ class ClusterPools:
                 self._ready.set()
                 if self._checking:  # asked for before the nursery was there
                     nursery.start_soon(self._health)
+                self.start_resolver()
                 task_status.started()
                 self._start_outlier()
                 await self._reap()

@@ -67,6 +67,7 @@ class Pools:
         owner = self._clusters.get(cluster)
         if owner is None:
             owner = self._clusters[cluster] = ClusterPools(cluster, self._exited)
+            owner.retire_hosts = self.retire
             if cluster in self._removed:
                 owner.remove()
             if self._nursery is not None:
@@ -79,6 +80,12 @@ class Pools:
         for cluster in clusters:
             if cluster.config.health_check is not None:
                 self.cluster_pools(cluster).check_health()
+
+    def start_resolvers(self, clusters: Iterable[Cluster]) -> None:
+        """DNS clusters resolve from now on, before any request uses them (upstream/dns.py)."""
+        for cluster in clusters:
+            if cluster.dns is not None and cluster not in self._removed:
+                self.cluster_pools(cluster).start_resolver()
 
     def _exited(self, owner: ClusterPools) -> None:
         """A cluster's run ended (removed and drained, failed, or shutdown): forget it and

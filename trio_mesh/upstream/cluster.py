@@ -15,6 +15,7 @@ from ..network.stream import Stream
 from ..network.throttled_log import ThrottledLog
 from ..network.tls_context import client_tls
 from ..stats import ClusterStats
+from . import dns
 from .host import Host
 from .lb import LoadBalancer, make_balancer
 from .outlier import OutlierDetector, release_all
@@ -106,8 +107,10 @@ class Cluster:
         self.tls: ClusterTls | None = None
         #: ``None``: outlier detection is off (nothing is counted per try).
         self.outlier: OutlierDetector | None = None
+        #: STRICT_DNS / LOGICAL_DNS: the resolver's state; no host until it answers.
+        self.dns: dns.DnsState | None = dns.DnsState() if dns.is_dns(config) else None
         self._configure(config, tls)
-        self.set_hosts([Host.from_config(h) for h in config.hosts])
+        self.set_hosts([] if self.dns else [Host.from_config(h) for h in config.hosts])
 
     def _configure(self, config: ClusterConfig, tls: ClusterTls | None) -> None:
         self.tls = tls
@@ -144,6 +147,8 @@ class Cluster:
         tls_changed = config.tls_context != self.config.tls_context
         old_hosts = self.hosts
         self._configure(config, tls)
+        if self.dns is not None or dns.is_dns(config):
+            return dns.update(self, config, tls_changed)  # hosts from names (upstream/dns.py)
         if tls_changed:
             self.set_hosts([Host.from_config(h) for h in config.hosts])
             return list(old_hosts)

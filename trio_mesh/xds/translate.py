@@ -343,6 +343,8 @@ _CLUSTER_FIELDS = frozenset(
         "alt_stat_name",
         "metadata",
         "dns_lookup_family",
+        "dns_refresh_rate",  # STRICT_DNS / LOGICAL_DNS (see _dns)
+        "respect_dns_ttl",  # not enforced: a warning says so
         "wait_for_warm_on_init",
         "track_cluster_stats",
         "common_lb_config",
@@ -685,7 +687,38 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
         doc["hosts"] = []
         service = c.eds_cluster_config.service_name if c.eds_cluster_config else ""
         return doc, service or c.name
-    raise (at / "type").error(f"{kind.name}: {UNSUPPORTED} (use STATIC or EDS)")
+    if kind in (t.ClusterDiscoveryType.STRICT_DNS, t.ClusterDiscoveryType.LOGICAL_DNS):
+        if c.eds_cluster_config is not None:
+            raise (at / "eds_cluster_config").error("only an EDS cluster reads it")
+        _dns(c, at, doc)
+        doc["type"] = kind.name
+        doc["hosts"] = (
+            _hosts(c.load_assignment, at / "load_assignment") if c.load_assignment else []
+        )
+        return doc, None
+    raise (at / "type").error(
+        f"{kind.name}: {UNSUPPORTED} (use STATIC, STRICT_DNS, LOGICAL_DNS or EDS)"
+    )
+
+
+def _dns(c: t.Cluster, at: _At, doc: dict[str, Any]) -> None:
+    """A DNS cluster's knobs (upstream/dns.py): the endpoints' addresses are names."""
+    family = c.dns_lookup_family
+    if family is not None:
+        if family.name not in ("AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED"):
+            raise (at / "dns_lookup_family").error(f"{family.name}: {UNSUPPORTED}")
+        doc["dns_lookup_family"] = family.name
+    if c.dns_refresh_rate is not None:
+        doc["dns_refresh_rate"] = _duration(
+            c.dns_refresh_rate, at / "dns_refresh_rate", positive=True
+        )
+    if c.respect_dns_ttl:
+        log.warning(
+            "%s %r: %s: not enforced (names are resolved again every dns_refresh_rate)",
+            at.kind,
+            at.name,
+            (at / "respect_dns_ttl").path,
+        )
 
 
 _HTTP2_KEYS = (
