@@ -393,6 +393,15 @@ def test_eds_service_name_defaults_to_cluster_name() -> None:
     assert cluster_doc(c)[1] == "be"
 
 
+@pytest.mark.parametrize(
+    ("policy", "lb_type"),
+    [(t.ClusterLbPolicy.MAGLEV, "LB_MAGLEV"), (t.ClusterLbPolicy.RING_HASH, "LB_RING_HASH")],
+)
+def test_hashing_lb_policies(policy: t.ClusterLbPolicy, lb_type: str) -> None:
+    doc, _ = cluster_doc(t.Cluster(name="h", lb_policy=policy))
+    assert doc["lb_type"] == lb_type
+
+
 def test_deprecated_fields_still_convert() -> None:
     """Control planes still send the fields Envoy deprecated; they map like their successors."""
     with pytest.warns(DeprecationWarning):
@@ -562,8 +571,8 @@ def test_cluster_refusals() -> None:
     )
     expect(
         cluster_doc,
-        t.Cluster(name="ring", lb_policy=t.ClusterLbPolicy.RING_HASH),
-        "Cluster 'ring': lb_policy: RING_HASH: not supported by trio-mesh",
+        t.Cluster(name="cp", lb_policy=t.ClusterLbPolicy.CLUSTER_PROVIDED),
+        "Cluster 'cp': lb_policy: CLUSTER_PROVIDED: not supported by trio-mesh",
     )
     expect(
         cluster_doc,

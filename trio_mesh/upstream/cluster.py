@@ -161,6 +161,18 @@ class Cluster:
             raise NoHostError(f"cluster {self.name!r} has no host")
         return host
 
+    def choose_host_for(self, key: int) -> Host:
+        """The host for a request's hash key (a route's ``hash_policy``): a hashing
+        balancer's consistent choice; any other balancer chooses as usual."""
+        choose_key = getattr(self.lb, "choose_key", None)
+        if choose_key is None:
+            return self.choose_host()
+        host = choose_key(key)
+        if host is None:
+            self.stats.upstream_cx_none_healthy += 1
+            raise NoHostError(f"cluster {self.name!r} has no host")
+        return host
+
     async def connect(self, host: Host, alpn: str = ALPN_NONE) -> Stream:
         """A new connection to ``host``, within the connect timeout and the connection limit;
         TLS (the handshake within the same timeout) when the cluster has it and the host does

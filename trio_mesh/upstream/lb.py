@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from ..config import LbType
+from .hash_lb import MaglevLB, RingHashLB
 from .host import Host
 
 
@@ -89,6 +90,8 @@ _BALANCERS: dict[LbType, type] = {
     LbType.LB_ROUNDROBIN: RoundRobinLB,
     LbType.LB_WEIGHTED_ROUNDROBIN: WeightedRoundRobinLB,
     LbType.LB_LEAST_REQUEST: LeastRequestLB,
+    LbType.LB_MAGLEV: MaglevLB,
+    LbType.LB_RING_HASH: RingHashLB,
 }
 
 

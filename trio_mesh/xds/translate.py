@@ -319,6 +319,8 @@ _LB = {
     t.ClusterLbPolicy.ROUND_ROBIN: "LB_ROUNDROBIN",
     t.ClusterLbPolicy.RANDOM: "LB_RANDOM",
     t.ClusterLbPolicy.LEAST_REQUEST: "LB_LEAST_REQUEST",
+    t.ClusterLbPolicy.MAGLEV: "LB_MAGLEV",
+    t.ClusterLbPolicy.RING_HASH: "LB_RING_HASH",
 }
 
 _CLUSTER_FIELDS = frozenset(
