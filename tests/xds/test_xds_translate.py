@@ -492,6 +492,48 @@ def test_unsupported_route_field_named_with_full_path() -> None:
     assert err.kind == "Listener" and err.name == "ingress"
 
 
+def test_route_hash_policy_translates() -> None:
+    hp = [
+        t.RouteActionHashPolicy(header=t.RouteActionHashPolicyHeader(header_name="x-user")),
+        t.RouteActionHashPolicy(
+            cookie=t.RouteActionHashPolicyCookie(name="s", path="/", ttl=secs(30))
+        ),
+        t.RouteActionHashPolicy(
+            connection_properties=t.RouteActionHashPolicyConnectionProperties(source_ip=True)
+        ),
+        t.RouteActionHashPolicy(query_parameter=t.RouteActionHashPolicyQueryParameter(name="u")),
+    ]
+    rc = t.RouteConfiguration(
+        name="r",
+        virtual_hosts=[
+            vhost(
+                t.Route(
+                    match=t.RouteMatch(prefix="/"), route=t.RouteAction(cluster="a", hash_policy=hp)
+                )
+            )
+        ],
+    )
+    doc = route_config_doc(rc)
+    assert doc["virtual_hosts"][0]["routers"][0]["route"]["hash_policy"] == [
+        {"header": {"key": "x-user"}},
+        {"cookie": {"name": "s", "path": "/", "ttl": "30s"}},
+        {"source_ip": {}},
+        {"query_parameter": {"name": "u"}},
+    ]
+    terminal = [
+        t.RouteActionHashPolicy(
+            header=t.RouteActionHashPolicyHeader(header_name="x"), terminal=True
+        )
+    ]
+    rc.virtual_hosts[0].routes[0].route.hash_policy = terminal
+    expect(
+        route_config_doc,
+        rc,
+        "RouteConfiguration 'r': virtual_hosts[0].routes[0].route.hash_policy[0].terminal:"
+        " not supported by trio-mesh",
+    )
+
+
 def test_route_config_refusals() -> None:
     def rc(route: t.Route, **kw: object) -> t.RouteConfiguration:
         return t.RouteConfiguration(name="r", virtual_hosts=[vhost(route)], **kw)

@@ -16,7 +16,7 @@ from ..network.throttled_log import ThrottledLog
 from ..network.tls_context import client_tls
 from ..stats import ClusterStats
 from .host import Host
-from .lb import LoadBalancer, make_balancer
+from .lb import HASHING_LB_TYPES, LoadBalancer, make_balancer
 
 log = logging.getLogger("trio_mesh.upstream")
 _tls_log = ThrottledLog(log)  # an upstream decides how often its handshakes fail
@@ -160,6 +160,12 @@ class Cluster:
             self.stats.upstream_cx_none_healthy += 1
             raise NoHostError(f"cluster {self.name!r} has no host")
         return host
+
+    @property
+    def hashing(self) -> bool:
+        """Whether the balancer chooses by a request's hash key (asked only for routes
+        with a ``hash_policy``)."""
+        return self.config.lb_type in HASHING_LB_TYPES
 
     def choose_host_for(self, key: int) -> Host:
         """The host for a request's hash key (a route's ``hash_policy``): a hashing

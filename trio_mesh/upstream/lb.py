@@ -94,6 +94,9 @@ _BALANCERS: dict[LbType, type] = {
     LbType.LB_RING_HASH: RingHashLB,
 }
 
+#: The balancers that choose by a request's hash key (``choose_key``).
+HASHING_LB_TYPES = frozenset({LbType.LB_MAGLEV, LbType.LB_RING_HASH})
+
 
 def make_balancer(lb_type: LbType, hosts: Sequence[Host]) -> LoadBalancer:
     return _BALANCERS[lb_type](hosts)
