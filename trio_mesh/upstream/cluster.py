@@ -195,6 +195,7 @@ class Cluster:
         stats.upstream_cx_total += 1
         stats.upstream_cx_active += 1
         host.cx_total += 1
+        host.cx_active += 1
         tls = self.tls
         try:
             if tls is None and self.tls_missing and not host.tls_disable:
@@ -212,6 +213,7 @@ class Cluster:
             return stream
         except ConnectError as exc:
             stats.upstream_cx_active -= 1
+            host.cx_active -= 1
             if exc.timeout:
                 stats.upstream_cx_connect_timeout += 1
             stats.upstream_cx_connect_fail += 1
@@ -224,9 +226,14 @@ class Cluster:
             raise
         except BaseException:
             stats.upstream_cx_active -= 1
+            host.cx_active -= 1
             raise
 
-    def release_connection(self) -> None:
+    def release_connection(self, host: Host | None = None) -> None:
+        """A connection ``connect`` made is closed (``host``: its host, whose open
+        connections LB_LEAST_CONNECTION counts)."""
         stats = self.stats
         stats.upstream_cx_active -= 1
+        if host is not None:
+            host.cx_active -= 1
         stats.upstream_cx_destroy += 1
