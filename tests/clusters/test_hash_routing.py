@@ -2,24 +2,40 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from tests.http_helpers import Client, get, http_config, request, start_proxy, start_upstream, to
+from tests.http_helpers import (
+    Client,
+    curl,
+    get,
+    http_config,
+    request,
+    start_proxy,
+    start_upstream,
+    to,
+)
+from tests.rpc_helpers import ANY_SERVICE, BoltClient, echo_upstream
+from tests.rpc_helpers import request as bolt_request
 from tests.upstream import Upstream
 
 HASHING = ["LB_MAGLEV", "LB_RING_HASH"]
 
 
 async def setup(
-    nursery: trio.Nursery, lb_type: str, hash_policy: list[dict[str, Any]]
+    nursery: trio.Nursery,
+    lb_type: str,
+    hash_policy: list[dict[str, Any]],
+    proxy: dict[str, Any] | None = None,
 ) -> tuple[int, list[Upstream]]:
     ups = [await start_upstream(nursery) for _ in range(3)]
     config = http_config(
         [to(hash_policy=hash_policy)],
         {"up": {"lb_type": lb_type, "hosts": [{"address": f"127.0.0.1:{u.port}"} for u in ups]}},
+        proxy=proxy,
     )
     _, port = await start_proxy(nursery, config)
     return port, ups
@@ -114,3 +130,57 @@ async def test_hostile_cookie_headers_get_answers(nursery: trio.Nursery) -> None
             assert value.startswith("sticky=") and "Max-Age" not in value
             assert len(value.split(";")[0]) == len("sticky=") + 16
     assert sum(served(ups)) == len(hostile)
+
+
+async def test_rpc_route_hashes_on_a_frame_header(nursery: trio.Nursery) -> None:
+    """Bolt: ``service`` picks the upstream, so one service's calls share one provider."""
+    seen: list[list[Any]] = [[], [], []]
+    ports = [await echo_upstream(nursery, seen=s) for s in seen]
+    route = {
+        **ANY_SERVICE[0],
+        "route": {"cluster_name": "up", "hash_policy": [{"header": {"key": "service"}}]},
+    }
+    config = http_config(
+        [route],
+        {"up": {"lb_type": "LB_MAGLEV", "hosts": [{"address": f"127.0.0.1:{p}"} for p in ports]}},
+        proxy={"downstream_protocol": "bolt"},
+    )
+    _, port = await start_proxy(nursery, config)
+    client = await BoltClient.connect(port)
+    rid = 0
+    for _ in range(20):
+        rid += 1
+        await client.send(bolt_request(rid, b"x", service="com.example.A:1.0"))
+        assert (await client.read()).content == b"echo:x"
+    counts = [len(s) for s in seen]
+    assert sorted(counts) == [0, 0, 20], counts
+    for n in range(30):
+        rid += 1
+        await client.send(bolt_request(rid, b"y", service=f"com.example.S{n}:1.0"))
+        assert (await client.read()).content == b"echo:y"
+    assert sum(1 for s in seen if s) >= 2, [len(s) for s in seen]
+    await client.stream.aclose()
+
+
+async def test_curl_over_h2_keeps_the_cookie_and_its_upstream(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """HTTP/2 (curl, prior knowledge) with curl's cookie engine: the first response sets the
+    cookie, curl sends it back, every request lands on the same upstream."""
+    policy = [{"cookie": {"name": "sticky", "path": "/", "ttl": "60s"}}]
+    port, ups = await setup(
+        nursery, "LB_MAGLEV", policy, {"downstream_protocol": "Auto", "upstream_protocol": "Http1"}
+    )
+    jar = tmp_path / "jar"
+    url = f"http://127.0.0.1:{port}/echo"
+    heads = []
+    # one curl per request (a new connection each), sharing the cookie jar
+    for _ in range(10):
+        code, out, err = await curl(
+            "-i", "--http2-prior-knowledge", "-c", str(jar), "-b", str(jar), url
+        )
+        assert code == 0, err
+        heads.append(out.partition(b"\r\n\r\n")[0].lower())
+    assert heads[0].startswith(b"http/2 200") and b"set-cookie: sticky=" in heads[0]
+    assert all(b"set-cookie" not in h for h in heads[1:])
+    assert sorted(served(ups)) == [0, 0, 10], served(ups)
