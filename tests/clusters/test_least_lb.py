@@ -6,7 +6,10 @@ import random
 from collections import Counter
 
 import pytest
+import trio
+import trio.testing
 
+from tests.http_helpers import get, http_config, request, start_proxy, start_upstream, to
 from trio_mesh.config import Address, LbType, parse_config
 from trio_mesh.upstream import Cluster, Host, make_balancer
 from trio_mesh.upstream.lb import (
@@ -101,3 +104,38 @@ def test_cluster_counts_open_connections_per_host() -> None:
     cluster.stats.upstream_cx_active = 1
     cluster.release_connection(host)
     assert host.cx_active == 0 and cluster.stats.upstream_cx_active == 0
+
+
+async def test_open_connections_are_counted_per_host_with_real_upstreams(nursery) -> None:
+    """LB_LEAST_CONNECTION's count follows the pools: up when a connection opens, down when
+    it closes (the upstream closing it here)."""
+    ups = [await start_upstream(nursery) for _ in range(2)]
+    config = http_config(
+        [to()],
+        {
+            "up": {
+                "lb_type": "LB_LEAST_CONNECTION",
+                "hosts": [{"address": f"127.0.0.1:{u.port}"} for u in ups],
+            }
+        },
+    )
+    server, port = await start_proxy(nursery, config)
+    cluster = server.clusters.get("up")
+    async with trio.open_nursery() as clients:
+        for _ in range(6):
+            clients.start_soon(request, port, get("/slow/0.2"))
+    by_port = {h.port: h for h in cluster.hosts}
+    for u in ups:
+        assert by_port[u.port].cx_active == u.connections - u.closed > 0
+    # both hosts served: the one with fewer open connections is preferred
+    assert all(u.requests for u in ups)
+    # an upstream that ends the connection with its response: the count goes back down
+    before = sum(h.cx_active for h in cluster.hosts)
+    closed = sum(u.closed for u in ups)
+    response = await request(port, get("/close-delimited/10"))
+    assert response.status == 200
+    await trio.testing.wait_all_tasks_blocked()
+    assert sum(u.closed for u in ups) == closed + 1
+    assert sum(h.cx_active for h in cluster.hosts) == before - 1
+    for u in ups:
+        assert by_port[u.port].cx_active == u.connections - u.closed
