@@ -81,6 +81,14 @@ def test_ring_size_bounds() -> None:
     assert len(capped.points) <= 4096
 
 
+def test_ring_uses_weights_in_lowest_terms() -> None:
+    same = RingHashLB(hosts(4, [100] * 4))
+    assert len(same.points) == len(RingHashLB(hosts(4)).points)
+    lb = RingHashLB(hosts(2, [60, 120]))
+    counts = Counter(lb.owners)
+    assert counts[lb.owners[0]] in (len(lb.points) // 3, 2 * len(lb.points) // 3)
+
+
 def test_registered_lb_types() -> None:
     assert isinstance(make_balancer(LbType.LB_MAGLEV, hosts(2)), MaglevLB)
     assert isinstance(make_balancer(LbType.LB_RING_HASH, hosts(2)), RingHashLB)

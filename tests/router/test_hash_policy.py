@@ -94,10 +94,13 @@ def test_cookie_policy_without_ttl_generates_nothing() -> None:
     assert p.key(getter()) == (None, None)
 
 
-def test_session_cookie_when_ttl_zero() -> None:
+def test_session_cookie_when_ttl_zero_and_short_ttls_round_up() -> None:
     p = policy([{"cookie": {"name": "s", "ttl": "0s"}}])
     _, set_cookie = p.key(getter())
     assert set_cookie is not None and b"Max-Age" not in set_cookie
+    short = policy([{"cookie": {"name": "s", "ttl": "500ms"}}])
+    _, set_cookie = short.key(getter())
+    assert set_cookie is not None and b"; Max-Age=1;" in set_cookie
 
 
 def test_source_ip_and_query_parameter() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from urllib.parse import unquote_plus
@@ -60,7 +61,8 @@ class HashPolicy:
                 if p.cookie.ttl is not None and self._set_cookie is None:
                     attrs = b""
                     if p.cookie.ttl:
-                        attrs += b"; Max-Age=%d" % int(p.cookie.ttl)
+                        # whole seconds, at least one (Max-Age=0 would delete the cookie)
+                        attrs += b"; Max-Age=%d" % max(1, math.ceil(p.cookie.ttl))
                     if p.cookie.path:
                         attrs += b"; Path=" + p.cookie.path.encode("ascii")
                     self._set_cookie = (p.cookie.name, attrs + b"; HttpOnly")

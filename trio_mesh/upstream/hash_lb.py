@@ -3,6 +3,7 @@ changes; a request costs one hash of its key plus a table index or a bisect."""
 
 from __future__ import annotations
 
+import math
 import random
 from bisect import bisect_left
 from collections.abc import Sequence
@@ -109,7 +110,10 @@ class RingHashLB(_HashingLB):
         ring: list[tuple[int, str, Host]] = []
         live = [h for h in self.hosts if h.weight > 0] or list(self.hosts)
         if live:
-            total = sum(h.weight or 1 for h in live)
+            # Weights in their lowest terms: 1000 hosts of weight 100 need no 100000 points.
+            unit = math.gcd(*(h.weight or 1 for h in live))
+            weights = [(h.weight or 1) // unit for h in live]
+            total = sum(weights)
             # Points per unit of weight: the power of two that makes the ring at least
             # min_size. Rounding to a power of two keeps it the same when one host of many
             # leaves, so the survivors keep their points and only the leaver's keys move
@@ -117,8 +121,8 @@ class RingHashLB(_HashingLB):
             per_weight = 1 << max(0, (-(-min_size // total) - 1).bit_length())
             if per_weight * total > max_size:
                 per_weight = max(1, max_size // total)
-            for h in live:
-                for i in range((h.weight or 1) * per_weight):
+            for h, w in zip(live, weights, strict=True):
+                for i in range(w * per_weight):
                     ring.append((hash_key(f"{h.label}_{i}".encode()), h.label, h))
         ring.sort(key=lambda p: (p[0], p[1]))
         self.points = [p[0] for p in ring]
