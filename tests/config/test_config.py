@@ -446,7 +446,10 @@ LISTENER_KEYS = (
     "per_connection_buffer_limit_bytes, stream_filters, tls_handshake_timeout"
 )
 DURATION = "expected a duration such as '3s' or '250ms', got"
-LB_CHOICES = "LB_RANDOM, LB_ROUNDROBIN, LB_WEIGHTED_ROUNDROBIN, LB_LEAST_REQUEST"
+LB_CHOICES = (
+    "LB_RANDOM, LB_ROUNDROBIN, LB_WEIGHTED_ROUNDROBIN, LB_LEAST_REQUEST, LB_LEAST_CONNECTION,"
+    " LB_REQUEST_ROUNDROBIN, LB_MAGLEV, LB_RING_HASH"
+)
 NO_UP = "unknown cluster 'up' (defined: none)"
 
 BAD_DOCUMENTS = [

@@ -261,7 +261,6 @@ def test_pending_mosn_keys_warn_with_their_paths() -> None:
     match(doc).update(variables=[], dsl_expressions=[])
     action(doc).update(
         metadata_match={},
-        hash_policy=[{"header": {"key": "x"}}],
         auto_host_rewrite_header="x-host",
         mirror_policies={},
         cluster_variable="x",
@@ -280,7 +279,6 @@ def test_pending_mosn_keys_warn_with_their_paths() -> None:
             f"{E0}.metadata",
             f"{E0}.request_mirror_policies",
             f"{E0}.route.metadata_match",
-            f"{E0}.route.hash_policy",
             f"{E0}.route.auto_host_rewrite_header",
             f"{E0}.route.mirror_policies",
             f"{E0}.route.cluster_variable",

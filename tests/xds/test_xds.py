@@ -154,7 +154,7 @@ async def test_bad_resource_is_nacked_and_traffic_stays_on_the_old_config(nurser
     with trio.fail_after(TIMEOUT):
         await server.xds.wait_for(lambda: "ingress" in server.addresses)
         port = server.addresses["ingress"][1]
-        bad = {**eds_cluster("a"), "lbPolicy": "MAGLEV"}
+        bad = {**eds_cluster("a"), "lbPolicy": "CLUSTER_PROVIDED"}
         await ads.set("CDS", "2", [bad])
         nack = await ads.expect("NACK CDS")
         assert nack.startswith("NACK CDS 1 ") and "lb_policy" in nack and "'a'" in nack

@@ -64,7 +64,7 @@ async def test_updates_counted_per_type_and_a_rejected_one_keeps_the_version(nur
 
         # A CDS update the proxy cannot take: NACKed, counted, the version stays.
         cds_before = m["cluster_manager.cds.update_attempt"].value
-        await ads.set("CDS", "2", [{**eds_cluster("a"), "lbPolicy": "MAGLEV"}])
+        await ads.set("CDS", "2", [{**eds_cluster("a"), "lbPolicy": "CLUSTER_PROVIDED"}])
         await ads.expect("NACK CDS")
         m = by_name(collect(server))
         assert m["cluster_manager.cds.update_attempt"].value == cds_before + 1

@@ -393,6 +393,15 @@ def test_eds_service_name_defaults_to_cluster_name() -> None:
     assert cluster_doc(c)[1] == "be"
 
 
+@pytest.mark.parametrize(
+    ("policy", "lb_type"),
+    [(t.ClusterLbPolicy.MAGLEV, "LB_MAGLEV"), (t.ClusterLbPolicy.RING_HASH, "LB_RING_HASH")],
+)
+def test_hashing_lb_policies(policy: t.ClusterLbPolicy, lb_type: str) -> None:
+    doc, _ = cluster_doc(t.Cluster(name="h", lb_policy=policy))
+    assert doc["lb_type"] == lb_type
+
+
 def test_deprecated_fields_still_convert() -> None:
     """Control planes still send the fields Envoy deprecated; they map like their successors."""
     with pytest.warns(DeprecationWarning):
@@ -481,6 +490,48 @@ def test_unsupported_route_field_named_with_full_path() -> None:
         ".virtual_hosts[0].routes[1].match.grpc: not supported by trio-mesh",
     )
     assert err.kind == "Listener" and err.name == "ingress"
+
+
+def test_route_hash_policy_translates() -> None:
+    hp = [
+        t.RouteActionHashPolicy(header=t.RouteActionHashPolicyHeader(header_name="x-user")),
+        t.RouteActionHashPolicy(
+            cookie=t.RouteActionHashPolicyCookie(name="s", path="/", ttl=secs(30))
+        ),
+        t.RouteActionHashPolicy(
+            connection_properties=t.RouteActionHashPolicyConnectionProperties(source_ip=True)
+        ),
+        t.RouteActionHashPolicy(query_parameter=t.RouteActionHashPolicyQueryParameter(name="u")),
+    ]
+    rc = t.RouteConfiguration(
+        name="r",
+        virtual_hosts=[
+            vhost(
+                t.Route(
+                    match=t.RouteMatch(prefix="/"), route=t.RouteAction(cluster="a", hash_policy=hp)
+                )
+            )
+        ],
+    )
+    doc = route_config_doc(rc)
+    assert doc["virtual_hosts"][0]["routers"][0]["route"]["hash_policy"] == [
+        {"header": {"key": "x-user"}},
+        {"cookie": {"name": "s", "path": "/", "ttl": "30s"}},
+        {"source_ip": {}},
+        {"query_parameter": {"name": "u"}},
+    ]
+    terminal = [
+        t.RouteActionHashPolicy(
+            header=t.RouteActionHashPolicyHeader(header_name="x"), terminal=True
+        )
+    ]
+    rc.virtual_hosts[0].routes[0].route.hash_policy = terminal
+    expect(
+        route_config_doc,
+        rc,
+        "RouteConfiguration 'r': virtual_hosts[0].routes[0].route.hash_policy[0].terminal:"
+        " not supported by trio-mesh",
+    )
 
 
 def test_route_config_refusals() -> None:
@@ -614,8 +665,8 @@ def test_cluster_refusals() -> None:
     )
     expect(
         cluster_doc,
-        t.Cluster(name="ring", lb_policy=t.ClusterLbPolicy.RING_HASH),
-        "Cluster 'ring': lb_policy: RING_HASH: not supported by trio-mesh",
+        t.Cluster(name="cp", lb_policy=t.ClusterLbPolicy.CLUSTER_PROVIDED),
+        "Cluster 'cp': lb_policy: CLUSTER_PROVIDED: not supported by trio-mesh",
     )
     expect(
         cluster_doc,

@@ -403,6 +403,83 @@ class RetryPolicy:
             object.__setattr__(self, "retry_timeout", None)
 
 
+# --------------------------------------------------------------------------- hash policy
+
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 6265: a token
+_COOKIE_PATH = re.compile(r"[\x21-\x3a\x3c-\x7e]*")  # printable, no ';': nothing injected
+
+
+@frozen(kw_only=True)
+class HeaderHashPolicy:
+    """Hash the value of request header ``key`` (RPC routes: a frame header, e.g.
+    ``service``)."""
+
+    key: str
+
+    def __attrs_post_init__(self) -> None:
+        if p := header_name_problem(self.key):
+            _raise([(("key",), p)])
+
+
+@frozen(kw_only=True)
+class CookieHashPolicy:
+    """Hash cookie ``name``. With ``ttl`` given, a request without it gets one made up and
+    the response sets it (``Max-Age`` = ttl; ``0``: a session cookie), so the client sticks
+    from its next request (Envoy's; without ``ttl`` nothing is generated)."""
+
+    name: str
+    path: str | None = None
+    ttl: Duration | None = None
+
+    def __attrs_post_init__(self) -> None:
+        problems: list[Problem] = []
+        if not _COOKIE_NAME.fullmatch(self.name):
+            problems.append((("name",), f"invalid cookie name {self.name!r}"))
+        if self.path is not None and not _COOKIE_PATH.fullmatch(self.path):
+            problems.append((("path",), f"invalid cookie path {self.path!r}"))
+        _raise(problems)
+
+
+@frozen(kw_only=True)
+class SourceIpHashPolicy:
+    """Hash the client's IP address (Envoy's ``connection_properties.source_ip``)."""
+
+
+@frozen(kw_only=True)
+class QueryParameterHashPolicy:
+    """Hash the value of query parameter ``name`` (Envoy's)."""
+
+    name: str
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name:
+            _raise([(("name",), "a query parameter name is required")])
+
+
+@frozen(kw_only=True)
+class HashPolicy:
+    """One input of a route's hash (exactly one of its keys); a route's policies are
+    combined, each that finds its input adding to the key (Envoy's). Used only when the
+    cluster's ``lb_type`` hashes (LB_MAGLEV, LB_RING_HASH)."""
+
+    header: HeaderHashPolicy | None = None
+    cookie: CookieHashPolicy | None = None
+    source_ip: SourceIpHashPolicy | None = None
+    query_parameter: QueryParameterHashPolicy | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _raise(
+            _exactly_one(
+                {
+                    "header": self.header is not None,
+                    "cookie": self.cookie is not None,
+                    "source_ip": self.source_ip is not None,
+                    "query_parameter": self.query_parameter is not None,
+                }
+            )
+        )
+
+
 @frozen(kw_only=True)
 class RouteAction:
     """Forward to a cluster: exactly one of ``cluster_name``, ``cluster_header`` (the cluster
@@ -419,6 +496,7 @@ class RouteAction:
     auto_host_rewrite: bool = False
     timeout: Duration = Duration(15.0)
     retry_policy: RetryPolicy | None = None
+    hash_policy: tuple[HashPolicy, ...] = ()
     request_headers_to_add: tuple[HeaderValueOption, ...] = ()
     request_headers_to_remove: tuple[str, ...] = ()
     response_headers_to_add: tuple[HeaderValueOption, ...] = ()
@@ -427,7 +505,6 @@ class RouteAction:
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
         {
             "metadata_match",
-            "hash_policy",
             "auto_host_rewrite_header",
             "mirror_policies",
             "cluster_variable",

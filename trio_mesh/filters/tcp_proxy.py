@@ -35,7 +35,7 @@ class TcpProxy:
         finally:
             host.active_requests -= 1
             upstream.close()
-            self.cluster.release_connection()
+            self.cluster.release_connection(host)
             # The listener's scope has not exited yet, so ask whether its deadline passed.
             if conn.idle.scope.cancel_called and trio.current_time() >= conn.idle.deadline:
                 self.cluster.stats.upstream_cx_idle_timeout += 1

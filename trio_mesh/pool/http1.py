@@ -140,7 +140,7 @@ class H1Pool(ConnectionPool[H1Connection]):
         if conn.state is not State.CLOSED:
             conn.state = State.CLOSED
             conn.stream.close()  # TLS: close_notify first, if the socket takes it now
-            self.cluster.release_connection()
+            self.cluster.release_connection(self.host)
             self._released.unpark()  # a slot under max_connections opened
 
     def connections(self) -> list[H1Connection]:

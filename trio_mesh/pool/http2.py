@@ -92,7 +92,7 @@ class H2Pool(ConnectionPool[H2Endpoint]):
             except BaseException:
                 if stream is not None:
                     stream.close()
-                    self.cluster.release_connection()
+                    self.cluster.release_connection(self.host)
                 raise
             if stream is None:
                 stream = await self.cluster.connect(self.host, ALPN_H2)
@@ -108,7 +108,7 @@ class H2Pool(ConnectionPool[H2Endpoint]):
             except BaseException:
                 if not began:  # _run never began: its cleanup is ours
                     stream.close()
-                    self.cluster.release_connection()
+                    self.cluster.release_connection(self.host)
                 raise
             with trio.move_on_after(self.cluster.connect_timeout or DEFAULT_SETTINGS_WAIT):
                 await ep.settings_seen.wait()
@@ -132,7 +132,7 @@ class H2Pool(ConnectionPool[H2Endpoint]):
         finally:
             if ep in self.conns:
                 self.conns.remove(ep)
-            self.cluster.release_connection()
+            self.cluster.release_connection(self.host)
             self._changed.unpark_all()
 
     def _on_change(self, ep: H2Endpoint) -> None:

@@ -193,7 +193,7 @@ class Pools:
                 )
             except BaseException:
                 stream.close()
-                cluster.release_connection()
+                cluster.release_connection(host)
                 raise
             if isinstance(pool, H2Pool):
                 await pool.adopt(stream)  # closes it and releases its slot if it fails

@@ -520,7 +520,7 @@ class XPool(ConnectionPool[XConnection]):
             except BaseException:
                 if not conn.running:  # _run never began: its cleanup is ours
                     stream.abort()
-                    self.cluster.release_connection()
+                    self.cluster.release_connection(self.host)
                 raise
             self.conns.append(conn)
             return conn
@@ -539,7 +539,7 @@ class XPool(ConnectionPool[XConnection]):
         finally:
             if conn in self.conns:
                 self.conns.remove(conn)
-            self.cluster.release_connection()
+            self.cluster.release_connection(self.host)
 
     def ready(self) -> XConnection | None:
         """A live connection to send on now, without waiting (``None``: one must be opened

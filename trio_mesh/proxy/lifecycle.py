@@ -551,6 +551,43 @@ class HeadFilteredSink(FilteredSink):
         self.flush = inner.flush
 
 
+class CookieSink:
+    """A sink that adds the ``Set-Cookie`` of a cookie a route's hash policy made up to the
+    upstream's response head (made only for such a request: no cost otherwise)."""
+
+    __slots__ = ("buffers", "cookie", "data", "flush", "inner", "trailers")
+
+    def __init__(self, inner: ResponseSink, cookie: bytes) -> None:
+        self.inner = inner
+        self.cookie = cookie
+        self.buffers = inner.buffers
+        # the body goes straight to the inner sink
+        self.data = inner.data
+        self.trailers = inner.trailers
+        self.flush = inner.flush
+
+    @property
+    def started(self) -> bool:
+        return self.inner.started
+
+    def waiting(self) -> None:
+        self.inner.waiting()
+
+    async def informational(self, status: int, reason: bytes | None, headers: list[Header]) -> None:
+        await self.inner.informational(status, reason, headers)
+
+    async def head(self, resp: ResponseHead, end: bool, raw: bytes | None) -> None:
+        # the raw head bytes no longer match: the adapter encodes the head again
+        resp.headers = [*resp.headers, (b"set-cookie", self.cookie)]
+        await self.inner.head(resp, end, None)
+
+    def cut(self, flag: str, code: ErrorCode = ErrorCode.INTERNAL_ERROR) -> None:
+        self.inner.cut(flag, code)
+
+    async def upgrade(self, resp: ResponseHead, upstream: Stream, tail: bytes) -> None:
+        await self.inner.upgrade(resp, upstream, tail)
+
+
 async def handle(
     core: ProxyCore,
     ad: Downstream,
@@ -618,7 +655,12 @@ async def handle(
         await ad.reply(NO_CLUSTER)
         return
     info.upstream_cluster = cluster.name
-    await forward(core, ad, route, cluster, info, body, sink)
+    key = None
+    if route.hash_policy is not None and cluster.hashing:
+        key, set_cookie = route.hash_policy.key(header, view.query, ad.peer)
+        if set_cookie is not None:
+            sink = CookieSink(sink, set_cookie)
+    await forward(core, ad, route, cluster, info, body, sink, key=key)
 
 
 def _describe(ad: Downstream, view: RequestView, info: RequestRecord) -> None:
@@ -641,10 +683,12 @@ async def forward(
     body: RequestBody,
     sink: ResponseSink,
     retries: bool = True,
+    key: int | None = None,
 ) -> None:
     """The tries of one routed request to ``cluster``, until one answers or none is left: the
     one copy every protocol uses (``handle``, ``handle_message``). ``retries``: the route's
-    retry policy applies (RPC calls are not retried: config warns of such a policy)."""
+    retry policy applies (RPC calls are not retried: config warns of such a policy).
+    ``key``: the route's hash of this request, for a hashing balancer."""
     req = ad.upstream_request(route, info)  # once: a retry sends the same request id
     chain = ad.chain
     if chain is not None:
@@ -674,7 +718,12 @@ async def forward(
             stats.upstream_rq_active += 1
             try:
                 try:
-                    host = cluster.choose_host() if retry is None else retry.choose_host()
+                    if retry is not None:
+                        host = retry.choose_host(key)
+                    elif key is None:
+                        host = cluster.choose_host()
+                    else:
+                        host = cluster.choose_host_for(key)
                 except NoHostError:
                     await ad.reply(NO_HEALTHY_UPSTREAM)
                     return
@@ -867,15 +916,16 @@ def message_cluster(core: ProxyCore, name: str | None, info: RequestRecord) -> C
     return cluster
 
 
-def open_try(cluster: Cluster, info: RequestRecord) -> Host | Reply:
+def open_try(cluster: Cluster, info: RequestRecord, key: int | None = None) -> Host | Reply:
     """``forward``'s try opening, synchronous (the RPC fast path): counted, the cluster's
-    breaker, a host; the reply if the try cannot open. A host returned: ``close_try`` ends it."""
+    breaker, a host (by ``key``, the route's hash, when given); the reply if the try cannot
+    open. A host returned: ``close_try`` ends it."""
     stats = cluster.stats
     stats.upstream_rq_total += 1
     if cluster.max_requests is not None and cluster.request_overflows():
         return OVERFLOW
     try:
-        host = cluster.choose_host()
+        host = cluster.choose_host() if key is None else cluster.choose_host_for(key)
     except NoHostError:
         return NO_HEALTHY_UPSTREAM
     stats.upstream_rq_active += 1
@@ -925,7 +975,10 @@ async def handle_message(
     if cluster is None:
         await ad.reply(NO_CLUSTER)
         return
-    await forward(core, ad, routed, cluster, info, ad.body, ad.sink, retries=False)
+    key = None
+    if routed.hash_policy is not None and cluster.hashing:
+        key = routed.hash_policy.key(header, "", ad.peer)[0]
+    await forward(core, ad, routed, cluster, info, ad.body, ad.sink, retries=False, key=key)
 
 
 class _NoBodySource:

@@ -55,11 +55,12 @@ class RetryState:
         self._host: Host | None = None  # the host of the try in flight
         self._retrying = False  # this try holds a slot under circuit_breakers.max_retries
 
-    def choose_host(self) -> Host:
-        """The host for the next try: not the one that failed last, if another is there.
+    def choose_host(self, key: int | None = None) -> Host:
+        """The host for the next try: not the one that failed last, if another is there
+        (``key``: the route's hash; a retry off the hashed host picks another at random).
         Raises ``NoHostError`` as ``Cluster.choose_host`` does."""
         cluster = self.cluster
-        host = cluster.choose_host()
+        host = cluster.choose_host() if key is None else cluster.choose_host_for(key)
         failed = self.failed_host
         # ``lb_hosts``: those the balancer offers (usable ones unless in panic), so the
         # fallback never picks a host that health checks or outlier detection took out.

@@ -223,6 +223,10 @@ class _XSession:
             format_hostport(*local[:2]) if local else None,
         )
 
+    def peer(self) -> str | None:
+        """The client's ``host:port`` (a route's ``source_ip`` hash policy reads it)."""
+        return self._addresses[0]
+
     async def run(self, prefix: bytes) -> None:
         try:
             async with trio.open_nursery() as nursery:
@@ -546,7 +550,10 @@ class _XSession:
             if cluster is None:
                 self._answer(frame, size, record, NO_CLUSTER)
                 return
-            host = open_try(cluster, record)
+            key = None
+            if routed.hash_policy is not None and cluster.hashing:
+                key = routed.hash_policy.key(header, "", self.peer)[0]
+            host = open_try(cluster, record, key)
             if isinstance(host, Reply):
                 self._answer(frame, size, record, host)
                 return

@@ -16,6 +16,8 @@ from urllib.parse import parse_qsl
 
 from trio_mesh.config import routes as cfg
 
+from .hashing import HashPolicy, compile_hash_policy
+
 #: ``header(name_lowercase)``: the request header's first value, or ``None``.
 HeaderLookup = Callable[[str], str | None]
 #: ``(lower-cased name, value, append)``
@@ -189,6 +191,7 @@ class Route(_Frozen):
         "response_headers_to_remove",
         "timeout",
         "retry",
+        "hash_policy",
         "per_filter_config",
         "_cluster",
         "_cluster_header",
@@ -211,6 +214,8 @@ class Route(_Frozen):
     response_headers_to_remove: tuple[bytes, ...]
     timeout: float | None
     retry: RetryPolicy | None
+    #: The compiled ``hash_policy`` (``None``: the route has none).
+    hash_policy: HashPolicy | None
     #: Stream filter type -> its config on this route (``cfg.FILTER_DISABLED``: off).
     per_filter_config: dict[str, Any]
     _cluster: str | None
@@ -258,6 +263,7 @@ class Route(_Frozen):
                 if retry is not None and retry.retry_on and retry.num_retries
                 else None
             ),
+            hash_policy=compile_hash_policy(action),
             per_filter_config=dict(config.per_filter_config.configs),
             _cluster=action.cluster_name if action else None,
             _cluster_header=(

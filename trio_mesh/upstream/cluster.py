@@ -17,7 +17,7 @@ from ..network.tls_context import client_tls
 from ..stats import ClusterStats
 from . import dns
 from .host import Host
-from .lb import LoadBalancer, make_balancer
+from .lb import HASHING_LB_TYPES, LoadBalancer, make_balancer
 from .outlier import OutlierDetector, release_all
 
 log = logging.getLogger("trio_mesh.upstream")
@@ -81,6 +81,12 @@ class _PanicLB:
     def choose(self) -> Host | None:
         self.stats.lb_healthy_panic += 1
         return self.lb.choose()
+
+    def choose_key(self, key: int) -> Host | None:
+        """A hashing balancer keeps hashing in panic (over all hosts)."""
+        self.stats.lb_healthy_panic += 1
+        choose_key = getattr(self.lb, "choose_key", None)
+        return choose_key(key) if choose_key is not None else self.lb.choose()
 
 
 class NoHostError(Exception):
@@ -214,6 +220,24 @@ class Cluster:
             raise NoHostError(f"cluster {self.name!r} has no host")
         return host
 
+    @property
+    def hashing(self) -> bool:
+        """Whether the balancer chooses by a request's hash key (asked only for routes
+        with a ``hash_policy``)."""
+        return self.config.lb_type in HASHING_LB_TYPES
+
+    def choose_host_for(self, key: int) -> Host:
+        """The host for a request's hash key (a route's ``hash_policy``): a hashing
+        balancer's consistent choice; any other balancer chooses as usual."""
+        choose_key = getattr(self.lb, "choose_key", None)
+        if choose_key is None:
+            return self.choose_host()
+        host = choose_key(key)
+        if host is None:
+            self.stats.upstream_cx_none_healthy += 1
+            raise NoHostError(f"cluster {self.name!r} has no host")
+        return host
+
     async def connect(self, host: Host, alpn: str = ALPN_NONE) -> Stream:
         """A new connection to ``host``, within the connect timeout and the connection limit;
         TLS (the handshake within the same timeout) when the cluster has it and the host does
@@ -230,6 +254,7 @@ class Cluster:
         stats.upstream_cx_total += 1
         stats.upstream_cx_active += 1
         host.cx_total += 1
+        host.cx_active += 1
         tls = self.tls
         try:
             if tls is None and self.tls_missing and not host.tls_disable:
@@ -247,6 +272,7 @@ class Cluster:
             return stream
         except ConnectError as exc:
             stats.upstream_cx_active -= 1
+            host.cx_active -= 1
             if exc.timeout:
                 stats.upstream_cx_connect_timeout += 1
             stats.upstream_cx_connect_fail += 1
@@ -259,9 +285,14 @@ class Cluster:
             raise
         except BaseException:
             stats.upstream_cx_active -= 1
+            host.cx_active -= 1
             raise
 
-    def release_connection(self) -> None:
+    def release_connection(self, host: Host | None = None) -> None:
+        """A connection ``connect`` made is closed (``host``: its host, whose open
+        connections LB_LEAST_CONNECTION counts)."""
         stats = self.stats
         stats.upstream_cx_active -= 1
+        if host is not None:
+            host.cx_active -= 1
         stats.upstream_cx_destroy += 1

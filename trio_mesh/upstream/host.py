@@ -14,6 +14,7 @@ class Host:
     __slots__ = (
         "active_requests",
         "address",
+        "cx_active",
         "cx_connect_fail",
         "cx_total",
         "ejected",
@@ -58,6 +59,8 @@ class Host:
         # Envoy's per-host counters (the admin's /clusters): plain increments.
         self.rq_total = 0
         self.cx_total = 0
+        #: Open connections to this host (what LB_LEAST_CONNECTION compares).
+        self.cx_active = 0
         self.cx_connect_fail = 0
         #: The name TLS sends as SNI and verifies when the cluster names none.
         self.hostname = hostname

@@ -319,6 +319,8 @@ _LB = {
     t.ClusterLbPolicy.ROUND_ROBIN: "LB_ROUNDROBIN",
     t.ClusterLbPolicy.RANDOM: "LB_RANDOM",
     t.ClusterLbPolicy.LEAST_REQUEST: "LB_LEAST_REQUEST",
+    t.ClusterLbPolicy.MAGLEV: "LB_MAGLEV",
+    t.ClusterLbPolicy.RING_HASH: "LB_RING_HASH",
 }
 
 _CLUSTER_FIELDS = frozenset(
@@ -978,6 +980,7 @@ def _route_action(ra: Any, at: _At) -> dict[str, Any]:
             "auto_host_rewrite",
             "timeout",
             "retry_policy",
+            "hash_policy",
         },
     )
     out: dict[str, Any] = {}
@@ -1017,7 +1020,34 @@ def _route_action(ra: Any, at: _At) -> dict[str, Any]:
         out["timeout"] = _duration(ra.timeout, at / "timeout")
     if ra.retry_policy is not None:
         out["retry_policy"] = _retry_policy(ra.retry_policy, at / "retry_policy")
+    if ra.hash_policy:
+        out["hash_policy"] = [
+            _hash_policy(hp, at / "hash_policy" / i) for i, hp in enumerate(ra.hash_policy)
+        ]
     return out
+
+
+def _hash_policy(hp: Any, at: _At) -> dict[str, Any]:
+    """One of a route's hash policies (``terminal`` and ``filter_state`` are refused)."""
+    _only(hp, at, {"header", "cookie", "connection_properties", "query_parameter"})
+    if hp.header is not None:
+        _only(hp.header, at / "header", {"header_name"})
+        return {"header": {"key": hp.header.header_name}}
+    if hp.cookie is not None:
+        _only(hp.cookie, at / "cookie", {"name", "ttl", "path"})
+        cookie: dict[str, Any] = {"name": hp.cookie.name}
+        if hp.cookie.path:
+            cookie["path"] = hp.cookie.path
+        if hp.cookie.ttl is not None:
+            cookie["ttl"] = _duration(hp.cookie.ttl, at / "cookie" / "ttl")
+        return {"cookie": cookie}
+    if hp.connection_properties is not None:
+        if not hp.connection_properties.source_ip:
+            raise (at / "connection_properties" / "source_ip").error("only source_ip: true")
+        return {"source_ip": {}}
+    if hp.query_parameter is not None:
+        return {"query_parameter": {"name": hp.query_parameter.name}}
+    raise at.error("a header, cookie, connection_properties or query_parameter is required")
 
 
 _REDIRECT_CODES = {
