@@ -3,7 +3,8 @@
 ``http1``: HTTP/1.1 proxying, against direct, nginx, proxy.py, mitmproxy. ``http2``: h2c and
 gRPC unary proxying, against direct and nginx. ``rpc``: SOFA bolt and Dubbo proxying, against
 direct. ``tls``: TLS termination (handshakes, small GETs), against nginx and trio-mesh's own
-cleartext.
+cleartext. ``resilience``: one of two upstreams killed under load (``bench/resilience.py``,
+its own options).
 
 Starts everything on 127.0.0.1 (the upstreams and each contender, in their own process
 groups), runs the scenarios, stops everything (also on Ctrl-C, SIGTERM or an error), prints the
@@ -293,6 +294,11 @@ def _deadline(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["resilience"]:  # its own options (bench/resilience.py)
+        from . import resilience
+
+        return resilience.main(given[1:])
     args = parse_args(argv)
     contender_table, scenario_table = tables(args.protocol)
     tools = {

@@ -15,6 +15,7 @@ import attrs
 from attrs import frozen
 
 from . import refused
+from .errors import at
 from .health_check import HealthCheck
 from .observability import AdminConfig, MetricsConfig, TracingConfig
 from .outlier import OutlierDetection
@@ -25,6 +26,7 @@ from .scalars import (
     Duration,
     LogFormat,
     LogLevel,
+    NonNegativeInt,
     PositiveInt,
     Weight,
 )
@@ -217,6 +219,24 @@ class Host:
 
 
 @frozen(kw_only=True)
+class RetryBudget:
+    """Envoy's ``retry_budget``: retries outstanding are bounded by ``budget_percent`` of the
+    cluster's active requests, never below ``min_retry_concurrency``; it replaces
+    ``max_retries`` when given."""
+
+    budget_percent: float = 20.0
+    min_retry_concurrency: NonNegativeInt = NonNegativeInt(3)
+
+    def check(self, path: str) -> list[str]:
+        """Errors in the values, each naming its key under ``path``."""
+        p = self.budget_percent
+        # bool is an int, but true is no percentage; NaN fails the range too
+        if isinstance(p, bool) or not 0.0 <= p <= 100.0:
+            return [at(f"{path}.budget_percent", f"expected a percentage 0..100, got {p!r}")]
+        return []
+
+
+@frozen(kw_only=True)
 class Thresholds:
     """One circuit-breaker priority's limits; ``None`` means unlimited."""
 
@@ -225,6 +245,7 @@ class Thresholds:
     max_pending_requests: PositiveInt | None = None
     max_requests: PositiveInt | None = None
     max_retries: int | None = None
+    retry_budget: RetryBudget | None = None
 
 
 @frozen(kw_only=True)

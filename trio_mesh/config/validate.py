@@ -80,6 +80,11 @@ def check(config: MeshConfig) -> list[str]:
                 f"cluster_manager.clusters[{ci}].outlier_detection"
             )
         errors += _check_dns(f"cluster_manager.clusters[{ci}]", cluster)
+        for ti, th in enumerate(cluster.circuit_breakers):
+            if th.retry_budget is not None:
+                errors += th.retry_budget.check(
+                    f"cluster_manager.clusters[{ci}].circuit_breakers[{ti}].retry_budget"
+                )
     _unique(errors, listeners, "listener")
     errors += check_admin(config)
     errors += check_metrics(config)

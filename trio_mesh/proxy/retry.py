@@ -3,10 +3,10 @@
 A failed try (a local reply that nothing of the response has gone before) is tried again when
 the route's ``retry_policy`` asks for that kind of failure (``retry_on``), tries are left
 (``num_retries``), and the cluster's circuit breaker allows one more retry in flight
-(``circuit_breakers.max_retries``). A retry does not go back to the host that just failed when
-the cluster has another one (Envoy's ``previous_hosts`` predicate: the balancer is asked again,
-a bounded number of times, then the next host of the set is taken). Made only for a route with
-a retry policy: a request without one allocates nothing.
+(``circuit_breakers.max_retries``, or its ``retry_budget``). A retry goes to none of the hosts
+already tried while the cluster offers another one (Envoy's ``previous_hosts`` predicate: the
+balancer is asked again, a bounded number of times, then the next untried host of the set is
+taken). Made only for a route with a retry policy: a request without one allocates nothing.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class RetryState:
         "_host",
         "_retrying",
         "cluster",
-        "failed_host",
+        "tried",
         "per_try_timeout",
         "policy",
         "tries_left",
@@ -50,30 +50,36 @@ class RetryState:
         self.cluster = cluster
         self.tries_left = policy.num_retries
         self.per_try_timeout = policy.per_try_timeout
-        #: The host of the try that failed last (the next try avoids it).
-        self.failed_host: Host | None = None
+        #: The hosts of the tries that failed (the next try avoids them all while it can).
+        self.tried: tuple[Host, ...] = ()
         self._host: Host | None = None  # the host of the try in flight
         self._retrying = False  # this try holds a slot under circuit_breakers.max_retries
 
     def choose_host(self, key: int | None = None) -> Host:
-        """The host for the next try: not the one that failed last, if another is there
-        (``key``: the route's hash; a retry off the hashed host picks another at random).
-        Raises ``NoHostError`` as ``Cluster.choose_host`` does."""
+        """The host for the next try: none already tried, if another is there (``key``: the
+        route's hash; a retry off the hashed host picks another at random). Raises
+        ``NoHostError`` as ``Cluster.choose_host`` does."""
         cluster = self.cluster
         host = cluster.choose_host() if key is None else cluster.choose_host_for(key)
-        failed = self.failed_host
-        # ``lb_hosts``: those the balancer offers (usable ones unless in panic), so the
-        # fallback never picks a host that health checks or outlier detection took out.
-        if failed is not None and host is failed and len(cluster.lb_hosts) > 1:
+        tried = self.tried
+        if tried and host in tried:
+            # ``lb_hosts``: those the balancer offers (usable ones unless in panic), so the
+            # fallback never picks a host that health checks or outlier detection took out.
+            hosts = cluster.lb_hosts
             for _ in range(RESELECT_ATTEMPTS):
                 host = cluster.choose_host()
-                if host is not failed:
+                if host not in tried:
                     break
-            else:  # the balancer insists (random with few hosts): the next host in the set
-                hosts = cluster.lb_hosts
-                # The failed host may have left the set since (health changed): then the first.
-                i = hosts.index(failed) + 1 if failed in hosts else 0
-                host = hosts[i % len(hosts)]
+            else:  # the balancer insists (random with few hosts): the next untried host
+                n = len(hosts)
+                # A tried host may have left the set since (health changed): then the first.
+                start = hosts.index(host) + 1 if host in hosts else 0
+                for i in range(n):
+                    candidate = hosts[(start + i) % n]
+                    if candidate not in tried:
+                        host = candidate
+                        break
+                # every host was tried: the balancer's choice stands (Envoy's, too)
         self._host = host
         return host
 
@@ -96,7 +102,8 @@ class RetryState:
         if cluster.retry_overflows():
             return False
         self.tries_left -= 1
-        self.failed_host = self._host
+        if self._host is not None:
+            self.tried += (self._host,)
         stats = cluster.stats
         stats.upstream_rq_retry += 1
         stats.upstream_rq_retry_active += 1

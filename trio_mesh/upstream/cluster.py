@@ -131,6 +131,13 @@ class Cluster:
         self.max_pending_requests = limits.max_pending_requests
         self.max_requests = limits.max_requests
         self.max_retries = limits.max_retries
+        budget = limits.retry_budget
+        #: (fraction of active requests, floor): replaces ``max_retries`` when set (Envoy's).
+        self.retry_budget: tuple[float, int] | None = (
+            None
+            if budget is None
+            else (budget.budget_percent / 100.0, budget.min_retry_concurrency)
+        )
         od = config.outlier_detection
         if od is None:
             if self.outlier is not None:
@@ -206,8 +213,14 @@ class Cluster:
         return False
 
     def retry_overflows(self) -> bool:
-        """Whether one more retry would pass ``max_retries`` (the overflow is counted)."""
-        limit = self.max_retries
+        """Whether one more retry would pass ``max_retries`` or the ``retry_budget`` (the
+        overflow is counted). Asked only when a try failed, never on the request path."""
+        budget = self.retry_budget
+        if budget is None:
+            limit = self.max_retries
+        else:
+            fraction, floor = budget
+            limit = max(floor, int(fraction * self.stats.upstream_rq_active))
         if limit is not None and self.stats.upstream_rq_retry_active >= limit:
             self.stats.upstream_rq_retry_overflow += 1
             return True

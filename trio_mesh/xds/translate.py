@@ -396,6 +396,7 @@ def _thresholds(th: Any, at: _At) -> dict[str, Any]:
             "max_pending_requests",
             "max_requests",
             "max_retries",
+            "retry_budget",
             "track_remaining",
         },
     )
@@ -408,6 +409,19 @@ def _thresholds(th: Any, at: _At) -> dict[str, Any]:
             out[key] = value
     if th.max_retries is not None:
         out["max_retries"] = th.max_retries
+    if th.retry_budget is not None:
+        rb = at / "retry_budget"
+        # budget_interval (requests of a past window) is not kept: refused, not ignored
+        _only(th.retry_budget, rb, {"budget_percent", "min_retry_concurrency"})
+        budget: dict[str, Any] = {}
+        if th.retry_budget.budget_percent is not None:
+            value = th.retry_budget.budget_percent.value
+            if not 0.0 <= value <= 100.0:
+                raise (rb / "budget_percent").error(f"expected 0..100, got {value}")
+            budget["budget_percent"] = value
+        if th.retry_budget.min_retry_concurrency is not None:
+            budget["min_retry_concurrency"] = th.retry_budget.min_retry_concurrency
+        out["retry_budget"] = budget
     return out
 
 
