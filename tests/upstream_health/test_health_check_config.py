@@ -111,12 +111,15 @@ def test_an_unchecked_protocol_warns_not_enforced():
     assert parse_check(hc, HC) == (None, [])
 
 
-@pytest.mark.parametrize("protocol", ["bolt", "dubbo", "Bolt"])
-def test_rpc_heartbeat_checks_load_without_a_warning(protocol: str):
+@pytest.mark.parametrize(
+    ("protocol", "codec"),
+    [("bolt", "bolt"), ("dubbo", "dubbo"), ("Bolt", "bolt"), ("SofaRpc", "bolt")],
+)
+def test_rpc_heartbeat_checks_load_without_a_warning(protocol: str, codec: str):
     loaded = load({"protocol": protocol})
     assert not loaded.warnings
     hc = loaded.config.cluster_manager.clusters[0].health_check
-    assert parse_check(hc, HC) == (RpcCheck(protocol.lower()), [])
+    assert parse_check(hc, HC) == (RpcCheck(codec), [])
 
 
 def test_rpc_heartbeat_checks_take_no_check_config():

@@ -12,8 +12,9 @@ from attrs import frozen
 from .errors import at
 from .scalars import Duration, PositiveInt
 
-#: The RPC protocols checked by their codec's heartbeat (the xprotocol registry's names).
-RPC_PROTOCOLS = ("bolt", "dubbo")
+#: The RPC protocols checked by their codec's heartbeat: the name in ``protocol`` -> the
+#: codec's (xprotocol registry) name. ``SofaRpc`` is MOSN's name for its bolt v1 heartbeat check.
+RPC_PROTOCOLS = {"bolt": "bolt", "sofarpc": "bolt", "dubbo": "dubbo"}
 #: The protocols checked; another loads with a warning, unchecked.
 CHECKED_PROTOCOLS = ("tcp", "http", "grpc", *RPC_PROTOCOLS)
 #: The most bytes a TCP check sends or expects (its read buffer's budget).
@@ -79,6 +80,7 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "tcp": ("send", "expect"),
     "grpc": ("authority",),
     "bolt": (),
+    "sofarpc": (),
     "dubbo": (),
 }
 
@@ -171,7 +173,7 @@ def parse_check(hc: HealthCheck, path: str) -> tuple[CheckSpec | None, list[str]
         expect = _hex(cfg.get("expect", ""), f"{cp}.expect", errors)
         spec = TcpCheck(send, expect)
     elif protocol in RPC_PROTOCOLS:
-        spec = RpcCheck(protocol)
+        spec = RpcCheck(RPC_PROTOCOLS[protocol])
     else:
         authority = cfg.get("authority")
         if authority is not None:

@@ -9,7 +9,9 @@ apart. A host is taken out after
 ``unhealthy_threshold`` failures in a row and brought back after ``healthy_threshold`` passes;
 the balancer is rebuilt only then (``Cluster.host_health_changed``). No request waits on a
 check. Checks use their own connections (not the pools', not under the circuit breakers);
-a cluster with TLS is checked over TLS with its contexts, as its requests are.
+a cluster with TLS is checked over TLS with its contexts, as its requests are. Bolt and
+Dubbo checks send their codec's heartbeat request (from the xprotocol registry: no parsing
+here) and pass on its heartbeat response with the same id.
 """
 
 from __future__ import annotations
