@@ -189,7 +189,7 @@ async def _endless(stream: trio.SocketStream, header: bytes) -> None:
 
 def _wrong_id(codec: Any) -> Callable[[trio.SocketStream], Awaitable[None]]:
     async def serve(stream: trio.SocketStream) -> None:
-        peer = DubboPeer(stream) if codec is DUBBO else BoltClient(stream)
+        peer = _peer_of(codec, stream)
         with contextlib.suppress(EOFError, trio.BrokenResourceError):
             frame = await peer.read()
             other = codec.heartbeat_request(frame.request_id + 1)
@@ -210,6 +210,51 @@ async def _not_heartbeat_bolt(stream: trio.SocketStream) -> None:
 
 # A response header declaring a 1 GiB content: proto, type, cmdcode, ver2, id, codec, status,
 # class, header and content lengths.
+def _peer_of(codec: Any, stream: trio.SocketStream) -> BoltClient:
+    return DubboPeer(stream) if codec is DUBBO else BoltClient(stream)
+
+
+def _goaway(codec: Any) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    """A draining peer: its go-away (bolt) or READONLY event (Dubbo) instead of a reply."""
+    frame = BOLT.goaway_frame() if codec is BOLT else DUBBO.goaway_request()
+
+    async def serve(stream: trio.SocketStream) -> None:
+        peer = _peer_of(codec, stream)
+        with contextlib.suppress(EOFError, trio.BrokenResourceError):
+            await peer.read()
+            await stream.send_all(bytes(frame.data))
+            await peer.read()
+
+    return serve
+
+
+def _heartbeat_flood(codec: Any) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    """An attacker answering with its own heartbeat requests, forever."""
+    burst = bytes(codec.heartbeat_request(99).data) * 1000
+
+    async def serve(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.receive_some(100)
+            while True:
+                await stream.send_all(burst)
+
+    return serve
+
+
+def _own_heartbeat_first(codec: Any) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    """A live peer that sends its own heartbeat before answering: still a pass."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        peer = _peer_of(codec, stream)
+        with contextlib.suppress(EOFError, trio.BrokenResourceError):
+            frame = await peer.read()
+            await stream.send_all(bytes(codec.heartbeat_request(99).data))
+            await stream.send_all(bytes(codec.heartbeat_reply(frame).data))
+            await peer.read()
+
+    return serve
+
+
 BOLT_HUGE = struct.pack(">BBHBIBHHHI", 1, 0, 2, 1, 5, 11, 0, 0, 0, 1 << 30)
 DUBBO_HUGE = struct.pack(">HBBQI", 0xDABB, 0x22, 20, 5, 1 << 30)
 
@@ -249,6 +294,8 @@ async def test_each_bad_answer_fails_for_its_own_reason(
         (_garbage, f"not a {protocol} frame"),
         (functools.partial(_endless, header=huge), "exceeds the limit of 16384"),
         (_wrong_id(codec), "a response to id 8, not 7"),
+        (_goaway(codec), "the peer is draining"),
+        (_heartbeat_flood(codec), "no heartbeat response in its budget"),
     ]
     if protocol == "bolt":
         cases.append((_not_heartbeat_bolt, "not a heartbeat"))
@@ -259,7 +306,9 @@ async def test_each_bad_answer_fails_for_its_own_reason(
             await health._heartbeat(stream, codec, 7)
         stream.abort()
     live = await (echo_upstream(nursery) if protocol == "bolt" else provider(nursery, "live"))
-    stream = await connect("127.0.0.1", live, 1.0)
-    with trio.fail_after(5):
-        await health._heartbeat(stream, codec, 7)  # passes: returns
-    stream.abort()
+    chatty = await start_raw_server(nursery, _own_heartbeat_first(codec))
+    for port in (live, chatty):
+        stream = await connect("127.0.0.1", port, 1.0)
+        with trio.fail_after(5):
+            await health._heartbeat(stream, codec, 7)  # passes: returns
+        stream.abort()
