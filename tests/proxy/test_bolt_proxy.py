@@ -365,6 +365,12 @@ async def test_conf_bolt_yaml_serves_a_call(nursery):
     assert resp.request_id == 8 and bytes(resp.content) == b"echo:conf"
     await c.send(request(9, b"x", service="org.other.Service"))
     assert (await c.read()).status == BOLT.status_for(ErrorKind.NO_ROUTE)
+    # Its bolt heartbeat check passes against the provider (the first round starts at once).
+    stats = server.clusters.get("bolt_provider").stats
+    with trio.fail_after(5):
+        while stats.health_check_success < 1:
+            await trio.sleep(0.02)
+    assert stats.health_check_failure == 0
 
 
 async def test_mosn_style_any_service_route_without_regex_flag(nursery):

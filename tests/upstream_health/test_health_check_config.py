@@ -9,7 +9,7 @@ import pytest
 
 from trio_mesh.config import parse_config
 from trio_mesh.config.errors import ConfigError
-from trio_mesh.config.health_check import HttpCheck, TcpCheck, parse_check
+from trio_mesh.config.health_check import HttpCheck, RpcCheck, TcpCheck, parse_check
 
 HC = "cluster_manager.clusters[0].health_check"
 
@@ -104,8 +104,24 @@ def test_tcp_payload_budget():
 
 
 def test_an_unchecked_protocol_warns_not_enforced():
-    loaded = load({"protocol": "bolt"})
+    loaded = load({"protocol": "thrift"})
     (warning,) = loaded.warnings
-    assert warning.startswith(f"{HC}.protocol: 'bolt' health checks are not enforced")
+    assert warning.startswith(f"{HC}.protocol: 'thrift' health checks are not enforced")
     hc = loaded.config.cluster_manager.clusters[0].health_check
     assert parse_check(hc, HC) == (None, [])
+
+
+@pytest.mark.parametrize(
+    ("protocol", "codec"),
+    [("bolt", "bolt"), ("dubbo", "dubbo"), ("Bolt", "bolt"), ("SofaRpc", "bolt")],
+)
+def test_rpc_heartbeat_checks_load_without_a_warning(protocol: str, codec: str):
+    loaded = load({"protocol": protocol})
+    assert not loaded.warnings
+    hc = loaded.config.cluster_manager.clusters[0].health_check
+    assert parse_check(hc, HC) == (RpcCheck(codec), [])
+
+
+def test_rpc_heartbeat_checks_take_no_check_config():
+    (err,) = errors({"protocol": "dubbo", "check_config": {"path": "/"}})
+    assert err.startswith(f"{HC}.check_config.path: unknown key for dubbo (known keys: none)")

@@ -1,6 +1,6 @@
 """A cluster's active health check (MOSN's cluster ``health_check``): the keys, and the
 per-protocol ``check_config`` read into what the checker runs (``HttpCheck``, ``TcpCheck``,
-``GrpcCheck``), with errors at their paths."""
+``GrpcCheck``, ``RpcCheck``), with errors at their paths."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from attrs import frozen
 from .errors import at
 from .scalars import Duration, PositiveInt
 
-#: The protocols checked; another (MOSN's bolt, dubbo...) loads with a warning, unchecked.
-CHECKED_PROTOCOLS = ("tcp", "http", "grpc")
+#: The RPC protocols checked by their codec's heartbeat: the name in ``protocol`` -> the
+#: codec's (xprotocol registry) name. ``SofaRpc`` is MOSN's name for its bolt v1 heartbeat check.
+RPC_PROTOCOLS = {"bolt": "bolt", "sofarpc": "bolt", "dubbo": "dubbo"}
+#: The protocols checked; another loads with a warning, unchecked.
+CHECKED_PROTOCOLS = ("tcp", "http", "grpc", *RPC_PROTOCOLS)
 #: The most bytes a TCP check sends or expects (its read buffer's budget).
 MAX_TCP_PAYLOAD = 4096
 
@@ -63,12 +66,22 @@ class GrpcCheck:
     authority: str | None
 
 
-CheckSpec = HttpCheck | TcpCheck | GrpcCheck
+@frozen
+class RpcCheck:
+    #: The codec (xprotocol registry name) whose heartbeat request is sent and whose
+    #: heartbeat response, with the same request id, passes.
+    codec: str
 
-_KEYS = {
+
+CheckSpec = HttpCheck | TcpCheck | GrpcCheck | RpcCheck
+
+_KEYS: dict[str, tuple[str, ...]] = {
     "http": ("path", "host", "expected_statuses"),
     "tcp": ("send", "expect"),
     "grpc": ("authority",),
+    "bolt": (),
+    "sofarpc": (),
+    "dubbo": (),
 }
 
 
@@ -159,6 +172,8 @@ def parse_check(hc: HealthCheck, path: str) -> tuple[CheckSpec | None, list[str]
         send = _hex(cfg.get("send", ""), f"{cp}.send", errors)
         expect = _hex(cfg.get("expect", ""), f"{cp}.expect", errors)
         spec = TcpCheck(send, expect)
+    elif protocol in RPC_PROTOCOLS:
+        spec = RpcCheck(RPC_PROTOCOLS[protocol])
     else:
         authority = cfg.get("authority")
         if authority is not None:

@@ -9,7 +9,9 @@ apart. A host is taken out after
 ``unhealthy_threshold`` failures in a row and brought back after ``healthy_threshold`` passes;
 the balancer is rebuilt only then (``Cluster.host_health_changed``). No request waits on a
 check. Checks use their own connections (not the pools', not under the circuit breakers);
-a cluster with TLS is checked over TLS with its contexts, as its requests are.
+a cluster with TLS is checked over TLS with its contexts, as its requests are. Bolt and
+Dubbo checks send their codec's heartbeat request (from the xprotocol registry: no parsing
+here) and pass on its heartbeat response with the same id.
 """
 
 from __future__ import annotations
@@ -29,12 +31,15 @@ from ..config.health_check import (
     GrpcCheck,
     HealthCheck,
     HttpCheck,
+    RpcCheck,
     TcpCheck,
     parse_check,
 )
 from ..network.connect import ConnectError, connect
 from ..network.stream import Stream
 from ..network.throttled_log import ThrottledLog
+from ..protocols.xprotocol import Codec, XProtocolError
+from ..protocols.xprotocol import registry as xprotocols
 from .cluster import ALPN_H1, ALPN_H2, ALPN_NONE, Cluster
 from .host import Host
 
@@ -70,6 +75,8 @@ class HealthChecker:
         self._log = ThrottledLog(log, interval=1.0)
         self._config: HealthCheck | None = None
         self._spec: CheckSpec | None = None
+        # RPC heartbeats: ids taken in turn (a reply must carry its request's).
+        self._request_id = 0
 
     async def run(self) -> None:
         """Rounds while the cluster has a checked ``health_check``; on its removal every host
@@ -204,6 +211,14 @@ class HealthChecker:
                 await _http(stream, spec, host)
             finally:
                 stream.abort()
+        elif isinstance(spec, RpcCheck):
+            codec = xprotocols.get(spec.codec)
+            self._request_id = request_id = self._request_id % 0x7FFFFFFF + 1
+            stream = await self._connect(host, ALPN_NONE, timeout)
+            try:
+                await _heartbeat(stream, codec, request_id)
+            finally:
+                stream.abort()
         else:
             stream = await self._connect(host, ALPN_H2, timeout)
             try:
@@ -246,6 +261,42 @@ async def _http(stream: Stream, spec: HttpCheck, host: Host) -> None:
     status = int(m.group(1))
     if not spec.passes(status):
         raise CheckFailed(f"status {status}")
+
+
+async def _heartbeat(stream: Stream, codec: Codec, request_id: int) -> None:
+    """Sends the codec's heartbeat request; passes on its heartbeat response with the same
+    id. The peer's own requests (its heartbeats) are skipped; at most ``4 * MAX_ANSWER``
+    bytes are read, and no frame over ``MAX_ANSWER`` is buffered."""
+    await stream.send_all(bytes(codec.heartbeat_request(request_id).data))
+    buf = bytearray()
+    received = 0
+    while True:
+        try:
+            decoded = codec.decode(buf, MAX_ANSWER)
+        except XProtocolError as exc:
+            raise CheckFailed(f"not a {codec.name} frame: {exc}") from None
+        if decoded is None:
+            data = await stream.receive_some(MAX_ANSWER)
+            if not data:
+                raise CheckFailed("closed before the heartbeat response")
+            received += len(data)
+            if received > 4 * MAX_ANSWER:
+                raise CheckFailed("no heartbeat response in its budget")
+            buf += data
+            continue
+        frame, used = decoded
+        del buf[:used]
+        if frame.goaway:
+            raise CheckFailed("the peer is draining (go-away)")
+        if frame.is_request:
+            continue  # the peer's own heartbeat: not an answer
+        if frame.request_id != request_id:
+            raise CheckFailed(f"a response to id {frame.request_id}, not {request_id}")
+        if not frame.heartbeat:
+            raise CheckFailed("a response that is not a heartbeat")
+        if not codec.is_success(frame):
+            raise CheckFailed(f"heartbeat status {codec.status_name(frame.status or 0)}")
+        return
 
 
 def _grpc_request(service: str) -> bytes:
