@@ -129,4 +129,6 @@ def match_key(values: dict[str, Any]) -> MatchKey:
 def _text(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))  # a protobuf Struct's numbers are floats: 2.0 matches 2
     return str(v)
