@@ -8,9 +8,19 @@ from typing import Any
 import pytest
 import trio
 
-from tests.http_helpers import Client, get, http_config, running_proxy, start_upstream, to
+from tests.http_helpers import (
+    Client,
+    closed_port,
+    get,
+    http_config,
+    running_proxy,
+    start_upstream,
+    to,
+)
 from trio_mesh.config.errors import ConfigError
 from trio_mesh.config.load import parse_config
+from trio_mesh.config.subset import match_key
+from trio_mesh.upstream.cluster import Cluster, NoHostError
 
 TIMEOUT = 20  # only reached when something is broken
 N = 30
@@ -200,3 +210,51 @@ def test_bad_metadata_match_is_refused() -> None:
     with pytest.raises(ConfigError) as exc:
         parse_config(base({}, {"metadata_match": {"filter_metadata": {"other": {}}}}))
     assert "metadata_match.filter_metadata" in str(exc.value)
+
+
+async def test_health_checker_takes_a_dead_host_out_of_its_subset(nursery: trio.Nursery) -> None:
+    # The real active health checker: the dead v2 host is marked failed_active_hc and the v2
+    # subset is rebuilt without it (no retry policy: a request sent there would fail).
+    ups = await three(nursery)
+    dead = closed_port()
+    ports = [u.port for u in ups] + [dead]
+    clusters = subset_cluster(ports, ["v1", "v2", "v2", "v2"])
+    clusters["up"]["health_check"] = {
+        "protocol": "http",
+        "timeout": "500ms",
+        "interval": "100ms",
+        "interval_jitter": "20ms",
+        "healthy_threshold": 1,
+        "unhealthy_threshold": 2,
+        "check_config": {"path": "/health"},
+    }
+    config = http_config([to(metadata_match={"version": "v2"})], clusters)
+    async with running_proxy(config) as (server, port):
+        cluster = server.clusters.get("up")
+        down = next(h for h in cluster.hosts if h.port == dead)
+        with trio.fail_after(TIMEOUT):
+            while not down.failed_active_hc:
+                await trio.sleep(0.02)
+        assert await statuses(port, 10) == [200] * 10
+        served = [sum(1 for r in u.requests if r["target"] == "/x") for u in ups]
+        assert served == [0, 5, 5]
+        assert cluster.stats.lb_healthy_panic == 0
+
+
+def test_reload_rebuilds_subsets_from_new_metadata() -> None:
+    def conf(version: str) -> Any:
+        doc = base(
+            {
+                "lb_subset_config": {"subset_selectors": [["version"]]},
+                "hosts": [{"address": "127.0.0.1:1", "metadata": {"version": version}}],
+            }
+        )
+        return parse_config(doc).config.cluster_manager.clusters[0]
+
+    cluster = Cluster(conf("v1"))
+    v1, v2 = match_key({"version": "v1"}), match_key({"version": "v2"})
+    host = cluster.choose_subset(v1)
+    assert cluster.update(conf("v2")) == []  # the same host, new metadata
+    assert cluster.choose_subset(v2) is host
+    with pytest.raises(NoHostError):
+        cluster.choose_subset(v1)
