@@ -194,7 +194,7 @@ def base(cluster: dict[str, Any], route: dict[str, Any] | None = None) -> dict[s
         ({"fallback_policy": "SOMETIMES"}, "lb_subset_config.fallback_policy"),
         ({"subset_selectors": [[]]}, "lb_subset_config.subset_selectors[0]"),
         ({"subset_selectors": [["a", "a"]]}, "lb_subset_config.subset_selectors[0]"),
-        ({"fall_back_policy": 2}, "lb_subset_config.subset_selectors"),
+        ({"default_subset": {"v": [1]}}, "lb_subset_config.default_subset.v"),
     ],
 )
 def test_bad_subset_config_names_the_path(subset: dict[str, Any], where: str) -> None:

@@ -67,8 +67,6 @@ class LbSubsetConfig:
         for k, v in self.default_subset.items():
             if isinstance(v, (dict, list)):
                 errors.append(at(f"{path}.default_subset.{k}", f"expected a value, got {v!r}"))
-        if self.policy() is FallbackPolicy.DEFAULT_SUBSET and not self.subset_selectors:
-            errors.append(at(f"{path}.subset_selectors", "expected at least one selector"))
         return errors
 
 

@@ -209,8 +209,13 @@ class Cluster:
         self.lb = _PanicLB(lb, self.stats) if self.panic else lb
         subset = self.config.lb_subset_config
         self.subsets = (
-            None if subset is None else SubsetTable(subset, self.config.lb_type, hosts, self.stats)
+            None
+            if subset is None
+            else SubsetTable(subset, self.config.lb_type, hosts, self._panic_lb)
         )
+
+    def _panic_lb(self, lb: LoadBalancer) -> LoadBalancer:
+        return _PanicLB(lb, self.stats)
 
     def request_overflows(self) -> bool:
         """Whether a new request would pass ``max_requests`` (the overflow is counted);

@@ -5,16 +5,15 @@ lookup by a key the route computed at configuration time)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 from ..config import LbType
 from ..config.subset import FallbackPolicy, LbSubsetConfig, MatchKey, match_key
 from .host import Host
 from .lb import LoadBalancer, make_balancer
 
-if TYPE_CHECKING:
-    from ..stats import ClusterStats
+#: Wraps a balancer in panic (the cluster's, which counts ``lb_healthy_panic``).
+PanicWrap = Callable[[LoadBalancer], LoadBalancer]
 
 #: As the cluster's: below this share of usable hosts a subset offers all of its hosts.
 PANIC_THRESHOLD = 0.5
@@ -25,15 +24,13 @@ class Subset:
 
     __slots__ = ("hosts", "lb_hosts", "lb")
 
-    def __init__(self, lb_type: LbType, hosts: Sequence[Host], stats: ClusterStats) -> None:
-        from .cluster import _PanicLB  # the cluster's panic counter, shared
-
+    def __init__(self, lb_type: LbType, hosts: Sequence[Host], panic_lb: PanicWrap) -> None:
         self.hosts = tuple(hosts)
         usable = tuple(h for h in self.hosts if h.usable)
         panic = len(usable) < PANIC_THRESHOLD * len(self.hosts)
         self.lb_hosts = self.hosts if panic else usable
         lb = make_balancer(lb_type, self.lb_hosts)
-        self.lb: LoadBalancer = _PanicLB(lb, stats) if panic else lb
+        self.lb: LoadBalancer = panic_lb(lb) if panic else lb
 
 
 class SubsetTable:
@@ -47,7 +44,7 @@ class SubsetTable:
         config: LbSubsetConfig,
         lb_type: LbType,
         hosts: Sequence[Host],
-        stats: ClusterStats,
+        panic_lb: PanicWrap,
     ) -> None:
         groups: dict[MatchKey, list[Host]] = {}
         for selector in config.subset_selectors:
@@ -57,14 +54,14 @@ class SubsetTable:
                 if all(k in md for k in keys):
                     groups.setdefault(match_key({k: md[k] for k in keys}), []).append(host)
         self.subsets: dict[MatchKey, Subset] = {
-            key: Subset(lb_type, members, stats) for key, members in groups.items()
+            key: Subset(lb_type, members, panic_lb) for key, members in groups.items()
         }
         self.policy = config.policy()
         self.default: Subset | None = None
         if self.policy is FallbackPolicy.DEFAULT_SUBSET:
             want = match_key(config.default_subset)
             members = [h for h in hosts if all(_has(h, k, v) for k, v in want)]
-            self.default = Subset(lb_type, members, stats)
+            self.default = Subset(lb_type, members, panic_lb)
 
     def find(self, match: MatchKey) -> Subset | None:
         """The subset for a route's match, or the fallback's (``None``: the cluster's own
