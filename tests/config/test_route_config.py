@@ -260,7 +260,6 @@ def test_pending_mosn_keys_warn_with_their_paths() -> None:
     entry(doc).update(metadata={"filter_metadata": {}}, request_mirror_policies={})
     match(doc).update(variables=[], dsl_expressions=[])
     action(doc).update(
-        metadata_match={},
         auto_host_rewrite_header="x-host",
         mirror_policies={},
         cluster_variable="x",
@@ -268,7 +267,7 @@ def test_pending_mosn_keys_warn_with_their_paths() -> None:
     entry(doc, 0)["route"] = {
         **action(doc),
         "cluster_name": None,
-        "weighted_clusters": [{"cluster": {"name": "up", "weight": 1, "metadata_match": {}}}],
+        "weighted_clusters": [{"cluster": {"name": "up", "weight": 1}}],
         "regex_rewrite": {"pattern": {"regex": "a", "google_re2": {}}, "substitution": "b"},
     }
     del entry(doc)["route"]["cluster_name"]
@@ -278,11 +277,9 @@ def test_pending_mosn_keys_warn_with_their_paths() -> None:
         for path in [
             f"{E0}.metadata",
             f"{E0}.request_mirror_policies",
-            f"{E0}.route.metadata_match",
             f"{E0}.route.auto_host_rewrite_header",
             f"{E0}.route.mirror_policies",
             f"{E0}.route.cluster_variable",
-            f"{E0}.route.weighted_clusters[0].cluster.metadata_match",
             f"{E0}.route.regex_rewrite.pattern.google_re2",
         ]
     )

@@ -30,6 +30,7 @@ from .scalars import (
     PositiveInt,
     Weight,
 )
+from .subset import LbSubsetConfig
 from .tls import FilterChainMatch, TlsConfig
 from .xds import Node, XdsSettings, XdsShort
 from .xds import resolve as resolve_xds
@@ -271,13 +272,14 @@ class Cluster:
     dns_lookup_family: DnsLookupFamily = DnsLookupFamily.AUTO
     #: Loaded, not enforced (a warning says so): the refresh rate is used, not the TTLs.
     respect_dns_ttl: bool = False
+    #: Subset load balancing (``upstream/subset.py``): routes' ``metadata_match`` picks hosts.
+    lb_subset_config: LbSubsetConfig | None = None
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
         {
             "sub_type",
             "conn_buffer_limit_bytes",
             "spec",
-            "lb_subset_config",
             "original_dst_lb_config",
             "lbconfig",
             "dns_resolvers",

@@ -30,6 +30,7 @@ from cattrs.errors import (
 from . import refused
 from .refused import Refusal
 from .scalars import Duration, PositiveInt
+from .subset import check_match
 
 # --------------------------------------------------------------------------- per-filter config
 
@@ -301,8 +302,8 @@ class RouteMatch:
 class ClusterWeight:
     name: str = attrs.field(metadata={"refers_to": "cluster"})  # as cluster_ref()
     weight: PositiveInt
-
-    MOSN_PENDING: ClassVar[frozenset[str]] = frozenset({"metadata_match"})
+    #: Merged over the route action's ``metadata_match`` for this cluster (subset balancing).
+    metadata_match: dict[str, Any] | None = None
 
 
 @frozen(kw_only=True)
@@ -501,10 +502,11 @@ class RouteAction:
     request_headers_to_remove: tuple[str, ...] = ()
     response_headers_to_add: tuple[HeaderValueOption, ...] = ()
     response_headers_to_remove: tuple[str, ...] = ()
+    #: The hosts' metadata a subset-balanced cluster picks by (``config/subset.py``).
+    metadata_match: dict[str, Any] | None = None
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
         {
-            "metadata_match",
             "auto_host_rewrite_header",
             "mirror_policies",
             "cluster_variable",
@@ -529,6 +531,14 @@ class RouteAction:
             if not self.host_rewrite or any(c.isspace() or c in "/?#" for c in self.host_rewrite):
                 problems.append((("host_rewrite",), f"invalid host {self.host_rewrite!r}"))
         problems += _header_problems(self)
+        problems += [((), e) for e in check_match(self.metadata_match, "metadata_match")]
+        for i, w in enumerate(self.weighted_clusters):
+            problems += [
+                ((), e)
+                for e in check_match(
+                    w.cluster.metadata_match, f"weighted_clusters[{i}].cluster.metadata_match"
+                )
+            ]
         _raise(problems)
 
 

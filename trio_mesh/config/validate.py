@@ -80,6 +80,10 @@ def check(config: MeshConfig) -> list[str]:
                 f"cluster_manager.clusters[{ci}].outlier_detection"
             )
         errors += _check_dns(f"cluster_manager.clusters[{ci}]", cluster)
+        if cluster.lb_subset_config is not None:
+            errors += cluster.lb_subset_config.check(
+                f"cluster_manager.clusters[{ci}].lb_subset_config"
+            )
         for ti, th in enumerate(cluster.circuit_breakers):
             if th.retry_budget is not None:
                 errors += th.retry_budget.check(

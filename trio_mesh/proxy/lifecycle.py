@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol, cast
 
 import trio
 
+from ..config.subset import MatchKey
 from ..filters.stream import (
     FILTER_FAILED,
     REQUEST_DATA,
@@ -660,7 +661,8 @@ async def handle(
         key, set_cookie = route.hash_policy.key(header, view.query, ad.peer)
         if set_cookie is not None:
             sink = CookieSink(sink, set_cookie)
-    await forward(core, ad, route, cluster, info, body, sink, key=key)
+    match = route.match_for(cluster.name) if route.subset_on else None
+    await forward(core, ad, route, cluster, info, body, sink, key=key, match=match)
 
 
 def _describe(ad: Downstream, view: RequestView, info: RequestRecord) -> None:
@@ -684,11 +686,13 @@ async def forward(
     sink: ResponseSink,
     retries: bool = True,
     key: int | None = None,
+    match: MatchKey | None = None,
 ) -> None:
     """The tries of one routed request to ``cluster``, until one answers or none is left: the
     one copy every protocol uses (``handle``, ``handle_message``). ``retries``: the route's
     retry policy applies (RPC calls are not retried: config warns of such a policy).
-    ``key``: the route's hash of this request, for a hashing balancer."""
+    ``key``: the route's hash of this request, for a hashing balancer. ``match``: the
+    route's ``metadata_match`` key (subset balancing; it takes precedence over ``key``)."""
     req = ad.upstream_request(route, info)  # once: a retry sends the same request id
     chain = ad.chain
     if chain is not None:
@@ -700,6 +704,8 @@ async def forward(
                 sink = FilteredSink(sink, chain, info)
     # Made only for a route with a retry policy (nothing allocated otherwise).
     retry = RetryState(route.retry, cluster) if retries and route.retry is not None else None
+    if retry is not None and match is not None:
+        retry.match = match
     exchange = core.exchange
     if core.auto_upstream and cluster.tls is not None:
         exchange = auto_exchange
@@ -720,6 +726,8 @@ async def forward(
                 try:
                     if retry is not None:
                         host = retry.choose_host(key)
+                    elif match is not None:
+                        host = cluster.choose_subset(match)
                     elif key is None:
                         host = cluster.choose_host()
                     else:
@@ -916,7 +924,12 @@ def message_cluster(core: ProxyCore, name: str | None, info: RequestRecord) -> C
     return cluster
 
 
-def open_try(cluster: Cluster, info: RequestRecord, key: int | None = None) -> Host | Reply:
+def open_try(
+    cluster: Cluster,
+    info: RequestRecord,
+    key: int | None = None,
+    match: MatchKey | None = None,
+) -> Host | Reply:
     """``forward``'s try opening, synchronous (the RPC fast path): counted, the cluster's
     breaker, a host (by ``key``, the route's hash, when given); the reply if the try cannot
     open. A host returned: ``close_try`` ends it."""
@@ -925,7 +938,12 @@ def open_try(cluster: Cluster, info: RequestRecord, key: int | None = None) -> H
     if cluster.max_requests is not None and cluster.request_overflows():
         return OVERFLOW
     try:
-        host = cluster.choose_host() if key is None else cluster.choose_host_for(key)
+        if match is not None:
+            host = cluster.choose_subset(match)
+        elif key is None:
+            host = cluster.choose_host()
+        else:
+            host = cluster.choose_host_for(key)
     except NoHostError:
         return NO_HEALTHY_UPSTREAM
     stats.upstream_rq_active += 1
@@ -978,7 +996,10 @@ async def handle_message(
     key = None
     if routed.hash_policy is not None and cluster.hashing:
         key = routed.hash_policy.key(header, "", ad.peer)[0]
-    await forward(core, ad, routed, cluster, info, ad.body, ad.sink, retries=False, key=key)
+    match = routed.match_for(cluster.name) if routed.subset_on else None
+    await forward(
+        core, ad, routed, cluster, info, ad.body, ad.sink, retries=False, key=key, match=match
+    )
 
 
 class _NoBodySource:

@@ -11,6 +11,7 @@ taken). Made only for a route with a retry policy: a request without one allocat
 
 from __future__ import annotations
 
+from ..config.subset import MatchKey
 from ..router.table import RetryPolicy
 from ..upstream import Cluster, Host
 from .replies import Cause, Reply
@@ -39,6 +40,7 @@ class RetryState:
         "_host",
         "_retrying",
         "cluster",
+        "match",
         "tried",
         "per_try_timeout",
         "policy",
@@ -52,6 +54,8 @@ class RetryState:
         self.per_try_timeout = policy.per_try_timeout
         #: The hosts of the tries that failed (the next try avoids them all while it can).
         self.tried: tuple[Host, ...] = ()
+        #: The route's ``metadata_match`` key: every try stays within its subset.
+        self.match: MatchKey | None = None
         self._host: Host | None = None  # the host of the try in flight
         self._retrying = False  # this try holds a slot under circuit_breakers.max_retries
 
@@ -60,14 +64,18 @@ class RetryState:
         route's hash; a retry off the hashed host picks another at random). Raises
         ``NoHostError`` as ``Cluster.choose_host`` does."""
         cluster = self.cluster
-        host = cluster.choose_host() if key is None else cluster.choose_host_for(key)
+        match = self.match
+        if match is not None:
+            host = cluster.choose_subset(match)
+        else:
+            host = cluster.choose_host() if key is None else cluster.choose_host_for(key)
         tried = self.tried
         if tried and host in tried:
             # ``lb_hosts``: those the balancer offers (usable ones unless in panic), so the
             # fallback never picks a host that health checks or outlier detection took out.
-            hosts = cluster.lb_hosts
+            hosts = cluster.lb_hosts if match is None else cluster.subset_lb_hosts(match)
             for _ in range(RESELECT_ATTEMPTS):
-                host = cluster.choose_host()
+                host = cluster.choose_host() if match is None else cluster.choose_subset(match)
                 if host not in tried:
                     break
             else:  # the balancer insists (random with few hosts): the next untried host

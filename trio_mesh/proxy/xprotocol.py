@@ -553,7 +553,8 @@ class _XSession:
             key = None
             if routed.hash_policy is not None and cluster.hashing:
                 key = routed.hash_policy.key(header, "", self.peer)[0]
-            host = open_try(cluster, record, key)
+            match = routed.match_for(cluster.name) if routed.subset_on else None
+            host = open_try(cluster, record, key, match)
             if isinstance(host, Reply):
                 self._answer(frame, size, record, host)
                 return

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from trio_mesh.config import routes as cfg
+from trio_mesh.config.subset import MatchKey, match_key, match_values
 
 from .hashing import HashPolicy, compile_hash_policy
 
@@ -193,6 +194,9 @@ class Route(_Frozen):
         "retry",
         "hash_policy",
         "per_filter_config",
+        "subset_on",
+        "_match",
+        "_weighted_matches",
         "_cluster",
         "_cluster_header",
         "_clusters",
@@ -218,6 +222,11 @@ class Route(_Frozen):
     hash_policy: HashPolicy | None
     #: Stream filter type -> its config on this route (``cfg.FILTER_DISABLED``: off).
     per_filter_config: dict[str, Any]
+    #: Whether the route has a ``metadata_match`` (the request path asks ``match_for`` only
+    #: then: routes without one pay nothing).
+    subset_on: bool
+    _match: MatchKey | None
+    _weighted_matches: dict[str, MatchKey]
     _cluster: str | None
     _cluster_header: str | None
     _clusters: tuple[str, ...]
@@ -247,6 +256,14 @@ class Route(_Frozen):
         retry = action.retry_policy if action is not None else None
         rewrite = action.regex_rewrite if action is not None else None
         direct = config.direct_response
+        base = match_values(action.metadata_match) if action is not None else None
+        weighted_matches = {}
+        for w in weighted:
+            own = match_values(w.cluster.metadata_match)
+            if own is not None:
+                # Envoy's merge: the weighted cluster's keys over the route action's
+                weighted_matches[w.cluster.name] = match_key({**(base or {}), **own})
+        route_match = match_key(base) if base is not None else None
         self._set(
             name=config.name,
             direct_response=(direct.status, direct.body.encode()) if direct else None,
@@ -265,6 +282,9 @@ class Route(_Frozen):
             ),
             hash_policy=compile_hash_policy(action),
             per_filter_config=dict(config.per_filter_config.configs),
+            subset_on=route_match is not None or bool(weighted_matches),
+            _match=route_match,
+            _weighted_matches=weighted_matches,
             _cluster=action.cluster_name if action else None,
             _cluster_header=(
                 action.cluster_header.lower() if action and action.cluster_header else None
@@ -291,6 +311,11 @@ class Route(_Frozen):
             i = bisect.bisect_right(self._cumulative, random.random() * self._total)
             return clusters[i] if i < len(clusters) else clusters[-1]
         return None
+
+    def match_for(self, cluster: str) -> MatchKey | None:
+        """The ``metadata_match`` key for a request to ``cluster`` (asked only when
+        ``subset_on``): the weighted cluster's own merged match, else the route's."""
+        return self._weighted_matches.get(cluster, self._match)
 
     def rewrite_path(self, path: str) -> str:
         """The upstream path (without the query): ``prefix_rewrite`` replaces the matched

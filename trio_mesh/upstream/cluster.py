@@ -10,6 +10,7 @@ import attrs
 
 from ..config import Cluster as ClusterConfig
 from ..config import Host as HostConfig
+from ..config.subset import FallbackPolicy, MatchKey
 from ..network.connect import ConnectError, TlsConnectError, connect
 from ..network.stream import Stream
 from ..network.throttled_log import ThrottledLog
@@ -19,6 +20,7 @@ from . import dns
 from .host import Host
 from .lb import HASHING_LB_TYPES, LoadBalancer, make_balancer
 from .outlier import OutlierDetector, release_all
+from .subset import SubsetTable
 
 log = logging.getLogger("trio_mesh.upstream")
 _tls_log = ThrottledLog(log)  # an upstream decides how often its handshakes fail
@@ -110,6 +112,8 @@ class Cluster:
         self.healthy_hosts = 0
         self.panic = False
         self.lb: LoadBalancer
+        #: ``lb_subset_config``'s subsets (``None``: off; routes' matches are ignored).
+        self.subsets: SubsetTable | None = None
         self.tls: ClusterTls | None = None
         #: ``None``: outlier detection is off (nothing is counted per try).
         self.outlier: OutlierDetector | None = None
@@ -203,6 +207,15 @@ class Cluster:
         self.lb_hosts = hosts if self.panic else usable
         lb = make_balancer(self.config.lb_type, self.lb_hosts)
         self.lb = _PanicLB(lb, self.stats) if self.panic else lb
+        subset = self.config.lb_subset_config
+        self.subsets = (
+            None
+            if subset is None
+            else SubsetTable(subset, self.config.lb_type, hosts, self._panic_lb)
+        )
+
+    def _panic_lb(self, lb: LoadBalancer) -> LoadBalancer:
+        return _PanicLB(lb, self.stats)
 
     def request_overflows(self) -> bool:
         """Whether a new request would pass ``max_requests`` (the overflow is counted);
@@ -232,6 +245,36 @@ class Cluster:
             self.stats.upstream_cx_none_healthy += 1
             raise NoHostError(f"cluster {self.name!r} has no host")
         return host
+
+    def choose_subset(self, match: MatchKey) -> Host:
+        """The host for a route's ``metadata_match`` (``match``: its precomputed key): the
+        matching subset's balancer; no such subset: the fallback policy (NO_FALLBACK: no
+        host; ANY_ENDPOINT: the whole cluster; DEFAULT_SUBSET: the default subset). A
+        cluster without ``lb_subset_config`` ignores the match, as Envoy does."""
+        table = self.subsets
+        if table is None:
+            return self.choose_host()
+        subset = table.find(match)
+        if subset is None:
+            if table.policy is FallbackPolicy.ANY_ENDPOINT:
+                return self.choose_host()
+            host = None
+        else:
+            host = subset.lb.choose()
+        if host is None:
+            self.stats.upstream_cx_none_healthy += 1
+            raise NoHostError(f"cluster {self.name!r} has no host for {dict(match)}")
+        return host
+
+    def subset_lb_hosts(self, match: MatchKey) -> tuple[Host, ...]:
+        """The hosts ``choose_subset(match)`` chooses from (a retry's fallback walks them)."""
+        table = self.subsets
+        if table is None:
+            return self.lb_hosts
+        subset = table.find(match)
+        if subset is None:
+            return self.lb_hosts if table.policy is FallbackPolicy.ANY_ENDPOINT else ()
+        return subset.lb_hosts
 
     @property
     def hashing(self) -> bool:

@@ -335,6 +335,7 @@ _CLUSTER_FIELDS = frozenset(
         "circuit_breakers",
         "health_checks",
         "outlier_detection",
+        "lb_subset_config",
         "common_http_protocol_options",
         "http2_protocol_options",
         "http_protocol_options",
@@ -585,6 +586,31 @@ def _outlier_detection(od: Any, at: _At) -> dict[str, Any]:
     return out
 
 
+def _lb_subset(cfg: Any, at: _At) -> dict[str, Any]:
+    """``lb_subset_config``: the fallback policy, default subset and selectors (the
+    per-selector fallbacks, locality and list options are refused)."""
+    _only(cfg, at, {"fallback_policy", "default_subset", "subset_selectors"})
+    selectors = []
+    for i, sel in enumerate(cfg.subset_selectors):
+        _only(sel, at / "subset_selectors" / i, {"keys"})
+        selectors.append(list(sel.keys))
+    default = cfg.default_subset.to_dict() if cfg.default_subset is not None else {}
+    return {
+        "fallback_policy": cfg.fallback_policy.name,
+        "default_subset": default,
+        "subset_selectors": selectors,
+    }
+
+
+def _lb_metadata(md: Any) -> dict[str, Any] | None:
+    """The ``envoy.lb`` part of a ``Metadata`` (what subsets and ``metadata_match`` use;
+    other filters' metadata changes no choice), or ``None``."""
+    if md is None:
+        return None
+    lb = md.filter_metadata.get("envoy.lb")
+    return lb.to_dict() if lb is not None else None
+
+
 def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
     """A ``cluster_manager.clusters[]`` entry, and the EDS service name whose
     ClusterLoadAssignment gives its hosts (``None`` for a STATIC cluster, whose hosts are in
@@ -650,6 +676,8 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
         doc["max_request_per_conn"] = c.max_requests_per_connection
     if c.outlier_detection is not None:
         doc["outlier_detection"] = _outlier_detection(c.outlier_detection, at / "outlier_detection")
+    if c.lb_subset_config is not None:
+        doc["lb_subset_config"] = _lb_subset(c.lb_subset_config, at / "lb_subset_config")
     if c.common_http_protocol_options is not None:
         _common_http(
             c.common_http_protocol_options, at / "common_http_protocol_options", doc, "idle_timeout"
@@ -806,6 +834,8 @@ def _hosts(cla: Any, at: _At) -> list[dict[str, Any]]:
             }
             if lb.endpoint.hostname:
                 host["hostname"] = lb.endpoint.hostname
+            if (md := _lb_metadata(lb.metadata)) is not None:
+                host["metadata"] = md
             if lb.load_balancing_weight is not None:
                 w = lb.load_balancing_weight
                 if not MIN_HOST_WEIGHT <= w <= MAX_HOST_WEIGHT:
@@ -995,9 +1025,12 @@ def _route_action(ra: Any, at: _At) -> dict[str, Any]:
             "timeout",
             "retry_policy",
             "hash_policy",
+            "metadata_match",
         },
     )
     out: dict[str, Any] = {}
+    if (match := _lb_metadata(ra.metadata_match)) is not None:
+        out["metadata_match"] = match
     if ra.cluster is not None:
         out["cluster_name"] = ra.cluster
     elif ra.cluster_header is not None:
@@ -1008,10 +1041,13 @@ def _route_action(ra: Any, at: _At) -> dict[str, Any]:
         entries = []
         for i, cw in enumerate(ra.weighted_clusters.clusters):
             cat = wat / "clusters" / i
-            _only(cw, cat, {"name", "weight"})
+            _only(cw, cat, {"name", "weight", "metadata_match"})
             if not cw.weight:
                 raise (cat / "weight").error("a weight of 1 or more is required")
-            entries.append({"cluster": {"name": cw.name, "weight": cw.weight}})
+            entry: dict[str, Any] = {"name": cw.name, "weight": cw.weight}
+            if (match := _lb_metadata(cw.metadata_match)) is not None:
+                entry["metadata_match"] = match
+            entries.append({"cluster": entry})
         out["weighted_clusters"] = entries
     else:
         raise at.error("a cluster, cluster_header or weighted_clusters is required")
