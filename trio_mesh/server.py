@@ -280,6 +280,8 @@ class Server:
             idle_timeout=lst.connection_idle_timeout or None,  # 0: no idle timeout
             max_connections=lst.max_connections,
             stats=self._stats[lst.name],
+            original_dst=lst.use_original_dst
+            or any(lf.type == "original_dst" for lf in lst.listener_filters),
         )
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
