@@ -253,6 +253,9 @@ class Downstream(Protocol):
     def peer(self) -> str | None:
         """The client's address as logs write it (asked only for a sampled trace's span)."""
 
+    def original_dst(self) -> tuple[str, int] | None:
+        """The connection's original destination (asked only by an ORIGINAL_DST cluster)."""
+
     def upstream_request(self, route: Route, info: RequestRecord) -> UpstreamRequest: ...
 
     async def reply(
@@ -718,7 +721,9 @@ async def forward(
             stats.upstream_rq_active += 1
             try:
                 try:
-                    if retry is not None:
+                    if cluster.original_dst is not None:
+                        host = cluster.choose_original_dst(ad.original_dst())
+                    elif retry is not None:
                         host = retry.choose_host(key)
                     elif key is None:
                         host = cluster.choose_host()
@@ -916,7 +921,12 @@ def message_cluster(core: ProxyCore, name: str | None, info: RequestRecord) -> C
     return cluster
 
 
-def open_try(cluster: Cluster, info: RequestRecord, key: int | None = None) -> Host | Reply:
+def open_try(
+    cluster: Cluster,
+    info: RequestRecord,
+    key: int | None = None,
+    dst: tuple[str, int] | None = None,
+) -> Host | Reply:
     """``forward``'s try opening, synchronous (the RPC fast path): counted, the cluster's
     breaker, a host (by ``key``, the route's hash, when given); the reply if the try cannot
     open. A host returned: ``close_try`` ends it."""
@@ -925,7 +935,10 @@ def open_try(cluster: Cluster, info: RequestRecord, key: int | None = None) -> H
     if cluster.max_requests is not None and cluster.request_overflows():
         return OVERFLOW
     try:
-        host = cluster.choose_host() if key is None else cluster.choose_host_for(key)
+        if cluster.original_dst is not None:
+            host = cluster.choose_original_dst(dst)  # ``dst``: the connection's
+        else:
+            host = cluster.choose_host() if key is None else cluster.choose_host_for(key)
     except NoHostError:
         return NO_HEALTHY_UPSTREAM
     stats.upstream_rq_active += 1

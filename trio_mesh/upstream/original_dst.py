@@ -8,6 +8,8 @@ clients choosing destinations cannot grow it without bound.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..config import Address
 from .host import Host
 
@@ -16,10 +18,12 @@ MAX_HOSTS = 1024
 
 
 class OriginalDstHosts:
-    __slots__ = ("hosts", "max_hosts")
+    __slots__ = ("hosts", "max_hosts", "on_drop")
 
     def __init__(self, max_hosts: int = MAX_HOSTS) -> None:
         self.max_hosts = max_hosts
+        #: Told of each host dropped (the pools forget its empty pools).
+        self.on_drop: Callable[[Host], None] | None = None
         #: Insertion-ordered: the least recently used first.
         self.hosts: dict[tuple[str, int], Host] = {}
 
@@ -39,5 +43,7 @@ class OriginalDstHosts:
         for key, host in self.hosts.items():
             if host.cx_active == 0 and host.active_requests == 0:
                 del self.hosts[key]
+                if self.on_drop is not None:
+                    self.on_drop(host)
                 return True
         return False
