@@ -212,6 +212,8 @@ class LbType(enum.Enum):
     LB_REQUEST_ROUNDROBIN = "LB_REQUEST_ROUNDROBIN"
     LB_MAGLEV = "LB_MAGLEV"
     LB_RING_HASH = "LB_RING_HASH"
+    #: MOSN's name for an ORIGINAL_DST cluster's choice (Envoy's CLUSTER_PROVIDED).
+    LB_ORIGINAL_DST = "LB_ORIGINAL_DST"
 
 
 @frozen(kw_only=True)
