@@ -18,6 +18,7 @@ import pytest
 
 from tests import cli_helpers
 from tests.cli_helpers import write_config
+from tests.http_helpers import get, http_config, request, running_proxy, to
 from trio_mesh.config import ClusterType, ConfigError, parse_config
 from trio_mesh.network.original_dst import is_loop, parse_sockaddr, read_original_dst
 from trio_mesh.upstream import NoHostError
@@ -238,3 +239,23 @@ def test_redirected_connection_reaches_its_original_destination(
     assert result["redirected"] == f"{NS_UPSTREAM} ping"
     # Straight to the proxy's port: SO_ORIGINAL_DST is the proxy itself, refused (closed).
     assert result["loop"] in ("", "reset")
+
+
+# --------------------------------------------------------------------------- HTTP, no netns
+
+
+@pytest.mark.parametrize("option", [True, False], ids=["use_original_dst", "option-off"])
+async def test_http_request_not_redirected_is_refused_not_looped(option: bool) -> None:
+    """A client straight at the proxy's port: its original destination is the proxy itself
+    (or, without the option, unknown); forwarding there would loop: 503, no connection."""
+    config = http_config(
+        [to("od")],
+        [{"name": "od", "type": "ORIGINAL_DST", "lb_type": "LB_ORIGINAL_DST"}],
+        listener={"use_original_dst": option},
+    )
+    async with running_proxy(config) as (server, port):
+        response = await request(port, get("/"))
+        stats = server.clusters.get("od").stats
+        assert response.status == 503
+        assert stats.upstream_cx_none_healthy == 1
+        assert stats.upstream_cx_total == 0
