@@ -12,6 +12,7 @@ import threading
 import time
 
 TIMEOUT = 10.0
+HTTP_GET = b"GET / HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n"
 
 
 def serve(listener: socket.socket) -> None:
@@ -23,21 +24,26 @@ def serve(listener: socket.socket) -> None:
         with conn:
             conn.settimeout(TIMEOUT)
             data = conn.recv(1024)
-            conn.sendall(peer[0].encode() + b" " + data)
+            if data.startswith(b"GET "):  # the proxy's HTTP request: the peer as the body
+                body = peer[0].encode()
+                head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body)
+                conn.sendall(head + body)
+            else:
+                conn.sendall(peer[0].encode() + b" " + data)
 
 
-def exchange(dst: tuple[str, int], source: str | None) -> str:
+def exchange(dst: tuple[str, int], source: str | None, request: bytes = b"ping") -> str:
     with socket.socket() as s:
         s.settimeout(TIMEOUT)
         if source is not None:
             s.bind((source, 0))
         s.connect(dst)
-        s.sendall(b"ping")
+        s.sendall(request)
         chunks = []
         try:
             while chunk := s.recv(1024):
                 chunks.append(chunk)
-                if b"ping" in b"".join(chunks):
+                if request == b"ping" and b"ping" in b"".join(chunks):
                     break
         except ConnectionResetError:
             return "reset"
@@ -51,18 +57,20 @@ def main() -> None:
         sys.argv[3],
         int(sys.argv[4]),
     )
+    # "http": the proxy speaks HTTP/1.1 (the client reads to the proxy's close).
+    request = HTTP_GET if sys.argv[5:] == ["http"] else b"ping"
     listener = socket.create_server((upstream_host, upstream_port))
     threading.Thread(target=serve, args=(listener,), daemon=True).start()
     deadline = time.monotonic() + TIMEOUT
     result: dict[str, str] = {}
     while True:  # the proxy was ready before this ran; retry only a refused connect
         try:
-            result["redirected"] = exchange((upstream_host, upstream_port), client)
+            result["redirected"] = exchange((upstream_host, upstream_port), client, request)
             break
         except ConnectionRefusedError:
             if time.monotonic() > deadline:
                 raise
-    result["loop"] = exchange(("127.0.0.1", proxy_port), None)
+    result["loop"] = exchange(("127.0.0.1", proxy_port), None, request)
     listener.close()
     print(json.dumps(result))
 

@@ -212,10 +212,22 @@ def netns() -> Iterator[str]:
         _run("ip", "netns", "delete", name)
 
 
+def http_doc() -> dict:
+    doc = original_dst_doc()
+    listener = doc["servers"][0]["listeners"][0]
+    listener["filter_chains"] = [
+        {"filters": [{"type": "proxy", "config": {"router_config_name": "r"}}]}
+    ]
+    vhost = {"name": "any", "domains": ["*"], "routers": [to("od")]}
+    doc["servers"][0]["routers"] = [{"router_config_name": "r", "virtual_hosts": [vhost]}]
+    return doc
+
+
+@pytest.mark.parametrize("mode", ["tcp", "http"])
 def test_redirected_connection_reaches_its_original_destination(
-    netns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mode: str, netns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = write_config(tmp_path, original_dst_doc())
+    config = write_config(tmp_path, original_dst_doc() if mode == "tcp" else http_doc())
     monkeypatch.setattr(cli_helpers, "CLI", ["ip", "netns", "exec", netns, *cli_helpers.CLI])
     with cli_helpers.proxy(config) as proc:
         port = proc.ready()["ingress"]
@@ -230,15 +242,20 @@ def test_redirected_connection_reaches_its_original_destination(
             pytest.skip(f"the kernel refuses the iptables REDIRECT: {rule.stderr.strip()}")
         peer = _run(
             "ip", "netns", "exec", netns, sys.executable, str(PEER),
-            NS_UPSTREAM, str(UPSTREAM_PORT), NS_CLIENT, str(port),
+            NS_UPSTREAM, str(UPSTREAM_PORT), NS_CLIENT, str(port), mode,
         )  # fmt: skip
         assert peer.returncode == 0, peer.stderr + proc.text
         result = json.loads(peer.stdout)
     # The upstream saw the proxy (its connection comes from the upstream's own address),
     # not the client: the connection went through the proxy to the original destination.
-    assert result["redirected"] == f"{NS_UPSTREAM} ping"
-    # Straight to the proxy's port: SO_ORIGINAL_DST is the proxy itself, refused (closed).
-    assert result["loop"] in ("", "reset")
+    if mode == "tcp":
+        assert result["redirected"] == f"{NS_UPSTREAM} ping"
+        # Straight to the proxy's port: SO_ORIGINAL_DST is the proxy itself: closed.
+        assert result["loop"] in ("", "reset")
+    else:
+        assert result["redirected"].startswith("HTTP/1.1 200 ")
+        assert result["redirected"].endswith(f"\r\n\r\n{NS_UPSTREAM}")
+        assert result["loop"].startswith("HTTP/1.1 503 ")
 
 
 # --------------------------------------------------------------------------- HTTP, no netns
