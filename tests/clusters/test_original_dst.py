@@ -276,3 +276,14 @@ async def test_http_request_not_redirected_is_refused_not_looped(option: bool) -
         assert response.status == 503
         assert stats.upstream_cx_none_healthy == 1
         assert stats.upstream_cx_total == 0
+
+
+async def test_reload_turns_the_option_on_for_a_kept_listener() -> None:
+    routes = [to("od")]
+    clusters = [{"name": "od", "type": "ORIGINAL_DST", "lb_type": "LB_ORIGINAL_DST"}]
+    async with running_proxy(http_config(routes, clusters)) as (server, port):
+        assert not server.listeners["ingress"].original_dst
+        await server.apply(http_config(routes, clusters, listener={"use_original_dst": True}))
+        assert server.listeners["ingress"].original_dst
+        # Still a loop for a client straight at the port: refused, not forwarded.
+        assert (await request(port, get("/"))).status == 503
