@@ -280,6 +280,7 @@ class Server:
             idle_timeout=lst.connection_idle_timeout or None,  # 0: no idle timeout
             max_connections=lst.max_connections,
             stats=self._stats[lst.name],
+            original_dst=_reads_original_dst(lst),
         )
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
@@ -512,6 +513,7 @@ class Server:
                 runtime.handler = handler
                 runtime.idle_timeout = lst.connection_idle_timeout or None
                 runtime.max_connections = lst.max_connections
+                runtime.original_dst = _reads_original_dst(lst)
                 for conn in list(runtime.connections):
                     conn.drain()
         for name in [n for n in old if n not in new]:
@@ -618,6 +620,13 @@ def _listener_filters(listener: Listener, handler: Handler, stats: ListenerStats
             stats=stats,
         )
     return handler
+
+
+def _reads_original_dst(listener: Listener) -> bool:
+    """``use_original_dst`` (MOSN's) or Envoy's ``original_dst`` listener filter."""
+    return listener.use_original_dst or any(
+        lf.type == "original_dst" for lf in listener.listener_filters
+    )
 
 
 def _needs_dispatch(listener: Listener) -> bool:

@@ -198,7 +198,7 @@ def test_validate_broken_config_lists_every_error(tmp_path):
             "unknown cluster 'missing' (defined: up)",
             "cluster_manager.clusters[0].lb_type: expected one of LB_RANDOM, LB_ROUNDROBIN, "
             "LB_WEIGHTED_ROUNDROBIN, LB_LEAST_REQUEST, LB_LEAST_CONNECTION, LB_REQUEST_ROUNDROBIN,"
-            " LB_MAGLEV, LB_RING_HASH, got 'LB_BOGUS'",
+            " LB_MAGLEV, LB_RING_HASH, LB_ORIGINAL_DST, got 'LB_BOGUS'",
             "cluster_manager.clusters[0].hosts[0].weight: expected a weight from 1 to 128, got 500",
         ]
     )

@@ -254,7 +254,14 @@ def cluster_config(hosts_: list[dict], lb_type: str = "LB_ROUNDROBIN"):
     doc = {
         "cluster_manager": {
             "clusters": [
-                {"name": "up", "lb_type": lb_type, "connect_timeout": "1s", "hosts": hosts_}
+                {
+                    "name": "up",
+                    "lb_type": lb_type,
+                    "connect_timeout": "1s",
+                    "hosts": hosts_,
+                    # LB_ORIGINAL_DST belongs to an ORIGINAL_DST cluster (config refuses others)
+                    **({"type": "ORIGINAL_DST"} if lb_type == "LB_ORIGINAL_DST" else {}),
+                }
             ]
         }
     }

@@ -332,15 +332,14 @@ def test_log_level_names_are_upper_cased(written: str, level: str) -> None:
 
 def pending_doc() -> dict[str, Any]:
     doc = minimal_doc()
-    listener(doc)["listener_filters"] = [{"type": "original_dst"}]
+    listener(doc)["log_level"] = "INFO"
     cluster(doc)["Conn_Buffer_Limit_Bytes"] = 32768
     doc["pprof"] = {"debug": True}
     return doc
 
 
 PENDING_WARNINGS = (
-    "servers[0].listeners[0].listener_filters[0].type: original_dst: known MOSN filter,"
-    " not implemented yet: ignored",
+    "servers[0].listeners[0].log_level: known MOSN key, not implemented yet: ignored",
     "cluster_manager.clusters[0].conn_buffer_limit_bytes: known MOSN key, not implemented yet:"
     " ignored",
     "pprof: known MOSN key, not implemented yet: ignored",
@@ -351,8 +350,7 @@ def test_pending_mosn_keys_load_with_one_warning_each(tmp_path: Path) -> None:
     loaded = read_config(write(tmp_path, "pending.json", json.dumps(pending_doc())))
     assert loaded.warnings == PENDING_WARNINGS
     (lst,) = loaded.config.listeners
-    assert [f.type for f in lst.listener_filters] == ["original_dst"]  # run as none
-    without = attrs.evolve(lst, listener_filters=())
+    without = lst
     assert attrs.evolve(loaded.config, servers=()) == attrs.evolve(
         parse_config(minimal_doc()).config, servers=()
     )
@@ -443,12 +441,12 @@ LISTENER_KEYS = (
     "access_logs, address, bind_port, connection_idle_timeout, filter_chains, inspector, "
     "listener_buffer_limit_bytes, listener_filters, listener_filters_timeout, "
     "max_concurrent_handshakes, max_connections, name, "
-    "per_connection_buffer_limit_bytes, stream_filters, tls_handshake_timeout"
+    "per_connection_buffer_limit_bytes, stream_filters, tls_handshake_timeout, use_original_dst"
 )
 DURATION = "expected a duration such as '3s' or '250ms', got"
 LB_CHOICES = (
     "LB_RANDOM, LB_ROUNDROBIN, LB_WEIGHTED_ROUNDROBIN, LB_LEAST_REQUEST, LB_LEAST_CONNECTION,"
-    " LB_REQUEST_ROUNDROBIN, LB_MAGLEV, LB_RING_HASH"
+    " LB_REQUEST_ROUNDROBIN, LB_MAGLEV, LB_RING_HASH, LB_ORIGINAL_DST"
 )
 NO_UP = "unknown cluster 'up' (defined: none)"
 
@@ -571,7 +569,10 @@ BAD_DOCUMENTS = [
     ),
     pytest.param(
         lambda d: cluster(d).update(type="EDS"),
-        [f"{C0}.type: expected one of SIMPLE, STATIC, STRICT_DNS, LOGICAL_DNS, got 'EDS'"],
+        [
+            f"{C0}.type: expected one of SIMPLE, STATIC, STRICT_DNS, LOGICAL_DNS, ORIGINAL_DST,"
+            " got 'EDS'"
+        ],
         id="unknown-cluster-type",
     ),
     pytest.param(

@@ -649,8 +649,7 @@ def test_cluster_refusals() -> None:
     expect(
         cluster_doc,
         t.Cluster(name="odst", type=t.ClusterDiscoveryType.ORIGINAL_DST),
-        "Cluster 'odst': type: ORIGINAL_DST: not supported by trio-mesh"
-        " (use STATIC, STRICT_DNS, LOGICAL_DNS or EDS)",
+        "Cluster 'odst': lb_policy: ROUND_ROBIN: ORIGINAL_DST needs CLUSTER_PROVIDED",
     )
     family = type(t.Cluster().dns_lookup_family)
     expect(

@@ -389,6 +389,6 @@ class ProxyProtocolConfig:
 # importing the runtime; their factories register in ``trio_mesh.filters``.
 register_filter_config("network", "tcp_proxy", TcpProxyConfig, terminal=True)
 register_filter_config("listener", "proxy_protocol", ProxyProtocolConfig)
-register_filter_config("listener", "original_dst", None)  # MOSN's: pending, warned
+register_filter_config("listener", "original_dst", None)  # = use_original_dst: true
 register_filter_config("network", "echo", None, terminal=True)
 register_filter_config("network", "proxy", ProxyConfig, terminal=True)

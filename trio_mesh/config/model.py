@@ -64,7 +64,7 @@ class ListenerFilterConfig(FilterConfig):
     KIND: ClassVar[str] = "listener"
     #: MOSN's listener filters not implemented yet (they change neither security nor
     #: access): they load with a warning and do nothing.
-    MOSN_PENDING_TYPES: ClassVar[frozenset[str]] = frozenset({"original_dst"})
+    MOSN_PENDING_TYPES: ClassVar[frozenset[str]] = frozenset()
 
 
 @frozen(kw_only=True)
@@ -144,12 +144,15 @@ class Listener:
     #: A connection whose listener filters are not done in this time is closed (Envoy's
     #: key and default).
     listener_filters_timeout: Duration = Duration(15.0)
+    #: Read each connection's original destination (``SO_ORIGINAL_DST``, after an iptables
+    #: REDIRECT) for ``ORIGINAL_DST`` clusters (MOSN's key; Envoy's ``original_dst``
+    #: listener filter sets it too).
+    use_original_dst: bool = False
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
         {
             "type",
             "network",
-            "use_original_dst",
             "default_read_buffer_size",
             "log_path",
             "log_level",
@@ -183,6 +186,9 @@ class ClusterType(enum.Enum):
     STRICT_DNS = "STRICT_DNS"
     #: One host, at the first address its name resolves to (Envoy's).
     LOGICAL_DNS = "LOGICAL_DNS"
+    #: The host is each connection's original destination (``use_original_dst``); hosts
+    #: are made on demand (``upstream/original_dst.py``), none are configured.
+    ORIGINAL_DST = "ORIGINAL_DST"
 
     @property
     def is_dns(self) -> bool:
@@ -207,6 +213,8 @@ class LbType(enum.Enum):
     LB_REQUEST_ROUNDROBIN = "LB_REQUEST_ROUNDROBIN"
     LB_MAGLEV = "LB_MAGLEV"
     LB_RING_HASH = "LB_RING_HASH"
+    #: MOSN's name for an ORIGINAL_DST cluster's choice (Envoy's CLUSTER_PROVIDED).
+    LB_ORIGINAL_DST = "LB_ORIGINAL_DST"
 
 
 @frozen(kw_only=True)

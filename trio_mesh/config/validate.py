@@ -10,7 +10,7 @@ from .errors import at
 from .filter_configs import Protocol, ProxyConfig, is_terminal
 from .health_check import health_check_warnings, parse_check
 from .metrics_check import check_metrics, metrics_warnings
-from .model import Cluster, ClusterType, FilterChain, MeshConfig
+from .model import Cluster, ClusterType, FilterChain, LbType, MeshConfig
 from .proxy_tracing import proxy_tracing_warnings
 from .tracing import check_tracing, tracing_warnings
 
@@ -220,6 +220,12 @@ def _check_dns(cp: str, cluster: Cluster) -> list[str]:
     errors = []
     if cluster.dns_refresh_rate <= 0:
         errors.append(at(f"{cp}.dns_refresh_rate", "expected a positive duration"))
+    if cluster.type is ClusterType.ORIGINAL_DST and cluster.hosts:
+        errors.append(
+            at(f"{cp}.hosts", "an ORIGINAL_DST cluster takes no hosts (each connection's is)")
+        )
+    if cluster.lb_type is LbType.LB_ORIGINAL_DST and cluster.type is not ClusterType.ORIGINAL_DST:
+        errors.append(at(f"{cp}.lb_type", "LB_ORIGINAL_DST needs type: ORIGINAL_DST"))
     if cluster.type is ClusterType.LOGICAL_DNS and len(cluster.hosts) != 1:
         errors.append(
             at(f"{cp}.hosts", f"LOGICAL_DNS takes exactly one host, got {len(cluster.hosts)}")

@@ -44,7 +44,10 @@ class TcpProxy:
         cluster = self.cluster
         for attempt in range(1, self.attempts + 1):
             try:
-                host = cluster.choose_host()
+                if cluster.original_dst is None:
+                    host = cluster.choose_host()
+                else:
+                    host = cluster.choose_original_dst(conn.original_dst)
                 return host, await cluster.connect(host)
             except (NoHostError, CircuitOpenError) as exc:
                 log.warning("tcp_proxy %s: %s", conn.remote, exc)

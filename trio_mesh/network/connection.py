@@ -104,6 +104,7 @@ class Connection:
         "draining",
         "drain_grace",
         "tls",
+        "original_dst",
     )
 
     def __init__(self, stream: Stream, idle_timeout: float | None):
@@ -126,6 +127,10 @@ class Connection:
         self.drain_grace: float | None = None
         #: The handshake's outcome on a TLS connection (``stream`` is then a TlsStream).
         self.tls: TlsInfo | None = None
+        #: ``use_original_dst``: where the client meant to connect before an iptables
+        #: REDIRECT (``network/original_dst.py``), read once at accept; ``None``: not
+        #: asked, not redirected, or a loop back to this listener.
+        self.original_dst: tuple[str, int] | None = None
 
     def drain(self) -> None:
         """The server is stopping: finish what is in flight, take nothing new."""

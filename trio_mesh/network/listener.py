@@ -15,6 +15,7 @@ from ..config import Address
 from ..errors import StartupError
 from ..stats import ListenerStats
 from .connection import Connection, IdleTimer
+from .original_dst import is_loop, read_original_dst
 from .stream import Stream
 
 log = logging.getLogger("trio_mesh.listener")
@@ -75,8 +76,11 @@ class ListenerRuntime:
         idle_timeout: float | None = None,
         max_connections: int | None = None,
         stats: ListenerStats | None = None,
+        original_dst: bool = False,
     ) -> None:
         self.name = name
+        #: Read each connection's ``SO_ORIGINAL_DST`` at accept (``use_original_dst``).
+        self.original_dst = original_dst
         self.sock = sock
         self.handler = handler
         self.idle_timeout = idle_timeout
@@ -185,6 +189,12 @@ class ListenerRuntime:
         conn = None
         try:
             conn = Connection(stream, self.idle_timeout)
+            if self.original_dst:
+                dst = read_original_dst(stream.socket)
+                # Not redirected (or redirected to ourselves): no destination, so an
+                # ORIGINAL_DST cluster refuses it instead of connecting back to us.
+                if dst is not None and not is_loop(dst, conn.local, self.address):
+                    conn.original_dst = dst
             self.connections.add(conn)
             work = self.handler(conn)
             while True:

@@ -68,6 +68,9 @@ class Pools:
         if owner is None:
             owner = self._clusters[cluster] = ClusterPools(cluster, self._exited)
             owner.retire_hosts = self.retire
+            if cluster.original_dst is not None:
+                # A dropped destination's pools hold no connection: forget them.
+                cluster.original_dst.on_drop = lambda host: self.retire((host,))
             if cluster in self._removed:
                 owner.remove()
             if self._nursery is not None:

@@ -442,6 +442,9 @@ class _Session:
         remote = self.conn.remote
         return format_hostport(*remote[:2]) if remote else None
 
+    def original_dst(self) -> tuple[str, int] | None:
+        return self.conn.original_dst
+
     def filter_context(self, route: Route | None, cluster: str | None) -> RequestContext:
         head = self.req_head
         assert head is not None

@@ -311,6 +311,9 @@ class _Stream:
         remote = self.conn.remote
         return format_hostport(*remote[:2]) if remote else None
 
+    def original_dst(self) -> tuple[str, int] | None:
+        return self.conn.original_dst
+
     def filter_context(self, route: Route | None, cluster: str | None) -> RequestContext:
         req = self.request
         conn = self.conn

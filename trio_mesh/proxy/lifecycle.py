@@ -254,6 +254,9 @@ class Downstream(Protocol):
     def peer(self) -> str | None:
         """The client's address as logs write it (asked only for a sampled trace's span)."""
 
+    def original_dst(self) -> tuple[str, int] | None:
+        """The connection's original destination (asked only by an ORIGINAL_DST cluster)."""
+
     def upstream_request(self, route: Route, info: RequestRecord) -> UpstreamRequest: ...
 
     async def reply(
@@ -724,7 +727,9 @@ async def forward(
             stats.upstream_rq_active += 1
             try:
                 try:
-                    if retry is not None:
+                    if cluster.original_dst is not None:
+                        host = cluster.choose_original_dst(ad.original_dst())
+                    elif retry is not None:
                         host = retry.choose_host(key)
                     elif match is not None:
                         host = cluster.choose_subset(match)
@@ -929,6 +934,7 @@ def open_try(
     info: RequestRecord,
     key: int | None = None,
     match: MatchKey | None = None,
+    dst: tuple[str, int] | None = None,
 ) -> Host | Reply:
     """``forward``'s try opening, synchronous (the RPC fast path): counted, the cluster's
     breaker, a host (by ``key``, the route's hash, when given); the reply if the try cannot
@@ -938,7 +944,9 @@ def open_try(
     if cluster.max_requests is not None and cluster.request_overflows():
         return OVERFLOW
     try:
-        if match is not None:
+        if cluster.original_dst is not None:
+            host = cluster.choose_original_dst(dst)  # ``dst``: the connection's
+        elif match is not None:
             host = cluster.choose_subset(match)
         elif key is None:
             host = cluster.choose_host()

@@ -227,6 +227,9 @@ class _XSession:
         """The client's ``host:port`` (a route's ``source_ip`` hash policy reads it)."""
         return self._addresses[0]
 
+    def original_dst(self) -> tuple[str, int] | None:
+        return self.conn.original_dst
+
     async def run(self, prefix: bytes) -> None:
         try:
             async with trio.open_nursery() as nursery:
@@ -554,7 +557,7 @@ class _XSession:
             if routed.hash_policy is not None and cluster.hashing:
                 key = routed.hash_policy.key(header, "", self.peer)[0]
             match = routed.match_for(cluster.name) if routed.subset_on else None
-            host = open_try(cluster, record, key, match)
+            host = open_try(cluster, record, key, match, self.conn.original_dst)
             if isinstance(host, Reply):
                 self._answer(frame, size, record, host)
                 return
@@ -970,6 +973,9 @@ class _Call(WholeMessage):
 
     def peer(self) -> str | None:
         return self.session._addresses[0]
+
+    def original_dst(self) -> tuple[str, int] | None:
+        return self.session.conn.original_dst
 
     def filter_context(self, route: Route | None, cluster: str | None) -> RequestContext:
         session = self.session

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import attrs
 
 from ..config import Cluster as ClusterConfig
+from ..config import ClusterType
 from ..config import Host as HostConfig
 from ..config.subset import FallbackPolicy, MatchKey
 from ..network.connect import ConnectError, TlsConnectError, connect
@@ -19,6 +20,7 @@ from ..stats import ClusterStats
 from . import dns
 from .host import Host
 from .lb import HASHING_LB_TYPES, LoadBalancer, make_balancer
+from .original_dst import OriginalDstHosts
 from .outlier import OutlierDetector, release_all
 from .subset import SubsetTable
 
@@ -119,6 +121,8 @@ class Cluster:
         self.outlier: OutlierDetector | None = None
         #: STRICT_DNS / LOGICAL_DNS: the resolver's state; no host until it answers.
         self.dns: dns.DnsState | None = dns.DnsState() if dns.is_dns(config) else None
+        #: ORIGINAL_DST: the hosts made for the connections' original destinations.
+        self.original_dst: OriginalDstHosts | None = None
         self._configure(config, tls)
         self.set_hosts([] if self.dns else [Host.from_config(h) for h in config.hosts])
 
@@ -129,6 +133,10 @@ class Cluster:
             tls is None and config.tls_context is not None and config.tls_context.status
         )
         self.config = config
+        if config.type is not ClusterType.ORIGINAL_DST:
+            self.original_dst = None
+        elif self.original_dst is None:
+            self.original_dst = OriginalDstHosts()
         self.connect_timeout = config.connect_timeout
         limits = config.thresholds()
         self.max_connections = limits.max_connections
@@ -275,6 +283,17 @@ class Cluster:
         if subset is None:
             return self.lb_hosts if table.policy is FallbackPolicy.ANY_ENDPOINT else ()
         return subset.lb_hosts
+
+    def choose_original_dst(self, dst: tuple[str, int] | None) -> Host:
+        """An ORIGINAL_DST cluster's host for a connection's original destination;
+        ``NoHostError`` when there is none (not redirected, a loop to this proxy) or the
+        host cache is full of busy hosts."""
+        hosts = self.original_dst
+        host = hosts.host_for(dst) if hosts is not None and dst is not None else None
+        if host is None:
+            self.stats.upstream_cx_none_healthy += 1
+            raise NoHostError(f"cluster {self.name!r}: no original destination to forward to")
+        return host
 
     @property
     def hashing(self) -> bool:

@@ -184,6 +184,9 @@ _BALANCERS: dict[LbType, Callable[[Sequence[Host]], LoadBalancer]] = {
     LbType.LB_REQUEST_ROUNDROBIN: RequestRoundRobinLB,
     LbType.LB_MAGLEV: MaglevLB,
     LbType.LB_RING_HASH: RingHashLB,
+    # ORIGINAL_DST clusters choose by destination (Cluster.choose_original_dst); this one
+    # has no host to offer.
+    LbType.LB_ORIGINAL_DST: RoundRobinLB,
 }
 
 #: The balancers that choose by a request's hash key (``choose_key``).

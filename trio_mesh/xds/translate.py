@@ -620,9 +620,14 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
     tls = _transport_socket(c.transport_socket, at, server=False)
     if c.cluster_type is not None:
         raise (at / "cluster_type").error()
-    if c.lb_policy not in _LB:
+    kind = c.type if c.type is not None else t.ClusterDiscoveryType.STATIC
+    original_dst = kind == t.ClusterDiscoveryType.ORIGINAL_DST
+    if original_dst and c.lb_policy != t.ClusterLbPolicy.CLUSTER_PROVIDED:
+        raise (at / "lb_policy").error(f"{c.lb_policy.name}: ORIGINAL_DST needs CLUSTER_PROVIDED")
+    if c.lb_policy not in _LB and not original_dst:
         raise (at / "lb_policy").error(f"{c.lb_policy.name}: {UNSUPPORTED}")
-    doc: dict[str, Any] = {"name": c.name, "type": "SIMPLE", "lb_type": _LB[c.lb_policy]}
+    lb_type = "LB_ORIGINAL_DST" if original_dst else _LB[c.lb_policy]
+    doc: dict[str, Any] = {"name": c.name, "type": "SIMPLE", "lb_type": lb_type}
     if tls is not None:
         doc["tls_context"] = tls
     if c.per_connection_buffer_limit_bytes is not None:
@@ -718,7 +723,15 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
                     cluster=True,
                 )
 
-    kind = c.type if c.type is not None else t.ClusterDiscoveryType.STATIC
+    if original_dst:
+        # Each connection's original destination is the host (upstream/original_dst.py).
+        if c.load_assignment is not None:
+            raise (at / "load_assignment").error("an ORIGINAL_DST cluster takes no hosts")
+        if c.eds_cluster_config is not None:
+            raise (at / "eds_cluster_config").error("only an EDS cluster reads it")
+        doc["type"] = "ORIGINAL_DST"
+        doc["hosts"] = []
+        return doc, None
     if kind == t.ClusterDiscoveryType.STATIC:
         if c.eds_cluster_config is not None:
             raise (at / "eds_cluster_config").error("only an EDS cluster reads it")
@@ -741,7 +754,7 @@ def cluster_doc(c: t.Cluster) -> tuple[dict[str, Any], str | None]:
         )
         return doc, None
     raise (at / "type").error(
-        f"{kind.name}: {UNSUPPORTED} (use STATIC, STRICT_DNS, LOGICAL_DNS or EDS)"
+        f"{kind.name}: {UNSUPPORTED} (use STATIC, STRICT_DNS, LOGICAL_DNS, ORIGINAL_DST or EDS)"
     )
 
 
@@ -1849,10 +1862,20 @@ def _listener_filters(lst: t.Listener, at: _At, doc: dict[str, Any]) -> None:
         if lf.typed_config is None and lf.name == "envoy.filters.listener.proxy_protocol":
             filters.append({"type": "proxy_protocol", "config": {}})
             continue
+        if lf.typed_config is None and lf.name == "envoy.filters.listener.original_dst":
+            doc["use_original_dst"] = True
+            continue
         if lf.typed_config is None:
             raise fat.error(f"{lf.name!r}: {UNSUPPORTED}")
         tat = fat / "typed_config"
-        config = _unpack(lf.typed_config, tat, (t.TLS_INSPECTOR_TYPE, t.PROXY_PROTOCOL_TYPE))
+        config = _unpack(
+            lf.typed_config,
+            tat,
+            (t.TLS_INSPECTOR_TYPE, t.PROXY_PROTOCOL_TYPE, t.ORIGINAL_DST_TYPE),
+        )
+        if isinstance(config, t.OriginalDst):  # no fields: the listener reads SO_ORIGINAL_DST
+            doc["use_original_dst"] = True
+            continue
         if isinstance(config, t.ProxyProtocol):
             filters.append({"type": "proxy_protocol", "config": _proxy_protocol(config, tat)})
             continue

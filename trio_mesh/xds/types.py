@@ -90,6 +90,7 @@ with envoy_import():
     )
     from envoy_data_plane.envoy.config.trace.v3 import OpenTelemetryConfig, TracingHttp
     from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+    from envoy_data_plane.envoy.extensions.filters.listener.original_dst.v3 import OriginalDst
     from envoy_data_plane.envoy.extensions.filters.listener.proxy_protocol.v3 import (
         ProxyProtocol,
     )
@@ -156,6 +157,7 @@ DOWNSTREAM_TLS_TYPE = type_url(DownstreamTlsContext)
 UPSTREAM_TLS_TYPE = type_url(UpstreamTlsContext)
 TLS_INSPECTOR_TYPE = type_url(TlsInspector)
 PROXY_PROTOCOL_TYPE = type_url(ProxyProtocol)
+ORIGINAL_DST_TYPE = type_url(OriginalDst)
 OTEL_TRACER_TYPE = type_url(OpenTelemetryConfig)
 #: The key of ``Cluster.typed_extension_protocol_options`` for the upstream HTTP options.
 UPSTREAM_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
