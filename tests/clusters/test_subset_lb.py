@@ -68,7 +68,8 @@ async def test_route_matching_v2_only_reaches_v2_hosts(nursery: trio.Nursery) ->
         assert len(ups[1].requests) == len(ups[2].requests) == N // 2
         assert await statuses(port, N, "/v1") == [200] * N
         assert len(ups[0].requests) == N
-        assert await statuses(port, 3, "/any") == [200] * 3  # no match: the whole cluster
+        # No metadata_match: the fallback policy (NO_FALLBACK by default), as in Envoy.
+        assert await statuses(port, 3, "/any") == [503] * 3
 
 
 async def test_no_fallback_answers_503_for_a_match_without_subset(nursery: trio.Nursery) -> None:
@@ -258,3 +259,52 @@ def test_reload_rebuilds_subsets_from_new_metadata() -> None:
     assert cluster.choose_subset(v2) is host
     with pytest.raises(NoHostError):
         cluster.choose_subset(v1)
+
+
+async def test_a_route_without_metadata_match_takes_the_fallback_policy(
+    nursery: trio.Nursery,
+) -> None:
+    """Envoy's rule: a route with no metadata_match is served by the fallback policy, so a
+    NO_FALLBACK cluster cannot be reached around its subsets by a plain route."""
+    ups = await three(nursery)
+    config = http_config([to()], subset_cluster([u.port for u in ups], ["v1", "v2", "v2"]))
+    async with running_proxy(config) as (_, port):
+        assert await statuses(port, 4) == [503] * 4
+    assert sum(len(u.requests) for u in ups) == 0
+    default = subset_cluster(
+        [u.port for u in ups],
+        ["v1", "v2", "v2"],
+        fallback_policy="DEFAULT_SUBSET",
+        default_subset={"version": "v1"},
+    )
+    async with running_proxy(http_config([to()], default)) as (_, port):
+        assert await statuses(port, 6) == [200] * 6
+    assert [len(u.requests) for u in ups] == [6, 0, 0]
+
+
+def test_a_hashing_balancer_keeps_hashing_inside_a_subset() -> None:
+    from trio_mesh.config import parse_config
+    from trio_mesh.config.subset import match_key
+    from trio_mesh.upstream.cluster import Cluster
+
+    doc = {
+        "cluster_manager": {
+            "clusters": [
+                {
+                    "name": "c",
+                    "lb_type": "LB_MAGLEV",
+                    "hosts": [
+                        {"address": f"127.0.0.1:{9000 + i}", "metadata": {"version": "v2"}}
+                        for i in range(5)
+                    ],
+                    "lb_subset_config": {"subset_selectors": [["version"]]},
+                }
+            ]
+        }
+    }
+    cluster = Cluster(parse_config(doc).config.cluster_manager.clusters[0])
+    match = match_key({"version": "v2"})
+    for key in (1, 77, 123456789):
+        assert len({cluster.choose_subset(match, key).label for _ in range(30)}) == 1
+    keys = {cluster.choose_subset(match, k).label for k in range(200)}
+    assert len(keys) > 1  # different keys spread over the subset

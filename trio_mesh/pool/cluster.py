@@ -141,7 +141,12 @@ class ClusterPools:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._ready.set()
-                if self._checking:  # asked for before the nursery was there
+                # Asked for before the nursery was there, or a run after a failed one (whose
+                # checker ended with it): the cluster keeps being checked.
+                if self._checking or (
+                    not self.removed and self.cluster.config.health_check is not None
+                ):
+                    self._checking = True
                     nursery.start_soon(self._health)
                 self.start_resolver()
                 task_status.started()

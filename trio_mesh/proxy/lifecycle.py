@@ -664,7 +664,7 @@ async def handle(
         key, set_cookie = route.hash_policy.key(header, view.query, ad.peer)
         if set_cookie is not None:
             sink = CookieSink(sink, set_cookie)
-    match = route.match_for(cluster.name) if route.subset_on else None
+    match = subset_match(route, cluster)
     await forward(core, ad, route, cluster, info, body, sink, key=key, match=match)
 
 
@@ -732,7 +732,7 @@ async def forward(
                     elif retry is not None:
                         host = retry.choose_host(key)
                     elif match is not None:
-                        host = cluster.choose_subset(match)
+                        host = cluster.choose_subset(match, key)
                     elif key is None:
                         host = cluster.choose_host()
                     else:
@@ -929,6 +929,15 @@ def message_cluster(core: ProxyCore, name: str | None, info: RequestRecord) -> C
     return cluster
 
 
+def subset_match(route: Route, cluster: Cluster) -> MatchKey | None:
+    """The subset key of a request (``None``: the cluster has no subsets): the route's
+    ``metadata_match``, or ``()`` for a route without one, which the fallback policy serves
+    (Envoy's: NO_FALLBACK refuses it, DEFAULT_SUBSET sends it to the default subset)."""
+    if cluster.subsets is None:
+        return None
+    return route.match_for(cluster.name) if route.subset_on else ()
+
+
 def open_try(
     cluster: Cluster,
     info: RequestRecord,
@@ -947,7 +956,7 @@ def open_try(
         if cluster.original_dst is not None:
             host = cluster.choose_original_dst(dst)  # ``dst``: the connection's
         elif match is not None:
-            host = cluster.choose_subset(match)
+            host = cluster.choose_subset(match, key)
         elif key is None:
             host = cluster.choose_host()
         else:
@@ -1004,7 +1013,7 @@ async def handle_message(
     key = None
     if routed.hash_policy is not None and cluster.hashing:
         key = routed.hash_policy.key(header, "", ad.peer)[0]
-    match = routed.match_for(cluster.name) if routed.subset_on else None
+    match = subset_match(routed, cluster)
     await forward(
         core, ad, routed, cluster, info, ad.body, ad.sink, retries=False, key=key, match=match
     )

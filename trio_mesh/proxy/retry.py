@@ -66,7 +66,7 @@ class RetryState:
         cluster = self.cluster
         match = self.match
         if match is not None:
-            host = cluster.choose_subset(match)
+            host = cluster.choose_subset(match, key)
         else:
             host = cluster.choose_host() if key is None else cluster.choose_host_for(key)
         tried = self.tried

@@ -73,6 +73,7 @@ from .lifecycle import (
     open_try,
     outlier_failure,
     route_message,
+    subset_match,
 )
 from .observers import listener_observers
 from .record import RequestRecord
@@ -556,7 +557,7 @@ class _XSession:
             key = None
             if routed.hash_policy is not None and cluster.hashing:
                 key = routed.hash_policy.key(header, "", self.peer)[0]
-            match = routed.match_for(cluster.name) if routed.subset_on else None
+            match = subset_match(routed, cluster)
             host = open_try(cluster, record, key, match, self.conn.original_dst)
             if isinstance(host, Reply):
                 self._answer(frame, size, record, host)

@@ -254,21 +254,21 @@ class Cluster:
             raise NoHostError(f"cluster {self.name!r} has no host")
         return host
 
-    def choose_subset(self, match: MatchKey) -> Host:
-        """The host for a route's ``metadata_match`` (``match``: its precomputed key): the
-        matching subset's balancer; no such subset: the fallback policy (NO_FALLBACK: no
-        host; ANY_ENDPOINT: the whole cluster; DEFAULT_SUBSET: the default subset). A
-        cluster without ``lb_subset_config`` ignores the match, as Envoy does."""
+    def choose_subset(self, match: MatchKey, key: int | None = None) -> Host:
+        """The host for a route's ``metadata_match`` (``match``: its precomputed key; ``()``
+        for a route without one): the matching subset's balancer; no such subset: the
+        fallback policy (NO_FALLBACK: no host; ANY_ENDPOINT: the whole cluster;
+        DEFAULT_SUBSET: the default subset). ``key``: the route's hash, which a hashing
+        balancer keeps inside the subset. A cluster without ``lb_subset_config`` ignores the
+        match, as Envoy does."""
         table = self.subsets
-        if table is None:
-            return self.choose_host()
-        subset = table.find(match)
-        if subset is None:
-            if table.policy is FallbackPolicy.ANY_ENDPOINT:
-                return self.choose_host()
+        if table is None or (subset := table.find(match)) is None:
+            if table is None or table.policy is FallbackPolicy.ANY_ENDPOINT:
+                return self.choose_host() if key is None else self.choose_host_for(key)
             host = None
         else:
-            host = subset.lb.choose()
+            choose_key = getattr(subset.lb, "choose_key", None) if key is not None else None
+            host = subset.lb.choose() if choose_key is None else choose_key(key)
         if host is None:
             self.stats.upstream_cx_none_healthy += 1
             raise NoHostError(f"cluster {self.name!r} has no host for {dict(match)}")
