@@ -65,6 +65,16 @@ class WeightedRoundRobinLB:
         return self.hosts[best]
 
 
+def _two_of(hosts: tuple[Host, ...]) -> tuple[Host, Host]:
+    """Two distinct hosts at random (power of two choices); ``hosts`` has at least two."""
+    n = len(hosts)
+    i = random.randrange(n)
+    j = random.randrange(n - 1)
+    if j >= i:
+        j += 1
+    return hosts[i], hosts[j]
+
+
 class LeastRequestLB:
     """Power of two choices: of two random hosts, the one with fewer active requests."""
 
@@ -75,14 +85,9 @@ class LeastRequestLB:
 
     def choose(self) -> Host | None:
         hosts = self.hosts
-        n = len(hosts)
-        if n < 2:
+        if len(hosts) < 2:
             return hosts[0] if hosts else None
-        i = random.randrange(n)
-        j = random.randrange(n - 1)
-        if j >= i:
-            j += 1  # two distinct hosts
-        a, b = hosts[i], hosts[j]
+        a, b = _two_of(hosts)
         return a if a.active_requests <= b.active_requests else b
 
 
@@ -96,14 +101,9 @@ class LeastConnectionLB:
 
     def choose(self) -> Host | None:
         hosts = self.hosts
-        n = len(hosts)
-        if n < 2:
+        if len(hosts) < 2:
             return hosts[0] if hosts else None
-        i = random.randrange(n)
-        j = random.randrange(n - 1)
-        if j >= i:
-            j += 1
-        a, b = hosts[i], hosts[j]
+        a, b = _two_of(hosts)
         return a if a.cx_active <= b.cx_active else b
 
 
