@@ -91,6 +91,8 @@ def test_provider_url_ipv6_in_brackets() -> None:
         {"port": 65536},
         {"ip": "not an ip"},
         {"ip": ""},
+        {"ip": "[[::1]]"},
+        {"ip": "[10.0.0.1]"},
         {"interface": "com/example"},
         {"interface": "../etc"},
         {"interface": "a\x00b"},

@@ -75,8 +75,12 @@ def is_hostname(host: str) -> bool:
     return all(_LABEL_RE.fullmatch(label) for label in labels) and not labels[-1].isdigit()
 
 
-def _bracket(ip: str) -> str:
-    return f"[{ip}]" if ":" in ip and not ip.startswith("[") else ip
+def _address(ip: str) -> str:
+    """``ip`` as a URL writes it (IPv6 in brackets); ValueError if it is no address."""
+    bare = ip[1:-1] if ip.startswith("[") and ip.endswith("]") else ip
+    if not is_hostname(bare) or (bare != ip and ":" not in bare):
+        raise ValueError(f"ip: not an address: {ip!r}")
+    return f"[{bare}]" if ":" in bare else bare
 
 
 def _check(
@@ -118,8 +122,7 @@ def provider_url(
     ValueError if a part cannot be written (the request layer refuses those first)."""
     if not 1 <= port <= 65535:
         raise ValueError(f"port: expected 1-65535, got {port}")
-    if not is_hostname(ip.strip("[]")):
-        raise ValueError(f"ip: not an address: {ip!r}")
+    address = _address(ip)
     joined = _check(interface, methods, group, version, consumer=False)
     params = {
         "anyhost": "true",
@@ -141,7 +144,7 @@ def provider_url(
         "timestamp": str(timestamp_ms),
         "version": version,
     }
-    return _join("dubbo", f"{_bracket(ip)}:{port}", interface, params)
+    return _join("dubbo", f"{address}:{port}", interface, params)
 
 
 def consumer_url(
@@ -156,8 +159,7 @@ def consumer_url(
 ) -> str:
     """The ``consumer://`` URL a Java consumer of ``interface`` registers (group may be a
     comma list or ``*``, version ``*``, as a consumer's may)."""
-    if not is_hostname(ip.strip("[]")):
-        raise ValueError(f"ip: not an address: {ip!r}")
+    address = _address(ip)
     joined = _check(interface, methods, group, version, consumer=True)
     params = {
         "application": APPLICATION,
@@ -172,7 +174,7 @@ def consumer_url(
         "timestamp": str(timestamp_ms),
         "version": version,
     }
-    return _join("consumer", _bracket(ip), interface, params)
+    return _join("consumer", address, interface, params)
 
 
 def node_name(url: str) -> str:
