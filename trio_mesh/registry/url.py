@@ -32,7 +32,8 @@ INTERFACE_RE = re.compile(r"[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*", re.ASCII)
 METHOD_RE = re.compile(r"[A-Za-z_$][\w$]*", re.ASCII)
 #: Characters a group or version must not hold: they are written raw into the URL's query
 #: (as Java does), so ``& = # ?`` would split it, ``/`` and ``%`` ``+`` would be decoded or
-#: misread by consumers, and whitespace or control characters have no place in a node name.
+#: misread by consumers, ``,`` and ``*`` are a consumer's group list and wildcard, and
+#: whitespace or control characters have no place in a node name.
 _RESERVED = frozenset("&=/?#%+;,*") | {chr(c) for c in range(0x20)} | {"\x7f", " "}
 _LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
 _PORT_RE = re.compile(r"[0-9]{1,5}", re.ASCII)
