@@ -329,6 +329,15 @@ class ClusterManagerConfig:
 
 
 @frozen(kw_only=True)
+class ExtendConfig:
+    """One of MOSN's ``extends`` entries: ``{type, config}``; ``config`` is the type's own
+    (``dubbo_registry``: ``config.registry.DubboRegistryConfig``). Unknown types warn."""
+
+    type: str
+    config: dict[str, Any] | None = None
+
+
+@frozen(kw_only=True)
 class MeshConfig:
     """The whole configuration of one proxy."""
 
@@ -342,6 +351,8 @@ class MeshConfig:
     dynamic_resources: dict[str, Any] | None = None
     static_resources: dict[str, Any] | None = None
     xds: XdsShort | None = None
+    #: MOSN's extensions (``config.registry``: ``dubbo_registry``).
+    extends: tuple[ExtendConfig, ...] = ()
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
         {
@@ -349,7 +360,6 @@ class MeshConfig:
             "pid",
             "plugin",
             "third_part_codec",
-            "extends",
             "close_graceful",
             "inherit_old_mosnconfig",
             "disable_upgrade",

@@ -12,6 +12,7 @@ from .health_check import health_check_warnings, parse_check
 from .metrics_check import check_metrics, metrics_warnings
 from .model import Cluster, ClusterType, FilterChain, LbType, MeshConfig
 from .proxy_tracing import proxy_tracing_warnings
+from .registry import check_extends, extends_warnings
 from .tracing import check_tracing, tracing_warnings
 
 
@@ -106,6 +107,7 @@ def check(config: MeshConfig) -> list[str]:
     )
     _unique(errors, routers, "router config")
     errors += check_tracing(config)
+    errors += check_extends(config)
     return errors
 
 
@@ -291,6 +293,7 @@ def unenforced(config: MeshConfig) -> list[str]:
             if router.router_config_name in warned_retries:
                 warnings += _rpc_retries_unenforced(f"servers[{si}].routers[{ri}]", router)
     warnings += tracing_warnings(config)
+    warnings += extends_warnings(config)
     return warnings
 
 
