@@ -120,6 +120,15 @@ def _run(path: str, log_level: str | None, workers: int = 1, drain_timeout: floa
     serve = functools.partial(_serve_process, drain_timeout=drain_timeout, path=path)
     if workers == 1:
         return serve(loaded.config, None)
+    from .config.registry import dubbo_registry_config
+
+    if dubbo_registry_config(loaded.config) is not None:
+        # One process must own the registry sessions and the clusters they feed.
+        print(
+            f"{path}: extends: dubbo_registry needs a single process: run without --workers",
+            file=sys.stderr,
+        )
+        return 1
     from .admin.workers_process import run_admin_process
     from .errors import StartupError
     from .workers import Supervisor

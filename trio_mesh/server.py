@@ -17,6 +17,7 @@ from .config import Listener, MeshConfig
 from .config.filter_configs import Protocol, ProxyConfig, ProxyProtocolConfig, is_terminal
 from .config.metrics_check import prometheus_sinks
 from .config.model import FilterChain
+from .config.registry import dubbo_registry_config
 from .config.scalars import format_hostport
 from .errors import StartupError
 from .filters import BuildContext, build_network_filter
@@ -44,6 +45,7 @@ from .upstream.dns import wait_warm
 
 if TYPE_CHECKING:
     from .proxy.accesslog import AccessLog
+    from .registry.runtime import RegistryRuntime
 
 log = logging.getLogger("trio_mesh.server")
 
@@ -105,6 +107,20 @@ class Server:
     def __init__(
         self, config: MeshConfig, *, reuse_port: bool = False, serve_admin: bool = True
     ) -> None:
+        #: The configuration last given (the file, or the static part plus xDS's); what
+        #: serves is ``config``: this plus the registry's subscriptions (``registry``).
+        self.source_config = config
+        #: The service registry (MOSN's dubbod, ``extends: [{type: dubbo_registry}]``).
+        self.registry: RegistryRuntime | None = None
+        registry = dubbo_registry_config(config)
+        if registry is not None:
+            from .registry.address import primary_ip
+            from .registry.runtime import RegistryRuntime
+
+            ip = registry.advertise_ip or primary_ip()
+            self.registry = RegistryRuntime(self, registry, advertise_ip=ip)
+            # Its router exists from the start (empty): listeners may name it.
+            config = self.registry.overlay(config)
         self.config = config
         self.reuse_port = reuse_port
         #: False in ``--workers`` processes: the admin process serves the admin API and the
@@ -200,6 +216,10 @@ class Server:
         nursery afterwards to close the rest."""
         self._listeners_stopped = True
         self.state = "DRAINING"
+        with trio.move_on_after(timeout):
+            if self.registry is not None:
+                # Consumers stop sending here before the listeners stop (MOSN's /unpub).
+                await self.registry.unpublish_all()
         for runtime in self.listeners.values():
             runtime.drain()
         with trio.move_on_after(timeout):
@@ -297,7 +317,8 @@ class Server:
             )
         await self._check_access_logs(self.access_logs)
         admin = self.config.admin if self.serve_admin else None
-        admin_sock = None
+        admin_sock = registry_sock = None
+        registry_log: logging.Handler | None = None
         try:
             # Bind everything before serving anything: a port in use stops start-up as a whole.
             for lst in self.config.listeners:
@@ -310,6 +331,11 @@ class Server:
                 from .admin.server import bind_admin
 
                 admin_sock = await bind_admin(admin)
+            if self.registry is not None:
+                from .registry.api import bind_api, open_log
+
+                registry_sock = await bind_api(self.registry.config)
+                registry_log = await open_log(self.registry.config)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pools.run)
                 # DNS clusters resolve before any listener serves (Envoy's warming, bounded).
@@ -341,6 +367,11 @@ class Server:
                         format_hostport(*runtime.address),
                     )
                 self._nursery = nursery
+                if self.registry is not None and registry_sock is not None:
+                    from .registry.api import run_registry
+
+                    await nursery.start(run_registry, self.registry, registry_sock)
+                    registry_sock = None  # run_registry owns it now
                 settings = self.config.xds_settings()
                 if settings is not None:
                     # Imported only now: the Envoy types cost most of a second to load.
@@ -358,6 +389,11 @@ class Server:
             self.admin_address = None
             if admin_sock is not None:
                 admin_sock.close()
+            if registry_sock is not None:
+                registry_sock.close()
+            if registry_log is not None:
+                registry_log.close()
+                logging.getLogger("trio_mesh.registry").removeHandler(registry_log)
             for runtime in self.listeners.values():
                 runtime.sock.close()
             self.listeners.clear()
@@ -419,8 +455,31 @@ class Server:
                 "metrics.sinks: cannot change while the server runs (the sinks keep their"
                 " addresses until a restart)"
             )
+        # The registry's API address and what it may publish: as admin, a restart.
+        if dubbo_registry_config(config) != dubbo_registry_config(self.config):
+            raise StartupError(
+                "extends: dubbo_registry cannot change while the server runs (its API keeps"
+                " its address until a restart)"
+            )
         async with self._applying:
-            await self._apply(config, nursery, drain_timeout)
+            await self._apply(self._overlaid(config), nursery, drain_timeout)
+            self.source_config = config
+            if self.registry is not None:
+                self.registry.applied_now()
+
+    async def reapply(self, *, drain_timeout: float = 30.0) -> None:
+        """Apply the configuration last given again, with the registry's subscriptions as
+        they are now (a provider came or went)."""
+        nursery = self._nursery
+        if nursery is None:
+            return
+        async with self._applying:
+            await self._apply(self._overlaid(self.source_config), nursery, drain_timeout)
+            if self.registry is not None:
+                self.registry.applied_now()
+
+    def _overlaid(self, config: MeshConfig) -> MeshConfig:
+        return config if self.registry is None else self.registry.overlay(config)
 
     async def _apply(self, config: MeshConfig, nursery: trio.Nursery, drain_timeout: float) -> None:
         # Every TLS context, listeners' and clusters', from the files as they are now

@@ -17,7 +17,13 @@ from typing import Any
 
 from .. import __version__
 from ..metrics.model import ENVOY_BUCKETS_MS, HistogramValue, Metric, valid_text
-from ..network.http_server import HttpRequest, HttpResponse, json_error
+from ..network.http_server import (
+    HttpRequest,
+    HttpResponse,
+    from_another_site,
+    json_error,
+    loopback_host,
+)
 from .redact import REDACTED, is_secret_env, redact
 from .stat_filter import FilterError, compile_filter, matching
 from .target import LEVELS, AdminTarget, UnknownLogger
@@ -89,9 +95,9 @@ class AdminApp:
         if route is None:
             return json_error(404, f"unknown admin path {req.path!r} (GET / lists them)")
         methods, endpoint = route
-        if _from_another_site(req, methods is POST):
+        if from_another_site(req, methods is POST):
             return json_error(403, "the admin API does not answer requests from web pages")
-        if self.loopback_names_only and not _loopback_host(req.headers.get("host")):
+        if self.loopback_names_only and not loopback_host(req.headers.get("host")):
             return json_error(403, "the admin API answers loopback names only (Host)")
         if req.method not in methods:
             allow = "POST" if methods is POST else "GET, HEAD"
@@ -365,39 +371,6 @@ class AdminApp:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _from_another_site(req: HttpRequest, changes: bool) -> bool:
-    """A browser sent it for a page of another site (CSRF: a form posted to 127.0.0.1 fails
-    the health check or drains the listeners). Browsers mark such requests
-    (``Sec-Fetch-Site``, and ``Origin`` on a POST); curl and Prometheus send neither."""
-    if req.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
-        return True
-    origin = req.headers.get("origin")
-    if not changes or origin is None:
-        return False
-    host = req.headers.get("host", "")
-    return origin.lower() not in (f"http://{host}".lower(), f"https://{host}".lower())
-
-
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-
-
-def _loopback_host(host: str | None) -> bool:
-    """Whether a request's ``Host`` names this machine's loopback (or is absent: HTTP/1.0).
-    Any other name reaching a loopback-only port was made to point here (DNS rebinding)."""
-    if host is None:
-        return True
-    name = host.strip().lower()
-    if name.startswith("["):
-        name = name[: name.find("]") + 1]
-    elif name.count(":") == 1:
-        name = name.split(":", 1)[0]
-    return (
-        name in _LOOPBACK_NAMES
-        or name.endswith(".localhost")
-        or (name.startswith("127.") and name.replace(".", "").isdigit())
-    )
 
 
 def _limit(value: int | None) -> int:

@@ -25,7 +25,8 @@ def check_refs(normalized: dict, refs: list[tuple[str, str, str]]) -> list[str]:
             name
             for server in _items(normalized, "servers")
             for name in _names(server, "routers", "router_config_name")
-        },
+        }
+        | _registry_routers(normalized),
     }
     what = {"cluster": "cluster", "router": "router config"}
     errors = []
@@ -34,6 +35,19 @@ def check_refs(normalized: dict, refs: list[tuple[str, str, str]]) -> list[str]:
             known = ", ".join(sorted(defined[kind])) or "none"
             errors.append(at(path, f"unknown {what[kind]} {name!r} (defined: {known})"))
     return errors
+
+
+def _registry_routers(normalized: dict) -> set[str]:
+    """The router an enabled ``dubbo_registry`` keeps (MOSN's ``dubbo``): it exists from
+    start-up, filled by subscriptions, so listeners may name it."""
+    names = set()
+    for entry in _items(normalized, "extends"):
+        config = entry.get("config")
+        if entry.get("type") == "dubbo_registry" and isinstance(config, dict):
+            if config.get("enable") is True:
+                name = config.get("router_config_name", "dubbo")
+                names.add(name if isinstance(name, str) else "dubbo")
+    return names
 
 
 def _items(section: Any, key: str) -> list:

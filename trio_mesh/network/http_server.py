@@ -82,6 +82,39 @@ def json_error(status: int, message: str) -> HttpResponse:
     return HttpResponse(status, json.dumps({"error": message}).encode() + b"\n")
 
 
+def from_another_site(req: HttpRequest, changes: bool) -> bool:
+    """A browser sent it for a page of another site (CSRF: a form posted to 127.0.0.1 fails
+    the health check or drains the listeners). Browsers mark such requests
+    (``Sec-Fetch-Site``, and ``Origin`` on a POST); curl and Prometheus send neither."""
+    if req.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+        return True
+    origin = req.headers.get("origin")
+    if not changes or origin is None:
+        return False
+    host = req.headers.get("host", "")
+    return origin.lower() not in (f"http://{host}".lower(), f"https://{host}".lower())
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def loopback_host(host: str | None) -> bool:
+    """Whether a request's ``Host`` names this machine's loopback (or is absent: HTTP/1.0).
+    Any other name reaching a loopback-only port was made to point here (DNS rebinding)."""
+    if host is None:
+        return True
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[: name.find("]") + 1]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    return (
+        name in _LOOPBACK_NAMES
+        or name.endswith(".localhost")
+        or (name.startswith("127.") and name.replace(".", "").isdigit())
+    )
+
+
 async def serve_http(
     sock: socket.socket,
     handler: Handler,

@@ -1,0 +1,496 @@
+"""The registry service (MOSN's dubbod): publications and subscriptions, the sessions they
+share, and the clusters and routes that subscriptions keep.
+
+A publication is an ephemeral provider node in the registry, pointing consumers at the proxy's
+own listener. A subscription is an ephemeral consumer node plus a watch on the interface's
+providers: their addresses become the hosts of a cluster named after the interface, and a
+route on the ``dubbo`` router sends requests for that interface there. Every change reaches the
+proxy through ``Server.apply``, the swap a reload or an xDS update makes: connections to hosts
+that stay are kept, those to hosts that left close once idle.
+
+One API call at a time (a lock): each either completes or undoes what it began, so nothing is
+ever half-registered.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ..config.model import Cluster, ClusterType, Host, LbType, MeshConfig
+from ..config.registry import DubboRegistryConfig
+from ..config.routes import HeaderMatcher, Route, RouteAction, RouteMatch, RouterConfig, VirtualHost
+from ..config.scalars import MAX_HOST_WEIGHT, Address, Weight
+from .backend import RegistryUnavailable, Session, SessionKey
+from .request import RegistryRef, RegistryRequest, ServiceRef
+from .url import (
+    configurators_path,
+    consumer_url,
+    consumers_path,
+    node_name,
+    provider_url,
+    providers_path,
+    select_weighted,
+)
+
+if TYPE_CHECKING:
+    from ..server import Server
+
+log = logging.getLogger("trio_mesh.registry")
+
+#: The name of the virtual host the registry adds when its router has no ``*`` one.
+VHOST_NAME = "dubbo_registry"
+
+
+class Refused(Exception):
+    """A request the registry cannot take as it stands (``err_no: 1``, HTTP 409)."""
+
+
+@attrs.frozen
+class Publication:
+    registry: RegistryRef
+    service: ServiceRef
+    path: str  # the provider node
+    url: str
+
+
+@attrs.define
+class Subscription:
+    registry: RegistryRef
+    service: ServiceRef
+    consumer_path: str
+    #: ``(host, port, weight)`` of the matching providers, as last applied.
+    hosts: tuple[tuple[str, int, int], ...] = ()
+    #: How many provider nodes the registry listed last (matching or not).
+    listed: int = 0
+    cluster: Cluster | None = None
+    #: False until the subscription is in place; a change the watch reports before that is
+    #: kept here, and wins over the first read.
+    active: bool = False
+    early: tuple[str, ...] | None = None
+
+
+def _pub_key(req: RegistryRequest) -> tuple[Any, ...]:
+    return (req.registry.key(), req.service.interface, req.service.group, req.service.version)
+
+
+def open_session(key: SessionKey, config: DubboRegistryConfig) -> Session:
+    """A session to the registry ``key`` names (its type was checked by the request)."""
+    if key[0] == "memory":
+        from .memory import MemorySession
+
+        return MemorySession(key)
+    # Imported only now: kazoo and its threads are not needed without ZooKeeper.
+    from .zookeeper import ZkSession
+
+    return ZkSession(key, session_timeout=float(config.session_timeout), log=log)
+
+
+class RegistryRuntime:
+    """Owned by a ``Server``; ``run`` in its nursery (with the API's bound socket)."""
+
+    def __init__(
+        self,
+        server: Server,
+        config: DubboRegistryConfig,
+        *,
+        advertise_ip: str,
+        session_factory: Callable[[SessionKey, DubboRegistryConfig], Session] = open_session,
+    ) -> None:
+        self.server = server
+        self.config = config
+        self.advertise_ip = advertise_ip
+        self._open_session = session_factory
+        self.sessions: dict[SessionKey, Session] = {}
+        self.publications: dict[tuple[Any, ...], Publication] = {}
+        self.subscriptions: dict[str, Subscription] = {}
+        #: The API's real bound ``(host, port)`` while it serves.
+        self.address: tuple[str, int] | None = None
+        self._lock = trio.Lock()  # one API call at a time
+        self._nursery: trio.Nursery | None = None
+        # Coalesces provider changes: one pending re-apply at most, whatever the burst.
+        self._changed_send, self._changed_recv = trio.open_memory_channel[None](1)
+        #: Incremented after every swap that carried the registry's clusters (for tests).
+        self.applied = 0
+        self._applied_event = trio.Event()
+
+    # ---------------------------------------------------------------- lifetime
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._apply_changes)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True), trio.move_on_after(self._timeout):
+                for session in list(self.sessions.values()):
+                    await session.aclose()
+            self.sessions.clear()
+
+    @property
+    def _timeout(self) -> float:
+        return float(self.config.registry_timeout)
+
+    async def unpublish_all(self) -> None:
+        """Take every publication out of its registry (a drain begins: consumers stop
+        sending here before the listeners stop), each bounded by ``registry_timeout``."""
+        async with self._lock:
+            for key, pub in list(self.publications.items()):
+                session = self.sessions.get(pub.registry.key())
+                try:
+                    if session is not None:
+                        await session.delete_ephemeral(pub.path, timeout=self._timeout)
+                except RegistryUnavailable as exc:
+                    # The node goes with the session when the process ends.
+                    log.warning("unpublish %s at drain: %s", pub.service.interface, exc)
+                del self.publications[key]
+                log.info("unpublished %s (draining)", pub.service.interface)
+
+    # ---------------------------------------------------------------- sessions
+
+    async def _session(self, ref: RegistryRef) -> Session:
+        key = ref.key()
+        session = self.sessions.get(key)
+        if session is None:
+            if self._nursery is None:
+                raise RegistryUnavailable("the registry service is not running")
+            session = self._open_session(key, self.config)
+            await self._nursery.start(session.run)
+            self.sessions[key] = session
+        return session
+
+    async def _release_unused(self, ref: RegistryRef) -> None:
+        """Close a session nothing uses any more (a failed first request: its connection
+        attempts would go on forever)."""
+        key = ref.key()
+        used = any(p.registry.key() == key for p in self.publications.values()) or any(
+            s.registry.key() == key for s in self.subscriptions.values()
+        )
+        session = self.sessions.get(key)
+        if session is not None and not used:
+            del self.sessions[key]
+            with trio.move_on_after(self._timeout):
+                await session.aclose()
+
+    # ---------------------------------------------------------------- publications
+
+    def _advertised_port(self) -> int:
+        config = self.config
+        if config.server_listener is not None:
+            address = self.server.addresses.get(config.server_listener)
+            if address is None:
+                raise Refused(f"listener {config.server_listener!r} is not listening")
+            return address[1]
+        assert config.server_port is not None  # the config check requires one of the two
+        return config.server_port
+
+    async def publish(self, req: RegistryRequest) -> str:
+        async with self._lock:
+            key = _pub_key(req)
+            old = self.publications.get(key)
+            if old is not None and old.service == req.service:
+                return "already published"
+            url = provider_url(
+                ip=self.advertise_ip,
+                port=self._advertised_port(),
+                interface=req.service.interface,
+                methods=req.service.methods,
+                group=req.service.group,
+                version=req.service.version,
+                timestamp_ms=int(time.time() * 1000),
+                pid=os.getpid(),
+            )
+            path = f"{providers_path(req.service.interface)}/{node_name(url)}"
+            try:
+                session = await self._session(req.registry)
+                # Java providers make it (they watch it): consumers such as dubbo-ssl-python
+                # read it and fail without it.
+                await session.ensure_path(
+                    configurators_path(req.service.interface), timeout=self._timeout
+                )
+                await session.create_ephemeral(path, timeout=self._timeout)
+                if old is not None:  # methods changed: the new node replaces the old one
+                    await session.delete_ephemeral(old.path, timeout=self._timeout)
+            except RegistryUnavailable:
+                await self._release_unused(req.registry)
+                raise
+            self.publications[key] = Publication(req.registry, req.service, path, url)
+            log.info("published %s as %s", req.service.interface, url)
+            return "publish success"
+
+    async def unpublish(self, req: RegistryRequest) -> str:
+        async with self._lock:
+            key = _pub_key(req)
+            pub = self.publications.get(key)
+            if pub is None:
+                raise Refused(
+                    f"service.interface: {req.service.interface!r} is not published there"
+                    " (with this group and version)"
+                )
+            session = await self._session(req.registry)
+            await session.delete_ephemeral(pub.path, timeout=self._timeout)
+            del self.publications[key]
+            await self._release_unused(req.registry)
+            log.info("unpublished %s", req.service.interface)
+            return "unpub success"
+
+    # ---------------------------------------------------------------- subscriptions
+
+    async def subscribe(self, req: RegistryRequest) -> str:
+        async with self._lock:
+            interface = req.service.interface
+            old = self.subscriptions.get(interface)
+            if old is not None and (old.registry, old.service) == (req.registry, req.service):
+                return "already subscribed"
+            if self.server.source_config.cluster(interface) is not None:
+                raise Refused(
+                    f"service.interface: a configured cluster is named {interface!r}: the"
+                    " subscription's cluster would replace it"
+                )
+            if old is not None:  # new filters or another registry: the new one replaces it
+                await self._unsubscribe(old)
+            url = consumer_url(
+                ip=self.advertise_ip,
+                interface=interface,
+                methods=req.service.methods,
+                group=req.service.group,
+                version=req.service.version,
+                timestamp_ms=int(time.time() * 1000),
+                pid=os.getpid(),
+            )
+            sub = Subscription(
+                req.registry, req.service, f"{consumers_path(interface)}/{node_name(url)}"
+            )
+            try:
+                session = await self._session(req.registry)
+                await session.create_ephemeral(sub.consumer_path, timeout=self._timeout)
+                try:
+                    children = await session.watch_children(
+                        providers_path(interface),
+                        lambda names: self._providers_changed(sub, names),
+                        timeout=self._timeout,
+                    )
+                except BaseException:
+                    with trio.CancelScope(shield=True), trio.move_on_after(self._timeout):
+                        await session.delete_ephemeral(sub.consumer_path, timeout=self._timeout)
+                    raise
+            except RegistryUnavailable:
+                await self._release_unused(req.registry)
+                raise
+            self._set_hosts(sub, children if sub.early is None else sub.early)
+            sub.active, sub.early = True, None
+            self.subscriptions[interface] = sub
+            # The route and the cluster are in place when the API answers.
+            await self.server.reapply()
+            log.info("subscribed %s: %d provider(s)", interface, len(sub.hosts))
+            return "subscribe success"
+
+    async def unsubscribe(self, req: RegistryRequest) -> str:
+        async with self._lock:
+            sub = self.subscriptions.get(req.service.interface)
+            if sub is None or sub.registry != req.registry:
+                raise Refused(
+                    f"service.interface: {req.service.interface!r} is not subscribed there"
+                )
+            await self._unsubscribe(sub)
+            await self.server.reapply()
+            await self._release_unused(req.registry)
+            return "unsubscribe success"
+
+    async def _unsubscribe(self, sub: Subscription) -> None:
+        interface = sub.service.interface
+        session = self.sessions.get(sub.registry.key())
+        if session is not None:
+            session.unwatch(providers_path(interface))
+            try:
+                await session.delete_ephemeral(sub.consumer_path, timeout=self._timeout)
+            except RegistryUnavailable as exc:
+                # Unwatched and forgotten already: the node goes with the session.
+                log.warning("unsubscribe %s: consumer node left: %s", interface, exc)
+        del self.subscriptions[interface]
+        log.info("unsubscribed %s", interface)
+
+    def _providers_changed(self, sub: Subscription, children: tuple[str, ...]) -> None:
+        # On the Trio thread, from the session: only the swap waits for the apply task.
+        if not sub.active:
+            sub.early = children
+            return
+        if self.subscriptions.get(sub.service.interface) is not sub:
+            return  # replaced or gone meanwhile
+        if self._set_hosts(sub, children):
+            try:
+                self._changed_send.send_nowait(None)
+            except trio.WouldBlock:
+                pass  # a re-apply is pending already: it reads the latest hosts
+
+    def _set_hosts(self, sub: Subscription, children: tuple[str, ...]) -> bool:
+        """Take the providers the registry lists; True if the cluster's hosts change."""
+        service = sub.service
+        hosts = select_weighted(
+            children, interface=service.interface, group=service.group, version=service.version
+        )
+        sub.listed = len(children)
+        if not hosts and sub.hosts and self.config.empty_protection:
+            # Dubbo's empty protection: a registry that lists nobody (wiped, restarted
+            # empty) must not take every host away; the last known ones stay.
+            log.warning(
+                "%s: the registry lists no provider: keeping the %d known (empty_protection)",
+                service.interface,
+                len(sub.hosts),
+            )
+            return False
+        if hosts == sub.hosts and sub.cluster is not None:
+            return False
+        sub.hosts = hosts
+        sub.cluster = _cluster(service.interface, hosts)
+        log.info(
+            "%s: providers %s",
+            service.interface,
+            ", ".join(f"{h}:{p}" for h, p, _ in hosts) or "none",
+        )
+        return True
+
+    async def _apply_changes(self) -> None:
+        async for _ in self._changed_recv:
+            try:
+                await self.server.reapply()
+            except Exception:
+                log.exception("registry: applying the providers' change failed")
+
+    # ---------------------------------------------------------------- overlay
+
+    def overlay(self, config: MeshConfig) -> MeshConfig:
+        """``config`` plus the subscriptions' clusters and routes (``Server.apply`` passes
+        every configuration through here). A cluster of the configuration's own with an
+        interface's name wins: that subscription is left out (and logged)."""
+        subs = [s for s in self.subscriptions.values() if s.cluster is not None]
+        configured = {c.name for c in config.cluster_manager.clusters}
+        clusters: list[Cluster] = []
+        routes: list[Route] = []
+        for sub in subs:
+            assert sub.cluster is not None
+            if sub.cluster.name in configured:
+                log.warning(
+                    "%s: a configured cluster has this name: the subscription is not routed",
+                    sub.cluster.name,
+                )
+                continue
+            clusters.append(sub.cluster)
+            routes.append(_route(sub.service.interface))
+        servers = list(config.servers)
+        name = self.config.router_config_name
+        placed = False
+        for si, server in enumerate(servers):
+            for ri, router in enumerate(server.routers):
+                if router.router_config_name == name:
+                    placed = True
+                    if not routes:
+                        continue
+                    routers = list(server.routers)
+                    routers[ri] = _with_routes(router, routes)
+                    servers[si] = attrs.evolve(server, routers=tuple(routers))
+        # The router exists from the start, empty: listeners may name it (MOSN creates it).
+        if not placed and servers:
+            router = RouterConfig(
+                router_config_name=name,
+                virtual_hosts=(
+                    VirtualHost(name=VHOST_NAME, domains=("*",), routers=tuple(routes)),
+                ),
+            )
+            servers[0] = attrs.evolve(servers[0], routers=(*servers[0].routers, router))
+        if not clusters:
+            return attrs.evolve(config, servers=tuple(servers))
+        return attrs.evolve(
+            config,
+            servers=tuple(servers),
+            cluster_manager=attrs.evolve(
+                config.cluster_manager,
+                clusters=(*config.cluster_manager.clusters, *clusters),
+            ),
+        )
+
+    def applied_now(self) -> None:
+        """The server swapped in a configuration carrying the registry's state."""
+        self.applied += 1
+        self._applied_event.set()
+        self._applied_event = trio.Event()
+
+    async def wait_applied(self) -> None:
+        """Until the next swap (tests: a provider change has reached the proxy)."""
+        await self._applied_event.wait()
+
+    # ---------------------------------------------------------------- status
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /`` shows: publications and subscriptions, no credentials."""
+        return {
+            "publications": [
+                {
+                    "registry": _public(p.registry),
+                    "service": attrs.asdict(p.service),
+                    "url": p.url,
+                }
+                for p in self.publications.values()
+            ],
+            "subscriptions": [
+                {
+                    "registry": _public(s.registry),
+                    "service": attrs.asdict(s.service),
+                    "providers_listed": s.listed,
+                    "hosts": [f"{h}:{p}" for h, p, _ in s.hosts],
+                }
+                for s in self.subscriptions.values()
+            ],
+            "sessions": [
+                {"type": k[0], "addr": k[1], "connected": s.connected}
+                for k, s in self.sessions.items()
+            ],
+        }
+
+
+def _public(ref: RegistryRef) -> dict[str, Any]:
+    return {"type": ref.type, "addr": ref.addr, "username": ref.username}
+
+
+def _cluster(interface: str, hosts: tuple[tuple[str, int, int], ...]) -> Cluster:
+    # Dubbo's weights (default 100) scaled into MOSN's 1-128 when any is above.
+    top = max((w for _, _, w in hosts), default=0)
+    scale = MAX_HOST_WEIGHT / top if top > MAX_HOST_WEIGHT else 1.0
+    return Cluster(
+        name=interface,
+        type=ClusterType.SIMPLE,
+        lb_type=LbType.LB_RANDOM,
+        hosts=tuple(
+            Host(address=Address(h, p), weight=Weight(max(1, math.floor(w * scale))))
+            for h, p, w in hosts
+            if w > 0  # Dubbo's weight 0: no traffic
+        ),
+    )
+
+
+def _route(interface: str) -> Route:
+    return Route(
+        match=RouteMatch(headers=(HeaderMatcher(name="service", value=interface),)),
+        route=RouteAction(cluster_name=interface),
+    )
+
+
+def _with_routes(router: RouterConfig, routes: list[Route]) -> RouterConfig:
+    vhosts = list(router.virtual_hosts)
+    for vi, vhost in enumerate(vhosts):
+        if "*" in vhost.domains:
+            vhosts[vi] = attrs.evolve(vhost, routers=(*vhost.routers, *routes))
+            break
+    else:
+        vhosts.append(VirtualHost(name=VHOST_NAME, domains=("*",), routers=tuple(routes)))
+    return attrs.evolve(router, virtual_hosts=tuple(vhosts))
