@@ -56,7 +56,9 @@ def sidecar_config(
                 "routers": [
                     {
                         "router_config_name": "ingress_routes",
-                        "virtual_hosts": [{"name": "in", "domains": ["*"], "routers": ingress_routes}],
+                        "virtual_hosts": [
+                            {"name": "in", "domains": ["*"], "routers": ingress_routes}
+                        ],
                     }
                 ],
             }

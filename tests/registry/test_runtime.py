@@ -43,7 +43,8 @@ async def test_subscribe_balances_over_the_providers_and_follows_them(nursery):
     status, answer = await api(server, "/sub", body(ADDR, type="memory"))
     assert (status, answer) == (200, {"err_no": 0, "err_msg": "subscribe success"})
     cluster = server.clusters.get(SERVICE)
-    assert sorted(str(h.address) for h in cluster.hosts) == sorted([f"127.0.0.1:{a}", f"127.0.0.1:{b}"])
+    hosts = sorted(str(h.address) for h in cluster.hosts)
+    assert hosts == sorted([f"127.0.0.1:{a}", f"127.0.0.1:{b}"])
     # The consumer node is in the registry, as a Dubbo consumer's would be.
     consumers = MemoryRegistry.get(ADDR).children(f"/dubbo/{SERVICE}/consumers")
     assert len(consumers) == 1 and consumers[0].startswith("consumer%3A%2F%2F127.0.0.1")
