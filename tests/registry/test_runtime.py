@@ -171,3 +171,107 @@ async def test_wrong_methods_and_cross_site_requests(nursery):
         b"Content-Length: 2\r\nConnection: close\r\n\r\n{}"
     )
     assert (await request(port, raw)).status == 403
+
+
+async def test_the_last_provider_leaving_keeps_the_hosts_with_empty_protection(nursery):
+    a = await provider(nursery, "a")
+    node = provider_node(a)
+    other = await register(nursery, node)
+    server = await nursery.start(Server(sidecar_config()).run)
+    assert (await api(server, "/sub", body(ADDR, type="memory")))[0] == 200
+    applied = server.registry.applied
+    await other.delete_ephemeral(node, timeout=5)
+    # The registry lists nobody now: the host stays, and calls still reach it.
+    session = server.registry.sessions[("memory", ADDR, "", "")]
+    with trio.fail_after(5):
+        await session.settled()
+    assert server.registry.status()["subscriptions"][0]["providers_listed"] == 0
+    assert server.registry.applied == applied
+    assert [str(h.address) for h in server.clusters.get(SERVICE).hosts] == [f"127.0.0.1:{a}"]
+    assert await calls(server.addresses["egress"][1], 2) == ["hello c0 from a", "hello c1 from a"]
+
+
+async def test_without_empty_protection_the_cluster_follows_the_registry(nursery):
+    a = await provider(nursery, "a")
+    node = provider_node(a)
+    other = await register(nursery, node)
+    config = sidecar_config(registry={"empty_protection": False})
+    server = await nursery.start(Server(config).run)
+    assert (await api(server, "/sub", body(ADDR, type="memory")))[0] == 200
+    await other.delete_ephemeral(node, timeout=5)
+    with trio.fail_after(5):
+        while server.clusters.get(SERVICE).hosts:
+            await server.registry.wait_applied()
+
+
+async def test_group_and_version_filter_the_providers(nursery):
+    blue = await provider(nursery, "blue")
+    green = await provider(nursery, "green")
+    await register(
+        nursery,
+        provider_node(blue, group="blue", version="1.0.0"),
+        provider_node(green, group="green", version="1.0.0"),
+    )
+    server = await nursery.start(Server(sidecar_config()).run)
+    doc = body(ADDR, type="memory", group="green", version="1.0.0")
+    assert (await api(server, "/sub", doc))[0] == 200
+    assert [str(h.address) for h in server.clusters.get(SERVICE).hosts] == [f"127.0.0.1:{green}"]
+    # A second /sub for the interface with other filters replaces the first.
+    doc = body(ADDR, type="memory", group="*", version="1.0.0")
+    assert (await api(server, "/sub", doc))[0] == 200
+    assert len(server.clusters.get(SERVICE).hosts) == 2
+    assert len(MemoryRegistry.get(ADDR).children(f"/dubbo/{SERVICE}/consumers")) == 1
+
+
+async def test_a_configured_cluster_with_the_interface_name_is_never_replaced(nursery):
+    config = sidecar_config(
+        extra_clusters=[{"name": SERVICE, "hosts": [{"address": "127.0.0.1:9"}]}]
+    )
+    server = await nursery.start(Server(config).run)
+    status, answer = await api(server, "/sub", body(ADDR, type="memory"))
+    assert status == 409 and "configured cluster" in answer["err_msg"]
+    assert [str(h.address) for h in server.clusters.get(SERVICE).hosts] == ["127.0.0.1:9"]
+    assert MemoryRegistry.get(ADDR).children(f"/dubbo/{SERVICE}/consumers") == ()
+
+
+async def test_a_reload_keeps_subscriptions_and_refuses_registry_changes(nursery):
+    from trio_mesh.errors import StartupError
+
+    a = await provider(nursery, "a")
+    await register(nursery, provider_node(a))
+    server = await nursery.start(Server(sidecar_config()).run)
+    assert (await api(server, "/sub", body(ADDR, type="memory")))[0] == 200
+    # The same file again (SIGHUP): the subscription's cluster and route stay.
+    await server.apply(sidecar_config())
+    assert SERVICE in server.clusters
+    assert await calls(server.addresses["egress"][1], 1) == ["hello c0 from a"]
+    with pytest.raises(StartupError, match="dubbo_registry cannot change"):
+        await server.apply(sidecar_config(registry={"allow_non_loopback": True}))
+
+
+def test_workers_are_refused_with_the_registry(tmp_path):
+    import json
+
+    from ..cli_helpers import run_cli
+
+    path = tmp_path / "registry.json"
+    doc = {
+        "servers": [
+            {
+                "listeners": [
+                    {
+                        "name": "in",
+                        "address": "127.0.0.1:20881",
+                        "filter_chains": [{"filters": [{"type": "echo"}]}],
+                    }
+                ]
+            }
+        ],
+        "extends": [
+            {"type": "dubbo_registry", "config": {"enable": True, "server_port": 20881}}
+        ],
+    }
+    path.write_text(json.dumps(doc))
+    result = run_cli("run", "--workers", "2", str(path))
+    assert result.returncode == 1
+    assert "dubbo_registry needs a single process" in result.stderr
