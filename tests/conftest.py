@@ -9,8 +9,9 @@ from tests.tcp_helpers import echo_handler, start_tcp_server
 from tests.tls_pki import Pki, make_pki
 
 # isolation: the xDS tests' own process (trio-asyncio patches asyncio process-wide);
-# pytester: tests/test_isolation.py runs small projects through it.
-pytest_plugins = ["tests.isolation", "pytester"]
+# pytester: tests/test_isolation.py runs small projects through it; zookeeper_server: the
+# real ZooKeeper fixtures (tests/registry/).
+pytest_plugins = ["tests.isolation", "pytester", "tests.zookeeper_server"]
 
 
 @pytest.fixture
