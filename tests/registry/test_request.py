@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import example, given
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from trio_mesh.registry.request import (
@@ -308,6 +308,7 @@ def test_request_error_fields() -> None:
     assert str(err) == "service.interface: required"
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=512), st.sampled_from(KINDS))
 @example(b'{"registry": 1, "service": 1}', "pub")
 @example(b'{"registry": {"type": "zookeeper", "addr": "[::1]:"}}', "sub")
@@ -349,6 +350,7 @@ _service = st.fixed_dictionaries(
 )
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.fixed_dictionaries(
         {},
@@ -393,6 +395,7 @@ _ids = st.from_regex(r"[A-Za-z_$][A-Za-z0-9_$]{0,8}", fullmatch=True)
 _plain = st.from_regex(r"[A-Za-z0-9._:\-]{0,10}", fullmatch=True)
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     interface=st.lists(_ids, min_size=1, max_size=4).map(".".join),
     methods=st.lists(_ids, min_size=1, max_size=4),

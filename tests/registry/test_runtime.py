@@ -267,9 +267,7 @@ def test_workers_are_refused_with_the_registry(tmp_path):
                 ]
             }
         ],
-        "extends": [
-            {"type": "dubbo_registry", "config": {"enable": True, "server_port": 20881}}
-        ],
+        "extends": [{"type": "dubbo_registry", "config": {"enable": True, "server_port": 20881}}],
     }
     path.write_text(json.dumps(doc))
     result = run_cli("run", "--workers", "2", str(path))

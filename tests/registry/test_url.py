@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import pytest
 from dubbo_ssl.common.util import parse_url
-from hypothesis import example, given
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import trio_mesh
@@ -218,6 +218,7 @@ def test_parse_node_garbage_is_none(name: str) -> None:
     assert parse_node(name) is None
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text())
 @example("%ed%a0%80")  # an encoded lone surrogate
 @example("dubbo%3A%2F%2F%5B%5D%3A1")
@@ -236,6 +237,7 @@ _hosts = st.one_of(
 )
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     interface=_names,
     host=_hosts,
