@@ -131,6 +131,10 @@ async def test_drain_unpublishes_before_the_listeners_stop(nursery):
     ingress.drain = drain_and_look
     assert await server.drain(5)
     assert seen == [()]
+    # Draining, it publishes nothing more.
+    status, answer = await api(server, "/pub", body(ADDR, type="memory"))
+    assert status == 409 and "draining" in answer["err_msg"]
+    assert registry.children(providers_path(SERVICE)) == ()
 
 
 @pytest.mark.parametrize(

@@ -117,6 +117,8 @@ class RegistryRuntime:
         self._nursery: trio.Nursery | None = None
         # Coalesces provider changes: one pending re-apply at most, whatever the burst.
         self._changed_send, self._changed_recv = trio.open_memory_channel[None](1)
+        #: Set when a drain began: publications were taken out, none are made any more.
+        self.draining = False
         #: Incremented after every swap that carried the registry's clusters (for tests).
         self.applied = 0
         self._applied_event = trio.Event()
@@ -145,6 +147,7 @@ class RegistryRuntime:
         """Take every publication out of its registry (a drain begins: consumers stop
         sending here before the listeners stop), each bounded by ``registry_timeout``."""
         async with self._lock:
+            self.draining = True
             for key, pub in list(self.publications.items()):
                 session = self.sessions.get(pub.registry.key())
                 try:
@@ -196,6 +199,8 @@ class RegistryRuntime:
 
     async def publish(self, req: RegistryRequest) -> str:
         async with self._lock:
+            if self.draining:
+                raise Refused("the proxy is draining: it publishes nothing more")
             key = _pub_key(req)
             old = self.publications.get(key)
             if old is not None and old.service == req.service:
