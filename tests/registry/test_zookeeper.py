@@ -5,6 +5,7 @@ nothing of kazoo outlives the session."""
 from __future__ import annotations
 
 import functools
+import shutil
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -238,6 +239,32 @@ async def test_restart_keeps_ephemerals_and_watches(
         await server.astart()
         await connected(zk)
         await changes.until(())  # re-read once back: changes may have been missed
+        async with kazoo(server.address) as other:
+            await wait_until("node back", lambda: blocking(_exists, other, node))
+            await blocking(other.create, f"{providers}/p1", b"")
+            await changes.until(("p1",))
+
+
+async def test_a_zookeeper_restarted_empty_gets_a_new_session(
+    zookeeper_factory: Callable[[], Awaitable[ZooKeeper]],
+) -> None:
+    """A ZooKeeper that lost its data refuses for good to resume a session that has seen
+    later zxids than it has: past the session timeout the session is given up for a new one,
+    which restores the ephemerals and the watches."""
+    server = await zookeeper_factory()
+    node = "/t-wiped/dubbo/com.example.Echo/providers/me"
+    providers = "/t-wiped/dubbo/com.example.Other/providers"
+    changes = Changes()
+    async with session(server.address) as zk:
+        await zk.create_ephemeral(node, timeout=5)
+        await zk.watch_children(providers, changes, timeout=5)
+        await server.astop()
+        await wait_until("disconnected", lambda: _false(zk.connected))
+        await blocking(shutil.rmtree, server.dir / "data")
+        (server.dir / "data").mkdir()
+        await server.astart()
+        await connected(zk)
+        await changes.until(())
         async with kazoo(server.address) as other:
             await wait_until("node back", lambda: blocking(_exists, other, node))
             await blocking(other.create, f"{providers}/p1", b"")

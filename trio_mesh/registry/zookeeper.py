@@ -9,6 +9,8 @@ worker thread.
 The session remembers what it must restore: its ephemeral nodes (created again when a new
 session replaces an expired one) and its watched paths (re-read, which re-arms kazoo's
 one-shot watch, after any reconnection, since changes may have been missed meanwhile).
+Disconnected for longer than the session timeout, it gives the session up for a new one, as
+Curator does (a ZooKeeper restarted without its data would refuse the old one forever).
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ class ZkSession:
         self._client_closed = False
         self._close_lock = trio.Lock()
         self._auth_failed = False
+        #: When a connected session lost its connection (None while connected, or before the
+        #: first connection): past ``session_timeout`` the session is given up (_renew_session).
+        self._disconnected_at: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -164,6 +169,7 @@ class ZkSession:
             return
         if state == "CONNECTED":
             self._connected = True
+            self._disconnected_at = None
             self._connected_event.set()
             if self._session_lost:
                 self.log.info("zookeeper %s: new session (the previous one expired)", self.addr)
@@ -175,6 +181,9 @@ class ZkSession:
             self._dirty.update(self._watches)
             self._wake.set()
         else:
+            if self._connected:
+                self._disconnected_at = trio.current_time()
+                self._wake.set()  # the supervisor times the outage from now
             self._connected = False
             if self._connected_event.is_set():
                 self._connected_event = trio.Event()
@@ -193,7 +202,7 @@ class ZkSession:
     async def _supervise(self) -> None:
         """Restore ephemerals after a new session; re-read dirty watches (coalesced)."""
         while not self._closed.is_set():
-            await self._wake.wait()
+            await self._wait_wake()
             self._wake = trio.Event()
             if not self._connected or self._closed.is_set():
                 continue  # nothing to tell listeners during an outage
@@ -210,6 +219,41 @@ class ZkSession:
                     self._dirty.add(path)
             if self._dirty or orphans_left:
                 await self._retry_later()
+
+    async def _wait_wake(self) -> None:
+        """Until woken; or, disconnected for longer than the session timeout, until the
+        session has been given up for a new one."""
+        since = self._disconnected_at
+        if since is None or self._auth_failed:
+            await self._wake.wait()
+            return
+        with trio.move_on_at(since + self.session_timeout):
+            await self._wake.wait()
+            return
+        await self._renew_session()
+
+    async def _renew_session(self) -> None:
+        """Give the session up and start a new one (Curator's client-side expiry, which Java
+        Dubbo has). kazoo alone would try to resume the old session forever, and a ZooKeeper
+        that lost its data (restarted empty) refuses that for good: the client has seen a
+        later zxid than the server has. The session is expired on the server by now anyway
+        (or soon will be); the new one restores the ephemerals and re-reads the watches."""
+        async with self._close_lock:
+            client = self._client
+            if client is None or self._client_closed or self._connected:
+                return
+            self._disconnected_at = trio.current_time()  # again then, if still unreachable
+            self.log.warning(
+                "zookeeper %s: no connection for %gs (the session timeout): a new session",
+                self.addr,
+                self.session_timeout,
+            )
+
+            def restart() -> None:
+                client.stop()  # LOST: the next CONNECTED restores everything
+                client.start_async()
+
+            await trio.to_thread.run_sync(restart)
 
     async def _retry_later(self) -> None:
         with trio.move_on_after(RESTORE_RETRY):
