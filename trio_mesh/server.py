@@ -377,7 +377,9 @@ class Server:
                     # Imported only now: the Envoy types cost most of a second to load.
                     from .xds.runtime import XdsRuntime
 
-                    self.xds = XdsRuntime(self, settings, self.config)
+                    # Over the configuration as given: the registry's router and
+                    # clusters are added to every composed snapshot by apply's overlay.
+                    self.xds = XdsRuntime(self, settings, self.source_config)
                     await nursery.start(self.xds.run)
                     # Envoy's readiness: LIVE once the initial xDS fetch is done.
                     nursery.start_soon(self._live_when_warm, self.xds)
