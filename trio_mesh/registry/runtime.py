@@ -224,12 +224,17 @@ class RegistryRuntime:
                     configurators_path(req.service.interface), timeout=self._timeout
                 )
                 await session.create_ephemeral(path, timeout=self._timeout)
-                if old is not None:  # methods changed: the new node replaces the old one
-                    await session.delete_ephemeral(old.path, timeout=self._timeout)
             except RegistryUnavailable:
                 await self._release_unused(req.registry)
                 raise
+            # Recorded as soon as its node exists: an /unpub must find it whatever follows.
             self.publications[key] = Publication(req.registry, req.service, path, url)
+            if old is not None:  # methods changed: the new node replaces the old one
+                try:
+                    await session.delete_ephemeral(old.path, timeout=self._timeout)
+                except RegistryUnavailable as exc:
+                    # Forgotten by the session (never re-created): it goes with the session.
+                    log.warning("publish %s: the old node is left: %s", req.service.interface, exc)
             log.info("published %s as %s", req.service.interface, url)
             return "publish success"
 

@@ -1,0 +1,82 @@
+"""A registry call failing in the middle of an API request that replaces something (a
+publication with new methods, a subscription with new filters): what the proxy records, what
+the registry holds and what the proxy routes stay one and the same."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from trio_mesh import Server
+from trio_mesh.config.registry import DubboRegistryConfig
+from trio_mesh.registry.backend import RegistryUnavailable, SessionKey
+from trio_mesh.registry.memory import MemoryRegistry, MemorySession
+from trio_mesh.registry.url import providers_path
+
+from ..rpc_helpers import provider
+from .helpers import SERVICE, api, body, sidecar_config
+
+ADDR = "127.0.0.1:2181"
+
+
+@pytest.fixture(autouse=True)
+def fresh_memory_registry():
+    MemoryRegistry.reset()
+    yield
+    MemoryRegistry.reset()
+
+
+class FlakySession(MemorySession):
+    """A memory session whose next delete or watch can be made to fail, as a ZooKeeper that
+    stops answering would."""
+
+    fail_delete = False
+    fail_watch = False
+
+    async def delete_ephemeral(self, path: str, *, timeout: float) -> None:
+        if FlakySession.fail_delete:
+            FlakySession.fail_delete = False
+            raise RegistryUnavailable(f"memory {path}: timed out")
+        await super().delete_ephemeral(path, timeout=timeout)
+
+    async def watch_children(self, path: str, on_change: Any, *, timeout: float) -> Any:
+        if FlakySession.fail_watch:
+            FlakySession.fail_watch = False
+            raise RegistryUnavailable(f"memory {path}: timed out")
+        return await super().watch_children(path, on_change, timeout=timeout)
+
+
+def flaky(key: SessionKey, config: DubboRegistryConfig) -> FlakySession:
+    return FlakySession(key)
+
+
+async def flaky_server(nursery: trio.Nursery, **kw: Any) -> Server:
+    server = Server(sidecar_config(**kw))
+    assert server.registry is not None
+    server.registry._open_session = flaky
+    FlakySession.fail_delete = FlakySession.fail_watch = False
+    return await nursery.start(server.run)
+
+
+async def test_new_methods_with_the_old_node_not_deleted_leave_no_unrecorded_node(nursery):
+    local = await provider(nursery, "local")
+    server = await flaky_server(nursery, provider_port=local)
+    registry = MemoryRegistry.get(ADDR)
+    status, _ = await api(server, "/pub", body(ADDR, type="memory", methods=["sayHello"]))
+    assert status == 200
+    # New methods: the new node is created, deleting the old one fails.
+    FlakySession.fail_delete = True
+    await api(server, "/pub", body(ADDR, type="memory", methods=["sayHello", "add"]))
+    # The new node is in place: it is the publication recorded...
+    _, listing = await api(server, "/pub", method="GET")
+    (recorded,) = listing["publications"]
+    assert recorded["service"]["methods"] == ["sayHello", "add"]
+    nodes = registry.children(providers_path(SERVICE))
+    assert [n for n in nodes if "add%2CsayHello" in n]
+    # ... and /unpub takes out the node the proxy made last: none of ours with `add` stays.
+    status, _ = await api(server, "/unpub", body(ADDR, type="memory", methods=[]))
+    assert status == 200
+    left = registry.children(providers_path(SERVICE))
+    assert not [n for n in left if "add%2CsayHello" in n], left
