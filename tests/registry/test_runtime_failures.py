@@ -16,7 +16,7 @@ from trio_mesh.registry.memory import MemoryRegistry, MemorySession
 from trio_mesh.registry.url import providers_path
 
 from ..rpc_helpers import provider
-from .helpers import SERVICE, api, body, sidecar_config
+from .helpers import SERVICE, api, body, provider_node, sidecar_config
 
 ADDR = "127.0.0.1:2181"
 
@@ -80,3 +80,25 @@ async def test_new_methods_with_the_old_node_not_deleted_leave_no_unrecorded_nod
     assert status == 200
     left = registry.children(providers_path(SERVICE))
     assert not [n for n in left if "add%2CsayHello" in n], left
+
+
+async def test_a_failed_resubscription_leaves_no_route_to_the_old_one(nursery):
+    a = await provider(nursery, "a")
+    other = MemorySession(("memory", ADDR, "", ""))
+    await nursery.start(other.run)
+    await other.create_ephemeral(provider_node(a, group="g1"), timeout=5)
+    server = await flaky_server(nursery)
+    status, _ = await api(server, "/sub", body(ADDR, type="memory", group="g1"))
+    assert status == 200 and server.clusters.get(SERVICE) is not None
+    # New filters replace the subscription; the registry fails while watching.
+    FlakySession.fail_watch = True
+    status, answer = await api(server, "/sub", body(ADDR, type="memory", group="g2"))
+    assert status == 503 and answer["err_no"] == 1
+    _, listing = await api(server, "/sub", method="GET")
+    # Nothing subscribed: nothing routed either (the old cluster and route are gone).
+    assert listing["subscriptions"] == []
+    assert SERVICE not in server.clusters
+    routers = [
+        r for s in server.config.servers for r in s.routers if r.router_config_name == "dubbo"
+    ]
+    assert all(not vh.routers for r in routers for vh in r.virtual_hosts)

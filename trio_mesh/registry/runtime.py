@@ -269,41 +269,54 @@ class RegistryRuntime:
                 )
             if old is not None:  # new filters or another registry: the new one replaces it
                 await self._unsubscribe(old)
-            url = consumer_url(
-                ip=self.advertise_ip,
-                interface=interface,
-                methods=req.service.methods,
-                group=req.service.group,
-                version=req.service.version,
-                timestamp_ms=int(time.time() * 1000),
-                pid=os.getpid(),
-            )
-            sub = Subscription(
-                req.registry, req.service, f"{consumers_path(interface)}/{node_name(url)}"
-            )
-            try:
-                session = await self._session(req.registry)
-                await session.create_ephemeral(sub.consumer_path, timeout=self._timeout)
                 try:
-                    children = await session.watch_children(
-                        providers_path(interface),
-                        lambda names: self._providers_changed(sub, names),
-                        timeout=self._timeout,
-                    )
+                    return await self._subscribe(req)
                 except BaseException:
+                    # The old one is gone: neither routed nor holding a session any more.
                     with trio.CancelScope(shield=True), trio.move_on_after(self._timeout):
-                        await session.delete_ephemeral(sub.consumer_path, timeout=self._timeout)
+                        await self.server.reapply()
+                        await self._release_unused(old.registry)
                     raise
-            except RegistryUnavailable:
-                await self._release_unused(req.registry)
+            return await self._subscribe(req)
+
+    async def _subscribe(self, req: RegistryRequest) -> str:
+        """Under the lock, with no subscription to ``req``'s interface."""
+        interface = req.service.interface
+        url = consumer_url(
+            ip=self.advertise_ip,
+            interface=interface,
+            methods=req.service.methods,
+            group=req.service.group,
+            version=req.service.version,
+            timestamp_ms=int(time.time() * 1000),
+            pid=os.getpid(),
+        )
+        sub = Subscription(
+            req.registry, req.service, f"{consumers_path(interface)}/{node_name(url)}"
+        )
+        try:
+            session = await self._session(req.registry)
+            await session.create_ephemeral(sub.consumer_path, timeout=self._timeout)
+            try:
+                children = await session.watch_children(
+                    providers_path(interface),
+                    lambda names: self._providers_changed(sub, names),
+                    timeout=self._timeout,
+                )
+            except BaseException:
+                with trio.CancelScope(shield=True), trio.move_on_after(self._timeout):
+                    await session.delete_ephemeral(sub.consumer_path, timeout=self._timeout)
                 raise
-            self._set_hosts(sub, children if sub.early is None else sub.early)
-            sub.active, sub.early = True, None
-            self.subscriptions[interface] = sub
-            # The route and the cluster are in place when the API answers.
-            await self.server.reapply()
-            log.info("subscribed %s: %d provider(s)", interface, len(sub.hosts))
-            return "subscribe success"
+        except RegistryUnavailable:
+            await self._release_unused(req.registry)
+            raise
+        self._set_hosts(sub, children if sub.early is None else sub.early)
+        sub.active, sub.early = True, None
+        self.subscriptions[interface] = sub
+        # The route and the cluster are in place when the API answers.
+        await self.server.reapply()
+        log.info("subscribed %s: %d provider(s)", interface, len(sub.hosts))
+        return "subscribe success"
 
     async def unsubscribe(self, req: RegistryRequest) -> str:
         async with self._lock:
