@@ -4,6 +4,7 @@ the registry holds and what the proxy routes stay one and the same."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from trio_mesh import Server
 from trio_mesh.config.registry import DubboRegistryConfig
 from trio_mesh.registry.backend import RegistryUnavailable, SessionKey
 from trio_mesh.registry.memory import MemoryRegistry, MemorySession
+from trio_mesh.registry.request import parse_request
 from trio_mesh.registry.url import providers_path
 
 from ..rpc_helpers import provider
@@ -34,6 +36,12 @@ class FlakySession(MemorySession):
 
     fail_delete = False
     fail_watch = False
+    hang_create = False
+
+    async def create_ephemeral(self, path: str, *, timeout: float) -> None:
+        if FlakySession.hang_create:
+            await trio.sleep_forever()  # the API's handler deadline comes first
+        await super().create_ephemeral(path, timeout=timeout)
 
     async def delete_ephemeral(self, path: str, *, timeout: float) -> None:
         if FlakySession.fail_delete:
@@ -56,7 +64,7 @@ async def flaky_server(nursery: trio.Nursery, **kw: Any) -> Server:
     server = Server(sidecar_config(**kw))
     assert server.registry is not None
     server.registry._open_session = flaky
-    FlakySession.fail_delete = FlakySession.fail_watch = False
+    FlakySession.fail_delete = FlakySession.fail_watch = FlakySession.hang_create = False
     return await nursery.start(server.run)
 
 
@@ -102,3 +110,21 @@ async def test_a_failed_resubscription_leaves_no_route_to_the_old_one(nursery):
         r for s in server.config.servers for r in s.routers if r.router_config_name == "dubbo"
     ]
     assert all(not vh.routers for r in routers for vh in r.virtual_hosts)
+
+
+@pytest.mark.parametrize("kind", ["pub", "sub"])
+async def test_a_request_cancelled_midway_keeps_no_session(nursery, kind):
+    # The API's handler has a deadline of its own (the HTTP server's): a registry slower
+    # than it cancels the call in the middle; the session it opened must not live on,
+    # connecting forever to a registry nothing uses.
+    server = await flaky_server(nursery, provider_port=1)
+    assert server.registry is not None
+    FlakySession.hang_create = True
+    doc = body(ADDR, type="memory")
+    req = parse_request(json.dumps(doc).encode(), kind=kind)
+    call = server.registry.publish if kind == "pub" else server.registry.subscribe
+    with trio.move_on_after(0.2) as scope:
+        await call(req)
+    assert scope.cancelled_caught
+    assert server.registry.sessions == {}
+    assert server.registry.publications == {} and server.registry.subscriptions == {}

@@ -224,8 +224,9 @@ class RegistryRuntime:
                     configurators_path(req.service.interface), timeout=self._timeout
                 )
                 await session.create_ephemeral(path, timeout=self._timeout)
-            except RegistryUnavailable:
-                await self._release_unused(req.registry)
+            except BaseException:  # also cancelled (the API handler's own deadline)
+                with trio.CancelScope(shield=True):
+                    await self._release_unused(req.registry)
                 raise
             # Recorded as soon as its node exists: an /unpub must find it whatever follows.
             self.publications[key] = Publication(req.registry, req.service, path, url)
@@ -307,8 +308,9 @@ class RegistryRuntime:
                 with trio.CancelScope(shield=True), trio.move_on_after(self._timeout):
                     await session.delete_ephemeral(sub.consumer_path, timeout=self._timeout)
                 raise
-        except RegistryUnavailable:
-            await self._release_unused(req.registry)
+        except BaseException:  # also cancelled (the API handler's own deadline)
+            with trio.CancelScope(shield=True):
+                await self._release_unused(req.registry)
             raise
         self._set_hosts(sub, children if sub.early is None else sub.early)
         sub.active, sub.early = True, None
