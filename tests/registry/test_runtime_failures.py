@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from trio_mesh import Server
 from trio_mesh.config.registry import DubboRegistryConfig
@@ -37,10 +38,14 @@ class FlakySession(MemorySession):
     fail_delete = False
     fail_watch = False
     hang_create = False
+    #: Set: creates wait until it is set (a registry answering late).
+    slow_create: trio.Event | None = None
 
     async def create_ephemeral(self, path: str, *, timeout: float) -> None:
         if FlakySession.hang_create:
             await trio.sleep_forever()  # the API's handler deadline comes first
+        if FlakySession.slow_create is not None:
+            await FlakySession.slow_create.wait()
         await super().create_ephemeral(path, timeout=timeout)
 
     async def delete_ephemeral(self, path: str, *, timeout: float) -> None:
@@ -65,6 +70,7 @@ async def flaky_server(nursery: trio.Nursery, **kw: Any) -> Server:
     assert server.registry is not None
     server.registry._open_session = flaky
     FlakySession.fail_delete = FlakySession.fail_watch = FlakySession.hang_create = False
+    FlakySession.slow_create = None
     return await nursery.start(server.run)
 
 
@@ -128,3 +134,32 @@ async def test_a_request_cancelled_midway_keeps_no_session(nursery, kind):
     assert scope.cancelled_caught
     assert server.registry.sessions == {}
     assert server.registry.publications == {} and server.registry.subscriptions == {}
+
+
+async def test_a_drain_that_gave_up_waiting_still_stops_publishing(nursery):
+    # A /pub in flight (a slow registry) holds the registry's lock past the drain's bound:
+    # the drain goes on without it, and neither that /pub nor any later one publishes.
+    server = await flaky_server(nursery, provider_port=1)
+    assert server.registry is not None
+    req = parse_request(json.dumps(body(ADDR, type="memory")).encode(), kind="pub")
+    FlakySession.slow_create = answered = trio.Event()
+    done = trio.Event()
+
+    async def publish() -> None:
+        try:
+            await server.registry.publish(req)
+        except Exception:
+            pass  # refused: what the registry holds is what matters
+        finally:
+            done.set()
+
+    nursery.start_soon(publish)
+    await trio.testing.wait_all_tasks_blocked()
+    await server.drain(0.2)
+    answered.set()
+    with trio.fail_after(5):
+        await done.wait()
+    assert MemoryRegistry.get(ADDR).children(providers_path(SERVICE)) == ()
+    assert server.registry.publications == {}
+    status, answer = await api(server, "/pub", body(ADDR, type="memory"))
+    assert status == 409 and "draining" in answer["err_msg"]

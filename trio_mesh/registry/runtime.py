@@ -146,8 +146,9 @@ class RegistryRuntime:
     async def unpublish_all(self) -> None:
         """Take every publication out of its registry (a drain begins: consumers stop
         sending here before the listeners stop), each bounded by ``registry_timeout``."""
+        # Before the lock: a call holding it past the drain's bound must not publish either.
+        self.draining = True
         async with self._lock:
-            self.draining = True
             for key, pub in list(self.publications.items()):
                 session = self.sessions.get(pub.registry.key())
                 try:
@@ -228,6 +229,15 @@ class RegistryRuntime:
                 with trio.CancelScope(shield=True):
                     await self._release_unused(req.registry)
                 raise
+            if self.draining:  # began while the registry was being written: undo
+                self.publications.pop(key, None)
+                with trio.CancelScope(shield=True):
+                    for stale in (path, *([old.path] if old is not None else [])):
+                        try:
+                            await session.delete_ephemeral(stale, timeout=self._timeout)
+                        except RegistryUnavailable as exc:
+                            log.warning("publish %s at drain: %s", req.service.interface, exc)
+                raise Refused("the proxy is draining: it publishes nothing more")
             # Recorded as soon as its node exists: an /unpub must find it whatever follows.
             self.publications[key] = Publication(req.registry, req.service, path, url)
             if old is not None:  # methods changed: the new node replaces the old one
