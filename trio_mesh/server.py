@@ -464,6 +464,9 @@ class Server:
                 " its address until a restart)"
             )
         async with self._applying:
+            refused = None if self.registry is None else self.registry.check_reload(config)
+            if refused is not None:
+                raise StartupError(refused)
             await self._apply(self._overlaid(config), nursery, drain_timeout)
             self.source_config = config
             if self.registry is not None:

@@ -5,6 +5,7 @@ the registry holds and what the proxy routes stay one and the same."""
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from trio_mesh.config.registry import DubboRegistryConfig
 from trio_mesh.registry.backend import RegistryUnavailable, SessionKey
 from trio_mesh.registry.memory import MemoryRegistry, MemorySession
 from trio_mesh.registry.request import parse_request
-from trio_mesh.registry.url import providers_path
+from trio_mesh.registry.url import parse_node, providers_path
 
 from ..rpc_helpers import provider
 from .helpers import SERVICE, api, body, provider_node, sidecar_config
@@ -163,3 +164,39 @@ async def test_a_drain_that_gave_up_waiting_still_stops_publishing(nursery):
     assert server.registry.publications == {}
     status, answer = await api(server, "/pub", body(ADDR, type="memory"))
     assert status == 409 and "draining" in answer["err_msg"]
+
+
+async def test_a_reload_moving_the_published_listener_is_refused(nursery):
+    # The provider node names the listener's port: a reload that moves the listener would
+    # leave consumers calling a closed port.
+    import attrs
+
+    from trio_mesh.config.scalars import Address
+    from trio_mesh.errors import StartupError
+
+    local = await provider(nursery, "local")
+    server = await nursery.start(Server(sidecar_config(provider_port=local)).run)
+    assert (await api(server, "/pub", body(ADDR, type="memory")))[0] == 200
+    # The same file: fine, the port stays.
+    await server.apply(sidecar_config(provider_port=local))
+    (node,) = MemoryRegistry.get(ADDR).children(providers_path(SERVICE))
+    published = parse_node(node)
+    assert published is not None and published.port == server.addresses["ingress"][1]
+    # The ingress listener on another (free) port, while published: refused, nothing changed.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    moved = sidecar_config(provider_port=local)
+    servers = list(moved.servers)
+    listeners = tuple(
+        attrs.evolve(lst, address=Address("127.0.0.1", free)) if lst.name == "ingress" else lst
+        for lst in servers[0].listeners
+    )
+    servers[0] = attrs.evolve(servers[0], listeners=listeners)
+    with pytest.raises(StartupError, match="server_listener"):
+        await server.apply(attrs.evolve(moved, servers=tuple(servers)))
+    assert server.addresses["ingress"][1] == published.port
+    # Unpublished, the same reload is taken.
+    assert (await api(server, "/unpub", body(ADDR, type="memory", methods=[])))[0] == 200
+    await server.apply(attrs.evolve(moved, servers=tuple(servers)))
+    assert server.addresses["ingress"][1] == free

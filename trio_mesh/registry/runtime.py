@@ -160,6 +160,22 @@ class RegistryRuntime:
                 del self.publications[key]
                 log.info("unpublished %s (draining)", pub.service.interface)
 
+    def check_reload(self, config: MeshConfig) -> str | None:
+        """Why ``config`` cannot be applied now, or None: the provider nodes name
+        ``server_listener``'s port, so while anything is published that listener stays."""
+        name = self.config.server_listener
+        if name is None or not self.publications:
+            return None
+        before = {lst.name: lst.address for lst in self.server.config.listeners}.get(name)
+        after = {lst.name: lst.address for lst in config.listeners}.get(name)
+        if before == after:
+            return None
+        return (
+            f"extends: dubbo_registry server_listener {name!r}: its address cannot change"
+            " while services are published there (the provider nodes name its port):"
+            " /unpub them first, or restart"
+        )
+
     # ---------------------------------------------------------------- sessions
 
     async def _session(self, ref: RegistryRef) -> Session:
