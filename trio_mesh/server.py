@@ -377,7 +377,9 @@ class Server:
                     # Imported only now: the Envoy types cost most of a second to load.
                     from .xds.runtime import XdsRuntime
 
-                    self.xds = XdsRuntime(self, settings, self.config)
+                    # Over the configuration as given: the registry's router and
+                    # clusters are added to every composed snapshot by apply's overlay.
+                    self.xds = XdsRuntime(self, settings, self.source_config)
                     await nursery.start(self.xds.run)
                     # Envoy's readiness: LIVE once the initial xDS fetch is done.
                     nursery.start_soon(self._live_when_warm, self.xds)
@@ -462,6 +464,9 @@ class Server:
                 " its address until a restart)"
             )
         async with self._applying:
+            refused = None if self.registry is None else self.registry.check_reload(config)
+            if refused is not None:
+                raise StartupError(refused)
             await self._apply(self._overlaid(config), nursery, drain_timeout)
             self.source_config = config
             if self.registry is not None:

@@ -146,8 +146,9 @@ class RegistryRuntime:
     async def unpublish_all(self) -> None:
         """Take every publication out of its registry (a drain begins: consumers stop
         sending here before the listeners stop), each bounded by ``registry_timeout``."""
+        # Before the lock: a call holding it past the drain's bound must not publish either.
+        self.draining = True
         async with self._lock:
-            self.draining = True
             for key, pub in list(self.publications.items()):
                 session = self.sessions.get(pub.registry.key())
                 try:
@@ -158,6 +159,22 @@ class RegistryRuntime:
                     log.warning("unpublish %s at drain: %s", pub.service.interface, exc)
                 del self.publications[key]
                 log.info("unpublished %s (draining)", pub.service.interface)
+
+    def check_reload(self, config: MeshConfig) -> str | None:
+        """Why ``config`` cannot be applied now, or None: the provider nodes name
+        ``server_listener``'s port, so while anything is published that listener stays."""
+        name = self.config.server_listener
+        if name is None or not self.publications:
+            return None
+        before = {lst.name: lst.address for lst in self.server.config.listeners}.get(name)
+        after = {lst.name: lst.address for lst in config.listeners}.get(name)
+        if before == after:
+            return None
+        return (
+            f"extends: dubbo_registry server_listener {name!r}: its address cannot change"
+            " while services are published there (the provider nodes name its port):"
+            " /unpub them first, or restart"
+        )
 
     # ---------------------------------------------------------------- sessions
 
@@ -224,12 +241,27 @@ class RegistryRuntime:
                     configurators_path(req.service.interface), timeout=self._timeout
                 )
                 await session.create_ephemeral(path, timeout=self._timeout)
-                if old is not None:  # methods changed: the new node replaces the old one
-                    await session.delete_ephemeral(old.path, timeout=self._timeout)
-            except RegistryUnavailable:
-                await self._release_unused(req.registry)
+            except BaseException:  # also cancelled (the API handler's own deadline)
+                with trio.CancelScope(shield=True):
+                    await self._release_unused(req.registry)
                 raise
+            if self.draining:  # began while the registry was being written: undo
+                self.publications.pop(key, None)
+                with trio.CancelScope(shield=True):
+                    for stale in (path, *([old.path] if old is not None else [])):
+                        try:
+                            await session.delete_ephemeral(stale, timeout=self._timeout)
+                        except RegistryUnavailable as exc:
+                            log.warning("publish %s at drain: %s", req.service.interface, exc)
+                raise Refused("the proxy is draining: it publishes nothing more")
+            # Recorded as soon as its node exists: an /unpub must find it whatever follows.
             self.publications[key] = Publication(req.registry, req.service, path, url)
+            if old is not None:  # methods changed: the new node replaces the old one
+                try:
+                    await session.delete_ephemeral(old.path, timeout=self._timeout)
+                except RegistryUnavailable as exc:
+                    # Forgotten by the session (never re-created): it goes with the session.
+                    log.warning("publish %s: the old node is left: %s", req.service.interface, exc)
             log.info("published %s as %s", req.service.interface, url)
             return "publish success"
 
@@ -264,41 +296,55 @@ class RegistryRuntime:
                 )
             if old is not None:  # new filters or another registry: the new one replaces it
                 await self._unsubscribe(old)
-            url = consumer_url(
-                ip=self.advertise_ip,
-                interface=interface,
-                methods=req.service.methods,
-                group=req.service.group,
-                version=req.service.version,
-                timestamp_ms=int(time.time() * 1000),
-                pid=os.getpid(),
-            )
-            sub = Subscription(
-                req.registry, req.service, f"{consumers_path(interface)}/{node_name(url)}"
-            )
-            try:
-                session = await self._session(req.registry)
-                await session.create_ephemeral(sub.consumer_path, timeout=self._timeout)
                 try:
-                    children = await session.watch_children(
-                        providers_path(interface),
-                        lambda names: self._providers_changed(sub, names),
-                        timeout=self._timeout,
-                    )
+                    return await self._subscribe(req)
                 except BaseException:
+                    # The old one is gone: neither routed nor holding a session any more.
                     with trio.CancelScope(shield=True), trio.move_on_after(self._timeout):
-                        await session.delete_ephemeral(sub.consumer_path, timeout=self._timeout)
+                        await self.server.reapply()
+                        await self._release_unused(old.registry)
                     raise
-            except RegistryUnavailable:
-                await self._release_unused(req.registry)
+            return await self._subscribe(req)
+
+    async def _subscribe(self, req: RegistryRequest) -> str:
+        """Under the lock, with no subscription to ``req``'s interface."""
+        interface = req.service.interface
+        url = consumer_url(
+            ip=self.advertise_ip,
+            interface=interface,
+            methods=req.service.methods,
+            group=req.service.group,
+            version=req.service.version,
+            timestamp_ms=int(time.time() * 1000),
+            pid=os.getpid(),
+        )
+        sub = Subscription(
+            req.registry, req.service, f"{consumers_path(interface)}/{node_name(url)}"
+        )
+        try:
+            session = await self._session(req.registry)
+            await session.create_ephemeral(sub.consumer_path, timeout=self._timeout)
+            try:
+                children = await session.watch_children(
+                    providers_path(interface),
+                    lambda names: self._providers_changed(sub, names),
+                    timeout=self._timeout,
+                )
+            except BaseException:
+                with trio.CancelScope(shield=True), trio.move_on_after(self._timeout):
+                    await session.delete_ephemeral(sub.consumer_path, timeout=self._timeout)
                 raise
-            self._set_hosts(sub, children if sub.early is None else sub.early)
-            sub.active, sub.early = True, None
-            self.subscriptions[interface] = sub
-            # The route and the cluster are in place when the API answers.
-            await self.server.reapply()
-            log.info("subscribed %s: %d provider(s)", interface, len(sub.hosts))
-            return "subscribe success"
+        except BaseException:  # also cancelled (the API handler's own deadline)
+            with trio.CancelScope(shield=True):
+                await self._release_unused(req.registry)
+            raise
+        self._set_hosts(sub, children if sub.early is None else sub.early)
+        sub.active, sub.early = True, None
+        self.subscriptions[interface] = sub
+        # The route and the cluster are in place when the API answers.
+        await self.server.reapply()
+        log.info("subscribed %s: %d provider(s)", interface, len(sub.hosts))
+        return "subscribe success"
 
     async def unsubscribe(self, req: RegistryRequest) -> str:
         async with self._lock:
