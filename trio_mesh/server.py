@@ -216,13 +216,14 @@ class Server:
         nursery afterwards to close the rest."""
         self._listeners_stopped = True
         self.state = "DRAINING"
-        with trio.move_on_after(timeout):
+        deadline = trio.current_time() + timeout  # one bound for the whole drain
+        with trio.move_on_at(deadline):
             if self.registry is not None:
                 # Consumers stop sending here before the listeners stop (MOSN's /unpub).
                 await self.registry.unpublish_all()
         for runtime in self.listeners.values():
             runtime.drain()
-        with trio.move_on_after(timeout):
+        with trio.move_on_at(deadline):
             for runtime in list(self.listeners.values()):
                 await runtime.wait_closed()
             return True

@@ -277,3 +277,29 @@ def test_workers_are_refused_with_the_registry(tmp_path):
     result = run_cli("run", "--workers", "2", str(path))
     assert result.returncode == 1
     assert "dubbo_registry needs a single process" in result.stderr
+
+
+async def test_a_failed_reapply_of_a_provider_change_is_retried(nursery, monkeypatch):
+    import trio_mesh.registry.runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "APPLY_RETRY", 0.05)
+    a = await provider(nursery, "a")
+    b = await provider(nursery, "b")
+    node_b = provider_node(b)
+    other = await register(nursery, provider_node(a), node_b)
+    server = await nursery.start(Server(sidecar_config()).run)
+    assert (await api(server, "/sub", body(ADDR, type="memory")))[0] == 200
+    reapply, failures = server.reapply, []
+
+    async def failing_once() -> None:
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("a TLS file unreadable for a moment")
+        await reapply()
+
+    server.reapply = failing_once
+    await other.delete_ephemeral(node_b, timeout=5)
+    with trio.fail_after(5):
+        while len(server.clusters.get(SERVICE).hosts) != 1:
+            await server.registry.wait_applied()
+    assert failures == [1]

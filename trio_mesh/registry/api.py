@@ -23,6 +23,7 @@ from ..config.registry import DubboRegistryConfig
 from ..config.scalars import Address, format_hostport
 from ..errors import StartupError
 from ..network.http_server import (
+    HttpLimits,
     HttpRequest,
     HttpResponse,
     from_another_site,
@@ -113,7 +114,11 @@ async def run_registry(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
-            await nursery.start(functools.partial(serve_http, sock, app.handle, name="registry"))
+            # A request makes at most four registry calls, each bounded by registry_timeout,
+            # then a swap: never cut short by the server's own deadline first (a 504).
+            limits = HttpLimits(handler_timeout=4 * float(runtime.config.registry_timeout) + 30)
+            serve = functools.partial(serve_http, sock, app.handle, name="registry", limits=limits)
+            await nursery.start(serve)
             runtime.address = (host, port)
             log.info("registry API (pub/sub) listening on %s", format_hostport(host, port))
             task_status.started((host, port))

@@ -14,6 +14,7 @@ ever half-registered.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trio_mesh.registry")
 
+#: Seconds before a re-apply that failed is tried again.
+APPLY_RETRY = 1.0
 #: The name of the virtual host the registry adds when its router has no ``*`` one.
 VHOST_NAME = "dubbo_registry"
 
@@ -342,7 +345,14 @@ class RegistryRuntime:
         sub.active, sub.early = True, None
         self.subscriptions[interface] = sub
         # The route and the cluster are in place when the API answers.
-        await self.server.reapply()
+        try:
+            await self.server.reapply()
+        except Exception as exc:
+            # Not served: not subscribed either (nothing half-registered).
+            with trio.CancelScope(shield=True), trio.move_on_after(self._timeout):
+                await self._unsubscribe(sub)
+                await self._release_unused(sub.registry)
+            raise Refused(f"the configuration with this subscription cannot apply: {exc}") from exc
         log.info("subscribed %s: %d provider(s)", interface, len(sub.hosts))
         return "subscribe success"
 
@@ -416,7 +426,12 @@ class RegistryRuntime:
             try:
                 await self.server.reapply()
             except Exception:
-                log.exception("registry: applying the providers' change failed")
+                # A TLS file unreadable for a moment, say: the hosts are recorded, not yet
+                # served; try again soon rather than wait for the next provider change.
+                log.exception("registry: applying the providers' change failed; retrying")
+                await trio.sleep(APPLY_RETRY)
+                with contextlib.suppress(trio.WouldBlock):  # a newer change is queued: fine
+                    self._changed_send.send_nowait(None)
 
     # ---------------------------------------------------------------- overlay
 
