@@ -379,7 +379,10 @@ def apply_header_mutations(
 # --------------------------------------------------------------------------- matching
 
 # path matcher kinds
-_PREFIX, _PATH, _REGEX, _PREFIX_NOCASE, _PATH_NOCASE = range(5)
+_PREFIX, _PATH, _REGEX, _PREFIX_NOCASE, _PATH_NOCASE, _INDEXED = range(6)
+# A run of at least this many routes that each match one header's exact value (and any path):
+# one dict lookup instead of a scan (the registry's routes, one per subscribed interface).
+_INDEX_MIN_RUN = 4
 # header and query parameter matcher kinds (_ONE_LINE: the regex ".*", which fullmatches
 # exactly the values without a line feed: MOSN's RPC routes, matched without the regex engine)
 _EXACT, _MATCHES, _PRESENT, _ONE_LINE = range(4)
@@ -415,6 +418,36 @@ def _entry(config: cfg.Route, route: Route) -> _Entry:
     headers = tuple((h.name.lower(), *_value_matcher(h), h.invert) for h in match.headers)
     queries = tuple((q.name, *_value_matcher(q)) for q in match.query_parameters)
     return kind, value, headers, queries, route
+
+
+def _exact_header(entry: _Entry) -> str | None:
+    """The header name if ``entry`` matches any path and exactly one header's exact value."""
+    kind, value, headers, queries, _ = entry
+    if kind != _PREFIX or value != "/" or queries or len(headers) != 1:
+        return None
+    name, matcher, _, invert = headers[0]
+    return name if matcher == _EXACT and not invert else None
+
+
+def _index_runs(entries: list[_Entry]) -> list[_Entry]:
+    """Fold each long run of consecutive exact-header routes on one header into a dict from
+    the value to the route (the first route of a value wins, as the scan would have it)."""
+    out: list[_Entry] = []
+    i = 0
+    while i < len(entries):
+        name = _exact_header(entries[i])
+        j = i + 1
+        while name is not None and j < len(entries) and _exact_header(entries[j]) == name:
+            j += 1
+        if name is None or j - i < _INDEX_MIN_RUN:
+            out.extend(entries[i:j])
+        else:
+            index: dict[str, Route] = {}
+            for entry in entries[i:j]:
+                index.setdefault(entry[2][0][2], entry[4])
+            out.append((_INDEXED, (name, index), (), (), entries[i][4]))
+        i = j
+    return out
 
 
 def _headers_match(matchers: tuple, header: HeaderLookup) -> bool:
@@ -467,10 +500,8 @@ class _VirtualHost(_Frozen):
     entries: tuple[_Entry, ...]
 
     def __init__(self, config: cfg.VirtualHost, router: cfg.RouterConfig) -> None:
-        self._set(
-            name=config.name,
-            entries=tuple(_entry(r, Route(r, (router, config))) for r in config.routers),
-        )
+        entries = [_entry(r, Route(r, (router, config))) for r in config.routers]
+        self._set(name=config.name, entries=tuple(_index_runs(entries)))
 
     def match(self, path: str, query: str, header: HeaderLookup) -> Route | None:
         lowered: str | None = None
@@ -485,6 +516,13 @@ class _VirtualHost(_Frozen):
             elif kind == _REGEX:
                 if value.fullmatch(path) is None:
                     continue
+            elif kind == _INDEXED:
+                name, index = value
+                if path.startswith("/"):
+                    found = index.get(header(name))
+                    if found is not None:
+                        return found
+                continue
             else:
                 if lowered is None:
                     lowered = path.lower()
