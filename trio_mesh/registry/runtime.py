@@ -14,6 +14,7 @@ ever half-registered.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ import trio
 from ..config.model import Cluster, ClusterType, Host, LbType, MeshConfig
 from ..config.registry import DubboRegistryConfig
 from ..config.routes import HeaderMatcher, Route, RouteAction, RouteMatch, RouterConfig, VirtualHost
-from ..config.scalars import MAX_HOST_WEIGHT, Address, Weight
+from ..config.scalars import MAX_HOST_WEIGHT, Address, Weight, format_hostport
 from .backend import RegistryUnavailable, Session, SessionKey
 from .request import RegistryRef, RegistryRequest, ServiceRef
 from .url import (
@@ -44,6 +45,10 @@ if TYPE_CHECKING:
     from ..server import Server
 
 log = logging.getLogger("trio_mesh.registry")
+
+#: The most provider nodes of one interface read (a real service has tens): a registry
+#: flooded with more would make every change a long parse on the event loop.
+MAX_PROVIDER_NODES = 2000
 
 #: The name of the virtual host the registry adds when its router has no ``*`` one.
 VHOST_NAME = "dubbo_registry"
@@ -341,8 +346,26 @@ class RegistryRuntime:
     def _set_hosts(self, sub: Subscription, children: tuple[str, ...]) -> bool:
         """Take the providers the registry lists; True if the cluster's hosts change."""
         service = sub.service
-        hosts = select_weighted(
-            children, interface=service.interface, group=service.group, version=service.version
+        if len(children) > MAX_PROVIDER_NODES:
+            # A registry (or whoever writes into it) listing more than any real service has:
+            # parsing and balancing over all of them would stall the event loop; the first
+            # ones by name are taken (the same ones every time).
+            log.warning(
+                "%s: the registry lists %d provider nodes: only %d are read",
+                service.interface,
+                len(children),
+                MAX_PROVIDER_NODES,
+            )
+            children = tuple(sorted(children)[:MAX_PROVIDER_NODES])
+        hosts = tuple(
+            h
+            for h in select_weighted(
+                children,
+                interface=service.interface,
+                group=service.group,
+                version=service.version,
+            )
+            if not self._refused_host(service.interface, h[0], h[1])
         )
         sub.listed = len(children)
         if not hosts and sub.hosts and self.config.empty_protection:
@@ -364,6 +387,42 @@ class RegistryRuntime:
             ", ".join(f"{h}:{p}" for h, p, _ in hosts) or "none",
         )
         return True
+
+    def _refused_host(self, interface: str, host: str, port: int) -> bool:
+        """A provider address the proxy must not send to: an unspecified, multicast or
+        broadcast address (``0.0.0.0`` reaches this machine on Linux), or one of this
+        proxy's own ports other than the one it publishes (a provider node pointing at the
+        egress listener makes every call loop through the proxy until it runs out of
+        connections; at the admin or registry API, it speaks Dubbo to HTTP). Envoy and MOSN
+        would route there; a registry entry is not the operator's say, so it is dropped."""
+        why = None
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None  # a DNS name: resolved when connecting, as any cluster host
+        if ip is not None and (
+            ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255")
+        ):
+            why = "not a host address"
+        elif (ip is not None and ip.is_loopback) or host in ("localhost", self.advertise_ip):
+            if port in self._own_ports():
+                why = "one of this proxy's own ports"
+        if why is not None:
+            log.warning("%s: provider %s ignored: %s", interface, format_hostport(host, port), why)
+        return why is not None
+
+    def _own_ports(self) -> set[int]:
+        """This proxy's ports a provider must not point at (all but the published one)."""
+        server = self.server
+        ports = {port for _, port in server.addresses.values()}
+        for address in (server.admin_address, self.address):
+            if address is not None:
+                ports.add(address[1])
+        try:
+            ports.discard(self._advertised_port())
+        except Refused:
+            pass
+        return ports
 
     async def _apply_changes(self) -> None:
         async for _ in self._changed_recv:
