@@ -11,8 +11,14 @@ import pytest
 import trio
 
 from trio_mesh import Server
+from trio_mesh.registry.backend import RegistryUnavailable
 from trio_mesh.registry.memory import MemoryRegistry, MemorySession
-from trio_mesh.registry.runtime import MAX_PROVIDER_NODES
+from trio_mesh.registry.runtime import (
+    MAX_PROVIDER_NODES,
+    MAX_PUBLICATIONS,
+    MAX_SESSIONS,
+    MAX_SUBSCRIPTIONS,
+)
 from trio_mesh.registry.url import node_name, provider_url, providers_path
 
 from ..rpc_helpers import provider
@@ -111,3 +117,71 @@ async def test_a_flood_of_provider_nodes_does_not_stall_the_event_loop(nursery):
     assert (status, answer["err_no"]) == (200, 0)
     assert len(server.clusters.get(SERVICE).hosts) == MAX_PROVIDER_NODES
     assert worst < 0.5, f"the event loop stalled {worst:.3f}s"
+
+
+class FlakyDelete(MemorySession):
+    """A memory session whose deletes fail while ``failing`` (a registry that stops
+    answering between two requests of one call)."""
+
+    failing = False
+
+    async def delete_ephemeral(self, path: str, *, timeout: float) -> None:
+        if FlakyDelete.failing:
+            self.ephemerals.discard(path)  # as ZkSession: forgotten, then the call fails
+            raise RegistryUnavailable(f"deleting {path}: timed out")
+        await super().delete_ephemeral(path, timeout=timeout)
+
+
+async def test_republishing_with_new_methods_leaves_nothing_out_of_reach(nursery, monkeypatch):
+    """The old node cannot be deleted when new methods are published: before, the new node
+    stayed registered but untracked, so /unpub (and the drain) could never remove it."""
+    local = await provider(nursery, "local")
+    server = await nursery.start(Server(sidecar_config(provider_port=local)).run)
+    assert server.registry is not None
+    monkeypatch.setattr(server.registry, "_open_session", lambda key, config: FlakyDelete(key))
+    monkeypatch.setattr(FlakyDelete, "failing", False)
+    assert (await api(server, "/pub", body(ADDR, type="memory", methods=["a"])))[0] == 200
+    FlakyDelete.failing = True
+    status, answer = await api(server, "/pub", body(ADDR, type="memory", methods=["a", "b"]))
+    assert (status, answer["err_no"]) == (200, 0)
+    FlakyDelete.failing = False
+    status, _ = await api(server, "/unpub", body(ADDR, type="memory", methods=[]))
+    assert status == 200
+    # The replaced node is left (it goes with the session); the current one is gone.
+    left = MemoryRegistry.get(ADDR).children(providers_path(SERVICE))
+    assert len(left) == 1 and "methods%3Da%26" in left[0]
+    assert server.registry.publications == {}
+
+
+async def test_publications_subscriptions_and_sessions_are_bounded(nursery):
+    server = await nursery.start(Server(sidecar_config(provider_port=1)).run)
+    runtime = server.registry
+    assert runtime is not None
+    for i in range(MAX_SESSIONS):
+        status, _ = await api(server, "/pub", body(f"127.0.0.{i + 1}:2181", type="memory"))
+        assert status == 200
+    status, answer = await api(server, "/pub", body("127.0.1.1:2181", type="memory"))
+    assert status == 409 and "registries" in answer["err_msg"]
+    assert len(runtime.sessions) == MAX_SESSIONS
+    for i in range(MAX_PUBLICATIONS - MAX_SESSIONS):
+        doc = body(ADDR, type="memory", interface=f"svc.S{i}")
+        assert (await api(server, "/pub", doc))[0] == 200
+    status, answer = await api(server, "/pub", body(ADDR, type="memory", interface="svc.X"))
+    assert status == 409 and "the most" in answer["err_msg"]
+    assert len(runtime.publications) == MAX_PUBLICATIONS
+    for i in range(MAX_SUBSCRIPTIONS):
+        doc = body(ADDR, type="memory", interface=f"sub.S{i}")
+        assert (await api(server, "/sub", doc))[0] == 200
+    status, answer = await api(server, "/sub", body(ADDR, type="memory", interface="sub.X"))
+    assert status == 409 and "the most" in answer["err_msg"]
+    assert "sub.X" not in server.clusters
+
+
+async def test_resubscribing_elsewhere_closes_the_old_registry_session(nursery):
+    server = await nursery.start(Server(sidecar_config()).run)
+    runtime = server.registry
+    assert runtime is not None
+    for i in range(3 * MAX_SESSIONS):
+        status, _ = await api(server, "/sub", body(f"127.0.0.{i + 1}:2181", type="memory"))
+        assert status == 200
+    assert len(runtime.sessions) == 1

@@ -50,6 +50,14 @@ log = logging.getLogger("trio_mesh.registry")
 #: flooded with more would make every change a long parse on the event loop.
 MAX_PROVIDER_NODES = 2000
 
+#: Bounds on what API clients may make the sidecar keep (each publication and subscription
+#: is state, a registry node and, for a subscription, a cluster and a route; each session a
+#: ZooKeeper connection with kazoo's threads): far above what one pod's application needs,
+#: low enough that a runaway client cannot exhaust memory or threads.
+MAX_SESSIONS = 8
+MAX_PUBLICATIONS = 256
+MAX_SUBSCRIPTIONS = 256
+
 #: The name of the virtual host the registry adds when its router has no ``*`` one.
 VHOST_NAME = "dubbo_registry"
 
@@ -172,6 +180,11 @@ class RegistryRuntime:
         if session is None:
             if self._nursery is None:
                 raise RegistryUnavailable("the registry service is not running")
+            if len(self.sessions) >= MAX_SESSIONS:
+                raise Refused(
+                    f"registry: {len(self.sessions)} registries (addresses and credentials)"
+                    f" in use already, the most the sidecar keeps"
+                )
             session = self._open_session(key, self.config)
             await self._nursery.start(session.run)
             self.sessions[key] = session
@@ -210,6 +223,8 @@ class RegistryRuntime:
             old = self.publications.get(key)
             if old is not None and old.service == req.service:
                 return "already published"
+            if old is None and len(self.publications) >= MAX_PUBLICATIONS:
+                raise Refused(f"{MAX_PUBLICATIONS} services published already, the most")
             url = provider_url(
                 ip=self.advertise_ip,
                 port=self._advertised_port(),
@@ -229,12 +244,18 @@ class RegistryRuntime:
                     configurators_path(req.service.interface), timeout=self._timeout
                 )
                 await session.create_ephemeral(path, timeout=self._timeout)
-                if old is not None:  # methods changed: the new node replaces the old one
-                    await session.delete_ephemeral(old.path, timeout=self._timeout)
             except RegistryUnavailable:
                 await self._release_unused(req.registry)
                 raise
+            # Recorded as soon as its node exists: whatever follows fails, /unpub and the
+            # drain must find it (else it stays registered, out of the API's reach).
             self.publications[key] = Publication(req.registry, req.service, path, url)
+            if old is not None:  # methods changed: the new node replaces the old one
+                try:
+                    await session.delete_ephemeral(old.path, timeout=self._timeout)
+                except RegistryUnavailable as exc:
+                    # Forgotten by the session: it goes when the session ends.
+                    log.warning("publish %s: the replaced node is left: %s", url, exc)
             log.info("published %s as %s", req.service.interface, url)
             return "publish success"
 
@@ -267,6 +288,8 @@ class RegistryRuntime:
                     f"service.interface: a configured cluster is named {interface!r}: the"
                     " subscription's cluster would replace it"
                 )
+            if old is None and len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
+                raise Refused(f"{MAX_SUBSCRIPTIONS} services subscribed already, the most")
             if old is not None:  # new filters or another registry: the new one replaces it
                 await self._unsubscribe(old)
             url = consumer_url(
@@ -294,12 +317,18 @@ class RegistryRuntime:
                     with trio.CancelScope(shield=True), trio.move_on_after(self._timeout):
                         await session.delete_ephemeral(sub.consumer_path, timeout=self._timeout)
                     raise
-            except RegistryUnavailable:
+            except (RegistryUnavailable, Refused):
                 await self._release_unused(req.registry)
+                if old is not None:  # its cluster and route are gone too, not left serving
+                    await self._release_unused(old.registry)
+                    await self.server.reapply()
                 raise
             self._set_hosts(sub, children if sub.early is None else sub.early)
             sub.active, sub.early = True, None
             self.subscriptions[interface] = sub
+            if old is not None and old.registry != req.registry:
+                # Moved to another registry: the old one's session may serve nothing now.
+                await self._release_unused(old.registry)
             # The route and the cluster are in place when the API answers.
             await self.server.reapply()
             log.info("subscribed %s: %d provider(s)", interface, len(sub.hosts))
