@@ -4,6 +4,7 @@ runtime code as ZooKeeper's)."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -12,7 +13,8 @@ import trio
 
 from trio_mesh import Server
 from trio_mesh.registry.backend import RegistryUnavailable
-from trio_mesh.registry.memory import MemoryRegistry, MemorySession
+from trio_mesh.registry.memory import MAX_NAMESPACES, MemoryRegistry, MemorySession
+from trio_mesh.registry.request import parse_request
 from trio_mesh.registry.runtime import (
     MAX_PROVIDER_NODES,
     MAX_PUBLICATIONS,
@@ -73,6 +75,8 @@ async def test_provider_nodes_pointing_back_at_the_proxy_are_not_routed(nursery)
         node_at("0.0.0.0", a),
         node_at("::", a),
         node_at("224.0.0.1", a),
+        node_at("::ffff:127.0.0.1", egress),
+        node_at("127.0.0.2", egress),
     )
     status, answer = await api(server, "/sub", body(ADDR, type="memory"))
     assert (status, answer["err_no"]) == (200, 0)
@@ -185,3 +189,42 @@ async def test_resubscribing_elsewhere_closes_the_old_registry_session(nursery):
         status, _ = await api(server, "/sub", body(f"127.0.0.{i + 1}:2181", type="memory"))
         assert status == 200
     assert len(runtime.sessions) == 1
+
+
+class Hanging(MemorySession):
+    """A registry that takes the connection and never answers a create."""
+
+    async def create_ephemeral(self, path: str, *, timeout: float) -> None:
+        await trio.sleep_forever()
+
+
+async def test_a_cancelled_request_does_not_leave_its_session_open(nursery, monkeypatch):
+    """The API's handler timeout (or a stop) cancels a publish or subscribe stuck on its
+    registry: the session it opened is closed (else MAX_SESSIONS of them refuse the rest)."""
+    server = await nursery.start(Server(sidecar_config(provider_port=1)).run)
+    runtime = server.registry
+    assert runtime is not None
+    monkeypatch.setattr(runtime, "_open_session", lambda key, config: Hanging(key))
+    for kind, call in (("pub", runtime.publish), ("sub", runtime.subscribe)):
+        for i in range(MAX_SESSIONS + 1):
+            req = parse_request(
+                json.dumps(body(f"127.0.0.{i + 1}:2181", type="memory")).encode(), kind=kind
+            )
+            with trio.move_on_after(0.05) as scope:
+                await call(req)
+            assert scope.cancelled_caught
+        assert runtime.sessions == {}
+    assert runtime.publications == {} and runtime.subscriptions == {}
+
+
+async def test_memory_registry_namespaces_are_bounded(nursery):
+    """A client naming a new memory addr on every call: the namespaces (which outlive their
+    sessions) stop at MAX_NAMESPACES, with a 503 naming the bound."""
+    server = await nursery.start(Server(sidecar_config(provider_port=1)).run)
+    for i in range(MAX_NAMESPACES):
+        doc = body(f"10.0.{i // 250}.{i % 250 + 1}:2181", type="memory")
+        assert (await api(server, "/pub", doc))[0] == 200
+        assert (await api(server, "/unpub", doc))[0] == 200
+    status, answer = await api(server, "/pub", body("10.9.9.9:2181", type="memory"))
+    assert status == 503 and f"{MAX_NAMESPACES} addrs" in answer["err_msg"]
+    assert server.registry is not None and server.registry.sessions == {}

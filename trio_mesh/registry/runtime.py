@@ -244,8 +244,11 @@ class RegistryRuntime:
                     configurators_path(req.service.interface), timeout=self._timeout
                 )
                 await session.create_ephemeral(path, timeout=self._timeout)
-            except RegistryUnavailable:
-                await self._release_unused(req.registry)
+            except BaseException:
+                # Cancelled too (the API's handler timeout, a stop): a session opened for
+                # this request alone would otherwise stay, and count against MAX_SESSIONS.
+                with trio.CancelScope(shield=True):
+                    await self._release_unused(req.registry)
                 raise
             # Recorded as soon as its node exists: whatever follows fails, /unpub and the
             # drain must find it (else it stays registered, out of the API's reach).
@@ -317,11 +320,12 @@ class RegistryRuntime:
                     with trio.CancelScope(shield=True), trio.move_on_after(self._timeout):
                         await session.delete_ephemeral(sub.consumer_path, timeout=self._timeout)
                     raise
-            except (RegistryUnavailable, Refused):
-                await self._release_unused(req.registry)
-                if old is not None:  # its cluster and route are gone too, not left serving
-                    await self._release_unused(old.registry)
-                    await self.server.reapply()
+            except BaseException:  # cancelled too: see publish
+                with trio.CancelScope(shield=True):
+                    await self._release_unused(req.registry)
+                    if old is not None:  # its cluster and route are gone too, not left serving
+                        await self._release_unused(old.registry)
+                        await self.server.reapply()
                 raise
             self._set_hosts(sub, children if sub.early is None else sub.early)
             sub.active, sub.early = True, None
@@ -429,6 +433,8 @@ class RegistryRuntime:
             ip = ipaddress.ip_address(host)
         except ValueError:
             ip = None  # a DNS name: resolved when connecting, as any cluster host
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 reaches 127.0.0.1 (and is not is_loopback)
         if ip is not None and (
             ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255")
         ):
