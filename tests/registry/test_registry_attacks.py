@@ -5,6 +5,7 @@ runtime code as ZooKeeper's)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -228,3 +229,25 @@ async def test_memory_registry_namespaces_are_bounded(nursery):
     status, answer = await api(server, "/pub", body("10.9.9.9:2181", type="memory"))
     assert status == 503 and f"{MAX_NAMESPACES} addrs" in answer["err_msg"]
     assert server.registry is not None and server.registry.sessions == {}
+
+
+async def test_a_flapping_provider_does_not_flood_the_log(nursery, caplog):
+    """A node added and removed again and again among many: each change logs what changed,
+    not every address."""
+    other = await register(nursery, *(node_at(f"10.0.0.{i + 1}", 20880) for i in range(200)))
+    server = await nursery.start(Server(sidecar_config()).run)
+    assert (await api(server, "/sub", body(ADDR, type="memory")))[0] == 200
+    assert server.registry is not None
+    (mine,) = server.registry.sessions.values()
+    assert isinstance(mine, MemorySession)
+    flap = node_at("10.9.9.9", 20880)
+    caplog.set_level(logging.INFO, logger="trio_mesh.registry")
+    caplog.clear()
+    for _ in range(5):
+        await other.create_ephemeral(flap, timeout=5)
+        await mine.settled()
+        await other.delete_ephemeral(flap, timeout=5)
+        await mine.settled()
+    lines = [r.getMessage() for r in caplog.records if r.name == "trio_mesh.registry"]
+    assert lines and all(len(line) < 200 for line in lines), max(lines, key=len)
+    assert any("added 10.9.9.9:20880" in line for line in lines)

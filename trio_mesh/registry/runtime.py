@@ -83,6 +83,8 @@ class Subscription:
     hosts: tuple[tuple[str, int, int], ...] = ()
     #: How many provider nodes the registry listed last (matching or not).
     listed: int = 0
+    #: The registry was seen listing more than MAX_PROVIDER_NODES (logged once).
+    warned_flood: bool = False
     cluster: Cluster | None = None
     #: False until the subscription is in place; a change the watch reports before that is
     #: kept here, and wins over the first read.
@@ -379,16 +381,19 @@ class RegistryRuntime:
     def _set_hosts(self, sub: Subscription, children: tuple[str, ...]) -> bool:
         """Take the providers the registry lists; True if the cluster's hosts change."""
         service = sub.service
-        if len(children) > MAX_PROVIDER_NODES:
+        listed = len(children)
+        if listed > MAX_PROVIDER_NODES:
             # A registry (or whoever writes into it) listing more than any real service has:
             # parsing and balancing over all of them would stall the event loop; the first
             # ones by name are taken (the same ones every time).
-            log.warning(
-                "%s: the registry lists %d provider nodes: only %d are read",
-                service.interface,
-                len(children),
-                MAX_PROVIDER_NODES,
-            )
+            if not sub.warned_flood:  # once: a flapping node must not flood the log
+                sub.warned_flood = True
+                log.warning(
+                    "%s: the registry lists %d provider nodes: only %d are read",
+                    service.interface,
+                    listed,
+                    MAX_PROVIDER_NODES,
+                )
             children = tuple(sorted(children)[:MAX_PROVIDER_NODES])
         hosts = tuple(
             h
@@ -400,7 +405,7 @@ class RegistryRuntime:
             )
             if not self._refused_host(service.interface, h[0], h[1])
         )
-        sub.listed = len(children)
+        sub.listed = listed
         if not hosts and sub.hosts and self.config.empty_protection:
             # Dubbo's empty protection: a registry that lists nobody (wiped, restarted
             # empty) must not take every host away; the last known ones stay.
@@ -412,12 +417,18 @@ class RegistryRuntime:
             return False
         if hosts == sub.hosts and sub.cluster is not None:
             return False
+        before = {(h, p) for h, p, _ in sub.hosts}
+        after = {(h, p) for h, p, _ in hosts}
         sub.hosts = hosts
         sub.cluster = _cluster(service.interface, hosts)
+        # What changed, a few addresses at most: a flapping node among thousands must not
+        # write every address on every change.
         log.info(
-            "%s: providers %s",
+            "%s: %d provider(s); added %s; removed %s",
             service.interface,
-            ", ".join(f"{h}:{p}" for h, p, _ in hosts) or "none",
+            len(hosts),
+            _few(after - before),
+            _few(before - after),
         )
         return True
 
@@ -593,3 +604,9 @@ def _with_routes(router: RouterConfig, routes: list[Route]) -> RouterConfig:
     else:
         vhosts.append(VirtualHost(name=VHOST_NAME, domains=("*",), routers=tuple(routes)))
     return attrs.evolve(router, virtual_hosts=tuple(vhosts))
+
+
+def _few(addresses: set[tuple[str, int]], most: int = 3) -> str:
+    shown = ", ".join(format_hostport(h, p) for h, p in sorted(addresses)[:most])
+    more = len(addresses) - most
+    return (shown or "none") + (f" and {more} more" if more > 0 else "")
