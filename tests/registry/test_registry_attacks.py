@@ -25,7 +25,10 @@ from trio_mesh.registry.runtime import (
 from trio_mesh.registry.url import node_name, provider_url, providers_path
 
 from ..rpc_helpers import provider
+from ..zookeeper_server import ZooKeeper, needs_zookeeper
 from .helpers import SERVICE, api, body, calls, provider_node, sidecar_config
+from .test_zookeeper import connected
+from .test_zookeeper import session as zk_session
 
 ADDR = "127.0.0.1:2181"
 
@@ -251,3 +254,16 @@ async def test_a_flapping_provider_does_not_flood_the_log(nursery, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "trio_mesh.registry"]
     assert lines and all(len(line) < 200 for line in lines), max(lines, key=len)
     assert any("added 10.9.9.9:20880" in line for line in lines)
+
+
+@needs_zookeeper
+async def test_the_digest_password_is_not_logged_at_debug(zookeeper: ZooKeeper, caplog):
+    """kazoo logs each request it sends at DEBUG, the Auth with "user:password" too: an
+    operator's ``--log-level DEBUG`` must not write the password into the logs."""
+    caplog.set_level(logging.DEBUG)
+    async with zk_session(zookeeper.address, "alice", "s3cret-pw") as zk:
+        await connected(zk)
+        await zk.create_ephemeral("/attack/debug-log", timeout=10)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Auth(" in text  # kazoo did log the request: the check is not vacuous
+    assert "s3cret-pw" not in text
