@@ -267,3 +267,24 @@ async def test_the_digest_password_is_not_logged_at_debug(zookeeper: ZooKeeper, 
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "Auth(" in text  # kazoo did log the request: the check is not vacuous
     assert "s3cret-pw" not in text
+
+
+async def test_providers_all_at_weight_zero_are_still_called_as_dubbo_does(nursery):
+    """Dubbo's random balancer picks among all providers alike when every weight is 0;
+    dropping them all would empty the cluster. With one above 0, the others get nothing."""
+    a = await provider(nursery, "a")
+    b = await provider(nursery, "b")
+    await register(
+        nursery,
+        *(
+            f"{providers_path(SERVICE)}/"
+            + node_name(f"dubbo://127.0.0.1:{port}/{SERVICE}?interface={SERVICE}&weight=0")
+            for port in (a, b)
+        ),
+    )
+    server = await nursery.start(Server(sidecar_config()).run)
+    assert (await api(server, "/sub", body(ADDR, type="memory")))[0] == 200
+    hosts = sorted(str(h.address) for h in server.clusters.get(SERVICE).hosts)
+    assert hosts == sorted([f"127.0.0.1:{a}", f"127.0.0.1:{b}"])
+    answers = await calls(server.addresses["egress"][1], 30)
+    assert {x.rsplit(" ", 1)[1] for x in answers} == {"a", "b"}

@@ -575,6 +575,10 @@ def _public(ref: RegistryRef) -> dict[str, Any]:
 def _cluster(interface: str, hosts: tuple[tuple[str, int, int], ...]) -> Cluster:
     # Dubbo's weights (default 100) scaled into MOSN's 1-128 when any is above.
     top = max((w for _, _, w in hosts), default=0)
+    if top == 0:
+        # Every provider at weight 0: Dubbo's RandomLoadBalance then picks among all of them
+        # alike (one broken or hostile node writer must not empty the cluster).
+        hosts = tuple((h, p, 1) for h, p, _ in hosts)
     scale = MAX_HOST_WEIGHT / top if top > MAX_HOST_WEIGHT else 1.0
     return Cluster(
         name=interface,
