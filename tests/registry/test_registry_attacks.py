@@ -288,3 +288,15 @@ async def test_providers_all_at_weight_zero_are_still_called_as_dubbo_does(nurse
     assert hosts == sorted([f"127.0.0.1:{a}", f"127.0.0.1:{b}"])
     answers = await calls(server.addresses["egress"][1], 30)
     assert {x.rsplit(" ", 1)[1] for x in answers} == {"a", "b"}
+
+
+async def test_status_writes_ipv6_providers_unambiguously(nursery):
+    """GET / listed ``[::1]:1`` as ``::1:1`` (host and port cannot be told apart)."""
+    v6 = f"{providers_path(SERVICE)}/" + node_name(
+        f"dubbo://[::1]:20880/{SERVICE}?interface={SERVICE}"
+    )
+    await register(nursery, v6)
+    server = await nursery.start(Server(sidecar_config()).run)
+    assert (await api(server, "/sub", body(ADDR, type="memory")))[0] == 200
+    status, listing = await api(server, "/", method="GET")
+    assert status == 200 and listing["subscriptions"][0]["hosts"] == ["[::1]:20880"]

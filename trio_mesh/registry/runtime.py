@@ -557,7 +557,7 @@ class RegistryRuntime:
                     "registry": _public(s.registry),
                     "service": attrs.asdict(s.service),
                     "providers_listed": s.listed,
-                    "hosts": [f"{h}:{p}" for h, p, _ in s.hosts],
+                    "hosts": [format_hostport(h, p) for h, p, _ in s.hosts],  # IPv6 bracketed
                 }
                 for s in self.subscriptions.values()
             ],
