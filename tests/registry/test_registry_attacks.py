@@ -198,7 +198,11 @@ async def test_resubscribing_elsewhere_closes_the_old_registry_session(nursery):
 class Hanging(MemorySession):
     """A registry that takes the connection and never answers a create."""
 
+    entered: trio.Event | None = None
+
     async def create_ephemeral(self, path: str, *, timeout: float) -> None:
+        if Hanging.entered is not None:
+            Hanging.entered.set()
         await trio.sleep_forever()
 
 
@@ -300,3 +304,32 @@ async def test_status_writes_ipv6_providers_unambiguously(nursery):
     assert (await api(server, "/sub", body(ADDR, type="memory")))[0] == 200
     status, listing = await api(server, "/", method="GET")
     assert status == 200 and listing["subscriptions"][0]["hosts"] == ["[::1]:20880"]
+
+
+async def test_a_request_stuck_on_its_registry_cannot_publish_after_a_drain(nursery, monkeypatch):
+    """A /pub hanging on an unresponsive registry holds the API's lock past the drain's
+    bound: the drain's unpublish gives up waiting, and a /pub after it must be refused."""
+    server = await nursery.start(Server(sidecar_config(provider_port=1)).run)
+    runtime = server.registry
+    assert runtime is not None
+
+    def sessions(key, config):
+        return Hanging(key) if key[1] == "10.1.1.1:2181" else MemorySession(key)
+
+    monkeypatch.setattr(runtime, "_open_session", sessions)
+    stuck = parse_request(json.dumps(body("10.1.1.1:2181", type="memory")).encode(), kind="pub")
+    cancel_stuck = trio.CancelScope()
+
+    async def publish_stuck() -> None:
+        with cancel_stuck:
+            await runtime.publish(stuck)
+
+    monkeypatch.setattr(Hanging, "entered", trio.Event())
+    nursery.start_soon(publish_stuck)
+    assert Hanging.entered is not None
+    await Hanging.entered.wait()  # the stuck request holds the lock
+    await server.drain(0.2)
+    cancel_stuck.cancel()
+    status, answer = await api(server, "/pub", body(ADDR, type="memory"))
+    assert status == 409 and "draining" in answer["err_msg"]
+    assert MemoryRegistry.get(ADDR).children(providers_path(SERVICE)) == ()

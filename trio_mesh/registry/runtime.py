@@ -161,8 +161,10 @@ class RegistryRuntime:
     async def unpublish_all(self) -> None:
         """Take every publication out of its registry (a drain begins: consumers stop
         sending here before the listeners stop), each bounded by ``registry_timeout``."""
+        # Set before the lock is taken: should a request stuck on its registry outlast the
+        # drain's bound on this wait, the requests after it must still publish nothing.
+        self.draining = True
         async with self._lock:
-            self.draining = True
             for key, pub in list(self.publications.items()):
                 session = self.sessions.get(pub.registry.key())
                 try:
