@@ -21,6 +21,10 @@ log = logging.getLogger("trio_mesh.registry")
 
 #: Nodes one namespace holds at most; a bound on what API calls can make this process keep.
 MAX_NODES = 100_000
+#: Namespaces (distinct ``addr``) at most: they outlive their sessions (as a registry
+#: outlives its clients), so without a bound an API client naming a new addr on every call
+#: would grow the process without end.
+MAX_NAMESPACES = 64
 
 
 def _parents(path: str) -> list[str]:
@@ -58,6 +62,10 @@ class MemoryRegistry:
         """The namespace of ``addr`` (made on first use)."""
         ns = cls._namespaces.get(addr)
         if ns is None:
+            if len(cls._namespaces) >= MAX_NAMESPACES:
+                raise RegistryUnavailable(
+                    f"memory registry: {MAX_NAMESPACES} addrs in use already, the most"
+                )
             ns = cls._namespaces[addr] = MemoryRegistry()
         return ns
 

@@ -15,6 +15,7 @@ ever half-registered.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import math
 import os
@@ -28,7 +29,7 @@ import trio
 from ..config.model import Cluster, ClusterType, Host, LbType, MeshConfig
 from ..config.registry import DubboRegistryConfig
 from ..config.routes import HeaderMatcher, Route, RouteAction, RouteMatch, RouterConfig, VirtualHost
-from ..config.scalars import MAX_HOST_WEIGHT, Address, Weight
+from ..config.scalars import MAX_HOST_WEIGHT, Address, Weight, format_hostport
 from .backend import RegistryUnavailable, Session, SessionKey
 from .request import RegistryRef, RegistryRequest, ServiceRef
 from .url import (
@@ -48,6 +49,18 @@ log = logging.getLogger("trio_mesh.registry")
 
 #: Seconds before a re-apply that failed is tried again.
 APPLY_RETRY = 1.0
+#: The most provider nodes of one interface read (a real service has tens): a registry
+#: flooded with more would make every change a long parse on the event loop.
+MAX_PROVIDER_NODES = 2000
+
+#: Bounds on what API clients may make the sidecar keep (each publication and subscription
+#: is state, a registry node and, for a subscription, a cluster and a route; each session a
+#: ZooKeeper connection with kazoo's threads): far above what one pod's application needs,
+#: low enough that a runaway client cannot exhaust memory or threads.
+MAX_SESSIONS = 8
+MAX_PUBLICATIONS = 256
+MAX_SUBSCRIPTIONS = 256
+
 #: The name of the virtual host the registry adds when its router has no ``*`` one.
 VHOST_NAME = "dubbo_registry"
 
@@ -73,6 +86,8 @@ class Subscription:
     hosts: tuple[tuple[str, int, int], ...] = ()
     #: How many provider nodes the registry listed last (matching or not).
     listed: int = 0
+    #: The registry was seen listing more than MAX_PROVIDER_NODES (logged once).
+    warned_flood: bool = False
     cluster: Cluster | None = None
     #: False until the subscription is in place; a change the watch reports before that is
     #: kept here, and wins over the first read.
@@ -187,6 +202,11 @@ class RegistryRuntime:
         if session is None:
             if self._nursery is None:
                 raise RegistryUnavailable("the registry service is not running")
+            if len(self.sessions) >= MAX_SESSIONS:
+                raise Refused(
+                    f"registry: {len(self.sessions)} registries (addresses and credentials)"
+                    f" in use already, the most the sidecar keeps"
+                )
             session = self._open_session(key, self.config)
             await self._nursery.start(session.run)
             self.sessions[key] = session
@@ -225,6 +245,8 @@ class RegistryRuntime:
             old = self.publications.get(key)
             if old is not None and old.service == req.service:
                 return "already published"
+            if old is None and len(self.publications) >= MAX_PUBLICATIONS:
+                raise Refused(f"{MAX_PUBLICATIONS} services published already, the most")
             url = provider_url(
                 ip=self.advertise_ip,
                 port=self._advertised_port(),
@@ -297,16 +319,21 @@ class RegistryRuntime:
                     f"service.interface: a configured cluster is named {interface!r}: the"
                     " subscription's cluster would replace it"
                 )
+            if old is None and len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
+                raise Refused(f"{MAX_SUBSCRIPTIONS} services subscribed already, the most")
             if old is not None:  # new filters or another registry: the new one replaces it
                 await self._unsubscribe(old)
                 try:
-                    return await self._subscribe(req)
+                    result = await self._subscribe(req)
                 except BaseException:
                     # The old one is gone: neither routed nor holding a session any more.
                     with trio.CancelScope(shield=True), trio.move_on_after(self._timeout):
                         await self.server.reapply()
                         await self._release_unused(old.registry)
                     raise
+                # Moved to another registry: the old one's session may serve nothing now.
+                await self._release_unused(old.registry)
+                return result
             return await self._subscribe(req)
 
     async def _subscribe(self, req: RegistryRequest) -> str:
@@ -397,10 +424,31 @@ class RegistryRuntime:
     def _set_hosts(self, sub: Subscription, children: tuple[str, ...]) -> bool:
         """Take the providers the registry lists; True if the cluster's hosts change."""
         service = sub.service
-        hosts = select_weighted(
-            children, interface=service.interface, group=service.group, version=service.version
+        listed = len(children)
+        if listed > MAX_PROVIDER_NODES:
+            # A registry (or whoever writes into it) listing more than any real service has:
+            # parsing and balancing over all of them would stall the event loop; the first
+            # ones by name are taken (the same ones every time).
+            if not sub.warned_flood:  # once: a flapping node must not flood the log
+                sub.warned_flood = True
+                log.warning(
+                    "%s: the registry lists %d provider nodes: only %d are read",
+                    service.interface,
+                    listed,
+                    MAX_PROVIDER_NODES,
+                )
+            children = tuple(sorted(children)[:MAX_PROVIDER_NODES])
+        hosts = tuple(
+            h
+            for h in select_weighted(
+                children,
+                interface=service.interface,
+                group=service.group,
+                version=service.version,
+            )
+            if not self._refused_host(service.interface, h[0], h[1])
         )
-        sub.listed = len(children)
+        sub.listed = listed
         if not hosts and sub.hosts and self.config.empty_protection:
             # Dubbo's empty protection: a registry that lists nobody (wiped, restarted
             # empty) must not take every host away; the last known ones stay.
@@ -412,14 +460,58 @@ class RegistryRuntime:
             return False
         if hosts == sub.hosts and sub.cluster is not None:
             return False
+        before = {(h, p) for h, p, _ in sub.hosts}
+        after = {(h, p) for h, p, _ in hosts}
         sub.hosts = hosts
         sub.cluster = _cluster(service.interface, hosts)
+        # What changed, a few addresses at most: a flapping node among thousands must not
+        # write every address on every change.
         log.info(
-            "%s: providers %s",
+            "%s: %d provider(s); added %s; removed %s",
             service.interface,
-            ", ".join(f"{h}:{p}" for h, p, _ in hosts) or "none",
+            len(hosts),
+            _few(after - before),
+            _few(before - after),
         )
         return True
+
+    def _refused_host(self, interface: str, host: str, port: int) -> bool:
+        """A provider address the proxy must not send to: an unspecified, multicast or
+        broadcast address (``0.0.0.0`` reaches this machine on Linux), or one of this
+        proxy's own ports other than the one it publishes (a provider node pointing at the
+        egress listener makes every call loop through the proxy until it runs out of
+        connections; at the admin or registry API, it speaks Dubbo to HTTP). Envoy and MOSN
+        would route there; a registry entry is not the operator's say, so it is dropped."""
+        why = None
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None  # a DNS name: resolved when connecting, as any cluster host
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 reaches 127.0.0.1 (and is not is_loopback)
+        if ip is not None and (
+            ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255")
+        ):
+            why = "not a host address"
+        elif (ip is not None and ip.is_loopback) or host in ("localhost", self.advertise_ip):
+            if port in self._own_ports():
+                why = "one of this proxy's own ports"
+        if why is not None:
+            log.warning("%s: provider %s ignored: %s", interface, format_hostport(host, port), why)
+        return why is not None
+
+    def _own_ports(self) -> set[int]:
+        """This proxy's ports a provider must not point at (all but the published one)."""
+        server = self.server
+        ports = {port for _, port in server.addresses.values()}
+        for address in (server.admin_address, self.address):
+            if address is not None:
+                ports.add(address[1])
+        try:
+            ports.discard(self._advertised_port())
+        except Refused:
+            pass
+        return ports
 
     async def _apply_changes(self) -> None:
         async for _ in self._changed_recv:
@@ -513,7 +605,7 @@ class RegistryRuntime:
                     "registry": _public(s.registry),
                     "service": attrs.asdict(s.service),
                     "providers_listed": s.listed,
-                    "hosts": [f"{h}:{p}" for h, p, _ in s.hosts],
+                    "hosts": [format_hostport(h, p) for h, p, _ in s.hosts],  # IPv6 bracketed
                 }
                 for s in self.subscriptions.values()
             ],
@@ -531,6 +623,10 @@ def _public(ref: RegistryRef) -> dict[str, Any]:
 def _cluster(interface: str, hosts: tuple[tuple[str, int, int], ...]) -> Cluster:
     # Dubbo's weights (default 100) scaled into MOSN's 1-128 when any is above.
     top = max((w for _, _, w in hosts), default=0)
+    if top == 0:
+        # Every provider at weight 0: Dubbo's RandomLoadBalance then picks among all of them
+        # alike (one broken or hostile node writer must not empty the cluster).
+        hosts = tuple((h, p, 1) for h, p, _ in hosts)
     scale = MAX_HOST_WEIGHT / top if top > MAX_HOST_WEIGHT else 1.0
     return Cluster(
         name=interface,
@@ -560,3 +656,9 @@ def _with_routes(router: RouterConfig, routes: list[Route]) -> RouterConfig:
     else:
         vhosts.append(VirtualHost(name=VHOST_NAME, domains=("*",), routers=tuple(routes)))
     return attrs.evolve(router, virtual_hosts=tuple(vhosts))
+
+
+def _few(addresses: set[tuple[str, int]], most: int = 3) -> str:
+    shown = ", ".join(format_hostport(h, p) for h, p in sorted(addresses)[:most])
+    more = len(addresses) - most
+    return (shown or "none") + (f" and {more} more" if more > 0 else "")

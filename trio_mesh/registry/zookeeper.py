@@ -35,6 +35,23 @@ CLOSE_TIMEOUT = 15.0
 RESTORE_RETRY = 1.0
 
 
+class _RedactAuth(logging.Filter):
+    """kazoo logs every request it sends at DEBUG, its digest ``Auth`` ("user:password")
+    among them: with ``--log-level DEBUG`` the password would be in the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from kazoo.protocol.serialization import Auth
+
+        if isinstance(record.args, tuple) and any(isinstance(a, Auth) for a in record.args):
+            record.args = tuple(
+                a._replace(auth="<redacted>") if isinstance(a, Auth) else a for a in record.args
+            )
+        return True
+
+
+_REDACT_AUTH = _RedactAuth()
+
+
 class ZkSession:
     """One ZooKeeper session: ``key = ("zookeeper", "host:port[,host:port...]", user, pass)``."""
 
@@ -91,6 +108,8 @@ class ZkSession:
         self._acl = list(CREATOR_ALL_ACL) if self.username else None
         # Connection attempts forever, with backoff (capped: a restarted ZooKeeper is found
         # again soon); commands are not retried by kazoo: each call here has its own bound.
+        kazoo_log = self.log.getChild("kazoo")
+        kazoo_log.addFilter(_REDACT_AUTH)  # once: addFilter skips a filter already there
         retry = KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=2.0)
         client = KazooClient(
             hosts=self.addr,
@@ -98,7 +117,7 @@ class ZkSession:
             auth_data=auth,
             default_acl=self._acl,
             connection_retry=retry,
-            logger=self.log.getChild("kazoo"),  # its reconnection chatter, filterable
+            logger=kazoo_log,  # its reconnection chatter, filterable
         )
         self._client = client
         client.add_listener(self._on_state_kazoo)
