@@ -238,3 +238,82 @@ def test_loading_the_plugin_imports_no_proxy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "['trio_mesh', 'trio_mesh.testing', 'trio_mesh.testing.plugin']"
+
+
+REGISTRY_CONFIG = """
+servers:
+  - listeners:
+      - name: dubbo_ingress
+        address: "127.0.0.1:0"
+        filter_chains:
+          - filters:
+              - type: proxy
+                config: {downstream_protocol: dubbo, router_config_name: dubbo}
+extends:
+  - type: dubbo_registry
+    config:
+      enable: true
+      server_listener: dubbo_ingress
+      api_port: 0
+      router_config_name: dubbo
+      advertise_ip: 127.0.0.1
+"""
+
+REGISTRY_SAMPLE = r"""
+import json
+import urllib.request
+
+import pytest
+
+from trio_mesh.registry.memory import MemoryRegistry
+
+NAMESPACE = "127.0.0.1:2181"  # a memory registry: nothing listens there
+PROVIDERS = "/dubbo/org.example.Greeter/providers"
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry():
+    MemoryRegistry.reset()
+    yield
+    MemoryRegistry.reset()
+
+
+def publish(api, interface):
+    body = {
+        "registry": {"type": "memory", "addr": NAMESPACE},
+        "service": {"interface": interface, "methods": ["greet"]},
+    }
+    request = urllib.request.Request(
+        f"http://{api[0]}:{api[1]}/pub", data=json.dumps(body).encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+def test_publish_through_the_proxy(trio_mesh_in_thread):
+    mesh = trio_mesh_in_thread("mesh.yaml")  # a file, as trio-mesh run reads it
+    api = mesh.call(lambda handle: handle.registry.address)
+    publish(api, "org.example.Greeter")
+    # Read in the proxy's thread: the registry is that thread's.
+    (node,) = mesh.call(lambda handle: handle.memory_registry(NAMESPACE).children(PROVIDERS))
+    port = mesh.address("dubbo_ingress")[1]
+    assert node.startswith("dubbo%3A%2F%2F127.0.0.1%3A" + str(port)), node
+
+
+@pytest.mark.trio
+async def test_publish_through_the_proxy_trio(start_trio_mesh):
+    import trio
+
+    mesh = await start_trio_mesh("mesh.yaml")
+    await trio.to_thread.run_sync(publish, mesh.registry.address, "org.example.Greeter")
+    assert len(mesh.memory_registry(NAMESPACE).children(PROVIDERS)) == 1
+"""
+
+
+def test_registry_and_a_config_file(pytester: pytest.Pytester) -> None:
+    """A configuration file, the registry's API and its in-memory backend, from a user's
+    test."""
+    pytester.makefile(".yaml", mesh=REGISTRY_CONFIG)
+    pytester.makepyfile(test_registry=REGISTRY_SAMPLE)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error")
+    result.assert_outcomes(passed=2)

@@ -34,6 +34,10 @@ class _Started:
         self.token: trio.lowlevel.TrioToken | None = None
         self.scope: trio.CancelScope | None = None
         self.error: BaseException | None = None
+        #: Set by ``mesh_in_thread`` when it gave up waiting: a proxy starting after that
+        #: stops at once (nobody would stop it, and it would hold its ports).
+        self.abandoned = False
+        self.lock = threading.Lock()
 
 
 class ThreadedMesh:
@@ -112,9 +116,14 @@ class ThreadedMesh:
 
 async def _serve(config: MeshConfig, started: _Started, reuse_port: bool) -> None:
     async with trio.open_nursery() as nursery:
-        started.handle = await start_mesh(nursery, config, reuse_port=reuse_port)
-        started.token = trio.lowlevel.current_trio_token()
-        started.scope = nursery.cancel_scope
+        handle = await start_mesh(nursery, config, reuse_port=reuse_port)
+        with started.lock:
+            if started.abandoned:
+                nursery.cancel_scope.cancel()
+                return
+            started.handle = handle
+            started.token = trio.lowlevel.current_trio_token()
+            started.scope = nursery.cancel_scope
         started.event.set()
 
 
@@ -147,7 +156,10 @@ def mesh_in_thread(
     )
     thread.start()
     if not started.event.wait(start_timeout):
-        raise TimeoutError(f"the proxy did not start within {start_timeout} s")
+        with started.lock:
+            started.abandoned = started.handle is None
+        if started.abandoned:
+            raise TimeoutError(f"the proxy did not start within {start_timeout} s")
     if started.handle is None or started.token is None:
         thread.join()
         error = started.error
