@@ -157,7 +157,7 @@ class AdminApp:
             return selected
         fmt = _one(req, "format")
         if fmt == "json":
-            return as_json(_stats_json(selected))
+            return as_json(stats_json(selected))
         if fmt == "prometheus":
             return await self.prometheus(req, selected)
         if fmt not in (None, "text"):
@@ -415,7 +415,8 @@ def _histogram_text(h: HistogramValue) -> str:
     return " ".join(f"P{q:g}(nan,{_number(_quantile(h, q))})" for q in QUANTILES)
 
 
-def _stats_json(metrics: list[Metric]) -> dict[str, Any]:
+def stats_json(metrics: list[Metric]) -> dict[str, Any]:
+    """The document of ``/stats?format=json`` (``trio_mesh.testing`` reads stats from it)."""
     stats: list[dict[str, Any]] = []
     computed = []
     for m in sorted(metrics, key=lambda m: m.name):
