@@ -126,6 +126,9 @@ def _run(path: str, log_level: str | None, workers: int = 1, drain_timeout: floa
         logging.getLogger().setLevel(log_level_number(levels[0]) if levels else logging.INFO)
     for w in loaded.warnings:
         log.warning("config: %s", w)
+    if inherited is not None:
+        passed = [inherited.describe(sock) for sock in inherited.leftovers()]
+        log.info("socket activation: %d socket(s) passed: %s", len(passed), ", ".join(passed))
     source = path if loaded.config.xds_settings() is None else f"{path} and xDS"
     serve = functools.partial(
         _serve_process, drain_timeout=drain_timeout, path=path, watchdog=watchdog, source=source

@@ -117,11 +117,6 @@ def listen_fds(environ: MutableMapping[str, str] = os.environ) -> InheritedSocke
         for _, sock in pairs:
             sock.close()
         raise
-    log.info(
-        "socket activation: %d socket(s) passed (%s)",
-        n,
-        ", ".join(name or "unnamed" for name in names) or "none",
-    )
     return InheritedSockets.of(pairs)
 
 
