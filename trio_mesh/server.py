@@ -407,8 +407,9 @@ class Server:
                     await nursery.start(self.xds.run)
                     # Envoy's readiness: LIVE once the initial xDS fetch is done.
                     nursery.start_soon(self._live_when_warm, self.xds)
-                if self.inherited is not None:
+                if self.inherited is not None and settings is None:
                     # A socket unit naming a listener this config does not have: said, closed.
+                    # (With xDS, once warm: its listeners may take them.)
                     self.inherited.close_leftovers()
                 if settings is None and self.state == "PRE_INITIALIZING":
                     self.state = "LIVE"
@@ -450,6 +451,8 @@ class Server:
 
     async def _live_when_warm(self, xds: Any) -> None:
         await xds.wait_for(lambda: xds.warm)
+        if self.inherited is not None:
+            self.inherited.close_leftovers()
         if self.state == "PRE_INITIALIZING":
             self.state = "LIVE"
             log.info("xDS warm: the server is LIVE")
