@@ -8,19 +8,19 @@ import gc
 import logging
 import os
 import signal
-import socket
 import sys
 from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
-from . import __version__
+from . import __version__, systemd
 from .config import ConfigError, MeshConfig, read_config
 from .config.load import Loaded
 from .config.values import log_level_number
 
 if TYPE_CHECKING:
+    from .network.inherit import InheritedSockets
     from .server import Server
     from .workers import AdminLink
 
@@ -106,6 +106,15 @@ def _run(path: str, log_level: str | None, workers: int = 1, drain_timeout: floa
     except KeyError:
         print(f"--log-level: unknown level {log_level!r}", file=sys.stderr)
         return 2
+    from .errors import StartupError
+
+    # Read (and removed from the environment) first: whatever we start must not take them.
+    watchdog = systemd.watchdog_interval()
+    try:
+        inherited = systemd.listen_fds()
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
     try:
         loaded = _read(path)
     except ConfigError as exc:
@@ -117,9 +126,15 @@ def _run(path: str, log_level: str | None, workers: int = 1, drain_timeout: floa
         logging.getLogger().setLevel(log_level_number(levels[0]) if levels else logging.INFO)
     for w in loaded.warnings:
         log.warning("config: %s", w)
-    serve = functools.partial(_serve_process, drain_timeout=drain_timeout, path=path)
+    if inherited is not None:
+        passed = [inherited.describe(sock) for sock in inherited.leftovers()]
+        log.info("socket activation: %d socket(s) passed: %s", len(passed), ", ".join(passed))
+    source = path if loaded.config.xds_settings() is None else f"{path} and xDS"
+    serve = functools.partial(
+        _serve_process, drain_timeout=drain_timeout, path=path, watchdog=watchdog, source=source
+    )
     if workers == 1:
-        return serve(loaded.config, None)
+        return serve(loaded.config, None, inherited=inherited)
     from .config.registry import dubbo_registry_config
 
     if dubbo_registry_config(loaded.config) is not None:
@@ -130,13 +145,34 @@ def _run(path: str, log_level: str | None, workers: int = 1, drain_timeout: floa
         )
         return 1
     from .admin.workers_process import run_admin_process
-    from .errors import StartupError
-    from .workers import Supervisor
+    from .workers import Supervisor, claim
 
-    admin_serve = functools.partial(run_admin_process, drain_timeout=drain_timeout)
+    # The supervisor holds the activated sockets (across worker restarts); each worker
+    # inherits them by fork and serves on them (all accept on the same sockets).
     try:
-        supervisor = Supervisor(loaded.config, workers, serve, _sd_notify, admin_serve)
+        claimed = claim(inherited, loaded.config) if inherited is not None else None
     except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+    serve = functools.partial(serve, inherited=claimed)
+    admin_serve = functools.partial(run_admin_process, drain_timeout=drain_timeout)
+    count = sum(1 for lst in loaded.config.listeners if lst.bind_port)
+    status = f"{systemd.serving(count, source)}, {workers} workers"
+    try:
+        supervisor = Supervisor(
+            loaded.config,
+            workers,
+            serve,
+            systemd.notify,
+            admin_serve,
+            watchdog=watchdog,
+            status=status,
+            inherited=claimed,
+        )
+    except StartupError as exc:
+        if claimed is not None:
+            for sock in claimed.leftovers():
+                sock.close()
         log.error("%s", exc)
         return 1
     return supervisor.run()
@@ -148,13 +184,30 @@ def _serve_process(
     link: AdminLink | None = None,
     drain_timeout: float = DRAIN_TIMEOUT,
     path: str | None = None,
+    inherited: InheritedSockets | None = None,
+    watchdog: float | None = None,
+    source: str | None = None,
 ) -> int:
     """Run one proxy process until a stop signal; its exit code. ``path``: the file that
-    SIGHUP reloads; ``link``: a worker's link to the admin process (``--workers N``)."""
+    SIGHUP reloads; ``link``: a worker's link to the admin process (``--workers N``);
+    ``inherited``: sockets from systemd's socket activation; ``watchdog``: systemd's
+    WatchdogSec (a worker reports alive to its supervisor instead); ``source``: where the
+    configuration came from (systemd's STATUS=)."""
     from .errors import StartupError
 
+    serve = functools.partial(
+        _serve,
+        config,
+        ready_fd,
+        drain_timeout,
+        path,
+        link,
+        inherited=inherited,
+        watchdog=watchdog,
+        source=source or path or "the configuration given",
+    )
     try:
-        trio.run(_serve, config, ready_fd, drain_timeout, path, link)
+        trio.run(serve)
     except BaseExceptionGroup as group:
         # A port in use, an access log that cannot be opened: say which and exit 1, with
         # nothing left bound. Anything else is a bug.
@@ -170,20 +223,20 @@ def _serve_process(
     return 0
 
 
-async def _reload(server: Server, path: str, drain_timeout: float) -> None:
+async def _reload(server: Server, path: str, drain_timeout: float) -> bool:
     """SIGHUP: read ``path`` again and apply it; a file that does not validate, or a port
-    that cannot be bound, leaves the running configuration as it was."""
+    that cannot be bound, leaves the running configuration as it was (False)."""
     from .errors import StartupError
 
     if server.xds is not None:
         log.warning("reload refused: the configuration comes from xDS (restart to change its file)")
-        return
+        return False
     try:
         loaded = await trio.to_thread.run_sync(_read, path)
     except ConfigError as exc:
         for line in exc.errors:
             log.error("reload refused, configuration kept: %s", line)
-        return
+        return False
     for w in loaded.warnings:
         log.warning("config: %s", w)
     config = _keep_reserved_ports(loaded.config, server.config)
@@ -191,8 +244,9 @@ async def _reload(server: Server, path: str, drain_timeout: float) -> None:
         await server.apply(config, drain_timeout=drain_timeout)
     except StartupError as exc:
         log.error("reload refused, configuration kept: %s", exc)
-        return
+        return False
     log.info("configuration reloaded from %s", path)
+    return True
 
 
 def _keep_reserved_ports(config: MeshConfig, running: MeshConfig) -> MeshConfig:
@@ -227,10 +281,15 @@ async def _serve(
     drain_timeout: float,
     path: str | None = None,
     link: AdminLink | None = None,
+    *,
+    inherited: InheritedSockets | None = None,
+    watchdog: float | None = None,
+    source: str = "the configuration given",
 ) -> None:
     """``ready_fd``: a worker tells its supervisor on this pipe (which tells systemd).
     ``link``: the admin process serves the admin port; this worker answers it."""
     from .server import Server
+    from .workers import ALIVE, RELOADED, tell_supervisor
 
     signals_wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     with trio.open_signal_receiver(*signals_wanted) as signals:
@@ -238,8 +297,15 @@ async def _serve(
             # A worker (``ready_fd`` set) serves no admin API: workers would all bind its port;
             # with an admin block, one admin process serves them all, linked through ``link``.
             worker = ready_fd is not None
-            server = Server(config, reuse_port=worker, serve_admin=not worker)
+            server = Server(config, reuse_port=worker, serve_admin=not worker, inherited=inherited)
             await nursery.start(server.run)
+            if watchdog is not None:
+                ping: functools.partial[None]
+                if ready_fd is None:
+                    ping = functools.partial(systemd.notify, b"WATCHDOG=1")
+                else:  # the supervisor pings systemd while every worker says this
+                    ping = functools.partial(tell_supervisor, ready_fd, ALIVE)
+                await nursery.start(systemd.run_watchdog, server, watchdog, ping)
             if link is not None:
                 from .admin.target import LocalTarget
                 from .admin.worker_link import run_worker_link
@@ -252,19 +318,32 @@ async def _serve(
             # 700 allocations cost a young-generation collection under Python's defaults:
             # 4-7% of a small GET's CPU here (more with stream filters). Collect less often.
             gc.set_threshold(20000, 20, 20)
+
+            def serving(note: str = "") -> bytes:
+                return systemd.ready(systemd.serving(len(server.listeners), source) + note)
+
             if ready_fd is None:
-                _sd_notify(b"READY=1")
+                systemd.notify(serving())
                 log.info("trio-mesh %s ready", __version__)
             else:
                 os.write(ready_fd, b"R")
                 log.info("trio-mesh %s ready (pid %d)", __version__, os.getpid())
             async for signum in signals:
                 if signum == signal.SIGHUP:
+                    if ready_fd is None:
+                        systemd.notify(systemd.reloading())
+                    applied = False
                     if path is None:
                         log.warning("SIGHUP received: no configuration file to reload")
                     else:
                         log.info("SIGHUP received: reloading %s", path)
-                        await _reload(server, path, drain_timeout)
+                        applied = await _reload(server, path, drain_timeout)
+                    # Applied or refused, the reload is over: systemd waits for READY=1.
+                    if ready_fd is None:
+                        note = "" if applied else " (reload refused: configuration kept)"
+                        systemd.notify(serving(note))
+                    else:
+                        tell_supervisor(ready_fd, RELOADED)
                     continue
                 log.info(
                     "%s received, draining (at most %gs; again to stop now)",
@@ -272,7 +351,7 @@ async def _serve(
                     drain_timeout,
                 )
                 if ready_fd is None:
-                    _sd_notify(b"STOPPING=1")
+                    systemd.notify(systemd.stopping())
                 break
             async with trio.open_nursery() as draining:
 
@@ -286,25 +365,6 @@ async def _serve(
                 log.info("drained" if finished else "drain timeout: closing what is left")
                 draining.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
-
-
-def _sd_notify(message: bytes) -> None:
-    """Tell systemd (``Type=notify``) about readiness; a no-op outside systemd.
-
-    Non-blocking: it runs inside the event loop (and in the workers' supervisor), and a
-    notify socket whose reader has stopped (its queue full) must never stall the proxy. A
-    message that cannot go now is dropped with a warning."""
-    target = os.environ.get("NOTIFY_SOCKET")
-    if not target:
-        return
-    if target.startswith("@"):
-        target = "\0" + target[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.setblocking(False)
-        try:
-            s.sendto(message, target)
-        except OSError as exc:  # BlockingIOError: the receiver's queue is full
-            log.warning("sd_notify %r failed: %s", message, exc)
 
 
 if __name__ == "__main__":

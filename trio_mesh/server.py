@@ -30,6 +30,7 @@ from .network.budget import ListenerBudget
 from .network.chains import Chain, Identities
 from .network.connection import Connection
 from .network.dispatch import ChainDispatcher
+from .network.inherit import InheritedSockets
 from .network.listener import Handler, ListenerRuntime, bind
 from .network.proxy_protocol import ProxyProtocolHandler
 from .network.tls_context import ServerTls, TlsConfigError, identities, server_tls
@@ -105,8 +106,17 @@ class Server:
     """
 
     def __init__(
-        self, config: MeshConfig, *, reuse_port: bool = False, serve_admin: bool = True
+        self,
+        config: MeshConfig,
+        *,
+        reuse_port: bool = False,
+        serve_admin: bool = True,
+        inherited: InheritedSockets | None = None,
     ) -> None:
+        #: Listening sockets handed over (systemd's socket activation, a hot upgrade): a
+        #: listener they match takes its socket instead of binding; the rest are closed
+        #: once ``run`` has started.
+        self.inherited = inherited
         #: The configuration last given (the file, or the static part plus xDS's); what
         #: serves is ``config``: this plus the registry's subscriptions (``registry``).
         self.source_config = config
@@ -304,6 +314,20 @@ class Server:
             original_dst=_reads_original_dst(lst),
         )
 
+    async def _listen(self, lst: Listener) -> socket.socket:
+        """The listener's socket: the one handed over for it (``inherited``), else bound."""
+        if self.inherited is not None:
+            sock = self.inherited.take(lst.name, lst.address)
+            if sock is not None:
+                host, port = sock.getsockname()[:2]
+                log.info(
+                    "listener %r: using the socket handed over on %s",
+                    lst.name,
+                    format_hostport(host, port),
+                )
+                return sock
+        return await bind(lst.name, lst.address, reuse_port=self.reuse_port)
+
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         self.started_at, self.started_monotonic = time.time(), time.monotonic()
         # Every TLS context builds (files read, keys matched) before any port is bound, once,
@@ -326,7 +350,7 @@ class Server:
                 if not lst.bind_port:
                     log.info("listener %r: bind_port is false, not listening", lst.name)
                     continue
-                sock = await bind(lst.name, lst.address, reuse_port=self.reuse_port)
+                sock = await self._listen(lst)
                 self.listeners[lst.name] = self._runtime(lst, sock, handlers[lst.name])
             if admin is not None:
                 from .admin.server import bind_admin
@@ -384,6 +408,10 @@ class Server:
                     await nursery.start(self.xds.run)
                     # Envoy's readiness: LIVE once the initial xDS fetch is done.
                     nursery.start_soon(self._live_when_warm, self.xds)
+                if self.inherited is not None and settings is None:
+                    # A socket unit naming a listener this config does not have: said, closed.
+                    # (With xDS, once warm: its listeners may take them.)
+                    self.inherited.close_leftovers()
                 if settings is None and self.state == "PRE_INITIALIZING":
                     self.state = "LIVE"
                 task_status.started(self)
@@ -424,6 +452,8 @@ class Server:
 
     async def _live_when_warm(self, xds: Any) -> None:
         await xds.wait_for(lambda: xds.warm)
+        if self.inherited is not None:
+            self.inherited.close_leftovers()
         if self.state == "PRE_INITIALIZING":
             self.state = "LIVE"
             log.info("xDS warm: the server is LIVE")
@@ -534,9 +564,7 @@ class Server:
                     if self._listeners_stopped:
                         log.warning("listener %r not started: the listeners were drained", lst.name)
                         continue
-                    fresh_sockets[lst.name] = await bind(
-                        lst.name, lst.address, reuse_port=self.reuse_port
-                    )
+                    fresh_sockets[lst.name] = await self._listen(lst)
         except BaseException:
             for sock in fresh_sockets.values():
                 sock.close()

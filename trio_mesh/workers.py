@@ -4,6 +4,13 @@ The parent runs no Trio loop: it binds nothing it serves, forks the workers, res
 dies unasked, forwards SIGTERM/SIGINT/SIGHUP, tells systemd READY=1 once every worker is
 listening, and exits when all workers are gone.
 
+It speaks to systemd for all of them (``trio_mesh.systemd``): READY=1 and STATUS=,
+RELOADING=1 on SIGHUP and READY=1 once every worker has reloaded, STOPPING=1, and with
+WatchdogSec= the WATCHDOG=1 pings while every worker reports alive (each runs the watchdog
+task of a single process, but tells the supervisor). Workers write to it on one pipe: ``R``
+(ready, one byte: the admin process too), ``A`` + pid (alive) and ``H`` + pid (reloaded).
+Sockets from systemd's socket activation are held here and inherited by every worker.
+
 With an ``admin`` block or a metrics sink (and N > 1) it forks one more child, the admin
 process (``trio_mesh.admin.workers_process``), restarted like a worker. The parent binds its
 sockets and holds them across its restarts: the admin listener, and a unix socket in a private
@@ -19,6 +26,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import tempfile
 import time
 import traceback
@@ -27,8 +35,10 @@ from typing import Any
 
 import attrs
 
+from . import systemd
 from .config import Address, MeshConfig
 from .errors import StartupError
+from .network.inherit import InheritedSockets
 
 log = logging.getLogger("trio_mesh.workers")
 
@@ -42,6 +52,39 @@ Serve = Callable[..., int]
 #: ``admin_serve(config, control, admin, workers, started, ready_fd) -> exit code``: the
 #: admin process (``trio_mesh.admin.workers_process.run_admin_process``).
 AdminServe = Callable[..., int]
+
+
+#: A worker's messages on the ready pipe besides ``R``: the kind and its pid (4 bytes).
+ALIVE = b"A"
+RELOADED = b"H"
+_PID = struct.Struct("!I")
+
+
+def tell_supervisor(fd: int, kind: bytes) -> None:
+    """Write ``kind`` + our pid on the ready pipe. Non-blocking (the pipe is): a supervisor
+    that stopped reading must not stall a worker's event loop; the message is dropped."""
+    try:
+        os.write(fd, kind + _PID.pack(os.getpid()))
+    except BlockingIOError:
+        log.warning("the supervisor's pipe is full: %r not sent", kind)
+
+
+def claim(inherited: InheritedSockets, config: MeshConfig) -> InheritedSockets:
+    """The activated sockets the listeners of ``config`` take, by listener name (what each
+    worker's server takes again from its copy); the others are closed with a warning."""
+    claimed = InheritedSockets()
+    try:
+        for lst in config.listeners:
+            if lst.bind_port:
+                sock = inherited.take(lst.name, lst.address)
+                if sock is not None:
+                    claimed.by_name[lst.name] = sock
+    except BaseException:
+        for sock in [*claimed.leftovers(), *inherited.leftovers()]:
+            sock.close()
+        raise
+    inherited.close_leftovers()
+    return claimed
 
 
 @attrs.frozen
@@ -108,18 +151,21 @@ def _listen(address: Address) -> socket.socket:
     return s
 
 
-def reserve_ports(config: MeshConfig) -> tuple[MeshConfig, list[socket.socket]]:
+def reserve_ports(
+    config: MeshConfig, inherited: frozenset[str] = frozenset()
+) -> tuple[MeshConfig, list[socket.socket]]:
     """Turn every port 0 into one real port that all workers then share.
 
     The parent binds (without listening) a SO_REUSEPORT socket per such listener and holds it,
-    so the port stays ours while workers come and go.
+    so the port stays ours while workers come and go. Not for the listeners named in
+    ``inherited``: they serve on a socket systemd passed.
     """
     held: list[socket.socket] = []
     servers = []
     for server in config.servers:
         listeners = []
         for lst in server.listeners:
-            if lst.bind_port and lst.address.port == 0:
+            if lst.bind_port and lst.address.port == 0 and lst.name not in inherited:
                 family = socket.AF_INET6 if ":" in lst.address.host else socket.AF_INET
                 s = socket.socket(family, socket.SOCK_STREAM)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -139,11 +185,28 @@ class Supervisor:
         config: MeshConfig,
         workers: int,
         serve: Serve,
-        notify: Callable,
+        notify: Callable[[bytes], None],
         admin_serve: AdminServe | None = None,
+        *,
+        watchdog: float | None = None,
+        status: str = "serving",
+        inherited: InheritedSockets | None = None,
     ) -> None:
         self.started = time.monotonic()
-        self.config, self.held = reserve_ports(config)
+        #: Activated sockets (``claim``): held here across worker restarts, closed at exit.
+        self.inherited = inherited
+        taken = frozenset(inherited.by_name) if inherited is not None else frozenset()
+        self.config, self.held = reserve_ports(config, taken)
+        #: systemd's WatchdogSec=: WATCHDOG=1 every half of it while every worker's last
+        #: ``A`` is recent (``alive``: pid -> monotonic time; a spawn counts as one).
+        self.watchdog = watchdog
+        self.alive: dict[int, float] = {}
+        self.next_ping = time.monotonic()
+        #: systemd's STATUS= while serving.
+        self.status = status
+        #: The workers whose ``H`` a reload still waits for (``None``: no reload running).
+        self.reloading: set[int] | None = None
+        self._messages = b""
         self.workers = workers
         self.serve = serve
         self.notify = notify
@@ -169,6 +232,8 @@ class Supervisor:
         #: through, so a slot's back-off does not stop the others being reaped and restarted.
         self.restarts: dict[int, float] = {}
         self.ready_r, self.ready_w = os.pipe()
+        # The children's writes must never block their event loops (``tell_supervisor``).
+        os.set_blocking(self.ready_w, False)
 
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _FORWARDED}
@@ -184,6 +249,9 @@ class Supervisor:
                 signal.signal(sig, handler)
             for s in self.held:
                 s.close()
+            if self.inherited is not None:
+                for s in self.inherited.leftovers():
+                    s.close()
             if self.admin is not None:
                 self.admin.close()
             os.close(self.ready_r)
@@ -197,9 +265,16 @@ class Supervisor:
             if not self.stopping:
                 workers = sum(1 for slot in self.children.values() if slot < self.workers)
                 log.info("%s received, stopping %d worker(s)", name, workers)
-                self.notify(b"STOPPING=1")
+                self.notify(systemd.stopping())
             self.stopping = True
+        elif not self.stopping and self.ready >= self.expected:
+            # Each worker reloads on its own; READY=1 again once all of them are done.
+            self.notify(systemd.reloading())
+            self.reloading = set(self._worker_pids())
         self._forward(signum)
+
+    def _worker_pids(self) -> list[int]:
+        return [pid for pid, slot in self.children.items() if slot < self.workers]
 
     def _forward(self, signum: int) -> None:
         for pid in list(self.children):
@@ -234,6 +309,7 @@ class Supervisor:
                 finally:
                     os._exit(code)
             self.children[pid] = slot
+            self.alive[pid] = time.monotonic()  # it has the interval to say so itself
             if self.stopping:
                 # The mask holds signals back for this thread only: one delivered to another
                 # thread of the process (an embedding program's, a test's) still runs our
@@ -251,6 +327,9 @@ class Supervisor:
         if self.admin is None:
             return self.serve(self.config, self.ready_w)
         if slot == self.workers:
+            if self.inherited is not None:  # the workers' sockets: not the admin process's
+                for s in self.inherited.leftovers():
+                    s.close()
             serve = self.admin_serve or _default_admin_serve
             admin = self.admin
             return serve(
@@ -264,13 +343,15 @@ class Supervisor:
         wait = 0.2
         if self.restarts:
             wait = max(0.0, min(wait, min(self.restarts.values()) - time.monotonic()))
+        if self.watchdog is not None:
+            wait = max(0.0, min(wait, self.next_ping - time.monotonic()))
         readable, _, _ = select.select([self.ready_r], [], [], wait)
         if readable:
-            self.ready += len(os.read(self.ready_r, 64))
-            if self.ready == self.expected:
-                log.info("all %d workers ready", self.workers)
-                self.notify(b"READY=1")
+            self._read_messages(os.read(self.ready_r, 4096))
         self._reap()
+        self._check_reloaded()
+        if self.watchdog is not None and time.monotonic() >= self.next_ping:
+            self._watchdog(self.watchdog)
         if self.stopping:
             self.restarts.clear()
             return
@@ -279,6 +360,57 @@ class Supervisor:
             if at <= now:
                 del self.restarts[slot]
                 self._spawn(slot)
+
+    def _read_messages(self, data: bytes) -> None:
+        # Each write is one message, whole (shorter than PIPE_BUF); a read may end midway.
+        buf = self._messages + data
+        at = 0
+        while at < len(buf):
+            kind = buf[at : at + 1]
+            if kind in (ALIVE, RELOADED):
+                if len(buf) - at < 1 + _PID.size:
+                    break
+                (pid,) = _PID.unpack_from(buf, at + 1)
+                at += 1 + _PID.size
+                if kind == ALIVE:
+                    if pid in self.children:
+                        self.alive[pid] = time.monotonic()
+                elif self.reloading is not None:
+                    self.reloading.discard(pid)
+                continue
+            at += 1  # ``R``
+            self.ready += 1
+            if self.ready == self.expected:
+                log.info("all %d workers ready", self.workers)
+                self.notify(systemd.ready(self.status))
+        self._messages = buf[at:]
+
+    def _check_reloaded(self) -> None:
+        if self.reloading is None:
+            return
+        self.reloading &= set(self.children)  # one that died has nothing more to say
+        if not self.reloading:
+            self.reloading = None
+            if not self.stopping:
+                self.notify(systemd.ready(self.status))
+
+    def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 if every worker said it is alive within three quarters of the interval
+        (each says so every half: a quarter of slack). A worker being restarted is not
+        waited for: the supervisor does that work, and is alive."""
+        now = time.monotonic()
+        self.next_ping = now + interval / 2
+        late = [
+            pid for pid in self._worker_pids() if now - self.alive.get(pid, now) > interval * 0.75
+        ]
+        if late:
+            log.warning(
+                "watchdog: worker(s) %s not alive for %.2fs: no ping",
+                ", ".join(f"{self._name(self.children[pid])} (pid {pid})" for pid in late),
+                interval * 0.75,
+            )
+            return
+        self.notify(b"WATCHDOG=1")
 
     def _reap(self) -> None:
         while self.children:
@@ -290,6 +422,7 @@ class Supervisor:
             if pid == 0:
                 return
             slot = self.children.pop(pid)
+            self.alive.pop(pid, None)
             if self.stopping:
                 continue
             how = _describe(status)

@@ -90,6 +90,13 @@ class ListenerRuntime:
         self.address = (host, port)
         self.connections: set[Connection] = set()  # for drain
         self.draining = False
+        #: The accept loop's progress, for the systemd watchdog (``trio_mesh.systemd``):
+        #: one more each time it goes round, and whether it waits for a connection now.
+        #: Either moving or parked in the wait is an accept path that works.
+        self.accept_passes = 0
+        self.accept_parked = False
+        #: False once it stopped accepting (a drain, a removed listener): not watched.
+        self.accepting = True
         self._accept_scope = trio.CancelScope()
         self._scope = trio.CancelScope()  # close_now: every connection
         self._changed = trio.lowlevel.ParkingLot()  # a connection ended
@@ -106,6 +113,7 @@ class ListenerRuntime:
 
     def stop_accepting(self) -> None:
         """Close the listening socket now; the connections already accepted go on."""
+        self.accepting = False
         self._accept_scope.cancel()
         if self.sock.fileno() != -1:
             # Refuse new connections from now on (the accept loop no longer waits on it).
@@ -125,7 +133,9 @@ class ListenerRuntime:
                     task_status.started()
                     with self._accept_scope:
                         await self._accept(nursery)
+                    self.accepting = False
         finally:
+            self.accepting = False
             sock.close()
 
     def close_now(self) -> None:
@@ -140,10 +150,15 @@ class ListenerRuntime:
         logged_at = -math.inf
         unlogged = 0
         while True:
+            self.accept_passes += 1
             try:
                 client, _ = sock.accept()
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
+                self.accept_parked = True
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                finally:
+                    self.accept_parked = False
                 continue
             except OSError as exc:
                 if exc.errno in _TRANSIENT_ERRNOS:
