@@ -43,6 +43,8 @@ _BUILTIN_CLASSES: dict[FilterKind, dict[str, str]] = {
     "stream": {
         "fault": "fault:FaultConfig",
         "flowcontrol": "flowcontrol:FlowControlConfig",
+        "flowControlFilter": "flowcontrol:FlowControlConfig",  # MOSN's name for it
+        "healthcheck": "rpc_healthcheck:RpcHealthCheckConfig",  # MOSN's RPC heartbeats
         "gzip": "gzip:GzipConfig",
         "header_mutation": "header_mutation:HeaderMutationConfig",
         "health_check": "health_check:HealthCheckConfig",

@@ -94,6 +94,10 @@ def parse_address(value: Any) -> Address:
         return _checked(host, port, value)
     if not isinstance(value, str):
         raise ValueError(f"expected host:port, got {value!r}")
+    if value.startswith(("unix:", "/", "@")):
+        raise ValueError(
+            f"unix domain socket addresses are not supported, got {value!r}: use host:port"
+        )
     if value.startswith("["):
         host, sep, port_text = value[1:].partition("]:")
         if sep and ":" not in host:

@@ -1,0 +1,144 @@
+"""Shapes MOSN's own example configurations (examples/codes in mosn/mosn) use, in documents of
+our own writing: each loads as MOSN meant it, or is refused with the true reason, at its path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trio_mesh.config import ConfigError, parse_config
+
+
+def listener(**extra: Any) -> dict[str, Any]:
+    return {
+        "address": "127.0.0.1:0",
+        "filter_chains": [{"filters": [{"type": "echo"}]}],
+        **extra,
+    }
+
+
+def doc(*listeners: dict[str, Any], **top: Any) -> dict[str, Any]:
+    return {"servers": [{"listeners": list(listeners)}], **top}
+
+
+def refused(document: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(document)
+    return info.value.errors
+
+
+def test_an_unnamed_listener_is_named_by_its_address_as_in_mosn():
+    loaded = parse_config(doc(listener(address="127.0.0.1:2045")))
+    assert loaded.config.listeners[0].name == "127.0.0.1:2045"
+    assert loaded.warnings == ()
+
+
+def test_two_unnamed_listeners_on_different_addresses_both_load():
+    loaded = parse_config(
+        doc(listener(address="127.0.0.1:2045"), listener(address="127.0.0.1:2046"))
+    )
+    assert [lst.name for lst in loaded.config.listeners] == ["127.0.0.1:2045", "127.0.0.1:2046"]
+
+
+def test_tproxy_is_refused_as_tproxy():
+    errors = refused(doc(listener(name="t", use_original_dst="tproxy")))
+    assert errors == [
+        "servers[0].listeners[0].use_original_dst: tproxy (transparent proxying with"
+        " IP_TRANSPARENT) is not supported; true (connections redirected with iptables"
+        " REDIRECT) is"
+    ]
+
+
+def test_a_unix_socket_address_is_refused_as_such():
+    errors = refused(doc(listener(name="u", address="/tmp/x.sock")))
+    assert errors == [
+        "servers[0].listeners[0].address: unix domain socket addresses are not supported,"
+        " got '/tmp/x.sock': use host:port"
+    ]
+    errors = refused(
+        {"cluster_manager": {"clusters": [{"name": "c", "hosts": [{"address": "unix:/x.sock"}]}]}}
+    )
+    assert errors == [
+        "cluster_manager.clusters[0].hosts[0].address: unix domain socket addresses are not"
+        " supported, got 'unix:/x.sock': use host:port"
+    ]
+
+
+def test_envoy_runtime_layers_are_refused_with_the_reason():
+    errors = refused(doc(listener(name="a"), layered_runtime={"layers": [{"name": "r0"}]}))
+    assert errors == [
+        "layered_runtime: Envoy's runtime (layered_runtime, RTDS) is not supported: remove it to"
+        " run without runtime overrides"
+    ]
+
+
+def test_slow_start_loads_with_a_warning():
+    loaded = parse_config(
+        {
+            "cluster_manager": {
+                "clusters": [
+                    {
+                        "name": "c",
+                        "hosts": [{"address": "127.0.0.1:1"}],
+                        "slow_start": {"mode": "duration", "slow_start_duration": "10s"},
+                    }
+                ]
+            }
+        }
+    )
+    assert loaded.warnings == (
+        "cluster_manager.clusters[0].slow_start: known MOSN key, not implemented yet: ignored",
+    )
+
+
+def test_proxy_before_tcp_proxy_names_mosns_fallback():
+    proxy = {
+        "type": "proxy",
+        "config": {"fallback_for_unknown_protocol": True, "router_config_name": "r"},
+    }
+    document = {
+        "servers": [
+            {
+                "listeners": [
+                    {
+                        "name": "f",
+                        "address": "127.0.0.1:0",
+                        "filter_chains": [
+                            {"filters": [proxy, {"type": "tcp_proxy", "config": {"cluster": "c"}}]}
+                        ],
+                    }
+                ],
+                "routers": [{"router_config_name": "r", "virtual_hosts": []}],
+            }
+        ],
+        "cluster_manager": {"clusters": [{"name": "c", "hosts": [{"address": "127.0.0.1:1"}]}]},
+    }
+    errors = refused(document)
+    assert errors == [
+        "servers[0].listeners[0].filter_chains[0].filters[0].type: 'proxy' must be the last"
+        " filter (passing a connection of an unknown protocol on to the next filter, MOSN's"
+        " fallback_for_unknown_protocol, is not supported)"
+    ]
+
+
+def test_a_zero_idle_timeout_written_as_a_number_means_never():
+    loaded = parse_config(doc(listener(name="a", connection_idle_timeout=0)))
+    assert loaded.config.listeners[0].connection_idle_timeout == 0
+    # Any other bare number stays an error (MOSN reads nanoseconds, people write seconds).
+    errors = refused(doc(listener(name="a", connection_idle_timeout=30)))
+    assert errors == [
+        "servers[0].listeners[0].connection_idle_timeout: expected a duration such as '3s' or"
+        " '250ms', got 30"
+    ]
+
+
+def test_a_non_loopback_admin_stays_refused():
+    # MOSN's examples serve the admin API on 0.0.0.0: a security choice, never a warning.
+    errors = refused(
+        doc(
+            listener(name="a"),
+            admin={"address": {"socket_address": {"address": "0.0.0.0", "port_value": 34901}}},
+        )
+    )
+    assert len(errors) == 1 and "allow_non_loopback" in errors[0]
