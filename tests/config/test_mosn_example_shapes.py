@@ -142,3 +142,47 @@ def test_a_non_loopback_admin_stays_refused():
         )
     )
     assert len(errors) == 1 and "allow_non_loopback" in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "why"),
+    [
+        ("stream", "proxywasm", "MOSN's WebAssembly filter: WebAssembly filters are not supported"),
+        ("stream", "loadso", "a MOSN Go plugin: Go code cannot run here"),
+        ("stream", "jwt_authn", "JWT authentication is not supported"),
+        ("network", "udp_proxy", "UDP proxying is not supported (TCP only)"),
+        ("network", "tunnel", "MOSN's tunnel is not supported"),
+    ],
+)
+def test_mosn_filters_trio_mesh_lacks_are_refused_saying_why(kind, name, why):
+    lst = listener(name="a")
+    if kind == "stream":
+        lst["stream_filters"] = [{"type": name, "config": {}}]
+        path = "servers[0].listeners[0].stream_filters[0].type"
+    else:
+        lst["filter_chains"] = [{"filters": [{"type": name, "config": {}}]}]
+        path = "servers[0].listeners[0].filter_chains[0].filters[0].type"
+    (line,) = refused(doc(lst))
+    assert line.startswith(f"{path}: unknown {kind} filter type {name!r}: {why}")
+    assert "(known: " in line
+
+
+def test_a_document_that_is_no_configuration_says_so_once():
+    dashboard = {f"k{i}": i for i in range(8)} | {"panels": [], "title": "MOSN"}
+    (line,) = refused(dashboard)
+    assert line.startswith("not a proxy configuration: no known top-level key in k0, k1, k2,")
+    assert "(known: admin," in line
+
+
+def test_envoy_go_extension_stream_filters_at_the_top_are_refused_with_the_reason():
+    errors = refused(doc(listener(name="a"), stream_filters=[{"name": "demo"}]))
+    assert errors == [
+        "stream_filters: a top-level stream_filters list is the configuration of MOSN's Envoy"
+        " Go extension, which trio-mesh is not: give stream_filters on a listener"
+    ]
+
+
+def test_a_socket_address_port_written_as_a_string_loads():
+    address = {"socket_address": {"address": "127.0.0.1", "port_value": "15000"}}
+    loaded = parse_config(doc(listener(name="a"), admin={"address": address}))
+    assert loaded.config.admin is not None and loaded.config.admin.address.port == 15000

@@ -22,7 +22,7 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn
 
 from . import values
-from .filter_configs import filter_config_class, known_filters
+from .filter_configs import filter_config_class, unknown_filter
 from .model import FilterConfig
 from .observability import AdminConfig
 from .routes import FILTER_DISABLED, PerFilterConfig
@@ -145,10 +145,8 @@ def _structure_filter(data: Any, cls: type[FilterConfig]) -> FilterConfig:
     try:
         config_cls = filter_config_class(kind, ftype)  # type: ignore[arg-type]
     except KeyError:
-        known = ", ".join(known_filters(kind)) or "none"  # type: ignore[arg-type]
-        raise _fail_at(
-            cls, "type", ValueError(f"unknown {kind} filter type {ftype!r} (known: {known})")
-        ) from None
+        problem = ValueError(unknown_filter(kind, ftype))  # type: ignore[arg-type]
+        raise _fail_at(cls, "type", problem) from None
     raw = data.get("config")
     if raw is not None and not isinstance(raw, dict):
         raise _fail_at(cls, "config", ValueError(f"expected a mapping, got {raw!r}"))
@@ -179,12 +177,8 @@ def _structure_per_filter(data: Any, _: type) -> PerFilterConfig:
         try:
             config_cls = filter_config_class("stream", name)
         except KeyError:
-            known = ", ".join(known_filters("stream")) or "none"
-            raise _fail_at(
-                PerFilterConfig,
-                str(name),
-                ValueError(f"unknown stream filter type {name!r} (known: {known})"),
-            ) from None
+            problem = ValueError(unknown_filter("stream", str(name)))
+            raise _fail_at(PerFilterConfig, str(name), problem) from None
         if raw is not None and not isinstance(raw, dict):
             problem = ValueError(f"expected a mapping, got {raw!r}")
             raise _fail_at(PerFilterConfig, str(name), problem)

@@ -57,6 +57,35 @@ _BUILTIN_CLASSES: dict[FilterKind, dict[str, str]] = {
 }
 log = logging.getLogger("trio_mesh.config")
 
+_GO_PLUGIN = "a MOSN Go plugin: Go code cannot run here (write the filter in Python instead)"
+#: MOSN's filters that trio-mesh does not have, and why: said when a configuration names one.
+MOSN_UNSUPPORTED: dict[FilterKind, dict[str, str]] = {
+    "stream": {
+        "proxywasm": "MOSN's WebAssembly filter: WebAssembly filters are not supported",
+        "loadso": _GO_PLUGIN,
+        "pluginfilter": _GO_PLUGIN,
+        "demo_plugin": _GO_PLUGIN,
+        "demo": "MOSN's example filter, compiled into MOSN: not part of trio-mesh",
+        "dsl": "MOSN's DSL (CEL expression) filter is not supported",
+        "jwt_authn": "JWT authentication is not supported",
+        "seata": "MOSN's Seata (distributed transaction) filter is not supported",
+        "transcoder": "protocol transcoding is not supported",
+        "dubbo_stream": "MOSN's dubbo_stream filter (Dubbo routing from xDS) is not supported",
+    },
+    "network": {
+        "tunnel": "MOSN's tunnel is not supported",
+        "udp_proxy": "UDP proxying is not supported (TCP only)",
+    },
+    "listener": {},
+}
+
+
+def unknown_filter(kind: FilterKind, name: str) -> str:
+    """The reason a filter type cannot load, with the known types."""
+    known = ", ".join(known_filters(kind)) or "none"
+    why = MOSN_UNSUPPORTED[kind].get(name)
+    return f"unknown {kind} filter type {name!r}{f': {why}' if why else ''} (known: {known})"
+
 
 def entry_points(*, group: str) -> EntryPoints:
     """``importlib.metadata.entry_points``, imported on first use: scanning the installed

@@ -21,6 +21,14 @@ from .xds import resolve as resolve_xds
 log = logging.getLogger("trio_mesh.config")
 
 
+#: The top-level keys a configuration may have (fields and MOSN's known keys).
+_TOP_LEVEL = (
+    frozenset(f.name for f in attrs.fields(MeshConfig))
+    | MeshConfig.MOSN_PENDING
+    | set(MeshConfig.MOSN_REFUSED)
+)
+
+
 @attrs.frozen
 class Loaded:
     config: MeshConfig
@@ -34,6 +42,13 @@ def parse_config(data: Any, *, dynamic: bool = False) -> Loaded:
     has not sent (they answer 503, as in Envoy) or that the static part defines."""
     if not isinstance(data, dict):
         raise ConfigError([f"expected a mapping at the top level, got {type(data).__name__}"])
+    if data and not any(str(k).lower() in _TOP_LEVEL for k in data):
+        # A Grafana dashboard, a plugin's own settings: one line, not one per key.
+        keys = ", ".join(sorted(map(str, data))[:5]) + (", ..." if len(data) > 5 else "")
+        known = ", ".join(sorted(_TOP_LEVEL))
+        raise ConfigError(
+            [f"not a proxy configuration: no known top-level key in {keys} (known: {known})"]
+        )
     report = Report()
     normalized = normalize(data, MeshConfig, "", report)
     errors = list(report.errors)

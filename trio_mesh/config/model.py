@@ -375,7 +375,13 @@ class MeshConfig:
             refused.given,
             "Envoy's runtime (layered_runtime, RTDS) is not supported: remove it to run"
             " without runtime overrides",
-        )
+        ),
+        # MOSN's Envoy Go extension: MOSN's filters run inside Envoy, configured here.
+        "stream_filters": (
+            refused.given,
+            "a top-level stream_filters list is the configuration of MOSN's Envoy Go"
+            " extension, which trio-mesh is not: give stream_filters on a listener",
+        ),
     }
 
     def xds_settings(self) -> XdsSettings | None:

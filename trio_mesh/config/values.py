@@ -84,6 +84,8 @@ def parse_address(value: Any) -> Address:
     if isinstance(value, dict) and isinstance(value.get("socket_address"), dict):
         sa = value["socket_address"]
         host, port = sa.get("address"), sa.get("port_value", 0)
+        if isinstance(port, str) and port.isascii() and port.isdigit():
+            port = int(port)  # proto3 JSON writes 32-bit integers as numbers or strings
         if (
             not isinstance(host, str)
             or not host
