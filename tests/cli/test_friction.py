@@ -222,3 +222,41 @@ def test_public_api_from_the_package_lazily():
     assert result.returncode == 0, result.stderr
     for name in ("Server", "load_config", "parse_config", "StartupError", "ConfigError"):
         assert repr(name) in result.stdout.splitlines()[-1]
+
+
+def readme_embedding_example() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Embedded in a Trio program or test", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_embedding_example_runs_as_written():
+    code = readme_embedding_example()
+    assert "parse_config(DOC)" in code and "StartupError" in code and "collect_metrics" in code
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "connections: 1"
+    assert re.fullmatch(r"listener\.127\.0\.0\.1_\d+\.downstream_cx_total 1", lines[1]), lines
+
+
+def test_readme_embedding_example_reports_a_bad_config_by_path():
+    code = readme_embedding_example().replace('"127.0.0.1:0"', '"127.0.0.1:x"')
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("servers[0].listeners[0].address: expected host:port")
+
+
+def test_readme_prerequisites_and_intro():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    prereq = readme.split("## Prerequisites", 1)[1].split("## ", 1)[0]
+    for needed in ("git clone", "3.11", "python3 -m venv .venv && . .venv/bin/activate", "PEP 668"):
+        assert needed in prereq
+    intro = readme.split("## Prerequisites", 1)[0]
+    assert "next milestone" not in intro
+    for feature in ("xDS", "admin API", "Prometheus", "tracing", "health checks", "registr"):
+        assert feature in intro, feature
