@@ -186,3 +186,31 @@ def test_a_socket_address_port_written_as_a_string_loads():
     address = {"socket_address": {"address": "127.0.0.1", "port_value": "15000"}}
     loaded = parse_config(doc(listener(name="a"), admin={"address": address}))
     assert loaded.config.admin is not None and loaded.config.admin.address.port == 15000
+
+
+def test_the_original_dst_listener_filter_takes_mosns_type():
+    redirect = [{"type": "original_dst", "config": {"type": "redirect"}}]
+    loaded = parse_config(doc(listener(name="a", listener_filters=redirect)))
+    assert loaded.config.listeners[0].listener_filters[0].type == "original_dst"
+    tproxy = [{"type": "original_dst", "config": {"type": "tproxy"}}]
+    errors = refused(doc(listener(name="a", listener_filters=tproxy)))
+    assert errors == [
+        "servers[0].listeners[0].listener_filters[0].config.type: tproxy (transparent proxying"
+        " with IP_TRANSPARENT) is not supported; redirect (iptables REDIRECT) is"
+    ]
+
+
+def test_an_unknown_protocol_name_says_how_codecs_are_added():
+    proxy = {
+        "type": "proxy",
+        "config": {"downstream_protocol": "x_example", "router_config_name": "r"},
+    }
+    document = doc(listener(name="a", filter_chains=[{"filters": [proxy]}]))
+    document["servers"][0]["routers"] = [{"router_config_name": "r", "virtual_hosts": []}]
+    errors = refused(document)
+    assert errors == [
+        "servers[0].listeners[0].filter_chains[0].filters[0].config.downstream_protocol:"
+        " expected one of Http1, Http2, Auto, X, bolt, dubbo, got 'x_example' (another RPC"
+        " codec: X with extend_config.sub_protocol naming a codec registered in Python, see"
+        " docs/xprotocol.md; MOSN's Go plugin codecs cannot run here)"
+    ]

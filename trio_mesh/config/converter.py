@@ -22,7 +22,7 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn
 
 from . import values
-from .filter_configs import filter_config_class, unknown_filter
+from .filter_configs import Protocol, filter_config_class, unknown_filter
 from .model import FilterConfig
 from .observability import AdminConfig
 from .routes import FILTER_DISABLED, PerFilterConfig
@@ -60,7 +60,14 @@ def _structure_enum(value: Any, cls: type[enum.Enum]) -> enum.Enum:
             if member.value.upper() == value.upper():
                 return member
     choices = ", ".join(m.value for m in cls)
-    raise ValueError(f"expected one of {choices}, got {value!r}")
+    hint = ""
+    if cls is Protocol and isinstance(value, str):
+        # MOSN's Go plugin codecs are protocol names of their own; here a codec is Python.
+        hint = (
+            " (another RPC codec: X with extend_config.sub_protocol naming a codec registered"
+            " in Python, see docs/xprotocol.md; MOSN's Go plugin codecs cannot run here)"
+        )
+    raise ValueError(f"expected one of {choices}, got {value!r}{hint}")
 
 
 converter.register_structure_hook_func(

@@ -416,10 +416,32 @@ class ProxyProtocolConfig:
     }
 
 
+@frozen(kw_only=True)
+class OriginalDstConfig:
+    """MOSN's ``original_dst`` listener filter config: ``type`` ``redirect`` (the default;
+    connections redirected with iptables REDIRECT, read with SO_ORIGINAL_DST) or ``tproxy``."""
+
+    type: str = "redirect"
+
+    def __attrs_post_init__(self) -> None:
+        if self.type.strip().lower() == "tproxy":
+            _raise(
+                [
+                    (
+                        ("type",),
+                        "tproxy (transparent proxying with IP_TRANSPARENT) is not supported;"
+                        " redirect (iptables REDIRECT) is",
+                    )
+                ]
+            )
+        elif self.type.strip().lower() != "redirect":
+            _raise([(("type",), f"expected redirect, got {self.type!r}")])
+
+
 # Built-in filters' shapes are known to the config layer itself, so a file validates without
 # importing the runtime; their factories register in ``trio_mesh.filters``.
 register_filter_config("network", "tcp_proxy", TcpProxyConfig, terminal=True)
 register_filter_config("listener", "proxy_protocol", ProxyProtocolConfig)
-register_filter_config("listener", "original_dst", None)  # = use_original_dst: true
+register_filter_config("listener", "original_dst", OriginalDstConfig)  # = use_original_dst: true
 register_filter_config("network", "echo", None, terminal=True)
 register_filter_config("network", "proxy", ProxyConfig, terminal=True)
