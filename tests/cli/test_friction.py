@@ -260,3 +260,28 @@ def test_readme_prerequisites_and_intro():
     assert "next milestone" not in intro
     for feature in ("xDS", "admin API", "Prometheus", "tracing", "health checks", "registr"):
         assert feature in intro, feature
+
+
+def test_an_embedded_server_without_the_xds_extra_raises_startup_error(tmp_path):
+    port = free_port()
+    code = WITHOUT_XDS.split("from trio_mesh.cli import main")[0] + (
+        "import trio\n"
+        "from trio_mesh import Server, StartupError, load_config\n"
+        "async def main():\n"
+        "    async with trio.open_nursery() as nursery:\n"
+        "        await nursery.start(Server(load_config(sys.argv[1])).run)\n"
+        "try:\n"
+        "    trio.run(main)\n"
+        "except* StartupError as group:\n"
+        "    print(group.exceptions[0])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(xds_config(tmp_path, port))],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert XDS_HINT in result.stdout
+    assert is_free(port)
