@@ -18,6 +18,7 @@ from . import __version__, systemd
 from .config import ConfigError, MeshConfig, read_config
 from .config.load import Loaded
 from .config.values import log_level_number
+from .config.xds import missing_xds_extra
 
 if TYPE_CHECKING:
     from .network.inherit import InheritedSockets
@@ -33,6 +34,7 @@ DRAIN_TIMEOUT = 5.0
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trio-mesh", description="A service-mesh proxy on Trio.")
+    parser.add_argument("--version", action="version", version=f"trio-mesh {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the proxy on a configuration file")
     run.add_argument("config", help="YAML (.yaml/.yml) or JSON (.json, MOSN v2) configuration")
@@ -74,9 +76,19 @@ def _read(path: str) -> Loaded:
     from .network.tls_context import check_config
 
     loaded = read_config(path)
+    # Before any port is bound: an xDS configuration without the xds extra would fail at
+    # its first import, with listeners already open.
+    missing = missing_xds_extra(loaded.config)
+    if missing is not None:
+        raise ConfigError([f"{path}: {missing}"])
     errors = check_config(loaded.config)
     if errors:
         raise ConfigError(errors)
+    if not loaded.config.listeners and loaded.config.xds_settings() is None:
+        # Not an error (an admin-only process is possible), but "ready" with no port open
+        # surprises whoever wrote ``servers: []`` by mistake.
+        nothing = "servers: no listeners configured: the proxy will accept no connections"
+        loaded = attrs.evolve(loaded, warnings=(*loaded.warnings, nothing))
     return loaded
 
 

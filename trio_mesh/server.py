@@ -330,6 +330,10 @@ class Server:
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         self.started_at, self.started_monotonic = time.time(), time.monotonic()
+        from .config.xds import missing_xds_extra
+
+        if (missing := missing_xds_extra(self.config)) is not None:
+            raise StartupError(missing)  # before any port is bound
         # Every TLS context builds (files read, keys matched) before any port is bound, once,
         # in a thread: OpenSSL's loads would stall the event loop.
         contexts = await trio.to_thread.run_sync(build_contexts, self.config)

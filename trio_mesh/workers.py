@@ -324,6 +324,7 @@ class Supervisor:
 
     def _child(self, slot: int) -> int:
         """In the forked child: be worker ``slot`` or the admin process."""
+        tag_log_lines(f"[{self._name(slot)}] ")
         if self.admin is None:
             return self.serve(self.config, self.ready_w)
         if slot == self.workers:
@@ -439,6 +440,24 @@ class Supervisor:
             log.error("%s (pid %d) %s; restarting in %.1fs", name, pid, how, wait)
             self.restarts[slot] = time.monotonic() + wait
             self.backoff[slot] = min(wait * 2, RESTART_BACKOFF_MAX)
+
+
+class _TaggedFormatter(logging.Formatter):
+    """Puts ``tag`` before each record the wrapped formatter writes."""
+
+    def __init__(self, inner: logging.Formatter, tag: str) -> None:
+        super().__init__()
+        self.inner, self.tag = inner, tag
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.tag + self.inner.format(record)
+
+
+def tag_log_lines(tag: str) -> None:
+    """In a child: every line its root handlers write starts with ``tag`` (which process
+    wrote it, since all of them share the supervisor's stderr)."""
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_TaggedFormatter(handler.formatter or logging.Formatter(), tag))
 
 
 def _default_admin_serve(*args: Any) -> int:

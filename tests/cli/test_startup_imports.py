@@ -238,9 +238,12 @@ def test_invalid_yaml_is_reported_with_the_python_parsers_message(tmp_path: Path
     path.write_text("servers:\n  - listeners: [\n", encoding="utf-8")
     with pytest.raises(ConfigError) as caught:
         read_config(path)
-    with pytest.raises(yaml.YAMLError) as python_parser:
-        yaml.safe_load(path.read_text(encoding="utf-8"))
-    assert caught.value.errors == [f"{path}: invalid YAML: {python_parser.value}"]
+    with pytest.raises(yaml.MarkedYAMLError) as python_parser, path.open(encoding="utf-8") as f:
+        yaml.safe_load(f)  # a named stream: the message names the file
+    mark = python_parser.value.problem_mark
+    assert mark is not None
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}"
+    assert caught.value.errors == [f"{where}: invalid YAML: {python_parser.value}"]
     assert "but found" in caught.value.errors[0]  # libyaml words it differently
 
 

@@ -751,8 +751,9 @@ def test_invalid_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         read_config(path)
     (line,) = info.value.errors
-    assert line.startswith(f"{path}: invalid YAML: ")
-    assert "line 2" in line
+    assert line.startswith(f"{path}:2:")
+    assert ": invalid YAML: " in line
+    assert f'in "{path}", line 2' in line
 
 
 def test_invalid_json_names_line_and_column(tmp_path: Path) -> None:
@@ -790,14 +791,22 @@ def test_file_that_is_not_utf8(tmp_path: Path) -> None:
     [
         ("list.yaml", "- servers: []\n", "list"),
         ("list.json", "[]", "list"),
-        ("empty.yaml", "", "NoneType"),
         ("scalar.yml", "just text\n", "str"),
     ],
 )
 def test_top_level_must_be_a_mapping(tmp_path: Path, name: str, text: str, kind: str) -> None:
+    path = write(tmp_path, name, text)
     with pytest.raises(ConfigError) as info:
-        read_config(write(tmp_path, name, text))
-    assert info.value.errors == [f"expected a mapping at the top level, got {kind}"]
+        read_config(path)
+    assert info.value.errors == [f"{path}: expected a mapping at the top level, got {kind}"]
+
+
+@pytest.mark.parametrize(("name", "text"), [("empty.yaml", ""), ("null.json", "null")])
+def test_an_empty_file_is_named(tmp_path: Path, name: str, text: str) -> None:
+    path = write(tmp_path, name, text)
+    with pytest.raises(ConfigError) as info:
+        read_config(path)
+    assert info.value.errors == [f"{path}: empty configuration file"]
 
 
 # --------------------------------------------------------------------------- filter registry

@@ -22,7 +22,7 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn
 
 from . import values
-from .filter_configs import filter_config_class, known_filters
+from .filter_configs import Protocol, filter_config_class, unknown_filter
 from .model import FilterConfig
 from .observability import AdminConfig
 from .routes import FILTER_DISABLED, PerFilterConfig
@@ -60,7 +60,14 @@ def _structure_enum(value: Any, cls: type[enum.Enum]) -> enum.Enum:
             if member.value.upper() == value.upper():
                 return member
     choices = ", ".join(m.value for m in cls)
-    raise ValueError(f"expected one of {choices}, got {value!r}")
+    hint = ""
+    if cls is Protocol and isinstance(value, str):
+        # MOSN's Go plugin codecs are protocol names of their own; here a codec is Python.
+        hint = (
+            " (another RPC codec: X with extend_config.sub_protocol naming a codec registered"
+            " in Python, see docs/xprotocol.md; MOSN's Go plugin codecs cannot run here)"
+        )
+    raise ValueError(f"expected one of {choices}, got {value!r}{hint}")
 
 
 converter.register_structure_hook_func(
@@ -145,10 +152,8 @@ def _structure_filter(data: Any, cls: type[FilterConfig]) -> FilterConfig:
     try:
         config_cls = filter_config_class(kind, ftype)  # type: ignore[arg-type]
     except KeyError:
-        known = ", ".join(known_filters(kind)) or "none"  # type: ignore[arg-type]
-        raise _fail_at(
-            cls, "type", ValueError(f"unknown {kind} filter type {ftype!r} (known: {known})")
-        ) from None
+        problem = ValueError(unknown_filter(kind, ftype))  # type: ignore[arg-type]
+        raise _fail_at(cls, "type", problem) from None
     raw = data.get("config")
     if raw is not None and not isinstance(raw, dict):
         raise _fail_at(cls, "config", ValueError(f"expected a mapping, got {raw!r}"))
@@ -179,12 +184,8 @@ def _structure_per_filter(data: Any, _: type) -> PerFilterConfig:
         try:
             config_cls = filter_config_class("stream", name)
         except KeyError:
-            known = ", ".join(known_filters("stream")) or "none"
-            raise _fail_at(
-                PerFilterConfig,
-                str(name),
-                ValueError(f"unknown stream filter type {name!r} (known: {known})"),
-            ) from None
+            problem = ValueError(unknown_filter("stream", str(name)))
+            raise _fail_at(PerFilterConfig, str(name), problem) from None
         if raw is not None and not isinstance(raw, dict):
             problem = ValueError(f"expected a mapping, got {raw!r}")
             raise _fail_at(PerFilterConfig, str(name), problem)

@@ -28,6 +28,8 @@ def parse_duration(text: str) -> float:
     ``"0"`` alone allowed, no sign (a negative timeout means nothing here).
     """
     bad = ValueError(f"expected a duration such as '3s' or '250ms', got {text!r}")
+    if text == 0 and type(text) is int:  # MOSN's JSON numbers are nanoseconds: 0 is 0 in any unit
+        return 0.0
     if not isinstance(text, str):
         raise bad
     s = text.strip()

@@ -43,6 +43,8 @@ _BUILTIN_CLASSES: dict[FilterKind, dict[str, str]] = {
     "stream": {
         "fault": "fault:FaultConfig",
         "flowcontrol": "flowcontrol:FlowControlConfig",
+        "flowControlFilter": "flowcontrol:FlowControlConfig",  # MOSN's name for it
+        "healthcheck": "rpc_healthcheck:RpcHealthCheckConfig",  # MOSN's RPC heartbeats
         "gzip": "gzip:GzipConfig",
         "header_mutation": "header_mutation:HeaderMutationConfig",
         "health_check": "health_check:HealthCheckConfig",
@@ -54,6 +56,35 @@ _BUILTIN_CLASSES: dict[FilterKind, dict[str, str]] = {
     "listener": {},
 }
 log = logging.getLogger("trio_mesh.config")
+
+_GO_PLUGIN = "a MOSN Go plugin: Go code cannot run here (write the filter in Python instead)"
+#: MOSN's filters that trio-mesh does not have, and why: said when a configuration names one.
+MOSN_UNSUPPORTED: dict[FilterKind, dict[str, str]] = {
+    "stream": {
+        "proxywasm": "MOSN's WebAssembly filter: WebAssembly filters are not supported",
+        "loadso": _GO_PLUGIN,
+        "pluginfilter": _GO_PLUGIN,
+        "demo_plugin": _GO_PLUGIN,
+        "demo": "MOSN's example filter, compiled into MOSN: not part of trio-mesh",
+        "dsl": "MOSN's DSL (CEL expression) filter is not supported",
+        "jwt_authn": "JWT authentication is not supported",
+        "seata": "MOSN's Seata (distributed transaction) filter is not supported",
+        "transcoder": "protocol transcoding is not supported",
+        "dubbo_stream": "MOSN's dubbo_stream filter (Dubbo routing from xDS) is not supported",
+    },
+    "network": {
+        "tunnel": "MOSN's tunnel is not supported",
+        "udp_proxy": "UDP proxying is not supported (TCP only)",
+    },
+    "listener": {},
+}
+
+
+def unknown_filter(kind: FilterKind, name: str) -> str:
+    """The reason a filter type cannot load, with the known types."""
+    known = ", ".join(known_filters(kind)) or "none"
+    why = MOSN_UNSUPPORTED[kind].get(name)
+    return f"unknown {kind} filter type {name!r}{f': {why}' if why else ''} (known: {known})"
 
 
 def entry_points(*, group: str) -> EntryPoints:
@@ -385,10 +416,32 @@ class ProxyProtocolConfig:
     }
 
 
+@frozen(kw_only=True)
+class OriginalDstConfig:
+    """MOSN's ``original_dst`` listener filter config: ``type`` ``redirect`` (the default;
+    connections redirected with iptables REDIRECT, read with SO_ORIGINAL_DST) or ``tproxy``."""
+
+    type: str = "redirect"
+
+    def __attrs_post_init__(self) -> None:
+        if self.type.strip().lower() == "tproxy":
+            _raise(
+                [
+                    (
+                        ("type",),
+                        "tproxy (transparent proxying with IP_TRANSPARENT) is not supported;"
+                        " redirect (iptables REDIRECT) is",
+                    )
+                ]
+            )
+        elif self.type.strip().lower() != "redirect":
+            _raise([(("type",), f"expected redirect, got {self.type!r}")])
+
+
 # Built-in filters' shapes are known to the config layer itself, so a file validates without
 # importing the runtime; their factories register in ``trio_mesh.filters``.
 register_filter_config("network", "tcp_proxy", TcpProxyConfig, terminal=True)
 register_filter_config("listener", "proxy_protocol", ProxyProtocolConfig)
-register_filter_config("listener", "original_dst", None)  # = use_original_dst: true
+register_filter_config("listener", "original_dst", OriginalDstConfig)  # = use_original_dst: true
 register_filter_config("network", "echo", None, terminal=True)
 register_filter_config("network", "proxy", ProxyConfig, terminal=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -20,6 +21,14 @@ from .xds import resolve as resolve_xds
 log = logging.getLogger("trio_mesh.config")
 
 
+#: The top-level keys a configuration may have (fields and MOSN's known keys).
+_TOP_LEVEL = (
+    frozenset(f.name for f in attrs.fields(MeshConfig))
+    | MeshConfig.MOSN_PENDING
+    | set(MeshConfig.MOSN_REFUSED)
+)
+
+
 @attrs.frozen
 class Loaded:
     config: MeshConfig
@@ -33,6 +42,13 @@ def parse_config(data: Any, *, dynamic: bool = False) -> Loaded:
     has not sent (they answer 503, as in Envoy) or that the static part defines."""
     if not isinstance(data, dict):
         raise ConfigError([f"expected a mapping at the top level, got {type(data).__name__}"])
+    if data and not any(str(k).lower() in _TOP_LEVEL for k in data):
+        # A Grafana dashboard, a plugin's own settings: one line, not one per key.
+        keys = ", ".join(sorted(map(str, data))[:5]) + (", ..." if len(data) > 5 else "")
+        known = ", ".join(sorted(_TOP_LEVEL))
+        raise ConfigError(
+            [f"not a proxy configuration: no known top-level key in {keys} (known: {known})"]
+        )
     report = Report()
     normalized = normalize(data, MeshConfig, "", report)
     errors = list(report.errors)
@@ -72,6 +88,10 @@ def read_config(path: str | os.PathLike[str]) -> Loaded:
             raise ConfigError([f"{p}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"]) from None
     else:
         raise ConfigError([f"{p}: unknown config format {suffix!r} (use .yaml, .yml or .json)"])
+    if data is None:  # an empty YAML file (or only comments), or a JSON ``null``
+        raise ConfigError([f"{p}: empty configuration file"])
+    if not isinstance(data, dict):
+        raise ConfigError([f"{p}: expected a mapping at the top level, got {type(data).__name__}"])
     return parse_config(data)
 
 
@@ -87,8 +107,15 @@ def _load_yaml(path: Path, text: str) -> Any:
             return yaml.load(text, Loader=loader)
         except yaml.YAMLError:
             pass
+    # A stream with a name: PyYAML's marks then say the file's name, not "<unicode string>".
+    stream = io.StringIO(text)
+    stream.name = str(path)
     try:
-        return yaml.safe_load(text)
+        return yaml.safe_load(stream)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError([f"{where}: invalid YAML: {exc}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: invalid YAML: {exc}"]) from None
 

@@ -287,6 +287,7 @@ class Cluster:
         {
             "sub_type",
             "conn_buffer_limit_bytes",
+            "slow_start",  # MOSN's ramp-up of a new host's weight: it gets its full share
             "spec",
             "original_dst_lb_config",
             "lbconfig",
@@ -367,6 +368,21 @@ class MeshConfig:
             "debug",
         }
     )
+    MOSN_REFUSED: ClassVar[dict[str, Refusal]] = {
+        # Envoy's runtime: flags whose values (static or from RTDS) could change what the
+        # routes and filters allow; ignoring them would serve a different policy.
+        "layered_runtime": (
+            refused.given,
+            "Envoy's runtime (layered_runtime, RTDS) is not supported: remove it to run"
+            " without runtime overrides",
+        ),
+        # MOSN's Envoy Go extension: MOSN's filters run inside Envoy, configured here.
+        "stream_filters": (
+            refused.given,
+            "a top-level stream_filters list is the configuration of MOSN's Envoy Go"
+            " extension, which trio-mesh is not: give stream_filters on a listener",
+        ),
+    }
 
     def xds_settings(self) -> XdsSettings | None:
         """Where the control plane is, or ``None`` (load has checked it)."""

@@ -16,7 +16,7 @@ import attrs
 
 from .errors import at, join_path
 from .filter_configs import filter_config_class
-from .model import FilterConfig
+from .model import FilterConfig, Listener
 from .routes import PerFilterConfig
 from .scalars import Address
 
@@ -62,6 +62,8 @@ def normalize(data: Any, tp: Any, path: str, report: Report) -> Any:
         out = _normalize_class(data, tp, path, report)
         if issubclass(tp, FilterConfig):
             _normalize_filter_config(out, tp, path, report)
+        if tp is Listener:
+            _normalize_listener(out, path, report)
         return out
     return data
 
@@ -123,3 +125,19 @@ def _normalize_per_filter(data: dict, path: str, report: Report) -> dict:
             value = normalize(value, config_cls, join_path(path, str(name)), report)
         out[name] = value
     return out
+
+
+def _normalize_listener(out: dict, path: str, report: Report) -> None:
+    """MOSN's listener defaults and values it has that trio-mesh does not."""
+    if "name" not in out and isinstance(out.get("address"), str):
+        # MOSN names an unnamed listener by its address (pkg/server AddOrUpdateListener).
+        out["name"] = out["address"]
+    if isinstance(out.get("use_original_dst"), str):
+        value = out.pop("use_original_dst")
+        reason = (
+            "tproxy (transparent proxying with IP_TRANSPARENT) is not supported;"
+            " true (connections redirected with iptables REDIRECT) is"
+            if value.strip().lower() == "tproxy"
+            else f"expected true or false, got {value!r}"
+        )
+        report.errors.append(at(join_path(path, "use_original_dst"), reason))

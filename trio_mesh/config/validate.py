@@ -180,7 +180,14 @@ def _check_chains(errors: list[str], lp: str, listener: Any) -> None:
         for fi, f in enumerate(chain.filters):
             last = fi == len(chain.filters) - 1
             if is_terminal(f.type) and not last:
-                errors.append(at(f"{cp}[{fi}].type", f"{f.type!r} must be the last filter"))
+                why = f"{f.type!r} must be the last filter"
+                if f.type == "proxy":
+                    # MOSN's fallback_for_unknown_protocol hands such connections on.
+                    why += (
+                        " (passing a connection of an unknown protocol on to the next filter,"
+                        " MOSN's fallback_for_unknown_protocol, is not supported)"
+                    )
+                errors.append(at(f"{cp}[{fi}].type", why))
             if last and not is_terminal(f.type):
                 errors.append(
                     at(

@@ -84,6 +84,8 @@ def parse_address(value: Any) -> Address:
     if isinstance(value, dict) and isinstance(value.get("socket_address"), dict):
         sa = value["socket_address"]
         host, port = sa.get("address"), sa.get("port_value", 0)
+        if isinstance(port, str) and port.isascii() and port.isdigit():
+            port = int(port)  # proto3 JSON writes 32-bit integers as numbers or strings
         if (
             not isinstance(host, str)
             or not host
@@ -94,6 +96,10 @@ def parse_address(value: Any) -> Address:
         return _checked(host, port, value)
     if not isinstance(value, str):
         raise ValueError(f"expected host:port, got {value!r}")
+    if value.startswith(("unix:", "/", "@")):
+        raise ValueError(
+            f"unix domain socket addresses are not supported, got {value!r}: use host:port"
+        )
     if value.startswith("["):
         host, sep, port_text = value[1:].partition("]:")
         if sep and ":" not in host:

@@ -6,6 +6,7 @@ Both resolve, at load time and without importing any xDS library, to one `XdsSet
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import attrs
@@ -151,3 +152,28 @@ def resolve(
         tls=tls,
         cluster_name=name,
     ), errors
+
+
+#: The ``xds`` extra's modules (pyproject.toml), found without importing them.
+XDS_EXTRA_MODULES = ("betterproto2", "envoy_data_plane", "grpclib", "trio_asyncio")
+
+
+def missing_xds_extra(config: Any) -> str | None:
+    """Why ``config`` (a ``MeshConfig``) cannot run here: it names a control plane and the
+    ``xds`` extra is not installed; ``None`` otherwise."""
+    if config.xds_settings() is None:
+        return None
+    missing = []
+    for name in XDS_EXTRA_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ImportError:
+            found = False
+        if not found:
+            missing.append(name)
+    if not missing:
+        return None
+    return (
+        f"xDS needs the xds extra (missing: {', '.join(missing)}): "
+        "install trio-mesh[xds] (from a checkout: pip install '.[xds]')"
+    )

@@ -155,3 +155,5 @@ _KEYS: dict[LimitKeyType, Callable[[str | None], str]] = {
 
 
 register_stream_filter("flowcontrol", FlowControl, FlowControlConfig)
+# MOSN's name for its Sentinel flow control filter, whose ``rules`` shape this one takes.
+register_stream_filter("flowControlFilter", FlowControl, FlowControlConfig)

@@ -362,6 +362,11 @@ _BUILTIN: dict[str, str] = {
         "mirror",
         "payload_limit",
     )
+} | {
+    # MOSN's names: its flow control filter (the same config as ``flowcontrol``) and its
+    # RPC heartbeat filter.
+    "flowControlFilter": f"{__package__}.flowcontrol",
+    "healthcheck": f"{__package__}.rpc_healthcheck",
 }
 
 

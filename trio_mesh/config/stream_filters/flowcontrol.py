@@ -19,6 +19,7 @@ from typing import ClassVar
 
 from attrs import frozen
 
+from ..refused import Refusal, given
 from ..routes import Problem, _raise
 from ..scalars import Duration, PositiveInt
 
@@ -100,8 +101,16 @@ class FlowControlConfig:
     ratelimit_headers: bool = True
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
-        {"app_name", "log_path", "monitor", "callback_name", "dynamic_data_resources", "direction"}
+        {"app_name", "log_path", "monitor", "callback_name", "direction"}
     )
+    #: Rules fetched from a data source: without them nothing would be limited.
+    MOSN_REFUSED: ClassVar[dict[str, Refusal]] = {
+        "dynamic_data_resources": (
+            given,
+            "rules from a data source (Nacos, ...) are not supported: give the rules inline"
+            " in 'rules'",
+        )
+    }
 
     def __attrs_post_init__(self) -> None:
         problems: list[Problem] = []

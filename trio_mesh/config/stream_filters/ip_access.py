@@ -15,6 +15,7 @@ import enum
 import ipaddress
 from typing import Any
 
+import attrs
 from attrs import frozen
 
 from ..converter import converter
@@ -71,6 +72,12 @@ _mapping = converter.get_structure_hook(IpAccessList)
 converter.register_structure_hook(IpAccessList, _structure_list)
 
 
+def _no_header_if_empty(value: str | None) -> str | None:
+    # Exactly "" only: MOSN reads the connection's address then. A name of blanks stays an
+    # error (a typo, not MOSN's way of saying "none").
+    return None if value == "" else value
+
+
 @frozen(kw_only=True)
 class IpAccessConfig:
     ips: tuple[IpAccessList, ...] = ()
@@ -80,8 +87,9 @@ class IpAccessConfig:
     #: else ``allow`` (MOSN).
     default_action: IpAction | None = None
     #: Stream filter only: the header that carries the client address (``1.2.3.4``,
-    #: ``1.2.3.4:5678``, ``[::1]:5678``); absent: the connection's address.
-    header: str | None = None
+    #: ``1.2.3.4:5678``, ``[::1]:5678``); absent or ``""`` (MOSN's example configs write
+    #: ``header: ""``): the connection's address.
+    header: str | None = attrs.field(default=None, converter=_no_header_if_empty)
     #: Refused requests also close their connection.
     close: bool = False
 
