@@ -147,12 +147,13 @@ async def run_watchdog(
     """Call ``ping`` (``WATCHDOG=1``; a worker: a message to its supervisor) every half
     ``interval``, but only while the proxy works:
 
-    - the event loop runs: this task is woken on time. A loop blocked for half the interval
-      or more (a blocking call, a CPU-bound stall) skips the ping after it, so a loop that
-      keeps stalling is restarted by systemd, and one blocked for good sends nothing at all;
+    - the event loop runs: this task is woken on time. A tick woken half the interval or
+      more late (a blocking call, a CPU-bound stall) skips its ping; a loop blocked for
+      good sends nothing at all;
     - every listener's accept loop is alive: since the last tick it went round (accepted,
-      or retried after a failure) or it is parked waiting for a connection (woken by the
-      same loop that woke this task). One stuck elsewhere skips the ping.
+      or retried after a failure: an accept back-off goes round every ``ACCEPT_BACKOFF``)
+      or it is parked waiting for a connection (woken by the same loop that woke this
+      task). One stuck elsewhere skips the ping.
 
     Never from a thread: a thread would go on pinging for a wedged loop."""
     period = interval / 2

@@ -261,3 +261,32 @@ def test_flow_control_rules_from_a_data_source_are_refused():
         "servers[0].listeners[0].stream_filters[0].config.dynamic_data_resources: rules from a"
         " data source (Nacos, ...) are not supported: give the rules inline in 'rules'"
     ]
+
+
+async def test_flow_control_filter_is_off_unless_switched_on_as_in_mosn(nursery):
+    # MOSN's Config.GlobalSwitch defaults to false and its filter then passes every request:
+    # the same rules under MOSN's name, without global_switch, limit nothing.
+    up = await start_upstream(nursery)
+    rules = [{"resource": "/echo", "threshold": 1, "statIntervalInMs": 60000}]
+    listener = {"stream_filters": [{"type": "flowControlFilter", "config": {"rules": rules}}]}
+    config = http_config([to()], {"up": up.port}, listener=listener)
+    assert config.listeners[0].stream_filters[0].config.global_switch is False
+    async with running_proxy(config) as (_, port):
+        async with await Client.connect(port) as client:
+            statuses = []
+            for _ in range(3):
+                await client.send(get("/echo"))
+                statuses.append((await client.response()).status)
+    assert statuses == [200, 200, 200]
+    # trio-mesh's own name keeps its default (on): the second request is refused.
+    listener = {"stream_filters": [{"type": "flowcontrol", "config": {"rules": rules}}]}
+    config = http_config([to()], {"up": up.port}, listener=listener)
+    assert config.listeners[0].stream_filters[0].config.global_switch is True
+
+
+def test_flow_control_filter_empty_config_loads_off():
+    # MOSN accepts {} (switched off); trio-mesh's "needs a bucket or rules" is for a filter
+    # that is on.
+    listener = {"stream_filters": [{"type": "flowControlFilter", "config": {}}]}
+    config = http_config([to()], {"up": 1}, listener=listener)
+    assert config.listeners[0].stream_filters[0].config.global_switch is False

@@ -90,3 +90,19 @@ def test_the_socket_unit_names_a_listener_of_the_example_config():
     listeners = {lst.name: lst for lst in read_config(str(CONF / "tcp.yaml")).config.listeners}
     assert name[1] in listeners
     assert str(listeners[name[1]].address) == listen[1]  # by address too, when unnamed
+
+
+def test_the_socket_steps_stop_the_running_service_before_the_socket_binds():
+    # A running trio-mesh.service holds 127.0.0.1:10000 (no SO_REUSEPORT): enabling the socket
+    # unit then fails with EADDRINUSE, so each set of steps stops the service first.
+    for unit in ("trio-mesh.service", "trio-mesh.socket"):
+        lines = [
+            line.strip("# ").strip()
+            for line in (CONF / unit).read_text().splitlines()
+            if "systemctl" in line
+        ]
+        enable = lines.index("systemctl enable --now trio-mesh.socket")
+        stops = [
+            i for i, line in enumerate(lines) if line.startswith("systemctl stop trio-mesh.service")
+        ]
+        assert stops and stops[0] < enable, (unit, lines)

@@ -137,3 +137,32 @@ async def test_the_ping_runs_in_the_event_loop_thread():
             await done.wait()
         nursery.cancel_scope.cancel()
     assert set(threads) == {threading.get_ident()}
+
+
+class OutOfDescriptors(socket.socket):
+    """A listening socket whose every accept fails with EMFILE: a busy proxy out of fds."""
+
+    def accept(self):  # type: ignore[override]
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+async def test_an_accept_loop_backing_off_for_long_still_pings(caplog):
+    # Out of descriptors for longer than the interval, with the real back-off: the accept loop
+    # goes round every ACCEPT_BACKOFF (healthy, only overloaded): systemd must not kill it.
+    assert listener_module.ACCEPT_BACKOFF < PERIOD / 2
+    raw = socket.socket()
+    raw.bind(("127.0.0.1", 0))
+    raw.listen()
+    busy = OutOfDescriptors(fileno=raw.detach())
+    inherited = InheritedSockets.of([("busy", busy)])
+    pings = Pings()
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(Server(echo_config("busy"), inherited=inherited).run)
+        await nursery.start(run_watchdog, server, INTERVAL, pings)
+        await pings.wait_count(6)
+        errors = server.listeners["busy"].stats.downstream_accept_error
+        nursery.cancel_scope.cancel()
+    assert errors >= 10  # it really was backing off the whole time
+    gaps = [b - a for a, b in itertools.pairwise(pings.times)]
+    assert all(g <= PERIOD * 1.6 for g in gaps), gaps
+    assert "made no accept progress" not in caplog.text

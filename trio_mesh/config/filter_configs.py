@@ -43,7 +43,7 @@ _BUILTIN_CLASSES: dict[FilterKind, dict[str, str]] = {
     "stream": {
         "fault": "fault:FaultConfig",
         "flowcontrol": "flowcontrol:FlowControlConfig",
-        "flowControlFilter": "flowcontrol:FlowControlConfig",  # MOSN's name for it
+        "flowControlFilter": "flowcontrol:MosnFlowControlConfig",  # MOSN's name (and default)
         "healthcheck": "rpc_healthcheck:RpcHealthCheckConfig",  # MOSN's RPC heartbeats
         "gzip": "gzip:GzipConfig",
         "header_mutation": "header_mutation:HeaderMutationConfig",

@@ -21,6 +21,7 @@ from typing import Any
 from ..config.stream_filters.flowcontrol import (
     FlowControlConfig,
     LimitKeyType,
+    MosnFlowControlConfig,
 )
 from .stream import (
     FactoryResult,
@@ -156,4 +157,4 @@ _KEYS: dict[LimitKeyType, Callable[[str | None], str]] = {
 
 register_stream_filter("flowcontrol", FlowControl, FlowControlConfig)
 # MOSN's name for its Sentinel flow control filter, whose ``rules`` shape this one takes.
-register_stream_filter("flowControlFilter", FlowControl, FlowControlConfig)
+register_stream_filter("flowControlFilter", FlowControl, MosnFlowControlConfig)

@@ -141,3 +141,12 @@ class FlowControlConfig:
                 problems.append((("rules", i, "resource"), f"duplicate resource {rule.resource!r}"))
             seen.add(rule.resource)
         _raise(problems)
+
+
+@frozen(kw_only=True)
+class MosnFlowControlConfig(FlowControlConfig):
+    """``flowControlFilter``, MOSN's name: MOSN's default too, ``global_switch`` off (its
+    filter passes every request unless the config turns it on), so a MOSN configuration
+    limits here exactly what it limited there."""
+
+    global_switch: bool = False
