@@ -350,6 +350,8 @@ class Server:
         registry_log: logging.Handler | None = None
         try:
             # Bind everything before serving anything: a port in use stops start-up as a whole.
+            if self.inherited is not None:
+                self.inherited.reserved = {lst.name for lst in self.config.listeners}
             for lst in self.config.listeners:
                 if not lst.bind_port:
                     log.info("listener %r: bind_port is false, not listening", lst.name)

@@ -122,3 +122,21 @@ async def test_server_run_and_apply_take_before_binding():
             assert await stream.receive_some(10) == b"hi"
         nursery.cancel_scope.cancel()
     assert first.fileno() == later.fileno() == -1
+
+
+def test_a_socket_named_for_one_listener_is_not_taken_by_another_s_address() -> None:
+    import socket
+
+    from trio_mesh.config import Address
+    from trio_mesh.network.inherit import InheritedSockets
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    port = sock.getsockname()[1]
+    inherited = InheritedSockets.of([("admin_side", sock)])
+    inherited.reserved = {"first", "admin_side"}
+    # "first" comes first in the config and has the socket's address: it must not take it.
+    assert inherited.take("first", Address("127.0.0.1", port)) is None
+    assert inherited.take("admin_side", Address("127.0.0.1", 1)) is sock
+    sock.close()

@@ -42,6 +42,9 @@ class InheritedSockets:
     by_name: dict[str, socket.socket] = attrs.Factory(dict)
     #: getsockname() ``(host, port)``, normalised (``address_key``).
     by_address: dict[tuple[str, int], socket.socket] = attrs.Factory(dict)
+    #: The names of every listener about to take: a socket named for one of them is never
+    #: taken by another listener's address (the order of the listeners must not matter).
+    reserved: set[str] = attrs.Factory(set)
 
     @classmethod
     def of(cls, sockets: Iterable[tuple[str | None, socket.socket]]) -> InheritedSockets:
@@ -67,6 +70,10 @@ class InheritedSockets:
         sock = self.by_name.get(name)
         if sock is None and address.port != 0:
             sock = self.by_address.get(address_key(address.host, address.port))
+            if sock is not None and any(
+                s is sock and n in self.reserved for n, s in self.by_name.items()
+            ):
+                return None  # named for another listener: that one takes it
         if sock is None:
             return None
         self._forget(sock)
