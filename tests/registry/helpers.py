@@ -12,11 +12,14 @@ import trio
 
 from trio_mesh import Server
 from trio_mesh.config import MeshConfig, parse_config
+from trio_mesh.registry.memory import MemorySession
 from trio_mesh.registry.url import node_name, provider_url, providers_path
 
 from ..http_helpers import request
 
 SERVICE = "org.apache.dubbo.demo.DemoService"
+#: The in-memory registry's address in these tests (any string names a namespace).
+MEMORY_ADDR = "127.0.0.1:2181"
 
 
 def sidecar_config(
@@ -144,3 +147,13 @@ async def calls(port: int, n: int) -> list[str]:
         return [call_direct(port, f"c{i}") for i in range(n)]
 
     return await trio.to_thread.run_sync(run)
+
+
+async def register(nursery: trio.Nursery, *paths: str) -> MemorySession:
+    """Provider nodes written by another party (a Java provider's session) into the
+    in-memory registry."""
+    session = MemorySession(("memory", MEMORY_ADDR, "", ""))
+    await nursery.start(session.run)
+    for path in paths:
+        await session.create_ephemeral(path, timeout=5)
+    return session

@@ -9,7 +9,6 @@ import logging
 import os
 import time
 
-import pytest
 import trio
 
 from trio_mesh import Server
@@ -26,18 +25,11 @@ from trio_mesh.registry.url import node_name, provider_url, providers_path
 
 from ..rpc_helpers import provider
 from ..zookeeper_server import ZooKeeper, needs_zookeeper
-from .helpers import SERVICE, api, body, calls, provider_node, sidecar_config
+from .helpers import SERVICE, api, body, calls, provider_node, register, sidecar_config
 from .test_zookeeper import connected
 from .test_zookeeper import session as zk_session
 
 ADDR = "127.0.0.1:2181"
-
-
-@pytest.fixture(autouse=True)
-def fresh_memory_registry():
-    MemoryRegistry.reset()
-    yield
-    MemoryRegistry.reset()
 
 
 def node_at(ip: str, port: int, **params: str) -> str:
@@ -52,14 +44,6 @@ def node_at(ip: str, port: int, **params: str) -> str:
         pid=os.getpid(),
     )
     return f"{providers_path(SERVICE)}/{node_name(url)}"
-
-
-async def register(nursery: trio.Nursery, *paths: str) -> MemorySession:
-    session = MemorySession(("memory", ADDR, "", ""))
-    await nursery.start(session.run)
-    for path in paths:
-        await session.create_ephemeral(path, timeout=5)
-    return session
 
 
 async def test_provider_nodes_pointing_back_at_the_proxy_are_not_routed(nursery):

@@ -20,7 +20,6 @@ import yaml
 from tests.cli_helpers import run_cli
 from trio_mesh import Server
 from trio_mesh.config import parse_config
-from trio_mesh.registry.memory import MemoryRegistry
 from trio_mesh.registry.url import parse_node
 
 from .helpers import SERVICE, api
@@ -34,13 +33,6 @@ TIMEOUT = 30  # only reached when something is broken
 
 # The README's requests: curl -s -XPOST 127.0.0.1:22222/<path> -d '<json>'
 CURL = re.compile(r"curl -s -XPOST 127\.0\.0\.1:22222(?P<path>/\w+) -d '(?P<body>[^']*)'")
-
-
-@pytest.fixture(autouse=True)
-def fresh_memory_registry():
-    MemoryRegistry.reset()
-    yield
-    MemoryRegistry.reset()
 
 
 def readme_requests(registry_type: str) -> dict[str, dict[str, Any]]:

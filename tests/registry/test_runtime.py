@@ -7,29 +7,13 @@ import pytest
 import trio
 
 from trio_mesh import Server
-from trio_mesh.registry.memory import MemoryRegistry, MemorySession
+from trio_mesh.registry.memory import MemoryRegistry
 from trio_mesh.registry.url import parse_node, providers_path
 
 from ..rpc_helpers import provider
-from .helpers import SERVICE, api, body, calls, provider_node, sidecar_config
+from .helpers import SERVICE, api, body, calls, provider_node, register, sidecar_config
 
 ADDR = "127.0.0.1:2181"
-
-
-@pytest.fixture(autouse=True)
-def fresh_memory_registry():
-    MemoryRegistry.reset()
-    yield
-    MemoryRegistry.reset()
-
-
-async def register(nursery: trio.Nursery, *paths: str) -> MemorySession:
-    """Provider nodes written by another party (a Java provider's session)."""
-    session = MemorySession(("memory", ADDR, "", ""))
-    await nursery.start(session.run)
-    for path in paths:
-        await session.create_ephemeral(path, timeout=5)
-    return session
 
 
 async def test_subscribe_balances_over_the_providers_and_follows_them(nursery):

@@ -25,13 +25,6 @@ from .helpers import SERVICE, api, body, provider_node, sidecar_config
 ADDR = "127.0.0.1:2181"
 
 
-@pytest.fixture(autouse=True)
-def fresh_memory_registry():
-    MemoryRegistry.reset()
-    yield
-    MemoryRegistry.reset()
-
-
 class FlakySession(MemorySession):
     """A memory session whose next delete or watch can be made to fail, as a ZooKeeper that
     stops answering would."""

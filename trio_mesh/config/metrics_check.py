@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from .admin_check import is_loopback
-from .converter import converter, structure_errors
+from .block import structure_block
 from .errors import at
 from .model import MeshConfig
-from .normalize import Report, normalize
+from .normalize import Report
 from .observability import MetricsConfig, PrometheusSinkConfig
 
 #: ``metrics`` keys of MOSN's that change nothing here yet (they warn when set).
@@ -19,17 +19,8 @@ _UNENFORCED = ("stats_matcher", "shm_zone", "shm_size", "flush_mosn", "lazy_flus
 def structure_sink(raw: Any, path: str) -> tuple[PrometheusSinkConfig | None, Report]:
     """A prometheus sink's ``config`` mapping as ``PrometheusSinkConfig``, with its errors and
     warnings at ``path`` (``metrics.sinks[0].config``)."""
-    report = Report()
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        report.errors.append(at(path, f"expected a mapping, got {raw!r}"))
-        return None, report
-    normalized = normalize(raw, PrometheusSinkConfig, path, report)
-    try:
-        sink = converter.structure(normalized, PrometheusSinkConfig)
-    except Exception as exc:  # every structuring error becomes a path line
-        report.errors += [f"{path}.{line}" for line in structure_errors(exc)]
+    sink, report = structure_block(raw, PrometheusSinkConfig, path)
+    if sink is None:
         return None, report
     report.errors += _check_sink(sink, path)
     return sink, report

@@ -14,10 +14,10 @@ from typing import Any
 from attrs import frozen
 
 from .admin_check import is_loopback
-from .converter import converter, structure_errors
+from .block import structure_block
 from .errors import ConfigError, at
 from .model import ExtendConfig, MeshConfig
-from .normalize import Report, normalize
+from .normalize import Report
 from .scalars import Duration
 
 __all__ = [
@@ -66,17 +66,8 @@ class DubboRegistryConfig:
 def structure_dubbo_registry(raw: Any, path: str) -> tuple[DubboRegistryConfig | None, Report]:
     """A ``dubbo_registry`` entry's ``config`` as ``DubboRegistryConfig``, with the errors
     of its own values (not those across the configuration) at ``path``."""
-    report = Report()
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        report.errors.append(at(path, f"expected a mapping, got {raw!r}"))
-        return None, report
-    normalized = normalize(raw, DubboRegistryConfig, path, report)
-    try:
-        registry = converter.structure(normalized, DubboRegistryConfig)
-    except Exception as exc:  # every structuring error becomes a path line
-        report.errors += [f"{path}.{line}" for line in structure_errors(exc)]
+    registry, report = structure_block(raw, DubboRegistryConfig, path)
+    if registry is None:
         return None, report
     report.errors += _check_values(registry, path)
     return registry, report
