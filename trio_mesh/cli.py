@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -51,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         default=DRAIN_TIMEOUT,
         help="on SIGTERM/SIGINT, seconds to let requests in flight finish (default 5)",
     )
+    run.add_argument(
+        "--upgrade-socket",
+        metavar="PATH",
+        help="hot upgrade: take the listening sockets of the process serving PATH, then serve"
+        " it (default: upgrade-<hash of the config path>.sock under $RUNTIME_DIRECTORY,"
+        " /run/trio-mesh, $XDG_RUNTIME_DIR/trio-mesh or /tmp/trio-mesh-<uid>)",
+    )
     validate = sub.add_parser("validate", help="check a configuration file and print its errors")
     validate.add_argument("config")
     sub.add_parser("version", help="print the version")
@@ -65,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     if args.drain_timeout < 0:
         parser.error("--drain-timeout must not be negative")
-    return _run(args.config, args.log_level, args.workers, args.drain_timeout)
+    return _run(args.config, args.log_level, args.workers, args.drain_timeout, args.upgrade_socket)
 
 
 def _read(path: str) -> Loaded:
@@ -98,7 +105,13 @@ def _validate(path: str) -> int:
     return 0
 
 
-def _run(path: str, log_level: str | None, workers: int = 1, drain_timeout: float = 5.0) -> int:
+def _run(
+    path: str,
+    log_level: str | None,
+    workers: int = 1,
+    drain_timeout: float = 5.0,
+    upgrade_socket: str | None = None,
+) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         if log_level is not None:
@@ -118,8 +131,16 @@ def _run(path: str, log_level: str | None, workers: int = 1, drain_timeout: floa
     for w in loaded.warnings:
         log.warning("config: %s", w)
     serve = functools.partial(_serve_process, drain_timeout=drain_timeout, path=path)
+    upgrade = None
+    if loaded.config.disable_upgrade:
+        if upgrade_socket is not None:
+            log.warning("--upgrade-socket ignored: the configuration says disable_upgrade")
+    elif workers == 1:
+        from .upgrade import default_socket_path
+
+        upgrade = Upgrade(upgrade_socket or default_socket_path(path), _document(path))
     if workers == 1:
-        return serve(loaded.config, None)
+        return serve(loaded.config, None, upgrade=upgrade)
     from .config.registry import dubbo_registry_config
 
     if dubbo_registry_config(loaded.config) is not None:
@@ -148,13 +169,15 @@ def _serve_process(
     link: AdminLink | None = None,
     drain_timeout: float = DRAIN_TIMEOUT,
     path: str | None = None,
+    upgrade: Upgrade | None = None,
 ) -> int:
-    """Run one proxy process until a stop signal; its exit code. ``path``: the file that
-    SIGHUP reloads; ``link``: a worker's link to the admin process (``--workers N``)."""
+    """Run one proxy process until a stop signal (or a hot upgrade took over); its exit
+    code. ``path``: the file that SIGHUP reloads; ``link``: a worker's link to the admin
+    process (``--workers N``); ``upgrade``: its socket and document."""
     from .errors import StartupError
 
     try:
-        trio.run(_serve, config, ready_fd, drain_timeout, path, link)
+        trio.run(_serve, config, ready_fd, drain_timeout, path, link, upgrade)
     except BaseExceptionGroup as group:
         # A port in use, an access log that cannot be opened: say which and exit 1, with
         # nothing left bound. Anything else is a bug.
@@ -170,20 +193,20 @@ def _serve_process(
     return 0
 
 
-async def _reload(server: Server, path: str, drain_timeout: float) -> None:
+async def _reload(server: Server, path: str, drain_timeout: float) -> bool:
     """SIGHUP: read ``path`` again and apply it; a file that does not validate, or a port
-    that cannot be bound, leaves the running configuration as it was."""
+    that cannot be bound, leaves the running configuration as it was (False)."""
     from .errors import StartupError
 
     if server.xds is not None:
         log.warning("reload refused: the configuration comes from xDS (restart to change its file)")
-        return
+        return False
     try:
         loaded = await trio.to_thread.run_sync(_read, path)
     except ConfigError as exc:
         for line in exc.errors:
             log.error("reload refused, configuration kept: %s", line)
-        return
+        return False
     for w in loaded.warnings:
         log.warning("config: %s", w)
     config = _keep_reserved_ports(loaded.config, server.config)
@@ -191,8 +214,9 @@ async def _reload(server: Server, path: str, drain_timeout: float) -> None:
         await server.apply(config, drain_timeout=drain_timeout)
     except StartupError as exc:
         log.error("reload refused, configuration kept: %s", exc)
-        return
+        return False
     log.info("configuration reloaded from %s", path)
+    return True
 
 
 def _keep_reserved_ports(config: MeshConfig, running: MeshConfig) -> MeshConfig:
@@ -221,71 +245,189 @@ def _keep_reserved_ports(config: MeshConfig, running: MeshConfig) -> MeshConfig:
     return attrs.evolve(config, servers=tuple(servers), admin=admin)
 
 
+@attrs.define
+class Upgrade:
+    """The hot upgrade of one process: the socket it takes over through (then serves), and
+    the configuration document it runs (handed on for ``inherit_old_mosnconfig``)."""
+
+    path: str
+    document: Any = None
+
+
 async def _serve(
     config: MeshConfig,
     ready_fd: int | None,
     drain_timeout: float,
     path: str | None = None,
     link: AdminLink | None = None,
+    upgrade: Upgrade | None = None,
 ) -> None:
     """``ready_fd``: a worker tells its supervisor on this pipe (which tells systemd).
-    ``link``: the admin process serves the admin port; this worker answers it."""
+    ``link``: the admin process serves the admin port; this worker answers it.
+    ``upgrade``: take the sockets of a process serving its socket, then serve it."""
     from .server import Server
 
     signals_wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     with trio.open_signal_receiver(*signals_wanted) as signals:
-        async with trio.open_nursery() as nursery:
-            # A worker (``ready_fd`` set) serves no admin API: workers would all bind its port;
-            # with an admin block, one admin process serves them all, linked through ``link``.
-            worker = ready_fd is not None
-            server = Server(config, reuse_port=worker, serve_admin=not worker)
-            await nursery.start(server.run)
-            if link is not None:
-                from .admin.target import LocalTarget
-                from .admin.worker_link import run_worker_link
-
-                await nursery.start(run_worker_link, link.path, link.slot, LocalTarget(server))
-            # Everything built so far lives as long as the process: keep it out of the
-            # cyclic GC's generations so collections stay short.
-            gc.freeze()
-            # Requests make no reference cycles (reference counting frees them), yet every
-            # 700 allocations cost a young-generation collection under Python's defaults:
-            # 4-7% of a small GET's CPU here (more with stream filters). Collect less often.
-            gc.set_threshold(20000, 20, 20)
-            if ready_fd is None:
-                _sd_notify(b"READY=1")
-                log.info("trio-mesh %s ready", __version__)
-            else:
-                os.write(ready_fd, b"R")
-                log.info("trio-mesh %s ready (pid %d)", __version__, os.getpid())
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    if path is None:
-                        log.warning("SIGHUP received: no configuration file to reload")
-                    else:
-                        log.info("SIGHUP received: reloading %s", path)
-                        await _reload(server, path, drain_timeout)
-                    continue
-                log.info(
-                    "%s received, draining (at most %gs; again to stop now)",
-                    signal.Signals(signum).name,
-                    drain_timeout,
+        takeover = None
+        if upgrade is not None:
+            takeover, config = await _take_over(upgrade, config)
+        try:
+            async with trio.open_nursery() as nursery:
+                # A worker (``ready_fd`` set) serves no admin API: workers would all bind its
+                # port; with an admin block, one admin process serves them all, through
+                # ``link``.
+                worker = ready_fd is not None
+                server = Server(
+                    config,
+                    reuse_port=worker,
+                    serve_admin=not worker,
+                    inherited=takeover.inherited if takeover is not None else None,
                 )
+                await nursery.start(server.run)
+                if link is not None:
+                    from .admin.target import LocalTarget
+                    from .admin.worker_link import run_worker_link
+
+                    await nursery.start(run_worker_link, link.path, link.slot, LocalTarget(server))
+                if takeover is not None:
+                    # LIVE (with xDS: warm) before the old process stops accepting.
+                    await server.live.wait()
+                    await takeover.ready()
+                    takeover = None
+                stop = trio.Event()
+                if upgrade is not None:
+                    await nursery.start(_serve_upgrades, upgrade, server, stop)
+                # Everything built so far lives as long as the process: keep it out of the
+                # cyclic GC's generations so collections stay short.
+                gc.freeze()
+                # Requests make no reference cycles (reference counting frees them), yet every
+                # 700 allocations cost a young-generation collection under Python's defaults:
+                # 4-7% of a small GET's CPU here (more with stream filters). Collect less often.
+                gc.set_threshold(20000, 20, 20)
+                if ready_fd is None:
+                    _sd_notify(b"READY=1")
+                    log.info("trio-mesh %s ready", __version__)
+                else:
+                    os.write(ready_fd, b"R")
+                    log.info("trio-mesh %s ready (pid %d)", __version__, os.getpid())
+                stop_now = trio.Event()
+                nursery.start_soon(
+                    _watch_signals, signals, server, path, drain_timeout, upgrade, stop, stop_now
+                )
+                await stop.wait()
                 if ready_fd is None:
                     _sd_notify(b"STOPPING=1")
-                break
-            async with trio.open_nursery() as draining:
+                async with trio.open_nursery() as draining:
 
-                async def stop_now_on_second_signal() -> None:
-                    async for signum in signals:
-                        if signum != signal.SIGHUP:
-                            draining.cancel_scope.cancel()
+                    async def stop_now_on_second_signal() -> None:
+                        await stop_now.wait()
+                        draining.cancel_scope.cancel()
 
-                draining.start_soon(stop_now_on_second_signal)
-                finished = await server.drain(drain_timeout)
-                log.info("drained" if finished else "drain timeout: closing what is left")
-                draining.cancel_scope.cancel()
-            nursery.cancel_scope.cancel()
+                    draining.start_soon(stop_now_on_second_signal)
+                    finished = await server.drain(drain_timeout)
+                    log.info("drained" if finished else "drain timeout: closing what is left")
+                    draining.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
+        finally:
+            if takeover is not None:  # never ready: the old process goes on serving
+                takeover.abort()
+
+
+async def _take_over(upgrade: Upgrade, config: MeshConfig) -> tuple[Any, MeshConfig]:
+    """The old process's sockets (``None``: nobody there), and the configuration to run:
+    its document with ``inherit_old_mosnconfig``."""
+    from .config import parse_config
+    from .errors import StartupError
+    from .upgrade import take_over
+
+    takeover = await take_over(upgrade.path, config, want_config=config.inherit_old_mosnconfig)
+    if takeover is None or not config.inherit_old_mosnconfig:
+        return takeover, config
+    try:
+        loaded = parse_config(takeover.document)
+    except ConfigError as exc:
+        takeover.abort()
+        for line in exc.errors:
+            log.error("inherit_old_mosnconfig: the old process's configuration: %s", line)
+        raise StartupError(
+            "inherit_old_mosnconfig: the old process's configuration is invalid"
+        ) from None
+    for w in loaded.warnings:
+        log.warning("config (inherited): %s", w)
+    log.info("inherit_old_mosnconfig: running the old process's configuration")
+    upgrade.document = takeover.document
+    return takeover, loaded.config
+
+
+async def _serve_upgrades(
+    upgrade: Upgrade,
+    server: Server,
+    stop: trio.Event,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the upgrade socket; an upgrade that completes stops this process (a drain)."""
+    from .upgrade import ADMIN, UpgradeServer
+
+    def sockets() -> list[tuple[str, socket.socket]]:
+        handed = [(name, runtime.sock) for name, runtime in server.listeners.items()]
+        if server.admin_socket is not None:
+            handed.append((ADMIN, server.admin_socket))
+        return handed
+
+    upgrades = UpgradeServer(upgrade.path, sockets, lambda: upgrade.document)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(upgrades.run)
+        task_status.started()
+        await upgrades.upgraded.wait()
+        handed = upgrades.handed
+        log.info("upgraded: pid %s took over; draining", handed.pid if handed else "?")
+        stop.set()
+        nursery.cancel_scope.cancel()
+
+
+async def _watch_signals(
+    signals: Any,
+    server: Server,
+    path: str | None,
+    drain_timeout: float,
+    upgrade: Upgrade | None,
+    stop: trio.Event,
+    stop_now: trio.Event,
+) -> None:
+    """SIGHUP reloads; SIGTERM/SIGINT set ``stop`` (a drain), a second one ``stop_now``.
+    The only task reading the signals (a trio signal receiver allows one)."""
+    async for signum in signals:
+        if stop.is_set():  # draining (a signal, or an upgrade took over)
+            if signum != signal.SIGHUP:
+                stop_now.set()
+            continue
+        if signum == signal.SIGHUP:
+            if path is None:
+                log.warning("SIGHUP received: no configuration file to reload")
+            else:
+                log.info("SIGHUP received: reloading %s", path)
+                if await _reload(server, path, drain_timeout) and upgrade is not None:
+                    # What an upgrade with inherit_old_mosnconfig runs from now on.
+                    upgrade.document = await trio.to_thread.run_sync(_document, path)
+            continue
+        log.info(
+            "%s received, draining (at most %gs; again to stop now)",
+            signal.Signals(signum).name,
+            drain_timeout,
+        )
+        stop.set()
+
+
+def _document(path: str) -> Any:
+    from .upgrade import read_document
+
+    try:
+        return read_document(path)
+    except Exception as exc:  # an edit racing the reload: YAML or JSON errors, I/O
+        log.warning("%s: cannot keep its document for an upgrade: %s", path, exc)
+        return None
 
 
 def _sd_notify(message: bytes) -> None:

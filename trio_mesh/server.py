@@ -30,6 +30,7 @@ from .network.budget import ListenerBudget
 from .network.chains import Chain, Identities
 from .network.connection import Connection
 from .network.dispatch import ChainDispatcher
+from .network.inherit import InheritedSockets
 from .network.listener import Handler, ListenerRuntime, bind
 from .network.proxy_protocol import ProxyProtocolHandler
 from .network.tls_context import ServerTls, TlsConfigError, identities, server_tls
@@ -105,8 +106,16 @@ class Server:
     """
 
     def __init__(
-        self, config: MeshConfig, *, reuse_port: bool = False, serve_admin: bool = True
+        self,
+        config: MeshConfig,
+        *,
+        reuse_port: bool = False,
+        serve_admin: bool = True,
+        inherited: InheritedSockets | None = None,
     ) -> None:
+        #: Listening sockets handed over (a hot upgrade's old process, systemd): a listener
+        #: they match takes one instead of binding.
+        self.inherited = inherited
         #: The configuration last given (the file, or the static part plus xDS's); what
         #: serves is ``config``: this plus the registry's subscriptions (``registry``).
         self.source_config = config
@@ -131,6 +140,8 @@ class Server:
         self._sinks: list[Any] = []  # the PrometheusSinkConfig of the sinks running
         #: The admin API's real bound ``(host, port)`` while it serves, else ``None``.
         self.admin_address: tuple[str, int] | None = None
+        #: The admin API's listening socket while it serves (a hot upgrade hands it over).
+        self.admin_socket: socket.socket | None = None
         #: What the health_check filter and ``/ready`` answer from (``failed``, ``draining``).
         self.health = Health()
         # TLS contexts are built by ``run`` (in a thread, before any port is bound); a
@@ -303,6 +314,13 @@ class Server:
             original_dst=_reads_original_dst(lst),
         )
 
+    async def _listen(self, lst: Listener) -> socket.socket:
+        if self.inherited is not None:
+            sock = self.inherited.take(lst.name, lst.address)
+            if sock is not None:
+                return sock
+        return await bind(lst.name, lst.address, reuse_port=self.reuse_port)
+
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         self.started_at, self.started_monotonic = time.time(), time.monotonic()
         # Every TLS context builds (files read, keys matched) before any port is bound, once,
@@ -325,12 +343,19 @@ class Server:
                 if not lst.bind_port:
                     log.info("listener %r: bind_port is false, not listening", lst.name)
                     continue
-                sock = await bind(lst.name, lst.address, reuse_port=self.reuse_port)
+                sock = await self._listen(lst)
                 self.listeners[lst.name] = self._runtime(lst, sock, handlers[lst.name])
+            if self.inherited is not None:
+                # Nobody takes them: the old process (a hot upgrade) closes its own copies
+                # after its drain; systemd's are a unit naming a listener that is not here.
+                self.inherited.close_leftovers()
             if admin is not None:
                 from .admin.server import bind_admin
 
-                admin_sock = await bind_admin(admin)
+                if self.inherited is not None:
+                    admin_sock = self.inherited.take("@admin", admin.address)
+                if admin_sock is None:
+                    admin_sock = await bind_admin(admin)
             if self.registry is not None:
                 from .registry.api import bind_api, open_log
 
@@ -347,6 +372,7 @@ class Server:
                     from .admin.server import run_admin
                     from .admin.target import LocalTarget
 
+                    self.admin_socket = admin_sock  # what a hot upgrade hands over
                     self.admin_address = await nursery.start(
                         functools.partial(run_admin, admin, LocalTarget(self), sock=admin_sock)
                     )
@@ -389,6 +415,7 @@ class Server:
         finally:
             self._nursery = None
             self.admin_address = None
+            self.admin_socket = None
             if admin_sock is not None:
                 admin_sock.close()
             if registry_sock is not None:
@@ -533,9 +560,7 @@ class Server:
                     if self._listeners_stopped:
                         log.warning("listener %r not started: the listeners were drained", lst.name)
                         continue
-                    fresh_sockets[lst.name] = await bind(
-                        lst.name, lst.address, reuse_port=self.reuse_port
-                    )
+                    fresh_sockets[lst.name] = await self._listen(lst)
         except BaseException:
             for sock in fresh_sockets.values():
                 sock.close()
