@@ -393,7 +393,8 @@ async def take_over(path: str, config: MeshConfig, *, want_config: bool) -> Take
             answer = await link.receive()
             if answer.get("op") != "sockets":
                 raise UpgradeError(f"expected sockets, got {answer.get('op')!r}")
-            inherited = _inherited(answer.get("listeners"), link, config)
+            # With the old configuration to run, its names and addresses are ours.
+            inherited = _inherited(answer.get("listeners"), link, None if want_config else config)
             document = None
             if want_config:
                 message = await link.receive(MAX_DOCUMENT)
@@ -416,7 +417,7 @@ async def take_over(path: str, config: MeshConfig, *, want_config: bool) -> Take
     return Takeover(link=link, inherited=inherited, document=document)
 
 
-def _inherited(listeners: Any, link: Link, config: MeshConfig) -> InheritedSockets:
+def _inherited(listeners: Any, link: Link, config: MeshConfig | None) -> InheritedSockets:
     fds, link.fds = link.fds, []
     if not isinstance(listeners, list) or len(listeners) != len(fds):
         for fd in fds:
@@ -424,8 +425,8 @@ def _inherited(listeners: Any, link: Link, config: MeshConfig) -> InheritedSocke
         raise UpgradeError(f"{len(fds)} descriptor(s) for a listener list that does not match")
     # Our listener of the same name takes the old socket only where the address is the same
     # (or ours says port 0 on that host: it keeps the old port); a moved listener binds anew.
-    wanted = {lst.name: lst.address for lst in config.listeners}
-    if config.admin is not None:
+    wanted = {lst.name: lst.address for lst in config.listeners} if config else {}
+    if config is not None and config.admin is not None:
         wanted[ADMIN] = config.admin.address
     inherited = InheritedSockets()
     sockets = [socket.socket(fileno=fd) for fd in fds]
@@ -441,7 +442,9 @@ def _inherited(listeners: Any, link: Link, config: MeshConfig) -> InheritedSocke
         address = normalise(host, port)
         inherited.by_address.setdefault(address, sock)
         ours = wanted.get(str(name))
-        if ours is not None:
+        if config is None:
+            inherited.by_name[str(name)] = sock
+        elif ours is not None:
             configured = normalise(ours.host, ours.port)
             if configured == address or (ours.port == 0 and configured[0] == address[0]):
                 inherited.by_name[str(name)] = sock
