@@ -21,6 +21,7 @@ from .config.load import Loaded
 from .config.values import log_level_number
 
 if TYPE_CHECKING:
+    from .network.inherit import InheritedSockets
     from .server import Server
     from .workers import AdminLink
 
@@ -135,7 +136,7 @@ def _run(
     if loaded.config.disable_upgrade:
         if upgrade_socket is not None:
             log.warning("--upgrade-socket ignored: the configuration says disable_upgrade")
-    elif workers == 1:
+    else:
         from .upgrade import default_socket_path
 
         upgrade = Upgrade(upgrade_socket or default_socket_path(path), _document(path))
@@ -156,7 +157,16 @@ def _run(
 
     admin_serve = functools.partial(run_admin_process, drain_timeout=drain_timeout)
     try:
-        supervisor = Supervisor(loaded.config, workers, serve, _sd_notify, admin_serve)
+        supervisor = Supervisor(
+            loaded.config,
+            workers,
+            serve,
+            _sd_notify,
+            admin_serve,
+            own_sockets=True,
+            upgrade_path=upgrade.path if upgrade is not None else None,
+            document=upgrade.document if upgrade is not None else None,
+        )
     except StartupError as exc:
         log.error("%s", exc)
         return 1
@@ -170,14 +180,16 @@ def _serve_process(
     drain_timeout: float = DRAIN_TIMEOUT,
     path: str | None = None,
     upgrade: Upgrade | None = None,
+    inherited: InheritedSockets | None = None,
 ) -> int:
     """Run one proxy process until a stop signal (or a hot upgrade took over); its exit
     code. ``path``: the file that SIGHUP reloads; ``link``: a worker's link to the admin
-    process (``--workers N``); ``upgrade``: its socket and document."""
+    process (``--workers N``); ``upgrade``: its socket and document; ``inherited``: a
+    worker's listening sockets, the supervisor's."""
     from .errors import StartupError
 
     try:
-        trio.run(_serve, config, ready_fd, drain_timeout, path, link, upgrade)
+        trio.run(_serve, config, ready_fd, drain_timeout, path, link, upgrade, inherited)
     except BaseExceptionGroup as group:
         # A port in use, an access log that cannot be opened: say which and exit 1, with
         # nothing left bound. Anything else is a bug.
@@ -261,13 +273,17 @@ async def _serve(
     path: str | None = None,
     link: AdminLink | None = None,
     upgrade: Upgrade | None = None,
+    inherited: InheritedSockets | None = None,
 ) -> None:
     """``ready_fd``: a worker tells its supervisor on this pipe (which tells systemd).
     ``link``: the admin process serves the admin port; this worker answers it.
     ``upgrade``: take the sockets of a process serving its socket, then serve it."""
     from .server import Server
 
-    signals_wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    signals_wanted = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    if ready_fd is not None:
+        # A worker: its supervisor's hot upgrade says so (the sockets live on elsewhere).
+        signals_wanted.append(signal.SIGUSR2)
     with trio.open_signal_receiver(*signals_wanted) as signals:
         takeover = None
         if upgrade is not None:
@@ -282,7 +298,7 @@ async def _serve(
                     config,
                     reuse_port=worker,
                     serve_admin=not worker,
-                    inherited=takeover.inherited if takeover is not None else None,
+                    inherited=takeover.inherited if takeover is not None else inherited,
                 )
                 await nursery.start(server.run)
                 if link is not None:
@@ -296,8 +312,10 @@ async def _serve(
                     await takeover.ready()
                     takeover = None
                 stop = trio.Event()
+                #: Set (before ``stop``) when another process accepts on our sockets now.
+                handed_over = trio.Event()
                 if upgrade is not None:
-                    await nursery.start(_serve_upgrades, upgrade, server, stop)
+                    await nursery.start(_serve_upgrades, upgrade, server, stop, handed_over)
                 # Everything built so far lives as long as the process: keep it out of the
                 # cyclic GC's generations so collections stay short.
                 gc.freeze()
@@ -313,7 +331,15 @@ async def _serve(
                     log.info("trio-mesh %s ready (pid %d)", __version__, os.getpid())
                 stop_now = trio.Event()
                 nursery.start_soon(
-                    _watch_signals, signals, server, path, drain_timeout, upgrade, stop, stop_now
+                    _watch_signals,
+                    signals,
+                    server,
+                    path,
+                    drain_timeout,
+                    upgrade,
+                    stop,
+                    stop_now,
+                    handed_over,
                 )
                 await stop.wait()
                 if ready_fd is None:
@@ -325,7 +351,7 @@ async def _serve(
                         draining.cancel_scope.cancel()
 
                     draining.start_soon(stop_now_on_second_signal)
-                    finished = await server.drain(drain_timeout)
+                    finished = await server.drain(drain_timeout, handed_over=handed_over.is_set())
                     log.info("drained" if finished else "drain timeout: closing what is left")
                     draining.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
@@ -364,6 +390,7 @@ async def _serve_upgrades(
     upgrade: Upgrade,
     server: Server,
     stop: trio.Event,
+    handed_over: trio.Event,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -383,6 +410,7 @@ async def _serve_upgrades(
         await upgrades.upgraded.wait()
         handed = upgrades.handed
         log.info("upgraded: pid %s took over; draining", handed.pid if handed else "?")
+        handed_over.set()
         stop.set()
         nursery.cancel_scope.cancel()
 
@@ -395,6 +423,7 @@ async def _watch_signals(
     upgrade: Upgrade | None,
     stop: trio.Event,
     stop_now: trio.Event,
+    handed_over: trio.Event,
 ) -> None:
     """SIGHUP reloads; SIGTERM/SIGINT set ``stop`` (a drain), a second one ``stop_now``.
     The only task reading the signals (a trio signal receiver allows one)."""
@@ -411,6 +440,11 @@ async def _watch_signals(
                 if await _reload(server, path, drain_timeout) and upgrade is not None:
                     # What an upgrade with inherit_old_mosnconfig runs from now on.
                     upgrade.document = await trio.to_thread.run_sync(_document, path)
+            continue
+        if signum == signal.SIGUSR2:
+            log.info("the supervisor handed the sockets over (a hot upgrade): draining")
+            handed_over.set()
+            stop.set()
             continue
         log.info(
             "%s received, draining (at most %gs; again to stop now)",

@@ -220,11 +220,12 @@ class Server:
             else:
                 runtime.stop_accepting()
 
-    async def drain(self, timeout: float) -> bool:
+    async def drain(self, timeout: float, *, handed_over: bool = False) -> bool:
         """Stop gracefully: stop accepting, let requests in flight finish (HTTP/2 streams
         after a GOAWAY, HTTP/1 with ``Connection: close``), close idle connections; within
         ``timeout`` seconds. True if everything finished in time. Cancel the server's
-        nursery afterwards to close the rest."""
+        nursery afterwards to close the rest. ``handed_over``: another process accepts on
+        the listening sockets now (a hot upgrade): they are not shut down, only closed."""
         self._listeners_stopped = True
         self.state = "DRAINING"
         with trio.move_on_after(timeout):
@@ -232,7 +233,7 @@ class Server:
                 # Consumers stop sending here before the listeners stop (MOSN's /unpub).
                 await self.registry.unpublish_all()
         for runtime in self.listeners.values():
-            runtime.drain()
+            runtime.drain(keep_socket=handed_over)
         with trio.move_on_after(timeout):
             for runtime in list(self.listeners.values()):
                 await runtime.wait_closed()

@@ -12,6 +12,7 @@ sockets and holds them across its restarts: the admin listener, and a unix socke
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -27,8 +28,11 @@ from typing import Any
 
 import attrs
 
-from .config import Address, MeshConfig
+from .config import Address, MeshConfig, parse_config
+from .config.errors import ConfigError
 from .errors import StartupError
+from .network.inherit import InheritedSockets, is_listening
+from .upgrade import ADMIN
 
 log = logging.getLogger("trio_mesh.workers")
 
@@ -63,7 +67,7 @@ class AdminSockets:
     socket in a fresh 0700 directory, and the admin listener (a port 0 becomes a real one,
     kept across restarts of the admin process)."""
 
-    def __init__(self, config: MeshConfig) -> None:
+    def __init__(self, config: MeshConfig, inherited: InheritedSockets | None = None) -> None:
         self.directory = tempfile.mkdtemp(prefix="trio-mesh-")  # 0700, ours alone
         self.path = os.path.join(self.directory, "control.sock")
         self.control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -73,7 +77,10 @@ class AdminSockets:
             self.control.bind(self.path)
             self.control.listen(64)
             if config.admin is not None:
-                self.admin = _listen(config.admin.address)
+                if inherited is not None:  # a hot upgrade: the old supervisor's
+                    self.admin = inherited.take(ADMIN, config.admin.address)
+                if self.admin is None:
+                    self.admin = _listen(config.admin.address)
                 port = self.admin.getsockname()[1]
                 address = Address(host=config.admin.address.host, port=port)
                 admin = attrs.evolve(config.admin, address=address)
@@ -141,9 +148,43 @@ class Supervisor:
         serve: Serve,
         notify: Callable,
         admin_serve: AdminServe | None = None,
+        *,
+        own_sockets: bool = False,
+        upgrade_path: str | None = None,
+        document: Any = None,
     ) -> None:
+        """``own_sockets``: bind every listener here, the workers inherit the sockets (else
+        each worker binds its own with SO_REUSEPORT). ``upgrade_path``: take the sockets of
+        the supervisor serving it (a hot upgrade), then serve it once every worker is ready;
+        ``document``: the configuration document handed on (``inherit_old_mosnconfig``)."""
         self.started = time.monotonic()
-        self.config, self.held = reserve_ports(config)
+        self.upgrade_path = upgrade_path
+        self.document = document
+        self.upgrades: Any = None  # upgrade.blocking.BlockingUpgradeServer, once all are ready
+        self.takeover: Any = None  # upgrade.blocking.BlockingTakeover until we are ready
+        inherited = None
+        if upgrade_path is not None:
+            from .upgrade.blocking import take_over_blocking
+
+            want = config.inherit_old_mosnconfig
+            self.takeover = take_over_blocking(upgrade_path, config, want_config=want)
+            if self.takeover is not None:
+                inherited = self.takeover.inherited
+                if want:
+                    config = self._inherit_config(config)
+        #: The listening sockets the workers inherit (``own_sockets``), by listener name.
+        self.listening: dict[str, socket.socket] = {}
+        try:
+            if own_sockets:
+                self.config = self._listen(config, inherited)
+                self.held: list[socket.socket] = []
+            else:
+                self.config, self.held = reserve_ports(config)
+        except BaseException:
+            self._close_sockets()
+            if self.takeover is not None:
+                self.takeover.abort()
+            raise
         self.workers = workers
         self.serve = serve
         self.notify = notify
@@ -152,12 +193,15 @@ class Supervisor:
         self.admin_serve = admin_serve
         if workers > 1 and needs_admin_process(config):
             try:
-                self.admin = AdminSockets(self.config)
+                self.admin = AdminSockets(self.config, inherited)
             except BaseException:
-                for s in self.held:
-                    s.close()
+                self._close_sockets()
+                if self.takeover is not None:
+                    self.takeover.abort()
                 raise
             self.config = self.admin.config
+        if inherited is not None:
+            inherited.close_leftovers()  # the old supervisor closes its own after its drain
         #: Children that say they are ready (the admin process too) before READY=1.
         self.expected = workers + (self.admin is not None)
         self.children: dict[int, int] = {}  # pid -> slot
@@ -169,6 +213,67 @@ class Supervisor:
         #: through, so a slot's back-off does not stop the others being reaped and restarted.
         self.restarts: dict[int, float] = {}
         self.ready_r, self.ready_w = os.pipe()
+
+    def _inherit_config(self, config: MeshConfig) -> MeshConfig:
+        assert self.takeover is not None
+        try:
+            loaded = parse_config(self.takeover.document)
+        except ConfigError as exc:
+            self.takeover.abort()
+            for line in exc.errors:
+                log.error("inherit_old_mosnconfig: the old process's configuration: %s", line)
+            raise StartupError(
+                "inherit_old_mosnconfig: the old process's configuration is invalid"
+            ) from None
+        log.info("inherit_old_mosnconfig: running the old process's configuration")
+        self.document = self.takeover.document
+        return loaded.config
+
+    def _listen(self, config: MeshConfig, inherited: InheritedSockets | None) -> MeshConfig:
+        """Bind (or take) every listener's socket; a port 0 becomes the real one."""
+        from .upgrade.blocking import bind_listener
+
+        servers = []
+        for server in config.servers:
+            listeners = []
+            for lst in server.listeners:
+                if lst.bind_port:
+                    sock = inherited.take(lst.name, lst.address) if inherited else None
+                    if sock is None:
+                        sock = bind_listener(lst.name, lst.address)
+                    self.listening[lst.name] = sock
+                    port = sock.getsockname()[1]
+                    if port != lst.address.port:
+                        lst = attrs.evolve(lst, address=Address(host=lst.address.host, port=port))
+                listeners.append(lst)
+            servers.append(attrs.evolve(server, listeners=tuple(listeners)))
+        return attrs.evolve(config, servers=tuple(servers))
+
+    def _close_sockets(self) -> None:
+        for s in [*self.held, *self.listening.values()]:
+            s.close()
+
+    def _handed(self) -> list[tuple[str, socket.socket]]:
+        """What a hot upgrade hands over: every listener's socket (still listening: not a
+        listener a reload removed) and the admin port's."""
+        handed = [(name, s) for name, s in self.listening.items() if is_listening(s)]
+        if self.admin is not None and self.admin.admin is not None:
+            handed.append((ADMIN, self.admin.admin))
+        return handed
+
+    def _all_ready(self) -> None:
+        """Every child is ready: the old supervisor (a hot upgrade) may go; then the next
+        upgrade finds us."""
+        if self.takeover is not None:
+            self.takeover.ready()
+            self.takeover = None
+        if self.upgrade_path is not None and self.upgrades is None:
+            from .upgrade.blocking import BlockingUpgradeServer
+
+            self.upgrades = BlockingUpgradeServer(
+                self.upgrade_path, self._handed, lambda: self.document
+            )
+            self.upgrades.open()
 
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _FORWARDED}
@@ -182,8 +287,11 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            for s in self.held:
-                s.close()
+            self._close_sockets()
+            if self.upgrades is not None:
+                self.upgrades.close()
+            if self.takeover is not None:  # never ready: the old supervisor serves on
+                self.takeover.abort()
             if self.admin is not None:
                 self.admin.close()
             os.close(self.ready_r)
@@ -227,6 +335,7 @@ class Supervisor:
                     signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
                     for s in self.held:
                         s.close()
+                    self._close_upgrade_sockets()
                     os.close(self.ready_r)
                     code = self._child(slot)
                 except BaseException:
@@ -243,14 +352,30 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
         log.info("%s started (pid %d)", self._name(slot), pid)
 
+    def _close_upgrade_sockets(self) -> None:
+        # A worker has no part in an upgrade: only the supervisor's link may tell the old
+        # one we are ready (or, closing, that we failed).
+        if self.upgrades is not None:
+            for s in self.upgrades.waitables():
+                s.close()
+        if self.takeover is not None:
+            self.takeover.link.sock.close()
+
     def _name(self, slot: int) -> str:
         return "admin process" if slot == self.workers else f"worker {slot}"
 
     def _child(self, slot: int) -> int:
         """In the forked child: be worker ``slot`` or the admin process."""
+        extra: dict[str, Any] = {}
+        if self.listening:
+            # Not one a reload removed (its drain shut it down): that one is bound anew.
+            live = {name: s for name, s in self.listening.items() if is_listening(s)}
+            extra["inherited"] = InheritedSockets(by_name=live)
         if self.admin is None:
-            return self.serve(self.config, self.ready_w)
+            return self.serve(self.config, self.ready_w, **extra)
         if slot == self.workers:
+            for s in self.listening.values():
+                s.close()
             serve = self.admin_serve or _default_admin_serve
             admin = self.admin
             return serve(
@@ -258,18 +383,39 @@ class Supervisor:
             )
         for s in self.admin.sockets():
             s.close()
-        return self.serve(self.config, self.ready_w, AdminLink(self.admin.path, slot))
+        return self.serve(self.config, self.ready_w, AdminLink(self.admin.path, slot), **extra)
 
     def _poll(self) -> None:
         wait = 0.2
         if self.restarts:
             wait = max(0.0, min(wait, min(self.restarts.values()) - time.monotonic()))
-        readable, _, _ = select.select([self.ready_r], [], [], wait)
-        if readable:
+        upgrade_socks = self.upgrades.waitables() if self.upgrades is not None else []
+        readable, _, _ = select.select([self.ready_r, *upgrade_socks], [], [], wait)
+        if self.ready_r in readable:
             self.ready += len(os.read(self.ready_r, 64))
             if self.ready == self.expected:
                 log.info("all %d workers ready", self.workers)
                 self.notify(b"READY=1")
+                self._all_ready()
+        if self.upgrades is not None:
+            for sock in readable:
+                if sock is not self.ready_r:
+                    self.upgrades.handle(sock)
+            self.upgrades.expire()
+            if self.upgrades.handed is not None and not self.stopping:
+                workers = sum(1 for slot in self.children.values() if slot < self.workers)
+                log.info(
+                    "upgraded: pid %d took over; stopping %d worker(s) (they drain)",
+                    self.upgrades.handed.pid,
+                    workers,
+                )
+                self.notify(b"STOPPING=1")
+                self.stopping = True
+                # Workers drain without shutting the sockets down (the new ones accept on
+                # them); the admin process just stops.
+                for pid, slot in list(self.children.items()):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGUSR2 if slot < self.workers else signal.SIGTERM)
         self._reap()
         if self.stopping:
             self.restarts.clear()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import TIMEOUT, is_free
+from tests.cli_helpers import LISTENING, TIMEOUT, is_free
 from tests.http_helpers import free_port
 from tests.upgrade.helpers import Load, mesh, start, upstream, write
 
@@ -288,3 +288,69 @@ def test_a_stale_socket_file_is_a_plain_start(tmp_path: Path, up: int) -> None:
             c.connect(str(sock))
     finally:
         p.kill()
+
+
+ALL_READY = re.compile(r"all \d+ workers ready$")
+
+
+def _workers_ready(p: object) -> int:
+    """Wait until the supervisor says every worker is ready: the listener's port."""
+    p.wait_for(ALL_READY)  # type: ignore[attr-defined]
+    ports = {int(m["port"]) for line in p.lines if (m := LISTENING.search(line))}  # type: ignore[attr-defined]
+    assert len(ports) == 1, ports
+    return ports.pop()
+
+
+def test_workers_three_upgrades_under_load_lose_no_request(tmp_path: Path, up: int) -> None:
+    """The supervisor holds the sockets, its workers inherit them; the new supervisor takes
+    them, its workers are ready, the old workers drain and the old supervisor exits 0."""
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    sock = tmp_path / "upgrade.sock"
+    old = start(config, sock, "--workers", "2")
+    processes = [old]
+    try:
+        port = _workers_ready(old)
+        with Load(port) as load:
+            load.wait_for(50)
+            for _ in range(3):
+                new = start(config, sock, "--workers", "2")
+                processes.append(new)
+                assert _workers_ready(new) == port
+                old.wait_for(re.compile(r"upgraded: pid \d+ took over; stopping 2 worker"))
+                assert old.finish() == 0, old.text
+                load.wait_for(50)
+                old = new
+        assert load.failures == [], load.failures[:10]
+    finally:
+        for p in processes:
+            p.kill()
+
+
+def test_workers_a_new_supervisor_failing_before_ready_leaves_the_old_one_serving(
+    tmp_path: Path, up: int
+) -> None:
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        failing = write(
+            tmp_path,
+            mesh(up, {"ingress": "127.0.0.1:0", "busy": f"127.0.0.1:{taken}"}),
+            "failing.yaml",
+        )
+        sock = tmp_path / "upgrade.sock"
+        old = start(config, sock, "--workers", "2")
+        try:
+            port = _workers_ready(old)
+            new = start(failing, sock, "--workers", "2")
+            try:
+                assert new.finish() == 1
+            finally:
+                new.kill()
+            assert "cannot listen" in new.text
+            old.wait_for(FAILED)
+            assert b"200 OK" in _get(port)
+            assert old.proc.poll() is None
+        finally:
+            old.kill()

@@ -34,6 +34,16 @@ def sockname(sock: socket.socket) -> tuple[str, int]:
     return normalise(name[0], name[1])
 
 
+def is_listening(sock: socket.socket) -> bool:
+    """Still a listening socket (not closed, nor shut down by a drain)."""
+    try:
+        return sock.fileno() != -1 and bool(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        )
+    except OSError:
+        return False
+
+
 @attrs.define
 class InheritedSockets:
     """Listening sockets handed to this process (systemd's LISTEN_FDS, or the old process of

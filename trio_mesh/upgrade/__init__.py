@@ -28,9 +28,9 @@ from typing import Any
 import attrs
 import trio
 
-from .config import MeshConfig
-from .errors import StartupError
-from .network.inherit import InheritedSockets, normalise
+from ..config import MeshConfig
+from ..errors import StartupError
+from ..network.inherit import InheritedSockets, normalise
 
 log = logging.getLogger("trio_mesh.upgrade")
 
@@ -121,7 +121,7 @@ class Link:
         self.fds: list[int] = []  # received, not yet claimed by the caller
 
     async def send(self, message: dict[str, Any], fds: list[int] = ()) -> None:  # type: ignore[assignment]
-        data = json.dumps({"v": VERSION, **message}, default=str).encode() + b"\n"
+        data = encode(message)
         if fds:
             # The descriptors ride with the first bytes; the rest goes as plain data.
             rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
@@ -151,30 +151,54 @@ class Link:
             if not data:
                 raise UpgradeError("the peer closed the link")
             self._buffer += data
-        try:
-            message = json.loads(line)
-        except ValueError as exc:
-            raise UpgradeError(f"not JSON: {exc}") from None
-        if not isinstance(message, dict):
-            raise UpgradeError("a message that is not an object")
-        if message.get("v") != VERSION:
-            raise UpgradeError(f"protocol version {message.get('v')!r}, expected {VERSION}")
-        if "error" in message:
-            raise UpgradeError(f"the peer refused: {message['error']}")
-        return message
+        return decode(line)
 
     def _take_fds(self, ancillary: list[tuple[int, int, bytes]]) -> None:
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds = array.array("i")
-                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-                self.fds.extend(fds)
+        self.fds.extend(rights(ancillary))
 
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)
         self.fds.clear()
         self.sock.close()
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps({"v": VERSION, **message}, default=str).encode() + b"\n"
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    """One received line as a dict, its version checked; a peer's ``error`` raised."""
+    try:
+        message = json.loads(line)
+    except ValueError as exc:
+        raise UpgradeError(f"not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise UpgradeError("a message that is not an object")
+    if message.get("v") != VERSION:
+        raise UpgradeError(f"protocol version {message.get('v')!r}, expected {VERSION}")
+    if "error" in message:
+        raise UpgradeError(f"the peer refused: {message['error']}")
+    return message
+
+
+def rights(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors of SCM_RIGHTS messages in ``recvmsg``'s ancillary data."""
+    received: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+            received.extend(fds)
+    return received
+
+
+def listener_entries(handed: list[tuple[str, socket.socket]]) -> list[dict[str, Any]]:
+    entries = []
+    for name, s in handed:
+        host, port = normalise(*s.getsockname()[:2])
+        entries.append({"name": name, "host": host, "port": port})
+    return entries
 
 
 # -- the old side ---------------------------------------------------------------------------
@@ -274,10 +298,7 @@ class UpgradeServer:
         if hello.get("op") != "hello":
             raise UpgradeError(f"expected hello, got {hello.get('op')!r}")
         handed = [(name, s) for name, s in self.sockets() if s.fileno() != -1]
-        listeners = []
-        for name, s in handed:
-            host, port = normalise(*s.getsockname()[:2])
-            listeners.append({"name": name, "host": host, "port": port})
+        listeners = listener_entries(handed)
         fds = [s.fileno() for _, s in handed]
         await link.send({"op": "sockets", "listeners": listeners}, fds)
         if hello.get("config") is True:
@@ -417,7 +438,8 @@ async def take_over(path: str, config: MeshConfig, *, want_config: bool) -> Take
     return Takeover(link=link, inherited=inherited, document=document)
 
 
-def _inherited(listeners: Any, link: Link, config: MeshConfig | None) -> InheritedSockets:
+def _inherited(listeners: Any, link: Any, config: MeshConfig | None) -> InheritedSockets:
+    """``link``: a ``Link`` or a ``blocking.BlockingLink`` (its received ``fds`` taken)."""
     fds, link.fds = link.fds, []
     if not isinstance(listeners, list) or len(listeners) != len(fds):
         for fd in fds:
