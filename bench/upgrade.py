@@ -37,7 +37,7 @@ CONNECTIONS = 50
 H2_CLIENTS = 10
 H2_STREAMS = 10
 H2_RUN_REQUESTS = 2000  # per h2load run (``run_h2load_runs``)
-READY = re.compile(r"trio-mesh \S+ ready")
+READY = re.compile(r"trio-mesh \S+ ready$|all \d+ workers ready$", re.MULTILINE)
 READY_TIMEOUT = 30.0
 
 
@@ -114,7 +114,9 @@ def _wait_ready(child: procs.Child) -> None:
     raise procs.NotReady(f"{child.name} not ready in {READY_TIMEOUT:g}s:\n{child.log_tail()}")
 
 
-def run_phase(tool: str, seconds: int, upgrades: int, work: Path, nofile: int) -> PhaseResult:
+def run_phase(
+    tool: str, seconds: int, upgrades: int, work: Path, nofile: int, workers: int = 1
+) -> PhaseResult:
     result = PhaseResult(tool)
     children = procs.Processes(work)
     try:
@@ -125,6 +127,8 @@ def run_phase(tool: str, seconds: int, upgrades: int, work: Path, nofile: int) -
         config.write_text(json.dumps(proxy_conf(port, up_port)))
         argv = [sys.executable, "-m", "trio_mesh.cli", "run", str(config)]
         argv += ["--upgrade-socket", str(work / f"upgrade-{tool}.sock")]
+        if workers > 1:
+            argv += ["--workers", str(workers)]
         current = children.start(f"trio-mesh-{tool}-0", argv)
         _wait_ready(current)
         outcome: dict[str, Any] = {}
@@ -224,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="4 s runs, 2 upgrades each")
     parser.add_argument("--seconds", type=int, default=None, help="each run (default 20)")
     parser.add_argument("--upgrades", type=int, default=None, help="per run (default 5)")
+    parser.add_argument("--workers", type=int, default=1, help="trio-mesh --workers (default 1)")
     args = parser.parse_args(argv)
     seconds = args.seconds or (4 if args.smoke else 20)
     upgrades = args.upgrades or (2 if args.smoke else 5)
@@ -232,11 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-upgrade-") as tmp:
             for tool in ("wrk", "h2load"):
-                results.append(run_phase(tool, seconds, upgrades, Path(tmp), nofile))
+                results.append(run_phase(tool, seconds, upgrades, Path(tmp), nofile, args.workers))
     except (procs.NotReady, load.LoadError) as exc:
         print(f"bench upgrade: {exc}", file=sys.stderr)
         return 1
-    print(f"trio-mesh hot-upgraded {upgrades} times during each {seconds} s run")
+    how = f" (--workers {args.workers})" if args.workers > 1 else ""
+    print(f"trio-mesh{how} hot-upgraded {upgrades} times during each {seconds} s run")
     for r in results:
         print(
             f"{r.tool:7} total {r.total:8d}  failed {r.failed:6d}  non-2xx {r.non_2xx:6d}"
