@@ -9,10 +9,12 @@ upgraded 5 times (``--smoke``: 2), evenly spaced: a new ``trio-mesh run`` on the
 configuration takes the sockets, the old one drains and exits.
 
 Printed per phase: total requests, failed (wrk: its socket errors; h2load: failed, with how
-many of them it never sent, and errored), non-2xx; the upgrades done and each old process's exit
+many of them it never started, and errored), non-2xx; the upgrades done and each old process's exit
 code. h2load (nghttp2 1.52) does not open a new connection after a GOAWAY: the requests a
 client still planned when its connection received one are counted as failed although they
-were never sent (``started`` is below ``total``), so its line gives both.
+were never started (``started`` is below ``total``), so its line gives both. h2load's
+``started`` counts requests handed to its HTTP/2 library: one submitted just as a GOAWAY
+arrives is started, never sent, and failed.
 
 Exit code 0 when the harness ran, whatever the numbers; 1 when it broke.
 """
@@ -169,8 +171,8 @@ def run_phase(
             h2: H2Counts = outcome["h2"]
             result.total, result.failed, result.non_2xx = h2.total, h2.failed, h2.non_2xx
             result.detail = (
-                f"{h2.runs} h2load runs: {h2.started} sent, {h2.succeeded} succeeded,"
-                f" {h2.errored} errored, {h2.total - h2.started} never sent (h2load does not"
+                f"{h2.runs} h2load runs: {h2.started} started, {h2.succeeded} succeeded,"
+                f" {h2.errored} errored, {h2.total - h2.started} never started (h2load does not"
                 " reconnect after a GOAWAY: a client's remaining requests count as failed)"
             )
     finally:
