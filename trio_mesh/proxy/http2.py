@@ -131,6 +131,8 @@ class Http2Proxy(ProxyCore):
                 stats=self.stats,
             )
             conn.on_drain = on_drain
+            if conn.draining:  # drained while its protocol was being detected
+                on_drain(conn)
             await ep.run(prefix)
             # The connection is over: streams still waiting on their upstream are cut.
             nursery.cancel_scope.cancel()
