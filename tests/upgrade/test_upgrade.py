@@ -4,6 +4,7 @@ keeping requests going across the upgrades."""
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +23,11 @@ DRAINED = re.compile(r"INFO trio_mesh: drained$", re.MULTILINE)
 FAILED = re.compile(r"upgrade by pid (\d+) failed before ready")
 
 
+needs_nghttp = pytest.mark.skipif(
+    shutil.which("nghttp") is None, reason="HTTP/2 load needs nghttp (nghttp2-client)"
+)
+
+
 @pytest.fixture
 def up() -> object:
     with upstream() as port:
@@ -37,6 +43,7 @@ def _get(port: int) -> bytes:
     return data
 
 
+@needs_nghttp
 def test_three_upgrades_under_load_lose_no_request(tmp_path: Path, up: int) -> None:
     config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
     sock = tmp_path / "upgrade.sock"
@@ -301,6 +308,7 @@ def _workers_ready(p: object) -> int:
     return ports.pop()
 
 
+@needs_nghttp
 def test_workers_three_upgrades_under_load_lose_no_request(tmp_path: Path, up: int) -> None:
     """The supervisor holds the sockets, its workers inherit them; the new supervisor takes
     them, its workers are ready, the old workers drain and the old supervisor exits 0."""
