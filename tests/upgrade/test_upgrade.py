@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import LISTENING, TIMEOUT, is_free
+from tests.cli_helpers import LISTENING, TIMEOUT, Proxy, is_free
 from tests.http_helpers import free_port
 from tests.upgrade.helpers import Load, mesh, start, upstream, write
 
@@ -362,3 +362,35 @@ def test_workers_a_new_supervisor_failing_before_ready_leaves_the_old_one_servin
             assert old.proc.poll() is None
         finally:
             old.kill()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_admin_port_is_handed_over_too(tmp_path: Path, up: int, workers: int) -> None:
+    """The admin listener's socket goes with the others: the new process binds no admin
+    port of its own (it would fail: the old one holds it until its drain ends)."""
+    admin_port = free_port()
+    admin = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}}
+    config = write(tmp_path, {**mesh(up, {"ingress": "127.0.0.1:0"}), "admin": admin})
+    sock = tmp_path / "upgrade.sock"
+    extra = ("--workers", str(workers)) if workers > 1 else ()
+    ready = _workers_ready if workers > 1 else Proxy.ready
+    old = start(config, sock, *extra)
+    new = None
+    try:
+        ready(old)
+        new = start(config, sock, *extra)
+        ready(new)
+        assert old.finish() == 0
+        assert "cannot listen" not in new.text
+        with socket.create_connection(("127.0.0.1", admin_port), timeout=TIMEOUT) as s:
+            s.sendall(b"GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        new.proc.send_signal(signal.SIGTERM)
+        assert new.finish() == 0
+    finally:
+        old.kill()
+        if new is not None:
+            new.kill()
