@@ -43,6 +43,9 @@ HELLO_TIMEOUT = 5.0  # the old side, for the new one's first line
 ANSWER_TIMEOUT = 10.0  # the new side, for the sockets (and the document)
 READY_TIMEOUT = 120.0  # the old side, for the new one to start (TLS contexts, DNS, xDS warm)
 BYE_TIMEOUT = 5.0
+#: accept() errors that are overload, not a broken socket (``network.listener``'s too).
+_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_BACKOFF = 0.1
 #: The name the admin API's socket is handed over under (no listener is named so: ``@``).
 ADMIN = "@admin"
 
@@ -250,8 +253,22 @@ class UpgradeServer:
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
+                exhausted = False
                 while not self.upgraded.is_set():
-                    conn, _ = await listener.accept()
+                    try:
+                        conn, _ = await listener.accept()
+                    except OSError as exc:
+                        # Linux's accept() fails with EMFILE even with nobody waiting: out
+                        # of descriptors (a flood on the listeners) must not stop the
+                        # proxy; back off as the listeners do.
+                        if exc.errno not in _EXHAUSTED:
+                            raise
+                        if not exhausted:
+                            log.warning("upgrade socket %s: accept: %s", self.path, exc.strerror)
+                        exhausted = True
+                        await trio.sleep(ACCEPT_BACKOFF)
+                        continue
+                    exhausted = False
                     nursery.start_soon(self._serve_one, conn)
         finally:
             listener.close()

@@ -236,7 +236,11 @@ class BlockingUpgradeServer:
 
     def handle(self, sock: socket.socket) -> None:
         if sock is self.listener:
-            conn, _ = sock.accept()
+            try:
+                conn, _ = sock.accept()
+            except OSError as exc:  # out of descriptors: the next select tries again
+                log.warning("upgrade socket %s: accept: %s", self.path, exc.strerror or exc)
+                return
             self._start(BlockingLink(conn, self.path))
         elif self._pending is not None and sock is self._pending[0].sock:
             link, pid, _ = self._pending
