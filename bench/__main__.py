@@ -4,7 +4,7 @@
 gRPC unary proxying, against direct and nginx. ``rpc``: SOFA bolt and Dubbo proxying, against
 direct. ``tls``: TLS termination (handshakes, small GETs), against nginx and trio-mesh's own
 cleartext. ``resilience``: one of two upstreams killed under load (``bench/resilience.py``,
-its own options).
+its own options). ``upgrade``: requests lost across hot upgrades (``bench/upgrade.py``).
 
 Starts everything on 127.0.0.1 (the upstreams and each contender, in their own process
 groups), runs the scenarios, stops everything (also on Ctrl-C, SIGTERM or an error), prints the
@@ -299,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import resilience
 
         return resilience.main(given[1:])
+    if given[:1] == ["upgrade"]:  # its own options (bench/upgrade.py)
+        from . import upgrade
+
+        return upgrade.main(given[1:])
     args = parse_args(argv)
     contender_table, scenario_table = tables(args.protocol)
     tools = {

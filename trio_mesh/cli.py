@@ -8,8 +8,10 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -53,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         default=DRAIN_TIMEOUT,
         help="on SIGTERM/SIGINT, seconds to let requests in flight finish (default 5)",
     )
+    run.add_argument(
+        "--upgrade-socket",
+        metavar="PATH",
+        help="hot upgrade: take the listening sockets of the process serving PATH, then serve"
+        " it (default: upgrade-<hash of the config path>.sock under $RUNTIME_DIRECTORY,"
+        " /run/trio-mesh, $XDG_RUNTIME_DIR/trio-mesh or /tmp/trio-mesh-<uid>)",
+    )
     validate = sub.add_parser("validate", help="check a configuration file and print its errors")
     validate.add_argument("config")
     sub.add_parser("version", help="print the version")
@@ -67,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     if args.drain_timeout < 0:
         parser.error("--drain-timeout must not be negative")
-    return _run(args.config, args.log_level, args.workers, args.drain_timeout)
+    return _run(args.config, args.log_level, args.workers, args.drain_timeout, args.upgrade_socket)
 
 
 def _read(path: str) -> Loaded:
@@ -110,7 +119,13 @@ def _validate(path: str) -> int:
     return 0
 
 
-def _run(path: str, log_level: str | None, workers: int = 1, drain_timeout: float = 5.0) -> int:
+def _run(
+    path: str,
+    log_level: str | None,
+    workers: int = 1,
+    drain_timeout: float = 5.0,
+    upgrade_socket: str | None = None,
+) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         if log_level is not None:
@@ -145,8 +160,16 @@ def _run(path: str, log_level: str | None, workers: int = 1, drain_timeout: floa
     serve = functools.partial(
         _serve_process, drain_timeout=drain_timeout, path=path, watchdog=watchdog, source=source
     )
+    upgrade = None
+    if loaded.config.disable_upgrade:
+        if upgrade_socket is not None:
+            log.warning("--upgrade-socket ignored: the configuration says disable_upgrade")
+    else:
+        from .upgrade import default_socket_path
+
+        upgrade = Upgrade(upgrade_socket or default_socket_path(path), _document(path))
     if workers == 1:
-        return serve(loaded.config, None, inherited=inherited)
+        return serve(loaded.config, None, upgrade=upgrade, inherited=inherited)
     from .config.registry import dubbo_registry_config
 
     if dubbo_registry_config(loaded.config) is not None:
@@ -157,20 +180,14 @@ def _run(path: str, log_level: str | None, workers: int = 1, drain_timeout: floa
         )
         return 1
     from .admin.workers_process import run_admin_process
-    from .workers import Supervisor, claim
+    from .workers import Supervisor
 
-    # The supervisor holds the activated sockets (across worker restarts); each worker
-    # inherits them by fork and serves on them (all accept on the same sockets).
-    try:
-        claimed = claim(inherited, loaded.config) if inherited is not None else None
-    except StartupError as exc:
-        log.error("%s", exc)
-        return 1
-    serve = functools.partial(serve, inherited=claimed)
     admin_serve = functools.partial(run_admin_process, drain_timeout=drain_timeout)
     count = sum(1 for lst in loaded.config.listeners if lst.bind_port)
     status = f"{systemd.serving(count, source)}, {workers} workers"
     try:
+        # The supervisor binds every listener's socket (or takes systemd's, or the old
+        # supervisor's in a hot upgrade) and holds them across worker restarts.
         supervisor = Supervisor(
             loaded.config,
             workers,
@@ -179,12 +196,12 @@ def _run(path: str, log_level: str | None, workers: int = 1, drain_timeout: floa
             admin_serve,
             watchdog=watchdog,
             status=status,
-            inherited=claimed,
+            inherited=inherited,
+            own_sockets=True,
+            upgrade_path=upgrade.path if upgrade is not None else None,
+            document=upgrade.document if upgrade is not None else None,
         )
     except StartupError as exc:
-        if claimed is not None:
-            for sock in claimed.leftovers():
-                sock.close()
         log.error("%s", exc)
         return 1
     return supervisor.run()
@@ -196,15 +213,17 @@ def _serve_process(
     link: AdminLink | None = None,
     drain_timeout: float = DRAIN_TIMEOUT,
     path: str | None = None,
+    upgrade: Upgrade | None = None,
     inherited: InheritedSockets | None = None,
     watchdog: float | None = None,
     source: str | None = None,
 ) -> int:
-    """Run one proxy process until a stop signal; its exit code. ``path``: the file that
-    SIGHUP reloads; ``link``: a worker's link to the admin process (``--workers N``);
-    ``inherited``: sockets from systemd's socket activation; ``watchdog``: systemd's
-    WatchdogSec (a worker reports alive to its supervisor instead); ``source``: where the
-    configuration came from (systemd's STATUS=)."""
+    """Run one proxy process until a stop signal (or a hot upgrade took over); its exit
+    code. ``path``: the file that SIGHUP reloads; ``link``: a worker's link to the admin
+    process (``--workers N``); ``upgrade``: its socket and document; ``inherited``: sockets
+    from systemd's socket activation, or a worker's, the supervisor's; ``watchdog``:
+    systemd's WatchdogSec (a worker reports alive to its supervisor instead); ``source``:
+    where the configuration came from (systemd's STATUS=)."""
     from .errors import StartupError
 
     serve = functools.partial(
@@ -214,6 +233,7 @@ def _serve_process(
         drain_timeout,
         path,
         link,
+        upgrade=upgrade,
         inherited=inherited,
         watchdog=watchdog,
         source=source or path or "the configuration given",
@@ -287,6 +307,15 @@ def _keep_reserved_ports(config: MeshConfig, running: MeshConfig) -> MeshConfig:
     return attrs.evolve(config, servers=tuple(servers), admin=admin)
 
 
+@attrs.define
+class Upgrade:
+    """The hot upgrade of one process: the socket it takes over through (then serves), and
+    the configuration document it runs (handed on for ``inherit_old_mosnconfig``)."""
+
+    path: str
+    document: Any = None
+
+
 async def _serve(
     config: MeshConfig,
     ready_fd: int | None,
@@ -294,89 +323,228 @@ async def _serve(
     path: str | None = None,
     link: AdminLink | None = None,
     *,
+    upgrade: Upgrade | None = None,
     inherited: InheritedSockets | None = None,
     watchdog: float | None = None,
     source: str = "the configuration given",
 ) -> None:
     """``ready_fd``: a worker tells its supervisor on this pipe (which tells systemd).
-    ``link``: the admin process serves the admin port; this worker answers it."""
+    ``link``: the admin process serves the admin port; this worker answers it.
+    ``upgrade``: take the sockets of a process serving its socket, then serve it."""
     from .server import Server
-    from .workers import ALIVE, RELOADED, tell_supervisor
+    from .workers import ALIVE, tell_supervisor
 
-    signals_wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    signals_wanted = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    if ready_fd is not None:
+        # A worker: its supervisor's hot upgrade says so (the sockets live on elsewhere).
+        signals_wanted.append(signal.SIGUSR2)
     with trio.open_signal_receiver(*signals_wanted) as signals:
-        async with trio.open_nursery() as nursery:
-            # A worker (``ready_fd`` set) serves no admin API: workers would all bind its port;
-            # with an admin block, one admin process serves them all, linked through ``link``.
-            worker = ready_fd is not None
-            server = Server(config, reuse_port=worker, serve_admin=not worker, inherited=inherited)
-            await nursery.start(server.run)
-            if watchdog is not None:
-                ping: functools.partial[None]
-                if ready_fd is None:
-                    ping = functools.partial(systemd.notify, b"WATCHDOG=1")
-                else:  # the supervisor pings systemd while every worker says this
-                    ping = functools.partial(tell_supervisor, ready_fd, ALIVE)
-                await nursery.start(systemd.run_watchdog, server, watchdog, ping)
-            if link is not None:
-                from .admin.target import LocalTarget
-                from .admin.worker_link import run_worker_link
-
-                await nursery.start(run_worker_link, link.path, link.slot, LocalTarget(server))
-            # Everything built so far lives as long as the process: keep it out of the
-            # cyclic GC's generations so collections stay short.
-            gc.freeze()
-            # Requests make no reference cycles (reference counting frees them), yet every
-            # 700 allocations cost a young-generation collection under Python's defaults:
-            # 4-7% of a small GET's CPU here (more with stream filters). Collect less often.
-            gc.set_threshold(20000, 20, 20)
-
-            def serving(note: str = "") -> bytes:
-                return systemd.ready(systemd.serving(len(server.listeners), source) + note)
-
-            if ready_fd is None:
-                systemd.notify(serving())
-                log.info("trio-mesh %s ready", __version__)
-            else:
-                os.write(ready_fd, b"R")
-                log.info("trio-mesh %s ready (pid %d)", __version__, os.getpid())
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    if ready_fd is None:
-                        systemd.notify(systemd.reloading())
-                    applied = False
-                    if path is None:
-                        log.warning("SIGHUP received: no configuration file to reload")
-                    else:
-                        log.info("SIGHUP received: reloading %s", path)
-                        applied = await _reload(server, path, drain_timeout)
-                    # Applied or refused, the reload is over: systemd waits for READY=1.
-                    if ready_fd is None:
-                        note = "" if applied else " (reload refused: configuration kept)"
-                        systemd.notify(serving(note))
-                    else:
-                        tell_supervisor(ready_fd, RELOADED)
-                    continue
-                log.info(
-                    "%s received, draining (at most %gs; again to stop now)",
-                    signal.Signals(signum).name,
-                    drain_timeout,
+        takeover = None
+        if upgrade is not None:
+            takeover, config = await _take_over(upgrade, config)
+            if takeover is not None:
+                if inherited is None:
+                    inherited = takeover.inherited
+                else:  # started by systemd while another process serves: systemd's first
+                    inherited.merge(takeover.inherited)
+        try:
+            async with trio.open_nursery() as nursery:
+                # A worker (``ready_fd`` set) serves no admin API: workers would all bind its
+                # port; with an admin block, one admin process serves them all, through
+                # ``link``.
+                worker = ready_fd is not None
+                server = Server(
+                    config, reuse_port=worker, serve_admin=not worker, inherited=inherited
                 )
+                await nursery.start(server.run)
+                if watchdog is not None:
+                    ping: functools.partial[None]
+                    if ready_fd is None:
+                        ping = functools.partial(systemd.notify, b"WATCHDOG=1")
+                    else:  # the supervisor pings systemd while every worker says this
+                        ping = functools.partial(tell_supervisor, ready_fd, ALIVE)
+                    await nursery.start(systemd.run_watchdog, server, watchdog, ping)
+                if link is not None:
+                    from .admin.target import LocalTarget
+                    from .admin.worker_link import run_worker_link
+
+                    await nursery.start(run_worker_link, link.path, link.slot, LocalTarget(server))
+                if takeover is not None:
+                    # LIVE (with xDS: warm) before the old process stops accepting.
+                    await server.live.wait()
+                    await takeover.ready()
+                    takeover = None
+                stop = trio.Event()
+                #: Set (before ``stop``) when another process accepts on our sockets now.
+                handed_over = trio.Event()
+                if upgrade is not None:
+                    await nursery.start(_serve_upgrades, upgrade, server, stop, handed_over)
+                # Everything built so far lives as long as the process: keep it out of the
+                # cyclic GC's generations so collections stay short.
+                gc.freeze()
+                # Requests make no reference cycles (reference counting frees them), yet every
+                # 700 allocations cost a young-generation collection under Python's defaults:
+                # 4-7% of a small GET's CPU here (more with stream filters). Collect less often.
+                gc.set_threshold(20000, 20, 20)
+
+                def serving(note: str = "") -> bytes:
+                    return systemd.ready(systemd.serving(len(server.listeners), source) + note)
+
+                if ready_fd is None:
+                    systemd.notify(serving())
+                    log.info("trio-mesh %s ready", __version__)
+                else:
+                    os.write(ready_fd, b"R")
+                    log.info("trio-mesh %s ready (pid %d)", __version__, os.getpid())
+                stop_now = trio.Event()
+                nursery.start_soon(
+                    _watch_signals,
+                    signals,
+                    server,
+                    path,
+                    drain_timeout,
+                    upgrade,
+                    stop,
+                    stop_now,
+                    handed_over,
+                    ready_fd,
+                    serving,
+                )
+                await stop.wait()
                 if ready_fd is None:
                     systemd.notify(systemd.stopping())
-                break
-            async with trio.open_nursery() as draining:
+                async with trio.open_nursery() as draining:
 
-                async def stop_now_on_second_signal() -> None:
-                    async for signum in signals:
-                        if signum != signal.SIGHUP:
-                            draining.cancel_scope.cancel()
+                    async def stop_now_on_second_signal() -> None:
+                        await stop_now.wait()
+                        draining.cancel_scope.cancel()
 
-                draining.start_soon(stop_now_on_second_signal)
-                finished = await server.drain(drain_timeout)
-                log.info("drained" if finished else "drain timeout: closing what is left")
-                draining.cancel_scope.cancel()
-            nursery.cancel_scope.cancel()
+                    draining.start_soon(stop_now_on_second_signal)
+                    finished = await server.drain(drain_timeout, handed_over=handed_over.is_set())
+                    log.info("drained" if finished else "drain timeout: closing what is left")
+                    draining.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
+        finally:
+            if takeover is not None:  # never ready: the old process goes on serving
+                takeover.abort()
+
+
+async def _take_over(upgrade: Upgrade, config: MeshConfig) -> tuple[Any, MeshConfig]:
+    """The old process's sockets (``None``: nobody there), and the configuration to run:
+    its document with ``inherit_old_mosnconfig``."""
+    from .config import parse_config
+    from .errors import StartupError
+    from .upgrade import take_over
+
+    takeover = await take_over(upgrade.path, config, want_config=config.inherit_old_mosnconfig)
+    if takeover is None or not config.inherit_old_mosnconfig:
+        return takeover, config
+    try:
+        loaded = parse_config(takeover.document)
+    except ConfigError as exc:
+        takeover.abort()
+        for line in exc.errors:
+            log.error("inherit_old_mosnconfig: the old process's configuration: %s", line)
+        raise StartupError(
+            "inherit_old_mosnconfig: the old process's configuration is invalid"
+        ) from None
+    for w in loaded.warnings:
+        log.warning("config (inherited): %s", w)
+    log.info("inherit_old_mosnconfig: running the old process's configuration")
+    upgrade.document = takeover.document
+    return takeover, loaded.config
+
+
+async def _serve_upgrades(
+    upgrade: Upgrade,
+    server: Server,
+    stop: trio.Event,
+    handed_over: trio.Event,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the upgrade socket; an upgrade that completes stops this process (a drain)."""
+    from .upgrade import ADMIN, UpgradeServer
+
+    def sockets() -> list[tuple[str, socket.socket]]:
+        handed = [(name, runtime.sock) for name, runtime in server.listeners.items()]
+        if server.admin_socket is not None:
+            handed.append((ADMIN, server.admin_socket))
+        return handed
+
+    upgrades = UpgradeServer(upgrade.path, sockets, lambda: upgrade.document)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(upgrades.run)
+        task_status.started()
+        await upgrades.upgraded.wait()
+        handed = upgrades.handed
+        log.info("upgraded: pid %s took over; draining", handed.pid if handed else "?")
+        handed_over.set()
+        stop.set()
+        nursery.cancel_scope.cancel()
+
+
+async def _watch_signals(
+    signals: Any,
+    server: Server,
+    path: str | None,
+    drain_timeout: float,
+    upgrade: Upgrade | None,
+    stop: trio.Event,
+    stop_now: trio.Event,
+    handed_over: trio.Event,
+    ready_fd: int | None,
+    serving: Callable[[str], bytes],
+) -> None:
+    """SIGHUP reloads (systemd: RELOADING=1, then READY=1 applied or refused; a worker
+    tells its supervisor); SIGTERM/SIGINT set ``stop`` (a drain), a second one
+    ``stop_now``. The only task reading the signals (a trio signal receiver allows one)."""
+    from .workers import RELOADED, tell_supervisor
+
+    async for signum in signals:
+        if stop.is_set():  # draining (a signal, or an upgrade took over)
+            if signum != signal.SIGHUP:
+                stop_now.set()
+            continue
+        if signum == signal.SIGHUP:
+            if ready_fd is None:
+                systemd.notify(systemd.reloading())
+            applied = False
+            if path is None:
+                log.warning("SIGHUP received: no configuration file to reload")
+            else:
+                log.info("SIGHUP received: reloading %s", path)
+                applied = await _reload(server, path, drain_timeout)
+                if applied and upgrade is not None:
+                    # What an upgrade with inherit_old_mosnconfig runs from now on.
+                    upgrade.document = await trio.to_thread.run_sync(_document, path)
+            # Applied or refused, the reload is over: systemd waits for READY=1.
+            if ready_fd is None:
+                systemd.notify(serving("" if applied else " (reload refused: configuration kept)"))
+            else:
+                tell_supervisor(ready_fd, RELOADED)
+            continue
+        if signum == signal.SIGUSR2:
+            log.info("the supervisor handed the sockets over (a hot upgrade): draining")
+            handed_over.set()
+            stop.set()
+            continue
+        log.info(
+            "%s received, draining (at most %gs; again to stop now)",
+            signal.Signals(signum).name,
+            drain_timeout,
+        )
+        stop.set()
+
+
+def _document(path: str) -> Any:
+    from .upgrade import read_document
+
+    try:
+        return read_document(path)
+    except Exception as exc:  # an edit racing the reload: YAML or JSON errors, I/O
+        log.warning("%s: cannot keep its document for an upgrade: %s", path, exc)
+        return None
 
 
 if __name__ == "__main__":

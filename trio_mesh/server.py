@@ -141,6 +141,8 @@ class Server:
         self._sinks: list[Any] = []  # the PrometheusSinkConfig of the sinks running
         #: The admin API's real bound ``(host, port)`` while it serves, else ``None``.
         self.admin_address: tuple[str, int] | None = None
+        #: The admin API's listening socket while it serves (a hot upgrade hands it over).
+        self.admin_socket: socket.socket | None = None
         #: What the health_check filter and ``/ready`` answer from (``failed``, ``draining``).
         self.health = Health()
         # TLS contexts are built by ``run`` (in a thread, before any port is bound); a
@@ -219,11 +221,12 @@ class Server:
             else:
                 runtime.stop_accepting()
 
-    async def drain(self, timeout: float) -> bool:
+    async def drain(self, timeout: float, *, handed_over: bool = False) -> bool:
         """Stop gracefully: stop accepting, let requests in flight finish (HTTP/2 streams
         after a GOAWAY, HTTP/1 with ``Connection: close``), close idle connections; within
         ``timeout`` seconds. True if everything finished in time. Cancel the server's
-        nursery afterwards to close the rest."""
+        nursery afterwards to close the rest. ``handed_over``: another process accepts on
+        the listening sockets now (a hot upgrade): they are not shut down, only closed."""
         self._listeners_stopped = True
         self.state = "DRAINING"
         deadline = trio.current_time() + timeout  # one bound for the whole drain
@@ -232,7 +235,7 @@ class Server:
                 # Consumers stop sending here before the listeners stop (MOSN's /unpub).
                 await self.registry.unpublish_all()
         for runtime in self.listeners.values():
-            runtime.drain()
+            runtime.drain(keep_socket=handed_over)
         with trio.move_on_at(deadline):
             for runtime in list(self.listeners.values()):
                 await runtime.wait_closed()
@@ -361,7 +364,10 @@ class Server:
             if admin is not None:
                 from .admin.server import bind_admin
 
-                admin_sock = await bind_admin(admin)
+                if self.inherited is not None:
+                    admin_sock = self.inherited.take("@admin", admin.address)
+                if admin_sock is None:
+                    admin_sock = await bind_admin(admin)
             if self.registry is not None:
                 from .registry.api import bind_api, open_log
 
@@ -378,6 +384,7 @@ class Server:
                     from .admin.server import run_admin
                     from .admin.target import LocalTarget
 
+                    self.admin_socket = admin_sock  # what a hot upgrade hands over
                     self.admin_address = await nursery.start(
                         functools.partial(run_admin, admin, LocalTarget(self), sock=admin_sock)
                     )
@@ -415,8 +422,9 @@ class Server:
                     # Envoy's readiness: LIVE once the initial xDS fetch is done.
                     nursery.start_soon(self._live_when_warm, self.xds)
                 if self.inherited is not None and settings is None:
-                    # A socket unit naming a listener this config does not have: said, closed.
-                    # (With xDS, once warm: its listeners may take them.)
+                    # Nobody takes them: a socket unit naming a listener this config does not
+                    # have (said, closed); a hot upgrade's old process closes its own copies
+                    # after its drain. (With xDS, once warm: its listeners may take them.)
                     self.inherited.close_leftovers()
                 if settings is None and self.state == "PRE_INITIALIZING":
                     self.state = "LIVE"
@@ -424,6 +432,7 @@ class Server:
         finally:
             self._nursery = None
             self.admin_address = None
+            self.admin_socket = None
             if admin_sock is not None:
                 admin_sock.close()
             if registry_sock is not None:

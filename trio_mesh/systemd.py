@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .errors import StartupError
-from .network.inherit import InheritedSockets
+from .network.inherit import InheritedSockets, mark_shared
 
 if TYPE_CHECKING:
     from .network.listener import ListenerRuntime
@@ -117,6 +117,8 @@ def listen_fds(environ: MutableMapping[str, str] = os.environ) -> InheritedSocke
         for _, sock in pairs:
             sock.close()
         raise
+    for _, sock in pairs:
+        mark_shared(sock)  # systemd keeps its copy: a drain must never shut it down
     return InheritedSockets.of(pairs)
 
 

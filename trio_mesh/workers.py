@@ -19,6 +19,7 @@ sockets and holds them across its restarts: the admin listener, and a unix socke
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -36,9 +37,11 @@ from typing import Any
 import attrs
 
 from . import systemd
-from .config import Address, MeshConfig
+from .config import Address, MeshConfig, parse_config
+from .config.errors import ConfigError
 from .errors import StartupError
-from .network.inherit import InheritedSockets
+from .network.inherit import InheritedSockets, is_listening
+from .upgrade import ADMIN
 
 log = logging.getLogger("trio_mesh.workers")
 
@@ -73,6 +76,7 @@ def claim(inherited: InheritedSockets, config: MeshConfig) -> InheritedSockets:
     """The activated sockets the listeners of ``config`` take, by listener name (what each
     worker's server takes again from its copy); the others are closed with a warning."""
     claimed = InheritedSockets()
+    inherited.reserved = {lst.name for lst in config.listeners}
     try:
         for lst in config.listeners:
             if lst.bind_port:
@@ -106,7 +110,7 @@ class AdminSockets:
     socket in a fresh 0700 directory, and the admin listener (a port 0 becomes a real one,
     kept across restarts of the admin process)."""
 
-    def __init__(self, config: MeshConfig) -> None:
+    def __init__(self, config: MeshConfig, inherited: InheritedSockets | None = None) -> None:
         self.directory = tempfile.mkdtemp(prefix="trio-mesh-")  # 0700, ours alone
         self.path = os.path.join(self.directory, "control.sock")
         self.control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -116,7 +120,10 @@ class AdminSockets:
             self.control.bind(self.path)
             self.control.listen(64)
             if config.admin is not None:
-                self.admin = _listen(config.admin.address)
+                if inherited is not None:  # a hot upgrade: the old supervisor's
+                    self.admin = inherited.take(ADMIN, config.admin.address)
+                if self.admin is None:
+                    self.admin = _listen(config.admin.address)
                 port = self.admin.getsockname()[1]
                 address = Address(host=config.admin.address.host, port=port)
                 admin = attrs.evolve(config.admin, address=address)
@@ -191,12 +198,15 @@ class Supervisor:
         watchdog: float | None = None,
         status: str = "serving",
         inherited: InheritedSockets | None = None,
+        own_sockets: bool = False,
+        upgrade_path: str | None = None,
+        document: Any = None,
     ) -> None:
+        """``own_sockets``: bind every listener here, the workers inherit the sockets (else
+        each worker binds its own with SO_REUSEPORT). ``upgrade_path``: take the sockets of
+        the supervisor serving it (a hot upgrade), then serve it once every worker is ready;
+        ``document``: the configuration document handed on (``inherit_old_mosnconfig``)."""
         self.started = time.monotonic()
-        #: Activated sockets (``claim``): held here across worker restarts, closed at exit.
-        self.inherited = inherited
-        taken = frozenset(inherited.by_name) if inherited is not None else frozenset()
-        self.config, self.held = reserve_ports(config, taken)
         #: systemd's WatchdogSec=: WATCHDOG=1 every half of it while every worker's last
         #: ``A`` is recent (``alive``: pid -> monotonic time; a spawn counts as one).
         self.watchdog = watchdog
@@ -207,6 +217,38 @@ class Supervisor:
         #: The workers whose ``H`` a reload still waits for (``None``: no reload running).
         self.reloading: set[int] | None = None
         self._messages = b""
+        self.upgrade_path = upgrade_path
+        self.document = document
+        self.upgrades: Any = None  # upgrade.blocking.BlockingUpgradeServer, once all are ready
+        self.takeover: Any = None  # upgrade.blocking.BlockingTakeover until we are ready
+        #: The listening sockets the workers inherit, by listener name: every listener's
+        #: (``own_sockets``), else those systemd passed (``claim``); held here across worker
+        #: restarts, closed at exit.
+        self.listening: dict[str, socket.socket] = {}
+        self.held: list[socket.socket] = []
+        try:
+            if upgrade_path is not None:
+                from .upgrade.blocking import take_over_blocking
+
+                want = config.inherit_old_mosnconfig
+                self.takeover = take_over_blocking(upgrade_path, config, want_config=want)
+                if self.takeover is not None:
+                    if inherited is None:
+                        inherited = self.takeover.inherited
+                    else:  # started by systemd while another supervisor serves: systemd's first
+                        inherited.merge(self.takeover.inherited)
+                    if want:
+                        config = self._inherit_config(config)
+            if own_sockets:
+                self.config = self._listen(config, inherited)
+            else:
+                if inherited is not None:
+                    self.listening = dict(claim(inherited, config).by_name)
+                taken = frozenset(self.listening)
+                self.config, self.held = reserve_ports(config, taken)
+        except BaseException:
+            self._abandon(inherited)
+            raise
         self.workers = workers
         self.serve = serve
         self.notify = notify
@@ -215,12 +257,13 @@ class Supervisor:
         self.admin_serve = admin_serve
         if workers > 1 and needs_admin_process(config):
             try:
-                self.admin = AdminSockets(self.config)
+                self.admin = AdminSockets(self.config, inherited)
             except BaseException:
-                for s in self.held:
-                    s.close()
+                self._abandon(inherited)
                 raise
             self.config = self.admin.config
+        if inherited is not None:
+            inherited.close_leftovers()  # the old supervisor closes its own after its drain
         #: Children that say they are ready (the admin process too) before READY=1.
         self.expected = workers + (self.admin is not None)
         self.children: dict[int, int] = {}  # pid -> slot
@@ -235,6 +278,79 @@ class Supervisor:
         # The children's writes must never block their event loops (``tell_supervisor``).
         os.set_blocking(self.ready_w, False)
 
+    def _abandon(self, inherited: InheritedSockets | None) -> None:
+        """A failed start: close every socket we hold or were handed (the old supervisor of
+        a hot upgrade serves on with its own)."""
+        self._close_sockets()
+        if inherited is not None:
+            for sock in inherited.leftovers():
+                sock.close()
+        if self.takeover is not None:
+            self.takeover.abort()
+
+    def _inherit_config(self, config: MeshConfig) -> MeshConfig:
+        assert self.takeover is not None
+        try:
+            loaded = parse_config(self.takeover.document)
+        except ConfigError as exc:
+            self.takeover.abort()
+            for line in exc.errors:
+                log.error("inherit_old_mosnconfig: the old process's configuration: %s", line)
+            raise StartupError(
+                "inherit_old_mosnconfig: the old process's configuration is invalid"
+            ) from None
+        log.info("inherit_old_mosnconfig: running the old process's configuration")
+        self.document = self.takeover.document
+        return loaded.config
+
+    def _listen(self, config: MeshConfig, inherited: InheritedSockets | None) -> MeshConfig:
+        """Bind (or take) every listener's socket; a port 0 becomes the real one."""
+        from .upgrade.blocking import bind_listener
+
+        if inherited is not None:
+            inherited.reserved = {lst.name for lst in config.listeners}
+        servers = []
+        for server in config.servers:
+            listeners = []
+            for lst in server.listeners:
+                if lst.bind_port:
+                    sock = inherited.take(lst.name, lst.address) if inherited else None
+                    if sock is None:
+                        sock = bind_listener(lst.name, lst.address)
+                    self.listening[lst.name] = sock
+                    port = sock.getsockname()[1]
+                    if port != lst.address.port:
+                        lst = attrs.evolve(lst, address=Address(host=lst.address.host, port=port))
+                listeners.append(lst)
+            servers.append(attrs.evolve(server, listeners=tuple(listeners)))
+        return attrs.evolve(config, servers=tuple(servers))
+
+    def _close_sockets(self) -> None:
+        for s in [*self.held, *self.listening.values()]:
+            s.close()
+
+    def _handed(self) -> list[tuple[str, socket.socket]]:
+        """What a hot upgrade hands over: every listener's socket (still listening: not a
+        listener a reload removed) and the admin port's."""
+        handed = [(name, s) for name, s in self.listening.items() if is_listening(s)]
+        if self.admin is not None and self.admin.admin is not None:
+            handed.append((ADMIN, self.admin.admin))
+        return handed
+
+    def _all_ready(self) -> None:
+        """Every child is ready: the old supervisor (a hot upgrade) may go; then the next
+        upgrade finds us."""
+        if self.takeover is not None:
+            self.takeover.ready()
+            self.takeover = None
+        if self.upgrade_path is not None and self.upgrades is None:
+            from .upgrade.blocking import BlockingUpgradeServer
+
+            self.upgrades = BlockingUpgradeServer(
+                self.upgrade_path, self._handed, lambda: self.document
+            )
+            self.upgrades.open()
+
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _FORWARDED}
         try:
@@ -247,11 +363,11 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            for s in self.held:
-                s.close()
-            if self.inherited is not None:
-                for s in self.inherited.leftovers():
-                    s.close()
+            self._close_sockets()
+            if self.upgrades is not None:
+                self.upgrades.close()
+            if self.takeover is not None:  # never ready: the old supervisor serves on
+                self.takeover.abort()
             if self.admin is not None:
                 self.admin.close()
             os.close(self.ready_r)
@@ -302,6 +418,7 @@ class Supervisor:
                     signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
                     for s in self.held:
                         s.close()
+                    self._close_upgrade_sockets()
                     os.close(self.ready_r)
                     code = self._child(slot)
                 except BaseException:
@@ -319,18 +436,31 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
         log.info("%s started (pid %d)", self._name(slot), pid)
 
+    def _close_upgrade_sockets(self) -> None:
+        # A worker has no part in an upgrade: only the supervisor's link may tell the old
+        # one we are ready (or, closing, that we failed).
+        if self.upgrades is not None:
+            for s in self.upgrades.waitables():
+                s.close()
+        if self.takeover is not None:
+            self.takeover.link.sock.close()
+
     def _name(self, slot: int) -> str:
         return "admin process" if slot == self.workers else f"worker {slot}"
 
     def _child(self, slot: int) -> int:
         """In the forked child: be worker ``slot`` or the admin process."""
         tag_log_lines(f"[{self._name(slot)}] ")
+        extra: dict[str, Any] = {}
+        if self.listening:
+            # Not one a reload removed (its drain shut it down): that one is bound anew.
+            live = {name: s for name, s in self.listening.items() if is_listening(s)}
+            extra["inherited"] = InheritedSockets(by_name=live)
         if self.admin is None:
-            return self.serve(self.config, self.ready_w)
+            return self.serve(self.config, self.ready_w, **extra)
         if slot == self.workers:
-            if self.inherited is not None:  # the workers' sockets: not the admin process's
-                for s in self.inherited.leftovers():
-                    s.close()
+            for s in self.listening.values():  # the workers' sockets: not the admin process's
+                s.close()
             serve = self.admin_serve or _default_admin_serve
             admin = self.admin
             return serve(
@@ -338,7 +468,7 @@ class Supervisor:
             )
         for s in self.admin.sockets():
             s.close()
-        return self.serve(self.config, self.ready_w, AdminLink(self.admin.path, slot))
+        return self.serve(self.config, self.ready_w, AdminLink(self.admin.path, slot), **extra)
 
     def _poll(self) -> None:
         wait = 0.2
@@ -346,9 +476,29 @@ class Supervisor:
             wait = max(0.0, min(wait, min(self.restarts.values()) - time.monotonic()))
         if self.watchdog is not None:
             wait = max(0.0, min(wait, self.next_ping - time.monotonic()))
-        readable, _, _ = select.select([self.ready_r], [], [], wait)
-        if readable:
+        upgrade_socks = self.upgrades.waitables() if self.upgrades is not None else []
+        readable, _, _ = select.select([self.ready_r, *upgrade_socks], [], [], wait)
+        if self.ready_r in readable:
             self._read_messages(os.read(self.ready_r, 4096))
+        if self.upgrades is not None:
+            for sock in readable:
+                if sock is not self.ready_r:
+                    self.upgrades.handle(sock)
+            self.upgrades.expire()
+            if self.upgrades.handed is not None and not self.stopping:
+                workers = sum(1 for slot in self.children.values() if slot < self.workers)
+                log.info(
+                    "upgraded: pid %d took over; stopping %d worker(s) (they drain)",
+                    self.upgrades.handed.pid,
+                    workers,
+                )
+                self.notify(systemd.stopping())
+                self.stopping = True
+                # Workers drain without shutting the sockets down (the new ones accept on
+                # them); the admin process just stops.
+                for pid, slot in list(self.children.items()):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGUSR2 if slot < self.workers else signal.SIGTERM)
         self._reap()
         self._check_reloaded()
         if self.watchdog is not None and time.monotonic() >= self.next_ping:
@@ -384,6 +534,7 @@ class Supervisor:
             if self.ready == self.expected:
                 log.info("all %d workers ready", self.workers)
                 self.notify(systemd.ready(self.status))
+                self._all_ready()
         self._messages = buf[at:]
 
     def _check_reloaded(self) -> None:

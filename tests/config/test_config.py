@@ -712,8 +712,9 @@ def test_several_errors_are_reported_together() -> None:
     assert_errors(
         doc,
         [
-            "bogus: unknown key (known keys: admin, cluster_manager, dynamic_resources, extends,"
-            " metrics, node, servers, static_resources, tracing, xds)",
+            "bogus: unknown key (known keys: admin, cluster_manager, disable_upgrade,"
+            " dynamic_resources, extends, inherit_old_mosnconfig, metrics, node, servers,"
+            " static_resources, tracing, xds)",
             f"{L0}.address: expected host:port, got '80'",
             f"{F0}[0].config.idle_timeout: {DURATION} 5",
             f"{F0}[0].config.cluster: unknown cluster 'gone' (defined: up)",

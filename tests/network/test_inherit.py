@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 
 import pytest
 
 from trio_mesh.config import Address
 from trio_mesh.errors import StartupError
-from trio_mesh.network.inherit import InheritedSockets
+from trio_mesh.network.inherit import InheritedSockets, address_key, is_shared, mark_shared
 
 
 def listening(host: str = "127.0.0.1", family: socket.AddressFamily = socket.AF_INET):
@@ -140,3 +141,31 @@ def test_a_socket_named_for_one_listener_is_not_taken_by_another_s_address() -> 
     assert inherited.take("first", Address("127.0.0.1", port)) is None
     assert inherited.take("admin_side", Address("127.0.0.1", 1)) is sock
     sock.close()
+
+
+def test_address_keys_compare_addresses_as_getsockname_gives_them() -> None:
+    assert address_key("[::1]", 80) == address_key("0:0::1", 80) == ("::1", 80)
+    assert address_key("::ffff:127.0.0.1", 80) == ("127.0.0.1", 80)
+    assert address_key("fe80::1%eth0", 80) == ("fe80::1", 80)
+    assert address_key("localhost", 80) == ("localhost", 80)  # a name is never resolved
+
+
+def test_merge_keeps_ours_first_and_closes_a_copy_nobody_can_take() -> None:
+    with listening() as ours, listening() as theirs, listening() as other:
+        mine = InheritedSockets.of([("ingress", ours)])
+        # The old process of an upgrade names a socket on our port "ingress" too (its own
+        # copy of it), and hands one more over.
+        dup = socket.socket(fileno=os.dup(ours.fileno()))
+        upgrade = InheritedSockets.of([("ingress", dup), ("admin", other)])
+        mine.merge(upgrade)
+        assert dup.fileno() == -1  # named and addressed as ours: a copy, closed
+        assert upgrade.leftovers() == []
+        assert mine.take("ingress", Address("127.0.0.1", 1)) is ours
+        assert mine.take("admin", Address("127.0.0.1", 1)) is other
+        assert mine.take("x", Address("127.0.0.1", theirs.getsockname()[1])) is None
+
+
+def test_the_shared_mark_is_per_socket() -> None:
+    with listening() as a, listening() as b:
+        mark_shared(a)
+        assert is_shared(a) and not is_shared(b)

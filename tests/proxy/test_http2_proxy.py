@@ -1469,8 +1469,26 @@ async def test_drain_sends_goaway_and_finishes_the_stream_in_flight(
             nursery.start_soon(drain)
             await client.wait_until(lambda: client.goaway is not None)
             assert client.goaway.error_code == ErrorCodes.NO_ERROR
-            assert client.goaway.last_stream_id == sid
-            # A stream opened after the GOAWAY is refused, and never reaches the upstream.
+            # First the announcement (RFC 9113 6.8): a stream the client sent before it read
+            # it is still served.
+            assert client.goaway.last_stream_id == 2**31 - 1
+            early = await client.send_raw_headers(
+                [
+                    (":method", "GET"),
+                    (":scheme", "http"),
+                    (":authority", "x"),
+                    (":path", "/echo?early"),
+                ]
+            )
+            # (sent by hand past the client's own GOAWAY check: its frames come raw)
+            await client.wait_until(lambda: client.streams[early].raw_frames)
+            assert client.streams[early].raw_frames[0].type == 0x1  # HEADERS: answered
+            await up.wait_until(lambda: len(up.requests) == 2)
+            # Then the GOAWAY naming the last stream taken.
+            await client.wait_until(lambda: client.goaway.last_stream_id != 2**31 - 1)
+            assert client.goaway.error_code == ErrorCodes.NO_ERROR
+            assert client.goaway.last_stream_id == early
+            # A stream opened after that GOAWAY is refused, and never reaches the upstream.
             late = await client.send_raw_headers(
                 [
                     (":method", "GET"),
@@ -1492,7 +1510,7 @@ async def test_drain_sends_goaway_and_finishes_the_stream_in_flight(
             await drained.wait()
             await client.wait_closed()
     assert outcome["finished"] is True
-    assert [p for p, _ in up.requests] == ["/echo"]
+    assert [p for p, _ in up.requests] == ["/echo", "/echo?early"]
 
 
 async def test_drain_closes_an_idle_h2_connection_at_once(nursery: trio.Nursery) -> None:

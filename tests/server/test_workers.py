@@ -121,7 +121,9 @@ def test_workers_must_be_positive(tmp_path):
         proxy.close()
 
 
-def test_a_worker_failing_at_start_up_stops_them_all_with_exit_1(tmp_path):
+def test_a_busy_port_stops_start_up_with_exit_1_before_any_worker(tmp_path):
+    """The supervisor binds the listeners its workers inherit: a port in use is found
+    there, before any worker starts."""
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
@@ -136,8 +138,8 @@ def test_a_worker_failing_at_start_up_stops_them_all_with_exit_1(tmp_path):
     try:
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 1
-        assert "Address already in use" in err
-        assert "during start-up; stopping" in err
+        assert f"listener 'e' cannot listen on 127.0.0.1:{port}: Address already in use" in err
+        assert "worker 0 started" not in err
         assert "restarting" not in err
     finally:
         taken.close()

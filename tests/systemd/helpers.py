@@ -81,7 +81,9 @@ class Notify:
 class Child(Proxy):
     """``Proxy``'s line reading and waiting, for any command line and environment."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...] = ()
+    ) -> None:
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self.proc = subprocess.Popen(
@@ -91,6 +93,7 @@ class Child(Proxy):
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            pass_fds=pass_fds,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

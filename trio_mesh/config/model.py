@@ -354,6 +354,12 @@ class MeshConfig:
     xds: XdsShort | None = None
     #: MOSN's extensions (``config.registry``: ``dubbo_registry``).
     extends: tuple[ExtendConfig, ...] = ()
+    #: MOSN's hot upgrade keys (``trio_mesh.upgrade``): ``disable_upgrade``, serve no upgrade
+    #: socket and take no sockets from a running process (a plain start);
+    #: ``inherit_old_mosnconfig``, an upgrade runs the old process's configuration document
+    #: instead of this file's.
+    disable_upgrade: bool = False
+    inherit_old_mosnconfig: bool = False
 
     MOSN_PENDING: ClassVar[frozenset[str]] = frozenset(
         {
@@ -362,8 +368,6 @@ class MeshConfig:
             "plugin",
             "third_part_codec",
             "close_graceful",
-            "inherit_old_mosnconfig",
-            "disable_upgrade",
             "wasm_global_plugins",
             "debug",
         }

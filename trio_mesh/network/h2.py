@@ -45,6 +45,7 @@ log = logging.getLogger("trio_mesh.h2")
 # a peer decides how often these happen: one line a second at most, for all connections
 _error_log = ThrottledLog(log)
 _checkpoint = trio.lowlevel.checkpoint
+MAX_STREAM_ID = 2**31 - 1
 # once reading is over, what is queued (a GOAWAY) gets this long to reach the socket
 FLUSH_TIMEOUT = 1.0
 
@@ -546,6 +547,14 @@ class H2Endpoint:
 
     def is_idle(self) -> bool:
         return not self.channels
+
+    def announce_drain(self) -> None:
+        """The first of a graceful shutdown's two GOAWAYs (RFC 9113 6.8): the highest stream
+        id, so the client stops opening streams while the ones already on their way are
+        still served; ``start_drain`` sends the real one a round trip later."""
+        if not self.draining and self.dead is None:
+            self.codec.goaway(ErrorCode.NO_ERROR, last_stream_id=MAX_STREAM_ID)
+            self._wake_writer()
 
     def start_drain(self) -> None:
         """Send GOAWAY (NO_ERROR, the last stream we accepted): streams in flight finish,

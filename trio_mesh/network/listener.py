@@ -15,6 +15,7 @@ from ..config import Address
 from ..errors import StartupError
 from ..stats import ListenerStats
 from .connection import Connection, IdleTimer
+from .inherit import is_shared
 from .original_dst import is_loop, read_original_dst
 from .stream import Stream
 
@@ -101,21 +102,33 @@ class ListenerRuntime:
         self._scope = trio.CancelScope()  # close_now: every connection
         self._changed = trio.lowlevel.ParkingLot()  # a connection ended
 
-    def drain(self) -> None:
+    def drain(self, *, keep_socket: bool = False) -> None:
         """Stop accepting and ask every connection to finish: each closes once its requests
-        in flight are answered (HTTP/2 sends GOAWAY first; idle ones close now)."""
+        in flight are answered (HTTP/2 sends GOAWAY first; idle ones close now).
+        ``keep_socket``: see ``stop_accepting``."""
         if self.draining:
             return
-        self.stop_accepting()
+        self.stop_accepting(keep_socket=keep_socket)
         self.draining = True
         for conn in list(self.connections):
             conn.drain()
 
-    def stop_accepting(self) -> None:
-        """Close the listening socket now; the connections already accepted go on."""
+    def stop_accepting(self, *, keep_socket: bool = False) -> None:
+        """Close the listening socket now; the connections already accepted go on.
+
+        The socket may be shared (``--workers``: the supervisor and every worker hold it):
+        it is shut down, so that the port refuses connections for every holder instead of
+        queueing them for nobody; ``keep_socket`` (a hot upgrade: the new process accepts
+        on it now) only closes our descriptor, and so does a socket systemd passed
+        (``is_shared``: systemd keeps it for the next start, which serves what queues)."""
         self.accepting = False
         self._accept_scope.cancel()
         if self.sock.fileno() != -1:
+            if not keep_socket and not is_shared(self.sock):
+                try:
+                    self.sock.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
             # Refuse new connections from now on (the accept loop no longer waits on it).
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
@@ -163,6 +176,8 @@ class ListenerRuntime:
             except OSError as exc:
                 if exc.errno in _TRANSIENT_ERRNOS:
                     continue  # that one client is gone; the listener is fine
+                if exc.errno == errno.EINVAL:
+                    return  # shut down by another holder of the socket (a worker's drain)
                 if exc.errno not in _OVERLOAD_ERRNOS:
                     raise
                 stats.downstream_accept_error += 1

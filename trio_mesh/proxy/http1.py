@@ -334,8 +334,13 @@ class _Session:
                 self._done(info)
             conn = self.conn
             conn.busy = False
-            if not keep or (conn.draining and not self._request_begun()):
-                return  # draining: what had arrived (pipelined requests) is served first
+            if not keep:
+                return
+            if conn.draining and not self._request_begun():
+                # The drain began after this response's head promised keep-alive: its client
+                # may be sending the next request now, and closing would reset it. That one
+                # is waited for (the drain's idle grace) and answered with Connection: close.
+                conn.idle.shorten(conn.drain_grace)
             self.conn.idle.touch()
             served += 1
 

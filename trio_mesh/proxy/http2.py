@@ -56,6 +56,9 @@ from .xfcc import DROP, ConnectionXfcc, XfccPolicy
 
 log = logging.getLogger("trio_mesh.proxy.http2")
 
+#: Between a drain's two GOAWAYs: the client's requests sent before it read the first one
+#: arrive and are served (a round trip; a loaded client reads late).
+DRAIN_GOAWAY_GRACE = 1.0
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 #: `_Stream.request` until the request head parsed (a bad head is answered 400 from it).
@@ -109,6 +112,13 @@ class Http2Proxy(ProxyCore):
                 nursery.start_soon(self._stream, ep, conn, sid, event, xfcc)
 
             def on_drain(_: Connection) -> None:
+                # A GOAWAY naming the last stream seen would refuse the requests the client
+                # sent before reading it: announce first, refuse only a grace later.
+                ep.announce_drain()
+                nursery.start_soon(finish_drain)
+
+            async def finish_drain() -> None:
+                await trio.sleep(DRAIN_GOAWAY_GRACE)
                 ep.start_drain()  # GOAWAY: streams in flight finish, no new ones
                 if ep.active_streams == 0:
                     ep.close()
@@ -121,6 +131,8 @@ class Http2Proxy(ProxyCore):
                 stats=self.stats,
             )
             conn.on_drain = on_drain
+            if conn.draining:  # drained while its protocol was being detected
+                on_drain(conn)
             await ep.run(prefix)
             # The connection is over: streams still waiting on their upstream are cut.
             nursery.cancel_scope.cancel()

@@ -14,7 +14,7 @@ import trio
 
 from ..config.filter_configs import Protocol, ProxyConfig
 from ..filters import BuildContext, NetworkFilter, register_network_filter
-from ..network.connection import Connection
+from ..network.connection import DRAIN_IDLE_GRACE, Connection
 from ..network.relay import CHUNK
 from ..protocols import xprotocol
 from ..protocols.detect import UnknownProtocol, detect
@@ -47,6 +47,9 @@ class AutoProxy:
         return self._serve(conn)
 
     async def _serve(self, conn: Connection) -> None:
+        # A drain while its first bytes are on their way (a hot upgrade's old process just
+        # accepted it) waits for them: closing now would reset the client's first request.
+        conn.drain_grace = DRAIN_IDLE_GRACE
         tls = conn.tls
         if tls is not None and tls.alpn is not None:
             # ALPN already said which HTTP the client speaks: no bytes to wait for.

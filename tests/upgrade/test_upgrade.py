@@ -1,0 +1,396 @@
+"""Hot upgrade, end to end: real ``trio-mesh run`` processes on one upgrade socket, clients
+keeping requests going across the upgrades."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cli_helpers import LISTENING, TIMEOUT, Proxy, is_free
+from tests.http_helpers import free_port
+from tests.upgrade.helpers import Load, mesh, start, upstream, write
+
+HANDED = re.compile(r"upgrade: handed (\d+) socket\(s\) to pid (\d+)")
+UPGRADED = re.compile(r"upgraded: pid (\d+) took over; draining")
+DRAINED = re.compile(r"INFO trio_mesh: drained$", re.MULTILINE)
+FAILED = re.compile(r"upgrade by pid (\d+) failed before ready")
+
+
+needs_nghttp = pytest.mark.skipif(
+    shutil.which("nghttp") is None, reason="HTTP/2 load needs nghttp (nghttp2-client)"
+)
+
+
+@pytest.fixture
+def up() -> object:
+    with upstream() as port:
+        yield port
+
+
+def _get(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+        s.sendall(b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+@needs_nghttp
+def test_three_upgrades_under_load_lose_no_request(tmp_path: Path, up: int) -> None:
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    sock = tmp_path / "upgrade.sock"
+    old = start(config, sock)
+    processes = [old]
+    try:
+        port = old.ready()["ingress"]
+        with Load(port) as load:
+            load.wait_for(50)
+            for _ in range(3):
+                new = start(config, sock)
+                processes.append(new)
+                # The new one serves on the old one's port (the same socket), port 0 or not.
+                assert new.ready() == {"ingress": port}
+                old.wait_for(UPGRADED)
+                assert old.finish() == 0, old.text
+                assert DRAINED.search(old.text), old.text
+                load.wait_for(50)  # the new one answers
+                old = new
+        assert load.failures == [], load.failures[:10]
+        assert load.ok > 200
+    finally:
+        for p in processes:
+            p.kill()
+
+
+def test_new_listeners_bound_fresh_dropped_ones_closed_after_the_drain(
+    tmp_path: Path, up: int
+) -> None:
+    kept, dropped, added = free_port(), free_port(), free_port()
+    first = write(
+        tmp_path, mesh(up, {"kept": f"127.0.0.1:{kept}", "dropped": f"127.0.0.1:{dropped}"})
+    )
+    second = write(
+        tmp_path,
+        mesh(up, {"kept": f"127.0.0.1:{kept}", "added": f"127.0.0.1:{added}"}),
+        "second.yaml",
+    )
+    sock = tmp_path / "upgrade.sock"
+    old = start(first, sock)
+    try:
+        assert old.ready() == {"kept": kept, "dropped": dropped}
+        new = start(second, sock)
+        try:
+            assert new.ready() == {"kept": kept, "added": added}
+            assert old.finish() == 0, old.text
+            assert HANDED.search(old.text)[1] == "2"  # type: ignore[index]
+            assert b"200 OK" in _get(kept)
+            assert b"200 OK" in _get(added)
+            # The old process closed the listener the new configuration dropped.
+            assert is_free(dropped)
+        finally:
+            new.kill()
+    finally:
+        old.kill()
+
+
+def test_the_new_process_serves_the_socket_for_the_next_upgrade(tmp_path: Path, up: int) -> None:
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    sock = tmp_path / "upgrade.sock"
+    old = start(config, sock)
+    try:
+        port = old.ready()["ingress"]
+        new = start(config, sock)
+        try:
+            new.ready()
+            assert old.finish() == 0
+            # The file is the new process's: the old one left it in place on its way out.
+            assert sock.is_socket()
+            third = start(config, sock)
+            try:
+                assert third.ready() == {"ingress": port}
+                assert new.finish() == 0, new.text
+                third.proc.send_signal(signal.SIGTERM)
+                assert third.finish() == 0
+            finally:
+                third.kill()
+        finally:
+            new.kill()
+    finally:
+        old.kill()
+    assert not sock.exists()  # the last one removed its socket when it stopped
+
+
+def test_a_bad_config_fails_before_connecting_and_the_old_one_serves_on(
+    tmp_path: Path, up: int
+) -> None:
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    bad = write(tmp_path, {"servers": [{"listeners": [{"name": "x"}]}]}, "bad.yaml")
+    sock = tmp_path / "upgrade.sock"
+    old = start(config, sock)
+    try:
+        port = old.ready()["ingress"]
+        new = start(bad, sock)
+        try:
+            assert new.finish() == 1
+        finally:
+            new.kill()
+        assert "address" in new.text
+        assert "handed" not in "\n".join(old.lines)
+        assert b"200 OK" in _get(port)
+        assert old.proc.poll() is None
+    finally:
+        old.kill()
+
+
+def test_a_new_process_failing_before_ready_leaves_the_old_one_serving(
+    tmp_path: Path, up: int
+) -> None:
+    """It takes the sockets, then cannot bind a listener of its own (a busy port): it exits
+    1; the old one still accepts on its copies, and a later upgrade works."""
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        failing = write(
+            tmp_path,
+            mesh(up, {"ingress": "127.0.0.1:0", "busy": f"127.0.0.1:{taken}"}),
+            "failing.yaml",
+        )
+        sock = tmp_path / "upgrade.sock"
+        old = start(config, sock)
+        processes = [old]
+        try:
+            port = old.ready()["ingress"]
+            with Load(port, ("keepalive", "fresh")) as load:
+                load.wait_for(20)
+                new = start(failing, sock)
+                processes.append(new)
+                assert new.finish() == 1
+                assert "cannot listen" in new.text
+                old.wait_for(FAILED)
+                load.wait_for(20)
+                good = start(config, sock)
+                processes.append(good)
+                assert good.ready() == {"ingress": port}
+                assert old.finish() == 0
+                load.wait_for(20)
+            assert load.failures == [], load.failures[:10]
+        finally:
+            for p in processes:
+                p.kill()
+
+
+TAKER = """
+import sys, trio
+from trio_mesh.config import parse_config
+from trio_mesh.upgrade import take_over
+
+async def main():
+    taken = await take_over(sys.argv[1], parse_config({}).config, want_config=False)
+    print(len(taken.inherited.leftovers()), flush=True)
+    await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+def test_a_new_process_killed_before_ready_leaves_the_old_one_serving(
+    tmp_path: Path, up: int
+) -> None:
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    sock = tmp_path / "upgrade.sock"
+    old = start(config, sock)
+    try:
+        port = old.ready()["ingress"]
+        with Load(port, ("keepalive", "fresh")) as load:
+            taker = subprocess.Popen(
+                [sys.executable, "-c", TAKER, str(sock)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert taker.stdout is not None
+                assert taker.stdout.readline().strip() == "1"  # it holds the socket now
+                load.wait_for(20)
+                taker.kill()  # before ready
+                taker.wait(TIMEOUT)
+            finally:
+                taker.kill()
+                taker.wait(TIMEOUT)
+                if taker.stdout is not None:
+                    taker.stdout.close()
+            old.wait_for(FAILED)
+            load.wait_for(20)
+        assert load.failures == []
+        assert old.proc.poll() is None
+    finally:
+        old.kill()
+
+
+def test_disable_upgrade_is_a_plain_start(tmp_path: Path, up: int) -> None:
+    port = free_port()
+    doc = mesh(up, {"ingress": f"127.0.0.1:{port}"}, disable_upgrade=True)
+    config = write(tmp_path, doc)
+    sock = tmp_path / "upgrade.sock"
+    old = start(config, sock)
+    try:
+        assert old.ready() == {"ingress": port}
+        assert not sock.exists()  # no upgrade socket served
+        # A second one neither asks nor inherits: the busy port fails it, as ever.
+        new = start(config, sock)
+        try:
+            assert new.finish() == 1
+        finally:
+            new.kill()
+        assert "cannot listen" in new.text
+        assert b"200 OK" in _get(port)
+    finally:
+        old.kill()
+
+
+def test_inherit_old_mosnconfig_runs_the_old_configuration(tmp_path: Path, up: int) -> None:
+    other = free_port()
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    # Its own file names another listener: with inherit_old_mosnconfig it is not used.
+    own = mesh(up, {"other": f"127.0.0.1:{other}"}, inherit_old_mosnconfig=True)
+    second = write(tmp_path, own, "second.yaml")
+    sock = tmp_path / "upgrade.sock"
+    old = start(config, sock)
+    try:
+        port = old.ready()["ingress"]
+        new = start(second, sock)
+        try:
+            assert new.ready() == {"ingress": port}
+            assert "running the old process's configuration" in new.text
+            assert old.finish() == 0
+            assert is_free(other)
+            assert b"200 OK" in _get(port)
+        finally:
+            new.kill()
+    finally:
+        old.kill()
+
+
+def test_a_stale_socket_file_is_a_plain_start(tmp_path: Path, up: int) -> None:
+    sock = tmp_path / "upgrade.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(sock))  # bound, never listening, then closed: nobody behind it
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    p = start(config, sock)
+    try:
+        port = p.ready()["ingress"]
+        assert b"200 OK" in _get(port)
+        assert "handed over" not in p.text
+        # It replaced the stale file with its own socket.
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(str(sock))
+    finally:
+        p.kill()
+
+
+ALL_READY = re.compile(r"all \d+ workers ready$")
+
+
+def _workers_ready(p: object) -> int:
+    """Wait until the supervisor says every worker is ready: the listener's port."""
+    p.wait_for(ALL_READY)  # type: ignore[attr-defined]
+    ports = {int(m["port"]) for line in p.lines if (m := LISTENING.search(line))}  # type: ignore[attr-defined]
+    assert len(ports) == 1, ports
+    return ports.pop()
+
+
+@needs_nghttp
+def test_workers_three_upgrades_under_load_lose_no_request(tmp_path: Path, up: int) -> None:
+    """The supervisor holds the sockets, its workers inherit them; the new supervisor takes
+    them, its workers are ready, the old workers drain and the old supervisor exits 0."""
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    sock = tmp_path / "upgrade.sock"
+    old = start(config, sock, "--workers", "2")
+    processes = [old]
+    try:
+        port = _workers_ready(old)
+        with Load(port) as load:
+            load.wait_for(50)
+            for _ in range(3):
+                new = start(config, sock, "--workers", "2")
+                processes.append(new)
+                assert _workers_ready(new) == port
+                old.wait_for(re.compile(r"upgraded: pid \d+ took over; stopping 2 worker"))
+                assert old.finish() == 0, old.text
+                load.wait_for(50)
+                old = new
+        assert load.failures == [], load.failures[:10]
+    finally:
+        for p in processes:
+            p.kill()
+
+
+def test_workers_a_new_supervisor_failing_before_ready_leaves_the_old_one_serving(
+    tmp_path: Path, up: int
+) -> None:
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        failing = write(
+            tmp_path,
+            mesh(up, {"ingress": "127.0.0.1:0", "busy": f"127.0.0.1:{taken}"}),
+            "failing.yaml",
+        )
+        sock = tmp_path / "upgrade.sock"
+        old = start(config, sock, "--workers", "2")
+        try:
+            port = _workers_ready(old)
+            new = start(failing, sock, "--workers", "2")
+            try:
+                assert new.finish() == 1
+            finally:
+                new.kill()
+            assert "cannot listen" in new.text
+            old.wait_for(FAILED)
+            assert b"200 OK" in _get(port)
+            assert old.proc.poll() is None
+        finally:
+            old.kill()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_admin_port_is_handed_over_too(tmp_path: Path, up: int, workers: int) -> None:
+    """The admin listener's socket goes with the others: the new process binds no admin
+    port of its own (it would fail: the old one holds it until its drain ends)."""
+    admin_port = free_port()
+    admin = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}}
+    config = write(tmp_path, {**mesh(up, {"ingress": "127.0.0.1:0"}), "admin": admin})
+    sock = tmp_path / "upgrade.sock"
+    extra = ("--workers", str(workers)) if workers > 1 else ()
+    ready = _workers_ready if workers > 1 else Proxy.ready
+    old = start(config, sock, *extra)
+    new = None
+    try:
+        ready(old)
+        new = start(config, sock, *extra)
+        ready(new)
+        assert old.finish() == 0
+        assert "cannot listen" not in new.text
+        with socket.create_connection(("127.0.0.1", admin_port), timeout=TIMEOUT) as s:
+            s.sendall(b"GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        new.proc.send_signal(signal.SIGTERM)
+        assert new.finish() == 0
+    finally:
+        old.kill()
+        if new is not None:
+            new.kill()
