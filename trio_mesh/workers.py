@@ -1,8 +1,11 @@
-"""``--workers N``: N forked processes serving every listener through SO_REUSEPORT.
+"""``--workers N``: N forked processes serving every listener on shared sockets.
 
-The parent runs no Trio loop: it binds nothing it serves, forks the workers, restarts one that
-dies unasked, forwards SIGTERM/SIGINT/SIGHUP, tells systemd READY=1 once every worker is
-listening, and exits when all workers are gone.
+The parent runs no Trio loop: it binds every listener's socket (or takes the ones systemd
+passed, or the old supervisor's in a hot upgrade, and serves the upgrade socket from its
+select loop), forks the workers that inherit and all accept on them, restarts one that dies
+unasked, forwards SIGTERM/SIGINT/SIGHUP, tells systemd READY=1 once every worker is
+listening, and exits when all workers are gone. (``Supervisor(own_sockets=False)``: each
+worker binds with SO_REUSEPORT, only systemd's sockets are held here.)
 
 It speaks to systemd for all of them (``trio_mesh.systemd``): READY=1 and STATUS=,
 RELOADING=1 on SIGHUP and READY=1 once every worker has reloaded, STOPPING=1, and with
@@ -203,9 +206,12 @@ class Supervisor:
         document: Any = None,
     ) -> None:
         """``own_sockets``: bind every listener here, the workers inherit the sockets (else
-        each worker binds its own with SO_REUSEPORT). ``upgrade_path``: take the sockets of
-        the supervisor serving it (a hot upgrade), then serve it once every worker is ready;
-        ``document``: the configuration document handed on (``inherit_old_mosnconfig``)."""
+        each worker binds its own with SO_REUSEPORT). ``inherited``: systemd's sockets
+        (taken before the old supervisor's; what no listener takes is closed).
+        ``upgrade_path``: take the sockets of the supervisor serving it (a hot upgrade),
+        then serve it once every worker is ready; ``document``: the configuration document
+        handed on (``inherit_old_mosnconfig``). ``watchdog``/``status``: systemd's
+        WatchdogSec= and the STATUS= text while serving."""
         self.started = time.monotonic()
         #: systemd's WatchdogSec=: WATCHDOG=1 every half of it while every worker's last
         #: ``A`` is recent (``alive``: pid -> monotonic time; a spawn counts as one).

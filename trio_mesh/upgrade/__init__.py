@@ -352,7 +352,10 @@ async def bind_upgrade_socket(path: str) -> trio.socket.SocketType:
     name, renamed over whatever is there: a stale file, or the old process's socket)."""
     prepare_directory(path)
     tmp = f"{path}.{os.getpid()}.tmp"
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:  # out of descriptors (a flood on the listeners): no upgrade socket, serving goes on
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UpgradeError(f"cannot serve it: {exc.strerror or exc}") from None
     try:
         try:
             os.unlink(tmp)
