@@ -725,7 +725,10 @@ class RegistryRuntime:
 
 def _request(ref: RegistryRef, service: ServiceRef) -> dict[str, Any]:
     """A ``/pub`` or ``/sub`` body for ``parse_request`` (credentials included)."""
-    return {"registry": attrs.asdict(ref), "service": attrs.asdict(service)}
+    return {
+        "registry": attrs.asdict(ref),
+        "service": {**attrs.asdict(service), "methods": list(service.methods)},
+    }
 
 
 def _public(ref: RegistryRef) -> dict[str, Any]:
