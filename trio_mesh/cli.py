@@ -353,8 +353,15 @@ async def _serve(
                 # port; with an admin block, one admin process serves them all, through
                 # ``link``.
                 worker = ready_fd is not None
+                # The old process's publications and subscriptions (a hot upgrade): made
+                # again by the server before it serves, so before the old one drains.
+                # Failures are logged; the upgrade proceeds.
                 server = Server(
-                    config, reuse_port=worker, serve_admin=not worker, inherited=inherited
+                    config,
+                    reuse_port=worker,
+                    serve_admin=not worker,
+                    inherited=inherited,
+                    registry_state=None if takeover is None else takeover.registry,
                 )
                 await nursery.start(server.run)
                 if watchdog is not None:
@@ -372,11 +379,6 @@ async def _serve(
                 if takeover is not None:
                     # LIVE (with xDS: warm) before the old process stops accepting.
                     await server.live.wait()
-                    if takeover.registry is not None and server.registry is not None:
-                        # The old process's publications and subscriptions, made here
-                        # before it drains: consumers always find a provider node, and the
-                        # routes are in place. Failures are logged; the upgrade proceeds.
-                        await server.registry.replay(takeover.registry)
                     await takeover.ready()
                     takeover = None
                 stop = trio.Event()

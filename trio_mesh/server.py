@@ -112,7 +112,11 @@ class Server:
         reuse_port: bool = False,
         serve_admin: bool = True,
         inherited: InheritedSockets | None = None,
+        registry_state: Any = None,
     ) -> None:
+        #: The registry state a hot upgrade handed over (``RegistryRuntime.handover_state``
+        #: of the old process): replayed once the registry runs, before the listeners serve.
+        self.registry_state = registry_state
         #: Listening sockets handed over (systemd's socket activation, a hot upgrade): a
         #: listener they match takes its socket instead of binding; the rest are closed
         #: once ``run`` has started.
@@ -417,6 +421,17 @@ class Server:
                 for logs in self.access_logs.values():
                     for access_log in logs:
                         await nursery.start(access_log.run)
+                self._nursery = nursery
+                if self.registry is not None and registry_sock is not None:
+                    self.registry_socket = registry_sock  # what a hot upgrade hands over
+                    await nursery.start(self._run_registry, registry_sock)
+                    registry_sock = None  # run_registry owns it now
+                    if self.registry_state is not None:
+                        # A hot upgrade's: replayed before any listener serves here (the
+                        # old process accepts on the shared sockets meanwhile), so no call
+                        # reaches this egress before its routes are in place.
+                        state, self.registry_state = self.registry_state, None
+                        await self.registry.replay(state)
                 for runtime in self.listeners.values():
                     await nursery.start(runtime.serve)
                     log.info(
@@ -424,11 +439,6 @@ class Server:
                         runtime.name,
                         format_hostport(*runtime.address),
                     )
-                self._nursery = nursery
-                if self.registry is not None and registry_sock is not None:
-                    self.registry_socket = registry_sock  # what a hot upgrade hands over
-                    await nursery.start(self._run_registry, registry_sock)
-                    registry_sock = None  # run_registry owns it now
                 settings = self.config.xds_settings()
                 if settings is not None:
                     # Imported only now: the Envoy types cost most of a second to load.

@@ -449,11 +449,11 @@ async def test_drain_unpublishes_before_the_listeners_drain(
         drain = ingress.drain
         asked: list[Any] = []
 
-        def drain_and_look() -> None:
+        def drain_and_look(**kwargs: bool) -> None:
             # When the listener begins to drain, the node must be gone already: a read sent
             # now (without blocking the event loop) is served after the delete was applied.
             asked.append(other.exists_async(node))
-            drain()
+            drain(**kwargs)
 
         ingress.drain = drain_and_look  # type: ignore[method-assign]
         assert await server.drain(5)

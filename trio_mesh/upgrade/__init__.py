@@ -355,7 +355,7 @@ class UpgradeServer:
         try:
             if registry is not None:
                 # The credentials go too (the new process logs in as we did): only to our
-                # own uid (SO_PEERCRED, checked above) over a socket in a 0700 directory.
+                # own uid (or root: SO_PEERCRED, checked above) over a socket in a 0700 directory.
                 # Bounded: the registry caps publications and subscriptions (and each
                 # request's size); a larger line than MAX_DOCUMENT fails the upgrade.
                 state = await registry.handover_state()
