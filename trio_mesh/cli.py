@@ -353,8 +353,15 @@ async def _serve(
                 # port; with an admin block, one admin process serves them all, through
                 # ``link``.
                 worker = ready_fd is not None
+                # The old process's publications and subscriptions (a hot upgrade): made
+                # again by the server before it serves, so before the old one drains.
+                # Failures are logged; the upgrade proceeds.
                 server = Server(
-                    config, reuse_port=worker, serve_admin=not worker, inherited=inherited
+                    config,
+                    reuse_port=worker,
+                    serve_admin=not worker,
+                    inherited=inherited,
+                    registry_state=None if takeover is None else takeover.registry,
                 )
                 await nursery.start(server.run)
                 if watchdog is not None:
@@ -433,10 +440,17 @@ async def _take_over(upgrade: Upgrade, config: MeshConfig) -> tuple[Any, MeshCon
     """The old process's sockets (``None``: nobody there), and the configuration to run:
     its document with ``inherit_old_mosnconfig``."""
     from .config import parse_config
+    from .config.registry import dubbo_registry_config
     from .errors import StartupError
     from .upgrade import take_over
 
-    takeover = await take_over(upgrade.path, config, want_config=config.inherit_old_mosnconfig)
+    want_config = config.inherit_old_mosnconfig
+    # The registry's state is asked for when this process will run a registry (with the old
+    # configuration: whenever the old process has one).
+    want_registry = want_config or dubbo_registry_config(config) is not None
+    takeover = await take_over(
+        upgrade.path, config, want_config=want_config, want_registry=want_registry
+    )
     if takeover is None or not config.inherit_old_mosnconfig:
         return takeover, config
     try:
@@ -464,15 +478,17 @@ async def _serve_upgrades(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the upgrade socket; an upgrade that completes stops this process (a drain)."""
-    from .upgrade import ADMIN, UpgradeServer
+    from .upgrade import ADMIN, REGISTRY, UpgradeServer
 
     def sockets() -> list[tuple[str, socket.socket]]:
         handed = [(name, runtime.sock) for name, runtime in server.listeners.items()]
         if server.admin_socket is not None:
             handed.append((ADMIN, server.admin_socket))
+        if server.registry_socket is not None:
+            handed.append((REGISTRY, server.registry_socket))
         return handed
 
-    upgrades = UpgradeServer(upgrade.path, sockets, lambda: upgrade.document)
+    upgrades = UpgradeServer(upgrade.path, sockets, lambda: upgrade.document, server.registry)
     async with trio.open_nursery() as nursery:
         await nursery.start(upgrades.run)
         task_status.started()

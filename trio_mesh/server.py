@@ -18,7 +18,7 @@ from .config.filter_configs import Protocol, ProxyConfig, ProxyProtocolConfig, i
 from .config.metrics_check import prometheus_sinks
 from .config.model import FilterChain
 from .config.registry import dubbo_registry_config
-from .config.scalars import format_hostport
+from .config.scalars import Address, format_hostport
 from .errors import StartupError
 from .filters import BuildContext, build_network_filter
 from .filters.background import Background
@@ -112,7 +112,11 @@ class Server:
         reuse_port: bool = False,
         serve_admin: bool = True,
         inherited: InheritedSockets | None = None,
+        registry_state: Any = None,
     ) -> None:
+        #: The registry state a hot upgrade handed over (``RegistryRuntime.handover_state``
+        #: of the old process): replayed once the registry runs, before the listeners serve.
+        self.registry_state = registry_state
         #: Listening sockets handed over (systemd's socket activation, a hot upgrade): a
         #: listener they match takes its socket instead of binding; the rest are closed
         #: once ``run`` has started.
@@ -143,6 +147,10 @@ class Server:
         self.admin_address: tuple[str, int] | None = None
         #: The admin API's listening socket while it serves (a hot upgrade hands it over).
         self.admin_socket: socket.socket | None = None
+        #: The registry API's listening socket while it serves (a hot upgrade hands it over).
+        self.registry_socket: socket.socket | None = None
+        #: Cancels the registry service and its API alone (after a hot upgrade).
+        self._registry_scope = trio.CancelScope()
         #: What the health_check filter and ``/ready`` answer from (``failed``, ``draining``).
         self.health = Health()
         # TLS contexts are built by ``run`` (in a thread, before any port is bound); a
@@ -230,8 +238,15 @@ class Server:
         self._listeners_stopped = True
         self.state = "DRAINING"
         deadline = trio.current_time() + timeout  # one bound for the whole drain
+        if self.registry is not None and handed_over:
+            # The new process serves the same ip:port (the shared listening socket) and has
+            # published anew (the upgrade's replay): unpublishing here would only take
+            # providers away (or, if the node names coincided, the new process's node). Our
+            # registry API and sessions stop now; our ephemeral nodes go with the sessions.
+            self.registry.draining = True
+            self._registry_scope.cancel()
         with trio.move_on_at(deadline):
-            if self.registry is not None:
+            if self.registry is not None and not handed_over:
                 # Consumers stop sending here before the listeners stop (MOSN's /unpub).
                 await self.registry.unpublish_all()
         for runtime in self.listeners.values():
@@ -371,7 +386,16 @@ class Server:
             if self.registry is not None:
                 from .registry.api import bind_api, open_log
 
-                registry_sock = await bind_api(self.registry.config)
+                if self.inherited is not None:
+                    api = self.registry.config
+                    registry_sock = self.inherited.take(
+                        "@registry",
+                        Address(api.api_host, api.api_port),  # upgrade.REGISTRY
+                    )
+                    if registry_sock is not None:
+                        log.info("registry API: using the socket handed over")
+                if registry_sock is None:
+                    registry_sock = await bind_api(self.registry.config)
                 registry_log = await open_log(self.registry.config)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pools.run)
@@ -397,6 +421,17 @@ class Server:
                 for logs in self.access_logs.values():
                     for access_log in logs:
                         await nursery.start(access_log.run)
+                self._nursery = nursery
+                if self.registry is not None and registry_sock is not None:
+                    self.registry_socket = registry_sock  # what a hot upgrade hands over
+                    await nursery.start(self._run_registry, registry_sock)
+                    registry_sock = None  # run_registry owns it now
+                    if self.registry_state is not None:
+                        # A hot upgrade's: replayed before any listener serves here (the
+                        # old process accepts on the shared sockets meanwhile), so no call
+                        # reaches this egress before its routes are in place.
+                        state, self.registry_state = self.registry_state, None
+                        await self.registry.replay(state)
                 for runtime in self.listeners.values():
                     await nursery.start(runtime.serve)
                     log.info(
@@ -404,12 +439,6 @@ class Server:
                         runtime.name,
                         format_hostport(*runtime.address),
                     )
-                self._nursery = nursery
-                if self.registry is not None and registry_sock is not None:
-                    from .registry.api import run_registry
-
-                    await nursery.start(run_registry, self.registry, registry_sock)
-                    registry_sock = None  # run_registry owns it now
                 settings = self.config.xds_settings()
                 if settings is not None:
                     # Imported only now: the Envoy types cost most of a second to load.
@@ -433,6 +462,7 @@ class Server:
             self._nursery = None
             self.admin_address = None
             self.admin_socket = None
+            self.registry_socket = None
             if admin_sock is not None:
                 admin_sock.close()
             if registry_sock is not None:
@@ -443,6 +473,20 @@ class Server:
             for runtime in self.listeners.values():
                 runtime.sock.close()
             self.listeners.clear()
+
+    async def _run_registry(
+        self,
+        sock: socket.socket,
+        *,
+        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The registry service and its API, until cancelled (a drain after a hot upgrade
+        cancels it alone: ``_registry_scope``)."""
+        from .registry.api import run_registry
+
+        assert self.registry is not None
+        with self._registry_scope:
+            await run_registry(self.registry, sock, task_status=task_status)
 
     async def _start_metrics_sinks(self, nursery: trio.Nursery) -> None:
         sinks = prometheus_sinks(self.config)

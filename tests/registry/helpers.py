@@ -31,6 +31,17 @@ def sidecar_config(
     """A sidecar: ``ingress`` (what the registry publishes: Dubbo to the local provider on
     ``provider_port``), ``egress`` (Dubbo routed by the registry's ``dubbo`` router), and the
     registry API on a free loopback port."""
+    doc = sidecar_doc(provider_port=provider_port, registry=registry, extra_clusters=extra_clusters)
+    return parse_config(doc).config
+
+
+def sidecar_doc(
+    *,
+    provider_port: int | None = None,
+    registry: dict[str, Any] | None = None,
+    extra_clusters: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """``sidecar_config``'s document (for a configuration file)."""
     clusters = list(extra_clusters or [])
     ingress_routes: list[dict[str, Any]] = []
     if provider_port is not None:
@@ -52,7 +63,7 @@ def sidecar_config(
             "filter_chains": [{"filters": [{"type": "proxy", "config": proxy}]}],
         }
 
-    doc = {
+    return {
         "servers": [
             {
                 "listeners": [listener("ingress", "ingress_routes"), listener("egress", "dubbo")],
@@ -80,7 +91,6 @@ def sidecar_config(
             }
         ],
     }
-    return parse_config(doc).config
 
 
 def body(

@@ -107,7 +107,7 @@ async def test_drain_unpublishes_before_the_listeners_stop(nursery):
     drain = ingress.drain
     seen = []
 
-    def drain_and_look(**kwargs: object) -> None:
+    def drain_and_look(**kwargs: bool) -> None:
         # When the listener begins to drain, the provider node must be gone already.
         seen.append(registry.children(providers_path(SERVICE)))
         drain(**kwargs)

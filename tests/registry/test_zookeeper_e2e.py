@@ -449,7 +449,7 @@ async def test_drain_unpublishes_before_the_listeners_drain(
         drain = ingress.drain
         asked: list[Any] = []
 
-        def drain_and_look(**kwargs: object) -> None:
+        def drain_and_look(**kwargs: bool) -> None:
             # When the listener begins to drain, the node must be gone already: a read sent
             # now (without blocking the event loop) is served after the delete was applied.
             asked.append(other.exists_async(node))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import logging
 import math
 import os
@@ -31,7 +32,7 @@ from ..config.registry import DubboRegistryConfig
 from ..config.routes import HeaderMatcher, Route, RouteAction, RouteMatch, RouterConfig, VirtualHost
 from ..config.scalars import MAX_HOST_WEIGHT, Address, Weight, format_hostport
 from .backend import RegistryUnavailable, Session, SessionKey
-from .request import RegistryRef, RegistryRequest, ServiceRef
+from .request import RegistryRef, RegistryRequest, RequestError, ServiceRef, parse_request
 from .url import (
     configurators_path,
     consumer_url,
@@ -137,6 +138,9 @@ class RegistryRuntime:
         self._changed_send, self._changed_recv = trio.open_memory_channel[None](1)
         #: Set when a drain began: publications were taken out, none are made any more.
         self.draining = False
+        #: Set while a hot upgrade hands the state over (and after it completed): changes
+        #: here would be lost to the new process, so they are refused (503, try again).
+        self.handing_over = False
         #: Incremented after every swap that carried the registry's clusters (for tests).
         self.applied = 0
         self._applied_event = trio.Event()
@@ -177,6 +181,91 @@ class RegistryRuntime:
                     log.warning("unpublish %s at drain: %s", pub.service.interface, exc)
                 del self.publications[key]
                 log.info("unpublished %s (draining)", pub.service.interface)
+
+    # ---------------------------------------------------------------- hot upgrade
+
+    async def handover_state(self) -> dict[str, Any]:
+        """What the API was asked to publish and subscribe, as its requests' JSON (with the
+        credentials: see ``upgrade``), for the new process of a hot upgrade to replay. From
+        now on changes are refused (503): one accepted here would be lost to the new
+        process; ``handover_failed`` lifts that."""
+        async with self._lock:  # no call half-way: the state is whole
+            self.handing_over = True
+            return {
+                "publications": [
+                    _request(p.registry, p.service) for p in self.publications.values()
+                ],
+                "subscriptions": [
+                    _request(s.registry, s.service) for s in self.subscriptions.values()
+                ],
+            }
+
+    def handover_failed(self) -> None:
+        self.handing_over = False
+        log.info("registry: the upgrade did not complete; taking changes again")
+
+    async def replay(self, state: Any) -> int:
+        """Publish and subscribe what the old process of a hot upgrade had (its
+        ``handover_state``), before this one says ready; returns how many items failed.
+        A failure is logged and the rest go on: the upgrade proceeds (the application sees
+        what this process holds at ``GET /`` and may ask again); after the first time a
+        registry does not answer, its remaining items are not tried (each would wait
+        ``registry_timeout`` for nothing)."""
+        items: list[tuple[str, RegistryRequest]] = []
+        failed = 0
+        for kind, field, most in (
+            ("pub", "publications", MAX_PUBLICATIONS),
+            ("sub", "subscriptions", MAX_SUBSCRIPTIONS),
+        ):
+            entries = state.get(field) if isinstance(state, dict) else None
+            if not isinstance(entries, list):
+                log.error("upgrade: the old process's registry state has no %s list", field)
+                continue
+            if len(entries) > most:
+                log.error(
+                    "upgrade: %d %s handed over: only %d are replayed", len(entries), field, most
+                )
+                failed += len(entries) - most
+                entries = entries[:most]
+            for i, entry in enumerate(entries):
+                try:
+                    items.append((kind, parse_request(json.dumps(entry).encode(), kind=kind)))  # type: ignore[arg-type]
+                except (RequestError, TypeError, ValueError) as exc:
+                    log.error("upgrade: the old process's %s[%d]: %s: not replayed", field, i, exc)
+                    failed += 1
+        down: set[tuple[str, str, str, str]] = set()
+        async with self._lock:
+            for kind, req in items:
+                verb = "publish" if kind == "pub" else "subscribe"
+                interface = req.service.interface
+                key = req.registry.key()
+                if key in down:
+                    log.error(
+                        "upgrade: %s %s not replayed: %s %s did not answer",
+                        verb,
+                        interface,
+                        req.registry.type,
+                        req.registry.addr,
+                    )
+                    failed += 1
+                    continue
+                try:
+                    if kind == "pub":
+                        await self._publish(req)
+                    else:
+                        await self._subscribe_or_replace(req)
+                except Exception as exc:
+                    if isinstance(exc, RegistryUnavailable):
+                        down.add(key)
+                    log.error("upgrade: %s %s not replayed: %s", verb, interface, exc)
+                    failed += 1
+        log.info(
+            "upgrade: registry state replayed: %d publication(s), %d subscription(s), %d failed",
+            len(self.publications),
+            len(self.subscriptions),
+            failed,
+        )
+        return failed
 
     def check_reload(self, config: MeshConfig) -> str | None:
         """Why ``config`` cannot be applied now, or None: the provider nodes name
@@ -237,61 +326,73 @@ class RegistryRuntime:
         assert config.server_port is not None  # the config check requires one of the two
         return config.server_port
 
+    def _check_changes(self) -> None:
+        if self.handing_over:
+            raise RegistryUnavailable(
+                "a hot upgrade is handing the registry over to a new process: try again"
+            )
+
     async def publish(self, req: RegistryRequest) -> str:
         async with self._lock:
-            if self.draining:
-                raise Refused("the proxy is draining: it publishes nothing more")
-            key = _pub_key(req)
-            old = self.publications.get(key)
-            if old is not None and old.service == req.service:
-                return "already published"
-            if old is None and len(self.publications) >= MAX_PUBLICATIONS:
-                raise Refused(f"{MAX_PUBLICATIONS} services published already, the most")
-            url = provider_url(
-                ip=self.advertise_ip,
-                port=self._advertised_port(),
-                interface=req.service.interface,
-                methods=req.service.methods,
-                group=req.service.group,
-                version=req.service.version,
-                timestamp_ms=int(time.time() * 1000),
-                pid=os.getpid(),
+            self._check_changes()
+            return await self._publish(req)
+
+    async def _publish(self, req: RegistryRequest) -> str:
+        """Under the lock."""
+        if self.draining:
+            raise Refused("the proxy is draining: it publishes nothing more")
+        key = _pub_key(req)
+        old = self.publications.get(key)
+        if old is not None and old.service == req.service:
+            return "already published"
+        if old is None and len(self.publications) >= MAX_PUBLICATIONS:
+            raise Refused(f"{MAX_PUBLICATIONS} services published already, the most")
+        url = provider_url(
+            ip=self.advertise_ip,
+            port=self._advertised_port(),
+            interface=req.service.interface,
+            methods=req.service.methods,
+            group=req.service.group,
+            version=req.service.version,
+            timestamp_ms=int(time.time() * 1000),
+            pid=os.getpid(),
+        )
+        path = f"{providers_path(req.service.interface)}/{node_name(url)}"
+        try:
+            session = await self._session(req.registry)
+            # Java providers make it (they watch it): consumers such as dubbo-ssl-python
+            # read it and fail without it.
+            await session.ensure_path(
+                configurators_path(req.service.interface), timeout=self._timeout
             )
-            path = f"{providers_path(req.service.interface)}/{node_name(url)}"
+            await session.create_ephemeral(path, timeout=self._timeout)
+        except BaseException:  # also cancelled (the API handler's own deadline)
+            with trio.CancelScope(shield=True):
+                await self._release_unused(req.registry)
+            raise
+        if self.draining:  # began while the registry was being written: undo
+            self.publications.pop(key, None)
+            with trio.CancelScope(shield=True):
+                for stale in (path, *([old.path] if old is not None else [])):
+                    try:
+                        await session.delete_ephemeral(stale, timeout=self._timeout)
+                    except RegistryUnavailable as exc:
+                        log.warning("publish %s at drain: %s", req.service.interface, exc)
+            raise Refused("the proxy is draining: it publishes nothing more")
+        # Recorded as soon as its node exists: an /unpub must find it whatever follows.
+        self.publications[key] = Publication(req.registry, req.service, path, url)
+        if old is not None:  # methods changed: the new node replaces the old one
             try:
-                session = await self._session(req.registry)
-                # Java providers make it (they watch it): consumers such as dubbo-ssl-python
-                # read it and fail without it.
-                await session.ensure_path(
-                    configurators_path(req.service.interface), timeout=self._timeout
-                )
-                await session.create_ephemeral(path, timeout=self._timeout)
-            except BaseException:  # also cancelled (the API handler's own deadline)
-                with trio.CancelScope(shield=True):
-                    await self._release_unused(req.registry)
-                raise
-            if self.draining:  # began while the registry was being written: undo
-                self.publications.pop(key, None)
-                with trio.CancelScope(shield=True):
-                    for stale in (path, *([old.path] if old is not None else [])):
-                        try:
-                            await session.delete_ephemeral(stale, timeout=self._timeout)
-                        except RegistryUnavailable as exc:
-                            log.warning("publish %s at drain: %s", req.service.interface, exc)
-                raise Refused("the proxy is draining: it publishes nothing more")
-            # Recorded as soon as its node exists: an /unpub must find it whatever follows.
-            self.publications[key] = Publication(req.registry, req.service, path, url)
-            if old is not None:  # methods changed: the new node replaces the old one
-                try:
-                    await session.delete_ephemeral(old.path, timeout=self._timeout)
-                except RegistryUnavailable as exc:
-                    # Forgotten by the session (never re-created): it goes with the session.
-                    log.warning("publish %s: the old node is left: %s", req.service.interface, exc)
-            log.info("published %s as %s", req.service.interface, url)
-            return "publish success"
+                await session.delete_ephemeral(old.path, timeout=self._timeout)
+            except RegistryUnavailable as exc:
+                # Forgotten by the session (never re-created): it goes with the session.
+                log.warning("publish %s: the old node is left: %s", req.service.interface, exc)
+        log.info("published %s as %s", req.service.interface, url)
+        return "publish success"
 
     async def unpublish(self, req: RegistryRequest) -> str:
         async with self._lock:
+            self._check_changes()
             key = _pub_key(req)
             pub = self.publications.get(key)
             if pub is None:
@@ -310,31 +411,36 @@ class RegistryRuntime:
 
     async def subscribe(self, req: RegistryRequest) -> str:
         async with self._lock:
-            interface = req.service.interface
-            old = self.subscriptions.get(interface)
-            if old is not None and (old.registry, old.service) == (req.registry, req.service):
-                return "already subscribed"
-            if self.server.source_config.cluster(interface) is not None:
-                raise Refused(
-                    f"service.interface: a configured cluster is named {interface!r}: the"
-                    " subscription's cluster would replace it"
-                )
-            if old is None and len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
-                raise Refused(f"{MAX_SUBSCRIPTIONS} services subscribed already, the most")
-            if old is not None:  # new filters or another registry: the new one replaces it
-                await self._unsubscribe(old)
-                try:
-                    result = await self._subscribe(req)
-                except BaseException:
-                    # The old one is gone: neither routed nor holding a session any more.
-                    with trio.CancelScope(shield=True), trio.move_on_after(self._timeout):
-                        await self.server.reapply()
-                        await self._release_unused(old.registry)
-                    raise
-                # Moved to another registry: the old one's session may serve nothing now.
-                await self._release_unused(old.registry)
-                return result
-            return await self._subscribe(req)
+            self._check_changes()
+            return await self._subscribe_or_replace(req)
+
+    async def _subscribe_or_replace(self, req: RegistryRequest) -> str:
+        """Under the lock."""
+        interface = req.service.interface
+        old = self.subscriptions.get(interface)
+        if old is not None and (old.registry, old.service) == (req.registry, req.service):
+            return "already subscribed"
+        if self.server.source_config.cluster(interface) is not None:
+            raise Refused(
+                f"service.interface: a configured cluster is named {interface!r}: the"
+                " subscription's cluster would replace it"
+            )
+        if old is None and len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
+            raise Refused(f"{MAX_SUBSCRIPTIONS} services subscribed already, the most")
+        if old is not None:  # new filters or another registry: the new one replaces it
+            await self._unsubscribe(old)
+            try:
+                result = await self._subscribe(req)
+            except BaseException:
+                # The old one is gone: neither routed nor holding a session any more.
+                with trio.CancelScope(shield=True), trio.move_on_after(self._timeout):
+                    await self.server.reapply()
+                    await self._release_unused(old.registry)
+                raise
+            # Moved to another registry: the old one's session may serve nothing now.
+            await self._release_unused(old.registry)
+            return result
+        return await self._subscribe(req)
 
     async def _subscribe(self, req: RegistryRequest) -> str:
         """Under the lock, with no subscription to ``req``'s interface."""
@@ -385,6 +491,7 @@ class RegistryRuntime:
 
     async def unsubscribe(self, req: RegistryRequest) -> str:
         async with self._lock:
+            self._check_changes()
             sub = self.subscriptions.get(req.service.interface)
             if sub is None or sub.registry != req.registry:
                 raise Refused(
@@ -614,6 +721,14 @@ class RegistryRuntime:
                 for k, s in self.sessions.items()
             ],
         }
+
+
+def _request(ref: RegistryRef, service: ServiceRef) -> dict[str, Any]:
+    """A ``/pub`` or ``/sub`` body for ``parse_request`` (credentials included)."""
+    return {
+        "registry": attrs.asdict(ref),
+        "service": {**attrs.asdict(service), "methods": list(service.methods)},
+    }
 
 
 def _public(ref: RegistryRef) -> dict[str, Any]:

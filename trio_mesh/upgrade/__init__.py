@@ -4,9 +4,11 @@ listening sockets of the running one through a unix socket, so no connection is 
 The running (old) process serves the upgrade socket. A starting (new) process connects, says
 ``hello``, gets ``{name, host, port}`` of every listening socket with the sockets themselves
 (SCM_RIGHTS: duplicates, the old one keeps accepting on its copies), and, when asked, the old
-process's configuration document (``inherit_old_mosnconfig``). Once its server is LIVE it says
-``ready``: the old process drains (``Server.drain``) and exits 0; the new one then serves the
-upgrade socket itself. Anything that ends the link before ``ready`` leaves the old one serving.
+process's configuration document (``inherit_old_mosnconfig``) and its service registry's state
+(what the application published and subscribed, replayed by the new process before it is
+ready). Once its server is LIVE it says ``ready``: the old process drains (``Server.drain``)
+and exits 0; the new one then serves the upgrade socket itself. Anything that ends the link
+before ``ready`` leaves the old one serving.
 
 The protocol is JSON lines, each with ``"v": 1``; every read is bounded in size and time.
 """
@@ -23,12 +25,14 @@ import socket
 import stat
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
 
 from ..config import MeshConfig
+from ..config.registry import dubbo_registry_config
+from ..config.scalars import Address
 from ..errors import StartupError
 from ..network.inherit import InheritedSockets, address_key, is_shared, mark_shared
 
@@ -48,6 +52,21 @@ _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 ACCEPT_BACKOFF = 0.1
 #: The name the admin API's socket is handed over under (no listener is named so: ``@``).
 ADMIN = "@admin"
+#: The registry API's socket (``extends: dubbo_registry``), likewise.
+REGISTRY = "@registry"
+
+
+class RegistryState(Protocol):
+    """The old process's service registry, as a hot upgrade hands it over."""
+
+    async def handover_state(self) -> dict[str, Any]:
+        """What was published and subscribed (the API's requests, as JSON); from now on the
+        registry refuses changes (503), until ``handover_failed``."""
+        ...
+
+    def handover_failed(self) -> None:
+        """The upgrade did not complete: this process's registry takes changes again."""
+        ...
 
 
 class UpgradeError(Exception):
@@ -223,17 +242,20 @@ class UpgradeServer:
     is then set, with ``handed``), one upgrade at a time.
 
     ``sockets()``: ``[(name, socket)]`` to hand over now; ``document()``: the configuration
-    document this process runs (for ``inherit_old_mosnconfig``)."""
+    document this process runs (for ``inherit_old_mosnconfig``); ``registry``: the service
+    registry whose state goes with them (asked for by the new process)."""
 
     def __init__(
         self,
         path: str,
         sockets: Callable[[], list[tuple[str, socket.socket]]],
         document: Callable[[], Any],
+        registry: RegistryState | None = None,
     ) -> None:
         self.path = path
         self.sockets = sockets
         self.document = document
+        self.registry = registry
         self.upgraded = trio.Event()
         self.handed: Handed | None = None
         self._busy = False
@@ -320,19 +342,45 @@ class UpgradeServer:
         handed = [(name, s) for name, s in self.sockets() if s.fileno() != -1]
         listeners = listener_entries(handed)
         fds = [s.fileno() for _, s in handed]
-        await link.send({"op": "sockets", "listeners": listeners}, fds)
+        # Only a new process that asks gets the registry's line (the --workers supervisor's
+        # side never does); the flag says it follows (an older process never sends it).
+        registry = self.registry if hello.get("registry") is True else None
+        sockets: dict[str, Any] = {"op": "sockets", "listeners": listeners}
+        if registry is not None:
+            sockets["registry"] = True
+        await link.send(sockets, fds)
         if hello.get("config") is True:
             await link.send({"op": "config", "document": self.document()})
-        log.info(
-            "upgrade: handed %d socket(s) to pid %d; waiting for it to be ready", len(fds), pid
-        )
+        frozen = False
         try:
-            with trio.fail_after(READY_TIMEOUT):
-                ready = await link.receive()
-        except trio.TooSlowError:
-            raise UpgradeError(f"not ready within {READY_TIMEOUT:g}s") from None
-        if ready.get("op") != "ready":
-            raise UpgradeError(f"expected ready, got {ready.get('op')!r}")
+            if registry is not None:
+                # The credentials go too (the new process logs in as we did): only to our
+                # own uid (or root: SO_PEERCRED, checked above) over a socket in a 0700 directory.
+                # Bounded: the registry caps publications and subscriptions (and each
+                # request's size); a larger line than MAX_DOCUMENT fails the upgrade.
+                state = await registry.handover_state()
+                frozen = True
+                line = encode({"op": "registry", "state": state})
+                if len(line) > MAX_DOCUMENT:
+                    raise UpgradeError(f"the registry's state is over {MAX_DOCUMENT} bytes")
+                await link.send({"op": "registry", "state": state})
+            log.info(
+                "upgrade: handed %d socket(s) to pid %d; waiting for it to be ready",
+                len(fds),
+                pid,
+            )
+            try:
+                with trio.fail_after(READY_TIMEOUT):
+                    ready = await link.receive()
+            except trio.TooSlowError:
+                raise UpgradeError(f"not ready within {READY_TIMEOUT:g}s") from None
+            if ready.get("op") != "ready":
+                raise UpgradeError(f"expected ready, got {ready.get('op')!r}")
+        except BaseException:
+            if frozen:
+                assert registry is not None
+                registry.handover_failed()
+            raise
         self.handed = Handed(pid=pid, names=[name for name, _ in handed])
         self.upgraded.set()
         with trio.move_on_after(BYE_TIMEOUT):
@@ -389,6 +437,8 @@ class Takeover:
     inherited: InheritedSockets
     #: The old process's configuration document, when asked for (``inherit_old_mosnconfig``).
     document: Any = None
+    #: The old process's registry state (``handover_state``), when asked for and it has one.
+    registry: Any = None
 
     async def ready(self) -> None:
         """Tell the old process to drain and go; its ``bye`` (bounded) confirms it heard."""
@@ -407,8 +457,11 @@ class Takeover:
         self.inherited.close_leftovers()
 
 
-async def take_over(path: str, config: MeshConfig, *, want_config: bool) -> Takeover | None:
-    """Connect to the old process at ``path`` and take its sockets; ``None``: nobody there
+async def take_over(
+    path: str, config: MeshConfig, *, want_config: bool, want_registry: bool = False
+) -> Takeover | None:
+    """Connect to the old process at ``path`` and take its sockets (and its registry's
+    state with ``want_registry``, when it has a registry); ``None``: nobody there
     (no file, a stale one, not a socket): a plain start. A running process that refuses or
     breaks the protocol is a ``StartupError`` (its ports are busy: a plain start would fail)."""
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -428,11 +481,15 @@ async def take_over(path: str, config: MeshConfig, *, want_config: bool) -> Take
             f"upgrade socket {path}: no answer within {CONNECT_TIMEOUT:g}s"
         ) from None
     link = Link(sock, path)
+    inherited: InheritedSockets | None = None
     try:
         pid, uid = peer_credentials(sock)
         if not peer_allowed(uid, os.getuid()):
             raise UpgradeError(f"served by uid {uid} (pid {pid}), not by us")
-        await link.send({"op": "hello", "config": want_config, "pid": os.getpid()})
+        hello = {"op": "hello", "config": want_config, "pid": os.getpid()}
+        if want_registry:
+            hello["registry"] = True
+        await link.send(hello)
         with trio.fail_after(ANSWER_TIMEOUT):
             answer = await link.receive()
             if answer.get("op") != "sockets":
@@ -445,20 +502,30 @@ async def take_over(path: str, config: MeshConfig, *, want_config: bool) -> Take
                 if message.get("op") != "config":
                     raise UpgradeError(f"expected config, got {message.get('op')!r}")
                 document = message.get("document")
+            registry = None
+            if answer.get("registry") is True:
+                message = await link.receive(MAX_DOCUMENT)
+                if message.get("op") != "registry" or not isinstance(message.get("state"), dict):
+                    raise UpgradeError(f"expected registry, got {message.get('op')!r}")
+                registry = message["state"]
     except (UpgradeError, OSError, trio.TooSlowError) as exc:
+        if inherited is not None:  # received, never to be used: not leaked either
+            for leftover in inherited.leftovers():
+                leftover.close()
         link.close()
         reason = "no answer in time" if isinstance(exc, trio.TooSlowError) else exc
         raise StartupError(f"upgrade socket {path}: {reason}") from None
     except BaseException:
         link.close()
         raise
+    assert inherited is not None
     log.info(
         "upgrade: pid %d handed over %d socket(s) (%s)",
         pid,
         len(inherited.leftovers()),
         path,
     )
-    return Takeover(link=link, inherited=inherited, document=document)
+    return Takeover(link=link, inherited=inherited, document=document, registry=registry)
 
 
 def _inherited(listeners: Any, link: Any, config: MeshConfig | None) -> InheritedSockets:
@@ -473,6 +540,9 @@ def _inherited(listeners: Any, link: Any, config: MeshConfig | None) -> Inherite
     wanted = {lst.name: lst.address for lst in config.listeners} if config else {}
     if config is not None and config.admin is not None:
         wanted[ADMIN] = config.admin.address
+    registry = None if config is None else dubbo_registry_config(config)
+    if registry is not None:
+        wanted[REGISTRY] = Address(registry.api_host, registry.api_port)
     inherited = InheritedSockets()
     sockets = [socket.socket(fileno=fd) for fd in fds]
     for entry, sock in zip(listeners, sockets, strict=True):
