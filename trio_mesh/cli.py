@@ -314,6 +314,8 @@ class Upgrade:
 
     path: str
     document: Any = None
+    #: ``upgrade.UpgradeServer`` while this process serves the upgrade socket.
+    server: Any = None
 
 
 async def _serve(
@@ -411,6 +413,11 @@ async def _serve(
                     serving,
                 )
                 await stop.wait()
+                # A successor holding our sockets (not ready yet) keeps them listening.
+                keep_sockets = handed_over.is_set()
+                if upgrade is not None and upgrade.server is not None:
+                    upgrade.server.closed = True
+                    keep_sockets = keep_sockets or upgrade.server.handing
                 if ready_fd is None:
                     systemd.notify(systemd.stopping())
                 async with trio.open_nursery() as draining:
@@ -420,7 +427,9 @@ async def _serve(
                         draining.cancel_scope.cancel()
 
                     draining.start_soon(stop_now_on_second_signal)
-                    finished = await server.drain(drain_timeout, handed_over=handed_over.is_set())
+                    finished = await server.drain(
+                        drain_timeout, handed_over=handed_over.is_set(), keep_sockets=keep_sockets
+                    )
                     log.info("drained" if finished else "drain timeout: closing what is left")
                     draining.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
@@ -472,7 +481,7 @@ async def _serve_upgrades(
             handed.append((ADMIN, server.admin_socket))
         return handed
 
-    upgrades = UpgradeServer(upgrade.path, sockets, lambda: upgrade.document)
+    upgrades = upgrade.server = UpgradeServer(upgrade.path, sockets, lambda: upgrade.document)
     async with trio.open_nursery() as nursery:
         await nursery.start(upgrades.run)
         task_status.started()

@@ -394,3 +394,34 @@ def test_the_admin_port_is_handed_over_too(tmp_path: Path, up: int, workers: int
         old.kill()
         if new is not None:
             new.kill()
+
+
+def test_sigterm_to_the_old_process_during_an_upgrade_keeps_the_new_ones_sockets(
+    tmp_path: Path, up: int
+) -> None:
+    """The new process holds the sockets (not ready yet) when the old one is told to stop:
+    the old one's drain must not shut down the sockets it handed over (that would stop the
+    new process's listeners too, once it says ready nobody accepts)."""
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    sock = tmp_path / "upgrade.sock"
+    old = start(config, sock)
+    taker = None
+    try:
+        port = old.ready()["ingress"]
+        taker = subprocess.Popen(
+            [sys.executable, "-c", TAKER, str(sock)], stdout=subprocess.PIPE, text=True
+        )
+        assert taker.stdout is not None
+        assert taker.stdout.readline().strip() == "1"  # it holds the socket now
+        old.proc.send_signal(signal.SIGTERM)
+        assert old.finish() == 0
+        # The taker's copy still listens: the connection queues for it.
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT):
+            pass
+    finally:
+        old.kill()
+        if taker is not None:
+            taker.kill()
+            taker.wait(TIMEOUT)
+            if taker.stdout is not None:
+                taker.stdout.close()

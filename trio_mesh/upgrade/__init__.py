@@ -237,7 +237,17 @@ class UpgradeServer:
         self.upgraded = trio.Event()
         self.handed: Handed | None = None
         self._busy = False
+        #: Our sockets are out with a peer not yet ready (or failed): see ``handing``.
+        self._out = False
+        #: This process is stopping: no upgrade may start now (its sockets are closing).
+        self.closed = False
         self._inode: tuple[int, int] | None = None
+
+    @property
+    def handing(self) -> bool:
+        """A peer holds our sockets and may yet say ready: a drain must leave them
+        listening (not shut them down) for it."""
+        return self._out or self.upgraded.is_set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -291,6 +301,9 @@ class UpgradeServer:
                 log.warning("upgrade socket %s: refused pid %d (uid %d)", self.path, pid, uid)
                 await _send_error(link, f"uid {uid} may not take these sockets")
                 return
+            if self.closed:
+                await _send_error(link, "this process is stopping")
+                return
             if self._busy or self.upgraded.is_set():
                 log.warning(
                     "upgrade socket %s: refused pid %d: an upgrade is under way", self.path, pid
@@ -309,6 +322,7 @@ class UpgradeServer:
                 )
             finally:
                 self._busy = False
+                self._out = False
         finally:
             link.close()
 
@@ -320,6 +334,7 @@ class UpgradeServer:
         handed = [(name, s) for name, s in self.sockets() if s.fileno() != -1]
         listeners = listener_entries(handed)
         fds = [s.fileno() for _, s in handed]
+        self._out = True
         await link.send({"op": "sockets", "listeners": listeners}, fds)
         if hello.get("config") is True:
             await link.send({"op": "config", "document": self.document()})
