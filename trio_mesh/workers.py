@@ -389,6 +389,16 @@ class Supervisor:
                 log.info("%s received, stopping %d worker(s)", name, workers)
                 self.notify(systemd.stopping())
             self.stopping = True
+            if self.upgrades is not None and self.upgrades.handing:
+                # A new supervisor holds the sockets (not ready yet): the workers drain
+                # without shutting them down, as after an upgrade.
+                self.upgrades.closed = True
+                for pid, slot in list(self.children.items()):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGUSR2 if slot < self.workers else signum)
+                return
+            if self.upgrades is not None:
+                self.upgrades.closed = True
         elif not self.stopping and self.ready >= self.expected:
             # Each worker reloads on its own; READY=1 again once all of them are done.
             self.notify(systemd.reloading())

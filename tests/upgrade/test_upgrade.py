@@ -425,3 +425,32 @@ def test_sigterm_to_the_old_process_during_an_upgrade_keeps_the_new_ones_sockets
             taker.wait(TIMEOUT)
             if taker.stdout is not None:
                 taker.stdout.close()
+
+
+def test_workers_sigterm_during_an_upgrade_keeps_the_new_ones_sockets(
+    tmp_path: Path, up: int
+) -> None:
+    """The same with ``--workers``: the old workers drain without shutting the sockets
+    down while the new supervisor holds them."""
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    sock = tmp_path / "upgrade.sock"
+    old = start(config, sock, "--workers", "2")
+    taker = None
+    try:
+        port = _workers_ready(old)
+        taker = subprocess.Popen(
+            [sys.executable, "-c", TAKER, str(sock)], stdout=subprocess.PIPE, text=True
+        )
+        assert taker.stdout is not None
+        assert taker.stdout.readline().strip() == "1"
+        old.proc.send_signal(signal.SIGTERM)
+        assert old.finish() == 0, old.text
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT):
+            pass
+    finally:
+        old.kill()
+        if taker is not None:
+            taker.kill()
+            taker.wait(TIMEOUT)
+            if taker.stdout is not None:
+                taker.stdout.close()

@@ -202,6 +202,13 @@ class BlockingUpgradeServer:
         self.listener: socket.socket | None = None
         self._pending: tuple[BlockingLink, int, float] | None = None  # link, pid, deadline
         self._inode: tuple[int, int] | None = None
+        #: The supervisor is stopping: no upgrade may start now (its sockets are closing).
+        self.closed = False
+
+    @property
+    def handing(self) -> bool:
+        """A peer holds our sockets and may yet say ready (or did)."""
+        return self._pending is not None or self.handed is not None
 
     def open(self) -> None:
         try:
@@ -279,6 +286,10 @@ class BlockingUpgradeServer:
             if not peer_allowed(uid, os.getuid()):
                 log.warning("upgrade socket %s: refused pid %d (uid %d)", self.path, pid, uid)
                 link.send({"error": f"uid {uid} may not take these sockets"})
+                link.close()
+                return
+            if self.closed:
+                link.send({"error": "this process is stopping"})
                 link.close()
                 return
             if self._pending is not None or self.handed is not None:
