@@ -335,9 +335,13 @@ class UpgradeServer:
         listeners = listener_entries(handed)
         fds = [s.fileno() for _, s in handed]
         self._out = True
-        await link.send({"op": "sockets", "listeners": listeners}, fds)
-        if hello.get("config") is True:
-            await link.send({"op": "config", "document": self.document()})
+        try:  # a peer that does not read must not hold the one upgrade slot forever
+            with trio.fail_after(ANSWER_TIMEOUT):
+                await link.send({"op": "sockets", "listeners": listeners}, fds)
+                if hello.get("config") is True:
+                    await link.send({"op": "config", "document": self.document()})
+        except trio.TooSlowError:
+            raise UpgradeError(f"the peer did not read within {ANSWER_TIMEOUT:g}s") from None
         log.info(
             "upgrade: handed %d socket(s) to pid %d; waiting for it to be ready", len(fds), pid
         )
