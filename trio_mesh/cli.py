@@ -333,6 +333,7 @@ async def _serve(
     """``ready_fd``: a worker tells its supervisor on this pipe (which tells systemd).
     ``link``: the admin process serves the admin port; this worker answers it.
     ``upgrade``: take the sockets of a process serving its socket, then serve it."""
+    from .errors import StartupError
     from .server import Server
     from .workers import ALIVE, tell_supervisor
 
@@ -342,6 +343,7 @@ async def _serve(
         signals_wanted.append(signal.SIGUSR2)
     with trio.open_signal_receiver(*signals_wanted) as signals:
         takeover = None
+        abandoned = False  # an upgrade whose old process gave up on us (and serves on)
         if upgrade is not None:
             takeover, config = await _take_over(upgrade, config)
             if takeover is not None:
@@ -374,12 +376,16 @@ async def _serve(
                 if takeover is not None:
                     # LIVE (with xDS: warm) before the old process stops accepting.
                     await server.live.wait()
-                    await takeover.ready()
+                    # The old process gave up on us: it serves on, we must not stay too.
+                    abandoned = not await takeover.ready()
                     takeover = None
                 stop = trio.Event()
                 #: Set (before ``stop``) when another process accepts on our sockets now.
                 handed_over = trio.Event()
-                if upgrade is not None:
+                if abandoned:
+                    handed_over.set()
+                    stop.set()
+                elif upgrade is not None:
                     await nursery.start(_serve_upgrades, upgrade, server, stop, handed_over)
                 # Everything built so far lives as long as the process: keep it out of the
                 # cyclic GC's generations so collections stay short.
@@ -392,7 +398,9 @@ async def _serve(
                 def serving(note: str = "") -> bytes:
                     return systemd.ready(systemd.serving(len(server.listeners), source) + note)
 
-                if ready_fd is None:
+                if abandoned:
+                    pass
+                elif ready_fd is None:
                     systemd.notify(serving())
                     log.info("trio-mesh %s ready", __version__)
                 else:
@@ -433,6 +441,8 @@ async def _serve(
                     log.info("drained" if finished else "drain timeout: closing what is left")
                     draining.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
+            if abandoned:
+                raise StartupError("upgrade: the old process serves on (it gave up on us)")
         finally:
             if takeover is not None:  # never ready: the old process goes on serving
                 takeover.abort()

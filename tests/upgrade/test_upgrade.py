@@ -454,3 +454,56 @@ def test_workers_sigterm_during_an_upgrade_keeps_the_new_ones_sockets(
             taker.wait(TIMEOUT)
             if taker.stdout is not None:
                 taker.stdout.close()
+
+
+GIVES_UP = """
+import json, os, socket, sys, array
+listening = socket.create_server(("127.0.0.1", 0))
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1])
+server.listen()
+print(listening.getsockname()[1], flush=True)
+conn, _ = server.accept()
+conn.recv(65536)  # hello
+host, port = listening.getsockname()
+line = json.dumps({"v": 1, "op": "sockets", "listeners": [
+    {"name": "ingress", "host": host, "port": port}]}).encode() + b"\\n"
+fds = array.array("i", [listening.fileno()])
+conn.sendmsg([line], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+conn.close()  # gave up (as after READY_TIMEOUT): this process serves on
+sys.stdin.read()
+"""
+
+
+def test_a_new_process_the_old_one_gave_up_on_does_not_serve_beside_it(
+    tmp_path: Path, up: int
+) -> None:
+    """The old process stopped waiting for ``ready`` (its deadline) and serves on: the new
+    one must not serve beside it for ever (two configurations on one port, the old one never
+    exiting); it drains what it accepted and exits 1, the old socket left listening."""
+    sock = tmp_path / "upgrade.sock"
+    old = subprocess.Popen(
+        [sys.executable, "-c", GIVES_UP, str(sock)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert old.stdout is not None
+        port = int(old.stdout.readline())
+        config = write(tmp_path, mesh(up, {"ingress": f"127.0.0.1:{port}"}))
+        new = start(config, sock)
+        try:
+            assert new.finish() == 1, new.text
+            assert "gave up on us" in new.text
+            # The old process's socket still listens (not shut down by the new one).
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT):
+                pass
+        finally:
+            new.kill()
+    finally:
+        old.kill()
+        old.wait(TIMEOUT)
+        for f in (old.stdin, old.stdout):
+            if f is not None:
+                f.close()

@@ -409,17 +409,21 @@ class Takeover:
     #: The old process's configuration document, when asked for (``inherit_old_mosnconfig``).
     document: Any = None
 
-    async def ready(self) -> None:
-        """Tell the old process to drain and go; its ``bye`` (bounded) confirms it heard."""
+    async def ready(self) -> bool:
+        """Tell the old process to drain and go; its ``bye`` (bounded) confirms it heard.
+        False: the link broke first (the old process gave up on us, e.g. not ready in time,
+        and serves on)."""
         try:
             await self.link.send({"op": "ready"})
             with trio.move_on_after(BYE_TIMEOUT):
                 bye = await self.link.receive()
                 log.info("upgrade: the old process (pid %s) is draining", bye.get("pid"))
         except (UpgradeError, OSError) as exc:
-            log.warning("upgrade socket %s: after ready: %s", self.link.path, exc)
+            log.error("upgrade socket %s: after ready: %s", self.link.path, exc)
+            return False
         finally:
             self.link.close()
+        return True
 
     def abort(self) -> None:
         self.link.close()
