@@ -347,8 +347,18 @@ class Supervisor:
         """Every child is ready: the old supervisor (a hot upgrade) may go; then the next
         upgrade finds us."""
         if self.takeover is not None:
-            self.takeover.ready()
+            took = self.takeover.ready()
             self.takeover = None
+            if not took:
+                # It serves on with the sockets: our workers drain (not shutting them down)
+                # rather than serve beside it for ever.
+                log.error("upgrade: the old supervisor serves on (it gave up on us): stopping")
+                self.exit_code = 1
+                self.stopping = True
+                for pid, slot in list(self.children.items()):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGUSR2 if slot < self.workers else signal.SIGTERM)
+                return
         if self.upgrade_path is not None and self.upgrades is None:
             from .upgrade.blocking import BlockingUpgradeServer
 

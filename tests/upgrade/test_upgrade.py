@@ -507,3 +507,31 @@ def test_a_new_process_the_old_one_gave_up_on_does_not_serve_beside_it(
         for f in (old.stdin, old.stdout):
             if f is not None:
                 f.close()
+
+
+def test_workers_a_new_supervisor_the_old_one_gave_up_on_stops(tmp_path: Path, up: int) -> None:
+    sock = tmp_path / "upgrade.sock"
+    old = subprocess.Popen(
+        [sys.executable, "-c", GIVES_UP, str(sock)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert old.stdout is not None
+        port = int(old.stdout.readline())
+        config = write(tmp_path, mesh(up, {"ingress": f"127.0.0.1:{port}"}))
+        new = start(config, sock, "--workers", "2")
+        try:
+            assert new.finish() == 1, new.text
+            assert "gave up on us" in new.text
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT):
+                pass
+        finally:
+            new.kill()
+    finally:
+        old.kill()
+        old.wait(TIMEOUT)
+        for f in (old.stdin, old.stdout):
+            if f is not None:
+                f.close()

@@ -42,6 +42,10 @@ from . import (
 log = logging.getLogger("trio_mesh.upgrade")
 
 
+class LinkTimeout(UpgradeError):
+    """No answer in time (the peer may still be there, unlike a broken link)."""
+
+
 class BlockingLink:
     """One end of an upgrade connection on a plain socket; every call has a deadline."""
 
@@ -67,7 +71,7 @@ class BlockingLink:
         while (line := self._line(limit)) is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise UpgradeError(f"no answer within {timeout:g}s")
+                raise LinkTimeout(f"no answer within {timeout:g}s")
             self.sock.settimeout(remaining)
             try:
                 self._read()
@@ -122,15 +126,21 @@ class BlockingTakeover:
     inherited: InheritedSockets
     document: Any = None
 
-    def ready(self) -> None:
+    def ready(self) -> bool:
+        """False: the link broke before the old supervisor's ``bye`` (it gave up on us, e.g.
+        not ready in time, and serves on)."""
         try:
             self.link.send({"op": "ready"})
             bye = self.link.receive(BYE_TIMEOUT)
             log.info("upgrade: the old process (pid %s) is draining", bye.get("pid"))
-        except (UpgradeError, OSError) as exc:
+        except LinkTimeout as exc:
             log.warning("upgrade socket %s: after ready: %s", self.link.path, exc)
+        except (UpgradeError, OSError) as exc:
+            log.error("upgrade socket %s: after ready: %s", self.link.path, exc)
+            return False
         finally:
             self.link.close()
+        return True
 
     def abort(self) -> None:
         self.link.close()
