@@ -310,6 +310,8 @@ class BlockingUpgradeServer:
             if hello.get("op") != "hello":
                 raise UpgradeError(f"expected hello, got {hello.get('op')!r}")
             handed = [(name, s) for name, s in self.sockets() if s.fileno() != -1]
+            # Pending before the sockets go: a SIGTERM handled from here on keeps them.
+            self._pending = (link, pid, time.monotonic() + READY_TIMEOUT)
             link.send(
                 {"op": "sockets", "listeners": listener_entries(handed)},
                 [s.fileno() for _, s in handed],
@@ -318,12 +320,12 @@ class BlockingUpgradeServer:
                 link.send({"op": "config", "document": self.document()})
         except (UpgradeError, OSError) as exc:
             log.error("upgrade socket %s: %s; still serving", self.path, exc)
+            self._pending = None
             link.close()
             return
         log.info(
             "upgrade: handed %d socket(s) to pid %d; waiting for it to be ready", len(handed), pid
         )
-        self._pending = (link, pid, time.monotonic() + READY_TIMEOUT)
 
     def close(self) -> None:
         if self._pending is not None:
