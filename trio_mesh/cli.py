@@ -374,10 +374,16 @@ async def _serve(
 
                     await nursery.start(run_worker_link, link.path, link.slot, LocalTarget(server))
                 if takeover is not None:
-                    # LIVE (with xDS: warm) before the old process stops accepting.
-                    await server.live.wait()
-                    # The old process gave up on us: it serves on, we must not stay too.
-                    abandoned = not await takeover.ready()
+                    # LIVE (with xDS: warm) before the old process stops accepting; a stop
+                    # signal first abandons the upgrade (the old process serves on).
+                    stopped_by = await _live_or_stop(server, signals)
+                    if stopped_by is not None:
+                        log.error("%s before ready: the upgrade is abandoned", stopped_by)
+                        takeover.abort()
+                        abandoned = True
+                    else:
+                        # The old process gave up on us: it serves on, we must not stay too.
+                        abandoned = not await takeover.ready()
                     takeover = None
                 stop = trio.Event()
                 #: Set (before ``stop``) when another process accepts on our sockets now.
@@ -442,10 +448,35 @@ async def _serve(
                     draining.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
             if abandoned:
-                raise StartupError("upgrade: the old process serves on (it gave up on us)")
+                raise StartupError("upgrade: not taken over: the old process serves on")
         finally:
             if takeover is not None:  # never ready: the old process goes on serving
                 takeover.abort()
+
+
+async def _live_or_stop(server: Server, signals: Any) -> str | None:
+    """Wait until ``server`` is LIVE; ``None`` then, or the name of a stop signal that came
+    first (a SIGHUP before ready has nothing to reload: logged, dropped)."""
+    stopped_by: str | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def live() -> None:
+            await server.live.wait()
+            nursery.cancel_scope.cancel()
+
+        async def stop_signal() -> None:
+            nonlocal stopped_by
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    stopped_by = name
+                    nursery.cancel_scope.cancel()
+                    return
+                log.warning("%s before ready (a hot upgrade): ignored", name)
+
+        nursery.start_soon(live)
+        nursery.start_soon(stop_signal)
+    return stopped_by
 
 
 async def _take_over(upgrade: Upgrade, config: MeshConfig) -> tuple[Any, MeshConfig]:

@@ -495,7 +495,7 @@ def test_a_new_process_the_old_one_gave_up_on_does_not_serve_beside_it(
         new = start(config, sock)
         try:
             assert new.finish() == 1, new.text
-            assert "gave up on us" in new.text
+            assert "after ready" in new.text
             # The old process's socket still listens (not shut down by the new one).
             with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT):
                 pass
@@ -524,7 +524,7 @@ def test_workers_a_new_supervisor_the_old_one_gave_up_on_stops(tmp_path: Path, u
         new = start(config, sock, "--workers", "2")
         try:
             assert new.finish() == 1, new.text
-            assert "gave up on us" in new.text
+            assert "after ready" in new.text
             with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT):
                 pass
         finally:
@@ -535,3 +535,30 @@ def test_workers_a_new_supervisor_the_old_one_gave_up_on_stops(tmp_path: Path, u
         for f in (old.stdin, old.stdout):
             if f is not None:
                 f.close()
+
+
+def test_sigterm_to_a_new_process_not_live_yet_abandons_the_upgrade(
+    tmp_path: Path, up: int
+) -> None:
+    """The new process waits for xDS to warm (the control plane does not answer): SIGTERM
+    (or Ctrl-C) must end it and leave the old one serving, not be ignored until it is LIVE."""
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    sock = tmp_path / "upgrade.sock"
+    old = start(config, sock)
+    new = None
+    try:
+        port = old.ready()["ingress"]
+        cold = mesh(up, {"ingress": f"127.0.0.1:{port}"})
+        cold["xds"] = {"address": f"127.0.0.1:{free_port()}", "node_id": "n"}
+        new = start(write(tmp_path, cold, "cold.yaml"), sock)
+        old.wait_for(HANDED)
+        new.wait_for(re.compile(r"using the socket handed over"))
+        new.proc.send_signal(signal.SIGTERM)
+        assert new.finish() != 0, new.text
+        old.wait_for(FAILED)
+        assert b"200 OK" in _get(port)
+        assert old.proc.poll() is None
+    finally:
+        old.kill()
+        if new is not None:
+            new.kill()
