@@ -409,6 +409,12 @@ async def _serve(
                 elif ready_fd is None:
                     systemd.notify(serving())
                     log.info("trio-mesh %s ready", __version__)
+                elif (stopped_by := await _live_or_stop(server, signals)) is not None:
+                    # A worker is ready once LIVE (xDS warm): a hot upgrade's new supervisor
+                    # tells the old one to go only then.
+                    if stopped_by == "SIGUSR2":
+                        handed_over.set()
+                    stop.set()
                 else:
                     os.write(ready_fd, b"R")
                     log.info("trio-mesh %s ready (pid %d)", __version__, os.getpid())
@@ -468,11 +474,11 @@ async def _live_or_stop(server: Server, signals: Any) -> str | None:
             nonlocal stopped_by
             async for signum in signals:
                 name = signal.Signals(signum).name
-                if signum in (signal.SIGTERM, signal.SIGINT):
+                if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
                     stopped_by = name
                     nursery.cancel_scope.cancel()
                     return
-                log.warning("%s before ready (a hot upgrade): ignored", name)
+                log.warning("%s before ready: ignored", name)
 
         nursery.start_soon(live)
         nursery.start_soon(stop_signal)

@@ -399,10 +399,12 @@ class Supervisor:
                 log.info("%s received, stopping %d worker(s)", name, workers)
                 self.notify(systemd.stopping())
             self.stopping = True
-            if self.upgrades is not None and self.upgrades.handing:
-                # A new supervisor holds the sockets (not ready yet): the workers drain
-                # without shutting them down, as after an upgrade.
-                self.upgrades.closed = True
+            taking = self.takeover is not None  # the old supervisor's sockets, not ready
+            if taking or (self.upgrades is not None and self.upgrades.handing):
+                # A new supervisor holds the sockets (not ready yet), or the old one still
+                # serves on ours: the workers drain without shutting them down.
+                if self.upgrades is not None:
+                    self.upgrades.closed = True
                 for pid, slot in list(self.children.items()):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGUSR2 if slot < self.workers else signum)

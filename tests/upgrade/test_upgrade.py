@@ -562,3 +562,29 @@ def test_sigterm_to_a_new_process_not_live_yet_abandons_the_upgrade(
         old.kill()
         if new is not None:
             new.kill()
+
+
+def test_workers_sigterm_to_a_new_supervisor_not_ready_leaves_the_old_one_serving(
+    tmp_path: Path, up: int
+) -> None:
+    """Its workers hold the old supervisor's sockets: their drain must not shut them down."""
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    sock = tmp_path / "upgrade.sock"
+    old = start(config, sock, "--workers", "2")
+    new = None
+    try:
+        port = _workers_ready(old)
+        cold = mesh(up, {"ingress": f"127.0.0.1:{port}"})
+        cold["xds"] = {"address": f"127.0.0.1:{free_port()}", "node_id": "n"}
+        new = start(write(tmp_path, cold, "cold.yaml"), sock, "--workers", "2")
+        old.wait_for(HANDED)
+        new.wait_for(re.compile(r"using the socket handed over"))
+        new.proc.send_signal(signal.SIGTERM)
+        new.finish()
+        old.wait_for(FAILED)
+        assert b"200 OK" in _get(port)
+        assert old.proc.poll() is None
+    finally:
+        old.kill()
+        if new is not None:
+            new.kill()
