@@ -314,6 +314,8 @@ class Upgrade:
 
     path: str
     document: Any = None
+    #: ``upgrade.UpgradeServer`` while this process serves the upgrade socket.
+    server: Any = None
 
 
 async def _serve(
@@ -331,6 +333,7 @@ async def _serve(
     """``ready_fd``: a worker tells its supervisor on this pipe (which tells systemd).
     ``link``: the admin process serves the admin port; this worker answers it.
     ``upgrade``: take the sockets of a process serving its socket, then serve it."""
+    from .errors import StartupError
     from .server import Server
     from .workers import ALIVE, tell_supervisor
 
@@ -340,6 +343,7 @@ async def _serve(
         signals_wanted.append(signal.SIGUSR2)
     with trio.open_signal_receiver(*signals_wanted) as signals:
         takeover = None
+        abandoned = False  # an upgrade whose old process gave up on us (and serves on)
         if upgrade is not None:
             takeover, config = await _take_over(upgrade, config)
             if takeover is not None:
@@ -377,14 +381,24 @@ async def _serve(
 
                     await nursery.start(run_worker_link, link.path, link.slot, LocalTarget(server))
                 if takeover is not None:
-                    # LIVE (with xDS: warm) before the old process stops accepting.
-                    await server.live.wait()
-                    await takeover.ready()
+                    # LIVE (with xDS: warm) before the old process stops accepting; a stop
+                    # signal first abandons the upgrade (the old process serves on).
+                    stopped_by = await _live_or_stop(server, signals)
+                    if stopped_by is not None:
+                        log.error("%s before ready: the upgrade is abandoned", stopped_by)
+                        takeover.abort()
+                        abandoned = True
+                    else:
+                        # The old process gave up on us: it serves on, we must not stay too.
+                        abandoned = not await takeover.ready()
                     takeover = None
                 stop = trio.Event()
                 #: Set (before ``stop``) when another process accepts on our sockets now.
                 handed_over = trio.Event()
-                if upgrade is not None:
+                if abandoned:
+                    handed_over.set()
+                    stop.set()
+                elif upgrade is not None:
                     await nursery.start(_serve_upgrades, upgrade, server, stop, handed_over)
                 # Everything built so far lives as long as the process: keep it out of the
                 # cyclic GC's generations so collections stay short.
@@ -397,9 +411,17 @@ async def _serve(
                 def serving(note: str = "") -> bytes:
                     return systemd.ready(systemd.serving(len(server.listeners), source) + note)
 
-                if ready_fd is None:
+                if abandoned:
+                    pass
+                elif ready_fd is None:
                     systemd.notify(serving())
                     log.info("trio-mesh %s ready", __version__)
+                elif (stopped_by := await _live_or_stop(server, signals)) is not None:
+                    # A worker is ready once LIVE (xDS warm): a hot upgrade's new supervisor
+                    # tells the old one to go only then.
+                    if stopped_by == "SIGUSR2":
+                        handed_over.set()
+                    stop.set()
                 else:
                     os.write(ready_fd, b"R")
                     log.info("trio-mesh %s ready (pid %d)", __version__, os.getpid())
@@ -418,6 +440,11 @@ async def _serve(
                     serving,
                 )
                 await stop.wait()
+                # A successor holding our sockets (not ready yet) keeps them listening.
+                keep_sockets = handed_over.is_set()
+                if upgrade is not None and upgrade.server is not None:
+                    upgrade.server.closed = True
+                    keep_sockets = keep_sockets or upgrade.server.handing
                 if ready_fd is None:
                     systemd.notify(systemd.stopping())
                 async with trio.open_nursery() as draining:
@@ -427,13 +454,42 @@ async def _serve(
                         draining.cancel_scope.cancel()
 
                     draining.start_soon(stop_now_on_second_signal)
-                    finished = await server.drain(drain_timeout, handed_over=handed_over.is_set())
+                    finished = await server.drain(
+                        drain_timeout, handed_over=handed_over.is_set(), keep_sockets=keep_sockets
+                    )
                     log.info("drained" if finished else "drain timeout: closing what is left")
                     draining.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
+            if abandoned:
+                raise StartupError("upgrade: not taken over: the old process serves on")
         finally:
             if takeover is not None:  # never ready: the old process goes on serving
                 takeover.abort()
+
+
+async def _live_or_stop(server: Server, signals: Any) -> str | None:
+    """Wait until ``server`` is LIVE; ``None`` then, or the name of a stop signal that came
+    first (a SIGHUP before ready has nothing to reload: logged, dropped)."""
+    stopped_by: str | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def live() -> None:
+            await server.live.wait()
+            nursery.cancel_scope.cancel()
+
+        async def stop_signal() -> None:
+            nonlocal stopped_by
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
+                    stopped_by = name
+                    nursery.cancel_scope.cancel()
+                    return
+                log.warning("%s before ready: ignored", name)
+
+        nursery.start_soon(live)
+        nursery.start_soon(stop_signal)
+    return stopped_by
 
 
 async def _take_over(upgrade: Upgrade, config: MeshConfig) -> tuple[Any, MeshConfig]:
@@ -488,7 +544,9 @@ async def _serve_upgrades(
             handed.append((REGISTRY, server.registry_socket))
         return handed
 
-    upgrades = UpgradeServer(upgrade.path, sockets, lambda: upgrade.document, server.registry)
+    upgrades = upgrade.server = UpgradeServer(
+        upgrade.path, sockets, lambda: upgrade.document, server.registry
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(upgrades.run)
         task_status.started()

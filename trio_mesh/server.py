@@ -229,12 +229,15 @@ class Server:
             else:
                 runtime.stop_accepting()
 
-    async def drain(self, timeout: float, *, handed_over: bool = False) -> bool:
+    async def drain(
+        self, timeout: float, *, handed_over: bool = False, keep_sockets: bool = False
+    ) -> bool:
         """Stop gracefully: stop accepting, let requests in flight finish (HTTP/2 streams
         after a GOAWAY, HTTP/1 with ``Connection: close``), close idle connections; within
         ``timeout`` seconds. True if everything finished in time. Cancel the server's
         nursery afterwards to close the rest. ``handed_over``: another process accepts on
-        the listening sockets now (a hot upgrade): they are not shut down, only closed."""
+        the listening sockets now (a hot upgrade): they are not shut down, only closed;
+        ``keep_sockets``: that too (a successor holds them, not ready yet)."""
         self._listeners_stopped = True
         self.state = "DRAINING"
         deadline = trio.current_time() + timeout  # one bound for the whole drain
@@ -250,7 +253,7 @@ class Server:
                 # Consumers stop sending here before the listeners stop (MOSN's /unpub).
                 await self.registry.unpublish_all()
         for runtime in self.listeners.values():
-            runtime.drain(keep_socket=handed_over)
+            runtime.drain(keep_socket=handed_over or keep_sockets)
         with trio.move_on_at(deadline):
             for runtime in list(self.listeners.values()):
                 await runtime.wait_closed()

@@ -347,8 +347,18 @@ class Supervisor:
         """Every child is ready: the old supervisor (a hot upgrade) may go; then the next
         upgrade finds us."""
         if self.takeover is not None:
-            self.takeover.ready()
+            took = self.takeover.ready()
             self.takeover = None
+            if not took:
+                # It serves on with the sockets: our workers drain (not shutting them down)
+                # rather than serve beside it for ever.
+                log.error("upgrade: the old supervisor serves on (it gave up on us): stopping")
+                self.exit_code = 1
+                self.stopping = True
+                for pid, slot in list(self.children.items()):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGUSR2 if slot < self.workers else signal.SIGTERM)
+                return
         if self.upgrade_path is not None and self.upgrades is None:
             from .upgrade.blocking import BlockingUpgradeServer
 
@@ -389,6 +399,18 @@ class Supervisor:
                 log.info("%s received, stopping %d worker(s)", name, workers)
                 self.notify(systemd.stopping())
             self.stopping = True
+            taking = self.takeover is not None  # the old supervisor's sockets, not ready
+            if taking or (self.upgrades is not None and self.upgrades.handing):
+                # A new supervisor holds the sockets (not ready yet), or the old one still
+                # serves on ours: the workers drain without shutting them down.
+                if self.upgrades is not None:
+                    self.upgrades.closed = True
+                for pid, slot in list(self.children.items()):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGUSR2 if slot < self.workers else signum)
+                return
+            if self.upgrades is not None:
+                self.upgrades.closed = True
         elif not self.stopping and self.ready >= self.expected:
             # Each worker reloads on its own; READY=1 again once all of them are done.
             self.notify(systemd.reloading())

@@ -394,3 +394,197 @@ def test_the_admin_port_is_handed_over_too(tmp_path: Path, up: int, workers: int
         old.kill()
         if new is not None:
             new.kill()
+
+
+def test_sigterm_to_the_old_process_during_an_upgrade_keeps_the_new_ones_sockets(
+    tmp_path: Path, up: int
+) -> None:
+    """The new process holds the sockets (not ready yet) when the old one is told to stop:
+    the old one's drain must not shut down the sockets it handed over (that would stop the
+    new process's listeners too, once it says ready nobody accepts)."""
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    sock = tmp_path / "upgrade.sock"
+    old = start(config, sock)
+    taker = None
+    try:
+        port = old.ready()["ingress"]
+        taker = subprocess.Popen(
+            [sys.executable, "-c", TAKER, str(sock)], stdout=subprocess.PIPE, text=True
+        )
+        assert taker.stdout is not None
+        assert taker.stdout.readline().strip() == "1"  # it holds the socket now
+        old.proc.send_signal(signal.SIGTERM)
+        assert old.finish() == 0
+        # The taker's copy still listens: the connection queues for it.
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT):
+            pass
+    finally:
+        old.kill()
+        if taker is not None:
+            taker.kill()
+            taker.wait(TIMEOUT)
+            if taker.stdout is not None:
+                taker.stdout.close()
+
+
+def test_workers_sigterm_during_an_upgrade_keeps_the_new_ones_sockets(
+    tmp_path: Path, up: int
+) -> None:
+    """The same with ``--workers``: the old workers drain without shutting the sockets
+    down while the new supervisor holds them."""
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    sock = tmp_path / "upgrade.sock"
+    old = start(config, sock, "--workers", "2")
+    taker = None
+    try:
+        port = _workers_ready(old)
+        taker = subprocess.Popen(
+            [sys.executable, "-c", TAKER, str(sock)], stdout=subprocess.PIPE, text=True
+        )
+        assert taker.stdout is not None
+        assert taker.stdout.readline().strip() == "1"
+        old.proc.send_signal(signal.SIGTERM)
+        assert old.finish() == 0, old.text
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT):
+            pass
+    finally:
+        old.kill()
+        if taker is not None:
+            taker.kill()
+            taker.wait(TIMEOUT)
+            if taker.stdout is not None:
+                taker.stdout.close()
+
+
+GIVES_UP = """
+import json, os, socket, sys, array
+listening = socket.create_server(("127.0.0.1", 0))
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1])
+server.listen()
+print(listening.getsockname()[1], flush=True)
+conn, _ = server.accept()
+conn.recv(65536)  # hello
+host, port = listening.getsockname()
+line = json.dumps({"v": 1, "op": "sockets", "listeners": [
+    {"name": "ingress", "host": host, "port": port}]}).encode() + b"\\n"
+fds = array.array("i", [listening.fileno()])
+conn.sendmsg([line], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+conn.close()  # gave up (as after READY_TIMEOUT): this process serves on
+sys.stdin.read()
+"""
+
+
+def test_a_new_process_the_old_one_gave_up_on_does_not_serve_beside_it(
+    tmp_path: Path, up: int
+) -> None:
+    """The old process stopped waiting for ``ready`` (its deadline) and serves on: the new
+    one must not serve beside it for ever (two configurations on one port, the old one never
+    exiting); it drains what it accepted and exits 1, the old socket left listening."""
+    sock = tmp_path / "upgrade.sock"
+    old = subprocess.Popen(
+        [sys.executable, "-c", GIVES_UP, str(sock)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert old.stdout is not None
+        port = int(old.stdout.readline())
+        config = write(tmp_path, mesh(up, {"ingress": f"127.0.0.1:{port}"}))
+        new = start(config, sock)
+        try:
+            assert new.finish() == 1, new.text
+            assert "after ready" in new.text
+            # The old process's socket still listens (not shut down by the new one).
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT):
+                pass
+        finally:
+            new.kill()
+    finally:
+        old.kill()
+        old.wait(TIMEOUT)
+        for f in (old.stdin, old.stdout):
+            if f is not None:
+                f.close()
+
+
+def test_workers_a_new_supervisor_the_old_one_gave_up_on_stops(tmp_path: Path, up: int) -> None:
+    sock = tmp_path / "upgrade.sock"
+    old = subprocess.Popen(
+        [sys.executable, "-c", GIVES_UP, str(sock)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert old.stdout is not None
+        port = int(old.stdout.readline())
+        config = write(tmp_path, mesh(up, {"ingress": f"127.0.0.1:{port}"}))
+        new = start(config, sock, "--workers", "2")
+        try:
+            assert new.finish() == 1, new.text
+            assert "after ready" in new.text
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT):
+                pass
+        finally:
+            new.kill()
+    finally:
+        old.kill()
+        old.wait(TIMEOUT)
+        for f in (old.stdin, old.stdout):
+            if f is not None:
+                f.close()
+
+
+def test_sigterm_to_a_new_process_not_live_yet_abandons_the_upgrade(
+    tmp_path: Path, up: int
+) -> None:
+    """The new process waits for xDS to warm (the control plane does not answer): SIGTERM
+    (or Ctrl-C) must end it and leave the old one serving, not be ignored until it is LIVE."""
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    sock = tmp_path / "upgrade.sock"
+    old = start(config, sock)
+    new = None
+    try:
+        port = old.ready()["ingress"]
+        cold = mesh(up, {"ingress": f"127.0.0.1:{port}"})
+        cold["xds"] = {"address": f"127.0.0.1:{free_port()}", "node_id": "n"}
+        new = start(write(tmp_path, cold, "cold.yaml"), sock)
+        old.wait_for(HANDED)
+        new.wait_for(re.compile(r"using the socket handed over"))
+        new.proc.send_signal(signal.SIGTERM)
+        assert new.finish() != 0, new.text
+        old.wait_for(FAILED)
+        assert b"200 OK" in _get(port)
+        assert old.proc.poll() is None
+    finally:
+        old.kill()
+        if new is not None:
+            new.kill()
+
+
+def test_workers_sigterm_to_a_new_supervisor_not_ready_leaves_the_old_one_serving(
+    tmp_path: Path, up: int
+) -> None:
+    """Its workers hold the old supervisor's sockets: their drain must not shut them down."""
+    config = write(tmp_path, mesh(up, {"ingress": "127.0.0.1:0"}))
+    sock = tmp_path / "upgrade.sock"
+    old = start(config, sock, "--workers", "2")
+    new = None
+    try:
+        port = _workers_ready(old)
+        cold = mesh(up, {"ingress": f"127.0.0.1:{port}"})
+        cold["xds"] = {"address": f"127.0.0.1:{free_port()}", "node_id": "n"}
+        new = start(write(tmp_path, cold, "cold.yaml"), sock, "--workers", "2")
+        old.wait_for(HANDED)
+        new.wait_for(re.compile(r"using the socket handed over"))
+        new.proc.send_signal(signal.SIGTERM)
+        new.finish()
+        old.wait_for(FAILED)
+        assert b"200 OK" in _get(port)
+        assert old.proc.poll() is None
+    finally:
+        old.kill()
+        if new is not None:
+            new.kill()

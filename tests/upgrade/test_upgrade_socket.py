@@ -125,3 +125,40 @@ def test_a_peer_breaking_the_protocol_changes_nothing(tmp_path: Path, send: byte
             assert p.proc.poll() is None
         finally:
             p.kill()
+
+
+@pytest.mark.trio
+async def test_a_peer_that_does_not_read_the_document_frees_the_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer asking for the configuration document and never reading it must not hold the
+    one upgrade slot forever (every later upgrade would be refused)."""
+    import trio
+    import trio.testing
+
+    from trio_mesh import upgrade
+
+    monkeypatch.setattr(upgrade, "ANSWER_TIMEOUT", 0.5)
+    path = str(tmp_path / "u.sock")
+    document = {"big": "x" * (8 * 1024 * 1024)}  # far more than the socket's buffer
+    server = upgrade.UpgradeServer(path, lambda: [], lambda: document)
+    hello = json.dumps({"v": 1, "op": "hello", "config": True}).encode() + b"\n"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        stuck = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await stuck.connect(path)
+        await stuck.send(hello)
+        await trio.testing.wait_all_tasks_blocked(0.2)
+        with trio.fail_after(5):
+            while True:  # the slot frees once the send gives up
+                second = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                await second.connect(path)
+                await second.send(hello)
+                answer = await second.recv(65536)
+                second.close()
+                if b"under way" not in answer:
+                    break
+                await trio.sleep(0.1)
+        assert b'"sockets"' in answer
+        stuck.close()
+        nursery.cancel_scope.cancel()

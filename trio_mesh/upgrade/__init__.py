@@ -259,7 +259,17 @@ class UpgradeServer:
         self.upgraded = trio.Event()
         self.handed: Handed | None = None
         self._busy = False
+        #: Our sockets are out with a peer not yet ready (or failed): see ``handing``.
+        self._out = False
+        #: This process is stopping: no upgrade may start now (its sockets are closing).
+        self.closed = False
         self._inode: tuple[int, int] | None = None
+
+    @property
+    def handing(self) -> bool:
+        """A peer holds our sockets and may yet say ready: a drain must leave them
+        listening (not shut them down) for it."""
+        return self._out or self.upgraded.is_set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -313,6 +323,9 @@ class UpgradeServer:
                 log.warning("upgrade socket %s: refused pid %d (uid %d)", self.path, pid, uid)
                 await _send_error(link, f"uid {uid} may not take these sockets")
                 return
+            if self.closed:
+                await _send_error(link, "this process is stopping")
+                return
             if self._busy or self.upgraded.is_set():
                 log.warning(
                     "upgrade socket %s: refused pid %d: an upgrade is under way", self.path, pid
@@ -331,6 +344,7 @@ class UpgradeServer:
                 )
             finally:
                 self._busy = False
+                self._out = False
         finally:
             link.close()
 
@@ -348,9 +362,14 @@ class UpgradeServer:
         sockets: dict[str, Any] = {"op": "sockets", "listeners": listeners}
         if registry is not None:
             sockets["registry"] = True
-        await link.send(sockets, fds)
-        if hello.get("config") is True:
-            await link.send({"op": "config", "document": self.document()})
+        self._out = True
+        try:  # a peer that does not read must not hold the one upgrade slot forever
+            with trio.fail_after(ANSWER_TIMEOUT):
+                await link.send(sockets, fds)
+                if hello.get("config") is True:
+                    await link.send({"op": "config", "document": self.document()})
+        except trio.TooSlowError:
+            raise UpgradeError(f"the peer did not read within {ANSWER_TIMEOUT:g}s") from None
         frozen = False
         try:
             if registry is not None:
@@ -363,7 +382,13 @@ class UpgradeServer:
                 line = encode({"op": "registry", "state": state})
                 if len(line) > MAX_DOCUMENT:
                     raise UpgradeError(f"the registry's state is over {MAX_DOCUMENT} bytes")
-                await link.send({"op": "registry", "state": state})
+                try:
+                    with trio.fail_after(ANSWER_TIMEOUT):
+                        await link.send({"op": "registry", "state": state})
+                except trio.TooSlowError:
+                    raise UpgradeError(
+                        f"the peer did not read within {ANSWER_TIMEOUT:g}s"
+                    ) from None
             log.info(
                 "upgrade: handed %d socket(s) to pid %d; waiting for it to be ready",
                 len(fds),
@@ -440,17 +465,21 @@ class Takeover:
     #: The old process's registry state (``handover_state``), when asked for and it has one.
     registry: Any = None
 
-    async def ready(self) -> None:
-        """Tell the old process to drain and go; its ``bye`` (bounded) confirms it heard."""
+    async def ready(self) -> bool:
+        """Tell the old process to drain and go; its ``bye`` (bounded) confirms it heard.
+        False: the link broke first (the old process gave up on us, e.g. not ready in time,
+        and serves on)."""
         try:
             await self.link.send({"op": "ready"})
             with trio.move_on_after(BYE_TIMEOUT):
                 bye = await self.link.receive()
                 log.info("upgrade: the old process (pid %s) is draining", bye.get("pid"))
         except (UpgradeError, OSError) as exc:
-            log.warning("upgrade socket %s: after ready: %s", self.link.path, exc)
+            log.error("upgrade socket %s: after ready: %s", self.link.path, exc)
+            return False
         finally:
             self.link.close()
+        return True
 
     def abort(self) -> None:
         self.link.close()

@@ -42,6 +42,10 @@ from . import (
 log = logging.getLogger("trio_mesh.upgrade")
 
 
+class LinkTimeout(UpgradeError):
+    """No answer in time (the peer may still be there, unlike a broken link)."""
+
+
 class BlockingLink:
     """One end of an upgrade connection on a plain socket; every call has a deadline."""
 
@@ -67,7 +71,7 @@ class BlockingLink:
         while (line := self._line(limit)) is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise UpgradeError(f"no answer within {timeout:g}s")
+                raise LinkTimeout(f"no answer within {timeout:g}s")
             self.sock.settimeout(remaining)
             try:
                 self._read()
@@ -122,15 +126,21 @@ class BlockingTakeover:
     inherited: InheritedSockets
     document: Any = None
 
-    def ready(self) -> None:
+    def ready(self) -> bool:
+        """False: the link broke before the old supervisor's ``bye`` (it gave up on us, e.g.
+        not ready in time, and serves on)."""
         try:
             self.link.send({"op": "ready"})
             bye = self.link.receive(BYE_TIMEOUT)
             log.info("upgrade: the old process (pid %s) is draining", bye.get("pid"))
-        except (UpgradeError, OSError) as exc:
+        except LinkTimeout as exc:
             log.warning("upgrade socket %s: after ready: %s", self.link.path, exc)
+        except (UpgradeError, OSError) as exc:
+            log.error("upgrade socket %s: after ready: %s", self.link.path, exc)
+            return False
         finally:
             self.link.close()
+        return True
 
     def abort(self) -> None:
         self.link.close()
@@ -202,6 +212,13 @@ class BlockingUpgradeServer:
         self.listener: socket.socket | None = None
         self._pending: tuple[BlockingLink, int, float] | None = None  # link, pid, deadline
         self._inode: tuple[int, int] | None = None
+        #: The supervisor is stopping: no upgrade may start now (its sockets are closing).
+        self.closed = False
+
+    @property
+    def handing(self) -> bool:
+        """A peer holds our sockets and may yet say ready (or did)."""
+        return self._pending is not None or self.handed is not None
 
     def open(self) -> None:
         try:
@@ -281,6 +298,10 @@ class BlockingUpgradeServer:
                 link.send({"error": f"uid {uid} may not take these sockets"})
                 link.close()
                 return
+            if self.closed:
+                link.send({"error": "this process is stopping"})
+                link.close()
+                return
             if self._pending is not None or self.handed is not None:
                 link.send({"error": "an upgrade is under way"})
                 link.close()
@@ -289,6 +310,8 @@ class BlockingUpgradeServer:
             if hello.get("op") != "hello":
                 raise UpgradeError(f"expected hello, got {hello.get('op')!r}")
             handed = [(name, s) for name, s in self.sockets() if s.fileno() != -1]
+            # Pending before the sockets go: a SIGTERM handled from here on keeps them.
+            self._pending = (link, pid, time.monotonic() + READY_TIMEOUT)
             link.send(
                 {"op": "sockets", "listeners": listener_entries(handed)},
                 [s.fileno() for _, s in handed],
@@ -297,12 +320,12 @@ class BlockingUpgradeServer:
                 link.send({"op": "config", "document": self.document()})
         except (UpgradeError, OSError) as exc:
             log.error("upgrade socket %s: %s; still serving", self.path, exc)
+            self._pending = None
             link.close()
             return
         log.info(
             "upgrade: handed %d socket(s) to pid %d; waiting for it to be ready", len(handed), pid
         )
-        self._pending = (link, pid, time.monotonic() + READY_TIMEOUT)
 
     def close(self) -> None:
         if self._pending is not None:
