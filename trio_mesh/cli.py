@@ -534,6 +534,7 @@ async def _serve_upgrades(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the upgrade socket; an upgrade that completes stops this process (a drain)."""
+    from .server import SINK_PREFIX
     from .upgrade import ADMIN, REGISTRY, UpgradeServer
 
     def sockets() -> list[tuple[str, socket.socket]]:
@@ -542,6 +543,7 @@ async def _serve_upgrades(
             handed.append((ADMIN, server.admin_socket))
         if server.registry_socket is not None:
             handed.append((REGISTRY, server.registry_socket))
+        handed += [(f"{SINK_PREFIX}{i}", s) for i, s in enumerate(server.sink_sockets)]
         return handed
 
     upgrades = upgrade.server = UpgradeServer(

@@ -50,6 +50,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trio_mesh.server")
 
+#: The names a hot upgrade hands the prometheus sinks' sockets over under (``@sink0``...):
+#: no listener is named with an ``@``.
+SINK_PREFIX = "@sink"
+
 #: One listener's filter chains' TLS, in chain order: the chain's contexts (``None``:
 #: cleartext) and its certificates' identities.
 ChainTls = list[tuple[ServerTls | None, Identities]]
@@ -147,6 +151,8 @@ class Server:
         self.admin_address: tuple[str, int] | None = None
         #: The admin API's listening socket while it serves (a hot upgrade hands it over).
         self.admin_socket: socket.socket | None = None
+        #: The prometheus sinks' listening sockets, in config order (a hot upgrade's too).
+        self.sink_sockets: list[socket.socket] = []
         #: The registry API's listening socket while it serves (a hot upgrade hands it over).
         self.registry_socket: socket.socket | None = None
         #: Cancels the registry service and its API alone (after a hot upgrade).
@@ -465,6 +471,7 @@ class Server:
             self._nursery = None
             self.admin_address = None
             self.admin_socket = None
+            self.sink_sockets.clear()  # each sink's task closed its own
             self.registry_socket = None
             if admin_sock is not None:
                 admin_sock.close()
@@ -498,8 +505,16 @@ class Server:
         # Imported only now: prometheus_client and the admin server are not needed without.
         from .metrics.sink import run_prometheus_sink
 
-        for sink in sinks:
-            address = await nursery.start(run_prometheus_sink, sink, self.collect_metrics)
+        for i, sink in enumerate(sinks):
+            sock = None
+            if self.inherited is not None:  # a hot upgrade hands the sinks' sockets over
+                sock = self.inherited.take(f"{SINK_PREFIX}{i}", Address(sink.address, sink.port))
+            if sock is None:
+                sock = await bind("prometheus sink", Address(sink.address, sink.port))
+            self.sink_sockets.append(sock)
+            address = await nursery.start(
+                functools.partial(run_prometheus_sink, sink, self.collect_metrics, sock=sock)
+            )
             self.metrics_addresses.append(address)
             self._sinks.append(sink)
             log.info(

@@ -396,6 +396,36 @@ def test_the_admin_port_is_handed_over_too(tmp_path: Path, up: int, workers: int
             new.kill()
 
 
+def test_the_prometheus_sink_port_is_handed_over_too(tmp_path: Path, up: int) -> None:
+    """A metrics sink on a fixed port goes with the listeners (bound anew, the new process
+    would fail on it: the old one holds it until its drain ends, and the upgrade would fail)."""
+    sink_port = free_port()
+    metrics = {"sinks": [{"type": "prometheus", "config": {"port": sink_port}}]}
+    config = write(tmp_path, {**mesh(up, {"ingress": "127.0.0.1:0"}), "metrics": metrics})
+    sock = tmp_path / "upgrade.sock"
+    old = start(config, sock)
+    new = None
+    try:
+        Proxy.ready(old)
+        new = start(config, sock)
+        Proxy.ready(new)
+        assert old.finish() == 0
+        assert "cannot listen" not in new.text
+        with socket.create_connection(("127.0.0.1", sink_port), timeout=TIMEOUT) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert b"envoy_server_live" in answer or b"server_live" in answer, answer[:300]
+        new.proc.send_signal(signal.SIGTERM)
+        assert new.finish() == 0
+    finally:
+        old.kill()
+        if new is not None:
+            new.kill()
+
+
 def test_sigterm_to_the_old_process_during_an_upgrade_keeps_the_new_ones_sockets(
     tmp_path: Path, up: int
 ) -> None:

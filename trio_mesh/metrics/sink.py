@@ -8,6 +8,7 @@ connections.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -42,10 +43,13 @@ async def run_prometheus_sink(
     sink: PrometheusSinkConfig,
     metrics: MetricsSource,
     *,
+    sock: socket.socket | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the sink until cancelled; reports the bound ``(host, port)`` (port 0 allowed)."""
-    sock = await bind("prometheus sink", Address(sink.address, sink.port))
+    """Serve the sink until cancelled; reports the bound ``(host, port)`` (port 0 allowed).
+    ``sock``: its listening socket, handed over (a hot upgrade), else bound here."""
+    if sock is None:
+        sock = await bind("prometheus sink", Address(sink.address, sink.port))
     try:
         host, port = sock.getsockname()[:2]
         handler = sink_handler(sink.endpoint, metrics)

@@ -572,6 +572,12 @@ def _inherited(listeners: Any, link: Any, config: MeshConfig | None) -> Inherite
     registry = None if config is None else dubbo_registry_config(config)
     if registry is not None:
         wanted[REGISTRY] = Address(registry.api_host, registry.api_port)
+    if config is not None:
+        from ..config.metrics_check import prometheus_sinks
+        from ..server import SINK_PREFIX
+
+        for i, sink in enumerate(prometheus_sinks(config)):
+            wanted[f"{SINK_PREFIX}{i}"] = Address(sink.address, sink.port)
     inherited = InheritedSockets()
     sockets = [socket.socket(fileno=fd) for fd in fds]
     for entry, sock in zip(listeners, sockets, strict=True):
