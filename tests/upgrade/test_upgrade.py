@@ -364,6 +364,16 @@ def test_workers_a_new_supervisor_failing_before_ready_leaves_the_old_one_servin
             old.kill()
 
 
+def _get(port: int, path: str) -> bytes:
+    """One HTTP/1.1 GET on 127.0.0.1:port, the whole answer (the server closes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_the_admin_port_is_handed_over_too(tmp_path: Path, up: int, workers: int) -> None:
     """The admin listener's socket goes with the others: the new process binds no admin
@@ -382,11 +392,7 @@ def test_the_admin_port_is_handed_over_too(tmp_path: Path, up: int, workers: int
         ready(new)
         assert old.finish() == 0
         assert "cannot listen" not in new.text
-        with socket.create_connection(("127.0.0.1", admin_port), timeout=TIMEOUT) as s:
-            s.sendall(b"GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            answer = b""
-            while chunk := s.recv(65536):
-                answer += chunk
+        answer = _get(admin_port, "/ready")
         assert answer.startswith(b"HTTP/1.1 200"), answer
         new.proc.send_signal(signal.SIGTERM)
         assert new.finish() == 0
@@ -411,11 +417,7 @@ def test_the_prometheus_sink_port_is_handed_over_too(tmp_path: Path, up: int) ->
         Proxy.ready(new)
         assert old.finish() == 0
         assert "cannot listen" not in new.text
-        with socket.create_connection(("127.0.0.1", sink_port), timeout=TIMEOUT) as s:
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            answer = b""
-            while chunk := s.recv(65536):
-                answer += chunk
+        answer = _get(sink_port, "/metrics")
         assert answer.startswith(b"HTTP/1.1 200"), answer
         assert b"envoy_server_live" in answer or b"server_live" in answer, answer[:300]
         new.proc.send_signal(signal.SIGTERM)
@@ -505,12 +507,14 @@ sys.stdin.read()
 """
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_new_process_the_old_one_gave_up_on_does_not_serve_beside_it(
-    tmp_path: Path, up: int
+    tmp_path: Path, up: int, workers: int
 ) -> None:
     """The old process stopped waiting for ``ready`` (its deadline) and serves on: the new
-    one must not serve beside it for ever (two configurations on one port, the old one never
-    exiting); it drains what it accepted and exits 1, the old socket left listening."""
+    one (or, with workers, the new supervisor) must not serve beside it for ever (two
+    configurations on one port, the old one never exiting); it drains what it accepted and
+    exits 1, the old socket left listening."""
     sock = tmp_path / "upgrade.sock"
     old = subprocess.Popen(
         [sys.executable, "-c", GIVES_UP, str(sock)],
@@ -522,39 +526,12 @@ def test_a_new_process_the_old_one_gave_up_on_does_not_serve_beside_it(
         assert old.stdout is not None
         port = int(old.stdout.readline())
         config = write(tmp_path, mesh(up, {"ingress": f"127.0.0.1:{port}"}))
-        new = start(config, sock)
+        extra = ("--workers", str(workers)) if workers > 1 else ()
+        new = start(config, sock, *extra)
         try:
             assert new.finish() == 1, new.text
             assert "after ready" in new.text
             # The old process's socket still listens (not shut down by the new one).
-            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT):
-                pass
-        finally:
-            new.kill()
-    finally:
-        old.kill()
-        old.wait(TIMEOUT)
-        for f in (old.stdin, old.stdout):
-            if f is not None:
-                f.close()
-
-
-def test_workers_a_new_supervisor_the_old_one_gave_up_on_stops(tmp_path: Path, up: int) -> None:
-    sock = tmp_path / "upgrade.sock"
-    old = subprocess.Popen(
-        [sys.executable, "-c", GIVES_UP, str(sock)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert old.stdout is not None
-        port = int(old.stdout.readline())
-        config = write(tmp_path, mesh(up, {"ingress": f"127.0.0.1:{port}"}))
-        new = start(config, sock, "--workers", "2")
-        try:
-            assert new.finish() == 1, new.text
-            assert "after ready" in new.text
             with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT):
                 pass
         finally:
