@@ -34,9 +34,11 @@ def up() -> object:
         yield port
 
 
-def _get(port: int) -> bytes:
+def _get(port: int, path: str = "/x") -> bytes:
+    """One HTTP/1.1 GET on 127.0.0.1:port, the whole answer (the server closes). Host is a
+    loopback name: the admin API answers no other."""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
-        s.sendall(b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while chunk := s.recv(65536):
             data += chunk
@@ -362,16 +364,6 @@ def test_workers_a_new_supervisor_failing_before_ready_leaves_the_old_one_servin
             assert old.proc.poll() is None
         finally:
             old.kill()
-
-
-def _get(port: int, path: str) -> bytes:
-    """One HTTP/1.1 GET on 127.0.0.1:port, the whole answer (the server closes)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
-        answer = b""
-        while chunk := s.recv(65536):
-            answer += chunk
-    return answer
 
 
 @pytest.mark.parametrize("workers", [1, 2])
